@@ -1,0 +1,359 @@
+"""The schedule MILP in Pyomo, solved by HiGHS. See optimization/FORMULATION.md for the math.
+
+`build_model(problem)` reads top to bottom as a recipe: each `define_*` function adds one family
+of variables or constraints (its equation in the docstring) and returns early when the problem
+has nothing for it. `solve(problem)` builds, solves with time limit and gap, and turns the result
+into a `Schedule` (see schedule.py); if HiGHS fails or finds nothing in time, the greedy fallback
+answers and the status says so.
+
+Hard limits (grid import, DR, noise, carbon, availability) are hard constraints; equipment limits
+(minimum on time, ramp-down) are soft with a large penalty, so switching everything off is always
+feasible and the grid and the neighbours win every conflict.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import pyomo.environ as pyo
+from pyomo.contrib.appsi.base import TerminationCondition
+from pyomo.contrib.appsi.solvers import Highs
+
+from hashflex.optimize.problem import Problem
+from hashflex.optimize.schedule import Schedule, SolveInfo, SolveStatus, schedule_from_counts
+
+log = logging.getLogger(__name__)
+
+# Soft-constraint penalties. They must dominate any price: one 7.8 kW unit for an hour at the
+# ERCOT cap of $5,000/MWh is ~$39, so $1,000 per unit-interval of broken min-on time and $100 per kW
+# of ramp violation can never be worth paying for profit. The same unit penalty applies to
+# restarting a unit before its minimum off time.
+PENALTY_MIN_ON_USD_PER_UNIT = 1_000.0
+PENALTY_RAMP_USD_PER_KW = 100.0
+
+
+def _mode_index(problem: Problem) -> list[tuple[int, int]]:
+    return [(g, m) for g, group in enumerate(problem.groups) for m in range(len(group.modes))]
+
+
+def define_sets(model: pyo.ConcreteModel, problem: Problem) -> None:
+    """T intervals, G groups, (g, m) group-mode pairs, R receptors."""
+    model.T = pyo.RangeSet(0, problem.T - 1)
+    model.G = pyo.RangeSet(0, len(problem.groups) - 1)
+    model.GM = pyo.Set(initialize=_mode_index(problem), dimen=2)
+    model.R = pyo.RangeSet(0, len(problem.receptors) - 1) if problem.receptors else pyo.Set(initialize=[])
+
+
+def define_unit_counts(model: pyo.ConcreteModel, problem: Problem) -> None:
+    """n[g,m,t] ∈ ℤ≥0 units of group g in mode m; Σ_m n[g,m,t] <= available[g,t]."""
+    model.n = pyo.Var(model.GM, model.T, domain=pyo.NonNegativeIntegers,
+                      bounds=lambda _, g, m, t: (0, int(problem.groups[g].units_available[t])))
+
+    def units_on(mdl: pyo.ConcreteModel, g: int, t: int) -> pyo.Expression:
+        return sum(mdl.n[g, m, t] for m in range(len(problem.groups[g].modes)))
+
+    model.units_on = pyo.Expression(model.G, model.T, rule=units_on)
+    model.availability = pyo.Constraint(
+        model.G, model.T,
+        rule=lambda mdl, g, t: mdl.units_on[g, t] <= int(problem.groups[g].units_available[t]),
+    )
+
+
+def define_power_balance(model: pyo.ConcreteModel, problem: Problem) -> None:
+    """site_load[t] = Σ n·P[g,m] + (avail[g,t] − on[g,t])·P_idle[g] = import[t] + renewable_used[t];
+    renewable_used[t] + export[t] <= renewable[t]; import[t] <= import_limit[t]; export <= limit."""
+    model.grid_import_kw = pyo.Var(model.T, bounds=lambda _, t: (0.0, float(problem.import_limit_kw[t])))
+    model.renewable_used_kw = pyo.Var(model.T, bounds=lambda _, t: (0.0, float(problem.renewable_kw[t])))
+    model.export_kw = pyo.Var(model.T, bounds=(0.0, float(problem.export_limit_kw)))
+
+    def site_load(mdl: pyo.ConcreteModel, t: int) -> pyo.Expression:
+        total = 0.0
+        for g, group in enumerate(problem.groups):
+            total += sum(mode.power_kw * mdl.n[g, m, t] for m, mode in enumerate(group.modes))
+            if group.idle_power_kw:
+                total += group.idle_power_kw * (int(group.units_available[t]) - mdl.units_on[g, t])
+        return total
+
+    model.site_load_kw = pyo.Expression(model.T, rule=site_load)
+    model.energy_balance = pyo.Constraint(
+        model.T, rule=lambda mdl, t: mdl.site_load_kw[t] == mdl.grid_import_kw[t] + mdl.renewable_used_kw[t]
+    )
+    model.renewable_split = pyo.Constraint(
+        model.T, rule=lambda mdl, t: mdl.renewable_used_kw[t] + mdl.export_kw[t] <= float(problem.renewable_kw[t])
+    )
+
+
+def define_noise_caps(model: pyo.ConcreteModel, problem: Problem) -> None:
+    """Σ_g,m n[g,m,t]·10^((Lw[g,m] − A[g,r])/10) <= 10^((cap[r,t] − margin)/10) − 10^(bg[r]/10),
+    scaled by 10^(−L_ref/10) for conditioning; intervals with no cap get no constraint."""
+    if not problem.receptors:
+        return
+    rows = []
+    for r, receptor in enumerate(problem.receptors):
+        budget = receptor.energy_budget()
+        finite = budget[np.isfinite(budget)]
+        scale = 1.0 / max(float(finite.max()) if finite.size else 1.0, 1.0)
+        coefficients = {(g, m): receptor.unit_energy(group.id, mode) * scale
+                        for g, group in enumerate(problem.groups) for m, mode in enumerate(group.modes)}
+        for t in range(problem.T):
+            if np.isfinite(budget[t]) and any(coefficients.values()):
+                rows.append((r, t, coefficients, budget[t] * scale))
+    model.noise_index = pyo.Set(initialize=[(r, t) for r, t, _, _ in rows], dimen=2)
+    lookup = {(r, t): (c, b) for r, t, c, b in rows}
+
+    def noise_rule(mdl: pyo.ConcreteModel, r: int, t: int) -> pyo.Expression:
+        coefficients, budget = lookup[r, t]
+        return sum(c * mdl.n[g, m, t] for (g, m), c in coefficients.items() if c) <= budget
+
+    model.noise_cap = pyo.Constraint(model.noise_index, rule=noise_rule)
+
+
+def define_carbon(model: pyo.ConcreteModel, problem: Problem) -> None:
+    """emissions[t] = import[t]·Δt[t]·intensity[t]/1000 (kg); Σ_{t∈budget} emissions <= remaining."""
+    model.emissions_kg = pyo.Expression(
+        model.T,
+        rule=lambda mdl, t: mdl.grid_import_kw[t] * float(problem.duration_h[t] * problem.intensity_kg_per_mwh[t]) / 1000.0,
+    )
+    if not problem.carbon_budgets:
+        return
+    model.B = pyo.RangeSet(0, len(problem.carbon_budgets) - 1)
+
+    def budget_rule(mdl: pyo.ConcreteModel, b: int) -> pyo.Expression:
+        budget = problem.carbon_budgets[b]
+        members = np.flatnonzero(budget.mask)
+        if members.size == 0:
+            return pyo.Constraint.Skip
+        return sum(mdl.emissions_kg[int(t)] for t in members) <= float(budget.remaining_kg)
+
+    model.carbon_budget = pyo.Constraint(model.B, rule=budget_rule)
+
+
+def _window(problem: Problem, t: int, hours: float) -> list[int]:
+    """Intervals k <= t whose start lies within ``hours`` before the start of t."""
+    starts_h = np.concatenate([[0.0], np.cumsum(problem.duration_h)[:-1]])
+    return [k for k in range(t + 1) if starts_h[t] - starts_h[k] < hours - 1e-9]
+
+
+def _initial_batches(problem: Problem, g: int, attr: str) -> np.ndarray:
+    """[T] units still held on (attr='must_stay_on') or off by min-on/off from before the horizon."""
+    starts_h = np.concatenate([[0.0], np.cumsum(problem.duration_h)[:-1]])
+    held = np.zeros(problem.T)
+    for hours_left, units in getattr(problem.groups[g].initial, attr):
+        held += np.where(starts_h < hours_left - 1e-9, units, 0)
+    return held
+
+
+def define_commitment(model: pyo.ConcreteModel, problem: Problem) -> None:
+    """Clustered unit commitment on counts, per group with min-on/off or a start cost:
+    start[g,t] − stop[g,t] = on[g,t] − on[g,t−1] (on[g,−1] from the initial state);
+    min-on (soft):  on[g,t] + short[g,t] >= Σ_{k: τ_t−τ_k < UT} start[g,k] + held_on[g,t];
+    min-off (soft):  on[g,t] + Σ_{k: τ_t−τ_k < DT} stop[g,k] + held_off[g,t] − excess[g,t] <= N_g.
+    Both are soft so that a rounded-down LP solution is always a feasible MIP start."""
+    groups = [g for g, group in enumerate(problem.groups)
+              if group.min_on_h or group.min_off_h or group.start_cost_usd]
+    model.UC = pyo.Set(initialize=groups)
+    if not groups:
+        return
+    model.start = pyo.Var(model.UC, model.T, domain=pyo.NonNegativeReals)
+    model.stop = pyo.Var(model.UC, model.T, domain=pyo.NonNegativeReals)
+
+    def transition(mdl: pyo.ConcreteModel, g: int, t: int) -> pyo.Expression:
+        previous = mdl.units_on[g, t - 1] if t > 0 else problem.groups[g].initial.units_on
+        return mdl.start[g, t] - mdl.stop[g, t] == mdl.units_on[g, t] - previous
+
+    model.transition = pyo.Constraint(model.UC, model.T, rule=transition)
+
+    min_on_groups = [g for g in groups if problem.groups[g].min_on_h or problem.groups[g].initial.must_stay_on]
+    model.min_on_short = pyo.Var(min_on_groups, model.T, domain=pyo.NonNegativeReals)
+    held_on = {g: _initial_batches(problem, g, "must_stay_on") for g in min_on_groups}
+
+    def min_on(mdl: pyo.ConcreteModel, g: int, t: int) -> pyo.Expression:
+        window = _window(problem, t, problem.groups[g].min_on_h) if problem.groups[g].min_on_h else []
+        started = sum(mdl.start[g, k] for k in window)
+        return mdl.units_on[g, t] + mdl.min_on_short[g, t] >= started + float(held_on[g][t])
+
+    model.min_on = pyo.Constraint(min_on_groups, model.T, rule=min_on)
+
+    min_off_groups = [g for g in groups if problem.groups[g].min_off_h or problem.groups[g].initial.must_stay_off]
+    held_off = {g: _initial_batches(problem, g, "must_stay_off") for g in min_off_groups}
+
+    model.min_off_excess = pyo.Var(min_off_groups, model.T, domain=pyo.NonNegativeReals)
+
+    def min_off(mdl: pyo.ConcreteModel, g: int, t: int) -> pyo.Expression:
+        window = _window(problem, t, problem.groups[g].min_off_h) if problem.groups[g].min_off_h else []
+        stopped = sum(mdl.stop[g, k] for k in window)
+        return (mdl.units_on[g, t] + stopped + float(held_off[g][t]) - mdl.min_off_excess[g, t]
+                <= problem.groups[g].units)
+
+    model.min_off = pyo.Constraint(min_off_groups, model.T, rule=min_off)
+
+
+def define_ramp(model: pyo.ConcreteModel, problem: Problem) -> None:
+    """|site_load[t] − site_load[t−1]| <= R·Δt[t] + ramp_over[t], soft in both directions: a DR cut
+    may be steeper than the ramp limit, and rounding may step a few kW past it."""
+    if problem.ramp_limit_kw_per_h is None:
+        return
+    rate = problem.ramp_limit_kw_per_h
+    model.ramp_short_kw = pyo.Var(model.T, domain=pyo.NonNegativeReals)
+
+    def previous_load(mdl: pyo.ConcreteModel, t: int) -> pyo.Expression | float | None:
+        if t > 0:
+            return mdl.site_load_kw[t - 1]
+        return problem.initial_load_kw
+
+    def ramp_up(mdl: pyo.ConcreteModel, t: int) -> pyo.Expression:
+        prev = previous_load(mdl, t)
+        if prev is None:
+            return pyo.Constraint.Skip
+        return mdl.site_load_kw[t] - prev <= rate * float(problem.duration_h[t]) + mdl.ramp_short_kw[t]
+
+    def ramp_down(mdl: pyo.ConcreteModel, t: int) -> pyo.Expression:
+        prev = previous_load(mdl, t)
+        if prev is None:
+            return pyo.Constraint.Skip
+        return prev - mdl.site_load_kw[t] <= rate * float(problem.duration_h[t]) + mdl.ramp_short_kw[t]
+
+    model.ramp_up = pyo.Constraint(model.T, rule=ramp_up)
+    model.ramp_down = pyo.Constraint(model.T, rule=ramp_down)
+
+
+def define_objective(model: pyo.ConcreteModel, problem: Problem) -> None:
+    """max Σ_t Δt[t]·( Σ n·H[g,m]·hp[t]·(1−fee) − (price[t]+adder)·import[t]/1000
+                       + price[t]·export[t]/1000 − carbon_price·emissions[t]/(1000·Δt[t]) )
+           − Σ start_cost[g]·start[g,t] − penalties·shortfalls."""
+    hp = problem.hashprice_usd_per_th_h * (1.0 - problem.pool_fee)
+    energy = problem.energy_price_usd_mwh
+    carbon_usd_per_kg = problem.carbon_price_usd_per_t / 1000.0
+
+    def interval_value(mdl: pyo.ConcreteModel, t: int) -> pyo.Expression:
+        dt_h = float(problem.duration_h[t])
+        revenue = sum(mode.hashrate_th_s * dt_h * hp[t] * mdl.n[g, m, t]
+                      for g, group in enumerate(problem.groups) for m, mode in enumerate(group.modes))
+        cost = float(energy[t]) * dt_h / 1000.0 * mdl.grid_import_kw[t]
+        income = float(problem.price_usd_mwh[t]) * dt_h / 1000.0 * mdl.export_kw[t]
+        carbon = carbon_usd_per_kg * mdl.emissions_kg[t] if carbon_usd_per_kg else 0.0
+        return revenue - cost + income - carbon
+
+    total = sum(interval_value(model, t) for t in range(problem.T))
+    if len(model.UC):
+        total -= sum(problem.groups[g].start_cost_usd * model.start[g, t] for g in model.UC for t in model.T)
+        total -= PENALTY_MIN_ON_USD_PER_UNIT * sum(model.min_on_short[g, t] for g, t in model.min_on_short)
+        total -= PENALTY_MIN_ON_USD_PER_UNIT * sum(model.min_off_excess[g, t] for g, t in model.min_off_excess)
+    if hasattr(model, "ramp_short_kw"):
+        total -= PENALTY_RAMP_USD_PER_KW * sum(model.ramp_short_kw[t] for t in model.T)
+    model.profit = pyo.Objective(expr=total, sense=pyo.maximize)
+
+
+def build_model(problem: Problem) -> pyo.ConcreteModel:
+    """The whole MILP for ``problem``; every family of constraints in its own function."""
+    problem.validate()
+    model = pyo.ConcreteModel(name="hashflex_schedule")
+    define_sets(model, problem)
+    define_unit_counts(model, problem)
+    define_power_balance(model, problem)
+    define_noise_caps(model, problem)
+    define_carbon(model, problem)
+    define_commitment(model, problem)
+    define_ramp(model, problem)
+    define_objective(model, problem)
+    return model
+
+
+def extract_counts(model: pyo.ConcreteModel, problem: Problem) -> dict[tuple[int, int], np.ndarray]:
+    """Integer counts per (g, m) over T; refuses values that came back fractional."""
+    counts = {}
+    for g, group in enumerate(problem.groups):
+        for m in range(len(group.modes)):
+            values = np.array([pyo.value(model.n[g, m, t]) for t in range(problem.T)], dtype=float)
+            rounded = np.rint(values)
+            if np.max(np.abs(values - rounded), initial=0.0) > 1e-4:
+                raise ValueError(f"solver returned fractional unit counts for group {group.id}")
+            counts[g, m] = rounded.astype(int)
+    return counts
+
+
+def _relax(model: pyo.ConcreteModel, relaxed: bool) -> None:
+    domain = pyo.NonNegativeReals if relaxed else pyo.NonNegativeIntegers
+    for var in model.n.values():
+        var.domain = domain
+
+
+def _round_down_start(model: pyo.ConcreteModel) -> None:
+    """Floor the LP counts: fewer units never break a hard limit (import, noise, carbon all fall
+    with load) and equipment limits are soft, so this is a feasible MIP start whose objective is
+    usually within a fraction of a percent of the LP bound."""
+    for var in model.n.values():
+        var.set_value(math.floor((var.value or 0.0) + 1e-6))
+
+
+def solve(problem: Problem, *, time_limit_s: float = 10.0, rel_gap: float = 1e-3) -> Schedule:
+    """Build, solve the LP relaxation, warm-start the MILP from its rounded-down counts, and
+    return a Schedule whose status says how good it is (or the greedy fallback's)."""
+    from hashflex.optimize.fallback import greedy_schedule
+
+    started = time.perf_counter()
+    try:
+        model = build_model(problem)
+        built = time.perf_counter()
+        solver = Highs()
+        solver.config.time_limit = time_limit_s
+        solver.config.load_solution = False
+        solver.highs_options = {"mip_rel_gap": rel_gap, "output_flag": False}
+        _relax(model, True)
+        relaxation = solver.solve(model)
+        if relaxation.termination_condition != TerminationCondition.optimal:
+            return greedy_schedule(problem, reason=f"LP relaxation: {relaxation.termination_condition.name}")
+        relaxation.solution_loader.load_vars()
+        _round_down_start(model)
+        _relax(model, False)
+        solver.config.warmstart = True
+        remaining_s = max(time_limit_s - (time.perf_counter() - built), 0.1)
+        solver.config.time_limit = remaining_s
+        results = solver.solve(model)
+    except Exception as exc:  # solver crash or missing binary: never leave the site unplanned
+        log.exception("HiGHS failed; using the greedy fallback")
+        return greedy_schedule(problem, reason=f"solver error: {exc}")
+    solved = time.perf_counter()
+
+    condition = results.termination_condition
+    objective = results.best_feasible_objective
+    if objective is None:
+        return greedy_schedule(problem, reason=f"solver: {condition.name}, no incumbent")
+    results.solution_loader.load_vars()
+    counts = extract_counts(model, problem)
+    bound = results.best_objective_bound
+    gap = None
+    if bound is not None and math.isfinite(bound):
+        gap = abs(bound - objective) / max(abs(objective), 1e-9)
+    if condition == TerminationCondition.optimal:
+        status = SolveStatus.OPTIMAL
+    elif condition == TerminationCondition.maxTimeLimit:
+        status = SolveStatus.TIME_LIMIT
+    else:
+        status = SolveStatus.FEASIBLE_GAP
+    info = SolveInfo(
+        status=status,
+        objective_usd=objective,
+        bound_usd=bound,
+        gap=gap,
+        build_seconds=built - started,
+        solve_seconds=solved - built,
+        penalties=_penalties(model),
+        message=condition.name,
+    )
+    return schedule_from_counts(problem, counts, info)
+
+
+def _penalties(model: pyo.ConcreteModel) -> dict[str, float]:
+    """Soft-constraint shortfalls the schedule pays for (reported, never hidden)."""
+    out = {}
+    if hasattr(model, "min_on_short"):
+        out["min_on_units_short"] = float(sum(pyo.value(v) for v in model.min_on_short.values()))
+    if hasattr(model, "min_off_excess"):
+        out["min_off_units_early"] = float(sum(pyo.value(v) for v in model.min_off_excess.values()))
+    if hasattr(model, "ramp_short_kw"):
+        out["ramp_down_kw_over"] = float(sum(pyo.value(v) for v in model.ramp_short_kw.values()))
+    return {k: v for k, v in out.items() if v > 1e-6}

@@ -1,0 +1,364 @@
+"""The optimizer's input: plain arrays over T planning intervals, no I/O, no clock.
+
+`Problem` is what `milp.solve` and `fallback.greedy_schedule` read. `problem_from_profile` turns a
+site profile plus horizon series (prices, renewables, limits, intensity) into one; the forecast
+module and `hashflex plan` both call it, so the daemon and the CLI plan the same problem.
+
+Planning intervals may have different lengths (`duration_h`): `coarsen` merges the far part of
+the horizon into hourly blocks, keeping the hard limits conservative (the minimum limit, cap and
+renewable output inside a block), so a schedule that holds for the block holds in every interval
+it covers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from hashflex.profile import SiteProfile
+
+LIMIT_SOURCE_INTERCONNECTION = "import limit"
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    power_kw: float
+    hashrate_th_s: float
+    sound_power_dba: float
+
+
+@dataclass(frozen=True)
+class GroupState:
+    """Where a group stands at the start of the horizon (from dispatch and telemetry).
+
+    ``must_stay_on_until_h``: hours from horizon start until which recently started units must stay
+    on (min-on), one entry per batch: ``[(hours_left, units)]``. ``must_stay_off_until_h`` likewise
+    for recently stopped units (min-off).
+    """
+
+    units_on: int = 0
+    load_kw: float | None = None
+    must_stay_on: tuple[tuple[float, int], ...] = ()
+    must_stay_off: tuple[tuple[float, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class Group:
+    id: str
+    units: int
+    modes: tuple[Mode, ...]
+    units_available: np.ndarray  # [T] int
+    idle_power_kw: float = 0.0
+    min_on_h: float = 0.0
+    min_off_h: float = 0.0
+    start_cost_usd: float = 0.0
+    initial: GroupState = GroupState()
+
+
+@dataclass(frozen=True)
+class Receptor:
+    id: str
+    attenuation_db: dict[str, float]  # group id -> dB per unit
+    cap_dba: np.ndarray  # [T], inf where no cap
+    background_dba: float
+    cap_applies_to: str = "total"  # or "site"
+    margin_db: float = 0.0  # subtracted from the cap (model uncertainty, sensor calibration)
+
+    def unit_energy(self, group_id: str, mode: Mode) -> float:
+        """One unit's contribution at the receptor, in the energy domain 10^(L/10)."""
+        attenuation = self.attenuation_db.get(group_id, math.inf)
+        if math.isinf(attenuation):
+            return 0.0
+        return 10.0 ** ((mode.sound_power_dba - attenuation) / 10.0)
+
+    def energy_budget(self) -> np.ndarray:
+        """[T] noise energy the site may add: 10^((cap−margin)/10) − 10^(bg/10) (total cap), >= 0."""
+        cap = self.cap_dba - self.margin_db
+        with np.errstate(over="ignore"):
+            budget = np.power(10.0, cap / 10.0)
+        if self.cap_applies_to == "total":
+            budget = budget - 10.0 ** (self.background_dba / 10.0)
+        return np.maximum(budget, 0.0)
+
+
+@dataclass(frozen=True)
+class CarbonBudget:
+    """At most ``remaining_kg`` over the intervals where ``mask`` is True (e.g. the rest of a day)."""
+
+    name: str
+    mask: np.ndarray  # [T] bool
+    remaining_kg: float
+
+
+@dataclass(frozen=True)
+class Problem:
+    interval_start: pd.DatetimeIndex  # [T] tz-aware UTC
+    duration_h: np.ndarray  # [T]
+    price_usd_mwh: np.ndarray  # [T] market price (reported)
+    price_adder_usd_mwh: float
+    hashprice_usd_per_ph_day: np.ndarray  # [T]
+    pool_fee: float  # fraction
+    groups: tuple[Group, ...]
+    renewable_kw: np.ndarray  # [T] forecast on-site output
+    import_limit_kw: np.ndarray  # [T]
+    import_limit_source: tuple[str, ...]  # [T] why the limit is what it is (for reasons)
+    export_limit_kw: float
+    receptors: tuple[Receptor, ...]
+    intensity_kg_per_mwh: np.ndarray  # [T]
+    carbon_price_usd_per_t: float = 0.0
+    carbon_budgets: tuple[CarbonBudget, ...] = ()
+    ramp_limit_kw_per_h: float | None = None
+    initial_load_kw: float | None = None
+    base_interval_h: float = 0.25
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def T(self) -> int:  # noqa: N802 - the conventional symbol
+        return len(self.interval_start)
+
+    @property
+    def energy_price_usd_mwh(self) -> np.ndarray:
+        return self.price_usd_mwh + self.price_adder_usd_mwh
+
+    @property
+    def hashprice_usd_per_th_h(self) -> np.ndarray:
+        return self.hashprice_usd_per_ph_day / 1000.0 / 24.0
+
+    def validate(self) -> None:
+        """Consistency checks before a model is built; raise ValueError naming the array."""
+        T = self.T
+        for name in ("duration_h", "price_usd_mwh", "hashprice_usd_per_ph_day", "renewable_kw",
+                     "import_limit_kw", "intensity_kg_per_mwh"):
+            array = getattr(self, name)
+            if array.shape != (T,):
+                raise ValueError(f"{name} has shape {array.shape}, expected ({T},)")
+            if not np.all(np.isfinite(array)):
+                raise ValueError(f"{name} has non-finite values")
+        if np.any(self.duration_h <= 0):
+            raise ValueError("duration_h must be positive")
+        if np.any(self.import_limit_kw < 0) or np.any(self.renewable_kw < 0):
+            raise ValueError("import_limit_kw and renewable_kw must be >= 0")
+        if len(self.import_limit_source) != T:
+            raise ValueError("import_limit_source must have one entry per interval")
+        for group in self.groups:
+            if group.units_available.shape != (T,):
+                raise ValueError(f"group {group.id}: units_available has the wrong shape")
+            if np.any(group.units_available > group.units) or np.any(group.units_available < 0):
+                raise ValueError(f"group {group.id}: units_available outside 0..{group.units}")
+        for receptor in self.receptors:
+            if receptor.cap_dba.shape != (T,):
+                raise ValueError(f"receptor {receptor.id}: cap_dba has the wrong shape")
+        for budget in self.carbon_budgets:
+            if budget.mask.shape != (T,):
+                raise ValueError(f"carbon budget {budget.name}: mask has the wrong shape")
+
+
+def _as_array(value: float | np.ndarray | pd.Series | None, T: int, default: float) -> np.ndarray:
+    if value is None:
+        return np.full(T, float(default))
+    if isinstance(value, pd.Series):
+        value = value.to_numpy()
+    array = np.asarray(value, dtype=float)
+    if array.ndim == 0:
+        return np.full(T, float(array))
+    return array.copy()
+
+
+def noise_caps_dba(profile: SiteProfile, interval_start: pd.DatetimeIndex) -> dict[str, np.ndarray]:
+    """Cap in force at each interval start (site local time) for each receptor; inf if none."""
+    local = interval_start.tz_convert(profile.tz)
+    return {
+        r.id: np.array([r.cap_at(ts.to_pydatetime()) for ts in local], dtype=float)
+        for r in profile.receptors
+    }
+
+
+def four_cp_limits_kw(
+    profile: SiteProfile, interval_start: pd.DatetimeIndex, alert_days: set[pd.Timestamp] | None = None
+) -> np.ndarray:
+    """Import limit from the 4CP section: the alert limit inside a window on an alert day (or every
+    window day of the months when ``hold_without_alert``); inf elsewhere."""
+    limits = np.full(len(interval_start), np.inf)
+    cp = profile.grid.four_cp
+    if cp is None or not cp.enabled:
+        return limits
+    local = interval_start.tz_convert(profile.tz)
+    days = {pd.Timestamp(d).date() for d in (alert_days or set())}
+    in_month = np.isin(local.month, cp.months)
+    in_window = (local.hour >= cp.window_start_hour) & (local.hour < cp.window_end_hour)
+    on_alert = np.array([ts.date() in days for ts in local]) | cp.hold_without_alert
+    limits[in_month & in_window & on_alert] = cp.alert_import_limit_kw
+    return limits
+
+
+def daily_carbon_budgets(
+    profile: SiteProfile, interval_start: pd.DatetimeIndex, emitted_today_kg: float = 0.0
+) -> tuple[CarbonBudget, ...]:
+    """One budget per local calendar day touched by the horizon; the first day net of what was
+    already emitted. Monthly budgets are left to the caller, who knows the month's emissions."""
+    if profile.carbon.daily_budget_kg is None:
+        return ()
+    local_days = interval_start.tz_convert(profile.tz).normalize()
+    budgets = []
+    for i, day in enumerate(pd.unique(local_days)):
+        used = emitted_today_kg if i == 0 else 0.0
+        budgets.append(CarbonBudget(
+            name=f"daily {day.date()}",
+            mask=np.asarray(local_days == day),
+            remaining_kg=max(profile.carbon.daily_budget_kg - used, 0.0),
+        ))
+    return tuple(budgets)
+
+
+def problem_from_profile(
+    profile: SiteProfile,
+    interval_start: pd.DatetimeIndex,
+    price_usd_mwh: np.ndarray | pd.Series,
+    *,
+    renewable_kw: np.ndarray | pd.Series | None = None,
+    import_limit_kw: np.ndarray | None = None,
+    import_limit_source: list[str] | None = None,
+    intensity_kg_per_mwh: np.ndarray | pd.Series | None = None,
+    hashprice_usd_per_ph_day: np.ndarray | float | None = None,
+    units_available: dict[str, np.ndarray] | None = None,
+    initial: dict[str, GroupState] | None = None,
+    noise_margin_db: dict[str, float] | None = None,
+    carbon_budgets: tuple[CarbonBudget, ...] | None = None,
+    four_cp_alert_days: set[pd.Timestamp] | None = None,
+) -> Problem:
+    """Assemble a Problem at the site's base interval from the profile and horizon series.
+
+    ``import_limit_kw`` (e.g. from DR events) is combined with the interconnection limit and 4CP
+    windows by taking the minimum; ``import_limit_source`` says which one binds at each interval.
+    """
+    if interval_start.tz is None:
+        raise ValueError("interval_start must be tz-aware")
+    interval_start = interval_start.tz_convert("UTC")
+    T = len(interval_start)
+    base_h = profile.site.interval_minutes / 60.0
+    initial = initial or {}
+    units_available = units_available or {}
+
+    limit = np.full(T, profile.grid.import_limit_kw)
+    source = [LIMIT_SOURCE_INTERCONNECTION] * T
+    cp = four_cp_limits_kw(profile, interval_start, four_cp_alert_days)
+    external = _as_array(import_limit_kw, T, np.inf)
+    external_sources = import_limit_source or ["DR"] * T
+    for t in range(T):
+        if cp[t] < limit[t]:
+            limit[t], source[t] = cp[t], "4CP window"
+        if external[t] < limit[t]:
+            limit[t], source[t] = external[t], external_sources[t]
+
+    groups = tuple(
+        Group(
+            id=g.id,
+            units=g.units,
+            modes=tuple(Mode(m.name, m.power_kw, m.hashrate_th_s, m.sound_power_dba) for m in g.modes),
+            units_available=np.asarray(units_available.get(g.id, np.full(T, g.units)), dtype=int),
+            idle_power_kw=g.idle_power_kw,
+            min_on_h=g.min_on_minutes / 60.0,
+            min_off_h=g.min_off_minutes / 60.0,
+            start_cost_usd=g.start_cost_usd,
+            initial=initial.get(g.id, GroupState()),
+        )
+        for g in profile.miner_groups
+    )
+    caps = noise_caps_dba(profile, interval_start)
+    margins = noise_margin_db or {}
+    receptors = tuple(
+        Receptor(
+            id=r.id,
+            attenuation_db={g.id: r.attenuation_from(g.id) for g in profile.miner_groups},
+            cap_dba=caps[r.id],
+            background_dba=r.background_dba,
+            cap_applies_to=r.cap_applies_to,
+            margin_db=margins.get(r.id, r.model_margin_db),
+        )
+        for r in profile.receptors
+    )
+    ramp = profile.grid.ramp_limit_kw_per_min
+    initial_load = sum((s.load_kw or 0.0) for s in initial.values()) if initial else None
+    problem = Problem(
+        interval_start=interval_start,
+        duration_h=np.full(T, base_h),
+        price_usd_mwh=_as_array(price_usd_mwh, T, np.nan),
+        price_adder_usd_mwh=profile.grid.total_adder_usd_mwh,
+        hashprice_usd_per_ph_day=_as_array(hashprice_usd_per_ph_day, T,
+                                           profile.economics.hashprice_usd_per_ph_day),
+        pool_fee=profile.economics.pool_fee_pct / 100.0,
+        groups=groups,
+        renewable_kw=_as_array(renewable_kw, T, 0.0),
+        import_limit_kw=limit,
+        import_limit_source=tuple(source),
+        export_limit_kw=profile.grid.export_limit_kw,
+        receptors=receptors,
+        intensity_kg_per_mwh=_as_array(intensity_kg_per_mwh, T, profile.carbon.default_intensity_kg_per_mwh),
+        carbon_price_usd_per_t=profile.carbon.internal_price_usd_per_t,
+        carbon_budgets=(carbon_budgets if carbon_budgets is not None
+                        else daily_carbon_budgets(profile, interval_start)),
+        ramp_limit_kw_per_h=None if ramp is None else ramp * 60.0,
+        initial_load_kw=initial_load if initial_load else None,
+        base_interval_h=base_h,
+    )
+    problem.validate()
+    return problem
+
+
+def coarsen(problem: Problem, fine_intervals: int, block_h: float = 1.0) -> tuple[Problem, np.ndarray]:
+    """Merge intervals after the first ``fine_intervals`` into blocks of ``block_h`` hours.
+
+    Returns the coarse problem and ``block_of`` ([T_fine] -> coarse index) to expand a schedule
+    back. Prices, intensity and hashprice are duration-weighted means; limits, caps, renewable
+    output and availability take the block minimum, so the coarse plan is safe in every interval.
+    """
+    T = problem.T
+    per_block = max(int(round(block_h / problem.base_interval_h)), 1)
+    block_of = np.empty(T, dtype=int)
+    block_of[:fine_intervals] = np.arange(min(fine_intervals, T))
+    if T > fine_intervals:
+        block_of[fine_intervals:] = fine_intervals + (np.arange(T - fine_intervals) // per_block)
+    n_blocks = int(block_of[-1]) + 1 if T else 0
+    if n_blocks == T:
+        return problem, block_of
+
+    def weighted_mean(values: np.ndarray) -> np.ndarray:
+        sums = np.bincount(block_of, weights=values * problem.duration_h, minlength=n_blocks)
+        return sums / np.bincount(block_of, weights=problem.duration_h, minlength=n_blocks)
+
+    def block_min(values: np.ndarray) -> np.ndarray:
+        out = np.full(n_blocks, np.inf)
+        np.minimum.at(out, block_of, values)
+        return out
+
+    first = np.array([np.flatnonzero(block_of == b)[0] for b in range(n_blocks)])
+    limit = block_min(problem.import_limit_kw)
+    sources = []
+    for b in range(n_blocks):
+        members = np.flatnonzero(block_of == b)
+        sources.append(problem.import_limit_source[members[np.argmin(problem.import_limit_kw[members])]])
+    coarse = dataclasses.replace(
+        problem,
+        interval_start=problem.interval_start[first],
+        duration_h=np.bincount(block_of, weights=problem.duration_h, minlength=n_blocks),
+        price_usd_mwh=weighted_mean(problem.price_usd_mwh),
+        hashprice_usd_per_ph_day=weighted_mean(problem.hashprice_usd_per_ph_day),
+        renewable_kw=block_min(problem.renewable_kw),
+        import_limit_kw=limit,
+        import_limit_source=tuple(sources),
+        intensity_kg_per_mwh=weighted_mean(problem.intensity_kg_per_mwh),
+        groups=tuple(dataclasses.replace(g, units_available=block_min(g.units_available).astype(int))
+                     for g in problem.groups),
+        receptors=tuple(dataclasses.replace(r, cap_dba=block_min(r.cap_dba)) for r in problem.receptors),
+        carbon_budgets=tuple(
+            dataclasses.replace(c, mask=np.bincount(block_of, weights=c.mask.astype(float),
+                                                    minlength=n_blocks) > 0)
+            for c in problem.carbon_budgets
+        ),
+    )
+    return coarse, block_of

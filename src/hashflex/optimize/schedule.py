@@ -1,0 +1,170 @@
+"""`Schedule`: the optimizer's answer, one row per planning interval, plus how it was obtained.
+
+Every figure in the frame is recomputed here from the integer unit counts and the Problem, with
+the same formulas for the MILP and the greedy fallback, so a schedule can be checked line by line
+and a reader never sees a number the solver merely asserted.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from hashflex.optimize.problem import Problem
+
+
+class SolveStatus(str, enum.Enum):
+    OPTIMAL = "optimal"  # proven within the requested relative gap
+    FEASIBLE_GAP = "feasible_with_gap"
+    TIME_LIMIT = "time_limit"  # incumbent from a solve that hit its time limit
+    FALLBACK = "failed_fallback"  # the solver failed; greedy schedule, every hard limit respected
+
+
+@dataclass(frozen=True)
+class SolveInfo:
+    status: SolveStatus
+    objective_usd: float | None = None
+    bound_usd: float | None = None
+    gap: float | None = None
+    build_seconds: float = 0.0
+    solve_seconds: float = 0.0
+    penalties: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    frame: pd.DataFrame  # indexed by interval_start (UTC)
+    info: SolveInfo
+    group_modes: tuple[tuple[str, str], ...]
+    receptor_ids: tuple[str, ...]
+
+    @property
+    def status(self) -> SolveStatus:
+        return self.info.status
+
+    def counts(self, group_id: str, mode: str) -> pd.Series:
+        return self.frame[unit_column(group_id, mode)]
+
+    @property
+    def total_profit_usd(self) -> float:
+        return float(self.frame["profit_usd"].sum())
+
+
+def unit_column(group_id: str, mode: str) -> str:
+    return f"units_{group_id}_{mode}"
+
+
+def noise_levels_dba(problem: Problem, counts: dict[tuple[int, int], np.ndarray]) -> dict[str, np.ndarray]:
+    """Modelled level at each receptor, L = 10·log10(Σ n·10^((Lw−A)/10) [+ 10^(bg/10)]), the
+    quantity its cap is compared with (total level, or the site's contribution alone)."""
+    levels = {}
+    for receptor in problem.receptors:
+        energy = np.zeros(problem.T)
+        for (g, m), n in counts.items():
+            energy += n * receptor.unit_energy(problem.groups[g].id, problem.groups[g].modes[m])
+        if receptor.cap_applies_to == "total":
+            energy += 10.0 ** (receptor.background_dba / 10.0)
+        with np.errstate(divide="ignore"):
+            levels[receptor.id] = 10.0 * np.log10(energy)
+    return levels
+
+
+def power_flows_kw(
+    load_kw: np.ndarray,
+    renewable_kw: np.ndarray,
+    import_limit_kw: np.ndarray,
+    energy_price_usd_mwh: np.ndarray,
+    price_usd_mwh: np.ndarray,
+    export_limit_kw: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(grid import, renewable used, export) for a given load: renewable first unless energy is
+    cheaper than free (negative price), then import up to the limit; surplus exported if paid."""
+    import_kw = np.where(energy_price_usd_mwh < 0, np.minimum(load_kw, import_limit_kw),
+                         np.maximum(load_kw - renewable_kw, 0.0))
+    renewable_used_kw = load_kw - import_kw
+    surplus = np.maximum(renewable_kw - renewable_used_kw, 0.0)
+    export_kw = np.where(price_usd_mwh > 0, np.minimum(surplus, export_limit_kw), 0.0)
+    return import_kw, renewable_used_kw, export_kw
+
+
+def schedule_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndarray], info: SolveInfo) -> Schedule:
+    """Every column of the schedule, computed from integer counts n[g,m,t]."""
+    from hashflex.optimize.explain import explain_intervals
+
+    T = problem.T
+    dt_h = problem.duration_h
+    columns: dict[str, np.ndarray] = {}
+    load_kw = np.zeros(T)
+    hashrate_th_s = np.zeros(T)
+    full_load_kw = np.zeros(T)
+    start_cost_usd = np.zeros(T)
+    group_modes = []
+    for g, group in enumerate(problem.groups):
+        on = np.zeros(T, dtype=int)
+        for m, mode in enumerate(group.modes):
+            n = counts[g, m]
+            columns[unit_column(group.id, mode.name)] = n
+            group_modes.append((group.id, mode.name))
+            on += n
+            load_kw += n * mode.power_kw
+            hashrate_th_s += n * mode.hashrate_th_s
+        load_kw += (group.units_available - on) * group.idle_power_kw
+        starts = np.maximum(np.diff(on, prepend=group.initial.units_on), 0)
+        start_cost_usd += starts * group.start_cost_usd
+        full_load_kw += group.units_available * max(mode.power_kw for mode in group.modes)
+    import_kw, renewable_used_kw, export_kw = power_flows_kw(
+        load_kw, problem.renewable_kw, problem.import_limit_kw, problem.energy_price_usd_mwh,
+        problem.price_usd_mwh, problem.export_limit_kw)
+    emissions_kg = import_kw * dt_h * problem.intensity_kg_per_mwh / 1000.0
+    revenue_usd = hashrate_th_s * dt_h * problem.hashprice_usd_per_th_h * (1.0 - problem.pool_fee)
+    energy_cost_usd = import_kw * dt_h * problem.energy_price_usd_mwh / 1000.0 - export_kw * dt_h * problem.price_usd_mwh / 1000.0
+    carbon_cost_usd = emissions_kg * problem.carbon_price_usd_per_t / 1000.0
+    levels = noise_levels_dba(problem, counts)
+
+    frame = pd.DataFrame(index=pd.DatetimeIndex(problem.interval_start, name="interval_start"))
+    frame["interval_end"] = problem.interval_start + pd.to_timedelta(dt_h, unit="h")
+    frame["duration_h"] = dt_h
+    frame["price_usd_mwh"] = problem.price_usd_mwh
+    frame["energy_price_usd_mwh"] = problem.energy_price_usd_mwh
+    frame["hashprice_usd_per_ph_day"] = problem.hashprice_usd_per_ph_day
+    for name, values in columns.items():
+        frame[name] = values
+    frame["load_kw"] = load_kw
+    frame["full_load_kw"] = full_load_kw
+    frame["grid_import_kw"] = import_kw
+    frame["import_limit_kw"] = problem.import_limit_kw
+    frame["import_limit_source"] = list(problem.import_limit_source)
+    frame["renewable_kw"] = problem.renewable_kw
+    frame["renewable_used_kw"] = renewable_used_kw
+    frame["export_kw"] = export_kw
+    frame["hashrate_th_s"] = hashrate_th_s
+    for receptor in problem.receptors:
+        frame[f"noise_dba_{receptor.id}"] = levels[receptor.id]
+        frame[f"noise_cap_dba_{receptor.id}"] = receptor.cap_dba
+    frame["intensity_kg_per_mwh"] = problem.intensity_kg_per_mwh
+    frame["emissions_kg"] = emissions_kg
+    frame["revenue_usd"] = revenue_usd
+    frame["energy_cost_usd"] = energy_cost_usd
+    frame["carbon_cost_usd"] = carbon_cost_usd
+    frame["start_cost_usd"] = start_cost_usd
+    frame["profit_usd"] = revenue_usd - energy_cost_usd - carbon_cost_usd - start_cost_usd
+    reasons, details = explain_intervals(problem, counts, frame)
+    frame["reason"] = reasons
+    frame["reason_detail"] = details
+    return Schedule(frame=frame, info=info, group_modes=tuple(group_modes),
+                    receptor_ids=tuple(r.id for r in problem.receptors))
+
+
+def expand_to_base(schedule: Schedule, fine: Problem, block_of: np.ndarray) -> Schedule:
+    """Turn a schedule on a coarsened grid back into one row per base interval (counts held
+    constant inside a block; every figure recomputed with the fine prices, caps and limits)."""
+    counts = {}
+    for g, group in enumerate(fine.groups):
+        for m, mode in enumerate(group.modes):
+            coarse_counts = schedule.frame[unit_column(group.id, mode.name)].to_numpy()
+            counts[g, m] = coarse_counts[block_of]
+    return schedule_from_counts(fine, counts, schedule.info)

@@ -1,0 +1,296 @@
+"""Site profiles: what a site manager writes in one YAML file, validated with pydantic v2.
+
+Every mistake is reported with the file, the field path and what is wrong (`ProfileError`).
+Unknown keys are errors (a misspelt ``night_cap_dba`` must not be silently ignored), and units are
+in the key names. The profile is configuration only; turning it into per-interval arrays (caps at
+a given local time, attenuation per group) lives in small pure functions here so the optimizer,
+the guard and the reports share one definition.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+# Hemispherical spreading from a point source on hard ground: A = 20·log10(r) + 8 dB (ISO 9613-2 Adiv
+# for a source on a reflecting plane). Barriers and air absorption come on top as extra_attenuation_db.
+HEMISPHERICAL_SPREADING_DB = 8.0
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SiteSection(_Strict):
+    name: str = Field(min_length=1)
+    timezone: str = "America/Chicago"
+    settlement_point: str = Field(min_length=1, description="ERCOT settlement point, e.g. LZ_WEST")
+    settlement_point_type: Literal["LZ", "LZEW", "HU", "RN", "SH", "AH"] = "LZ"
+    interval_minutes: Literal[5, 15] = 15
+    horizon_hours: Annotated[int, Field(ge=1, le=72)] = 24
+    fine_horizon_hours: Annotated[float, Field(ge=0, le=72)] = Field(
+        default=24,
+        description="hours at interval resolution; beyond this the planning grid is hourly",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA timezone {value!r}") from exc
+        return value
+
+
+class FourCPSection(_Strict):
+    enabled: bool = True
+    months: list[Annotated[int, Field(ge=1, le=12)]] = [6, 7, 8, 9]
+    window_start_hour: Annotated[int, Field(ge=0, le=23)] = 15
+    window_end_hour: Annotated[int, Field(ge=1, le=24)] = 19
+    alert_import_limit_kw: NonNegFloat = 0.0
+    hold_without_alert: bool = Field(
+        default=False, description="hold the limit in every window of the months, alert or not"
+    )
+
+    @model_validator(mode="after")
+    def _window_order(self) -> "FourCPSection":
+        if self.window_end_hour <= self.window_start_hour:
+            raise ValueError("window_end_hour must be after window_start_hour")
+        return self
+
+
+class GridSection(_Strict):
+    import_limit_kw: PositiveFloat
+    export_limit_kw: NonNegFloat = 0.0
+    price_adders_usd_mwh: dict[str, float] = Field(default_factory=dict)
+    ramp_limit_kw_per_min: PositiveFloat | None = None
+    four_cp: FourCPSection | None = None
+
+    @property
+    def total_adder_usd_mwh(self) -> float:
+        return float(sum(self.price_adders_usd_mwh.values()))
+
+
+class DRSection(_Strict):
+    issuers: list[str] = Field(default_factory=list)
+    level_import_limit_kw: dict[Literal[1, 2, 3], NonNegFloat] = Field(default_factory=dict)
+
+
+class MinerMode(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    power_kw: PositiveFloat
+    hashrate_th_s: PositiveFloat
+    sound_power_dba: float = Field(ge=0, le=140, description="A-weighted sound power level Lw per unit")
+
+    @property
+    def efficiency_j_per_th(self) -> float:
+        return self.power_kw * 1000.0 / self.hashrate_th_s
+
+
+class MinerGroup(_Strict):
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    model: str
+    units: Annotated[int, Field(ge=1)]
+    cooling: Literal["air", "hydro", "immersion"] = "air"
+    modes: list[MinerMode] = Field(min_length=1)
+    idle_power_kw: NonNegFloat = 0.0
+    boot_minutes: NonNegFloat = 0.0
+    stop_minutes: NonNegFloat = 0.0
+    min_on_minutes: NonNegFloat = 0.0
+    min_off_minutes: NonNegFloat = 0.0
+    start_cost_usd: NonNegFloat = 0.0
+    safe_default_mode: Literal["sleep"] = "sleep"
+
+    @model_validator(mode="after")
+    def _unique_modes(self) -> "MinerGroup":
+        names = [mode.name for mode in self.modes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"mode names must be unique, got {names}")
+        if "sleep" in names:
+            raise ValueError("'sleep' is implied (units not in a mode sleep at idle_power_kw)")
+        return self
+
+    def mode(self, name: str) -> MinerMode:
+        return next(m for m in self.modes if m.name == name)
+
+
+class RenewableSource(_Strict):
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    kind: Literal["solar", "wind"]
+    capacity_kw: PositiveFloat
+
+
+class CapWindow(_Strict):
+    """A noise cap in force from ``start`` to ``end`` local time on ``days`` (end < start wraps midnight)."""
+
+    name: str
+    start: dt.time
+    end: dt.time
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = list(WEEKDAYS)
+    cap_dba: float = Field(ge=0, le=140)
+
+    def applies(self, local: dt.datetime) -> bool:
+        """True when local time ``local`` falls in this window (the window belongs to its start day)."""
+        clock = local.time().replace(tzinfo=None)
+        weekday = WEEKDAYS[local.weekday()]
+        if self.start < self.end:
+            return weekday in self.days and self.start <= clock < self.end
+        if clock >= self.start:
+            return weekday in self.days
+        previous_day = WEEKDAYS[(local.weekday() - 1) % 7]
+        return clock < self.end and previous_day in self.days
+
+
+class Receptor(_Strict):
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str = ""
+    attenuation_db: dict[str, NonNegFloat] = Field(default_factory=dict)
+    distance_m: dict[str, PositiveFloat] = Field(default_factory=dict)
+    extra_attenuation_db: NonNegFloat = 0.0
+    background_dba: float = Field(ge=0, le=140)
+    cap_applies_to: Literal["total", "site"] = "total"
+    caps: list[CapWindow] = Field(min_length=1)
+    sensor_topic: str | None = None
+    model_margin_db: NonNegFloat = Field(
+        default=1.0, description="safety margin subtracted from the cap when no sensor confirms the model"
+    )
+
+    @model_validator(mode="after")
+    def _one_path_per_group(self) -> "Receptor":
+        both = set(self.attenuation_db) & set(self.distance_m)
+        if both:
+            raise ValueError(f"groups {sorted(both)} have both attenuation_db and distance_m; give one")
+        return self
+
+    def attenuation_from(self, group_id: str) -> float:
+        """Attenuation in dB from one unit of ``group_id`` to this receptor (inf if unrelated)."""
+        if group_id in self.attenuation_db:
+            return self.attenuation_db[group_id]
+        if group_id in self.distance_m:
+            return geometric_attenuation_db(self.distance_m[group_id]) + self.extra_attenuation_db
+        return math.inf
+
+    def cap_at(self, local: dt.datetime) -> float:
+        """The cap in force at ``local``: the lowest of all matching windows (inf if none match)."""
+        caps = [window.cap_dba for window in self.caps if window.applies(local)]
+        return min(caps) if caps else math.inf
+
+
+class CarbonSection(_Strict):
+    daily_budget_kg: NonNegFloat | None = None
+    monthly_budget_kg: NonNegFloat | None = None
+    internal_price_usd_per_t: NonNegFloat = 0.0
+    default_intensity_kg_per_mwh: NonNegFloat
+    intensity_source: str = Field(min_length=1, description="where the default factor comes from")
+
+
+class EconomicsSection(_Strict):
+    hashprice_usd_per_ph_day: NonNegFloat
+    hashprice_source: str = "profile"
+    pool_fee_pct: float = Field(default=2.0, ge=0, lt=100)
+
+
+class SiteProfile(_Strict):
+    site: SiteSection
+    grid: GridSection
+    dr: DRSection = DRSection()
+    miner_groups: list[MinerGroup] = Field(min_length=1)
+    renewables: list[RenewableSource] = Field(default_factory=list)
+    receptors: list[Receptor] = Field(default_factory=list)
+    carbon: CarbonSection
+    economics: EconomicsSection
+
+    @model_validator(mode="after")
+    def _references(self) -> "SiteProfile":
+        group_ids = [g.id for g in self.miner_groups]
+        _require_unique("miner_groups", group_ids)
+        _require_unique("renewables", [r.id for r in self.renewables])
+        _require_unique("receptors", [r.id for r in self.receptors])
+        for receptor in self.receptors:
+            unknown = (set(receptor.attenuation_db) | set(receptor.distance_m)) - set(group_ids)
+            if unknown:
+                raise ValueError(f"receptor {receptor.id!r} names unknown miner groups {sorted(unknown)}")
+        return self
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.site.timezone)
+
+    @property
+    def full_load_kw(self) -> float:
+        """Site load with every unit in its highest-power mode."""
+        return sum(g.units * max(m.power_kw for m in g.modes) for g in self.miner_groups)
+
+    def group(self, group_id: str) -> MinerGroup:
+        return next(g for g in self.miner_groups if g.id == group_id)
+
+
+def _require_unique(what: str, ids: list[str]) -> None:
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"{what}: duplicate ids {duplicates}")
+
+
+def geometric_attenuation_db(distance_m: float) -> float:
+    """Point source over reflecting ground: A = 20·log10(r / 1 m) + 8 dB."""
+    return 20.0 * math.log10(max(distance_m, 1.0)) + HEMISPHERICAL_SPREADING_DB
+
+
+class ProfileError(ValueError):
+    """A profile could not be loaded; the message names the file, the field path and the problem."""
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    lines = [f"{source}: invalid site profile ({error.error_count()} problem(s))"]
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "<top level>"
+        lines.append(f"  {path}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_profile(text: str, source: str = "<profile>") -> SiteProfile:
+    """Validate YAML text; raise ProfileError naming ``source`` and every bad field."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProfileError(f"{source}: a site profile must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return SiteProfile.model_validate(data)
+    except ValidationError as exc:
+        raise ProfileError(_format_validation_error(source, exc)) from exc
+
+
+def load_profile(path: str | Path) -> SiteProfile:
+    """Load a profile file, or one of the bundled profiles by name (e.g. ``west_texas``)."""
+    candidate = Path(path)
+    if not candidate.exists() and not candidate.suffix:
+        bundled = resources.files("hashflex.data").joinpath("profiles", f"{path}.yaml")
+        if bundled.is_file():
+            return parse_profile(bundled.read_text(encoding="utf-8"), source=f"bundled:{path}")
+    try:
+        text = candidate.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProfileError(f"{candidate}: cannot read profile: {exc.strerror or exc}") from exc
+    return parse_profile(text, source=str(candidate))
+
+
+DEFAULT_PROFILE = "west_texas"
+
+
+def profile_hash(profile: SiteProfile) -> str:
+    """SHA-256 of the profile's canonical JSON: what the audit trail and reports cite."""
+    return hashlib.sha256(profile.model_dump_json().encode("utf-8")).hexdigest()
