@@ -1,0 +1,229 @@
+"""MQTT ingest: subscribe to ``hashflex/<site>/in/#``, validate, hand to the store and callbacks.
+
+``MqttIngest`` runs paho-mqtt's network loop in its own thread (``start()`` / ``stop()``). For every
+message it calls :func:`hashflex.messages.parse_message`; an accepted message that is not a duplicate
+is enqueued to the :class:`~hashflex.store.Store` writer (which never blocks on disk) and passed to the
+registered callbacks, in the network thread, so callbacks must be fast (the guard's fast path). A
+rejected payload is counted, recorded in the store's rejections table and logged with its reason.
+Nothing raises out of a paho callback.
+
+Reliability: MQTT v5 with ``clean_start=False`` and a session expiry, a fixed client id, QoS 1
+subscriptions, so a broker that keeps the session queues messages across a reconnect; the
+subscription is renewed on every connect in case the session was lost (e.g. a broker restart without
+persistence). Reconnects back off between ``reconnect_min_s`` and ``reconnect_max_s``.
+
+Duplicates: a message whose ``identity`` (kind, key, timestamp; DR: event id and modification;
+price: interval and published_at) was seen among the last ``dedupe_window`` accepted messages is
+counted as a duplicate and dropped; the store's upserts make older repeats harmless too. Messages
+arriving out of order are stored by their own timestamp.
+
+API: ``MqttIngest(store, site, host="127.0.0.1", port=1883, *, client_id=None, username=None,
+password=None, keepalive_s=30, session_expiry_s=3600, reconnect_min_s=1, reconnect_max_s=30,
+dedupe_window=100_000, clock=utc_now)``; ``add_callback(fn)``, ``start()``, ``stop()``,
+``wait_connected(timeout_s) -> bool``, ``connected``, ``stats() -> dict[kind, dict[counter, int]]``,
+``handle(topic, payload)`` (the per-message path, usable without a broker).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from hashflex.messages import InboundMessage, Rejection, Topics, parse_message
+from hashflex.store import Store, utc_now
+
+__all__ = ["MqttIngest", "MessageCallback"]
+
+log = logging.getLogger(__name__)
+
+MessageCallback = Callable[[InboundMessage], None]
+COUNTERS = ("accepted", "rejected", "duplicate", "errors")
+_LOG_EVERY_S = 60.0  # a repeated rejection reason is logged at WARNING at most this often
+
+
+class MqttIngest:
+    """Validated MQTT input for one site; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store | None,
+        site: str,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        *,
+        client_id: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        keepalive_s: int = 30,
+        session_expiry_s: int = 3600,
+        reconnect_min_s: float = 1.0,
+        reconnect_max_s: float = 30.0,
+        dedupe_window: int = 100_000,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.store = store
+        self.topics = Topics(site)
+        self.host, self.port = host, port
+        self._keepalive_s = keepalive_s
+        self._session_expiry_s = session_expiry_s
+        self._clock = clock
+        self._callbacks: list[MessageCallback] = []
+        self._seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+        self._dedupe_window = dedupe_window
+        self._counts: defaultdict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
+        self._lock = threading.Lock()  # guards _counts and _seen (handle() may be called from tests too)
+        self._last_logged: dict[tuple[str | None, str], float] = {}
+        self._connected = threading.Event()
+        self._stopping = False
+        self.connects = 0
+
+        self._client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"hashflex-ingest-{site}",
+            protocol=mqtt.MQTTv5,
+        )
+        if username is not None:
+            self._client.username_pw_set(username, password)
+        self._client.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)  # type: ignore[arg-type]
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def add_callback(self, callback: MessageCallback) -> None:
+        """Call ``callback(message)`` for each accepted, non-duplicate message (network thread)."""
+        self._callbacks.append(callback)
+
+    def start(self) -> None:
+        """Connect in the background; retries until the broker answers."""
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = self._session_expiry_s
+        self._client.connect_async(
+            self.host, self.port, keepalive=self._keepalive_s, clean_start=False, properties=properties
+        )
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        """Disconnect and stop the network thread (the store is left open)."""
+        self._stopping = True
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+
+    def wait_connected(self, timeout_s: float = 10.0) -> bool:
+        """True once connected and subscribed."""
+        return self._connected.wait(timeout_s)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Counters per kind (``price``, ``noise``, ..., ``unknown``): accepted/rejected/duplicate/errors."""
+        with self._lock:
+            return {kind: dict(counts) for kind, counts in self._counts.items()}
+
+    def totals(self) -> dict[str, int]:
+        """Counters summed over all kinds."""
+        totals = dict.fromkeys(COUNTERS, 0)
+        for counts in self.stats().values():
+            for name, value in counts.items():
+                totals[name] += value
+        return totals
+
+    # ------------------------------------------------------------------ message path
+
+    def handle(self, topic: str, payload: bytes) -> InboundMessage | Rejection | None:
+        """Validate, dedupe, store and dispatch one payload. Returns the message, the rejection, or
+        None for a duplicate. Never raises."""
+        try:
+            result = parse_message(topic, payload, site=self.topics.site)
+            if isinstance(result, Rejection):
+                self._reject(result)
+                return result
+            identity = result.identity
+            with self._lock:
+                counts = self._counts[result.kind]
+                if identity in self._seen:
+                    counts["duplicate"] += 1
+                    return None
+                self._seen[identity] = None
+                if len(self._seen) > self._dedupe_window:
+                    self._seen.popitem(last=False)
+                counts["accepted"] += 1
+            if self.store is not None:
+                self.store.put(result, received_at=self._clock())
+            for callback in self._callbacks:
+                try:
+                    callback(result)
+                except Exception:
+                    log.exception("ingest: callback %r failed on %s", callback, topic)
+                    self._count(result.kind, "errors")
+            return result
+        except Exception:  # noqa: BLE001 - never raise into paho's network loop
+            log.exception("ingest: unexpected error handling %s", topic)
+            self._count("unknown", "errors")
+            return None
+
+    def _count(self, kind: str, counter: str) -> None:
+        with self._lock:
+            self._counts[kind][counter] += 1
+
+    def _reject(self, rejection: Rejection) -> None:
+        self._count(rejection.kind or "unknown", "rejected")
+        if self.store is not None:
+            self.store.put_rejection(rejection, received_at=self._clock())
+        now = time.monotonic()
+        key = (rejection.topic, rejection.reason)
+        if now - self._last_logged.get(key, -_LOG_EVERY_S) >= _LOG_EVERY_S:
+            self._last_logged[key] = now
+            if len(self._last_logged) > 10_000:
+                self._last_logged.clear()
+            log.warning("ingest: rejected %s: %s; payload=%r", rejection.topic, rejection.reason, rejection.payload)
+        else:
+            log.debug("ingest: rejected %s: %s", rejection.topic, rejection.reason)
+
+    # ------------------------------------------------------------------ paho callbacks (network thread)
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        try:
+            if reason_code.is_failure:
+                log.warning("ingest: connect to %s:%s refused: %s", self.host, self.port, reason_code)
+                return
+            self.connects += 1
+            log.info("ingest: connected to %s:%s (session present: %s)", self.host, self.port,
+                     getattr(flags, "session_present", None))
+            client.subscribe(self.topics.inbound_filter, qos=1)
+        except Exception:  # noqa: BLE001
+            log.exception("ingest: on_connect failed")
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        try:
+            failures = [rc for rc in reason_codes if rc.is_failure]
+            if failures:
+                log.error("ingest: subscription to %s refused: %s", self.topics.inbound_filter, failures)
+                return
+            self._connected.set()
+        except Exception:  # noqa: BLE001
+            log.exception("ingest: on_subscribe failed")
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        self._connected.clear()
+        if self._stopping:
+            log.info("ingest: disconnected from %s:%s", self.host, self.port)
+            return
+        log.warning("ingest: disconnected from %s:%s: %s; reconnecting", self.host, self.port, reason_code)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self.handle(message.topic, message.payload)
