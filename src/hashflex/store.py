@@ -17,7 +17,7 @@ Idempotency and supersession
 
 API
 ---
-``Store(path, *, batch_max=2000, queue_max=200_000, clock=utc_now)`` (also a context manager)
+``Store(path, *, batch_max=5000, queue_max=200_000, linger_s=0.005, clock=utc_now)`` (also a context manager)
 
 writes (asynchronous, ordered per table):
   ``put(message, *, received_at=None)``, ``put_many(messages, *, received_at=None)``,
@@ -42,6 +42,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -171,13 +172,15 @@ class Store:
         self,
         path: str | Path,
         *,
-        batch_max: int = 2000,
+        batch_max: int = 5000,
         queue_max: int = 200_000,
+        linger_s: float = 0.005,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.path = Path(path)
         self._clock = clock
         self._batch_max = batch_max
+        self._linger_s = linger_s
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_max)
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -329,6 +332,8 @@ class Store:
         try:
             while True:
                 batch = [self._queue.get()]
+                if self._linger_s > 0 and isinstance(batch[0], tuple):
+                    time.sleep(self._linger_s)  # let a burst accumulate: fewer, larger transactions
                 while len(batch) < self._batch_max:
                     try:
                         batch.append(self._queue.get_nowait())
