@@ -425,7 +425,8 @@ def parse_ercot_api(pages: Mapping[str, Any] | Sequence[Mapping[str, Any]] | str
                                      location=f"page {page_no} row {r}")
             rows.append(row)
             where.append(f"page {page_no} row {r}")
-    if total_pages is not None and sorted(seen_pages) != list(range(1, total_pages + 1)):
+    expected_pages = list(range(1, max(total_pages or 0, 1) + 1))  # an empty result is 1 page with 0 pages total
+    if total_pages is not None and sorted(seen_pages) != expected_pages:
         raise PriceFileError(source_name, f"incomplete page set: got pages {sorted(seen_pages)} of {total_pages}")
     assert names is not None
     lower = {nm.lower(): nm for nm in names}
