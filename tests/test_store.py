@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hashflex.messages import (
     CarbonIntensityMessage,
@@ -292,3 +294,30 @@ def test_naive_times_are_refused_by_the_store_api(store: Store) -> None:
         store.prices(datetime(2025, 1, 1))
     with pytest.raises(ValueError, match="naive"):
         store.put(noise(0), received_at=datetime(2025, 1, 1))
+
+
+def test_writer_survives_a_row_it_cannot_store(store: Store) -> None:
+    store._queue.put(("obs", ("noise", "r1", 2**70, 1.0, "{}", 0)))  # int too large for SQLite
+    store.put(noise(1))
+    store.flush()
+    assert store.writer_stats()["errors"] == 1
+    assert store.observations("noise")["timestamp"].tolist() == [T0 + MIN]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(arrivals=st.lists(st.tuples(st.sampled_from(["r1", "r2"]), st.integers(0, 20), st.floats(20, 90)),
+                         max_size=60))
+def test_any_arrival_order_stores_each_identity_once_with_its_first_value(
+    tmp_path_factory: pytest.TempPathFactory, arrivals: list[tuple[str, int, float]]
+) -> None:
+    expected: dict[tuple[str, datetime], float] = {}
+    for receptor, minute, level in arrivals:
+        expected.setdefault((receptor, T0 + minute * MIN), level)
+    with Store(tmp_path_factory.mktemp("prop") / "p.db", linger_s=0) as store:
+        for receptor, minute, level in arrivals:
+            store.put(noise(minute, level, receptor_id=receptor))
+        store.flush()
+        frame = store.observations("noise")
+    got = {(k, t): v for k, t, v in zip(frame["key"], frame["timestamp"], frame["laeq_dba"])}
+    assert got == expected
+    assert list(frame["timestamp"]) == sorted(frame["timestamp"])

@@ -247,7 +247,7 @@ class DREventMessage(_Inbound):
 
     kind: ClassVar[str] = "dr"
     event_id: Identifier
-    modification_number: int = Field(ge=0)
+    modification_number: int = Field(ge=0, lt=2**31)
     program: DRProgram
     start: UtcDatetime
     end: UtcDatetime | None = None
@@ -385,7 +385,7 @@ class SetpointMessage(_Message):
 
 class DRAckMessage(_Message):
     event_id: Identifier
-    modification_number: int = Field(ge=0)
+    modification_number: int = Field(ge=0, lt=2**31)
     status: Literal["accepted", "rejected"]
     reason: Text | None = None
     acked_at: UtcDatetime

@@ -339,8 +339,14 @@ class Store:
                         batch.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                if not self._apply(conn, batch):
-                    return
+                try:
+                    if not self._apply(conn, batch):
+                        return
+                except Exception:  # noqa: BLE001 - the writer must outlive any one bad batch
+                    self._stats["errors"] += 1
+                    log.exception("store: writer failed on a batch of %d items", len(batch))
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
         finally:
             conn.close()
 
@@ -372,7 +378,7 @@ class Store:
             conn.execute("COMMIT")
             self._stats["rows"] += sum(len(rows) for rows in groups.values())
             self._stats["batches"] += 1
-        except sqlite3.Error:
+        except Exception:  # noqa: BLE001 - sqlite3.Error, or OverflowError for an out-of-range int
             log.exception("store: batch write failed, retrying row by row")
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -381,7 +387,7 @@ class Store:
                     try:
                         conn.execute(_SQL[op], row)  # autocommit: one row, one transaction
                         self._stats["rows"] += 1
-                    except sqlite3.Error as exc:
+                    except Exception as exc:  # noqa: BLE001
                         self._stats["errors"] += 1
                         log.error("store: dropped %s row %r: %s", op, row[:3], exc)
 

@@ -18,7 +18,7 @@ counted as a duplicate and dropped; the store's upserts make older repeats harml
 arriving out of order are stored by their own timestamp.
 
 API: ``MqttIngest(store, site, host="127.0.0.1", port=1883, *, client_id=None, username=None,
-password=None, keepalive_s=30, session_expiry_s=3600, reconnect_min_s=1, reconnect_max_s=30,
+password=None, tls_ca_file=None, keepalive_s=30, session_expiry_s=3600, reconnect_min_s=1, reconnect_max_s=30,
 dedupe_window=100_000, clock=utc_now)``; ``add_callback(fn)``, ``start()``, ``stop()``,
 ``wait_connected(timeout_s) -> bool``, ``connected``, ``stats() -> dict[kind, dict[counter, int]]``,
 ``handle(topic, payload)`` (the per-message path, usable without a broker).
@@ -63,6 +63,7 @@ class MqttIngest:
         client_id: str | None = None,
         username: str | None = None,
         password: str | None = None,
+        tls_ca_file: str | None = None,
         keepalive_s: int = 30,
         session_expiry_s: int = 3600,
         reconnect_min_s: float = 1.0,
@@ -93,6 +94,8 @@ class MqttIngest:
         )
         if username is not None:
             self._client.username_pw_set(username, password)
+        if tls_ca_file is not None:
+            self._client.tls_set(ca_certs=tls_ca_file)
         self._client.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)  # type: ignore[arg-type]
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
