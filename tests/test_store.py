@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hashflex.feeds.contract import check_price_frame
 from hashflex.messages import (
     CarbonIntensityMessage,
     DREventMessage,
@@ -137,7 +138,7 @@ def test_price_upsert_later_publication_supersedes_and_as_of_hides_the_future(st
     store.put(price(0, 31.5, published_min=20))  # correction
     store.put(price(0, 99.0, published_min=-10))  # older revision arrives late: ignored
     store.flush()
-    frame = store.prices()
+    frame = store.prices(with_published_at=True)
     assert list(frame.columns) == ["interval_start", "interval_end", "settlement_point", "market",
                                    "price_usd_mwh", "published_at"]
     for column in ("interval_start", "interval_end", "published_at"):
@@ -154,7 +155,7 @@ def test_price_without_published_at_uses_receipt_time_and_a_repeat_does_not_move
     store.put(price(0, 20.0), received_at=T0 - 2 * MIN)
     store.put(price(0, 20.0), received_at=T0 + 2 * MIN)
     store.flush()
-    assert store.prices()["published_at"].tolist() == [T0 - 2 * MIN]
+    assert store.prices(with_published_at=True)["published_at"].tolist() == [T0 - 2 * MIN]
 
 
 def test_dr_higher_modification_supersedes_lower_is_ignored(store: Store) -> None:
@@ -321,3 +322,26 @@ def test_any_arrival_order_stores_each_identity_once_with_its_first_value(
     got = {(k, t): v for k, t, v in zip(frame["key"], frame["timestamp"], frame["laeq_dba"])}
     assert got == expected
     assert list(frame["timestamp"]) == sorted(frame["timestamp"])
+
+
+def test_canonical_price_frame_round_trips_and_passes_the_contract(store: Store) -> None:
+    starts = pd.date_range(T0, periods=4, freq="15min", unit="us")
+    frame = pd.DataFrame({
+        "interval_start": starts,
+        "interval_end": starts + pd.Timedelta(minutes=15),
+        "settlement_point": ["HB_WEST"] * 4,
+        "market": ["RT"] * 4,
+        "price_usd_mwh": [-20.0, 0.0, 35.5, 9000.0],
+    })
+    check_price_frame(frame)
+    assert store.put_price_frame(frame, published_at=T0) == 4
+    assert store.put_price_frame(frame, published_at=T0) == 4  # idempotent
+    store.flush()
+    stored = store.prices()
+    check_price_frame(stored)
+    pd.testing.assert_frame_equal(stored, frame, check_dtype=False)
+    assert stored["interval_start"].dtype == frame["interval_start"].dtype
+    assert store.count("prices") == 4
+    check_price_frame(store.prices(T0 + 60 * MIN))  # empty result is canonical too
+    with pytest.raises(ValueError):
+        store.put_price_frame(frame.drop(columns="market"))

@@ -21,13 +21,15 @@ API
 
 writes (asynchronous, ordered per table):
   ``put(message, *, received_at=None)``, ``put_many(messages, *, received_at=None)``,
+  ``put_price_frame(frame, *, published_at=None, received_at=None)`` (canonical frame, see feeds.contract),
   ``put_rejection(rejection, *, received_at=None)``, ``set_dr_status(event_id, status)``,
   ``put_schedule(schedule, *, created_at)``, ``put_setpoint(setpoint)``, ``set_meta(key, value)``
 sync: ``flush(timeout_s=30.0)``, ``prune(older_than) -> dict[table, rows deleted]``, ``close()``
 reads (DataFrames, sorted by time):
   ``observations(kind, start=None, end=None, *, key=None)`` -> timestamp, key, <model fields>, received_at
-  ``prices(start=None, end=None, *, settlement_point=None, market=None, as_of=None)``
-      -> interval_start, interval_end, settlement_point, market, price_usd_mwh, published_at
+  ``prices(start=None, end=None, *, settlement_point=None, market=None, as_of=None, with_published_at=False)``
+      -> the canonical price frame: interval_start, interval_end, settlement_point, market, price_usd_mwh
+         (+ published_at)
   ``dr_events(*, active_at=None, include_cancelled=True)`` -> event_id, modification_number, status, ...
   ``rejections()`` -> topic, reason, count, first_seen, last_seen, last_payload
   ``setpoints(start=None, end=None, *, miner_id=None)``, ``schedules(start=None, end=None)``
@@ -53,6 +55,7 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel
 
+from hashflex.feeds.contract import check_price_frame
 from hashflex.messages import (
     INBOUND_MODELS,
     DREventMessage,
@@ -148,6 +151,14 @@ def to_us(moment: datetime) -> int:
     if moment.tzinfo is None:
         raise ValueError(f"naive datetime {moment!r}: a timezone is required")
     return (moment - _EPOCH) // _US
+
+
+def _unit_per_us(values: pd.Series) -> int:
+    """How many ticks of a datetime64 series' unit make one microsecond (unit s/ms is refused)."""
+    unit = values.dtype.unit
+    if unit not in ("us", "ns"):
+        raise ValueError(f"{values.name}: datetime unit {unit!r} not supported, use 'us' or 'ns'")
+    return 1000 if unit == "ns" else 1
 
 
 def _utc(values: pd.Series) -> pd.Series:
@@ -277,6 +288,24 @@ class Store:
         received_us = to_us(received_at or self._clock())
         for message in messages:
             self._queue.put(self._row(message, received_us))
+
+    def put_price_frame(
+        self, frame: pd.DataFrame, *, published_at: datetime | None = None, received_at: datetime | None = None
+    ) -> int:
+        """Enqueue a canonical price frame (checked with ``check_price_frame``); returns rows enqueued.
+
+        ``published_at`` applies to every row and defaults to ``received_at`` (default: now).
+        """
+        check_price_frame(frame)
+        received_us = to_us(received_at or self._clock())
+        published_us = to_us(published_at) if published_at is not None else received_us
+        starts = (frame["interval_start"].astype("int64") // _unit_per_us(frame["interval_start"])).tolist()
+        ends = (frame["interval_end"].astype("int64") // _unit_per_us(frame["interval_end"])).tolist()
+        rows = zip(frame["settlement_point"].tolist(), frame["market"].tolist(), starts, ends,
+                   frame["price_usd_mwh"].tolist(), strict=True)
+        for point, market, start_us, end_us, price in rows:
+            self._queue.put(("price", (point, market, start_us, end_us, price, published_us, received_us)))
+        return len(frame)
 
     def put_rejection(self, rejection: Rejection, *, received_at: datetime | None = None) -> None:
         seen_us = to_us(received_at or self._clock())
@@ -470,8 +499,13 @@ class Store:
         settlement_point: str | None = None,
         market: str | None = None,
         as_of: datetime | None = None,
+        with_published_at: bool = False,
     ) -> pd.DataFrame:
-        """Prices with interval_start in ``[start, end)``; ``as_of`` keeps only those published by then."""
+        """Prices with interval_start in ``[start, end)``; ``as_of`` keeps only those published by then.
+
+        The frame is the canonical price frame of :mod:`hashflex.feeds.contract` (it passes
+        ``check_price_frame``); ``with_published_at`` appends a ``published_at`` column.
+        """
         where, params = self._range("interval_start_us", start, end)
         for column, value in (("settlement_point", settlement_point), ("market", market)):
             if value is not None:
@@ -490,7 +524,7 @@ class Store:
         for column in ("interval_start", "interval_end", "published_at"):
             frame[column] = _utc(frame[column].astype("int64"))
         frame["price_usd_mwh"] = frame["price_usd_mwh"].astype("float64")
-        return frame
+        return frame if with_published_at else frame.drop(columns="published_at")
 
     def dr_events(self, *, active_at: datetime | None = None, include_cancelled: bool = True) -> pd.DataFrame:
         """DR events (latest modification each); ``active_at`` keeps those in force at that time."""
