@@ -136,7 +136,7 @@ def test_unflagged_repeat_is_reported_as_conflict_not_silently_mixed() -> None:
 
 def test_repeated_flag_outside_fall_back_hour_is_an_error() -> None:
     text = rt_785("04/10/2025").replace("04/10/2025,5,1,N", "04/10/2025,5,1,Y")
-    with pytest.raises(PriceFileError, match=r"line 18: DST flag is Y but 2025-04-10 04:00 Central is not in "
+    with pytest.raises(PriceFileError, match=r"line 18: Repeated Hour Flag is Y but 2025-04-10 04:00 Central is not in "
                                              "the repeated fall-back hour"):
         parse_rt_spp_historical(text)
 

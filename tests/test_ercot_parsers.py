@@ -368,3 +368,22 @@ def test_prices_round_trip_exactly_with_thousands_commas(values: list) -> None:
     assert_price_contract(df)
     assert df["price_usd_mwh"].tolist() == [float(v) for v in values]
     assert df["interval_start"].iloc[0] == ts("2022-07-04 05:00")  # CDT
+
+
+# ---------------------------------------------------------------------------------- bundled data
+def test_bundled_path_by_name_and_relative_path() -> None:
+    assert bundled_path("RTM-2020-02.csv") == bundled_path("ercot/RTM-2020-02.csv")
+    assert bundled_path("RTM-2020-02.csv").is_file()
+    with pytest.raises(FileNotFoundError, match=r"no bundled data file 'RTM-1999-02.csv'.*ercot/DAM-2020-02.csv"):
+        bundled_path("RTM-1999-02.csv")
+
+
+def test_provenance_lists_every_bundled_file_with_its_hash() -> None:
+    import hashlib
+
+    folder = bundled_path("ercot/PROVENANCE.md").parent
+    provenance = (folder / "PROVENANCE.md").read_text()
+    csvs = sorted(folder.glob("*.csv"))
+    assert len(csvs) == 6
+    for path in csvs:
+        assert f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}" in provenance

@@ -6,13 +6,14 @@ Responses have the recorded ERCOT API shape (``_meta``, ``fields``, ``data``). N
 
 from __future__ import annotations
 
+import email.utils
 import json
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -171,6 +172,20 @@ def test_429_retry_after_is_honoured(api: FakeApi, sleeps: list[float]) -> None:
     assert [s.query["page"] for s in api.seen] == ["1", "1", "2", "3"]
 
 
+def test_retry_after_as_http_date(api: FakeApi, sleeps: list[float]) -> None:
+    when = email.utils.format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    api.routes["/api/public-reports" + RT_SPP_PATH] = ok_after([Reply(429, {}, {"Retry-After": when})])
+    with poller(api, sleeps) as p:
+        assert len(p.fetch_rt_prices(date(2025, 4, 10), date(2025, 4, 10))) == 5
+    assert len(sleeps) == 1 and 25 <= sleeps[0] <= 30
+
+
+def test_server_ignoring_page_parameter_is_caught(api: FakeApi, sleeps: list[float]) -> None:
+    api.routes["/api/public-reports" + RT_SPP_PATH] = lambda q, n: Reply(body=page(RT_ROWS[:2], 1, 2))
+    with poller(api, sleeps) as p, pytest.raises(PriceFeedResponseError, match="asked for page 2, got 1"):
+        p.fetch_rt_prices(date(2025, 4, 10), date(2025, 4, 10))
+
+
 def test_503_retry_after_too_long_fails_without_sleeping(api: FakeApi, sleeps: list[float]) -> None:
     api.routes["/api/public-reports" + RT_SPP_PATH] = ok_after([Reply(503, {}, {"Retry-After": "3600"})])
     with poller(api, sleeps) as p, pytest.raises(PriceFeedHTTPError, match="retry after 3600 s") as exc:
@@ -239,6 +254,22 @@ def test_dam_fetch_and_missing_meta(api: FakeApi, sleeps: list[float]) -> None:
     api.routes["/api/public-reports" + DAM_SPP_PATH] = lambda q, n: Reply(body=no_meta)
     with poller(api, sleeps) as p, pytest.raises(PriceFeedResponseError, match="_meta.totalPages"):
         p.fetch_dam_prices(date(2025, 4, 11), date(2025, 4, 11))
+
+
+def test_several_points_are_queried_one_by_one(api: FakeApi, sleeps: list[float]) -> None:
+    def route(query: dict[str, str], n: int) -> Reply:
+        point = query["settlementPoint"]
+        rows = [["2025-04-11", "01:00", point, 30.0 if point == "HB_NORTH" else 47.79, False],
+                ["2025-04-11", "01:00", point, 30.0 if point == "HB_NORTH" else 48.0, False]]  # a conflict
+        return Reply(body=page(rows, 1, 1, DAM_FIELDS))
+    api.routes["/api/public-reports" + DAM_SPP_PATH] = route
+    with poller(api, sleeps) as p:
+        df = p.fetch_dam_prices(date(2025, 4, 11), date(2025, 4, 11), settlement_point=["LZ_WEST", "HB_NORTH"])
+    assert_price_contract(df)
+    assert dict(zip(df["settlement_point"], df["price_usd_mwh"])) == {"HB_NORTH": 30.0, "LZ_WEST": 48.0}
+    assert [s.query["settlementPoint"] for s in api.seen] == ["LZ_WEST", "HB_NORTH"]
+    rep = df.attrs["duplicates"]
+    assert rep.identical_rows_dropped == 1 and [c.settlement_point for c in rep.conflicts] == ["LZ_WEST"]
 
 
 def test_empty_result_is_an_empty_frame(api: FakeApi, sleeps: list[float]) -> None:

@@ -260,7 +260,8 @@ def _parse_day(s: pd.Series, field: str, fmt: str, ctx: _Ctx) -> pd.Series:
     return d
 
 
-def _central_to_utc(local: pd.Series, repeated: pd.Series, hour_field: str, ctx: _Ctx) -> pd.Series:
+def _central_to_utc(local: pd.Series, repeated: pd.Series, hour_field: str, flag_field: str,
+                    ctx: _Ctx) -> pd.Series:
     """Naive Central wall-clock starts -> UTC. ``repeated`` marks the second (CST) copy of the
     fall-back hour; a flag outside that hour, or a start that does not exist (spring-forward
     hour 3), is an error rather than a guess."""
@@ -277,7 +278,7 @@ def _central_to_utc(local: pd.Series, repeated: pd.Series, hour_field: str, ctx:
     stray = repeated & ~ambiguous
     if stray.any():
         label = _first(stray)
-        raise ctx.error(label, "DST flag", f"is Y but {local.loc[label]:%Y-%m-%d %H:%M} Central is not "
+        raise ctx.error(label, flag_field, f"is Y but {local.loc[label]:%Y-%m-%d %H:%M} Central is not "
                                            "in the repeated fall-back hour")
     utc_dst = pd.Series(as_dst.tz_convert("UTC"), index=local.index)
     utc_std = pd.Series(as_std.tz_convert("UTC"), index=local.index)
@@ -345,7 +346,7 @@ def _parse_ercot_table(df: pd.DataFrame, fmt: _Format, ctx: _Ctx, settlement_poi
         length = pd.Timedelta(hours=1)
     repeated = _parse_flag(df[cols["flag"]], cols["flag"], ctx)
     local = day + pd.to_timedelta((hour - 1) * 60 + (quarter - 1) * 15, unit="min")
-    start = _central_to_utc(local, repeated, cols["hour"], ctx)
+    start = _central_to_utc(local, repeated, cols["hour"], cols["flag"], ctx)
     rows = pd.DataFrame({
         "interval_start": start,
         "interval_end": start + length,

@@ -32,7 +32,7 @@ import pandas as pd
 import requests
 
 from hashflex import __version__
-from hashflex.feeds.contract import DuplicateReport, PriceFileError, empty_price_frame
+from hashflex.feeds.contract import DuplicateReport, PriceFileError, empty_price_frame, finalize_price_frame
 from hashflex.feeds.ercot import parse_ercot_api, parse_generic_json
 
 __all__ = [
@@ -248,29 +248,41 @@ class PricePoller:
     def fetch_rt_prices(self, delivery_date_from: date, delivery_date_to: date, *,
                         settlement_point: str | Iterable[str] | None = None,
                         settlement_point_type: str | None = None) -> pd.DataFrame:
-        """Real-time 15-min SPPs (NP6-905-CD) for operating days ``from``..``to`` inclusive."""
-        params = _date_params(delivery_date_from, delivery_date_to)
-        if isinstance(settlement_point, str):
-            params["settlementPoint"] = settlement_point
-        if settlement_point_type:
-            params["settlementPointType"] = settlement_point_type
-        pages = self.fetch_pages(RT_SPP_PATH, params)
-        return _parse_pages(pages, RT_SPP_PATH, settlement_point, settlement_point_type)
+        """Real-time 15-min SPPs (NP6-905-CD) for operating days ``from``..``to`` inclusive.
+
+        Each named point is queried separately (server-side filter), so asking for two load
+        zones does not download every resource node; ``None`` fetches all points."""
+        extra = {"settlementPointType": settlement_point_type} if settlement_point_type else {}
+        return self._fetch_points(RT_SPP_PATH, delivery_date_from, delivery_date_to, settlement_point,
+                                  settlement_point_type, extra)
 
     def fetch_dam_prices(self, delivery_date_from: date, delivery_date_to: date, *,
                          settlement_point: str | Iterable[str] | None = None) -> pd.DataFrame:
         """Day-ahead hourly SPPs (NP4-190-CD) for operating days ``from``..``to`` inclusive."""
-        params = _date_params(delivery_date_from, delivery_date_to)
-        if isinstance(settlement_point, str):
-            params["settlementPoint"] = settlement_point
-        pages = self.fetch_pages(DAM_SPP_PATH, params)
-        return _parse_pages(pages, DAM_SPP_PATH, settlement_point, None)
+        return self._fetch_points(DAM_SPP_PATH, delivery_date_from, delivery_date_to, settlement_point, None, {})
 
-
-def _date_params(start: date, end: date) -> dict[str, Any]:
-    if end < start:
-        raise ValueError(f"delivery_date_to {end} is before delivery_date_from {start}")
-    return {"deliveryDateFrom": start.isoformat(), "deliveryDateTo": end.isoformat()}
+    def _fetch_points(self, path: str, start: date, end: date, settlement_point: str | Iterable[str] | None,
+                      settlement_point_type: str | None, extra: Mapping[str, Any]) -> pd.DataFrame:
+        if end < start:
+            raise ValueError(f"delivery_date_to {end} is before delivery_date_from {start}")
+        params = {"deliveryDateFrom": start.isoformat(), "deliveryDateTo": end.isoformat(), **extra}
+        points: list[str | None] = (
+            [None] if settlement_point is None
+            else [settlement_point] if isinstance(settlement_point, str) else list(settlement_point))
+        frames = []
+        for point in points:
+            query = params if point is None else {**params, "settlementPoint": point}
+            frames.append(_parse_pages(self.fetch_pages(path, query), path, point, settlement_point_type))
+        if len(frames) == 1:
+            return frames[0]
+        out = finalize_price_frame(pd.concat(frames, ignore_index=True), f"ERCOT API {path}")
+        reports = [f.attrs["duplicates"] for f in frames]  # points are disjoint: combine the per-point reports
+        out.attrs["duplicates"] = DuplicateReport(
+            source=f"ERCOT API {path}",
+            identical_rows_dropped=sum(r.identical_rows_dropped for r in reports),
+            conflicting_rows_dropped=sum(r.conflicting_rows_dropped for r in reports),
+            conflicts=tuple(c for r in reports for c in r.conflicts))
+        return out
 
 
 def _parse_pages(pages: list[dict[str, Any]], path: str, settlement_point: str | Iterable[str] | None,
