@@ -318,6 +318,20 @@ def test_simple_csv_hourly_spacing_and_columns() -> None:
     assert single["interval_end"].tolist() == [ts("2025-01-01 00:15")]  # one interval: default 15 min
 
 
+def test_simple_csv_market_column_filters_and_bad_values_are_named() -> None:
+    text = ("interval_start,price_usd_mwh,market\n"
+            "2025-01-01T00:00:00Z,10,RT\n2025-01-01T00:00:00Z,20,da\n")
+    assert parse_simple_csv(text, market="DA")["price_usd_mwh"].tolist() == [20.0]
+    assert parse_simple_csv(text)["market"].tolist() == ["DA", "RT"]  # sorted by point then market
+    with pytest.raises(ValueError, match="market must be 'RT' or 'DA'"):
+        parse_simple_csv(text, market="ID")
+    with pytest.raises(PriceFileError, match="line 3: market 'X' is not RT or DA"):
+        parse_simple_csv(text.replace(",da", ",X"))
+    with pytest.raises(ValueError, match=r"\['Z'\] not found"):
+        parse_simple_csv("interval_start,price_usd_mwh,settlement_point\n2025-01-01T00:00Z,1,A\n",
+                         settlement_point=["A", "Z"])
+
+
 def test_simple_csv_requires_offset_and_end_after_start() -> None:
     with pytest.raises(PriceFileError, match="line 2: interval_start '2025-01-01 00:00' is not an ISO 8601 "
                                              "time with a UTC offset"):

@@ -181,7 +181,7 @@ def _csv_table(text: str, source: str) -> tuple[pd.DataFrame, _Ctx]:
 
 def _load_table(data: TableInput, source_name: str | None) -> tuple[pd.DataFrame, _Ctx]:
     if isinstance(data, pd.DataFrame):
-        df = data.copy()
+        df = data.reset_index(drop=True)  # positional row numbers for messages; duplicate labels can't confuse
         df.columns = [str(c).strip() for c in df.columns]
         return df, _Ctx(source_name or "<DataFrame>", lambda n: f"row {n}")
     if isinstance(data, os.PathLike):
@@ -478,14 +478,17 @@ def _parse_simple_table(df: pd.DataFrame, ctx: _Ctx, settlement_point: str | Ite
         if col not in df.columns:
             raise PriceFileError(ctx.source, f"column is missing (simple format needs {list(_SIMPLE_REQUIRED)})",
                                  field=col)
+    if market is not None and market.upper() not in ("RT", "DA"):
+        raise ValueError(f"market must be 'RT' or 'DA', got {market!r}")
     names = _names(settlement_point)
     if "settlement_point" in df.columns:
         point = _text(df["settlement_point"])
         if (point == "").any():
             raise ctx.error(_first(point == ""), "settlement_point", "is empty")
         if names is not None:
-            if not set(names) & set(point):
-                raise ValueError(f"{ctx.source}: settlement point(s) {names} not found; available {sorted(set(point))}")
+            missing = sorted(set(names) - set(point))
+            if missing:
+                raise ValueError(f"{ctx.source}: settlement point(s) {missing} not found; available {sorted(set(point))}")
             df, point = df[point.isin(names)], point[point.isin(names)]
     else:
         if names is not None and len(names) != 1:
@@ -501,8 +504,6 @@ def _parse_simple_table(df: pd.DataFrame, ctx: _Ctx, settlement_point: str | Ite
             df, point, mk = df[keep], point[keep], mk[keep]
     else:
         mk = pd.Series((market or "RT").upper(), index=df.index, dtype=object)
-        if mk.nunique() and mk.iloc[0] not in ("RT", "DA"):
-            raise ValueError(f"market must be 'RT' or 'DA', got {market!r}")
     start = _parse_instant(df["interval_start"], "interval_start", ctx)
     end = _infer_interval_end(start, point, mk)
     if "interval_end" in df.columns:  # given ends win; blanks (e.g. JSON items without one) are inferred
