@@ -6,7 +6,7 @@ retail provider's JSON. Each parser here is a pure function (no network, no cloc
 frame described in :mod:`hashflex.feeds.contract`; :func:`read_price_file` sniffs a file's header
 and dispatches.
 
-Accepted shapes (columns exactly as ERCOT writes them, see /work/shared/data/FORMATS.md):
+Accepted shapes (columns exactly as ERCOT writes them; see the project's ERCOT FORMATS.md notes):
 
 * ``NP6-905-CD`` RT 15-min SPP file: DeliveryDate, DeliveryHour, DeliveryInterval,
   SettlementPointName, SettlementPointType, SettlementPointPrice, DSTFlag.
