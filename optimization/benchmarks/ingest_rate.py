@@ -112,7 +112,9 @@ def publish(port: int, n: int) -> None:
 
 
 def run(n: int, goal: float) -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+    src = Path(__file__).resolve().parent.parent.parent / "src"
+    if (src / "hashflex").is_dir():
+        sys.path.insert(0, str(src))  # run from a checkout without installing
     from hashflex.feeds.mqtt import MqttIngest
     from hashflex.store import Store
 
