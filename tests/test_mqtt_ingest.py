@@ -259,6 +259,42 @@ def test_persistent_session_receives_qos1_sent_while_ingest_was_offline(
         assert store.observations("noise")["timestamp"].tolist() == [T0 + timedelta(minutes=7)]
 
 
+def test_message_not_yet_committed_is_not_acknowledged_and_is_redelivered(
+    mosquitto, tmp_path: Path, wait_for: Callable[..., None]
+) -> None:
+    """A crash between receipt and commit must not lose a QoS 1 message: it is acked only after commit."""
+    release = threading.Event()
+    with Store(tmp_path / "stuck.db") as stuck, Store(tmp_path / "fresh.db") as fresh:
+        stuck._queue.put(_block_writer(release))  # the writer hangs: nothing commits
+        first = MqttIngest(stuck, SITE, mosquitto.host, mosquitto.port, client_id="ingest-ack")
+        first.start()
+        assert first.wait_connected(10)
+        pub = Publisher(mosquitto.host, mosquitto.port)
+        pub.send(TOPICS.noise("r1"), noise_payload(3))
+        pub.close()
+        wait_for(lambda: total(first, "accepted") == 1, message="first ingest received it")
+        first.stop()  # "crash": received, enqueued, never committed, never acknowledged
+
+        second = MqttIngest(fresh, SITE, mosquitto.host, mosquitto.port, client_id="ingest-ack",
+                            session_expiry_s=0)
+        second.start()
+        try:
+            wait_for(lambda: total(second, "accepted") == 1, message="broker to redeliver the unacked message")
+        finally:
+            second.stop()
+            release.set()
+        fresh.flush()
+        assert fresh.observations("noise")["timestamp"].tolist() == [T0 + timedelta(minutes=3)]
+
+
+def _block_writer(release: threading.Event) -> object:
+    from concurrent.futures import Future
+
+    from hashflex.store import _Control
+
+    return _Control(lambda conn: release.wait(30), Future())
+
+
 def test_handle_never_raises_even_if_the_store_is_closed(tmp_path: Path) -> None:
     store = Store(tmp_path / "closed.db")
     ingest = MqttIngest(store, SITE)

@@ -345,3 +345,23 @@ def test_canonical_price_frame_round_trips_and_passes_the_contract(store: Store)
     check_price_frame(store.prices(T0 + 60 * MIN))  # empty result is canonical too
     with pytest.raises(ValueError):
         store.put_price_frame(frame.drop(columns="market"))
+
+
+def test_after_commit_runs_once_preceding_writes_are_visible_to_other_connections(store: Store) -> None:
+    seen: list[int] = []
+
+    def check() -> None:
+        other = sqlite3.connect(store.path)
+        try:
+            seen.append(other.execute("SELECT count(*) FROM observations").fetchone()[0])
+        finally:
+            other.close()
+
+    store.put(noise(0))
+    store.put(noise(1))
+    store.after_commit(check)
+    store.after_commit(lambda: 1 / 0)  # logged, does not stop the writer
+    store.put(noise(2))
+    store.flush()
+    assert seen and seen[0] >= 2
+    assert store.count("observations") == 3

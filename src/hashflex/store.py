@@ -23,7 +23,8 @@ writes (asynchronous, ordered per table):
   ``put(message, *, received_at=None)``, ``put_many(messages, *, received_at=None)``,
   ``put_price_frame(frame, *, published_at=None, received_at=None)`` (canonical frame, see feeds.contract),
   ``put_rejection(rejection, *, received_at=None)``, ``set_dr_status(event_id, status)``,
-  ``put_schedule(schedule, *, created_at)``, ``put_setpoint(setpoint)``, ``set_meta(key, value)``
+  ``put_schedule(schedule, *, created_at)``, ``put_setpoint(setpoint)``, ``set_meta(key, value)``,
+  ``after_commit(callback)`` (e.g. acknowledge an MQTT message only once it is durable)
 sync: ``flush(timeout_s=30.0)``, ``prune(older_than) -> dict[table, rows deleted]``, ``close()``
 reads (DataFrames, sorted by time):
   ``observations(kind, start=None, end=None, *, key=None)`` -> timestamp, key, <model fields>, received_at
@@ -174,6 +175,7 @@ class _Control:
 
 
 _STOP = object()
+_AFTER_COMMIT = "after_commit"
 
 
 class Store:
@@ -326,6 +328,11 @@ class Store:
                setpoint.power_target_kw)
         self._queue.put(("setpoint", row))
 
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback()`` on the writer thread once every write enqueued before it is committed
+        (without forcing a commit of its own). Keep it fast; exceptions are logged. Not run after close."""
+        self._queue.put((_AFTER_COMMIT, callback))
+
     def set_meta(self, key: str, value: Any) -> None:
         """Store any JSON-serialisable value under ``key`` (replacing the old one)."""
         self._queue.put(("meta", (key, json.dumps(value, default=str), to_us(self._clock()))))
@@ -382,24 +389,37 @@ class Store:
     def _apply(self, conn: sqlite3.Connection, batch: list[Any]) -> bool:
         """Commit the batch in order around control items; False once told to stop."""
         groups: dict[str, list[tuple[Any, ...]]] = {}
+        callbacks: list[Callable[[], None]] = []
         for item in batch:
             if isinstance(item, tuple):
-                groups.setdefault(item[0], []).append(item[1])
+                if item[0] == _AFTER_COMMIT:
+                    callbacks.append(item[1])
+                else:
+                    groups.setdefault(item[0], []).append(item[1])
                 continue
-            self._commit(conn, groups)
-            groups = {}
+            self._commit(conn, groups, callbacks)
+            groups, callbacks = {}, []
             if item is _STOP:
                 return False
             try:
                 item.done.set_result(item.action(conn) if item.action else None)
             except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
                 item.done.set_exception(exc)
-        self._commit(conn, groups)
+        self._commit(conn, groups, callbacks)
         return True
 
-    def _commit(self, conn: sqlite3.Connection, groups: dict[str, list[tuple[Any, ...]]]) -> None:
-        if not groups:
-            return
+    def _commit(
+        self, conn: sqlite3.Connection, groups: dict[str, list[tuple[Any, ...]]], callbacks: list[Callable[[], None]]
+    ) -> None:
+        if groups:
+            self._write(conn, groups)
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - a caller's bug must not stop the writer
+                log.exception("store: after-commit callback %r failed", callback)
+
+    def _write(self, conn: sqlite3.Connection, groups: dict[str, list[tuple[Any, ...]]]) -> None:
         try:
             conn.execute("BEGIN")
             for op, rows in groups.items():

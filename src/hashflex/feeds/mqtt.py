@@ -12,6 +12,11 @@ subscriptions, so a broker that keeps the session queues messages across a recon
 subscription is renewed on every connect in case the session was lost (e.g. a broker restart without
 persistence). Reconnects back off between ``reconnect_min_s`` and ``reconnect_max_s``.
 
+Acknowledgement: with a store and ``ack_after_commit`` (default), a QoS 1 message is acknowledged
+only after its row is committed, so a crash between receipt and commit leaves it unacknowledged and
+the broker redelivers it on reconnect (the persistent session); duplicates and rejections are
+acknowledged at once.
+
 Broker configuration matters: Mosquitto's default ``max_queued_messages 1000`` silently drops QoS 1
 messages for a subscriber that falls behind a burst (measured: 45% of a 30,000-message burst lost);
 set it well above the largest expected burst (the tests and the benchmark use 100,000 / 1,000,000).
@@ -23,7 +28,7 @@ arriving out of order are stored by their own timestamp.
 
 API: ``MqttIngest(store, site, host="127.0.0.1", port=1883, *, client_id=None, username=None,
 password=None, tls_ca_file=None, keepalive_s=30, session_expiry_s=3600, reconnect_min_s=1, reconnect_max_s=30,
-dedupe_window=100_000, clock=utc_now)``; ``add_callback(fn)``, ``start()``, ``stop()``,
+dedupe_window=100_000, ack_after_commit=True, clock=utc_now)``; ``add_callback(fn)``, ``start()``, ``stop()``,
 ``wait_connected(timeout_s) -> bool``, ``connected``, ``stats() -> dict[kind, dict[counter, int]]``,
 ``handle(topic, payload)`` (the per-message path, usable without a broker).
 """
@@ -36,6 +41,7 @@ import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -73,6 +79,7 @@ class MqttIngest:
         reconnect_min_s: float = 1.0,
         reconnect_max_s: float = 30.0,
         dedupe_window: int = 100_000,
+        ack_after_commit: bool = True,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.store = store
@@ -91,10 +98,12 @@ class MqttIngest:
         self._stopping = False
         self.connects = 0
 
+        self._ack_after_commit = ack_after_commit and store is not None
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id or f"hashflex-ingest-{site}",
             protocol=mqtt.MQTTv5,
+            manual_ack=self._ack_after_commit,
         )
         if username is not None:
             self._client.username_pw_set(username, password)
@@ -233,4 +242,13 @@ class MqttIngest:
         log.warning("ingest: disconnected from %s:%s: %s; reconnecting", self.host, self.port, reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self.handle(message.topic, message.payload)
+        result = self.handle(message.topic, message.payload)
+        if not self._ack_after_commit or message.qos == 0:
+            return
+        try:
+            if self.store is not None and result is not None and not isinstance(result, Rejection):
+                self.store.after_commit(partial(client.ack, message.mid, message.qos))
+            else:  # duplicate, rejection or error: nothing more will be stored, acknowledge now
+                client.ack(message.mid, message.qos)
+        except Exception:  # noqa: BLE001
+            log.exception("ingest: could not acknowledge %s", message.topic)
