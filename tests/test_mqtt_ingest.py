@@ -298,8 +298,7 @@ def _block_writer(release: threading.Event) -> object:
 def test_handle_never_raises_even_if_the_store_is_closed(tmp_path: Path) -> None:
     store = Store(tmp_path / "closed.db")
     ingest = MqttIngest(store, SITE)
-    store.close()
-    store.put = None  # type: ignore[assignment,method-assign]  # simulate a broken store
+    store.close()  # put() now raises
     result = ingest.handle(TOPICS.noise("r1"), json.dumps(noise_payload(0)).encode())
     assert result is None
     assert ingest.stats()["unknown"]["errors"] == 1

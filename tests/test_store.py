@@ -286,6 +286,8 @@ def test_data_survives_reopen_and_close_is_idempotent(tmp_path: Path) -> None:
     first.close()
     with pytest.raises(RuntimeError):
         first.flush()
+    with pytest.raises(RuntimeError):
+        first.put(noise(1))
     with Store(path) as second:
         assert second.count("observations") == 1
 

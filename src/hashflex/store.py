@@ -284,12 +284,12 @@ class Store:
     def put(self, message: InboundMessage, *, received_at: datetime | None = None) -> None:
         """Enqueue one validated inbound message for storage."""
         received_us = to_us(received_at or self._clock())
-        self._queue.put(self._row(message, received_us))
+        self._enqueue(self._row(message, received_us))
 
     def put_many(self, messages: Iterable[InboundMessage], *, received_at: datetime | None = None) -> None:
         received_us = to_us(received_at or self._clock())
         for message in messages:
-            self._queue.put(self._row(message, received_us))
+            self._enqueue(self._row(message, received_us))
 
     def put_price_frame(
         self, frame: pd.DataFrame, *, published_at: datetime | None = None, received_at: datetime | None = None
@@ -306,36 +306,36 @@ class Store:
         rows = zip(frame["settlement_point"].tolist(), frame["market"].tolist(), starts, ends,
                    frame["price_usd_mwh"].tolist(), strict=True)
         for point, market, start_us, end_us, price in rows:
-            self._queue.put(("price", (point, market, start_us, end_us, price, published_us, received_us)))
+            self._enqueue(("price", (point, market, start_us, end_us, price, published_us, received_us)))
         return len(frame)
 
     def put_rejection(self, rejection: Rejection, *, received_at: datetime | None = None) -> None:
         seen_us = to_us(received_at or self._clock())
-        self._queue.put(("rejection", (rejection.topic, rejection.reason, seen_us, seen_us, rejection.payload)))
+        self._enqueue(("rejection", (rejection.topic, rejection.reason, seen_us, seen_us, rejection.payload)))
 
     def set_dr_status(self, event_id: str, status: str) -> None:
         """Record a status the control loop decided (e.g. ``active``, ``completed``)."""
         if status not in DR_STATUSES:
             raise ValueError(f"status {status!r}: expected one of {DR_STATUSES}")
-        self._queue.put(("dr_status", (status, to_us(self._clock()), event_id)))
+        self._enqueue(("dr_status", (status, to_us(self._clock()), event_id)))
 
     def put_schedule(self, schedule: Mapping[str, Any] | BaseModel, *, created_at: datetime) -> None:
         payload = schedule.model_dump_json() if isinstance(schedule, BaseModel) else json.dumps(schedule, default=str)
-        self._queue.put(("schedule", (to_us(created_at), payload)))
+        self._enqueue(("schedule", (to_us(created_at), payload)))
 
     def put_setpoint(self, setpoint: SetpointMessage) -> None:
         row = (setpoint.miner_id, to_us(setpoint.issued_at), to_us(setpoint.expires_at), setpoint.mode,
                setpoint.power_target_kw)
-        self._queue.put(("setpoint", row))
+        self._enqueue(("setpoint", row))
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback()`` on the writer thread once every write enqueued before it is committed
         (without forcing a commit of its own). Keep it fast; exceptions are logged. Not run after close."""
-        self._queue.put((_AFTER_COMMIT, callback))
+        self._enqueue((_AFTER_COMMIT, callback))
 
     def set_meta(self, key: str, value: Any) -> None:
         """Store any JSON-serialisable value under ``key`` (replacing the old one)."""
-        self._queue.put(("meta", (key, json.dumps(value, default=str), to_us(self._clock()))))
+        self._enqueue(("meta", (key, json.dumps(value, default=str), to_us(self._clock()))))
 
     @staticmethod
     def _row(message: InboundMessage, received_us: int) -> tuple[str, tuple[Any, ...]]:
@@ -354,6 +354,11 @@ class Store:
         value = getattr(message, _VALUE_FIELD[message.kind])
         return ("obs", (message.kind, message.key, to_us(message.observed_at), value,
                         message.model_dump_json(), received_us))
+
+    def _enqueue(self, item: tuple[str, Any]) -> None:
+        if self._closed:
+            raise RuntimeError("store is closed")
+        self._queue.put(item)
 
     def _call(self, action: Callable[[sqlite3.Connection], Any] | None, timeout_s: float) -> Any:
         if self._closed:
