@@ -299,9 +299,11 @@ def test_handle_never_raises_even_if_the_store_is_closed(tmp_path: Path) -> None
     store = Store(tmp_path / "closed.db")
     ingest = MqttIngest(store, SITE)
     store.close()  # put() now raises
-    result = ingest.handle(TOPICS.noise("r1"), json.dumps(noise_payload(0)).encode())
-    assert result is None
-    assert ingest.stats()["unknown"]["errors"] == 1
+    raw = json.dumps(noise_payload(0)).encode()
+    assert ingest.handle(TOPICS.noise("r1"), raw) is None
+    assert ingest.handle(TOPICS.noise("r1"), raw) is None  # a redelivery is not a "duplicate": never stored
+    assert ingest.stats()["unknown"]["errors"] == 2
+    assert ingest.stats().get("noise", {}).get("duplicate", 0) == 0
 
 
 def test_handle_without_store_counts_and_dispatches() -> None:

@@ -170,16 +170,16 @@ class MqttIngest:
                 return result
             identity = result.identity
             with self._lock:
-                counts = self._counts[result.kind]
                 if identity in self._seen:
-                    counts["duplicate"] += 1
+                    self._counts[result.kind]["duplicate"] += 1
                     return None
+            if self.store is not None:
+                self.store.put(result, received_at=self._clock())
+            with self._lock:  # only once stored, so a redelivery after a failed put is not a "duplicate"
                 self._seen[identity] = None
                 if len(self._seen) > self._dedupe_window:
                     self._seen.popitem(last=False)
-                counts["accepted"] += 1
-            if self.store is not None:
-                self.store.put(result, received_at=self._clock())
+                self._counts[result.kind]["accepted"] += 1
             for callback in self._callbacks:
                 try:
                     callback(result)
@@ -242,7 +242,11 @@ class MqttIngest:
         log.warning("ingest: disconnected from %s:%s: %s; reconnecting", self.host, self.port, reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        result = self.handle(message.topic, message.payload)
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # paho decodes lazily; a broker should never pass this on
+            topic = message._topic.decode("utf-8", errors="replace")
+        result = self.handle(topic, message.payload)
         if not self._ack_after_commit or message.qos == 0:
             return
         try:
