@@ -15,6 +15,12 @@ Idempotency and supersession
   ``cancelled``); an equal or lower one is a no-op.
 - rejections are aggregated per (topic, reason) with a count and first/last seen.
 
+Only the newest revision of a price is kept, so ``prices(as_of=t)`` hides prices first published
+after t but cannot show a value that a later correction replaced.
+
+Limits: ``synchronous=NORMAL`` (WAL): a power cut may lose the last commits, never corrupts. A full
+queue (``queue_max``) blocks the producer, which is the back-pressure. Writes after ``close()`` raise.
+
 API
 ---
 ``Store(path, *, batch_max=5000, queue_max=200_000, linger_s=0.005, clock=utc_now)`` (also a context manager)
