@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from hashflex.optimize.problem import Problem
+from hashflex.optimize.rounding import load_kw as _load_kw, noise_energy as _noise_energy
 from hashflex.optimize.schedule import Schedule, SolveInfo, SolveStatus, power_flows_kw, schedule_from_counts
 
 
@@ -24,27 +25,40 @@ def _unit_profit_usd_per_h(problem: Problem, g: int, m: int, t: int) -> float:
     return mode.hashrate_th_s * hp - mode.power_kw * (problem.energy_price_usd_mwh[t] / 1000.0 + carbon_usd_per_kwh)
 
 
-def greedy_counts(problem: Problem) -> dict[tuple[int, int], np.ndarray]:
-    """Integer counts n[g,m,t] that respect every hard limit."""
+def _import_kw(problem: Problem, t: int, load_kw: float) -> float:
+    flows = power_flows_kw(np.array([load_kw]), problem.renewable_kw[t:t + 1], problem.import_limit_kw[t:t + 1],
+                           problem.energy_price_usd_mwh[t:t + 1], problem.price_usd_mwh[t:t + 1],
+                           problem.export_limit_kw)
+    return float(flows[0][0])
+
+
+def greedy_counts(
+    problem: Problem, start: dict[tuple[int, int], np.ndarray] | None = None
+) -> dict[tuple[int, int], np.ndarray]:
+    """Integer counts n[g,m,t] that respect every hard limit, adding units on top of ``start``
+    (which must itself respect them; the default is all asleep)."""
     T = problem.T
-    counts = {(g, m): np.zeros(T, dtype=int) for g, group in enumerate(problem.groups) for m in range(len(group.modes))}
-    carbon_left = [b.remaining_kg for b in problem.carbon_budgets]
-    budgets = [r.energy_budget() for r in problem.receptors]
+    counts = {(g, m): (np.array(start[g, m], dtype=int) if start else np.zeros(T, dtype=int))
+              for g, group in enumerate(problem.groups) for m in range(len(group.modes))}
+    load_kw = _load_kw(problem, counts)
+    kg_per_kw = problem.duration_h * problem.intensity_kg_per_mwh / 1000.0
+    start_import = np.array([_import_kw(problem, t, load_kw[t]) for t in range(T)])
+    # Budgets are charged up front with the start's whole-horizon emissions, so units added
+    # early can never leave a later interval of the start over budget.
+    carbon_left = [b.remaining_kg - float((start_import * kg_per_kw)[b.mask].sum()) for b in problem.carbon_budgets]
+    noise_left_all = [r.energy_budget() - _noise_energy(problem, r, counts) for r in problem.receptors]
     for t in range(T):
-        idle_kw = sum(group.units_available[t] * group.idle_power_kw for group in problem.groups)
-        # Power available: import limit + renewables, minus the standby draw of sleeping units.
-        room_kw = problem.import_limit_kw[t] + problem.renewable_kw[t] - idle_kw
-        # Carbon: every budget covering t limits extra grid import in this interval.
-        kg_per_kw = problem.duration_h[t] * problem.intensity_kg_per_mwh[t] / 1000.0
+        room_kw = problem.import_limit_kw[t] + problem.renewable_kw[t] - load_kw[t]
+        spare_renewable_kw = max(problem.renewable_kw[t] - load_kw[t], 0.0)
         for b, budget in enumerate(problem.carbon_budgets):
-            if budget.mask[t] and kg_per_kw > 0:
-                room_kw = min(room_kw, problem.renewable_kw[t] - idle_kw + max(carbon_left[b], 0.0) / kg_per_kw)
-        noise_left = [float(b[t]) for b in budgets]
+            if budget.mask[t] and kg_per_kw[t] > 0:
+                room_kw = min(room_kw, spare_renewable_kw + max(carbon_left[b], 0.0) / kg_per_kw[t])
+        noise_left = [float(n[t]) for n in noise_left_all]
         options = sorted(
             ((g, m) for g, group in enumerate(problem.groups) for m in range(len(group.modes))),
             key=lambda gm: -_unit_profit_usd_per_h(problem, gm[0], gm[1], t) / problem.groups[gm[0]].modes[gm[1]].power_kw,
         )
-        on = [0] * len(problem.groups)
+        on = [sum(int(counts[g, m][t]) for m in range(len(group.modes))) for g, group in enumerate(problem.groups)]
         for g, m in options:
             if _unit_profit_usd_per_h(problem, g, m, t) <= 0:
                 break
@@ -56,25 +70,20 @@ def greedy_counts(problem: Problem) -> dict[tuple[int, int], np.ndarray]:
                 n = min(n, int(math.floor(max(room_kw, 0.0) / step_kw + 1e-9)))
             for r, receptor in enumerate(problem.receptors):
                 energy = receptor.unit_energy(group.id, mode)
-                if energy > 0:
-                    n = min(n, int(math.floor(noise_left[r] / energy + 1e-9)) if math.isfinite(noise_left[r]) else n)
-            n = max(n, 0)
-            if n == 0:
+                if energy > 0 and math.isfinite(noise_left[r]):
+                    n = min(n, int(math.floor(max(noise_left[r], 0.0) / energy + 1e-9)))
+            if n <= 0:
                 continue
-            counts[g, m][t] = n
+            counts[g, m][t] += n
             on[g] += n
             room_kw -= n * step_kw
+            load_kw[t] += n * step_kw
             for r, receptor in enumerate(problem.receptors):
                 noise_left[r] -= n * receptor.unit_energy(group.id, mode)
-        load_kw = sum(counts[g, m][t] * problem.groups[g].modes[m].power_kw for g, m in counts) + \
-            sum((group.units_available[t] - on[g]) * group.idle_power_kw for g, group in enumerate(problem.groups))
-        flows = power_flows_kw(np.array([load_kw]), problem.renewable_kw[t:t + 1], problem.import_limit_kw[t:t + 1],
-                               problem.energy_price_usd_mwh[t:t + 1], problem.price_usd_mwh[t:t + 1],
-                               problem.export_limit_kw)
-        import_kw = float(flows[0][0])
+        added_kg = (_import_kw(problem, t, load_kw[t]) - start_import[t]) * kg_per_kw[t]
         for b, budget in enumerate(problem.carbon_budgets):
             if budget.mask[t]:
-                carbon_left[b] -= import_kw * kg_per_kw
+                carbon_left[b] -= added_kg
     return counts
 
 

@@ -125,36 +125,38 @@ def schedule_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndar
     carbon_cost_usd = emissions_kg * problem.carbon_price_usd_per_t / 1000.0
     levels = noise_levels_dba(problem, counts)
 
-    frame = pd.DataFrame(index=pd.DatetimeIndex(problem.interval_start, name="interval_start"))
-    frame["interval_end"] = problem.interval_start + pd.to_timedelta(dt_h, unit="h")
-    frame["duration_h"] = dt_h
-    frame["price_usd_mwh"] = problem.price_usd_mwh
-    frame["energy_price_usd_mwh"] = problem.energy_price_usd_mwh
-    frame["hashprice_usd_per_ph_day"] = problem.hashprice_usd_per_ph_day
-    for name, values in columns.items():
-        frame[name] = values
-    frame["load_kw"] = load_kw
-    frame["full_load_kw"] = full_load_kw
-    frame["grid_import_kw"] = import_kw
-    frame["import_limit_kw"] = problem.import_limit_kw
-    frame["import_limit_source"] = list(problem.import_limit_source)
-    frame["renewable_kw"] = problem.renewable_kw
-    frame["renewable_used_kw"] = renewable_used_kw
-    frame["export_kw"] = export_kw
-    frame["hashrate_th_s"] = hashrate_th_s
+    data: dict[str, object] = {
+        "interval_end": problem.interval_start + pd.to_timedelta(dt_h, unit="h"),
+        "duration_h": dt_h,
+        "price_usd_mwh": problem.price_usd_mwh,
+        "energy_price_usd_mwh": problem.energy_price_usd_mwh,
+        "hashprice_usd_per_ph_day": problem.hashprice_usd_per_ph_day,
+        **columns,
+        "load_kw": load_kw,
+        "full_load_kw": full_load_kw,
+        "grid_import_kw": import_kw,
+        "import_limit_kw": problem.import_limit_kw,
+        "import_limit_source": list(problem.import_limit_source),
+        "renewable_kw": problem.renewable_kw,
+        "renewable_used_kw": renewable_used_kw,
+        "export_kw": export_kw,
+        "hashrate_th_s": hashrate_th_s,
+    }
     for receptor in problem.receptors:
-        frame[f"noise_dba_{receptor.id}"] = levels[receptor.id]
-        frame[f"noise_cap_dba_{receptor.id}"] = receptor.cap_dba
-    frame["intensity_kg_per_mwh"] = problem.intensity_kg_per_mwh
-    frame["emissions_kg"] = emissions_kg
-    frame["revenue_usd"] = revenue_usd
-    frame["energy_cost_usd"] = energy_cost_usd
-    frame["carbon_cost_usd"] = carbon_cost_usd
-    frame["start_cost_usd"] = start_cost_usd
-    frame["profit_usd"] = revenue_usd - energy_cost_usd - carbon_cost_usd - start_cost_usd
+        data[f"noise_dba_{receptor.id}"] = levels[receptor.id]
+        data[f"noise_cap_dba_{receptor.id}"] = receptor.cap_dba
+    data.update({
+        "intensity_kg_per_mwh": problem.intensity_kg_per_mwh,
+        "emissions_kg": emissions_kg,
+        "revenue_usd": revenue_usd,
+        "energy_cost_usd": energy_cost_usd,
+        "carbon_cost_usd": carbon_cost_usd,
+        "start_cost_usd": start_cost_usd,
+        "profit_usd": revenue_usd - energy_cost_usd - carbon_cost_usd - start_cost_usd,
+    })
+    frame = pd.DataFrame(data, index=pd.DatetimeIndex(problem.interval_start, name="interval_start"))
     reasons, details = explain_intervals(problem, counts, frame)
-    frame["reason"] = reasons
-    frame["reason_detail"] = details
+    frame = frame.assign(reason=reasons, reason_detail=details)
     return Schedule(frame=frame, info=info, group_modes=tuple(group_modes),
                     receptor_ids=tuple(r.id for r in problem.receptors))
 

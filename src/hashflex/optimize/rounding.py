@@ -1,0 +1,110 @@
+"""Round an LP relaxation's unit counts into a feasible MIP start (pure numpy, no solver).
+
+Flooring every count is always safe for the hard limits (less load, less import, less noise,
+fewer emissions) but it flickers a fully-on group between N and N−1 units, which the min-on/off
+rows then charge as fake starts and stops. So after flooring, each group gets back the whole
+units its LP total had (floor of Σ_m n), placed in its lowest-power fractional modes: by
+construction that draws no more power than the LP point did. Every restored unit is re-checked
+against the import limit and each receptor's noise budget and dropped if it does not fit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hashflex.optimize.problem import Problem, Receptor
+
+EPS = 1e-6
+
+
+def round_lp_counts(problem: Problem, lp_counts: dict[tuple[int, int], np.ndarray]) -> dict[tuple[int, int], np.ndarray]:
+    """Integer counts close to ``lp_counts`` that respect availability, import and noise limits."""
+    counts = {key: np.floor(np.maximum(values, 0.0) + EPS).astype(int) for key, values in lp_counts.items()}
+    room_kw = problem.import_limit_kw + problem.renewable_kw - load_kw(problem, counts)
+    noise_room = [r.energy_budget() - noise_energy(problem, r, counts) for r in problem.receptors]
+    for g, group in enumerate(problem.groups):
+        modes_by_power = sorted(range(len(group.modes)), key=lambda m: group.modes[m].power_kw)
+        lp_total = sum(lp_counts[g, m] for m in range(len(group.modes)))
+        for t in range(problem.T):
+            missing = int(np.floor(lp_total[t] + EPS)) - sum(int(counts[g, m][t]) for m in modes_by_power)
+            for m in modes_by_power:
+                if missing <= 0:
+                    break
+                if lp_counts[g, m][t] - counts[g, m][t] <= EPS:
+                    continue
+                mode = group.modes[m]
+                step_kw = mode.power_kw - group.idle_power_kw
+                energies = [r.unit_energy(group.id, mode) for r in problem.receptors]
+                fits = step_kw <= room_kw[t] + EPS and all(
+                    e <= room[t] + EPS for e, room in zip(energies, noise_room) if e > 0
+                )
+                if not fits:
+                    break
+                counts[g, m][t] += 1
+                missing -= 1
+                room_kw[t] -= step_kw
+                for room, energy in zip(noise_room, energies):
+                    room[t] -= energy
+    return respect_min_on_off(problem, counts)
+
+
+def _interval_starts_h(problem: Problem) -> np.ndarray:
+    return np.concatenate([[0.0], np.cumsum(problem.duration_h)[:-1]])
+
+
+def respect_min_on_off(problem: Problem, counts: dict[tuple[int, int], np.ndarray]) -> dict[tuple[int, int], np.ndarray]:
+    """Lower counts (never raise them, so hard limits stay met) until every group's units-on
+    sequence keeps its minimum on and off times: a unit is started only if the ceiling stays
+    high enough for its whole minimum on time, and a unit stopped stays off for its minimum off
+    time. Rounding otherwise flickers N, N−1, N and the soft min-on/off rows charge their penalty."""
+    starts_h = _interval_starts_h(problem)
+    out = {key: values.copy() for key, values in counts.items()}
+    for g, group in enumerate(problem.groups):
+        modes = range(len(group.modes))
+        ceiling = sum(out[g, m] for m in modes)
+        on = group.initial.units_on
+        locked_on = [(hours, units) for hours, units in group.initial.must_stay_on]  # (until_h, units)
+        locked_off = [(hours, units) for hours, units in group.initial.must_stay_off]
+        target = np.zeros(problem.T, dtype=int)
+        for t in range(problem.T):
+            now = starts_h[t]
+            locked_on = [(until, n) for until, n in locked_on if until > now + 1e-9]
+            locked_off = [(until, n) for until, n in locked_off if until > now + 1e-9]
+            must_on = sum(n for _, n in locked_on)
+            must_off = sum(n for _, n in locked_off)
+            if ceiling[t] < on:
+                on -= min(on - ceiling[t], max(on - must_on, 0))
+                stopped = group.initial.units_on if t == 0 else target[t - 1]
+                if stopped - on > 0 and group.min_off_h:
+                    locked_off.append((now + group.min_off_h, stopped - on))
+            elif ceiling[t] > on:
+                horizon = (starts_h >= now) & (starts_h < now + max(group.min_on_h, 1e-9))
+                can_start = min(ceiling[t] - on, group.units - on - must_off, int(ceiling[horizon].min()) - on)
+                if can_start > 0:
+                    on += can_start
+                    if group.min_on_h:
+                        locked_on.append((now + group.min_on_h, can_start))
+            target[t] = on
+        # Remove the excess from the highest-power modes first: least hashrate lost per kW saved.
+        for m in sorted(modes, key=lambda m: -group.modes[m].power_kw):
+            excess = np.maximum(sum(out[g, k] for k in modes) - target, 0)
+            out[g, m] = out[g, m] - np.minimum(excess, out[g, m])
+    return out
+
+
+def load_kw(problem: Problem, counts: dict[tuple[int, int], np.ndarray]) -> np.ndarray:
+    load = np.zeros(problem.T)
+    for g, group in enumerate(problem.groups):
+        on = np.zeros(problem.T)
+        for m, mode in enumerate(group.modes):
+            load += counts[g, m] * mode.power_kw
+            on += counts[g, m]
+        load += (group.units_available - on) * group.idle_power_kw
+    return load
+
+
+def noise_energy(problem: Problem, receptor: Receptor, counts: dict[tuple[int, int], np.ndarray]) -> np.ndarray:
+    energy = np.zeros(problem.T)
+    for (g, m), n in counts.items():
+        energy += n * receptor.unit_energy(problem.groups[g].id, problem.groups[g].modes[m])
+    return energy
