@@ -1,0 +1,240 @@
+"""How setpoints reach miners: one small protocol for every driver, and a health registry.
+
+A driver takes a batch of :class:`Setpoint` and returns one :class:`SetpointResult` per setpoint, in
+the same order, never raising for a miner's fault: the result carries a :class:`SetpointStatus` and a
+human-readable ``reason`` (what the miner or the broker said, or which timeout ran out).
+
+Statuses
+--------
+- ``applied``: the transport confirmed it (MQTT: the broker's PUBACK; LuxOS: ``STATUS`` ``S`` for every
+  command) or a verification read-back matched.
+- ``unverified``: the command went through but the miner's own report (telemetry, ``power``) does not
+  (yet) confirm it: still booting, no telemetry, or it disagrees; the reason says which.
+- ``rejected``: refused (an error ``STATUS`` with its ``Msg``, an unknown miner or mode, an expired setpoint).
+- ``timeout``: no answer within the per-call deadline after all retries.
+- ``unreachable``: no connection (refused, no route, broker down).
+
+:class:`MinerRegistry` turns results into availability: a miner that fails ``max_failures`` setpoints
+in a row (rejected / timeout / unreachable), or whose verification fails ``max_mismatches`` times in a
+row, is marked unavailable with the reason and the time, so the optimizer can leave it out
+(:meth:`MinerRegistry.availability_by_group`). A later confirmed verification (or :meth:`restore`)
+makes it available again.
+
+API: ``Setpoint(miner_id, mode, power_target_kw, issued_at, expires_at)`` (``mode`` is a mode name or
+``"sleep"``), ``SetpointResult(miner_id, status, reason, latency_s)`` with ``ok``; ``MinerDriver``
+(``apply(batch) -> list[SetpointResult]``, ``close()``); ``MinerRegistry(groups_by_miner, *,
+max_failures=3, max_mismatches=1, clock=utc_now)`` with ``record(results, verification=False)``,
+``is_available(miner_id)``, ``unavailable() -> dict[str, Unavailability]``, ``restore(miner_id)``,
+``availability_by_group() -> dict[str, GroupAvailability]``.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Protocol, runtime_checkable
+
+from hashflex.messages import SetpointMessage
+
+__all__ = [
+    "SLEEP",
+    "Clock",
+    "GroupAvailability",
+    "MinerDriver",
+    "MinerRegistry",
+    "Setpoint",
+    "SetpointResult",
+    "SetpointStatus",
+    "Unavailability",
+    "utc_now",
+]
+
+SLEEP = "sleep"
+"""The mode name of the safe default: not hashing, drawing the group's idle power."""
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class SetpointStatus(str, enum.Enum):
+    APPLIED = "applied"
+    REJECTED = "rejected"
+    TIMEOUT = "timeout"
+    UNREACHABLE = "unreachable"
+    UNVERIFIED = "unverified"
+
+
+_FAILURES = frozenset({SetpointStatus.REJECTED, SetpointStatus.TIMEOUT, SetpointStatus.UNREACHABLE})
+
+
+@dataclass(frozen=True)
+class Setpoint:
+    """What one miner should do until ``expires_at`` (then it falls back to sleep)."""
+
+    miner_id: str
+    mode: str
+    power_target_kw: float
+    issued_at: datetime
+    expires_at: datetime
+
+    def __post_init__(self) -> None:
+        if self.issued_at.tzinfo is None or self.expires_at.tzinfo is None:
+            raise ValueError(f"setpoint for {self.miner_id}: timestamps must be timezone-aware")
+        if self.expires_at <= self.issued_at:
+            raise ValueError(f"setpoint for {self.miner_id}: expires_at must be after issued_at")
+        if self.power_target_kw < 0:
+            raise ValueError(f"setpoint for {self.miner_id}: power_target_kw must be >= 0")
+
+    @property
+    def is_sleep(self) -> bool:
+        return self.mode == SLEEP
+
+    def to_message(self) -> SetpointMessage:
+        return SetpointMessage(
+            miner_id=self.miner_id,
+            mode=self.mode,
+            power_target_kw=self.power_target_kw,
+            issued_at=self.issued_at,
+            expires_at=self.expires_at,
+        )
+
+    @classmethod
+    def from_message(cls, message: SetpointMessage) -> Setpoint:
+        return cls(message.miner_id, message.mode, message.power_target_kw, message.issued_at,
+                   message.expires_at)
+
+
+@dataclass(frozen=True)
+class SetpointResult:
+    """The outcome for one setpoint; ``reason`` is never empty."""
+
+    miner_id: str
+    status: SetpointStatus
+    reason: str
+    latency_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True only for ``applied``: the transport or the miner confirmed the setpoint."""
+        return self.status is SetpointStatus.APPLIED
+
+
+@runtime_checkable
+class MinerDriver(Protocol):
+    def apply(self, batch: list[Setpoint]) -> list[SetpointResult]:
+        """Send every setpoint; one result per setpoint, same order; never raises for a miner's fault."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+@dataclass(frozen=True)
+class Unavailability:
+    miner_id: str
+    reason: str
+    since: datetime
+
+
+@dataclass(frozen=True)
+class GroupAvailability:
+    group_id: str
+    total: int
+    available: int
+    unavailable: dict[str, Unavailability] = field(default_factory=dict)
+
+
+@dataclass
+class _Health:
+    failures: int = 0
+    mismatches: int = 0
+    last: SetpointResult | None = None
+    down: Unavailability | None = None
+
+
+class MinerRegistry:
+    """Tracks each miner's recent results and decides availability; thread-safe."""
+
+    def __init__(self, groups_by_miner: Mapping[str, str], *, max_failures: int = 3,
+                 max_mismatches: int = 1, clock: Clock = utc_now) -> None:
+        if max_failures < 1 or max_mismatches < 1:
+            raise ValueError("max_failures and max_mismatches must be >= 1")
+        self._groups = dict(groups_by_miner)
+        self._max_failures = max_failures
+        self._max_mismatches = max_mismatches
+        self._clock = clock
+        self._health = {miner: _Health() for miner in self._groups}
+        self._lock = threading.Lock()
+
+    def record(self, results: Iterable[SetpointResult], *, verification: bool = False) -> None:
+        """Count results from ``apply`` (``verification=False``) or from a driver's verification.
+
+        Command results: a failure (rejected / timeout / unreachable) counts towards ``max_failures``;
+        applied resets it; unverified leaves it alone. Verification results: unverified counts towards
+        ``max_mismatches``; applied resets both counters and makes the miner available again.
+        """
+        with self._lock:
+            for result in results:
+                health = self._health.get(result.miner_id)
+                if health is None:
+                    continue  # not a miner this registry tracks
+                health.last = result
+                if verification:
+                    self._record_verification(health, result)
+                else:
+                    self._record_command(health, result)
+
+    def _record_command(self, health: _Health, result: SetpointResult) -> None:
+        if result.status in _FAILURES:
+            health.failures += 1
+            if health.failures >= self._max_failures and health.down is None:
+                reason = (f"{health.failures} consecutive setpoints failed; last {result.status.value}: "
+                          f"{result.reason}")
+                health.down = Unavailability(result.miner_id, reason, self._clock())
+        elif result.status is SetpointStatus.APPLIED:
+            health.failures = 0
+
+    def _record_verification(self, health: _Health, result: SetpointResult) -> None:
+        if result.status is SetpointStatus.APPLIED:
+            health.failures = health.mismatches = 0
+            health.down = None
+            return
+        if result.status in _FAILURES:
+            self._record_command(health, result)
+            return
+        health.mismatches += 1
+        if health.mismatches >= self._max_mismatches and health.down is None:
+            reason = f"does not follow setpoints ({health.mismatches} failed verification): {result.reason}"
+            health.down = Unavailability(result.miner_id, reason, self._clock())
+
+    def is_available(self, miner_id: str) -> bool:
+        with self._lock:
+            health = self._health.get(miner_id)
+            return health is not None and health.down is None
+
+    def unavailable(self) -> dict[str, Unavailability]:
+        with self._lock:
+            return {m: h.down for m, h in self._health.items() if h.down is not None}
+
+    def restore(self, miner_id: str) -> None:
+        """Operator override: make a miner available again and clear its counters."""
+        with self._lock:
+            if miner_id in self._health:
+                self._health[miner_id] = _Health()
+
+    def availability_by_group(self) -> dict[str, GroupAvailability]:
+        with self._lock:
+            by_group: dict[str, list[str]] = {}
+            for miner, group in self._groups.items():
+                by_group.setdefault(group, []).append(miner)
+            out = {}
+            for group, miners in sorted(by_group.items()):
+                down = {m: self._health[m].down for m in miners if self._health[m].down is not None}
+                out[group] = GroupAvailability(group, len(miners), len(miners) - len(down), down)  # type: ignore[arg-type]
+            return out

@@ -1,0 +1,595 @@
+"""Simulated miners that speak the real protocols on real loopback sockets.
+
+Two front ends share one miner model (:class:`SimMiner`):
+
+- :class:`SimulatedMinerFleet`: every miner listens on its own TCP port on 127.0.0.1 and answers the
+  cgminer-style JSON API subset of LuxOS that :mod:`hashflex.drivers.luxos` uses (one request per
+  connection, JSON response terminated by a NUL byte): ``version``, ``logon``, ``logoff``, ``session``,
+  ``curtail`` (``<sid>,sleep`` / ``<sid>,wakeup``), ``profileset`` (``<sid>,<profile>``), ``profiles``,
+  ``summary``, ``stats``, ``power``. Modelled on LuxOS's documented API: one active session per miner,
+  privileged commands take the session id as the first parameter, a session lapses after
+  ``session_timeout_s`` of inactivity. All servers run in one asyncio loop on a background thread.
+- :class:`MqttSimulatedMiners`: one MQTT v5 connection multiplexes many miners; each miner follows
+  ``hashflex/<site>/out/setpoint/<miner>`` and publishes a ``TelemetryMessage`` on
+  ``in/telemetry/<miner>`` every ``telemetry_interval_s`` (real seconds) and right after a setpoint.
+
+Miner model: states ``sleeping`` → (``boot_minutes``) → ``hashing`` in a mode of its
+:class:`~hashflex.profile.MinerGroup`; power and hashrate come from the group's modes (``idle_power_kw``
+when sleeping or booting; telemetry reports mode ``booting`` meanwhile). Going to sleep and changing
+mode while hashing take effect at once. Safe default: when the deadline of the setpoint being followed
+passes without renewal the miner goes to sleep (``fallbacks`` counts it). The MQTT miner takes the
+deadline from the payload's ``expires_at`` (and the broker drops undelivered messages via the v5
+Message Expiry Interval); the LuxOS API carries no deadline, so the TCP fleet models a site watchdog:
+every ``profileset`` / ``curtail wakeup`` renews a lease of ``lease_s`` simulated seconds.
+
+Time: every simulated time comes from a clock (``() -> datetime``); :class:`ScaledClock` runs
+``scale`` times faster than real time so a 5-minute boot takes 0.5 s at ``scale=600``. Give the same
+clock to the driver so setpoint deadlines are in simulated time.
+
+Fault injection (for tests): ``set_silent`` (accepts the connection, never answers), ``set_error``
+(a command answers ``STATUS`` ``E`` with a message), ``set_follows(False)`` (answers success but does not
+change state), ``expire_sessions``, ``take_offline`` (the port stops listening).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import json
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+from pydantic import ValidationError
+
+from hashflex.messages import SetpointMessage, TelemetryMessage, Topics
+from hashflex.profile import MinerGroup, SiteProfile
+
+__all__ = [
+    "MinerSnapshot",
+    "MinerState",
+    "MqttSimulatedMiners",
+    "ScaledClock",
+    "SimMiner",
+    "SimulatedMinerFleet",
+    "miners_from_profile",
+]
+
+SLEEP = "sleep"
+BOOTING = "booting"
+Clock = Callable[[], datetime]
+
+
+class ScaledClock:
+    """Simulated UTC time: ``start + scale × (real time elapsed)``. Thread-safe, monotonic."""
+
+    def __init__(self, scale: float = 1.0, start: datetime | None = None) -> None:
+        if scale <= 0:
+            raise ValueError("scale must be > 0")
+        self.scale = scale
+        self.start = start or datetime.now(timezone.utc)
+        self._t0 = time.monotonic()
+
+    def __call__(self) -> datetime:
+        return self.now()
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=(time.monotonic() - self._t0) * self.scale)
+
+    def real_seconds(self, sim_seconds: float) -> float:
+        return sim_seconds / self.scale
+
+
+class MinerState(str, enum.Enum):
+    SLEEPING = "sleeping"
+    BOOTING = "booting"
+    HASHING = "hashing"
+
+
+@dataclass(frozen=True)
+class MinerSnapshot:
+    miner_id: str
+    group_id: str
+    state: MinerState
+    mode: str  # the mode it runs or will run after booting; "sleep" when sleeping
+    power_kw: float
+    hashrate_th_s: float
+    expires_at: datetime | None
+    fallbacks: int
+
+    @property
+    def reported_mode(self) -> str:
+        """The mode as telemetry reports it: ``sleep``, ``booting`` or the mode name."""
+        return BOOTING if self.state is MinerState.BOOTING else self.mode
+
+
+class SimMiner:
+    """One miner's state machine, advanced lazily from the clock; thread-safe."""
+
+    def __init__(self, miner_id: str, group: MinerGroup, clock: Clock, mode: str | None = None) -> None:
+        self.miner_id, self.group, self.clock = miner_id, group, clock
+        names = [m.name for m in group.modes]
+        self.mode = mode or ("stock" if "stock" in names else names[0])  # the profile last selected
+        self.state = MinerState.SLEEPING
+        self.boot_done: datetime | None = None
+        self.expires_at: datetime | None = None
+        self.fallbacks = 0
+        self.follows = True
+        self._lock = threading.Lock()
+
+    def _advance(self, now: datetime) -> None:
+        if self.state is not MinerState.SLEEPING and self.expires_at is not None and now >= self.expires_at:
+            self.state, self.boot_done, self.expires_at = MinerState.SLEEPING, None, None
+            self.fallbacks += 1
+        if self.state is MinerState.BOOTING and self.boot_done is not None and now >= self.boot_done:
+            self.state = MinerState.HASHING
+
+    def command_mode(self, mode: str, expires_at: datetime | None) -> None:
+        """Run ``mode`` until ``expires_at``; boots first when sleeping. Raises KeyError for an unknown mode."""
+        if mode not in {m.name for m in self.group.modes}:
+            _raise_unknown(mode)
+        with self._lock:
+            now = self.clock()
+            self._advance(now)
+            if not self.follows:
+                return
+            self.mode, self.expires_at = mode, expires_at
+            if self.state is MinerState.SLEEPING:
+                self.state = MinerState.BOOTING
+                self.boot_done = now + timedelta(minutes=self.group.boot_minutes)
+                self._advance(now)
+
+    def select_profile(self, mode: str) -> None:
+        """Change the mode without waking (LuxOS ``profileset`` on a sleeping miner)."""
+        if mode not in {m.name for m in self.group.modes}:
+            _raise_unknown(mode)
+        with self._lock:
+            self._advance(self.clock())
+            if self.follows:
+                self.mode = mode
+
+    def command_sleep(self) -> None:
+        with self._lock:
+            self._advance(self.clock())
+            if self.follows:
+                self.state, self.boot_done, self.expires_at = MinerState.SLEEPING, None, None
+
+    def renew(self, expires_at: datetime | None) -> None:
+        with self._lock:
+            self._advance(self.clock())
+            if self.follows and self.state is not MinerState.SLEEPING:
+                self.expires_at = expires_at
+
+    def snapshot(self) -> MinerSnapshot:
+        with self._lock:
+            self._advance(self.clock())
+            if self.state is MinerState.HASHING:
+                mode = self.group.mode(self.mode)
+                power, hashrate = mode.power_kw, mode.hashrate_th_s
+            else:
+                power, hashrate = self.group.idle_power_kw, 0.0
+            shown = SLEEP if self.state is MinerState.SLEEPING else self.mode
+            return MinerSnapshot(self.miner_id, self.group.id, self.state, shown, power, hashrate,
+                                 self.expires_at, self.fallbacks)
+
+
+def _raise_unknown(mode: str) -> None:
+    raise KeyError(f"unknown mode {mode!r}")
+
+
+def miners_from_profile(profile: SiteProfile, units_per_group: int | None = None) -> dict[str, MinerGroup]:
+    """Miner ids ``<group>-<nnnn>`` for each group (``units_per_group`` caps the count per group)."""
+    out: dict[str, MinerGroup] = {}
+    for group in profile.miner_groups:
+        n = group.units if units_per_group is None else min(units_per_group, group.units)
+        out.update({f"{group.id}-{i:04d}": group for i in range(n)})
+    return out
+
+
+class _Fleet:
+    """What both front ends share: the miners and fleet-wide queries."""
+
+    def __init__(self, miners: Mapping[str, MinerGroup], clock: Clock) -> None:
+        if not miners:
+            raise ValueError("no miners")
+        self.clock = clock
+        self.miners = {mid: SimMiner(mid, group, clock) for mid, group in miners.items()}
+
+    def miner(self, miner_id: str) -> SimMiner:
+        return self.miners[miner_id]
+
+    def states(self) -> dict[str, MinerSnapshot]:
+        return {mid: m.snapshot() for mid, m in self.miners.items()}
+
+    def total_power_kw(self) -> float:
+        return sum(m.snapshot().power_kw for m in self.miners.values())
+
+    def set_follows(self, miner_id: str, follows: bool) -> None:
+        self.miners[miner_id].follows = follows
+
+
+# --------------------------------------------------------------------------- LuxOS over TCP
+
+
+@dataclass
+class _LuxState:
+    """Per-miner API state of the TCP front end."""
+
+    session_id: str | None = None
+    session_used: datetime | None = None
+    silent: bool = False
+    errors: dict[str, str] | None = None
+    server: asyncio.AbstractServer | None = None
+    port: int = 0
+
+
+class SimulatedMinerFleet(_Fleet):
+    """Miners answering a LuxOS-style API, one TCP port each on 127.0.0.1; see the module docstring.
+
+    ``profile_names`` maps group id → {mode: LuxOS profile name}; by default a mode's profile has the
+    mode's name. ``lease_s`` (simulated seconds, None = no watchdog) is the safe-default deadline.
+    """
+
+    def __init__(self, miners: Mapping[str, MinerGroup], *, clock: Clock | None = None,
+                 lease_s: float | None = None, session_timeout_s: float = 900.0,
+                 profile_names: Mapping[str, Mapping[str, str]] | None = None,
+                 host: str = "127.0.0.1") -> None:
+        super().__init__(miners, clock or ScaledClock())
+        self.host, self.lease_s, self.session_timeout_s = host, lease_s, session_timeout_s
+        self._profiles: dict[str, dict[str, str]] = {}  # group → profile → mode
+        for group in {g.id: g for g in miners.values()}.values():
+            names = dict((profile_names or {}).get(group.id, {}))
+            self._profiles[group.id] = {names.get(m.name, m.name): m.name for m in group.modes}
+        self.api = {mid: _LuxState() for mid in self.miners}
+        self.commands: dict[str, list[tuple[str, str]]] = {mid: [] for mid in self.miners}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping: asyncio.Event | None = None
+        self._lock = threading.Lock()
+
+    # -- lifecycle
+    def start(self) -> SimulatedMinerFleet:
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(self._open_all())
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="sim-luxos", daemon=True)
+        self._thread.start()
+        if not ready.wait(30):
+            raise RuntimeError("simulated fleet did not start")
+        return self
+
+    async def _open_all(self) -> None:
+        self._stopping = asyncio.Event()
+        for mid in self.miners:
+            await self._open(mid)
+
+    async def _open(self, miner_id: str, port: int = 0) -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._serve(miner_id, reader, writer)
+
+        server = await asyncio.start_server(handle, self.host, port, reuse_address=True)
+        self.api[miner_id].server = server
+        self.api[miner_id].port = server.sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+
+        async def close_all() -> None:
+            assert self._stopping is not None
+            self._stopping.set()
+            for state in self.api.values():
+                if state.server is not None:
+                    state.server.close()
+            await asyncio.sleep(0.05)
+
+        asyncio.run_coroutine_threadsafe(close_all(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+        self._loop.close()
+        self._loop = None
+
+    def __enter__(self) -> SimulatedMinerFleet:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def endpoints(self) -> dict[str, tuple[str, int]]:
+        return {mid: (self.host, state.port) for mid, state in self.api.items()}
+
+    # -- faults
+    def set_silent(self, miner_id: str, silent: bool = True) -> None:
+        self.api[miner_id].silent = silent
+
+    def set_error(self, miner_id: str, command: str, message: str | None) -> None:
+        """Make ``command`` answer STATUS E with ``message`` (None clears it)."""
+        with self._lock:
+            errors = dict(self.api[miner_id].errors or {})
+            if message is None:
+                errors.pop(command, None)
+            else:
+                errors[command] = message
+            self.api[miner_id].errors = errors
+
+    def expire_sessions(self, miner_id: str | None = None) -> None:
+        with self._lock:
+            for mid in [miner_id] if miner_id else list(self.api):
+                self.api[mid].session_id = None
+
+    def take_offline(self, miner_id: str) -> None:
+        """Stop listening on the miner's port (connections are refused)."""
+        assert self._loop is not None
+        server = self.api[miner_id].server
+
+        async def close() -> None:
+            if server is not None:
+                server.close()
+                await server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+
+    # -- protocol
+    async def _serve(self, miner_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert self._stopping is not None
+        try:
+            request = await asyncio.wait_for(_read_request(reader), timeout=10)
+            if self.api[miner_id].silent:
+                await self._stopping.wait()
+                return
+            response = self._dispatch(miner_id, request)
+            writer.write(json.dumps(response).encode() + b"\0")
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def _dispatch(self, miner_id: str, raw: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(raw.decode("utf-8").strip("\0 \r\n"))
+            command = str(request["command"])
+            parameter = str(request.get("parameter", ""))
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return self._status("E", 23, "Invalid JSON")
+        with self._lock:
+            self.commands[miner_id].append((command, parameter))
+            injected = (self.api[miner_id].errors or {}).get(command)
+        if injected is not None:
+            return self._status("E", 45, injected)
+        handler = getattr(self, f"_cmd_{command}", None)
+        if handler is None:
+            return self._status("E", 14, "Invalid command")
+        return handler(miner_id, parameter)
+
+    def _status(self, status: str, code: int, msg: str, **sections: Any) -> dict[str, Any]:
+        when = int(self.clock().timestamp())
+        body: dict[str, Any] = {"STATUS": [{"STATUS": status, "When": when, "Code": code, "Msg": msg,
+                                            "Description": "LUXminer simulator"}]}
+        body.update(sections)
+        body["id"] = 1
+        return body
+
+    def _live_session(self, miner_id: str) -> str | None:
+        state = self.api[miner_id]
+        now = self.clock()
+        if state.session_id and state.session_used is not None and \
+                (now - state.session_used).total_seconds() > self.session_timeout_s:
+            state.session_id = None
+        return state.session_id
+
+    def _check_session(self, miner_id: str, parameter: str) -> tuple[dict[str, Any] | None, list[str]]:
+        parts = [p.strip() for p in parameter.split(",")]
+        with self._lock:
+            live = self._live_session(miner_id)
+            if not parts[0] or live is None or parts[0] != live:
+                return self._status("E", 45, "Invalid session id"), parts
+            self.api[miner_id].session_used = self.clock()
+        return None, parts
+
+    def _cmd_version(self, miner_id: str, parameter: str) -> dict[str, Any]:
+        return self._status("S", 22, "LUXminer versions", VERSION=[{"LUXminer": "sim", "API": "3.7"}])
+
+    def _cmd_session(self, miner_id: str, parameter: str) -> dict[str, Any]:
+        with self._lock:
+            sid = self._live_session(miner_id) or ""
+        return self._status("S", 300, "Session", SESSION=[{"SessionID": sid}])
+
+    def _cmd_logon(self, miner_id: str, parameter: str) -> dict[str, Any]:
+        with self._lock:
+            if self._live_session(miner_id):
+                return self._status("E", 310, "Another session is active")
+            sid = secrets.token_hex(4)
+            self.api[miner_id].session_id, self.api[miner_id].session_used = sid, self.clock()
+        return self._status("S", 307, "Session created", SESSION=[{"SessionID": sid}])
+
+    def _cmd_logoff(self, miner_id: str, parameter: str) -> dict[str, Any]:
+        error, _ = self._check_session(miner_id, parameter)
+        if error:
+            return error
+        self.api[miner_id].session_id = None
+        return self._status("S", 308, "Session closed")
+
+    def _cmd_curtail(self, miner_id: str, parameter: str) -> dict[str, Any]:
+        error, parts = self._check_session(miner_id, parameter)
+        if error:
+            return error
+        action = parts[1] if len(parts) > 1 else ""
+        miner = self.miners[miner_id]
+        if action == "sleep":
+            miner.command_sleep()
+        elif action == "wakeup":
+            if miner.snapshot().state is MinerState.SLEEPING:
+                miner.command_mode(miner.mode, self._lease_deadline())
+            else:
+                miner.renew(self._lease_deadline())
+        else:
+            return self._status("E", 45, f"Invalid curtail action {action!r}; use sleep or wakeup")
+        return self._status("S", 330, f"Curtail {action}", CURTAIL=[{"Action": action}])
+
+    def _cmd_profileset(self, miner_id: str, parameter: str) -> dict[str, Any]:
+        error, parts = self._check_session(miner_id, parameter)
+        if error:
+            return error
+        miner = self.miners[miner_id]
+        profile = parts[1] if len(parts) > 1 else ""
+        mode = self._profiles[miner.group.id].get(profile)
+        if mode is None:
+            return self._status("E", 45, f"Profile {profile!r} not found")
+        miner.select_profile(mode)
+        miner.renew(self._lease_deadline())
+        return self._status("S", 320, "Profile set", PROFILE=[{"Profile": profile}])
+
+    def _cmd_profiles(self, miner_id: str, parameter: str) -> dict[str, Any]:
+        group = self.miners[miner_id].group
+        by_mode = {mode: profile for profile, mode in self._profiles[group.id].items()}
+        rows = [{"Profile Name": by_mode[m.name], "Watts": round(m.power_kw * 1000),
+                 "Hashrate": m.hashrate_th_s, "IsDynamic": False} for m in group.modes]
+        return self._status("S", 323, "Profiles", PROFILES=rows)
+
+    def _cmd_summary(self, miner_id: str, parameter: str) -> dict[str, Any]:
+        snap = self.miners[miner_id].snapshot()
+        ghs = snap.hashrate_th_s * 1000.0
+        return self._status("S", 11, "Summary", SUMMARY=[{"Elapsed": 0, "GHS 5s": ghs, "GHS av": ghs}])
+
+    def _cmd_stats(self, miner_id: str, parameter: str) -> dict[str, Any]:
+        snap = self.miners[miner_id].snapshot()
+        return self._status("S", 70, "Stats", STATS=[{"Type": self.miners[miner_id].group.model,
+                                                       "State": snap.state.value, "Mode": snap.mode}])
+
+    def _cmd_power(self, miner_id: str, parameter: str) -> dict[str, Any]:
+        snap = self.miners[miner_id].snapshot()
+        return self._status("S", 340, "Power", POWER=[{"Watts": round(snap.power_kw * 1000, 1), "PSU": True}])
+
+    def _lease_deadline(self) -> datetime | None:
+        return None if self.lease_s is None else self.clock() + timedelta(seconds=self.lease_s)
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    """Read until a NUL or newline, EOF, or a complete JSON document."""
+    buf = b""
+    while True:
+        chunk = await reader.read(4096)
+        if not chunk:
+            return buf
+        buf += chunk
+        if b"\0" in buf or b"\n" in buf:
+            return buf
+        try:
+            json.loads(buf)
+            return buf
+        except ValueError:
+            continue
+
+
+# --------------------------------------------------------------------------- MQTT
+
+
+class MqttSimulatedMiners(_Fleet):
+    """Miners following ``out/setpoint/<miner>`` and publishing ``in/telemetry/<miner>``."""
+
+    _ids = itertools.count()
+
+    def __init__(self, site: str, host: str, port: int, miners: Mapping[str, MinerGroup], *,
+                 clock: Clock | None = None, telemetry_interval_s: float = 0.5,
+                 client_id: str | None = None) -> None:
+        super().__init__(miners, clock or ScaledClock())
+        self.topics = Topics(site)
+        self.host, self.port, self.telemetry_interval_s = host, port, telemetry_interval_s
+        self.received: dict[str, list[tuple[SetpointMessage, int | None]]] = {m: [] for m in self.miners}
+        self.rejected: list[str] = []
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                   client_id=client_id or f"hashflex-sim-{site}-{next(self._ids)}",
+                                   protocol=mqtt.MQTTv5)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        self._connected = threading.Event()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def start(self) -> MqttSimulatedMiners:
+        self._client.connect(self.host, self.port, keepalive=30)
+        self._client.loop_start()
+        self._ticker = threading.Thread(target=self._tick_loop, name="sim-mqtt-telemetry", daemon=True)
+        self._ticker.start()
+        return self
+
+    def wait_ready(self, timeout_s: float = 10.0) -> bool:
+        """True once connected and subscribed."""
+        return self._connected.wait(timeout_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(5)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def __enter__(self) -> MqttSimulatedMiners:
+        self.start()
+        if not self.wait_ready():
+            raise RuntimeError("simulated miners could not connect to the broker")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                    properties: Any) -> None:
+        if reason_code.is_failure:
+            return
+        result, _mid = client.subscribe(self.topics.setpoint("+"), qos=1)
+        if result == mqtt.MQTT_ERR_SUCCESS:
+            self._connected.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        miner_id = message.topic.rsplit("/", 1)[-1]
+        miner = self.miners.get(miner_id)
+        if miner is None:
+            return
+        try:
+            setpoint = SetpointMessage.model_validate_json(message.payload)
+        except ValidationError as exc:
+            self.rejected.append(f"{message.topic}: {exc.error_count()} validation error(s)")
+            return
+        expiry = getattr(message.properties, "MessageExpiryInterval", None) if message.properties else None
+        self.received[miner_id].append((setpoint, expiry))
+        if setpoint.miner_id != miner_id or setpoint.expires_at <= self.clock():
+            self.rejected.append(f"{message.topic}: wrong miner or already expired")
+            return
+        try:
+            if setpoint.mode == SLEEP:
+                miner.command_sleep()
+            else:
+                miner.command_mode(setpoint.mode, setpoint.expires_at)
+        except KeyError as exc:
+            self.rejected.append(f"{message.topic}: {exc}")
+        self._publish_telemetry(miner)
+
+    def _publish_telemetry(self, miner: SimMiner) -> None:
+        snap = miner.snapshot()
+        telemetry = TelemetryMessage(miner_id=snap.miner_id, power_kw=snap.power_kw,
+                                     hashrate_th_s=snap.hashrate_th_s, mode=snap.reported_mode,
+                                     temperature_c=60.0 if snap.state is MinerState.HASHING else 30.0,
+                                     timestamp=self.clock())
+        self._client.publish(self.topics.telemetry(snap.miner_id), telemetry.model_dump_json(), qos=0)
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(self.telemetry_interval_s):
+            if not self._connected.is_set():
+                continue
+            for miner in self.miners.values():
+                self._publish_telemetry(miner)
