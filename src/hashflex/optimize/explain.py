@@ -18,6 +18,7 @@ import pandas as pd
 from hashflex.optimize.problem import Problem
 
 TOLERANCE_KW = 1e-6
+CARBON_BINDING_FRACTION = 0.005  # matches the MILP's default relative gap
 
 
 def _steps(problem: Problem, counts: dict[tuple[int, int], np.ndarray], t: int) -> list[tuple[int, int | None, int]]:
@@ -103,7 +104,8 @@ def explain_intervals(
             for budget in problem.carbon_budgets:
                 if budget.mask[t]:
                     extra_kg = d_power * problem.duration_h[t] * problem.intensity_kg_per_mwh[t] / 1000.0
-                    if carbon_left[budget.name] < extra_kg:
+                    # Solved to a relative gap, a budget within that fraction of full is binding.
+                    if carbon_left[budget.name] < max(extra_kg, CARBON_BINDING_FRACTION * budget.remaining_kg):
                         blockers.append("carbon")
                         blocked.setdefault("carbon", f"carbon: {budget.name} budget used up "
                                                      f"({carbon_left[budget.name]:,.0f} kg left)")

@@ -26,8 +26,7 @@ def _unit_profit_usd_per_h(problem: Problem, g: int, m: int, t: int) -> float:
 
 
 def _import_kw(problem: Problem, t: int, load_kw: float) -> float:
-    flows = power_flows_kw(np.array([load_kw]), problem.renewable_kw[t:t + 1], problem.import_limit_kw[t:t + 1],
-                           problem.energy_price_usd_mwh[t:t + 1], problem.price_usd_mwh[t:t + 1],
+    flows = power_flows_kw(np.array([load_kw]), problem.renewable_kw[t:t + 1], problem.price_usd_mwh[t:t + 1],
                            problem.export_limit_kw)
     return float(flows[0][0])
 

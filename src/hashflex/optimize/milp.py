@@ -17,10 +17,13 @@ import logging
 import math
 import time
 
+from dataclasses import dataclass
+
+import highspy
 import numpy as np
 import pyomo.environ as pyo
-from pyomo.contrib.appsi.base import TerminationCondition
-from pyomo.contrib.appsi.solvers import Highs
+from pyomo.repn.linear import LinearRepnVisitor
+from pyomo.repn.util import OrderedVarRecorder
 
 from hashflex.optimize.problem import Problem, coarsen
 from hashflex.optimize.rounding import round_lp_counts
@@ -71,7 +74,8 @@ def define_unit_counts(model: pyo.ConcreteModel, problem: Problem) -> None:
 def define_power_balance(model: pyo.ConcreteModel, problem: Problem) -> None:
     """site_load[t] = Σ n·P[g,m] + (avail[g,t] − on[g,t])·P_idle[g] = import[t] + renewable_used[t];
     renewable_used[t] + export[t] <= renewable[t]; import[t] <= import_limit[t]; export <= limit."""
-    model.grid_import_kw = pyo.Var(model.T, bounds=lambda _, t: (0.0, float(problem.import_limit_kw[t])))
+    limit = problem.effective_import_limit_kw  # never below the standby draw: all asleep stays feasible
+    model.grid_import_kw = pyo.Var(model.T, bounds=lambda _, t: (0.0, float(limit[t])))
     model.renewable_used_kw = pyo.Var(model.T, bounds=lambda _, t: (0.0, float(problem.renewable_kw[t])))
     model.export_kw = pyo.Var(model.T, bounds=(0.0, float(problem.export_limit_kw)))
 
@@ -281,75 +285,175 @@ def extract_counts(model: pyo.ConcreteModel, problem: Problem) -> dict[tuple[int
     return counts
 
 
-def _relax(model: pyo.ConcreteModel, relaxed: bool) -> None:
-    domain = pyo.NonNegativeReals if relaxed else pyo.NonNegativeIntegers
-    for var in model.n.values():
-        var.domain = domain
+@dataclass
+class CompiledModel:
+    """A linear model handed to highspy: columns (Pyomo variables in declaration order), and the
+    columns of the unit counts n[g,m,·], which the LP relaxation relaxes and rounding fixes."""
+
+    highs: highspy.Highs
+    columns: list[pyo.Var]
+    lower: np.ndarray
+    upper: np.ndarray
+    count_columns: dict[tuple[int, int], np.ndarray]  # (g, m) -> [T] column indices
 
 
-def _set_start(model: pyo.ConcreteModel, problem: Problem) -> None:
-    """Replace the LP point's counts by their rounding (see rounding.py): a feasible MIP start."""
-    lp_counts = {(g, m): np.array([model.n[g, m, t].value or 0.0 for t in range(problem.T)])
-                 for g, group in enumerate(problem.groups) for m in range(len(group.modes))}
-    for (g, m), values in round_lp_counts(problem, lp_counts).items():
-        for t in range(problem.T):
-            model.n[g, m, t].set_value(int(values[t]))
+def compile_to_highs(model: pyo.ConcreteModel, problem: Problem) -> CompiledModel:
+    """Translate the Pyomo model into a highspy LP (integrality is set later, see `solve_lp_round_mip`).
+
+    Each constraint body and the objective are read with Pyomo's linear walker (the one behind its
+    LP and NL writers), rows are passed to HiGHS in one call. This replaces appsi's persistent
+    interface, whose per-constraint `generate_standard_repn` walk cost more than building the model."""
+    columns = list(model.component_data_objects(pyo.Var, active=True, descend_into=True))
+    order = {id(v): i for i, v in enumerate(columns)}
+    var_map = {id(v): v for v in columns}
+    visitor = LinearRepnVisitor({}, var_recorder=OrderedVarRecorder(var_map, order, None))
+    lower = np.array([-math.inf if v.lb is None else v.lb for v in columns], dtype=float)
+    upper = np.array([math.inf if v.ub is None else v.ub for v in columns], dtype=float)
+
+    starts, index, value, row_lower, row_upper = [0], [], [], [], []
+    for con in model.component_data_objects(pyo.Constraint, active=True, descend_into=True):
+        repn = visitor.walk_expression(con.body)
+        if repn.nonlinear is not None:
+            raise ValueError(f"constraint {con.name} is not linear")
+        scale = repn.multiplier
+        index.extend(order[vid] for vid in repn.linear)
+        value.extend(c * scale for c in repn.linear.values())
+        starts.append(len(index))
+        constant = repn.constant * scale
+        row_lower.append(-math.inf if con.lb is None else pyo.value(con.lb) - constant)
+        row_upper.append(math.inf if con.ub is None else pyo.value(con.ub) - constant)
+    objective = next(model.component_data_objects(pyo.Objective, active=True))
+    obj = visitor.walk_expression(objective.expr)
+    if obj.nonlinear is not None:
+        raise ValueError("objective is not linear")
+    cost = np.zeros(len(columns))
+    for vid, c in obj.linear.items():
+        cost[order[vid]] += c * obj.multiplier
+
+    highs = highspy.Highs()
+    highs.setOptionValue("output_flag", False)
+    n_cols = len(columns)
+    highs.addVars(n_cols, lower, upper)
+    highs.changeColsCost(n_cols, np.arange(n_cols, dtype=np.int32), cost)
+    highs.changeObjectiveOffset(float(obj.constant * obj.multiplier))
+    highs.changeObjectiveSense(highspy.ObjSense.kMaximize if objective.sense == pyo.maximize
+                               else highspy.ObjSense.kMinimize)
+    n_rows = len(row_lower)
+    if n_rows:
+        highs.addRows(n_rows, np.array(row_lower), np.array(row_upper), len(index),
+                      np.array(starts[:-1], dtype=np.int32), np.array(index, dtype=np.int32),
+                      np.array(value, dtype=float))
+    count_columns = {(g, m): np.array([order[id(model.n[g, m, t])] for t in range(problem.T)], dtype=np.int32)
+                     for g, group in enumerate(problem.groups) for m in range(len(group.modes))}
+    return CompiledModel(highs, columns, lower, upper, count_columns)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What `solve_lp_round_mip` found: status, objective, bound, the column values, and how."""
+
+    status: SolveStatus | None  # None: nothing usable (the caller falls back)
+    objective: float | None = None
+    bound: float | None = None
+    gap: float | None = None
+    x: np.ndarray | None = None
+    message: str = ""
+
+
+def relative_gap(objective: float, bound: float) -> float:
+    return abs(bound - objective) / max(abs(objective), 1e-9)
+
+
+def solve_lp_round_mip(compiled: CompiledModel, problem: Problem, *, time_limit_s: float,
+                       rel_gap: float) -> RunOutcome:
+    """LP relaxation → rounding (rounding.py) → either proof that the rounded start is within
+    ``rel_gap`` of the LP bound (done, no branch and bound) or a MIP warm-started from it.
+
+    The rounded start is completed by one LP with the counts fixed (HiGHS hot-starts it from the
+    relaxation's basis): its objective is the start's value, and since the LP optimum bounds the
+    MIP optimum, |LP − start|/|start| <= rel_gap proves the start optimal within the gap."""
+    deadline = time.perf_counter() + time_limit_s
+    highs = compiled.highs
+    highs.setOptionValue("time_limit", float(time_limit_s))
+    highs.run()
+    if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return RunOutcome(None, message=f"LP relaxation: {highs.modelStatusToString(highs.getModelStatus())}")
+    lp_bound = highs.getInfo().objective_function_value
+    x_lp = np.array(highs.getSolution().col_value)
+    keys = list(compiled.count_columns)
+    lp_counts = {key: x_lp[compiled.count_columns[key]] for key in keys}
+    rounded = round_lp_counts(problem, lp_counts)
+    cols = np.concatenate([compiled.count_columns[key] for key in keys]).astype(np.int32)
+    fixed = np.concatenate([rounded[key] for key in keys]).astype(float)
+
+    highs.changeColsBounds(len(cols), cols, fixed, fixed)
+    highs.setOptionValue("time_limit", max(deadline - time.perf_counter(), 0.1))
+    highs.run()
+    start = None
+    if highs.getModelStatus() == highspy.HighsModelStatus.kOptimal:
+        start = np.array(highs.getSolution().col_value)
+        start_objective = highs.getInfo().objective_function_value
+        if relative_gap(start_objective, lp_bound) <= rel_gap:
+            return RunOutcome(SolveStatus.OPTIMAL, start_objective, lp_bound,
+                              relative_gap(start_objective, lp_bound), start,
+                              "rounded LP start within the gap of the LP bound")
+    highs.changeColsBounds(len(cols), cols, compiled.lower[cols], compiled.upper[cols])
+    highs.changeColsIntegrality(len(cols), cols, np.full(len(cols), highspy.HighsVarType.kInteger))
+    highs.setOptionValue("mip_rel_gap", float(rel_gap))
+    highs.setOptionValue("time_limit", max(deadline - time.perf_counter(), 0.1))
+    if start is not None:
+        solution = highspy.HighsSolution()
+        solution.col_value = start.tolist()
+        highs.setSolution(solution)
+    highs.run()
+    model_status = highs.getModelStatus()
+    info = highs.getInfo()
+    if info.primal_solution_status != highspy.SolutionStatus.kSolutionStatusFeasible:
+        return RunOutcome(None, message=f"solver: {highs.modelStatusToString(model_status)}, no incumbent")
+    objective = info.objective_function_value
+    bound = info.mip_dual_bound
+    gap = relative_gap(objective, bound) if math.isfinite(bound) else None
+    if model_status == highspy.HighsModelStatus.kOptimal:
+        status = SolveStatus.OPTIMAL
+    elif model_status == highspy.HighsModelStatus.kTimeLimit:
+        status = SolveStatus.TIME_LIMIT
+    else:
+        status = SolveStatus.FEASIBLE_GAP
+    return RunOutcome(status, objective, bound if math.isfinite(bound) else None, gap,
+                      np.array(highs.getSolution().col_value), highs.modelStatusToString(model_status))
 
 
 def solve(problem: Problem, *, time_limit_s: float = 10.0, rel_gap: float = DEFAULT_REL_GAP) -> Schedule:
-    """Build, solve the LP relaxation, warm-start the MILP from its rounded-down counts, and
-    return a Schedule whose status says how good it is (or the greedy fallback's)."""
+    """Build, solve the LP relaxation, warm-start the MILP from its rounded-down counts (or stop
+    there when the LP bound proves the start within ``rel_gap``), and return a Schedule whose status
+    says how good it is (or the greedy fallback's)."""
     from hashflex.optimize.fallback import greedy_schedule
 
     started = time.perf_counter()
     try:
         model = build_model(problem)
         built = time.perf_counter()
-        solver = Highs()
-        solver.config.time_limit = time_limit_s
-        solver.config.load_solution = False
-        solver.highs_options = {"mip_rel_gap": rel_gap, "output_flag": False}
-        _relax(model, True)
-        relaxation = solver.solve(model)
-        if relaxation.termination_condition != TerminationCondition.optimal:
-            return greedy_schedule(problem, reason=f"LP relaxation: {relaxation.termination_condition.name}")
-        relaxation.solution_loader.load_vars()
-        _set_start(model, problem)
-        _relax(model, False)
-        solver.config.warmstart = True
-        remaining_s = max(time_limit_s - (time.perf_counter() - built), 0.1)
-        solver.config.time_limit = remaining_s
-        results = solver.solve(model)
+        compiled = compile_to_highs(model, problem)
+        outcome = solve_lp_round_mip(compiled, problem, time_limit_s=max(time_limit_s - (built - started), 0.1),
+                                     rel_gap=rel_gap)
     except Exception as exc:  # solver crash or missing binary: never leave the site unplanned
         log.exception("HiGHS failed; using the greedy fallback")
         return greedy_schedule(problem, reason=f"solver error: {exc}")
     solved = time.perf_counter()
-
-    condition = results.termination_condition
-    objective = results.best_feasible_objective
-    if objective is None:
-        return greedy_schedule(problem, reason=f"solver: {condition.name}, no incumbent")
-    results.solution_loader.load_vars()
+    if outcome.status is None:
+        return greedy_schedule(problem, reason=outcome.message)
+    for var, x in zip(compiled.columns, outcome.x):
+        var.set_value(float(x), skip_validation=True)
     counts = extract_counts(model, problem)
-    bound = results.best_objective_bound
-    gap = None
-    if bound is not None and math.isfinite(bound):
-        gap = abs(bound - objective) / max(abs(objective), 1e-9)
-    if condition == TerminationCondition.optimal:
-        status = SolveStatus.OPTIMAL
-    elif condition == TerminationCondition.maxTimeLimit:
-        status = SolveStatus.TIME_LIMIT
-    else:
-        status = SolveStatus.FEASIBLE_GAP
     info = SolveInfo(
-        status=status,
-        objective_usd=objective,
-        bound_usd=bound,
-        gap=gap,
+        status=outcome.status,
+        objective_usd=outcome.objective,
+        bound_usd=outcome.bound,
+        gap=outcome.gap,
         build_seconds=built - started,
         solve_seconds=solved - built,
         penalties=_penalties(model),
-        message=condition.name,
+        message=outcome.message,
     )
     return schedule_from_counts(problem, counts, info)
 

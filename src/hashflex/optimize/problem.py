@@ -126,6 +126,19 @@ class Problem:
         return self.price_usd_mwh + self.price_adder_usd_mwh
 
     @property
+    def standby_floor_kw(self) -> np.ndarray:
+        """[T] grid import with every available unit asleep: the least the miners can draw. A limit
+        below it (a DR limit of 0 kW) can only be met by powering units off at the PDU, which is the
+        guard's job; the optimizer plans all asleep and says so."""
+        standby = sum(g.units_available * g.idle_power_kw for g in self.groups)
+        return np.maximum(standby - self.renewable_kw, 0.0)
+
+    @property
+    def effective_import_limit_kw(self) -> np.ndarray:
+        """[T] the import limit the optimizer can honour: the limit, or the standby floor if higher."""
+        return np.maximum(self.import_limit_kw, self.standby_floor_kw)
+
+    @property
     def hashprice_usd_per_th_h(self) -> np.ndarray:
         return self.hashprice_usd_per_ph_day / 1000.0 / 24.0
 

@@ -76,23 +76,29 @@ def noise_levels_dba(problem: Problem, counts: dict[tuple[int, int], np.ndarray]
 def power_flows_kw(
     load_kw: np.ndarray,
     renewable_kw: np.ndarray,
-    import_limit_kw: np.ndarray,
-    energy_price_usd_mwh: np.ndarray,
     price_usd_mwh: np.ndarray,
     export_limit_kw: float,
+    import_kw: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(grid import, renewable used, export) for a given load: renewable first unless energy is
-    cheaper than free (negative price), then import up to the limit; surplus exported if paid."""
-    import_kw = np.where(energy_price_usd_mwh < 0, np.minimum(load_kw, import_limit_kw),
-                         np.maximum(load_kw - renewable_kw, 0.0))
+    """(grid import, renewable used, export) for a given load.
+
+    Default rule: on-site renewables serve the load first (least cost at any price >= 0, and the
+    least emissions at every price), the grid the rest; surplus is exported when paid. The MILP
+    may choose otherwise (e.g. import at a negative price and spill solar) within its own carbon
+    and limit constraints, so its chosen ``import_kw`` is passed in and kept."""
+    if import_kw is None:
+        import_kw = np.maximum(load_kw - renewable_kw, 0.0)
+    import_kw = np.clip(import_kw, 0.0, load_kw)
     renewable_used_kw = load_kw - import_kw
     surplus = np.maximum(renewable_kw - renewable_used_kw, 0.0)
     export_kw = np.where(price_usd_mwh > 0, np.minimum(surplus, export_limit_kw), 0.0)
     return import_kw, renewable_used_kw, export_kw
 
 
-def schedule_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndarray], info: SolveInfo) -> Schedule:
-    """Every column of the schedule, computed from integer counts n[g,m,t]."""
+def schedule_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndarray], info: SolveInfo,
+                         import_kw: np.ndarray | None = None) -> Schedule:
+    """Every column of the schedule, computed from integer counts n[g,m,t] (and the MILP's grid
+    import where it chose one; see power_flows_kw)."""
     from hashflex.optimize.explain import explain_intervals
 
     T = problem.T
@@ -117,8 +123,7 @@ def schedule_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndar
         start_cost_usd += starts * group.start_cost_usd
         full_load_kw += group.units_available * max(mode.power_kw for mode in group.modes)
     import_kw, renewable_used_kw, export_kw = power_flows_kw(
-        load_kw, problem.renewable_kw, problem.import_limit_kw, problem.energy_price_usd_mwh,
-        problem.price_usd_mwh, problem.export_limit_kw)
+        load_kw, problem.renewable_kw, problem.price_usd_mwh, problem.export_limit_kw, import_kw)
     emissions_kg = import_kw * dt_h * problem.intensity_kg_per_mwh / 1000.0
     revenue_usd = hashrate_th_s * dt_h * problem.hashprice_usd_per_th_h * (1.0 - problem.pool_fee)
     energy_cost_usd = import_kw * dt_h * problem.energy_price_usd_mwh / 1000.0 - export_kw * dt_h * problem.price_usd_mwh / 1000.0

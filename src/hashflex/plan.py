@@ -1,0 +1,205 @@
+"""One planning pass (`hashflex plan`): profile + price file → Schedule, summary and output file.
+
+Reading and writing live here at the edges; the problem assembly and the solve are the same
+pure functions the daemon uses. Output files are written to a temporary file in the target
+directory and renamed, so a failed run never leaves a half-written schedule behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hashflex.feeds.ercot import read_price_file
+from hashflex.optimize.milp import solve, solve_multiresolution
+from hashflex.optimize.problem import Problem, problem_from_profile
+from hashflex.optimize.schedule import Schedule
+from hashflex.profile import SiteProfile, profile_hash
+
+DEFAULT_PRICE_FILE = "ercot/RTM-2020-02.csv"
+
+# The CSV columns other tools read; documented in the README ("Schedule CSV contract").
+CONTRACT_COLUMNS = ("interval_start", "price_usd_mwh", "load_kw", "grid_import_kw", "import_limit_kw",
+                    "renewable_used_kw", "emissions_kg", "profit_usd", "reason")
+
+
+class PlanInputError(ValueError):
+    """An input file for `plan` is unusable; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    interval_start: pd.DatetimeIndex
+    price_usd_mwh: np.ndarray
+    renewable_kw: np.ndarray | None
+    notes: tuple[str, ...]
+
+
+def horizon_index(profile: SiteProfile, start: pd.Timestamp) -> pd.DatetimeIndex:
+    step = pd.Timedelta(minutes=profile.site.interval_minutes)
+    periods = int(profile.site.horizon_hours * 60 / profile.site.interval_minutes)
+    return pd.date_range(start.tz_convert("UTC"), periods=periods, freq=step)
+
+
+def prices_on_grid(prices: pd.DataFrame, index: pd.DatetimeIndex) -> np.ndarray:
+    """Price in force at each interval start: the price of the interval covering it (an hourly DA
+    price covers four 15-min intervals); NaN where no price covers the interval."""
+    if prices.empty:
+        return np.full(len(index), np.nan)
+    frame = prices.sort_values("interval_start")
+    starts = frame["interval_start"].to_numpy()
+    ends = frame["interval_end"].to_numpy()
+    values = frame["price_usd_mwh"].to_numpy(dtype=float)
+    position = np.searchsorted(starts, index.to_numpy(), side="right") - 1
+    out = np.full(len(index), np.nan)
+    valid = position >= 0
+    covered = valid.copy()
+    covered[valid] = index.to_numpy()[valid] < ends[position[valid]]
+    out[covered] = values[position[covered]]
+    return out
+
+
+def read_renewables_csv(path: Path) -> pd.Series:
+    """A simple on-site output file: ``interval_start`` (ISO 8601 with offset), ``power_kw``."""
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise PlanInputError(f"{path}: cannot read renewables CSV: {exc}") from exc
+    missing = {"interval_start", "power_kw"} - set(frame.columns)
+    if missing:
+        raise PlanInputError(f"{path}: renewables CSV lacks column(s) {sorted(missing)}")
+    try:
+        index = pd.to_datetime(frame["interval_start"], utc=True, format="ISO8601")
+    except (ValueError, TypeError) as exc:
+        raise PlanInputError(f"{path}: interval_start: {exc}") from exc
+    power = pd.to_numeric(frame["power_kw"], errors="coerce")
+    bad = power.isna() | (power < 0)
+    if bad.any():
+        line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
+        raise PlanInputError(f"{path} line {line}: power_kw must be a number >= 0")
+    return pd.Series(power.to_numpy(dtype=float), index=pd.DatetimeIndex(index))
+
+
+def load_inputs(profile: SiteProfile, prices_path: Path, start: pd.Timestamp | None,
+                renewables_path: Path | None = None) -> PlanInputs:
+    """Prices (any accepted format) for the profile's settlement point on the planning grid."""
+    try:
+        prices = read_price_file(prices_path, settlement_point=profile.site.settlement_point,
+                                 settlement_point_type=profile.site.settlement_point_type)
+    except FileNotFoundError as exc:
+        raise PlanInputError(f"{prices_path}: no such file") from exc
+    except ValueError as exc:  # PriceFileError is a ValueError and names file/line/field
+        raise PlanInputError(str(exc)) from exc
+    if prices.empty:
+        raise PlanInputError(f"{prices_path}: no prices for {profile.site.settlement_point}")
+    if start is None:
+        start = prices["interval_start"].min()
+    index = horizon_index(profile, start)
+    price = prices_on_grid(prices, index)
+    notes = []
+    known = ~np.isnan(price)
+    if not known[0]:
+        raise PlanInputError(f"{prices_path}: no price covers the start {index[0].isoformat()}")
+    if not known.all():
+        last = int(np.flatnonzero(~known)[0])
+        notes.append(f"prices end at {index[last].isoformat()}: horizon shortened to {last} intervals")
+        index, price = index[:last], price[:last]
+    renewable = None
+    if renewables_path is not None:
+        series = read_renewables_csv(renewables_path)
+        renewable = series.reindex(index, method="ffill").fillna(0.0).to_numpy()
+    return PlanInputs(index, price, renewable, tuple(notes))
+
+
+def plan(profile: SiteProfile, inputs: PlanInputs, *, time_limit_s: float = 20.0) -> tuple[Problem, Schedule]:
+    problem = problem_from_profile(profile, inputs.interval_start, inputs.price_usd_mwh,
+                                   renewable_kw=inputs.renewable_kw)
+    fine = int(profile.site.fine_horizon_hours * 60 / profile.site.interval_minutes)
+    if fine < problem.T:
+        return problem, solve_multiresolution(problem, fine_intervals=fine, time_limit_s=time_limit_s)
+    return problem, solve(problem, time_limit_s=time_limit_s)
+
+
+def output_frame(schedule: Schedule) -> pd.DataFrame:
+    """The schedule as the CSV/JSON contract: UTC ISO 8601 times, no caps written as empty."""
+    frame = schedule.frame.reset_index()
+    for column in ("interval_start", "interval_end"):
+        frame[column] = frame[column].map(lambda ts: ts.isoformat())
+    for column in [c for c in frame.columns if c.startswith("noise_cap_dba_")]:
+        frame[column] = frame[column].where(np.isfinite(frame[column]))
+    return frame
+
+
+def write_schedule(schedule: Schedule, path: Path, profile: SiteProfile) -> None:
+    """Write CSV or JSON (by suffix) atomically."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise PlanInputError(f"{path}: output must end in .csv or .json")
+    frame = output_frame(schedule)
+    if suffix == ".csv":
+        payload = frame.to_csv(index=False)
+    else:
+        info = schedule.info
+        payload = json.dumps({
+            "site": profile.site.name,
+            "profile_sha256": profile_hash(profile),
+            "status": info.status.value,
+            "gap": info.gap,
+            "objective_usd": info.objective_usd,
+            "penalties": info.penalties,
+            "message": info.message,
+            "intervals": json.loads(frame.to_json(orient="records")),
+        }, indent=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(payload)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def summary_table(schedule: Schedule, profile: SiteProfile) -> str:
+    """Hourly table a site manager reads: price, units on, load, noise vs cap, profit, reason."""
+    frame = schedule.frame
+    local = frame.index.tz_convert(profile.tz)
+    hours = local.floor("h")
+    unit_columns = [c for c in frame.columns if c.startswith("units_")]
+    grouped = frame.groupby(hours)
+    header = ["hour (local)", "$/MWh", "units on", "load MW"]
+    for receptor in profile.receptors:
+        header.append(f"{receptor.id} dB(A)/cap")
+    header += ["profit $", "reason"]
+    rows = [header]
+    for hour, block in grouped:
+        row = [hour.strftime("%a %m-%d %H:%M"), f"{block['price_usd_mwh'].mean():,.2f}",
+               f"{int(block[unit_columns].sum(axis=1).mean()):,}", f"{block['load_kw'].mean() / 1000:,.2f}"]
+        for receptor in profile.receptors:
+            level = block[f"noise_dba_{receptor.id}"].max()
+            cap = block[f"noise_cap_dba_{receptor.id}"].min()
+            row.append(f"{level:.1f}/{'-' if math.isinf(cap) else f'{cap:.0f}'}")
+        reasons = [r for r in block["reason"] if r]
+        row += [f"{block['profit_usd'].sum():,.0f}", max(set(reasons), key=reasons.count) if reasons else "full load"]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(width) if 0 < i < len(header) - 1 else cell.ljust(width)
+                       for i, (cell, width) in enumerate(zip(row, widths))) for row in rows]
+    info = schedule.info
+    gap = "n/a" if info.gap is None else f"{info.gap * 100:.3f}%"
+    totals = (f"status {info.status.value} (gap {gap}, build {info.build_seconds:.2f} s, solve {info.solve_seconds:.2f} s)"
+              f"; profit ${frame['profit_usd'].sum():,.0f}; energy {float((frame['load_kw'] * frame['duration_h']).sum()) / 1000:,.1f} MWh"
+              f"; emissions {frame['emissions_kg'].sum() / 1000:,.1f} t")
+    if info.penalties:
+        totals += f"; soft limits paid: {info.penalties}"
+    if info.message and info.status.value == "failed_fallback":
+        totals += f"; fallback because {info.message}"
+    return "\n".join(lines + ["", totals])
