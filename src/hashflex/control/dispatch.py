@@ -1,0 +1,141 @@
+"""Schedule → per-miner setpoints: which physical units run, in which mode. Pure, no clock.
+
+The schedule's first row says how many units of each group run in each mode; this module picks the
+units. Per group, slots are filled in passes, each pass taking candidates of one kind for every mode
+before the next pass starts (so a mode never steals a unit another mode is already running):
+
+1. healthy units already running in that mode (no churn);
+2. healthy units running in another mode of the group (a mode change, not a start);
+3. healthy sleeping units (a start);
+4. to 6. the same three kinds among unhealthy units, only when healthy ones run out.
+
+Within a pass, units are ranked by:
+
+- running units (kept): those still inside their minimum on-time first (stopping them would break
+  min-on), then fewest run hours first; so the units stopped are past min-on, most run hours first;
+- sleeping units (started): those past their minimum off-time first, then fewest run hours first.
+
+Min on/off is honoured *where possible*: the counts come from the optimizer, which already weighs
+min on/off against the hard limits; if the counts force it, a unit inside its window is still moved
+(grid and neighbours before equipment). Unavailable units never get a running mode; they, and every
+unit not chosen, get a ``sleep`` setpoint, so each batch covers the whole fleet. Every setpoint
+expires at ``now + expiry_s``. Counts beyond the available units are clipped, highest-power mode
+first, and reported in :class:`DispatchResult.notes`.
+
+Public API
+----------
+``dispatch(counts, fleet, now, expiry_s) -> list[MinerSetpoint]``;
+``plan_dispatch(...) -> DispatchResult(setpoints, notes)`` (the same, with what was clipped and why).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from hashflex.control.fleet import SLEEP, FleetState, Miner, MinerSetpoint
+from hashflex.profile import MinerGroup
+
+__all__ = ["MinerSetpoint", "DispatchResult", "dispatch", "plan_dispatch"]
+
+@dataclass(frozen=True)
+class DispatchResult:
+    setpoints: list[MinerSetpoint]
+    notes: list[str] = field(default_factory=list)
+
+
+def dispatch(
+    counts: Mapping[tuple[str, str], int], fleet: FleetState, now: datetime, expiry_s: float
+) -> list[MinerSetpoint]:
+    """One setpoint per miner for ``counts[(group, mode)]`` units running (see module docstring)."""
+    return plan_dispatch(counts, fleet, now, expiry_s).setpoints
+
+
+def plan_dispatch(
+    counts: Mapping[tuple[str, str], int], fleet: FleetState, now: datetime, expiry_s: float
+) -> DispatchResult:
+    if expiry_s <= 0:
+        raise ValueError("expiry_s must be positive")
+    notes: list[str] = []
+    for group_id, mode in counts:
+        group = fleet.groups.get(group_id)
+        if group is None:
+            raise ValueError(f"counts name unknown group {group_id!r}")
+        if mode != SLEEP and mode not in {m.name for m in group.modes}:
+            raise ValueError(f"counts name unknown mode {mode!r} of group {group_id!r}")
+    expires = now + timedelta(seconds=expiry_s)
+    setpoints: list[MinerSetpoint] = []
+    for group_id, group in fleet.groups.items():
+        wanted = {m.name: int(counts.get((group_id, m.name), 0)) for m in group.modes}
+        if any(n < 0 for n in wanted.values()):
+            raise ValueError(f"group {group_id}: negative unit count in {wanted}")
+        miners = fleet.in_group(group_id)
+        available = [m for m in miners if m.available]
+        wanted = _clip(group, wanted, len(available), notes)
+        assignment = _assign(group, wanted, available, now)
+        for miner in sorted(miners, key=lambda m: m.miner_id):
+            mode = assignment.get(miner.miner_id, SLEEP)
+            setpoints.append(MinerSetpoint(miner.miner_id, group_id, mode, fleet.power_kw(group_id, mode),
+                                           now, expires))
+    return DispatchResult(setpoints, notes)
+
+
+def _clip(group: MinerGroup, wanted: dict[str, int], available: int, notes: list[str]) -> dict[str, int]:
+    """Reduce counts to the available units, taking from the highest-power mode first."""
+    excess = sum(wanted.values()) - available
+    if excess <= 0:
+        return wanted
+    clipped = dict(wanted)
+    for mode in sorted(group.modes, key=lambda m: -m.power_kw):
+        take = min(excess, clipped[mode.name])
+        clipped[mode.name] -= take
+        excess -= take
+    notes.append(f"group {group.id}: schedule asks for {sum(wanted.values())} units but only {available} "
+                 f"are available; ran {clipped} instead of {wanted}")
+    return clipped
+
+
+def _within(moment: datetime | None, minutes: float, now: datetime) -> bool:
+    return moment is not None and minutes > 0 and now - moment < timedelta(minutes=minutes)
+
+
+def _assign(group: MinerGroup, wanted: dict[str, int], available: list[Miner], now: datetime) -> dict[str, str]:
+    """miner id -> running mode for the chosen units of one group (unchosen units sleep)."""
+
+    def keep_rank(m: Miner) -> tuple[bool, float, str]:
+        # Inside min-on first (keep them), then fewest run hours (stop the most-worn first).
+        return (not _within(m.last_start, group.min_on_minutes, now), m.run_hours, m.miner_id)
+
+    def start_rank(m: Miner) -> tuple[bool, float, str]:
+        # Past min-off first, then fewest run hours (even wear).
+        return (_within(m.last_stop, group.min_off_minutes, now), m.run_hours, m.miner_id)
+
+    need = dict(wanted)
+    assignment: dict[str, str] = {}
+    for healthy in (True, False):
+        pool = [m for m in available if m.healthy == healthy]
+        # Pass 1: same mode.
+        for mode, n in need.items():
+            same = sorted((m for m in pool if m.mode == mode), key=keep_rank)[:n]
+            for m in same:
+                assignment[m.miner_id] = mode
+            need[mode] -= len(same)
+        # Pass 2: running in another mode (mode change, no start).
+        switching = sorted((m for m in pool if m.running and m.miner_id not in assignment), key=keep_rank)
+        _fill(need, switching, assignment)
+        # Pass 3: start sleeping units.
+        sleeping = sorted((m for m in pool if not m.running and m.miner_id not in assignment), key=start_rank)
+        _fill(need, sleeping, assignment)
+    return assignment
+
+
+def _fill(need: dict[str, int], ranked: list[Miner], assignment: dict[str, str]) -> None:
+    """Give the best-ranked candidates to the modes still short of units, in mode order."""
+    position = 0
+    for mode in need:
+        take = min(max(need[mode], 0), len(ranked) - position)
+        for miner in ranked[position:position + take]:
+            assignment[miner.miner_id] = mode
+        need[mode] -= take
+        position += take

@@ -1,0 +1,350 @@
+"""The guard: every setpoint batch is re-checked against the hard limits before it reaches a miner.
+
+Pure and fast (no solve, no I/O, no clock: ``now`` is passed in). The optimizer already respects the
+limits it knew about; the guard enforces the ones that hold *now*, with the latest measurements, and
+cuts load on its own when a DR event starts or a sensor reads over its cap (the loop then re-plans).
+
+``Guard(profile).check(batch, measurements, limits, now)`` applies, in order:
+
+(c) **refusal**: setpoints already expired (``expires_at <= now``) or naming an unknown group/mode
+    are dropped; that miner keeps its last setpoint until it expires, then sleeps (its safe default).
+(a) **import**: ``P_batch + P_idle(units not in batch) + P_aux − P_renewable ≤ L`` with
+    ``L = min(interconnection, every limit in limits.import_limits_kw)`` (DR events, operator
+    overrides, 4CP). A setpoint counts at ``max(power_target_kw, mode power)``. If over, units are
+    curtailed **least efficient (J/TH, highest first), then loudest (Lw), then id**: each goes to
+    sleep, except the last, which steps to the highest-power lower mode that removes the rest of
+    the excess, if one does. So the cut is the smallest in that order that gets under the limit.
+(b) **noise**: at each receptor, ``E = Σ 10^((Lw − A)/10) (+ 10^(L_bg/10) for a total cap)`` must
+    stay ≤ ``10^((cap − margin)/10)``, cap at the site's local time (the lower of the profile's and
+    any override), margin the sensor calibration offset (measured − modelled, never below 0) or, with
+    no sensor, the profile's ``model_margin_db``. If over, the unit contributing most at that
+    receptor steps down one rung (next quieter mode that draws no more power, else sleep), again and
+    again, until the level is under the cap. Sleeping units are taken as silent.
+
+Every step only lowers power and sound, so a later rule never undoes an earlier one.
+
+Missing or stale data is taken at its worst: renewable output older than ``max_age_s`` (or absent)
+counts as 0 kW; units of the profile absent from the batch count at idle power.
+
+Fast path (no schedule needed; e.g. on the batch ``FleetState.as_setpoints`` gives):
+``emergency_dr_cut(batch, limit_kw, measurements)``, ``import_over_limit_cut(measured_import_kw,
+limit_kw, batch)``, ``noise_exceedance_cut(receptor_id, measured_dba, cap_dba, batch)``.
+Each returns a :class:`GuardResult`: the new batch and the actions taken, with the reason in words.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from hashflex.control.fleet import SLEEP, MinerSetpoint
+from hashflex.profile import MinerGroup, SiteProfile
+
+__all__ = ["Guard", "GuardAction", "GuardResult", "Limits", "Measurements"]
+
+_REL_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """The latest site measurements. ``None`` means unknown (treated at its worst)."""
+
+    at: datetime | None = None  # when renewable_kw / import_kw were measured
+    renewable_kw: float | None = None
+    import_kw: float | None = None
+    auxiliary_kw: float = 0.0  # non-miner load (pumps, fans, offices)
+    noise_dba: Mapping[str, float] = field(default_factory=dict)
+    noise_offset_db: Mapping[str, float] = field(default_factory=dict)  # measured − modelled
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Limits in force now, besides the profile's: import limits by source label, cap overrides."""
+
+    import_limits_kw: Mapping[str, float] = field(default_factory=dict)  # e.g. {"DR:ev1": 800.0}
+    noise_caps_dba: Mapping[str, float] = field(default_factory=dict)  # receptor id -> cap override
+
+
+@dataclass(frozen=True)
+class GuardAction:
+    kind: str  # refused_expired, refused_unknown, import_curtail, noise_step_down, limit_unreachable, ...
+    reason: str
+    miners: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    batch: list[MinerSetpoint]
+    actions: list[GuardAction] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        """True when the guard cut or refused anything (the loop should re-plan)."""
+        return bool(self.actions)
+
+
+@dataclass(frozen=True)
+class _ModeSpec:
+    power_kw: float
+    j_per_th: float
+    sound_dba: float
+    step_down: str  # next rung down: a quieter mode drawing no more power, else sleep
+
+
+class Guard:
+    """Hard-limit checks for one site profile. Construct once; every method is pure."""
+
+    def __init__(self, profile: SiteProfile, max_age_s: float = 120.0) -> None:
+        self.profile = profile
+        self.max_age_s = max_age_s
+        self.interconnection_kw = profile.grid.import_limit_kw
+        self._groups: dict[str, MinerGroup] = {g.id: g for g in profile.miner_groups}
+        self._specs: dict[tuple[str, str], _ModeSpec] = {}
+        for group in profile.miner_groups:
+            for mode in group.modes:
+                quieter = [m for m in group.modes
+                           if m.sound_power_dba < mode.sound_power_dba and m.power_kw <= mode.power_kw]
+                down = max(quieter, key=lambda m: m.sound_power_dba).name if quieter else SLEEP
+                self._specs[group.id, mode.name] = _ModeSpec(mode.power_kw, mode.efficiency_j_per_th,
+                                                             mode.sound_power_dba, down)
+            self._specs[group.id, SLEEP] = _ModeSpec(group.idle_power_kw, math.inf, -math.inf, SLEEP)
+        # Per receptor: unit energy 10^((Lw − A)/10) for each (group, mode); sleep is silent.
+        self._energy: dict[str, dict[tuple[str, str], float]] = {}
+        for receptor in profile.receptors:
+            table = {}
+            for (group_id, mode), spec in self._specs.items():
+                attenuation = receptor.attenuation_from(group_id)
+                silent = mode == SLEEP or math.isinf(attenuation)
+                table[group_id, mode] = 0.0 if silent else 10.0 ** ((spec.sound_dba - attenuation) / 10.0)
+            self._energy[receptor.id] = table
+
+    # ------------------------------------------------------------------ the full check
+
+    def check(self, batch: Sequence[MinerSetpoint], measurements: Measurements, limits: Limits,
+              now: datetime) -> GuardResult:
+        """Refuse, then curtail for import, then step down for noise (see module docstring)."""
+        actions: list[GuardAction] = []
+        kept = self._refuse(batch, now, actions)
+        limit_kw, source = self.import_limit(limits)
+        renewable_kw, renewable_note = self._renewable(measurements, now)
+        net = self.net_import_kw(kept, measurements.auxiliary_kw, renewable_kw)
+        if net > limit_kw * (1 + _REL_EPS):
+            kept = self._cut_power(kept, net - limit_kw, "import_curtail",
+                                   f"modelled import {net:.1f} kW (batch + idle + auxiliary − renewable "
+                                   f"{renewable_kw:.1f} kW{renewable_note}) is over the {source} limit "
+                                   f"{limit_kw:.1f} kW", actions)
+        local = now.astimezone(self.profile.tz)
+        for receptor in self.profile.receptors:
+            cap = min(receptor.cap_at(local), limits.noise_caps_dba.get(receptor.id, math.inf))
+            if math.isinf(cap):
+                continue
+            offset = measurements.noise_offset_db.get(receptor.id)
+            if offset is None:
+                margin, why = receptor.model_margin_db, "model margin"
+            else:
+                margin, why = max(offset, 0.0), "sensor offset"
+            kept = self._cut_noise(kept, receptor.id, cap - margin,
+                                   f"cap {cap:.1f} dBA at {local:%a %H:%M} local, {why} {margin:.1f} dB",
+                                   "noise_step_down", actions)
+        return GuardResult(kept, actions)
+
+    # ------------------------------------------------------------------ fast path
+
+    def emergency_dr_cut(self, batch: Sequence[MinerSetpoint], limit_kw: float, measurements: Measurements,
+                         now: datetime | None = None) -> GuardResult:
+        """Cut the batch at once until modelled import ≤ ``limit_kw`` (e.g. a DR event just started).
+
+        Renewable output counts only if measured (and, when ``now`` is given, fresh)."""
+        actions: list[GuardAction] = []
+        kept = list(batch)
+        renewable_kw, note = self._renewable(measurements, now)
+        net = self.net_import_kw(kept, measurements.auxiliary_kw, renewable_kw)
+        if net > limit_kw * (1 + _REL_EPS):
+            kept = self._cut_power(kept, net - limit_kw, "emergency_dr_cut",
+                                   f"emergency limit {limit_kw:.1f} kW; modelled import {net:.1f} kW "
+                                   f"(renewable {renewable_kw:.1f} kW{note})", actions)
+        return GuardResult(kept, actions)
+
+    def import_over_limit_cut(self, measured_import_kw: float, limit_kw: float,
+                              batch: Sequence[MinerSetpoint]) -> GuardResult:
+        """The meter reads over the limit: remove at least the measured excess from the batch."""
+        actions: list[GuardAction] = []
+        kept = list(batch)
+        excess = measured_import_kw - limit_kw
+        if excess > limit_kw * _REL_EPS:
+            kept = self._cut_power(kept, excess, "import_over_limit_cut",
+                                   f"measured import {measured_import_kw:.1f} kW is {excess:.1f} kW over "
+                                   f"the limit {limit_kw:.1f} kW", actions)
+        return GuardResult(kept, actions)
+
+    def noise_exceedance_cut(self, receptor_id: str, measured_dba: float, cap_dba: float,
+                             batch: Sequence[MinerSetpoint]) -> GuardResult:
+        """A sensor reads ``measured_dba`` over ``cap_dba``: lower the modelled level at the receptor
+        by the measured excess (the measured-minus-modelled offset is taken as constant)."""
+        actions: list[GuardAction] = []
+        kept = list(batch)
+        excess = measured_dba - cap_dba
+        if receptor_id not in self._energy:
+            raise ValueError(f"unknown receptor {receptor_id!r}")
+        if excess > 0:
+            modelled = self.noise_level_dba(kept, receptor_id)
+            kept = self._cut_noise(kept, receptor_id, modelled - excess,
+                                   f"sensor reads {measured_dba:.1f} dBA, {excess:.1f} dB over the cap "
+                                   f"{cap_dba:.1f} dBA; modelled {modelled:.1f} dBA must fall by as much",
+                                   "noise_exceedance_cut", actions)
+        return GuardResult(kept, actions)
+
+    # ------------------------------------------------------------------ figures
+
+    def import_limit(self, limits: Limits) -> tuple[float, str]:
+        """The binding import limit and its source label."""
+        limit, source = self.interconnection_kw, "interconnection"
+        for label, value in limits.import_limits_kw.items():
+            if value < limit:
+                limit, source = value, label
+        return limit, source
+
+    def unit_power_kw(self, sp: MinerSetpoint) -> float:
+        return max(sp.power_target_kw, self._specs[sp.group_id, sp.mode].power_kw)
+
+    def net_import_kw(self, batch: Sequence[MinerSetpoint], auxiliary_kw: float = 0.0,
+                      renewable_kw: float = 0.0) -> float:
+        """Batch power + idle power of profile units absent from the batch + auxiliary − renewable."""
+        total = auxiliary_kw - renewable_kw
+        present: dict[str, int] = {}
+        for sp in batch:
+            total += self.unit_power_kw(sp)
+            present[sp.group_id] = present.get(sp.group_id, 0) + 1
+        for group in self.profile.miner_groups:
+            total += max(group.units - present.get(group.id, 0), 0) * group.idle_power_kw
+        return max(total, 0.0)
+
+    def noise_level_dba(self, batch: Sequence[MinerSetpoint], receptor_id: str) -> float:
+        """Modelled level at the receptor (with background for a total cap; −inf if silent)."""
+        energy = self._site_energy(batch, receptor_id) + self._background_energy(receptor_id)
+        return 10.0 * math.log10(energy) if energy > 0 else -math.inf
+
+    # ------------------------------------------------------------------ internals
+
+    def _renewable(self, measurements: Measurements, now: datetime | None) -> tuple[float, str]:
+        if measurements.renewable_kw is None:
+            return 0.0, ", renewable not measured: taken as 0"
+        if now is not None and (measurements.at is None
+                                or (now - measurements.at).total_seconds() > self.max_age_s):
+            return 0.0, f", renewable reading older than {self.max_age_s:.0f} s: taken as 0"
+        return max(measurements.renewable_kw, 0.0), ""
+
+    def _refuse(self, batch: Iterable[MinerSetpoint], now: datetime, actions: list[GuardAction]) -> list[MinerSetpoint]:
+        kept, expired, unknown = [], [], []
+        for sp in batch:
+            if (sp.group_id, sp.mode) not in self._specs:
+                unknown.append(sp.miner_id)
+            elif sp.expires_at <= now:
+                expired.append(sp.miner_id)
+            else:
+                kept.append(sp)
+        if expired:
+            actions.append(GuardAction("refused_expired",
+                                       f"{len(expired)} setpoint(s) expired at or before {now.isoformat()}; "
+                                       "not sent (the miners fall back to sleep when their last setpoint "
+                                       "expires)", tuple(expired)))
+        if unknown:
+            actions.append(GuardAction("refused_unknown",
+                                       f"{len(unknown)} setpoint(s) name a group or mode not in the profile; "
+                                       "not sent", tuple(unknown)))
+        return kept
+
+    def _background_energy(self, receptor_id: str) -> float:
+        receptor = next(r for r in self.profile.receptors if r.id == receptor_id)
+        return 10.0 ** (receptor.background_dba / 10.0) if receptor.cap_applies_to == "total" else 0.0
+
+    def _site_energy(self, batch: Sequence[MinerSetpoint], receptor_id: str) -> float:
+        table = self._energy[receptor_id]
+        return sum(table[sp.group_id, sp.mode] for sp in batch)
+
+    def _set_mode(self, sp: MinerSetpoint, mode: str) -> MinerSetpoint:
+        group = self._groups[sp.group_id]
+        power = group.idle_power_kw if mode == SLEEP else group.mode(mode).power_kw
+        return dataclasses.replace(sp, mode=mode, power_target_kw=power)
+
+    def _cut_power(self, batch: list[MinerSetpoint], excess_kw: float, kind: str, why: str,
+                   actions: list[GuardAction]) -> list[MinerSetpoint]:
+        """Curtail least efficient, then loudest, units until ``excess_kw`` is removed."""
+        out = list(batch)
+        order = sorted(
+            (i for i, sp in enumerate(out) if sp.mode != SLEEP),
+            key=lambda i: (-self._specs[out[i].group_id, out[i].mode].j_per_th,
+                           -self._specs[out[i].group_id, out[i].mode].sound_dba, out[i].miner_id),
+        )
+        remaining = excess_kw
+        cut: list[str] = []
+        slept = stepped = 0
+        for i in order:
+            if remaining <= 0:
+                break
+            sp = out[i]
+            power = self.unit_power_kw(sp)
+            idle = self._groups[sp.group_id].idle_power_kw
+            target = SLEEP
+            if power - idle > remaining:
+                # The last unit: the highest-power lower mode that still removes the rest, if any.
+                lower = [m for m in self._groups[sp.group_id].modes
+                         if m.power_kw < power and power - m.power_kw >= remaining
+                         and m.sound_power_dba <= self._specs[sp.group_id, sp.mode].sound_dba]
+                if lower:
+                    target = max(lower, key=lambda m: m.power_kw).name
+            out[i] = self._set_mode(sp, target)
+            remaining -= power - self.unit_power_kw(out[i])
+            cut.append(sp.miner_id)
+            if target == SLEEP:
+                slept += 1
+            else:
+                stepped += 1
+        removed = excess_kw - remaining
+        detail = f"{slept} unit(s) to sleep" + (f", {stepped} to a lower mode" if stepped else "")
+        actions.append(GuardAction(kind, f"{why}; curtailed least efficient (J/TH) and loudest first: "
+                                         f"{detail}, {removed:.1f} kW removed", tuple(cut)))
+        if remaining > _REL_EPS * max(excess_kw, 1.0):
+            actions.append(GuardAction("limit_unreachable",
+                                       f"{remaining:.1f} kW still over with every unit of the batch asleep "
+                                       "(idle and auxiliary load alone exceed the limit)", ()))
+        return out
+
+    def _cut_noise(self, batch: list[MinerSetpoint], receptor_id: str, target_dba: float, why: str,
+                   kind: str, actions: list[GuardAction]) -> list[MinerSetpoint]:
+        """Step down the largest contributor at the receptor, one rung at a time, until under target."""
+        table = self._energy[receptor_id]
+        background = self._background_energy(receptor_id)
+        budget = 10.0 ** (target_dba / 10.0) - background
+        energy = self._site_energy(batch, receptor_id)
+        if energy <= max(budget, 0.0) * (1 + _REL_EPS):
+            return batch
+        before = self.noise_level_dba(batch, receptor_id)
+        out = list(batch)
+        heap = [(-table[sp.group_id, sp.mode], i) for i, sp in enumerate(out) if table[sp.group_id, sp.mode] > 0]
+        heapq.heapify(heap)
+        touched: dict[str, None] = {}
+        while heap and energy > max(budget, 0.0) * (1 + _REL_EPS):
+            negative, i = heapq.heappop(heap)
+            sp = out[i]
+            out[i] = self._set_mode(sp, self._specs[sp.group_id, sp.mode].step_down)
+            new = table[out[i].group_id, out[i].mode]
+            energy -= -negative - new
+            touched[sp.miner_id] = None
+            if new > 0:
+                heapq.heappush(heap, (-new, i))
+        if not heap:
+            energy = 0.0
+        after = self.noise_level_dba(out, receptor_id)
+        actions.append(GuardAction(kind, f"receptor {receptor_id}: modelled {before:.1f} dBA over the target "
+                                         f"{target_dba:.1f} dBA ({why}); stepped down {len(touched)} unit(s) "
+                                         f"contributing most, now {after:.1f} dBA", tuple(touched)))
+        if budget <= 0:
+            actions.append(GuardAction("limit_unreachable",
+                                       f"receptor {receptor_id}: background alone is at or over the target "
+                                       f"{target_dba:.1f} dBA; every contributing unit is asleep", ()))
+        return out
