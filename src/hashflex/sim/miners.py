@@ -234,14 +234,16 @@ class SimulatedMinerFleet(_Fleet):
 
     ``profile_names`` maps group id → {mode: LuxOS profile name}; by default a mode's profile has the
     mode's name. ``lease_s`` (simulated seconds, None = no watchdog) is the safe-default deadline.
+    ``response_delay_s`` (real seconds) delays every answer, to make concurrency measurable.
     """
 
     def __init__(self, miners: Mapping[str, MinerGroup], *, clock: Clock | None = None,
                  lease_s: float | None = None, session_timeout_s: float = 900.0,
                  profile_names: Mapping[str, Mapping[str, str]] | None = None,
-                 host: str = "127.0.0.1") -> None:
+                 response_delay_s: float = 0.0, host: str = "127.0.0.1") -> None:
         super().__init__(miners, clock or ScaledClock())
         self.host, self.lease_s, self.session_timeout_s = host, lease_s, session_timeout_s
+        self.response_delay_s = response_delay_s  # real seconds before each answer (network + firmware)
         self._profiles: dict[str, dict[str, str]] = {}  # group → profile → mode
         for group in {g.id: g for g in miners.values()}.values():
             names = dict((profile_names or {}).get(group.id, {}))
@@ -350,6 +352,8 @@ class SimulatedMinerFleet(_Fleet):
             if self.api[miner_id].silent:
                 await self._stopping.wait()
                 return
+            if self.response_delay_s:
+                await asyncio.sleep(self.response_delay_s)
             response = self._dispatch(miner_id, request)
             writer.write(json.dumps(response).encode() + b"\0")
             await writer.drain()
