@@ -133,3 +133,20 @@ def test_fleet_records_starts_stops_hours_and_round_trips() -> None:
     assert again.miners == state.miners
     # Next tick, the same counts: nothing changes.
     assert modes(dispatch({("new", "eco"): 1}, again, NOW + 15 * MIN, 60)) == modes(sps)
+
+
+def test_first_row_counts_from_a_schedule() -> None:
+    import pandas as pd
+
+    from hashflex.control.dispatch import first_row_counts
+    from hashflex.optimize.schedule import Schedule, SolveInfo, SolveStatus
+
+    index = pd.DatetimeIndex([NOW, NOW + 15 * MIN], name="interval_start")
+    frame = pd.DataFrame({"units_old_eco": [2, 0], "units_old_stock": [1, 5], "units_new_eco": [0, 0],
+                          "units_new_turbo": [4, 5]}, index=index)
+    schedule = Schedule(frame, SolveInfo(SolveStatus.OPTIMAL),
+                        (("old", "eco"), ("old", "stock"), ("new", "eco"), ("new", "turbo")), ())
+    counts = first_row_counts(schedule)
+    assert counts == {("old", "eco"): 2, ("old", "stock"): 1, ("new", "eco"): 0, ("new", "turbo"): 4}
+    sps = dispatch(counts, fleet(), NOW, 60)
+    assert sum(sp.mode != "sleep" for sp in sps) == 7

@@ -11,7 +11,7 @@ Everything on (5 old stock + 5 new turbo): 40 kW, 10·log10(5·10^4.4 + 5·10^3.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -267,3 +267,20 @@ def test_guard_output_never_exceeds_limits(case, fraction, renewable, auxiliary)
     before = {sp.miner_id: sp.power_target_kw for sp in batch}
     assert all(sp.power_target_kw <= before[sp.miner_id] + 1e-12 for sp in result.batch)
     assert math.isfinite(sum(sp.power_target_kw for sp in result.batch))
+
+
+def test_noise_cap_taken_at_site_local_time() -> None:
+    profile = make_profile()
+    receptor = profile.receptors[0].model_copy(update={"caps": [
+        profile.receptors[0].caps[0].model_copy(update={"name": "day", "start": time(7), "end": time(21),
+                                                        "cap_dba": 52.0}),
+        profile.receptors[0].caps[0].model_copy(update={"name": "night", "start": time(21), "end": time(7),
+                                                        "cap_dba": 45.0})]})
+    guard = Guard(profile.model_copy(update={"receptors": [receptor]}))
+    day = guard.check(full_batch(), Measurements(), Limits(), NOW)  # 15:00 CDT: 51.66 ≤ 52
+    assert not day.changed
+    night_time = datetime(2025, 7, 2, 3, 0, tzinfo=timezone.utc)  # 22:00 CDT
+    batch = full_batch(expires=night_time + timedelta(minutes=5))
+    night = guard.check(batch, Measurements(), Limits(), night_time)
+    assert guard.noise_level_dba(night.batch, "house") <= 45.0
+    assert "Tue 22:00 local" in night.actions[0].reason

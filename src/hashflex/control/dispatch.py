@@ -25,7 +25,8 @@ first, and reported in :class:`DispatchResult.notes`.
 Public API
 ----------
 ``dispatch(counts, fleet, now, expiry_s) -> list[MinerSetpoint]``;
-``plan_dispatch(...) -> DispatchResult(setpoints, notes)`` (the same, with what was clipped and why).
+``plan_dispatch(...) -> DispatchResult(setpoints, notes)`` (the same, with what was clipped and why);
+``first_row_counts(schedule) -> dict[(group, mode), int]`` (the schedule's first interval).
 """
 
 from __future__ import annotations
@@ -35,14 +36,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from hashflex.control.fleet import SLEEP, FleetState, Miner, MinerSetpoint
+from hashflex.optimize.schedule import Schedule, unit_column
 from hashflex.profile import MinerGroup
 
-__all__ = ["MinerSetpoint", "DispatchResult", "dispatch", "plan_dispatch"]
+__all__ = ["MinerSetpoint", "DispatchResult", "dispatch", "first_row_counts", "plan_dispatch"]
 
 @dataclass(frozen=True)
 class DispatchResult:
     setpoints: list[MinerSetpoint]
     notes: list[str] = field(default_factory=list)
+
+
+def first_row_counts(schedule: Schedule) -> dict[tuple[str, str], int]:
+    """Units per (group, mode) in the schedule's first interval (the one to dispatch now)."""
+    row = schedule.frame.iloc[0]
+    return {(g, m): int(row[unit_column(g, m)]) for g, m in schedule.group_modes}
 
 
 def dispatch(
