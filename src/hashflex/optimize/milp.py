@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import highspy
 import numpy as np
 import pyomo.environ as pyo
+from pyomo.common.gc_manager import PauseGC
+from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpression
 from pyomo.repn.linear import LinearRepnVisitor
 from pyomo.repn.util import OrderedVarRecorder
 
@@ -48,6 +50,28 @@ def _mode_index(problem: Problem) -> list[tuple[int, int]]:
     return [(g, m) for g, group in enumerate(problem.groups) for m in range(len(group.modes))]
 
 
+def _linear(terms: Iterable[tuple[float, pyo.Var]], constant: float = 0.0) -> LinearExpression:
+    """Σ c·x + constant as one flat LinearExpression with float coefficients: the cheapest form for
+    Pyomo to build and for the linear walker in `compile_to_highs` to read (zero terms dropped)."""
+    args: list = [MonomialTermExpression((float(c), v)) for c, v in terms if c]
+    if constant:
+        args.append(float(constant))
+    return LinearExpression(args)
+
+
+def _on_terms(model: pyo.ConcreteModel, problem: Problem, g: int, t: int, sign: float = 1.0) -> list:
+    """Terms of on[g,t] = Σ_m n[g,m,t] (times ``sign``)."""
+    return [(sign, model.n[g, m, t]) for m in range(len(problem.groups[g].modes))]
+
+
+def _load_terms(model: pyo.ConcreteModel, problem: Problem, t: int, sign: float = 1.0) -> tuple[list, float]:
+    """site_load[t] = Σ_g,m (P[g,m] − P_idle[g])·n[g,m,t] + Σ_g P_idle[g]·avail[g,t] as (terms, constant)."""
+    terms = [(sign * (mode.power_kw - group.idle_power_kw), model.n[g, m, t])
+             for g, group in enumerate(problem.groups) for m, mode in enumerate(group.modes)]
+    constant = sum(group.idle_power_kw * int(group.units_available[t]) for group in problem.groups)
+    return terms, sign * constant
+
+
 def define_sets(model: pyo.ConcreteModel, problem: Problem) -> None:
     """T intervals, G groups, (g, m) group-mode pairs, R receptors."""
     model.T = pyo.RangeSet(0, problem.T - 1)
@@ -58,41 +82,33 @@ def define_sets(model: pyo.ConcreteModel, problem: Problem) -> None:
 
 def define_unit_counts(model: pyo.ConcreteModel, problem: Problem) -> None:
     """n[g,m,t] ∈ ℤ≥0 units of group g in mode m; Σ_m n[g,m,t] <= available[g,t]."""
-    model.n = pyo.Var(model.GM, model.T, domain=pyo.NonNegativeIntegers,
-                      bounds=lambda _, g, m, t: (0, int(problem.groups[g].units_available[t])))
-
-    def units_on(mdl: pyo.ConcreteModel, g: int, t: int) -> pyo.Expression:
-        return sum(mdl.n[g, m, t] for m in range(len(problem.groups[g].modes)))
-
-    model.units_on = pyo.Expression(model.G, model.T, rule=units_on)
+    available = {(g, m, t): (0, int(group.units_available[t]))
+                 for g, group in enumerate(problem.groups) for m in range(len(group.modes)) for t in range(problem.T)}
+    model.n = pyo.Var(model.GM, model.T, domain=pyo.NonNegativeIntegers, bounds=available)
     model.availability = pyo.Constraint(
         model.G, model.T,
-        rule=lambda mdl, g, t: mdl.units_on[g, t] <= int(problem.groups[g].units_available[t]),
+        rule=lambda mdl, g, t: _linear(_on_terms(mdl, problem, g, t)) <= int(problem.groups[g].units_available[t]),
     )
 
 
 def define_power_balance(model: pyo.ConcreteModel, problem: Problem) -> None:
     """site_load[t] = Σ n·P[g,m] + (avail[g,t] − on[g,t])·P_idle[g] = import[t] + renewable_used[t];
-    renewable_used[t] + export[t] <= renewable[t]; import[t] <= import_limit[t]; export <= limit."""
+    renewable_used[t] + export[t] <= renewable[t]; import[t] <= import_limit[t]; export <= limit.
+    site_load is substituted into the rows (no Expression component), see `_load_terms`."""
     limit = problem.effective_import_limit_kw  # never below the standby draw: all asleep stays feasible
-    model.grid_import_kw = pyo.Var(model.T, bounds=lambda _, t: (0.0, float(limit[t])))
-    model.renewable_used_kw = pyo.Var(model.T, bounds=lambda _, t: (0.0, float(problem.renewable_kw[t])))
+    model.grid_import_kw = pyo.Var(model.T, bounds={t: (0.0, float(limit[t])) for t in range(problem.T)})
+    model.renewable_used_kw = pyo.Var(model.T, bounds={t: (0.0, float(problem.renewable_kw[t])) for t in range(problem.T)})
     model.export_kw = pyo.Var(model.T, bounds=(0.0, float(problem.export_limit_kw)))
 
-    def site_load(mdl: pyo.ConcreteModel, t: int) -> pyo.Expression:
-        total = 0.0
-        for g, group in enumerate(problem.groups):
-            total += sum(mode.power_kw * mdl.n[g, m, t] for m, mode in enumerate(group.modes))
-            if group.idle_power_kw:
-                total += group.idle_power_kw * (int(group.units_available[t]) - mdl.units_on[g, t])
-        return total
+    def energy_balance(mdl: pyo.ConcreteModel, t: int) -> pyo.Expression:
+        terms, constant = _load_terms(mdl, problem, t)
+        terms += [(-1.0, mdl.grid_import_kw[t]), (-1.0, mdl.renewable_used_kw[t])]
+        return _linear(terms) == -constant
 
-    model.site_load_kw = pyo.Expression(model.T, rule=site_load)
-    model.energy_balance = pyo.Constraint(
-        model.T, rule=lambda mdl, t: mdl.site_load_kw[t] == mdl.grid_import_kw[t] + mdl.renewable_used_kw[t]
-    )
+    model.energy_balance = pyo.Constraint(model.T, rule=energy_balance)
     model.renewable_split = pyo.Constraint(
-        model.T, rule=lambda mdl, t: mdl.renewable_used_kw[t] + mdl.export_kw[t] <= float(problem.renewable_kw[t])
+        model.T, rule=lambda mdl, t: _linear([(1.0, mdl.renewable_used_kw[t]), (1.0, mdl.export_kw[t])])
+        <= float(problem.renewable_kw[t])
     )
 
 
@@ -110,41 +126,45 @@ def define_noise_caps(model: pyo.ConcreteModel, problem: Problem) -> None:
                         for g, group in enumerate(problem.groups) for m, mode in enumerate(group.modes)}
         for t in range(problem.T):
             if np.isfinite(budget[t]) and any(coefficients.values()):
-                rows.append((r, t, coefficients, budget[t] * scale))
+                rows.append((r, t, coefficients, float(budget[t] * scale)))
     model.noise_index = pyo.Set(initialize=[(r, t) for r, t, _, _ in rows], dimen=2)
     lookup = {(r, t): (c, b) for r, t, c, b in rows}
 
     def noise_rule(mdl: pyo.ConcreteModel, r: int, t: int) -> pyo.Expression:
         coefficients, budget = lookup[r, t]
-        return sum(c * mdl.n[g, m, t] for (g, m), c in coefficients.items() if c) <= budget
+        return _linear((c, mdl.n[g, m, t]) for (g, m), c in coefficients.items()) <= budget
 
     model.noise_cap = pyo.Constraint(model.noise_index, rule=noise_rule)
 
 
+def _emission_factors(problem: Problem) -> np.ndarray:
+    """[T] kg per kW of import over the interval: Δt[t]·intensity[t]/1000."""
+    return problem.duration_h * problem.intensity_kg_per_mwh / 1000.0
+
+
 def define_carbon(model: pyo.ConcreteModel, problem: Problem) -> None:
-    """emissions[t] = import[t]·Δt[t]·intensity[t]/1000 (kg); Σ_{t∈budget} emissions <= remaining."""
-    model.emissions_kg = pyo.Expression(
-        model.T,
-        rule=lambda mdl, t: mdl.grid_import_kw[t] * float(problem.duration_h[t] * problem.intensity_kg_per_mwh[t]) / 1000.0,
-    )
+    """emissions[t] = import[t]·Δt[t]·intensity[t]/1000 (kg); Σ_{t∈budget} emissions <= remaining.
+    emissions[t] is substituted into the rows and the objective (no Expression component)."""
     if not problem.carbon_budgets:
         return
     model.B = pyo.RangeSet(0, len(problem.carbon_budgets) - 1)
+    kg_per_kw = _emission_factors(problem)
 
     def budget_rule(mdl: pyo.ConcreteModel, b: int) -> pyo.Expression:
         budget = problem.carbon_budgets[b]
         members = np.flatnonzero(budget.mask)
         if members.size == 0:
             return pyo.Constraint.Skip
-        return sum(mdl.emissions_kg[int(t)] for t in members) <= float(budget.remaining_kg)
+        return _linear((kg_per_kw[t], mdl.grid_import_kw[int(t)]) for t in members) <= float(budget.remaining_kg)
 
     model.carbon_budget = pyo.Constraint(model.B, rule=budget_rule)
 
 
-def _window(problem: Problem, t: int, hours: float) -> list[int]:
-    """Intervals k <= t whose start lies within ``hours`` before the start of t."""
+def _window_starts(problem: Problem, hours: float) -> np.ndarray:
+    """[T] first interval k of the window of t: the k <= t whose start lies within ``hours`` before
+    the start of t, i.e. τ_t − τ_k < hours (with 1e-9 h tolerance), are first[t]..t."""
     starts_h = np.concatenate([[0.0], np.cumsum(problem.duration_h)[:-1]])
-    return [k for k in range(t + 1) if starts_h[t] - starts_h[k] < hours - 1e-9]
+    return np.searchsorted(starts_h, starts_h - hours + 1e-9, side="right")
 
 
 def _initial_batches(problem: Problem, g: int, attr: str) -> np.ndarray:
@@ -171,63 +191,65 @@ def define_commitment(model: pyo.ConcreteModel, problem: Problem) -> None:
     model.stop = pyo.Var(model.UC, model.T, domain=pyo.NonNegativeReals)
 
     def transition(mdl: pyo.ConcreteModel, g: int, t: int) -> pyo.Expression:
-        previous = mdl.units_on[g, t - 1] if t > 0 else problem.groups[g].initial.units_on
-        return mdl.start[g, t] - mdl.stop[g, t] == mdl.units_on[g, t] - previous
+        terms = [(1.0, mdl.start[g, t]), (-1.0, mdl.stop[g, t])] + _on_terms(mdl, problem, g, t, -1.0)
+        if t > 0:
+            return _linear(terms + _on_terms(mdl, problem, g, t - 1)) == 0.0
+        return _linear(terms) == -float(problem.groups[g].initial.units_on)
 
     model.transition = pyo.Constraint(model.UC, model.T, rule=transition)
 
     min_on_groups = [g for g in groups if problem.groups[g].min_on_h or problem.groups[g].initial.must_stay_on]
     model.min_on_short = pyo.Var(min_on_groups, model.T, domain=pyo.NonNegativeReals)
     held_on = {g: _initial_batches(problem, g, "must_stay_on") for g in min_on_groups}
+    on_window = {g: _window_starts(problem, problem.groups[g].min_on_h) for g in min_on_groups}
 
     def min_on(mdl: pyo.ConcreteModel, g: int, t: int) -> pyo.Expression:
-        window = _window(problem, t, problem.groups[g].min_on_h) if problem.groups[g].min_on_h else []
-        started = sum(mdl.start[g, k] for k in window)
-        return mdl.units_on[g, t] + mdl.min_on_short[g, t] >= started + float(held_on[g][t])
+        window = range(int(on_window[g][t]), t + 1) if problem.groups[g].min_on_h else ()
+        terms = _on_terms(mdl, problem, g, t) + [(1.0, mdl.min_on_short[g, t])]
+        return _linear(terms + [(-1.0, mdl.start[g, k]) for k in window]) >= float(held_on[g][t])
 
     model.min_on = pyo.Constraint(min_on_groups, model.T, rule=min_on)
 
     min_off_groups = [g for g in groups if problem.groups[g].min_off_h or problem.groups[g].initial.must_stay_off]
     held_off = {g: _initial_batches(problem, g, "must_stay_off") for g in min_off_groups}
+    off_window = {g: _window_starts(problem, problem.groups[g].min_off_h) for g in min_off_groups}
 
     model.min_off_excess = pyo.Var(min_off_groups, model.T, domain=pyo.NonNegativeReals)
 
     def min_off(mdl: pyo.ConcreteModel, g: int, t: int) -> pyo.Expression:
-        window = _window(problem, t, problem.groups[g].min_off_h) if problem.groups[g].min_off_h else []
-        stopped = sum(mdl.stop[g, k] for k in window)
-        return (mdl.units_on[g, t] + stopped + float(held_off[g][t]) - mdl.min_off_excess[g, t]
-                <= problem.groups[g].units)
+        window = range(int(off_window[g][t]), t + 1) if problem.groups[g].min_off_h else ()
+        terms = _on_terms(mdl, problem, g, t) + [(-1.0, mdl.min_off_excess[g, t])]
+        terms += [(1.0, mdl.stop[g, k]) for k in window]
+        return _linear(terms) <= problem.groups[g].units - float(held_off[g][t])
 
     model.min_off = pyo.Constraint(min_off_groups, model.T, rule=min_off)
 
 
 def define_ramp(model: pyo.ConcreteModel, problem: Problem) -> None:
     """|site_load[t] − site_load[t−1]| <= R·Δt[t] + ramp_over[t], soft in both directions: a DR cut
-    may be steeper than the ramp limit, and rounding may step a few kW past it."""
+    may be steeper than the ramp limit, and rounding may step a few kW past it. site_load[−1] is
+    the initial load; without one, t = 0 has no ramp row."""
     if problem.ramp_limit_kw_per_h is None:
         return
     rate = problem.ramp_limit_kw_per_h
     model.ramp_short_kw = pyo.Var(model.T, domain=pyo.NonNegativeReals)
 
-    def previous_load(mdl: pyo.ConcreteModel, t: int) -> pyo.Expression | float | None:
+    def step(mdl: pyo.ConcreteModel, t: int, sign: float) -> pyo.Expression:
+        """sign·(site_load[t] − site_load[t−1]) − ramp_over[t] <= R·Δt[t]."""
+        if t == 0 and problem.initial_load_kw is None:
+            return pyo.Constraint.Skip
+        terms, constant = _load_terms(mdl, problem, t, sign)
         if t > 0:
-            return mdl.site_load_kw[t - 1]
-        return problem.initial_load_kw
+            previous, previous_constant = _load_terms(mdl, problem, t - 1, -sign)
+            terms += previous
+            constant += previous_constant
+        else:
+            constant -= sign * problem.initial_load_kw
+        terms.append((-1.0, mdl.ramp_short_kw[t]))
+        return _linear(terms) <= rate * float(problem.duration_h[t]) - constant
 
-    def ramp_up(mdl: pyo.ConcreteModel, t: int) -> pyo.Expression:
-        prev = previous_load(mdl, t)
-        if prev is None:
-            return pyo.Constraint.Skip
-        return mdl.site_load_kw[t] - prev <= rate * float(problem.duration_h[t]) + mdl.ramp_short_kw[t]
-
-    def ramp_down(mdl: pyo.ConcreteModel, t: int) -> pyo.Expression:
-        prev = previous_load(mdl, t)
-        if prev is None:
-            return pyo.Constraint.Skip
-        return prev - mdl.site_load_kw[t] <= rate * float(problem.duration_h[t]) + mdl.ramp_short_kw[t]
-
-    model.ramp_up = pyo.Constraint(model.T, rule=ramp_up)
-    model.ramp_down = pyo.Constraint(model.T, rule=ramp_down)
+    model.ramp_up = pyo.Constraint(model.T, rule=lambda mdl, t: step(mdl, t, 1.0))
+    model.ramp_down = pyo.Constraint(model.T, rule=lambda mdl, t: step(mdl, t, -1.0))
 
 
 def define_objective(model: pyo.ConcreteModel, problem: Problem) -> None:
@@ -237,38 +259,39 @@ def define_objective(model: pyo.ConcreteModel, problem: Problem) -> None:
     hp = problem.hashprice_usd_per_th_h * (1.0 - problem.pool_fee)
     energy = problem.energy_price_usd_mwh
     carbon_usd_per_kg = problem.carbon_price_usd_per_t / 1000.0
-
-    def interval_value(mdl: pyo.ConcreteModel, t: int) -> pyo.Expression:
+    kg_per_kw = _emission_factors(problem)
+    terms = []
+    for t in range(problem.T):
         dt_h = float(problem.duration_h[t])
-        revenue = sum(mode.hashrate_th_s * dt_h * hp[t] * mdl.n[g, m, t]
-                      for g, group in enumerate(problem.groups) for m, mode in enumerate(group.modes))
-        cost = float(energy[t]) * dt_h / 1000.0 * mdl.grid_import_kw[t]
-        income = float(problem.price_usd_mwh[t]) * dt_h / 1000.0 * mdl.export_kw[t]
-        carbon = carbon_usd_per_kg * mdl.emissions_kg[t] if carbon_usd_per_kg else 0.0
-        return revenue - cost + income - carbon
-
-    total = sum(interval_value(model, t) for t in range(problem.T))
+        terms += [(mode.hashrate_th_s * dt_h * hp[t], model.n[g, m, t])
+                  for g, group in enumerate(problem.groups) for m, mode in enumerate(group.modes)]
+        terms.append((-(energy[t] * dt_h / 1000.0 + carbon_usd_per_kg * kg_per_kw[t]), model.grid_import_kw[t]))
+        terms.append((problem.price_usd_mwh[t] * dt_h / 1000.0, model.export_kw[t]))
     if len(model.UC):
-        total -= sum(problem.groups[g].start_cost_usd * model.start[g, t] for g in model.UC for t in model.T)
-        total -= PENALTY_MIN_ON_USD_PER_UNIT * sum(model.min_on_short[g, t] for g, t in model.min_on_short)
-        total -= PENALTY_MIN_ON_USD_PER_UNIT * sum(model.min_off_excess[g, t] for g, t in model.min_off_excess)
+        terms += [(-problem.groups[g].start_cost_usd, model.start[g, t]) for g in model.UC for t in model.T]
+        terms += [(-PENALTY_MIN_ON_USD_PER_UNIT, v) for v in model.min_on_short.values()]
+        terms += [(-PENALTY_MIN_ON_USD_PER_UNIT, v) for v in model.min_off_excess.values()]
     if hasattr(model, "ramp_short_kw"):
-        total -= PENALTY_RAMP_USD_PER_KW * sum(model.ramp_short_kw[t] for t in model.T)
-    model.profit = pyo.Objective(expr=total, sense=pyo.maximize)
+        terms += [(-PENALTY_RAMP_USD_PER_KW, v) for v in model.ramp_short_kw.values()]
+    model.profit = pyo.Objective(expr=_linear(terms), sense=pyo.maximize)
 
 
 def build_model(problem: Problem) -> pyo.ConcreteModel:
-    """The whole MILP for ``problem``; every family of constraints in its own function."""
+    """The whole MILP for ``problem``; every family of constraints in its own function.
+
+    The cyclic garbage collector is paused while the tens of thousands of expression objects are
+    created (as Pyomo's own writers do): otherwise its full collections cost as much as the build."""
     problem.validate()
-    model = pyo.ConcreteModel(name="hashflex_schedule")
-    define_sets(model, problem)
-    define_unit_counts(model, problem)
-    define_power_balance(model, problem)
-    define_noise_caps(model, problem)
-    define_carbon(model, problem)
-    define_commitment(model, problem)
-    define_ramp(model, problem)
-    define_objective(model, problem)
+    with PauseGC():
+        model = pyo.ConcreteModel(name="hashflex_schedule")
+        define_sets(model, problem)
+        define_unit_counts(model, problem)
+        define_power_balance(model, problem)
+        define_noise_caps(model, problem)
+        define_carbon(model, problem)
+        define_commitment(model, problem)
+        define_ramp(model, problem)
+        define_objective(model, problem)
     return model
 
 
@@ -303,6 +326,11 @@ def compile_to_highs(model: pyo.ConcreteModel, problem: Problem) -> CompiledMode
     Each constraint body and the objective are read with Pyomo's linear walker (the one behind its
     LP and NL writers), rows are passed to HiGHS in one call. This replaces appsi's persistent
     interface, whose per-constraint `generate_standard_repn` walk cost more than building the model."""
+    with PauseGC():
+        return _compile(model, problem)
+
+
+def _compile(model: pyo.ConcreteModel, problem: Problem) -> CompiledModel:
     columns = list(model.component_data_objects(pyo.Var, active=True, descend_into=True))
     order = {id(v): i for i, v in enumerate(columns)}
     var_map = {id(v): v for v in columns}
@@ -331,7 +359,7 @@ def compile_to_highs(model: pyo.ConcreteModel, problem: Problem) -> CompiledMode
         cost[order[vid]] += c * obj.multiplier
 
     highs = highspy.Highs()
-    highs.setOptionValue("output_flag", False)
+    _set_option(highs, "output_flag", False)
     n_cols = len(columns)
     highs.addVars(n_cols, lower, upper)
     highs.changeColsCost(n_cols, np.arange(n_cols, dtype=np.int32), cost)
@@ -360,6 +388,12 @@ class RunOutcome:
     message: str = ""
 
 
+def _set_option(highs: highspy.Highs, name: str, value: float | bool) -> None:
+    """Set a HiGHS option; a value HiGHS rejects (a negative time limit) raises instead of being ignored."""
+    if highs.setOptionValue(name, value) == highspy.HighsStatus.kError:
+        raise ValueError(f"HiGHS rejected option {name}={value!r}")
+
+
 def relative_gap(objective: float, bound: float) -> float:
     return abs(bound - objective) / max(abs(objective), 1e-9)
 
@@ -374,7 +408,7 @@ def solve_lp_round_mip(compiled: CompiledModel, problem: Problem, *, time_limit_
     MIP optimum, |LP − start|/|start| <= rel_gap proves the start optimal within the gap."""
     deadline = time.perf_counter() + time_limit_s
     highs = compiled.highs
-    highs.setOptionValue("time_limit", float(time_limit_s))
+    _set_option(highs, "time_limit", float(time_limit_s))
     highs.run()
     if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
         return RunOutcome(None, message=f"LP relaxation: {highs.modelStatusToString(highs.getModelStatus())}")
@@ -387,7 +421,7 @@ def solve_lp_round_mip(compiled: CompiledModel, problem: Problem, *, time_limit_
     fixed = np.concatenate([rounded[key] for key in keys]).astype(float)
 
     highs.changeColsBounds(len(cols), cols, fixed, fixed)
-    highs.setOptionValue("time_limit", max(deadline - time.perf_counter(), 0.1))
+    _set_option(highs, "time_limit", max(deadline - time.perf_counter(), 0.1))
     highs.run()
     start = None
     if highs.getModelStatus() == highspy.HighsModelStatus.kOptimal:
@@ -399,8 +433,8 @@ def solve_lp_round_mip(compiled: CompiledModel, problem: Problem, *, time_limit_
                               "rounded LP start within the gap of the LP bound")
     highs.changeColsBounds(len(cols), cols, compiled.lower[cols], compiled.upper[cols])
     highs.changeColsIntegrality(len(cols), cols, np.full(len(cols), highspy.HighsVarType.kInteger))
-    highs.setOptionValue("mip_rel_gap", float(rel_gap))
-    highs.setOptionValue("time_limit", max(deadline - time.perf_counter(), 0.1))
+    _set_option(highs, "mip_rel_gap", float(rel_gap))
+    _set_option(highs, "time_limit", max(deadline - time.perf_counter(), 0.1))
     if start is not None:
         solution = highspy.HighsSolution()
         solution.col_value = start.tolist()
@@ -434,8 +468,7 @@ def solve(problem: Problem, *, time_limit_s: float = 10.0, rel_gap: float = DEFA
         model = build_model(problem)
         built = time.perf_counter()
         compiled = compile_to_highs(model, problem)
-        outcome = solve_lp_round_mip(compiled, problem, time_limit_s=max(time_limit_s - (built - started), 0.1),
-                                     rel_gap=rel_gap)
+        outcome = solve_lp_round_mip(compiled, problem, time_limit_s=time_limit_s, rel_gap=rel_gap)
     except Exception as exc:  # solver crash or missing binary: never leave the site unplanned
         log.exception("HiGHS failed; using the greedy fallback")
         return greedy_schedule(problem, reason=f"solver error: {exc}")
@@ -445,6 +478,7 @@ def solve(problem: Problem, *, time_limit_s: float = 10.0, rel_gap: float = DEFA
     for var, x in zip(compiled.columns, outcome.x):
         var.set_value(float(x), skip_validation=True)
     counts = extract_counts(model, problem)
+    import_kw = np.array([model.grid_import_kw[t].value for t in range(problem.T)], dtype=float)
     info = SolveInfo(
         status=outcome.status,
         objective_usd=outcome.objective,
@@ -455,7 +489,7 @@ def solve(problem: Problem, *, time_limit_s: float = 10.0, rel_gap: float = DEFA
         penalties=_penalties(model),
         message=outcome.message,
     )
-    return schedule_from_counts(problem, counts, info)
+    return schedule_from_counts(problem, counts, info, import_kw=import_kw)
 
 
 def _penalties(model: pyo.ConcreteModel) -> dict[str, float]:
