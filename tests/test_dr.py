@@ -206,3 +206,18 @@ def test_compliance_with_explicit_baseline_and_rerecord() -> None:
     empty = DRBook()
     empty.apply(event(), T0, PROFILE)
     assert math.isnan(empty.compliance("ev1").compliant_pct)
+
+
+def test_modification_ending_an_active_event_early_completes_it() -> None:
+    book = DRBook()
+    book.apply(event(end=None), T0 - 10 * MIN, PROFILE)
+    book.transitions(T0)
+    assert book.apply(event(mod=1, end=T0 + 20 * MIN), T0 + 25 * MIN, PROFILE).accepted
+    assert [(t.kind, t.status) for t in book.transitions(T0 + 25 * MIN)] == [("modified", "active"),
+                                                                             ("completed", "completed")]
+    assert book.limit_kw_at(T0 + 25 * MIN) == math.inf and book.limit_kw_at(T0 + 10 * MIN) == 20.0
+
+
+def test_limits_over_needs_aware_times() -> None:
+    with pytest.raises(ValueError, match="tz-aware"):
+        DRBook().limits_over(pd.date_range("2025-07-01", periods=2, freq="15min"))

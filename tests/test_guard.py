@@ -284,3 +284,28 @@ def test_noise_cap_taken_at_site_local_time() -> None:
     night = guard.check(batch, Measurements(), Limits(), night_time)
     assert guard.noise_level_dba(night.batch, "house") <= 45.0
     assert "Tue 22:00 local" in night.actions[0].reason
+
+
+def test_limits_at_gathers_dr_and_latest_override_per_issuer() -> None:
+    from hashflex.control.dr import DRBook
+    from hashflex.control.guard import limits_at
+    from hashflex.messages import DREventMessage, LimitsChangeMessage
+
+    profile = make_profile().model_copy(update={"dr": make_profile().dr.model_copy(update={"issuers": ["utility"]})})
+    book = DRBook()
+    book.apply(DREventMessage(event_id="ev1", modification_number=0, program="utility", start=NOW, end=None,
+                              issuer="utility", import_limit_kw=25.0), NOW, profile)
+    hour = timedelta(hours=1)
+    changes = [
+        LimitsChangeMessage(issuer="ops", reason="transformer work", issued_at=NOW - 2 * hour, import_limit_kw=10.0),
+        LimitsChangeMessage(issuer="ops", reason="work done", issued_at=NOW - hour, import_limit_kw=60.0),
+        LimitsChangeMessage(issuer="county", reason="event", issued_at=NOW - hour, valid_until=NOW + hour,
+                            noise_caps=[{"receptor_id": "house", "cap_dba": 44.0, "window_start": NOW - hour,
+                                         "window_end": NOW + hour}]),
+        LimitsChangeMessage(issuer="late", reason="future", issued_at=NOW + hour, import_limit_kw=1.0),
+    ]
+    limits = limits_at(NOW, book, changes)
+    assert limits.import_limits_kw == {"DR:ev1": 25.0, "limits:ops": 60.0}
+    assert limits.noise_caps_dba == {"house": 44.0}
+    assert Guard(make_profile(cap=100.0)).import_limit(limits) == (25.0, "DR:ev1")
+    assert limits_at(NOW + 2 * hour, None, changes).noise_caps_dba == {}

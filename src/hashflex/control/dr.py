@@ -219,6 +219,8 @@ class DRBook:
         """Per interval: the lowest limit of any event in force at any moment of the interval, and its
         label (inf and "" where none). ``interval`` defaults to the spacing of ``interval_starts``."""
         starts = [pd.Timestamp(t).to_pydatetime() for t in interval_starts]
+        if any(t.tzinfo is None for t in starts):
+            raise ValueError("interval_starts must be tz-aware")
         if interval is None:
             interval = (starts[1] - starts[0]) if len(starts) > 1 else timedelta(0)
         limits = np.full(len(starts), math.inf)

@@ -30,6 +30,10 @@ Fast path (no schedule needed; e.g. on the batch ``FleetState.as_setpoints`` giv
 ``emergency_dr_cut(batch, limit_kw, measurements)``, ``import_over_limit_cut(measured_import_kw,
 limit_kw, batch)``, ``noise_exceedance_cut(receptor_id, measured_dba, cap_dba, batch)``.
 Each returns a :class:`GuardResult`: the new batch and the actions taken, with the reason in words.
+
+``limits_at(now, dr_book, changes)`` gathers the limits in force from the DR book and operator /
+authority ``LimitsChangeMessage``s (per issuer the latest message issued by ``now`` and still valid
+wins; across issuers the lowest limit binds).
 """
 
 from __future__ import annotations
@@ -41,10 +45,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from hashflex.control.dr import DRBook
 from hashflex.control.fleet import SLEEP, MinerSetpoint
+from hashflex.messages import LimitsChangeMessage
 from hashflex.profile import MinerGroup, SiteProfile
 
-__all__ = ["Guard", "GuardAction", "GuardResult", "Limits", "Measurements"]
+__all__ = ["Guard", "GuardAction", "GuardResult", "Limits", "Measurements", "limits_at"]
 
 _REL_EPS = 1e-9
 
@@ -67,6 +73,36 @@ class Limits:
 
     import_limits_kw: Mapping[str, float] = field(default_factory=dict)  # e.g. {"DR:ev1": 800.0}
     noise_caps_dba: Mapping[str, float] = field(default_factory=dict)  # receptor id -> cap override
+
+
+def limits_at(now: datetime, dr_book: DRBook | None = None,
+              changes: Iterable[LimitsChangeMessage] = ()) -> Limits:
+    """The limits in force at ``now``: the DR book's (labelled ``DR:<event>``) and, per issuer, the
+    latest change issued by ``now`` and not past ``valid_until`` (labelled ``limits:<issuer>``);
+    noise cap overrides whose window contains ``now`` (the lowest per receptor)."""
+    import_limits: dict[str, float] = {}
+    if dr_book is not None:
+        limit, label = dr_book.limit_at(now)
+        if math.isfinite(limit):
+            import_limits[label] = limit
+    latest: dict[tuple[str, str], LimitsChangeMessage] = {}
+    for change in changes:
+        if change.issued_at > now or (change.valid_until is not None and change.valid_until <= now):
+            continue
+        for part in ("import", "noise"):
+            present = change.import_limit_kw is not None if part == "import" else change.noise_caps is not None
+            held = latest.get((change.issuer, part))
+            if present and (held is None or change.issued_at >= held.issued_at):
+                latest[change.issuer, part] = change
+    caps: dict[str, float] = {}
+    for (issuer, part), change in latest.items():
+        if part == "import":
+            import_limits[f"limits:{issuer}"] = float(change.import_limit_kw)  # type: ignore[arg-type]
+            continue
+        for cap in change.noise_caps or ():
+            if cap.window_start <= now < cap.window_end:
+                caps[cap.receptor_id] = min(cap.cap_dba, caps.get(cap.receptor_id, math.inf))
+    return Limits(import_limits, caps)
 
 
 @dataclass(frozen=True)
