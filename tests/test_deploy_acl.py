@@ -22,6 +22,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -480,6 +481,27 @@ def test_feeds_publish_only_their_own_input(connect: Callable[..., Peer]) -> Non
             assert_refused(feed.publish(other, token("x")), f"{username} -> {other}")
         for other in (T.dr, T.limits, T.telemetry(username)):
             assert_refused(feed.publish(other, token("x")), f"{username} -> {other}")
+
+
+def test_new_miner_added_with_mosquitto_passwd_and_sighup(broker: AuthBroker,
+                                                          connect: Callable[..., Peer]) -> None:
+    """Adding a miner needs a password line and a reload, no ACL edit and no broker restart."""
+    assert connect("m3", "miner3-secret").connack.value in (NOT_AUTHORIZED, BAD_CREDENTIALS)
+    subprocess.run([broker.passwd_binary, "-b", str(broker.workdir / "passwd"), "m3", "miner3-secret"],
+                   check=True, capture_output=True, timeout=30)
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGHUP)
+    poll_until(lambda: "Reloading config" in broker.log_text(), TIMEOUT_S, message="mosquitto to reload")
+    miner, daemon = connect("m3", "miner3-secret"), connect("hashflex")
+    assert miner.connected
+    daemon.subscribe(T.telemetry("m3"))
+    miner.subscribe(T.setpoint("m3"))
+    telemetry, setpoint = token("tel3"), token("sp3")
+    assert_authorized(miner.publish(T.telemetry("m3"), telemetry), "m3 -> own telemetry")
+    daemon.wait_for(telemetry)
+    assert_authorized(daemon.publish(T.setpoint("m3"), setpoint), "daemon -> out/setpoint/m3")
+    miner.wait_for(setpoint)
+    assert_refused(miner.publish(T.telemetry("m1"), token("x")), "m3 -> in/telemetry/m1")
 
 
 def test_broker_log_shows_no_acl_or_config_errors(broker: AuthBroker) -> None:
