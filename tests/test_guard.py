@@ -309,3 +309,17 @@ def test_limits_at_gathers_dr_and_latest_override_per_issuer() -> None:
     assert limits.noise_caps_dba == {"house": 44.0}
     assert Guard(make_profile(cap=100.0)).import_limit(limits) == (25.0, "DR:ev1")
     assert limits_at(NOW + 2 * hour, None, changes).noise_caps_dba == {}
+
+
+def test_fast_paths_refuse_unknown_and_expired_setpoints() -> None:
+    guard = Guard(QUIET)
+    batch = full_batch()
+    batch[0] = MinerSetpoint("old-1", "old", "turbo", 9.0, NOW, EXPIRY)  # the old group has no turbo
+    batch[1] = MinerSetpoint("old-2", "old", "stock", 3.0, NOW - timedelta(minutes=5), NOW)
+    cut = guard.emergency_dr_cut(batch, 100.0, Measurements(), now=NOW)
+    assert [a.kind for a in cut.actions] == ["refused_expired", "refused_unknown"] and len(cut.batch) == 8
+    for result in (guard.import_over_limit_cut(50.0, 40.0, batch),
+                   guard.noise_exceedance_cut("house", 60.0, 50.0, batch)):
+        assert result.actions[0].kind == "refused_unknown" and "old-1" not in {sp.miner_id for sp in result.batch}
+    with pytest.raises(ValueError, match="timezone"):
+        guard.check(batch, Measurements(), Limits(), NOW.replace(tzinfo=None))

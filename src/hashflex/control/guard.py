@@ -163,6 +163,8 @@ class Guard:
     def check(self, batch: Sequence[MinerSetpoint], measurements: Measurements, limits: Limits,
               now: datetime) -> GuardResult:
         """Refuse, then curtail for import, then step down for noise (see module docstring)."""
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
         actions: list[GuardAction] = []
         kept = self._refuse(batch, now, actions)
         limit_kw, source = self.import_limit(limits)
@@ -194,9 +196,10 @@ class Guard:
                          now: datetime | None = None) -> GuardResult:
         """Cut the batch at once until modelled import ≤ ``limit_kw`` (e.g. a DR event just started).
 
-        Renewable output counts only if measured (and, when ``now`` is given, fresh)."""
+        Renewable output counts only if measured (and, when ``now`` is given, fresh). Setpoints naming
+        an unknown group/mode (and, when ``now`` is given, expired ones) are refused."""
         actions: list[GuardAction] = []
-        kept = list(batch)
+        kept = self._refuse(batch, now, actions)
         renewable_kw, note = self._renewable(measurements, now)
         net = self.net_import_kw(kept, measurements.auxiliary_kw, renewable_kw)
         if net > limit_kw * (1 + _REL_EPS):
@@ -209,7 +212,7 @@ class Guard:
                               batch: Sequence[MinerSetpoint]) -> GuardResult:
         """The meter reads over the limit: remove at least the measured excess from the batch."""
         actions: list[GuardAction] = []
-        kept = list(batch)
+        kept = self._refuse(batch, None, actions)
         excess = measured_import_kw - limit_kw
         if excess > limit_kw * _REL_EPS:
             kept = self._cut_power(kept, excess, "import_over_limit_cut",
@@ -221,11 +224,11 @@ class Guard:
                              batch: Sequence[MinerSetpoint]) -> GuardResult:
         """A sensor reads ``measured_dba`` over ``cap_dba``: lower the modelled level at the receptor
         by the measured excess (the measured-minus-modelled offset is taken as constant)."""
-        actions: list[GuardAction] = []
-        kept = list(batch)
-        excess = measured_dba - cap_dba
         if receptor_id not in self._energy:
             raise ValueError(f"unknown receptor {receptor_id!r}")
+        actions: list[GuardAction] = []
+        kept = self._refuse(batch, None, actions)
+        excess = measured_dba - cap_dba
         if excess > 0:
             modelled = self.noise_level_dba(kept, receptor_id)
             kept = self._cut_noise(kept, receptor_id, modelled - excess,
@@ -274,18 +277,20 @@ class Guard:
             return 0.0, f", renewable reading older than {self.max_age_s:.0f} s: taken as 0"
         return max(measurements.renewable_kw, 0.0), ""
 
-    def _refuse(self, batch: Iterable[MinerSetpoint], now: datetime, actions: list[GuardAction]) -> list[MinerSetpoint]:
+    def _refuse(self, batch: Iterable[MinerSetpoint], now: datetime | None,
+                actions: list[GuardAction]) -> list[MinerSetpoint]:
+        """Drop setpoints naming an unknown group/mode, and expired ones when ``now`` is known."""
         kept, expired, unknown = [], [], []
         for sp in batch:
             if (sp.group_id, sp.mode) not in self._specs:
                 unknown.append(sp.miner_id)
-            elif sp.expires_at <= now:
+            elif now is not None and sp.expires_at <= now:
                 expired.append(sp.miner_id)
             else:
                 kept.append(sp)
         if expired:
             actions.append(GuardAction("refused_expired",
-                                       f"{len(expired)} setpoint(s) expired at or before {now.isoformat()}; "
+                                       f"{len(expired)} setpoint(s) expired at or before {now}; "
                                        "not sent (the miners fall back to sleep when their last setpoint "
                                        "expires)", tuple(expired)))
         if unknown:
