@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +46,80 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _price_history(profile, rt_path: Path | None, da_path: Path | None) -> "pd.DataFrame":
+    from hashflex.data import bundled_path
+    from hashflex.feeds.ercot import read_price_file
+
+    rt_path = rt_path or bundled_path("ercot/RTM-2020-02.csv")
+    frames = [read_price_file(rt_path, settlement_point=profile.site.settlement_point,
+                              settlement_point_type=profile.site.settlement_point_type)]
+    if da_path is None and rt_path.name.startswith("RTM-"):
+        candidate = rt_path.with_name(rt_path.name.replace("RTM-", "DAM-"))
+        da_path = candidate if candidate.exists() else None
+    if da_path is not None:
+        frames.append(read_price_file(da_path, settlement_point=profile.site.settlement_point))
+    return pd.concat(frames, ignore_index=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    profile = load_profile(args.profile)
+    if args.simulate:
+        return _run_simulated(profile, args)
+    from hashflex.control.daemon import run_daemon
+
+    run_daemon(profile, store_path=args.store, mqtt_host=args.mqtt_host, mqtt_port=args.mqtt_port,
+               http_host=args.http_host, http_port=args.http_port,
+               username=os.environ.get("HASHFLEX_MQTT_USERNAME"), password=os.environ.get("HASHFLEX_MQTT_PASSWORD"),
+               tls_ca_file=os.environ.get("HASHFLEX_MQTT_TLS_CA"), time_limit_s=args.time_limit)
+    return 0
+
+
+def _run_simulated(profile, args: argparse.Namespace) -> int:
+    from hashflex.messages import DREventMessage
+    from hashflex.sim.site import run_simulation
+
+    prices = _price_history(profile, Path(args.prices) if args.prices else None,
+                            Path(args.day_ahead) if args.day_ahead else None)
+    start = args.start or prices.loc[prices["market"] == "RT", "interval_start"].min() + pd.Timedelta(days=9)
+    events = []
+    if args.dr_demo and profile.dr.issuers:
+        # SYNTHETIC demonstration event: an emergency (level 3) call for one hour, 14 h into the run.
+        begin = (pd.Timestamp(start) + pd.Timedelta(hours=14)).to_pydatetime()
+        events.append(DREventMessage(event_id="demo-ers-1", modification_number=0, program="ERS-10",
+                                     start=begin, end=begin + pd.Timedelta(hours=1).to_pytimedelta(),
+                                     level=3, issuer=profile.dr.issuers[0]))
+    intervals = args.intervals or int(profile.site.horizon_hours * 60 / profile.site.interval_minutes)
+    print(f"{profile.site.name}: simulated site, real ERCOT prices ({profile.site.settlement_point}), "
+          f"{intervals} intervals from {pd.Timestamp(start).tz_convert(profile.tz):%Y-%m-%d %H:%M %Z}"
+          + ("; SYNTHETIC demo DR event (level 3) at +14 h" if events else ""))
+    result = run_simulation(profile, prices, pd.Timestamp(start), intervals, dr_events=events,
+                            time_limit_s=args.time_limit)
+    frame = result.intervals
+    local = frame.index.tz_convert(profile.tz)
+    hourly = frame.groupby(local.floor("h")).agg(
+        price=("price_usd_mwh", "mean"), load_mw=("load_after_fast_path_kw", lambda s: s.mean() / 1000),
+        limit_mw=("import_limit_kw", lambda s: s.min() / 1000),
+        **{f"{r.id}_dba": (f"noise_measured_dba_{r.id}", "max") for r in profile.receptors},
+        **{f"{r.id}_cap": (f"noise_cap_dba_{r.id}", "min") for r in profile.receptors},
+        reason=("reason", lambda s: s.mode().iloc[0] if len(s.mode()) else ""))
+    hourly.index = hourly.index.strftime("%a %H:%M")
+    print(hourly.round(2).to_string())
+    status = result.loop.status(result.reports[-1].at)
+    print(f"ticks {status['counters']['ticks']}, fallback schedules {status['counters']['fallback_schedules']}, "
+          f"fast-path actions {status['counters']['fast_path_actions']}, DR accepted {status['counters']['dr_accepted']}")
+    for event in events:
+        inside = frame[(frame.index >= event.start) & (frame.index < event.end)]
+        worst = (inside["grid_import_kw"] - inside["import_limit_kw"]).max()
+        print(f"DR {event.event_id}: limit {inside['import_limit_kw'].min():,.0f} kW, "
+              f"max import {inside['grid_import_kw'].max():,.0f} kW -> {'held' if worst <= 1e-6 else 'BROKEN'}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(out / "simulation.csv")
+        print(f"per-interval results written to {out / 'simulation.csv'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hashflex", description=__doc__)
     parser.add_argument("--version", action="version", version=f"hashflex {__version__}")
@@ -61,6 +136,26 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--out", help="write the full schedule to this .csv or .json")
     plan.add_argument("--time-limit", type=float, default=20.0, help="solver time limit in seconds")
     plan.set_defaults(handler=cmd_plan)
+
+    run = commands.add_parser("run", help="run the controller (live, or --simulate on bundled data)")
+    run.add_argument("--profile", default=DEFAULT_PROFILE, help="site profile YAML or bundled name")
+    run.add_argument("--simulate", action="store_true",
+                     help="simulated clock and site over recorded prices; no broker needed")
+    run.add_argument("--prices", help="(simulate) RT price file; default bundled ERCOT RT Feb 2020")
+    run.add_argument("--day-ahead", help="(simulate) DA price file; default the matching bundled DAM file")
+    run.add_argument("--start", type=_timestamp, help="(simulate) start, ISO 8601 with offset")
+    run.add_argument("--intervals", type=int, help="(simulate) intervals to run (default: one horizon)")
+    run.add_argument("--no-dr-demo", dest="dr_demo", action="store_false",
+                     help="(simulate) skip the synthetic demonstration DR event")
+    run.add_argument("--out", help="(simulate) directory for per-interval results")
+    run.add_argument("--store", default=os.environ.get("HASHFLEX_STORE", "hashflex.db"), help="SQLite store path")
+    run.add_argument("--mqtt-host", default=os.environ.get("HASHFLEX_MQTT_HOST", "127.0.0.1"))
+    run.add_argument("--mqtt-port", type=int, default=int(os.environ.get("HASHFLEX_MQTT_PORT", "1883")))
+    run.add_argument("--http-host", default=os.environ.get("HASHFLEX_HTTP_HOST", "127.0.0.1"))
+    run.add_argument("--http-port", type=int, default=int(os.environ.get("HASHFLEX_HTTP_PORT", "9108")),
+                     help="/healthz, /status, /metrics (default 9108)")
+    run.add_argument("--time-limit", type=float, default=20.0, help="solver time limit in seconds")
+    run.set_defaults(handler=cmd_run)
     return parser
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
@@ -33,6 +34,8 @@ class _Strict(BaseModel):
 
 
 class SiteSection(_Strict):
+    id: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]*$",
+                           description="topic prefix hashflex/<id>/ (default: the name as a slug)")
     name: str = Field(min_length=1)
     timezone: str = "America/Chicago"
     settlement_point: str = Field(min_length=1, description="ERCOT settlement point, e.g. LZ_WEST")
@@ -42,6 +45,9 @@ class SiteSection(_Strict):
     fine_horizon_hours: Annotated[float, Field(ge=0, le=72)] = Field(
         default=24,
         description="hours at interval resolution; beyond this the planning grid is hourly",
+    )
+    managers: list[str] = Field(
+        default_factory=list, description="broker identities allowed to change limits at runtime (in/limits)"
     )
 
     @field_validator("timezone")
@@ -223,6 +229,13 @@ class SiteProfile(_Strict):
             if unknown:
                 raise ValueError(f"receptor {receptor.id!r} names unknown miner groups {sorted(unknown)}")
         return self
+
+    @property
+    def site_id(self) -> str:
+        """The site's identifier on the wire (MQTT topic prefix)."""
+        if self.site.id:
+            return self.site.id
+        return re.sub(r"[^a-z0-9]+", "_", self.site.name.lower()).strip("_") or "site"
 
     @property
     def tz(self) -> ZoneInfo:

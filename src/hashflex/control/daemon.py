@@ -1,0 +1,138 @@
+"""`hashflex run`: the control loop wired to the wall clock, Mosquitto, the store and real miners.
+
+Inputs arrive on ``hashflex/<site>/in/#`` (validated by ``feeds.mqtt.MqttIngest``, stored, and
+routed to the loop's fast path); prices come from ``in/price`` messages and, if ``--price-url`` is
+given, from a generic JSON price endpoint polled each interval. Setpoints go out through the MQTT
+driver (``out/setpoint/<miner>``, MQTT v5 message expiry) or LuxOS miners; the schedule, the
+status and DR acknowledgements are published on ``out/schedule``, ``out/status``, ``out/dr/ack``.
+
+Degraded modes (each visible in ``/status`` and ``/healthz``):
+- broker down: the ingest and driver reconnect with backoff; setpoints already sent expire and
+  the miners fall back to sleep; the loop keeps ticking on what the store holds;
+- no price known for an interval: it is planned at $10,000/MWh, i.e. curtailed;
+- solver timeout or failure: the greedy fallback schedule (every hard limit respected);
+- restart (even kill -9): DR events are reloaded from the store, so every accepted event
+  stays in force.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from hashflex.control.dr import DRBook
+from hashflex.control.http import DEFAULT_HTTP_PORT, StatusServer
+from hashflex.control.loop import ControlLoop, LoopConfig
+from hashflex.control.solver import SolveRunner
+from hashflex.feeds.mqtt import MqttIngest
+from hashflex.messages import Topics
+from hashflex.profile import SiteProfile
+from hashflex.sim.site import ReplayForecaster
+from hashflex.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class MqttPublisher:
+    """Publishes the loop's JSON documents under the site prefix (QoS 1, retained status)."""
+
+    def __init__(self, site: str, host: str, port: int, username: str | None = None,
+                 password: str | None = None, tls_ca_file: str | None = None) -> None:
+        self.topics = Topics(site)
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hashflex-publisher-{site}",
+                                   protocol=mqtt.MQTTv5)
+        if username is not None:
+            self._client.username_pw_set(username, password)
+        if tls_ca_file:
+            self._client.tls_set(ca_certs=tls_ca_file)
+        self._client.reconnect_delay_set(1, 30)
+        self._client.connect_async(host, port)
+        self._client.loop_start()
+
+    def publish_json(self, topic_suffix: str, payload: dict[str, Any]) -> None:
+        topic = f"{self.topics.prefix}{topic_suffix}"
+        self._client.publish(topic, json.dumps(payload, default=str), qos=1, retain=topic_suffix == "out/status")
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+class StoreForecaster:
+    """The no-look-ahead price forecast over what the store holds (published before ``now``)."""
+
+    def __init__(self, profile: SiteProfile, store: Store) -> None:
+        self.profile, self.store = profile, store
+        self._replay: ReplayForecaster | None = None
+
+    def __call__(self, now: datetime, horizon_start: Any, periods: int) -> Any:
+        prices = self.store.prices(now - timedelta(days=2), now + timedelta(days=2),
+                                   settlement_point=self.profile.site.settlement_point, as_of=now,
+                                   with_published_at=True)
+        if self._replay is None:
+            self._replay = ReplayForecaster(self.profile, prices)
+        else:
+            self._replay.update(prices)
+        return self._replay(now, horizon_start, periods)
+
+
+def load_dr_book(store: Store, profile: SiteProfile) -> DRBook:
+    """Every DR event the store holds, in its recorded state: a restart resumes them all."""
+    frame = store.dr_events()
+    rows = []
+    for event_id in frame["event_id"] if not frame.empty else []:
+        held = store.dr_event(event_id)
+        if held is not None:
+            rows.append(held)
+    return DRBook.from_store(rows, profile)
+
+
+def run_daemon(profile: SiteProfile, *, store_path: str, mqtt_host: str, mqtt_port: int,
+               http_host: str = "127.0.0.1", http_port: int = DEFAULT_HTTP_PORT, driver: Any = None,
+               username: str | None = None, password: str | None = None, tls_ca_file: str | None = None,
+               stop: threading.Event | None = None, time_limit_s: float = 20.0) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set)."""
+    from hashflex.drivers.mqtt import MqttDriver
+
+    stop = stop or threading.Event()
+    site = profile.site_id
+    store = Store(store_path)
+    dr_book = load_dr_book(store, profile)
+    if driver is None:
+        driver = MqttDriver(site, mqtt_host, mqtt_port, username=username, password=password, tls_ca_file=tls_ca_file)
+        driver.start()
+    publisher = MqttPublisher(site, mqtt_host, mqtt_port, username, password, tls_ca_file)
+    loop = ControlLoop(profile, forecaster=StoreForecaster(profile, store), driver=driver, publisher=publisher,
+                       store=store, dr_book=dr_book, solver=SolveRunner(time_limit_s=time_limit_s),
+                       config=LoopConfig(solve_time_limit_s=time_limit_s))
+    ingest = MqttIngest(store, site, mqtt_host, mqtt_port, username=username, password=password,
+                        tls_ca_file=tls_ca_file, client_id=f"hashflex-ingest-{site}")
+    ingest.add_callback(lambda message: loop.on_message(message, utc_now()))
+    server = StatusServer(lambda now: {**loop.status(now), "inputs": ingest.stats()}, utc_now, http_host, http_port)
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+    ingest.start()
+    server.start()
+    log.info("hashflex running for %s: MQTT %s:%d, HTTP %s:%d, store %s", site, mqtt_host, mqtt_port,
+             http_host, server.port, os.path.abspath(store_path))
+    try:
+        loop.run(utc_now, stop)
+    finally:
+        server.stop()
+        ingest.stop()
+        publisher.close()
+        driver.close()
+        loop.solver.close()
+        store.close()

@@ -1,0 +1,419 @@
+"""The control loop: forecast → problem → solve → dispatch → guard → drivers, once per interval and
+whenever limits change; and the fast path, which cuts load on a DR start or a noise exceedance
+without waiting for a solve.
+
+Everything outside is injected: the clock (``now`` is passed to every call), the forecaster, the
+driver, the publisher, the store and the audit log. `hashflex run` wires them to the wall clock,
+MQTT and real miners; the backtest and the simulator wire them to a simulated clock and site.
+
+Threads: message callbacks arrive on the MQTT network thread; ticks run on the loop's thread.
+A lock guards the fleet, the DR book and the batch in force; the solve runs outside it, and never
+two at once (``_solving``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from hashflex.control.dispatch import plan_dispatch
+from hashflex.control.dr import DRBook
+from hashflex.control.fleet import SLEEP, FleetState, MinerSetpoint
+from hashflex.control.guard import Guard, GuardResult, Limits, Measurements
+from hashflex.control.solver import SolveRunner
+from hashflex.drivers.base import MinerDriver, Setpoint, SetpointResult
+from hashflex.messages import (
+    DRAckMessage,
+    DREventMessage,
+    LimitsChangeMessage,
+    NoiseCapOverride,
+    NoiseMessage,
+    RenewableMessage,
+    TelemetryMessage,
+)
+from hashflex.optimize.problem import GroupState, Problem, problem_from_profile
+from hashflex.optimize.schedule import Schedule, unit_column
+from hashflex.profile import SiteProfile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HorizonForecast:
+    """What the forecaster knows at ``now`` for the horizon starting at the current interval."""
+
+    interval_start: pd.DatetimeIndex
+    price_usd_mwh: np.ndarray
+    renewable_kw: np.ndarray | None = None
+    intensity_kg_per_mwh: np.ndarray | None = None
+    hashprice_usd_per_ph_day: np.ndarray | float | None = None
+    noise_margin_db: dict[str, float] | None = None
+    fallbacks: tuple[str, ...] = ()
+    input_ages_s: dict[str, float] = field(default_factory=dict)
+
+
+class Forecaster(Protocol):
+    def __call__(self, now: datetime, horizon_start: pd.Timestamp, periods: int) -> HorizonForecast: ...
+
+
+class Publisher(Protocol):
+    def publish_json(self, topic_suffix: str, payload: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    expiry_intervals: float = 2.0  # a setpoint outlives one missed tick, not two
+    replan_debounce_s: float = 2.0
+    solve_time_limit_s: float = 20.0
+    stale_after_intervals: float = 3.0  # /healthz turns 503 when the last good tick is older
+
+
+@dataclass
+class TickReport:
+    at: datetime
+    interval_start: pd.Timestamp
+    schedule: Schedule | None
+    batch: list[MinerSetpoint]
+    guard: GuardResult | None
+    results: list[SetpointResult]
+    fallbacks: tuple[str, ...]
+    solve_seconds: float
+    trigger: str
+
+
+def interval_floor(now: datetime, minutes: int) -> pd.Timestamp:
+    return pd.Timestamp(now).tz_convert("UTC").floor(f"{minutes}min")
+
+
+def group_states(fleet: FleetState, profile: SiteProfile, now: datetime) -> dict[str, GroupState]:
+    """Initial state per group for the solve, from the fleet as dispatched: units on, and units
+    still held on (min-on) or off (min-off) with the hours they remain held."""
+    states = {}
+    for group in profile.miner_groups:
+        miners = fleet.in_group(group.id)
+        on = [m for m in miners if m.running]
+        held_on: dict[float, int] = {}
+        held_off: dict[float, int] = {}
+        for miner in miners:
+            if miner.running and miner.last_start is not None and group.min_on_minutes:
+                left_h = (miner.last_start + timedelta(minutes=group.min_on_minutes) - now).total_seconds() / 3600
+                if left_h > 0:
+                    held_on[round(left_h, 4)] = held_on.get(round(left_h, 4), 0) + 1
+            if not miner.running and miner.last_stop is not None and group.min_off_minutes:
+                left_h = (miner.last_stop + timedelta(minutes=group.min_off_minutes) - now).total_seconds() / 3600
+                if left_h > 0:
+                    held_off[round(left_h, 4)] = held_off.get(round(left_h, 4), 0) + 1
+        load_kw = sum(fleet.power_kw(group.id, m.mode) for m in miners if m.available)
+        states[group.id] = GroupState(units_on=len(on), load_kw=load_kw,
+                                      must_stay_on=tuple(sorted(held_on.items())),
+                                      must_stay_off=tuple(sorted(held_off.items())))
+    return states
+
+
+def apply_cap_overrides(problem: Problem, overrides: list[NoiseCapOverride]) -> Problem:
+    """Tighten receptor caps where a site manager's override is in force (never loosen)."""
+    if not overrides:
+        return problem
+    receptors = []
+    starts = problem.interval_start
+    for receptor in problem.receptors:
+        cap = receptor.cap_dba.copy()
+        for override in overrides:
+            if override.receptor_id == receptor.id:
+                inside = (starts >= override.window_start) & (starts < override.window_end)
+                cap[inside] = np.minimum(cap[inside], override.cap_dba)
+        receptors.append(dataclasses.replace(receptor, cap_dba=cap))
+    return dataclasses.replace(problem, receptors=tuple(receptors))
+
+
+def first_interval_counts(schedule: Schedule) -> dict[tuple[str, str], int]:
+    row = schedule.frame.iloc[0]
+    return {(g, m): int(row[unit_column(g, m)]) for g, m in schedule.group_modes}
+
+
+def to_driver_setpoints(batch: list[MinerSetpoint]) -> list[Setpoint]:
+    return [Setpoint(sp.miner_id, sp.mode, sp.power_target_kw, sp.issued_at, sp.expires_at) for sp in batch]
+
+
+class ControlLoop:
+    """One site's controller. Call ``tick(now)`` each interval (or let ``run`` do it)."""
+
+    def __init__(self, profile: SiteProfile, *, forecaster: Forecaster, driver: MinerDriver,
+                 publisher: Publisher | None = None, store: Any = None, audit: Any = None,
+                 fleet: FleetState | None = None, dr_book: DRBook | None = None,
+                 solver: SolveRunner | None = None, config: LoopConfig = LoopConfig()) -> None:
+        self.profile = profile
+        self.forecaster = forecaster
+        self.driver = driver
+        self.publisher = publisher
+        self.store = store
+        self.audit = audit
+        self.config = config
+        self.fleet = fleet or FleetState.from_profile(profile)
+        self.dr_book = dr_book or DRBook()
+        self.solver = solver or SolveRunner(time_limit_s=config.solve_time_limit_s)
+        self.guard = Guard(profile)
+        self.interval_minutes = profile.site.interval_minutes
+        self.periods = int(profile.site.horizon_hours * 60 / self.interval_minutes)
+        self.fine_intervals = int(profile.site.fine_horizon_hours * 60 / self.interval_minutes)
+        self.expiry_s = config.expiry_intervals * self.interval_minutes * 60
+        self.measurements = Measurements()
+        self.limit_overrides: dict[str, float] = {}
+        self.noise_cap_overrides: list[NoiseCapOverride] = []
+        self.noise_offsets_db: dict[str, float] = {}
+        self.telemetry_kw: dict[str, float] = {}
+        self._lock = threading.RLock()
+        self._solve_lock = threading.Lock()
+        self._replan = threading.Event()
+        self.replan_reasons: list[str] = []
+        self.last_report: TickReport | None = None
+        self.last_good_tick: datetime | None = None
+        self.counters: dict[str, int] = {"ticks": 0, "fast_path_actions": 0, "dr_accepted": 0, "dr_rejected": 0,
+                                         "fallback_schedules": 0, "setpoint_failures": 0}
+
+    # ------------------------------------------------------------------ the tick
+
+    def limits_now(self, now: datetime) -> Limits:
+        limit, label = self.dr_book.limit_at(now)
+        imports = dict(self.limit_overrides)
+        if math.isfinite(limit):
+            imports[label] = limit
+        caps: dict[str, float] = {}
+        for override in self.noise_cap_overrides:
+            if override.window_start <= now < override.window_end:
+                caps[override.receptor_id] = min(caps.get(override.receptor_id, math.inf), override.cap_dba)
+        return Limits(import_limits_kw=imports, noise_caps_dba=caps)
+
+    def tick(self, now: datetime, trigger: str = "interval") -> TickReport:
+        """Plan from ``now`` and send the first interval's setpoints through the guard."""
+        with self._solve_lock:
+            start = interval_floor(now, self.interval_minutes)
+            with self._lock:
+                self._record_transitions(now)
+                forecast = self.forecaster(now, start, self.periods)
+                index = forecast.interval_start
+                limit, sources = self.dr_book.limits_over(index)
+                limit = np.asarray(limit, dtype=float).copy()
+                for label, value in self.limit_overrides.items():
+                    over = value < limit
+                    limit[over] = value
+                    sources = [label if o else s for o, s in zip(over, sources)]
+                initial = group_states(self.fleet, self.profile, now)
+                available = self._availability(len(index))
+                margins = {r.id: max(r.model_margin_db, self.noise_offsets_db.get(r.id, 0.0)) for r in self.profile.receptors}
+                if forecast.noise_margin_db:
+                    margins = {k: max(v, forecast.noise_margin_db.get(k, 0.0)) for k, v in margins.items()}
+            problem = problem_from_profile(
+                self.profile, index, forecast.price_usd_mwh, renewable_kw=forecast.renewable_kw,
+                import_limit_kw=limit, import_limit_source=sources,
+                intensity_kg_per_mwh=forecast.intensity_kg_per_mwh,
+                hashprice_usd_per_ph_day=forecast.hashprice_usd_per_ph_day,
+                units_available=available, initial=initial, noise_margin_db=margins,
+            )
+            problem = apply_cap_overrides(problem, self.noise_cap_overrides)
+            schedule = self.solver.run(problem, self.fine_intervals)
+            if schedule.status.value == "failed_fallback":
+                self.counters["fallback_schedules"] += 1
+            with self._lock:
+                result = plan_dispatch(first_interval_counts(schedule), self.fleet, now, self.expiry_s)
+                checked = self.guard.check(result.setpoints, self.measurements, self.limits_now(now), now)
+                results = self._send(checked.batch, now)
+                report = TickReport(now, start, schedule, checked.batch, checked, results, forecast.fallbacks,
+                                    self.solver.last_seconds, trigger)
+                self.last_report = report
+                self.last_good_tick = now
+                self.counters["ticks"] += 1
+            self._record_tick(report, forecast)
+            return report
+
+    def _availability(self, periods: int) -> dict[str, np.ndarray]:
+        return {g.id: np.full(periods, sum(1 for m in self.fleet.in_group(g.id) if m.available), dtype=int)
+                for g in self.profile.miner_groups}
+
+    def _send(self, batch: list[MinerSetpoint], now: datetime) -> list[SetpointResult]:
+        """Send a batch through the driver; the fleet records what was sent (telemetry verifies)."""
+        results = self.driver.apply(to_driver_setpoints(batch))
+        failed = {r.miner_id for r in results if r.status.value in ("rejected", "timeout", "unreachable")}
+        self.counters["setpoint_failures"] += len(failed)
+        self.fleet.apply_setpoints([sp for sp in batch if sp.miner_id not in failed], now)
+        return results
+
+    # ------------------------------------------------------------------ fast path (MQTT thread)
+
+    def on_message(self, message: Any, now: datetime) -> None:
+        """Route an accepted inbound message; DR starts and noise exceedances act at once."""
+        try:
+            if isinstance(message, DREventMessage):
+                self.handle_dr(message, now)
+            elif isinstance(message, NoiseMessage):
+                self.handle_noise(message, now)
+            elif isinstance(message, RenewableMessage):
+                with self._lock:
+                    self.measurements = _replace(self.measurements, renewable_kw=message.power_kw, at=message.timestamp)
+            elif isinstance(message, TelemetryMessage):
+                with self._lock:
+                    self.telemetry_kw[message.miner_id] = message.power_kw
+            elif isinstance(message, LimitsChangeMessage):
+                self.handle_limits(message, now)
+        except Exception:  # a bad message must never stop the controller
+            log.exception("handling %s failed", type(message).__name__)
+
+    def handle_dr(self, message: DREventMessage, now: datetime) -> DRAckMessage:
+        with self._lock:
+            decision = self.dr_book.apply(message, now, self.profile)
+            ack = decision.to_ack(now)
+            self.counters["dr_accepted" if decision.accepted else "dr_rejected"] += 1
+            if self.publisher is not None:
+                self.publisher.publish_json("out/dr/ack", ack.model_dump(mode="json"))
+            if self.store is not None:
+                self.store.put(message)
+                if decision.accepted:
+                    self.store.set_dr_status(message.event_id, self.dr_book.status(message.event_id))
+            if self.audit is not None:
+                self.audit.append("dr_event", {"event": message.model_dump(mode="json"), "ack": ack.model_dump(mode="json")}, now)
+            if decision.accepted:
+                self._cut_to_limit_now(now, f"DR event {message.event_id}")
+        self.request_replan(f"DR event {message.event_id}")
+        return ack
+
+    def _cut_to_limit_now(self, now: datetime, why: str) -> None:
+        limit, _ = self.dr_book.limit_at(now)
+        limits = self.limits_now(now)
+        limit = min([limit, *limits.import_limits_kw.values()])
+        if not math.isfinite(limit):
+            return
+        batch = self.fleet.as_setpoints(now, self.expiry_s)
+        result = self.guard.emergency_dr_cut(batch, limit, self.measurements)
+        if result.changed:
+            self.counters["fast_path_actions"] += 1
+            self._send(result.batch, now)
+            log.warning("%s: fast path cut load to %.0f kW: %s", why, limit, "; ".join(a.reason for a in result.actions))
+            if self.audit is not None:
+                self.audit.append("guard_action", {"why": why, "actions": [a.reason for a in result.actions]}, now)
+
+    def handle_noise(self, message: NoiseMessage, now: datetime) -> None:
+        receptor = next((r for r in self.profile.receptors if r.id == message.receptor_id), None)
+        if receptor is None:
+            return
+        with self._lock:
+            cap = receptor.cap_at(pd.Timestamp(message.timestamp).tz_convert(self.profile.tz).to_pydatetime())
+            cap = min(cap, self.limits_now(now).noise_caps_dba.get(receptor.id, math.inf))
+            modelled = self.guard.noise_level_dba(self.fleet.as_setpoints(now, self.expiry_s), receptor.id)
+            # Calibration: how far the real level sits above the model (only ever tightens the cap).
+            offset = self.noise_offsets_db.get(receptor.id, 0.0)
+            self.noise_offsets_db[receptor.id] = max(0.0, 0.8 * offset + 0.2 * (message.laeq_dba - modelled))
+            self.measurements = _replace(self.measurements,
+                                         noise_dba={**self.measurements.noise_dba, receptor.id: message.laeq_dba},
+                                         noise_offset_db=dict(self.noise_offsets_db))
+            if message.laeq_dba <= cap:
+                return
+            batch = self.fleet.as_setpoints(now, self.expiry_s)
+            result = self.guard.noise_exceedance_cut(receptor.id, message.laeq_dba, cap, batch)
+            if result.changed:
+                self.counters["fast_path_actions"] += 1
+                self._send(result.batch, now)
+                if self.audit is not None:
+                    self.audit.append("guard_action", {"why": f"noise {receptor.id}",
+                                                       "actions": [a.reason for a in result.actions]}, now)
+        self.request_replan(f"noise over cap at {receptor.id}")
+
+    def handle_limits(self, message: LimitsChangeMessage, now: datetime) -> None:
+        if message.issuer not in self.profile.site.managers:
+            log.warning("limits change from %r refused: not a site manager of this profile", message.issuer)
+            self.counters["limits_rejected"] = self.counters.get("limits_rejected", 0) + 1
+            return
+        with self._lock:
+            if message.import_limit_kw is not None:
+                self.limit_overrides[f"limits:{message.issuer}"] = message.import_limit_kw
+            self.noise_cap_overrides.extend(message.noise_caps or [])
+            if self.audit is not None:
+                self.audit.append("config", {"limits_change": message.model_dump(mode="json")}, now)
+            self._cut_to_limit_now(now, f"limits change by {message.issuer}")
+        self.request_replan(f"limits changed by {message.issuer}")
+
+    # ------------------------------------------------------------------ scheduling of ticks
+
+    def request_replan(self, reason: str) -> None:
+        self.replan_reasons.append(reason)
+        self._replan.set()
+
+    def run(self, clock: Callable[[], datetime], stop: threading.Event) -> None:
+        """Tick at every interval boundary, and (debounced) when a re-plan is requested."""
+        next_tick = clock()
+        while not stop.is_set():
+            now = clock()
+            if now >= next_tick:
+                self.tick(now)
+                boundary = interval_floor(now, self.interval_minutes) + pd.Timedelta(minutes=self.interval_minutes)
+                next_tick = boundary.to_pydatetime()
+            wait_s = max(0.0, (next_tick - clock()).total_seconds())
+            if self._replan.wait(timeout=min(wait_s, 1.0)):
+                time.sleep(self.config.replan_debounce_s)
+                self._replan.clear()
+                reasons, self.replan_reasons = self.replan_reasons, []
+                self.tick(clock(), trigger="; ".join(dict.fromkeys(reasons)) or "re-plan")
+
+    # ------------------------------------------------------------------ records and status
+
+    def _record_transitions(self, now: datetime) -> None:
+        for transition in self.dr_book.transitions(now):
+            if self.store is not None:
+                self.store.set_dr_status(transition.event_id, transition.status)
+            if self.audit is not None:
+                self.audit.append("dr_event", {"event_id": transition.event_id, "transition": transition.kind,
+                                               "status": transition.status}, now)
+            if transition.kind == "activated":
+                self._cut_to_limit_now(now, f"DR event {transition.event_id} started")
+
+    def _record_tick(self, report: TickReport, forecast: HorizonForecast) -> None:
+        status = self.status(report.at)
+        if self.publisher is not None:
+            self.publisher.publish_json("out/status", status)
+            if report.schedule is not None:
+                head = report.schedule.frame.head(8).reset_index()
+                head["interval_start"] = head["interval_start"].map(lambda ts: ts.isoformat())
+                head["interval_end"] = head["interval_end"].map(lambda ts: ts.isoformat())
+                self.publisher.publish_json("out/schedule", {
+                    "status": report.schedule.status.value, "created_at": report.at.isoformat(),
+                    "intervals": head.replace([np.inf, -np.inf], None).to_dict(orient="records")})
+        if self.store is not None and report.schedule is not None:
+            first = report.schedule.frame.iloc[0]
+            self.store.put_schedule({"status": report.schedule.status.value, "gap": report.schedule.info.gap,
+                                     "trigger": report.trigger, "fallbacks": list(forecast.fallbacks),
+                                     "first_interval": {k: (None if isinstance(v, float) and not math.isfinite(v) else
+                                                            (v.isoformat() if hasattr(v, "isoformat") else v))
+                                                        for k, v in first.items()}},
+                                    created_at=report.at)
+
+    def status(self, now: datetime) -> dict[str, Any]:
+        report = self.last_report
+        stale_after = self.config.stale_after_intervals * self.interval_minutes * 60
+        age = None if self.last_good_tick is None else (now - self.last_good_tick).total_seconds()
+        return {
+            "site": self.profile.site.name,
+            "at": now.isoformat(),
+            "healthy": age is not None and age <= stale_after and not (report and report.fallbacks and "no price" in " ".join(report.fallbacks)),
+            "last_tick_age_s": age,
+            "last_solve": None if report is None or report.schedule is None else {
+                "status": report.schedule.status.value, "gap": report.schedule.info.gap,
+                "seconds": report.solve_seconds, "trigger": report.trigger},
+            "fallbacks_in_use": [] if report is None else list(report.fallbacks),
+            "active_dr_events": self.dr_book.active_ids(now),
+            "units_running": sum(1 for m in self.fleet.miners.values() if m.running),
+            "counters": dict(self.counters),
+            "noise_offsets_db": dict(self.noise_offsets_db),
+        }
+
+
+def _replace(measurements: Measurements, **changes: Any) -> Measurements:
+    return dataclasses.replace(measurements, **changes)
