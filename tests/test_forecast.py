@@ -395,3 +395,11 @@ def test_snapshot_from_store_respects_receipt_times(tmp_path) -> None:  # noqa: 
     assert list(out.import_limit_kw[:3]) == [500.0, 500.0, np.inf]
     assert out.noise_offset_db["house"] == pytest.approx(4.0)
     assert out.input_ages_s["noise:house"] == pytest.approx(600.0)
+
+
+def test_dst_spring_forward_yesterday_fallback_shifts_forward() -> None:
+    # 2024-03-11 02:30 CDT (07:30 UTC); 02:30 on 03-10 did not exist → 03:00 CDT = 08:00 UTC
+    now = ts("2024-03-11 07:30")
+    rows = [(ts("2024-03-10 08:00"), Q, "RT", 5.0, ts("2024-03-10 08:16"))]
+    out = forecast(Snapshot(prices=prices(rows)), now=now, T=1)
+    assert out.price_usd_mwh[0] == 5.0

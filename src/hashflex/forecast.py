@@ -476,12 +476,16 @@ def snapshot_from_store(
     *,
     lookback: timedelta = timedelta(days=8),
     ahead: timedelta = timedelta(days=3),
+    forecast_lookback: timedelta = timedelta(hours=24),
+    carbon_kind: str = "average",
     noise_model: NoiseModel | None = None,
     fuelmix_intensity: pd.DataFrame | None = None,
     hashprice: pd.DataFrame | None = None,
 ) -> Snapshot:
     """Read what the forecast needs from ``store`` as of ``now`` (rows published later are left out).
 
+    ``forecast_lookback`` bounds which renewable messages' forecast points are read (older postings
+    are stale anyway); ``carbon_kind`` picks the ``average`` or ``marginal`` intensity series.
     Published times: prices carry their own ``published_at``; observations are known when received
     (``received_at``); a renewable message's forecast points when the message was received; a DR
     event from when it was first received (a later modification's terms are visible from then on:
@@ -504,14 +508,15 @@ def snapshot_from_store(
         return frame[frame["published_at"] <= now_ts]
 
     ren = obs("renewable", now_ts.to_pydatetime() + timedelta(microseconds=1))
+    recent = ren[ren["published_at"] >= now_ts - forecast_lookback]
     points = [(row.source_id, pd.Timestamp(p["interval_start"]), float(p["power_kw"]), row.published_at)
-              for row in ren.itertuples() if isinstance(row.forecast, list) for p in row.forecast]
+              for row in recent.itertuples() if isinstance(row.forecast, list) for p in row.forecast]
     forecasts = pd.DataFrame(points, columns=list(SNAPSHOT_COLUMNS["renewable_forecasts"]))
     noise = obs("noise", now_ts.to_pydatetime() + timedelta(microseconds=1))
     noise["modelled_dba"] = [noise_model(r, pd.Timestamp(t)) if noise_model else math.nan
                              for r, t in zip(noise["receptor_id"], noise["timestamp"], strict=True)]
     carbon = obs("carbon", end)
-    carbon = carbon[carbon["key"] == "average"] if "key" in carbon.columns else carbon
+    carbon = carbon[carbon["key"] == carbon_kind]
     hp = obs("hashprice", now_ts.to_pydatetime() + timedelta(microseconds=1))
     if hashprice is not None:
         hp = pd.concat([hp[list(SNAPSHOT_COLUMNS["hashprice"])], hashprice[list(SNAPSHOT_COLUMNS["hashprice"])]])
