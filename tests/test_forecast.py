@@ -403,3 +403,24 @@ def test_dst_spring_forward_yesterday_fallback_shifts_forward() -> None:
     rows = [(ts("2024-03-10 08:00"), Q, "RT", 5.0, ts("2024-03-10 08:16"))]
     out = forecast(Snapshot(prices=prices(rows)), now=now, T=1)
     assert out.price_usd_mwh[0] == 5.0
+
+
+def test_naive_snapshot_times_are_refused() -> None:
+    rows = frame("carbon", [(pd.Timestamp("2024-06-10 15:00"), 250.0, pd.Timestamp("2024-06-10 14:00"))])
+    with pytest.raises(ValueError, match="snapshot.carbon.timestamp: naive"):
+        forecast(Snapshot(carbon=rows))
+
+
+def test_scaled_ercot_solar_shape_as_site_forecast() -> None:
+    from hashflex.feeds.renewables import as_forecast_rows, parse_renewable_report, scale_to_site
+    from test_renewables_feed import real_file
+
+    report = parse_renewable_report(real_file("solar_gen_apr-2025.csv"))
+    rows = as_forecast_rows(scale_to_site(report, 400.0, fleet_capacity_mw=30_000.0, prefer="forecast"), "pv")
+    posted = report["posted_at"].iloc[0]  # 2025-04-10 23:00 UTC (18:00 CDT)
+    early = forecast(Snapshot(renewable_forecasts=rows), now=posted - H, T=4)
+    assert set(early.renewable_source["pv"]) == {"no data: 0 kW"}  # not yet posted
+    out = forecast(Snapshot(renewable_forecasts=rows), now=posted, T=4)
+    assert out.renewable_source["pv"] == ("forecast",) * 4
+    # 18:00-19:00 CDT: STPPF 14,997 MW of 30,000 → 200 kW of 400
+    assert out.renewable_kw[0] == pytest.approx(400.0 * 14997.0 / 30000.0)

@@ -44,7 +44,8 @@ Noise margin (dB, per receptor)
   offset = EWMA (``noise_ewma_alpha`` per reading) of measured − modelled over readings in the last
   ``noise_window_s``; margin = max(profile ``model_margin_db``, offset) (calibration only tightens).
   No reading younger than ``max_age_noise_s`` → the profile margin alone (listed if the receptor has a
-  sensor). The modelled level is supplied with each reading (same basis as the meter: total level).
+  sensor). The modelled level is supplied with each reading (same basis as the meter: total level);
+  readings without one (no ``noise_model`` given to :func:`snapshot_from_store`) do not calibrate.
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ class Snapshot:
             frame = frame.copy()
             for col in frame.columns:
                 if col in ("interval_start", "interval_end", "timestamp", "published_at"):
+                    if pd.api.types.is_datetime64_dtype(frame[col]) and frame[col].dt.tz is None:
+                        raise ValueError(f"snapshot.{f.name}.{col}: naive times; a timezone is required")
                     frame[col] = pd.to_datetime(frame[col], utc=True)
             out[f.name] = frame[frame["published_at"] <= now].reset_index(drop=True)
         return Snapshot(**out)

@@ -35,6 +35,7 @@ __all__ = [
     "RenewableFileError",
     "parse_renewable_report",
     "scale_to_site",
+    "as_forecast_rows",
 ]
 
 CENTRAL_TZ = "America/Chicago"
@@ -201,3 +202,14 @@ def scale_to_site(
     out = out[np.isfinite(out["power_kw"])].reset_index(drop=True)
     out.attrs.update(fleet_capacity_mw=reference, region=region)
     return out
+
+
+def as_forecast_rows(scaled: pd.DataFrame, source_id: str) -> pd.DataFrame:
+    """A :func:`scale_to_site` frame as ``forecast.Snapshot.renewable_forecasts`` rows for one source
+    (``source_id, interval_start, power_kw, published_at``; the posting time becomes published_at)."""
+    return pd.DataFrame({
+        "source_id": source_id,
+        "interval_start": scaled["interval_start"].to_numpy(),
+        "power_kw": scaled["power_kw"].to_numpy(dtype="float64"),
+        "published_at": scaled["posted_at"].to_numpy(),
+    }).astype({"interval_start": "datetime64[us, UTC]", "published_at": "datetime64[us, UTC]"})
