@@ -569,7 +569,7 @@ def read_unit() -> configparser.ConfigParser:
 def test_unit_has_required_keys() -> None:
     unit = read_unit()
     service = unit["Service"]
-    assert re.search(r"\bhashflex run --profile /etc/hashflex/site\.yaml\b", service["ExecStart"])
+    assert re.search(r"/hashflex( --log-level \S+)? run --profile /etc/hashflex/site\.yaml$", service["ExecStart"])
     assert service["EnvironmentFile"].lstrip("-") == "/etc/hashflex/hashflex.env"
     assert service.get("DynamicUser") == "yes" or service.get("User") not in (None, "", "root")
     assert service["ProtectSystem"] == "strict"
@@ -649,6 +649,15 @@ def test_env_example_lists_every_env_var_the_code_reads() -> None:
     assert {"ERCOT_API_KEY", "ERCOT_ID_TOKEN"} <= read, "the scan of src/ found nothing: fix the scanner"
     missing = read - env_example_names()
     assert not missing, f"deploy/hashflex.env.example does not list {sorted(missing)}"
+
+
+def test_env_example_lists_nothing_that_is_not_used() -> None:
+    """Each listed variable is read by src/ or expanded by the unit / container entrypoint."""
+    used = env_vars_read_by_code()
+    recipes = UNIT.read_text() + CONTAINERFILE.read_text()
+    unused = {name for name in env_example_names() - used
+              if not re.search(rf"\$\{{{name}(:-[^}}]*)?\}}|\${name}\b", recipes)}
+    assert not unused, f"deploy/hashflex.env.example lists variables nothing reads: {sorted(unused)}"
 
 
 def test_env_example_is_valid_environment_file() -> None:
