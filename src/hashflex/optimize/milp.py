@@ -155,7 +155,7 @@ def define_carbon(model: pyo.ConcreteModel, problem: Problem) -> None:
         members = np.flatnonzero(budget.mask)
         if members.size == 0:
             return pyo.Constraint.Skip
-        return _linear((kg_per_kw[t], mdl.grid_import_kw[int(t)]) for t in members) <= float(budget.remaining_kg)
+        return _linear((kg_per_kw[t], mdl.grid_import_kw[int(t)]) for t in members) <= problem.effective_carbon_budget_kg(budget)
 
     model.carbon_budget = pyo.Constraint(model.B, rule=budget_rule)
 

@@ -138,6 +138,11 @@ class Problem:
         """[T] the import limit the optimizer can honour: the limit, or the standby floor if higher."""
         return np.maximum(self.import_limit_kw, self.standby_floor_kw)
 
+    def effective_carbon_budget_kg(self, budget: CarbonBudget) -> float:
+        """A budget the optimizer can honour: at least the emissions of the standby floor."""
+        floor_kg = float((self.standby_floor_kw * self.duration_h * self.intensity_kg_per_mwh / 1000.0)[budget.mask].sum())
+        return max(budget.remaining_kg, floor_kg)
+
     @property
     def hashprice_usd_per_th_h(self) -> np.ndarray:
         return self.hashprice_usd_per_ph_day / 1000.0 / 24.0

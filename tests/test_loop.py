@@ -1,0 +1,137 @@
+"""The control loop on a simulated clock and site: DR, noise through a night, faults."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hashflex.control.loop import ControlLoop, HorizonForecast
+from hashflex.control.solver import SolveRunner
+from hashflex.data import bundled_path
+from hashflex.feeds.ercot import read_price_file
+from hashflex.messages import DREventMessage
+from hashflex.optimize.problem import problem_from_profile
+from hashflex.optimize.schedule import SolveStatus
+from hashflex.profile import load_profile
+from hashflex.sim.site import ReplayForecaster, SimulatedFleet, published_at, run_simulation
+
+
+@pytest.fixture(scope="module")
+def feb_2020_prices_west() -> pd.DataFrame:
+    rt = read_price_file(bundled_path("ercot/RTM-2020-02.csv"), settlement_point="LZ_WEST", settlement_point_type="LZ")
+    da = read_price_file(bundled_path("ercot/DAM-2020-02.csv"), settlement_point="LZ_WEST")
+    return pd.concat([rt, da], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def feb_2020_prices_north() -> pd.DataFrame:
+    rt = read_price_file(bundled_path("ercot/RTM-2020-02.csv"), settlement_point="LZ_NORTH", settlement_point_type="LZ")
+    da = read_price_file(bundled_path("ercot/DAM-2020-02.csv"), settlement_point="LZ_NORTH")
+    return pd.concat([rt, da], ignore_index=True)
+
+
+def test_dr_event_brings_measured_import_under_the_limit(feb_2020_prices_west: pd.DataFrame) -> None:
+    profile = load_profile("west_texas")
+    start = pd.Timestamp("2020-02-10T12:00-06:00")
+    event = DREventMessage(event_id="ers-7", modification_number=0, program="ERS-10",
+                           start=(start + pd.Timedelta(hours=1)).to_pydatetime(),
+                           end=(start + pd.Timedelta(hours=2)).to_pydatetime(),
+                           import_limit_kw=5_000.0, issuer="utility_oncor")
+    result = run_simulation(profile, feb_2020_prices_west, start, 12, dr_events=[event])
+    frame = result.intervals
+    during = frame[(frame.index >= event.start) & (frame.index < event.end)]
+    before = frame[frame.index < event.start]
+    assert len(during) == 4
+    assert (before["grid_import_kw"] > 10_000).all(), "the site ran before the event"
+    assert (during["grid_import_kw"] <= 5_000.0 + 1e-6).all()
+    assert set(during["limit_source"]) == {"DR:ers-7"}
+    assert result.loop.counters["dr_accepted"] == 1
+
+
+def test_unknown_issuer_is_rejected_with_a_reason(feb_2020_prices_west: pd.DataFrame) -> None:
+    profile = load_profile("west_texas")
+    loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, feb_2020_prices_west),
+                       driver=SimulatedFleet(profile), solver=SolveRunner(inline=True))
+    now = pd.Timestamp("2020-02-10T12:00-06:00").to_pydatetime()
+    ack = loop.handle_dr(DREventMessage(event_id="x", modification_number=0, program="utility", start=now,
+                                        end=now + timedelta(hours=1), import_limit_kw=0.0, issuer="mallory"), now)
+    assert ack.status == "rejected" and "mallory" in ack.reason
+    assert loop.dr_book.limit_kw_at(now) == np.inf
+
+
+def test_noise_caps_hold_as_measured_through_a_night(feb_2020_prices_north: pd.DataFrame) -> None:
+    """The model underestimates the real level at maple_lane by 2 dB; sensors reveal it, the fast
+    path steps units down and the calibration offset tightens later plans."""
+    profile = load_profile("quiet_hollow")
+    start = pd.Timestamp("2020-02-11T20:00-06:00")
+    result = run_simulation(profile, feb_2020_prices_north, start, 40, noise_bias_db={"maple_lane": 2.0}, seed=3)
+    frame = result.intervals
+    over = frame["noise_measured_dba_maple_lane"] - frame["noise_cap_dba_maple_lane"]
+    settled = over.iloc[4:]  # after the first hour the calibration offset has converged
+    assert settled.max() <= 1.5, "measured level stays within the meter's scatter (3σ) of the cap"
+    assert result.loop.noise_offsets_db["maple_lane"] > 1.0
+    assert (frame["load_kw"] > 50).all(), "the site keeps mining what the neighbours allow"
+
+
+def test_solver_timeout_degrades_to_the_fallback_schedule() -> None:
+    profile = load_profile("west_texas")
+    index = pd.date_range("2020-02-10T06:00Z", periods=96, freq="15min")
+    problem = problem_from_profile(profile, index, np.full(96, 20.0))
+    runner = SolveRunner(time_limit_s=20.0, deadline_s=0.05)
+    try:
+        schedule = runner.run(problem, fine_intervals=96)
+    finally:
+        runner.close()
+    assert schedule.status == SolveStatus.FALLBACK
+    assert "timeout" in schedule.info.message
+    assert runner.timeouts == 1
+    assert (schedule.frame["grid_import_kw"] <= schedule.frame["import_limit_kw"] + 1e-6).all()
+
+
+def test_no_price_known_means_curtail() -> None:
+    profile = load_profile("west_texas")
+    empty = pd.DataFrame({"interval_start": pd.DatetimeIndex([], tz="UTC"), "interval_end": pd.DatetimeIndex([], tz="UTC"),
+                          "settlement_point": [], "market": [], "price_usd_mwh": []})
+    fleet = SimulatedFleet(profile)
+    loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, empty), driver=fleet,
+                       solver=SolveRunner(inline=True))
+    report = loop.tick(pd.Timestamp("2020-02-10T12:00-06:00").to_pydatetime())
+    assert any("no price known" in f for f in report.fallbacks)
+    assert sum(fleet.running().values()) == 0
+    assert not loop.status(report.at)["healthy"]
+
+
+def test_forecast_has_no_look_ahead(feb_2020_prices_west: pd.DataFrame) -> None:
+    """A real-time price spike that has not settled yet is invisible; the day-ahead price is used."""
+    profile = load_profile("west_texas")
+    prices = feb_2020_prices_west.copy()
+    spike = (prices["market"] == "RT") & (prices["interval_start"] == pd.Timestamp("2020-02-10T19:00Z"))
+    prices.loc[spike, "price_usd_mwh"] = 9_000.0
+    forecaster = ReplayForecaster(profile, prices)
+    before = forecaster(pd.Timestamp("2020-02-10T18:50Z").to_pydatetime(), pd.Timestamp("2020-02-10T18:45Z"), 8)
+    assert before.price_usd_mwh[1] < 100.0  # 19:00 interval: DA price, not the unsettled RT spike
+    published = published_at(prices[spike])
+    assert published.iloc[0] == pd.Timestamp("2020-02-10T19:15Z")  # RT known at the end of its interval
+    da = prices[(prices["market"] == "DA")].iloc[:1]
+    assert published_at(da).iloc[0] == pd.Timestamp("2020-01-31T19:00Z")  # 13:00 CST the day before
+
+
+def test_setpoints_always_expire(feb_2020_prices_west: pd.DataFrame) -> None:
+    profile = load_profile("west_texas")
+    fleet = SimulatedFleet(profile)
+    loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, feb_2020_prices_west), driver=fleet,
+                       solver=SolveRunner(inline=True))
+    now = pd.Timestamp("2020-02-10T12:00-06:00").to_pydatetime()
+    report = loop.tick(now)
+    assert report.batch and all(sp.expires_at > now for sp in report.batch)
+    assert max(sp.expires_at for sp in report.batch) <= now + timedelta(minutes=30)
+    assert fleet.expire(now + timedelta(minutes=31)) > 0  # a silent controller leaves the miners asleep
+    assert sum(fleet.running().values()) == 0
+
+
+def test_horizon_forecast_contract() -> None:
+    forecast = HorizonForecast(pd.date_range("2020-01-01", periods=2, freq="15min", tz="UTC"), np.array([1.0, 2.0]))
+    assert forecast.fallbacks == () and forecast.input_ages_s == {}
