@@ -18,6 +18,7 @@ from hashflex.forecast import (
     Snapshot,
     build_forecast,
     snapshot_from_store,
+    store_forecaster,
 )
 from hashflex.messages import (
     DREventMessage,
@@ -385,6 +386,7 @@ def test_snapshot_from_store_respects_receipt_times(tmp_path) -> None:  # noqa: 
                                  import_limit_kw=0.0, issuer="stranger"), received_at=before)
         store.flush()
         snap = snapshot_from_store(store, now, PROFILE, noise_model=lambda receptor, t: 41.0)
+        via_callable = store_forecaster(PROFILE, store, noise_model=lambda receptor, t: 41.0)(now, NOW, 8)
     assert snap.prices["published_at"].max() <= NOW
     assert len(snap.renewable_forecasts) == 3
     assert list(snap.dr_limits["source"]) == ["DR:e1"]
@@ -395,6 +397,8 @@ def test_snapshot_from_store_respects_receipt_times(tmp_path) -> None:  # noqa: 
     assert list(out.import_limit_kw[:3]) == [500.0, 500.0, np.inf]
     assert out.noise_offset_db["house"] == pytest.approx(4.0)
     assert out.input_ages_s["noise:house"] == pytest.approx(600.0)
+    np.testing.assert_array_equal(via_callable.price_usd_mwh, out.price_usd_mwh)
+    assert via_callable.noise_margin_db == out.noise_margin_db
 
 
 def test_dst_spring_forward_yesterday_fallback_shifts_forward() -> None:

@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from hashflex.store import Store
 
 __all__ = ["Forecast", "ForecastConfig", "PriceForecaster", "SNAPSHOT_COLUMNS", "Snapshot", "build_forecast",
-           "snapshot_from_store"]
+           "snapshot_from_store", "store_forecaster"]
 
 SNAPSHOT_COLUMNS: dict[str, tuple[str, ...]] = {
     "prices": ("interval_start", "interval_end", "settlement_point", "market", "price_usd_mwh", "published_at"),
@@ -538,6 +538,25 @@ def snapshot_from_store(
         hashprice=hp[list(SNAPSHOT_COLUMNS["hashprice"])],
         dr_limits=_store_limits(store, now_ts, profile, event_limit_kw, source_label),
     )
+
+
+def store_forecaster(
+    profile: SiteProfile,
+    store: Store,
+    *,
+    config: ForecastConfig | None = None,
+    price_forecaster: PriceForecaster | None = None,
+    **snapshot_kwargs: Any,
+) -> Callable[[datetime, pd.Timestamp, int], Forecast]:
+    """A ``(now, horizon_start, periods) -> Forecast`` callable over a store (the control loop's
+    forecaster shape): :func:`snapshot_from_store` then :func:`build_forecast` on every call."""
+
+    def forecaster(now: datetime, horizon_start: pd.Timestamp, periods: int) -> Forecast:
+        snapshot = snapshot_from_store(store, now, profile, **snapshot_kwargs)
+        return build_forecast(profile, snapshot, now, horizon_start, periods, config=config,
+                              price_forecaster=price_forecaster)
+
+    return forecaster
 
 
 def _event_limit(message: Any, profile: SiteProfile | None,
