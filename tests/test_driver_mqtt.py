@@ -166,7 +166,24 @@ def test_driver_without_broker_reports_unreachable(mosquitto_factory) -> None:
     finally:
         drv.close()
     assert result.status is SetpointStatus.UNREACHABLE
-    assert "not connected" in result.reason and str(port) in result.reason
+    assert "cannot connect" in result.reason and str(port) in result.reason
+
+
+def test_publisher_reconnects_after_broker_restart(mosquitto_factory) -> None:
+    broker = mosquitto_factory()
+    real = ScaledClock(1.0)
+    with MqttSimulatedMiners("restart", broker.host, broker.port, MINERS, clock=real) as sim, \
+            MqttDriver("restart", broker.host, broker.port, clock=real) as drv:
+        assert drv.apply([sp(real, "air-0", "eco", 2.9)])[0].ok
+        broker.restart()  # drops both connections; the sim's paho client re-subscribes on reconnect
+        deadline = time.monotonic() + 10
+        result = drv.apply([sp(real, "air-0", "stock", 3.5)])[0]
+        while result.status is not SetpointStatus.APPLIED and time.monotonic() < deadline:
+            assert result.status is SetpointStatus.UNREACHABLE, result  # miners not re-subscribed yet
+            time.sleep(0.1)
+            result = drv.apply([sp(real, "air-0", "stock", 3.5)])[0]
+        assert result.ok, result
+        assert drv.publisher.connects == 2
 
 
 SUBSCRIBER = """

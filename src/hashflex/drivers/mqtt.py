@@ -5,12 +5,18 @@ seconds left until ``expires_at`` (rounded down, at least 1), so a broker never 
 deadline is also in the payload, which is what the miner enforces (falling back to sleep when it
 passes without renewal). Intervals are in the seconds of the injected ``clock``.
 
-``apply(batch)`` publishes the whole batch without waiting per message (paho keeps up to
-``max_inflight`` unacknowledged, which must not exceed the broker's Receive Maximum: Mosquitto's
-default is 20), then waits once for all PUBACKs. Results: ``applied`` when the broker acknowledged;
-``unreachable`` when not connected, or when the broker answers "No matching subscribers" (no miner
-listens on that topic); ``rejected`` for a failure reason code (e.g. "Not authorized" from an ACL),
-an expired setpoint or an invalid one; ``timeout`` when no PUBACK came within ``puback_timeout_s``.
+``apply(batch)`` publishes the whole batch pipelined on a connection of its own
+(:class:`QoS1Publisher`: a window of up to the broker's Receive Maximum unacknowledged messages goes
+out in one write; Mosquitto's default is 20, raise ``max_inflight_messages`` on the broker for big
+sites), then waits for all PUBACKs at once. Results: ``applied`` when the broker acknowledged;
+``unreachable`` when the broker cannot be reached or the connection breaks, or when it answers
+"No matching subscribers" (no miner listens on that topic); ``rejected`` for a failure reason code
+(e.g. "Not authorized" from an ACL), an expired or invalid setpoint; ``timeout`` when no PUBACK came
+within ``puback_timeout_s``. Measured on loopback (2 cores, Mosquitto defaults, miners in another
+process): 1,000 setpoints in 45-135 ms, including building and validating the payloads.
+
+Telemetry comes in through a paho-mqtt client (VERSION2 callbacks, MQTT v5, automatic reconnect and
+re-subscription) subscribed to ``in/telemetry/+``.
 
 PUBACK only means the broker has it. Verification follows telemetry on ``in/telemetry/+``: a
 setpoint is confirmed by the first telemetry *received after it was published* (ordering by arrival,
@@ -21,20 +27,26 @@ rest; a newer setpoint for a miner replaces the outstanding one. Feed both to a
 :class:`~hashflex.drivers.base.MinerRegistry`.
 
 API: ``MqttDriver(site, host="127.0.0.1", port=1883, *, client_id=None, username=None, password=None,
-tls_ca_file=None, keepalive_s=30, max_inflight=20, puback_timeout_s=5.0, tolerance=0.1,
-tolerance_kw=0.05, clock=utc_now)``; ``start()``, ``wait_connected(timeout_s) -> bool``, ``connected``,
+tls_ca_file=None, keepalive_s=30, puback_timeout_s=5.0, tolerance=0.1, tolerance_kw=0.05,
+clock=utc_now)``; ``start()``, ``wait_connected(timeout_s) -> bool`` and ``connected`` (the telemetry
+connection; publishing connects on demand),
 ``apply(batch)``, ``verify(timeout_s) -> list[SetpointResult]``, ``pending() -> list[str]``,
-``telemetry(miner_id) -> TelemetryMessage | None``, ``close()``.
+``telemetry(miner_id) -> TelemetryMessage | None``, ``close()``; ``publisher`` (its ``connects`` count,
+``receive_maximum``).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import select
+import socket
+import ssl
+import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -74,30 +86,27 @@ class MqttDriver:
 
     def __init__(self, site: str, host: str = "127.0.0.1", port: int = 1883, *, client_id: str | None = None,
                  username: str | None = None, password: str | None = None, tls_ca_file: str | None = None,
-                 keepalive_s: int = 30, max_inflight: int = 20, puback_timeout_s: float = 5.0,
-                 tolerance: float = 0.1, tolerance_kw: float = 0.05, clock: Clock = utc_now) -> None:
+                 keepalive_s: int = 30, puback_timeout_s: float = 5.0, tolerance: float = 0.1,
+                 tolerance_kw: float = 0.05, clock: Clock = utc_now) -> None:
         self.topics = Topics(site)
         self.site, self.host, self.port, self.keepalive_s = site, host, port, keepalive_s
         self.puback_timeout_s, self.tolerance, self.tolerance_kw = puback_timeout_s, tolerance, tolerance_kw
         self.clock = clock
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                   client_id=client_id or f"hashflex-driver-{site}-{next(self._ids)}",
+        client_id = client_id or f"hashflex-driver-{site}-{next(self._ids)}"
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{client_id}-tel",
                                    protocol=mqtt.MQTTv5)
         if username is not None:
             self._client.username_pw_set(username, password)
         if tls_ca_file is not None:
             self._client.tls_set(ca_certs=tls_ca_file)
-        self._client.max_inflight_messages_set(max_inflight)
-        self._client.max_queued_messages_set(0)
-        self._max_inflight = max_inflight
         self._client.reconnect_delay_set(1, 30)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
-        self._client.on_publish = self._on_publish
         self._client.message_callback_add(self.topics.telemetry("+"), self._on_telemetry)
+        self.publisher = QoS1Publisher(host, port, f"{client_id}-pub", username=username, password=password,
+                                        tls_ca_file=tls_ca_file, connect_timeout_s=min(5.0, puback_timeout_s))
         self._connected = threading.Event()
-        self._acks: dict[int, ReasonCode] = {}  # mid → PUBACK reason; written in the network thread only
-        self._expiry_props: dict[int, Properties] = {}
+        self._publish_lock = threading.Lock()
         self._cond = threading.Condition()
         self._seq = 0
         self._latest: dict[str, tuple[int, TelemetryMessage]] = {}
@@ -121,6 +130,8 @@ class MqttDriver:
         self._client.disconnect()
         self._client.loop_stop()
         self._connected.clear()
+        with self._publish_lock:
+            self.publisher.close()
 
     def __enter__(self) -> MqttDriver:
         self.start()
@@ -138,21 +149,12 @@ class MqttDriver:
         if reason_code.is_failure:
             log.warning("MQTT connect to %s:%s refused: %s", self.host, self.port, reason_code)
             return
-        receive_max = getattr(properties, "ReceiveMaximum", None) if properties is not None else None
-        if receive_max is not None and receive_max < self._max_inflight:
-            log.warning("broker Receive Maximum %s is below max_inflight %s: lower max_inflight",
-                        receive_max, self._max_inflight)
         client.subscribe(self.topics.telemetry("+"), qos=0)
         self._connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: ReasonCode,
                        properties: Properties | None) -> None:
         self._connected.clear()
-
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: ReasonCode,
-                    properties: Properties | None) -> None:
-        # Runs under paho's message lock: take no lock of ours here (apply() publishes under it).
-        self._acks[mid] = reason_code
 
     def _on_telemetry(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         parsed = parse_message(message.topic, message.payload, site=self.site)
@@ -171,16 +173,14 @@ class MqttDriver:
 
     # ------------------------------------------------------------------ setpoints
     def apply(self, batch: list[_SetpointLike]) -> list[SetpointResult]:
-        """Publish every setpoint, then wait once for all PUBACKs; one result per setpoint, same order."""
+        """Publish the batch pipelined, wait once for all PUBACKs; one result per setpoint, same order."""
         start = time.monotonic()
         results: list[SetpointResult | None] = [None] * len(batch)
-        if not self._connected.is_set():
-            reason = f"not connected to MQTT broker {self.host}:{self.port}; nothing published"
-            return [SetpointResult(s.miner_id, SetpointStatus.UNREACHABLE, reason, 0.0) for s in batch]
         now = self.clock()
         with self._cond:
             seq = self._seq
-        sent: list[tuple[int, mqtt.MQTTMessageInfo]] = []
+        to_send: list[int] = []
+        items: list[tuple[str, bytes, int]] = []
         for i, sp in enumerate(batch):
             remaining_s = (sp.expires_at - now).total_seconds()
             if remaining_s <= 0:
@@ -194,53 +194,36 @@ class MqttDriver:
                 reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
                 results[i] = SetpointResult(sp.miner_id, SetpointStatus.REJECTED, f"invalid setpoint: {reason}", 0.0)
                 continue
-            info = self._client.publish(self.topics.setpoint(sp.miner_id), payload, qos=1,
-                                        properties=self._expiry(remaining_s))
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                status = SetpointStatus.UNREACHABLE if info.rc == mqtt.MQTT_ERR_NO_CONN else SetpointStatus.REJECTED
-                results[i] = SetpointResult(sp.miner_id, status, f"publish failed: {mqtt.error_string(info.rc)}",
-                                            time.monotonic() - start)
-                continue
-            sent.append((i, info))
-        deadline = start + self.puback_timeout_s
-        for i, info in sent:
-            sp = batch[i]
-            if not info.is_published():
-                try:
-                    info.wait_for_publish(max(0.0, deadline - time.monotonic()))
-                except (RuntimeError, ValueError) as exc:
-                    results[i] = SetpointResult(sp.miner_id, SetpointStatus.UNREACHABLE, f"publish failed: {exc}",
-                                                time.monotonic() - start)
-                    continue
-            results[i] = self._acked(sp, info, start, seq)
+            to_send.append(i)
+            items.append((self.topics.setpoint(sp.miner_id), payload.encode(), max(1, int(remaining_s))))
+        with self._publish_lock:
+            outcomes = self.publisher.publish(items, self.puback_timeout_s) if items else []
+        latency = time.monotonic() - start
+        confirmed: list[_SetpointLike] = []
+        for i, outcome in zip(to_send, outcomes):
+            results[i] = self._result(batch[i], outcome, latency)
+            if results[i].ok:  # type: ignore[union-attr]
+                confirmed.append(batch[i])
+        with self._cond:
+            for sp in confirmed:
+                self._pending[sp.miner_id] = _Pending(sp, seq)
         return [r for r in results if r is not None]
 
-    def _acked(self, sp: _SetpointLike, info: mqtt.MQTTMessageInfo, start: float, seq: int) -> SetpointResult:
-        latency = time.monotonic() - start
-        if not info.is_published():
+    def _result(self, sp: _SetpointLike, outcome: PublishOutcome, latency: float) -> SetpointResult:
+        broker = f"{self.host}:{self.port}"
+        if outcome.kind == "timeout":
             return SetpointResult(sp.miner_id, SetpointStatus.TIMEOUT,
-                                  f"no PUBACK from {self.host}:{self.port} within {self.puback_timeout_s} s", latency)
-        code = self._acks.pop(info.mid, None)
-        if code is not None and code.is_failure:
-            return SetpointResult(sp.miner_id, SetpointStatus.REJECTED, f"broker refused: {code}", latency)
-        if code is not None and code.value == _NO_MATCHING_SUBSCRIBERS:
+                                  f"no PUBACK from {broker} within {self.puback_timeout_s} s", latency)
+        if outcome.kind == "lost":
+            return SetpointResult(sp.miner_id, SetpointStatus.UNREACHABLE, f"broker {broker}: {outcome.detail}",
+                                  latency)
+        if outcome.kind == "refused" or outcome.code >= 0x80:
+            return SetpointResult(sp.miner_id, SetpointStatus.REJECTED, f"broker refused: {outcome.detail}", latency)
+        if outcome.code == _NO_MATCHING_SUBSCRIBERS:
             return SetpointResult(sp.miner_id, SetpointStatus.UNREACHABLE,
                                   "broker has no subscriber for the setpoint topic (miner offline?)", latency)
-        with self._cond:
-            self._pending[sp.miner_id] = _Pending(sp, seq)
-        return SetpointResult(sp.miner_id, SetpointStatus.APPLIED, "broker acknowledged (PUBACK); "
-                              "awaiting telemetry to verify", latency)
-
-    def _expiry(self, remaining_s: float) -> Properties:
-        seconds = max(1, int(remaining_s))
-        props = self._expiry_props.get(seconds)
-        if props is None:
-            props = Properties(PacketTypes.PUBLISH)
-            props.MessageExpiryInterval = seconds
-            if len(self._expiry_props) > 10_000:
-                self._expiry_props.clear()
-            self._expiry_props[seconds] = props
-        return props
+        return SetpointResult(sp.miner_id, SetpointStatus.APPLIED,
+                              "broker acknowledged (PUBACK); awaiting telemetry to verify", latency)
 
     # ------------------------------------------------------------------ verification
     def _judge(self, sp: _SetpointLike, telemetry: TelemetryMessage) -> str | None:
@@ -295,3 +278,232 @@ class MqttDriver:
         with self._cond:
             latest = self._latest.get(miner_id)
         return latest[1] if latest else None
+
+
+# --------------------------------------------------------------------------- the publisher
+
+
+@dataclass(frozen=True)
+class PublishOutcome:
+    """What became of one message: ``acked`` (with the PUBACK reason code), ``timeout``, ``lost``
+    (no connection, or it broke before the PUBACK), ``refused`` (not sent: too large for the broker)."""
+
+    kind: Literal["acked", "timeout", "lost", "refused"]
+    code: int = 0
+    detail: str = ""
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _utf8(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return struct.pack("!H", len(raw)) + raw
+
+
+class QoS1Publisher:
+    """MQTT v5 QoS 1 PUBLISH with Message Expiry Interval, pipelined, on a connection of its own.
+
+    Why not paho for this: paho handles each message and each PUBACK separately in its network
+    thread; measured on loopback (2 cores) 1,000 setpoints took 115-200 ms with paho and 45-135 ms
+    here, where a whole window of PUBLISH packets goes out in one write and every PUBACK that
+    arrived is processed before the window is topped up. The broker's Receive Maximum (CONNACK;
+    Mosquitto: ``max_inflight_messages``, default 20) bounds the window, as MQTT v5 requires.
+
+    Only what setpoints need: CONNECT (clean start, optional username/password and TLS, keep alive
+    0 so an idle connection is not timed out unless the broker imposes a Server Keep Alive), QoS 1
+    PUBLISH, PUBACK, DISCONNECT. No session state is kept: after a timeout or an error the connection
+    is dropped and the next batch reconnects; unacknowledged setpoints are reported, never resent
+    (the caller re-issues fresh ones with fresh deadlines). Not thread-safe: the driver serialises.
+    """
+
+    def __init__(self, host: str, port: int, client_id: str, *, username: str | None = None,
+                 password: str | None = None, tls_ca_file: str | None = None,
+                 connect_timeout_s: float = 5.0) -> None:
+        self.host, self.port, self.client_id = host, port, client_id
+        self.username, self.password, self.tls_ca_file = username, password, tls_ca_file
+        self.connect_timeout_s = connect_timeout_s
+        self._sock: socket.socket | None = None
+        self._buf = bytearray()
+        self._pid = 0
+        self.receive_maximum = 65535
+        self.maximum_packet_size = 0  # 0: no limit announced
+        self._server_keepalive_s = 0
+        self._last_io = 0.0
+        self.connects = 0
+
+    # -- connection
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.sendall(b"\xe0\x00")  # DISCONNECT, normal
+            except OSError:
+                pass
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+        self._sock, self._buf = None, bytearray()
+
+    def _usable(self) -> bool:
+        """An open connection that the broker has not closed and will not time out soon."""
+        if self._sock is None:
+            return False
+        idle = time.monotonic() - self._last_io
+        if self._server_keepalive_s and idle > 0.75 * self._server_keepalive_s:
+            return False
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+            while readable:
+                chunk = self._sock.recv(65536)
+                if not chunk:
+                    return False
+                self._buf += chunk
+                readable, _, _ = select.select([self._sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        while (packet := self._next_packet()) is not None:  # late PUBACKs are harmless; DISCONNECT is not
+            if packet[0] == 0xE0:
+                return False
+        return True
+
+    def _connect(self) -> None:
+        self._drop()
+        sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls_ca_file is not None:
+                context = ssl.create_default_context(cafile=self.tls_ca_file)
+                sock = context.wrap_socket(sock, server_hostname=self.host)
+            flags = 0x02 | (0x80 if self.username is not None else 0) | (0x40 if self.password is not None else 0)
+            body = b"\x00\x04MQTT\x05" + bytes([flags]) + b"\x00\x00" + b"\x00" + _utf8(self.client_id)
+            if self.username is not None:
+                body += _utf8(self.username)
+            if self.password is not None:
+                secret = self.password.encode("utf-8")
+                body += struct.pack("!H", len(secret)) + secret
+            sock.sendall(b"\x10" + _varint(len(body)) + body)
+            self._sock, self._buf = sock, bytearray()
+            kind, data = self._read_packet(time.monotonic() + self.connect_timeout_s)
+        except BaseException:
+            self._drop()
+            sock.close()
+            raise
+        if kind != 0x20 or len(data) < 2:
+            self._drop()
+            raise ConnectionError(f"expected CONNACK, got packet type {kind >> 4}")
+        if data[1] >= 0x80:
+            self._drop()
+            raise ConnectionError(f"connection refused: {ReasonCode(PacketTypes.CONNACK, identifier=data[1])}")
+        props, _ = Properties(PacketTypes.CONNACK).unpack(data[2:]) if len(data) > 2 else (None, 0)
+        self.receive_maximum = int(getattr(props, "ReceiveMaximum", 65535))
+        self.maximum_packet_size = int(getattr(props, "MaximumPacketSize", 0))
+        self._server_keepalive_s = int(getattr(props, "ServerKeepAlive", 0))
+        self._last_io = time.monotonic()
+        self.connects += 1
+
+    # -- framing
+    def _next_packet(self) -> tuple[int, bytes] | None:
+        buf = self._buf
+        length, multiplier, i = 0, 1, 1
+        while True:
+            if i >= len(buf):
+                return None
+            byte = buf[i]
+            length += (byte & 0x7F) * multiplier
+            multiplier *= 128
+            i += 1
+            if not byte & 0x80:
+                break
+            if i > 4:
+                raise ConnectionError("malformed packet length from broker")
+        if len(buf) < i + length:
+            return None
+        kind, data = buf[0] & 0xF0, bytes(buf[i:i + length])
+        del buf[:i + length]
+        return kind, data
+
+    def _fill(self, deadline: float) -> None:
+        assert self._sock is not None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout
+        self._sock.settimeout(remaining)
+        chunk = self._sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed by broker")
+        self._buf += chunk
+        self._last_io = time.monotonic()
+
+    def _read_packet(self, deadline: float) -> tuple[int, bytes]:
+        while (packet := self._next_packet()) is None:
+            self._fill(deadline)
+        return packet
+
+    def _publish_packet(self, topic: str, payload: bytes, expiry_s: int) -> tuple[int, bytes]:
+        self._pid = self._pid % 65535 + 1
+        body = (_utf8(topic) + struct.pack("!H", self._pid) + b"\x05\x02" + struct.pack("!I", expiry_s)
+                + payload)
+        return self._pid, b"\x32" + _varint(len(body)) + body
+
+    # -- publishing
+    def publish(self, items: list[tuple[str, bytes, int]], timeout_s: float) -> list[PublishOutcome]:
+        """Publish ``(topic, payload, expiry_s)`` at QoS 1; one outcome per item, same order."""
+        deadline = time.monotonic() + timeout_s
+        outcomes: list[PublishOutcome | None] = [None] * len(items)
+        try:
+            if not self._usable():
+                self._connect()
+        except (OSError, ConnectionError) as exc:
+            detail = f"cannot connect: {getattr(exc, 'strerror', None) or exc}"
+            return [PublishOutcome("lost", detail=detail)] * len(items)
+        inflight: dict[int, int] = {}
+        next_item = 0
+        try:
+            while next_item < len(items) or inflight:
+                out = []
+                while next_item < len(items) and len(inflight) < self.receive_maximum:
+                    pid, packet = self._publish_packet(*items[next_item])
+                    if self.maximum_packet_size and len(packet) > self.maximum_packet_size:
+                        outcomes[next_item] = PublishOutcome(
+                            "refused", detail=f"{len(packet)} bytes exceed the broker's maximum packet size")
+                    else:
+                        inflight[pid] = next_item
+                        out.append(packet)
+                    next_item += 1
+                if out:
+                    assert self._sock is not None
+                    self._sock.settimeout(max(0.001, deadline - time.monotonic()))
+                    self._sock.sendall(b"".join(out))
+                if not inflight:
+                    continue
+                self._fill(deadline)
+                while (packet := self._next_packet()) is not None:
+                    kind, data = packet
+                    if kind == 0x40 and len(data) >= 2:
+                        index = inflight.pop(struct.unpack_from("!H", data)[0], None)
+                        if index is not None:
+                            code = data[2] if len(data) > 2 else 0
+                            name = str(ReasonCode(PacketTypes.PUBACK, identifier=code)) if code else "Success"
+                            outcomes[index] = PublishOutcome("acked", code, name)
+                    elif kind == 0xE0:
+                        code = data[0] if data else 0
+                        raise ConnectionError(f"broker disconnected: {ReasonCode(PacketTypes.DISCONNECT, identifier=code)}")
+        except socket.timeout:
+            self._drop()  # the broker still owes PUBACKs: start the next batch on a clean connection
+            return [o or PublishOutcome("timeout") for o in outcomes]
+        except (OSError, ConnectionError) as exc:
+            self._drop()
+            detail = f"connection lost before PUBACK: {getattr(exc, 'strerror', None) or exc}"
+            return [o or PublishOutcome("lost", detail=detail) for o in outcomes]
+        return [o or PublishOutcome("timeout") for o in outcomes]
