@@ -9,7 +9,8 @@ status and DR acknowledgements are published on ``out/schedule``, ``out/status``
 Degraded modes (each visible in ``/status`` and ``/healthz``):
 - broker down: the ingest and driver reconnect with backoff; setpoints already sent expire and
   the miners fall back to sleep; the loop keeps ticking on what the store holds;
-- no price known for an interval: it is planned at $10,000/MWh, i.e. curtailed;
+- no price known for an interval: it is planned at $5,000/MWh (ERCOT's offer cap), i.e. curtailed,
+  and /healthz answers 503 (the forecast module documents every fallback);
 - solver timeout or failure: the greedy fallback schedule (every hard limit respected);
 - restart (even kill -9): DR events are reloaded from the store, so every accepted event
   stays in force.
@@ -22,7 +23,7 @@ import logging
 import os
 import signal
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -34,7 +35,7 @@ from hashflex.control.solver import SolveRunner
 from hashflex.feeds.mqtt import MqttIngest
 from hashflex.messages import Topics
 from hashflex.profile import SiteProfile
-from hashflex.sim.site import ReplayForecaster
+from hashflex.forecast import store_forecaster
 from hashflex.store import Store
 
 log = logging.getLogger(__name__)
@@ -69,24 +70,6 @@ class MqttPublisher:
         self._client.loop_stop()
 
 
-class StoreForecaster:
-    """The no-look-ahead price forecast over what the store holds (published before ``now``)."""
-
-    def __init__(self, profile: SiteProfile, store: Store) -> None:
-        self.profile, self.store = profile, store
-        self._replay: ReplayForecaster | None = None
-
-    def __call__(self, now: datetime, horizon_start: Any, periods: int) -> Any:
-        prices = self.store.prices(now - timedelta(days=2), now + timedelta(days=2),
-                                   settlement_point=self.profile.site.settlement_point, as_of=now,
-                                   with_published_at=True)
-        if self._replay is None:
-            self._replay = ReplayForecaster(self.profile, prices)
-        else:
-            self._replay.update(prices)
-        return self._replay(now, horizon_start, periods)
-
-
 def load_dr_book(store: Store, profile: SiteProfile) -> DRBook:
     """Every DR event the store holds, in its recorded state: a restart resumes them all."""
     frame = store.dr_events()
@@ -113,7 +96,7 @@ def run_daemon(profile: SiteProfile, *, store_path: str, mqtt_host: str, mqtt_po
         driver = MqttDriver(site, mqtt_host, mqtt_port, username=username, password=password, tls_ca_file=tls_ca_file)
         driver.start()
     publisher = MqttPublisher(site, mqtt_host, mqtt_port, username, password, tls_ca_file)
-    loop = ControlLoop(profile, forecaster=StoreForecaster(profile, store), driver=driver, publisher=publisher,
+    loop = ControlLoop(profile, forecaster=store_forecaster(profile, store), driver=driver, publisher=publisher,
                        store=store, dr_book=dr_book, solver=SolveRunner(time_limit_s=time_limit_s),
                        config=LoopConfig(solve_time_limit_s=time_limit_s))
     ingest = MqttIngest(store, site, mqtt_host, mqtt_port, username=username, password=password,

@@ -228,7 +228,7 @@ class ControlLoop:
                 result = plan_dispatch(first_interval_counts(schedule), self.fleet, now, self.expiry_s)
                 checked = self.guard.check(result.setpoints, self.measurements, self.limits_now(now), now)
                 results = self._send(checked.batch, now)
-                report = TickReport(now, start, schedule, checked.batch, checked, results, forecast.fallbacks,
+                report = TickReport(now, start, schedule, checked.batch, checked, results, tuple(forecast.fallbacks),
                                     self.solver.last_seconds, trigger)
                 self.last_report = report
                 self.last_good_tick = now
@@ -402,7 +402,7 @@ class ControlLoop:
         return {
             "site": self.profile.site.name,
             "at": now.isoformat(),
-            "healthy": age is not None and age <= stale_after and not (report and report.fallbacks and "no price" in " ".join(report.fallbacks)),
+            "healthy": age is not None and age <= stale_after and not (report and _prices_unknown(report.fallbacks)),
             "last_tick_age_s": age,
             "last_solve": None if report is None or report.schedule is None else {
                 "status": report.schedule.status.value, "gap": report.schedule.info.gap,
@@ -413,6 +413,11 @@ class ControlLoop:
             "counters": dict(self.counters),
             "noise_offsets_db": dict(self.noise_offsets_db),
         }
+
+
+def _prices_unknown(fallbacks: Any) -> bool:
+    """True when the forecast had to invent prices (the site is then curtailed: not healthy)."""
+    return any("no known price" in f or "no price known" in f for f in fallbacks)
 
 
 def _replace(measurements: Measurements, **changes: Any) -> Measurements:
