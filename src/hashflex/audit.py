@@ -185,10 +185,21 @@ def append_in(conn: sqlite3.Connection, kind: str, payload: Mapping[str, Any], a
 class AuditLog:
     """The audit trail in one SQLite database (a path, or an open connection)."""
 
-    def __init__(self, db: str | Path | sqlite3.Connection) -> None:
+    def __init__(self, db: str | Path | sqlite3.Connection, *, readonly: bool = False) -> None:
+        """``readonly`` opens a path with SQLite ``mode=ro`` (reports, ``audit verify``): nothing is
+        created, and a database without the table reads as an empty trail."""
         self._lock = threading.Lock()
+        self.readonly = readonly
+        if readonly and not isinstance(db, sqlite3.Connection):
+            if not Path(db).exists():
+                raise FileNotFoundError(f"{db}: no such database")
+            self.conn = sqlite3.connect(f"{Path(db).resolve().as_uri()}?mode=ro", uri=True,
+                                        check_same_thread=False, timeout=30.0)
+            return
         if isinstance(db, sqlite3.Connection):
             self.conn = db
+            if readonly:
+                return
         else:
             self.conn = sqlite3.connect(Path(db), isolation_level=None, check_same_thread=False, timeout=30.0)
             self.conn.execute("PRAGMA busy_timeout=30000")
@@ -212,6 +223,8 @@ class AuditLog:
     def append(self, kind: str, payload: Mapping[str, Any], at: datetime) -> AuditRecord:
         """Append one record in its own transaction; returns it with its hash."""
         with self._lock:
+            if self.readonly:
+                raise AuditError("audit log opened read-only")
             if self.conn.in_transaction:
                 raise AuditError("connection already in a transaction: use append_in(conn, ...)")
             self.conn.execute("BEGIN IMMEDIATE")
@@ -225,7 +238,13 @@ class AuditLog:
 
     # ------------------------------------------------------------------ reads
 
+    def _has_table(self) -> bool:
+        return self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_log'").fetchone() is not None
+
     def records(self, kind: str | None = None) -> list[AuditRecord]:
+        if not self._has_table():
+            return []
         sql, params = _SELECT, ()
         if kind is not None:
             sql, params = sql + " WHERE kind = ?", (kind,)
@@ -233,6 +252,8 @@ class AuditLog:
                 for r in self.conn.execute(sql + " ORDER BY seq", params).fetchall()]
 
     def head(self) -> tuple[int, str] | None:
+        if not self._has_table():
+            return None
         row = self.conn.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
         return (int(row[0]), str(row[1])) if row else None
 
@@ -240,7 +261,7 @@ class AuditLog:
 
     def verify(self) -> VerifyResult:
         """Walk the chain; the first record edited, deleted, inserted or reordered fails it."""
-        rows = self.conn.execute(_SELECT + " ORDER BY seq").fetchall()
+        rows = self.conn.execute(_SELECT + " ORDER BY seq").fetchall() if self._has_table() else []
         return verify_rows(rows)
 
     def sign_head(self, key: bytes | None = None) -> str:
@@ -266,7 +287,8 @@ class AuditLog:
         result = self.verify()
         if not result.ok:
             return result
-        row = self.conn.execute("SELECT hash FROM audit_log WHERE seq = ?", (signed_seq,)).fetchone()
+        row = (self.conn.execute("SELECT hash FROM audit_log WHERE seq = ?", (signed_seq,)).fetchone()
+               if self._has_table() else None)
         if row is None:
             return VerifyResult(False, result.records, signed_seq,
                                 f"signed head seq {signed_seq} is gone: chain ends at {result.head_seq} (truncated)",

@@ -1,1 +1,182 @@
-"""report"""
+"""Sustainability and demand-response reports, computed only from the audit trail.
+
+``build_report(db, start, end, ...)`` reads the ``audit_log`` table of the store's database
+(read-only), verifies the chain, decodes the records (:func:`figures.inputs_from_records`) and
+computes every figure with the pure functions of :mod:`hashflex.report.figures` (definitions in its
+docstring). The same database and period always give the same JSON (no generation time inside), so
+anyone holding a copy of the database can reproduce the report. :mod:`hashflex.report.render`
+writes it as HTML (self-contained, plots embedded), JSON, or CSV (``figure,value`` rows, the JSON
+flattened with dotted keys and list indices). An optional RECs file is the only input from outside
+the database; the report cites its SHA-256.
+
+JSON keys (units in the names; null where a figure cannot be computed)
+---------------------------------------------------------------------
+- ``report``: ``period_start``, ``period_end`` (ISO UTC, half-open), ``site``, ``timezone``,
+  ``profile_hashes`` (every profile hash in force during the period), ``measurement_intervals``,
+  ``superseded_measurements``, ``notes`` (list of sentences), ``audit`` {``ok``, ``records``,
+  ``head_seq``, ``head_hash``, ``first_bad_seq``, ``problem``}.
+- ``energy``: ``intervals``, ``hours_covered``, ``grid_import_mwh``, ``load_mwh``,
+  ``renewable_generation_mwh``, ``renewable_used_mwh``, ``renewable_share_annual_pct``,
+  ``renewable_share_hourly_pct``.
+- ``emissions``: ``grid_import_mwh``, ``location_based_kg``, ``location_intensity_sources``
+  {source: intervals}, ``intervals_recorded_intensity``, ``intervals_default_intensity``,
+  ``market_based_kg``, ``market_method``, ``recs_mwh``, ``recs_applied_mwh``, ``recs_source``,
+  ``residual_mix_kg_per_mwh``, ``hashrate_ph_h``, ``location_kg_per_ph_h``, ``market_kg_per_ph_h``,
+  ``notes``, ``budget`` {``daily_budget_kg``, ``monthly_budget_kg``, ``used_kg``, ``limit_kg``,
+  ``used_pct``, ``days_over``, ``per_day`` [{``day``, ``emissions_kg``, ``budget_kg``, ``used_pct``,
+  ``over``}], ``per_month`` [{``month``, ...}]}.
+- ``efficiency``: ``load_mwh``, ``hashrate_ph_h``, ``average_hashrate_ph_s``, ``average_j_per_th``.
+- ``noise``: ``night_definition``, ``receptors`` {id: {``all``|``day``|``night``: {``hours``,
+  ``measured_laeq_dba``, ``model_laeq_dba``, ``max_hourly_measured_dba``, ``lowest_cap_dba``,
+  ``minutes_over_cap``, ``hours_over_cap``}, ``hourly``: [{``hour_start``, ``measured_laeq_dba``,
+  ``model_laeq_dba``, ``cap_dba``, ``minutes_over_cap``, ``night``}]}}.
+- ``demand_response``: ``tolerance_kw``, ``events`` [{``event_id``, ``accepted``, ``messages``,
+  ``rejections``, ``program``, ``issuer``, ``modification_number``, ``start``, ``end``,
+  ``cancelled_at``, ``received_at``, ``limit_kw``, ``intervals``, ``compliant_intervals``,
+  ``compliance_pct``, ``requested_reduction_kw``, ``delivered_reduction_kw``, ``delivered_pct``,
+  ``worst_excess_kw``, ``response_s``, ``ack_s``, ``first_action_s``, ``per_interval``
+  [{``interval_start``, ``interval_end``, ``limit_kw``, ``baseline_kw``, ``baseline_source``,
+  ``measured_kw``, ``requested_kw``, ``delivered_kw``, ``compliant``}]}], ``high_price``
+  {``threshold_usd_mwh``, ``intervals``, ``hours``, ``curtailed_mwh``, ``intervals_without_full_load``}.
+- ``economics``: ``revenue_usd``, ``energy_cost_usd``, ``profit_usd``,
+  ``average_energy_cost_usd_per_mwh``, ``curtailment_hours``, ``curtailed_mwh``.
+- ``hourly``: [{``hour_start``, ``hours`` (covered), ``grid_import_mwh``, ``renewable_generation_mwh``,
+  ``renewable_used_mwh``, ``load_mwh``, ``location_kg``, ``hashrate_ph_h``, ``revenue_usd``,
+  ``energy_cost_usd``, ``price_usd_mwh`` (mean weighted by hours)}] — the series the plots draw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from hashflex.audit import AuditLog
+from hashflex.report import figures as F
+
+__all__ = ["RecsInput", "build_report", "load_recs", "report_from_records"]
+
+SECTIONS = ("report", "energy", "emissions", "efficiency", "noise", "demand_response", "economics", "hourly")
+
+
+@dataclass(frozen=True)
+class RecsInput:
+    mwh: float
+    residual_mix_kg_per_mwh: float | None
+    source: str
+
+
+def load_recs(path: str | Path, start: pd.Timestamp, end: pd.Timestamp) -> RecsInput:
+    """RECs retired for the site: CSV with ``mwh`` and optional ``period_start``, ``period_end``,
+    ``residual_mix_kg_per_mwh``; or JSON ``{"recs": [{...}], "residual_mix_kg_per_mwh": x}``.
+    A certificate with a period counts pro rata to its overlap with [start, end); without one, whole."""
+    path = Path(path)
+    raw = path.read_bytes()
+    residual = None
+    if path.suffix.lower() == ".json":
+        data = json.loads(raw)
+        frame = pd.DataFrame(data.get("recs", []))
+        residual = data.get("residual_mix_kg_per_mwh")
+    else:
+        frame = pd.read_csv(path)
+        if "residual_mix_kg_per_mwh" in frame and frame["residual_mix_kg_per_mwh"].notna().any():
+            residual = float(frame["residual_mix_kg_per_mwh"].dropna().iloc[0])
+    if "mwh" not in frame:
+        raise ValueError(f"{path}: RECs need an 'mwh' column")
+    total = 0.0
+    for row in frame.to_dict("records"):
+        mwh = float(row["mwh"])
+        p0, p1 = row.get("period_start"), row.get("period_end")
+        if isinstance(p0, str) and isinstance(p1, str):
+            a, b = pd.Timestamp(p0), pd.Timestamp(p1)
+            a = a.tz_localize("UTC") if a.tzinfo is None else a
+            b = b.tz_localize("UTC") if b.tzinfo is None else b
+            overlap = (min(b, end) - max(a, start)).total_seconds()
+            span = (b - a).total_seconds()
+            mwh *= max(overlap, 0.0) / span if span > 0 else 0.0
+        total += mwh
+    digest = hashlib.sha256(raw).hexdigest()
+    return RecsInput(total, None if residual is None else float(residual), f"{path.name} sha256:{digest}")
+
+
+def report_from_records(records: list[Any], start: pd.Timestamp, end: pd.Timestamp, *, audit: dict[str, Any],
+                        recs: RecsInput | None = None, high_price_usd_mwh: float = 100.0,
+                        dr_tolerance_kw: float = 0.0) -> dict[str, Any]:
+    """Every figure of the report from decoded audit records (pure)."""
+    inputs = F.inputs_from_records(records, start, end)
+    m = inputs.measurements
+    tz = F.site_timezone(inputs.configs)
+    in_force = [c for c in inputs.configs if c["at"] < end]
+    hashes = sorted({c["profile_hash"] for c in in_force if c["at"] >= start}
+                    | ({F.config_at(in_force, start)["profile_hash"]} if in_force else set()))
+    notes = []
+    if not audit["ok"]:
+        notes.append(f"AUDIT CHAIN FAILED at seq {audit['first_bad_seq']}: {audit['problem']}")
+    if not inputs.configs:
+        notes.append("no config record: default carbon intensity, site timezone and budgets unknown (UTC used)")
+    if m.empty:
+        notes.append("no measurement records in the period")
+    if inputs.superseded:
+        notes.append(f"{inputs.superseded} measurement record(s) superseded by a later record for the same interval")
+    site = (inputs.configs[-1]["profile"].get("site") or {}).get("name") if inputs.configs else None
+    return {
+        "report": {"period_start": start.isoformat(), "period_end": end.isoformat(), "site": site, "timezone": tz,
+                   "profile_hashes": hashes, "measurement_intervals": int(len(m)),
+                   "superseded_measurements": inputs.superseded, "notes": notes, "audit": audit},
+        "energy": F.energy_figures(m),
+        "emissions": F.emissions_figures(m, inputs.configs, recs_mwh=recs.mwh if recs else None,
+                                         residual_mix_kg_per_mwh=recs.residual_mix_kg_per_mwh if recs else None,
+                                         recs_source=recs.source if recs else None, tz=tz),
+        "efficiency": F.efficiency_figures(m),
+        "noise": F.noise_figures(inputs.noise, tz),
+        "demand_response": F.dr_figures(m, inputs, end, tolerance_kw=dr_tolerance_kw,
+                                        high_price_usd_mwh=high_price_usd_mwh),
+        "economics": F.economics_figures(m),
+        "hourly": F.hourly_figures(m, inputs.configs),
+    }
+
+
+def build_report(db: str | Path, start: Any, end: Any, *, recs_file: str | Path | None = None,
+                 high_price_usd_mwh: float = 100.0, dr_tolerance_kw: float = 0.0) -> dict[str, Any]:
+    """Read the audit trail of ``db`` (read-only), verify it, and compute the report for the period.
+
+    ``start``/``end``: timestamps with an offset are instants (end exclusive); a bare date or naive
+    time is site-local (timezone of the latest ``config`` record, else UTC), and a bare ``end``
+    date includes that whole day (``--from 2026-03-01 --to 2026-03-31`` is all of March)."""
+    log = AuditLog(db, readonly=True)
+    try:
+        result = log.verify()
+        records = log.records()
+    finally:
+        log.close()
+    tz = F.site_timezone([{"profile": r.payload.get("profile") or {}} for r in records if r.kind == "config"])
+    start, end = resolve_period(start, end, tz)
+    audit = {"ok": result.ok, "records": result.records, "head_seq": result.head_seq,
+             "head_hash": result.head_hash, "first_bad_seq": result.first_bad_seq, "problem": result.problem}
+    if not result.ok:
+        audit["head_seq"] = records[-1].seq if records else None
+        audit["head_hash"] = records[-1].hash if records else None
+    recs = load_recs(recs_file, start, end) if recs_file else None
+    return report_from_records(records, start, end, audit=audit, recs=recs, high_price_usd_mwh=high_price_usd_mwh,
+                               dr_tolerance_kw=dr_tolerance_kw)
+
+
+def resolve_period(start: Any, end: Any, tz: str = "UTC") -> tuple[pd.Timestamp, pd.Timestamp]:
+    """UTC [start, end) from CLI-style values (see :func:`build_report`)."""
+    def one(value: Any, is_end: bool) -> pd.Timestamp:
+        bare_date = isinstance(value, str) and len(value.strip()) == 10
+        stamp = pd.Timestamp(value)
+        if stamp.tzinfo is None:
+            stamp = stamp.tz_localize(tz)
+        if is_end and bare_date:
+            stamp = (stamp.tz_localize(None) + pd.Timedelta(days=1)).tz_localize(tz)
+        return stamp.tz_convert("UTC")
+
+    a, b = one(start, False), one(end, True)
+    if b <= a:
+        raise ValueError(f"period end {b} is not after start {a}")
+    return a, b

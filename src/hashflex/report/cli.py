@@ -1,0 +1,110 @@
+"""``hashflex report`` and ``hashflex audit verify|sign``: register with :func:`add_report_parsers`.
+
+::
+
+    hashflex report --from 2026-03-01 --to 2026-03-31 [--db hashflex.db] [--format html|json|csv]
+                    [--out FILE] [--recs FILE] [--high-price 100] [--dr-tolerance-kw 0]
+    hashflex audit verify [--db hashflex.db] [--signature hf-audit-v1:...]   # exit 0 pass, 1 fail
+    hashflex audit sign [--db hashflex.db]       # prints a signed head (key: HASHFLEX_AUDIT_HMAC_KEY)
+
+``--db`` defaults to env ``HASHFLEX_DB``, else ``hashflex.db``. A report on a chain that fails
+verification is still written (marked FAILED at the top) and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from hashflex.audit import AuditError, AuditLog
+
+__all__ = ["add_report_parsers", "cmd_audit_sign", "cmd_audit_verify", "cmd_report"]
+
+DEFAULT_DB = "hashflex.db"
+
+
+def _db(args: argparse.Namespace) -> Path:
+    path = Path(args.db or os.environ.get("HASHFLEX_DB") or DEFAULT_DB)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such database")
+    return path
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hashflex.report import build_report
+    from hashflex.report.render import render
+
+    fmt = args.format or (Path(args.out).suffix.lstrip(".").lower() if args.out else "") or "html"
+    if fmt not in ("html", "json", "csv"):
+        raise ValueError(f"format {fmt!r}: expected html, json or csv")
+    report = build_report(_db(args), args.start, args.end, recs_file=args.recs,
+                          high_price_usd_mwh=args.high_price, dr_tolerance_kw=args.dr_tolerance_kw)
+    text = render(report, fmt)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"report ({fmt}) written to {args.out}")
+    else:
+        sys.stdout.write(text)
+    audit = report["report"]["audit"]
+    if not audit["ok"]:
+        print(f"warning: audit chain FAILED at seq {audit['first_bad_seq']}: {audit['problem']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    log = AuditLog(_db(args), readonly=True)
+    try:
+        result = log.verify_head(args.signature) if args.signature else log.verify()
+    except AuditError as exc:
+        print(f"audit verify: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        log.close()
+    if result.ok:
+        print(result.describe() + (" ; signed head matches" if args.signature else ""))
+        return 0
+    print(result.describe(), file=sys.stderr)
+    return 1
+
+
+def cmd_audit_sign(args: argparse.Namespace) -> int:
+    log = AuditLog(_db(args), readonly=True)
+    try:
+        print(log.sign_head())
+    except AuditError as exc:
+        print(f"audit sign: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        log.close()
+    return 0
+
+
+def add_report_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``report`` and ``audit {verify,sign}`` to the ``hashflex`` subcommands (``handler`` set)."""
+    report = subparsers.add_parser("report", help="sustainability and DR report from the audit trail")
+    report.add_argument("--from", dest="start", required=True,
+                        help="period start: a date (site-local midnight) or ISO time with offset")
+    report.add_argument("--to", dest="end", required=True,
+                        help="period end: a date (included, to the next midnight) or ISO time (excluded)")
+    report.add_argument("--db", help=f"database (default $HASHFLEX_DB or {DEFAULT_DB})")
+    report.add_argument("--format", choices=("html", "json", "csv"), help="default: from --out suffix, else html")
+    report.add_argument("--out", help="write to this file (default: stdout)")
+    report.add_argument("--recs", help="RECs file (CSV or JSON with mwh; optional period, residual mix factor)")
+    report.add_argument("--high-price", type=float, default=100.0,
+                        help="USD/MWh at or above which an interval counts as high-price (default 100)")
+    report.add_argument("--dr-tolerance-kw", type=float, default=0.0,
+                        help="kW over a DR limit still counted as compliant (default 0)")
+    report.set_defaults(handler=cmd_report)
+
+    audit = subparsers.add_parser("audit", help="check the audit trail")
+    actions = audit.add_subparsers(dest="audit_command", required=True)
+    verify = actions.add_parser("verify", help="verify the hash chain (exit 0 pass, 1 fail)")
+    verify.add_argument("--db", help=f"database (default $HASHFLEX_DB or {DEFAULT_DB})")
+    verify.add_argument("--signature", help="also check a signed head from 'audit sign' (needs the HMAC key)")
+    verify.set_defaults(handler=cmd_audit_verify)
+    sign = actions.add_parser("sign", help="print an HMAC-signed chain head (key in HASHFLEX_AUDIT_HMAC_KEY)")
+    sign.add_argument("--db", help=f"database (default $HASHFLEX_DB or {DEFAULT_DB})")
+    sign.set_defaults(handler=cmd_audit_sign)
