@@ -398,6 +398,6 @@ def test_provenance_lists_every_bundled_file_with_its_hash() -> None:
     folder = bundled_path("ercot/PROVENANCE.md").parent
     provenance = (folder / "PROVENANCE.md").read_text()
     csvs = sorted(folder.glob("*.csv"))
-    assert len(csvs) == 6
+    assert len(csvs) == 8  # six price files + wind and solar reports
     for path in csvs:
         assert f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}" in provenance
