@@ -18,6 +18,7 @@ not); the unit is also parsed and its required keys checked everywhere.
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import pwd
 import re
@@ -25,11 +26,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -502,6 +506,63 @@ def test_new_miner_added_with_mosquitto_passwd_and_sighup(broker: AuthBroker,
     assert_authorized(daemon.publish(T.setpoint("m3"), setpoint), "daemon -> out/setpoint/m3")
     miner.wait_for(setpoint)
     assert_refused(miner.publish(T.telemetry("m1"), token("x")), "m3 -> in/telemetry/m1")
+
+
+def test_the_real_daemon_works_within_its_acl(broker: AuthBroker, connect: Callable[..., Peer],
+                                             tmp_path: Path) -> None:
+    """``hashflex run`` as identity ``hashflex``, configured by the env-file variables: its status reaches a
+    site manager, a sensor's reading reaches its ingest, and it stops cleanly on SIGTERM."""
+    site = "quiet_hollow"  # the bundled profile's site id, as used in its topics
+    http_port = free_port()
+    env = {**os.environ, "HASHFLEX_MQTT_HOST": broker.host, "HASHFLEX_MQTT_PORT": str(broker.port),
+           "HASHFLEX_MQTT_USERNAME": "hashflex", "HASHFLEX_MQTT_PASSWORD": PASSWORDS["hashflex"],
+           "HASHFLEX_STORE": str(tmp_path / "hashflex.sqlite"), "HASHFLEX_HTTP_HOST": "127.0.0.1",
+           "HASHFLEX_HTTP_PORT": str(http_port)}
+    manager, sensor = connect("site-manager"), connect("noise-maple_lane")
+    topics = Topics(site)
+    manager.subscribe(topics.status)
+    log_path = tmp_path / "daemon.log"
+    with log_path.open("wb") as log:
+        daemon = subprocess.Popen([sys.executable, "-m", "hashflex.cli", "--log-level", "INFO", "run",
+                                   "--profile", site], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def daemon_log() -> str:
+            return log_path.read_text(errors="replace")
+
+        def status() -> dict | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/status", timeout=2) as response:
+                    return json.loads(response.read())
+            except (OSError, ValueError):
+                return None
+
+        poll_until(lambda: daemon.poll() is not None or manager.messages, 60,
+                   message="the daemon's out/status at the site manager")
+        assert daemon.poll() is None, daemon_log()
+        assert manager.messages[0][0] == topics.status
+        poll_until(lambda: daemon.poll() is not None or "ingest: connected" in daemon_log(), 30,
+                   message="the daemon's ingest to connect")
+        reading = {"receptor_id": "maple_lane", "laeq_dba": 41.5, "averaging_s": 60, "meter_class": 1,
+                   "timestamp": datetime.now(timezone.utc).isoformat()}
+        assert_authorized(sensor.publish(topics.noise("maple_lane"), json.dumps(reading).encode()), "noise")
+
+        def noise_accepted() -> bool:
+            current = status()
+            return bool(current) and current.get("inputs", {}).get("noise", {}).get("accepted", 0) >= 1
+
+        poll_until(lambda: daemon.poll() is not None or noise_accepted(), 30,
+                   message="the sensor's reading to be accepted by the daemon")
+        assert daemon.poll() is None, daemon_log()
+    finally:
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait(timeout=10)
+    assert daemon.returncode == 0, daemon_log()
+    assert "Not authorized" not in daemon_log() and "not authorised" not in daemon_log()
 
 
 def test_broker_log_shows_no_acl_or_config_errors(broker: AuthBroker) -> None:
