@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -217,3 +219,89 @@ def test_publishing_1000_setpoints_is_fast(mosquitto, site) -> None:
     finally:
         sub.terminate()
         sub.wait(5)
+
+
+def custom_broker(tmp_path, config: str):
+    """A private mosquitto with extra configuration (auth, ACL, TLS); stopped by the caller."""
+    from conftest import MosquittoBroker, find_mosquitto
+
+    binary = find_mosquitto()
+    assert binary is not None, "mosquitto is required"
+    broker = MosquittoBroker(binary, tmp_path)
+    # started as root, mosquitto would drop to the "mosquitto" user, which cannot read tmp_path
+    stay = "user root\n" if os.geteuid() == 0 else ""
+    broker.conf.write_text(f"listener {broker.port} 127.0.0.1\npersistence false\n{stay}"
+                           f"log_dest file {broker.log}\n{config}")
+    broker.start()
+    return broker
+
+
+def test_acl_denial_is_rejected_and_bad_password_unreachable(tmp_path) -> None:
+    passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    if not os.access(passwd, os.X_OK):
+        pytest.skip("mosquitto_passwd not installed")
+    subprocess.run([passwd, "-b", "-c", str(tmp_path / "passwd"), "dispatcher", "s3cret"], check=True)
+    (tmp_path / "acl").write_text("user dispatcher\ntopic write hashflex/auth/out/#\n"
+                                  "topic read hashflex/auth/in/telemetry/+\n")
+    broker = custom_broker(tmp_path, f"allow_anonymous false\npassword_file {tmp_path / 'passwd'}\n"
+                                     f"acl_file {tmp_path / 'acl'}\n")
+    clock = ScaledClock(1.0)
+    try:
+        with MqttDriver("auth", broker.host, broker.port, username="dispatcher", password="s3cret") as ok:
+            allowed = ok.apply([sp(clock, "air-0", "eco", 2.9)])[0]
+        with MqttDriver("other", broker.host, broker.port, username="dispatcher", password="s3cret") as other:
+            denied = other.apply([sp(clock, "air-0", "eco", 2.9)])[0]
+        wrong = MqttDriver("auth", broker.host, broker.port, username="dispatcher", password="guess").start()
+        try:
+            refused = wrong.apply([sp(clock, "air-0", "eco", 2.9)])[0]
+        finally:
+            wrong.close()
+    finally:
+        broker.stop()
+    # authenticated and allowed: acknowledged, but nobody listens for this miner
+    assert allowed.status is SetpointStatus.UNREACHABLE and "no subscriber" in allowed.reason
+    assert denied.status is SetpointStatus.REJECTED and "Not authorized" in denied.reason
+    assert refused.status is SetpointStatus.UNREACHABLE and "cannot connect" in refused.reason
+    assert "connection refused" in refused.reason
+
+
+def test_setpoints_over_tls(tmp_path) -> None:
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+            "-keyout", "ca.key", "-out", "ca.crt")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+            "-out", "server.csr")
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "1", "-extfile", "san.ext", "-out", "server.crt")
+    broker = custom_broker(tmp_path, f"allow_anonymous true\ncafile {tmp_path / 'ca.crt'}\n"
+                                     f"certfile {tmp_path / 'server.crt'}\nkeyfile {tmp_path / 'server.key'}\n")
+    clock = ScaledClock(600.0)
+    try:
+        with MqttDriver("tls", broker.host, broker.port, tls_ca_file=str(tmp_path / "ca.crt"), clock=clock) as drv:
+            sim = _tls_miners(broker, tmp_path, clock)
+            try:
+                result = drv.apply([sp(clock, "air-0", "eco", 2.9)])[0]
+                verified = drv.verify(timeout_s=5.0)
+            finally:
+                sim.stop()
+        plain = MqttDriver("tls", broker.host, broker.port, clock=clock)  # no TLS: the handshake fails
+        refused = plain.apply([sp(clock, "air-0", "eco", 2.9)])[0]
+        plain.close()
+    finally:
+        broker.stop()
+    assert result.status is SetpointStatus.APPLIED, result
+    assert [v.status for v in verified] == [SetpointStatus.APPLIED]
+    assert refused.status is SetpointStatus.UNREACHABLE
+
+
+def _tls_miners(broker, tmp_path, clock) -> MqttSimulatedMiners:
+    sim = MqttSimulatedMiners("tls", broker.host, broker.port, MINERS, clock=clock, telemetry_interval_s=0.05,
+                              tls_ca_file=str(tmp_path / "ca.crt"))
+    sim.start()
+    assert sim.wait_ready(10)
+    return sim

@@ -509,7 +509,8 @@ class MqttSimulatedMiners(_Fleet):
 
     def __init__(self, site: str, host: str, port: int, miners: Mapping[str, MinerGroup], *,
                  clock: Clock | None = None, telemetry_interval_s: float = 0.5,
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None, username: str | None = None, password: str | None = None,
+                 tls_ca_file: str | None = None) -> None:
         super().__init__(miners, clock or ScaledClock())
         self.topics = Topics(site)
         self.host, self.port, self.telemetry_interval_s = host, port, telemetry_interval_s
@@ -518,6 +519,10 @@ class MqttSimulatedMiners(_Fleet):
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                                    client_id=client_id or f"hashflex-sim-{site}-{next(self._ids)}",
                                    protocol=mqtt.MQTTv5)
+        if username is not None:
+            self._client.username_pw_set(username, password)
+        if tls_ca_file is not None:
+            self._client.tls_set(ca_certs=tls_ca_file)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._connected = threading.Event()
