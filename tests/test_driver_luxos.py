@@ -186,7 +186,7 @@ def test_unknown_mode_expired_setpoint_and_unknown_miner_are_rejected_without_se
     assert "no LuxOS profile for mode 'turbo'" in results[0].reason
     assert "expired" in results[1].reason
     assert "unknown miner" in results[2].reason
-    assert fleet.commands["air-0"] == [] and fleet.commands["air-1"] == []
+    assert len(fleet.commands["air-0"]) == 0 and len(fleet.commands["air-1"]) == 0
 
 
 def test_fifty_miners_are_driven_concurrently() -> None:

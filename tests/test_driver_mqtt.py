@@ -65,7 +65,7 @@ def test_setpoints_arrive_with_expiry_property_and_payload_deadline(mosquitto, s
         assert message.expires_at == batch[0].expires_at and message.mode == "eco"
         assert expiry in (89, 90)  # whole seconds left, rounded down
         assert sim.received["air-1"][-1][1] in (29, 30)
-        assert sim.received["air-2"] == []
+        assert len(sim.received["air-2"]) == 0
 
 
 def test_telemetry_verifies_setpoints_after_boot(miners, driver, clock) -> None:
@@ -154,7 +154,7 @@ def test_expired_and_invalid_setpoints_are_rejected_without_publishing(miners, d
     assert [r.status for r in results] == [SetpointStatus.REJECTED] * 2
     assert "expired" in results[0].reason and "miner_id" in results[1].reason
     time.sleep(0.2)
-    assert miners.received["air-0"] == [] and miners.received["air-1"] == []
+    assert len(miners.received["air-0"]) == 0 and len(miners.received["air-1"]) == 0
 
 
 def test_driver_without_broker_reports_unreachable(mosquitto_factory) -> None:

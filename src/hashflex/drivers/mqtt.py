@@ -21,7 +21,7 @@ re-subscription) subscribed to ``in/telemetry/+``.
 PUBACK only means the broker has it. Verification follows telemetry on ``in/telemetry/+``: a
 setpoint is confirmed by the first telemetry *received after it was published* (ordering by arrival,
 so miner clock skew does not matter) whose mode equals the setpoint's and whose power is within
-``max(tolerance_kw, tolerance × target)``. ``verify(timeout_s)`` waits for the outstanding setpoints
+``max(tolerance_kw, tolerance × target)`` (for ``sleep`` the mode alone: idle power varies by model). ``verify(timeout_s)`` waits for the outstanding setpoints
 and returns ``applied`` for confirmed ones and ``unverified`` (with the last telemetry seen) for the
 rest; a newer setpoint for a miner replaces the outstanding one. Feed both to a
 :class:`~hashflex.drivers.base.MinerRegistry`.
@@ -227,6 +227,8 @@ class MqttDriver:
 
     # ------------------------------------------------------------------ verification
     def _judge(self, sp: _SetpointLike, telemetry: TelemetryMessage) -> str | None:
+        if sp.mode == SLEEP:  # asleep draws the group's idle power, whatever the target says
+            return f"telemetry confirms sleep at {telemetry.power_kw:.3f} kW" if telemetry.mode == SLEEP else None
         band = max(self.tolerance_kw, self.tolerance * sp.power_target_kw)
         if telemetry.mode == sp.mode and abs(telemetry.power_kw - sp.power_target_kw) <= band:
             return f"telemetry confirms {sp.mode} at {telemetry.power_kw:.3f} kW"

@@ -34,6 +34,7 @@ change state), ``expire_sessions``, ``take_offline`` (the port stops listening).
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import itertools
 import json
@@ -249,7 +250,9 @@ class SimulatedMinerFleet(_Fleet):
             names = dict((profile_names or {}).get(group.id, {}))
             self._profiles[group.id] = {names.get(m.name, m.name): m.name for m in group.modes}
         self.api = {mid: _LuxState() for mid in self.miners}
-        self.commands: dict[str, list[tuple[str, str]]] = {mid: [] for mid in self.miners}
+        # the last commands each miner received (command, parameter), newest last
+        self.commands: dict[str, collections.deque[tuple[str, str]]] = {
+            mid: collections.deque(maxlen=1000) for mid in self.miners}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping: asyncio.Event | None = None
@@ -514,8 +517,10 @@ class MqttSimulatedMiners(_Fleet):
         super().__init__(miners, clock or ScaledClock())
         self.topics = Topics(site)
         self.host, self.port, self.telemetry_interval_s = host, port, telemetry_interval_s
-        self.received: dict[str, list[tuple[SetpointMessage, int | None]]] = {m: [] for m in self.miners}
-        self.rejected: list[str] = []
+        # the last setpoints each miner received, with the Message Expiry Interval it arrived with
+        self.received: dict[str, collections.deque[tuple[SetpointMessage, int | None]]] = {
+            m: collections.deque(maxlen=1000) for m in self.miners}
+        self.rejected: collections.deque[str] = collections.deque(maxlen=1000)
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                                    client_id=client_id or f"hashflex-sim-{site}-{next(self._ids)}",
                                    protocol=mqtt.MQTTv5)
