@@ -110,15 +110,8 @@ class AuthBroker:
             args = [self.passwd_binary, *(["-c"] if i == 0 else []), "-b", str(passwd), user, password]
             subprocess.run(args, check=True, capture_output=True, timeout=30)
         shutil.copyfile(ACL, self.workdir / "acl")
-        # Started as root, mosquitto drops to the "mosquitto" user, which must reach its files.
-        if os.geteuid() == 0:
-            try:
-                account = pwd.getpwnam("mosquitto")
-            except KeyError:
-                account = None
-            if account is not None:
-                for path in (self.workdir, *self.workdir.iterdir()):
-                    os.chown(path, account.pw_uid, account.pw_gid)
+        for path in (self.workdir, *self.workdir.iterdir()):
+            _give_to_broker_user(path)
 
     def log_text(self) -> str:
         log = self.workdir / "mosquitto.log"
@@ -137,8 +130,7 @@ class AuthBroker:
             self.port = free_port()
             conf = self.workdir / "mosquitto.conf"
             conf.write_text(adapt_broker_config(CONF.read_text(), self.port, self.workdir))
-            if os.geteuid() == 0 and _has_user("mosquitto"):
-                shutil.chown(conf, user="mosquitto")
+            _give_to_broker_user(conf)
             self.proc = subprocess.Popen([self.binary, "-c", str(conf)],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             deadline = time.monotonic() + TIMEOUT_S
@@ -168,12 +160,15 @@ class AuthBroker:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _has_user(name: str) -> bool:
+def _give_to_broker_user(path: Path) -> None:
+    """Started as root, mosquitto drops to the "mosquitto" user, which must reach its files (as in production)."""
+    if os.geteuid() != 0:
+        return
     try:
-        pwd.getpwnam(name)
-        return True
+        account = pwd.getpwnam("mosquitto")
     except KeyError:
-        return False
+        return  # mosquitto then stays root or uses "nobody"; nothing to hand over
+    os.chown(path, account.pw_uid, account.pw_gid)
 
 
 @pytest.fixture(scope="module")
