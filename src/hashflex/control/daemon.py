@@ -76,7 +76,8 @@ def load_dr_book(store: Store, profile: SiteProfile) -> DRBook:
     rows = []
     for event_id in frame["event_id"] if not frame.empty else []:
         held = store.dr_event(event_id)
-        if held is not None:
+        # The ingest stores every well-formed DR message; only authorised issuers' events count.
+        if held is not None and held[0].issuer in profile.dr.issuers:
             rows.append(held)
     return DRBook.from_store(rows, profile)
 
