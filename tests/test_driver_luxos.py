@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from hashflex.drivers.base import MinerRegistry, Setpoint, SetpointStatus
+from hashflex.drivers.base import MinerRegistry, Setpoint, SetpointResult, SetpointStatus
 from hashflex.drivers.luxos import LuxosDriver, LuxosEndpoint
 from hashflex.profile import MinerGroup, MinerMode
 from hashflex.sim import MinerState, ScaledClock, SimulatedMinerFleet
@@ -239,3 +239,19 @@ def test_registry_marks_miner_unavailable_after_consecutive_timeouts(fleet) -> N
     assert not registry.is_available("hydro-1")
     assert "2 consecutive setpoints failed; last timeout" in registry.unavailable()["hydro-1"].reason
     assert registry.availability_by_group()["hydro"].available == 1
+
+
+def test_registry_restore_and_setpoint_validation() -> None:
+    registry = MinerRegistry({"m1": "g", "m2": "g"}, max_failures=1)
+    registry.record([SetpointResult("m1", SetpointStatus.UNREACHABLE, "connection refused"),
+                     SetpointResult("ghost", SetpointStatus.TIMEOUT, "not tracked")])
+    assert registry.availability_by_group()["g"].available == 1
+    assert registry.unavailable()["m1"].reason.endswith("last unreachable: connection refused")
+    registry.restore("m1")
+    assert registry.is_available("m1") and not registry.is_available("ghost")
+    now = datetime.now(timezone.utc)
+    with pytest.raises(ValueError, match="expires_at"):
+        Setpoint("m1", "eco", 1.0, now, now)
+    with pytest.raises(ValueError, match="timezone"):
+        Setpoint("m1", "eco", 1.0, now.replace(tzinfo=None), now.replace(tzinfo=None) + timedelta(seconds=1))
+    assert SetpointResult("m1", SetpointStatus.UNVERIFIED, "booting").ok is False

@@ -62,6 +62,7 @@ __all__ = ["MqttDriver"]
 log = logging.getLogger(__name__)
 
 _NO_MATCHING_SUBSCRIBERS = 16  # MQTT v5 PUBACK reason code 0x10
+_WRITE_BATCH = 1000  # PUBLISH packets per write before reading PUBACKs again
 
 
 class _SetpointLike(Protocol):
@@ -474,7 +475,7 @@ class QoS1Publisher:
         try:
             while next_item < len(items) or inflight:
                 out = []
-                while next_item < len(items) and len(inflight) < self.receive_maximum:
+                while next_item < len(items) and len(inflight) < self.receive_maximum and len(out) < _WRITE_BATCH:
                     pid, packet = self._publish_packet(*items[next_item])
                     if self.maximum_packet_size and len(packet) > self.maximum_packet_size:
                         outcomes[next_item] = PublishOutcome(
