@@ -34,6 +34,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -736,3 +737,33 @@ def test_containerfile_runs_unprivileged_with_healthcheck() -> None:
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert any(line.startswith("HEALTHCHECK ") and "/healthz" in line for line in lines)
     assert 'CMD ["run", "--profile", "/etc/hashflex/site.yaml"]' in lines
+
+
+def test_containerfile_healthcheck_command_follows_healthz() -> None:
+    """Run the HEALTHCHECK's exec-form command here: exit 0 on 200, non-zero on 503 or no server."""
+    text = CONTAINERFILE.read_text().replace("\\\n", " ")
+    command = json.loads(re.search(r"^HEALTHCHECK .*?CMD (\[.*\])$", text, re.MULTILINE).group(1))
+    answer = {"code": 200}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(answer["code"] if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {**os.environ, "HASHFLEX_HTTP_PORT": str(server.server_address[1])}
+        results = {}
+        for code in (200, 503):
+            answer["code"] = code
+            results[code] = subprocess.run(command, env=env, capture_output=True, timeout=30).returncode
+    finally:
+        server.shutdown()
+        server.server_close()
+    down = subprocess.run(command, env={**os.environ, "HASHFLEX_HTTP_PORT": str(free_port())},
+                          capture_output=True, timeout=30).returncode
+    assert results[200] == 0 and results[503] != 0 and down != 0, (results, down)
