@@ -43,7 +43,7 @@ def test_scaled_clock_runs_faster_than_real_time() -> None:
     clock = ScaledClock(600.0, start=T0)
     time.sleep(0.1)
     elapsed = (clock() - T0).total_seconds()
-    assert 55 <= elapsed < 120  # 0.1 s real ≈ 60 s simulated
+    assert 55 <= elapsed < 600  # 0.1 s real ≈ 60 s simulated (sleep may overrun under load)
     assert clock.real_seconds(300) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         ScaledClock(0)
