@@ -463,3 +463,28 @@ def test_cli_report_on_tampered_db_exits_1(db: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     assert _run(["report", "--from", START, "--to", END, "--db", str(db), "--out", str(out)]) == 1
     assert json.loads(out.read_text())["report"]["audit"]["first_bad_seq"] == 3
+
+
+def test_empty_period_has_no_events_and_still_renders(db: Path) -> None:
+    r = build_report(db, "2026-03-05T00:00Z", "2026-03-06T00:00Z")
+    assert r["demand_response"]["events"] == [] and r["report"]["measurement_intervals"] == 0
+    assert r["energy"]["grid_import_mwh"] == 0.0 and r["energy"]["renewable_share_annual_pct"] is None
+    assert r["efficiency"]["average_j_per_th"] is None and r["noise"]["receptors"] == {}
+    assert "no measurement records in the period" in r["report"]["notes"]
+    page = _Collector()
+    page.feed(to_html(r))
+    assert "demand-response" in page.sections
+    to_csv(r)
+
+
+def test_monthly_budget_limit(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    profile = _profile().model_copy(update={"carbon": CarbonSection(
+        monthly_budget_kg=1000.0, default_intensity_kg_per_mwh=500.0, intensity_source="x")})
+    with AuditLog(path) as log:
+        log.append("config", config_payload(profile), T0 - H)
+        log.append("measurement", measurement_payload(T0, 1.0, 400.0, 0, 400.0, 0, {}, None, 0, 0, 0), T0 + H)
+    b = build_report(path, START, END)["emissions"]["budget"]
+    assert b["limit_kg"] == 1000.0 and b["used_kg"] == 200.0 and b["used_pct"] == 20.0
+    assert b["per_month"] == [{"month": "2026-03", "emissions_kg": 200.0, "budget_kg": 1000.0, "used_pct": 20.0,
+                               "over": False}]

@@ -242,12 +242,14 @@ class AuditLog:
         return self.conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_log'").fetchone() is not None
 
-    def records(self, kind: str | None = None) -> list[AuditRecord]:
+    def records(self, kind: str | None = None, *, kinds: Iterable[str] | None = None) -> list[AuditRecord]:
+        """Records in seq order, optionally of one ``kind`` or of several ``kinds``."""
         if not self._has_table():
             return []
-        sql, params = _SELECT, ()
-        if kind is not None:
-            sql, params = sql + " WHERE kind = ?", (kind,)
+        wanted = [kind] if kind is not None else list(kinds or [])
+        sql, params = _SELECT, tuple(wanted)
+        if wanted:
+            sql += f" WHERE kind IN ({', '.join('?' * len(wanted))})"
         return [AuditRecord(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5])
                 for r in self.conn.execute(sql + " ORDER BY seq", params).fetchall()]
 

@@ -60,6 +60,7 @@ from hashflex.report import figures as F
 
 __all__ = ["RecsInput", "build_report", "load_recs", "report_from_records"]
 
+REPORT_KINDS = ("config", "measurement", "dr_event", "dr_ack", "guard_action")
 SECTIONS = ("report", "energy", "emissions", "efficiency", "noise", "demand_response", "economics", "hourly")
 
 
@@ -133,7 +134,7 @@ def report_from_records(records: list[Any], start: pd.Timestamp, end: pd.Timesta
                                          recs_source=recs.source if recs else None, tz=tz),
         "efficiency": F.efficiency_figures(m),
         "noise": F.noise_figures(inputs.noise, tz),
-        "demand_response": F.dr_figures(m, inputs, end, tolerance_kw=dr_tolerance_kw,
+        "demand_response": F.dr_figures(m, inputs, start, end, tolerance_kw=dr_tolerance_kw,
                                         high_price_usd_mwh=high_price_usd_mwh),
         "economics": F.economics_figures(m),
         "hourly": F.hourly_figures(m, inputs.configs),
@@ -150,7 +151,7 @@ def build_report(db: str | Path, start: Any, end: Any, *, recs_file: str | Path 
     log = AuditLog(db, readonly=True)
     try:
         result = log.verify()
-        records = log.records()
+        records = log.records(kinds=REPORT_KINDS)
     finally:
         log.close()
     tz = F.site_timezone([{"profile": r.payload.get("profile") or {}} for r in records if r.kind == "config"])

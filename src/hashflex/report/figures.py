@@ -18,12 +18,14 @@ Definitions (the units are in the key names):
   one is given, else at its location-based intensity. No RECs: market = location, and it says so.
   Intensity of hashing: kg CO2 per PH·h, where 1 PH·h = 1 PH/s of hashrate sustained for one hour
   (Σ hashrate_th_s·h / 1000). Budget: per site-local day (and month), emissions vs the profile's
-  ``daily_budget_kg`` (``monthly_budget_kg``); a day partly in the period counts its full budget.
+  ``daily_budget_kg`` (``monthly_budget_kg``); a day (month) partly in the period counts its full
+  budget; the limit is the daily budget × days, else the monthly budget × months (latest config).
 - efficiency: J/TH = Σ load·h·1000 / Σ hashrate_th_s·h (site load incl. idle units and auxiliaries).
 - noise, per receptor: hourly LAeq = energy average of the interval LAeqs weighted by h (measured
   ``noise_dba`` and modelled ``noise_model_dba``), hourly cap = the lowest cap in the hour; minutes
   over cap = Σ ``noise_over_cap_min``; night = site-local hours [22:00, 07:00).
-- demand response, per event (latest accepted terms; cancellation ends it at its receipt): the
+- demand response, per event in force during the period (latest accepted terms; a cancellation
+  ends it at its receipt; events never accepted are listed if received in the period): the
   intervals overlapping [start, end); per interval the baseline (the event's ``baseline_kw``, else
   the record's ``dr_baseline_kw``, else the mean import of the hour before the event start),
   requested = max(baseline − limit, 0), delivered = baseline − measured import, compliant when
@@ -287,9 +289,13 @@ def carbon_budget_figures(m: pd.DataFrame, loc_kg: pd.Series, configs: Sequence[
                  "budget_kg": _r(budget), "used_pct": _r(100.0 * kg / budget) if budget else None,
                  "over": bool(budget is not None and kg > budget)} for label, kg in used.items()]
         out[f"per_{period}"] = rows
-    budget = carbon.get("daily_budget_kg")
     total = float(loc_kg.sum())
-    limit = budget * len(out["per_day"]) if budget is not None else None
+    if carbon.get("daily_budget_kg") is not None:
+        limit = carbon["daily_budget_kg"] * len(out["per_day"])
+    elif carbon.get("monthly_budget_kg") is not None:
+        limit = carbon["monthly_budget_kg"] * len(out["per_month"])
+    else:
+        limit = None
     out["used_kg"] = _r(total)
     out["limit_kg"] = _r(limit)
     out["used_pct"] = _r(100.0 * total / limit) if limit else None
@@ -404,20 +410,24 @@ def _event_terms(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, An
     return events
 
 
-def dr_figures(m: pd.DataFrame, inputs: ReportInputs, period_end: pd.Timestamp, *, tolerance_kw: float = 0.0,
-               high_price_usd_mwh: float = 100.0) -> dict[str, Any]:
+def dr_figures(m: pd.DataFrame, inputs: ReportInputs, period_start: pd.Timestamp, period_end: pd.Timestamp, *,
+               tolerance_kw: float = 0.0, high_price_usd_mwh: float = 100.0) -> dict[str, Any]:
+    """Events in force during the period (or, if never accepted, received during it); see module doc."""
     events_out = []
     for eid, entry in _event_terms(inputs.dr_events).items():
         terms = entry["terms"]
         row: dict[str, Any] = {"event_id": eid, "accepted": entry["accepted"], "messages": entry["messages"],
                                "rejections": entry["rejections"]}
         if terms is None:
-            events_out.append(row)
+            if period_start <= entry["received_at"] < period_end:
+                events_out.append(row)
             continue
         start = _ts(terms["start"])
         end = _ts(terms.get("end")) or period_end
         if entry["cancelled_at"] is not None:
             end = min(end, max(entry["cancelled_at"], start))
+        if end <= period_start or start >= period_end:
+            continue
         limit = entry["limit_kw"]
         effective = max(start, entry["received_at"])
         sel = m[(m["interval_start"] < end) & (m["interval_end"] > start)]
