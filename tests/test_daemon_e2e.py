@@ -160,6 +160,9 @@ def test_dr_event_is_obeyed_and_survives_kill_9(site) -> None:  # noqa: ANN001
         broker.restart()
         tighter = event.model_copy(update={"modification_number": 1, "import_limit_kw": 8.0})
         poll_until(lambda: listener.client.is_connected(), 30, message="listener reconnected")
+        # The test broker keeps no sessions across a restart: wait until the daemon has resubscribed.
+        poll_until(lambda: json.loads(http_get(http_port, "/status")[1] or b"{}").get("mqtt_connected"), 60,
+                   message="daemon reconnected to the broker")
         deadline_acks = len(listener.acks)
         listener.publish(topics.dr, tighter.model_dump_json())
         poll_until(lambda: any(a["event_id"] == "ers-e2e" and a["modification_number"] == 1

@@ -103,7 +103,8 @@ def run_daemon(profile: SiteProfile, *, store_path: str, mqtt_host: str, mqtt_po
     ingest = MqttIngest(store, site, mqtt_host, mqtt_port, username=username, password=password,
                         tls_ca_file=tls_ca_file, client_id=f"hashflex-ingest-{site}")
     ingest.add_callback(lambda message: loop.on_message(message, utc_now()))
-    server = StatusServer(lambda now: {**loop.status(now), "inputs": ingest.stats()}, utc_now, http_host, http_port)
+    server = StatusServer(lambda now: {**loop.status(now), "inputs": ingest.stats(), "mqtt_connected": ingest.connected},
+                          utc_now, http_host, http_port)
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
