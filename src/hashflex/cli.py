@@ -123,7 +123,8 @@ def _run_simulated(profile, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hashflex", description=__doc__)
     parser.add_argument("--version", action="version", version=f"hashflex {__version__}")
-    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    parser.add_argument("--log-level", default=os.environ.get("HASHFLEX_LOG_LEVEL", "WARNING"),
+                        help="logging level (default $HASHFLEX_LOG_LEVEL or WARNING)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     plan = commands.add_parser("plan", help="solve one schedule and print it")
