@@ -160,7 +160,7 @@ def build_bare(problem: Problem) -> BareModel:
         members = np.flatnonzero(budget.mask)
         if members.size == 0:
             continue
-        first = rows.family(np.array([-np.inf]), np.array([float(budget.remaining_kg)]))
+        first = rows.family(np.array([-np.inf]), np.array([problem.effective_carbon_budget_kg(budget)]))
         rows.add(np.full(members.size, first), imp[members], kg_per_kw[members])
     # unit commitment: start − stop − on[t] + on[t−1] = 0 (t=0: = −on0)
     if U:

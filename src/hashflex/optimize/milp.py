@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import highspy
