@@ -135,3 +135,37 @@ def test_setpoints_always_expire(feb_2020_prices_west: pd.DataFrame) -> None:
 def test_horizon_forecast_contract() -> None:
     forecast = HorizonForecast(pd.date_range("2020-01-01", periods=2, freq="15min", tz="UTC"), np.array([1.0, 2.0]))
     assert forecast.fallbacks == () and forecast.input_ages_s == {}
+
+
+class FlakyFleet(SimulatedFleet):
+    """A simulated fleet in which some miners never answer."""
+
+    def __init__(self, profile, dead: set[str]) -> None:  # noqa: ANN001
+        super().__init__(profile)
+        self.dead = dead
+
+    def apply(self, batch):  # noqa: ANN001, ANN201
+        from hashflex.drivers.base import SetpointResult, SetpointStatus
+
+        alive = [sp for sp in batch if sp.miner_id not in self.dead]
+        results = {r.miner_id: r for r in super().apply(alive)}
+        return [results.get(sp.miner_id) or SetpointResult(sp.miner_id, SetpointStatus.TIMEOUT, "no answer within 2 s")
+                for sp in batch]
+
+
+def test_miners_that_never_answer_are_planned_without(feb_2020_prices_west: pd.DataFrame) -> None:
+    profile = load_profile("west_texas")
+    dead = {f"hydro_s21xp-{i:04d}" for i in range(1, 51)}
+    fleet = FlakyFleet(profile, dead)
+    loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, feb_2020_prices_west), driver=fleet,
+                       solver=SolveRunner(inline=True))
+    now = pd.Timestamp("2020-02-10T12:00-06:00").to_pydatetime()
+    for k in range(4):
+        report = loop.tick(now + timedelta(minutes=15 * k))
+    status = loop.status(report.at)
+    assert set(status["miners_unavailable"]) == dead
+    assert "consecutive setpoints failed" in next(iter(status["miners_unavailable"].values()))
+    running = {sp.miner_id for sp in report.batch if sp.mode != "sleep"}
+    assert not running & dead, "unavailable miners get no running setpoint"
+    assert report.schedule.frame["units_hydro_s21xp_eco"].iloc[0] + report.schedule.frame["units_hydro_s21xp_stock"].iloc[0] \
+        + report.schedule.frame["units_hydro_s21xp_turbo"].iloc[0] <= 2000 - 50

@@ -31,7 +31,7 @@ from hashflex.control.dr import DRBook
 from hashflex.control.fleet import SLEEP, FleetState, MinerSetpoint
 from hashflex.control.guard import Guard, GuardResult, Limits, Measurements
 from hashflex.control.solver import SolveRunner
-from hashflex.drivers.base import MinerDriver, Setpoint, SetpointResult
+from hashflex.drivers.base import MinerDriver, MinerRegistry, Setpoint, SetpointResult
 from hashflex.messages import (
     DRAckMessage,
     DREventMessage,
@@ -163,6 +163,9 @@ class ControlLoop:
         self.dr_book = dr_book or DRBook()
         self.solver = solver or SolveRunner(time_limit_s=config.solve_time_limit_s)
         self.guard = Guard(profile)
+        # Miners that keep failing setpoints (or, with a verifying driver, do not follow them) are
+        # marked unavailable, so the optimizer plans without them and /status names them.
+        self.registry = MinerRegistry({m.miner_id: m.group_id for m in self.fleet.miners.values()}, max_mismatches=2)
         self.interval_minutes = profile.site.interval_minutes
         self.periods = int(profile.site.horizon_hours * 60 / self.interval_minutes)
         self.fine_intervals = int(profile.site.fine_horizon_hours * 60 / self.interval_minutes)
@@ -245,8 +248,31 @@ class ControlLoop:
         results = self.driver.apply(to_driver_setpoints(batch))
         failed = {r.miner_id for r in results if r.status.value in ("rejected", "timeout", "unreachable")}
         self.counters["setpoint_failures"] += len(failed)
+        self.registry.record(results)
+        self._sync_availability()
         self.fleet.apply_setpoints([sp for sp in batch if sp.miner_id not in failed], now)
         return results
+
+    def _sync_availability(self) -> None:
+        down = self.registry.unavailable()
+        for miner in self.fleet.miners.values():
+            available = miner.miner_id not in down
+            if miner.available != available:
+                self.fleet.set_available(miner.miner_id, available)
+
+    def verify_setpoints(self, timeout_s: float = 0.0) -> None:
+        """Record what telemetry confirms (drivers that can verify), before the next plan."""
+        verify = getattr(self.driver, "verify", None)
+        if verify is None:
+            return
+        try:
+            results = verify(timeout_s)
+        except Exception:  # verification is advisory; never stop the loop for it
+            log.exception("setpoint verification failed")
+            return
+        with self._lock:
+            self.registry.record(results, verification=True)
+            self._sync_availability()
 
     # ------------------------------------------------------------------ fast path (MQTT thread)
 
@@ -353,6 +379,7 @@ class ControlLoop:
         while not stop.is_set():
             now = clock()
             if now >= next_tick:
+                self.verify_setpoints()
                 self.tick(now)
                 boundary = interval_floor(now, self.interval_minutes) + pd.Timedelta(minutes=self.interval_minutes)
                 next_tick = boundary.to_pydatetime()
@@ -410,6 +437,7 @@ class ControlLoop:
             "fallbacks_in_use": [] if report is None else list(report.fallbacks),
             "active_dr_events": self.dr_book.active_ids(now),
             "units_running": sum(1 for m in self.fleet.miners.values() if m.running),
+            "miners_unavailable": {m: u.reason for m, u in self.registry.unavailable().items()},
             "counters": dict(self.counters),
             "noise_offsets_db": dict(self.noise_offsets_db),
         }
