@@ -173,8 +173,8 @@ def test_inserted_record_with_made_up_hash(db: Path) -> None:
     prev = rows(db)[1][5]
     with raw(db) as conn:
         renumber(conn, 3, +1)
-        conn.execute("INSERT INTO audit_log VALUES (3, '2026-03-02T12:31:00.000000Z', 'measurement', '{\"i\":99}', ?, ?)",
-                     (prev, "f" * 64))
+        conn.execute("INSERT INTO audit_log VALUES (3, ?, 'measurement', ?, ?, ?)",
+                     ("2026-03-02T12:31:00.000000Z", '{"i":99}', prev, "f" * 64))
     result = verify(db)
     assert not result.ok and result.first_bad_seq == 3 and "inserted" in result.problem
 

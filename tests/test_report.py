@@ -216,7 +216,8 @@ def test_noise(report: dict) -> None:
     assert n["day"]["measured_laeq_dba"] == pytest.approx(45.0)
     assert n["night"]["measured_laeq_dba"] == pytest.approx(energy_avg([48.0, 40.0, 42.0]), abs=1e-3)
     assert n["night"]["model_laeq_dba"] == pytest.approx(energy_avg([47.0, 39.0, 41.0]), abs=1e-3)
-    assert n["all"]["minutes_over_cap"] == 25 and n["day"]["minutes_over_cap"] == 0 and n["night"]["minutes_over_cap"] == 25
+    assert n["all"]["minutes_over_cap"] == 25 and n["night"]["minutes_over_cap"] == 25
+    assert n["day"]["minutes_over_cap"] == 0
     assert n["all"]["hours_over_cap"] == 1 and n["night"]["hours_over_cap"] == 1  # 48 > 45 in hour 1
     assert n["night"]["lowest_cap_dba"] == 45 and n["day"]["max_hourly_measured_dba"] == 45
     assert n["day"]["hours"] == 1 and n["night"]["hours"] == 3

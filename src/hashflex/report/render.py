@@ -18,12 +18,14 @@ import html
 import io
 import json
 import math
+import re
 from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["flatten", "render", "to_csv", "to_html", "to_json", "FORMATS"]
 
 FORMATS = ("html", "json", "csv")
+_ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d")
 
 SECTION_IDS = {"energy": "energy", "emissions": "emissions", "efficiency": "efficiency", "noise": "noise",
                "demand_response": "demand-response", "economics": "economics"}
@@ -75,9 +77,44 @@ LABELS = {
     "profit_usd": "Profit (revenue − electricity cost)",
     "average_energy_cost_usd_per_mwh": "Average electricity cost",
     "curtailment_hours": "Hours with mining curtailed",
+    "hour_start": "Hour starting",
+    "interval_start": "Interval starting",
+    "cap_dba": "Limit in force",
+    "night": "Night",
+    "day": "Day (site time)",
+    "emissions_kg": "Emissions",
+    "budget_kg": "Budget",
+    "measured_kw": "Measured grid import",
+    "limit_kw": "Limit",
+    "baseline_kw": "Baseline",
+    "requested_kw": "Reduction asked",
+    "delivered_kw": "Reduction delivered",
+    "compliant": "At or under the limit",
+    "location_intensity_sources": "Carbon intensity used (intervals per source)",
+    "notes": "Notes",
 }
-UNITS = (("_mwh", "MWh"), ("_kg_per_ph_h", "kg CO₂/PH·h"), ("_kg_per_mwh", "kg CO₂/MWh"), ("_kg", "kg CO₂"),
-         ("_pct", "%"), ("_usd_per_mwh", "$/MWh"), ("_usd_mwh", "$/MWh"), ("_usd", "$"), ("_dba", "dB(A)"),
+# labels that depend on the section (matched on the dotted path, most specific first)
+PATH_LABELS = {
+    "demand_response.high_price.intervals": "Intervals at or above the high-price threshold",
+    "demand_response.high_price.hours": "Hours at or above the high-price threshold",
+    "demand_response.high_price.curtailed_mwh": "Mining switched off during high prices (energy not used)",
+}
+EVENT_LABELS = {
+    "event_id": "Event", "accepted": "Accepted by the site", "messages": "Messages received about it",
+    "rejections": "Messages rejected (reason)", "program": "Programme", "issuer": "Issued by",
+    "modification_number": "Latest modification", "start": "Start", "end": "End (or cancellation)",
+    "cancelled_at": "Cancelled at", "received_at": "First received", "limit_kw": "Grid import limit asked",
+    "intervals": "Control intervals during the event", "compliant_intervals": "Intervals at or under the limit",
+    "compliance_pct": "Compliance (intervals at or under the limit)",
+    "requested_reduction_kw": "Reduction asked (average, below baseline)",
+    "delivered_reduction_kw": "Reduction delivered (average, below baseline)",
+    "delivered_pct": "Delivered ÷ asked", "worst_excess_kw": "Largest excess over the limit",
+    "response_s": "Time until under the limit (upper bound)", "ack_s": "Time to acknowledge",
+    "first_action_s": "Time to the first protective action",
+}
+UNITS = (("_usd_per_mwh", "$/MWh"), ("_usd_mwh", "$/MWh"), ("_kg_per_ph_h", "kg CO₂/PH·h"),
+         ("_kg_per_mwh", "kg CO₂/MWh"), ("_mwh", "MWh"), ("_kg", "kg CO₂"),
+         ("_pct", "%"), ("_usd", "$"), ("_dba", "dB(A)"),
          ("_kw", "kW"), ("_ph_h", "PH·h"), ("_ph_s", "PH/s"), ("_j_per_th", "J/TH"), ("_hours", "h"),
          ("hours_covered", "h"), ("_s", "s"), ("minutes_over_cap", "min"))
 
@@ -149,6 +186,8 @@ def fmt(value: Any) -> str:
             return "n/a"
         text = f"{value:,.1f}" if abs(value) >= 1000 else f"{value:,.3f}"
         return text.rstrip("0").rstrip(".") if "." in text else text
+    if isinstance(value, str) and _ISO.match(value):
+        return value[:10] + " " + value[11:16] + " UTC" if value.endswith(("+00:00", "Z")) else value
     if isinstance(value, dict):
         return "; ".join(f"{k}: {fmt(v)}" for k, v in value.items()) or "none"
     if isinstance(value, list):
@@ -158,6 +197,10 @@ def fmt(value: Any) -> str:
 
 def _label(key: str) -> str:
     last = key.rsplit(".", 1)[-1]
+    if key in PATH_LABELS:
+        return PATH_LABELS[key]
+    if ".events." in key and last in EVENT_LABELS:
+        return EVENT_LABELS[last]
     return LABELS.get(last, last.replace("_", " ").capitalize())
 
 
@@ -217,7 +260,8 @@ def _png(draw: Any) -> str | None:
 def _plot(plot_id: str, caption: str, draw: Any) -> str:
     data = _png(draw)
     if data is None:
-        return f'<figure id="{plot_id}"><figcaption>{html.escape(caption)} (plot unavailable: matplotlib not installed)</figcaption></figure>'
+        return (f'<figure id="{plot_id}"><figcaption>{html.escape(caption)} '
+                f"(plot unavailable: matplotlib not installed)</figcaption></figure>")
     return (f'<figure id="{plot_id}"><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
@@ -317,7 +361,8 @@ def to_html(report: dict[str, Any]) -> str:
              f"<p>Site time zone {html.escape(meta['timezone'])}; {meta['measurement_intervals']} measured intervals. "
              f"Period is half-open: from the start up to, not including, the end.</p>"]
     status = ('<span class="ok">verified</span>' if audit["ok"]
-              else f'<span class="bad">FAILED at record {audit["first_bad_seq"]}: {html.escape(audit["problem"])}</span>')
+              else f'<span class="bad">FAILED at record {audit["first_bad_seq"]}: '
+                   f'{html.escape(audit["problem"])}</span>')
     parts += ['<section id="audit"><h2>Audit trail</h2>',
               f"<p>Audit chain: {status} ({audit['records']} records).</p>",
               f'<table class="figures"><tr data-figure="report.audit.head_hash"><th>Chain head hash (record '
@@ -338,10 +383,9 @@ def to_html(report: dict[str, Any]) -> str:
 
     em = report["emissions"]
     parts += ['<section id="emissions"><h2>Emissions</h2>', _figures_table(em, "emissions", skip=("budget",))]
-    if em["notes"]:
-        parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in em["notes"]) + "</ul>")
     parts += ["<h3>Carbon budget</h3>", _figures_table(em["budget"], "emissions.budget"),
-              _table(em["budget"]["per_day"], ["day", "emissions_kg", "budget_kg", "used_pct", "over"], "budget-per-day"),
+              _table(em["budget"]["per_day"], ["day", "emissions_kg", "budget_kg", "used_pct", "over"],
+                     "budget-per-day"),
               _emissions_plot(hourly), "</section>"]
 
     parts += ['<section id="efficiency"><h2>Efficiency</h2>', _figures_table(report["efficiency"], "efficiency"),
