@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -169,3 +170,24 @@ def test_miners_that_never_answer_are_planned_without(feb_2020_prices_west: pd.D
     assert not running & dead, "unavailable miners get no running setpoint"
     assert report.schedule.frame["units_hydro_s21xp_eco"].iloc[0] + report.schedule.frame["units_hydro_s21xp_stock"].iloc[0] \
         + report.schedule.frame["units_hydro_s21xp_turbo"].iloc[0] <= 2000 - 50
+
+
+def test_profile_reload_tightens_limits_but_refuses_a_new_fleet(feb_2020_prices_west: pd.DataFrame) -> None:
+    import yaml
+
+    from hashflex.profile import parse_profile
+
+    profile = load_profile("west_texas")
+    fleet = SimulatedFleet(profile)
+    loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, feb_2020_prices_west), driver=fleet,
+                       solver=SolveRunner(inline=True))
+    now = pd.Timestamp("2020-02-10T12:00-06:00").to_pydatetime()
+    loop.tick(now)
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "site_profiles" / "west_texas.yaml").read_text())
+    data["grid"]["import_limit_kw"] = 10_000
+    assert loop.reload_profile(parse_profile(yaml.safe_dump(data)), now) == "reloaded"
+    report = loop.tick(now + timedelta(minutes=15))
+    assert report.schedule.frame["grid_import_kw"].max() <= 10_000 + 1e-6
+    data["miner_groups"][0]["units"] = 10
+    assert loop.reload_profile(parse_profile(yaml.safe_dump(data)), now).startswith("refused")
+    assert loop.profile.grid.import_limit_kw == 10_000

@@ -67,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run_simulated(profile, args)
     from hashflex.control.daemon import run_daemon
 
-    run_daemon(profile, store_path=args.store, mqtt_host=args.mqtt_host, mqtt_port=args.mqtt_port,
+    run_daemon(profile, store_path=args.store, profile_path=args.profile if Path(args.profile).exists() else None, mqtt_host=args.mqtt_host, mqtt_port=args.mqtt_port,
                http_host=args.http_host, http_port=args.http_port,
                username=os.environ.get("HASHFLEX_MQTT_USERNAME"), password=os.environ.get("HASHFLEX_MQTT_PASSWORD"),
                tls_ca_file=os.environ.get("HASHFLEX_MQTT_TLS_CA"), time_limit_s=args.time_limit)

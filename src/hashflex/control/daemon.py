@@ -82,7 +82,19 @@ def load_dr_book(store: Store, profile: SiteProfile) -> DRBook:
     return DRBook.from_store(rows, profile)
 
 
-def run_daemon(profile: SiteProfile, *, store_path: str, mqtt_host: str, mqtt_port: int,
+def _reload(loop: ControlLoop, profile_path: str) -> None:
+    """SIGHUP: re-read the profile; an invalid file is refused with its errors, the old one stays."""
+    from hashflex.profile import ProfileError, load_profile
+
+    try:
+        profile = load_profile(profile_path)
+    except ProfileError as exc:
+        log.error("profile reload refused, keeping the running profile: %s", exc)
+        return
+    log.warning("profile reload (%s): %s", profile_path, loop.reload_profile(profile, utc_now()))
+
+
+def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | None = None, mqtt_host: str, mqtt_port: int,
                http_host: str = "127.0.0.1", http_port: int = DEFAULT_HTTP_PORT, driver: Any = None,
                username: str | None = None, password: str | None = None, tls_ca_file: str | None = None,
                stop: threading.Event | None = None, time_limit_s: float = 20.0) -> None:
@@ -108,6 +120,8 @@ def run_daemon(profile: SiteProfile, *, store_path: str, mqtt_host: str, mqtt_po
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
+        if profile_path is not None:
+            signal.signal(signal.SIGHUP, lambda *_: _reload(loop, profile_path))
     ingest.start()
     server.start()
     log.info("hashflex running for %s: MQTT %s:%d, HTTP %s:%d, store %s", site, mqtt_host, mqtt_port,

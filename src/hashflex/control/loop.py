@@ -367,6 +367,20 @@ class ControlLoop:
             self._cut_to_limit_now(now, f"limits change by {message.issuer}")
         self.request_replan(f"limits changed by {message.issuer}")
 
+    def reload_profile(self, profile: SiteProfile, now: datetime) -> str:
+        """Swap in an edited profile (SIGHUP). Limits, caps and economics may change at runtime; the
+        fleet itself (groups, units) may not, since miners are addressed by it: that needs a restart."""
+        fleet_shape = lambda p: [(g.id, g.units) for g in p.miner_groups]  # noqa: E731
+        if fleet_shape(profile) != fleet_shape(self.profile):
+            return "refused: miner groups or unit counts changed; restart the daemon to re-address the fleet"
+        with self._lock:
+            self.profile = profile
+            self.guard = Guard(profile)
+            if self.audit is not None:
+                self.audit.append("config", {"profile_reloaded": profile.site.name}, now)
+        self.request_replan("profile reloaded")
+        return "reloaded"
+
     # ------------------------------------------------------------------ scheduling of ticks
 
     def request_replan(self, reason: str) -> None:
