@@ -191,3 +191,27 @@ def test_profile_reload_tightens_limits_but_refuses_a_new_fleet(feb_2020_prices_
     data["miner_groups"][0]["units"] = 10
     assert loop.reload_profile(parse_profile(yaml.safe_dump(data)), now).startswith("refused")
     assert loop.profile.grid.import_limit_kw == 10_000
+
+
+def test_site_manager_limits_apply_at_once_and_strangers_are_refused(feb_2020_prices_west: pd.DataFrame) -> None:
+    from hashflex.messages import LimitsChangeMessage, NoiseCapOverride
+
+    profile = load_profile("west_texas")
+    fleet = SimulatedFleet(profile)
+    loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, feb_2020_prices_west), driver=fleet,
+                       solver=SolveRunner(inline=True))
+    now = pd.Timestamp("2020-02-10T21:00-06:00").to_pydatetime()
+    loop.tick(now)
+    stranger = LimitsChangeMessage(issuer="neighbour", reason="too loud", issued_at=now, import_limit_kw=0.0)
+    loop.on_message(stranger, now)
+    assert loop.limit_overrides == {} and loop.counters["limits_rejected"] == 1
+    tonight = LimitsChangeMessage(
+        issuer="site_manager", reason="party next door: quieter tonight", issued_at=now, import_limit_kw=12_000.0,
+        noise_caps=[NoiseCapOverride(receptor_id="rv_park_east", cap_dba=40.0, window_start=now,
+                                     window_end=now + timedelta(hours=10))])
+    loop.on_message(tonight, now)
+    assert fleet.load_kw() <= 12_000.0 + 1e-6, "the fast path cut to the new limit at once"
+    report = loop.tick(now + timedelta(minutes=15))
+    frame = report.schedule.frame
+    assert frame["grid_import_kw"].max() <= 12_000.0 + 1e-6
+    assert frame["noise_dba_rv_park_east"].iloc[:20].max() <= 40.0 - profile.receptors[1].model_margin_db + 1e-6
