@@ -209,6 +209,8 @@ class AuditLog:
             if self.conn.in_transaction and self.conn.isolation_level is not None:
                 self.conn.commit()
 
+    append_in = staticmethod(append_in)  # AuditLog.append_in(conn, kind, payload, at), same as the function
+
     def close(self) -> None:
         self.conn.close()
 
@@ -263,8 +265,16 @@ class AuditLog:
 
     def verify(self) -> VerifyResult:
         """Walk the chain; the first record edited, deleted, inserted or reordered fails it."""
-        rows = self.conn.execute(_SELECT + " ORDER BY seq").fetchall() if self._has_table() else []
-        return verify_rows(rows)
+        if not self._has_table():
+            return verify_rows([])
+        # Fast path: stream the chain in constant memory; only a failure loads it whole to diagnose.
+        prev, expected, head = GENESIS, 1, None
+        for row in self.conn.execute(_SELECT + " ORDER BY seq"):
+            seq, _, _, text, prev_hash, stored = row
+            if seq != expected or prev_hash != prev or _recompute(row) != stored or not _is_canonical(text):
+                return verify_rows(self.conn.execute(_SELECT + " ORDER BY seq").fetchall())
+            prev, expected, head = stored, expected + 1, row
+        return VerifyResult(True, expected - 1, None, "", head[0] if head else None, head[5] if head else None)
 
     def sign_head(self, key: bytes | None = None) -> str:
         """``hf-audit-v1:<seq>:<hash>:<hmac>`` for the current head (the chain must verify first)."""
@@ -322,6 +332,13 @@ def _recompute(row: tuple[Any, ...], seq: int | None = None) -> str | None:
         return None
 
 
+def _is_canonical(text: str) -> bool:
+    try:
+        return canonical_json(json.loads(text)) == text
+    except (ValueError, AuditError):
+        return False
+
+
 def verify_rows(rows: list[tuple[Any, ...]]) -> VerifyResult:
     """Verify ``(seq, at_utc, kind, payload, prev_hash, hash)`` rows in seq order."""
     n = len(rows)
@@ -339,7 +356,8 @@ def verify_rows(rows: list[tuple[Any, ...]]) -> VerifyResult:
         if i >= 2 and prev_hash != prev and prev_hash == rows[i - 2][5]:
             return bad(seq - 1, f"record {seq - 1} inserted: record {seq} chains to record {seq - 2}")
         digest = _recompute(row)
-        later = {r[5] for r in rows[i + 1:]}
+        if digest != stored or prev_hash != prev:
+            later = {r[5] for r in rows[i + 1:]}  # only on failure: O(n) once
         if digest != stored:
             nxt = rows[i + 1] if i + 1 < n else None
             if nxt is not None and nxt[4] == prev and prev_hash == prev:
@@ -359,7 +377,7 @@ def verify_rows(rows: list[tuple[Any, ...]]) -> VerifyResult:
                 return bad(seq, f"record {seq} reordered: it links to a later record")
             return bad(seq, f"record {seq} does not link to record {seq - 1} (hash column of {seq - 1} edited, "
                             f"or records deleted before it)")
-        if canonical_json(json.loads(text)) != text:
+        if not _is_canonical(text):
             return bad(seq, f"record {seq} payload text edited (not in canonical form)")
         prev, expected = stored, expected + 1
     head = rows[-1] if rows else None
