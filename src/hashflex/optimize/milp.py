@@ -330,26 +330,55 @@ def compile_to_highs(model: pyo.ConcreteModel, problem: Problem) -> CompiledMode
         return _compile(model, problem)
 
 
+def _flat_row(body: object, order: dict[int, int]) -> tuple[list[int], list[float], float] | None:
+    """(columns, coefficients, constant) of a body built by `_linear` (a LinearExpression of
+    float·Var monomials and float constants, each variable once); None for anything else, which
+    then goes through Pyomo's linear walker."""
+    if body.__class__ is not LinearExpression:
+        return None
+    columns, coefficients, constant = [], [], 0.0
+    for arg in body.args:
+        if arg.__class__ is MonomialTermExpression:
+            coefficient, var = arg._args_
+            if coefficient.__class__ is not float or var.fixed:
+                return None
+            columns.append(order[id(var)])
+            coefficients.append(coefficient)
+        elif arg.__class__ is float:
+            constant += arg
+        else:
+            return None
+    if len(set(columns)) != len(columns):
+        return None
+    return columns, coefficients, constant
+
+
 def _compile(model: pyo.ConcreteModel, problem: Problem) -> CompiledModel:
     columns = list(model.component_data_objects(pyo.Var, active=True, descend_into=True))
     order = {id(v): i for i, v in enumerate(columns)}
     var_map = {id(v): v for v in columns}
     visitor = LinearRepnVisitor({}, var_recorder=OrderedVarRecorder(var_map, order, None))
-    lower = np.array([-math.inf if v.lb is None else v.lb for v in columns], dtype=float)
-    upper = np.array([math.inf if v.ub is None else v.ub for v in columns], dtype=float)
+    bounds = [v.bounds for v in columns]
+    lower = np.array([-math.inf if lb is None else lb for lb, _ in bounds], dtype=float)
+    upper = np.array([math.inf if ub is None else ub for _, ub in bounds], dtype=float)
 
     starts, index, value, row_lower, row_upper = [0], [], [], [], []
     for con in model.component_data_objects(pyo.Constraint, active=True, descend_into=True):
-        repn = visitor.walk_expression(con.body)
-        if repn.nonlinear is not None:
-            raise ValueError(f"constraint {con.name} is not linear")
-        scale = repn.multiplier
-        index.extend(order[vid] for vid in repn.linear)
-        value.extend(c * scale for c in repn.linear.values())
+        lb, body, ub = con.to_bounded_expression(evaluate_bounds=True)
+        row = _flat_row(body, order)
+        if row is None:
+            repn = visitor.walk_expression(body)
+            if repn.nonlinear is not None:
+                raise ValueError(f"constraint {con.name} is not linear")
+            scale = repn.multiplier
+            row = ([order[vid] for vid in repn.linear], [c * scale for c in repn.linear.values()],
+                   repn.constant * scale)
+        row_columns, coefficients, constant = row
+        index.extend(row_columns)
+        value.extend(coefficients)
         starts.append(len(index))
-        constant = repn.constant * scale
-        row_lower.append(-math.inf if con.lb is None else pyo.value(con.lb) - constant)
-        row_upper.append(math.inf if con.ub is None else pyo.value(con.ub) - constant)
+        row_lower.append(-math.inf if lb is None else lb - constant)
+        row_upper.append(math.inf if ub is None else ub - constant)
     objective = next(model.component_data_objects(pyo.Objective, active=True))
     obj = visitor.walk_expression(objective.expr)
     if obj.nonlinear is not None:
