@@ -34,6 +34,15 @@ def feb_2020_prices_north() -> pd.DataFrame:
     return pd.concat([rt, da], ignore_index=True)
 
 
+def west_texas_loop(prices: pd.DataFrame, fleet: SimulatedFleet | None = None) -> tuple[ControlLoop, SimulatedFleet]:
+    """The default site's loop over recorded prices, an in-process fleet and an inline solver."""
+    profile = load_profile("west_texas")
+    fleet = fleet or SimulatedFleet(profile)
+    loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, prices), driver=fleet,
+                       solver=SolveRunner(inline=True))
+    return loop, fleet
+
+
 def test_dr_event_brings_measured_import_under_the_limit(feb_2020_prices_west: pd.DataFrame) -> None:
     profile = load_profile("west_texas")
     start = pd.Timestamp("2020-02-10T12:00-06:00")
@@ -53,9 +62,7 @@ def test_dr_event_brings_measured_import_under_the_limit(feb_2020_prices_west: p
 
 
 def test_unknown_issuer_is_rejected_with_a_reason(feb_2020_prices_west: pd.DataFrame) -> None:
-    profile = load_profile("west_texas")
-    loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, feb_2020_prices_west),
-                       driver=SimulatedFleet(profile), solver=SolveRunner(inline=True))
+    loop, _ = west_texas_loop(feb_2020_prices_west)
     now = pd.Timestamp("2020-02-10T12:00-06:00").to_pydatetime()
     ack = loop.handle_dr(DREventMessage(event_id="x", modification_number=0, program="utility", start=now,
                                         end=now + timedelta(hours=1), import_limit_kw=0.0, issuer="mallory"), now)
@@ -121,10 +128,8 @@ def test_forecast_has_no_look_ahead(feb_2020_prices_west: pd.DataFrame) -> None:
 
 
 def test_setpoints_always_expire(feb_2020_prices_west: pd.DataFrame) -> None:
-    profile = load_profile("west_texas")
-    fleet = SimulatedFleet(profile)
-    loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, feb_2020_prices_west), driver=fleet,
-                       solver=SolveRunner(inline=True))
+    loop, fleet = west_texas_loop(feb_2020_prices_west)
+    profile = loop.profile
     now = pd.Timestamp("2020-02-10T12:00-06:00").to_pydatetime()
     report = loop.tick(now)
     assert report.batch and all(sp.expires_at > now for sp in report.batch)
@@ -155,11 +160,8 @@ class FlakyFleet(SimulatedFleet):
 
 
 def test_miners_that_never_answer_are_planned_without(feb_2020_prices_west: pd.DataFrame) -> None:
-    profile = load_profile("west_texas")
     dead = {f"hydro_s21xp-{i:04d}" for i in range(1, 51)}
-    fleet = FlakyFleet(profile, dead)
-    loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, feb_2020_prices_west), driver=fleet,
-                       solver=SolveRunner(inline=True))
+    loop, fleet = west_texas_loop(feb_2020_prices_west, FlakyFleet(load_profile("west_texas"), dead))
     now = pd.Timestamp("2020-02-10T12:00-06:00").to_pydatetime()
     for k in range(4):
         report = loop.tick(now + timedelta(minutes=15 * k))
@@ -177,10 +179,8 @@ def test_profile_reload_tightens_limits_but_refuses_a_new_fleet(feb_2020_prices_
 
     from hashflex.profile import parse_profile
 
-    profile = load_profile("west_texas")
-    fleet = SimulatedFleet(profile)
-    loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, feb_2020_prices_west), driver=fleet,
-                       solver=SolveRunner(inline=True))
+    loop, fleet = west_texas_loop(feb_2020_prices_west)
+    profile = loop.profile
     now = pd.Timestamp("2020-02-10T12:00-06:00").to_pydatetime()
     loop.tick(now)
     data = yaml.safe_load((Path(__file__).resolve().parents[1] / "site_profiles" / "west_texas.yaml").read_text())
@@ -196,10 +196,8 @@ def test_profile_reload_tightens_limits_but_refuses_a_new_fleet(feb_2020_prices_
 def test_site_manager_limits_apply_at_once_and_strangers_are_refused(feb_2020_prices_west: pd.DataFrame) -> None:
     from hashflex.messages import LimitsChangeMessage, NoiseCapOverride
 
-    profile = load_profile("west_texas")
-    fleet = SimulatedFleet(profile)
-    loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, feb_2020_prices_west), driver=fleet,
-                       solver=SolveRunner(inline=True))
+    loop, fleet = west_texas_loop(feb_2020_prices_west)
+    profile = loop.profile
     now = pd.Timestamp("2020-02-10T21:00-06:00").to_pydatetime()
     loop.tick(now)
     stranger = LimitsChangeMessage(issuer="neighbour", reason="too loud", issued_at=now, import_limit_kw=0.0)
