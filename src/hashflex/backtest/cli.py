@@ -1,0 +1,231 @@
+"""`hashflex backtest` and `hashflex evaluate`: thin shells around ``backtest.runner``.
+
+``add_backtest_parsers(subparsers)`` registers both on the main parser's subparsers; each sets
+``handler`` (the main CLI calls ``args.handler(args)``).
+
+- ``backtest``: run policies over recorded prices, print the side-by-side table, and with
+  ``--out DIR`` write ``intervals_<policy>.csv``, ``summary.json`` (contract in
+  ``backtest.summary``), ``backtest.png`` and ``backtest.db`` (a ``hashflex.store.Store`` holding the
+  mpc run's records: prices with publication times, schedules as the loop stores them, noise and
+  renewable readings, DR events, and the summary under meta key ``backtest_summary``).
+- ``evaluate``: the same backtest with and without K units of a new miner model (a new group; at
+  each receptor it is placed as close as the nearest existing group, the conservative choice) →
+  added profit per unit per day and simple payback days.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from hashflex.backtest.policies import POLICIES
+from hashflex.backtest.runner import Progress, build_actuals, load_prices, run_backtest
+from hashflex.backtest.summary import summary_document, summary_table, write_outputs
+from hashflex.messages import DREventMessage
+from hashflex.profile import DEFAULT_PROFILE, SiteProfile, load_profile
+
+__all__ = ["add_backtest_parsers", "cmd_backtest", "cmd_evaluate", "evaluate", "profile_with_candidate"]
+
+DEFAULT_PRICES = "ercot/RTM-2020-02.csv"
+
+
+def _policies(text: str) -> list[str]:
+    names = list(POLICIES) if text == "all" else [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in names if p not in POLICIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown policy {', '.join(unknown) or text!r}; choose from "
+                                         f"{', '.join(POLICIES)} or all")
+    return names
+
+
+def _window_end(text: str | None) -> pd.Timestamp | None:
+    """``--to``: a date means through the end of that local day; a time is the exclusive end."""
+    if text is None:
+        return None
+    stamp = pd.Timestamp(text)
+    return stamp + pd.Timedelta(days=1) if len(text) <= 10 else stamp
+
+
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default=DEFAULT_PROFILE, help="site profile YAML or bundled name")
+    parser.add_argument("--prices", nargs="+", help="price file(s), any format `plan` reads (RT and/or DA); "
+                                                    "default the bundled ERCOT RT prices of Feb 2020")
+    parser.add_argument("--day-ahead", nargs="+", default=[], help="day-ahead price file(s) (default: the "
+                                                                   "DAM-*.csv beside an RTM-*.csv)")
+    parser.add_argument("--renewables", help="CSV with interval_start, power_kw (recorded on-site output); "
+                                             "default a SYNTHETIC clear-sky shape")
+    parser.add_argument("--dr-events", help="JSON list of DR event messages (in/dr payloads) to replay")
+    parser.add_argument("--from", dest="start", help="first local day (YYYY-MM-DD) or ISO time with offset")
+    parser.add_argument("--to", dest="end", help="last local day (inclusive) or ISO end time (exclusive)")
+    parser.add_argument("--replan-minutes", type=int, default=None,
+                        help="mpc: re-solve every N minutes (default: every interval)")
+    parser.add_argument("--persistence", type=int, default=1,
+                        help="threshold: intervals a price signal must hold before switching (default 1)")
+    parser.add_argument("--time-limit", type=float, default=20.0, help="solver time limit per solve, s")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the simulated noise sensors")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def add_backtest_parsers(subparsers: Any) -> None:
+    backtest = subparsers.add_parser("backtest", help="what hashflex would have earned on recorded prices, "
+                                                      "against threshold, always-on and perfect foresight")
+    _common_arguments(backtest)
+    backtest.add_argument("--policy", type=_policies, default=list(POLICIES),
+                          help="mpc, threshold, always-on, oracle, a comma list, or all (default all)")
+    backtest.add_argument("--out", help="directory for intervals_*.csv, summary.json, backtest.png, backtest.db")
+    backtest.set_defaults(handler=cmd_backtest)
+
+    evaluate_parser = subparsers.add_parser("evaluate", help="added profit and payback of K units of a new model")
+    _common_arguments(evaluate_parser)
+    evaluate_parser.add_argument("--model-power-kw", type=float, required=True)
+    evaluate_parser.add_argument("--model-hashrate-th-s", type=float, required=True)
+    evaluate_parser.add_argument("--model-sound-dba", type=float, required=True, help="sound power level Lw")
+    evaluate_parser.add_argument("--unit-price-usd", type=float, required=True)
+    evaluate_parser.add_argument("--units", type=int, required=True)
+    evaluate_parser.add_argument("--model-name", default="candidate")
+    evaluate_parser.add_argument("--policy", type=_policies, default=["mpc"],
+                                 help="policy to evaluate under (default mpc)")
+    evaluate_parser.set_defaults(handler=cmd_evaluate)
+
+
+def _inputs(args: argparse.Namespace, profile: SiteProfile):  # noqa: ANN202 - Actuals
+    from hashflex.data import bundled_path
+    from hashflex.plan import read_renewables_csv
+
+    prices = load_prices(profile, args.prices or [bundled_path(DEFAULT_PRICES)], args.day_ahead)
+    renewables = read_renewables_csv(Path(args.renewables)) if args.renewables else None
+    events = []
+    if args.dr_events:
+        payload = json.loads(Path(args.dr_events).read_text(encoding="utf-8"))
+        events = [DREventMessage.model_validate(item) for item in (payload if isinstance(payload, list) else [payload])]
+    return build_actuals(profile, prices, args.start, _window_end(args.end), renewables=renewables, dr_events=events)
+
+
+def _run(profile: SiteProfile, actuals: Any, args: argparse.Namespace, policies: list[str], store: Any = None) -> Any:
+    return run_backtest(profile, actuals, policies, replan_minutes=args.replan_minutes, time_limit_s=args.time_limit,
+                        persistence=args.persistence, seed=args.seed, store=store,
+                        progress=Progress.factory(args.quiet))
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    profile = load_profile(args.profile)
+    actuals = _inputs(args, profile)
+    local = actuals.index.tz_convert(profile.tz)
+    print(f"{profile.site.name}: backtest {local[0]:%Y-%m-%d %H:%M} .. "
+          f"{(local[-1] + actuals.step):%Y-%m-%d %H:%M %Z} ({actuals.days:g} days, {len(actuals.index)} intervals), "
+          f"{profile.site.settlement_point} RT prices; policies {', '.join(args.policy)}"
+          + (f"; mpc re-plans every {args.replan_minutes} min" if args.replan_minutes else ""))
+    store = None
+    out = Path(args.out) if args.out else None
+    if out is not None and "mpc" in args.policy:
+        from hashflex.store import Store
+
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "backtest.db").unlink(missing_ok=True)
+        store = Store(out / "backtest.db")
+        _store_prices(store, actuals)
+    try:
+        result = _run(profile, actuals, args, args.policy, store)
+        document = summary_document(result)
+        print(summary_table(document))
+        for note in document["notes"]:
+            print(f"note: {note}")
+        if out is not None:
+            from hashflex.backtest.plot import plot_backtest
+
+            written = write_outputs(result, out)
+            plot_backtest(result, out / "backtest.png")
+            if store is not None:
+                store.set_meta("backtest_summary", document)
+            print(f"written to {out}: {', '.join(sorted(p.name for p in written.values()))}, backtest.png"
+                  + (", backtest.db" if store is not None else ""))
+    finally:
+        if store is not None:
+            store.close()
+    return 0
+
+
+def _store_prices(store: Any, actuals: Any) -> None:
+    """Recorded prices into the store with the times they were published (as the daemon's feed would)."""
+    from hashflex.sim.site import published_at
+
+    prices = actuals.prices.copy()
+    if "published_at" not in prices.columns:
+        prices["published_at"] = published_at(prices)
+    columns = ["interval_start", "interval_end", "settlement_point", "market", "price_usd_mwh"]
+    for when, block in prices.groupby("published_at"):
+        store.put_price_frame(block[columns].reset_index(drop=True), published_at=when.to_pydatetime(),
+                              received_at=when.to_pydatetime())
+
+
+# ---------------------------------------------------------------------------------------- evaluate
+
+def profile_with_candidate(profile: SiteProfile, *, power_kw: float, hashrate_th_s: float, sound_dba: float,
+                           units: int, name: str = "candidate") -> SiteProfile:
+    """The profile plus a group of ``units`` new miners with one ``stock`` mode. At each receptor the
+    group is as close as the nearest existing group (lowest attenuation): the conservative placement."""
+    data = profile.model_dump(mode="json")
+    group_id = "new_" + "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+    idle = min(g.idle_power_kw for g in profile.miner_groups)
+    data["miner_groups"].append({"id": group_id, "model": name, "units": units, "idle_power_kw": idle,
+                                 "modes": [{"name": "stock", "power_kw": power_kw, "hashrate_th_s": hashrate_th_s,
+                                            "sound_power_dba": sound_dba}]})
+    for receptor, spec in zip(data["receptors"], profile.receptors):
+        nearest = min(spec.attenuation_from(g.id) for g in profile.miner_groups)
+        if math.isfinite(nearest):
+            receptor.setdefault("attenuation_db", {})[group_id] = nearest
+    return SiteProfile.model_validate(data)
+
+
+def evaluate(profile: SiteProfile, actuals: Any, *, candidate: SiteProfile, units: int, unit_price_usd: float,
+             policies: list[str], **kwargs: Any) -> dict[str, Any]:
+    """Added profit per unit per day and simple payback (days) of the candidate units, per policy."""
+    base = summary_document(run_backtest(profile, actuals, policies, **kwargs))
+    extended = summary_document(run_backtest(candidate, actuals, policies, **kwargs))
+    days = actuals.days
+    out = {}
+    for name in policies:
+        added = extended["policies"][name]["profit_usd"] - base["policies"][name]["profit_usd"]
+        per_unit_day = added / units / days
+        out[name] = {"base_profit_usd": base["policies"][name]["profit_usd"],
+                     "with_units_profit_usd": extended["policies"][name]["profit_usd"],
+                     "added_profit_usd_per_unit_day": per_unit_day,
+                     "payback_days": unit_price_usd / per_unit_day if per_unit_day > 0 else math.inf}
+    return out
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    profile = load_profile(args.profile)
+    actuals = _inputs(args, profile)
+    candidate = profile_with_candidate(profile, power_kw=args.model_power_kw, hashrate_th_s=args.model_hashrate_th_s,
+                                       sound_dba=args.model_sound_dba, units=args.units, name=args.model_name)
+    results = evaluate(profile, actuals, candidate=candidate, units=args.units, unit_price_usd=args.unit_price_usd,
+                       policies=args.policy, replan_minutes=args.replan_minutes, time_limit_s=args.time_limit,
+                       persistence=args.persistence, seed=args.seed, progress=Progress.factory(args.quiet))
+    print(f"{profile.site.name}: {args.units} × {args.model_name} ({args.model_power_kw} kW, "
+          f"{args.model_hashrate_th_s} TH/s, Lw {args.model_sound_dba} dB(A)) over {actuals.days:g} days")
+    for name, r in results.items():
+        payback = "never (no added profit)" if math.isinf(r["payback_days"]) else f"{r['payback_days']:,.0f} days"
+        print(f"  {name}: profit ${r['base_profit_usd']:,.0f} -> ${r['with_units_profit_usd']:,.0f}; "
+              f"added ${r['added_profit_usd_per_unit_day']:,.2f} per unit per day; simple payback {payback}")
+    for note in actuals.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (until the main CLI wires the parsers in)."""
+    parser = argparse.ArgumentParser(prog="hashflex")
+    add_backtest_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
