@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 
 from conftest import free_port, poll_until
-from hashflex.messages import DREventMessage, Topics
+from hashflex.messages import DREventMessage, NoiseMessage, Topics
 from hashflex.profile import load_profile
 from hashflex.sim.miners import MqttSimulatedMiners
 from hashflex.store import Store
@@ -44,6 +44,11 @@ miner_groups:
     units: 5
     cooling: hydro
     modes: [{name: stock, power_kw: 6.4, hashrate_th_s: 473, sound_power_dba: 64}]
+receptors:
+  - id: porch
+    distance_m: {air: 120, hyd: 120}
+    background_dba: 30
+    caps: [{name: always, start: "00:00", end: "23:59", cap_dba: 60}]
 carbon: {default_intensity_kg_per_mwh: 370, intensity_source: test placeholder}
 economics: {hashprice_usd_per_ph_day: 49.0, pool_fee_pct: 2.0}
 """
@@ -127,6 +132,13 @@ def test_dr_event_is_obeyed_and_survives_kill_9(site) -> None:  # noqa: ANN001
         poll_until(lambda: http_get(http_port, "/healthz")[0] == 200, 20, message="healthz 200")
         code, body = http_get(http_port, "/metrics")
         assert code == 200 and b"hashflex_units_running 15.0" in body
+
+        # A noise meter reads 4 dB over the cap: the fast path steps the loudest units down at once.
+        before = sim.total_power_kw()
+        reading = NoiseMessage(receptor_id="porch", laeq_dba=64.0, averaging_s=60, timestamp=utc_now(), meter_class=1)
+        listener.publish(topics.noise("porch"), reading.model_dump_json())
+        poll_until(lambda: sim.total_power_kw() < before - 10, 10, message="noise fast path cut")
+        assert json.loads(http_get(http_port, "/status")[1])["counters"]["fast_path_actions"] >= 1
 
         now = utc_now()
         event = DREventMessage(event_id="ers-e2e", modification_number=0, program="ERS-10", start=now,

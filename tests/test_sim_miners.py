@@ -97,16 +97,16 @@ def test_fleet_from_profile_and_total_power() -> None:
     profile = load_profile("west_texas")
     miners = miners_from_profile(profile, units_per_group=3)
     assert len(miners) == 3 * len(profile.miner_groups)
-    assert "hydro_s21xp-0002" in miners and miners["air_s21-0000"].id == "air_s21"
+    assert "hydro_s21xp-0002" in miners and miners["air_s21-0001"].id == "air_s21"  # the controller's ids
     clock = ManualClock()
     fleet = SimulatedMinerFleet(miners, clock=clock)  # not started: the model alone
     idle = sum(g.idle_power_kw for g in miners.values())
     assert fleet.total_power_kw() == pytest.approx(idle)
-    fleet.miner("air_s21-0000").command_mode("turbo", None)
+    fleet.miner("air_s21-0001").command_mode("turbo", None)
     clock.advance(minutes=10)
     expected = idle - 0.01 + 4.2
     assert fleet.total_power_kw() == pytest.approx(expected)
-    assert fleet.states()["air_s21-0000"].hashrate_th_s == 230
+    assert fleet.states()["air_s21-0001"].hashrate_th_s == 230
 
 
 @pytest.fixture

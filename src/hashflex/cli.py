@@ -120,6 +120,20 @@ def _run_simulated(profile, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sim(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from hashflex.sim.live import run_live_sim
+
+    profile = load_profile(args.profile)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    run_live_sim(profile, args.mqtt_host, args.mqtt_port, stop, noise_period_s=args.noise_period)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hashflex", description=__doc__)
     parser.add_argument("--version", action="version", version=f"hashflex {__version__}")
@@ -157,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="/healthz, /status, /metrics (default 9108)")
     run.add_argument("--time-limit", type=float, default=20.0, help="solver time limit in seconds")
     run.set_defaults(handler=cmd_run)
+
+    sim = commands.add_parser("sim", help="simulated miners and noise meters on a broker, for a live `run`")
+    sim.add_argument("--profile", default=DEFAULT_PROFILE, help="site profile YAML or bundled name")
+    sim.add_argument("--mqtt-host", default=os.environ.get("HASHFLEX_MQTT_HOST", "127.0.0.1"))
+    sim.add_argument("--mqtt-port", type=int, default=int(os.environ.get("HASHFLEX_MQTT_PORT", "1883")))
+    sim.add_argument("--noise-period", type=float, default=10.0, help="seconds between noise readings")
+    sim.set_defaults(handler=cmd_sim)
     return parser
 
 

@@ -185,11 +185,15 @@ def _raise_unknown(mode: str) -> None:
 
 
 def miners_from_profile(profile: SiteProfile, units_per_group: int | None = None) -> dict[str, MinerGroup]:
-    """Miner ids ``<group>-<nnnn>`` for each group (``units_per_group`` caps the count per group)."""
+    """The profile's miners under the ids the controller addresses them by (``FleetState``:
+    ``<group>-<n>``, n from 1, zero-padded to the group size); ``units_per_group`` caps the count."""
+    from hashflex.control.fleet import FleetState
+
+    fleet = FleetState.from_profile(profile)
     out: dict[str, MinerGroup] = {}
     for group in profile.miner_groups:
-        n = group.units if units_per_group is None else min(units_per_group, group.units)
-        out.update({f"{group.id}-{i:04d}": group for i in range(n)})
+        ids = [m.miner_id for m in fleet.in_group(group.id)]
+        out.update({miner_id: group for miner_id in ids[:units_per_group]})
     return out
 
 
