@@ -428,3 +428,19 @@ def test_cli_audit_verify_exit_codes(db: Path, capsys: pytest.CaptureFixture[str
         conn.execute("DELETE FROM audit_log WHERE seq = 2")
     assert _run(["audit", "verify", "--db", str(db)]) == 1
     assert "seq 2" in capsys.readouterr().err
+
+
+def test_documented_loop_usage_with_store(tmp_path: Path) -> None:
+    """Both ways the module docstring shows the loop recording a schedule with its audit record."""
+    from hashflex.store import Store, to_us
+
+    path = tmp_path / "loop.db"
+    payload = {"status": "optimal", "gap": 0.001}
+    with Store(path) as store:
+        store.put_schedule(payload, created_at=T0)
+        first = append_with_store(store, "schedule", payload, T0)
+        second = append_with_store(store, "schedule", payload, T0 + timedelta(minutes=5), write=lambda c: c.execute(
+            "INSERT INTO schedules (created_at_us, payload) VALUES (?, ?)",
+            (to_us(T0 + timedelta(minutes=5)), json.dumps(payload))))
+        assert len(store.schedules()) == 2 and (first.seq, second.seq) == (1, 2)
+    assert verify(path).ok

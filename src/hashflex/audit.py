@@ -56,12 +56,19 @@ the record commits or rolls back with the caller's rows. The :class:`Store` writ
 writer thread with its own connection, so for rows the store writes use
 ``append_with_store(store, kind, payload, at, write=fn)``: it runs on the store's writer connection
 after every write enqueued before it is committed, and commits ``fn(conn)`` (your extra SQL, may be
-None) and the audit record in ONE transaction. Example for the loop, per interval::
+None) and the audit record in ONE transaction. It blocks until committed (milliseconds): call it
+from the loop thread, never from the MQTT callback thread. Two ways for the loop, per interval::
 
-    store.put_schedule(schedule, created_at=now)             # enqueued
-    append_with_store(store, "schedule", schedule_payload(schedule), now)   # committed after it
+    payload = schedule_payload(schedule)
+    store.put_schedule(payload, created_at=now)                         # enqueued
+    append_with_store(store, "schedule", payload, now)                  # (1) committed right after it
 
-A crash between the two loses the audit record, never orders it before the row. Outside the loop
+    append_with_store(store, "schedule", payload, now, write=lambda c: c.execute(
+        "INSERT INTO schedules (created_at_us, payload) VALUES (?, ?)",
+        (to_us(now), json.dumps(payload))))                              # (2) one transaction
+
+With (1) a crash between the two loses the audit record, never orders it before the row; (2) is
+atomic but writes the store's table by SQL (``store.to_us``). Outside the loop
 (CLI, tests) ``AuditLog(path).append(kind, payload, at)`` uses its own connection; SQLite serialises
 it with the store's writer (``BEGIN IMMEDIATE`` + busy timeout).
 """
