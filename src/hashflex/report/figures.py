@@ -95,10 +95,10 @@ def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Tim
             actions.append({"seq": rec.seq, "at": at, **p})
     m = pd.DataFrame(rows, columns=MEASUREMENT_COLUMNS)
     m["interval_start"] = pd.to_datetime(m["interval_start"], utc=True, format="ISO8601")
+    m = m[(m["interval_start"] >= start) & (m["interval_start"] < end)]
     before = len(m)
-    m = m.sort_values("seq").drop_duplicates("interval_start", keep="last")
+    m = m.sort_values("seq").drop_duplicates("interval_start", keep="last").sort_values("interval_start")
     superseded = before - len(m)
-    m = m[(m["interval_start"] >= start) & (m["interval_start"] < end)].sort_values("interval_start")
     m = m.reset_index(drop=True)
     for column in MEASUREMENT_COLUMNS:
         if column not in ("interval_start", "intensity_source", "seq", "at"):
