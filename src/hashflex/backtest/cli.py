@@ -170,7 +170,7 @@ def profile_with_candidate(profile: SiteProfile, *, power_kw: float, hashrate_th
                            units: int, name: str = "candidate") -> SiteProfile:
     """The profile plus a group of ``units`` new miners with one ``stock`` mode. At each receptor the
     group is as close as the nearest existing group (lowest attenuation): the conservative placement."""
-    data = profile.model_dump(mode="json")
+    data = profile.model_dump()
     group_id = "new_" + "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
     idle = min(g.idle_power_kw for g in profile.miner_groups)
     data["miner_groups"].append({"id": group_id, "model": name, "units": units, "idle_power_kw": idle,

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from hashflex.backtest.runner import BacktestResult  # noqa: E402
-from hashflex.backtest.summary import interval_frame  # noqa: E402
+from hashflex.backtest.summary import interval_frame, site_level_dba  # noqa: E402
 
 __all__ = ["plot_backtest"]
 
@@ -47,7 +47,8 @@ def plot_backtest(result: BacktestResult, path: Path, policy: str | None = None)
                              label=f"{receptor.id} modelled")
         measured = f"noise_measured_dba_{receptor.id}"
         if measured in frame:
-            axes[2].plot(local, frame[measured], ".", ms=2, color=line.get_color(), label=f"{receptor.id} measured")
+            level = site_level_dba(frame[measured].to_numpy(float), receptor.background_dba, receptor.cap_applies_to)
+            axes[2].plot(local, level, ".", ms=2, color=line.get_color(), label=f"{receptor.id} measured")
         axes[2].step(local, frame[f"noise_cap_dba_{receptor.id}"], where="post", ls="--", lw=0.8,
                      color=line.get_color(), label=f"{receptor.id} cap")
     axes[2].set_ylabel("dB(A)")

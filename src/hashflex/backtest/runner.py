@@ -323,7 +323,7 @@ def make_planner(policy: str, profile: SiteProfile, memory: SiteMemory, *, repla
 
 def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, replan_minutes: int | None = None,
                     time_limit_s: float = 20.0, persistence: int = 1, seed: int = 0,
-                    noise_bias_db: dict[str, float] | None = None, store: Any = None,
+                    noise_bias_db: dict[str, float] | None = None, noise_sigma_db: float = 0.5, store: Any = None,
                     progress: Progress | None = None) -> PolicyRun:
     """Drive the real ControlLoop over the window with ``policy``'s planner in the solver slot."""
     started = time.perf_counter()
@@ -335,7 +335,7 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
     forecaster = SnapshotForecaster(profile, actuals)
     fleet = SimulatedFleet(profile)
     loop = ControlLoop(profile, forecaster=forecaster, driver=fleet, solver=planner, store=store, config=LoopConfig())
-    sensors = NoiseSensorSim(profile, bias_db=dict(noise_bias_db or {}), seed=seed)
+    sensors = NoiseSensorSim(profile, bias_db=dict(noise_bias_db or {}), sigma_db=noise_sigma_db, seed=seed)
     last_rt = _last_rt_lookup(actuals.prices)
     renewable_id = profile.renewables[0].id if profile.renewables else "site"
     events = list(actuals.dr_events)
@@ -391,7 +391,7 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
 
 def run_oracle(profile: SiteProfile, actuals: Actuals, *, days_per_solve: int = 1, time_limit_s: float = 60.0,
                rel_gap: float = 1e-3, seed: int = 0, noise_bias_db: dict[str, float] | None = None,
-               progress: Progress | None = None) -> PolicyRun:
+               noise_sigma_db: float = 0.5, progress: Progress | None = None) -> PolicyRun:
     """Perfect foresight over the actual series (see ``policies.oracle_counts``); sensors read its
     counts with the same seed so its measured noise is comparable."""
     started = time.perf_counter()
@@ -401,7 +401,7 @@ def run_oracle(profile: SiteProfile, actuals: Actuals, *, days_per_solve: int = 
                                   progress=progress.update if progress is not None else None)
     if progress is not None:
         progress.close()
-    sensors = NoiseSensorSim(profile, bias_db=dict(noise_bias_db or {}), seed=seed)
+    sensors = NoiseSensorSim(profile, bias_db=dict(noise_bias_db or {}), sigma_db=noise_sigma_db, seed=seed)
     measured = {r.id: np.full(len(actuals.index), np.nan) for r in profile.receptors}
     for k, stamp in enumerate(actuals.index):
         running = {(group.id, mode.name): int(counts[g, m][k]) for g, group in enumerate(profile.miner_groups)
@@ -431,7 +431,7 @@ class BacktestResult:
 def run_backtest(profile: SiteProfile, actuals: Actuals, policies: Sequence[str], *,
                  replan_minutes: int | None = None, time_limit_s: float = 20.0, persistence: int = 1,
                  oracle_days: int = 1, oracle_rel_gap: float = 1e-3, seed: int = 0,
-                 noise_bias_db: dict[str, float] | None = None, store: Any = None,
+                 noise_bias_db: dict[str, float] | None = None, noise_sigma_db: float = 0.5, store: Any = None,
                  progress: Callable[[str, int, float], Progress] | None = None) -> BacktestResult:
     """Run each policy over the same window and account for each with ``account``. ``store`` (a
     ``hashflex.store.Store``) receives the mpc loop's records, as the daemon's store would."""
@@ -443,11 +443,12 @@ def run_backtest(profile: SiteProfile, actuals: Actuals, policies: Sequence[str]
         if policy == "oracle":
             runs[policy] = run_oracle(profile, actuals, days_per_solve=oracle_days, rel_gap=oracle_rel_gap,
                                       time_limit_s=max(time_limit_s, 60.0), seed=seed, noise_bias_db=noise_bias_db,
-                                      progress=bar)
+                                      noise_sigma_db=noise_sigma_db, progress=bar)
         else:
             runs[policy] = simulate_policy(profile, actuals, policy, replan_minutes=replan_minutes,
                                            time_limit_s=time_limit_s, persistence=persistence, seed=seed,
-                                           noise_bias_db=noise_bias_db, store=store if policy == "mpc" else None,
+                                           noise_bias_db=noise_bias_db, noise_sigma_db=noise_sigma_db,
+                                           store=store if policy == "mpc" else None,
                                            progress=bar)
     schedules = {name: account(profile, actuals, run.counts) for name, run in runs.items()}
     return BacktestResult(profile, actuals, runs, schedules)
