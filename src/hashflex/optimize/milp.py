@@ -486,10 +486,18 @@ def solve_lp_round_mip(compiled: CompiledModel, problem: Problem, *, time_limit_
                       np.array(highs.getSolution().col_value), highs.modelStatusToString(model_status))
 
 
-def solve(problem: Problem, *, time_limit_s: float = 10.0, rel_gap: float = DEFAULT_REL_GAP) -> Schedule:
-    """Build, solve the LP relaxation, warm-start the MILP from its rounded-down counts (or stop
-    there when the LP bound proves the start within ``rel_gap``), and return a Schedule whose status
-    says how good it is (or the greedy fallback's)."""
+@dataclass(frozen=True)
+class _Solved:
+    """The MILP's answer before it becomes a Schedule: integer counts, SolveInfo and the model's
+    grid import; or, when HiGHS failed, the greedy fallback's finished Schedule."""
+
+    counts: dict[tuple[int, int], np.ndarray] | None = None
+    info: SolveInfo | None = None
+    import_kw: np.ndarray | None = None
+    fallback: Schedule | None = None
+
+
+def _solve(problem: Problem, time_limit_s: float, rel_gap: float) -> _Solved:
     from hashflex.optimize.fallback import greedy_schedule
 
     started = time.perf_counter()
@@ -500,10 +508,10 @@ def solve(problem: Problem, *, time_limit_s: float = 10.0, rel_gap: float = DEFA
         outcome = solve_lp_round_mip(compiled, problem, time_limit_s=time_limit_s, rel_gap=rel_gap)
     except Exception as exc:  # solver crash or missing binary: never leave the site unplanned
         log.exception("HiGHS failed; using the greedy fallback")
-        return greedy_schedule(problem, reason=f"solver error: {exc}")
+        return _Solved(fallback=greedy_schedule(problem, reason=f"solver error: {exc}"))
     solved = time.perf_counter()
     if outcome.status is None:
-        return greedy_schedule(problem, reason=outcome.message)
+        return _Solved(fallback=greedy_schedule(problem, reason=outcome.message))
     for var, x in zip(compiled.columns, outcome.x):
         var.set_value(float(x), skip_validation=True)
     counts = extract_counts(model, problem)
@@ -518,7 +526,17 @@ def solve(problem: Problem, *, time_limit_s: float = 10.0, rel_gap: float = DEFA
         penalties=_penalties(model),
         message=outcome.message,
     )
-    return schedule_from_counts(problem, counts, info, import_kw=import_kw)
+    return _Solved(counts, info, import_kw)
+
+
+def solve(problem: Problem, *, time_limit_s: float = 10.0, rel_gap: float = DEFAULT_REL_GAP) -> Schedule:
+    """Build, solve the LP relaxation, warm-start the MILP from its rounded-down counts (or stop
+    there when the LP bound proves the start within ``rel_gap``), and return a Schedule whose status
+    says how good it is (or the greedy fallback's)."""
+    solved = _solve(problem, time_limit_s, rel_gap)
+    if solved.fallback is not None:
+        return solved.fallback
+    return schedule_from_counts(problem, solved.counts, solved.info, import_kw=solved.import_kw)
 
 
 def _penalties(model: pyo.ConcreteModel) -> dict[str, float]:
@@ -541,4 +559,9 @@ def solve_multiresolution(problem: Problem, *, fine_intervals: int, block_h: flo
     coarse, block_of = coarsen(problem, fine_intervals, block_h)
     if coarse is problem:
         return solve(problem, time_limit_s=time_limit_s, rel_gap=rel_gap)
-    return expand_to_base(solve(coarse, time_limit_s=time_limit_s, rel_gap=rel_gap), problem, block_of)
+    solved = _solve(coarse, time_limit_s, rel_gap)
+    if solved.fallback is not None:
+        return expand_to_base(solved.fallback, problem, block_of)
+    # As expand_to_base does from a coarse Schedule, without building (and explaining) that one.
+    counts = {key: values[block_of] for key, values in solved.counts.items()}
+    return schedule_from_counts(problem, counts, solved.info)
