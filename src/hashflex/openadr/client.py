@@ -1,0 +1,274 @@
+"""A small OpenADR 3 VTN client: OAuth2 client credentials + the REST calls a VEN makes.
+
+Why not a library: ``openadr3-client`` (ElaadNL, Apache-2.0, the maintained one) requires Python
+≥ 3.12 and hashflex runs on 3.11; it also brings oauthlib/requests-oauthlib/pycountry. ``toadr3`` is
+asyncio/aiohttp (hashflex's I/O is threads + requests); ``openadr3``/``python-oa3-client`` are alpha
+and pull httpx, openapi-core and pendulum (and the latter installs a second module named
+``openadr3_client``); ``oadr30-ven-ud`` pulls pytz/tzlocal/isodate. What a VEN needs is a dozen
+requests; this module is that, on ``requests``.
+
+Configuration (``OpenADRConfig.from_env``): ``HASHFLEX_OPENADR_VTN_URL``, ``HASHFLEX_OPENADR_CLIENT_ID``,
+``HASHFLEX_OPENADR_CLIENT_SECRET``; optional ``HASHFLEX_OPENADR_TOKEN_URL`` (default: the VTN's
+``GET /auth/server`` ``tokenURL``, else ``<vtn>/auth/token``), ``HASHFLEX_OPENADR_CA_BUNDLE`` and
+``HASHFLEX_OPENADR_VERIFY_TLS=0`` (off only for a lab VTN). TLS verification is on by default.
+
+Tokens: fetched with ``grant_type=client_credentials`` (form body, RFC 6749 §4.4), refreshed when
+less than ``max(30 s, 10 %)`` of their lifetime is left, and once more on a 401 (the VTN may revoke
+a token early). Errors: :class:`VTNUnavailable` for what may pass (timeouts, connection errors, 5xx,
+429); :class:`VTNError` for the rest (4xx), with the VTN's ``problem`` detail in the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+__all__ = ["OpenADRClient", "OpenADRConfig", "TokenManager", "VTNError", "VTNUnavailable"]
+
+log = logging.getLogger(__name__)
+PAGE_LIMIT = 50  # the spec's maximum for ``limit``
+
+
+class VTNError(RuntimeError):
+    """The VTN refused a request (4xx); retrying the same request will not help."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class VTNUnavailable(VTNError):
+    """The VTN could not be reached or failed (timeout, connection error, 5xx, 429): retry later."""
+
+
+@dataclass(frozen=True)
+class OpenADRConfig:
+    vtn_url: str
+    client_id: str
+    client_secret: str = ""
+    token_url: str | None = None
+    verify_tls: bool | str = True  # True, False (lab only) or a CA bundle path
+    timeout_s: float = 10.0
+    scope: str | None = None
+    api_version: str = "3.1"  # "3.0" sends targets as targetType/targetValues query params
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"OpenADRConfig(vtn_url={self.vtn_url!r}, client_id={self.client_id!r}, token_url={self.token_url!r})"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> OpenADRConfig:
+        env = os.environ if env is None else env
+        missing = [k for k in ("HASHFLEX_OPENADR_VTN_URL", "HASHFLEX_OPENADR_CLIENT_ID") if not env.get(k)]
+        if missing and not {"vtn_url", "client_id"} <= overrides.keys():
+            raise ValueError(f"{', '.join(missing)}: required to reach the OpenADR VTN")
+        verify: bool | str = True
+        if env.get("HASHFLEX_OPENADR_CA_BUNDLE"):
+            verify = env["HASHFLEX_OPENADR_CA_BUNDLE"]
+        elif env.get("HASHFLEX_OPENADR_VERIFY_TLS", "1").lower() in ("0", "false", "no"):
+            verify = False
+        values: dict[str, Any] = {
+            "vtn_url": env.get("HASHFLEX_OPENADR_VTN_URL", ""),
+            "client_id": env.get("HASHFLEX_OPENADR_CLIENT_ID", ""),
+            "client_secret": env.get("HASHFLEX_OPENADR_CLIENT_SECRET", ""),
+            "token_url": env.get("HASHFLEX_OPENADR_TOKEN_URL") or None,
+            "verify_tls": verify,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+class TokenManager:
+    """Client-credentials access token, cached and refreshed before expiry (thread-safe)."""
+
+    def __init__(self, session: requests.Session, config: OpenADRConfig, token_url: Callable[[], str],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.session, self.config, self._token_url, self.clock = session, config, token_url, clock
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._refresh_at = 0.0
+        self.fetches = 0
+
+    def token(self) -> str:
+        with self._lock:
+            if self._token is None or self.clock() >= self._refresh_at:
+                self._fetch()
+            assert self._token is not None
+            return self._token
+
+    def invalidate(self, token: str) -> None:
+        """The VTN said 401 with ``token``: forget it (unless another thread already replaced it)."""
+        with self._lock:
+            if self._token == token:
+                self._token = None
+
+    def _fetch(self) -> None:
+        data = {"grant_type": "client_credentials", "client_id": self.config.client_id,
+                "client_secret": self.config.client_secret}
+        if self.config.scope:
+            data["scope"] = self.config.scope
+        url = self._token_url()
+        try:
+            response = self.session.post(url, data=data, timeout=self.config.timeout_s,
+                                         verify=self.config.verify_tls, headers={"Accept": "application/json"})
+        except requests.RequestException as exc:
+            raise VTNUnavailable(0, f"token endpoint {url}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 500 or response.status_code == 429:
+            raise VTNUnavailable(response.status_code, f"token endpoint {url}: HTTP {response.status_code}")
+        if response.status_code != 200:
+            raise VTNError(response.status_code, f"token endpoint {url}: HTTP {response.status_code}: "
+                                                 f"{_detail(response)} (check client id and secret)")
+        body = response.json()
+        token = body.get("access_token")
+        if not token:
+            raise VTNError(response.status_code, f"token endpoint {url}: no access_token in the answer")
+        lifetime = float(body.get("expires_in") or 3600)
+        self._token = str(token)
+        self._refresh_at = self.clock() + lifetime - max(min(30.0, lifetime / 2), lifetime * 0.1)
+        self.fetches += 1
+        log.info("OpenADR token fetched (lifetime %.0f s)", lifetime)
+
+
+class OpenADRClient:
+    """The VTN REST calls a VEN uses. Every method raises VTNError/VTNUnavailable on failure."""
+
+    def __init__(self, config: OpenADRConfig, session: requests.Session | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not config.vtn_url:
+            raise ValueError("vtn_url: required")
+        self.config = config
+        self.base = config.vtn_url.rstrip("/")
+        self.session = session or requests.Session()
+        self.tokens = TokenManager(self.session, config, self._discover_token_url, clock)
+        self._token_url: str | None = config.token_url
+
+    def close(self) -> None:
+        self.session.close()
+
+    # ------------------------------------------------------------------ transport
+
+    def _discover_token_url(self) -> str:
+        if self._token_url is None:
+            url = f"{self.base}/auth/token"
+            try:
+                response = self.session.get(f"{self.base}/auth/server", timeout=self.config.timeout_s,
+                                            verify=self.config.verify_tls)
+                if response.status_code == 200 and response.json().get("tokenURL"):
+                    url = str(response.json()["tokenURL"])
+            except (requests.RequestException, ValueError):
+                log.info("GET /auth/server failed; using %s", url)
+            self._token_url = url
+        return self._token_url
+
+    def request(self, method: str, path: str, *, params: Any = None, body: Any = None) -> Any:
+        """One authenticated call; a 401 refreshes the token and retries once. Returns parsed JSON
+        (None for an empty body)."""
+        for attempt in (1, 2):
+            token = self.tokens.token()
+            try:
+                response = self.session.request(method, f"{self.base}{path}", params=params, json=body,
+                                                timeout=self.config.timeout_s, verify=self.config.verify_tls,
+                                                headers={"Authorization": f"Bearer {token}",
+                                                         "Accept": "application/json"})
+            except requests.RequestException as exc:
+                raise VTNUnavailable(0, f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+            if response.status_code == 401 and attempt == 1:
+                log.info("%s %s: 401, refreshing the token", method, path)
+                self.tokens.invalidate(token)
+                continue
+            if response.status_code >= 500 or response.status_code == 429:
+                raise VTNUnavailable(response.status_code, f"{method} {path}: HTTP {response.status_code}: "
+                                                           f"{_detail(response)}")
+            if response.status_code >= 400:
+                raise VTNError(response.status_code, f"{method} {path}: HTTP {response.status_code}: "
+                                                     f"{_detail(response)}")
+            if not response.content:
+                return None
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise VTNUnavailable(response.status_code, f"{method} {path}: answer is not JSON") from exc
+        raise AssertionError("unreachable")
+
+    def _list(self, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """GET a collection, following skip/limit pages."""
+        out: list[dict[str, Any]] = []
+        skip = 0
+        while True:
+            page = self.request("GET", path, params={**params, "skip": skip, "limit": PAGE_LIMIT}) or []
+            out.extend(page)
+            if len(page) < PAGE_LIMIT:
+                return out
+            skip += len(page)
+
+    def _targets(self, targets: list[str] | None) -> dict[str, Any]:
+        if not targets:
+            return {}
+        if self.config.api_version.startswith("3.0"):
+            return {"targetType": "VEN_NAME", "targetValues": targets}
+        return {"targets": targets}
+
+    # ------------------------------------------------------------------ objects
+
+    def programs(self, targets: list[str] | None = None) -> list[dict[str, Any]]:
+        return self._list("/programs", self._targets(targets))
+
+    def events(self, program_id: str | None = None, targets: list[str] | None = None) -> list[dict[str, Any]]:
+        params = self._targets(targets)
+        if program_id is not None:
+            params["programID"] = program_id
+        return self._list("/events", params)
+
+    def event(self, event_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/events/{event_id}")
+
+    def vens(self, ven_name: str | None = None) -> list[dict[str, Any]]:
+        return self._list("/vens", {} if ven_name is None else {"venName": ven_name})
+
+    def create_ven(self, ven_name: str, attributes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"venName": ven_name}
+        if not self.config.api_version.startswith("3.0"):
+            body["objectType"] = "VEN_VEN_REQUEST"
+        if attributes:
+            body["attributes"] = attributes
+        return self.request("POST", "/vens", body=body)
+
+    def resources(self, ven_id: str) -> list[dict[str, Any]]:
+        if self.config.api_version.startswith("3.0"):
+            return self._list(f"/vens/{ven_id}/resources", {})
+        return self._list("/resources", {"venID": ven_id})
+
+    def create_resource(self, ven_id: str, resource_name: str) -> dict[str, Any]:
+        if self.config.api_version.startswith("3.0"):
+            return self.request("POST", f"/vens/{ven_id}/resources", body={"resourceName": resource_name})
+        return self.request("POST", "/resources", body={"objectType": "VEN_RESOURCE_REQUEST",
+                                                        "resourceName": resource_name, "venID": ven_id})
+
+    def subscriptions(self, client_name: str | None = None) -> list[dict[str, Any]]:
+        return self._list("/subscriptions", {} if client_name is None else {"clientName": client_name})
+
+    def create_subscription(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", "/subscriptions", body=body)
+
+    def delete_subscription(self, subscription_id: str) -> None:
+        self.request("DELETE", f"/subscriptions/{subscription_id}")
+
+    def create_report(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", "/reports", body=body)
+
+
+def _detail(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(body, dict):
+        return str(body.get("detail") or body.get("title") or body.get("error_description") or body.get("error")
+                   or body)[:300]
+    return str(body)[:300]
