@@ -213,3 +213,20 @@ def test_site_manager_limits_apply_at_once_and_strangers_are_refused(feb_2020_pr
     frame = report.schedule.frame
     assert frame["grid_import_kw"].max() <= 12_000.0 + 1e-6
     assert frame["noise_dba_rv_park_east"].iloc[:20].max() <= 40.0 - profile.receptors[1].model_margin_db + 1e-6
+
+
+def test_a_simulated_run_keeps_a_verifiable_audit_trail_the_report_reads(tmp_path: Path,
+                                                                       feb_2020_prices_west: pd.DataFrame) -> None:
+    from hashflex.audit import AuditLog
+
+    profile = load_profile("west_texas")
+    db = tmp_path / "run.db"
+    result = run_simulation(profile, feb_2020_prices_west, pd.Timestamp("2020-02-10T18:00-06:00"), 8,
+                            store_path=str(db))
+    log = AuditLog(db, readonly=True)
+    assert log.verify().ok
+    kinds = [r.kind for r in log.records()]
+    assert kinds.count("measurement") == 8 and kinds.count("schedule") == 8 and kinds[0] == "config"
+    measured = [r.payload for r in log.records("measurement")]
+    expected_mwh = (result.intervals["grid_import_kw"] * 0.25).sum() / 1000
+    assert sum(m["import_kw"] * m["interval_h"] for m in measured) / 1000 == pytest.approx(expected_mwh)

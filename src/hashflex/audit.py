@@ -45,6 +45,8 @@ Kinds and payloads (build them with the helpers; the report reads exactly these 
 ``dr_event``     :func:`dr_event_payload` — every DR message received: ``event`` (the message),
                  ``accepted``, ``reason``, ``limit_kw`` (null = no limit), ``received_at``.
 ``dr_ack``       :func:`dr_ack_payload` — every acknowledgement sent (the :class:`DRAckMessage`).
+``dr_transition`` ``event_id``, ``transition`` (activated, completed, cancelled, modified, deferred),
+                 ``status``, ``limit_kw``: the DR lifecycle as the loop saw it.
 ``input_summary``:func:`input_summary_payload` — per interval: ``accepted`` {kind: n},
                  ``rejected`` {kind: n}, ``rejected_reasons`` {reason: n} (top 20).
 
@@ -98,7 +100,8 @@ __all__ = [
 GENESIS = "0" * 64
 HMAC_ENV = "HASHFLEX_AUDIT_HMAC_KEY"
 SIGNATURE_VERSION = "hf-audit-v1"
-KINDS = ("input_summary", "dr_event", "dr_ack", "schedule", "setpoints", "guard_action", "config", "measurement")
+KINDS = ("input_summary", "dr_event", "dr_ack", "dr_transition", "schedule", "setpoints", "guard_action", "config",
+         "measurement")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_log (

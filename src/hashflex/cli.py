@@ -82,18 +82,24 @@ def _run_simulated(profile, args: argparse.Namespace) -> int:
                             Path(args.day_ahead) if args.day_ahead else None)
     start = args.start or prices.loc[prices["market"] == "RT", "interval_start"].min() + pd.Timedelta(days=9)
     events = []
-    if args.dr_demo and profile.dr.issuers:
+    intervals = args.intervals or int(profile.site.horizon_hours * 60 / profile.site.interval_minutes)
+    run_hours = intervals * profile.site.interval_minutes / 60
+    if args.dr_demo and profile.dr.issuers and run_hours > 15:
         # SYNTHETIC demonstration event: an emergency (level 3) call for one hour, 14 h into the run.
         begin = (pd.Timestamp(start) + pd.Timedelta(hours=14)).to_pydatetime()
         events.append(DREventMessage(event_id="demo-ers-1", modification_number=0, program="ERS-10",
                                      start=begin, end=begin + pd.Timedelta(hours=1).to_pytimedelta(),
                                      level=3, issuer=profile.dr.issuers[0]))
-    intervals = args.intervals or int(profile.site.horizon_hours * 60 / profile.site.interval_minutes)
     print(f"{profile.site.name}: simulated site, real ERCOT prices ({profile.site.settlement_point}), "
           f"{intervals} intervals from {pd.Timestamp(start).tz_convert(profile.tz):%Y-%m-%d %H:%M %Z}"
           + ("; SYNTHETIC demo DR event (level 3) at +14 h" if events else ""))
+    store_path = None
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        store_path = str(Path(args.out) / "hashflex.db")
+        Path(store_path).unlink(missing_ok=True)
     result = run_simulation(profile, prices, pd.Timestamp(start), intervals, dr_events=events,
-                            time_limit_s=args.time_limit)
+                            time_limit_s=args.time_limit, store_path=store_path)
     frame = result.intervals
     local = frame.index.tz_convert(profile.tz)
     hourly = frame.groupby(local.floor("h")).agg(
@@ -116,7 +122,8 @@ def _run_simulated(profile, args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         frame.to_csv(out / "simulation.csv")
-        print(f"per-interval results written to {out / 'simulation.csv'}")
+        print(f"per-interval results written to {out / 'simulation.csv'}; store and audit trail in {store_path} "
+              f"(try: hashflex audit verify --db {store_path})")
     return 0
 
 
@@ -152,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--time-limit", type=float, default=20.0, help="solver time limit in seconds")
     plan.set_defaults(handler=cmd_plan)
 
+    from hashflex.report.cli import add_report_parsers
+
+    add_report_parsers(commands)
+
     run = commands.add_parser("run", help="run the controller (live, or --simulate on bundled data)")
     run.add_argument("--profile", default=DEFAULT_PROFILE, help="site profile YAML or bundled name")
     run.add_argument("--simulate", action="store_true",
@@ -162,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--intervals", type=int, help="(simulate) intervals to run (default: one horizon)")
     run.add_argument("--no-dr-demo", dest="dr_demo", action="store_false",
                      help="(simulate) skip the synthetic demonstration DR event")
-    run.add_argument("--out", help="(simulate) directory for per-interval results")
+    run.add_argument("--out", help="(simulate) directory for per-interval results and the run's store/audit db")
     run.add_argument("--store", default=os.environ.get("HASHFLEX_STORE", "hashflex.db"), help="SQLite store path")
     run.add_argument("--mqtt-host", default=os.environ.get("HASHFLEX_MQTT_HOST", "127.0.0.1"))
     run.add_argument("--mqtt-port", type=int, default=int(os.environ.get("HASHFLEX_MQTT_PORT", "1883")))

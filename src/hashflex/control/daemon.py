@@ -31,6 +31,7 @@ import paho.mqtt.client as mqtt
 from hashflex.control.dr import DRBook
 from hashflex.control.http import DEFAULT_HTTP_PORT, StatusServer
 from hashflex.control.loop import ControlLoop, LoopConfig
+from hashflex.control.records import AuditRecorder, IntervalMeter
 from hashflex.control.solver import SolveRunner
 from hashflex.feeds.mqtt import MqttIngest
 from hashflex.messages import Topics
@@ -109,9 +110,10 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
         driver = MqttDriver(site, mqtt_host, mqtt_port, username=username, password=password, tls_ca_file=tls_ca_file)
         driver.start()
     publisher = MqttPublisher(site, mqtt_host, mqtt_port, username, password, tls_ca_file)
+    recorder = AuditRecorder(store)
     loop = ControlLoop(profile, forecaster=store_forecaster(profile, store), driver=driver, publisher=publisher,
                        store=store, dr_book=dr_book, solver=SolveRunner(time_limit_s=time_limit_s),
-                       config=LoopConfig(solve_time_limit_s=time_limit_s))
+                       config=LoopConfig(solve_time_limit_s=time_limit_s), recorder=recorder, meter=IntervalMeter())
     ingest = MqttIngest(store, site, mqtt_host, mqtt_port, username=username, password=password,
                         tls_ca_file=tls_ca_file, client_id=f"hashflex-ingest-{site}")
     ingest.add_callback(lambda message: loop.on_message(message, utc_now()))
@@ -134,4 +136,6 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
         publisher.close()
         driver.close()
         loop.solver.close()
+        recorder.flush()
+        recorder.close()
         store.close()

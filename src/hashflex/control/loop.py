@@ -18,18 +18,20 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
+from hashflex import audit as records
 from hashflex.control.dispatch import plan_dispatch
 from hashflex.control.dr import DRBook
 from hashflex.control.fleet import SLEEP, FleetState, MinerSetpoint
 from hashflex.control.guard import Guard, GuardResult, Limits, Measurements
+from hashflex.control.records import IntervalMeter
 from hashflex.control.solver import SolveRunner
 from hashflex.drivers.base import MinerDriver, MinerRegistry, Setpoint, SetpointResult
 from hashflex.messages import (
@@ -149,15 +151,18 @@ class ControlLoop:
     """One site's controller. Call ``tick(now)`` each interval (or let ``run`` do it)."""
 
     def __init__(self, profile: SiteProfile, *, forecaster: Forecaster, driver: MinerDriver,
-                 publisher: Publisher | None = None, store: Any = None, audit: Any = None,
+                 publisher: Publisher | None = None, store: Any = None, recorder: Any = None,
                  fleet: FleetState | None = None, dr_book: DRBook | None = None,
-                 solver: SolveRunner | None = None, config: LoopConfig = LoopConfig()) -> None:
+                 solver: SolveRunner | None = None, config: LoopConfig = LoopConfig(),
+                 meter: IntervalMeter | None = None) -> None:
         self.profile = profile
         self.forecaster = forecaster
         self.driver = driver
         self.publisher = publisher
         self.store = store
-        self.audit = audit
+        self.meter = meter  # live sites: telemetry/renewable/noise of the running interval
+        self._metered_interval: pd.Timestamp | None = None
+        self.recorder = recorder  # control.records.AuditRecorder (or anything with record(kind, payload, at))
         self.config = config
         self.fleet = fleet or FleetState.from_profile(profile)
         self.dr_book = dr_book or DRBook()
@@ -181,6 +186,7 @@ class ControlLoop:
         self.replan_reasons: list[str] = []
         self.last_report: TickReport | None = None
         self.last_good_tick: datetime | None = None
+        self._record("config", lambda: records.config_payload(profile, "start"))
         self.counters: dict[str, int] = {"ticks": 0, "fast_path_actions": 0, "dr_accepted": 0, "dr_rejected": 0,
                                          "fallback_schedules": 0, "setpoint_failures": 0}
 
@@ -201,6 +207,7 @@ class ControlLoop:
         """Plan from ``now`` and send the first interval's setpoints through the guard."""
         with self._solve_lock:
             start = interval_floor(now, self.interval_minutes)
+            self._close_metered_interval(start)
             with self._lock:
                 self._record_transitions(now)
                 forecast = self.forecaster(now, start, self.periods)
@@ -286,9 +293,13 @@ class ControlLoop:
             elif isinstance(message, RenewableMessage):
                 with self._lock:
                     self.measurements = _replace(self.measurements, renewable_kw=message.power_kw, at=message.timestamp)
+                if self.meter is not None:
+                    self.meter.renewable(message.power_kw)
             elif isinstance(message, TelemetryMessage):
                 with self._lock:
                     self.telemetry_kw[message.miner_id] = message.power_kw
+                if self.meter is not None:
+                    self.meter.telemetry(message.miner_id, message.power_kw, message.hashrate_th_s)
             elif isinstance(message, LimitsChangeMessage):
                 self.handle_limits(message, now)
         except Exception:  # a bad message must never stop the controller
@@ -305,14 +316,15 @@ class ControlLoop:
                 self.store.put(message)
                 if decision.accepted:
                     self.store.set_dr_status(message.event_id, self.dr_book.status(message.event_id))
-            if self.audit is not None:
-                self.audit.append("dr_event", {"event": message.model_dump(mode="json"), "ack": ack.model_dump(mode="json")}, now)
             if decision.accepted:
-                self._cut_to_limit_now(now, f"DR event {message.event_id}")
+                self._cut_to_limit_now(now, f"DR event {message.event_id}", event_id=message.event_id)
+            self._record("dr_event", lambda: records.dr_event_payload(message, decision.accepted, decision.reason,
+                                                                      decision.limit_kw, now), now)
+            self._record("dr_ack", lambda: records.dr_ack_payload(ack), now)
         self.request_replan(f"DR event {message.event_id}")
         return ack
 
-    def _cut_to_limit_now(self, now: datetime, why: str) -> None:
+    def _cut_to_limit_now(self, now: datetime, why: str, event_id: str | None = None) -> None:
         limit, _ = self.dr_book.limit_at(now)
         limits = self.limits_now(now)
         limit = min([limit, *limits.import_limits_kw.values()])
@@ -324,13 +336,14 @@ class ControlLoop:
             self.counters["fast_path_actions"] += 1
             self._send(result.batch, now)
             log.warning("%s: fast path cut load to %.0f kW: %s", why, limit, "; ".join(a.reason for a in result.actions))
-            if self.audit is not None:
-                self.audit.append("guard_action", {"why": why, "actions": [a.reason for a in result.actions]}, now)
+            self._record_guard(result, now, event_id)
 
     def handle_noise(self, message: NoiseMessage, now: datetime) -> None:
         receptor = next((r for r in self.profile.receptors if r.id == message.receptor_id), None)
         if receptor is None:
             return
+        if self.meter is not None:
+            self.meter.noise_reading(receptor.id, message.laeq_dba, message.averaging_s)
         with self._lock:
             cap = receptor.cap_at(pd.Timestamp(message.timestamp).tz_convert(self.profile.tz).to_pydatetime())
             cap = min(cap, self.limits_now(now).noise_caps_dba.get(receptor.id, math.inf))
@@ -348,9 +361,7 @@ class ControlLoop:
             if result.changed:
                 self.counters["fast_path_actions"] += 1
                 self._send(result.batch, now)
-                if self.audit is not None:
-                    self.audit.append("guard_action", {"why": f"noise {receptor.id}",
-                                                       "actions": [a.reason for a in result.actions]}, now)
+                self._record_guard(result, now, None)
         self.request_replan(f"noise over cap at {receptor.id}")
 
     def handle_limits(self, message: LimitsChangeMessage, now: datetime) -> None:
@@ -362,8 +373,8 @@ class ControlLoop:
             if message.import_limit_kw is not None:
                 self.limit_overrides[f"limits:{message.issuer}"] = message.import_limit_kw
             self.noise_cap_overrides.extend(message.noise_caps or [])
-            if self.audit is not None:
-                self.audit.append("config", {"limits_change": message.model_dump(mode="json")}, now)
+            self._record("config", lambda: {**records.config_payload(self.profile, f"limits change by {message.issuer}"),
+                                            "limits_change": message.model_dump(mode="json")}, now)
             self._cut_to_limit_now(now, f"limits change by {message.issuer}")
         self.request_replan(f"limits changed by {message.issuer}")
 
@@ -376,8 +387,7 @@ class ControlLoop:
         with self._lock:
             self.profile = profile
             self.guard = Guard(profile)
-            if self.audit is not None:
-                self.audit.append("config", {"profile_reloaded": profile.site.name}, now)
+            self._record("config", lambda: records.config_payload(profile, "change"), now)
         self.request_replan("profile reloaded")
         return "reloaded"
 
@@ -410,11 +420,11 @@ class ControlLoop:
         for transition in self.dr_book.transitions(now):
             if self.store is not None:
                 self.store.set_dr_status(transition.event_id, transition.status)
-            if self.audit is not None:
-                self.audit.append("dr_event", {"event_id": transition.event_id, "transition": transition.kind,
-                                               "status": transition.status}, now)
+            self._record("dr_transition", lambda t=transition: {
+                "event_id": t.event_id, "transition": t.kind, "status": t.status,
+                "limit_kw": None if not math.isfinite(t.limit_kw) else t.limit_kw}, now)
             if transition.kind == "activated":
-                self._cut_to_limit_now(now, f"DR event {transition.event_id} started")
+                self._cut_to_limit_now(now, f"DR event {transition.event_id} started", event_id=transition.event_id)
 
     def _record_tick(self, report: TickReport, forecast: HorizonForecast) -> None:
         status = self.status(report.at)
@@ -427,6 +437,12 @@ class ControlLoop:
                 self.publisher.publish_json("out/schedule", {
                     "status": report.schedule.status.value, "created_at": report.at.isoformat(),
                     "intervals": head.replace([np.inf, -np.inf], None).to_dict(orient="records")})
+        if report.schedule is not None:
+            self._record("schedule", lambda: records.schedule_payload(report.schedule), report.at)
+            self._record("setpoints", lambda: records.setpoints_payload(report.batch, source="schedule"), report.at)
+            for action in report.guard.actions if report.guard else []:
+                self._record("guard_action", lambda a=action: records.guard_action_payload(a.kind, a.reason, a.miners),
+                             report.at)
         if self.store is not None and report.schedule is not None:
             first = report.schedule.frame.iloc[0]
             self.store.put_schedule({"status": report.schedule.status.value, "gap": report.schedule.info.gap,
@@ -435,6 +451,65 @@ class ControlLoop:
                                                             (v.isoformat() if hasattr(v, "isoformat") else v))
                                                         for k, v in first.items()}},
                                     created_at=report.at)
+
+    def _record(self, kind: str, payload: Callable[[], dict[str, Any]], at: datetime | None = None) -> None:
+        """Hand an audit entry to the recorder (payload built only when someone records)."""
+        if self.recorder is None:
+            return
+        try:
+            self.recorder.record(kind, payload(), at or datetime.now(timezone.utc))
+        except Exception:  # recording must never stop control
+            log.exception("could not record %s", kind)
+
+    def _close_metered_interval(self, current: pd.Timestamp) -> None:
+        """At an interval boundary, record what the meter saw during the interval that ended."""
+        if self.meter is None:
+            return
+        previous, self._metered_interval = self._metered_interval, current
+        if previous is None or previous >= current:
+            return
+        interval_h = (current - previous).total_seconds() / 3600.0
+        local = previous.tz_convert(self.profile.tz).to_pydatetime()
+        summary = self.meter.summary({r.id: r.cap_at(local) for r in self.profile.receptors})
+        self.meter.reset()
+        price = None
+        if self.store is not None:
+            settled = self.store.prices(previous.to_pydatetime(), current.to_pydatetime(),
+                                        settlement_point=self.profile.site.settlement_point, market="RT")
+            price = float(settled["price_usd_mwh"].mean()) if not settled.empty else None
+        self.record_measurement(previous.to_pydatetime(), interval_h, load_kw=summary["load_kw"],
+                                renewable_kw=summary["renewable_kw"], hashrate_th_s=summary["hashrate_th_s"],
+                                noise=summary["noise"], price_usd_mwh=price)
+
+    def _record_guard(self, result: GuardResult, now: datetime, event_id: str | None) -> None:
+        self._record("setpoints", lambda: records.setpoints_payload(result.batch, source="guard"), now)
+        for action in result.actions:
+            self._record("guard_action", lambda a=action: records.guard_action_payload(
+                a.kind, a.reason, a.miners, event_id=event_id), now)
+
+    def record_measurement(self, interval_start: datetime, interval_h: float, *, load_kw: float,
+                           renewable_kw: float, hashrate_th_s: float,
+                           noise: Mapping[str, tuple[float, float]], price_usd_mwh: float | None,
+                           intensity_kg_per_mwh: float | None = None, intensity_source: str | None = None) -> None:
+        """The ``measurement`` audit entry of one finished interval, from what was measured in it
+        (``noise``: receptor → (LAeq, minutes over cap)); economics at the settled price."""
+        import_kw = max(load_kw - renewable_kw, 0.0)
+        hp = self.profile.economics.hashprice_usd_per_ph_day / 1000.0 / 24.0 * (1 - self.profile.economics.pool_fee_pct / 100)
+        revenue = hashrate_th_s * interval_h * hp
+        cost = None if price_usd_mwh is None else import_kw * interval_h * (price_usd_mwh + self.profile.grid.total_adder_usd_mwh) / 1000
+        local = pd.Timestamp(interval_start).tz_convert(self.profile.tz).to_pydatetime()
+        with self._lock:
+            batch = self.fleet.as_setpoints(interval_start, self.expiry_s)
+            caps = {r.id: r.cap_at(local) for r in self.profile.receptors}
+            modelled = {r.id: self.guard.noise_level_dba(batch, r.id) for r in self.profile.receptors}
+            full_kw = sum(max(m.power_kw for m in self.fleet.groups[g].modes) for g in
+                          (mi.group_id for mi in self.fleet.miners.values() if mi.available))
+        self._record("measurement", lambda: records.measurement_payload(
+            interval_start, interval_h, import_kw, renewable_kw, load_kw, hashrate_th_s,
+            {r: v[0] for r, v in noise.items()}, intensity_kg_per_mwh, price_usd_mwh, revenue, cost or 0.0,
+            noise_model_dba=modelled, noise_cap_dba={k: (None if math.isinf(v) else v) for k, v in caps.items()},
+            noise_over_cap_min={r: v[1] for r, v in noise.items()}, full_load_kw=full_kw,
+            intensity_source=intensity_source), interval_start)
 
     def status(self, now: datetime) -> dict[str, Any]:
         report = self.last_report

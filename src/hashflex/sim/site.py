@@ -19,11 +19,14 @@ import pandas as pd
 
 from hashflex.control.fleet import SLEEP
 from hashflex.control.loop import ControlLoop, HorizonForecast, LoopConfig, TickReport
+from hashflex.audit import noise_interval_summary
+from hashflex.control.records import AuditRecorder
 from hashflex.control.solver import SolveRunner
 from hashflex.drivers.base import Setpoint, SetpointResult, SetpointStatus
 from hashflex.messages import DREventMessage, RenewableMessage
 from hashflex.profile import SiteProfile
 from hashflex.sim.noise import NoiseSensorSim
+from hashflex.store import Store
 
 log = logging.getLogger(__name__)
 CENTRAL = "America/Chicago"
@@ -135,6 +138,9 @@ class SimulatedFleet:
                 counts[key] = counts.get(key, 0) + 1
         return counts
 
+    def hashrate_th_s(self) -> float:
+        return sum(n * self.profile.group(g).mode(m).hashrate_th_s for (g, m), n in self.running().items())
+
     def load_kw(self) -> float:
         total = 0.0
         for group in self.profile.miner_groups:
@@ -156,12 +162,16 @@ class SimulationResult:
 
 def run_simulation(profile: SiteProfile, prices: pd.DataFrame, start: pd.Timestamp, intervals: int, *,
                    dr_events: Iterable[DREventMessage] = (), noise_bias_db: dict[str, float] | None = None,
-                   seed: int = 0, time_limit_s: float = 20.0) -> SimulationResult:
-    """Drive the real control loop over ``intervals`` intervals of recorded prices."""
+                   seed: int = 0, time_limit_s: float = 20.0, store_path: str | None = None) -> SimulationResult:
+    """Drive the real control loop over ``intervals`` intervals of recorded prices. With
+    ``store_path`` the run keeps a store and audit trail there, as a live site does, so
+    ``hashflex report`` and ``hashflex audit verify`` work on it."""
     solar_kw = sum(r.capacity_kw for r in profile.renewables if r.kind == "solar")
     forecaster = ReplayForecaster(profile, prices, solar_kw=solar_kw)
     fleet = SimulatedFleet(profile)
-    loop = ControlLoop(profile, forecaster=forecaster, driver=fleet,
+    store = Store(store_path) if store_path else None
+    recorder = AuditRecorder(store) if store is not None else None
+    loop = ControlLoop(profile, forecaster=forecaster, driver=fleet, store=store, recorder=recorder,
                        solver=SolveRunner(time_limit_s=time_limit_s, inline=True), config=LoopConfig())
     sensors = NoiseSensorSim(profile, bias_db=noise_bias_db or {}, seed=seed)
     step = timedelta(minutes=profile.site.interval_minutes)
@@ -199,6 +209,19 @@ def run_simulation(profile: SiteProfile, prices: pd.DataFrame, start: pd.Timesta
             row[f"noise_cap_dba_{receptor.id}"] = receptor.cap_at(
                 pd.Timestamp(reading.timestamp).tz_convert(profile.tz).to_pydatetime())
         rows.append(row)
+        if recorder is not None:
+            interval_s = step.total_seconds()
+            loop.record_measurement(
+                now, interval_s / 3600.0, load_kw=load_after, renewable_kw=renewable,
+                hashrate_th_s=fleet.hashrate_th_s(),
+                noise={r.receptor_id: noise_interval_summary([(r.laeq_dba, interval_s)],
+                                                             row[f"noise_cap_dba_{r.receptor_id}"])
+                       for r in readings},
+                price_usd_mwh=row["price_usd_mwh"], intensity_source="profile default factor")
         now = now + step
     frame = pd.DataFrame(rows).set_index("interval_start")
+    if recorder is not None:
+        recorder.flush()
+        recorder.close()
+        store.close()
     return SimulationResult(frame, reports, loop)

@@ -1,0 +1,90 @@
+"""What the loop records: audit-trail entries (hash-chained, in the store's database) and the
+per-interval measurements every report figure is computed from.
+
+``AuditRecorder.record(kind, payload, at)`` never blocks its caller (the MQTT thread records DR
+events): entries go onto a queue, and one thread appends them in order with
+``audit.append_with_store``, each committed on the store's writer connection after every store
+write queued before it. ``flush()`` waits for the queue to drain (tests, shutdown).
+
+``IntervalMeter`` accumulates what the daemon measures during an interval (miner telemetry,
+renewable output, noise readings) and turns it into the ``measurement`` payload when the
+interval ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import defaultdict
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from hashflex.audit import append_with_store, noise_interval_summary
+
+log = logging.getLogger(__name__)
+
+
+class AuditRecorder:
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._queue: queue.Queue[tuple[str, Mapping[str, Any], datetime] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="hashflex-audit", daemon=True)
+        self.failures = 0
+        self._thread.start()
+
+    def record(self, kind: str, payload: Mapping[str, Any], at: datetime) -> None:
+        self._queue.put((kind, payload, at))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                kind, payload, at = item
+                append_with_store(self.store, kind, payload, at)
+            except Exception:  # the audit must never stop control; a failure is counted and logged
+                self.failures += 1
+                log.exception("audit append failed")
+            finally:
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        self._queue.join()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(30)
+
+
+class IntervalMeter:
+    """Running means of one interval's measurements (daemon side)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.power_samples_kw: dict[str, float] = {}
+        self.hashrate_th_s: dict[str, float] = {}
+        self.renewable_samples_kw: list[float] = []
+        self.noise: dict[str, list[tuple[float, float]]] = defaultdict(list)
+
+    def telemetry(self, miner_id: str, power_kw: float, hashrate_th_s: float) -> None:
+        self.power_samples_kw[miner_id] = power_kw  # the latest per miner: a fleet snapshot
+        self.hashrate_th_s[miner_id] = hashrate_th_s
+
+    def renewable(self, power_kw: float) -> None:
+        self.renewable_samples_kw.append(power_kw)
+
+    def noise_reading(self, receptor_id: str, laeq_dba: float, averaging_s: float) -> None:
+        self.noise[receptor_id].append((laeq_dba, averaging_s))
+
+    def summary(self, caps: Mapping[str, float | None]) -> dict[str, Any]:
+        """Load (telemetry sum), renewable (mean), hashrate, and per receptor (LAeq, minutes over cap)."""
+        renewable = sum(self.renewable_samples_kw) / len(self.renewable_samples_kw) if self.renewable_samples_kw else 0.0
+        noise = {r: noise_interval_summary(readings, caps.get(r)) for r, readings in self.noise.items() if readings}
+        return {"load_kw": sum(self.power_samples_kw.values()), "renewable_kw": renewable,
+                "hashrate_th_s": sum(self.hashrate_th_s.values()), "noise": noise,
+                "telemetry_miners": len(self.power_samples_kw)}
