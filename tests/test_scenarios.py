@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hashflex.optimize.milp import solve
+from hashflex.optimize.milp import LpBasisCache, solve
 from hashflex.optimize.problem import CarbonBudget, Group, GroupState, Mode, Problem, Receptor
 from hashflex.optimize.schedule import Schedule, SolveStatus, unit_column
 
@@ -211,3 +211,19 @@ def test_scenario(path: Path) -> None:
     assert schedule.status != SolveStatus.FALLBACK, schedule.info.message
     check_invariants(problem, schedule)
     check_expected(problem, schedule, scenario["expected"])
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_scenario_replanned_from_a_cached_basis(path: Path) -> None:
+    """A re-plan that starts its LP from the cached basis of the same structure (LpBasisCache)
+    meets the same invariants and expected figures."""
+    scenario = json.loads(path.read_text())
+    problem = problem_from_json(scenario["problem"])
+    cache = LpBasisCache()
+    cold = solve(problem, basis_cache=cache)
+    assert len(cache) == 1
+    warm = solve(problem, basis_cache=cache)
+    assert warm.status != SolveStatus.FALLBACK, warm.info.message
+    check_invariants(problem, warm)
+    check_expected(problem, warm, scenario["expected"])
+    assert warm.info.objective_usd == pytest.approx(cold.info.objective_usd, rel=0.01, abs=1e-6)
