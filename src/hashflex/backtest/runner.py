@@ -40,7 +40,7 @@ from hashflex.backtest.policies import (
     oracle_counts,
 )
 from hashflex.control.dr import DRBook
-from hashflex.control.loop import ControlLoop, LoopConfig
+from hashflex.control.loop import ControlLoop, HorizonForecast, LoopConfig
 from hashflex.control.solver import SolveRunner
 from hashflex.feeds.ercot import read_price_file
 from hashflex.forecast import Forecast, ForecastConfig, Snapshot, build_forecast
@@ -257,7 +257,9 @@ class SnapshotForecaster:
     On-site output before the window (three days, for the forecast's diurnal profile) is taken
     from the recorded file if it covers them, else from the same SYNTHETIC clear-sky shape."""
 
-    LOOKBACK = pd.Timedelta(days=8)  # as snapshot_from_store
+    # The price rules read DA rows covering the horizon, RT of the same time yesterday and the last
+    # RT price: two days back cover them all (the store reader takes 8; fewer rows, same forecast).
+    PRICE_LOOKBACK = pd.Timedelta(days=2)
     AHEAD = pd.Timedelta(days=3)
 
     def __init__(self, profile: SiteProfile, actuals: Actuals, config: ForecastConfig | None = None) -> None:
@@ -270,6 +272,7 @@ class SnapshotForecaster:
         self._starts = pd.DatetimeIndex(self.prices["interval_start"]).tz_convert("UTC")
         source = profile.renewables[0].id if profile.renewables else None
         history_days = (config or ForecastConfig()).renewable_history_days
+        self.renewable_lookback = pd.Timedelta(days=history_days + 1)
         before = pd.date_range(actuals.index[0] - pd.Timedelta(days=history_days), actuals.index[0],
                                freq=actuals.step, inclusive="left")
         solar_kw = sum(r.capacity_kw for r in profile.renewables if r.kind == "solar")
@@ -282,16 +285,34 @@ class SnapshotForecaster:
         self._renewable_times = times
 
     def snapshot(self, now: pd.Timestamp) -> Snapshot:
-        lo, hi = self._starts.searchsorted(now - self.LOOKBACK), self._starts.searchsorted(now + self.AHEAD)
+        lo, hi = self._starts.searchsorted(now - self.PRICE_LOOKBACK), self._starts.searchsorted(now + self.AHEAD)
         frames: dict[str, pd.DataFrame] = {"prices": self.prices.iloc[lo:hi]}
         if self.renewables is not None:
-            a, b = self._renewable_times.searchsorted(now - self.LOOKBACK), self._renewable_times.searchsorted(now, "right")
+            a = self._renewable_times.searchsorted(now - self.renewable_lookback)
+            b = self._renewable_times.searchsorted(now, "right")
             frames["renewable_observations"] = self.renewables.iloc[a:b]
         return Snapshot(**frames)
 
     def __call__(self, now: Any, horizon_start: pd.Timestamp, periods: int) -> Forecast:
         now_ts = pd.Timestamp(now).tz_convert("UTC")
         return build_forecast(self.profile, self.snapshot(now_ts), now_ts, horizon_start, periods, config=self.config)
+
+
+class RuleForecaster:
+    """For the rule-based baselines, which read only the first interval: the last settled RT price
+    and the renewable output measured now, held over the horizon (no look-ahead by construction;
+    cheaper than the daemon's forecast, whose answer these rules never use)."""
+
+    def __init__(self, profile: SiteProfile, actuals: Actuals, memory: SiteMemory) -> None:
+        self.profile, self.memory = profile, memory
+        self.renewable = pd.Series(actuals.renewable_kw, index=actuals.index)
+
+    def __call__(self, now: Any, horizon_start: pd.Timestamp, periods: int) -> HorizonForecast:
+        index = pd.date_range(horizon_start, periods=periods, freq=f"{self.profile.site.interval_minutes}min")
+        price = self.memory.last_rt_price_usd_mwh
+        measured = float(self.renewable.get(pd.Timestamp(now), 0.0))
+        return HorizonForecast(index, np.full(periods, price if math.isfinite(price) else 5000.0),
+                               renewable_kw=np.full(periods, measured))
 
 
 def _last_rt_lookup(prices: pd.DataFrame) -> Callable[[pd.Timestamp], float]:
@@ -332,7 +353,7 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
     memory = SiteMemory()
     planner = make_planner(policy, profile, memory, replan_minutes=replan_minutes or profile.site.interval_minutes,
                            time_limit_s=time_limit_s, persistence=persistence)
-    forecaster = SnapshotForecaster(profile, actuals)
+    forecaster = SnapshotForecaster(profile, actuals) if policy == "mpc" else RuleForecaster(profile, actuals, memory)
     fleet = SimulatedFleet(profile)
     loop = ControlLoop(profile, forecaster=forecaster, driver=fleet, solver=planner, store=store, config=LoopConfig())
     sensors = NoiseSensorSim(profile, bias_db=dict(noise_bias_db or {}), sigma_db=noise_sigma_db, seed=seed)

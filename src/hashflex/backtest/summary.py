@@ -23,7 +23,8 @@ reproduces the summary.
         "dr_compliance_pct": float | null,  # % of DR-limited intervals with import ≤ limit; null if none
         "wall_seconds": float,        # wall time of the policy's run
         # also: hashrate_ph_h, grid_import_mwh, carbon_cost_usd, start_cost_usd,
-        #       carbon_budget_overrun_kg, profit_ratio_to_oracle (null without an oracle run),
+        #       carbon_budget_overrun_kg, profit_ratio_to_oracle (null without an oracle run or
+        #       when the oracle's profit is not positive: a ratio to a loss means nothing),
         #       solves, fast_path_actions, fallback_schedules
      }}}
 
@@ -131,7 +132,7 @@ def summary_document(result: BacktestResult) -> dict[str, Any]:
         policies[name] = figures
     oracle = policies.get("oracle", {}).get("profit_usd")
     for figures in policies.values():
-        figures["profit_ratio_to_oracle"] = (figures["profit_usd"] / oracle if oracle else None)
+        figures["profit_ratio_to_oracle"] = (figures["profit_usd"] / oracle if oracle and oracle > 0 else None)
     notes = list(actuals.notes) + [f"{name}: {note}" for name, run in result.runs.items() for note in run.notes]
     return {
         "site": profile.site.name,
