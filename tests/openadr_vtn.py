@@ -110,6 +110,11 @@ class TestVTN:
         with self._lock:
             self._faults.extend([(status, path_prefix)] * count)
 
+    def recover(self) -> None:
+        """Drop every fault still queued."""
+        with self._lock:
+            self._faults.clear()
+
     def expire_tokens(self) -> None:
         """Revoke every token now (the VEN must fetch a new one on its next 401)."""
         with self._lock:
@@ -237,11 +242,14 @@ class TestVTN:
     def _send(self, handler: BaseHTTPRequestHandler, method: str, path: str, status: int, body: Any) -> None:
         self.requests.append((method, path, status))
         data = b"" if body is None else json.dumps(body).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
+        try:
+            handler.send_response(status)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+        except OSError:  # the client gave up waiting (timeout tests): the request was still processed
+            handler.close_connection = True
 
     def _client(self, handler: BaseHTTPRequestHandler) -> str:
         auth = handler.headers.get("Authorization", "")
@@ -329,7 +337,10 @@ class TestVTN:
                     return 200, self.subscriptions.pop(object_id)
             if collection == "reports" and object_id is None:
                 if method == "GET":
-                    return 200, _page([r for r in self.reports.values() if r["clientID"] == client], query)
+                    items = [r for r in self.reports.values() if r["clientID"] == client
+                             and all(k not in query or r.get(k) == query[k][0]
+                                     for k in ("eventID", "clientName", "programID"))]
+                    return 200, _page(items, query)
                 if method == "POST":
                     _require(body, "eventID", "clientName", "resources")
                     if body["eventID"] not in self.events:

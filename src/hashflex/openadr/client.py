@@ -259,6 +259,10 @@ class OpenADRClient:
     def delete_subscription(self, subscription_id: str) -> None:
         self.request("DELETE", f"/subscriptions/{subscription_id}")
 
+    def reports(self, event_id: str | None = None, client_name: str | None = None) -> list[dict[str, Any]]:
+        params = {k: v for k, v in (("eventID", event_id), ("clientName", client_name)) if v is not None}
+        return self._list("/reports", params)
+
     def create_report(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.request("POST", "/reports", body=body)
 

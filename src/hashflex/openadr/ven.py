@@ -195,9 +195,14 @@ class ReportOutbox:
                 item = self.pending[0]
                 item["attempts"] += 1
                 try:
-                    client.create_report(item["body"])
+                    if item.get("outcome_unknown") and _already_delivered(client, item["body"]):
+                        log.info("report %s had reached the VTN before the answer was lost", item["key"])
+                    else:
+                        client.create_report(item["body"])
                 except VTNUnavailable as exc:
                     self.failures += 1
+                    # No answer (timeout, dropped connection): the VTN may have stored it after all.
+                    item["outcome_unknown"] = item.get("outcome_unknown") or exc.status == 0
                     delay = min(self.retry_max_s, self.retry_base_s * 2 ** min(item["attempts"] - 1, 20))
                     self.retry_at = now + timedelta(seconds=delay)
                     item["last_error"] = str(exc)
@@ -679,6 +684,12 @@ class VEN:
         for thread in self._threads:
             thread.join(timeout=5)
         self._threads = []
+
+
+def _already_delivered(client: OpenADRClient, body: Mapping[str, Any]) -> bool:
+    """Is a report with this body's reportName already on the VTN (a POST whose answer was lost)?"""
+    found = client.reports(event_id=str(body.get("eventID")), client_name=str(body.get("clientName")))
+    return any(r.get("reportName") == body.get("reportName") for r in found)
 
 
 def _same_terms(a: DREventMessage, b: DREventMessage) -> bool:
