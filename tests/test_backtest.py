@@ -235,3 +235,47 @@ def test_candidate_group_is_placed_at_the_nearest_existing_attenuation() -> None
     assert group.units == 4 and group.modes[0].power_kw == 5.0
     assert extended.receptors[0].attenuation_from("new_s23_hyd") == 40.0
     assert math.isinf(profile.receptors[0].attenuation_from("new_s23_hyd"))
+
+
+def test_dr_event_is_honoured_by_every_policy() -> None:
+    from hashflex.messages import DREventMessage
+
+    profile = tiny()
+    begin = pd.Timestamp(WINDOW_START) + pd.Timedelta(minutes=30)
+    event = DREventMessage(event_id="ers-1", modification_number=0, program="ERS-10", level=3, issuer="utility",
+                           start=begin.to_pydatetime(), end=(begin + pd.Timedelta(minutes=45)).to_pydatetime())
+    start = pd.Timestamp(WINDOW_START)
+    actuals = build_actuals(profile, pattern_prices(), start, start + pd.Timedelta(hours=2), dr_events=[event])
+    assert list(actuals.import_limit_source[:6]) == ["import limit"] * 2 + ["DR:ers-1"] * 3 + ["import limit"]
+    result = run_backtest(profile, actuals, ["mpc", "threshold", "always-on", "oracle"])
+    document = summary_document(result)
+    for name, figures in document["policies"].items():
+        assert figures["dr_compliance_pct"] == 100.0, name
+        assert figures["import_violation_kwh"] == 0.0, name
+        assert all(run_counts[2:5].sum() == 0 for run_counts in result.runs[name].counts.values()), name
+
+
+class _Terminal:
+    def __init__(self, tty: bool) -> None:
+        self.text, self.tty = "", tty
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        return None
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize(("tty", "quiet", "shown"), [(True, False, True), (True, True, False), (False, False, False)])
+def test_progress_line_only_on_a_terminal_and_not_when_quiet(tty: bool, quiet: bool, shown: bool) -> None:
+    from hashflex.backtest.runner import Progress
+
+    stream = _Terminal(tty)
+    bar = Progress.factory(quiet, stream)("mpc", 96, 15 / 1440)
+    bar.update(48)
+    bar.update(96)
+    bar.close()
+    assert ("ETA" in stream.text) is shown
