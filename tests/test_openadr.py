@@ -550,3 +550,45 @@ def test_unknown_issuer_program_is_refused_by_the_site(vtn: TestVTN, site: Site)
     assert ven.acks[0].status == "rejected" and program["id"] in ven.acks[0].reason
     assert site.loop.dr_book.limit_at(site.now)[0] == float("inf")
     assert isinstance(ven.acks[0].event_id, str) and DREventMessage  # ack path shared with MQTT DR
+
+
+def test_a_higher_priority_event_overrides_and_its_removal_restores(vtn: TestVTN, site: Site) -> None:
+    program = vtn.create_program("ercot-capacity")
+    ven = make_ven(vtn, site)
+    ven.enrol()
+    low = vtn.create_event(limit_event(program["id"], T0, [4_000.0, 4_000.0], priority=5))
+    ven.poll(site.now)
+    assert site.loop.dr_book.limit_at(site.now)[0] == 4_000.0
+    normal = vtn.create_event({"programID": program["id"], "priority": 0,
+                               "intervalPeriod": {"start": iso(T0), "duration": "PT30M"},
+                               "intervals": [{"id": 0, "payloads": [{"type": "SIMPLE", "values": [0]}]}]})
+    ven.poll(site.now)
+    assert site.loop.dr_book.limit_at(site.now)[0] == float("inf"), "priority 0 'normal operation' wins"
+    assert site.loop.dr_book.status(f"{low['id']}:0") == "cancelled"
+    vtn.delete_event(normal["id"])
+    site.advance(1)
+    ven.poll(site.now)
+    assert site.loop.dr_book.limit_at(site.now)[0] == 4_000.0, "the lower-priority limit is back"
+    assert site.loop.dr_book.message(f"{low['id']}:1.r1").import_limit_kw == 4_000.0
+    assert site.loop.counters["dr_rejected"] == 0
+
+
+def test_enrolment_retries_with_backoff_and_programs_are_refreshed(vtn: TestVTN, site: Site) -> None:
+    vtn.create_program("ercot-capacity")
+    ven = make_ven(vtn, site, reenrol_interval_s=600.0)
+    vtn.fail_next(2, 503, "/vens")
+    ven.tick(site.now)
+    assert ven.enrolment is None
+    tries = sum(1 for _, path, _ in vtn.requests if path == "/vens")
+    site.advance(0.25)
+    ven.tick(site.now)
+    assert sum(1 for _, path, _ in vtn.requests if path == "/vens") == tries, "waits out the backoff (30 s)"
+    site.advance(0.5)
+    ven.tick(site.now)  # second failure: next try in 60 s
+    site.advance(1)
+    ven.tick(site.now)
+    assert ven.enrolment is not None and len(ven.enrolment.programs) == 1 and ven.counters["polls"] == 1
+    vtn.create_program("ercot-second-program")
+    site.advance(10)
+    ven.tick(site.now)
+    assert len(ven.enrolment.programs) == 2, "a new program is picked up at re-enrolment"

@@ -49,7 +49,6 @@ from hashflex.openadr.client import OpenADRClient, VTNError, VTNUnavailable
 from hashflex.openadr.mapping import (
     ExportLimit,
     ResolvedInterval,
-    is_cancelled,
     limit_windows,
     map_event,
     modification_number,
@@ -88,6 +87,7 @@ class VENConfig:
     dr_program: DRProgram = DRProgram.UTILITY
     poll_interval_s: float = 30.0
     poll_interval_with_webhook_s: float = 300.0
+    reenrol_interval_s: float = 3600.0
     horizon: timedelta = timedelta(days=2)  # how far looping events are unrolled
     report_resource_name: str | None = None  # default: the first resource name, else the ven name
     outbox_path: Path | None = None
@@ -113,8 +113,9 @@ class _Tracked:
     fingerprint: str
     number: int
     random_offset: timedelta
-    sent: dict[str, DREventMessage] = field(default_factory=dict)  # last message per hashflex event id
+    sent: dict[str, DREventMessage] = field(default_factory=dict)  # last message sent, by interval's base id
     intervals: list[ResolvedInterval] = field(default_factory=list)
+    revivals: dict[str, int] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- reports
@@ -269,6 +270,9 @@ class VEN:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._last_poll: datetime | None = None
+        self._enrolled_at: datetime | None = None
+        self._enrol_retry_at: datetime | None = None
+        self._enrol_failures = 0
 
     # ------------------------------------------------------------------ enrolment
 
@@ -356,8 +360,7 @@ class VEN:
         with self._lock:
             assert self.enrolment is not None
             event_id, program_id = str(event.get("id")), str(event.get("programID"))
-            program = self.enrolment.programs.get(program_id)
-            if program is None or not targets_match(event, self.my_targets):
+            if program_id not in self.enrolment.programs or not targets_match(event, self.my_targets):
                 return 0
             fingerprint = json.dumps({k: v for k, v in event.items() if k not in _METADATA}, sort_keys=True)
             held = self._events.get(event_id)
@@ -369,45 +372,73 @@ class VEN:
                 number = held.number + 1  # changed within the same second (or the VTN's clock went back)
             offset = held.random_offset if held is not None else self._draw_offset(event)
             tracked = _Tracked(dict(event), program_id, fingerprint, number, offset,
-                               dict(held.sent) if held is not None else {})
+                               dict(held.sent) if held is not None else {},
+                               revivals=dict(held.revivals) if held is not None else {})
             self._events[event_id] = tracked
-            mapped = map_event(event, now, issuer=self.issuer_for(program_id), program=program,
-                               dr_program=self.config.dr_program, random_offset=offset,
-                               horizon=self.config.horizon, modification=number,
-                               higher_priority=self._higher_priority_windows(event, now))
-            tracked.intervals = mapped.intervals
-            for reason in mapped.unsupported:
-                self.counters["unsupported_payloads"] += 1
-                self.unsupported.append(f"event {event_id}: {reason}")
-                log.warning("OpenADR event %s: %s (ignored)", event_id, reason)
-            if mapped.cancelled:
-                return self.cancel_event(event_id, now, forget=False)
-            sent = 0
-            wanted = {m.event_id: m for m in mapped.dr_messages}
-            for message in mapped.dr_messages:
-                before = tracked.sent.get(message.event_id)
-                if message.end is not None and message.end <= now:
-                    continue  # already over: nothing to do (and the book refuses it)
-                if before is not None and _same_terms(before, message):
+            sent = self._apply(tracked, now, first=True)
+            return sent + self._reapply_below(tracked.raw, now)
+
+    def _apply(self, tracked: _Tracked, now: datetime, first: bool = False) -> int:
+        """Send the difference between what the event asks now and what was sent for it."""
+        event = tracked.raw
+        event_id = str(event.get("id"))
+        assert self.enrolment is not None
+        mapped = map_event(event, now, issuer=self.issuer_for(tracked.program_id),
+                           program=self.enrolment.programs.get(tracked.program_id),
+                           dr_program=self.config.dr_program, random_offset=tracked.random_offset,
+                           horizon=self.config.horizon, modification=tracked.number,
+                           higher_priority=self._higher_priority_windows(event, now))
+        tracked.intervals = mapped.intervals
+        for reason in mapped.unsupported if first else ():
+            self.counters["unsupported_payloads"] += 1
+            self.unsupported.append(f"event {event_id}: {reason}")
+            log.warning("OpenADR event %s: %s (ignored)", event_id, reason)
+        sent = 0
+        wanted = {m.event_id for m in mapped.dr_messages}
+        for message in mapped.dr_messages:
+            base = message.event_id
+            before = tracked.sent.get(base)
+            if message.end is not None and message.end <= now:
+                continue  # already over: nothing to do (and the book refuses it)
+            if before is not None and before.cancelled:
+                # Lifted earlier (e.g. a higher-priority event covered it) and wanted again: the
+                # book never revives a cancelled event, so it comes back under a new id.
+                tracked.revivals[base] = tracked.revivals.get(base, 0) + 1
+                message = message.model_copy(update={"event_id": f"{base}.r{tracked.revivals[base]}"})
+            elif before is not None:
+                if _same_terms(before, message):
                     continue
-                sent += self._send(tracked, message, now)
-            for message_id, before in list(tracked.sent.items()):
-                if message_id not in wanted and not before.cancelled:
-                    sent += self._send_cancel(tracked, before, now)
-            if mapped.prices_usd_mwh:
-                self.prices[event_id] = mapped.prices_usd_mwh
-                if self.on_prices is not None:
-                    self.on_prices(event_id, mapped.prices_usd_mwh)
-            if mapped.carbon_kg_per_mwh:
-                self.carbon[event_id] = mapped.carbon_kg_per_mwh
-                if self.on_carbon is not None:
-                    self.on_carbon(event_id, mapped.carbon_kg_per_mwh)
-            if mapped.export_limits:
-                self.export_limits[event_id] = mapped.export_limits
-                if self.on_export_limits is not None:
-                    self.on_export_limits(event_id, mapped.export_limits)
+                message = message.model_copy(update={"event_id": before.event_id})
+            sent += self._send(tracked, base, message, now)
+        for base, before in list(tracked.sent.items()):
+            if base not in wanted and not before.cancelled:
+                sent += self._send_cancel(tracked, base, now)
+        if first:
+            self._signals(event_id, mapped)
             self._plan_reports(event, mapped.intervals)
-            return sent
+        return sent
+
+    def _signals(self, event_id: str, mapped: Any) -> None:
+        if mapped.prices_usd_mwh:
+            self.prices[event_id] = mapped.prices_usd_mwh
+            if self.on_prices is not None:
+                self.on_prices(event_id, mapped.prices_usd_mwh)
+        if mapped.carbon_kg_per_mwh:
+            self.carbon[event_id] = mapped.carbon_kg_per_mwh
+            if self.on_carbon is not None:
+                self.on_carbon(event_id, mapped.carbon_kg_per_mwh)
+        if mapped.export_limits:
+            self.export_limits[event_id] = mapped.export_limits
+            if self.on_export_limits is not None:
+                self.on_export_limits(event_id, mapped.export_limits)
+
+    def _reapply_below(self, changed: Mapping[str, Any], now: datetime) -> int:
+        """An event with a priority changed (or went): re-map the events it may outrank."""
+        mine = changed.get("priority")
+        if mine is None:
+            return 0
+        return sum(self._apply(t, now) for e, t in list(self._events.items())
+                   if e != str(changed.get("id")) and (t.raw.get("priority") is None or t.raw["priority"] > mine))
 
     def cancel_event(self, event_id: str, now: datetime, forget: bool = True) -> int:
         """Cancel every interval message of an event that is not over yet."""
@@ -415,31 +446,34 @@ class VEN:
             tracked = self._events.get(event_id)
             if tracked is None:
                 return 0
-            sent = sum(self._send_cancel(tracked, m, now) for m in list(tracked.sent.values()) if not m.cancelled)
+            sent = sum(self._send_cancel(tracked, base, now) for base, m in list(tracked.sent.items())
+                       if not m.cancelled)
             self._plans.pop(event_id, None)
             if forget:
                 del self._events[event_id]
-            return sent
+            return sent + self._reapply_below(tracked.raw, now)
 
-    def _send(self, tracked: _Tracked, message: DREventMessage, now: datetime) -> int:
-        before = tracked.sent.get(message.event_id)
-        if before is not None and message.modification_number <= before.modification_number:
+    def _send(self, tracked: _Tracked, base: str, message: DREventMessage, now: datetime) -> int:
+        before = tracked.sent.get(base)
+        if (before is not None and before.event_id == message.event_id
+                and message.modification_number <= before.modification_number):
             message = message.model_copy(update={"modification_number": before.modification_number + 1})
         ack = self.loop.handle_dr(message, now)
         self.acks.append(ack)
         self.counters["dr_messages"] += 1
         if ack.status == "accepted":
-            tracked.sent[message.event_id] = message
+            tracked.sent[base] = message
         else:
             log.warning("OpenADR interval %s refused by the site: %s", message.event_id, ack.reason)
         return 1
 
-    def _send_cancel(self, tracked: _Tracked, before: DREventMessage, now: datetime) -> int:
+    def _send_cancel(self, tracked: _Tracked, base: str, now: datetime) -> int:
+        before = tracked.sent[base]
         if before.end is not None and before.end <= now:
             return 0  # already completed
         cancel = before.model_copy(update={"modification_number": before.modification_number + 1,
                                            "cancelled": True})
-        return self._send(tracked, cancel, now)
+        return self._send(tracked, base, cancel, now)
 
     def _draw_offset(self, event: Mapping[str, Any]) -> timedelta:
         if not self.config.honour_randomize_start:
@@ -644,21 +678,40 @@ class VEN:
         return bool(self.subscription_ids)
 
     def tick(self, now: datetime) -> None:
-        """One round: enrol if needed, poll if due, queue due reports, deliver the outbox."""
+        """One round: enrol (again every ``reenrol_interval_s``, to learn new programs), poll when
+        due, queue due reports, deliver the outbox. A VTN failure defers the next try by the poll
+        interval (enrolment: exponential backoff up to ``retry_max_s``); reports go on regardless."""
         try:
-            if self.enrolment is None:
-                self.enrol()
-                if self.config.webhook is not None:
-                    if self._server is None:
-                        self.start_webhook()
-                    self.subscribe()
+            due_enrol = self.enrolment is None or (
+                self._enrolled_at is not None
+                and (now - self._enrolled_at).total_seconds() >= self.config.reenrol_interval_s)
+            if due_enrol and (self._enrol_retry_at is None or now >= self._enrol_retry_at):
+                self._enrol_and_subscribe(now)
             interval = self.config.poll_interval_with_webhook_s if self.push_active else self.config.poll_interval_s
-            if self._last_poll is None or (now - self._last_poll).total_seconds() >= interval:
+            if self.enrolment is not None and (
+                    self._last_poll is None or (now - self._last_poll).total_seconds() >= interval):
+                self._last_poll = now
                 self.poll(now)
         except VTNError as exc:
             log.warning("OpenADR: %s", exc)
         self.generate_reports(now)
         self.flush_reports(now)
+
+    def _enrol_and_subscribe(self, now: datetime) -> None:
+        before = set(self.enrolment.programs) if self.enrolment is not None else None
+        try:
+            self.enrol()
+        except VTNError:
+            self._enrol_failures += 1
+            delay = min(self.config.retry_max_s, self.config.retry_base_s * 2 ** min(self._enrol_failures - 1, 20))
+            self._enrol_retry_at = now + timedelta(seconds=delay)
+            raise
+        self._enrol_failures, self._enrol_retry_at, self._enrolled_at = 0, None, now
+        assert self.enrolment is not None
+        if self.config.webhook is not None and (before != set(self.enrolment.programs) or not self.push_active):
+            if self._server is None:
+                self.start_webhook()
+            self.subscribe()
 
     def start(self, tick_s: float = 1.0) -> None:
         """Run ``tick`` in a background thread every ``tick_s`` (polls at the configured interval)."""
