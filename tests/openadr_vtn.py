@@ -43,8 +43,10 @@ def _now_iso() -> str:
 class TestVTN:
     __test__ = False  # not a pytest class
 
-    def __init__(self, clients: dict[str, str] | None = None, token_lifetime_s: float = 3600.0) -> None:
+    def __init__(self, clients: dict[str, str] | None = None, token_lifetime_s: float = 3600.0,
+                 ssl_context: Any = None) -> None:
         self.clients = clients or {"ven-client": "ven-secret"}
+        self.ssl_context = ssl_context  # an ssl.SSLContext: serve HTTPS
         self.token_lifetime_s = token_lifetime_s
         self.tokens: dict[str, tuple[str, float]] = {}  # token -> (client id, expiry monotonic)
         self.programs: dict[str, dict[str, Any]] = {}
@@ -88,6 +90,8 @@ class TestVTN:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        if self.ssl_context is not None:
+            self._server.socket = self.ssl_context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="test-vtn")
         self._thread.start()
         return self
@@ -101,7 +105,8 @@ class TestVTN:
     @property
     def url(self) -> str:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     # ------------------------------------------------------------------ faults
 

@@ -592,3 +592,48 @@ def test_enrolment_retries_with_backoff_and_programs_are_refreshed(vtn: TestVTN,
     site.advance(10)
     ven.tick(site.now)
     assert len(ven.enrolment.programs) == 2, "a new program is picked up at re-enrolment"
+
+
+def test_listings_follow_pages_and_retargeted_events_are_lifted(vtn: TestVTN, site: Site) -> None:
+    program = vtn.create_program("ercot-capacity")
+    ven = make_ven(vtn, site)
+    ven.enrol()
+    for k in range(61):  # more than one page of 50
+        vtn.create_event(limit_event(program["id"], T0 - timedelta(hours=2), [1_000.0], eventName=f"old-{k}"))
+    vtn.grant("west-texas-ven", ["west-texas-site"])
+    ven.enrol()
+    mine = vtn.create_event(limit_event(program["id"], T0, [6_000.0], targets=["west-texas-site"]))
+    vtn.create_event(limit_event(program["id"], T0, [1.0], targets=["panhandle"]))  # not this site's
+    assert ven.poll(site.now) == 1
+    assert len(ven._events) == 62 and site.loop.dr_book.limit_at(site.now)[0] == 6_000.0
+    # The utility moves the event to another site: the VTN stops showing it to this VEN.
+    vtn.update_event(mine["id"], targets=["panhandle"])
+    ven.poll(site.now)
+    assert site.loop.dr_book.limit_at(site.now)[0] == float("inf")
+
+
+def test_tls_is_verified_by_default(tmp_path: Path) -> None:
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl binary not found: cannot make a test certificate")
+    cert, key = tmp_path / "vtn.pem", tmp_path / "vtn.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = TestVTN(ssl_context=context).start()
+    try:
+        server.create_program("ercot-capacity")
+        env = {"HASHFLEX_OPENADR_VTN_URL": server.url, "HASHFLEX_OPENADR_CLIENT_ID": "ven-client",
+               "HASHFLEX_OPENADR_CLIENT_SECRET": "ven-secret"}
+        with pytest.raises(VTNError, match="TLS verification failed") as err:
+            OpenADRClient(OpenADRConfig.from_env(env)).programs()
+        assert not isinstance(err.value, VTNUnavailable)
+        trusted = OpenADRClient(OpenADRConfig.from_env({**env, "HASHFLEX_OPENADR_CA_BUNDLE": str(cert)}))
+        assert [p["programName"] for p in trusted.programs()] == ["ercot-capacity"]
+    finally:
+        server.stop()

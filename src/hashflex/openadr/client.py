@@ -117,6 +117,9 @@ class TokenManager:
         try:
             response = self.session.post(url, data=data, timeout=self.config.timeout_s,
                                          verify=self.config.verify_tls, headers={"Accept": "application/json"})
+        except requests.exceptions.SSLError as exc:
+            raise VTNError(0, f"token endpoint {url}: TLS verification failed ({exc}); give the VTN's CA in "
+                              "HASHFLEX_OPENADR_CA_BUNDLE") from exc
         except requests.RequestException as exc:
             raise VTNUnavailable(0, f"token endpoint {url}: {type(exc).__name__}: {exc}") from exc
         if response.status_code >= 500 or response.status_code == 429:
@@ -161,6 +164,9 @@ class OpenADRClient:
                                             verify=self.config.verify_tls)
                 if response.status_code == 200 and response.json().get("tokenURL"):
                     url = str(response.json()["tokenURL"])
+            except requests.exceptions.SSLError as exc:
+                raise VTNError(0, f"GET /auth/server: TLS verification failed ({exc}); give the VTN's CA in "
+                                  "HASHFLEX_OPENADR_CA_BUNDLE") from exc
             except (requests.RequestException, ValueError):
                 log.info("GET /auth/server failed; using %s", url)
             self._token_url = url
@@ -176,6 +182,9 @@ class OpenADRClient:
                                                 timeout=self.config.timeout_s, verify=self.config.verify_tls,
                                                 headers={"Authorization": f"Bearer {token}",
                                                          "Accept": "application/json"})
+            except requests.exceptions.SSLError as exc:
+                raise VTNError(0, f"{method} {path}: TLS verification failed ({exc}); give the VTN's CA in "
+                                  "HASHFLEX_OPENADR_CA_BUNDLE") from exc
             except requests.RequestException as exc:
                 raise VTNUnavailable(0, f"{method} {path}: {type(exc).__name__}: {exc}") from exc
             if response.status_code == 401 and attempt == 1:
@@ -197,13 +206,16 @@ class OpenADRClient:
         raise AssertionError("unreachable")
 
     def _list(self, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        """GET a collection, following skip/limit pages."""
+        """GET a collection, following skip/limit pages until an empty one (a VTN may cap pages
+        below ``limit``; a truncated listing would look like deleted events)."""
         out: list[dict[str, Any]] = []
         skip = 0
         while True:
             page = self.request("GET", path, params={**params, "skip": skip, "limit": PAGE_LIMIT}) or []
+            if not isinstance(page, list):
+                raise VTNError(200, f"GET {path}: a list was expected")
             out.extend(page)
-            if len(page) < PAGE_LIMIT:
+            if not page:
                 return out
             skip += len(page)
 

@@ -361,7 +361,7 @@ class VEN:
             assert self.enrolment is not None
             event_id, program_id = str(event.get("id")), str(event.get("programID"))
             if program_id not in self.enrolment.programs or not targets_match(event, self.my_targets):
-                return 0
+                return self.cancel_event(event_id, now)  # no longer for this site (0 if never was)
             fingerprint = json.dumps({k: v for k, v in event.items() if k not in _METADATA}, sort_keys=True)
             held = self._events.get(event_id)
             if held is not None and held.fingerprint == fingerprint:
