@@ -204,7 +204,9 @@ class TestVTN:
         granted: set[str] = set()
         for ven in vens:
             granted.update(ven.get("targets") or [])
-            granted.update(t for r in self.resources.values() if r["venID"] == ven["id"] for t in r.get("targets") or [])
+            for resource in self.resources.values():
+                if resource["venID"] == ven["id"]:
+                    granted.update(resource.get("targets") or [])
         return granted
 
     def _visible(self, obj: dict[str, Any], request_targets: list[str] | None, client_id: str) -> bool:

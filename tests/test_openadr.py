@@ -17,7 +17,6 @@ from hashflex.control.loop import ControlLoop
 from hashflex.control.solver import SolveRunner
 from hashflex.data import bundled_path
 from hashflex.feeds.ercot import read_price_file
-from hashflex.messages import DREventMessage
 from hashflex.openadr.client import OpenADRClient, OpenADRConfig, VTNError, VTNUnavailable
 from hashflex.openadr.mapping import (
     is_cancelled,
@@ -29,7 +28,7 @@ from hashflex.openadr.mapping import (
     targets_match,
 )
 from hashflex.openadr.ven import VEN, ReportOutbox, VENConfig, WebhookConfig, report_schedule
-from hashflex.profile import load_profile, parse_profile
+from hashflex.profile import parse_profile
 from hashflex.sim.site import ReplayForecaster, SimulatedFleet
 from openadr_vtn import TestVTN
 
@@ -549,7 +548,7 @@ def test_unknown_issuer_program_is_refused_by_the_site(vtn: TestVTN, site: Site)
     ven.poll(site.now)
     assert ven.acks[0].status == "rejected" and program["id"] in ven.acks[0].reason
     assert site.loop.dr_book.limit_at(site.now)[0] == float("inf")
-    assert isinstance(ven.acks[0].event_id, str) and DREventMessage  # ack path shared with MQTT DR
+    assert site.loop.counters["dr_rejected"] == 1, "refused by the same DR path as MQTT events"
 
 
 def test_a_higher_priority_event_overrides_and_its_removal_restores(vtn: TestVTN, site: Site) -> None:
@@ -637,3 +636,23 @@ def test_tls_is_verified_by_default(tmp_path: Path) -> None:
         assert [p["programName"] for p in trusted.programs()] == ["ercot-capacity"]
     finally:
         server.stop()
+
+
+def test_randomize_start_is_drawn_once_per_event(vtn: TestVTN, site: Site) -> None:
+    program = vtn.create_program("ercot-capacity")
+    ven = make_ven(vtn, site, honour_randomize_start=True, seed=7)
+    ven.enrol()
+    body = limit_event(program["id"], T0 + timedelta(hours=1), [5_000.0, 5_000.0])
+    body["intervalPeriod"]["randomizeStart"] = "PT5M"
+    event = vtn.create_event(body)
+    ven.poll(site.now)
+    first = site.loop.dr_book.message(f"{event['id']}:0")
+    offset = first.start - (T0 + timedelta(hours=1))
+    assert timedelta(0) < abs(offset) <= timedelta(minutes=5)
+    assert site.loop.dr_book.message(f"{event['id']}:1").start == first.start + timedelta(minutes=15)
+    intervals = json.loads(json.dumps(event["intervals"]))
+    intervals[0]["payloads"][0]["values"] = [4_000.0]
+    vtn.update_event(event["id"], intervals=intervals)
+    ven.poll(site.now)
+    modified = site.loop.dr_book.message(f"{event['id']}:0")
+    assert modified.import_limit_kw == 4_000.0 and modified.start == first.start, "the offset does not move"
