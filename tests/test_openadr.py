@@ -656,3 +656,16 @@ def test_randomize_start_is_drawn_once_per_event(vtn: TestVTN, site: Site) -> No
     ven.poll(site.now)
     modified = site.loop.dr_book.message(f"{event['id']}:0")
     assert modified.import_limit_kw == 4_000.0 and modified.start == first.start, "the offset does not move"
+
+
+def test_ven_config_from_environment_and_issuer_must_be_authorised(vtn: TestVTN, site: Site) -> None:
+    config = VENConfig.from_env({"HASHFLEX_OPENADR_VEN_NAME": "wt", "HASHFLEX_OPENADR_RESOURCES": "site-a, site-b",
+                                 "HASHFLEX_OPENADR_ISSUER": ISSUER, "HASHFLEX_OPENADR_POLL_S": "15",
+                                 "HASHFLEX_OPENADR_WEBHOOK_PORT": "8443",
+                                 "HASHFLEX_OPENADR_WEBHOOK_URL": "https://site.example/openadr/callback"})
+    assert config.resource_names == ("site-a", "site-b") and config.poll_interval_s == 15.0
+    assert config.webhook is not None and config.webhook.port == 8443 and len(config.webhook.bearer_token) >= 32
+    with pytest.raises(ValueError, match="VEN_NAME"):
+        VENConfig.from_env({})
+    with pytest.raises(ValueError, match="dr.issuers"):
+        make_ven(vtn, site, issuer="mallory")

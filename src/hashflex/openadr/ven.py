@@ -98,6 +98,38 @@ class VENConfig:
     seed: int | None = None
 
 
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> VENConfig:
+        """``HASHFLEX_OPENADR_VEN_NAME`` (required), ``_RESOURCES``, ``_TARGETS``, ``_PROGRAMS`` (comma
+        lists), ``_ISSUER``, ``_POLL_S``, ``_OUTBOX`` (JSON file), ``_WEBHOOK_PORT`` (turns the webhook
+        on), ``_WEBHOOK_HOST``, ``_WEBHOOK_URL`` (public callback URL), ``_WEBHOOK_TOKEN``."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            return env.get(f"HASHFLEX_OPENADR_{name}") or None
+
+        def names(name: str) -> tuple[str, ...]:
+            return tuple(x.strip() for x in (get(name) or "").split(",") if x.strip())
+
+        values: dict[str, Any] = {"ven_name": get("VEN_NAME"), "resource_names": names("RESOURCES"),
+                                  "targets": names("TARGETS"), "program_names": names("PROGRAMS") or None,
+                                  "issuer": get("ISSUER")}
+        if get("POLL_S"):
+            values["poll_interval_s"] = float(get("POLL_S") or 0)
+        if get("OUTBOX"):
+            values["outbox_path"] = Path(get("OUTBOX") or "")
+        if get("WEBHOOK_PORT"):
+            hook: dict[str, Any] = {"host": get("WEBHOOK_HOST") or "0.0.0.0", "port": int(get("WEBHOOK_PORT") or 0),
+                                    "public_url": get("WEBHOOK_URL")}
+            if get("WEBHOOK_TOKEN"):
+                hook["bearer_token"] = get("WEBHOOK_TOKEN")
+            values["webhook"] = WebhookConfig(**hook)
+        values.update(overrides)
+        if not values.get("ven_name"):
+            raise ValueError("HASHFLEX_OPENADR_VEN_NAME: required (the venName the utility provisioned)")
+        return cls(**values)
+
+
 @dataclass
 class Enrolment:
     ven_id: str
@@ -247,6 +279,13 @@ class VEN:
                  on_carbon: Callable[[str, Signal], None] | None = None,
                  on_export_limits: Callable[[str, list[ExportLimit]], None] | None = None) -> None:
         self.client, self.config, self.loop = client, config, loop
+        issuers = getattr(getattr(getattr(loop, "profile", None), "dr", None), "issuers", None)
+        if issuers is not None and config.issuer is not None and config.issuer not in issuers:
+            raise ValueError(f"issuer {config.issuer!r}: not in the site profile's dr.issuers {sorted(issuers)}; "
+                             "every OpenADR event would be refused")
+        if issuers is not None and config.issuer is None:
+            log.warning("OpenADR issuer not configured: events carry the VTN's program id as issuer, which must "
+                        "be listed in dr.issuers (%s) or they are refused", sorted(issuers))
         self.measurements, self.clock = measurements, clock
         self.on_prices, self.on_carbon, self.on_export_limits = on_prices, on_carbon, on_export_limits
         self.enrolment: Enrolment | None = None
