@@ -669,3 +669,27 @@ def test_ven_config_from_environment_and_issuer_must_be_authorised(vtn: TestVTN,
         VENConfig.from_env({})
     with pytest.raises(ValueError, match="dr.issuers"):
         make_ven(vtn, site, issuer="mallory")
+
+
+def test_a_restarted_ven_adopts_what_the_book_holds_and_cancels_what_was_deleted_meanwhile(
+        vtn: TestVTN, site: Site) -> None:
+    program = vtn.create_program("ercot-capacity")
+    first = make_ven(vtn, site)
+    first.enrol()
+    kept = vtn.create_event({"programID": program["id"], "intervalPeriod": {"start": "0001-01-01", "duration": "P9999Y"},
+                             "intervals": [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [9_000.0]}]}]})
+    gone = vtn.create_event(limit_event(program["id"], T0, [4_000.0, 4_000.0]))
+    first.poll(site.now)
+    assert site.loop.dr_book.limit_at(site.now)[0] == 4_000.0
+    vtn.delete_event(gone["id"])  # while the VEN is down
+    site.advance(5)
+    restarted = make_ven(vtn, site)  # same site, same DR book (restored from the store in the daemon)
+    restarted.enrol()
+    restarted.poll(site.now)
+    assert site.loop.dr_book.status(f"{gone['id']}:0") == "cancelled"
+    assert site.loop.dr_book.status(f"{gone['id']}:1") == "cancelled"
+    assert site.loop.dr_book.limit_at(site.now)[0] == 9_000.0
+    vtn.delete_event(kept["id"])
+    restarted.poll(site.now)
+    assert site.loop.dr_book.limit_at(site.now)[0] == float("inf"), "the adopted open-ended event can be lifted"
+    assert site.loop.counters["dr_rejected"] == 0

@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import random
+import re
 import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 UTC = timezone.utc
 Signal = list[tuple[datetime, datetime | None, float]]
 _METADATA = ("id", "createdDateTime", "modificationDateTime", "objectType")
+_OADR_MESSAGE_ID = re.compile(r"^([A-Za-z0-9_-]+):[A-Za-z0-9_.-]+$")  # mapping.to_message_id
 
 
 def utcnow() -> datetime:
@@ -312,6 +314,7 @@ class VEN:
         self._enrolled_at: datetime | None = None
         self._enrol_retry_at: datetime | None = None
         self._enrol_failures = 0
+        self._reconciled = False
 
     # ------------------------------------------------------------------ enrolment
 
@@ -392,6 +395,9 @@ class VEN:
             for event_id in [e for e, t in self._events.items() if e not in seen]:
                 log.info("OpenADR event %s no longer on the VTN: cancelled", event_id)
                 sent += self.cancel_event(event_id, now)
+            if not self._reconciled:
+                sent += self._reconcile(seen, now)
+                self._reconciled = True
         return sent
 
     def process_event(self, event: dict[str, Any], now: datetime) -> int:
@@ -437,6 +443,10 @@ class VEN:
         for message in mapped.dr_messages:
             base = message.event_id
             before = tracked.sent.get(base)
+            if before is None:
+                before = self._held_by_book(base)  # sent before a restart: the DR book has it
+                if before is not None:
+                    tracked.sent[base] = before
             if message.end is not None and message.end <= now:
                 continue  # already over: nothing to do (and the book refuses it)
             if before is not None and before.cancelled:
@@ -455,6 +465,34 @@ class VEN:
         if first:
             self._signals(event_id, mapped)
             self._plan_reports(event, mapped.intervals)
+        return sent
+
+    def _held_by_book(self, event_id: str) -> DREventMessage | None:
+        book = getattr(self.loop, "dr_book", None)
+        if book is None or event_id not in book.event_ids():
+            return None
+        return book.message(event_id)
+
+    def _reconcile(self, listed: set[str], now: datetime) -> int:
+        """After a restart: cancel OpenADR intervals the DR book still holds for events the VTN no
+        longer lists (deleted while the VEN was down). Only ids of the form ``<objectID>:<interval>``
+        issued under this VEN's issuer names are touched."""
+        book = getattr(self.loop, "dr_book", None)
+        if book is None or self.enrolment is None:
+            return 0
+        issuers = {self.issuer_for(pid) for pid in self.enrolment.programs}
+        sent = 0
+        for event_id in book.event_ids():
+            match = _OADR_MESSAGE_ID.match(event_id)
+            if match is None or match.group(1) in listed or book.status(event_id) not in ("pending", "active"):
+                continue
+            message = book.message(event_id)
+            if message.issuer not in issuers or message.cancelled or (message.end is not None and message.end <= now):
+                continue
+            log.info("OpenADR interval %s: its event is gone from the VTN, cancelled", event_id)
+            tracked = _Tracked({"id": match.group(1)}, "", "", message.modification_number, timedelta(0),
+                               {event_id: message})
+            sent += self._send_cancel(tracked, event_id, now)
         return sent
 
     def _signals(self, event_id: str, mapped: Any) -> None:
