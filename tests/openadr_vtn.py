@@ -44,7 +44,8 @@ class TestVTN:
     __test__ = False  # not a pytest class
 
     def __init__(self, clients: dict[str, str] | None = None, token_lifetime_s: float = 3600.0,
-                 ssl_context: Any = None) -> None:
+                 ssl_context: Any = None, version: str = "3.1") -> None:
+        self.version = version  # "3.0": 3.0.1 paths and schemas (valuesMap targets, /vens/{id}/resources)
         self.clients = clients or {"ven-client": "ven-secret"}
         self.ssl_context = ssl_context  # an ssl.SSLContext: serve HTTPS
         self.token_lifetime_s = token_lifetime_s
@@ -210,6 +211,8 @@ class TestVTN:
         return granted
 
     def _visible(self, obj: dict[str, Any], request_targets: list[str] | None, client_id: str) -> bool:
+        if self.version == "3.0":
+            return True  # 3.0.1 has no target granting; VENs filter by the valuesMap targets themselves
         targets = set(obj.get("targets") or [])
         if not targets:
             return True
@@ -269,7 +272,7 @@ class TestVTN:
 
     def _route(self, handler: BaseHTTPRequestHandler, method: str, path: str, query: dict[str, list[str]],
                raw: bytes) -> tuple[int, Any]:
-        if path == "/auth/server" and method == "GET":
+        if path == "/auth/server" and method == "GET" and self.version != "3.0":  # 3.1 only
             return 200, {"tokenURL": f"{self.url}/auth/token"}
         if path == "/auth/token" and method == "POST":
             return self._token(handler, raw)
@@ -291,14 +294,28 @@ class TestVTN:
                 items = [e for e in self.events.values() if self._visible(e, query.get("targets"), client)
                          and ("programID" not in query or e["programID"] == query["programID"][0])]
                 return 200, _page(items, query)
+            if self.version == "3.0" and collection == "vens" and len(parts) == 3 and parts[2] == "resources":
+                ven = self.vens.get(parts[1])
+                if ven is None or ven["clientID"] != client:
+                    raise _Problem(404, "Not Found", f"ven {parts[1]}")
+                if method == "GET":
+                    return 200, _page([r for r in self.resources.values() if r["venID"] == ven["id"]], query)
+                if method == "POST":
+                    _require(body, "resourceName")
+                    resource = {**self._meta("RESOURCE", "resource"), "resourceName": body["resourceName"],
+                                "venID": ven["id"], "clientID": client, "targets": []}
+                    self.resources[resource["id"]] = resource
+                    return 201, resource
+            if collection == "resources" and self.version == "3.0":
+                raise _Problem(404, "Not Found", "3.0.1 has resources under /vens/{venID}/resources")
             if collection == "vens" and object_id is None:
                 if method == "GET":
                     items = [v for v in self.vens.values() if v["clientID"] == client
                              and ("venName" not in query or v["venName"] == query["venName"][0])]
                     return 200, _page(items, query)
                 if method == "POST":
-                    _require(body, "objectType", "venName")
-                    if body["objectType"] != "VEN_VEN_REQUEST":
+                    _require(body, *(("venName",) if self.version == "3.0" else ("objectType", "venName")))
+                    if self.version != "3.0" and body["objectType"] != "VEN_VEN_REQUEST":
                         raise _Problem(400, "Bad Request", "objectType: VEN_VEN_REQUEST expected from a VEN")
                     if not self.vens_may_create:
                         raise _Problem(403, "Forbidden", "VENs may not create ven objects on this VTN")
@@ -349,7 +366,8 @@ class TestVTN:
                                      for k in ("eventID", "clientName", "programID"))]
                     return 200, _page(items, query)
                 if method == "POST":
-                    _require(body, "eventID", "clientName", "resources")
+                    _require(body, "eventID", "clientName", "resources",
+                             *(("programID",) if self.version == "3.0" else ()))
                     if body["eventID"] not in self.events:
                         raise _Problem(400, "Bad Request", f"eventID {body['eventID']}: unknown")
                     for resource in body["resources"]:

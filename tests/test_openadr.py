@@ -693,3 +693,30 @@ def test_a_restarted_ven_adopts_what_the_book_holds_and_cancels_what_was_deleted
     restarted.poll(site.now)
     assert site.loop.dr_book.limit_at(site.now)[0] == float("inf"), "the adopted open-ended event can be lifted"
     assert site.loop.counters["dr_rejected"] == 0
+
+
+def test_openadr_3_0_vtn(site: Site) -> None:
+    """3.0.1: valuesMap targets filtered by the VEN, resources under /vens/{id}, reports carry programID."""
+    server = TestVTN(version="3.0").start()
+    try:
+        program = server.create_program("ercot-capacity")
+        client = OpenADRClient(OpenADRConfig(vtn_url=server.url, client_id="ven-client", client_secret="ven-secret",
+                                             api_version="3.0"))
+        ven = VEN(client, VENConfig(ven_name="west-texas-ven", resource_names=("west-texas-site",), issuer=ISSUER),
+                  site.loop, measurements=site.measured_kw, clock=lambda: site.now)
+        ven.enrol()
+        assert [r["resourceName"] for r in server.resources.values()] == ["west-texas-site"]
+        ours = server.create_event(limit_event(
+            program["id"], T0, [5_000.0], targets=[{"type": "RESOURCE_NAME", "values": ["west-texas-site"]}],
+            reportDescriptors=[{"payloadType": "DEMAND"}]))
+        server.create_event(limit_event(program["id"], T0, [1.0], targets=[{"type": "VEN_NAME", "values": ["other"]}]))
+        assert ven.poll(site.now) == 1
+        assert site.loop.dr_book.limit_at(site.now)[0] == 5_000.0
+        site.tick()
+        site.advance(15)
+        ven.tick(site.now)
+        (report,) = server.reports_for(ours["id"])
+        assert report["programID"] == program["id"]
+        assert report["resources"][0]["intervals"][0]["payloads"][0]["values"][0] <= 5_000.0 + 1e-6
+    finally:
+        server.stop()

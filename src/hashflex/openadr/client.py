@@ -57,7 +57,7 @@ class OpenADRConfig:
     verify_tls: bool | str = True  # True, False (lab only) or a CA bundle path
     timeout_s: float = 10.0
     scope: str | None = None
-    api_version: str = "3.1"  # "3.0" sends targets as targetType/targetValues query params
+    api_version: str = "3.1"  # "3.0": 3.0.1 paths and bodies (resources under /vens/{id}, report programID)
 
     def __repr__(self) -> str:  # never print the secret
         return f"OpenADRConfig(vtn_url={self.vtn_url!r}, client_id={self.client_id!r}, token_url={self.token_url!r})"
@@ -220,10 +220,11 @@ class OpenADRClient:
             skip += len(page)
 
     def _targets(self, targets: list[str] | None) -> dict[str, Any]:
-        if not targets:
+        """3.1: the targets the VTN matches against what it granted this VEN. 3.0 filters by one
+        targetType at a time and has no granting, so the VEN asks for everything and filters itself
+        (``mapping.targets_match``)."""
+        if not targets or self.config.api_version.startswith("3.0"):
             return {}
-        if self.config.api_version.startswith("3.0"):
-            return {"targetType": "VEN_NAME", "targetValues": targets}
         return {"targets": targets}
 
     # ------------------------------------------------------------------ objects

@@ -19,7 +19,9 @@ Decisions (the README's "How a utility connects over OpenADR 3" summarises them)
   draws it once per event and keeps it, so re-reads of an event do not move it.
 - **Priorities**: a lower number wins. A limit interval wholly covered by a conflicting (limit or
   SIMPLE) interval of a strictly higher-priority event is dropped; partial overlaps are kept, and the
-  DR book then takes the lower of the two limits over the overlap (conservative).
+  DR book then takes the lower of the two limits over the overlap (conservative). The VEN re-maps
+  lower-priority events when a higher-priority one arrives, changes or goes. No priority counts as
+  the lowest.
 - **Modifications**: ``modificationDateTime`` → ``modification_number`` = whole seconds since
   2020-01-01Z (monotone, fits 31 bits until 2088). The VEN bumps the number when content changes
   within the same second.

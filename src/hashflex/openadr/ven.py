@@ -731,7 +731,7 @@ class VEN:
                     "clientName": self.config.ven_name, "programID": program_id,
                     "objectOperations": [{"objects": ["EVENT"], "operations": ["CREATE", "UPDATE", "DELETE"],
                                           "callbackUrl": url, "bearerToken": self.config.webhook.bearer_token}],
-                    "targets": self.my_targets})
+                    **({} if self.client.config.api_version.startswith("3.0") else {"targets": self.my_targets})})
                 self.subscription_ids.append(str(created.get("id")))
         except VTNError as exc:
             log.warning("OpenADR subscription failed (%s): polling every %.0f s", exc, self.config.poll_interval_s)
