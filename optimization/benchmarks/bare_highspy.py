@@ -22,6 +22,7 @@ from hashflex.optimize.milp import (
     PENALTY_MIN_ON_USD_PER_UNIT,
     PENALTY_RAMP_USD_PER_KW,
     CompiledModel,
+    RowBlock,
     RunOutcome,
     solve_lp_round_mip,
 )
@@ -155,13 +156,14 @@ def build_bare(problem: Problem) -> BareModel:
         capped = np.flatnonzero(np.isfinite(budget)) if np.any(coef) else np.array([], dtype=int)
         first = rows.family(np.full(capped.size, -np.inf), budget[capped] * scale)
         rows.add(first + np.broadcast_to(np.arange(capped.size), (GM, capped.size)), n[:, capped], coef[:, None])
-    # carbon budgets
+    # carbon budgets: a separate block, added after a first LP as milp.compile_to_highs does
+    carbon_rows = _Rows()
     for budget in problem.carbon_budgets:
         members = np.flatnonzero(budget.mask)
         if members.size == 0:
             continue
-        first = rows.family(np.array([-np.inf]), np.array([problem.effective_carbon_budget_kg(budget)]))
-        rows.add(np.full(members.size, first), imp[members], kg_per_kw[members])
+        first = carbon_rows.family(np.array([-np.inf]), np.array([problem.effective_carbon_budget_kg(budget)]))
+        carbon_rows.add(np.full(members.size, first), imp[members], kg_per_kw[members])
     # unit commitment: start − stop − on[t] + on[t−1] = 0 (t=0: = −on0)
     if U:
         rhs = np.zeros((U, T))
@@ -230,8 +232,12 @@ def build_bare(problem: Problem) -> BareModel:
     highs.changeObjectiveSense(highspy.ObjSense.kMaximize)
     highs.addRows(rows.n_rows, row_lower, row_upper, len(index), starts, index, value)
     count_columns = {key: n[i].astype(np.int32) for i, key in enumerate(gm)}
-    compiled = CompiledModel(highs, [], col_lower, col_upper, count_columns)
-    return BareModel(compiled, offset, rows.n_rows, len(index))
+    deferred = None
+    if carbon_rows.n_rows:
+        deferred = RowBlock(*carbon_rows.csr())
+    compiled = CompiledModel(highs, [], col_lower, col_upper, count_columns, deferred=deferred)
+    nnz = len(index) + (len(deferred.index) if deferred is not None else 0)
+    return BareModel(compiled, offset, rows.n_rows + carbon_rows.n_rows, nnz)
 
 
 @dataclass(frozen=True)
