@@ -45,6 +45,7 @@ class TestVTN:
 
     def __init__(self, clients: dict[str, str] | None = None, token_lifetime_s: float = 3600.0,
                  ssl_context: Any = None, version: str = "3.1") -> None:
+        self.callback_verify: bool | str = True  # TLS verification of webhook callbacks (CA path for tests)
         self.version = version  # "3.0": 3.0.1 paths and schemas (valuesMap targets, /vens/{id}/resources)
         self.clients = clients or {"ven-client": "ven-secret"}
         self.ssl_context = ssl_context  # an ssl.SSLContext: serve HTTPS
@@ -190,7 +191,7 @@ class TestVTN:
                     body = {"objectType": object_type, "operation": operation, "object": obj}
                     try:
                         status = requests.post(op["callbackUrl"], data=json.dumps(body), headers=headers,
-                                               timeout=10).status_code
+                                               timeout=10, verify=self.callback_verify).status_code
                     except requests.RequestException:
                         status = 0
                     self.notifications.append((op["callbackUrl"], status))
@@ -399,7 +400,7 @@ class TestVTN:
     def _challenge(self, callback_url: str) -> None:
         echo = secrets.token_urlsafe(12)
         try:
-            answer = requests.get(callback_url, params={"echo": echo}, timeout=10)
+            answer = requests.get(callback_url, params={"echo": echo}, timeout=10, verify=self.callback_verify)
         except requests.RequestException as exc:
             raise _Problem(400, "Bad Request", f"callbackUrl did not answer the challenge: {exc}") from exc
         if answer.status_code != 200 or answer.text != echo:

@@ -325,8 +325,11 @@ def test_capacity_event_cuts_load_in_its_first_interval_then_modified_then_cance
     intervals = json.loads(json.dumps(event["intervals"]))
     intervals[1]["payloads"][0]["values"] = [2_000.0]
     vtn.update_event(event["id"], intervals=intervals)
+    vtn.expire_tokens()  # and revokes the VEN's token meanwhile
+    tokens = vtn.token_requests
     site.advance(5)
     assert ven.poll(site.now) == 1, "only the changed interval is re-sent"
+    assert vtn.token_requests == tokens + 1
     assert site.loop.dr_book.message(f"{event['id']}:1").import_limit_kw == 2_000.0
     site.advance(10)
     site.tick()
@@ -634,6 +637,14 @@ def test_tls_is_verified_by_default(tmp_path: Path) -> None:
         assert not isinstance(err.value, VTNUnavailable)
         trusted = OpenADRClient(OpenADRConfig.from_env({**env, "HASHFLEX_OPENADR_CA_BUNDLE": str(cert)}))
         assert [p["programName"] for p in trusted.programs()] == ["ercot-capacity"]
+        # The webhook over HTTPS too (the spec requires it): the VTN trusts the same test CA.
+        server.callback_verify = str(cert)
+        site = type("NoLoop", (), {"handle_dr": lambda self, m, now: None})()
+        ven = VEN(trusted, VENConfig(ven_name="wt", webhook=WebhookConfig(ssl_context=context)), site)
+        ven.enrol()
+        assert ven.start_webhook().startswith("https://127.0.0.1:")
+        assert ven.subscribe(), "the VTN's echo challenge passed over HTTPS"
+        ven.stop()
     finally:
         server.stop()
 
