@@ -99,7 +99,6 @@ class VENConfig:
     webhook: WebhookConfig | None = None
     seed: int | None = None
 
-
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> VENConfig:
         """``HASHFLEX_OPENADR_VEN_NAME`` (required), ``_RESOURCES``, ``_TARGETS``, ``_PROGRAMS`` (comma
