@@ -95,6 +95,20 @@ def _reload(loop: ControlLoop, profile_path: str) -> None:
     log.warning("profile reload (%s): %s", profile_path, loop.reload_profile(profile, utc_now()))
 
 
+def _start_openadr(loop: ControlLoop) -> Any:
+    """The OpenADR 3 VEN, when HASHFLEX_OPENADR_VTN_URL is set: its events take the same DR path."""
+    if not os.environ.get("HASHFLEX_OPENADR_VTN_URL"):
+        return None
+    from hashflex.openadr.client import OpenADRClient, OpenADRConfig
+    from hashflex.openadr.ven import VEN, VENConfig
+
+    ven = VEN(OpenADRClient(OpenADRConfig.from_env()), VENConfig.from_env(), loop,
+              measurements=loop.mean_import_kw, clock=utc_now)
+    ven.start()
+    log.info("OpenADR VEN started for %s", os.environ["HASHFLEX_OPENADR_VTN_URL"])
+    return ven
+
+
 def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | None = None, mqtt_host: str, mqtt_port: int,
                http_host: str = "127.0.0.1", http_port: int = DEFAULT_HTTP_PORT, driver: Any = None,
                username: str | None = None, password: str | None = None, tls_ca_file: str | None = None,
@@ -124,6 +138,7 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
             signal.signal(signum, lambda *_: stop.set())
         if profile_path is not None:
             signal.signal(signal.SIGHUP, lambda *_: _reload(loop, profile_path))
+    ven = _start_openadr(loop)
     ingest.start()
     server.start()
     log.info("hashflex running for %s: MQTT %s:%d, HTTP %s:%d, store %s", site, mqtt_host, mqtt_port,
@@ -131,6 +146,8 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
     try:
         loop.run(utc_now, stop)
     finally:
+        if ven is not None:
+            ven.stop()
         server.stop()
         ingest.stop()
         publisher.close()

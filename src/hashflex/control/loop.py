@@ -160,6 +160,7 @@ class ControlLoop:
         self.driver = driver
         self.publisher = publisher
         self.store = store
+        self.measured_import_kw: dict[pd.Timestamp, tuple[float, float]] = {}  # start -> (kW, hours), for DR reports
         self.meter = meter  # live sites: telemetry/renewable/noise of the running interval
         self._metered_interval: pd.Timestamp | None = None
         self.recorder = recorder  # control.records.AuditRecorder (or anything with record(kind, payload, at))
@@ -494,6 +495,9 @@ class ControlLoop:
         """The ``measurement`` audit entry of one finished interval, from what was measured in it
         (``noise``: receptor → (LAeq, minutes over cap)); economics at the settled price."""
         import_kw = max(load_kw - renewable_kw, 0.0)
+        self.measured_import_kw[pd.Timestamp(interval_start)] = (import_kw, interval_h)
+        if len(self.measured_import_kw) > 10_000:  # a few months of intervals is plenty for reports
+            self.measured_import_kw.pop(next(iter(self.measured_import_kw)))
         hp = self.profile.economics.hashprice_usd_per_ph_day / 1000.0 / 24.0 * (1 - self.profile.economics.pool_fee_pct / 100)
         revenue = hashrate_th_s * interval_h * hp
         cost = None if price_usd_mwh is None else import_kw * interval_h * (price_usd_mwh + self.profile.grid.total_adder_usd_mwh) / 1000
@@ -510,6 +514,15 @@ class ControlLoop:
             noise_model_dba=modelled, noise_cap_dba={k: (None if math.isinf(v) else v) for k, v in caps.items()},
             noise_over_cap_min={r: v[1] for r, v in noise.items()}, full_load_kw=full_kw,
             intensity_source=intensity_source), interval_start)
+
+    def mean_import_kw(self, start: datetime, end: datetime) -> float:
+        """Time-weighted mean measured import over [start, end) from recorded intervals (NaN if none)."""
+        total_kwh = hours = 0.0
+        for interval_start, (kw, h) in list(self.measured_import_kw.items()):
+            if pd.Timestamp(start) <= interval_start < pd.Timestamp(end):
+                total_kwh += kw * h
+                hours += h
+        return total_kwh / hours if hours else math.nan
 
     def status(self, now: datetime) -> dict[str, Any]:
         report = self.last_report
