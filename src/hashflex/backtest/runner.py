@@ -115,15 +115,16 @@ def build_actuals(profile: SiteProfile, prices: pd.DataFrame, start: pd.Timestam
                   end: pd.Timestamp | str | None = None, *, renewables: pd.Series | None = None,
                   dr_events: Iterable[DREventMessage] = ()) -> Actuals:
     """The window [start, end) on the profile's interval grid (a naive date is local midnight; the
-    default is the first to the last full local day of real-time prices)."""
+    default runs from the second full local day of real-time prices, so the forecast has a day of
+    published history, to the end of the last full day)."""
     step = pd.Timedelta(minutes=profile.site.interval_minutes)
     rt = prices[prices["market"] == "RT"].sort_values("interval_start")
     if rt.empty:
         raise ValueError("no real-time prices: a backtest settles at the RT price")
     first, last = rt["interval_start"].min(), rt["interval_end"].max()
-    if start is None:  # the first full local day
+    if start is None:  # the second full local day: the forecast gets a day of published history
         first_local = first.tz_convert(profile.tz)
-        start = first_local.normalize() + (pd.Timedelta(0) if first_local == first_local.normalize() else pd.Timedelta(days=1))
+        start = first_local.normalize() + pd.Timedelta(days=1 if first_local == first_local.normalize() else 2)
     if end is None:
         end = last.tz_convert(profile.tz).floor("D")
     start, end = _local_midnight(start, profile), _local_midnight(end, profile)
