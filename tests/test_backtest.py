@@ -279,3 +279,13 @@ def test_progress_line_only_on_a_terminal_and_not_when_quiet(tty: bool, quiet: b
     bar.update(96)
     bar.close()
     assert ("ETA" in stream.text) is shown
+
+
+def test_replan_minutes_solves_once_per_period_and_dispatches_the_cached_plan_between() -> None:
+    profile = tiny()
+    actuals = window(profile, pattern_prices())
+    every = simulate_policy(profile, actuals, "mpc")
+    hourly = simulate_policy(profile, actuals, "mpc", replan_minutes=60)
+    assert every.solves == 8
+    assert hourly.solves == 2  # at 00:00 and 01:00; nothing asked for a re-plan in between
+    assert (hourly.extra["solve_seconds"][[1, 2, 3, 5, 6, 7]] == 0).all()
