@@ -288,3 +288,20 @@ def test_milp_respects_every_hard_limit_and_beats_the_fallback(problem: Problem)
     assert_hard_limits(problem, schedule)
     fallback = greedy_schedule(problem)
     assert schedule.total_profit_usd >= fallback.total_profit_usd - 0.006 * abs(fallback.total_profit_usd) - 1e-6
+
+
+def test_pyomo_appsi_interface_reaches_the_same_schedule_value() -> None:
+    """The default route hands the Pyomo model to HiGHS directly; Pyomo's own persistent HiGHS
+    interface must agree on the same model (within the MIP gap)."""
+    receptor = Receptor("house", {"air": 60.0}, np.array([55.0, 45.0, 45.0, 55.0] * 2), background_dba=30.0)
+    problem = make_problem(T=8, units=300, modes=(ECO, STOCK), receptors=(receptor,),
+                           price=[20, 20, 400, 20, 20, 30, 30, 20], min_on_h=0.5,
+                           carbon_budgets=(CarbonBudget("day", np.ones(8, dtype=bool), 150.0),))
+    direct = solve(problem)
+    appsi = solve(problem, interface="appsi")
+    assert appsi.status == SolveStatus.OPTIMAL and direct.status == SolveStatus.OPTIMAL
+    assert appsi.info.message.startswith("appsi")
+    assert_hard_limits(problem, appsi)
+    assert appsi.total_profit_usd == pytest.approx(direct.total_profit_usd, rel=0.006)
+    with pytest.raises(ValueError, match="interface"):
+        solve(problem, interface="cplex")

@@ -15,18 +15,24 @@ import multiprocessing
 import time
 
 from hashflex.optimize.fallback import greedy_schedule
-from hashflex.optimize.milp import solve, solve_multiresolution
+from hashflex.optimize.milp import LpBasisCache, solve, solve_multiresolution
 from hashflex.optimize.problem import Problem
 from hashflex.optimize.schedule import Schedule
 
 log = logging.getLogger(__name__)
 
 
+# Successive re-plans have the same structure, so the last LP basis is a good start for the next
+# (3x faster at 288 intervals x 48 groups). One per process: the worker keeps its own.
+_BASIS_CACHE = LpBasisCache()
+
+
 def plan_problem(problem: Problem, fine_intervals: int, time_limit_s: float) -> Schedule:
     """Solve at full resolution, or coarsen beyond ``fine_intervals`` when the horizon is longer."""
     if fine_intervals < problem.T:
-        return solve_multiresolution(problem, fine_intervals=fine_intervals, time_limit_s=time_limit_s)
-    return solve(problem, time_limit_s=time_limit_s)
+        return solve_multiresolution(problem, fine_intervals=fine_intervals, time_limit_s=time_limit_s,
+                                     basis_cache=_BASIS_CACHE)
+    return solve(problem, time_limit_s=time_limit_s, basis_cache=_BASIS_CACHE)
 
 
 class SolveRunner:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -411,6 +413,27 @@ def _flat_row(body: object, order: dict[int, int]) -> tuple[list[int], list[floa
     return columns, coefficients, constant
 
 
+_BANNER_SHOWN = False
+
+
+def _new_highs() -> highspy.Highs:
+    """A HiGHS instance. The first one in a process prints HiGHS's copyright banner on stdout before
+    any option can silence it; it is sent to /dev/null so `hashflex plan` output stays clean."""
+    global _BANNER_SHOWN
+    if _BANNER_SHOWN:
+        return highspy.Highs()
+    _BANNER_SHOWN = True
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            return highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _compile(model: pyo.ConcreteModel, problem: Problem) -> CompiledModel:
     columns = list(model.component_data_objects(pyo.Var, active=True, descend_into=True))
     order = {id(v): i for i, v in enumerate(columns)}
@@ -448,7 +471,7 @@ def _compile(model: pyo.ConcreteModel, problem: Problem) -> CompiledModel:
     for vid, c in obj.linear.items():
         cost[order[vid]] += c * obj.multiplier
 
-    highs = highspy.Highs()
+    highs = _new_highs()
     _set_option(highs, "output_flag", False)
     n_cols = len(columns)
     highs.addVars(n_cols, lower, upper)
@@ -628,12 +651,77 @@ def _solve(problem: Problem, time_limit_s: float, rel_gap: float, basis_cache: L
     return _Solved(counts, info, import_kw)
 
 
+def _solve_appsi(problem: Problem, time_limit_s: float, rel_gap: float) -> _Solved:
+    """The same model and the same LP → rounding → warm-started MIP, through Pyomo's own persistent
+    HiGHS interface (``pyomo.contrib.appsi``). Kept selectable and tested against the direct route:
+    it is the interface Pyomo maintains, at ~2-5x the solve time here (its expression walk)."""
+    from pyomo.contrib.appsi.base import TerminationCondition
+    from pyomo.contrib.appsi.solvers import Highs
+
+    from hashflex.optimize.fallback import greedy_schedule
+
+    started = time.perf_counter()
+    try:
+        model = build_model(problem)
+        built = time.perf_counter()
+        solver = Highs()
+        solver.config.time_limit = time_limit_s
+        solver.config.load_solution = False
+        solver.highs_options = {"mip_rel_gap": rel_gap, "output_flag": False}
+        for var in model.n.values():
+            var.domain = pyo.NonNegativeReals
+        relaxation = solver.solve(model)
+        if relaxation.termination_condition != TerminationCondition.optimal:
+            return _Solved(fallback=greedy_schedule(problem, reason=f"LP relaxation: {relaxation.termination_condition.name}"))
+        relaxation.solution_loader.load_vars()
+        lp_counts = {(g, m): np.array([model.n[g, m, t].value or 0.0 for t in range(problem.T)])
+                     for g, group in enumerate(problem.groups) for m in range(len(group.modes))}
+        for (g, m), values in round_lp_counts(problem, lp_counts).items():
+            for t in range(problem.T):
+                model.n[g, m, t].set_value(int(values[t]))
+        for var in model.n.values():
+            var.domain = pyo.NonNegativeIntegers
+        solver.config.warmstart = True
+        solver.config.time_limit = max(time_limit_s - (time.perf_counter() - built), 0.1)
+        results = solver.solve(model)
+    except Exception as exc:  # solver crash: never leave the site unplanned
+        log.exception("HiGHS (appsi) failed; using the greedy fallback")
+        return _Solved(fallback=greedy_schedule(problem, reason=f"solver error: {exc}"))
+    solved = time.perf_counter()
+    objective = results.best_feasible_objective
+    if objective is None:
+        return _Solved(fallback=greedy_schedule(problem, reason=f"solver: {results.termination_condition.name}, no incumbent"))
+    results.solution_loader.load_vars()
+    bound = results.best_objective_bound
+    gap = relative_gap(objective, bound) if bound is not None and math.isfinite(bound) else None
+    status = {TerminationCondition.optimal: SolveStatus.OPTIMAL,
+              TerminationCondition.maxTimeLimit: SolveStatus.TIME_LIMIT}.get(results.termination_condition,
+                                                                             SolveStatus.FEASIBLE_GAP)
+    info = SolveInfo(status=status, objective_usd=objective, bound_usd=bound, gap=gap,
+                     build_seconds=built - started, solve_seconds=solved - built,
+                     penalties=_penalties(model), message=f"appsi: {results.termination_condition.name}")
+    import_kw = np.array([model.grid_import_kw[t].value for t in range(problem.T)], dtype=float)
+    return _Solved(extract_counts(model, problem), info, import_kw)
+
+
+SOLVER_INTERFACES = ("direct", "appsi")
+
+
 def solve(problem: Problem, *, time_limit_s: float = 10.0, rel_gap: float = DEFAULT_REL_GAP,
-          basis_cache: LpBasisCache | None = None) -> Schedule:
+          basis_cache: LpBasisCache | None = None, interface: str = "direct") -> Schedule:
     """Build, solve the LP relaxation, warm-start the MILP from its rounded-down counts (or stop
     there when the LP bound proves the start within ``rel_gap``), and return a Schedule whose status
-    says how good it is (or the greedy fallback's). ``basis_cache``: see `LpBasisCache`."""
-    solved = _solve(problem, time_limit_s, rel_gap, basis_cache)
+    says how good it is (or the greedy fallback's). ``basis_cache``: see `LpBasisCache`.
+
+    ``interface``: ``"direct"`` (default) hands the Pyomo model's rows, as Pyomo's linear
+    representation produces them, to HiGHS in one call; ``"appsi"`` goes through Pyomo's persistent
+    HiGHS interface. Same model, same HiGHS, same procedure; see optimization/FORMULATION.md."""
+    if interface not in SOLVER_INTERFACES:
+        raise ValueError(f"interface must be one of {SOLVER_INTERFACES}, got {interface!r}")
+    if interface == "appsi":
+        solved = _solve_appsi(problem, time_limit_s, rel_gap)
+    else:
+        solved = _solve(problem, time_limit_s, rel_gap, basis_cache)
     if solved.fallback is not None:
         return solved.fallback
     return schedule_from_counts(problem, solved.counts, solved.info, import_kw=solved.import_kw)
