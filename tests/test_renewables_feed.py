@@ -17,18 +17,12 @@ from hashflex.feeds.renewables import (
     scale_to_site,
 )
 
-SHARED = Path("/work/shared/data/ercot")
 CT = "America/Chicago"
 
 
 def real_file(name: str) -> Path:
-    """The bundled copy if the ERCOT data folder ships it, else the project's shared data folder."""
-    try:
-        return bundled_path(f"ercot/{name}")
-    except FileNotFoundError:
-        if (SHARED / name).is_file():
-            return SHARED / name
-        pytest.skip(f"{name} is neither bundled nor in {SHARED}")
+    """The bundled copy of a real ERCOT report (shipped in the package with its provenance)."""
+    return bundled_path(f"ercot/{name}")
 
 
 SOLAR_HEADER = "DELIVERY_DATE,HOUR_ENDING,SYSTEM_WIDE_GEN,COP_HSL_SYSTEM_WIDE,STPPF_SYSTEM_WIDE,PVGRPP_SYSTEM_WIDE," \

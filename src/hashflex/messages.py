@@ -87,15 +87,10 @@ class _Message(BaseModel):
 class _Inbound(_Message):
     kind: ClassVar[str]
 
-    @property
-    def key(self) -> str:
-        """Series key within the kind (source, receptor, miner, event id, ...)."""
-        raise NotImplementedError
-
-    @property
-    def observed_at(self) -> datetime:
-        """The UTC time the data is about."""
-        raise NotImplementedError
+    # Every inbound model defines ``key`` (series key within the kind: source, receptor, miner,
+    # event id, ...) and ``observed_at`` (the UTC time the data is about); ``identity`` uses both.
+    key: ClassVar[property]
+    observed_at: ClassVar[property]
 
     @property
     def identity(self) -> tuple[Any, ...]:
