@@ -3,9 +3,12 @@
 ``build_actuals`` fixes what really happened over the backtest window: real-time prices (what the
 site is settled at), on-site renewable output (a recorded file, or the SYNTHETIC clear-sky shape
 the simulator uses, labelled so), and DR import limits. ``simulate_policy`` drives the real
-``ControlLoop`` interval by interval on a simulated clock (the forecast at t sees only what was
-published before t: ``hashflex.sim.site.ReplayForecaster``), a simulated fleet and seeded noise
-sensors, and records the units that ran. ``run_oracle`` solves the actual series with perfect
+``ControlLoop`` interval by interval on a simulated clock, a simulated fleet
+(``hashflex.sim.site.SimulatedFleet``) and seeded noise sensors (``hashflex.sim.noise``), and
+records the units that ran. For mpc the forecast is the daemon's own (``forecast.build_forecast``,
+see ``SnapshotForecaster``) over what was published by each tick: RT prices at their interval's
+end, DA at 13:00 CT the day before (or the file's ``published_at``), on-site output as measured.
+DR events reach the loop as messages before their start, as they would over MQTT. ``run_oracle`` solves the actual series with perfect
 foresight. ``account`` then turns any policy's per-interval unit counts into money, energy,
 emissions and noise with the *actual* prices, through the optimizer's own
 ``schedule_from_counts``: the same formulas for every policy, so none is flattered.
@@ -19,13 +22,11 @@ CSV marks such intervals (``fast_path_cut``).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
