@@ -159,8 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--time-limit", type=float, default=20.0, help="solver time limit in seconds")
     plan.set_defaults(handler=cmd_plan)
 
+    from hashflex.backtest.cli import add_backtest_parsers
     from hashflex.report.cli import add_report_parsers
 
+    add_backtest_parsers(commands)
     add_report_parsers(commands)
 
     run = commands.add_parser("run", help="run the controller (live, or --simulate on bundled data)")
