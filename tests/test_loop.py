@@ -230,3 +230,20 @@ def test_a_simulated_run_keeps_a_verifiable_audit_trail_the_report_reads(tmp_pat
     measured = [r.payload for r in log.records("measurement")]
     expected_mwh = (result.intervals["grid_import_kw"] * 0.25).sum() / 1000
     assert sum(m["import_kw"] * m["interval_h"] for m in measured) / 1000 == pytest.approx(expected_mwh)
+
+
+def test_daily_carbon_budget_is_charged_with_what_was_emitted_today(feb_2020_prices_west: pd.DataFrame) -> None:
+    """Planning each tick with the whole daily budget would overrun it; the loop nets out the day's
+    measured emissions, so the day's total stays within the budget."""
+    import yaml
+
+    from hashflex.profile import parse_profile
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "site_profiles" / "west_texas.yaml").read_text())
+    data["carbon"]["daily_budget_kg"] = 20_000  # the last 8 h of a day at full load would emit ~80 t
+    profile = parse_profile(yaml.safe_dump(data))
+    start = pd.Timestamp("2020-02-10T16:00-06:00")
+    result = run_simulation(profile, feb_2020_prices_west, start, 32)  # to the end of the local day
+    emitted_kg = (result.intervals["grid_import_kw"] * 0.25).sum() * profile.carbon.default_intensity_kg_per_mwh / 1000
+    assert 15_000 < emitted_kg <= 20_000 * 1.005
+    assert result.loop.emitted_kg["2020-02-10"] == pytest.approx(emitted_kg)

@@ -43,7 +43,14 @@ from hashflex.messages import (
     RenewableMessage,
     TelemetryMessage,
 )
-from hashflex.optimize.problem import GroupState, Problem, problem_from_profile
+from hashflex.optimize.problem import (
+    CarbonBudget,
+    GroupState,
+    Problem,
+    daily_carbon_budgets,
+    monthly_carbon_budgets,
+    problem_from_profile,
+)
 from hashflex.optimize.schedule import Schedule, unit_column
 from hashflex.profile import SiteProfile
 
@@ -160,6 +167,7 @@ class ControlLoop:
         self.driver = driver
         self.publisher = publisher
         self.store = store
+        self.emitted_kg: dict[str, float] = {}  # local day "YYYY-MM-DD" and month "YYYY-MM" -> kg, measured
         self.measured_import_kw: dict[pd.Timestamp, tuple[float, float]] = {}  # start -> (kW, hours), for DR reports
         self.meter = meter  # live sites: telemetry/renewable/noise of the running interval
         self._metered_interval: pd.Timestamp | None = None
@@ -230,6 +238,7 @@ class ControlLoop:
                 intensity_kg_per_mwh=forecast.intensity_kg_per_mwh,
                 hashprice_usd_per_ph_day=forecast.hashprice_usd_per_ph_day,
                 units_available=available, initial=initial, noise_margin_db=margins,
+                carbon_budgets=self.carbon_budgets(index),
             )
             problem = apply_cap_overrides(problem, self.noise_cap_overrides)
             schedule = self.solver.run(problem, self.fine_intervals)
@@ -496,6 +505,10 @@ class ControlLoop:
         (``noise``: receptor → (LAeq, minutes over cap)); economics at the settled price."""
         import_kw = max(load_kw - renewable_kw, 0.0)
         self.measured_import_kw[pd.Timestamp(interval_start)] = (import_kw, interval_h)
+        factor = intensity_kg_per_mwh if intensity_kg_per_mwh is not None else self.profile.carbon.default_intensity_kg_per_mwh
+        local_day = pd.Timestamp(interval_start).tz_convert(self.profile.tz)
+        for key in (local_day.strftime("%Y-%m-%d"), local_day.strftime("%Y-%m")):
+            self.emitted_kg[key] = self.emitted_kg.get(key, 0.0) + import_kw * interval_h * factor / 1000.0
         if len(self.measured_import_kw) > 10_000:  # a few months of intervals is plenty for reports
             self.measured_import_kw.pop(next(iter(self.measured_import_kw)))
         hp = self.profile.economics.hashprice_usd_per_ph_day / 1000.0 / 24.0 * (1 - self.profile.economics.pool_fee_pct / 100)
@@ -514,6 +527,13 @@ class ControlLoop:
             noise_model_dba=modelled, noise_cap_dba={k: (None if math.isinf(v) else v) for k, v in caps.items()},
             noise_over_cap_min={r: v[1] for r, v in noise.items()}, full_load_kw=full_kw,
             intensity_source=intensity_source), interval_start)
+
+    def carbon_budgets(self, index: pd.DatetimeIndex) -> tuple[CarbonBudget, ...]:
+        """Daily and monthly budgets over the horizon, net of what was measured as emitted so far
+        today and this month (intervals recorded with ``record_measurement``)."""
+        local = pd.Timestamp(index[0]).tz_convert(self.profile.tz)
+        return (daily_carbon_budgets(self.profile, index, self.emitted_kg.get(local.strftime("%Y-%m-%d"), 0.0))
+                + monthly_carbon_budgets(self.profile, index, self.emitted_kg.get(local.strftime("%Y-%m"), 0.0)))
 
     def mean_import_kw(self, start: datetime, end: datetime) -> float:
         """Time-weighted mean measured import over [start, end) from recorded intervals (NaN if none)."""

@@ -233,6 +233,22 @@ def daily_carbon_budgets(
     return tuple(budgets)
 
 
+def monthly_carbon_budgets(
+    profile: SiteProfile, interval_start: pd.DatetimeIndex, emitted_this_month_kg: float = 0.0
+) -> tuple[CarbonBudget, ...]:
+    """The monthly budget, net of this month's emissions so far, over the horizon's intervals in the
+    current local month (a later month starts afresh)."""
+    if profile.carbon.monthly_budget_kg is None:
+        return ()
+    months = interval_start.tz_convert(profile.tz).strftime("%Y-%m")
+    budgets = []
+    for i, month in enumerate(pd.unique(months)):
+        used = emitted_this_month_kg if i == 0 else 0.0
+        budgets.append(CarbonBudget(name=f"monthly {month}", mask=np.asarray(months == month),
+                                    remaining_kg=max(profile.carbon.monthly_budget_kg - used, 0.0)))
+    return tuple(budgets)
+
+
 def problem_from_profile(
     profile: SiteProfile,
     interval_start: pd.DatetimeIndex,

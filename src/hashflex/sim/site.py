@@ -209,15 +209,15 @@ def run_simulation(profile: SiteProfile, prices: pd.DataFrame, start: pd.Timesta
             row[f"noise_cap_dba_{receptor.id}"] = receptor.cap_at(
                 pd.Timestamp(reading.timestamp).tz_convert(profile.tz).to_pydatetime())
         rows.append(row)
-        if recorder is not None:
-            interval_s = step.total_seconds()
-            loop.record_measurement(
-                now, interval_s / 3600.0, load_kw=load_after, renewable_kw=renewable,
-                hashrate_th_s=fleet.hashrate_th_s(),
-                noise={r.receptor_id: noise_interval_summary([(r.laeq_dba, interval_s)],
-                                                             row[f"noise_cap_dba_{r.receptor_id}"])
-                       for r in readings},
-                price_usd_mwh=row["price_usd_mwh"], intensity_source="profile default factor")
+        # Every interval is measured (the loop's carbon tally needs it), and audited when recording.
+        interval_s = step.total_seconds()
+        loop.record_measurement(
+            now, interval_s / 3600.0, load_kw=load_after, renewable_kw=renewable,
+            hashrate_th_s=fleet.hashrate_th_s(),
+            noise={r.receptor_id: noise_interval_summary([(r.laeq_dba, interval_s)],
+                                                         row[f"noise_cap_dba_{r.receptor_id}"])
+                   for r in readings},
+            price_usd_mwh=row["price_usd_mwh"], intensity_source="profile default factor")
         now = now + step
     frame = pd.DataFrame(rows).set_index("interval_start")
     if recorder is not None:
