@@ -39,10 +39,10 @@ SHORT_STATUS = {"optimal": "optimal", "feasible_with_gap": "feasgap", "time_limi
 
 
 def synthetic_problem(T: int, n_groups: int, interval_min: int = 15, seed: int = 7) -> Problem:
-    """A SYNTHETIC but realistic site: 24 h at ``interval_min`` from local midnight (UTC−6)."""
+    """A SYNTHETIC but realistic site: T intervals of ``interval_min`` from local midnight."""
     rng = np.random.default_rng(seed)
     dt_h = interval_min / 60.0
-    start = pd.Timestamp("2025-07-15 06:00", tz="UTC")  # 00:00 US/Central (CDT is UTC−5, close enough)
+    start = pd.Timestamp("2025-07-15 05:00", tz="UTC")  # local midnight (CDT); hours below count from it
     interval_start = pd.date_range(start, periods=T, freq=f"{interval_min}min")
     hour = (np.arange(T) * dt_h) % 24.0
     # ERCOT-like summer day: cheap night, solar dip at noon, evening ramp with a spike at 19-20 h.
