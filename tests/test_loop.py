@@ -247,3 +247,21 @@ def test_daily_carbon_budget_is_charged_with_what_was_emitted_today(feb_2020_pri
     emitted_kg = (result.intervals["grid_import_kw"] * 0.25).sum() * profile.carbon.default_intensity_kg_per_mwh / 1000
     assert 15_000 < emitted_kg <= 20_000 * 1.005
     assert result.loop.emitted_kg["2020-02-10"] == pytest.approx(emitted_kg)
+
+
+def test_site_contribution_caps_compare_the_site_part_of_a_reading() -> None:
+    from hashflex.control.loop import compared_level_dba
+
+    assert compared_level_dba(50.0, 40.0, "total") == 50.0
+    assert compared_level_dba(50.0, 40.0, "site") == pytest.approx(10 * np.log10(10**5 - 10**4))
+    assert compared_level_dba(40.0, 40.0, "site") == -np.inf  # background only: the site is silent
+
+
+def test_a_silent_site_at_a_site_cap_receptor_is_not_locked_out(feb_2020_prices_north: pd.DataFrame) -> None:
+    """quiet_hollow's school_yard cap applies to the site's contribution; readings there include
+    40 dB(A) of background. Calibration must not turn the background into an infinite offset."""
+    profile = load_profile("quiet_hollow")
+    result = run_simulation(profile, feb_2020_prices_north, pd.Timestamp("2020-02-11T12:00-06:00"), 12, seed=1)
+    assert all(np.isfinite(v) for v in result.loop.noise_offsets_db.values())
+    assert result.loop.noise_offsets_db.get("school_yard", 0.0) < 3.0
+    assert (result.intervals["load_kw"] > 200).all(), "daytime mining continues near the school"

@@ -100,6 +100,15 @@ class TickReport:
     trigger: str
 
 
+def compared_level_dba(measured_total_dba: float, background_dba: float, cap_applies_to: str) -> float:
+    """The measured quantity a cap is compared with: the total level, or for a site-contribution cap
+    the total with the background removed energetically (-inf when the reading is at or below it)."""
+    if cap_applies_to == "total":
+        return measured_total_dba
+    site_energy = 10.0 ** (measured_total_dba / 10.0) - 10.0 ** (background_dba / 10.0)
+    return 10.0 * math.log10(site_energy) if site_energy > 0 else -math.inf
+
+
 def interval_floor(now: datetime, minutes: int) -> pd.Timestamp:
     return pd.Timestamp(now).tz_convert("UTC").floor(f"{minutes}min")
 
@@ -358,16 +367,19 @@ class ControlLoop:
             cap = receptor.cap_at(pd.Timestamp(message.timestamp).tz_convert(self.profile.tz).to_pydatetime())
             cap = min(cap, self.limits_now(now).noise_caps_dba.get(receptor.id, math.inf))
             modelled = self.guard.noise_level_dba(self.fleet.as_setpoints(now, self.expiry_s), receptor.id)
+            measured = compared_level_dba(message.laeq_dba, receptor.background_dba, receptor.cap_applies_to)
             # Calibration: how far the real level sits above the model (only ever tightens the cap).
-            offset = self.noise_offsets_db.get(receptor.id, 0.0)
-            self.noise_offsets_db[receptor.id] = max(0.0, 0.8 * offset + 0.2 * (message.laeq_dba - modelled))
+            # A silent site (modelled -inf) or a reading at the background says nothing about the model.
+            if math.isfinite(modelled) and math.isfinite(measured):
+                offset = self.noise_offsets_db.get(receptor.id, 0.0)
+                self.noise_offsets_db[receptor.id] = max(0.0, 0.8 * offset + 0.2 * (measured - modelled))
             self.measurements = _replace(self.measurements,
                                          noise_dba={**self.measurements.noise_dba, receptor.id: message.laeq_dba},
                                          noise_offset_db=dict(self.noise_offsets_db))
-            if message.laeq_dba <= cap:
+            if measured <= cap:
                 return
             batch = self.fleet.as_setpoints(now, self.expiry_s)
-            result = self.guard.noise_exceedance_cut(receptor.id, message.laeq_dba, cap, batch)
+            result = self.guard.noise_exceedance_cut(receptor.id, measured, cap, batch)
             if result.changed:
                 self.counters["fast_path_actions"] += 1
                 self._send(result.batch, now)
