@@ -259,9 +259,18 @@ def test_site_contribution_caps_compare_the_site_part_of_a_reading() -> None:
 
 def test_a_silent_site_at_a_site_cap_receptor_is_not_locked_out(feb_2020_prices_north: pd.DataFrame) -> None:
     """quiet_hollow's school_yard cap applies to the site's contribution; readings there include
-    40 dB(A) of background. Calibration must not turn the background into an infinite offset."""
+    40 dB(A) of background. A reading while the site is silent must not become an infinite
+    calibration offset that keeps every audible unit off for good."""
+    from hashflex.messages import NoiseMessage
+
     profile = load_profile("quiet_hollow")
-    result = run_simulation(profile, feb_2020_prices_north, pd.Timestamp("2020-02-11T12:00-06:00"), 12, seed=1)
-    assert all(np.isfinite(v) for v in result.loop.noise_offsets_db.values())
-    assert result.loop.noise_offsets_db.get("school_yard", 0.0) < 3.0
-    assert (result.intervals["load_kw"] > 200).all(), "daytime mining continues near the school"
+    fleet = SimulatedFleet(profile)
+    loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, feb_2020_prices_north), driver=fleet,
+                       solver=SolveRunner(inline=True))
+    now = pd.Timestamp("2020-02-11T12:00-06:00").to_pydatetime()  # nothing running yet: the site is silent
+    loop.on_message(NoiseMessage(receptor_id="school_yard", laeq_dba=40.4, averaging_s=60, timestamp=now,
+                                 meter_class=1), now)
+    assert np.isfinite(loop.noise_offsets_db.get("school_yard", 0.0))
+    report = loop.tick(now)
+    assert sum(fleet.running().values()) > 50, "daytime mining goes on near the school"
+    assert report.schedule.frame["noise_dba_school_yard"].iloc[0] <= 45.0
