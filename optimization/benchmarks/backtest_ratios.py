@@ -9,7 +9,7 @@ extrapolated wall time of a 28-day month at that rate.
     python optimization/benchmarks/backtest_ratios.py                 # 3 days per case (a few minutes)
     python optimization/benchmarks/backtest_ratios.py --days 1 --replan-minutes 15 60
     python optimization/benchmarks/backtest_ratios.py --full-month   # every full day of each month (slow)
-    python optimization/benchmarks/backtest_ratios.py --policies mpc oracle --mpc-carbon-tally
+    python optimization/benchmarks/backtest_ratios.py --policies mpc oracle
 
 Goals (issue): mpc within 3 % of the oracle and ahead of threshold where noise or carbon binds, zero
 hard-limit violations; a month at 15-min, re-planned every interval, 24 h horizon, in under 2 min.
@@ -45,8 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replan-minutes", type=int, nargs="+", default=[15],
                         help="mpc re-plan period(s); each gets its own mpc row (default 15 = every interval)")
     parser.add_argument("--policies", nargs="+", default=POLICIES, choices=POLICIES)
-    parser.add_argument("--mpc-carbon-tally", action="store_true",
-                        help="mpc charges the daily carbon budget with today's emissions (see backtest.policies)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
@@ -68,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                 policies = args.policies if k == 0 else ["mpc"]
                 started = time.perf_counter()
                 result = run_backtest(profile, actuals, policies, replan_minutes=replan,
-                                      carbon_tally=args.mpc_carbon_tally, progress=Progress.factory(args.quiet))
+                                      progress=Progress.factory(args.quiet))
                 part = summary_document(result)
                 if document is None:
                     document = part

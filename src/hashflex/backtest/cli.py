@@ -67,9 +67,6 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mpc: re-solve every N minutes (default: every interval)")
     parser.add_argument("--persistence", type=int, default=1,
                         help="threshold: intervals a price signal must hold before switching (default 1)")
-    parser.add_argument("--mpc-carbon-tally", action="store_true",
-                        help="mpc: charge the daily carbon budget with today's emissions so far (the control "
-                             "loop does not yet; see backtest.policies)")
     parser.add_argument("--time-limit", type=float, default=20.0, help="solver time limit per solve, s")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated noise sensors")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
@@ -112,7 +109,7 @@ def _inputs(args: argparse.Namespace, profile: SiteProfile):  # noqa: ANN202 - A
 
 def _run(profile: SiteProfile, actuals: Any, args: argparse.Namespace, policies: list[str], store: Any = None) -> Any:
     return run_backtest(profile, actuals, policies, replan_minutes=args.replan_minutes, time_limit_s=args.time_limit,
-                        persistence=args.persistence, seed=args.seed, store=store, carbon_tally=args.mpc_carbon_tally,
+                        persistence=args.persistence, seed=args.seed, store=store,
                         progress=Progress.factory(args.quiet))
 
 
@@ -210,7 +207,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                        sound_dba=args.model_sound_dba, units=args.units, name=args.model_name)
     results = evaluate(profile, actuals, candidate=candidate, units=args.units, unit_price_usd=args.unit_price_usd,
                        policies=args.policy, replan_minutes=args.replan_minutes, time_limit_s=args.time_limit,
-                       persistence=args.persistence, seed=args.seed, carbon_tally=args.mpc_carbon_tally,
+                       persistence=args.persistence, seed=args.seed,
                        progress=Progress.factory(args.quiet))
     print(f"{profile.site.name}: {args.units} × {args.model_name} ({args.model_power_kw} kW, "
           f"{args.model_hashrate_th_s} TH/s, Lw {args.model_sound_dba} dB(A)) over {actuals.days:g} days")

@@ -21,10 +21,9 @@ Schedule`` and ``last_seconds``.
   over the *actual* real-time prices, renewables and DR limits; the upper bound (within the MIP
   gap). It is not run through the loop: its counts are the plan itself.
 
-The control loop plans each tick with the full daily carbon budget for the rest of today (it does
-not pass what was already emitted today to ``daily_carbon_budgets``), so the daemon's mpc can
-overrun a daily budget. ``ReplanningPlanner(carbon_tally=(profile, memory))`` (``--mpc-carbon-tally``)
-charges the budget with the day's emissions so far: what mpc would do once the loop does.
+The control loop charges the daily and monthly carbon budgets with what was measured as emitted
+so far (the runner reports each interval through ``ControlLoop.record_measurement``, as the daemon
+does from its meters), so every closed-loop policy plans against what is really left.
 """
 
 from __future__ import annotations
@@ -103,10 +102,8 @@ class ReplanningPlanner:
     """The daemon's solve (``SolveRunner``), re-run every ``replan_minutes`` or when ``force`` is set;
     in between, the last schedule from the current interval on (its first row is dispatched)."""
 
-    def __init__(self, runner: SolveRunner, replan_minutes: int, *, carbon_tally: tuple[SiteProfile, SiteMemory] | None
-                 = None) -> None:
+    def __init__(self, runner: SolveRunner, replan_minutes: int) -> None:
         self.runner = runner
-        self.carbon_tally = carbon_tally
         self.replan = pd.Timedelta(minutes=replan_minutes)
         self.cached: Schedule | None = None
         self.next_solve: pd.Timestamp | None = None
@@ -122,11 +119,6 @@ class ReplanningPlanner:
                 and start in cached.frame.index):
             self.last_seconds = 0.0
             return dataclasses.replace(cached, frame=cached.frame.loc[start:])
-        if self.carbon_tally is not None:
-            # What the loop does not do yet: charge today's budget with what was emitted so far today.
-            profile, memory = self.carbon_tally
-            problem = dataclasses.replace(problem, carbon_budgets=daily_carbon_budgets(
-                profile, problem.interval_start, memory.emitted_today_kg))
         schedule = self.runner.run(problem, fine_intervals)
         self.last_seconds = self.runner.last_seconds
         self.timeouts = self.runner.timeouts

@@ -334,10 +334,9 @@ def _last_rt_lookup(prices: pd.DataFrame) -> Callable[[pd.Timestamp], float]:
 
 
 def make_planner(policy: str, profile: SiteProfile, memory: SiteMemory, *, replan_minutes: int,
-                 time_limit_s: float, persistence: int, carbon_tally: bool = False) -> Any:
+                 time_limit_s: float, persistence: int) -> Any:
     if policy == "mpc":
-        return ReplanningPlanner(SolveRunner(time_limit_s=time_limit_s, inline=True), replan_minutes,
-                                 carbon_tally=(profile, memory) if carbon_tally else None)
+        return ReplanningPlanner(SolveRunner(time_limit_s=time_limit_s, inline=True), replan_minutes)
     if policy == "threshold":
         return ThresholdPlanner(profile, memory, persistence=persistence)
     if policy == "always-on":
@@ -348,14 +347,14 @@ def make_planner(policy: str, profile: SiteProfile, memory: SiteMemory, *, repla
 def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, replan_minutes: int | None = None,
                     time_limit_s: float = 20.0, persistence: int = 1, seed: int = 0,
                     noise_bias_db: dict[str, float] | None = None, noise_sigma_db: float = 0.5, store: Any = None,
-                    carbon_tally: bool = False, progress: Progress | None = None) -> PolicyRun:
+                    progress: Progress | None = None) -> PolicyRun:
     """Drive the real ControlLoop over the window with ``policy``'s planner in the solver slot."""
     started = time.perf_counter()
     step = actuals.step
     dt_h = step / pd.Timedelta(hours=1)
     memory = SiteMemory()
     planner = make_planner(policy, profile, memory, replan_minutes=replan_minutes or profile.site.interval_minutes,
-                           time_limit_s=time_limit_s, persistence=persistence, carbon_tally=carbon_tally)
+                           time_limit_s=time_limit_s, persistence=persistence)
     forecaster = SnapshotForecaster(profile, actuals) if policy == "mpc" else RuleForecaster(profile, actuals, memory)
     fleet = SimulatedFleet(profile)
     loop = ControlLoop(profile, forecaster=forecaster, driver=fleet, solver=planner, store=store, config=LoopConfig())
@@ -395,11 +394,17 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
             n * idle_of[key[0]] for key, n in running.items())
         memory.emitted_today_kg += max(load_kw - actuals.renewable_kw[k], 0.0) * dt_h * intensity / 1000.0
         before = loop.counters["fast_path_actions"]
-        for reading in sensors.measure(running, now + step / 2):
+        readings = sensors.measure(running, now + step / 2)
+        for reading in readings:
             measured[reading.receptor_id][k] = reading.laeq_dba
             if store is not None:
                 store.put(reading, received_at=reading.timestamp)
             loop.on_message(reading, now + step / 2)
+        # The interval as measured, as the daemon reports it from its meters: the loop charges the
+        # carbon budgets with it (and audits it when recording).
+        loop.record_measurement(now, dt_h, load_kw=load_kw, renewable_kw=float(actuals.renewable_kw[k]),
+                                hashrate_th_s=fleet.hashrate_th_s(), noise={},
+                                price_usd_mwh=float(actuals.price_usd_mwh[k]))
         cut[k] = loop.counters["fast_path_actions"] > before
         solve_seconds[k] = report.solve_seconds
         status[k] = report.schedule.status.value if report.schedule is not None else ""
@@ -456,7 +461,7 @@ def run_backtest(profile: SiteProfile, actuals: Actuals, policies: Sequence[str]
                  replan_minutes: int | None = None, time_limit_s: float = 20.0, persistence: int = 1,
                  oracle_days: int = 1, oracle_rel_gap: float = 1e-3, seed: int = 0,
                  noise_bias_db: dict[str, float] | None = None, noise_sigma_db: float = 0.5, store: Any = None,
-                 carbon_tally: bool = False, progress: Callable[[str, int, float], Progress] | None = None) -> BacktestResult:
+                 progress: Callable[[str, int, float], Progress] | None = None) -> BacktestResult:
     """Run each policy over the same window and account for each with ``account``. ``store`` (a
     ``hashflex.store.Store``) receives the mpc loop's records, as the daemon's store would."""
     progress = progress or _no_progress
@@ -472,7 +477,7 @@ def run_backtest(profile: SiteProfile, actuals: Actuals, policies: Sequence[str]
             runs[policy] = simulate_policy(profile, actuals, policy, replan_minutes=replan_minutes,
                                            time_limit_s=time_limit_s, persistence=persistence, seed=seed,
                                            noise_bias_db=noise_bias_db, noise_sigma_db=noise_sigma_db,
-                                           store=store if policy == "mpc" else None, carbon_tally=carbon_tally,
+                                           store=store if policy == "mpc" else None,
                                            progress=bar)
     schedules = {name: account(profile, actuals, run.counts) for name, run in runs.items()}
     return BacktestResult(profile, actuals, runs, schedules)
