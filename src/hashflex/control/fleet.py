@@ -67,6 +67,9 @@ class FleetState:
 
     def __init__(self, miners: Iterable[Miner], groups: Iterable[MinerGroup]) -> None:
         self.groups: dict[str, MinerGroup] = {g.id: g for g in groups}
+        # Looked up for every miner on every tick: a table, not a search through the modes.
+        self._power_kw = {(g.id, m.name): m.power_kw for g in self.groups.values() for m in g.modes}
+        self._power_kw.update({(g.id, SLEEP): g.idle_power_kw for g in self.groups.values()})
         self.miners: dict[str, Miner] = {}
         for miner in miners:
             if miner.miner_id in self.miners:
@@ -102,8 +105,7 @@ class FleetState:
         return out
 
     def power_kw(self, group_id: str, mode: str) -> float:
-        group = self.groups[group_id]
-        return group.idle_power_kw if mode == SLEEP else group.mode(mode).power_kw
+        return self._power_kw[group_id, mode]
 
     # ------------------------------------------------------------------ updates
 
