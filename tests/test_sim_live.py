@@ -12,7 +12,7 @@ from conftest import poll_until
 from hashflex.messages import SetpointMessage, Topics
 from hashflex.profile import parse_profile
 from hashflex.sim.live import run_live_sim
-from hashflex.sim.noise import modelled_laeq_dba
+from hashflex.acoustics import modelled_laeq_dba
 
 PROFILE = """
 site: {id: simlive, name: sim live, settlement_point: LZ_WEST}

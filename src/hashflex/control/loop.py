@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from hashflex import audit as records
+from hashflex.acoustics import modelled_laeq_dba
 from hashflex.control.dispatch import plan_dispatch
 from hashflex.control.dr import DRBook
 from hashflex.control.fleet import SLEEP, FleetState, MinerSetpoint
@@ -366,7 +367,7 @@ class ControlLoop:
         with self._lock:
             cap = receptor.cap_at(pd.Timestamp(message.timestamp).tz_convert(self.profile.tz).to_pydatetime())
             cap = min(cap, self.limits_now(now).noise_caps_dba.get(receptor.id, math.inf))
-            modelled = self.guard.noise_level_dba(self.fleet.as_setpoints(now, self.expiry_s), receptor.id)
+            modelled = self.modelled_level_dba(receptor.id)
             measured = compared_level_dba(message.laeq_dba, receptor.background_dba, receptor.cap_applies_to)
             # Calibration: how far the real level sits above the model (only ever tightens the cap).
             # A silent site (modelled -inf) or a reading at the background says nothing about the model.
@@ -528,9 +529,8 @@ class ControlLoop:
         cost = None if price_usd_mwh is None else import_kw * interval_h * (price_usd_mwh + self.profile.grid.total_adder_usd_mwh) / 1000
         local = pd.Timestamp(interval_start).tz_convert(self.profile.tz).to_pydatetime()
         with self._lock:
-            batch = self.fleet.as_setpoints(interval_start, self.expiry_s)
             caps = {r.id: r.cap_at(local) for r in self.profile.receptors}
-            modelled = {r.id: self.guard.noise_level_dba(batch, r.id) for r in self.profile.receptors}
+            modelled = {r.id: self.modelled_level_dba(r.id) for r in self.profile.receptors}
             full_kw = sum(max(m.power_kw for m in self.fleet.groups[g].modes) for g in
                           (mi.group_id for mi in self.fleet.miners.values() if mi.available))
         self._record("measurement", lambda: records.measurement_payload(
@@ -539,6 +539,13 @@ class ControlLoop:
             noise_model_dba=modelled, noise_cap_dba={k: (None if math.isinf(v) else v) for k, v in caps.items()},
             noise_over_cap_min={r: v[1] for r, v in noise.items()}, full_load_kw=full_kw,
             intensity_source=intensity_source), interval_start)
+
+    def modelled_level_dba(self, receptor_id: str) -> float:
+        """The modelled level of the units running now, as the receptor's cap counts it (total, or
+        the site's contribution alone)."""
+        receptor = next(r for r in self.profile.receptors if r.id == receptor_id)
+        return modelled_laeq_dba(self.profile, self.fleet.counts(), receptor_id,
+                                 include_background=receptor.cap_applies_to == "total")
 
     def carbon_budgets(self, index: pd.DatetimeIndex) -> tuple[CarbonBudget, ...]:
         """Daily and monthly budgets over the horizon, net of what was measured as emitted so far

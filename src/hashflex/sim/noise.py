@@ -8,29 +8,14 @@ ones. The error terms are SYNTHETIC and seeded.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
 
+from hashflex.acoustics import modelled_laeq_dba
 from hashflex.messages import NoiseMessage
 from hashflex.profile import SiteProfile
-
-
-def modelled_laeq_dba(profile: SiteProfile, running: dict[tuple[str, str], int], receptor_id: str) -> float:
-    """Total level at a receptor: 10·log10(Σ n·10^((Lw − A)/10) + 10^(bg/10))."""
-    receptor = next(r for r in profile.receptors if r.id == receptor_id)
-    energy = 10.0 ** (receptor.background_dba / 10.0)
-    for (group_id, mode_name), count in running.items():
-        if count <= 0 or mode_name == "sleep":
-            continue
-        attenuation = receptor.attenuation_from(group_id)
-        if math.isinf(attenuation):
-            continue
-        mode = profile.group(group_id).mode(mode_name)
-        energy += count * 10.0 ** ((mode.sound_power_dba - attenuation) / 10.0)
-    return 10.0 * math.log10(energy)
 
 
 @dataclass

@@ -143,10 +143,11 @@ class SimulatedFleet:
 
     def load_kw(self) -> float:
         total = 0.0
+        running = self.running()
         for group in self.profile.miner_groups:
             on = 0
             for mode in group.modes:
-                n = self.running().get((group.id, mode.name), 0)
+                n = running.get((group.id, mode.name), 0)
                 total += n * mode.power_kw
                 on += n
             total += (group.units - on) * group.idle_power_kw
