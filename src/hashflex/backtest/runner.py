@@ -41,6 +41,8 @@ from hashflex.backtest.policies import (
     oracle_counts,
 )
 from hashflex.control.dr import DRBook
+from hashflex.audit import noise_interval_summary
+from hashflex.control.records import AuditRecorder
 from hashflex.control.loop import ControlLoop, HorizonForecast, LoopConfig
 from hashflex.control.solver import SolveRunner
 from hashflex.feeds.ercot import read_price_file
@@ -357,7 +359,11 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
                            time_limit_s=time_limit_s, persistence=persistence)
     forecaster = SnapshotForecaster(profile, actuals) if policy == "mpc" else RuleForecaster(profile, actuals, memory)
     fleet = SimulatedFleet(profile)
-    loop = ControlLoop(profile, forecaster=forecaster, driver=fleet, solver=planner, store=store, config=LoopConfig())
+    # With a store the run keeps the audit trail a live site keeps, so `hashflex report` and
+    # `hashflex audit verify` work on the backtest's database exactly as on a live one.
+    recorder = AuditRecorder(store) if store is not None else None
+    loop = ControlLoop(profile, forecaster=forecaster, driver=fleet, solver=planner, store=store, config=LoopConfig(),
+                       recorder=recorder)
     sensors = NoiseSensorSim(profile, bias_db=dict(noise_bias_db or {}), sigma_db=noise_sigma_db, seed=seed)
     last_rt = _last_rt_lookup(actuals.prices)
     renewable_id = profile.renewables[0].id if profile.renewables else "site"
@@ -402,8 +408,11 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
             loop.on_message(reading, now + step / 2)
         # The interval as measured, as the daemon reports it from its meters: the loop charges the
         # carbon budgets with it (and audits it when recording).
+        caps = {r.id: r.cap_at(stamp.tz_convert(profile.tz).to_pydatetime()) for r in profile.receptors}
+        noise = {r.receptor_id: noise_interval_summary([(r.laeq_dba, dt_h * 3600.0)], caps[r.receptor_id])
+                 for r in readings}
         loop.record_measurement(now, dt_h, load_kw=load_kw, renewable_kw=float(actuals.renewable_kw[k]),
-                                hashrate_th_s=fleet.hashrate_th_s(), noise={},
+                                hashrate_th_s=fleet.hashrate_th_s(), noise=noise,
                                 price_usd_mwh=float(actuals.price_usd_mwh[k]))
         cut[k] = loop.counters["fast_path_actions"] > before
         solve_seconds[k] = report.solve_seconds
@@ -412,6 +421,9 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
             progress.update(k + 1)
     if progress is not None:
         progress.close()
+    if recorder is not None:
+        recorder.flush()
+        recorder.close()
     return PolicyRun(policy, counts, measured, time.perf_counter() - started,
                      extra={"solve_seconds": solve_seconds, "fast_path_cut": cut, "schedule_status": status},
                      solves=getattr(planner, "solves", 0), fallback_schedules=loop.counters["fallback_schedules"],
