@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from hashflex.messages import SetpointMessage
 
@@ -123,6 +123,16 @@ class SetpointResult:
     def ok(self) -> bool:
         """True only for ``applied``: the transport or the miner confirmed the setpoint."""
         return self.status is SetpointStatus.APPLIED
+
+
+class SetpointLike(Protocol):
+    """What a driver needs of a setpoint: ``Setpoint`` and the loop's ``MinerSetpoint`` both fit."""
+
+    miner_id: str
+    mode: str
+    power_target_kw: float
+    issued_at: Any
+    expires_at: Any
 
 
 @runtime_checkable

@@ -43,9 +43,10 @@ import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from hashflex.drivers.base import SLEEP, Clock, SetpointResult, SetpointStatus, utc_now
+from hashflex.drivers.base import SetpointLike as _SetpointLike
 
 __all__ = ["LuxosCallError", "LuxosDriver", "LuxosEndpoint", "DEFAULT_PORT"]
 
@@ -54,12 +55,6 @@ _MAX_RESPONSE_BYTES = 4_000_000
 _ERROR_STATES = {"E", "F"}
 
 
-class _SetpointLike(Protocol):
-    miner_id: str
-    mode: str
-    power_target_kw: float
-    issued_at: Any
-    expires_at: Any
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -55,6 +55,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
 from hashflex.drivers.base import SLEEP, Clock, SetpointResult, SetpointStatus, utc_now
+from hashflex.drivers.base import SetpointLike as _SetpointLike
 from hashflex.messages import SetpointMessage, TelemetryMessage, Topics, parse_message
 
 __all__ = ["MqttDriver"]
@@ -65,12 +66,6 @@ _NO_MATCHING_SUBSCRIBERS = 16  # MQTT v5 PUBACK reason code 0x10
 _WRITE_BATCH = 1000  # PUBLISH packets per write before reading PUBACKs again
 
 
-class _SetpointLike(Protocol):
-    miner_id: str
-    mode: str
-    power_target_kw: float
-    issued_at: Any
-    expires_at: Any
 
 
 @dataclass

@@ -10,12 +10,4 @@ from hashflex.sim.miners import (
     miners_from_profile,
 )
 
-__all__ = [
-    "MinerSnapshot",
-    "MinerState",
-    "MqttSimulatedMiners",
-    "ScaledClock",
-    "SimMiner",
-    "SimulatedMinerFleet",
-    "miners_from_profile",
-]
+from hashflex.sim.miners import __all__  # noqa: E402,F401 - one list of what the package exports
