@@ -205,6 +205,7 @@ def test_site_manager_limits_apply_at_once_and_strangers_are_refused(feb_2020_pr
     assert loop.limit_overrides == {} and loop.counters["limits_rejected"] == 1
     tonight = LimitsChangeMessage(
         issuer="site_manager", reason="party next door: quieter tonight", issued_at=now, import_limit_kw=12_000.0,
+        carbon_budget={"budget_kg": 5_000.0, "period": "day"},
         noise_caps=[NoiseCapOverride(receptor_id="rv_park_east", cap_dba=40.0, window_start=now,
                                      window_end=now + timedelta(hours=10))])
     loop.on_message(tonight, now)
@@ -213,6 +214,10 @@ def test_site_manager_limits_apply_at_once_and_strangers_are_refused(feb_2020_pr
     frame = report.schedule.frame
     assert frame["grid_import_kw"].max() <= 12_000.0 + 1e-6
     assert frame["noise_dba_rv_park_east"].iloc[:20].max() <= 40.0 - profile.receptors[1].model_margin_db + 1e-6
+    today = frame.index.tz_convert(profile.tz).normalize() == frame.index.tz_convert(profile.tz).normalize()[0]
+    assert frame.loc[today, "emissions_kg"].sum() <= 5_000.0 + 1e-6, "the tightened daily carbon budget holds"
+    assert "carbon" in set(frame.loc[today, "reason"]), "and it binds (3 h at 12 MW would emit ~13 t)"
+    assert loop.carbon_budgets(frame.index)[0].remaining_kg <= 5_000.0
 
 
 def test_a_simulated_run_keeps_a_verifiable_audit_trail_the_report_reads(tmp_path: Path,

@@ -197,6 +197,7 @@ class ControlLoop:
         self.measurements = Measurements()
         self.limit_overrides: dict[str, float] = {}
         self.noise_cap_overrides: list[NoiseCapOverride] = []
+        self.carbon_budget_overrides_kg: dict[str, float] = {}  # "day" | "month" -> kg (site managers)
         self.noise_offsets_db: dict[str, float] = {}
         self.telemetry_kw: dict[str, float] = {}
         self._lock = threading.RLock()
@@ -396,6 +397,8 @@ class ControlLoop:
             if message.import_limit_kw is not None:
                 self.limit_overrides[f"limits:{message.issuer}"] = message.import_limit_kw
             self.noise_cap_overrides.extend(message.noise_caps or [])
+            if message.carbon_budget is not None:
+                self.carbon_budget_overrides_kg[message.carbon_budget.period] = message.carbon_budget.budget_kg
             self._record("config", lambda: {**records.config_payload(self.profile, f"limits change by {message.issuer}"),
                                             "limits_change": message.model_dump(mode="json")}, now)
             self._cut_to_limit_now(now, f"limits change by {message.issuer}")
@@ -551,8 +554,10 @@ class ControlLoop:
         """Daily and monthly budgets over the horizon, net of what was measured as emitted so far
         today and this month (intervals recorded with ``record_measurement``)."""
         local = pd.Timestamp(index[0]).tz_convert(self.profile.tz)
-        return (daily_carbon_budgets(self.profile, index, self.emitted_kg.get(local.strftime("%Y-%m-%d"), 0.0))
-                + monthly_carbon_budgets(self.profile, index, self.emitted_kg.get(local.strftime("%Y-%m"), 0.0)))
+        return (daily_carbon_budgets(self.profile, index, self.emitted_kg.get(local.strftime("%Y-%m-%d"), 0.0),
+                                     self.carbon_budget_overrides_kg.get("day"))
+                + monthly_carbon_budgets(self.profile, index, self.emitted_kg.get(local.strftime("%Y-%m"), 0.0),
+                                         self.carbon_budget_overrides_kg.get("month")))
 
     def mean_import_kw(self, start: datetime, end: datetime) -> float:
         """Time-weighted mean measured import over [start, end) from recorded intervals (NaN if none)."""

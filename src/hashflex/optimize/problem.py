@@ -214,12 +214,19 @@ def four_cp_limits_kw(
     return limits
 
 
+def _tightest(configured: float | None, override: float | None) -> float | None:
+    values = [v for v in (configured, override) if v is not None]
+    return min(values) if values else None
+
+
 def daily_carbon_budgets(
-    profile: SiteProfile, interval_start: pd.DatetimeIndex, emitted_today_kg: float = 0.0
+    profile: SiteProfile, interval_start: pd.DatetimeIndex, emitted_today_kg: float = 0.0,
+    override_kg: float | None = None,
 ) -> tuple[CarbonBudget, ...]:
     """One budget per local calendar day touched by the horizon; the first day net of what was
-    already emitted. Monthly budgets are left to the caller, who knows the month's emissions."""
-    if profile.carbon.daily_budget_kg is None:
+    already emitted. ``override_kg`` (a site manager's runtime change) can only tighten it."""
+    budget_kg = _tightest(profile.carbon.daily_budget_kg, override_kg)
+    if budget_kg is None:
         return ()
     local_days = interval_start.tz_convert(profile.tz).normalize()
     budgets = []
@@ -228,24 +235,26 @@ def daily_carbon_budgets(
         budgets.append(CarbonBudget(
             name=f"daily {day.date()}",
             mask=np.asarray(local_days == day),
-            remaining_kg=max(profile.carbon.daily_budget_kg - used, 0.0),
+            remaining_kg=max(budget_kg - used, 0.0),
         ))
     return tuple(budgets)
 
 
 def monthly_carbon_budgets(
-    profile: SiteProfile, interval_start: pd.DatetimeIndex, emitted_this_month_kg: float = 0.0
+    profile: SiteProfile, interval_start: pd.DatetimeIndex, emitted_this_month_kg: float = 0.0,
+    override_kg: float | None = None,
 ) -> tuple[CarbonBudget, ...]:
     """The monthly budget, net of this month's emissions so far, over the horizon's intervals in the
-    current local month (a later month starts afresh)."""
-    if profile.carbon.monthly_budget_kg is None:
+    current local month (a later month starts afresh); ``override_kg`` can only tighten it."""
+    budget_kg = _tightest(profile.carbon.monthly_budget_kg, override_kg)
+    if budget_kg is None:
         return ()
     months = interval_start.tz_convert(profile.tz).strftime("%Y-%m")
     budgets = []
     for i, month in enumerate(pd.unique(months)):
         used = emitted_this_month_kg if i == 0 else 0.0
         budgets.append(CarbonBudget(name=f"monthly {month}", mask=np.asarray(months == month),
-                                    remaining_kg=max(profile.carbon.monthly_budget_kg - used, 0.0)))
+                                    remaining_kg=max(budget_kg - used, 0.0)))
     return tuple(budgets)
 
 
