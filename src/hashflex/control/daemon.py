@@ -1,8 +1,8 @@
 """`hashflex run`: the control loop wired to the wall clock, Mosquitto, the store and real miners.
 
 Inputs arrive on ``hashflex/<site>/in/#`` (validated by ``feeds.mqtt.MqttIngest``, stored, and
-routed to the loop's fast path); prices come from ``in/price`` messages and, if ``--price-url`` is
-given, from a generic JSON price endpoint polled each interval. Setpoints go out through the MQTT
+routed to the loop's fast path); prices come from ``in/price`` messages and from the HTTP price feed
+the environment configures (``feeds.poll``: a generic JSON endpoint or the ERCOT public API). Setpoints go out through the MQTT
 driver (``out/setpoint/<miner>``, MQTT v5 message expiry) or LuxOS miners; the schedule, the
 status and DR acknowledgements are published on ``out/schedule``, ``out/status``, ``out/dr/ack``.
 
@@ -34,6 +34,7 @@ from hashflex.control.loop import ControlLoop, LoopConfig
 from hashflex.control.records import AuditRecorder, IntervalMeter
 from hashflex.control.solver import SolveRunner
 from hashflex.feeds.mqtt import MqttIngest
+from hashflex.feeds.poll import price_feed_from_env
 from hashflex.messages import Topics
 from hashflex.profile import SiteProfile
 from hashflex.forecast import store_forecaster
@@ -131,7 +132,10 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
     ingest = MqttIngest(store, site, mqtt_host, mqtt_port, username=username, password=password,
                         tls_ca_file=tls_ca_file, client_id=f"hashflex-ingest-{site}")
     ingest.add_callback(lambda message: loop.on_message(message, utc_now()))
-    server = StatusServer(lambda now: {**loop.status(now), "inputs": ingest.stats(), "mqtt_connected": ingest.connected},
+    feed = price_feed_from_env(profile, store)
+    feed_stats = (lambda: feed.stats()) if feed is not None else (lambda: None)
+    server = StatusServer(lambda now: {**loop.status(now), "inputs": ingest.stats(), "mqtt_connected": ingest.connected,
+                                       "price_feed": feed_stats()},
                           utc_now, http_host, http_port)
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -139,6 +143,8 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
         if profile_path is not None:
             signal.signal(signal.SIGHUP, lambda *_: _reload(loop, profile_path))
     ven = _start_openadr(loop)
+    if feed is not None:
+        feed.start()
     ingest.start()
     server.start()
     log.info("hashflex running for %s: MQTT %s:%d, HTTP %s:%d, store %s", site, mqtt_host, mqtt_port,
@@ -148,6 +154,8 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
     finally:
         if ven is not None:
             ven.stop()
+        if feed is not None:
+            feed.stop()
         server.stop()
         ingest.stop()
         publisher.close()

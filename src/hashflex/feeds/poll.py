@@ -1,0 +1,100 @@
+"""The daemon's price feed: polls prices over HTTP into the store, in its own thread.
+
+Two sources, chosen by environment (``deploy/hashflex.env.example``):
+- ``HASHFLEX_PRICE_URL``: a generic JSON price endpoint (another ISO, a retail provider, or a relay);
+- ``ERCOT_API_KEY`` (+ ``ERCOT_ID_TOKEN``): the ERCOT public API, RT SPPs for today and DA SPPs for
+  today and tomorrow at the profile's settlement point.
+Each poll stores what it got with ``published_at`` = the time it was fetched, so the forecast never
+uses a price before hashflex could have known it. A failed poll is logged and counted and the next
+one tries again; a feed that stays down shows as a stale price in /status and /healthz (the
+forecast's fallbacks curtail on unknown prices).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pandas as pd
+
+from hashflex.feeds.http import ErcotApiConfig, PriceFeedError, PricePoller, fetch_generic_prices
+from hashflex.profile import SiteProfile
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class PriceFeed:
+    """``poll_once()`` fetches and stores; ``start()`` polls every ``period_s`` until ``stop()``."""
+
+    def __init__(self, profile: SiteProfile, store: Any, fetch: Callable[[datetime], pd.DataFrame], *,
+                 period_s: float = 300.0, clock: Callable[[], datetime] = utc_now, name: str = "price feed") -> None:
+        self.profile, self.store, self.fetch, self.period_s, self.clock, self.name = (
+            profile, store, fetch, period_s, clock, name)
+        self.polls = self.failures = self.rows = 0
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hashflex-price-feed", daemon=True)
+
+    def poll_once(self) -> int:
+        now = self.clock()
+        self.polls += 1
+        try:
+            frame = self.fetch(now)
+        except (PriceFeedError, ValueError) as exc:  # the feed's own typed errors and bad payloads
+            self.failures += 1
+            self.last_error = str(exc)
+            log.warning("%s: poll failed: %s", self.name, exc)
+            return 0
+        if frame.empty:
+            return 0
+        self.rows += self.store.put_price_frame(frame, published_at=now)
+        self.last_error = None
+        return len(frame)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.poll_once()
+            self._stop.wait(self.period_s)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def stats(self) -> dict[str, Any]:
+        return {"feed": self.name, "polls": self.polls, "failures": self.failures, "rows": self.rows,
+                "last_error": self.last_error}
+
+
+def price_feed_from_env(profile: SiteProfile, store: Any, env: dict[str, str] | None = None) -> PriceFeed | None:
+    """The configured feed, or None when the environment names none (prices then come on in/price)."""
+    env = dict(os.environ if env is None else env)
+    point = profile.site.settlement_point
+    period_s = float(env.get("HASHFLEX_PRICE_POLL_S", "300"))
+    if env.get("HASHFLEX_PRICE_URL"):
+        url = env["HASHFLEX_PRICE_URL"]
+        return PriceFeed(profile, store, lambda now: fetch_generic_prices(url, settlement_point=point),
+                         period_s=period_s, name=f"generic JSON {url}")
+    if env.get("ERCOT_API_KEY"):
+        poller = PricePoller(ErcotApiConfig(), environ=env)
+        tz = profile.tz
+
+        def fetch(now: datetime) -> pd.DataFrame:
+            today = now.astimezone(tz).date()
+            rt = poller.fetch_rt_prices(today, today, settlement_point=point,
+                                        settlement_point_type=profile.site.settlement_point_type)
+            da = poller.fetch_dam_prices(today, today + timedelta(days=1), settlement_point=point)
+            return pd.concat([rt, da], ignore_index=True).sort_values(
+                ["interval_start", "settlement_point", "market"], ignore_index=True)
+
+        return PriceFeed(profile, store, fetch, period_s=period_s, name="ERCOT public API")
+    return None
