@@ -239,7 +239,7 @@ def custom_broker(tmp_path, config: str):
 def test_acl_denial_is_rejected_and_bad_password_unreachable(tmp_path) -> None:
     passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     if not os.access(passwd, os.X_OK):
-        pytest.skip("mosquitto_passwd not installed")
+        pytest.fail("mosquitto_passwd not installed (it comes with the mosquitto package the test command installs)")
     subprocess.run([passwd, "-b", "-c", str(tmp_path / "passwd"), "dispatcher", "s3cret"], check=True)
     (tmp_path / "acl").write_text("user dispatcher\ntopic write hashflex/auth/out/#\n"
                                   "topic read hashflex/auth/in/telemetry/+\n")
@@ -270,7 +270,7 @@ def test_setpoints_over_tls(tmp_path) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
 
     if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
+        pytest.fail("openssl not installed (the test command installs it)")
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
             "-keyout", "ca.key", "-out", "ca.crt")
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",

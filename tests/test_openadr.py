@@ -620,7 +620,7 @@ def test_tls_is_verified_by_default(tmp_path: Path) -> None:
     import subprocess
 
     if shutil.which("openssl") is None:
-        pytest.skip("openssl binary not found: cannot make a test certificate")
+        pytest.fail("openssl binary not found: cannot make a test certificate (the test command installs it)")
     cert, key = tmp_path / "vtn.pem", tmp_path / "vtn.key"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
