@@ -255,7 +255,7 @@ def test_daily_carbon_budget_is_charged_with_what_was_emitted_today(feb_2020_pri
 
 
 def test_site_contribution_caps_compare_the_site_part_of_a_reading() -> None:
-    from hashflex.control.loop import compared_level_dba
+    from hashflex.acoustics import compared_level_dba
 
     assert compared_level_dba(50.0, 40.0, "total") == 50.0
     assert compared_level_dba(50.0, 40.0, "site") == pytest.approx(10 * np.log10(10**5 - 10**4))

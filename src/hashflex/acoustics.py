@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from hashflex.profile import SiteProfile
 
 
@@ -24,3 +26,15 @@ def modelled_laeq_dba(profile: SiteProfile, running: dict[tuple[str, str], int],
         mode = profile.group(group_id).mode(mode_name)
         energy += count * 10.0 ** ((mode.sound_power_dba - attenuation) / 10.0)
     return 10.0 * math.log10(energy) if energy > 0 else -math.inf
+
+
+def compared_level_dba(measured_dba: float | np.ndarray, background_dba: float, cap_applies_to: str) -> float | np.ndarray:
+    """The measured quantity a cap is compared with: the meter's total reading, or for a
+    site-contribution cap the reading with the background removed energetically,
+    10·log10(10^(L/10) − 10^(bg/10)) (−inf at or below the background). Scalars or arrays."""
+    if cap_applies_to != "site":
+        return measured_dba
+    with np.errstate(divide="ignore", invalid="ignore"):
+        energy = np.power(10.0, np.asarray(measured_dba, dtype=float) / 10.0) - 10.0 ** (background_dba / 10.0)
+        level = np.where(energy > 0, 10.0 * np.log10(np.maximum(energy, 1e-300)), -np.inf)
+    return float(level) if level.ndim == 0 else level

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hashflex.acoustics import compared_level_dba
 from hashflex.backtest.runner import BacktestResult
 from hashflex.profile import SiteProfile, profile_hash
 
@@ -67,14 +68,7 @@ def interval_frame(result: BacktestResult, policy: str) -> pd.DataFrame:
     return frame
 
 
-def site_level_dba(measured_dba: np.ndarray, background_dba: float, cap_applies_to: str) -> np.ndarray:
-    """The level a cap is compared with: the meter's total reading, or for a site-contribution cap
-    the reading with the background removed, 10·log10(10^(L/10) − 10^(bg/10)) (−inf at or below it)."""
-    if cap_applies_to != "site":
-        return measured_dba
-    with np.errstate(divide="ignore", invalid="ignore"):
-        energy = np.power(10.0, measured_dba / 10.0) - 10.0 ** (background_dba / 10.0)
-        return np.where(energy > 0, 10.0 * np.log10(np.maximum(energy, 1e-300)), -np.inf)
+site_level_dba = compared_level_dba  # the same comparison the control loop makes
 
 
 def summarize(frame: pd.DataFrame, profile: SiteProfile, wall_seconds: float = 0.0) -> dict[str, Any]:

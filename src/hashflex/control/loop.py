@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from hashflex import audit as records
-from hashflex.acoustics import modelled_laeq_dba
+from hashflex.acoustics import compared_level_dba, modelled_laeq_dba
 from hashflex.control.dispatch import plan_dispatch
 from hashflex.control.dr import DRBook
 from hashflex.control.fleet import SLEEP, FleetState, MinerSetpoint
@@ -99,15 +99,6 @@ class TickReport:
     fallbacks: tuple[str, ...]
     solve_seconds: float
     trigger: str
-
-
-def compared_level_dba(measured_total_dba: float, background_dba: float, cap_applies_to: str) -> float:
-    """The measured quantity a cap is compared with: the total level, or for a site-contribution cap
-    the total with the background removed energetically (-inf when the reading is at or below it)."""
-    if cap_applies_to == "total":
-        return measured_total_dba
-    site_energy = 10.0 ** (measured_total_dba / 10.0) - 10.0 ** (background_dba / 10.0)
-    return 10.0 * math.log10(site_energy) if site_energy > 0 else -math.inf
 
 
 def interval_floor(now: datetime, minutes: int) -> pd.Timestamp:
