@@ -94,7 +94,7 @@ __all__ = [
     "AuditError", "AuditLog", "AuditRecord", "GENESIS", "HMAC_ENV", "KINDS", "VerifyResult",
     "append_with_store", "canonical_json", "config_payload", "dr_ack_payload", "dr_event_payload",
     "guard_action_payload", "input_summary_payload", "laeq_dba", "measurement_payload", "record_hash",
-    "schedule_payload", "setpoints_payload", "noise_interval_summary",
+    "schedule_payload", "setpoints_payload", "noise_interval_summary", "verify_file",
 ]
 
 GENESIS = "0" * 64
@@ -164,6 +164,8 @@ class VerifyResult:
     def describe(self) -> str:
         if self.ok:
             return f"audit chain OK: {self.records} records, head seq {self.head_seq} hash {self.head_hash}"
+        if self.first_bad_seq is None:  # nothing to walk: the file itself is the problem
+            return f"audit trail FAILED: {self.problem}"
         return f"audit chain FAILED at seq {self.first_bad_seq}: {self.problem} ({self.records} records)"
 
 
@@ -392,6 +394,50 @@ def verify_rows(rows: list[tuple[Any, ...]]) -> VerifyResult:
         prev, expected = stored, expected + 1
     head = rows[-1] if rows else None
     return VerifyResult(True, n, None, "", head[0] if head else None, head[5] if head else None)
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def verify_file(path: str | Path, signature: str | None = None, key: bytes | None = None) -> VerifyResult:
+    """Verify the trail in the database file at ``path`` for an auditor (``hashflex audit verify``).
+
+    Fails closed: unlike :meth:`AuditLog.verify` (where a new database is a valid empty chain), a
+    file with nothing to check is a failure, because "OK" must mean "evidence was checked". A
+    missing file, an empty file, a file that is not SQLite, a database without the ``audit_log``
+    table or with no records, and an unreadable database each give ``ok=False`` with a one-line
+    ``problem`` naming the path. With ``signature`` the signed head is checked too
+    (:meth:`AuditLog.verify_head`). Never raises for a bad file; :class:`AuditError` only for a
+    missing HMAC key when a signature is given.
+    """
+    path = Path(path)
+
+    def failed(problem: str) -> VerifyResult:
+        return VerifyResult(False, 0, None, f"{path}: {problem}")
+
+    try:
+        with path.open("rb") as stream:
+            magic = stream.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return failed("no such file")
+    except IsADirectoryError:
+        return failed("is a directory, not an audit database")
+    except OSError as exc:
+        return failed(f"cannot read: {exc.strerror or exc}")
+    if not magic:
+        return failed("empty file, no audit trail to verify")
+    if magic != _SQLITE_MAGIC:
+        return failed("not an SQLite database (no audit trail to verify)")
+    try:
+        with AuditLog(path, readonly=True) as log:
+            if not log._has_table():
+                return failed("no audit trail in this database (no audit_log table)")
+            result = log.verify_head(signature, key) if signature else log.verify()
+    except sqlite3.DatabaseError as exc:  # corrupt pages, locked beyond the timeout, ...
+        return failed(f"unreadable database: {exc}")
+    if result.ok and result.records == 0:
+        return failed("audit trail has no records, nothing to verify")
+    return result
 
 
 def append_with_store(store: Any, kind: str, payload: Mapping[str, Any], at: datetime, *,

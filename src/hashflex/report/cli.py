@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from hashflex.audit import AuditError, AuditLog
+from hashflex.audit import AuditError, AuditLog, verify_file
 
 __all__ = ["add_report_parsers", "cmd_audit_sign", "cmd_audit_verify", "cmd_report"]
 
@@ -55,14 +55,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    log = AuditLog(_db(args), readonly=True)
+    # Fails closed (exit 1, one line): a missing, empty or non-SQLite file, or no records (verify_file).
+    path = Path(args.db or os.environ.get("HASHFLEX_DB") or DEFAULT_DB)
     try:
-        result = log.verify_head(args.signature) if args.signature else log.verify()
+        result = verify_file(path, args.signature)
     except AuditError as exc:
         print(f"audit verify: {exc}", file=sys.stderr)
         return 1
-    finally:
-        log.close()
     if result.ok:
         print(result.describe() + (" ; signed head matches" if args.signature else ""))
         return 0
