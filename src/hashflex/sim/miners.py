@@ -26,9 +26,17 @@ Time: every simulated time comes from a clock (``() -> datetime``); :class:`Scal
 ``scale`` times faster than real time so a 5-minute boot takes 0.5 s at ``scale=600``. Give the same
 clock to the driver so setpoint deadlines are in simulated time.
 
-Fault injection (for tests): ``set_silent`` (accepts the connection, never answers), ``set_error``
-(a command answers ``STATUS`` ``E`` with a message), ``set_follows(False)`` (answers success but does not
-change state), ``expire_sessions``, ``take_offline`` (the port stops listening).
+Fault injection (for tests), per simulated LuxOS miner: ``set_fault(miner_id, kind, ...)`` with kind
+``"hang"`` (reads the request, never answers, holds the connection until the peer gives up; alias
+``set_silent``), ``"drip"`` (answers one byte every ``drip_interval_s``), ``"close_mid_reply"`` (writes half
+the answer, then closes) or None; ``set_status_reply`` (a command answers a given ``STATUS`` letter — ``W``,
+``E``, ``?`` — or none at all, with a message, and does nothing; ``set_error`` is the ``E`` case);
+``set_session_id`` (the next ``logon`` hands out this id, e.g. a hostile ``"x,sleep"``); ``set_atm``
+(Advanced Thermal Management on: ``profileset`` is refused until ``atmset <sid>,enabled=false``);
+``set_follows(False)`` (answers success but does not change state), ``expire_sessions``, ``take_offline``
+(the port stops listening). What the peer saw is recorded: ``commands`` / ``received_at`` (each request
+with the ``time.monotonic()`` it was read), ``hung_open`` / ``hung_open_max`` (connections held by hung or
+dripping miners right now / at most) and ``hung_closed_at`` (when each held connection ended).
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from hashflex.messages import SetpointMessage, TelemetryMessage, Topics
 from hashflex.profile import MinerGroup, SiteProfile
 
 __all__ = [
+    "ATM_PROFILESET_REFUSED",
     "MinerSnapshot",
     "MinerState",
     "MqttSimulatedMiners",
@@ -64,6 +73,10 @@ __all__ = [
 
 SLEEP = "sleep"
 BOOTING = "booting"
+# What the simulated LuxOS answers to ``profileset`` while ATM is on. Modelled, not copied: LuxOS's
+# docs say ATM changes profiles itself and is turned off with ``atmset <sid>,enabled=false``; the exact
+# wording of a real miner's refusal was not found in its public docs (check on your firmware version).
+ATM_PROFILESET_REFUSED = "Cannot set profile while ATM is enabled; disable ATM first"
 Clock = Callable[[], datetime]
 
 
@@ -228,10 +241,17 @@ class _LuxState:
 
     session_id: str | None = None
     session_used: datetime | None = None
-    silent: bool = False
-    errors: dict[str, str] | None = None
+    fault: str | None = None  # None | "hang" | "drip" | "close_mid_reply"
+    drip_interval_s: float = 0.05
+    replies: dict[str, tuple[str | None, str]] | None = None  # command -> (STATUS letter or None, Msg)
+    next_session_id: str | None = None
+    atm_enabled: bool = False
     server: asyncio.AbstractServer | None = None
     port: int = 0
+
+    @property
+    def silent(self) -> bool:
+        return self.fault == "hang"
 
 
 class SimulatedMinerFleet(_Fleet):
@@ -257,6 +277,12 @@ class SimulatedMinerFleet(_Fleet):
         # the last commands each miner received (command, parameter), newest last
         self.commands: dict[str, collections.deque[tuple[str, str]]] = {
             mid: collections.deque(maxlen=1000) for mid in self.miners}
+        # the same, with the time.monotonic() each request was read (for latency measurements)
+        self.received_at: dict[str, collections.deque[tuple[float, str, str]]] = {
+            mid: collections.deque(maxlen=1000) for mid in self.miners}
+        self.hung_open = 0  # connections held open by hung / dripping miners right now
+        self.hung_open_max = 0
+        self.hung_closed_at: list[float] = []  # time.monotonic() when each held connection ended
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping: asyncio.Event | None = None
@@ -321,18 +347,49 @@ class SimulatedMinerFleet(_Fleet):
         return {mid: (self.host, state.port) for mid, state in self.api.items()}
 
     # -- faults
+    def set_fault(self, miner_id: str, kind: str | None, *, drip_interval_s: float = 0.05) -> None:
+        """Transport fault of one miner: ``"hang"``, ``"drip"``, ``"close_mid_reply"`` or None (healthy).
+
+        Raises ValueError for another ``kind``."""
+        if kind not in (None, "hang", "drip", "close_mid_reply"):
+            raise ValueError(f"fault kind must be hang, drip, close_mid_reply or None, not {kind!r}")
+        if drip_interval_s <= 0:
+            raise ValueError("drip_interval_s must be > 0")
+        state = self.api[miner_id]
+        state.fault, state.drip_interval_s = kind, drip_interval_s
+
     def set_silent(self, miner_id: str, silent: bool = True) -> None:
-        self.api[miner_id].silent = silent
+        """Accept the connection and read the request but never answer (``set_fault(.., "hang")``)."""
+        self.set_fault(miner_id, "hang" if silent else None)
+
+    def set_status_reply(self, miner_id: str, command: str, status: str | None, message: str | None) -> None:
+        """Make ``command`` answer ``STATUS`` ``status`` (a letter, or None for a row without one) with
+        ``message``, without acting on it; ``message`` None clears it."""
+        with self._lock:
+            replies = dict(self.api[miner_id].replies or {})
+            if message is None:
+                replies.pop(command, None)
+            else:
+                replies[command] = (status, message)
+            self.api[miner_id].replies = replies
 
     def set_error(self, miner_id: str, command: str, message: str | None) -> None:
         """Make ``command`` answer STATUS E with ``message`` (None clears it)."""
+        self.set_status_reply(miner_id, command, "E", message)
+
+    def set_session_id(self, miner_id: str, session_id: str | None) -> None:
+        """The next ``logon`` hands out ``session_id`` verbatim (None: a random one)."""
         with self._lock:
-            errors = dict(self.api[miner_id].errors or {})
-            if message is None:
-                errors.pop(command, None)
-            else:
-                errors[command] = message
-            self.api[miner_id].errors = errors
+            self.api[miner_id].next_session_id = session_id
+
+    def set_atm(self, miner_id: str, enabled: bool) -> None:
+        """Turn the miner's Advanced Thermal Management on or off (as ``atmset`` would)."""
+        with self._lock:
+            self.api[miner_id].atm_enabled = enabled
+
+    def atm_enabled(self, miner_id: str) -> bool:
+        with self._lock:
+            return self.api[miner_id].atm_enabled
 
     def expire_sessions(self, miner_id: str | None = None) -> None:
         with self._lock:
@@ -356,31 +413,82 @@ class SimulatedMinerFleet(_Fleet):
         assert self._stopping is not None
         try:
             request = await asyncio.wait_for(_read_request(reader), timeout=10)
-            if self.api[miner_id].silent:
-                await self._stopping.wait()
+            fault = self.api[miner_id].fault
+            if fault == "hang":
+                self._record_request(miner_id, request)
+                await self._hold(self._until_peer_closes(reader))
                 return
             if self.response_delay_s:
                 await asyncio.sleep(self.response_delay_s)
-            response = self._dispatch(miner_id, request)
-            writer.write(json.dumps(response).encode() + b"\0")
+            payload = json.dumps(self._dispatch(miner_id, request)).encode() + b"\0"
+            if fault == "drip":
+                await self._hold(self._drip(writer, payload, self.api[miner_id].drip_interval_s))
+                return
+            if fault == "close_mid_reply":
+                writer.write(payload[: max(1, len(payload) // 2)])
+                await writer.drain()
+                return
+            writer.write(payload)
             await writer.drain()
         except (asyncio.TimeoutError, ConnectionError):
             pass
         finally:
             writer.close()
 
-    def _dispatch(self, miner_id: str, raw: bytes) -> dict[str, Any]:
+    async def _hold(self, work: Any) -> None:
+        """Run ``work`` (a hung or dripping answer) until it ends or the fleet stops; count the held
+        connection so tests can see how many a driver kept open at once."""
+        assert self._stopping is not None
+        with self._lock:
+            self.hung_open += 1
+            self.hung_open_max = max(self.hung_open_max, self.hung_open)
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pending in (task, stop):
+                pending.cancel()
+            with self._lock:
+                self.hung_open -= 1
+                self.hung_closed_at.append(time.monotonic())
+
+    @staticmethod
+    async def _until_peer_closes(reader: asyncio.StreamReader) -> None:
+        while await reader.read(4096):
+            pass
+
+    @staticmethod
+    async def _drip(writer: asyncio.StreamWriter, payload: bytes, interval_s: float) -> None:
+        for i in range(len(payload)):
+            writer.write(payload[i:i + 1])
+            await writer.drain()
+            await asyncio.sleep(interval_s)
+
+    def _record_request(self, miner_id: str, raw: bytes) -> tuple[str, str] | None:
         try:
             request = json.loads(raw.decode("utf-8").strip("\0 \r\n"))
             command = str(request["command"])
             parameter = str(request.get("parameter", ""))
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            return self._status("E", 23, "Invalid JSON")
+            return None
         with self._lock:
             self.commands[miner_id].append((command, parameter))
-            injected = (self.api[miner_id].errors or {}).get(command)
+            self.received_at[miner_id].append((time.monotonic(), command, parameter))
+        return command, parameter
+
+    def _dispatch(self, miner_id: str, raw: bytes) -> dict[str, Any]:
+        parsed = self._record_request(miner_id, raw)
+        if parsed is None:
+            return self._status("E", 23, "Invalid JSON")
+        command, parameter = parsed
+        with self._lock:
+            injected = (self.api[miner_id].replies or {}).get(command)
         if injected is not None:
-            return self._status("E", 45, injected)
+            status, message = injected
+            if status is None:  # a hostile or broken peer: a STATUS row without a STATUS letter
+                return {"STATUS": [{"When": int(self.clock().timestamp()), "Code": 0, "Msg": message}], "id": 1}
+            return self._status(status, 45, message)
         handler = getattr(self, f"_cmd_{command}", None)
         if handler is None:
             return self._status("E", 14, "Invalid command")
@@ -403,6 +511,7 @@ class SimulatedMinerFleet(_Fleet):
         return state.session_id
 
     def _check_session(self, miner_id: str, parameter: str) -> tuple[dict[str, Any] | None, list[str]]:
+        # A real miner splits on every comma too: a session id with a comma in it shifts the fields.
         parts = [p.strip() for p in parameter.split(",")]
         with self._lock:
             live = self._live_session(miner_id)
@@ -423,8 +532,10 @@ class SimulatedMinerFleet(_Fleet):
         with self._lock:
             if self._live_session(miner_id):
                 return self._status("E", 310, "Another session is active")
-            sid = secrets.token_hex(4)
-            self.api[miner_id].session_id, self.api[miner_id].session_used = sid, self.clock()
+            state = self.api[miner_id]
+            sid = state.next_session_id if state.next_session_id is not None else secrets.token_hex(4)
+            state.next_session_id = None
+            state.session_id, state.session_used = sid, self.clock()
         return self._status("S", 307, "Session created", SESSION=[{"SessionID": sid}])
 
     def _cmd_logoff(self, miner_id: str, parameter: str) -> dict[str, Any]:
@@ -460,9 +571,32 @@ class SimulatedMinerFleet(_Fleet):
         mode = self._profiles[miner.group.id].get(profile)
         if mode is None:
             return self._status("E", 45, f"Profile {profile!r} not found")
+        with self._lock:
+            atm_on = self.api[miner_id].atm_enabled
+        if atm_on:
+            # LuxOS: ATM owns the profile while it is on; turn it off (atmset) to set one by hand.
+            return self._status("E", 45, ATM_PROFILESET_REFUSED)
         miner.select_profile(mode)
         miner.renew(self._lease_deadline())
         return self._status("S", 320, "Profile set", PROFILE=[{"Profile": profile}])
+
+    def _cmd_atm(self, miner_id: str, parameter: str) -> dict[str, Any]:
+        with self._lock:
+            enabled = self.api[miner_id].atm_enabled
+        return self._status("S", 339, "ATM configuration values", ATM=[{"Enabled": enabled}])
+
+    def _cmd_atmset(self, miner_id: str, parameter: str) -> dict[str, Any]:
+        error, parts = self._check_session(miner_id, parameter)
+        if error:
+            return error
+        settings = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+        if any("=" not in p for p in parts[1:]) or "enabled" not in settings:
+            return self._status("E", 45, f"Invalid ATM parameters {','.join(parts[1:])!r}")
+        if settings["enabled"] not in ("true", "false"):
+            return self._status("E", 45, f"Invalid value for enabled: {settings['enabled']!r}")
+        with self._lock:
+            self.api[miner_id].atm_enabled = settings["enabled"] == "true"
+        return self._status("S", 340, "ATM configuration updated")
 
     def _cmd_profiles(self, miner_id: str, parameter: str) -> dict[str, Any]:
         group = self.miners[miner_id].group
