@@ -157,7 +157,7 @@ def test_expired_and_invalid_setpoints_are_rejected_without_publishing(miners, d
     assert len(miners.received["air-0"]) == 0 and len(miners.received["air-1"]) == 0
 
 
-def test_driver_without_broker_reports_unreachable(mosquitto_factory) -> None:
+def test_driver_without_broker_reports_not_sent(mosquitto_factory) -> None:
     broker = mosquitto_factory()
     port = broker.port
     broker.stop()
@@ -167,7 +167,7 @@ def test_driver_without_broker_reports_unreachable(mosquitto_factory) -> None:
         result = drv.apply([sp(utc_now, "air-0", "eco", 2.9)])[0]
     finally:
         drv.close()
-    assert result.status is SetpointStatus.UNREACHABLE
+    assert result.status is SetpointStatus.NOT_SENT  # a transport fault, not the miner's (issue 10)
     assert "cannot connect" in result.reason and str(port) in result.reason
 
 
@@ -181,7 +181,7 @@ def test_publisher_reconnects_after_broker_restart(mosquitto_factory) -> None:
         deadline = time.monotonic() + 10
         result = drv.apply([sp(real, "air-0", "stock", 3.5)])[0]
         while result.status is not SetpointStatus.APPLIED and time.monotonic() < deadline:
-            assert result.status is SetpointStatus.UNREACHABLE, result  # miners not re-subscribed yet
+            assert result.status is SetpointStatus.NOT_SENT, result  # miners not re-subscribed yet: transport
             time.sleep(0.1)
             result = drv.apply([sp(real, "air-0", "stock", 3.5)])[0]
         assert result.ok, result
@@ -236,7 +236,7 @@ def custom_broker(tmp_path, config: str):
     return broker
 
 
-def test_acl_denial_is_rejected_and_bad_password_unreachable(tmp_path) -> None:
+def test_acl_denial_is_rejected_and_bad_password_not_sent(tmp_path) -> None:
     passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     if not os.access(passwd, os.X_OK):
         pytest.fail("mosquitto_passwd not installed (it comes with the mosquitto package the test command installs)")
@@ -261,7 +261,7 @@ def test_acl_denial_is_rejected_and_bad_password_unreachable(tmp_path) -> None:
     # authenticated and allowed: acknowledged, but nobody listens for this miner
     assert allowed.status is SetpointStatus.UNREACHABLE and "no subscriber" in allowed.reason
     assert denied.status is SetpointStatus.REJECTED and "Not authorized" in denied.reason
-    assert refused.status is SetpointStatus.UNREACHABLE and "cannot connect" in refused.reason
+    assert refused.status is SetpointStatus.NOT_SENT and "cannot connect" in refused.reason
     assert "connection refused" in refused.reason
 
 
@@ -296,7 +296,7 @@ def test_setpoints_over_tls(tmp_path) -> None:
         broker.stop()
     assert result.status is SetpointStatus.APPLIED, result
     assert [v.status for v in verified] == [SetpointStatus.APPLIED]
-    assert refused.status is SetpointStatus.UNREACHABLE
+    assert refused.status is SetpointStatus.NOT_SENT
 
 
 def _tls_miners(broker, tmp_path, clock) -> MqttSimulatedMiners:

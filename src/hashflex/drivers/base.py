@@ -12,13 +12,22 @@ Statuses
   (yet) confirm it: still booting, no telemetry, or it disagrees; the reason says which.
 - ``rejected``: refused (an error ``STATUS`` with its ``Msg``, an unknown miner or mode, an expired setpoint).
 - ``timeout``: no answer within the per-call deadline after all retries.
-- ``unreachable``: no connection (refused, no route, broker down).
+- ``unreachable``: the miner cannot be reached (its own endpoint refuses or does not route; MQTT:
+  the broker has no subscriber for this one miner's topic while others have one).
+- ``not_sent``: a *transport* fault between the controller and the miners, which says nothing about
+  the miner: the broker is down or refuses our connection, the connection broke before the PUBACK,
+  no PUBACK came in time, the broker has no subscriber at all just after it restarted, or the
+  telemetry connection was lost so a setpoint cannot be verified. The setpoint must NOT be taken
+  as applied (the miner keeps its last setpoint and falls back to sleep when it expires, which is
+  the safe side); it is not counted against the miner either.
 
 :class:`MinerRegistry` turns results into availability: a miner that fails ``max_failures`` setpoints
 in a row (rejected / timeout / unreachable), or whose verification fails ``max_mismatches`` times in a
 row, is marked unavailable with the reason and the time, so the optimizer can leave it out
 (:meth:`MinerRegistry.availability_by_group`). A later confirmed verification (or :meth:`restore`)
-makes it available again.
+makes it available again. ``not_sent`` results are ignored: a miner's availability comes from its
+telemetry and the driver's answers about it, never from the broker being down (issue 10: a 30 s
+outage used to mark the whole fleet unavailable, and the next plan slept the site).
 
 API: ``Setpoint(miner_id, mode, power_target_kw, issued_at, expires_at)`` (``mode`` is a mode name or
 ``"sleep"``), ``SetpointResult(miner_id, status, reason, latency_s)`` with ``ok``; ``MinerDriver``
@@ -68,6 +77,7 @@ class SetpointStatus(str, enum.Enum):
     TIMEOUT = "timeout"
     UNREACHABLE = "unreachable"
     UNVERIFIED = "unverified"
+    NOT_SENT = "not_sent"  # transport fault (broker down, no PUBACK, ...): not the miner's doing
 
 
 _FAILURES = frozenset({SetpointStatus.REJECTED, SetpointStatus.TIMEOUT, SetpointStatus.UNREACHABLE})
@@ -188,12 +198,15 @@ class MinerRegistry:
         Command results: a failure (rejected / timeout / unreachable) counts towards ``max_failures``;
         applied resets it; unverified leaves it alone. Verification results: unverified counts towards
         ``max_mismatches``; applied resets both counters and makes the miner available again.
+        ``not_sent`` (a transport fault) changes nothing, in either kind.
         """
         with self._lock:
             for result in results:
                 health = self._health.get(result.miner_id)
                 if health is None:
                     continue  # not a miner this registry tracks
+                if result.status is SetpointStatus.NOT_SENT:
+                    continue  # the broker's fault, not the miner's: neither counted nor shown as its last answer
                 health.last = result
                 if verification:
                     self._record_verification(health, result)
