@@ -12,7 +12,6 @@ import pytest
 from hashflex.control.dr import DRBook
 from hashflex.messages import DREventMessage
 from hashflex.profile import SiteProfile
-from hashflex.store import Store
 
 T0 = datetime(2025, 7, 1, 20, 0, tzinfo=timezone.utc)
 MIN = timedelta(minutes=1)
@@ -163,21 +162,6 @@ def test_restart_round_trip_through_dict_resumes_active_event() -> None:
         assert restored.limit_at(t) == book.limit_at(t)
     assert restored.records("a") == book.records("a")
     assert restored.apply(event("a", mod=0, end=None), T0, PROFILE).accepted is False  # duplicate still known
-
-
-def test_restart_from_store_rows(tmp_path) -> None:
-    with Store(tmp_path / "s.db") as store:
-        store.put(event("a", end=None))
-        store.put(event("b", mod=0, start=T0 + 60 * MIN, shed_kw=5.0, baseline_kw=30.0, end=None))
-        store.put(event("b", mod=1, start=T0 + 60 * MIN, shed_kw=10.0, baseline_kw=30.0, end=None))
-        store.flush()
-        store.set_dr_status("a", "active")
-        store.flush()
-        rows = [store.dr_event(i) for i in ("a", "b")]
-    book = DRBook.from_store(rows, PROFILE)
-    assert book.status("a") == "active" and book.status("b") == "pending"  # "modified" re-derived
-    assert book.limit_kw_at(T0 + 2 * 60 * MIN) == 20.0  # min(20, 30 − 10)
-    assert [(t.event_id, t.kind) for t in book.transitions(T0 + 61 * MIN)] == [("b", "activated")]
 
 
 def test_compliance_figures() -> None:

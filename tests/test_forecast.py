@@ -389,12 +389,13 @@ def test_snapshot_from_store_respects_receipt_times(tmp_path) -> None:  # noqa: 
         via_callable = store_forecaster(PROFILE, store, noise_model=lambda receptor, t: 41.0)(now, NOW, 8)
     assert snap.prices["published_at"].max() <= NOW
     assert len(snap.renewable_forecasts) == 3
-    assert list(snap.dr_limits["source"]) == ["DR:e1"]
+    # DR messages in the store never bind by themselves: the limits book is the only source.
+    assert snap.dr_limits.empty
     out = build_forecast(PROFILE, snap, now, now, 8)
     assert list(out.price_usd_mwh) == [30.0 + k for k in range(8)]
     assert out.renewable_kw[0] == 150.0
     assert out.hashprice_usd_per_ph_day[0] == 47.0
-    assert list(out.import_limit_kw[:3]) == [500.0, 500.0, np.inf]
+    assert np.isinf(out.import_limit_kw).all()
     assert out.noise_offset_db["house"] == pytest.approx(4.0)
     assert out.input_ages_s["noise:house"] == pytest.approx(600.0)
     np.testing.assert_array_equal(via_callable.price_usd_mwh, out.price_usd_mwh)

@@ -202,7 +202,7 @@ def test_site_manager_limits_apply_at_once_and_strangers_are_refused(feb_2020_pr
     loop.tick(now)
     stranger = LimitsChangeMessage(issuer="neighbour", reason="too loud", issued_at=now, import_limit_kw=0.0)
     loop.on_message(stranger, now)
-    assert loop.limit_overrides == {} and loop.counters["limits_rejected"] == 1
+    assert loop.book.manager == {} and loop.counters["limits_rejected"] == 1
     tonight = LimitsChangeMessage(
         issuer="site_manager", reason="party next door: quieter tonight", issued_at=now, import_limit_kw=12_000.0,
         carbon_budget={"budget_kg": 5_000.0, "period": "day"},

@@ -484,22 +484,21 @@ def snapshot_from_store(
     noise_model: NoiseModel | None = None,
     fuelmix_intensity: pd.DataFrame | None = None,
     hashprice: pd.DataFrame | None = None,
+    dr_limits: pd.DataFrame | None = None,
 ) -> Snapshot:
     """Read what the forecast needs from ``store`` as of ``now`` (rows published later are left out).
 
     ``forecast_lookback`` bounds which renewable messages' forecast points are read (older postings
     are stale anyway); ``carbon_kind`` picks the ``average`` or ``marginal`` intensity series.
     Published times: prices carry their own ``published_at``; observations are known when received
-    (``received_at``); a renewable message's forecast points when the message was received; a DR
-    event from when it was first received (a later modification's terms are visible from then on:
-    the store keeps only the latest, and hiding the event would be the unsafe reading). DR events
-    from issuers not in ``profile.dr.issuers`` and cancelled ones are left out; a level the profile
-    does not map limits to 0 kW. ``fuelmix_intensity`` / ``hashprice`` frames (e.g. from
+    (``received_at``); a renewable message's forecast points when the message was received.
+    DR events and limits are not read from the store: the limits book
+    (:mod:`hashflex.control.limits`) is their only source, and the loop applies it; ``dr_limits``
+    (a ``Snapshot.dr_limits`` frame) may be passed by callers that plan without a loop.
+    ``fuelmix_intensity`` / ``hashprice`` frames (e.g. from
     :mod:`hashflex.feeds.fuelmix` / :mod:`hashflex.feeds.hashprice`) are appended; a fuel-mix frame
     without ``published_at`` is taken as published at each interval's end.
     """
-    from hashflex.control.dr import event_limit_kw, source_label
-
     now_ts = _utc(now)
     start, end = (now_ts - lookback).to_pydatetime(), (now_ts + ahead).to_pydatetime()
     point = profile.site.settlement_point if profile is not None else None
@@ -536,7 +535,7 @@ def snapshot_from_store(
         carbon=carbon[list(SNAPSHOT_COLUMNS["carbon"])],
         fuelmix_intensity=mix[list(SNAPSHOT_COLUMNS["fuelmix_intensity"])],
         hashprice=hp[list(SNAPSHOT_COLUMNS["hashprice"])],
-        dr_limits=_store_limits(store, now_ts, profile, event_limit_kw, source_label),
+        dr_limits=dr_limits if dr_limits is not None else _empty("dr_limits")(),
     )
 
 
@@ -557,39 +556,3 @@ def store_forecaster(
                               price_forecaster=price_forecaster)
 
     return forecaster
-
-
-def _event_limit(message: Any, profile: SiteProfile | None,
-                 event_limit_kw: Callable[..., float | None]) -> float:
-    """An event's import limit; a level the profile does not map (or no profile) reads as 0 kW."""
-    if profile is not None:
-        mapped = event_limit_kw(message, profile)
-        return 0.0 if mapped is None else mapped
-    if message.import_limit_kw is not None:
-        return float(message.import_limit_kw)
-    if message.shed_kw is not None and message.baseline_kw is not None:
-        return float(message.baseline_kw - message.shed_kw)
-    return math.inf if message.level == 0 else 0.0
-
-
-def _store_limits(store: Store, now: pd.Timestamp, profile: SiteProfile | None,
-                  event_limit_kw: Callable[..., float | None], source_label: Callable[[str], str]) -> pd.DataFrame:
-    rows = []
-    for ev in store.dr_events(include_cancelled=False).itertuples():
-        if (profile is not None and ev.issuer not in profile.dr.issuers) or ev.first_received_at > now:
-            continue
-        found = store.dr_event(ev.event_id)
-        if found is None:
-            continue
-        limit = _event_limit(found[0], profile, event_limit_kw)
-        if math.isfinite(limit):
-            rows.append((ev.start, ev.end, limit, source_label(ev.event_id), ev.first_received_at))
-    limits = store.observations("limits", None, now.to_pydatetime() + timedelta(microseconds=1))
-    for row in limits.itertuples():
-        if row.received_at <= now and not pd.isna(row.import_limit_kw):
-            rows.append((row.timestamp, row.valid_until, float(row.import_limit_kw), f"limits:{row.key}",
-                         row.received_at))
-    frame = pd.DataFrame(rows, columns=list(SNAPSHOT_COLUMNS["dr_limits"]))
-    for col in ("interval_start", "interval_end", "published_at"):
-        frame[col] = pd.to_datetime(frame[col], utc=True)
-    return frame

@@ -31,7 +31,7 @@ writes (asynchronous, ordered per table):
   ``put_rejection(rejection, *, received_at=None)``, ``set_dr_status(event_id, status)``,
   ``put_schedule(schedule, *, created_at)``, ``put_setpoint(setpoint)``, ``set_meta(key, value)``,
   ``after_commit(callback)`` (e.g. acknowledge an MQTT message only once it is durable)
-sync: ``flush(timeout_s=30.0)``, ``prune(older_than) -> dict[table, rows deleted]``, ``close()``
+sync: ``commit_state(key, value, timeout_s=5.0)`` (durable, raises ``StoreUnavailable``), ``flush(timeout_s=30.0)``, ``prune(older_than) -> dict[table, rows deleted]``, ``close()``
 reads (DataFrames, sorted by time):
   ``observations(kind, start=None, end=None, *, key=None)`` -> timestamp, key, <model fields>, received_at
   ``prices(start=None, end=None, *, settlement_point=None, market=None, as_of=None, with_published_at=False)``
@@ -72,7 +72,7 @@ from hashflex.messages import (
     SetpointMessage,
 )
 
-__all__ = ["Store", "DR_STATUSES", "TABLES"]
+__all__ = ["Store", "StoreUnavailable", "DR_STATUSES", "TABLES"]
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,10 @@ _SQL = {
 }
 
 
+class StoreUnavailable(RuntimeError):
+    """A durable write (:meth:`Store.commit_state`) failed: nothing was committed."""
+
+
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -206,6 +210,8 @@ class Store:
         self._local = threading.local()
         self._stats = {"rows": 0, "batches": 0, "errors": 0}
         self._closed = False
+        self.failure: str | None = None  # the last commit_state failure, until one succeeds
+        self._fail_commits: str | None = None
         conn = self._connect()
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode.lower() != "wal":
@@ -284,6 +290,52 @@ class Store:
     def writer_stats(self) -> dict[str, int]:
         """Rows written, batches committed, write errors, and the current queue depth."""
         return {**self._stats, "queued": self._queue.qsize()}
+
+    def commit_state(self, key: str, value: Any, timeout_s: float = 5.0) -> None:
+        """Durably replace the JSON state under ``key`` (in ``meta``) and return only once committed.
+
+        The control state (the limits book, commitment) goes through here: the caller may say
+        "accepted" only after this returns. The transaction runs with ``synchronous=FULL`` (an fsync
+        at commit, so it survives a power cut too, not only a crash of the process).
+
+        Raises
+        ------
+        StoreUnavailable
+            The write failed (disk full, I/O error, read-only file system, a closed store) or did
+            not commit within ``timeout_s``; nothing was changed. :attr:`failure` keeps the reason
+            until a later commit succeeds.
+        """
+        text = json.dumps(value, default=str)
+        updated_us = to_us(self._clock())
+
+        def action(conn: sqlite3.Connection) -> None:
+            conn.execute("PRAGMA synchronous=FULL")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute(_SQL["meta"], (key, text, updated_us))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            finally:
+                conn.execute("PRAGMA synchronous=NORMAL")
+
+        try:
+            if self._fail_commits is not None:  # fault injection (tests and drills): as a full disk
+                raise sqlite3.OperationalError(self._fail_commits)
+            self._call(action, timeout_s)
+        except Exception as exc:  # noqa: BLE001 - every failure means "not durable"
+            self.failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            self._stats["errors"] += 1
+            raise StoreUnavailable(f"{key}: {self.failure}") from exc
+        self.failure = None
+
+    def fail_commits(self, reason: str | None) -> None:
+        """Fault injection: make :meth:`commit_state` fail with ``reason`` (None: stop failing). Used
+        by drills and tests alongside a real full disk; asynchronous writes are unaffected."""
+        self._fail_commits = reason
 
     # ------------------------------------------------------------------ writes
 

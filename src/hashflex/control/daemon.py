@@ -12,8 +12,12 @@ Degraded modes (each visible in ``/status`` and ``/healthz``):
 - no price known for an interval: it is planned at $5,000/MWh (ERCOT's offer cap), i.e. curtailed,
   and /healthz answers 503 (the forecast module documents every fallback);
 - solver timeout or failure: the greedy fallback schedule (every hard limit respected);
-- restart (even kill -9): DR events are reloaded from the store, so every accepted event
-  stays in force.
+- restart (even kill -9): the limits book (every accepted DR event and limits change) and the
+  commitment state are reloaded from the store and enforced through the fast path before the
+  first solve;
+- store unavailable (disk full, I/O error): DR and limits messages are answered
+  ``rejected: store_unavailable``, a more restrictive limit is held in memory anyway, and /healthz
+  answers 503 naming the cause until a commit succeeds again.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from hashflex.control.dr import DRBook
+from hashflex.control.fleet import FleetState
+from hashflex.control.limits import LimitsBook
 from hashflex.control.http import DEFAULT_HTTP_PORT, StatusServer
 from hashflex.control.loop import ControlLoop, LoopConfig
 from hashflex.control.records import AuditRecorder, IntervalMeter
@@ -72,16 +77,24 @@ class MqttPublisher:
         self._client.loop_stop()
 
 
-def load_dr_book(store: Store, profile: SiteProfile) -> DRBook:
-    """Every DR event the store holds, in its recorded state: a restart resumes them all."""
-    frame = store.dr_events()
-    rows = []
-    for event_id in frame["event_id"] if not frame.empty else []:
-        held = store.dr_event(event_id)
-        # The ingest stores every well-formed DR message; only authorised issuers' events count.
-        if held is not None and held[0].issuer in profile.dr.issuers:
-            rows.append(held)
-    return DRBook.from_store(rows, profile)
+def load_control_state(store: Store, profile: SiteProfile) -> tuple[LimitsBook, FleetState | None]:
+    """What a restart resumes: the limits book as last committed (only accepted DR events and
+    limits changes are in it) and the commitment state (which miners ran, last start/stop) when it
+    matches the profile's fleet. A fleet saved for other groups or unit counts is not used."""
+    book = LimitsBook.from_dict(store.get_meta("limits_book"), profile)
+    fleet = None
+    saved = store.get_meta("fleet")
+    if saved:
+        try:
+            fleet = FleetState.from_dict(saved, profile)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("saved commitment state not used: %s", exc)
+        else:
+            expected = FleetState.from_profile(profile)
+            if sorted(fleet.miners) != sorted(expected.miners):
+                log.warning("saved commitment state is for another fleet; starting with every miner asleep")
+                fleet = None
+    return book, fleet
 
 
 def _reload(loop: ControlLoop, profile_path: str) -> None:
@@ -120,15 +133,20 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
     stop = stop or threading.Event()
     site = profile.site_id
     store = Store(store_path)
-    dr_book = load_dr_book(store, profile)
+    book, fleet = load_control_state(store, profile)
     if driver is None:
         driver = MqttDriver(site, mqtt_host, mqtt_port, username=username, password=password, tls_ca_file=tls_ca_file)
         driver.start()
     publisher = MqttPublisher(site, mqtt_host, mqtt_port, username, password, tls_ca_file)
     recorder = AuditRecorder(store)
     loop = ControlLoop(profile, forecaster=store_forecaster(profile, store), driver=driver, publisher=publisher,
-                       store=store, dr_book=dr_book, solver=SolveRunner(time_limit_s=time_limit_s),
-                       config=LoopConfig(solve_time_limit_s=time_limit_s), recorder=recorder, meter=IntervalMeter())
+                       store=store, book=book, fleet=fleet, solver=SolveRunner(time_limit_s=time_limit_s),
+                       config=LoopConfig(solve_time_limit_s=time_limit_s, async_sends=True), recorder=recorder,
+                       meter=IntervalMeter())
+    wait_connected = getattr(driver, "wait_connected", None)
+    if wait_connected is not None:
+        wait_connected(5.0)  # the restart cut below needs the driver's transport
+    loop.restore(utc_now())  # enforce what was in force before the restart, before any solve
     ingest = MqttIngest(store, site, mqtt_host, mqtt_port, username=username, password=password,
                         tls_ca_file=tls_ca_file, client_id=f"hashflex-ingest-{site}")
     ingest.add_callback(lambda message: loop.on_message(message, utc_now()))
@@ -159,6 +177,7 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
         server.stop()
         ingest.stop()
         publisher.close()
+        loop.close()
         driver.close()
         loop.solver.close()
         recorder.flush()

@@ -27,14 +27,15 @@ and the measured import; :meth:`DRBook.compliance` gives the share of intervals 
 limit + tolerance and the delivered reduction (baseline − measured) against the requested one
 (baseline − limit).
 
-Persistence: ``to_dict()`` / ``from_dict()`` (JSON-ready, e.g. ``Store.set_meta("dr_book", ...)``),
-or ``from_store(rows, profile)`` with ``Store.dr_event`` rows, so a restart resumes every event.
+Persistence: ``to_dict()`` / ``from_dict()`` (JSON-ready), inside the limits book
+(:mod:`hashflex.control.limits`), which the loop commits before it acknowledges an event; a restart
+resumes every accepted event with the limit it was accepted with.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -239,6 +240,10 @@ class DRBook:
     def message(self, event_id: str) -> DREventMessage:
         return self._events[event_id].message
 
+    def limit_kw(self, event_id: str) -> float:
+        """The import limit the event was accepted with (inf: none), kW."""
+        return self._events[event_id].limit_kw
+
     def event_ids(self) -> list[str]:
         return list(self._events)
 
@@ -306,17 +311,4 @@ class DRBook:
             records = [DRRecord(datetime.fromisoformat(r["interval_start"]), r["baseline_kw"],
                                 num(r["limit_kw"]), float(r["measured_kw"])) for r in row["records"]]
             book._events[msg.event_id] = _Event(msg, row["status"], num(row["limit_kw"]), records)
-        return book
-
-    @classmethod
-    def from_store(cls, rows: Iterable[tuple[DREventMessage, str]], profile: SiteProfile) -> DRBook:
-        """Rebuild from ``Store.dr_event`` rows (latest modification + status). A stored ``modified``
-        status becomes ``pending`` and the next ``transitions(now)`` puts it right; events whose level
-        the profile no longer maps are kept at limit 0 kW (the safe reading) rather than dropped."""
-        book = cls()
-        for msg, status in rows:
-            limit = event_limit_kw(msg, profile)
-            if status == "modified" or status not in (PENDING, ACTIVE, COMPLETED, CANCELLED):
-                status = CANCELLED if msg.cancelled else PENDING
-            book._events[msg.event_id] = _Event(msg, status, 0.0 if limit is None else limit)
         return book

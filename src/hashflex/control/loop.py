@@ -6,9 +6,21 @@ Everything outside is injected: the clock (``now`` is passed to every call), the
 driver, the publisher, the store and the audit log. `hashflex run` wires them to the wall clock,
 MQTT and real miners; the backtest and the simulator wire them to a simulated clock and site.
 
+Control state lives in one :class:`~hashflex.control.limits.LimitsBook` (DR events, managers'
+limits, 4CP, holds): the tick, the fast path, the guard and ``/status`` read only it. A DR or limits
+message is acknowledged ``accepted`` only after the book's new state is committed to the store
+(``Store.commit_state``); when that fails the answer is ``rejected: store_unavailable``, a more
+restrictive limit is still held in memory, and ``/healthz`` turns 503 naming the cause. A message
+seen before gets its first answer again (MQTT QoS 1 is at-least-once). Commitment state (which
+miners run, their last start and stop) is saved after every batch, so min on/off survive a restart.
+
 Threads: message callbacks arrive on the MQTT network thread; ticks run on the loop's thread.
-A lock guards the fleet, the DR book and the batch in force; the solve runs outside it, and never
-two at once (``_solving``).
+A lock guards the fleet, the book and the batch in force; the solve runs outside it, and never
+two at once (``_solve_lock``). With ``LoopConfig.async_sends`` (the daemon) driver I/O runs on a
+sender thread: a message callback decides, commits, acknowledges and queues the cut, and never
+waits on a miner. Batches are full-fleet and queued in order, so the last one queued is what the
+fleet ends up with; the fleet records each batch as intent when queued and reverts a miner whose
+setpoint failed.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
@@ -29,9 +42,11 @@ import pandas as pd
 from hashflex import audit as records
 from hashflex.acoustics import compared_level_dba, modelled_laeq_dba
 from hashflex.control.dispatch import plan_dispatch
-from hashflex.control.dr import DRBook
-from hashflex.control.fleet import SLEEP, FleetState, MinerSetpoint
+from hashflex.control.dr import DRBook, DRDecision
+from hashflex.control.fleet import FleetState, MinerSetpoint
 from hashflex.control.guard import Guard, GuardResult, Limits, Measurements
+from hashflex.control.limits import STORE_UNAVAILABLE, LimitsAck, LimitsBook
+from hashflex.control.sender import SendQueue
 from hashflex.control.records import IntervalMeter
 from hashflex.control.solver import SolveRunner
 from hashflex.drivers.base import MinerDriver, MinerRegistry, Setpoint, SetpointResult
@@ -39,7 +54,6 @@ from hashflex.messages import (
     DRAckMessage,
     DREventMessage,
     LimitsChangeMessage,
-    NoiseCapOverride,
     NoiseMessage,
     RenewableMessage,
     TelemetryMessage,
@@ -86,6 +100,7 @@ class LoopConfig:
     replan_debounce_s: float = 2.0
     solve_time_limit_s: float = 20.0
     stale_after_intervals: float = 3.0  # /healthz turns 503 when the last good tick is older
+    async_sends: bool = False  # driver I/O on a sender thread (the daemon); False: on the caller's thread
 
 
 @dataclass
@@ -130,18 +145,16 @@ def group_states(fleet: FleetState, profile: SiteProfile, now: datetime) -> dict
     return states
 
 
-def apply_cap_overrides(problem: Problem, overrides: list[NoiseCapOverride]) -> Problem:
-    """Tighten receptor caps where a site manager's override is in force (never loosen)."""
-    if not overrides:
+def apply_cap_overrides(problem: Problem, caps_dba: Mapping[str, np.ndarray]) -> Problem:
+    """Tighten receptor caps to ``caps_dba`` (receptor id → per-interval cap, inf where none, e.g.
+    :meth:`LimitsBook.noise_caps_over`); never loosens."""
+    if not caps_dba:
         return problem
     receptors = []
-    starts = problem.interval_start
     for receptor in problem.receptors:
-        cap = receptor.cap_dba.copy()
-        for override in overrides:
-            if override.receptor_id == receptor.id:
-                inside = (starts >= override.window_start) & (starts < override.window_end)
-                cap[inside] = np.minimum(cap[inside], override.cap_dba)
+        cap = receptor.cap_dba
+        if receptor.id in caps_dba:
+            cap = np.minimum(cap, np.asarray(caps_dba[receptor.id], dtype=float))
         receptors.append(dataclasses.replace(receptor, cap_dba=cap))
     return dataclasses.replace(problem, receptors=tuple(receptors))
 
@@ -162,7 +175,7 @@ class ControlLoop:
                  publisher: Publisher | None = None, store: Any = None, recorder: Any = None,
                  fleet: FleetState | None = None, dr_book: DRBook | None = None,
                  solver: SolveRunner | None = None, config: LoopConfig = LoopConfig(),
-                 meter: IntervalMeter | None = None) -> None:
+                 meter: IntervalMeter | None = None, book: LimitsBook | None = None) -> None:
         self.profile = profile
         self.forecaster = forecaster
         self.driver = driver
@@ -175,20 +188,19 @@ class ControlLoop:
         self.recorder = recorder  # control.records.AuditRecorder (or anything with record(kind, payload, at))
         self.config = config
         self.fleet = fleet or FleetState.from_profile(profile)
-        self.dr_book = dr_book or DRBook()
+        # The one book of what limits the site (DR, managers, 4CP, holds); see control.limits.
+        self.book = book or LimitsBook(profile, dr=dr_book or DRBook())
         self.solver = solver or SolveRunner(time_limit_s=config.solve_time_limit_s)
         self.guard = Guard(profile)
         # Miners that keep failing setpoints (or, with a verifying driver, do not follow them) are
         # marked unavailable, so the optimizer plans without them and /status names them.
         self.registry = MinerRegistry({m.miner_id: m.group_id for m in self.fleet.miners.values()}, max_mismatches=2)
         self.interval_minutes = profile.site.interval_minutes
+        self.interval = timedelta(minutes=self.interval_minutes)
         self.periods = int(profile.site.horizon_hours * 60 / self.interval_minutes)
         self.fine_intervals = int(profile.site.fine_horizon_hours * 60 / self.interval_minutes)
         self.expiry_s = config.expiry_intervals * self.interval_minutes * 60
         self.measurements = Measurements()
-        self.limit_overrides: dict[str, float] = {}
-        self.noise_cap_overrides: list[NoiseCapOverride] = []
-        self.carbon_budget_overrides_kg: dict[str, float] = {}  # "day" | "month" -> kg (site managers)
         self.noise_offsets_db: dict[str, float] = {}
         self.telemetry_kw: dict[str, float] = {}
         self._lock = threading.RLock()
@@ -197,22 +209,24 @@ class ControlLoop:
         self.replan_reasons: list[str] = []
         self.last_report: TickReport | None = None
         self.last_good_tick: datetime | None = None
+        self.state_failure: str | None = None  # the last failed commit of control state, until one succeeds
+        self._sender = SendQueue(self._apply_batch, synchronous=not config.async_sends)
         self._record("config", lambda: records.config_payload(profile, "start"))
         self.counters: dict[str, int] = {"ticks": 0, "fast_path_actions": 0, "dr_accepted": 0, "dr_rejected": 0,
+                                         "dr_duplicates": 0, "limits_accepted": 0, "limits_rejected": 0,
+                                         "limits_duplicates": 0, "store_unavailable": 0,
                                          "fallback_schedules": 0, "setpoint_failures": 0}
+
+    @property
+    def dr_book(self) -> DRBook:
+        """The DR events of the limits book (read-only use; changes go through :meth:`handle_dr`)."""
+        return self.book.dr
 
     # ------------------------------------------------------------------ the tick
 
     def limits_now(self, now: datetime) -> Limits:
-        limit, label = self.dr_book.limit_at(now)
-        imports = dict(self.limit_overrides)
-        if math.isfinite(limit):
-            imports[label] = limit
-        caps: dict[str, float] = {}
-        for override in self.noise_cap_overrides:
-            if override.window_start <= now < override.window_end:
-                caps[override.receptor_id] = min(caps.get(override.receptor_id, math.inf), override.cap_dba)
-        return Limits(import_limits_kw=imports, noise_caps_dba=caps)
+        """The limits in force at ``now``, from the book, as the guard takes them."""
+        return Limits(import_limits_kw=self.book.import_limits_at(now), noise_caps_dba=self.book.noise_caps_at(now))
 
     def tick(self, now: datetime, trigger: str = "interval") -> TickReport:
         """Plan from ``now`` and send the first interval's setpoints through the guard."""
@@ -223,33 +237,33 @@ class ControlLoop:
                 self._record_transitions(now)
                 forecast = self.forecaster(now, start, self.periods)
                 index = forecast.interval_start
-                limit, sources = self.dr_book.limits_over(index)
-                limit = np.asarray(limit, dtype=float).copy()
-                for label, value in self.limit_overrides.items():
-                    over = value < limit
-                    limit[over] = value
-                    sources = [label if o else s for o, s in zip(over, sources)]
+                limit, sources = self.book.import_limits_over(index, self.interval)
+                caps = self.book.noise_caps_over(index, self.interval)
                 initial = group_states(self.fleet, self.profile, now)
                 available = self._availability(len(index))
                 margins = {r.id: max(r.model_margin_db, self.noise_offsets_db.get(r.id, 0.0)) for r in self.profile.receptors}
                 if forecast.noise_margin_db:
                     margins = {k: max(v, forecast.noise_margin_db.get(k, 0.0)) for k, v in margins.items()}
+                budgets = self.carbon_budgets(index, now)
+                alert_days = set(self.book.four_cp_alert_days)
             problem = problem_from_profile(
                 self.profile, index, forecast.price_usd_mwh, renewable_kw=forecast.renewable_kw,
                 import_limit_kw=limit, import_limit_source=sources,
                 intensity_kg_per_mwh=forecast.intensity_kg_per_mwh,
                 hashprice_usd_per_ph_day=forecast.hashprice_usd_per_ph_day,
                 units_available=available, initial=initial, noise_margin_db=margins,
-                carbon_budgets=self.carbon_budgets(index),
+                carbon_budgets=budgets, four_cp_alert_days=alert_days,
             )
-            problem = apply_cap_overrides(problem, self.noise_cap_overrides)
+            problem = apply_cap_overrides(problem, caps)
             schedule = self.solver.run(problem, self.fine_intervals)
             if schedule.status.value == "failed_fallback":
                 self.counters["fallback_schedules"] += 1
             with self._lock:
                 result = plan_dispatch(first_interval_counts(schedule), self.fleet, now, self.expiry_s)
                 checked = self.guard.check(result.setpoints, self.measurements, self.limits_now(now), now)
-                results = self._send(checked.batch, now)
+                sent = self._dispatch(checked.batch, now)
+            results = sent.result()  # outside the lock: the sender thread takes it to book the results
+            with self._lock:
                 report = TickReport(now, start, schedule, checked.batch, checked, results, tuple(forecast.fallbacks),
                                     self.solver.last_seconds, trigger)
                 self.last_report = report
@@ -262,15 +276,47 @@ class ControlLoop:
         return {g.id: np.full(periods, sum(1 for m in self.fleet.in_group(g.id) if m.available), dtype=int)
                 for g in self.profile.miner_groups}
 
-    def _send(self, batch: list[MinerSetpoint], now: datetime) -> list[SetpointResult]:
-        """Send a batch through the driver; the fleet records what was sent (telemetry verifies)."""
-        results = self.driver.apply(to_driver_setpoints(batch))
-        failed = {r.miner_id for r in results if r.status.value in ("rejected", "timeout", "unreachable")}
-        self.counters["setpoint_failures"] += len(failed)
-        self.registry.record(results)
-        self._sync_availability()
-        self.fleet.apply_setpoints([sp for sp in batch if sp.miner_id not in failed], now)
-        return results
+    def _dispatch(self, batch: list[MinerSetpoint], now: datetime) -> Future:
+        """Queue a full-fleet batch for the driver (call with the lock held). The fleet records it as
+        intent now, so the next decision starts from it; a miner whose setpoint fails is reverted
+        when the results come back. Returns the future of the driver's results."""
+        before = {sp.miner_id: dataclasses.replace(self.fleet.miners[sp.miner_id]) for sp in batch}
+        self.fleet.apply_setpoints(batch, now)
+        self._save_commitment()
+        return self._sender.submit((batch, now, before), self._after_send)
+
+    def _apply_batch(self, job: tuple[list[MinerSetpoint], datetime, dict[str, Any]]) -> list[SetpointResult]:
+        return self.driver.apply(to_driver_setpoints(job[0]))
+
+    def _after_send(self, job: tuple[list[MinerSetpoint], datetime, dict[str, Any]],
+                    results: list[SetpointResult]) -> None:
+        batch, _, before = job
+        intended = {sp.miner_id: sp.mode for sp in batch}
+        failed = {r.miner_id for r in results if r.status.value not in ("applied", "unverified")}
+        with self._lock:
+            self.counters["setpoint_failures"] += sum(
+                1 for r in results if r.status.value in ("rejected", "timeout", "unreachable"))
+            self.registry.record(results)
+            self._sync_availability()
+            reverted = False
+            for miner_id in failed:
+                miner = self.fleet.miners.get(miner_id)
+                # Revert only if nothing newer was queued for this miner since (intent unchanged).
+                if miner is not None and miner.mode == intended.get(miner_id) and miner_id in before:
+                    old = before[miner_id]
+                    miner.mode, miner.last_start, miner.last_stop = old.mode, old.last_start, old.last_stop
+                    reverted = True
+            if reverted:
+                self._save_commitment()
+
+    def _save_commitment(self) -> None:
+        """Persist which miners run and their last start/stop (min on/off across a restart)."""
+        if self.store is None:
+            return
+        try:
+            self.store.set_meta("fleet", self.fleet.to_dict())
+        except Exception:  # noqa: BLE001 - a closed or failing store must not stop control
+            log.exception("could not save the commitment state")
 
     def _sync_availability(self) -> None:
         down = self.registry.unavailable()
@@ -292,6 +338,39 @@ class ControlLoop:
         with self._lock:
             self.registry.record(results, verification=True)
             self._sync_availability()
+
+    def flush_sends(self, timeout_s: float = 30.0) -> None:
+        """Wait until every batch queued so far has been through the driver."""
+        with self._lock:
+            marker = self._sender.submit(None, None) if not self._sender.synchronous else None
+        if marker is not None:
+            marker.result(timeout=timeout_s)
+
+    def close(self) -> None:
+        """Finish queued batches and stop the sender thread (the solver is closed by its owner)."""
+        self._sender.close()
+
+    # ------------------------------------------------------------------ control state
+
+    def _commit_book(self, trial: LimitsBook) -> None:
+        """Make ``trial`` durable (raises StoreUnavailable); without a store there is nothing to do."""
+        if self.store is not None:
+            self.store.commit_state("limits_book", trial.to_dict())
+        self.state_failure = None
+
+    def _state_failed(self, exc: Exception) -> None:
+        self.state_failure = str(exc)
+        self.counters["store_unavailable"] += 1
+        log.error("control state could not be committed: %s", exc)
+
+    def restore(self, now: datetime) -> None:
+        """After a restart: record the state in force and enforce it at once (fast path, no solve)."""
+        with self._lock:
+            self._record("restart", lambda: {"limits": self.book.summary(now),
+                                             "units_running": sum(1 for m in self.fleet.miners.values() if m.running)},
+                         now)
+            self._record_transitions(now)
+            self._cut_to_limit_now(now, "restart")
 
     # ------------------------------------------------------------------ fast path (MQTT thread)
 
@@ -318,35 +397,65 @@ class ControlLoop:
             log.exception("handling %s failed", type(message).__name__)
 
     def handle_dr(self, message: DREventMessage, now: datetime) -> DRAckMessage:
+        """Decide one DR message, commit, acknowledge, cut at once if it binds now.
+
+        The ack says ``accepted`` only once the book's new state is committed. A redelivery of a
+        message already answered gets the same ack again (counted as a duplicate). If the commit
+        fails the ack is ``rejected`` with reason ``store_unavailable: ...`` and a more restrictive
+        limit is held in memory anyway (when in doubt, curtail)."""
         with self._lock:
-            decision = self.dr_book.apply(message, now, self.profile)
-            ack = decision.to_ack(now)
-            self.counters["dr_accepted" if decision.accepted else "dr_rejected"] += 1
-            if self.publisher is not None:
-                self.publisher.publish_json("out/dr/ack", ack.model_dump(mode="json"))
-            if self.store is not None:
-                self.store.put(message)
+            repeat = self.book.answered_dr(message)
+            if repeat is not None:
+                self.counters["dr_duplicates"] += 1
+                self._publish("out/dr/ack", repeat.model_dump(mode="json"))
+                self._record("dr_event", lambda: {**records.dr_event_payload(
+                    message, repeat.status == "accepted", repeat.reason, None, now), "duplicate": True}, now)
+                return repeat
+            trial, decision, ack = self.book.decide_dr(message, now)
+            held = None
+            try:
+                self._commit_book(trial)
+            except Exception as exc:  # noqa: BLE001 - StoreUnavailable, or any failure to persist
+                self._state_failed(exc)
                 if decision.accepted:
-                    self.store.set_dr_status(message.event_id, self.dr_book.status(message.event_id))
-            if decision.accepted:
-                self._cut_to_limit_now(now, f"DR event {message.event_id}", event_id=message.event_id)
-            self._record("dr_event", lambda: records.dr_event_payload(message, decision.accepted, decision.reason,
-                                                                      decision.limit_kw, now), now)
+                    decision = DRDecision(message.event_id, message.modification_number, False,
+                                          f"{STORE_UNAVAILABLE}: {exc}")
+                    ack = decision.to_ack(now)
+                    held = self.book.hold_dr(message, now)
+                # a rejection not remembered is simply decided again on redelivery
+            else:
+                self.book.adopt(trial)
+            self.counters["dr_accepted" if decision.accepted else "dr_rejected"] += 1
+            self._publish("out/dr/ack", ack.model_dump(mode="json"))
+            self._record("dr_event", lambda: {**records.dr_event_payload(
+                message, decision.accepted, decision.reason, decision.limit_kw, now),
+                **({"held_kw": held.limit_kw} if held else {})}, now)
             self._record("dr_ack", lambda: records.dr_ack_payload(ack), now)
-        self.request_replan(f"DR event {message.event_id}")
+            if decision.accepted or held is not None:
+                self._cut_to_limit_now(now, f"DR event {message.event_id}", event_id=message.event_id)
+        if decision.accepted or held is not None:
+            self.request_replan(f"DR event {message.event_id}")
         return ack
 
+    def _publish(self, topic_suffix: str, payload: dict[str, Any]) -> None:
+        if self.publisher is None:
+            return
+        try:
+            self.publisher.publish_json(topic_suffix, payload)
+        except Exception:  # noqa: BLE001 - a publish failure must not undo a committed decision
+            log.exception("could not publish %s", topic_suffix)
+
     def _cut_to_limit_now(self, now: datetime, why: str, event_id: str | None = None) -> None:
-        limit, _ = self.dr_book.limit_at(now)
-        limits = self.limits_now(now)
-        limit = min([limit, *limits.import_limits_kw.values()])
+        """Fast path: cut the fleet's batch to the lowest import limit in force now (no solve)."""
+        imports = self.book.import_limits_at(now)
+        limit = min(imports.values(), default=math.inf)
         if not math.isfinite(limit):
             return
         batch = self.fleet.as_setpoints(now, self.expiry_s)
         result = self.guard.emergency_dr_cut(batch, limit, self.measurements)
         if result.changed:
             self.counters["fast_path_actions"] += 1
-            self._send(result.batch, now)
+            self._dispatch(result.batch, now)
             log.warning("%s: fast path cut load to %.0f kW: %s", why, limit, "; ".join(a.reason for a in result.actions))
             self._record_guard(result, now, event_id)
 
@@ -358,7 +467,7 @@ class ControlLoop:
             self.meter.noise_reading(receptor.id, message.laeq_dba, message.averaging_s)
         with self._lock:
             cap = receptor.cap_at(pd.Timestamp(message.timestamp).tz_convert(self.profile.tz).to_pydatetime())
-            cap = min(cap, self.limits_now(now).noise_caps_dba.get(receptor.id, math.inf))
+            cap = min(cap, self.book.noise_caps_at(now).get(receptor.id, math.inf))
             modelled = self.modelled_level_dba(receptor.id)
             measured = compared_level_dba(message.laeq_dba, receptor.background_dba, receptor.cap_applies_to)
             # Calibration: how far the real level sits above the model (only ever tightens the cap).
@@ -371,29 +480,74 @@ class ControlLoop:
                                          noise_offset_db=dict(self.noise_offsets_db))
             if measured <= cap:
                 return
-            batch = self.fleet.as_setpoints(now, self.expiry_s)
-            result = self.guard.noise_exceedance_cut(receptor.id, measured, cap, batch)
-            if result.changed:
-                self.counters["fast_path_actions"] += 1
-                self._send(result.batch, now)
-                self._record_guard(result, now, None)
+            self._cut_noise_now(receptor.id, measured, cap, now)
         self.request_replan(f"noise over cap at {receptor.id}")
 
-    def handle_limits(self, message: LimitsChangeMessage, now: datetime) -> None:
-        if message.issuer not in self.profile.site.managers:
-            log.warning("limits change from %r refused: not a site manager of this profile", message.issuer)
-            self.counters["limits_rejected"] = self.counters.get("limits_rejected", 0) + 1
-            return
+    def _cut_noise_now(self, receptor_id: str, level_dba: float, cap_dba: float, now: datetime) -> bool:
+        batch = self.fleet.as_setpoints(now, self.expiry_s)
+        result = self.guard.noise_exceedance_cut(receptor_id, level_dba, cap_dba, batch)
+        if result.changed:
+            self.counters["fast_path_actions"] += 1
+            self._dispatch(result.batch, now)
+            self._record_guard(result, now, None)
+        return result.changed
+
+    def _enforce_noise_caps_now(self, now: datetime) -> None:
+        """A cap just tightened: compare each receptor's level now (the last reading, or the model
+        with its margin and calibration when no reading is known) with the cap in force, and cut."""
+        overrides = self.book.noise_caps_at(now)
+        local = pd.Timestamp(now).tz_convert(self.profile.tz).to_pydatetime()
+        for receptor in self.profile.receptors:
+            if receptor.id not in overrides:
+                continue
+            cap = min(receptor.cap_at(local), overrides[receptor.id])
+            modelled = self.modelled_level_dba(receptor.id)
+            margin = max(receptor.model_margin_db, self.noise_offsets_db.get(receptor.id, 0.0))
+            level = modelled + margin if math.isfinite(modelled) else -math.inf
+            reading = self.measurements.noise_dba.get(receptor.id)
+            if reading is not None:
+                level = max(level, compared_level_dba(reading, receptor.background_dba, receptor.cap_applies_to))
+            if level > cap:
+                self._cut_noise_now(receptor.id, level, cap, now)
+
+    def handle_limits(self, message: LimitsChangeMessage, now: datetime) -> LimitsAck:
+        """Decide a site manager's limits change, commit, acknowledge on ``out/limits/ack`` and
+        enforce at once: the import limit through the fast path, a noise cap against the level now.
+        Same durability and idempotency rules as :meth:`handle_dr`."""
         with self._lock:
-            if message.import_limit_kw is not None:
-                self.limit_overrides[f"limits:{message.issuer}"] = message.import_limit_kw
-            self.noise_cap_overrides.extend(message.noise_caps or [])
-            if message.carbon_budget is not None:
-                self.carbon_budget_overrides_kg[message.carbon_budget.period] = message.carbon_budget.budget_kg
-            self._record("config", lambda: {**records.config_payload(self.profile, f"limits change by {message.issuer}"),
-                                            "limits_change": message.model_dump(mode="json")}, now)
-            self._cut_to_limit_now(now, f"limits change by {message.issuer}")
-        self.request_replan(f"limits changed by {message.issuer}")
+            repeat = self.book.answered_limits(message)
+            if repeat is not None:
+                self.counters["limits_duplicates"] += 1
+                self._publish("out/limits/ack", repeat.to_json())
+                self._record("limits_change", lambda: {"change": message.model_dump(mode="json"),
+                                                       "ack": repeat.to_json(), "duplicate": True}, now)
+                return repeat
+            trial, ack = self.book.decide_limits(message, now)
+            held = None
+            try:
+                self._commit_book(trial)
+            except Exception as exc:  # noqa: BLE001
+                self._state_failed(exc)
+                if ack.accepted:
+                    ack = dataclasses.replace(ack, status="rejected", reason=f"{STORE_UNAVAILABLE}: {exc}")
+                    held = self.book.hold_limits(message, now)
+            else:
+                self.book.adopt(trial)
+            self.counters["limits_accepted" if ack.accepted else "limits_rejected"] += 1
+            if not ack.accepted:
+                log.warning("limits change from %r refused: %s", message.issuer, ack.reason)
+            self._publish("out/limits/ack", ack.to_json())
+            self._record("limits_change", lambda: {"change": message.model_dump(mode="json"), "ack": ack.to_json(),
+                                                   **({"held_kw": held.limit_kw} if held else {})}, now)
+            if ack.accepted:
+                self._record("config", lambda: {**records.config_payload(self.profile, f"limits change by {message.issuer}"),
+                                                "limits_change": message.model_dump(mode="json")}, now)
+            if ack.accepted or held is not None:
+                self._cut_to_limit_now(now, f"limits change by {message.issuer}")
+                self._enforce_noise_caps_now(now)
+        if ack.accepted or held is not None:
+            self.request_replan(f"limits changed by {message.issuer}")
+        return ack
 
     def reload_profile(self, profile: SiteProfile, now: datetime) -> str:
         """Swap in an edited profile (SIGHUP). Limits, caps and economics may change at runtime; the
@@ -403,6 +557,7 @@ class ControlLoop:
             return "refused: miner groups or unit counts changed; restart the daemon to re-address the fleet"
         with self._lock:
             self.profile = profile
+            self.book.profile = profile
             self.guard = Guard(profile)
             self._record("config", lambda: records.config_payload(profile, "change"), now)
         self.request_replan("profile reloaded")
@@ -434,12 +589,23 @@ class ControlLoop:
     # ------------------------------------------------------------------ records and status
 
     def _record_transitions(self, now: datetime) -> None:
-        for transition in self.dr_book.transitions(now):
-            if self.store is not None:
-                self.store.set_dr_status(transition.event_id, transition.status)
+        """DR status changes and expired manager limits since the last call: recorded, committed
+        (a failed commit is shown in /status; the statuses follow from time and are recomputed after
+        a restart), and a DR start cut through the fast path."""
+        transitions = self.book.dr.transitions(now)
+        expired = self.book.expire(now)
+        for held in expired:
+            self._record("limits_expired", lambda h=held: h.to_json(), now)
+        for transition in transitions:
             self._record("dr_transition", lambda t=transition: {
                 "event_id": t.event_id, "transition": t.kind, "status": t.status,
                 "limit_kw": None if not math.isfinite(t.limit_kw) else t.limit_kw}, now)
+        if (transitions or expired) and self.store is not None:
+            try:
+                self._commit_book(self.book)
+            except Exception as exc:  # noqa: BLE001
+                self._state_failed(exc)
+        for transition in transitions:
             if transition.kind == "activated":
                 self._cut_to_limit_now(now, f"DR event {transition.event_id} started", event_id=transition.event_id)
 
@@ -541,14 +707,16 @@ class ControlLoop:
         return modelled_laeq_dba(self.profile, self.fleet.counts(), receptor_id,
                                  include_background=receptor.cap_applies_to == "total")
 
-    def carbon_budgets(self, index: pd.DatetimeIndex) -> tuple[CarbonBudget, ...]:
+    def carbon_budgets(self, index: pd.DatetimeIndex, now: datetime | None = None) -> tuple[CarbonBudget, ...]:
         """Daily and monthly budgets over the horizon, net of what was measured as emitted so far
-        today and this month (intervals recorded with ``record_measurement``)."""
+        today and this month (intervals recorded with ``record_measurement``), each tightened by a
+        site manager's budget in force at ``now`` (default: the horizon's start)."""
         local = pd.Timestamp(index[0]).tz_convert(self.profile.tz)
+        overrides = self.book.carbon_budget_overrides_kg(now or pd.Timestamp(index[0]).to_pydatetime())
         return (daily_carbon_budgets(self.profile, index, self.emitted_kg.get(local.strftime("%Y-%m-%d"), 0.0),
-                                     self.carbon_budget_overrides_kg.get("day"))
+                                     overrides.get("day"))
                 + monthly_carbon_budgets(self.profile, index, self.emitted_kg.get(local.strftime("%Y-%m"), 0.0),
-                                         self.carbon_budget_overrides_kg.get("month")))
+                                         overrides.get("month")))
 
     def mean_import_kw(self, start: datetime, end: datetime) -> float:
         """Time-weighted mean measured import over [start, end) from recorded intervals (NaN if none)."""
@@ -559,20 +727,42 @@ class ControlLoop:
                 hours += h
         return total_kwh / hours if hours else math.nan
 
-    def status(self, now: datetime) -> dict[str, Any]:
+    def unhealthy_causes(self, now: datetime) -> list[str]:
+        """Why the controller is not healthy now (empty: healthy): no recent tick, prices unknown,
+        control state not durable."""
+        causes = []
         report = self.last_report
         stale_after = self.config.stale_after_intervals * self.interval_minutes * 60
         age = None if self.last_good_tick is None else (now - self.last_good_tick).total_seconds()
+        if age is None:
+            causes.append("no tick yet")
+        elif age > stale_after:
+            causes.append(f"last tick {age:.0f} s ago (more than {stale_after:.0f} s)")
+        if report is not None and _prices_unknown(report.fallbacks):
+            causes.append("prices unknown: planning at the curtailment price")
+        if self.state_failure is not None:
+            causes.append(f"{STORE_UNAVAILABLE}: {self.state_failure}")
+        return causes
+
+    def status(self, now: datetime) -> dict[str, Any]:
+        report = self.last_report
+        age = None if self.last_good_tick is None else (now - self.last_good_tick).total_seconds()
+        with self._lock:
+            causes = self.unhealthy_causes(now)
+            limits = self.book.summary(now)
+            active = self.book.dr.active_ids(now)
         return {
             "site": self.profile.site.name,
             "at": now.isoformat(),
-            "healthy": age is not None and age <= stale_after and not (report and _prices_unknown(report.fallbacks)),
+            "healthy": not causes,
+            "unhealthy_causes": causes,
             "last_tick_age_s": age,
             "last_solve": None if report is None or report.schedule is None else {
                 "status": report.schedule.status.value, "gap": report.schedule.info.gap,
                 "seconds": report.solve_seconds, "trigger": report.trigger},
             "fallbacks_in_use": [] if report is None else list(report.fallbacks),
-            "active_dr_events": self.dr_book.active_ids(now),
+            "active_dr_events": active,
+            "limits": limits,
             "units_running": sum(1 for m in self.fleet.miners.values() if m.running),
             "miners_unavailable": {m: u.reason for m, u in self.registry.unavailable().items()},
             "counters": dict(self.counters),

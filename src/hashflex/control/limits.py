@@ -1,0 +1,412 @@
+"""The limits book: everything that limits the site, in one durable place.
+
+What binds the site besides the profile's fixed limits:
+
+- **DR events** accepted by :class:`~hashflex.control.dr.DRBook` (MQTT ``in/dr``, OpenADR 3);
+- **site managers' limits** (``in/limits``): an import limit, noise cap overrides and a daily or
+  monthly carbon budget, each from an issuer listed in ``profile.site.managers``;
+- **4CP windows** from the profile's ``grid.four_cp`` section (ERCOT's Four Coincident Peak
+  transmission charge: Nodal Protocols §9.14 / PUCT Subst. R. 25.192; alert days come from the QSE);
+- **holds**: a DR event or an import limit that could not be made durable (the store failed) is
+  answered ``rejected: store_unavailable`` yet held in memory if it is more restrictive: when in
+  doubt, curtail. A hold ends at its own end time, or when a durable message for the same event (or
+  the same manager) supersedes it; an open-ended hold stays until then.
+
+This book is the only source of "the limits in force" for the tick (:meth:`import_limits_over`,
+:meth:`noise_caps_over`, :meth:`carbon_budget_overrides_kg`), the guard and the fast path
+(:meth:`limits_at`), ``/status`` (:meth:`summary`) and a restart (:meth:`to_dict` /
+:meth:`from_dict`, committed by :meth:`hashflex.store.Store.commit_state`).
+
+Only accepted transitions change it. Intake is transactional: :meth:`decide_dr` and
+:meth:`decide_limits` work on a copy, return the copy with the decision, and the caller commits the
+copy's state before swapping it in (:meth:`adopt`) and before saying "accepted". Answers are
+idempotent: a message seen before (same issuer, id or time, and byte-identical content) gets the
+same answer again — MQTT QoS 1 delivers at least once — except a transient ``store_unavailable``,
+which is decided afresh.
+
+Manager limits (per issuer, per part): the latest change from an issuer that carries a part (import,
+noise, carbon) replaces that issuer's earlier value of the part; it binds from ``issued_at`` until
+``valid_until`` (no expiry when absent). A change can only add a constraint: the site is held to
+the strictest of the profile and every issuer's value. An interval is held to the strictest value
+in force at any moment inside it (a cap window starting at 21:10 binds the 21:00–21:15 interval).
+
+Pure: no I/O, no clock; ``now`` is passed in.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hashflex.control.dr import DRBook, DRDecision, event_limit_kw, source_label
+from hashflex.messages import DRAckMessage, DREventMessage, LimitsChangeMessage, NoiseCapOverride
+from hashflex.optimize.problem import four_cp_limits_kw
+from hashflex.profile import SiteProfile
+
+__all__ = ["LimitsAck", "LimitsBook", "ManagerLimit", "STORE_UNAVAILABLE", "content_hash", "limits_source"]
+
+STORE_UNAVAILABLE = "store_unavailable"
+_ANSWERS_KEPT = 5_000  # idempotent answers remembered (oldest forgotten first)
+
+
+def content_hash(payload: dict[str, Any]) -> str:
+    """SHA-256 (hex, first 16 chars) of a message's canonical JSON: equal content, equal hash."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def limits_source(issuer: str) -> str:
+    """The source label of a manager's import limit, e.g. ``limits:site_manager``."""
+    return f"limits:{issuer}"
+
+
+@dataclass(frozen=True)
+class LimitsAck:
+    """The answer to one ``in/limits`` message, published on ``out/limits/ack``.
+
+    ``change_id`` is ``<issuer>@<issued_at ISO>#<content hash>``: unique per distinct message, so two
+    changes in the same second are two changes, and a redelivery is recognised."""
+
+    change_id: str
+    issuer: str
+    issued_at: datetime
+    status: str  # "accepted" | "rejected"
+    reason: str
+    acked_at: datetime
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == "accepted"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"change_id": self.change_id, "issuer": self.issuer, "issued_at": self.issued_at.isoformat(),
+                "status": self.status, "reason": self.reason, "acked_at": self.acked_at.isoformat()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LimitsAck:
+        return cls(data["change_id"], data["issuer"], datetime.fromisoformat(data["issued_at"]), data["status"],
+                   data["reason"], datetime.fromisoformat(data["acked_at"]))
+
+
+@dataclass(frozen=True)
+class ManagerLimit:
+    """One part (``import``, ``noise`` or ``carbon``) of a site manager's accepted limits change."""
+
+    issuer: str
+    part: str
+    change_id: str
+    issued_at: datetime
+    valid_until: datetime | None
+    import_limit_kw: float | None = None
+    noise_caps: tuple[NoiseCapOverride, ...] = ()
+    carbon_period: str | None = None  # "day" | "month"
+    carbon_budget_kg: float | None = None
+
+    def in_force(self, start: datetime, end: datetime | None = None) -> bool:
+        """In force at ``start``, or at any moment of ``[start, end)``."""
+        until = end if end is not None and end > start else start + timedelta(microseconds=1)
+        return self.issued_at < until and (self.valid_until is None or self.valid_until > start)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"issuer": self.issuer, "part": self.part, "change_id": self.change_id,
+                "issued_at": self.issued_at.isoformat(),
+                "valid_until": None if self.valid_until is None else self.valid_until.isoformat(),
+                "import_limit_kw": self.import_limit_kw,
+                "noise_caps": [c.model_dump(mode="json") for c in self.noise_caps],
+                "carbon_period": self.carbon_period, "carbon_budget_kg": self.carbon_budget_kg}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ManagerLimit:
+        until = data.get("valid_until")
+        return cls(data["issuer"], data["part"], data["change_id"], datetime.fromisoformat(data["issued_at"]),
+                   None if until is None else datetime.fromisoformat(until), data.get("import_limit_kw"),
+                   tuple(NoiseCapOverride.model_validate(c) for c in data.get("noise_caps", [])),
+                   data.get("carbon_period"), data.get("carbon_budget_kg"))
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A limit held in memory only (its message could not be made durable)."""
+
+    key: str  # "DR:<event id>" or "limits:<issuer>"
+    limit_kw: float
+    start: datetime
+    end: datetime | None
+
+    def in_force(self, start: datetime, end: datetime | None = None) -> bool:
+        until = end if end is not None and end > start else start + timedelta(microseconds=1)
+        return self.start < until and (self.end is None or self.end > start)
+
+
+@dataclass
+class LimitsBook:
+    """DR events, managers' limits and answers given; see the module docstring."""
+
+    profile: SiteProfile
+    dr: DRBook = field(default_factory=DRBook)
+    manager: dict[tuple[str, str], ManagerLimit] = field(default_factory=dict)  # (issuer, part) -> limit
+    answers: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)  # message key -> ack JSON
+    holds: dict[str, Hold] = field(default_factory=dict)  # not durable: never persisted
+    four_cp_alert_days: set[pd.Timestamp] = field(default_factory=set)
+
+    # ------------------------------------------------------------------ intake (on a copy)
+
+    def copy(self) -> LimitsBook:
+        """An independent copy (queued DR transitions and holds included)."""
+        return LimitsBook(self.profile, copy.deepcopy(self.dr), dict(self.manager), OrderedDict(self.answers),
+                          dict(self.holds), set(self.four_cp_alert_days))
+
+    def adopt(self, other: LimitsBook) -> None:
+        """Take over ``other``'s state (after it was committed)."""
+        self.dr, self.manager, self.answers = other.dr, other.manager, other.answers
+        self.holds, self.four_cp_alert_days = other.holds, other.four_cp_alert_days
+
+    @staticmethod
+    def dr_key(msg: DREventMessage) -> str:
+        payload = msg.model_dump(mode="json")
+        return f"dr:{msg.issuer}:{msg.event_id}:{msg.modification_number}:{content_hash(payload)}"
+
+    def answered_dr(self, msg: DREventMessage) -> DRAckMessage | None:
+        """The ack already given to this very message (a redelivery), or None."""
+        held = self.answers.get(self.dr_key(msg))
+        return None if held is None else DRAckMessage.model_validate(held)
+
+    def decide_dr(self, msg: DREventMessage, now: datetime) -> tuple[LimitsBook, DRDecision, DRAckMessage]:
+        """Decide one DR message on a copy of the book. Returns (the copy with the decision applied,
+        the decision, the ack to send once the copy is committed). The original is untouched."""
+        trial = self.copy()
+        decision = trial.dr.apply(msg, now, self.profile)
+        ack = decision.to_ack(now)
+        trial._remember(self.dr_key(msg), ack.model_dump(mode="json"))
+        if decision.accepted:
+            trial.holds.pop(source_label(msg.event_id), None)
+        return trial, decision, ack
+
+    @staticmethod
+    def limits_change_id(msg: LimitsChangeMessage) -> str:
+        return f"{msg.issuer}@{msg.issued_at.isoformat()}#{content_hash(msg.model_dump(mode='json'))}"
+
+    def answered_limits(self, msg: LimitsChangeMessage) -> LimitsAck | None:
+        held = self.answers.get(f"limits:{self.limits_change_id(msg)}")
+        return None if held is None else LimitsAck.from_json(held)
+
+    def decide_limits(self, msg: LimitsChangeMessage, now: datetime) -> tuple[LimitsBook, LimitsAck]:
+        """Decide one limits change on a copy (see :meth:`decide_dr`). Rejected: an issuer not in
+        ``profile.site.managers``; a change already expired; a change older than the issuer's latest
+        one for the same part (stale); a noise cap for a receptor the profile does not have."""
+        trial = self.copy()
+        change_id = self.limits_change_id(msg)
+        reason = self._refuse_limits(msg, now)
+        if reason is None:
+            parts = trial._manager_parts(msg, change_id)
+            for part in parts:
+                trial.manager[msg.issuer, part.part] = part
+            trial.holds.pop(limits_source(msg.issuer), None)
+            reason = "accepted: " + ", ".join(_describe(p) for p in parts)
+        ack = LimitsAck(change_id, msg.issuer, msg.issued_at, "rejected" if not reason.startswith("accepted")
+                        else "accepted", reason, now)
+        trial._remember(f"limits:{change_id}", ack.to_json())
+        return trial, ack
+
+    def _refuse_limits(self, msg: LimitsChangeMessage, now: datetime) -> str | None:
+        if msg.issuer not in self.profile.site.managers:
+            return (f"issuer: {msg.issuer!r} is not a site manager of this profile "
+                    f"(site.managers: {sorted(self.profile.site.managers)})")
+        if msg.valid_until is not None and msg.valid_until <= now:
+            return f"valid_until: {msg.valid_until.isoformat()} has already passed"
+        receptors = {r.id for r in self.profile.receptors}
+        for i, cap in enumerate(msg.noise_caps or ()):
+            if cap.receptor_id not in receptors:
+                return f"noise_caps.{i}.receptor_id: unknown receptor {cap.receptor_id!r} (profile: {sorted(receptors)})"
+        for part in self._manager_parts(msg, ""):
+            held = self.manager.get((msg.issuer, part.part))
+            if held is not None and msg.issued_at < held.issued_at:
+                return (f"issued_at: stale, {msg.issued_at.isoformat()} is older than the {part.part} change "
+                        f"in force from {held.issued_at.isoformat()}")
+        return None
+
+    @staticmethod
+    def _manager_parts(msg: LimitsChangeMessage, change_id: str) -> list[ManagerLimit]:
+        parts = []
+        base = {"issuer": msg.issuer, "change_id": change_id, "issued_at": msg.issued_at, "valid_until": msg.valid_until}
+        if msg.import_limit_kw is not None:
+            parts.append(ManagerLimit(part="import", import_limit_kw=float(msg.import_limit_kw), **base))
+        if msg.noise_caps is not None:
+            parts.append(ManagerLimit(part="noise", noise_caps=tuple(msg.noise_caps), **base))
+        if msg.carbon_budget is not None:
+            parts.append(ManagerLimit(part="carbon", carbon_period=msg.carbon_budget.period,
+                                      carbon_budget_kg=float(msg.carbon_budget.budget_kg), **base))
+        return parts
+
+    def _remember(self, key: str, ack: dict[str, Any]) -> None:
+        self.answers[key] = ack
+        self.answers.move_to_end(key)
+        while len(self.answers) > _ANSWERS_KEPT:
+            self.answers.popitem(last=False)
+
+    # ------------------------------------------------------------------ holds (store unavailable)
+
+    def hold_dr(self, msg: DREventMessage, now: datetime) -> Hold | None:
+        """Hold an undurable DR event's limit in memory when it is more restrictive than what is in
+        force over its window (never loosen: a cancellation or a higher limit is not held)."""
+        limit = event_limit_kw(msg, self.profile)
+        if msg.cancelled or limit is None or not math.isfinite(limit):
+            return None
+        hold = Hold(source_label(msg.event_id), limit, msg.start, msg.end)
+        self.holds[hold.key] = hold
+        return hold
+
+    def hold_limits(self, msg: LimitsChangeMessage, now: datetime) -> Hold | None:
+        """Hold an undurable manager import limit (noise and carbon parts are not held: the import
+        limit is the part the fast path enforces without a solve)."""
+        if msg.import_limit_kw is None or msg.issuer not in self.profile.site.managers:
+            return None
+        hold = Hold(limits_source(msg.issuer), float(msg.import_limit_kw), msg.issued_at, msg.valid_until)
+        self.holds[hold.key] = hold
+        return hold
+
+    # ------------------------------------------------------------------ what binds
+
+    def import_limits_at(self, t: datetime) -> dict[str, float]:
+        """Every import limit in force at ``t`` by source label (DR:<id>, limits:<issuer>, 4CP window,
+        hold:<key>), finite values only; the site is held to the minimum."""
+        out: dict[str, float] = {}
+        limit, label = self.dr.limit_at(t)
+        if math.isfinite(limit):
+            out[label] = limit
+        for (issuer, part), held in self.manager.items():
+            if part == "import" and held.in_force(t) and held.import_limit_kw is not None:
+                out[limits_source(issuer)] = held.import_limit_kw
+        for hold in self.holds.values():
+            if hold.in_force(t):
+                out[f"hold:{hold.key}"] = min(hold.limit_kw, out.get(f"hold:{hold.key}", math.inf))
+        cp = four_cp_limits_kw(self.profile, pd.DatetimeIndex([pd.Timestamp(t)]), self.four_cp_alert_days)[0]
+        if math.isfinite(cp):
+            out["4CP window"] = float(cp)
+        return out
+
+    def noise_caps_at(self, t: datetime) -> dict[str, float]:
+        """Receptor id → the lowest manager cap override in force at ``t``."""
+        caps: dict[str, float] = {}
+        for (_, part), held in self.manager.items():
+            if part != "noise" or not held.in_force(t):
+                continue
+            for cap in held.noise_caps:
+                if cap.window_start <= t < cap.window_end:
+                    caps[cap.receptor_id] = min(cap.cap_dba, caps.get(cap.receptor_id, math.inf))
+        return caps
+
+    def import_limits_over(self, interval_start: Sequence[datetime] | pd.DatetimeIndex,
+                           interval: timedelta) -> tuple[np.ndarray, list[str]]:
+        """Per interval ``[start, start + interval)``: the lowest import limit in force at any moment
+        inside it and its source label (inf and "" where none). 4CP is left to the problem builder,
+        which applies the same windows (``optimize.problem.four_cp_limits_kw``)."""
+        starts = [pd.Timestamp(t).to_pydatetime() for t in interval_start]
+        limits, labels = self.dr.limits_over(starts, interval) if starts else (np.zeros(0), [])
+        limits = np.asarray(limits, dtype=float).copy()
+        labels = list(labels)
+        candidates: list[tuple[float, str, Any]] = [
+            (h.import_limit_kw, limits_source(i), h) for (i, p), h in self.manager.items()
+            if p == "import" and h.import_limit_kw is not None]
+        candidates += [(h.limit_kw, f"hold:{h.key}", h) for h in self.holds.values()]
+        for value, label, item in candidates:
+            for k, start in enumerate(starts):
+                if value < limits[k] and item.in_force(start, start + interval):
+                    limits[k], labels[k] = value, label
+        return limits, labels
+
+    def noise_caps_over(self, interval_start: pd.DatetimeIndex, interval: timedelta) -> dict[str, np.ndarray]:
+        """Receptor id → per interval the lowest override cap whose window overlaps the interval (inf
+        where none): a window starting mid-interval binds the whole interval."""
+        starts = pd.DatetimeIndex(interval_start)
+        ends = starts + pd.Timedelta(interval)
+        out: dict[str, np.ndarray] = {}
+        for (_, part), held in self.manager.items():
+            if part != "noise":
+                continue
+            active = np.array([held.in_force(s.to_pydatetime(), e.to_pydatetime()) for s, e in zip(starts, ends)],
+                              dtype=bool)
+            for cap in held.noise_caps:
+                overlap = active & (starts < pd.Timestamp(cap.window_end)) & (ends > pd.Timestamp(cap.window_start))
+                row = out.setdefault(cap.receptor_id, np.full(len(starts), np.inf))
+                row[overlap] = np.minimum(row[overlap], cap.cap_dba)
+        return out
+
+    def carbon_budget_overrides_kg(self, t: datetime) -> dict[str, float]:
+        """"day" / "month" → the lowest manager budget in force at ``t`` (kg CO2)."""
+        out: dict[str, float] = {}
+        for (_, part), held in self.manager.items():
+            if part == "carbon" and held.in_force(t) and held.carbon_period and held.carbon_budget_kg is not None:
+                out[held.carbon_period] = min(held.carbon_budget_kg, out.get(held.carbon_period, math.inf))
+        return out
+
+    def expire(self, now: datetime) -> list[ManagerLimit]:
+        """Drop manager limits and holds whose ``valid_until`` / end has passed; returns the limits
+        dropped (the caller records them and commits)."""
+        gone = [h for h in self.manager.values() if h.valid_until is not None and h.valid_until <= now]
+        for held in gone:
+            del self.manager[held.issuer, held.part]
+        self.holds = {k: h for k, h in self.holds.items() if h.end is None or h.end > now}
+        return gone
+
+    def summary(self, now: datetime) -> dict[str, Any]:
+        """JSON-ready view for /status: limits in force now, DR events, manager limits, holds."""
+        imports = self.import_limits_at(now)
+        binding = min(imports.items(), key=lambda kv: kv[1]) if imports else None
+        return {
+            "import_limit_kw": None if binding is None else binding[1],
+            "import_limit_source": None if binding is None else binding[0],
+            "import_limits_kw": imports,
+            "noise_caps_dba": self.noise_caps_at(now),
+            "carbon_budget_overrides_kg": self.carbon_budget_overrides_kg(now),
+            "dr_events": [{"event_id": i, "status": self.dr.status(i), "issuer": self.dr.message(i).issuer,
+                           "limit_kw": None if not math.isfinite(self.dr.limit_kw(i)) else self.dr.limit_kw(i),
+                           "start": self.dr.message(i).start.isoformat(),
+                           "end": None if self.dr.message(i).end is None else self.dr.message(i).end.isoformat()}
+                          for i in self.dr.event_ids() if self.dr.status(i) in ("pending", "active")],
+            "manager_limits": [h.to_json() for h in self.manager.values()],
+            "holds": [{"key": h.key, "limit_kw": h.limit_kw, "start": h.start.isoformat(),
+                       "end": None if h.end is None else h.end.isoformat()} for h in self.holds.values()],
+        }
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready durable state (holds excluded: they were never accepted)."""
+        return {"version": 1, "dr": self.dr.to_dict(),
+                "manager": [h.to_json() for h in self.manager.values()],
+                "answers": [[k, v] for k, v in self.answers.items()],
+                "four_cp_alert_days": sorted(str(pd.Timestamp(d).date()) for d in self.four_cp_alert_days)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, profile: SiteProfile) -> LimitsBook:
+        """The book from :meth:`to_dict` (None: an empty book). Events keep the limit they were
+        accepted with, even if the profile's level mapping changed since."""
+        if not data:
+            return cls(profile)
+        manager = {}
+        for row in data.get("manager", []):
+            held = ManagerLimit.from_json(row)
+            manager[held.issuer, held.part] = held
+        answers = OrderedDict((k, v) for k, v in data.get("answers", []))
+        days = {pd.Timestamp(d) for d in data.get("four_cp_alert_days", [])}
+        return cls(profile, DRBook.from_dict(copy.deepcopy(data["dr"])), manager, answers, {}, days)
+
+
+def _describe(part: ManagerLimit) -> str:
+    until = "" if part.valid_until is None else f" until {part.valid_until.isoformat()}"
+    if part.part == "import":
+        return f"import limit {part.import_limit_kw:.1f} kW{until}"
+    if part.part == "noise":
+        return "noise caps " + ", ".join(f"{c.receptor_id} {c.cap_dba:.1f} dB(A)" for c in part.noise_caps) + until
+    return f"{part.carbon_period} carbon budget {part.carbon_budget_kg:.0f} kg{until}"
