@@ -1,25 +1,46 @@
 """Run a solve with a hard deadline: the schedule arrives in time, or the greedy fallback does.
 
 HiGHS does not always honour its own time limit (a background task ran ~120 s past it on a large
-model here, see TOOLCHAIN.md), and a control loop cannot wait for it. So in the daemon the solve
-runs in one long-lived worker process that can be killed; on timeout or crash the worker is
-replaced and the loop gets the fallback schedule, whose status says why. Backtests, which own
-their clock, solve inline.
+model here, see TOOLCHAIN.md), and nobody waiting for a plan can wait for it. So every solving
+path (the daemon's loop, ``hashflex plan``, ``backtest``/``evaluate`` and ``run --simulate``) runs
+its solves in one long-lived worker process that can be killed; on timeout or crash the worker is
+replaced and the caller gets the greedy fallback schedule (status ``failed_fallback``), whose
+message says why. ``inline=True`` solves in-process without a deadline (unit tests only).
+
+The worker dies with its parent: a daemon killed with SIGKILL cannot shut its pool down, so the
+worker watches its parent pid and exits when it changes (the parent died and the worker was
+re-parented); on Linux, when the runner is created on the main thread, ``PR_SET_PDEATHSIG`` also
+has the kernel kill it at once. (Only on the main thread: the kernel signals when the creating
+*thread* exits, which for another thread is not the process dying.)
 """
 
 from __future__ import annotations
 
 import concurrent.futures as futures
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
+import os
+import signal
+import sys
+import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from hashflex.optimize.fallback import greedy_schedule
 from hashflex.optimize.milp import LpBasisCache, solve, solve_multiresolution
 from hashflex.optimize.problem import Problem
 from hashflex.optimize.schedule import Schedule
 
+__all__ = ["SolveRunner", "plan_problem", "solve_problem"]
+
 log = logging.getLogger(__name__)
+
+DEFAULT_MARGIN_S = 10.0  # deadline beyond the solver's own time limit: worker start, model build, IPC
+_PARENT_POLL_S = 0.2  # how often the worker checks its parent (a getppid call: negligible)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 # Successive re-plans have the same structure, so the last LP basis is a good start for the next
@@ -35,22 +56,71 @@ def plan_problem(problem: Problem, fine_intervals: int, time_limit_s: float) -> 
     return solve(problem, time_limit_s=time_limit_s, basis_cache=_BASIS_CACHE)
 
 
+def solve_problem(problem: Problem, time_limit_s: float, rel_gap: float | None = None) -> Schedule:
+    """One full-resolution solve (the backtest oracle's), optionally with a relative MIP gap."""
+    if rel_gap is None:
+        return solve(problem, time_limit_s=time_limit_s)
+    return solve(problem, time_limit_s=time_limit_s, rel_gap=rel_gap)
+
+
+def _exit_with_parent(parent_pid: int, pdeathsig: bool) -> None:
+    """Worker initializer: exit as soon as ``parent_pid`` is no longer our parent."""
+    if pdeathsig and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # not fatal: the watcher below still works
+            pass
+
+    def watch() -> None:
+        # HiGHS releases the GIL while it solves, so this thread runs during a long solve too.
+        while os.getppid() == parent_pid:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)  # no cleanup: the parent that would collect anything is gone
+
+    if os.getppid() != parent_pid:  # the parent died before we got here
+        os._exit(1)
+    threading.Thread(target=watch, name="hashflex-solver-parent-watch", daemon=True).start()
+
+
 class SolveRunner:
-    """``run(problem, fine_intervals)`` → Schedule within ``deadline_s`` (wall clock), never raises."""
+    """``run(problem, fine_intervals)`` → Schedule within ``deadline_s`` (wall clock), never raises.
+
+    ``time_limit_s`` is HiGHS's own limit; ``deadline_s`` (default ``time_limit_s`` + 10 s) is when
+    the worker is killed and the greedy fallback returned instead. ``solve(problem, time_limit_s=,
+    rel_gap=)`` is the same for one full-resolution solve, with the same margin over its limit.
+    ``timeouts`` and ``failures`` count the fallbacks; ``last_seconds`` is the last call's wall time.
+    Call ``close()`` (or use it as a context manager) to stop the worker.
+    """
 
     def __init__(self, *, time_limit_s: float = 20.0, deadline_s: float | None = None, inline: bool = False) -> None:
         self.time_limit_s = time_limit_s
-        self.deadline_s = deadline_s if deadline_s is not None else time_limit_s + 10.0
+        self.deadline_s = deadline_s if deadline_s is not None else time_limit_s + DEFAULT_MARGIN_S
         self.inline = inline
         self._pool: futures.ProcessPoolExecutor | None = None
         self.timeouts = 0
+        self.failures = 0
         self.last_seconds = 0.0
+
+    def __enter__(self) -> SolveRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _executor(self) -> futures.ProcessPoolExecutor:
         if self._pool is None:
             # spawn, not fork: the daemon has MQTT and store threads whose locks must not be cloned.
-            self._pool = futures.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            on_main_thread = threading.current_thread() is threading.main_thread()
+            self._pool = futures.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                     initializer=_exit_with_parent,
+                                                     initargs=(os.getpid(), on_main_thread))
         return self._pool
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the live worker process(es); empty before the first solve and after ``close``."""
+        pool = self._pool
+        return sorted(getattr(pool, "_processes", None) or {}) if pool is not None else []
 
     def _kill(self) -> None:
         pool, self._pool = self._pool, None
@@ -61,18 +131,29 @@ class SolveRunner:
         pool.shutdown(wait=False, cancel_futures=True)
 
     def run(self, problem: Problem, fine_intervals: int) -> Schedule:
+        """The daemon's plan: ``plan_problem`` within ``deadline_s``, else the greedy fallback."""
+        return self._call(problem, self.deadline_s, plan_problem, problem, fine_intervals, self.time_limit_s)
+
+    def solve(self, problem: Problem, *, time_limit_s: float | None = None, rel_gap: float | None = None) -> Schedule:
+        """One full-resolution solve with HiGHS limit ``time_limit_s`` and the runner's margin over it."""
+        limit = self.time_limit_s if time_limit_s is None else time_limit_s
+        deadline = limit + (self.deadline_s - self.time_limit_s)
+        return self._call(problem, deadline, solve_problem, problem, limit, rel_gap)
+
+    def _call(self, problem: Problem, deadline_s: float, fn: Callable[..., Schedule], *args: Any) -> Schedule:
         started = time.perf_counter()
         try:
             if self.inline:
-                return plan_problem(problem, fine_intervals, self.time_limit_s)
-            future = self._executor().submit(plan_problem, problem, fine_intervals, self.time_limit_s)
-            return future.result(timeout=self.deadline_s)
+                return fn(*args)
+            future = self._executor().submit(fn, *args)
+            return future.result(timeout=deadline_s)
         except futures.TimeoutError:
             self.timeouts += 1
-            log.error("solve exceeded its %.1f s deadline; worker killed, greedy fallback used", self.deadline_s)
+            log.error("solve exceeded its %.1f s deadline; worker killed, greedy fallback used", deadline_s)
             self._kill()
-            return greedy_schedule(problem, reason=f"solver timeout after {self.deadline_s:.1f} s")
+            return greedy_schedule(problem, reason=f"solver timeout after {deadline_s:.1f} s")
         except Exception as exc:  # a crashed worker must not stop the site being planned
+            self.failures += 1
             log.exception("solve failed; greedy fallback used")
             self._kill()
             return greedy_schedule(problem, reason=f"solver failure: {exc!r}")
