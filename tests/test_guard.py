@@ -26,7 +26,7 @@ EXPIRY = NOW + timedelta(minutes=5)
 
 
 def make_profile(groups: list[dict] | None = None, cap: float = 50.0, margin: float = 0.0,
-                 interconnection: float = 100.0) -> SiteProfile:
+                 interconnection: float = 100.0, renewable_kw: float = 50.0) -> SiteProfile:
     groups = groups or [
         {"id": "old", "model": "S19", "units": 5,
          "modes": [{"name": "eco", "power_kw": 2.0, "hashrate_th_s": 80, "sound_power_dba": 80},
@@ -39,6 +39,7 @@ def make_profile(groups: list[dict] | None = None, cap: float = 50.0, margin: fl
         "site": {"name": "tiny", "settlement_point": "LZ_WEST"},
         "grid": {"import_limit_kw": interconnection},
         "miner_groups": groups,
+        "renewables": [{"id": "pv", "kind": "solar", "capacity_kw": renewable_kw}],
         "receptors": [{"id": "house", "attenuation_db": {g["id"]: 40 for g in groups}, "background_dba": 30,
                        "model_margin_db": margin,
                        "caps": [{"name": "always", "start": "00:00", "end": "23:59", "cap_dba": cap},
@@ -105,7 +106,23 @@ def test_renewable_counts_only_when_measured_and_fresh() -> None:
     result = guard.check(full_batch(), stale, Limits({"DR": 34.0}), NOW)
     assert total_kw(result.batch) == pytest.approx(34.0) and "older than" in result.actions[0].reason
     missing = guard.check(full_batch(), Measurements(), Limits({"DR": 34.0}), NOW)
-    assert "not measured" in missing.actions[0].reason
+    assert "renewable reading missing" in missing.actions[0].reason
+
+
+def test_renewable_capped_at_nameplate_and_future_readings_distrusted() -> None:
+    guard = Guard(make_profile(cap=100.0, renewable_kw=4.0))
+    huge = Measurements(at=NOW, renewable_kw=1e308)
+    result = guard.check(full_batch(), huge, Limits({"DR": 34.0}), NOW)  # 40 − 4 (nameplate) = 36 > 34: old-1 sleeps
+    assert total_kw(result.batch) == pytest.approx(37.0) and "capped at the 4 kW nameplate" in result.actions[0].reason
+    skewed = Measurements(at=NOW + timedelta(seconds=60), renewable_kw=4.0)  # within the 120 s skew
+    assert guard.check(full_batch(), skewed, Limits({"DR": 36.0}), NOW).changed is False
+    future = Measurements(at=NOW + timedelta(minutes=5), renewable_kw=4.0)
+    result = guard.check(full_batch(), future, Limits({"DR": 36.0}), NOW)
+    assert total_kw(result.batch) == pytest.approx(36.0) and "in the future" in result.actions[0].reason
+    for bad in (float("nan"), float("inf"), -1.0):
+        reading = Measurements(at=NOW, renewable_kw=bad)
+        assert total_kw(guard.check(full_batch(), reading, Limits({"DR": 36.0}), NOW).batch) <= 36.0
+    assert Guard(make_profile(renewable_kw=1.0).model_copy(update={"renewables": []})).renewable_nameplate_kw == 0.0
 
 
 def test_idle_and_auxiliary_and_absent_units_count() -> None:
@@ -177,13 +194,16 @@ def test_expired_and_unknown_setpoints_refused() -> None:
 
 def test_emergency_dr_cut_uses_renewable_only_when_known() -> None:
     guard = Guard(QUIET)
-    cut = guard.emergency_dr_cut(full_batch(), 30.0, Measurements(renewable_kw=5.0))
-    # 5 kW over: old-1 and old-2 to sleep (the second's eco step saves 1 of the 2 kW left) → 34 kW.
+    cut = guard.emergency_dr_cut(full_batch(), 30.0, Measurements(renewable_kw=5.0, at=NOW))
+    # Without ``now`` the batch's issue time is the reference: the reading is fresh. 5 kW over: old-1 and old-2 to sleep (the second's eco step saves 1 of the 2 kW left) → 34 kW.
     assert total_kw(cut.batch) == pytest.approx(34.0) and cut.actions[0].kind == "emergency_dr_cut"
     worst = guard.emergency_dr_cut(full_batch(), 30.0, Measurements())
     assert total_kw(worst.batch) == pytest.approx(30.0)
-    stale = guard.emergency_dr_cut(full_batch(), 30.0, Measurements(renewable_kw=5.0), now=NOW)
-    assert total_kw(stale.batch) == pytest.approx(30.0)  # no timestamp: not trusted when now is given
+    undated = guard.emergency_dr_cut(full_batch(), 30.0, Measurements(renewable_kw=5.0))
+    assert total_kw(undated.batch) == pytest.approx(30.0)  # no timestamp: not trusted
+    stale = guard.emergency_dr_cut(full_batch(), 30.0, Measurements(renewable_kw=5.0, at=NOW),
+                                   now=NOW + timedelta(minutes=3))
+    assert total_kw(stale.batch) == pytest.approx(30.0) and "older than" in stale.actions[-1].reason
 
 
 def test_emergency_cut_on_fleet_state() -> None:
@@ -196,12 +216,22 @@ def test_emergency_cut_on_fleet_state() -> None:
 
 def test_import_over_limit_cut_removes_measured_excess() -> None:
     guard = Guard(QUIET)
-    result = guard.import_over_limit_cut(42.0, 40.0, full_batch())
+    result = guard.import_over_limit_cut(42.0, 40.0, full_batch(), measured_at=NOW, now=NOW)
     assert total_kw(full_batch()) - total_kw(result.batch) == pytest.approx(3.0)  # eco saves only 1: sleep
     assert result.actions[0].miners == ("old-1",) and "2.0 kW over" in result.actions[0].reason
-    result = guard.import_over_limit_cut(40.5, 40.0, full_batch())
+    result = guard.import_over_limit_cut(40.5, 40.0, full_batch(), measured_at=NOW)  # reference: batch issue time
     assert mode_of(result.batch)["old-1"] == "eco"  # 1 kW step covers 0.5 kW
-    assert not guard.import_over_limit_cut(39.0, 40.0, full_batch()).changed
+    assert not guard.import_over_limit_cut(39.0, 40.0, full_batch(), measured_at=NOW, now=NOW).changed
+
+
+def test_import_over_limit_cut_falls_back_to_the_model_when_the_meter_is_not_believed() -> None:
+    guard = Guard(QUIET)
+    aux = Measurements(auxiliary_kw=2.0, renewable_kw=1.0, at=NOW)  # model: 40 + 2 − 1 = 41 kW
+    for reading, at, why in ((39.0, None, "undated"), (39.0, NOW - timedelta(minutes=5), "old"),
+                             (39.0, NOW + timedelta(days=365), "in the future"), (float("nan"), NOW, "not finite")):
+        result = guard.import_over_limit_cut(reading, 38.0, full_batch(), measured_at=at, now=NOW, measurements=aux)
+        assert guard.net_import_kw(result.batch, 2.0, 1.0) <= 38.0 + 1e-9, why
+        assert why in result.actions[0].reason and "modelled import 41.0 kW" in result.actions[0].reason
 
 
 def test_noise_exceedance_cut_lowers_model_by_measured_excess() -> None:
@@ -318,7 +348,7 @@ def test_fast_paths_refuse_unknown_and_expired_setpoints() -> None:
     batch[1] = MinerSetpoint("old-2", "old", "stock", 3.0, NOW - timedelta(minutes=5), NOW)
     cut = guard.emergency_dr_cut(batch, 100.0, Measurements(), now=NOW)
     assert [a.kind for a in cut.actions] == ["refused_expired", "refused_unknown"] and len(cut.batch) == 8
-    for result in (guard.import_over_limit_cut(50.0, 40.0, batch),
+    for result in (guard.import_over_limit_cut(50.0, 40.0, batch, measured_at=NOW),
                    guard.noise_exceedance_cut("house", 60.0, 50.0, batch)):
         assert result.actions[0].kind == "refused_unknown" and "old-1" not in {sp.miner_id for sp in result.batch}
     with pytest.raises(ValueError, match="timezone"):

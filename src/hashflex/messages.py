@@ -64,6 +64,7 @@ __all__ = [
     "Topics",
     "CarbonBudget",
     "parse_message",
+    "payload_preview",
 ]
 
 
@@ -480,12 +481,24 @@ MAX_PAYLOAD_BYTES = 1_000_000
 
 @dataclass(frozen=True)
 class Rejection:
-    """A payload that was not accepted. ``reason`` names the kind and the field path."""
+    """A payload that was not accepted. ``reason`` names the kind and the field path.
+
+    ``rule`` is the reason *class*, a short label from a bounded set for counters and metrics (never
+    the value, never a field name taken from the payload): ``topic``, ``oversize``, ``schema:<pydantic
+    error type>``, ``key_mismatch``, ``error``, or from :mod:`hashflex.plausibility`
+    ``out_of_bounds:<field>``, ``unknown_id:<field>``, ``stale:<field>``, ``future:<field>``.
+    """
 
     topic: str
     reason: str
     payload: str  # the raw payload, decoded leniently and truncated
     kind: str | None = None
+    rule: str = "unspecified"
+
+
+def payload_preview(payload: bytes | str) -> str:
+    """The payload as stored with a rejection: decoded leniently, truncated to 200 characters."""
+    return _preview(payload.encode("utf-8") if isinstance(payload, str) else bytes(payload))
 
 
 def _preview(payload: bytes) -> str:
@@ -512,6 +525,16 @@ def _explain(kind: str, error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _schema_rule(error: ValidationError) -> str:
+    """``schema:<type>`` of the first error: pydantic's error types are a fixed set, unlike field
+    paths, which an extra key in the payload could make unbounded."""
+    try:
+        first = error.errors(include_url=False, include_input=False)[0]["type"]
+    except (IndexError, KeyError):
+        first = "unknown"
+    return f"schema:{first}"
+
+
 def parse_message(topic: str, payload: bytes | str, *, site: str | None = None) -> InboundMessage | Rejection:
     """Validate one inbound payload against the model its topic names. Never raises.
 
@@ -521,26 +544,27 @@ def parse_message(topic: str, payload: bytes | str, *, site: str | None = None) 
     raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
     match = _TOPIC_RE.match(topic)
     if match is None:
-        return Rejection(topic, "topic: not an inbound hashflex topic", _preview(raw))
+        return Rejection(topic, "topic: not an inbound hashflex topic", _preview(raw), None, "topic")
     topic_site, kind, topic_key = match.groups()
     model = INBOUND_MODELS.get(kind)
     if model is None:
-        return Rejection(topic, f"topic: unknown kind {kind!r}", _preview(raw))
+        return Rejection(topic, f"topic: unknown kind {kind!r}", _preview(raw), None, "topic")
     if site is not None and topic_site != site:
-        return Rejection(topic, f"topic: site {topic_site!r} is not {site!r}", _preview(raw), kind)
+        return Rejection(topic, f"topic: site {topic_site!r} is not {site!r}", _preview(raw), kind, "topic")
     key_field = _KEYED_KINDS.get(kind)
     if (key_field is None) != (topic_key is None):
         expected = f"in/{kind}/<{key_field}>" if key_field else f"in/{kind}"
-        return Rejection(topic, f"topic: expected {expected}", _preview(raw), kind)
+        return Rejection(topic, f"topic: expected {expected}", _preview(raw), kind, "topic")
     if len(raw) > MAX_PAYLOAD_BYTES:
-        return Rejection(topic, f"{kind}: payload: larger than {MAX_PAYLOAD_BYTES} bytes", _preview(raw), kind)
+        return Rejection(topic, f"{kind}: payload: larger than {MAX_PAYLOAD_BYTES} bytes", _preview(raw), kind,
+                         "oversize")
     try:
         message = model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
-        return Rejection(topic, _explain(kind, exc), _preview(raw), kind)
+        return Rejection(topic, _explain(kind, exc), _preview(raw), kind, _schema_rule(exc))
     except Exception as exc:  # noqa: BLE001 - the contract is "never raises"
-        return Rejection(topic, f"{kind}: payload: {type(exc).__name__}: {exc}", _preview(raw), kind)
+        return Rejection(topic, f"{kind}: payload: {type(exc).__name__}: {exc}", _preview(raw), kind, "error")
     if key_field is not None and getattr(message, key_field) != topic_key:
         reason = f"{kind}: {key_field}: topic says {topic_key!r} but payload says {getattr(message, key_field)!r}"
-        return Rejection(topic, reason, _preview(raw), kind)
+        return Rejection(topic, reason, _preview(raw), kind, "key_mismatch")
     return message  # type: ignore[return-value]

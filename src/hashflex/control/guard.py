@@ -23,12 +23,20 @@ cuts load on its own when a DR event starts or a sensor reads over its cap (the 
 
 Every step only lowers power and sound, so a later rule never undoes an earlier one.
 
-Missing or stale data is taken at its worst: renewable output older than ``max_age_s`` (or absent)
-counts as 0 kW; units of the profile absent from the batch count at idle power.
+Missing, stale or implausible data is taken at its worst (when in doubt, curtail): renewable output
+that is absent, not finite, undated, older than ``max_age_s`` or dated more than ``future_skew_s``
+after ``now`` counts as 0 kW, and a reading above the profile's renewable nameplate (the sum of
+``renewables[].capacity_kw``; 0 without renewables) counts as the nameplate; units of the profile
+absent from the batch count at idle power.
 
 Fast path (no schedule needed; e.g. on the batch ``FleetState.as_setpoints`` gives):
-``emergency_dr_cut(batch, limit_kw, measurements)``, ``import_over_limit_cut(measured_import_kw,
-limit_kw, batch)``, ``noise_exceedance_cut(receptor_id, measured_dba, cap_dba, batch)``.
+``emergency_dr_cut(batch, limit_kw, measurements, now=None)``, ``import_over_limit_cut(measured_import_kw,
+limit_kw, batch, *, measured_at=None, now=None, measurements=None)``,
+``noise_exceedance_cut(receptor_id, measured_dba, cap_dba, batch)``. The fast path checks freshness
+too: without ``now`` the reference time is the newest ``issued_at`` of the batch (the fast-path
+batch is issued now), and with an empty batch no reading is trusted. A meter reading for
+``import_over_limit_cut`` that is not finite, undated, stale or from the future is not used: the
+batch is cut to the limit on the model instead (as ``emergency_dr_cut``).
 Each returns a :class:`GuardResult`: the new batch and the actions taken, with the reason in words.
 
 ``limits_at(now, dr_book, changes)`` gathers the limits in force from the DR book and operator /
@@ -48,6 +56,7 @@ from datetime import datetime
 from hashflex.control.dr import DRBook
 from hashflex.control.fleet import SLEEP, MinerSetpoint
 from hashflex.messages import LimitsChangeMessage
+from hashflex.plausibility import FUTURE_SKEW_S
 from hashflex.profile import MinerGroup, SiteProfile
 
 __all__ = ["Guard", "GuardAction", "GuardResult", "Limits", "Measurements", "limits_at"]
@@ -134,9 +143,14 @@ class _ModeSpec:
 class Guard:
     """Hard-limit checks for one site profile. Construct once; every method is pure."""
 
-    def __init__(self, profile: SiteProfile, max_age_s: float = 120.0) -> None:
+    def __init__(self, profile: SiteProfile, max_age_s: float = 120.0, future_skew_s: float = FUTURE_SKEW_S) -> None:
+        """``max_age_s``: older measurements are not trusted; ``future_skew_s``: nor ones dated
+        more than this after ``now`` (both in seconds)."""
         self.profile = profile
         self.max_age_s = max_age_s
+        self.future_skew_s = future_skew_s
+        # A site can never be credited with more renewable output than it has installed.
+        self.renewable_nameplate_kw = float(sum(r.capacity_kw for r in profile.renewables))
         self.interconnection_kw = profile.grid.import_limit_kw
         self._groups: dict[str, MinerGroup] = {g.id: g for g in profile.miner_groups}
         self._specs: dict[tuple[str, str], _ModeSpec] = {}
@@ -196,11 +210,12 @@ class Guard:
                          now: datetime | None = None) -> GuardResult:
         """Cut the batch at once until modelled import ≤ ``limit_kw`` (e.g. a DR event just started).
 
-        Renewable output counts only if measured (and, when ``now`` is given, fresh). Setpoints naming
-        an unknown group/mode (and, when ``now`` is given, expired ones) are refused."""
+        Renewable output counts only if measured, dated and fresh at ``now`` (default: the newest
+        ``issued_at`` of the batch), and at most at nameplate. Setpoints naming an unknown
+        group/mode (and, when ``now`` is given, expired ones) are refused."""
         actions: list[GuardAction] = []
         kept = self._refuse(batch, now, actions)
-        renewable_kw, note = self._renewable(measurements, now)
+        renewable_kw, note = self._renewable(measurements, now if now is not None else _reference_time(batch))
         net = self.net_import_kw(kept, measurements.auxiliary_kw, renewable_kw)
         if net > limit_kw * (1 + _REL_EPS):
             kept = self._cut_power(kept, net - limit_kw, "emergency_dr_cut",
@@ -208,10 +223,28 @@ class Guard:
                                    f"(renewable {renewable_kw:.1f} kW{note})", actions)
         return GuardResult(kept, actions)
 
-    def import_over_limit_cut(self, measured_import_kw: float, limit_kw: float,
-                              batch: Sequence[MinerSetpoint]) -> GuardResult:
-        """The meter reads over the limit: remove at least the measured excess from the batch."""
+    def import_over_limit_cut(self, measured_import_kw: float, limit_kw: float, batch: Sequence[MinerSetpoint],
+                              *, measured_at: datetime | None = None, now: datetime | None = None,
+                              measurements: Measurements | None = None) -> GuardResult:
+        """The meter reads over the limit: remove at least the measured excess from the batch.
+
+        The reading is used only if finite and dated (``measured_at``) within ``max_age_s`` before
+        and ``future_skew_s`` after ``now`` (default: the newest ``issued_at`` of the batch).
+        Otherwise the meter is not believed and the batch is cut to ``limit_kw`` on the model
+        (idle + auxiliary − renewable from ``measurements``, at their worst), like the DR cut."""
         actions: list[GuardAction] = []
+        reference = now if now is not None else _reference_time(batch)
+        doubt = self._doubt(measured_import_kw, measured_at, reference, "meter reading")
+        if doubt is not None:
+            measurements = measurements or Measurements()
+            kept = self._refuse(batch, now, actions)
+            renewable_kw, note = self._renewable(measurements, reference)
+            net = self.net_import_kw(kept, measurements.auxiliary_kw, renewable_kw)
+            if net > limit_kw * (1 + _REL_EPS):
+                kept = self._cut_power(kept, net - limit_kw, "import_over_limit_cut",
+                                       f"{doubt}, not used; modelled import {net:.1f} kW (renewable "
+                                       f"{renewable_kw:.1f} kW{note}) is over the limit {limit_kw:.1f} kW", actions)
+            return GuardResult(kept, actions)
         kept = self._refuse(batch, None, actions)
         excess = measured_import_kw - limit_kw
         if excess > limit_kw * _REL_EPS:
@@ -269,13 +302,31 @@ class Guard:
 
     # ------------------------------------------------------------------ internals
 
+    def _doubt(self, value: float | None, at: datetime | None, now: datetime | None, what: str) -> str | None:
+        """Why a reading is not to be believed at ``now``, or None if it is usable."""
+        if value is None:
+            return f"{what} missing"
+        if not math.isfinite(value):
+            return f"{what} {value!r} not finite"
+        if at is None or now is None:
+            return f"{what} undated" if at is None else f"{what} with no time to compare to"
+        age_s = (now - at).total_seconds()
+        if age_s > self.max_age_s:
+            return f"{what} {age_s:.0f} s old, older than {self.max_age_s:.0f} s"
+        if -age_s > self.future_skew_s:
+            return f"{what} dated {-age_s:.0f} s in the future, beyond the {self.future_skew_s:.0f} s clock skew"
+        return None
+
     def _renewable(self, measurements: Measurements, now: datetime | None) -> tuple[float, str]:
-        if measurements.renewable_kw is None:
-            return 0.0, ", renewable not measured: taken as 0"
-        if now is not None and (measurements.at is None
-                                or (now - measurements.at).total_seconds() > self.max_age_s):
-            return 0.0, f", renewable reading older than {self.max_age_s:.0f} s: taken as 0"
-        return max(measurements.renewable_kw, 0.0), ""
+        """Renewable output to credit at ``now``: 0 unless measured, finite and fresh; ≤ nameplate."""
+        doubt = self._doubt(measurements.renewable_kw, measurements.at, now, "renewable reading")
+        if doubt is not None:
+            return 0.0, f", {doubt}: taken as 0"
+        value = max(float(measurements.renewable_kw), 0.0)  # type: ignore[arg-type]
+        if value > self.renewable_nameplate_kw:
+            return self.renewable_nameplate_kw, (f", reading {value:.6g} kW capped at the "
+                                                 f"{self.renewable_nameplate_kw:.0f} kW nameplate")
+        return value, ""
 
     def _refuse(self, batch: Iterable[MinerSetpoint], now: datetime | None,
                 actions: list[GuardAction]) -> list[MinerSetpoint]:
@@ -389,3 +440,8 @@ class Guard:
                                        f"receptor {receptor_id}: background alone is at or over the target "
                                        f"{target_dba:.1f} dBA; every contributing unit is asleep", ()))
         return out
+
+
+def _reference_time(batch: Sequence[MinerSetpoint]) -> datetime | None:
+    """The time a fast-path batch was issued (its newest ``issued_at``); None for an empty batch."""
+    return max((sp.issued_at for sp in batch), default=None)

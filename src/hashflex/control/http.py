@@ -2,8 +2,14 @@
 
 Default port 9108 (``--http-port``), bound to 127.0.0.1 unless told otherwise: it reports on the
 site, it controls nothing. ``/healthz`` answers 503 when the loop has not completed a tick within
-its staleness window or runs on no known price. Metrics use prometheus_client's exposition so
-scrapers get the standard text format.
+its staleness window or runs on no known price, and 503 with a JSON body
+``{"healthy": false, "unhealthy_causes": [...]}`` when the status names causes (a non-empty list
+``unhealthy_causes``, e.g. ``["store_unavailable: disk I/O error"]``). Metrics use
+prometheus_client's exposition so scrapers get the standard text format.
+
+Input rejections: ``hashflex_input_rejections_total{kind, reason}`` (a counter) sums the status
+entries ``input_rejections`` (MQTT ingest, ``MqttIngest.rejection_stats()``) and
+``price_feed.rejections`` (HTTP price feed rows), both ``{kind: {reason_class: n}}``.
 """
 
 from __future__ import annotations
@@ -16,11 +22,57 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from collections.abc import Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 log = logging.getLogger(__name__)
 DEFAULT_HTTP_PORT = 9108
+
+
+def input_rejections(status: Mapping[str, Any]) -> dict[tuple[str, str], int]:
+    """``(kind, reason) -> count`` from the status: ingest's ``input_rejections`` plus the price
+    feed's ``price_feed.rejections``. Malformed entries are skipped (the endpoint must answer)."""
+    totals: dict[tuple[str, str], int] = {}
+    feed = status.get("price_feed")
+    sources = (status.get("input_rejections"), feed.get("rejections") if isinstance(feed, Mapping) else None)
+    for source in sources:
+        if not isinstance(source, Mapping):
+            continue
+        for kind, reasons in source.items():
+            if not isinstance(reasons, Mapping):
+                continue
+            for reason, count in reasons.items():
+                if isinstance(count, (int, float)):
+                    key = (str(kind), str(reason))
+                    totals[key] = totals.get(key, 0) + int(count)
+    return totals
+
+
+class _RejectionCollector:
+    """Exposes the rejection counts of the status being rendered as one counter family (the counts
+    live in ingest and the price feed; a collector mirrors them, as prometheus_client advises)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("hashflex_input_rejections",
+                                     "inbound messages and price rows rejected, by kind and reason class",
+                                     labels=["kind", "reason"])
+        for (kind, reason), count in sorted(self.counts.items()):
+            family.add_metric([kind, reason], count)
+        yield family
+
+
+def unhealthy_causes(status: Mapping[str, Any]) -> list[str]:
+    """The status's ``unhealthy_causes`` as a list of strings ([] if absent or malformed)."""
+    causes = status.get("unhealthy_causes")
+    if isinstance(causes, (list, tuple)):
+        return [str(c) for c in causes]
+    return []
 
 
 class StatusMetrics:
@@ -28,6 +80,9 @@ class StatusMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._lock = threading.Lock()  # one render at a time: the collectors hold the status being rendered
+        self.rejections = _RejectionCollector()
+        self.registry.register(self.rejections)  # type: ignore[arg-type]
         self.healthy = Gauge("hashflex_healthy", "1 when inputs are fresh and the loop ticks", registry=self.registry)
         self.tick_age = Gauge("hashflex_last_tick_age_seconds", "seconds since the last completed tick", registry=self.registry)
         self.units = Gauge("hashflex_units_running", "miners running (any mode)", registry=self.registry)
@@ -36,6 +91,11 @@ class StatusMetrics:
         self.counter = Gauge("hashflex_events_total", "loop counters", ["counter"], registry=self.registry)
 
     def render(self, status: dict[str, Any]) -> bytes:
+        with self._lock:
+            return self._render(status)
+
+    def _render(self, status: dict[str, Any]) -> bytes:
+        self.rejections.counts = input_rejections(status)
         self.healthy.set(1.0 if status.get("healthy") else 0.0)
         self.tick_age.set(status.get("last_tick_age_s") or -1.0)
         self.units.set(status.get("units_running", 0))
@@ -61,6 +121,11 @@ class StatusServer:
                     log.exception("status failed")
                     status = {"healthy": False, "error": repr(exc)}
                 if self.path == "/healthz":
+                    causes = unhealthy_causes(status)
+                    if causes:  # a named fault (e.g. the store cannot commit): say which
+                        body = json.dumps({"healthy": False, "unhealthy_causes": causes}).encode()
+                        self._send(503, body, "application/json")
+                        return
                     code = 200 if status.get("healthy") else 503
                     self._send(code, b"ok\n" if code == 200 else b"unhealthy\n", "text/plain")
                 elif self.path == "/status":

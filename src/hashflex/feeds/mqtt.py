@@ -21,20 +21,40 @@ Broker configuration matters: Mosquitto's default ``max_queued_messages 1000`` s
 messages for a subscriber that falls behind a burst (measured: 45% of a 30,000-message burst lost);
 set it well above the largest expected burst (the tests and the benchmark use 100,000 / 1,000,000).
 
+Commands: DR events (``in/dr``) and limits changes (``in/limits``) are not stored and not
+deduplicated here: every copy goes to the callbacks, where the control loop's limits book decides,
+commits and acknowledges it (a redelivery gets its first answer again). ``accepted`` counts them
+as well-formed, not as accepted by the site.
+
 Duplicates: a message whose ``identity`` (kind, key, timestamp; DR: event id and modification;
 price: interval and published_at) was seen among the last ``dedupe_window`` accepted messages is
 counted as a duplicate and dropped; the store's upserts make older repeats harmless too. Messages
 arriving out of order are stored by their own timestamp.
 
+Plausibility: with ``plausibility`` (a :class:`~hashflex.profile.SiteProfile` or a prebuilt
+:class:`~hashflex.plausibility.PlausibilityContext`), every well-formed message is also checked
+against the bounds of :mod:`hashflex.plausibility` at ``clock()`` *before* it is deduplicated,
+stored or passed to callbacks; an implausible one is handled exactly like a schema rejection
+(counted, recorded in the rejections table, logged, passed to the rejection callbacks, acknowledged).
+Without it (the default) messages are only schema-checked, as before.
+
+Rejection counters: ``stats()[kind]["rejected"]`` counts every rejection of a kind;
+``rejection_stats()`` breaks them down as ``{kind: {reason_class: n}}`` where the reason class is
+:attr:`hashflex.messages.Rejection.rule` (``schema:<type>``, ``topic``, ``out_of_bounds:<field>``,
+``stale:<field>``, ``future:<field>``, ``unknown_id:<field>``, ...: a bounded set, never a value);
+``/metrics`` exports it as ``hashflex_input_rejections_total{kind,reason}``.
+
 API: ``MqttIngest(store, site, host="127.0.0.1", port=1883, *, client_id=None, username=None,
 password=None, tls_ca_file=None, keepalive_s=30, session_expiry_s=3600, reconnect_min_s=1, reconnect_max_s=30,
-dedupe_window=100_000, ack_after_commit=True, clock=utc_now)``; ``add_callback(fn)``, ``start()``, ``stop()``,
-``wait_connected(timeout_s) -> bool``, ``connected``, ``stats() -> dict[kind, dict[counter, int]]``,
+dedupe_window=100_000, ack_after_commit=True, clock=utc_now, plausibility=None)``; ``add_callback(fn)``,
+``add_rejection_callback(fn)``, ``start()``, ``stop()``, ``wait_connected(timeout_s) -> bool``, ``connected``,
+``stats() -> dict[kind, dict[counter, int]]``, ``rejection_stats() -> dict[kind, dict[reason, int]]``,
 ``handle(topic, payload)`` (the per-message path, usable without a broker).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -48,15 +68,19 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from hashflex.messages import InboundMessage, Rejection, Topics, parse_message
+from hashflex.messages import InboundMessage, Rejection, Topics, parse_message, payload_preview
+from hashflex.plausibility import PlausibilityContext, check_plausible
+from hashflex.profile import SiteProfile
 from hashflex.store import Store, utc_now
 
-__all__ = ["MqttIngest", "MessageCallback"]
+__all__ = ["MqttIngest", "MessageCallback", "RejectionCallback"]
 
 log = logging.getLogger(__name__)
 
 MessageCallback = Callable[[InboundMessage], None]
+RejectionCallback = Callable[[Rejection], None]
 COUNTERS = ("accepted", "rejected", "duplicate", "errors")
+COMMAND_KINDS = frozenset({"dr", "limits"})  # answered by the control loop, never stored by the ingest
 _LOG_EVERY_S = 60.0  # a repeated rejection reason is logged at WARNING at most this often
 
 
@@ -81,14 +105,19 @@ class MqttIngest:
         dedupe_window: int = 100_000,
         ack_after_commit: bool = True,
         clock: Callable[[], datetime] = utc_now,
+        plausibility: SiteProfile | PlausibilityContext | None = None,
     ) -> None:
         self.store = store
+        self.plausibility = (PlausibilityContext.from_profile(plausibility) if isinstance(plausibility, SiteProfile)
+                             else plausibility)
         self.topics = Topics(site)
         self.host, self.port = host, port
         self._keepalive_s = keepalive_s
         self._session_expiry_s = session_expiry_s
         self._clock = clock
         self._callbacks: list[MessageCallback] = []
+        self._rejection_callbacks: list[RejectionCallback] = []
+        self._reasons: defaultdict[str, dict[str, int]] = defaultdict(dict)
         self._seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
         self._dedupe_window = dedupe_window
         self._counts: defaultdict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
@@ -121,6 +150,11 @@ class MqttIngest:
         """Call ``callback(message)`` for each accepted, non-duplicate message (network thread)."""
         self._callbacks.append(callback)
 
+    def add_rejection_callback(self, callback: RejectionCallback) -> None:
+        """Call ``callback(rejection)`` for each rejected payload (network thread), e.g. to answer a
+        rejected DR event with a ``rejected`` ack."""
+        self._rejection_callbacks.append(callback)
+
     def start(self) -> None:
         """Connect in the background; retries until the broker answers."""
         properties = Properties(PacketTypes.CONNECT)
@@ -150,6 +184,11 @@ class MqttIngest:
         with self._lock:
             return {kind: dict(counts) for kind, counts in self._counts.items()}
 
+    def rejection_stats(self) -> dict[str, dict[str, int]]:
+        """Rejections per kind and reason class: ``{"renewable": {"out_of_bounds:power_kw": 1}}``."""
+        with self._lock:
+            return {kind: dict(reasons) for kind, reasons in self._reasons.items()}
+
     def totals(self) -> dict[str, int]:
         """Counters summed over all kinds."""
         totals = dict.fromkeys(COUNTERS, 0)
@@ -168,6 +207,19 @@ class MqttIngest:
             if isinstance(result, Rejection):
                 self._reject(result)
                 return result
+            if self.plausibility is not None:
+                implausible = check_plausible(result, self._clock(), self.plausibility, topic)
+                if implausible is not None:
+                    implausible = dataclasses.replace(implausible, payload=payload_preview(payload))
+                    self._reject(implausible)
+                    return implausible
+            if result.kind in COMMAND_KINDS:
+                # DR events and limits changes are decided, committed and answered by the control
+                # loop's limits book, which answers a redelivery with its first ack: pass every copy
+                # on, store none here (a message that was refused must never bind from the store).
+                self._count(result.kind, "accepted")
+                self._dispatch(result, topic)
+                return result
             identity = result.identity
             with self._lock:
                 if identity in self._seen:
@@ -180,24 +232,31 @@ class MqttIngest:
                 if len(self._seen) > self._dedupe_window:
                     self._seen.popitem(last=False)
                 self._counts[result.kind]["accepted"] += 1
-            for callback in self._callbacks:
-                try:
-                    callback(result)
-                except Exception:
-                    log.exception("ingest: callback %r failed on %s", callback, topic)
-                    self._count(result.kind, "errors")
+            self._dispatch(result, topic)
             return result
         except Exception:  # noqa: BLE001 - never raise into paho's network loop
             log.exception("ingest: unexpected error handling %s", topic)
             self._count("unknown", "errors")
             return None
 
+    def _dispatch(self, result: InboundMessage, topic: str) -> None:
+        for callback in self._callbacks:
+            try:
+                callback(result)
+            except Exception:
+                log.exception("ingest: callback %r failed on %s", callback, topic)
+                self._count(result.kind, "errors")
+
     def _count(self, kind: str, counter: str) -> None:
         with self._lock:
             self._counts[kind][counter] += 1
 
     def _reject(self, rejection: Rejection) -> None:
-        self._count(rejection.kind or "unknown", "rejected")
+        kind = rejection.kind or "unknown"
+        with self._lock:
+            self._counts[kind]["rejected"] += 1
+            reasons = self._reasons[kind]
+            reasons[rejection.rule] = reasons.get(rejection.rule, 0) + 1
         if self.store is not None:
             self.store.put_rejection(rejection, received_at=self._clock())
         now = time.monotonic()
@@ -209,6 +268,12 @@ class MqttIngest:
             log.warning("ingest: rejected %s: %s; payload=%r", rejection.topic, rejection.reason, rejection.payload)
         else:
             log.debug("ingest: rejected %s: %s", rejection.topic, rejection.reason)
+        for callback in self._rejection_callbacks:
+            try:
+                callback(rejection)
+            except Exception:
+                log.exception("ingest: rejection callback %r failed on %s", callback, rejection.topic)
+                self._count(kind, "errors")
 
     # ------------------------------------------------------------------ paho callbacks (network thread)
 
