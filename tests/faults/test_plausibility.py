@@ -227,3 +227,61 @@ def test_rejection_through_mosquitto_is_counted_in_metrics_and_not_stored(mosqui
         publisher.disconnect()
         publisher.loop_stop()
         ingest.stop()
+
+
+# --------------------------------------------------------------------------- HTTP price feed
+
+
+@pytest.fixture
+def mixed_price_server() -> Iterator[str]:
+    """A generic JSON price endpoint on 127.0.0.1 serving four good rows and three implausible ones."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    def row(hour: int, price: float) -> dict:
+        start = NOW + timedelta(hours=hour)
+        return {"interval_start": iso(start), "interval_end": iso(start + timedelta(hours=1)),
+                "price_usd_mwh": price, "market": "DA", "settlement_point": "LZ_WEST"}
+
+    rows = [row(0, 21.0), row(1, -1e308), row(2, -251.0), row(3, 1e308), row(4, 9_000.0), row(5, 30.0),
+            row(24 * 30, 25.0)]  # a month ahead: beyond the 7-day price horizon
+    body = json.dumps(rows).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/prices"
+    server.shutdown()
+    server.server_close()
+
+
+def test_price_feed_drops_implausible_rows_and_keeps_the_good_ones(mixed_price_server: str, store: Store) -> None:
+    from hashflex.feeds.poll import price_feed_from_env
+
+    feed = price_feed_from_env(PROFILE, store, {"HASHFLEX_PRICE_URL": mixed_price_server})
+    assert feed is not None
+    feed.clock = lambda: NOW
+    assert feed.poll_once() == 4
+    store.flush()
+    stored = store.prices(settlement_point="LZ_WEST")["price_usd_mwh"].tolist()
+    assert stored == [21.0, -251.0, 9_000.0, 30.0]  # untouched, in order; the bad rows poisoned nothing
+    stats = feed.stats()
+    assert stats["rejected_rows"] == 3 and stats["last_error"] is None
+    assert stats["rejections"] == {"price": {"out_of_bounds:price_usd_mwh": 2, "future:interval_start": 1}}
+    server = StatusServer(lambda _now: {"healthy": True, "price_feed": feed.stats()}, lambda: NOW, port=0)
+    server.start()
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5).read().decode()
+    finally:
+        server.stop()
+    assert 'hashflex_input_rejections_total{kind="price",reason="out_of_bounds:price_usd_mwh"} 2.0' in body

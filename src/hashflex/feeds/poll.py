@@ -8,6 +8,12 @@ Each poll stores what it got with ``published_at`` = the time it was fetched, so
 uses a price before hashflex could have known it. A failed poll is logged and counted and the next
 one tries again; a feed that stays down shows as a stale price in /status and /healthz (the
 forecast's fallbacks curtail on unknown prices).
+
+Plausibility: every fetched row is checked against the price bounds of :mod:`hashflex.plausibility`
+(the same numbers as MQTT ``in/price``: −$251 to $20,000/MWh, interval length, horizon, staleness)
+before it is stored; an implausible row is dropped and counted (``rejected_rows``, and per reason
+class in ``rejections`` = ``{"price": {"out_of_bounds:price_usd_mwh": n}}``, which /metrics exports
+as ``hashflex_input_rejections_total``), the other rows of the same poll are stored as fetched.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from hashflex.feeds.http import ErcotApiConfig, PriceFeedError, PricePoller, fetch_generic_prices
+from hashflex.plausibility import filter_price_frame
 from hashflex.profile import SiteProfile
 
 log = logging.getLogger(__name__)
@@ -38,12 +45,14 @@ class PriceFeed:
                  period_s: float = 300.0, clock: Callable[[], datetime] = utc_now, name: str = "price feed") -> None:
         self.profile, self.store, self.fetch, self.period_s, self.clock, self.name = (
             profile, store, fetch, period_s, clock, name)
-        self.polls = self.failures = self.rows = 0
+        self.polls = self.failures = self.rows = self.rejected_rows = 0
+        self.rejections: dict[str, dict[str, int]] = {"price": {}}
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hashflex-price-feed", daemon=True)
 
     def poll_once(self) -> int:
+        """Fetch once and store the plausible rows; returns how many were stored (0 on failure)."""
         now = self.clock()
         self.polls += 1
         try:
@@ -55,8 +64,18 @@ class PriceFeed:
             return 0
         if frame.empty:
             return 0
-        self.rows += self.store.put_price_frame(frame, published_at=now)
+        frame, dropped, reasons = filter_price_frame(frame, now)
+        if dropped:
+            counts = self.rejections["price"]
+            for rule, n in dropped.items():
+                counts[rule] = counts.get(rule, 0) + n
+            self.rejected_rows += sum(dropped.values())
+            log.warning("%s: %d implausible row(s) dropped, e.g. %s", self.name, sum(dropped.values()),
+                        "; ".join(reasons))
         self.last_error = None
+        if frame.empty:
+            return 0
+        self.rows += self.store.put_price_frame(frame, published_at=now)
         return len(frame)
 
     def _run(self) -> None:
@@ -72,6 +91,8 @@ class PriceFeed:
 
     def stats(self) -> dict[str, Any]:
         return {"feed": self.name, "polls": self.polls, "failures": self.failures, "rows": self.rows,
+                "rejected_rows": self.rejected_rows,
+                "rejections": {kind: dict(counts) for kind, counts in self.rejections.items()},
                 "last_error": self.last_error}
 
 
