@@ -17,8 +17,22 @@ Required fields are checked (400 with a ``problem`` body), unknown paths give 40
 
 Business logic (the utility) acts in-process: :meth:`create_program`, :meth:`create_event`,
 :meth:`update_event`, :meth:`delete_event`, :meth:`grant` — each notifies subscribers before it
-returns. Faults: :meth:`fail_next` (n answers with a status), ``delay_s`` (every answer waits),
-:meth:`expire_tokens`, ``subscriptions_supported`` (False: 501 on POST /subscriptions).
+returns.
+
+Strict where the spec is clear, so it cannot hide a VEN's faults:
+
+- it answers only statuses the OpenAPI document declares for the operation (an undeclared one is
+  recorded in ``undeclared`` and the tests assert it stays empty); :meth:`fail_next` refuses to
+  inject an undeclared status;
+- POST /subscriptions refuses an ``http://`` callback URL with 400 (Definition: "The VTN MUST
+  validate that an HTTPS schema is used for the callback URL").
+
+Fault injection (documented, for the VEN's fault tests): :meth:`fail_next` (n answers with a
+declared status, or 0 = connection dropped), ``delay_s`` (every answer waits), :meth:`expire_tokens`,
+``subscriptions_supported`` (False: 403 on POST /subscriptions), ``ignore_skip`` (every page starts
+at 0, as a VTN that ignores ``skip``), ``allow_http_callbacks`` (accept http:// callbacks: only to show
+that the VEN refuses to use them), ``raw_events`` (events served exactly as given, valid or not:
+:meth:`put_raw_event`). ``public_url``: the address the VEN is given (a validating proxy in front).
 """
 
 from __future__ import annotations
@@ -34,6 +48,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import requests
+
+from openadr_proxy import declared_statuses, load_spec
 
 
 def _now_iso() -> str:
@@ -63,6 +79,10 @@ class TestVTN:
         self.delay_s = 0.0
         self.subscriptions_supported = True
         self.vens_may_create = True
+        self.ignore_skip = False
+        self.allow_http_callbacks = False
+        self.public_url: str | None = None  # e.g. a validating proxy in front of this VTN
+        self.undeclared: list[str] = []  # answers with a status the spec does not declare (must stay empty)
         self._faults: list[tuple[int, str | None]] = []
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
@@ -106,6 +126,11 @@ class TestVTN:
 
     @property
     def url(self) -> str:
+        """Where VENs reach this VTN (``public_url`` when a proxy is in front)."""
+        return self.public_url or self.direct_url
+
+    @property
+    def direct_url(self) -> str:
         assert self._server is not None
         scheme = "https" if self.ssl_context is not None else "http"
         return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
@@ -113,7 +138,14 @@ class TestVTN:
     # ------------------------------------------------------------------ faults
 
     def fail_next(self, count: int, status: int = 503, path_prefix: str | None = None) -> None:
-        """The next ``count`` requests (matching ``path_prefix``) get ``status`` (0: connection dropped)."""
+        """The next ``count`` requests (matching ``path_prefix``) get ``status`` (0: connection dropped).
+        Only statuses the spec declares for some operation under ``path_prefix`` are allowed."""
+        if status != 0:
+            spec = load_spec("3.0.1" if self.version == "3.0" else "3.1.1")
+            allowed = {int(code) for template, ops in spec["paths"].items()
+                       if path_prefix is None or template.startswith(path_prefix)
+                       for name, op in ops.items() if name != "parameters" for code in op["responses"]}
+            assert status in allowed, f"status {status}: the spec declares only {sorted(allowed)} here"
         with self._lock:
             self._faults.extend([(status, path_prefix)] * count)
 
@@ -147,6 +179,12 @@ class TestVTN:
             event = {**self._meta("EVENT", "event"), **body}
             self.events[event["id"]] = event
         self._notify("EVENT", "CREATE", event)
+        return event
+
+    def put_raw_event(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Serve ``event`` exactly as given (fault injection: spec-valid but unusual, or invalid)."""
+        with self._lock:
+            self.events[str(event.get("id"))] = event
         return event
 
     def update_event(self, event_id: str, **changes: Any) -> dict[str, Any]:
@@ -214,9 +252,10 @@ class TestVTN:
     def _visible(self, obj: dict[str, Any], request_targets: list[str] | None, client_id: str) -> bool:
         if self.version == "3.0":
             return True  # 3.0.1 has no target granting; VENs filter by the valuesMap targets themselves
-        targets = set(obj.get("targets") or [])
-        if not targets:
-            return True
+        raw_targets = obj.get("targets")
+        if not isinstance(raw_targets, list) or not raw_targets:
+            return True  # no targets, or a raw (invalid) event served as given
+        targets = {t for t in raw_targets if isinstance(t, str)}
         granted = self._granted(client_id)
         if granted is None:
             return False
@@ -252,6 +291,10 @@ class TestVTN:
 
     def _send(self, handler: BaseHTTPRequestHandler, method: str, path: str, status: int, body: Any) -> None:
         self.requests.append((method, path, status))
+        spec = load_spec("3.0.1" if self.version == "3.0" else "3.1.1")
+        declared = declared_statuses(spec, method, path)
+        if declared and status not in declared:
+            self.undeclared.append(f"{method} {path}: {status} (declared {sorted(declared)})")
         data = b"" if body is None else json.dumps(body).encode()
         try:
             handler.send_response(status)
@@ -285,7 +328,7 @@ class TestVTN:
         with self._lock:
             if collection == "programs" and method == "GET" and object_id is None:
                 items = [p for p in self.programs.values() if self._visible(p, query.get("targets"), client)]
-                return 200, _page(items, query)
+                return 200, _page(items, query, self.ignore_skip)
             if collection == "events" and method == "GET":
                 if object_id is not None:
                     event = self.events.get(object_id)
@@ -293,8 +336,8 @@ class TestVTN:
                         raise _Problem(404, "Not Found", f"event {object_id}")
                     return 200, event
                 items = [e for e in self.events.values() if self._visible(e, query.get("targets"), client)
-                         and ("programID" not in query or e["programID"] == query["programID"][0])]
-                return 200, _page(items, query)
+                         and ("programID" not in query or e.get("programID") == query["programID"][0])]
+                return 200, _page(items, query, self.ignore_skip)
             if self.version == "3.0" and collection == "vens" and len(parts) == 3 and parts[2] == "resources":
                 ven = self.vens.get(parts[1])
                 if ven is None or ven["clientID"] != client:
@@ -347,10 +390,12 @@ class TestVTN:
                     return 200, _page(items, query)
                 if method == "POST" and object_id is None:
                     if not self.subscriptions_supported:
-                        raise _Problem(501, "Not Implemented", "this VTN has no webhook notifier")
+                        raise _Problem(403, "Forbidden", "this VTN takes no subscriptions from VENs")
                     _require(body, "clientName", "objectOperations")
                     for op in body["objectOperations"]:
                         _require(op, "objects", "operations", "callbackUrl")
+                        if not str(op["callbackUrl"]).startswith("https://") and not self.allow_http_callbacks:
+                            raise _Problem(400, "Bad Request", "callbackUrl: HTTPS is required (Definition 3.1.1)")
                         self._challenge(op["callbackUrl"])
                     sub = {**self._meta("SUBSCRIPTION", "subscription"), **body, "clientID": client}
                     self.subscriptions[sub["id"]] = sub
@@ -428,8 +473,9 @@ def _require(body: Any, *names: str) -> None:
         raise _Problem(400, "Bad Request", f"missing required: {', '.join(missing)}")
 
 
-def _page(items: list[dict[str, Any]], query: dict[str, list[str]]) -> list[dict[str, Any]]:
-    skip = int(query.get("skip", ["0"])[0])
+def _page(items: list[dict[str, Any]], query: dict[str, list[str]], ignore_skip: bool = False
+          ) -> list[dict[str, Any]]:
+    skip = 0 if ignore_skip else int(query.get("skip", ["0"])[0])
     limit = int(query.get("limit", ["50"])[0])
     if limit > 50 or limit < 0 or skip < 0:
         raise _Problem(400, "Bad Request", "limit: 0..50, skip: >= 0")

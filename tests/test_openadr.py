@@ -30,6 +30,8 @@ from hashflex.openadr.mapping import (
 from hashflex.openadr.ven import VEN, ReportOutbox, VENConfig, WebhookConfig, report_schedule
 from hashflex.profile import parse_profile
 from hashflex.sim.site import ReplayForecaster, SimulatedFleet
+from openadr_proxy import ValidatingProxy
+from openadr_tls import TestCert, make_cert
 from openadr_vtn import TestVTN
 
 UTC = timezone.utc
@@ -52,11 +54,25 @@ def prices() -> pd.DataFrame:
     return pd.concat([rt, da], ignore_index=True)
 
 
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> TestCert:
+    """The webhook's HTTPS certificate (the spec: the VEN MUST use HTTPS for the callback URL)."""
+    return make_cert(tmp_path_factory.mktemp("tls"))
+
+
 @pytest.fixture
-def vtn() -> Iterator[TestVTN]:
+def vtn(cert: TestCert) -> Iterator[TestVTN]:
+    """The test VTN behind a validating proxy: every request and answer is checked against the
+    OpenAPI document, and the VTN answers only declared statuses."""
     server = TestVTN().start()
+    server.callback_verify = str(cert.cert)
+    proxy = ValidatingProxy(server.direct_url).start()
+    server.public_url = proxy.url
     yield server
+    proxy.stop()
     server.stop()
+    assert proxy.violations == [], "requests or answers out of the OpenADR 3.1.1 spec"
+    assert server.undeclared == [], "the test VTN answered a status the spec does not declare"
 
 
 @pytest.fixture
@@ -263,8 +279,8 @@ def test_token_refreshes_before_expiry(vtn: TestVTN) -> None:
 def test_vtn_errors_are_classified(vtn: TestVTN) -> None:
     client = OpenADRClient(OpenADRConfig(vtn_url=vtn.url, client_id="ven-client", client_secret="ven-secret",
                                          timeout_s=0.3))
-    vtn.fail_next(1, 503, "/programs")
-    with pytest.raises(VTNUnavailable, match="503"):
+    vtn.fail_next(1, 500, "/programs")
+    with pytest.raises(VTNUnavailable, match="500"):
         client.programs()
     vtn.delay_s = 0.6
     with pytest.raises(VTNUnavailable, match="Timeout"):
@@ -361,9 +377,10 @@ def test_zero_duration_update_cancels_and_ended_intervals_are_not_resent(vtn: Te
     assert late["id"] in ven._events
 
 
-def test_simple_level_3_takes_the_emergency_fast_path_before_any_tick(vtn: TestVTN, site: Site) -> None:
+def test_simple_level_3_takes_the_emergency_fast_path_before_any_tick(vtn: TestVTN, site: Site,
+                                                                      cert: TestCert) -> None:
     program = vtn.create_program("ercot-emergency")
-    ven = make_ven(vtn, site, webhook=WebhookConfig())
+    ven = make_ven(vtn, site, webhook=WebhookConfig(ssl_context=cert.server_context()))
     ven.enrol()
     ven.start_webhook()
     assert ven.subscribe() and ven.push_active
@@ -385,11 +402,12 @@ def test_simple_level_3_takes_the_emergency_fast_path_before_any_tick(vtn: TestV
     ven.stop()
 
 
-def test_webhook_checks_its_bearer_token_and_polling_is_the_fallback(vtn: TestVTN, site: Site) -> None:
+def test_webhook_checks_its_bearer_token_and_polling_is_the_fallback(vtn: TestVTN, site: Site,
+                                                                     cert: TestCert) -> None:
     import requests
 
     program = vtn.create_program("ercot-capacity")
-    ven = make_ven(vtn, site, webhook=WebhookConfig(bearer_token="hook-secret"))
+    ven = make_ven(vtn, site, webhook=WebhookConfig(bearer_token="hook-secret", ssl_context=cert.server_context()))
     ven.enrol()
     url = ven.start_webhook()
     ven.subscribe()
@@ -397,15 +415,17 @@ def test_webhook_checks_its_bearer_token_and_polling_is_the_fallback(vtn: TestVT
     assert sub["objectOperations"][0]["bearerToken"] == "hook-secret" and sub["programID"] == program["id"]
     forged = {"objectType": "EVENT", "operation": "CREATE",
               "object": {"id": "forged", **limit_event(program["id"], T0, [0.0])}}
-    assert requests.post(url, json=forged, headers={"Authorization": "Bearer guess"}, timeout=5).status_code == 401
-    assert requests.post(url, json=forged, timeout=5).status_code == 401
+    assert url.startswith("https://127.0.0.1:")
+    assert requests.post(url, json=forged, headers={"Authorization": "Bearer guess"}, timeout=5,
+                         verify=str(cert.cert)).status_code == 401
+    assert requests.post(url, json=forged, timeout=5, verify=str(cert.cert)).status_code == 401
     assert ven.counters["notifications_refused"] == 2 and site.loop.dr_book.event_ids() == []
     ven.subscribe()  # a restart re-subscribes without leaving the old subscription behind
     assert len(vtn.subscriptions) == 1
     ven.stop()
     # A VTN without webhooks: subscription refused, the VEN polls.
     vtn.subscriptions_supported = False
-    polling = make_ven(vtn, site, webhook=WebhookConfig(), poll_interval_s=120.0)
+    polling = make_ven(vtn, site, webhook=WebhookConfig(ssl_context=cert.server_context()), poll_interval_s=120.0)
     polling.tick(site.now)
     assert not polling.push_active and polling.counters["polls"] == 1
     vtn.create_event(limit_event(program["id"], T0 + timedelta(minutes=15), [6_000.0]))
@@ -463,7 +483,7 @@ def test_reports_arrive_with_measured_readings_through_vtn_outages(vtn: TestVTN,
                             "numIntervals": 1, "startInterval": 0, "repeat": -1}]))
     ven.poll(site.now)
     measured: list[float] = []
-    vtn.fail_next(1_000, 503, "/reports")  # the VTN cannot take reports during the whole event
+    vtn.fail_next(1_000, 500, "/reports")  # the VTN cannot take reports during the whole event
     site.advance(15)
     for k in range(2):  # the event's two intervals
         site.tick()
@@ -578,7 +598,7 @@ def test_a_higher_priority_event_overrides_and_its_removal_restores(vtn: TestVTN
 def test_enrolment_retries_with_backoff_and_programs_are_refreshed(vtn: TestVTN, site: Site) -> None:
     vtn.create_program("ercot-capacity")
     ven = make_ven(vtn, site, reenrol_interval_s=600.0)
-    vtn.fail_next(2, 503, "/vens")
+    vtn.fail_next(2, 500, "/vens")
     ven.tick(site.now)
     assert ven.enrolment is None
     tries = sum(1 for _, path, _ in vtn.requests if path == "/vens")
@@ -687,7 +707,8 @@ def test_a_restarted_ven_adopts_what_the_book_holds_and_cancels_what_was_deleted
     program = vtn.create_program("ercot-capacity")
     first = make_ven(vtn, site)
     first.enrol()
-    kept = vtn.create_event({"programID": program["id"], "intervalPeriod": {"start": "0001-01-01", "duration": "P9999Y"},
+    kept = vtn.create_event({"programID": program["id"],
+                             "intervalPeriod": {"start": "0001-01-01T00:00:00Z", "duration": "P9999Y"},
                              "intervals": [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [9_000.0]}]}]})
     gone = vtn.create_event(limit_event(program["id"], T0, [4_000.0, 4_000.0]))
     first.poll(site.now)

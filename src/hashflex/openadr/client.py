@@ -30,10 +30,22 @@ from typing import Any
 
 import requests
 
-__all__ = ["OpenADRClient", "OpenADRConfig", "TokenManager", "VTNError", "VTNUnavailable"]
+__all__ = ["Listing", "MAX_PAGES", "OpenADRClient", "OpenADRConfig", "TokenManager", "VTNError", "VTNUnavailable"]
 
 log = logging.getLogger(__name__)
 PAGE_LIMIT = 50  # the spec's maximum for ``limit``
+MAX_PAGES = 200  # 10,000 objects: far more than a site's programs or events; a bound against a looping VTN
+
+
+class Listing(list):  # type: ignore[type-arg]
+    """A collection read from the VTN; ``complete`` False when paging stopped early (``reason``)."""
+
+    complete: bool = True
+    reason: str = ""
+
+    def mark_incomplete(self, reason: str) -> None:
+        self.complete, self.reason = False, reason
+        log.warning("%s: listing may be incomplete", reason)
 
 
 class VTNError(RuntimeError):
@@ -205,19 +217,29 @@ class OpenADRClient:
                 raise VTNUnavailable(response.status_code, f"{method} {path}: answer is not JSON") from exc
         raise AssertionError("unreachable")
 
-    def _list(self, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        """GET a collection, following skip/limit pages until an empty one (a VTN may cap pages
-        below ``limit``; a truncated listing would look like deleted events)."""
-        out: list[dict[str, Any]] = []
+    def _list(self, path: str, params: dict[str, Any]) -> Listing:
+        """GET a collection page by page (skip/limit), bounded: stop on a page shorter than ``limit``
+        (the last one), after ``MAX_PAGES`` pages, or when a page repeats the previous one (a VTN
+        ignoring ``skip``). The last two mark the listing incomplete (``Listing.complete`` False):
+        the VEN then cancels nothing for being absent from it."""
+        out = Listing()
         skip = 0
-        while True:
-            page = self.request("GET", path, params={**params, "skip": skip, "limit": PAGE_LIMIT}) or []
+        previous: list[Any] | None = None
+        for _ in range(MAX_PAGES):
+            page = self.request("GET", path, params={**params, "skip": skip, "limit": PAGE_LIMIT})
+            page = [] if page is None else page
             if not isinstance(page, list):
-                raise VTNError(200, f"GET {path}: a list was expected")
+                raise VTNError(200, f"GET {path}: a list was expected, got {type(page).__name__}")
+            if previous is not None and page and page == previous:
+                out.mark_incomplete(f"GET {path}: the page at skip={skip} repeats the previous one (skip ignored?)")
+                return out
             out.extend(page)
-            if not page:
+            if len(page) < PAGE_LIMIT:
                 return out
             skip += len(page)
+            previous = page
+        out.mark_incomplete(f"GET {path}: stopped after {MAX_PAGES} pages")
+        return out
 
     def _targets(self, targets: list[str] | None) -> dict[str, Any]:
         """3.1: the targets the VTN matches against what it granted this VEN. 3.0 filters by one
@@ -229,10 +251,10 @@ class OpenADRClient:
 
     # ------------------------------------------------------------------ objects
 
-    def programs(self, targets: list[str] | None = None) -> list[dict[str, Any]]:
+    def programs(self, targets: list[str] | None = None) -> Listing:
         return self._list("/programs", self._targets(targets))
 
-    def events(self, program_id: str | None = None, targets: list[str] | None = None) -> list[dict[str, Any]]:
+    def events(self, program_id: str | None = None, targets: list[str] | None = None) -> Listing:
         params = self._targets(targets)
         if program_id is not None:
             params["programID"] = program_id
@@ -241,7 +263,7 @@ class OpenADRClient:
     def event(self, event_id: str) -> dict[str, Any]:
         return self.request("GET", f"/events/{event_id}")
 
-    def vens(self, ven_name: str | None = None) -> list[dict[str, Any]]:
+    def vens(self, ven_name: str | None = None) -> Listing:
         return self._list("/vens", {} if ven_name is None else {"venName": ven_name})
 
     def create_ven(self, ven_name: str, attributes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -252,7 +274,7 @@ class OpenADRClient:
             body["attributes"] = attributes
         return self.request("POST", "/vens", body=body)
 
-    def resources(self, ven_id: str) -> list[dict[str, Any]]:
+    def resources(self, ven_id: str) -> Listing:
         if self.config.api_version.startswith("3.0"):
             return self._list(f"/vens/{ven_id}/resources", {})
         return self._list("/resources", {"venID": ven_id})
@@ -263,7 +285,7 @@ class OpenADRClient:
         return self.request("POST", "/resources", body={"objectType": "VEN_RESOURCE_REQUEST",
                                                         "resourceName": resource_name, "venID": ven_id})
 
-    def subscriptions(self, client_name: str | None = None) -> list[dict[str, Any]]:
+    def subscriptions(self, client_name: str | None = None) -> Listing:
         return self._list("/subscriptions", {} if client_name is None else {"clientName": client_name})
 
     def create_subscription(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -272,7 +294,7 @@ class OpenADRClient:
     def delete_subscription(self, subscription_id: str) -> None:
         self.request("DELETE", f"/subscriptions/{subscription_id}")
 
-    def reports(self, event_id: str | None = None, client_name: str | None = None) -> list[dict[str, Any]]:
+    def reports(self, event_id: str | None = None, client_name: str | None = None) -> Listing:
         params = {k: v for k, v in (("eventID", event_id), ("clientName", client_name)) if v is not None}
         return self._list("/reports", params)
 
