@@ -265,3 +265,26 @@ def test_python_construction_is_lax_but_still_refuses_naive_time() -> None:
         TelemetryMessage(miner_id="bad id", power_kw=1, hashrate_th_s=1, mode="eco", temperature_c=20, timestamp=T0)
     with pytest.raises(ValidationError):
         PriceMessage(settlement_point="HB", market="RT", interval_start=T0, interval_end=T0, price_usd_mwh=1)
+
+
+def test_rejection_rule_is_a_bounded_label_never_taken_from_the_payload() -> None:
+    """The rule is the metrics label: pydantic's error type, never an attacker's key or value."""
+    topics = Topics("west")
+    cases = {
+        "hashflex/west/in/nope": "topic",
+        "hashflex/other/in/price": "topic",
+    }
+    for topic, rule in cases.items():
+        result = parse_message(topic, b"{}", site="west")
+        assert isinstance(result, Rejection) and result.rule == rule
+    extra = parse_message(topics.hashprice, json.dumps({"hashprice_usd_per_ph_day": 1.0, "source": "x",
+                                                        "timestamp": "2025-07-01T00:00:00Z",
+                                                        "attacker_key_123": 1}), site="west")
+    assert isinstance(extra, Rejection) and extra.rule == "schema:extra_forbidden"
+    assert "attacker_key_123" in extra.reason and "attacker_key_123" not in extra.rule
+    bad_json = parse_message(topics.hashprice, b"{not json", site="west")
+    assert isinstance(bad_json, Rejection) and bad_json.rule == "schema:json_invalid"
+    mismatch = parse_message(topics.noise("r1"), json.dumps({"receptor_id": "r2", "laeq_dba": 40, "averaging_s": 60,
+                                                             "timestamp": "2025-07-01T00:00:00Z",
+                                                             "meter_class": 1}), site="west")
+    assert isinstance(mismatch, Rejection) and mismatch.rule == "key_mismatch"
