@@ -59,7 +59,7 @@ PASSWORDS = {
     "hashflex": "daemon-secret",
     "utility": "utility-secret",
     "noise-maple_lane": "sensor-secret",
-    "site-manager": "manager-secret",
+    "site_manager": "manager-secret",
     "feed-price": "price-secret",
     "feed-hashprice": "hashprice-secret",
     "feed-renewable": "renewable-secret",
@@ -428,7 +428,7 @@ def test_daemon_reads_every_input_and_publishes_outputs_only(connect: Callable[.
     inputs = {
         "utility": T.dr,
         "noise-maple_lane": T.noise("maple_lane"),
-        "site-manager": T.limits,
+        "site_manager": T.limits,
         "feed-price": T.price,
         "feed-hashprice": T.hashprice,
         "feed-renewable": T.renewable("wind_farm_tap"),
@@ -445,7 +445,7 @@ def test_daemon_reads_every_input_and_publishes_outputs_only(connect: Callable[.
         daemon.wait_for(payload, topic)
 
     # It writes out/, never in/ (it must not be able to forge its own inputs).
-    manager = connect("site-manager")
+    manager = connect("site_manager")
     manager.subscribe(T.status)
     for topic in (T.status, T.schedule, T.dr_ack, T.setpoint("m1")):
         assert_authorized(daemon.publish(topic, token("out")), f"daemon -> {topic}")
@@ -455,7 +455,7 @@ def test_daemon_reads_every_input_and_publishes_outputs_only(connect: Callable[.
 
 
 def test_site_manager_sets_limits_and_watches_status(connect: Callable[..., Peer]) -> None:
-    daemon, manager = connect("hashflex"), connect("site-manager")
+    daemon, manager = connect("hashflex"), connect("site_manager")
     daemon.subscribe(T.inbound_filter)
     manager.subscribe(f"{T.prefix}out/#")
     limits = token("limits")
@@ -464,10 +464,12 @@ def test_site_manager_sets_limits_and_watches_status(connect: Callable[..., Peer
     dr = token("dr")
     assert_refused(manager.publish(T.dr, dr), "manager -> in/dr")
     assert_refused(manager.publish(T.setpoint("m1"), token("sp")), "manager -> out/setpoint/m1")
-    status, setpoint = token("status"), token("setpoint")
+    status, setpoint, limits_ack = token("status"), token("setpoint"), token("limits-ack")
     daemon.publish(T.setpoint("m1"), setpoint)
     daemon.publish(T.status, status)
+    daemon.publish(f"{T.prefix}out/limits/ack", limits_ack)
     manager.wait_for(status, T.status)
+    manager.wait_for(limits_ack, f"{T.prefix}out/limits/ack")
     assert_not_delivered(daemon, dr, manager, T.limits)
     assert not manager.got(setpoint)
 
@@ -514,7 +516,7 @@ def test_the_real_daemon_works_within_its_acl(broker: AuthBroker, connect: Calla
            "HASHFLEX_MQTT_USERNAME": "hashflex", "HASHFLEX_MQTT_PASSWORD": PASSWORDS["hashflex"],
            "HASHFLEX_STORE": str(tmp_path / "hashflex.sqlite"), "HASHFLEX_HTTP_HOST": "127.0.0.1",
            "HASHFLEX_HTTP_PORT": str(http_port)}
-    manager, sensor = connect("site-manager"), connect("noise-maple_lane")
+    manager, sensor = connect("site_manager"), connect("noise-maple_lane")
     topics = Topics(site)
     manager.subscribe(topics.status)
     log_path = tmp_path / "daemon.log"
@@ -767,3 +769,16 @@ def test_containerfile_healthcheck_command_follows_healthz() -> None:
     down = subprocess.run(command, env={**os.environ, "HASHFLEX_HTTP_PORT": str(free_port())},
                           capture_output=True, timeout=30).returncode
     assert results[200] == 0 and results[503] != 0 and down != 0, (results, down)
+
+
+def test_the_deploy_manager_identity_is_a_manager_of_every_bundled_profile() -> None:
+    """Issue 10 item 4: the broker identity allowed to write in/limits was "site-manager" while the
+    profiles list "site_manager", so every limits change from it was refused as a stranger's."""
+    from hashflex.profile import load_profile
+
+    acl = (DEPLOY / "mosquitto" / "acl").read_text()
+    writers = {user for user, body in re.findall(r"^user (\S+)\n((?:topic .*\n?)*)", acl, re.M)
+               if "topic write hashflex/+/in/limits" in body}
+    assert writers == {"site_manager"}
+    for name in ("west_texas", "quiet_hollow", "panhandle_120mw"):
+        assert writers <= set(load_profile(name).site.managers), name

@@ -148,8 +148,9 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
         wait_connected(5.0)  # the restart cut below needs the driver's transport
     loop.restore(utc_now())  # enforce what was in force before the restart, before any solve
     ingest = MqttIngest(store, site, mqtt_host, mqtt_port, username=username, password=password,
-                        tls_ca_file=tls_ca_file, client_id=f"hashflex-ingest-{site}")
+                        tls_ca_file=tls_ca_file, client_id=f"hashflex-ingest-{site}", plausibility=profile)
     ingest.add_callback(lambda message: loop.on_message(message, utc_now()))
+    ingest.add_rejection_callback(lambda rejection: loop.on_rejection(rejection, utc_now()))
     feed = price_feed_from_env(profile, store)
     feed_stats = (lambda: feed.stats()) if feed is not None else (lambda: None)
     server = StatusServer(lambda now: {**loop.status(now), "inputs": ingest.stats(), "mqtt_connected": ingest.connected,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -395,6 +396,28 @@ class ControlLoop:
                 self.handle_limits(message, now)
         except Exception:  # a bad message must never stop the controller
             log.exception("handling %s failed", type(message).__name__)
+
+    def on_rejection(self, rejection: Any, now: datetime) -> None:
+        """An inbound payload failed validation or plausibility (``messages.Rejection``). A DR event
+        or limits change is recorded in the audit trail with the reason, and a DR event whose id can
+        be read gets a ``rejected`` ack, so the issuer is not left waiting."""
+        kind = getattr(rejection, "kind", None)
+        if kind not in ("dr", "limits"):
+            return
+        try:
+            preview = rejection.payload
+            self._record("dr_event" if kind == "dr" else "limits_change", lambda: {
+                "accepted": False, "reason": rejection.reason, "rule": rejection.rule, "payload_preview": preview,
+                "received_at": now.isoformat()}, now)
+            self.counters["dr_rejected" if kind == "dr" else "limits_rejected"] += 1
+            event_id = _json_field(preview, "event_id")
+            if kind == "dr" and event_id is not None:
+                number = _json_field(preview, "modification_number")
+                ack = DRAckMessage(event_id=event_id, modification_number=int(number) if number and number.isdigit() else 0,
+                                   status="rejected", reason=rejection.reason[:500], acked_at=now)
+                self._publish("out/dr/ack", ack.model_dump(mode="json"))
+        except Exception:  # noqa: BLE001 - answering a bad message must never stop the controller
+            log.exception("could not answer a rejected %s message", kind)
 
     def handle_dr(self, message: DREventMessage, now: datetime) -> DRAckMessage:
         """Decide one DR message, commit, acknowledge, cut at once if it binds now.
@@ -768,6 +791,14 @@ class ControlLoop:
             "counters": dict(self.counters),
             "noise_offsets_db": dict(self.noise_offsets_db),
         }
+
+
+def _json_field(text: str, name: str) -> str | None:
+    """A string or integer field read from a (possibly truncated) JSON payload, or None."""
+    found = re.search(rf'"{re.escape(name)}"\s*:\s*(?:"([^"\\]{{1,128}})"|(\d{{1,9}}))', text or "")
+    if found is None:
+        return None
+    return found.group(1) if found.group(1) is not None else found.group(2)
 
 
 def _prices_unknown(fallbacks: Any) -> bool:
