@@ -67,7 +67,7 @@ def test_modes_map_to_group_profiles_and_wake_the_miner(fleet, driver, wait_for)
     assert [r.status for r in results] == [SetpointStatus.APPLIED] * 2, results
     assert "profileset 415MHz" in results[0].reason and "curtail wakeup" in results[0].reason
     commands = [c for c, _ in fleet.commands["air-0"]]
-    assert commands == ["session", "logon", "profileset", "curtail"]
+    assert commands == ["logon", "profileset", "curtail"]
     sid_param = dict(fleet.commands["hydro-0"])["profileset"]
     assert sid_param.endswith(",hyd_oc") and len(sid_param.split(",")[0]) > 0
     assert fleet.miner("air-0").snapshot().state is MinerState.BOOTING
@@ -131,7 +131,7 @@ def test_session_is_cached_then_renewed_after_expiry(fleet, driver) -> None:
     assert results[0].status is SetpointStatus.APPLIED, results[0].reason
     assert driver.logons == 2
     tail = [c for c, _ in fleet.commands["air-0"]][-5:]
-    assert tail == ["profileset", "session", "logon", "profileset", "curtail"]
+    assert tail[-4:] == ["profileset", "logon", "profileset", "curtail"]
 
 
 def test_session_times_out_on_the_miner_and_driver_logs_on_again() -> None:
@@ -172,8 +172,8 @@ def test_silent_miner_times_out_with_reason(fleet) -> None:
     silent, healthy = results
     assert silent.status is SetpointStatus.TIMEOUT
     assert "no answer within 0.2 s" in silent.reason and "2 attempts" in silent.reason
-    assert "session" in silent.reason  # the first call of the sequence is the one that hung
-    assert [c for c, _ in fleet.commands["hydro-0"]] == ["session", "session"]  # both attempts, nothing else
+    assert "logon" in silent.reason  # the first call of the sequence is the one that hung
+    assert [c for c, _ in fleet.commands["hydro-0"]] == ["logon", "logon"]  # both attempts, nothing else
     assert healthy.status is SetpointStatus.APPLIED
 
 

@@ -99,7 +99,7 @@ def test_per_miner_deadline_bounds_retries() -> None:
         fleet.stop()
     assert hung.status is SetpointStatus.TIMEOUT
     assert "deadline 1.5 s" in hung.reason
-    assert 1 <= len(received(fleet, "air-00", "session")) <= 2  # 5 attempts × 1 s would not fit
+    assert 1 <= len(received(fleet, "air-00", "logon")) <= 2  # 5 attempts × 1 s would not fit
     assert healthy.ok, healthy.reason
 
 

@@ -311,10 +311,9 @@ class SimulatedMinerFleet(_Fleet):
             await self._open(mid)
 
     async def _open(self, miner_id: str, port: int = 0) -> None:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self._serve(miner_id, reader, writer)
-
-        server = await asyncio.start_server(handle, self.host, port, reuse_address=True)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _LuxosApiProtocol(self, miner_id), self.host, port,
+                                          reuse_address=True)
         self.api[miner_id].server = server
         self.api[miner_id].port = server.sockets[0].getsockname()[1]
 
@@ -409,35 +408,38 @@ class SimulatedMinerFleet(_Fleet):
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
 
     # -- protocol
-    async def _serve(self, miner_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        assert self._stopping is not None
-        try:
-            request = await asyncio.wait_for(_read_request(reader), timeout=10)
-            fault = self.api[miner_id].fault
-            if fault == "hang":
-                self._record_request(miner_id, request)
-                await self._hold(self._until_peer_closes(reader))
-                return
-            if self.response_delay_s:
-                await asyncio.sleep(self.response_delay_s)
-            payload = json.dumps(self._dispatch(miner_id, request)).encode() + b"\0"
-            if fault == "drip":
-                await self._hold(self._drip(writer, payload, self.api[miner_id].drip_interval_s))
-                return
-            if fault == "close_mid_reply":
-                writer.write(payload[: max(1, len(payload) // 2)])
-                await writer.drain()
-                return
-            writer.write(payload)
-            await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    # A protocol object per connection, not a stream task: 1,000 simulated miners must answer a batch
+    # faster than the driver under test sends it, on the same small machine.
+    def _answer(self, conn: _LuxosApiProtocol, request: bytes) -> None:
+        fault = self.api[conn.miner_id].fault
+        if fault == "hang":
+            self._record_request(conn.miner_id, request)
+            asyncio.ensure_future(self._hold(conn.closed, conn))
+            return
+        if fault == "drip" or self.response_delay_s:
+            asyncio.ensure_future(self._answer_later(conn, request, fault))
+            return
+        self._reply(conn, request, fault)
 
-    async def _hold(self, work: Any) -> None:
-        """Run ``work`` (a hung or dripping answer) until it ends or the fleet stops; count the held
-        connection so tests can see how many a driver kept open at once."""
+    async def _answer_later(self, conn: _LuxosApiProtocol, request: bytes, fault: str | None) -> None:
+        if self.response_delay_s:
+            await asyncio.sleep(self.response_delay_s)
+        if fault == "drip":
+            payload = json.dumps(self._dispatch(conn.miner_id, request)).encode() + b"\0"
+            await self._hold(self._drip(conn, payload, self.api[conn.miner_id].drip_interval_s), conn)
+            return
+        self._reply(conn, request, fault)
+
+    def _reply(self, conn: _LuxosApiProtocol, request: bytes, fault: str | None) -> None:
+        payload = json.dumps(self._dispatch(conn.miner_id, request)).encode() + b"\0"
+        if conn.transport is None or conn.transport.is_closing():
+            return
+        conn.transport.write(payload[: max(1, len(payload) // 2)] if fault == "close_mid_reply" else payload)
+        conn.transport.close()
+
+    async def _hold(self, work: Any, conn: _LuxosApiProtocol) -> None:
+        """Run ``work`` (a hung or dripping answer) until it ends, the peer closes or the fleet stops;
+        count the held connection so tests can see how many a driver kept open at once."""
         assert self._stopping is not None
         with self._lock:
             self.hung_open += 1
@@ -445,24 +447,22 @@ class SimulatedMinerFleet(_Fleet):
         task = asyncio.ensure_future(work)
         stop = asyncio.ensure_future(self._stopping.wait())
         try:
-            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({task, stop, conn.closed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for pending in (task, stop):
                 pending.cancel()
+            if conn.transport is not None:
+                conn.transport.close()
             with self._lock:
                 self.hung_open -= 1
                 self.hung_closed_at.append(time.monotonic())
 
     @staticmethod
-    async def _until_peer_closes(reader: asyncio.StreamReader) -> None:
-        while await reader.read(4096):
-            pass
-
-    @staticmethod
-    async def _drip(writer: asyncio.StreamWriter, payload: bytes, interval_s: float) -> None:
+    async def _drip(conn: _LuxosApiProtocol, payload: bytes, interval_s: float) -> None:
         for i in range(len(payload)):
-            writer.write(payload[i:i + 1])
-            await writer.drain()
+            if conn.transport is None or conn.transport.is_closing():
+                return
+            conn.transport.write(payload[i:i + 1])
             await asyncio.sleep(interval_s)
 
     def _record_request(self, miner_id: str, raw: bytes) -> tuple[str, str] | None:
@@ -623,21 +623,56 @@ class SimulatedMinerFleet(_Fleet):
         return None if self.lease_s is None else self.clock() + timedelta(seconds=self.lease_s)
 
 
-async def _read_request(reader: asyncio.StreamReader) -> bytes:
-    """Read until a NUL or newline, EOF, or a complete JSON document."""
-    buf = b""
-    while True:
-        chunk = await reader.read(4096)
-        if not chunk:
-            return buf
-        buf += chunk
-        if b"\0" in buf or b"\n" in buf:
-            return buf
-        try:
-            json.loads(buf)
-            return buf
-        except ValueError:
-            continue
+def _request_complete(buf: bytes) -> bool:
+    """A request ends at a NUL or newline, or when it is a complete JSON document."""
+    if b"\0" in buf or b"\n" in buf:
+        return True
+    try:
+        json.loads(buf)
+        return True
+    except ValueError:
+        return False
+
+
+class _LuxosApiProtocol(asyncio.Protocol):
+    """One API connection to a simulated LuxOS miner: read one request, answer, close."""
+
+    def __init__(self, fleet: SimulatedMinerFleet, miner_id: str) -> None:
+        self.fleet, self.miner_id = fleet, miner_id
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._buf = b""
+        self._answered = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._timer = asyncio.get_running_loop().call_later(10.0, transport.close)  # no request in 10 s
+
+    def data_received(self, data: bytes) -> None:
+        if self._answered:
+            return  # one request per connection; a hung miner ignores the rest
+        self._buf += data
+        if _request_complete(self._buf):
+            self._start_answer()
+
+    def eof_received(self) -> bool:
+        if not self._answered and self._buf:
+            self._start_answer()
+        return True  # keep our side open: the answer (or the hang) decides when to close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _start_answer(self) -> None:
+        self._answered = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self.fleet._answer(self, self._buf)
 
 
 # --------------------------------------------------------------------------- MQTT
