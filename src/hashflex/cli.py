@@ -23,6 +23,16 @@ def _timestamp(text: str) -> pd.Timestamp:
     return stamp
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive number of seconds")
+    return value
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from hashflex.data import bundled_path
     from hashflex.plan import DEFAULT_PRICE_FILE, PlanInputError, load_inputs, plan, summary_table, write_schedule
@@ -30,13 +40,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     prices = Path(args.prices) if args.prices else bundled_path(DEFAULT_PRICE_FILE)
     inputs = load_inputs(profile, prices, args.start, Path(args.renewables) if args.renewables else None)
-    _, schedule = plan(profile, inputs, time_limit_s=args.time_limit)
+    _, schedule = plan(profile, inputs, time_limit_s=args.time_limit, deadline_s=args.deadline)
     print(f"{profile.site.name}: {len(schedule.frame)} intervals from "
           f"{schedule.frame.index[0].tz_convert(profile.tz):%Y-%m-%d %H:%M %Z}, prices {prices.name} "
           f"({profile.site.settlement_point})")
     for note in inputs.notes:
         print(f"note: {note}")
     print(summary_table(schedule, profile))
+    if schedule.info.status.value in ("failed_fallback", "time_limit"):
+        deadline = args.deadline if args.deadline is not None else args.time_limit + 10.0
+        print(f"hashflex plan: warning: {schedule.info.status.value}: "
+              + ("greedy fallback schedule, not an optimised one" if schedule.info.status.value == "failed_fallback"
+                 else f"HiGHS stopped at its {args.time_limit:g} s time limit; best schedule found so far")
+              + f" (time limit {args.time_limit:g} s, deadline {deadline:g} s): {schedule.info.message}",
+              file=sys.stderr)
     if args.out:
         try:
             write_schedule(schedule, Path(args.out), profile)
@@ -156,7 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--renewables", help="CSV with interval_start, power_kw (on-site output)")
     plan.add_argument("--start", type=_timestamp, help="horizon start, ISO 8601 with offset (default: first price)")
     plan.add_argument("--out", help="write the full schedule to this .csv or .json")
-    plan.add_argument("--time-limit", type=float, default=20.0, help="solver time limit in seconds")
+    plan.add_argument("--time-limit", type=_positive_seconds, default=20.0, help="solver time limit in seconds")
+    plan.add_argument("--deadline", type=_positive_seconds, default=None,
+                      help="hard wall-clock deadline for the solve in seconds (default: time limit + 10); "
+                           "past it the solver is killed and the greedy fallback is used")
     plan.set_defaults(handler=cmd_plan)
 
     from hashflex.backtest.cli import add_backtest_parsers

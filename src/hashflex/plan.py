@@ -1,7 +1,10 @@
 """One planning pass (`hashflex plan`): profile + price file → Schedule, summary and output file.
 
 Reading and writing live here at the edges; the problem assembly and the solve are the same
-pure functions the daemon uses. Output files are written to a temporary file in the target
+pure functions the daemon uses, and so is the deadline: the solve runs in a worker
+(:class:`~hashflex.control.solver.SolveRunner`) killed at ``deadline_s`` (default the time limit +
+10 s), after which the greedy fallback is returned with status ``failed_fallback`` (HiGHS can
+overrun its own time limit by minutes). Output files are written to a temporary file in the target
 directory and renamed, so a failed run never leaves a half-written schedule behind.
 """
 
@@ -18,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from hashflex.feeds.ercot import read_price_file
-from hashflex.optimize.milp import solve, solve_multiresolution
+from hashflex.control.solver import SolveRunner
 from hashflex.optimize.problem import Problem, problem_from_profile
 from hashflex.optimize.schedule import Schedule
 from hashflex.profile import SiteProfile, profile_hash
@@ -118,13 +121,18 @@ def load_inputs(profile: SiteProfile, prices_path: Path, start: pd.Timestamp | N
     return PlanInputs(index, price, renewable, tuple(notes))
 
 
-def plan(profile: SiteProfile, inputs: PlanInputs, *, time_limit_s: float = 20.0) -> tuple[Problem, Schedule]:
+def plan(profile: SiteProfile, inputs: PlanInputs, *, time_limit_s: float = 20.0,
+         deadline_s: float | None = None) -> tuple[Problem, Schedule]:
+    """Build and solve the plan: HiGHS stops at ``time_limit_s``; the worker is killed at
+    ``deadline_s`` wall-clock seconds (default ``time_limit_s`` + 10) and the greedy fallback
+    (status ``failed_fallback``, message "solver timeout after ...") is returned instead."""
+    if deadline_s is not None and not deadline_s > 0:
+        raise PlanInputError(f"deadline_s must be > 0 seconds, got {deadline_s}")
     problem = problem_from_profile(profile, inputs.interval_start, inputs.price_usd_mwh,
                                    renewable_kw=inputs.renewable_kw)
     fine = int(profile.site.fine_horizon_hours * 60 / profile.site.interval_minutes)
-    if fine < problem.T:
-        return problem, solve_multiresolution(problem, fine_intervals=fine, time_limit_s=time_limit_s)
-    return problem, solve(problem, time_limit_s=time_limit_s)
+    with SolveRunner(time_limit_s=time_limit_s, deadline_s=deadline_s) as runner:
+        return problem, runner.run(problem, fine)
 
 
 def output_frame(schedule: Schedule) -> pd.DataFrame:

@@ -44,6 +44,16 @@ def _policies(text: str) -> list[str]:
     return names
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds") from None
+    if not value > 0 or value == math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive number of seconds")
+    return value
+
+
 def _window_end(text: str | None) -> pd.Timestamp | None:
     """``--to``: a date means through the end of that local day; a time is the exclusive end."""
     if text is None:
@@ -68,6 +78,9 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--persistence", type=int, default=1,
                         help="threshold: intervals a price signal must hold before switching (default 1)")
     parser.add_argument("--time-limit", type=float, default=20.0, help="solver time limit per solve, s")
+    parser.add_argument("--deadline", type=_positive_seconds, default=None,
+                        help="hard wall-clock deadline per solve, s (default: time limit + 10); past it the "
+                             "solver is killed and the greedy fallback used, as in the daemon")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated noise sensors")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
 
@@ -110,7 +123,7 @@ def _inputs(args: argparse.Namespace, profile: SiteProfile):  # noqa: ANN202 - A
 def _run(profile: SiteProfile, actuals: Any, args: argparse.Namespace, policies: list[str], store: Any = None) -> Any:
     return run_backtest(profile, actuals, policies, replan_minutes=args.replan_minutes, time_limit_s=args.time_limit,
                         persistence=args.persistence, seed=args.seed, store=store,
-                        progress=Progress.factory(args.quiet))
+                        progress=Progress.factory(args.quiet), deadline_s=args.deadline)
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
@@ -196,7 +209,11 @@ def evaluate(profile: SiteProfile, actuals: Any, *, candidate: SiteProfile, unit
         out[name] = {"base_profit_usd": base["policies"][name]["profit_usd"],
                      "with_units_profit_usd": extended["policies"][name]["profit_usd"],
                      "added_profit_usd_per_unit_day": per_unit_day,
-                     "payback_days": unit_price_usd / per_unit_day if per_unit_day > 0 else math.inf}
+                     "payback_days": unit_price_usd / per_unit_day if per_unit_day > 0 else math.inf,
+                     # solves past their deadline (greedy schedules): the comparison is less sharp
+                     "fallback_schedules": (base["policies"][name].get("fallback_schedules", 0)
+                                            + extended["policies"][name].get("fallback_schedules", 0)),
+                     "solves": base["policies"][name].get("solves", 0) + extended["policies"][name].get("solves", 0)}
     return out
 
 
@@ -208,13 +225,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     results = evaluate(profile, actuals, candidate=candidate, units=args.units, unit_price_usd=args.unit_price_usd,
                        policies=args.policy, replan_minutes=args.replan_minutes, time_limit_s=args.time_limit,
                        persistence=args.persistence, seed=args.seed,
-                       progress=Progress.factory(args.quiet))
+                       progress=Progress.factory(args.quiet), deadline_s=args.deadline)
     print(f"{profile.site.name}: {args.units} × {args.model_name} ({args.model_power_kw} kW, "
           f"{args.model_hashrate_th_s} TH/s, Lw {args.model_sound_dba} dB(A)) over {actuals.days:g} days")
     for name, r in results.items():
         payback = "never (no added profit)" if math.isinf(r["payback_days"]) else f"{r['payback_days']:,.0f} days"
         print(f"  {name}: profit ${r['base_profit_usd']:,.0f} -> ${r['with_units_profit_usd']:,.0f}; "
               f"added ${r['added_profit_usd_per_unit_day']:,.2f} per unit per day; simple payback {payback}")
+        if r["fallback_schedules"]:
+            print(f"note: {name}: {r['fallback_schedules']} of {r['solves']} solves fell back to the greedy schedule "
+                  f"(solver deadline {args.deadline if args.deadline is not None else args.time_limit + 10:g} s)")
     for note in actuals.notes:
         print(f"note: {note}")
     return 0

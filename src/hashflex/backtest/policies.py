@@ -244,12 +244,14 @@ class ThresholdPlanner:
 
 def oracle_counts(problem_for_days: Callable[[pd.DatetimeIndex, dict[str, GroupState]], Problem],
                   index: pd.DatetimeIndex, tz: object, *, days_per_solve: int = 1, time_limit_s: float = 60.0,
-                  rel_gap: float = 1e-3, progress: Callable[[int], None] | None = None
-                  ) -> tuple[Counts, list[SolveInfo]]:
+                  rel_gap: float = 1e-3, progress: Callable[[int], None] | None = None,
+                  runner: SolveRunner | None = None) -> tuple[Counts, list[SolveInfo]]:
     """Perfect foresight: one MILP per block of ``days_per_solve`` local days of ``index``, each
     starting from the previous block's last interval (units on, load); counts for every interval.
 
-    ``problem_for_days(block_index, initial)`` builds the block's Problem from the *actual* series."""
+    ``problem_for_days(block_index, initial)`` builds the block's Problem from the *actual* series.
+    ``runner`` solves each block within its deadline (a block past it gets the greedy fallback,
+    its info says so); without one the solve runs in-process with no deadline (tests only)."""
     local_day = index.tz_convert(tz).normalize()
     days = pd.unique(local_day)
     blocks = [days[i:i + days_per_solve] for i in range(0, len(days), days_per_solve)]
@@ -260,7 +262,10 @@ def oracle_counts(problem_for_days: Callable[[pd.DatetimeIndex, dict[str, GroupS
     for block in blocks:
         mask = np.isin(local_day, block)
         problem = problem_for_days(index[mask], initial)
-        schedule = solve(problem, time_limit_s=time_limit_s, rel_gap=rel_gap)
+        if runner is not None:
+            schedule = runner.solve(problem, time_limit_s=time_limit_s, rel_gap=rel_gap)
+        else:
+            schedule = solve(problem, time_limit_s=time_limit_s, rel_gap=rel_gap)
         counts = {(g, m): schedule.frame[f"units_{group.id}_{mode.name}"].to_numpy(dtype=int)
                   for g, group in enumerate(problem.groups) for m, mode in enumerate(group.modes)}
         parts.append(counts)

@@ -336,9 +336,11 @@ def _last_rt_lookup(prices: pd.DataFrame) -> Callable[[pd.Timestamp], float]:
 
 
 def make_planner(policy: str, profile: SiteProfile, memory: SiteMemory, *, replan_minutes: int,
-                 time_limit_s: float, persistence: int) -> Any:
+                 time_limit_s: float, persistence: int, runner: SolveRunner | None = None) -> Any:
+    """The policy's planner; mpc solves through ``runner`` (the daemon's deadline and fallback),
+    or an in-process runner without a deadline when none is given (tests only)."""
     if policy == "mpc":
-        return ReplanningPlanner(SolveRunner(time_limit_s=time_limit_s, inline=True), replan_minutes)
+        return ReplanningPlanner(runner or SolveRunner(time_limit_s=time_limit_s, inline=True), replan_minutes)
     if policy == "threshold":
         return ThresholdPlanner(profile, memory, persistence=persistence)
     if policy == "always-on":
@@ -349,14 +351,15 @@ def make_planner(policy: str, profile: SiteProfile, memory: SiteMemory, *, repla
 def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, replan_minutes: int | None = None,
                     time_limit_s: float = 20.0, persistence: int = 1, seed: int = 0,
                     noise_bias_db: dict[str, float] | None = None, noise_sigma_db: float = 0.5, store: Any = None,
-                    progress: Progress | None = None) -> PolicyRun:
-    """Drive the real ControlLoop over the window with ``policy``'s planner in the solver slot."""
+                    progress: Progress | None = None, runner: SolveRunner | None = None) -> PolicyRun:
+    """Drive the real ControlLoop over the window with ``policy``'s planner in the solver slot
+    (mpc solves through ``runner``: see :func:`make_planner`)."""
     started = time.perf_counter()
     step = actuals.step
     dt_h = step / pd.Timedelta(hours=1)
     memory = SiteMemory()
     planner = make_planner(policy, profile, memory, replan_minutes=replan_minutes or profile.site.interval_minutes,
-                           time_limit_s=time_limit_s, persistence=persistence)
+                           time_limit_s=time_limit_s, persistence=persistence, runner=runner)
     forecaster = SnapshotForecaster(profile, actuals) if policy == "mpc" else RuleForecaster(profile, actuals, memory)
     fleet = SimulatedFleet(profile)
     # With a store the run keeps the audit trail a live site keeps, so `hashflex report` and
@@ -424,22 +427,29 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
     if recorder is not None:
         recorder.flush()
         recorder.close()
+    solves, fallbacks = getattr(planner, "solves", 0), loop.counters["fallback_schedules"]
+    notes = []
+    if fallbacks:
+        deadline = getattr(getattr(planner, "runner", None), "deadline_s", None)
+        notes.append(f"{fallbacks} of {solves} solves fell back to the greedy schedule"
+                     + (f" (solver deadline {deadline:g} s)" if deadline is not None else ""))
     return PolicyRun(policy, counts, measured, time.perf_counter() - started,
                      extra={"solve_seconds": solve_seconds, "fast_path_cut": cut, "schedule_status": status},
-                     solves=getattr(planner, "solves", 0), fallback_schedules=loop.counters["fallback_schedules"],
-                     fast_path_actions=loop.counters["fast_path_actions"])
+                     solves=solves, fallback_schedules=fallbacks,
+                     fast_path_actions=loop.counters["fast_path_actions"], notes=notes)
 
 
 def run_oracle(profile: SiteProfile, actuals: Actuals, *, days_per_solve: int = 1, time_limit_s: float = 60.0,
                rel_gap: float = 1e-3, seed: int = 0, noise_bias_db: dict[str, float] | None = None,
-               noise_sigma_db: float = 0.5, progress: Progress | None = None) -> PolicyRun:
+               noise_sigma_db: float = 0.5, progress: Progress | None = None,
+               runner: SolveRunner | None = None) -> PolicyRun:
     """Perfect foresight over the actual series (see ``policies.oracle_counts``); sensors read its
     counts with the same seed so its measured noise is comparable."""
     started = time.perf_counter()
     counts, infos = oracle_counts(lambda index, initial: actual_problem(profile, actuals, index, initial),
                                   actuals.index, profile.tz, days_per_solve=days_per_solve,
                                   time_limit_s=time_limit_s, rel_gap=rel_gap,
-                                  progress=progress.update if progress is not None else None)
+                                  progress=progress.update if progress is not None else None, runner=runner)
     if progress is not None:
         progress.close()
     sensors = NoiseSensorSim(profile, bias_db=dict(noise_bias_db or {}), sigma_db=noise_sigma_db, seed=seed)
@@ -473,23 +483,32 @@ def run_backtest(profile: SiteProfile, actuals: Actuals, policies: Sequence[str]
                  replan_minutes: int | None = None, time_limit_s: float = 20.0, persistence: int = 1,
                  oracle_days: int = 1, oracle_rel_gap: float = 1e-3, seed: int = 0,
                  noise_bias_db: dict[str, float] | None = None, noise_sigma_db: float = 0.5, store: Any = None,
-                 progress: Callable[[str, int, float], Progress] | None = None) -> BacktestResult:
+                 progress: Callable[[str, int, float], Progress] | None = None,
+                 deadline_s: float | None = None, inline_solver: bool = False) -> BacktestResult:
     """Run each policy over the same window and account for each with ``account``. ``store`` (a
-    ``hashflex.store.Store``) receives the mpc loop's records, as the daemon's store would."""
+    ``hashflex.store.Store``) receives the mpc loop's records, as the daemon's store would.
+
+    Every solve (mpc's and the oracle's) runs in one worker process with the daemon's hard deadline
+    (:class:`SolveRunner`): ``deadline_s`` wall-clock seconds (default ``time_limit_s`` + 10; the
+    oracle's limit is at least 60 s, with the same margin), past which the worker is killed and the
+    greedy fallback used (counted in ``fallback_schedules`` and the notes). ``inline_solver``
+    solves in-process with no deadline (tests that want no worker process)."""
     progress = progress or _no_progress
     step_days = float(actuals.step / pd.Timedelta(days=1))
     runs: dict[str, PolicyRun] = {}
-    for policy in policies:
-        bar = progress(policy, len(actuals.index), step_days)
-        if policy == "oracle":
-            runs[policy] = run_oracle(profile, actuals, days_per_solve=oracle_days, rel_gap=oracle_rel_gap,
-                                      time_limit_s=max(time_limit_s, 60.0), seed=seed, noise_bias_db=noise_bias_db,
-                                      noise_sigma_db=noise_sigma_db, progress=bar)
-        else:
-            runs[policy] = simulate_policy(profile, actuals, policy, replan_minutes=replan_minutes,
-                                           time_limit_s=time_limit_s, persistence=persistence, seed=seed,
-                                           noise_bias_db=noise_bias_db, noise_sigma_db=noise_sigma_db,
-                                           store=store if policy == "mpc" else None,
-                                           progress=bar)
+    with SolveRunner(time_limit_s=time_limit_s, deadline_s=deadline_s, inline=inline_solver) as runner:
+        for policy in policies:
+            bar = progress(policy, len(actuals.index), step_days)
+            if policy == "oracle":
+                runs[policy] = run_oracle(profile, actuals, days_per_solve=oracle_days, rel_gap=oracle_rel_gap,
+                                          time_limit_s=max(time_limit_s, 60.0), seed=seed,
+                                          noise_bias_db=noise_bias_db, noise_sigma_db=noise_sigma_db, progress=bar,
+                                          runner=runner)
+            else:
+                runs[policy] = simulate_policy(profile, actuals, policy, replan_minutes=replan_minutes,
+                                               time_limit_s=time_limit_s, persistence=persistence, seed=seed,
+                                               noise_bias_db=noise_bias_db, noise_sigma_db=noise_sigma_db,
+                                               store=store if policy == "mpc" else None,
+                                               progress=bar, runner=runner)
     schedules = {name: account(profile, actuals, run.counts) for name, run in runs.items()}
     return BacktestResult(profile, actuals, runs, schedules)

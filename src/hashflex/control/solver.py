@@ -88,7 +88,7 @@ class SolveRunner:
 
     ``time_limit_s`` is HiGHS's own limit; ``deadline_s`` (default ``time_limit_s`` + 10 s) is when
     the worker is killed and the greedy fallback returned instead. ``solve(problem, time_limit_s=,
-    rel_gap=)`` is the same for one full-resolution solve, with the same margin over its limit.
+    rel_gap=)`` is the same for one full-resolution solve (a given ``deadline_s`` caps it too).
     ``timeouts`` and ``failures`` count the fallbacks; ``last_seconds`` is the last call's wall time.
     Call ``close()`` (or use it as a context manager) to stop the worker.
     """
@@ -96,6 +96,7 @@ class SolveRunner:
     def __init__(self, *, time_limit_s: float = 20.0, deadline_s: float | None = None, inline: bool = False) -> None:
         self.time_limit_s = time_limit_s
         self.deadline_s = deadline_s if deadline_s is not None else time_limit_s + DEFAULT_MARGIN_S
+        self._deadline_given = deadline_s is not None
         self.inline = inline
         self._pool: futures.ProcessPoolExecutor | None = None
         self.timeouts = 0
@@ -135,9 +136,10 @@ class SolveRunner:
         return self._call(problem, self.deadline_s, plan_problem, problem, fine_intervals, self.time_limit_s)
 
     def solve(self, problem: Problem, *, time_limit_s: float | None = None, rel_gap: float | None = None) -> Schedule:
-        """One full-resolution solve with HiGHS limit ``time_limit_s`` and the runner's margin over it."""
+        """One full-resolution solve with HiGHS limit ``time_limit_s``; killed at the runner's
+        ``deadline_s`` when one was given, else at the limit + 10 s."""
         limit = self.time_limit_s if time_limit_s is None else time_limit_s
-        deadline = limit + (self.deadline_s - self.time_limit_s)
+        deadline = self.deadline_s if self._deadline_given else limit + DEFAULT_MARGIN_S
         return self._call(problem, deadline, solve_problem, problem, limit, rel_gap)
 
     def _call(self, problem: Problem, deadline_s: float, fn: Callable[..., Schedule], *args: Any) -> Schedule:
