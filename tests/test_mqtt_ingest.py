@@ -103,9 +103,10 @@ def test_valid_message_of_every_kind_is_stored(ingest: MqttIngest, publisher: Pu
     assert sorted(m.kind for m in received) == sorted(
         ["price", "renewable", "noise", "carbon", "hashprice", "telemetry", "dr", "limits"])
     assert store.prices()["price_usd_mwh"].tolist() == [-12.5]
-    for kind in ("renewable", "noise", "carbon", "hashprice", "telemetry", "limits"):
+    for kind in ("renewable", "noise", "carbon", "hashprice", "telemetry"):
         assert len(store.observations(kind)) == 1, kind
-    assert store.dr_event("ev1")[0].import_limit_kw == 400
+    # Commands bind only through the control loop's limits book, never from the ingest's store.
+    assert store.observations("limits").empty and store.dr_event("ev1") is None
     assert total(ingest, "rejected") == 0
 
 
@@ -158,17 +159,22 @@ def test_duplicates_are_counted_and_stored_once(ingest: MqttIngest, publisher: P
     assert frame["laeq_dba"].tolist() == [42.0, 42.0] and len(frame) == 2
 
 
-def test_dr_modifications_are_not_duplicates_and_supersede(ingest: MqttIngest, publisher: Publisher,
-                                                           store: Store, wait_for: Callable[..., None]) -> None:
+def test_dr_messages_are_all_passed_on_and_never_stored(ingest: MqttIngest, publisher: Publisher,
+                                                         store: Store, wait_for: Callable[..., None]) -> None:
+    """Issue 10 item 1: the ingest used to store every well-formed DR message (accepted by the DR
+    book or not) and a restart read it back. Now every copy, a redelivery too, goes to the loop,
+    whose limits book decides and answers it; nothing is stored here."""
+    received: list[InboundMessage] = []
+    ingest.add_callback(received.append)
     base = VALID[6][1]
     publisher.send(TOPICS.dr, base)
     publisher.send(TOPICS.dr, {**base, "modification_number": 1, "import_limit_kw": 250})
-    publisher.send(TOPICS.dr, base)  # duplicate of modification 0
-    wait_for(lambda: sum(ingest.stats().get("dr", {}).values()) == 3, message="three DR messages handled")
-    assert ingest.stats()["dr"]["accepted"] == 2 and ingest.stats()["dr"]["duplicate"] == 1
+    publisher.send(TOPICS.dr, base)  # a redelivery of modification 0: the loop answers it again
+    wait_for(lambda: len(received) == 3, message="three DR messages passed on")
+    assert ingest.stats()["dr"]["accepted"] == 3 and ingest.stats()["dr"]["duplicate"] == 0
+    assert [m.modification_number for m in received] == [0, 1, 0]
     store.flush()
-    event, status = store.dr_event("ev1")
-    assert (event.modification_number, event.import_limit_kw, status) == (1, 250, "modified")
+    assert store.dr_event("ev1") is None and store.dr_events().empty
 
 
 def test_out_of_order_messages_are_stored_by_timestamp(ingest: MqttIngest, publisher: Publisher, store: Store,

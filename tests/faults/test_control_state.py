@@ -315,8 +315,10 @@ def test_state_in_force_equals_replay_of_accepted_messages(tmp_path_factory: pyt
         for message, restart, advance in sequence:
             now = now + advance * MIN
             handle = site.loop.handle_dr if isinstance(message, DREventMessage) else site.loop.handle_limits
+            repeats = site.loop.counters["dr_duplicates"] + site.loop.counters["limits_duplicates"]
             ack = handle(message, now)
-            if ack.status == "accepted":
+            repeated = site.loop.counters["dr_duplicates"] + site.loop.counters["limits_duplicates"] > repeats
+            if ack.status == "accepted" and not repeated:  # a redelivery's repeated answer is not a new change
                 accepted.append((message, now))
             if restart:
                 site.restart()
@@ -338,3 +340,42 @@ def test_state_in_force_equals_replay_of_accepted_messages(tmp_path_factory: pyt
                                                                            for i in replay.dr.event_ids()}
     finally:
         site.close()
+
+
+# ------------------------------------------------------------------ item 7: driver I/O off the message thread
+
+
+class BlockedDriver(SimulatedFleet):
+    """A driver whose every apply waits until the test releases it (a hung miner, a slow broker)."""
+
+    def __init__(self, profile: SiteProfile) -> None:
+        super().__init__(profile)
+        import threading
+
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def apply(self, batch):  # noqa: ANN001, ANN201
+        self.entered.set()
+        assert self.release.wait(30), "the test never released the driver"
+        return super().apply(batch)
+
+
+def test_a_dr_ack_never_waits_for_the_driver(tmp_path: Path) -> None:
+    """The ack and the decision happen on the message thread; the cut goes to the sender thread.
+    With the driver blocked, handle_dr still returns (and acks) — before, it waited on the driver."""
+    driver = BlockedDriver(PROFILE)
+    publisher = Captured()
+    with Store(tmp_path / "s.db") as store:
+        loop = ControlLoop(PROFILE, forecaster=cheap_forecast, driver=driver, publisher=publisher, store=store,
+                           solver=SolveRunner(inline=True), config=LoopConfig(async_sends=True))
+        for miner in loop.fleet.miners.values():  # the site was running
+            miner.mode = "stock"
+        ack = loop.handle_dr(dr(), T0)
+        assert ack.status == "accepted" and publisher.sent["out/dr/ack"][0]["status"] == "accepted"
+        assert driver.entered.wait(10), "the cut was handed to the driver"
+        assert driver.modes == {}, "…which is still blocked: the ack did not wait for it"
+        driver.release.set()
+        loop.flush_sends()
+        assert driver.load_kw() <= 20.0 + 1e-9
+        loop.close()

@@ -154,7 +154,7 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
     feed = price_feed_from_env(profile, store)
     feed_stats = (lambda: feed.stats()) if feed is not None else (lambda: None)
     server = StatusServer(lambda now: {**loop.status(now), "inputs": ingest.stats(), "mqtt_connected": ingest.connected,
-                                       "price_feed": feed_stats()},
+                                       "input_rejections": ingest.rejection_stats(), "price_feed": feed_stats()},
                           utc_now, http_host, http_port)
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):

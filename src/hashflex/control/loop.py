@@ -286,7 +286,9 @@ class ControlLoop:
         self._save_commitment()
         return self._sender.submit((batch, now, before), self._after_send)
 
-    def _apply_batch(self, job: tuple[list[MinerSetpoint], datetime, dict[str, Any]]) -> list[SetpointResult]:
+    def _apply_batch(self, job: tuple[list[MinerSetpoint], datetime, dict[str, Any]] | None) -> list[SetpointResult]:
+        if job is None:  # a flush marker (flush_sends)
+            return []
         return self.driver.apply(to_driver_setpoints(job[0]))
 
     def _after_send(self, job: tuple[list[MinerSetpoint], datetime, dict[str, Any]],
@@ -364,14 +366,26 @@ class ControlLoop:
         self.counters["store_unavailable"] += 1
         log.error("control state could not be committed: %s", exc)
 
-    def restore(self, now: datetime) -> None:
-        """After a restart: record the state in force and enforce it at once (fast path, no solve)."""
+    def restore(self, now: datetime) -> Future:
+        """After a restart: record the state in force and re-assert it at once, before any solve.
+
+        The saved fleet (what was commanded before the restart) is cut to the limits in force
+        now and sent as one full batch with fresh expiry, whether or not the cut changed anything:
+        the miners' last setpoints may be about to expire, and the new process cannot know what
+        reached them. Returns the future of the driver's results."""
         with self._lock:
             self._record("restart", lambda: {"limits": self.book.summary(now),
                                              "units_running": sum(1 for m in self.fleet.miners.values() if m.running)},
                          now)
             self._record_transitions(now)
-            self._cut_to_limit_now(now, "restart")
+            imports = self.book.import_limits_at(now)
+            limit = min(imports.values(), default=math.inf)
+            batch = self.fleet.as_setpoints(now, self.expiry_s)
+            result = self.guard.emergency_dr_cut(batch, limit, self.measurements, now=now)
+            if result.changed:
+                self.counters["fast_path_actions"] += 1
+                self._record_guard(result, now, None)
+            return self._dispatch(result.batch, now)
 
     # ------------------------------------------------------------------ fast path (MQTT thread)
 
@@ -475,7 +489,7 @@ class ControlLoop:
         if not math.isfinite(limit):
             return
         batch = self.fleet.as_setpoints(now, self.expiry_s)
-        result = self.guard.emergency_dr_cut(batch, limit, self.measurements)
+        result = self.guard.emergency_dr_cut(batch, limit, self.measurements, now=now)
         if result.changed:
             self.counters["fast_path_actions"] += 1
             self._dispatch(result.batch, now)

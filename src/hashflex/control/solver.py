@@ -30,7 +30,6 @@ from collections.abc import Callable
 from typing import Any
 
 from hashflex.optimize.fallback import greedy_schedule
-from hashflex.optimize.milp import LpBasisCache, solve, solve_multiresolution
 from hashflex.optimize.problem import Problem
 from hashflex.optimize.schedule import Schedule
 
@@ -45,11 +44,18 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 # Successive re-plans have the same structure, so the last LP basis is a good start for the next
 # (3x faster at 288 intervals x 48 groups). One per process: the worker keeps its own.
-_BASIS_CACHE = LpBasisCache()
+_BASIS_CACHE: Any = None
 
 
 def plan_problem(problem: Problem, fine_intervals: int, time_limit_s: float) -> Schedule:
     """Solve at full resolution, or coarsen beyond ``fine_intervals`` when the horizon is longer."""
+    # Pyomo is imported where a solve happens (the worker), not with the daemon: it is ~1 s of a
+    # restart's start-up, which the restart fast path must not wait for.
+    from hashflex.optimize.milp import LpBasisCache, solve, solve_multiresolution
+
+    global _BASIS_CACHE
+    if _BASIS_CACHE is None:
+        _BASIS_CACHE = LpBasisCache()
     if fine_intervals < problem.T:
         return solve_multiresolution(problem, fine_intervals=fine_intervals, time_limit_s=time_limit_s,
                                      basis_cache=_BASIS_CACHE)
@@ -58,6 +64,8 @@ def plan_problem(problem: Problem, fine_intervals: int, time_limit_s: float) -> 
 
 def solve_problem(problem: Problem, time_limit_s: float, rel_gap: float | None = None) -> Schedule:
     """One full-resolution solve (the backtest oracle's), optionally with a relative MIP gap."""
+    from hashflex.optimize.milp import solve
+
     if rel_gap is None:
         return solve(problem, time_limit_s=time_limit_s)
     return solve(problem, time_limit_s=time_limit_s, rel_gap=rel_gap)
