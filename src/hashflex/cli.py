@@ -91,15 +91,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_simulated(profile, args: argparse.Namespace) -> int:
-    from hashflex.messages import DREventMessage
-    from hashflex.sim.site import run_simulation
+def _local_time(text: str | None, profile, *, end: bool = False) -> pd.Timestamp | None:
+    """``--from``/``--to`` of `run --simulate`: a local day (YYYY-MM-DD; ``--to`` includes that day)
+    or an ISO 8601 time with offset."""
+    if text is None:
+        return None
+    try:
+        stamp = pd.Timestamp(text)
+    except ValueError as exc:
+        raise ValueError(f"--{'to' if end else 'from'} {text!r}: not a date or an ISO 8601 time ({exc})") from None
+    if len(text) <= 10:  # a date: local midnight, DST-safe
+        day = stamp.date() + pd.Timedelta(days=1).to_pytimedelta() if end else stamp.date()
+        return pd.Timestamp(day).tz_localize(profile.tz)
+    if stamp.tzinfo is None:
+        raise ValueError(f"--{'to' if end else 'from'} {text!r}: give a UTC offset, e.g. 2020-02-10T00:00-06:00")
+    return stamp
 
-    prices = _price_history(profile, Path(args.prices) if args.prices else None,
-                            Path(args.day_ahead) if args.day_ahead else None)
-    start = args.start or prices.loc[prices["market"] == "RT", "interval_start"].min() + pd.Timedelta(days=9)
+
+def _run_simulated(profile, args: argparse.Namespace) -> int:
+    from hashflex.control.solver import SolveRunner
+    from hashflex.messages import DREventMessage
+    from hashflex.sim.site import run_simulation, simulation_window
+
+    prices_path = Path(args.prices) if args.prices else None
+    prices = _price_history(profile, prices_path, Path(args.day_ahead) if args.day_ahead else None)
+    if args.start is not None and args.sim_from is not None:
+        raise ValueError("give --from or --start (the same thing), not both")
+    window = simulation_window(profile, prices, start=args.start or _local_time(args.sim_from, profile),
+                               end=_local_time(args.sim_to, profile, end=True), intervals=args.intervals,
+                               source=prices_path.name if prices_path else "the bundled ERCOT RT prices")
+    start, intervals = window.start, window.intervals
     events = []
-    intervals = args.intervals or int(profile.site.horizon_hours * 60 / profile.site.interval_minutes)
     run_hours = intervals * profile.site.interval_minutes / 60
     if args.dr_demo and profile.dr.issuers and run_hours > 15:
         # SYNTHETIC demonstration event: an emergency (level 3) call for one hour, 14 h into the run.
@@ -108,15 +130,17 @@ def _run_simulated(profile, args: argparse.Namespace) -> int:
                                      start=begin, end=begin + pd.Timedelta(hours=1).to_pytimedelta(),
                                      level=3, issuer=profile.dr.issuers[0]))
     print(f"{profile.site.name}: simulated site, real ERCOT prices ({profile.site.settlement_point}), "
-          f"{intervals} intervals from {pd.Timestamp(start).tz_convert(profile.tz):%Y-%m-%d %H:%M %Z}"
-          + ("; SYNTHETIC demo DR event (level 3) at +14 h" if events else ""))
+          f"{window.describe(profile.tz)}" + ("; SYNTHETIC demo DR event (level 3) at +14 h" if events else ""))
+    for note in window.notes:
+        print(f"note: {note}")
     store_path = None
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         store_path = str(Path(args.out) / "hashflex.db")
         Path(store_path).unlink(missing_ok=True)
-    result = run_simulation(profile, prices, pd.Timestamp(start), intervals, dr_events=events,
-                            time_limit_s=args.time_limit, store_path=store_path)
+    with SolveRunner(time_limit_s=args.time_limit) as solver:  # the daemon's deadline and fallback
+        result = run_simulation(profile, prices, pd.Timestamp(start), intervals, dr_events=events,
+                                time_limit_s=args.time_limit, store_path=store_path, solver=solver)
     frame = result.intervals
     local = frame.index.tz_convert(profile.tz)
     hourly = frame.groupby(local.floor("h")).agg(
@@ -191,8 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="simulated clock and site over recorded prices; no broker needed")
     run.add_argument("--prices", help="(simulate) RT price file; default bundled ERCOT RT Feb 2020")
     run.add_argument("--day-ahead", help="(simulate) DA price file; default the matching bundled DAM file")
-    run.add_argument("--start", type=_timestamp, help="(simulate) start, ISO 8601 with offset")
-    run.add_argument("--intervals", type=int, help="(simulate) intervals to run (default: one horizon)")
+    run.add_argument("--start", type=_timestamp, help="(simulate) start, ISO 8601 with offset (same as --from)")
+    run.add_argument("--from", dest="sim_from",
+                     help="(simulate) first local day (YYYY-MM-DD) or ISO time with offset; default the price "
+                          "file's first full local day")
+    run.add_argument("--to", dest="sim_to", help="(simulate) last local day (inclusive) or ISO end time (exclusive); "
+                                                 "the prices must cover the whole window")
+    run.add_argument("--intervals", type=int, help="(simulate) intervals to run (default: one horizon, "
+                                                   "cut at the end of the prices)")
     run.add_argument("--no-dr-demo", dest="dr_demo", action="store_false",
                      help="(simulate) skip the synthetic demonstration DR event")
     run.add_argument("--out", help="(simulate) directory for per-interval results and the run's store/audit db")

@@ -5,6 +5,11 @@ The clock jumps interval by interval (no waiting), and the forecast at each tick
 was published before it (`ReplayForecaster`): day-ahead prices from 13:00 Central the day before,
 real-time prices once their interval has ended. Renewable output is a clear-sky solar shape
 scaled to the profile's capacity — SYNTHETIC, labelled so in the output.
+
+The run never plans an interval whose price is unknown: :func:`simulation_window` picks the window
+(default: the price file's first full local day, one horizon long, cut at the file's end) and
+refuses, with :class:`SimulationWindowError` naming the window and the file's coverage, a window
+that the file's real-time prices do not cover interval by interval.
 """
 
 from __future__ import annotations
@@ -31,6 +36,100 @@ from hashflex.store import Store
 log = logging.getLogger(__name__)
 CENTRAL = "America/Chicago"
 DA_PUBLISHED_LOCAL_HOUR = 13  # ERCOT posts the DAM results around 13:00 CT the day before
+
+
+class SimulationWindowError(ValueError):
+    """The requested simulation window is not covered by the price file (or is malformed)."""
+
+
+@dataclass(frozen=True)
+class SimulationWindow:
+    """``intervals`` intervals of the profile's length from ``start`` (UTC); ``notes`` say why it
+    was chosen (default start, cut at the file's end)."""
+
+    start: pd.Timestamp
+    intervals: int
+    step: pd.Timedelta
+    notes: tuple[str, ...] = ()
+
+    @property
+    def end(self) -> pd.Timestamp:
+        return self.start + self.intervals * self.step
+
+    def describe(self, tz: object) -> str:
+        """``window 2024-07-02 00:00 CDT .. 2024-07-03 00:00 CDT (96 intervals)`` in local time."""
+        plural = "" if self.intervals == 1 else "s"
+        return f"window {_local(self.start, tz)} .. {_local(self.end, tz)} ({self.intervals} interval{plural})"
+
+
+def _local(stamp: pd.Timestamp, tz: object) -> str:
+    return f"{pd.Timestamp(stamp).tz_convert(tz):%Y-%m-%d %H:%M %Z}"
+
+
+def _next_local_midnight(stamp: pd.Timestamp, tz: object) -> pd.Timestamp:
+    """``stamp`` if it is a local midnight, else the next one (DST-safe: built from the date)."""
+    local = stamp.tz_convert(tz)
+    if local == local.normalize():
+        return local.tz_convert("UTC")
+    return pd.Timestamp(local.date() + timedelta(days=1)).tz_localize(tz).tz_convert("UTC")
+
+
+def simulation_window(profile: SiteProfile, prices: pd.DataFrame, *, start: pd.Timestamp | None = None,
+                      end: pd.Timestamp | None = None, intervals: int | None = None,
+                      source: str = "the price file") -> SimulationWindow:
+    """The window to simulate, every interval of it covered by a real-time price in ``prices``.
+
+    ``start`` default: the first local midnight at or after the first RT price (the file's first
+    full local day). Length: up to ``end`` (exclusive), else ``intervals``, else one planning
+    horizon cut at the end of the file's coverage (with a note). Raises
+    :class:`SimulationWindowError` naming the window, ``source`` and its coverage when any interval
+    has no price (before the file, after it, or in a gap), or when the window is malformed.
+    """
+    tz = profile.tz
+    step = pd.Timedelta(minutes=profile.site.interval_minutes)
+    rt = prices[prices["market"] == "RT"] if "market" in prices.columns else prices
+    if rt.empty:
+        raise SimulationWindowError(f"{source}: no real-time prices for {profile.site.settlement_point}: "
+                                    f"nothing to simulate")
+    first, last = rt["interval_start"].min(), rt["interval_end"].max()
+    coverage = f"{source} covers {_local(first, tz)} .. {_local(last, tz)} ({profile.site.settlement_point} RT)"
+    if end is not None and intervals is not None:
+        raise SimulationWindowError("give the window's end (--to) or its length (--intervals), not both")
+    if intervals is not None and intervals < 1:
+        raise SimulationWindowError(f"intervals must be >= 1, got {intervals}")
+    notes: list[str] = []
+    if start is None:
+        start = _next_local_midnight(first, tz)
+        notes.append(f"start: the first full local day of {source}")
+    start = pd.Timestamp(start).tz_convert("UTC")
+    if end is not None:
+        end = pd.Timestamp(end).tz_convert("UTC")
+        if end <= start:
+            raise SimulationWindowError(f"window {_local(start, tz)} .. {_local(end, tz)}: the end must be after "
+                                        f"the start")
+        span = (end - start) / step
+        if span != int(span):
+            raise SimulationWindowError(f"window {_local(start, tz)} .. {_local(end, tz)} is not a whole number of "
+                                        f"{profile.site.interval_minutes}-minute intervals")
+        intervals = int(span)
+    elif intervals is None:
+        horizon = int(profile.site.horizon_hours * 60 / profile.site.interval_minutes)
+        intervals = max(0, min(horizon, int((last - start) / step)))
+        if 0 < intervals < horizon:
+            notes.append(f"cut to {intervals} intervals at the end of {source}'s prices")
+        intervals = max(intervals, 1)  # an uncovered start is reported below, with the window
+    window = SimulationWindow(start, intervals, step, tuple(notes))
+    from hashflex.plan import prices_on_grid  # the same "price in force" rule as `hashflex plan`
+
+    index = pd.date_range(start, periods=intervals, freq=step)
+    missing = np.isnan(prices_on_grid(rt, index))
+    if missing.any():
+        where = index[int(np.flatnonzero(missing)[0])]
+        raise SimulationWindowError(
+            f"{window.describe(tz)} is not covered by the prices: {coverage}, and no price covers the interval "
+            f"at {_local(where, tz)} ({int(missing.sum())} of {intervals} intervals without a price); "
+            f"choose --from/--to inside that coverage")
+    return window
 
 
 def published_at(prices: pd.DataFrame) -> pd.Series:
@@ -163,17 +262,20 @@ class SimulationResult:
 
 def run_simulation(profile: SiteProfile, prices: pd.DataFrame, start: pd.Timestamp, intervals: int, *,
                    dr_events: Iterable[DREventMessage] = (), noise_bias_db: dict[str, float] | None = None,
-                   seed: int = 0, time_limit_s: float = 20.0, store_path: str | None = None) -> SimulationResult:
+                   seed: int = 0, time_limit_s: float = 20.0, store_path: str | None = None,
+                   solver: SolveRunner | None = None) -> SimulationResult:
     """Drive the real control loop over ``intervals`` intervals of recorded prices. With
     ``store_path`` the run keeps a store and audit trail there, as a live site does, so
-    ``hashflex report`` and ``hashflex audit verify`` work on it."""
+    ``hashflex report`` and ``hashflex audit verify`` work on it. ``solver``: the daemon's
+    deadline-keeping runner (the CLI passes one); default an in-process solve without deadline.
+    Choose ``start``/``intervals`` with :func:`simulation_window` so every interval has a price."""
     solar_kw = sum(r.capacity_kw for r in profile.renewables if r.kind == "solar")
     forecaster = ReplayForecaster(profile, prices, solar_kw=solar_kw)
     fleet = SimulatedFleet(profile)
     store = Store(store_path) if store_path else None
     recorder = AuditRecorder(store) if store is not None else None
     loop = ControlLoop(profile, forecaster=forecaster, driver=fleet, store=store, recorder=recorder,
-                       solver=SolveRunner(time_limit_s=time_limit_s, inline=True), config=LoopConfig())
+                       solver=solver or SolveRunner(time_limit_s=time_limit_s, inline=True), config=LoopConfig())
     sensors = NoiseSensorSim(profile, bias_db=noise_bias_db or {}, seed=seed)
     step = timedelta(minutes=profile.site.interval_minutes)
     events = sorted(dr_events, key=lambda e: e.start)
