@@ -170,5 +170,17 @@ class SolveRunner:
         finally:
             self.last_seconds = time.perf_counter() - started
 
-    def close(self) -> None:
-        self._kill()
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the worker: an idle one exits cleanly (no leaked semaphores); one still busy after
+        ``timeout_s`` is killed."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        processes = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + timeout_s
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(1.0)
