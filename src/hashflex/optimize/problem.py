@@ -13,8 +13,10 @@ it covers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -187,13 +189,49 @@ def _as_array(value: float | np.ndarray | pd.Series | None, T: int, default: flo
     return array.copy()
 
 
-def noise_caps_dba(profile: SiteProfile, interval_start: pd.DatetimeIndex) -> dict[str, np.ndarray]:
-    """Cap in force at each interval start (site local time) for each receptor; inf if none."""
-    local = interval_start.tz_convert(profile.tz)
-    return {
-        r.id: np.array([r.cap_at(ts.to_pydatetime()) for ts in local], dtype=float)
-        for r in profile.receptors
-    }
+def noise_caps_dba(profile: SiteProfile, interval_start: pd.DatetimeIndex,
+                   interval: pd.Timedelta | None = None) -> dict[str, np.ndarray]:
+    """The strictest cap in force at any moment of each interval, per receptor (inf if none).
+
+    Parameters
+    ----------
+    interval_start : length T, tz-aware interval starts
+    interval : interval length (default: the profile's ``site.interval_minutes``)
+
+    Returns
+    -------
+    receptor id → array [T] of dB(A). Cap windows are read at every minute of the interval in site
+    local time (windows are set to the minute), so a window starting at 21:10 binds the
+    21:00–21:15 interval — the ``strictest_in_interval`` rule of :mod:`hashflex.frames`.
+    """
+    step = pd.Timedelta(interval) if interval is not None else pd.Timedelta(minutes=profile.site.interval_minutes)
+    minutes = max(int(step / pd.Timedelta(minutes=1)), 1)
+    offsets = pd.to_timedelta(np.arange(minutes), unit="min")
+    # Every minute of every interval, in local time, as a minute of the week (Monday 00:00 = 0).
+    moments = (interval_start.tz_convert("UTC").values[:, None] + offsets.values[None, :]).ravel()
+    local = pd.DatetimeIndex(moments).tz_localize("UTC").tz_convert(profile.tz)
+    minute_of_week = np.asarray(local.day_of_week * 1440 + local.hour * 60 + local.minute)
+    return {r.id: _week_of_caps(tuple((w.start, w.end, tuple(w.days), w.cap_dba) for w in r.caps))[minute_of_week]
+            .reshape(len(interval_start), minutes).min(axis=1) for r in profile.receptors}
+
+
+@functools.lru_cache(maxsize=256)
+def _week_of_caps(windows: tuple[tuple[Any, ...], ...]) -> np.ndarray:
+    """The cap in force at each minute of a week (10,080 values, inf where no window applies), for
+    windows given as (start, end, days, cap_dba); the same rule as ``profile.CapWindow.applies``."""
+    import datetime as dt
+
+    from hashflex.profile import CapWindow
+
+    parsed = [CapWindow(name="w", start=a, end=b, days=list(days), cap_dba=cap) for a, b, days, cap in windows]
+    monday = dt.datetime(2024, 1, 1)  # a Monday; only weekday and clock time matter to a window
+    out = np.full(7 * 1440, np.inf)
+    for k in range(7 * 1440):
+        moment = monday + dt.timedelta(minutes=k)
+        caps = [w.cap_dba for w in parsed if w.applies(moment)]
+        if caps:
+            out[k] = min(caps)
+    return out
 
 
 def four_cp_limits_kw(
@@ -312,7 +350,8 @@ def problem_from_profile(
         )
         for g in profile.miner_groups
     )
-    caps = noise_caps_dba(profile, interval_start)
+    spacing = (interval_start[1] - interval_start[0]) if len(interval_start) > 1 else None
+    caps = noise_caps_dba(profile, interval_start, spacing)
     margins = noise_margin_db or {}
     receptors = tuple(
         Receptor(

@@ -1,0 +1,220 @@
+"""The time-series contract at every boundary: UTC intervals, exact arithmetic, one resampling
+rule per quantity, gaps and duplicates reported. Ground floor: imports nothing of hashflex.
+
+Every series that enters hashflex (prices, renewables, fuel mix, hashprice, noise, telemetry) is
+reduced to rows of ``interval_start`` / ``interval_end`` (tz-aware UTC, ``datetime64[us]``), a
+value column and, where it applies, ``settlement_point`` and ``market``. Interval arithmetic is in
+integer nanoseconds (``pd.Timedelta``), never float hours, so a 5-minute interval ends at exactly
+``05:05:00``, not ``05:04:59.999999998``.
+
+Times without an offset are refused with their line (:func:`require_aware`): one rule for every
+reader of a file a person wrote (CSV, JSON). ERCOT's own report formats are the exception: they are
+defined in Central prevailing time with hour-ending and a DST flag, and their readers in
+:mod:`hashflex.feeds.ercot` convert them by that definition.
+
+Resampling onto a site's interval grid (one rule per quantity):
+
+- **prices** — :func:`time_weighted_mean`: ERCOT's 15-minute real-time settlement point price is
+  the time-weighted average of the SCED (≈5-minute) locational marginal prices in the interval
+  (ERCOT Nodal Protocols §6.6.1, "Real-Time Settlement Point Prices"), so finer prices are averaged
+  by overlap; a coarser price (an hourly day-ahead price) covers every interval inside it. An
+  interval not fully covered is **unknown** (NaN), never the first or last sub-value, and never
+  "the end of the data".
+- **power** (renewables, telemetry, load) — :func:`time_weighted_mean` too: the mean of a
+  piecewise-constant power over the interval conserves its energy (kWh = mean kW × hours).
+- **limits and caps** — :func:`strictest_in_interval`: the lowest value in force at any moment of
+  the interval (a noise cap whose window starts at 21:10 binds the 21:00–21:15 interval).
+
+:func:`gap_runs` lists the unknown stretches so a caller can say which intervals it priced as
+unknown. Duplicates are resolved by the readers (the last row in input order wins, as ERCOT
+correction files supersede earlier postings) and reported, see ``feeds.contract``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "Gap",
+    "TimeFrameError",
+    "gap_runs",
+    "interval_grid",
+    "parse_iso_date",
+    "require_aware",
+    "strictest_in_interval",
+    "time_weighted_mean",
+]
+
+TIME_UNIT = "us"
+
+
+class TimeFrameError(ValueError):
+    """A time series breaks the contract; the message names the source, the line and the field."""
+
+
+def require_aware(values: Sequence[object] | pd.Series, *, source: str, field: str,
+                  first_line: int = 2) -> pd.DatetimeIndex:
+    """Parse ISO 8601 times that carry an offset (or ``Z``) into a UTC index.
+
+    Parameters
+    ----------
+    values : sequence of str or datetime-like, length n
+    source : file name or label, used in errors
+    field : the column name, used in errors
+    first_line : the file line of ``values[0]`` (2 for a CSV with a header)
+
+    Returns
+    -------
+    pd.DatetimeIndex, length n, tz UTC, unit microseconds
+
+    Raises
+    ------
+    TimeFrameError
+        A value is not a time, or has no UTC offset: ``"solar.csv line 5: interval_start
+        '2025-04-01 04:00' has no UTC offset (write 2025-04-01T04:00-05:00 or ...Z)"``.
+    """
+    items = list(values)
+    out = []
+    for k, raw in enumerate(items):
+        line = first_line + k
+        try:
+            stamp = pd.Timestamp(raw)
+        except (TypeError, ValueError) as exc:
+            raise TimeFrameError(f"{source} line {line}: {field} {raw!r} is not a time ({exc})") from exc
+        if stamp is pd.NaT or pd.isna(stamp):
+            raise TimeFrameError(f"{source} line {line}: {field} is empty")
+        if stamp.tzinfo is None:
+            raise TimeFrameError(f"{source} line {line}: {field} {raw!r} has no UTC offset "
+                                 f"(write e.g. {stamp.isoformat()}-05:00 or {stamp.isoformat()}Z)")
+        out.append(stamp.tz_convert("UTC"))
+    return pd.DatetimeIndex(out, dtype=f"datetime64[{TIME_UNIT}, UTC]")
+
+
+def interval_grid(start: pd.Timestamp, interval: pd.Timedelta, periods: int) -> pd.DatetimeIndex:
+    """``periods`` interval starts from ``start`` (tz-aware) in steps of ``interval``, exactly."""
+    start = pd.Timestamp(start)
+    if start.tzinfo is None:
+        raise TimeFrameError(f"grid start {start} has no timezone")
+    return pd.date_range(start.tz_convert("UTC"), periods=periods, freq=pd.Timedelta(interval)).as_unit(TIME_UNIT)
+
+
+def _ns(values: pd.Series | pd.DatetimeIndex | np.ndarray) -> np.ndarray:
+    index = pd.DatetimeIndex(values)
+    if index.tz is None:
+        raise TimeFrameError("times must be tz-aware")
+    return index.tz_convert("UTC").as_unit("ns").asi8
+
+
+def time_weighted_mean(starts: Sequence[object], ends: Sequence[object], values: Sequence[float],
+                       grid: pd.DatetimeIndex, interval: pd.Timedelta) -> np.ndarray:
+    """Mean of a piecewise-constant series over each grid interval, weighted by overlap.
+
+    Parameters
+    ----------
+    starts, ends : length n, tz-aware; the rows' ``[start, end)``; rows must not overlap
+    values : length n, the value on each row (e.g. $/MWh or kW); NaN rows count as missing
+    grid : length m, tz-aware interval starts
+    interval : the grid's interval length
+
+    Returns
+    -------
+    np.ndarray, length m: the time-weighted mean where the rows cover the whole interval, NaN
+    where any part of it is uncovered (an unknown interval).
+
+    Raises
+    ------
+    TimeFrameError
+        Overlapping rows (two values for one moment), or naive times.
+    """
+    s, e = _ns(pd.DatetimeIndex(starts)), _ns(pd.DatetimeIndex(ends))
+    v = np.asarray(values, dtype=float)
+    keep = ~np.isnan(v)
+    s, e, v = s[keep], e[keep], v[keep]
+    order = np.argsort(s, kind="stable")
+    s, e, v = s[order], e[order], v[order]
+    if len(s) > 1 and (s[1:] < e[:-1]).any():
+        k = int(np.argmax(s[1:] < e[:-1]))
+        raise TimeFrameError(f"rows overlap: [{pd.Timestamp(s[k], tz='UTC')}, {pd.Timestamp(e[k], tz='UTC')}) and "
+                             f"the row starting {pd.Timestamp(s[k + 1], tz='UTC')}")
+    g0 = _ns(grid)
+    width = pd.Timedelta(interval).value
+    g1 = g0 + width
+    out = np.full(len(g0), np.nan)
+    lo = np.searchsorted(e, g0, side="right")  # first row ending after the interval starts
+    hi = np.searchsorted(s, g1, side="left")  # rows starting before the interval ends
+    for k in range(len(g0)):
+        if hi[k] <= lo[k]:
+            continue
+        a = np.maximum(s[lo[k]:hi[k]], g0[k])
+        b = np.minimum(e[lo[k]:hi[k]], g1[k])
+        overlap = (b - a).astype(float)
+        if overlap.sum() == float(width):  # exact integer nanoseconds: fully covered
+            out[k] = float(np.dot(overlap, v[lo[k]:hi[k]]) / width)
+    return out
+
+
+def strictest_in_interval(starts: Sequence[object], ends: Sequence[object | None], values: Sequence[float],
+                          grid: pd.DatetimeIndex, interval: pd.Timedelta) -> np.ndarray:
+    """Lowest value of any window overlapping each grid interval (inf where none).
+
+    ``ends`` may hold None (open-ended). Used for import limits and noise caps: an interval is held
+    to the strictest limit in force at any moment inside it.
+    """
+    g0 = pd.DatetimeIndex(grid).tz_convert("UTC")
+    g1 = g0 + pd.Timedelta(interval)
+    out = np.full(len(g0), np.inf)
+    for start, end, value in zip(starts, ends, values, strict=True):
+        lo = pd.Timestamp(start)
+        inside = g1 > lo
+        if end is not None:
+            inside &= g0 < pd.Timestamp(end)
+        out[inside] = np.minimum(out[inside], float(value))
+    return out
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A run of unknown intervals ``[start, end)`` (``intervals`` of them)."""
+
+    start: pd.Timestamp
+    end: pd.Timestamp
+    intervals: int
+
+    def describe(self) -> str:
+        return f"{self.start.isoformat()} to {self.end.isoformat()} ({self.intervals} interval(s))"
+
+
+def gap_runs(grid: pd.DatetimeIndex, values: np.ndarray, interval: pd.Timedelta) -> list[Gap]:
+    """Runs of NaN in ``values`` over ``grid`` as :class:`Gap` records (empty: no gap)."""
+    missing = np.isnan(np.asarray(values, dtype=float))
+    gaps: list[Gap] = []
+    k = 0
+    while k < len(missing):
+        if not missing[k]:
+            k += 1
+            continue
+        j = k
+        while j < len(missing) and missing[j]:
+            j += 1
+        gaps.append(Gap(grid[k], grid[j - 1] + pd.Timedelta(interval), j - k))
+        k = j
+    return gaps
+
+
+def parse_iso_date(text: str, *, option: str) -> pd.Timestamp:
+    """A command-line date or time in ISO 8601 only (``2020-02-10``, ``2020-02-10T06:00-06:00``).
+
+    Raises
+    ------
+    ValueError
+        Anything else (``10/02/2020`` is ambiguous: 10 February or 2 October), naming the option.
+    """
+    import re
+
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?", text.strip()):
+        raise ValueError(f"{option} {text!r}: use an ISO 8601 date (YYYY-MM-DD) or time (YYYY-MM-DDTHH:MM±HH:MM)")
+    return pd.Timestamp(text.strip())
