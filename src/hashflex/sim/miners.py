@@ -59,6 +59,7 @@ from pydantic import ValidationError
 
 from hashflex.messages import SetpointMessage, TelemetryMessage, Topics
 from hashflex.profile import MinerGroup, SiteProfile
+from hashflex.sim.hardware import MinerHardware
 
 __all__ = [
     "ATM_PROFILESET_REFUSED",
@@ -72,6 +73,10 @@ __all__ = [
 ]
 
 SLEEP = "sleep"
+# LuxOS commands that take a session id first; they cannot be part of a multi-command.
+_PRIVILEGED = frozenset({"logoff", "curtail", "profileset", "atmset", "ledset", "tempctrlset", "fanset",
+                         "rebootdevice", "resetminer", "updaterun"})
+SIM_LUXMINER_VERSION = "2024.11.1-sim"
 BOOTING = "booting"
 # What the simulated LuxOS answers to ``profileset`` while ATM is on. Modelled, not copied: LuxOS's
 # docs say ATM changes profiles itself and is turned off with ``atmset <sid>,enabled=false``; the exact
@@ -248,6 +253,8 @@ class _LuxState:
     atm_enabled: bool = False
     server: asyncio.AbstractServer | None = None
     port: int = 0
+    host: str = ""
+    red_led: str = "off"
 
     @property
     def silent(self) -> bool:
@@ -265,9 +272,20 @@ class SimulatedMinerFleet(_Fleet):
     def __init__(self, miners: Mapping[str, MinerGroup], *, clock: Clock | None = None,
                  lease_s: float | None = None, session_timeout_s: float = 900.0,
                  profile_names: Mapping[str, Mapping[str, str]] | None = None,
-                 response_delay_s: float = 0.0, host: str = "127.0.0.1") -> None:
+                 response_delay_s: float = 0.0, host: str = "127.0.0.1",
+                 addresses: Mapping[str, tuple[str, int]] | None = None,
+                 hardware: Mapping[str, MinerHardware] | None = None) -> None:
         super().__init__(miners, clock or ScaledClock())
         self.host, self.lease_s, self.session_timeout_s = host, lease_s, session_timeout_s
+        # miner id -> (host, port) to listen on; default host:<any free port>. A loopback address per
+        # miner with the standard port 4028 lets tools that assume it (pyasic's get_miner) find them.
+        self.addresses = dict(addresses or {})
+        for mid, (addr_host, _port) in self.addresses.items():
+            if not addr_host.startswith("127."):
+                raise ValueError(f"addresses[{mid}]: {addr_host!r} is not a loopback address (127.0.0.0/8)")
+        # the hashboards, fans and temperatures behind each miner (inject hardware faults here)
+        self.hardware = {mid: (hardware or {}).get(mid) or MinerHardware() for mid in self.miners}
+        self.started_at = self.clock()
         self.response_delay_s = response_delay_s  # real seconds before each answer (network + firmware)
         self._profiles: dict[str, dict[str, str]] = {}  # group → profile → mode
         for group in {g.id: g for g in miners.values()}.values():
@@ -308,12 +326,14 @@ class SimulatedMinerFleet(_Fleet):
     async def _open_all(self) -> None:
         self._stopping = asyncio.Event()
         for mid in self.miners:
-            await self._open(mid)
+            host, port = self.addresses.get(mid, (self.host, 0))
+            await self._open(mid, port, host)
 
-    async def _open(self, miner_id: str, port: int = 0) -> None:
+    async def _open(self, miner_id: str, port: int = 0, host: str | None = None) -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _LuxosApiProtocol(self, miner_id), self.host, port,
+        server = await loop.create_server(lambda: _LuxosApiProtocol(self, miner_id), host or self.host, port,
                                           reuse_address=True)
+        self.api[miner_id].host = host or self.host
         self.api[miner_id].server = server
         self.api[miner_id].port = server.sockets[0].getsockname()[1]
 
@@ -343,7 +363,7 @@ class SimulatedMinerFleet(_Fleet):
         self.stop()
 
     def endpoints(self) -> dict[str, tuple[str, int]]:
-        return {mid: (self.host, state.port) for mid, state in self.api.items()}
+        return {mid: (state.host or self.host, state.port) for mid, state in self.api.items()}
 
     # -- faults
     def set_fault(self, miner_id: str, kind: str | None, *, drip_interval_s: float = 0.05) -> None:
@@ -482,6 +502,18 @@ class SimulatedMinerFleet(_Fleet):
         if parsed is None:
             return self._status("E", 23, "Invalid JSON")
         command, parameter = parsed
+        if "+" in command:
+            # cgminer/LuxOS multi-command: "a+b" answers {"a": [answer a], "b": [answer b], "id": 1};
+            # only read-only commands may be joined (LuxOS: privileged commands need a session param).
+            parts = command.split("+")
+            if any(p in _PRIVILEGED for p in parts) or not all(parts):
+                return self._status("E", 45, f"Invalid multi-command {command!r}: privileged or empty part")
+            body: dict[str, Any] = {p: [self._single(miner_id, p, parameter)] for p in dict.fromkeys(parts)}
+            body["id"] = 1
+            return body
+        return self._single(miner_id, command, parameter)
+
+    def _single(self, miner_id: str, command: str, parameter: str) -> dict[str, Any]:
         with self._lock:
             injected = (self.api[miner_id].replies or {}).get(command)
         if injected is not None:
@@ -521,7 +553,11 @@ class SimulatedMinerFleet(_Fleet):
         return None, parts
 
     def _cmd_version(self, miner_id: str, parameter: str) -> dict[str, Any]:
-        return self._status("S", 22, "LUXminer versions", VERSION=[{"LUXminer": "sim", "API": "3.7"}])
+        # LuxOS's version row (docs "version"): the API and firmware versions and the model ("Type"),
+        # which pyasic's get_miner reads to pick the model class.
+        row = {"API": "3.7", "CompileTime": "Mon Nov 11 00:00:00 UTC 2024", "LUXminer": SIM_LUXMINER_VERSION,
+               "Miner": SIM_LUXMINER_VERSION, "Type": self.miners[miner_id].group.model}
+        return self._status("S", 22, "LUXminer versions", VERSION=[row])
 
     def _cmd_session(self, miner_id: str, parameter: str) -> dict[str, Any]:
         with self._lock:
@@ -598,26 +634,117 @@ class SimulatedMinerFleet(_Fleet):
             self.api[miner_id].atm_enabled = settings["enabled"] == "true"
         return self._status("S", 340, "ATM configuration updated")
 
+    def _hw(self, miner_id: str):  # noqa: ANN202 - HardwareReading
+        snap = self.miners[miner_id].snapshot()
+        return snap, self.hardware[miner_id].reading(snap.power_kw, snap.hashrate_th_s,
+                                                     snap.state is MinerState.HASHING, self.clock())
+
+    def _profile_of(self, miner_id: str) -> str:
+        miner = self.miners[miner_id]
+        by_mode = {mode: profile for profile, mode in self._profiles[miner.group.id].items()}
+        return by_mode[miner.mode]
+
     def _cmd_profiles(self, miner_id: str, parameter: str) -> dict[str, Any]:
+        # Full rows as LuxOS documents them ("profiles"): pyasic reads every one of these keys.
         group = self.miners[miner_id].group
         by_mode = {mode: profile for profile, mode in self._profiles[group.id].items()}
-        rows = [{"Profile Name": by_mode[m.name], "Watts": round(m.power_kw * 1000),
-                 "Hashrate": m.hashrate_th_s, "IsDynamic": False} for m in group.modes]
+        rows = []
+        for step, m in enumerate(sorted(group.modes, key=lambda m: m.power_kw)):
+            rows.append({"Profile Name": by_mode[m.name], "Watts": round(m.power_kw * 1000),
+                         "Hashrate": m.hashrate_th_s, "IsTuned": True, "IsDynamic": False,
+                         "Frequency": 300 + 25 * step, "Voltage": round(12.0 + 0.3 * step, 2),
+                         "Step": str(step - len(group.modes) + 1)})
         return self._status("S", 323, "Profiles", PROFILES=rows)
 
-    def _cmd_summary(self, miner_id: str, parameter: str) -> dict[str, Any]:
+    def _cmd_config(self, miner_id: str, parameter: str) -> dict[str, Any]:
+        index = list(self.miners).index(miner_id)
+        with self._lock:
+            red_led = self.api[miner_id].red_led
+        row = {"ASC Count": 0, "PGA Count": 0, "Pool Count": 1, "Strategy": "Failover", "Log Interval": 5,
+               "Profile": self._profile_of(miner_id), "MACAddr": f"02:00:00:{index >> 16 & 255:02x}:"
+               f"{index >> 8 & 255:02x}:{index & 255:02x}", "Hostname": miner_id, "IsAtmEnabled":
+               self.atm_enabled(miner_id), "IsTuning": False, "RedLed": red_led, "GreenLed": "on",
+               "SystemStatus": "Ready", "CurtailMode": "None", "Model": self.miners[miner_id].group.model}
+        return self._status("S", 33, "Config", CONFIG=[row])
+
+    def _cmd_pools(self, miner_id: str, parameter: str) -> dict[str, Any]:
         snap = self.miners[miner_id].snapshot()
-        ghs = snap.hashrate_th_s * 1000.0
-        return self._status("S", 11, "Summary", SUMMARY=[{"Elapsed": 0, "GHS 5s": ghs, "GHS av": ghs}])
+        row = {"POOL": 0, "URL": "stratum+tcp://pool.invalid:3333", "Status": "Alive", "Priority": 0,
+               "Quota": 1, "User": f"hashflex.{miner_id}", "Accepted": 0, "Rejected": 0, "Get Failures": 0,
+               "Remote Failures": 0, "Stratum Active": snap.state is MinerState.HASHING, "GROUP": 0}
+        return self._status("S", 7, "1 Pool(s)", POOLS=[row])
+
+    def _cmd_groups(self, miner_id: str, parameter: str) -> dict[str, Any]:
+        return self._status("S", 0, "Groups", GROUPS=[{"GROUP": 0, "Name": "Default", "Quota": 1,
+                                                      "Pools": [{"POOL": 0}]}])
+
+    def _cmd_fans(self, miner_id: str, parameter: str) -> dict[str, Any]:
+        _, hw = self._hw(miner_id)
+        rows = [{"ID": i, "RPM": rpm, "Speed": round(rpm / 60)} for i, rpm in enumerate(hw.fan_rpm)]
+        return self._status("S", 202, f"{len(rows)} Fan(s)", FANS=rows,
+                            FANCTRL=[{"Mode": "Auto", "MinFans": 1, "Speed": -1, "PowerOffSpeed": 100}])
+
+    def _cmd_tempctrl(self, miner_id: str, parameter: str) -> dict[str, Any]:
+        return self._status("S", 201, "Temp Control", TEMPCTRL=[{"Mode": "Auto", "Target": 75, "Hot": 90,
+                                                                "Dangerous": 100}])
+
+    def _cmd_temps(self, miner_id: str, parameter: str) -> dict[str, Any]:
+        _, hw = self._hw(miner_id)
+        rows = [{"ID": i, "Board": t, "Chip": c} for i, (t, c) in enumerate(zip(hw.board_temp_c, hw.chip_temp_c))]
+        return self._status("S", 201, f"{len(rows)} Temp(s)", TEMPS=rows)
+
+    def _cmd_devs(self, miner_id: str, parameter: str) -> dict[str, Any]:
+        _, hw = self._hw(miner_id)
+        rows = [{"ASC": i, "Name": "BTM_SOC", "ID": i, "Enabled": "Y",
+                 "Status": "Alive" if alive else "Dead", "Temperature": hw.chip_temp_c[i],
+                 "MHS 5s": hw.board_hashrate_ghs[i] * 1000.0} for i, alive in enumerate(hw.board_alive)]
+        return self._status("S", 9, f"{len(rows)} ASC(s)", DEVS=rows)
+
+    def _cmd_summary(self, miner_id: str, parameter: str) -> dict[str, Any]:
+        snap, hw = self._hw(miner_id)
+        ghs = hw.hashrate_th_s * 1000.0
+        elapsed = int((self.clock() - self.started_at).total_seconds())
+        return self._status("S", 11, "Summary", SUMMARY=[{"Elapsed": elapsed, "GHS 5s": ghs, "GHS av": ghs,
+                                                          "Hardware Errors": hw.hw_errors,
+                                                          "Accepted": 0, "Rejected": 0}])
 
     def _cmd_stats(self, miner_id: str, parameter: str) -> dict[str, Any]:
-        snap = self.miners[miner_id].snapshot()
-        return self._status("S", 70, "Stats", STATS=[{"Type": self.miners[miner_id].group.model,
-                                                       "State": snap.state.value, "Mode": snap.mode}])
+        # cgminer/LuxOS "stats": row 0 is the miner (model, version), row 1 the chains: per-chain rate,
+        # chip count and temperatures as dash-joined sensor lists, the ideal rate, fans.
+        snap, hw = self._hw(miner_id)
+        group = self.miners[miner_id].group
+        ideal_ghs = max((m.hashrate_th_s for m in group.modes if m.name == snap.mode),
+                        default=0.0) * 1000.0
+        elapsed = int((self.clock() - self.started_at).total_seconds())
+        chains: dict[str, Any] = {"STATS": 0, "ID": "BC50", "Elapsed": elapsed, "Mode": snap.mode,
+                                  "State": snap.state.value, "total_rateideal": ideal_ghs, "rate_unit": "GH",
+                                  "GHS 5s": hw.hashrate_th_s * 1000.0, "miner_count": hw.board_alive.count(True),
+                                  "fan_num": len(hw.fan_rpm), "Hardware Errors": hw.hw_errors}
+        for i, alive in enumerate(hw.board_alive, start=1):
+            chip, board = int(hw.chip_temp_c[i - 1]), int(hw.board_temp_c[i - 1])
+            chains[f"chain_rate{i}"] = round(hw.board_hashrate_ghs[i - 1], 2)
+            chains[f"chain_acn{i}"] = hw.chips_per_board if alive else 0
+            chains[f"temp_chip{i}"] = f"{chip}-{chip - 2}-{chip - 1}-{chip}"
+            chains[f"temp_pcb{i}"] = f"{board}-{board}-{board - 1}-{board}"
+        for i, rpm in enumerate(hw.fan_rpm, start=1):
+            chains[f"fan{i}"] = rpm
+        head = {"STATS": 0, "ID": "", "Elapsed": elapsed, "Type": group.model, "Miner": SIM_LUXMINER_VERSION}
+        return self._status("S", 70, "Stats", STATS=[head, chains])
 
     def _cmd_power(self, miner_id: str, parameter: str) -> dict[str, Any]:
-        snap = self.miners[miner_id].snapshot()
-        return self._status("S", 340, "Power", POWER=[{"Watts": round(snap.power_kw * 1000, 1), "PSU": True}])
+        _, hw = self._hw(miner_id)
+        return self._status("S", 340, "Power", POWER=[{"Watts": round(hw.power_w, 1), "PSU": True}])
+
+    def _cmd_ledset(self, miner_id: str, parameter: str) -> dict[str, Any]:
+        error, parts = self._check_session(miner_id, parameter)
+        if error:
+            return error
+        if len(parts) != 3 or parts[1] not in ("red", "green") or parts[2] not in ("on", "off", "blink"):
+            return self._status("E", 45, f"Invalid LED parameters {','.join(parts[1:])!r}")
+        if parts[1] == "red":
+            with self._lock:
+                self.api[miner_id].red_led = parts[2]
+        return self._status("S", 336, "LED set")
 
     def _lease_deadline(self) -> datetime | None:
         return None if self.lease_s is None else self.clock() + timedelta(seconds=self.lease_s)
