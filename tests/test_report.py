@@ -95,6 +95,9 @@ def db(tmp_path: Path) -> Path:
             if i == 0:
                 log.append("guard_action", guard_action_payload("import_curtail", "DR ev1", ["m1"], event_id="ev1"),
                            T0 + H + timedelta(seconds=2))
+                log.append("setpoints", {"source": "guard", "miners": 1, "counts": {"g/sleep": 1},
+                                         "power_target_kw": 0.0, "issued_at": None, "expires_at": None},
+                           T0 + H + timedelta(seconds=3))
         cancel = DREventMessage(event_id="ev2", modification_number=1, program="utility", start=T0 + 3 * H,
                                 end=T0 + 5 * H, issuer="coop", cancelled=True)
         log.append("dr_event", dr_event_payload(cancel, True, "cancelled", None, T0 + 3.5 * H), T0 + 3.5 * H)
@@ -123,7 +126,8 @@ def energy_avg(levels: list[float]) -> float:
 
 def test_report_header(report: dict) -> None:
     meta = report["report"]
-    assert meta["audit"]["ok"] and meta["audit"]["head_seq"] == meta["audit"]["records"] == 13
+    assert meta["audit"]["ok"] and meta["audit"]["head_seq"] == meta["audit"]["records"] == 14
+    assert meta["simulated"] is False and meta["provenance"]["basis"] is None
     assert meta["profile_hashes"] == [profile_hash(_profile())]
     assert meta["timezone"] == "America/Chicago" and meta["measurement_intervals"] == 4
     assert meta["superseded_measurements"] == 1
@@ -136,9 +140,9 @@ def test_energy(report: dict) -> None:
     assert e["renewable_generation_mwh"] == pytest.approx(1.3)
     used = sum(max(r["load_kw"] - r["import_kw"], 0) for r in ROWS) / 1000  # 0.2 + 0.4 + 0 + 0.5
     assert e["renewable_used_mwh"] == pytest.approx(used) == pytest.approx(1.1)
-    assert e["renewable_share_annual_pct"] == pytest.approx(100 * 1.3 / 2.3)
+    assert e["renewable_share_annual_pct"] == round(100 * 1.3 / 2.3, 1)  # % to 0.1
     matched = sum(min(r["renewable_kw"], r["load_kw"]) for r in ROWS) / 1000  # 0.2 + 0.5 + 0 + 0.5
-    assert e["renewable_share_hourly_pct"] == pytest.approx(100 * matched / 2.3)
+    assert e["renewable_share_hourly_pct"] == round(100 * matched / 2.3, 1)
     assert e["hours_covered"] == 4 and e["intervals"] == 4
 
 
@@ -163,10 +167,10 @@ def test_emissions_location_and_default_factor(report: dict) -> None:
     assert em["intervals_recorded_intensity"] == 3 and em["intervals_default_intensity"] == 1
     assert em["location_intensity_sources"] == {"recorded: fuelmix": 3, "profile default: test factor": 1}
     assert em["market_based_kg"] == pytest.approx(location) and em["market_method"] == "location"
-    assert any("no RECs" in n for n in em["notes"])
+    assert any("no contractual instruments" in n for n in em["notes"])
     ph_h = sum(col("ths")) / 1000  # 92 PH·h
     assert em["hashrate_ph_h"] == pytest.approx(ph_h)
-    assert em["location_kg_per_ph_h"] == pytest.approx(location / ph_h)
+    assert em["location_kg_per_ph_h"] == round(location / ph_h, 4)
 
 
 def test_emissions_budget_per_local_day(report: dict) -> None:
@@ -177,7 +181,7 @@ def test_emissions_budget_per_local_day(report: dict) -> None:
     assert b["per_day"][0]["emissions_kg"] == pytest.approx(day1) and b["per_day"][0]["over"]
     assert b["per_day"][1]["emissions_kg"] == 0.0 and not b["per_day"][1]["over"]
     assert b["daily_budget_kg"] == DAILY_BUDGET and b["limit_kg"] == 2 * DAILY_BUDGET
-    assert b["used_pct"] == pytest.approx(100 * day1 / 800) and b["days_over"] == 1
+    assert b["used_pct"] == round(100 * day1 / 800, 1) and b["days_over"] == 1
 
 
 def test_market_based_with_recs(db: Path, tmp_path: Path) -> None:
@@ -188,7 +192,7 @@ def test_market_based_with_recs(db: Path, tmp_path: Path) -> None:
     em = build_report(db, START, END, recs_file=recs)["emissions"]
     location = 481.0
     assert em["recs_mwh"] == pytest.approx(0.5) and em["recs_applied_mwh"] == pytest.approx(0.5)
-    assert em["market_based_kg"] == pytest.approx(location * (1 - 0.5 / 1.2))
+    assert em["market_based_kg"] == round(location * (1 - 0.5 / 1.2), 1)
     assert em["recs_source"].startswith("recs.csv sha256:")
     recs_json = tmp_path / "recs.json"
     recs_json.write_text(json.dumps({"recs": [{"mwh": 2.0}], "residual_mix_kg_per_mwh": 600}))
@@ -196,7 +200,8 @@ def test_market_based_with_recs(db: Path, tmp_path: Path) -> None:
     assert em["recs_applied_mwh"] == pytest.approx(1.2) and em["market_based_kg"] == pytest.approx(0.0)
     recs_json.write_text(json.dumps({"recs": [{"mwh": 0.5}], "residual_mix_kg_per_mwh": 600}))
     em = build_report(db, START, END, recs_file=recs_json)["emissions"]
-    assert em["market_based_kg"] == pytest.approx((1.2 - 0.5) * 600) and em["market_method"] == "residual mix"
+    assert em["market_based_kg"] == pytest.approx((1.2 - 0.5) * 600)
+    assert em["market_method"] == "instruments, then residual mix"
 
 
 def test_efficiency(report: dict) -> None:
@@ -212,10 +217,10 @@ def test_noise(report: dict) -> None:
     assert [h["model_laeq_dba"] for h in n["hourly"]] == col("model")
     assert [h["cap_dba"] for h in n["hourly"]] == col("cap")
     assert [h["night"] for h in n["hourly"]] == [False, True, True, True]
-    assert n["all"]["measured_laeq_dba"] == pytest.approx(energy_avg(col("meas")), abs=1e-3)
+    assert n["all"]["measured_laeq_dba"] == round(energy_avg(col("meas")), 1)  # dB(A) to 0.1
     assert n["day"]["measured_laeq_dba"] == pytest.approx(45.0)
-    assert n["night"]["measured_laeq_dba"] == pytest.approx(energy_avg([48.0, 40.0, 42.0]), abs=1e-3)
-    assert n["night"]["model_laeq_dba"] == pytest.approx(energy_avg([47.0, 39.0, 41.0]), abs=1e-3)
+    assert n["night"]["measured_laeq_dba"] == round(energy_avg([48.0, 40.0, 42.0]), 1)
+    assert n["night"]["model_laeq_dba"] == round(energy_avg([47.0, 39.0, 41.0]), 1)
     assert n["all"]["minutes_over_cap"] == 25 and n["night"]["minutes_over_cap"] == 25
     assert n["day"]["minutes_over_cap"] == 0
     assert n["all"]["hours_over_cap"] == 1 and n["night"]["hours_over_cap"] == 1  # 48 > 45 in hour 1
@@ -233,7 +238,7 @@ def test_noise_hourly_is_energy_average_of_intervals(tmp_path: Path) -> None:
                                                           noise_over_cap_min={"r": over}), s)
     hour = build_report(path, START, END)["noise"]["receptors"]["r"]["hourly"]
     assert len(hour) == 1
-    assert hour[0]["measured_laeq_dba"] == pytest.approx(10 * math.log10((1e5 + 3e4) / 4), abs=1e-3)
+    assert hour[0]["measured_laeq_dba"] == round(10 * math.log10((1e5 + 3e4) / 4), 1)
     assert hour[0]["cap_dba"] == 45.0 and hour[0]["minutes_over_cap"] == 15.0
 
 
@@ -241,21 +246,29 @@ def test_demand_response(report: dict) -> None:
     dr = report["demand_response"]
     events = {e["event_id"]: e for e in dr["events"]}
     ev1 = events["ev1"]
-    # baseline: mean import of the hour before 04:00 = hour 0 = 800 kW; limit 200
-    assert [i["measured_kw"] for i in ev1["per_interval"]] == [300.0, 100.0]
-    assert [i["baseline_kw"] for i in ev1["per_interval"]] == [800.0, 800.0]
-    assert [i["requested_kw"] for i in ev1["per_interval"]] == [600.0, 600.0]
-    assert [i["delivered_kw"] for i in ev1["per_interval"]] == [500.0, 700.0]
+    # ev1: limit 200 kW on [04:00, 06:00), ERS-10 (10 min ramp: the 04:00 interval is not assessed).
+    # No history before 03:00 and no interval wholly in the hour before notice (03:30): no baseline.
+    assert [i["metered_import_kw"] for i in ev1["per_interval"]] == [300.0, 100.0]
+    assert [i["baseline_kw"] for i in ev1["per_interval"]] == [None, None] and ev1["baseline_method"] == "none"
+    assert "found 0" in ev1["baselines"]["m8of10"]["note"]
     assert [i["compliant"] for i in ev1["per_interval"]] == [False, True]
-    assert ev1["compliance_pct"] == 50.0 and ev1["intervals"] == 2 and ev1["compliant_intervals"] == 1
-    assert ev1["requested_reduction_kw"] == 600.0 and ev1["delivered_reduction_kw"] == 600.0
-    assert ev1["delivered_pct"] == 100.0 and ev1["worst_excess_kw"] == 100.0
-    assert ev1["response_s"] == 7200.0  # first compliant interval ends 06:00, event from 04:00
-    assert ev1["ack_s"] == 5.0 and ev1["first_action_s"] == 2.0
-    ev2 = events["ev2"]  # shed 60 of 100 -> limit 40; cancelled 06:30 so only hour 3 counts
+    assert [i["assessed"] for i in ev1["per_interval"]] == [False, True] and ev1["ramp_minutes"] == 10
+    assert ev1["assessed_intervals"] == 1 and ev1["compliance_pct"] == 100.0 and ev1["pass"] is True
+    assert ev1["rule"].startswith("metered import at or under the limit")
+    assert ev1["worst_excess_kw"] == 100.0
+    assert ev1["notification_at"] == "2026-03-02T03:30:00+00:00"
+    assert ev1["deployment_at"] == "2026-03-02T04:00:00+00:00"
+    assert ev1["ack_s"] == 5.0 and ev1["ack_status"] == "accepted"
+    assert ev1["first_setpoint_s"] == 3.0 and ev1["first_setpoint_source"] == "guard"
+    # metered import first under the limit in [05:00, 06:00): by 06:00 at the latest, 7200 s after 04:00
+    assert ev1["metered_under_limit_by"] == "2026-03-02T06:00:00+00:00" and ev1["metered_under_limit_s"] == 7200.0
+    assert ev1["metered_resolution_s"] == 3600.0
+    ev2 = events["ev2"]  # shed 60 of a given 100 kW baseline -> limit 40; cancelled 06:30: only hour 3 counts
     assert ev2["cancelled_at"] == "2026-03-02T06:30:00+00:00" and ev2["end"] == ev2["cancelled_at"]
-    assert ev2["intervals"] == 1 and ev2["per_interval"][0]["baseline_source"] == "event"
-    assert ev2["requested_reduction_kw"] == 60.0 and ev2["delivered_reduction_kw"] == 100.0
+    assert ev2["intervals"] == 1 and ev2["per_interval"][0]["baseline_method"] == "given by the event"
+    assert ev2["obligated_reduction_kw"] == 60.0 and ev2["delivered_reduction_kw"] == 100.0
+    assert ev2["event_performance_factor"] == round(100 / 60, 4) and ev2["pass"] is True
+    assert ev2["per_interval"][0]["delivered_mw"] == 0.1 and ev2["per_interval"][0]["delivered_mwh"] == 0.1
     assert ev2["compliance_pct"] == 100.0 and ev2["limit_kw"] == 40.0
     assert events["ev3"]["accepted"] is False and events["ev3"]["rejections"] == ["unknown issuer"]
     high = dr["high_price"]  # price >= 100: hours 1 and 2, curtailed 300 and 900 kW
@@ -307,16 +320,19 @@ def test_tampered_trail_is_flagged_in_the_report(db: Path) -> None:
 
 JSON_KEYS = {
     "report": {"period_start", "period_end", "site", "timezone", "profile_hashes", "measurement_intervals",
-               "superseded_measurements", "notes", "audit"},
+               "superseded_measurements", "notes", "audit", "simulated", "provenance"},
     "energy": {"intervals", "hours_covered", "grid_import_mwh", "load_mwh", "renewable_generation_mwh",
                "renewable_used_mwh", "renewable_share_annual_pct", "renewable_share_hourly_pct"},
     "emissions": {"grid_import_mwh", "location_based_kg", "location_intensity_sources",
                   "intervals_recorded_intensity", "intervals_default_intensity", "market_based_kg", "market_method",
                   "recs_mwh", "recs_applied_mwh", "recs_source", "residual_mix_kg_per_mwh", "hashrate_ph_h",
-                  "location_kg_per_ph_h", "market_kg_per_ph_h", "notes", "budget"},
+                  "location_kg_per_ph_h", "market_kg_per_ph_h", "notes", "budget", "instruments",
+                  "instruments_applied_mwh", "residual_mix_source", "carbon_free_share_annual_pct",
+                  "carbon_free_share_hourly_pct"},
     "efficiency": {"load_mwh", "hashrate_ph_h", "average_hashrate_ph_s", "average_j_per_th"},
     "noise": {"night_definition", "receptors"},
     "demand_response": {"tolerance_kw", "events", "high_price"},
+    "curtailment": {"by_cause", "per_day", "total_mwh", "total_hours", "intervals_without_full_load"},
     "economics": {"revenue_usd", "energy_cost_usd", "profit_usd", "average_energy_cost_usd_per_mwh",
                   "curtailment_hours", "curtailed_mwh"},
 }
@@ -324,10 +340,11 @@ JSON_KEYS = {
 
 def test_json_keys(report: dict) -> None:
     data = json.loads(to_json(report))
-    assert set(data) == set(JSON_KEYS) | {"hourly"}
+    assert set(data) == set(JSON_KEYS) | {"hourly", "intervals"}
     for section, keys in JSON_KEYS.items():
         assert set(data[section]) == keys, section
-    assert set(data["report"]["audit"]) == {"ok", "records", "head_seq", "head_hash", "first_bad_seq", "problem"}
+    assert set(data["report"]["audit"]) == {"ok", "records", "head_seq", "head_hash", "first_bad_seq", "problem",
+                                            "signed_head"}
     assert set(data["emissions"]["budget"]) == {"daily_budget_kg", "monthly_budget_kg", "used_kg", "limit_kg",
                                                 "used_pct", "days_over", "per_day", "per_month"}
     r1 = data["noise"]["receptors"]["r1"]
@@ -335,8 +352,10 @@ def test_json_keys(report: dict) -> None:
     assert set(r1["night"]) == {"hours", "measured_laeq_dba", "model_laeq_dba", "max_hourly_measured_dba",
                                 "lowest_cap_dba", "minutes_over_cap", "hours_over_cap"}
     ev = next(e for e in data["demand_response"]["events"] if e["event_id"] == "ev1")
-    assert {"requested_reduction_kw", "delivered_reduction_kw", "compliance_pct", "response_s", "ack_s",
-            "first_action_s", "per_interval"} <= set(ev)
+    assert {"notification_at", "ack_at", "ack_s", "first_setpoint_at", "first_setpoint_s", "metered_under_limit_by",
+            "metered_under_limit_s", "metered_resolution_s", "baseline_method", "baselines", "obligated_reduction_kw",
+            "delivered_reduction_kw", "delivered_mwh", "event_performance_factor", "pass", "rule", "compliance_pct",
+            "per_interval"} <= set(ev)
     assert set(data["demand_response"]["high_price"]) == {"threshold_usd_mwh", "intervals", "hours", "curtailed_mwh",
                                                           "intervals_without_full_load"}
 
@@ -409,18 +428,20 @@ def _scalar_figures(value: object, prefix: str) -> set[str]:
 def test_html_has_every_section_figure_plot_and_hash(report: dict) -> None:
     page = _Collector()
     page.feed(to_html(report))
-    assert page.sections == ["audit", "energy", "emissions", "efficiency", "noise", "demand-response", "economics",
-                             "definitions"]
+    assert page.sections == ["audit", "energy", "emissions", "efficiency", "noise", "demand-response", "curtailment",
+                             "economics", "definitions"]
     expected = set()
-    for section in ("energy", "emissions", "efficiency", "noise", "demand_response", "economics"):
+    for section in ("energy", "emissions", "efficiency", "noise", "demand_response", "economics", "curtailment"):
         expected |= _scalar_figures(report[section], section)
-    expected = {e for e in expected if not e.startswith("noise.receptors.")}
+    expected = {e for e in expected if not e.startswith(("noise.receptors.", "curtailment.by_cause."))}
+    expected |= {f"curtailment.by_cause.{cause}" for cause in report["curtailment"]["by_cause"]}
     for receptor, data in report["noise"]["receptors"].items():
         for period in ("all", "day", "night"):
             expected |= {f"noise.receptors.{receptor}.{period}.{k}" for k in data[period]}
     missing = expected - page.figures
     assert not missing, sorted(missing)
-    for plot in ("plot-energy", "plot-emissions", "plot-noise-r1", "plot-dr-ev1", "plot-dr-ev2", "plot-economics"):
+    for plot in ("plot-import", "plot-energy", "plot-emissions", "plot-noise-r1", "plot-dr-ev1", "plot-dr-ev2",
+                 "plot-economics"):
         assert page.plots[plot].startswith("data:image/png;base64,"), plot
         assert len(page.plots[plot]) > 1000
     head = report["report"]["audit"]["head_hash"]

@@ -49,19 +49,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from hashflex.audit import AuditLog
+from hashflex.audit import AuditError, AuditLog
 from hashflex.report import figures as F
+from hashflex.report.curtailment import curtailment_figures, interval_causes
+from hashflex.report.provenance import config_for_seq, provenance
 
-__all__ = ["RecsInput", "build_report", "load_recs", "report_from_records"]
+__all__ = ["RecsInput", "apply_precision", "build_report", "load_recs", "report_from_records", "resolve_period",
+           "trail_period"]
 
-REPORT_KINDS = ("config", "measurement", "dr_event", "dr_ack", "guard_action")
-SECTIONS = ("report", "energy", "emissions", "efficiency", "noise", "demand_response", "economics", "hourly")
+REPORT_KINDS = ("config", "measurement", "dr_event", "dr_ack", "dr_transition", "guard_action", "setpoints",
+                "schedule")
+SECTIONS = ("report", "energy", "emissions", "efficiency", "noise", "demand_response", "curtailment", "economics",
+            "hourly", "intervals")
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,78 @@ def load_recs(path: str | Path, start: pd.Timestamp, end: pd.Timestamp) -> RecsI
     return RecsInput(total, None if residual is None else float(residual), f"{path.name} sha256:{digest}")
 
 
+def interval_rows(m: pd.DataFrame, inputs: F.ReportInputs, *, simulated: bool) -> list[dict[str, Any]]:
+    """One row per measured interval of the period (the per-interval export and the plots): the
+    measurement, the import limit and its source from the plan that ran the interval (null when
+    no ``schedule`` record names it), curtailed kW and its cause, the carbon intensity used."""
+    if m.empty:
+        return []
+    intensity, source = F.intensity_used(m, inputs.configs)
+    causes = interval_causes(m, inputs.schedules, inputs.guard_actions)
+    plan: dict[pd.Timestamp, dict[str, Any]] = {}
+    for rec in sorted(inputs.schedules, key=lambda r: r["seq"]):
+        first = rec.get("first_row") or {}
+        if first.get("interval_start"):
+            plan[pd.Timestamp(first["interval_start"]).tz_convert("UTC")] = first
+    noise = {}
+    for r in inputs.noise.itertuples():
+        noise.setdefault(r.interval_start, {})[r.receptor] = (r.measured_dba, r.cap_dba)
+    rows = []
+    for i, r in enumerate(m.itertuples()):
+        first = plan.get(r.interval_start, {})
+        limit = first.get("import_limit_kw")
+        curtailed = max((r.full_load_kw or 0.0) - (r.load_kw or 0.0), 0.0) if math.isfinite(r.full_load_kw) else None
+        row = {"interval_start": r.interval_start.isoformat(), "interval_end": r.interval_end.isoformat(),
+               "interval_h": float(r.interval_h), "import_kw": r.import_kw, "renewable_kw": r.renewable_kw,
+               "load_kw": r.load_kw, "full_load_kw": r.full_load_kw,
+               "import_limit_kw": float(limit) if isinstance(limit, (int, float)) else None,
+               "import_limit_source": first.get("import_limit_source"),
+               "curtailed_kw": curtailed, "curtailment_cause": causes[i] if curtailed else None,
+               "price_usd_mwh": r.price_usd_mwh, "location_kg_per_mwh": float(intensity.iloc[i]),
+               "intensity_source": source.iloc[i], "hashrate_th_s": r.hashrate_th_s,
+               "revenue_usd": r.revenue_usd, "energy_cost_usd": r.energy_cost_usd, "simulated": simulated}
+        for receptor, (measured, cap) in sorted(noise.get(r.interval_start, {}).items()):
+            row[f"noise_{receptor}_dba"] = measured
+            row[f"noise_cap_{receptor}_dba"] = cap
+        rows.append({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()})
+    return rows
+
+
+def trail_period(records: list[Any]) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """[first measured interval start, last measured interval end) of the trail (UTC); without
+    measurements, [first record, last record + 1 µs); None for an empty trail."""
+    starts, ends = [], []
+    for rec in records:
+        if rec.kind == "measurement" and rec.payload.get("interval_start"):
+            s = pd.Timestamp(rec.payload["interval_start"]).tz_convert("UTC")
+            starts.append(s)
+            ends.append(s + pd.Timedelta(hours=float(rec.payload.get("interval_h") or 0.0)))
+    if not starts:
+        stamps = [pd.Timestamp(r.at_utc).tz_convert("UTC") for r in records]
+        if not stamps:
+            return None
+        return min(stamps), max(stamps) + pd.Timedelta(microseconds=1)
+    return min(starts), max(ends)
+
+
+# decimals by the unit at the end of a key: what the instrument resolves (0.1 dB(A), kWh, $0.01)
+PRECISION = (("_dba", 1), ("_usd_mwh", 2), ("_usd_per_mwh", 2), ("_usd", 2), ("_mwh", 3), ("_kwh", 1),
+             ("_kg_per_mwh", 1), ("_kg_per_ph_h", 4), ("_kg", 1), ("_kw", 1), ("_mw", 4), ("_pct", 1))
+
+
+def apply_precision(value: Any, key: str = "") -> Any:
+    """Round every float leaf to the precision of its unit (from the key name); others unchanged."""
+    if isinstance(value, dict):
+        return {k: apply_precision(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [apply_precision(v, key) for v in value]
+    if isinstance(value, float) and math.isfinite(value):
+        for suffix, digits in PRECISION:
+            if key.endswith(suffix):
+                return round(value, digits)
+    return value
+
+
 def report_from_records(records: list[Any], start: pd.Timestamp, end: pd.Timestamp, *, audit: dict[str, Any],
                         recs: RecsInput | None = None, high_price_usd_mwh: float = 100.0,
                         dr_tolerance_kw: float = 0.0) -> dict[str, Any]:
@@ -111,10 +189,20 @@ def report_from_records(records: list[Any], start: pd.Timestamp, end: pd.Timesta
     inputs = F.inputs_from_records(records, start, end)
     m = inputs.measurements
     tz = F.site_timezone(inputs.configs)
-    in_force = [c for c in inputs.configs if c["at"] < end]
-    hashes = sorted({c["profile_hash"] for c in in_force if c["at"] >= start}
-                    | ({F.config_at(in_force, start)["profile_hash"]} if in_force else set()))
+    origin = provenance(records)
+    # The profile in force for a record is the config chained before it (seq), not the latest by
+    # time stamp: simulated and backtest trails stamp config with the wall clock (see provenance).
+    hashes: set[str] = set()
+    if inputs.configs:
+        hashes |= {config_for_seq(inputs.configs, int(seq))["profile_hash"] for seq in m["seq"]}
+        hashes |= {c["profile_hash"] for c in inputs.configs if start <= c["at"] < end}
+        if not hashes:
+            hashes.add(F.config_at(inputs.configs, start)["profile_hash"])
+    hashes.discard(None)  # type: ignore[arg-type]
     notes = []
+    if origin.simulated:
+        notes.append(f"SIMULATED: {origin.detail}. Meters, sensors and any DR event here are simulated or "
+                     f"synthetic; no figure of this report was measured at a real site.")
     if not audit["ok"]:
         notes.append(f"AUDIT CHAIN FAILED at seq {audit['first_bad_seq']}: {audit['problem']}")
     if not inputs.configs:
@@ -124,40 +212,63 @@ def report_from_records(records: list[Any], start: pd.Timestamp, end: pd.Timesta
     if inputs.superseded:
         notes.append(f"{inputs.superseded} measurement record(s) superseded by a later record for the same interval")
     site = (inputs.configs[-1]["profile"].get("site") or {}).get("name") if inputs.configs else None
-    return {
+    report = {
         "report": {"period_start": start.isoformat(), "period_end": end.isoformat(), "site": site, "timezone": tz,
-                   "profile_hashes": hashes, "measurement_intervals": int(len(m)),
+                   "simulated": origin.simulated, "provenance": origin.to_json(),
+                   "profile_hashes": sorted(hashes), "measurement_intervals": int(len(m)),
                    "superseded_measurements": inputs.superseded, "notes": notes, "audit": audit},
         "energy": F.energy_figures(m),
         "emissions": F.emissions_figures(m, inputs.configs, recs_mwh=recs.mwh if recs else None,
                                          residual_mix_kg_per_mwh=recs.residual_mix_kg_per_mwh if recs else None,
-                                         recs_source=recs.source if recs else None, tz=tz),
+                                         recs_source=recs.source if recs else None, tz=tz, period=(start, end)),
         "efficiency": F.efficiency_figures(m),
         "noise": F.noise_figures(inputs.noise, tz),
         "demand_response": F.dr_figures(m, inputs, start, end, tolerance_kw=dr_tolerance_kw,
-                                        high_price_usd_mwh=high_price_usd_mwh),
+                                        high_price_usd_mwh=high_price_usd_mwh, tz=tz, simulated=origin.simulated),
+        "curtailment": curtailment_figures(m, inputs.schedules, inputs.guard_actions, tz),
         "economics": F.economics_figures(m),
         "hourly": F.hourly_figures(m, inputs.configs),
+        "intervals": interval_rows(m, inputs, simulated=origin.simulated),
     }
+    return apply_precision(report)
 
 
-def build_report(db: str | Path, start: Any, end: Any, *, recs_file: str | Path | None = None,
-                 high_price_usd_mwh: float = 100.0, dr_tolerance_kw: float = 0.0) -> dict[str, Any]:
+def build_report(db: str | Path, start: Any = None, end: Any = None, *, recs_file: str | Path | None = None,
+                 high_price_usd_mwh: float = 100.0, dr_tolerance_kw: float = 0.0,
+                 signature: str | None = None) -> dict[str, Any]:
     """Read the audit trail of ``db`` (read-only), verify it, and compute the report for the period.
 
     ``start``/``end``: timestamps with an offset are instants (end exclusive); a bare date or naive
     time is site-local (timezone of the latest ``config`` record, else UTC), and a bare ``end``
-    date includes that whole day (``--from 2026-03-01 --to 2026-03-31`` is all of March)."""
+    date includes that whole day (``--from 2026-03-01 --to 2026-03-31`` is all of March). Either
+    omitted: the trail's first measured interval / the end of its last (:func:`trail_period`).
+    ``signature``: a signed head (``hashflex audit sign``) to check; the result is in
+    ``report.audit.signed_head`` (the HMAC key comes from ``HASHFLEX_AUDIT_HMAC_KEY``)."""
     log = AuditLog(db, readonly=True)
     try:
         result = log.verify()
         records = log.records(kinds=REPORT_KINDS)
+        signed = None
+        if signature:
+            try:
+                checked = log.verify_head(signature)
+                signed = {"signature": signature.strip(), "ok": checked.ok, "problem": checked.problem or None,
+                          "signed_seq": _signed_seq(signature)}
+            except AuditError as exc:
+                signed = {"signature": signature.strip(), "ok": False, "problem": str(exc),
+                          "signed_seq": _signed_seq(signature)}
     finally:
         log.close()
     tz = F.site_timezone([{"profile": r.payload.get("profile") or {}} for r in records if r.kind == "config"])
+    whole = trail_period(records)
+    if whole is None and (start is None or end is None):
+        raise ValueError(f"{db}: the audit trail has no records; give --from and --to")
+    start = whole[0] if start is None else start  # type: ignore[index]
+    end = whole[1] if end is None else end  # type: ignore[index]
     start, end = resolve_period(start, end, tz)
     audit = {"ok": result.ok, "records": result.records, "head_seq": result.head_seq,
-             "head_hash": result.head_hash, "first_bad_seq": result.first_bad_seq, "problem": result.problem}
+             "head_hash": result.head_hash, "first_bad_seq": result.first_bad_seq, "problem": result.problem,
+             "signed_head": signed}
     if not result.ok:
         audit["head_seq"] = records[-1].seq if records else None
         audit["head_hash"] = records[-1].hash if records else None
@@ -166,9 +277,16 @@ def build_report(db: str | Path, start: Any, end: Any, *, recs_file: str | Path 
                                dr_tolerance_kw=dr_tolerance_kw)
 
 
+def _signed_seq(signature: str) -> int | None:
+    parts = signature.strip().split(":")
+    return int(parts[1]) if len(parts) == 4 and parts[1].isdigit() else None
+
+
 def resolve_period(start: Any, end: Any, tz: str = "UTC") -> tuple[pd.Timestamp, pd.Timestamp]:
     """UTC [start, end) from CLI-style values (see :func:`build_report`)."""
     def one(value: Any, is_end: bool) -> pd.Timestamp:
+        if isinstance(value, pd.Timestamp) and value.tzinfo is not None:
+            return value.tz_convert("UTC")
         bare_date = isinstance(value, str) and len(value.strip()) == 10
         stamp = pd.Timestamp(value)
         if stamp.tzinfo is None:

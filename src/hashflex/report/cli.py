@@ -2,8 +2,13 @@
 
 ::
 
-    hashflex report --from 2026-03-01 --to 2026-03-31 [--db hashflex.db] [--format html|json|csv]
+    hashflex report [--from 2026-03-01 --to 2026-03-31] [--db hashflex.db] [--format html|json|csv]
                     [--out FILE] [--recs FILE] [--high-price 100] [--dr-tolerance-kw 0]
+                    [--signature hf-audit-v1:...] [--export-dir DIR]
+
+Without ``--from``/``--to`` the report covers the whole trail. ``--signature`` checks a signed head
+and shows the result in the report. ``--export-dir`` also writes ``intervals.csv`` (the period's
+time series, UTC) and ``dr_<event>.csv`` (settlement rows per DR event).
     hashflex audit verify [--db hashflex.db] [--signature hf-audit-v1:...]   # exit 0 pass, 1 fail
     hashflex audit sign [--db hashflex.db]       # prints a signed head (key: HASHFLEX_AUDIT_HMAC_KEY)
 
@@ -40,16 +45,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     if fmt not in ("html", "json", "csv"):
         raise ValueError(f"format {fmt!r}: expected html, json or csv")
     report = build_report(_db(args), args.start, args.end, recs_file=args.recs,
-                          high_price_usd_mwh=args.high_price, dr_tolerance_kw=args.dr_tolerance_kw)
+                          high_price_usd_mwh=args.high_price, dr_tolerance_kw=args.dr_tolerance_kw,
+                          signature=args.signature)
     text = render(report, fmt)
+    if args.export_dir:
+        from hashflex.report.export import write_exports
+
+        for path in write_exports(report, args.export_dir):
+            print(f"export written to {path}")
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
         print(f"report ({fmt}) written to {args.out}")
     else:
         sys.stdout.write(text)
     audit = report["report"]["audit"]
+    if report["report"].get("simulated"):
+        print("note: SIMULATED data: " + report["report"]["provenance"]["detail"], file=sys.stderr)
     if not audit["ok"]:
         print(f"warning: audit chain FAILED at seq {audit['first_bad_seq']}: {audit['problem']}", file=sys.stderr)
+        return 1
+    signed = audit.get("signed_head")
+    if signed is not None and not signed["ok"]:
+        print(f"warning: signed head FAILED: {signed['problem']}", file=sys.stderr)
         return 1
     return 0
 
@@ -84,10 +101,15 @@ def cmd_audit_sign(args: argparse.Namespace) -> int:
 def add_report_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Add ``report`` and ``audit {verify,sign}`` to the ``hashflex`` subcommands (``handler`` set)."""
     report = subparsers.add_parser("report", help="sustainability and DR report from the audit trail")
-    report.add_argument("--from", dest="start", required=True,
-                        help="period start: a date (site-local midnight) or ISO time with offset")
-    report.add_argument("--to", dest="end", required=True,
-                        help="period end: a date (included, to the next midnight) or ISO time (excluded)")
+    report.add_argument("--from", dest="start",
+                        help="period start: a date (site-local midnight) or ISO time with offset; "
+                             "default the trail's first measured interval")
+    report.add_argument("--to", dest="end",
+                        help="period end: a date (included, to the next midnight) or ISO time (excluded); "
+                             "default the end of the trail's last measured interval")
+    report.add_argument("--signature", help="signed head from 'hashflex audit sign' to verify and show "
+                                            "(key: HASHFLEX_AUDIT_HMAC_KEY); a mismatch exits 1")
+    report.add_argument("--export-dir", help="also write intervals.csv and dr_<event>.csv (UTC) here")
     report.add_argument("--db", help=f"database (default $HASHFLEX_DB or {DEFAULT_DB})")
     report.add_argument("--format", choices=("html", "json", "csv"), help="default: from --out suffix, else html")
     report.add_argument("--out", help="write to this file (default: stdout)")

@@ -48,6 +48,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
+from hashflex.report.provenance import config_for_seq
+
 NIGHT_HOURS = (22, 7)  # site-local [22:00, 07:00)
 CURTAIL_FRACTION = 0.01
 MEASUREMENT_COLUMNS = ["interval_start", "interval_h", "import_kw", "renewable_kw", "load_kw", "full_load_kw",
@@ -68,6 +70,10 @@ class ReportInputs:
     dr_acks: list[dict[str, Any]] = field(default_factory=list)
     guard_actions: list[dict[str, Any]] = field(default_factory=list)
     superseded: int = 0
+    history: pd.DataFrame | None = None  # every measurement of the trail (deduplicated), for DR baselines
+    setpoints: list[dict[str, Any]] = field(default_factory=list)  # {"seq", "at", payload...}
+    schedules: list[dict[str, Any]] = field(default_factory=list)  # {"seq", "at", "first_row", "reasons"}
+    transitions: list[dict[str, Any]] = field(default_factory=list)  # dr_transition payloads
 
 
 def _ts(text: str | None) -> pd.Timestamp | None:
@@ -80,6 +86,7 @@ def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Tim
     DR events, acks, guard actions and configs are kept whole (events may start before the period)."""
     records = sorted(records, key=lambda r: r.seq)
     rows, noise, configs, events, acks, actions = [], [], [], [], [], []
+    setpoints, schedules, transitions = [], [], []
     for rec in records:
         p, at = rec.payload, pd.Timestamp(rec.at_utc)
         if rec.kind == "measurement":
@@ -93,17 +100,26 @@ def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Tim
             acks.append({"seq": rec.seq, "at": at, **p})
         elif rec.kind == "guard_action":
             actions.append({"seq": rec.seq, "at": at, **p})
-    m = pd.DataFrame(rows, columns=MEASUREMENT_COLUMNS)
-    m["interval_start"] = pd.to_datetime(m["interval_start"], utc=True, format="ISO8601")
-    m = m[(m["interval_start"] >= start) & (m["interval_start"] < end)]
+        elif rec.kind == "setpoints":
+            setpoints.append({"seq": rec.seq, "at": at, **p})
+        elif rec.kind == "schedule":
+            schedules.append({"seq": rec.seq, "at": at, "first_row": p.get("first_row") or {},
+                              "reasons": p.get("reasons") or {}})
+        elif rec.kind == "dr_transition":
+            transitions.append({"seq": rec.seq, "at": at, **p})
+    every = pd.DataFrame(rows, columns=MEASUREMENT_COLUMNS)
+    every["interval_start"] = pd.to_datetime(every["interval_start"], utc=True, format="ISO8601")
+    for column in MEASUREMENT_COLUMNS:
+        if column not in ("interval_start", "intensity_source", "seq", "at"):
+            every[column] = pd.to_numeric(every[column], errors="coerce").astype("float64")
+    every["interval_end"] = every["interval_start"] + pd.to_timedelta(every["interval_h"], unit="h")
+    history = (every.sort_values("seq").drop_duplicates("interval_start", keep="last")
+               .sort_values("interval_start").reset_index(drop=True))
+    m = every[(every["interval_start"] >= start) & (every["interval_start"] < end)]
     before = len(m)
     m = m.sort_values("seq").drop_duplicates("interval_start", keep="last").sort_values("interval_start")
     superseded = before - len(m)
     m = m.reset_index(drop=True)
-    for column in MEASUREMENT_COLUMNS:
-        if column not in ("interval_start", "intensity_source", "seq", "at"):
-            m[column] = pd.to_numeric(m[column], errors="coerce").astype("float64")
-    m["interval_end"] = m["interval_start"] + pd.to_timedelta(m["interval_h"], unit="h")
     kept = set(m["seq"].tolist())
     for rec in records:
         if rec.kind == "measurement" and rec.seq in kept:
@@ -121,7 +137,7 @@ def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Tim
             n[column] = pd.to_numeric(n[column], errors="coerce").astype("float64")
     n["interval_start"] = pd.to_datetime(n["interval_start"], utc=True)
     n = n.sort_values(["receptor", "interval_start"]).reset_index(drop=True)
-    return ReportInputs(m, n, configs, events, acks, actions, superseded)
+    return ReportInputs(m, n, configs, events, acks, actions, superseded, history, setpoints, schedules, transitions)
 
 
 def _r(x: float | None, digits: int = 6) -> float | None:
@@ -158,7 +174,7 @@ def hourly_figures(m: pd.DataFrame, configs: Sequence[Mapping[str, Any]]) -> lis
     if m.empty:
         return []
     h = m["interval_h"]
-    intensity, _ = intensity_used(m, configs)
+    intensity, source = intensity_used(m, configs)
     frame = pd.DataFrame({
         "hour_start": m["interval_start"].dt.floor("h"),
         "hours": h,
@@ -172,15 +188,22 @@ def hourly_figures(m: pd.DataFrame, configs: Sequence[Mapping[str, Any]]) -> lis
         "energy_cost_usd": m["energy_cost_usd"].fillna(0.0),
         "price_x_h": m["price_usd_mwh"] * h,
         "price_h": h.where(m["price_usd_mwh"].notna(), 0.0),
+        "intensity_x_h": intensity * h,
+        "intensity_h": h.where(intensity.notna(), 0.0),
     })
     sums = frame.groupby("hour_start", sort=True).sum(numeric_only=True, min_count=1)
+    named = pd.DataFrame({"hour_start": frame["hour_start"], "source": source})
+    sources = named.groupby("hour_start")["source"].agg(lambda s: "; ".join(sorted(set(s))))
     rows = []
     for hour, row in sums.iterrows():
         rows.append({"hour_start": hour.isoformat(), "hours": _r(row["hours"]),
                      **{k: _r(row[k]) for k in ("grid_import_mwh", "renewable_generation_mwh", "renewable_used_mwh",
                                                 "load_mwh", "location_kg", "hashrate_ph_h", "revenue_usd",
                                                 "energy_cost_usd")},
-                     "price_usd_mwh": _r(row["price_x_h"] / row["price_h"]) if row["price_h"] > 0 else None})
+                     "price_usd_mwh": _r(row["price_x_h"] / row["price_h"]) if row["price_h"] > 0 else None,
+                     "location_kg_per_mwh": _r(row["intensity_x_h"] / row["intensity_h"])
+                     if row["intensity_h"] > 0 else None,
+                     "intensity_source": sources.get(hour)})
     return rows
 
 
@@ -214,13 +237,14 @@ def energy_figures(m: pd.DataFrame) -> dict[str, Any]:
 def intensity_used(m: pd.DataFrame, configs: Sequence[Mapping[str, Any]]) -> tuple[pd.Series, pd.Series]:
     """(kg/MWh, source) per interval: recorded intensity, else the config's default factor."""
     values, sources = [], []
-    for start, value, source in zip(m["interval_start"], m["intensity_kg_per_mwh"], m["intensity_source"],
-                                    strict=True):
+    seqs = m["seq"] if "seq" in m else [None] * len(m)
+    for start, value, source, seq in zip(m["interval_start"], m["intensity_kg_per_mwh"], m["intensity_source"], seqs,
+                                         strict=True):
         if value is not None and math.isfinite(value):
             values.append(float(value))
             sources.append(f"recorded: {source or 'unnamed source'}")
             continue
-        config = config_at(configs, start)
+        config = config_at(configs, start) if seq is None else config_for_seq(configs, int(seq))
         carbon = (config or {}).get("profile", {}).get("carbon", {}) if config else {}
         default = carbon.get("default_intensity_kg_per_mwh")
         values.append(math.nan if default is None else float(default))
@@ -228,9 +252,45 @@ def intensity_used(m: pd.DataFrame, configs: Sequence[Mapping[str, Any]]) -> tup
     return pd.Series(values, index=m.index, dtype="float64"), pd.Series(sources, index=m.index, dtype="object")
 
 
+def instruments_from_profile(profile: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Contractual instruments (RECs, PPAs, green tariffs) listed in a profile's JSON, read
+    defensively: ``carbon.instruments`` (or top-level ``instruments``), each with ``mwh`` and
+    optional ``id``, ``kind``, ``period_start``, ``period_end``, ``emission_factor_kg_per_mwh``
+    (default 0, a renewable certificate), ``source``. Malformed entries are skipped."""
+    carbon = profile.get("carbon") or {}
+    raw = carbon.get("instruments") or profile.get("instruments") or []
+    out = []
+    for i, item in enumerate(raw if isinstance(raw, list) else []):
+        if not isinstance(item, Mapping):
+            continue
+        try:
+            mwh = float(item["mwh"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        out.append({"id": str(item.get("id") or f"instrument-{i + 1}"), "kind": str(item.get("kind") or "REC"),
+                    "mwh": mwh, "period_start": item.get("period_start"), "period_end": item.get("period_end"),
+                    "emission_factor_kg_per_mwh": float(item.get("emission_factor_kg_per_mwh") or 0.0),
+                    "source": str(item.get("source") or "site profile")})
+    return out
+
+
+def _pro_rata_mwh(item: Mapping[str, Any], start: pd.Timestamp, end: pd.Timestamp) -> float:
+    p0, p1 = item.get("period_start"), item.get("period_end")
+    if not p0 or not p1:
+        return float(item["mwh"])
+    a, b = pd.Timestamp(p0), pd.Timestamp(p1)
+    a = a.tz_localize("UTC") if a.tzinfo is None else a
+    b = b.tz_localize("UTC") if b.tzinfo is None else b
+    span = (b - a).total_seconds()
+    overlap = (min(b, end) - max(a, start)).total_seconds()
+    return float(item["mwh"]) * max(overlap, 0.0) / span if span > 0 else 0.0
+
+
 def emissions_figures(m: pd.DataFrame, configs: Sequence[Mapping[str, Any]], *, recs_mwh: float | None = None,
                       residual_mix_kg_per_mwh: float | None = None, recs_source: str | None = None,
-                      tz: str = "UTC") -> dict[str, Any]:
+                      tz: str = "UTC", period: tuple[pd.Timestamp, pd.Timestamp] | None = None) -> dict[str, Any]:
+    """Scope 2 per the GHG Protocol Scope 2 Guidance (2015): location-based and market-based side
+    by side (see the module docstring and :mod:`hashflex.report`)."""
     h = m["interval_h"]
     intensity, source = intensity_used(m, configs)
     import_mwh_i = m["import_kw"].fillna(0.0) * h / 1000.0
@@ -238,40 +298,73 @@ def emissions_figures(m: pd.DataFrame, configs: Sequence[Mapping[str, Any]], *, 
     location = float(loc_i.sum())
     import_mwh = float(import_mwh_i.sum())
     hash_ph_h = float((m["hashrate_th_s"].fillna(0.0) * h).sum() / 1000.0)
-    recs = float(recs_mwh or 0.0)
-    covered = min(recs, import_mwh)
+    profile = (configs[-1]["profile"] if configs else {}) or {}
+    carbon = profile.get("carbon") or {}
+    start, end = period or ((m["interval_start"].min(), m["interval_end"].max()) if len(m)
+                            else (pd.Timestamp(0, tz="UTC"), pd.Timestamp(0, tz="UTC")))
+    instruments = [{**i, "period_mwh": _pro_rata_mwh(i, start, end)} for i in instruments_from_profile(profile)]
+    if recs_mwh:
+        instruments.append({"id": "recs-file", "kind": "REC", "mwh": float(recs_mwh), "period_mwh": float(recs_mwh),
+                            "emission_factor_kg_per_mwh": 0.0, "source": recs_source or "RECs file",
+                            "period_start": None, "period_end": None})
+    residual = residual_mix_kg_per_mwh if residual_mix_kg_per_mwh is not None else carbon.get("residual_mix_kg_per_mwh")
+    residual_source = ("RECs file" if residual_mix_kg_per_mwh is not None
+                       else carbon.get("residual_mix_source") or ("site profile" if residual is not None else None))
+    remaining, market, applied_rows = import_mwh, 0.0, []
+    for item in instruments:  # instruments cover import in the order listed (profile first, then the file)
+        applied = min(item["period_mwh"], remaining)
+        remaining -= applied
+        market += applied * item["emission_factor_kg_per_mwh"]
+        applied_rows.append({"id": item["id"], "kind": item["kind"], "source": item["source"],
+                             "mwh_for_period": _r(item["period_mwh"], 3), "mwh_applied": _r(applied, 3),
+                             "emission_factor_kg_per_mwh": _r(item["emission_factor_kg_per_mwh"], 3)})
+    covered = import_mwh - remaining
     notes = []
-    if recs <= 0:
-        market = location
-        notes.append("no RECs supplied: market-based equals location-based")
+    if not instruments:
         method = "location"
-    elif residual_mix_kg_per_mwh is not None:
-        market = (import_mwh - covered) * float(residual_mix_kg_per_mwh)
-        method = "residual mix"
+        notes.append("no contractual instruments (RECs, PPAs) in the profile or a RECs file: market-based "
+                     "equals location-based, as the Scope 2 Guidance requires when no instrument applies")
+        market = location
+    elif residual is not None:
+        market += remaining * float(residual)
+        method = "instruments, then residual mix"
     else:
-        market = location * (1.0 - covered / import_mwh) if import_mwh > 0 else 0.0
-        method = "location intensity for uncovered import (no residual mix factor)"
-        notes.append("no residual-mix factor: uncovered import valued at its location-based intensity")
+        uncovered_kg = float((loc_i * (1.0 - covered / import_mwh)).sum()) if import_mwh > 0 else 0.0
+        market += uncovered_kg
+        method = "instruments, then location intensity (no residual mix factor)"
+        notes.append("no residual-mix factor: import not covered by instruments valued at its location-based "
+                     "intensity (the Scope 2 Guidance asks for a residual mix; add one to the profile)")
+    load_mwh = float((m["load_kw"].fillna(0.0) * h).sum() / 1000.0)
+    used_mwh = float(((m["load_kw"] - m["import_kw"]).clip(lower=0.0).fillna(0.0) * h).sum() / 1000.0)
+    per_hour = pd.DataFrame({"hour": m["interval_start"].dt.floor("h"),
+                             "r": m["renewable_kw"].fillna(0.0) * h / 1000.0,
+                             "l": m["load_kw"].fillna(0.0) * h / 1000.0}).groupby("hour")[["r", "l"]].sum()
+    matched = float(np.minimum(per_hour["r"], per_hour["l"]).sum())
     sources = source.value_counts()
-    out = {
-        "grid_import_mwh": _r(import_mwh),
-        "location_based_kg": _r(location),
+    return {
+        "grid_import_mwh": _r(import_mwh, 3),
+        "location_based_kg": _r(location, 1),
         "location_intensity_sources": {str(k): int(v) for k, v in sources.items()},
         "intervals_recorded_intensity": int(m["intensity_kg_per_mwh"].notna().sum()),
         "intervals_default_intensity": int(m["intensity_kg_per_mwh"].isna().sum()),
-        "market_based_kg": _r(market),
+        "market_based_kg": _r(market, 1),
         "market_method": method,
-        "recs_mwh": _r(recs),
-        "recs_applied_mwh": _r(covered),
+        "instruments": applied_rows,
+        "instruments_applied_mwh": _r(covered, 3),
+        "recs_mwh": _r(float(recs_mwh or 0.0), 3),
+        "recs_applied_mwh": _r(sum(r["mwh_applied"] or 0.0 for r in applied_rows if r["id"] == "recs-file"), 3),
         "recs_source": recs_source,
-        "residual_mix_kg_per_mwh": _r(residual_mix_kg_per_mwh),
-        "hashrate_ph_h": _r(hash_ph_h),
-        "location_kg_per_ph_h": _r(location / hash_ph_h) if hash_ph_h > 0 else None,
-        "market_kg_per_ph_h": _r(market / hash_ph_h) if hash_ph_h > 0 else None,
+        "residual_mix_kg_per_mwh": _r(residual, 3),
+        "residual_mix_source": residual_source,
+        "carbon_free_share_annual_pct": _r(100.0 * min(used_mwh + covered, load_mwh) / load_mwh, 1)
+        if load_mwh > 0 else None,
+        "carbon_free_share_hourly_pct": _r(100.0 * matched / load_mwh, 1) if load_mwh > 0 else None,
+        "hashrate_ph_h": _r(hash_ph_h, 3),
+        "location_kg_per_ph_h": _r(location / hash_ph_h, 4) if hash_ph_h > 0 else None,
+        "market_kg_per_ph_h": _r(market / hash_ph_h, 4) if hash_ph_h > 0 else None,
         "budget": carbon_budget_figures(m, loc_i, configs, tz),
         "notes": notes,
     }
-    return out
 
 
 def carbon_budget_figures(m: pd.DataFrame, loc_kg: pd.Series, configs: Sequence[Mapping[str, Any]],
@@ -388,97 +481,16 @@ def noise_figures(n: pd.DataFrame, tz: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- demand response
 
 
-def _event_terms(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per event id: latest accepted terms, first receipt, cancellation time, modifications."""
-    events: dict[str, dict[str, Any]] = {}
-    for rec in sorted(records, key=lambda r: r["seq"]):
-        event = rec["event"]
-        eid = event["event_id"]
-        entry = events.setdefault(eid, {"event_id": eid, "received_at": _ts(rec["received_at"]), "terms": None,
-                                        "limit_kw": None, "cancelled_at": None, "messages": 0, "accepted": False,
-                                        "rejections": []})
-        entry["messages"] += 1
-        if not rec["accepted"]:
-            entry["rejections"].append(rec["reason"])
-            continue
-        entry["accepted"] = True
-        if event.get("cancelled"):
-            entry["cancelled_at"] = _ts(rec["received_at"])
-        else:
-            entry["terms"], entry["limit_kw"] = event, rec.get("limit_kw")
-            entry["modification_number"] = event["modification_number"]
-    return events
-
-
 def dr_figures(m: pd.DataFrame, inputs: ReportInputs, period_start: pd.Timestamp, period_end: pd.Timestamp, *,
-               tolerance_kw: float = 0.0, high_price_usd_mwh: float = 100.0) -> dict[str, Any]:
-    """Events in force during the period (or, if never accepted, received during it); see module doc."""
-    events_out = []
-    for eid, entry in _event_terms(inputs.dr_events).items():
-        terms = entry["terms"]
-        row: dict[str, Any] = {"event_id": eid, "accepted": entry["accepted"], "messages": entry["messages"],
-                               "rejections": entry["rejections"]}
-        if terms is None:
-            if period_start <= entry["received_at"] < period_end:
-                events_out.append(row)
-            continue
-        start = _ts(terms["start"])
-        end = _ts(terms.get("end")) or period_end
-        if entry["cancelled_at"] is not None:
-            end = min(end, max(entry["cancelled_at"], start))
-        if end <= period_start or start >= period_end:
-            continue
-        limit = entry["limit_kw"]
-        effective = max(start, entry["received_at"])
-        sel = m[(m["interval_start"] < end) & (m["interval_end"] > start)]
-        pre = m[(m["interval_start"] >= start - pd.Timedelta(hours=1)) & (m["interval_end"] <= start)]
-        pre_baseline = float(pre["import_kw"].mean()) if len(pre) else None
-        intervals = []
-        for r in sel.itertuples():
-            if terms.get("baseline_kw") is not None:
-                base, base_src = float(terms["baseline_kw"]), "event"
-            elif r.dr_baseline_kw is not None and math.isfinite(r.dr_baseline_kw):
-                base, base_src = float(r.dr_baseline_kw), "measurement"
-            elif pre_baseline is not None:
-                base, base_src = pre_baseline, "hour before start"
-            else:
-                base, base_src = None, "none"
-            measured = float(r.import_kw)
-            lim = math.inf if limit is None else float(limit)
-            intervals.append({
-                "interval_start": r.interval_start.isoformat(), "limit_kw": _r(limit), "baseline_kw": _r(base),
-                "baseline_source": base_src, "measured_kw": _r(measured),
-                "requested_kw": _r(max(base - lim, 0.0)) if base is not None and math.isfinite(lim) else None,
-                "delivered_kw": _r(base - measured) if base is not None else None,
-                "compliant": bool(measured <= lim + tolerance_kw), "interval_end": r.interval_end.isoformat()})
-        n = len(intervals)
-        ok = sum(i["compliant"] for i in intervals)
-        with_base = [i for i in intervals if i["requested_kw"] is not None]
-        requested = sum(i["requested_kw"] for i in with_base) / len(with_base) if with_base else None
-        delivered = sum(i["delivered_kw"] for i in with_base) / len(with_base) if with_base else None
-        first_ok = next((i for i in intervals if i["compliant"]), None)
-        ack = next((a for a in inputs.dr_acks if a.get("event_id") == eid
-                    and a.get("modification_number") == entry.get("modification_number")), None)
-        action = next((a for a in inputs.guard_actions if a.get("event_id") == eid and a["at"] >= start), None)
-        row.update({
-            "program": terms.get("program"), "issuer": terms.get("issuer"),
-            "modification_number": entry.get("modification_number"),
-            "start": start.isoformat(), "end": end.isoformat(),
-            "cancelled_at": entry["cancelled_at"].isoformat() if entry["cancelled_at"] is not None else None,
-            "received_at": entry["received_at"].isoformat(), "limit_kw": _r(limit),
-            "intervals": n, "compliant_intervals": ok,
-            "compliance_pct": _r(100.0 * ok / n) if n else None,
-            "requested_reduction_kw": _r(requested), "delivered_reduction_kw": _r(delivered),
-            "delivered_pct": _r(100.0 * delivered / requested) if requested else None,
-            "worst_excess_kw": _r(max([max(i["measured_kw"] - float(i["limit_kw"]), 0.0) for i in intervals
-                                       if i["limit_kw"] is not None], default=0.0)),
-            "response_s": _r((pd.Timestamp(first_ok["interval_end"]) - effective).total_seconds())
-            if first_ok else None,
-            "ack_s": _r((pd.Timestamp(ack["acked_at"]) - entry["received_at"]).total_seconds()) if ack else None,
-            "first_action_s": _r((action["at"] - effective).total_seconds()) if action else None,
-            "per_interval": intervals,
-        })
-        events_out.append(row)
+               tolerance_kw: float = 0.0, high_price_usd_mwh: float = 100.0, tz: str = "UTC",
+               simulated: bool = False) -> dict[str, Any]:
+    """Events in force during the period (or, if never accepted, received during it), measured as a
+    utility settles them (:mod:`hashflex.report.dr_performance`); curtailment at high prices."""
+    from hashflex.report.dr_performance import events_performance
+
+    history = inputs.history if inputs.history is not None else m
+    events_out = events_performance(m, history, inputs.dr_events, inputs.dr_acks, inputs.setpoints, period_start,
+                                    period_end, tz, tolerance_kw=tolerance_kw, simulated=simulated)
     curtailed = (m["full_load_kw"] - m["load_kw"]).clip(lower=0.0)
     high = m["price_usd_mwh"] >= high_price_usd_mwh
     return {

@@ -1,0 +1,100 @@
+"""Curtailment by cause: MWh and hours the site ran below full load, per reason, per day and for the
+period (pure functions).
+
+Curtailed kW of an interval = max(``full_load_kw`` − ``load_kw``, 0) from its ``measurement``
+record; the interval counts as curtailed hours when that exceeds :data:`CURTAIL_FRACTION` of full
+load (as the economics section counts). Its cause is, in order:
+
+1. a guard fast-path action recorded inside the interval: ``DR <id>`` when it names a DR event,
+   ``noise at <receptor>`` when it cut for a receptor (the plan had not foreseen it);
+2. else the binding reason of the plan that ran the interval: the last ``schedule`` record whose
+   ``first_row.interval_start`` is the interval's start (the optimizer's reason code, see
+   :mod:`hashflex.optimize.explain`), named in words: ``price``, ``noise at <receptor>``,
+   ``carbon``, ``DR <id>``, ``4CP``, ``import limit``, ``manager limit (<issuer>)``, ``equipment``;
+3. else ``unattributed (no plan recorded for the interval)``; a plan that said full load while
+   the meter shows less is ``unattributed (planned full load)``.
+
+Days are site-local calendar days.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+
+__all__ = ["CURTAIL_FRACTION", "cause_label", "curtailment_figures", "interval_causes"]
+
+CURTAIL_FRACTION = 0.01
+
+
+def cause_label(code: str | None) -> str:
+    """Words for an optimizer reason code (``noise:ranch_north`` → ``noise at ranch_north``)."""
+    code = (code or "").strip()
+    if code in ("", "full_load"):
+        return "unattributed (planned full load)"
+    if code.startswith("noise:"):
+        return f"noise at {code.split(':', 1)[1]}"
+    if code.startswith("DR:"):
+        return f"DR {code.split(':', 1)[1]}"
+    if code.startswith("limits:"):
+        return f"manager limit ({code.split(':', 1)[1]})"
+    if code.startswith("4CP"):
+        return "4CP"
+    return code
+
+
+def _guard_cause(action: Mapping[str, Any]) -> str | None:
+    if action.get("event_id"):
+        return f"DR {action['event_id']}"
+    reason = str(action.get("reason") or "")
+    if reason.startswith("receptor "):
+        return f"noise at {reason.split()[1].rstrip(':')}"
+    return None
+
+
+def interval_causes(m: pd.DataFrame, schedules: Sequence[Mapping[str, Any]],
+                    guard_actions: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The cause of each interval of ``m`` (see the module docstring), aligned with its rows."""
+    plan: dict[pd.Timestamp, str] = {}
+    for rec in sorted(schedules, key=lambda r: r["seq"]):
+        first = rec.get("first_row") or {}
+        if first.get("interval_start"):
+            plan[pd.Timestamp(first["interval_start"]).tz_convert("UTC")] = str(first.get("reason") or "")
+    actions = sorted(((a["at"], _guard_cause(a)) for a in guard_actions), key=lambda x: x[0])
+    causes = []
+    for start, end in zip(m["interval_start"], m["interval_end"], strict=True):
+        guard = next((c for at, c in actions if c and start <= at < end), None)
+        if guard is not None:
+            causes.append(guard)
+        elif start in plan:
+            causes.append(cause_label(plan[start]))
+        else:
+            causes.append("unattributed (no plan recorded for the interval)")
+    return causes
+
+
+def curtailment_figures(m: pd.DataFrame, schedules: Sequence[Mapping[str, Any]],
+                        guard_actions: Sequence[Mapping[str, Any]], tz: str) -> dict[str, Any]:
+    """``by_cause`` {cause: {mwh, hours, intervals}}, ``per_day`` [{day, cause, mwh, hours}],
+    ``total_mwh``, ``total_hours`` (MWh to the kWh: three decimals)."""
+    if m.empty:
+        return {"by_cause": {}, "per_day": [], "total_mwh": 0.0, "total_hours": 0.0,
+                "intervals_without_full_load": 0}
+    curtailed_kw = (m["full_load_kw"] - m["load_kw"]).clip(lower=0.0).fillna(0.0)
+    curtailing = curtailed_kw > CURTAIL_FRACTION * m["full_load_kw"].fillna(0.0)
+    frame = pd.DataFrame({"cause": interval_causes(m, schedules, guard_actions),
+                          "day": m["interval_start"].dt.tz_convert(ZoneInfo(tz)).dt.strftime("%Y-%m-%d"),
+                          "mwh": curtailed_kw * m["interval_h"] / 1000.0,
+                          "hours": m["interval_h"].where(curtailing, 0.0)})[curtailing.to_numpy()]
+    by_cause = {str(cause): {"mwh": round(float(g["mwh"].sum()), 3), "hours": round(float(g["hours"].sum()), 2),
+                             "intervals": int(len(g))}
+                for cause, g in frame.groupby("cause", sort=True)}
+    per_day = [{"day": str(day), "cause": str(cause), "mwh": round(float(g["mwh"].sum()), 3),
+                "hours": round(float(g["hours"].sum()), 2)}
+               for (day, cause), g in frame.groupby(["day", "cause"], sort=True)]
+    return {"by_cause": by_cause, "per_day": per_day, "total_mwh": round(float(frame["mwh"].sum()), 3),
+            "total_hours": round(float(frame["hours"].sum()), 2),
+            "intervals_without_full_load": int(m["full_load_kw"].isna().sum())}
