@@ -50,8 +50,10 @@ from hashflex.messages import SetpointMessage
 
 __all__ = [
     "SLEEP",
+    "CapableDriver",
     "Clock",
     "GroupAvailability",
+    "MinerCapabilities",
     "MinerDriver",
     "MinerRegistry",
     "Setpoint",
@@ -152,6 +154,41 @@ class MinerDriver(Protocol):
         ...
 
     def close(self) -> None:
+        ...
+
+
+@dataclass(frozen=True)
+class MinerCapabilities:
+    """What one miner can be asked to do, declared by its driver so the dispatcher does not probe.
+
+    - ``sleep_wake``: stop hashing (the safe default) and resume on command.
+    - ``power_target``: accepts a power target; ``power_targets_w`` lists the discrete targets it can
+      hold (presets/profiles, W, ascending), empty when any value in ``power_range_w`` is accepted.
+    - ``modes``: the profile's mode names this miner can run (a mode whose power has no matching
+      target is left out).
+    - ``verify``: the driver can read back power and hashrate to confirm a setpoint.
+    - ``power_off``: a PDU outlet or breaker can cut it completely (zero draw, cold restart).
+    - ``family``: the firmware family (``luxos``, ``vnish``, ``mqtt``, ...); ``notes``: why something is
+      missing (e.g. a pyasic limitation), for the operator.
+    """
+
+    miner_id: str
+    family: str
+    sleep_wake: bool
+    power_target: bool
+    verify: bool
+    modes: tuple[str, ...] = ()
+    power_targets_w: tuple[int, ...] = ()
+    power_range_w: tuple[int, int] | None = None
+    power_off: bool = False
+    notes: str = ""
+
+
+@runtime_checkable
+class CapableDriver(Protocol):
+    """A driver that declares its miners' capabilities (``None`` for a miner it does not drive)."""
+
+    def capabilities(self, miner_id: str) -> MinerCapabilities | None:
         ...
 
 

@@ -724,8 +724,9 @@ class SimulatedMinerFleet(_Fleet):
             chip, board = int(hw.chip_temp_c[i - 1]), int(hw.board_temp_c[i - 1])
             chains[f"chain_rate{i}"] = round(hw.board_hashrate_ghs[i - 1], 2)
             chains[f"chain_acn{i}"] = hw.chips_per_board if alive else 0
-            chains[f"temp_chip{i}"] = f"{chip}-{chip - 2}-{chip - 1}-{chip}"
-            chains[f"temp_pcb{i}"] = f"{board}-{board}-{board - 1}-{board}"
+            # four sensors per chain, dash-joined; a lost chain reads all zeros
+            chains[f"temp_chip{i}"] = f"{chip}-{chip - 2}-{chip - 1}-{chip}" if alive else "0-0-0-0"
+            chains[f"temp_pcb{i}"] = f"{board}-{board}-{board - 1}-{board}" if alive else "0-0-0-0"
         for i, rpm in enumerate(hw.fan_rpm, start=1):
             chains[f"fan{i}"] = rpm
         head = {"STATS": 0, "ID": "", "Elapsed": elapsed, "Type": group.model, "Miner": SIM_LUXMINER_VERSION}
