@@ -107,7 +107,9 @@ def test_no_price_known_means_curtail() -> None:
     loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, empty), driver=fleet,
                        solver=SolveRunner(inline=True))
     report = loop.tick(pd.Timestamp("2020-02-10T12:00-06:00").to_pydatetime())
-    assert any("no price known" in f for f in report.fallbacks)
+    from hashflex.forecast import FallbackCode, has_fallback
+
+    assert has_fallback(report.fallbacks, FallbackCode.PRICE_UNKNOWN)
     assert sum(fleet.running().values()) == 0
     assert not loop.status(report.at)["healthy"]
 

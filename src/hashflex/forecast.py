@@ -50,6 +50,8 @@ Noise margin (dB, per receptor)
 
 from __future__ import annotations
 
+import enum
+
 import dataclasses
 import math
 from collections.abc import Callable
@@ -66,8 +68,8 @@ from hashflex.profile import SiteProfile
 if TYPE_CHECKING:
     from hashflex.store import Store
 
-__all__ = ["Forecast", "ForecastConfig", "PriceForecaster", "SNAPSHOT_COLUMNS", "Snapshot", "build_forecast",
-           "snapshot_from_store", "store_forecaster"]
+__all__ = ["Fallback", "FallbackCode", "Forecast", "ForecastConfig", "PriceForecaster", "RecordedForecaster",
+           "SNAPSHOT_COLUMNS", "Snapshot", "build_forecast", "has_fallback", "snapshot_from_store", "store_forecaster"]
 
 SNAPSHOT_COLUMNS: dict[str, tuple[str, ...]] = {
     "prices": ("interval_start", "interval_end", "settlement_point", "market", "price_usd_mwh", "published_at"),
@@ -147,6 +149,39 @@ class ForecastConfig:
     noise_ewma_alpha: float = 0.2
 
 
+class FallbackCode(enum.StrEnum):
+    """What a forecast fell back to (stable codes for code; the sentence is for people)."""
+
+    PRICE_SAME_TIME_YESTERDAY = "price_same_time_yesterday"
+    PRICE_UNKNOWN = "price_unknown"  # priced at the curtailment price: the site is then not healthy
+    PRICE_RT_STALE = "price_rt_stale"
+    RENEWABLE_NO_FORECAST = "renewable_no_forecast"
+    RENEWABLE_SYNTHETIC = "renewable_synthetic"
+    CARBON_NO_FEED = "carbon_no_feed"
+    CARBON_PROFILE_DEFAULT = "carbon_profile_default"
+    HASHPRICE_PROFILE = "hashprice_profile"
+    NOISE_UNCALIBRATED = "noise_uncalibrated"
+
+
+class Fallback(str):
+    """One fallback in use: the human sentence (the ``str`` value, as before) with a :attr:`code`."""
+
+    code: FallbackCode
+
+    def __new__(cls, code: FallbackCode, text: str) -> Fallback:
+        made = super().__new__(cls, text)
+        made.code = FallbackCode(code)
+        return made
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable (the solver worker, multiprocessing)
+        return (Fallback, (self.code, str(self)))
+
+
+def has_fallback(fallbacks: Any, code: FallbackCode) -> bool:
+    """True when ``fallbacks`` (a Forecast's, or any sequence) holds one with ``code``."""
+    return any(getattr(f, "code", None) == code for f in fallbacks or ())
+
+
 @dataclass(frozen=True)
 class Forecast:
     """Horizon arrays at ``now`` (one entry per interval), with per-interval sources and diagnostics."""
@@ -166,7 +201,7 @@ class Forecast:
     noise_margin_db: dict[str, float]
     noise_offset_db: dict[str, float | None]
     input_ages_s: dict[str, float | None]
-    fallbacks: list[str]
+    fallbacks: list[Fallback]
 
     def to_problem(
         self,
@@ -251,15 +286,17 @@ def _forecast_prices(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp, ti
         for k in np.flatnonzero(use):
             source[k] = "RT same time yesterday"
         if use.any():
-            fallbacks.append(f"price: {int(use.sum())} interval(s) without a day-ahead price use the real-time "
-                             "price of the same wall-clock time yesterday")
+            fallbacks.append(Fallback(FallbackCode.PRICE_SAME_TIME_YESTERDAY,
+                                      f"price: {int(use.sum())} interval(s) without a day-ahead price use the "
+                                      "real-time price of the same wall-clock time yesterday"))
     unknown = np.isnan(price)
     if unknown.any():
         price[unknown] = cfg.unknown_price_usd_mwh
         for k in np.flatnonzero(unknown):
             source[k] = "unknown: price cap"
-        fallbacks.append(f"price: {int(unknown.sum())} interval(s) with no known price are priced at "
-                         f"{cfg.unknown_price_usd_mwh:g} $/MWh (plan curtailed)")
+        fallbacks.append(Fallback(FallbackCode.PRICE_UNKNOWN,
+                                  f"price: {int(unknown.sum())} interval(s) with no known price are priced at "
+                                  f"{cfg.unknown_price_usd_mwh:g} $/MWh (plan curtailed)"))
     _blend_rt(rt, now, times, cfg, price, source, fallbacks)
     return price, source
 
@@ -270,7 +307,8 @@ def _blend_rt(rt: pd.DataFrame, now: pd.Timestamp, times: pd.DatetimeIndex, cfg:
         return
     last = rt.sort_values(["interval_end", "published_at"]).iloc[-1]
     if (now - last["published_at"]).total_seconds() > cfg.max_age_rt_s:
-        fallbacks.append(f"price: latest real-time price is older than {cfg.max_age_rt_s:g} s; not blended")
+        fallbacks.append(Fallback(FallbackCode.PRICE_RT_STALE,
+                                  f"price: latest real-time price is older than {cfg.max_age_rt_s:g} s; not blended"))
         return
     lag_h = (times - last["interval_end"]).total_seconds().to_numpy() / 3600.0
     weight = np.clip(1.0 - lag_h / cfg.rt_blend_h, 0.0, 1.0) if cfg.rt_blend_h > 0 else np.zeros(len(times))
@@ -325,8 +363,9 @@ def _forecast_renewables(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp
             for k in np.flatnonzero(gap):
                 label[k] = "diurnal profile" if np.isfinite(diurnal[k]) else "no data: 0 kW"
             what = "diurnal profile of recent measurements" if not history.empty else "0 kW (no data)"
-            fallbacks.append(f"renewable {src.id}: {int(gap.sum())} interval(s) without a fresh forecast use "
-                             f"{what}")
+            fallbacks.append(Fallback(FallbackCode.RENEWABLE_NO_FORECAST,
+                                      f"renewable {src.id}: {int(gap.sum())} interval(s) without a fresh forecast "
+                                      f"use {what}"))
         total += np.clip(kw, 0.0, src.capacity_kw)
         sources[src.id] = tuple(label)
     return total, sources
@@ -362,14 +401,16 @@ def _forecast_intensity(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp,
         for k in np.flatnonzero(use):
             source[k] = name
         if use.any():
-            fallbacks.append(f"carbon: {int(use.sum())} interval(s) without a fresh feed value use the {name}")
+            fallbacks.append(Fallback(FallbackCode.CARBON_NO_FEED,
+                                      f"carbon: {int(use.sum())} interval(s) without a fresh feed value use the {name}"))
     gap = np.isnan(value)
     if gap.any():
         value[gap] = profile.carbon.default_intensity_kg_per_mwh
         for k in np.flatnonzero(gap):
             source[k] = "profile default"
-        fallbacks.append(f"carbon: {int(gap.sum())} interval(s) use the profile's static "
-                         f"{profile.carbon.default_intensity_kg_per_mwh:g} kg/MWh")
+        fallbacks.append(Fallback(FallbackCode.CARBON_PROFILE_DEFAULT,
+                                  f"carbon: {int(gap.sum())} interval(s) use the profile's static "
+                                  f"{profile.carbon.default_intensity_kg_per_mwh:g} kg/MWh"))
     return value, source
 
 
@@ -383,7 +424,8 @@ def _forecast_hashprice(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp,
         row = fresh.sort_values(["timestamp", "published_at"]).iloc[-1]
         return float(row["hashprice_usd_per_ph_day"]), f"feed ({row['timestamp']:%Y-%m-%d})"
     value = profile.economics.hashprice_usd_per_ph_day
-    fallbacks.append(f"hashprice: no value younger than {cfg.max_age_hashprice_s:g} s; profile {value:g} $/PH/day")
+    fallbacks.append(Fallback(FallbackCode.HASHPRICE_PROFILE,
+                              f"hashprice: no value younger than {cfg.max_age_hashprice_s:g} s; profile {value:g} $/PH/day"))
     return value, "profile"
 
 
@@ -417,8 +459,10 @@ def _noise_margins(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp, cfg:
             offsets[receptor.id] = None
             margins[receptor.id] = receptor.model_margin_db
             if receptor.sensor_topic is not None:
-                fallbacks.append(f"noise {receptor.id}: no calibrated reading younger than {cfg.max_age_noise_s:g} s; "
-                                 f"model with the profile margin {receptor.model_margin_db:g} dB")
+                fallbacks.append(Fallback(FallbackCode.NOISE_UNCALIBRATED,
+                                          f"noise {receptor.id}: no calibrated reading younger than "
+                                          f"{cfg.max_age_noise_s:g} s; model with the profile margin "
+                                          f"{receptor.model_margin_db:g} dB"))
             continue
         error = (window["laeq_dba"].astype(float) - window["modelled_dba"].astype(float))
         offset = float(error.ewm(alpha=cfg.noise_ewma_alpha, adjust=False).mean().iloc[-1])
@@ -451,7 +495,7 @@ def build_forecast(
     times = pd.date_range(start, periods=T, freq=step, tz="UTC", unit="us")
     snap = snapshot.known_at(now_ts)
     ages: dict[str, float | None] = {}
-    fallbacks: list[str] = []
+    fallbacks: list[Fallback] = []
     price, price_source = _forecast_prices(profile, snap, now_ts, times, cfg, price_forecaster, ages, fallbacks)
     renewable, renewable_source = _forecast_renewables(profile, snap, now_ts, times, cfg, ages, fallbacks)
     intensity, intensity_source = _forecast_intensity(profile, snap, now_ts, times, cfg, ages, fallbacks)
@@ -465,6 +509,63 @@ def build_forecast(
         hashprice_source=hashprice_source, import_limit_kw=limit, import_limit_source=tuple(limit_source),
         noise_margin_db=margins, noise_offset_db=offsets, input_ages_s=ages, fallbacks=fallbacks,
     )
+
+
+class RecordedForecaster:
+    """The daemon's forecast (:func:`build_forecast`, the same rules and fallbacks) over recorded
+    history instead of the store: ``hashflex run --simulate`` and the backtest plan with it, the
+    daemon with :func:`store_forecaster`; both feed the one :func:`build_forecast`.
+
+    Parameters
+    ----------
+    profile : the site
+    prices : canonical price frame (RT and/or DA rows), optionally with ``published_at``; without it
+        ERCOT's publication times are assumed (``feeds.ercot.publication_times``)
+    renewable_observations : optional frame ``source_id, timestamp, power_kw, published_at`` of
+        on-site output as it was measured (a simulation's meters); the forecast sees a row from its
+        ``published_at`` on
+    config : forecast settings
+
+    Calling it ``(now, horizon_start, periods)`` returns a :class:`Forecast`; nothing published
+    after ``now`` is read (``Snapshot.known_at``).
+    """
+
+    PRICE_LOOKBACK = pd.Timedelta(days=2)  # DA covering the horizon, RT of yesterday and the last RT price
+    AHEAD = pd.Timedelta(days=3)
+
+    def __init__(self, profile: SiteProfile, prices: pd.DataFrame,
+                 renewable_observations: pd.DataFrame | None = None, config: ForecastConfig | None = None) -> None:
+        from hashflex.feeds.ercot import publication_times
+
+        self.profile = profile
+        self.config = config
+        frame = prices.copy()
+        if "published_at" not in frame.columns:
+            frame["published_at"] = publication_times(frame)
+        self.prices = frame.sort_values("interval_start").reset_index(drop=True)
+        self._starts = pd.DatetimeIndex(self.prices["interval_start"]).tz_convert("UTC")
+        self.renewables = renewable_observations
+        history_days = (config or ForecastConfig()).renewable_history_days
+        self.renewable_lookback = pd.Timedelta(days=history_days + 1)
+        self._renewable_times = (None if renewable_observations is None
+                                 else pd.DatetimeIndex(renewable_observations["published_at"]))
+
+    def update(self, prices: pd.DataFrame) -> None:
+        """Replace the price history (e.g. a live replay that learned more prices)."""
+        self.__init__(self.profile, prices, self.renewables, self.config)  # type: ignore[misc]
+
+    def snapshot(self, now: pd.Timestamp) -> Snapshot:
+        lo, hi = self._starts.searchsorted(now - self.PRICE_LOOKBACK), self._starts.searchsorted(now + self.AHEAD)
+        frames: dict[str, pd.DataFrame] = {"prices": self.prices.iloc[lo:hi][list(SNAPSHOT_COLUMNS["prices"])]}
+        if self.renewables is not None and self._renewable_times is not None:
+            a = self._renewable_times.searchsorted(now - self.renewable_lookback)
+            b = self._renewable_times.searchsorted(now, "right")
+            frames["renewable_observations"] = self.renewables.iloc[a:b]
+        return Snapshot(**frames)
+
+    def __call__(self, now: Any, horizon_start: pd.Timestamp, periods: int) -> Forecast:
+        now_ts = _utc(now)
+        return build_forecast(self.profile, self.snapshot(now_ts), now_ts, horizon_start, periods, config=self.config)
 
 
 # ------------------------------------------------------------------------------------ I/O edge

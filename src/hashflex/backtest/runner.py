@@ -46,7 +46,7 @@ from hashflex.control.records import AuditRecorder
 from hashflex.control.loop import ControlLoop, HorizonForecast, LoopConfig
 from hashflex.control.solver import SolveRunner
 from hashflex.feeds.ercot import read_price_file
-from hashflex.forecast import Forecast, ForecastConfig, Snapshot, build_forecast
+from hashflex.forecast import ForecastConfig, RecordedForecaster
 from hashflex.messages import DREventMessage, RenewableMessage
 from hashflex.optimize.problem import GroupState, Problem, problem_from_profile
 from hashflex.optimize.schedule import Schedule, SolveInfo, SolveStatus, schedule_from_counts
@@ -252,31 +252,16 @@ class PolicyRun:
     notes: list[str] = field(default_factory=list)
 
 
-class SnapshotForecaster:
-    """The daemon's forecaster (``hashflex.forecast.build_forecast``) over an in-memory Snapshot of
-    the recorded history instead of the store: prices with their publication times (RT at interval
-    end, DA at 13:00 CT the day before, unless the file says otherwise) and on-site output measured
-    at each tick. ``build_forecast`` drops every row published after ``now``: no look-ahead.
+class SnapshotForecaster(RecordedForecaster):
+    """The daemon's forecaster over the recorded history (:class:`hashflex.forecast.RecordedForecaster`,
+    the same class ``run --simulate`` plans with), with on-site output measured at each tick.
 
     On-site output before the window (three days, for the forecast's diurnal profile) is taken
     from the recorded file if it covers them, else from the same SYNTHETIC clear-sky shape."""
 
-    # The price rules read DA rows covering the horizon, RT of the same time yesterday and the last
-    # RT price: two days back cover them all (the store reader takes 8; fewer rows, same forecast).
-    PRICE_LOOKBACK = pd.Timedelta(days=2)
-    AHEAD = pd.Timedelta(days=3)
-
     def __init__(self, profile: SiteProfile, actuals: Actuals, config: ForecastConfig | None = None) -> None:
-        self.profile = profile
-        self.config = config
-        prices = actuals.prices.copy()
-        if "published_at" not in prices.columns:
-            prices["published_at"] = published_at(prices)
-        self.prices = prices.sort_values("interval_start").reset_index(drop=True)
-        self._starts = pd.DatetimeIndex(self.prices["interval_start"]).tz_convert("UTC")
         source = profile.renewables[0].id if profile.renewables else None
         history_days = (config or ForecastConfig()).renewable_history_days
-        self.renewable_lookback = pd.Timedelta(days=history_days + 1)
         before = pd.date_range(actuals.index[0] - pd.Timedelta(days=history_days), actuals.index[0],
                                freq=actuals.step, inclusive="left")
         solar_kw = sum(r.capacity_kw for r in profile.renewables if r.kind == "solar")
@@ -284,22 +269,9 @@ class SnapshotForecaster:
                 else actuals.renewables.reindex(before, method="ffill").fillna(0.0).to_numpy(dtype=float))
         times = before.append(actuals.index)
         values = np.concatenate([past, actuals.renewable_kw])
-        self.renewables = pd.DataFrame({"source_id": source, "timestamp": times, "power_kw": values,
-                                        "published_at": times}) if source else None
-        self._renewable_times = times
-
-    def snapshot(self, now: pd.Timestamp) -> Snapshot:
-        lo, hi = self._starts.searchsorted(now - self.PRICE_LOOKBACK), self._starts.searchsorted(now + self.AHEAD)
-        frames: dict[str, pd.DataFrame] = {"prices": self.prices.iloc[lo:hi]}
-        if self.renewables is not None:
-            a = self._renewable_times.searchsorted(now - self.renewable_lookback)
-            b = self._renewable_times.searchsorted(now, "right")
-            frames["renewable_observations"] = self.renewables.iloc[a:b]
-        return Snapshot(**frames)
-
-    def __call__(self, now: Any, horizon_start: pd.Timestamp, periods: int) -> Forecast:
-        now_ts = pd.Timestamp(now).tz_convert("UTC")
-        return build_forecast(self.profile, self.snapshot(now_ts), now_ts, horizon_start, periods, config=self.config)
+        renewables = pd.DataFrame({"source_id": source, "timestamp": times, "power_kw": values,
+                                   "published_at": times}) if source else None
+        super().__init__(profile, actuals.prices, renewables, config)
 
 
 class RuleForecaster:

@@ -48,6 +48,7 @@ from hashflex.control.fleet import FleetState, MinerSetpoint
 from hashflex.control.guard import Guard, GuardResult, Limits, Measurements
 from hashflex.control.limits import STORE_UNAVAILABLE, LimitsAck, LimitsBook
 from hashflex.control.sender import SendQueue
+from hashflex.forecast import FallbackCode, has_fallback
 from hashflex.control.records import IntervalMeter
 from hashflex.control.solver import SolveRunner
 from hashflex.drivers.base import MinerDriver, MinerRegistry, Setpoint, SetpointResult
@@ -211,11 +212,12 @@ class ControlLoop:
         self.last_report: TickReport | None = None
         self.last_good_tick: datetime | None = None
         self.state_failure: str | None = None  # the last failed commit of control state, until one succeeds
+        self.transport_failure: str | None = None  # the last batch went nowhere (broker down), until one does
         self._sender = SendQueue(self._apply_batch, synchronous=not config.async_sends)
         self._record("config", lambda: records.config_payload(profile, "start"))
         self.counters: dict[str, int] = {"ticks": 0, "fast_path_actions": 0, "dr_accepted": 0, "dr_rejected": 0,
                                          "dr_duplicates": 0, "limits_accepted": 0, "limits_rejected": 0,
-                                         "limits_duplicates": 0, "store_unavailable": 0,
+                                         "limits_duplicates": 0, "store_unavailable": 0, "setpoints_not_sent": 0,
                                          "fallback_schedules": 0, "setpoint_failures": 0}
 
     @property
@@ -299,6 +301,11 @@ class ControlLoop:
         with self._lock:
             self.counters["setpoint_failures"] += sum(
                 1 for r in results if r.status.value in ("rejected", "timeout", "unreachable"))
+            # Transport faults (broker down, bad credentials, TLS): not the miners' fault, but visible.
+            not_sent = sum(1 for r in results if r.status.value == "not_sent")
+            self.counters["setpoints_not_sent"] += not_sent
+            self.transport_failure = (f"{not_sent} of {len(results)} setpoints of the last batch not sent "
+                                      f"(driver transport down)") if results and not_sent == len(results) else None
             self.registry.record(results)
             self._sync_availability()
             reverted = False
@@ -779,6 +786,8 @@ class ControlLoop:
             causes.append("prices unknown: planning at the curtailment price")
         if self.state_failure is not None:
             causes.append(f"{STORE_UNAVAILABLE}: {self.state_failure}")
+        if self.transport_failure is not None:
+            causes.append(self.transport_failure)
         return causes
 
     def status(self, now: datetime) -> dict[str, Any]:
@@ -817,7 +826,7 @@ def _json_field(text: str, name: str) -> str | None:
 
 def _prices_unknown(fallbacks: Any) -> bool:
     """True when the forecast had to invent prices (the site is then curtailed: not healthy)."""
-    return any("no known price" in f or "no price known" in f for f in fallbacks)
+    return has_fallback(fallbacks, FallbackCode.PRICE_UNKNOWN)
 
 
 def _replace(measurements: Measurements, **changes: Any) -> Measurements:

@@ -75,6 +75,8 @@ __all__ = [
     "parse_simple_csv",
     "parse_generic_json",
     "read_price_file",
+    "publication_times",
+    "DAM_PUBLISHED_LOCAL_HOUR",
 ]
 
 log = logging.getLogger(__name__)
@@ -593,3 +595,27 @@ def read_price_file(path: str | os.PathLike, settlement_point: str | Iterable[st
         return parse_generic_json(text, settlement_point=settlement_point, market=market, source_name=path.name)
     return parse_simple_csv(text, settlement_point=settlement_point, market=market, source_name=path.name)
 
+
+DAM_PUBLISHED_LOCAL_HOUR = 13
+"""ERCOT posts Day-Ahead Market results around 13:00 Central the day before the operating day
+(Nodal Protocols §4.5.3, "Communicating DAM Results"; the DAM closes at 10:00)."""
+
+
+def publication_times(prices: pd.DataFrame) -> pd.Series:
+    """When each price of a canonical frame became known, as ERCOT publishes them.
+
+    Real-time settlement point prices: at the end of their interval (posted within minutes of the
+    interval's last SCED run; Nodal Protocols §6.3.2). Day-ahead prices: at 13:00 Central
+    prevailing time the day before the operating day (:data:`DAM_PUBLISHED_LOCAL_HOUR`).
+
+    Parameters
+    ----------
+    prices : canonical price frame (``interval_start``, ``interval_end``, ``market`` …), n rows
+
+    Returns
+    -------
+    pd.Series, n rows, tz-aware UTC, aligned with ``prices``.
+    """
+    local_day = prices["interval_start"].dt.tz_convert(CENTRAL_TZ).dt.normalize()
+    da_time = (local_day - pd.Timedelta(days=1) + pd.Timedelta(hours=DAM_PUBLISHED_LOCAL_HOUR)).dt.tz_convert("UTC")
+    return prices["interval_end"].where(prices["market"] == "RT", da_time)

@@ -208,7 +208,7 @@ def noise_caps_dba(profile: SiteProfile, interval_start: pd.DatetimeIndex,
     minutes = max(int(step / pd.Timedelta(minutes=1)), 1)
     offsets = pd.to_timedelta(np.arange(minutes), unit="min")
     # Every minute of every interval, in local time, as a minute of the week (Monday 00:00 = 0).
-    moments = (interval_start.tz_convert("UTC").values[:, None] + offsets.values[None, :]).ravel()
+    moments = (interval_start.tz_convert("UTC").tz_convert(None).to_numpy()[:, None] + offsets.values[None, :]).ravel()
     local = pd.DatetimeIndex(moments).tz_localize("UTC").tz_convert(profile.tz)
     minute_of_week = np.asarray(local.day_of_week * 1440 + local.hour * 60 + local.minute)
     return {r.id: _week_of_caps(tuple((w.start, w.end, tuple(w.days), w.cap_dba) for w in r.caps))[minute_of_week]

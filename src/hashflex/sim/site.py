@@ -1,10 +1,12 @@
 """A simulated site for `hashflex run --simulate`: recorded real prices on a simulated clock, an
 in-process fleet that follows setpoints, simulated noise sensors, and the real control loop.
 
-The clock jumps interval by interval (no waiting), and the forecast at each tick sees only what
-was published before it (`ReplayForecaster`): day-ahead prices from 13:00 Central the day before,
-real-time prices once their interval has ended. Renewable output is a clear-sky solar shape
-scaled to the profile's capacity — SYNTHETIC, labelled so in the output.
+The clock jumps interval by interval (no waiting), and the forecast at each tick is the daemon's
+own (`ReplayForecaster`, a :class:`hashflex.forecast.RecordedForecaster`: the same rules and
+fallbacks as ``hashflex run`` and the backtest) over what was published before it: day-ahead
+prices from 13:00 Central the day before, real-time prices once their interval has ended.
+Renewable output is a clear-sky solar shape scaled to the profile's capacity — SYNTHETIC,
+labelled so in the output.
 
 The run never plans an interval whose price is unknown: :func:`simulation_window` picks the window
 (default: the price file's first full local day, one horizon long, cut at the file's end) and
@@ -23,19 +25,19 @@ import numpy as np
 import pandas as pd
 
 from hashflex.control.fleet import SLEEP
-from hashflex.control.loop import ControlLoop, HorizonForecast, LoopConfig, TickReport
+from hashflex.control.loop import ControlLoop, LoopConfig, TickReport
 from hashflex.audit import noise_interval_summary
 from hashflex.control.records import AuditRecorder
 from hashflex.control.solver import SolveRunner
 from hashflex.drivers.base import Setpoint, SetpointResult, SetpointStatus
+from hashflex.feeds.ercot import publication_times
+from hashflex.forecast import RecordedForecaster
 from hashflex.messages import DREventMessage, RenewableMessage
 from hashflex.profile import SiteProfile
 from hashflex.sim.noise import NoiseSensorSim
 from hashflex.store import Store
 
 log = logging.getLogger(__name__)
-CENTRAL = "America/Chicago"
-DA_PUBLISHED_LOCAL_HOUR = 13  # ERCOT posts the DAM results around 13:00 CT the day before
 
 
 class SimulationWindowError(ValueError):
@@ -132,66 +134,34 @@ def simulation_window(profile: SiteProfile, prices: pd.DataFrame, *, start: pd.T
     return window
 
 
-def published_at(prices: pd.DataFrame) -> pd.Series:
-    """When each price became known: RT at the end of its interval, DA at 13:00 CT the day before."""
-    local_day = prices["interval_start"].dt.tz_convert(CENTRAL).dt.normalize()
-    da_time = (local_day - pd.Timedelta(days=1) + pd.Timedelta(hours=DA_PUBLISHED_LOCAL_HOUR)).dt.tz_convert("UTC")
-    return prices["interval_end"].where(prices["market"] == "RT", da_time)
+published_at = publication_times  # ERCOT's publication times (feeds.ercot); the old name, kept
 
 
-class ReplayForecaster:
-    """Price forecast from recorded RT and DA prices without look-ahead (a ``published_at``
-    column is used when present; otherwise ERCOT's publication times are assumed).
-
-    Each future interval takes the day-ahead price covering it if that was published before
-    ``now``; otherwise the last settled real-time price (persistence). The near term blends: the
-    current interval uses the last settled RT price when DA is unknown. Intervals with neither
-    are curtailed by a price of $10,000/MWh (the forecast says so)."""
-
-    UNKNOWN_PRICE_USD_MWH = 10_000.0
+class ReplayForecaster(RecordedForecaster):
+    """The daemon's forecaster (:class:`hashflex.forecast.RecordedForecaster`: the same
+    ``build_forecast`` rules, fallbacks and no-look-ahead as ``hashflex run`` and the backtest) over
+    recorded prices, for a simulated site. The site's solar output is the SYNTHETIC clear-sky shape
+    (:func:`clear_sky_solar_kw`), "measured" at every interval and visible to the forecast from
+    then on, as a real site's meter readings are."""
 
     def __init__(self, profile: SiteProfile, prices: pd.DataFrame, solar_kw: float = 0.0) -> None:
-        self.profile = profile
-        frame = prices.copy()
-        if "published_at" not in frame.columns:
-            frame["published_at"] = published_at(frame)
-        self.rt = frame[frame["market"] == "RT"].sort_values("interval_start")
-        self.da = frame[frame["market"] == "DA"].sort_values("interval_start")
         self.solar_kw = solar_kw
+        observations = None
+        solar = [r for r in profile.renewables if r.kind == "solar"]
+        if solar_kw > 0 and solar and not prices.empty:
+            step = pd.Timedelta(minutes=profile.site.interval_minutes)
+            first = pd.Timestamp(prices["interval_start"].min()).tz_convert("UTC").floor(step)
+            last = pd.Timestamp(prices["interval_end"].max()).tz_convert("UTC")
+            times = pd.date_range(first - pd.Timedelta(days=4), last, freq=step, inclusive="left")
+            total = sum(r.capacity_kw for r in solar)
+            observations = pd.concat([pd.DataFrame({
+                "source_id": r.id, "timestamp": times, "power_kw": clear_sky_solar_kw(times, profile, solar_kw)
+                * r.capacity_kw / total, "published_at": times}) for r in solar], ignore_index=True)
+            observations = observations.sort_values("published_at", kind="stable").reset_index(drop=True)
+        super().__init__(profile, prices, observations)
 
     def update(self, prices: pd.DataFrame) -> None:
-        """Replace the price history (the daemon re-reads the store each tick)."""
         self.__init__(self.profile, prices, self.solar_kw)  # type: ignore[misc]
-
-    def __call__(self, now: datetime, horizon_start: pd.Timestamp, periods: int) -> HorizonForecast:
-        step = pd.Timedelta(minutes=self.profile.site.interval_minutes)
-        index = pd.date_range(horizon_start, periods=periods, freq=step)
-        now_ts = pd.Timestamp(now)
-        known_rt = self.rt[self.rt["published_at"] <= now_ts]
-        known_da = self.da[self.da["published_at"] <= now_ts]
-        price = np.full(periods, np.nan)
-        fallbacks = []
-        if not known_da.empty:
-            position = np.searchsorted(known_da["interval_start"].to_numpy(), index.to_numpy(), side="right") - 1
-            ends = known_da["interval_end"].to_numpy()
-            values = known_da["price_usd_mwh"].to_numpy()
-            ok = (position >= 0) & (index.to_numpy() < ends[np.maximum(position, 0)])
-            price[ok] = values[position[ok]]
-        ages = {}
-        if not known_rt.empty:
-            last = known_rt.iloc[-1]
-            ages["price_rt_s"] = (now_ts - last["published_at"]).total_seconds()
-            missing = np.isnan(price)
-            if missing.any():
-                price[missing] = last["price_usd_mwh"]
-                fallbacks.append(f"no day-ahead price for {int(missing.sum())} intervals: last RT price persists")
-        if np.isnan(price).any():
-            price[np.isnan(price)] = self.UNKNOWN_PRICE_USD_MWH
-            fallbacks.append("no price known: curtail (price taken as $10,000/MWh)")
-        renewable = clear_sky_solar_kw(index, self.profile, self.solar_kw)
-        if self.solar_kw:
-            fallbacks.append("renewable: SYNTHETIC clear-sky solar shape")
-        return HorizonForecast(index, price, renewable_kw=renewable, fallbacks=tuple(fallbacks), input_ages_s=ages)
 
 
 def clear_sky_solar_kw(index: pd.DatetimeIndex, profile: SiteProfile, capacity_kw: float) -> np.ndarray:
