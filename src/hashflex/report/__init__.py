@@ -165,8 +165,8 @@ def trail_period(records: list[Any]) -> tuple[pd.Timestamp, pd.Timestamp] | None
 
 
 # decimals by the unit at the end of a key: what the instrument resolves (0.1 dB(A), kWh, $0.01)
-PRECISION = (("_dba", 1), ("_usd_mwh", 2), ("_usd_per_mwh", 2), ("_usd", 2), ("_mwh", 3), ("_kwh", 1),
-             ("_kg_per_mwh", 1), ("_kg_per_ph_h", 4), ("_kg", 1), ("_kw", 1), ("_mw", 4), ("_pct", 1))
+PRECISION = (("_dba", 1), ("_usd_mwh", 2), ("_usd_per_mwh", 2), ("_usd", 2), ("_kg_per_mwh", 1), ("_mwh", 3),
+             ("_kwh", 1), ("_kg_per_ph_h", 4), ("_kg", 1), ("_kw", 1), ("_mw", 4), ("_pct", 1))
 
 
 def apply_precision(value: Any, key: str = "") -> Any:

@@ -166,8 +166,8 @@ UNITS = (("_usd_per_mwh", "$/MWh"), ("_usd_mwh", "$/MWh"), ("_kg_per_ph_h", "kg 
          ("_kw", "kW"), ("_ph_h", "PH·h"), ("_ph_s", "PH/s"), ("_j_per_th", "J/TH"), ("_hours", "h"),
          ("hours_covered", "h"), ("_s", "s"), ("minutes_over_cap", "min"), ("_mw", "MW"), ("_kwh", "kWh"),
     ("_th_s", "TH/s"), ("total_hours", "h"))
-DIGITS = (("_dba", 1), ("_usd_mwh", 2), ("_usd_per_mwh", 2), ("_usd", 2), ("_mwh", 3), ("_kwh", 1),
-          ("_kg_per_mwh", 1), ("_kg_per_ph_h", 4), ("_kg", 1), ("_kw", 1), ("_mw", 3), ("_pct", 1), ("_s", 0),
+DIGITS = (("_dba", 1), ("_usd_mwh", 2), ("_usd_per_mwh", 2), ("_usd", 2), ("_kg_per_mwh", 1), ("_mwh", 3),
+          ("_kwh", 1), ("_kg_per_ph_h", 4), ("_kg", 1), ("_kw", 1), ("_mw", 3), ("_pct", 1), ("_s", 0),
           ("_hours", 2), ("hours", 2), ("_factor", 3))
 
 DEFINITIONS = [
@@ -258,11 +258,11 @@ def fmt(value: Any, key: str = "") -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if isinstance(value, float) and not math.isfinite(value):
             return "n/a"
+        if isinstance(value, int):  # counts stay whole
+            return f"{value:,}"
         digits = digits_of(key)
         if digits is not None:
             return f"{value:,.{digits}f}"
-        if isinstance(value, int):
-            return f"{value:,}"
         text = f"{value:,.1f}" if abs(value) >= 1000 else f"{value:,.3f}"
         return text.rstrip("0").rstrip(".") if "." in text else text
     if isinstance(value, str) and _ISO.match(value):
@@ -320,7 +320,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str], table_id: str, captio
     return f'<table class="data" id="{table_id}">{_caption(caption)}<tr>{head}</tr>\n{body}\n</table>'
 
 
-def _png(draw: Any, *, height_in: float = 3.4) -> str | None:
+def _png(draw: Any, *, height_in: float = 3.4, time_axis: bool = True) -> str | None:
     try:
         import matplotlib
 
@@ -328,13 +328,14 @@ def _png(draw: Any, *, height_in: float = 3.4) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(10, height_in), dpi=90)
+    fig, ax = plt.subplots(figsize=(11, height_in), dpi=90)
     try:
         draw(ax)
         ax.grid(alpha=0.3)
-        tz = _TZ.get()
-        ax.set_xlabel(f"site local time ({tz})")
-        _local_axis(ax, tz)
+        if time_axis:
+            tz = _TZ.get()
+            ax.set_xlabel(f"site local time ({tz})")
+            _local_axis(ax, tz)
         if _SIM.get():  # across the image, so a cropped or copied plot still says it
             fig.text(0.5, 0.5, SIMULATED_TEXT, fontsize=48, color="#c00000", alpha=0.15, ha="center", va="center",
                      rotation=20, transform=fig.transFigure)
@@ -342,7 +343,7 @@ def _png(draw: Any, *, height_in: float = 3.4) -> str | None:
         fig.autofmt_xdate()
         fig.tight_layout()
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", metadata={"Software": None})
+        fig.savefig(buffer, format="png", metadata={"Software": None}, bbox_inches="tight")
     finally:
         plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -364,8 +365,8 @@ def _legend_outside(ax: Any, *extra_axes: Any) -> None:
     for other in extra_axes:
         h, lab = other.get_legend_handles_labels()
         handles, labels = handles + h, labels + lab
-    if handles:
-        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.08 if extra_axes else 1.01, 1.0),
+    if handles:  # below the axes, under the time labels: never over the data, never squeezing it
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.4), ncol=min(len(handles), 3),
                   fontsize=8, frameon=False)
 
 
@@ -472,12 +473,18 @@ def _noise_plot(receptor: str, hourly: list[dict[str, Any]]) -> str:
     return _plot(f"plot-noise-{receptor}", label, draw)
 
 
-def _dr_plot(event: dict[str, Any]) -> str:
+def _dr_plot(event: dict[str, Any], intervals: list[dict[str, Any]]) -> str:
+    import pandas as pd
+
     rows = event["per_interval"]
+    t0 = pd.Timestamp(rows[0]["interval_start"]) - pd.Timedelta(hours=1)
+    t1 = pd.Timestamp(rows[-1]["interval_end"]) + pd.Timedelta(hours=1)
+    around = [r for r in intervals if t0 <= pd.Timestamp(r["interval_start"]) < t1] or rows
+    key = "import_kw" if around is not rows else "metered_import_kw"
 
     def draw(ax: Any) -> None:
         _shade_dr(ax, [event])
-        _step(ax, rows, _series(rows, "metered_import_kw"), label="metered grid import", lw=1.6)
+        _step(ax, around, _series(around, key), label="metered grid import", lw=1.6)
         _step(ax, rows, _series(rows, "limit_kw"), color="red", label="limit asked")
         _step(ax, rows, _series(rows, "baseline_kw"), linestyle=":", color="gray",
               label=f"baseline ({event.get('baseline_method')})")
@@ -493,14 +500,15 @@ def _curtailment_plot(per_day: list[dict[str, Any]]) -> str:
 
         frame = pd.DataFrame(per_day).pivot_table(index="day", columns="cause", values="mwh", aggfunc="sum").fillna(0)
         bottom = [0.0] * len(frame)
-        days = [pd.Timestamp(d).to_pydatetime() for d in frame.index]
+        days = [str(d) for d in frame.index]  # site-local calendar days, as labels
         for cause in frame.columns:
             values = frame[cause].tolist()
-            ax.bar(days, values, bottom=bottom, width=0.8, label=cause, align="edge")
+            ax.bar(days, values, bottom=bottom, width=0.6, label=cause)
             bottom = [b + v for b, v in zip(bottom, values, strict=True)]
         ax.set_ylabel("MWh not used per day")
+        ax.set_xlabel("site-local day")
         _legend_outside(ax)
-    return _plot("plot-curtailment", "Mining switched off per site-local day, by cause", draw)
+    return _plot("plot-curtailment", "Mining switched off per site-local day, by cause", draw, time_axis=False)
 
 
 def _economics_plot(hourly: list[dict[str, Any]], events: list[dict[str, Any]]) -> str:
@@ -531,12 +539,12 @@ p.simulated{display:block;margin:.4rem 0}.sim-tag{font-size:.75rem}
 figure{margin:1rem 0}img{max-width:100%}table.side th,table.side td{min-width:9rem}"""
 
 
-def _sim_banner(meta: dict[str, Any]) -> str:
+def _sim_banner(meta: dict[str, Any], *, detail: bool = False) -> str:
     if not meta.get("simulated"):
         return ""
-    detail = (meta.get("provenance") or {}).get("detail", "")
-    return (f'<p class="simulated" data-simulated="true">{SIMULATED_TEXT} DATA — not measured at a real site. '
-            f"{html.escape(detail)}</p>")
+    why = " " + html.escape((meta.get("provenance") or {}).get("detail", "")) if detail else ""
+    return (f'<p class="simulated" data-simulated="true">{SIMULATED_TEXT} DATA — not measured at a real site.{why}'
+            f"</p>")
 
 
 def _audit_section(meta: dict[str, Any]) -> list[str]:
@@ -552,7 +560,7 @@ def _audit_section(meta: dict[str, Any]) -> list[str]:
         verdict = ('<span class="ok">matches: the trail up to the signed record is unchanged</span>' if signed["ok"]
                    else f'<span class="bad">FAILED: {html.escape(str(signed.get("problem")))}</span>')
         signed_row = f'<code>{html.escape(signed["signature"])}</code> (record {signed.get("signed_seq")}): {verdict}'
-    return ['<section id="audit"><h2>Audit trail</h2>', _sim_banner(meta),
+    return ['<section id="audit"><h2>Audit trail</h2>', _sim_banner(meta, detail=True),
             f"<p>Audit chain: {status} ({audit['records']} records).</p>",
             f'<table class="figures">{_caption("Evidence")}<tr data-figure="report.audit.head_hash"><th>Chain head '
             f'hash (record {audit.get("head_seq")})</th><td><code id="audit-head-hash">'
@@ -575,6 +583,20 @@ def _by_cause_table(by_cause: dict[str, dict[str, Any]]) -> str:
                    f'<td class="num">{html.escape(fmt(v.get("intervals")))}</td></tr>' for cause, v in by_cause.items())
     return (f'<table class="data" id="curtailment-by-cause">{_caption("By cause, for the period")}<tr><th>Cause</th>'
             f"<th>Energy not used (MWh)</th><th>Hours curtailed</th><th>Intervals</th></tr>{body}</table>")
+
+
+def _factor_table(hourly: list[dict[str, Any]]) -> str:
+    """Per hour: import, factor, kg and the factor's source, sources keyed [S1].. and listed once."""
+    keys: dict[str, str] = {}
+    rows = []
+    for r in hourly:
+        source = str(r.get("intensity_source") or "unknown")
+        key = keys.setdefault(source, f"S{len(keys) + 1}")
+        rows.append({**r, "intensity_source": key})
+    legend = "".join(f"<li><b>{k}</b>: {html.escape(s)}</li>" for s, k in keys.items())
+    return (_table(rows, ["hour_start", "grid_import_mwh", "location_kg_per_mwh", "location_kg", "intensity_source"],
+                   "emission-factors", "Location-based factor per hour (source key below)")
+            + f'<ul id="factor-sources">{legend}</ul>')
 
 
 def _emissions_side_by_side(em: dict[str, Any]) -> str:
@@ -637,9 +659,7 @@ def _to_html(report: dict[str, Any]) -> str:
               _table(em.get("instruments") or [], ["id", "kind", "source", "mwh_for_period", "mwh_applied",
                                                    "emission_factor_kg_per_mwh"], "instruments",
                      "Instruments that make the market-based figure differ"),
-              "<h3>Emission factor and its source, hour by hour</h3>",
-              _table(hourly, ["hour_start", "grid_import_mwh", "location_kg_per_mwh", "location_kg",
-                              "intensity_source"], "emission-factors", "Location-based factor per hour")]
+              "<h3>Emission factor and its source, hour by hour</h3>", _factor_table(hourly)]
     parts += ["<h3>Carbon budget</h3>", _figures_table(em["budget"], "emissions.budget", caption="Carbon budget"),
               _table(em["budget"]["per_day"], ["day", "emissions_kg", "budget_kg", "used_pct", "over"],
                      "budget-per-day", "Per site-local day"),
@@ -689,7 +709,7 @@ def _to_html(report: dict[str, Any]) -> str:
             parts.append(_figures_table(base, f"demand_response.events.{i}.baselines.{name}",
                                         caption=f"Baseline: {base.get('method')}"))
         if event.get("per_interval"):
-            parts.append(_dr_plot(event))
+            parts.append(_dr_plot(event, intervals))
             parts.append(_table(event["per_interval"], ["interval_start", "limit_kw", "baseline_kw",
                                                         "baseline_m8of10_kw", "baseline_meter_before_kw",
                                                         "metered_import_kw", "obligated_kw", "delivered_kw",
