@@ -1,0 +1,233 @@
+"""Fleet-health detectors, a health score per miner, and the book that keeps both.
+
+Each detector is a pure function of one miner's recent :class:`~hashflex.health.reading.MinerReading`
+history (oldest first) and its :class:`Rating` (what the model should do), returning
+:class:`Finding` s. Thresholds are parameters with defaults chosen for air-cooled SHA-256 ASICs
+(chip "hot" 90 °C / "dangerous" 100 °C as LuxOS's default temperature control; fans under 1,000 RPM
+while hashing have stalled); set them per model in the profile.
+
+Detectors:
+- ``not_following``: the last ``samples`` readings with a setpoint all draw outside
+  ``setpoint × (1 ± tolerance)`` (or hash while told to sleep).
+- ``efficiency_drift``: median J/TH of the window is ``threshold`` (8 %) or more above the rating.
+- ``lost_hashboard``: fewer boards report chips than the model has.
+- ``overheating``: hottest chip ≥ ``hot_c`` (warning) / ``danger_c`` (critical).
+- ``failing_fan``: a fan at 0 RPM or under ``stall_rpm`` while hashing, or one fan under
+  ``lag`` (60 %) of the others' median (critical: the miner will overheat).
+- ``error_growth``: hardware errors grow faster than ``max_per_h`` per hour over the window.
+
+Score: 1.0 for no findings, minus 0.15 per warning and 0.5 per critical, floored at 0.0.
+:class:`HealthBook` ingests readings (thread-safe), keeps ``window`` per miner, and answers
+``findings()``, ``scores()``, ``derate_factor(miner_id)`` (1.0 healthy; down to 0.0 for a miner that
+should not run: hot units are derated, not only slept) and ``dispatch_order(ids)`` (healthiest first).
+New findings go to ``on_alert(finding)`` once (MQTT ``out/alert``, a webhook, the dashboard).
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from hashflex.health.reading import MinerReading
+
+__all__ = ["Finding", "HealthBook", "Rating", "detect", "efficiency_drift", "error_growth", "failing_fan",
+           "health_score", "lost_hashboard", "not_following", "overheating"]
+
+WARNING, CRITICAL = "warning", "critical"
+
+
+@dataclass(frozen=True)
+class Rating:
+    """What one miner model should do: rated efficiency (J/TH), boards and fans it has."""
+
+    j_th: float | None = None
+    hashboards: int = 3
+    fans: int = 4
+    hot_c: float = 90.0
+    danger_c: float = 100.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One detected problem: ``kind`` (detector name), ``severity`` (warning | critical), a readable ``detail``."""
+
+    miner_id: str
+    kind: str
+    severity: str
+    detail: str
+    at: datetime
+    value: float | None = None
+
+    def as_alert(self) -> dict[str, object]:
+        """The payload of an alert (MQTT ``out/alert``, webhook): JSON-ready."""
+        return {"miner_id": self.miner_id, "kind": self.kind, "severity": self.severity, "detail": self.detail,
+                "at": self.at.isoformat(), "value": self.value}
+
+
+def not_following(history: Sequence[MinerReading], *, tolerance: float = 0.15, samples: int = 3,
+                  sleep_max_kw: float = 0.1) -> list[Finding]:
+    told = [r for r in history if r.setpoint_power_kw is not None and r.power_kw is not None][-samples:]
+    if len(told) < samples:
+        return []
+    off = []
+    for r in told:
+        target = r.setpoint_power_kw or 0.0
+        if target <= 0.0:
+            off.append((r.hashrate_th_s or 0.0) > 0 or (r.power_kw or 0.0) > sleep_max_kw)
+        else:
+            off.append(abs((r.power_kw or 0.0) - target) > tolerance * target)
+    if not all(off):
+        return []
+    last = told[-1]
+    return [Finding(last.miner_id, "not_following", CRITICAL,
+                    f"{samples} readings off its setpoint: draws {last.power_kw:.2f} kW, told "
+                    f"{last.setpoint_power_kw:.2f} kW", last.at, last.power_kw)]
+
+
+def efficiency_drift(history: Sequence[MinerReading], rating: Rating, *, threshold: float = 0.08,
+                     samples: int = 3) -> list[Finding]:
+    values = [e for r in history if (e := r.efficiency_j_th) is not None]
+    if rating.j_th is None or len(values) < samples:
+        return []
+    median = statistics.median(values[-max(samples, len(values) // 2):])
+    drift = median / rating.j_th - 1.0
+    if drift < threshold:
+        return []
+    last = history[-1]
+    severity = CRITICAL if drift >= 2 * threshold else WARNING
+    return [Finding(last.miner_id, "efficiency_drift", severity,
+                    f"{median:.1f} J/TH vs rated {rating.j_th:.1f} (+{drift:.0%})", last.at, drift)]
+
+
+def lost_hashboard(history: Sequence[MinerReading], rating: Rating) -> list[Finding]:
+    last = history[-1] if history else None
+    if last is None or last.hashboards is None or not last.hashrate_th_s:
+        return []
+    expected = last.expected_hashboards or rating.hashboards
+    if last.hashboards >= expected:
+        return []
+    return [Finding(last.miner_id, "lost_hashboard", CRITICAL,
+                    f"{last.hashboards} of {expected} hashboards report chips", last.at,
+                    float(expected - last.hashboards))]
+
+
+def overheating(history: Sequence[MinerReading], rating: Rating) -> list[Finding]:
+    last = history[-1] if history else None
+    hottest = last.max_chip_temp_c if last else None
+    if last is None or hottest is None or hottest < rating.hot_c:
+        return []
+    severity = CRITICAL if hottest >= rating.danger_c else WARNING
+    limit = rating.danger_c if severity == CRITICAL else rating.hot_c
+    return [Finding(last.miner_id, "overheating", severity, f"chip {hottest:.0f} °C (limit {limit:.0f} °C)",
+                    last.at, hottest)]
+
+
+def failing_fan(history: Sequence[MinerReading], *, stall_rpm: int = 1000, lag: float = 0.6) -> list[Finding]:
+    last = history[-1] if history else None
+    if last is None or not last.fan_rpm or not last.hashrate_th_s:
+        return []
+    rpms = [r for r in last.fan_rpm if r is not None]
+    if not rpms:
+        return []
+    stalled = [i for i, r in enumerate(last.fan_rpm) if r is not None and r < stall_rpm]
+    if stalled:
+        return [Finding(last.miner_id, "failing_fan", CRITICAL, f"fan(s) {stalled} under {stall_rpm} RPM while "
+                        f"hashing ({min(rpms)} RPM)", last.at, float(min(rpms)))]
+    for i, rpm in enumerate(last.fan_rpm):
+        others = [r for j, r in enumerate(last.fan_rpm) if j != i and r is not None]
+        if rpm is not None and others and rpm < lag * statistics.median(others):
+            return [Finding(last.miner_id, "failing_fan", WARNING,
+                            f"fan {i} at {rpm} RPM, the others ~{statistics.median(others):.0f}", last.at, float(rpm))]
+    return []
+
+
+def error_growth(history: Sequence[MinerReading], *, max_per_h: float = 50.0) -> list[Finding]:
+    counted = [r for r in history if r.hw_errors is not None]
+    if len(counted) < 2:
+        return []
+    first, last = counted[0], counted[-1]
+    hours = (last.at - first.at).total_seconds() / 3600.0
+    if hours <= 0 or last.hw_errors is None or first.hw_errors is None:
+        return []
+    rate = max(0, last.hw_errors - first.hw_errors) / hours
+    if rate <= max_per_h:
+        return []
+    return [Finding(last.miner_id, "error_growth", WARNING if rate < 4 * max_per_h else CRITICAL,
+                    f"{rate:.0f} hardware errors per hour", last.at, rate)]
+
+
+def detect(history: Sequence[MinerReading], rating: Rating) -> list[Finding]:
+    """Every detector on one miner's history (oldest first)."""
+    if not history:
+        return []
+    return (not_following(history) + efficiency_drift(history, rating) + lost_hashboard(history, rating)
+            + overheating(history, rating) + failing_fan(history) + error_growth(history))
+
+
+def health_score(findings: Iterable[Finding]) -> float:
+    """1.0 healthy; −0.15 per warning, −0.5 per critical; never below 0.0."""
+    penalty = sum(0.5 if f.severity == CRITICAL else 0.15 for f in findings)
+    return max(0.0, 1.0 - penalty)
+
+
+class HealthBook:
+    """Readings in, findings / scores / derating / dispatch order out; thread-safe (see the module docstring)."""
+
+    def __init__(self, ratings: Mapping[str, Rating], *, window: int = 30,
+                 on_alert: Callable[[Finding], None] | None = None) -> None:
+        self.ratings = dict(ratings)
+        self.window = window
+        self.on_alert = on_alert
+        self._history: dict[str, deque[MinerReading]] = {}
+        self._findings: dict[str, list[Finding]] = {}
+        self._alerted: set[tuple[str, str, str]] = set()
+        self._lock = threading.Lock()
+
+    def ingest(self, reading: MinerReading) -> list[Finding]:
+        """Add a reading; returns the miner's current findings (new ones also go to ``on_alert``)."""
+        with self._lock:
+            history = self._history.setdefault(reading.miner_id, deque(maxlen=self.window))
+            history.append(reading)
+            findings = detect(list(history), self.ratings.get(reading.miner_id, Rating()))
+            self._findings[reading.miner_id] = findings
+            active = {(f.miner_id, f.kind, f.severity) for f in findings}
+            new = [f for f in findings if (f.miner_id, f.kind, f.severity) not in self._alerted]
+            # a cleared finding may alert again if it comes back
+            self._alerted = {k for k in self._alerted if k[0] != reading.miner_id} | active
+        for finding in new:
+            if self.on_alert is not None:
+                try:
+                    self.on_alert(finding)
+                except Exception:  # noqa: BLE001 - an alert channel down must not stop health tracking
+                    pass
+        return findings
+
+    def findings(self, miner_id: str | None = None) -> list[Finding]:
+        with self._lock:
+            if miner_id is not None:
+                return list(self._findings.get(miner_id, []))
+            return [f for fs in self._findings.values() for f in fs]
+
+    def scores(self) -> dict[str, float]:
+        """miner id → health score in [0, 1] (miners with no readings are absent)."""
+        with self._lock:
+            return {m: health_score(fs) for m, fs in self._findings.items()}
+
+    def derate_factor(self, miner_id: str) -> float:
+        """Fraction of its planned power the dispatcher should give this miner: 0.0 for a critical
+        overheat, a stalled fan or a miner that ignores its setpoints; 0.8 for a warm one; else 1.0."""
+        findings = self.findings(miner_id)
+        if any(f.severity == CRITICAL and f.kind in ("overheating", "failing_fan", "not_following") for f in findings):
+            return 0.0
+        if any(f.kind in ("overheating", "failing_fan") for f in findings):
+            return 0.8
+        return 1.0
+
+    def dispatch_order(self, miner_ids: Iterable[str]) -> list[str]:
+        """``miner_ids`` healthiest first (unknown miners count as healthy), then by id."""
+        scores = self.scores()
+        return sorted(miner_ids, key=lambda m: (-scores.get(m, 1.0), m))
