@@ -129,3 +129,16 @@ def test_property_time_weighted_values_on_any_grid(minutes: int, day: str, value
         else:
             assert out[i] == pytest.approx(sum(values[k] for k in block) / per, rel=1e-12, abs=1e-9)
     assert sum(g.intervals for g in gap_runs(grid, out, interval)) == int(np.isnan(out).sum())
+
+
+def test_plan_holds_the_monthly_carbon_budget_too() -> None:
+    """Issue 11: `hashflex plan` built its problem without the profile's monthly budget."""
+    from hashflex.optimize.problem import problem_from_profile
+    from hashflex.profile import load_profile
+
+    profile = load_profile("panhandle_120mw")
+    assert profile.carbon.monthly_budget_kg is not None
+    index = pd.date_range("2025-04-30T20:00Z", periods=24, freq="5min")
+    problem = problem_from_profile(profile, index, np.full(24, 20.0))
+    names = [b.name for b in problem.carbon_budgets]
+    assert any(n.startswith("monthly") for n in names), names

@@ -64,18 +64,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _price_history(profile, rt_path: Path | None, da_path: Path | None) -> "pd.DataFrame":
+    """The same reader as the backtest's (``backtest.runner.load_prices``): the RT file, and the DA
+    file given (or the bundled ``DAM-*`` beside an ``RTM-*`` file); notes are printed."""
+    from hashflex.backtest.runner import load_prices
     from hashflex.data import bundled_path
-    from hashflex.feeds.ercot import read_price_file
 
-    rt_path = rt_path or bundled_path("ercot/RTM-2020-02.csv")
-    frames = [read_price_file(rt_path, settlement_point=profile.site.settlement_point,
-                              settlement_point_type=profile.site.settlement_point_type)]
-    if da_path is None and rt_path.name.startswith("RTM-"):
-        candidate = rt_path.with_name(rt_path.name.replace("RTM-", "DAM-"))
-        da_path = candidate if candidate.exists() else None
-    if da_path is not None:
-        frames.append(read_price_file(da_path, settlement_point=profile.site.settlement_point))
-    return pd.concat(frames, ignore_index=True)
+    prices = load_prices(profile, [rt_path or bundled_path("ercot/RTM-2020-02.csv")], [da_path] if da_path else [])
+    for note in prices.attrs.get("notes", []):
+        print(f"note: {note}")
+    return prices
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -21,12 +21,15 @@ import numpy as np
 import pandas as pd
 
 from hashflex.feeds.ercot import read_price_file
+from hashflex.forecast import ForecastConfig
+from hashflex.frames import TimeFrameError, gap_runs, require_aware, time_weighted_mean
 from hashflex.control.solver import SolveRunner
 from hashflex.optimize.problem import Problem, problem_from_profile
 from hashflex.optimize.schedule import Schedule
 from hashflex.profile import SiteProfile, profile_hash
 
 DEFAULT_PRICE_FILE = "ercot/RTM-2020-02.csv"
+UNKNOWN_PRICE_USD_MWH = ForecastConfig().unknown_price_usd_mwh  # the daemon's price for an unknown interval
 
 # The CSV columns other tools read; documented in the README ("Schedule CSV contract").
 CONTRACT_COLUMNS = ("interval_start", "price_usd_mwh", "load_kw", "grid_import_kw", "import_limit_kw",
@@ -51,43 +54,46 @@ def horizon_index(profile: SiteProfile, start: pd.Timestamp) -> pd.DatetimeIndex
     return pd.date_range(start.tz_convert("UTC"), periods=periods, freq=step)
 
 
-def prices_on_grid(prices: pd.DataFrame, index: pd.DatetimeIndex) -> np.ndarray:
-    """Price in force at each interval start: the price of the interval covering it (an hourly DA
-    price covers four 15-min intervals); NaN where no price covers the interval."""
-    if prices.empty:
+def prices_on_grid(prices: pd.DataFrame, index: pd.DatetimeIndex, interval: pd.Timedelta | None = None) -> np.ndarray:
+    """The settlement price of each interval of ``index`` (one market's rows): the time-weighted
+    mean of the prices covering it (``frames.time_weighted_mean``: 5-minute SCED prices average
+    into a 15-minute interval as ERCOT settles them, an hourly DA price covers its four quarters);
+    NaN where any part of the interval has no price (an unknown interval, not the end of data)."""
+    if prices.empty or len(index) == 0:
         return np.full(len(index), np.nan)
-    frame = prices.sort_values("interval_start")
-    starts = frame["interval_start"].to_numpy()
-    ends = frame["interval_end"].to_numpy()
-    values = frame["price_usd_mwh"].to_numpy(dtype=float)
-    position = np.searchsorted(starts, index.to_numpy(), side="right") - 1
-    out = np.full(len(index), np.nan)
-    valid = position >= 0
-    covered = valid.copy()
-    covered[valid] = index.to_numpy()[valid] < ends[position[valid]]
-    out[covered] = values[position[covered]]
-    return out
+    if interval is not None:
+        step = pd.Timedelta(interval)
+    else:
+        step = (index[1] - index[0]) if len(index) > 1 else pd.Timedelta(prices["interval_end"].iloc[0]
+                                                                        - prices["interval_start"].iloc[0])
+    return time_weighted_mean(prices["interval_start"], prices["interval_end"], prices["price_usd_mwh"], index, step)
 
 
 def read_renewables_csv(path: Path) -> pd.Series:
-    """A simple on-site output file: ``interval_start`` (ISO 8601 with offset), ``power_kw``."""
+    """A simple on-site output file: ``interval_start`` (ISO 8601 with a UTC offset: a time without
+    one is refused with its line, see :mod:`hashflex.frames`), ``power_kw`` (≥ 0). Duplicate times
+    are refused with their line."""
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, dtype={"interval_start": str})
     except (OSError, ValueError) as exc:
         raise PlanInputError(f"{path}: cannot read renewables CSV: {exc}") from exc
     missing = {"interval_start", "power_kw"} - set(frame.columns)
     if missing:
         raise PlanInputError(f"{path}: renewables CSV lacks column(s) {sorted(missing)}")
     try:
-        index = pd.to_datetime(frame["interval_start"], utc=True, format="ISO8601")
-    except (ValueError, TypeError) as exc:
-        raise PlanInputError(f"{path}: interval_start: {exc}") from exc
+        index = require_aware(frame["interval_start"], source=str(path), field="interval_start")
+    except TimeFrameError as exc:
+        raise PlanInputError(str(exc)) from exc
+    repeated = index.duplicated()
+    if repeated.any():
+        line = int(np.flatnonzero(repeated)[0]) + 2
+        raise PlanInputError(f"{path} line {line}: interval_start {index[line - 2].isoformat()} appears twice")
     power = pd.to_numeric(frame["power_kw"], errors="coerce")
     bad = power.isna() | (power < 0)
     if bad.any():
         line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
         raise PlanInputError(f"{path} line {line}: power_kw must be a number >= 0")
-    return pd.Series(power.to_numpy(dtype=float), index=pd.DatetimeIndex(index))
+    return pd.Series(power.to_numpy(dtype=float), index=index).sort_index()
 
 
 def load_inputs(profile: SiteProfile, prices_path: Path, start: pd.Timestamp | None,
@@ -102,18 +108,35 @@ def load_inputs(profile: SiteProfile, prices_path: Path, start: pd.Timestamp | N
         raise PlanInputError(str(exc)) from exc
     if prices.empty:
         raise PlanInputError(f"{prices_path}: no prices for {profile.site.settlement_point}")
+    notes = list(prices.attrs.get("notes", []))
+    if prices.attrs.get("duplicates"):
+        report = prices.attrs["duplicates"]
+        notes.append(f"{prices_path}: {report.identical_rows_dropped} identical and "
+                     f"{report.conflicting_rows_dropped} conflicting duplicate row(s) dropped (the last row kept)")
     if start is None:
         start = prices["interval_start"].min()
     index = horizon_index(profile, start)
-    price = prices_on_grid(prices, index)
-    notes = []
+    # One market: real-time where the file has it for the interval, else day-ahead.
+    price = np.full(len(index), np.nan)
+    for market in ("RT", "DA"):
+        rows = prices[prices["market"] == market]
+        if not rows.empty:
+            values = prices_on_grid(rows.reset_index(drop=True), index)
+            fill = np.isnan(price) & ~np.isnan(values)
+            price[fill] = values[fill]
     known = ~np.isnan(price)
     if not known[0]:
         raise PlanInputError(f"{prices_path}: no price covers the start {index[0].isoformat()}")
-    if not known.all():
-        last = int(np.flatnonzero(~known)[0])
-        notes.append(f"prices end at {index[last].isoformat()}: horizon shortened to {last} intervals")
-        index, price = index[:last], price[:last]
+    last_known = int(np.flatnonzero(known)[-1])
+    if last_known < len(index) - 1:
+        notes.append(f"prices end at {index[last_known + 1].isoformat()}: horizon shortened to {last_known + 1} "
+                     f"intervals")
+        index, price = index[:last_known + 1], price[:last_known + 1]
+    step = pd.Timedelta(minutes=profile.site.interval_minutes)
+    for gap in gap_runs(index, price, step):
+        notes.append(f"no price for {gap.describe()}: priced as unknown at {UNKNOWN_PRICE_USD_MWH:g} $/MWh "
+                     f"(curtailed), as the daemon prices an unknown interval")
+    price = np.where(np.isnan(price), UNKNOWN_PRICE_USD_MWH, price)
     renewable = None
     if renewables_path is not None:
         series = read_renewables_csv(renewables_path)

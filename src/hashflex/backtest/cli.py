@@ -111,7 +111,9 @@ def _inputs(args: argparse.Namespace, profile: SiteProfile):  # noqa: ANN202 - A
     from hashflex.data import bundled_path
     from hashflex.plan import read_renewables_csv
 
-    prices = load_prices(profile, args.prices or [bundled_path(DEFAULT_PRICES)], args.day_ahead)
+    prices = load_prices(profile, args.prices or [bundled_path(DEFAULT_PRICES)], args.day_ahead or [])
+    for note in prices.attrs.get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
     renewables = read_renewables_csv(Path(args.renewables)) if args.renewables else None
     events = []
     if args.dr_events:

@@ -74,13 +74,25 @@ def load_prices(profile: SiteProfile, paths: Sequence[str | Path], day_ahead: Se
             sibling = path.with_name(path.name.replace("RTM-", "DAM-"))
             if path.name.startswith("RTM-") and sibling.exists():
                 day_ahead.append(sibling)
-    for path in [*paths, *day_ahead]:
-        frames.append(read_price_file(path, settlement_point=profile.site.settlement_point,
-                                      settlement_point_type=profile.site.settlement_point_type))
+    notes: list[str] = []
+    for path, market in [*((p, None) for p in paths), *((p, "DA") for p in day_ahead)]:
+        # A file passed as day-ahead is day-ahead: a simple CSV without a market column is labelled
+        # DA, and an ERCOT real-time report given there is refused (it used to be read as RT and
+        # then overwrote the real-time prices in the de-duplication below).
+        frame = read_price_file(path, settlement_point=profile.site.settlement_point,
+                                settlement_point_type=profile.site.settlement_point_type, market=market)
+        notes += frame.attrs.get("notes", [])
+        report = frame.attrs.get("duplicates")
+        if report:
+            notes.append(f"{path}: {report.identical_rows_dropped} identical and {report.conflicting_rows_dropped} "
+                         f"conflicting duplicate row(s) dropped (the last row of each kept)")
+        frames.append(frame)
     prices = pd.concat(frames, ignore_index=True)
     if prices.empty:
         raise ValueError(f"no prices for {profile.site.settlement_point} in {', '.join(map(str, paths))}")
-    return prices.drop_duplicates(["market", "interval_start"], keep="last").reset_index(drop=True)
+    prices = prices.drop_duplicates(["market", "interval_start"], keep="last").reset_index(drop=True)
+    prices.attrs["notes"] = notes
+    return prices
 
 
 @dataclass(frozen=True)

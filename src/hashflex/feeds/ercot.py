@@ -483,6 +483,7 @@ def _parse_simple_table(df: pd.DataFrame, ctx: _Ctx, settlement_point: str | Ite
     if market is not None and market.upper() not in ("RT", "DA"):
         raise ValueError(f"market must be 'RT' or 'DA', got {market!r}")
     names = _names(settlement_point)
+    notes: list[str] = []
     if "settlement_point" in df.columns:
         point = _text(df["settlement_point"])
         if (point == "").any():
@@ -496,6 +497,8 @@ def _parse_simple_table(df: pd.DataFrame, ctx: _Ctx, settlement_point: str | Ite
         if names is not None and len(names) != 1:
             raise ValueError(f"{ctx.source} has no settlement_point column; give one name, not {names}")
         point = pd.Series(names[0] if names else DEFAULT_SETTLEMENT_POINT, index=df.index, dtype=object)
+        notes.append(f"{ctx.source} has no settlement_point column: its prices are taken as "
+                     f"{names[0] if names else DEFAULT_SETTLEMENT_POINT}")
     if "market" in df.columns:
         mk = _text(df["market"]).str.upper()
         bad = ~mk.isin(["RT", "DA"])
@@ -506,6 +509,7 @@ def _parse_simple_table(df: pd.DataFrame, ctx: _Ctx, settlement_point: str | Ite
             df, point, mk = df[keep], point[keep], mk[keep]
     else:
         mk = pd.Series((market or "RT").upper(), index=df.index, dtype=object)
+        notes.append(f"{ctx.source} has no market column: its prices are taken as {(market or 'RT').upper()}")
     start = _parse_instant(df["interval_start"], "interval_start", ctx)
     end = _infer_interval_end(start, point, mk)
     if "interval_end" in df.columns:  # given ends win; blanks (e.g. JSON items without one) are inferred
@@ -516,7 +520,9 @@ def _parse_simple_table(df: pd.DataFrame, ctx: _Ctx, settlement_point: str | Ite
             raise ctx.error(_first(bad), "interval_end", "is not after interval_start")
     rows = pd.DataFrame({"interval_start": start, "interval_end": end, "settlement_point": point,
                          "market": mk, "price_usd_mwh": _parse_price(df["price_usd_mwh"], "price_usd_mwh", ctx)})
-    return finalize_price_frame(rows, ctx.source)
+    out = finalize_price_frame(rows, ctx.source)
+    out.attrs["notes"] = notes  # said by the commands that read the file (plan, backtest, simulate)
+    return out
 
 
 def parse_simple_csv(data: TableInput, *, settlement_point: str | Iterable[str] | None = None,

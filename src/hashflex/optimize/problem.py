@@ -312,10 +312,14 @@ def problem_from_profile(
     carbon_budgets: tuple[CarbonBudget, ...] | None = None,
     four_cp_alert_days: set[pd.Timestamp] | None = None,
 ) -> Problem:
-    """Assemble a Problem at the site's base interval from the profile and horizon series.
+    """Assemble a Problem at the site's base interval from the profile and horizon series: the one
+    builder the loop, ``hashflex plan``, the backtest and ``evaluate`` use.
 
     ``import_limit_kw`` (e.g. from DR events) is combined with the interconnection limit and 4CP
     windows by taking the minimum; ``import_limit_source`` says which one binds at each interval.
+    ``carbon_budgets`` default: the profile's daily **and** monthly budgets, nothing emitted yet
+    (the loop passes them net of what was measured). Noise caps are the strictest in force at any
+    moment of each interval (:func:`noise_caps_dba`).
     """
     if interval_start.tz is None:
         raise ValueError("interval_start must be tz-aware")
@@ -383,7 +387,8 @@ def problem_from_profile(
         intensity_kg_per_mwh=_as_array(intensity_kg_per_mwh, T, profile.carbon.default_intensity_kg_per_mwh),
         carbon_price_usd_per_t=profile.carbon.internal_price_usd_per_t,
         carbon_budgets=(carbon_budgets if carbon_budgets is not None
-                        else daily_carbon_budgets(profile, interval_start)),
+                        else daily_carbon_budgets(profile, interval_start)
+                        + monthly_carbon_budgets(profile, interval_start)),
         ramp_limit_kw_per_h=None if ramp is None else ramp * 60.0,
         initial_load_kw=initial_load if initial_load else None,
         base_interval_h=base_h,

@@ -124,7 +124,7 @@ def simulation_window(profile: SiteProfile, prices: pd.DataFrame, *, start: pd.T
     from hashflex.plan import prices_on_grid  # the same "price in force" rule as `hashflex plan`
 
     index = pd.date_range(start, periods=intervals, freq=step)
-    missing = np.isnan(prices_on_grid(rt, index))
+    missing = np.isnan(prices_on_grid(rt.reset_index(drop=True), index, step))
     if missing.any():
         where = index[int(np.flatnonzero(missing)[0])]
         raise SimulationWindowError(
