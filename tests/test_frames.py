@@ -142,3 +142,14 @@ def test_plan_holds_the_monthly_carbon_budget_too() -> None:
     problem = problem_from_profile(profile, index, np.full(24, 20.0))
     names = [b.name for b in problem.carbon_budgets]
     assert any(n.startswith("monthly") for n in names), names
+
+
+@pytest.mark.parametrize("argv", [["backtest", "--from", "10/02/2020"], ["run", "--simulate", "--from", "10/02/2020"],
+                                  ["backtest", "--to", "2020-2-10"]])
+def test_the_command_line_refuses_ambiguous_dates(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from hashflex.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert "ISO 8601" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from hashflex import __version__
+from hashflex.frames import iso_date_argument
 from hashflex.profile import DEFAULT_PROFILE, ProfileError, load_profile
 
 log = logging.getLogger("hashflex")
@@ -220,10 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prices", help="(simulate) RT price file; default bundled ERCOT RT Feb 2020")
     run.add_argument("--day-ahead", help="(simulate) DA price file; default the matching bundled DAM file")
     run.add_argument("--start", type=_timestamp, help="(simulate) start, ISO 8601 with offset (same as --from)")
-    run.add_argument("--from", dest="sim_from",
+    run.add_argument("--from", dest="sim_from", type=iso_date_argument("--from"),
                      help="(simulate) first local day (YYYY-MM-DD) or ISO time with offset; default the price "
                           "file's first full local day")
-    run.add_argument("--to", dest="sim_to", help="(simulate) last local day (inclusive) or ISO end time (exclusive); "
+    run.add_argument("--to", dest="sim_to", type=iso_date_argument("--to"), help="(simulate) last local day (inclusive) or ISO end time (exclusive); "
                                                  "the prices must cover the whole window")
     run.add_argument("--intervals", type=int, help="(simulate) intervals to run (default: one horizon, "
                                                    "cut at the end of the prices)")

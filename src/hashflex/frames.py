@@ -43,6 +43,7 @@ __all__ = [
     "TimeFrameError",
     "gap_runs",
     "interval_grid",
+    "iso_date_argument",
     "parse_iso_date",
     "require_aware",
     "strictest_in_interval",
@@ -218,3 +219,18 @@ def parse_iso_date(text: str, *, option: str) -> pd.Timestamp:
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?", text.strip()):
         raise ValueError(f"{option} {text!r}: use an ISO 8601 date (YYYY-MM-DD) or time (YYYY-MM-DDTHH:MM±HH:MM)")
     return pd.Timestamp(text.strip())
+
+
+def iso_date_argument(option: str):  # noqa: ANN201 - an argparse ``type=`` callable
+    """An argparse ``type=`` that accepts only ISO 8601 dates/times (:func:`parse_iso_date`) and
+    returns the text unchanged (the command decides what a date means: local midnight, etc.)."""
+    import argparse
+
+    def check(text: str) -> str:
+        try:
+            parse_iso_date(text, option=option)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text.strip()
+
+    return check

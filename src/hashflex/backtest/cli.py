@@ -27,6 +27,7 @@ import pandas as pd
 from hashflex.backtest.policies import POLICIES
 from hashflex.backtest.runner import Progress, build_actuals, load_prices, run_backtest
 from hashflex.backtest.summary import summary_document, summary_table, write_outputs
+from hashflex.frames import iso_date_argument
 from hashflex.messages import DREventMessage
 from hashflex.profile import DEFAULT_PROFILE, SiteProfile, load_profile
 
@@ -71,8 +72,10 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--renewables", help="CSV with interval_start, power_kw (recorded on-site output); "
                                              "default a SYNTHETIC clear-sky shape")
     parser.add_argument("--dr-events", help="JSON list of DR event messages (in/dr payloads) to replay")
-    parser.add_argument("--from", dest="start", help="first local day (YYYY-MM-DD) or ISO time with offset")
-    parser.add_argument("--to", dest="end", help="last local day (inclusive) or ISO end time (exclusive)")
+    parser.add_argument("--from", dest="start", type=iso_date_argument("--from"),
+                        help="first local day (YYYY-MM-DD) or ISO time with offset")
+    parser.add_argument("--to", dest="end", type=iso_date_argument("--to"),
+                        help="last local day (inclusive) or ISO end time (exclusive)")
     parser.add_argument("--replan-minutes", type=int, default=None,
                         help="mpc: re-solve every N minutes (default: every interval)")
     parser.add_argument("--persistence", type=int, default=1,
