@@ -196,10 +196,14 @@ class SimulatedPdu(_ModbusServer):
                         self.cycles[n] += 1
                     self.closed[n] = on
                     self.writes.append((n, on))
-            if function_code == 1:  # read coils
+            if function_code == 1:  # read coils: packed 16 per register, coil n = bit n % 16 of word n // 16
                 for i in range(count):
                     n = address + i
-                    current_registers[address - start_address + i] = bool(self.closed.get(n, False))
+                    word, bit = divmod(n - start_address, 16)
+                    if self.closed.get(n, False):
+                        current_registers[word] |= 1 << bit
+                    else:
+                        current_registers[word] &= ~(1 << bit) & 0xFFFF
             if function_code == 3:  # read holding: outlet power
                 for i in range(count):
                     n = address + i - PDU_POWER_BASE
