@@ -153,15 +153,16 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
     ingest.add_rejection_callback(lambda rejection: loop.on_rejection(rejection, utc_now()))
     feed = price_feed_from_env(profile, store)
     feed_stats = (lambda: feed.stats()) if feed is not None else (lambda: None)
+    ven = _start_openadr(loop)
     server = StatusServer(lambda now: {**loop.status(now), "inputs": ingest.stats(), "mqtt_connected": ingest.connected,
-                                       "input_rejections": ingest.rejection_stats(), "price_feed": feed_stats()},
+                                       "input_rejections": ingest.rejection_stats(), "price_feed": feed_stats(),
+                                       "openadr": ven.status() if ven is not None else None},
                           utc_now, http_host, http_port)
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
         if profile_path is not None:
             signal.signal(signal.SIGHUP, lambda *_: _reload(loop, profile_path))
-    ven = _start_openadr(loop)
     if feed is not None:
         feed.start()
     ingest.start()
