@@ -306,7 +306,8 @@ class CarbonBudget(_Message):
 
 
 class LimitsChangeMessage(_Inbound):
-    """An operator or authority changes limits: noise caps, carbon budget, import limit."""
+    """A site manager changes limits: noise caps, carbon budget, import limit — or ``clear`` lifts
+    that manager's own earlier values of the named parts (``import``, ``noise``, ``carbon``)."""
 
     kind: ClassVar[str] = "limits"
     issuer: Identifier
@@ -316,11 +317,17 @@ class LimitsChangeMessage(_Inbound):
     carbon_budget: CarbonBudget | None = None
     import_limit_kw: float | None = Field(default=None, ge=0)
     valid_until: UtcDatetime | None = None
+    clear: list[Literal["import", "noise", "carbon"]] | None = Field(default=None, max_length=3)
 
     @model_validator(mode="after")
     def _something_changes(self) -> LimitsChangeMessage:
-        if self.noise_caps is None and self.carbon_budget is None and self.import_limit_kw is None:
-            raise ValueError("noise_caps, carbon_budget, import_limit_kw: at least one is required")
+        if (self.noise_caps is None and self.carbon_budget is None and self.import_limit_kw is None
+                and not self.clear):
+            raise ValueError("noise_caps, carbon_budget, import_limit_kw, clear: at least one is required")
+        both = {p for p, v in (("import", self.import_limit_kw), ("noise", self.noise_caps),
+                               ("carbon", self.carbon_budget)) if v is not None} & set(self.clear or ())
+        if both:
+            raise ValueError(f"clear: {sorted(both)} both set and cleared in one message")
         if self.valid_until is not None and self.valid_until <= self.issued_at:
             raise ValueError("valid_until: must be after issued_at")
         return self

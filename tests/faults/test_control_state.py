@@ -379,3 +379,16 @@ def test_a_dr_ack_never_waits_for_the_driver(tmp_path: Path) -> None:
         loop.flush_sends()
         assert driver.load_kw() <= 20.0 + 1e-9
         loop.close()
+
+
+def test_a_manager_clears_their_own_limit_and_only_theirs(site: Site) -> None:
+    loop = site.loop
+    assert loop.handle_limits(limits(import_limit_kw=20.0), T0).status == "accepted"
+    cleared = loop.handle_limits(limits(T0 + MIN, clear=["import"]), T0 + MIN)
+    assert cleared.status == "accepted" and "import cleared" in cleared.reason
+    assert math.isinf(limit_now(loop, T0 + 2 * MIN))
+    assert math.isinf(limit_now(site.restart(), T0 + 2 * MIN)), "the clearing is durable"
+    stale = site.loop.handle_limits(limits(T0 - MIN, clear=["import"]), T0 + 3 * MIN)
+    assert stale.status == "accepted" and "nothing to clear" in stale.reason
+    with pytest.raises(ValueError, match="both set and cleared"):
+        limits(import_limit_kw=5.0, clear=["import"])

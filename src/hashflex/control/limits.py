@@ -26,7 +26,7 @@ which is decided afresh.
 
 Manager limits (per issuer, per part): the latest change from an issuer that carries a part (import,
 noise, carbon) replaces that issuer's earlier value of the part; it binds from ``issued_at`` until
-``valid_until`` (no expiry when absent). A change can only add a constraint: the site is held to
+``valid_until`` (no expiry when absent); ``clear`` lifts the issuer's own parts it names. A change can only add a constraint: the site is held to
 the strictest of the profile and every issuer's value. An interval is held to the strictest value
 in force at any moment inside it (a cap window starting at 21:10 binds the 21:00–21:15 interval).
 
@@ -211,8 +211,11 @@ class LimitsBook:
             parts = trial._manager_parts(msg, change_id)
             for part in parts:
                 trial.manager[msg.issuer, part.part] = part
+            cleared = [p for p in (msg.clear or ()) if trial.manager.pop((msg.issuer, p), None) is not None]
             trial.holds.pop(limits_source(msg.issuer), None)
-            reason = "accepted: " + ", ".join(_describe(p) for p in parts)
+            said = [_describe(p) for p in parts] + [f"{p} cleared" for p in cleared]
+            said += [f"{p}: nothing to clear" for p in (msg.clear or ()) if p not in cleared]
+            reason = "accepted: " + ", ".join(said)
         ack = LimitsAck(change_id, msg.issuer, msg.issued_at, "rejected" if not reason.startswith("accepted")
                         else "accepted", reason, now)
         trial._remember(f"limits:{change_id}", ack.to_json())
@@ -228,10 +231,11 @@ class LimitsBook:
         for i, cap in enumerate(msg.noise_caps or ()):
             if cap.receptor_id not in receptors:
                 return f"noise_caps.{i}.receptor_id: unknown receptor {cap.receptor_id!r} (profile: {sorted(receptors)})"
-        for part in self._manager_parts(msg, ""):
-            held = self.manager.get((msg.issuer, part.part))
+        touched = [p.part for p in self._manager_parts(msg, "")] + list(msg.clear or ())
+        for part in touched:
+            held = self.manager.get((msg.issuer, part))
             if held is not None and msg.issued_at < held.issued_at:
-                return (f"issued_at: stale, {msg.issued_at.isoformat()} is older than the {part.part} change "
+                return (f"issued_at: stale, {msg.issued_at.isoformat()} is older than the {part} change "
                         f"in force from {held.issued_at.isoformat()}")
         return None
 
