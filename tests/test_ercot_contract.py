@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hashflex.feeds.contract import (
+from hashflex.frames import (
     PRICE_COLUMNS,
     DuplicateReport,
     check_price_frame,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from hashflex.feeds.contract import PriceFileError
+from hashflex.frames import PriceFileError
 from hashflex.feeds.ercot import (
     parse_dam_spp,
     parse_dam_spp_historical,

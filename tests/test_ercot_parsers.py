@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hashflex.data import bundled_path
-from hashflex.feeds.contract import PriceFileError
+from hashflex.frames import PriceFileError
 from hashflex.feeds.ercot import (
     FORMATS,
     detect_format,

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hashflex.feeds.contract import check_price_frame
+from hashflex.frames import check_price_frame
 from hashflex.messages import (
     CarbonIntensityMessage,
     DREventMessage,

@@ -39,7 +39,6 @@ from typing import Any
 
 import pandas as pd
 
-from hashflex.control.fleet import FleetState
 from hashflex.messages import (
     CarbonIntensityMessage,
     DREventMessage,
@@ -173,7 +172,7 @@ BOUNDS: tuple[Bound, ...] = (
     Bound("hashprice", "hashprice_usd_per_ph_day", 0.0, HASHPRICE_MAX_USD_PER_PH_DAY, "$/PH/day",
           "bundled network data 2020–2025 peaks at ~$405/PH/day (Oct 2021)"),
     Bound("telemetry", "power_kw", 0.0, TELEMETRY_MARGIN, "kW", "1.5 × the group's highest mode power; "
-          "miner_id must be a profile miner (FleetState.from_profile)", upper_from="max_mode_power_kw"),
+          "miner_id must be a profile miner (SiteProfile.miner_ids)", upper_from="max_mode_power_kw"),
     Bound("telemetry", "hashrate_th_s", 0.0, TELEMETRY_MARGIN, "TH/s", "1.5 × the group's highest mode hashrate",
           upper_from="max_mode_hashrate_th_s"),
     Bound("dr", "import_limit_kw / shed_kw / baseline_kw", 0.0, SITE_SCALE_MARGIN, "kW",
@@ -222,7 +221,7 @@ class PlausibilityContext:
     """What the checks need from the site profile, built once (:meth:`from_profile`).
 
     ``renewable_capacity_kw``: nameplate per renewable source id; ``miner_group``: group per miner id
-    (ids as :meth:`hashflex.control.fleet.FleetState.from_profile` names them);
+    (ids as :meth:`hashflex.profile.SiteProfile.miner_ids` names them);
     ``max_mode_power_kw`` / ``max_mode_hashrate_th_s``: per group; ``receptor_ids``;
     ``site_scale_kw``: max(interconnection, full load) in kW. Windows in seconds.
     """
@@ -241,13 +240,12 @@ class PlausibilityContext:
     def from_profile(cls, profile: SiteProfile, *, staleness_s: Mapping[str, float | None] | None = None,
                      future_skew_s: float = FUTURE_SKEW_S) -> PlausibilityContext:
         """Build from a validated profile; ``staleness_s`` overrides windows per kind."""
-        fleet = FleetState.from_profile(profile)
         windows = dict(STALENESS_S)
         windows.update(staleness_s or {})
         return cls(
             site=profile.site_id,
             renewable_capacity_kw={r.id: r.capacity_kw for r in profile.renewables},
-            miner_group={m.miner_id: m.group_id for m in fleet.miners.values()},
+            miner_group=profile.miner_ids(),
             max_mode_power_kw={g.id: max(m.power_kw for m in g.modes) for g in profile.miner_groups},
             max_mode_hashrate_th_s={g.id: max(m.hashrate_th_s for m in g.modes) for g in profile.miner_groups},
             receptor_ids=frozenset(r.id for r in profile.receptors),
@@ -440,7 +438,7 @@ def _payload(message: InboundMessage) -> str:
 
 def filter_price_frame(frame: pd.DataFrame, now: datetime,
                        stale_s: float | None = STALENESS_S["price"]) -> tuple[pd.DataFrame, dict[str, int], list[str]]:
-    """Split a canonical price frame (``hashflex.feeds.contract``) into its plausible rows.
+    """Split a canonical price frame (``hashflex.frames``) into its plausible rows.
 
     Returns ``(kept, counts, reasons)``: the plausible rows (same columns, same order, values
     untouched), the number of dropped rows per ``"<rule>:<field>"``, and the first few reasons in

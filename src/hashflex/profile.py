@@ -249,6 +249,16 @@ class SiteProfile(_Strict):
     def group(self, group_id: str) -> MinerGroup:
         return next(g for g in self.miner_groups if g.id == group_id)
 
+    def miner_ids(self) -> dict[str, str]:
+        """Miner id → group id for every unit: ``<group>-<n>``, n from 1, zero-padded to the width
+        of the group's unit count (``air-0001`` … ``air-7200``). The one naming rule: the fleet,
+        the drivers, the simulators and the input checks all address miners by it."""
+        ids: dict[str, str] = {}
+        for group in self.miner_groups:
+            width = len(str(group.units))
+            ids.update({f"{group.id}-{i:0{width}d}": group.id for i in range(1, group.units + 1)})
+        return ids
+
 
 def _require_unique(what: str, ids: list[str]) -> None:
     duplicates = sorted({i for i in ids if ids.count(i) > 1})

@@ -27,7 +27,7 @@ API
 
 writes (asynchronous, ordered per table):
   ``put(message, *, received_at=None)``, ``put_many(messages, *, received_at=None)``,
-  ``put_price_frame(frame, *, published_at=None, received_at=None)`` (canonical frame, see feeds.contract),
+  ``put_price_frame(frame, *, published_at=None, received_at=None)`` (canonical frame, see hashflex.frames),
   ``put_rejection(rejection, *, received_at=None)``, ``set_dr_status(event_id, status)``,
   ``put_schedule(schedule, *, created_at)``, ``put_setpoint(setpoint)``, ``set_meta(key, value)``,
   ``after_commit(callback)`` (e.g. acknowledge an MQTT message only once it is durable)
@@ -62,7 +62,7 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel
 
-from hashflex.feeds.contract import check_price_frame
+from hashflex.frames import check_price_frame
 from hashflex.messages import (
     INBOUND_MODELS,
     DREventMessage,
@@ -586,7 +586,7 @@ class Store:
     ) -> pd.DataFrame:
         """Prices with interval_start in ``[start, end)``; ``as_of`` keeps only those published by then.
 
-        The frame is the canonical price frame of :mod:`hashflex.feeds.contract` (it passes
+        The frame is the canonical price frame of :mod:`hashflex.frames` (it passes
         ``check_price_frame``); ``with_published_at`` appends a ``published_at`` column.
         """
         where, params = self._range("interval_start_us", start, end)

@@ -84,11 +84,8 @@ class FleetState:
     @classmethod
     def from_profile(cls, profile: SiteProfile) -> FleetState:
         """``group.units`` miners per group, ids ``<group>-<n>`` (n from 1, zero-padded), all asleep."""
-        miners = []
-        for group in profile.miner_groups:
-            width = len(str(group.units))
-            miners += [Miner(f"{group.id}-{i:0{width}d}", group.id) for i in range(1, group.units + 1)]
-        return cls(miners, profile.miner_groups)
+        return cls([Miner(miner_id, group_id) for miner_id, group_id in profile.miner_ids().items()],
+                   profile.miner_groups)
 
     def __len__(self) -> int:
         return len(self.miners)

@@ -3,7 +3,7 @@
 Why: ``hashflex plan`` and ``backtest`` take prices from whatever the operator has: a monthly
 historical sheet exported to CSV, a raw MIS file, a page set from ERCOT's public API, or a
 retail provider's JSON. Each parser here is a pure function (no network, no clock) returning the
-frame described in :mod:`hashflex.feeds.contract`; :func:`read_price_file` sniffs a file's header
+frame described in :mod:`hashflex.frames`; :func:`read_price_file` sniffs a file's header
 and dispatches.
 
 Accepted shapes (columns exactly as ERCOT writes them; see the project's ERCOT FORMATS.md notes):
@@ -38,7 +38,7 @@ given, else the only type present, else the first of :data:`PREFERRED_TYPES`; if
 present the parser raises rather than mixing. Rows are filtered *before* values are validated,
 so a bad price at an unrelated resource node does not block a load-zone plan.
 
-Duplicates: see :mod:`hashflex.feeds.contract` (last row wins, report in
+Duplicates: see :mod:`hashflex.frames` (last row wins, report in
 ``df.attrs["duplicates"]``). Malformed input raises :class:`PriceFileError` naming the file, the
 line (CSV), row (DataFrame) or page/row (API) and the field; a wrong selection (unknown point,
 type or market) raises plain ``ValueError``.
@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hashflex.feeds.contract import PriceFileError, finalize_price_frame
+from hashflex.frames import PriceFileError, finalize_price_frame
 
 __all__ = [
     "CENTRAL_TZ",

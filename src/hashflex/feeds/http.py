@@ -2,7 +2,7 @@
 
 Why this shape: the control loop decides *when* to poll (and tracks data age); this module does
 one fetch well. A fetch either returns the complete canonical price frame (see
-:mod:`hashflex.feeds.contract`) or raises a :class:`PriceFeedError` subclass. It never returns
+:mod:`hashflex.frames`) or raises a :class:`PriceFeedError` subclass. It never returns
 partial data: a page that fails after its retries fails the whole fetch.
 
 Retries: connection errors, timeouts and HTTP 429/500/502/503/504 are retried with exponential
@@ -32,7 +32,7 @@ import pandas as pd
 import requests
 
 from hashflex import __version__
-from hashflex.feeds.contract import DuplicateReport, PriceFileError, empty_price_frame, finalize_price_frame
+from hashflex.frames import DuplicateReport, PriceFileError, empty_price_frame, finalize_price_frame
 from hashflex.feeds.ercot import parse_ercot_api, parse_generic_json
 
 __all__ = [
