@@ -20,7 +20,7 @@ a fault injected there shows through this firmware as through LuxOS.
 API: ``VnishFleet(miners, *, clock=None, host="127.0.0.1", addresses=None, password="admin",
 lease_s=None)`` (a context manager); ``endpoints()`` → web ``(host, port)`` per miner,
 ``rpc_endpoints()`` → cgminer API ``(host, port)``; ``hardware[miner_id]``; ``requests[miner_id]``
-(method, path) received; ``set_web_down(miner_id, True)`` answers 503 to every web request.
+(method, path) received (``received_at``: with the ``time.monotonic()`` it was read); ``set_web_down(miner_id, True)`` answers 503 to every web request.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import collections
 import json
 import secrets
 import threading
+import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, Callable
@@ -205,6 +206,9 @@ class VnishFleet(_Fleet):
         self.hardware = {mid: (hardware or {}).get(mid) or MinerHardware() for mid in self.miners}
         self.requests: dict[str, collections.deque[tuple[str, str]]] = {
             mid: collections.deque(maxlen=1000) for mid in self.miners}
+        # the same with the time.monotonic() each request was read (latency benchmarks)
+        self.received_at: dict[str, collections.deque[tuple[float, str, str]]] = {
+            mid: collections.deque(maxlen=1000) for mid in self.miners}
         self._tokens: dict[str, set[str]] = {mid: set() for mid in self.miners}
         self._web_down: set[str] = set()
         self._stopped: set[str] = set()  # "mining/stop": the miner process is stopped (sleep)
@@ -269,6 +273,7 @@ class VnishFleet(_Fleet):
                      body: bytes) -> tuple[int, Any, dict[str, str]]:
         with self._lock:
             self.requests[miner_id].append((method, path))
+            self.received_at[miner_id].append((time.monotonic(), method, path))
             if miner_id in self._web_down:
                 return 503, {"error": "service unavailable"}, {}
         if path in ("/", "/index.html"):
