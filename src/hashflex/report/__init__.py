@@ -9,40 +9,45 @@ writes it as HTML (self-contained, plots embedded), JSON, or CSV (``figure,value
 flattened with dotted keys and list indices). An optional RECs file is the only input from outside
 the database; the report cites its SHA-256.
 
-JSON keys (units in the names; null where a figure cannot be computed)
----------------------------------------------------------------------
-- ``report``: ``period_start``, ``period_end`` (ISO UTC, half-open), ``site``, ``timezone``,
-  ``profile_hashes`` (every profile hash in force during the period), ``measurement_intervals``,
-  ``superseded_measurements``, ``notes`` (list of sentences), ``audit`` {``ok``, ``records``,
-  ``head_seq``, ``head_hash``, ``first_bad_seq``, ``problem``}.
+JSON keys (units in the names; null where a figure cannot be computed; times ISO UTC)
+----------------------------------------------------------------------------------
+Floats are rounded to what the instrument resolves (:data:`PRECISION`: dB(A) 0.1, MWh 0.001 = kWh,
+$ 0.01, kW 0.1, % 0.1).
+
+- ``report``: ``period_start``, ``period_end`` (half-open; default the whole trail), ``site``,
+  ``timezone``, ``simulated``, ``provenance`` {``simulated``, ``basis`` (explicit | clock | reason |
+  null), ``detail``} (:mod:`hashflex.report.provenance`), ``profile_hashes`` (every profile hash in
+  force for a record of the period, by chain order), ``measurement_intervals``,
+  ``superseded_measurements``, ``notes``, ``audit`` {``ok``, ``records``, ``head_seq``,
+  ``head_hash``, ``first_bad_seq``, ``problem``, ``signed_head`` (null, or {``signature``, ``ok``,
+  ``problem``, ``signed_seq``})}.
 - ``energy``: ``intervals``, ``hours_covered``, ``grid_import_mwh``, ``load_mwh``,
   ``renewable_generation_mwh``, ``renewable_used_mwh``, ``renewable_share_annual_pct``,
   ``renewable_share_hourly_pct``.
-- ``emissions``: ``grid_import_mwh``, ``location_based_kg``, ``location_intensity_sources``
-  {source: intervals}, ``intervals_recorded_intensity``, ``intervals_default_intensity``,
-  ``market_based_kg``, ``market_method``, ``recs_mwh``, ``recs_applied_mwh``, ``recs_source``,
-  ``residual_mix_kg_per_mwh``, ``hashrate_ph_h``, ``location_kg_per_ph_h``, ``market_kg_per_ph_h``,
-  ``notes``, ``budget`` {``daily_budget_kg``, ``monthly_budget_kg``, ``used_kg``, ``limit_kg``,
-  ``used_pct``, ``days_over``, ``per_day`` [{``day``, ``emissions_kg``, ``budget_kg``, ``used_pct``,
-  ``over``}], ``per_month`` [{``month``, ...}]}.
+- ``emissions`` (GHG Protocol Scope 2): ``grid_import_mwh``, ``location_based_kg``,
+  ``location_intensity_sources`` {source: intervals}, ``intervals_recorded_intensity``,
+  ``intervals_default_intensity``, ``market_based_kg``, ``market_method``, ``instruments`` [{``id``,
+  ``kind``, ``source``, ``mwh_for_period``, ``mwh_applied``, ``emission_factor_kg_per_mwh``}],
+  ``instruments_applied_mwh``, ``recs_mwh``, ``recs_applied_mwh``, ``recs_source``,
+  ``residual_mix_kg_per_mwh``, ``residual_mix_source``, ``carbon_free_share_annual_pct``,
+  ``carbon_free_share_hourly_pct``, ``hashrate_ph_h``, ``location_kg_per_ph_h``,
+  ``market_kg_per_ph_h``, ``notes``, ``budget`` {``daily_budget_kg``, ``monthly_budget_kg``,
+  ``used_kg``, ``limit_kg``, ``used_pct``, ``days_over``, ``per_day``, ``per_month``}.
 - ``efficiency``: ``load_mwh``, ``hashrate_ph_h``, ``average_hashrate_ph_s``, ``average_j_per_th``.
 - ``noise``: ``night_definition``, ``receptors`` {id: {``all``|``day``|``night``: {``hours``,
   ``measured_laeq_dba``, ``model_laeq_dba``, ``max_hourly_measured_dba``, ``lowest_cap_dba``,
-  ``minutes_over_cap``, ``hours_over_cap``}, ``hourly``: [{``hour_start``, ``measured_laeq_dba``,
-  ``model_laeq_dba``, ``cap_dba``, ``minutes_over_cap``, ``night``}]}}.
-- ``demand_response``: ``tolerance_kw``, ``events`` [{``event_id``, ``accepted``, ``messages``,
-  ``rejections``, ``program``, ``issuer``, ``modification_number``, ``start``, ``end``,
-  ``cancelled_at``, ``received_at``, ``limit_kw``, ``intervals``, ``compliant_intervals``,
-  ``compliance_pct``, ``requested_reduction_kw``, ``delivered_reduction_kw``, ``delivered_pct``,
-  ``worst_excess_kw``, ``response_s``, ``ack_s``, ``first_action_s``, ``per_interval``
-  [{``interval_start``, ``interval_end``, ``limit_kw``, ``baseline_kw``, ``baseline_source``,
-  ``measured_kw``, ``requested_kw``, ``delivered_kw``, ``compliant``}]}], ``high_price``
-  {``threshold_usd_mwh``, ``intervals``, ``hours``, ``curtailed_mwh``, ``intervals_without_full_load``}.
+  ``minutes_over_cap``, ``hours_over_cap``}, ``hourly``: [...]}}.
+- ``demand_response``: ``tolerance_kw``, ``events`` (see :mod:`hashflex.report.dr_performance`:
+  timeline, baselines, per-interval settlement rows, pass/fail), ``high_price`` {...}.
+- ``curtailment``: ``by_cause`` {cause: {``mwh``, ``hours``, ``intervals``}}, ``per_day``
+  [{``day``, ``cause``, ``mwh``, ``hours``}], ``total_mwh``, ``total_hours``,
+  ``intervals_without_full_load`` (:mod:`hashflex.report.curtailment`).
 - ``economics``: ``revenue_usd``, ``energy_cost_usd``, ``profit_usd``,
   ``average_energy_cost_usd_per_mwh``, ``curtailment_hours``, ``curtailed_mwh``.
-- ``hourly``: [{``hour_start``, ``hours`` (covered), ``grid_import_mwh``, ``renewable_generation_mwh``,
-  ``renewable_used_mwh``, ``load_mwh``, ``location_kg``, ``hashrate_ph_h``, ``revenue_usd``,
-  ``energy_cost_usd``, ``price_usd_mwh`` (mean weighted by hours)}] — the series the plots draw.
+- ``hourly``: per UTC hour: energy, ``location_kg``, ``location_kg_per_mwh``,
+  ``intensity_source``, hashing, money, ``price_usd_mwh``.
+- ``intervals``: per measured interval (:func:`interval_rows`; exported by
+  :mod:`hashflex.report.export` as ``intervals.csv``).
 """
 
 from __future__ import annotations

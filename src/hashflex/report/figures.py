@@ -13,9 +13,14 @@ Definitions (the units are in the key names):
   Σ_hours min(R_hour, L_hour) / Σ L, hours being UTC clock hours.
 - emissions, location-based: Σ import·h/1000 × intensity, intensity = the record's
   ``intensity_kg_per_mwh``, else the profile's ``carbon.default_intensity_kg_per_mwh`` (from the
-  ``config`` record in force), each interval naming its source. Market-based (GHG Protocol Scope 2):
-  RECs of ``recs_mwh`` cover import energy first; uncovered import at the residual-mix factor if
-  one is given, else at its location-based intensity. No RECs: market = location, and it says so.
+  ``config`` record chained before it), each interval naming its source. Market-based (GHG
+  Protocol Scope 2 Guidance, 2015): contractual instruments (``carbon.instruments`` of the profile,
+  read defensively, then a ``--recs`` file; MWh pro rata to the period) cover import in order at
+  their own factor (RECs 0); the rest at the residual mix (profile ``carbon.residual_mix_kg_per_mwh``
+  or the RECs file), else at its location-based intensity, said in ``notes``. No instrument:
+  market = location, and it says so. Carbon-free share: annual = (on-site renewable used +
+  instrument MWh applied) / load; hourly-matched = Σ_hours min(on-site renewable, load) / load
+  (annual certificates carry no hourly attribute, so they do not count hour by hour).
   Intensity of hashing: kg CO2 per PH·h, where 1 PH·h = 1 PH/s of hashrate sustained for one hour
   (Σ hashrate_th_s·h / 1000). Budget: per site-local day (and month), emissions vs the profile's
   ``daily_budget_kg`` (``monthly_budget_kg``); a day (month) partly in the period counts its full
@@ -24,15 +29,9 @@ Definitions (the units are in the key names):
 - noise, per receptor: hourly LAeq = energy average of the interval LAeqs weighted by h (measured
   ``noise_dba`` and modelled ``noise_model_dba``), hourly cap = the lowest cap in the hour; minutes
   over cap = Σ ``noise_over_cap_min``; night = site-local hours [22:00, 07:00).
-- demand response, per event in force during the period (latest accepted terms; a cancellation
-  ends it at its receipt; events never accepted are listed if received in the period): the
-  intervals overlapping [start, end); per interval the baseline (the event's ``baseline_kw``, else
-  the record's ``dr_baseline_kw``, else the mean import of the hour before the event start),
-  requested = max(baseline − limit, 0), delivered = baseline − measured import, compliant when
-  measured ≤ limit + tolerance. Compliance % = compliant / intervals; response time = from
-  max(start, receipt) to the end of the first compliant interval (an upper bound at interval
-  resolution); ack time = ack ``acked_at`` − receipt; first action = first ``guard_action`` naming
-  the event. Curtailed kW = max(full_load − load, 0); high-price intervals: price ≥ threshold.
+- demand response: see :mod:`hashflex.report.dr_performance` (per event: timeline, ERCOT
+  baselines, settlement rows, pass/fail). Curtailed kW = max(full_load − load, 0); high-price
+  intervals: price ≥ threshold.
 - economics: revenue, energy cost, profit = revenue − energy cost (as recorded), curtailment hours =
   Σ h where curtailed > 1 % of full load.
 """
