@@ -340,7 +340,8 @@ def _png(draw: Any, *, height_in: float = 3.4, time_axis: bool = True) -> str | 
             fig.text(0.5, 0.5, SIMULATED_TEXT, fontsize=48, color="#c00000", alpha=0.15, ha="center", va="center",
                      rotation=20, transform=fig.transFigure)
             ax.set_title(f"{SIMULATED_TEXT} DATA", loc="left", fontsize=9, color="#c00000", fontweight="bold")
-        fig.autofmt_xdate()
+        if time_axis:
+            fig.autofmt_xdate()
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", metadata={"Software": None}, bbox_inches="tight")
