@@ -57,3 +57,32 @@ def test_simulate_daemon_and_backtest_plan_alike(tmp_path, prices: pd.DataFrame,
     assert first_interval_counts(simulate.schedule) == counts == first_interval_counts(backtest.schedule)
     pd.testing.assert_frame_equal(daemon.schedule.frame, simulate.schedule.frame)
     pd.testing.assert_frame_equal(daemon.schedule.frame, backtest.schedule.frame)
+
+
+def test_measurements_are_valued_at_the_hashprice_the_plan_used() -> None:
+    """Issue 11: the audit record priced revenue at the profile's static hashprice while the
+    optimizer used the feed's value."""
+    from hashflex.control.loop import HorizonForecast
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.records: list[tuple[str, dict]] = []
+
+        def record(self, kind: str, payload: dict, at) -> None:  # noqa: ANN001
+            self.records.append((kind, payload))
+
+    def forecaster(now, start, periods):  # noqa: ANN001, ANN202
+        index = pd.date_range(start, periods=periods, freq="15min")
+        return HorizonForecast(index, np.full(periods, 20.0), hashprice_usd_per_ph_day=np.full(periods, 61.5))
+
+    recorder = Recorder()
+    loop = ControlLoop(PROFILE, forecaster=forecaster, driver=SimulatedFleet(PROFILE), solver=SolveRunner(inline=True),
+                       recorder=recorder)
+    now = pd.Timestamp("2020-02-10T12:00", tz=PROFILE.tz).tz_convert("UTC").to_pydatetime()
+    loop.tick(now)
+    loop.record_measurement(now, 0.25, load_kw=100.0, renewable_kw=0.0, hashrate_th_s=1000.0, noise={},
+                            price_usd_mwh=20.0)
+    (payload,) = [p for k, p in recorder.records if k == "measurement"]
+    assert payload["hashprice_usd_per_ph_day"] == 61.5 != PROFILE.economics.hashprice_usd_per_ph_day
+    fee = 1 - PROFILE.economics.pool_fee_pct / 100
+    assert payload["revenue_usd"] == pytest.approx(1000.0 * 0.25 * 61.5 / 1000 / 24 * fee)

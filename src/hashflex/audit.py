@@ -518,8 +518,10 @@ def measurement_payload(
     full_load_kw: float | None = None,
     intensity_source: str | None = None,
     dr_baseline_kw: float | None = None,
+    hashprice_usd_per_ph_day: float | None = None,
 ) -> dict[str, Any]:
-    """The ``measurement`` payload: means over ``[interval_start, +interval_h)`` (see module docstring)."""
+    """The ``measurement`` payload: means over ``[interval_start, +interval_h)`` (see module docstring);
+    ``hashprice_usd_per_ph_day``: the hashprice the revenue was valued at."""
     if interval_h <= 0:
         raise AuditError("interval_h must be > 0")
     return {
@@ -540,6 +542,7 @@ def measurement_payload(
         "revenue_usd": _num(revenue_usd),
         "energy_cost_usd": _num(energy_cost_usd),
         "dr_baseline_kw": _num(dr_baseline_kw),
+        "hashprice_usd_per_ph_day": _num(hashprice_usd_per_ph_day),
     }
 
 

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,9 +86,15 @@ __all__ = [
     "require_aware",
     "strictest_in_interval",
     "time_weighted_mean",
+    "utc_now",
 ]
 
 TIME_UNIT = "us"
+
+
+def utc_now() -> datetime:
+    """The wall clock, tz-aware UTC: the one clock of hashflex (everything else takes ``now``)."""
+    return datetime.now(timezone.utc)
 
 
 class TimeFrameError(ValueError):

@@ -99,6 +99,11 @@ class _Inbound(_Message):
         return (self.kind, self.key, self.observed_at)
 
 
+
+SLEEP = "sleep"
+"""The mode name of the safe default, on the wire and everywhere else: not hashing, drawing the
+group's idle power. A miner whose setpoint expires goes to it."""
+
 # --------------------------------------------------------------------------- inbound
 
 

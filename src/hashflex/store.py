@@ -62,7 +62,7 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel
 
-from hashflex.frames import check_price_frame
+from hashflex.frames import check_price_frame, utc_now
 from hashflex.messages import (
     INBOUND_MODELS,
     DREventMessage,
@@ -151,10 +151,6 @@ _SQL = {
 
 class StoreUnavailable(RuntimeError):
     """A durable write (:meth:`Store.commit_state`) failed: nothing was committed."""
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def to_us(moment: datetime) -> int:

@@ -27,7 +27,6 @@ import logging
 import os
 import signal
 import threading
-from datetime import datetime, timezone
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -40,16 +39,13 @@ from hashflex.control.records import AuditRecorder, IntervalMeter
 from hashflex.control.solver import SolveRunner
 from hashflex.feeds.mqtt import MqttIngest
 from hashflex.feeds.poll import price_feed_from_env
+from hashflex.frames import utc_now
 from hashflex.messages import Topics
 from hashflex.profile import SiteProfile
 from hashflex.forecast import store_forecaster
 from hashflex.store import Store
 
 log = logging.getLogger(__name__)
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class MqttPublisher:

@@ -26,7 +26,7 @@ from typing import Any
 
 from hashflex.profile import MinerGroup, SiteProfile
 
-SLEEP = "sleep"
+from hashflex.messages import SLEEP  # noqa: E402 - the one definition, re-exported here
 
 __all__ = ["SLEEP", "Miner", "FleetState", "MinerSetpoint"]
 

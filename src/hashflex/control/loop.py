@@ -213,6 +213,7 @@ class ControlLoop:
         self.last_good_tick: datetime | None = None
         self.state_failure: str | None = None  # the last failed commit of control state, until one succeeds
         self.transport_failure: str | None = None  # the last batch went nowhere (broker down), until one does
+        self.hashprice_usd_per_ph_day: float | None = None  # the forecast's, for the first interval of the last tick
         self._sender = SendQueue(self._apply_batch, synchronous=not config.async_sends)
         self._record("config", lambda: records.config_payload(profile, "start"))
         self.counters: dict[str, int] = {"ticks": 0, "fast_path_actions": 0, "dr_accepted": 0, "dr_rejected": 0,
@@ -249,6 +250,10 @@ class ControlLoop:
                     margins = {k: max(v, forecast.noise_margin_db.get(k, 0.0)) for k, v in margins.items()}
                 budgets = self.carbon_budgets(index, now)
                 alert_days = set(self.book.four_cp_alert_days)
+                hashprice = np.atleast_1d(np.asarray(
+                    forecast.hashprice_usd_per_ph_day if forecast.hashprice_usd_per_ph_day is not None
+                    else self.profile.economics.hashprice_usd_per_ph_day, dtype=float))
+                self.hashprice_usd_per_ph_day = float(hashprice[0])  # what measurements are valued at
             problem = problem_from_profile(
                 self.profile, index, forecast.price_usd_mwh, renewable_kw=forecast.renewable_kw,
                 import_limit_kw=limit, import_limit_source=sources,
@@ -728,7 +733,10 @@ class ControlLoop:
             self.emitted_kg[key] = self.emitted_kg.get(key, 0.0) + import_kw * interval_h * factor / 1000.0
         if len(self.measured_import_kw) > 10_000:  # a few months of intervals is plenty for reports
             self.measured_import_kw.pop(next(iter(self.measured_import_kw)))
-        hp = self.profile.economics.hashprice_usd_per_ph_day / 1000.0 / 24.0 * (1 - self.profile.economics.pool_fee_pct / 100)
+        # Revenue at the hashprice the plan used (the forecast's, from the feed when there is one),
+        # not the profile's static value: the audit and the optimizer value a hash alike.
+        hashprice = self.hashprice_usd_per_ph_day or self.profile.economics.hashprice_usd_per_ph_day
+        hp = hashprice / 1000.0 / 24.0 * (1 - self.profile.economics.pool_fee_pct / 100)
         revenue = hashrate_th_s * interval_h * hp
         cost = None if price_usd_mwh is None else import_kw * interval_h * (price_usd_mwh + self.profile.grid.total_adder_usd_mwh) / 1000
         local = pd.Timestamp(interval_start).tz_convert(self.profile.tz).to_pydatetime()
@@ -742,7 +750,7 @@ class ControlLoop:
             {r: v[0] for r, v in noise.items()}, intensity_kg_per_mwh, price_usd_mwh, revenue, cost or 0.0,
             noise_model_dba=modelled, noise_cap_dba={k: (None if math.isinf(v) else v) for k, v in caps.items()},
             noise_over_cap_min={r: v[1] for r, v in noise.items()}, full_load_kw=full_kw,
-            intensity_source=intensity_source), interval_start)
+            intensity_source=intensity_source, hashprice_usd_per_ph_day=hashprice), interval_start)
 
     def modelled_level_dba(self, receptor_id: str) -> float:
         """The modelled level of the units running now, as the receptor's cap counts it (total, or

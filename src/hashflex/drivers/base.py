@@ -43,10 +43,11 @@ import enum
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from hashflex.messages import SetpointMessage
+from hashflex.frames import utc_now
+from hashflex.messages import SLEEP, SetpointMessage
 
 __all__ = [
     "SLEEP",
@@ -63,14 +64,7 @@ __all__ = [
     "utc_now",
 ]
 
-SLEEP = "sleep"
-"""The mode name of the safe default: not hashing, drawing the group's idle power."""
-
 Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class SetpointStatus(str, enum.Enum):

@@ -22,20 +22,17 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
 
 from hashflex.feeds.http import ErcotApiConfig, PriceFeedError, PricePoller, fetch_generic_prices
+from hashflex.frames import utc_now
 from hashflex.plausibility import filter_price_frame
 from hashflex.profile import SiteProfile
 
 log = logging.getLogger(__name__)
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class PriceFeed:

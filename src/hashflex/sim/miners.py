@@ -72,7 +72,7 @@ __all__ = [
     "miners_from_profile",
 ]
 
-SLEEP = "sleep"
+from hashflex.messages import SLEEP  # noqa: E402 - the one definition
 # LuxOS commands that take a session id first; they cannot be part of a multi-command.
 _PRIVILEGED = frozenset({"logoff", "curtail", "profileset", "atmset", "ledset", "tempctrlset", "fanset",
                          "rebootdevice", "resetminer", "updaterun"})
