@@ -94,9 +94,11 @@ def test_hashflex_sim_cli_serves_vnish():
         assert "AnthillOS" in httpx.get(f"http://{host}:{port}/").text
     finally:
         proc.terminate()
-        assert proc.wait(10) == 0
+        code = proc.wait(30)
+        err = proc.stderr.read()
         proc.stdout.close()
         proc.stderr.close()
+        assert code == 0, err
 
 
 def test_cli_rejects_too_many_miners():

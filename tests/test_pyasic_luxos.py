@@ -134,6 +134,8 @@ def test_hashflex_sim_cli_serves_luxos_miners_pyasic_can_read():
         assert data.fw_ver and data.wattage is not None
     finally:
         proc.terminate()
-        assert proc.wait(10) == 0
+        code = proc.wait(30)
+        err = proc.stderr.read()
         proc.stdout.close()
         proc.stderr.close()
+        assert code == 0, err
