@@ -77,6 +77,11 @@ def _price_history(profile, rt_path: Path | None, da_path: Path | None) -> "pd.D
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    args.http_port_given = args.http_port is not None or "HASHFLEX_HTTP_PORT" in os.environ
+    if args.http_port is None:
+        args.http_port = int(os.environ.get("HASHFLEX_HTTP_PORT", "9108"))
+    if args.speed < 0 or args.speed != args.speed:
+        raise ValueError(f"--speed {args.speed}: must be >= 0 (simulated seconds per real second)")
     profile = load_profile(args.profile)
     if args.simulate:
         return _run_simulated(profile, args)
@@ -107,6 +112,40 @@ def _local_time(text: str | None, profile, *, end: bool = False) -> pd.Timestamp
 
 
 def _run_simulated(profile, args: argparse.Namespace) -> int:
+    site = _live_site(profile, args)  # the URL first, before the prices load: progress from the first second
+    try:
+        return _simulate_with_site(profile, args, site)
+    finally:
+        if site is not None:
+            site.close()
+
+
+def _live_site(profile, args: argparse.Namespace):
+    """The dashboard of a simulated run (None with ``--no-serve``): bound now, URL printed now. A
+    taken default port falls back to a free one (said); a port given explicitly must be free."""
+    if not args.serve:
+        return None
+    import errno
+
+    from hashflex.sim.live import LiveSite
+
+    speed = 1.0 if args.live else args.speed
+    try:
+        site = LiveSite(profile, host=args.http_host, port=args.http_port, speed=speed, out=sys.stdout)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or args.http_port_given:
+            raise ValueError(f"--http-port {args.http_port}: cannot serve the dashboard there ({exc.strerror})") from None
+        site = LiveSite(profile, host=args.http_host, port=0, speed=speed, out=sys.stdout)
+        print(f"note: port {args.http_port} is in use; serving on {site.server.port} instead")
+    site.start()
+    pace = ("no pacing (--speed 0)" if speed <= 0 else
+            f"one {profile.site.interval_minutes}-minute interval every {profile.site.interval_minutes * 60 / speed:g} s"
+            f" (--speed {speed:g})")
+    print(f"dashboard: {site.url}  (also {site.url}healthz, {site.url}metrics); {pace}", flush=True)
+    return site
+
+
+def _simulate_with_site(profile, args: argparse.Namespace, site) -> int:
     from hashflex.control.solver import SolveRunner
     from hashflex.messages import DREventMessage
     from hashflex.sim.site import run_simulation, simulation_window
@@ -132,13 +171,20 @@ def _run_simulated(profile, args: argparse.Namespace) -> int:
     for note in window.notes:
         print(f"note: {note}")
     store_path = None
+    if args.out is None and site is not None:  # the live site always keeps a store, for its report
+        import tempfile
+
+        args.out = tempfile.mkdtemp(prefix="hashflex-simulate-")
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         store_path = str(Path(args.out) / "hashflex.db")
         Path(store_path).unlink(missing_ok=True)
+    if site is not None:
+        site.intervals = intervals
     with SolveRunner(time_limit_s=args.time_limit) as solver:  # the daemon's deadline and fallback
         result = run_simulation(profile, prices, pd.Timestamp(start), intervals, dr_events=events,
-                                time_limit_s=args.time_limit, store_path=store_path, solver=solver)
+                                time_limit_s=args.time_limit, store_path=store_path, solver=solver,
+                                observer=site)
     frame = result.intervals
     local = frame.index.tz_convert(profile.tz)
     hourly = frame.groupby(local.floor("h")).agg(
@@ -163,7 +209,28 @@ def _run_simulated(profile, args: argparse.Namespace) -> int:
         frame.to_csv(out / "simulation.csv")
         print(f"per-interval results written to {out / 'simulation.csv'}; store and audit trail in {store_path} "
               f"(try: hashflex audit verify --db {store_path})")
+        if site is not None:
+            report_path = _write_report(Path(store_path), out / "report.html")
+            print(f"HTML report: {report_path}")
+    if site is not None and args.live:
+        import signal
+        import threading
+
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        print(f"--live: the run is over; the dashboard stays at {site.url} until Ctrl-C", flush=True)
+        stop.wait()
     return 0
+
+
+def _write_report(db: Path, html: Path) -> Path:
+    """`hashflex report --db <db> --out <html>` in process."""
+    from hashflex.report import build_report
+    from hashflex.report.render import render
+
+    html.write_text(render(build_report(db, None, None), "html"), encoding="utf-8")
+    return html
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
@@ -230,13 +297,22 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "cut at the end of the prices)")
     run.add_argument("--no-dr-demo", dest="dr_demo", action="store_false",
                      help="(simulate) skip the synthetic demonstration DR event")
-    run.add_argument("--out", help="(simulate) directory for per-interval results and the run's store/audit db")
+    run.add_argument("--out", help="(simulate) directory for per-interval results, the run's store/audit db and "
+                                   "report.html (default: a new temporary directory, printed)")
+    run.add_argument("--speed", type=float, default=900.0,
+                     help="(simulate) simulated seconds per real second (default 900: one 15-minute interval per "
+                          "second, a day in about two minutes); 0: as fast as the solver goes")
+    run.add_argument("--live", action="store_true",
+                     help="(simulate) run on the wall clock (speed 1) and keep serving the dashboard after the run")
+    run.add_argument("--no-serve", dest="serve", action="store_false",
+                     help="(simulate) no dashboard: run, print the summary, exit")
     run.add_argument("--store", default=os.environ.get("HASHFLEX_STORE", "hashflex.db"), help="SQLite store path")
     run.add_argument("--mqtt-host", default=os.environ.get("HASHFLEX_MQTT_HOST", "127.0.0.1"))
     run.add_argument("--mqtt-port", type=int, default=int(os.environ.get("HASHFLEX_MQTT_PORT", "1883")))
     run.add_argument("--http-host", default=os.environ.get("HASHFLEX_HTTP_HOST", "127.0.0.1"))
-    run.add_argument("--http-port", type=int, default=int(os.environ.get("HASHFLEX_HTTP_PORT", "9108")),
-                     help="/healthz, /status, /metrics (default 9108)")
+    run.add_argument("--http-port", type=int, default=None,
+                     help="the dashboard, /healthz, /status, /metrics (default $HASHFLEX_HTTP_PORT or 9108; "
+                          "0: a free port)")
     run.add_argument("--time-limit", type=float, default=20.0, help="solver time limit in seconds")
     run.set_defaults(handler=cmd_run)
 

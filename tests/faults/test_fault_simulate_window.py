@@ -30,7 +30,7 @@ def price_file(tmp_path: Path) -> Path:
 
 
 def simulate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hashflex.cli", "run", "--simulate", "--no-dr-demo", *args],
+    return subprocess.run([sys.executable, "-m", "hashflex.cli", "run", "--simulate", "--no-dr-demo", "--speed", "0", *args],
                           capture_output=True, text=True, timeout=600)
 
 

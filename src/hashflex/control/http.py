@@ -1,7 +1,8 @@
-"""The daemon's small HTTP endpoint: ``/healthz``, ``/status`` (JSON), ``/metrics`` (Prometheus).
+"""The daemon's HTTP endpoint: the dashboard at ``/`` (see :mod:`hashflex.web.app`), ``/healthz``,
+``/status`` (JSON), ``/metrics`` (Prometheus), served by uvicorn (Starlette) on one port.
 
-Default port 9108 (``--http-port``), bound to 127.0.0.1 unless told otherwise: it reports on the
-site, it controls nothing. ``/healthz`` answers 503 when the loop has not completed a tick within
+Default port 9108 (``--http-port``), bound to 127.0.0.1 unless told otherwise. Reads are open on
+loopback; bound elsewhere they need a manager token, and writes (``POST /api/limits``) always do. ``/healthz`` answers 503 when the loop has not completed a tick within
 its staleness window or runs on no known price, and 503 with a JSON body
 ``{"healthy": false, "unhealthy_causes": [...]}`` when the status names causes (a non-empty list
 ``unhealthy_causes``, e.g. ``["store_unavailable: disk I/O error"]``). Metrics use
@@ -14,19 +15,15 @@ entries ``input_rejections`` (MQTT ingest, ``MqttIngest.rejection_stats()``) and
 
 from __future__ import annotations
 
-import json
 import logging
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-
-from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 log = logging.getLogger(__name__)
 DEFAULT_HTTP_PORT = 9108
@@ -76,25 +73,49 @@ def unhealthy_causes(status: Mapping[str, Any]) -> list[str]:
 
 
 class StatusMetrics:
-    """Prometheus gauges filled from the loop's status dictionary at scrape time."""
+    """Prometheus gauges filled from the loop's status (and the dashboard document, when there is
+    one) at scrape time. Every name here is listed in :data:`METRIC_NAMES` (the Grafana dashboard in
+    deploy/grafana/ uses only these; a test checks it)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._lock = threading.Lock()  # one render at a time: the collectors hold the status being rendered
         self.rejections = _RejectionCollector()
         self.registry.register(self.rejections)  # type: ignore[arg-type]
-        self.healthy = Gauge("hashflex_healthy", "1 when inputs are fresh and the loop ticks", registry=self.registry)
-        self.tick_age = Gauge("hashflex_last_tick_age_seconds", "seconds since the last completed tick", registry=self.registry)
-        self.units = Gauge("hashflex_units_running", "miners running (any mode)", registry=self.registry)
-        self.solve_seconds = Gauge("hashflex_last_solve_seconds", "wall time of the last solve", registry=self.registry)
-        self.dr_active = Gauge("hashflex_dr_events_active", "DR events in force", registry=self.registry)
-        self.counter = Gauge("hashflex_events_total", "loop counters", ["counter"], registry=self.registry)
+        r = self.registry
+        self.healthy = Gauge("hashflex_healthy", "1 when inputs are fresh and the loop ticks", registry=r)
+        self.tick_age = Gauge("hashflex_last_tick_age_seconds", "seconds since the last completed tick", registry=r)
+        self.units = Gauge("hashflex_units_running", "miners running (any mode)", registry=r)
+        self.solve_seconds = Gauge("hashflex_last_solve_seconds", "wall time of the last solve", registry=r)
+        self.dr_active = Gauge("hashflex_dr_events_active", "DR events in force", registry=r)
+        self.counter = Gauge("hashflex_events_total", "loop counters", ["counter"], registry=r)
+        self.grid_import = Gauge("hashflex_grid_import_kw", "grid import now (kW)", registry=r)
+        self.limit = Gauge("hashflex_import_limit_kw", "import limit in force (kW), by source", ["source"], registry=r)
+        self.load = Gauge("hashflex_site_load_kw", "site load now (kW)", registry=r)
+        self.renewable = Gauge("hashflex_renewable_kw", "on-site renewable output now (kW)", registry=r)
+        self.price = Gauge("hashflex_price_usd_mwh", "energy price now ($/MWh)", registry=r)
+        self.breakeven = Gauge("hashflex_breakeven_usd_mwh", "breakeven price per miner group ($/MWh)", ["group"],
+                               registry=r)
+        self.noise_measured = Gauge("hashflex_noise_measured_dba", "last measured level per receptor (dB(A))",
+                                    ["receptor"], registry=r)
+        self.noise_modelled = Gauge("hashflex_noise_modelled_dba", "modelled level per receptor (dB(A))",
+                                    ["receptor"], registry=r)
+        self.noise_cap = Gauge("hashflex_noise_cap_dba", "cap in force per receptor (dB(A))", ["receptor"], registry=r)
+        self.carbon_used = Gauge("hashflex_carbon_used_kg", "CO2 emitted this local day/month (kg)", ["period"],
+                                 registry=r)
+        self.carbon_left = Gauge("hashflex_carbon_left_kg", "carbon budget left this local day/month (kg)", ["period"],
+                                 registry=r)
+        self.feed_age = Gauge("hashflex_feed_age_seconds", "seconds since each input feed was last heard", ["feed"],
+                              registry=r)
+        self._labelled = (self.limit, self.breakeven, self.noise_measured, self.noise_modelled, self.noise_cap,
+                          self.carbon_used, self.carbon_left, self.feed_age)
 
-    def render(self, status: dict[str, Any]) -> bytes:
+    def render(self, status: dict[str, Any], state: Mapping[str, Any] | None = None) -> bytes:
+        """The exposition text for ``status`` (the loop's) and ``state`` (the dashboard document)."""
         with self._lock:
-            return self._render(status)
+            return self._render(status, state)
 
-    def _render(self, status: dict[str, Any]) -> bytes:
+    def _render(self, status: dict[str, Any], state: Mapping[str, Any] | None) -> bytes:
         self.rejections.counts = input_rejections(status)
         self.healthy.set(1.0 if status.get("healthy") else 0.0)
         self.tick_age.set(status.get("last_tick_age_s") or -1.0)
@@ -103,55 +124,129 @@ class StatusMetrics:
         self.dr_active.set(len(status.get("active_dr_events", [])))
         for name, value in status.get("counters", {}).items():
             self.counter.labels(counter=name).set(value)
+        for gauge in self._labelled:  # labels come and go (sources, feeds): no stale series
+            gauge.clear()
+        if state:
+            self._render_state(state)
         return generate_latest(self.registry)
+
+    def _render_state(self, state: Mapping[str, Any]) -> None:
+        def put(gauge: Any, value: Any) -> None:
+            if isinstance(value, (int, float)):
+                gauge.set(value)
+
+        now = state.get("now") or {}
+        put(self.grid_import, now.get("grid_import_kw"))
+        put(self.load, now.get("load_kw"))
+        put(self.renewable, now.get("renewable_kw"))
+        put(self.price, now.get("price_usd_mwh"))
+        put(self.limit.labels(source=str(now.get("import_limit_source") or "interconnection")), now.get("import_limit_kw"))
+        for group, value in (now.get("breakeven_usd_mwh") or {}).items():
+            put(self.breakeven.labels(group=group), value)
+        for row in (state.get("noise") or {}).get("receptors", []):
+            put(self.noise_measured.labels(receptor=row["receptor_id"]), row.get("measured_dba"))
+            put(self.noise_modelled.labels(receptor=row["receptor_id"]), row.get("modelled_dba"))
+            put(self.noise_cap.labels(receptor=row["receptor_id"]), row.get("cap_dba"))
+        for period in ("day", "month"):
+            carbon = (state.get("carbon") or {}).get(period) or {}
+            put(self.carbon_used.labels(period=period), carbon.get("used_kg"))
+            if carbon.get("left_kg") is not None:
+                put(self.carbon_left.labels(period=period), carbon.get("left_kg"))
+        for feed, age in ((state.get("inputs") or {}).get("feed_ages_s") or {}).items():
+            put(self.feed_age.labels(feed=feed), age)
+
+
+METRIC_NAMES = ("hashflex_healthy", "hashflex_last_tick_age_seconds", "hashflex_units_running",
+                "hashflex_last_solve_seconds", "hashflex_dr_events_active", "hashflex_events_total",
+                "hashflex_grid_import_kw", "hashflex_import_limit_kw", "hashflex_site_load_kw", "hashflex_renewable_kw",
+                "hashflex_price_usd_mwh", "hashflex_breakeven_usd_mwh", "hashflex_noise_measured_dba",
+                "hashflex_noise_modelled_dba", "hashflex_noise_cap_dba", "hashflex_carbon_used_kg",
+                "hashflex_carbon_left_kg", "hashflex_feed_age_seconds", "hashflex_input_rejections_total")
+"""Every metric /metrics exposes (counters with their ``_total`` name)."""
 
 
 class StatusServer:
-    """Serve ``status_fn(now)`` on a thread; ``port=0`` picks a free port (see ``.port``)."""
+    """Serve the site on a thread (uvicorn); ``port=0`` picks a free port (see ``.port``, ``.url``).
+
+    ``loop`` (a ControlLoop) turns on the dashboard and manager writes; without it only /healthz,
+    /status and /metrics answer with data. ``ingest`` (MqttIngest): its rejections go to the event
+    log and its messages to the feed ages. ``auth`` default: :meth:`ManagerAuth.from_env`."""
 
     def __init__(self, status_fn: Callable[[datetime], dict[str, Any]], clock: Callable[[], datetime],
-                 host: str = "127.0.0.1", port: int = DEFAULT_HTTP_PORT) -> None:
-        metrics = StatusMetrics()
+                 host: str = "127.0.0.1", port: int = DEFAULT_HTTP_PORT, *, loop: Any = None, ingest: Any = None,
+                 auth: Any = None, simulated: bool = False, measured_fn: Callable[[], dict[str, float]] | None = None,
+                 submit_limits: Callable[[Any], Any] | None = None, period_s: float = 1.0) -> None:
+        import uvicorn
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                try:
-                    status = status_fn(clock())
-                except Exception as exc:  # the endpoint must answer even if the loop is broken
-                    log.exception("status failed")
-                    status = {"healthy": False, "error": repr(exc)}
-                if self.path == "/healthz":
-                    causes = unhealthy_causes(status)
-                    if causes:  # a named fault (e.g. the store cannot commit): say which
-                        body = json.dumps({"healthy": False, "unhealthy_causes": causes}).encode()
-                        self._send(503, body, "application/json")
-                        return
-                    code = 200 if status.get("healthy") else 503
-                    self._send(code, b"ok\n" if code == 200 else b"unhealthy\n", "text/plain")
-                elif self.path == "/status":
-                    self._send(200, json.dumps(status, default=str).encode(), "application/json")
-                elif self.path == "/metrics":
-                    self._send(200, metrics.render(status), CONTENT_TYPE_LATEST)
-                else:
-                    self._send(404, b"not found\n", "text/plain")
+        from hashflex.web.app import create_app, is_loopback
+        from hashflex.web.manager import ManagerAuth
 
-            def _send(self, code: int, body: bytes, content_type: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        self._clock, self._status_fn = clock, status_fn
+        self._dashboard_options = {"simulated": simulated, "measured_fn": measured_fn,
+                                   "submit_limits": submit_limits, "period_s": period_s}
+        self.dashboard: Any = None
+        if loop is not None:
+            self.attach(loop, ingest)
+        self._stopping = threading.Event()
+        app = create_app(status_fn=lambda now: self._status_fn(now), clock=clock, metrics=StatusMetrics(),
+                         dashboard=lambda: self.dashboard,
+                         auth=auth if auth is not None else ManagerAuth.from_env(), reads_open=is_loopback(host),
+                         stopping=self._stopping)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))  # bound now: a taken port fails here, in the caller
+        self.host = host
+        self.port = self._socket.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
+                                timeout_graceful_shutdown=2)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._serve, name="hashflex-http", daemon=True)
 
-            def log_message(self, fmt: str, *args: Any) -> None:
-                log.debug("http: " + fmt, *args)
+    def attach(self, loop: Any, ingest: Any = None, status_fn: Callable[[datetime], dict[str, Any]] | None = None) -> None:
+        """Serve ``loop``'s dashboard from now on (a server may start before its loop exists, e.g.
+        `run --simulate` prints its URL at once); ``status_fn`` replaces the status source."""
+        from hashflex.web.app import Dashboard
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="hashflex-http", daemon=True)
+        if status_fn is not None:
+            self._status_fn = status_fn
+        clock = self._clock
+        dashboard = Dashboard(loop, lambda now: self._status_fn(now), clock, **self._dashboard_options)
+        if ingest is not None:
+            ingest.add_callback(lambda message: (dashboard.feeds.seen(message, clock()), dashboard.notify()))
+            ingest.add_rejection_callback(lambda rejection: (dashboard.log.on_rejection(rejection, clock()),
+                                                             dashboard.notify()))
+        if self._thread.ident is not None:
+            dashboard.start()
+        self.dashboard = dashboard
 
-    def start(self) -> None:
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}/"
+
+    def _serve(self) -> None:
+        try:
+            self._server.run(sockets=[self._socket])
+        except Exception:  # noqa: BLE001
+            log.exception("HTTP server stopped")
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Start serving; returns once the server accepts connections."""
+        import time
+
+        if self.dashboard is not None:
+            self.dashboard.start()
         self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started and time.monotonic() < deadline and self._thread.is_alive():
+            time.sleep(0.01)
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._stopping.set()  # ends the event streams, so shutdown does not wait on them
+        self._server.should_exit = True
+        if self._thread.ident is not None:
+            self._thread.join(10)
+        if self.dashboard is not None:
+            self.dashboard.stop()
+        self._socket.close()

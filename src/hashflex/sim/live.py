@@ -1,4 +1,5 @@
-"""`hashflex sim`: a simulated site on a real broker, for a live `hashflex run` to control.
+"""`hashflex sim`: a simulated site on a real broker, for a live `hashflex run` to control; and
+:class:`LiveSite`, the dashboard and pacing of `hashflex run --simulate`.
 
 MQTT-simulated miners (every unit of the profile, under the controller's ids) follow
 ``out/setpoint/<miner>`` and publish telemetry; simulated noise meters publish ``in/noise/<receptor>``
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timezone
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
@@ -49,3 +52,124 @@ def run_live_sim(profile: SiteProfile, host: str, port: int, stop: threading.Eve
                 meter.publish(topics.noise(reading.receptor_id), reading.model_dump_json(), qos=1)
     meter.disconnect()
     meter.loop_stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# The live site of `hashflex run --simulate`: the dashboard over a simulated clock, paced.
+
+class SimClock:
+    """Simulated time for the web side of a simulated run: the interval being simulated, advanced
+    with the wall clock at ``speed`` simulated seconds per real second (capped just before the
+    next interval, which only the simulation starts). ``speed`` 0: the interval start."""
+
+    def __init__(self, speed: float, step_s: float) -> None:
+        self.speed, self.step_s = speed, step_s
+        self._at: datetime | None = None
+        self._wall = 0.0
+        self._lock = threading.Lock()
+
+    def set(self, at: datetime) -> None:
+        with self._lock:
+            self._at, self._wall = at, time.monotonic()
+
+    @property
+    def wall_started(self) -> float:
+        return self._wall
+
+    def now(self) -> datetime:
+        with self._lock:
+            at, wall = self._at, self._wall
+        if at is None:
+            return datetime.now(timezone.utc)
+        if self.speed <= 0:
+            return at
+        return at + timedelta(seconds=min((time.monotonic() - wall) * self.speed, self.step_s - 0.001))
+
+
+class LiveSite:
+    """A :class:`hashflex.sim.site.SimulationObserver` that serves the dashboard (``/``, ``/events``,
+    ``/healthz``, ``/status``, ``/metrics``, manager writes) of a simulated run and paces it:
+    each interval takes at least ``step / speed`` wall seconds (``speed`` 0: no waiting). Prints a
+    progress line every ``progress_every`` intervals to ``out``.
+
+    The server binds at construction (a taken port fails at once) and answers 503 "starting"
+    until the loop exists; writes go to the loop at simulated time."""
+
+    def __init__(self, profile: SiteProfile, *, host: str = "127.0.0.1", port: int = 9108, speed: float = 900.0,
+                 intervals: int = 0, out: Any = None, auth: Any = None, progress_every: int = 4,
+                 stop: threading.Event | None = None) -> None:
+        from hashflex.control.http import StatusServer
+
+        self.profile = profile
+        self.step_s = profile.site.interval_minutes * 60.0
+        self.speed = speed
+        self.clock = SimClock(speed, self.step_s)
+        self.intervals, self.done = intervals, 0
+        self.out = out
+        self.progress_every = max(1, progress_every)
+        self.stop = stop or threading.Event()
+        self.last_row: dict[str, Any] = {}
+        self.loop: Any = None
+        self.server = StatusServer(self._status, self.clock.now, host, port, auth=auth, simulated=True,
+                                   measured_fn=self._measured)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> None:
+        self.server.start()
+
+    def close(self) -> None:
+        self.server.stop()
+
+    def _status(self, now: datetime) -> dict[str, Any]:
+        if self.loop is None:
+            return {"healthy": False, "unhealthy_causes": ["starting: loading prices and the first plan"]}
+        status = self.loop.status(now)
+        status["simulation"] = {"interval": self.done, "intervals": self.intervals, "speed": self.speed}
+        return status
+
+    def _measured(self) -> dict[str, float]:
+        row = self.last_row
+        keys = {"load_kw": "load_after_fast_path_kw", "grid_import_kw": "grid_import_kw",
+                "renewable_kw": "renewable_kw", "price_usd_mwh": "price_usd_mwh"}
+        return {k: float(row[v]) for k, v in keys.items() if row.get(v) is not None}
+
+    # SimulationObserver ------------------------------------------------------------------
+    def started(self, loop: Any, now: datetime) -> None:
+        self.loop = loop
+        self.clock.set(now)
+        self.server.attach(loop)
+
+    def message(self, message: Any, now: datetime) -> None:
+        dashboard = self.server.dashboard
+        if dashboard is not None:
+            dashboard.feeds.seen(message, now)
+
+    def interval_done(self, row: dict[str, Any], report: Any, now: datetime) -> None:
+        self.last_row = row
+        self.done += 1
+        dashboard = self.server.dashboard
+        if dashboard is not None:
+            dashboard.notify()
+        if self.out is not None and (self.done == 1 or self.done % self.progress_every == 0 or self.done == self.intervals):
+            print(self.progress_line(row, now), file=self.out, flush=True)
+        if self.speed > 0:  # pace: one interval per step/speed wall seconds, from its start
+            wait = self.clock.wall_started + self.step_s / self.speed - time.monotonic()
+            if wait > 0:
+                self.stop.wait(wait)
+        if self.stop.is_set():
+            raise KeyboardInterrupt
+        self.clock.set(now + timedelta(seconds=self.step_s))
+
+    def progress_line(self, row: dict[str, Any], now: datetime) -> str:
+        """``[ 4/96] Sat 01:00 CST  $15.33/MWh  load 30.0 MW  import 21.8 / 30.0 MW (import limit) ...``"""
+        local = now.astimezone(self.profile.tz) if hasattr(self.profile.tz, "utcoffset") else now
+        width = len(str(self.intervals or self.done))
+        noise = "  ".join(f"{r.id} {row.get(f'noise_measured_dba_{r.id}', float('nan')):.1f}/"
+                          f"{row.get(f'noise_cap_dba_{r.id}', float('nan')):.0f} dB(A)" for r in self.profile.receptors)
+        reason = row.get("reason") or "full load"
+        return (f"[{self.done:>{width}}/{self.intervals}] {local:%a %H:%M %Z}  ${row['price_usd_mwh']:.2f}/MWh  "
+                f"load {row['load_after_fast_path_kw'] / 1000:.1f} MW  import {row['grid_import_kw'] / 1000:.1f} / "
+                f"{row['import_limit_kw'] / 1000:.1f} MW ({row['limit_source']})  {noise}  [{reason}]")

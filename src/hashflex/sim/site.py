@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Protocol
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -223,6 +224,17 @@ class SimulatedFleet:
         return total
 
 
+class SimulationObserver(Protocol):
+    """Watches a simulation as it runs (the live site of `run --simulate`: dashboard and pacing).
+    Every call is on the simulation's thread; ``now`` is simulated time (UTC)."""
+
+    def started(self, loop: ControlLoop, now: datetime) -> None: ...
+
+    def message(self, message: object, now: datetime) -> None: ...
+
+    def interval_done(self, row: dict, report: TickReport, now: datetime) -> None: ...
+
+
 @dataclass
 class SimulationResult:
     intervals: pd.DataFrame  # one row per interval: price, load, import, limit, noise measured/cap, reason
@@ -233,32 +245,41 @@ class SimulationResult:
 def run_simulation(profile: SiteProfile, prices: pd.DataFrame, start: pd.Timestamp, intervals: int, *,
                    dr_events: Iterable[DREventMessage] = (), noise_bias_db: dict[str, float] | None = None,
                    seed: int = 0, time_limit_s: float = 20.0, store_path: str | None = None,
-                   solver: SolveRunner | None = None) -> SimulationResult:
+                   solver: SolveRunner | None = None,
+                   observer: SimulationObserver | None = None) -> SimulationResult:
     """Drive the real control loop over ``intervals`` intervals of recorded prices. With
     ``store_path`` the run keeps a store and audit trail there, as a live site does, so
     ``hashflex report`` and ``hashflex audit verify`` work on it. ``solver``: the daemon's
     deadline-keeping runner (the CLI passes one); default an in-process solve without deadline.
-    Choose ``start``/``intervals`` with :func:`simulation_window` so every interval has a price."""
+    Choose ``start``/``intervals`` with :func:`simulation_window` so every interval has a price.
+    ``observer`` (:class:`SimulationObserver`) sees the loop, every message and every interval
+    (``hashflex.sim.live.LiveSite`` serves the dashboard from it and paces the run)."""
     solar_kw = sum(r.capacity_kw for r in profile.renewables if r.kind == "solar")
     forecaster = ReplayForecaster(profile, prices, solar_kw=solar_kw)
     fleet = SimulatedFleet(profile)
     store = Store(store_path) if store_path else None
     recorder = AuditRecorder(store) if store is not None else None
     loop = ControlLoop(profile, forecaster=forecaster, driver=fleet, store=store, recorder=recorder,
-                       solver=solver or SolveRunner(time_limit_s=time_limit_s, inline=True), config=LoopConfig())
+                       solver=solver or SolveRunner(time_limit_s=time_limit_s, inline=True), config=LoopConfig(run_mode="simulate"))
     sensors = NoiseSensorSim(profile, bias_db=noise_bias_db or {}, seed=seed)
     step = timedelta(minutes=profile.site.interval_minutes)
     events = sorted(dr_events, key=lambda e: e.start)
     rt = prices[prices["market"] == "RT"].set_index("interval_start")["price_usd_mwh"]
     rows, reports = [], []
     now = pd.Timestamp(start).tz_convert("UTC").to_pydatetime()
+    notify = observer.message if observer is not None else (lambda message, at: None)
+    if observer is not None:
+        observer.started(loop, now)
     for _ in range(intervals):
         due = [e for e in events if e.start <= now + step]  # DR notices arrive before their start
         for event in due:
             loop.on_message(event, min(now, event.start))
+            notify(event, min(now, event.start))
             events.remove(event)
         renewable = float(clear_sky_solar_kw(pd.DatetimeIndex([now]), profile, solar_kw)[0])
-        loop.on_message(RenewableMessage(source_id="solar_pv", power_kw=renewable, timestamp=now), now)
+        solar_message = RenewableMessage(source_id="solar_pv", power_kw=renewable, timestamp=now)
+        loop.on_message(solar_message, now)
+        notify(solar_message, now)
         report = loop.tick(now)
         reports.append(report)
         fleet.expire(now)
@@ -266,6 +287,7 @@ def run_simulation(profile: SiteProfile, prices: pd.DataFrame, start: pd.Timesta
         readings = sensors.measure(fleet.running(), now + step / 2)
         for reading in readings:
             loop.on_message(reading, now + step / 2)
+            notify(reading, now + step / 2)
         load_after = fleet.load_kw()  # the noise fast path may have cut within the interval
         limit, source = loop.dr_book.limit_at(now)
         row = {
@@ -291,6 +313,8 @@ def run_simulation(profile: SiteProfile, prices: pd.DataFrame, start: pd.Timesta
                                                          row[f"noise_cap_dba_{r.receptor_id}"])
                    for r in readings},
             price_usd_mwh=row["price_usd_mwh"], intensity_source="profile default factor")
+        if observer is not None:
+            observer.interval_done(row, report, now)
         now = now + step
     frame = pd.DataFrame(rows).set_index("interval_start")
     if recorder is not None:

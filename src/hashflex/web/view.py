@@ -1,0 +1,415 @@
+"""What the dashboard shows, as one JSON document built from the control loop (no I/O, no web).
+
+:func:`dashboard_state` turns the loop's ``status(now)`` (plus the daemon's additions: ``inputs``,
+``mqtt_connected``, ``input_rejections``), its last schedule, its fleet and its measurements into
+the sections the page draws: ``now``, ``noise``, ``dr``, ``schedule`` (next 24 h), ``carbon``,
+``events``, ``inputs``, ``limits``, ``health``. Units are in the key names (kW, dB(A), $/MWh, kg).
+Non-finite numbers become ``null`` (JSON has no infinity).
+
+:class:`EventLog` is the event log: it taps the loop's audit recorder (every curtailment and
+restore with its trigger, DR and limits decisions) and the ingest's rejections, and keeps the last
+``maxlen`` entries in memory. :class:`NoiseHistory` keeps each receptor's measured and modelled
+levels and cap for the last 24 h (site time, so a simulated clock works).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hashflex.acoustics import compared_level_dba
+from hashflex.control.fleet import SLEEP
+from hashflex.optimize.schedule import unit_column
+from hashflex.profile import SiteProfile
+
+__all__ = ["EventLog", "FeedAges", "NoiseHistory", "breakeven_usd_mwh", "dashboard_state", "finite"]
+
+
+def finite(value: Any, digits: int | None = None) -> float | None:
+    """``value`` as a float, or None when missing or not finite (JSON has no inf/NaN)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number):
+        return None
+    return round(number, digits) if digits is not None else number
+
+
+def breakeven_usd_mwh(profile: SiteProfile, hashprice_usd_per_ph_day: float) -> dict[str, float]:
+    """Per group: the settlement price ($/MWh) at which one unit in its most efficient mode earns
+    exactly its energy cost (revenue after the pool fee, less the site's price adders)."""
+    per_th_h = hashprice_usd_per_ph_day / 1000.0 / 24.0 * (1.0 - profile.economics.pool_fee_pct / 100.0)
+    out = {}
+    for group in profile.miner_groups:
+        best = max((m.hashrate_th_s * per_th_h * 1000.0 / m.power_kw for m in group.modes if m.power_kw > 0),
+                   default=0.0)
+        out[group.id] = best - profile.grid.total_adder_usd_mwh
+    return out
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    at: datetime
+    kind: str  # curtail | restore | dr | limits | rejected | expired
+    trigger: str  # fast path | re-plan | DR <id> | noise exceedance | manager | <message kind>
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": self.at.isoformat(), "kind": self.kind, "trigger": self.trigger, "detail": self.detail}
+
+
+class EventLog:
+    """The dashboard's event log: curtailments and restores with their trigger, DR and limits
+    decisions, rejected messages with their reason (newest last, ``maxlen`` kept).
+
+    Wraps the loop's recorder (``record(kind, payload, at)``; forwards everything to ``inner`` and
+    never raises into the loop) and takes ingest rejections through :meth:`on_rejection`."""
+
+    def __init__(self, inner: Any = None, maxlen: int = 500) -> None:
+        self.inner = inner
+        self.entries: deque[LogEntry] = deque(maxlen=maxlen)
+        self.dr_acked_at: dict[str, str] = {}
+        self.loop: Any = None  # set by attach(): the trigger of a re-plan comes from its last report
+        self._running: int | None = None
+        self._lock = threading.Lock()
+        self.version = 0
+
+    @classmethod
+    def attach(cls, loop: Any, maxlen: int = 500) -> EventLog:
+        """Put a log in front of ``loop.recorder`` (idempotent); returns it."""
+        if isinstance(loop.recorder, EventLog):
+            return loop.recorder
+        log = cls(loop.recorder, maxlen)
+        log.loop = loop
+        log._running = sum(1 for m in loop.fleet.miners.values() if m.running)
+        loop.recorder = log
+        return log
+
+    # the recorder protocol -------------------------------------------------------------
+    def record(self, kind: str, payload: dict[str, Any], at: datetime) -> None:
+        if self.inner is not None:
+            self.inner.record(kind, payload, at)
+        try:
+            self._observe(kind, payload, at)
+        except Exception:  # noqa: BLE001 - the log is a view; it must never stop control
+            pass
+
+    def flush(self) -> None:
+        if self.inner is not None and hasattr(self.inner, "flush"):
+            self.inner.flush()
+
+    def close(self) -> None:
+        if self.inner is not None and hasattr(self.inner, "close"):
+            self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:  # anything else the recorder offers
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
+
+    # ---------------------------------------------------------------------------------
+    def add(self, at: datetime, kind: str, trigger: str, detail: str) -> None:
+        with self._lock:
+            self.entries.append(LogEntry(at, kind, trigger, detail[:400]))
+            self.version += 1
+
+    def on_rejection(self, rejection: Any, at: datetime) -> None:
+        """An inbound message refused by ingest (``messages.Rejection``): kind and reason."""
+        self.add(at, "rejected", str(getattr(rejection, "kind", None) or "message"),
+                 f"{getattr(rejection, 'topic', '')}: {getattr(rejection, 'reason', '')}")
+
+    def recent(self, n: int = 200) -> list[dict[str, Any]]:
+        with self._lock:
+            return [e.to_json() for e in list(self.entries)[-n:]]
+
+    def _observe(self, kind: str, payload: dict[str, Any], at: datetime) -> None:
+        if kind == "guard_action":
+            action = str(payload.get("action", ""))
+            if action.startswith("refused") or not payload.get("miners"):
+                return
+            event_id = payload.get("event_id")
+            trigger = (f"DR {event_id}" if event_id else "noise exceedance" if "noise" in action
+                       else "fast path")
+            self.add(at, "curtail", trigger, str(payload.get("reason", action)))
+            self._running = None  # recount at the next schedule batch
+        elif kind == "setpoints":
+            running = sum(n for label, n in (payload.get("counts") or {}).items() if not label.endswith("/" + SLEEP))
+            before, self._running = self._running, running
+            if payload.get("source") != "schedule" or before is None or running == before:
+                return
+            report = getattr(self.loop, "last_report", None)
+            trigger = getattr(report, "trigger", None) or "re-plan"
+            reason = ""
+            if report is not None and report.schedule is not None:
+                reason = str(report.schedule.frame["reason_detail"].iloc[0])
+            word = "restore" if running > before else "curtail"
+            self.add(at, word, "re-plan" if trigger == "interval" else f"re-plan ({trigger})",
+                     f"{before} -> {running} units running" + (f"; {reason}" if reason else ""))
+        elif kind == "dr_event":
+            accepted = payload.get("accepted")
+            event_id = payload.get("event_id") or "?"
+            reason = str(payload.get("reason", ""))
+            self.add(at, "dr" if accepted else "rejected", f"DR {event_id}",
+                     ("accepted: " if accepted else "rejected: ") + reason.removeprefix("accepted: "))
+        elif kind == "dr_ack":
+            if payload.get("status") == "accepted" and payload.get("event_id"):
+                self.dr_acked_at[str(payload["event_id"])] = str(payload.get("acked_at") or at.isoformat())
+        elif kind == "dr_transition":
+            self.add(at, "dr", f"DR {payload.get('event_id')}",
+                     f"{payload.get('transition')} (limit {payload.get('limit_kw')} kW)")
+        elif kind == "limits_change":
+            ack = payload.get("ack") or {}
+            if payload.get("duplicate"):
+                return
+            if "change" not in payload:  # refused by validation before the book saw it
+                self.add(at, "rejected", "limits", str(payload.get("reason", "")))
+                return
+            issuer = ack.get("issuer") or (payload.get("change") or {}).get("issuer", "?")
+            self.add(at, "limits" if ack.get("status") == "accepted" else "rejected", f"manager {issuer}",
+                     str(ack.get("reason", "")))
+        elif kind == "limits_expired":
+            self.add(at, "expired", f"manager {payload.get('issuer')}", f"{payload.get('part')} limit expired")
+
+
+class FeedAges:
+    """When each input feed (message kind and key, e.g. ``noise/porch``) was last heard, by site time."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, datetime] = {}
+
+    def seen(self, message: Any, at: datetime) -> None:
+        kind = getattr(message, "kind", type(message).__name__)
+        key = getattr(message, "receptor_id", None) or getattr(message, "source_id", None)
+        if kind == "telemetry":
+            key = None  # one feed for the fleet, not one per miner
+        self.last[f"{kind}/{key}" if key else str(kind)] = at
+
+    def ages_s(self, now: datetime) -> dict[str, float]:
+        return {k: max((now - t).total_seconds(), 0.0) for k, t in sorted(self.last.items())}
+
+
+class NoiseHistory:
+    """Per receptor, (time, measured dB(A), modelled dB(A), cap dB(A)) for the last ``window``."""
+
+    def __init__(self, window: timedelta = timedelta(hours=24), min_step: timedelta = timedelta(seconds=30)) -> None:
+        self.window, self.min_step = window, min_step
+        self.points: dict[str, deque[tuple[float, float | None, float | None, float | None]]] = {}
+
+    def add(self, at: datetime, levels: list[dict[str, Any]]) -> None:
+        t = pd.Timestamp(at).timestamp()
+        for row in levels:
+            series = self.points.setdefault(row["receptor_id"], deque())
+            if series and t - series[-1][0] < self.min_step.total_seconds():
+                series[-1] = (series[-1][0], row["measured_dba"], row["modelled_dba"], row["cap_dba"])
+            else:
+                series.append((t, row["measured_dba"], row["modelled_dba"], row["cap_dba"]))
+            while series and series[0][0] < t - self.window.total_seconds():
+                series.popleft()
+
+    def to_json(self) -> dict[str, list[list[float | None]]]:
+        return {rid: [list(p) for p in series] for rid, series in self.points.items()}
+
+
+def _receptor_levels(loop: Any, profile: SiteProfile, now: datetime, status: Mapping[str, Any]) -> list[dict[str, Any]]:
+    local = pd.Timestamp(now).tz_convert(profile.tz).to_pydatetime()
+    overrides = (status.get("limits") or {}).get("noise_caps_dba") or {}
+    rows = []
+    for receptor in profile.receptors:
+        cap = min(receptor.cap_at(local), float(overrides.get(receptor.id, math.inf)))
+        measured = loop.measurements.noise_dba.get(receptor.id)
+        modelled = loop.modelled_level_dba(receptor.id)
+        compared = None if measured is None else compared_level_dba(measured, receptor.background_dba,
+                                                                      receptor.cap_applies_to)
+        over = compared is not None and math.isfinite(cap) and compared > cap
+        rows.append({"receptor_id": receptor.id, "measured_dba": finite(measured, 1),
+                     "modelled_dba": finite(modelled, 1), "cap_dba": finite(cap, 1),
+                     "cap_applies_to": receptor.cap_applies_to, "over_cap": bool(over),
+                     "margin_db": None if compared is None or not math.isfinite(cap) else round(cap - compared, 1),
+                     "cap_source": "manager override" if receptor.id in overrides else "profile"})
+    return rows
+
+
+def _schedule_section(profile: SiteProfile, frame: pd.DataFrame | None, breakeven: Mapping[str, float]) -> dict[str, Any]:
+    if frame is None or frame.empty:
+        return {"t": []}
+    frame = frame[frame.index < frame.index[0] + pd.Timedelta(hours=24)]
+    out: dict[str, Any] = {"t": [int(pd.Timestamp(t).timestamp()) for t in frame.index]}
+
+    def col(name: str, digits: int = 1) -> list[float | None]:
+        if name not in frame.columns:
+            return [None] * len(frame)
+        return [finite(v, digits) for v in frame[name].to_numpy()]
+
+    load_by: dict[str, list[float | None]] = {}
+    for group in profile.miner_groups:
+        for mode in group.modes:
+            column = unit_column(group.id, mode.name)
+            if column in frame.columns:
+                load_by[f"{group.id}/{mode.name}"] = [finite(v * mode.power_kw, 1) for v in frame[column].to_numpy()]
+    out.update({
+        "load_kw_by_group_mode": load_by,
+        "load_kw": col("load_kw"), "full_load_kw": col("full_load_kw"), "grid_import_kw": col("grid_import_kw"),
+        "import_limit_kw": col("import_limit_kw"), "price_usd_mwh": col("price_usd_mwh", 2),
+        "breakeven_usd_mwh": {g: round(v, 2) for g, v in breakeven.items()},
+        "noise_dba": {r.id: col(f"noise_dba_{r.id}") for r in profile.receptors},
+        "noise_cap_dba": {r.id: col(f"noise_cap_dba_{r.id}") for r in profile.receptors},
+        "reason": [str(v) for v in frame.get("reason", pd.Series([""] * len(frame))).to_numpy()],
+        "reason_detail": [str(v) for v in frame.get("reason_detail", pd.Series([""] * len(frame))).to_numpy()],
+        "import_limit_source": [str(v) for v in frame.get("import_limit_source", pd.Series([""] * len(frame)))],
+    })
+    return out
+
+
+def _limit_label(source: str | None) -> str:
+    if not source:
+        return "interconnection"
+    if source.startswith("DR:"):
+        return f"DR event {source[3:]}"
+    if source.startswith("limits:"):
+        return f"manager override ({source[7:]})"
+    if source.startswith("hold:"):
+        return f"held in memory ({source[5:]})"
+    return source
+
+
+def _dr_section(loop: Any, status: Mapping[str, Any], now: datetime, log: EventLog | None) -> list[dict[str, Any]]:
+    rows = []
+    for event in (status.get("limits") or {}).get("dr_events", []):
+        start = datetime.fromisoformat(event["start"])
+        end = datetime.fromisoformat(event["end"]) if event.get("end") else None
+        active = event["status"] == "active"
+        seconds_left = ((end - now).total_seconds() if active and end else
+                        (start - now).total_seconds() if not active else None)
+        limit = event.get("limit_kw")
+        held = broken = 0
+        worst = None
+        if limit is not None:
+            for interval_start, (kw, _h) in list(loop.measured_import_kw.items()):
+                t = interval_start.to_pydatetime()
+                if start <= t < now and (end is None or t < end):
+                    worst = kw if worst is None else max(worst, kw)
+                    if kw <= limit + 1e-6:
+                        held += 1
+                    else:
+                        broken += 1
+        rows.append({**event, "seconds_left": finite(seconds_left, 0),
+                     "countdown_to": "end" if active else "start",
+                     "acked_at": (log.dr_acked_at.get(event["event_id"]) if log else None),
+                     "compliance": {"intervals_held": held, "intervals_over": broken,
+                                    "max_import_kw": finite(worst, 1)}})
+    return rows
+
+
+def dashboard_state(loop: Any, status: Mapping[str, Any], now: datetime, *,
+                    log: EventLog | None = None, noise_history: NoiseHistory | None = None,
+                    measured: Mapping[str, float] | None = None, simulated: bool = False,
+                    feed_ages_s: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """The dashboard document at ``now``.
+
+    ``loop``: a :class:`hashflex.control.loop.ControlLoop`; ``status``: its ``status(now)`` plus the
+    daemon's additions; ``measured``: the site meter's latest ``load_kw``, ``grid_import_kw``,
+    ``renewable_kw``, ``price_usd_mwh`` where known (else telemetry or the fleet model is used and
+    said). ``noise_history`` is updated with the levels now. Never raises on a missing part: a
+    section without data is empty."""
+    profile: SiteProfile = loop.profile
+    measured = dict(measured or {})
+    report = loop.last_report
+    frame = report.schedule.frame if report is not None and report.schedule is not None else None
+    first = frame.iloc[0] if frame is not None and not frame.empty else None
+    fallbacks = [str(f) for f in status.get("fallbacks_in_use") or []]
+    hashprice = finite(first["hashprice_usd_per_ph_day"], 2) if first is not None else None
+    if hashprice is None:
+        hashprice = profile.economics.hashprice_usd_per_ph_day
+    hashprice_source = (f"{profile.economics.hashprice_source} (profile value)"
+                        if first is None or any("hashprice" in f for f in fallbacks) else "hashprice feed")
+    breakeven = breakeven_usd_mwh(profile, hashprice)
+
+    counts = loop.fleet.counts()
+    units = []
+    model_load_kw = 0.0
+    for group in profile.miner_groups:
+        on = 0
+        for mode in group.modes:
+            n = counts.get((group.id, mode.name), 0)
+            on += n
+            model_load_kw += n * mode.power_kw
+            units.append({"group": group.id, "mode": mode.name, "running": n})
+        available = sum(1 for m in loop.fleet.in_group(group.id) if m.available)
+        units.append({"group": group.id, "mode": "sleep", "running": available - on})
+        model_load_kw += (available - on) * group.idle_power_kw
+    telemetry = sum(loop.telemetry_kw.values()) if loop.telemetry_kw else None
+    load_kw, load_source = ((measured["load_kw"], "meter") if measured.get("load_kw") is not None else
+                            (telemetry, "miner telemetry") if telemetry is not None else (model_load_kw, "fleet model"))
+    renewable = measured.get("renewable_kw", loop.measurements.renewable_kw)
+    grid_import = measured.get("grid_import_kw")
+    if grid_import is None:
+        grid_import = max(load_kw - (renewable or 0.0), 0.0)
+    limits = status.get("limits") or {}
+    interconnection = profile.grid.import_limit_kw
+    limit_kw = limits.get("import_limit_kw")
+    source = limits.get("import_limit_source")
+    if limit_kw is None or limit_kw >= interconnection:
+        limit_kw, source = interconnection, None
+    price = measured.get("price_usd_mwh", finite(first["price_usd_mwh"], 2) if first is not None else None)
+    levels = _receptor_levels(loop, profile, now, status)
+    if noise_history is not None:
+        noise_history.add(now, levels)
+
+    local = pd.Timestamp(now).tz_convert(profile.tz)
+    emitted_day = loop.emitted_kg.get(local.strftime("%Y-%m-%d"), 0.0)
+    emitted_month = loop.emitted_kg.get(local.strftime("%Y-%m"), 0.0)
+    overrides = limits.get("carbon_budget_overrides_kg") or {}
+
+    def budget(profile_kg: float | None, key: str, used: float) -> dict[str, Any]:
+        candidates = [v for v in (profile_kg, overrides.get(key)) if v is not None]
+        total = min(candidates) if candidates else None
+        return {"used_kg": round(used, 1), "budget_kg": finite(total, 1),
+                "left_kg": None if total is None else round(max(total - used, 0.0), 1),
+                "source": "manager override" if key in overrides and overrides[key] == total else
+                ("profile" if total is not None else "no budget")}
+
+    inputs = status.get("inputs") or {}
+    return {
+        "site": {"id": profile.site_id, "name": profile.site.name, "timezone": str(profile.tz),
+                 "interval_minutes": profile.site.interval_minutes, "simulated": simulated,
+                 "at": now.isoformat(), "local_time": f"{local:%Y-%m-%d %H:%M %Z}",
+                 "managers": list(profile.site.managers)},
+        "health": {"healthy": bool(status.get("healthy")), "unhealthy_causes": list(status.get("unhealthy_causes") or []),
+                   "last_tick_age_s": finite(status.get("last_tick_age_s"), 1),
+                   "last_solve": status.get("last_solve")},
+        "now": {"grid_import_kw": finite(grid_import, 1), "import_limit_kw": finite(limit_kw, 1),
+                "import_limit_source": source or "interconnection", "import_limit_label": _limit_label(source),
+                "import_limits_kw": {k: finite(v, 1) for k, v in (limits.get("import_limits_kw") or {}).items()},
+                "load_kw": finite(load_kw, 1), "load_source": load_source,
+                "renewable_kw": finite(renewable, 1), "price_usd_mwh": finite(price, 2),
+                "units": units, "units_running": sum(counts.values()),
+                "breakeven_usd_mwh": {g: round(v, 2) for g, v in breakeven.items()},
+                "reason": None if first is None else str(first.get("reason_detail", ""))},
+        "noise": {"receptors": levels, "history": noise_history.to_json() if noise_history is not None else {}},
+        "dr": _dr_section(loop, status, now, log),
+        "schedule": _schedule_section(profile, frame, breakeven),
+        "carbon": {"day": budget(profile.carbon.daily_budget_kg, "day", emitted_day),
+                   "month": budget(profile.carbon.monthly_budget_kg, "month", emitted_month),
+                   "hashprice_usd_per_ph_day": hashprice, "hashprice_source": hashprice_source},
+        "limits": {"manager_limits": limits.get("manager_limits", []), "holds": limits.get("holds", []),
+                   "noise_caps_dba": limits.get("noise_caps_dba", {})},
+        "events": log.recent() if log is not None else [],
+        "inputs": {"feed_ages_s": {k: finite(v, 0) for k, v in (feed_ages_s or {}).items()},
+                   "messages": inputs, "fallbacks_in_use": fallbacks,
+                   "mqtt_connected": status.get("mqtt_connected"),
+                   "store": "unavailable" if any(str(c).startswith("store_unavailable") for c in
+                                                 status.get("unhealthy_causes") or []) else "ok",
+                   "input_rejections": status.get("input_rejections") or {},
+                   "miners_unavailable": len(status.get("miners_unavailable") or {})},
+        "counters": status.get("counters", {}),
+    }
