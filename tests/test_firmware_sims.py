@@ -105,3 +105,41 @@ def test_cli_rejects_too_many_miners():
     done = subprocess.run([sys.executable, "-m", "hashflex.cli", "sim", "--protocol", "luxos", "--miners", "0"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--miners must be between 1 and" in done.stderr
+
+
+def test_stock_antminer_needs_digest_auth_and_follows_work_modes():
+    from hashflex.sim.firmware import ANTMINER_REALM, AntminerStockFleet
+
+    with AntminerStockFleet({"m1": GROUP}, clock=ScaledClock(600)) as fleet:
+        host, port = fleet.endpoints()["m1"]
+        url = f"http://{host}:{port}/cgi-bin"
+        challenge = httpx.get(f"{url}/get_system_info.cgi")
+        assert challenge.status_code == 401 and ANTMINER_REALM in challenge.headers["www-authenticate"]
+        assert httpx.get(f"{url}/get_system_info.cgi", auth=httpx.DigestAuth("root", "wrong")).status_code == 401
+        auth = httpx.DigestAuth("root", "root")
+        assert httpx.get(f"{url}/get_system_info.cgi", auth=auth).json()["minertype"] == "Antminer S19 XP"
+        assert httpx.post(f"{url}/set_miner_conf.cgi", auth=auth, json={"miner-mode": 3}).json()["code"] == "M000"
+        assert fleet.miner("m1").mode == "eco"  # low power = the lowest mode
+        assert httpx.get(f"{url}/get_miner_conf.cgi", auth=auth).json()["bitmain-work-mode"] == "3"
+        assert httpx.post(f"{url}/set_miner_conf.cgi", auth=auth, json={"miner-mode": 7}).json()["code"] == "M001"
+        httpx.post(f"{url}/set_miner_conf.cgi", auth=auth, json={"miner-mode": 1})
+        assert fleet.miner("m1").snapshot().state is MinerState.SLEEPING
+        # unknown paths are not JSON (pyasic's get_miner would otherwise take it for a Marathon miner)
+        assert httpx.get(f"http://{host}:{port}/kaonsu/v1/brief", auth=auth).status_code == 404
+
+
+def test_pyasic_identifies_and_drives_a_stock_antminer_on_the_standard_ports():
+    pyasic = pytest.importorskip("pyasic")
+    from hashflex.sim.firmware import AntminerStockFleet
+
+    address = f"127.{random.randint(1, 254)}.{random.randint(0, 254)}.{random.randint(2, 254)}"
+    with AntminerStockFleet({"m1": GROUP}, clock=ScaledClock(600), addresses={"m1": address}) as fleet:
+        miner = asyncio.run(pyasic.get_miner(address))
+        assert type(miner).__name__ == "BMMinerS19XP"  # pyasic's class for stock-firmware S19 XP
+        assert asyncio.run(miner.resume_mining()) is True
+        assert fleet.miner("m1").mode == "stock"
+        data = asyncio.run(miner.get_data())
+        assert data.is_mining is True and data.wattage is None  # stock firmware: no power reading
+        assert float(data.hashrate) == pytest.approx(134.0) and len(data.hashboards) == 3
+        assert asyncio.run(miner.stop_mining()) is True
+        assert fleet.miner("m1").snapshot().state is MinerState.SLEEPING

@@ -13,13 +13,16 @@ from hashflex.drivers.base import Setpoint  # noqa: E402
 from hashflex.drivers.pyasic_driver import PyasicDriver, PyasicEndpoint, setpoint_confirmed  # noqa: E402
 from hashflex.health.reading import MinerReading  # noqa: E402
 from hashflex.profile import MinerGroup, MinerMode  # noqa: E402
-from hashflex.sim.firmware import VnishFleet  # noqa: E402
+from hashflex.sim.firmware import AntminerStockFleet, VnishFleet  # noqa: E402
 from hashflex.sim.miners import MinerState, ScaledClock, SimulatedMinerFleet  # noqa: E402
 
 GROUP = MinerGroup(id="s19xp", model="Antminer S19 XP", units=3, idle_power_kw=0.02, boot_minutes=0.0,
                    modes=[MinerMode(name="eco", power_kw=2.4, hashrate_th_s=110.0, sound_power_dba=95.0),
                           MinerMode(name="stock", power_kw=3.0, hashrate_th_s=134.0, sound_power_dba=97.0)])
 MODES = {"s19xp": {"eco": 2.4, "stock": 3.0, "half": 1.2}}  # "half": no preset fits under 1.2 kW
+# stock Antminer: normal = the highest-power mode (stock), low = the lowest (eco); "mid" has no match
+STOCK_MODES = {"s19xp": {"eco": 2.4, "stock": 3.0, "mid": 2.7}}
+UNFIT = {"luxos": "half", "vnish": "half", "antminer": "mid"}
 
 
 def sp(miner_id: str, mode: str, kw: float = 0.0) -> Setpoint:
@@ -27,7 +30,7 @@ def sp(miner_id: str, mode: str, kw: float = 0.0) -> Setpoint:
     return Setpoint(miner_id, mode, kw, now, now + timedelta(minutes=10))
 
 
-@pytest.fixture(params=["luxos", "vnish"])
+@pytest.fixture(params=["luxos", "vnish", "antminer"])
 def rig(request):
     miners = {"a": GROUP, "b": GROUP, "c": GROUP}
     clock = ScaledClock(600)
@@ -36,12 +39,12 @@ def rig(request):
         fleet.start()
         endpoints = [PyasicEndpoint(m, "s19xp", h, "luxos", rpc_port=p) for m, (h, p) in fleet.endpoints().items()]
     else:
-        fleet = VnishFleet(miners, clock=clock)
+        fleet = (VnishFleet if request.param == "vnish" else AntminerStockFleet)(miners, clock=clock)
         fleet.start()
         rpc = fleet.rpc_endpoints()
-        endpoints = [PyasicEndpoint(m, "s19xp", h, "vnish", web_port=p, rpc_port=rpc[m][1])
+        endpoints = [PyasicEndpoint(m, "s19xp", h, request.param, web_port=p, rpc_port=rpc[m][1])
                      for m, (h, p) in fleet.endpoints().items()]
-    driver = PyasicDriver(endpoints, MODES, deadline_s=3.0)
+    driver = PyasicDriver(endpoints, STOCK_MODES if request.param == "antminer" else MODES, deadline_s=3.0)
     yield request.param, fleet, driver
     driver.close()
     fleet.stop()
@@ -53,8 +56,12 @@ def test_capabilities_are_declared_from_pyasic_and_the_presets(rig):
     assert set(caps) == {"a", "b", "c"}
     cap = caps["a"]
     assert isinstance(cap, MinerCapabilities) and cap.family == family
-    assert cap.sleep_wake and cap.power_target and cap.verify
-    assert cap.power_targets_w == (2400, 3000)
+    assert cap.sleep_wake and cap.verify
+    if family == "antminer":
+        assert not cap.power_target and cap.power_targets_w == () and cap.modes == ("stock", "eco")
+        assert "stock firmware" in cap.notes
+        return
+    assert cap.power_target and cap.power_targets_w == (2400, 3000)
     assert cap.modes == ("eco", "stock")  # "half" has no preset at or under 1.2 kW
     assert driver.capabilities("nope") is None
 
@@ -70,7 +77,9 @@ def test_modes_and_sleep_reach_the_miner_and_verify(rig, wait_for):
     assert verified["a"].status is SetpointStatus.APPLIED, verified["a"]
     assert verified["c"].status is SetpointStatus.APPLIED, verified["c"]
     reading = driver.read(["a"])["a"]
-    assert reading.power_kw == pytest.approx(2.4, rel=0.01) and reading.hashrate_th_s == pytest.approx(110, rel=0.01)
+    # stock Antminer firmware does not report power
+    assert reading.power_kw is None if family == "antminer" else reading.power_kw == pytest.approx(2.4, rel=0.01)
+    assert reading.hashrate_th_s == pytest.approx(110, rel=0.01)
     assert len(reading.fan_rpm) == 4 and reading.hashboards == 3
 
 
@@ -86,7 +95,7 @@ def test_a_lost_hashboard_shows_in_the_reading(rig, wait_for):
 def test_no_preset_under_the_target_falls_back_to_sleep(rig):
     family, fleet, driver = rig
     fleet.miner("a").command_mode("stock", None)
-    result = driver.apply([sp("a", "half", 1.2)])[0]
+    result = driver.apply([sp("a", UNFIT[family], 1.2)])[0]
     assert result.status is SetpointStatus.REJECTED and "fell back to sleep" in result.reason
     assert fleet.miner("a").snapshot().state is MinerState.SLEEPING
 
@@ -136,3 +145,7 @@ def test_setpoint_confirmed_rules():
     assert not setpoint_confirmed("eco", 2.0, running)[0]  # over target + 10 %
     assert not setpoint_confirmed("stock", 6.0, running)[0]  # under half: not following
     assert not setpoint_confirmed("eco", 2.4, MinerReading("m", now, power_kw=None, hashrate_th_s=None))[0]
+    # firmware without a power reading: hashing or not
+    assert setpoint_confirmed("eco", 2.4, MinerReading("m", now, power_kw=None, hashrate_th_s=100.0))[0]
+    assert not setpoint_confirmed("sleep", 0.0, MinerReading("m", now, power_kw=None, hashrate_th_s=100.0))[0]
+    assert setpoint_confirmed("sleep", 0.0, MinerReading("m", now, power_kw=None, hashrate_th_s=0.0))[0]

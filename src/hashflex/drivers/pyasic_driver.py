@@ -1,10 +1,13 @@
 """A driver for the firmware zoo through pyasic (optional extra ``hashflex[pyasic]``).
 
-pyasic (github.com/UpstreamData/pyasic, Apache-2.0) speaks each firmware's own API: LuxOS and
-VNish here (tested against our simulators in :mod:`hashflex.sim.miners` / :mod:`hashflex.sim.firmware`),
+pyasic (github.com/UpstreamData/pyasic, Apache-2.0) speaks each firmware's own API: LuxOS,
+VNish and stock Antminer (bmminer) here (tested against our simulators in :mod:`hashflex.sim.miners` /
+:mod:`hashflex.sim.firmware`),
 and the other families pyasic supports with the same calls. What a setpoint becomes:
 
 - ``sleep`` → ``miner.stop_mining()`` (LuxOS ``curtail sleep``, VNish ``POST mining/stop``);
+- stock Antminer (no power target): the group's highest-power mode → "normal" power mode, its
+  lowest → "low" (pyasic ``MiningModeConfig``); other modes are refused (sleep fallback);
 - a mode → a power target of the mode's ``power_kw`` (the highest tuned preset/profile at or under
   it, as pyasic's ``set_power_limit`` chooses), then ``miner.resume_mining()``. If the power target is
   refused the driver sleeps the miner (the safe default: a miner left at an unknown preset could draw
@@ -56,7 +59,7 @@ __all__ = ["FAMILIES", "PyasicDriver", "PyasicEndpoint", "pyasic_available"]
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-FAMILIES = ("luxos", "vnish")
+FAMILIES = ("luxos", "vnish", "antminer")
 """Families built from an explicit endpoint (any port). Others: ``family=None`` and ``get_miner``."""
 
 
@@ -130,7 +133,7 @@ class PyasicDriver:
         if miner is not None:
             return miner
         e = self.endpoints[miner_id]
-        if e.family in ("luxos", "vnish"):
+        if e.family in FAMILIES:
             miner = await self._model_class(e)
         else:
             import pyasic
@@ -148,17 +151,20 @@ class PyasicDriver:
     async def _model_class(self, e: PyasicEndpoint) -> Any:
         """The pyasic class of the miner's model (it knows the boards, chips and fans to expect), as
         ``get_miner`` would choose it, from the model the miner reports on its own API port."""
+        from pyasic.miners.backends.antminer import AntminerModern
         from pyasic.miners.backends.luxminer import LUXMiner
         from pyasic.miners.backends.vnish import VNish
         from pyasic.miners.factory import MINER_CLASSES, MinerTypes
 
-        generic, kind = (LUXMiner, MinerTypes.LUX_OS) if e.family == "luxos" else (VNish, MinerTypes.VNISH)
+        generic, kind = {"luxos": (LUXMiner, MinerTypes.LUX_OS), "vnish": (VNish, MinerTypes.VNISH),
+                         "antminer": (AntminerModern, MinerTypes.ANTMINER)}[e.family or ""]
         probe = generic(e.host)
         probe.rpc.port = e.rpc_port
         model = None
         try:
-            answer = await (probe.rpc.version() if e.family == "luxos" else probe.rpc.stats())
-            model = answer["VERSION" if e.family == "luxos" else "STATS"][0]["Type"].split(" (")[0]
+            # the model as pyasic's get_miner reads it: LuxOS/stock "version" Type, VNish "stats" Type
+            answer = await (probe.rpc.stats() if e.family == "vnish" else probe.rpc.version())
+            model = answer["STATS" if e.family == "vnish" else "VERSION"][0]["Type"].split(" (")[0]
         except Exception as exc:  # noqa: BLE001 - the generic class still drives it
             log.info("%s: model not read (%s); using the generic %s class", e.miner_id, exc, generic.__name__)
         cls = MINER_CLASSES[kind].get(str(model).upper(), generic) if model else generic
@@ -169,11 +175,17 @@ class PyasicDriver:
         if family:
             return family
         name = type(miner).__name__.lower()
-        return "luxos" if "lux" in name else "vnish" if "vnish" in name else name
+        if "lux" in name:
+            return "luxos"
+        if "vnish" in name:
+            return "vnish"
+        from pyasic.miners.backends.antminer import AntminerModern
+
+        return "antminer" if isinstance(miner, AntminerModern) else name
 
     async def _reachable(self, miner_id: str) -> None:
         e = self.endpoints[miner_id]
-        port = e.web_port if e.family == "vnish" else e.rpc_port
+        port = e.web_port if e.family in ("vnish", "antminer") else e.rpc_port
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(e.host, port), self.connect_timeout_s)
         except asyncio.TimeoutError:
@@ -206,6 +218,8 @@ class PyasicDriver:
 
     async def _preset_watts(self, miner: Any, miner_id: str) -> tuple[int, ...]:
         family = self._family(miner, miner_id)
+        if family == "antminer":
+            return ()  # stock firmware: power modes (normal / low), no watt presets
         if family == "vnish":
             answer = await miner.web.autotune_presets()
             rows = answer.get("presets", []) if isinstance(answer, dict) else answer or []
@@ -229,14 +243,20 @@ class PyasicDriver:
             from pyasic.miners.backends.luxminer import LUXMiner as cls
         elif family == "vnish":
             from pyasic.miners.backends.vnish import VNish as cls
+        elif family == "antminer":
+            from pyasic.miners.backends.antminer import AntminerModern as cls
         else:
             cls = object
         with self._lock:
             presets = self._presets_w.get(miner_id, ())
-        target = bool(getattr(cls, "supports_presets", False) or getattr(cls, "supports_power_modes", False))
+        target = bool(getattr(cls, "supports_presets", False))
         modes = tuple(m for m, kw in self.mode_power_kw[e.group_id].items()
                       if not presets or any(p <= kw * 1000 * (1 + 1e-9) for p in presets))
         notes = "" if presets or not target else "presets not read yet (call discover())"
+        if family == "antminer":
+            # stock firmware: "normal" (the group's highest-power mode) and "low" (its lowest), no watts
+            modes = tuple(dict.fromkeys(self._stock_modes(e.group_id).values()))
+            notes = "stock firmware: normal/low power modes only, no power target; power not reported"
         return MinerCapabilities(miner_id=miner_id, family=family,
                                  sleep_wake=bool(getattr(cls, "supports_shutdown", False)),
                                  power_target=target, verify=True, modes=modes, power_targets_w=presets,
@@ -300,7 +320,18 @@ class PyasicDriver:
             if await miner.stop_mining():
                 return SetpointStatus.APPLIED, "stop_mining accepted"
             return SetpointStatus.REJECTED, "stop_mining refused"
-        watts = int(round(self.mode_power_kw[self.endpoints[setpoint.miner_id].group_id][setpoint.mode] * 1000))
+        group_id = self.endpoints[setpoint.miner_id].group_id
+        watts = int(round(self.mode_power_kw[group_id][setpoint.mode] * 1000))
+        if self._family(miner, setpoint.miner_id) == "antminer":
+            try:
+                ok, why = await self._stock_mode(miner, group_id, setpoint.mode)
+            except Exception as exc:  # noqa: BLE001
+                ok, why = False, f"{type(exc).__name__}: {exc}"
+            if ok:
+                return SetpointStatus.APPLIED, why
+            slept = await self._safe_sleep(miner)
+            return SetpointStatus.REJECTED, f"{why}; " + ("fell back to sleep" if slept else
+                                                          "sleep fallback ALSO failed")
         try:
             ok, why = await self._set_power(miner, setpoint.miner_id, watts)
         except Exception as exc:  # noqa: BLE001
@@ -312,6 +343,24 @@ class PyasicDriver:
         if not await miner.resume_mining():
             return SetpointStatus.REJECTED, f"power target {watts} W set but resume_mining refused"
         return SetpointStatus.APPLIED, f"power target {watts} W ({why}), resume_mining accepted"
+
+    def _stock_modes(self, group_id: str) -> dict[str, str]:
+        by_power = sorted(self.mode_power_kw[group_id].items(), key=lambda item: item[1])
+        return {"normal": by_power[-1][0], "low": by_power[0][0]}
+
+    async def _stock_mode(self, miner: Any, group_id: str, mode: str) -> tuple[bool, str]:
+        """Stock Antminer: normal or low power mode (pyasic MiningModeConfig), then it mines."""
+        from pyasic.config.mining import MiningModeConfig
+
+        stock = self._stock_modes(group_id)
+        if mode == stock["normal"]:
+            return bool(await miner.resume_mining()), "normal power mode"
+        if mode == stock["low"]:
+            config = await miner.get_config()
+            config.mining_mode = MiningModeConfig.low()
+            await miner.send_config(config)
+            return True, "low power mode"
+        return False, f"stock firmware has no mode for {mode!r} (normal = {stock['normal']}, low = {stock['low']})"
 
     async def _safe_sleep(self, miner: Any) -> bool:
         try:
@@ -391,7 +440,14 @@ def setpoint_confirmed(mode: str, power_target_kw: float, reading: MinerReading,
     Returns (confirmed, reason)."""
     power, hashrate = reading.power_kw, reading.hashrate_th_s
     if power is None:
-        return False, "no power reading"
+        # firmware that does not report power (stock Antminer): hashing or not is all we can confirm
+        if hashrate is None:
+            return False, "no power or hashrate reading"
+        if mode == SLEEP:
+            return (hashrate == 0.0, "asleep (no power reading)" if hashrate == 0.0
+                    else f"told to sleep but hashes {hashrate:.1f} TH/s")
+        return (hashrate > 0.0, f"{mode}: {hashrate:.1f} TH/s (power not reported)" if hashrate > 0.0
+                else f"told {mode} but not hashing")
     if mode == SLEEP:
         if (hashrate or 0.0) > 0.0 or power > sleep_max_kw:
             return False, f"told to sleep but hashes {hashrate or 0:.1f} TH/s at {power:.3f} kW"
