@@ -143,3 +143,66 @@ def test_pyasic_identifies_and_drives_a_stock_antminer_on_the_standard_ports():
         assert float(data.hashrate) == pytest.approx(134.0) and len(data.hashboards) == 3
         assert asyncio.run(miner.stop_mining()) is True
         assert fleet.miner("m1").snapshot().state is MinerState.SLEEPING
+
+
+WHATSMINER = GROUP.model_copy(update={"model": "Whatsminer M50VH80"})
+
+
+def test_pyasic_identifies_and_drives_a_whatsminer_with_its_encrypted_api():
+    pyasic = pytest.importorskip("pyasic")
+    from hashflex.sim.firmware import WhatsminerFleet
+
+    address = f"127.{random.randint(1, 254)}.{random.randint(0, 254)}.{random.randint(2, 254)}"
+    with WhatsminerFleet({"m1": WHATSMINER}, clock=ScaledClock(600), addresses={"m1": address}) as fleet:
+        miner = asyncio.run(pyasic.get_miner(address))
+        assert type(miner).__name__ == "BTMinerM50VH80"
+        assert asyncio.run(miner.resume_mining()) is True  # privileged: token, md5-crypt sign, AES
+        data = asyncio.run(miner.get_data())
+        assert data.wattage == 3000 and data.is_mining is True and len(data.fans) == 2
+        assert asyncio.run(miner.set_power_limit(2500)) is True and fleet.miner("m1").mode == "eco"
+        assert asyncio.run(miner.set_power_limit(500)) is False  # under the lowest mode: refused
+        assert ("privileged", "adjust_power_limit") in fleet.requests["m1"]
+        assert asyncio.run(miner.stop_mining()) is True
+        assert fleet.miner("m1").snapshot().state is MinerState.SLEEPING
+
+
+def test_whatsminer_refuses_a_wrong_password_and_an_unsigned_command():
+    pytest.importorskip("pyasic")
+    from pyasic.miners.backends.btminer import BTMinerV2
+
+    from hashflex.sim.firmware import WhatsminerFleet
+
+    with WhatsminerFleet({"m1": WHATSMINER}, clock=ScaledClock(600), password="s3cret") as fleet:
+        host, port = fleet.endpoints()["m1"]
+        miner = BTMinerV2(host)
+        miner.rpc.port = port
+        assert asyncio.run(miner.resume_mining()) is False  # pyasic's default password "admin"
+        assert fleet.miner("m1").snapshot().state is MinerState.SLEEPING
+        miner.rpc.pwd = "s3cret"
+        miner.rpc.token = None
+        assert asyncio.run(miner.resume_mining()) is True
+        assert _cgminer(host, port, "summary")["SUMMARY"][0]["Power"] == 3000
+        with socket.create_connection((host, port), timeout=5) as sock:  # not encrypted with the key
+            sock.sendall(json.dumps({"enc": 1, "data": "bm90IGVuY3J5cHRlZA=="}).encode())
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert json.loads(answer.rstrip(b"\0"))["STATUS"] == "E"
+        assert fleet.miner("m1").snapshot().state is not MinerState.SLEEPING
+
+
+def test_hashflex_sim_cli_serves_whatsminers():
+    proc = subprocess.Popen([sys.executable, "-m", "hashflex.cli", "sim", "--protocol", "whatsminer", "--miners", "2",
+                             "--profile", "west_texas"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        endpoints = json.loads(proc.stdout.readline())
+        assert len(endpoints) == 2
+        host, port = next(iter(endpoints.values()))
+        assert _cgminer(host, port, "devdetails")["DEVDETAILS"][0]["Driver"] == "bitmicro"
+    finally:
+        proc.terminate()
+        code = proc.wait(30)
+        err = proc.stderr.read()
+        proc.stdout.close()
+        proc.stderr.close()
+        assert code == 0, err

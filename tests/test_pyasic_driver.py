@@ -13,7 +13,7 @@ from hashflex.drivers.base import Setpoint  # noqa: E402
 from hashflex.drivers.pyasic_driver import PyasicDriver, PyasicEndpoint, setpoint_confirmed  # noqa: E402
 from hashflex.health.reading import MinerReading  # noqa: E402
 from hashflex.profile import MinerGroup, MinerMode  # noqa: E402
-from hashflex.sim.firmware import AntminerStockFleet, VnishFleet  # noqa: E402
+from hashflex.sim.firmware import AntminerStockFleet, VnishFleet, WhatsminerFleet  # noqa: E402
 from hashflex.sim.miners import MinerState, ScaledClock, SimulatedMinerFleet  # noqa: E402
 
 GROUP = MinerGroup(id="s19xp", model="Antminer S19 XP", units=3, idle_power_kw=0.02, boot_minutes=0.0,
@@ -22,7 +22,8 @@ GROUP = MinerGroup(id="s19xp", model="Antminer S19 XP", units=3, idle_power_kw=0
 MODES = {"s19xp": {"eco": 2.4, "stock": 3.0, "half": 1.2}}  # "half": no preset fits under 1.2 kW
 # stock Antminer: normal = the highest-power mode (stock), low = the lowest (eco); "mid" has no match
 STOCK_MODES = {"s19xp": {"eco": 2.4, "stock": 3.0, "mid": 2.7}}
-UNFIT = {"luxos": "half", "vnish": "half", "antminer": "mid"}
+UNFIT = {"luxos": "half", "vnish": "half", "antminer": "mid", "whatsminer": "half"}
+WHATSMINER = GROUP.model_copy(update={"model": "Whatsminer M50VH80"})
 
 
 def sp(miner_id: str, mode: str, kw: float = 0.0) -> Setpoint:
@@ -30,14 +31,18 @@ def sp(miner_id: str, mode: str, kw: float = 0.0) -> Setpoint:
     return Setpoint(miner_id, mode, kw, now, now + timedelta(minutes=10))
 
 
-@pytest.fixture(params=["luxos", "vnish", "antminer"])
+@pytest.fixture(params=["luxos", "vnish", "antminer", "whatsminer"])
 def rig(request):
     miners = {"a": GROUP, "b": GROUP, "c": GROUP}
     clock = ScaledClock(600)
-    if request.param == "luxos":
-        fleet = SimulatedMinerFleet(miners, clock=clock)
+    if request.param in ("luxos", "whatsminer"):
+        if request.param == "luxos":
+            fleet = SimulatedMinerFleet(miners, clock=clock)
+        else:
+            fleet = WhatsminerFleet({m: WHATSMINER for m in miners}, clock=clock)
         fleet.start()
-        endpoints = [PyasicEndpoint(m, "s19xp", h, "luxos", rpc_port=p) for m, (h, p) in fleet.endpoints().items()]
+        endpoints = [PyasicEndpoint(m, "s19xp", h, request.param, rpc_port=p)
+                     for m, (h, p) in fleet.endpoints().items()]
     else:
         fleet = (VnishFleet if request.param == "vnish" else AntminerStockFleet)(miners, clock=clock)
         fleet.start()
@@ -61,6 +66,9 @@ def test_capabilities_are_declared_from_pyasic_and_the_presets(rig):
         assert not cap.power_target and cap.power_targets_w == () and cap.modes == ("stock", "eco")
         assert "stock firmware" in cap.notes
         return
+    if family == "whatsminer":  # any power limit: every mode is reachable
+        assert cap.power_target and cap.power_targets_w == () and cap.modes == ("eco", "stock", "half")
+        return
     assert cap.power_target and cap.power_targets_w == (2400, 3000)
     assert cap.modes == ("eco", "stock")  # "half" has no preset at or under 1.2 kW
     assert driver.capabilities("nope") is None
@@ -80,7 +88,7 @@ def test_modes_and_sleep_reach_the_miner_and_verify(rig, wait_for):
     # stock Antminer firmware does not report power
     assert reading.power_kw is None if family == "antminer" else reading.power_kw == pytest.approx(2.4, rel=0.01)
     assert reading.hashrate_th_s == pytest.approx(110, rel=0.01)
-    assert len(reading.fan_rpm) == 4 and reading.hashboards == 3
+    assert len(reading.fan_rpm) == (2 if family == "whatsminer" else 4) and reading.hashboards == 3
 
 
 def test_a_lost_hashboard_shows_in_the_reading(rig, wait_for):

@@ -321,8 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--mqtt-host", default=os.environ.get("HASHFLEX_MQTT_HOST", "127.0.0.1"))
     sim.add_argument("--mqtt-port", type=int, default=int(os.environ.get("HASHFLEX_MQTT_PORT", "1883")))
     sim.add_argument("--noise-period", type=float, default=10.0, help="seconds between noise readings")
-    sim.add_argument("--protocol", default="mqtt", choices=("mqtt", "luxos", "vnish", "antminer"),
-                     help="mqtt (default): miners on the broker; luxos|vnish|antminer (stock firmware): miners "
+    sim.add_argument("--protocol", default="mqtt", choices=("mqtt", "luxos", "vnish", "antminer", "whatsminer"),
+                     help="mqtt (default): miners on the broker; luxos|vnish|antminer (stock)|whatsminer: miners "
                           "answering that firmware's API on loopback TCP, first stdout line {miner_id: [host, port]}")
     sim.add_argument("--miners", type=int, default=4, help="(firmware protocols) number of simulated miners")
     sim.add_argument("--scale", type=float, default=1.0, help="(firmware protocols) simulated seconds per real second")

@@ -1,13 +1,14 @@
 """A driver for the firmware zoo through pyasic (optional extra ``hashflex[pyasic]``).
 
 pyasic (github.com/UpstreamData/pyasic, Apache-2.0) speaks each firmware's own API: LuxOS,
-VNish and stock Antminer (bmminer) here (tested against our simulators in :mod:`hashflex.sim.miners` /
+VNish, stock Antminer (bmminer) and Whatsminer (btminer API v2) here (tested against our simulators in :mod:`hashflex.sim.miners` /
 :mod:`hashflex.sim.firmware`),
 and the other families pyasic supports with the same calls. What a setpoint becomes:
 
 - ``sleep`` → ``miner.stop_mining()`` (LuxOS ``curtail sleep``, VNish ``POST mining/stop``);
 - stock Antminer (no power target): the group's highest-power mode → "normal" power mode, its
   lowest → "low" (pyasic ``MiningModeConfig``); other modes are refused (sleep fallback);
+- Whatsminer: ``adjust_power_limit`` to the mode's power (the firmware takes any value in its range);
 - a mode → a power target of the mode's ``power_kw`` (the highest tuned preset/profile at or under
   it, as pyasic's ``set_power_limit`` chooses), then ``miner.resume_mining()``. If the power target is
   refused the driver sleeps the miner (the safe default: a miner left at an unknown preset could draw
@@ -59,7 +60,7 @@ __all__ = ["FAMILIES", "PyasicDriver", "PyasicEndpoint", "pyasic_available"]
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-FAMILIES = ("luxos", "vnish", "antminer")
+FAMILIES = ("luxos", "vnish", "antminer", "whatsminer")
 """Families built from an explicit endpoint (any port). Others: ``family=None`` and ``get_miner``."""
 
 
@@ -156,6 +157,8 @@ class PyasicDriver:
         from pyasic.miners.backends.vnish import VNish
         from pyasic.miners.factory import MINER_CLASSES, MinerTypes
 
+        if e.family == "whatsminer":
+            return await self._whatsminer_class(e)
         generic, kind = {"luxos": (LUXMiner, MinerTypes.LUX_OS), "vnish": (VNish, MinerTypes.VNISH),
                          "antminer": (AntminerModern, MinerTypes.ANTMINER)}[e.family or ""]
         probe = generic(e.host)
@@ -170,6 +173,24 @@ class PyasicDriver:
         cls = MINER_CLASSES[kind].get(str(model).upper(), generic) if model else generic
         return cls(e.host)
 
+    async def _whatsminer_class(self, e: PyasicEndpoint) -> Any:
+        """Whatsminer: the model from ``devdetails`` and the firmware version from ``get_version`` (pyasic
+        picks its API v2 or v3 class from the version), as ``get_miner`` does."""
+        from pyasic.miners.factory import MINER_CLASSES, MinerTypes
+        from pyasic.rpc.btminer import BTMinerRPCAPI
+
+        rpc = BTMinerRPCAPI(e.host, port=e.rpc_port)
+        model = version = None
+        try:
+            details = await rpc.send_command("devdetails")
+            code = details["DEVDETAILS"][0]["Model"].replace("_", "")
+            model = code[:-1] + "0"  # pyasic's model key: the last digit of the variant is 0
+            version = (await rpc.send_command("get_version"))["Msg"]["fw_ver"]
+        except Exception as exc:  # noqa: BLE001 - the generic class still drives it
+            log.info("%s: model/version not read (%s); using the generic Whatsminer class", e.miner_id, exc)
+        classes = MINER_CLASSES[MinerTypes.WHATSMINER]
+        return classes.get(str(model).upper(), classes[None])(e.host, version)
+
     def _family(self, miner: Any, miner_id: str) -> str:
         family = self.endpoints[miner_id].family
         if family:
@@ -179,6 +200,8 @@ class PyasicDriver:
             return "luxos"
         if "vnish" in name:
             return "vnish"
+        if "btminer" in name or "whatsminer" in name:
+            return "whatsminer"
         from pyasic.miners.backends.antminer import AntminerModern
 
         return "antminer" if isinstance(miner, AntminerModern) else name
@@ -218,8 +241,8 @@ class PyasicDriver:
 
     async def _preset_watts(self, miner: Any, miner_id: str) -> tuple[int, ...]:
         family = self._family(miner, miner_id)
-        if family == "antminer":
-            return ()  # stock firmware: power modes (normal / low), no watt presets
+        if family in ("antminer", "whatsminer"):
+            return ()  # stock Antminer: power modes only; Whatsminer: any power limit (no presets)
         if family == "vnish":
             answer = await miner.web.autotune_presets()
             rows = answer.get("presets", []) if isinstance(answer, dict) else answer or []
@@ -245,14 +268,19 @@ class PyasicDriver:
             from pyasic.miners.backends.vnish import VNish as cls
         elif family == "antminer":
             from pyasic.miners.backends.antminer import AntminerModern as cls
+        elif family == "whatsminer":
+            from pyasic.miners.backends.btminer import BTMinerV2 as cls
         else:
             cls = object
         with self._lock:
             presets = self._presets_w.get(miner_id, ())
-        target = bool(getattr(cls, "supports_presets", False))
+        # Whatsminer takes any power limit (adjust_power_limit); preset firmwares their presets
+        target = bool(getattr(cls, "supports_presets", False)) or family == "whatsminer"
         modes = tuple(m for m, kw in self.mode_power_kw[e.group_id].items()
                       if not presets or any(p <= kw * 1000 * (1 + 1e-9) for p in presets))
         notes = "" if presets or not target else "presets not read yet (call discover())"
+        if family == "whatsminer":
+            notes = "power limit: any value the firmware accepts (adjust_power_limit); verify by power"
         if family == "antminer":
             # stock firmware: "normal" (the group's highest-power mode) and "low" (its lowest), no watts
             modes = tuple(dict.fromkeys(self._stock_modes(e.group_id).values()))

@@ -1,7 +1,7 @@
-"""``hashflex sim --protocol luxos|vnish|antminer``: serve simulated miners on loopback TCP for anyone's tools.
+"""``hashflex sim --protocol luxos|vnish|antminer|whatsminer``: serve simulated miners on loopback TCP for anyone's tools.
 
 The first line on stdout is a JSON object ``{miner_id: [host, port]}`` (the API port: LuxOS/cgminer
-4028-style JSON API; for VNish and stock Antminer the web API port, with the cgminer API at ``rpc_ports``); a second
+4028-style JSON API, Whatsminer's btminer API; for VNish and stock Antminer the web API port, with the cgminer API at ``rpc_ports``); a second
 line ``{"rpc_ports": {...}}`` follows for families with two ports. Miners are the profile's groups
 (``<group>-<n>`` ids) up to ``--miners`` in total, round-robin over the groups. With
 ``--standard-ports`` each miner gets its own loopback address 127.<a>.<b>.<c> and the firmware's
@@ -20,7 +20,7 @@ from hashflex.profile import MinerGroup, SiteProfile
 
 __all__ = ["PROTOCOLS", "fleet_miners", "serve"]
 
-PROTOCOLS = ("luxos", "vnish", "antminer")
+PROTOCOLS = ("luxos", "vnish", "antminer", "whatsminer")
 
 
 def fleet_miners(profile: SiteProfile, count: int) -> dict[str, MinerGroup]:
@@ -72,8 +72,16 @@ def serve(protocol: str, profile: SiteProfile, miners: int, stop: threading.Even
                 on_ready(fleet)
             stop.wait()
         return
-    from hashflex.sim.firmware import AntminerStockFleet, VnishFleet
+    from hashflex.sim.firmware import AntminerStockFleet, VnishFleet, WhatsminerFleet
 
+    if protocol == "whatsminer":
+        with WhatsminerFleet(chosen, clock=clock, addresses=addresses) as whatsminers:
+            out.write(json.dumps({m: list(hp) for m, hp in whatsminers.endpoints().items()}) + "\n")
+            out.flush()
+            if on_ready:
+                on_ready(whatsminers)
+            stop.wait()
+        return
     family = VnishFleet if protocol == "vnish" else AntminerStockFleet
     with family(chosen, clock=clock, addresses=addresses) as vnish:
         out.write(json.dumps({m: list(hp) for m, hp in vnish.endpoints().items()}) + "\n")
