@@ -340,7 +340,7 @@ def test_simulated_run_report_is_labelled_everywhere(simulated_db: tuple[Path, o
     path, profile = simulated_db
     report = build_report(path)
     meta = report["report"]
-    assert meta["simulated"] is True and meta["provenance"]["basis"] == "clock"
+    assert meta["simulated"] is True and meta["provenance"]["basis"] == "explicit"  # the loop marks its run mode
     # the config record carries the wall clock, the rest simulated 2020 time: the hash is still in force
     assert meta["profile_hashes"] == [profile_hash(profile)]
     assert meta["measurement_intervals"] == 8

@@ -109,6 +109,10 @@ class Actuals:
     renewables: pd.Series | None = None  # the recorded on-site output as given (None: synthetic)
     dr_events: tuple[DREventMessage, ...] = ()
     notes: tuple[str, ...] = ()
+    # Settlement hashprice per interval ($/PH/day, that UTC day's value; None: the profile's constant)
+    # and the daily series it came from (the forecast sees day D's row only after D ends).
+    hashprice_usd_per_ph_day: np.ndarray | None = None
+    hashprice: pd.DataFrame | None = None
 
     @property
     def days(self) -> float:
@@ -128,10 +132,15 @@ def _local_midnight(day: pd.Timestamp | str, profile: SiteProfile) -> pd.Timesta
 
 def build_actuals(profile: SiteProfile, prices: pd.DataFrame, start: pd.Timestamp | str | None = None,
                   end: pd.Timestamp | str | None = None, *, renewables: pd.Series | None = None,
-                  dr_events: Iterable[DREventMessage] = ()) -> Actuals:
+                  dr_events: Iterable[DREventMessage] = (), hashprice: pd.DataFrame | None = None) -> Actuals:
     """The window [start, end) on the profile's interval grid (a naive date is local midnight; the
     default runs from the second full local day of real-time prices, so the forecast has a day of
-    published history, to the end of the last full day)."""
+    published history, to the end of the last full day).
+
+    ``hashprice``: a daily series (``feeds.hashprice.bundled_hashprice`` shape); each interval is
+    then settled at its UTC day's hashprice and the mpc forecast sees each day's value once it is
+    published. A day the series lacks raises ``ValueError`` naming it. Without it every policy is
+    settled at the profile's constant ``hashprice_usd_per_ph_day`` (as before)."""
     step = pd.Timedelta(minutes=profile.site.interval_minutes)
     rt = prices[prices["market"] == "RT"].sort_values("interval_start")
     if rt.empty:
@@ -173,8 +182,18 @@ def build_actuals(profile: SiteProfile, prices: pd.DataFrame, start: pd.Timestam
         if not decision.accepted:
             notes.append(f"DR event {event.event_id} rejected: {decision.reason}")
     limit, sources = book.limits_over(index, step.to_pytimedelta())
+    settle_hp = None
+    if hashprice is not None:
+        from hashflex.feeds.hashprice import hashprice_by_day
+
+        settle_hp = hashprice_by_day(hashprice, index)
+        days = sorted({f"{d:%Y-%m-%d}" for d in index.floor("D")})
+        notes.append(f"hashprice: each UTC day's own value ({days[0]} .. {days[-1]}: "
+                     f"{settle_hp.min():.1f} .. {settle_hp.max():.1f} $/PH/day), not the profile's "
+                     f"{profile.economics.hashprice_usd_per_ph_day:g}")
     return Actuals(index, price.to_numpy(dtype=float), renewable_kw, synthetic, np.asarray(limit, dtype=float),
-                   tuple(s or "import limit" for s in sources), prices, renewables, events, tuple(notes))
+                   tuple(s or "import limit" for s in sources), prices, renewables, events, tuple(notes),
+                   settle_hp, hashprice)
 
 
 def actual_problem(profile: SiteProfile, actuals: Actuals, index: pd.DatetimeIndex | None = None,
@@ -183,9 +202,10 @@ def actual_problem(profile: SiteProfile, actuals: Actuals, index: pd.DatetimeInd
     index = actuals.index if index is None else index
     pos = actuals.index.get_indexer(index)
     sources = [actuals.import_limit_source[i] for i in pos]
+    hashprice = None if actuals.hashprice_usd_per_ph_day is None else actuals.hashprice_usd_per_ph_day[pos]
     return problem_from_profile(profile, index, actuals.price_usd_mwh[pos], renewable_kw=actuals.renewable_kw[pos],
                                 import_limit_kw=actuals.import_limit_kw[pos], import_limit_source=sources,
-                                initial=initial)
+                                initial=initial, hashprice_usd_per_ph_day=hashprice)
 
 
 def account(profile: SiteProfile, actuals: Actuals, counts: Counts, info: SolveInfo | None = None) -> Schedule:
@@ -271,7 +291,8 @@ class SnapshotForecaster(RecordedForecaster):
     On-site output before the window (three days, for the forecast's diurnal profile) is taken
     from the recorded file if it covers them, else from the same SYNTHETIC clear-sky shape."""
 
-    def __init__(self, profile: SiteProfile, actuals: Actuals, config: ForecastConfig | None = None) -> None:
+    def __init__(self, profile: SiteProfile, actuals: Actuals, config: ForecastConfig | None = None,
+                 price_forecaster: Any = None) -> None:
         source = profile.renewables[0].id if profile.renewables else None
         history_days = (config or ForecastConfig()).renewable_history_days
         before = pd.date_range(actuals.index[0] - pd.Timedelta(days=history_days), actuals.index[0],
@@ -283,7 +304,8 @@ class SnapshotForecaster(RecordedForecaster):
         values = np.concatenate([past, actuals.renewable_kw])
         renewables = pd.DataFrame({"source_id": source, "timestamp": times, "power_kw": values,
                                    "published_at": times}) if source else None
-        super().__init__(profile, actuals.prices, renewables, config)
+        super().__init__(profile, actuals.prices, renewables, config, hashprice=actuals.hashprice,
+                         price_forecaster=price_forecaster)
 
 
 class RuleForecaster:
@@ -294,13 +316,22 @@ class RuleForecaster:
     def __init__(self, profile: SiteProfile, actuals: Actuals, memory: SiteMemory) -> None:
         self.profile, self.memory = profile, memory
         self.renewable = pd.Series(actuals.renewable_kw, index=actuals.index)
+        # The threshold's breakeven uses the newest hashprice published by the tick (as mpc's forecast).
+        self.hashprice = actuals.hashprice
 
     def __call__(self, now: Any, horizon_start: pd.Timestamp, periods: int) -> HorizonForecast:
         index = pd.date_range(horizon_start, periods=periods, freq=f"{self.profile.site.interval_minutes}min")
         price = self.memory.last_rt_price_usd_mwh
         measured = float(self.renewable.get(pd.Timestamp(now), 0.0))
         return HorizonForecast(index, np.full(periods, price if math.isfinite(price) else 5000.0),
-                               renewable_kw=np.full(periods, measured))
+                               renewable_kw=np.full(periods, measured),
+                               hashprice_usd_per_ph_day=self._hashprice_known(pd.Timestamp(now)))
+
+    def _hashprice_known(self, now: pd.Timestamp) -> float | None:
+        if self.hashprice is None:
+            return None
+        known = self.hashprice[pd.to_datetime(self.hashprice["published_at"], utc=True) <= now.tz_convert("UTC")]
+        return None if known.empty else float(known.sort_values("timestamp")["hashprice_usd_per_ph_day"].iloc[-1])
 
 
 def _last_rt_lookup(prices: pd.DataFrame) -> Callable[[pd.Timestamp], float]:
@@ -335,21 +366,24 @@ def make_planner(policy: str, profile: SiteProfile, memory: SiteMemory, *, repla
 def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, replan_minutes: int | None = None,
                     time_limit_s: float = 20.0, persistence: int = 1, seed: int = 0,
                     noise_bias_db: dict[str, float] | None = None, noise_sigma_db: float = 0.5, store: Any = None,
-                    progress: Progress | None = None, runner: SolveRunner | None = None) -> PolicyRun:
+                    progress: Progress | None = None, runner: SolveRunner | None = None,
+                    price_forecaster: Any = None) -> PolicyRun:
     """Drive the real ControlLoop over the window with ``policy``'s planner in the solver slot
-    (mpc solves through ``runner``: see :func:`make_planner`)."""
+    (mpc solves through ``runner``: see :func:`make_planner`). ``price_forecaster`` is mpc's
+    ``forecast.PriceForecaster`` hook (e.g. ``price_model.LearnedPriceForecaster``); None: the rules."""
     started = time.perf_counter()
     step = actuals.step
     dt_h = step / pd.Timedelta(hours=1)
     memory = SiteMemory()
     planner = make_planner(policy, profile, memory, replan_minutes=replan_minutes or profile.site.interval_minutes,
                            time_limit_s=time_limit_s, persistence=persistence, runner=runner)
-    forecaster = SnapshotForecaster(profile, actuals) if policy == "mpc" else RuleForecaster(profile, actuals, memory)
+    forecaster = (SnapshotForecaster(profile, actuals, price_forecaster=price_forecaster) if policy == "mpc"
+                  else RuleForecaster(profile, actuals, memory))
     fleet = SimulatedFleet(profile)
     # With a store the run keeps the audit trail a live site keeps, so `hashflex report` and
     # `hashflex audit verify` work on the backtest's database exactly as on a live one.
     recorder = AuditRecorder(store) if store is not None else None
-    loop = ControlLoop(profile, forecaster=forecaster, driver=fleet, solver=planner, store=store, config=LoopConfig(),
+    loop = ControlLoop(profile, forecaster=forecaster, driver=fleet, solver=planner, store=store, config=LoopConfig(run_mode="backtest"),
                        recorder=recorder)
     sensors = NoiseSensorSim(profile, bias_db=dict(noise_bias_db or {}), sigma_db=noise_sigma_db, seed=seed)
     last_rt = _last_rt_lookup(actuals.prices)
@@ -468,7 +502,8 @@ def run_backtest(profile: SiteProfile, actuals: Actuals, policies: Sequence[str]
                  oracle_days: int = 1, oracle_rel_gap: float = 1e-3, seed: int = 0,
                  noise_bias_db: dict[str, float] | None = None, noise_sigma_db: float = 0.5, store: Any = None,
                  progress: Callable[[str, int, float], Progress] | None = None,
-                 deadline_s: float | None = None, inline_solver: bool = False) -> BacktestResult:
+                 deadline_s: float | None = None, inline_solver: bool = False,
+                 price_forecaster: Any = None) -> BacktestResult:
     """Run each policy over the same window and account for each with ``account``. ``store`` (a
     ``hashflex.store.Store``) receives the mpc loop's records, as the daemon's store would.
 
@@ -493,6 +528,6 @@ def run_backtest(profile: SiteProfile, actuals: Actuals, policies: Sequence[str]
                                                time_limit_s=time_limit_s, persistence=persistence, seed=seed,
                                                noise_bias_db=noise_bias_db, noise_sigma_db=noise_sigma_db,
                                                store=store if policy == "mpc" else None,
-                                               progress=bar, runner=runner)
+                                               progress=bar, runner=runner, price_forecaster=price_forecaster)
     schedules = {name: account(profile, actuals, run.counts) for name, run in runs.items()}
     return BacktestResult(profile, actuals, runs, schedules)

@@ -65,6 +65,7 @@ from hashflex.optimize.problem import (
     GroupState,
     Problem,
     daily_carbon_budgets,
+    four_cp_limits_kw,
     monthly_carbon_budgets,
     problem_from_profile,
 )
@@ -103,6 +104,7 @@ class LoopConfig:
     solve_time_limit_s: float = 20.0
     stale_after_intervals: float = 3.0  # /healthz turns 503 when the last good tick is older
     async_sends: bool = False  # driver I/O on a sender thread (the daemon); False: on the caller's thread
+    run_mode: str = "live"  # "live" | "simulate" | "backtest": recorded in the audit trail (reports label it)
 
 
 @dataclass
@@ -215,7 +217,7 @@ class ControlLoop:
         self.transport_failure: str | None = None  # the last batch went nowhere (broker down), until one does
         self.hashprice_usd_per_ph_day: float | None = None  # the forecast's, for the first interval of the last tick
         self._sender = SendQueue(self._apply_batch, synchronous=not config.async_sends)
-        self._record("config", lambda: records.config_payload(profile, "start"))
+        self._start_recorded = False  # the start config is recorded with the first record's time (see _record)
         self.counters: dict[str, int] = {"ticks": 0, "fast_path_actions": 0, "dr_accepted": 0, "dr_rejected": 0,
                                          "dr_duplicates": 0, "limits_accepted": 0, "limits_rejected": 0,
                                          "limits_duplicates": 0, "store_unavailable": 0, "setpoints_not_sent": 0,
@@ -589,7 +591,7 @@ class ControlLoop:
             self._record("limits_change", lambda: {"change": message.model_dump(mode="json"), "ack": ack.to_json(),
                                                    **({"held_kw": held.limit_kw} if held else {})}, now)
             if ack.accepted:
-                self._record("config", lambda: {**records.config_payload(self.profile, f"limits change by {message.issuer}"),
+                self._record("config", lambda: {**self._config_payload(f"limits change by {message.issuer}"),
                                                 "limits_change": message.model_dump(mode="json")}, now)
             if ack.accepted or held is not None:
                 self._cut_to_limit_now(now, f"limits change by {message.issuer}")
@@ -608,7 +610,7 @@ class ControlLoop:
             self.profile = profile
             self.book.profile = profile
             self.guard = Guard(profile)
-            self._record("config", lambda: records.config_payload(profile, "change"), now)
+            self._record("config", lambda: self._config_payload("change"), now)
         self.request_replan("profile reloaded")
         return "reloaded"
 
@@ -672,9 +674,12 @@ class ControlLoop:
         if report.schedule is not None:
             self._record("schedule", lambda: records.schedule_payload(report.schedule), report.at)
             self._record("setpoints", lambda: records.setpoints_payload(report.batch, source="schedule"), report.at)
+            imports = self.book.import_limits_at(report.at)
+            binding = min(imports.items(), key=lambda kv: kv[1])[0] if imports else ""
+            event_id = binding[3:] if binding.startswith("DR:") else None
             for action in report.guard.actions if report.guard else []:
-                self._record("guard_action", lambda a=action: records.guard_action_payload(a.kind, a.reason, a.miners),
-                             report.at)
+                self._record("guard_action", lambda a=action: records.guard_action_payload(
+                    a.kind, a.reason, a.miners, event_id=event_id if a.kind == "import_curtail" else None), report.at)
         if self.store is not None and report.schedule is not None:
             first = report.schedule.frame.iloc[0]
             self.store.put_schedule({"status": report.schedule.status.value, "gap": report.schedule.info.gap,
@@ -685,9 +690,14 @@ class ControlLoop:
                                     created_at=report.at)
 
     def _record(self, kind: str, payload: Callable[[], dict[str, Any]], at: datetime | None = None) -> None:
-        """Hand an audit entry to the recorder (payload built only when someone records)."""
+        """Hand an audit entry to the recorder (payload built only when someone records). The first
+        entry is preceded by the ``config`` record of the start, stamped with that entry's time (the
+        loop's clock: simulated time in a simulation, not the wall clock)."""
         if self.recorder is None:
             return
+        if not self._start_recorded:
+            self._start_recorded = True
+            self._record("config", lambda: self._config_payload("start"), at)
         try:
             self.recorder.record(kind, payload(), at or datetime.now(timezone.utc))
         except Exception:  # recording must never stop control
@@ -740,17 +750,26 @@ class ControlLoop:
         revenue = hashrate_th_s * interval_h * hp
         cost = None if price_usd_mwh is None else import_kw * interval_h * (price_usd_mwh + self.profile.grid.total_adder_usd_mwh) / 1000
         local = pd.Timestamp(interval_start).tz_convert(self.profile.tz).to_pydatetime()
+        step = timedelta(hours=interval_h)
         with self._lock:
+            limits, sources = self.book.import_limits_over([pd.Timestamp(interval_start)], step)
+            cp = four_cp_limits_kw(self.profile, pd.DatetimeIndex([pd.Timestamp(interval_start)]),
+                                   self.book.four_cp_alert_days)[0]
+            candidates = [(float(limits[0]), sources[0]), (float(cp), "4CP window"),
+                          (self.profile.grid.import_limit_kw, "interconnection")]
+            limit_kw, limit_source = min(candidates, key=lambda c: c[0])
             caps = {r.id: r.cap_at(local) for r in self.profile.receptors}
             modelled = {r.id: self.modelled_level_dba(r.id) for r in self.profile.receptors}
             full_kw = sum(max(m.power_kw for m in self.fleet.groups[g].modes) for g in
                           (mi.group_id for mi in self.fleet.miners.values() if mi.available))
-        self._record("measurement", lambda: records.measurement_payload(
+        self._record("measurement", lambda: {**records.measurement_payload(
             interval_start, interval_h, import_kw, renewable_kw, load_kw, hashrate_th_s,
             {r: v[0] for r, v in noise.items()}, intensity_kg_per_mwh, price_usd_mwh, revenue, cost or 0.0,
             noise_model_dba=modelled, noise_cap_dba={k: (None if math.isinf(v) else v) for k, v in caps.items()},
             noise_over_cap_min={r: v[1] for r, v in noise.items()}, full_load_kw=full_kw,
-            intensity_source=intensity_source, hashprice_usd_per_ph_day=hashprice), interval_start)
+            intensity_source=intensity_source, hashprice_usd_per_ph_day=hashprice),
+            "import_limit_kw": limit_kw, "import_limit_source": limit_source,
+            "source": "simulated" if self.config.run_mode != "live" else "metered"}, interval_start)
 
     def modelled_level_dba(self, receptor_id: str) -> float:
         """The modelled level of the units running now, as the receptor's cap counts it (total, or
@@ -758,6 +777,10 @@ class ControlLoop:
         receptor = next(r for r in self.profile.receptors if r.id == receptor_id)
         return modelled_laeq_dba(self.profile, self.fleet.counts(), receptor_id,
                                  include_background=receptor.cap_applies_to == "total")
+
+    def _config_payload(self, reason: str) -> dict[str, Any]:
+        mode = self.config.run_mode
+        return {**records.config_payload(self.profile, reason), "run_mode": mode, "simulated": mode != "live"}
 
     def carbon_budgets(self, index: pd.DatetimeIndex, now: datetime | None = None) -> tuple[CarbonBudget, ...]:
         """Daily and monthly budgets over the horizon, net of what was measured as emitted so far
