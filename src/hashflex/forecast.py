@@ -126,7 +126,11 @@ class Snapshot:
 
 PriceForecaster = Callable[[pd.DatetimeIndex, Snapshot, pd.Timestamp], np.ndarray | None]
 """Hook: (interval starts, snapshot already filtered to ``now``, now) → $/MWh per interval, NaN where
-it has no opinion. Used after day-ahead prices and before the yesterday fallback."""
+it has no opinion. Used after day-ahead prices and before the yesterday fallback — unless the hook
+has a true ``replaces_day_ahead`` attribute (a learned model that takes the day-ahead price as one of
+its inputs, :class:`hashflex.price_model.LearnedPriceForecaster`): its finite values then come first.
+A hook's ``last_fallbacks`` attribute (a sequence of :class:`Fallback`, read after each call) is
+added to the forecast's fallbacks (e.g. ``PRICE_SCARCITY``)."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,8 @@ class FallbackCode(enum.StrEnum):
     PRICE_SAME_TIME_YESTERDAY = "price_same_time_yesterday"
     PRICE_UNKNOWN = "price_unknown"  # priced at the curtailment price: the site is then not healthy
     PRICE_RT_STALE = "price_rt_stale"
+    PRICE_SCARCITY = "price_scarcity"  # recent RT far above DA: planned at an upper quantile (risk-averse)
+    PRICE_MODEL_UNTRAINED = "price_model_untrained"  # learned model lacks history: the rules alone
     RENEWABLE_NO_FORECAST = "renewable_no_forecast"
     RENEWABLE_SYNTHETIC = "renewable_synthetic"
     CARBON_NO_FEED = "carbon_no_feed"
@@ -270,14 +276,24 @@ def _forecast_prices(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp, ti
     ages["price_da"], ages["price_rt"] = _age_s(now, da["published_at"]), _age_s(now, rt["published_at"])
     price = _covering(times, da["interval_start"], da["interval_end"], da["price_usd_mwh"], da["published_at"])
     source = ["DA" if np.isfinite(p) else "" for p in price]
+    if hook is not None and getattr(hook, "replaces_day_ahead", False):
+        # A learned model that reads the DA price itself: it overrides where it has an opinion.
+        price[:] = np.nan
     if hook is not None and np.isnan(price).any():
         external = hook(times, snap, now)
+        fallbacks.extend(getattr(hook, "last_fallbacks", ()) or ())
         if external is not None:
             external = np.asarray(external, dtype=float)
             use = np.isnan(price) & np.isfinite(external)
             price[use] = external[use]
             for k in np.flatnonzero(use):
-                source[k] = "external"
+                source[k] = getattr(hook, "source_label", "external")
+        if getattr(hook, "replaces_day_ahead", False):  # where it had no opinion: the DA rule again
+            again = _covering(times, da["interval_start"], da["interval_end"], da["price_usd_mwh"], da["published_at"])
+            fill = np.isnan(price) & np.isfinite(again)
+            price[fill] = again[fill]
+            for k in np.flatnonzero(fill):
+                source[k] = "DA"
     if np.isnan(price).any():
         yesterday = _same_wall_time_yesterday(times, profile.tz)
         past = _covering(yesterday, rt["interval_start"], rt["interval_end"], rt["price_usd_mwh"], rt["published_at"])
@@ -534,11 +550,18 @@ class RecordedForecaster:
     AHEAD = pd.Timedelta(days=3)
 
     def __init__(self, profile: SiteProfile, prices: pd.DataFrame,
-                 renewable_observations: pd.DataFrame | None = None, config: ForecastConfig | None = None) -> None:
+                 renewable_observations: pd.DataFrame | None = None, config: ForecastConfig | None = None,
+                 *, hashprice: pd.DataFrame | None = None, price_forecaster: PriceForecaster | None = None) -> None:
         from hashflex.feeds.ercot import publication_times
 
         self.profile = profile
         self.config = config
+        # Daily hashprice rows (``SNAPSHOT_COLUMNS["hashprice"]``, e.g. feeds.hashprice.bundled_hashprice):
+        # the forecast sees day D's value from its published_at (the end of D) on.
+        self.hashprice = (None if hashprice is None
+                          else hashprice[list(SNAPSHOT_COLUMNS["hashprice"])].sort_values("published_at")
+                          .reset_index(drop=True))
+        self.price_forecaster = price_forecaster
         frame = prices.copy()
         if "published_at" not in frame.columns:
             frame["published_at"] = publication_times(frame)
@@ -552,7 +575,8 @@ class RecordedForecaster:
 
     def update(self, prices: pd.DataFrame) -> None:
         """Replace the price history (e.g. a live replay that learned more prices)."""
-        self.__init__(self.profile, prices, self.renewables, self.config)  # type: ignore[misc]
+        self.__init__(self.profile, prices, self.renewables, self.config,  # type: ignore[misc]
+                      hashprice=self.hashprice, price_forecaster=self.price_forecaster)
 
     def snapshot(self, now: pd.Timestamp) -> Snapshot:
         lo, hi = self._starts.searchsorted(now - self.PRICE_LOOKBACK), self._starts.searchsorted(now + self.AHEAD)
@@ -561,11 +585,16 @@ class RecordedForecaster:
             a = self._renewable_times.searchsorted(now - self.renewable_lookback)
             b = self._renewable_times.searchsorted(now, "right")
             frames["renewable_observations"] = self.renewables.iloc[a:b]
+        if self.hashprice is not None:
+            published = pd.DatetimeIndex(self.hashprice["published_at"])
+            a = published.searchsorted(now - pd.Timedelta(days=8))
+            frames["hashprice"] = self.hashprice.iloc[a:published.searchsorted(now, "right")]
         return Snapshot(**frames)
 
     def __call__(self, now: Any, horizon_start: pd.Timestamp, periods: int) -> Forecast:
         now_ts = _utc(now)
-        return build_forecast(self.profile, self.snapshot(now_ts), now_ts, horizon_start, periods, config=self.config)
+        return build_forecast(self.profile, self.snapshot(now_ts), now_ts, horizon_start, periods, config=self.config,
+                              price_forecaster=self.price_forecaster)
 
 
 # ------------------------------------------------------------------------------------ I/O edge

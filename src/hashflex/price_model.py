@@ -1,0 +1,414 @@
+"""A learned real-time price forecaster (P10/P50/P90) and a scarcity-regime switch, plugged into the
+one forecast through its ``price_forecaster`` hook (:data:`hashflex.forecast.PriceForecaster`).
+
+Why: on real ERCOT months the price forecast error is most of the gap between the MPC and a
+perfect-foresight oracle; day-ahead prices over-predict evening peaks and miss the first interval of
+a rise. This model learns the real-time (RT) settlement point price of each 15-minute interval of
+the horizon from what was published at the decision time:
+
+==================  =====================================================================
+feature             meaning (all known at the decision time ``now``; NaN where not)
+==================  =====================================================================
+lead_h              hours from ``now`` to the interval's start
+da_usd_mwh          day-ahead price of the interval (NP4-190, published 13:00 CT the day before)
+load_forecast_mw    ERCOT's day-ahead system load forecast for the interval's hour
+hour_local          local hour of day (0..24, fractional)
+weekday             local day of week (0 = Monday)
+rt_last_usd_mwh     last published RT price
+rt_mean_1h_usd_mwh  mean of the last 4 published RT intervals
+rt_max_4h_usd_mwh   max of the last 16 published RT intervals
+spread_1h_usd_mwh   mean RT − DA over the last 4 published RT intervals (ORDC adders show here)
+rt_yesterday_usd    RT price of the same interval 24 h earlier, if published
+==================  =====================================================================
+
+Model: scikit-learn's ``HistGradientBoostingRegressor(loss="quantile")``, one per quantile (0.1, 0.5,
+0.9). Chosen over LightGBM for: one well-kept BSD library already common in Python stacks, native
+missing-value handling (the load forecast is bundled for some months only; DA is missing beyond its
+publication), deterministic fits with a fixed seed (the no-look-ahead test compares decisions
+exactly), and no separate native build. LightGBM would be faster on large sets; ours are ~10^4 rows.
+
+Training is rolling and without look-ahead: at a decision time the model is (re)fitted, at most
+every ``retrain_h`` hours, on samples whose *features* are reconstructed as of past decision times τ
+(every ``train_stride_h`` hours over the last ``train_days`` days) and whose *targets* (RT prices)
+were published by ``now``. Every input row is taken only if its ``published_at`` ≤ the time it is
+used at, so anything published after ``now`` cannot change a decision made at ``now``.
+
+Scarcity regime (Winter Storm Uri, Feb 2021): when the recent RT prices are far above normal — the
+mean of the last ``scarcity_window_h`` hours of published RT ≥ ``scarcity_rt_usd_mwh``, or its mean
+RT − DA spread ≥ ``scarcity_spread_usd_mwh`` (ERCOT's ORDC adders and scarcity pricing show up
+as RT far above DA) — the plan is made at a risk-averse price: the P90 quantile, never below the
+DA price, and for the next ``scarcity_hold_h`` hours never below the recent RT mean (a tree model
+cannot extrapolate above the prices it was trained on, and a scarcity event persists for hours to
+days). The forecast then lists :attr:`FallbackCode.PRICE_SCARCITY`. The switch works without a
+trained model too (it needs only recent RT and DA), so it also guards a fresh install.
+
+Degraded behaviour: too little history (< ``min_train_days`` of labelled intervals) → the hook
+returns no opinion (NaN) and lists ``PRICE_MODEL_UNTRAINED``; the forecast then uses its rules (DA,
+yesterday, the unknown-price cap). scikit-learn missing → :class:`ImportError` naming the extra
+(``pip install 'hashflex[forecast]'``) when the forecaster is built, never during a tick.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hashflex.forecast import Fallback, FallbackCode, Snapshot
+
+__all__ = ["FEATURES", "QUANTILES", "LearnedPriceForecaster", "PriceModelConfig", "ScarcityState",
+           "detect_scarcity", "pinball_loss"]
+
+QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
+FEATURES: tuple[str, ...] = ("lead_h", "da_usd_mwh", "load_forecast_mw", "hour_local", "weekday", "rt_last_usd_mwh",
+                             "rt_mean_1h_usd_mwh", "rt_max_4h_usd_mwh", "spread_1h_usd_mwh", "rt_yesterday_usd")
+STEP = pd.Timedelta(minutes=15)
+_STEP_NS = STEP.value
+_H_NS = pd.Timedelta(hours=1).value
+
+
+@dataclass(frozen=True)
+class PriceModelConfig:
+    """Training window and scarcity thresholds (units in the names)."""
+
+    train_days: float = 28.0
+    min_train_days: float = 2.0
+    train_stride_h: float = 2.0
+    retrain_h: float = 24.0
+    horizon_h: float = 36.0  # training targets up to this lead (DA covers up to ~35 h ahead)
+    max_iter: int = 100
+    learning_rate: float = 0.08
+    max_leaf_nodes: int = 15
+    min_samples_leaf: int = 40
+    plan_quantile: float = 0.5  # the price the MILP plans with in normal times
+    scarcity_window_h: float = 2.0
+    scarcity_rt_usd_mwh: float = 1000.0
+    scarcity_spread_usd_mwh: float = 300.0
+    scarcity_quantile: float = 0.9
+    scarcity_hold_h: float = 6.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ScarcityState:
+    """The regime at a decision time, from published RT (and DA) only."""
+
+    active: bool
+    rt_mean_usd_mwh: float  # mean of the last window of published RT (NaN: none published)
+    spread_usd_mwh: float  # mean RT − DA over that window (NaN where DA unknown)
+    reason: str
+
+
+def pinball_loss(actual: np.ndarray, predicted: np.ndarray, quantile: float) -> float:
+    """Mean pinball (quantile) loss in $/MWh: q·(y−ŷ) where y ≥ ŷ, (1−q)·(ŷ−y) otherwise.
+
+    At q = 0.5 it is half the mean absolute error. NaN pairs are skipped; NaN if none remain."""
+    y, p = np.asarray(actual, dtype=float), np.asarray(predicted, dtype=float)
+    ok = np.isfinite(y) & np.isfinite(p)
+    if not ok.any():
+        return math.nan
+    diff = y[ok] - p[ok]
+    return float(np.mean(np.maximum(quantile * diff, (quantile - 1.0) * diff)))
+
+
+def detect_scarcity(rt_recent_usd_mwh: np.ndarray, da_recent_usd_mwh: np.ndarray,
+                    config: PriceModelConfig | None = None) -> ScarcityState:
+    """Scarcity regime from the last window of published RT prices and the DA prices of the same
+    intervals ($/MWh arrays, oldest first; DA may hold NaN). Pure; see the module docstring."""
+    cfg = config or PriceModelConfig()
+    rt = np.asarray(rt_recent_usd_mwh, dtype=float)
+    rt = rt[np.isfinite(rt)]
+    if rt.size == 0:
+        return ScarcityState(False, math.nan, math.nan, "no recent real-time price")
+    mean = float(rt.mean())
+    da = np.asarray(da_recent_usd_mwh, dtype=float)[-rt.size:] if len(da_recent_usd_mwh) else np.array([])
+    pairs = np.asarray(rt_recent_usd_mwh, dtype=float)[-da.size:] - da if da.size else np.array([])
+    spread = float(np.nanmean(pairs)) if pairs.size and np.isfinite(pairs).any() else math.nan
+    if mean >= cfg.scarcity_rt_usd_mwh:
+        return ScarcityState(True, mean, spread, f"recent real-time mean {mean:,.0f} $/MWh >= "
+                                                 f"{cfg.scarcity_rt_usd_mwh:,.0f}")
+    if math.isfinite(spread) and spread >= cfg.scarcity_spread_usd_mwh:
+        return ScarcityState(True, mean, spread, f"recent real-time {spread:,.0f} $/MWh above day-ahead >= "
+                                                 f"{cfg.scarcity_spread_usd_mwh:,.0f}")
+    return ScarcityState(False, mean, spread, "normal")
+
+
+def _ns(values: Any) -> np.ndarray:
+    return pd.DatetimeIndex(pd.to_datetime(values, utc=True)).as_unit("ns").asi8
+
+
+class _Grid:
+    """A series on a fixed 15-minute UTC grid: value and published time (ns; int64 max = never)."""
+
+    NEVER = np.iinfo(np.int64).max
+
+    def __init__(self, origin_ns: int, n: int) -> None:
+        self.origin_ns, self.n = origin_ns, n
+        self.value = np.full(n, np.nan)
+        self.published = np.full(n, self.NEVER, dtype=np.int64)
+
+    def fill(self, starts_ns: np.ndarray, ends_ns: np.ndarray, values: np.ndarray, published_ns: np.ndarray) -> None:
+        """Rows of any length on the grid: a row as long as a slot or longer covers every slot in it;
+        shorter rows (5-min SCED) are averaged into their slot (time-weighted for equal lengths)."""
+        if len(starts_ns) == 0:
+            return
+        first = (starts_ns - self.origin_ns) // _STEP_NS
+        count = np.maximum(1, (ends_ns - starts_ns) // _STEP_NS)
+        slot = np.repeat(first, count) + (np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count))
+        frame = pd.DataFrame({"slot": slot, "value": np.repeat(values, count), "pub": np.repeat(published_ns, count)})
+        frame = frame[(frame["slot"] >= 0) & (frame["slot"] < self.n) & np.isfinite(frame["value"])]
+        grouped = frame.groupby("slot").agg(value=("value", "mean"), pub=("pub", "max"))
+        index = grouped.index.to_numpy()
+        self.value[index] = grouped["value"].to_numpy()
+        self.published[index] = grouped["pub"].to_numpy()
+
+
+class LearnedPriceForecaster:
+    """The learned RT price forecaster as a ``price_forecaster`` hook (P50 in normal times, the
+    risk-averse scarcity price in a scarcity regime), over a price history it is given.
+
+    Parameters
+    ----------
+    prices : canonical price frame (``interval_start``, ``interval_end``, ``settlement_point``,
+        ``market`` RT/DA, ``price_usd_mwh``, optional ``published_at``; without it ERCOT's publication
+        times are assumed, :func:`hashflex.feeds.ercot.publication_times`), any interval length
+    settlement_point : the site's point (other rows are ignored)
+    timezone : the site's time zone (for hour and weekday features)
+    load_forecast : optional frame ``interval_start`` (hour start, tz-aware), ``load_forecast_mw``,
+        optional ``interval_end`` (default +1 h) and ``published_at`` (default: 13:00 Central the day
+        before, like the DA prices it is made for)
+    config : :class:`PriceModelConfig`
+
+    Raises
+    ------
+    ImportError : scikit-learn is not installed (``pip install 'hashflex[forecast]'``).
+    ValueError : a required price column is missing (named).
+
+    Calling it ``(times, snapshot, now)`` returns $/MWh per interval start in ``times`` (NaN where
+    it has no opinion); :attr:`last_fallbacks` then holds the fallbacks of that call. The snapshot is
+    not read (the forecaster keeps its own, longer history, filtered to ``published_at`` ≤ ``now``).
+    """
+
+    replaces_day_ahead = True
+    source_label = "learned"
+
+    def __init__(self, prices: pd.DataFrame, settlement_point: str, timezone: str, *,
+                 load_forecast: pd.DataFrame | None = None, config: PriceModelConfig | None = None) -> None:
+        try:
+            from sklearn.ensemble import HistGradientBoostingRegressor  # noqa: F401
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ImportError("the learned price forecaster needs scikit-learn: pip install 'hashflex[forecast]'") from exc
+        from hashflex.feeds.ercot import publication_times
+
+        self.config = config or PriceModelConfig()
+        self.timezone = timezone
+        missing = [c for c in ("interval_start", "interval_end", "settlement_point", "market", "price_usd_mwh")
+                   if c not in prices.columns]
+        if missing:
+            raise ValueError(f"prices: missing column(s) {missing}")
+        frame = prices[prices["settlement_point"] == settlement_point].copy()
+        if frame.empty:
+            raise ValueError(f"prices: no rows for settlement_point {settlement_point!r}")
+        if "published_at" not in frame.columns:
+            frame["published_at"] = publication_times(frame)
+        starts, ends = _ns(frame["interval_start"]), _ns(frame["interval_end"])
+        origin = int(pd.Timestamp(starts.min(), tz="UTC").floor("D").value) - 2 * 86400 * 10**9
+        n = int((ends.max() - origin) // _STEP_NS) + 4 * 24 * 3  # room for horizons past the data
+        self.origin_ns, self.n = origin, n
+        self.slot_start_ns = origin + np.arange(n, dtype=np.int64) * _STEP_NS
+        self.rt, self.da, self.load = _Grid(origin, n), _Grid(origin, n), _Grid(origin, n)
+        for grid, market in ((self.rt, "RT"), (self.da, "DA")):
+            rows = frame[frame["market"] == market]
+            grid.fill(_ns(rows["interval_start"]), _ns(rows["interval_end"]),
+                      rows["price_usd_mwh"].to_numpy(dtype=float), _ns(rows["published_at"]))
+        if load_forecast is not None:
+            if "load_forecast_mw" not in load_forecast.columns or "interval_start" not in load_forecast.columns:
+                raise ValueError("load_forecast: needs columns interval_start, load_forecast_mw")
+            lf = load_forecast.copy()
+            if "interval_end" not in lf.columns:
+                lf["interval_end"] = pd.to_datetime(lf["interval_start"], utc=True) + pd.Timedelta(hours=1)
+            if "published_at" not in lf.columns:
+                lf["market"] = "DA"
+                lf["published_at"] = publication_times(lf.assign(interval_start=pd.to_datetime(lf["interval_start"],
+                                                                                               utc=True)))
+            self.load.fill(_ns(lf["interval_start"]), _ns(lf["interval_end"]),
+                           lf["load_forecast_mw"].to_numpy(dtype=float), _ns(lf["published_at"]))
+        local = pd.DatetimeIndex(self.slot_start_ns, tz="UTC").tz_convert(timezone)
+        self.hour_local = (local.hour + local.minute / 60.0).to_numpy(dtype=float)
+        self.weekday = local.day_of_week.to_numpy(dtype=float)
+        self._models: dict[float, Any] | None = None
+        self._columns = np.arange(len(FEATURES))
+        self._trained_at_ns: int | None = None
+        self._trained_until_ns: int | None = None
+        self.last_fallbacks: list[Fallback] = []
+        self.last_scarcity: ScarcityState | None = None
+        self.fits = 0
+
+    # ------------------------------------------------------------------------------ features
+    def _recent(self, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slots of the last published RT intervals (newest last, at most 16) and all known RT slots' mask."""
+        known = self.rt.published <= now_ns
+        hi = min(self.n, int((now_ns - self.origin_ns) // _STEP_NS) + 1)
+        idx = np.flatnonzero(known[:max(hi, 0)])
+        return idx[-16:], known
+
+    def _features(self, now_ns: int, slots: np.ndarray) -> np.ndarray:
+        """Feature matrix (len(slots) × len(FEATURES)) as of ``now_ns``: only rows published by then."""
+        recent, known = self._recent(now_ns)
+        rt_recent = self.rt.value[recent]
+        da_known = self.da.published[recent] <= now_ns
+        da_recent = np.where(da_known, self.da.value[recent], np.nan)
+        last4 = slice(-4, None)
+        with np.errstate(invalid="ignore"):
+            rt_last = rt_recent[-1] if rt_recent.size else np.nan
+            rt_mean = float(np.mean(rt_recent[last4])) if rt_recent.size else np.nan
+            rt_max = float(np.max(rt_recent)) if rt_recent.size else np.nan
+            spreads = rt_recent[last4] - da_recent[last4]
+            spread = float(np.nanmean(spreads)) if np.isfinite(spreads).any() else np.nan
+        slots = np.asarray(slots, dtype=np.int64)
+        inside = (slots >= 0) & (slots < self.n)
+        safe = np.clip(slots, 0, self.n - 1)
+        lead_h = (self.slot_start_ns[safe] - now_ns) / _H_NS
+        da = np.where(inside & (self.da.published[safe] <= now_ns), self.da.value[safe], np.nan)
+        load = np.where(inside & (self.load.published[safe] <= now_ns), self.load.value[safe], np.nan)
+        yday = np.clip(slots - 96, 0, self.n - 1)
+        rt_yday = np.where(inside & (slots >= 96) & known[yday], self.rt.value[yday], np.nan)
+        n = len(slots)
+        return np.column_stack([lead_h, da, load, self.hour_local[safe], self.weekday[safe], np.full(n, rt_last),
+                                np.full(n, rt_mean), np.full(n, rt_max), np.full(n, spread), rt_yday])
+
+    def _slots_of(self, times: pd.DatetimeIndex) -> np.ndarray:
+        return (_ns(times) - self.origin_ns) // _STEP_NS
+
+    # ------------------------------------------------------------------------------ training
+    def _training_set(self, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        cfg = self.config
+        labelled = self.rt.published <= now_ns
+        if not labelled.any():
+            return np.empty((0, len(FEATURES))), np.empty(0)
+        first_ns = max(int(self.slot_start_ns[np.flatnonzero(labelled)[0]]) + 86400 * 10**9,  # a day of history
+                       now_ns - int(cfg.train_days * 86400 * 10**9))
+        stride = int(cfg.train_stride_h * _H_NS)
+        decisions = np.arange(now_ns - stride, first_ns - 1, -stride, dtype=np.int64)[::-1]
+        horizon = int(cfg.horizon_h * 4)
+        xs, ys = [], []
+        for tau in decisions:
+            start = int((tau - self.origin_ns) // _STEP_NS)
+            slots = np.arange(start, min(start + horizon, self.n))
+            slots = slots[labelled[slots]]  # targets published by now (not by tau: that is the label)
+            if slots.size == 0:
+                continue
+            xs.append(self._features(int(tau), slots))
+            ys.append(self.rt.value[slots])
+        if not xs:
+            return np.empty((0, len(FEATURES))), np.empty(0)
+        return np.vstack(xs), np.concatenate(ys)
+
+    def _labelled_days(self, now_ns: int) -> float:
+        return float((self.rt.published <= now_ns).sum()) * 15 / 1440
+
+    def fit(self, now: pd.Timestamp) -> bool:
+        """(Re)fit the quantile models on what was published by ``now``; False if too little history."""
+        from sklearn.ensemble import HistGradientBoostingRegressor
+        from threadpoolctl import threadpool_limits
+
+        now_ns = int(pd.Timestamp(now).value)
+        if self._labelled_days(now_ns) < self.config.min_train_days:
+            return False
+        X, y = self._training_set(now_ns)  # noqa: N806 - the estimator's convention
+        if len(y) < 200:
+            return False
+        cfg = self.config
+        # A column with no finite value or a single one (e.g. no load forecast bundled for the month)
+        # carries no information, and scikit-learn's binning refuses an all-NaN column: leave it out.
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column is the case handled here
+            spread = np.nanmax(X, axis=0) - np.nanmin(X, axis=0) if len(X) else np.zeros(X.shape[1])
+        self._columns = np.flatnonzero(np.isfinite(spread) & (spread > 0))
+        X = X[:, self._columns]  # noqa: N806
+        models = {}
+        for q in sorted(set(QUANTILES) | {cfg.plan_quantile, cfg.scarcity_quantile}):
+            model = HistGradientBoostingRegressor(loss="quantile", quantile=q, max_iter=cfg.max_iter,
+                                                  learning_rate=cfg.learning_rate, max_leaf_nodes=cfg.max_leaf_nodes,
+                                                  min_samples_leaf=cfg.min_samples_leaf, early_stopping=False,
+                                                  random_state=cfg.seed)
+            # One OpenMP thread: on a small shared machine (and inside the daemon next to the MILP
+            # solver) more threads oversubscribe the cores and fit ~10x slower.
+            with threadpool_limits(1):
+                models[q] = model.fit(X, y)
+        self._models, self._trained_at_ns = models, now_ns
+        self.fits += 1
+        return True
+
+    def _ensure_model(self, now_ns: int) -> bool:
+        """Fit when never fitted or older than ``retrain_h``; never with data newer than ``now``. A
+        decision *before* the last fit (a test replaying an earlier time) refits as of that time."""
+        stale = (self._trained_at_ns is None or now_ns < self._trained_at_ns
+                 or now_ns - self._trained_at_ns >= self.config.retrain_h * _H_NS)
+        if stale:
+            self._models, self._trained_at_ns = None, None
+            if not self.fit(pd.Timestamp(now_ns, tz="UTC")):
+                return False
+        return self._models is not None
+
+    # ------------------------------------------------------------------------------ answers
+    def scarcity(self, now: pd.Timestamp) -> ScarcityState:
+        """The regime at ``now`` from the last ``scarcity_window_h`` of published RT (and their DA)."""
+        now_ns = int(pd.Timestamp(now).value)
+        recent, _ = self._recent(now_ns)
+        window = int(round(self.config.scarcity_window_h * 4))
+        recent = recent[-window:]
+        recent = recent[self.slot_start_ns[recent] >= now_ns - (window + 4) * _STEP_NS]  # stale RT is not "recent"
+        da = np.where(self.da.published[recent] <= now_ns, self.da.value[recent], np.nan)
+        return detect_scarcity(self.rt.value[recent], da, self.config)
+
+    def quantiles(self, times: pd.DatetimeIndex, now: pd.Timestamp) -> dict[float, np.ndarray] | None:
+        """{quantile: $/MWh per interval start} as of ``now`` (None: not enough history to train).
+        Quantiles are sorted per interval (no crossing)."""
+        now_ns = int(pd.Timestamp(now).value)
+        if not self._ensure_model(now_ns):
+            return None
+        assert self._models is not None
+        X = self._features(now_ns, self._slots_of(pd.DatetimeIndex(times)))[:, self._columns]  # noqa: N806
+        from threadpoolctl import threadpool_limits
+
+        qs = sorted(self._models)
+        with threadpool_limits(1):
+            stacked = np.sort(np.vstack([self._models[q].predict(X) for q in qs]), axis=0)
+        return {q: stacked[i] for i, q in enumerate(qs)}
+
+    def __call__(self, times: pd.DatetimeIndex, snapshot: Snapshot | None, now: pd.Timestamp) -> np.ndarray:
+        """The planning price per interval ($/MWh; NaN: no opinion). See the class docstring."""
+        cfg = self.config
+        now_ts = pd.Timestamp(now).tz_convert("UTC")
+        now_ns = int(now_ts.value)
+        times = pd.DatetimeIndex(times)
+        fallbacks: list[Fallback] = []
+        q = self.quantiles(times, now_ts)
+        state = self.scarcity(now_ts)
+        self.last_scarcity = state
+        if q is None:
+            price = np.full(len(times), np.nan)
+            fallbacks.append(Fallback(FallbackCode.PRICE_MODEL_UNTRAINED,
+                                      f"price: learned model has {self._labelled_days(now_ns):.1f} day(s) of "
+                                      f"published RT history (< {cfg.min_train_days:g}); the rules alone"))
+        else:
+            price = q[cfg.scarcity_quantile if state.active else cfg.plan_quantile].copy()
+        if state.active:
+            slots = self._slots_of(times)
+            safe = np.clip(slots, 0, self.n - 1)
+            da = np.where((slots >= 0) & (slots < self.n) & (self.da.published[safe] <= now_ns),
+                          self.da.value[safe], np.nan)
+            price = np.fmax(price, da)  # never below the DA price (fmax: NaN only where both are)
+            near = (_ns(times) - now_ns) < cfg.scarcity_hold_h * _H_NS
+            price[near] = np.fmax(price[near], state.rt_mean_usd_mwh)
+            fallbacks.append(Fallback(FallbackCode.PRICE_SCARCITY,
+                                      f"price: scarcity regime ({state.reason}); planned at the "
+                                      f"P{cfg.scarcity_quantile * 100:g} price, at least DA, and at least the recent "
+                                      f"real-time mean for {cfg.scarcity_hold_h:g} h"))
+        self.last_fallbacks = fallbacks
+        return price
