@@ -383,7 +383,7 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
     # With a store the run keeps the audit trail a live site keeps, so `hashflex report` and
     # `hashflex audit verify` work on the backtest's database exactly as on a live one.
     recorder = AuditRecorder(store) if store is not None else None
-    loop = ControlLoop(profile, forecaster=forecaster, driver=fleet, solver=planner, store=store, config=LoopConfig(),
+    loop = ControlLoop(profile, forecaster=forecaster, driver=fleet, solver=planner, store=store, config=LoopConfig(run_mode="backtest"),
                        recorder=recorder)
     sensors = NoiseSensorSim(profile, bias_db=dict(noise_bias_db or {}), sigma_db=noise_sigma_db, seed=seed)
     last_rt = _last_rt_lookup(actuals.prices)
