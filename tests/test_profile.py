@@ -126,3 +126,20 @@ def test_profile_hash_changes_with_content() -> None:
     first = profile_hash(parse_profile(yaml.safe_dump(data)))
     data["carbon"]["daily_budget_kg"] = 1
     assert profile_hash(parse_profile(yaml.safe_dump(data))) != first
+
+
+def test_scope2_instruments_are_validated() -> None:
+    """Market-based Scope 2 instruments live in the profile (issue 13); a bad kind names its path."""
+    import json
+
+    from hashflex.profile import SiteProfile, load_profile
+
+    data = json.loads(load_profile("west_texas").model_dump_json())
+    data["carbon"]["instruments"] = [{"id": "rec-2020-02", "kind": "REC", "mwh": 100, "source": "M-RETS",
+                                      "period_start": "2020-02-01T00:00:00Z", "period_end": "2020-03-01T00:00:00Z"}]
+    data["carbon"]["residual_mix_kg_per_mwh"] = 410.0
+    profile = SiteProfile.model_validate_json(json.dumps(data))
+    assert profile.carbon.instruments[0].mwh == 100 and profile.carbon.residual_mix_kg_per_mwh == 410.0
+    data["carbon"]["instruments"][0]["kind"] = "offset"
+    with pytest.raises(ValueError, match=r"carbon.instruments.0.kind"):
+        SiteProfile.model_validate_json(json.dumps(data))

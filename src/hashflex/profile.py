@@ -91,7 +91,8 @@ class GridSection(_Strict):
 
 class DRSection(_Strict):
     issuers: list[str] = Field(default_factory=list)
-    level_import_limit_kw: dict[Literal[1, 2, 3], NonNegFloat] = Field(default_factory=dict)
+    # Keys are OpenADR SIMPLE levels 1-3 (int; "1" is read as 1, so a profile round-trips through JSON).
+    level_import_limit_kw: dict[Annotated[int, Field(ge=1, le=3)], NonNegFloat] = Field(default_factory=dict)
 
 
 class MinerMode(_Strict):
@@ -194,12 +195,30 @@ class Receptor(_Strict):
         return min(caps) if caps else math.inf
 
 
+class EnergyAttributeInstrument(_Strict):
+    """A contractual instrument for market-based Scope 2 (GHG Protocol Scope 2 Guidance, 2015, ch. 7:
+    RECs, PPAs, green tariffs, supplier-specific factors): ``mwh`` over ``[period_start, period_end)``
+    (pro rata over a report's period; the whole amount when no period is given)."""
+
+    id: str = Field(min_length=1)
+    kind: Literal["REC", "PPA", "green_tariff", "supplier_specific"]
+    mwh: PositiveFloat
+    period_start: dt.datetime | None = None
+    period_end: dt.datetime | None = None
+    emission_factor_kg_per_mwh: NonNegFloat = 0.0
+    source: str = Field(min_length=1, description="certificate registry, contract, or supplier disclosure")
+
+
 class CarbonSection(_Strict):
     daily_budget_kg: NonNegFloat | None = None
     monthly_budget_kg: NonNegFloat | None = None
     internal_price_usd_per_t: NonNegFloat = 0.0
     default_intensity_kg_per_mwh: NonNegFloat
     intensity_source: str = Field(min_length=1, description="where the default factor comes from")
+    # Market-based Scope 2: what the site's instruments cover, and the residual mix for the rest.
+    instruments: list[EnergyAttributeInstrument] = Field(default_factory=list)
+    residual_mix_kg_per_mwh: NonNegFloat | None = None
+    residual_mix_source: str | None = None
 
 
 class EconomicsSection(_Strict):
