@@ -280,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_backtest_parsers(commands)
     add_report_parsers(commands)
+    from hashflex.web.limits_cli import add_limits_parser
+
+    add_limits_parser(commands)
 
     run = commands.add_parser("run", help="run the controller (live, or --simulate on bundled data)")
     run.add_argument("--profile", default=DEFAULT_PROFILE, help="site profile YAML or bundled name")

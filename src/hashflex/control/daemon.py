@@ -153,7 +153,7 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
     server = StatusServer(lambda now: {**loop.status(now), "inputs": ingest.stats(), "mqtt_connected": ingest.connected,
                                        "input_rejections": ingest.rejection_stats(), "price_feed": feed_stats(),
                                        "openadr": ven.status() if ven is not None else None},
-                          utc_now, http_host, http_port)
+                          utc_now, http_host, http_port, loop=loop, ingest=ingest)  # dashboard + manager writes
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())

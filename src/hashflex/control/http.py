@@ -185,8 +185,6 @@ class StatusServer:
         self._dashboard_options = {"simulated": simulated, "measured_fn": measured_fn,
                                    "submit_limits": submit_limits, "period_s": period_s}
         self.dashboard: Any = None
-        if loop is not None:
-            self.attach(loop, ingest)
         self._stopping = threading.Event()
         app = create_app(status_fn=lambda now: self._status_fn(now), clock=clock, metrics=StatusMetrics(),
                          dashboard=lambda: self.dashboard,
@@ -202,6 +200,8 @@ class StatusServer:
                                 timeout_graceful_shutdown=2)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, name="hashflex-http", daemon=True)
+        if loop is not None:
+            self.attach(loop, ingest)
 
     def attach(self, loop: Any, ingest: Any = None, status_fn: Callable[[datetime], dict[str, Any]] | None = None) -> None:
         """Serve ``loop``'s dashboard from now on (a server may start before its loop exists, e.g.

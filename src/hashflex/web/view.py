@@ -287,7 +287,9 @@ def _dr_section(loop: Any, status: Mapping[str, Any], now: datetime, log: EventL
     for event in (status.get("limits") or {}).get("dr_events", []):
         start = datetime.fromisoformat(event["start"])
         end = datetime.fromisoformat(event["end"]) if event.get("end") else None
-        active = event["status"] == "active"
+        # In force from its start, even before the next tick records the transition to "active".
+        active = event["status"] == "active" or (start <= now and (end is None or now < end))
+        event = {**event, "status": "active" if active else event["status"]}
         seconds_left = ((end - now).total_seconds() if active and end else
                         (start - now).total_seconds() if not active else None)
         limit = event.get("limit_kw")

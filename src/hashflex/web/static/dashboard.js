@@ -6,7 +6,9 @@
   const kw = (v) => (v == null ? "–" : Math.abs(v) >= 10000 ? (v / 1000).toFixed(2) + " MW" : Math.round(v).toLocaleString() + " kW");
   const num = (v, d = 1) => (v == null ? "–" : Number(v).toFixed(d));
   const PALETTE = ["#4ea1ff", "#2fbf71", "#f0b429", "#c678dd", "#56d4dd", "#ff8c42", "#e06c75", "#98c379"];
-  const REASON_COLORS = {"": "#2fbf71", price: "#f0b429", noise: "#c678dd", carbon: "#98c379", dr: "#ff4d4f", import_limit: "#ff8c42", equipment: "#8b97a5"};
+  const REASON_COLORS = {"": "#2fbf71", price: "#f0b429", noise: "#c678dd", carbon: "#98c379", dr: "#ff4d4f", import_limit: "#ff8c42",
+    limits: "#ff8c42", "4cp_window": "#ff8c42", hold: "#ff4d4f", equipment: "#8b97a5"};
+  const reasonColor = (r) => REASON_COLORS[String(r || "").split(":")[0].trim().toLowerCase().replace(" ", "_")] || "#8b97a5";
   let state = null, tz = "UTC", receivedAt = 0;
   const charts = {};
 
@@ -89,16 +91,16 @@
       series.push({label: id + " cap", stroke: "#ff4d4f", width: 1, dash: [2, 2], spanGaps: true});
       data.push(xs.map((x) => (at.get(x) || [])[3] ?? null));
     });
-    plot("chart-noise", series, data, "dB(A)");
+    plot("chart-noise", series, data, "dB(A)", 220, {x: {time: true, range: (u, min, max) => [Math.min(min, max - 3 * 3600), max + 60]}});
   }
 
-  function plot(id, series, data, unit, height) {
+  function plot(id, series, data, unit, height, scales) {
     const el = $(id);
     const key = series.map((s) => s.label).join("|");
     const width = Math.max(260, el.clientWidth || 300);
     if (!charts[id] || charts[id].key !== key) {
       if (charts[id]) charts[id].u.destroy();
-      const opts = {width, height: height || 220, series,
+      const opts = {width, height: height || 220, series, scales: scales || {},
         tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), tz),
         axes: [{stroke: "#8b97a5", grid: {stroke: "#2a323d"}}, {stroke: "#8b97a5", grid: {stroke: "#2a323d"}, label: unit, size: 60}],
         legend: {live: false}, cursor: {drag: {x: false, y: false}}};
@@ -126,15 +128,16 @@
       ps.push({label: "breakeven " + g, stroke: PALETTE[(i + 2) % PALETTE.length], dash: [6, 3], width: 1});
       pd.push(s.t.map(() => v));
     });
-    Object.entries(s.noise_cap_dba || {}).forEach(([r, caps]) => {
-      ps.push({label: r + " cap dB(A)", stroke: "#c678dd", dash: [2, 2], width: 1, scale: "dB", paths: uPlot.paths.stepped({align: 1})});
-      pd.push(caps);
-      ps.push({label: r + " planned dB(A)", stroke: "#c678dd", width: 1, scale: "dB"});
-      pd.push(s.noise_dba[r]);
-    });
     plot("chart-price", ps, pd, "$/MWh", 170);
+    const ns = [{}], nd = [s.t];
+    Object.entries(s.noise_cap_dba || {}).forEach(([r, caps], i) => {
+      const color = PALETTE[i % PALETTE.length];
+      ns.push({label: r + " planned", stroke: color, width: 2, paths: uPlot.paths.stepped({align: 1})}); nd.push(s.noise_dba[r]);
+      ns.push({label: r + " cap", stroke: color, dash: [3, 3], width: 1, paths: uPlot.paths.stepped({align: 1})}); nd.push(caps);
+    });
+    if (ns.length > 1) plot("chart-noise-plan", ns, nd, "dB(A)", 170);
     const strip = $("reason-strip");
-    strip.innerHTML = s.reason.map((r, i) => `<span style="background:${REASON_COLORS[r] || "#8b97a5"}" title="${esc(s.reason_detail[i])}"></span>`).join("");
+    strip.innerHTML = s.reason.map((r, i) => `<span style="background:${reasonColor(r)}" title="${esc(s.reason_detail[i])}"></span>`).join("");
     const runs = [];
     s.reason.forEach((r, i) => {
       if (!r) return;
