@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-__all__ = ["MinerReading"]
+__all__ = ["MinerReading", "reading_from_telemetry"]
 
 
 @dataclass(frozen=True)
@@ -57,3 +57,18 @@ class MinerReading:
         if self.power_kw is None or not self.hashrate_th_s:
             return None
         return self.power_kw * 1000.0 / self.hashrate_th_s
+
+
+def reading_from_telemetry(message: object, setpoint_power_kw: float | None = None) -> MinerReading:
+    """An MQTT ``TelemetryMessage`` (``hashflex.messages``) as a reading: its one ``temperature_c``
+    is taken as the hottest chip; the firmware's ``errors`` strings are counted in ``extra["errors"]``
+    (MQTT telemetry carries no cumulative hardware-error counter, so ``hw_errors`` stays None)."""
+    return MinerReading(
+        miner_id=message.miner_id,  # type: ignore[attr-defined]
+        at=message.timestamp,  # type: ignore[attr-defined]
+        power_kw=message.power_kw,  # type: ignore[attr-defined]
+        hashrate_th_s=message.hashrate_th_s,  # type: ignore[attr-defined]
+        setpoint_power_kw=setpoint_power_kw,
+        chip_temp_c=(message.temperature_c,),  # type: ignore[attr-defined]
+        mode=message.mode,  # type: ignore[attr-defined]
+        extra={"errors": float(len(message.errors))})  # type: ignore[attr-defined]
