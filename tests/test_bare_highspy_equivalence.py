@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hashflex.optimize import milp
+from hashflex.optimize import solve as milp  # the model is built in milp, solved in solve (re-exports build_model, compile_to_highs)
 from hashflex.optimize.problem import GroupState
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "optimization" / "benchmarks"

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hashflex.optimize.fallback import greedy_schedule
-from hashflex.optimize.milp import solve, solve_multiresolution
+from hashflex.optimize.solve import solve, solve_multiresolution
 from hashflex.optimize.problem import CarbonBudget, Group, GroupState, Mode, Problem, Receptor
 from hashflex.optimize.schedule import Schedule, SolveStatus
 

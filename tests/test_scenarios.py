@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hashflex.optimize.milp import LpBasisCache, solve
+from hashflex.optimize.solve import LpBasisCache, solve
 from hashflex.optimize.problem import CarbonBudget, Group, GroupState, Mode, Problem, Receptor
 from hashflex.optimize.schedule import Schedule, SolveStatus, unit_column
 

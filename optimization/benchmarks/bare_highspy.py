@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import highspy
 import numpy as np
 
-from hashflex.optimize.milp import (
+from hashflex.optimize.solve import (
     DEFAULT_REL_GAP,
     PENALTY_MIN_ON_USD_PER_UNIT,
     PENALTY_RAMP_USD_PER_KW,

@@ -136,7 +136,7 @@ def measure(T: int, n_groups: int, interval_min: int, runs: int, time_limit_s: f
     """Median timings over ``runs`` for one case (Pyomo `solve()`, its build and translation, bare highspy)."""
     from bare_highspy import build_bare, solve_bare
 
-    from hashflex.optimize import milp
+    from hashflex.optimize import solve as milp  # build_model, compile_to_highs, solve re-exported
 
     problem = synthetic_problem(T, n_groups, interval_min)
     row: dict = {"T": T, "interval": f"{interval_min}-min", "groups": n_groups}

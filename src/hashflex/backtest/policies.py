@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from hashflex.control.solver import SolveRunner
-from hashflex.optimize.milp import solve
+from hashflex.optimize.solve import solve
 from hashflex.optimize.problem import Group, GroupState, Problem, daily_carbon_budgets
 from hashflex.optimize.schedule import Schedule, SolveInfo, SolveStatus, schedule_from_counts
 from hashflex.profile import MinerGroup, SiteProfile

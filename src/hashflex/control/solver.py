@@ -51,7 +51,7 @@ def plan_problem(problem: Problem, fine_intervals: int, time_limit_s: float) -> 
     """Solve at full resolution, or coarsen beyond ``fine_intervals`` when the horizon is longer."""
     # Pyomo is imported where a solve happens (the worker), not with the daemon: it is ~1 s of a
     # restart's start-up, which the restart fast path must not wait for.
-    from hashflex.optimize.milp import LpBasisCache, solve, solve_multiresolution
+    from hashflex.optimize.solve import LpBasisCache, solve, solve_multiresolution
 
     global _BASIS_CACHE
     if _BASIS_CACHE is None:
@@ -64,7 +64,7 @@ def plan_problem(problem: Problem, fine_intervals: int, time_limit_s: float) -> 
 
 def solve_problem(problem: Problem, time_limit_s: float, rel_gap: float | None = None) -> Schedule:
     """One full-resolution solve (the backtest oracle's), optionally with a relative MIP gap."""
-    from hashflex.optimize.milp import solve
+    from hashflex.optimize.solve import solve
 
     if rel_gap is None:
         return solve(problem, time_limit_s=time_limit_s)

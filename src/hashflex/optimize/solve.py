@@ -1,0 +1,285 @@
+"""Solving the schedule model: LP relaxation → rounding → a proof within the gap or a warm-started
+MIP (``solve_lp_round_mip``), the multiresolution grid, Pyomo's appsi route, and the greedy fallback
+when HiGHS fails. ``solve(problem)`` is the entry point the loop, ``plan``, the backtest and
+``evaluate`` use (through ``control.solver.SolveRunner``)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import highspy
+import numpy as np
+import pyomo.environ as pyo
+
+from hashflex.optimize.highs_compile import (  # noqa: F401 - re-exported for the solve API
+    CompiledModel,
+    LpBasisCache,
+    RowBlock,
+    _new_highs,
+    _set_option,
+    compile_to_highs,
+    structure_key,
+)
+from hashflex.optimize.milp import (  # noqa: F401
+    DEFAULT_REL_GAP,
+    PENALTY_MIN_ON_USD_PER_UNIT,
+    PENALTY_RAMP_USD_PER_KW,
+    build_model,
+    extract_counts,
+)
+from hashflex.optimize.problem import Problem, coarsen
+from hashflex.optimize.rounding import round_lp_counts
+from hashflex.optimize.schedule import Schedule, SolveInfo, SolveStatus, expand_to_base, schedule_from_counts
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What `solve_lp_round_mip` found: status, objective, bound, the column values, and how."""
+
+    status: SolveStatus | None  # None: nothing usable (the caller falls back)
+    objective: float | None = None
+    bound: float | None = None
+    gap: float | None = None
+    x: np.ndarray | None = None
+    message: str = ""
+
+
+def _set_lp_time_limit(highs: highspy.Highs, seconds: float) -> None:
+    """HiGHS compares an LP's time limit with its run clock, which accumulates over every run of
+    the instance (a MIP run measures its own), so the next LP gets ``seconds`` beyond the clock."""
+    _set_option(highs, "time_limit", highs.getRunTime() + seconds)
+
+
+def relative_gap(objective: float, bound: float) -> float:
+    return abs(bound - objective) / max(abs(objective), 1e-9)
+
+
+def solve_lp_round_mip(compiled: CompiledModel, problem: Problem, *, time_limit_s: float,
+                       rel_gap: float, basis_cache: LpBasisCache | None = None) -> RunOutcome:
+    """LP relaxation → rounding (rounding.py) → either proof that the rounded start is within
+    ``rel_gap`` of the LP bound (done, no branch and bound) or a MIP warm-started from it.
+
+    The rounded start is completed by one LP with the counts fixed (solved from scratch: with the
+    counts fixed, presolve all but solves it, where a hot start from the relaxation's basis took
+    thousands of iterations): its objective is the start's value, and since the LP optimum bounds the
+    MIP optimum, |LP − start|/|start| <= rel_gap proves the start optimal within the gap.
+    With a ``basis_cache``, the LP starts from the last optimal basis of the same structure."""
+    deadline = time.perf_counter() + time_limit_s
+    highs = compiled.highs
+    _set_lp_time_limit(highs, float(time_limit_s))
+    basis = basis_cache.get(compiled.structure_key) if basis_cache is not None else None
+    if compiled.deferred is not None and basis is None:
+        # Cold: first the LP without the carbon budget rows, which couple the whole horizon and
+        # make every simplex iteration several times dearer; then the dual simplex, hot-started,
+        # repairs what adding them violates. Same LP, same optimum (SYNTHETIC 288 × 48: 12 s → 7 s).
+        highs.run()
+        _set_lp_time_limit(highs, max(deadline - time.perf_counter(), 0.1))
+    if compiled.deferred is not None:
+        compiled.deferred.add_to(highs)
+        compiled.deferred = None
+    if basis is not None and highs.setBasis(basis) == highspy.HighsStatus.kError:
+        log.warning("cached LP basis rejected; solving the LP relaxation cold")
+    highs.run()
+    if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return RunOutcome(None, message=f"LP relaxation: {highs.modelStatusToString(highs.getModelStatus())}")
+    if basis_cache is not None:
+        basis_cache.put(compiled.structure_key, highs.getBasis())
+    lp_bound = highs.getInfo().objective_function_value
+    x_lp = np.array(highs.getSolution().col_value)
+    keys = list(compiled.count_columns)
+    lp_counts = {key: x_lp[compiled.count_columns[key]] for key in keys}
+    rounded = round_lp_counts(problem, lp_counts)
+    cols = np.concatenate([compiled.count_columns[key] for key in keys]).astype(np.int32)
+    fixed = np.concatenate([rounded[key] for key in keys]).astype(float)
+
+    highs.changeColsBounds(len(cols), cols, fixed, fixed)
+    _set_lp_time_limit(highs, max(deadline - time.perf_counter(), 0.1))
+    highs.clearSolver()  # from scratch: presolve removes the fixed counts and all but solves the rest
+    highs.run()
+    start = None
+    if highs.getModelStatus() == highspy.HighsModelStatus.kOptimal:
+        start = np.array(highs.getSolution().col_value)
+        start_objective = highs.getInfo().objective_function_value
+        if relative_gap(start_objective, lp_bound) <= rel_gap:
+            return RunOutcome(SolveStatus.OPTIMAL, start_objective, lp_bound,
+                              relative_gap(start_objective, lp_bound), start,
+                              "rounded LP start within the gap of the LP bound")
+    highs.changeColsBounds(len(cols), cols, compiled.lower[cols], compiled.upper[cols])
+    highs.changeColsIntegrality(len(cols), cols, np.full(len(cols), highspy.HighsVarType.kInteger))
+    _set_option(highs, "mip_rel_gap", float(rel_gap))
+    _set_option(highs, "time_limit", max(deadline - time.perf_counter(), 0.1))
+    if start is not None:
+        solution = highspy.HighsSolution()
+        solution.col_value = start.tolist()
+        highs.setSolution(solution)
+    else:  # the valuing LP ran out of time: HiGHS completes the rounded counts itself
+        highs.setSolution(len(cols), cols, fixed)
+    highs.run()
+    model_status = highs.getModelStatus()
+    info = highs.getInfo()
+    if info.primal_solution_status != highspy.SolutionStatus.kSolutionStatusFeasible:
+        return RunOutcome(None, message=f"solver: {highs.modelStatusToString(model_status)}, no incumbent")
+    objective = info.objective_function_value
+    bound = info.mip_dual_bound
+    gap = relative_gap(objective, bound) if math.isfinite(bound) else None
+    if model_status == highspy.HighsModelStatus.kOptimal:
+        status = SolveStatus.OPTIMAL
+    elif model_status == highspy.HighsModelStatus.kTimeLimit:
+        status = SolveStatus.TIME_LIMIT
+    else:
+        status = SolveStatus.FEASIBLE_GAP
+    return RunOutcome(status, objective, bound if math.isfinite(bound) else None, gap,
+                      np.array(highs.getSolution().col_value), highs.modelStatusToString(model_status))
+
+
+@dataclass(frozen=True)
+class _Solved:
+    """The MILP's answer before it becomes a Schedule: integer counts, SolveInfo and the model's
+    grid import; or, when HiGHS failed, the greedy fallback's finished Schedule."""
+
+    counts: dict[tuple[int, int], np.ndarray] | None = None
+    info: SolveInfo | None = None
+    import_kw: np.ndarray | None = None
+    fallback: Schedule | None = None
+
+
+def _solve(problem: Problem, time_limit_s: float, rel_gap: float, basis_cache: LpBasisCache | None) -> _Solved:
+    from hashflex.optimize.fallback import greedy_schedule
+
+    started = time.perf_counter()
+    try:
+        model = build_model(problem)
+        built = time.perf_counter()
+        compiled = compile_to_highs(model, problem)
+        outcome = solve_lp_round_mip(compiled, problem, time_limit_s=time_limit_s, rel_gap=rel_gap,
+                                     basis_cache=basis_cache)
+    except Exception as exc:  # solver crash or missing binary: never leave the site unplanned
+        log.exception("HiGHS failed; using the greedy fallback")
+        return _Solved(fallback=greedy_schedule(problem, reason=f"solver error: {exc}"))
+    solved = time.perf_counter()
+    if outcome.status is None:
+        return _Solved(fallback=greedy_schedule(problem, reason=outcome.message))
+    for var, x in zip(compiled.columns, outcome.x):
+        var.set_value(float(x), skip_validation=True)
+    counts = extract_counts(model, problem)
+    import_kw = np.array([model.grid_import_kw[t].value for t in range(problem.T)], dtype=float)
+    info = SolveInfo(
+        status=outcome.status,
+        objective_usd=outcome.objective,
+        bound_usd=outcome.bound,
+        gap=outcome.gap,
+        build_seconds=built - started,
+        solve_seconds=solved - built,
+        penalties=_penalties(model),
+        message=outcome.message,
+    )
+    return _Solved(counts, info, import_kw)
+
+
+def _solve_appsi(problem: Problem, time_limit_s: float, rel_gap: float) -> _Solved:
+    """The same model and the same LP → rounding → warm-started MIP, through Pyomo's own persistent
+    HiGHS interface (``pyomo.contrib.appsi``). Kept selectable and tested against the direct route:
+    it is the interface Pyomo maintains, at ~2-5x the solve time here (its expression walk)."""
+    from pyomo.contrib.appsi.base import TerminationCondition
+    from pyomo.contrib.appsi.solvers import Highs
+
+    from hashflex.optimize.fallback import greedy_schedule
+
+    started = time.perf_counter()
+    try:
+        model = build_model(problem)
+        built = time.perf_counter()
+        solver = Highs()
+        solver.config.time_limit = time_limit_s
+        solver.config.load_solution = False
+        solver.highs_options = {"mip_rel_gap": rel_gap, "output_flag": False}
+        for var in model.n.values():
+            var.domain = pyo.NonNegativeReals
+        relaxation = solver.solve(model)
+        if relaxation.termination_condition != TerminationCondition.optimal:
+            return _Solved(fallback=greedy_schedule(problem, reason=f"LP relaxation: {relaxation.termination_condition.name}"))
+        relaxation.solution_loader.load_vars()
+        lp_counts = {(g, m): np.array([model.n[g, m, t].value or 0.0 for t in range(problem.T)])
+                     for g, group in enumerate(problem.groups) for m in range(len(group.modes))}
+        for (g, m), values in round_lp_counts(problem, lp_counts).items():
+            for t in range(problem.T):
+                model.n[g, m, t].set_value(int(values[t]))
+        for var in model.n.values():
+            var.domain = pyo.NonNegativeIntegers
+        solver.config.warmstart = True
+        solver.config.time_limit = max(time_limit_s - (time.perf_counter() - built), 0.1)
+        results = solver.solve(model)
+    except Exception as exc:  # solver crash: never leave the site unplanned
+        log.exception("HiGHS (appsi) failed; using the greedy fallback")
+        return _Solved(fallback=greedy_schedule(problem, reason=f"solver error: {exc}"))
+    solved = time.perf_counter()
+    objective = results.best_feasible_objective
+    if objective is None:
+        return _Solved(fallback=greedy_schedule(problem, reason=f"solver: {results.termination_condition.name}, no incumbent"))
+    results.solution_loader.load_vars()
+    bound = results.best_objective_bound
+    gap = relative_gap(objective, bound) if bound is not None and math.isfinite(bound) else None
+    status = {TerminationCondition.optimal: SolveStatus.OPTIMAL,
+              TerminationCondition.maxTimeLimit: SolveStatus.TIME_LIMIT}.get(results.termination_condition,
+                                                                             SolveStatus.FEASIBLE_GAP)
+    info = SolveInfo(status=status, objective_usd=objective, bound_usd=bound, gap=gap,
+                     build_seconds=built - started, solve_seconds=solved - built,
+                     penalties=_penalties(model), message=f"appsi: {results.termination_condition.name}")
+    import_kw = np.array([model.grid_import_kw[t].value for t in range(problem.T)], dtype=float)
+    return _Solved(extract_counts(model, problem), info, import_kw)
+
+
+SOLVER_INTERFACES = ("direct", "appsi")
+
+
+def solve(problem: Problem, *, time_limit_s: float = 10.0, rel_gap: float = DEFAULT_REL_GAP,
+          basis_cache: LpBasisCache | None = None, interface: str = "direct") -> Schedule:
+    """Build, solve the LP relaxation, warm-start the MILP from its rounded-down counts (or stop
+    there when the LP bound proves the start within ``rel_gap``), and return a Schedule whose status
+    says how good it is (or the greedy fallback's). ``basis_cache``: see `LpBasisCache`.
+
+    ``interface``: ``"direct"`` (default) hands the Pyomo model's rows, as Pyomo's linear
+    representation produces them, to HiGHS in one call; ``"appsi"`` goes through Pyomo's persistent
+    HiGHS interface. Same model, same HiGHS, same procedure; see optimization/FORMULATION.md."""
+    if interface not in SOLVER_INTERFACES:
+        raise ValueError(f"interface must be one of {SOLVER_INTERFACES}, got {interface!r}")
+    if interface == "appsi":
+        solved = _solve_appsi(problem, time_limit_s, rel_gap)
+    else:
+        solved = _solve(problem, time_limit_s, rel_gap, basis_cache)
+    if solved.fallback is not None:
+        return solved.fallback
+    return schedule_from_counts(problem, solved.counts, solved.info, import_kw=solved.import_kw)
+
+
+def _penalties(model: pyo.ConcreteModel) -> dict[str, float]:
+    """Soft-constraint shortfalls the schedule pays for (reported, never hidden)."""
+    out = {}
+    if hasattr(model, "min_on_short"):
+        out["min_on_units_short"] = float(sum(pyo.value(v) for v in model.min_on_short.values()))
+    if hasattr(model, "min_off_excess"):
+        out["min_off_units_early"] = float(sum(pyo.value(v) for v in model.min_off_excess.values()))
+    if hasattr(model, "ramp_short_kw"):
+        out["ramp_down_kw_over"] = float(sum(pyo.value(v) for v in model.ramp_short_kw.values()))
+    return {k: v for k, v in out.items() if v > 1e-6}
+
+
+def solve_multiresolution(problem: Problem, *, fine_intervals: int, block_h: float = 1.0,
+                          time_limit_s: float = 10.0, rel_gap: float = DEFAULT_REL_GAP,
+                          basis_cache: LpBasisCache | None = None) -> Schedule:
+    """Plan the first ``fine_intervals`` at the base interval and the rest in ``block_h`` blocks,
+    then expand back to one row per base interval. Only the near term is dispatched before the
+    next re-plan, so the far term needs to be right in aggregate, not interval by interval."""
+    coarse, block_of = coarsen(problem, fine_intervals, block_h)
+    if coarse is problem:
+        return solve(problem, time_limit_s=time_limit_s, rel_gap=rel_gap, basis_cache=basis_cache)
+    solved = _solve(coarse, time_limit_s, rel_gap, basis_cache)
+    if solved.fallback is not None:
+        return expand_to_base(solved.fallback, problem, block_of)
+    # As expand_to_base does from a coarse Schedule, without building (and explaining) that one.
+    counts = {key: values[block_of] for key, values in solved.counts.items()}
+    return schedule_from_counts(problem, counts, solved.info)
