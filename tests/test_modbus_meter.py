@@ -11,7 +11,7 @@ pytest.importorskip("pymodbus")
 from hashflex.drivers.base import Setpoint, utc_now  # noqa: E402
 from hashflex.drivers.luxos import LuxosDriver, LuxosEndpoint  # noqa: E402
 from hashflex.drivers.modbus_meter import (MeterConfig, MeterError, MeterPoller, MeterRegisterMap,  # noqa: E402
-                                           ModbusMeter, meter_cut_kw, select_cuts)
+                                           ModbusMeter, meter_cut_kw, select_cuts, unmodelled_load_kw)
 from hashflex.profile import MinerGroup, MinerMode  # noqa: E402
 from hashflex.sim.miners import MinerState, ScaledClock, SimulatedMinerFleet  # noqa: E402
 from hashflex.sim.modbus_devices import SimulatedMeter  # noqa: E402
@@ -93,6 +93,13 @@ def test_meter_cut_is_the_excess_only_when_fresh():
     assert meter_cut_kw(5000.0, 1000.0, age_s=6.0, max_age_s=5.0) == 0.0  # stale: the model stays the truth
     assert meter_cut_kw(None, 1000.0, age_s=None, max_age_s=5.0) == 0.0
     assert meter_cut_kw(float("nan"), 1000.0, age_s=0.0, max_age_s=5.0) == 0.0
+
+
+def test_unmodelled_load_only_adds():
+    assert unmodelled_load_kw(1050.0, 1000.0, age_s=1.0, max_age_s=5.0) == 50.0
+    assert unmodelled_load_kw(900.0, 1000.0, age_s=1.0, max_age_s=5.0) == 0.0  # never lets the guard allow more
+    assert unmodelled_load_kw(1050.0, 1000.0, age_s=9.0, max_age_s=5.0) == 0.0
+    assert unmodelled_load_kw(float("inf"), 1000.0, age_s=0.0, max_age_s=5.0) == 0.0
 
 
 def test_select_cuts_least_efficient_first():

@@ -21,7 +21,8 @@ API: ``MeterRegisterMap(address, table="holding", data_type="float32", word_orde
 import_sign=1, device_id=1)``; ``MeterConfig(host, port=502, registers, poll_s=1.0, max_age_s=5.0, timeout_s=1.0,
 min_kw=-1e6, max_kw=1e6)``; ``ModbusMeter(config).read() -> MeterReading``; ``MeterPoller(meter, clock)``
 with ``start()``, ``latest() -> MeterReading | None``, ``stop()``; ``meter_cut_kw(metered_kw, limit_kw,
-age_s, max_age_s, margin_kw=0.0) -> float``; ``select_cuts(running, cut_kw) -> list[str]``.
+age_s, max_age_s, margin_kw=0.0) -> float``; ``unmodelled_load_kw(metered_kw, modelled_kw, age_s,
+max_age_s) -> float``; ``select_cuts(running, cut_kw) -> list[str]``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any
 from hashflex.drivers.base import utc_now
 
 __all__ = ["MeterConfig", "MeterError", "MeterPoller", "MeterReading", "MeterRegisterMap", "ModbusMeter",
-           "meter_cut_kw", "select_cuts"]
+           "meter_cut_kw", "select_cuts", "unmodelled_load_kw"]
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +260,19 @@ def meter_cut_kw(metered_kw: float | None, limit_kw: float, age_s: float | None,
     if metered_kw is None or age_s is None or not math.isfinite(metered_kw) or age_s > max_age_s or age_s < 0:
         return 0.0
     return max(0.0, metered_kw - (limit_kw - max(0.0, margin_kw)))
+
+
+def unmodelled_load_kw(metered_kw: float | None, modelled_kw: float, age_s: float | None, max_age_s: float) -> float:
+    """The load the model misses (>= 0): a fresh meter reading minus the modelled import *of the same
+    moment* (the setpoints in force when it was read, idle units, auxiliaries, minus renewables).
+
+    Added to the guard's ``Measurements.auxiliary_kw`` it makes every later batch check (the plan's and
+    the fast path's) count what the meter sees, so the guard cuts more until the *metered* import fits;
+    never negative — a meter reading under the model does not let the guard allow more than the model.
+    Stale, missing or non-finite readings give 0.0."""
+    if metered_kw is None or age_s is None or not math.isfinite(metered_kw) or not 0 <= age_s <= max_age_s:
+        return 0.0
+    return max(0.0, metered_kw - modelled_kw)
 
 
 def select_cuts(running: Mapping[str, tuple[float, float]], cut_kw: float) -> list[str]:
