@@ -4,6 +4,7 @@ interval lengths, DST days and gap patterns."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -153,3 +154,22 @@ def test_the_command_line_refuses_ambiguous_dates(argv: list[str], capsys: pytes
         main(argv)
     assert exited.value.code == 2
     assert "ISO 8601" in capsys.readouterr().err
+
+
+def test_a_measured_zero_initial_load_keeps_the_first_ramp_row() -> None:
+    """Issue 11: an initial load of 0 kW (all asleep) was read as "unknown" and the ramp row at
+    t = 0 was dropped, so a cold site could jump to full load in the first interval."""
+    from hashflex.optimize.problem import GroupState, problem_from_profile
+    from hashflex.profile import load_profile
+
+    profile = load_profile("west_texas")
+    data = json.loads(profile.model_dump_json())
+    data["grid"]["ramp_limit_kw_per_min"] = 10.0
+    profile = SiteProfile.model_validate_json(json.dumps(data))
+    index = pd.date_range("2020-02-10T18:00Z", periods=4, freq="15min")
+    cold = {g.id: GroupState(units_on=0, load_kw=0.0) for g in profile.miner_groups}
+    problem = problem_from_profile(profile, index, np.full(4, 10.0), initial=cold)
+    assert problem.initial_load_kw == 0.0
+    unknown = problem_from_profile(profile, index, np.full(4, 10.0), initial={g.id: GroupState() for g in
+                                                                                profile.miner_groups})
+    assert unknown.initial_load_kw is None

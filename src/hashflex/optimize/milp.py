@@ -104,8 +104,11 @@ def define_power_balance(model: pyo.ConcreteModel, problem: Problem) -> None:
 
 
 def define_noise_caps(model: pyo.ConcreteModel, problem: Problem) -> None:
-    """Σ_g,m n[g,m,t]·10^((Lw[g,m] − A[g,r])/10) <= 10^((cap[r,t] − margin)/10) − 10^(bg[r]/10),
-    scaled by 10^(−L_ref/10) for conditioning; intervals with no cap get no constraint."""
+    """Σ_g,m n[g,m,t]·10^((Lw[g,m] − A[g,r])/10) <= B[r,t], where B[r,t] =
+    10^((cap[r,t] − margin)/10) − 10^(bg[r]/10) for a cap on the total level (``cap_applies_to ==
+    "total"``) and 10^((cap[r,t] − margin)/10) for a cap on the site's contribution alone
+    (``"site"``), floored at 0 (``Receptor.energy_budget``); scaled by s_r for conditioning;
+    intervals with no cap get no constraint."""
     if not problem.receptors:
         return
     rows = []

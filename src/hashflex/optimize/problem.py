@@ -369,7 +369,9 @@ def problem_from_profile(
         for r in profile.receptors
     )
     ramp = profile.grid.ramp_limit_kw_per_min
-    initial_load = sum((s.load_kw or 0.0) for s in initial.values()) if initial else None
+    # A measured 0 kW (everything asleep) is a load like any other: the ramp holds from it at t = 0.
+    known = [s.load_kw for s in (initial or {}).values() if s.load_kw is not None]
+    initial_load = float(sum(known)) if known else None
     problem = Problem(
         interval_start=interval_start,
         duration_h=np.full(T, base_h),
@@ -390,7 +392,7 @@ def problem_from_profile(
                         else daily_carbon_budgets(profile, interval_start)
                         + monthly_carbon_budgets(profile, interval_start)),
         ramp_limit_kw_per_h=None if ramp is None else ramp * 60.0,
-        initial_load_kw=initial_load if initial_load else None,
+        initial_load_kw=initial_load,
         base_interval_h=base_h,
     )
     problem.validate()
