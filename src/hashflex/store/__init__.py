@@ -54,8 +54,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,127 +63,33 @@ from pydantic import BaseModel
 
 from hashflex.frames import check_price_frame, utc_now
 from hashflex.messages import (
-    INBOUND_MODELS,
     DREventMessage,
     InboundMessage,
     PriceMessage,
     Rejection,
     SetpointMessage,
 )
+from hashflex.store.reads import StoreReads
+from hashflex.store.schema import (  # noqa: F401 - re-exported: the store's public names
+    _AFTER_COMMIT,
+    _SCHEMA,
+    _SQL,
+    _STOP,
+    _VALUE_FIELD,
+    DR_STATUSES,
+    TABLES,
+    StoreUnavailable,
+    _Control,
+    _unit_per_us,
+    to_us,
+)
 
 __all__ = ["Store", "StoreUnavailable", "DR_STATUSES", "TABLES"]
 
 log = logging.getLogger(__name__)
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_US = timedelta(microseconds=1)
-DR_STATUSES = ("pending", "active", "modified", "cancelled", "completed")
-TABLES = ("observations", "prices", "rejections", "dr_events", "schedules", "setpoints", "meta")
 
-# The scalar each observation kind is indexed by (also kept in full in the JSON payload).
-_VALUE_FIELD = {
-    "renewable": "power_kw",
-    "noise": "laeq_dba",
-    "carbon": "intensity_kg_per_mwh",
-    "hashprice": "hashprice_usd_per_ph_day",
-    "telemetry": "power_kw",
-    "limits": "import_limit_kw",
-}
-_TIME_FIELDS = {"timestamp", "issued_at", "valid_until", "start", "end", "published_at", "expires_at"}
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS observations (
-    kind TEXT NOT NULL, key TEXT NOT NULL, ts_us INTEGER NOT NULL, value REAL,
-    payload TEXT NOT NULL, received_at_us INTEGER NOT NULL,
-    PRIMARY KEY (kind, key, ts_us)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS observations_kind_ts ON observations (kind, ts_us);
-CREATE TABLE IF NOT EXISTS prices (
-    settlement_point TEXT NOT NULL, market TEXT NOT NULL, interval_start_us INTEGER NOT NULL,
-    interval_end_us INTEGER NOT NULL, price_usd_mwh REAL NOT NULL, published_at_us INTEGER NOT NULL,
-    received_at_us INTEGER NOT NULL,
-    PRIMARY KEY (settlement_point, market, interval_start_us)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS prices_start ON prices (interval_start_us);
-CREATE TABLE IF NOT EXISTS rejections (
-    topic TEXT NOT NULL, reason TEXT NOT NULL, count INTEGER NOT NULL,
-    first_seen_us INTEGER NOT NULL, last_seen_us INTEGER NOT NULL, last_payload TEXT NOT NULL,
-    PRIMARY KEY (topic, reason));
-CREATE TABLE IF NOT EXISTS dr_events (
-    event_id TEXT PRIMARY KEY, modification_number INTEGER NOT NULL, program TEXT NOT NULL,
-    status TEXT NOT NULL, start_us INTEGER NOT NULL, end_us INTEGER, cancelled INTEGER NOT NULL,
-    payload TEXT NOT NULL, first_received_us INTEGER NOT NULL, updated_us INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS schedules (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, created_at_us INTEGER NOT NULL, payload TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS schedules_created ON schedules (created_at_us);
-CREATE TABLE IF NOT EXISTS setpoints (
-    miner_id TEXT NOT NULL, issued_at_us INTEGER NOT NULL, expires_at_us INTEGER NOT NULL,
-    mode TEXT NOT NULL, power_target_kw REAL NOT NULL,
-    PRIMARY KEY (miner_id, issued_at_us)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at_us INTEGER NOT NULL);
-"""
-
-_SQL = {
-    "obs": "INSERT INTO observations VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-    "price": """INSERT INTO prices VALUES (?, ?, ?, ?, ?, ?, ?)
-        ON CONFLICT (settlement_point, market, interval_start_us) DO UPDATE SET
-            interval_end_us = excluded.interval_end_us, price_usd_mwh = excluded.price_usd_mwh,
-            published_at_us = excluded.published_at_us, received_at_us = excluded.received_at_us
-        WHERE excluded.published_at_us > prices.published_at_us
-          AND (excluded.price_usd_mwh != prices.price_usd_mwh
-               OR excluded.interval_end_us != prices.interval_end_us)""",
-    "rejection": """INSERT INTO rejections VALUES (?, ?, 1, ?, ?, ?)
-        ON CONFLICT (topic, reason) DO UPDATE SET count = count + 1,
-            last_seen_us = max(last_seen_us, excluded.last_seen_us), last_payload = excluded.last_payload""",
-    "dr": """INSERT INTO dr_events VALUES (?1, ?2, ?3, CASE WHEN ?4 THEN 'cancelled' ELSE 'pending' END,
-            ?5, ?6, ?4, ?7, ?8, ?9)
-        ON CONFLICT (event_id) DO UPDATE SET
-            modification_number = excluded.modification_number, program = excluded.program,
-            status = CASE WHEN excluded.cancelled THEN 'cancelled' ELSE 'modified' END,
-            start_us = excluded.start_us, end_us = excluded.end_us, cancelled = excluded.cancelled,
-            payload = excluded.payload, updated_us = excluded.updated_us
-        WHERE excluded.modification_number > dr_events.modification_number""",
-    "dr_status": "UPDATE dr_events SET status = ?, updated_us = ? WHERE event_id = ?",
-    "schedule": "INSERT INTO schedules (created_at_us, payload) VALUES (?, ?)",
-    "setpoint": "INSERT INTO setpoints VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-    "meta": "INSERT OR REPLACE INTO meta VALUES (?, ?, ?)",
-}
-
-
-class StoreUnavailable(RuntimeError):
-    """A durable write (:meth:`Store.commit_state`) failed: nothing was committed."""
-
-
-def to_us(moment: datetime) -> int:
-    """UTC microseconds since the epoch; naive datetimes are refused."""
-    if moment.tzinfo is None:
-        raise ValueError(f"naive datetime {moment!r}: a timezone is required")
-    return (moment - _EPOCH) // _US
-
-
-def _unit_per_us(values: pd.Series) -> int:
-    """How many ticks of a datetime64 series' unit make one microsecond (unit s/ms is refused)."""
-    unit = values.dtype.unit
-    if unit not in ("us", "ns"):
-        raise ValueError(f"{values.name}: datetime unit {unit!r} not supported, use 'us' or 'ns'")
-    return 1000 if unit == "ns" else 1
-
-
-def _utc(values: pd.Series) -> pd.Series:
-    return pd.to_datetime(values, unit="us", utc=True)
-
-
-@dataclass
-class _Control:
-    """A marker in the write queue: run ``action`` on the writer connection after what precedes it."""
-
-    action: Callable[[sqlite3.Connection], Any] | None
-    done: Future
-
-
-_STOP = object()
-_AFTER_COMMIT = "after_commit"
-
-
-class Store:
+class Store(StoreReads):
     """SQLite (WAL) store with a single batching writer thread; see the module docstring."""
 
     def __init__(
@@ -498,191 +403,3 @@ class Store:
                     except Exception as exc:  # noqa: BLE001
                         self._stats["errors"] += 1
                         log.error("store: dropped %s row %r: %s", op, row[:3], exc)
-
-    # ------------------------------------------------------------------ reads
-
-    def _reader(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            if self._closed:
-                raise RuntimeError("store is closed")
-            conn = self._connect()
-            conn.execute("PRAGMA query_only=ON")
-            self._local.conn = conn
-            with self._readers_lock:
-                self._readers.append(conn)
-        return conn
-
-    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._reader().execute(sql, tuple(params)).fetchall()
-
-    @staticmethod
-    def _range(column: str, start: datetime | None, end: datetime | None) -> tuple[list[str], list[Any]]:
-        where, params = [], []
-        if start is not None:
-            where.append(f"{column} >= ?")
-            params.append(to_us(start))
-        if end is not None:
-            where.append(f"{column} < ?")
-            params.append(to_us(end))
-        return where, params
-
-    def observations(
-        self, kind: str, start: datetime | None = None, end: datetime | None = None, *, key: str | None = None
-    ) -> pd.DataFrame:
-        """Observations of one kind in ``[start, end)``: timestamp, key, the message's fields, received_at."""
-        if kind not in _VALUE_FIELD:
-            raise ValueError(f"kind {kind!r}: expected one of {sorted(_VALUE_FIELD)}")
-        where, params = self._range("ts_us", start, end)
-        where.insert(0, "kind = ?")
-        params.insert(0, kind)
-        if key is not None:
-            where.append("key = ?")
-            params.append(key)
-        rows = self._query(
-            f"SELECT ts_us, key, payload, received_at_us FROM observations WHERE {' AND '.join(where)}"
-            " ORDER BY ts_us, key",
-            params,
-        )
-        model = INBOUND_MODELS[kind]
-        fields = [f.alias or name for name, f in model.model_fields.items()]
-        time_field = "issued_at" if kind == "limits" else "timestamp"
-        fields = [f for f in fields if f != time_field]
-        records = [json.loads(r[2]) for r in rows]
-        frame = pd.DataFrame.from_records(records, columns=fields) if records else pd.DataFrame(columns=fields)
-        for name in fields:
-            if name in _TIME_FIELDS:
-                frame[name] = pd.to_datetime(frame[name], utc=True, format="ISO8601")
-        frame.insert(0, "key", [r[1] for r in rows])
-        frame.insert(0, "timestamp", _utc(pd.Series([r[0] for r in rows], dtype="int64")))
-        frame["received_at"] = _utc(pd.Series([r[3] for r in rows], dtype="int64"))
-        return frame
-
-    def latest(self, kind: str, key: str | None = None) -> InboundMessage | None:
-        """The observation of ``kind`` (and ``key``) with the newest timestamp, as its message model."""
-        if kind not in _VALUE_FIELD:
-            raise ValueError(f"kind {kind!r}: expected one of {sorted(_VALUE_FIELD)}")
-        sql = "SELECT payload FROM observations WHERE kind = ?"
-        params: list[Any] = [kind]
-        if key is not None:
-            sql += " AND key = ?"
-            params.append(key)
-        rows = self._query(sql + " ORDER BY ts_us DESC LIMIT 1", params)
-        return INBOUND_MODELS[kind].model_validate_json(rows[0][0]) if rows else None  # type: ignore[return-value]
-
-    def prices(
-        self,
-        start: datetime | None = None,
-        end: datetime | None = None,
-        *,
-        settlement_point: str | None = None,
-        market: str | None = None,
-        as_of: datetime | None = None,
-        with_published_at: bool = False,
-    ) -> pd.DataFrame:
-        """Prices with interval_start in ``[start, end)``; ``as_of`` keeps only those published by then.
-
-        The frame is the canonical price frame of :mod:`hashflex.frames` (it passes
-        ``check_price_frame``); ``with_published_at`` appends a ``published_at`` column.
-        """
-        where, params = self._range("interval_start_us", start, end)
-        for column, value in (("settlement_point", settlement_point), ("market", market)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if as_of is not None:
-            where.append("published_at_us <= ?")
-            params.append(to_us(as_of))
-        sql = ("SELECT interval_start_us, interval_end_us, settlement_point, market, price_usd_mwh, published_at_us"
-               " FROM prices")
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        rows = self._query(sql + " ORDER BY interval_start_us, settlement_point, market", params)
-        frame = pd.DataFrame(rows, columns=["interval_start", "interval_end", "settlement_point", "market",
-                                            "price_usd_mwh", "published_at"])
-        for column in ("interval_start", "interval_end", "published_at"):
-            frame[column] = _utc(frame[column].astype("int64"))
-        frame["price_usd_mwh"] = frame["price_usd_mwh"].astype("float64")
-        return frame if with_published_at else frame.drop(columns="published_at")
-
-    def dr_events(self, *, active_at: datetime | None = None, include_cancelled: bool = True) -> pd.DataFrame:
-        """DR events (latest modification each); ``active_at`` keeps those in force at that time."""
-        where, params = [], []
-        if active_at is not None:
-            moment = to_us(active_at)
-            where += ["start_us <= ?", "(end_us IS NULL OR end_us > ?)", "NOT cancelled", "status != 'completed'"]
-            params += [moment, moment]
-        elif not include_cancelled:
-            where.append("NOT cancelled")
-        sql = "SELECT payload, status, first_received_us, updated_us FROM dr_events"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        rows = self._query(sql + " ORDER BY start_us, event_id", params)
-        fields = list(DREventMessage.model_fields)
-        frame = pd.DataFrame([json.loads(r[0]) for r in rows], columns=fields)
-        frame.insert(2, "status", [r[1] for r in rows])
-        for column in ("start", "end"):
-            frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
-        frame["first_received_at"] = _utc(pd.Series([r[2] for r in rows], dtype="int64"))
-        frame["updated_at"] = _utc(pd.Series([r[3] for r in rows], dtype="int64"))
-        return frame
-
-    def dr_event(self, event_id: str) -> tuple[DREventMessage, str] | None:
-        """The latest modification of one event and its status."""
-        rows = self._query("SELECT payload, status FROM dr_events WHERE event_id = ?", (event_id,))
-        return (DREventMessage.model_validate_json(rows[0][0]), rows[0][1]) if rows else None
-
-    def rejections(self) -> pd.DataFrame:
-        rows = self._query("SELECT topic, reason, count, first_seen_us, last_seen_us, last_payload FROM rejections"
-                           " ORDER BY last_seen_us DESC")
-        frame = pd.DataFrame(rows, columns=["topic", "reason", "count", "first_seen", "last_seen", "last_payload"])
-        for column in ("first_seen", "last_seen"):
-            frame[column] = _utc(frame[column].astype("int64"))
-        return frame
-
-    def setpoints(
-        self, start: datetime | None = None, end: datetime | None = None, *, miner_id: str | None = None
-    ) -> pd.DataFrame:
-        """Setpoints issued in ``[start, end)``."""
-        where, params = self._range("issued_at_us", start, end)
-        if miner_id is not None:
-            where.append("miner_id = ?")
-            params.append(miner_id)
-        sql = "SELECT miner_id, issued_at_us, expires_at_us, mode, power_target_kw FROM setpoints"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        rows = self._query(sql + " ORDER BY issued_at_us, miner_id", params)
-        frame = pd.DataFrame(rows, columns=["miner_id", "issued_at", "expires_at", "mode", "power_target_kw"])
-        for column in ("issued_at", "expires_at"):
-            frame[column] = _utc(frame[column].astype("int64"))
-        return frame
-
-    def schedules(self, start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
-        """Schedules created in ``[start, end)``: created_at, schedule (decoded JSON)."""
-        where, params = self._range("created_at_us", start, end)
-        sql = "SELECT created_at_us, payload FROM schedules"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        rows = self._query(sql + " ORDER BY created_at_us, id", params)
-        return pd.DataFrame({
-            "created_at": _utc(pd.Series([r[0] for r in rows], dtype="int64")),
-            "schedule": pd.Series([json.loads(r[1]) for r in rows], dtype="object"),
-        })
-
-    def latest_schedule(self, as_of: datetime | None = None) -> dict[str, Any] | None:
-        sql, params = "SELECT payload FROM schedules", []
-        if as_of is not None:
-            sql += " WHERE created_at_us <= ?"
-            params.append(to_us(as_of))
-        rows = self._query(sql + " ORDER BY created_at_us DESC, id DESC LIMIT 1", params)
-        return json.loads(rows[0][0]) if rows else None
-
-    def get_meta(self, key: str, default: Any = None) -> Any:
-        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
-        return json.loads(rows[0][0]) if rows else default
-
-    def count(self, table: str) -> int:
-        if table not in TABLES:
-            raise ValueError(f"table {table!r}: expected one of {TABLES}")
-        return int(self._query(f"SELECT count(*) FROM {table}")[0][0])
-
