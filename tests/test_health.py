@@ -8,8 +8,18 @@ import pytest
 
 from hashflex.drivers.base import MinerCapabilities
 from hashflex.health.curtailable import available_for_curtailment_kw
-from hashflex.health.detectors import (Finding, HealthBook, Rating, efficiency_drift, error_growth, failing_fan,
-                                       health_score, lost_hashboard, not_following, overheating)
+from hashflex.health.detectors import (
+    Finding,
+    HealthBook,
+    Rating,
+    efficiency_drift,
+    error_growth,
+    failing_fan,
+    health_score,
+    lost_hashboard,
+    not_following,
+    overheating,
+)
 from hashflex.health.reading import MinerReading
 from hashflex.health.repairs import RepairLog
 

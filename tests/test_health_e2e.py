@@ -5,16 +5,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
-
-pytest.importorskip("pyasic")
-
-from hashflex.drivers.base import Setpoint, utc_now  # noqa: E402
-from hashflex.drivers.pyasic_driver import PyasicDriver, PyasicEndpoint  # noqa: E402
-from hashflex.health.detectors import HealthBook, Rating  # noqa: E402
-from hashflex.health.repairs import RepairLog  # noqa: E402
-from hashflex.profile import MinerGroup, MinerMode  # noqa: E402
-from hashflex.sim.miners import MinerState, ScaledClock, SimulatedMinerFleet  # noqa: E402
+from hashflex.drivers.base import Setpoint, utc_now
+from hashflex.drivers.pyasic_driver import PyasicDriver, PyasicEndpoint
+from hashflex.health.detectors import HealthBook, Rating
+from hashflex.health.repairs import RepairLog
+from hashflex.profile import MinerGroup, MinerMode
+from hashflex.sim.miners import MinerState, ScaledClock, SimulatedMinerFleet
 
 GROUP = MinerGroup(id="s19xp", model="Antminer S19 XP", units=3, idle_power_kw=0.02, boot_minutes=0.0,
                    modes=[MinerMode(name="stock", power_kw=3.0, hashrate_th_s=134.0, sound_power_dba=97.0)])

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hashflex.health.predict import FAILURE_MODES, FEATURES, RiskModel, evaluate, features, simulate_fleet, snapshots
+from hashflex.health.predict import (
+    FAILURE_MODES,
+    FEATURES,
+    RiskModel,
+    evaluate,
+    features,
+    simulate_fleet,
+    snapshots,
+)
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,21 @@ from datetime import timedelta
 
 import pytest
 
-pytest.importorskip("pymodbus")
-
-from hashflex.drivers.base import Setpoint, utc_now  # noqa: E402
-from hashflex.drivers.luxos import LuxosDriver, LuxosEndpoint  # noqa: E402
-from hashflex.drivers.modbus_meter import (MeterConfig, MeterError, MeterPoller, MeterRegisterMap,  # noqa: E402
-                                           ModbusMeter, meter_cut_kw, select_cuts, unmodelled_load_kw)
-from hashflex.profile import MinerGroup, MinerMode  # noqa: E402
-from hashflex.sim.miners import MinerState, ScaledClock, SimulatedMinerFleet  # noqa: E402
-from hashflex.sim.modbus_devices import SimulatedMeter  # noqa: E402
+from hashflex.drivers.base import Setpoint, utc_now
+from hashflex.drivers.luxos import LuxosDriver, LuxosEndpoint
+from hashflex.drivers.modbus_meter import (
+    MeterConfig,
+    MeterError,
+    MeterPoller,
+    MeterRegisterMap,
+    ModbusMeter,
+    meter_cut_kw,
+    select_cuts,
+    unmodelled_load_kw,
+)
+from hashflex.profile import MinerGroup, MinerMode
+from hashflex.sim.miners import MinerState, ScaledClock, SimulatedMinerFleet
+from hashflex.sim.modbus_devices import SimulatedMeter
 
 
 def _meter(sim: SimulatedMeter, **kw) -> ModbusMeter:

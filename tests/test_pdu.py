@@ -7,15 +7,20 @@ from datetime import timedelta
 
 import pytest
 
-pytest.importorskip("pymodbus")
-
-from hashflex.drivers.base import Setpoint, SetpointStatus, utc_now  # noqa: E402
-from hashflex.drivers.luxos import LuxosDriver, LuxosEndpoint  # noqa: E402
-from hashflex.drivers.pdu import (POWERED_OFF, PduDriver, PduOutlet, PoweredOffDriver, PoweredOffModel,  # noqa: E402
-                                  standby_cost_usd, worth_powering_off)
-from hashflex.profile import MinerGroup, MinerMode  # noqa: E402
-from hashflex.sim.miners import ScaledClock, SimulatedMinerFleet  # noqa: E402
-from hashflex.sim.modbus_devices import SimulatedPdu  # noqa: E402
+from hashflex.drivers.base import Setpoint, SetpointStatus, utc_now
+from hashflex.drivers.luxos import LuxosDriver, LuxosEndpoint
+from hashflex.drivers.pdu import (
+    POWERED_OFF,
+    PduDriver,
+    PduOutlet,
+    PoweredOffDriver,
+    PoweredOffModel,
+    standby_cost_usd,
+    worth_powering_off,
+)
+from hashflex.profile import MinerGroup, MinerMode
+from hashflex.sim.miners import ScaledClock, SimulatedMinerFleet
+from hashflex.sim.modbus_devices import SimulatedPdu
 
 GROUP = MinerGroup(id="s19", model="Antminer S19", units=2, idle_power_kw=0.05, boot_minutes=0.0,
                    modes=[MinerMode(name="stock", power_kw=3.0, hashrate_th_s=95.0, sound_power_dba=95.0)])

@@ -6,15 +6,16 @@ from datetime import timedelta
 
 import pytest
 
-pytest.importorskip("pyasic")
-
-from hashflex.drivers.base import MinerCapabilities, SetpointStatus, utc_now  # noqa: E402
-from hashflex.drivers.base import Setpoint  # noqa: E402
-from hashflex.drivers.pyasic_driver import PyasicDriver, PyasicEndpoint, setpoint_confirmed  # noqa: E402
-from hashflex.health.reading import MinerReading  # noqa: E402
-from hashflex.profile import MinerGroup, MinerMode  # noqa: E402
-from hashflex.sim.firmware import AntminerStockFleet, VnishFleet, WhatsminerFleet  # noqa: E402
-from hashflex.sim.miners import MinerState, ScaledClock, SimulatedMinerFleet  # noqa: E402
+from hashflex.drivers.base import MinerCapabilities, Setpoint, SetpointStatus, utc_now
+from hashflex.drivers.pyasic_driver import (
+    PyasicDriver,
+    PyasicEndpoint,
+    setpoint_confirmed,
+)
+from hashflex.health.reading import MinerReading
+from hashflex.profile import MinerGroup, MinerMode
+from hashflex.sim.firmware import AntminerStockFleet, VnishFleet, WhatsminerFleet
+from hashflex.sim.miners import MinerState, ScaledClock, SimulatedMinerFleet
 
 GROUP = MinerGroup(id="s19xp", model="Antminer S19 XP", units=3, idle_power_kw=0.02, boot_minutes=0.0,
                    modes=[MinerMode(name="eco", power_kw=2.4, hashrate_th_s=110.0, sound_power_dba=95.0),

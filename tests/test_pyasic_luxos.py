@@ -13,12 +13,11 @@ import asyncio
 import random
 import warnings
 
+import pyasic
 import pytest
 
-pyasic = pytest.importorskip("pyasic")
-
-from hashflex.profile import MinerGroup, MinerMode  # noqa: E402
-from hashflex.sim.miners import MinerState, ScaledClock, SimulatedMinerFleet  # noqa: E402
+from hashflex.profile import MinerGroup, MinerMode
+from hashflex.sim.miners import MinerState, ScaledClock, SimulatedMinerFleet
 
 GROUP = MinerGroup(id="s19xp", model="Antminer S19 XP", units=2, idle_power_kw=0.02, boot_minutes=1.0,
                    modes=[MinerMode(name="eco", power_kw=2.4, hashrate_th_s=110.0, sound_power_dba=95.0),

@@ -29,7 +29,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from hashflex.drivers.base import (SLEEP, MinerCapabilities, MinerDriver, SetpointResult, SetpointStatus)
