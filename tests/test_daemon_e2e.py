@@ -84,6 +84,15 @@ def start_daemon(profile_path: Path, store: Path, port: int, http_port: int, log
         stdout=log.open("a"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+def stop_daemon(daemon: subprocess.Popen) -> None:
+    """SIGTERM, then kill if it has not stopped within 15 s."""
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        daemon.wait(15)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+
+
 def http_get(port: int, path: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
@@ -182,8 +191,4 @@ def test_dr_event_is_obeyed_and_survives_kill_9(site) -> None:  # noqa: ANN001
         poll_until(lambda: sim.total_power_kw() <= 8.0, 30, message="load under the modified limit")
     finally:
         listener.close()
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(15)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
+        stop_daemon(daemon)

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 from datetime import timedelta
 
 from conftest import free_port, poll_until
 from hashflex.messages import DREventMessage, LimitsChangeMessage, Topics
-from test_daemon_e2e import AckListener, http_get, site, start_daemon, utc_now  # noqa: F401 - site is a fixture
+from test_daemon_e2e import (  # noqa: F401 - site is a fixture
+    AckListener,
+    http_get,
+    site,
+    start_daemon,
+    stop_daemon,
+    utc_now,
+)
 
 PROFILE_PATCH = ("dr: {issuers: [utility], level_import_limit_kw: {1: 40, 2: 20, 3: 0}}",
                  "dr: {issuers: [utility, qse], level_import_limit_kw: {1: 40, 2: 20}}")
@@ -27,7 +33,7 @@ def status(port: int) -> dict:
     return json.loads(body) if code in (200, 503) and body else {}
 
 
-def test_only_accepted_state_binds_across_kill_9(site) -> None:  # noqa: ANN001 - test_daemon_e2e fixture
+def test_only_accepted_state_binds_across_kill_9(site) -> None:  # noqa: ANN001, F811 - test_daemon_e2e fixture
     profile_path, store_path, sim, broker, tmp_path = site
     profile_path.write_text(profile_path.read_text().replace(*PROFILE_PATCH).replace("managers: [manager]",
                                                                                      "managers: [site_manager]"))
@@ -80,8 +86,4 @@ def test_only_accepted_state_binds_across_kill_9(site) -> None:  # noqa: ANN001 
         assert sim.total_power_kw() <= 20.0
     finally:
         acks.close()
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(15)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
+        stop_daemon(daemon)
