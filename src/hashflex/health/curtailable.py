@@ -14,9 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Protocol
 
-from hashflex.drivers.base import MinerCapabilities
 from hashflex.health.reading import MinerReading
+
+
+class MinerCapabilities(Protocol):
+    """What this module needs of ``drivers.base.MinerCapabilities`` (health sits below drivers)."""
+
+    sleep_wake: bool
+    power_off: bool
 
 __all__ = ["available_for_curtailment_kw", "available_for_curtailment_mw"]
 
