@@ -64,12 +64,7 @@ class _RejectionCollector:
         yield family
 
 
-def unhealthy_causes(status: Mapping[str, Any]) -> list[str]:
-    """The status's ``unhealthy_causes`` as a list of strings ([] if absent or malformed)."""
-    causes = status.get("unhealthy_causes")
-    if isinstance(causes, (list, tuple)):
-        return [str(c) for c in causes]
-    return []
+from hashflex.web.view import unhealthy_causes  # noqa: E402 - re-exported: the one definition lives in web
 
 
 class StatusMetrics:

@@ -45,7 +45,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from hashflex.web.manager import AuthError, ManagerAuth, limits_change
-from hashflex.web.view import EventLog, FeedAges, NoiseHistory, dashboard_state
+from hashflex.web.view import EventLog, FeedAges, NoiseHistory, dashboard_state, unhealthy_causes
 
 log = logging.getLogger(__name__)
 STATIC_DIR = resources.files("hashflex.web") / "static"
@@ -166,8 +166,6 @@ def create_app(*, status_fn: Callable[[datetime], dict[str, Any]], clock: Callab
         return None
 
     async def healthz(request: Request) -> Response:
-        from hashflex.control.http import unhealthy_causes
-
         status = await asyncio.to_thread(status_now)
         causes = unhealthy_causes(status)
         if causes:

@@ -6,7 +6,7 @@ daemon's answer from ``out/limits/ack`` (matched by its ``change_id``). Exit 0 a
 by the daemon, 3 no answer within ``--timeout``, 2 bad input (the field named).
 
 ``list`` prints the limits in force now from the daemon's ``/status`` (``--url``, default
-``$HASHFLEX_HTTP_URL`` or http://127.0.0.1:9108; a manager token from ``HASHFLEX_MANAGER_TOKEN`` is
+http://127.0.0.1:9108; a manager token from ``HASHFLEX_MANAGER_TOKEN`` is
 sent when set, for a daemon bound off loopback), or with ``--from-broker`` from its retained
 ``out/status`` (as of its last tick, which it says): import limit and its source, every import
 limit by source, manager limits, holds, DR events.
@@ -29,8 +29,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from hashflex.control.limits import LimitsBook
 from hashflex.messages import Topics
+from hashflex.profile import DEFAULT_PROFILE
 from hashflex.web.manager import limits_change
 
 EXIT_REFUSED, EXIT_NO_ANSWER = 1, 3
@@ -81,6 +81,10 @@ def _close(received: queue.Queue[bytes]) -> None:
 
 def cmd_limits(args: argparse.Namespace) -> int:
     """Dispatch ``set``/``clear``/``list``."""
+    if args.site is None:
+        from hashflex.profile import load_profile
+
+        args.site = load_profile(args.profile).site_id
     topics = Topics(args.site)
     if args.action == "list":
         return _list(args, topics)
@@ -100,7 +104,9 @@ def cmd_limits(args: argparse.Namespace) -> int:
                                 carbon_period=args.carbon_period, valid_minutes=args.valid_minutes)
     else:
         message = limits_change(args.issuer, now, reason=args.reason, clear=args.parts or ["import", "noise", "carbon"])
-    change_id = LimitsBook.limits_change_id(message)
+    # The daemon's change_id is "<issuer>@<issued_at ISO>#<content hash>" (control.limits): the
+    # issuer and the microsecond issue time single out this message's answer.
+    change_id = f"{message.issuer}@{message.issued_at.isoformat()}#"
     ack_topic = f"{topics.prefix}out/limits/ack"
     received = _receive(args, ack_topic, (topics.limits, message.model_dump_json()))
     try:
@@ -118,7 +124,7 @@ def cmd_limits(args: argparse.Namespace) -> int:
                 ack = json.loads(payload)
             except ValueError:
                 continue
-            if ack.get("change_id") != change_id:
+            if not str(ack.get("change_id", "")).startswith(change_id):
                 continue  # another change's answer
             print(f"{ack['status']}: {ack['reason']}")
             print(f"change_id {ack['change_id']}, acked at {ack['acked_at']}")
@@ -126,7 +132,7 @@ def cmd_limits(args: argparse.Namespace) -> int:
     finally:
         _close(received)
     print(f"hashflex limits: no answer on {ack_topic} within {args.timeout:g} s (is `hashflex run` up for "
-          f"site {args.site!r}?); change_id {change_id}", file=sys.stderr)
+          f"site {args.site!r}?); change {change_id}...", file=sys.stderr)
     return EXIT_NO_ANSWER
 
 
@@ -189,14 +195,15 @@ def add_limits_parser(commands: Any, default_profile_site: str | None = None) ->
     limits = commands.add_parser("limits", help="a site manager's limits: set, list, clear (over MQTT)")
     actions = limits.add_subparsers(dest="action", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--site", default=os.environ.get("HASHFLEX_SITE", "west_texas"),
-                        help="site id (topic prefix hashflex/<site>/; default $HASHFLEX_SITE or west_texas)")
+    common.add_argument("--profile", default=DEFAULT_PROFILE,
+                        help=f"site profile YAML or bundled name: its site id is the topic prefix (default {DEFAULT_PROFILE})")
+    common.add_argument("--site", help="site id (topic prefix hashflex/<site>/), instead of --profile")
     common.add_argument("--mqtt-host", default=os.environ.get("HASHFLEX_MQTT_HOST", "127.0.0.1"))
     common.add_argument("--mqtt-port", type=int, default=int(os.environ.get("HASHFLEX_MQTT_PORT", "1883")))
     common.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
     writer = argparse.ArgumentParser(add_help=False)
-    writer.add_argument("--issuer", default=os.environ.get("HASHFLEX_MANAGER", "site_manager"),
-                        help="manager id, one of the profile's site.managers (default $HASHFLEX_MANAGER or site_manager)")
+    writer.add_argument("--issuer", default="site_manager",
+                        help="manager id, one of the profile's site.managers (default site_manager)")
     writer.add_argument("--reason", default="set from the command line", help="why (kept in the audit trail)")
     put = actions.add_parser("set", parents=[common, writer], help="set a temporary limit and print the ack")
     put.add_argument("--import-limit-kw", type=float, help="grid import limit (kW)")
@@ -209,8 +216,8 @@ def add_limits_parser(commands: Any, default_profile_site: str | None = None) ->
     clear.add_argument("parts", nargs="*", choices=("import", "noise", "carbon"),
                        help="which parts (default all three)")
     listing = actions.add_parser("list", parents=[common], help="the limits in force (the daemon's /status)")
-    listing.add_argument("--url", default=os.environ.get("HASHFLEX_HTTP_URL", "http://127.0.0.1:9108"),
-                         help="the daemon's HTTP address (default $HASHFLEX_HTTP_URL or http://127.0.0.1:9108)")
+    listing.add_argument("--url", default="http://127.0.0.1:9108",
+                         help="the daemon's HTTP address (default http://127.0.0.1:9108)")
     listing.add_argument("--from-broker", action="store_true",
                          help="read the daemon's retained out/status instead (as of its last tick)")
     limits.set_defaults(handler=cmd_limits)

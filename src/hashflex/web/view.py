@@ -26,11 +26,20 @@ import numpy as np
 import pandas as pd
 
 from hashflex.acoustics import compared_level_dba
-from hashflex.control.fleet import SLEEP
 from hashflex.optimize.schedule import unit_column
 from hashflex.profile import SiteProfile
 
-__all__ = ["EventLog", "FeedAges", "NoiseHistory", "breakeven_usd_mwh", "dashboard_state", "finite"]
+SLEEP = "sleep"  # the fleet's sleeping mode (control.fleet.SLEEP; web sits below control)
+
+__all__ = ["unhealthy_causes", "EventLog", "FeedAges", "NoiseHistory", "breakeven_usd_mwh", "dashboard_state", "finite"]
+
+
+def unhealthy_causes(status: Mapping[str, Any]) -> list[str]:
+    """The status's ``unhealthy_causes`` as a list of strings ([] if absent or malformed)."""
+    causes = status.get("unhealthy_causes")
+    if isinstance(causes, (list, tuple)):
+        return [str(c) for c in causes]
+    return []
 
 
 def finite(value: Any, digits: int | None = None) -> float | None:
