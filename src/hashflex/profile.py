@@ -15,7 +15,7 @@ import math
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Any, Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -236,6 +236,10 @@ class SiteProfile(_Strict):
     receptors: list[Receptor] = Field(default_factory=list)
     carbon: CarbonSection
     economics: EconomicsSection
+    # The site's revenue or check meter over Modbus TCP (``drivers.modbus_meter.MeterConfig``:
+    # host, port, registers {address, table, data_type, word_order, scale_to_kw, import_sign,
+    # device_id}, poll_s, max_age_s, ...); checked field by field when the daemon starts.
+    site_meter: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _references(self) -> "SiteProfile":

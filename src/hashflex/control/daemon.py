@@ -119,6 +119,19 @@ def _start_openadr(loop: ControlLoop) -> Any:
     return ven
 
 
+def _start_meter(profile: SiteProfile, loop: ControlLoop) -> Any:
+    """The site meter poller, when the profile has a ``site_meter`` section: every fresh reading
+    goes to the loop (the guard's truth over the model when over the limit)."""
+    if not profile.site_meter:
+        return None
+    from hashflex.drivers.modbus_meter import MeterConfig, MeterPoller, ModbusMeter
+
+    config = MeterConfig.from_mapping(profile.site_meter)  # ValueError names the field: refuse to start
+    poller = MeterPoller(ModbusMeter(config), on_reading=lambda r: loop.handle_meter(r.import_kw, r.at, utc_now()))
+    log.info("site meter %s:%d polled every %g s", config.host, config.port, config.poll_s)
+    return poller.start()
+
+
 def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | None = None, mqtt_host: str, mqtt_port: int,
                http_host: str = "127.0.0.1", http_port: int = DEFAULT_HTTP_PORT, driver: Any = None,
                username: str | None = None, password: str | None = None, tls_ca_file: str | None = None,
@@ -150,6 +163,7 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
     feed = price_feed_from_env(profile, store)
     feed_stats = (lambda: feed.stats()) if feed is not None else (lambda: None)
     ven = _start_openadr(loop)
+    meter = _start_meter(profile, loop)
     server = StatusServer(lambda now: {**loop.status(now), "inputs": ingest.stats(), "mqtt_connected": ingest.connected,
                                        "input_rejections": ingest.rejection_stats(), "price_feed": feed_stats(),
                                        "openadr": ven.status() if ven is not None else None},
@@ -170,6 +184,8 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
     finally:
         if ven is not None:
             ven.stop()
+        if meter is not None:
+            meter.stop()
         if feed is not None:
             feed.stop()
         server.stop()

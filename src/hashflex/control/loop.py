@@ -44,8 +44,9 @@ from hashflex import audit as records
 from hashflex.acoustics import compared_level_dba, modelled_laeq_dba
 from hashflex.control.dispatch import plan_dispatch
 from hashflex.control.dr import DRBook, DRDecision
-from hashflex.control.fleet import FleetState, MinerSetpoint
-from hashflex.control.guard import Guard, GuardResult, Limits, Measurements
+from hashflex.control.fleet import SLEEP, FleetState, MinerSetpoint
+from hashflex.control.guard import Guard, GuardAction, GuardResult, Limits, Measurements
+from hashflex.control.ladder import breakeven_ladder, under_water
 from hashflex.control.limits import STORE_UNAVAILABLE, LimitsAck, LimitsBook
 from hashflex.control.sender import SendQueue
 from hashflex.forecast import FallbackCode, has_fallback
@@ -56,6 +57,7 @@ from hashflex.messages import (
     DRAckMessage,
     DREventMessage,
     LimitsChangeMessage,
+    PriceMessage,
     NoiseMessage,
     RenewableMessage,
     TelemetryMessage,
@@ -422,6 +424,8 @@ class ControlLoop:
                     self.meter.telemetry(message.miner_id, message.power_kw, message.hashrate_th_s)
             elif isinstance(message, LimitsChangeMessage):
                 self.handle_limits(message, now)
+            elif isinstance(message, PriceMessage):
+                self.handle_price(message, now)
         except Exception:  # a bad message must never stop the controller
             log.exception("handling %s failed", type(message).__name__)
 
@@ -533,6 +537,56 @@ class ControlLoop:
                 return
             self._cut_noise_now(receptor.id, measured, cap, now)
         self.request_replan(f"noise over cap at {receptor.id}")
+
+    def handle_price(self, message: PriceMessage, now: datetime) -> bool:
+        """A real-time price for the interval in progress (an SCED 5-minute LMP, or a 15-minute
+        settlement price) at the site's settlement point: sleep at once every running unit whose
+        breakeven it exceeds (:mod:`hashflex.control.ladder`), then re-plan. Returns True if it cut.
+
+        Day-ahead prices, other settlement points and prices for other intervals (older than the
+        last 5 minutes, or in the future) only inform the forecast."""
+        if (message.market != "RT" or message.settlement_point != self.profile.site.settlement_point
+                or not message.interval_start <= now < message.interval_end + timedelta(minutes=5)):
+            return False
+        with self._lock:
+            ladder = breakeven_ladder(self.profile, hashprice_usd_per_ph_day=self.hashprice_usd_per_ph_day)
+            losing = under_water(ladder, message.price_usd_mwh)
+            batch = self.fleet.as_setpoints(now, self.expiry_s)
+            cut = [dataclasses.replace(sp, mode=SLEEP, power_target_kw=self.fleet.power_kw(sp.group_id, SLEEP))
+                   if (sp.group_id, sp.mode) in losing else sp for sp in batch]
+            stopped = tuple(sp.miner_id for sp, new in zip(batch, cut, strict=True) if new.mode != sp.mode)
+            if not stopped:
+                return False
+            self.counters["fast_path_actions"] += 1
+            self._dispatch(cut, now)
+            worst = max(losing.values())
+            action = GuardAction("price_ladder_cut", f"real-time price {message.price_usd_mwh:.2f} $/MWh for "
+                                 f"{message.interval_start.isoformat()} is above the breakeven of "
+                                 f"{len(losing)} group mode(s) (highest {worst:.2f} $/MWh): "
+                                 f"{len(stopped)} unit(s) to sleep", stopped)
+            self._record_guard(GuardResult(cut, [action]), now, None)
+            log.warning("price ladder: %s", action.reason)
+        self.request_replan(f"real-time price {message.price_usd_mwh:.0f} $/MWh")
+        return True
+
+    def handle_meter(self, import_kw: float, measured_at: datetime, now: datetime) -> bool:
+        """A site meter reading (revenue or check meter, ``drivers.modbus_meter``): when fresh and
+        over the lowest import limit in force, cut more until the excess is gone — the meter is the
+        guard's truth over the model. A stale or implausible reading is not believed (the guard
+        falls back to the model). Returns True if it cut."""
+        with self._lock:
+            imports = self.book.import_limits_at(now)
+            limit = min([self.profile.grid.import_limit_kw, *imports.values()])
+            self.measurements = _replace(self.measurements, import_kw=import_kw)
+            result = self.guard.import_over_limit_cut(import_kw, limit, self.fleet.as_setpoints(now, self.expiry_s),
+                                                      measured_at=measured_at, now=now, measurements=self.measurements)
+            if not result.changed:
+                return False
+            self.counters["fast_path_actions"] += 1
+            self._dispatch(result.batch, now)
+            self._record_guard(result, now, None)
+        self.request_replan("metered import over the limit")
+        return True
 
     def _cut_noise_now(self, receptor_id: str, level_dba: float, cap_dba: float, now: datetime) -> bool:
         batch = self.fleet.as_setpoints(now, self.expiry_s)
