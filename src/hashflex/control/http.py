@@ -170,7 +170,7 @@ class StatusServer:
     def __init__(self, status_fn: Callable[[datetime], dict[str, Any]], clock: Callable[[], datetime],
                  host: str = "127.0.0.1", port: int = DEFAULT_HTTP_PORT, *, loop: Any = None, ingest: Any = None,
                  auth: Any = None, simulated: bool = False, measured_fn: Callable[[], dict[str, float]] | None = None,
-                 submit_limits: Callable[[Any], Any] | None = None, period_s: float = 1.0) -> None:
+                 submit_limits: Callable[[Any], Any] | None = None, period_s: float = 5.0) -> None:
         import uvicorn
 
         from hashflex.web.app import create_app, is_loopback
@@ -208,7 +208,12 @@ class StatusServer:
         clock = self._clock
         dashboard = Dashboard(loop, lambda now: self._status_fn(now), clock, **self._dashboard_options)
         if ingest is not None:
-            ingest.add_callback(lambda message: (dashboard.feeds.seen(message, clock()), dashboard.notify()))
+            def seen(message: Any) -> None:
+                dashboard.feeds.seen(message, clock())
+                if getattr(message, "kind", None) != "telemetry":  # 10,000 miners' telemetry: no rebuild storm
+                    dashboard.notify()
+
+            ingest.add_callback(seen)
             ingest.add_rejection_callback(lambda rejection: (dashboard.log.on_rejection(rejection, clock()),
                                                              dashboard.notify()))
         if self._thread.ident is not None:

@@ -20,9 +20,10 @@ Routes:
 Reads are open when the server is bound to loopback and need a manager token otherwise (header,
 or ``?token=`` for the event stream, which browsers cannot give headers). Writes always need one.
 
-One publisher thread builds the document (every ``period_s`` and at once on :meth:`Dashboard.notify`)
-and serialises it once; every SSE client sends that same byte string, so the cost per tick does
-not grow with the number of browsers.
+One publisher thread builds the document (every ``period_s``, default 5 s, and on
+:meth:`Dashboard.notify`, at most once per ``min_gap_s``, default 0.25 s, so a burst of messages is
+one rebuild; miner telemetry does not notify) and serialises it once; every SSE client sends that
+same byte string, so the cost does not grow with the number of browsers.
 """
 
 from __future__ import annotations
@@ -70,12 +71,14 @@ class Dashboard:
 
     def __init__(self, loop: Any, status_fn: Callable[[datetime], dict[str, Any]], clock: Callable[[], datetime], *,
                  simulated: bool = False, measured_fn: Callable[[], dict[str, float]] | None = None,
-                 submit_limits: Callable[[Any], Any] | None = None, period_s: float = 1.0) -> None:
+                 submit_limits: Callable[[Any], Any] | None = None, period_s: float = 5.0,
+                 min_gap_s: float = 0.25) -> None:
         self.loop, self.status_fn, self.clock = loop, status_fn, clock
         self.simulated = simulated
         self.measured_fn = measured_fn
         self.submit_limits = submit_limits or (lambda message: loop.handle_limits(message, clock()))
-        self.period_s = period_s
+        self.period_s = period_s  # rebuild at least this often (feed ages, tick age); the page ticks countdowns
+        self.min_gap_s = min_gap_s  # and at most this often: a burst of changes is one rebuild
         self.log = EventLog.attach(loop)
         self.noise = NoiseHistory()
         self.feeds = FeedAges()
@@ -134,6 +137,7 @@ class Dashboard:
             self._changed.clear()
             if not self._stop.is_set():
                 self.refresh()
+                self._stop.wait(self.min_gap_s)
 
 
 def create_app(*, status_fn: Callable[[datetime], dict[str, Any]], clock: Callable[[], datetime],
