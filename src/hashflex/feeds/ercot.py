@@ -75,6 +75,7 @@ __all__ = [
     "parse_simple_csv",
     "parse_generic_json",
     "read_price_file",
+    "parse_sced_lmp",
     "publication_times",
     "DAM_PUBLISHED_LOCAL_HOUR",
 ]
@@ -553,6 +554,61 @@ def parse_generic_json(payload: Any, *, settlement_point: str | Iterable[str] | 
     return _parse_simple_table(df, _Ctx(source_name, lambda i: f"item {i}"), settlement_point, market)
 
 
+NP6_788_COLUMNS = ("SCEDTimestamp", "RepeatedHourFlag", "SettlementPoint", "LMP")
+SCED_NOMINAL = pd.Timedelta(minutes=5)
+SCED_MAX_GAP = pd.Timedelta(minutes=15)
+
+
+def parse_sced_lmp(data: TableInput, *, settlement_point: str | Iterable[str] | None = None,
+                   source_name: str | None = None) -> pd.DataFrame:
+    """NP6-788-CD "LMPs by Resource Nodes, Load Zones and Trading Hubs" (one row per SCED run and
+    settlement point) → the canonical frame, market ``RT``, one interval per SCED run.
+
+    ``SCEDTimestamp`` is Central prevailing time (``MM/DD/YYYY HH:MM:SS``); ``RepeatedHourFlag`` ``Y``
+    marks the second (standard-time) pass through the repeated hour in November. SCED runs about
+    every 5 minutes and each LMP holds until the next run (Nodal Protocols §6.5.7.3): an interval
+    ends at the point's next SCED timestamp, the last one (or one followed by a gap over 15
+    minutes) after a nominal 5 minutes — a gap stays a gap (an unknown interval), never stretched.
+    The 15-minute settlement point price is the time-weighted mean over these intervals
+    (``frames.time_weighted_mean``, §6.6.1); note that an LMP excludes the real-time reserve price
+    adders a settlement point price includes, so it is a lower bound in scarcity.
+
+    Raises :class:`PriceFileError` naming the line and field.
+    """
+    df, ctx = _load_table(data, source_name)
+    for col in NP6_788_COLUMNS:
+        if col not in df.columns:
+            raise PriceFileError(ctx.source, f"column is missing (NP6-788-CD needs {list(NP6_788_COLUMNS)})", field=col)
+    names = _names(settlement_point)
+    point = _text(df["SettlementPoint"])
+    if names is not None:
+        missing = sorted(set(names) - set(point))
+        if missing:
+            raise ValueError(f"{ctx.source}: settlement point(s) {missing} not found; available {sorted(set(point))}")
+        df, point = df[point.isin(names)], point[point.isin(names)]
+    flag = _text(df["RepeatedHourFlag"]).str.upper()
+    bad = ~flag.isin(["Y", "N"])
+    if bad.any():
+        raise ctx.error(_first(bad), "RepeatedHourFlag", f"{df['RepeatedHourFlag'].loc[_first(bad)]!r} is not Y or N")
+    naive = pd.to_datetime(_text(df["SCEDTimestamp"]), format="%m/%d/%Y %H:%M:%S", errors="coerce")
+    if naive.isna().any():
+        label = _first(naive.isna())
+        raise ctx.error(label, "SCEDTimestamp", f"{df['SCEDTimestamp'].loc[label]!r} is not MM/DD/YYYY HH:MM:SS")
+    local = pd.DatetimeIndex(naive).tz_localize(CENTRAL_TZ, ambiguous=(flag == "N").to_numpy(), nonexistent="NaT")
+    if local.isna().any():
+        label = df.index[int(np.flatnonzero(local.isna())[0])]
+        raise ctx.error(label, "SCEDTimestamp", f"{df['SCEDTimestamp'].loc[label]!r} does not exist in Central time")
+    rows = pd.DataFrame({"interval_start": local.tz_convert("UTC"), "settlement_point": point.to_numpy(),
+                         "price_usd_mwh": _parse_price(df["LMP"], "LMP", ctx).to_numpy()})
+    rows = rows.sort_values(["settlement_point", "interval_start"], kind="stable").reset_index(drop=True)
+    following = rows.groupby("settlement_point")["interval_start"].shift(-1)
+    gap = following - rows["interval_start"]
+    rows["interval_end"] = following.where(gap.notna() & (gap > pd.Timedelta(0)) & (gap <= SCED_MAX_GAP),
+                                           rows["interval_start"] + SCED_NOMINAL)
+    rows["market"] = "RT"
+    return finalize_price_frame(rows, ctx.source)
+
+
 # ----------------------------------------------------------------------------------- entry point
 def detect_format(text: str, source: str = "<text>") -> str:
     """Name of the shape ``text`` is in (a key of :data:`FORMATS`), judged from its header.
@@ -586,6 +642,10 @@ def read_price_file(path: str | os.PathLike, settlement_point: str | Iterable[st
     canonical frame. This is what ``hashflex plan`` / ``backtest`` call with the operator's file."""
     path = Path(path)
     text = _read_text(path)
+    first_line = text.lstrip("\ufeff \t\r\n").split("\n", 1)[0]
+    if {c.strip().strip('"') for c in first_line.split(",")} >= set(NP6_788_COLUMNS):
+        _check_market("RT", market, path.name)
+        return parse_sced_lmp(text, settlement_point=settlement_point, source_name=path.name)
     kind = detect_format(text, path.name)
     if kind in _CSV_FORMATS:
         fmt = _CSV_FORMATS[kind]
