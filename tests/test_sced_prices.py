@@ -54,3 +54,17 @@ def test_a_sced_file_passed_as_day_ahead_is_refused(tmp_path: Path) -> None:
     path.write_text(HEADER + "07/01/2025 12:00:10,N,HB_WEST,20\n")
     with pytest.raises(ValueError, match="DA"):
         read_price_file(path, market="DA")
+
+
+def test_the_backtest_settles_each_interval_at_the_time_weighted_mean() -> None:
+    """Before, the backtest took the 5-minute price in force at each interval start (20, not 680)."""
+    from hashflex.backtest.runner import build_actuals
+    from hashflex.profile import load_profile
+
+    profile = load_profile("quiet_hollow")
+    starts = pd.date_range("2025-07-01T00:00", periods=3 * 96 * 2, freq="5min", tz=profile.tz).tz_convert("UTC")
+    prices = pd.DataFrame({"interval_start": starts, "interval_end": starts + pd.Timedelta(minutes=5),
+                           "settlement_point": profile.site.settlement_point, "market": "RT",
+                           "price_usd_mwh": np.tile([20.0, 20.0, 2000.0], 2 * 96)})
+    actuals = build_actuals(profile, prices, "2025-07-01", "2025-07-02")
+    assert np.allclose(actuals.price_usd_mwh, 680.0)

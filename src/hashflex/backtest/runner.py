@@ -46,6 +46,7 @@ from hashflex.control.records import AuditRecorder
 from hashflex.control.loop import ControlLoop, HorizonForecast, LoopConfig
 from hashflex.control.solver import SolveRunner
 from hashflex.feeds.ercot import read_price_file
+from hashflex.frames import time_weighted_mean
 from hashflex.forecast import ForecastConfig, RecordedForecaster
 from hashflex.messages import DREventMessage, RenewableMessage
 from hashflex.optimize.problem import GroupState, Problem, problem_from_profile
@@ -155,10 +156,11 @@ def build_actuals(profile: SiteProfile, prices: pd.DataFrame, start: pd.Timestam
     if end <= start:
         raise ValueError(f"empty window: {start.isoformat()} .. {end.isoformat()}")
     index = pd.date_range(start, end, freq=step, inclusive="left")
-    covered = rt.set_index("interval_start")["price_usd_mwh"]
-    covered = covered[~covered.index.duplicated(keep="last")]
-    # RT may be finer than the grid (5 min): the price in force at each interval start.
-    price = covered.reindex(covered.index.union(index)).ffill().reindex(index)
+    rt = rt.drop_duplicates("interval_start", keep="last")
+    # RT may be finer than the grid (5-minute SCED prices): each interval settles at the
+    # time-weighted mean of the prices inside it, as ERCOT settles (Nodal Protocols §6.6.1).
+    price = pd.Series(time_weighted_mean(rt["interval_start"], rt["interval_end"], rt["price_usd_mwh"], index, step),
+                      index=index)
     notes = []
     outside = (index < first) | (index >= last)
     if outside.any():
