@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from hashflex.profile import SiteProfile
+from hashflex.profile import Receptor, SiteProfile
 
 
 def modelled_laeq_dba(profile: SiteProfile, running: dict[tuple[str, str], int], receptor_id: str,
@@ -38,3 +38,30 @@ def compared_level_dba(measured_dba: float | np.ndarray, background_dba: float, 
         energy = np.power(10.0, np.asarray(measured_dba, dtype=float) / 10.0) - 10.0 ** (background_dba / 10.0)
         level = np.where(energy > 0, 10.0 * np.log10(np.maximum(energy, 1e-300)), -np.inf)
     return float(level) if level.ndim == 0 else level
+
+
+def noise_margin_db(receptor: Receptor, offset_db: float | None = None,
+                    residuals_db: np.ndarray | list[float] | None = None) -> tuple[float, str]:
+    """The margin (dB) a plan keeps below a receptor's cap, and how it was chosen — the one rule
+    the loop, the forecast and the guard use.
+
+    - fixed: ``max(model_margin_db, offset_db)``: the profile's margin, tightened (never loosened)
+      by the calibration offset (how far meters read above the model);
+    - compliance (``receptor.compliance_probability`` = p, with at least
+      ``compliance_min_samples`` residuals): the p-quantile of measured − modelled residuals (dB),
+      floored at 0 — the cap is then met in a share p of intervals if the residuals keep their
+      distribution. This may be below the fixed margin (a meter that agrees with the model earns
+      back the fixed margin's cost) or above it (a model that reads low).
+
+    Returns
+    -------
+    (margin_db, basis) with basis ``"fixed"``, ``"calibrated"`` or ``"compliance p=0.99 (n=412)"``.
+    """
+    p = receptor.compliance_probability
+    residuals = np.asarray([] if residuals_db is None else residuals_db, dtype=float)
+    residuals = residuals[np.isfinite(residuals)]
+    if p is not None and residuals.size >= receptor.compliance_min_samples:
+        return max(float(np.quantile(residuals, p)), 0.0), f"compliance p={p:g} (n={residuals.size})"
+    if offset_db is not None and offset_db > receptor.model_margin_db:
+        return float(offset_db), "calibrated"
+    return float(receptor.model_margin_db), "fixed"

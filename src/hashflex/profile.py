@@ -173,6 +173,11 @@ class Receptor(_Strict):
     model_margin_db: NonNegFloat = Field(
         default=1.0, description="safety margin subtracted from the cap when no sensor confirms the model"
     )
+    # Compliance-level margin: with a probability p, the plan keeps the p-quantile of the meter's
+    # measured − modelled residuals below the cap, so the cap is met in a share p of intervals
+    # (once ``compliance_min_samples`` residuals are known; the fixed margin until then).
+    compliance_probability: float | None = Field(default=None, gt=0.5, lt=1.0)
+    compliance_min_samples: int = Field(default=30, ge=5)
 
     @model_validator(mode="after")
     def _one_path_per_group(self) -> "Receptor":

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import deque
 import math
 import re
 import threading
@@ -41,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from hashflex import audit as records
-from hashflex.acoustics import compared_level_dba, modelled_laeq_dba
+from hashflex.acoustics import compared_level_dba, modelled_laeq_dba, noise_margin_db
 from hashflex.control.dispatch import plan_dispatch
 from hashflex.control.dr import DRBook, DRDecision
 from hashflex.control.fleet import SLEEP, FleetState, MinerSetpoint
@@ -208,6 +209,7 @@ class ControlLoop:
         self.expiry_s = config.expiry_intervals * self.interval_minutes * 60
         self.measurements = Measurements()
         self.noise_offsets_db: dict[str, float] = {}
+        self.noise_residuals_db: dict[str, deque[float]] = {}  # measured − modelled per reading (compliance margin)
         self.telemetry_kw: dict[str, float] = {}
         self._lock = threading.RLock()
         self._solve_lock = threading.Lock()
@@ -249,9 +251,7 @@ class ControlLoop:
                 caps = self.book.noise_caps_over(index, self.interval)
                 initial = group_states(self.fleet, self.profile, now)
                 available = self._availability(len(index))
-                margins = {r.id: max(r.model_margin_db, self.noise_offsets_db.get(r.id, 0.0)) for r in self.profile.receptors}
-                if forecast.noise_margin_db:
-                    margins = {k: max(v, forecast.noise_margin_db.get(k, 0.0)) for k, v in margins.items()}
+                margins = self.noise_margins_db(forecast.noise_margin_db)
                 budgets = self.carbon_budgets(index, now)
                 alert_days = set(self.book.four_cp_alert_days)
                 hashprice = np.atleast_1d(np.asarray(
@@ -530,6 +530,7 @@ class ControlLoop:
             if math.isfinite(modelled) and math.isfinite(measured):
                 offset = self.noise_offsets_db.get(receptor.id, 0.0)
                 self.noise_offsets_db[receptor.id] = max(0.0, 0.8 * offset + 0.2 * (measured - modelled))
+                self.noise_residuals_db.setdefault(receptor.id, deque(maxlen=5_000)).append(measured - modelled)
             self.measurements = _replace(self.measurements,
                                          noise_dba={**self.measurements.noise_dba, receptor.id: message.laeq_dba},
                                          noise_offset_db=dict(self.noise_offsets_db))
@@ -607,7 +608,7 @@ class ControlLoop:
                 continue
             cap = min(receptor.cap_at(local), overrides[receptor.id])
             modelled = self.modelled_level_dba(receptor.id)
-            margin = max(receptor.model_margin_db, self.noise_offsets_db.get(receptor.id, 0.0))
+            margin = self.noise_margins_db()[receptor.id]
             level = modelled + margin if math.isfinite(modelled) else -math.inf
             reading = self.measurements.noise_dba.get(receptor.id)
             if reading is not None:
@@ -856,6 +857,30 @@ class ControlLoop:
                 hours += h
         return total_kwh / hours if hours else math.nan
 
+    def noise_margins_db(self, forecast_margins: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Receptor id → the margin below its cap the plan keeps (``acoustics.noise_margin_db``): the
+        compliance quantile of the meter residuals when the profile asks for one and enough are
+        known; otherwise the fixed margin tightened by the calibration offset and the forecast's."""
+        out = {}
+        for r in self.profile.receptors:
+            margin, basis = noise_margin_db(r, self.noise_offsets_db.get(r.id), self.noise_residuals_db.get(r.id))
+            if not basis.startswith("compliance") and forecast_margins:
+                margin = max(margin, forecast_margins.get(r.id, 0.0))
+            out[r.id] = margin
+        return out
+
+    def noise_compliance(self) -> dict[str, Any]:
+        """Per receptor: the margin in use, its basis, and the share of recorded residuals the
+        margin covers (the empirical probability the cap is met when planned at the cap)."""
+        out = {}
+        for r in self.profile.receptors:
+            residuals = np.asarray(self.noise_residuals_db.get(r.id, ()), dtype=float)
+            margin, basis = noise_margin_db(r, self.noise_offsets_db.get(r.id), residuals)
+            out[r.id] = {"margin_db": round(margin, 3), "basis": basis, "samples": int(residuals.size),
+                         "target_probability": r.compliance_probability,
+                         "covered_share": None if residuals.size == 0 else float(np.mean(residuals <= margin))}
+        return out
+
     def unhealthy_causes(self, now: datetime) -> list[str]:
         """Why the controller is not healthy now (empty: healthy): no recent tick, prices unknown,
         control state not durable."""
@@ -898,6 +923,7 @@ class ControlLoop:
             "miners_unavailable": {m: u.reason for m, u in self.registry.unavailable().items()},
             "counters": dict(self.counters),
             "noise_offsets_db": dict(self.noise_offsets_db),
+            "noise_compliance": self.noise_compliance(),
         }
 
 
