@@ -1,93 +1,231 @@
-"""Backtest ratios: every policy's profit over the oracle's, limit violations, and wall time.
+"""Backtest ratios: the MPC with today's rule forecast and with the learned forecaster, side by side in
+one run, against the threshold policy and the perfect-foresight oracle, settled at the real daily
+hashprice; plus the forecast's own error. Prints one table and the wall time.
 
-Runs mpc, threshold, always-on and oracle on the bundled real ERCOT months (Feb 2020, a normal
-month; Feb 2021, winter storm Uri) for the default profile (west_texas, LZ_WEST) and the
-noise-dominated one (quiet_hollow, LZ_NORTH), then prints one table: profit, profit / oracle
-profit, hard-limit violations, and backtest wall seconds per simulated day (per policy), plus the
-extrapolated wall time of a 28-day month at that rate.
+Cases (real ERCOT prices; windows start on the case's default day, ``--days`` long):
 
-    python optimization/benchmarks/backtest_ratios.py                 # 3 days per case (a few minutes)
-    python optimization/benchmarks/backtest_ratios.py --days 1 --replan-minutes 15 60
-    python optimization/benchmarks/backtest_ratios.py --full-month   # every full day of each month (slow)
-    python optimization/benchmarks/backtest_ratios.py --policies mpc oracle
+- ``2020-02``: bundled RTM/DAM Feb 2020 at the profile's point (west_texas: LZ_WEST), a normal month.
+- ``2021-02``: bundled Feb 2021, Winter Storm Uri (load shed from Feb 15).
+- ``2024-03``, ``2024-05``: the shared development data ``../shared/data/ercot/dev2`` (hub prices,
+  ERCOT's day-ahead system load forecast). Only the hub average HB_HUBAVG has a 15-minute RT series
+  there (HB_WEST has hourly RT means only), so these cases use a copy of the profile whose
+  settlement point is **HB_HUBAVG** (type HU). The learned model also reads the load forecast here.
 
-Goals (issue): mpc within 3 % of the oracle and ahead of threshold where noise or carbon binds, zero
-hard-limit violations; a month at 15-min, re-planned every interval, 24 h horizon, in under 2 min.
+Columns: profit ($), profit / oracle, profit / threshold (only when the threshold's profit is
+positive; else the difference in $), forecast MAE ($/MWh, over hourly decisions × the next 24 h),
+pinball loss (mean over P10/P50/P90; the rule forecast is a point, scored as every quantile),
+spike hit rate (intervals whose actual RT was above the least efficient group's breakeven at that
+day's hashprice that the forecast also put above it) and false-alarm rate, hard-limit violations,
+wall seconds. Every case settles each UTC day at that day's hashprice from the bundled bitcoin data
+(``feeds.hashprice.bundled_hashprice``; ``--constant-hashprice`` for the profile's 49 $/PH/day).
+
+    python optimization/benchmarks/backtest_ratios.py                       # 3 days per case
+    python optimization/benchmarks/backtest_ratios.py --cases 2021-02 --days 4
+    python optimization/benchmarks/backtest_ratios.py --days 7 --profiles west_texas quiet_hollow
+
+Goals (issue 14): mpc >= 99.5 % of the oracle on normal months; in Uri >= the threshold and > 0.
+Needs scikit-learn (``pip install 'hashflex[forecast]'``).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from hashflex.backtest.runner import Progress, build_actuals, load_prices, run_backtest
-from hashflex.backtest.summary import ratio_table, summary_document
+from hashflex.backtest.runner import (
+    Actuals,
+    BacktestResult,
+    Progress,
+    SnapshotForecaster,
+    build_actuals,
+    load_prices,
+    run_backtest,
+)
+from hashflex.backtest.summary import summary_document, violations
 from hashflex.data import bundled_path
-from hashflex.profile import load_profile
+from hashflex.feeds.hashprice import bundled_hashprice
+from hashflex.price_model import QUANTILES, LearnedPriceForecaster, pinball_loss
+from hashflex.profile import SiteProfile, load_profile
 
-MONTHS = {  # month -> (RT file, first day of the default window)
+ROOT = Path(__file__).resolve().parents[2]
+DEV2 = ROOT.parent / "shared" / "data" / "ercot" / "dev2"
+CASES = {  # case -> (source, first day of the default window)
     "2020-02": ("ercot/RTM-2020-02.csv", "2020-02-10"),
     "2021-02": ("ercot/RTM-2021-02.csv", "2021-02-14"),  # Uri: load shed from Feb 15
+    "2024-03": ("dev2", "2024-03-12"),
+    "2024-05": ("dev2", "2024-05-07"),  # 2024-05-08: HB_WEST RT 3,057, NSPIN 2,150
 }
-PROFILES = ("west_texas", "quiet_hollow")
-POLICIES = ["mpc", "threshold", "always-on", "oracle"]
+HUB = "HB_HUBAVG"
+
+
+def dev2_prices(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """HB_HUBAVG RT (15 min) and DA (hourly) as a canonical price frame, and ERCOT's day-ahead system
+    load forecast (hourly MW), from the shared dev2 files (real ERCOT data; see their README)."""
+    frames = []
+    for name, market, minutes in (("rt_spp_hb_hubavg_15min.csv", "RT", 15), ("dam_spp_hb_hubavg_hourly.csv", "DA", 60)):
+        raw = pd.read_csv(folder / name)
+        start = pd.to_datetime(raw["interval_start_utc"], utc=True).dt.as_unit("us")
+        frames.append(pd.DataFrame({"interval_start": start, "interval_end": start + pd.Timedelta(minutes=minutes),
+                                    "settlement_point": raw["settlement_point"].astype(str), "market": market,
+                                    "price_usd_mwh": raw["price_usd_per_mwh"].astype(float)}))
+    prices = pd.concat(frames, ignore_index=True)
+    load = pd.read_csv(folder / "system_load_forecast_da_hourly.csv")
+    load = pd.DataFrame({"interval_start": pd.to_datetime(load["interval_start_utc"], utc=True).dt.as_unit("us"),
+                         "load_forecast_mw": load["da_demand_forecast_mw"].astype(float)})
+    return prices[prices["settlement_point"] == HUB].reset_index(drop=True), load
+
+
+def hub_copy(profile: SiteProfile) -> SiteProfile:
+    site = profile.site.model_copy(update={"settlement_point": HUB, "settlement_point_type": "HU"})
+    return profile.model_copy(update={"site": site})
+
+
+def breakeven_usd_mwh(profile: SiteProfile, hashprice_usd_per_ph_day: np.ndarray) -> np.ndarray:
+    """Per interval: the stock-mode breakeven of the least efficient group (the first to curtail)."""
+    fee = 1 - profile.economics.pool_fee_pct / 100
+    worst = min(((m.hashrate_th_s / m.power_kw) for g in profile.miner_groups for m in g.modes if m.name == "stock"),
+                default=None)
+    if worst is None:
+        worst = min(m.hashrate_th_s / m.power_kw for g in profile.miner_groups for m in g.modes)
+    return hashprice_usd_per_ph_day / 1000.0 / 24.0 * worst * fee * 1000.0 - profile.grid.total_adder_usd_mwh
+
+
+def forecast_errors(profile: SiteProfile, actuals: Actuals, hook: LearnedPriceForecaster,
+                    hashprice: pd.DataFrame | None) -> dict[str, dict[str, float]]:
+    """MAE, pinball and spike hit/false-alarm rates of the rule forecast and the learned one, over
+    hourly decisions in the window, each scored on the next 24 h of actual RT prices."""
+    rt = actuals.prices[actuals.prices["market"] == "RT"].set_index("interval_start")["price_usd_mwh"]
+    rt = rt[~rt.index.duplicated(keep="last")]
+    rules, learned = SnapshotForecaster(profile, actuals), SnapshotForecaster(profile, actuals, price_forecaster=hook)
+    from hashflex.feeds.hashprice import hashprice_by_day
+
+    acc: dict[str, dict[str, list[np.ndarray]]] = {"rules": {}, "learned": {}}
+    for tau in actuals.index[::4]:
+        times = pd.date_range(tau, periods=96, freq="15min")
+        actual = rt.reindex(times).to_numpy(dtype=float)
+        ok = np.isfinite(actual)
+        hp = (hashprice_by_day(hashprice, times) if hashprice is not None
+              else np.full(96, profile.economics.hashprice_usd_per_ph_day))
+        line = breakeven_usd_mwh(profile, hp)
+        point_rules = rules(tau, tau, 96).price_usd_mwh
+        point_learned = learned(tau, tau, 96).price_usd_mwh
+        quantiles = hook.quantiles(times, tau) or {q: point_learned for q in QUANTILES}
+        for name, point, qs in (("rules", point_rules, {q: point_rules for q in QUANTILES}),
+                                ("learned", point_learned, quantiles)):
+            bucket = acc[name]
+            bucket.setdefault("actual", []).append(actual[ok])
+            bucket.setdefault("point", []).append(point[ok])
+            bucket.setdefault("line", []).append(line[ok])
+            for q in QUANTILES:
+                bucket.setdefault(f"q{q}", []).append(np.asarray(qs[q])[ok])
+    out = {}
+    for name, bucket in acc.items():
+        y, p, line = (np.concatenate(bucket[k]) for k in ("actual", "point", "line"))
+        spikes = y > line
+        out[name] = {
+            "mae": float(np.mean(np.abs(y - p))),
+            "pinball": float(np.mean([pinball_loss(y, np.concatenate(bucket[f"q{q}"]), q) for q in QUANTILES])),
+            "spike_hit": float(np.mean(p[spikes] > line[spikes])) if spikes.any() else math.nan,
+            "false_alarm": float(np.mean(p[~spikes] > line[~spikes])) if (~spikes).any() else math.nan,
+            "spikes": int(spikes.sum()),
+        }
+    return out
+
+
+def run_case(name: str, case: str, days: int, hashprice: pd.DataFrame | None, quiet: bool) -> tuple[dict, dict, dict]:
+    source, first_day = CASES[case]
+    profile = load_profile(name)
+    load = None
+    if source == "dev2":
+        profile = hub_copy(profile)
+        prices, load = dev2_prices(DEV2)
+    else:
+        prices = load_prices(profile, [bundled_path(source)])
+    start = pd.Timestamp(first_day)
+    actuals = build_actuals(profile, prices, start, start + pd.Timedelta(days=days), hashprice=hashprice)
+    hook = LearnedPriceForecaster(actuals.prices, profile.site.settlement_point, profile.site.timezone,
+                                  load_forecast=load)
+    progress = Progress.factory(quiet)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    base = run_backtest(profile, actuals, ["mpc", "threshold", "oracle"], progress=progress)
+    timings["rules+threshold+oracle"] = time.perf_counter() - started
+    started = time.perf_counter()
+    learned = run_backtest(profile, actuals, ["mpc"], progress=progress, price_forecaster=hook)
+    timings["mpc learned"] = time.perf_counter() - started
+    runs = {"mpc rules": base.runs["mpc"], "mpc learned": learned.runs["mpc"],
+            "threshold": base.runs["threshold"], "oracle": base.runs["oracle"]}
+    schedules = {"mpc rules": base.schedules["mpc"], "mpc learned": learned.schedules["mpc"],
+                 "threshold": base.schedules["threshold"], "oracle": base.schedules["oracle"]}
+    document = summary_document(BacktestResult(profile, actuals, runs, schedules))
+    started = time.perf_counter()
+    errors = forecast_errors(profile, actuals, hook, hashprice)
+    timings["forecast scoring"] = time.perf_counter() - started
+    hp = actuals.hashprice_usd_per_ph_day
+    document["hashprice"] = ("profile constant" if hp is None else f"{hp.min():.1f}..{hp.max():.1f} $/PH/day")
+    document["point"] = profile.site.settlement_point
+    document["fits"] = hook.fits
+    return document, errors, timings
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--days", type=int, default=3, help="days per case from the month's default start day")
-    parser.add_argument("--full-month", action="store_true", help="every full day of each month")
-    parser.add_argument("--profiles", nargs="+", default=list(PROFILES))
-    parser.add_argument("--months", nargs="+", default=list(MONTHS), choices=list(MONTHS))
-    parser.add_argument("--replan-minutes", type=int, nargs="+", default=[15],
-                        help="mpc re-plan period(s); each gets its own mpc row (default 15 = every interval)")
-    parser.add_argument("--policies", nargs="+", default=POLICIES, choices=POLICIES)
+    parser.add_argument("--days", type=int, default=3, help="days per case from the case's default start day")
+    parser.add_argument("--profiles", nargs="+", default=["west_texas"])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--constant-hashprice", action="store_true", help="settle at the profile's constant")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-
-    entries = []
-    timings = []
+    hashprice = None if args.constant_hashprice else bundled_hashprice()
+    if any(CASES[c][0] == "dev2" for c in args.cases) and not DEV2.is_dir():
+        print(f"dev2 data not found at {DEV2}; run with --cases 2020-02 2021-02", file=sys.stderr)
+        return 2
+    wall_started = time.perf_counter()
+    header = (f"{'case':28s} {'policy':12s} {'profit $':>12s} {'/oracle':>8s} {'/thresh':>12s} {'MAE':>7s} "
+              f"{'pinball':>8s} {'spike hit':>9s} {'false al':>8s} {'violations':>10s} {'wall s':>7s}")
+    lines = [header, "-" * len(header)]
+    notes = []
     for name in args.profiles:
-        profile = load_profile(name)
-        for month in args.months:
-            path, first_day = MONTHS[month]
-            prices = load_prices(profile, [bundled_path(path)])
-            if args.full_month:
-                actuals = build_actuals(profile, prices)
-            else:
-                start = pd.Timestamp(first_day)
-                actuals = build_actuals(profile, prices, start, start + pd.Timedelta(days=args.days))
-            case = f"{name} {month}"
-            document = None
-            for k, replan in enumerate(args.replan_minutes):
-                policies = args.policies if k == 0 else ["mpc"]
-                started = time.perf_counter()
-                result = run_backtest(profile, actuals, policies, replan_minutes=replan,
-                                      progress=Progress.factory(args.quiet))
-                part = summary_document(result)
-                if document is None:
-                    document = part
+        for case in args.cases:
+            started = time.perf_counter()
+            document, errors, timings = run_case(name, case, args.days, hashprice, args.quiet)
+            label = f"{name}@{document['point']} {case}"
+            policies = document["policies"]
+            threshold = policies["threshold"]["profit_usd"]
+            for policy, figures in policies.items():
+                profit = figures["profit_usd"]
+                if policy == "threshold" or policy == "oracle":
+                    vs = "-"
+                elif threshold > 0:
+                    vs = f"{profit / threshold:.4f}"
                 else:
-                    oracle = document["policies"]["oracle"]["profit_usd"]
-                    figures = part["policies"]["mpc"]
-                    figures["profit_ratio_to_oracle"] = figures["profit_usd"] / oracle if oracle and oracle > 0 else None
-                    document["policies"][f"mpc/{replan}min"] = figures
-                if k == 0 and len(args.replan_minutes) > 1:
-                    document["policies"][f"mpc/{replan}min"] = document["policies"].pop("mpc")
-                timings.append((case, replan, time.perf_counter() - started, actuals.days))
-            entries.append((case, document))
-            print(f"{case}: {actuals.days:g} days done", file=sys.stderr)
-    print(ratio_table(entries))
+                    vs = f"{profit - threshold:+,.0f} $"
+                err = errors.get(policy.replace("mpc ", "")) if policy.startswith("mpc") else None
+                lines.append(
+                    f"{label:28s} {policy:12s} {profit:12,.0f} {fmt_ratio(figures['profit_ratio_to_oracle']):>8s} "
+                    f"{vs:>12s} {err['mae'] if err else math.nan:7.1f} {err['pinball'] if err else math.nan:8.1f} "
+                    f"{fmt_ratio(err['spike_hit']) if err else '-':>9s} {fmt_ratio(err['false_alarm']) if err else '-':>8s} "
+                    f"{violations(figures):>10s} {figures['wall_seconds']:7.1f}")
+            notes.append(f"{label}: {document['window']['start']} .. {document['window']['end']}, hashprice "
+                         f"{document['hashprice']}, spike intervals scored {errors['rules']['spikes']}, learned model "
+                         f"fits {document['fits']}, wall {time.perf_counter() - started:.0f} s "
+                         + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+            print(f"{label}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    print("\n".join(lines))
     print()
-    print("wall time per simulated day (s) and a 28-day month extrapolated (min):")
-    for case, document in entries:
-        days = document["window"]["days"]
-        for policy, figures in document["policies"].items():
-            per_day = figures["wall_seconds"] / days
-            print(f"  {case:24s} {policy:12s} {per_day:7.1f} s/day  -> {per_day * 28 / 60:6.1f} min/month")
+    print("\n".join(notes))
+    print(f"\ntotal wall time {time.perf_counter() - wall_started:.0f} s")
     return 0
 
 

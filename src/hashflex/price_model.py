@@ -85,6 +85,8 @@ class PriceModelConfig:
     max_leaf_nodes: int = 15
     min_samples_leaf: int = 40
     plan_quantile: float = 0.5  # the price the MILP plans with in normal times
+    plan_mean: bool = False  # plan at the mean of P10/P50/P90 (≈ the expected price) instead of plan_quantile
+    residual: bool = True  # learn RT − base (DA, else RT yesterday, else last RT) rather than RT itself
     scarcity_window_h: float = 2.0
     scarcity_rt_usd_mwh: float = 1000.0
     scarcity_spread_usd_mwh: float = 300.0
@@ -281,6 +283,13 @@ class LearnedPriceForecaster:
         return np.column_stack([lead_h, da, load, self.hour_local[safe], self.weekday[safe], np.full(n, rt_last),
                                 np.full(n, rt_mean), np.full(n, rt_max), np.full(n, spread), rt_yday])
 
+    @staticmethod
+    def _base(X: np.ndarray) -> np.ndarray:  # noqa: N803
+        """The naive forecast the model corrects: DA where published, else RT of the same interval
+        yesterday, else the last RT price (columns of :data:`FEATURES`)."""
+        da, yday, last = X[:, 1], X[:, 9], X[:, 5]
+        return np.where(np.isfinite(da), da, np.where(np.isfinite(yday), yday, last))
+
     def _slots_of(self, times: pd.DatetimeIndex) -> np.ndarray:
         return (_ns(times) - self.origin_ns) // _STEP_NS
 
@@ -320,9 +329,15 @@ class LearnedPriceForecaster:
         if self._labelled_days(now_ns) < self.config.min_train_days:
             return False
         X, y = self._training_set(now_ns)  # noqa: N806 - the estimator's convention
+        cfg = self.config
+        if cfg.residual:
+            # Trees cannot extrapolate: learning the correction to DA keeps DA's level (a storm's DA at
+            # 1,000s) where the training weeks never saw such prices.
+            y = y - self._base(X)
+            keep = np.isfinite(y)
+            X, y = X[keep], y[keep]  # noqa: N806
         if len(y) < 200:
             return False
-        cfg = self.config
         # A column with no finite value or a single one (e.g. no load forecast bundled for the month)
         # carries no information, and scikit-learn's binning refuses an all-NaN column: leave it out.
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
@@ -373,12 +388,16 @@ class LearnedPriceForecaster:
         if not self._ensure_model(now_ns):
             return None
         assert self._models is not None
-        X = self._features(now_ns, self._slots_of(pd.DatetimeIndex(times)))[:, self._columns]  # noqa: N806
+        full = self._features(now_ns, self._slots_of(pd.DatetimeIndex(times)))
+        X = full[:, self._columns]  # noqa: N806
         from threadpoolctl import threadpool_limits
 
         qs = sorted(self._models)
         with threadpool_limits(1):
-            stacked = np.sort(np.vstack([self._models[q].predict(X) for q in qs]), axis=0)
+            stacked = np.vstack([self._models[q].predict(X) for q in qs])
+        if self.config.residual:
+            stacked = stacked + self._base(full)
+        stacked = np.sort(stacked, axis=0)
         return {q: stacked[i] for i, q in enumerate(qs)}
 
     def __call__(self, times: pd.DatetimeIndex, snapshot: Snapshot | None, now: pd.Timestamp) -> np.ndarray:
@@ -397,7 +416,12 @@ class LearnedPriceForecaster:
                                       f"price: learned model has {self._labelled_days(now_ns):.1f} day(s) of "
                                       f"published RT history (< {cfg.min_train_days:g}); the rules alone"))
         else:
-            price = q[cfg.scarcity_quantile if state.active else cfg.plan_quantile].copy()
+            if state.active:
+                price = q[cfg.scarcity_quantile].copy()
+            elif cfg.plan_mean:
+                price = np.mean([q[k] for k in QUANTILES], axis=0)
+            else:
+                price = q[cfg.plan_quantile].copy()
         if state.active:
             slots = self._slots_of(times)
             safe = np.clip(slots, 0, self.n - 1)
