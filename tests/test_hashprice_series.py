@@ -155,3 +155,19 @@ def test_threshold_breakeven_uses_the_published_hashprice(actuals, series: pd.Da
     yesterday = series.loc[pd.Timestamp("2020-02-10", tz="UTC"), "hashprice_usd_per_ph_day"]
     assert out.hashprice_usd_per_ph_day == pytest.approx(yesterday)
     assert not math.isclose(yesterday, PROFILE.economics.hashprice_usd_per_ph_day)
+
+
+def test_backtest_cli_settles_at_the_real_hashprice_by_default(tmp_path) -> None:  # noqa: ANN001
+    from hashflex.backtest.cli import main as backtest_main
+
+    common = ["backtest", "--profile", "west_texas", "--prices", str(bundled_path("ercot/RTM-2020-02.csv")),
+              "--from", "2020-02-10T08:00-06:00", "--to", "2020-02-10T10:00-06:00", "--policy", "oracle", "--quiet"]
+    assert backtest_main([*common, "--out", str(tmp_path / "real")]) == 0
+    assert backtest_main([*common, "--hashprice", "profile", "--out", str(tmp_path / "constant")]) == 0
+    real = json.loads((tmp_path / "real" / "summary.json").read_text())
+    constant = json.loads((tmp_path / "constant" / "summary.json").read_text())
+    assert any(n.startswith("hashprice: each UTC day's own value") for n in real["notes"])
+    assert not any(n.startswith("hashprice:") for n in constant["notes"])
+    # Feb 2020's ~160 $/PH/day against the profile's 49: the same hashrate earns about 3x as much.
+    ratio = real["policies"]["oracle"]["revenue_usd"] / constant["policies"]["oracle"]["revenue_usd"]
+    assert ratio > 2.5

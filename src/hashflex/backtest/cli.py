@@ -86,6 +86,10 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
                              "solver is killed and the greedy fallback used, as in the daemon")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated noise sensors")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--hashprice", choices=("bundled", "profile"), default="bundled",
+                        help="settle each UTC day at that day's hashprice from the bundled bitcoin data (default; "
+                             "the profile's constant where the window lies outside it, with a note), or at the "
+                             "profile's constant")
 
 
 def add_backtest_parsers(subparsers: Any) -> None:
@@ -122,6 +126,17 @@ def _inputs(args: argparse.Namespace, profile: SiteProfile):  # noqa: ANN202 - A
     if args.dr_events:
         payload = json.loads(Path(args.dr_events).read_text(encoding="utf-8"))
         events = [DREventMessage.model_validate(item) for item in (payload if isinstance(payload, list) else [payload])]
+    if getattr(args, "hashprice", "profile") == "bundled":
+        from hashflex.feeds.hashprice import bundled_hashprice
+
+        try:
+            return build_actuals(profile, prices, args.start, _window_end(args.end), renewables=renewables,
+                                 dr_events=events, hashprice=bundled_hashprice())
+        except ValueError as exc:
+            if not str(exc).startswith("hashprice:"):
+                raise
+            print(f"note: {exc}; the window is settled at the profile's "
+                  f"{profile.economics.hashprice_usd_per_ph_day:g} $/PH/day", file=sys.stderr)
     return build_actuals(profile, prices, args.start, _window_end(args.end), renewables=renewables, dr_events=events)
 
 
