@@ -13,7 +13,10 @@ Rules (each interval t of the horizon; Δ = profile interval; every fallback is 
 
 Price ($/MWh, the site's settlement point)
   1. Day-ahead (DA) hourly price covering t, if published (NP4-190 posts ~13:00 CT the day before).
-  2. Else the external forecaster hook (``price_forecaster``), where it returns a finite value.
+  2. Else the external forecaster hook (``price_forecaster``), where it returns a finite value. A hook
+     with ``replaces_day_ahead`` (the learned model of :mod:`hashflex.price_model`, which reads the
+     DA price as an input) comes *before* rule 1; its ``last_fallbacks`` (e.g. the scarcity regime,
+     ``PRICE_SCARCITY``) are listed with the forecast's.
   3. Else real-time (RT) price of the same local wall-clock time yesterday (the day's load shape
      repeats; on DST days the wall clock, not UTC, is matched).
   4. Else **unknown → ``unknown_price_usd_mwh``** (default 5,000 $/MWh, ERCOT's offer cap): a careful
@@ -36,7 +39,8 @@ Carbon intensity (kg CO2/MWh)
   published by now (climatology). 4. Else the profile's static ``default_intensity_kg_per_mwh``.
 Hashprice ($/PH/day)
   The newest feed value younger than ``max_age_hashprice_s`` for the whole horizon, else the
-  profile's ``hashprice_usd_per_ph_day`` (operator-set; listed as a fallback).
+  profile's ``hashprice_usd_per_ph_day`` (operator-set; listed as a fallback). A daily series
+  (:func:`hashflex.feeds.hashprice.bundled_hashprice`) is published at the end of its UTC day.
 Import limit (kW)
   Minimum over DR/limit rows in force at any moment of the interval (open end = until cancelled);
   inf where none (``problem_from_profile`` adds the interconnection and 4CP limits).
