@@ -769,14 +769,24 @@ class ControlLoop:
         local = previous.tz_convert(self.profile.tz).to_pydatetime()
         summary = self.meter.summary({r.id: r.cap_at(local) for r in self.profile.receptors})
         self.meter.reset()
-        price = None
+        price = intensity = source = None
         if self.store is not None:
             settled = self.store.prices(previous.to_pydatetime(), current.to_pydatetime(),
                                         settlement_point=self.profile.site.settlement_point, market="RT")
-            price = float(settled["price_usd_mwh"].mean()) if not settled.empty else None
+            if not settled.empty:  # finer prices settle to their time-weighted mean (frames rule)
+                weights = (settled["interval_end"] - settled["interval_start"]).dt.total_seconds()
+                price = float((settled["price_usd_mwh"] * weights).sum() / weights.sum())
+            # The grid's average carbon intensity measured in the interval (in/carbon), with its
+            # source, so the report's location-based Scope 2 says where each hour's factor came from.
+            carbon = self.store.observations("carbon", previous.to_pydatetime(), current.to_pydatetime(),
+                                             key="average")
+            if not carbon.empty:
+                intensity = float(carbon["intensity_kg_per_mwh"].mean())
+                source = "; ".join(sorted(set(map(str, carbon["source"])))) if "source" in carbon else "in/carbon"
         self.record_measurement(previous.to_pydatetime(), interval_h, load_kw=summary["load_kw"],
                                 renewable_kw=summary["renewable_kw"], hashrate_th_s=summary["hashrate_th_s"],
-                                noise=summary["noise"], price_usd_mwh=price)
+                                noise=summary["noise"], price_usd_mwh=price, intensity_kg_per_mwh=intensity,
+                                intensity_source=source)
 
     def _record_guard(self, result: GuardResult, now: datetime, event_id: str | None) -> None:
         self._record("setpoints", lambda: records.setpoints_payload(result.batch, source="guard"), now)

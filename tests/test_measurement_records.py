@@ -1,0 +1,57 @@
+"""What a live interval's measurement record carries for the evidence reports (issue 13): the
+grid carbon intensity measured in the interval (in/carbon) with its source, the settled price as
+the time-weighted mean of finer real-time prices, the import limit in force and its source."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hashflex.control.loop import ControlLoop, HorizonForecast
+from hashflex.control.records import IntervalMeter
+from hashflex.control.solver import SolveRunner
+from hashflex.messages import CarbonIntensityMessage, PriceMessage
+from hashflex.profile import load_profile
+from hashflex.sim.site import SimulatedFleet
+from hashflex.store import Store
+
+PROFILE = load_profile("quiet_hollow")
+T0 = datetime(2025, 7, 1, 15, 0, tzinfo=timezone.utc)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.records: list[tuple[str, dict]] = []
+
+    def record(self, kind: str, payload: dict, at: datetime) -> None:
+        self.records.append((kind, payload))
+
+
+def test_live_measurement_carries_intensity_price_and_limit(tmp_path: Path) -> None:
+    def forecaster(now, start, periods):  # noqa: ANN001, ANN202
+        return HorizonForecast(pd.date_range(start, periods=periods, freq="15min"), np.full(periods, 20.0))
+
+    recorder = Recorder()
+    with Store(tmp_path / "s.db") as store:
+        for k, price in enumerate([10.0, 10.0, 100.0]):  # three 5-minute prices: 40 $/MWh settled
+            start = T0 + timedelta(minutes=5 * k)
+            store.put(PriceMessage(settlement_point=PROFILE.site.settlement_point, market="RT", interval_start=start,
+                                   interval_end=start + timedelta(minutes=5), price_usd_mwh=price))
+        store.put(CarbonIntensityMessage(intensity_kg_per_mwh=412.0, kind="average", timestamp=T0 + timedelta(minutes=3),
+                                         source="ERCOT fuel mix (test)"))
+        store.flush()
+        loop = ControlLoop(PROFILE, forecaster=forecaster, driver=SimulatedFleet(PROFILE), store=store,
+                           recorder=recorder, meter=IntervalMeter(), solver=SolveRunner(inline=True))
+        loop.tick(T0)
+        loop.tick(T0 + timedelta(minutes=15))  # closes the first interval
+    (measurement,) = [p for k, p in recorder.records if k == "measurement"]
+    assert measurement["intensity_kg_per_mwh"] == 412.0
+    assert measurement["intensity_source"] == "ERCOT fuel mix (test)"
+    assert measurement["price_usd_mwh"] == pytest.approx(40.0)
+    assert measurement["import_limit_kw"] == PROFILE.grid.import_limit_kw
+    assert measurement["import_limit_source"] == "interconnection"
+    assert measurement["source"] == "metered"
