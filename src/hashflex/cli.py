@@ -209,9 +209,8 @@ def _simulate_with_site(profile, args: argparse.Namespace, site) -> int:
         frame.to_csv(out / "simulation.csv")
         print(f"per-interval results written to {out / 'simulation.csv'}; store and audit trail in {store_path} "
               f"(try: hashflex audit verify --db {store_path})")
-        if site is not None:
-            report_path = _write_report(Path(store_path), out / "report.html")
-            print(f"HTML report: {report_path}")
+        report_path = _write_report(Path(store_path), out / "report.html")  # served or not
+        print(f"HTML report: {report_path}")
     if site is not None and args.live:
         import signal
         import threading
