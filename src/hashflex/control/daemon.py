@@ -29,7 +29,6 @@ import signal
 import threading
 from typing import Any
 
-import paho.mqtt.client as mqtt
 
 from hashflex.control.fleet import FleetState
 from hashflex.control.limits import LimitsBook
@@ -37,7 +36,7 @@ from hashflex.control.http import DEFAULT_HTTP_PORT, StatusServer
 from hashflex.control.loop import ControlLoop, LoopConfig
 from hashflex.control.records import AuditRecorder, IntervalMeter
 from hashflex.control.solver import SolveRunner
-from hashflex.feeds.mqtt import MqttIngest
+from hashflex.feeds.mqtt import MqttIngest, mqtt_client
 from hashflex.feeds.poll import price_feed_from_env
 from hashflex.frames import utc_now
 from hashflex.messages import Topics
@@ -54,13 +53,8 @@ class MqttPublisher:
     def __init__(self, site: str, host: str, port: int, username: str | None = None,
                  password: str | None = None, tls_ca_file: str | None = None) -> None:
         self.topics = Topics(site)
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hashflex-publisher-{site}",
-                                   protocol=mqtt.MQTTv5)
-        if username is not None:
-            self._client.username_pw_set(username, password)
-        if tls_ca_file:
-            self._client.tls_set(ca_certs=tls_ca_file)
-        self._client.reconnect_delay_set(1, 30)
+        self._client = mqtt_client(f"hashflex-publisher-{site}", username=username, password=password,
+                                   tls_ca_file=tls_ca_file)
         self._client.connect_async(host, port)
         self._client.loop_start()
 

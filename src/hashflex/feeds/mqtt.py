@@ -73,7 +73,7 @@ from hashflex.plausibility import PlausibilityContext, check_plausible
 from hashflex.profile import SiteProfile
 from hashflex.store import Store, utc_now
 
-__all__ = ["MqttIngest", "MessageCallback", "RejectionCallback"]
+__all__ = ["MqttIngest", "MessageCallback", "RejectionCallback", "mqtt_client"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,22 @@ RejectionCallback = Callable[[Rejection], None]
 COUNTERS = ("accepted", "rejected", "duplicate", "errors")
 COMMAND_KINDS = frozenset({"dr", "limits"})  # answered by the control loop, never stored by the ingest
 _LOG_EVERY_S = 60.0  # a repeated rejection reason is logged at WARNING at most this often
+
+
+def mqtt_client(client_id: str, *, username: str | None = None, password: str | None = None,
+                tls_ca_file: str | None = None, manual_ack: bool = False, reconnect_min_s: float = 1.0,
+                reconnect_max_s: float = 30.0) -> mqtt.Client:
+    """A paho-mqtt 2.x client as every hashflex component sets one up: MQTT v5, the VERSION2
+    callback API, optional username/password and TLS (the CA file verifies the broker), reconnect
+    back-off between ``reconnect_min_s`` and ``reconnect_max_s``. Not connected yet."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                         manual_ack=manual_ack)
+    if username is not None:
+        client.username_pw_set(username, password)
+    if tls_ca_file:
+        client.tls_set(ca_certs=tls_ca_file)
+    client.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)  # type: ignore[arg-type]
+    return client
 
 
 class MqttIngest:
@@ -128,17 +144,9 @@ class MqttIngest:
         self.connects = 0
 
         self._ack_after_commit = ack_after_commit and store is not None
-        self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"hashflex-ingest-{site}",
-            protocol=mqtt.MQTTv5,
-            manual_ack=self._ack_after_commit,
-        )
-        if username is not None:
-            self._client.username_pw_set(username, password)
-        if tls_ca_file is not None:
-            self._client.tls_set(ca_certs=tls_ca_file)
-        self._client.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)  # type: ignore[arg-type]
+        self._client = mqtt_client(client_id or f"hashflex-ingest-{site}", username=username, password=password,
+                                   tls_ca_file=tls_ca_file, manual_ack=self._ack_after_commit,
+                                   reconnect_min_s=reconnect_min_s, reconnect_max_s=reconnect_max_s)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message

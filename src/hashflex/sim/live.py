@@ -15,8 +15,8 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import paho.mqtt.client as mqtt
 
+from hashflex.feeds.mqtt import mqtt_client
 from hashflex.messages import Topics
 from hashflex.profile import SiteProfile
 from hashflex.sim.miners import MqttSimulatedMiners, miners_from_profile
@@ -40,8 +40,7 @@ def run_live_sim(profile: SiteProfile, host: str, port: int, stop: threading.Eve
     miners = MqttSimulatedMiners(profile.site_id, host, port, miners_from_profile(profile),
                                  telemetry_interval_s=telemetry_interval_s)
     sensors = NoiseSensorSim(profile, bias_db=noise_bias_db or {})
-    meter = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hashflex-sim-noise-{profile.site_id}",
-                        protocol=mqtt.MQTTv5)
+    meter = mqtt_client(f"hashflex-sim-noise-{profile.site_id}")
     meter.connect_async(host, port)
     meter.loop_start()
     with miners:

@@ -57,6 +57,7 @@ from typing import Any, Callable
 import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
+from hashflex.feeds.mqtt import mqtt_client
 from hashflex.messages import SetpointMessage, TelemetryMessage, Topics
 from hashflex.profile import MinerGroup, SiteProfile
 from hashflex.sim.hardware import MinerHardware
@@ -822,13 +823,8 @@ class MqttSimulatedMiners(_Fleet):
         self.received: dict[str, collections.deque[tuple[SetpointMessage, int | None]]] = {
             m: collections.deque(maxlen=1000) for m in self.miners}
         self.rejected: collections.deque[str] = collections.deque(maxlen=1000)
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                   client_id=client_id or f"hashflex-sim-{site}-{next(self._ids)}",
-                                   protocol=mqtt.MQTTv5)
-        if username is not None:
-            self._client.username_pw_set(username, password)
-        if tls_ca_file is not None:
-            self._client.tls_set(ca_certs=tls_ca_file)
+        self._client = mqtt_client(client_id or f"hashflex-sim-{site}-{next(self._ids)}", username=username,
+                                   password=password, tls_ca_file=tls_ca_file)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._connected = threading.Event()
