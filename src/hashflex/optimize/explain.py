@@ -8,6 +8,8 @@ interval, something across time holds it back (carbon budget, min on/off, ramp).
 
 Reason codes, in order of precedence: the import-limit source (``DR``, ``4CP window``,
 ``import limit``), ``noise:<receptor>``, ``carbon``, ``equipment``, ``price``; full load gives "".
+Ahead of all of them, ``reserve RRS 5 MW`` (issue 15): reserve is held and a running unit loses
+money on energy alone, so the reserve obligation or offer is what keeps it on.
 """
 
 from __future__ import annotations
@@ -45,8 +47,27 @@ def _step_deltas(problem: Problem, g: int, frm: int | None, to: int) -> tuple[fl
     return new.power_kw - old.power_kw, new.hashrate_th_s - old.hashrate_th_s
 
 
-def explain_intervals(
-    problem: Problem, counts: dict[tuple[int, int], np.ndarray], frame: pd.DataFrame
+
+def _reserve_reasons(problem: Problem, counts: dict[tuple[int, int], np.ndarray], frame: pd.DataFrame,
+                     hp: np.ndarray, carbon_usd_per_kwh: np.ndarray) -> list[str]:
+    """Per interval, "reserve RRS 5 MW" (products joined by ", ") where reserve is held and some
+    running unit loses money on energy alone: the reserve, not the price, keeps it on; else ""."""
+    out = [""] * problem.T
+    if not problem.reserves:
+        return out
+    price = problem.energy_price_usd_mwh
+    for t in range(problem.T):
+        under_water = any(int(counts[g, m][t]) > 0 and mode.hashrate_th_s * hp[t]
+                          - (mode.power_kw - group.idle_power_kw) * (price[t] / 1000.0 + carbon_usd_per_kwh[t]) < 0
+                          for g, group in enumerate(problem.groups) for m, mode in enumerate(group.modes))
+        held = [(r.name, float(frame[f"reserve_{r.name}_kw"].iloc[t])) for r in problem.reserves]
+        held = [f"{name} {kw / 1000.0:g} MW" for name, kw in held if kw > TOLERANCE_KW]
+        if under_water and held:
+            out[t] = "reserve " + ", ".join(held)
+    return out
+
+
+def explain_intervals(    problem: Problem, counts: dict[tuple[int, int], np.ndarray], frame: pd.DataFrame
 ) -> tuple[list[str], list[str]]:
     """(reason code, human sentence) for every interval of a schedule frame."""
     hp = problem.hashprice_usd_per_th_h * (1.0 - problem.pool_fee)
@@ -62,12 +83,13 @@ def explain_intervals(
             used += n * receptor.unit_energy(problem.groups[g].id, problem.groups[g].modes[m])
         noise_energy[receptor.id] = (used, receptor.energy_budget())
 
+    held_by_reserve = _reserve_reasons(problem, counts, frame, hp, carbon_usd_per_kwh)
     reasons, details = [], []
     load = frame["load_kw"].to_numpy()
     full = frame["full_load_kw"].to_numpy()
     grid_import = frame["grid_import_kw"].to_numpy()
     for t in range(problem.T):
-        if load[t] >= full[t] - TOLERANCE_KW:
+        if load[t] >= full[t] - TOLERANCE_KW and not held_by_reserve[t]:
             reasons.append("")
             details.append("full load")
             continue
@@ -112,6 +134,11 @@ def explain_intervals(
             if not blockers:
                 blocked.setdefault("equipment", "equipment: min on/off time, ramp limit or start cost "
                                                 "holds units back")
+        if held_by_reserve[t]:
+            reasons.append(held_by_reserve[t])
+            details.append(f"{held_by_reserve[t]}: units kept running as awarded/offered reserve at an energy "
+                           f"price of ${price:,.2f}/MWh that alone would curtail them")
+            continue
         if profitable == 0:
             reasons.append("price")
             details.append(f"price: energy at ${price:,.2f}/MWh makes every further step unprofitable")

@@ -20,6 +20,8 @@ import pyomo.environ as pyo
 from pyomo.common.gc_manager import PauseGC
 from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpression
 
+from hashflex.optimize.compute import define_compute, load_terms as compute_load_terms, noise_terms as compute_noise_terms
+from hashflex.optimize.compute import objective_terms as compute_objective_terms
 from hashflex.optimize.problem import Problem
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 # that binds exactly (a 1 kW step costs $10) does not swamp the gap of a warm start.
 PENALTY_MIN_ON_USD_PER_UNIT = 1_000.0
 PENALTY_RAMP_USD_PER_KW = 10.0
+# An awarded reserve not held costs $10 per kW-hour ($10,000/MWh): above ERCOT's AS offer cap, so no
+# AS or energy price makes breaking an award pay, while a hard limit (DR, noise, import) still wins.
+PENALTY_RESERVE_SHORT_USD_PER_KW_H = 10.0
 # Relative MIP gap at which a schedule counts as optimal. Price forecasts a day ahead are off by
 # far more than 0.5 %, and the LP-rounded start usually lands within it, so HiGHS can stop at the
 # root; the achieved gap is reported with every schedule.
@@ -60,7 +65,8 @@ def _load_terms(model: pyo.ConcreteModel, problem: Problem, t: int, sign: float 
     terms = [(sign * (mode.power_kw - group.idle_power_kw), model.n[g, m, t])
              for g, group in enumerate(problem.groups) for m, mode in enumerate(group.modes)]
     constant = sum(group.idle_power_kw * int(group.units_available[t]) for group in problem.groups)
-    return terms, sign * constant
+    gpu_terms, gpu_constant = compute_load_terms(model, problem, t, sign)  # GPU clusters (issue 16)
+    return terms + gpu_terms, sign * constant + gpu_constant
 
 
 def define_sets(model: pyo.ConcreteModel, problem: Problem) -> None:
@@ -111,22 +117,27 @@ def define_noise_caps(model: pyo.ConcreteModel, problem: Problem) -> None:
     intervals with no cap get no constraint."""
     if not problem.receptors:
         return
-    rows = []
+    rows, scales = [], {}
     for r, receptor in enumerate(problem.receptors):
         budget = receptor.energy_budget()
         finite = budget[np.isfinite(budget)]
-        scale = 1.0 / max(float(finite.max()) if finite.size else 1.0, 1.0)
+        scale = scales[r] = 1.0 / max(float(finite.max()) if finite.size else 1.0, 1.0)
         coefficients = {(g, m): receptor.unit_energy(group.id, mode) * scale
                         for g, group in enumerate(problem.groups) for m, mode in enumerate(group.modes)}
         for t in range(problem.T):
-            if np.isfinite(budget[t]) and any(coefficients.values()):
+            if np.isfinite(budget[t]) and (any(coefficients.values()) or problem.compute is not None):
                 rows.append((r, t, coefficients, float(budget[t] * scale)))
     model.noise_index = pyo.Set(initialize=[(r, t) for r, t, _, _ in rows], dimen=2)
     lookup = {(r, t): (c, b) for r, t, c, b in rows}
 
     def noise_rule(mdl: pyo.ConcreteModel, r: int, t: int) -> pyo.Expression:
         coefficients, budget = lookup[r, t]
-        return _linear((c, mdl.n[g, m, t]) for (g, m), c in coefficients.items()) <= budget
+        gpu_terms, gpu_constant = compute_noise_terms(mdl, problem, problem.receptors[r].id, t, scales[r])
+        terms = [(c, mdl.n[g, m, t]) for (g, m), c in coefficients.items()] + gpu_terms
+        if not any(c for c, _ in terms):
+            return pyo.Constraint.Skip
+        # Idle cooling noise is a floor; clipped at 0 so that every GPU idle stays feasible.
+        return _linear(terms) <= max(budget - gpu_constant, 0.0)
 
     model.noise_cap = pyo.Constraint(model.noise_index, rule=noise_rule)
 
@@ -246,6 +257,76 @@ def define_ramp(model: pyo.ConcreteModel, problem: Problem) -> None:
     model.ramp_down = pyo.Constraint(model.T, rule=lambda mdl, t: step(mdl, t, -1.0))
 
 
+
+def _reserve_index(problem: Problem) -> list[tuple[int, int]]:
+    """(product p, group g) pairs where group g is qualified for product p."""
+    ids = {group.id: g for g, group in enumerate(problem.groups)}
+    return [(p, ids[group_id]) for p, reserve in enumerate(problem.reserves) for group_id in reserve.group_max_kw]
+
+
+def define_reserve(model: pyo.ConcreteModel, problem: Problem) -> None:
+    """Reserve as a Load Resource (issue 15), r[p,g,t] >= 0 kW of product p carried by group g:
+    r[p,g,t] <= group_max[p,g];  Σ_p r[p,g,t] <= Σ_m (P[g,m] − P_idle[g])·n[g,m,t]  (only load that is
+    running and can be shed counts, once across products);  Σ_g r[p,g,t] <= cap[p,t];
+    Σ_g r[p,g,t] + reserve_short[p,t] >= obligation[p,t]  (an award is a minimum running load; soft,
+    so DR, noise, carbon and the import limit still win, and the shortfall is reported)."""
+    pairs = _reserve_index(problem)
+    model.RP = pyo.Set(initialize=pairs, dimen=2)
+    if not pairs:
+        return
+    bounds = {(p, g, t): (0.0, float(problem.reserves[p].group_max_kw[problem.groups[g].id]))
+              for p, g in pairs for t in range(problem.T)}
+    model.reserve_kw = pyo.Var(model.RP, model.T, domain=pyo.NonNegativeReals, bounds=bounds)
+    model.reserve_short_kw = pyo.Var(range(len(problem.reserves)), model.T, domain=pyo.NonNegativeReals)
+    carried = sorted({g for _, g in pairs})
+
+    def sheddable(mdl: pyo.ConcreteModel, g: int, t: int) -> pyo.Expression:
+        group = problem.groups[g]
+        terms = [(1.0, mdl.reserve_kw[p, g2, t]) for p, g2 in pairs if g2 == g]
+        terms += [(-(mode.power_kw - group.idle_power_kw), mdl.n[g, m, t]) for m, mode in enumerate(group.modes)]
+        return _linear(terms) <= 0.0
+
+    model.reserve_sheddable = pyo.Constraint(carried, model.T, rule=sheddable)
+
+    def cap(mdl: pyo.ConcreteModel, p: int, t: int) -> pyo.Expression:
+        limit = float(problem.reserves[p].max_kw[t])
+        if not np.isfinite(limit):
+            return pyo.Constraint.Skip
+        return _linear((1.0, mdl.reserve_kw[p, g, t]) for p2, g in pairs if p2 == p) <= limit
+
+    def obligation(mdl: pyo.ConcreteModel, p: int, t: int) -> pyo.Expression:
+        terms = [(1.0, mdl.reserve_kw[p, g, t]) for p2, g in pairs if p2 == p] + [(1.0, mdl.reserve_short_kw[p, t])]
+        return _linear(terms) >= float(problem.reserves[p].obligation_kw[t])
+
+    products = range(len(problem.reserves))
+    model.reserve_cap = pyo.Constraint(products, model.T, rule=cap)
+    model.reserve_obligation = pyo.Constraint(products, model.T, rule=obligation)
+
+
+def reserve_value_usd_per_kw(problem: Problem, p: int, g: int) -> np.ndarray:
+    """[T] $ per kW of product p carried by group g over each interval: the clearing price minus the
+    expected deployment cost (the deployed share of the group's best margin per kW, hashes lost net
+    of the energy not bought; nothing when mining is under water anyway)."""
+    reserve, group = problem.reserves[p], problem.groups[g]
+    hp = problem.hashprice_usd_per_th_h * (1.0 - problem.pool_fee)
+    margin = np.max([mode.hashrate_th_s / (mode.power_kw - group.idle_power_kw) * hp
+                     - problem.energy_price_usd_mwh / 1000.0 for mode in group.modes], axis=0)
+    return problem.duration_h * (reserve.price_usd_mw_h / 1000.0 - reserve.deployed_fraction * np.maximum(margin, 0.0))
+
+
+def _reserve_objective_terms(model: pyo.ConcreteModel, problem: Problem) -> list:
+    """Objective terms of `define_reserve`: value of the reserve held, penalty on any award short."""
+    if not hasattr(model, "reserve_kw"):
+        return []
+    terms = []
+    for p, g in model.RP:
+        value = reserve_value_usd_per_kw(problem, p, g)
+        terms += [(float(value[t]), model.reserve_kw[p, g, t]) for t in range(problem.T)]
+    terms += [(-PENALTY_RESERVE_SHORT_USD_PER_KW_H * float(problem.duration_h[t]), v)
+              for (p, t), v in model.reserve_short_kw.items()]
+    return terms
+
+
 def define_objective(model: pyo.ConcreteModel, problem: Problem) -> None:
     """max Σ_t Δt[t]·( Σ n·H[g,m]·hp[t]·(1−fee) − (price[t]+adder)·import[t]/1000
                        + price[t]·export[t]/1000 − carbon_price·emissions[t]/(1000·Δt[t]) )
@@ -267,6 +348,8 @@ def define_objective(model: pyo.ConcreteModel, problem: Problem) -> None:
         terms += [(-PENALTY_MIN_ON_USD_PER_UNIT, v) for v in model.min_off_excess.values()]
     if hasattr(model, "ramp_short_kw"):
         terms += [(-PENALTY_RAMP_USD_PER_KW, v) for v in model.ramp_short_kw.values()]
+    terms += _reserve_objective_terms(model, problem)
+    terms += compute_objective_terms(model, problem)
     model.profit = pyo.Objective(expr=_linear(terms), sense=pyo.maximize)
 
 
@@ -280,11 +363,13 @@ def build_model(problem: Problem) -> pyo.ConcreteModel:
         model = pyo.ConcreteModel(name="hashflex_schedule")
         define_sets(model, problem)
         define_unit_counts(model, problem)
+        define_compute(model, problem)
         define_power_balance(model, problem)
         define_noise_caps(model, problem)
         define_carbon(model, problem)
         define_commitment(model, problem)
         define_ramp(model, problem)
+        define_reserve(model, problem)
         define_objective(model, problem)
     return model
 

@@ -98,6 +98,27 @@ class CarbonBudget:
 
 
 @dataclass(frozen=True)
+class ReserveProduct:
+    """One ancillary service product over the horizon (issue 15; rules in ``profile.AS_PRODUCT_RULES``).
+
+    ``price_usd_mw_h`` [T]: clearing price in $ per MW per hour (ERCOT MCPC) the reserve is paid;
+    ``max_kw`` [T]: the most the site may hold (the offer cap, or the award when awards are known;
+    0 where nothing is offered); ``obligation_kw`` [T]: awarded reserve that must be held (a minimum
+    running load of qualified groups; a shortfall is penalised and reported, never forced past a
+    hard limit); ``group_max_kw``: qualified group id -> kW the group may carry of this product;
+    ``deployed_fraction``: expected share of held hours deployed (prices the hashes lost then);
+    ``deadline_s``: seconds from a deployment instruction to the load being off."""
+
+    name: str
+    price_usd_mw_h: np.ndarray
+    max_kw: np.ndarray
+    obligation_kw: np.ndarray
+    group_max_kw: dict[str, float]
+    deployed_fraction: float = 0.0
+    deadline_s: float = 600.0
+
+
+@dataclass(frozen=True)
 class Problem:
     interval_start: pd.DatetimeIndex  # [T] tz-aware UTC
     duration_h: np.ndarray  # [T]
@@ -117,7 +138,9 @@ class Problem:
     ramp_limit_kw_per_h: float | None = None
     initial_load_kw: float | None = None
     base_interval_h: float = 0.25
+    reserves: tuple[ReserveProduct, ...] = ()  # ancillary services (issue 15)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    compute: Any = None  # compute_problem.ComputeProblem: GPU clusters and workloads (issue 16)
 
     @property
     def T(self) -> int:  # noqa: N802 - the conventional symbol
@@ -133,6 +156,8 @@ class Problem:
         below it (a DR limit of 0 kW) can only be met by powering units off at the PDU, which is the
         guard's job; the optimizer plans all asleep and says so."""
         standby = sum(g.units_available * g.idle_power_kw for g in self.groups)
+        if self.compute is not None:  # every GPU idle, cooling included
+            standby = standby + self.compute.idle_site_kw()
         return np.maximum(standby - self.renewable_kw, 0.0)
 
     @property
@@ -176,6 +201,21 @@ class Problem:
         for budget in self.carbon_budgets:
             if budget.mask.shape != (T,):
                 raise ValueError(f"carbon budget {budget.name}: mask has the wrong shape")
+        if self.compute is not None:
+            self.compute.validate(T)
+        group_ids = {g.id for g in self.groups}
+        for reserve in self.reserves:
+            for name in ("price_usd_mw_h", "max_kw", "obligation_kw"):
+                array = getattr(reserve, name)
+                if array.shape != (T,):
+                    raise ValueError(f"reserve {reserve.name}: {name} has shape {array.shape}, expected ({T},)")
+                if name != "max_kw" and not np.all(np.isfinite(array)):
+                    raise ValueError(f"reserve {reserve.name}: {name} has non-finite values")
+            if np.any(reserve.max_kw < 0) or np.any(reserve.obligation_kw < 0):
+                raise ValueError(f"reserve {reserve.name}: max_kw and obligation_kw must be >= 0")
+            unknown = set(reserve.group_max_kw) - group_ids
+            if unknown:
+                raise ValueError(f"reserve {reserve.name}: group_max_kw names unknown groups {sorted(unknown)}")
 
 
 def _as_array(value: float | np.ndarray | pd.Series | None, T: int, default: float) -> np.ndarray:
@@ -311,6 +351,8 @@ def problem_from_profile(
     noise_margin_db: dict[str, float] | None = None,
     carbon_budgets: tuple[CarbonBudget, ...] | None = None,
     four_cp_alert_days: set[pd.Timestamp] | None = None,
+    as_price_usd_mw_h: dict[str, np.ndarray | pd.Series | float] | None = None,
+    as_award_kw: dict[str, np.ndarray | pd.Series | float] | None = None,
 ) -> Problem:
     """Assemble a Problem at the site's base interval from the profile and horizon series: the one
     builder the loop, ``hashflex plan``, the backtest and ``evaluate`` use.
@@ -320,6 +362,11 @@ def problem_from_profile(
     ``carbon_budgets`` default: the profile's daily **and** monthly budgets, nothing emitted yet
     (the loop passes them net of what was measured). Noise caps are the strictest in force at any
     moment of each interval (:func:`noise_caps_dba`).
+
+    Reserves (issue 15, only with a profile ``ancillary`` section): a product gets reserve columns
+    when ``as_price_usd_mw_h`` (its $/MW-h clearing price or forecast, [T]) or ``as_award_kw`` (its
+    award, [T] kW) names it. With an award the site holds exactly the award (obligation = cap =
+    award); with a price alone it may offer up to its qualified MW. See :func:`reserve_products`.
     """
     if interval_start.tz is None:
         raise ValueError("interval_start must be tz-aware")
@@ -394,9 +441,53 @@ def problem_from_profile(
         ramp_limit_kw_per_h=None if ramp is None else ramp * 60.0,
         initial_load_kw=initial_load,
         base_interval_h=base_h,
+        reserves=reserve_products(profile, T, as_price_usd_mw_h, as_award_kw),
     )
+    if profile.compute is not None:
+        from hashflex.optimize.compute_problem import compute_from_profile
+
+        problem = dataclasses.replace(problem, compute=compute_from_profile(profile, interval_start, problem.duration_h))
     problem.validate()
     return problem
+
+
+
+def reserve_products(
+    profile: SiteProfile, T: int,
+    price_usd_mw_h: dict[str, np.ndarray | pd.Series | float] | None,
+    award_kw: dict[str, np.ndarray | pd.Series | float] | None,
+) -> tuple[ReserveProduct, ...]:
+    """The profile's qualified AS products as ReserveProducts over T intervals.
+
+    Raises ValueError naming the product when a price or award is given for a product the profile
+    does not qualify (or without an ``ancillary`` section): an award the site cannot carry must be
+    seen, not dropped."""
+    from hashflex.profile import AS_PRODUCT_RULES
+
+    prices, awards = dict(price_usd_mw_h or {}), dict(award_kw or {})
+    section = profile.ancillary
+    qualified = dict(section.products) if section is not None else {}
+    unknown = (set(prices) | set(awards)) - set(qualified)
+    if unknown:
+        raise ValueError(f"ancillary: no qualified product {sorted(unknown)} in the profile's ancillary section")
+    out = []
+    for name, product in qualified.items():
+        if name not in prices and name not in awards:
+            continue
+        group_max_kw = {g: mw * 1000.0 for g, mw in product.group_mw.items()}
+        offer_kw = sum(group_max_kw.values())
+        if product.max_mw is not None:
+            offer_kw = min(offer_kw, product.max_mw * 1000.0)
+        price = _as_array(prices.get(name), T, 0.0)
+        if name in awards:
+            obligation = np.maximum(_as_array(awards[name], T, 0.0), 0.0)
+            cap = obligation.copy()
+        else:
+            obligation, cap = np.zeros(T), np.full(T, offer_kw)
+        out.append(ReserveProduct(name=name, price_usd_mw_h=price, max_kw=cap, obligation_kw=obligation,
+                                  group_max_kw=group_max_kw, deployed_fraction=product.expected_deployed_fraction,
+                                  deadline_s=float(AS_PRODUCT_RULES[name]["deadline_s"])))
+    return tuple(out)
 
 
 def coarsen(problem: Problem, fine_intervals: int, block_h: float = 1.0) -> tuple[Problem, np.ndarray]:
@@ -449,5 +540,9 @@ def coarsen(problem: Problem, fine_intervals: int, block_h: float = 1.0) -> tupl
                                                     minlength=n_blocks) > 0)
             for c in problem.carbon_budgets
         ),
+        # Reserve held through a block: the least cap, the largest obligation (conservative both ways).
+        reserves=tuple(dataclasses.replace(r, price_usd_mw_h=weighted_mean(r.price_usd_mw_h),
+                                           max_kw=block_min(r.max_kw), obligation_kw=-block_min(-r.obligation_kw))
+                       for r in problem.reserves),
     )
     return coarse, block_of

@@ -95,10 +95,76 @@ def power_flows_kw(
     return import_kw, renewable_used_kw, export_kw
 
 
+
+def reserve_column(product: str, what: str = "kw") -> str:
+    """Schedule column of a reserve product: ``reserve_RRS_kw``, ``reserve_RRS_obligation_kw``, ..."""
+    return f"reserve_{product}_{what}"
+
+
+def reserve_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndarray]
+                        ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """The reserve a schedule holds, recomputed from its integer counts: the LP of
+    ``milp.define_reserve`` with n fixed (solved by HiGHS through scipy), so the MILP and the greedy
+    fallback report reserve by one rule. Returns (kW held per product [T], kW short of the
+    obligation per product [T], expected deployment cost $ [T])."""
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
+
+    from hashflex.optimize.milp import PENALTY_RESERVE_SHORT_USD_PER_KW_H, _reserve_index, reserve_value_usd_per_kw
+
+    T, pairs = problem.T, _reserve_index(problem)
+    held = {r.name: np.zeros(T) for r in problem.reserves}
+    short = {r.name: r.obligation_kw.copy() for r in problem.reserves}
+    if not pairs:
+        return held, short, np.zeros(T)
+    P = len(problem.reserves)
+    n_r = len(pairs) * T
+    col = {(k, t): k * T + t for k in range(len(pairs)) for t in range(T)}
+    short_col = {(p, t): n_r + p * T + t for p in range(P) for t in range(T)}
+    value = {k: reserve_value_usd_per_kw(problem, p, g) for k, (p, g) in enumerate(pairs)}
+    cost = np.concatenate([-value[k] for k in range(len(pairs))]
+                          + [np.full(T, PENALTY_RESERVE_SHORT_USD_PER_KW_H) * problem.duration_h for _ in range(P)])
+    rows, cols, vals, rhs = [], [], [], []
+
+    def row(entries: list[tuple[int, float]], bound: float) -> None:
+        r = len(rhs)
+        for c, v in entries:
+            rows.append(r), cols.append(c), vals.append(v)
+        rhs.append(bound)
+
+    for t in range(T):
+        for g in sorted({g for _, g in pairs}):
+            group = problem.groups[g]
+            running = sum((mode.power_kw - group.idle_power_kw) * float(counts[g, m][t]) for m, mode in enumerate(group.modes))
+            row([(col[k, t], 1.0) for k, (_, g2) in enumerate(pairs) if g2 == g], running)
+        for p, reserve in enumerate(problem.reserves):
+            members = [col[k, t] for k, (p2, _) in enumerate(pairs) if p2 == p]
+            if np.isfinite(reserve.max_kw[t]):
+                row([(c, 1.0) for c in members], float(reserve.max_kw[t]))
+            row([(c, -1.0) for c in members] + [(short_col[p, t], -1.0)], -float(reserve.obligation_kw[t]))
+    bounds = [(0.0, float(problem.reserves[p].group_max_kw[problem.groups[g].id])) for p, g in pairs for _ in range(T)]
+    bounds += [(0.0, None)] * (P * T)
+    matrix = coo_matrix((vals, (rows, cols)), shape=(len(rhs), n_r + P * T)).tocsr()
+    result = linprog(cost, A_ub=matrix, b_ub=np.array(rhs), bounds=bounds, method="highs")
+    if result.status != 0:  # always feasible (short absorbs any obligation); kept loud if not
+        raise RuntimeError(f"reserve recomputation failed: {result.message}")
+    x = np.maximum(result.x, 0.0)
+    expected_cost = np.zeros(T)
+    for k, (p, g) in enumerate(pairs):
+        r = x[k * T:(k + 1) * T]
+        held[problem.reserves[p].name] += r
+        price_part = problem.duration_h * problem.reserves[p].price_usd_mw_h / 1000.0
+        expected_cost += (price_part - value[k]) * r
+    for p, reserve in enumerate(problem.reserves):
+        short[reserve.name] = x[n_r + p * T:n_r + (p + 1) * T]
+    return held, short, expected_cost
+
+
 def schedule_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndarray], info: SolveInfo,
-                         import_kw: np.ndarray | None = None) -> Schedule:
+                         import_kw: np.ndarray | None = None, compute: object | None = None) -> Schedule:
     """Every column of the schedule, computed from integer counts n[g,m,t] (and the MILP's grid
-    import where it chose one; see power_flows_kw)."""
+    import where it chose one; see power_flows_kw). ``compute``: the GPU plan
+    (`optimize.compute.ComputeDispatch`); a problem with compute and no plan gets every GPU idle."""
     from hashflex.optimize.explain import explain_intervals
 
     T = problem.T
@@ -122,6 +188,14 @@ def schedule_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndar
         starts = np.maximum(np.diff(on, prepend=group.initial.units_on), 0)
         start_cost_usd += starts * group.start_cost_usd
         full_load_kw += group.units_available * max(mode.power_kw for mode in group.modes)
+    compute_data: dict[str, np.ndarray] = {}
+    if problem.compute is not None:  # issue 16: GPU clusters under the same cap
+        from hashflex.optimize import compute as gpu
+
+        compute = compute if compute is not None else gpu.ComputeDispatch.idle(problem)
+        compute_data = gpu.compute_columns(problem, compute)
+        cluster_kw = sum(v for k, v in compute_data.items() if k.startswith("cluster_kw_"))
+        load_kw, full_load_kw = load_kw + cluster_kw, full_load_kw + cluster_kw
     import_kw, renewable_used_kw, export_kw = power_flows_kw(
         load_kw, problem.renewable_kw, problem.price_usd_mwh, problem.export_limit_kw, import_kw)
     emissions_kg = import_kw * dt_h * problem.intensity_kg_per_mwh / 1000.0
@@ -129,6 +203,15 @@ def schedule_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndar
     energy_cost_usd = import_kw * dt_h * problem.energy_price_usd_mwh / 1000.0 - export_kw * dt_h * problem.price_usd_mwh / 1000.0
     carbon_cost_usd = emissions_kg * problem.carbon_price_usd_per_t / 1000.0
     levels = noise_levels_dba(problem, counts)
+    if compute_data:  # cooling noise adds in the energy domain
+        for receptor in problem.receptors:
+            extra = gpu.cooling_noise_energy(problem, compute, receptor.id)
+            with np.errstate(divide="ignore"):
+                levels[receptor.id] = 10.0 * np.log10(np.power(10.0, levels[receptor.id] / 10.0) + extra)
+    reserve_kw, reserve_short_kw, as_deployment_cost_usd = reserve_from_counts(problem, counts)
+    as_revenue_usd = np.zeros(T)
+    for reserve in problem.reserves:
+        as_revenue_usd += reserve_kw[reserve.name] * dt_h * reserve.price_usd_mw_h / 1000.0
 
     data: dict[str, object] = {
         "interval_end": problem.interval_start + pd.to_timedelta(dt_h, unit="h"),
@@ -157,10 +240,25 @@ def schedule_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndar
         "energy_cost_usd": energy_cost_usd,
         "carbon_cost_usd": carbon_cost_usd,
         "start_cost_usd": start_cost_usd,
-        "profit_usd": revenue_usd - energy_cost_usd - carbon_cost_usd - start_cost_usd,
     })
+    for reserve in problem.reserves:  # issue 15: reserve held, awarded, short, per product
+        data[reserve_column(reserve.name)] = reserve_kw[reserve.name]
+        data[reserve_column(reserve.name, "obligation_kw")] = reserve.obligation_kw
+        data[reserve_column(reserve.name, "short_kw")] = reserve_short_kw[reserve.name]
+    # AS revenue at the clearing price, less the expected cost of deployments (hashes lost then).
+    data["as_revenue_usd"] = as_revenue_usd
+    data["as_expected_deployment_cost_usd"] = as_deployment_cost_usd
+    data.update(compute_data)
+    data["profit_usd"] = (revenue_usd - energy_cost_usd - carbon_cost_usd - start_cost_usd
+                          + as_revenue_usd - as_deployment_cost_usd + compute_data.get("compute_revenue_usd", 0.0))
     frame = pd.DataFrame(data, index=pd.DatetimeIndex(problem.interval_start, name="interval_start"))
     reasons, details = explain_intervals(problem, counts, frame)
+    if compute_data:  # a GPU reason (deferred job, deadline, cooling noise) joins the miners'
+        codes, sentences = gpu.explain_compute(problem, compute, frame)
+        for t, (code, sentence) in enumerate(zip(codes, sentences)):
+            if code:
+                reasons[t] = reasons[t] if reasons[t] not in ("", "price") else code
+                details[t] = f"{details[t]}; {sentence}" if details[t] else sentence
     frame = frame.assign(reason=reasons, reason_detail=details)
     return Schedule(frame=frame, info=info, group_modes=tuple(group_modes),
                     receptor_ids=tuple(r.id for r in problem.receptors))
