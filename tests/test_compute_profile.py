@@ -75,3 +75,16 @@ def test_trace_demand_is_the_trace_rate_scaled_to_the_peak() -> None:
                                                          pd.Timedelta(minutes=15)), [expected])
     with pytest.raises(ValueError, match="demand_trace"):
         trace_tokens_per_s("azure_nope")
+
+
+def test_a_batch_job_outside_the_horizon_asks_for_no_work_and_pays_no_lateness() -> None:
+    # Found while backtesting day by day: a job whose deadline had passed was charged as late in
+    # every later day's plan (its whole work, with no window to do it in).
+    profile = parse_profile(profile_text(COMPUTE))
+    start = pd.date_range("2024-03-06 06:00", periods=8, freq="15min", tz="UTC")  # the day after j-17's window
+    problem = problem_from_profile(profile, start, np.full(8, 25.0))
+    job = problem.compute.batch[0]
+    assert not job.window.any() and job.work_gpu_h == 0.0
+    frame = solve_site(problem).frame
+    assert frame["work_gpu_h_j-17"].sum() == 0.0
+    assert solve_site(problem).info.objective_usd > 0  # no $10/GPU-h × 20 GPU-h lateness charged

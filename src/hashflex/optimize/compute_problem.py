@@ -160,7 +160,9 @@ def compute_from_profile(profile, interval_start: pd.DatetimeIndex, duration_h: 
     for j in section.batch:
         release, deadline = pd.Timestamp(j.release), pd.Timestamp(j.deadline)
         window = np.asarray((starts >= release) & (ends <= deadline))
-        remaining = max(j.gpu_hours - done.get(j.id, 0.0), 0.0)
+        # A job whose window lies outside the horizon has nothing to do in it (its lateness, if any,
+        # was settled when its deadline passed).
+        remaining = max(j.gpu_hours - done.get(j.id, 0.0), 0.0) if window.any() else 0.0
         batch.append(Batch(j.id, index[j.cluster], batch_work_in_horizon(remaining, j.max_gpus, deadline, horizon_end),
                            remaining, j.max_gpus, window, j.revenue_usd_per_gpu_hour,
                            j.late_penalty_usd_per_gpu_hour, j.checkpoint_cost_usd_per_gpu))
