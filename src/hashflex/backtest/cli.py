@@ -113,6 +113,10 @@ def add_backtest_parsers(subparsers: Any) -> None:
                                  help="policy to evaluate under (default mpc)")
     evaluate_parser.set_defaults(handler=cmd_evaluate)
 
+    from hashflex.backtest.mix import add_mix_parser  # issue 16: ASICs vs GPU nodes
+
+    add_mix_parser(subparsers)
+
 
 def _inputs(args: argparse.Namespace, profile: SiteProfile):  # noqa: ANN202 - Actuals
     from hashflex.data import bundled_path
