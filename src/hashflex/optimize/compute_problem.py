@@ -95,6 +95,10 @@ class ComputeProblem:
         """Site draw of every GPU idle, cooling included: the least the clusters can draw."""
         return sum(c.gpus * c.idle_kw_per_gpu * (1.0 + c.cooling_overhead) for c in self.clusters)
 
+    def idle_noise_energy(self, receptor_id: str) -> float:
+        """Cooling noise energy at a receptor with every GPU idle (the MILP's chord rule)."""
+        return sum(cooling_unit_energy(c, receptor_id) * c.idle_kw_per_gpu / c.full_kw_per_gpu for c in self.clusters)
+
     def validate(self, T: int) -> None:
         """Raise ValueError naming the workload whose arrays do not fit the horizon."""
         for w in self.inference:

@@ -100,6 +100,8 @@ def load_kw(problem: Problem, counts: dict[tuple[int, int], np.ndarray]) -> np.n
             load += counts[g, m] * mode.power_kw
             on += counts[g, m]
         load += (group.units_available - on) * group.idle_power_kw
+    if problem.compute is not None:  # GPUs idle at least (issue 16): the fallback must count them
+        load += problem.compute.idle_site_kw()
     return load
 
 
@@ -107,4 +109,6 @@ def noise_energy(problem: Problem, receptor: Receptor, counts: dict[tuple[int, i
     energy = np.zeros(problem.T)
     for (g, m), n in counts.items():
         energy += n * receptor.unit_energy(problem.groups[g].id, problem.groups[g].modes[m])
+    if problem.compute is not None:  # idle GPU cooling is always there (issue 16)
+        energy += problem.compute.idle_noise_energy(receptor.id)
     return energy
