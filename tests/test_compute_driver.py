@@ -4,7 +4,7 @@ field and never sent; a broker outage answers not_sent; an expired cap falls bac
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -12,7 +12,7 @@ from hashflex.drivers.compute import CapLimits, ComputeCommand, MqttComputeDrive
 from hashflex.sim.cluster import SimulatedCluster
 
 LIMITS = CapLimits(min_w=350.0, max_w=700.0)  # H100 SXM: 700 W TDP, lowest cap 50 %
-T0 = datetime(2024, 3, 5, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 3, 5, 12, 0, tzinfo=UTC)
 
 
 class Clock:

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from hashflex.optimize.compute import solve_site
-from hashflex.optimize.compute_problem import Batch, Cluster, ComputeProblem, Inference, Spot
+from hashflex.optimize.compute_problem import (
+    Batch,
+    Cluster,
+    ComputeProblem,
+    Inference,
+    Spot,
+)
 from hashflex.optimize.problem import Group, Mode, Problem, Receptor
 
 T = 8  # 15-min intervals

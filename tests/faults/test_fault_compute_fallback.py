@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_compute_site import T, make_problem  # noqa: E402
+from test_compute_site import T, make_problem
 
-from hashflex.optimize.fallback import greedy_schedule  # noqa: E402
+from hashflex.optimize.fallback import greedy_schedule
 
 
 def test_greedy_fallback_keeps_the_import_limit_with_idle_gpus() -> None:

@@ -18,7 +18,6 @@ import math
 import time
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from hashflex.backtest.cli import profile_with_candidate

@@ -184,7 +184,7 @@ class ComputeDispatch:
     batch_late_gpu_h: dict[str, float]
 
     @classmethod
-    def idle(cls, problem) -> "ComputeDispatch":
+    def idle(cls, problem) -> ComputeDispatch:
         """Every GPU idle: the safe plan when no solved plan exists (shortfalls reported)."""
         compute, T = problem.compute, problem.T
         ids = [_workload_id(compute, kind, i) for kind, i, _ in _workloads(compute)]
@@ -246,7 +246,7 @@ def solve_site(problem, *, time_limit_s: float = 30.0, rel_gap: float | None = N
         compiled = compile_to_highs(model, problem)
         built = time.perf_counter()
         outcome = solve_lp_round_mip(compiled, problem, time_limit_s=time_limit_s, rel_gap=gap)
-    except Exception as exc:  # never leave the site unplanned: greedy miners, GPUs idle
+    except Exception as exc:  # noqa: BLE001 - never leave the site unplanned: greedy miners, GPUs idle
         return greedy_schedule(problem, reason=f"solver error: {exc}")
     solved = time.perf_counter()
     if outcome.status is None:
