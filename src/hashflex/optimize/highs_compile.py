@@ -5,6 +5,7 @@ basis cache that warm-starts re-plans. Split from ``milp`` (the model's definiti
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -61,11 +62,18 @@ class CompiledModel:
     # Rows coupling the whole horizon (carbon budgets), added after a first LP without them: see
     # `solve_lp_round_mip`. None once added (or if there are none).
     deferred: RowBlock | None = None
+    # For in-place re-plans (`update_in_place`): the Pyomo model the rows came from, and where each
+    # variable and constraint landed: component name -> {Pyomo index: column / row}.
+    model: pyo.ConcreteModel | None = None
+    col_at: dict[str, dict] | None = None
+    row_at: dict[str, dict] | None = None
 
 
 class LpBasisCache:
     """Optimal LP bases of recent solves, keyed by the LP's structure (its sizes and sparsity
-    pattern, `CompiledModel.structure_key`), so parameter-only changes reuse the last basis.
+    pattern, `CompiledModel.structure_key`), so parameter-only changes reuse the last basis; and
+    the last compiled model(s), keyed by `template_key`, so a re-plan of the same structure updates
+    costs, bounds and right-hand sides in place (`update_in_place`) instead of rebuilding.
 
     A re-plan whose model has the same structure (same horizon length, fleet, receptors, budget
     masks, commitment groups) starts its LP relaxation from the previous optimal basis instead of
@@ -74,9 +82,26 @@ class LpBasisCache:
     the caller (the control loop keeps one), never global. A degenerate LP may end at another,
     equally optimal vertex, so a warm schedule may differ from a cold one within the gap."""
 
-    def __init__(self, max_entries: int = 4) -> None:
+    def __init__(self, max_entries: int = 4, max_models: int = 2) -> None:
         self.max_entries = max_entries
+        self.max_models = max_models
         self._bases: OrderedDict[str, highspy.HighsBasis] = OrderedDict()
+        self._models: OrderedDict[str, CompiledModel] = OrderedDict()
+
+    def take_model(self, template: str) -> CompiledModel | None:
+        """The compiled model kept for ``template``, removed from the cache while in use (a solve
+        that raises half-way never leaves a half-updated model behind); None if there is none."""
+        return self._models.pop(template, None)
+
+    def put_model(self, template: str, compiled: CompiledModel) -> None:
+        """Keep ``compiled`` (after a successful solve) for the next re-plan of the same template.
+        A model without its Pyomo source or slot maps (the bare build) is not kept."""
+        if self.max_models <= 0 or compiled.model is None or compiled.col_at is None:
+            return
+        self._models[template] = compiled
+        self._models.move_to_end(template)
+        while len(self._models) > self.max_models:
+            self._models.popitem(last=False)
 
     def get(self, key: str) -> highspy.HighsBasis | None:
         basis = self._bases.get(key)
@@ -151,6 +176,10 @@ def _new_highs() -> highspy.Highs:
 def _compile(model: pyo.ConcreteModel, problem: Problem) -> CompiledModel:
     columns = list(model.component_data_objects(pyo.Var, active=True, descend_into=True))
     order = {id(v): i for i, v in enumerate(columns)}
+    col_at: dict[str, dict] = {}
+    for i, v in enumerate(columns):
+        col_at.setdefault(v.parent_component().local_name, {})[v.index()] = i
+    row_slots: list[tuple[str, object, bool, int]] = []  # (component, index, deferred?, row in block)
     var_map = {id(v): v for v in columns}
     visitor = LinearRepnVisitor({}, var_recorder=OrderedVarRecorder(var_map, order, None))
     bounds = [v.bounds for v in columns]
@@ -171,7 +200,9 @@ def _compile(model: pyo.ConcreteModel, problem: Problem) -> CompiledModel:
             row = ([order[vid] for vid in repn.linear], [c * scale for c in repn.linear.values()],
                    repn.constant * scale)
         row_columns, coefficients, constant = row
-        starts, index, value, row_lower, row_upper = blocks[carbon is not None and con.parent_component() is carbon]
+        is_carbon = carbon is not None and con.parent_component() is carbon
+        starts, index, value, row_lower, row_upper = blocks[is_carbon]
+        row_slots.append((con.parent_component().local_name, con.index(), is_carbon, len(row_lower)))
         index.extend(row_columns)
         value.extend(coefficients)
         starts.append(len(index))
@@ -203,7 +234,11 @@ def _compile(model: pyo.ConcreteModel, problem: Problem) -> CompiledModel:
                         np.array(main["index"] + deferred["index"], dtype=np.int64))
     late = (RowBlock.from_lists(deferred["lower"], deferred["upper"], deferred["starts"], deferred["index"],
                                 deferred["value"]) if deferred["lower"] else None)
-    return CompiledModel(highs, columns, lower, upper, count_columns, key, late)
+    n_main = len(main["lower"])
+    row_at: dict[str, dict] = {}
+    for name, index_, is_late, k in row_slots:
+        row_at.setdefault(name, {})[index_] = n_main + k if is_late else k
+    return CompiledModel(highs, columns, lower, upper, count_columns, key, late, model, col_at, row_at)
 
 
 def structure_key(n_cols: int, starts: np.ndarray, index: np.ndarray) -> str:
@@ -219,3 +254,209 @@ def _set_option(highs: highspy.Highs, name: str, value: float | bool) -> None:
     """Set a HiGHS option; a value HiGHS rejects (a negative time limit) raises instead of being ignored."""
     if highs.setOptionValue(name, value) == highspy.HighsStatus.kError:
         raise ValueError(f"HiGHS rejected option {name}={value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Re-plans update, not rebuild (issue 18). Between two re-plans of the same site only prices,
+# limits, availability, renewables, intensity and the initial state change: the numbers of the LP,
+# not its shape. `template_key` digests everything that shapes the matrix (sizes, durations,
+# fleet, noise coefficients, budget masks, which optional rows exist); two problems with equal
+# keys differ only in costs, column bounds, row bounds and the carbon rows' coefficients, which
+# `update_in_place` writes into the kept HiGHS model. `milp.build_model` stays the definition:
+# tests/test_inplace_update.py checks, on random changes, that the updated LP equals a fresh
+# compile of the Pyomo model (every cost, bound and coefficient) and solves to the same optimum.
+# ---------------------------------------------------------------------------------------------
+
+
+def _noise_rows(problem: Problem) -> list[tuple[float, np.ndarray, np.ndarray]]:
+    """Per receptor, as `milp.define_noise_caps`: (scale, [T] budget, [G·M] scaled unit energy)."""
+    out = []
+    for receptor in problem.receptors:
+        budget = receptor.energy_budget()
+        finite = budget[np.isfinite(budget)]
+        scale = 1.0 / max(float(finite.max()) if finite.size else 1.0, 1.0)
+        coefficients = np.array([receptor.unit_energy(group.id, mode) * scale
+                                 for group in problem.groups for mode in group.modes], dtype=float)
+        out.append((scale, budget, coefficients))
+    return out
+
+
+# Problem fields `update_in_place` knows (it writes their numbers, or `template_key` digests them).
+# Any other field (reserves, compute, whatever comes next) must be empty for an in-place update:
+# otherwise `template_key` is None and the model is rebuilt, so a new constraint family is never
+# silently left with the numbers of the previous plan.
+_UPDATABLE_FIELDS = frozenset({
+    "interval_start", "duration_h", "price_usd_mwh", "price_adder_usd_mwh", "hashprice_usd_per_ph_day",
+    "pool_fee", "groups", "renewable_kw", "import_limit_kw", "import_limit_source", "export_limit_kw",
+    "receptors", "intensity_kg_per_mwh", "carbon_price_usd_per_t", "carbon_budgets", "ramp_limit_kw_per_h",
+    "initial_load_kw", "base_interval_h", "notes",
+})
+# Pyomo components `update_in_place` writes (or whose numbers never change: penalties, stop).
+_UPDATABLE_COMPONENTS = frozenset({
+    "n", "grid_import_kw", "renewable_used_kw", "export_kw", "start", "stop", "min_on_short", "min_off_excess",
+    "ramp_short_kw", "availability", "energy_balance", "renewable_split", "noise_cap", "carbon_budget",
+    "transition", "min_on", "min_off", "ramp_up", "ramp_down",
+})
+
+
+def template_key(problem: Problem) -> str | None:
+    """Digest of what shapes ``problem``'s LP matrix (not its costs or bounds): horizon length and
+    interval durations; per group its id, size, modes, idle power, commitment parameters and
+    whether initial min-on/off batches exist; noise coefficients and which intervals are capped;
+    carbon budget masks and which intervals have zero intensity; whether ramp rows exist.
+    None when the problem uses a field `update_in_place` does not handle (reserves, compute):
+    such a problem is always built afresh."""
+    for field_ in dataclasses.fields(problem):
+        if field_.name not in _UPDATABLE_FIELDS and getattr(problem, field_.name):
+            return None
+    digest = hashlib.blake2b(digest_size=16)
+
+    def put(*items: object) -> None:
+        digest.update(repr(items).encode())
+
+    put(problem.T, np.asarray(problem.duration_h, dtype=float).tobytes())
+    for group in problem.groups:
+        put(group.id, group.units, group.modes, group.idle_power_kw, group.min_on_h, group.min_off_h,
+            bool(group.start_cost_usd), bool(group.initial.must_stay_on), bool(group.initial.must_stay_off))
+    for (scale, budget, coefficients), receptor in zip(_noise_rows(problem), problem.receptors):
+        put(receptor.id, scale, coefficients.tobytes(), np.isfinite(budget).tobytes())
+    kg_per_kw = problem.duration_h * problem.intensity_kg_per_mwh
+    for budget in problem.carbon_budgets:
+        put(budget.name, np.asarray(budget.mask, dtype=bool).tobytes(), (kg_per_kw[budget.mask] == 0).tobytes())
+    put(problem.ramp_limit_kw_per_h is None, problem.initial_load_kw is None)
+    put(tuple((r.name, tuple(r.group_max_kw)) for r in getattr(problem, "reserves", ())))  # issue 15
+    return digest.hexdigest()
+
+
+class _Updates:
+    """Index/value arrays gathered family by family, written to HiGHS in one call per kind."""
+
+    def __init__(self, compiled: CompiledModel) -> None:
+        self.compiled = compiled
+        self.cost: list[tuple[np.ndarray, np.ndarray]] = []
+        self.col_bounds: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.row_bounds: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def _at(self, table: dict[str, dict] | None, name: str, keys: list) -> np.ndarray:
+        at = table.get(name, {}) if table is not None else {}
+        return np.fromiter((at[k] for k in keys), dtype=np.int32, count=len(keys))
+
+    def columns(self, name: str, keys: list, lower: np.ndarray | float, upper: np.ndarray | float,
+                cost: np.ndarray | float | None = None) -> None:
+        if not keys:
+            return
+        cols = self._at(self.compiled.col_at, name, keys)
+        lower, upper = (np.broadcast_to(np.asarray(v, dtype=float), cols.shape) for v in (lower, upper))
+        self.col_bounds.append((cols, lower, upper))
+        if cost is not None:
+            self.cost.append((cols, np.broadcast_to(np.asarray(cost, dtype=float), cols.shape)))
+
+    def rows(self, name: str, keys: list, lower: np.ndarray | float, upper: np.ndarray | float) -> None:
+        if not keys:
+            return
+        rows = self._at(self.compiled.row_at, name, keys)
+        self.row_bounds.append((rows, *(np.broadcast_to(np.asarray(v, dtype=float), rows.shape)
+                                        for v in (lower, upper))))
+
+    def apply(self) -> None:
+        highs = self.compiled.highs
+        if self.cost:
+            cols, cost = (np.concatenate(parts) for parts in zip(*self.cost))
+            highs.changeColsCost(len(cols), cols, cost)
+        if self.col_bounds:
+            cols, lower, upper = (np.concatenate(parts) for parts in zip(*self.col_bounds))
+            highs.changeColsBounds(len(cols), cols, lower, upper)
+            self.compiled.lower[cols] = lower
+            self.compiled.upper[cols] = upper
+        if self.row_bounds:
+            rows, lower, upper = (np.concatenate(parts) for parts in zip(*self.row_bounds))
+            highs.changeRowsBounds(len(rows), rows, lower, upper)
+
+
+def update_in_place(compiled: CompiledModel, problem: Problem) -> None:
+    """Write ``problem``'s costs, column bounds, row bounds and carbon coefficients into the kept
+    HiGHS model ``compiled`` (compiled from a problem with the same `template_key`), and make its
+    count columns continuous again for the next LP relaxation. Mirrors `milp.build_model` family by
+    family (each line names the Pyomo component it updates); the carbon rows must already be in
+    the model (``compiled.deferred is None``, as after any `solve_lp_round_mip`).
+
+    Raises ValueError if the model cannot be updated (never compiled from Pyomo, or its carbon rows
+    still deferred); KeyError if a slot is missing (a template mismatch): the caller rebuilds."""
+    from hashflex.optimize.milp import _emission_factors, _initial_batches, _window_starts  # noqa: F401
+
+    if compiled.col_at is None or compiled.row_at is None or compiled.deferred is not None:
+        raise ValueError("compiled model cannot be updated in place (no slot maps, or carbon rows deferred)")
+    unknown = (set(compiled.col_at) | set(compiled.row_at)) - _UPDATABLE_COMPONENTS
+    if unknown:
+        raise ValueError(f"compiled model cannot be updated in place: components {sorted(unknown)} "
+                         "are not handled by update_in_place")
+    if getattr(problem, "reserves", ()):  # issue 15: reserve columns are not updated here yet; rebuild
+        raise ValueError("problem has reserve products: no in-place update for them yet")
+    T = problem.T
+    ts = list(range(T))
+    dt = np.asarray(problem.duration_h, dtype=float)
+    groups = problem.groups
+    u = _Updates(compiled)
+
+    # n[g,m,t]: bounds (0, available[g,t]); profit Δt·H[g,m]·hashprice[t]·(1 − fee)
+    hp = problem.hashprice_usd_per_th_h * (1.0 - problem.pool_fee)
+    for g, group in enumerate(groups):
+        available = np.asarray(group.units_available, dtype=float)
+        for m, mode in enumerate(group.modes):
+            cols = compiled.count_columns[g, m]
+            u.col_bounds.append((cols, np.zeros(T), available))
+            u.cost.append((cols, mode.hashrate_th_s * dt * hp))
+    # grid_import_kw[t], renewable_used_kw[t], export_kw
+    carbon_usd_per_kg = problem.carbon_price_usd_per_t / 1000.0
+    kg_per_kw = _emission_factors(problem)
+    u.columns("grid_import_kw", ts, 0.0, problem.effective_import_limit_kw,
+              -(problem.energy_price_usd_mwh * dt / 1000.0 + carbon_usd_per_kg * kg_per_kw))
+    u.columns("renewable_used_kw", ts, 0.0, problem.renewable_kw)
+    u.columns("export_kw", ts, 0.0, float(problem.export_limit_kw), problem.price_usd_mwh * dt / 1000.0)
+    # availability[g,t] <= available; energy_balance[t] == −standby[t]; renewable_split[t] <= renewable
+    standby = np.zeros(T)
+    for g, group in enumerate(groups):
+        available = np.asarray(group.units_available, dtype=float)
+        u.rows("availability", [(g, t) for t in ts], -math.inf, available)
+        standby += group.idle_power_kw * available
+    u.rows("energy_balance", ts, -standby, -standby)
+    u.rows("renewable_split", ts, -math.inf, problem.renewable_kw)
+    # noise_cap[r,t] <= scaled budget (capped intervals only: the template fixes which)
+    noise_at = compiled.row_at.get("noise_cap", {})
+    for r, (scale, budget, _) in enumerate(_noise_rows(problem)):
+        capped = [t for t in ts if (r, t) in noise_at]
+        u.rows("noise_cap", [(r, t) for t in capped], -math.inf, budget[capped] * scale)
+    # carbon_budget[b] <= effective budget; coefficients kg_per_kw[t] follow the intensity forecast
+    carbon_at = compiled.row_at.get("carbon_budget", {})
+    import_at = compiled.col_at["grid_import_kw"]
+    for b, budget in enumerate(problem.carbon_budgets):
+        if b not in carbon_at:
+            continue
+        u.rows("carbon_budget", [b], -math.inf, problem.effective_carbon_budget_kg(budget))
+        for t in np.flatnonzero(budget.mask):
+            compiled.highs.changeCoeff(carbon_at[b], import_at[int(t)], float(kg_per_kw[t]))
+    # commitment: start cost; transition[g,0] == −units_on; min_on >= held_on; min_off <= N − held_off
+    for g in compiled.model.UC if compiled.model is not None else ():
+        group = groups[g]
+        u.columns("start", [(g, t) for t in ts], 0.0, math.inf, -group.start_cost_usd)
+        rhs = np.zeros(T)
+        rhs[0] = -float(group.initial.units_on)
+        u.rows("transition", [(g, t) for t in ts], rhs, rhs)
+    for g in {g for g, _ in compiled.row_at.get("min_on", {})}:
+        u.rows("min_on", [(g, t) for t in ts], _initial_batches(problem, g, "must_stay_on"), math.inf)
+    for g in {g for g, _ in compiled.row_at.get("min_off", {})}:
+        u.rows("min_off", [(g, t) for t in ts], -math.inf,
+               groups[g].units - _initial_batches(problem, g, "must_stay_off"))
+    # ramp_up/ramp_down[t] <= R·Δt[t] − sign·(standby[t] − standby[t−1] or initial load)
+    if problem.ramp_limit_kw_per_h is not None:
+        ramp_ts = ts if problem.initial_load_kw is not None else ts[1:]
+        previous = np.concatenate([[problem.initial_load_kw or 0.0], standby[:-1]])[ramp_ts]
+        step = standby[ramp_ts] - previous
+        for name, sign in (("ramp_up", 1.0), ("ramp_down", -1.0)):
+            u.rows(name, ramp_ts, -math.inf, problem.ramp_limit_kw_per_h * dt[ramp_ts] - sign * step)
+    u.apply()
+    # The last run left a MIP incumbent and integrality behind: start the next LP from a clean slate
+    # (the LP basis comes from the LpBasisCache).
+    compiled.highs.clearSolver()
+    cols = np.concatenate(list(compiled.count_columns.values())).astype(np.int32)
+    compiled.highs.changeColsIntegrality(len(cols), cols, np.full(len(cols), highspy.HighsVarType.kContinuous))

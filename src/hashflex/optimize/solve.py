@@ -22,6 +22,8 @@ from hashflex.optimize.highs_compile import (  # noqa: F401 - re-exported for th
     _set_option,
     compile_to_highs,
     structure_key,
+    template_key,
+    update_in_place,
 )
 from hashflex.optimize.milp import (  # noqa: F401
     DEFAULT_REL_GAP,
@@ -147,14 +149,32 @@ class _Solved:
     fallback: Schedule | None = None
 
 
+def _compiled_for(problem: Problem, basis_cache: LpBasisCache | None
+                  ) -> tuple[CompiledModel, pyo.ConcreteModel, str | None]:
+    """The HiGHS model for ``problem``: the one kept in ``basis_cache`` for the same `template_key`,
+    updated in place (costs, bounds, right-hand sides; no Pyomo build), or a fresh Pyomo build and
+    compile. Returns (compiled, its Pyomo model, template key or None without a cache). A kept model
+    that cannot be updated is dropped and the problem built afresh (logged, never fatal)."""
+    template = template_key(problem) if basis_cache is not None else None
+    kept = basis_cache.take_model(template) if template is not None else None
+    if kept is not None:
+        problem.validate()  # as build_model does: bad input raises here too, never reaches HiGHS
+        try:
+            update_in_place(kept, problem)
+            return kept, kept.model, template
+        except (KeyError, ValueError, IndexError):
+            log.warning("kept HiGHS model could not be updated in place; rebuilding", exc_info=True)
+    model = build_model(problem)
+    return compile_to_highs(model, problem), model, template
+
+
 def _solve(problem: Problem, time_limit_s: float, rel_gap: float, basis_cache: LpBasisCache | None) -> _Solved:
     from hashflex.optimize.fallback import greedy_schedule
 
     started = time.perf_counter()
     try:
-        model = build_model(problem)
+        compiled, model, template = _compiled_for(problem, basis_cache)
         built = time.perf_counter()
-        compiled = compile_to_highs(model, problem)
         outcome = solve_lp_round_mip(compiled, problem, time_limit_s=time_limit_s, rel_gap=rel_gap,
                                      basis_cache=basis_cache)
     except Exception as exc:  # solver crash or missing binary: never leave the site unplanned
@@ -163,10 +183,18 @@ def _solve(problem: Problem, time_limit_s: float, rel_gap: float, basis_cache: L
     solved = time.perf_counter()
     if outcome.status is None:
         return _Solved(fallback=greedy_schedule(problem, reason=outcome.message))
-    for var, x in zip(compiled.columns, outcome.x):
-        var.set_value(float(x), skip_validation=True)
-    counts = extract_counts(model, problem)
-    import_kw = np.array([model.grid_import_kw[t].value for t in range(problem.T)], dtype=float)
+    if basis_cache is not None and template is not None:
+        basis_cache.put_model(template, compiled)  # only a model that solved is kept for re-plans
+    if compiled.col_at is not None:
+        # Read the answer by column index (no per-variable Pyomo calls; same values, see
+        # `_values_from_columns`); the Pyomo model keeps its definition role.
+        counts, import_kw, penalties = _values_from_columns(compiled, problem, outcome.x)
+    else:
+        for var, x in zip(compiled.columns, outcome.x):
+            var.set_value(float(x), skip_validation=True)
+        counts = extract_counts(model, problem)
+        import_kw = np.array([model.grid_import_kw[t].value for t in range(problem.T)], dtype=float)
+        penalties = _penalties(model)
     info = SolveInfo(
         status=outcome.status,
         objective_usd=outcome.objective,
@@ -174,10 +202,35 @@ def _solve(problem: Problem, time_limit_s: float, rel_gap: float, basis_cache: L
         gap=outcome.gap,
         build_seconds=built - started,
         solve_seconds=solved - built,
-        penalties=_penalties(model),
+        penalties=penalties,
         message=outcome.message,
     )
     return _Solved(counts, info, import_kw)
+
+
+_PENALTY_COLUMNS = (("min_on_short", "min_on_units_short"), ("min_off_excess", "min_off_units_early"),
+                    ("ramp_short_kw", "ramp_down_kw_over"))
+
+
+def _values_from_columns(compiled: CompiledModel, problem: Problem, x: np.ndarray
+                         ) -> tuple[dict[tuple[int, int], np.ndarray], np.ndarray, dict[str, float]]:
+    """(integer counts per (g, m) over T, grid import [T] kW, penalties) read from the solution
+    vector by column index, as `extract_counts`, ``grid_import_kw`` and `_penalties` read them
+    from the Pyomo model. Raises ValueError on fractional counts (as `extract_counts`)."""
+    counts = {}
+    for (g, m), cols in compiled.count_columns.items():
+        values = x[cols]
+        rounded = np.rint(values)
+        if np.max(np.abs(values - rounded), initial=0.0) > 1e-4:
+            raise ValueError(f"solver returned fractional unit counts for group {problem.groups[g].id}")
+        counts[g, m] = rounded.astype(int)
+    import_at = compiled.col_at["grid_import_kw"]
+    import_kw = x[[import_at[t] for t in range(problem.T)]].astype(float)
+    penalties = {}
+    for component, name in _PENALTY_COLUMNS:
+        if component in compiled.col_at:
+            penalties[name] = float(x[list(compiled.col_at[component].values())].sum())
+    return counts, import_kw, {k: v for k, v in penalties.items() if v > 1e-6}
 
 
 def _solve_appsi(problem: Problem, time_limit_s: float, rel_gap: float) -> _Solved:

@@ -1,0 +1,136 @@
+"""Re-plan by in-place update vs today's rebuild, side by side (issue 18).
+
+SYNTHETIC site of solve_scaling.py (24 h × 15 min × 12 groups by default). A first plan is solved
+and kept; each re-plan shifts prices, solar and intensity by one interval (prices ±10 %) and is
+then planned two ways in the same run:
+  * rebuild: Pyomo `build_model` + `compile_to_highs` + LP → rounding → MIP (with the LP basis
+    cache, as the daemon did before): build, compile and solve times separately;
+  * update: `update_in_place` of the kept HiGHS model (costs, bounds, right-hand sides) + the same
+    solve: update and solve times separately;
+and the whole `solve()` wall time both ways (with and without the kept model). Also, with
+--solvers, the 5-min × 48-group full-resolution LP relaxation by simplex, IPM and PDLP with
+presolve on/off (cold, one run each), to pick HiGHS's settings.
+
+    python optimization/benchmarks/replan_update.py [--runs 5] [--T 96] [--groups 12] [--solvers]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from solve_scaling import replan_problem, synthetic_problem  # noqa: E402
+
+from hashflex.optimize import solve as milp  # noqa: E402
+from hashflex.optimize.highs_compile import LpBasisCache, template_key, update_in_place  # noqa: E402
+
+GOAL_REPLAN_S = 0.3
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def replan_rows(T: int, groups: int, runs: int, time_limit_s: float) -> None:
+    interval = 15 if T <= 96 else 5
+    problem = synthetic_problem(T, groups, interval)
+    rebuild_cache, update_cache = LpBasisCache(max_models=0), LpBasisCache()
+    milp.solve(problem, time_limit_s=120.0, basis_cache=rebuild_cache)  # primes the LP basis
+    milp.solve(problem, time_limit_s=120.0, basis_cache=update_cache)  # primes basis and kept model
+    t = {k: [] for k in ("build", "compile", "solve_rb", "update", "solve_up", "wall_rb", "wall_up")}
+    objectives = []
+    for run in range(runs):
+        replan = replan_problem(problem, run)
+        # rebuild, stage by stage
+        started = time.perf_counter()
+        model = milp.build_model(replan)
+        built = time.perf_counter()
+        compiled = milp.compile_to_highs(model, replan)
+        compiled_at = time.perf_counter()
+        a = milp.solve_lp_round_mip(compiled, replan, time_limit_s=time_limit_s, rel_gap=milp.DEFAULT_REL_GAP,
+                                    basis_cache=rebuild_cache)
+        t["build"].append(built - started)
+        t["compile"].append(compiled_at - built)
+        t["solve_rb"].append(time.perf_counter() - compiled_at)
+        # update, stage by stage (the kept model is taken out, updated, solved, put back)
+        key = template_key(replan)
+        kept = update_cache.take_model(key)
+        assert kept is not None, "the first plan's model is kept"
+        started = time.perf_counter()
+        update_in_place(kept, replan)
+        updated = time.perf_counter()
+        b = milp.solve_lp_round_mip(kept, replan, time_limit_s=time_limit_s, rel_gap=milp.DEFAULT_REL_GAP,
+                                    basis_cache=update_cache)
+        t["update"].append(updated - started)
+        t["solve_up"].append(time.perf_counter() - updated)
+        update_cache.put_model(key, kept)
+        objectives.append((a.objective, b.objective))
+        # whole solve() both ways
+        started = time.perf_counter()
+        milp.solve(replan, time_limit_s=time_limit_s, basis_cache=rebuild_cache)
+        t["wall_rb"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        milp.solve(replan, time_limit_s=time_limit_s, basis_cache=update_cache)
+        t["wall_up"].append(time.perf_counter() - started)
+    m = {k: _median(v) for k, v in t.items()}
+    print(f"T={T} ({interval}-min) x {groups} groups, {runs} re-plans, medians in seconds")
+    print(f"{'':10} {'build':>8} {'compile':>8} {'update':>8} {'solve':>8} {'solve()':>8}")
+    print(f"{'rebuild':10} {m['build']:8.4f} {m['compile']:8.4f} {'-':>8} {m['solve_rb']:8.4f} {m['wall_rb']:8.4f}")
+    print(f"{'update':10} {'-':>8} {'-':>8} {m['update']:8.4f} {m['solve_up']:8.4f} {m['wall_up']:8.4f}")
+    print(f"ratio rebuild/update: build+compile vs update {(m['build'] + m['compile']) / m['update']:.1f}x, "
+          f"solve() {m['wall_rb'] / m['wall_up']:.2f}x")
+    worst = max(abs(x - y) / max(abs(x), 1e-9) for x, y in objectives)
+    print(f"objective rebuild vs update: worst relative difference {worst:.2e} (gap {milp.DEFAULT_REL_GAP})")
+    print(f"GOAL re-plan with in-place update <= {GOAL_REPLAN_S} s: {m['wall_up']:.3f} s -> "
+          f"{'MET' if m['wall_up'] <= GOAL_REPLAN_S else 'NOT MET'}")
+
+
+def solver_rows(T: int, groups: int, time_limit_s: float) -> None:
+    """The LP relaxation of the full-resolution case by each HiGHS LP solver and presolve setting."""
+
+    problem = synthetic_problem(T, groups, 5 if T == 288 else 15)
+    model = milp.build_model(problem)
+    print(f"LP relaxation, T={T} x {groups} groups, cold, one run each (seconds, objective)")
+    for solver in ("simplex", "ipm", "pdlp"):
+        for presolve in ("on", "off"):
+            compiled = milp.compile_to_highs(model, problem)
+            if compiled.deferred is not None:
+                compiled.deferred.add_to(compiled.highs)
+            highs = compiled.highs
+            highs.setOptionValue("solver", solver)
+            highs.setOptionValue("presolve", presolve)
+            highs.setOptionValue("time_limit", time_limit_s)
+            started = time.perf_counter()
+            highs.run()
+            elapsed = time.perf_counter() - started
+            status = highs.modelStatusToString(highs.getModelStatus())
+            objective = highs.getInfo().objective_function_value
+            print(f"  {solver:8} presolve={presolve:3} {elapsed:8.3f} s  {status:12} {objective:14.2f}", flush=True)
+    # The whole procedure with the default (simplex, deferred carbon rows) for reference.
+    started = time.perf_counter()
+    schedule = milp.solve(problem, time_limit_s=time_limit_s)
+    print(f"  solve() default: {time.perf_counter() - started:.3f} s {schedule.status.value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--T", type=int, default=96)
+    parser.add_argument("--groups", type=int, default=12)
+    parser.add_argument("--time-limit", type=float, default=10.0)
+    parser.add_argument("--solvers", action="store_true", help="also compare HiGHS LP solvers at T=288 x 48")
+    args = parser.parse_args(argv)
+    print("SYNTHETIC site (optimization/benchmarks/solve_scaling.py)")
+    replan_rows(args.T, args.groups, args.runs, args.time_limit)
+    if args.solvers:
+        solver_rows(288, 48, 60.0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
