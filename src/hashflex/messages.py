@@ -12,6 +12,7 @@ Topics (site prefix ``hashflex/<site>/``)::
 
     in/price  in/renewable/<source>  in/noise/<receptor>  in/carbon  in/hashprice  in/dr  in/limits
     in/telemetry/<miner>  out/setpoint/<miner>  out/schedule  out/status  out/dr/ack
+    in/as/award  in/as/deploy  out/as/ack  (ancillary services, issue 15)
 
 Public API
 ----------
@@ -44,6 +45,9 @@ from pydantic import (
 )
 
 __all__ = [
+    "ASAckMessage",
+    "ASAwardMessage",
+    "ASDeployMessage",
     "CarbonIntensityMessage",
     "DRAckMessage",
     "DREventMessage",
@@ -357,6 +361,83 @@ InboundMessage = (
     | LimitsChangeMessage
 )
 
+AsProduct = Literal["RRS", "ECRS", "NSPIN"]
+
+
+class ASAwardMessage(_Inbound):
+    """An ancillary service award from the site's QSE (``in/as/award``, issue 15): ``reserve_kw`` of
+    ``product`` to be held from ``start`` to ``end`` (a minimum running load the plan must keep,
+    able to be shed within the product's deadline). A later award with the same ``award_id`` and a
+    higher ``revision`` replaces it; ``reserve_kw`` 0 withdraws it."""
+
+    kind: ClassVar[str] = "as_award"
+    award_id: Identifier
+    revision: int = Field(default=0, ge=0, lt=2**31)
+    product: AsProduct
+    start: UtcDatetime
+    end: UtcDatetime
+    reserve_kw: float = Field(ge=0, le=1e7)
+    price_usd_mw_h: float | None = Field(default=None, ge=-1e4, le=1e5)
+    issuer: Text
+
+    @model_validator(mode="after")
+    def _window(self) -> ASAwardMessage:
+        if self.end <= self.start:
+            raise ValueError("end: must be after start")
+        return self
+
+    @property
+    def key(self) -> str:
+        return self.award_id
+
+    @property
+    def observed_at(self) -> datetime:
+        return self.start
+
+    @property
+    def identity(self) -> tuple[Any, ...]:
+        return (self.kind, self.award_id, self.revision)
+
+
+class ASDeployMessage(_Inbound):
+    """An ancillary service deployment (``in/as/deploy``, issue 15): shed ``deployed_kw`` of
+    ``product`` from the load at ``issued_at`` within the product's deadline, until ``recalled``
+    (a later message with the same id) or the product's sustain duration has passed."""
+
+    kind: ClassVar[str] = "as_deploy"
+    deployment_id: Identifier
+    product: AsProduct
+    issued_at: UtcDatetime
+    deployed_kw: float = Field(ge=0, le=1e7)
+    recalled: bool = False
+    issuer: Text
+
+    @property
+    def key(self) -> str:
+        return self.deployment_id
+
+    @property
+    def observed_at(self) -> datetime:
+        return self.issued_at
+
+    @property
+    def identity(self) -> tuple[Any, ...]:
+        return (self.kind, self.deployment_id, self.recalled)
+
+
+class ASAckMessage(_Message):
+    """The answer to an AS award or deployment (``out/as/ack``); ``message_id`` is the award or
+    deployment id. A deployment's ack carries the import limit it set and its deadline."""
+
+    message_id: Identifier
+    kind: Literal["as_award", "as_deploy"]
+    status: Literal["accepted", "rejected"]
+    reason: Text | None = None
+    acked_at: UtcDatetime
+    import_limit_kw: float | None = None
+    deadline: UtcDatetime | None = None
+
+
 INBOUND_MODELS: dict[str, type[_Inbound]] = {
     m.kind: m
     for m in (
@@ -368,6 +449,8 @@ INBOUND_MODELS: dict[str, type[_Inbound]] = {
         TelemetryMessage,
         DREventMessage,
         LimitsChangeMessage,
+        ASAwardMessage,
+        ASDeployMessage,
     )
 }
 """Model per inbound kind; the kind is also the first topic level after ``in/``."""
@@ -480,6 +563,8 @@ class Topics:
         """The inbound topic a message belongs on."""
         if isinstance(message, (RenewableMessage, NoiseMessage, TelemetryMessage)):
             return f"{self.prefix}in/{message.kind}/{message.key}"
+        if isinstance(message, (ASAwardMessage, ASDeployMessage)):
+            return f"{self.prefix}in/as/{message.kind.removeprefix('as_')}"
         return f"{self.prefix}in/{message.kind}"
 
 
@@ -558,6 +643,8 @@ def parse_message(topic: str, payload: bytes | str, *, site: str | None = None) 
     if match is None:
         return Rejection(topic, "topic: not an inbound hashflex topic", _preview(raw), None, "topic")
     topic_site, kind, topic_key = match.groups()
+    if kind == "as" and topic_key in ("award", "deploy"):  # in/as/award, in/as/deploy (issue 15)
+        kind, topic_key = f"as_{topic_key}", None
     model = INBOUND_MODELS.get(kind)
     if model is None:
         return Rejection(topic, f"topic: unknown kind {kind!r}", _preview(raw), None, "topic")

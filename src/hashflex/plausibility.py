@@ -40,6 +40,8 @@ from typing import Any
 import pandas as pd
 
 from hashflex.messages import (
+    ASAwardMessage,
+    ASDeployMessage,
     CarbonIntensityMessage,
     DREventMessage,
     HashpriceMessage,
@@ -385,6 +387,18 @@ def _limits(m: LimitsChangeMessage, now: datetime, ctx: PlausibilityContext) -> 
     return _time("issued_at", m.issued_at, now, ctx.staleness_s.get("limits"), ctx.future_skew_s)
 
 
+def _as(m: ASAwardMessage | ASDeployMessage, now: datetime, ctx: PlausibilityContext) -> _Fault | None:
+    """AS awards and deployments (issue 15): kW within the site's scale; a deployment binds however
+    old it is (shedding is the safe direction) and may not be dated after the skew window; an award
+    may be announced ahead like a DR event."""
+    upper = ctx.site_scale_kw * SITE_SCALE_MARGIN
+    if isinstance(m, ASAwardMessage):
+        return (_range("reserve_kw", "reserve_kw", m.reserve_kw, 0.0, upper, "kW")
+                or _time("start", m.start, now, None, DR_HORIZON_S, "DR announcement horizon"))
+    return (_range("deployed_kw", "deployed_kw", m.deployed_kw, 0.0, upper, "kW")
+            or _time("issued_at", m.issued_at, now, None, ctx.future_skew_s))
+
+
 _CHECKS: dict[type, Any] = {
     PriceMessage: _price,
     RenewableMessage: _renewable,
@@ -394,6 +408,8 @@ _CHECKS: dict[type, Any] = {
     TelemetryMessage: _telemetry,
     DREventMessage: _dr,
     LimitsChangeMessage: _limits,
+    ASAwardMessage: _as,
+    ASDeployMessage: _as,
 }
 
 

@@ -188,6 +188,10 @@ def assert_within_bounds(message: Any) -> None:
         assert message.import_limit_kw is None or 0 <= message.import_limit_kw <= scale
         assert all(cap.cap_dba <= 140 for cap in message.noise_caps or ())
         assert age_s(message.issued_at) >= -120
+    elif kind == "as_award":
+        assert 0 <= message.reserve_kw <= scale and age_s(message.start) >= -366 * 86_400
+    elif kind == "as_deploy":
+        assert 0 <= message.deployed_kw <= scale and age_s(message.issued_at) >= -120
     else:  # pragma: no cover - a new model needs its bounds here
         pytest.fail(f"no oracle for kind {kind!r}")
 
@@ -256,6 +260,10 @@ def test_the_fuzz_reaches_acceptance() -> None:
         "dr": {"event_id": "e", "modification_number": 0, "program": "utility", "start": at,
                "import_limit_kw": 1_000.0, "issuer": "x"},
         "limits": {"issuer": "ops", "reason": "r", "issued_at": at, "import_limit_kw": 900.0},
+        "as_award": {"award_id": "a", "product": "RRS", "start": at, "end": (NOW + timedelta(hours=1)).isoformat(),
+                     "reserve_kw": 5_000.0, "issuer": "qse"},
+        "as_deploy": {"deployment_id": "d", "product": "ECRS", "issued_at": at, "deployed_kw": 5_000.0,
+                      "issuer": "qse"},
     }
     assert set(examples) == set(INBOUND_MODELS)
     for kind, payload in examples.items():

@@ -36,6 +36,7 @@ Pure: no I/O, no clock; ``now`` is passed in.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -48,8 +49,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hashflex.control.ancillary import ASDeployment, award_refusal, deploy_refusal, deployment_from
 from hashflex.control.dr import DRBook, DRDecision, event_limit_kw, source_label
-from hashflex.messages import DRAckMessage, DREventMessage, LimitsChangeMessage, NoiseCapOverride
+from hashflex.messages import (
+    ASAckMessage,
+    ASAwardMessage,
+    ASDeployMessage,
+    DRAckMessage,
+    DREventMessage,
+    LimitsChangeMessage,
+    NoiseCapOverride,
+)
 from hashflex.optimize.problem import four_cp_limits_kw
 from hashflex.profile import SiteProfile
 
@@ -158,18 +168,24 @@ class LimitsBook:
     answers: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)  # message key -> ack JSON
     holds: dict[str, Hold] = field(default_factory=dict)  # not durable: never persisted
     four_cp_alert_days: set[pd.Timestamp] = field(default_factory=set)
+    # Ancillary services (issue 15, control.ancillary): award id -> the accepted award's JSON, and
+    # deployment id -> the accepted deployment (an import limit until recalled or sustained).
+    as_awards: dict[str, dict[str, Any]] = field(default_factory=dict)
+    as_deployments: dict[str, ASDeployment] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ intake (on a copy)
 
     def copy(self) -> LimitsBook:
         """An independent copy (queued DR transitions and holds included)."""
         return LimitsBook(self.profile, copy.deepcopy(self.dr), dict(self.manager), OrderedDict(self.answers),
-                          dict(self.holds), set(self.four_cp_alert_days))
+                          dict(self.holds), set(self.four_cp_alert_days), dict(self.as_awards),
+                          dict(self.as_deployments))
 
     def adopt(self, other: LimitsBook) -> None:
         """Take over ``other``'s state (after it was committed)."""
         self.dr, self.manager, self.answers = other.dr, other.manager, other.answers
         self.holds, self.four_cp_alert_days = other.holds, other.four_cp_alert_days
+        self.as_awards, self.as_deployments = other.as_awards, other.as_deployments
 
     @staticmethod
     def dr_key(msg: DREventMessage) -> str:
@@ -252,6 +268,90 @@ class LimitsBook:
                                       carbon_budget_kg=float(msg.carbon_budget.budget_kg), **base))
         return parts
 
+    # ------------------------------------------------------------------ ancillary services (issue 15)
+
+    @staticmethod
+    def as_key(msg: ASAwardMessage | ASDeployMessage) -> str:
+        return f"{msg.kind}:{msg.issuer}:{msg.key}:{content_hash(msg.model_dump(mode='json'))}"
+
+    def answered_as(self, msg: ASAwardMessage | ASDeployMessage) -> ASAckMessage | None:
+        """The ack already given to this very award or deployment (a redelivery), or None."""
+        held = self.answers.get(self.as_key(msg))
+        return None if held is None else ASAckMessage.model_validate(held)
+
+    def decide_as_award(self, msg: ASAwardMessage, now: datetime) -> tuple[LimitsBook, ASAckMessage]:
+        """Decide an award on a copy (see :meth:`decide_dr`); refusals: ``ancillary.award_refusal``."""
+        trial = self.copy()
+        reason = award_refusal(self.profile, msg, self.as_awards.get(msg.award_id), now)
+        if reason is None:
+            trial.as_awards[msg.award_id] = msg.model_dump(mode="json")
+            reason = f"accepted: {msg.product} {msg.reserve_kw:.0f} kW {msg.start.isoformat()}–{msg.end.isoformat()}"
+        ack = ASAckMessage(message_id=msg.award_id, kind="as_award",
+                           status="accepted" if reason.startswith("accepted") else "rejected", reason=reason,
+                           acked_at=now)
+        trial._remember(self.as_key(msg), ack.model_dump(mode="json"))
+        return trial, ack
+
+    def decide_as_deploy(self, msg: ASDeployMessage, baseline_kw: float, now: datetime
+                         ) -> tuple[LimitsBook, ASAckMessage]:
+        """Decide a deployment (or its recall) on a copy. ``baseline_kw``: the site's modelled import
+        now; the deployment's limit is baseline − deployed_kw, by the product's deadline."""
+        trial = self.copy()
+        reason = deploy_refusal(self.profile, msg)
+        deployment = None
+        if reason is None and msg.recalled:
+            held = trial.as_deployments.get(msg.deployment_id)
+            if held is None:
+                reason = f"deployment_id: no deployment {msg.deployment_id!r} to recall"
+            else:
+                trial.as_deployments[msg.deployment_id] = dataclasses.replace(held, end=max(msg.issued_at, held.issued_at))
+                reason = f"accepted: {held.product} deployment recalled at {msg.issued_at.isoformat()}"
+        elif reason is None:
+            if msg.deployment_id in trial.as_deployments:
+                reason = f"deployment_id: {msg.deployment_id!r} was already deployed"
+            else:
+                deployment = deployment_from(msg, baseline_kw)
+                trial.as_deployments[msg.deployment_id] = deployment
+                awarded = sum(v for v in trial.reserve_awards_at(msg.issued_at).get(msg.product, {}).values())
+                note = "" if msg.deployed_kw <= awarded + 1e-6 else f" (more than the {awarded:.0f} kW awarded)"
+                reason = (f"accepted: {msg.product} shed {msg.deployed_kw:.0f} kW from {baseline_kw:.0f} kW to "
+                          f"{deployment.limit_kw:.0f} kW by {deployment.deadline.isoformat()}{note}")
+        ack = ASAckMessage(message_id=msg.deployment_id, kind="as_deploy",
+                           status="accepted" if reason.startswith("accepted") else "rejected", reason=reason,
+                           acked_at=now, import_limit_kw=None if deployment is None else deployment.limit_kw,
+                           deadline=None if deployment is None else deployment.deadline)
+        trial._remember(self.as_key(msg), ack.model_dump(mode="json"))
+        return trial, ack
+
+    def reserve_awards_at(self, t: datetime) -> dict[str, dict[str, float]]:
+        """Product -> {award id: kW} of the awards in force at ``t``."""
+        out: dict[str, dict[str, float]] = {}
+        for award_id, award in self.as_awards.items():
+            if datetime.fromisoformat(award["start"]) <= t < datetime.fromisoformat(award["end"]):
+                out.setdefault(award["product"], {})[award_id] = float(award["reserve_kw"])
+        return out
+
+    def reserve_obligations_over(self, interval_start: Sequence[datetime] | pd.DatetimeIndex,
+                                 interval: timedelta) -> dict[str, np.ndarray]:
+        """Product -> per interval the reserve the plan must hold (kW): the largest awarded total at
+        any moment inside the interval, less what of that product is deployed (shed load cannot also
+        be held running). Products without an award are absent."""
+        starts = [pd.Timestamp(t).to_pydatetime() for t in interval_start]
+        out: dict[str, np.ndarray] = {}
+        for award in self.as_awards.values():
+            a_start, a_end = datetime.fromisoformat(award["start"]), datetime.fromisoformat(award["end"])
+            row = out.setdefault(award["product"], np.zeros(len(starts)))
+            for k, start in enumerate(starts):
+                if a_start < start + interval and a_end > start:
+                    row[k] += float(award["reserve_kw"])
+        for deployment in self.as_deployments.values():
+            if deployment.product in out:
+                row = out[deployment.product]
+                for k, start in enumerate(starts):
+                    if deployment.in_force(start, start + interval):
+                        row[k] = max(row[k] - deployment.deployed_kw, 0.0)
+        return out
+
     def _remember(self, key: str, ack: dict[str, Any]) -> None:
         self.answers[key] = ack
         self.answers.move_to_end(key)
@@ -297,6 +397,9 @@ class LimitsBook:
         cp = four_cp_limits_kw(self.profile, pd.DatetimeIndex([pd.Timestamp(t)]), self.four_cp_alert_days)[0]
         if math.isfinite(cp):
             out["4CP window"] = float(cp)
+        for deployment in self.as_deployments.values():
+            if deployment.in_force(t):
+                out[deployment.source] = deployment.limit_kw
         return out
 
     def noise_caps_at(self, t: datetime) -> dict[str, float]:
@@ -323,6 +426,7 @@ class LimitsBook:
             (h.import_limit_kw, limits_source(i), h) for (i, p), h in self.manager.items()
             if p == "import" and h.import_limit_kw is not None]
         candidates += [(h.limit_kw, f"hold:{h.key}", h) for h in self.holds.values()]
+        candidates += [(d.limit_kw, d.source, d) for d in self.as_deployments.values()]
         for value, label, item in candidates:
             for k, start in enumerate(starts):
                 if value < limits[k] and item.in_force(start, start + interval):
@@ -361,6 +465,10 @@ class LimitsBook:
         for held in gone:
             del self.manager[held.issuer, held.part]
         self.holds = {k: h for k, h in self.holds.items() if h.end is None or h.end > now}
+        # Awards and deployments long over are dropped so the durable book stays bounded.
+        self.as_awards = {k: a for k, a in self.as_awards.items()
+                          if datetime.fromisoformat(a["end"]) > now - timedelta(days=1)}
+        self.as_deployments = {k: d for k, d in self.as_deployments.items() if d.end > now - timedelta(days=7)}
         return gone
 
     def summary(self, now: datetime) -> dict[str, Any]:
@@ -381,6 +489,8 @@ class LimitsBook:
             "manager_limits": [h.to_json() for h in self.manager.values()],
             "holds": [{"key": h.key, "limit_kw": h.limit_kw, "start": h.start.isoformat(),
                        "end": None if h.end is None else h.end.isoformat()} for h in self.holds.values()],
+            "as_awards_kw": self.reserve_awards_at(now),
+            "as_deployments": [d.to_json() for d in self.as_deployments.values() if d.in_force(now)],
         }
 
     # ------------------------------------------------------------------ persistence
@@ -390,7 +500,9 @@ class LimitsBook:
         return {"version": 1, "dr": self.dr.to_dict(),
                 "manager": [h.to_json() for h in self.manager.values()],
                 "answers": [[k, v] for k, v in self.answers.items()],
-                "four_cp_alert_days": sorted(str(pd.Timestamp(d).date()) for d in self.four_cp_alert_days)}
+                "four_cp_alert_days": sorted(str(pd.Timestamp(d).date()) for d in self.four_cp_alert_days),
+                "as_awards": self.as_awards,
+                "as_deployments": [d.to_json() for d in self.as_deployments.values()]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, profile: SiteProfile) -> LimitsBook:
@@ -404,7 +516,9 @@ class LimitsBook:
             manager[held.issuer, held.part] = held
         answers = OrderedDict((k, v) for k, v in data.get("answers", []))
         days = {pd.Timestamp(d) for d in data.get("four_cp_alert_days", [])}
-        return cls(profile, DRBook.from_dict(copy.deepcopy(data["dr"])), manager, answers, {}, days)
+        awards = dict(data.get("as_awards", {}))
+        deployments = {row["deployment_id"]: ASDeployment.from_json(row) for row in data.get("as_deployments", [])}
+        return cls(profile, DRBook.from_dict(copy.deepcopy(data["dr"])), manager, answers, {}, days, awards, deployments)
 
 
 def _describe(part: ManagerLimit) -> str:

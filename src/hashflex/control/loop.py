@@ -48,13 +48,16 @@ from hashflex.control.dr import DRBook, DRDecision
 from hashflex.control.fleet import SLEEP, FleetState, MinerSetpoint
 from hashflex.control.guard import Guard, GuardAction, GuardResult, Limits, Measurements
 from hashflex.control.ladder import breakeven_ladder, under_water
-from hashflex.control.limits import STORE_UNAVAILABLE, LimitsAck, LimitsBook
+from hashflex.control.limits import STORE_UNAVAILABLE, Hold, LimitsAck, LimitsBook
 from hashflex.control.sender import SendQueue
 from hashflex.forecast import FallbackCode, has_fallback
 from hashflex.control.records import IntervalMeter
 from hashflex.control.solver import SolveRunner
 from hashflex.drivers.base import MinerDriver, MinerRegistry, Setpoint, SetpointResult
 from hashflex.messages import (
+    ASAckMessage,
+    ASAwardMessage,
+    ASDeployMessage,
     DRAckMessage,
     DREventMessage,
     LimitsChangeMessage,
@@ -73,7 +76,7 @@ from hashflex.optimize.problem import (
     problem_from_profile,
 )
 from hashflex.optimize.schedule import Schedule, unit_column
-from hashflex.profile import SiteProfile
+from hashflex.profile import AS_PRODUCT_RULES, SiteProfile
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +223,8 @@ class ControlLoop:
         self.state_failure: str | None = None  # the last failed commit of control state, until one succeeds
         self.transport_failure: str | None = None  # the last batch went nowhere (broker down), until one does
         self.hashprice_usd_per_ph_day: float | None = None  # the forecast's, for the first interval of the last tick
+        # AS deployment id -> performance (obligation, commanded and measured response, shortfall); issue 15.
+        self.as_performance: dict[str, dict[str, Any]] = {}
         self._sender = SendQueue(self._apply_batch, synchronous=not config.async_sends)
         self._start_recorded = False  # the start config is recorded with the first record's time (see _record)
         self.counters: dict[str, int] = {"ticks": 0, "fast_path_actions": 0, "dr_accepted": 0, "dr_rejected": 0,
@@ -265,6 +270,7 @@ class ControlLoop:
                 hashprice_usd_per_ph_day=forecast.hashprice_usd_per_ph_day,
                 units_available=available, initial=initial, noise_margin_db=margins,
                 carbon_budgets=budgets, four_cp_alert_days=alert_days,
+                **self._reserve_inputs(index),
             )
             problem = apply_cap_overrides(problem, caps)
             schedule = self.solver.run(problem, self.fine_intervals)
@@ -426,6 +432,10 @@ class ControlLoop:
                 self.handle_limits(message, now)
             elif isinstance(message, PriceMessage):
                 self.handle_price(message, now)
+            elif isinstance(message, ASAwardMessage):
+                self.handle_as_award(message, now)
+            elif isinstance(message, ASDeployMessage):
+                self.handle_as_deploy(message, now)
         except Exception:  # a bad message must never stop the controller
             log.exception("handling %s failed", type(message).__name__)
 
@@ -579,6 +589,8 @@ class ControlLoop:
             imports = self.book.import_limits_at(now)
             limit = min([self.profile.grid.import_limit_kw, *imports.values()])
             self.measurements = _replace(self.measurements, import_kw=import_kw)
+            if self.as_performance:
+                self.measure_as_deployments(import_kw, measured_at)
             result = self.guard.import_over_limit_cut(import_kw, limit, self.fleet.as_setpoints(now, self.expiry_s),
                                                       measured_at=measured_at, now=now, measurements=self.measurements)
             if not result.changed:
@@ -654,6 +666,103 @@ class ControlLoop:
         if ack.accepted or held is not None:
             self.request_replan(f"limits changed by {message.issuer}")
         return ack
+
+    # ------------------------------------------------------------------ ancillary services (issue 15)
+
+    def _reserve_inputs(self, index: pd.DatetimeIndex) -> dict[str, Any]:
+        """The awards in force as the plan's reserve obligations (kW per product, net of what is
+        deployed) with their award prices; nothing without an ancillary section or an award."""
+        if self.profile.ancillary is None or not self.book.as_awards:
+            return {}
+        obligations = self.book.reserve_obligations_over(index, self.interval)
+        prices = {product: np.zeros(len(index)) for product in obligations}
+        for award in self.book.as_awards.values():
+            if award.get("price_usd_mw_h") is None:
+                continue
+            start, end = pd.Timestamp(award["start"]), pd.Timestamp(award["end"])
+            inside = np.asarray((index < end) & (index + self.interval > start))
+            prices[award["product"]][inside] = float(award["price_usd_mw_h"])
+        return {"as_award_kw": obligations, "as_price_usd_mw_h": prices}
+
+    def _decide_commit_ack(self, message: ASAwardMessage | ASDeployMessage, now: datetime,
+                           decide: Callable[[], tuple[LimitsBook, ASAckMessage]]) -> tuple[ASAckMessage, bool]:
+        """decide → commit → ack, as :meth:`handle_dr`: ``accepted`` only once committed; a redelivery
+        gets its first answer again. Returns (ack, whether it is new and accepted). Call with the lock."""
+        repeat = self.book.answered_as(message)
+        if repeat is not None:
+            self.counters["as_duplicates"] = self.counters.get("as_duplicates", 0) + 1
+            self._publish("out/as/ack", repeat.model_dump(mode="json"))
+            return repeat, False
+        trial, ack = decide()
+        try:
+            self._commit_book(trial)
+        except Exception as exc:  # noqa: BLE001 - StoreUnavailable, or any failure to persist
+            self._state_failed(exc)
+            if ack.status == "accepted":
+                ack = ack.model_copy(update={"status": "rejected", "reason": f"{STORE_UNAVAILABLE}: {exc}"})
+        else:
+            self.book.adopt(trial)
+        counter = "as_accepted" if ack.status == "accepted" else "as_rejected"
+        self.counters[counter] = self.counters.get(counter, 0) + 1
+        self._publish("out/as/ack", ack.model_dump(mode="json"))
+        self._record(message.kind, lambda: {"message": message.model_dump(mode="json"),
+                                            "ack": ack.model_dump(mode="json")}, now)
+        return ack, ack.status == "accepted"
+
+    def handle_as_award(self, message: ASAwardMessage, now: datetime) -> ASAckMessage:
+        """An AS award from the QSE: decide, commit, acknowledge on ``out/as/ack``, re-plan so the
+        plan holds the awarded reserve as a minimum running load."""
+        with self._lock:
+            ack, fresh = self._decide_commit_ack(message, now, lambda: self.book.decide_as_award(message, now))
+        if fresh:
+            self.request_replan(f"AS award {message.award_id}")
+        return ack
+
+    def handle_as_deploy(self, message: ASDeployMessage, now: datetime) -> ASAckMessage:
+        """An AS deployment: an import limit of (modelled import now − deployed_kw) in the book,
+        committed, acknowledged, and cut at once by the fast path (every product: RRS must be, and
+        acting now meets any later deadline). What the cut achieves is measured against the
+        obligation (:attr:`as_performance`: shortfall when the cut cannot reach the limit); a
+        store failure holds the cut anyway (when in doubt, curtail) while the ack says rejected."""
+        with self._lock:
+            batch = self.fleet.as_setpoints(now, self.expiry_s)
+            baseline_kw = self.guard.net_import_kw(batch, self.measurements.auxiliary_kw)
+            ack, fresh = self._decide_commit_ack(
+                message, now, lambda: self.book.decide_as_deploy(message, baseline_kw, now))
+            if message.recalled:
+                pass
+            elif fresh or (ack.status == "rejected" and (ack.reason or "").startswith(STORE_UNAVAILABLE)):
+                limit = max(baseline_kw - message.deployed_kw, 0.0)
+                if not fresh:  # accepted but not durable: hold the cut in memory all the same
+                    sustain = timedelta(hours=float(AS_PRODUCT_RULES[message.product]["sustain_h"]))
+                    self.book.holds[f"AS:{message.deployment_id}"] = Hold(
+                        f"AS:{message.deployment_id}", limit, message.issued_at, message.issued_at + sustain)
+                self._cut_to_limit_now(now, f"AS {message.product} deployment {message.deployment_id}")
+                after = self.guard.net_import_kw(self.fleet.as_setpoints(now, self.expiry_s),
+                                                 self.measurements.auxiliary_kw)
+                self.as_performance[message.deployment_id] = deployment_performance(
+                    message, baseline_kw, limit, after, now, ack.deadline)
+                self._record("as_performance", lambda: dict(self.as_performance[message.deployment_id]), now)
+        if fresh:
+            self.request_replan(f"AS deployment {message.deployment_id}")
+        return ack
+
+    def measure_as_deployments(self, import_kw: float, measured_at: datetime) -> None:
+        """A measured site import (meter, or telemetry summed): the first reading at or under a
+        deployment's limit is its response time; the shortfall is what the last reading before the
+        deadline is still over the limit."""
+        with self._lock:
+            for performance in self.as_performance.values():
+                issued = datetime.fromisoformat(performance["issued_at"])
+                deadline = datetime.fromisoformat(performance["deadline"])
+                if measured_at < issued:
+                    continue
+                if measured_at <= deadline:
+                    performance["measured_import_kw"] = import_kw
+                    performance["measured_shortfall_kw"] = max(import_kw - performance["limit_kw"], 0.0)
+                if import_kw <= performance["limit_kw"] + 1e-6 and performance.get("measured_response_s") is None:
+                    performance["measured_response_s"] = (measured_at - issued).total_seconds()
+                    performance["measured_within_deadline"] = measured_at <= deadline
 
     def reload_profile(self, profile: SiteProfile, now: datetime) -> str:
         """Swap in an edited profile (SIGHUP). Limits, caps and economics may change at runtime; the
@@ -935,6 +1044,24 @@ class ControlLoop:
             "noise_offsets_db": dict(self.noise_offsets_db),
             "noise_compliance": self.noise_compliance(),
         }
+
+
+def deployment_performance(message: ASDeployMessage, baseline_kw: float, limit_kw: float, commanded_kw: float,
+                           now: datetime, deadline: datetime | None) -> dict[str, Any]:
+    """What one AS deployment asked and what the fast path commanded (issue 15): obligation
+    (deployed kW), delivered = baseline − commanded import, shortfall = what the commanded import is
+    still over the limit (load that cannot be shed: idle draw, auxiliaries), time to command."""
+    delivered = max(baseline_kw - commanded_kw, 0.0)
+    return {"deployment_id": message.deployment_id, "product": message.product,
+            "issued_at": message.issued_at.isoformat(),
+            "deadline": (deadline or message.issued_at).isoformat(),
+            "obligation_kw": float(message.deployed_kw), "baseline_kw": baseline_kw, "limit_kw": limit_kw,
+            "commanded_import_kw": commanded_kw, "delivered_kw": delivered,
+            "shortfall_kw": max(commanded_kw - limit_kw, 0.0),
+            "commanded_after_s": max((now - message.issued_at).total_seconds(), 0.0),
+            "commanded_within_deadline": deadline is None or now <= deadline,
+            "measured_import_kw": None, "measured_shortfall_kw": None, "measured_response_s": None,
+            "measured_within_deadline": None}
 
 
 def _json_field(text: str, name: str) -> str | None:

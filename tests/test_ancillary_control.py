@@ -1,0 +1,152 @@
+"""AS awards and deployments through the limits book and the control loop (issue 15).
+
+A tiny site: 10 hydro blocks of 1 MW (idle 10 kW each) that earn $66.67/h each, energy at
+$200/MWh (above breakeven, so energy alone runs nothing). Inline solver, in-process fleet."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hashflex.control.limits import LimitsBook
+from hashflex.control.loop import ControlLoop
+from hashflex.control.solver import SolveRunner
+from hashflex.messages import ASAwardMessage, ASDeployMessage, parse_message
+from hashflex.profile import parse_profile
+from hashflex.sim.site import ReplayForecaster, SimulatedFleet
+
+PROFILE = """
+site: {name: As Loop, settlement_point: HB_WEST, settlement_point_type: HU, timezone: America/Chicago}
+grid: {import_limit_kw: 20000}
+miner_groups:
+  - id: hydro
+    model: container
+    units: 10
+    cooling: hydro
+    idle_power_kw: 10
+    modes: [{name: run, power_kw: 1000, hashrate_th_s: 33333.333, sound_power_dba: 100}]
+carbon: {default_intensity_kg_per_mwh: 400, intensity_source: test}
+economics: {hashprice_usd_per_ph_day: 48, pool_fee_pct: 0}
+ancillary:
+  issuer: qse-test
+  groups: {hydro: {response_s: 0.5, under_frequency_relay: true}}
+  products:
+    RRS: {group_mw: {hydro: 5}}
+    ECRS: {group_mw: {hydro: 5}}
+"""
+NOW = pd.Timestamp("2024-06-03T12:00-05:00").to_pydatetime()
+
+
+def prices(level: float = 200.0) -> pd.DataFrame:
+    starts = pd.date_range("2024-05-30T00:00Z", "2024-06-05T00:00Z", freq="15min", inclusive="left")
+    frames = []
+    for market in ("RT", "DA"):
+        frames.append(pd.DataFrame({"interval_start": starts, "interval_end": starts + pd.Timedelta(minutes=15),
+                                    "settlement_point": "HB_WEST", "market": market, "price_usd_mwh": level}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def make_loop() -> tuple[ControlLoop, SimulatedFleet]:
+    profile = parse_profile(PROFILE, source="test")
+    fleet = SimulatedFleet(profile)
+    loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, prices()), driver=fleet,
+                       solver=SolveRunner(inline=True))
+    return loop, fleet
+
+
+def award(kw: float = 4950.0, issuer: str = "qse-test", revision: int = 0) -> ASAwardMessage:
+    return ASAwardMessage(award_id="dam-0603-rrs", revision=revision, product="RRS", start=NOW - timedelta(hours=1),
+                          end=NOW + timedelta(hours=3), reserve_kw=kw, price_usd_mw_h=150.0, issuer=issuer)
+
+
+def running(fleet: SimulatedFleet) -> int:
+    return sum(fleet.running().values())
+
+
+def test_award_is_acked_and_the_plan_keeps_exactly_the_awarded_units_running() -> None:
+    loop, fleet = make_loop()
+    ack = loop.handle_as_award(award(), NOW)
+    assert ack.status == "accepted", ack.reason
+    report = loop.tick(NOW)
+    first = report.schedule.frame.iloc[0]
+    # A block sheds 990 kW (1,000 kW less its 10 kW idle draw): 4,950 kW is exactly 5 blocks.
+    assert first["units_hydro_run"] == 5 and first["reserve_RRS_kw"] == pytest.approx(4950.0)
+    assert first["reason"] == "reserve RRS 4.95 MW"
+    assert running(fleet) == 5
+
+
+def test_award_from_another_issuer_or_above_qualification_is_refused_by_field() -> None:
+    loop, _ = make_loop()
+    assert "issuer" in loop.handle_as_award(award(issuer="mallory"), NOW).reason
+    refused = loop.handle_as_award(award(kw=5001.0), NOW)
+    assert refused.status == "rejected" and refused.reason.startswith("reserve_kw")
+    assert loop.book.as_awards == {}
+    report = loop.tick(NOW)
+    assert running(loop.driver) == 0 and "reserve_RRS_kw" not in report.schedule.frame
+
+
+def test_rrs_deployment_cuts_at_once_and_its_shortfall_is_reported() -> None:
+    """5 blocks run for the 4,950 kW award (5,050 kW with the 5 sleeping blocks' idle). RRS deploys
+    5,000 kW: limit 50 kW. The fast path sleeps every block at once (well inside 10 minutes), but
+    10 idle blocks still draw 100 kW: 50 kW short, reported, never hidden."""
+    loop, fleet = make_loop()
+    loop.handle_as_award(award(), NOW)
+    loop.tick(NOW)
+    at = NOW + timedelta(minutes=3)
+    ack = loop.handle_as_deploy(ASDeployMessage(deployment_id="d-1", product="RRS", issued_at=at,
+                                                deployed_kw=5000.0, issuer="qse-test"), at)
+    assert ack.status == "accepted" and ack.import_limit_kw == pytest.approx(50.0)
+    assert ack.deadline == at + timedelta(minutes=10)
+    assert running(fleet) == 0
+    performance = loop.as_performance["d-1"]
+    assert performance["delivered_kw"] == pytest.approx(4950.0)
+    assert performance["shortfall_kw"] == pytest.approx(50.0)
+    assert performance["commanded_within_deadline"] is True
+    assert loop.book.import_limits_at(at) == {"AS:RRS:d-1": pytest.approx(50.0)}
+    # The next plan holds the deployment and no longer asks the shed load to run for the award.
+    report = loop.tick(at + timedelta(minutes=1))
+    first = report.schedule.frame.iloc[0]
+    assert first["import_limit_source"] == "AS:RRS:d-1" and first["units_hydro_run"] == 0
+    assert first["reserve_RRS_obligation_kw"] == pytest.approx(0.0)
+
+
+def test_ecrs_deployment_measured_response_within_the_deadline() -> None:
+    loop, fleet = make_loop()
+    loop.handle_as_award(award(), NOW)
+    loop.tick(NOW)
+    at = NOW + timedelta(minutes=3)
+    loop.handle_as_deploy(ASDeployMessage(deployment_id="e-1", product="ECRS", issued_at=at, deployed_kw=3000.0,
+                                          issuer="qse-test"), at)
+    # Limit 5,050 − 3,000 = 2,050 kW; each block put to sleep sheds 990 kW: 2 running (2,080 kW) is
+    # still over, so 1 runs (1,090 kW).
+    assert running(fleet) == 1
+    performance = loop.as_performance["e-1"]
+    assert performance["limit_kw"] == pytest.approx(2050.0)
+    assert performance["shortfall_kw"] == pytest.approx(0.0)
+    loop.measure_as_deployments(2040.0, at + timedelta(seconds=4))
+    assert performance["measured_response_s"] == pytest.approx(4.0)
+    assert performance["measured_within_deadline"] is True
+
+
+def test_redelivery_gets_the_same_ack_and_a_restart_keeps_the_deployment() -> None:
+    loop, _ = make_loop()
+    loop.tick(NOW)
+    message = ASDeployMessage(deployment_id="d-2", product="RRS", issued_at=NOW, deployed_kw=1000.0, issuer="qse-test")
+    first = loop.handle_as_deploy(message, NOW)
+    again = loop.handle_as_deploy(message, NOW + timedelta(seconds=1))
+    assert again == first and loop.counters["as_duplicates"] == 1
+    restored = LimitsBook.from_dict(loop.book.to_dict(), loop.profile)
+    assert restored.import_limits_at(NOW + timedelta(minutes=30)) == loop.book.import_limits_at(NOW + timedelta(minutes=30))
+    # RRS sustain (1 h in AS_PRODUCT_RULES) over: the limit ends; a recall ends it earlier.
+    assert restored.import_limits_at(NOW + timedelta(hours=2)) == {}
+
+
+def test_as_topics_parse() -> None:
+    payload = ('{"deployment_id":"d-3","product":"NSPIN","issued_at":"2024-06-03T17:00:00Z",'
+               '"deployed_kw":1000,"issuer":"qse-test"}')
+    message = parse_message("hashflex/as_loop/in/as/deploy", payload)
+    assert isinstance(message, ASDeployMessage) and message.product == "NSPIN"
+    assert np.isclose(message.deployed_kw, 1000.0)
