@@ -45,7 +45,40 @@ def round_lp_counts(problem: Problem, lp_counts: dict[tuple[int, int], np.ndarra
                 room_kw[t] -= step_kw
                 for room, energy in zip(noise_room, energies):
                     room[t] -= energy
+    _cover_reserve_obligations(problem, counts, room_kw, noise_room)
     return respect_min_on_off(problem, counts)
+
+
+def _cover_reserve_obligations(problem: Problem, counts: dict[tuple[int, int], np.ndarray], room_kw: np.ndarray,
+                               noise_room: list[np.ndarray]) -> None:
+    """Issue 15: flooring can leave an awarded reserve a few units short, which the MILP's short
+    penalty then charges to the start (and the gap test fails at the root). Add units to the groups
+    that carry reserve, largest shed step first, while the import and noise rooms allow, until the
+    sheddable running load covers the obligations of every product (a warm start only: the MILP
+    decides). In place."""
+    if not problem.reserves:
+        return
+    carried = {g for g, group in enumerate(problem.groups) if any(group.id in r.group_max_kw for r in problem.reserves)}
+    needed = sum(r.obligation_kw for r in problem.reserves)
+    for t in np.flatnonzero(needed > EPS):
+        sheddable = sum((mode.power_kw - problem.groups[g].idle_power_kw) * counts[g, m][t]
+                        for g in carried for m, mode in enumerate(problem.groups[g].modes))
+        steps = sorted(((mode.power_kw - problem.groups[g].idle_power_kw, g, m) for g in carried
+                        for m, mode in enumerate(problem.groups[g].modes)), reverse=True)
+        for step_kw, g, m in steps:
+            group, mode = problem.groups[g], problem.groups[g].modes[m]
+            energies = [r.unit_energy(group.id, mode) for r in problem.receptors]
+            while sheddable < needed[t] - EPS:
+                on = sum(int(counts[g, k][t]) for k in range(len(group.modes)))
+                fits = on < group.units_available[t] and step_kw <= room_kw[t] + EPS and all(
+                    e <= room[t] + EPS for e, room in zip(energies, noise_room) if e > 0)
+                if not fits:
+                    break
+                counts[g, m][t] += 1
+                sheddable += step_kw
+                room_kw[t] -= step_kw
+                for room, energy in zip(noise_room, energies):
+                    room[t] -= energy
 
 
 def _interval_starts_h(problem: Problem) -> np.ndarray:

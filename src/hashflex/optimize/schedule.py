@@ -110,7 +110,7 @@ def reserve_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndarr
     from scipy.optimize import linprog
     from scipy.sparse import coo_matrix
 
-    from hashflex.optimize.milp import PENALTY_RESERVE_SHORT_USD_PER_KW_H, _reserve_index, reserve_value_usd_per_kw
+    from hashflex.optimize.milp import _reserve_index, reserve_short_penalty_usd_per_kw, reserve_value_usd_per_kw
 
     T, pairs = problem.T, _reserve_index(problem)
     held = {r.name: np.zeros(T) for r in problem.reserves}
@@ -123,7 +123,7 @@ def reserve_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndarr
     short_col = {(p, t): n_r + p * T + t for p in range(P) for t in range(T)}
     value = {k: reserve_value_usd_per_kw(problem, p, g) for k, (p, g) in enumerate(pairs)}
     cost = np.concatenate([-value[k] for k in range(len(pairs))]
-                          + [np.full(T, PENALTY_RESERVE_SHORT_USD_PER_KW_H) * problem.duration_h for _ in range(P)])
+                          + [reserve_short_penalty_usd_per_kw(problem) for _ in range(P)])
     rows, cols, vals, rhs = [], [], [], []
 
     def row(entries: list[tuple[int, float]], bound: float) -> None:
