@@ -35,11 +35,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from hashflex.control.fleet import SLEEP, FleetState, Miner, MinerSetpoint
+import numpy as np
+
+from hashflex.control.fleet import NO_TIME_US, SLEEP, FleetArrays, FleetState, GroupArrays, Miner, MinerSetpoint, time_us
 from hashflex.optimize.schedule import Schedule, unit_column
 from hashflex.profile import MinerGroup
 
-__all__ = ["MinerSetpoint", "DispatchResult", "dispatch", "first_row_counts", "plan_dispatch"]
+__all__ = ["MinerSetpoint", "DispatchResult", "dispatch", "first_row_counts", "plan_dispatch",
+           "ArrayDispatch", "plan_dispatch_arrays"]
 
 @dataclass(frozen=True)
 class DispatchResult:
@@ -146,4 +149,99 @@ def _fill(need: dict[str, int], ranked: list[Miner], assignment: dict[str, str])
         for miner in ranked[position:position + take]:
             assignment[miner.miner_id] = mode
         need[mode] -= take
+        position += take
+
+
+# ---------------------------------------------------------------------- counts on the hot path
+# Issue 18: the same choice as `plan_dispatch`, as array operations per group (`FleetArrays`), so a
+# 100,000-miner tick costs a few sorts per group, not a Python object per miner. Same passes, same
+# ranks (np.lexsort on the same keys, the miner id as the last key via the id-sorted order), same
+# clipping and notes; tests/test_vectorised_fleet.py checks equal setpoints on random fleets.
+
+
+@dataclass(frozen=True)
+class ArrayDispatch:
+    """Per group, the chosen mode index of every miner (-1: sleep), in id order; plus notes."""
+
+    modes: dict[str, np.ndarray]
+    notes: list[str] = field(default_factory=list)
+
+    def to_setpoints(self, fleet: FleetArrays, now: datetime, expiry_s: float) -> list[MinerSetpoint]:
+        """The driver edge: one `MinerSetpoint` per miner, in `plan_dispatch`'s order."""
+        expires = now + timedelta(seconds=expiry_s)
+        out: list[MinerSetpoint] = []
+        for group_id, arrays in fleet.groups.items():
+            names = [SLEEP] + arrays.mode_names
+            power = arrays.power_kw().tolist()
+            for miner_id, k in zip(arrays.miner_id.tolist(), (self.modes[group_id] + 1).tolist()):
+                out.append(MinerSetpoint(miner_id, group_id, names[k], power[k], now, expires))
+        return out
+
+
+def plan_dispatch_arrays(counts: Mapping[tuple[str, str], int], fleet: FleetArrays, now: datetime,
+                         expiry_s: float) -> ArrayDispatch:
+    """`plan_dispatch` on `FleetArrays`: same validation (ValueError naming the group or mode),
+    same choice of units; returns mode indices per group instead of setpoint objects."""
+    if expiry_s <= 0:
+        raise ValueError("expiry_s must be positive")
+    for group_id, mode in counts:
+        arrays = fleet.groups.get(group_id)
+        if arrays is None:
+            raise ValueError(f"counts name unknown group {group_id!r}")
+        if mode != SLEEP and mode not in arrays.mode_names:
+            raise ValueError(f"counts name unknown mode {mode!r} of group {group_id!r}")
+    now_us = time_us(now)
+    notes: list[str] = []
+    modes: dict[str, np.ndarray] = {}
+    for group_id, arrays in fleet.groups.items():
+        group = arrays.group
+        wanted = {m.name: int(counts.get((group_id, m.name), 0)) for m in group.modes}
+        if any(n < 0 for n in wanted.values()):
+            raise ValueError(f"group {group_id}: negative unit count in {wanted}")
+        wanted = _clip(group, wanted, int(arrays.available.sum()), notes)
+        modes[group_id] = _assign_arrays(arrays, [wanted[m.name] for m in group.modes], now_us)
+    return ArrayDispatch(modes, notes)
+
+
+def _within_arrays(moment_us: np.ndarray, minutes: float, now_us: int) -> np.ndarray:
+    """`_within` on arrays: a moment is known, the window positive, and now − moment < window."""
+    if minutes <= 0:
+        return np.zeros(moment_us.shape, dtype=bool)
+    known = moment_us != NO_TIME_US
+    return known & (now_us - np.where(known, moment_us, 0) < round(minutes * 60_000_000))
+
+
+def _assign_arrays(arrays: GroupArrays, need: list[int], now_us: int) -> np.ndarray:
+    """`_assign` for one group: mode index per miner (-1 sleep), passes and ranks as there."""
+    n = len(arrays.miner_id)
+    out = np.full(n, -1, dtype=np.int16)
+    order_id = np.arange(n)  # miners are id-sorted: position is the id rank
+    # keep_rank: inside min-on first, fewest run hours, id; start_rank: past min-off first, ...
+    outside_on = ~_within_arrays(arrays.last_start_us, arrays.group.min_on_minutes, now_us)
+    inside_off = _within_arrays(arrays.last_stop_us, arrays.group.min_off_minutes, now_us)
+    keep_order = np.lexsort((order_id, arrays.run_hours, outside_on))
+    start_order = np.lexsort((order_id, arrays.run_hours, inside_off))
+    need = list(need)
+    running = arrays.mode >= 0
+    for healthy in (True, False):
+        pool = arrays.available & (arrays.healthy == healthy)
+        # Pass 1: same mode, best keep-rank first.
+        for k in range(len(need)):
+            ranked = keep_order[(pool & (arrays.mode == k))[keep_order]][:max(need[k], 0)]
+            out[ranked] = k
+            need[k] -= len(ranked)
+        free = out < 0
+        # Pass 2: running in another mode; pass 3: sleeping units.
+        _fill_arrays(need, keep_order[(pool & running & free)[keep_order]], out)
+        free = out < 0
+        _fill_arrays(need, start_order[(pool & ~running & free)[start_order]], out)
+    return out
+
+
+def _fill_arrays(need: list[int], ranked: np.ndarray, out: np.ndarray) -> None:
+    position = 0
+    for k in range(len(need)):
+        take = min(max(need[k], 0), len(ranked) - position)
+        out[ranked[position:position + take]] = k
+        need[k] -= take
         position += take

@@ -21,8 +21,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
+
+import numpy as np
 
 from hashflex.profile import MinerGroup, SiteProfile
 
@@ -155,3 +157,79 @@ class FleetState:
                 values[key] = datetime.fromisoformat(values[key]) if values.get(key) else None
             miners.append(Miner(**values))
         return cls(miners, profile.miner_groups)
+
+
+# ---------------------------------------------------------------------- counts on the hot path
+# Issue 18: a 100,000-miner site cannot afford a Python object per miner per tick. `GroupArrays`
+# holds one group's miners as numpy columns (sorted by miner id, the order dispatch writes them);
+# `FleetArrays` is the whole fleet as such groups. `control.dispatch.plan_dispatch_arrays` works on
+# these; `to_setpoints` is the driver edge, where individual miners appear again.
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=None)
+NO_TIME_US = np.iinfo(np.int64).min  # "never" (a miner never started / stopped)
+
+
+def time_us(moment: datetime | None) -> int:
+    """``moment`` as integer microseconds since the epoch (exact, so window edges compare as
+    timedelta does); naive and aware datetimes alike (aware ones in UTC); None → `NO_TIME_US`."""
+    if moment is None:
+        return int(NO_TIME_US)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+@dataclass
+class GroupArrays:
+    """One group's miners as columns, sorted by ``miner_id``. ``mode``: index into the group's
+    modes, -1 asleep; ``last_start_us``/``last_stop_us``: `time_us` (`NO_TIME_US` for never)."""
+
+    group: MinerGroup
+    miner_id: np.ndarray  # [N] object (str)
+    mode: np.ndarray  # [N] int16
+    healthy: np.ndarray  # [N] bool
+    available: np.ndarray  # [N] bool
+    last_start_us: np.ndarray  # [N] int64
+    last_stop_us: np.ndarray  # [N] int64
+    run_hours: np.ndarray  # [N] float64
+
+    @property
+    def mode_names(self) -> list[str]:
+        return [m.name for m in self.group.modes]
+
+    def power_kw(self) -> np.ndarray:
+        """[modes + 1] kW by mode index + 1 (index 0: asleep, the idle draw)."""
+        return np.array([self.group.idle_power_kw] + [m.power_kw for m in self.group.modes], dtype=float)
+
+
+@dataclass
+class FleetArrays:
+    """The fleet as `GroupArrays`, in the profile's group order (``FleetState.groups``)."""
+
+    groups: dict[str, GroupArrays]
+
+    @classmethod
+    def from_fleet(cls, fleet: FleetState) -> FleetArrays:
+        """Columns from a per-miner `FleetState` (O(miners) once; the hot path then stays in arrays)."""
+        out = {}
+        by_group: dict[str, list[Miner]] = {g: [] for g in fleet.groups}
+        for miner in fleet.miners.values():
+            by_group[miner.group_id].append(miner)
+        for group_id, group in fleet.groups.items():
+            miners = sorted(by_group[group_id], key=lambda m: m.miner_id)
+            index = {m.name: i for i, m in enumerate(group.modes)}
+            out[group_id] = GroupArrays(
+                group=group,
+                miner_id=np.array([m.miner_id for m in miners], dtype=object),
+                mode=np.array([index.get(m.mode, -1) for m in miners], dtype=np.int16),
+                healthy=np.array([m.healthy for m in miners], dtype=bool),
+                available=np.array([m.available for m in miners], dtype=bool),
+                last_start_us=np.array([time_us(m.last_start) for m in miners], dtype=np.int64),
+                last_stop_us=np.array([time_us(m.last_stop) for m in miners], dtype=np.int64),
+                run_hours=np.array([m.run_hours for m in miners], dtype=float),
+            )
+        return cls(out)
+
+    def __len__(self) -> int:
+        return sum(len(g.miner_id) for g in self.groups.values())
