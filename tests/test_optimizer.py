@@ -305,3 +305,30 @@ def test_pyomo_appsi_interface_reaches_the_same_schedule_value() -> None:
     assert appsi.total_profit_usd == pytest.approx(direct.total_profit_usd, rel=0.006)
     with pytest.raises(ValueError, match="interface"):
         solve(problem, interface="cplex")
+
+
+def test_the_schedule_is_the_solution_the_solver_valued() -> None:
+    """Found by the hypothesis test above: given the rounded start, HiGHS (1.16) solved the MIP in
+    presolve, reported the better objective (5 unit-intervals) and handed back the start's values
+    (4): the schedule earned less than the solver said and less than the greedy fallback."""
+    from hashflex.optimize.fallback import greedy_schedule
+    from hashflex.optimize.problem import Group, GroupState, Mode, Receptor
+
+    index = pd.date_range("2024-01-01", periods=5, freq="15min", tz="UTC")
+    groups = (Group(id="g0", units=3, modes=(Mode("m0", 2.0, 50.0, 55.0), Mode("m1", 1.0, 50.0, 83.0)),
+                    units_available=np.array([2, 0, 0, 3, 0]), idle_power_kw=0.0, min_on_h=0.0, min_off_h=0.0,
+                    start_cost_usd=0.0, initial=GroupState()),
+              Group(id="g1", units=1, modes=(Mode("m0", 1.0, 50.0, 55.0),), units_available=np.zeros(5, dtype=int),
+                    idle_power_kw=0.0, min_on_h=0.0, min_off_h=0.0, start_cost_usd=0.0, initial=GroupState()))
+    receptor = Receptor(id="r0", attenuation_db={"g0": 47.0, "g1": 40.0}, cap_dba=np.full(5, 40.0),
+                        background_dba=20.0, cap_applies_to="total", margin_db=0.0)
+    problem = Problem(interval_start=index, duration_h=np.full(5, 0.25), price_usd_mwh=np.zeros(5),
+                      price_adder_usd_mwh=0.0, hashprice_usd_per_ph_day=np.full(5, 20.0), pool_fee=0.02,
+                      groups=groups, renewable_kw=np.array([4.0, 0, 0, 4.0, 0]), import_limit_kw=np.zeros(5),
+                      import_limit_source=("import limit",) * 5, export_limit_kw=0.0, receptors=(receptor,),
+                      intensity_kg_per_mwh=np.full(5, 400.0), carbon_price_usd_per_t=0.0, carbon_budgets=())
+    schedule = solve(problem)
+    # t = 3: 4 kW of solar, 2 quiet-enough m1 units (1 kW) and one m0 (2 kW) fit the cap: 39.0 dB(A).
+    assert schedule.frame["units_g0_m0"].iloc[3] + schedule.frame["units_g0_m1"].iloc[3] == 3
+    assert schedule.total_profit_usd == pytest.approx(schedule.info.objective_usd)
+    assert schedule.total_profit_usd >= greedy_schedule(problem).total_profit_usd - 1e-12

@@ -227,40 +227,12 @@ def cluster_site_kw(problem, dispatch: ComputeDispatch) -> dict[str, np.ndarray]
 
 
 def solve_site(problem, *, time_limit_s: float = 30.0, rel_gap: float | None = None):
-    """Solve a problem with compute: the same model (`milp.build_model`), compiled to HiGHS, the
-    same LP → rounding → MIP procedure, and a Schedule with the compute columns. Without compute
-    it is `solve.solve`. No basis cache: in-place updates do not know the compute columns yet."""
-    import time
+    """Solve a site with or without compute: the one path, ``optimize.solve.solve`` (the daemon's,
+    ``plan``'s and the backtest's), which reads the GPU plan into the Schedule's compute columns."""
+    from hashflex.optimize.milp import DEFAULT_REL_GAP
+    from hashflex.optimize.solve import solve
 
-    from hashflex.optimize.fallback import greedy_schedule
-    from hashflex.optimize.milp import DEFAULT_REL_GAP, build_model, extract_counts
-    from hashflex.optimize.schedule import SolveInfo, schedule_from_counts
-    from hashflex.optimize.solve import compile_to_highs, solve, solve_lp_round_mip
-
-    gap = DEFAULT_REL_GAP if rel_gap is None else rel_gap
-    if getattr(problem, "compute", None) is None:
-        return solve(problem, time_limit_s=time_limit_s, rel_gap=gap)
-    started = time.perf_counter()
-    try:
-        model = build_model(problem)
-        compiled = compile_to_highs(model, problem)
-        built = time.perf_counter()
-        outcome = solve_lp_round_mip(compiled, problem, time_limit_s=time_limit_s, rel_gap=gap)
-    except Exception as exc:  # noqa: BLE001 - never leave the site unplanned: greedy miners, GPUs idle
-        return greedy_schedule(problem, reason=f"solver error: {exc}")
-    solved = time.perf_counter()
-    if outcome.status is None:
-        return greedy_schedule(problem, reason=outcome.message)
-    for var, x in zip(compiled.columns, outcome.x):
-        var.set_value(float(x), skip_validation=True)
-    counts = extract_counts(model, problem)
-    import_kw = np.array([model.grid_import_kw[t].value for t in range(problem.T)], dtype=float)
-    info = SolveInfo(status=outcome.status, objective_usd=outcome.objective, bound_usd=outcome.bound,
-                     gap=outcome.gap, build_seconds=built - started, solve_seconds=solved - built,
-                     message=outcome.message)
-    return schedule_from_counts(problem, counts, info, import_kw=import_kw,
-                                compute=extract_dispatch(model, problem))
-
+    return solve(problem, time_limit_s=time_limit_s, rel_gap=DEFAULT_REL_GAP if rel_gap is None else rel_gap)
 
 def compute_columns(problem, dispatch: ComputeDispatch) -> dict[str, np.ndarray]:
     """Schedule columns: per cluster site kW; per workload GPUs, IT kW and its service figures."""

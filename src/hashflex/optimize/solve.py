@@ -9,6 +9,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import highspy
 import numpy as np
@@ -121,6 +122,15 @@ def solve_lp_round_mip(compiled: CompiledModel, problem: Problem, *, time_limit_
     else:  # the valuing LP ran out of time: HiGHS completes the rounded counts itself
         highs.setSolution(len(cols), cols, fixed)
     highs.run()
+    if highs.getInfo().primal_solution_status == highspy.SolutionStatus.kSolutionStatusFeasible \
+            and not _solution_matches_objective(highs):
+        # Seen with highspy 1.16: given a start, a MIP solved in presolve reports the better
+        # objective but hands back the start's column values (the plan then ran fewer units than
+        # the solver said). Solve again without the start; the answer's values are then its own.
+        log.warning("HiGHS solution vector does not match its objective; re-solving the MIP without the start")
+        _set_option(highs, "time_limit", max(deadline - time.perf_counter(), 0.1))
+        highs.clearSolver()
+        highs.run()
     model_status = highs.getModelStatus()
     info = highs.getInfo()
     if info.primal_solution_status != highspy.SolutionStatus.kSolutionStatusFeasible:
@@ -138,6 +148,17 @@ def solve_lp_round_mip(compiled: CompiledModel, problem: Problem, *, time_limit_
                       np.array(highs.getSolution().col_value), highs.modelStatusToString(model_status))
 
 
+def _solution_matches_objective(highs: highspy.Highs, rel_tol: float = 1e-7) -> bool:
+    """True when the column values HiGHS returns give the objective it reports (c·x + offset)."""
+    lp = highs.getLp()
+    x = np.asarray(highs.getSolution().col_value, dtype=float)
+    if x.size == 0:
+        return False
+    value = float(np.dot(np.asarray(lp.col_cost_, dtype=float), x)) + float(lp.offset_)
+    reported = float(highs.getInfo().objective_function_value)
+    return abs(value - reported) <= rel_tol * max(1.0, abs(reported))
+
+
 @dataclass(frozen=True)
 class _Solved:
     """The MILP's answer before it becomes a Schedule: integer counts, SolveInfo and the model's
@@ -147,6 +168,7 @@ class _Solved:
     info: SolveInfo | None = None
     import_kw: np.ndarray | None = None
     fallback: Schedule | None = None
+    compute: Any = None  # optimize.compute.ComputeDispatch: the GPU plan of a site with compute
 
 
 def _compiled_for(problem: Problem, basis_cache: LpBasisCache | None
@@ -195,6 +217,15 @@ def _solve(problem: Problem, time_limit_s: float, rel_gap: float, basis_cache: L
         counts = extract_counts(model, problem)
         import_kw = np.array([model.grid_import_kw[t].value for t in range(problem.T)], dtype=float)
         penalties = _penalties(model)
+    compute = None
+    if getattr(problem, "compute", None) is not None and model is not None:
+        # The GPU plan is read from the Pyomo model (compute problems are always built afresh:
+        # `template_key` gives them none, so no kept model lacks their columns).
+        from hashflex.optimize.compute import extract_dispatch
+
+        for var, x in zip(compiled.columns, outcome.x):
+            var.set_value(float(x), skip_validation=True)
+        compute = extract_dispatch(model, problem)
     info = SolveInfo(
         status=outcome.status,
         objective_usd=outcome.objective,
@@ -205,7 +236,7 @@ def _solve(problem: Problem, time_limit_s: float, rel_gap: float, basis_cache: L
         penalties=penalties,
         message=outcome.message,
     )
-    return _Solved(counts, info, import_kw)
+    return _Solved(counts, info, import_kw, compute=compute)
 
 
 _PENALTY_COLUMNS = (("min_on_short", "min_on_units_short"), ("min_off_excess", "min_off_units_early"),
@@ -306,7 +337,8 @@ def solve(problem: Problem, *, time_limit_s: float = 10.0, rel_gap: float = DEFA
         solved = _solve(problem, time_limit_s, rel_gap, basis_cache)
     if solved.fallback is not None:
         return solved.fallback
-    return schedule_from_counts(problem, solved.counts, solved.info, import_kw=solved.import_kw)
+    return schedule_from_counts(problem, solved.counts, solved.info, import_kw=solved.import_kw,
+                                compute=solved.compute)
 
 
 def _penalties(model: pyo.ConcreteModel) -> dict[str, float]:
