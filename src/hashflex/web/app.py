@@ -29,7 +29,6 @@ same byte string, so the cost does not grow with the number of browsers.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import threading
@@ -45,6 +44,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from hashflex.openadr.config import is_loopback  # noqa: F401 - one definition, re-exported
 from hashflex.web.manager import AuthError, ManagerAuth, limits_change
 from hashflex.web.view import EventLog, FeedAges, NoiseHistory, dashboard_state, unhealthy_causes
 
@@ -52,14 +52,6 @@ log = logging.getLogger(__name__)
 STATIC_DIR = resources.files("hashflex.web") / "static"
 
 
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and ``localhost``."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Dashboard:
