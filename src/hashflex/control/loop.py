@@ -222,6 +222,8 @@ class ControlLoop:
         self.last_good_tick: datetime | None = None
         self.state_failure: str | None = None  # the last failed commit of control state, until one succeeds
         self.transport_failure: str | None = None  # the last batch went nowhere (broker down), until one does
+        self._has_site_meter = False  # once a meter reading arrives, telemetry no longer stands in for it
+        self._last_meter_sample: datetime | None = None
         self.hashprice_usd_per_ph_day: float | None = None  # the forecast's, for the first interval of the last tick
         # AS deployment id -> performance (obligation, commanded and measured response, shortfall); issue 15.
         self.as_performance: dict[str, dict[str, Any]] = {}
@@ -426,6 +428,10 @@ class ControlLoop:
             elif isinstance(message, TelemetryMessage):
                 with self._lock:
                     self.telemetry_kw[message.miner_id] = message.power_kw
+                    if not self._has_site_meter:  # the miners' own reports stand in for a meter
+                        renewable = self.measurements.renewable_kw or 0.0
+                        self._sample_meter(max(sum(self.telemetry_kw.values()) - renewable, 0.0),
+                                           message.timestamp, "telemetry", now)
                 if self.meter is not None:
                     self.meter.telemetry(message.miner_id, message.power_kw, message.hashrate_th_s)
             elif isinstance(message, LimitsChangeMessage):
@@ -586,6 +592,8 @@ class ControlLoop:
         guard's truth over the model. A stale or implausible reading is not believed (the guard
         falls back to the model). Returns True if it cut."""
         with self._lock:
+            self._has_site_meter = True
+            self._sample_meter(import_kw, measured_at, "site meter", now)
             imports = self.book.import_limits_at(now)
             limit = min([self.profile.grid.import_limit_kw, *imports.values()])
             self.measurements = _replace(self.measurements, import_kw=import_kw)
@@ -600,6 +608,17 @@ class ControlLoop:
             self._record_guard(result, now, None)
         self.request_replan("metered import over the limit")
         return True
+
+    def _sample_meter(self, import_kw: float, measured_at: datetime, source: str, now: datetime) -> None:
+        """While a DR event is in force, record the metered import at most once a second
+        (``meter_sample``), so the report measures when the load crossed the limit in seconds."""
+        if not self.book.dr.active_ids(now):
+            return
+        if self._last_meter_sample is not None and (measured_at - self._last_meter_sample).total_seconds() < 1.0:
+            return
+        self._last_meter_sample = measured_at
+        self._record("meter_sample", lambda: {"at": measured_at.isoformat(), "import_kw": round(float(import_kw), 3),
+                                              "source": source}, now)
 
     def _cut_noise_now(self, receptor_id: str, level_dba: float, cap_dba: float, now: datetime) -> bool:
         batch = self.fleet.as_setpoints(now, self.expiry_s)

@@ -70,7 +70,7 @@ __all__ = ["RecsInput", "apply_precision", "build_report", "load_recs", "report_
            "trail_period"]
 
 REPORT_KINDS = ("config", "measurement", "dr_event", "dr_ack", "dr_transition", "guard_action", "setpoints",
-                "schedule")
+                "schedule", "meter_sample")
 SECTIONS = ("report", "energy", "emissions", "efficiency", "noise", "demand_response", "curtailment", "economics",
             "hourly", "intervals")
 

@@ -10,10 +10,11 @@ Timeline (UTC in JSON, seconds as numbers)
     ``first_setpoint_at``/``first_setpoint_s``: the first ``setpoints`` batch recorded at or after
     deployment, seconds after deployment; ``metered_under_limit_by``/``metered_under_limit_s``:
     the end of the first interval from deployment on whose *metered* mean import is at or under
-    the limit (+ tolerance), seconds after deployment. The trail holds metered import only as one
-    mean per control interval (``measurement`` records), so this is an UPPER BOUND with a
-    resolution of one interval (``metered_resolution_s``); a per-second crossing time needs the
-    meter samples in the trail (asked of the loop: see the report's notes).
+    the limit (+ tolerance), seconds after deployment — an UPPER BOUND at one interval's resolution
+    (``metered_resolution_s``) — unless the trail holds ``meter_sample`` records (the live loop
+    writes them, up to one a second, while an event is in force: the site meter's reading, or the
+    sum of miner telemetry), in which case it is the first sample at or under the limit, in seconds
+    (``metered_crossing_source`` says which).
 
 Baseline (see :mod:`hashflex.report.baseline`)
     The event's own ``baseline_kw`` if the utility sent one; else ERCOT middle-8-of-10 like days
@@ -133,7 +134,8 @@ def _in_force_days(events: Mapping[str, Mapping[str, Any]], tz: ZoneInfo) -> set
 def events_performance(m: pd.DataFrame, history: pd.DataFrame, dr_events: Sequence[Mapping[str, Any]],
                        dr_acks: Sequence[Mapping[str, Any]], setpoints: Sequence[Mapping[str, Any]],
                        period_start: pd.Timestamp, period_end: pd.Timestamp, tz: str, *,
-                       tolerance_kw: float = 0.0, simulated: bool = False) -> list[dict[str, Any]]:
+                       tolerance_kw: float = 0.0, simulated: bool = False,
+                       meter_samples: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
     """Every event's performance (see the module docstring). ``m``: the period's measurements;
     ``history``: every measurement in the trail (baselines look back before the period)."""
     zone = ZoneInfo(tz)
@@ -158,6 +160,7 @@ def events_performance(m: pd.DataFrame, history: pd.DataFrame, dr_events: Sequen
             continue
         row.update(_one_event(m, history, entry, terms, start, end, dr_acks, setpoints, tz, excluded,
                               tolerance_kw))
+        row.update(_crossing_from_samples(row, meter_samples, start, end, tolerance_kw))
         out.append(row)
     return out
 
@@ -267,6 +270,31 @@ def _one_event(m: pd.DataFrame, history: pd.DataFrame, entry: Mapping[str, Any],
         "worst_excess_kw": _r(max(worst, 0.0), 1),
         "per_interval": intervals,
     }
+
+
+def _crossing_from_samples(row: Mapping[str, Any], samples: Sequence[Mapping[str, Any]], start: pd.Timestamp,
+                           end: pd.Timestamp, tolerance_kw: float) -> dict[str, Any]:
+    """With ``meter_sample`` records (the loop writes them at up to one a second while an event is
+    in force), the time the metered import first fell to the limit is measured, not bounded:
+    ``metered_under_limit_by``/``_s`` become that sample's time and its seconds after deployment,
+    ``metered_resolution_s`` the largest gap between samples up to it, ``metered_crossing_source``
+    the sample source (site meter or telemetry). Without samples the interval bound stays."""
+    limit = row.get("limit_kw")
+    deployed = _ts(row.get("deployment_at"))
+    if limit is None or deployed is None:
+        return {}
+    inside = sorted((s for s in samples if deployed - pd.Timedelta(minutes=5) <= s["at"] < end
+                     and s.get("import_kw") is not None), key=lambda s: s["at"])
+    after = [s for s in inside if s["at"] >= deployed]
+    hit = next((s for s in after if float(s["import_kw"]) <= float(limit) + tolerance_kw), None)
+    if hit is None:
+        return {"meter_samples": len(after)} if after else {}
+    upto = [s["at"] for s in inside if s["at"] <= hit["at"]]
+    gaps = [(b - a).total_seconds() for a, b in zip(upto, upto[1:])]
+    return {"metered_under_limit_by": hit["at"].isoformat(),
+            "metered_under_limit_s": _r(max((hit["at"] - deployed).total_seconds(), 0.0)),
+            "metered_resolution_s": _r(max(gaps, default=0.0)),
+            "metered_crossing_source": hit.get("source"), "meter_samples": len(after)}
 
 
 def settlement_rows(event: Mapping[str, Any], tz: str, *, simulated: bool) -> list[dict[str, Any]]:

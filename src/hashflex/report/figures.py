@@ -73,6 +73,7 @@ class ReportInputs:
     setpoints: list[dict[str, Any]] = field(default_factory=list)  # {"seq", "at", payload...}
     schedules: list[dict[str, Any]] = field(default_factory=list)  # {"seq", "at", "first_row", "reasons"}
     transitions: list[dict[str, Any]] = field(default_factory=list)  # dr_transition payloads
+    meter_samples: list[dict[str, Any]] = field(default_factory=list)  # {"at", "import_kw", "source"}: DR in force
 
 
 def _ts(text: str | None) -> pd.Timestamp | None:
@@ -85,7 +86,7 @@ def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Tim
     DR events, acks, guard actions and configs are kept whole (events may start before the period)."""
     records = sorted(records, key=lambda r: r.seq)
     rows, noise, configs, events, acks, actions = [], [], [], [], [], []
-    setpoints, schedules, transitions = [], [], []
+    setpoints, schedules, transitions, samples = [], [], [], []
     for rec in records:
         p, at = rec.payload, pd.Timestamp(rec.at_utc)
         if rec.kind == "measurement":
@@ -106,6 +107,9 @@ def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Tim
                               "reasons": p.get("reasons") or {}})
         elif rec.kind == "dr_transition":
             transitions.append({"seq": rec.seq, "at": at, **p})
+        elif rec.kind == "meter_sample":
+            samples.append({"at": pd.Timestamp(p.get("at") or rec.at_utc).tz_convert("UTC"),
+                            "import_kw": p.get("import_kw"), "source": p.get("source")})
     every = pd.DataFrame(rows, columns=MEASUREMENT_COLUMNS)
     every["interval_start"] = pd.to_datetime(every["interval_start"], utc=True, format="ISO8601")
     for column in MEASUREMENT_COLUMNS:
@@ -136,7 +140,8 @@ def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Tim
             n[column] = pd.to_numeric(n[column], errors="coerce").astype("float64")
     n["interval_start"] = pd.to_datetime(n["interval_start"], utc=True)
     n = n.sort_values(["receptor", "interval_start"]).reset_index(drop=True)
-    return ReportInputs(m, n, configs, events, acks, actions, superseded, history, setpoints, schedules, transitions)
+    return ReportInputs(m, n, configs, events, acks, actions, superseded, history, setpoints, schedules, transitions,
+                        samples)
 
 
 def _r(x: float | None, digits: int = 6) -> float | None:
@@ -489,7 +494,8 @@ def dr_figures(m: pd.DataFrame, inputs: ReportInputs, period_start: pd.Timestamp
 
     history = inputs.history if inputs.history is not None else m
     events_out = events_performance(m, history, inputs.dr_events, inputs.dr_acks, inputs.setpoints, period_start,
-                                    period_end, tz, tolerance_kw=tolerance_kw, simulated=simulated)
+                                    period_end, tz, tolerance_kw=tolerance_kw, simulated=simulated,
+                                    meter_samples=inputs.meter_samples)
     curtailed = (m["full_load_kw"] - m["load_kw"]).clip(lower=0.0)
     high = m["price_usd_mwh"] >= high_price_usd_mwh
     return {
