@@ -368,3 +368,27 @@ def test_simulated_run_report_is_labelled_everywhere(simulated_db: tuple[Path, o
     assert len(table) == 8 and {row["simulated"] for row in table} == {"true"}
     settle = list(csv.DictReader((out / "dr_demo-test-1.csv").open()))
     assert settle and {row["simulated"] for row in settle} == {"true"}
+
+
+def test_the_simulated_report_opens_in_a_real_browser(simulated_db: tuple[Path, object], tmp_path: Path) -> None:
+    """The report as an auditor opens it: headless Chromium renders the HTML, the SIMULATED banner
+    is visible text, every plot image loaded, and a screenshot is kept as an artefact."""
+    from test_dashboard_browser import browser
+
+    path, _ = simulated_db
+    html = tmp_path / "report.html"
+    assert _cli(["report", "--db", str(path), "--out", str(html)]) == 0
+    driver = browser()
+    try:
+        driver.get(html.as_uri())
+        body = driver.find_element("tag name", "body").text
+        assert body.lstrip().startswith("SIMULATED") or "SIMULATED" in body.splitlines()[0]
+        images = driver.find_elements("tag name", "img")
+        assert len(images) >= 5
+        assert all(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i)
+                   for i in images), "every embedded plot decodes"
+        shot = tmp_path / "report.png"
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 20_000
+        print(f"screenshot: {shot}")
+    finally:
+        driver.quit()
