@@ -156,12 +156,16 @@ def _realised_profit(frame: pd.DataFrame) -> np.ndarray:
 
 
 def run_day_ahead_as(profile: SiteProfile, market: pd.DataFrame, days: list[pd.Timestamp], *, seed: int = 0,
-                     time_limit_s: float = 20.0, hashprice_usd_per_ph_day: float | None = None) -> ASDayResult:
+                     time_limit_s: float = 20.0, hashprice_usd_per_ph_day: float | None = None,
+                     rel_gap: float | None = None) -> ASDayResult:
     """``mpc+as`` (day-ahead case) against energy-only over ``days`` (local dates). Per day D: offers
     from D−1 (:func:`day_ahead_offers_kw`); awards = offers; execution against D's hourly real-time
     price (both policies, the same perfect real-time response, so the difference is the reserve);
     SYNTHETIC deployments shed the award; AS settled at D's MCPC. Days lacking D−1 or D prices are
-    skipped and listed."""
+    skipped and listed. ``rel_gap``: the execution solves' MIP gap (default: the daemon's)."""
+    from hashflex.optimize.milp import DEFAULT_REL_GAP
+
+    gap = DEFAULT_REL_GAP if rel_gap is None else rel_gap
     result = ASDayResult()
     step = pd.Timedelta(minutes=profile.site.interval_minutes)
     products = list(profile.ancillary.products) if profile.ancillary is not None else []
@@ -179,7 +183,7 @@ def run_day_ahead_as(profile: SiteProfile, market: pd.DataFrame, days: list[pd.T
         hp = hashprice_usd_per_ph_day
         started = time.perf_counter()
         energy_only = solve(problem_from_profile(profile, index, rt, hashprice_usd_per_ph_day=hp),
-                            time_limit_s=time_limit_s)
+                            time_limit_s=time_limit_s, rel_gap=gap)
         result.solve_s_without.append(time.perf_counter() - started)
         # With the awards held; SYNTHETIC deployments shed the award: the obligation drops by it and
         # the site's import is held that much under what the plan without the deployment drew.
@@ -187,7 +191,8 @@ def run_day_ahead_as(profile: SiteProfile, market: pd.DataFrame, days: list[pd.T
         award = {p: offers[p] for p in products}
         started = time.perf_counter()
         held_plan = solve(problem_from_profile(profile, index, rt, hashprice_usd_per_ph_day=hp,
-                                               as_award_kw=award, as_price_usd_mw_h=mcpc), time_limit_s=time_limit_s)
+                                               as_award_kw=award, as_price_usd_mw_h=mcpc), time_limit_s=time_limit_s,
+                          rel_gap=gap)
         result.solve_s_with_reserves.append(time.perf_counter() - started)
         shed = sum(np.where(deployed[p], award[p], 0.0) for p in products) if products else np.zeros(len(index))
         final = held_plan
@@ -198,7 +203,7 @@ def run_day_ahead_as(profile: SiteProfile, market: pd.DataFrame, days: list[pd.T
                                                import_limit_kw=limit,
                                                import_limit_source=["AS deployment (SYNTHETIC)"] * len(index),
                                                as_award_kw=obligation, as_price_usd_mw_h=mcpc),
-                          time_limit_s=time_limit_s)
+                          time_limit_s=time_limit_s, rel_gap=gap)
             result.deployments += int(sum(np.count_nonzero(np.diff(deployed[p].astype(int), prepend=0) == 1)
                                           for p in products))
         dt_h = step / pd.Timedelta(hours=1)

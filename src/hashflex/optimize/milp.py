@@ -34,10 +34,11 @@ log = logging.getLogger(__name__)
 PENALTY_MIN_ON_USD_PER_UNIT = 1_000.0
 PENALTY_RAMP_USD_PER_KW = 10.0
 # An awarded reserve not held costs, per kW-hour, the most that holding it could cost at that
-# interval (its energy price with adders and carbon, as if it earned no hashes) plus $0.10: breaking
-# an award never pays, a hard limit (DR, noise, import) still wins, and the penalty stays of the
-# order of the economics, so a unit or two of rounding does not blow the MIP gap (a flat $10/kWh
-# did: 0.66 % gap after 10 s on a May 2024 day).
+# interval (its energy price with adders and carbon, as if it earned no hashes, plus the best hash
+# revenue per kW that the import or carbon it uses could earn elsewhere) plus $0.10: breaking an
+# award never pays, a hard limit (DR, noise, import, carbon) still wins, and the penalty stays of
+# the order of the economics, so a unit or two of rounding does not blow the MIP gap (a flat
+# $10/kWh did: 0.66 % gap after 10 s on a May 2024 day).
 PENALTY_RESERVE_SHORT_MARGIN_USD_PER_KW_H = 0.10
 # Relative MIP gap at which a schedule counts as optimal. Price forecasts a day ahead are off by
 # far more than 0.5 %, and the LP-rounded start usually lands within it, so HiGHS can stop at the
@@ -320,7 +321,10 @@ def reserve_value_usd_per_kw(problem: Problem, p: int, g: int) -> np.ndarray:
 def reserve_short_penalty_usd_per_kw(problem: Problem) -> np.ndarray:
     """[T] $ per kW of award not held over each interval (see PENALTY_RESERVE_SHORT_MARGIN_USD_PER_KW_H)."""
     carbon_usd_per_kwh = problem.intensity_kg_per_mwh / 1000.0 * problem.carbon_price_usd_per_t / 1000.0
-    per_kwh = np.maximum(problem.energy_price_usd_mwh, 0.0) / 1000.0 + carbon_usd_per_kwh
+    hp = problem.hashprice_usd_per_th_h * (1.0 - problem.pool_fee)
+    best_hash_per_kw = max((mode.hashrate_th_s / mode.power_kw for group in problem.groups for mode in group.modes),
+                           default=0.0) * hp
+    per_kwh = np.maximum(problem.energy_price_usd_mwh, 0.0) / 1000.0 + carbon_usd_per_kwh + best_hash_per_kw
     return problem.duration_h * (per_kwh + PENALTY_RESERVE_SHORT_MARGIN_USD_PER_KW_H)
 
 

@@ -1,0 +1,72 @@
+"""What selling reserves adds (issue 15): ``mpc+as`` (day-ahead case) against energy-only on the
+development months of real ERCOT prices, with real HiGHS solves. Prints numbers; asserts nothing.
+
+    python optimization/benchmarks/ancillary_value.py                 # Feb–May 2024 (dev months)
+    python optimization/benchmarks/ancillary_value.py --months 2024-05 --months 2025-08
+    python optimization/benchmarks/ancillary_value.py --all           # every dev month in the file
+
+Site: the bundled west_texas profile with ``EXAMPLE_WEST_TEXAS_ANCILLARY`` (an ASSUMED
+qualification: 10 MW RRS from the hydro containers on UFRs, 5 MW ECRS and 5 MW Non-Spin from the
+air halls). Rules (``hashflex.backtest.ancillary``): offers for day D from D−1's day-ahead energy and
+AS prices only; price-taking, so awards = offers, paid D's real MCPC; both policies then run D
+against its hourly real-time LZ_WEST price; deployments are SYNTHETIC (Poisson at the profile's
+rates). Figures: added profit per MW-year of qualified reserve (20 MW), obligations met (MW·h held /
+awarded), and the execution solve time with the award's reserve variables vs without (ratio of
+medians, same day, same HiGHS settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from hashflex.backtest.ancillary import EXAMPLE_WEST_TEXAS_ANCILLARY, load_hourly_market, run_day_ahead_as, with_ancillary
+from hashflex.profile import load_profile
+
+DEFAULT_FILE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "ercot" / "dev2" / "hourly_hubs_dam_rt_and_dam_as_mcpc.csv"
+DEV_2024 = ["2024-02", "2024-03", "2024-04", "2024-05"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--file", type=Path, default=DEFAULT_FILE)
+    parser.add_argument("--months", action="append", help="YYYY-MM (repeatable); default Feb–May 2024")
+    parser.add_argument("--all", action="store_true", help="every month in the file")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rel-gap", type=float, default=None, help="execution solves' MIP gap (default: the daemon's 0.5 %%)")
+    args = parser.parse_args()
+    market = load_hourly_market(args.file)
+    profile = with_ancillary(load_profile("west_texas"), EXAMPLE_WEST_TEXAS_ANCILLARY)
+    local = market.index.tz_convert(profile.tz)
+    months = sorted(set(local.strftime("%Y-%m"))) if args.all else (args.months or DEV_2024)
+    days = sorted({d for d in local.normalize().tz_localize(None) if d.strftime("%Y-%m") in months})
+    qualified_mw = sum(sum(p["group_mw"].values()) for p in EXAMPLE_WEST_TEXAS_ANCILLARY["products"].values())
+    started = time.perf_counter()
+    result = run_day_ahead_as(profile, market, [pd.Timestamp(d) for d in days], seed=args.seed, rel_gap=args.rel_gap)
+    wall = time.perf_counter() - started
+    years = result.days / 365.0
+    added = result.profit_with_as_usd - result.profit_energy_only_usd
+    with_s, without_s = statistics.median(result.solve_s_with_reserves), statistics.median(result.solve_s_without)
+    print(f"months: {', '.join(months)}; days run {result.days}, skipped {len(result.skipped_days)} "
+          f"(no AS price upstream): {', '.join(result.skipped_days[:8])}{' ...' if len(result.skipped_days) > 8 else ''}")
+    print(f"energy-only profit        ${result.profit_energy_only_usd:,.0f}")
+    print(f"mpc+as profit             ${result.profit_with_as_usd:,.0f}  (AS paid ${result.as_revenue_usd:,.0f}, "
+          f"clawed back ${result.as_clawback_usd:,.0f})")
+    print(f"added                     ${added:,.0f} = ${added / qualified_mw / years:,.0f} per MW-year "
+          f"of {qualified_mw:g} MW qualified")
+    print(f"awarded {result.awarded_mwh:,.1f} MW·h, held {result.held_mwh:,.1f}: obligations met "
+          f"{result.obligations_met * 100:.3f} %")
+    print(f"SYNTHETIC deployments: {result.deployments}, {result.deployed_mwh:,.1f} MW·h shed")
+    print(f"execution solve, median: with reserves {with_s:.3f} s, without {without_s:.3f} s, "
+          f"ratio {with_s / without_s:.2f}; max with {max(result.solve_s_with_reserves):.2f} s")
+    print(f"wall time {wall:.0f} s")
+    for note in result.notes:
+        print(f"note: {note}")
+
+
+if __name__ == "__main__":
+    main()
