@@ -116,3 +116,16 @@ def test_missing_columns_are_named(prices: pd.DataFrame) -> None:
         LearnedPriceForecaster(prices.drop(columns=["market"]), PROFILE.site.settlement_point, PROFILE.site.timezone)
     with pytest.raises(ValueError, match="settlement_point 'NOPE'"):
         LearnedPriceForecaster(prices, "NOPE", PROFILE.site.timezone)
+
+
+def test_a_model_fault_degrades_to_the_rules_not_a_crash(prices: pd.DataFrame) -> None:
+    hook = model(prices)
+
+    def broken(*_args, **_kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("corrupt model")
+
+    hook.quantiles = broken  # a fault inside the learned part (real object, one method replaced)
+    out = RecordedForecaster(PROFILE, prices, price_forecaster=hook)(NOW, NOW.floor("15min"), 8)
+    assert has_fallback(out.fallbacks, FallbackCode.PRICE_MODEL_UNTRAINED)
+    assert any("corrupt model" in f for f in out.fallbacks)
+    assert np.isfinite(out.price_usd_mwh).all() and not any("learned" in s for s in out.price_source)

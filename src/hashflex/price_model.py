@@ -42,7 +42,8 @@ cannot extrapolate above the prices it was trained on, and a scarcity event pers
 days). The forecast then lists :attr:`FallbackCode.PRICE_SCARCITY`. The switch works without a
 trained model too (it needs only recent RT and DA), so it also guards a fresh install.
 
-Degraded behaviour: too little history (< ``min_train_days`` of labelled intervals) → the hook
+Degraded behaviour: a fault inside the model (fit or predict raising) is listed as
+``PRICE_MODEL_UNTRAINED`` with the error and the rules take over for that call; too little history (< ``min_train_days`` of labelled intervals) → the hook
 returns no opinion (NaN) and lists ``PRICE_MODEL_UNTRAINED``; the forecast then uses its rules (DA,
 yesterday, the unknown-price cap). scikit-learn missing → :class:`ImportError` naming the extra
 (``pip install 'hashflex[forecast]'``) when the forecaster is built, never during a tick.
@@ -407,10 +408,17 @@ class LearnedPriceForecaster:
         now_ns = int(now_ts.value)
         times = pd.DatetimeIndex(times)
         fallbacks: list[Fallback] = []
-        q = self.quantiles(times, now_ts)
+        try:
+            q = self.quantiles(times, now_ts)
+        except Exception as exc:  # noqa: BLE001 - a model fault must not stop the plan: the rules take over
+            q = None
+            fallbacks.append(Fallback(FallbackCode.PRICE_MODEL_UNTRAINED,
+                                      f"price: learned model failed ({type(exc).__name__}: {exc}); the rules alone"))
         state = self.scarcity(now_ts)
         self.last_scarcity = state
-        if q is None:
+        if q is None and fallbacks:
+            price = np.full(len(times), np.nan)
+        elif q is None:
             price = np.full(len(times), np.nan)
             fallbacks.append(Fallback(FallbackCode.PRICE_MODEL_UNTRAINED,
                                       f"price: learned model has {self._labelled_days(now_ns):.1f} day(s) of "
