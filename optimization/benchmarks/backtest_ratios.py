@@ -51,7 +51,7 @@ from hashflex.backtest.runner import (
 from hashflex.backtest.summary import summary_document, violations
 from hashflex.data import bundled_path
 from hashflex.feeds.hashprice import bundled_hashprice
-from hashflex.price_model import QUANTILES, LearnedPriceForecaster, pinball_loss
+from hashflex.price_model import QUANTILES, LearnedPriceForecaster, PriceModelConfig, pinball_loss
 from hashflex.profile import SiteProfile, load_profile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,7 +139,8 @@ def forecast_errors(profile: SiteProfile, actuals: Actuals, hook: LearnedPriceFo
     return out
 
 
-def run_case(name: str, case: str, days: int, hashprice: pd.DataFrame | None, quiet: bool) -> tuple[dict, dict, dict]:
+def run_case(name: str, case: str, days: int, hashprice: pd.DataFrame | None, quiet: bool,
+             model_config: PriceModelConfig | None = None) -> tuple[dict, dict, dict]:
     source, first_day = CASES[case]
     profile = load_profile(name)
     load = None
@@ -151,7 +152,7 @@ def run_case(name: str, case: str, days: int, hashprice: pd.DataFrame | None, qu
     start = pd.Timestamp(first_day)
     actuals = build_actuals(profile, prices, start, start + pd.Timedelta(days=days), hashprice=hashprice)
     hook = LearnedPriceForecaster(actuals.prices, profile.site.settlement_point, profile.site.timezone,
-                                  load_forecast=load)
+                                  load_forecast=load, config=model_config)
     progress = Progress.factory(quiet)
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -185,8 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profiles", nargs="+", default=["west_texas"])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--constant-hashprice", action="store_true", help="settle at the profile's constant")
+    parser.add_argument("--plan-mean", action="store_true",
+                        help="learned mpc plans at the mean of P10/P50/P90 instead of the P50")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    model_config = PriceModelConfig(plan_mean=args.plan_mean)
     hashprice = None if args.constant_hashprice else bundled_hashprice()
     if any(CASES[c][0] == "dev2" for c in args.cases) and not DEV2.is_dir():
         print(f"dev2 data not found at {DEV2}; run with --cases 2020-02 2021-02", file=sys.stderr)
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.profiles:
         for case in args.cases:
             started = time.perf_counter()
-            document, errors, timings = run_case(name, case, args.days, hashprice, args.quiet)
+            document, errors, timings = run_case(name, case, args.days, hashprice, args.quiet, model_config)
             label = f"{name}@{document['point']} {case}"
             policies = document["policies"]
             threshold = policies["threshold"]["profit_usd"]
