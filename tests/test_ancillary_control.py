@@ -150,3 +150,29 @@ def test_as_topics_parse() -> None:
     message = parse_message("hashflex/as_loop/in/as/deploy", payload)
     assert isinstance(message, ASDeployMessage) and message.product == "NSPIN"
     assert np.isclose(message.deployed_kw, 1000.0)
+
+
+def test_awards_deployments_and_their_performance_reach_the_audit_trail(tmp_path) -> None:
+    """Every AS message and its ack, and a deployment's performance, are in the tamper-evident
+    trail (the recorder drops kinds the audit does not know, so this fails without them)."""
+    from hashflex.audit import AuditLog
+    from hashflex.control.records import AuditRecorder
+    from hashflex.store import Store
+
+    profile = parse_profile(PROFILE, source="test")
+    with Store(tmp_path / "s.db") as store:
+        recorder = AuditRecorder(store)
+        loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, prices()), driver=SimulatedFleet(profile),
+                           solver=SolveRunner(inline=True), store=store, recorder=recorder)
+        loop.handle_as_award(award(), NOW)
+        loop.tick(NOW)
+        loop.handle_as_deploy(ASDeployMessage(deployment_id="d-9", product="RRS", issued_at=NOW, deployed_kw=2000.0,
+                                              issuer="qse-test"), NOW)
+        recorder.flush()
+        recorder.close()
+        assert recorder.failures == 0
+    with AuditLog(tmp_path / "s.db", readonly=True) as log:
+        kinds = [r.kind for r in log.records()]
+        (performance,) = log.records("as_performance")
+    assert "as_award" in kinds and "as_deploy" in kinds
+    assert performance.payload["deployment_id"] == "d-9" and performance.payload["obligation_kw"] == 2000.0

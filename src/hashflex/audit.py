@@ -101,7 +101,8 @@ GENESIS = "0" * 64
 HMAC_ENV = "HASHFLEX_AUDIT_HMAC_KEY"
 SIGNATURE_VERSION = "hf-audit-v1"
 KINDS = ("input_summary", "dr_event", "dr_ack", "dr_transition", "schedule", "setpoints", "guard_action", "config",
-         "measurement", "limits_change", "limits_expired", "restart", "meter_sample")
+         "measurement", "limits_change", "limits_expired", "restart", "meter_sample",
+         "as_award", "as_deploy", "as_performance")  # ancillary services (issue 15)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_log (
