@@ -24,7 +24,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from hashflex.backtest.ancillary import EXAMPLE_WEST_TEXAS_ANCILLARY, load_hourly_market, run_day_ahead_as, with_ancillary
+from hashflex.backtest.ancillary import (
+    EXAMPLE_WEST_TEXAS_ANCILLARY,
+    load_hourly_market,
+    run_day_ahead_as,
+    with_ancillary,
+)
 from hashflex.profile import load_profile
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "ercot" / "dev2" / "hourly_hubs_dam_rt_and_dam_as_mcpc.csv"

@@ -22,7 +22,6 @@ real HiGHS solves, energy-only (``mpc``'s plan without reserves, same execution 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -36,8 +35,16 @@ from hashflex.optimize.schedule import Schedule
 from hashflex.optimize.solve import solve
 from hashflex.profile import SiteProfile
 
-__all__ = ["ASDayResult", "EXAMPLE_WEST_TEXAS_ANCILLARY", "SYNTHETIC_LABEL", "with_ancillary", "day_ahead_offers_kw", "load_hourly_market", "run_day_ahead_as",
-           "synthetic_deployments"]
+__all__ = [
+    "EXAMPLE_WEST_TEXAS_ANCILLARY",
+    "SYNTHETIC_LABEL",
+    "ASDayResult",
+    "day_ahead_offers_kw",
+    "load_hourly_market",
+    "run_day_ahead_as",
+    "synthetic_deployments",
+    "with_ancillary",
+]
 
 SYNTHETIC_LABEL = "SYNTHETIC deployments (Poisson, profile rate; not ERCOT's record)"
 _AS_COLUMNS = {"RRS": "dam_mcpc_rrs", "ECRS": "dam_mcpc_ecrs", "NSPIN": "dam_mcpc_nspin"}
@@ -100,7 +107,7 @@ def synthetic_deployments(profile: SiteProfile, index: pd.DatetimeIndex, seed: i
         rate = product.expected_deployments_per_month / 730.0 * step_h
         starts = np.flatnonzero(rng.random(len(index)) < rate)
         live = np.zeros(len(index), dtype=bool)
-        length = max(int(math.ceil(product.expected_deployment_hours / step_h)), 1)
+        length = max(math.ceil(product.expected_deployment_hours / step_h), 1)
         for s in starts:
             live[s:s + length] = True
         out[name] = live

@@ -22,7 +22,7 @@ from typing import Any
 from hashflex.messages import ASAwardMessage, ASDeployMessage
 from hashflex.profile import AS_PRODUCT_RULES, SiteProfile
 
-__all__ = ["ASDeployment", "as_source", "award_refusal", "deployment_from", "deploy_refusal"]
+__all__ = ["ASDeployment", "as_source", "award_refusal", "deploy_refusal", "deployment_from"]
 
 
 def as_source(product: str, deployment_id: str) -> str:

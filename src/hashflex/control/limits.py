@@ -49,7 +49,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hashflex.control.ancillary import ASDeployment, award_refusal, deploy_refusal, deployment_from
+from hashflex.control.ancillary import (
+    ASDeployment,
+    award_refusal,
+    deploy_refusal,
+    deployment_from,
+)
 from hashflex.control.dr import DRBook, DRDecision, event_limit_kw, source_label
 from hashflex.messages import (
     ASAckMessage,

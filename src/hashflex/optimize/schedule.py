@@ -110,7 +110,11 @@ def reserve_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndarr
     from scipy.optimize import linprog
     from scipy.sparse import coo_matrix
 
-    from hashflex.optimize.milp import _reserve_index, reserve_short_penalty_usd_per_kw, reserve_value_usd_per_kw
+    from hashflex.optimize.milp import (
+        _reserve_index,
+        reserve_short_penalty_usd_per_kw,
+        reserve_value_usd_per_kw,
+    )
 
     T, pairs = problem.T, _reserve_index(problem)
     held = {r.name: np.zeros(T) for r in problem.reserves}
