@@ -80,7 +80,7 @@ log = logging.getLogger(__name__)
 MessageCallback = Callable[[InboundMessage], None]
 RejectionCallback = Callable[[Rejection], None]
 COUNTERS = ("accepted", "rejected", "duplicate", "errors")
-COMMAND_KINDS = frozenset({"dr", "limits"})  # answered by the control loop, never stored by the ingest
+COMMAND_KINDS = frozenset({"dr", "limits", "as_award", "as_deploy"})  # answered by the control loop, never stored by the ingest
 _LOG_EVERY_S = 60.0  # a repeated rejection reason is logged at WARNING at most this often
 
 
