@@ -106,6 +106,9 @@ def test_rrs_deployment_cuts_at_once_and_its_shortfall_is_reported() -> None:
     assert performance["shortfall_kw"] == pytest.approx(50.0)
     assert performance["commanded_within_deadline"] is True
     assert loop.book.import_limits_at(at) == {"AS:RRS:d-1": pytest.approx(50.0)}
+    status = loop.status(at)
+    assert status["as_performance"][0]["shortfall_kw"] == pytest.approx(50.0)
+    assert status["limits"]["import_limit_source"] == "AS:RRS:d-1"
     # The next plan holds the deployment and no longer asks the shed load to run for the award.
     report = loop.tick(at + timedelta(minutes=1))
     first = report.schedule.frame.iloc[0]

@@ -1062,6 +1062,9 @@ class ControlLoop:
             "counters": dict(self.counters),
             "noise_offsets_db": dict(self.noise_offsets_db),
             "noise_compliance": self.noise_compliance(),
+            # AS deployments of the last day: obligation vs delivered, shortfall, time to respond (issue 15).
+            "as_performance": [dict(p) for p in self.as_performance.values()
+                               if datetime.fromisoformat(p["issued_at"]) > now - timedelta(days=1)],
         }
 
 
