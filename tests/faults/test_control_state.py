@@ -392,3 +392,19 @@ def test_a_manager_clears_their_own_limit_and_only_theirs(site: Site) -> None:
     assert stale.status == "accepted" and "nothing to clear" in stale.reason
     with pytest.raises(ValueError, match="both set and cleared"):
         limits(import_limit_kw=5.0, clear=["import"])
+
+
+def test_out_of_bounds_commands_are_refused_with_an_ack_on_every_path(site: Site) -> None:
+    """Found by a newcomer: the dashboard's limits API accepted an import limit of 1e308 kW and a
+    150 dB(A) noise cap (kept across a restart), and over MQTT the same values got no ack at all.
+    The loop now checks every command against the bounds table and answers the refusal."""
+    loop = site.loop
+    cap = NoiseCapOverride(receptor_id="porch", cap_dba=150.0, window_start=T0, window_end=T0 + 60 * MIN)
+    for message in (limits(import_limit_kw=1e308), limits(noise_caps=[cap]),
+                    limits(T0 + timedelta(days=365 * 900), import_limit_kw=10.0)):
+        ack = loop.handle_limits(message, T0)
+        assert ack.status == "rejected" and ("outside" in ack.reason or "clock-skew" in ack.reason), ack.reason
+    assert [a["status"] for a in site.publisher.sent["out/limits/ack"]] == ["rejected"] * 3
+    assert loop.book.manager == {} and site.restart().book.manager == {}
+    ack = site.loop.handle_dr(dr(import_limit_kw=1e308), T0)
+    assert ack.status == "rejected" and "import_limit_kw" in ack.reason

@@ -50,6 +50,7 @@ from hashflex.control.guard import Guard, GuardAction, GuardResult, Limits, Meas
 from hashflex.control.ladder import breakeven_ladder, under_water
 from hashflex.control.limits import STORE_UNAVAILABLE, Hold, LimitsAck, LimitsBook
 from hashflex.control.sender import SendQueue
+from hashflex.plausibility import PlausibilityContext, check_plausible
 from hashflex.forecast import FallbackCode, has_fallback
 from hashflex.control.records import IntervalMeter
 from hashflex.control.solver import SolveRunner
@@ -202,6 +203,7 @@ class ControlLoop:
         self.book = book or LimitsBook(profile, dr=dr_book or DRBook())
         self.solver = solver or SolveRunner(time_limit_s=config.solve_time_limit_s)
         self.guard = Guard(profile)
+        self._plausibility = PlausibilityContext.from_profile(profile)
         # Miners that keep failing setpoints (or, with a verifying driver, do not follow them) are
         # marked unavailable, so the optimizer plans without them and /status names them.
         self.registry = MinerRegistry({m.miner_id: m.group_id for m in self.fleet.miners.values()}, max_mismatches=2)
@@ -475,6 +477,14 @@ class ControlLoop:
         fails the ack is ``rejected`` with reason ``store_unavailable: ...`` and a more restrictive
         limit is held in memory anyway (when in doubt, curtail)."""
         with self._lock:
+            implausible = self._implausible(message, now)
+            if implausible is not None:
+                ack = DRDecision(message.event_id, message.modification_number, False, implausible).to_ack(now)
+                self.counters["dr_rejected"] += 1
+                self._publish("out/dr/ack", ack.model_dump(mode="json"))
+                self._record("dr_event", lambda: records.dr_event_payload(message, False, implausible, None, now), now)
+                self._record("dr_ack", lambda: records.dr_ack_payload(ack), now)
+                return ack
             repeat = self.book.answered_dr(message)
             if repeat is not None:
                 self.counters["dr_duplicates"] += 1
@@ -652,6 +662,15 @@ class ControlLoop:
         enforce at once: the import limit through the fast path, a noise cap against the level now.
         Same durability and idempotency rules as :meth:`handle_dr`."""
         with self._lock:
+            implausible = self._implausible(message, now)
+            if implausible is not None:
+                ack = LimitsAck(self.book.limits_change_id(message), message.issuer, message.issued_at, "rejected",
+                                implausible, now)
+                self.counters["limits_rejected"] += 1
+                self._publish("out/limits/ack", ack.to_json())
+                self._record("limits_change", lambda: {"change": message.model_dump(mode="json"),
+                                                       "ack": ack.to_json()}, now)
+                return ack
             repeat = self.book.answered_limits(message)
             if repeat is not None:
                 self.counters["limits_duplicates"] += 1
@@ -728,9 +747,27 @@ class ControlLoop:
                                             "ack": ack.model_dump(mode="json")}, now)
         return ack, ack.status == "accepted"
 
+    def _implausible(self, message: Any, now: datetime) -> str | None:
+        """The reason a command is out of the plausibility bounds (``hashflex.plausibility``, the
+        same table the MQTT ingest applies to observations), or None. Every path that hands the loop
+        a command — MQTT, the dashboard's limits API, OpenADR — is checked here alike."""
+        rejection = check_plausible(message, now, self._plausibility)
+        return None if rejection is None else rejection.reason
+
+    def _refuse_as(self, message: Any, kind: str, message_id: str, now: datetime) -> ASAckMessage | None:
+        implausible = self._implausible(message, now)
+        if implausible is None:
+            return None
+        ack = ASAckMessage(message_id=message_id, kind=kind, status="rejected", reason=implausible[:500], acked_at=now)
+        self._publish("out/as/ack", ack.model_dump(mode="json"))
+        return ack
+
     def handle_as_award(self, message: ASAwardMessage, now: datetime) -> ASAckMessage:
         """An AS award from the QSE: decide, commit, acknowledge on ``out/as/ack``, re-plan so the
         plan holds the awarded reserve as a minimum running load."""
+        refused = self._refuse_as(message, "as_award", message.award_id, now)
+        if refused is not None:
+            return refused
         with self._lock:
             ack, fresh = self._decide_commit_ack(message, now, lambda: self.book.decide_as_award(message, now))
         if fresh:
@@ -743,6 +780,9 @@ class ControlLoop:
         acting now meets any later deadline). What the cut achieves is measured against the
         obligation (:attr:`as_performance`: shortfall when the cut cannot reach the limit); a
         store failure holds the cut anyway (when in doubt, curtail) while the ack says rejected."""
+        refused = self._refuse_as(message, "as_deploy", message.deployment_id, now)
+        if refused is not None:
+            return refused
         with self._lock:
             batch = self.fleet.as_setpoints(now, self.expiry_s)
             baseline_kw = self.guard.net_import_kw(batch, self.measurements.auxiliary_kw)
@@ -793,6 +833,7 @@ class ControlLoop:
             self.profile = profile
             self.book.profile = profile
             self.guard = Guard(profile)
+            self._plausibility = PlausibilityContext.from_profile(profile)
             self._record("config", lambda: self._config_payload("change"), now)
         self.request_replan("profile reloaded")
         return "reloaded"

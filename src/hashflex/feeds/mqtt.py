@@ -215,19 +215,20 @@ class MqttIngest:
             if isinstance(result, Rejection):
                 self._reject(result)
                 return result
+            if result.kind in COMMAND_KINDS:
+                # DR events, limits changes and AS messages are decided, committed and answered by
+                # the control loop's limits book — bounds included, so every path (MQTT, the web
+                # page, OpenADR) is checked alike and a refusal is acknowledged with its reason — and
+                # a redelivery gets its first answer: pass every copy on, store none here.
+                self._count(result.kind, "accepted")
+                self._dispatch(result, topic)
+                return result
             if self.plausibility is not None:
                 implausible = check_plausible(result, self._clock(), self.plausibility, topic)
                 if implausible is not None:
                     implausible = dataclasses.replace(implausible, payload=payload_preview(payload))
                     self._reject(implausible)
                     return implausible
-            if result.kind in COMMAND_KINDS:
-                # DR events and limits changes are decided, committed and answered by the control
-                # loop's limits book, which answers a redelivery with its first ack: pass every copy
-                # on, store none here (a message that was refused must never bind from the store).
-                self._count(result.kind, "accepted")
-                self._dispatch(result, topic)
-                return result
             identity = result.identity
             with self._lock:
                 if identity in self._seen:
