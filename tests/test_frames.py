@@ -146,7 +146,8 @@ def test_plan_holds_the_monthly_carbon_budget_too() -> None:
 
 
 @pytest.mark.parametrize("argv", [["backtest", "--from", "10/02/2020"], ["run", "--simulate", "--from", "10/02/2020"],
-                                  ["backtest", "--to", "2020-2-10"]])
+                                  ["backtest", "--to", "2020-2-10"], ["report", "--from", "02/01/2020"],
+                                  ["report", "--to", "Feb 2 2020"]])
 def test_the_command_line_refuses_ambiguous_dates(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     from hashflex.cli import main
 

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from hashflex.audit import AuditError, AuditLog, verify_file
+from hashflex.frames import iso_date_argument
 
 __all__ = ["add_report_parsers", "cmd_audit_sign", "cmd_audit_verify", "cmd_report"]
 
@@ -101,10 +102,10 @@ def cmd_audit_sign(args: argparse.Namespace) -> int:
 def add_report_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Add ``report`` and ``audit {verify,sign}`` to the ``hashflex`` subcommands (``handler`` set)."""
     report = subparsers.add_parser("report", help="sustainability and DR report from the audit trail")
-    report.add_argument("--from", dest="start",
+    report.add_argument("--from", dest="start", type=iso_date_argument("--from"),
                         help="period start: a date (site-local midnight) or ISO time with offset; "
                              "default the trail's first measured interval")
-    report.add_argument("--to", dest="end",
+    report.add_argument("--to", dest="end", type=iso_date_argument("--to"),
                         help="period end: a date (included, to the next midnight) or ISO time (excluded); "
                              "default the end of the trail's last measured interval")
     report.add_argument("--signature", help="signed head from 'hashflex audit sign' to verify and show "
