@@ -177,8 +177,12 @@ def test_dr_event_is_obeyed_and_survives_kill_9(site) -> None:  # noqa: ANN001
         assert status["active_dr_events"] == ["ers-e2e"], "the accepted event survived kill -9"
         assert sim.total_power_kw() <= 20.0
 
-        # Broker restart: every client reconnects and a modification of the event still lands.
-        broker.restart()
+        # Broker down: /healthz says so (no DR can arrive). Then back: every client reconnects and a
+        # modification of the event still lands.
+        broker.stop()
+        poll_until(lambda: http_get(http_port, "/healthz")[0] == 503, 30, message="healthz 503 with the broker down")
+        assert b"MQTT broker disconnected" in http_get(http_port, "/healthz")[1]
+        broker.start()
         tighter = event.model_copy(update={"modification_number": 1, "import_limit_kw": 8.0})
         poll_until(lambda: listener.client.is_connected(), 30, message="listener reconnected")
         # The test broker keeps no sessions across a restart: wait until the daemon has resubscribed.

@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import threading
+from datetime import datetime
 from typing import Any
 
 
@@ -113,6 +114,15 @@ def _start_openadr(loop: ControlLoop) -> Any:
     return ven
 
 
+def with_broker_health(status: dict[str, Any], broker_connected: bool) -> dict[str, Any]:
+    """The daemon's status with the broker's state among the health causes: with the ingest
+    disconnected no DR event, limits change or telemetry can arrive, so /healthz must not say ok."""
+    if broker_connected:
+        return status
+    causes = [*status.get("unhealthy_causes", []), "MQTT broker disconnected: no DR, limits or telemetry can arrive"]
+    return {**status, "unhealthy_causes": causes, "healthy": False}
+
+
 def _start_meter(profile: SiteProfile, loop: ControlLoop) -> Any:
     """The site meter poller, when the profile has a ``site_meter`` section: every fresh reading
     goes to the loop (the guard's truth over the model when over the limit)."""
@@ -158,10 +168,14 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
     feed_stats = (lambda: feed.stats()) if feed is not None else (lambda: None)
     ven = _start_openadr(loop)
     meter = _start_meter(profile, loop)
-    server = StatusServer(lambda now: {**loop.status(now), "inputs": ingest.stats(), "mqtt_connected": ingest.connected,
-                                       "input_rejections": ingest.rejection_stats(), "price_feed": feed_stats(),
-                                       "openadr": ven.status() if ven is not None else None},
-                          utc_now, http_host, http_port, loop=loop, ingest=ingest)  # dashboard + manager writes
+
+    def status(now: datetime) -> dict[str, Any]:
+        document = {**loop.status(now), "inputs": ingest.stats(), "mqtt_connected": ingest.connected,
+                    "input_rejections": ingest.rejection_stats(), "price_feed": feed_stats(),
+                    "openadr": ven.status() if ven is not None else None}
+        return with_broker_health(document, ingest.connected)
+
+    server = StatusServer(status, utc_now, http_host, http_port, loop=loop, ingest=ingest)  # dashboard + writes
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
