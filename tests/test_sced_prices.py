@@ -68,3 +68,18 @@ def test_the_backtest_settles_each_interval_at_the_time_weighted_mean() -> None:
                            "price_usd_mwh": np.tile([20.0, 20.0, 2000.0], 2 * 96)})
     actuals = build_actuals(profile, prices, "2025-07-01", "2025-07-02")
     assert np.allclose(actuals.price_usd_mwh, 680.0)
+
+
+def test_run_simulate_settles_five_minute_prices_at_the_interval_mean(tmp_path: Path) -> None:
+    """Found by a newcomer: `run --simulate --prices five.csv` recorded the first 5-minute price of
+    each interval (20) where `plan` used the 15-minute mean (50)."""
+    from hashflex.profile import load_profile
+    from hashflex.sim.site import run_simulation
+
+    profile = load_profile("quiet_hollow")
+    starts = pd.date_range("2025-07-01T00:00", periods=12 * 24 * 2, freq="5min", tz=profile.tz).tz_convert("UTC")
+    prices = pd.DataFrame({"interval_start": starts, "interval_end": starts + pd.Timedelta(minutes=5),
+                           "settlement_point": profile.site.settlement_point, "market": "RT",
+                           "price_usd_mwh": np.tile([20.0, 50.0, 80.0], 12 * 16)})
+    result = run_simulation(profile, prices, starts[12 * 24], 4, dr_events=[])
+    assert np.allclose(result.intervals["price_usd_mwh"], 50.0)

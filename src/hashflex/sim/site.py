@@ -33,6 +33,7 @@ from hashflex.control.solver import SolveRunner
 from hashflex.drivers.base import Setpoint, SetpointResult, SetpointStatus
 from hashflex.feeds.ercot import publication_times
 from hashflex.forecast import RecordedForecaster
+from hashflex.frames import time_weighted_mean
 from hashflex.messages import DREventMessage, RenewableMessage
 from hashflex.profile import SiteProfile
 from hashflex.sim.noise import NoiseSensorSim
@@ -264,7 +265,13 @@ def run_simulation(profile: SiteProfile, prices: pd.DataFrame, start: pd.Timesta
     sensors = NoiseSensorSim(profile, bias_db=noise_bias_db or {}, seed=seed)
     step = timedelta(minutes=profile.site.interval_minutes)
     events = sorted(dr_events, key=lambda e: e.start)
-    rt = prices[prices["market"] == "RT"].set_index("interval_start")["price_usd_mwh"]
+    rt_rows = prices[prices["market"] == "RT"].drop_duplicates("interval_start", keep="last")
+    # Each interval settles at the time-weighted mean of the RT prices inside it (5-minute SCED
+    # prices average into a 15-minute interval, as ERCOT settles; hashflex.frames).
+    grid = pd.date_range(pd.Timestamp(start).tz_convert("UTC"), periods=intervals, freq=step)
+    settled = time_weighted_mean(rt_rows["interval_start"], rt_rows["interval_end"], rt_rows["price_usd_mwh"],
+                                 grid, step) if len(rt_rows) else np.full(intervals, np.nan)
+    rt = pd.Series(settled, index=grid)
     rows, reports = [], []
     now = pd.Timestamp(start).tz_convert("UTC").to_pydatetime()
     notify = observer.message if observer is not None else (lambda message, at: None)
