@@ -166,7 +166,10 @@ def _simulate_with_site(profile, args: argparse.Namespace, site) -> int:
         events.append(DREventMessage(event_id="demo-ers-1", modification_number=0, program="ERS-10",
                                      start=begin, end=begin + pd.Timedelta(hours=1).to_pytimedelta(),
                                      level=3, issuer=profile.dr.issuers[0]))
-    print(f"{profile.site.name}: simulated site, real ERCOT prices ({profile.site.settlement_point}), "
+    # Only the bundled files are known to be real ERCOT prices; a user's file is named as given.
+    prices_said = (f"real ERCOT prices ({profile.site.settlement_point})" if args.prices is None
+                   else f"prices from {args.prices} ({profile.site.settlement_point})")
+    print(f"{profile.site.name}: simulated site, {prices_said}, "
           f"{window.describe(profile.tz)}" + ("; SYNTHETIC demo DR event (level 3) at +14 h" if events else ""))
     for note in window.notes:
         print(f"note: {note}")
