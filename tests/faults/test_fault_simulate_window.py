@@ -68,3 +68,27 @@ def test_explicit_window_inside_the_file_runs(price_file: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "window 2024-07-02 22:00 CDT .. 2024-07-03 00:00 CDT (8 intervals)" in result.stdout, result.stdout
     assert "ticks 8" in result.stdout
+
+
+def test_a_real_time_only_file_starts_on_its_second_day_and_mines_from_the_first_interval() -> None:
+    """Found by a newcomer: with a user's RT-only file the default window began on its first day,
+    where the daemon's forecast knows no price yet (RT is published after each interval): the site
+    slept at $20/MWh for two hours. Now the window starts a day later and the site runs at once."""
+    import pandas as pd
+
+    from hashflex.profile import load_profile
+    from hashflex.sim.site import run_simulation, simulation_window
+
+    profile = load_profile("quiet_hollow")
+    starts = pd.date_range("2025-07-01T00:00", periods=96 * 3, freq="15min", tz=profile.tz).tz_convert("UTC")
+    prices = pd.DataFrame({"interval_start": starts, "interval_end": starts + pd.Timedelta(minutes=15),
+                           "settlement_point": profile.site.settlement_point, "market": "RT", "price_usd_mwh": 20.0})
+    window = simulation_window(profile, prices, intervals=4)
+    assert window.start == pd.Timestamp("2025-07-02T00:00", tz=profile.tz)
+    assert any("second full local day" in note for note in window.notes)
+    from hashflex.forecast import FallbackCode, has_fallback
+
+    result = run_simulation(profile, prices, window.start, window.intervals, dr_events=[])
+    assert not has_fallback(result.reports[0].fallbacks, FallbackCode.PRICE_UNKNOWN), result.reports[0].fallbacks
+    assert result.intervals["reason"].iloc[0] != "price"  # at night the neighbours' caps bind, not the price
+    assert result.intervals["load_kw"].iloc[0] > 0.2 * profile.full_load_kw

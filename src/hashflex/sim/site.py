@@ -104,7 +104,20 @@ def simulation_window(profile: SiteProfile, prices: pd.DataFrame, *, start: pd.T
     notes: list[str] = []
     if start is None:
         start = _next_local_midnight(first, tz)
-        notes.append(f"start: the first full local day of {source}")
+        da = prices[prices["market"] == "DA"] if "market" in prices.columns else prices.iloc[0:0]
+        if da.empty or not ((da["interval_start"] <= start) & (da["interval_end"] > start)).any():
+            # No day-ahead price for the first day: the forecast (the daemon's) would know nothing
+            # and curtail. Start a day later, with a day of published real-time prices behind it.
+            second = _next_local_midnight(start + pd.Timedelta(hours=1), tz)
+            if second < last:
+                start = second
+                notes.append(f"start: the second full local day of {source} (it has no day-ahead prices for the "
+                             f"first: the forecast gets a day of published real-time prices, as the daemon would)")
+            else:
+                notes.append(f"start: the first full local day of {source}; it has no day-ahead prices and no "
+                             f"second day, so the forecast knows no price at first and the plan curtails")
+        else:
+            notes.append(f"start: the first full local day of {source}")
     start = pd.Timestamp(start).tz_convert("UTC")
     if end is not None:
         end = pd.Timestamp(end).tz_convert("UTC")
