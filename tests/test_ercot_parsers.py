@@ -368,7 +368,9 @@ def test_detect_format_for_each_ercot_header() -> None:
 
 
 # ------------------------------------------------------------------------------------- property
-prices = st.decimals(min_value=-10_000, max_value=100_000, places=2, allow_nan=False, allow_infinity=False)
+# Every price the plausibility bounds admit ([-251, 20,000] $/MWh; outside them a file is refused,
+# tested in test_time_series_boundaries.py).
+prices = st.decimals(min_value=-251, max_value=20_000, places=2, allow_nan=False, allow_infinity=False)
 
 
 @settings(max_examples=50, deadline=None)
@@ -398,6 +400,6 @@ def test_provenance_lists_every_bundled_file_with_its_hash() -> None:
     folder = bundled_path("ercot/PROVENANCE.md").parent
     provenance = (folder / "PROVENANCE.md").read_text()
     csvs = sorted(folder.glob("*.csv"))
-    assert len(csvs) == 8  # six price files + wind and solar reports
+    assert len(csvs) == 9  # six price files, wind and solar reports, the May 2024 DA/AS clearing prices
     for path in csvs:
         assert f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}" in provenance

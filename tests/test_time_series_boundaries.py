@@ -96,3 +96,13 @@ def test_duplicate_price_rows_are_reported(tmp_path: Path) -> None:
     prices = load_prices(PROFILE, [write(tmp_path / "dup.csv", rows)])
     assert any("1 conflicting duplicate" in n for n in prices.attrs["notes"]), prices.attrs["notes"]
     assert prices["price_usd_mwh"].tolist() == [30.0, 30.0, 31.0, 30.0, 30.0, 30.0]
+
+
+@pytest.mark.parametrize("price", ["50000", "-9000", "1e308"])
+def test_a_price_file_is_held_to_the_same_bounds_as_mqtt(tmp_path: Path, price: str) -> None:
+    """Found by a newcomer: `plan` accepted 50,000 and -9,000 $/MWh from a file, and 1e308 ended in
+    an overflow warning and "non-finite values" naming no line."""
+    rows = five_minute_rows("2025-04-01T00:00-05:00", [30.0] * 6)
+    rows[3] = rows[3].replace(",30.0,", f",{price},")
+    with pytest.raises(PlanInputError, match=r"line 5: price_usd_mwh .* outside the plausible range \[-251, 20000\]"):
+        load_inputs(PROFILE, write(tmp_path / "oob.csv", rows), None)

@@ -218,7 +218,9 @@ def _first(mask: pd.Series) -> Any:
 
 
 def _parse_price(s: pd.Series, field: str, ctx: _Ctx) -> pd.Series:
-    """$/MWh as float; thousands commas allowed, nothing clipped, NaN/inf rejected."""
+    """$/MWh as float; thousands commas allowed, nothing clipped, NaN/inf rejected, and a value
+    outside the plausibility bounds (``hashflex.plausibility``: the same table MQTT prices and the
+    HTTP feed are held to) refused with its line: a file is not a way around them."""
     t = _text(s)
     thousands = t.str.fullmatch(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?")
     t = t.where(~thousands, t.str.replace(",", "", regex=False))
@@ -231,6 +233,13 @@ def _parse_price(s: pd.Series, field: str, ctx: _Ctx) -> pd.Series:
         if not np.isnan(v.loc[label]):
             reason = f"{raw!r} is not a finite number"
         raise ctx.error(label, field, reason)
+    from hashflex.plausibility import PRICE_CEILING_USD_MWH, PRICE_FLOOR_USD_MWH
+
+    outside = (v < PRICE_FLOOR_USD_MWH) | (v > PRICE_CEILING_USD_MWH)
+    if outside.any():
+        label = _first(outside)
+        raise ctx.error(label, field, f"{s.loc[label]!r} $/MWh is outside the plausible range "
+                                      f"[{PRICE_FLOOR_USD_MWH:g}, {PRICE_CEILING_USD_MWH:g}] $/MWh (README, input bounds)")
     return v
 
 
