@@ -225,7 +225,15 @@ def test_cli_writes_every_output(tmp_path) -> None:
 
     with Store(out / "backtest.db") as store:
         assert store.count("schedules") == 12
-        assert store.get_meta("backtest_summary")["policies"]["mpc"]["profit_usd"] is not None
+        summary = store.get_meta("backtest_summary")["policies"]["mpc"]
+        assert summary["profit_usd"] is not None
+    # The report on the backtest's own trail agrees with its summary (found by a newcomer: the trail
+    # valued revenue at the forecast's hashprice, the summary at the day's settled one).
+    from hashflex.report import build_report
+
+    economics = build_report(out / "backtest.db")["economics"]
+    assert economics["revenue_usd"] == pytest.approx(summary["revenue_usd"], abs=0.01)
+    assert economics["energy_cost_usd"] == pytest.approx(summary["energy_cost_usd"], abs=0.01)
 
 
 def test_candidate_group_is_placed_at_the_nearest_existing_attenuation() -> None:

@@ -434,9 +434,11 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
         caps = {r.id: r.cap_at(stamp.tz_convert(profile.tz).to_pydatetime()) for r in profile.receptors}
         noise = {r.receptor_id: noise_interval_summary([(r.laeq_dba, dt_h * 3600.0)], caps[r.receptor_id])
                  for r in readings}
+        settled_hp = (None if actuals.hashprice_usd_per_ph_day is None
+                      else float(actuals.hashprice_usd_per_ph_day[k]))  # the day's realised value, as account()
         loop.record_measurement(now, dt_h, load_kw=load_kw, renewable_kw=float(actuals.renewable_kw[k]),
                                 hashrate_th_s=fleet.hashrate_th_s(), noise=noise,
-                                price_usd_mwh=float(actuals.price_usd_mwh[k]))
+                                price_usd_mwh=float(actuals.price_usd_mwh[k]), hashprice_usd_per_ph_day=settled_hp)
         cut[k] = loop.counters["fast_path_actions"] > before
         solve_seconds[k] = report.solve_seconds
         status[k] = report.schedule.status.value if report.schedule is not None else ""

@@ -966,7 +966,8 @@ class ControlLoop:
     def record_measurement(self, interval_start: datetime, interval_h: float, *, load_kw: float,
                            renewable_kw: float, hashrate_th_s: float,
                            noise: Mapping[str, tuple[float, float]], price_usd_mwh: float | None,
-                           intensity_kg_per_mwh: float | None = None, intensity_source: str | None = None) -> None:
+                           intensity_kg_per_mwh: float | None = None, intensity_source: str | None = None,
+                           hashprice_usd_per_ph_day: float | None = None) -> None:
         """The ``measurement`` audit entry of one finished interval, from what was measured in it
         (``noise``: receptor → (LAeq, minutes over cap)); economics at the settled price."""
         import_kw = max(load_kw - renewable_kw, 0.0)
@@ -979,7 +980,8 @@ class ControlLoop:
             self.measured_import_kw.pop(next(iter(self.measured_import_kw)))
         # Revenue at the hashprice the plan used (the forecast's, from the feed when there is one),
         # not the profile's static value: the audit and the optimizer value a hash alike.
-        hashprice = self.hashprice_usd_per_ph_day or self.profile.economics.hashprice_usd_per_ph_day
+        hashprice = (hashprice_usd_per_ph_day if hashprice_usd_per_ph_day is not None  # settled (backtest)
+                     else self.hashprice_usd_per_ph_day or self.profile.economics.hashprice_usd_per_ph_day)
         hp = hashprice / 1000.0 / 24.0 * (1 - self.profile.economics.pool_fee_pct / 100)
         revenue = hashrate_th_s * interval_h * hp
         cost = None if price_usd_mwh is None else import_kw * interval_h * (price_usd_mwh + self.profile.grid.total_adder_usd_mwh) / 1000
