@@ -55,3 +55,24 @@ def test_live_measurement_carries_intensity_price_and_limit(tmp_path: Path) -> N
     assert measurement["import_limit_kw"] == PROFILE.grid.import_limit_kw
     assert measurement["import_limit_source"] == "interconnection"
     assert measurement["source"] == "metered"
+
+
+def test_a_live_daemon_fed_by_simulators_labels_its_measurements_simulated(tmp_path: Path) -> None:
+    """Found by a newcomer: `hashflex run` controlling `hashflex sim` miners wrote a trail the report
+    called real. Simulated telemetry and noise carry ``simulated: true``; the loop then labels
+    every measurement simulated, and the report follows."""
+    from hashflex.messages import TelemetryMessage
+
+    def forecaster(now, start, periods):  # noqa: ANN001, ANN202
+        return HorizonForecast(pd.date_range(start, periods=periods, freq="15min"), np.full(periods, 20.0))
+
+    recorder = Recorder()
+    loop = ControlLoop(PROFILE, forecaster=forecaster, driver=SimulatedFleet(PROFILE), recorder=recorder,
+                       meter=IntervalMeter(), solver=SolveRunner(inline=True))
+    loop.tick(T0)
+    miner = next(iter(PROFILE.miner_ids()))
+    loop.on_message(TelemetryMessage(miner_id=miner, power_kw=3.0, hashrate_th_s=100.0, mode="stock",
+                                     temperature_c=60.0, timestamp=T0, simulated=True), T0)
+    loop.tick(T0 + timedelta(minutes=15))
+    (measurement,) = [p for k, p in recorder.records if k == "measurement"]
+    assert measurement["source"] == "simulated" and loop.simulated_inputs

@@ -173,6 +173,8 @@ class NoiseMessage(_Inbound):
     averaging_s: float = Field(gt=0, le=86_400)
     timestamp: UtcDatetime
     meter_class: Literal[1, 2]
+    # Set by simulators (hashflex sim): every record built from the reading is labelled SIMULATED.
+    simulated: bool = False
 
     @property
     def key(self) -> str:
@@ -225,6 +227,7 @@ class TelemetryMessage(_Inbound):
     temperature_c: float = Field(ge=-60, le=150)
     errors: list[Annotated[str, Field(max_length=512)]] = Field(default_factory=list, max_length=100)
     timestamp: UtcDatetime
+    simulated: bool = False  # set by simulated miners: the audit trail then labels the site's data SIMULATED
 
     @property
     def key(self) -> str:

@@ -224,6 +224,7 @@ class ControlLoop:
         self.last_good_tick: datetime | None = None
         self.state_failure: str | None = None  # the last failed commit of control state, until one succeeds
         self.transport_failure: str | None = None  # the last batch went nowhere (broker down), until one does
+        self.simulated_inputs = False  # a simulator's telemetry or noise reading arrived (hashflex sim)
         self._has_site_meter = False  # once a meter reading arrives, telemetry no longer stands in for it
         self._last_meter_sample: datetime | None = None
         self.hashprice_usd_per_ph_day: float | None = None  # the forecast's, for the first interval of the last tick
@@ -417,6 +418,9 @@ class ControlLoop:
 
     def on_message(self, message: Any, now: datetime) -> None:
         """Route an accepted inbound message; DR starts and noise exceedances act at once."""
+        if getattr(message, "simulated", False) and not self.simulated_inputs:
+            self.simulated_inputs = True  # from now on, every measurement is labelled simulated
+            log.warning("simulated inputs (%s): measurements are labelled SIMULATED", type(message).__name__)
         try:
             if isinstance(message, DREventMessage):
                 self.handle_dr(message, now)
@@ -1005,7 +1009,8 @@ class ControlLoop:
             noise_over_cap_min={r: v[1] for r, v in noise.items()}, full_load_kw=full_kw,
             intensity_source=intensity_source, hashprice_usd_per_ph_day=hashprice),
             "import_limit_kw": limit_kw, "import_limit_source": limit_source,
-            "source": "simulated" if self.config.run_mode != "live" else "metered"}, interval_start)
+            "source": "simulated" if self.config.run_mode != "live" or self.simulated_inputs else "metered"},
+            interval_start)
 
     def modelled_level_dba(self, receptor_id: str) -> float:
         """The modelled level of the units running now, as the receptor's cap counts it (total, or

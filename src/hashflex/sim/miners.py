@@ -895,7 +895,7 @@ class MqttSimulatedMiners(_Fleet):
         telemetry = TelemetryMessage(miner_id=snap.miner_id, power_kw=snap.power_kw,
                                      hashrate_th_s=snap.hashrate_th_s, mode=snap.reported_mode,
                                      temperature_c=60.0 if snap.state is MinerState.HASHING else 30.0,
-                                     timestamp=self.clock())
+                                     timestamp=self.clock(), simulated=True)
         self._client.publish(self.topics.telemetry(snap.miner_id), telemetry.model_dump_json(), qos=0)
 
     def _tick_loop(self) -> None:

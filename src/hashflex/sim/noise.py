@@ -41,5 +41,6 @@ class NoiseSensorSim:
             level = modelled_laeq_dba(self.profile, running, receptor.id)
             level += self.bias_db.get(receptor.id, 0.0) + float(self._rng.normal(0.0, self.sigma_db))
             messages.append(NoiseMessage(receptor_id=receptor.id, laeq_dba=round(level, 2),
-                                         averaging_s=self.averaging_s, timestamp=at, meter_class=1))
+                                         averaging_s=self.averaging_s, timestamp=at, meter_class=1,
+                                         simulated=True))
         return messages
