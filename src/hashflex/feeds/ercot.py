@@ -46,6 +46,7 @@ type or market) raises plain ``ValueError``.
 
 from __future__ import annotations
 
+import contextvars
 import csv
 import io
 import json
@@ -217,10 +218,16 @@ def _first(mask: pd.Series) -> Any:
     return mask.index[int(np.asarray(mask, dtype=bool).argmax())]
 
 
+_FILE_BOUNDS: contextvars.ContextVar[bool] = contextvars.ContextVar("hashflex_price_file_bounds", default=False)
+"""True while :func:`read_price_file` parses: a file's prices are held to the plausibility bounds
+row by row and an out-of-bounds row refuses the file with its line (the HTTP feed instead drops
+the bad rows and keeps the good ones, ``plausibility.filter_price_frame``)."""
+
+
 def _parse_price(s: pd.Series, field: str, ctx: _Ctx) -> pd.Series:
-    """$/MWh as float; thousands commas allowed, nothing clipped, NaN/inf rejected, and a value
-    outside the plausibility bounds (``hashflex.plausibility``: the same table MQTT prices and the
-    HTTP feed are held to) refused with its line: a file is not a way around them."""
+    """$/MWh as float; thousands commas allowed, nothing clipped, NaN/inf rejected; when reading a
+    file (:data:`_FILE_BOUNDS`), a value outside the plausibility bounds (``hashflex.plausibility``:
+    the same table MQTT prices and the HTTP feed are held to) is refused with its line."""
     t = _text(s)
     thousands = t.str.fullmatch(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?")
     t = t.where(~thousands, t.str.replace(",", "", regex=False))
@@ -236,7 +243,7 @@ def _parse_price(s: pd.Series, field: str, ctx: _Ctx) -> pd.Series:
     from hashflex.plausibility import PRICE_CEILING_USD_MWH, PRICE_FLOOR_USD_MWH
 
     outside = (v < PRICE_FLOOR_USD_MWH) | (v > PRICE_CEILING_USD_MWH)
-    if outside.any():
+    if _FILE_BOUNDS.get() and outside.any():
         label = _first(outside)
         raise ctx.error(label, field, f"{s.loc[label]!r} $/MWh is outside the plausible range "
                                       f"[{PRICE_FLOOR_USD_MWH:g}, {PRICE_CEILING_USD_MWH:g}] $/MWh (README, input bounds)")
@@ -646,6 +653,19 @@ def detect_format(text: str, source: str = "<text>") -> str:
 
 
 def read_price_file(path: str | os.PathLike, settlement_point: str | Iterable[str] | None = None,
+                    settlement_point_type: str | None = None, market: str | None = None) -> pd.DataFrame:
+    """Read any accepted price file (see :data:`FORMATS`; ``.zip`` with one member is fine) into the
+    canonical frame. This is what ``hashflex plan`` / ``backtest`` / ``run --simulate`` call with an
+    operator's file; its prices are held to the plausibility bounds (a row outside them refuses the
+    file, naming its line). Raises :class:`PriceFileError` (a ``ValueError``)."""
+    token = _FILE_BOUNDS.set(True)
+    try:
+        return _read_price_file(path, settlement_point, settlement_point_type, market)
+    finally:
+        _FILE_BOUNDS.reset(token)
+
+
+def _read_price_file(path: str | os.PathLike, settlement_point: str | Iterable[str] | None = None,
                     settlement_point_type: str | None = None, market: str | None = None) -> pd.DataFrame:
     """Read any accepted price file (see :data:`FORMATS`; ``.zip`` with one member is fine) into the
     canonical frame. This is what ``hashflex plan`` / ``backtest`` call with the operator's file."""
