@@ -86,7 +86,7 @@ def test_observations_range_is_half_open_sorted_with_canonical_columns(store: St
     store.flush()
     frame = store.observations("noise", T0 + MIN, T0 + 4 * MIN, key="r1")
     assert list(frame.columns) == ["timestamp", "key", "receptor_id", "laeq_dba", "averaging_s", "meter_class",
-                                   "received_at"]
+                                   "simulated", "received_at"]
     assert frame["timestamp"].tolist() == [T0 + m * MIN for m in (1, 2, 3)]
     assert frame["laeq_dba"].tolist() == [41.0, 42.0, 43.0]
     assert_utc(frame["timestamp"])
