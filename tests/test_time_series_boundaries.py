@@ -106,3 +106,18 @@ def test_a_price_file_is_held_to_the_same_bounds_as_mqtt(tmp_path: Path, price: 
     rows[3] = rows[3].replace(",30.0,", f",{price},")
     with pytest.raises(PlanInputError, match=r"line 5: price_usd_mwh .* outside the plausible range \[-251, 20000\]"):
         load_inputs(PROFILE, write(tmp_path / "oob.csv", rows), None)
+
+
+def test_a_plan_over_a_gap_says_which_prices_were_placeholders(tmp_path: Path) -> None:
+    """Found by a newcomer: the hourly table and the CSV showed the 5,000 $/MWh placeholder of an
+    unknown interval as if it were the market price."""
+    from hashflex.plan import output_frame, plan, summary_table
+
+    rows = five_minute_rows("2025-04-01T00:00-05:00", [30.0] * 600)
+    del rows[36:48]  # one hour (03:00-04:00 local) without prices
+    inputs = load_inputs(PROFILE, write(tmp_path / "gap.csv", rows), pd.Timestamp("2025-04-01T00:00-05:00"))
+    _, schedule = plan(PROFILE, inputs, time_limit_s=10.0)
+    assert schedule.frame["price_known"].tolist() == [not 12 <= k < 16 for k in range(len(schedule.frame))]
+    table = summary_table(schedule, PROFILE)
+    assert "unknown*" in table and "no price in the file" in table
+    assert output_frame(schedule)["price_known"].tolist().count(False) == 4

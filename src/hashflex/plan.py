@@ -46,6 +46,7 @@ class PlanInputs:
     price_usd_mwh: np.ndarray
     renewable_kw: np.ndarray | None
     notes: tuple[str, ...]
+    price_known: np.ndarray | None = None  # False where the file had no price (planned at the unknown price)
 
 
 def horizon_index(profile: SiteProfile, start: pd.Timestamp) -> pd.DatetimeIndex:
@@ -136,12 +137,13 @@ def load_inputs(profile: SiteProfile, prices_path: Path, start: pd.Timestamp | N
     for gap in gap_runs(index, price, step):
         notes.append(f"no price for {gap.describe()}: priced as unknown at {UNKNOWN_PRICE_USD_MWH:g} $/MWh "
                      f"(curtailed), as the daemon prices an unknown interval")
-    price = np.where(np.isnan(price), UNKNOWN_PRICE_USD_MWH, price)
+    known = ~np.isnan(price)
+    price = np.where(known, price, UNKNOWN_PRICE_USD_MWH)
     renewable = None
     if renewables_path is not None:
         series = read_renewables_csv(renewables_path)
         renewable = series.reindex(index, method="ffill").fillna(0.0).to_numpy()
-    return PlanInputs(index, price, renewable, tuple(notes))
+    return PlanInputs(index, price, renewable, tuple(notes), known)
 
 
 def plan(profile: SiteProfile, inputs: PlanInputs, *, time_limit_s: float = 20.0,
@@ -155,7 +157,11 @@ def plan(profile: SiteProfile, inputs: PlanInputs, *, time_limit_s: float = 20.0
                                    renewable_kw=inputs.renewable_kw)
     fine = int(profile.site.fine_horizon_hours * 60 / profile.site.interval_minutes)
     with SolveRunner(time_limit_s=time_limit_s, deadline_s=deadline_s) as runner:
-        return problem, runner.run(problem, fine)
+        schedule = runner.run(problem, fine)
+    if inputs.price_known is not None:
+        # Say which prices were the file's and which the placeholder that curtails an unknown interval.
+        schedule.frame["price_known"] = np.asarray(inputs.price_known, dtype=bool)
+    return problem, schedule
 
 
 def output_frame(schedule: Schedule) -> pd.DataFrame:
@@ -211,8 +217,12 @@ def summary_table(schedule: Schedule, profile: SiteProfile) -> str:
         header.append(f"{receptor.id} dB(A)/cap")
     header += ["profit $", "reason"]
     rows = [header]
+    unknown_any = "price_known" in frame.columns and not bool(frame["price_known"].all())
     for hour, block in grouped:
-        row = [hour.strftime("%a %m-%d %H:%M"), f"{block['price_usd_mwh'].mean():,.2f}",
+        known = block["price_known"] if "price_known" in block.columns else pd.Series(True, index=block.index)
+        price_cell = (f"{block.loc[known, 'price_usd_mwh'].mean():,.2f}*" if known.any() and not known.all()
+                      else "unknown*" if not known.any() else f"{block['price_usd_mwh'].mean():,.2f}")
+        row = [hour.strftime("%a %m-%d %H:%M"), price_cell,
                f"{int(block[unit_columns].sum(axis=1).mean()):,}", f"{block['load_kw'].mean() / 1000:,.2f}"]
         for receptor in profile.receptors:
             level = block[f"noise_dba_{receptor.id}"].max()
@@ -233,4 +243,7 @@ def summary_table(schedule: Schedule, profile: SiteProfile) -> str:
         totals += f"; soft limits paid: {info.penalties}"
     if info.message and info.status.value == "failed_fallback":
         totals += f"; fallback because {info.message}"
-    return "\n".join(lines + ["", totals])
+    footnote = ([f"* some or all intervals had no price in the file: they were planned at "
+                 f"{UNKNOWN_PRICE_USD_MWH:,.0f} $/MWh, i.e. curtailed, and their $ figures are not market figures "
+                 f"(column price_known in the CSV)"] if unknown_any else [])
+    return "\n".join(lines + ["", totals, *footnote])
