@@ -7,10 +7,14 @@ Set HASHFLEX_MOSQUITTO to use a binary elsewhere.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import json
 import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -159,3 +163,28 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[[], MosquittoBroker]]
 def wait_for() -> Callable[..., None]:
     """``wait_for(condition, timeout_s=10, message=...)``: poll instead of sleeping; fails on timeout."""
     return poll_until
+
+
+@contextlib.contextmanager
+def json_server(payload: object, path: str = "/prices") -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 answering every GET with ``payload`` as JSON; yields its URL."""
+    body = json.dumps(payload).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}{path}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -140,6 +140,32 @@ def check_response(spec: dict[str, Any], method: str, path: str, status: int, ra
     return schema_errors(_response_spec(version), content["application/json"]["schema"], body)
 
 
+
+def rest_server(handle: Any) -> ThreadingHTTPServer:
+    """A quiet threaded HTTP server on a free 127.0.0.1 port whose GET/POST/PUT/DELETE go to
+    ``handle(request, method)`` (the test VTN and the validating proxy both serve this way)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, fmt: str, *args: Any) -> None:
+            return None
+
+        def do_GET(self) -> None:
+            handle(self, "GET")
+
+        def do_POST(self) -> None:
+            handle(self, "POST")
+
+        def do_PUT(self) -> None:
+            handle(self, "PUT")
+
+        def do_DELETE(self) -> None:
+            handle(self, "DELETE")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    return server
+
+
 class ValidatingProxy:
     """Forwards 127.0.0.1:<port> → ``upstream``; collects spec violations of both directions."""
 
@@ -161,26 +187,7 @@ class ValidatingProxy:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def start(self) -> ValidatingProxy:
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, fmt: str, *args: Any) -> None:
-                return None
-
-            def do_GET(self) -> None:
-                proxy._forward(self, "GET")
-
-            def do_POST(self) -> None:
-                proxy._forward(self, "POST")
-
-            def do_PUT(self) -> None:
-                proxy._forward(self, "PUT")
-
-            def do_DELETE(self) -> None:
-                proxy._forward(self, "DELETE")
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = rest_server(self._forward)
         threading.Thread(target=self._server.serve_forever, daemon=True, name="validating-proxy").start()
         return self
 

@@ -49,11 +49,12 @@ from urllib.parse import parse_qs, urlparse
 
 import requests
 
-from openadr_proxy import declared_statuses, load_spec
+from openadr_proxy import declared_statuses, load_spec, rest_server
 
 
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
 
 
 class TestVTN:
@@ -92,26 +93,7 @@ class TestVTN:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> TestVTN:
-        vtn = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, fmt: str, *args: Any) -> None:
-                return None
-
-            def do_GET(self) -> None:
-                vtn._handle(self, "GET")
-
-            def do_POST(self) -> None:
-                vtn._handle(self, "POST")
-
-            def do_PUT(self) -> None:
-                vtn._handle(self, "PUT")
-
-            def do_DELETE(self) -> None:
-                vtn._handle(self, "DELETE")
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = rest_server(self._handle)
         if self.ssl_context is not None:
             self._server.socket = self.ssl_context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="test-vtn")

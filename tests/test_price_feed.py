@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from conftest import json_server
 
 from hashflex.feeds.http import PriceFeedError
 from hashflex.feeds.poll import PriceFeed, price_feed_from_env
@@ -23,24 +22,8 @@ def price_server():
              "interval_end": (pd.Timestamp("2024-07-01T06:00Z") + pd.Timedelta(hours=h)).isoformat(),
              "price_usd_mwh": 20.0 + h, "market": "DA", "settlement_point": "LZ_WEST"} for h in range(4)]
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            body = json.dumps(rows).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/prices"
-    server.shutdown()
-    server.server_close()
+    with json_server(rows) as url:
+        yield url
 
 
 def test_generic_feed_stores_prices_published_when_fetched(price_server: str, tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from conftest import json_server
+
 from hashflex.control.fleet import FleetState
 from hashflex.control.guard import Guard, Measurements
 from hashflex.control.http import StatusServer
@@ -235,8 +237,6 @@ def test_rejection_through_mosquitto_is_counted_in_metrics_and_not_stored(mosqui
 @pytest.fixture
 def mixed_price_server() -> Iterator[str]:
     """A generic JSON price endpoint on 127.0.0.1 serving four good rows and three implausible ones."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     def row(hour: int, price: float) -> dict:
         start = NOW + timedelta(hours=hour)
@@ -245,24 +245,8 @@ def mixed_price_server() -> Iterator[str]:
 
     rows = [row(0, 21.0), row(1, -1e308), row(2, -251.0), row(3, 1e308), row(4, 9_000.0), row(5, 30.0),
             row(24 * 30, 25.0)]  # a month ahead: beyond the 7-day price horizon
-    body = json.dumps(rows).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/prices"
-    server.shutdown()
-    server.server_close()
+    with json_server(rows) as url:
+        yield url
 
 
 def test_price_feed_drops_implausible_rows_and_keeps_the_good_ones(mixed_price_server: str, store: Store) -> None:

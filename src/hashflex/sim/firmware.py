@@ -25,6 +25,7 @@ lease_s=None)`` (a context manager); ``endpoints()`` → web ``(host, port)`` pe
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import collections
 import json
@@ -195,7 +196,27 @@ class _HttpProtocol(asyncio.Protocol):
         self.transport.close()
 
 
-class VnishFleet(_Fleet):
+class _ServedFleet(_Fleet, abc.ABC):
+    """A simulated fleet served on loopback by ``self._servers`` (an :class:`_AsyncServers`):
+    ``start()`` opens the sockets (each family its own), ``stop()`` and the context manager close them."""
+
+    _servers: _AsyncServers
+
+    @abc.abstractmethod
+    def start(self) -> Any:
+        """Open this family's listening sockets and return self."""
+
+    def stop(self) -> None:
+        self._servers.stop()
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class VnishFleet(_ServedFleet):
     """Simulated VNish miners: a web API and a cgminer API per miner; see the module docstring."""
 
     def __init__(self, miners: Mapping[str, MinerGroup], *, clock: Callable[[], datetime] | None = None,
@@ -237,14 +258,6 @@ class VnishFleet(_Fleet):
         self._servers.start(open_all)
         return self
 
-    def stop(self) -> None:
-        self._servers.stop()
-
-    def __enter__(self) -> VnishFleet:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def endpoints(self) -> dict[str, tuple[str, int]]:
         """The web API of each miner."""
@@ -568,7 +581,7 @@ class AntminerStockFleet(VnishFleet):
 WHATSMINER_FW = "20230911.15.REL"
 
 
-class WhatsminerFleet(_Fleet):
+class WhatsminerFleet(_ServedFleet):
     """Simulated MicroBT Whatsminers speaking the btminer API v2 on one TCP port each (4028 on a real miner).
 
     Modelled on MicroBT's published "WhatsMiner API V2" and on what pyasic's BTMiner backend sends (no
@@ -623,14 +636,6 @@ class WhatsminerFleet(_Fleet):
         self._servers.start(open_all)
         return self
 
-    def stop(self) -> None:
-        self._servers.stop()
-
-    def __enter__(self) -> WhatsminerFleet:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def endpoints(self) -> dict[str, tuple[str, int]]:
         return dict(self._rpc)

@@ -17,6 +17,7 @@ Both run on one asyncio loop in a background thread; ``start()``/``stop()`` or a
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import functools
 import socket
@@ -37,8 +38,9 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-class _ModbusServer:
-    """A pymodbus TCP server with one SimDevice on a background asyncio loop."""
+class _ModbusServer(abc.ABC):
+    """A pymodbus TCP server with one SimDevice on a background asyncio loop; subclasses say which
+    device (:meth:`_device`)."""
 
     def __init__(self, host: str, port: int | None) -> None:
         self.host = host
@@ -48,8 +50,9 @@ class _ModbusServer:
         self._thread: threading.Thread | None = None
         self._server: Any = None
 
+    @abc.abstractmethod
     def _device(self) -> Any:
-        raise NotImplementedError
+        """The pymodbus simulated device this server answers for."""
 
     def start(self) -> Any:
         from pymodbus.server import ModbusTcpServer
