@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from hashflex.control.dispatch import MinerSetpoint, dispatch, plan_dispatch
+from hashflex.control.dispatch import Setpoint, dispatch, plan_dispatch
 from hashflex.control.fleet import FleetState
 from hashflex.profile import SiteProfile
 
@@ -40,11 +40,11 @@ def fleet(**overrides: dict) -> FleetState:
     return state
 
 
-def modes(setpoints: list[MinerSetpoint]) -> dict[str, str]:
+def modes(setpoints: list[Setpoint]) -> dict[str, str]:
     return {sp.miner_id: sp.mode for sp in setpoints}
 
 
-def running(setpoints: list[MinerSetpoint], group: str | None = None) -> set[str]:
+def running(setpoints: list[Setpoint], group: str | None = None) -> set[str]:
     return {sp.miner_id for sp in setpoints if sp.mode != "sleep" and (group is None or sp.group_id == group)}
 
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hashflex.control.fleet import FleetState, MinerSetpoint
+from hashflex.control.fleet import FleetState, Setpoint
 from hashflex.control.guard import Guard, Limits, Measurements
 from hashflex.profile import SiteProfile
 
@@ -53,17 +53,17 @@ QUIET = make_profile(cap=100.0)  # noise never binds
 NOISY = make_profile()
 
 
-def full_batch(profile: SiteProfile = QUIET, expires: datetime = EXPIRY) -> list[MinerSetpoint]:
+def full_batch(profile: SiteProfile = QUIET, expires: datetime = EXPIRY) -> list[Setpoint]:
     top = {"old": ("stock", 3.0), "new": ("turbo", 5.0)}
-    return [MinerSetpoint(f"{g}-{i}", g, top[g][0], top[g][1], NOW, expires)
+    return [Setpoint(f"{g}-{i}", top[g][0], top[g][1], NOW, expires, group_id=g)
             for g in ("old", "new") for i in range(1, 6)]
 
 
-def total_kw(batch: list[MinerSetpoint]) -> float:
+def total_kw(batch: list[Setpoint]) -> float:
     return sum(sp.power_target_kw for sp in batch)
 
 
-def mode_of(batch: list[MinerSetpoint]) -> dict[str, str]:
+def mode_of(batch: list[Setpoint]) -> dict[str, str]:
     return {sp.miner_id: sp.mode for sp in batch}
 
 
@@ -93,7 +93,7 @@ def test_efficiency_order_crosses_groups_then_loudness_breaks_ties() -> None:
          "modes": [{"name": "run", "power_kw": 1.0, "hashrate_th_s": 50, "sound_power_dba": 70}]},
         {"id": "zz", "model": "y", "units": 1,
          "modes": [{"name": "run", "power_kw": 1.0, "hashrate_th_s": 50, "sound_power_dba": 90}]}], cap=140)
-    batch = [MinerSetpoint("a", "aa", "run", 1.0, NOW, EXPIRY), MinerSetpoint("z", "zz", "run", 1.0, NOW, EXPIRY)]
+    batch = [Setpoint("a", "run", 1.0, NOW, EXPIRY, group_id="aa"), Setpoint("z", "run", 1.0, NOW, EXPIRY, group_id="zz")]
     result = Guard(tie).check(batch, Measurements(), Limits({"op": 1.0}), NOW)
     assert mode_of(result.batch) == {"a": "run", "z": "sleep"}  # same J/TH: the louder one goes
 
@@ -129,7 +129,7 @@ def test_idle_and_auxiliary_and_absent_units_count() -> None:
     groups = [{"id": "g", "model": "x", "units": 4, "idle_power_kw": 0.5,
                "modes": [{"name": "run", "power_kw": 2.0, "hashrate_th_s": 100, "sound_power_dba": 60}]}]
     guard = Guard(make_profile(groups=groups, cap=140))
-    batch = [MinerSetpoint(f"g-{i}", "g", "run", 2.0, NOW, EXPIRY) for i in (1, 2)]  # g-3, g-4 absent: idle
+    batch = [Setpoint(f"g-{i}", "run", 2.0, NOW, EXPIRY, group_id="g") for i in (1, 2)]  # g-3, g-4 absent: idle
     assert guard.net_import_kw(batch, auxiliary_kw=1.0) == pytest.approx(2 * 2.0 + 2 * 0.5 + 1.0)
     result = guard.check(batch, Measurements(auxiliary_kw=1.0), Limits({"DR": 4.5}), NOW)
     assert [sp.mode for sp in result.batch] == ["sleep", "run"]  # 6.0 − 1.5 = 4.5
@@ -139,7 +139,7 @@ def test_idle_and_auxiliary_and_absent_units_count() -> None:
 def test_unreachable_limit_sleeps_everything_and_says_so() -> None:
     groups = [{"id": "g", "model": "x", "units": 2, "idle_power_kw": 0.5,
                "modes": [{"name": "run", "power_kw": 2.0, "hashrate_th_s": 100, "sound_power_dba": 60}]}]
-    batch = [MinerSetpoint(f"g-{i}", "g", "run", 2.0, NOW, EXPIRY) for i in (1, 2)]
+    batch = [Setpoint(f"g-{i}", "run", 2.0, NOW, EXPIRY, group_id="g") for i in (1, 2)]
     result = Guard(make_profile(groups=groups, cap=140)).check(batch, Measurements(), Limits({"DR": 0.0}), NOW)
     assert all(sp.mode == "sleep" for sp in result.batch)
     assert [a.kind for a in result.actions] == ["import_curtail", "limit_unreachable"]
@@ -184,8 +184,8 @@ def test_import_cut_then_noise_both_hold() -> None:
 
 def test_expired_and_unknown_setpoints_refused() -> None:
     batch = full_batch(expires=NOW + timedelta(seconds=1))
-    batch[0] = MinerSetpoint("old-1", "old", "stock", 3.0, NOW - timedelta(minutes=5), NOW)
-    batch[1] = MinerSetpoint("old-2", "old", "turbo", 3.0, NOW, EXPIRY)
+    batch[0] = Setpoint("old-1", "stock", 3.0, NOW - timedelta(minutes=5), NOW, group_id="old")
+    batch[1] = Setpoint("old-2", "turbo", 3.0, NOW, EXPIRY, group_id="old")
     result = Guard(QUIET).check(batch, Measurements(), Limits(), NOW)
     assert [sp.miner_id for sp in result.batch] == [sp.miner_id for sp in batch[2:]]
     assert {(a.kind, a.miners) for a in result.actions} == {("refused_expired", ("old-1",)),
@@ -270,7 +270,7 @@ def fleets(draw):  # noqa: ANN001, ANN201
             mode = draw(st.sampled_from(names))
             power = group["idle_power_kw"] if mode == "sleep" else next(
                 m["power_kw"] for m in group["modes"] if m["name"] == mode)
-            batch.append(MinerSetpoint(f"{group['id']}-{i}", group["id"], mode, power, NOW, EXPIRY))
+            batch.append(Setpoint(f"{group['id']}-{i}", mode, power, NOW, EXPIRY, group_id=group["id"]))
     return profile, batch
 
 
@@ -344,8 +344,8 @@ def test_limits_at_gathers_dr_and_latest_override_per_issuer() -> None:
 def test_fast_paths_refuse_unknown_and_expired_setpoints() -> None:
     guard = Guard(QUIET)
     batch = full_batch()
-    batch[0] = MinerSetpoint("old-1", "old", "turbo", 9.0, NOW, EXPIRY)  # the old group has no turbo
-    batch[1] = MinerSetpoint("old-2", "old", "stock", 3.0, NOW - timedelta(minutes=5), NOW)
+    batch[0] = Setpoint("old-1", "turbo", 9.0, NOW, EXPIRY, group_id="old")  # the old group has no turbo
+    batch[1] = Setpoint("old-2", "stock", 3.0, NOW - timedelta(minutes=5), NOW, group_id="old")
     cut = guard.emergency_dr_cut(batch, 100.0, Measurements(), now=NOW)
     assert [a.kind for a in cut.actions] == ["refused_expired", "refused_unknown"] and len(cut.batch) == 8
     for result in (guard.import_over_limit_cut(50.0, 40.0, batch, measured_at=NOW),

@@ -587,7 +587,7 @@ def schedule_payload(schedule: Any) -> dict[str, Any]:
 
 
 def setpoints_payload(batch: Iterable[Any], *, source: str = "schedule") -> dict[str, Any]:
-    """Batch summary of ``MinerSetpoint``s: units per ``group/mode``, total target, earliest expiry."""
+    """Batch summary of ``Setpoint``s: units per ``group/mode``, total target, earliest expiry."""
     batch = list(batch)
     counts: dict[str, int] = {}
     for sp in batch:

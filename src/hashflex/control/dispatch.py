@@ -24,7 +24,7 @@ first, and reported in :class:`DispatchResult.notes`.
 
 Public API
 ----------
-``dispatch(counts, fleet, now, expiry_s) -> list[MinerSetpoint]``;
+``dispatch(counts, fleet, now, expiry_s) -> list[Setpoint]``;
 ``plan_dispatch(...) -> DispatchResult(setpoints, notes)`` (the same, with what was clipped and why);
 ``first_row_counts(schedule) -> dict[(group, mode), int]`` (the schedule's first interval).
 """
@@ -37,16 +37,16 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from hashflex.control.fleet import NO_TIME_US, SLEEP, FleetArrays, FleetState, GroupArrays, Miner, MinerSetpoint, time_us
+from hashflex.control.fleet import NO_TIME_US, SLEEP, FleetArrays, FleetState, GroupArrays, Miner, Setpoint, time_us
 from hashflex.optimize.schedule import Schedule, unit_column
 from hashflex.profile import MinerGroup
 
-__all__ = ["MinerSetpoint", "DispatchResult", "dispatch", "first_row_counts", "plan_dispatch",
+__all__ = ["Setpoint", "DispatchResult", "dispatch", "first_row_counts", "plan_dispatch",
            "ArrayDispatch", "plan_dispatch_arrays"]
 
 @dataclass(frozen=True)
 class DispatchResult:
-    setpoints: list[MinerSetpoint]
+    setpoints: list[Setpoint]
     notes: list[str] = field(default_factory=list)
 
 
@@ -58,7 +58,7 @@ def first_row_counts(schedule: Schedule) -> dict[tuple[str, str], int]:
 
 def dispatch(
     counts: Mapping[tuple[str, str], int], fleet: FleetState, now: datetime, expiry_s: float
-) -> list[MinerSetpoint]:
+) -> list[Setpoint]:
     """One setpoint per miner for ``counts[(group, mode)]`` units running (see module docstring)."""
     return plan_dispatch(counts, fleet, now, expiry_s).setpoints
 
@@ -76,7 +76,7 @@ def plan_dispatch(
         if mode != SLEEP and mode not in {m.name for m in group.modes}:
             raise ValueError(f"counts name unknown mode {mode!r} of group {group_id!r}")
     expires = now + timedelta(seconds=expiry_s)
-    setpoints: list[MinerSetpoint] = []
+    setpoints: list[Setpoint] = []
     for group_id, group in fleet.groups.items():
         wanted = {m.name: int(counts.get((group_id, m.name), 0)) for m in group.modes}
         if any(n < 0 for n in wanted.values()):
@@ -87,8 +87,7 @@ def plan_dispatch(
         assignment = _assign(group, wanted, available, now)
         for miner in sorted(miners, key=lambda m: m.miner_id):
             mode = assignment.get(miner.miner_id, SLEEP)
-            setpoints.append(MinerSetpoint(miner.miner_id, group_id, mode, fleet.power_kw(group_id, mode),
-                                           now, expires))
+            setpoints.append(Setpoint(miner.miner_id, mode, fleet.power_kw(group_id, mode), now, expires, group_id=group_id))
     return DispatchResult(setpoints, notes)
 
 
@@ -166,15 +165,15 @@ class ArrayDispatch:
     modes: dict[str, np.ndarray]
     notes: list[str] = field(default_factory=list)
 
-    def to_setpoints(self, fleet: FleetArrays, now: datetime, expiry_s: float) -> list[MinerSetpoint]:
-        """The driver edge: one `MinerSetpoint` per miner, in `plan_dispatch`'s order."""
+    def to_setpoints(self, fleet: FleetArrays, now: datetime, expiry_s: float) -> list[Setpoint]:
+        """The driver edge: one `Setpoint` per miner, in `plan_dispatch`'s order."""
         expires = now + timedelta(seconds=expiry_s)
-        out: list[MinerSetpoint] = []
+        out: list[Setpoint] = []
         for group_id, arrays in fleet.groups.items():
             names = [SLEEP] + arrays.mode_names
             power = arrays.power_kw().tolist()
             for miner_id, k in zip(arrays.miner_id.tolist(), (self.modes[group_id] + 1).tolist()):
-                out.append(MinerSetpoint(miner_id, group_id, names[k], power[k], now, expires))
+                out.append(Setpoint(miner_id, names[k], power[k], now, expires, group_id=group_id))
         return out
 
 

@@ -28,24 +28,10 @@ import numpy as np
 
 from hashflex.profile import MinerGroup, SiteProfile
 
+from hashflex.drivers.base import Setpoint  # the one setpoint type, made here, taken by every driver
 from hashflex.messages import SLEEP  # noqa: E402 - the one definition, re-exported here
 
-__all__ = ["SLEEP", "Miner", "FleetState", "MinerSetpoint"]
-
-
-@dataclass(frozen=True)
-class MinerSetpoint:
-    """What one miner should do until ``expires_at`` (then it falls back to its safe default, sleep).
-
-    Field names match ``messages.SetpointMessage`` plus ``group_id``, so conversion is 1:1.
-    """
-
-    miner_id: str
-    group_id: str
-    mode: str  # "sleep" or a mode name of the group
-    power_target_kw: float
-    issued_at: datetime
-    expires_at: datetime
+__all__ = ["SLEEP", "Miner", "FleetState", "Setpoint"]
 
 
 @dataclass
@@ -114,7 +100,7 @@ class FleetState:
     def set_available(self, miner_id: str, available: bool) -> None:
         self.miners[miner_id].available = available
 
-    def apply_setpoints(self, setpoints: Iterable[MinerSetpoint], now: datetime) -> None:
+    def apply_setpoints(self, setpoints: Iterable[Setpoint], now: datetime) -> None:
         """Record that ``setpoints`` were sent at ``now``: modes change, starts and stops are stamped."""
         for sp in setpoints:
             miner = self.miners[sp.miner_id]
@@ -130,10 +116,10 @@ class FleetState:
             if miner.running:
                 miner.run_hours += hours
 
-    def as_setpoints(self, now: datetime, expiry_s: float) -> list[MinerSetpoint]:
+    def as_setpoints(self, now: datetime, expiry_s: float) -> list[Setpoint]:
         """The modes in force as a batch (issued now), e.g. for the guard's fast path."""
         expires = now + timedelta(seconds=expiry_s)
-        return [MinerSetpoint(m.miner_id, m.group_id, m.mode, self.power_kw(m.group_id, m.mode), now, expires)
+        return [Setpoint(m.miner_id, m.mode, self.power_kw(m.group_id, m.mode), now, expires, group_id=m.group_id)
                 for m in self.miners.values()]
 
     # ------------------------------------------------------------------ persistence

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from hashflex.control.dr import DRBook
-from hashflex.control.fleet import SLEEP, MinerSetpoint
+from hashflex.control.fleet import SLEEP, Setpoint
 from hashflex.messages import LimitsChangeMessage
 from hashflex.plausibility import FUTURE_SKEW_S
 from hashflex.profile import MinerGroup, SiteProfile
@@ -123,7 +123,7 @@ class GuardAction:
 
 @dataclass(frozen=True)
 class GuardResult:
-    batch: list[MinerSetpoint]
+    batch: list[Setpoint]
     actions: list[GuardAction] = field(default_factory=list)
 
     @property
@@ -174,7 +174,7 @@ class Guard:
 
     # ------------------------------------------------------------------ the full check
 
-    def check(self, batch: Sequence[MinerSetpoint], measurements: Measurements, limits: Limits,
+    def check(self, batch: Sequence[Setpoint], measurements: Measurements, limits: Limits,
               now: datetime) -> GuardResult:
         """Refuse, then curtail for import, then step down for noise (see module docstring)."""
         if now.tzinfo is None:
@@ -206,7 +206,7 @@ class Guard:
 
     # ------------------------------------------------------------------ fast path
 
-    def emergency_dr_cut(self, batch: Sequence[MinerSetpoint], limit_kw: float, measurements: Measurements,
+    def emergency_dr_cut(self, batch: Sequence[Setpoint], limit_kw: float, measurements: Measurements,
                          now: datetime | None = None) -> GuardResult:
         """Cut the batch at once until modelled import ≤ ``limit_kw`` (e.g. a DR event just started).
 
@@ -223,7 +223,7 @@ class Guard:
                                    f"(renewable {renewable_kw:.1f} kW{note})", actions)
         return GuardResult(kept, actions)
 
-    def import_over_limit_cut(self, measured_import_kw: float, limit_kw: float, batch: Sequence[MinerSetpoint],
+    def import_over_limit_cut(self, measured_import_kw: float, limit_kw: float, batch: Sequence[Setpoint],
                               *, measured_at: datetime | None = None, now: datetime | None = None,
                               measurements: Measurements | None = None) -> GuardResult:
         """The meter reads over the limit: remove at least the measured excess from the batch.
@@ -254,7 +254,7 @@ class Guard:
         return GuardResult(kept, actions)
 
     def noise_exceedance_cut(self, receptor_id: str, measured_dba: float, cap_dba: float,
-                             batch: Sequence[MinerSetpoint]) -> GuardResult:
+                             batch: Sequence[Setpoint]) -> GuardResult:
         """A sensor reads ``measured_dba`` over ``cap_dba``: lower the modelled level at the receptor
         by the measured excess (the measured-minus-modelled offset is taken as constant)."""
         if receptor_id not in self._energy:
@@ -280,10 +280,10 @@ class Guard:
                 limit, source = value, label
         return limit, source
 
-    def unit_power_kw(self, sp: MinerSetpoint) -> float:
+    def unit_power_kw(self, sp: Setpoint) -> float:
         return max(sp.power_target_kw, self._specs[sp.group_id, sp.mode].power_kw)
 
-    def net_import_kw(self, batch: Sequence[MinerSetpoint], auxiliary_kw: float = 0.0,
+    def net_import_kw(self, batch: Sequence[Setpoint], auxiliary_kw: float = 0.0,
                       renewable_kw: float = 0.0) -> float:
         """Batch power + idle power of profile units absent from the batch + auxiliary − renewable."""
         total = auxiliary_kw - renewable_kw
@@ -295,7 +295,7 @@ class Guard:
             total += max(group.units - present.get(group.id, 0), 0) * group.idle_power_kw
         return max(total, 0.0)
 
-    def noise_level_dba(self, batch: Sequence[MinerSetpoint], receptor_id: str) -> float:
+    def noise_level_dba(self, batch: Sequence[Setpoint], receptor_id: str) -> float:
         """Modelled level at the receptor (with background for a total cap; −inf if silent)."""
         energy = self._site_energy(batch, receptor_id) + self._background_energy(receptor_id)
         return 10.0 * math.log10(energy) if energy > 0 else -math.inf
@@ -328,8 +328,8 @@ class Guard:
                                                  f"{self.renewable_nameplate_kw:.0f} kW nameplate")
         return value, ""
 
-    def _refuse(self, batch: Iterable[MinerSetpoint], now: datetime | None,
-                actions: list[GuardAction]) -> list[MinerSetpoint]:
+    def _refuse(self, batch: Iterable[Setpoint], now: datetime | None,
+                actions: list[GuardAction]) -> list[Setpoint]:
         """Drop setpoints naming an unknown group/mode, and expired ones when ``now`` is known."""
         kept, expired, unknown = [], [], []
         for sp in batch:
@@ -354,17 +354,17 @@ class Guard:
         receptor = next(r for r in self.profile.receptors if r.id == receptor_id)
         return 10.0 ** (receptor.background_dba / 10.0) if receptor.cap_applies_to == "total" else 0.0
 
-    def _site_energy(self, batch: Sequence[MinerSetpoint], receptor_id: str) -> float:
+    def _site_energy(self, batch: Sequence[Setpoint], receptor_id: str) -> float:
         table = self._energy[receptor_id]
         return sum(table[sp.group_id, sp.mode] for sp in batch)
 
-    def _set_mode(self, sp: MinerSetpoint, mode: str) -> MinerSetpoint:
+    def _set_mode(self, sp: Setpoint, mode: str) -> Setpoint:
         group = self._groups[sp.group_id]
         power = group.idle_power_kw if mode == SLEEP else group.mode(mode).power_kw
         return dataclasses.replace(sp, mode=mode, power_target_kw=power)
 
-    def _cut_power(self, batch: list[MinerSetpoint], excess_kw: float, kind: str, why: str,
-                   actions: list[GuardAction]) -> list[MinerSetpoint]:
+    def _cut_power(self, batch: list[Setpoint], excess_kw: float, kind: str, why: str,
+                   actions: list[GuardAction]) -> list[Setpoint]:
         """Curtail least efficient, then loudest, units until ``excess_kw`` is removed."""
         out = list(batch)
         order = sorted(
@@ -406,8 +406,8 @@ class Guard:
                                        "(idle and auxiliary load alone exceed the limit)", ()))
         return out
 
-    def _cut_noise(self, batch: list[MinerSetpoint], receptor_id: str, target_dba: float, why: str,
-                   kind: str, actions: list[GuardAction]) -> list[MinerSetpoint]:
+    def _cut_noise(self, batch: list[Setpoint], receptor_id: str, target_dba: float, why: str,
+                   kind: str, actions: list[GuardAction]) -> list[Setpoint]:
         """Step down the largest contributor at the receptor, one rung at a time, until under target."""
         table = self._energy[receptor_id]
         background = self._background_energy(receptor_id)
@@ -442,6 +442,6 @@ class Guard:
         return out
 
 
-def _reference_time(batch: Sequence[MinerSetpoint]) -> datetime | None:
+def _reference_time(batch: Sequence[Setpoint]) -> datetime | None:
     """The time a fast-path batch was issued (its newest ``issued_at``); None for an empty batch."""
     return max((sp.issued_at for sp in batch), default=None)

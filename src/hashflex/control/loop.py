@@ -45,7 +45,7 @@ from hashflex import audit as records
 from hashflex.acoustics import compared_level_dba, modelled_laeq_dba, noise_margin_db
 from hashflex.control.dispatch import plan_dispatch
 from hashflex.control.dr import DRBook, DRDecision
-from hashflex.control.fleet import SLEEP, FleetState, MinerSetpoint
+from hashflex.control.fleet import SLEEP, FleetState
 from hashflex.control.guard import Guard, GuardAction, GuardResult, Limits, Measurements
 from hashflex.control.ladder import breakeven_ladder, under_water
 from hashflex.control.limits import STORE_UNAVAILABLE, Hold, LimitsAck, LimitsBook
@@ -119,7 +119,7 @@ class TickReport:
     at: datetime
     interval_start: pd.Timestamp
     schedule: Schedule | None
-    batch: list[MinerSetpoint]
+    batch: list[Setpoint]
     guard: GuardResult | None
     results: list[SetpointResult]
     fallbacks: tuple[str, ...]
@@ -173,10 +173,6 @@ def apply_cap_overrides(problem: Problem, caps_dba: Mapping[str, np.ndarray]) ->
 def first_interval_counts(schedule: Schedule) -> dict[tuple[str, str], int]:
     row = schedule.frame.iloc[0]
     return {(g, m): int(row[unit_column(g, m)]) for g, m in schedule.group_modes}
-
-
-def to_driver_setpoints(batch: list[MinerSetpoint]) -> list[Setpoint]:
-    return [Setpoint(sp.miner_id, sp.mode, sp.power_target_kw, sp.issued_at, sp.expires_at) for sp in batch]
 
 
 class ControlLoop:
@@ -299,7 +295,7 @@ class ControlLoop:
         return {g.id: np.full(periods, sum(1 for m in self.fleet.in_group(g.id) if m.available), dtype=int)
                 for g in self.profile.miner_groups}
 
-    def _dispatch(self, batch: list[MinerSetpoint], now: datetime) -> Future:
+    def _dispatch(self, batch: list[Setpoint], now: datetime) -> Future:
         """Queue a full-fleet batch for the driver (call with the lock held). The fleet records it as
         intent now, so the next decision starts from it; a miner whose setpoint fails is reverted
         when the results come back. Returns the future of the driver's results."""
@@ -308,12 +304,12 @@ class ControlLoop:
         self._save_commitment()
         return self._sender.submit((batch, now, before), self._after_send)
 
-    def _apply_batch(self, job: tuple[list[MinerSetpoint], datetime, dict[str, Any]] | None) -> list[SetpointResult]:
+    def _apply_batch(self, job: tuple[list[Setpoint], datetime, dict[str, Any]] | None) -> list[SetpointResult]:
         if job is None:  # a flush marker (flush_sends)
             return []
-        return self.driver.apply(to_driver_setpoints(job[0]))
+        return self.driver.apply(job[0])
 
-    def _after_send(self, job: tuple[list[MinerSetpoint], datetime, dict[str, Any]],
+    def _after_send(self, job: tuple[list[Setpoint], datetime, dict[str, Any]],
                     results: list[SetpointResult]) -> None:
         batch, _, before = job
         intended = {sp.miner_id: sp.mode for sp in batch}

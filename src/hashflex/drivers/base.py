@@ -44,7 +44,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from hashflex.frames import utc_now
 from hashflex.messages import SLEEP, SetpointMessage
@@ -81,13 +81,38 @@ _FAILURES = frozenset({SetpointStatus.REJECTED, SetpointStatus.TIMEOUT, Setpoint
 
 @dataclass(frozen=True)
 class Setpoint:
-    """What one miner should do until ``expires_at`` (then it falls back to sleep)."""
+    """What one miner should do until ``expires_at`` (then it falls back to sleep).
+
+    The one setpoint type of the project: the dispatcher and the guard make it, every driver takes
+    it, and ``to_message`` gives its wire form (``messages.SetpointMessage``, the same fields less
+    ``group_id``).
+
+    Parameters
+    ----------
+    miner_id : str
+        The miner, as named by ``SiteProfile.miner_ids``.
+    mode : str
+        A mode name of the miner's group, or ``messages.SLEEP``.
+    power_target_kw : float
+        The mode's planned power draw, kW (>= 0).
+    issued_at, expires_at : datetime
+        Timezone-aware; after ``expires_at`` the miner falls back to sleep (brief: a setpoint
+        always expires).
+    group_id : str, optional
+        The profile group the miner belongs to ("" when a driver-level caller does not know it).
+
+    Raises
+    ------
+    ValueError
+        Naive timestamps, ``expires_at <= issued_at`` or a negative power target.
+    """
 
     miner_id: str
     mode: str
     power_target_kw: float
     issued_at: datetime
     expires_at: datetime
+    group_id: str = ""
 
     def __post_init__(self) -> None:
         if self.issued_at.tzinfo is None or self.expires_at.tzinfo is None:
@@ -129,16 +154,6 @@ class SetpointResult:
     def ok(self) -> bool:
         """True only for ``applied``: the transport or the miner confirmed the setpoint."""
         return self.status is SetpointStatus.APPLIED
-
-
-class SetpointLike(Protocol):
-    """What a driver needs of a setpoint: ``Setpoint`` and the loop's ``MinerSetpoint`` both fit."""
-
-    miner_id: str
-    mode: str
-    power_target_kw: float
-    issued_at: Any
-    expires_at: Any
 
 
 @runtime_checkable

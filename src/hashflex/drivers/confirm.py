@@ -20,8 +20,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 
-from hashflex.drivers.base import SLEEP
-from hashflex.drivers.base import SetpointLike as _SetpointLike
+from hashflex.drivers.base import SLEEP, Setpoint
 from hashflex.health.reading import MinerReading
 
 __all__ = ["Confirmation", "SetpointConfirmer"]
@@ -49,7 +48,7 @@ class SetpointConfirmer:
         self._drifts: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def check(self, setpoint: _SetpointLike, reading: MinerReading | None, sent_at: datetime, now: datetime,
+    def check(self, setpoint: Setpoint, reading: MinerReading | None, sent_at: datetime, now: datetime,
               boot_s: float = 0.0) -> Confirmation:
         """What to do about ``setpoint`` (sent at ``sent_at``) given the latest ``reading``.
         ``boot_s``: the miner's boot time when the setpoint wakes it (added to the settle grace)."""

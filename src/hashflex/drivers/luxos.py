@@ -76,8 +76,7 @@ from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from hashflex.drivers.base import SLEEP, Clock, SetpointResult, SetpointStatus, utc_now
-from hashflex.drivers.base import SetpointLike as _SetpointLike
+from hashflex.drivers.base import SLEEP, Clock, Setpoint, SetpointResult, SetpointStatus, utc_now
 
 __all__ = ["LuxosCallError", "LuxosDriver", "LuxosEndpoint", "DEFAULT_PORT", "SUCCESS_STATES"]
 
@@ -156,7 +155,7 @@ class LuxosDriver:
         # Touched only on the I/O thread:
         self._sessions: dict[str, str] = {}
         self._session_used: dict[str, Any] = {}  # miner -> clock() when its cached session was last used
-        self._pending: dict[str, _SetpointLike] = {}  # last setpoint sent per miner, until verified
+        self._pending: dict[str, Setpoint] = {}  # last setpoint sent per miner, until verified
         self._locks = {mid: asyncio.Lock() for mid in self.endpoints}
         self._connections = asyncio.Semaphore(self.max_connections)
         self._loop = asyncio.new_event_loop()
@@ -165,7 +164,7 @@ class LuxosDriver:
         self._closed = False
 
     # ------------------------------------------------------------------ public
-    def apply(self, batch: list[_SetpointLike]) -> list[SetpointResult]:
+    def apply(self, batch: list[Setpoint]) -> list[SetpointResult]:
         """Send each setpoint to its miner, all miners at once; one result per setpoint, same order.
 
         Returns within about ``deadline_s`` (each miner's own deadline) however many miners hang."""
@@ -175,7 +174,7 @@ class LuxosDriver:
                                    f"within {self.deadline_s} s (overloaded?)", self.deadline_s) for sp in batch]
         return self._run(self._apply_all(batch), fallback)
 
-    def verify(self, timeout_s: float = 0.0, batch: list[_SetpointLike] | None = None) -> list[SetpointResult]:
+    def verify(self, timeout_s: float = 0.0, batch: list[Setpoint] | None = None) -> list[SetpointResult]:
         """Read back ``power`` and ``summary``: ``applied`` when the miner does what the setpoint says.
 
         Without ``batch``: every setpoint sent since the last verification (the latest per miner, expired
@@ -268,7 +267,7 @@ class LuxosDriver:
                                   time.monotonic() - started)
 
     # ------------------------------------------------------------------ setpoints
-    async def _apply_all(self, batch: list[_SetpointLike]) -> list[SetpointResult]:
+    async def _apply_all(self, batch: list[Setpoint]) -> list[SetpointResult]:
         started = time.monotonic()
         # Sleep first: when connections are capped, the safe commands are the ones that must not wait.
         order = sorted(range(len(batch)), key=lambda i: batch[i].mode != SLEEP)
@@ -277,7 +276,7 @@ class LuxosDriver:
             tasks[i] = asyncio.ensure_future(self._apply_bounded(batch[i], started))
         return list(await asyncio.gather(*(tasks[i] for i in range(len(batch)))))
 
-    async def _apply_bounded(self, setpoint: _SetpointLike, started: float) -> SetpointResult:
+    async def _apply_bounded(self, setpoint: Setpoint, started: float) -> SetpointResult:
         progress: list[str] = []
         what = "curtail sleep" if setpoint.mode == SLEEP else f"mode {setpoint.mode}"
         result = await self._bounded(setpoint.miner_id, started, self._apply_one(setpoint, started, progress),
@@ -285,7 +284,7 @@ class LuxosDriver:
         assert isinstance(result, SetpointResult)
         return result
 
-    async def _apply_one(self, setpoint: _SetpointLike, started: float, progress: list[str]) -> SetpointResult:
+    async def _apply_one(self, setpoint: Setpoint, started: float, progress: list[str]) -> SetpointResult:
         miner_id = setpoint.miner_id
 
         def result(status: SetpointStatus, reason: str) -> SetpointResult:
@@ -368,7 +367,7 @@ class LuxosDriver:
         return result(SetpointStatus.REJECTED, f"{refused}; fell back to curtail sleep")
 
     # ------------------------------------------------------------------ verification
-    async def _verify_all(self, batch: list[_SetpointLike] | None, timeout_s: float) -> list[SetpointResult]:
+    async def _verify_all(self, batch: list[Setpoint] | None, timeout_s: float) -> list[SetpointResult]:
         if batch is None:
             now = self.clock()
             batch = [sp for sp in self._pending.values() if sp.expires_at > now]
@@ -385,14 +384,14 @@ class LuxosDriver:
                 results[i] = r
         return results
 
-    async def _verify_bounded(self, setpoint: _SetpointLike) -> SetpointResult:
+    async def _verify_bounded(self, setpoint: Setpoint) -> SetpointResult:
         started, progress = time.monotonic(), ["power"]
         result = await self._bounded(setpoint.miner_id, started, self._verify_one(setpoint, started, progress),
                                      "verify", progress)
         assert isinstance(result, SetpointResult)
         return result
 
-    async def _verify_one(self, setpoint: _SetpointLike, started: float, progress: list[str]) -> SetpointResult:
+    async def _verify_one(self, setpoint: Setpoint, started: float, progress: list[str]) -> SetpointResult:
         endpoint = self.endpoints.get(setpoint.miner_id)
         if endpoint is None:
             return SetpointResult(setpoint.miner_id, SetpointStatus.REJECTED, "unknown miner", 0.0)
@@ -415,7 +414,7 @@ class LuxosDriver:
         status, reason = self._judge(setpoint, watts / 1000.0, ghs / 1000.0)
         return SetpointResult(setpoint.miner_id, status, reason, time.monotonic() - started)
 
-    def _judge(self, setpoint: _SetpointLike, power_kw: float, th_s: float) -> tuple[SetpointStatus, str]:
+    def _judge(self, setpoint: Setpoint, power_kw: float, th_s: float) -> tuple[SetpointStatus, str]:
         seen = f"power {power_kw:.3f} kW, hashrate {th_s:.1f} TH/s"
         if setpoint.mode == SLEEP:
             if th_s == 0 and power_kw <= self.sleep_max_kw:

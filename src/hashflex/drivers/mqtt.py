@@ -60,8 +60,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
-from hashflex.drivers.base import SLEEP, Clock, SetpointResult, SetpointStatus, utc_now
-from hashflex.drivers.base import SetpointLike as _SetpointLike
+from hashflex.drivers.base import SLEEP, Clock, Setpoint, SetpointResult, SetpointStatus, utc_now
 from hashflex.messages import SetpointMessage, TelemetryMessage, Topics, parse_message
 
 __all__ = ["MqttDriver"]
@@ -76,7 +75,7 @@ _WRITE_BATCH = 1000  # PUBLISH packets per write before reading PUBACKs again
 
 @dataclass
 class _Pending:
-    setpoint: _SetpointLike
+    setpoint: Setpoint
     after_seq: int  # telemetry with a higher arrival number counts
     epoch: int = 0  # telemetry connection drops seen when it was published
     confirmed: str | None = None
@@ -184,7 +183,7 @@ class MqttDriver:
                     self._cond.notify_all()
 
     # ------------------------------------------------------------------ setpoints
-    def apply(self, batch: list[_SetpointLike]) -> list[SetpointResult]:
+    def apply(self, batch: list[Setpoint]) -> list[SetpointResult]:
         """Publish the batch pipelined, wait once for all PUBACKs; one result per setpoint, same order."""
         start = time.monotonic()
         results: list[SetpointResult | None] = [None] * len(batch)
@@ -212,7 +211,7 @@ class MqttDriver:
             outcomes = self.publisher.publish(items, self.puback_timeout_s) if items else []
         latency = time.monotonic() - start
         transport = self._transport_context(outcomes)
-        confirmed: list[_SetpointLike] = []
+        confirmed: list[Setpoint] = []
         for i, outcome in zip(to_send, outcomes):
             results[i] = self._result(batch[i], outcome, latency, transport)
             if results[i].ok:  # type: ignore[union-attr]
@@ -241,7 +240,7 @@ class MqttDriver:
                     f"{now - fault_at:.1f} s after a broker connection fault (miners re-subscribing)")
         return None
 
-    def _result(self, sp: _SetpointLike, outcome: PublishOutcome, latency: float,
+    def _result(self, sp: Setpoint, outcome: PublishOutcome, latency: float,
                 transport: str | None = None) -> SetpointResult:
         broker = f"{self.host}:{self.port}"
         # PUBACKs come from the broker whatever the miner does: a missing one is a transport fault
@@ -262,7 +261,7 @@ class MqttDriver:
                               "broker acknowledged (PUBACK); awaiting telemetry to verify", latency)
 
     # ------------------------------------------------------------------ verification
-    def _judge(self, sp: _SetpointLike, telemetry: TelemetryMessage) -> str | None:
+    def _judge(self, sp: Setpoint, telemetry: TelemetryMessage) -> str | None:
         if sp.mode == SLEEP:  # asleep draws the group's idle power, whatever the target says
             return f"telemetry confirms sleep at {telemetry.power_kw:.3f} kW" if telemetry.mode == SLEEP else None
         band = max(self.tolerance_kw, self.tolerance * sp.power_target_kw)

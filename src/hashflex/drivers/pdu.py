@@ -32,8 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from hashflex.drivers.base import (SLEEP, MinerCapabilities, MinerDriver, SetpointResult, SetpointStatus)
-from hashflex.drivers.base import SetpointLike as _SetpointLike
+from hashflex.drivers.base import (SLEEP, MinerCapabilities, MinerDriver, Setpoint, SetpointResult, SetpointStatus)
 
 __all__ = ["POWERED_OFF", "PduDriver", "PduOutlet", "PoweredOffDriver", "PoweredOffModel", "standby_cost_usd",
            "worth_powering_off"]
@@ -213,7 +212,7 @@ class PduDriver:
                 out[miner_id] = None
         return out
 
-    def apply(self, batch: list[_SetpointLike]) -> list[SetpointResult]:
+    def apply(self, batch: list[Setpoint]) -> list[SetpointResult]:
         """``off`` opens the outlet; any other mode closes it if open. One result per setpoint."""
         return [self._switch(s.miner_id, s.mode != POWERED_OFF) for s in batch]
 
@@ -227,13 +226,13 @@ class PduDriver:
 class PoweredOffDriver:
     """A firmware driver and a PDU driver as one :class:`MinerDriver` (see the module docstring)."""
 
-    def __init__(self, miners: MinerDriver, pdu: PduDriver, setpoint_factory: Callable[[_SetpointLike, str],
-                                                                                       _SetpointLike]) -> None:
+    def __init__(self, miners: MinerDriver, pdu: PduDriver, setpoint_factory: Callable[[Setpoint, str],
+                                                                                       Setpoint]) -> None:
         """``setpoint_factory(setpoint, mode)`` returns a copy of ``setpoint`` with another mode (the
         loop's setpoint type differs from :class:`~hashflex.drivers.base.Setpoint`)."""
         self.miners, self.pdu, self.setpoint_factory = miners, pdu, setpoint_factory
 
-    def apply(self, batch: list[_SetpointLike]) -> list[SetpointResult]:
+    def apply(self, batch: list[Setpoint]) -> list[SetpointResult]:
         results: dict[int, SetpointResult] = {}
         offs = [i for i, s in enumerate(batch) if s.mode == POWERED_OFF]
         ons = [i for i, s in enumerate(batch) if s.mode != POWERED_OFF]

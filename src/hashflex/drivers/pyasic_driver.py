@@ -51,8 +51,7 @@ from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from hashflex.drivers.base import SLEEP, MinerCapabilities, SetpointResult, SetpointStatus, utc_now
-from hashflex.drivers.base import SetpointLike as _SetpointLike
+from hashflex.drivers.base import SLEEP, MinerCapabilities, Setpoint, SetpointResult, SetpointStatus, utc_now
 from hashflex.health.reading import MinerReading
 
 __all__ = ["FAMILIES", "PyasicDriver", "PyasicEndpoint", "pyasic_available"]
@@ -114,7 +113,7 @@ class PyasicDriver:
         self.connect_timeout_s = connect_timeout_s
         self._miners: dict[str, Any] = {}
         self._presets_w: dict[str, tuple[int, ...]] = {}
-        self._pending: dict[str, _SetpointLike] = {}
+        self._pending: dict[str, Setpoint] = {}
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._sem: asyncio.Semaphore | None = None
@@ -291,7 +290,7 @@ class PyasicDriver:
                                  notes=notes)
 
     # -- setpoints
-    def apply(self, batch: list[_SetpointLike]) -> list[SetpointResult]:
+    def apply(self, batch: list[Setpoint]) -> list[SetpointResult]:
         """One result per setpoint, same order; never raises for a miner's fault."""
         if not batch:
             return []
@@ -318,7 +317,7 @@ class PyasicDriver:
                     self._pending[setpoint.miner_id] = setpoint
         return results
 
-    async def _apply_one(self, setpoint: _SetpointLike) -> SetpointResult:
+    async def _apply_one(self, setpoint: Setpoint) -> SetpointResult:
         started = time.monotonic()
         if setpoint.miner_id not in self.endpoints:
             return SetpointResult(setpoint.miner_id, SetpointStatus.REJECTED, "unknown miner")
@@ -341,7 +340,7 @@ class PyasicDriver:
             status, reason = SetpointStatus.REJECTED, f"{type(exc).__name__}: {exc}"
         return SetpointResult(setpoint.miner_id, status, reason, time.monotonic() - started)
 
-    async def _command(self, setpoint: _SetpointLike) -> tuple[SetpointStatus, str]:
+    async def _command(self, setpoint: Setpoint) -> tuple[SetpointStatus, str]:
         await self._reachable(setpoint.miner_id)
         miner = await self._miner(setpoint.miner_id)
         if setpoint.mode == SLEEP:
@@ -434,7 +433,7 @@ class PyasicDriver:
 
         return {m: r for m, r in self._run(all_(), timeout_s or self.deadline_s + 10) if r is not None}
 
-    def verify(self, timeout_s: float = 0.0, batch: list[_SetpointLike] | None = None) -> list[SetpointResult]:
+    def verify(self, timeout_s: float = 0.0, batch: list[Setpoint] | None = None) -> list[SetpointResult]:
         """Compare each setpoint sent since the last verification (or ``batch``) with the miner's telemetry."""
         with self._lock:
             if batch is None:
@@ -444,7 +443,7 @@ class PyasicDriver:
         readings = self.read([s.miner_id for s in batch])
         return [self.judge(s, readings.get(s.miner_id)) for s in batch]
 
-    def judge(self, setpoint: _SetpointLike, reading: MinerReading | None) -> SetpointResult:
+    def judge(self, setpoint: Setpoint, reading: MinerReading | None) -> SetpointResult:
         """Does ``reading`` confirm ``setpoint``? Pure; see :func:`setpoint_confirmed`."""
         if reading is None:
             return SetpointResult(setpoint.miner_id, SetpointStatus.TIMEOUT, "no telemetry")
