@@ -64,7 +64,7 @@ class _RejectionCollector:
         yield family
 
 
-from hashflex.web.view import unhealthy_causes  # noqa: E402 - re-exported: the one definition lives in web
+from hashflex.web.view import unhealthy_causes  # noqa: E402,F401 - re-exported: the one definition lives in web
 
 
 class StatusMetrics:

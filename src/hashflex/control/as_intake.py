@@ -1,0 +1,186 @@
+"""The control loop's ancillary-service intake (issue 15): awards and deployments from the QSE into the
+limits book (durable, idempotent), the reserve inputs of the plan, and measured deployment
+performance. A mixin of :class:`~hashflex.control.loop.ControlLoop`, split from ``loop.py``.
+
+Sources: ERCOT Nodal Protocols §3.18 (Load Resource participation), §6.5.7.6.2.x (deployment of
+RRS, ECRS and Non-Spin); the product rules are ``profile.AS_PRODUCT_RULES``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hashflex.control.guard import Guard
+from hashflex.control.limits import STORE_UNAVAILABLE, Hold, LimitsBook
+from hashflex.plausibility import PlausibilityContext, check_plausible
+from hashflex.messages import (
+    ASAckMessage,
+    ASAwardMessage,
+    ASDeployMessage,
+)
+from hashflex.profile import AS_PRODUCT_RULES, SiteProfile
+
+log = logging.getLogger(__name__)
+
+
+def deployment_performance(message: ASDeployMessage, baseline_kw: float, limit_kw: float, commanded_kw: float,
+                           now: datetime, deadline: datetime | None) -> dict[str, Any]:
+    """What one AS deployment asked and what the fast path commanded (issue 15): obligation
+    (deployed kW), delivered = baseline − commanded import, shortfall = what the commanded import is
+    still over the limit (load that cannot be shed: idle draw, auxiliaries), time to command."""
+    delivered = max(baseline_kw - commanded_kw, 0.0)
+    return {"deployment_id": message.deployment_id, "product": message.product,
+            "issued_at": message.issued_at.isoformat(),
+            "deadline": (deadline or message.issued_at).isoformat(),
+            "obligation_kw": float(message.deployed_kw), "baseline_kw": baseline_kw, "limit_kw": limit_kw,
+            "commanded_import_kw": commanded_kw, "delivered_kw": delivered,
+            "shortfall_kw": max(commanded_kw - limit_kw, 0.0),
+            "commanded_after_s": max((now - message.issued_at).total_seconds(), 0.0),
+            "commanded_within_deadline": deadline is None or now <= deadline,
+            "measured_import_kw": None, "measured_shortfall_kw": None, "measured_response_s": None,
+            "measured_within_deadline": None}
+
+
+
+
+class AncillaryIntakeMixin:
+    """Award and deployment handlers of the control loop."""
+
+    # ------------------------------------------------------------------ ancillary services (issue 15)
+
+    def _reserve_inputs(self, index: pd.DatetimeIndex) -> dict[str, Any]:
+        """The awards in force as the plan's reserve obligations (kW per product, net of what is
+        deployed) with their award prices; nothing without an ancillary section or an award."""
+        if self.profile.ancillary is None or not self.book.as_awards:
+            return {}
+        obligations = self.book.reserve_obligations_over(index, self.interval)
+        prices = {product: np.zeros(len(index)) for product in obligations}
+        for award in self.book.as_awards.values():
+            if award.get("price_usd_mw_h") is None:
+                continue
+            start, end = pd.Timestamp(award["start"]), pd.Timestamp(award["end"])
+            inside = np.asarray((index < end) & (index + self.interval > start))
+            prices[award["product"]][inside] = float(award["price_usd_mw_h"])
+        return {"as_award_kw": obligations, "as_price_usd_mw_h": prices}
+
+    def _decide_commit_ack(self, message: ASAwardMessage | ASDeployMessage, now: datetime,
+                           decide: Callable[[], tuple[LimitsBook, ASAckMessage]]) -> tuple[ASAckMessage, bool]:
+        """decide → commit → ack, as :meth:`handle_dr`: ``accepted`` only once committed; a redelivery
+        gets its first answer again. Returns (ack, whether it is new and accepted). Call with the lock."""
+        repeat = self.book.answered_as(message)
+        if repeat is not None:
+            self.counters["as_duplicates"] = self.counters.get("as_duplicates", 0) + 1
+            self._publish("out/as/ack", repeat.model_dump(mode="json"))
+            return repeat, False
+        trial, ack = decide()
+        try:
+            self._commit_book(trial)
+        except Exception as exc:  # noqa: BLE001 - StoreUnavailable, or any failure to persist
+            self._state_failed(exc)
+            if ack.status == "accepted":
+                ack = ack.model_copy(update={"status": "rejected", "reason": f"{STORE_UNAVAILABLE}: {exc}"})
+        else:
+            self.book.adopt(trial)
+        counter = "as_accepted" if ack.status == "accepted" else "as_rejected"
+        self.counters[counter] = self.counters.get(counter, 0) + 1
+        self._publish("out/as/ack", ack.model_dump(mode="json"))
+        self._record(message.kind, lambda: {"message": message.model_dump(mode="json"),
+                                            "ack": ack.model_dump(mode="json")}, now)
+        return ack, ack.status == "accepted"
+
+    def _implausible(self, message: Any, now: datetime) -> str | None:
+        """The reason a command is out of the plausibility bounds (``hashflex.plausibility``, the
+        same table the MQTT ingest applies to observations), or None. Every path that hands the loop
+        a command — MQTT, the dashboard's limits API, OpenADR — is checked here alike."""
+        rejection = check_plausible(message, now, self._plausibility)
+        return None if rejection is None else rejection.reason
+
+    def _refuse_as(self, message: Any, kind: str, message_id: str, now: datetime) -> ASAckMessage | None:
+        implausible = self._implausible(message, now)
+        if implausible is None:
+            return None
+        ack = ASAckMessage(message_id=message_id, kind=kind, status="rejected", reason=implausible[:500], acked_at=now)
+        self._publish("out/as/ack", ack.model_dump(mode="json"))
+        return ack
+
+    def handle_as_award(self, message: ASAwardMessage, now: datetime) -> ASAckMessage:
+        """An AS award from the QSE: decide, commit, acknowledge on ``out/as/ack``, re-plan so the
+        plan holds the awarded reserve as a minimum running load."""
+        refused = self._refuse_as(message, "as_award", message.award_id, now)
+        if refused is not None:
+            return refused
+        with self._lock:
+            ack, fresh = self._decide_commit_ack(message, now, lambda: self.book.decide_as_award(message, now))
+        if fresh:
+            self.request_replan(f"AS award {message.award_id}")
+        return ack
+
+    def handle_as_deploy(self, message: ASDeployMessage, now: datetime) -> ASAckMessage:
+        """An AS deployment: an import limit of (modelled import now − deployed_kw) in the book,
+        committed, acknowledged, and cut at once by the fast path (every product: RRS must be, and
+        acting now meets any later deadline). What the cut achieves is measured against the
+        obligation (:attr:`as_performance`: shortfall when the cut cannot reach the limit); a
+        store failure holds the cut anyway (when in doubt, curtail) while the ack says rejected."""
+        refused = self._refuse_as(message, "as_deploy", message.deployment_id, now)
+        if refused is not None:
+            return refused
+        with self._lock:
+            batch = self.fleet.as_setpoints(now, self.expiry_s)
+            baseline_kw = self.guard.net_import_kw(batch, self.measurements.auxiliary_kw)
+            ack, fresh = self._decide_commit_ack(
+                message, now, lambda: self.book.decide_as_deploy(message, baseline_kw, now))
+            if message.recalled:
+                pass
+            elif fresh or (ack.status == "rejected" and (ack.reason or "").startswith(STORE_UNAVAILABLE)):
+                limit = max(baseline_kw - message.deployed_kw, 0.0)
+                if not fresh:  # accepted but not durable: hold the cut in memory all the same
+                    sustain = timedelta(hours=float(AS_PRODUCT_RULES[message.product]["sustain_h"]))
+                    self.book.holds[f"AS:{message.deployment_id}"] = Hold(
+                        f"AS:{message.deployment_id}", limit, message.issued_at, message.issued_at + sustain)
+                self._cut_to_limit_now(now, f"AS {message.product} deployment {message.deployment_id}")
+                after = self.guard.net_import_kw(self.fleet.as_setpoints(now, self.expiry_s),
+                                                 self.measurements.auxiliary_kw)
+                self.as_performance[message.deployment_id] = deployment_performance(
+                    message, baseline_kw, limit, after, now, ack.deadline)
+                self._record("as_performance", lambda: dict(self.as_performance[message.deployment_id]), now)
+        if fresh:
+            self.request_replan(f"AS deployment {message.deployment_id}")
+        return ack
+
+    def measure_as_deployments(self, import_kw: float, measured_at: datetime) -> None:
+        """A measured site import (meter, or telemetry summed): the first reading at or under a
+        deployment's limit is its response time; the shortfall is what the last reading before the
+        deadline is still over the limit."""
+        with self._lock:
+            for performance in self.as_performance.values():
+                issued = datetime.fromisoformat(performance["issued_at"])
+                deadline = datetime.fromisoformat(performance["deadline"])
+                if measured_at < issued:
+                    continue
+                if measured_at <= deadline:
+                    performance["measured_import_kw"] = import_kw
+                    performance["measured_shortfall_kw"] = max(import_kw - performance["limit_kw"], 0.0)
+                if import_kw <= performance["limit_kw"] + 1e-6 and performance.get("measured_response_s") is None:
+                    performance["measured_response_s"] = (measured_at - issued).total_seconds()
+                    performance["measured_within_deadline"] = measured_at <= deadline
+
+    def reload_profile(self, profile: SiteProfile, now: datetime) -> str:
+        """Swap in an edited profile (SIGHUP). Limits, caps and economics may change at runtime; the
+        fleet itself (groups, units) may not, since miners are addressed by it: that needs a restart."""
+        fleet_shape = lambda p: [(g.id, g.units) for g in p.miner_groups]  # noqa: E731
+        if fleet_shape(profile) != fleet_shape(self.profile):
+            return "refused: miner groups or unit counts changed; restart the daemon to re-address the fleet"
+        with self._lock:
+            self.profile = profile
+            self.book.profile = profile
+            self.guard = Guard(profile)
+            self._plausibility = PlausibilityContext.from_profile(profile)
+            self._record("config", lambda: self._config_payload("change"), now)
+        self.request_replan("profile reloaded")
+        return "reloaded"

@@ -1,0 +1,288 @@
+"""The control loop's records and status: transitions, ticks and metered intervals into the audit
+trail and the store, and the live ``/status`` view (limits in force, noise margins and compliance,
+carbon budgets, health causes). A mixin of :class:`~hashflex.control.loop.ControlLoop`, split from
+``loop.py`` along its seam.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from hashflex import audit as records
+from hashflex.acoustics import modelled_laeq_dba, noise_margin_db
+from hashflex.control.guard import GuardResult
+from hashflex.control.limits import STORE_UNAVAILABLE
+from hashflex.optimize.problem import (
+    CarbonBudget,
+    daily_carbon_budgets,
+    four_cp_limits_kw,
+    monthly_carbon_budgets,
+)
+
+from hashflex.control.fastpath import _prices_unknown
+
+if TYPE_CHECKING:  # annotations only: loop imports this module
+    from hashflex.control.loop import HorizonForecast, TickReport
+
+log = logging.getLogger(__name__)
+
+
+class LoopStatusMixin:
+    """Records and status of the control loop."""
+
+    # ------------------------------------------------------------------ records and status
+
+    def _record_transitions(self, now: datetime) -> None:
+        """DR status changes and expired manager limits since the last call: recorded, committed
+        (a failed commit is shown in /status; the statuses follow from time and are recomputed after
+        a restart), and a DR start cut through the fast path."""
+        transitions = self.book.dr.transitions(now)
+        expired = self.book.expire(now)
+        for held in expired:
+            self._record("limits_expired", lambda h=held: h.to_json(), now)
+        for transition in transitions:
+            self._record("dr_transition", lambda t=transition: {
+                "event_id": t.event_id, "transition": t.kind, "status": t.status,
+                "limit_kw": None if not math.isfinite(t.limit_kw) else t.limit_kw}, now)
+        if (transitions or expired) and self.store is not None:
+            try:
+                self._commit_book(self.book)
+            except Exception as exc:  # noqa: BLE001
+                self._state_failed(exc)
+        for transition in transitions:
+            if transition.kind == "activated":
+                self._cut_to_limit_now(now, f"DR event {transition.event_id} started", event_id=transition.event_id)
+
+    def _record_tick(self, report: TickReport, forecast: HorizonForecast) -> None:
+        status = self.status(report.at)
+        if self.publisher is not None:
+            self.publisher.publish_json("out/status", status)
+            if report.schedule is not None:
+                head = report.schedule.frame.head(8).reset_index()
+                head["interval_start"] = head["interval_start"].map(lambda ts: ts.isoformat())
+                head["interval_end"] = head["interval_end"].map(lambda ts: ts.isoformat())
+                self.publisher.publish_json("out/schedule", {
+                    "status": report.schedule.status.value, "created_at": report.at.isoformat(),
+                    "intervals": head.replace([np.inf, -np.inf], None).to_dict(orient="records")})
+        if report.schedule is not None:
+            self._record("schedule", lambda: records.schedule_payload(report.schedule), report.at)
+            self._record("setpoints", lambda: records.setpoints_payload(report.batch, source="schedule"), report.at)
+            imports = self.book.import_limits_at(report.at)
+            binding = min(imports.items(), key=lambda kv: kv[1])[0] if imports else ""
+            event_id = binding[3:] if binding.startswith("DR:") else None
+            for action in report.guard.actions if report.guard else []:
+                self._record("guard_action", lambda a=action: records.guard_action_payload(
+                    a.kind, a.reason, a.miners, event_id=event_id if a.kind == "import_curtail" else None), report.at)
+        if self.store is not None and report.schedule is not None:
+            first = report.schedule.frame.iloc[0]
+            self.store.put_schedule({"status": report.schedule.status.value, "gap": report.schedule.info.gap,
+                                     "trigger": report.trigger, "fallbacks": list(forecast.fallbacks),
+                                     "first_interval": {k: (None if isinstance(v, float) and not math.isfinite(v) else
+                                                            (v.isoformat() if hasattr(v, "isoformat") else v))
+                                                        for k, v in first.items()}},
+                                    created_at=report.at)
+
+    def _record(self, kind: str, payload: Callable[[], dict[str, Any]], at: datetime | None = None) -> None:
+        """Hand an audit entry to the recorder (payload built only when someone records). The first
+        entry is preceded by the ``config`` record of the start, stamped with that entry's time (the
+        loop's clock: simulated time in a simulation, not the wall clock)."""
+        if self.recorder is None:
+            return
+        if not self._start_recorded:
+            self._start_recorded = True
+            self._record("config", lambda: self._config_payload("start"), at)
+        try:
+            self.recorder.record(kind, payload(), at or datetime.now(timezone.utc))
+        except Exception:  # recording must never stop control
+            log.exception("could not record %s", kind)
+
+    def _close_metered_interval(self, current: pd.Timestamp) -> None:
+        """At an interval boundary, record what the meter saw during the interval that ended."""
+        if self.meter is None:
+            return
+        previous, self._metered_interval = self._metered_interval, current
+        if previous is None or previous >= current:
+            return
+        interval_h = (current - previous).total_seconds() / 3600.0
+        local = previous.tz_convert(self.profile.tz).to_pydatetime()
+        summary = self.meter.summary({r.id: r.cap_at(local) for r in self.profile.receptors})
+        self.meter.reset()
+        price = intensity = source = None
+        if self.store is not None:
+            settled = self.store.prices(previous.to_pydatetime(), current.to_pydatetime(),
+                                        settlement_point=self.profile.site.settlement_point, market="RT")
+            if not settled.empty:  # finer prices settle to their time-weighted mean (frames rule)
+                weights = (settled["interval_end"] - settled["interval_start"]).dt.total_seconds()
+                price = float((settled["price_usd_mwh"] * weights).sum() / weights.sum())
+            # The grid's average carbon intensity measured in the interval (in/carbon), with its
+            # source, so the report's location-based Scope 2 says where each hour's factor came from.
+            carbon = self.store.observations("carbon", previous.to_pydatetime(), current.to_pydatetime(),
+                                             key="average")
+            if not carbon.empty:
+                intensity = float(carbon["intensity_kg_per_mwh"].mean())
+                source = "; ".join(sorted(set(map(str, carbon["source"])))) if "source" in carbon else "in/carbon"
+        self.record_measurement(previous.to_pydatetime(), interval_h, load_kw=summary["load_kw"],
+                                renewable_kw=summary["renewable_kw"], hashrate_th_s=summary["hashrate_th_s"],
+                                noise=summary["noise"], price_usd_mwh=price, intensity_kg_per_mwh=intensity,
+                                intensity_source=source)
+
+    def _record_guard(self, result: GuardResult, now: datetime, event_id: str | None) -> None:
+        self._record("setpoints", lambda: records.setpoints_payload(result.batch, source="guard"), now)
+        for action in result.actions:
+            self._record("guard_action", lambda a=action: records.guard_action_payload(
+                a.kind, a.reason, a.miners, event_id=event_id), now)
+
+    def record_measurement(self, interval_start: datetime, interval_h: float, *, load_kw: float,
+                           renewable_kw: float, hashrate_th_s: float,
+                           noise: Mapping[str, tuple[float, float]], price_usd_mwh: float | None,
+                           intensity_kg_per_mwh: float | None = None, intensity_source: str | None = None,
+                           hashprice_usd_per_ph_day: float | None = None) -> None:
+        """The ``measurement`` audit entry of one finished interval, from what was measured in it
+        (``noise``: receptor → (LAeq, minutes over cap)); economics at the settled price."""
+        import_kw = max(load_kw - renewable_kw, 0.0)
+        self.measured_import_kw[pd.Timestamp(interval_start)] = (import_kw, interval_h)
+        factor = intensity_kg_per_mwh if intensity_kg_per_mwh is not None else self.profile.carbon.default_intensity_kg_per_mwh
+        local_day = pd.Timestamp(interval_start).tz_convert(self.profile.tz)
+        for key in (local_day.strftime("%Y-%m-%d"), local_day.strftime("%Y-%m")):
+            self.emitted_kg[key] = self.emitted_kg.get(key, 0.0) + import_kw * interval_h * factor / 1000.0
+        if len(self.measured_import_kw) > 10_000:  # a few months of intervals is plenty for reports
+            self.measured_import_kw.pop(next(iter(self.measured_import_kw)))
+        # Revenue at the hashprice the plan used (the forecast's, from the feed when there is one),
+        # not the profile's static value: the audit and the optimizer value a hash alike.
+        hashprice = (hashprice_usd_per_ph_day if hashprice_usd_per_ph_day is not None  # settled (backtest)
+                     else self.hashprice_usd_per_ph_day or self.profile.economics.hashprice_usd_per_ph_day)
+        hp = hashprice / 1000.0 / 24.0 * (1 - self.profile.economics.pool_fee_pct / 100)
+        revenue = hashrate_th_s * interval_h * hp
+        cost = None if price_usd_mwh is None else import_kw * interval_h * (price_usd_mwh + self.profile.grid.total_adder_usd_mwh) / 1000
+        local = pd.Timestamp(interval_start).tz_convert(self.profile.tz).to_pydatetime()
+        step = timedelta(hours=interval_h)
+        with self._lock:
+            limits, sources = self.book.import_limits_over([pd.Timestamp(interval_start)], step)
+            cp = four_cp_limits_kw(self.profile, pd.DatetimeIndex([pd.Timestamp(interval_start)]),
+                                   self.book.four_cp_alert_days)[0]
+            candidates = [(float(limits[0]), sources[0]), (float(cp), "4CP window"),
+                          (self.profile.grid.import_limit_kw, "interconnection")]
+            limit_kw, limit_source = min(candidates, key=lambda c: c[0])
+            caps = {r.id: r.cap_at(local) for r in self.profile.receptors}
+            modelled = {r.id: self.modelled_level_dba(r.id) for r in self.profile.receptors}
+            full_kw = sum(max(m.power_kw for m in self.fleet.groups[g].modes) for g in
+                          (mi.group_id for mi in self.fleet.miners.values() if mi.available))
+        self._record("measurement", lambda: {**records.measurement_payload(
+            interval_start, interval_h, import_kw, renewable_kw, load_kw, hashrate_th_s,
+            {r: v[0] for r, v in noise.items()}, intensity_kg_per_mwh, price_usd_mwh, revenue, cost or 0.0,
+            noise_model_dba=modelled, noise_cap_dba={k: (None if math.isinf(v) else v) for k, v in caps.items()},
+            noise_over_cap_min={r: v[1] for r, v in noise.items()}, full_load_kw=full_kw,
+            intensity_source=intensity_source, hashprice_usd_per_ph_day=hashprice),
+            "import_limit_kw": limit_kw, "import_limit_source": limit_source,
+            "source": "simulated" if self.config.run_mode != "live" or self.simulated_inputs else "metered"},
+            interval_start)
+
+    def modelled_level_dba(self, receptor_id: str) -> float:
+        """The modelled level of the units running now, as the receptor's cap counts it (total, or
+        the site's contribution alone)."""
+        receptor = next(r for r in self.profile.receptors if r.id == receptor_id)
+        return modelled_laeq_dba(self.profile, self.fleet.counts(), receptor_id,
+                                 include_background=receptor.cap_applies_to == "total")
+
+    def _config_payload(self, reason: str) -> dict[str, Any]:
+        mode = self.config.run_mode
+        return {**records.config_payload(self.profile, reason), "run_mode": mode, "simulated": mode != "live"}
+
+    def carbon_budgets(self, index: pd.DatetimeIndex, now: datetime | None = None) -> tuple[CarbonBudget, ...]:
+        """Daily and monthly budgets over the horizon, net of what was measured as emitted so far
+        today and this month (intervals recorded with ``record_measurement``), each tightened by a
+        site manager's budget in force at ``now`` (default: the horizon's start)."""
+        local = pd.Timestamp(index[0]).tz_convert(self.profile.tz)
+        overrides = self.book.carbon_budget_overrides_kg(now or pd.Timestamp(index[0]).to_pydatetime())
+        return (daily_carbon_budgets(self.profile, index, self.emitted_kg.get(local.strftime("%Y-%m-%d"), 0.0),
+                                     overrides.get("day"))
+                + monthly_carbon_budgets(self.profile, index, self.emitted_kg.get(local.strftime("%Y-%m"), 0.0),
+                                         overrides.get("month")))
+
+    def mean_import_kw(self, start: datetime, end: datetime) -> float:
+        """Time-weighted mean measured import over [start, end) from recorded intervals (NaN if none)."""
+        total_kwh = hours = 0.0
+        for interval_start, (kw, h) in list(self.measured_import_kw.items()):
+            if pd.Timestamp(start) <= interval_start < pd.Timestamp(end):
+                total_kwh += kw * h
+                hours += h
+        return total_kwh / hours if hours else math.nan
+
+    def noise_margins_db(self, forecast_margins: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Receptor id → the margin below its cap the plan keeps (``acoustics.noise_margin_db``): the
+        compliance quantile of the meter residuals when the profile asks for one and enough are
+        known; otherwise the fixed margin tightened by the calibration offset and the forecast's."""
+        out = {}
+        for r in self.profile.receptors:
+            margin, basis = noise_margin_db(r, self.noise_offsets_db.get(r.id), self.noise_residuals_db.get(r.id))
+            if not basis.startswith("compliance") and forecast_margins:
+                margin = max(margin, forecast_margins.get(r.id, 0.0))
+            out[r.id] = margin
+        return out
+
+    def noise_compliance(self) -> dict[str, Any]:
+        """Per receptor: the margin in use, its basis, and the share of recorded residuals the
+        margin covers (the empirical probability the cap is met when planned at the cap)."""
+        out = {}
+        for r in self.profile.receptors:
+            residuals = np.asarray(self.noise_residuals_db.get(r.id, ()), dtype=float)
+            margin, basis = noise_margin_db(r, self.noise_offsets_db.get(r.id), residuals)
+            out[r.id] = {"margin_db": round(margin, 3), "basis": basis, "samples": int(residuals.size),
+                         "target_probability": r.compliance_probability,
+                         "covered_share": None if residuals.size == 0 else float(np.mean(residuals <= margin))}
+        return out
+
+    def unhealthy_causes(self, now: datetime) -> list[str]:
+        """Why the controller is not healthy now (empty: healthy): no recent tick, prices unknown,
+        control state not durable."""
+        causes = []
+        report = self.last_report
+        stale_after = self.config.stale_after_intervals * self.interval_minutes * 60
+        age = None if self.last_good_tick is None else (now - self.last_good_tick).total_seconds()
+        if age is None:
+            causes.append("no tick yet")
+        elif age > stale_after:
+            causes.append(f"last tick {age:.0f} s ago (more than {stale_after:.0f} s)")
+        if report is not None and _prices_unknown(report.fallbacks):
+            causes.append("prices unknown: planning at the curtailment price")
+        if self.state_failure is not None:
+            causes.append(f"{STORE_UNAVAILABLE}: {self.state_failure}")
+        if self.transport_failure is not None:
+            causes.append(self.transport_failure)
+        return causes
+
+    def status(self, now: datetime) -> dict[str, Any]:
+        report = self.last_report
+        age = None if self.last_good_tick is None else (now - self.last_good_tick).total_seconds()
+        with self._lock:
+            causes = self.unhealthy_causes(now)
+            limits = self.book.summary(now)
+            active = self.book.dr.active_ids(now)
+        return {
+            "site": self.profile.site.name,
+            "at": now.isoformat(),
+            "healthy": not causes,
+            "unhealthy_causes": causes,
+            "last_tick_age_s": age,
+            "last_solve": None if report is None or report.schedule is None else {
+                "status": report.schedule.status.value, "gap": report.schedule.info.gap,
+                "seconds": report.solve_seconds, "trigger": report.trigger},
+            "fallbacks_in_use": [] if report is None else list(report.fallbacks),
+            "active_dr_events": active,
+            "limits": limits,
+            "units_running": sum(1 for m in self.fleet.miners.values() if m.running),
+            "miners_unavailable": {m: u.reason for m, u in self.registry.unavailable().items()},
+            "counters": dict(self.counters),
+            "noise_offsets_db": dict(self.noise_offsets_db),
+            "noise_compliance": self.noise_compliance(),
+            # AS deployments of the last day: obligation vs delivered, shortfall, time to respond (issue 15).
+            "as_performance": [dict(p) for p in self.as_performance.values()
+                               if datetime.fromisoformat(p["issued_at"]) > now - timedelta(days=1)],
+        }
