@@ -85,10 +85,18 @@ def define_compute(model: pyo.ConcreteModel, problem) -> None:
         if kind != "inference":
             continue
         svc = compute.inference[i]
+        cluster = compute.clusters[svc.cluster]
         for t in range(T):
             demand_gpu = float(svc.demand_tokens_per_s[t]) / svc.tokens_per_s_per_gpu
             rows.add(model.gpu_work[w, t] <= demand_gpu)
             rows.add(model.gpu_work[w, t] + model.inference_short[i, t] >= svc.service_level * demand_gpu)
+            if svc.peak_demand_tokens_per_s is not None:
+                # Coarse block: the capacity min_s(α_s·k + β_s·p/P) held through the block must reach
+                # the service level of the block's busiest base interval (every piece of the curve).
+                peak_gpu = svc.service_level * float(svc.peak_demand_tokens_per_s[t]) / svc.tokens_per_s_per_gpu
+                k, p = model.gpu_on[w, t], model.gpu_kw[w, t]
+                for alpha, beta in cluster.segments():
+                    rows.add(alpha * k + (beta / cluster.full_kw_per_gpu) * p + model.inference_short[i, t] >= peak_gpu)
     # Batch: the horizon's share of work, late work paid for; restarts pay the checkpoint cost.
     model.batch_late_gpu_h = pyo.Var(range(len(compute.batch)), domain=pyo.NonNegativeReals)
     model.batch_restart = pyo.Var(range(len(compute.batch)), model.T, domain=pyo.NonNegativeReals)
@@ -210,6 +218,46 @@ def extract_dispatch(model: pyo.ConcreteModel, problem) -> ComputeDispatch | Non
     short = {s.id: values(model.inference_short, i) for i, s in enumerate(compute.inference)}
     late = {j.id: float(pyo.value(model.batch_late_gpu_h[i]) or 0.0) for i, j in enumerate(compute.batch)}
     return ComputeDispatch(gpus, it_kw, work, short, late)
+
+
+def expand_dispatch(dispatch: ComputeDispatch | None, coarse, fine, block_of: np.ndarray) -> ComputeDispatch | None:
+    """A coarse grid's GPU plan as one row per base interval (`problem.coarsen`'s ``block_of``).
+
+    Parameters
+    ----------
+    dispatch : the plan solved on ``coarse`` (arrays [B]); None gives None
+    coarse, fine : the coarsened and the base-grid `Problem`
+    block_of : [T] int, coarse block of each base interval
+
+    Returns
+    -------
+    ComputeDispatch with arrays [T]. GPUs working and their IT kW are held constant through a block
+    (the draw the coarse plan checked against the block's strictest limit and noise cap). Inference
+    work in a base interval is what the block's capacity serves of that interval's demand,
+    min(capacity, demand); the shortfall is recomputed against the base interval's service level.
+    Batch and spot work keep the block's rate, so GPU-hours are conserved. A block of one base
+    interval is copied as solved.
+    """
+    if dispatch is None:
+        return None
+    compute = fine.compute
+    single = np.bincount(block_of)[block_of] == 1
+    gpus = {w: v[block_of] for w, v in dispatch.gpus.items()}
+    it_kw = {w: v[block_of] for w, v in dispatch.it_kw.items()}
+    work = {w: v[block_of] for w, v in dispatch.work.items()}
+    short = {}
+    for s in compute.inference:
+        cluster = compute.clusters[s.cluster]
+        k, p = dispatch.gpus[s.id], dispatch.it_kw[s.id]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fraction = np.where(k > 1e-9, p / (np.maximum(k, 1e-9) * cluster.full_kw_per_gpu), 0.0)
+        capacity = np.array([ki * cluster.throughput_fraction(f) if ki > 1e-9 else 0.0 for ki, f in zip(k, fraction)])
+        demand_gpu = s.demand_tokens_per_s / s.tokens_per_s_per_gpu
+        served = np.minimum(capacity[block_of], demand_gpu)
+        work[s.id] = np.where(single, work[s.id], served)
+        recomputed = np.maximum(s.service_level * demand_gpu - served, 0.0)
+        short[s.id] = np.where(single, dispatch.inference_short_gpu[s.id][block_of], recomputed)
+    return ComputeDispatch(gpus, it_kw, work, short, dict(dispatch.batch_late_gpu_h))
 
 
 def cluster_site_kw(problem, dispatch: ComputeDispatch) -> dict[str, np.ndarray]:

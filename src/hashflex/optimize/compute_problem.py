@@ -7,6 +7,7 @@ from a profile's ``compute`` section by `compute_from_profile`; `problem_from_pr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -50,6 +51,15 @@ class Cluster:
 
 @dataclass(frozen=True)
 class Inference:
+    """Firm inference on one cluster: serve ``demand_tokens_per_s`` [T] (tokens/s) at
+    ``service_level`` of it, at ``tokens_per_s_per_gpu`` per uncapped GPU.
+
+    ``peak_demand_tokens_per_s`` [T] or None: on a coarsened grid (`coarsen_compute`), the highest
+    demand of the base intervals a block covers. The plan's GPU capacity must then reach
+    ``service_level`` × the peak, so that capacity held constant through the block keeps the service
+    level in every base interval; served tokens (and revenue) stay capped by the block's mean demand.
+    """
+
     id: str
     cluster: int
     tokens_per_s_per_gpu: float
@@ -57,6 +67,7 @@ class Inference:
     service_level: float
     revenue_usd_per_mtok: float
     penalty_usd_per_mtok: float
+    peak_demand_tokens_per_s: np.ndarray | None = None  # [T], coarse grids only
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,8 @@ class Batch:
 
 @dataclass(frozen=True)
 class Spot:
+    """Interruptible capacity: up to ``max_gpus`` uncapped GPUs at ``price_usd_per_gpu_h``."""
+
     id: str
     cluster: int
     max_gpus: int
@@ -86,6 +99,8 @@ class Spot:
 
 @dataclass(frozen=True)
 class ComputeProblem:
+    """The GPU side of a `Problem`: clusters and the workloads they serve (issue 16)."""
+
     clusters: tuple[Cluster, ...]
     inference: tuple[Inference, ...] = ()
     batch: tuple[Batch, ...] = ()
@@ -106,6 +121,11 @@ class ComputeProblem:
                 raise ValueError(f"inference {w.id}: demand_tokens_per_s must be {T} finite values")
             if np.any(w.demand_tokens_per_s < 0):
                 raise ValueError(f"inference {w.id}: demand_tokens_per_s must be >= 0")
+            peak = w.peak_demand_tokens_per_s
+            if peak is not None and (peak.shape != (T,) or not np.all(np.isfinite(peak))
+                                     or np.any(peak < w.demand_tokens_per_s - 1e-9)):
+                raise ValueError(f"inference {w.id}: peak_demand_tokens_per_s must be {T} finite values "
+                                 "at or above demand_tokens_per_s")
         for j in self.batch:
             if j.window.shape != (T,):
                 raise ValueError(f"batch {j.id}: window must have {T} entries")
@@ -182,3 +202,48 @@ def cooling_unit_energy(cluster: Cluster, receptor_id: str) -> float:
     if math.isinf(attenuation) or cluster.cooling_sound_power_dba <= 0:
         return 0.0
     return 10.0 ** ((cluster.cooling_sound_power_dba - attenuation) / 10.0)
+
+
+def coarsen_compute(compute: ComputeProblem, block_of: np.ndarray, duration_h: np.ndarray) -> ComputeProblem:
+    """The compute arrays on a coarse grid (`problem.coarsen`'s blocks), conservatively.
+
+    Parameters
+    ----------
+    compute : the problem on the base grid, arrays [T]
+    block_of : [T] int, coarse block of each base interval (non-decreasing, from 0)
+    duration_h : [T] hours of each base interval
+
+    Returns
+    -------
+    ComputeProblem with arrays [B], B = ``block_of[-1] + 1``:
+
+    - inference demand (tokens/s, a rate): the duration-weighted mean over the block, so the tokens
+      demanded (and the revenue they can earn) are conserved; ``peak_demand_tokens_per_s``: the
+      block's highest base-interval demand, which the capacity must cover at the service level;
+    - batch window: a block is in a job's window only if every base interval of it is (release
+      rounded up, deadline rounded down to block boundaries); work in GPU-hours is a total and
+      carries over unchanged;
+    - clusters and spot capacity have no per-interval arrays.
+    """
+    n_blocks = int(block_of[-1]) + 1 if len(block_of) else 0
+    hours = np.bincount(block_of, weights=duration_h, minlength=n_blocks)
+
+    def weighted_mean(values: np.ndarray) -> np.ndarray:
+        return np.bincount(block_of, weights=values * duration_h, minlength=n_blocks) / hours
+
+    def block_max(values: np.ndarray) -> np.ndarray:
+        out = np.full(n_blocks, -np.inf)
+        np.maximum.at(out, block_of, values)
+        return out
+
+    def all_in_block(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(block_of, weights=(~mask).astype(float), minlength=n_blocks) == 0
+
+    inference = tuple(
+        dataclasses.replace(
+            w, demand_tokens_per_s=weighted_mean(w.demand_tokens_per_s),
+            peak_demand_tokens_per_s=block_max(w.demand_tokens_per_s if w.peak_demand_tokens_per_s is None
+                                               else w.peak_demand_tokens_per_s))
+        for w in compute.inference)
+    batch = tuple(dataclasses.replace(j, window=all_in_block(np.asarray(j.window, dtype=bool))) for j in compute.batch)
+    return dataclasses.replace(compute, inference=inference, batch=batch)

@@ -497,6 +497,8 @@ def coarsen(problem: Problem, fine_intervals: int, block_h: float = 1.0) -> tupl
     back. Prices, intensity and hashprice are duration-weighted means; limits, caps, renewable
     output and availability take the block minimum, so the coarse plan is safe in every interval.
     """
+    from hashflex.optimize.compute_problem import coarsen_compute
+
     T = problem.T
     per_block = max(int(round(block_h / problem.base_interval_h)), 1)
     block_of = np.empty(T, dtype=int)
@@ -544,5 +546,6 @@ def coarsen(problem: Problem, fine_intervals: int, block_h: float = 1.0) -> tupl
         reserves=tuple(dataclasses.replace(r, price_usd_mw_h=weighted_mean(r.price_usd_mw_h),
                                            max_kw=block_min(r.max_kw), obligation_kw=-block_min(-r.obligation_kw))
                        for r in problem.reserves),
+        compute=None if problem.compute is None else coarsen_compute(problem.compute, block_of, problem.duration_h),
     )
     return coarse, block_of

@@ -367,4 +367,7 @@ def solve_multiresolution(problem: Problem, *, fine_intervals: int, block_h: flo
         return expand_to_base(solved.fallback, problem, block_of)
     # As expand_to_base does from a coarse Schedule, without building (and explaining) that one.
     counts = {key: values[block_of] for key, values in solved.counts.items()}
-    return schedule_from_counts(problem, counts, solved.info)
+    from hashflex.optimize.compute import expand_dispatch  # issue 16: the GPU plan expands with the counts (H4)
+
+    return schedule_from_counts(problem, counts, solved.info,
+                                compute=expand_dispatch(solved.compute, coarse, problem, block_of))
