@@ -151,11 +151,18 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
         driver = MqttDriver(site, mqtt_host, mqtt_port, username=username, password=password, tls_ca_file=tls_ca_file)
         driver.start()
     publisher = MqttPublisher(site, mqtt_host, mqtt_port, username, password, tls_ca_file)
+    compute_driver = None
+    if profile.compute is not None:  # GPU clusters: caps and suspend/resume on out/compute/<cluster>
+        from hashflex.control.compute_commands import cap_limits
+        from hashflex.drivers.compute import MqttComputeDriver
+
+        compute_driver = MqttComputeDriver(site, cap_limits(profile), mqtt_host, mqtt_port, username=username,
+                                           password=password, tls_ca_file=tls_ca_file)
     recorder = AuditRecorder(store)
     loop = ControlLoop(profile, forecaster=store_forecaster(profile, store), driver=driver, publisher=publisher,
                        store=store, book=book, fleet=fleet, solver=SolveRunner(time_limit_s=time_limit_s),
                        config=LoopConfig(solve_time_limit_s=time_limit_s, async_sends=True), recorder=recorder,
-                       meter=IntervalMeter())
+                       meter=IntervalMeter(), compute_driver=compute_driver)
     wait_connected = getattr(driver, "wait_connected", None)
     if wait_connected is not None:
         wait_connected(5.0)  # the restart cut below needs the driver's transport
@@ -201,6 +208,8 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
         publisher.close()
         loop.close()
         driver.close()
+        if compute_driver is not None:
+            compute_driver.close()
         loop.solver.close()
         recorder.flush()
         recorder.close()

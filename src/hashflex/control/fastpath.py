@@ -21,6 +21,7 @@ import pandas as pd
 
 from hashflex import audit as records
 from hashflex.acoustics import compared_level_dba
+from hashflex.control.compute_commands import shed_commands
 from hashflex.control.dr import DRDecision
 from hashflex.control.fleet import SLEEP
 from hashflex.control.guard import GuardAction, GuardResult, Measurements
@@ -191,6 +192,28 @@ class FastPathMixin:
             self._dispatch(result.batch, now)
             log.warning("%s: fast path cut load to %.0f kW: %s", why, limit, "; ".join(a.reason for a in result.actions))
             self._record_guard(result, now, event_id)
+        self._shed_compute_now(result.batch, limit, now, why, event_id)
+
+    def _shed_compute_now(self, batch: list, limit_kw: float, now: datetime, why: str,
+                          event_id: str | None = None) -> None:
+        """When the miners' cut alone leaves import over ``limit_kw``, shed GPU load in the contracts'
+        order (spot, batch, then inference capped; `control.compute_commands.shed_commands`)."""
+        if self.profile.compute is None or self.compute_state is None:
+            return
+        renewable_kw, _ = self.guard._renewable(self.measurements, now)  # the guard's freshness rule
+        excess = self.guard.net_import_kw(batch, self.measurements.auxiliary_kw, renewable_kw) - limit_kw
+        if excess <= 0:
+            return
+        commands, state, reasons = shed_commands(self.profile, self.compute_state, excess, now, self.expiry_s)
+        if not commands:
+            return
+        self.counters["fast_path_actions"] += 1
+        self._send_compute(commands, state)
+        log.warning("%s: fast path shed GPU load: %s", why, "; ".join(reasons))
+        reason = (f"{why}: GPU load shed ({'; '.join(reasons)}); excess {excess:.1f} kW over {limit_kw:.1f} kW, "
+                  f"clusters now {state.site_kw:.1f} kW")
+        self._record("guard_action", lambda: records.guard_action_payload("compute_shed", reason, [],
+                                                                           event_id=event_id), now)
 
     def handle_noise(self, message: NoiseMessage, now: datetime) -> None:
         receptor = next((r for r in self.profile.receptors if r.id == message.receptor_id), None)

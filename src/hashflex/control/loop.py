@@ -59,7 +59,9 @@ from hashflex.optimize.schedule import Schedule, unit_column
 from hashflex.profile import SiteProfile
 
 from hashflex.control.as_intake import AncillaryIntakeMixin, deployment_performance  # noqa: F401 - re-exported
+from hashflex.control.compute_commands import ComputeState, plan_commands
 from hashflex.control.fastpath import FastPathMixin, _prices_unknown, _replace  # noqa: F401
+from hashflex.drivers.compute import ComputeCommand, ComputeDriver, ComputeResult
 from hashflex.control.loop_status import LoopStatusMixin
 
 log = logging.getLogger(__name__)
@@ -165,7 +167,8 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin):
                  publisher: Publisher | None = None, store: Any = None, recorder: Any = None,
                  fleet: FleetState | None = None, dr_book: DRBook | None = None,
                  solver: SolveRunner | None = None, config: LoopConfig = LoopConfig(),
-                 meter: IntervalMeter | None = None, book: LimitsBook | None = None) -> None:
+                 meter: IntervalMeter | None = None, book: LimitsBook | None = None,
+                 compute_driver: ComputeDriver | None = None) -> None:
         self.profile = profile
         self.forecaster = forecaster
         self.driver = driver
@@ -210,6 +213,13 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin):
         # AS deployment id -> performance (obligation, commanded and measured response, shortfall); issue 15.
         self.as_performance: dict[str, dict[str, Any]] = {}
         self._sender = SendQueue(self._apply_batch, synchronous=not config.async_sends)
+        # GPU clusters (issue 16): the plan's first interval as power caps and suspend/resume, on their
+        # own sender thread (a cluster agent's confirmations must not hold up the miners' batch).
+        self.compute_driver = compute_driver
+        self.compute_state: ComputeState | None = None
+        self.compute_results: list[ComputeResult] = []
+        self._compute_sender = SendQueue(self._apply_compute, synchronous=not config.async_sends,
+                                         name="hashflex-compute-sender")
         self._start_recorded = False  # the start config is recorded with the first record's time (see _record)
         self.counters: dict[str, int] = {"ticks": 0, "fast_path_actions": 0, "dr_accepted": 0, "dr_rejected": 0,
                                          "dr_duplicates": 0, "limits_accepted": 0, "limits_rejected": 0,
@@ -261,6 +271,7 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin):
             if schedule.status.value == "failed_fallback":
                 self.counters["fallback_schedules"] += 1
             with self._lock:
+                self._command_compute(schedule, now)  # first: the guard counts the GPUs' planned draw
                 result = plan_dispatch(first_interval_counts(schedule), self.fleet, now, self.expiry_s)
                 checked = self.guard.check(result.setpoints, self.measurements, self.limits_now(now), now)
                 sent = self._dispatch(checked.batch, now)
@@ -286,6 +297,38 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin):
         self.fleet.apply_setpoints(batch, now)
         self._save_commitment()
         return self._sender.submit((batch, now, before), self._after_send)
+
+    def _command_compute(self, schedule: Schedule, now: datetime) -> None:
+        """Queue the GPU plan's first interval as compute commands (call with the lock held) and count the
+        clusters' modelled draw as non-miner load in the guard's measurements."""
+        if self.profile.compute is None:
+            return
+        row = schedule.frame.iloc[0]
+        gpus = {c[len("gpus_"):]: float(row[c]) for c in schedule.frame.columns if c.startswith("gpus_")}
+        it_kw = {c[len("it_kw_"):]: float(row[c]) for c in schedule.frame.columns if c.startswith("it_kw_")}
+        commands, state = plan_commands(self.profile, gpus, it_kw, now, self.expiry_s)
+        self._send_compute(commands, state)
+
+    def _send_compute(self, commands: list[ComputeCommand], state: ComputeState) -> None:
+        self.compute_state = state
+        self.measurements = _replace(self.measurements, auxiliary_kw=state.site_kw)
+        if self.compute_driver is not None and commands:
+            self._compute_sender.submit(commands, self._after_compute)
+
+    def _apply_compute(self, commands: list[ComputeCommand] | None) -> list[ComputeResult]:
+        if commands is None:  # a flush marker (flush_sends)
+            return []
+        return self.compute_driver.apply(commands)
+
+    def _after_compute(self, commands: list[ComputeCommand], results: list[ComputeResult]) -> None:
+        with self._lock:
+            self.compute_results = results
+            failed = sum(1 for r in results if not r.ok)
+            self.counters["compute_commands"] = self.counters.get("compute_commands", 0) + len(results)
+            self.counters["compute_command_failures"] = self.counters.get("compute_command_failures", 0) + failed
+            if failed:
+                log.warning("%d of %d compute commands not applied: %s", failed, len(results),
+                            "; ".join(f"{r.command_id}: {r.status} {r.reason}" for r in results if not r.ok)[:500])
 
     def _apply_batch(self, job: tuple[list[Setpoint], datetime, dict[str, Any]] | None) -> list[SetpointResult]:
         if job is None:  # a flush marker (flush_sends)
@@ -352,12 +395,16 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin):
         """Wait until every batch queued so far has been through the driver."""
         with self._lock:
             marker = self._sender.submit(None, None) if not self._sender.synchronous else None
-        if marker is not None:
-            marker.result(timeout=timeout_s)
+            compute_marker = (self._compute_sender.submit(None, None)
+                              if not self._compute_sender.synchronous else None)
+        for future in (marker, compute_marker):
+            if future is not None:
+                future.result(timeout=timeout_s)
 
     def close(self) -> None:
         """Finish queued batches and stop the sender thread (the solver is closed by its owner)."""
         self._sender.close()
+        self._compute_sender.close()
 
     # ------------------------------------------------------------------ control state
 

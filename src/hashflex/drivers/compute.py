@@ -119,14 +119,16 @@ class MqttComputeDriver:
     ``ack_timeout_s``: how long to wait for the agent's confirmations of one batch."""
 
     def __init__(self, site: str, limits: dict[str, CapLimits], host: str = "127.0.0.1", port: int = 1883, *,
-                 ack_timeout_s: float = 5.0, connect_timeout_s: float = 5.0, client_id: str | None = None) -> None:
+                 ack_timeout_s: float = 5.0, connect_timeout_s: float = 5.0, client_id: str | None = None,
+                 username: str | None = None, password: str | None = None, tls_ca_file: str | None = None) -> None:
         from hashflex.feeds.mqtt import mqtt_client
 
         self.site, self.limits, self.ack_timeout_s = site, limits, ack_timeout_s
         self._acks: dict[str, dict] = {}
         self._cond = threading.Condition()
         self._connected = threading.Event()
-        self._client = mqtt_client(client_id or f"hashflex-{site}-compute-{uuid.uuid4().hex[:8]}")
+        self._client = mqtt_client(client_id or f"hashflex-{site}-compute-{uuid.uuid4().hex[:8]}",
+                                   username=username, password=password, tls_ca_file=tls_ca_file)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = lambda *args: self._connected.clear()
         self._client.on_message = self._on_message
