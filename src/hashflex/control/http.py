@@ -11,6 +11,11 @@ prometheus_client's exposition so scrapers get the standard text format.
 Input rejections: ``hashflex_input_rejections_total{kind, reason}`` (a counter) sums the status
 entries ``input_rejections`` (MQTT ingest, ``MqttIngest.rejection_stats()``) and
 ``price_feed.rejections`` (HTTP price feed rows), both ``{kind: {reason_class: n}}``.
+
+Available for curtailment: ``hashflex_available_for_curtailment_kw{means}`` (a gauge, kW) is what
+the site can shed now from fresh miner telemetry, ``means="sleep"`` (a firmware command) and
+``means="power_off"`` (a PDU outlet: the idle draw too, cold restart); their sum is the total. It is
+the dashboard's ``now.curtailment`` (:func:`hashflex.web.curtailment.curtailment_section`).
 """
 
 from __future__ import annotations
@@ -102,8 +107,11 @@ class StatusMetrics:
                                  registry=r)
         self.feed_age = Gauge("hashflex_feed_age_seconds", "seconds since each input feed was last heard", ["feed"],
                               registry=r)
+        self.curtailable = Gauge("hashflex_available_for_curtailment_kw",
+                                 "kW the site can shed now, from fresh miner telemetry, by means (sleep: a firmware "
+                                 "command; power_off: a PDU outlet, cold restart)", ["means"], registry=r)
         self._labelled = (self.limit, self.breakeven, self.noise_measured, self.noise_modelled, self.noise_cap,
-                          self.carbon_used, self.carbon_left, self.feed_age)
+                          self.carbon_used, self.carbon_left, self.feed_age, self.curtailable)
 
     def render(self, status: dict[str, Any], state: Mapping[str, Any] | None = None) -> bytes:
         """The exposition text for ``status`` (the loop's) and ``state`` (the dashboard document)."""
@@ -136,6 +144,10 @@ class StatusMetrics:
         put(self.renewable, now.get("renewable_kw"))
         put(self.price, now.get("price_usd_mwh"))
         put(self.limit.labels(source=str(now.get("import_limit_source") or "interconnection")), now.get("import_limit_kw"))
+        curtailment = now.get("curtailment") or {}
+        for means in ("sleep", "power_off"):  # no section (no loop yet): no series, rather than a false 0
+            if isinstance(curtailment.get(f"{means}_kw"), (int, float)):
+                self.curtailable.labels(means=means).set(curtailment[f"{means}_kw"])
         for group, value in (now.get("breakeven_usd_mwh") or {}).items():
             put(self.breakeven.labels(group=group), value)
         for row in (state.get("noise") or {}).get("receptors", []):
@@ -156,7 +168,8 @@ METRIC_NAMES = ("hashflex_healthy", "hashflex_last_tick_age_seconds", "hashflex_
                 "hashflex_grid_import_kw", "hashflex_import_limit_kw", "hashflex_site_load_kw", "hashflex_renewable_kw",
                 "hashflex_price_usd_mwh", "hashflex_breakeven_usd_mwh", "hashflex_noise_measured_dba",
                 "hashflex_noise_modelled_dba", "hashflex_noise_cap_dba", "hashflex_carbon_used_kg",
-                "hashflex_carbon_left_kg", "hashflex_feed_age_seconds", "hashflex_input_rejections_total")
+                "hashflex_carbon_left_kg", "hashflex_feed_age_seconds", "hashflex_input_rejections_total",
+                "hashflex_available_for_curtailment_kw")
 """Every metric /metrics exposes (counters with their ``_total`` name)."""
 
 

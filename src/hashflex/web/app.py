@@ -45,6 +45,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from hashflex.openadr.config import is_loopback  # noqa: F401 - one definition, re-exported
+from hashflex.web.curtailment import LatestTelemetry
 from hashflex.web.manager import AuthError, ManagerAuth, limits_change
 from hashflex.web.view import EventLog, FeedAges, NoiseHistory, dashboard_state, unhealthy_causes
 
@@ -73,7 +74,8 @@ class Dashboard:
         self.min_gap_s = min_gap_s  # and at most this often: a burst of changes is one rebuild
         self.log = EventLog.attach(loop)
         self.noise = NoiseHistory()
-        self.feeds = FeedAges()
+        self.telemetry = LatestTelemetry()  # the miners' latest readings ("available for curtailment")
+        self.feeds = FeedAges(self.telemetry)
         self.version = 0
         self.body = b"{}"
         self.build_seconds = 0.0  # CPU of the last build (benchmarks read it)
@@ -87,7 +89,8 @@ class Dashboard:
         status = self.status_fn(now)
         return dashboard_state(self.loop, status, now, log=self.log, noise_history=self.noise,
                                measured=self.measured_fn() if self.measured_fn else None,
-                               simulated=self.simulated, feed_ages_s=self.feeds.ages_s(now))
+                               simulated=self.simulated, feed_ages_s=self.feeds.ages_s(now),
+                               miner_readings=self.telemetry.snapshot())
 
     def refresh(self) -> None:
         """Build and serialise the document now (the publisher thread calls this)."""

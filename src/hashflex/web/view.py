@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from hashflex.acoustics import compared_level_dba, modelled_laeq_dba
 from hashflex.optimize.schedule import unit_column
 from hashflex.profile import SiteProfile
+from hashflex.web.curtailment import LatestTelemetry, curtailment_section
 
 SLEEP = "sleep"  # the fleet's sleeping mode (control.fleet.SLEEP; web sits below control)
 
@@ -191,19 +191,53 @@ class EventLog:
 
 
 class FeedAges:
-    """When each input feed (message kind and key, e.g. ``noise/porch``) was last heard, by site time."""
+    """When each input feed (message kind and key, e.g. ``noise/porch``) was last heard, by site time.
 
-    def __init__(self) -> None:
+    Every message the ingest accepts passes :meth:`seen`, so this is also where the miners' latest
+    telemetry is kept for the "available for curtailment" figure (``telemetry``).
+
+    Parameters
+    ----------
+    telemetry : LatestTelemetry, optional
+        Given every telemetry message seen (:class:`hashflex.web.curtailment.LatestTelemetry`).
+    """
+
+    def __init__(self, telemetry: LatestTelemetry | None = None) -> None:
         self.last: dict[str, datetime] = {}
+        self.telemetry = telemetry
 
     def seen(self, message: Any, at: datetime) -> None:
+        """Note that ``message`` arrived at ``at``.
+
+        Parameters
+        ----------
+        message : inbound message (:mod:`hashflex.messages`)
+            Its ``kind`` and ``receptor_id`` or ``source_id`` name the feed (telemetry: one feed for
+            the fleet).
+        at : datetime
+            Site time of arrival (timezone-aware).
+        """
         kind = getattr(message, "kind", type(message).__name__)
         key = getattr(message, "receptor_id", None) or getattr(message, "source_id", None)
         if kind == "telemetry":
             key = None  # one feed for the fleet, not one per miner
+            if self.telemetry is not None:
+                self.telemetry.add(message)
         self.last[f"{kind}/{key}" if key else str(kind)] = at
 
     def ages_s(self, now: datetime) -> dict[str, float]:
+        """Seconds since each feed was last heard.
+
+        Parameters
+        ----------
+        now : datetime
+            Site time (timezone-aware).
+
+        Returns
+        -------
+        dict[str, float]
+            feed name -> age (s, >= 0), sorted by name.
+        """
         return {k: max((now - t).total_seconds(), 0.0) for k, t in sorted(self.last.items())}
 
 
@@ -326,14 +360,44 @@ def _dr_section(loop: Any, status: Mapping[str, Any], now: datetime, log: EventL
 def dashboard_state(loop: Any, status: Mapping[str, Any], now: datetime, *,
                     log: EventLog | None = None, noise_history: NoiseHistory | None = None,
                     measured: Mapping[str, float] | None = None, simulated: bool = False,
-                    feed_ages_s: Mapping[str, float] | None = None) -> dict[str, Any]:
+                    feed_ages_s: Mapping[str, float] | None = None,
+                    miner_readings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The dashboard document at ``now``.
 
-    ``loop``: a :class:`hashflex.control.loop.ControlLoop`; ``status``: its ``status(now)`` plus the
-    daemon's additions; ``measured``: the site meter's latest ``load_kw``, ``grid_import_kw``,
-    ``renewable_kw``, ``price_usd_mwh`` where known (else telemetry or the fleet model is used and
-    said). ``noise_history`` is updated with the levels now. Never raises on a missing part: a
-    section without data is empty."""
+    Never raises on a missing part: a section without data is empty.
+
+    Parameters
+    ----------
+    loop : ControlLoop
+        :class:`hashflex.control.loop.ControlLoop`: its profile, fleet, last schedule, measurements,
+        emissions tally and driver are read (never changed).
+    status : Mapping[str, Any]
+        Its ``status(now)`` plus the daemon's additions (``inputs``, ``mqtt_connected``,
+        ``input_rejections``).
+    now : datetime
+        Site time (timezone-aware).
+    log : EventLog, optional
+        The event log (``events`` section, DR acknowledgement times).
+    noise_history : NoiseHistory, optional
+        Updated with the receptor levels now, and sent as ``noise.history``.
+    measured : Mapping[str, float], optional
+        The site meter's latest ``load_kw``, ``grid_import_kw``, ``renewable_kw`` (kW) and
+        ``price_usd_mwh`` where known (else telemetry or the fleet model is used, and said).
+    simulated : bool, default False
+        The site is simulated (``site.simulated``; the page shows a SIMULATED badge).
+    feed_ages_s : Mapping[str, float], optional
+        Seconds since each input feed was last heard (:meth:`FeedAges.ages_s`).
+    miner_readings : Mapping[str, MinerReading], optional
+        Each miner's latest telemetry reading, for ``now.curtailment``
+        (:func:`hashflex.web.curtailment.curtailment_section`).
+
+    Returns
+    -------
+    dict
+        JSON-ready sections ``site``, ``health``, ``now``, ``noise``, ``dr``, ``schedule``,
+        ``carbon``, ``limits``, ``events``, ``inputs``, ``counters``; units in the key names, None
+        for numbers that are missing or not finite.
+    """
     profile: SiteProfile = loop.profile
     measured = dict(measured or {})
     report = loop.last_report
@@ -413,7 +477,8 @@ def dashboard_state(loop: Any, status: Mapping[str, Any], now: datetime, *,
                 "renewable_kw": finite(renewable, 1), "price_usd_mwh": finite(price, 2),
                 "units": units, "units_running": sum(counts.values()),
                 "breakeven_usd_mwh": {g: round(v, 2) for g, v in breakeven.items()},
-                "reason": None if first is None else str(first.get("reason_detail", ""))},
+                "reason": None if first is None else str(first.get("reason_detail", "")),
+                "curtailment": curtailment_section(loop, miner_readings, now, counts)},
         "noise": {"receptors": levels, "history": noise_history.to_json() if noise_history is not None else {}},
         "dr": _dr_section(loop, status, now, log),
         "schedule": _schedule_section(profile, frame, breakeven),

@@ -4,6 +4,7 @@
   const $ = (id) => document.getElementById(id);
   const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
   const kw = (v) => (v == null ? "–" : Math.abs(v) >= 10000 ? (v / 1000).toFixed(2) + " MW" : Math.round(v).toLocaleString() + " kW");
+  const mw = (v) => (v / 1000).toFixed(Math.abs(v) >= 10000 ? 2 : 3) + " MW";
   const num = (v, d = 1) => (v == null ? "–" : Number(v).toFixed(d));
   const PALETTE = ["#4ea1ff", "#2fbf71", "#f0b429", "#c678dd", "#56d4dd", "#ff8c42", "#e06c75", "#98c379"];
   const REASON_COLORS = {"": "#2fbf71", price: "#f0b429", noise: "#c678dd", carbon: "#98c379", dr: "#ff4d4f", import_limit: "#ff8c42",
@@ -49,6 +50,11 @@
     $("renewable-now").textContent = kw(n.renewable_kw);
     $("price-now").textContent = n.price_usd_mwh == null ? "–" : "$" + num(n.price_usd_mwh, 2) + "/MWh";
     $("breakevens").textContent = "breakeven " + Object.entries(n.breakeven_usd_mwh).map(([g, v]) => g + " $" + num(v, 0)).join(", ");
+    const c = n.curtailment || {};
+    $("curtail-now").textContent = c.available_kw == null ? "–" : mw(c.available_kw);
+    $("curtail-detail").textContent = c.basis === "miner telemetry"
+      ? `sleep ${kw(c.sleep_kw)} · power off ${kw(c.power_off_kw)} · ${c.miners_counted} of ${c.miners_reporting} reporting miners`
+      : (c.basis || "") + (c.modelled_kw != null ? ` · fleet model ${mw(c.modelled_kw)} (not measured)` : "");
     $("units-now").textContent = n.units_running.toLocaleString();
     $("reason-now").textContent = n.reason || "";
     $("units-table").tBodies[0].innerHTML = n.units.map((u) =>
