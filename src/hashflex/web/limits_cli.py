@@ -27,6 +27,8 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
+from pydantic import ValidationError
+
 import paho.mqtt.client as mqtt
 
 from hashflex.messages import Topics
@@ -79,6 +81,16 @@ def _close(received: queue.Queue[bytes]) -> None:
     client.loop_stop()
 
 
+def _option_error(error: dict[str, Any]) -> str:
+    """One pydantic error as the command-line option it came from, e.g. ``--import-limit-kw -1.0: must be >= 0``."""
+    field = str(error["loc"][0]) if error.get("loc") else "input"
+    option = {"noise_caps_dba": "--noise-cap"}.get(field, "--" + field.replace("_", "-"))
+    message = str(error.get("msg", "invalid")).replace("Input should be ", "must be ").replace(
+        "greater than or equal to", ">=").replace("less than or equal to", "<=")
+    value = error.get("input")
+    return f"{option} {value!r}: {message}" if not isinstance(value, dict) else f"{option}: {message}"
+
+
 def cmd_limits(args: argparse.Namespace) -> int:
     """Dispatch ``set``/``clear``/``list``."""
     if args.site is None:
@@ -98,12 +110,16 @@ def cmd_limits(args: argparse.Namespace) -> int:
             noise[receptor] = None
         if noise[receptor] is None:
             raise ValueError(f"--noise-cap {item!r}: expected RECEPTOR=DBA, e.g. ranch_north=42")
-    if args.action == "set":
-        message = limits_change(args.issuer, now, reason=args.reason, import_limit_kw=args.import_limit_kw,
-                                noise_caps_dba=noise or None, carbon_budget_kg=args.carbon_budget_kg,
-                                carbon_period=args.carbon_period, valid_minutes=args.valid_minutes)
-    else:
-        message = limits_change(args.issuer, now, reason=args.reason, clear=args.parts or ["import", "noise", "carbon"])
+    try:
+        if args.action == "set":
+            message = limits_change(args.issuer, now, reason=args.reason, import_limit_kw=args.import_limit_kw,
+                                    noise_caps_dba=noise or None, carbon_budget_kg=args.carbon_budget_kg,
+                                    carbon_period=args.carbon_period, valid_minutes=args.valid_minutes)
+        else:
+            message = limits_change(args.issuer, now, reason=args.reason,
+                                    clear=args.parts or ["import", "noise", "carbon"])
+    except ValidationError as exc:  # name the option, not pydantic's model
+        raise ValueError("; ".join(_option_error(e) for e in exc.errors())) from None
     # The daemon's change_id is "<issuer>@<issued_at ISO>#<content hash>" (control.limits): the
     # issuer and the microsecond issue time single out this message's answer.
     change_id = f"{message.issuer}@{message.issued_at.isoformat()}#"
