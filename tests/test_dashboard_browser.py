@@ -1,6 +1,7 @@
 """The dashboard in a real browser (Debian's chromium + chromium-driver through Selenium), on the real
 daemon path: `hashflex run` as a process, a real Mosquitto, MQTT-simulated miners.
 
+- the "available for curtailment" tile shows the running miners' telemetered draw (issue 17);
 - a DR event published on the broker shows on the page with its limit and countdown within 2 s;
 - a noise reading over the cap shows red at that receptor;
 - a limit set from the page (with the manager token) is acked and binds (``/status``);
@@ -154,6 +155,28 @@ def text_of(driver, css: str) -> str:  # noqa: ANN001
         return driver.find_element("css selector", css).text
     except (NoSuchElementException, StaleElementReferenceException):
         return ""
+
+
+def test_the_available_for_curtailment_tile_shows_the_fleets_telemetry(site) -> None:  # noqa: ANN001
+    """Issue 17: the 15 MQTT-simulated miners report their mode's power (idle 0 kW in this profile) and
+    their driver sleeps them on command, so the site can shed exactly the draw of the running units:
+    3.5 kW per running air unit plus 6.4 kW per running hyd unit, all of it by sleep."""
+    driver, port = site["driver"], site["port"]
+    power_kw = {"air": 3.5, "hyd": 6.4}
+    seen: dict = {}
+
+    def consistent() -> bool:
+        now = json.loads(http(port, "/api/state")[1] or b"{}").get("now") or {}
+        c = now.get("curtailment") or {}
+        running_kw = sum(power_kw[u["group"]] * u["running"] for u in now.get("units", []) if u["mode"] != "sleep")
+        seen.update(c, running_kw=running_kw, tile=text_of(driver, "#curtail-now"),
+                    detail=text_of(driver, "#curtail-detail"))
+        return (c.get("miners_reporting") == 15 and running_kw > 0 and abs(c["sleep_kw"] - running_kw) < 1e-6
+                and c["power_off_kw"] == 0.0 and seen["tile"] == f"{c['available_kw'] / 1000:.3f} MW")
+
+    poll_until(consistent, 20, interval_s=0.2, message=f"the tile showing the running units' draw ({seen})")
+    assert "of 15 reporting miners" in seen["detail"] and "sleep" in seen["detail"], seen["detail"]
+    print(f"available for curtailment on the page: {seen['tile']} ({seen['detail']})")
 
 
 def test_a_dr_event_shows_with_its_limit_and_countdown_within_2_s(site) -> None:  # noqa: ANN001
