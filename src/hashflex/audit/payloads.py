@@ -1,0 +1,189 @@
+"""Builders of every record's payload (the report reads exactly these keys; the kinds and keys are
+listed in :mod:`hashflex.audit`), and the noise level arithmetic the measurement record uses.
+
+Seam: what a record says, built from the loop's objects into JSON-safe dicts; nothing here
+touches a database. Split from ``audit.py`` (issue 11).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from hashflex.audit.chain import AuditError, iso_utc
+
+__all__ = ["config_payload", "dr_ack_payload", "dr_event_payload", "guard_action_payload", "input_summary_payload",
+           "laeq_dba", "measurement_payload", "noise_interval_summary", "schedule_payload", "setpoints_payload"]
+
+
+def _num(value: float | None) -> float | None:
+    """JSON-safe number: None and non-finite values become None."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _nums(values: Mapping[str, float | None] | None) -> dict[str, float | None]:
+    return {str(k): _num(v) for k, v in (values or {}).items()}
+
+
+def laeq_dba(levels_dba: Iterable[float], durations_s: Iterable[float] | None = None) -> float:
+    """Energy-average level: 10·log10(Σ t_i·10^(L_i/10) / Σ t_i) (equal weights without durations)."""
+    levels = [float(x) for x in levels_dba]
+    weights = [1.0] * len(levels) if durations_s is None else [float(t) for t in durations_s]
+    if not levels or sum(weights) <= 0:
+        return math.nan
+    energy = sum(w * 10.0 ** (level / 10.0) for level, w in zip(levels, weights, strict=True))
+    return 10.0 * math.log10(energy / sum(weights))
+
+
+def noise_interval_summary(readings: Iterable[tuple[float, float]], cap_dba: float | None) -> tuple[float, float]:
+    """(LAeq, minutes over cap) of ``(laeq_dba, averaging_s)`` readings inside one interval."""
+    readings = list(readings)
+    level = laeq_dba([r[0] for r in readings], [r[1] for r in readings])
+    over = 0.0 if cap_dba is None else sum(r[1] for r in readings if r[0] > cap_dba) / 60.0
+    return level, over
+
+
+def measurement_payload(
+    interval_start: datetime,
+    interval_h: float,
+    import_kw: float,
+    renewable_kw: float,
+    load_kw: float,
+    hashrate_th_s: float,
+    noise_dba: Mapping[str, float | None],
+    intensity_kg_per_mwh: float | None,
+    price_usd_mwh: float | None,
+    revenue_usd: float,
+    energy_cost_usd: float,
+    *,
+    noise_model_dba: Mapping[str, float | None] | None = None,
+    noise_cap_dba: Mapping[str, float | None] | None = None,
+    noise_over_cap_min: Mapping[str, float] | None = None,
+    full_load_kw: float | None = None,
+    intensity_source: str | None = None,
+    dr_baseline_kw: float | None = None,
+    hashprice_usd_per_ph_day: float | None = None,
+) -> dict[str, Any]:
+    """The ``measurement`` payload: means over ``[interval_start, +interval_h)`` (see module docstring);
+    ``hashprice_usd_per_ph_day``: the hashprice the revenue was valued at."""
+    if interval_h <= 0:
+        raise AuditError("interval_h must be > 0")
+    return {
+        "interval_start": iso_utc(interval_start),
+        "interval_h": float(interval_h),
+        "import_kw": _num(import_kw),
+        "renewable_kw": _num(renewable_kw),
+        "load_kw": _num(load_kw),
+        "full_load_kw": _num(full_load_kw),
+        "hashrate_th_s": _num(hashrate_th_s),
+        "noise_dba": _nums(noise_dba),
+        "noise_model_dba": _nums(noise_model_dba),
+        "noise_cap_dba": _nums(noise_cap_dba),
+        "noise_over_cap_min": _nums(noise_over_cap_min),
+        "intensity_kg_per_mwh": _num(intensity_kg_per_mwh),
+        "intensity_source": intensity_source,
+        "price_usd_mwh": _num(price_usd_mwh),
+        "revenue_usd": _num(revenue_usd),
+        "energy_cost_usd": _num(energy_cost_usd),
+        "dr_baseline_kw": _num(dr_baseline_kw),
+        "hashprice_usd_per_ph_day": _num(hashprice_usd_per_ph_day),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float):
+        return _num(value)
+    if hasattr(value, "isoformat") and getattr(value, "tzinfo", None) is not None:
+        return iso_utc(value)
+    if hasattr(value, "item"):  # numpy scalars
+        return _jsonable(value.item())
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def schedule_payload(schedule: Any) -> dict[str, Any]:
+    """The ``schedule`` payload of an :class:`hashflex.optimize.schedule.Schedule`."""
+    frame, info = schedule.frame, schedule.info
+    first = frame.iloc[0]
+    dt_h = frame["duration_h"].to_numpy() if "duration_h" in frame else None
+    totals = {"profit_usd": float(frame["profit_usd"].sum()), "revenue_usd": float(frame["revenue_usd"].sum()),
+              "energy_cost_usd": float(frame["energy_cost_usd"].sum()),
+              "emissions_kg": float(frame["emissions_kg"].sum())}
+    if dt_h is not None:
+        totals["grid_import_mwh"] = float((frame["grid_import_kw"].to_numpy() * dt_h).sum() / 1000.0)
+        totals["hashrate_ph_h"] = float((frame["hashrate_th_s"].to_numpy() * dt_h).sum() / 1000.0)
+    reasons = frame["reason"].fillna("").value_counts() if "reason" in frame else {}
+    return {
+        "status": getattr(info.status, "value", str(info.status)),
+        "gap": _num(info.gap),
+        "objective_usd": _num(info.objective_usd),
+        "message": info.message,
+        "horizon_start": iso_utc(frame.index[0].to_pydatetime()),
+        "horizon_end": iso_utc(frame["interval_end"].iloc[-1].to_pydatetime()) if "interval_end" in frame else None,
+        "intervals": int(len(frame)),
+        "reasons": {str(k) or "full_load": int(v) for k, v in dict(reasons).items()},
+        "totals": {k: _num(v) for k, v in totals.items()},
+        "first_row": {"interval_start": iso_utc(frame.index[0].to_pydatetime()),
+                      **{str(k): _jsonable(v) for k, v in first.items()}},
+    }
+
+
+def setpoints_payload(batch: Iterable[Any], *, source: str = "schedule") -> dict[str, Any]:
+    """Batch summary of ``Setpoint``s: units per ``group/mode``, total target, earliest expiry."""
+    batch = list(batch)
+    counts: dict[str, int] = {}
+    for sp in batch:
+        label = f"{getattr(sp, 'group_id', '?')}/{sp.mode}"
+        counts[label] = counts.get(label, 0) + 1
+    return {
+        "source": source,
+        "miners": len(batch),
+        "counts": dict(sorted(counts.items())),
+        "power_target_kw": float(sum(sp.power_target_kw for sp in batch)),
+        "issued_at": iso_utc(min(sp.issued_at for sp in batch)) if batch else None,
+        "expires_at": iso_utc(min(sp.expires_at for sp in batch)) if batch else None,
+    }
+
+
+def guard_action_payload(action: str, reason: str, miners: Iterable[str] = (), *,
+                         event_id: str | None = None) -> dict[str, Any]:
+    """One guard action (``GuardAction.kind``/``reason``/``miners``), with the DR event behind it."""
+    miners = list(miners)
+    return {"action": action, "reason": reason, "miners": len(miners), "miner_ids": miners[:50],
+            "event_id": event_id}
+
+
+def config_payload(profile: Any, reason: str = "start") -> dict[str, Any]:
+    """Profile hash and the full profile (``reason``: ``start`` or ``change``)."""
+    from hashflex.profile import profile_hash
+
+    return {"reason": reason, "profile_hash": profile_hash(profile),
+            "profile": json.loads(profile.model_dump_json())}
+
+
+def dr_event_payload(message: Any, accepted: bool, reason: str, limit_kw: float | None,
+                     received_at: datetime) -> dict[str, Any]:
+    """A DR message and the site's decision (``DRDecision`` fields)."""
+    return {"event": json.loads(message.model_dump_json()), "accepted": bool(accepted), "reason": reason,
+            "limit_kw": _num(limit_kw), "received_at": iso_utc(received_at)}
+
+
+def dr_ack_payload(ack: Any) -> dict[str, Any]:
+    return json.loads(ack.model_dump_json())
+
+
+def input_summary_payload(interval_start: datetime, interval_h: float, accepted: Mapping[str, int],
+                          rejected: Mapping[str, int], rejected_reasons: Mapping[str, int] | None = None
+                          ) -> dict[str, Any]:
+    top = sorted((rejected_reasons or {}).items(), key=lambda kv: (-kv[1], kv[0]))[:20]
+    return {"interval_start": iso_utc(interval_start), "interval_h": float(interval_h),
+            "accepted": {str(k): int(v) for k, v in accepted.items()},
+            "rejected": {str(k): int(v) for k, v in rejected.items()},
+            "rejected_reasons": {str(k): int(v) for k, v in top}}

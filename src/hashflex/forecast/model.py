@@ -1,0 +1,181 @@
+"""What a forecast is made of and what it gives: the :class:`Snapshot` of published frames, the
+:class:`ForecastConfig`, typed :class:`Fallback` codes, and the :class:`Forecast` with its
+``to_problem`` bridge to the optimizer.
+
+Seam: the data contract between the inputs, the rules (:mod:`.rules`) and the optimizer; no rule
+and no I/O here. Split from ``forecast.py`` (issue 11).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hashflex.optimize.problem import CarbonBudget, GroupState, Problem, problem_from_profile
+from hashflex.profile import SiteProfile
+
+__all__ = ["Fallback", "FallbackCode", "Forecast", "ForecastConfig", "PriceForecaster", "SNAPSHOT_COLUMNS", "Snapshot",
+           "has_fallback"]
+
+SNAPSHOT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "prices": ("interval_start", "interval_end", "settlement_point", "market", "price_usd_mwh", "published_at"),
+    "renewable_observations": ("source_id", "timestamp", "power_kw", "published_at"),
+    "renewable_forecasts": ("source_id", "interval_start", "power_kw", "published_at"),
+    "noise": ("receptor_id", "timestamp", "laeq_dba", "modelled_dba", "published_at"),
+    "carbon": ("timestamp", "intensity_kg_per_mwh", "published_at"),
+    "fuelmix_intensity": ("interval_start", "intensity_kg_per_mwh", "published_at"),
+    "hashprice": ("timestamp", "hashprice_usd_per_ph_day", "published_at"),
+    "dr_limits": ("interval_start", "interval_end", "import_limit_kw", "source", "published_at"),
+}
+"""Columns each :class:`Snapshot` frame must have (extra columns are ignored). Times are tz-aware."""
+
+
+def _empty(name: str) -> Callable[[], pd.DataFrame]:
+    return lambda: pd.DataFrame({c: pd.Series(dtype=object) for c in SNAPSHOT_COLUMNS[name]})
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the site knew, as plain frames (columns in :data:`SNAPSHOT_COLUMNS`), no store handle.
+
+    Renewable forecast points hold until the next point of the same posting (same source and
+    ``published_at``); the last one for the posting's typical spacing. ``dr_limits.interval_end``
+    may be NaT (open-ended).
+    """
+
+    prices: pd.DataFrame = field(default_factory=_empty("prices"))
+    renewable_observations: pd.DataFrame = field(default_factory=_empty("renewable_observations"))
+    renewable_forecasts: pd.DataFrame = field(default_factory=_empty("renewable_forecasts"))
+    noise: pd.DataFrame = field(default_factory=_empty("noise"))
+    carbon: pd.DataFrame = field(default_factory=_empty("carbon"))
+    fuelmix_intensity: pd.DataFrame = field(default_factory=_empty("fuelmix_intensity"))
+    hashprice: pd.DataFrame = field(default_factory=_empty("hashprice"))
+    dr_limits: pd.DataFrame = field(default_factory=_empty("dr_limits"))
+
+    def known_at(self, now: pd.Timestamp) -> Snapshot:
+        """Only rows published at or before ``now`` (the no-look-ahead filter), times as UTC."""
+        out = {}
+        for f in dataclasses.fields(self):
+            frame = getattr(self, f.name)
+            missing = [c for c in SNAPSHOT_COLUMNS[f.name] if c not in frame.columns]
+            if missing:
+                raise ValueError(f"snapshot.{f.name}: missing column(s) {missing}")
+            frame = frame.copy()
+            for col in frame.columns:
+                if col in ("interval_start", "interval_end", "timestamp", "published_at"):
+                    if pd.api.types.is_datetime64_dtype(frame[col]) and frame[col].dt.tz is None:
+                        raise ValueError(f"snapshot.{f.name}.{col}: naive times; a timezone is required")
+                    frame[col] = pd.to_datetime(frame[col], utc=True)
+            out[f.name] = frame[frame["published_at"] <= now].reset_index(drop=True)
+        return Snapshot(**out)
+
+
+PriceForecaster = Callable[[pd.DatetimeIndex, Snapshot, pd.Timestamp], np.ndarray | None]
+"""Hook: (interval starts, snapshot already filtered to ``now``, now) → $/MWh per interval, NaN where
+it has no opinion. Used after day-ahead prices and before the yesterday fallback — unless the hook
+has a true ``replaces_day_ahead`` attribute (a learned model that takes the day-ahead price as one of
+its inputs, :class:`hashflex.price_model.LearnedPriceForecaster`): its finite values then come first.
+A hook's ``last_fallbacks`` attribute (a sequence of :class:`Fallback`, read after each call) is
+added to the forecast's fallbacks (e.g. ``PRICE_SCARCITY``)."""
+
+
+@dataclass(frozen=True)
+class ForecastConfig:
+    """Staleness limits and blend parameters (seconds / hours in the names)."""
+
+    max_age_rt_s: float = 3600.0
+    rt_blend_h: float = 1.0
+    unknown_price_usd_mwh: float = 5000.0
+    max_age_renewable_forecast_s: float = 6 * 3600.0
+    max_age_renewable_obs_s: float = 1800.0
+    persistence_h: float = 1.0
+    renewable_history_days: int = 3
+    max_age_carbon_s: float = 2 * 3600.0
+    carbon_hold_h: float = 1.0
+    carbon_profile_days: int = 7
+    max_age_hashprice_s: float = 3 * 86400.0
+    max_age_noise_s: float = 3600.0
+    noise_window_s: float = 86400.0
+    noise_ewma_alpha: float = 0.2
+
+
+class FallbackCode(enum.StrEnum):
+    """What a forecast fell back to (stable codes for code; the sentence is for people)."""
+
+    PRICE_SAME_TIME_YESTERDAY = "price_same_time_yesterday"
+    PRICE_UNKNOWN = "price_unknown"  # priced at the curtailment price: the site is then not healthy
+    PRICE_RT_STALE = "price_rt_stale"
+    PRICE_SCARCITY = "price_scarcity"  # recent RT far above DA: planned at an upper quantile (risk-averse)
+    PRICE_MODEL_UNTRAINED = "price_model_untrained"  # learned model lacks history: the rules alone
+    RENEWABLE_NO_FORECAST = "renewable_no_forecast"
+    RENEWABLE_SYNTHETIC = "renewable_synthetic"
+    CARBON_NO_FEED = "carbon_no_feed"
+    CARBON_PROFILE_DEFAULT = "carbon_profile_default"
+    HASHPRICE_PROFILE = "hashprice_profile"
+    NOISE_UNCALIBRATED = "noise_uncalibrated"
+
+
+class Fallback(str):
+    """One fallback in use: the human sentence (the ``str`` value, as before) with a :attr:`code`."""
+
+    code: FallbackCode
+
+    def __new__(cls, code: FallbackCode, text: str) -> Fallback:
+        made = super().__new__(cls, text)
+        made.code = FallbackCode(code)
+        return made
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable (the solver worker, multiprocessing)
+        return (Fallback, (self.code, str(self)))
+
+
+def has_fallback(fallbacks: Any, code: FallbackCode) -> bool:
+    """True when ``fallbacks`` (a Forecast's, or any sequence) holds one with ``code``."""
+    return any(getattr(f, "code", None) == code for f in fallbacks or ())
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Horizon arrays at ``now`` (one entry per interval), with per-interval sources and diagnostics."""
+
+    now: pd.Timestamp
+    interval_start: pd.DatetimeIndex
+    price_usd_mwh: np.ndarray
+    price_source: tuple[str, ...]
+    renewable_kw: np.ndarray
+    renewable_source: dict[str, tuple[str, ...]]
+    intensity_kg_per_mwh: np.ndarray
+    intensity_source: tuple[str, ...]
+    hashprice_usd_per_ph_day: np.ndarray
+    hashprice_source: str
+    import_limit_kw: np.ndarray  # inf where no DR/limit row applies
+    import_limit_source: tuple[str, ...]
+    noise_margin_db: dict[str, float]
+    noise_offset_db: dict[str, float | None]
+    input_ages_s: dict[str, float | None]
+    fallbacks: list[Fallback]
+
+    def to_problem(
+        self,
+        profile: SiteProfile,
+        *,
+        initial: dict[str, GroupState] | None = None,
+        units_available: dict[str, np.ndarray] | None = None,
+        carbon_budgets: tuple[CarbonBudget, ...] | None = None,
+        four_cp_alert_days: set[pd.Timestamp] | None = None,
+    ) -> Problem:
+        """The optimizer's input: these arrays through :func:`problem_from_profile`."""
+        return problem_from_profile(
+            profile, self.interval_start, self.price_usd_mwh,
+            renewable_kw=self.renewable_kw, import_limit_kw=self.import_limit_kw,
+            import_limit_source=list(self.import_limit_source),
+            intensity_kg_per_mwh=self.intensity_kg_per_mwh, hashprice_usd_per_ph_day=self.hashprice_usd_per_ph_day,
+            units_available=units_available, initial=initial, noise_margin_db=self.noise_margin_db,
+            carbon_budgets=carbon_budgets, four_cp_alert_days=four_cp_alert_days,
+        )

@@ -1,0 +1,325 @@
+"""The forecast rules (module docstring of :mod:`hashflex.forecast`): price, renewables, carbon,
+hashprice, import limits and noise margins at ``now``, and :func:`build_forecast`, the one entry.
+
+Seam: pure functions of a :class:`~hashflex.forecast.model.Snapshot` and a time; where the
+snapshot comes from (recorded history, the store) is :mod:`.sources`. Split from ``forecast.py``
+(issue 11).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hashflex.forecast.model import (
+    Fallback,
+    FallbackCode,
+    Forecast,
+    ForecastConfig,
+    PriceForecaster,
+    Snapshot,
+)
+from hashflex.profile import SiteProfile
+
+__all__ = ["build_forecast"]
+
+
+def _utc(moment: datetime | pd.Timestamp) -> pd.Timestamp:
+    ts = pd.Timestamp(moment)
+    if ts.tzinfo is None:
+        raise ValueError(f"naive time {moment!r}: a timezone is required")
+    return ts.tz_convert("UTC")
+
+
+def _age_s(now: pd.Timestamp, published: pd.Series) -> float | None:
+    return None if published.empty else float((now - published.max()).total_seconds())
+
+
+def _us(values: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    """Tz-aware times as int64 UTC microseconds (NaT → int64 min)."""
+    return pd.DatetimeIndex(pd.to_datetime(values, utc=True)).as_unit("us").asi8
+
+
+def _covering(times: pd.DatetimeIndex, starts: pd.Series, ends: pd.Series, values: pd.Series,
+              order: pd.Series | None = None) -> np.ndarray:
+    """Per time: the value of the row with start ≤ t < end (the highest ``order`` wins); NaN if none."""
+    out = np.full(len(times), np.nan)
+    if len(starts) == 0:
+        return out
+    t, s, e = _us(times), _us(starts), _us(ends)
+    key = _us(order).astype(float) if order is not None else np.zeros(len(s))
+    v = values.to_numpy(dtype=float)
+    rank = np.full(len(times), -np.inf)
+    for i in range(len(s)):
+        hit = (t >= s[i]) & (t < e[i]) & (key[i] >= rank)
+        out[hit], rank[hit] = v[i], key[i]
+    return out
+
+
+def _same_wall_time_yesterday(times: pd.DatetimeIndex, tz: Any) -> pd.DatetimeIndex:
+    naive = times.tz_convert(tz).tz_localize(None) - pd.Timedelta(days=1)
+    return naive.tz_localize(tz, ambiguous=np.ones(len(naive), dtype=bool),
+                             nonexistent="shift_forward").tz_convert("UTC")
+
+
+# ------------------------------------------------------------------------------------------ price
+def _forecast_prices(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp, times: pd.DatetimeIndex,
+                     cfg: ForecastConfig, hook: PriceForecaster | None, ages: dict[str, float | None],
+                     fallbacks: list[str]) -> tuple[np.ndarray, list[str]]:
+    point = snap.prices[snap.prices["settlement_point"] == profile.site.settlement_point]
+    da, rt = point[point["market"] == "DA"], point[point["market"] == "RT"]
+    ages["price_da"], ages["price_rt"] = _age_s(now, da["published_at"]), _age_s(now, rt["published_at"])
+    price = _covering(times, da["interval_start"], da["interval_end"], da["price_usd_mwh"], da["published_at"])
+    source = ["DA" if np.isfinite(p) else "" for p in price]
+    if hook is not None and getattr(hook, "replaces_day_ahead", False):
+        # A learned model that reads the DA price itself: it overrides where it has an opinion.
+        price[:] = np.nan
+    if hook is not None and np.isnan(price).any():
+        external = hook(times, snap, now)
+        fallbacks.extend(getattr(hook, "last_fallbacks", ()) or ())
+        if external is not None:
+            external = np.asarray(external, dtype=float)
+            use = np.isnan(price) & np.isfinite(external)
+            price[use] = external[use]
+            for k in np.flatnonzero(use):
+                source[k] = getattr(hook, "source_label", "external")
+        if getattr(hook, "replaces_day_ahead", False):  # where it had no opinion: the DA rule again
+            again = _covering(times, da["interval_start"], da["interval_end"], da["price_usd_mwh"], da["published_at"])
+            fill = np.isnan(price) & np.isfinite(again)
+            price[fill] = again[fill]
+            for k in np.flatnonzero(fill):
+                source[k] = "DA"
+    if np.isnan(price).any():
+        yesterday = _same_wall_time_yesterday(times, profile.tz)
+        past = _covering(yesterday, rt["interval_start"], rt["interval_end"], rt["price_usd_mwh"], rt["published_at"])
+        use = np.isnan(price) & np.isfinite(past)
+        price[use] = past[use]
+        for k in np.flatnonzero(use):
+            source[k] = "RT same time yesterday"
+        if use.any():
+            fallbacks.append(Fallback(FallbackCode.PRICE_SAME_TIME_YESTERDAY,
+                                      f"price: {int(use.sum())} interval(s) without a day-ahead price use the "
+                                      "real-time price of the same wall-clock time yesterday"))
+    unknown = np.isnan(price)
+    if unknown.any():
+        price[unknown] = cfg.unknown_price_usd_mwh
+        for k in np.flatnonzero(unknown):
+            source[k] = "unknown: price cap"
+        fallbacks.append(Fallback(FallbackCode.PRICE_UNKNOWN,
+                                  f"price: {int(unknown.sum())} interval(s) with no known price are priced at "
+                                  f"{cfg.unknown_price_usd_mwh:g} $/MWh (plan curtailed)"))
+    _blend_rt(rt, now, times, cfg, price, source, fallbacks)
+    return price, source
+
+
+def _blend_rt(rt: pd.DataFrame, now: pd.Timestamp, times: pd.DatetimeIndex, cfg: ForecastConfig,
+              price: np.ndarray, source: list[str], fallbacks: list[str]) -> None:
+    if rt.empty:
+        return
+    last = rt.sort_values(["interval_end", "published_at"]).iloc[-1]
+    if (now - last["published_at"]).total_seconds() > cfg.max_age_rt_s:
+        fallbacks.append(Fallback(FallbackCode.PRICE_RT_STALE,
+                                  f"price: latest real-time price is older than {cfg.max_age_rt_s:g} s; not blended"))
+        return
+    lag_h = (times - last["interval_end"]).total_seconds().to_numpy() / 3600.0
+    weight = np.clip(1.0 - lag_h / cfg.rt_blend_h, 0.0, 1.0) if cfg.rt_blend_h > 0 else np.zeros(len(times))
+    weight[lag_h < 0] = 0.0  # intervals already settled are not forecast by their own RT price
+    for k in np.flatnonzero(weight > 0):
+        price[k] = weight[k] * float(last["price_usd_mwh"]) + (1.0 - weight[k]) * price[k]
+        source[k] = f"{source[k]} + RT blend"
+
+
+# ------------------------------------------------------------------------------------- renewables
+def _posting_ends(forecasts: pd.DataFrame) -> pd.Series:
+    """End of each forecast point: the next point of its posting, the last one + typical spacing."""
+    parts = []
+    for _, posting in forecasts.groupby(["source_id", "published_at"]):
+        starts = posting["interval_start"].sort_values()
+        step = starts.diff().median() if len(starts) > 1 else pd.Timedelta(hours=1)
+        parts.append(starts.shift(-1).fillna(starts.iloc[-1] + step))
+    return pd.concat(parts).reindex(forecasts.index)
+
+
+def _forecast_renewables(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp, times: pd.DatetimeIndex,
+                         cfg: ForecastConfig, ages: dict[str, float | None],
+                         fallbacks: list[str]) -> tuple[np.ndarray, dict[str, tuple[str, ...]]]:
+    total = np.zeros(len(times))
+    sources: dict[str, tuple[str, ...]] = {}
+    local_hour = times.tz_convert(profile.tz).hour.to_numpy()
+    for src in profile.renewables:
+        fc = snap.renewable_forecasts[snap.renewable_forecasts["source_id"] == src.id]
+        obs = snap.renewable_observations[(snap.renewable_observations["source_id"] == src.id)
+                                          & (snap.renewable_observations["timestamp"] <= now)]
+        ages[f"renewable:{src.id}:forecast"] = _age_s(now, fc["published_at"])
+        ages[f"renewable:{src.id}:observation"] = _age_s(now, obs["published_at"])
+        fc = fc[(now - fc["published_at"]).dt.total_seconds() <= cfg.max_age_renewable_forecast_s]
+        kw = np.full(len(times), np.nan)
+        label = [""] * len(times)
+        if not fc.empty:
+            kw = _covering(times, fc["interval_start"], _posting_ends(fc), fc["power_kw"], fc["published_at"])
+            label = ["forecast" if np.isfinite(v) else "" for v in kw]
+        fresh = obs[(now - obs["published_at"]).dt.total_seconds() <= cfg.max_age_renewable_obs_s]
+        if src.kind == "wind" and not fresh.empty:
+            latest = float(fresh.sort_values("timestamp")["power_kw"].iloc[-1])
+            near = np.isnan(kw) & ((times - now).total_seconds().to_numpy() < cfg.persistence_h * 3600.0)
+            kw[near] = latest
+            for k in np.flatnonzero(near):
+                label[k] = "persistence"
+        history = obs[obs["timestamp"] >= now - pd.Timedelta(days=cfg.renewable_history_days)]
+        if np.isnan(kw).any():
+            by_hour = history.groupby(history["timestamp"].dt.tz_convert(profile.tz).dt.hour)["power_kw"].mean()
+            diurnal = by_hour.reindex(local_hour).to_numpy(dtype=float)
+            gap = np.isnan(kw)
+            kw[gap] = np.nan_to_num(diurnal[gap], nan=0.0)
+            for k in np.flatnonzero(gap):
+                label[k] = "diurnal profile" if np.isfinite(diurnal[k]) else "no data: 0 kW"
+            what = "diurnal profile of recent measurements" if not history.empty else "0 kW (no data)"
+            fallbacks.append(Fallback(FallbackCode.RENEWABLE_NO_FORECAST,
+                                      f"renewable {src.id}: {int(gap.sum())} interval(s) without a fresh forecast "
+                                      f"use {what}"))
+        total += np.clip(kw, 0.0, src.capacity_kw)
+        sources[src.id] = tuple(label)
+    return total, sources
+
+
+# ----------------------------------------------------------------------------------------- carbon
+def _forecast_intensity(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp, times: pd.DatetimeIndex,
+                        cfg: ForecastConfig, ages: dict[str, float | None],
+                        fallbacks: list[str]) -> tuple[np.ndarray, list[str]]:
+    feed, mix = snap.carbon, snap.fuelmix_intensity
+    ages["carbon_feed"], ages["carbon_fuelmix"] = _age_s(now, feed["published_at"]), _age_s(now, mix["published_at"])
+    feed = feed[(now - feed["published_at"]).dt.total_seconds() <= cfg.max_age_carbon_s]
+    value = _covering(times, feed["timestamp"], feed["timestamp"] + pd.Timedelta(hours=cfg.carbon_hold_h),
+                      feed["intensity_kg_per_mwh"], feed["published_at"])
+    source = ["feed" if np.isfinite(v) else "" for v in value]
+    local = times.tz_convert(profile.tz)
+    mix_local = mix["interval_start"].dt.tz_convert(profile.tz)
+    recent = mix[mix["interval_start"] >= now - pd.Timedelta(days=cfg.carbon_profile_days)]
+    steps = [
+        ("fuel-mix profile (recent days)",
+         recent.groupby(mix_local[recent.index].dt.hour)["intensity_kg_per_mwh"].mean(), local.hour),
+        ("fuel-mix climatology (same month)",
+         mix.groupby([mix_local.dt.month, mix_local.dt.hour])["intensity_kg_per_mwh"].mean(),
+         pd.MultiIndex.from_arrays([local.month, local.hour])),
+    ]
+    for name, table, keys in steps:
+        gap = np.isnan(value)
+        if not gap.any() or table.empty:
+            continue
+        filled = table.reindex(keys).to_numpy(dtype=float)
+        use = gap & np.isfinite(filled)
+        value[use] = filled[use]
+        for k in np.flatnonzero(use):
+            source[k] = name
+        if use.any():
+            fallbacks.append(Fallback(FallbackCode.CARBON_NO_FEED,
+                                      f"carbon: {int(use.sum())} interval(s) without a fresh feed value use the {name}"))
+    gap = np.isnan(value)
+    if gap.any():
+        value[gap] = profile.carbon.default_intensity_kg_per_mwh
+        for k in np.flatnonzero(gap):
+            source[k] = "profile default"
+        fallbacks.append(Fallback(FallbackCode.CARBON_PROFILE_DEFAULT,
+                                  f"carbon: {int(gap.sum())} interval(s) use the profile's static "
+                                  f"{profile.carbon.default_intensity_kg_per_mwh:g} kg/MWh"))
+    return value, source
+
+
+# ------------------------------------------------------------------------- hashprice, DR, noise
+def _forecast_hashprice(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp, cfg: ForecastConfig,
+                        ages: dict[str, float | None], fallbacks: list[str]) -> tuple[float, str]:
+    feed = snap.hashprice[snap.hashprice["timestamp"] <= now]
+    ages["hashprice"] = _age_s(now, feed["published_at"])
+    fresh = feed[(now - feed["published_at"]).dt.total_seconds() <= cfg.max_age_hashprice_s]
+    if not fresh.empty:
+        row = fresh.sort_values(["timestamp", "published_at"]).iloc[-1]
+        return float(row["hashprice_usd_per_ph_day"]), f"feed ({row['timestamp']:%Y-%m-%d})"
+    value = profile.economics.hashprice_usd_per_ph_day
+    fallbacks.append(Fallback(FallbackCode.HASHPRICE_PROFILE,
+                              f"hashprice: no value younger than {cfg.max_age_hashprice_s:g} s; profile {value:g} $/PH/day"))
+    return value, "profile"
+
+
+def _import_limits(snap: Snapshot, now: pd.Timestamp, times: pd.DatetimeIndex, step: pd.Timedelta,
+                   ages: dict[str, float | None]) -> tuple[np.ndarray, list[str]]:
+    rows = snap.dr_limits
+    ages["dr"] = _age_s(now, rows["published_at"])
+    limit = np.full(len(times), np.inf)
+    label = [""] * len(times)
+    far = times[-1] + step if len(times) else now
+    for _, row in rows.iterrows():
+        end = row["interval_end"] if pd.notna(row["interval_end"]) else far
+        hit = (times < end) & (times + step > row["interval_start"])
+        for k in np.flatnonzero(hit & (float(row["import_limit_kw"]) < limit)):
+            limit[k], label[k] = float(row["import_limit_kw"]), str(row["source"])
+    return limit, label
+
+
+def _noise_margins(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp, cfg: ForecastConfig,
+                   ages: dict[str, float | None],
+                   fallbacks: list[str]) -> tuple[dict[str, float], dict[str, float | None]]:
+    margins: dict[str, float] = {}
+    offsets: dict[str, float | None] = {}
+    for receptor in profile.receptors:
+        readings = snap.noise[(snap.noise["receptor_id"] == receptor.id) & (snap.noise["timestamp"] <= now)]
+        ages[f"noise:{receptor.id}"] = _age_s(now, readings["published_at"])
+        window = readings[(now - readings["timestamp"]).dt.total_seconds() <= cfg.noise_window_s]
+        window = window.dropna(subset=["laeq_dba", "modelled_dba"]).sort_values("timestamp")
+        fresh = not window.empty and (now - window["published_at"].max()).total_seconds() <= cfg.max_age_noise_s
+        if not fresh:
+            offsets[receptor.id] = None
+            margins[receptor.id] = receptor.model_margin_db
+            if receptor.sensor_topic is not None:
+                fallbacks.append(Fallback(FallbackCode.NOISE_UNCALIBRATED,
+                                          f"noise {receptor.id}: no calibrated reading younger than "
+                                          f"{cfg.max_age_noise_s:g} s; model with the profile margin "
+                                          f"{receptor.model_margin_db:g} dB"))
+            continue
+        error = (window["laeq_dba"].astype(float) - window["modelled_dba"].astype(float))
+        offset = float(error.ewm(alpha=cfg.noise_ewma_alpha, adjust=False).mean().iloc[-1])
+        offsets[receptor.id] = offset
+        margins[receptor.id] = max(receptor.model_margin_db, offset)
+    return margins, offsets
+
+
+# ------------------------------------------------------------------------------------------ entry
+def build_forecast(
+    profile: SiteProfile,
+    snapshot: Snapshot,
+    now: datetime | pd.Timestamp,
+    horizon_start: datetime | pd.Timestamp,
+    T: int | None = None,  # noqa: N803 - the optimizer's symbol
+    *,
+    config: ForecastConfig | None = None,
+    price_forecaster: PriceForecaster | None = None,
+) -> Forecast:
+    """The horizon arrays at ``now`` for T intervals of the profile's length from ``horizon_start``.
+
+    Pure: reads only ``snapshot`` rows published at or before ``now``. ``T`` defaults to the
+    profile's horizon. See the module docstring for every rule and fallback.
+    """
+    cfg = config or ForecastConfig()
+    now_ts, start = _utc(now), _utc(horizon_start)
+    step = pd.Timedelta(minutes=profile.site.interval_minutes)
+    if T is None:
+        T = int(round(profile.site.horizon_hours * 60 / profile.site.interval_minutes))  # noqa: N806
+    times = pd.date_range(start, periods=T, freq=step, tz="UTC", unit="us")
+    snap = snapshot.known_at(now_ts)
+    ages: dict[str, float | None] = {}
+    fallbacks: list[Fallback] = []
+    price, price_source = _forecast_prices(profile, snap, now_ts, times, cfg, price_forecaster, ages, fallbacks)
+    renewable, renewable_source = _forecast_renewables(profile, snap, now_ts, times, cfg, ages, fallbacks)
+    intensity, intensity_source = _forecast_intensity(profile, snap, now_ts, times, cfg, ages, fallbacks)
+    hashprice, hashprice_source = _forecast_hashprice(profile, snap, now_ts, cfg, ages, fallbacks)
+    limit, limit_source = _import_limits(snap, now_ts, times, step, ages)
+    margins, offsets = _noise_margins(profile, snap, now_ts, cfg, ages, fallbacks)
+    return Forecast(
+        now=now_ts, interval_start=times, price_usd_mwh=price, price_source=tuple(price_source),
+        renewable_kw=renewable, renewable_source=renewable_source, intensity_kg_per_mwh=intensity,
+        intensity_source=tuple(intensity_source), hashprice_usd_per_ph_day=np.full(T, hashprice),
+        hashprice_source=hashprice_source, import_limit_kw=limit, import_limit_source=tuple(limit_source),
+        noise_margin_db=margins, noise_offset_db=offsets, input_ages_s=ages, fallbacks=fallbacks,
+    )

@@ -1,0 +1,186 @@
+"""Where a forecast's snapshot comes from: recorded history (:class:`RecordedForecaster`, for
+``run --simulate`` and the backtest) or the daemon's store (:func:`snapshot_from_store`,
+:func:`store_forecaster`); both end in the one :func:`~hashflex.forecast.rules.build_forecast`.
+
+Seam: the I/O edge of the forecast (reading a store, windowing recorded frames); the rules stay
+pure. Split from ``forecast.py`` (issue 11).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from hashflex.forecast.model import SNAPSHOT_COLUMNS, Forecast, ForecastConfig, PriceForecaster, Snapshot, _empty
+from hashflex.forecast.rules import _utc, build_forecast
+from hashflex.profile import SiteProfile
+
+if TYPE_CHECKING:
+    from hashflex.store import Store
+
+__all__ = ["NoiseModel", "RecordedForecaster", "snapshot_from_store", "store_forecaster"]
+
+
+class RecordedForecaster:
+    """The daemon's forecast (:func:`build_forecast`, the same rules and fallbacks) over recorded
+    history instead of the store: ``hashflex run --simulate`` and the backtest plan with it, the
+    daemon with :func:`store_forecaster`; both feed the one :func:`build_forecast`.
+
+    Parameters
+    ----------
+    profile : the site
+    prices : canonical price frame (RT and/or DA rows), optionally with ``published_at``; without it
+        ERCOT's publication times are assumed (``feeds.ercot.publication_times``)
+    renewable_observations : optional frame ``source_id, timestamp, power_kw, published_at`` of
+        on-site output as it was measured (a simulation's meters); the forecast sees a row from its
+        ``published_at`` on
+    config : forecast settings
+
+    Calling it ``(now, horizon_start, periods)`` returns a :class:`Forecast`; nothing published
+    after ``now`` is read (``Snapshot.known_at``).
+    """
+
+    PRICE_LOOKBACK = pd.Timedelta(days=2)  # DA covering the horizon, RT of yesterday and the last RT price
+    AHEAD = pd.Timedelta(days=3)
+
+    def __init__(self, profile: SiteProfile, prices: pd.DataFrame,
+                 renewable_observations: pd.DataFrame | None = None, config: ForecastConfig | None = None,
+                 *, hashprice: pd.DataFrame | None = None, price_forecaster: PriceForecaster | None = None) -> None:
+        from hashflex.feeds.ercot import publication_times
+
+        self.profile = profile
+        self.config = config
+        # Daily hashprice rows (``SNAPSHOT_COLUMNS["hashprice"]``, e.g. feeds.hashprice.bundled_hashprice):
+        # the forecast sees day D's value from its published_at (the end of D) on.
+        self.hashprice = (None if hashprice is None
+                          else hashprice[list(SNAPSHOT_COLUMNS["hashprice"])].sort_values("published_at")
+                          .reset_index(drop=True))
+        self.price_forecaster = price_forecaster
+        frame = prices.copy()
+        if "published_at" not in frame.columns:
+            frame["published_at"] = publication_times(frame)
+        self.prices = frame.sort_values("interval_start").reset_index(drop=True)
+        self._starts = pd.DatetimeIndex(self.prices["interval_start"]).tz_convert("UTC")
+        self.renewables = renewable_observations
+        history_days = (config or ForecastConfig()).renewable_history_days
+        self.renewable_lookback = pd.Timedelta(days=history_days + 1)
+        self._renewable_times = (None if renewable_observations is None
+                                 else pd.DatetimeIndex(renewable_observations["published_at"]))
+
+    def update(self, prices: pd.DataFrame) -> None:
+        """Replace the price history (e.g. a live replay that learned more prices)."""
+        self.__init__(self.profile, prices, self.renewables, self.config,  # type: ignore[misc]
+                      hashprice=self.hashprice, price_forecaster=self.price_forecaster)
+
+    def snapshot(self, now: pd.Timestamp) -> Snapshot:
+        lo, hi = self._starts.searchsorted(now - self.PRICE_LOOKBACK), self._starts.searchsorted(now + self.AHEAD)
+        frames: dict[str, pd.DataFrame] = {"prices": self.prices.iloc[lo:hi][list(SNAPSHOT_COLUMNS["prices"])]}
+        if self.renewables is not None and self._renewable_times is not None:
+            a = self._renewable_times.searchsorted(now - self.renewable_lookback)
+            b = self._renewable_times.searchsorted(now, "right")
+            frames["renewable_observations"] = self.renewables.iloc[a:b]
+        if self.hashprice is not None:
+            published = pd.DatetimeIndex(self.hashprice["published_at"])
+            a = published.searchsorted(now - pd.Timedelta(days=8))
+            frames["hashprice"] = self.hashprice.iloc[a:published.searchsorted(now, "right")]
+        return Snapshot(**frames)
+
+    def __call__(self, now: Any, horizon_start: pd.Timestamp, periods: int) -> Forecast:
+        now_ts = _utc(now)
+        return build_forecast(self.profile, self.snapshot(now_ts), now_ts, horizon_start, periods, config=self.config,
+                              price_forecaster=self.price_forecaster)
+
+
+# ------------------------------------------------------------------------------------ I/O edge
+NoiseModel = Callable[[str, pd.Timestamp], float]
+"""(receptor id, reading time) → modelled total level in dB(A) for what ran then (from the loop)."""
+
+
+def snapshot_from_store(
+    store: Store,
+    now: datetime | pd.Timestamp,
+    profile: SiteProfile | None = None,
+    *,
+    lookback: timedelta = timedelta(days=8),
+    ahead: timedelta = timedelta(days=3),
+    forecast_lookback: timedelta = timedelta(hours=24),
+    carbon_kind: str = "average",
+    noise_model: NoiseModel | None = None,
+    fuelmix_intensity: pd.DataFrame | None = None,
+    hashprice: pd.DataFrame | None = None,
+    dr_limits: pd.DataFrame | None = None,
+) -> Snapshot:
+    """Read what the forecast needs from ``store`` as of ``now`` (rows published later are left out).
+
+    ``forecast_lookback`` bounds which renewable messages' forecast points are read (older postings
+    are stale anyway); ``carbon_kind`` picks the ``average`` or ``marginal`` intensity series.
+    Published times: prices carry their own ``published_at``; observations are known when received
+    (``received_at``); a renewable message's forecast points when the message was received.
+    DR events and limits are not read from the store: the limits book
+    (:mod:`hashflex.control.limits`) is their only source, and the loop applies it; ``dr_limits``
+    (a ``Snapshot.dr_limits`` frame) may be passed by callers that plan without a loop.
+    ``fuelmix_intensity`` / ``hashprice`` frames (e.g. from
+    :mod:`hashflex.feeds.fuelmix` / :mod:`hashflex.feeds.hashprice`) are appended; a fuel-mix frame
+    without ``published_at`` is taken as published at each interval's end.
+    """
+    now_ts = _utc(now)
+    start, end = (now_ts - lookback).to_pydatetime(), (now_ts + ahead).to_pydatetime()
+    point = profile.site.settlement_point if profile is not None else None
+    prices = store.prices(start, end, settlement_point=point, as_of=now_ts.to_pydatetime(), with_published_at=True)
+
+    def obs(kind: str, until: datetime | None) -> pd.DataFrame:
+        frame = store.observations(kind, start, until)
+        frame = frame.rename(columns={"received_at": "published_at"})
+        return frame[frame["published_at"] <= now_ts]
+
+    ren = obs("renewable", now_ts.to_pydatetime() + timedelta(microseconds=1))
+    recent = ren[ren["published_at"] >= now_ts - forecast_lookback]
+    points = [(row.source_id, pd.Timestamp(p["interval_start"]), float(p["power_kw"]), row.published_at)
+              for row in recent.itertuples() if isinstance(row.forecast, list) for p in row.forecast]
+    forecasts = pd.DataFrame(points, columns=list(SNAPSHOT_COLUMNS["renewable_forecasts"]))
+    noise = obs("noise", now_ts.to_pydatetime() + timedelta(microseconds=1))
+    noise["modelled_dba"] = [noise_model(r, pd.Timestamp(t)) if noise_model else math.nan
+                             for r, t in zip(noise["receptor_id"], noise["timestamp"], strict=True)]
+    carbon = obs("carbon", end)
+    carbon = carbon[carbon["key"] == carbon_kind]
+    hp = obs("hashprice", now_ts.to_pydatetime() + timedelta(microseconds=1))
+    if hashprice is not None:
+        hp = pd.concat([hp[list(SNAPSHOT_COLUMNS["hashprice"])], hashprice[list(SNAPSHOT_COLUMNS["hashprice"])]])
+    mix = _empty("fuelmix_intensity")()
+    if fuelmix_intensity is not None:
+        mix = fuelmix_intensity.copy()
+        if "published_at" not in mix.columns:
+            mix["published_at"] = mix["interval_end"]
+    return Snapshot(
+        prices=prices,
+        renewable_observations=ren[list(SNAPSHOT_COLUMNS["renewable_observations"])],
+        renewable_forecasts=forecasts,
+        noise=noise[list(SNAPSHOT_COLUMNS["noise"])],
+        carbon=carbon[list(SNAPSHOT_COLUMNS["carbon"])],
+        fuelmix_intensity=mix[list(SNAPSHOT_COLUMNS["fuelmix_intensity"])],
+        hashprice=hp[list(SNAPSHOT_COLUMNS["hashprice"])],
+        dr_limits=dr_limits if dr_limits is not None else _empty("dr_limits")(),
+    )
+
+
+def store_forecaster(
+    profile: SiteProfile,
+    store: Store,
+    *,
+    config: ForecastConfig | None = None,
+    price_forecaster: PriceForecaster | None = None,
+    **snapshot_kwargs: Any,
+) -> Callable[[datetime, pd.Timestamp, int], Forecast]:
+    """A ``(now, horizon_start, periods) -> Forecast`` callable over a store (the control loop's
+    forecaster shape): :func:`snapshot_from_store` then :func:`build_forecast` on every call."""
+
+    def forecaster(now: datetime, horizon_start: pd.Timestamp, periods: int) -> Forecast:
+        snapshot = snapshot_from_store(store, now, profile, **snapshot_kwargs)
+        return build_forecast(profile, snapshot, now, horizon_start, periods, config=config,
+                              price_forecaster=price_forecaster)
+
+    return forecaster

@@ -1,0 +1,65 @@
+"""Outbound models (``out/...`` topics): setpoints, DR and AS acknowledgements, status.
+
+Seam: what the site says, never parsed from the wire by the site itself; split from
+``messages.py`` (issue 11).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from hashflex.messages.base import Identifier, Text, UtcDatetime, _Message
+
+__all__ = ["ASAckMessage", "DRAckMessage", "SetpointMessage", "StatusMessage"]
+
+
+class ASAckMessage(_Message):
+    """The answer to an AS award or deployment (``out/as/ack``); ``message_id`` is the award or
+    deployment id. A deployment's ack carries the import limit it set and its deadline."""
+
+    message_id: Identifier
+    kind: Literal["as_award", "as_deploy"]
+    status: Literal["accepted", "rejected"]
+    reason: Text | None = None
+    acked_at: UtcDatetime
+    import_limit_kw: float | None = None
+    deadline: UtcDatetime | None = None
+
+
+
+class SetpointMessage(_Message):
+    """What one miner should do until expires_at; after that it falls back to its safe default."""
+
+    miner_id: Identifier
+    mode: Identifier  # an operating mode name, or "sleep"
+    power_target_kw: float = Field(ge=0, le=100)
+    issued_at: UtcDatetime
+    expires_at: UtcDatetime
+
+    @model_validator(mode="after")
+    def _expiry(self) -> SetpointMessage:
+        if self.expires_at <= self.issued_at:
+            raise ValueError("expires_at: must be after issued_at")
+        return self
+
+
+class DRAckMessage(_Message):
+    event_id: Identifier
+    modification_number: int = Field(ge=0, lt=2**31)
+    status: Literal["accepted", "rejected"]
+    reason: Text | None = None
+    acked_at: UtcDatetime
+
+    @model_validator(mode="after")
+    def _reason_on_reject(self) -> DRAckMessage:
+        if self.status == "rejected" and self.reason is None:
+            raise ValueError("reason: required when status is rejected")
+        return self
+
+
+class StatusMessage(_Message):
+    site: Identifier
+    timestamp: UtcDatetime
+    fields: dict[str, Any] = Field(default_factory=dict)

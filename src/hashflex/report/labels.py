@@ -1,0 +1,231 @@
+"""How the HTML report says a figure: plain-language labels, units and precision by key, the
+definitions section, and :func:`fmt` (site-local times with offset, the unit's precision).
+
+Seam: words and number formats of the page, shared by the tables (:mod:`.render`) and the plots
+(:mod:`.plots`), with the page's context (site time zone, simulated or not) that ``to_html`` sets.
+Split from ``report/render.py`` (issue 11).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import re
+from typing import Any
+
+from hashflex.report.provenance import local_label
+
+__all__ = ["DEFINITIONS", "DIGITS", "EVENT_LABELS", "LABELS", "PATH_LABELS", "SIMULATED_TEXT", "UNITS", "digits_of",
+           "fmt", "unit_of"]
+
+_ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d")
+
+SIMULATED_TEXT = "SIMULATED"
+# what the page being rendered needs everywhere (site time zone, simulated or not): set by to_html
+_TZ: contextvars.ContextVar[str] = contextvars.ContextVar("report_tz", default="UTC")
+_SIM: contextvars.ContextVar[bool] = contextvars.ContextVar("report_simulated", default=False)
+
+# key (last part of the dotted path) -> plain-language label
+LABELS = {
+    "intervals": "Control intervals recorded",
+    "hours_covered": "Hours covered by measurements",
+    "grid_import_mwh": "Electricity bought from the grid",
+    "load_mwh": "Electricity used by the site",
+    "renewable_generation_mwh": "On-site renewable generation",
+    "renewable_used_mwh": "On-site renewable electricity used by the site",
+    "renewable_share_annual_pct": "Renewable share, period total (generation ÷ use; can exceed 100 %)",
+    "renewable_share_hourly_pct": "Renewable share, matched hour by hour",
+    "location_based_kg": "CO₂ emissions, location-based (grid average where the site is)",
+    "intervals_recorded_intensity": "Intervals with a recorded grid carbon intensity",
+    "intervals_default_intensity": "Intervals using the profile's default carbon factor",
+    "market_based_kg": "CO₂ emissions, market-based (after renewable energy certificates)",
+    "market_method": "Market-based method",
+    "recs_mwh": "Renewable energy certificates (RECs) for the period",
+    "recs_applied_mwh": "RECs applied to grid electricity",
+    "recs_source": "RECs file",
+    "residual_mix_kg_per_mwh": "Residual-mix emission factor",
+    "hashrate_ph_h": "Hashing done (PH·h: one petahash per second for one hour)",
+    "location_kg_per_ph_h": "CO₂ per PH·h of hashing, location-based",
+    "market_kg_per_ph_h": "CO₂ per PH·h of hashing, market-based",
+    "daily_budget_kg": "Daily carbon budget",
+    "monthly_budget_kg": "Monthly carbon budget",
+    "used_kg": "Carbon emitted against the budget (location-based)",
+    "limit_kg": "Carbon budget for the days in the period",
+    "used_pct": "Share of the carbon budget used",
+    "days_over": "Days over the carbon budget",
+    "average_hashrate_ph_s": "Average hashrate",
+    "average_j_per_th": "Average efficiency (energy per terahash; lower is better)",
+    "night_definition": "Night hours",
+    "hours": "Hours",
+    "measured_laeq_dba": "Measured sound level (LAeq)",
+    "model_laeq_dba": "Modelled sound level (LAeq)",
+    "max_hourly_measured_dba": "Loudest measured hour",
+    "lowest_cap_dba": "Strictest limit in force",
+    "minutes_over_cap": "Minutes measured above the limit",
+    "hours_over_cap": "Hours whose average was above the limit",
+    "tolerance_kw": "Tolerance when checking demand-response limits",
+    "threshold_usd_mwh": "High-price threshold",
+    "curtailed_mwh": "Mining switched off (energy not used)",
+    "intervals_without_full_load": "Intervals without a recorded full-load figure",
+    "revenue_usd": "Mining revenue",
+    "energy_cost_usd": "Electricity cost",
+    "profit_usd": "Profit (revenue − electricity cost)",
+    "average_energy_cost_usd_per_mwh": "Average electricity cost",
+    "curtailment_hours": "Hours with mining curtailed",
+    "hour_start": "Hour starting",
+    "interval_start": "Interval starting",
+    "cap_dba": "Limit in force",
+    "night": "Night",
+    "day": "Day (site time)",
+    "emissions_kg": "Emissions",
+    "budget_kg": "Budget",
+    "measured_kw": "Measured grid import",
+    "limit_kw": "Limit",
+    "baseline_kw": "Baseline",
+    "requested_kw": "Reduction asked",
+    "delivered_kw": "Reduction delivered",
+    "compliant": "At or under the limit",
+    "location_intensity_sources": "Carbon intensity used (intervals per source)",
+    "notes": "Notes",
+    "instruments_applied_mwh": "Grid electricity covered by contractual instruments (RECs, PPAs)",
+    "residual_mix_source": "Residual-mix factor source",
+    "carbon_free_share_annual_pct": "Carbon-free share, period total (on-site renewable used + instruments)",
+    "carbon_free_share_hourly_pct": "Carbon-free share, matched hour by hour (on-site renewable only)",
+    "metered_import_kw": "Metered grid import",
+    "metered_import_kwh": "Metered grid import energy",
+    "obligated_kw": "Reduction owed",
+    "delivered_mw": "Delivered",
+    "delivered_mwh": "Delivered energy",
+    "assessed": "Assessed (after ramp)",
+    "baseline_method": "Baseline used",
+    "baseline_m8of10_kw": "Baseline, ERCOT middle 8-of-10",
+    "baseline_meter_before_kw": "Baseline, meter before event",
+    "total_mwh": "Mining switched off, all causes (energy not used)",
+    "total_hours": "Hours curtailed, all causes",
+    "cause": "Cause",
+    "mwh": "Energy not used",
+    "location_kg_per_mwh": "Grid carbon intensity",
+    "intensity_source": "Intensity source",
+    "simulated": "Simulated data",
+}
+# labels that depend on the section (matched on the dotted path, most specific first)
+PATH_LABELS = {
+    "demand_response.high_price.intervals": "Intervals at or above the high-price threshold",
+    "demand_response.high_price.hours": "Hours at or above the high-price threshold",
+    "demand_response.high_price.curtailed_mwh": "Mining switched off during high prices (energy not used)",
+}
+EVENT_LABELS = {
+    "event_id": "Event", "accepted": "Accepted by the site", "messages": "Messages received about it",
+    "rejections": "Messages rejected (reason)", "program": "Programme", "issuer": "Issued by",
+    "modification_number": "Latest modification", "start": "Start", "end": "End (or cancellation)",
+    "cancelled_at": "Cancelled at", "received_at": "First received", "limit_kw": "Grid import limit asked",
+    "intervals": "Control intervals during the event", "compliant_intervals": "Intervals at or under the limit",
+    "compliance_pct": "Compliance (intervals at or under the limit)",
+    "requested_reduction_kw": "Reduction asked (average, below baseline)",
+    "delivered_pct": "Delivered ÷ asked",
+    "ack_s": "Acknowledged after notification", "ack_at": "Acknowledged at", "ack_status": "Acknowledgement",
+    "notification_at": "Notified at", "deployment_at": "Obligation began (start, or notice if later)",
+    "first_setpoint_at": "First setpoint batch at", "first_setpoint_s": "First setpoint after the obligation began",
+    "first_setpoint_source": "First setpoint batch from",
+    "metered_under_limit_by": "Metered import under the limit by (a meter sample, else an interval's end: upper bound)",
+    "metered_under_limit_s": "Metered import under the limit after the obligation began",
+    "metered_resolution_s": "Meter resolution in the trail (s between samples, or one interval)",
+    "metered_crossing_source": "Crossing measured by", "meter_samples": "Meter samples during the event",
+    "synthetic": "Simulated or synthetic event", "duplicates": "Redeliveries (answered with the same ack)",
+    "shed_kw": "Reduction asked", "baseline_method": "Baseline used", "ramp_minutes": "Ramp allowed (min)",
+    "assessed_intervals": "Intervals assessed (after the ramp)",
+    "obligated_reduction_kw": "Reduction owed (average, below baseline)",
+    "delivered_reduction_kw": "Reduction delivered (average, below baseline)",
+    "delivered_mwh": "Energy reduction delivered", "event_performance_factor": "Event performance factor",
+    "pass": "PASS under the programme rule", "rule": "Programme rule applied",
+    "worst_excess_kw": "Largest excess over the limit",
+}
+UNITS = (("_usd_per_mwh", "$/MWh"), ("_usd_mwh", "$/MWh"), ("_kg_per_ph_h", "kg CO₂/PH·h"),
+         ("_kg_per_mwh", "kg CO₂/MWh"), ("_mwh", "MWh"), ("_kg", "kg CO₂"),
+         ("_pct", "%"), ("_usd", "$"), ("_dba", "dB(A)"),
+         ("_kw", "kW"), ("_ph_h", "PH·h"), ("_ph_s", "PH/s"), ("_j_per_th", "J/TH"), ("_hours", "h"),
+         ("hours_covered", "h"), ("_s", "s"), ("minutes_over_cap", "min"), ("_mw", "MW"), ("_kwh", "kWh"),
+    ("_th_s", "TH/s"), ("total_hours", "h"))
+DIGITS = (("_dba", 1), ("_usd_mwh", 2), ("_usd_per_mwh", 2), ("_usd", 2), ("_kg_per_mwh", 1), ("_mwh", 3),
+          ("_kwh", 1), ("_kg_per_ph_h", 4), ("_kg", 1), ("_kw", 1), ("_mw", 3), ("_pct", 1), ("_s", 0),
+          ("_hours", 2), ("hours", 2), ("_factor", 3))
+
+DEFINITIONS = [
+    ("Where the numbers come from", "Every figure is recomputed from the site's tamper-evident audit trail "
+     "(one measurement record per control interval). Anyone with a copy of the database can run "
+     "'hashflex audit verify' and 'hashflex report' and get the same numbers."),
+    ("Renewable share", "Period total: all on-site renewable generation divided by all electricity used. "
+     "Hour by hour: each hour counts only the renewable energy produced in that same hour, up to that hour's use."),
+    ("Location-based emissions", "Grid electricity × the grid's carbon intensity in that interval when recorded, "
+     "otherwise the default factor of the site profile (its source is named)."),
+    ("Market-based emissions", "Location-based emissions after renewable energy certificates cover part of the "
+     "grid electricity; with no certificates the two are equal."),
+    ("PH·h", "One petahash per second of hashing sustained for one hour (3.6 × 10^18 hashes)."),
+    ("LAeq", "Energy-average sound level: a few loud minutes weigh more than many quiet ones."),
+    ("Demand response", "Per event: when the site was notified, acknowledged, sent its first setpoints, and when "
+     "the metered import was under the limit (an upper bound: the trail holds one meter mean per control "
+     "interval). 'Owed' is the reduction below the baseline the event asks for, 'delivered' is baseline minus "
+     "metered import. Baselines: the utility's own if sent, else ERCOT's middle 8-of-10 like days (10 most recent "
+     "like days without an event, highest and lowest dropped, event-day adjusted), else the mean metered import "
+     "in the hour before notice. Intervals inside the programme's ramp time are not assessed. A firm-limit event "
+     "passes when every assessed interval is at or under the limit; a load-reduction event when delivered ÷ owed "
+     "is at least 0.95."),
+    ("Scope 2 emissions", "GHG Protocol Scope 2 Guidance: location-based = grid electricity × the grid's "
+     "intensity in that interval (source named per hour); market-based = grid electricity covered by contractual "
+     "instruments (RECs, PPAs) at their factor, the rest at the residual mix (or, lacking one, at the location "
+     "intensity, said so). Both are always shown side by side."),
+    ("Curtailment by cause", "Energy not used (full load − load) in intervals run below full load, by the "
+     "reason the plan gave for that interval, or the guard's fast-path action that cut inside it."),
+    ("Time", "Times on this page are the site's local time with its offset from UTC; the JSON and CSV exports "
+     "keep UTC."),
+]
+
+
+def unit_of(key: str) -> str:
+    for suffix, unit in UNITS:
+        if key.endswith(suffix):
+            return unit
+    return ""
+
+
+def digits_of(key: str) -> int | None:
+    for suffix, digits in DIGITS:
+        if key.endswith(suffix):
+            return digits
+    return None
+
+
+def fmt(value: Any, key: str = "") -> str:
+    """A value as the page shows it: local time with offset for ISO times, the unit's precision
+    for numbers (from ``key``), yes/no, n/a for missing."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            return "n/a"
+        if isinstance(value, int):  # counts stay whole
+            return f"{value:,}"
+        digits = digits_of(key)
+        if digits is not None:
+            return f"{value:,.{digits}f}"
+        text = f"{value:,.1f}" if abs(value) >= 1000 else f"{value:,.3f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
+    if isinstance(value, str) and _ISO.match(value):
+        return local_label(value, _TZ.get())
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {fmt(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, list):
+        return "; ".join(fmt(v, key) for v in value) or "none"
+    return str(value)
+
+
+def _label(key: str) -> str:
+    last = key.rsplit(".", 1)[-1]
+    if key in PATH_LABELS:
+        return PATH_LABELS[key]
+    if ".events." in key and last in EVENT_LABELS:
+        return EVENT_LABELS[last]
+    return LABELS.get(last, last.replace("_", " ").capitalize())
+
