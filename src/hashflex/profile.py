@@ -119,6 +119,11 @@ class MinerGroup(_Strict):
     min_off_minutes: NonNegFloat = 0.0
     start_cost_usd: NonNegFloat = 0.0
     safe_default_mode: Literal["sleep"] = "sleep"
+    # Issue 17: a PDU or breaker can cut a sleeping unit's power entirely (0 kW instead of
+    # idle_power_kw), at the cost of a cold boot when it is woken.
+    pdu_power_off: bool = Field(default=False, description="the plan may power sleeping units off at the PDU")
+    cold_boot_s: NonNegFloat = Field(default=0.0, description="seconds from power-on to hashing after a power-off")
+    cold_start_cost_usd: NonNegFloat = Field(default=0.0, description="$ per unit woken from powered off")
 
     @model_validator(mode="after")
     def _unique_modes(self) -> "MinerGroup":
@@ -127,6 +132,10 @@ class MinerGroup(_Strict):
             raise ValueError(f"mode names must be unique, got {names}")
         if "sleep" in names:
             raise ValueError("'sleep' is implied (units not in a mode sleep at idle_power_kw)")
+        if self.pdu_power_off and "off" in names:
+            raise ValueError("'off' is implied with pdu_power_off (units powered off at the PDU)")
+        if not self.pdu_power_off and (self.cold_boot_s or self.cold_start_cost_usd):
+            raise ValueError("cold_boot_s and cold_start_cost_usd need pdu_power_off: true")
         return self
 
     def mode(self, name: str) -> MinerMode:

@@ -67,6 +67,24 @@ def _reserve_reasons(problem: Problem, counts: dict[tuple[int, int], np.ndarray]
     return out
 
 
+def _cold_booting(problem: Problem, frame: pd.DataFrame, t: int) -> str:
+    """"120 units of air_s21" (joined by ", ") woken from powered off within their cold boot
+    before the end of interval t (issue 17); "" when none."""
+    parts = []
+    starts_h = np.concatenate([[0.0], np.cumsum(problem.duration_h)[:-1]])
+    for entry in problem.power_off:
+        column = f"units_{entry.group}_off"
+        if column not in frame:
+            continue
+        group = next(g for g in problem.groups if g.id == entry.group)
+        off = frame[column].to_numpy()
+        woken = np.maximum(-np.diff(off, prepend=group.initial.units_off), 0)
+        window = (starts_h <= starts_h[t]) & (starts_h > starts_h[t] - entry.cold_boot_h - 1e-9)
+        if entry.cold_boot_h > 0 and int(woken[window].sum()) > 0:
+            parts.append(f"{int(woken[window].sum())} units of {entry.group}")
+    return ", ".join(parts)
+
+
 def explain_intervals(    problem: Problem, counts: dict[tuple[int, int], np.ndarray], frame: pd.DataFrame
 ) -> tuple[list[str], list[str]]:
     """(reason code, human sentence) for every interval of a schedule frame."""
@@ -143,6 +161,9 @@ def explain_intervals(    problem: Problem, counts: dict[tuple[int, int], np.nda
             reasons.append("price")
             details.append(f"price: energy at ${price:,.2f}/MWh makes every further step unprofitable")
             continue
+        booting = _cold_booting(problem, frame, t)
+        if booting and "equipment" in blocked:
+            blocked["equipment"] = f"equipment: {booting} cold-booting after a power-off at the PDU"
         order = [problem.import_limit_source[t]] + [f"noise:{r.id}" for r in problem.receptors] + ["carbon", "equipment"]
         codes = [code for code in order if code in blocked]
         reasons.append(codes[0])

@@ -58,6 +58,7 @@ def greedy_counts(
             key=lambda gm: -_unit_profit_usd_per_h(problem, gm[0], gm[1], t) / problem.groups[gm[0]].modes[gm[1]].power_kw,
         )
         on = [sum(int(counts[g, m][t]) for m in range(len(group.modes))) for g, group in enumerate(problem.groups)]
+        high_left = _derate_room(problem, counts, t)
         for g, m in options:
             if _unit_profit_usd_per_h(problem, g, m, t) <= 0:
                 break
@@ -71,8 +72,12 @@ def greedy_counts(
                 energy = receptor.unit_energy(group.id, mode)
                 if energy > 0 and math.isfinite(noise_left[r]):
                     n = min(n, int(math.floor(max(noise_left[r], 0.0) / energy + 1e-9)))
+            if (g, m) in high_left:  # a mode above a derate cap: only healthy units may run it (issue 17)
+                n = min(n, high_left[g, m][0])
             if n <= 0:
                 continue
+            for key in high_left.get((g, m), (0, ()))[1]:
+                high_left[key] = (high_left[key][0] - n, high_left[key][1])
             counts[g, m][t] += n
             on[g] += n
             room_kw -= n * step_kw
@@ -84,6 +89,22 @@ def greedy_counts(
             if budget.mask[t]:
                 carbon_left[b] -= added_kg
     return counts
+
+
+def _derate_room(problem: Problem, counts: dict[tuple[int, int], np.ndarray], t: int
+                 ) -> dict[tuple[int, int], tuple[int, tuple[tuple[int, int], ...]]]:
+    """At interval t, per (g, m) above a `Derate`'s cap: (units that may still enter modes above
+    the cap, the (g, m) keys sharing that room)."""
+    index = {group.id: g for g, group in enumerate(problem.groups)}
+    out = {}
+    for derate in problem.derates:
+        g = index[derate.group]
+        group = problem.groups[g]
+        high = tuple((g, m) for m, mode in enumerate(group.modes) if mode.power_kw > derate.max_power_kw + 1e-9)
+        room = max(int(group.units_available[t]) - int(derate.units[t]), 0) - sum(int(counts[k][t]) for k in high)
+        for key in high:
+            out[key] = (max(room, 0), high)
+    return out
 
 
 def greedy_schedule(problem: Problem, reason: str = "") -> Schedule:

@@ -69,8 +69,16 @@ def _load_terms(model: pyo.ConcreteModel, problem: Problem, t: int, sign: float 
     terms = [(sign * (mode.power_kw - group.idle_power_kw), model.n[g, m, t])
              for g, group in enumerate(problem.groups) for m, mode in enumerate(group.modes)]
     constant = sum(group.idle_power_kw * int(group.units_available[t]) for group in problem.groups)
+    # Units powered off at the PDU draw 0 kW instead of their idle power (issue 17).
+    terms += [(-sign * problem.groups[g].idle_power_kw, model.n_off[g, t]) for g in _power_off_groups(problem)]
     gpu_terms, gpu_constant = compute_load_terms(model, problem, t, sign)  # GPU clusters (issue 16)
     return terms + gpu_terms, sign * constant + gpu_constant
+
+
+def _power_off_groups(problem: Problem) -> dict[int, object]:
+    """Group index → its `PowerOff` entry, for the groups a PDU can power off."""
+    entries = {p.group: p for p in problem.power_off}
+    return {g: entries[group.id] for g, group in enumerate(problem.groups) if group.id in entries}
 
 
 def define_sets(model: pyo.ConcreteModel, problem: Problem) -> None:
@@ -89,6 +97,65 @@ def define_unit_counts(model: pyo.ConcreteModel, problem: Problem) -> None:
     model.availability = pyo.Constraint(
         model.G, model.T,
         rule=lambda mdl, g, t: _linear(_on_terms(mdl, problem, g, t)) <= int(problem.groups[g].units_available[t]),
+    )
+
+
+def define_power_off(model: pyo.ConcreteModel, problem: Problem) -> None:
+    """Units powered off at the PDU (issue 17), per group g with a `PowerOff` entry:
+    off[g,t] >= 0 units drawing 0 kW (in `_load_terms`: −P_idle[g]·off[g,t]);
+    wake[g,t] >= off[g,t−1] − off[g,t] (units woken from off; off[g,−1] = initial units_off), each
+    paying the cold start cost;
+    Σ_m n[g,m,t] + off[g,t] + Σ_{k: τ_t−τ_k < boot_g} wake[g,k] <= available[g,t]: powered-off units
+    are among the sleeping ones, and a unit woken at k cannot hash until its cold boot is over
+    (rounded up to whole intervals). off and wake are continuous here (the LP → rounding → MIP
+    procedure makes only the mode counts integer); the schedule rounds off up, which only lowers
+    the load."""
+    groups = _power_off_groups(problem)
+    model.PO = pyo.Set(initialize=sorted(groups))
+    if not groups:
+        return
+    bounds = {(g, t): (0.0, float(problem.groups[g].units_available[t])) for g in groups for t in range(problem.T)}
+    model.n_off = pyo.Var(model.PO, model.T, domain=pyo.NonNegativeReals, bounds=bounds)
+    model.wake_off = pyo.Var(model.PO, model.T, domain=pyo.NonNegativeReals)
+
+    def woken(mdl: pyo.ConcreteModel, g: int, t: int) -> pyo.Expression:
+        terms = [(1.0, mdl.wake_off[g, t]), (1.0, mdl.n_off[g, t])]
+        if t > 0:
+            return _linear(terms + [(-1.0, mdl.n_off[g, t - 1])]) >= 0.0
+        return _linear(terms) >= float(problem.groups[g].initial.units_off)
+
+    model.power_off_wake = pyo.Constraint(model.PO, model.T, rule=woken)
+    boot_window = {g: _window_starts(problem, groups[g].cold_boot_h) for g in groups}
+
+    def room(mdl: pyo.ConcreteModel, g: int, t: int) -> pyo.Expression:
+        booting = [(1.0, mdl.wake_off[g, k]) for k in range(int(boot_window[g][t]), t + 1)]
+        terms = _on_terms(mdl, problem, g, t) + [(1.0, mdl.n_off[g, t])] + booting
+        return _linear(terms) <= int(problem.groups[g].units_available[t])
+
+    model.power_off_room = pyo.Constraint(model.PO, model.T, rule=room)
+
+
+def define_derates(model: pyo.ConcreteModel, problem: Problem) -> None:
+    """Derated units (issue 17) run no mode above their cap: per `Derate` of group g with cap C and
+    derated units D[t], Σ_{m: P[g,m] > C} n[g,m,t] <= max(available[g,t] − D[t], 0). Which units
+    are derated is the dispatcher's to choose (it prefers healthy units for the high modes)."""
+    index = {group.id: g for g, group in enumerate(problem.groups)}
+    rows = []
+    for derate in problem.derates:
+        g = index[derate.group]
+        group = problem.groups[g]
+        high = [m for m, mode in enumerate(group.modes) if mode.power_kw > derate.max_power_kw + 1e-9]
+        if not high:
+            continue
+        for t in range(problem.T):
+            if derate.units[t] > 0:
+                rows.append((g, t, tuple(high), max(int(group.units_available[t]) - int(derate.units[t]), 0)))
+    model.derate_index = pyo.Set(initialize=list(range(len(rows))))
+    if not rows:
+        return
+    model.derate = pyo.Constraint(
+        model.derate_index,
+        rule=lambda mdl, k: _linear((1.0, mdl.n[rows[k][0], m, rows[k][1]]) for m in rows[k][2]) <= rows[k][3],
     )
 
 
@@ -363,6 +430,8 @@ def define_objective(model: pyo.ConcreteModel, problem: Problem) -> None:
     if hasattr(model, "ramp_short_kw"):
         terms += [(-PENALTY_RAMP_USD_PER_KW, v) for v in model.ramp_short_kw.values()]
     terms += _reserve_objective_terms(model, problem)
+    for g, entry in _power_off_groups(problem).items():  # cold starts from powered off (issue 17)
+        terms += [(-entry.cold_start_cost_usd, model.wake_off[g, t]) for t in range(problem.T)]
     terms += compute_objective_terms(model, problem)
     model.profit = pyo.Objective(expr=_linear(terms), sense=pyo.maximize)
 
@@ -377,6 +446,8 @@ def build_model(problem: Problem) -> pyo.ConcreteModel:
         model = pyo.ConcreteModel(name="hashflex_schedule")
         define_sets(model, problem)
         define_unit_counts(model, problem)
+        define_power_off(model, problem)
+        define_derates(model, problem)
         define_compute(model, problem)
         define_power_balance(model, problem)
         define_noise_caps(model, problem)
@@ -399,3 +470,30 @@ def extract_counts(model: pyo.ConcreteModel, problem: Problem) -> dict[tuple[int
                 raise ValueError(f"solver returned fractional unit counts for group {group.id}")
             counts[g, m] = rounded.astype(int)
     return counts
+
+
+def powered_off_counts(problem: Problem, values: dict[tuple[int, int], float]) -> dict[str, np.ndarray] | None:
+    """Units powered off per group id, [T] int, from the solved off[g,t] (``values``: (g, t) →
+    value, as read from the model or its HiGHS columns); None without `PowerOff` groups. Rounded
+    up (a fractional LP value never leaves a unit drawing idle power the plan did not count) and
+    held to the units the plan leaves asleep by `schedule.schedule_from_counts`."""
+    groups = _power_off_groups(problem)
+    if not groups:
+        return None
+    return {problem.groups[g].id: np.ceil(np.array([max(values.get((g, t), 0.0), 0.0) for t in range(problem.T)])
+                                          - 1e-6).astype(int)
+            for g in groups}
+
+
+def read_powered_off(model: pyo.ConcreteModel | None, compiled: object, problem: Problem,
+                     x: np.ndarray | None) -> dict[str, np.ndarray] | None:
+    """`powered_off_counts` of a solve: read by column index from ``compiled.col_at`` and the
+    solution ``x`` when there is one, else from the Pyomo model's values."""
+    if not problem.power_off:
+        return None
+    col_at = getattr(compiled, "col_at", None)
+    if col_at is not None and x is not None and "n_off" in col_at:
+        return powered_off_counts(problem, {key: float(x[col]) for key, col in col_at["n_off"].items()})
+    if model is not None and hasattr(model, "n_off"):
+        return powered_off_counts(problem, {key: float(pyo.value(v) or 0.0) for key, v in model.n_off.items()})
+    return None

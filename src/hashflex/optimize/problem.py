@@ -47,6 +47,7 @@ class GroupState:
     load_kw: float | None = None
     must_stay_on: tuple[tuple[float, int], ...] = ()
     must_stay_off: tuple[tuple[float, int], ...] = ()
+    units_off: int = 0  # powered off at the PDU (0 kW) at the start; only for a `PowerOff` group
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,43 @@ class ReserveProduct:
 
 
 @dataclass(frozen=True)
+class PowerOff:
+    """A miner group whose sleeping units a PDU or breaker can power off entirely (issue 17).
+
+    A powered-off unit draws 0 kW instead of the group's ``idle_power_kw``; waking it is a cold
+    boot: it costs ``cold_start_cost_usd`` and the unit cannot hash for ``cold_boot_h`` hours
+    (rounded up to whole intervals). The count starts from ``GroupState.units_off``.
+
+    Parameters
+    ----------
+    group : id of the miner group
+    cold_boot_h : hours from power-on to hashing (PDU outlet closed, firmware booted)
+    cold_start_cost_usd : $ per unit woken from off (wear, counted power cycles)
+    """
+
+    group: str
+    cold_boot_h: float = 0.0
+    cold_start_cost_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class Derate:
+    """Derated (hot, unhealthy) units of a miner group that may only run modes drawing at most
+    ``max_power_kw`` (issue 17): the plan does not count on them at full power.
+
+    Parameters
+    ----------
+    group : id of the miner group
+    units : [T] int, derated units among the group's available units in each interval
+    max_power_kw : highest mode power a derated unit may run, kW per unit (0: they may only sleep)
+    """
+
+    group: str
+    units: np.ndarray
+    max_power_kw: float
+
+
+@dataclass(frozen=True)
 class Problem:
     interval_start: pd.DatetimeIndex  # [T] tz-aware UTC
     duration_h: np.ndarray  # [T]
@@ -141,6 +179,10 @@ class Problem:
     reserves: tuple[ReserveProduct, ...] = ()  # ancillary services (issue 15)
     notes: tuple[str, ...] = field(default_factory=tuple)
     compute: Any = None  # compute_problem.ComputeProblem: GPU clusters and workloads (issue 16)
+    # Issue 17: groups a PDU can power off, and derated units per group. Problem-level (not Group)
+    # fields so that `highs_compile.template_key` sees them and such a problem is built afresh.
+    power_off: tuple[PowerOff, ...] = ()
+    derates: tuple[Derate, ...] = ()
 
     @property
     def T(self) -> int:  # noqa: N802 - the conventional symbol
@@ -152,10 +194,12 @@ class Problem:
 
     @property
     def standby_floor_kw(self) -> np.ndarray:
-        """[T] grid import with every available unit asleep: the least the miners can draw. A limit
-        below it (a DR limit of 0 kW) can only be met by powering units off at the PDU, which is the
-        guard's job; the optimizer plans all asleep and says so."""
-        standby = sum(g.units_available * g.idle_power_kw for g in self.groups)
+        """[T] grid import with every available unit asleep, except the units of `PowerOff` groups,
+        which the plan may power off (0 kW): the least the site can draw. A limit below it (a DR
+        limit of 0 kW on a site without PDU control) can only be met by the guard; the optimizer
+        plans the floor and says so."""
+        off_capable = {p.group for p in self.power_off}
+        standby = sum(g.units_available * g.idle_power_kw for g in self.groups if g.id not in off_capable)
         if self.compute is not None:  # every GPU idle, cooling included
             standby = standby + self.compute.idle_site_kw()
         return np.maximum(standby - self.renewable_kw, 0.0)
@@ -204,6 +248,28 @@ class Problem:
         if self.compute is not None:
             self.compute.validate(T)
         group_ids = {g.id for g in self.groups}
+        groups = {g.id: g for g in self.groups}
+        for item in self.power_off:
+            if item.group not in group_ids:
+                raise ValueError(f"power_off names unknown group {item.group!r}")
+            if item.cold_boot_h < 0 or item.cold_start_cost_usd < 0:
+                raise ValueError(f"power_off {item.group}: cold_boot_h and cold_start_cost_usd must be >= 0")
+            if any(m.name == "off" for m in groups[item.group].modes):
+                raise ValueError(f"power_off {item.group}: a mode named 'off' collides with the powered-off count")
+            if not 0 <= groups[item.group].initial.units_off <= groups[item.group].units:
+                raise ValueError(f"group {item.group}: initial.units_off outside 0..{groups[item.group].units}")
+        if len({p.group for p in self.power_off}) != len(self.power_off):
+            raise ValueError("power_off names a group twice")
+        for group in self.groups:
+            if group.initial.units_off and group.id not in {p.group for p in self.power_off}:
+                raise ValueError(f"group {group.id}: initial.units_off without a power_off entry")
+        for derate in self.derates:
+            if derate.group not in group_ids:
+                raise ValueError(f"derates names unknown group {derate.group!r}")
+            if derate.units.shape != (T,) or np.any(derate.units < 0):
+                raise ValueError(f"derates {derate.group}: units must be {T} values >= 0")
+            if not np.isfinite(derate.max_power_kw) or derate.max_power_kw < 0:
+                raise ValueError(f"derates {derate.group}: max_power_kw must be finite and >= 0")
         for reserve in self.reserves:
             for name in ("price_usd_mw_h", "max_kw", "obligation_kw"):
                 array = getattr(reserve, name)
@@ -353,6 +419,8 @@ def problem_from_profile(
     four_cp_alert_days: set[pd.Timestamp] | None = None,
     as_price_usd_mw_h: dict[str, np.ndarray | pd.Series | float] | None = None,
     as_award_kw: dict[str, np.ndarray | pd.Series | float] | None = None,
+    derated_units: dict[str, np.ndarray | int] | None = None,
+    derated_max_power_kw: dict[str, float] | None = None,
 ) -> Problem:
     """Assemble a Problem at the site's base interval from the profile and horizon series: the one
     builder the loop, ``hashflex plan``, the backtest and ``evaluate`` use.
@@ -367,6 +435,14 @@ def problem_from_profile(
     when ``as_price_usd_mw_h`` (its $/MW-h clearing price or forecast, [T]) or ``as_award_kw`` (its
     award, [T] kW) names it. With an award the site holds exactly the award (obligation = cap =
     award); with a price alone it may offer up to its qualified MW. See :func:`reserve_products`.
+
+    Fleet health (issue 17, a pure input; the caller maps health to it): ``units_available`` group
+    id → [T] units that may run at all; ``derated_units`` group id → [T] (or one int) units that
+    may only run modes of at most ``derated_max_power_kw[group]`` kW. Groups with
+    ``pdu_power_off`` in the profile get a `PowerOff` entry (cold boot and cost from the profile).
+
+    Raises ValueError naming the field for a derate without its ``derated_max_power_kw``, or for an
+    unknown group.
     """
     if interval_start.tz is None:
         raise ValueError("interval_start must be tz-aware")
@@ -442,6 +518,22 @@ def problem_from_profile(
         initial_load_kw=initial_load,
         base_interval_h=base_h,
         reserves=reserve_products(profile, T, as_price_usd_mw_h, as_award_kw),
+    )
+    derated_units, derated_max_power_kw = derated_units or {}, derated_max_power_kw or {}
+    known = {g.id for g in profile.miner_groups}
+    for name, mapping in (("derated_units", derated_units), ("derated_max_power_kw", derated_max_power_kw)):
+        unknown = set(mapping) - known
+        if unknown:
+            raise ValueError(f"{name} names unknown miner groups {sorted(unknown)}")
+    missing = set(derated_units) - set(derated_max_power_kw)
+    if missing:
+        raise ValueError(f"derated_max_power_kw: no cap for derated groups {sorted(missing)}")
+    problem = dataclasses.replace(
+        problem,
+        power_off=tuple(PowerOff(g.id, g.cold_boot_s / 3600.0, g.cold_start_cost_usd)
+                        for g in profile.miner_groups if g.pdu_power_off),
+        derates=tuple(Derate(g, np.asarray(_as_array(units, T, 0.0), dtype=int), float(derated_max_power_kw[g]))
+                      for g, units in derated_units.items()),
     )
     if profile.compute is not None:
         from hashflex.optimize.compute_problem import compute_from_profile
@@ -547,5 +639,7 @@ def coarsen(problem: Problem, fine_intervals: int, block_h: float = 1.0) -> tupl
                                            max_kw=block_min(r.max_kw), obligation_kw=-block_min(-r.obligation_kw))
                        for r in problem.reserves),
         compute=None if problem.compute is None else coarsen_compute(problem.compute, block_of, problem.duration_h),
+        # Derated units through a block: the most of any interval in it (conservative).
+        derates=tuple(dataclasses.replace(d, units=-block_min(-d.units).astype(int)) for d in problem.derates),
     )
     return coarse, block_of

@@ -46,7 +46,24 @@ def round_lp_counts(problem: Problem, lp_counts: dict[tuple[int, int], np.ndarra
                 for room, energy in zip(noise_room, energies):
                     room[t] -= energy
     _cover_reserve_obligations(problem, counts, room_kw, noise_room)
+    hold_derates(problem, counts)
     return respect_min_on_off(problem, counts)
+
+
+def hold_derates(problem: Problem, counts: dict[tuple[int, int], np.ndarray]) -> None:
+    """Issue 17: move units above a `Derate`'s cap down, highest-power mode first, until at most
+    available − derated units run modes above the cap (``milp.define_derates``). A moved unit
+    goes to sleep (never to another mode: that could break the import or a noise cap). In place."""
+    index = {group.id: g for g, group in enumerate(problem.groups)}
+    for derate in problem.derates:
+        g = index[derate.group]
+        group = problem.groups[g]
+        high = sorted((m for m, mode in enumerate(group.modes) if mode.power_kw > derate.max_power_kw + 1e-9),
+                      key=lambda m: -group.modes[m].power_kw)
+        allowed = np.maximum(group.units_available - derate.units, 0)
+        for m in high:
+            excess = np.maximum(sum(counts[g, k] for k in high) - allowed, 0)
+            counts[g, m] = counts[g, m] - np.minimum(excess, counts[g, m])
 
 
 def _cover_reserve_obligations(problem: Problem, counts: dict[tuple[int, int], np.ndarray], room_kw: np.ndarray,

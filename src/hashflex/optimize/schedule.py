@@ -164,11 +164,53 @@ def reserve_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndarr
     return held, short, expected_cost
 
 
+def minimum_powered_off(problem: Problem, counts: dict[tuple[int, int], np.ndarray],
+                        other_load_kw: np.ndarray | float = 0.0) -> dict[str, np.ndarray]:
+    """The fewest sleeping units of `PowerOff` groups to power off so that grid import stays
+    within the import limit (issue 17): the plan of a schedule that chose none (the greedy
+    fallback, a policy's counts). Groups with the largest idle draw go first.
+
+    Parameters
+    ----------
+    problem : the problem (its ``power_off`` groups, limits, renewables)
+    counts : (g, m) → [T] units per mode
+    other_load_kw : [T] or scalar kW of load besides the miners (GPU clusters)
+
+    Returns
+    -------
+    group id → [T] int units powered off (zeros where the limit already holds).
+    """
+    T = problem.T
+    entries = {p.group for p in problem.power_off}
+    load = np.asarray(other_load_kw, dtype=float) + np.zeros(T)
+    sleeping = {}
+    for g, group in enumerate(problem.groups):
+        on = sum(counts[g, m] for m in range(len(group.modes)))
+        load = load + sum(counts[g, m] * mode.power_kw for m, mode in enumerate(group.modes))
+        load = load + (group.units_available - on) * group.idle_power_kw
+        if group.id in entries:
+            sleeping[group.id] = (np.maximum(group.units_available - on, 0), group.idle_power_kw)
+    excess = np.maximum(load - problem.renewable_kw, 0.0) - problem.import_limit_kw
+    out = {gid: np.zeros(T, dtype=int) for gid in sleeping}
+    for gid, (asleep, idle_kw) in sorted(sleeping.items(), key=lambda item: -item[1][1]):
+        if idle_kw <= 0:
+            continue
+        need = np.ceil(np.maximum(excess, 0.0) / idle_kw - 1e-9).astype(int)
+        out[gid] = np.minimum(need, asleep).astype(int)
+        excess = excess - out[gid] * idle_kw
+    return out
+
+
 def schedule_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndarray], info: SolveInfo,
-                         import_kw: np.ndarray | None = None, compute: object | None = None) -> Schedule:
+                         import_kw: np.ndarray | None = None, compute: object | None = None,
+                         powered_off: dict[str, np.ndarray] | None = None) -> Schedule:
     """Every column of the schedule, computed from integer counts n[g,m,t] (and the MILP's grid
     import where it chose one; see power_flows_kw). ``compute``: the GPU plan
-    (`optimize.compute.ComputeDispatch`); a problem with compute and no plan gets every GPU idle."""
+    (`optimize.compute.ComputeDispatch`); a problem with compute and no plan gets every GPU idle.
+    ``powered_off``: group id → [T] units powered off at the PDU (issue 17), held to the units
+    left asleep; a problem with `PowerOff` groups and no plan gets `minimum_powered_off`. Their
+    count is the column ``units_<group>_off``; they draw 0 kW, and each unit woken from off pays
+    the group's cold start cost in ``start_cost_usd``."""
     from hashflex.optimize.explain import explain_intervals
 
     T = problem.T
@@ -179,6 +221,17 @@ def schedule_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndar
     full_load_kw = np.zeros(T)
     start_cost_usd = np.zeros(T)
     group_modes = []
+    compute_data: dict[str, np.ndarray] = {}
+    cluster_kw: np.ndarray | float = 0.0
+    if problem.compute is not None:  # issue 16: GPU clusters under the same cap
+        from hashflex.optimize import compute as gpu
+
+        compute = compute if compute is not None else gpu.ComputeDispatch.idle(problem)
+        compute_data = gpu.compute_columns(problem, compute)
+        cluster_kw = sum(v for k, v in compute_data.items() if k.startswith("cluster_kw_"))
+    off_entries = {p.group: p for p in problem.power_off}
+    if off_entries and powered_off is None:
+        powered_off = minimum_powered_off(problem, counts, cluster_kw)
     for g, group in enumerate(problem.groups):
         on = np.zeros(T, dtype=int)
         for m, mode in enumerate(group.modes):
@@ -188,18 +241,18 @@ def schedule_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndar
             on += n
             load_kw += n * mode.power_kw
             hashrate_th_s += n * mode.hashrate_th_s
-        load_kw += (group.units_available - on) * group.idle_power_kw
+        asleep = group.units_available - on
+        if group.id in off_entries:
+            off = np.clip(np.asarray(powered_off.get(group.id, np.zeros(T)), dtype=int), 0, np.maximum(asleep, 0))
+            columns[unit_column(group.id, "off")] = off
+            asleep = asleep - off
+            woken = np.maximum(-np.diff(off, prepend=group.initial.units_off), 0)
+            start_cost_usd += woken * off_entries[group.id].cold_start_cost_usd
+        load_kw += asleep * group.idle_power_kw
         starts = np.maximum(np.diff(on, prepend=group.initial.units_on), 0)
         start_cost_usd += starts * group.start_cost_usd
         full_load_kw += group.units_available * max(mode.power_kw for mode in group.modes)
-    compute_data: dict[str, np.ndarray] = {}
-    if problem.compute is not None:  # issue 16: GPU clusters under the same cap
-        from hashflex.optimize import compute as gpu
-
-        compute = compute if compute is not None else gpu.ComputeDispatch.idle(problem)
-        compute_data = gpu.compute_columns(problem, compute)
-        cluster_kw = sum(v for k, v in compute_data.items() if k.startswith("cluster_kw_"))
-        load_kw, full_load_kw = load_kw + cluster_kw, full_load_kw + cluster_kw
+    load_kw, full_load_kw = load_kw + cluster_kw, full_load_kw + cluster_kw
     import_kw, renewable_used_kw, export_kw = power_flows_kw(
         load_kw, problem.renewable_kw, problem.price_usd_mwh, problem.export_limit_kw, import_kw)
     emissions_kg = import_kw * dt_h * problem.intensity_kg_per_mwh / 1000.0
@@ -276,4 +329,6 @@ def expand_to_base(schedule: Schedule, fine: Problem, block_of: np.ndarray) -> S
         for m, mode in enumerate(group.modes):
             coarse_counts = schedule.frame[unit_column(group.id, mode.name)].to_numpy()
             counts[g, m] = coarse_counts[block_of]
-    return schedule_from_counts(fine, counts, schedule.info)
+    powered_off = {p.group: schedule.frame[unit_column(p.group, "off")].to_numpy()[block_of]
+                   for p in fine.power_off if unit_column(p.group, "off") in schedule.frame} or None
+    return schedule_from_counts(fine, counts, schedule.info, powered_off=powered_off)

@@ -169,6 +169,7 @@ class _Solved:
     import_kw: np.ndarray | None = None
     fallback: Schedule | None = None
     compute: Any = None  # optimize.compute.ComputeDispatch: the GPU plan of a site with compute
+    powered_off: Any = None  # group id -> [T] units powered off at the PDU (issue 17, H4)
 
 
 def _compiled_for(problem: Problem, basis_cache: LpBasisCache | None
@@ -226,6 +227,9 @@ def _solve(problem: Problem, time_limit_s: float, rel_gap: float, basis_cache: L
         for var, x in zip(compiled.columns, outcome.x):
             var.set_value(float(x), skip_validation=True)
         compute = extract_dispatch(model, problem)
+    from hashflex.optimize.milp import read_powered_off  # issue 17 (H4)
+
+    powered_off = read_powered_off(model, compiled, problem, outcome.x)
     info = SolveInfo(
         status=outcome.status,
         objective_usd=outcome.objective,
@@ -236,7 +240,7 @@ def _solve(problem: Problem, time_limit_s: float, rel_gap: float, basis_cache: L
         penalties=penalties,
         message=outcome.message,
     )
-    return _Solved(counts, info, import_kw, compute=compute)
+    return _Solved(counts, info, import_kw, compute=compute, powered_off=powered_off)
 
 
 _PENALTY_COLUMNS = (("min_on_short", "min_on_units_short"), ("min_off_excess", "min_off_units_early"),
@@ -338,7 +342,7 @@ def solve(problem: Problem, *, time_limit_s: float = 10.0, rel_gap: float = DEFA
     if solved.fallback is not None:
         return solved.fallback
     return schedule_from_counts(problem, solved.counts, solved.info, import_kw=solved.import_kw,
-                                compute=solved.compute)
+                                compute=solved.compute, powered_off=solved.powered_off)
 
 
 def _penalties(model: pyo.ConcreteModel) -> dict[str, float]:
@@ -369,5 +373,6 @@ def solve_multiresolution(problem: Problem, *, fine_intervals: int, block_h: flo
     counts = {key: values[block_of] for key, values in solved.counts.items()}
     from hashflex.optimize.compute import expand_dispatch  # issue 16: the GPU plan expands with the counts (H4)
 
-    return schedule_from_counts(problem, counts, solved.info,
+    powered_off = None if solved.powered_off is None else {g: v[block_of] for g, v in solved.powered_off.items()}
+    return schedule_from_counts(problem, counts, solved.info, powered_off=powered_off,
                                 compute=expand_dispatch(solved.compute, coarse, problem, block_of))
