@@ -1,14 +1,28 @@
-"""MQTT driver: setpoints as ``SetpointMessage`` JSON on ``hashflex/<site>/out/setpoint/<miner>``.
+"""MQTT driver: setpoints at QoS 1 through paho-mqtt 2.x, one message per group or per miner.
 
-Each setpoint is published at QoS 1 with the MQTT v5 Message Expiry Interval set to the whole
-seconds left until ``expires_at`` (rounded down, at least 1), so a broker never delivers it late; the
-deadline is also in the payload, which is what the miner enforces (falling back to sleep when it
-passes without renewal). Intervals are in the seconds of the injected ``clock``.
+Two message designs (both JSON, both with the MQTT v5 Message Expiry Interval set to the whole seconds
+left until ``expires_at``, rounded down, at least 1, so a broker never delivers a setpoint late; the
+deadline is also in the payload, which is what the miner enforces, falling back to sleep when it passes
+without renewal):
 
-``apply(batch)`` publishes the whole batch pipelined on a connection of its own
-(:class:`QoS1Publisher`: a window of up to the broker's Receive Maximum unacknowledged messages goes
-out in one write; Mosquitto's default is 20, raise ``max_inflight_messages`` on the broker for big
-sites), then waits for all PUBACKs at once. Results: ``applied`` when the broker acknowledged;
+- **per group** (default, ``setpoint_topics="group"``): one
+  :class:`~hashflex.drivers.setpoint_messages.GroupSetpointsMessage` on
+  ``hashflex/<site>/out/setpoints/<group>`` carries the setpoints of every miner of that group in the
+  batch (one ``issued_at``/``expires_at``; up to ``max_setpoints_per_message`` rows per message, more
+  rows go in further messages on the same topic). A 100,000-miner site is a few hundred messages, not
+  100,000 (issue 18; ``optimization/benchmarks/mqtt_batch.py`` measures both designs).
+- **per miner** (``setpoint_topics="miner"``, or the groups in ``per_miner_groups``, or a setpoint
+  without a ``group_id``): one :class:`~hashflex.messages.SetpointMessage` on
+  ``hashflex/<site>/out/setpoint/<miner>``, for miners (or brokers' ACLs, ``deploy/mosquitto/acl``)
+  that only speak it. When the broker answers a group message with "No matching subscribers" (nobody
+  follows the group topic), the driver sends that message's setpoints again on the per-miner topics
+  at once, so a site whose miners only speak the per-miner topic keeps working on the default.
+
+``apply(batch)`` publishes the batch on a connection of its own
+(:class:`~hashflex.drivers.mqtt_publish.PahoPublisher`: paho keeps up to the broker's Receive Maximum
+unacknowledged; Mosquitto's default is 20, raise ``max_inflight_messages`` on the broker for big
+sites), then waits for all PUBACKs until ``puback_timeout_s``. Results, one per setpoint (a group
+message's answer is the answer for each of its miners): ``applied`` when the broker acknowledged;
 ``rejected`` for a failure reason code (e.g. "Not authorized" from an ACL), an expired or invalid
 setpoint; ``unreachable`` when the broker answers "No matching subscribers" for this miner's topic
 (that miner is not listening) while the transport is healthy. Transport faults are ``not_sent``
@@ -16,61 +30,58 @@ setpoint; ``unreachable`` when the broker answers "No matching subscribers" for 
 refuses our connection, the connection breaks before the PUBACK, no PUBACK within
 ``puback_timeout_s``, and "No matching subscribers" for *every* setpoint of a batch of two or more,
 or for any within ``resubscribe_grace_s`` after a transport fault (a restarted broker without
-persistent sessions has no subscribers until the miners reconnect and re-subscribe). Measured on loopback (2 cores, Mosquitto defaults, miners in another
-process): 1,000 setpoints in 45-135 ms, including building and validating the payloads.
+persistent sessions has no subscribers until the miners reconnect and re-subscribe).
 
-Telemetry comes in through a paho-mqtt client (VERSION2 callbacks, MQTT v5, automatic reconnect and
-re-subscription) subscribed to ``in/telemetry/+``.
+Telemetry comes in through a paho-mqtt client (``feeds.mqtt.mqtt_client``: VERSION2 callbacks, MQTT
+v5, automatic reconnect and re-subscription) subscribed to ``in/telemetry/+``.
 
 PUBACK only means the broker has it. Verification follows telemetry on ``in/telemetry/+``: a
 setpoint is confirmed by the first telemetry *received after it was published* (ordering by arrival,
 so miner clock skew does not matter) whose mode equals the setpoint's and whose power is within
-``max(tolerance_kw, tolerance × target)`` (for ``sleep`` the mode alone: idle power varies by model). ``verify(timeout_s)`` waits for the outstanding setpoints
-and returns ``applied`` for confirmed ones and ``unverified`` (with the last telemetry seen) for the
-rest, except that a setpoint with no telemetry since it was published is ``not_sent`` (cannot be
-verified: a transport fault) when the telemetry connection has dropped since it was published; a
-newer setpoint for a miner replaces the outstanding one. Feed both to a
-:class:`~hashflex.drivers.base.MinerRegistry`.
+``max(tolerance_kw, tolerance × target)`` (for ``sleep`` the mode alone: idle power varies by model).
+``verify(timeout_s)`` waits for the outstanding setpoints and returns ``applied`` for confirmed ones
+and ``unverified`` (with the last telemetry seen) for the rest, except that a setpoint with no
+telemetry since it was published is ``not_sent`` (cannot be verified: a transport fault) when the
+telemetry connection has dropped since it was published; a newer setpoint for a miner replaces the
+outstanding one. Feed both to a :class:`~hashflex.drivers.base.MinerRegistry`.
 
 API: ``MqttDriver(site, host="127.0.0.1", port=1883, *, client_id=None, username=None, password=None,
 tls_ca_file=None, keepalive_s=30, puback_timeout_s=5.0, tolerance=0.1, tolerance_kw=0.05,
-clock=utc_now, resubscribe_grace_s=60.0)``; ``start()``, ``wait_connected(timeout_s) -> bool`` and ``connected`` (the telemetry
-connection; publishing connects on demand),
-``apply(batch)``, ``verify(timeout_s) -> list[SetpointResult]``, ``pending() -> list[str]``,
-``telemetry(miner_id) -> TelemetryMessage | None``, ``close()``; ``publisher`` (its ``connects`` count,
-``receive_maximum``).
+clock=utc_now, resubscribe_grace_s=60.0, setpoint_topics="group", per_miner_groups=(),
+max_setpoints_per_message=1000)``; ``start()``, ``wait_connected(timeout_s) -> bool`` and
+``connected`` (the telemetry connection; publishing connects on demand), ``apply(batch)``,
+``verify(timeout_s) -> list[SetpointResult]``, ``pending() -> list[str]``,
+``telemetry(miner_id) -> TelemetryMessage | None``, ``close()``; ``publisher`` (its ``connects``
+count, ``receive_maximum``); ``messages_published`` (messages in the last batch).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import select
-import socket
-import ssl
-import struct
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from pydantic import ValidationError
 
 from hashflex.drivers.base import SLEEP, Clock, Setpoint, SetpointResult, SetpointStatus, utc_now
-from hashflex.messages import SetpointMessage, TelemetryMessage, Topics, parse_message
+from hashflex.drivers.mqtt_publish import PahoPublisher, PublishOutcome
+from hashflex.drivers.setpoint_messages import OutboundMessage, group_messages, per_miner_messages
+from hashflex.feeds.mqtt import mqtt_client
+from hashflex.messages import TelemetryMessage, Topics, parse_message
 
-__all__ = ["MqttDriver"]
+__all__ = ["MqttDriver", "PahoPublisher", "PublishOutcome"]
 
 log = logging.getLogger(__name__)
 
 _NO_MATCHING_SUBSCRIBERS = 16  # MQTT v5 PUBACK reason code 0x10
-_WRITE_BATCH = 1000  # PUBLISH packets per write before reading PUBACKs again
-
-
+SetpointTopics = Literal["group", "miner"]
 
 
 @dataclass
@@ -82,32 +93,75 @@ class _Pending:
 
 
 class MqttDriver:
-    """Publishes setpoints and verifies them against telemetry; see the module docstring."""
+    """Publishes setpoints (per group or per miner) and verifies them against telemetry.
+
+    See the module docstring for the message designs, the statuses and verification.
+
+    Parameters
+    ----------
+    site : str
+        Site id (topic prefix ``hashflex/<site>/``).
+    host, port : str, int
+        The broker.
+    client_id : str, optional
+        Base of the client ids (``-tel`` telemetry, ``-pub`` publishing); unique by default.
+    username, password, tls_ca_file : str, optional
+        Broker credentials and the CA file that verifies the broker (TLS on when given).
+    keepalive_s : int
+        MQTT keep alive of both connections, s.
+    puback_timeout_s : float
+        One deadline for connecting and all PUBACKs of a batch, s.
+    tolerance, tolerance_kw : float
+        Verification band: ``max(tolerance_kw, tolerance × target)`` kW around the target power.
+    clock : callable
+        ``() -> datetime`` (timezone-aware) that setpoint deadlines are measured against.
+    resubscribe_grace_s : float
+        After a transport fault, "No matching subscribers" is taken as the transport's doing for this
+        long, s.
+    setpoint_topics : {"group", "miner"}
+        The message design for setpoints that carry a ``group_id``.
+    per_miner_groups : collection of str
+        Groups whose miners only speak the per-miner topic (sent per miner whatever ``setpoint_topics``).
+    max_setpoints_per_message : int
+        Most rows in one group message (>= 1).
+
+    Raises
+    ------
+    ValueError
+        An unknown ``setpoint_topics``, ``max_setpoints_per_message`` < 1, or a site id that is not a
+        topic level.
+    """
 
     _ids = itertools.count()
 
     def __init__(self, site: str, host: str = "127.0.0.1", port: int = 1883, *, client_id: str | None = None,
                  username: str | None = None, password: str | None = None, tls_ca_file: str | None = None,
                  keepalive_s: int = 30, puback_timeout_s: float = 5.0, tolerance: float = 0.1,
-                 tolerance_kw: float = 0.05, clock: Clock = utc_now, resubscribe_grace_s: float = 60.0) -> None:
+                 tolerance_kw: float = 0.05, clock: Clock = utc_now, resubscribe_grace_s: float = 60.0,
+                 setpoint_topics: SetpointTopics = "group", per_miner_groups: Collection[str] = (),
+                 max_setpoints_per_message: int = 1000) -> None:
+        if setpoint_topics not in ("group", "miner"):
+            raise ValueError(f"setpoint_topics: must be 'group' or 'miner', not {setpoint_topics!r}")
+        if max_setpoints_per_message < 1:
+            raise ValueError(f"max_setpoints_per_message: must be >= 1, not {max_setpoints_per_message}")
         self.topics = Topics(site)
         self.site, self.host, self.port, self.keepalive_s = site, host, port, keepalive_s
         self.puback_timeout_s, self.tolerance, self.tolerance_kw = puback_timeout_s, tolerance, tolerance_kw
         self.clock = clock
         self.resubscribe_grace_s = resubscribe_grace_s
+        self.setpoint_topics: SetpointTopics = setpoint_topics
+        self.per_miner_groups = frozenset(per_miner_groups)
+        self.max_setpoints_per_message = max_setpoints_per_message
         client_id = client_id or f"hashflex-driver-{site}-{next(self._ids)}"
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{client_id}-tel",
-                                   protocol=mqtt.MQTTv5)
-        if username is not None:
-            self._client.username_pw_set(username, password)
-        if tls_ca_file is not None:
-            self._client.tls_set(ca_certs=tls_ca_file)
-        self._client.reconnect_delay_set(1, 30)
+        self._client = mqtt_client(f"{client_id}-tel", username=username, password=password,
+                                   tls_ca_file=tls_ca_file)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.message_callback_add(self.topics.telemetry("+"), self._on_telemetry)
-        self.publisher = QoS1Publisher(host, port, f"{client_id}-pub", username=username, password=password,
-                                        tls_ca_file=tls_ca_file, connect_timeout_s=min(5.0, puback_timeout_s))
+        self.publisher = PahoPublisher(host, port, f"{client_id}-pub", username=username, password=password,
+                                       tls_ca_file=tls_ca_file, connect_timeout_s=min(5.0, puback_timeout_s),
+                                       keepalive_s=keepalive_s)
+        self.messages_published = 0  # messages in the last batch (group, per-miner and fallbacks)
         self._connected = threading.Event()
         self._publish_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -121,18 +175,22 @@ class MqttDriver:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> MqttDriver:
+        """Connect the telemetry subscription in the background; returns ``self``."""
         self._client.connect_async(self.host, self.port, keepalive=self.keepalive_s)
         self._client.loop_start()
         return self
 
     def wait_connected(self, timeout_s: float = 10.0) -> bool:
+        """True once the telemetry connection is up (waits up to ``timeout_s`` s)."""
         return self._connected.wait(timeout_s)
 
     @property
     def connected(self) -> bool:
+        """Whether the telemetry connection is up now."""
         return self._connected.is_set()
 
     def close(self) -> None:
+        """Disconnect both connections and stop their network threads."""
         self._client.disconnect()
         self._client.loop_stop()
         self._connected.clear()
@@ -184,42 +242,78 @@ class MqttDriver:
 
     # ------------------------------------------------------------------ setpoints
     def apply(self, batch: list[Setpoint]) -> list[SetpointResult]:
-        """Publish the batch pipelined, wait once for all PUBACKs; one result per setpoint, same order."""
+        """Publish the batch and wait once for all PUBACKs.
+
+        Parameters
+        ----------
+        batch : list of Setpoint
+            The setpoints to send (any miners, any groups).
+
+        Returns
+        -------
+        list of SetpointResult
+            One per setpoint, same order; never raises for a miner's or the transport's fault.
+        """
         start = time.monotonic()
         results: list[SetpointResult | None] = [None] * len(batch)
         now = self.clock()
         with self._cond:
             seq = self._seq
-        to_send: list[int] = []
-        items: list[tuple[str, bytes, int]] = []
+        per_miner: list[int] = []
+        by_group: dict[tuple[str, datetime, datetime], list[int]] = {}
         for i, sp in enumerate(batch):
-            remaining_s = (sp.expires_at - now).total_seconds()
-            if remaining_s <= 0:
+            if (sp.expires_at - now).total_seconds() <= 0:
                 results[i] = SetpointResult(sp.miner_id, SetpointStatus.REJECTED,
                                             f"setpoint expired at {sp.expires_at.isoformat()}; not published", 0.0)
-                continue
-            try:
-                payload = SetpointMessage(miner_id=sp.miner_id, mode=sp.mode, power_target_kw=sp.power_target_kw,
-                                          issued_at=sp.issued_at, expires_at=sp.expires_at).model_dump_json()
-            except ValidationError as exc:
-                reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                results[i] = SetpointResult(sp.miner_id, SetpointStatus.REJECTED, f"invalid setpoint: {reason}", 0.0)
-                continue
-            to_send.append(i)
-            items.append((self.topics.setpoint(sp.miner_id), payload.encode(), max(1, int(remaining_s))))
+            elif self.setpoint_topics == "group" and sp.group_id and sp.group_id not in self.per_miner_groups:
+                by_group.setdefault((sp.group_id, sp.issued_at, sp.expires_at), []).append(i)
+            else:
+                per_miner.append(i)
+        rejected: dict[int, str] = {}
+        messages: list[OutboundMessage] = []
+        for indexes in by_group.values():
+            messages += group_messages(self.site, batch, indexes, now, self.max_setpoints_per_message, rejected,
+                                       per_miner)
+        messages += per_miner_messages(self.topics, batch, sorted(per_miner), now, rejected)
+        outcomes: list[PublishOutcome | None] = [None] * len(batch)
         with self._publish_lock:
-            outcomes = self.publisher.publish(items, self.puback_timeout_s) if items else []
+            deadline = time.monotonic() + self.puback_timeout_s
+            self._publish(messages, outcomes, deadline)
+            # nobody follows a group topic: its miners may only speak the per-miner one
+            fallback = sorted(i for m in messages if m.group for i in m.indexes
+                              if outcomes[i] is not None and outcomes[i].kind == "acked"  # type: ignore[union-attr]
+                              and outcomes[i].code == _NO_MATCHING_SUBSCRIBERS)  # type: ignore[union-attr]
+            if fallback:
+                retry = per_miner_messages(self.topics, batch, fallback, now, rejected)
+                self._publish(retry, outcomes, deadline)
+                messages += retry
+            self.messages_published = len(messages)
         latency = time.monotonic() - start
-        transport = self._transport_context(outcomes)
+        for i, reason in rejected.items():
+            results[i] = SetpointResult(batch[i].miner_id, SetpointStatus.REJECTED, reason, 0.0)
+        sent = [(i, o) for i, o in enumerate(outcomes) if o is not None]
+        transport = self._transport_context([o for _, o in sent])
         confirmed: list[Setpoint] = []
-        for i, outcome in zip(to_send, outcomes):
-            results[i] = self._result(batch[i], outcome, latency, transport)
-            if results[i].ok:  # type: ignore[union-attr]
+        for i, outcome in sent:
+            result = self._result(batch[i], outcome, latency, transport)
+            results[i] = result
+            if result.ok:
                 confirmed.append(batch[i])
         with self._cond:
             for sp in confirmed:
                 self._pending[sp.miner_id] = _Pending(sp, seq, self._epoch)
         return [r for r in results if r is not None]
+
+    def _publish(self, messages: list[OutboundMessage], outcomes: list[PublishOutcome | None], deadline: float) -> None:
+        if not messages:
+            return
+        answers = self.publisher.publish([(m.topic, m.payload, m.expiry_s) for m in messages],
+                                         max(0.001, deadline - time.monotonic()))
+        for message, answer in zip(messages, answers):
+            if message.group and answer.kind == "acked" and answer.code == 0:
+                answer = PublishOutcome("acked", 0, f"group message ({len(message.indexes)} miners)")
+            for i in message.indexes:
+                outcomes[i] = answer
 
     def _transport_context(self, outcomes: list[PublishOutcome]) -> str | None:
         """Why a "No matching subscribers" answer in this batch is the transport's doing, or None.
@@ -233,7 +327,7 @@ class MqttDriver:
             fault_at = self._transport_fault_at
         acked = [o for o in outcomes if o.kind == "acked"]
         if len(acked) >= 2 and all(o.code == _NO_MATCHING_SUBSCRIBERS for o in acked):
-            return (f"broker {self.host}:{self.port} has no subscriber for any of {len(acked)} setpoint topics "
+            return (f"broker {self.host}:{self.port} has no subscriber for any of {len(acked)} setpoints' topics "
                     f"(restarted broker or the miners' connection to it down)")
         if fault_at is not None and now - fault_at < self.resubscribe_grace_s:
             return (f"broker {self.host}:{self.port} has no subscriber for the setpoint topic "
@@ -257,8 +351,9 @@ class MqttDriver:
                 return SetpointResult(sp.miner_id, SetpointStatus.NOT_SENT, f"transport: {transport}", latency)
             return SetpointResult(sp.miner_id, SetpointStatus.UNREACHABLE,
                                   "broker has no subscriber for the setpoint topic (miner offline?)", latency)
+        via = f" for the {outcome.detail}" if outcome.detail.startswith("group message") else ""
         return SetpointResult(sp.miner_id, SetpointStatus.APPLIED,
-                              "broker acknowledged (PUBACK); awaiting telemetry to verify", latency)
+                              f"broker acknowledged (PUBACK){via}; awaiting telemetry to verify", latency)
 
     # ------------------------------------------------------------------ verification
     def _judge(self, sp: Setpoint, telemetry: TelemetryMessage) -> str | None:
@@ -326,231 +421,3 @@ class MqttDriver:
             latest = self._latest.get(miner_id)
         return latest[1] if latest else None
 
-
-# --------------------------------------------------------------------------- the publisher
-
-
-@dataclass(frozen=True)
-class PublishOutcome:
-    """What became of one message: ``acked`` (with the PUBACK reason code), ``timeout``, ``lost``
-    (no connection, or it broke before the PUBACK), ``refused`` (not sent: too large for the broker)."""
-
-    kind: Literal["acked", "timeout", "lost", "refused"]
-    code: int = 0
-    detail: str = ""
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _utf8(text: str) -> bytes:
-    raw = text.encode("utf-8")
-    return struct.pack("!H", len(raw)) + raw
-
-
-class QoS1Publisher:
-    """MQTT v5 QoS 1 PUBLISH with Message Expiry Interval, pipelined, on a connection of its own.
-
-    Why not paho for this: paho handles each message and each PUBACK separately in its network
-    thread; measured on loopback (2 cores) 1,000 setpoints took 115-200 ms with paho and 45-135 ms
-    here, where a whole window of PUBLISH packets goes out in one write and every PUBACK that
-    arrived is processed before the window is topped up. The broker's Receive Maximum (CONNACK;
-    Mosquitto: ``max_inflight_messages``, default 20) bounds the window, as MQTT v5 requires.
-
-    Only what setpoints need: CONNECT (clean start, optional username/password and TLS, keep alive
-    0 so an idle connection is not timed out unless the broker imposes a Server Keep Alive), QoS 1
-    PUBLISH, PUBACK, DISCONNECT. No session state is kept: after a timeout or an error the connection
-    is dropped and the next batch reconnects; unacknowledged setpoints are reported, never resent
-    (the caller re-issues fresh ones with fresh deadlines). Not thread-safe: the driver serialises.
-    """
-
-    def __init__(self, host: str, port: int, client_id: str, *, username: str | None = None,
-                 password: str | None = None, tls_ca_file: str | None = None,
-                 connect_timeout_s: float = 5.0) -> None:
-        self.host, self.port, self.client_id = host, port, client_id
-        self.username, self.password, self.tls_ca_file = username, password, tls_ca_file
-        self.connect_timeout_s = connect_timeout_s
-        self._sock: socket.socket | None = None
-        self._buf = bytearray()
-        self._pid = 0
-        self.receive_maximum = 65535
-        self.maximum_packet_size = 0  # 0: no limit announced
-        self._server_keepalive_s = 0
-        self._last_io = 0.0
-        self.connects = 0
-
-    # -- connection
-    def close(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.sendall(b"\xe0\x00")  # DISCONNECT, normal
-            except OSError:
-                pass
-            self._drop()
-
-    def _drop(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            except OSError:
-                pass
-        self._sock, self._buf = None, bytearray()
-
-    def _usable(self) -> bool:
-        """An open connection that the broker has not closed and will not time out soon."""
-        if self._sock is None:
-            return False
-        idle = time.monotonic() - self._last_io
-        if self._server_keepalive_s and idle > 0.75 * self._server_keepalive_s:
-            return False
-        try:
-            readable, _, _ = select.select([self._sock], [], [], 0)
-            while readable:
-                chunk = self._sock.recv(65536)
-                if not chunk:
-                    return False
-                self._buf += chunk
-                readable, _, _ = select.select([self._sock], [], [], 0)
-        except (OSError, ValueError):
-            return False
-        while (packet := self._next_packet()) is not None:  # late PUBACKs are harmless; DISCONNECT is not
-            if packet[0] == 0xE0:
-                return False
-        return True
-
-    def _connect(self) -> None:
-        self._drop()
-        sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.tls_ca_file is not None:
-                context = ssl.create_default_context(cafile=self.tls_ca_file)
-                sock = context.wrap_socket(sock, server_hostname=self.host)
-            flags = 0x02 | (0x80 if self.username is not None else 0) | (0x40 if self.password is not None else 0)
-            body = b"\x00\x04MQTT\x05" + bytes([flags]) + b"\x00\x00" + b"\x00" + _utf8(self.client_id)
-            if self.username is not None:
-                body += _utf8(self.username)
-            if self.password is not None:
-                secret = self.password.encode("utf-8")
-                body += struct.pack("!H", len(secret)) + secret
-            sock.sendall(b"\x10" + _varint(len(body)) + body)
-            self._sock, self._buf = sock, bytearray()
-            kind, data = self._read_packet(time.monotonic() + self.connect_timeout_s)
-        except BaseException:
-            self._drop()
-            sock.close()
-            raise
-        if kind != 0x20 or len(data) < 2:
-            self._drop()
-            raise ConnectionError(f"expected CONNACK, got packet type {kind >> 4}")
-        if data[1] >= 0x80:
-            self._drop()
-            raise ConnectionError(f"connection refused: {ReasonCode(PacketTypes.CONNACK, identifier=data[1])}")
-        props, _ = Properties(PacketTypes.CONNACK).unpack(data[2:]) if len(data) > 2 else (None, 0)
-        self.receive_maximum = int(getattr(props, "ReceiveMaximum", 65535))
-        self.maximum_packet_size = int(getattr(props, "MaximumPacketSize", 0))
-        self._server_keepalive_s = int(getattr(props, "ServerKeepAlive", 0))
-        self._last_io = time.monotonic()
-        self.connects += 1
-
-    # -- framing
-    def _next_packet(self) -> tuple[int, bytes] | None:
-        buf = self._buf
-        length, multiplier, i = 0, 1, 1
-        while True:
-            if i >= len(buf):
-                return None
-            byte = buf[i]
-            length += (byte & 0x7F) * multiplier
-            multiplier *= 128
-            i += 1
-            if not byte & 0x80:
-                break
-            if i > 4:
-                raise ConnectionError("malformed packet length from broker")
-        if len(buf) < i + length:
-            return None
-        kind, data = buf[0] & 0xF0, bytes(buf[i:i + length])
-        del buf[:i + length]
-        return kind, data
-
-    def _fill(self, deadline: float) -> None:
-        assert self._sock is not None
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise socket.timeout
-        self._sock.settimeout(remaining)
-        chunk = self._sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("connection closed by broker")
-        self._buf += chunk
-        self._last_io = time.monotonic()
-
-    def _read_packet(self, deadline: float) -> tuple[int, bytes]:
-        while (packet := self._next_packet()) is None:
-            self._fill(deadline)
-        return packet
-
-    def _publish_packet(self, topic: str, payload: bytes, expiry_s: int) -> tuple[int, bytes]:
-        self._pid = self._pid % 65535 + 1
-        body = (_utf8(topic) + struct.pack("!H", self._pid) + b"\x05\x02" + struct.pack("!I", expiry_s)
-                + payload)
-        return self._pid, b"\x32" + _varint(len(body)) + body
-
-    # -- publishing
-    def publish(self, items: list[tuple[str, bytes, int]], timeout_s: float) -> list[PublishOutcome]:
-        """Publish ``(topic, payload, expiry_s)`` at QoS 1; one outcome per item, same order."""
-        deadline = time.monotonic() + timeout_s
-        outcomes: list[PublishOutcome | None] = [None] * len(items)
-        try:
-            if not self._usable():
-                self._connect()
-        except (OSError, ConnectionError) as exc:
-            detail = f"cannot connect: {getattr(exc, 'strerror', None) or exc}"
-            return [PublishOutcome("lost", detail=detail)] * len(items)
-        inflight: dict[int, int] = {}
-        next_item = 0
-        try:
-            while next_item < len(items) or inflight:
-                out = []
-                while next_item < len(items) and len(inflight) < self.receive_maximum and len(out) < _WRITE_BATCH:
-                    pid, packet = self._publish_packet(*items[next_item])
-                    if self.maximum_packet_size and len(packet) > self.maximum_packet_size:
-                        outcomes[next_item] = PublishOutcome(
-                            "refused", detail=f"{len(packet)} bytes exceed the broker's maximum packet size")
-                    else:
-                        inflight[pid] = next_item
-                        out.append(packet)
-                    next_item += 1
-                if out:
-                    assert self._sock is not None
-                    self._sock.settimeout(max(0.001, deadline - time.monotonic()))
-                    self._sock.sendall(b"".join(out))
-                if not inflight:
-                    continue
-                self._fill(deadline)
-                while (packet := self._next_packet()) is not None:
-                    kind, data = packet
-                    if kind == 0x40 and len(data) >= 2:
-                        index = inflight.pop(struct.unpack_from("!H", data)[0], None)
-                        if index is not None:
-                            code = data[2] if len(data) > 2 else 0
-                            name = str(ReasonCode(PacketTypes.PUBACK, identifier=code)) if code else "Success"
-                            outcomes[index] = PublishOutcome("acked", code, name)
-                    elif kind == 0xE0:
-                        code = data[0] if data else 0
-                        raise ConnectionError(f"broker disconnected: {ReasonCode(PacketTypes.DISCONNECT, identifier=code)}")
-        except socket.timeout:
-            self._drop()  # the broker still owes PUBACKs: start the next batch on a clean connection
-            return [o or PublishOutcome("timeout") for o in outcomes]
-        except (OSError, ConnectionError) as exc:
-            self._drop()
-            detail = f"connection lost before PUBACK: {getattr(exc, 'strerror', None) or exc}"
-            return [o or PublishOutcome("lost", detail=detail) for o in outcomes]
-        return [o or PublishOutcome("timeout") for o in outcomes]

@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 from hashflex.profile import MinerGroup
 from hashflex.sim.hardware import MinerHardware
-from hashflex.sim.miners import MinerState, ScaledClock, _Fleet
+from hashflex.sim.miner_model import MinerState, ScaledClock, _Fleet
 
 __all__ = ["ANTMINER_REALM", "AntminerStockFleet", "VNISH_VERSION", "VnishFleet", "WhatsminerFleet"]
 
