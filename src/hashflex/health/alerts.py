@@ -24,7 +24,18 @@ __all__ = ["MqttAlerter", "WebhookAlerter", "alert_topic", "fan_out"]
 
 
 def alert_topic(site: str) -> str:
-    """The MQTT topic of health alerts for ``site`` (next to ``out/status``)."""
+    """The MQTT topic of health alerts for ``site`` (next to ``out/status``).
+
+    Parameters
+    ----------
+    site : str
+        The site id.
+
+    Returns
+    -------
+    str
+        ``hashflex/<site>/out/alert``.
+    """
     return f"hashflex/{site}/out/alert"
 
 
@@ -45,13 +56,29 @@ class _Counted:
 
 
 class MqttAlerter(_Counted):
-    """Publishes each finding as JSON on :func:`alert_topic` (QoS 1, not retained)."""
+    """Publishes each finding as JSON on :func:`alert_topic` (QoS 1, not retained).
+
+    Counts ``sent`` and ``failures`` (``last_error``); never raises to the caller.
+
+    Parameters
+    ----------
+    client : paho.mqtt.client.Client
+        A connected client.
+    site : str
+    qos : int, default 1
+    """
 
     def __init__(self, client: Any, site: str, qos: int = 1) -> None:
         super().__init__()
         self.client, self.topic, self.qos = client, alert_topic(site), qos
 
     def __call__(self, finding: Finding) -> None:
+        """Publish one finding.
+
+        Parameters
+        ----------
+        finding : Finding
+        """
         try:
             info = self.client.publish(self.topic, json.dumps(finding.as_alert()), qos=self.qos)
             self._count(None if info.rc == 0 else f"publish rc {info.rc}")
@@ -60,7 +87,23 @@ class MqttAlerter(_Counted):
 
 
 class WebhookAlerter(_Counted):
-    """POSTs each finding as JSON to ``url`` (see the module docstring)."""
+    """POSTs each finding as JSON to ``url`` (see the module docstring).
+
+    Counts ``sent`` and ``failures`` (``last_error``); never raises to the caller.
+
+    Parameters
+    ----------
+    url : str
+        ``https://`` (plain ``http`` only to loopback).
+    token_env : str, default "HASHFLEX_ALERT_TOKEN"
+        Environment variable holding a bearer token, sent when set.
+    timeout_s : float, default 2.0
+
+    Raises
+    ------
+    ValueError
+        ``url`` neither https nor loopback.
+    """
 
     def __init__(self, url: str, *, token_env: str = "HASHFLEX_ALERT_TOKEN", timeout_s: float = 2.0) -> None:
         super().__init__()
@@ -69,6 +112,12 @@ class WebhookAlerter(_Counted):
         self.url, self.token_env, self.timeout_s = url, token_env, timeout_s
 
     def __call__(self, finding: Finding) -> None:
+        """POST one finding.
+
+        Parameters
+        ----------
+        finding : Finding
+        """
         import requests
 
         headers = {"Content-Type": "application/json"}
@@ -84,7 +133,16 @@ class WebhookAlerter(_Counted):
 
 
 def fan_out(channels: Iterable[Callable[[Finding], None]]) -> Callable[[Finding], None]:
-    """One callable that sends a finding to every channel (each failure contained by the channel)."""
+    """One callable that sends a finding to every channel (each failure contained by the channel).
+
+    Parameters
+    ----------
+    channels : Iterable[Callable[[Finding], None]]
+
+    Returns
+    -------
+    Callable[[Finding], None]
+    """
     targets = list(channels)
 
     def send(finding: Finding) -> None:

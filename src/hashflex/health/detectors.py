@@ -42,7 +42,17 @@ WARNING, CRITICAL = "warning", "critical"
 
 @dataclass(frozen=True)
 class Rating:
-    """What one miner model should do: rated efficiency (J/TH), boards and fans it has."""
+    """What one miner model should do: rated efficiency, boards and fans it has, its temperature limits.
+
+    Attributes
+    ----------
+    j_th : float or None
+        Rated efficiency (J/TH); None: unknown (no drift detection).
+    hashboards, fans : int
+        How many the model has.
+    hot_c, danger_c : float
+        Chip temperatures (°C) that warn and that are critical.
+    """
 
     j_th: float | None = None
     hashboards: int = 3
@@ -53,7 +63,22 @@ class Rating:
 
 @dataclass(frozen=True)
 class Finding:
-    """One detected problem: ``kind`` (detector name), ``severity`` (warning | critical), a readable ``detail``."""
+    """One detected problem of one miner.
+
+    Attributes
+    ----------
+    miner_id : str
+    kind : str
+        The detector's name (``overheating``, ``failing_fan``, ...).
+    severity : str
+        ``warning`` or ``critical``.
+    detail : str
+        What was seen, readable.
+    at : datetime
+        Time of the reading that showed it.
+    value : float or None
+        The detector's number (°C, RPM, fraction, ...), see each detector.
+    """
 
     miner_id: str
     kind: str
@@ -63,13 +88,37 @@ class Finding:
     value: float | None = None
 
     def as_alert(self) -> dict[str, object]:
-        """The payload of an alert (MQTT ``out/alert``, webhook): JSON-ready."""
+        """The payload of an alert (MQTT ``out/alert``, webhook).
+
+        Returns
+        -------
+        dict[str, object]
+            JSON-ready ``miner_id``, ``kind``, ``severity``, ``detail``, ``at`` (ISO 8601), ``value``.
+        """
         return {"miner_id": self.miner_id, "kind": self.kind, "severity": self.severity, "detail": self.detail,
                 "at": self.at.isoformat(), "value": self.value}
 
 
 def not_following(history: Sequence[MinerReading], *, tolerance: float = 0.15, samples: int = 3,
                   sleep_max_kw: float = 0.1) -> list[Finding]:
+    """Readings that do not follow the setpoint the miner was given.
+
+    Parameters
+    ----------
+    history : Sequence[MinerReading]
+        One miner's recent readings, oldest first.
+    tolerance : float, default 0.15
+        Allowed relative deviation of ``power_kw`` from ``setpoint_power_kw`` (fraction).
+    samples : int, default 3
+        How many of the last readings with a setpoint must all be off.
+    sleep_max_kw : float, default 0.1
+        Most a miner told to sleep (setpoint 0 kW) may draw (kW); it must also report no hashrate.
+
+    Returns
+    -------
+    list[Finding]
+        One finding, or none. Critical: a miner that ignores setpoints cannot be curtailed.
+    """
     told = [r for r in history if r.setpoint_power_kw is not None and r.power_kw is not None][-samples:]
     if len(told) < samples:
         return []
@@ -90,6 +139,24 @@ def not_following(history: Sequence[MinerReading], *, tolerance: float = 0.15, s
 
 def efficiency_drift(history: Sequence[MinerReading], rating: Rating, *, threshold: float = 0.08,
                      samples: int = 3) -> list[Finding]:
+    """Median J/TH over the window ``threshold`` or more above the model's rating.
+
+    Parameters
+    ----------
+    history : Sequence[MinerReading]
+        One miner's recent readings, oldest first.
+    rating : Rating
+        The model's rated ``j_th`` (J/TH); None switches the detector off.
+    threshold : float, default 0.08
+        Relative drift that warns (fraction); twice it is critical.
+    samples : int, default 3
+        Fewest readings with an efficiency before anything is said.
+
+    Returns
+    -------
+    list[Finding]
+        One finding, or none. ``value`` is the relative drift.
+    """
     values = [e for r in history if (e := r.efficiency_j_th) is not None]
     if rating.j_th is None or len(values) < samples:
         return []
@@ -104,6 +171,20 @@ def efficiency_drift(history: Sequence[MinerReading], rating: Rating, *, thresho
 
 
 def lost_hashboard(history: Sequence[MinerReading], rating: Rating) -> list[Finding]:
+    """Fewer hashboards report chips than the model has, while hashing.
+
+    Parameters
+    ----------
+    history : Sequence[MinerReading]
+        One miner's recent readings, oldest first.
+    rating : Rating
+        ``hashboards`` is used when the reading does not say how many it expects.
+
+    Returns
+    -------
+    list[Finding]
+        One finding, or none. Critical; ``value`` is the number of boards missing.
+    """
     last = history[-1] if history else None
     if last is None or last.hashboards is None or not last.hashrate_th_s:
         return []
@@ -116,6 +197,20 @@ def lost_hashboard(history: Sequence[MinerReading], rating: Rating) -> list[Find
 
 
 def overheating(history: Sequence[MinerReading], rating: Rating) -> list[Finding]:
+    """Hottest chip at or above the model's ``hot_c`` (warning) or ``danger_c`` (critical).
+
+    Parameters
+    ----------
+    history : Sequence[MinerReading]
+        One miner's recent readings, oldest first.
+    rating : Rating
+        ``hot_c`` and ``danger_c`` (°C); defaults 90 / 100 °C as LuxOS's default temperature control.
+
+    Returns
+    -------
+    list[Finding]
+        One finding, or none. ``value`` is the hottest chip (°C).
+    """
     last = history[-1] if history else None
     hottest = last.max_chip_temp_c if last else None
     if last is None or hottest is None or hottest < rating.hot_c:
@@ -127,6 +222,22 @@ def overheating(history: Sequence[MinerReading], rating: Rating) -> list[Finding
 
 
 def failing_fan(history: Sequence[MinerReading], *, stall_rpm: int = 1000, lag: float = 0.6) -> list[Finding]:
+    """A stalled fan while hashing (critical), or one lagging the others (warning).
+
+    Parameters
+    ----------
+    history : Sequence[MinerReading]
+        One miner's recent readings, oldest first.
+    stall_rpm : int, default 1000
+        A fan under this speed (RPM) while the miner hashes has stalled.
+    lag : float, default 0.6
+        A fan under this fraction of the other fans' median speed is failing.
+
+    Returns
+    -------
+    list[Finding]
+        One finding, or none. ``value`` is the slowest fan's RPM.
+    """
     last = history[-1] if history else None
     if last is None or not last.fan_rpm or not last.hashrate_th_s:
         return []
@@ -146,6 +257,20 @@ def failing_fan(history: Sequence[MinerReading], *, stall_rpm: int = 1000, lag: 
 
 
 def error_growth(history: Sequence[MinerReading], *, max_per_h: float = 50.0) -> list[Finding]:
+    """Hardware errors growing faster than ``max_per_h`` per hour over the window.
+
+    Parameters
+    ----------
+    history : Sequence[MinerReading]
+        One miner's recent readings, oldest first.
+    max_per_h : float, default 50.0
+        Error growth (per hour) above which it warns; four times it is critical.
+
+    Returns
+    -------
+    list[Finding]
+        One finding, or none. ``value`` is the growth (errors per hour).
+    """
     counted = [r for r in history if r.hw_errors is not None]
     if len(counted) < 2:
         return []
@@ -161,7 +286,20 @@ def error_growth(history: Sequence[MinerReading], *, max_per_h: float = 50.0) ->
 
 
 def detect(history: Sequence[MinerReading], rating: Rating) -> list[Finding]:
-    """Every detector on one miner's history (oldest first)."""
+    """Every detector on one miner's history.
+
+    Parameters
+    ----------
+    history : Sequence[MinerReading]
+        One miner's recent readings, oldest first.
+    rating : Rating
+        What the miner's model should do.
+
+    Returns
+    -------
+    list[Finding]
+        Every finding (empty for no history or a healthy miner).
+    """
     if not history:
         return []
     return (not_following(history) + efficiency_drift(history, rating) + lost_hashboard(history, rating)
@@ -169,13 +307,35 @@ def detect(history: Sequence[MinerReading], rating: Rating) -> list[Finding]:
 
 
 def health_score(findings: Iterable[Finding]) -> float:
-    """1.0 healthy; −0.15 per warning, −0.5 per critical; never below 0.0."""
+    """A miner's health score: 1.0 healthy; −0.15 per warning, −0.5 per critical; never below 0.0.
+
+    Parameters
+    ----------
+    findings : Iterable[Finding]
+        The miner's current findings.
+
+    Returns
+    -------
+    float
+        The score in [0, 1].
+    """
     penalty = sum(0.5 if f.severity == CRITICAL else 0.15 for f in findings)
     return max(0.0, 1.0 - penalty)
 
 
 class HealthBook:
-    """Readings in, findings / scores / derating / dispatch order out; thread-safe (see the module docstring)."""
+    """Readings in; findings, scores, derating and dispatch order out (thread-safe).
+
+    Parameters
+    ----------
+    ratings : Mapping[str, Rating]
+        miner id -> its model's rating (a miner missing here gets ``Rating()``).
+    window : int, default 30
+        Readings kept per miner.
+    on_alert : callable, optional
+        Called once with each new finding (MQTT ``out/alert``, a webhook, the dashboard); its
+        failures are contained.
+    """
 
     def __init__(self, ratings: Mapping[str, Rating], *, window: int = 30,
                  on_alert: Callable[[Finding], None] | None = None) -> None:
@@ -188,7 +348,18 @@ class HealthBook:
         self._lock = threading.Lock()
 
     def ingest(self, reading: MinerReading) -> list[Finding]:
-        """Add a reading; returns the miner's current findings (new ones also go to ``on_alert``)."""
+        """Add a reading and run the detectors on the miner's window.
+
+        Parameters
+        ----------
+        reading : MinerReading
+            The miner's newest reading.
+
+        Returns
+        -------
+        list[Finding]
+            The miner's current findings (the new ones also go to ``on_alert``).
+        """
         with self._lock:
             history = self._history.setdefault(reading.miner_id, deque(maxlen=self.window))
             history.append(reading)
@@ -207,19 +378,46 @@ class HealthBook:
         return findings
 
     def findings(self, miner_id: str | None = None) -> list[Finding]:
+        """The current findings of one miner, or of the whole fleet.
+
+        Parameters
+        ----------
+        miner_id : str, optional
+            The miner; None: every miner.
+
+        Returns
+        -------
+        list[Finding]
+        """
         with self._lock:
             if miner_id is not None:
                 return list(self._findings.get(miner_id, []))
             return [f for fs in self._findings.values() for f in fs]
 
     def scores(self) -> dict[str, float]:
-        """miner id → health score in [0, 1] (miners with no readings are absent)."""
+        """Every miner's health score.
+
+        Returns
+        -------
+        dict[str, float]
+            miner id -> score in [0, 1] (:func:`health_score`); miners with no readings are absent.
+        """
         with self._lock:
             return {m: health_score(fs) for m, fs in self._findings.items()}
 
     def derate_factor(self, miner_id: str) -> float:
-        """Fraction of its planned power the dispatcher should give this miner: 0.0 for a critical
-        overheat, a stalled fan or a miner that ignores its setpoints; 0.8 for a warm one; else 1.0."""
+        """Fraction of its planned power the dispatcher should give this miner.
+
+        Parameters
+        ----------
+        miner_id : str
+
+        Returns
+        -------
+        float
+            0.0 for a critical overheat, a stalled fan or a miner that ignores its setpoints; 0.8 for a
+            warm one or a lagging fan; else 1.0.
+        """
         findings = self.findings(miner_id)
         if any(f.severity == CRITICAL and f.kind in ("overheating", "failing_fan", "not_following") for f in findings):
             return 0.0
@@ -228,6 +426,15 @@ class HealthBook:
         return 1.0
 
     def dispatch_order(self, miner_ids: Iterable[str]) -> list[str]:
-        """``miner_ids`` healthiest first (unknown miners count as healthy), then by id."""
+        """Miners healthiest first (unknown miners count as healthy), then by id.
+
+        Parameters
+        ----------
+        miner_ids : Iterable[str]
+
+        Returns
+        -------
+        list[str]
+        """
         scores = self.scores()
         return sorted(miner_ids, key=lambda m: (-scores.get(m, 1.0), m))

@@ -27,16 +27,37 @@ __all__ = ["UnitEconomics", "Verdict", "daily_margin_usd", "repair_or_replace"]
 
 @dataclass(frozen=True)
 class UnitEconomics:
+    """One miner's economics: its hashrate and power.
+
+    Attributes
+    ----------
+    hashrate_th_s : float
+        Hashrate (TH/s, > 0).
+    power_kw : float
+        Power draw (kW, > 0).
+    """
     hashrate_th_s: float
     power_kw: float
 
     @property
     def j_th(self) -> float:
+        """Efficiency (J/TH): W per TH/s."""
         return self.power_kw * 1000.0 / self.hashrate_th_s
 
 
 @dataclass(frozen=True)
 class Verdict:
+    """The answer of :func:`repair_or_replace`.
+
+    Attributes
+    ----------
+    choice : str
+        ``repair`` or ``replace`` (the larger net value; repair on a tie).
+    repair_net_usd, replace_net_usd : float
+        Net value of each option over the horizon ($).
+    detail : str
+        Both totals and their parts, readable.
+    """
     choice: str  # "repair" | "replace"
     repair_net_usd: float
     replace_net_usd: float
@@ -44,7 +65,21 @@ class Verdict:
 
 
 def daily_margin_usd(unit: UnitEconomics, hashprice_usd_th_day: float, energy_usd_mwh: float) -> float:
-    """Revenue minus energy per day, floored at 0 (a unit under water is curtailed)."""
+    """Revenue minus energy per day, floored at 0 (a unit under water is curtailed).
+
+    Parameters
+    ----------
+    unit : UnitEconomics
+    hashprice_usd_th_day : float
+        Revenue per TH/s per day ($/TH/day, after pool fees).
+    energy_usd_mwh : float
+        All-in energy price ($/MWh).
+
+    Returns
+    -------
+    float
+        $ per day, >= 0.
+    """
     return max(0.0, unit.hashrate_th_s * hashprice_usd_th_day - unit.power_kw * 24 * energy_usd_mwh / 1000.0)
 
 
@@ -52,7 +87,44 @@ def repair_or_replace(failing: UnitEconomics, new: UnitEconomics, *, repair_cost
                       repair_downtime_days: float, new_price_usd: float, tariff_rate: float,
                       replace_lead_days: float, salvage_usd: float, remaining_life_days: float,
                       horizon_days: float, hashprice_usd_th_day: float, energy_usd_mwh: float) -> Verdict:
-    """Net value of each option over ``horizon_days`` (see the module docstring)."""
+    """Net value of repairing a failing unit vs replacing it, over ``horizon_days``.
+
+    See the module docstring for the two cash flows.
+
+    Parameters
+    ----------
+    failing, new : UnitEconomics
+        The repaired unit (its own efficiency) and the replacement.
+    repair_cost_usd : float
+        Part and labour ($).
+    repair_downtime_days : float
+        Days without revenue while repaired.
+    new_price_usd : float
+        The new unit's price before tariff ($).
+    tariff_rate : float
+        Import tariff on the new unit (fraction, e.g. 0.25).
+    replace_lead_days : float
+        Days until the new unit hashes.
+    salvage_usd : float
+        What the old unit fetches when replaced ($).
+    remaining_life_days : float
+        How long the repaired unit lasts (days).
+    horizon_days : float
+        The comparison window (days).
+    hashprice_usd_th_day : float
+        $/TH/day.
+    energy_usd_mwh : float
+        $/MWh.
+
+    Returns
+    -------
+    Verdict
+
+    Raises
+    ------
+    ValueError
+        Naming the input that is negative or not finite, or a unit with hashrate or power <= 0.
+    """
     checks = {"repair_cost_usd": repair_cost_usd, "repair_downtime_days": repair_downtime_days,
               "new_price_usd": new_price_usd, "tariff_rate": tariff_rate, "replace_lead_days": replace_lead_days,
               "salvage_usd": salvage_usd, "remaining_life_days": remaining_life_days, "horizon_days": horizon_days,

@@ -64,7 +64,26 @@ class SimulatedMiner:
 
 def simulate_fleet(miners: int = 300, days: int = 60, *, samples_per_day: int = 6, failure_share: float = 0.25,
                    seed: int = 0) -> list[SimulatedMiner]:
-    """A SYNTHETIC fleet (see the module docstring); deterministic for a ``seed``."""
+    """A SYNTHETIC fleet with labelled failure modes (see the module docstring).
+
+    Deterministic for a ``seed``. Not real data: use it to test the model, never to claim accuracy
+    on a real fleet.
+
+    Parameters
+    ----------
+    miners : int, default 300
+    days : int, default 60
+        Length of every history (days, from :data:`T0`).
+    samples_per_day : int, default 6
+        Readings per miner per day.
+    failure_share : float, default 0.25
+        Fraction of miners that fail within the window.
+    seed : int, default 0
+
+    Returns
+    -------
+    list[SimulatedMiner]
+    """
     rng = np.random.default_rng(seed)
     steps = days * samples_per_day
     t_days = np.arange(steps) / samples_per_day
@@ -136,7 +155,18 @@ def _slope(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def features(readings: Sequence[MinerReading]) -> np.ndarray:
-    """The :data:`FEATURES` of one miner's trailing window (oldest first); zeros where a field is missing."""
+    """The :data:`FEATURES` of one miner's trailing window.
+
+    Parameters
+    ----------
+    readings : Sequence[MinerReading]
+        One miner's readings, oldest first (fewer than 4: all zeros).
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(len(FEATURES),)``; 0.0 where the fields a feature needs are missing.
+    """
     if len(readings) < 4:
         return np.zeros(len(FEATURES))
     t = np.array([(r.at - readings[0].at).total_seconds() / 86400 for r in readings])
@@ -172,8 +202,27 @@ def features(readings: Sequence[MinerReading]) -> np.ndarray:
 
 def snapshots(fleet: Sequence[SimulatedMiner], *, window_days: float = 7.0, horizon_days: float = 7.0,
               every_days: float = 1.0) -> tuple[np.ndarray, np.ndarray, list[tuple[str, float, float | None]]]:
-    """Daily (``every_days``) feature snapshots of every miner that is still running: X, y (fails within
-    ``horizon_days``), and (miner id, day, days to failure or None) per row."""
+    """Feature snapshots of every miner every ``every_days``, labelled.
+
+    Parameters
+    ----------
+    fleet : Sequence[SimulatedMiner]
+        Histories with their labels (a real fleet: its history and repair log in the same form).
+    window_days : float, default 7.0
+        Trailing window of each snapshot (days).
+    horizon_days : float, default 7.0
+        A snapshot is positive when the miner fails within this many days after it.
+    every_days : float, default 1.0
+
+    Returns
+    -------
+    x : numpy.ndarray
+        Shape ``(n, len(FEATURES))``.
+    y : numpy.ndarray
+        Shape ``(n,)``, 1 for positive snapshots.
+    meta : list[tuple[str, float, float or None]]
+        Per row: miner id, day (since :data:`T0`), days to failure (None: never fails).
+    """
     rows, labels, meta = [], [], []
     for miner in fleet:
         if not miner.readings:
@@ -191,7 +240,13 @@ def snapshots(fleet: Sequence[SimulatedMiner], *, window_days: float = 7.0, hori
 
 
 class RiskModel:
-    """L2-regularised logistic regression on standardised features (Newton's method)."""
+    """L2-regularised logistic regression on standardised features (Newton's method, numpy).
+
+    Parameters
+    ----------
+    l2 : float, default 1.0
+        Ridge penalty on the weights (not the intercept).
+    """
 
     def __init__(self, l2: float = 1.0) -> None:
         self.l2 = l2
@@ -200,6 +255,27 @@ class RiskModel:
         self.weights: np.ndarray | None = None
 
     def fit(self, x: np.ndarray, y: np.ndarray, iterations: int = 50) -> RiskModel:
+        """Fit to labelled snapshots, the classes weighted equally.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            Shape ``(n, len(FEATURES))``.
+        y : numpy.ndarray
+            Shape ``(n,)``, 0 or 1.
+        iterations : int, default 50
+            Most Newton steps (stops when a step is under 1e-8).
+
+        Returns
+        -------
+        RiskModel
+            Itself, fitted.
+
+        Raises
+        ------
+        ValueError
+            When ``y`` lacks failing or healthy examples.
+        """
         if len(x) == 0 or y.sum() == 0 or y.sum() == len(y):
             raise ValueError("fit needs both failing and healthy examples")
         self.mean, self.scale = x.mean(axis=0), x.std(axis=0) + 1e-9
@@ -220,19 +296,58 @@ class RiskModel:
         return self
 
     def risk(self, x: np.ndarray) -> np.ndarray:
-        """Probability-like risk in [0, 1] per row."""
+        """Probability-like risk of failing within the horizon, per row.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            Shape ``(n, len(FEATURES))``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(n,)``, in [0, 1].
+
+        Raises
+        ------
+        RuntimeError
+            Before :meth:`fit`.
+        """
         if self.weights is None or self.mean is None or self.scale is None:
             raise RuntimeError("fit the model first")
         z = np.hstack([np.ones((len(x), 1)), (x - self.mean) / self.scale])
         return 1 / (1 + np.exp(-np.clip(z @ self.weights, -30, 30)))
 
     def coefficients(self) -> dict[str, float]:
+        """The fitted weight of each feature (standardised units).
+
+        Returns
+        -------
+        dict[str, float]
+            feature name -> weight.
+        """
         assert self.weights is not None
         return dict(zip(FEATURES, map(float, self.weights[1:])))
 
 
 @dataclass(frozen=True)
 class Evaluation:
+    """Precision and recall of a risk model on labelled snapshots (:func:`evaluate`).
+
+    Attributes
+    ----------
+    precision, recall : float
+        Of the flagged snapshots, over daily snapshots (fractions).
+    lead_recall : float
+        Failures flagged at least ``lead_days`` before they happened (fraction).
+    failures : int
+        Failures counted for ``lead_recall``.
+    flagged_per_day : float
+    base_rate : float
+        Share of positive snapshots.
+    horizon_days, lead_days, flag_fraction : float
+        The settings evaluated.
+    """
     precision: float
     recall: float
     lead_recall: float  # failures flagged at least lead_days before
@@ -246,8 +361,25 @@ class Evaluation:
 
 def evaluate(model: RiskModel, fleet: Sequence[SimulatedMiner], *, horizon_days: float = 7.0, lead_days: float = 2.0,
              flag_fraction: float = 0.05, window_days: float = 7.0) -> Evaluation:
-    """Flag the top ``flag_fraction`` of miners by risk each day; precision/recall over daily snapshots
-    (positive = fails within ``horizon_days``) and lead-time recall over the failures in the window."""
+    """Flag the top ``flag_fraction`` of miners by risk each day and score the flags.
+
+    Parameters
+    ----------
+    model : RiskModel
+        Fitted.
+    fleet : Sequence[SimulatedMiner]
+    horizon_days : float, default 7.0
+        A snapshot is positive when the miner fails within this many days.
+    lead_days : float, default 2.0
+        A failure counts as caught when flagged at least this many days before it.
+    flag_fraction : float, default 0.05
+        Share of the fleet flagged per day (at least one miner).
+    window_days : float, default 7.0
+
+    Returns
+    -------
+    Evaluation
+    """
     x, y, meta = snapshots(fleet, window_days=window_days, horizon_days=horizon_days)
     risk = model.risk(x)
     flagged = np.zeros(len(y), dtype=bool)

@@ -48,6 +48,7 @@ class MinerReading:
 
     @property
     def max_chip_temp_c(self) -> float | None:
+        """The hottest chip over the boards (°C); None when no board reports one."""
         temps = [t for t in self.chip_temp_c if t is not None]
         return max(temps) if temps else None
 
@@ -60,9 +61,28 @@ class MinerReading:
 
 
 def reading_from_telemetry(message: object, setpoint_power_kw: float | None = None) -> MinerReading:
-    """An MQTT ``TelemetryMessage`` (``hashflex.messages``) as a reading: its one ``temperature_c``
-    is taken as the hottest chip; the firmware's ``errors`` strings are counted in ``extra["errors"]``
-    (MQTT telemetry carries no cumulative hardware-error counter, so ``hw_errors`` stays None)."""
+    """An MQTT ``TelemetryMessage`` as a reading.
+
+    Its one ``temperature_c`` is taken as the hottest chip; the firmware's ``errors`` strings are
+    counted in ``extra["errors"]`` (MQTT telemetry carries no cumulative hardware-error counter, so
+    ``hw_errors`` stays None).
+
+    Parameters
+    ----------
+    message : TelemetryMessage
+        :mod:`hashflex.messages`.
+    setpoint_power_kw : float, optional
+        What the miner was told to draw (kW), when known.
+
+    Returns
+    -------
+    MinerReading
+
+    Raises
+    ------
+    ValueError
+        A naive timestamp or a negative power or hashrate (:class:`MinerReading`).
+    """
     return MinerReading(
         miner_id=message.miner_id,  # type: ignore[attr-defined]
         at=message.timestamp,  # type: ignore[attr-defined]

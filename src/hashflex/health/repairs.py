@@ -41,6 +41,22 @@ _OPEN = ("open", "in_progress")
 
 @dataclass(frozen=True)
 class Ticket:
+    """One repair ticket as stored.
+
+    Attributes
+    ----------
+    id : int
+    miner_id, kind, severity, detail : str
+        From the finding that opened it.
+    status : str
+        ``open``, ``in_progress``, ``done`` or ``replaced``.
+    opened_at, closed_at : datetime
+        UTC; ``closed_at`` None while open.
+    technician, action, notes : str or None
+        Who works on it; what was done.
+    parts_swapped : dict[str, str] or None
+        Part -> ``"old SN -> new SN"``.
+    """
     id: int
     miner_id: str
     kind: str
@@ -60,7 +76,15 @@ def _now() -> datetime:
 
 
 class RepairLog:
-    """A persisted repair queue (see the module docstring); thread-safe."""
+    """A persisted repair queue (see the module docstring); thread-safe.
+
+    Parameters
+    ----------
+    path : str or Path
+        The SQLite file (created if missing; WAL journal).
+    clock : callable, optional
+        ``() -> datetime`` (aware UTC), for the ticket times.
+    """
 
     def __init__(self, path: str | Path, clock=_now) -> None:  # noqa: ANN001 - () -> datetime
         self.path, self.clock = str(path), clock
@@ -82,6 +106,18 @@ class RepairLog:
         return self._row(row)
 
     def open_ticket(self, finding: Finding) -> Ticket:
+        """Open a ticket for a finding, or return the miner's open one of that kind.
+
+        A critical finding escalates an open warning ticket (never the other way).
+
+        Parameters
+        ----------
+        finding : Finding
+
+        Returns
+        -------
+        Ticket
+        """
         with self._lock:
             row = self._db.execute("SELECT * FROM repair_tickets WHERE miner_id = ? AND kind = ? AND status IN (?, ?)",
                                    (finding.miner_id, finding.kind, *_OPEN)).fetchone()
@@ -97,6 +133,23 @@ class RepairLog:
             return self._get(int(cur.lastrowid))  # type: ignore[arg-type]
 
     def start(self, ticket_id: int, technician: str) -> Ticket:
+        """A technician starts on an open ticket.
+
+        Parameters
+        ----------
+        ticket_id : int
+        technician : str
+
+        Returns
+        -------
+        Ticket
+            Now ``in_progress``.
+
+        Raises
+        ------
+        ValueError
+            ``ticket_id``: no such ticket, or it is not open.
+        """
         with self._lock:
             ticket = self._get(ticket_id)
             if ticket.status != "open":
@@ -107,6 +160,28 @@ class RepairLog:
 
     def close(self, ticket_id: int, action: str, parts_swapped: dict[str, str] | None = None, notes: str = "",
               outcome: str = "done") -> Ticket:
+        """Close a ticket with what was done.
+
+        Parameters
+        ----------
+        ticket_id : int
+        action : str
+            What was done (required).
+        parts_swapped : dict[str, str], optional
+            Part -> ``"old SN -> new SN"``.
+        notes : str, default ""
+        outcome : str, default "done"
+            ``done`` (repaired) or ``replaced`` (the unit left the fleet).
+
+        Returns
+        -------
+        Ticket
+
+        Raises
+        ------
+        ValueError
+            ``outcome`` not done/replaced, an empty ``action``, or ``ticket_id`` unknown or already closed.
+        """
         if outcome not in ("done", "replaced"):
             raise ValueError(f"outcome: must be done or replaced, not {outcome!r}")
         if not action.strip():
@@ -121,6 +196,12 @@ class RepairLog:
             return self._get(ticket_id)
 
     def queue(self) -> list[Ticket]:
+        """Open and in-progress tickets, critical first, then oldest.
+
+        Returns
+        -------
+        list[Ticket]
+        """
         with self._lock:
             rows = self._db.execute(
                 "SELECT * FROM repair_tickets WHERE status IN (?, ?) "
@@ -128,6 +209,16 @@ class RepairLog:
         return [self._row(r) for r in rows]
 
     def history(self, miner_id: str | None = None) -> list[Ticket]:
+        """Every ticket, of one miner or of all, in the order opened.
+
+        Parameters
+        ----------
+        miner_id : str, optional
+
+        Returns
+        -------
+        list[Ticket]
+        """
         with self._lock:
             if miner_id is None:
                 rows = self._db.execute("SELECT * FROM repair_tickets ORDER BY id").fetchall()
@@ -137,10 +228,18 @@ class RepairLog:
         return [self._row(r) for r in rows]
 
     def failures_by_kind(self) -> dict[str, int]:
+        """How many tickets were ever opened per finding kind.
+
+        Returns
+        -------
+        dict[str, int]
+            kind -> count.
+        """
         with self._lock:
             rows = self._db.execute("SELECT kind, COUNT(*) FROM repair_tickets GROUP BY kind").fetchall()
         return {k: int(n) for k, n in rows}
 
     def close_db(self) -> None:
+        """Close the SQLite connection (the log is unusable after)."""
         with self._lock:
             self._db.close()
