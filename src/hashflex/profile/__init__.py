@@ -19,18 +19,31 @@ from typing import Any, Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
+# The sections split along their seams (issue 11), re-exported here: ``from hashflex.profile import
+# GpuCluster, AS_PRODUCT_RULES, ...`` keeps working.
+from hashflex.profile.ancillary import (  # noqa: F401 - re-exported
+    AS_PRODUCT_RULES,
+    AncillaryGroup,
+    AncillaryProduct,
+    AncillarySection,
+    AsProductName,
+)
+from hashflex.profile.base import NonNegFloat, PositiveFloat, _Strict  # noqa: F401 - re-exported
+from hashflex.profile.base import require_unique as _require_unique
+from hashflex.profile.compute import (  # noqa: F401 - re-exported
+    BatchJob,
+    ComputeSection,
+    GpuCluster,
+    InferenceService,
+    SpotCapacity,
+)
+
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # Hemispherical spreading from a point source on hard ground: A = 20·log10(r) + 8 dB (ISO 9613-2 Adiv
 # for a source on a reflecting plane). Barriers and air absorption come on top as extra_attenuation_db.
 HEMISPHERICAL_SPREADING_DB = 8.0
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SiteSection(_Strict):
@@ -241,191 +254,6 @@ class EconomicsSection(_Strict):
     pool_fee_pct: float = Field(default=2.0, ge=0, lt=100)
 
 
-# --- Ancillary services (issue 15) -----------------------------------------------------------
-# The product rules hashflex models for a Load Resource that is not a Controllable Load Resource
-# (a mining site registered through a QSE). Sources: ERCOT Nodal Protocols §3.18 (Resource limits
-# in providing Ancillary Service; Load Resources on under-frequency relays), §6.5.7.6.2.2
-# (deployment of Responsive Reserve: Load Resources trip on their under-frequency relay at
-# 59.7 Hz, or deploy within 10 minutes of an instruction), §6.5.7.6.2.4 (ECRS deployment; NPRR1148:
-# Load Resources other than Controllable Load Resources are treated as a 10-minute linear ramp),
-# §6.5.7.6.2.3 (Non-Spinning Reserve: full deployment within 30 minutes). Sustain durations are
-# the obligation hashflex plans to hold once deployed; they are defaults a site may tighten in its
-# QSE agreement — check them against the Protocols in force (RTC+B, December 2025).
-AS_PRODUCT_RULES: dict[str, dict[str, Any]] = {
-    "RRS": {"deadline_s": 600.0, "sustain_h": 1.0, "needs_under_frequency_relay": True,
-            "source": "Nodal Protocols §3.18, §6.5.7.6.2.2 (UFR trip at 59.7 Hz; 10 min on instruction)"},
-    "ECRS": {"deadline_s": 600.0, "sustain_h": 2.0, "needs_under_frequency_relay": False,
-             "source": "Nodal Protocols §6.5.7.6.2.4, NPRR1148 (10-minute deployment)"},
-    "NSPIN": {"deadline_s": 1800.0, "sustain_h": 4.0, "needs_under_frequency_relay": False,
-              "source": "Nodal Protocols §6.5.7.6.2.3 (30-minute deployment)"},
-}
-AsProductName = Literal["RRS", "ECRS", "NSPIN"]
-
-
-class AncillaryGroup(_Strict):
-    """How fast one miner group can shed its load (hydro/immersion or air, firmware sleep time)."""
-
-    response_s: PositiveFloat = Field(description="seconds from a deployment to the load being off")
-    under_frequency_relay: bool = Field(default=False, description="load tripped by a UFR at 59.7 Hz (RRS)")
-
-
-class AncillaryProduct(_Strict):
-    """One product the site is qualified for: the MW offered per qualified group (the group's share
-    of the Load Resource) and the expected deployments, which price the opportunity cost."""
-
-    group_mw: dict[str, NonNegFloat] = Field(min_length=1, description="qualified group id -> MW offered")
-    max_mw: PositiveFloat | None = Field(default=None, description="cap on the product's total offer")
-    expected_deployments_per_month: NonNegFloat = 1.0
-    expected_deployment_hours: NonNegFloat = 1.0
-
-    @property
-    def expected_deployed_fraction(self) -> float:
-        """Share of held hours the reserve is expected to be deployed (a 730-hour month)."""
-        return min(self.expected_deployments_per_month * self.expected_deployment_hours / 730.0, 1.0)
-
-
-class AncillarySection(_Strict):
-    """Ancillary services as a Load Resource (rules per product: ``AS_PRODUCT_RULES``)."""
-
-    issuer: str = Field(min_length=1, description="broker identity of the QSE that sends in/as/award and in/as/deploy")
-    groups: dict[str, AncillaryGroup] = Field(min_length=1)
-    products: dict[AsProductName, AncillaryProduct] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _qualified(self) -> "AncillarySection":
-        for name, product in self.products.items():
-            rules = AS_PRODUCT_RULES[name]
-            for group_id in product.group_mw:
-                group = self.groups.get(group_id)
-                if group is None:
-                    raise ValueError(f"products.{name}.group_mw: group {group_id!r} has no entry in ancillary.groups")
-                if group.response_s > rules["deadline_s"]:
-                    raise ValueError(f"products.{name}.group_mw.{group_id}: response_s {group.response_s:g} s is "
-                                     f"slower than the product's {rules['deadline_s']:g} s ({rules['source']})")
-                if rules["needs_under_frequency_relay"] and not group.under_frequency_relay:
-                    raise ValueError(f"products.{name}.group_mw.{group_id}: {name} from a Load Resource needs "
-                                     f"under_frequency_relay: true ({rules['source']})")
-        return self
-
-
-class GpuCluster(_Strict):
-    """A cluster of identical GPU nodes behind the site meter.
-
-    Power model (per GPU, node power divided by ``gpus_per_node``): an idle GPU draws
-    ``idle_power_kw / gpus_per_node``; a working GPU draws between ``min_power_cap_fraction`` and 1
-    of ``full_power_kw / gpus_per_node`` (the vendor power cap, e.g. ``nvidia-smi -pl``) and its
-    throughput, as a fraction of uncapped, follows ``throughput_curve``: concave points
-    (power fraction, throughput fraction) ending at (1, 1). Default curve from published H100
-    figures (700 W TDP; capping 700 → 600 W costs 5–8 % of memory-bound inference throughput and
-    10–15 % of training step rate), see optimization/FORMULATION.md. Cooling adds
-    ``cooling_overhead_fraction`` of the IT power; its sound power ``cooling_sound_power_dba`` is
-    at full IT load (scaled down conservatively in proportion to the IT load)."""
-
-    id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    gpu_model: str = "H100-SXM"
-    nodes: Annotated[int, Field(ge=1)]
-    gpus_per_node: Annotated[int, Field(ge=1)] = 8
-    idle_power_kw: NonNegFloat = Field(description="per node, GPUs idle")
-    full_power_kw: PositiveFloat = Field(description="per node, every GPU uncapped at full load")
-    min_power_cap_fraction: float = Field(default=0.5, gt=0, le=1)
-    throughput_curve: list[tuple[float, float]] = Field(
-        default_factory=lambda: [(0.5, 0.70), (0.857, 0.93), (1.0, 1.0)],
-        description="(power fraction of full, throughput fraction of uncapped), ascending, ending at (1, 1)")
-    cooling_overhead_fraction: NonNegFloat = 0.15
-    cooling_sound_power_dba: float = Field(default=0.0, ge=0, le=140)
-    boot_minutes: NonNegFloat = 5.0
-    drain_minutes: NonNegFloat = 2.0
-
-    @model_validator(mode="after")
-    def _curve(self) -> "GpuCluster":
-        if self.full_power_kw <= self.idle_power_kw:
-            raise ValueError("full_power_kw must exceed idle_power_kw")
-        curve = self.throughput_curve
-        if len(curve) < 1 or abs(curve[-1][0] - 1.0) > 1e-9 or abs(curve[-1][1] - 1.0) > 1e-9:
-            raise ValueError("throughput_curve must end at (1.0, 1.0)")
-        if curve[0][0] > self.min_power_cap_fraction + 1e-9:
-            raise ValueError("throughput_curve must start at or below min_power_cap_fraction")
-        slopes = []
-        for (p0, q0), (p1, q1) in zip(curve, curve[1:]):
-            if p1 <= p0 or q1 < q0:
-                raise ValueError("throughput_curve points must ascend in power and not fall in throughput")
-            slopes.append((q1 - q0) / (p1 - p0))
-        if any(b > a + 1e-9 for a, b in zip(slopes, slopes[1:])):
-            raise ValueError("throughput_curve must be concave (slopes must not increase)")
-        return self
-
-    @property
-    def gpus(self) -> int:
-        return self.nodes * self.gpus_per_node
-
-
-class InferenceService(_Strict):
-    """Firm inference: serve ``demand_tokens_per_s`` (a constant, or the bundled trace scaled to
-    ``demand_peak_tokens_per_s``) at ``service_level`` of demand; power-capped within the
-    cluster's limits, stopped only in an emergency (the shortfall is reported and penalised)."""
-
-    id: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
-    cluster: str
-    tokens_per_s_per_gpu: PositiveFloat = Field(description="uncapped throughput of one GPU for this model")
-    demand_tokens_per_s: NonNegFloat = 0.0
-    demand_trace: Literal["none", "azure_conv", "azure_code"] = "none"
-    service_level: float = Field(default=0.99, gt=0, le=1)
-    revenue_usd_per_million_tokens: NonNegFloat
-    penalty_usd_per_million_tokens: NonNegFloat = Field(description="per million tokens short of the service level")
-
-
-class BatchJob(_Strict):
-    """A deferrable batch/training job: ``gpu_hours`` of uncapped-GPU work between ``release`` and
-    ``deadline``, on at most ``max_gpus``; preemptible at ``checkpoint_cost_usd_per_gpu`` per GPU
-    suspended (the work lost since the last checkpoint and the restart)."""
-
-    id: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
-    cluster: str
-    gpu_hours: PositiveFloat
-    max_gpus: Annotated[int, Field(ge=1)]
-    release: dt.datetime
-    deadline: dt.datetime
-    revenue_usd_per_gpu_hour: NonNegFloat
-    late_penalty_usd_per_gpu_hour: NonNegFloat = Field(description="per GPU-hour not done by the deadline")
-    checkpoint_cost_usd_per_gpu: NonNegFloat = 0.0
-
-    @model_validator(mode="after")
-    def _window(self) -> "BatchJob":
-        if self.release.tzinfo is None or self.deadline.tzinfo is None:
-            raise ValueError("release and deadline need a UTC offset (e.g. 2024-03-01T06:00:00-06:00)")
-        if self.deadline <= self.release:
-            raise ValueError("deadline must be after release")
-        return self
-
-
-class SpotCapacity(_Strict):
-    """Interruptible capacity: any number of GPUs up to ``max_gpus``, uncapped, at a lower price."""
-
-    id: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
-    cluster: str
-    max_gpus: Annotated[int, Field(ge=0)]
-    price_usd_per_gpu_hour: NonNegFloat
-
-
-class ComputeSection(_Strict):
-    """GPU clusters and the workloads they serve under the site's one cap (issue 16)."""
-
-    clusters: list[GpuCluster] = Field(min_length=1)
-    inference: list[InferenceService] = Field(default_factory=list)
-    batch: list[BatchJob] = Field(default_factory=list)
-    spot: list[SpotCapacity] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _references(self) -> "ComputeSection":
-        ids = [c.id for c in self.clusters]
-        _require_unique("compute.clusters", ids)
-        _require_unique("compute workloads", [w.id for w in (*self.inference, *self.batch, *self.spot)])
-        for workload in (*self.inference, *self.batch, *self.spot):
-            if workload.cluster not in ids:
-                raise ValueError(f"workload {workload.id!r} names unknown cluster {workload.cluster!r}")
-        return self
-
-
 class SiteProfile(_Strict):
     site: SiteSection
     grid: GridSection
@@ -488,12 +316,6 @@ class SiteProfile(_Strict):
             width = len(str(group.units))
             ids.update({f"{group.id}-{i:0{width}d}": group.id for i in range(1, group.units + 1)})
         return ids
-
-
-def _require_unique(what: str, ids: list[str]) -> None:
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise ValueError(f"{what}: duplicate ids {duplicates}")
 
 
 def geometric_attenuation_db(distance_m: float) -> float:
