@@ -25,6 +25,9 @@ LIMIT_SOURCE_INTERCONNECTION = "import limit"
 
 @dataclass(frozen=True)
 class Mode:
+    """One operating mode of a miner: ``power_kw`` per unit (kW), ``hashrate_th_s`` (TH/s), A-weighted
+    sound power ``sound_power_dba`` (dB(A), Lw)."""
+
     name: str
     power_kw: float
     hashrate_th_s: float
@@ -49,6 +52,10 @@ class GroupState:
 
 @dataclass(frozen=True)
 class Group:
+    """A miner group over the horizon: ``units`` identical miners in ``modes``; ``units_available`` [T]
+    that may run; ``idle_power_kw`` per sleeping unit; min on/off times (h) and a start cost ($)
+    for clustered unit commitment; ``initial`` state at the horizon start."""
+
     id: str
     units: int
     modes: tuple[Mode, ...]
@@ -62,6 +69,10 @@ class Group:
 
 @dataclass(frozen=True)
 class Receptor:
+    """A noise receptor: attenuation (dB) per group, cap [T] in dB(A) (inf where none), background
+    level, whether the cap is on the total or the site's contribution, and the margin (dB) kept
+    below it. Levels add in the energy domain (ISO 9613-2 point sources)."""
+
     id: str
     attenuation_db: dict[str, float]  # group id -> dB per unit
     cap_dba: np.ndarray  # [T], inf where no cap
@@ -155,6 +166,10 @@ class Derate:
 
 @dataclass(frozen=True)
 class Problem:
+    """Everything the schedule MILP and the greedy fallback read: arrays over T planning intervals
+    (``duration_h`` [T] hours each), the fleet, limits, receptors, carbon, reserves and compute.
+    Built by `problem_from_profile`; checked by `validate`. See optimization/FORMULATION.md."""
+
     interval_start: pd.DatetimeIndex  # [T] tz-aware UTC
     duration_h: np.ndarray  # [T]
     price_usd_mwh: np.ndarray  # [T] market price (reported)
@@ -183,10 +198,12 @@ class Problem:
 
     @property
     def T(self) -> int:  # noqa: N802 - the conventional symbol
+        """Number of planning intervals."""
         return len(self.interval_start)
 
     @property
     def energy_price_usd_mwh(self) -> np.ndarray:
+        """[T] $/MWh paid for imported energy: the market price plus the profile's adders."""
         return self.price_usd_mwh + self.price_adder_usd_mwh
 
     @property
@@ -213,6 +230,7 @@ class Problem:
 
     @property
     def hashprice_usd_per_th_h(self) -> np.ndarray:
+        """[T] hashprice in $ per TH/s per hour (from $ per PH/s per day)."""
         return self.hashprice_usd_per_ph_day / 1000.0 / 24.0
 
     def validate(self) -> None:

@@ -143,6 +143,7 @@ def respect_min_on_off(problem: Problem, counts: dict[tuple[int, int], np.ndarra
 
 
 def load_kw(problem: Problem, counts: dict[tuple[int, int], np.ndarray]) -> np.ndarray:
+    """[T] site load in kW of the miners for ``counts`` (asleep units at idle), plus idle GPUs."""
     load = np.zeros(problem.T)
     for g, group in enumerate(problem.groups):
         on = np.zeros(problem.T)
@@ -156,6 +157,7 @@ def load_kw(problem: Problem, counts: dict[tuple[int, int], np.ndarray]) -> np.n
 
 
 def noise_energy(problem: Problem, receptor: Receptor, counts: dict[tuple[int, int], np.ndarray]) -> np.ndarray:
+    """[T] noise energy 10^(L/10) at ``receptor`` from ``counts``, plus idle GPU cooling."""
     energy = np.zeros(problem.T)
     for (g, m), n in counts.items():
         energy += n * receptor.unit_energy(problem.groups[g].id, problem.groups[g].modes[m])

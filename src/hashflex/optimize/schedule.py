@@ -17,6 +17,8 @@ from hashflex.optimize.problem import Problem
 
 
 class SolveStatus(str, enum.Enum):
+    """How a schedule was obtained (reported with every plan)."""
+
     OPTIMAL = "optimal"  # proven within the requested relative gap
     FEASIBLE_GAP = "feasible_with_gap"
     TIME_LIMIT = "time_limit"  # incumbent from a solve that hit its time limit
@@ -25,6 +27,9 @@ class SolveStatus(str, enum.Enum):
 
 @dataclass(frozen=True)
 class SolveInfo:
+    """The solve behind a schedule: status, objective and bound ($), relative gap, build and
+    solve seconds, soft-constraint penalties paid, and the solver's message."""
+
     status: SolveStatus
     objective_usd: float | None = None
     bound_usd: float | None = None
@@ -37,6 +42,9 @@ class SolveInfo:
 
 @dataclass(frozen=True)
 class Schedule:
+    """The optimizer's answer: ``frame`` (one row per interval, every figure recomputed from the
+    integer counts), how it was solved, and the (group, mode) and receptor columns it holds."""
+
     frame: pd.DataFrame  # indexed by interval_start (UTC)
     info: SolveInfo
     group_modes: tuple[tuple[str, str], ...]
@@ -44,17 +52,21 @@ class Schedule:
 
     @property
     def status(self) -> SolveStatus:
+        """The solve status (see `SolveStatus`)."""
         return self.info.status
 
     def counts(self, group_id: str, mode: str) -> pd.Series:
+        """[T] units of ``group_id`` planned in ``mode``."""
         return self.frame[unit_column(group_id, mode)]
 
     @property
     def total_profit_usd(self) -> float:
+        """Profit of the whole schedule in $ (revenue less energy, carbon and start costs)."""
         return float(self.frame["profit_usd"].sum())
 
 
 def unit_column(group_id: str, mode: str) -> str:
+    """Schedule column of a group's count in a mode: ``units_<group>_<mode>`` (``_off``: powered off)."""
     return f"units_{group_id}_{mode}"
 
 

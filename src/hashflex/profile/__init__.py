@@ -47,6 +47,9 @@ HEMISPHERICAL_SPREADING_DB = 8.0
 
 
 class SiteSection(_Strict):
+    """The site: name and wire id, time zone, ERCOT settlement point, planning interval and horizon,
+    and the broker identities allowed to change limits."""
+
     id: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]*$",
                            description="topic prefix hashflex/<id>/ (default: the name as a slug)")
     name: str = Field(min_length=1)
@@ -74,6 +77,9 @@ class SiteSection(_Strict):
 
 
 class FourCPSection(_Strict):
+    """4CP avoidance: the import limit held in the afternoon windows of the summer months on alert
+    days (ERCOT Four Coincident Peak transmission cost allocation, PUCT Substantive Rule §25.192)."""
+
     enabled: bool = True
     months: list[Annotated[int, Field(ge=1, le=12)]] = [6, 7, 8, 9]
     window_start_hour: Annotated[int, Field(ge=0, le=23)] = 15
@@ -91,6 +97,8 @@ class FourCPSection(_Strict):
 
 
 class GridSection(_Strict):
+    """The grid connection: import and export limits (kW), price adders ($/MWh), ramp limit, 4CP."""
+
     import_limit_kw: PositiveFloat
     export_limit_kw: NonNegFloat = 0.0
     price_adders_usd_mwh: dict[str, float] = Field(default_factory=dict)
@@ -99,16 +107,21 @@ class GridSection(_Strict):
 
     @property
     def total_adder_usd_mwh(self) -> float:
+        """Sum of the price adders, $/MWh."""
         return float(sum(self.price_adders_usd_mwh.values()))
 
 
 class DRSection(_Strict):
+    """Demand response: accepted issuers and the import limit (kW) of each OpenADR SIMPLE level."""
+
     issuers: list[str] = Field(default_factory=list)
     # Keys are OpenADR SIMPLE levels 1-3 (int; "1" is read as 1, so a profile round-trips through JSON).
     level_import_limit_kw: dict[Annotated[int, Field(ge=1, le=3)], NonNegFloat] = Field(default_factory=dict)
 
 
 class MinerMode(_Strict):
+    """One operating mode of a miner model: power (kW), hashrate (TH/s), sound power (dB(A))."""
+
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     power_kw: PositiveFloat
     hashrate_th_s: PositiveFloat
@@ -116,10 +129,14 @@ class MinerMode(_Strict):
 
     @property
     def efficiency_j_per_th(self) -> float:
+        """Energy per hash, J/TH."""
         return self.power_kw * 1000.0 / self.hashrate_th_s
 
 
 class MinerGroup(_Strict):
+    """A group of identical miners: model, count, cooling, modes, standby power and commitment
+    parameters; with ``pdu_power_off``, sleeping units may be powered off at the PDU (issue 17)."""
+
     id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     model: str
     units: Annotated[int, Field(ge=1)]
@@ -152,10 +169,13 @@ class MinerGroup(_Strict):
         return self
 
     def mode(self, name: str) -> MinerMode:
+        """The mode called ``name`` (StopIteration if there is none)."""
         return next(m for m in self.modes if m.name == name)
 
 
 class RenewableSource(_Strict):
+    """An on-site renewable source and its nameplate capacity (kW)."""
+
     id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     kind: Literal["solar", "wind"]
     capacity_kw: PositiveFloat
@@ -183,6 +203,9 @@ class CapWindow(_Strict):
 
 
 class Receptor(_Strict):
+    """A noise receptor: where the neighbours are (attenuation or distance per group), their
+    background level, and the caps that apply (total level or the site's contribution)."""
+
     id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     description: str = ""
     attenuation_db: dict[str, NonNegFloat] = Field(default_factory=dict)
@@ -237,6 +260,9 @@ class EnergyAttributeInstrument(_Strict):
 
 
 class CarbonSection(_Strict):
+    """Carbon accounting: budgets (kg), an internal carbon price ($/t), the default grid intensity
+    with its source, and market-based instruments (GHG Protocol Scope 2 Guidance, 2015)."""
+
     daily_budget_kg: NonNegFloat | None = None
     monthly_budget_kg: NonNegFloat | None = None
     internal_price_usd_per_t: NonNegFloat = 0.0
@@ -249,12 +275,16 @@ class CarbonSection(_Strict):
 
 
 class EconomicsSection(_Strict):
+    """Mining economics: hashprice ($ per PH/s per day) with its source, and the pool fee (%)."""
+
     hashprice_usd_per_ph_day: NonNegFloat
     hashprice_source: str = "profile"
     pool_fee_pct: float = Field(default=2.0, ge=0, lt=100)
 
 
 class SiteProfile(_Strict):
+    """A whole site profile, validated: every section, cross-references between them checked."""
+
     site: SiteSection
     grid: GridSection
     dr: DRSection = DRSection()
@@ -297,6 +327,7 @@ class SiteProfile(_Strict):
 
     @property
     def tz(self) -> ZoneInfo:
+        """The site's time zone."""
         return ZoneInfo(self.site.timezone)
 
     @property
@@ -305,6 +336,7 @@ class SiteProfile(_Strict):
         return sum(g.units * max(m.power_kw for m in g.modes) for g in self.miner_groups)
 
     def group(self, group_id: str) -> MinerGroup:
+        """The miner group called ``group_id`` (StopIteration if there is none)."""
         return next(g for g in self.miner_groups if g.id == group_id)
 
     def miner_ids(self) -> dict[str, str]:

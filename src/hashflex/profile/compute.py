@@ -58,6 +58,7 @@ class GpuCluster(_Strict):
 
     @property
     def gpus(self) -> int:
+        """GPUs in the cluster: nodes × GPUs per node."""
         return self.nodes * self.gpus_per_node
 
 
