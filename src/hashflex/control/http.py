@@ -35,8 +35,21 @@ DEFAULT_HTTP_PORT = 9108
 
 
 def input_rejections(status: Mapping[str, Any]) -> dict[tuple[str, str], int]:
-    """``(kind, reason) -> count`` from the status: ingest's ``input_rejections`` plus the price
-    feed's ``price_feed.rejections``. Malformed entries are skipped (the endpoint must answer)."""
+    """Rejection counts by kind and reason, from the status.
+
+    Sums ingest's ``input_rejections`` and the price feed's ``price_feed.rejections``; malformed
+    entries are skipped (the endpoint must answer).
+
+    Parameters
+    ----------
+    status : Mapping[str, Any]
+        The status document.
+
+    Returns
+    -------
+    dict[tuple[str, str], int]
+        ``(kind, reason) -> count``.
+    """
     totals: dict[tuple[str, str], int] = {}
     feed = status.get("price_feed")
     sources = (status.get("input_rejections"), feed.get("rejections") if isinstance(feed, Mapping) else None)
@@ -73,9 +86,13 @@ from hashflex.web.view import unhealthy_causes  # noqa: E402,F401 - re-exported:
 
 
 class StatusMetrics:
-    """Prometheus gauges filled from the loop's status (and the dashboard document, when there is
-    one) at scrape time. Every name here is listed in :data:`METRIC_NAMES` (the Grafana dashboard in
-    deploy/grafana/ uses only these; a test checks it)."""
+    """Prometheus gauges filled from the loop's status and the dashboard document at scrape time.
+
+    Every name here is listed in :data:`METRIC_NAMES` (the Grafana dashboard in deploy/grafana/ uses
+    only these; a test checks it). Labelled gauges are cleared on every render, so a label that went
+    away (a feed, a limit source) leaves no stale series, and a figure that is unknown has no series
+    rather than a false 0.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -114,7 +131,21 @@ class StatusMetrics:
                           self.carbon_used, self.carbon_left, self.feed_age, self.curtailable)
 
     def render(self, status: dict[str, Any], state: Mapping[str, Any] | None = None) -> bytes:
-        """The exposition text for ``status`` (the loop's) and ``state`` (the dashboard document)."""
+        """The exposition text of one scrape (one render at a time).
+
+        Parameters
+        ----------
+        status : dict[str, Any]
+            The loop's status document.
+        state : Mapping[str, Any], optional
+            The dashboard document (:func:`hashflex.web.view.dashboard_state`); None: no loop yet, so
+            only the status gauges.
+
+        Returns
+        -------
+        bytes
+            Prometheus text format (prometheus_client ``generate_latest``).
+        """
         with self._lock:
             return self._render(status, state)
 
@@ -174,11 +205,35 @@ METRIC_NAMES = ("hashflex_healthy", "hashflex_last_tick_age_seconds", "hashflex_
 
 
 class StatusServer:
-    """Serve the site on a thread (uvicorn); ``port=0`` picks a free port (see ``.port``, ``.url``).
+    """Serve the daemon's web site on a thread (uvicorn): dashboard, /healthz, /status, /metrics.
 
-    ``loop`` (a ControlLoop) turns on the dashboard and manager writes; without it only /healthz,
-    /status and /metrics answer with data. ``ingest`` (MqttIngest): its rejections go to the event
-    log and its messages to the feed ages. ``auth`` default: :meth:`ManagerAuth.from_env`."""
+    Parameters
+    ----------
+    status_fn : Callable[[datetime], dict]
+        The status document at a time.
+    clock : Callable[[], datetime]
+        Site time.
+    host : str, default "127.0.0.1"
+        Bind address; off loopback, reads need a manager token.
+    port : int, default 9108
+        0 picks a free port (see :attr:`port`, :attr:`url`); bound at construction, so a taken port
+        fails here.
+    loop : ControlLoop, optional
+        Turns on the dashboard and manager writes (:meth:`attach`); without it only /healthz,
+        /status and /metrics answer with data.
+    ingest : MqttIngest, optional
+        Its messages go to the feed ages and the miners' latest telemetry, its rejections to the
+        event log.
+    auth : ManagerAuth, optional
+        Default :meth:`ManagerAuth.from_env`.
+    simulated, measured_fn, submit_limits, period_s
+        Passed to :class:`hashflex.web.app.Dashboard`.
+
+    Raises
+    ------
+    OSError
+        The port is taken or the address cannot be bound.
+    """
 
     def __init__(self, status_fn: Callable[[datetime], dict[str, Any]], clock: Callable[[], datetime],
                  host: str = "127.0.0.1", port: int = DEFAULT_HTTP_PORT, *, loop: Any = None, ingest: Any = None,
@@ -212,8 +267,18 @@ class StatusServer:
             self.attach(loop, ingest)
 
     def attach(self, loop: Any, ingest: Any = None, status_fn: Callable[[datetime], dict[str, Any]] | None = None) -> None:
-        """Serve ``loop``'s dashboard from now on (a server may start before its loop exists, e.g.
-        `run --simulate` prints its URL at once); ``status_fn`` replaces the status source."""
+        """Serve ``loop``'s dashboard from now on.
+
+        A server may start before its loop exists (``run --simulate`` prints its URL at once).
+
+        Parameters
+        ----------
+        loop : ControlLoop
+        ingest : MqttIngest, optional
+            Wire its messages and rejections to the dashboard.
+        status_fn : Callable[[datetime], dict], optional
+            Replaces the status source.
+        """
         from hashflex.web.app import Dashboard
 
         if status_fn is not None:
@@ -235,6 +300,7 @@ class StatusServer:
 
     @property
     def url(self) -> str:
+        """The base URL (``http://host:port/``; a wildcard bind is shown as 127.0.0.1)."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"http://{host}:{self.port}/"
 
@@ -245,7 +311,13 @@ class StatusServer:
             log.exception("HTTP server stopped")
 
     def start(self, timeout_s: float = 10.0) -> None:
-        """Start serving; returns once the server accepts connections."""
+        """Start serving; returns once the server accepts connections.
+
+        Parameters
+        ----------
+        timeout_s : float, default 10.0
+            Longest wait for uvicorn to start (s).
+        """
         import time
 
         if self.dashboard is not None:
@@ -256,6 +328,7 @@ class StatusServer:
             time.sleep(0.01)
 
     def stop(self) -> None:
+        """Stop serving: end the event streams, shut uvicorn down, stop the dashboard, close the socket."""
         self._stopping.set()  # ends the event streams, so shutdown does not wait on them
         self._server.should_exit = True
         if self._thread.ident is not None:

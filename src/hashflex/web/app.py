@@ -56,11 +56,37 @@ STATIC_DIR = resources.files("hashflex.web") / "static"
 
 
 class Dashboard:
-    """The live document of one site: built from ``loop`` + ``status_fn`` at ``clock()``.
+    """The live document of one site, rebuilt by one publisher thread and served to every client.
 
-    ``measured_fn``: the latest meter values (``load_kw``, ``grid_import_kw``, ``renewable_kw``,
-    ``price_usd_mwh``), e.g. the simulated site's; ``submit_limits(message) -> LimitsAck``: how a
-    write reaches the loop (default ``loop.handle_limits(message, clock())``)."""
+    Parameters
+    ----------
+    loop : ControlLoop
+        The site's control loop (read only, through :func:`hashflex.web.view.dashboard_state`).
+    status_fn : Callable[[datetime], dict]
+        The status document at a time (the loop's ``status`` plus the daemon's additions).
+    clock : Callable[[], datetime]
+        Site time (timezone-aware; simulated under ``run --simulate``).
+    simulated : bool, default False
+        Label the site SIMULATED.
+    measured_fn : Callable[[], dict[str, float]], optional
+        The latest meter values (``load_kw``, ``grid_import_kw``, ``renewable_kw`` in kW,
+        ``price_usd_mwh``), e.g. the simulated site's.
+    submit_limits : Callable[[LimitsChangeMessage], LimitsAck], optional
+        How a write reaches the loop (default ``loop.handle_limits(message, clock())``).
+    period_s : float, default 5.0
+        Rebuild at least this often (s).
+    min_gap_s : float, default 0.25
+        And at most this often (s): a burst of changes is one rebuild.
+
+    Attributes
+    ----------
+    telemetry : LatestTelemetry
+        Each miner's latest reading, fed by :attr:`feeds` (``now.curtailment``).
+    feeds : FeedAges
+        Give it every inbound message (``feeds.seen(message, at)``).
+    log : EventLog
+        The event log, attached to the loop's recorder.
+    """
 
     def __init__(self, loop: Any, status_fn: Callable[[datetime], dict[str, Any]], clock: Callable[[], datetime], *,
                  simulated: bool = False, measured_fn: Callable[[], dict[str, float]] | None = None,
@@ -85,6 +111,18 @@ class Dashboard:
         self._lock = threading.Lock()
 
     def state(self, now: datetime | None = None) -> dict[str, Any]:
+        """Build the dashboard document now (not serialised, not published).
+
+        Parameters
+        ----------
+        now : datetime, optional
+            Site time (default ``clock()``).
+
+        Returns
+        -------
+        dict[str, Any]
+            :func:`hashflex.web.view.dashboard_state`.
+        """
         now = now or self.clock()
         status = self.status_fn(now)
         return dashboard_state(self.loop, status, now, log=self.log, noise_history=self.noise,
@@ -107,6 +145,15 @@ class Dashboard:
         self.build_seconds = time.thread_time() - started
 
     def latest(self) -> tuple[int, bytes]:
+        """The last published document.
+
+        Returns
+        -------
+        version : int
+            Bumped on every rebuild.
+        body : bytes
+            The document as JSON.
+        """
         with self._lock:
             return self.version, self.body
 
@@ -115,12 +162,14 @@ class Dashboard:
         self._changed.set()
 
     def start(self) -> None:
+        """Build the first document and start the publisher thread (idempotent)."""
         if self._thread is None:
             self.refresh()
             self._thread = threading.Thread(target=self._run, name="hashflex-dashboard", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
+        """Stop the publisher thread (waits up to 5 s)."""
         self._stop.set()
         self._changed.set()
         if self._thread is not None:
@@ -139,8 +188,29 @@ def create_app(*, status_fn: Callable[[datetime], dict[str, Any]], clock: Callab
                metrics: Any, dashboard: Callable[[], Dashboard | None] | None = None,
                auth: ManagerAuth | None = None, reads_open: bool = True,
                stopping: threading.Event | None = None) -> Starlette:
-    """The ASGI app. ``metrics.render(status, state)`` gives the Prometheus text; ``dashboard()``
-    the site's :class:`Dashboard`, or None while there is none (status only, no writes)."""
+    """The ASGI app of the daemon's web site (routes: see the module docstring).
+
+    Parameters
+    ----------
+    status_fn : Callable[[datetime], dict]
+        The status document at a time; its failures become ``{"healthy": false, "error": ...}``.
+    clock : Callable[[], datetime]
+        Site time.
+    metrics : StatusMetrics
+        ``metrics.render(status, state) -> bytes`` gives the Prometheus text.
+    dashboard : Callable[[], Dashboard or None], optional
+        The site's dashboard, or None while there is none (status only, no writes).
+    auth : ManagerAuth, optional
+        Manager tokens (default: none, writes refused).
+    reads_open : bool, default True
+        Reads without a token (bound to loopback); False: reads need a manager token too.
+    stopping : threading.Event, optional
+        Set at shutdown: ends the event streams.
+
+    Returns
+    -------
+    starlette.applications.Starlette
+    """
     auth = auth or ManagerAuth()
     get_dashboard = dashboard or (lambda: None)
     stopping = stopping or threading.Event()

@@ -92,7 +92,25 @@ def _option_error(error: dict[str, Any]) -> str:
 
 
 def cmd_limits(args: argparse.Namespace) -> int:
-    """Dispatch ``set``/``clear``/``list``."""
+    """``hashflex limits set|clear|list``: send a change and print its acknowledgement, or list the limits.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        From :func:`add_limits_parser`.
+
+    Returns
+    -------
+    int
+        Exit status: 0 accepted (or listed), ``EXIT_REFUSED`` refused by the book, ``EXIT_NO_ANSWER``
+        no answer within ``--timeout``.
+
+    Raises
+    ------
+    ValueError
+        Naming the option (``--import-limit-kw -1.0: must be >= 0``, ``--noise-cap``), or the broker or
+        URL that could not be reached.
+    """
     if args.site is None:
         from hashflex.profile import load_profile
 
@@ -182,7 +200,17 @@ def _list(args: argparse.Namespace, topics: Topics) -> int:
 
 
 def format_limits(status: dict[str, Any]) -> str:
-    """The limits part of a status document, as lines for a terminal."""
+    """The limits part of a status document, as lines for a terminal.
+
+    Parameters
+    ----------
+    status : dict[str, Any]
+        ``/status`` or the retained ``out/status`` document.
+
+    Returns
+    -------
+    str
+    """
     limits = status.get("limits") or {}
     lines = [f"site {status.get('site')}, status at {status.get('at')}"]
     if limits.get("import_limit_kw") is None:
@@ -207,7 +235,15 @@ def format_limits(status: dict[str, Any]) -> str:
 
 
 def add_limits_parser(commands: Any, default_profile_site: str | None = None) -> None:
-    """``hashflex limits set|list|clear``."""
+    """Add ``hashflex limits set|list|clear`` to the command parser.
+
+    Parameters
+    ----------
+    commands : argparse subparsers action
+        From ``ArgumentParser.add_subparsers``.
+    default_profile_site : str, optional
+        Unused; kept for callers.
+    """
     limits = commands.add_parser("limits", help="a site manager's limits: set, list, clear (over MQTT)")
     actions = limits.add_subparsers(dest="action", required=True)
     common = argparse.ArgumentParser(add_help=False)

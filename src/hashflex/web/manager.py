@@ -33,7 +33,15 @@ DEFAULT_NOISE_WINDOW = timedelta(hours=24)  # a cap override without valid_until
 
 
 class AuthError(Exception):
-    """A write without valid credentials (``status``: 401 no/bad token, 403 writes disabled or wrong issuer)."""
+    """A write (or protected read) without valid credentials.
+
+    Parameters
+    ----------
+    status : int
+        HTTP status to answer: 401 no or bad token; 403 writes disabled or the wrong issuer.
+    message : str
+        Why, for the answer's body (never contains the token).
+    """
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -42,19 +50,45 @@ class AuthError(Exception):
 
 @dataclass
 class ManagerAuth:
-    """Tokens that may write: ``shared`` (any listed manager) and ``by_issuer`` (token -> its issuer)."""
+    """Tokens that may write: ``shared`` (any listed manager) and ``by_issuer`` (issuer -> its token).
+
+    Attributes
+    ----------
+    shared : str or None
+        The shared token (``HASHFLEX_MANAGER_TOKEN``).
+    by_issuer : dict[str, str]
+        issuer -> token (``HASHFLEX_MANAGER_TOKENS_FILE``).
+    """
 
     shared: str | None = None
     by_issuer: dict[str, str] = field(default_factory=dict)  # issuer -> token
 
     @property
     def enabled(self) -> bool:
+        """True when any token is configured (else writes are refused, 403)."""
         return bool(self.shared) or bool(self.by_issuer)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ManagerAuth:
-        """From ``HASHFLEX_MANAGER_TOKEN`` and/or ``HASHFLEX_MANAGER_TOKENS_FILE``. Raises ValueError
-        naming the file and line of a malformed entry (a token shorter than 12 characters is refused)."""
+        """Tokens from ``HASHFLEX_MANAGER_TOKEN`` and/or ``HASHFLEX_MANAGER_TOKENS_FILE``.
+
+        Parameters
+        ----------
+        env : Mapping[str, str], optional
+            The environment (default ``os.environ``).
+
+        Returns
+        -------
+        ManagerAuth
+
+        Raises
+        ------
+        ValueError
+            Naming the variable, or the file and line of a malformed entry (a token shorter than 12
+            characters is refused).
+        OSError
+            The tokens file cannot be read.
+        """
         env = os.environ if env is None else env
         shared = env.get("HASHFLEX_MANAGER_TOKEN") or None
         if shared is not None and len(shared) < 12:
@@ -73,8 +107,25 @@ class ManagerAuth:
         return cls(shared, by_issuer)
 
     def check(self, authorization: str | None) -> str | None:
-        """Any valid token (reads when they are protected). Returns the issuer a per-issuer token
-        binds, or None for the shared token. Raises :class:`AuthError` (401) otherwise."""
+        """Check any valid token (reads when they are protected, and every write).
+
+        Tokens are compared in constant time (``hmac.compare_digest``), every entry checked.
+
+        Parameters
+        ----------
+        authorization : str or None
+            The ``Authorization`` header (``Bearer <token>``).
+
+        Returns
+        -------
+        str or None
+            The issuer a per-issuer token binds, or None for the shared token.
+
+        Raises
+        ------
+        AuthError
+            403 when no token is configured; 401 for a missing or invalid token.
+        """
         if not self.enabled:
             raise AuthError(403, "writes disabled: no manager token configured "
                                  "(set HASHFLEX_MANAGER_TOKEN or HASHFLEX_MANAGER_TOKENS_FILE)")
@@ -94,8 +145,24 @@ class ManagerAuth:
 
     def issuer_for(self, authorization: str | None, requested: str | None) -> str:
         """The issuer a write is made as: the token's own issuer, or (shared token) ``requested``.
-        Raises :class:`AuthError`: 401 bad/missing token, 403 a per-issuer token writing as another,
-        400-style 403 when the shared token names no issuer."""
+
+        Parameters
+        ----------
+        authorization : str or None
+            The ``Authorization`` header.
+        requested : str or None
+            The issuer the writer names.
+
+        Returns
+        -------
+        str
+
+        Raises
+        ------
+        AuthError
+            401 bad or missing token; 403 a per-issuer token writing as another issuer, or the shared
+            token without an issuer.
+        """
         bound = self.check(authorization)
         if bound is not None:
             if requested and requested != bound:
@@ -119,10 +186,40 @@ def limits_change(issuer: str, now: datetime, *, reason: str, import_limit_kw: f
                   noise_caps_dba: Mapping[str, float] | None = None, carbon_budget_kg: float | None = None,
                   carbon_period: str = "day", valid_minutes: float | None = None,
                   clear: Sequence[str] = ()) -> LimitsChangeMessage:
-    """A manager's limits change issued at ``now`` (UTC-aware), valid for ``valid_minutes`` (no
-    expiry when None; noise cap overrides then hold for :data:`DEFAULT_NOISE_WINDOW`). Raises
-    ``pydantic.ValidationError`` naming the field (e.g. ``import_limit_kw``, ``noise_caps.0.cap_dba``),
-    or ValueError for a non-positive ``valid_minutes``."""
+    """A manager's limits change issued at ``now``, as the ``in/limits`` message.
+
+    Parameters
+    ----------
+    issuer : str
+        The manager (one of the profile's ``site.managers``; the limits book refuses others).
+    now : datetime
+        Issue time (timezone-aware UTC).
+    reason : str
+        Why (kept in the audit trail).
+    import_limit_kw : float, optional
+        Site import limit (kW).
+    noise_caps_dba : Mapping[str, float], optional
+        receptor id -> cap (dB(A)); without ``valid_minutes`` they hold for :data:`DEFAULT_NOISE_WINDOW`.
+    carbon_budget_kg : float, optional
+        Carbon budget (kg CO2) for ``carbon_period``.
+    carbon_period : str, default "day"
+        ``day`` or ``month`` (site local).
+    valid_minutes : float, optional
+        How long the change holds (minutes); None: no expiry.
+    clear : Sequence[str], default ()
+        Parts of this issuer's limits to clear (``import``, ``noise``, ``carbon``).
+
+    Returns
+    -------
+    LimitsChangeMessage
+
+    Raises
+    ------
+    pydantic.ValidationError
+        Naming the field (e.g. ``import_limit_kw``, ``noise_caps.0.cap_dba``).
+    ValueError
+        ``valid_minutes`` not > 0.
+    """
     if valid_minutes is not None and not valid_minutes > 0:
         raise ValueError(f"valid_minutes: must be > 0, got {valid_minutes}")
     until = now + timedelta(minutes=valid_minutes) if valid_minutes is not None else None

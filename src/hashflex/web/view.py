@@ -35,7 +35,18 @@ __all__ = ["unhealthy_causes", "EventLog", "FeedAges", "NoiseHistory", "breakeve
 
 
 def unhealthy_causes(status: Mapping[str, Any]) -> list[str]:
-    """The status's ``unhealthy_causes`` as a list of strings ([] if absent or malformed)."""
+    """The status's ``unhealthy_causes`` as a list of strings.
+
+    Parameters
+    ----------
+    status : Mapping[str, Any]
+        The loop's status document (``ControlLoop.status``).
+
+    Returns
+    -------
+    list[str]
+        [] when absent or malformed.
+    """
     causes = status.get("unhealthy_causes")
     if isinstance(causes, (list, tuple)):
         return [str(c) for c in causes]
@@ -43,7 +54,19 @@ def unhealthy_causes(status: Mapping[str, Any]) -> list[str]:
 
 
 def finite(value: Any, digits: int | None = None) -> float | None:
-    """``value`` as a float, or None when missing or not finite (JSON has no inf/NaN)."""
+    """A number as a float, or None when missing or not finite (JSON has no inf/NaN).
+
+    Parameters
+    ----------
+    value : Any
+        Anything ``float()`` takes.
+    digits : int, optional
+        Round to this many decimals.
+
+    Returns
+    -------
+    float or None
+    """
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -54,8 +77,21 @@ def finite(value: Any, digits: int | None = None) -> float | None:
 
 
 def breakeven_usd_mwh(profile: SiteProfile, hashprice_usd_per_ph_day: float) -> dict[str, float]:
-    """Per group: the settlement price ($/MWh) at which one unit in its most efficient mode earns
-    exactly its energy cost (revenue after the pool fee, less the site's price adders)."""
+    """Per group, the settlement price at which one unit in its most efficient mode breaks even.
+
+    Revenue after the pool fee equals the energy cost at this price, less the site's price adders.
+
+    Parameters
+    ----------
+    profile : SiteProfile
+    hashprice_usd_per_ph_day : float
+        Hashprice ($ per PH/s per day).
+
+    Returns
+    -------
+    dict[str, float]
+        group id -> breakeven ($/MWh).
+    """
     per_th_h = hashprice_usd_per_ph_day / 1000.0 / 24.0 * (1.0 - profile.economics.pool_fee_pct / 100.0)
     out = {}
     for group in profile.miner_groups:
@@ -67,12 +103,24 @@ def breakeven_usd_mwh(profile: SiteProfile, hashprice_usd_per_ph_day: float) -> 
 
 @dataclass(frozen=True)
 class LogEntry:
+    """One line of the event log.
+
+    Attributes
+    ----------
+    at : datetime
+    kind : str
+        ``curtail``, ``restore``, ``dr``, ``limits``, ``rejected`` or ``expired``.
+    trigger : str
+        What caused it (``fast path``, ``re-plan``, ``DR <id>``, ``noise exceedance``, ``manager <issuer>``, ...).
+    detail : str
+    """
     at: datetime
     kind: str  # curtail | restore | dr | limits | rejected | expired
     trigger: str  # fast path | re-plan | DR <id> | noise exceedance | manager | <message kind>
     detail: str
 
     def to_json(self) -> dict[str, Any]:
+        """The entry as JSON-ready ``{"at", "kind", "trigger", "detail"}`` (``at`` ISO 8601)."""
         return {"at": self.at.isoformat(), "kind": self.kind, "trigger": self.trigger, "detail": self.detail}
 
 
@@ -81,7 +129,15 @@ class EventLog:
     decisions, rejected messages with their reason (newest last, ``maxlen`` kept).
 
     Wraps the loop's recorder (``record(kind, payload, at)``; forwards everything to ``inner`` and
-    never raises into the loop) and takes ingest rejections through :meth:`on_rejection`."""
+    never raises into the loop) and takes ingest rejections through :meth:`on_rejection`.
+
+    Parameters
+    ----------
+    inner : recorder, optional
+        The recorder it stands in front of (``control.records.AuditRecorder``); None: none.
+    maxlen : int, default 500
+        Entries kept.
+    """
 
     def __init__(self, inner: Any = None, maxlen: int = 500) -> None:
         self.inner = inner
@@ -94,7 +150,19 @@ class EventLog:
 
     @classmethod
     def attach(cls, loop: Any, maxlen: int = 500) -> EventLog:
-        """Put a log in front of ``loop.recorder`` (idempotent); returns it."""
+        """Put a log in front of ``loop.recorder`` (idempotent).
+
+        Parameters
+        ----------
+        loop : ControlLoop
+            Its ``recorder`` is replaced by the log, which forwards to it.
+        maxlen : int, default 500
+
+        Returns
+        -------
+        EventLog
+            The new log, or the one already attached.
+        """
         if isinstance(loop.recorder, EventLog):
             return loop.recorder
         log = cls(loop.recorder, maxlen)
@@ -105,6 +173,15 @@ class EventLog:
 
     # the recorder protocol -------------------------------------------------------------
     def record(self, kind: str, payload: dict[str, Any], at: datetime) -> None:
+        """The recorder protocol: forward to ``inner``, then log what the dashboard shows.
+
+        Parameters
+        ----------
+        kind : str
+            Audit record kind (``guard_action``, ``tick``, ``dr_ack``, ...).
+        payload : dict[str, Any]
+        at : datetime
+        """
         if self.inner is not None:
             self.inner.record(kind, payload, at)
         try:
@@ -113,10 +190,12 @@ class EventLog:
             pass
 
     def flush(self) -> None:
+        """Flush ``inner`` (the recorder protocol)."""
         if self.inner is not None and hasattr(self.inner, "flush"):
             self.inner.flush()
 
     def close(self) -> None:
+        """Close ``inner`` (the recorder protocol)."""
         if self.inner is not None and hasattr(self.inner, "close"):
             self.inner.close()
 
@@ -128,16 +207,43 @@ class EventLog:
 
     # ---------------------------------------------------------------------------------
     def add(self, at: datetime, kind: str, trigger: str, detail: str) -> None:
+        """Append an entry (``detail`` cut to 400 characters).
+
+        Parameters
+        ----------
+        at : datetime
+        kind : str
+        trigger : str
+        detail : str
+        """
         with self._lock:
             self.entries.append(LogEntry(at, kind, trigger, detail[:400]))
             self.version += 1
 
     def on_rejection(self, rejection: Any, at: datetime) -> None:
-        """An inbound message refused by ingest (``messages.Rejection``): kind and reason."""
+        """Log an inbound message refused by the ingest, with its kind and reason.
+
+        Parameters
+        ----------
+        rejection : Rejection
+            ``messages.Rejection``.
+        at : datetime
+        """
         self.add(at, "rejected", str(getattr(rejection, "kind", None) or "message"),
                  f"{getattr(rejection, 'topic', '')}: {getattr(rejection, 'reason', '')}")
 
     def recent(self, n: int = 200) -> list[dict[str, Any]]:
+        """The newest entries, oldest first.
+
+        Parameters
+        ----------
+        n : int, default 200
+
+        Returns
+        -------
+        list[dict[str, Any]]
+            :meth:`LogEntry.to_json` of each.
+        """
         with self._lock:
             return [e.to_json() for e in list(self.entries)[-n:]]
 
@@ -242,13 +348,29 @@ class FeedAges:
 
 
 class NoiseHistory:
-    """Per receptor, (time, measured dB(A), modelled dB(A), cap dB(A)) for the last ``window``."""
+    """Per receptor, (time, measured dB(A), modelled dB(A), cap dB(A)) for the last ``window``.
+
+    Parameters
+    ----------
+    window : timedelta, default 24 h
+        How far back points are kept (site time).
+    min_step : timedelta, default 30 s
+        A point closer than this to the previous one replaces it.
+    """
 
     def __init__(self, window: timedelta = timedelta(hours=24), min_step: timedelta = timedelta(seconds=30)) -> None:
         self.window, self.min_step = window, min_step
         self.points: dict[str, deque[tuple[float, float | None, float | None, float | None]]] = {}
 
     def add(self, at: datetime, levels: list[dict[str, Any]]) -> None:
+        """Add the receptor levels at ``at``.
+
+        Parameters
+        ----------
+        at : datetime
+        levels : list[dict[str, Any]]
+            Rows with ``receptor_id``, ``measured_dba``, ``modelled_dba``, ``cap_dba`` (dB(A) or None).
+        """
         t = pd.Timestamp(at).timestamp()
         for row in levels:
             series = self.points.setdefault(row["receptor_id"], deque())
@@ -260,6 +382,13 @@ class NoiseHistory:
                 series.popleft()
 
     def to_json(self) -> dict[str, list[list[float | None]]]:
+        """The history for the page.
+
+        Returns
+        -------
+        dict[str, list[list[float or None]]]
+            receptor id -> ``[unix time s, measured, modelled, cap]`` rows, oldest first.
+        """
         return {rid: [list(p) for p in series] for rid, series in self.points.items()}
 
 
