@@ -84,7 +84,7 @@ _NO_MATCHING_SUBSCRIBERS = 16  # MQTT v5 PUBACK reason code 0x10
 SetpointTopics = Literal["group", "miner"]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     setpoint: Setpoint
     after_seq: int  # telemetry with a higher arrival number counts
@@ -261,12 +261,19 @@ class MqttDriver:
             seq = self._seq
         per_miner: list[int] = []
         by_group: dict[tuple[str, datetime, datetime], list[int]] = {}
+        grouped = self.setpoint_topics == "group"
+        key: tuple[str, datetime, datetime] | None = None
+        members: list[int] = []
         for i, sp in enumerate(batch):
-            if (sp.expires_at - now).total_seconds() <= 0:
+            if sp.expires_at <= now:
                 results[i] = SetpointResult(sp.miner_id, SetpointStatus.REJECTED,
                                             f"setpoint expired at {sp.expires_at.isoformat()}; not published", 0.0)
-            elif self.setpoint_topics == "group" and sp.group_id and sp.group_id not in self.per_miner_groups:
-                by_group.setdefault((sp.group_id, sp.issued_at, sp.expires_at), []).append(i)
+            elif grouped and sp.group_id and sp.group_id not in self.per_miner_groups:
+                # the dispatcher gives a batch one issued_at/expires_at: same objects, no hashing needed
+                if key is None or not (sp.group_id == key[0] and sp.issued_at is key[1] and sp.expires_at is key[2]):
+                    key = (sp.group_id, sp.issued_at, sp.expires_at)
+                    members = by_group.setdefault(key, [])
+                members.append(i)
             else:
                 per_miner.append(i)
         rejected: dict[int, str] = {}
@@ -291,17 +298,23 @@ class MqttDriver:
         latency = time.monotonic() - start
         for i, reason in rejected.items():
             results[i] = SetpointResult(batch[i].miner_id, SetpointStatus.REJECTED, reason, 0.0)
-        sent = [(i, o) for i, o in enumerate(outcomes) if o is not None]
-        transport = self._transport_context([o for _, o in sent])
-        confirmed: list[Setpoint] = []
-        for i, outcome in sent:
-            result = self._result(batch[i], outcome, latency, transport)
-            results[i] = result
-            if result.ok:
-                confirmed.append(batch[i])
+        transport = self._transport_context([o for o in outcomes if o is not None])
+        verdicts: dict[int, tuple[SetpointStatus, str]] = {}  # per outcome: a group message's is shared
         with self._cond:
-            for sp in confirmed:
-                self._pending[sp.miner_id] = _Pending(sp, seq, self._epoch)
+            epoch = self._epoch
+        pending: dict[str, _Pending] = {}
+        for i, outcome in enumerate(outcomes):
+            if outcome is None:
+                continue
+            verdict = verdicts.get(id(outcome))
+            if verdict is None:
+                verdict = verdicts[id(outcome)] = self._verdict(outcome, transport)
+            sp = batch[i]
+            results[i] = SetpointResult(sp.miner_id, verdict[0], verdict[1], latency)
+            if verdict[0] is SetpointStatus.APPLIED:
+                pending[sp.miner_id] = _Pending(sp, seq, epoch)
+        with self._cond:
+            self._pending.update(pending)
         return [r for r in results if r is not None]
 
     def _publish(self, messages: list[OutboundMessage], outcomes: list[PublishOutcome | None], deadline: float) -> None:
@@ -334,26 +347,22 @@ class MqttDriver:
                     f"{now - fault_at:.1f} s after a broker connection fault (miners re-subscribing)")
         return None
 
-    def _result(self, sp: Setpoint, outcome: PublishOutcome, latency: float,
-                transport: str | None = None) -> SetpointResult:
+    def _verdict(self, outcome: PublishOutcome, transport: str | None) -> tuple[SetpointStatus, str]:
+        """The status and reason for every setpoint a message with this outcome carried."""
         broker = f"{self.host}:{self.port}"
         # PUBACKs come from the broker whatever the miner does: a missing one is a transport fault
         if outcome.kind == "timeout":
-            return SetpointResult(sp.miner_id, SetpointStatus.NOT_SENT,
-                                  f"transport: no PUBACK from {broker} within {self.puback_timeout_s} s", latency)
+            return SetpointStatus.NOT_SENT, f"transport: no PUBACK from {broker} within {self.puback_timeout_s} s"
         if outcome.kind == "lost":
-            return SetpointResult(sp.miner_id, SetpointStatus.NOT_SENT, f"transport: broker {broker}: {outcome.detail}",
-                                  latency)
+            return SetpointStatus.NOT_SENT, f"transport: broker {broker}: {outcome.detail}"
         if outcome.kind == "refused" or outcome.code >= 0x80:
-            return SetpointResult(sp.miner_id, SetpointStatus.REJECTED, f"broker refused: {outcome.detail}", latency)
+            return SetpointStatus.REJECTED, f"broker refused: {outcome.detail}"
         if outcome.code == _NO_MATCHING_SUBSCRIBERS:
             if transport is not None:
-                return SetpointResult(sp.miner_id, SetpointStatus.NOT_SENT, f"transport: {transport}", latency)
-            return SetpointResult(sp.miner_id, SetpointStatus.UNREACHABLE,
-                                  "broker has no subscriber for the setpoint topic (miner offline?)", latency)
+                return SetpointStatus.NOT_SENT, f"transport: {transport}"
+            return SetpointStatus.UNREACHABLE, "broker has no subscriber for the setpoint topic (miner offline?)"
         via = f" for the {outcome.detail}" if outcome.detail.startswith("group message") else ""
-        return SetpointResult(sp.miner_id, SetpointStatus.APPLIED,
-                              f"broker acknowledged (PUBACK){via}; awaiting telemetry to verify", latency)
+        return SetpointStatus.APPLIED, f"broker acknowledged (PUBACK){via}; awaiting telemetry to verify"
 
     # ------------------------------------------------------------------ verification
     def _judge(self, sp: Setpoint, telemetry: TelemetryMessage) -> str | None:

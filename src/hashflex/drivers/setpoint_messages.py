@@ -286,20 +286,23 @@ def group_messages(site: str, batch: list[Setpoint], indexes: list[int], now: da
     except ValueError:
         per_miner.extend(indexes)
         return []
-    chunks: list[list[int]] = [[]]
-    seen: set[str] = set()
-    for i in indexes:
-        if len(chunks[-1]) >= max_rows or batch[i].miner_id in seen:
-            chunks.append([])
-            seen = set()
-        chunks[-1].append(i)
-        seen.add(batch[i].miner_id)
+    if len({batch[i].miner_id for i in indexes}) == len(indexes):  # the usual case: each miner once
+        chunks = [indexes[k:k + max_rows] for k in range(0, len(indexes), max_rows)]
+    else:
+        chunks = [[]]
+        seen: set[str] = set()
+        for i in indexes:
+            if len(chunks[-1]) >= max_rows or batch[i].miner_id in seen:
+                chunks.append([])
+                seen = set()
+            chunks[-1].append(i)
+            seen.add(batch[i].miner_id)
     expiry = expiry_s(first.expires_at, now)
     messages = []
     for chunk in chunks:
         while chunk:
-            rows = [{"miner_id": batch[i].miner_id, "mode": batch[i].mode,
-                     "power_target_kw": batch[i].power_target_kw} for i in chunk]
+            rows = [{"miner_id": sp.miner_id, "mode": sp.mode, "power_target_kw": sp.power_target_kw}
+                    for sp in map(batch.__getitem__, chunk)]
             try:
                 message = GroupSetpointsMessage.model_validate({"group_id": first.group_id, "issued_at": first.issued_at,
                                                                 "expires_at": first.expires_at, "setpoints": rows})
