@@ -1,8 +1,9 @@
 """VEN and webhook configuration (dataclasses + ``from_env``).
 
 Environment (all optional except the VEN name): ``HASHFLEX_OPENADR_VEN_NAME`` (required),
-``_RESOURCES``, ``_TARGETS``, ``_PROGRAMS`` (comma lists), ``_ISSUER``, ``_POLL_S``, ``_OUTBOX`` (JSON
-file). The webhook is on when ``HASHFLEX_OPENADR_WEBHOOK_PORT`` is set:
+``_RESOURCES``, ``_TARGETS``, ``_PROGRAMS``, ``_AS_PROGRAMS`` (comma lists), ``_ISSUER``, ``_POLL_S``,
+``_OUTBOX`` (JSON file). ``_AS_PROGRAMS``: the ``programName`` s of the QSE's programs, whose events
+are ancillary-service awards and deployments (:mod:`hashflex.openadr.ancillary`), never DR. The webhook is on when ``HASHFLEX_OPENADR_WEBHOOK_PORT`` is set:
 
 - ``_WEBHOOK_HOST``: bind address, default ``127.0.0.1`` (loopback: a reverse proxy or the TLS
   listener below faces the VTN). A non-loopback address without TLS is refused.
@@ -91,6 +92,9 @@ class VENConfig:
     targets: tuple[str, ...] = ()  # extra target strings agreed with the utility
     program_names: tuple[str, ...] | None = None  # None: every program the VTN shows this VEN
     issuer: str | None = None  # hashflex issuer name (must be in profile.dr.issuers); None: the program id
+    # programName of the QSE's AS programs (awards and deployments, issuer profile.ancillary.issuer);
+    # must agree with the profile's ancillary.openadr_programs once the profile has that field.
+    as_program_names: tuple[str, ...] = ()
     dr_program: DRProgram = DRProgram.UTILITY
     poll_interval_s: float = 30.0
     poll_interval_with_webhook_s: float = 300.0
@@ -119,7 +123,7 @@ class VENConfig:
 
         values: dict[str, Any] = {"ven_name": get("VEN_NAME"), "resource_names": names("RESOURCES"),
                                   "targets": names("TARGETS"), "program_names": names("PROGRAMS") or None,
-                                  "issuer": get("ISSUER")}
+                                  "issuer": get("ISSUER"), "as_program_names": names("AS_PROGRAMS")}
         if get("POLL_S"):
             values["poll_interval_s"] = _number("HASHFLEX_OPENADR_POLL_S", get("POLL_S"))
         if get("OUTBOX"):

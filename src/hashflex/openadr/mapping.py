@@ -82,7 +82,7 @@ __all__ = [
 
 LIMIT_TYPES = ("IMPORT_CAPACITY_LIMIT", "SIMPLE")  # payloads that become DR events (and conflict)
 MAX_BASE_CHARS = 96
-_POWER_KW = {"KW": 1.0, "W": 0.001, "MW": 1000.0}
+POWER_KW = {"KW": 1.0, "W": 0.001, "MW": 1000.0}
 _PRICE_PER_MWH = {"KWH": 1000.0, "MWH": 1.0, "WH": 1_000_000.0}
 _ID_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 
@@ -169,8 +169,20 @@ class MappedEvent:
     warnings: list[str] = field(default_factory=list)  # accepted with a doubt, e.g. a naive modificationDateTime
 
 
-def _descriptors(event: Mapping[str, Any], program: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
-    """Payload descriptors by type: the event's, else the program's (event wins)."""
+def payload_descriptors(event: Mapping[str, Any], program: Mapping[str, Any] | None
+                        ) -> dict[str, Mapping[str, Any]]:
+    """Payload descriptors by type: the event's, else the program's (event wins).
+
+    Parameters
+    ----------
+    event, program : Mapping
+        The event and its program as the VTN returns them (``payloadDescriptors`` lists).
+
+    Returns
+    -------
+    dict
+        ``payloadType`` -> EVENT_PAYLOAD_DESCRIPTOR (report descriptors are left out).
+    """
     out: dict[str, Mapping[str, Any]] = {}
     for source in ((program or {}).get("payloadDescriptors") or [], event.get("payloadDescriptors") or []):
         for descriptor in source:
@@ -180,7 +192,8 @@ def _descriptors(event: Mapping[str, Any], program: Mapping[str, Any] | None) ->
     return out
 
 
-def _number(values: Sequence[Any]) -> float | None:
+def single_number(values: Sequence[Any]) -> float | None:
+    """The one finite number of a payload's ``values`` (exactly one, not a bool), else None."""
     if len(values) != 1 or isinstance(values[0], bool) or not isinstance(values[0], (int, float)):
         return None
     value = float(values[0])
@@ -220,7 +233,7 @@ def map_event(event: Mapping[str, Any], now: datetime, *, issuer: str, program: 
         if is_cancelled(event):
             result.cancelled = True
             return result
-        descriptors = _descriptors(event, program)
+        descriptors = payload_descriptors(event, program)
         result.intervals = resolve_intervals(event, now, random_offset=random_offset,
                                              interval_offsets=interval_offsets, horizon=horizon,
                                              errors=result.rejected_intervals)
@@ -285,15 +298,15 @@ def _covered(interval: ResolvedInterval, windows: Sequence[tuple[datetime, datet
 
 
 def _power_kw(values: Sequence[Any], descriptor: Mapping[str, Any], kind: str, result: MappedEvent) -> float | None:
-    value = _number(values)
+    value = single_number(values)
     units = str(descriptor.get("units") or "KW").upper()
     if value is None or value < 0:
         result.unsupported.append(f"{kind} value {values!r}: not one non-negative number")
         return None
-    if units not in _POWER_KW:
+    if units not in POWER_KW:
         result.unsupported.append(f"{kind} units {units!r}: expected KW, W or MW")
         return None
-    return value * _POWER_KW[units]
+    return value * POWER_KW[units]
 
 
 def _price_factor(descriptor: Mapping[str, Any], result: MappedEvent) -> float | None:

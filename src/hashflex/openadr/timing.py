@@ -203,7 +203,8 @@ def _payload_map(interval: Mapping[str, Any]) -> dict[str, list[Any]]:
 def resolve_intervals(event: Mapping[str, Any], now: datetime, *, random_offset: timedelta = timedelta(0),
                       interval_offsets: Mapping[int, timedelta] | None = None,
                       horizon: timedelta = timedelta(days=2),
-                      errors: list[str] | None = None) -> list[ResolvedInterval]:
+                      errors: list[str] | None = None,
+                      state_types: frozenset[str] = STATE_TYPES) -> list[ResolvedInterval]:
     """Absolute start and end of every interval of ``event`` (module docstring: timing, durations,
     randomizeStart). An interval whose times cannot be read is left out with its reason appended to
     ``errors`` (when given; else ``ValueError`` is raised), and so are intervals that follow it."""
@@ -233,7 +234,7 @@ def resolve_intervals(event: Mapping[str, Any], now: datetime, *, random_offset:
                 start = previous_end
             duration = parse_duration(period.get("duration", default_duration))
             payloads = _payload_map(interval)
-            if duration == timedelta(0) and STATE_TYPES & payloads.keys():
+            if duration == timedelta(0) and state_types & payloads.keys():
                 duration = None  # PT0S: "instantaneous or infinity, depending on payloadType"
             end = None if duration is None else _shift(start, duration)
             previous_end = end

@@ -51,6 +51,7 @@ from hashflex.openadr.client import OpenADRClient, VTNError
 from hashflex.openadr.config import VENConfig, WebhookConfig
 from hashflex.openadr.mapping import ExportLimit, ResolvedInterval
 from hashflex.openadr.reports import ReportOutbox, report_schedule
+from hashflex.openadr.ven_ancillary import AncillaryMixin, as_programs
 from hashflex.openadr.ven_enrolment import Enrolment, EnrolmentMixin
 from hashflex.openadr.ven_events import EventsMixin, _Tracked
 from hashflex.openadr.ven_reports import ReportingMixin
@@ -69,7 +70,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class VEN(EnrolmentMixin, EventsMixin, ReportingMixin, WebhookMixin):
+class VEN(EnrolmentMixin, EventsMixin, AncillaryMixin, ReportingMixin, WebhookMixin):
     """One site's OpenADR 3 VEN. ``loop`` needs ``handle_dr(message, now)`` (a ControlLoop).
 
     ``recorder``: anything with ``record(kind, payload, at)`` (the daemon's AuditRecorder); default:
@@ -105,9 +106,14 @@ class VEN(EnrolmentMixin, EventsMixin, ReportingMixin, WebhookMixin):
                                          "notifications_refused": 0, "dr_messages": 0, "unsupported_payloads": 0,
                                          "reports_generated": 0, "reports_unsupported": 0, "events_rejected": 0,
                                          "intervals_rejected": 0, "objects_rejected": 0, "timestamp_warnings": 0,
-                                         "tick_failures": 0, "listings_incomplete": 0}
+                                         "tick_failures": 0, "listings_incomplete": 0, "as_awards": 0,
+                                         "as_deployments": 0, "as_recalls": 0, "as_refused": 0}
         self.subscription_ids: list[str] = []
         self._events: dict[str, _Tracked] = {}
+        # AS (issue 15): the QSE's programs and issuer, their events, the site's answers (.ven_ancillary)
+        self.as_program_names, self.issuer_as = as_programs(config, loop)
+        self._as_events: dict[str, Any] = {}
+        self.as_acks: list[Any] = []
         self._plans: dict[str, list[tuple[str, datetime, dict[str, Any], list[ResolvedInterval]]]] = {}
         self._recorded: set[tuple[str, datetime]] = set()
         self._lock = threading.RLock()
@@ -132,7 +138,8 @@ class VEN(EnrolmentMixin, EventsMixin, ReportingMixin, WebhookMixin):
             return {"enrolled": self.enrolment is not None,
                     "ven_id": self.enrolment.ven_id if self.enrolment else None,
                     "programs": sorted(self.enrolment.programs) if self.enrolment else [],
-                    "events": sorted(self._events), "counters": dict(self.counters),
+                    "events": sorted(self._events), "as_events": sorted(self._as_events),
+                    "as_programs": sorted(self.as_program_names), "counters": dict(self.counters),
                     "rejections": list(self.rejections), "last_error": self._last_error,
                     "push_active": self.push_active,
                     "webhook_url": self._webhook.url if self._webhook is not None else None,
@@ -176,7 +183,7 @@ class VEN(EnrolmentMixin, EventsMixin, ReportingMixin, WebhookMixin):
             self.counters["tick_failures"] += 1
             self._last_error = f"{type(exc).__name__}: {exc}"
             log.exception("OpenADR tick failed")
-        for step in (self.generate_reports, self.flush_reports):
+        for step in (self.dispatch_as, self.generate_reports, self.flush_reports):
             try:
                 step(now)
             except Exception as exc:  # noqa: BLE001

@@ -82,7 +82,7 @@ class EnrolmentMixin:
             granted.update(t for t in (targets if isinstance(targets, list) else []) if isinstance(t, str))
         self.enrolment = Enrolment(ven_id, sorted(granted), {},
                                    {n: str(r.get("id")) for n, r in resources.items() if isinstance(r, dict)})
-        wanted = config.program_names
+        wanted = None if config.program_names is None else {*config.program_names, *self.as_program_names}
         programs: dict[str, dict[str, Any]] = {}
         for p in self.client.programs(targets=self.my_targets):
             try:

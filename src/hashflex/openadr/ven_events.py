@@ -86,7 +86,7 @@ class EventsMixin:
                     seen.add(event_id)
                     sent += self._process_isolated(event, now)
             if complete:
-                for event_id in [e for e in self._events if e not in seen]:
+                for event_id in [e for e in [*self._events, *self._as_events] if e not in seen]:
                     log.info("OpenADR event %s no longer on the VTN: cancelled", event_id)
                     sent += self.cancel_event(event_id, now)
                 if not self._reconciled:
@@ -120,6 +120,8 @@ class EventsMixin:
             event_id, program_id = str(event["id"]), str(event["programID"])
             if program_id not in self.enrolment.programs or not targets_match(event, self.my_targets):
                 return self.cancel_event(event_id, now)  # no longer for this site (0 if never was)
+            if self.is_as_program(program_id):
+                return self.process_as_event(event, now)  # the QSE's awards and deployments (.ven_ancillary)
             fingerprint = json.dumps({k: v for k, v in event.items() if k not in _METADATA}, sort_keys=True)
             held = self._events.get(event_id)
             if held is not None and held.fingerprint == fingerprint:
@@ -257,6 +259,8 @@ class EventsMixin:
     def cancel_event(self, event_id: str, now: datetime, forget: bool = True) -> int:
         """Cancel every interval message of an event that is not over yet."""
         with self._lock:
+            if event_id in self._as_events:
+                return self.cancel_as_event(event_id, now)
             tracked = self._events.get(event_id)
             if tracked is None:
                 return 0

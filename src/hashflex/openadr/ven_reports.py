@@ -49,7 +49,7 @@ class ReportingMixin:
         with self._lock:
             self._record_performance(now)
             for event_id, plans in self._plans.items():
-                tracked = self._events.get(event_id)
+                tracked = self._events.get(event_id) or self._as_events.get(event_id)
                 for key, due, descriptor, covered in plans:
                     if due > now or key in self.outbox.generated or tracked is None:
                         continue

@@ -1,0 +1,300 @@
+"""The VEN's ancillary-service intake (issue 15): events of the QSE's programs become AS awards and
+deployments, handed to the control loop's own handlers (``loop.handle_as_award``,
+``loop.handle_as_deploy``: decide → commit to the limits book → ack on ``out/as/ack`` → the fast
+path cuts a deployment at once). A mixin of :class:`hashflex.openadr.ven.VEN`; the mapping rules
+and their clauses are in :mod:`hashflex.openadr.ancillary`.
+
+Which programs: ``VENConfig.as_program_names`` (env ``HASHFLEX_OPENADR_AS_PROGRAMS``) — and, once the
+site profile has it, ``ancillary.openadr_programs``, which then decides (a VEN configured with other
+names refuses to start). The messages carry ``issuer = profile.ancillary.issuer`` (the QSE), which
+the loop checks as for MQTT; a VEN given AS programs for a profile without an ``ancillary`` section
+refuses to start (every award would be refused).
+
+Lifecycle, per event (isolated like DR events: one bad event never stops the others):
+
+- awards are sent when the event (or its change) is read; an unchanged award is not sent again; a
+  changed one goes with a higher revision; a withdrawn one (interval gone, event cancelled or
+  deleted) goes with ``reserve_kw`` 0. After a restart an award the limits book already holds with
+  the same terms is not sent again.
+- deployments are sent by :meth:`AncillaryMixin.dispatch_as` (every VEN tick) once their start has
+  come, and recalled at their interval's end, on cancellation or deletion.
+- what the site refuses (its ack) is counted (``as_refused``), kept in ``rejections`` and audited;
+  the acks are kept in ``as_acks``. Reports asked in the event's ``reportDescriptors`` (the measured
+  import over its intervals: the delivered response) follow the DR report path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from hashflex.messages import ASAckMessage, ASAwardMessage, ASDeployMessage
+from hashflex.openadr.ancillary import MappedASEvent, PlannedDeployment, map_as_event, recall_message
+from hashflex.openadr.mapping import ResolvedInterval, message_base, modification_number
+
+__all__ = ["AncillaryMixin"]
+
+log = logging.getLogger(__name__)
+_METADATA = ("id", "createdDateTime", "modificationDateTime", "objectType")
+
+
+@dataclass
+class _ASTracked:
+    """One event of an AS program as last read, and what the site accepted for it."""
+
+    raw: dict[str, Any]
+    program_id: str
+    fingerprint: str
+    number: int
+    product: str | None = None
+    intervals: list[ResolvedInterval] = field(default_factory=list)
+    awards: dict[str, ASAwardMessage] = field(default_factory=dict)  # accepted, by award id
+    planned: dict[str, PlannedDeployment] = field(default_factory=dict)  # what the event asks now
+    deployed: dict[str, ASDeployMessage] = field(default_factory=dict)  # accepted and not recalled
+    done: set[str] = field(default_factory=set)  # recalled, refused or over: never sent again
+
+
+def as_programs(config: Any, loop: Any) -> tuple[frozenset[str], str | None]:
+    """The AS programs (by ``programName``) and the QSE issuer for a VEN.
+
+    Parameters
+    ----------
+    config : VENConfig
+        Its ``as_program_names``.
+    loop : ControlLoop
+        Its ``profile.ancillary`` (``issuer``; ``openadr_programs`` when the profile has that field).
+
+    Returns
+    -------
+    (frozenset of str, str or None)
+        Program names and ``profile.ancillary.issuer`` (None without an ancillary section).
+
+    Raises
+    ------
+    ValueError
+        AS programs configured for a profile without an ``ancillary`` section, or names that differ
+        from the profile's ``ancillary.openadr_programs``.
+    """
+    section = getattr(getattr(loop, "profile", None), "ancillary", None)
+    names = frozenset(config.as_program_names)
+    in_profile = getattr(section, "openadr_programs", None)
+    if in_profile is not None:
+        if names and names != frozenset(in_profile):
+            raise ValueError(f"as_program_names {sorted(names)}: differ from the profile's "
+                             f"ancillary.openadr_programs {sorted(in_profile)}")
+        names = frozenset(in_profile)
+    if names and section is None:
+        raise ValueError(f"as_program_names {sorted(names)}: the site profile has no ancillary section, so every "
+                         "award and deployment would be refused")
+    overlap = names & frozenset(config.program_names or ())
+    if overlap:
+        log.info("OpenADR programs %s are AS programs: their events are awards and deployments, not DR",
+                 sorted(overlap))
+    return names, (section.issuer if section is not None else None)
+
+
+class AncillaryMixin:
+    """AS intake of :class:`~hashflex.openadr.ven.VEN` (``process_as_event``, ``dispatch_as``,
+    ``cancel_as_event``)."""
+
+    def is_as_program(self, program_id: str) -> bool:
+        """True when ``program_id`` is an enrolled program named in the AS programs.
+
+        Parameters
+        ----------
+        program_id : str
+            The VTN's program id.
+
+        Returns
+        -------
+        bool
+        """
+        program = self.enrolment.programs.get(program_id) if self.enrolment is not None else None
+        return isinstance(program, dict) and program.get("programName") in self.as_program_names
+
+    def process_as_event(self, event: dict[str, Any], now: datetime) -> int:
+        """Map one (validated) event of an AS program and send what changed to the loop.
+
+        Parameters
+        ----------
+        event : dict
+            The event as the VTN returns it; its program is enrolled and an AS program.
+        now : datetime
+            Current time, UTC.
+
+        Returns
+        -------
+        int
+            Messages sent to the loop (awards, withdrawals, deployments, recalls).
+        """
+        event_id, program_id = str(event["id"]), str(event["programID"])
+        fingerprint = json.dumps({k: v for k, v in event.items() if k not in _METADATA}, sort_keys=True)
+        held = self._as_events.get(event_id)
+        if held is not None and held.fingerprint == fingerprint:
+            return 0
+        self.counters["events_seen"] += 1
+        number = modification_number(event.get("modificationDateTime"))
+        if held is not None and number <= held.number:
+            number = held.number + 1
+        assert self.issuer_as is not None  # as_programs() refused to start otherwise
+        mapped = map_as_event(event, now, program=self.enrolment.programs.get(program_id), issuer=self.issuer_as,
+                              horizon=self.config.horizon, modification=number)
+        if mapped.rejected is not None:
+            self._reject("event", event_id, mapped.rejected, now)
+            return 0  # a version held before stays in force
+        tracked = _ASTracked(dict(event), program_id, fingerprint, number, mapped.product)
+        if held is not None:
+            tracked.awards, tracked.deployed, tracked.done = held.awards, held.deployed, held.done
+        self._as_events[event_id] = tracked
+        self._note_mapping(event_id, mapped, now)
+        sent = self._apply_awards(tracked, mapped, now)
+        tracked.intervals = mapped.intervals
+        tracked.planned = {d.deployment_id: d for d in mapped.deployments}
+        if mapped.cancelled:
+            tracked.planned = {}
+        sent += self._dispatch(tracked, now, rejected=_interval_bases(event_id, mapped))
+        self._plan_reports(event, mapped.intervals, now)
+        return sent
+
+    def _note_mapping(self, event_id: str, mapped: MappedASEvent, now: datetime) -> None:
+        for reason in mapped.unsupported:
+            self.counters["unsupported_payloads"] += 1
+            self.unsupported.append(f"event {event_id}: {reason}")
+            log.warning("OpenADR AS event %s: %s (ignored)", event_id, reason)
+        for reason in mapped.rejected_intervals:
+            self._reject("interval", event_id, reason, now, "intervals_rejected")
+        for warning in mapped.warnings:
+            self.counters["timestamp_warnings"] += 1
+            log.warning("OpenADR AS event %s: %s", event_id, warning)
+
+    def _apply_awards(self, tracked: _ASTracked, mapped: MappedASEvent, now: datetime) -> int:
+        """Send new and changed awards; withdraw the ones the event no longer asks."""
+        sent = 0
+        wanted = {a.award_id for a in mapped.awards}
+        for award in mapped.awards:
+            before = tracked.awards.get(award.award_id) or self._award_in_book(award.award_id)
+            if before is not None and _same_award(before, award):
+                tracked.awards[award.award_id] = before  # held (also across a restart): nothing to send
+                continue
+            if before is not None and award.revision <= before.revision:
+                award = award.model_copy(update={"revision": before.revision + 1})
+            sent += self._send_award(tracked, award, now)
+        refused = _interval_bases(str(tracked.raw.get("id")), mapped)
+        for award_id, before in list(tracked.awards.items()):
+            if award_id in wanted or award_id in refused or before.reserve_kw == 0 or before.end <= now:
+                continue  # an interval we could not read this time keeps what it asked before
+            sent += self._send_award(tracked, before.model_copy(update={
+                "revision": before.revision + 1, "reserve_kw": 0.0, "price_usd_mw_h": None}), now)
+        return sent
+
+    def _award_in_book(self, award_id: str) -> ASAwardMessage | None:
+        """The award the limits book holds under this id (sent before a restart), or None."""
+        held = getattr(getattr(self.loop, "book", None), "as_awards", {}).get(award_id)
+        return ASAwardMessage.model_validate(held) if held is not None else None
+
+    def _send_award(self, tracked: _ASTracked, award: ASAwardMessage, now: datetime) -> int:
+        ack = self.loop.handle_as_award(award, now)
+        self._answered(ack, award.award_id, now)
+        self.counters["as_awards"] += 1
+        if ack is not None and ack.status == "accepted":
+            tracked.awards[award.award_id] = award
+        return 1
+
+    def _answered(self, ack: ASAckMessage | None, message_id: str, now: datetime) -> None:
+        self.as_acks.append(ack)
+        if ack is None or ack.status != "accepted":
+            self._reject("as", message_id, f"refused by the site: {getattr(ack, 'reason', 'no answer')}", now,
+                         "as_refused")
+
+    def dispatch_as(self, now: datetime) -> int:
+        """Send the deployments whose start has come and recall the ones that are over.
+
+        Parameters
+        ----------
+        now : datetime
+            Current time, UTC (the VEN's tick).
+
+        Returns
+        -------
+        int
+            Deployments and recalls sent to the loop.
+        """
+        with self._lock:
+            return sum(self._dispatch(t, now) for t in list(self._as_events.values()))
+
+    def _dispatch(self, tracked: _ASTracked, now: datetime, rejected: frozenset[str] = frozenset()) -> int:
+        assert self.issuer_as is not None
+        sent = 0
+        for deployment_id, message in list(tracked.deployed.items()):
+            plan = tracked.planned.get(deployment_id)
+            if plan is None and deployment_id in rejected:
+                continue  # unreadable this time: keeps what it asked before
+            if plan is None or (plan.end is not None and plan.end <= now):
+                at = min(plan.end, now) if plan is not None and plan.end is not None else now
+                sent += self._send_recall(tracked, message, at, now)
+            elif not plan.same_terms(message):
+                self._reject("as", deployment_id, "a sent deployment cannot be amended (MW or start changed); "
+                             "recall it (cancel or delete the event) and deploy anew", now, "as_refused")
+                tracked.done.add(deployment_id)  # keeps the deployment in force as first sent
+                tracked.deployed.pop(deployment_id)
+        for deployment_id, plan in tracked.planned.items():
+            if deployment_id in tracked.deployed or deployment_id in tracked.done or plan.start > now:
+                continue
+            tracked.done.add(deployment_id)
+            if plan.end is not None and plan.end <= now:
+                continue  # over before the VEN read it: nothing left to shed
+            message = plan.deploy_message(self.issuer_as)
+            ack = self.loop.handle_as_deploy(message, now)
+            self._answered(ack, deployment_id, now)
+            self.counters["as_deployments"] += 1
+            sent += 1
+            if ack is not None and ack.status == "accepted":
+                tracked.deployed[deployment_id] = message
+        return sent
+
+    def _send_recall(self, tracked: _ASTracked, message: ASDeployMessage, at: datetime, now: datetime) -> int:
+        recall = recall_message(message.deployment_id, message.product, message.issuer, max(at, message.issued_at))
+        ack = self.loop.handle_as_deploy(recall, now)
+        self._answered(ack, message.deployment_id, now)
+        self.counters["as_recalls"] += 1
+        tracked.deployed.pop(message.deployment_id, None)
+        tracked.done.add(message.deployment_id)
+        return 1
+
+    def cancel_as_event(self, event_id: str, now: datetime) -> int:
+        """Withdraw every award and recall every deployment of an event (deleted, retargeted away).
+
+        Parameters
+        ----------
+        event_id : str
+            The OpenADR event id.
+        now : datetime
+            Current time, UTC.
+
+        Returns
+        -------
+        int
+            Messages sent to the loop.
+        """
+        with self._lock:
+            tracked = self._as_events.pop(event_id, None)
+            if tracked is None:
+                return 0
+            self._plans.pop(event_id, None)
+            sent = self._apply_awards(tracked, MappedASEvent(event_id, cancelled=True), now)
+            tracked.planned = {}
+            return sent + self._dispatch(tracked, now)
+
+
+def _same_award(a: ASAwardMessage, b: ASAwardMessage) -> bool:
+    keys = ("product", "start", "end", "reserve_kw", "price_usd_mw_h", "issuer")
+    return all(getattr(a, k) == getattr(b, k) for k in keys)
+
+
+def _interval_bases(event_id: str, mapped: MappedASEvent) -> frozenset[str]:
+    """Message ids of the intervals refused this time (they keep what they asked before)."""
+    heads = {r.split(":", 1)[0].removeprefix("interval ") for r in mapped.rejected_intervals}
+    return frozenset(f"{message_base(event_id)}:{h}" for h in heads)
