@@ -46,8 +46,9 @@ from starlette.staticfiles import StaticFiles
 
 from hashflex.openadr.config import is_loopback  # noqa: F401 - one definition, re-exported
 from hashflex.web.curtailment import LatestTelemetry
+from hashflex.web.history import EventLog, FeedAges, NoiseHistory
 from hashflex.web.manager import AuthError, ManagerAuth, limits_change
-from hashflex.web.view import EventLog, FeedAges, NoiseHistory, dashboard_state, unhealthy_causes
+from hashflex.web.view import dashboard_state, unhealthy_causes
 
 log = logging.getLogger(__name__)
 STATIC_DIR = resources.files("hashflex.web") / "static"

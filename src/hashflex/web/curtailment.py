@@ -1,7 +1,7 @@
 """The dashboard's "available for curtailment" figure, from the miners' latest telemetry.
 
 The web layer sees every inbound message the ingest accepts (the daemon wires
-:meth:`hashflex.web.view.FeedAges.seen` to it); :class:`LatestTelemetry` keeps each miner's latest
+:meth:`hashflex.web.history.FeedAges.seen` to it); :class:`LatestTelemetry` keeps each miner's latest
 reading from them, and :func:`curtailment_section` turns those readings, the loop's fleet (which
 group, hence which idle draw) and the loop's driver (what each miner can be asked to do) into the
 ``now.curtailment`` part of the dashboard document with
