@@ -332,6 +332,8 @@ JSON_KEYS = {
     "efficiency": {"load_mwh", "hashrate_ph_h", "average_hashrate_ph_s", "average_j_per_th"},
     "noise": {"night_definition", "receptors"},
     "demand_response": {"tolerance_kw", "events", "high_price"},
+    "ancillary": {"deployment_count", "accepted_count", "shortfall_count", "late_count", "deployments", "awards",
+                  "notes"},
     "curtailment": {"by_cause", "per_day", "total_mwh", "total_hours", "intervals_without_full_load"},
     "economics": {"revenue_usd", "energy_cost_usd", "profit_usd", "average_energy_cost_usd_per_mwh",
                   "curtailment_hours", "curtailed_mwh"},
@@ -428,8 +430,8 @@ def _scalar_figures(value: object, prefix: str) -> set[str]:
 def test_html_has_every_section_figure_plot_and_hash(report: dict) -> None:
     page = _Collector()
     page.feed(to_html(report))
-    assert page.sections == ["audit", "energy", "emissions", "efficiency", "noise", "demand-response", "curtailment",
-                             "economics", "definitions"]
+    assert page.sections == ["audit", "energy", "emissions", "efficiency", "noise", "demand-response", "ancillary",
+                             "curtailment", "economics", "definitions"]
     expected = set()
     for section in ("energy", "emissions", "efficiency", "noise", "demand_response", "economics", "curtailment"):
         expected |= _scalar_figures(report[section], section)

@@ -39,6 +39,10 @@ $ 0.01, kW 0.1, % 0.1).
   ``minutes_over_cap``, ``hours_over_cap``}, ``hourly``: [...]}}.
 - ``demand_response``: ``tolerance_kw``, ``events`` (see :mod:`hashflex.report.dr_performance`:
   timeline, baselines, per-interval settlement rows, pass/fail), ``high_price`` {...}.
+- ``ancillary``: ``deployment_count``, ``accepted_count``, ``shortfall_count``, ``late_count``,
+  ``deployments`` [{``deployment_id``, ``product``, ``issued_at``, ``deployed_mw``, ``awarded_mw``,
+  ``delivered_mw``, ``shortfall_mw``, ``response_s``, ``deadline``, ``within_deadline``, metered
+  figures, ...}], ``awards`` [...], ``notes`` (:mod:`hashflex.report.ancillary`, issue 15).
 - ``curtailment``: ``by_cause`` {cause: {``mwh``, ``hours``, ``intervals``}}, ``per_day``
   [{``day``, ``cause``, ``mwh``, ``hours``}], ``total_mwh``, ``total_hours``,
   ``intervals_without_full_load`` (:mod:`hashflex.report.curtailment`).
@@ -63,6 +67,7 @@ import pandas as pd
 
 from hashflex.audit import AuditError, AuditLog
 from hashflex.report import figures as F
+from hashflex.report.ancillary import ancillary_figures
 from hashflex.report.curtailment import curtailment_figures, interval_causes
 from hashflex.report.provenance import config_for_seq, provenance
 
@@ -70,9 +75,9 @@ __all__ = ["RecsInput", "apply_precision", "build_report", "load_recs", "report_
            "trail_period"]
 
 REPORT_KINDS = ("config", "measurement", "dr_event", "dr_ack", "dr_transition", "guard_action", "setpoints",
-                "schedule", "meter_sample")
-SECTIONS = ("report", "energy", "emissions", "efficiency", "noise", "demand_response", "curtailment", "economics",
-            "hourly", "intervals")
+                "schedule", "meter_sample", "as_award", "as_deploy", "as_performance")
+SECTIONS = ("report", "energy", "emissions", "efficiency", "noise", "demand_response", "ancillary", "curtailment",
+            "economics", "hourly", "intervals")
 
 
 @dataclass(frozen=True)
@@ -230,6 +235,7 @@ def report_from_records(records: list[Any], start: pd.Timestamp, end: pd.Timesta
         "noise": F.noise_figures(inputs.noise, tz),
         "demand_response": F.dr_figures(m, inputs, start, end, tolerance_kw=dr_tolerance_kw,
                                         high_price_usd_mwh=high_price_usd_mwh, tz=tz, simulated=origin.simulated),
+        "ancillary": ancillary_figures(inputs, start, end, tolerance_kw=dr_tolerance_kw),
         "curtailment": curtailment_figures(m, inputs.schedules, inputs.guard_actions, tz),
         "economics": F.economics_figures(m),
         "hourly": F.hourly_figures(m, inputs.configs),

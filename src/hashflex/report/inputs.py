@@ -41,6 +41,11 @@ class ReportInputs:
     schedules: list[dict[str, Any]] = field(default_factory=list)  # {"seq", "at", "first_row", "reasons"}
     transitions: list[dict[str, Any]] = field(default_factory=list)  # dr_transition payloads
     meter_samples: list[dict[str, Any]] = field(default_factory=list)  # {"at", "import_kw", "source"}: DR in force
+    # ancillary services (issue 15): {"seq", "at", "message", "ack"} per as_award / as_deploy record,
+    # {"seq", "at", payload...} per as_performance record (what the fast path commanded)
+    as_awards: list[dict[str, Any]] = field(default_factory=list)
+    as_deploys: list[dict[str, Any]] = field(default_factory=list)
+    as_performance: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _ts(text: str | None) -> pd.Timestamp | None:
@@ -54,6 +59,7 @@ def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Tim
     records = sorted(records, key=lambda r: r.seq)
     rows, noise, configs, events, acks, actions = [], [], [], [], [], []
     setpoints, schedules, transitions, samples = [], [], [], []
+    as_awards, as_deploys, as_performance = [], [], []
     for rec in records:
         p, at = rec.payload, pd.Timestamp(rec.at_utc)
         if rec.kind == "measurement":
@@ -77,6 +83,11 @@ def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Tim
         elif rec.kind == "meter_sample":
             samples.append({"at": pd.Timestamp(p.get("at") or rec.at_utc).tz_convert("UTC"),
                             "import_kw": p.get("import_kw"), "source": p.get("source")})
+        elif rec.kind in ("as_award", "as_deploy"):
+            (as_awards if rec.kind == "as_award" else as_deploys).append(
+                {"seq": rec.seq, "at": at, "message": p.get("message") or {}, "ack": p.get("ack") or {}})
+        elif rec.kind == "as_performance":
+            as_performance.append({"seq": rec.seq, "at": at, **p})
     every = pd.DataFrame(rows, columns=MEASUREMENT_COLUMNS)
     every["interval_start"] = pd.to_datetime(every["interval_start"], utc=True, format="ISO8601")
     for column in MEASUREMENT_COLUMNS:
@@ -108,7 +119,7 @@ def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Tim
     n["interval_start"] = pd.to_datetime(n["interval_start"], utc=True)
     n = n.sort_values(["receptor", "interval_start"]).reset_index(drop=True)
     return ReportInputs(m, n, configs, events, acks, actions, superseded, history, setpoints, schedules, transitions,
-                        samples)
+                        samples, as_awards=as_awards, as_deploys=as_deploys, as_performance=as_performance)
 
 
 def _r(x: float | None, digits: int = 6) -> float | None:

@@ -107,6 +107,31 @@ LABELS = {
     "location_kg_per_mwh": "Grid carbon intensity",
     "intensity_source": "Intensity source",
     "simulated": "Simulated data",
+    # ancillary services (issue 15)
+    "deployment_count": "Ancillary service deployments in the period",
+    "accepted_count": "Deployments accepted",
+    "shortfall_count": "Deployments with a shortfall",
+    "late_count": "Deployments not cut by the deadline",
+    "deployment_id": "Deployment",
+    "product": "Product",
+    "issued_at": "Instructed at",
+    "deployed_mw": "Deployed (reduction asked)",
+    "awarded_mw": "Awarded reserve in force",
+    "delivered_vs_awarded_pct": "Delivered ÷ awarded",
+    "shortfall_mw": "Shortfall (still over the limit)",
+    "response_s": "Cut commanded after",
+    "deadline": "Deadline",
+    "within_deadline": "Cut commanded by the deadline",
+    "recalled_at": "Recalled at",
+    "metered_delivered_mw": "Metered reduction delivered",
+    "metered_shortfall_mw": "Metered shortfall",
+    "metered_response_s": "Metered import under the limit after (upper bound)",
+    "award_id": "Award",
+    "revision": "Revision",
+    "award_start": "Award from",
+    "award_end": "Award until",
+    "reserve_mw": "Reserve awarded",
+    "price_usd_mw_h": "Award price",
 }
 # labels that depend on the section (matched on the dotted path, most specific first)
 PATH_LABELS = {
@@ -140,13 +165,13 @@ EVENT_LABELS = {
     "pass": "PASS under the programme rule", "rule": "Programme rule applied",
     "worst_excess_kw": "Largest excess over the limit",
 }
-UNITS = (("_usd_per_mwh", "$/MWh"), ("_usd_mwh", "$/MWh"), ("_kg_per_ph_h", "kg CO₂/PH·h"),
+UNITS = (("_usd_mw_h", "$/MW per h"), ("_usd_per_mwh", "$/MWh"), ("_usd_mwh", "$/MWh"), ("_kg_per_ph_h", "kg CO₂/PH·h"),
          ("_kg_per_mwh", "kg CO₂/MWh"), ("_mwh", "MWh"), ("_kg", "kg CO₂"),
          ("_pct", "%"), ("_usd", "$"), ("_dba", "dB(A)"),
          ("_kw", "kW"), ("_ph_h", "PH·h"), ("_ph_s", "PH/s"), ("_j_per_th", "J/TH"), ("_hours", "h"),
          ("hours_covered", "h"), ("_s", "s"), ("minutes_over_cap", "min"), ("_mw", "MW"), ("_kwh", "kWh"),
     ("_th_s", "TH/s"), ("total_hours", "h"))
-DIGITS = (("_dba", 1), ("_usd_mwh", 2), ("_usd_per_mwh", 2), ("_usd", 2), ("_kg_per_mwh", 1), ("_mwh", 3),
+DIGITS = (("_usd_mw_h", 2), ("_dba", 1), ("_usd_mwh", 2), ("_usd_per_mwh", 2), ("_usd", 2), ("_kg_per_mwh", 1), ("_mwh", 3),
           ("_kwh", 1), ("_kg_per_ph_h", 4), ("_kg", 1), ("_kw", 1), ("_mw", 3), ("_pct", 1), ("_s", 0),
           ("_hours", 2), ("hours", 2), ("_factor", 3))
 
@@ -174,6 +199,13 @@ DEFINITIONS = [
      "intensity in that interval (source named per hour); market-based = grid electricity covered by contractual "
      "instruments (RECs, PPAs) at their factor, the rest at the residual mix (or, lacking one, at the location "
      "intensity, said so). Both are always shown side by side."),
+    ("Ancillary service deployments", "An ancillary service award (Responsive Reserve, ECRS, Non-Spin) is a "
+     "promise to cut load when ERCOT deploys it. Per deployment: the reduction asked, the reserve awarded for that "
+     "product, the reduction the fast path commanded (modelled import before, less the import the new setpoints "
+     "leave) and any shortfall (idle draw and auxiliaries cannot be shed), how long after the instruction the cut "
+     "was commanded against the product's deadline (RRS and ECRS 10 minutes, Non-Spin 30), and the metered import "
+     "of the intervals after the deadline. The metered time under the limit is an upper bound: the trail holds one "
+     "mean per control interval."),
     ("Curtailment by cause", "Energy not used (full load − load) in intervals run below full load, by the "
      "reason the plan gave for that interval, or the guard's fast-path action that cut inside it."),
     ("Time", "Times on this page are the site's local time with its offset from UTC; the JSON and CSV exports "

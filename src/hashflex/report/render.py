@@ -4,9 +4,10 @@
 - CSV: two columns ``figure,value``; every leaf of the JSON, dotted keys, list items by index
   (``noise.receptors.maple_lane.hourly.3.cap_dba``).
 - HTML: sections ``audit``, ``energy``, ``emissions``, ``efficiency``, ``noise``,
-  ``demand-response``, ``economics``, ``definitions``; every scalar figure is a table row
-  ``<tr data-figure="<dotted key>">`` with a plain-language label, value and unit; plots are PNGs
-  (matplotlib, Agg backend) embedded as base64 ``data:`` URIs, each in ``<figure id="plot-...">``.
+  ``demand-response``, ``ancillary``, ``curtailment``, ``economics``, ``definitions``; every scalar
+  figure is a table row ``<tr data-figure="<dotted key>">`` with a plain-language label, value and
+  unit; plots are PNGs (matplotlib, Agg backend) embedded as base64 ``data:`` URIs, each in
+  ``<figure id="plot-...">``.
   The audit chain head hash and the profile hash(es) are printed at the top and in ``<meta>`` tags,
   with the signed head and its verification result when one was given.
 - Times: the HTML shows the site's local time with its zone and offset (``2020-02-01 14:00 CST
@@ -30,6 +31,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from hashflex.report.ancillary import AWARD_COLUMNS, DEPLOYMENT_COLUMNS
 from hashflex.report.labels import (  # noqa: F401 - LABELS..digits_of: importable from here as before the split
     _ISO,
     _SIM,
@@ -219,6 +221,22 @@ def _emissions_side_by_side(em: dict[str, Any]) -> str:
             f"<tr><th></th><th>Location-based</th><th>Market-based</th><th></th></tr>{body}{method}</table>")
 
 
+def _ancillary_section(section: dict[str, Any], banner: str) -> list[str]:
+    """The "Ancillary service deployments" section: counts, one row per deployment (product, MW
+    deployed, awarded and delivered, shortfall, response time, metered figures), the awards."""
+    scalars = {k: v for k, v in section.items() if k not in ("deployments", "awards")}
+    parts = ['<section id="ancillary"><h2>Ancillary service deployments</h2>', banner,
+             _figures_table(scalars, "ancillary", caption="For the period")]
+    if section["deployments"]:
+        parts.append(_table(section["deployments"], DEPLOYMENT_COLUMNS, "as-deployments",
+                            "Each deployment: reduction asked, reserve awarded, reduction delivered and how fast"))
+    else:
+        parts.append('<p id="as-deployments">No ancillary service deployments in the period.</p>')
+    parts += ["<h3>Awards</h3>", _table(section["awards"], AWARD_COLUMNS, "as-awards",
+                                         "Ancillary service awards in force during the period"), "</section>"]
+    return parts
+
+
 def to_html(report: dict[str, Any]) -> str:
     meta = report["report"]
     tz_token, sim_token = _TZ.set(meta.get("timezone") or "UTC"), _SIM.set(bool(meta.get("simulated")))
@@ -323,6 +341,8 @@ def _to_html(report: dict[str, Any]) -> str:
                                                         "delivered_mw", "delivered_mwh", "assessed", "compliant"],
                                 f"dr-intervals-{event['event_id']}", f"Settlement intervals of {event['event_id']}"))
     parts.append("</section>")
+
+    parts += _ancillary_section(report.get("ancillary") or {"deployments": [], "awards": []}, banner)
 
     cur = report.get("curtailment") or {"by_cause": {}, "per_day": []}
     parts += ['<section id="curtailment"><h2>Curtailment by cause</h2>', banner,

@@ -1,0 +1,214 @@
+"""Ancillary service deployments in the evidence report (issue 15): each deployment the QSE sent, what
+the site was awarded, what it delivered and how fast, from the audit trail only.
+
+What the trail holds (:mod:`hashflex.audit`, written by the control loop):
+
+- ``as_award``: every award message and its acknowledgement (``message``, ``ack``);
+- ``as_deploy``: every deployment message (and recall) and its acknowledgement; an accepted
+  deployment's ack carries the import limit it set and its deadline;
+- ``as_performance``: what the fast path commanded when the deployment arrived: the modelled
+  import before (``baseline_kw``), the import limit (``baseline_kw − deployed``), the import the
+  commanded setpoints leave (``commanded_import_kw``), delivered = baseline − commanded, shortfall =
+  what the commanded import is still over the limit (idle draw and auxiliaries cannot be shed),
+  and the time from the instruction to the command (``commanded_after_s``);
+- ``measurement``: one record per control interval with the mean grid import.
+
+Figures, per deployment issued in the report period (units in the key names):
+
+- ``deployed_mw`` = the deployment's ``deployed_kw`` / 1000 (the reduction asked);
+- ``awarded_mw`` = Σ ``reserve_kw`` / 1000 of the accepted awards of the same product in force at
+  the instruction (the latest accepted revision of each award recorded before the deployment);
+- ``delivered_mw`` = (``baseline_kw`` − ``commanded_import_kw``) / 1000; ``shortfall_mw`` =
+  max(``commanded_import_kw`` − ``limit_kw``, 0) / 1000; ``delivered_vs_awarded_pct`` =
+  100 · delivered / awarded; ``response_s`` = ``commanded_after_s``; ``within_deadline`` whether
+  the cut was commanded by the deadline (ERCOT Nodal Protocols §6.5.7.6.2: RRS and ECRS within
+  10 minutes, Non-Spin within 30; ``profile.AS_PRODUCT_RULES``);
+- metered, from ``measurement`` records: the deployment is in force from the instruction until
+  the recall, else for the product's sustain duration; intervals starting at or after the
+  deadline and before that end are assessed: ``metered_import_kw`` = their h-weighted mean
+  import, ``metered_delivered_mw`` = (baseline − metered import) / 1000, ``metered_shortfall_mw``
+  = max(metered import − limit, 0) / 1000; ``metered_under_limit_by`` = the end of the first
+  interval in force whose mean import is at or under the limit, and ``metered_response_s`` the
+  time from the instruction to it (an upper bound: the trail holds one mean per interval). Null
+  when no measurement covers the deployment.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from hashflex.profile import AS_PRODUCT_RULES
+from hashflex.report.inputs import ReportInputs, _r
+
+__all__ = ["AWARD_COLUMNS", "DEPLOYMENT_COLUMNS", "ancillary_figures"]
+
+DEPLOYMENT_COLUMNS = ["deployment_id", "product", "issued_at", "accepted", "deployed_mw", "awarded_mw", "delivered_mw",
+                      "delivered_vs_awarded_pct", "shortfall_mw", "response_s", "deadline", "within_deadline",
+                      "recalled_at", "metered_import_kw", "metered_delivered_mw", "metered_shortfall_mw",
+                      "metered_response_s"]
+"""The columns of the deployments table of the HTML report (every key is in the JSON)."""
+AWARD_COLUMNS = ["award_id", "revision", "product", "award_start", "award_end", "reserve_mw", "price_usd_mw_h",
+                 "accepted"]
+"""The columns of the awards table of the HTML report."""
+
+
+def _stamp(text: Any) -> pd.Timestamp | None:
+    return None if not text else pd.Timestamp(text).tz_convert("UTC")
+
+
+def _iso(moment: pd.Timestamp | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _accepted(record: Mapping[str, Any]) -> bool:
+    return (record.get("ack") or {}).get("status") == "accepted"
+
+
+def _awarded_kw(awards: list[dict[str, Any]], product: str, at: pd.Timestamp, before_seq: int) -> float:
+    """kW of ``product`` awarded and in force at ``at``, from accepted award records before ``before_seq``."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in sorted(awards, key=lambda r: r["seq"]):
+        message = record["message"]
+        if record["seq"] < before_seq and _accepted(record) and message.get("award_id"):
+            latest[message["award_id"]] = message
+    total = 0.0
+    for message in latest.values():
+        start, end = _stamp(message.get("start")), _stamp(message.get("end"))
+        if message.get("product") == product and start is not None and end is not None and start <= at < end:
+            total += float(message.get("reserve_kw") or 0.0)
+    return total
+
+
+def _metered(history: pd.DataFrame | None, issued: pd.Timestamp, deadline: pd.Timestamp, until: pd.Timestamp,
+             baseline_kw: float | None, limit_kw: float | None, tolerance_kw: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"metered_intervals": 0, "metered_import_kw": None, "metered_delivered_mw": None,
+                           "metered_shortfall_mw": None, "metered_under_limit_by": None, "metered_response_s": None}
+    if history is None or history.empty or limit_kw is None:
+        return out
+    rows = history[history["import_kw"].notna() & (history["interval_start"] < until)
+                   & (history["interval_end"] > issued)].sort_values("interval_start")
+    under = rows[rows["import_kw"] <= limit_kw + tolerance_kw]
+    if len(under):
+        crossing = under["interval_end"].iloc[0]
+        out["metered_under_limit_by"] = crossing.isoformat()
+        out["metered_response_s"] = _r((crossing - issued).total_seconds())
+    assessed = rows[rows["interval_start"] >= deadline]
+    hours = float(assessed["interval_h"].sum())
+    if hours > 0:
+        import_kw = float((assessed["import_kw"] * assessed["interval_h"]).sum() / hours)
+        out["metered_intervals"] = int(len(assessed))
+        out["metered_import_kw"] = _r(import_kw)
+        out["metered_shortfall_mw"] = _r(max(import_kw - limit_kw, 0.0) / 1000.0)
+        if baseline_kw is not None:
+            out["metered_delivered_mw"] = _r((baseline_kw - import_kw) / 1000.0)
+    return out
+
+
+def _deployment_row(record: dict[str, Any], inputs: ReportInputs, performance: Mapping[str, Any] | None,
+                    recalled_at: pd.Timestamp | None, tolerance_kw: float) -> dict[str, Any]:
+    message, ack = record["message"], record["ack"]
+    product = str(message.get("product"))
+    issued = _stamp(message.get("issued_at")) or record["at"]
+    rules = AS_PRODUCT_RULES.get(product, {})
+    deadline = _stamp(ack.get("deadline")) or issued + pd.Timedelta(seconds=float(rules.get("deadline_s", 0.0)))
+    until = issued + pd.Timedelta(hours=float(rules.get("sustain_h", 0.0)))
+    if recalled_at is not None:
+        until = min(until, recalled_at)
+    awarded_kw = _awarded_kw(inputs.as_awards, product, issued, record["seq"])
+    perf = performance or {}
+    baseline, limit = perf.get("baseline_kw"), perf.get("limit_kw", ack.get("import_limit_kw"))
+    delivered = perf.get("delivered_kw")
+    shortfall = perf.get("shortfall_kw")
+    row = {
+        "deployment_id": message.get("deployment_id"), "product": product, "issuer": message.get("issuer"),
+        "issued_at": issued.isoformat(), "accepted": _accepted(record), "reason": ack.get("reason"),
+        "deployed_mw": _r(float(message.get("deployed_kw") or 0.0) / 1000.0),
+        "awarded_mw": _r(awarded_kw / 1000.0),
+        "deadline": deadline.isoformat(), "deadline_s": _r((deadline - issued).total_seconds()),
+        "recalled_at": _iso(recalled_at),
+        "baseline_kw": _r(baseline), "limit_kw": _r(limit), "commanded_import_kw": _r(perf.get("commanded_import_kw")),
+        "delivered_mw": None if delivered is None else _r(float(delivered) / 1000.0),
+        "shortfall_mw": None if shortfall is None else _r(float(shortfall) / 1000.0),
+        "delivered_vs_awarded_pct": (_r(100.0 * float(delivered) / awarded_kw)
+                                     if delivered is not None and awarded_kw > 0 else None),
+        "response_s": _r(perf.get("commanded_after_s")),
+        "within_deadline": perf.get("commanded_within_deadline"),
+    }
+    metered = (_metered(inputs.history, issued, deadline, until, baseline, limit, tolerance_kw) if performance
+               else _metered(None, issued, deadline, until, None, None, tolerance_kw))
+    row.update(metered)
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_end: pd.Timestamp, *,
+                      tolerance_kw: float = 0.0) -> dict[str, Any]:
+    """The report's ``ancillary`` section: every AS deployment issued in the period and the awards.
+
+    Parameters
+    ----------
+    inputs : ReportInputs
+        Decoded audit records (``as_awards``, ``as_deploys``, ``as_performance``, ``history``).
+    period_start, period_end : pd.Timestamp
+        The report period, UTC, half-open; a deployment belongs to it by its instruction time
+        (``issued_at``), an award when its window overlaps the period.
+    tolerance_kw : float
+        kW a metered interval mean may be over the limit and still count as under it.
+
+    Returns
+    -------
+    dict
+        ``deployment_count``, ``accepted_count``, ``shortfall_count`` (deployments with a commanded
+        or metered shortfall), ``late_count`` (cut not commanded by the deadline), ``deployments``
+        (one row per deployment, the keys of the module docstring, in instruction order),
+        ``awards`` (one row per award message), ``notes``.
+    """
+    performance = {p.get("deployment_id"): p for p in sorted(inputs.as_performance, key=lambda p: p["seq"])}
+    recalls: dict[str, pd.Timestamp] = {}
+    firsts: dict[str, dict[str, Any]] = {}
+    for record in sorted(inputs.as_deploys, key=lambda r: r["seq"]):
+        message = record["message"]
+        deployment_id = message.get("deployment_id")
+        if message.get("recalled"):
+            if _accepted(record) and deployment_id not in recalls:
+                recalls[deployment_id] = _stamp(message.get("issued_at")) or record["at"]
+            continue
+        held = firsts.get(deployment_id)
+        if held is None or (not _accepted(held) and _accepted(record)):
+            firsts[deployment_id] = record
+    rows = []
+    for deployment_id, record in firsts.items():
+        issued = _stamp(record["message"].get("issued_at")) or record["at"]
+        if period_start <= issued < period_end:
+            rows.append(_deployment_row(record, inputs, performance.get(deployment_id) if _accepted(record) else None,
+                                        recalls.get(deployment_id), tolerance_kw))
+    rows.sort(key=lambda r: (r["issued_at"], str(r["deployment_id"])))
+    awards = []
+    for record in sorted(inputs.as_awards, key=lambda r: r["seq"]):
+        message = record["message"]
+        start, end = _stamp(message.get("start")), _stamp(message.get("end"))
+        if start is None or end is None or not (start < period_end and end > period_start):
+            continue
+        awards.append({"award_id": message.get("award_id"), "revision": message.get("revision"),
+                       "product": message.get("product"), "award_start": start.isoformat(),
+                       "award_end": end.isoformat(), "reserve_mw": _r(float(message.get("reserve_kw") or 0.0) / 1000.0),
+                       "price_usd_mw_h": _r(message.get("price_usd_mw_h")), "accepted": _accepted(record),
+                       "reason": (record["ack"] or {}).get("reason")})
+    short = [r for r in rows if (r["shortfall_mw"] or 0.0) > 0 or (r["metered_shortfall_mw"] or 0.0) > 0]
+    notes = []
+    if rows:
+        notes.append("response_s is the time from the instruction to the cut the fast path commanded; metered "
+                     "figures come from the interval means of the measurement records, so metered_response_s is "
+                     "an upper bound at interval resolution")
+    return {
+        "deployment_count": len(rows),
+        "accepted_count": sum(1 for r in rows if r["accepted"]),
+        "shortfall_count": len(short),
+        "late_count": sum(1 for r in rows if r["within_deadline"] is False),
+        "deployments": rows,
+        "awards": awards,
+        "notes": notes,
+    }
