@@ -60,6 +60,7 @@ from hashflex.profile import SiteProfile
 
 from hashflex.control.as_intake import AncillaryIntakeMixin, deployment_performance  # noqa: F401 - re-exported
 from hashflex.control.compute_commands import ComputeState, plan_commands
+from hashflex.control.stability import StabilityDecision, hold_previous_counts
 from hashflex.control.fastpath import FastPathMixin, _prices_unknown, _replace  # noqa: F401
 from hashflex.drivers.compute import ComputeCommand, ComputeDriver, ComputeResult
 from hashflex.control.loop_status import LoopStatusMixin
@@ -97,6 +98,10 @@ class LoopConfig:
     stale_after_intervals: float = 3.0  # /healthz turns 503 when the last good tick is older
     async_sends: bool = False  # driver I/O on a sender thread (the daemon); False: on the caller's thread
     run_mode: str = "live"  # "live" | "simulate" | "backtest": recorded in the audit trail (reports label it)
+    # Plan stability (control.stability): a re-plan changes the interval about to start only if it gains at
+    # least this fraction of the horizon's planned gross revenue over keeping the previous plan for it
+    # (0 turns the rule off). Measured in optimization/benchmarks/plan_stability.py.
+    replan_min_gain_fraction: float = 0.001
 
 
 @dataclass
@@ -110,6 +115,7 @@ class TickReport:
     fallbacks: tuple[str, ...]
     solve_seconds: float
     trigger: str
+    stability: str = ""  # control.stability: kept the previous plan, or why the new one went out
 
 
 def interval_floor(now: datetime, minutes: int) -> pd.Timestamp:
@@ -224,7 +230,11 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin):
         self.counters: dict[str, int] = {"ticks": 0, "fast_path_actions": 0, "dr_accepted": 0, "dr_rejected": 0,
                                          "dr_duplicates": 0, "limits_accepted": 0, "limits_rejected": 0,
                                          "limits_duplicates": 0, "store_unavailable": 0, "setpoints_not_sent": 0,
-                                         "fallback_schedules": 0, "setpoint_failures": 0}
+                                         "fallback_schedules": 0, "setpoint_failures": 0,
+                                         # plan stability: ticks whose first interval changed from the previous
+                                         # plan's, units moved by them, and ticks that kept the previous plan
+                                         "plan_changes": 0, "plan_churn_units": 0, "plan_holds": 0}
+        self._planned_counts: dict[pd.Timestamp, dict[tuple[str, str], int]] = {}
 
     @property
     def dr_book(self) -> DRBook:
@@ -272,13 +282,14 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin):
                 self.counters["fallback_schedules"] += 1
             with self._lock:
                 self._command_compute(schedule, now)  # first: the guard counts the GPUs' planned draw
-                result = plan_dispatch(first_interval_counts(schedule), self.fleet, now, self.expiry_s)
+                stable = self._stable_counts(problem, schedule, start)
+                result = plan_dispatch(stable.counts, self.fleet, now, self.expiry_s)
                 checked = self.guard.check(result.setpoints, self.measurements, self.limits_now(now), now)
                 sent = self._dispatch(checked.batch, now)
             results = sent.result()  # outside the lock: the sender thread takes it to book the results
             with self._lock:
                 report = TickReport(now, start, schedule, checked.batch, checked, results, tuple(forecast.fallbacks),
-                                    self.solver.last_seconds, trigger)
+                                    self.solver.last_seconds, trigger, stable.reason)
                 self.last_report = report
                 self.last_good_tick = now
                 self.counters["ticks"] += 1
@@ -297,6 +308,26 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin):
         self.fleet.apply_setpoints(batch, now)
         self._save_commitment()
         return self._sender.submit((batch, now, before), self._after_send)
+
+    def _stable_counts(self, problem: Problem, schedule: Schedule, start: pd.Timestamp) -> StabilityDecision:
+        """The first interval's counts after the plan-stability rule (call with the lock held), and the
+        plan remembered for the next tick (its later intervals; the first as dispatched)."""
+        previous = self._planned_counts.get(start)
+        decision = hold_previous_counts(problem, schedule, previous,
+                                        min_gain_fraction=self.config.replan_min_gain_fraction)
+        if previous is not None and decision.counts != previous:
+            self.counters["plan_changes"] += 1
+            self.counters["plan_churn_units"] += sum(abs(decision.counts.get(k, 0) - previous.get(k, 0))
+                                                     for k in set(decision.counts) | set(previous))
+        if decision.held:
+            self.counters["plan_holds"] += 1
+        frame = schedule.frame
+        planned = {pd.Timestamp(frame.index[t]): {(g, m): int(frame[unit_column(g, m)].iloc[t])
+                                                  for g, m in schedule.group_modes}
+                   for t in range(1, min(len(frame), 4))}
+        planned[start] = dict(decision.counts)
+        self._planned_counts = planned
+        return decision
 
     def _command_compute(self, schedule: Schedule, now: datetime) -> None:
         """Queue the GPU plan's first interval as compute commands (call with the lock held) and count the

@@ -84,6 +84,7 @@ class LoopStatusMixin:
             first = report.schedule.frame.iloc[0]
             self.store.put_schedule({"status": report.schedule.status.value, "gap": report.schedule.info.gap,
                                      "trigger": report.trigger, "fallbacks": list(forecast.fallbacks),
+                                     "stability": report.stability,
                                      "first_interval": {k: (None if isinstance(v, float) and not math.isfinite(v) else
                                                             (v.isoformat() if hasattr(v, "isoformat") else v))
                                                         for k, v in first.items()}},

@@ -1,0 +1,130 @@
+"""Plan stability: a re-plan changes the interval about to start only for a material gain (issue 14).
+
+Every tick re-solves the horizon with new prices; small forecast changes flip a few units on and off
+from one tick to the next, which a site manager reads as a fault (EMHASS users report exactly this).
+The rule: when the new plan's first interval differs from what the previous plan had for that same
+interval, value the previous plan's counts for it — with the new plan for every later interval — on
+the *new* problem (same prices, limits, caps, budgets), and keep the previous counts unless the new
+plan earns at least ``min_gain_usd`` more over the horizon.
+
+Safety: the previous counts are kept only when they are feasible on the new problem in that interval —
+units available, grid import within the import limit in force, every receptor's modelled level within
+its cap less the margin, no more reserve short than the new plan, no more load than the new plan when a
+carbon budget applies — and never for a site with GPU clusters (their plan is not re-valued here). A
+tightened limit therefore always wins; the guard re-checks the result as for any plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hashflex.optimize.problem import Problem
+from hashflex.optimize.schedule import Schedule, reserve_column, schedule_from_counts, unit_column
+
+__all__ = ["StabilityDecision", "full_fleet_revenue_usd", "hold_previous_counts"]
+
+_EPS_KW = 1e-6
+_EPS_DB = 1e-6
+
+
+def full_fleet_revenue_usd(problem: Problem) -> float:
+    """Gross mining revenue of every available unit at its group's top hashrate over the horizon, $.
+
+    Σ_t Σ_g available[g,t] · max_m TH/s[g,m] / 1000 · hashprice[t] ($/PH/day) · duration_h[t] / 24 · (1 − fee).
+    """
+    per_interval = np.zeros(problem.T)
+    for group in problem.groups:
+        top_th_s = max(mode.hashrate_th_s for mode in group.modes)
+        per_interval += np.asarray(group.units_available, dtype=float) * top_th_s / 1000.0
+    hashprice = np.broadcast_to(np.asarray(problem.hashprice_usd_per_ph_day, dtype=float), (problem.T,))
+    return float(np.sum(per_interval * hashprice * problem.duration_h / 24.0) * (1.0 - problem.pool_fee))
+
+
+@dataclass(frozen=True)
+class StabilityDecision:
+    """The outcome for one tick.
+
+    Attributes
+    ----------
+    counts : dict[tuple[str, str], int]
+        Units per (group id, mode) to dispatch now: the previous plan's (held) or the new plan's.
+    held : bool
+        True when the previous counts were kept.
+    gain_usd : float
+        New plan's profit over the horizon minus the held alternative's, both valued on the new problem
+        (NaN when no alternative was valued).
+    reason : str
+        Why (for the log and the audit trail).
+    """
+
+    counts: dict[tuple[str, str], int]
+    held: bool
+    gain_usd: float
+    reason: str
+
+
+def hold_previous_counts(problem: Problem, schedule: Schedule, previous: dict[tuple[str, str], int] | None,
+                         min_gain_usd: float = 0.0, min_gain_fraction: float = 0.0) -> StabilityDecision:
+    """Keep the previous plan's counts for the first interval unless the new plan gains ``min_gain_usd``.
+
+    Parameters
+    ----------
+    problem : Problem
+        The problem the new schedule solved (``T`` intervals, the same grid as ``schedule.frame``).
+    schedule : Schedule
+        The new plan.
+    previous : dict[tuple[str, str], int] or None
+        What the previous plan had for this same interval, units per (group id, mode); None when there
+        is no previous plan for it (a start, a restart, a skipped tick).
+    min_gain_usd : float
+        The material gain, $ over the horizon.
+    min_gain_fraction : float
+        Or, if larger, this fraction of what the whole fleet would earn over the horizon at its top modes
+        (`full_fleet_revenue_usd`: a scale of the site that does not depend on either plan). Both <= 0
+        turn the rule off.
+
+    Returns
+    -------
+    StabilityDecision
+    """
+    frame = schedule.frame
+    new = {(g, m): int(frame[unit_column(g, m)].iloc[0]) for g, m in schedule.group_modes}
+    if previous is None or (min_gain_usd <= 0 and min_gain_fraction <= 0):
+        return StabilityDecision(new, False, float("nan"), "no previous plan" if previous is None else "off")
+    previous = {key: int(previous.get(key, 0)) for key in new}
+    if previous == new:
+        return StabilityDecision(new, False, 0.0, "unchanged")
+    if problem.compute is not None or len(frame) != problem.T:
+        return StabilityDecision(new, False, float("nan"), "not valued (compute site or a coarse grid)")
+    counts: dict[tuple[int, int], np.ndarray] = {}
+    for g, group in enumerate(problem.groups):
+        held_units = 0
+        for m, mode in enumerate(group.modes):
+            column = frame[unit_column(group.id, mode.name)].to_numpy(dtype=int).copy()
+            column[0] = previous[(group.id, mode.name)]
+            held_units += column[0]
+            counts[g, m] = column
+        if held_units > int(group.units_available[0]):
+            return StabilityDecision(new, False, float("nan"), f"previous counts exceed {group.id}'s available units")
+    alternative = schedule_from_counts(problem, counts, schedule.info)
+    alt, row = alternative.frame.iloc[0], frame.iloc[0]
+    if alt["grid_import_kw"] > problem.import_limit_kw[0] + _EPS_KW:
+        return StabilityDecision(new, False, float("nan"), "previous counts exceed the import limit now")
+    for receptor in problem.receptors:
+        cap = float(np.asarray(receptor.cap_dba)[0]) - float(getattr(receptor, "margin_db", 0.0))
+        if alt[f"noise_dba_{receptor.id}"] > cap + _EPS_DB:
+            return StabilityDecision(new, False, float("nan"), f"previous counts exceed the cap at {receptor.id}")
+    for reserve in problem.reserves:
+        column = reserve_column(reserve.name, "short_kw")
+        if alt[column] > row[column] + _EPS_KW:
+            return StabilityDecision(new, False, float("nan"), f"previous counts hold less {reserve.name} reserve")
+    if problem.carbon_budgets and alt["load_kw"] > row["load_kw"] + _EPS_KW:
+        return StabilityDecision(new, False, float("nan"), "previous counts use more of a carbon budget")
+    gain = float(schedule.frame["profit_usd"].sum() - alternative.frame["profit_usd"].sum())
+    min_gain_usd = max(min_gain_usd, min_gain_fraction * full_fleet_revenue_usd(problem))
+    if gain >= min_gain_usd:
+        return StabilityDecision(new, False, gain, f"re-plan gains ${gain:,.2f} (>= ${min_gain_usd:,.2f})")
+    return StabilityDecision(previous, True, gain,
+                             f"kept the previous plan: the re-plan would gain only ${gain:,.2f} (< ${min_gain_usd:,.2f})")
