@@ -17,7 +17,10 @@ with the profile's ``expected_deployments_per_month`` (a Poisson process, seeded
 deployed MW are shed (no hashes, no energy bought) and the award still paid.
 
 Pure functions over frames and arrays; :func:`run_day_ahead_as` drives one window day by day with
-real HiGHS solves, energy-only (``mpc``'s plan without reserves, same execution rule) side by side.
+real HiGHS solves, energy-only (``mpc``'s plan without reserves, same execution rule) side by side:
+a study outside the loop. The ``mpc+as`` policy of ``hashflex backtest`` runs the same offers
+through the real control loop (:mod:`hashflex.backtest.ancillary_loop`); :func:`market_price_frame`
+turns the hourly file into the price frame that backtest settles energy at.
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ __all__ = [
     "EXAMPLE_WEST_TEXAS_ANCILLARY",
     "SYNTHETIC_LABEL",
     "ASDayResult",
+    "check_as_market",
     "day_ahead_offers_kw",
     "load_hourly_market",
+    "market_price_frame",
     "run_day_ahead_as",
     "synthetic_deployments",
     "with_ancillary",
@@ -70,6 +75,75 @@ def load_hourly_market(path: str | Path, settlement_point: str = "lz_west") -> p
     return frame[~frame.index.duplicated()].sort_index()
 
 
+def market_price_frame(market: pd.DataFrame, settlement_point: str) -> pd.DataFrame:
+    """The hourly file's energy prices as a canonical price frame (RT and DA rows, one per hour).
+
+    Parameters
+    ----------
+    market : pd.DataFrame
+        :func:`load_hourly_market` output (``rt_usd_mwh``: the hour's mean real-time SPP, which is the
+        time-weighted mean of its four 15-minute settlement prices; ``da_usd_mwh``: the DAM SPP).
+    settlement_point : str
+        Written into the frame (the profile's, e.g. ``LZ_WEST``).
+
+    Returns
+    -------
+    pd.DataFrame
+        ``frames.PRICE_COLUMNS``; hours without a price are dropped.
+    """
+    from hashflex.frames import check_price_frame
+
+    parts = []
+    for market_name, column in (("RT", "rt_usd_mwh"), ("DA", "da_usd_mwh")):
+        values = market[column].dropna()
+        starts = pd.DatetimeIndex(values.index).tz_convert("UTC")
+        parts.append(pd.DataFrame({"interval_start": starts, "interval_end": starts + pd.Timedelta(hours=1),
+                                   "settlement_point": settlement_point, "market": market_name,
+                                   "price_usd_mwh": values.to_numpy(dtype=float)}))
+    frame = pd.concat(parts, ignore_index=True).sort_values(
+        ["interval_start", "settlement_point", "market"], kind="stable").reset_index(drop=True)
+    check_price_frame(frame)
+    return frame
+
+
+def check_as_market(profile: SiteProfile, market: pd.DataFrame, index: pd.DatetimeIndex) -> list[str]:
+    """Check that hourly AS prices fit a backtest window; notes on what is missing.
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        Its ``ancillary`` products must be columns of ``market``.
+    market : pd.DataFrame
+        :func:`load_hourly_market` output.
+    index : pd.DatetimeIndex
+        [T] the window's UTC interval starts.
+
+    Returns
+    -------
+    list of str
+        Notes (hours of the window without a clearing price: those days get no awards).
+
+    Raises
+    ------
+    ValueError
+        ``as_market: ...`` naming a product column that is absent, or a window the prices do not
+        reach at all.
+    """
+    products = list(profile.ancillary.products) if profile.ancillary is not None else list(_AS_COLUMNS)
+    missing = [p for p in products if p not in market.columns]
+    if missing:
+        raise ValueError(f"as_market: no clearing prices for {missing} (columns {list(market.columns)})")
+    hours = index.floor("h").unique()
+    prices = market.reindex(hours)[products]
+    if prices.isna().all().all():
+        raise ValueError(f"as_market: no AS clearing price in the window {index[0].isoformat()} .. "
+                         f"{index[-1].isoformat()} (the file covers {market.index.min().isoformat()} .. "
+                         f"{market.index.max().isoformat()})")
+    absent = int(prices.isna().any(axis=1).sum())
+    return [f"as_market: {absent} hour(s) of the window without an AS clearing price (no awards on those days)"] \
+        if absent else []
+
+
 # An ASSUMED qualification of the bundled west_texas site, for the benchmark and tests (no real site's
 # registration): the hydro containers on under-frequency relays carry RRS, the air halls (LuxOS
 # sleeps in ~30 s) ECRS and Non-Spin. Deployment rates are assumptions, not ERCOT statistics.
@@ -87,7 +161,23 @@ EXAMPLE_WEST_TEXAS_ANCILLARY: dict = {
 
 
 def with_ancillary(profile: SiteProfile, section: dict) -> SiteProfile:
-    """``profile`` with an ``ancillary`` section (validated; raises pydantic's ValidationError)."""
+    """``profile`` with an ``ancillary`` section.
+
+    Parameters
+    ----------
+    profile : SiteProfile
+    section : dict
+        The ``ancillary`` section (``profile.AncillarySection`` fields).
+
+    Returns
+    -------
+    SiteProfile
+
+    Raises
+    ------
+    pydantic.ValidationError
+        The section breaks the schema (naming the field).
+    """
     return SiteProfile.model_validate({**profile.model_dump(mode="json"), "ancillary": section})
 
 
@@ -153,6 +243,7 @@ class ASDayResult:
 
     @property
     def obligations_met(self) -> float:
+        """MW·h held / MW·h awarded (1.0 when nothing was awarded)."""
         return 1.0 if self.awarded_mwh == 0 else self.held_mwh / self.awarded_mwh
 
 

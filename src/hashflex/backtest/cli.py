@@ -8,9 +8,15 @@
   ``backtest.summary``), ``backtest.png`` and ``backtest.db`` (a ``hashflex.store.Store`` holding the
   mpc run's records: prices with publication times, schedules as the loop stores them, noise and
   renewable readings, DR events, and the summary under meta key ``backtest_summary``).
+  ``--policy mpc+as`` (issue 15) runs mpc with reserve awards and SYNTHETIC deployments through the
+  same loop (``backtest.ancillary_loop``), on the hourly AS clearing prices of ``--as-prices``
+  (default the bundled May 2024 file, whose LZ_WEST/HB_* energy prices are then the price history
+  too); ``--as-mode day-ahead|real-time``; ``--ancillary example|FILE`` adds an ancillary section.
 - ``evaluate``: the same backtest with and without K units of a new miner model (a new group; at
   each receptor it is placed as close as the nearest existing group, the conservative choice) →
   added profit per unit per day and simple payback days.
+- ``evaluate-mix`` (``backtest.mix``) and ``evaluate-repair`` (``backtest.repair``): K ASICs vs GPU
+  nodes; repair vs replace for failing units.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from hashflex.backtest.ancillary_loop import AS_MODES, AS_POLICY
 from hashflex.backtest.policies import POLICIES
 from hashflex.backtest.runner import Progress, build_actuals, load_prices, run_backtest
 from hashflex.backtest.summary import summary_document, summary_table, write_outputs
@@ -34,14 +41,15 @@ from hashflex.profile import DEFAULT_PROFILE, SiteProfile, load_profile
 __all__ = ["add_backtest_parsers", "cmd_backtest", "cmd_evaluate", "evaluate", "profile_with_candidate"]
 
 DEFAULT_PRICES = "ercot/RTM-2020-02.csv"
+DEFAULT_AS_PRICES = "ercot/hourly_dam_rt_as_mcpc_2024-05.csv"  # the only bundled AS clearing prices (DAM MCPC)
 
 
 def _policies(text: str) -> list[str]:
     names = list(POLICIES) if text == "all" else [p.strip() for p in text.split(",") if p.strip()]
-    unknown = [p for p in names if p not in POLICIES]
+    unknown = [p for p in names if p not in (*POLICIES, AS_POLICY)]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown policy {', '.join(unknown) or text!r}; choose from "
-                                         f"{', '.join(POLICIES)} or all")
+                                         f"{', '.join((*POLICIES, AS_POLICY))} or all (all: without {AS_POLICY})")
     return names
 
 
@@ -93,11 +101,28 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_backtest_parsers(subparsers: Any) -> None:
+    """Register ``backtest``, ``evaluate``, ``evaluate-mix`` and ``evaluate-repair``.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The main parser's subparsers; each command sets ``handler``.
+    """
     backtest = subparsers.add_parser("backtest", help="what hashflex would have earned on recorded prices, "
                                                       "against threshold, always-on and perfect foresight")
     _common_arguments(backtest)
     backtest.add_argument("--policy", type=_policies, default=list(POLICIES),
-                          help="mpc, threshold, always-on, oracle, a comma list, or all (default all)")
+                          help=f"mpc, {AS_POLICY}, threshold, always-on, oracle, a comma list, or all (default all: "
+                               f"every policy but {AS_POLICY})")
+    backtest.add_argument("--as-prices", help=f"{AS_POLICY}: hourly file of DAM AS clearing prices (MCPC) and energy "
+                                              f"prices (ercot dev2 hourly_hubs_dam_rt_and_dam_as_mcpc.csv shape); "
+                                              f"default the bundled May 2024 slice, whose energy prices are then the "
+                                              f"price history unless --prices is given")
+    backtest.add_argument("--as-mode", choices=AS_MODES, default="day-ahead",
+                          help=f"{AS_POLICY}: awards from the day-ahead market (default) or reserve re-decided every "
+                               f"interval (RTC+B; only DA AS prices are bundled: they stand in, labelled)")
+    backtest.add_argument("--ancillary", help=f"{AS_POLICY}: an ancillary section (YAML/JSON file) for a profile "
+                                              f"without one, or 'example' for the ASSUMED west_texas qualification")
     backtest.add_argument("--out", help="directory for intervals_*.csv, summary.json, backtest.png, backtest.db")
     backtest.set_defaults(handler=cmd_backtest)
 
@@ -114,15 +139,50 @@ def add_backtest_parsers(subparsers: Any) -> None:
     evaluate_parser.set_defaults(handler=cmd_evaluate)
 
     from hashflex.backtest.mix import add_mix_parser  # issue 16: ASICs vs GPU nodes
+    from hashflex.backtest.repair import add_repair_parser  # issue 17: repair vs replace
 
     add_mix_parser(subparsers)
+    add_repair_parser(subparsers)
+
+
+def _with_ancillary(profile: SiteProfile, args: argparse.Namespace) -> SiteProfile:
+    """The profile with ``--ancillary`` applied (``example``: the ASSUMED west_texas qualification)."""
+    text = getattr(args, "ancillary", None)
+    if not text:
+        return profile
+    from hashflex.backtest.ancillary import EXAMPLE_WEST_TEXAS_ANCILLARY, with_ancillary
+
+    if text == "example":
+        print("note: ancillary section: EXAMPLE_WEST_TEXAS_ANCILLARY, an ASSUMED qualification (not a real "
+              "registration)", file=sys.stderr)
+        return with_ancillary(profile, EXAMPLE_WEST_TEXAS_ANCILLARY)
+    import yaml
+
+    section = yaml.safe_load(Path(text).read_text(encoding="utf-8"))
+    return with_ancillary(profile, section.get("ancillary", section) if isinstance(section, dict) else section)
+
+
+def _as_market(args: argparse.Namespace, profile: SiteProfile) -> Any:
+    """The hourly AS market for ``mpc+as`` (None when the policy is not run)."""
+    if AS_POLICY not in (getattr(args, "policy", None) or []):
+        return None
+    from hashflex.backtest.ancillary import load_hourly_market
+    from hashflex.data import bundled_path
+
+    return load_hourly_market(args.as_prices or bundled_path(DEFAULT_AS_PRICES), profile.site.settlement_point.lower())
 
 
 def _inputs(args: argparse.Namespace, profile: SiteProfile):  # noqa: ANN202 - Actuals
     from hashflex.data import bundled_path
     from hashflex.plan import read_renewables_csv
 
-    prices = load_prices(profile, args.prices or [bundled_path(DEFAULT_PRICES)], args.day_ahead or [])
+    as_market = _as_market(args, profile)
+    if as_market is not None and not args.prices:  # the AS file's own energy prices are the history
+        from hashflex.backtest.ancillary import market_price_frame
+
+        prices = market_price_frame(as_market, profile.site.settlement_point)
+    else:
+        prices = load_prices(profile, args.prices or [bundled_path(DEFAULT_PRICES)], args.day_ahead or [])
     for note in prices.attrs.get("notes", []):
         print(f"note: {note}", file=sys.stderr)
     renewables = read_renewables_csv(Path(args.renewables)) if args.renewables else None
@@ -135,23 +195,37 @@ def _inputs(args: argparse.Namespace, profile: SiteProfile):  # noqa: ANN202 - A
 
         try:
             return build_actuals(profile, prices, args.start, _window_end(args.end), renewables=renewables,
-                                 dr_events=events, hashprice=bundled_hashprice())
+                                 dr_events=events, hashprice=bundled_hashprice(), as_market=as_market)
         except ValueError as exc:
             if not str(exc).startswith("hashprice:"):
                 raise
             print(f"note: {exc}; the window is settled at the profile's "
                   f"{profile.economics.hashprice_usd_per_ph_day:g} $/PH/day", file=sys.stderr)
-    return build_actuals(profile, prices, args.start, _window_end(args.end), renewables=renewables, dr_events=events)
+    return build_actuals(profile, prices, args.start, _window_end(args.end), renewables=renewables, dr_events=events,
+                         as_market=as_market)
 
 
 def _run(profile: SiteProfile, actuals: Any, args: argparse.Namespace, policies: list[str], store: Any = None) -> Any:
     return run_backtest(profile, actuals, policies, replan_minutes=args.replan_minutes, time_limit_s=args.time_limit,
                         persistence=args.persistence, seed=args.seed, store=store,
-                        progress=Progress.factory(args.quiet), deadline_s=args.deadline)
+                        progress=Progress.factory(args.quiet), deadline_s=args.deadline,
+                        as_mode=getattr(args, "as_mode", "day-ahead"))
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    profile = load_profile(args.profile)
+    """``hashflex backtest``: run the policies, print the table and notes, write ``--out``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``backtest`` arguments.
+
+    Returns
+    -------
+    int
+        The exit code (0).
+    """
+    profile = _with_ancillary(load_profile(args.profile), args)
     actuals = _inputs(args, profile)
     local = actuals.index.tz_convert(profile.tz)
     print(f"{profile.site.name}: backtest {local[0]:%Y-%m-%d %H:%M} .. "
@@ -160,7 +234,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
           + (f"; mpc re-plans every {args.replan_minutes} min" if args.replan_minutes else ""))
     store = None
     out = Path(args.out) if args.out else None
-    if out is not None and "mpc" in args.policy:
+    if out is not None and ("mpc" in args.policy or AS_POLICY in args.policy):
         from hashflex.store import Store
 
         out.mkdir(parents=True, exist_ok=True)
@@ -242,6 +316,17 @@ def evaluate(profile: SiteProfile, actuals: Any, *, candidate: SiteProfile, unit
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``hashflex evaluate``: added profit and payback of K units of a new model; prints the answer.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+
+    Returns
+    -------
+    int
+        The exit code (0).
+    """
     profile = load_profile(args.profile)
     actuals = _inputs(args, profile)
     candidate = profile_with_candidate(profile, power_kw=args.model_power_kw, hashrate_th_s=args.model_hashrate_th_s,

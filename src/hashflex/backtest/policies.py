@@ -39,14 +39,14 @@ import pandas as pd
 
 from hashflex.control.solver import SolveRunner
 from hashflex.optimize.solve import solve
-from hashflex.optimize.problem import Group, GroupState, Problem, daily_carbon_budgets
+from hashflex.optimize.problem import Group, GroupState, Problem
 from hashflex.optimize.schedule import Schedule, SolveInfo, SolveStatus, schedule_from_counts
 from hashflex.profile import MinerGroup, SiteProfile
 
 __all__ = ["POLICIES", "AlwaysOnPlanner", "ReplanningPlanner", "SiteMemory", "ThresholdPlanner",
            "breakeven_usd_mwh", "oracle_counts", "stock_mode_index"]
 
-POLICIES = ("mpc", "threshold", "always-on", "oracle")
+POLICIES = ("mpc", "threshold", "always-on", "oracle")  # "all"; mpc+as (backtest.ancillary_loop) is asked for by name
 
 Counts = dict[tuple[int, int], np.ndarray]
 
@@ -113,6 +113,7 @@ class ReplanningPlanner:
         self.timeouts = 0
 
     def run(self, problem: Problem, fine_intervals: int) -> Schedule:
+        """The cached schedule from the current interval on, or a new solve when one is due."""
         start = problem.interval_start[0]
         cached = self.cached
         if (cached is not None and not self.force and self.next_solve is not None and start < self.next_solve
@@ -136,6 +137,7 @@ class AlwaysOnPlanner:
         self.timeouts = 0
 
     def run(self, problem: Problem, fine_intervals: int) -> Schedule:
+        """Every available unit of the first interval in stock mode, as a one-row-per-interval schedule."""
         started = time.perf_counter()
         first = _first_interval(problem)
         counts = {(g, m): (int(group.units_available[0]) if m == stock_mode_index(group) else 0)
@@ -160,6 +162,7 @@ class ThresholdPlanner:
     _noise_limits: dict[tuple[float, ...], dict[int, int]] = field(default_factory=dict)
 
     def run(self, problem: Problem, fine_intervals: int) -> Schedule:
+        """The rule on the first interval (see the module docstring), held over the horizon."""
         started = time.perf_counter()
         first = _first_interval(problem)
         price = self.memory.last_rt_price_usd_mwh

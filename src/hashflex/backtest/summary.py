@@ -12,7 +12,7 @@ reproduces the summary.
                                                    "interval_minutes": int},
      "notes": [str],
      "policies": {"<name>": {
-        "profit_usd": float,          # revenue − energy cost − carbon cost − start cost
+        "profit_usd": float,          # revenue − energy cost − carbon cost − start cost (+ AS net, mpc+as)
         "revenue_usd": float,         # hashrate × hashprice × (1 − pool fee)
         "energy_cost_usd": float,     # grid import × (actual RT price + adders) − export × RT price
         "energy_mwh": float,          # site load energy (miners incl. idle draw)
@@ -26,6 +26,11 @@ reproduces the summary.
         #       carbon_budget_overrun_kg, profit_ratio_to_oracle (null without an oracle run or
         #       when the oracle's profit is not positive: a ratio to a loss means nothing),
         #       solves, fast_path_actions, fallback_schedules
+        # mpc+as only (issue 15; see ancillary_figures): as_payment_usd, as_clawback_usd,
+        #       as_revenue_usd (inside profit_usd), as_deployment_cost_usd, as_awarded_mwh[_<P>],
+        #       as_held_mwh, as_obligations_met_pct, as_synthetic_deployment_hours, as_mode,
+        #       as_deployments: [{deployment_id, product, obligation_kw, delivered_kw, shortfall_kw,
+        #                         measured_response_s, ..., "synthetic": true}]
      }}}
 
 Noise exceedance: "modelled" counts intervals whose modelled level (the optimizer's acoustics, the
@@ -58,6 +63,19 @@ TOLERANCE_KW = 1e-6
 
 
 def interval_frame(result: BacktestResult, policy: str) -> pd.DataFrame:
+    """What ``intervals_<policy>.csv`` holds (see the module docstring).
+
+    Parameters
+    ----------
+    result : BacktestResult
+    policy : str
+
+    Returns
+    -------
+    pd.DataFrame
+        One row per interval: the accounted schedule, ``noise_measured_dba_<receptor>`` and the
+        run's diagnostics, with a leading ``policy`` column.
+    """
     run = result.runs[policy]
     frame = result.schedules[policy].frame.copy()
     for receptor, values in run.measured_dba.items():
@@ -112,7 +130,50 @@ def summarize(frame: pd.DataFrame, profile: SiteProfile, wall_seconds: float = 0
         "carbon_cost_usd": float(frame["carbon_cost_usd"].sum()),
         "start_cost_usd": float(frame["start_cost_usd"].sum()),
         "carbon_budget_overrun_kg": overrun,
+        **ancillary_figures(frame),
     }
+
+
+def ancillary_figures(frame: pd.DataFrame) -> dict[str, Any]:
+    """The ``mpc+as`` figures of a per-interval frame (issue 15); empty for a frame without reserve.
+
+    Parameters
+    ----------
+    frame : pd.DataFrame
+        ``intervals_<policy>.csv`` rows (``ancillary_loop.settle_reserve`` columns).
+
+    Returns
+    -------
+    dict
+        ``as_payment_usd`` (Σ award × MCPC × Δt), ``as_clawback_usd`` (shortfalls × MCPC × Δt),
+        ``as_revenue_usd`` (payment − clawback, inside ``profit_usd``), ``as_deployment_cost_usd``
+        (measured margin of the shed load; already inside the hash revenue, not subtracted again),
+        ``as_awarded_mwh``, ``as_held_mwh`` (award − hold and deployment shortfalls, MW·h),
+        ``as_obligations_met_pct`` (held / awarded, null when nothing was awarded),
+        ``as_synthetic_deployment_hours`` (hours with a SYNTHETIC deployment in force), and per
+        product ``as_awarded_mwh_<P>``.
+    """
+    if "as_payment_usd" not in frame:
+        return {}
+    dt_h = frame["duration_h"].to_numpy(float)
+    products = [c[len("as_award_kw_"):] for c in frame.columns if c.startswith("as_award_kw_")]
+    awarded = held = 0.0
+    out: dict[str, Any] = {}
+    for product in products:
+        award = frame[f"as_award_kw_{product}"].to_numpy(float)
+        short = frame[f"reserve_{product}_short_kw"].to_numpy(float)
+        out[f"as_awarded_mwh_{product}"] = float((award * dt_h).sum() / 1000.0)
+        awarded += out[f"as_awarded_mwh_{product}"]
+        held += float(((award - short) * dt_h).sum() / 1000.0)
+    held -= float((frame["as_deployment_short_kw"].to_numpy(float) * dt_h).sum() / 1000.0)
+    synthetic = frame["synthetic_deployment"].astype(str).str.lower().isin(["true", "1"]).to_numpy()
+    return {"as_payment_usd": float(frame["as_payment_usd"].sum()),
+            "as_clawback_usd": float(frame["as_clawback_usd"].sum()),
+            "as_revenue_usd": float(frame["as_revenue_usd"].sum()),
+            "as_deployment_cost_usd": float(frame["as_deployment_cost_usd"].sum()),
+            "as_awarded_mwh": awarded, "as_held_mwh": held,
+            "as_obligations_met_pct": (100.0 * held / awarded if awarded > 0 else None),
+            "as_synthetic_deployment_hours": float(dt_h[synthetic].sum()), **out}
 
 
 def summary_document(result: BacktestResult) -> dict[str, Any]:
@@ -123,6 +184,9 @@ def summary_document(result: BacktestResult) -> dict[str, Any]:
         figures = summarize(interval_frame(result, name), profile, run.wall_seconds)
         figures.update(solves=run.solves, fast_path_actions=run.fast_path_actions,
                        fallback_schedules=run.fallback_schedules)
+        if run.ancillary is not None:  # each SYNTHETIC deployment as the loop measured it
+            figures["as_mode"] = run.ancillary.mode
+            figures["as_deployments"] = [{**d, "synthetic": True} for d in run.ancillary.deployments]
         policies[name] = figures
     oracle = policies.get("oracle", {}).get("profit_usd")
     for figures in policies.values():
@@ -181,6 +245,12 @@ def summary_table(document: dict[str, Any]) -> str:
     add("import violation kWh", lambda f: f"{f['import_violation_kwh']:,.1f}")
     add("carbon overrun t", lambda f: f"{f['carbon_budget_overrun_kg'] / 1000:,.1f}")
     add("DR compliance %", lambda f: "-" if f["dr_compliance_pct"] is None else f"{f['dr_compliance_pct']:.1f}")
+    if any("as_revenue_usd" in f for f in policies.values()):  # issue 15: mpc+as
+        add("AS revenue $ (net)", lambda f: f"{f['as_revenue_usd']:,.0f}" if "as_revenue_usd" in f else "-")
+        add("AS deployment cost $", lambda f: f"{f['as_deployment_cost_usd']:,.0f}" if "as_revenue_usd" in f else "-")
+        add("AS obligations met %", lambda f: "-" if f.get("as_obligations_met_pct") is None
+            else f"{f['as_obligations_met_pct']:.2f}")
+        add("AS deployments (SYNTHETIC)", lambda f: str(len(f["as_deployments"])) if "as_deployments" in f else "-")
     add("wall s", lambda f: f"{f['wall_seconds']:,.1f}")
     width = max(len(label) for label, _ in rows)
     cols = [max(len(n), *(len(v[i]) for _, v in rows)) for i, n in enumerate(names)]
