@@ -105,7 +105,8 @@ def test_award_intervals_become_awards_in_kw_with_revision_and_price() -> None:
     assert [(a.award_id, a.product, a.reserve_kw, a.price_usd_mw_h) for a in mapped.awards] == [
         ("ev-7:0", "ECRS", 4000.0, 12.5), ("ev-7:1", "ECRS", 2500.0, 12.5)]
     assert mapped.awards[1].start == T0 + timedelta(hours=1) and mapped.awards[1].end == T0 + timedelta(hours=2)
-    assert {a.revision for a in mapped.awards} == {modification_number("2020-02-10T17:00:00Z")} and {a.issuer for a in mapped.awards} == {QSE}
+    assert {a.revision for a in mapped.awards} == {modification_number("2020-02-10T17:00:00Z")}
+    assert {a.issuer for a in mapped.awards} == {QSE}
     # An award needs an end: PT0S (until further notice) is refused for that interval alone.
     open_ended = {**event, "intervalPeriod": {"start": iso(T0), "duration": "PT0S"}}
     refused = map_as_event(open_ended, T0, program=program, issuer=QSE)

@@ -44,6 +44,13 @@ class Listing(list):  # type: ignore[type-arg]
     reason: str = ""
 
     def mark_incomplete(self, reason: str) -> None:
+        """Mark the listing as possibly incomplete (paging stopped early) and log it.
+
+        Parameters
+        ----------
+        reason : str
+            Why paging stopped (page cap, a page repeated).
+        """
         self.complete, self.reason = False, reason
         log.warning("%s: listing may be incomplete", reason)
 
@@ -62,6 +69,25 @@ class VTNUnavailable(VTNError):
 
 @dataclass(frozen=True)
 class OpenADRConfig:
+    """How to reach one VTN: base URL, OAuth2 client credentials, TLS and API version.
+
+    Attributes
+    ----------
+    vtn_url : str
+        The VTN's base URL (the OpenAPI document's server, e.g. ``https://vtn.example/openadr3``).
+    client_id, client_secret : str
+        OAuth2 client credentials (Definition 3.1.1: client credential flow); the secret is never printed.
+    token_url : str or None
+        Token endpoint; None: discovered at ``GET /auth/server`` (else ``/auth/token``).
+    verify_tls : bool or str
+        True, False (lab only) or a CA bundle path.
+    timeout_s : float
+        Per-request timeout, seconds.
+    scope : str or None
+        OAuth2 scope, if the VTN asks for one.
+    api_version : str
+        ``"3.1"`` (default) or ``"3.0"`` (3.0.1 paths and bodies).
+    """
     vtn_url: str
     client_id: str
     client_secret: str = ""
@@ -76,6 +102,25 @@ class OpenADRConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> OpenADRConfig:
+        """Read ``HASHFLEX_OPENADR_VTN_URL``, ``_CLIENT_ID``, ``_CLIENT_SECRET``, ``_TOKEN_URL``, ``_CA_BUNDLE``,
+        ``_VERIFY_TLS``.
+
+        Parameters
+        ----------
+        env : Mapping, optional
+            The environment (default ``os.environ``).
+        **overrides
+            Fields that replace what the environment says.
+
+        Returns
+        -------
+        OpenADRConfig
+
+        Raises
+        ------
+        ValueError
+            Naming the variable: the VTN URL or the client id is missing.
+        """
         env = os.environ if env is None else env
         missing = [k for k in ("HASHFLEX_OPENADR_VTN_URL", "HASHFLEX_OPENADR_CLIENT_ID") if not env.get(k)]
         if missing and not {"vtn_url", "client_id"} <= overrides.keys():
@@ -108,6 +153,18 @@ class TokenManager:
         self.fetches = 0
 
     def token(self) -> str:
+        """The current access token, fetched or refreshed first when needed.
+
+        Returns
+        -------
+        str
+            A bearer token.
+
+        Raises
+        ------
+        VTNError
+            The token endpoint refused the credentials (not retried); ``VTNUnavailable`` when it is unreachable.
+        """
         with self._lock:
             if self._token is None or self.clock() >= self._refresh_at:
                 self._fetch()
@@ -164,6 +221,7 @@ class OpenADRClient:
         self._token_url: str | None = config.token_url
 
     def close(self) -> None:
+        """Close the HTTP session."""
         self.session.close()
 
     # ------------------------------------------------------------------ transport
@@ -252,21 +310,68 @@ class OpenADRClient:
     # ------------------------------------------------------------------ objects
 
     def programs(self, targets: list[str] | None = None) -> Listing:
+        """``GET /programs`` (paged): the programs visible to this VEN.
+
+        Parameters
+        ----------
+        targets : list of str, optional
+            Target strings to match (3.1; ignored for 3.0, where the VEN filters itself).
+
+        Returns
+        -------
+        Listing
+            Program objects; ``complete`` False when paging stopped early.
+        """
         return self._list("/programs", self._targets(targets))
 
     def events(self, program_id: str | None = None, targets: list[str] | None = None) -> Listing:
+        """``GET /events`` (paged), optionally of one program.
+
+        Parameters
+        ----------
+        program_id : str, optional
+            The ``programID`` query parameter.
+        targets : list of str, optional
+            As for :meth:`programs`.
+
+        Returns
+        -------
+        Listing
+            Event objects, unvalidated (the VEN validates each on its own).
+        """
         params = self._targets(targets)
         if program_id is not None:
             params["programID"] = program_id
         return self._list("/events", params)
 
     def event(self, event_id: str) -> dict[str, Any]:
+        """``GET /events/{eventID}``: one event object."""
         return self.request("GET", f"/events/{event_id}")
 
     def vens(self, ven_name: str | None = None) -> Listing:
+        """``GET /vens`` (paged), optionally filtered by ``venName``."""
         return self._list("/vens", {} if ven_name is None else {"venName": ven_name})
 
     def create_ven(self, ven_name: str, attributes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """``POST /vens``: create this VEN's ven object (where the VTN lets a VEN do so).
+
+        Parameters
+        ----------
+        ven_name : str
+            The ``venName`` the utility provisioned.
+        attributes : list of dict, optional
+            valuesMap attributes.
+
+        Returns
+        -------
+        dict
+            The created ven object.
+
+        Raises
+        ------
+        VTNError
+            The VTN refused (e.g. 403: only business logic may create vens).
+        """
         body: dict[str, Any] = {"venName": ven_name}
         if not self.config.api_version.startswith("3.0"):
             body["objectType"] = "VEN_VEN_REQUEST"
@@ -275,30 +380,56 @@ class OpenADRClient:
         return self.request("POST", "/vens", body=body)
 
     def resources(self, ven_id: str) -> Listing:
+        """The ven's resources: ``GET /resources?venID=`` (3.1) or ``GET /vens/{venID}/resources`` (3.0)."""
         if self.config.api_version.startswith("3.0"):
             return self._list(f"/vens/{ven_id}/resources", {})
         return self._list("/resources", {"venID": ven_id})
 
     def create_resource(self, ven_id: str, resource_name: str) -> dict[str, Any]:
+        """Create a resource of the ven (``POST /resources``, 3.0: ``POST /vens/{venID}/resources``).
+
+        Parameters
+        ----------
+        ven_id : str
+            The ven object's id.
+        resource_name : str
+            The resource's name.
+
+        Returns
+        -------
+        dict
+            The created resource object.
+        """
         if self.config.api_version.startswith("3.0"):
             return self.request("POST", f"/vens/{ven_id}/resources", body={"resourceName": resource_name})
         return self.request("POST", "/resources", body={"objectType": "VEN_RESOURCE_REQUEST",
                                                         "resourceName": resource_name, "venID": ven_id})
 
     def subscriptions(self, client_name: str | None = None) -> Listing:
+        """``GET /subscriptions`` (paged), optionally filtered by ``clientName``."""
         return self._list("/subscriptions", {} if client_name is None else {"clientName": client_name})
 
     def create_subscription(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /subscriptions`` with ``body`` (clientName, programID, objectOperations); the created object."""
         return self.request("POST", "/subscriptions", body=body)
 
     def delete_subscription(self, subscription_id: str) -> None:
+        """``DELETE /subscriptions/{subscriptionID}``."""
         self.request("DELETE", f"/subscriptions/{subscription_id}")
 
     def reports(self, event_id: str | None = None, client_name: str | None = None) -> Listing:
+        """``GET /reports`` (paged), optionally filtered by ``eventID`` and ``clientName``."""
         params = {k: v for k, v in (("eventID", event_id), ("clientName", client_name)) if v is not None}
         return self._list("/reports", params)
 
     def create_report(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /reports`` with ``body`` (:func:`hashflex.openadr.reports.report_body`); the created object.
+
+        Raises
+        ------
+        VTNError
+            The VTN refused the report (4xx); ``VTNUnavailable`` for a failure worth retrying.
+        """
         return self.request("POST", "/reports", body=body)
 
 

@@ -3,7 +3,8 @@
 Environment (all optional except the VEN name): ``HASHFLEX_OPENADR_VEN_NAME`` (required),
 ``_RESOURCES``, ``_TARGETS``, ``_PROGRAMS``, ``_AS_PROGRAMS`` (comma lists), ``_ISSUER``, ``_POLL_S``,
 ``_OUTBOX`` (JSON file). ``_AS_PROGRAMS``: the ``programName`` s of the QSE's programs, whose events
-are ancillary-service awards and deployments (:mod:`hashflex.openadr.ancillary`), never DR. The webhook is on when ``HASHFLEX_OPENADR_WEBHOOK_PORT`` is set:
+are ancillary-service awards and deployments (:mod:`hashflex.openadr.ancillary`), never DR.
+The webhook is on when ``HASHFLEX_OPENADR_WEBHOOK_PORT`` is set:
 
 - ``_WEBHOOK_HOST``: bind address, default ``127.0.0.1`` (loopback: a reverse proxy or the TLS
   listener below faces the VTN). A non-loopback address without TLS is refused.

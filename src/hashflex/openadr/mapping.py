@@ -90,7 +90,18 @@ _ID_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 def message_base(oadr_event_id: str) -> str:
     """The hashflex id prefix of an OpenADR event: the id itself when it is a safe Identifier of at
     most ``MAX_BASE_CHARS``; else ``oadr-`` + id (ids starting with ``_``/``-``); an id still longer
-    is shortened to 79 characters + ``-h`` + 15 hex digits of its SHA-256 (stable, collision-safe)."""
+    is shortened to 79 characters + ``-h`` + 15 hex digits of its SHA-256 (stable, collision-safe).
+
+    Parameters
+    ----------
+    oadr_event_id : str
+        The OpenADR event id (objectID, up to 128 characters).
+
+    Returns
+    -------
+    str
+        At most ``MAX_BASE_CHARS`` characters, a hashflex Identifier.
+    """
     base = oadr_event_id if _ID_SAFE.match(oadr_event_id) else f"oadr-{oadr_event_id}"
     if len(base) <= MAX_BASE_CHARS and _ID_SAFE.match(base):
         return base
@@ -110,7 +121,22 @@ def to_message_id(oadr_event_id: str, interval_id: int | str) -> str:
 def event_targets(obj: Mapping[str, Any]) -> set[str]:
     """The target strings of a program or event: 3.1 lists strings; 3.0 lists valuesMaps.
 
-    Raises ``ValueError`` when ``targets`` is not a list (a string would grant its characters)."""
+    Raises ``ValueError`` when ``targets`` is not a list (a string would grant its characters).
+
+    Parameters
+    ----------
+    obj : Mapping
+        A program, event or ven object.
+
+    Returns
+    -------
+    set of str
+
+    Raises
+    ------
+    ValueError
+        ``targets`` is not a list, or holds something that is neither a string nor a valuesMap.
+    """
     targets = obj.get("targets")
     if targets is None:
         return set()
@@ -147,6 +173,8 @@ class SignalPoint:
 
 @dataclass(frozen=True)
 class ExportLimit:
+    """An export limit over ``[interval_start, interval_end)`` (EXPORT_CAPACITY_LIMIT), kW; end None:
+    until further notice."""
     interval_start: datetime
     interval_end: datetime | None
     export_limit_kw: float
@@ -219,7 +247,34 @@ def map_event(event: Mapping[str, Any], now: datetime, *, issuer: str, program: 
     cannot be read, comes back with ``rejected`` = the reason. Each interval is then mapped on its
     own: a failing one is listed in ``rejected_intervals`` and the others proceed.
     ``higher_priority``: windows of conflicting limit intervals of higher-priority events (the VEN
-    computes them across events); a limit interval wholly inside one is dropped."""
+    computes them across events); a limit interval wholly inside one is dropped.
+
+    Parameters
+    ----------
+    event : Mapping
+        The event as the VTN returns it.
+    now : datetime
+        Current time, UTC.
+    issuer : str
+        The DR messages' issuer (must be in ``profile.dr.issuers``).
+    program : Mapping, optional
+        The event's program (its payloadDescriptors apply where the event has none).
+    dr_program : DRProgram or str
+        The DR messages' program.
+    random_offset, interval_offsets : timedelta, mapping
+        randomizeStart draws (UG 7.3), kept by the VEN per event.
+    horizon : timedelta
+        How far looping events are unrolled.
+    modification : int, optional
+        The messages' modification number; default from ``modificationDateTime``.
+    higher_priority : sequence of (datetime, datetime or None)
+        Windows of conflicting limit intervals of higher-priority events.
+
+    Returns
+    -------
+    MappedEvent
+        ``rejected`` set (and nothing else) when the whole event is refused.
+    """
     event_id = str(event.get("id")) if isinstance(event, Mapping) else "?"
     result = MappedEvent(event_id)
     try:
@@ -336,7 +391,22 @@ def limit_windows(event: Mapping[str, Any], now: datetime, random_offset: timede
                   horizon: timedelta = timedelta(days=2), interval_offsets: Mapping[int, timedelta] | None = None
                   ) -> list[tuple[datetime, datetime | None]]:
     """Windows of the event's limit-type intervals (for priority conflicts between events); none
-    for an event that is cancelled or cannot be read."""
+    for an event that is cancelled or cannot be read.
+
+    Parameters
+    ----------
+    event : Mapping
+        The event as the VTN returns it.
+    now : datetime
+        Current time, UTC.
+    random_offset, horizon, interval_offsets
+        As for :func:`resolve_intervals`.
+
+    Returns
+    -------
+    list of (datetime, datetime or None)
+        ``(start, end)`` of each IMPORT_CAPACITY_LIMIT or SIMPLE interval; end None: open-ended.
+    """
     try:
         if is_cancelled(event):
             return []

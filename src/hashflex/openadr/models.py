@@ -74,11 +74,13 @@ class _Open(BaseModel):
 
 
 class Point(_Open):
+    """components/schemas/point: one x/y point of a CURVE payload."""
     x: StrictFloat | StrictInt
     y: StrictFloat | StrictInt
 
 
 class ValuesMap(_Open):
+    """components/schemas/valuesMap: a ``type`` and its ``values`` (payloads, targets in 3.0.1, attributes)."""
     type: Str128
     values: list[StrictBool | StrictInt | StrictFloat | StrictStr | Point]
 
@@ -87,18 +89,21 @@ Target = Annotated[StrictStr, Field(min_length=1, max_length=128)] | ValuesMap  
 
 
 class IntervalPeriod(_Open):
+    """components/schemas/intervalPeriod: ``start``, ``duration``, ``randomizeStart``."""
     start: DateTimeText | None = None  # required in 3.0.1, optional in 3.1.1
     duration: Duration | None = None
     randomizeStart: Duration | None = None
 
 
 class Interval(_Open):
+    """components/schemas/interval: an int32 ``id``, an optional period and its payloads."""
     id: Int32
     intervalPeriod: IntervalPeriod | None = None
     payloads: list[ValuesMap]
 
 
 class EventPayloadDescriptor(_Open):
+    """components/schemas/eventPayloadDescriptor: a payload type's units and currency."""
     objectType: Literal["EVENT_PAYLOAD_DESCRIPTOR"] | None = None  # required in 3.1.1
     payloadType: Str128
     units: Str128 | None = None
@@ -115,6 +120,7 @@ class ReportPayloadDescriptor(_Open):
 
 
 class ReportDescriptor(_Open):
+    """components/schemas/reportDescriptor: a report the VTN asks for (type, units, which intervals, how often)."""
     payloadType: Str128
     readingType: Str128 | None = None
     units: Str128 | None = None
@@ -135,6 +141,7 @@ class _Metadata(_Open):
 
 
 class Event(_Metadata):
+    """components/schemas/event: a program's request to the VEN (intervals of payloads, descriptors, targets)."""
     objectType: Literal["EVENT"] | None = None
     programID: ObjectID
     eventName: StrictStr | None = None
@@ -148,6 +155,7 @@ class Event(_Metadata):
 
 
 class Program(_Metadata):
+    """components/schemas/program: its name, descriptors, attributes (3.1.1 PROGRAM_TYPE) and targets."""
     objectType: Literal["PROGRAM"] | None = None
     programName: Str128
     intervalPeriod: IntervalPeriod | None = None
@@ -157,6 +165,7 @@ class Program(_Metadata):
 
 
 class Resource(_Metadata):
+    """components/schemas/resource: one of a ven's resources (name, ven id, targets)."""
     objectType: StrictStr | None = None  # the spec's enums cannot all be satisfied (see tests/openadr_vtn.py)
     resourceName: Str128
     venID: ObjectID | None = None
@@ -165,6 +174,7 @@ class Resource(_Metadata):
 
 
 class Ven(_Metadata):
+    """components/schemas/ven: the VEN's object on the VTN (name, attributes, targets granted)."""
     objectType: StrictStr | None = None  # idem
     venName: Str128
     attributes: list[ValuesMap] | None = None
@@ -172,6 +182,7 @@ class Ven(_Metadata):
 
 
 class Subscription(_Metadata):
+    """components/schemas/subscription: a client's webhook subscription (object operations, callback URL)."""
     objectType: Literal["SUBSCRIPTION"] | None = None
     clientName: Str128
     programID: ObjectID | None = None
@@ -180,6 +191,7 @@ class Subscription(_Metadata):
 
 
 class Notification(_Open):
+    """components/schemas/notification: the body a VTN POSTs to a webhook (object type, operation, object)."""
     objectType: Literal["PROGRAM", "EVENT", "REPORT", "SUBSCRIPTION", "VEN", "RESOURCE"]
     operation: Literal["CREATE", "READ", "UPDATE", "DELETE"]
     object: dict[str, Any]
@@ -207,4 +219,20 @@ def validate_object(model: type[BaseModel], obj: Any) -> Any:
 
 
 def validate_event(obj: Any) -> Event:
+    """Validate an event object.
+
+    Parameters
+    ----------
+    obj : Any
+        The event as the VTN returned it (JSON).
+
+    Returns
+    -------
+    Event
+
+    Raises
+    ------
+    ObjectRejected
+        Its ``reason`` names the field (``intervals.0.id: Input should be a valid integer``).
+    """
     return validate_object(Event, obj)

@@ -40,7 +40,23 @@ AGGREGATED = "AGGREGATED_REPORT"
 
 def report_units(descriptor: Mapping[str, Any]) -> tuple[str, float]:
     """(units, factor) for a USAGE/DEMAND descriptor. Raises ``ValueError`` with the reason for an
-    unsupported payload type or units."""
+    unsupported payload type or units.
+
+    Parameters
+    ----------
+    descriptor : Mapping
+        A reportDescriptor (``payloadType``, optional ``units``).
+
+    Returns
+    -------
+    (str, float)
+        The units and the factor from the measured kW (DEMAND) or kWh (USAGE).
+
+    Raises
+    ------
+    ValueError
+        A payload type other than USAGE or DEMAND, or units not in ``REPORT_UNITS``.
+    """
     kind = str(descriptor.get("payloadType"))
     table = REPORT_UNITS.get(kind)
     if table is None:
@@ -55,7 +71,31 @@ def report_body(descriptor: Mapping[str, Any], covered: Sequence[ResolvedInterva
                 client_name: str, resource_name: str, report_name: str,
                 measured_kw: Callable[[datetime, datetime], float], program_id: str | None = None) -> dict[str, Any]:
     """The report object for ``covered`` (finite intervals), measured through ``measured_kw(start,
-    end)`` (mean kW). ``program_id``: 3.0.1 reports carry it. Raises ``ValueError`` (units)."""
+    end)`` (mean kW). ``program_id``: 3.0.1 reports carry it. Raises ``ValueError`` (units).
+
+    Parameters
+    ----------
+    descriptor : Mapping
+        The reportDescriptor asked in the event.
+    covered : sequence of ResolvedInterval
+        The finite intervals this report covers.
+    event_id, client_name, resource_name, report_name : str
+        The report's ``eventID``, ``clientName``, resource and ``reportName``.
+    measured_kw : callable (start, end) -> float
+        Mean measured site import over ``[start, end)``, kW.
+    program_id : str, optional
+        ``programID`` (3.0.1 only).
+
+    Returns
+    -------
+    dict
+        The report object (YAML components/schemas/report).
+
+    Raises
+    ------
+    ValueError
+        Unsupported payload type or units (:func:`report_units`).
+    """
     kind = str(descriptor["payloadType"])
     units, factor = report_units(descriptor)
     mode = str(descriptor.get("reportIntervals") or "INTERVALS")
@@ -115,7 +155,20 @@ def report_schedule(descriptor: Mapping[str, Any], intervals: Sequence[ResolvedI
     there, where s = startInterval (-1: the last interval), n = numIntervals (-1: all since the
     previous report, or since the first), f = frequency (-1: n, or one report when n is -1), for
     ``repeat`` reports (-1: while intervals last). Open-ended intervals cannot be reported and are
-    left out. Forecast reports (historical false) are not produced."""
+    left out. Forecast reports (historical false) are not produced.
+
+    Parameters
+    ----------
+    descriptor : Mapping
+        A reportDescriptor (UG 7.5: startInterval, numIntervals, frequency, repeat, historical).
+    intervals : sequence of ResolvedInterval
+        The event's intervals.
+
+    Returns
+    -------
+    list of (datetime, list of ResolvedInterval)
+        When each report is due (the end of its last interval) and what it covers.
+    """
     finite = [i for i in intervals if i.end is not None]
     if not finite or descriptor.get("historical", True) is False:
         return []
@@ -165,6 +218,17 @@ class ReportOutbox:
         return len(self.pending)
 
     def add(self, key: str, body: dict[str, Any], now: datetime) -> None:
+        """Queue a report once (a key already generated is ignored) and persist the outbox.
+
+        Parameters
+        ----------
+        key : str
+            ``<event id>/<descriptor>/<report number>``: the report's identity.
+        body : dict
+            The report object.
+        now : datetime
+            When it was queued (UTC).
+        """
         with self._lock:
             if key in self.generated:
                 return

@@ -92,7 +92,23 @@ def parse_duration(text: str | None) -> timedelta | None:
     """ISO 8601 duration (the YAML's pattern) → timedelta; ``None`` for 'infinity'.
 
     Missing or empty → PT0S (the YAML default). Any duration of ``OPEN_ENDED_YEARS`` or more → None
-    (negative ones are clamped to minus that). Raises ``ValueError`` for text the pattern refuses."""
+    (negative ones are clamped to minus that). Raises ``ValueError`` for text the pattern refuses.
+
+    Parameters
+    ----------
+    text : str or None
+        An ISO 8601 duration such as ``PT15M`` or ``P9999Y``.
+
+    Returns
+    -------
+    timedelta or None
+        None: open-ended ('infinity', UG 7.3).
+
+    Raises
+    ------
+    ValueError
+        The text does not match the YAML's duration pattern.
+    """
     if text is None or text == "":
         return timedelta(0)
     match = _DURATION_RE.match(text.strip())
@@ -114,7 +130,27 @@ def parse_datetime(text: str | None, *, allow_naive: bool = False) -> datetime |
 
     A leap second ``…:60`` is the first instant of the next minute. Without an offset: raises
     :class:`NaiveTimestamp` unless ``allow_naive`` (then read as UTC). Raises ``ValueError`` for text
-    that is not a date-time."""
+    that is not a date-time.
+
+    Parameters
+    ----------
+    text : str or None
+        An RFC 3339 date-time (DEF: "datetime in RFC 3339 format").
+    allow_naive : bool
+        Read a value without an offset as UTC instead of raising.
+
+    Returns
+    -------
+    datetime or None
+        Aware, UTC.
+
+    Raises
+    ------
+    NaiveTimestamp
+        No UTC offset and not ``allow_naive``.
+    ValueError
+        Not a date-time.
+    """
     if text is None or text == "" or text.startswith("0001-01-01"):
         return None
     if not isinstance(text, str):
@@ -152,7 +188,18 @@ def _shift(moment: datetime, delta: timedelta) -> datetime | None:
 def modification_number(modification_dt: str | None) -> int:
     """``modificationDateTime`` → whole seconds since 2020-01-01Z (0 when absent, earlier or unreadable).
 
-    A value without an offset is read as UTC (it only orders versions of one event)."""
+    A value without an offset is read as UTC (it only orders versions of one event).
+
+    Parameters
+    ----------
+    modification_dt : str or None
+        The object's ``modificationDateTime``.
+
+    Returns
+    -------
+    int
+        0 .. 2**31 - 1.
+    """
     try:
         when = parse_datetime(modification_dt, allow_naive=True)
     except ValueError:
@@ -207,7 +254,34 @@ def resolve_intervals(event: Mapping[str, Any], now: datetime, *, random_offset:
                       state_types: frozenset[str] = STATE_TYPES) -> list[ResolvedInterval]:
     """Absolute start and end of every interval of ``event`` (module docstring: timing, durations,
     randomizeStart). An interval whose times cannot be read is left out with its reason appended to
-    ``errors`` (when given; else ``ValueError`` is raised), and so are intervals that follow it."""
+    ``errors`` (when given; else ``ValueError`` is raised), and so are intervals that follow it.
+
+    Parameters
+    ----------
+    event : Mapping
+        The event (validated or not) as the VTN returns it.
+    now : datetime
+        Current time, UTC: what ``0001-01-01`` means (UG 7.3 'do it now').
+    random_offset : timedelta
+        The event's randomizeStart draw; ``interval_offsets`` the draws of intervals with their own.
+    horizon : timedelta
+        How far a looping event (event.duration longer than its intervals) is unrolled.
+    errors : list of str, optional
+        Collects ``"interval <id>: why"``; without it the first unreadable interval raises.
+    state_types : frozenset of str
+        Payload types for which PT0S means until further notice (the default: limits and SIMPLE).
+
+    Returns
+    -------
+    list of ResolvedInterval
+        In event order; ``end`` None for open-ended intervals.
+
+    Raises
+    ------
+    ValueError
+        The event-level start cannot be read (``NaiveTimestamp`` without an offset), or an interval's
+        times and ``errors`` is None.
+    """
     default = event.get("intervalPeriod") or {}
     offsets = dict(interval_offsets or {})
     out: list[ResolvedInterval] = []
@@ -309,7 +383,17 @@ def _minimal(period: Mapping[str, Any] | None, default_start: Any = None, defaul
 def is_cancelled(event: Mapping[str, Any]) -> bool:
     """UG 7.9: the event's window is start 0001-01-01 *and* PT0S (explicit or by default) — at the
     event level with no interval overriding it, or on every interval. A PT0S duration alone is not
-    a cancellation (for a limit it means until further notice)."""
+    a cancellation (for a limit it means until further notice).
+
+    Parameters
+    ----------
+    event : Mapping
+        The event as the VTN returns it.
+
+    Returns
+    -------
+    bool
+    """
     default = event.get("intervalPeriod") or {}
     intervals = [i for i in event.get("intervals") or [] if isinstance(i, Mapping)]
     start, duration = default.get("start"), default.get("duration")

@@ -74,7 +74,32 @@ class VEN(EnrolmentMixin, EventsMixin, AncillaryMixin, ReportingMixin, WebhookMi
     """One site's OpenADR 3 VEN. ``loop`` needs ``handle_dr(message, now)`` (a ControlLoop).
 
     ``recorder``: anything with ``record(kind, payload, at)`` (the daemon's AuditRecorder); default:
-    ``loop.recorder`` if the loop has one. Rejected events and intervals are recorded there."""
+    ``loop.recorder`` if the loop has one. Rejected events and intervals are recorded there.
+
+    Parameters
+    ----------
+    client : OpenADRClient
+        The VTN's REST client.
+    config : VENConfig
+        Who this VEN is, its programs (DR and, ``as_program_names``, the QSE's AS programs).
+    loop : ControlLoop
+        ``handle_dr``, and ``handle_as_award`` / ``handle_as_deploy`` when AS programs are
+        configured; its ``profile``, ``dr_book`` and ``book`` are read.
+    measurements : callable (start, end) -> float, optional
+        Mean measured site import over ``[start, end)``, kW (reports and DR performance).
+    clock : callable () -> datetime
+        UTC now, for the background thread.
+    on_prices, on_carbon, on_export_limits : callable, optional
+        Receivers of PRICE (USD/MWh), GHG (kg/MWh) and EXPORT_CAPACITY_LIMIT (kW) signals.
+    recorder : object, optional
+        The audit recorder.
+
+    Raises
+    ------
+    ValueError
+        ``config.issuer`` not in ``profile.dr.issuers``; AS programs without an ``ancillary`` section
+        in the profile, or differing from ``ancillary.openadr_programs``.
+    """
 
     def __init__(self, client: OpenADRClient, config: VENConfig, loop: Any, *,
                  measurements: Callable[[datetime, datetime], float] | None = None,
@@ -207,6 +232,7 @@ class VEN(EnrolmentMixin, EventsMixin, AncillaryMixin, ReportingMixin, WebhookMi
         self._threads.append(thread)
 
     def stop(self) -> None:
+        """Stop the background thread and the webhook listener (waits up to 5 s for the thread)."""
         self._stop.set()
         self._wake.set()
         if self._webhook is not None:

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Enrolment:
+    """What enrolment learnt: the ven id, the targets granted, the programs (by id) and resource ids (by name)."""
     ven_id: str
     targets: list[str]
     programs: dict[str, dict[str, Any]]  # by program id
@@ -32,6 +33,7 @@ class EnrolmentMixin:
 
     @property
     def my_targets(self) -> list[str]:
+        """This VEN's target strings: its name, resource names, configured and granted targets (sorted)."""
         names = {self.config.ven_name, *self.config.resource_names, *self.config.targets}
         if self.enrolment is not None:
             names.update(self.enrolment.targets)
@@ -99,6 +101,18 @@ class EnrolmentMixin:
         return self.enrolment
 
     def issuer_for(self, program_id: str) -> str:
+        """The DR ``issuer`` of a program's events: ``VENConfig.issuer``, else the program id.
+
+        Parameters
+        ----------
+        program_id : str
+            The VTN's program id.
+
+        Returns
+        -------
+        str
+            Must be in ``profile.dr.issuers`` for the loop to accept the events.
+        """
         return self.config.issuer or program_id
 
     def _enrol_and_subscribe(self, now: datetime) -> None:

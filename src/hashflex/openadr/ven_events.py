@@ -55,7 +55,23 @@ class EventsMixin:
     def poll(self, now: datetime) -> int:
         """Read every enrolled program's events and act on changes. Returns messages sent. A VTN
         failure is counted, logged and raised (VTNError), and changes nothing. Each event is
-        processed on its own (module docstring)."""
+        processed on its own (module docstring).
+
+        Parameters
+        ----------
+        now : datetime
+            Current time, UTC.
+
+        Returns
+        -------
+        int
+            Messages sent to the loop (DR messages, AS awards and deployments).
+
+        Raises
+        ------
+        VTNError
+            The VTN could not be read (nothing changes).
+        """
         if self.enrolment is None:
             self.enrol(now)
         assert self.enrolment is not None
@@ -108,7 +124,20 @@ class EventsMixin:
 
     def process_event(self, event: dict[str, Any], now: datetime) -> int:
         """Validate and map one event and send what changed through ``loop.handle_dr``. Returns
-        messages sent. An invalid event is rejected (counted, audited) and changes nothing."""
+        messages sent. An invalid event is rejected (counted, audited) and changes nothing.
+
+        Parameters
+        ----------
+        event : dict
+            The event as the VTN returns it.
+        now : datetime
+            Current time, UTC.
+
+        Returns
+        -------
+        int
+            Messages sent to the loop. An event of an AS program goes to ``process_as_event``.
+        """
         with self._lock:
             assert self.enrolment is not None
             try:

@@ -91,4 +91,5 @@ class ReportingMixin:
                     pass
 
     def flush_reports(self, now: datetime) -> int:
+        """Deliver the outbox (:meth:`ReportOutbox.flush`); returns reports delivered."""
         return self.outbox.flush(self.client, now)

@@ -42,6 +42,7 @@ class WebhookMixin:
 
     @property
     def callback_url(self) -> str:
+        """The URL the VTN calls (the webhook must be started)."""
         assert self._webhook is not None, "webhook not started"
         return self._webhook.url
 
@@ -89,4 +90,5 @@ class WebhookMixin:
 
     @property
     def push_active(self) -> bool:
+        """True while subscriptions are in place (polling then slows to ``poll_interval_with_webhook_s``)."""
         return bool(self.subscription_ids)

@@ -110,6 +110,7 @@ class WebhookServer:
 
     @property
     def port(self) -> int:
+        """The bound TCP port (the listener must be started)."""
         assert self._server is not None, "webhook not started"
         return int(self._server.server_address[1])
 
@@ -130,6 +131,7 @@ class WebhookServer:
         return self.url
 
     def stop(self) -> None:
+        """Shut the listener down and join its thread (up to 5 s)."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
