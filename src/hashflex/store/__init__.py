@@ -52,24 +52,15 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-from pydantic import BaseModel
-
-from hashflex.frames import check_price_frame, utc_now
-from hashflex.messages import (
-    DREventMessage,
-    InboundMessage,
-    PriceMessage,
-    Rejection,
-    SetpointMessage,
-)
+from hashflex.frames import utc_now  # noqa: F401 - also re-exported (importers use hashflex.store.utc_now)
 from hashflex.store.reads import StoreReads
+from hashflex.store.writes import StoreWrites
 from hashflex.store.schema import (  # noqa: F401 - re-exported: the store's public names
     _AFTER_COMMIT,
     _SCHEMA,
@@ -89,8 +80,29 @@ __all__ = ["Store", "StoreUnavailable", "DR_STATUSES", "TABLES"]
 log = logging.getLogger(__name__)
 
 
-class Store(StoreReads):
-    """SQLite (WAL) store with a single batching writer thread; see the module docstring."""
+class Store(StoreWrites, StoreReads):
+    """SQLite (WAL) store with a single batching writer thread; see the module docstring.
+
+    Parameters
+    ----------
+    path : str or Path
+        The database file (created with its schema if missing).
+    batch_max : int, default 5000
+        Most writes per transaction.
+    queue_max : int, default 200000
+        Most writes queued; a producer blocks beyond it.
+    linger_s : float, default 0.005
+        How long the writer waits for more writes to batch (s).
+    clock : Callable[[], datetime], default utc_now
+        Receipt times and state update times.
+
+    Raises
+    ------
+    RuntimeError
+        WAL could not be enabled (e.g. a network file system).
+    sqlite3.Error
+        The file cannot be opened or its schema created.
+    """
 
     def __init__(
         self,
@@ -136,7 +148,13 @@ class Store(StoreReads):
         self.close()
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Commit pending writes, stop the writer, close all connections. Idempotent."""
+        """Commit pending writes, stop the writer, close all connections. Idempotent.
+
+        Parameters
+        ----------
+        timeout_s : float, default 30.0
+            Longest wait for the writer (s).
+        """
         if self._closed:
             return
         self._closed = True
@@ -148,14 +166,44 @@ class Store(StoreReads):
             self._readers.clear()
 
     def flush(self, timeout_s: float = 30.0) -> None:
-        """Wait until every write enqueued before this call is committed (TimeoutError otherwise)."""
+        """Wait until every write enqueued before this call is committed.
+
+        Parameters
+        ----------
+        timeout_s : float, default 30.0
+
+        Raises
+        ------
+        TimeoutError
+            Not committed within ``timeout_s``.
+        RuntimeError
+            The store is closed.
+        """
         self._call(None, timeout_s)
 
     def prune(self, older_than: datetime, timeout_s: float = 60.0) -> dict[str, int]:
-        """Delete data older than ``older_than``; return rows deleted per table.
+        """Delete data older than ``older_than``, in one transaction.
 
-        Keeps meta, the newest schedule, open-ended DR events that are not cancelled, and prices
-        whose interval ends after the cutoff.
+        Keeps meta, the newest schedule, open-ended DR events that are not cancelled, and prices whose
+        interval ends after the cutoff.
+
+        Parameters
+        ----------
+        older_than : datetime
+            The cutoff (timezone-aware).
+        timeout_s : float, default 60.0
+
+        Returns
+        -------
+        dict[str, int]
+            Rows deleted per table.
+
+        Raises
+        ------
+        TimeoutError
+            Not done within ``timeout_s``.
+        RuntimeError
+            The store is closed.
         """
         cutoff = to_us(older_than)
 
@@ -189,7 +237,13 @@ class Store(StoreReads):
         return self._call(action, timeout_s)
 
     def writer_stats(self) -> dict[str, int]:
-        """Rows written, batches committed, write errors, and the current queue depth."""
+        """The writer's counters.
+
+        Returns
+        -------
+        dict[str, int]
+            ``rows`` written, ``batches`` committed, write ``errors``, and the ``queued`` depth now.
+        """
         return {**self._stats, "queued": self._queue.qsize()}
 
     def commit_state(self, key: str, value: Any, timeout_s: float = 5.0) -> None:
@@ -198,6 +252,13 @@ class Store(StoreReads):
         The control state (the limits book, commitment) goes through here: the caller may say
         "accepted" only after this returns. The transaction runs with ``synchronous=FULL`` (an fsync
         at commit, so it survives a power cut too, not only a crash of the process).
+
+        Parameters
+        ----------
+        key : str
+        value : Any
+            JSON-serialisable (others via ``str``).
+        timeout_s : float, default 5.0
 
         Raises
         ------
@@ -234,85 +295,16 @@ class Store(StoreReads):
         self.failure = None
 
     def fail_commits(self, reason: str | None) -> None:
-        """Fault injection: make :meth:`commit_state` fail with ``reason`` (None: stop failing). Used
-        by drills and tests alongside a real full disk; asynchronous writes are unaffected."""
-        self._fail_commits = reason
+        """Fault injection: make :meth:`commit_state` fail with ``reason``.
 
-    # ------------------------------------------------------------------ writes
+        Used by drills and tests alongside a real full disk; asynchronous writes are unaffected.
 
-    def put(self, message: InboundMessage, *, received_at: datetime | None = None) -> None:
-        """Enqueue one validated inbound message for storage."""
-        received_us = to_us(received_at or self._clock())
-        self._enqueue(self._row(message, received_us))
-
-    def put_many(self, messages: Iterable[InboundMessage], *, received_at: datetime | None = None) -> None:
-        received_us = to_us(received_at or self._clock())
-        for message in messages:
-            self._enqueue(self._row(message, received_us))
-
-    def put_price_frame(
-        self, frame: pd.DataFrame, *, published_at: datetime | None = None, received_at: datetime | None = None
-    ) -> int:
-        """Enqueue a canonical price frame (checked with ``check_price_frame``); returns rows enqueued.
-
-        ``published_at`` applies to every row and defaults to ``received_at`` (default: now).
+        Parameters
+        ----------
+        reason : str or None
+            The error text; None stops failing.
         """
-        check_price_frame(frame)
-        received_us = to_us(received_at or self._clock())
-        published_us = to_us(published_at) if published_at is not None else received_us
-        starts = (frame["interval_start"].astype("int64") // _unit_per_us(frame["interval_start"])).tolist()
-        ends = (frame["interval_end"].astype("int64") // _unit_per_us(frame["interval_end"])).tolist()
-        rows = zip(frame["settlement_point"].tolist(), frame["market"].tolist(), starts, ends,
-                   frame["price_usd_mwh"].tolist(), strict=True)
-        for point, market, start_us, end_us, price in rows:
-            self._enqueue(("price", (point, market, start_us, end_us, price, published_us, received_us)))
-        return len(frame)
-
-    def put_rejection(self, rejection: Rejection, *, received_at: datetime | None = None) -> None:
-        seen_us = to_us(received_at or self._clock())
-        self._enqueue(("rejection", (rejection.topic, rejection.reason, seen_us, seen_us, rejection.payload)))
-
-    def set_dr_status(self, event_id: str, status: str) -> None:
-        """Record a status the control loop decided (e.g. ``active``, ``completed``)."""
-        if status not in DR_STATUSES:
-            raise ValueError(f"status {status!r}: expected one of {DR_STATUSES}")
-        self._enqueue(("dr_status", (status, to_us(self._clock()), event_id)))
-
-    def put_schedule(self, schedule: Mapping[str, Any] | BaseModel, *, created_at: datetime) -> None:
-        payload = schedule.model_dump_json() if isinstance(schedule, BaseModel) else json.dumps(schedule, default=str)
-        self._enqueue(("schedule", (to_us(created_at), payload)))
-
-    def put_setpoint(self, setpoint: SetpointMessage) -> None:
-        row = (setpoint.miner_id, to_us(setpoint.issued_at), to_us(setpoint.expires_at), setpoint.mode,
-               setpoint.power_target_kw)
-        self._enqueue(("setpoint", row))
-
-    def after_commit(self, callback: Callable[[], None]) -> None:
-        """Run ``callback()`` on the writer thread once every write enqueued before it is committed
-        (without forcing a commit of its own). Keep it fast; exceptions are logged. Not run after close."""
-        self._enqueue((_AFTER_COMMIT, callback))
-
-    def set_meta(self, key: str, value: Any) -> None:
-        """Store any JSON-serialisable value under ``key`` (replacing the old one)."""
-        self._enqueue(("meta", (key, json.dumps(value, default=str), to_us(self._clock()))))
-
-    @staticmethod
-    def _row(message: InboundMessage, received_us: int) -> tuple[str, tuple[Any, ...]]:
-        if isinstance(message, PriceMessage):
-            published = message.published_at
-            return ("price", (message.settlement_point, message.market, to_us(message.interval_start),
-                              to_us(message.interval_end), message.price_usd_mwh,
-                              to_us(published) if published else received_us, received_us))
-        if isinstance(message, DREventMessage):
-            return ("dr", (message.event_id, message.modification_number, message.program.value,
-                           int(message.cancelled), to_us(message.start),
-                           to_us(message.end) if message.end else None, message.model_dump_json(),
-                           received_us, received_us))
-        if message.kind not in _VALUE_FIELD:
-            raise TypeError(f"cannot store {type(message).__name__}")
-        value = getattr(message, _VALUE_FIELD[message.kind])
-        return ("obs", (message.kind, message.key, to_us(message.observed_at), value,
-                        message.model_dump_json(), received_us))
+        self._fail_commits = reason
 
     def _enqueue(self, item: tuple[str, Any]) -> None:
         if self._closed:

@@ -62,7 +62,27 @@ class StoreReads:
     def observations(
         self, kind: str, start: datetime | None = None, end: datetime | None = None, *, key: str | None = None
     ) -> pd.DataFrame:
-        """Observations of one kind in ``[start, end)``: timestamp, key, the message's fields, received_at."""
+        """Observations of one kind in a time range.
+
+        Parameters
+        ----------
+        kind : str
+            An observation kind (``renewable``, ``noise``, ``carbon``, ``hashprice``, ``telemetry``, ...).
+        start, end : datetime, optional
+            The half-open range ``[start, end)`` (aware); None: open.
+        key : str, optional
+            One series (source, receptor, miner id).
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``timestamp`` (aware UTC), ``key``, the message's fields, ``received_at``; ordered by time, key.
+
+        Raises
+        ------
+        ValueError
+            ``kind`` is not an observation kind.
+        """
         if kind not in _VALUE_FIELD:
             raise ValueError(f"kind {kind!r}: expected one of {sorted(_VALUE_FIELD)}")
         where, params = self._range("ts_us", start, end)
@@ -91,7 +111,23 @@ class StoreReads:
         return frame
 
     def latest(self, kind: str, key: str | None = None) -> InboundMessage | None:
-        """The observation of ``kind`` (and ``key``) with the newest timestamp, as its message model."""
+        """The observation of ``kind`` (and ``key``) with the newest timestamp.
+
+        Parameters
+        ----------
+        kind : str
+        key : str, optional
+
+        Returns
+        -------
+        InboundMessage or None
+            As its message model; None when there is none.
+
+        Raises
+        ------
+        ValueError
+            ``kind`` is not an observation kind.
+        """
         if kind not in _VALUE_FIELD:
             raise ValueError(f"kind {kind!r}: expected one of {sorted(_VALUE_FIELD)}")
         sql = "SELECT payload FROM observations WHERE kind = ?"
@@ -112,10 +148,29 @@ class StoreReads:
         as_of: datetime | None = None,
         with_published_at: bool = False,
     ) -> pd.DataFrame:
-        """Prices with interval_start in ``[start, end)``; ``as_of`` keeps only those published by then.
+        """Prices with ``interval_start`` in a range, as the canonical price frame.
 
-        The frame is the canonical price frame of :mod:`hashflex.frames` (it passes
-        ``check_price_frame``); ``with_published_at`` appends a ``published_at`` column.
+        The frame passes :func:`hashflex.frames.check_price_frame`. Only the newest revision of a price
+        is stored, so ``as_of`` hides prices first published later but cannot show a value a later
+        correction replaced.
+
+        Parameters
+        ----------
+        start, end : datetime, optional
+            The half-open range ``[start, end)`` (aware); None: open.
+        settlement_point : str, optional
+        market : str, optional
+            ``RT`` or ``DA``.
+        as_of : datetime, optional
+            Keep only prices published by then (what was known at a decision).
+        with_published_at : bool, default False
+            Append a ``published_at`` column.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``interval_start``, ``interval_end`` (aware UTC), ``settlement_point``, ``market``,
+            ``price_usd_mwh`` ($/MWh).
         """
         where, params = self._range("interval_start_us", start, end)
         for column, value in (("settlement_point", settlement_point), ("market", market)):
@@ -138,7 +193,20 @@ class StoreReads:
         return frame if with_published_at else frame.drop(columns="published_at")
 
     def dr_events(self, *, active_at: datetime | None = None, include_cancelled: bool = True) -> pd.DataFrame:
-        """DR events (latest modification each); ``active_at`` keeps those in force at that time."""
+        """DR events, the latest modification of each.
+
+        Parameters
+        ----------
+        active_at : datetime, optional
+            Keep those in force at that time (started, not ended, not cancelled, not completed).
+        include_cancelled : bool, default True
+            Without ``active_at``: keep cancelled events too.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The ``DREventMessage`` fields, ``status``, ``first_received_at``, ``updated_at``.
+        """
         where, params = [], []
         if active_at is not None:
             moment = to_us(active_at)
@@ -160,11 +228,27 @@ class StoreReads:
         return frame
 
     def dr_event(self, event_id: str) -> tuple[DREventMessage, str] | None:
-        """The latest modification of one event and its status."""
+        """The latest modification of one DR event and its status.
+
+        Parameters
+        ----------
+        event_id : str
+
+        Returns
+        -------
+        tuple[DREventMessage, str] or None
+        """
         rows = self._query("SELECT payload, status FROM dr_events WHERE event_id = ?", (event_id,))
         return (DREventMessage.model_validate_json(rows[0][0]), rows[0][1]) if rows else None
 
     def rejections(self) -> pd.DataFrame:
+        """Rejected inbound messages, aggregated per topic and reason, newest first.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``topic``, ``reason``, ``count``, ``first_seen``, ``last_seen`` (aware UTC), ``last_payload``.
+        """
         rows = self._query("SELECT topic, reason, count, first_seen_us, last_seen_us, last_payload FROM rejections"
                            " ORDER BY last_seen_us DESC")
         frame = pd.DataFrame(rows, columns=["topic", "reason", "count", "first_seen", "last_seen", "last_payload"])
@@ -175,7 +259,19 @@ class StoreReads:
     def setpoints(
         self, start: datetime | None = None, end: datetime | None = None, *, miner_id: str | None = None
     ) -> pd.DataFrame:
-        """Setpoints issued in ``[start, end)``."""
+        """Setpoints issued in a time range.
+
+        Parameters
+        ----------
+        start, end : datetime, optional
+            The half-open range ``[start, end)`` (aware); None: open.
+        miner_id : str, optional
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``miner_id``, ``issued_at``, ``expires_at``, ``mode``, ``power_target_kw`` (kW).
+        """
         where, params = self._range("issued_at_us", start, end)
         if miner_id is not None:
             where.append("miner_id = ?")
@@ -190,7 +286,18 @@ class StoreReads:
         return frame
 
     def schedules(self, start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
-        """Schedules created in ``[start, end)``: created_at, schedule (decoded JSON)."""
+        """Schedules created in a time range.
+
+        Parameters
+        ----------
+        start, end : datetime, optional
+            The half-open range ``[start, end)`` (aware); None: open.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``created_at`` (aware UTC), ``schedule`` (decoded JSON).
+        """
         where, params = self._range("created_at_us", start, end)
         sql = "SELECT created_at_us, payload FROM schedules"
         if where:
@@ -202,6 +309,18 @@ class StoreReads:
         })
 
     def latest_schedule(self, as_of: datetime | None = None) -> dict[str, Any] | None:
+        """The newest schedule created by ``as_of``.
+
+        Parameters
+        ----------
+        as_of : datetime, optional
+            Default: the newest of all.
+
+        Returns
+        -------
+        dict[str, Any] or None
+            The decoded schedule document.
+        """
         sql, params = "SELECT payload FROM schedules", []
         if as_of is not None:
             sql += " WHERE created_at_us <= ?"
@@ -210,10 +329,38 @@ class StoreReads:
         return json.loads(rows[0][0]) if rows else None
 
     def get_meta(self, key: str, default: Any = None) -> Any:
+        """The JSON value stored under ``key`` (``set_meta``, ``commit_state``).
+
+        Parameters
+        ----------
+        key : str
+        default : Any, optional
+            Returned when there is none.
+
+        Returns
+        -------
+        Any
+        """
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
         return json.loads(rows[0][0]) if rows else default
 
     def count(self, table: str) -> int:
+        """Rows in one table.
+
+        Parameters
+        ----------
+        table : str
+            One of ``TABLES``.
+
+        Returns
+        -------
+        int
+
+        Raises
+        ------
+        ValueError
+            ``table`` unknown.
+        """
         if table not in TABLES:
             raise ValueError(f"table {table!r}: expected one of {TABLES}")
         return int(self._query(f"SELECT count(*) FROM {table}")[0][0])

@@ -93,7 +93,22 @@ class StoreUnavailable(RuntimeError):
 
 
 def to_us(moment: datetime) -> int:
-    """UTC microseconds since the epoch; naive datetimes are refused."""
+    """A time as integer UTC microseconds since the epoch (how the store keeps times).
+
+    Parameters
+    ----------
+    moment : datetime
+        Timezone-aware.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ValueError
+        A naive datetime.
+    """
     if moment.tzinfo is None:
         raise ValueError(f"naive datetime {moment!r}: a timezone is required")
     return (moment - _EPOCH) // _US

@@ -1,0 +1,231 @@
+"""The store's asynchronous writes: each enqueues rows for the one writer thread (see ``Store``).
+
+A mixin of :class:`hashflex.store.Store`, which provides ``_enqueue`` (raises RuntimeError once the
+store is closed) and ``_clock``. Writes are ordered per table and committed in batches; ``flush()``
+waits for them, ``after_commit(callback)`` runs a callback once they are durable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel
+
+from hashflex.frames import check_price_frame
+from hashflex.messages import (
+    DREventMessage,
+    InboundMessage,
+    PriceMessage,
+    Rejection,
+    SetpointMessage,
+)
+from hashflex.store.schema import _AFTER_COMMIT, _VALUE_FIELD, DR_STATUSES, _unit_per_us, to_us
+
+__all__ = ["StoreWrites"]
+
+
+class StoreWrites:
+    """Write methods of :class:`hashflex.store.Store` (a mixin: the queue and writer thread live in the class itself)."""
+
+    _clock: Callable[[], datetime]  # provided by Store, with _enqueue(item) (RuntimeError once closed)
+    _enqueue: Callable[[tuple[str, Any]], None]
+
+    def put(self, message: InboundMessage, *, received_at: datetime | None = None) -> None:
+        """Enqueue one validated inbound message for storage (the first value per kind, key and time wins).
+
+        Parameters
+        ----------
+        message : InboundMessage
+            Checked by ``messages.parse_message`` and ``plausibility.check_plausible`` already.
+        received_at : datetime, optional
+            Receipt time (default now).
+
+        Raises
+        ------
+        RuntimeError
+            The store is closed.
+        """
+        received_us = to_us(received_at or self._clock())
+        self._enqueue(self._row(message, received_us))
+
+    def put_many(self, messages: Iterable[InboundMessage], *, received_at: datetime | None = None) -> None:
+        """Enqueue several validated inbound messages, all with one receipt time.
+
+        Parameters
+        ----------
+        messages : Iterable[InboundMessage]
+        received_at : datetime, optional
+            Default now.
+
+        Raises
+        ------
+        RuntimeError
+            The store is closed.
+        """
+        received_us = to_us(received_at or self._clock())
+        for message in messages:
+            self._enqueue(self._row(message, received_us))
+
+    def put_price_frame(
+        self, frame: pd.DataFrame, *, published_at: datetime | None = None, received_at: datetime | None = None
+    ) -> int:
+        """Enqueue a canonical price frame.
+
+        Parameters
+        ----------
+        frame : pandas.DataFrame
+            The canonical price frame (:func:`hashflex.frames.check_price_frame`): ``settlement_point``,
+            ``market``, ``interval_start``, ``interval_end`` (aware UTC), ``price_usd_mwh``.
+        published_at : datetime, optional
+            When ERCOT published these prices, for every row (default ``received_at``); a later
+            ``published_at`` with a different price supersedes.
+        received_at : datetime, optional
+            Default now.
+
+        Returns
+        -------
+        int
+            Rows enqueued.
+
+        Raises
+        ------
+        ValueError
+            The frame breaks the contract (naming the column or row).
+        RuntimeError
+            The store is closed.
+        """
+        check_price_frame(frame)
+        received_us = to_us(received_at or self._clock())
+        published_us = to_us(published_at) if published_at is not None else received_us
+        starts = (frame["interval_start"].astype("int64") // _unit_per_us(frame["interval_start"])).tolist()
+        ends = (frame["interval_end"].astype("int64") // _unit_per_us(frame["interval_end"])).tolist()
+        rows = zip(frame["settlement_point"].tolist(), frame["market"].tolist(), starts, ends,
+                   frame["price_usd_mwh"].tolist(), strict=True)
+        for point, market, start_us, end_us, price in rows:
+            self._enqueue(("price", (point, market, start_us, end_us, price, published_us, received_us)))
+        return len(frame)
+
+    def put_rejection(self, rejection: Rejection, *, received_at: datetime | None = None) -> None:
+        """Enqueue a rejected inbound message (aggregated per topic and reason, with a count).
+
+        Parameters
+        ----------
+        rejection : Rejection
+        received_at : datetime, optional
+            Default now.
+
+        Raises
+        ------
+        RuntimeError
+            The store is closed.
+        """
+        seen_us = to_us(received_at or self._clock())
+        self._enqueue(("rejection", (rejection.topic, rejection.reason, seen_us, seen_us, rejection.payload)))
+
+    def set_dr_status(self, event_id: str, status: str) -> None:
+        """Record a DR event status the control loop decided.
+
+        Parameters
+        ----------
+        event_id : str
+        status : str
+            One of ``DR_STATUSES`` (e.g. ``active``, ``completed``).
+
+        Raises
+        ------
+        ValueError
+            ``status`` not one of ``DR_STATUSES``.
+        RuntimeError
+            The store is closed.
+        """
+        if status not in DR_STATUSES:
+            raise ValueError(f"status {status!r}: expected one of {DR_STATUSES}")
+        self._enqueue(("dr_status", (status, to_us(self._clock()), event_id)))
+
+    def put_schedule(self, schedule: Mapping[str, Any] | BaseModel, *, created_at: datetime) -> None:
+        """Enqueue a schedule document.
+
+        Parameters
+        ----------
+        schedule : Mapping[str, Any] or pydantic.BaseModel
+            Stored as JSON.
+        created_at : datetime
+            When it was made (aware).
+
+        Raises
+        ------
+        RuntimeError
+            The store is closed.
+        """
+        payload = schedule.model_dump_json() if isinstance(schedule, BaseModel) else json.dumps(schedule, default=str)
+        self._enqueue(("schedule", (to_us(created_at), payload)))
+
+    def put_setpoint(self, setpoint: SetpointMessage) -> None:
+        """Enqueue a setpoint sent to a miner.
+
+        Parameters
+        ----------
+        setpoint : SetpointMessage
+            Its miner, issue and expiry times, mode and power target (kW).
+
+        Raises
+        ------
+        RuntimeError
+            The store is closed.
+        """
+        row = (setpoint.miner_id, to_us(setpoint.issued_at), to_us(setpoint.expires_at), setpoint.mode,
+               setpoint.power_target_kw)
+        self._enqueue(("setpoint", row))
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback()`` on the writer thread once every write enqueued before it is committed.
+
+        It forces no commit of its own. Keep it fast; exceptions are logged. Not run after close.
+
+        Parameters
+        ----------
+        callback : Callable[[], None]
+
+        Raises
+        ------
+        RuntimeError
+            The store is closed.
+        """
+        self._enqueue((_AFTER_COMMIT, callback))
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store any JSON-serialisable value under ``key`` (replacing the old one), asynchronously.
+
+        Parameters
+        ----------
+        key : str
+        value : Any
+
+        Raises
+        ------
+        RuntimeError
+            The store is closed.
+        """
+        self._enqueue(("meta", (key, json.dumps(value, default=str), to_us(self._clock()))))
+
+    @staticmethod
+    def _row(message: InboundMessage, received_us: int) -> tuple[str, tuple[Any, ...]]:
+        if isinstance(message, PriceMessage):
+            published = message.published_at
+            return ("price", (message.settlement_point, message.market, to_us(message.interval_start),
+                              to_us(message.interval_end), message.price_usd_mwh,
+                              to_us(published) if published else received_us, received_us))
+        if isinstance(message, DREventMessage):
+            return ("dr", (message.event_id, message.modification_number, message.program.value,
+                           int(message.cancelled), to_us(message.start),
+                           to_us(message.end) if message.end else None, message.model_dump_json(),
+                           received_us, received_us))
+        if message.kind not in _VALUE_FIELD:
+            raise TypeError(f"cannot store {type(message).__name__}")
+        value = getattr(message, _VALUE_FIELD[message.kind])
+        return ("obs", (message.kind, message.key, to_us(message.observed_at), value,
+                        message.model_dump_json(), received_us))
