@@ -45,7 +45,23 @@ class AuditError(RuntimeError):
 
 
 def canonical_json(value: Any) -> str:
-    """Canonical JSON text (sorted keys, no spaces, UTF-8, float repr); NaN/inf are refused."""
+    """Canonical JSON text (sorted keys, no spaces, UTF-8, float repr); NaN/inf are refused.
+
+    Parameters
+    ----------
+    value : Any
+        A JSON-serialisable value (dicts, lists, str, int, float, bool, None).
+
+    Returns
+    -------
+    str
+        ``json.dumps`` with ``sort_keys``, separators ``(",", ":")``, ``ensure_ascii=False``.
+
+    Raises
+    ------
+    AuditError
+        When the value holds NaN or infinity (or is not serialisable as canonical JSON).
+    """
     try:
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except ValueError as exc:
@@ -53,19 +69,59 @@ def canonical_json(value: Any) -> str:
 
 
 def iso_utc(moment: datetime) -> str:
-    """``YYYY-MM-DDTHH:MM:SS.ffffffZ``; naive datetimes are refused."""
+    """``YYYY-MM-DDTHH:MM:SS.ffffffZ``; naive datetimes are refused.
+
+    Parameters
+    ----------
+    moment : datetime
+        A timezone-aware time.
+
+    Returns
+    -------
+    str
+        The time in UTC with microseconds and a ``Z``.
+
+    Raises
+    ------
+    AuditError
+        For a naive datetime.
+    """
     if moment.tzinfo is None:
         raise AuditError(f"naive datetime {moment!r}: a timezone is required")
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def record_hash(prev_hash: str, seq: int, at_utc: str, kind: str, payload: Any) -> str:
+    """The hash of one record: SHA-256 of ``prev_hash`` + canonical JSON of {seq, at, kind, payload}.
+
+    Parameters
+    ----------
+    prev_hash : str
+        The previous record's hash (64 lowercase hex digits; :data:`GENESIS` for the first record).
+    seq : int
+        The record's sequence number (1 for the first).
+    at_utc : str
+        The record's time as :func:`iso_utc` writes it.
+    kind : str
+        One of :data:`KINDS`.
+    payload : Any
+        The decoded payload.
+
+    Returns
+    -------
+    str
+        64 lowercase hex digits.
+    """
     body = canonical_json({"seq": seq, "at": at_utc, "kind": kind, "payload": payload})
     return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
 class AuditRecord:
+    """One record of the trail as stored: ``seq``, ``at_utc`` (ISO Z), ``kind``, decoded ``payload``,
+    ``prev_hash`` and ``hash`` (see :func:`record_hash`).
+    """
+
     seq: int
     at_utc: str
     kind: str
@@ -76,6 +132,10 @@ class AuditRecord:
 
 @dataclass(frozen=True)
 class VerifyResult:
+    """The outcome of walking a chain: ``ok``; ``records`` (rows in the table); the first bad record
+    (``first_bad_seq``) and the ``problem`` in words; the head (``head_seq``, ``head_hash``). Truthy when ok.
+    """
+
     ok: bool
     records: int  # rows in the table
     first_bad_seq: int | None = None
@@ -87,6 +147,13 @@ class VerifyResult:
         return self.ok
 
     def describe(self) -> str:
+        """One line for people: the head when the chain verifies, else the first bad record and why.
+
+        Returns
+        -------
+        str
+            ``audit chain OK: ...`` or ``audit chain FAILED at seq N: ...``.
+        """
         if self.ok:
             return f"audit chain OK: {self.records} records, head seq {self.head_seq} hash {self.head_hash}"
         if self.first_bad_seq is None:  # nothing to walk: the file itself is the problem
@@ -104,7 +171,30 @@ def _ensure_schema(conn: sqlite3.Connection) -> None:
 
 
 def append_in(conn: sqlite3.Connection, kind: str, payload: Mapping[str, Any], at: datetime) -> AuditRecord:
-    """Append one record inside the caller's open transaction (see module docstring)."""
+    """Append one record inside the caller's open transaction (see module docstring).
+
+    Parameters
+    ----------
+    conn : sqlite3.Connection
+        A connection with an open transaction (``BEGIN IMMEDIATE``) on a database holding ``audit_log``.
+    kind : str
+        One of :data:`KINDS`.
+    payload : Mapping[str, Any]
+        The record's content, canonical-JSON serialisable (no NaN/inf).
+    at : datetime
+        The record's time, timezone-aware.
+
+    Returns
+    -------
+    AuditRecord
+        The record written, with its sequence number and hash.
+
+    Raises
+    ------
+    AuditError
+        Without an open transaction, for an unknown kind, a payload that is not canonical JSON, or a
+        naive time.
+    """
     if not conn.in_transaction:
         raise AuditError("append_in needs an open transaction (BEGIN IMMEDIATE); use AuditLog.append")
     if kind not in KINDS:
@@ -148,7 +238,18 @@ def _is_canonical(text: str) -> bool:
 
 
 def verify_rows(rows: list[tuple[Any, ...]]) -> VerifyResult:
-    """Verify ``(seq, at_utc, kind, payload, prev_hash, hash)`` rows in seq order."""
+    """Verify ``(seq, at_utc, kind, payload, prev_hash, hash)`` rows in seq order.
+
+    Parameters
+    ----------
+    rows : list of tuple
+        Every row of ``audit_log``, ordered by ``seq``.
+
+    Returns
+    -------
+    VerifyResult
+        ok, or the first record edited, deleted, inserted or reordered, named with the problem.
+    """
     n = len(rows)
     prev, expected = GENESIS, 1
 

@@ -36,7 +36,21 @@ __all__ = ["AuditLog", "append_with_store", "verify_file"]
 
 
 class AuditLog:
-    """The audit trail in one SQLite database (a path, or an open connection)."""
+    """The audit trail in one SQLite database (a path, or an open connection).
+
+    Parameters
+    ----------
+    db : str, Path or sqlite3.Connection
+        The store's database file (the table is created when missing unless ``readonly``), or an open
+        connection (used as is).
+    readonly : bool
+        Open a path with SQLite ``mode=ro``: nothing is created or written.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``readonly`` with a path that does not exist.
+    """
 
     def __init__(self, db: str | Path | sqlite3.Connection, *, readonly: bool = False) -> None:
         """``readonly`` opens a path with SQLite ``mode=ro`` (reports, ``audit verify``): nothing is
@@ -65,6 +79,7 @@ class AuditLog:
     append_in = staticmethod(append_in)  # AuditLog.append_in(conn, kind, payload, at), same as the function
 
     def close(self) -> None:
+        """Close the connection."""
         self.conn.close()
 
     def __enter__(self) -> AuditLog:
@@ -76,7 +91,28 @@ class AuditLog:
     # ------------------------------------------------------------------ writes
 
     def append(self, kind: str, payload: Mapping[str, Any], at: datetime) -> AuditRecord:
-        """Append one record in its own transaction; returns it with its hash."""
+        """Append one record in its own transaction; returns it with its hash.
+
+        Parameters
+        ----------
+        kind : str
+            One of :data:`~hashflex.audit.KINDS`.
+        payload : Mapping[str, Any]
+            The record's content (build it with the payload helpers).
+        at : datetime
+            The record's time, timezone-aware.
+
+        Returns
+        -------
+        AuditRecord
+            The record written.
+
+        Raises
+        ------
+        AuditError
+            On a read-only log, a connection already in a transaction (use :func:`append_in`), or a bad
+            kind, payload or time.
+        """
         with self._lock:
             if self.readonly:
                 raise AuditError("audit log opened read-only")
@@ -98,7 +134,20 @@ class AuditLog:
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_log'").fetchone() is not None
 
     def records(self, kind: str | None = None, *, kinds: Iterable[str] | None = None) -> list[AuditRecord]:
-        """Records in seq order, optionally of one ``kind`` or of several ``kinds``."""
+        """Records in seq order, optionally of one ``kind`` or of several ``kinds``.
+
+        Parameters
+        ----------
+        kind : str, optional
+            Only records of this kind.
+        kinds : iterable of str, optional
+            Only records of these kinds (ignored when ``kind`` is given).
+
+        Returns
+        -------
+        list of AuditRecord
+            In chain order; empty when the database has no ``audit_log`` table.
+        """
         if not self._has_table():
             return []
         wanted = [kind] if kind is not None else list(kinds or [])
@@ -109,6 +158,12 @@ class AuditLog:
                 for r in self.conn.execute(sql + " ORDER BY seq", params).fetchall()]
 
     def head(self) -> tuple[int, str] | None:
+        """The last record's ``(seq, hash)``, or None for an empty trail.
+
+        Returns
+        -------
+        tuple of (int, str) or None
+        """
         if not self._has_table():
             return None
         row = self.conn.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
@@ -117,7 +172,13 @@ class AuditLog:
     # ------------------------------------------------------------------ verification
 
     def verify(self) -> VerifyResult:
-        """Walk the chain; the first record edited, deleted, inserted or reordered fails it."""
+        """Walk the chain; the first record edited, deleted, inserted or reordered fails it.
+
+        Returns
+        -------
+        VerifyResult
+            Streams the chain in constant memory; only a failure loads it whole to name the problem.
+        """
         if not self._has_table():
             return verify_rows([])
         # Fast path: stream the chain in constant memory; only a failure loads it whole to diagnose.
@@ -130,7 +191,23 @@ class AuditLog:
         return VerifyResult(True, expected - 1, None, "", head[0] if head else None, head[5] if head else None)
 
     def sign_head(self, key: bytes | None = None) -> str:
-        """``hf-audit-v1:<seq>:<hash>:<hmac>`` for the current head (the chain must verify first)."""
+        """``hf-audit-v1:<seq>:<hash>:<hmac>`` for the current head (the chain must verify first).
+
+        Parameters
+        ----------
+        key : bytes, optional
+            The HMAC-SHA256 key; default the environment variable ``HASHFLEX_AUDIT_HMAC_KEY``.
+
+        Returns
+        -------
+        str
+            The signed head, to be kept off the box.
+
+        Raises
+        ------
+        AuditError
+            When the chain does not verify, the trail is empty, or no key is given or set.
+        """
         result = self.verify()
         if not result.ok:
             raise AuditError(f"refusing to sign a broken chain: {result.describe()}")
@@ -141,7 +218,26 @@ class AuditLog:
 
     def verify_head(self, signature: str, key: bytes | None = None) -> VerifyResult:
         """Check a signature from :meth:`sign_head`: authentic, the chain verifies, and the signed
-        record is still there with the signed hash (records appended since are fine)."""
+        record is still there with the signed hash (records appended since are fine).
+
+        Parameters
+        ----------
+        signature : str
+            ``hf-audit-v1:<seq>:<hash>:<hmac>``.
+        key : bytes, optional
+            The HMAC key; default ``HASHFLEX_AUDIT_HMAC_KEY``.
+
+        Returns
+        -------
+        VerifyResult
+            Failed when the signature is malformed or does not match, the chain is broken, or the signed
+            record was removed (truncated) or rewritten.
+
+        Raises
+        ------
+        AuditError
+            When no key is given or set.
+        """
         parts = signature.strip().split(":")
         if len(parts) != 4 or parts[0] != SIGNATURE_VERSION or not parts[1].isdigit():
             return VerifyResult(False, 0, None, f"not a {SIGNATURE_VERSION} signature")
@@ -178,6 +274,24 @@ def verify_file(path: str | Path, signature: str | None = None, key: bytes | Non
     ``problem`` naming the path. With ``signature`` the signed head is checked too
     (:meth:`AuditLog.verify_head`). Never raises for a bad file; :class:`AuditError` only for a
     missing HMAC key when a signature is given.
+
+    Parameters
+    ----------
+    path : str or Path
+        The database file.
+    signature : str, optional
+        A signed head to check as well.
+    key : bytes, optional
+        The HMAC key for ``signature``; default ``HASHFLEX_AUDIT_HMAC_KEY``.
+
+    Returns
+    -------
+    VerifyResult
+
+    Raises
+    ------
+    AuditError
+        A signature is given and no key is available.
     """
     path = Path(path)
 
@@ -217,6 +331,31 @@ def append_with_store(store: Any, kind: str, payload: Mapping[str, Any], at: dat
 
     Uses ``Store.run_in_writer(action, timeout_s)`` if the store has it, else the store's internal
     ``_call`` (the hook ``Store.prune`` uses): the store offers no public one yet.
+
+    Parameters
+    ----------
+    store : hashflex.store.Store
+        The store whose database holds the trail.
+    kind : str
+        One of :data:`~hashflex.audit.KINDS`.
+    payload : Mapping[str, Any]
+        The record's content.
+    at : datetime
+        The record's time, timezone-aware.
+    write : callable, optional
+        ``write(conn)`` runs first in the same transaction (extra SQL); both commit or neither.
+    timeout_s : float
+        Seconds to wait for the writer thread.
+
+    Returns
+    -------
+    AuditRecord
+        The record, once committed (blocks for milliseconds: never call from the MQTT thread).
+
+    Raises
+    ------
+    AuditError
+        For a bad kind, payload or time (the transaction is rolled back).
     """
     def action(conn: sqlite3.Connection) -> AuditRecord:
         _ensure_schema(conn)

@@ -32,7 +32,20 @@ def _nums(values: Mapping[str, float | None] | None) -> dict[str, float | None]:
 
 
 def laeq_dba(levels_dba: Iterable[float], durations_s: Iterable[float] | None = None) -> float:
-    """Energy-average level: 10·log10(Σ t_i·10^(L_i/10) / Σ t_i) (equal weights without durations)."""
+    """Energy-average level: 10·log10(Σ t_i·10^(L_i/10) / Σ t_i) (equal weights without durations).
+
+    Parameters
+    ----------
+    levels_dba : iterable of float
+        A-weighted levels L_i in dB(A), n values.
+    durations_s : iterable of float, optional
+        Weights t_i in seconds, n values; equal weights when omitted.
+
+    Returns
+    -------
+    float
+        LAeq in dB(A); NaN without readings or with zero total duration.
+    """
     levels = [float(x) for x in levels_dba]
     weights = [1.0] * len(levels) if durations_s is None else [float(t) for t in durations_s]
     if not levels or sum(weights) <= 0:
@@ -42,7 +55,20 @@ def laeq_dba(levels_dba: Iterable[float], durations_s: Iterable[float] | None = 
 
 
 def noise_interval_summary(readings: Iterable[tuple[float, float]], cap_dba: float | None) -> tuple[float, float]:
-    """(LAeq, minutes over cap) of ``(laeq_dba, averaging_s)`` readings inside one interval."""
+    """(LAeq, minutes over cap) of ``(laeq_dba, averaging_s)`` readings inside one interval.
+
+    Parameters
+    ----------
+    readings : iterable of (float, float)
+        ``(laeq_dba, averaging_s)`` per reading.
+    cap_dba : float or None
+        The cap in force (dB(A)); None: no cap, 0 minutes over.
+
+    Returns
+    -------
+    tuple of (float, float)
+        The duration-weighted LAeq (dB(A), NaN without readings) and the minutes of readings above the cap.
+    """
     readings = list(readings)
     level = laeq_dba([r[0] for r in readings], [r[1] for r in readings])
     over = 0.0 if cap_dba is None else sum(r[1] for r in readings if r[0] > cap_dba) / 60.0
@@ -71,7 +97,47 @@ def measurement_payload(
     hashprice_usd_per_ph_day: float | None = None,
 ) -> dict[str, Any]:
     """The ``measurement`` payload: means over ``[interval_start, +interval_h)`` (see module docstring);
-    ``hashprice_usd_per_ph_day``: the hashprice the revenue was valued at."""
+    ``hashprice_usd_per_ph_day``: the hashprice the revenue was valued at.
+
+    Parameters
+    ----------
+    interval_start : datetime
+        Start of the control interval, timezone-aware.
+    interval_h : float
+        Interval length in hours (> 0).
+    import_kw, renewable_kw, load_kw : float
+        Mean grid import at the meter, on-site renewable generation and site consumption, kW.
+    hashrate_th_s : float
+        Mean hashrate, TH/s.
+    noise_dba : Mapping[str, float or None]
+        Receptor id → measured LAeq over the interval, dB(A).
+    intensity_kg_per_mwh : float or None
+        Recorded grid carbon intensity, kg CO2/MWh (None: the report uses the profile's factor).
+    price_usd_mwh : float or None
+        Settlement point price, $/MWh.
+    revenue_usd, energy_cost_usd : float
+        Mining revenue and energy cost of the interval, $.
+    noise_model_dba, noise_cap_dba, noise_over_cap_min : Mapping, optional
+        Receptor id → modelled level (dB(A)), cap in force (dB(A), None = none), minutes over the cap.
+    full_load_kw : float, optional
+        Load with every available unit in its top mode, kW.
+    intensity_source : str, optional
+        Where the intensity came from.
+    dr_baseline_kw : float, optional
+        A DR baseline, kW.
+    hashprice_usd_per_ph_day : float, optional
+        The hashprice the revenue was valued at, $/PH/day.
+
+    Returns
+    -------
+    dict
+        JSON-safe (non-finite numbers become null).
+
+    Raises
+    ------
+    AuditError
+        ``interval_h`` not positive, or a naive ``interval_start``.
+    """
     if interval_h <= 0:
         raise AuditError("interval_h must be > 0")
     return {
@@ -109,7 +175,19 @@ def _jsonable(value: Any) -> Any:
 
 
 def schedule_payload(schedule: Any) -> dict[str, Any]:
-    """The ``schedule`` payload of an :class:`hashflex.optimize.schedule.Schedule`."""
+    """The ``schedule`` payload of an :class:`hashflex.optimize.schedule.Schedule`.
+
+    Parameters
+    ----------
+    schedule : hashflex.optimize.schedule.Schedule
+        An accepted plan (``frame`` with one row per interval, ``info`` with status, gap, objective).
+
+    Returns
+    -------
+    dict
+        ``status``, ``gap``, ``objective_usd``, ``message``, horizon, ``intervals``, ``reasons``
+        {code: intervals}, ``totals`` and ``first_row`` (every column of the interval about to run).
+    """
     frame, info = schedule.frame, schedule.info
     first = frame.iloc[0]
     dt_h = frame["duration_h"].to_numpy() if "duration_h" in frame else None
@@ -136,7 +214,21 @@ def schedule_payload(schedule: Any) -> dict[str, Any]:
 
 
 def setpoints_payload(batch: Iterable[Any], *, source: str = "schedule") -> dict[str, Any]:
-    """Batch summary of ``Setpoint``s: units per ``group/mode``, total target, earliest expiry."""
+    """Batch summary of ``Setpoint``s: units per ``group/mode``, total target, earliest expiry.
+
+    Parameters
+    ----------
+    batch : iterable of hashflex.drivers.base.Setpoint
+        One setpoint per miner (``group_id``, ``mode``, ``power_target_kw``, ``issued_at``, ``expires_at``).
+    source : str
+        What made the batch (``schedule``, a guard action, ...).
+
+    Returns
+    -------
+    dict
+        ``source``, ``miners``, ``counts`` {"group/mode": units}, ``power_target_kw`` (kW),
+        ``issued_at``, ``expires_at`` (earliest; null for an empty batch).
+    """
     batch = list(batch)
     counts: dict[str, int] = {}
     for sp in batch:
@@ -154,14 +246,44 @@ def setpoints_payload(batch: Iterable[Any], *, source: str = "schedule") -> dict
 
 def guard_action_payload(action: str, reason: str, miners: Iterable[str] = (), *,
                          event_id: str | None = None) -> dict[str, Any]:
-    """One guard action (``GuardAction.kind``/``reason``/``miners``), with the DR event behind it."""
+    """One guard action (``GuardAction.kind``/``reason``/``miners``), with the DR event behind it.
+
+    Parameters
+    ----------
+    action : str
+        The action kind.
+    reason : str
+        Why, in words.
+    miners : iterable of str
+        The miners it changed (the first 50 ids are kept).
+    event_id : str, optional
+        The DR event that triggered it.
+
+    Returns
+    -------
+    dict
+        ``action``, ``reason``, ``miners`` (count), ``miner_ids``, ``event_id``.
+    """
     miners = list(miners)
     return {"action": action, "reason": reason, "miners": len(miners), "miner_ids": miners[:50],
             "event_id": event_id}
 
 
 def config_payload(profile: Any, reason: str = "start") -> dict[str, Any]:
-    """Profile hash and the full profile (``reason``: ``start`` or ``change``)."""
+    """Profile hash and the full profile (``reason``: ``start`` or ``change``).
+
+    Parameters
+    ----------
+    profile : hashflex.profile.SiteProfile
+        The profile in force.
+    reason : str
+        ``start`` or ``change`` (callers may add more, e.g. a simulation's reason).
+
+    Returns
+    -------
+    dict
+        ``reason``, ``profile_hash``, ``profile`` (the whole profile as JSON).
+    """
     from hashflex.profile import profile_hash
 
     return {"reason": reason, "profile_hash": profile_hash(profile),
@@ -170,18 +292,68 @@ def config_payload(profile: Any, reason: str = "start") -> dict[str, Any]:
 
 def dr_event_payload(message: Any, accepted: bool, reason: str, limit_kw: float | None,
                      received_at: datetime) -> dict[str, Any]:
-    """A DR message and the site's decision (``DRDecision`` fields)."""
+    """A DR message and the site's decision (``DRDecision`` fields).
+
+    Parameters
+    ----------
+    message : hashflex.messages.DREventMessage
+        The message received.
+    accepted : bool
+        Whether the site accepted it.
+    reason : str
+        The decision in words.
+    limit_kw : float or None
+        The import limit it set, kW (None: no limit).
+    received_at : datetime
+        When it arrived, timezone-aware.
+
+    Returns
+    -------
+    dict
+        ``event``, ``accepted``, ``reason``, ``limit_kw``, ``received_at``.
+    """
     return {"event": json.loads(message.model_dump_json()), "accepted": bool(accepted), "reason": reason,
             "limit_kw": _num(limit_kw), "received_at": iso_utc(received_at)}
 
 
 def dr_ack_payload(ack: Any) -> dict[str, Any]:
+    """The ``dr_ack`` payload: the acknowledgement as sent.
+
+    Parameters
+    ----------
+    ack : hashflex.messages.DRAckMessage
+        The acknowledgement published on ``out/dr/ack``.
+
+    Returns
+    -------
+    dict
+        The message's JSON fields.
+    """
     return json.loads(ack.model_dump_json())
 
 
 def input_summary_payload(interval_start: datetime, interval_h: float, accepted: Mapping[str, int],
                           rejected: Mapping[str, int], rejected_reasons: Mapping[str, int] | None = None
                           ) -> dict[str, Any]:
+    """The ``input_summary`` payload of one interval: messages accepted and rejected per kind, and the
+    20 most frequent rejection reasons.
+
+    Parameters
+    ----------
+    interval_start : datetime
+        Start of the interval, timezone-aware.
+    interval_h : float
+        Interval length, hours.
+    accepted, rejected : Mapping[str, int]
+        Kind → count.
+    rejected_reasons : Mapping[str, int], optional
+        Reason → count (the top 20 are kept, most frequent first).
+
+    Returns
+    -------
+    dict
+        ``interval_start``, ``interval_h``, ``accepted``, ``rejected``, ``rejected_reasons``.
+    """
     top = sorted((rejected_reasons or {}).items(), key=lambda kv: (-kv[1], kv[0]))[:20]
     return {"interval_start": iso_utc(interval_start), "interval_h": float(interval_h),
             "accepted": {str(k): int(v) for k, v in accepted.items()},

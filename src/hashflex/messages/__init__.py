@@ -34,7 +34,8 @@ Import from ``hashflex.messages``: every public name is re-exported here.
 from __future__ import annotations
 
 from hashflex.messages.base import SLEEP
-from hashflex.messages.base import _ID_PATTERN, Identifier, Text, UtcDatetime, _Inbound, _Message  # noqa: F401 - as before the split
+# importable from here as before the split (issue 11)
+from hashflex.messages.base import _ID_PATTERN, Identifier, Text, UtcDatetime, _Inbound, _Message  # noqa: F401
 from hashflex.messages.inbound import (
     INBOUND_MODELS,
     ASAwardMessage,

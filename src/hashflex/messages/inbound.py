@@ -42,18 +42,23 @@ class PriceMessage(_Inbound):
 
     @property
     def key(self) -> str:
+        """Series key: ``<settlement_point>/<market>`` (e.g. ``HB_WEST/RT``)."""
         return f"{self.settlement_point}/{self.market}"
 
     @property
     def observed_at(self) -> datetime:
+        """The interval start the price is for (UTC)."""
         return self.interval_start
 
     @property
     def identity(self) -> tuple[Any, ...]:
+        """Duplicates: same kind, key, interval start and publication time (a re-published price is new)."""
         return (self.kind, self.key, self.interval_start, self.published_at)
 
 
 class ForecastPoint(_Message):
+    """One point of a renewable source's own forecast: mean ``power_kw`` (kW, ≥ 0) from ``interval_start``."""
+
     interval_start: UtcDatetime
     power_kw: float = Field(ge=0)
 
@@ -69,10 +74,12 @@ class RenewableMessage(_Inbound):
 
     @property
     def key(self) -> str:
+        """Series key: the source id."""
         return self.source_id
 
     @property
     def observed_at(self) -> datetime:
+        """The measurement time (UTC)."""
         return self.timestamp
 
 
@@ -90,14 +97,20 @@ class NoiseMessage(_Inbound):
 
     @property
     def key(self) -> str:
+        """Series key: the receptor id."""
         return self.receptor_id
 
     @property
     def observed_at(self) -> datetime:
+        """The end of the averaging period the reading reports (UTC)."""
         return self.timestamp
 
 
 class CarbonIntensityMessage(_Inbound):
+    """Grid carbon intensity in kg CO2/MWh (``marginal`` or ``average``; the JSON field is ``kind``) at
+    ``timestamp``, with its ``source`` named.
+    """
+
     kind: ClassVar[str] = "carbon"
     intensity_kg_per_mwh: float = Field(ge=0, le=5_000)
     intensity_kind: Literal["marginal", "average"] = Field(alias="kind")
@@ -108,14 +121,18 @@ class CarbonIntensityMessage(_Inbound):
 
     @property
     def key(self) -> str:
+        """Series key: the intensity kind (``marginal`` or ``average``)."""
         return self.intensity_kind
 
     @property
     def observed_at(self) -> datetime:
+        """The time the intensity is for (UTC)."""
         return self.timestamp
 
 
 class HashpriceMessage(_Inbound):
+    """Hashprice in $/PH/day (revenue per petahash per second per day) at ``timestamp``, with its source."""
+
     kind: ClassVar[str] = "hashprice"
     hashprice_usd_per_ph_day: float = Field(ge=0)
     timestamp: UtcDatetime
@@ -123,14 +140,20 @@ class HashpriceMessage(_Inbound):
 
     @property
     def key(self) -> str:
+        """Series key: the source."""
         return self.source
 
     @property
     def observed_at(self) -> datetime:
+        """The time the hashprice is for (UTC)."""
         return self.timestamp
 
 
 class TelemetryMessage(_Inbound):
+    """One miner's telemetry: power (kW), hashrate (TH/s), mode, temperature (°C), errors; ``simulated``
+    marks readings from simulators.
+    """
+
     kind: ClassVar[str] = "telemetry"
     miner_id: Identifier
     power_kw: float = Field(ge=0, le=100)
@@ -143,14 +166,20 @@ class TelemetryMessage(_Inbound):
 
     @property
     def key(self) -> str:
+        """Series key: the miner id."""
         return self.miner_id
 
     @property
     def observed_at(self) -> datetime:
+        """The reading time (UTC)."""
         return self.timestamp
 
 
 class DRProgram(str, enum.Enum):
+    """Demand-response programmes: ERCOT Emergency Response Service (ERS-10, ERS-30; Nodal Protocols
+    §3.14.3), a utility programme, 4CP transmission-charge avoidance, price-responsive curtailment.
+    """
+
     ERS_10 = "ERS-10"
     ERS_30 = "ERS-30"
     UTILITY = "utility"
@@ -200,18 +229,23 @@ class DREventMessage(_Inbound):
 
     @property
     def key(self) -> str:
+        """Series key: the event id."""
         return self.event_id
 
     @property
     def observed_at(self) -> datetime:
+        """The event start (UTC)."""
         return self.start
 
     @property
     def identity(self) -> tuple[Any, ...]:
+        """Duplicates: same event id and modification number (a higher number supersedes)."""
         return (self.kind, self.event_id, self.modification_number)
 
 
 class NoiseCapOverride(_Message):
+    """A temporary noise cap at one receptor: ``cap_dba`` (dB(A)) in force over [window_start, window_end)."""
+
     receptor_id: Identifier
     cap_dba: float = Field(ge=0, le=200)
     window_start: UtcDatetime
@@ -225,6 +259,8 @@ class NoiseCapOverride(_Message):
 
 
 class CarbonBudget(_Message):
+    """A carbon budget in kg CO2 per site-local ``day`` or ``month``."""
+
     budget_kg: float = Field(ge=0)
     period: Literal["day", "month"]
 
@@ -258,10 +294,12 @@ class LimitsChangeMessage(_Inbound):
 
     @property
     def key(self) -> str:
+        """Series key: the issuing site manager."""
         return self.issuer
 
     @property
     def observed_at(self) -> datetime:
+        """The time the change was issued (UTC)."""
         return self.issued_at
 
 
@@ -303,14 +341,17 @@ class ASAwardMessage(_Inbound):
 
     @property
     def key(self) -> str:
+        """Series key: the award id."""
         return self.award_id
 
     @property
     def observed_at(self) -> datetime:
+        """The start of the award window (UTC)."""
         return self.start
 
     @property
     def identity(self) -> tuple[Any, ...]:
+        """Duplicates: same award id and revision (a higher revision replaces the award)."""
         return (self.kind, self.award_id, self.revision)
 
 
@@ -329,14 +370,17 @@ class ASDeployMessage(_Inbound):
 
     @property
     def key(self) -> str:
+        """Series key: the deployment id."""
         return self.deployment_id
 
     @property
     def observed_at(self) -> datetime:
+        """The time ERCOT (through the QSE) instructed the deployment (UTC)."""
         return self.issued_at
 
     @property
     def identity(self) -> tuple[Any, ...]:
+        """Duplicates: same deployment id and recall flag (the deployment and its recall are distinct)."""
         return (self.kind, self.deployment_id, self.recalled)
 
 

@@ -46,6 +46,8 @@ class SetpointMessage(_Message):
 
 
 class DRAckMessage(_Message):
+    """The answer to a DR event (``out/dr/ack``): accepted or rejected, with the reason when rejected."""
+
     event_id: Identifier
     modification_number: int = Field(ge=0, lt=2**31)
     status: Literal["accepted", "rejected"]
@@ -60,6 +62,8 @@ class DRAckMessage(_Message):
 
 
 class StatusMessage(_Message):
+    """The controller's status document (``out/status``): the site, a time and free-form fields."""
+
     site: Identifier
     timestamp: UtcDatetime
     fields: dict[str, Any] = Field(default_factory=dict)

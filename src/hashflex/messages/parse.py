@@ -42,7 +42,18 @@ class Rejection:
 
 
 def payload_preview(payload: bytes | str) -> str:
-    """The payload as stored with a rejection: decoded leniently, truncated to 200 characters."""
+    """The payload as stored with a rejection: decoded leniently, truncated to 200 characters.
+
+    Parameters
+    ----------
+    payload : bytes or str
+        The raw payload; invalid UTF-8 is replaced, not refused.
+
+    Returns
+    -------
+    str
+        At most 200 characters, with ``…`` appended when cut.
+    """
     return _preview(payload.encode("utf-8") if isinstance(payload, str) else bytes(payload))
 
 
@@ -85,6 +96,21 @@ def parse_message(topic: str, payload: bytes | str, *, site: str | None = None) 
 
     Returns the model, or a :class:`Rejection` for an unknown topic, another site's topic (when
     ``site`` is given), an oversized payload, bad JSON, a schema error, or a topic/payload key mismatch.
+
+    Parameters
+    ----------
+    topic : str
+        ``hashflex/<site>/in/<kind>[/<key>]`` (``in/as/award`` and ``in/as/deploy`` for AS).
+    payload : bytes or str
+        JSON, validated in pydantic's strict mode; at most :data:`MAX_PAYLOAD_BYTES` bytes.
+    site : str, optional
+        When given, a topic of another site is rejected.
+
+    Returns
+    -------
+    InboundMessage or Rejection
+        The validated model, or the rejection with a reason naming the kind and field and a bounded
+        ``rule`` label for metrics.
     """
     raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
     match = _TOPIC_RE.match(topic)
