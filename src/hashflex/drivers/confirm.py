@@ -2,7 +2,7 @@
 
 The loop knows what each miner was told; telemetry (MQTT ``in/telemetry``, pyasic reads, LuxOS
 ``power``) says what it does. :class:`SetpointConfirmer` compares the two with
-:func:`~hashflex.drivers.pyasic_driver.setpoint_confirmed` (pure; no pyasic needed) and says, per miner,
+:func:`~hashflex.drivers.pyasic_miners.setpoint_confirmed` (pure; no pyasic needed) and says, per miner,
 what to do: ``ok`` (confirmed), ``wait`` (still inside its boot / settle grace), ``resend`` (first
 drifts: send the same setpoint again — a lost message, a reboot, a firmware that reverted), ``mark``
 (``mark_after`` drifts in a row: the miner does not follow; the caller records it with
@@ -52,7 +52,7 @@ class SetpointConfirmer:
               boot_s: float = 0.0) -> Confirmation:
         """What to do about ``setpoint`` (sent at ``sent_at``) given the latest ``reading``.
         ``boot_s``: the miner's boot time when the setpoint wakes it (added to the settle grace)."""
-        from hashflex.drivers.pyasic_driver import setpoint_confirmed
+        from hashflex.drivers.pyasic_miners import setpoint_confirmed
 
         miner_id = setpoint.miner_id
         if reading is None or (now - reading.at).total_seconds() > self.max_age_s:

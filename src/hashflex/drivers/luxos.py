@@ -54,6 +54,9 @@ it does not hash and draws at most ``sleep_max_kw``. A booting miner reads as ``
 ``applied`` verification is what makes :class:`~hashflex.drivers.base.MinerRegistry` restore a miner
 marked unavailable, so a miner that answers again comes back.
 
+The wire layer (endpoints, the parameter rule, calls, sessions, ``STATUS`` rows) is in
+:mod:`hashflex.drivers.luxos_api`; this module keeps the setpoint logic and re-exports its public names.
+
 API: ``LuxosEndpoint(miner_id, group_id, host, port=4028)``; ``LuxosDriver(endpoints, profiles, *,
 timeout_s=2.0, deadline_s=5.0, attempts=3, backoff_s=0.1, backoff_max_s=2.0, max_connections=None,
 tolerance=0.1, tolerance_kw=0.05, sleep_max_kw=0.1, session_idle_s=50.0, clock=utc_now)`` where ``profiles`` is group id →
@@ -64,68 +67,33 @@ tolerance=0.1, tolerance_kw=0.05, sleep_max_kw=0.1, session_idle_s=50.0, clock=u
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import random
-import re
-import resource
-import socket
 import threading
 import time
 from collections.abc import Awaitable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from hashflex.drivers.base import SLEEP, Clock, Setpoint, SetpointResult, SetpointStatus, utc_now
+from hashflex.drivers.luxos_api import (  # re-exported: the public names stay importable from here
+    DEFAULT_PORT,
+    SUCCESS_STATES,
+    LuxosCallError,
+    LuxosEndpoint,
+    _connection_budget,
+    _LuxosApi,
+    _message,
+    _require_success,
+    parameter,
+)
 
-__all__ = ["LuxosCallError", "LuxosDriver", "LuxosEndpoint", "DEFAULT_PORT", "SUCCESS_STATES"]
+__all__ = ["LuxosCallError", "LuxosDriver", "LuxosEndpoint", "DEFAULT_PORT", "SUCCESS_STATES", "parameter"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 4028
-SUCCESS_STATES = frozenset({"S", "I"})
-"""cgminer STATUS letters that mean the command was done: Success and Informational."""
-_MAX_RESPONSE_BYTES = 4_000_000
-_SAFE_FIELD = re.compile(r"[A-Za-z0-9_.+=-]{1,64}")
-_FD_RESERVE = 256  # descriptors left for everything else in the process (broker, store, logs)
 _T = TypeVar("_T")
 
 
-@dataclass(frozen=True)
-class LuxosEndpoint:
-    """Where one miner's LuxOS API listens; ``group_id`` selects its profile names."""
-
-    miner_id: str
-    group_id: str
-    host: str
-    port: int = DEFAULT_PORT
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-class LuxosCallError(Exception):
-    """A call that did not succeed; ``status`` says how (rejected, timeout, unreachable)."""
-
-    def __init__(self, status: SetpointStatus, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.reason = status, reason
-
-
-def parameter(*fields: str) -> str:
-    """The ``parameter`` string of a LuxOS command: ``fields`` joined by commas.
-
-    Raises ValueError when a field could change the command's meaning (a ``,``, ``|``, ``\\``, space,
-    control character, anything outside ``[A-Za-z0-9_.+=-]``, empty or over 64 characters)."""
-    for field in fields:
-        if not _SAFE_FIELD.fullmatch(field):
-            raise ValueError(f"{field!r} is not a safe LuxOS parameter field (allowed: [A-Za-z0-9_.+=-], "
-                             f"1-64 characters)")
-    return ",".join(fields)
-
-
-class LuxosDriver:
+class LuxosDriver(_LuxosApi):
     """Concurrent LuxOS API client for many miners; see the module docstring."""
 
     def __init__(self, endpoints: Iterable[LuxosEndpoint], profiles: Mapping[str, Mapping[str, str]], *,
@@ -426,162 +394,3 @@ class LuxosDriver:
         hint = " (not hashing: asleep or still booting)" if th_s == 0 else ""
         return SetpointStatus.UNVERIFIED, (f"{seen}; expected {setpoint.mode} at {setpoint.power_target_kw:.3f} "
                                            f"± {band:.3f} kW{hint}")
-
-    # ------------------------------------------------------------------ sessions
-    async def _session(self, endpoint: LuxosEndpoint, progress: list[str]) -> str:
-        cached = self._sessions.get(endpoint.miner_id)
-        used = self._session_used.get(endpoint.miner_id)
-        now = self.clock()
-        if cached and used is not None and (now - used).total_seconds() < self.session_idle_s:
-            self._session_used[endpoint.miner_id] = now
-            return cached
-        progress.append("logon")
-        response = await self._call(endpoint, "logon")
-        if _succeeded(response):
-            sid = _session_id(response)
-            if not sid:
-                raise LuxosCallError(SetpointStatus.REJECTED, "logon answered without a session id")
-            self.logons += 1
-        else:
-            # One session per miner: another actor (or our own lapsed cache) holds it; reuse it, as pyasic does.
-            progress.append("session")
-            active = await self._call(endpoint, "session")
-            sid = _session_id(active) if _succeeded(active) else ""
-            if not sid:
-                raise LuxosCallError(SetpointStatus.REJECTED, f"logon refused: {_describe(response)}")
-        if not _SAFE_FIELD.fullmatch(sid):
-            # Never sent: commas etc. would shift the fields of the command (e.g. "x,sleep").
-            raise LuxosCallError(SetpointStatus.REJECTED, f"miner handed out an unusable session id {sid!r} "
-                                                          f"(allowed: [A-Za-z0-9_.+=-], 1-64 characters)")
-        self._sessions[endpoint.miner_id] = sid
-        self._session_used[endpoint.miner_id] = now
-        return sid
-
-    async def _privileged(self, endpoint: LuxosEndpoint, progress: list[str], command: str,
-                          *values: str) -> dict[str, Any]:
-        """A session command; re-logs on once when the miner says the session is not valid."""
-        for attempt in range(2):
-            sid = await self._session(endpoint, progress)
-            progress.append(f"{command} {','.join(values)}")
-            response = await self._call(endpoint, command, parameter(sid, *values))
-            if _succeeded(response):
-                return response
-            message = _message(response)
-            if attempt == 0 and "session" in message.lower():
-                self._sessions.pop(endpoint.miner_id, None)
-                continue
-            raise LuxosCallError(SetpointStatus.REJECTED, f"miner said {_describe(response)}")
-        raise AssertionError("unreachable")
-
-    # ------------------------------------------------------------------ transport
-    async def _call(self, endpoint: LuxosEndpoint, command: str, param: str = "") -> dict[str, Any]:
-        last: LuxosCallError | None = None
-        for attempt in range(self.attempts):
-            if attempt:
-                delay = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            try:
-                return await self._once(endpoint, command, param)
-            except LuxosCallError as exc:
-                last = exc
-        assert last is not None
-        tries = f" ({self.attempts} attempts)" if self.attempts > 1 else ""
-        raise LuxosCallError(last.status, f"{last.reason}{tries}")
-
-    async def _once(self, endpoint: LuxosEndpoint, command: str, param: str) -> dict[str, Any]:
-        request: dict[str, str] = {"command": command}
-        if param:
-            request["parameter"] = param
-        what = f"{endpoint.address} {command}"
-        loop = asyncio.get_running_loop()
-        buf = bytearray()
-        async with self._connections:
-            # Bare non-blocking sockets on the loop: a fraction of the CPU of asyncio streams per
-            # connection, which is what bounds a 1,000-miner batch on a small controller.
-            sock = socket.socket(socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    await loop.sock_connect(sock, (endpoint.host, endpoint.port))
-                    await loop.sock_sendall(sock, json.dumps(request).encode() + b"\n")
-                    while b"\0" not in buf:
-                        chunk = await loop.sock_recv(sock, 65536)
-                        if not chunk:
-                            break
-                        buf += chunk
-                        if len(buf) > _MAX_RESPONSE_BYTES:
-                            raise LuxosCallError(SetpointStatus.REJECTED,
-                                                 f"{what}: response over {_MAX_RESPONSE_BYTES} bytes")
-            except TimeoutError:
-                got = f" ({len(buf)} bytes of an answer so far)" if buf else ""
-                raise LuxosCallError(SetpointStatus.TIMEOUT, f"{what}: no answer within {self.timeout_s} s{got}") from None
-            except ConnectionRefusedError:
-                raise LuxosCallError(SetpointStatus.UNREACHABLE, f"{what}: connection refused") from None
-            except OSError as exc:
-                raise LuxosCallError(SetpointStatus.UNREACHABLE, f"{what}: {exc.strerror or exc}") from None
-            finally:
-                sock.close()  # also on cancellation: no lingering sockets to hostile peers
-        return _parse(bytes(buf), what)
-
-
-def _parse(raw: bytes, what: str) -> dict[str, Any]:
-    """One answer: NUL-terminated JSON with a STATUS list. Raises LuxosCallError."""
-    complete = b"\0" in raw
-    text = raw.split(b"\0", 1)[0].decode("utf-8", errors="replace").strip()
-    if not text:
-        raise LuxosCallError(SetpointStatus.UNREACHABLE, f"{what}: connection closed without an answer")
-    try:
-        response = json.loads(text)
-    except ValueError:
-        if not complete:
-            raise LuxosCallError(SetpointStatus.UNREACHABLE,
-                                 f"{what}: connection closed mid-reply after {len(raw)} bytes") from None
-        raise LuxosCallError(SetpointStatus.REJECTED, f"{what}: answer is not JSON: {text[:80]!r}") from None
-    if not isinstance(response, dict) or not isinstance(response.get("STATUS"), list):
-        raise LuxosCallError(SetpointStatus.REJECTED, f"{what}: answer has no STATUS list")
-    return response
-
-
-def _connection_budget(miners: int, requested: int | None) -> int:
-    """Simultaneous connections: ``requested``, or one per miner, within the open-file limit."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    fits = max(1, soft - _FD_RESERVE) if soft != resource.RLIM_INFINITY else max(1, miners)
-    wanted = requested if requested is not None else max(1, miners)
-    if wanted > fits:
-        log.warning("LuxOS driver: %d simultaneous connections wanted but the open-file limit is %d; using %d "
-                    "(raise `ulimit -n` so hung miners cannot make others wait)", wanted, soft, fits)
-        return fits
-    return wanted
-
-
-def _status_row(response: dict[str, Any]) -> dict[str, Any]:
-    rows = response.get("STATUS") or [{}]
-    return rows[0] if isinstance(rows[0], dict) else {}
-
-
-def _succeeded(response: dict[str, Any]) -> bool:
-    """Only S (success) and I (info) mean done; W, E, F, ? or no status do not."""
-    return _status_row(response).get("STATUS") in SUCCESS_STATES
-
-
-def _message(response: dict[str, Any]) -> str:
-    row = _status_row(response)
-    return str(row.get("Msg") or row.get("STATUS") or "no message")
-
-
-def _describe(response: dict[str, Any]) -> str:
-    """``STATUS <letter>: '<Msg>'`` for reasons."""
-    letter = _status_row(response).get("STATUS")
-    return f"STATUS {letter if letter is not None else 'missing'}: {_message(response)!r}"
-
-
-def _require_success(response: dict[str, Any], command: str) -> None:
-    if not _succeeded(response):
-        raise LuxosCallError(SetpointStatus.REJECTED, f"{command}: miner said {_describe(response)}")
-
-
-def _session_id(response: dict[str, Any]) -> str:
-    try:
-        return str(response["SESSION"][0]["SessionID"] or "")
-    except (KeyError, IndexError, TypeError):
-        return ""
