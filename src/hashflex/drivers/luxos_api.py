@@ -45,6 +45,7 @@ class LuxosEndpoint:
 
     @property
     def address(self) -> str:
+        """``host:port``, as the driver's reasons name the miner's API."""
         return f"{self.host}:{self.port}"
 
 

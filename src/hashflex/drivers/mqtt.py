@@ -426,6 +426,18 @@ class MqttDriver:
             return sorted(self._pending)
 
     def telemetry(self, miner_id: str) -> TelemetryMessage | None:
+        """The latest telemetry received from ``miner_id``, or None if none arrived yet.
+
+        Parameters
+        ----------
+        miner_id : str
+            The miner.
+
+        Returns
+        -------
+        TelemetryMessage or None
+            Its last ``in/telemetry/<miner>`` message (power kW, hashrate TH/s, mode).
+        """
         with self._cond:
             latest = self._latest.get(miner_id)
         return latest[1] if latest else None

@@ -338,6 +338,7 @@ class PyasicDriver(_PyasicMiners):
         return SetpointResult(setpoint.miner_id, SetpointStatus.APPLIED if ok else SetpointStatus.UNVERIFIED, why)
 
     def close(self) -> None:
+        """Stop the driver's I/O thread (idempotent)."""
         if self._closed:
             return
         self._closed = True

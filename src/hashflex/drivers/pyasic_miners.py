@@ -27,6 +27,13 @@ FAMILIES = ("luxos", "vnish", "antminer", "whatsminer")
 
 
 def pyasic_available() -> bool:
+    """Whether the optional pyasic package is installed.
+
+    Returns
+    -------
+    bool
+        True when ``import pyasic`` works (``pip install 'hashflex[pyasic]'``).
+    """
     try:
         import pyasic  # noqa: F401
     except ImportError:

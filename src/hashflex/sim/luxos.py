@@ -114,6 +114,7 @@ class SimulatedMinerFleet(_LuxosCommands, _Fleet):
 
     # -- lifecycle
     def start(self) -> SimulatedMinerFleet:
+        """Open every miner's port on the fleet's asyncio thread; returns ``self``. Raises RuntimeError after 30 s."""
         ready = threading.Event()
         self._loop = asyncio.new_event_loop()
 
@@ -144,6 +145,7 @@ class SimulatedMinerFleet(_LuxosCommands, _Fleet):
         self.api[miner_id].port = server.sockets[0].getsockname()[1]
 
     def stop(self) -> None:
+        """Close every port, stop the asyncio thread (idempotent)."""
         if self._loop is None:
             return
 
@@ -169,6 +171,13 @@ class SimulatedMinerFleet(_LuxosCommands, _Fleet):
         self.stop()
 
     def endpoints(self) -> dict[str, tuple[str, int]]:
+        """Where each miner listens.
+
+        Returns
+        -------
+        dict of str to (str, int)
+            Miner id → ``(host, port)`` of its LuxOS API.
+        """
         return {mid: (state.host or self.host, state.port) for mid, state in self.api.items()}
 
     # -- faults
@@ -213,10 +222,12 @@ class SimulatedMinerFleet(_LuxosCommands, _Fleet):
             self.api[miner_id].atm_enabled = enabled
 
     def atm_enabled(self, miner_id: str) -> bool:
+        """Whether the miner's Advanced Thermal Management is on."""
         with self._lock:
             return self.api[miner_id].atm_enabled
 
     def expire_sessions(self, miner_id: str | None = None) -> None:
+        """End the API session of ``miner_id`` (None: of every miner), as a lapsed session would."""
         with self._lock:
             for mid in [miner_id] if miner_id else list(self.api):
                 self.api[mid].session_id = None

@@ -43,16 +43,31 @@ class ScaledClock:
         self._t0 = time.monotonic()
 
     def __call__(self) -> datetime:
+        """The simulated time now (the clock is a ``() -> datetime``)."""
         return self.now()
 
     def now(self) -> datetime:
+        """The simulated UTC time: ``start + scale × real seconds elapsed``."""
         return self.start + timedelta(seconds=(time.monotonic() - self._t0) * self.scale)
 
     def real_seconds(self, sim_seconds: float) -> float:
+        """Real seconds that ``sim_seconds`` simulated seconds take.
+
+        Parameters
+        ----------
+        sim_seconds : float
+            Simulated seconds.
+
+        Returns
+        -------
+        float
+            ``sim_seconds / scale``.
+        """
         return sim_seconds / self.scale
 
 
 class MinerState(str, enum.Enum):
+    """A simulated miner's state: sleeping, booting (for the group's ``boot_minutes``) or hashing."""
     SLEEPING = "sleeping"
     BOOTING = "booting"
     HASHING = "hashing"
@@ -60,6 +75,25 @@ class MinerState(str, enum.Enum):
 
 @dataclass(frozen=True)
 class MinerSnapshot:
+    """One simulated miner at one moment.
+
+    Parameters
+    ----------
+    miner_id, group_id : str
+        The miner and its profile group.
+    state : MinerState
+        Sleeping, booting or hashing.
+    mode : str
+        The mode it runs or will run after booting; ``"sleep"`` when sleeping.
+    power_kw : float
+        Its draw, kW (the group's ``idle_power_kw`` unless hashing).
+    hashrate_th_s : float
+        TH/s (0 unless hashing).
+    expires_at : datetime or None
+        The deadline of the setpoint it follows; at it, it falls back to sleep.
+    fallbacks : int
+        How many times a deadline passed without renewal.
+    """
     miner_id: str
     group_id: str
     state: MinerState
@@ -121,18 +155,21 @@ class SimMiner:
                 self.mode = mode
 
     def command_sleep(self) -> None:
+        """Stop hashing now (the safe default); the setpoint deadline is dropped."""
         with self._lock:
             self._advance(self.clock())
             if self.follows:
                 self.state, self.boot_done, self.expires_at = MinerState.SLEEPING, None, None
 
     def renew(self, expires_at: datetime | None) -> None:
+        """Move the deadline of the running setpoint to ``expires_at`` (no effect while sleeping)."""
         with self._lock:
             self._advance(self.clock())
             if self.follows and self.state is not MinerState.SLEEPING:
                 self.expires_at = expires_at
 
     def snapshot(self) -> MinerSnapshot:
+        """The miner now (advanced to the clock's time: boot finished, deadline passed)."""
         with self._lock:
             self._advance(self.clock())
             if self.state is MinerState.HASHING:

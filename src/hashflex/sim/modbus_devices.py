@@ -122,6 +122,18 @@ class SimulatedMeter(_ModbusServer):
         self.reads = 0
 
     def encode(self, kw: float) -> list[int]:
+        """The holding registers that carry ``kw`` in this meter's register map.
+
+        Parameters
+        ----------
+        kw : float
+            Site import, kW.
+
+        Returns
+        -------
+        list of int
+            16-bit register values (scale, sign, data type and word order of ``registers``).
+        """
         from pymodbus.client import ModbusTcpClient
 
         regs = self.registers
@@ -167,6 +179,7 @@ class SimulatedPdu(_ModbusServer):
         self._lock = threading.Lock()
 
     def is_on(self, miner_id: str) -> bool:
+        """Whether the outlet that feeds ``miner_id`` is closed (powered)."""
         with self._lock:
             return next(self.closed[n] for n, m in self.outlets.items() if m == miner_id)
 

@@ -81,6 +81,7 @@ class VnishFleet(_ServedFleet):
 
     # -- lifecycle
     def start(self) -> VnishFleet:
+        """Open every miner's web and cgminer API ports; returns ``self``."""
         async def open_all() -> None:
             for mid in self.miners:
                 host = self.addresses.get(mid, self.host)
@@ -104,6 +105,7 @@ class VnishFleet(_ServedFleet):
         return dict(self._rpc)
 
     def set_web_down(self, miner_id: str, down: bool = True) -> None:
+        """Make the miner's web API answer 503 to every request (``down=False`` restores it)."""
         with self._lock:
             (self._web_down.add if down else self._web_down.discard)(miner_id)
 

@@ -67,6 +67,7 @@ class WhatsminerFleet(_ServedFleet):
         self._lock = threading.Lock()
 
     def start(self) -> WhatsminerFleet:
+        """Open every miner's btminer API port; returns ``self``."""
         async def open_all() -> None:
             for mid in self.miners:
                 host = self.addresses.get(mid, self.host)
@@ -80,6 +81,7 @@ class WhatsminerFleet(_ServedFleet):
 
 
     def endpoints(self) -> dict[str, tuple[str, int]]:
+        """Miner id → ``(host, port)`` of its btminer API."""
         return dict(self._rpc)
 
     def model_code(self, miner_id: str) -> str:
