@@ -59,7 +59,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hashflex.forecast import Fallback, FallbackCode, Snapshot
+from hashflex.forecast import Fallback, FallbackCode, ScarcityState, Snapshot
+from hashflex.forecast import detect_scarcity as _detect
 
 __all__ = ["FEATURES", "QUANTILES", "LearnedPriceForecaster", "PriceModelConfig", "ScarcityState",
            "detect_scarcity", "pinball_loss"]
@@ -96,16 +97,6 @@ class PriceModelConfig:
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class ScarcityState:
-    """The regime at a decision time, from published RT (and DA) only."""
-
-    active: bool
-    rt_mean_usd_mwh: float  # mean of the last window of published RT (NaN: none published)
-    spread_usd_mwh: float  # mean RT − DA over that window (NaN where DA unknown)
-    reason: str
-
-
 def pinball_loss(actual: np.ndarray, predicted: np.ndarray, quantile: float) -> float:
     """Mean pinball (quantile) loss in $/MWh: q·(y−ŷ) where y ≥ ŷ, (1−q)·(ŷ−y) otherwise.
 
@@ -121,23 +112,11 @@ def pinball_loss(actual: np.ndarray, predicted: np.ndarray, quantile: float) -> 
 def detect_scarcity(rt_recent_usd_mwh: np.ndarray, da_recent_usd_mwh: np.ndarray,
                     config: PriceModelConfig | None = None) -> ScarcityState:
     """Scarcity regime from the last window of published RT prices and the DA prices of the same
-    intervals ($/MWh arrays, oldest first; DA may hold NaN). Pure; see the module docstring."""
+    intervals ($/MWh arrays, oldest first; DA may hold NaN), at ``config``'s thresholds: the one test,
+    :func:`hashflex.forecast.detect_scarcity`, which the rule forecast applies too."""
     cfg = config or PriceModelConfig()
-    rt = np.asarray(rt_recent_usd_mwh, dtype=float)
-    rt = rt[np.isfinite(rt)]
-    if rt.size == 0:
-        return ScarcityState(False, math.nan, math.nan, "no recent real-time price")
-    mean = float(rt.mean())
-    da = np.asarray(da_recent_usd_mwh, dtype=float)[-rt.size:] if len(da_recent_usd_mwh) else np.array([])
-    pairs = np.asarray(rt_recent_usd_mwh, dtype=float)[-da.size:] - da if da.size else np.array([])
-    spread = float(np.nanmean(pairs)) if pairs.size and np.isfinite(pairs).any() else math.nan
-    if mean >= cfg.scarcity_rt_usd_mwh:
-        return ScarcityState(True, mean, spread, f"recent real-time mean {mean:,.0f} $/MWh >= "
-                                                 f"{cfg.scarcity_rt_usd_mwh:,.0f}")
-    if math.isfinite(spread) and spread >= cfg.scarcity_spread_usd_mwh:
-        return ScarcityState(True, mean, spread, f"recent real-time {spread:,.0f} $/MWh above day-ahead >= "
-                                                 f"{cfg.scarcity_spread_usd_mwh:,.0f}")
-    return ScarcityState(False, mean, spread, "normal")
+    return _detect(rt_recent_usd_mwh, da_recent_usd_mwh, rt_threshold_usd_mwh=cfg.scarcity_rt_usd_mwh,
+                   spread_threshold_usd_mwh=cfg.scarcity_spread_usd_mwh)
 
 
 def _ns(values: Any) -> np.ndarray:

@@ -66,7 +66,9 @@ from hashflex.forecast.model import (
     Forecast,
     ForecastConfig,
     PriceForecaster,
+    ScarcityState,
     Snapshot,
+    detect_scarcity,
     has_fallback,
 )
 from hashflex.forecast.rules import build_forecast
@@ -74,4 +76,4 @@ from hashflex.forecast.sources import NoiseModel, RecordedForecaster, snapshot_f
 
 __all__ = ["Fallback", "FallbackCode", "Forecast", "ForecastConfig", "PriceForecaster", "RecordedForecaster",
            "SNAPSHOT_COLUMNS", "Snapshot", "build_forecast", "has_fallback", "snapshot_from_store", "store_forecaster",
-           "NoiseModel"]
+           "NoiseModel", "ScarcityState", "detect_scarcity"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from hashflex.optimize.problem import CarbonBudget, GroupState, Problem, problem
 from hashflex.profile import SiteProfile
 
 __all__ = ["Fallback", "FallbackCode", "Forecast", "ForecastConfig", "PriceForecaster", "SNAPSHOT_COLUMNS", "Snapshot",
-           "has_fallback"]
+           "ScarcityState", "detect_scarcity", "has_fallback"]
 
 SNAPSHOT_COLUMNS: dict[str, tuple[str, ...]] = {
     "prices": ("interval_start", "interval_end", "settlement_point", "market", "price_usd_mwh", "published_at"),
@@ -59,7 +60,24 @@ class Snapshot:
     dr_limits: pd.DataFrame = field(default_factory=_empty("dr_limits"))
 
     def known_at(self, now: pd.Timestamp) -> Snapshot:
-        """Only rows published at or before ``now`` (the no-look-ahead filter), times as UTC."""
+        """Only rows published at or before ``now`` (the no-look-ahead filter), times as UTC.
+
+        Parameters
+        ----------
+        now : pd.Timestamp
+            The decision time, tz-aware.
+
+        Returns
+        -------
+        Snapshot
+            Every frame filtered to ``published_at <= now``; time columns converted to UTC.
+
+        Raises
+        ------
+        ValueError
+            A frame lacks a column of :data:`SNAPSHOT_COLUMNS` (named ``snapshot.<frame>``) or holds naive
+            times (named ``snapshot.<frame>.<column>``).
+        """
         out = {}
         for f in dataclasses.fields(self):
             frame = getattr(self, f.name)
@@ -103,6 +121,14 @@ class ForecastConfig:
     max_age_noise_s: float = 3600.0
     noise_window_s: float = 86400.0
     noise_ewma_alpha: float = 0.2
+    # Scarcity regime (issue 14; Winter Storm Uri): the mean of the RT prices published in the last
+    # scarcity_window_h at or above scarcity_rt_usd_mwh, or that mean that far above their DA prices, and the
+    # next scarcity_hold_h are planned at no less than that recent RT mean (DA under-predicts scarcity:
+    # ERCOT's ORDC adders and shed prices appear in RT only). The learned model applies the same test.
+    scarcity_window_h: float = 2.0
+    scarcity_rt_usd_mwh: float = 1000.0
+    scarcity_spread_usd_mwh: float = 300.0
+    scarcity_hold_h: float = 6.0
 
 
 class FallbackCode(enum.StrEnum):
@@ -127,6 +153,19 @@ class Fallback(str):
     code: FallbackCode
 
     def __new__(cls, code: FallbackCode, text: str) -> Fallback:
+        """A fallback: the sentence ``text`` (the ``str`` value) carrying ``code``.
+
+        Parameters
+        ----------
+        code : FallbackCode
+            The stable code.
+        text : str
+            The sentence for people.
+
+        Returns
+        -------
+        Fallback
+        """
         made = super().__new__(cls, text)
         made.code = FallbackCode(code)
         return made
@@ -136,7 +175,19 @@ class Fallback(str):
 
 
 def has_fallback(fallbacks: Any, code: FallbackCode) -> bool:
-    """True when ``fallbacks`` (a Forecast's, or any sequence) holds one with ``code``."""
+    """True when ``fallbacks`` (a Forecast's, or any sequence) holds one with ``code``.
+
+    Parameters
+    ----------
+    fallbacks : sequence of Fallback, or None
+        Typically :attr:`Forecast.fallbacks`; plain strings never match.
+    code : FallbackCode
+        The code to look for.
+
+    Returns
+    -------
+    bool
+    """
     return any(getattr(f, "code", None) == code for f in fallbacks or ())
 
 
@@ -170,7 +221,26 @@ class Forecast:
         carbon_budgets: tuple[CarbonBudget, ...] | None = None,
         four_cp_alert_days: set[pd.Timestamp] | None = None,
     ) -> Problem:
-        """The optimizer's input: these arrays through :func:`problem_from_profile`."""
+        """The optimizer's input: these arrays through :func:`problem_from_profile`.
+
+        Parameters
+        ----------
+        profile : SiteProfile
+            The site.
+        initial : dict of str to GroupState, optional
+            Per miner group: units on and minimum on/off times carried over (commitment state).
+        units_available : dict of str to ndarray, optional
+            Per miner group: units available per interval, shape (T,).
+        carbon_budgets : tuple of CarbonBudget, optional
+            Remaining daily/monthly carbon budgets over the horizon, kg CO2.
+        four_cp_alert_days : set of pd.Timestamp, optional
+            Site-local days with a 4CP alert (the profile's 4CP window limit applies).
+
+        Returns
+        -------
+        hashflex.optimize.problem.Problem
+            T intervals from :attr:`interval_start`.
+        """
         return problem_from_profile(
             profile, self.interval_start, self.price_usd_mwh,
             renewable_kw=self.renewable_kw, import_limit_kw=self.import_limit_kw,
@@ -179,3 +249,58 @@ class Forecast:
             units_available=units_available, initial=initial, noise_margin_db=self.noise_margin_db,
             carbon_budgets=carbon_budgets, four_cp_alert_days=four_cp_alert_days,
         )
+
+
+@dataclass(frozen=True)
+class ScarcityState:
+    """The price regime at a decision time, from published RT (and DA) prices only.
+
+    Attributes
+    ----------
+    active : bool
+        True in a scarcity regime.
+    rt_mean_usd_mwh : float
+        Mean of the last window of published RT prices, $/MWh (NaN: none published).
+    spread_usd_mwh : float
+        Mean RT − DA over that window, $/MWh (NaN where DA is unknown).
+    reason : str
+        Why, for people.
+    """
+
+    active: bool
+    rt_mean_usd_mwh: float
+    spread_usd_mwh: float
+    reason: str
+
+
+def detect_scarcity(rt_recent_usd_mwh: np.ndarray, da_recent_usd_mwh: np.ndarray, *, rt_threshold_usd_mwh: float,
+                    spread_threshold_usd_mwh: float) -> ScarcityState:
+    """Scarcity regime from the last window of published RT prices and the DA prices of the same intervals.
+
+    Parameters
+    ----------
+    rt_recent_usd_mwh, da_recent_usd_mwh : np.ndarray
+        [n] $/MWh, oldest first, the same intervals; DA may hold NaN (or be empty).
+    rt_threshold_usd_mwh : float
+        A recent RT mean at or above this is scarcity (ERCOT's ORDC adders lift RT in scarcity).
+    spread_threshold_usd_mwh : float
+        A recent mean RT − DA at or above this is scarcity (the day-ahead market did not see it coming).
+
+    Returns
+    -------
+    ScarcityState
+    """
+    raw = np.asarray(rt_recent_usd_mwh, dtype=float)
+    rt = raw[np.isfinite(raw)]
+    if rt.size == 0:
+        return ScarcityState(False, math.nan, math.nan, "no recent real-time price")
+    mean = float(rt.mean())
+    da = np.asarray(da_recent_usd_mwh, dtype=float)[-raw.size:] if len(da_recent_usd_mwh) else np.array([])
+    pairs = raw[-da.size:] - da if da.size else np.array([])
+    spread = float(np.nanmean(pairs)) if pairs.size and np.isfinite(pairs).any() else math.nan
+    if mean >= rt_threshold_usd_mwh:
+        return ScarcityState(True, mean, spread, f"recent real-time mean {mean:,.0f} $/MWh >= {rt_threshold_usd_mwh:,.0f}")
+    if math.isfinite(spread) and spread >= spread_threshold_usd_mwh:
+        return ScarcityState(True, mean, spread, f"recent real-time {spread:,.0f} $/MWh above day-ahead >= "
+                                                 f"{spread_threshold_usd_mwh:,.0f}")
+    return ScarcityState(False, mean, spread, "normal")

@@ -21,6 +21,8 @@ from hashflex.forecast.model import (
     ForecastConfig,
     PriceForecaster,
     Snapshot,
+    detect_scarcity,
+    has_fallback,
 )
 from hashflex.profile import SiteProfile
 
@@ -112,7 +114,35 @@ def _forecast_prices(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp, ti
                                   f"price: {int(unknown.sum())} interval(s) with no known price are priced at "
                                   f"{cfg.unknown_price_usd_mwh:g} $/MWh (plan curtailed)"))
     _blend_rt(rt, now, times, cfg, price, source, fallbacks)
+    if not has_fallback(fallbacks, FallbackCode.PRICE_SCARCITY):  # a learned hook may have judged it already
+        _scarcity_floor(rt, da, now, times, cfg, price, source, fallbacks)
     return price, source
+
+
+def _scarcity_floor(rt: pd.DataFrame, da: pd.DataFrame, now: pd.Timestamp, times: pd.DatetimeIndex,
+                    cfg: ForecastConfig, price: np.ndarray, source: list[str], fallbacks: list[str]) -> None:
+    """In a scarcity regime (`forecast.model.detect_scarcity` on the RT prices published in the last
+    ``scarcity_window_h``), plan the next ``scarcity_hold_h`` at no less than the recent RT mean: in Winter
+    Storm Uri DA prices under-predicted RT for days, and a plan at DA ran into $9,000/MWh."""
+    published = rt[(rt["published_at"] <= now) & (rt["interval_end"] > now - pd.Timedelta(hours=cfg.scarcity_window_h))]
+    if published.empty:
+        return
+    published = published.sort_values(["interval_start", "published_at"]).drop_duplicates("interval_start", keep="last")
+    da_same = _covering(pd.DatetimeIndex(published["interval_start"]), da["interval_start"], da["interval_end"],
+                        da["price_usd_mwh"], da["published_at"])
+    state = detect_scarcity(published["price_usd_mwh"].to_numpy(dtype=float), da_same,
+                            rt_threshold_usd_mwh=cfg.scarcity_rt_usd_mwh,
+                            spread_threshold_usd_mwh=cfg.scarcity_spread_usd_mwh)
+    if not state.active:
+        return
+    near = ((times - now).total_seconds().to_numpy() / 3600.0) < cfg.scarcity_hold_h
+    raise_to = near & (price < state.rt_mean_usd_mwh)
+    price[raise_to] = state.rt_mean_usd_mwh
+    for k in np.flatnonzero(raise_to):
+        source[k] = f"{source[k]} + scarcity floor"
+    fallbacks.append(Fallback(FallbackCode.PRICE_SCARCITY,
+                              f"price: scarcity regime ({state.reason}); the next {cfg.scarcity_hold_h:g} h planned at "
+                              f"no less than the recent real-time mean {state.rt_mean_usd_mwh:,.0f} $/MWh"))
 
 
 def _blend_rt(rt: pd.DataFrame, now: pd.Timestamp, times: pd.DatetimeIndex, cfg: ForecastConfig,
@@ -300,6 +330,35 @@ def build_forecast(
 
     Pure: reads only ``snapshot`` rows published at or before ``now``. ``T`` defaults to the
     profile's horizon. See the module docstring for every rule and fallback.
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        The site (settlement point, renewables, receptors, interval length, time zone).
+    snapshot : Snapshot
+        What was recorded; rows published after ``now`` are ignored.
+    now : datetime or pd.Timestamp
+        The decision time, tz-aware.
+    horizon_start : datetime or pd.Timestamp
+        Start of the first interval, tz-aware.
+    T : int, optional
+        Number of intervals; default the profile's ``horizon_hours``.
+    config : ForecastConfig, optional
+        Staleness limits and blend parameters.
+    price_forecaster : PriceForecaster, optional
+        The external price hook (e.g. :class:`hashflex.price_model.LearnedPriceForecaster`).
+
+    Returns
+    -------
+    Forecast
+        Arrays of shape (T,) for price ($/MWh), renewables (kW), intensity (kg CO2/MWh), hashprice
+        ($/PH/day) and import limit (kW, inf where none); noise margins (dB) per receptor; every
+        fallback used.
+
+    Raises
+    ------
+    ValueError
+        A naive ``now`` or ``horizon_start``, or a malformed snapshot frame.
     """
     cfg = config or ForecastConfig()
     now_ts, start = _utc(now), _utc(horizon_start)
