@@ -13,8 +13,32 @@ from hashflex.profile import Receptor, SiteProfile
 
 def modelled_laeq_dba(profile: SiteProfile, running: dict[tuple[str, str], int], receptor_id: str,
                       include_background: bool = True) -> float:
-    """Level at a receptor: 10·log10(Σ n·10^((Lw − A)/10) [+ 10^(bg/10)]); -inf for a silent site
-    without background."""
+    """Modelled A-weighted level at a receptor from the units running.
+
+    L = 10·log10(Σ n·10^((Lw − A)/10) [+ 10^(bg/10)]), summed in the energy domain; A (dB) is the
+    receptor's attenuation from each group (:meth:`hashflex.profile.Receptor.attenuation_from`:
+    given, or a point source over reflecting ground, 20·log10(r / 1 m) + 8 dB, plus the profile's
+    extra attenuation).
+
+    Parameters
+    ----------
+    profile : SiteProfile
+    running : dict[tuple[str, str], int]
+        Units running per (group id, mode name); ``sleep`` and counts <= 0 add nothing.
+    receptor_id : str
+    include_background : bool, default True
+        Add the receptor's background level energetically.
+
+    Returns
+    -------
+    float
+        dB(A); ``-inf`` for a silent site without background.
+
+    Raises
+    ------
+    StopIteration
+        ``receptor_id`` is not a receptor of the profile.
+    """
     receptor = next(r for r in profile.receptors if r.id == receptor_id)
     energy = 10.0 ** (receptor.background_dba / 10.0) if include_background else 0.0
     for (group_id, mode_name), count in running.items():
@@ -29,9 +53,25 @@ def modelled_laeq_dba(profile: SiteProfile, running: dict[tuple[str, str], int],
 
 
 def compared_level_dba(measured_dba: float | np.ndarray, background_dba: float, cap_applies_to: str) -> float | np.ndarray:
-    """The measured quantity a cap is compared with: the meter's total reading, or for a
-    site-contribution cap the reading with the background removed energetically,
-    10·log10(10^(L/10) − 10^(bg/10)) (−inf at or below the background). Scalars or arrays."""
+    """The measured quantity a cap is compared with.
+
+    The meter's total reading, or for a site-contribution cap (``cap_applies_to == "site"``) the
+    reading with the background removed energetically, 10·log10(10^(L/10) − 10^(bg/10)).
+
+    Parameters
+    ----------
+    measured_dba : float or numpy.ndarray
+        Meter reading(s), LAeq dB(A).
+    background_dba : float
+        The receptor's background level, dB(A).
+    cap_applies_to : str
+        ``"total"`` or ``"site"``.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        Same shape as ``measured_dba``; ``-inf`` at or below the background (site caps).
+    """
     if cap_applies_to != "site":
         return measured_dba
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -42,8 +82,9 @@ def compared_level_dba(measured_dba: float | np.ndarray, background_dba: float, 
 
 def noise_margin_db(receptor: Receptor, offset_db: float | None = None,
                     residuals_db: np.ndarray | list[float] | None = None) -> tuple[float, str]:
-    """The margin (dB) a plan keeps below a receptor's cap, and how it was chosen — the one rule
-    the loop, the forecast and the guard use.
+    """The margin (dB) a plan keeps below a receptor's cap, and how it was chosen.
+
+    The one rule the loop, the forecast and the guard use:
 
     - fixed: ``max(model_margin_db, offset_db)``: the profile's margin, tightened (never loosened)
       by the calibration offset (how far meters read above the model);
@@ -53,9 +94,19 @@ def noise_margin_db(receptor: Receptor, offset_db: float | None = None,
       distribution. This may be below the fixed margin (a meter that agrees with the model earns
       back the fixed margin's cost) or above it (a model that reads low).
 
+    Parameters
+    ----------
+    receptor : Receptor
+    offset_db : float, optional
+        Calibration offset, measured − modelled (dB).
+    residuals_db : numpy.ndarray or list[float], optional
+        Measured − modelled per reading (dB); non-finite values are ignored.
+
     Returns
     -------
-    (margin_db, basis) with basis ``"fixed"``, ``"calibrated"`` or ``"compliance p=0.99 (n=412)"``.
+    margin_db : float
+    basis : str
+        ``"fixed"``, ``"calibrated"`` or ``"compliance p=0.99 (n=412)"``.
     """
     p = receptor.compliance_probability
     residuals = np.asarray([] if residuals_db is None else residuals_db, dtype=float)

@@ -104,10 +104,18 @@ _NOTES = {
 
 @dataclass(frozen=True)
 class Bound:
-    """One row of the table: ``kind.field`` must lie in ``[lower, upper]`` (``None``: open side).
+    """One row of the table: ``kind.field`` must lie in ``[lower, upper]`` (None: open side).
 
-    ``upper_from`` names a context figure the upper bound is a multiple of (``upper`` is then the
-    multiplier), e.g. the renewable source's nameplate. ``source`` says where the number comes from.
+    Attributes
+    ----------
+    kind, field : str
+    lower, upper : float or None
+        With ``upper_from``, ``upper`` is a multiplier of that context figure.
+    unit : str
+    source : str
+        Where the number comes from.
+    upper_from : str, optional
+        A :class:`PlausibilityContext` figure, e.g. the renewable source's nameplate.
     """
 
     kind: str
@@ -155,7 +163,12 @@ BOUNDS: tuple[Bound, ...] = (
 
 
 def bounds_markdown() -> str:
-    """The table as Markdown (README): every bound, then the time windows per kind."""
+    """The table as Markdown (README): every bound, then the time windows per kind.
+
+    Returns
+    -------
+    str
+    """
     def num(value: float | None, upper_from: str | None = None) -> str:
         if value is None:
             return "—"

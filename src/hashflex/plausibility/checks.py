@@ -59,10 +59,23 @@ __all__ = ["PlausibilityContext", "check_plausible", "check_price_value", "filte
 class PlausibilityContext:
     """What the checks need from the site profile, built once (:meth:`from_profile`).
 
-    ``renewable_capacity_kw``: nameplate per renewable source id; ``miner_group``: group per miner id
-    (ids as :meth:`hashflex.profile.SiteProfile.miner_ids` names them);
-    ``max_mode_power_kw`` / ``max_mode_hashrate_th_s``: per group; ``receptor_ids``;
-    ``site_scale_kw``: max(interconnection, full load) in kW. Windows in seconds.
+    Attributes
+    ----------
+    site : str
+        Site id (topic prefix).
+    renewable_capacity_kw : Mapping[str, float]
+        Nameplate per renewable source id (kW).
+    miner_group : Mapping[str, str]
+        Group per miner id (ids as :meth:`hashflex.profile.SiteProfile.miner_ids` names them).
+    max_mode_power_kw, max_mode_hashrate_th_s : Mapping[str, float]
+        Per group: the highest mode's power (kW) and hashrate (TH/s).
+    receptor_ids : frozenset[str]
+    site_scale_kw : float
+        max(interconnection, full load) (kW).
+    staleness_s : Mapping[str, float or None]
+        Staleness window per kind (s; None: none).
+    future_skew_s : float
+        Clock-skew window (s).
     """
 
     site: str
@@ -78,7 +91,20 @@ class PlausibilityContext:
     @classmethod
     def from_profile(cls, profile: SiteProfile, *, staleness_s: Mapping[str, float | None] | None = None,
                      future_skew_s: float = FUTURE_SKEW_S) -> PlausibilityContext:
-        """Build from a validated profile; ``staleness_s`` overrides windows per kind."""
+        """Build from a validated profile.
+
+        Parameters
+        ----------
+        profile : SiteProfile
+        staleness_s : Mapping[str, float or None], optional
+            Overrides of :data:`STALENESS_S` per kind (s).
+        future_skew_s : float, default FUTURE_SKEW_S
+            Clock-skew window (s).
+
+        Returns
+        -------
+        PlausibilityContext
+        """
         windows = dict(STALENESS_S)
         windows.update(staleness_s or {})
         return cls(
@@ -124,10 +150,28 @@ def _time(field_path: str, at: datetime, now: datetime, stale_s: float | None, f
 
 def check_price_value(price_usd_mwh: float, interval_start: datetime, interval_end: datetime, now: datetime,
                       stale_s: float | None = STALENESS_S["price"]) -> _Fault | None:
-    """One price row against the price bounds: ``(rule, field, reason)`` or None when plausible.
+    """One price row against the price bounds.
 
     Shared by MQTT ``in/price`` and the HTTP price feed so both apply the same numbers. Prices are
-    about the future by nature, so ``interval_start`` has the price horizon, not the clock skew."""
+    about the future by nature, so ``interval_start`` has the price horizon, not the clock skew.
+    Bounds: ERCOT offer floor and the −$251/MWh RT SPP floor (PUCT 25.505(g)(6), Nodal Protocols
+    4.4.9, NPRR385); ceiling 4 × HCAP (see :mod:`hashflex.plausibility.bounds`).
+
+    Parameters
+    ----------
+    price_usd_mwh : float
+    interval_start, interval_end : datetime
+        Aware.
+    now : datetime
+        Aware.
+    stale_s : float or None, default STALENESS_S["price"]
+        Staleness window on ``interval_end`` (s; None: none).
+
+    Returns
+    -------
+    tuple[str, str, str] or None
+        ``(rule, field, reason)``, or None when plausible.
+    """
     return (_range("price_usd_mwh", "price_usd_mwh", price_usd_mwh, PRICE_FLOOR_USD_MWH, PRICE_CEILING_USD_MWH,
                    "$/MWh")
             or _range("interval_end", "interval_end", (interval_end - interval_start).total_seconds(), None,
@@ -252,12 +296,27 @@ _CHECKS: dict[type, Any] = {
 
 def check_plausible(message: InboundMessage, now: datetime, context: PlausibilityContext,
                     topic: str | None = None) -> Rejection | None:
-    """None when ``message`` is plausible at ``now`` (aware datetime), else a :class:`Rejection`.
+    """Check a parsed inbound message against the bounds of its kind.
 
-    The rejection's ``reason`` reads ``"<kind>: <field path>: <value> ... <bound>"``, its ``rule``
-    is ``"<rule>:<field>"`` (bounded set, for metrics), its ``payload`` the message as JSON.
     Pure and never raises: an unexpected error is itself a rejection (``rule="error"``), since a
-    message that cannot be checked is not believed."""
+    message that cannot be checked is not believed.
+
+    Parameters
+    ----------
+    message : InboundMessage
+    now : datetime
+        Aware.
+    context : PlausibilityContext
+    topic : str, optional
+        The topic it arrived on (for the rejection; default derived from the message).
+
+    Returns
+    -------
+    Rejection or None
+        None when plausible. The rejection's ``reason`` reads ``"<kind>: <field path>: <value> ...
+        <bound>"``, its ``rule`` is ``"<rule>:<field>"`` (bounded set, for metrics), its ``payload``
+        the message as JSON (cut to 200 characters).
+    """
     kind = getattr(message, "kind", "unknown")
     try:
         where = topic or Topics(context.site).topic_for(message)
@@ -291,11 +350,27 @@ def _payload(message: InboundMessage) -> str:
 
 def filter_price_frame(frame: pd.DataFrame, now: datetime,
                        stale_s: float | None = STALENESS_S["price"]) -> tuple[pd.DataFrame, dict[str, int], list[str]]:
-    """Split a canonical price frame (``hashflex.frames``) into its plausible rows.
+    """Split a canonical price frame (:mod:`hashflex.frames`) into its plausible rows.
 
-    Returns ``(kept, counts, reasons)``: the plausible rows (same columns, same order, values
-    untouched), the number of dropped rows per ``"<rule>:<field>"``, and the first few reasons in
-    words (with the settlement point and interval). A bad row never removes a good one."""
+    A bad row never removes a good one.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        A canonical price frame.
+    now : datetime
+        Aware.
+    stale_s : float or None, default STALENESS_S["price"]
+
+    Returns
+    -------
+    kept : pandas.DataFrame
+        The plausible rows (same columns, same order, values untouched).
+    counts : dict[str, int]
+        Dropped rows per ``"<rule>:<field>"``.
+    reasons : list[str]
+        The first few reasons in words (with the settlement point and interval).
+    """
     if frame.empty:
         return frame, {}, []
     keep: list[bool] = []
