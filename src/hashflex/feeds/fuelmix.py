@@ -65,6 +65,7 @@ class EmissionFactor:
 
     @property
     def kg_per_mwh(self) -> float:
+        """Direct emissions per MWh generated, kg CO2/MWh (fuel factor × heat rate)."""
         return self.fuel_kg_co2_per_mmbtu * self.heat_rate_mmbtu_per_mwh
 
 
@@ -126,6 +127,26 @@ def parse_fuel_mix(
     (interval_start, fuel). Empty cells are dropped (they are the skipped spring-forward hour, or
     unused DST columns). If a (Date, Fuel) appears under several settlement types the most final one
     (FINAL, then TRUE-UP, then INITIAL) is kept. Raises :class:`FuelMixError` on malformed input.
+
+    Parameters
+    ----------
+    data : DataFrame, str or path
+        ERCOT's fuel mix report sheet (Date, Fuel, Settlement Type, one column per 15-minute interval
+        labelled ``H:MM``, ``(DST)`` columns for the repeated hour), as a path or a DataFrame.
+    source : str, optional
+        Name used in error messages (default the file name).
+    tz : str
+        The sheet's time zone (Central prevailing time).
+
+    Returns
+    -------
+    pd.DataFrame
+        :data:`FUELMIX_COLUMNS`, n rows.
+
+    Raises
+    ------
+    FuelMixError
+        A missing column, a bad date, label or number, or DST columns on a day without a repeated hour.
     """
     df, name = _read(data, source)
     df.columns = [str(c).strip() for c in df.columns]
@@ -213,6 +234,28 @@ def carbon_intensity(
     UTC, so DST days need no special case. ``min_coverage``: a bucket is dropped unless it holds at
     least that share of its 15-minute intervals (default: complete buckets only).
     Returns :data:`INTENSITY_COLUMNS`.
+
+    Parameters
+    ----------
+    fuel_mix : pd.DataFrame
+        A :func:`parse_fuel_mix` frame.
+    freq : str
+        Bucket length, ``"15min"`` or ``"1h"``.
+    factors : dict of str to EmissionFactor, optional
+        Emission factor per fuel; default :data:`EMISSION_FACTORS`.
+    min_coverage : float
+        Share of a bucket's 15-minute intervals that must be present (0..1).
+
+    Returns
+    -------
+    pd.DataFrame
+        :data:`INTENSITY_COLUMNS`: interval_start/end (UTC), intensity_kg_per_mwh, generation_mwh,
+        emissions_kg.
+
+    Raises
+    ------
+    FuelMixError
+        A fuel without an emission factor.
     """
     factors = EMISSION_FACTORS if factors is None else factors
     gen = fuel_mix[~fuel_mix["fuel"].isin(EXCLUDED_FUELS)]
@@ -241,6 +284,24 @@ def carbon_intensity(
 
 
 def intensity_from_fuel_mix_file(path: str | os.PathLike[str], *, freq: str = "1h") -> pd.DataFrame:
-    """Convenience: :func:`parse_fuel_mix` then :func:`carbon_intensity` (e.g. a bundled sheet)."""
+    """Convenience: :func:`parse_fuel_mix` then :func:`carbon_intensity` (e.g. a bundled sheet).
+
+    Parameters
+    ----------
+    path : str or path
+        The fuel mix sheet as CSV.
+    freq : str
+        Bucket length, ``"15min"`` or ``"1h"``.
+
+    Returns
+    -------
+    pd.DataFrame
+        :data:`INTENSITY_COLUMNS`.
+
+    Raises
+    ------
+    FuelMixError
+        Malformed sheet or a fuel without a factor.
+    """
     return carbon_intensity(parse_fuel_mix(path), freq=freq)
 

@@ -67,6 +67,18 @@ def read_chart_csv(path: str | os.PathLike[str], columns: dict[str, str]) -> pd.
 
     ``columns`` maps file column → output column (e.g. ``{"Hash Rate": "hashrate_h_s"}``); values
     become floats, empty cells NaN. The DateTime stamps are read as UTC midnights.
+
+    Parameters
+    ----------
+    path : str or path
+        The chart CSV.
+    columns : dict of str to str
+        File column → output column.
+
+    Returns
+    -------
+    pd.DataFrame
+        Indexed by UTC day, one float column per entry of ``columns``.
     """
     frame = pd.read_csv(Path(path), encoding="utf-8-sig")
     frame.columns = [str(c).strip() for c in frame.columns]
@@ -85,6 +97,15 @@ def read_fees_json(path: str | os.PathLike[str]) -> pd.DataFrame:
 
     Returns a frame indexed by UTC day with ``fees_btc_per_day``, ``price_usd`` and
     ``fees_usd_per_day`` (= fees × that day's price); days missing either series are dropped.
+
+    Parameters
+    ----------
+    path : str or path
+        The JSON file.
+
+    Returns
+    -------
+    pd.DataFrame
     """
     data = json.loads(Path(path).read_text(encoding="utf-8"))
 
@@ -113,6 +134,22 @@ def daily_hashprice(
     where the subsidy's USD came from). Days without both subsidy and a positive hash rate are
     dropped. Returns :data:`HASHPRICE_COLUMNS` with ``timestamp`` = start of the day and
     ``published_at`` = its end (when the statistic becomes known).
+
+    Parameters
+    ----------
+    subsidy_usd_per_day : pd.Series
+        Block subsidy paid per day, USD/day.
+    hashrate_h_s : pd.Series
+        Network hash rate, H/s.
+    fees_usd_per_day : pd.Series, optional
+        Transaction fees per day, USD/day (added where known).
+    source : pd.Series, optional
+        Where each day's subsidy in USD came from.
+
+    Returns
+    -------
+    pd.DataFrame
+        :data:`HASHPRICE_COLUMNS`, hashprice in $/PH/day.
     """
     frame = pd.concat({"subsidy": subsidy_usd_per_day, "hashrate": hashrate_h_s}, axis=1, join="inner")
     frame = frame[frame["subsidy"].notna() & (frame["hashrate"] > 0)]
@@ -146,6 +183,16 @@ def bundled_hashprice(*, include_fees: bool = True) -> pd.DataFrame:
     without a price there it is the subsidy in BTC × ``transaction-fees.json``'s market price where
     that series has the day (Aug 2024), else × the last earlier ``price.csv`` price (carried; one day,
     2021-10-26). The ``source`` column says which, per day. Columns: :data:`HASHPRICE_COLUMNS`.
+
+    Parameters
+    ----------
+    include_fees : bool
+        Add transaction fees to the subsidy where the fees series has the day.
+
+    Returns
+    -------
+    pd.DataFrame
+        :data:`HASHPRICE_COLUMNS`, one row per UTC day, $/PH/day.
     """
     reward = read_chart_csv(bundled_path("bitcoin/blockreward.csv"), {"BTC": "subsidy_btc_per_day",
                                                                        "USD": "subsidy_usd_per_day"})
@@ -175,7 +222,27 @@ def hashprice_by_day(series: pd.DataFrame, times: pd.DatetimeIndex,
     """Each time's UTC day's hashprice ($/PH/day) from a :func:`bundled_hashprice`-shaped frame:
     what a day's hash rate earned that day (settlement, not forecasting: the value of day D is
     *published* only after D). Days the series lacks take ``default_usd_per_ph_day``; without one a
-    missing day raises ``ValueError`` naming it."""
+    missing day raises ``ValueError`` naming it.
+
+    Parameters
+    ----------
+    series : pd.DataFrame
+        :data:`HASHPRICE_COLUMNS` rows.
+    times : pd.DatetimeIndex
+        n tz-aware times.
+    default_usd_per_ph_day : float, optional
+        Hashprice for days the series lacks, $/PH/day.
+
+    Returns
+    -------
+    np.ndarray
+        Shape (n,), $/PH/day.
+
+    Raises
+    ------
+    ValueError
+        A day is missing and no default is given.
+    """
     table = series.set_index(pd.DatetimeIndex(pd.to_datetime(series["timestamp"], utc=True)).as_unit("us"))
     table = table[~table.index.duplicated(keep="last")]["hashprice_usd_per_ph_day"]
     days = pd.DatetimeIndex(times).tz_convert("UTC").floor("D").as_unit("us")

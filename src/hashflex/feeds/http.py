@@ -102,7 +102,18 @@ class RetryPolicy:
     retry_statuses: frozenset[int] = frozenset({429, 500, 502, 503, 504})
 
     def backoff_s(self, failed_attempts: int) -> float:
-        """Delay after the ``failed_attempts``-th failure (1-based)."""
+        """Delay after the ``failed_attempts``-th failure (1-based).
+
+        Parameters
+        ----------
+        failed_attempts : int
+            Failures so far (1 after the first).
+
+        Returns
+        -------
+        float
+            Seconds to wait, exponential and capped.
+        """
         return min(self.backoff_initial_s * self.backoff_factor ** (failed_attempts - 1), self.backoff_max_s)
 
 
@@ -201,10 +212,21 @@ class PricePoller:
         self.close()
 
     def close(self) -> None:
+        """Close the HTTP session."""
         self._session.close()
 
     def auth_headers(self) -> dict[str, str]:
-        """Headers from the configured env vars; raises PriceFeedConfigError naming a missing one."""
+        """Headers from the configured env vars; raises PriceFeedConfigError naming a missing one.
+
+        Returns
+        -------
+        dict of str to str
+
+        Raises
+        ------
+        PriceFeedConfigError
+            A credential variable named by the config is unset.
+        """
         headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
         for env, header, prefix in ((self.config.api_key_env, "Ocp-Apim-Subscription-Key", ""),
                                     (self.config.id_token_env, "Authorization", "Bearer ")):
@@ -217,7 +239,26 @@ class PricePoller:
         return headers
 
     def fetch_pages(self, path: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Every page of an API report query, in order; raises unless all ``_meta.totalPages`` arrive."""
+        """Every page of an API report query, in order; raises unless all ``_meta.totalPages`` arrive.
+
+        Parameters
+        ----------
+        path : str
+            The report's API path (e.g. :data:`RT_SPP_PATH`).
+        params : Mapping[str, Any]
+            Query parameters (dates, settlement point).
+
+        Returns
+        -------
+        list of dict
+            The pages as decoded JSON.
+
+        Raises
+        ------
+        PriceFeedError
+            The subclass says why: HTTP status, authentication, timeout, connection, or a response of
+            the wrong shape (including a missing page).
+        """
         headers = self.auth_headers()
         url = self.config.base_url.rstrip("/") + "/" + path.lstrip("/")
         cfg = self.config
@@ -251,14 +292,52 @@ class PricePoller:
         """Real-time 15-min SPPs (NP6-905-CD) for operating days ``from``..``to`` inclusive.
 
         Each named point is queried separately (server-side filter), so asking for two load
-        zones does not download every resource node; ``None`` fetches all points."""
+        zones does not download every resource node; ``None`` fetches all points.
+
+        Parameters
+        ----------
+        delivery_date_from, delivery_date_to : date
+            Operating days (Central time), inclusive.
+        settlement_point : str or iterable of str, optional
+            Settlement point name(s).
+        settlement_point_type : str, optional
+            E.g. ``HU``, ``LZ``; chooses between a load zone's ``LZ`` and ``LZEW`` rows.
+
+        Returns
+        -------
+        pd.DataFrame
+            The canonical price frame, market ``RT``.
+
+        Raises
+        ------
+        PriceFeedError
+            The fetch failed (see :meth:`fetch_pages`).
+        """
         extra = {"settlementPointType": settlement_point_type} if settlement_point_type else {}
         return self._fetch_points(RT_SPP_PATH, delivery_date_from, delivery_date_to, settlement_point,
                                   settlement_point_type, extra)
 
     def fetch_dam_prices(self, delivery_date_from: date, delivery_date_to: date, *,
                          settlement_point: str | Iterable[str] | None = None) -> pd.DataFrame:
-        """Day-ahead hourly SPPs (NP4-190-CD) for operating days ``from``..``to`` inclusive."""
+        """Day-ahead hourly SPPs (NP4-190-CD) for operating days ``from``..``to`` inclusive.
+
+        Parameters
+        ----------
+        delivery_date_from, delivery_date_to : date
+            Operating days (Central time), inclusive.
+        settlement_point : str or iterable of str, optional
+            Settlement point name(s).
+
+        Returns
+        -------
+        pd.DataFrame
+            The canonical price frame, market ``DA``.
+
+        Raises
+        ------
+        PriceFeedError
+            The fetch failed (see :meth:`fetch_pages`).
+        """
         return self._fetch_points(DAM_SPP_PATH, delivery_date_from, delivery_date_to, settlement_point, None, {})
 
     def _fetch_points(self, path: str, start: date, end: date, settlement_point: str | Iterable[str] | None,
@@ -305,7 +384,37 @@ def fetch_generic_prices(url: str, *, settlement_point: str | Iterable[str] | No
                          read_timeout_s: float = 30.0, retry: RetryPolicy | None = None,
                          sleep: Callable[[float], None] = time.sleep,
                          session: requests.Session | None = None) -> pd.DataFrame:
-    """GET a generic JSON price endpoint (see :func:`hashflex.feeds.ercot.parse_generic_json`)."""
+    """GET a generic JSON price endpoint (see :func:`hashflex.feeds.ercot.parse_generic_json`).
+
+    Parameters
+    ----------
+    url : str
+        The endpoint.
+    settlement_point : str or iterable of str, optional
+        Label (or filter) the rows by settlement point.
+    market : str, optional
+        ``RT`` or ``DA``.
+    headers, params : Mapping, optional
+        Request headers and query parameters.
+    connect_timeout_s, read_timeout_s : float
+        Timeouts per attempt, seconds.
+    retry : RetryPolicy, optional
+        How hard to try.
+    sleep : callable
+        ``sleep(seconds)`` between attempts (tests pass a fake).
+    session : requests.Session, optional
+        An existing session.
+
+    Returns
+    -------
+    pd.DataFrame
+        The canonical price frame.
+
+    Raises
+    ------
+    PriceFeedError
+        The fetch failed (status, timeout, connection, or a payload that is not the generic shape).
+    """
     own = session is None
     sess = session or requests.Session()
     try:

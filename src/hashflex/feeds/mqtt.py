@@ -89,7 +89,25 @@ def mqtt_client(client_id: str, *, username: str | None = None, password: str | 
                 reconnect_max_s: float = 30.0) -> mqtt.Client:
     """A paho-mqtt 2.x client as every hashflex component sets one up: MQTT v5, the VERSION2
     callback API, optional username/password and TLS (the CA file verifies the broker), reconnect
-    back-off between ``reconnect_min_s`` and ``reconnect_max_s``. Not connected yet."""
+    back-off between ``reconnect_min_s`` and ``reconnect_max_s``. Not connected yet.
+
+    Parameters
+    ----------
+    client_id : str
+        A fixed client id (the broker keeps the session under it).
+    username, password : str, optional
+        Broker credentials.
+    tls_ca_file : str, optional
+        CA certificate file; TLS is used when given.
+    manual_ack : bool
+        Acknowledge QoS 1 messages explicitly (after the store commits).
+    reconnect_min_s, reconnect_max_s : float
+        Reconnect back-off bounds, seconds.
+
+    Returns
+    -------
+    paho.mqtt.client.Client
+    """
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                          manual_ack=manual_ack)
     if username is not None:
@@ -101,7 +119,31 @@ def mqtt_client(client_id: str, *, username: str | None = None, password: str | 
 
 
 class MqttIngest:
-    """Validated MQTT input for one site; see the module docstring."""
+    """Validated MQTT input for one site; see the module docstring.
+
+    Parameters
+    ----------
+    store : hashflex.store.Store or None
+        Where accepted observations go (None: callbacks only).
+    site : str
+        The site's topic level.
+    host, port : str, int
+        The broker.
+    client_id, username, password, tls_ca_file : str, optional
+        Connection settings (:func:`mqtt_client`).
+    keepalive_s, session_expiry_s : int
+        MQTT keepalive and session expiry, seconds.
+    reconnect_min_s, reconnect_max_s : float
+        Reconnect back-off bounds, seconds.
+    dedupe_window : int
+        How many recent message identities are remembered for duplicate detection.
+    ack_after_commit : bool
+        Acknowledge a QoS 1 message only after its row is committed.
+    clock : callable
+        ``clock() -> datetime`` for plausibility checks.
+    plausibility : SiteProfile or PlausibilityContext, optional
+        Bounds every message is checked against before it is stored or passed on.
+    """
 
     def __init__(
         self,
@@ -155,12 +197,24 @@ class MqttIngest:
     # ------------------------------------------------------------------ lifecycle
 
     def add_callback(self, callback: MessageCallback) -> None:
-        """Call ``callback(message)`` for each accepted, non-duplicate message (network thread)."""
+        """Call ``callback(message)`` for each accepted, non-duplicate message (network thread).
+
+        Parameters
+        ----------
+        callback : callable
+            ``callback(message)``; must be fast (it runs in the network thread).
+        """
         self._callbacks.append(callback)
 
     def add_rejection_callback(self, callback: RejectionCallback) -> None:
         """Call ``callback(rejection)`` for each rejected payload (network thread), e.g. to answer a
-        rejected DR event with a ``rejected`` ack."""
+        rejected DR event with a ``rejected`` ack.
+
+        Parameters
+        ----------
+        callback : callable
+            ``callback(rejection)`` with a :class:`~hashflex.messages.Rejection`.
+        """
         self._rejection_callbacks.append(callback)
 
     def start(self) -> None:
@@ -180,11 +234,22 @@ class MqttIngest:
         self._connected.clear()
 
     def wait_connected(self, timeout_s: float = 10.0) -> bool:
-        """True once connected and subscribed."""
+        """True once connected and subscribed.
+
+        Parameters
+        ----------
+        timeout_s : float
+            Seconds to wait at most.
+
+        Returns
+        -------
+        bool
+        """
         return self._connected.wait(timeout_s)
 
     @property
     def connected(self) -> bool:
+        """True while connected to the broker and subscribed."""
         return self._connected.is_set()
 
     def stats(self) -> dict[str, dict[str, int]]:
@@ -209,7 +274,19 @@ class MqttIngest:
 
     def handle(self, topic: str, payload: bytes) -> InboundMessage | Rejection | None:
         """Validate, dedupe, store and dispatch one payload. Returns the message, the rejection, or
-        None for a duplicate. Never raises."""
+        None for a duplicate. Never raises.
+
+        Parameters
+        ----------
+        topic : str
+            The MQTT topic.
+        payload : bytes
+            The raw payload.
+
+        Returns
+        -------
+        InboundMessage, Rejection or None
+        """
         try:
             result = parse_message(topic, payload, site=self.topics.site)
             if isinstance(result, Rejection):

@@ -36,7 +36,23 @@ log = logging.getLogger(__name__)
 
 
 class PriceFeed:
-    """``poll_once()`` fetches and stores; ``start()`` polls every ``period_s`` until ``stop()``."""
+    """``poll_once()`` fetches and stores; ``start()`` polls every ``period_s`` until ``stop()``.
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        The site (settlement point, plausibility bounds).
+    store : hashflex.store.Store
+        Where plausible rows go.
+    fetch : callable
+        ``fetch(now) -> DataFrame`` in the canonical price frame (:mod:`hashflex.frames`).
+    period_s : float
+        Seconds between polls.
+    clock : callable
+        ``clock() -> datetime``, tz-aware UTC.
+    name : str
+        The feed's name in logs and ``/metrics``.
+    """
 
     def __init__(self, profile: SiteProfile, store: Any, fetch: Callable[[datetime], pd.DataFrame], *,
                  period_s: float = 300.0, clock: Callable[[], datetime] = utc_now, name: str = "price feed") -> None:
@@ -49,7 +65,14 @@ class PriceFeed:
         self._thread = threading.Thread(target=self._run, name="hashflex-price-feed", daemon=True)
 
     def poll_once(self) -> int:
-        """Fetch once and store the plausible rows; returns how many were stored (0 on failure)."""
+        """Fetch once and store the plausible rows; returns how many were stored (0 on failure).
+
+        Returns
+        -------
+        int
+            Rows stored; a failed fetch (:class:`~hashflex.feeds.http.PriceFeedError` or a bad payload)
+            is counted and logged, never raised.
+        """
         now = self.clock()
         self.polls += 1
         try:
@@ -81,12 +104,20 @@ class PriceFeed:
             self._stop.wait(self.period_s)
 
     def start(self) -> None:
+        """Start polling every ``period_s`` in a daemon thread."""
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop polling: the thread ends after its current wait or poll (it is a daemon thread)."""
         self._stop.set()
 
     def stats(self) -> dict[str, Any]:
+        """Counters for ``/status`` and ``/metrics``: polls, failures, rows stored and rejected, last error.
+
+        Returns
+        -------
+        dict
+        """
         return {"feed": self.name, "polls": self.polls, "failures": self.failures, "rows": self.rows,
                 "rejected_rows": self.rejected_rows,
                 "rejections": {kind: dict(counts) for kind, counts in self.rejections.items()},
@@ -94,7 +125,24 @@ class PriceFeed:
 
 
 def price_feed_from_env(profile: SiteProfile, store: Any, env: dict[str, str] | None = None) -> PriceFeed | None:
-    """The configured feed, or None when the environment names none (prices then come on in/price)."""
+    """The configured feed, or None when the environment names none (prices then come on in/price).
+
+    ``HASHFLEX_PRICE_URL`` selects a generic JSON endpoint, ``ERCOT_API_KEY`` the ERCOT public API
+    (RT today and DA today and tomorrow); ``HASHFLEX_PRICE_POLL_S`` sets the period (default 300 s).
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        The site (settlement point and type, time zone).
+    store : hashflex.store.Store
+        Where the rows go.
+    env : dict of str to str, optional
+        The environment; default ``os.environ``.
+
+    Returns
+    -------
+    PriceFeed or None
+    """
     env = dict(os.environ if env is None else env)
     point = profile.site.settlement_point
     period_s = float(env.get("HASHFLEX_PRICE_POLL_S", "300"))

@@ -117,6 +117,27 @@ def parse_renewable_report(
     Returns :data:`RENEWABLE_COLUMNS`, one row per (hour, region), sorted; ``actual_mw`` is NaN for
     hours not yet measured. ``posted_at`` is the caller's value or the inferred upper bound (see the
     module docstring); ``attrs["posted_at_inferred"]`` says which. Kind is sniffed from the header.
+
+    Parameters
+    ----------
+    data : DataFrame, str or path
+        One posting (CSV path or the sheet as a DataFrame).
+    posted_at : pd.Timestamp, optional
+        When ERCOT posted it, if known.
+    source : str, optional
+        Name used in error messages.
+    tz : str
+        The report's time zone (Central prevailing time).
+
+    Returns
+    -------
+    pd.DataFrame
+        :data:`RENEWABLE_COLUMNS`, MW.
+
+    Raises
+    ------
+    RenewableFileError
+        Naming the source, the line and the field.
     """
     if isinstance(data, pd.DataFrame):
         frame, name = data.copy(), source or "<DataFrame>"
@@ -179,6 +200,29 @@ def scale_to_site(
     profile reach about the site's capacity at the window's best hour, an optimistic shape to be
     replaced by site data as soon as there is any. Returns interval_start, interval_end,
     power_kw (>= 0), posted_at, basis (= :data:`SCALED_BASIS`).
+
+    Parameters
+    ----------
+    report : pd.DataFrame
+        A :func:`parse_renewable_report` frame.
+    capacity_kw : float
+        The site's installed capacity of that kind, kW.
+    fleet_capacity_mw : float, optional
+        ERCOT's installed capacity of the region, MW.
+    region : str
+        The report region to scale.
+    prefer : str
+        ``"actual"`` or ``"forecast"``.
+
+    Returns
+    -------
+    pd.DataFrame
+        One row per hour, power in kW clipped to [0, ``capacity_kw``].
+
+    Raises
+    ------
+    ValueError
+        An unknown region or ``prefer`` value, or no positive capacity to scale by.
     """
     if prefer not in ("actual", "forecast"):
         raise ValueError(f"prefer must be 'actual' or 'forecast', got {prefer!r}")
@@ -206,7 +250,19 @@ def scale_to_site(
 
 def as_forecast_rows(scaled: pd.DataFrame, source_id: str) -> pd.DataFrame:
     """A :func:`scale_to_site` frame as ``forecast.Snapshot.renewable_forecasts`` rows for one source
-    (``source_id, interval_start, power_kw, published_at``; the posting time becomes published_at)."""
+    (``source_id, interval_start, power_kw, published_at``; the posting time becomes published_at).
+
+    Parameters
+    ----------
+    scaled : pd.DataFrame
+        A :func:`scale_to_site` frame.
+    source_id : str
+        The profile's renewable source id.
+
+    Returns
+    -------
+    pd.DataFrame
+    """
     return pd.DataFrame({
         "source_id": source_id,
         "interval_start": scaled["interval_start"].to_numpy(),

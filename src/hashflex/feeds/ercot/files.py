@@ -47,7 +47,25 @@ def detect_format(text: str, source: str = "<text>") -> str:
     """Name of the shape ``text`` is in (a key of :data:`FORMATS`), judged from its header.
 
     A header that is most of one format but lacks a column is attributed to that format, so the
-    parser can say which column is missing; anything else raises listing what is accepted."""
+    parser can say which column is missing; anything else raises listing what is accepted.
+
+    Parameters
+    ----------
+    text : str
+        The file's text (CSV or JSON).
+    source : str
+        Name used in error messages.
+
+    Returns
+    -------
+    str
+        A key of :data:`FORMATS`.
+
+    Raises
+    ------
+    PriceFileError
+        Empty text, invalid JSON, or a header matching no accepted format.
+    """
     head = text.lstrip("\ufeff \t\r\n")
     if not head:
         raise PriceFileError(source, "is empty")
@@ -74,7 +92,34 @@ def read_price_file(path: str | os.PathLike, settlement_point: str | Iterable[st
     """Read any accepted price file (see :data:`FORMATS`; ``.zip`` with one member is fine) into the
     canonical frame. This is what ``hashflex plan`` / ``backtest`` / ``run --simulate`` call with an
     operator's file; its prices are held to the plausibility bounds (a row outside them refuses the
-    file, naming its line). Raises :class:`PriceFileError` (a ``ValueError``)."""
+    file, naming its line). Raises :class:`PriceFileError` (a ``ValueError``).
+
+    Parameters
+    ----------
+    path : str or path
+        The file (CSV, JSON, or a zip holding one of them).
+    settlement_point : str or iterable of str, optional
+        Keep only these settlement points (default all); a simple CSV without a settlement point
+        column is labelled with the one name given.
+    settlement_point_type : str, optional
+        RT files: the type to keep where a point has several (``LZ`` or ``LZEW``, ...).
+    market : str, optional
+        ``RT`` or ``DA``: refuse a file of the other market (simple shapes: label or filter).
+
+    Returns
+    -------
+    pd.DataFrame
+        The canonical price frame (:mod:`hashflex.frames`): UTC interval start/end, settlement
+        point, market, price in $/MWh.
+
+    Raises
+    ------
+    PriceFileError
+        Malformed file, naming the file, line (or row, page) and field, or a price outside the
+        plausibility bounds.
+    ValueError
+        A wrong selection (unknown settlement point, type or market).
+    """
     token = _FILE_BOUNDS.set(True)
     try:
         return _read_price_file(path, settlement_point, settlement_point_type, market)

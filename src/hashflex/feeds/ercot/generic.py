@@ -100,7 +100,31 @@ def parse_simple_csv(data: TableInput, *, settlement_point: str | Iterable[str] 
     """A plain CSV any operator can write: interval_start (with offset), price_usd_mwh [, ...].
 
     Without a settlement_point/market column, ``settlement_point`` (default ``"UNSPECIFIED"``) and
-    ``market`` (default ``"RT"``) label the rows; with one, they filter."""
+    ``market`` (default ``"RT"``) label the rows; with one, they filter.
+
+    Parameters
+    ----------
+    data : DataFrame, str or path
+        CSV text, a path, or a DataFrame of the table.
+    settlement_point : str or iterable of str, optional
+        Label (one name) or filter.
+    market : str, optional
+        ``RT`` or ``DA``: label or filter.
+    source_name : str, optional
+        Name used in error messages.
+
+    Returns
+    -------
+    pd.DataFrame
+        The canonical price frame; ``attrs["notes"]`` says what was assumed (point, market).
+
+    Raises
+    ------
+    PriceFileError
+        A missing column or a bad cell, naming the line and field.
+    ValueError
+        A wrong selection.
+    """
     df, ctx = _load_table(data, source_name)
     return _parse_simple_table(df, ctx, settlement_point, market)
 
@@ -108,7 +132,29 @@ def parse_simple_csv(data: TableInput, *, settlement_point: str | Iterable[str] 
 def parse_generic_json(payload: Any, *, settlement_point: str | Iterable[str] | None = None,
                        market: str | None = None, source_name: str = "<json>") -> pd.DataFrame:
     """A price endpoint's JSON (other ISOs, retail providers): a list of objects with
-    interval_start, price_usd_mwh and optionally interval_end, settlement_point, market."""
+    interval_start, price_usd_mwh and optionally interval_end, settlement_point, market.
+
+    Parameters
+    ----------
+    payload : Any
+        JSON text or decoded JSON: the list, or an object holding it under ``"prices"`` or ``"data"``.
+    settlement_point : str or iterable of str, optional
+        Label (one name) or filter.
+    market : str, optional
+        ``RT`` or ``DA``: label or filter.
+    source_name : str
+        Name used in error messages.
+
+    Returns
+    -------
+    pd.DataFrame
+        The canonical price frame.
+
+    Raises
+    ------
+    PriceFileError
+        Not a list of price objects, or a bad item (named ``item N``).
+    """
     payload = _json(payload)
     if isinstance(payload, Mapping):
         inner = next((payload[k] for k in ("prices", "data") if isinstance(payload.get(k), list)), None)

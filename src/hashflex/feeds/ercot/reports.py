@@ -153,14 +153,62 @@ def _parse_ercot_table(df: pd.DataFrame, fmt: _Format, ctx: _Ctx, settlement_poi
 
 def parse_rt_spp_interval(data: TableInput, *, settlement_point: str | Iterable[str] | None = None,
                           settlement_point_type: str | None = None, source_name: str | None = None) -> pd.DataFrame:
-    """NP6-905-CD real-time 15-min settlement point prices (one MIS file or several concatenated)."""
+    """NP6-905-CD real-time 15-min settlement point prices (one MIS file or several concatenated).
+
+    Parameters
+    ----------
+    data : DataFrame, str or path
+        CSV text, a path (``.zip`` with one CSV is fine) or a DataFrame.
+    settlement_point : str or iterable of str, optional
+        Keep only these points.
+    settlement_point_type : str, optional
+        The type to keep where a point has several (load zones: ``LZ`` and ``LZEW``).
+    source_name : str, optional
+        Name used in error messages.
+
+    Returns
+    -------
+    pd.DataFrame
+        The canonical price frame, market ``RT``, 15-minute intervals.
+
+    Raises
+    ------
+    PriceFileError
+        A missing column or bad cell (line and field named), a DST flag outside the repeated hour.
+    ValueError
+        An unknown settlement point or type.
+    """
     df, ctx = _load_table(data, source_name)
     return _parse_ercot_table(df, NP6_905, ctx, settlement_point, settlement_point_type)
 
 
 def parse_rt_spp_historical(data: TableInput, *, settlement_point: str | Iterable[str] | None = None,
                             settlement_point_type: str | None = None, source_name: str | None = None) -> pd.DataFrame:
-    """NP6-785-ER historical RT hub/load-zone prices (a monthly sheet saved as CSV)."""
+    """NP6-785-ER historical RT hub/load-zone prices (a monthly sheet saved as CSV).
+
+    Parameters
+    ----------
+    data : DataFrame, str or path
+        The sheet as CSV text, a path or a DataFrame.
+    settlement_point : str or iterable of str, optional
+        Keep only these points.
+    settlement_point_type : str, optional
+        The type to keep where a point has several.
+    source_name : str, optional
+        Name used in error messages.
+
+    Returns
+    -------
+    pd.DataFrame
+        The canonical price frame, market ``RT``.
+
+    Raises
+    ------
+    PriceFileError
+        A missing column or bad cell, naming the line and field.
+    ValueError
+        An unknown settlement point or type.
+    """
     df, ctx = _load_table(data, source_name)
     return _parse_ercot_table(df, NP6_785, ctx, settlement_point, settlement_point_type)
 
@@ -168,7 +216,31 @@ def parse_rt_spp_historical(data: TableInput, *, settlement_point: str | Iterabl
 def parse_dam_spp(data: TableInput, *, settlement_point: str | Iterable[str] | None = None,
                   settlement_point_type: str | None = None, source_name: str | None = None) -> pd.DataFrame:
     """NP4-190-CD day-ahead hourly settlement point prices. DAM files have no type column, so
-    ``settlement_point_type`` only rejects energy-weighted types (DAM has none)."""
+    ``settlement_point_type`` only rejects energy-weighted types (DAM has none).
+
+    Parameters
+    ----------
+    data : DataFrame, str or path
+        CSV text, a path or a DataFrame.
+    settlement_point : str or iterable of str, optional
+        Keep only these points.
+    settlement_point_type : str, optional
+        Only checked: an energy-weighted type raises.
+    source_name : str, optional
+        Name used in error messages.
+
+    Returns
+    -------
+    pd.DataFrame
+        The canonical price frame, market ``DA``, hourly intervals.
+
+    Raises
+    ------
+    PriceFileError
+        A missing column or bad cell, naming the line and field.
+    ValueError
+        An unknown settlement point, or an energy-weighted type.
+    """
     df, ctx = _load_table(data, source_name)
     return _parse_ercot_table(df, NP4_190, ctx, settlement_point, settlement_point_type)
 
@@ -176,7 +248,31 @@ def parse_dam_spp(data: TableInput, *, settlement_point: str | Iterable[str] | N
 def parse_dam_spp_historical(data: TableInput, *, settlement_point: str | Iterable[str] | None = None,
                              settlement_point_type: str | None = None,
                              source_name: str | None = None) -> pd.DataFrame:
-    """NP4-180-ER historical DAM hub/load-zone prices (a monthly sheet saved as CSV)."""
+    """NP4-180-ER historical DAM hub/load-zone prices (a monthly sheet saved as CSV).
+
+    Parameters
+    ----------
+    data : DataFrame, str or path
+        The sheet as CSV text, a path or a DataFrame.
+    settlement_point : str or iterable of str, optional
+        Keep only these points.
+    settlement_point_type : str, optional
+        Only checked: an energy-weighted type raises.
+    source_name : str, optional
+        Name used in error messages.
+
+    Returns
+    -------
+    pd.DataFrame
+        The canonical price frame, market ``DA``.
+
+    Raises
+    ------
+    PriceFileError
+        A missing column or bad cell, naming the line and field.
+    ValueError
+        An unknown settlement point, or an energy-weighted type.
+    """
     df, ctx = _load_table(data, source_name)
     return _parse_ercot_table(df, NP4_180, ctx, settlement_point, settlement_point_type)
 
@@ -186,7 +282,30 @@ def parse_ercot_api(pages: Mapping[str, Any] | Sequence[Mapping[str, Any]] | str
                     settlement_point: str | Iterable[str] | None = None, settlement_point_type: str | None = None,
                     source_name: str = "ERCOT API") -> pd.DataFrame:
     """ERCOT public-API responses (one page, a list of pages, or JSON text) for NP6-905-CD or
-    NP4-190-CD. Refuses an incomplete page set when pages carry ``_meta`` (no silent partial data)."""
+    NP4-190-CD. Refuses an incomplete page set when pages carry ``_meta`` (no silent partial data).
+
+    Parameters
+    ----------
+    pages : Mapping, sequence of Mapping, or str
+        The API's pages (``fields``, ``data``, ``_meta``).
+    settlement_point : str or iterable of str, optional
+        Keep only these points.
+    settlement_point_type : str, optional
+        RT: the type to keep where a point has several.
+    source_name : str
+        Name used in error messages.
+
+    Returns
+    -------
+    pd.DataFrame
+        The canonical price frame (market from the report: ``RT`` or ``DA``).
+
+    Raises
+    ------
+    PriceFileError
+        Not API pages, pages whose fields differ, a bad row (``page P row R``), an incomplete page
+        set, or fields matching neither report.
+    """
     pages = _json(pages)
     page_list = [pages] if isinstance(pages, Mapping) else list(pages)
     if not page_list:
@@ -254,6 +373,27 @@ def parse_sced_lmp(data: TableInput, *, settlement_point: str | Iterable[str] | 
     adders a settlement point price includes, so it is a lower bound in scarcity.
 
     Raises :class:`PriceFileError` naming the line and field.
+
+    Parameters
+    ----------
+    data : DataFrame, str or path
+        CSV text, a path or a DataFrame with :data:`NP6_788_COLUMNS`.
+    settlement_point : str or iterable of str, optional
+        Keep only these points.
+    source_name : str, optional
+        Name used in error messages.
+
+    Returns
+    -------
+    pd.DataFrame
+        The canonical price frame, market ``RT``, one interval per SCED run ($/MWh).
+
+    Raises
+    ------
+    PriceFileError
+        A missing column, a bad flag, timestamp or price, naming the line and field.
+    ValueError
+        An unknown settlement point.
     """
     df, ctx = _load_table(data, source_name)
     for col in NP6_788_COLUMNS:
