@@ -42,6 +42,21 @@ class PlanInputError(ValueError):
 
 @dataclass(frozen=True)
 class PlanInputs:
+    """What one planning pass plans on: the grid, prices and on-site output.
+
+    Attributes
+    ----------
+    interval_start : pandas.DatetimeIndex, length n
+        The planning grid (UTC).
+    price_usd_mwh : numpy.ndarray, shape (n,)
+        Settlement price per interval ($/MWh); unknown intervals hold the daemon's unknown price.
+    renewable_kw : numpy.ndarray, shape (n,), or None
+        On-site output per interval (kW).
+    notes : tuple[str, ...]
+        What was dropped, shortened or priced as unknown, for the operator.
+    price_known : numpy.ndarray, shape (n,), of bool, or None
+        False where the file had no price (planned at the unknown price, i.e. curtailed).
+    """
     interval_start: pd.DatetimeIndex
     price_usd_mwh: np.ndarray
     renewable_kw: np.ndarray | None
@@ -50,16 +65,46 @@ class PlanInputs:
 
 
 def horizon_index(profile: SiteProfile, start: pd.Timestamp) -> pd.DatetimeIndex:
+    """The profile's planning grid from ``start``: ``horizon_hours`` of ``interval_minutes`` intervals.
+
+    Parameters
+    ----------
+    profile : SiteProfile
+    start : pandas.Timestamp
+        Tz-aware first interval start.
+
+    Returns
+    -------
+    pandas.DatetimeIndex
+        UTC.
+    """
     step = pd.Timedelta(minutes=profile.site.interval_minutes)
     periods = int(profile.site.horizon_hours * 60 / profile.site.interval_minutes)
     return pd.date_range(start.tz_convert("UTC"), periods=periods, freq=step)
 
 
 def prices_on_grid(prices: pd.DataFrame, index: pd.DatetimeIndex, interval: pd.Timedelta | None = None) -> np.ndarray:
-    """The settlement price of each interval of ``index`` (one market's rows): the time-weighted
-    mean of the prices covering it (``frames.time_weighted_mean``: 5-minute SCED prices average
-    into a 15-minute interval as ERCOT settles them, an hourly DA price covers its four quarters);
-    NaN where any part of the interval has no price (an unknown interval, not the end of data)."""
+    """The settlement price of each interval of ``index``, from one market's rows.
+
+    The time-weighted mean of the prices covering it (:func:`hashflex.frames.time_weighted_mean`:
+    5-minute SCED prices average into a 15-minute interval as ERCOT settles them, ERCOT Nodal
+    Protocols §6.6.1; an hourly DA price covers its four quarters).
+
+    Parameters
+    ----------
+    prices : pandas.DataFrame
+        Canonical price frame rows of one market (:mod:`hashflex.frames`).
+    index : pandas.DatetimeIndex, length n
+        Interval starts (UTC).
+    interval : pandas.Timedelta, optional
+        Interval length (default: the index's step, or the first row's length for one interval).
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(n,)``, $/MWh; NaN where any part of the interval has no price (an unknown
+        interval, not the end of data).
+    """
     if prices.empty or len(index) == 0:
         return np.full(len(index), np.nan)
     if interval is not None:
@@ -71,9 +116,25 @@ def prices_on_grid(prices: pd.DataFrame, index: pd.DatetimeIndex, interval: pd.T
 
 
 def read_renewables_csv(path: Path) -> pd.Series:
-    """A simple on-site output file: ``interval_start`` (ISO 8601 with a UTC offset: a time without
-    one is refused with its line, see :mod:`hashflex.frames`), ``power_kw`` (≥ 0). Duplicate times
-    are refused with their line."""
+    """A simple on-site output file: ``interval_start``, ``power_kw``.
+
+    Parameters
+    ----------
+    path : Path
+        CSV with ``interval_start`` (ISO 8601 with a UTC offset: a time without one is refused with
+        its line, see :mod:`hashflex.frames`) and ``power_kw`` (kW, >= 0).
+
+    Returns
+    -------
+    pandas.Series
+        kW indexed by interval start (UTC), sorted.
+
+    Raises
+    ------
+    PlanInputError
+        Unreadable file, a missing column, a naive or repeated time, or a bad ``power_kw``, naming
+        the line.
+    """
     try:
         frame = pd.read_csv(path, dtype={"interval_start": str})
     except (OSError, ValueError) as exc:
@@ -99,7 +160,32 @@ def read_renewables_csv(path: Path) -> pd.Series:
 
 def load_inputs(profile: SiteProfile, prices_path: Path, start: pd.Timestamp | None,
                 renewables_path: Path | None = None) -> PlanInputs:
-    """Prices (any accepted format) for the profile's settlement point on the planning grid."""
+    """Prices (any accepted format) for the profile's settlement point on the planning grid.
+
+    Real-time where the file has it for an interval, else day-ahead; a gap inside the horizon is
+    priced as the daemon prices an unknown interval (and said in ``notes``); a horizon beyond the
+    file's last price is shortened (and said).
+
+    Parameters
+    ----------
+    profile : SiteProfile
+    prices_path : Path
+        A price file :func:`hashflex.feeds.ercot.read_price_file` accepts.
+    start : pandas.Timestamp or None
+        First interval (tz-aware); None: the file's first interval.
+    renewables_path : Path, optional
+        On-site output (:func:`read_renewables_csv`).
+
+    Returns
+    -------
+    PlanInputs
+
+    Raises
+    ------
+    PlanInputError
+        A missing or malformed file (naming file, line and field), no prices for the settlement
+        point, or none covering ``start``.
+    """
     try:
         prices = read_price_file(prices_path, settlement_point=profile.site.settlement_point,
                                  settlement_point_type=profile.site.settlement_point_type)
@@ -148,9 +234,31 @@ def load_inputs(profile: SiteProfile, prices_path: Path, start: pd.Timestamp | N
 
 def plan(profile: SiteProfile, inputs: PlanInputs, *, time_limit_s: float = 20.0,
          deadline_s: float | None = None) -> tuple[Problem, Schedule]:
-    """Build and solve the plan: HiGHS stops at ``time_limit_s``; the worker is killed at
-    ``deadline_s`` wall-clock seconds (default ``time_limit_s`` + 10) and the greedy fallback
-    (status ``failed_fallback``, message "solver timeout after ...") is returned instead."""
+    """Build and solve the plan with the daemon's problem builder and solver.
+
+    HiGHS stops at ``time_limit_s``; the worker is killed at ``deadline_s`` wall-clock seconds and
+    the greedy fallback (status ``failed_fallback``, message "solver timeout after ...") is returned.
+
+    Parameters
+    ----------
+    profile : SiteProfile
+    inputs : PlanInputs
+    time_limit_s : float, default 20.0
+        HiGHS time limit (s).
+    deadline_s : float, optional
+        Wall-clock deadline of the worker (s; default ``time_limit_s`` + 10).
+
+    Returns
+    -------
+    problem : Problem
+    schedule : Schedule
+        With a ``price_known`` column when the inputs say which prices were the file's.
+
+    Raises
+    ------
+    PlanInputError
+        ``deadline_s`` not > 0.
+    """
     if deadline_s is not None and not deadline_s > 0:
         raise PlanInputError(f"deadline_s must be > 0 seconds, got {deadline_s}")
     problem = problem_from_profile(profile, inputs.interval_start, inputs.price_usd_mwh,
@@ -165,7 +273,18 @@ def plan(profile: SiteProfile, inputs: PlanInputs, *, time_limit_s: float = 20.0
 
 
 def output_frame(schedule: Schedule) -> pd.DataFrame:
-    """The schedule as the CSV/JSON contract: UTC ISO 8601 times, no caps written as empty."""
+    """The schedule as the CSV/JSON contract: UTC ISO 8601 times, no caps written as empty.
+
+    Parameters
+    ----------
+    schedule : Schedule
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per interval; the contract columns are :data:`CONTRACT_COLUMNS` (README, "Schedule
+        CSV contract").
+    """
     frame = schedule.frame.reset_index()
     for column in ("interval_start", "interval_end"):
         frame[column] = frame[column].map(lambda ts: ts.isoformat())
@@ -175,7 +294,23 @@ def output_frame(schedule: Schedule) -> pd.DataFrame:
 
 
 def write_schedule(schedule: Schedule, path: Path, profile: SiteProfile) -> None:
-    """Write CSV or JSON (by suffix) atomically."""
+    """Write the schedule as CSV or JSON (by suffix), atomically (temporary file, then rename).
+
+    Parameters
+    ----------
+    schedule : Schedule
+    path : Path
+        ``.csv`` or ``.json``.
+    profile : SiteProfile
+        Its name and hash go into the JSON header.
+
+    Raises
+    ------
+    PlanInputError
+        Another suffix.
+    OSError
+        The file cannot be written (nothing is left behind).
+    """
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".json"):
         raise PlanInputError(f"{path}: output must end in .csv or .json")
@@ -206,7 +341,19 @@ def write_schedule(schedule: Schedule, path: Path, profile: SiteProfile) -> None
 
 
 def summary_table(schedule: Schedule, profile: SiteProfile) -> str:
-    """Hourly table a site manager reads: price, units on, load, noise vs cap, profit, reason."""
+    """Hourly table a site manager reads: price, units on, load, noise vs cap, profit, reason.
+
+    Parameters
+    ----------
+    schedule : Schedule
+    profile : SiteProfile
+        For the local time zone and the receptors.
+
+    Returns
+    -------
+    str
+        The table, the totals line, and a footnote when some prices were unknown.
+    """
     frame = schedule.frame
     local = frame.index.tz_convert(profile.tz)
     hours = local.floor("h")

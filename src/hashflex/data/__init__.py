@@ -15,9 +15,21 @@ __all__ = ["bundled_path"]
 def bundled_path(name: str) -> pathlib.Path:
     """Filesystem path of a bundled data file.
 
-    ``name`` is relative to this package (``"ercot/RTM-2020-02.csv"``) or a bare file name that is
-    unique among the bundled files (``"RTM-2020-02.csv"``). Raises ``FileNotFoundError`` listing
-    what is bundled when nothing (or more than one file) matches.
+    Parameters
+    ----------
+    name : str
+        Relative to this package (``"ercot/RTM-2020-02.csv"``) or a bare file name that is unique
+        among the bundled files (``"RTM-2020-02.csv"``).
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    FileNotFoundError
+        Listing what is bundled when nothing (or more than one file) matches, or when the package
+        is installed inside a zip archive.
     """
     root = resources.files(__name__)
     candidate = root.joinpath(*pathlib.PurePosixPath(name).parts)

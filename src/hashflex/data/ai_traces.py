@@ -20,9 +20,23 @@ ATTRIBUTION = "Azure LLM inference trace 2023, Microsoft Azure (Azure/AzurePubli
 
 @functools.lru_cache(maxsize=4)
 def trace_tokens_per_s(name: str) -> np.ndarray:
-    """Per-minute token rate (tokens/s) of a bundled trace over its complete minutes.
+    """Per-minute token rate of a bundled trace over its complete minutes.
 
-    Raises ValueError for an unknown ``name`` (one of ``TRACES``)."""
+    Parameters
+    ----------
+    name : str
+        One of :data:`TRACES`.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(minutes,)``, tokens/s (prompt + generated tokens per minute / 60).
+
+    Raises
+    ------
+    ValueError
+        An unknown ``name``.
+    """
     if name not in TRACES:
         raise ValueError(f"demand_trace must be one of {TRACES}, got {name!r}")
     text = resources.files("hashflex.data").joinpath("ai", "azure_llm_2023-11-16_per_minute.csv").read_text("utf-8")
@@ -33,9 +47,31 @@ def trace_tokens_per_s(name: str) -> np.ndarray:
 
 def trace_demand_tokens_per_s(name: str, interval_start: pd.DatetimeIndex, peak_tokens_per_s: float,
                               interval: pd.Timedelta | None = None) -> np.ndarray:
-    """[T] demand (tokens/s) per interval: the trace's per-minute rate, repeated by minute of the
-    hour, averaged over each interval's minutes, scaled so the trace's busiest minute is
-    ``peak_tokens_per_s``."""
+    """Demand per interval from a trace, scaled to a contract's peak.
+
+    The trace's per-minute rate, repeated by minute of the hour, averaged over each interval's
+    minutes, scaled so the trace's busiest minute is ``peak_tokens_per_s``.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`TRACES`.
+    interval_start : pandas.DatetimeIndex, length T
+    peak_tokens_per_s : float
+        The contract's peak demand (tokens/s).
+    interval : pandas.Timedelta, optional
+        Interval length (default: the index's step, or 15 minutes for one interval).
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(T,)``, tokens/s.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``name``.
+    """
     rate = trace_tokens_per_s(name)
     shape = rate / rate.max()
     step = interval or ((interval_start[1] - interval_start[0]) if len(interval_start) > 1 else pd.Timedelta(minutes=15))
