@@ -22,7 +22,27 @@ from hashflex.frames import utc_now
 
 
 class SimulatedCluster:
-    """One cluster's agent; ``start()`` connects, ``stop()`` disconnects. Thread-safe reads."""
+    """One GPU cluster's agent (SIMULATED): follows compute commands over MQTT; thread-safe reads.
+
+    Parameters
+    ----------
+    site : str
+        Site id (topic prefix ``hashflex/<site>/``).
+    cluster_id : str
+    nodes : list[str]
+        Node ids; each starts at the lowest cap.
+    jobs : list[str]
+        Job ids; each starts running.
+    limits : CapLimits
+        The cluster's per-GPU cap range (W), as the driver checks it.
+    gpus_per_node : int, default 8
+    cooling_overhead : float, default 0.15
+        Cooling power as a fraction of IT power.
+    host : str, default "127.0.0.1"
+    port : int, default 1883
+        The MQTT broker.
+    clock : Callable[[], datetime], default utc_now
+    """
 
     def __init__(self, site: str, cluster_id: str, nodes: list[str], jobs: list[str], limits: CapLimits, *,
                  gpus_per_node: int = 8, cooling_overhead: float = 0.15, host: str = "127.0.0.1",
@@ -38,6 +58,13 @@ class SimulatedCluster:
         self._client = None
 
     def start(self) -> None:
+        """Connect to the broker and subscribe to ``hashflex/<site>/out/compute/<cluster>``.
+
+        Raises
+        ------
+        OSError
+            The broker cannot be reached.
+        """
         from hashflex.feeds.mqtt import mqtt_client
 
         self._client = mqtt_client(f"hashflex-{self.site}-simcluster-{self.cluster_id}")
@@ -48,6 +75,7 @@ class SimulatedCluster:
         self._client.loop_start()
 
     def stop(self) -> None:
+        """Stop the network loop and disconnect (no-op before :meth:`start`)."""
         if self._client is not None:
             self._client.loop_stop()
             self._client.disconnect()
@@ -69,7 +97,20 @@ class SimulatedCluster:
                        json.dumps({"command_id": command_id, "status": status, "reason": reason}), qos=1)
 
     def handle(self, command: ComputeCommand) -> tuple[str, str]:
-        """Apply one command; (status, reason)."""
+        """Apply one command with the driver's rule plus this cluster's nodes and jobs.
+
+        Parameters
+        ----------
+        command : ComputeCommand
+            ``power_cap`` (a node's per-GPU cap, W, until ``expires_at``), ``pause`` or ``resume`` (a job).
+
+        Returns
+        -------
+        status : str
+            ``applied`` or ``rejected``.
+        reason : str
+            Why it was rejected, naming the field; empty when applied.
+        """
         problem = check_command(command, {self.cluster_id: self.limits})
         if problem:
             return "rejected", problem
@@ -89,7 +130,13 @@ class SimulatedCluster:
         return "applied", ""
 
     def tick(self) -> list[str]:
-        """Expire stale caps to the lowest cap (the safe side); returns the nodes that fell back."""
+        """Expire stale caps to the lowest cap (the safe side).
+
+        Returns
+        -------
+        list[str]
+            The nodes that fell back.
+        """
         now = self.clock()
         fell_back = []
         with self._lock:
@@ -101,7 +148,13 @@ class SimulatedCluster:
         return fell_back
 
     def site_kw(self) -> float:
-        """Cluster draw in kW, cooling included, with every GPU at its node's cap."""
+        """Cluster draw with every GPU at its node's cap, cooling included.
+
+        Returns
+        -------
+        float
+            kW.
+        """
         with self._lock:
             it_kw = sum(self.cap_w.values()) * self.gpus_per_node / 1000.0
         return it_kw * (1.0 + self.cooling_overhead)
