@@ -102,7 +102,7 @@ class SimulatedCluster:
         Parameters
         ----------
         command : ComputeCommand
-            ``power_cap`` (a node's per-GPU cap, W, until ``expires_at``), ``pause`` or ``resume`` (a job).
+            ``power_cap`` (a node's per-GPU cap, W, until ``expires_at``), ``suspend`` or ``resume`` (a job).
 
         Returns
         -------
