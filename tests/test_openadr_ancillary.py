@@ -242,3 +242,13 @@ def test_as_programs_need_the_profile_ancillary_section(vtn: TestVTN, site: Site
         as_ven(vtn, site)
     assert VENConfig.from_env({"HASHFLEX_OPENADR_VEN_NAME": "v", "HASHFLEX_OPENADR_AS_PROGRAMS": "a, b"}
                               ).as_program_names == ("a", "b")
+
+
+def test_the_profile_names_the_qse_programs(vtn: TestVTN, prices) -> None:  # noqa: F811, ANN001
+    data = yaml.safe_load(PROFILE_YAML.read_text())
+    data["ancillary"] = {**ANCILLARY, "openadr_programs": list(AS_PROGRAMS)}
+    site = Site(parse_profile(yaml.safe_dump(data)), prices)
+    # No VEN setting needed: the profile decides; a VEN configured with other programs refuses to start.
+    assert make_ven(vtn, site).as_program_names == frozenset(AS_PROGRAMS)
+    with pytest.raises(ValueError, match="differ from the profile's ancillary.openadr_programs"):
+        make_ven(vtn, site, as_program_names=("someone-else",))

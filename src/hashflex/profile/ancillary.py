@@ -56,6 +56,9 @@ class AncillarySection(_Strict):
     """Ancillary services as a Load Resource (rules per product: ``AS_PRODUCT_RULES``)."""
 
     issuer: str = Field(min_length=1, description="broker identity of the QSE that sends in/as/award and in/as/deploy")
+    openadr_programs: list[str] | None = Field(
+        default=None, description="programName of the OpenADR 3 programs through which the QSE sends awards and "
+                                  "deployments (openadr.ancillary); None: awards and deployments over MQTT only")
     groups: dict[str, AncillaryGroup] = Field(min_length=1)
     products: dict[AsProductName, AncillaryProduct] = Field(default_factory=dict)
 
