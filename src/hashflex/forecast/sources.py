@@ -72,11 +72,30 @@ class RecordedForecaster:
                                  else pd.DatetimeIndex(renewable_observations["published_at"]))
 
     def update(self, prices: pd.DataFrame) -> None:
-        """Replace the price history (e.g. a live replay that learned more prices)."""
+        """Replace the price history (e.g. a live replay that learned more prices).
+
+        Parameters
+        ----------
+        prices : pd.DataFrame
+            Canonical price frame, optionally with ``published_at``.
+        """
         self.__init__(self.profile, prices, self.renewables, self.config,  # type: ignore[misc]
                       hashprice=self.hashprice, price_forecaster=self.price_forecaster)
 
     def snapshot(self, now: pd.Timestamp) -> Snapshot:
+        """The recorded frames around ``now`` as a :class:`Snapshot` (prices from two days before to three
+        days after, renewables over the history window, hashprice over eight days); the no-look-ahead
+        filter is applied later by :func:`build_forecast`.
+
+        Parameters
+        ----------
+        now : pd.Timestamp
+            The decision time, UTC.
+
+        Returns
+        -------
+        Snapshot
+        """
         lo, hi = self._starts.searchsorted(now - self.PRICE_LOOKBACK), self._starts.searchsorted(now + self.AHEAD)
         frames: dict[str, pd.DataFrame] = {"prices": self.prices.iloc[lo:hi][list(SNAPSHOT_COLUMNS["prices"])]}
         if self.renewables is not None and self._renewable_times is not None:
@@ -90,6 +109,21 @@ class RecordedForecaster:
         return Snapshot(**frames)
 
     def __call__(self, now: Any, horizon_start: pd.Timestamp, periods: int) -> Forecast:
+        """The forecast at ``now`` for ``periods`` intervals from ``horizon_start`` (the loop's forecaster shape).
+
+        Parameters
+        ----------
+        now : datetime or pd.Timestamp
+            The decision time, tz-aware.
+        horizon_start : pd.Timestamp
+            Start of the first interval.
+        periods : int
+            Number of intervals.
+
+        Returns
+        -------
+        Forecast
+        """
         now_ts = _utc(now)
         return build_forecast(self.profile, self.snapshot(now_ts), now_ts, horizon_start, periods, config=self.config,
                               price_forecaster=self.price_forecaster)
@@ -126,6 +160,29 @@ def snapshot_from_store(
     ``fuelmix_intensity`` / ``hashprice`` frames (e.g. from
     :mod:`hashflex.feeds.fuelmix` / :mod:`hashflex.feeds.hashprice`) are appended; a fuel-mix frame
     without ``published_at`` is taken as published at each interval's end.
+
+    Parameters
+    ----------
+    store : hashflex.store.Store
+        The daemon's store.
+    now : datetime or pd.Timestamp
+        The decision time, tz-aware.
+    profile : SiteProfile, optional
+        Restricts prices to the site's settlement point.
+    lookback, ahead : timedelta
+        Window of rows read before and after ``now``.
+    forecast_lookback : timedelta
+        Oldest renewable forecast posting read.
+    carbon_kind : str
+        ``average`` or ``marginal``.
+    noise_model : NoiseModel, optional
+        Modelled level per reading (without it, readings do not calibrate the noise margin).
+    fuelmix_intensity, hashprice, dr_limits : pd.DataFrame, optional
+        Extra frames (columns of :data:`SNAPSHOT_COLUMNS`).
+
+    Returns
+    -------
+    Snapshot
     """
     now_ts = _utc(now)
     start, end = (now_ts - lookback).to_pydatetime(), (now_ts + ahead).to_pydatetime()
@@ -176,7 +233,26 @@ def store_forecaster(
     **snapshot_kwargs: Any,
 ) -> Callable[[datetime, pd.Timestamp, int], Forecast]:
     """A ``(now, horizon_start, periods) -> Forecast`` callable over a store (the control loop's
-    forecaster shape): :func:`snapshot_from_store` then :func:`build_forecast` on every call."""
+    forecaster shape): :func:`snapshot_from_store` then :func:`build_forecast` on every call.
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        The site.
+    store : hashflex.store.Store
+        The daemon's store.
+    config : ForecastConfig, optional
+        Forecast settings.
+    price_forecaster : PriceForecaster, optional
+        The external price hook.
+    **snapshot_kwargs
+        Passed to :func:`snapshot_from_store`.
+
+    Returns
+    -------
+    callable
+        ``forecaster(now, horizon_start, periods) -> Forecast``.
+    """
 
     def forecaster(now: datetime, horizon_start: pd.Timestamp, periods: int) -> Forecast:
         snapshot = snapshot_from_store(store, now, profile, **snapshot_kwargs)
