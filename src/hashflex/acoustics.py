@@ -11,6 +11,26 @@ import numpy as np
 from hashflex.profile import Receptor, SiteProfile
 
 
+def level_dba(energy: float | np.ndarray) -> float | np.ndarray:
+    """Sound level from sound energy: L = 10·log10(E), dB(A); ``-inf`` where E <= 0 (silence).
+
+    The one conversion between the energy domain (where sources and background add) and levels;
+    ``energy`` is dimensionless, 10^(L/10), scalar or array.
+    """
+    if np.ndim(energy) == 0:
+        return 10.0 * math.log10(energy) if energy > 0 else -math.inf
+    energy = np.asarray(energy, dtype=float)
+    with np.errstate(divide="ignore"):
+        return np.where(energy > 0, 10.0 * np.log10(np.maximum(energy, 1e-300)), -np.inf)
+
+
+def energy(level_dba: float | np.ndarray) -> float | np.ndarray:
+    """Sound energy from a level: E = 10^(L/10) (``-inf`` dB gives 0); scalar or array."""
+    if np.ndim(level_dba) == 0:
+        return 10.0 ** (level_dba / 10.0)
+    return np.power(10.0, np.asarray(level_dba, dtype=float) / 10.0)
+
+
 def modelled_laeq_dba(profile: SiteProfile, running: dict[tuple[str, str], int], receptor_id: str,
                       include_background: bool = True) -> float:
     """Modelled A-weighted level at a receptor from the units running.

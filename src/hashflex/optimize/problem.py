@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hashflex import acoustics
+
 LIMIT_SOURCE_INTERCONNECTION = "import limit"
 
 
@@ -85,15 +87,14 @@ class Receptor:
         attenuation = self.attenuation_db.get(group_id, math.inf)
         if math.isinf(attenuation):
             return 0.0
-        return 10.0 ** ((mode.sound_power_dba - attenuation) / 10.0)
+        return acoustics.energy(mode.sound_power_dba - attenuation)
 
     def energy_budget(self) -> np.ndarray:
         """[T] noise energy the site may add: 10^((cap−margin)/10) − 10^(bg/10) (total cap), >= 0."""
-        cap = self.cap_dba - self.margin_db
         with np.errstate(over="ignore"):
-            budget = np.power(10.0, cap / 10.0)
+            budget = acoustics.energy(np.asarray(self.cap_dba - self.margin_db, dtype=float))
         if self.cap_applies_to == "total":
-            budget = budget - 10.0 ** (self.background_dba / 10.0)
+            budget = budget - acoustics.energy(self.background_dba)
         return np.maximum(budget, 0.0)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from hashflex import acoustics
 from hashflex.optimize.problem import Problem
 
 
@@ -79,9 +80,8 @@ def noise_levels_dba(problem: Problem, counts: dict[tuple[int, int], np.ndarray]
         for (g, m), n in counts.items():
             energy += n * receptor.unit_energy(problem.groups[g].id, problem.groups[g].modes[m])
         if receptor.cap_applies_to == "total":
-            energy += 10.0 ** (receptor.background_dba / 10.0)
-        with np.errstate(divide="ignore"):
-            levels[receptor.id] = 10.0 * np.log10(energy)
+            energy += acoustics.energy(receptor.background_dba)
+        levels[receptor.id] = acoustics.level_dba(energy)
     return levels
 
 
@@ -275,8 +275,7 @@ def schedule_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndar
     if compute_data:  # cooling noise adds in the energy domain
         for receptor in problem.receptors:
             extra = gpu.cooling_noise_energy(problem, compute, receptor.id)
-            with np.errstate(divide="ignore"):
-                levels[receptor.id] = 10.0 * np.log10(np.power(10.0, levels[receptor.id] / 10.0) + extra)
+            levels[receptor.id] = acoustics.level_dba(acoustics.energy(levels[receptor.id]) + extra)
     reserve_kw, reserve_short_kw, as_deployment_cost_usd = reserve_from_counts(problem, counts)
     as_revenue_usd = np.zeros(T)
     for reserve in problem.reserves:
