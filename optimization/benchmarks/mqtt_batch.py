@@ -14,9 +14,11 @@ the payloads included), for:
 A subscriber in another process (standing in for the miners, as on a real site, so it does not share
 our GIL) follows both topics at QoS 1 and reports when it had every setpoint (``at miners``: the last
 arrival, from the same monotonic clock). Between trials the bench waits until the subscriber has
-drained. Prints a table per size with the median and the best of ``--trials`` trials, the median CPU
-time of the publishing process (all its threads: less sensitive than wall time to a shared machine)
-and the ratio of the medians to per-group.
+drained. Prints a table per size: the median and the best ``apply`` of ``--trials`` trials (the call until
+every PUBACK is in and every result made), the median split into ``encode`` (building and validating
+payloads) and ``publish`` (connecting, sending, until the last PUBACK; the baseline driver does not
+split), ``at miners``, the median CPU time of the publishing process (all its threads: less sensitive
+than wall time to a shared machine) and the ratio of the medians to per-group.
 
     python optimization/benchmarks/mqtt_batch.py [--sizes 1000 10000 100000] [--trials 3] [--groups 48]
         [--rows 1000] [--baseline-rev 6a52998] [--max-inflight 20]
@@ -113,6 +115,7 @@ class Subscriber:
             raise SystemExit("subscriber did not start")
 
     def state(self) -> tuple[int, int, float]:
+        """(messages, setpoint rows, monotonic time of the last arrival) received so far."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write("?\n")
         self.proc.stdin.flush()
@@ -130,6 +133,7 @@ class Subscriber:
         return None
 
     def close(self) -> None:
+        """Stop the subscriber process."""
         self.proc.terminate()
         self.proc.wait(5)
 
@@ -161,8 +165,9 @@ def load_baseline(rev: str) -> ModuleType | None:
     return module
 
 
-def run(driver, sub: Subscriber, size: int, groups: int) -> tuple[float, float | None, int, float]:  # noqa: ANN001
-    """(s to all PUBACKs, s until the subscriber had every setpoint, messages published, CPU s of this process)."""
+def run(driver, sub: Subscriber, size: int, groups: int) -> tuple[float, float | None, int, float, float, float]:  # noqa: ANN001,E501
+    """(s for apply until all PUBACKs and results, s until the subscriber had every setpoint, messages
+    published, CPU s of this process, s encoding, s publishing until the last PUBACK)."""
     _, rows_before, _ = sub.state()
     setpoints = batch(size, groups)
     cpu = time.process_time()
@@ -174,7 +179,9 @@ def run(driver, sub: Subscriber, size: int, groups: int) -> tuple[float, float |
     if bad:
         raise SystemExit(f"{len(bad)} setpoints not applied, e.g. {bad[0]}")
     last = sub.wait_rows(rows_before + size, timeout_s=300)
-    return acked, (last - started) if last is not None else None, getattr(driver, "messages_published", size), cpu
+    timings = getattr(driver, "last_timings", {})
+    return (acked, (last - started) if last is not None else None, getattr(driver, "messages_published", size), cpu,
+            timings.get("encode_s", float("nan")), timings.get("publish_s", float("nan")))
 
 
 def main() -> int:
@@ -216,14 +223,16 @@ def main() -> int:
                 delivered = [t[1] for t in trials if t[1] is not None]
                 rows.append((name, trials[0][2], statistics.median(acked), min(acked),
                              statistics.median(delivered) if delivered else float("nan"),
-                             statistics.median(t[3] for t in trials)))
+                             statistics.median(t[3] for t in trials), statistics.median(t[4] for t in trials),
+                             statistics.median(t[5] for t in trials)))
             group_median = rows[0][2]
             print(f"\n{size:,} setpoints")
-            print(f"  {'design':<22} {'messages':>9} {'PUBACKs median':>15} {'best':>9} {'at miners':>10} "
-                  f"{'CPU':>9} {'vs per-group':>13}")
-            for name, messages, median, best, delivered, cpu in rows:
-                print(f"  {name:<22} {messages:>9,} {median * 1000:>12.0f} ms {best * 1000:>6.0f} ms "
-                      f"{delivered * 1000:>7.0f} ms {cpu * 1000:>6.0f} ms {median / group_median:>12.1f}x")
+            print(f"  {'design':<22} {'messages':>9} {'apply median':>13} {'best':>9} {'encode':>9} "
+                  f"{'publish':>9} {'at miners':>10} {'CPU':>9} {'vs per-group':>13}")
+            for name, messages, median, best, delivered, cpu, encode, publish in rows:
+                print(f"  {name:<22} {messages:>9,} {median * 1000:>10.0f} ms {best * 1000:>6.0f} ms "
+                      f"{encode * 1000:>6.0f} ms {publish * 1000:>6.0f} ms {delivered * 1000:>7.0f} ms "
+                      f"{cpu * 1000:>6.0f} ms {median / group_median:>12.1f}x")
     finally:
         for driver in designs.values():
             driver.close()  # type: ignore[attr-defined]

@@ -52,7 +52,8 @@ max_setpoints_per_message=1000)``; ``start()``, ``wait_connected(timeout_s) -> b
 ``connected`` (the telemetry connection; publishing connects on demand), ``apply(batch)``,
 ``verify(timeout_s) -> list[SetpointResult]``, ``pending() -> list[str]``,
 ``telemetry(miner_id) -> TelemetryMessage | None``, ``close()``; ``publisher`` (its ``connects``
-count, ``receive_maximum``); ``messages_published`` (messages in the last batch).
+count, ``receive_maximum``); ``messages_published`` (messages in the last batch) and ``last_timings``
+(its ``encode_s``, ``publish_s`` — connecting, sending, every PUBACK — and ``results_s``).
 """
 
 from __future__ import annotations
@@ -162,6 +163,8 @@ class MqttDriver:
                                        tls_ca_file=tls_ca_file, connect_timeout_s=min(5.0, puback_timeout_s),
                                        keepalive_s=keepalive_s)
         self.messages_published = 0  # messages in the last batch (group, per-miner and fallbacks)
+        # seconds the last apply spent building payloads, publishing until the last PUBACK, and on results
+        self.last_timings: dict[str, float] = {}
         self._connected = threading.Event()
         self._publish_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -283,6 +286,7 @@ class MqttDriver:
                                        per_miner)
         messages += per_miner_messages(self.topics, batch, sorted(per_miner), now, rejected)
         outcomes: list[PublishOutcome | None] = [None] * len(batch)
+        encoded = time.monotonic()
         with self._publish_lock:
             deadline = time.monotonic() + self.puback_timeout_s
             self._publish(messages, outcomes, deadline)
@@ -296,6 +300,7 @@ class MqttDriver:
                 messages += retry
             self.messages_published = len(messages)
         latency = time.monotonic() - start
+        published = start + latency
         for i, reason in rejected.items():
             results[i] = SetpointResult(batch[i].miner_id, SetpointStatus.REJECTED, reason, 0.0)
         transport = self._transport_context([o for o in outcomes if o is not None])
@@ -315,6 +320,8 @@ class MqttDriver:
                 pending[sp.miner_id] = _Pending(sp, seq, epoch)
         with self._cond:
             self._pending.update(pending)
+        self.last_timings = {"encode_s": encoded - start, "publish_s": published - encoded,
+                             "results_s": time.monotonic() - published}
         return [r for r in results if r is not None]
 
     def _publish(self, messages: list[OutboundMessage], outcomes: list[PublishOutcome | None], deadline: float) -> None:
