@@ -35,6 +35,25 @@ def _positive_seconds(text: str) -> float:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    """``hashflex plan``: solve one schedule from a price file, print its hourly table, optionally write it.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed options (:func:`build_parser`).
+
+    Returns
+    -------
+    int
+        0 (a fallback or time-limited solve is a warning on stderr, not an error).
+
+    Raises
+    ------
+    PlanInputError
+        An unusable input or output file (a ValueError: :func:`main` prints it and exits 2).
+    ProfileError
+        An invalid profile.
+    """
     from hashflex.data import bundled_path
     from hashflex.plan import DEFAULT_PRICE_FILE, PlanInputError, load_inputs, plan, summary_table, write_schedule
 
@@ -77,6 +96,25 @@ def _price_history(profile, rt_path: Path | None, da_path: Path | None) -> "pd.D
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``hashflex run``: the controller daemon, or with ``--simulate`` a simulated site on recorded prices.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed options (:func:`build_parser`).
+
+    Returns
+    -------
+    int
+        0 when the daemon or the simulation ends normally.
+
+    Raises
+    ------
+    ValueError
+        A bad option (e.g. ``--speed`` < 0), naming it.
+    ProfileError
+        An invalid profile.
+    """
     args.http_port_given = args.http_port is not None or "HASHFLEX_HTTP_PORT" in os.environ
     if args.http_port is None:
         args.http_port = int(os.environ.get("HASHFLEX_HTTP_PORT", "9108"))
@@ -236,6 +274,21 @@ def _write_report(db: Path, html: Path) -> Path:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
+    """``hashflex sim``: simulated miners and noise meters on a broker, or firmware simulators on loopback TCP.
+
+    With a firmware ``--protocol`` the first stdout line is a JSON object ``{miner_id: [host, port]}``;
+    either way it serves until SIGTERM or SIGINT. Everything it serves is SIMULATED.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed options (:func:`build_parser`).
+
+    Returns
+    -------
+    int
+        0 after a stop signal.
+    """
     import signal
     import threading
 
@@ -257,6 +310,13 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``hashflex`` argument parser with every subcommand (plan, backtest, report, limits, run, sim).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        Each subcommand sets ``handler`` to its ``cmd_*`` function.
+    """
     parser = argparse.ArgumentParser(prog="hashflex", description=__doc__)
     parser.add_argument("--version", action="version", version=f"hashflex {__version__}")
     parser.add_argument("--log-level", default=os.environ.get("HASHFLEX_LOG_LEVEL", "WARNING"),
@@ -339,6 +399,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``hashflex`` entry point: parse, run the subcommand, print errors as one line.
+
+    Parameters
+    ----------
+    argv : list[str], optional
+        Arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The subcommand's exit status; 2 for a profile, value or missing-file error (printed as
+        ``hashflex <command>: error: ...``); 130 on Ctrl-C.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
