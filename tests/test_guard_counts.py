@@ -1,0 +1,140 @@
+"""The guard in counts (issue 18): on random fleets, `CountGuard` cuts exactly the units the
+per-miner `Guard` cuts: same modes miner for miner once `apply_moves` realises the moves, same
+action kinds, for the full check (import + noise), the DR fast path and the noise fast path."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hashflex.control.dispatch import plan_dispatch_arrays
+from hashflex.control.fleet import SLEEP, FleetArrays, FleetState, Miner
+from hashflex.control.guard import Guard, Limits, Measurements
+from hashflex.control.guard_counts import CountGuard, apply_moves, counts_of
+from hashflex.profile import SiteProfile
+
+NOW = datetime(2025, 7, 1, 20, 0, tzinfo=timezone.utc)
+EXPIRY_S = 300.0
+
+
+@st.composite
+def sites(draw: st.DrawFn) -> tuple[SiteProfile, FleetState, dict]:
+    groups = []
+    for g in range(draw(st.integers(1, 4))):
+        n_modes = draw(st.integers(1, 3))
+        # Distinct power, J/TH and sound per mode within a group (real modes differ).
+        powers = sorted(draw(st.lists(st.integers(15, 60), min_size=n_modes, max_size=n_modes, unique=True)))
+        sounds = sorted(draw(st.lists(st.integers(60, 90), min_size=n_modes, max_size=n_modes, unique=True)))
+        rates = [p / 10 * 1000 / draw(st.integers(15, 30)) + k * 0.01 for k, p in enumerate(powers)]
+        groups.append({"id": f"g{g}", "model": "S", "units": draw(st.integers(1, 12)),
+                       "idle_power_kw": draw(st.sampled_from([0.0, 0.01, 0.02])),
+                       "modes": [{"name": f"m{k}", "power_kw": p / 10, "hashrate_th_s": r, "sound_power_dba": s}
+                                 for k, (p, r, s) in enumerate(zip(powers, rates, sounds))]})
+    attenuation = {g["id"]: draw(st.sampled_from([35.0, 40.0, 45.0, 52.5])) for g in groups}
+    profile = SiteProfile.model_validate({
+        "site": {"name": "random", "settlement_point": "LZ_WEST"},
+        "grid": {"import_limit_kw": 1000.0},
+        "miner_groups": groups,
+        "renewables": [{"id": "pv", "kind": "solar", "capacity_kw": 20.0}],
+        "receptors": [{"id": "house", "attenuation_db": attenuation, "background_dba": 30,
+                       "model_margin_db": draw(st.sampled_from([0.0, 1.0])),
+                       "caps": [{"name": "always", "start": "00:00", "end": "23:59",
+                                 "cap_dba": draw(st.sampled_from([40.0, 45.0, 50.0, 60.0, 100.0]))},
+                                {"name": "late", "start": "23:59", "end": "00:00", "cap_dba": 100.0}]}],
+        "carbon": {"default_intensity_kg_per_mwh": 400, "intensity_source": "test"},
+        "economics": {"hashprice_usd_per_ph_day": 50},
+    })
+    miners = [Miner(miner_id, group_id) for miner_id, group_id in profile.miner_ids().items()]
+    fleet = FleetState(miners, profile.miner_groups)
+    counts = {}
+    for group in profile.miner_groups:
+        left = group.units
+        for mode in group.modes:
+            n = draw(st.integers(0, left))
+            counts[group.id, mode.name] = n
+            left -= n
+    return profile, fleet, counts
+
+
+def _modes_by_miner(batch) -> dict[str, str]:
+    return {sp.miner_id: sp.mode for sp in batch}
+
+
+def _modes_from_arrays(fleet: FleetArrays, modes: dict[str, np.ndarray]) -> dict[str, str]:
+    out = {}
+    for group_id, arrays in fleet.groups.items():
+        names = arrays.mode_names
+        for miner_id, k in zip(arrays.miner_id.tolist(), modes[group_id].tolist()):
+            out[miner_id] = SLEEP if k < 0 else names[k]
+    return out
+
+
+def _kinds(actions) -> list[str]:
+    return [a.kind for a in actions]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=sites(), limit_kw=st.floats(0.0, 80.0), renewable_kw=st.sampled_from([None, 0.0, 5.0, 30.0]),
+       auxiliary_kw=st.sampled_from([0.0, 1.5]))
+def test_count_guard_cuts_as_the_per_miner_guard(case, limit_kw, renewable_kw, auxiliary_kw) -> None:
+    profile, fleet, counts = case
+    guard = Guard(profile)
+    count_guard = CountGuard(guard)
+    arrays = FleetArrays.from_fleet(fleet)
+    dispatched = plan_dispatch_arrays(counts, arrays, NOW, EXPIRY_S)
+    batch = dispatched.to_setpoints(arrays, NOW, EXPIRY_S)
+    running = counts_of(FleetArrays(
+        {g: type(a)(**{**a.__dict__, "mode": dispatched.modes[g]}) for g, a in arrays.groups.items()}))
+    measurements = Measurements(at=NOW, renewable_kw=renewable_kw, auxiliary_kw=auxiliary_kw)
+    limits = Limits({"DR:test": limit_kw})
+
+    # full check: import, then noise
+    want = guard.check(batch, measurements, limits, NOW)
+    got = count_guard.check(running, measurements, limits, NOW)
+    assert _modes_from_arrays(arrays, apply_moves(dispatched.modes, arrays, got.moves)) == _modes_by_miner(want.batch)
+    assert _kinds(got.actions) == _kinds(want.actions)
+    assert count_guard.net_import_kw(got.counts, auxiliary_kw) == pytest.approx(guard.net_import_kw(want.batch, auxiliary_kw))
+
+    # fast path: DR cut
+    want = guard.emergency_dr_cut(batch, limit_kw, measurements, now=NOW)
+    got = count_guard.emergency_dr_cut(running, limit_kw, measurements, NOW)
+    assert _modes_from_arrays(arrays, apply_moves(dispatched.modes, arrays, got.moves)) == _modes_by_miner(want.batch)
+    assert _kinds(got.actions) == _kinds(want.actions)
+
+    # fast path: a sensor reads over the cap
+    want = guard.noise_exceedance_cut("house", 55.0, 50.0, batch)
+    got = count_guard.noise_exceedance_cut("house", 55.0, 50.0, running)
+    assert _modes_from_arrays(arrays, apply_moves(dispatched.modes, arrays, got.moves)) == _modes_by_miner(want.batch)
+
+
+def test_count_guard_by_hand() -> None:
+    """Two groups, idle 0: old stock 3 kW (30 J/TH) goes first, the last unit steps to eco."""
+    profile = SiteProfile.model_validate({
+        "site": {"name": "tiny", "settlement_point": "LZ_WEST"}, "grid": {"import_limit_kw": 100.0},
+        "miner_groups": [
+            {"id": "old", "model": "S19", "units": 5,
+             "modes": [{"name": "eco", "power_kw": 2.0, "hashrate_th_s": 80, "sound_power_dba": 80},
+                       {"name": "stock", "power_kw": 3.0, "hashrate_th_s": 100, "sound_power_dba": 84}]},
+            {"id": "new", "model": "S21", "units": 5,
+             "modes": [{"name": "eco", "power_kw": 3.0, "hashrate_th_s": 200, "sound_power_dba": 70},
+                       {"name": "turbo", "power_kw": 5.0, "hashrate_th_s": 250, "sound_power_dba": 76}]}],
+        "carbon": {"default_intensity_kg_per_mwh": 400, "intensity_source": "test"},
+        "economics": {"hashprice_usd_per_ph_day": 50},
+    })
+    count_guard = CountGuard(Guard(profile))
+    # 5 old stock (15 kW) + 5 new turbo (25 kW) = 40 kW; limit 33 kW: remove 7 kW = two old to
+    # sleep (6 kW), the third old stock -> eco (1 kW).
+    result = count_guard.emergency_dr_cut({("old", "stock"): 5, ("new", "turbo"): 5}, 33.0, Measurements(), NOW)
+    assert result.counts == {("old", "stock"): 2, ("old", "eco"): 1, ("new", "turbo"): 5}
+    assert [(m.group, m.from_mode, m.to_mode, m.n) for m in result.moves] == [
+        ("old", "stock", SLEEP, 2), ("old", "stock", "eco", 1)]
+    assert count_guard.net_import_kw(result.counts) == pytest.approx(33.0)
+    with pytest.raises(ValueError, match="unknown group or mode"):
+        count_guard.emergency_dr_cut({("old", "warp"): 1}, 33.0, Measurements(), NOW)
+    with pytest.raises(ValueError, match="negative"):
+        count_guard.emergency_dr_cut({("old", "eco"): -1}, 33.0, Measurements(), NOW)
+
