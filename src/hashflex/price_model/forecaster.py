@@ -1,152 +1,29 @@
-"""A learned real-time price forecaster (P10/P50/P90) and a scarcity-regime switch, plugged into the
-one forecast through its ``price_forecaster`` hook (:data:`hashflex.forecast.PriceForecaster`).
+"""The learned real-time price forecaster (:class:`LearnedPriceForecaster`), the forecast's ``price_forecaster`` hook.
 
-Why: on real ERCOT months the price forecast error is most of the gap between the MPC and a
-perfect-foresight oracle; day-ahead prices over-predict evening peaks and miss the first interval of
-a rise. This model learns the real-time (RT) settlement point price of each 15-minute interval of
-the horizon from what was published at the decision time:
-
-==================  =====================================================================
-feature             meaning (all known at the decision time ``now``; NaN where not)
-==================  =====================================================================
-lead_h              hours from ``now`` to the interval's start
-da_usd_mwh          day-ahead price of the interval (NP4-190, published 13:00 CT the day before)
-load_forecast_mw    ERCOT's day-ahead system load forecast for the interval's hour
-hour_local          local hour of day (0..24, fractional)
-weekday             local day of week (0 = Monday)
-rt_last_usd_mwh     last published RT price
-rt_mean_1h_usd_mwh  mean of the last 4 published RT intervals
-rt_max_4h_usd_mwh   max of the last 16 published RT intervals
-spread_1h_usd_mwh   mean RT − DA over the last 4 published RT intervals (ORDC adders show here)
-rt_yesterday_usd    RT price of the same interval 24 h earlier, if published
-==================  =====================================================================
-
-Model: scikit-learn's ``HistGradientBoostingRegressor(loss="quantile")``, one per quantile (0.1, 0.5,
-0.9). Chosen over LightGBM for: one well-kept BSD library already common in Python stacks, native
-missing-value handling (the load forecast is bundled for some months only; DA is missing beyond its
-publication), deterministic fits with a fixed seed (the no-look-ahead test compares decisions
-exactly), and no separate native build. LightGBM would be faster on large sets; ours are ~10^4 rows.
-
-Training is rolling and without look-ahead: at a decision time the model is (re)fitted, at most
-every ``retrain_h`` hours, on samples whose *features* are reconstructed as of past decision times τ
-(every ``train_stride_h`` hours over the last ``train_days`` days) and whose *targets* (RT prices)
-were published by ``now``. Every input row is taken only if its ``published_at`` ≤ the time it is
-used at, so anything published after ``now`` cannot change a decision made at ``now``.
-
-Scarcity regime (Winter Storm Uri, Feb 2021): when the recent RT prices are far above normal — the
-mean of the last ``scarcity_window_h`` hours of published RT ≥ ``scarcity_rt_usd_mwh``, or its mean
-RT − DA spread ≥ ``scarcity_spread_usd_mwh`` (ERCOT's ORDC adders and scarcity pricing show up
-as RT far above DA) — the plan is made at a risk-averse price: the P90 quantile, never below the
-DA price, and for the next ``scarcity_hold_h`` hours never below the recent RT mean (a tree model
-cannot extrapolate above the prices it was trained on, and a scarcity event persists for hours to
-days). The forecast then lists :attr:`FallbackCode.PRICE_SCARCITY`. The switch works without a
-trained model too (it needs only recent RT and DA), so it also guards a fresh install.
-
-Degraded behaviour: a fault inside the model (fit or predict raising) is listed as
-``PRICE_MODEL_UNTRAINED`` with the error and the rules take over for that call; too little history (< ``min_train_days`` of labelled intervals) → the hook
-returns no opinion (NaN) and lists ``PRICE_MODEL_UNTRAINED``; the forecast then uses its rules (DA,
-yesterday, the unknown-price cap). scikit-learn missing → :class:`ImportError` naming the extra
-(``pip install 'hashflex[forecast]'``) when the forecaster is built, never during a tick.
+Part of :mod:`hashflex.price_model` (which describes the model and re-exports every public name).
 """
 
 from __future__ import annotations
 
-import math
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from hashflex.forecast import Fallback, FallbackCode, ScarcityState, Snapshot
-from hashflex.forecast import detect_scarcity as _detect
+from hashflex.price_model.config import (
+    _H_NS,
+    _STEP_NS,
+    FEATURES,
+    QUANTILES,
+    PriceModelConfig,
+    _Grid,
+    _ns,
+    detect_scarcity,
+)
 
-__all__ = ["FEATURES", "QUANTILES", "LearnedPriceForecaster", "PriceModelConfig", "ScarcityState",
-           "detect_scarcity", "pinball_loss"]
-
-QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
-FEATURES: tuple[str, ...] = ("lead_h", "da_usd_mwh", "load_forecast_mw", "hour_local", "weekday", "rt_last_usd_mwh",
-                             "rt_mean_1h_usd_mwh", "rt_max_4h_usd_mwh", "spread_1h_usd_mwh", "rt_yesterday_usd")
-STEP = pd.Timedelta(minutes=15)
-_STEP_NS = STEP.value
-_H_NS = pd.Timedelta(hours=1).value
-
-
-@dataclass(frozen=True)
-class PriceModelConfig:
-    """Training window and scarcity thresholds (units in the names)."""
-
-    train_days: float = 28.0
-    min_train_days: float = 2.0
-    train_stride_h: float = 2.0
-    retrain_h: float = 24.0
-    horizon_h: float = 36.0  # training targets up to this lead (DA covers up to ~35 h ahead)
-    max_iter: int = 100
-    learning_rate: float = 0.08
-    max_leaf_nodes: int = 15
-    min_samples_leaf: int = 40
-    plan_quantile: float = 0.5  # the price the MILP plans with in normal times
-    plan_mean: bool = False  # plan at the mean of P10/P50/P90 (≈ the expected price) instead of plan_quantile
-    residual: bool = True  # learn RT − base (DA, else RT yesterday, else last RT) rather than RT itself
-    scarcity_window_h: float = 2.0
-    scarcity_rt_usd_mwh: float = 1000.0
-    scarcity_spread_usd_mwh: float = 300.0
-    scarcity_quantile: float = 0.9
-    scarcity_hold_h: float = 6.0
-    seed: int = 0
-
-
-def pinball_loss(actual: np.ndarray, predicted: np.ndarray, quantile: float) -> float:
-    """Mean pinball (quantile) loss in $/MWh: q·(y−ŷ) where y ≥ ŷ, (1−q)·(ŷ−y) otherwise.
-
-    At q = 0.5 it is half the mean absolute error. NaN pairs are skipped; NaN if none remain."""
-    y, p = np.asarray(actual, dtype=float), np.asarray(predicted, dtype=float)
-    ok = np.isfinite(y) & np.isfinite(p)
-    if not ok.any():
-        return math.nan
-    diff = y[ok] - p[ok]
-    return float(np.mean(np.maximum(quantile * diff, (quantile - 1.0) * diff)))
-
-
-def detect_scarcity(rt_recent_usd_mwh: np.ndarray, da_recent_usd_mwh: np.ndarray,
-                    config: PriceModelConfig | None = None) -> ScarcityState:
-    """Scarcity regime from the last window of published RT prices and the DA prices of the same
-    intervals ($/MWh arrays, oldest first; DA may hold NaN), at ``config``'s thresholds: the one test,
-    :func:`hashflex.forecast.detect_scarcity`, which the rule forecast applies too."""
-    cfg = config or PriceModelConfig()
-    return _detect(rt_recent_usd_mwh, da_recent_usd_mwh, rt_threshold_usd_mwh=cfg.scarcity_rt_usd_mwh,
-                   spread_threshold_usd_mwh=cfg.scarcity_spread_usd_mwh)
-
-
-def _ns(values: Any) -> np.ndarray:
-    return pd.DatetimeIndex(pd.to_datetime(values, utc=True)).as_unit("ns").asi8
-
-
-class _Grid:
-    """A series on a fixed 15-minute UTC grid: value and published time (ns; int64 max = never)."""
-
-    NEVER = np.iinfo(np.int64).max
-
-    def __init__(self, origin_ns: int, n: int) -> None:
-        self.origin_ns, self.n = origin_ns, n
-        self.value = np.full(n, np.nan)
-        self.published = np.full(n, self.NEVER, dtype=np.int64)
-
-    def fill(self, starts_ns: np.ndarray, ends_ns: np.ndarray, values: np.ndarray, published_ns: np.ndarray) -> None:
-        """Rows of any length on the grid: a row as long as a slot or longer covers every slot in it;
-        shorter rows (5-min SCED) are averaged into their slot (time-weighted for equal lengths)."""
-        if len(starts_ns) == 0:
-            return
-        first = (starts_ns - self.origin_ns) // _STEP_NS
-        count = np.maximum(1, (ends_ns - starts_ns) // _STEP_NS)
-        slot = np.repeat(first, count) + (np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count))
-        frame = pd.DataFrame({"slot": slot, "value": np.repeat(values, count), "pub": np.repeat(published_ns, count)})
-        frame = frame[(frame["slot"] >= 0) & (frame["slot"] < self.n) & np.isfinite(frame["value"])]
-        grouped = frame.groupby("slot").agg(value=("value", "mean"), pub=("pub", "max"))
-        index = grouped.index.to_numpy()
-        self.value[index] = grouped["value"].to_numpy()
-        self.published[index] = grouped["pub"].to_numpy()
+__all__ = ["LearnedPriceForecaster"]
 
 
 class LearnedPriceForecaster:
@@ -301,7 +178,24 @@ class LearnedPriceForecaster:
         return float((self.rt.published <= now_ns).sum()) * 15 / 1440
 
     def fit(self, now: pd.Timestamp) -> bool:
-        """(Re)fit the quantile models on what was published by ``now``; False if too little history."""
+        """(Re)fit the quantile models on what was published by ``now``.
+
+        Parameters
+        ----------
+        now : pandas.Timestamp
+            The decision time (aware); nothing published after it is used.
+
+        Returns
+        -------
+        bool
+            False when there is too little history (fewer than ``min_train_days`` of published RT, or
+            fewer than 200 training rows).
+
+        Raises
+        ------
+        ImportError
+            scikit-learn or threadpoolctl missing.
+        """
         from sklearn.ensemble import HistGradientBoostingRegressor
         from threadpoolctl import threadpool_limits
 
@@ -352,7 +246,17 @@ class LearnedPriceForecaster:
 
     # ------------------------------------------------------------------------------ answers
     def scarcity(self, now: pd.Timestamp) -> ScarcityState:
-        """The regime at ``now`` from the last ``scarcity_window_h`` of published RT (and their DA)."""
+        """The regime at ``now`` from the last ``scarcity_window_h`` of published RT (and their DA).
+
+        Parameters
+        ----------
+        now : pandas.Timestamp
+            Aware.
+
+        Returns
+        -------
+        ScarcityState
+        """
         now_ns = int(pd.Timestamp(now).value)
         recent, _ = self._recent(now_ns)
         window = int(round(self.config.scarcity_window_h * 4))
@@ -362,8 +266,21 @@ class LearnedPriceForecaster:
         return detect_scarcity(self.rt.value[recent], da, self.config)
 
     def quantiles(self, times: pd.DatetimeIndex, now: pd.Timestamp) -> dict[float, np.ndarray] | None:
-        """{quantile: $/MWh per interval start} as of ``now`` (None: not enough history to train).
-        Quantiles are sorted per interval (no crossing)."""
+        """Forecast quantiles per interval as of ``now`` (refitting when stale).
+
+        Parameters
+        ----------
+        times : pandas.DatetimeIndex, length n
+            Interval starts.
+        now : pandas.Timestamp
+            Aware decision time.
+
+        Returns
+        -------
+        dict[float, numpy.ndarray] or None
+            quantile -> $/MWh, shape ``(n,)``, sorted per interval (no crossing); None when there is
+            not enough history to train.
+        """
         now_ns = int(pd.Timestamp(now).value)
         if not self._ensure_model(now_ns):
             return None
@@ -381,7 +298,26 @@ class LearnedPriceForecaster:
         return {q: stacked[i] for i, q in enumerate(qs)}
 
     def __call__(self, times: pd.DatetimeIndex, snapshot: Snapshot | None, now: pd.Timestamp) -> np.ndarray:
-        """The planning price per interval ($/MWh; NaN: no opinion). See the class docstring."""
+        """The planning price per interval (the ``price_forecaster`` hook of :mod:`hashflex.forecast`).
+
+        P50 (or the mean, ``plan_mean``) in normal times; in a scarcity regime the ``scarcity_quantile``
+        price, at least DA, and at least the recent RT mean for ``scarcity_hold_h``. A fault inside the
+        model is listed in :attr:`last_fallbacks` (``PRICE_MODEL_UNTRAINED``) and the rules plan.
+
+        Parameters
+        ----------
+        times : pandas.DatetimeIndex, length n
+            Interval starts.
+        snapshot : Snapshot or None
+            Not read (the forecaster keeps its own, longer history, filtered to ``published_at`` <= ``now``).
+        now : pandas.Timestamp
+            Aware decision time.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(n,)``, $/MWh; NaN where it has no opinion.
+        """
         cfg = self.config
         now_ts = pd.Timestamp(now).tz_convert("UTC")
         now_ns = int(now_ts.value)
