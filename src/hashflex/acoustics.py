@@ -12,10 +12,19 @@ from hashflex.profile import Receptor, SiteProfile
 
 
 def level_dba(energy: float | np.ndarray) -> float | np.ndarray:
-    """Sound level from sound energy: L = 10·log10(E), dB(A); ``-inf`` where E <= 0 (silence).
+    """Sound level from sound energy: L = 10·log10(E), dB(A).
 
-    The one conversion between the energy domain (where sources and background add) and levels;
-    ``energy`` is dimensionless, 10^(L/10), scalar or array.
+    The one conversion between the energy domain (where sources and background add) and levels.
+
+    Parameters
+    ----------
+    energy : float or numpy.ndarray
+        Dimensionless, 10^(L/10); scalar or any shape.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        dB(A), same shape; ``-inf`` where E <= 0 (silence).
     """
     if np.ndim(energy) == 0:
         return 10.0 * math.log10(energy) if energy > 0 else -math.inf
@@ -25,7 +34,18 @@ def level_dba(energy: float | np.ndarray) -> float | np.ndarray:
 
 
 def energy(level_dba: float | np.ndarray) -> float | np.ndarray:
-    """Sound energy from a level: E = 10^(L/10) (``-inf`` dB gives 0); scalar or array."""
+    """Sound energy from a level: E = 10^(L/10).
+
+    Parameters
+    ----------
+    level_dba : float or numpy.ndarray
+        dB(A); scalar or any shape (``-inf`` gives 0).
+
+    Returns
+    -------
+    float or numpy.ndarray
+        Dimensionless, same shape.
+    """
     if np.ndim(level_dba) == 0:
         return 10.0 ** (level_dba / 10.0)
     return np.power(10.0, np.asarray(level_dba, dtype=float) / 10.0)
