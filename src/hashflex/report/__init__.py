@@ -82,6 +82,10 @@ SECTIONS = ("report", "energy", "emissions", "efficiency", "noise", "demand_resp
 
 @dataclass(frozen=True)
 class RecsInput:
+    """Renewable energy certificates for the period: ``mwh`` (pro rata to the period), an optional
+    ``residual_mix_kg_per_mwh`` and ``source`` (the file's name and SHA-256).
+    """
+
     mwh: float
     residual_mix_kg_per_mwh: float | None
     source: str
@@ -90,7 +94,24 @@ class RecsInput:
 def load_recs(path: str | Path, start: pd.Timestamp, end: pd.Timestamp) -> RecsInput:
     """RECs retired for the site: CSV with ``mwh`` and optional ``period_start``, ``period_end``,
     ``residual_mix_kg_per_mwh``; or JSON ``{"recs": [{...}], "residual_mix_kg_per_mwh": x}``.
-    A certificate with a period counts pro rata to its overlap with [start, end); without one, whole."""
+    A certificate with a period counts pro rata to its overlap with [start, end); without one, whole.
+
+    Parameters
+    ----------
+    path : str or Path
+        The RECs file (``.json``, else CSV).
+    start, end : pd.Timestamp
+        The report period, UTC, half-open.
+
+    Returns
+    -------
+    RecsInput
+
+    Raises
+    ------
+    ValueError
+        The file has no ``mwh`` column.
+    """
     path = Path(path)
     raw = path.read_bytes()
     residual = None
@@ -123,7 +144,22 @@ def load_recs(path: str | Path, start: pd.Timestamp, end: pd.Timestamp) -> RecsI
 def interval_rows(m: pd.DataFrame, inputs: F.ReportInputs, *, simulated: bool) -> list[dict[str, Any]]:
     """One row per measured interval of the period (the per-interval export and the plots): the
     measurement, the import limit and its source from the plan that ran the interval (null when
-    no ``schedule`` record names it), curtailed kW and its cause, the carbon intensity used."""
+    no ``schedule`` record names it), curtailed kW and its cause, the carbon intensity used.
+
+    Parameters
+    ----------
+    m : pd.DataFrame
+        The period's measurements (:attr:`ReportInputs.measurements`).
+    inputs : ReportInputs
+        The decoded records (configs, schedules, guard actions, noise).
+    simulated : bool
+        Label every row simulated.
+
+    Returns
+    -------
+    list of dict
+        JSON-safe (non-finite numbers are null).
+    """
     if m.empty:
         return []
     intensity, source = F.intensity_used(m, inputs.configs)
@@ -159,7 +195,17 @@ def interval_rows(m: pd.DataFrame, inputs: F.ReportInputs, *, simulated: bool) -
 
 def trail_period(records: list[Any]) -> tuple[pd.Timestamp, pd.Timestamp] | None:
     """[first measured interval start, last measured interval end) of the trail (UTC); without
-    measurements, [first record, last record + 1 µs); None for an empty trail."""
+    measurements, [first record, last record + 1 µs); None for an empty trail.
+
+    Parameters
+    ----------
+    records : list of AuditRecord
+        The trail's records.
+
+    Returns
+    -------
+    tuple of (pd.Timestamp, pd.Timestamp) or None
+    """
     starts, ends = [], []
     for rec in records:
         if rec.kind == "measurement" and rec.payload.get("interval_start"):
@@ -180,7 +226,20 @@ PRECISION = (("_dba", 1), ("_usd_mwh", 2), ("_usd_per_mwh", 2), ("_usd", 2), ("_
 
 
 def apply_precision(value: Any, key: str = "") -> Any:
-    """Round every float leaf to the precision of its unit (from the key name); others unchanged."""
+    """Round every float leaf to the precision of its unit (from the key name); others unchanged.
+
+    Parameters
+    ----------
+    value : Any
+        A JSON value (dicts and lists are walked).
+    key : str
+        The key the value is under (its unit suffix picks the digits in :data:`PRECISION`).
+
+    Returns
+    -------
+    Any
+        The same structure with floats rounded.
+    """
     if isinstance(value, dict):
         return {k: apply_precision(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
@@ -195,7 +254,28 @@ def apply_precision(value: Any, key: str = "") -> Any:
 def report_from_records(records: list[Any], start: pd.Timestamp, end: pd.Timestamp, *, audit: dict[str, Any],
                         recs: RecsInput | None = None, high_price_usd_mwh: float = 100.0,
                         dr_tolerance_kw: float = 0.0) -> dict[str, Any]:
-    """Every figure of the report from decoded audit records (pure)."""
+    """Every figure of the report from decoded audit records (pure).
+
+    Parameters
+    ----------
+    records : list of AuditRecord
+        The records of :data:`REPORT_KINDS`.
+    start, end : pd.Timestamp
+        The period, UTC, half-open.
+    audit : dict
+        The chain's verification result (``report.audit``).
+    recs : RecsInput, optional
+        RECs from a file.
+    high_price_usd_mwh : float
+        Threshold of the high-price curtailment figures, $/MWh.
+    dr_tolerance_kw : float
+        kW an interval may be over a DR or AS limit and still count as under it.
+
+    Returns
+    -------
+    dict
+        The report (JSON keys in the module docstring), rounded by :func:`apply_precision`.
+    """
     inputs = F.inputs_from_records(records, start, end)
     m = inputs.measurements
     tz = F.site_timezone(inputs.configs)
@@ -254,7 +334,35 @@ def build_report(db: str | Path, start: Any = None, end: Any = None, *, recs_fil
     date includes that whole day (``--from 2026-03-01 --to 2026-03-31`` is all of March). Either
     omitted: the trail's first measured interval / the end of its last (:func:`trail_period`).
     ``signature``: a signed head (``hashflex audit sign``) to check; the result is in
-    ``report.audit.signed_head`` (the HMAC key comes from ``HASHFLEX_AUDIT_HMAC_KEY``)."""
+    ``report.audit.signed_head`` (the HMAC key comes from ``HASHFLEX_AUDIT_HMAC_KEY``).
+
+    Parameters
+    ----------
+    db : str or Path
+        The store's database.
+    start, end : Any, optional
+        The period (ISO 8601 text or timestamps).
+    recs_file : str or Path, optional
+        RECs retired for the site (:func:`load_recs`).
+    high_price_usd_mwh : float
+        Threshold of the high-price figures, $/MWh.
+    dr_tolerance_kw : float
+        kW an interval may be over a DR or AS limit and still count as under it.
+    signature : str, optional
+        A signed head to check.
+
+    Returns
+    -------
+    dict
+        The report.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such database.
+    ValueError
+        An empty trail without ``start`` and ``end``, or an end not after the start.
+    """
     log = AuditLog(db, readonly=True)
     try:
         result = log.verify()
@@ -294,7 +402,25 @@ def _signed_seq(signature: str) -> int | None:
 
 
 def resolve_period(start: Any, end: Any, tz: str = "UTC") -> tuple[pd.Timestamp, pd.Timestamp]:
-    """UTC [start, end) from CLI-style values (see :func:`build_report`)."""
+    """UTC [start, end) from CLI-style values (see :func:`build_report`).
+
+    Parameters
+    ----------
+    start, end : Any
+        ISO 8601 text or timestamps; naive values are site-local.
+    tz : str
+        The site's time zone.
+
+    Returns
+    -------
+    tuple of (pd.Timestamp, pd.Timestamp)
+        UTC.
+
+    Raises
+    ------
+    ValueError
+        The end is not after the start (or a value is not a time).
+    """
     def one(value: Any, is_end: bool) -> pd.Timestamp:
         if isinstance(value, pd.Timestamp) and value.tzinfo is not None:
             return value.tz_convert("UTC")

@@ -64,15 +64,33 @@ class BaselineResult:
 
     @property
     def ok(self) -> bool:
+        """True when there is a baseline for every event interval."""
         return bool(self.per_interval_kw) and all(v is not None for v in self.per_interval_kw)
 
     def to_json(self) -> dict[str, Any]:
+        """The baseline's method, note, like days used and dropped, and adjustment factor (per-interval
+        values are reported with the settlement rows).
+
+        Returns
+        -------
+        dict
+        """
         return {"method": self.method, "note": self.note, "days_used": self.days_used,
                 "days_dropped": self.days_dropped, "adjustment_factor": self.adjustment_factor}
 
 
 def like_day_type(day: dt.date) -> str:
-    """``weekday`` (Mon–Fri) or ``weekend``."""
+    """``weekday`` (Mon–Fri) or ``weekend``.
+
+    Parameters
+    ----------
+    day : datetime.date
+        A site-local date.
+
+    Returns
+    -------
+    str
+    """
     return "weekday" if day.weekday() < 5 else "weekend"
 
 
@@ -102,7 +120,33 @@ def middle_8_of_10(history: pd.DataFrame, event_starts: Sequence[pd.Timestamp], 
     """ERCOT middle-8-of-10 preceding like days baseline for the event intervals starting at
     ``event_starts`` (UTC). ``history``: measurement frame with ``interval_start`` (UTC) and
     ``import_kw``; ``excluded_days``: site-local dates with a DR event in force (never like days).
-    See the module docstring for the definition; never raises for missing data."""
+    See the module docstring for the definition; never raises for missing data.
+
+    Parameters
+    ----------
+    history : pd.DataFrame
+        Every measured interval: ``interval_start`` (UTC), ``import_kw`` (kW).
+    event_starts : sequence of pd.Timestamp
+        The event's interval starts, UTC.
+    tz : str
+        The site's time zone (like days are site-local days).
+    excluded_days : collection of datetime.date
+        Site-local days that are never like days.
+    adjust_anchor : pd.Timestamp, optional
+        The adjustment anchor (module docstring); without it (or ``interval_h``) no event-day
+        adjustment is made.
+    adjust_hours : float
+        Hours before the anchor used for the adjustment.
+    interval_h : float, optional
+        Interval length in hours, needed for the adjustment window.
+    search_days : int
+        How many days back like days are searched for.
+
+    Returns
+    -------
+    BaselineResult
+        kW per event interval (None where not computable) and how it was built.
+    """
     zone = ZoneInfo(tz)
     method = "ERCOT middle 8-of-10 like days"
     if not event_starts:
@@ -160,7 +204,23 @@ def middle_8_of_10(history: pd.DataFrame, event_starts: Sequence[pd.Timestamp], 
 def meter_before_event(history: pd.DataFrame, anchor: pd.Timestamp, n_intervals: int, *,
                        hours: float = 1.0) -> BaselineResult:
     """Mean metered import over the intervals wholly inside the ``hours`` before ``anchor`` (UTC),
-    the same kW for each of the ``n_intervals`` event intervals."""
+    the same kW for each of the ``n_intervals`` event intervals.
+
+    Parameters
+    ----------
+    history : pd.DataFrame
+        Every measured interval: ``interval_start`` (UTC), ``import_kw`` (kW).
+    anchor : pd.Timestamp
+        The event's notification (or start), UTC.
+    n_intervals : int
+        Number of event intervals.
+    hours : float
+        Length of the window before ``anchor``.
+
+    Returns
+    -------
+    BaselineResult
+    """
     method = "meter before event"
     anchor = pd.Timestamp(anchor).tz_convert("UTC")
     begin = anchor - pd.Timedelta(hours=hours)

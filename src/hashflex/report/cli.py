@@ -39,6 +39,26 @@ def _db(args: argparse.Namespace) -> Path:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """``hashflex report``: build the report of the audit trail for the period and write it (HTML,
+    JSON or CSV; per-interval and settlement exports with ``--export-dir``).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``report`` arguments.
+
+    Returns
+    -------
+    int
+        Exit status: 0, or 1 when the audit chain or the signed head fails.
+
+    Raises
+    ------
+    ValueError
+        An unknown format or a bad period.
+    FileNotFoundError
+        The database does not exist.
+    """
     from hashflex.report import build_report
     from hashflex.report.render import render
 
@@ -74,6 +94,19 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     # Fails closed (exit 1, one line): a missing, empty or non-SQLite file, or no records (verify_file).
+    """``hashflex audit verify``: check the audit chain (and a signed head) of a database; fails
+    closed (exit 1, one line) for a missing, empty or non-SQLite file, or no records.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``db``, ``signature``.
+
+    Returns
+    -------
+    int
+        0 when the chain (and signature) verify, else 1.
+    """
     path = Path(args.db or os.environ.get("HASHFLEX_DB") or DEFAULT_DB)
     try:
         result = verify_file(path, args.signature)
@@ -88,6 +121,18 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_sign(args: argparse.Namespace) -> int:
+    """``hashflex audit sign``: print the signed head of the trail (keep the line off the box).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``db``.
+
+    Returns
+    -------
+    int
+        0, or 1 when the chain does not verify or no HMAC key is set.
+    """
     log = AuditLog(_db(args), readonly=True)
     try:
         print(log.sign_head())
@@ -100,7 +145,13 @@ def cmd_audit_sign(args: argparse.Namespace) -> int:
 
 
 def add_report_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``report`` and ``audit {verify,sign}`` to the ``hashflex`` subcommands (``handler`` set)."""
+    """Add ``report`` and ``audit {verify,sign}`` to the ``hashflex`` subcommands (``handler`` set).
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The ``hashflex`` command's subparsers.
+    """
     report = subparsers.add_parser("report", help="sustainability and DR report from the audit trail")
     report.add_argument("--from", dest="start", type=iso_date_argument("--from"),
                         help="period start: a date (site-local midnight) or ISO time with offset; "

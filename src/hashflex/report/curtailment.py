@@ -31,7 +31,17 @@ CURTAIL_FRACTION = 0.01
 
 
 def cause_label(code: str | None) -> str:
-    """Words for an optimizer reason code (``noise:ranch_north`` → ``noise at ranch_north``)."""
+    """Words for an optimizer reason code (``noise:ranch_north`` → ``noise at ranch_north``).
+
+    Parameters
+    ----------
+    code : str or None
+        A reason code of the schedule (None or empty: no cause recorded).
+
+    Returns
+    -------
+    str
+    """
     code = (code or "").strip()
     if code in ("", "full_load"):
         return "unattributed (planned full load)"
@@ -57,7 +67,22 @@ def _guard_cause(action: Mapping[str, Any]) -> str | None:
 
 def interval_causes(m: pd.DataFrame, schedules: Sequence[Mapping[str, Any]],
                     guard_actions: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The cause of each interval of ``m`` (see the module docstring), aligned with its rows."""
+    """The cause of each interval of ``m`` (see the module docstring), aligned with its rows.
+
+    Parameters
+    ----------
+    m : pd.DataFrame
+        The period's measurements (one row per interval).
+    schedules : sequence of Mapping
+        Decoded ``schedule`` records (``first_row`` with the plan's reason).
+    guard_actions : sequence of Mapping
+        Decoded ``guard_action`` records.
+
+    Returns
+    -------
+    list of str
+        One cause per row of ``m``.
+    """
     plan: dict[pd.Timestamp, str] = {}
     for rec in sorted(schedules, key=lambda r: r["seq"]):
         first = rec.get("first_row") or {}
@@ -79,7 +104,21 @@ def interval_causes(m: pd.DataFrame, schedules: Sequence[Mapping[str, Any]],
 def curtailment_figures(m: pd.DataFrame, schedules: Sequence[Mapping[str, Any]],
                         guard_actions: Sequence[Mapping[str, Any]], tz: str) -> dict[str, Any]:
     """``by_cause`` {cause: {mwh, hours, intervals}}, ``per_day`` [{day, cause, mwh, hours}],
-    ``total_mwh``, ``total_hours`` (MWh to the kWh: three decimals)."""
+    ``total_mwh``, ``total_hours`` (MWh to the kWh: three decimals).
+
+    Parameters
+    ----------
+    m : pd.DataFrame
+        The period's measurements.
+    schedules, guard_actions : sequence of Mapping
+        Decoded ``schedule`` and ``guard_action`` records.
+    tz : str
+        The site's time zone (days are site-local).
+
+    Returns
+    -------
+    dict
+    """
     if m.empty:
         return {"by_cause": {}, "per_day": [], "total_mwh": 0.0, "total_hours": 0.0,
                 "intervals_without_full_load": 0}

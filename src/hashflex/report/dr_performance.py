@@ -73,7 +73,18 @@ def _r(x: float | None, digits: int = 3) -> float | None:
 
 
 def ramp_minutes(program: str | None) -> int:
-    """Ramp allowance of the programme: ``ERS-10`` → 10, ``ERS-30`` → 30, anything else 0."""
+    """Ramp allowance of the programme: ``ERS-10`` → 10, ``ERS-30`` → 30, anything else 0.
+
+    Parameters
+    ----------
+    program : str or None
+        The DR programme name.
+
+    Returns
+    -------
+    int
+        Minutes after the obligation begins that are not assessed.
+    """
     match = re.match(r"^ERS-(\d+)", str(program or ""), re.IGNORECASE)
     return int(match.group(1)) if match else 0
 
@@ -88,7 +99,17 @@ def _event_id(rec: Mapping[str, Any]) -> str:
 
 def event_terms(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per event id: latest accepted terms, first accepted receipt, cancellation, messages,
-    duplicates and rejection reasons. Rejected messages never change the terms."""
+    duplicates and rejection reasons. Rejected messages never change the terms.
+
+    Parameters
+    ----------
+    records : sequence of Mapping
+        Decoded ``dr_event`` records in chain order.
+
+    Returns
+    -------
+    dict of str to dict
+    """
     events: dict[str, dict[str, Any]] = {}
     for rec in sorted(records, key=lambda r: r["seq"]):
         eid = _event_id(rec)
@@ -137,7 +158,32 @@ def events_performance(m: pd.DataFrame, history: pd.DataFrame, dr_events: Sequen
                        tolerance_kw: float = 0.0, simulated: bool = False,
                        meter_samples: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
     """Every event's performance (see the module docstring). ``m``: the period's measurements;
-    ``history``: every measurement in the trail (baselines look back before the period)."""
+    ``history``: every measurement in the trail (baselines look back before the period).
+
+    Parameters
+    ----------
+    m : pd.DataFrame
+        The period's measurements.
+    history : pd.DataFrame
+        Every measurement of the trail (deduplicated).
+    dr_events, dr_acks, setpoints : sequence of Mapping
+        Decoded ``dr_event``, ``dr_ack`` and ``setpoints`` records.
+    period_start, period_end : pd.Timestamp
+        The report period, UTC, half-open.
+    tz : str
+        The site's time zone.
+    tolerance_kw : float
+        kW an interval may be over the limit and still comply.
+    simulated : bool
+        The trail is simulated (every event is then labelled so).
+    meter_samples : sequence of Mapping
+        Decoded ``meter_sample`` records (second-resolution crossing times).
+
+    Returns
+    -------
+    list of dict
+        One entry per event: timeline, baselines, per-interval settlement rows, pass/fail.
+    """
     zone = ZoneInfo(tz)
     terms_by_id = event_terms(dr_events)
     excluded = _in_force_days(terms_by_id, zone)
@@ -298,7 +344,21 @@ def _crossing_from_samples(row: Mapping[str, Any], samples: Sequence[Mapping[str
 
 
 def settlement_rows(event: Mapping[str, Any], tz: str, *, simulated: bool) -> list[dict[str, Any]]:
-    """The settlement CSV rows of one event (:data:`SETTLEMENT_COLUMNS`): UTC and site-local times."""
+    """The settlement CSV rows of one event (:data:`SETTLEMENT_COLUMNS`): UTC and site-local times.
+
+    Parameters
+    ----------
+    event : Mapping
+        One entry of :func:`events_performance`.
+    tz : str
+        The site's time zone.
+    simulated : bool
+        Label every row simulated.
+
+    Returns
+    -------
+    list of dict
+    """
     from hashflex.report.provenance import local_label
 
     rows = []

@@ -22,7 +22,20 @@ __all__ = ["carbon_budget_figures", "emissions_figures", "instruments_from_profi
 
 
 def intensity_used(m: pd.DataFrame, configs: Sequence[Mapping[str, Any]]) -> tuple[pd.Series, pd.Series]:
-    """(kg/MWh, source) per interval: recorded intensity, else the config's default factor."""
+    """(kg/MWh, source) per interval: recorded intensity, else the config's default factor.
+
+    Parameters
+    ----------
+    m : pd.DataFrame
+        Measurements (``intensity_kg_per_mwh``, ``intensity_source``, ``seq``).
+    configs : sequence of Mapping
+        Decoded ``config`` records.
+
+    Returns
+    -------
+    tuple of (pd.Series, pd.Series)
+        kg CO2/MWh and its source, aligned with ``m``.
+    """
     values, sources = [], []
     seqs = m["seq"] if "seq" in m else [None] * len(m)
     for start, value, source, seq in zip(m["interval_start"], m["intensity_kg_per_mwh"], m["intensity_source"], seqs,
@@ -43,7 +56,17 @@ def instruments_from_profile(profile: Mapping[str, Any]) -> list[dict[str, Any]]
     """Contractual instruments (RECs, PPAs, green tariffs) listed in a profile's JSON, read
     defensively: ``carbon.instruments`` (or top-level ``instruments``), each with ``mwh`` and
     optional ``id``, ``kind``, ``period_start``, ``period_end``, ``emission_factor_kg_per_mwh``
-    (default 0, a renewable certificate), ``source``. Malformed entries are skipped."""
+    (default 0, a renewable certificate), ``source``. Malformed entries are skipped.
+
+    Parameters
+    ----------
+    profile : Mapping
+        A profile as recorded in a ``config`` record.
+
+    Returns
+    -------
+    list of dict
+    """
     carbon = profile.get("carbon") or {}
     raw = carbon.get("instruments") or profile.get("instruments") or []
     out = []
@@ -77,7 +100,30 @@ def emissions_figures(m: pd.DataFrame, configs: Sequence[Mapping[str, Any]], *, 
                       residual_mix_kg_per_mwh: float | None = None, recs_source: str | None = None,
                       tz: str = "UTC", period: tuple[pd.Timestamp, pd.Timestamp] | None = None) -> dict[str, Any]:
     """Scope 2 per the GHG Protocol Scope 2 Guidance (2015): location-based and market-based side
-    by side (see the module docstring and :mod:`hashflex.report`)."""
+    by side (see the docstring of :mod:`hashflex.report.figures` and :mod:`hashflex.report`).
+
+    Parameters
+    ----------
+    m : pd.DataFrame
+        The period's measurements.
+    configs : sequence of Mapping
+        Decoded ``config`` records (default factor, instruments, residual mix, budgets).
+    recs_mwh : float, optional
+        MWh of RECs from a file.
+    residual_mix_kg_per_mwh : float, optional
+        Residual-mix factor from the RECs file, kg CO2/MWh.
+    recs_source : str, optional
+        The RECs file's name and hash.
+    tz : str
+        The site's time zone (budgets per local day and month).
+    period : tuple of (pd.Timestamp, pd.Timestamp), optional
+        The period (instruments count pro rata to it).
+
+    Returns
+    -------
+    dict
+        The ``emissions`` section (kg CO2, MWh, %, kg CO2/PH·h, ``budget``, ``notes``).
+    """
     h = m["interval_h"]
     intensity, source = intensity_used(m, configs)
     import_mwh_i = m["import_kw"].fillna(0.0) * h / 1000.0
@@ -156,7 +202,24 @@ def emissions_figures(m: pd.DataFrame, configs: Sequence[Mapping[str, Any]], *, 
 
 def carbon_budget_figures(m: pd.DataFrame, loc_kg: pd.Series, configs: Sequence[Mapping[str, Any]],
                           tz: str) -> dict[str, Any]:
-    """Location-based emissions per site-local day and month against the profile's budgets."""
+    """Location-based emissions per site-local day and month against the profile's budgets.
+
+    Parameters
+    ----------
+    m : pd.DataFrame
+        The period's measurements.
+    loc_kg : pd.Series
+        Location-based kg CO2 per interval, aligned with ``m``.
+    configs : sequence of Mapping
+        Decoded ``config`` records (the latest one's budgets).
+    tz : str
+        The site's time zone.
+
+    Returns
+    -------
+    dict
+        Daily and monthly budgets (kg), per-day and per-month rows, used, limit, % and days over.
+    """
     carbon = ((configs[-1]["profile"].get("carbon") or {}) if configs else {})
     local = m["interval_start"].dt.tz_convert(ZoneInfo(tz))
     out: dict[str, Any] = {"daily_budget_kg": _r(carbon.get("daily_budget_kg")),

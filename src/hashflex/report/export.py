@@ -41,7 +41,17 @@ def _write(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def intervals_csv(report: dict[str, Any]) -> str:
-    """The per-interval time series of the report's period as CSV text (header even when empty)."""
+    """The per-interval time series of the report's period as CSV text (header even when empty).
+
+    Parameters
+    ----------
+    report : dict
+        A report from :func:`hashflex.report.build_report`.
+
+    Returns
+    -------
+    str
+    """
     tz = report["report"].get("timezone") or "UTC"
     rows = report.get("intervals") or []
     extra: list[str] = []
@@ -54,13 +64,38 @@ def intervals_csv(report: dict[str, Any]) -> str:
 
 
 def settlement_csv(report: dict[str, Any], event: dict[str, Any]) -> str:
-    """One event's settlement rows as CSV text."""
+    """One event's settlement rows as CSV text.
+
+    Parameters
+    ----------
+    report : dict
+        The report (its time zone and simulated flag).
+    event : dict
+        One of ``report["demand_response"]["events"]``.
+
+    Returns
+    -------
+    str
+    """
     tz = report["report"].get("timezone") or "UTC"
     return _write(settlement_rows(event, tz, simulated=bool(report["report"].get("simulated"))), SETTLEMENT_COLUMNS)
 
 
 def write_exports(report: dict[str, Any], directory: str | Path) -> list[Path]:
-    """``intervals.csv`` and ``dr_<event_id>.csv`` (events with intervals) into ``directory``."""
+    """``intervals.csv`` and ``dr_<event_id>.csv`` (events with intervals) into ``directory``.
+
+    Parameters
+    ----------
+    report : dict
+        The report.
+    directory : str or Path
+        Created if missing.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "intervals.csv"]

@@ -77,7 +77,20 @@ CURTAIL_FRACTION = 0.01
 
 
 def hourly_figures(m: pd.DataFrame, configs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per UTC clock hour: energy, emissions (location-based), hashing, money, mean price (h-weighted)."""
+    """Per UTC clock hour: energy, emissions (location-based), hashing, money, mean price (h-weighted).
+
+    Parameters
+    ----------
+    m : pd.DataFrame
+        The period's measurements.
+    configs : sequence of Mapping
+        Decoded ``config`` records (default carbon factor).
+
+    Returns
+    -------
+    list of dict
+        One row per hour: MWh, kg CO2, PH·h, $, $/MWh, kg CO2/MWh and the intensity's source.
+    """
     if m.empty:
         return []
     h = m["interval_h"]
@@ -118,6 +131,18 @@ def hourly_figures(m: pd.DataFrame, configs: Sequence[Mapping[str, Any]]) -> lis
 
 
 def energy_figures(m: pd.DataFrame) -> dict[str, Any]:
+    """The ``energy`` section: MWh imported, used, generated on site and used from it, and the
+    renewable share as a period total and matched hour by hour (definitions in the module docstring).
+
+    Parameters
+    ----------
+    m : pd.DataFrame
+        The period's measurements.
+
+    Returns
+    -------
+    dict
+    """
     h = m["interval_h"]
     load = _mwh(m["load_kw"], h)
     renewable = _mwh(m["renewable_kw"], h)
@@ -143,6 +168,17 @@ def energy_figures(m: pd.DataFrame) -> dict[str, Any]:
 
 
 def efficiency_figures(m: pd.DataFrame) -> dict[str, Any]:
+    """The ``efficiency`` section: MWh used, PH·h hashed, average hashrate (PH/s) and J/TH.
+
+    Parameters
+    ----------
+    m : pd.DataFrame
+        The period's measurements.
+
+    Returns
+    -------
+    dict
+    """
     h = m["interval_h"]
     energy_kwh = float((m["load_kw"].fillna(0.0) * h).sum())
     th_h = float((m["hashrate_th_s"].fillna(0.0) * h).sum())
@@ -158,6 +194,20 @@ def efficiency_figures(m: pd.DataFrame) -> dict[str, Any]:
 
 
 def energy_average(levels: pd.Series, weights: pd.Series) -> float:
+    """Energy average of levels weighted by durations: 10·log10(Σ w·10^(L/10) / Σ w).
+
+    Parameters
+    ----------
+    levels : pd.Series
+        Levels in dB(A).
+    weights : pd.Series
+        Weights (hours); rows with a missing level or a non-positive weight are left out.
+
+    Returns
+    -------
+    float
+        dB(A); NaN when nothing is left.
+    """
     ok = levels.notna() & weights.notna() & (weights > 0)
     if not ok.any():
         return math.nan
@@ -166,13 +216,40 @@ def energy_average(levels: pd.Series, weights: pd.Series) -> float:
 
 
 def is_night(moments: pd.Series, tz: str, night: tuple[int, int] = NIGHT_HOURS) -> pd.Series:
+    """Whether each moment falls in the site-local night (default [22:00, 07:00)).
+
+    Parameters
+    ----------
+    moments : pd.Series
+        Tz-aware times.
+    tz : str
+        The site's time zone.
+    night : tuple of (int, int)
+        Start and end hour of the night.
+
+    Returns
+    -------
+    pd.Series of bool
+    """
     hour = moments.dt.tz_convert(ZoneInfo(tz)).dt.hour
     start, end = night
     return (hour >= start) | (hour < end) if start > end else (hour >= start) & (hour < end)
 
 
 def noise_hourly(n: pd.DataFrame, tz: str) -> pd.DataFrame:
-    """Per receptor and UTC hour: measured, modelled LAeq, lowest cap, minutes over cap, night flag."""
+    """Per receptor and UTC hour: measured, modelled LAeq, lowest cap, minutes over cap, night flag.
+
+    Parameters
+    ----------
+    n : pd.DataFrame
+        Per-interval noise rows (:attr:`ReportInputs.noise`).
+    tz : str
+        The site's time zone (night flag).
+
+    Returns
+    -------
+    pd.DataFrame
+    """
     columns = ["receptor", "hour_start", "measured_laeq_dba", "model_laeq_dba", "cap_dba", "minutes_over_cap",
                "night"]
     if n.empty:
@@ -191,6 +268,20 @@ def noise_hourly(n: pd.DataFrame, tz: str) -> pd.DataFrame:
 
 
 def noise_figures(n: pd.DataFrame, tz: str) -> dict[str, Any]:
+    """The ``noise`` section: per receptor, measured and modelled LAeq, loudest hour, strictest cap,
+    minutes and hours over the cap, for the whole period, day and night, and the hourly rows.
+
+    Parameters
+    ----------
+    n : pd.DataFrame
+        Per-interval noise rows.
+    tz : str
+        The site's time zone.
+
+    Returns
+    -------
+    dict
+    """
     hourly = noise_hourly(n, tz)
     out: dict[str, Any] = {"night_definition": f"site-local {NIGHT_HOURS[0]:02d}:00-{NIGHT_HOURS[1]:02d}:00 ({tz})",
                            "receptors": {}}
@@ -228,7 +319,30 @@ def dr_figures(m: pd.DataFrame, inputs: ReportInputs, period_start: pd.Timestamp
                tolerance_kw: float = 0.0, high_price_usd_mwh: float = 100.0, tz: str = "UTC",
                simulated: bool = False) -> dict[str, Any]:
     """Events in force during the period (or, if never accepted, received during it), measured as a
-    utility settles them (:mod:`hashflex.report.dr_performance`); curtailment at high prices."""
+    utility settles them (:mod:`hashflex.report.dr_performance`); curtailment at high prices.
+
+    Parameters
+    ----------
+    m : pd.DataFrame
+        The period's measurements.
+    inputs : ReportInputs
+        Decoded records (DR events, acks, setpoints, meter samples, history).
+    period_start, period_end : pd.Timestamp
+        The period, UTC, half-open.
+    tolerance_kw : float
+        kW an interval may be over the limit and still comply.
+    high_price_usd_mwh : float
+        Threshold of the high-price figures, $/MWh.
+    tz : str
+        The site's time zone.
+    simulated : bool
+        The trail is simulated.
+
+    Returns
+    -------
+    dict
+        ``tolerance_kw``, ``events``, ``high_price``.
+    """
     from hashflex.report.dr_performance import events_performance
 
     history = inputs.history if inputs.history is not None else m
@@ -254,6 +368,18 @@ def dr_figures(m: pd.DataFrame, inputs: ReportInputs, period_start: pd.Timestamp
 
 
 def economics_figures(m: pd.DataFrame) -> dict[str, Any]:
+    """The ``economics`` section: revenue, energy cost and profit as recorded ($), average energy
+    cost ($/MWh imported), hours and MWh curtailed.
+
+    Parameters
+    ----------
+    m : pd.DataFrame
+        The period's measurements.
+
+    Returns
+    -------
+    dict
+    """
     h = m["interval_h"]
     curtailed = (m["full_load_kw"] - m["load_kw"]).clip(lower=0.0)
     curtailing = curtailed > CURTAIL_FRACTION * m["full_load_kw"]

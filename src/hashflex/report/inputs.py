@@ -55,7 +55,19 @@ def _ts(text: str | None) -> pd.Timestamp | None:
 def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Timestamp) -> ReportInputs:
     """Decode ``AuditRecord``s (any order) into frames; measurements with interval_start in [start, end).
 
-    DR events, acks, guard actions and configs are kept whole (events may start before the period)."""
+    DR events, acks, guard actions and configs are kept whole (events may start before the period).
+
+    Parameters
+    ----------
+    records : iterable of AuditRecord
+        The records of the report's kinds.
+    start, end : pd.Timestamp
+        The period, UTC, half-open.
+
+    Returns
+    -------
+    ReportInputs
+    """
     records = sorted(records, key=lambda r: r.seq)
     rows, noise, configs, events, acks, actions = [], [], [], [], [], []
     setpoints, schedules, transitions, samples = [], [], [], []
@@ -135,7 +147,20 @@ def _mwh(kw: pd.Series, h: pd.Series) -> float:
 
 
 def config_at(configs: Sequence[Mapping[str, Any]], moment: pd.Timestamp) -> Mapping[str, Any] | None:
-    """The config record in force at ``moment`` (last with at ≤ moment, else the first one)."""
+    """The config record in force at ``moment`` (last with at ≤ moment, else the first one).
+
+    Parameters
+    ----------
+    configs : sequence of Mapping
+        Decoded ``config`` records (``at``).
+    moment : pd.Timestamp
+        A time, UTC.
+
+    Returns
+    -------
+    Mapping or None
+        None without config records.
+    """
     if not configs:
         return None
     before = [c for c in configs if c["at"] <= moment]
@@ -143,6 +168,17 @@ def config_at(configs: Sequence[Mapping[str, Any]], moment: pd.Timestamp) -> Map
 
 
 def site_timezone(configs: Sequence[Mapping[str, Any]]) -> str:
+    """The site's time zone from the latest config record (UTC without one).
+
+    Parameters
+    ----------
+    configs : sequence of Mapping
+        Decoded ``config`` records.
+
+    Returns
+    -------
+    str
+    """
     if not configs:
         return "UTC"
     return (configs[-1]["profile"].get("site") or {}).get("timezone", "UTC")

@@ -165,13 +165,15 @@ EVENT_LABELS = {
     "pass": "PASS under the programme rule", "rule": "Programme rule applied",
     "worst_excess_kw": "Largest excess over the limit",
 }
-UNITS = (("_usd_mw_h", "$/MW per h"), ("_usd_per_mwh", "$/MWh"), ("_usd_mwh", "$/MWh"), ("_kg_per_ph_h", "kg CO₂/PH·h"),
+UNITS = (("_usd_mw_h", "$/MW per h"),  # AS award prices (issue 15)
+         ("_usd_per_mwh", "$/MWh"), ("_usd_mwh", "$/MWh"), ("_kg_per_ph_h", "kg CO₂/PH·h"),
          ("_kg_per_mwh", "kg CO₂/MWh"), ("_mwh", "MWh"), ("_kg", "kg CO₂"),
          ("_pct", "%"), ("_usd", "$"), ("_dba", "dB(A)"),
          ("_kw", "kW"), ("_ph_h", "PH·h"), ("_ph_s", "PH/s"), ("_j_per_th", "J/TH"), ("_hours", "h"),
          ("hours_covered", "h"), ("_s", "s"), ("minutes_over_cap", "min"), ("_mw", "MW"), ("_kwh", "kWh"),
     ("_th_s", "TH/s"), ("total_hours", "h"))
-DIGITS = (("_usd_mw_h", 2), ("_dba", 1), ("_usd_mwh", 2), ("_usd_per_mwh", 2), ("_usd", 2), ("_kg_per_mwh", 1), ("_mwh", 3),
+DIGITS = (("_usd_mw_h", 2),  # AS award prices (issue 15)
+          ("_dba", 1), ("_usd_mwh", 2), ("_usd_per_mwh", 2), ("_usd", 2), ("_kg_per_mwh", 1), ("_mwh", 3),
           ("_kwh", 1), ("_kg_per_ph_h", 4), ("_kg", 1), ("_kw", 1), ("_mw", 3), ("_pct", 1), ("_s", 0),
           ("_hours", 2), ("hours", 2), ("_factor", 3))
 
@@ -214,6 +216,18 @@ DEFINITIONS = [
 
 
 def unit_of(key: str) -> str:
+    """The unit shown for a key, from its suffix (:data:`UNITS`): ``grid_import_mwh`` → ``MWh``.
+
+    Parameters
+    ----------
+    key : str
+        The last part of a figure's dotted key.
+
+    Returns
+    -------
+    str
+        Empty when the key has no known unit.
+    """
     for suffix, unit in UNITS:
         if key.endswith(suffix):
             return unit
@@ -221,6 +235,17 @@ def unit_of(key: str) -> str:
 
 
 def digits_of(key: str) -> int | None:
+    """Decimals shown for a key, from its suffix (:data:`DIGITS`), or None.
+
+    Parameters
+    ----------
+    key : str
+        The last part of a figure's dotted key.
+
+    Returns
+    -------
+    int or None
+    """
     for suffix, digits in DIGITS:
         if key.endswith(suffix):
             return digits
@@ -229,7 +254,19 @@ def digits_of(key: str) -> int | None:
 
 def fmt(value: Any, key: str = "") -> str:
     """A value as the page shows it: local time with offset for ISO times, the unit's precision
-    for numbers (from ``key``), yes/no, n/a for missing."""
+    for numbers (from ``key``), yes/no, n/a for missing.
+
+    Parameters
+    ----------
+    value : Any
+        A JSON value.
+    key : str
+        Its key (unit and precision).
+
+    Returns
+    -------
+    str
+    """
     if value is None:
         return "n/a"
     if isinstance(value, bool):

@@ -52,6 +52,12 @@ class Provenance:
     detail: str
 
     def to_json(self) -> dict[str, Any]:
+        """``{"simulated", "basis", "detail"}`` for the report.
+
+        Returns
+        -------
+        dict
+        """
         return {"simulated": self.simulated, "basis": self.basis, "detail": self.detail}
 
 
@@ -60,7 +66,17 @@ def _stamp(text: str) -> pd.Timestamp:
 
 
 def provenance(records: Iterable[Any]) -> Provenance:
-    """Decide whether the trail holds simulated data (see the module docstring)."""
+    """Decide whether the trail holds simulated data (see the module docstring).
+
+    Parameters
+    ----------
+    records : iterable of AuditRecord
+        Decoded records (any order; sorted by ``seq`` here).
+
+    Returns
+    -------
+    Provenance
+    """
     records = sorted(records, key=lambda r: r.seq)
     for rec in records:
         p = rec.payload
@@ -88,13 +104,36 @@ def provenance(records: Iterable[Any]) -> Provenance:
 
 
 def synthetic_event(event_id: str | None) -> bool:
-    """The demonstration DR event of ``run --simulate`` (``demo-*``) is synthetic whatever the trail."""
+    """The demonstration DR event of ``run --simulate`` (``demo-*``) is synthetic whatever the trail.
+
+    Parameters
+    ----------
+    event_id : str or None
+        The DR event id.
+
+    Returns
+    -------
+    bool
+    """
     return bool(event_id) and str(event_id).startswith("demo-")
 
 
 def config_for_seq(configs: Sequence[Mapping[str, Any]], seq: int) -> Mapping[str, Any] | None:
     """The config in force for the record ``seq``: the last config record chained before it, else
-    the first config record (a trail whose first records precede its config)."""
+    the first config record (a trail whose first records precede its config).
+
+    Parameters
+    ----------
+    configs : sequence of Mapping
+        Decoded ``config`` records (``seq``, ``profile``, ...), in chain order.
+    seq : int
+        The record's sequence number.
+
+    Returns
+    -------
+    Mapping or None
+        None when the trail has no config record.
+    """
     if not configs:
         return None
     before = [c for c in configs if c["seq"] < seq]
@@ -102,7 +141,21 @@ def config_for_seq(configs: Sequence[Mapping[str, Any]], seq: int) -> Mapping[st
 
 
 def local_label(moment: Any, tz: str, *, seconds: bool = False) -> str:
-    """``2020-02-01 14:00 CST (UTC−06:00)``: the site's local time with its zone and offset."""
+    """``2020-02-01 14:00 CST (UTC−06:00)``: the site's local time with its zone and offset.
+
+    Parameters
+    ----------
+    moment : Any
+        A time (naive values are taken as UTC).
+    tz : str
+        The site's time zone.
+    seconds : bool
+        Show seconds.
+
+    Returns
+    -------
+    str
+    """
     stamp = pd.Timestamp(moment)
     stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp
     local = stamp.tz_convert(ZoneInfo(tz))

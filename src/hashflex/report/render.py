@@ -70,11 +70,34 @@ SECTION_IDS = {"energy": "energy", "emissions": "emissions", "efficiency": "effi
 
 
 def to_json(report: dict[str, Any]) -> str:
+    """The report as JSON text: sorted keys, 2-space indent, no NaN (byte-identical for the same data).
+
+    Parameters
+    ----------
+    report : dict
+        A report from :func:`hashflex.report.build_report`.
+
+    Returns
+    -------
+    str
+    """
     return json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Every leaf of a JSON value as (dotted key, value); empty lists/dicts as one leaf."""
+    """Every leaf of a JSON value as (dotted key, value); empty lists/dicts as one leaf.
+
+    Parameters
+    ----------
+    value : Any
+        A JSON value.
+    prefix : str
+        The dotted key of ``value``.
+
+    Yields
+    ------
+    tuple of (str, Any)
+    """
     if isinstance(value, dict) and value:
         for key in sorted(value):
             yield from flatten(value[key], f"{prefix}.{key}" if prefix else str(key))
@@ -86,6 +109,17 @@ def flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def to_csv(report: dict[str, Any]) -> str:
+    """The report as CSV: ``figure,value`` rows, one per leaf of the JSON (:func:`flatten`).
+
+    Parameters
+    ----------
+    report : dict
+        A report.
+
+    Returns
+    -------
+    str
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["figure", "value"])
@@ -238,6 +272,17 @@ def _ancillary_section(section: dict[str, Any], banner: str) -> list[str]:
 
 
 def to_html(report: dict[str, Any]) -> str:
+    """The report as one self-contained HTML page (see the module docstring).
+
+    Parameters
+    ----------
+    report : dict
+        A report.
+
+    Returns
+    -------
+    str
+    """
     meta = report["report"]
     tz_token, sim_token = _TZ.set(meta.get("timezone") or "UTC"), _SIM.set(bool(meta.get("simulated")))
     try:
@@ -366,6 +411,24 @@ def _to_html(report: dict[str, Any]) -> str:
 
 
 def render(report: dict[str, Any], fmt_name: str) -> str:
+    """The report in ``fmt_name``: ``json``, ``csv`` or ``html``.
+
+    Parameters
+    ----------
+    report : dict
+        A report.
+    fmt_name : str
+        One of :data:`FORMATS`.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    ValueError
+        An unknown format.
+    """
     if fmt_name == "json":
         return to_json(report)
     if fmt_name == "csv":
