@@ -4,6 +4,8 @@ development months of real ERCOT prices, with real HiGHS solves. Prints numbers;
     python optimization/benchmarks/ancillary_value.py                 # Feb–May 2024 (dev months)
     python optimization/benchmarks/ancillary_value.py --months 2024-05 --months 2025-08
     python optimization/benchmarks/ancillary_value.py --all           # every dev month in the file
+    python optimization/benchmarks/ancillary_value.py --loop --file src/hashflex/data/ercot/hourly_dam_rt_as_mcpc_2024-05.csv \
+        --from 2024-05-08 --days 1                                     # mpc vs mpc+as through the real loop
 
 Site: the bundled west_texas profile with ``EXAMPLE_WEST_TEXAS_ANCILLARY`` (an ASSUMED
 qualification: 10 MW RRS from the hydro containers on UFRs, 5 MW ECRS and 5 MW Non-Spin from the
@@ -43,7 +45,16 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="every month in the file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rel-gap", type=float, default=None, help="execution solves' MIP gap (default: the daemon's 0.5 %%)")
+    parser.add_argument("--loop", action="store_true", help="mpc vs mpc+as through the real control loop "
+                                                           "(hashflex backtest's policies) instead of the study")
+    parser.add_argument("--from", dest="start", default="2024-05-08", help="--loop: first local day")
+    parser.add_argument("--days", type=int, default=1, help="--loop: days (each ~35 s per policy at --replan 60)")
+    parser.add_argument("--replan-minutes", type=int, default=60, help="--loop: mpc re-solves every N minutes")
+    parser.add_argument("--as-mode", choices=("day-ahead", "real-time"), default="day-ahead")
     args = parser.parse_args()
+    if args.loop:
+        loop_case(args)
+        return
     market = load_hourly_market(args.file)
     profile = with_ancillary(load_profile("west_texas"), EXAMPLE_WEST_TEXAS_ANCILLARY)
     local = market.index.tz_convert(profile.tz)
@@ -70,6 +81,32 @@ def main() -> None:
           f"ratio {with_s / without_s:.2f}; max with {max(result.solve_s_with_reserves):.2f} s")
     print(f"wall time {wall:.0f} s")
     for note in result.notes:
+        print(f"note: {note}")
+
+
+def loop_case(args: argparse.Namespace) -> None:
+    """mpc and mpc+as over the same window through the real ControlLoop, settled at real prices."""
+    from hashflex.backtest.ancillary import market_price_frame
+    from hashflex.backtest.runner import build_actuals, run_backtest
+    from hashflex.backtest.summary import summary_document, summary_table
+
+    profile = with_ancillary(load_profile("west_texas"), EXAMPLE_WEST_TEXAS_ANCILLARY)
+    market = load_hourly_market(args.file)
+    start = pd.Timestamp(args.start)
+    actuals = build_actuals(profile, market_price_frame(market, profile.site.settlement_point), start,
+                            start + pd.Timedelta(days=args.days), as_market=market)
+    started = time.perf_counter()
+    result = run_backtest(profile, actuals, ["mpc", "mpc+as"], replan_minutes=args.replan_minutes, seed=args.seed,
+                          as_mode=args.as_mode)
+    document = summary_document(result)
+    print(summary_table(document))
+    mpc, with_as = document["policies"]["mpc"], document["policies"]["mpc+as"]
+    qualified_mw = sum(sum(p["group_mw"].values()) for p in EXAMPLE_WEST_TEXAS_ANCILLARY["products"].values())
+    added = with_as["profit_usd"] - mpc["profit_usd"]
+    print(f"added by reserves: ${added:,.0f} over {actuals.days:g} days = ${added / qualified_mw / actuals.days * 365:,.0f} "
+          f"per MW-year of {qualified_mw:g} MW qualified; obligations met {with_as['as_obligations_met_pct']:.3f} %; "
+          f"wall {time.perf_counter() - started:.0f} s")
+    for note in document["notes"]:
         print(f"note: {note}")
 
 
