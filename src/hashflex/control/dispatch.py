@@ -178,11 +178,44 @@ class ArrayDispatch:
 
 
 def plan_dispatch_arrays(counts: Mapping[tuple[str, str], int], fleet: FleetArrays, now: datetime,
-                         expiry_s: float) -> ArrayDispatch:
-    """`plan_dispatch` on `FleetArrays`: same validation (ValueError naming the group or mode),
-    same choice of units; returns mode indices per group instead of setpoint objects."""
+                         expiry_s: float, *, health_score: Mapping[str, np.ndarray] | None = None,
+                         hot: Mapping[str, np.ndarray] | None = None) -> ArrayDispatch:
+    """`plan_dispatch` on `FleetArrays`: same validation, same choice of units; returns mode
+    indices per group instead of setpoint objects.
+
+    Parameters
+    ----------
+    counts : units to run per (group id, mode name)
+    fleet : the fleet in arrays (miners in id order per group)
+    now : dispatch time (min on/off windows are measured to it)
+    expiry_s : seconds until the setpoints expire (> 0)
+    health_score : optional, group id -> [N] score per miner, higher is healthier (e.g.
+        ``health`` scores in 0..1). Within each pass, after the min-on/off rank, the healthiest
+        units are kept or started first (issue 17); without it, as `plan_dispatch`.
+    hot : optional, group id -> [N] bool per miner, True for a hot unit. The group's counts are
+        unchanged, but among its running units the hot ones take the lowest-power modes (a hot
+        unit keeps its own mode when that is among them), so they run derated while cooler units
+        take the high modes.
+
+    Returns
+    -------
+    ArrayDispatch
+
+    Raises
+    ------
+    ValueError
+        Non-positive ``expiry_s``; counts naming an unknown group or mode, or negative; a
+        ``health_score`` or ``hot`` array of the wrong length.
+    """
     if expiry_s <= 0:
         raise ValueError("expiry_s must be positive")
+    for name, per_group in (("health_score", health_score), ("hot", hot)):
+        for group_id, values in (per_group or {}).items():
+            arrays = fleet.groups.get(group_id)
+            if arrays is None:
+                raise ValueError(f"{name} names unknown group {group_id!r}")
+            if len(values) != len(arrays.miner_id):
+                raise ValueError(f"{name}[{group_id!r}] has {len(values)} values for {len(arrays.miner_id)} miners")
     for group_id, mode in counts:
         arrays = fleet.groups.get(group_id)
         if arrays is None:
@@ -198,8 +231,43 @@ def plan_dispatch_arrays(counts: Mapping[tuple[str, str], int], fleet: FleetArra
         if any(n < 0 for n in wanted.values()):
             raise ValueError(f"group {group_id}: negative unit count in {wanted}")
         wanted = _clip(group, wanted, int(arrays.available.sum()), notes)
-        modes[group_id] = _assign_arrays(arrays, [wanted[m.name] for m in group.modes], now_us)
+        score = None if health_score is None or group_id not in health_score else np.asarray(
+            health_score[group_id], dtype=float)
+        chosen = _assign_arrays(arrays, [wanted[m.name] for m in group.modes], now_us, score)
+        if hot is not None and group_id in hot:
+            chosen = _derate_hot(chosen, np.asarray(hot[group_id], dtype=bool), arrays.power_kw()[1:])
+        modes[group_id] = chosen
     return ArrayDispatch(modes, notes)
+
+
+def _derate_hot(chosen: np.ndarray, hot: np.ndarray, power_kw: np.ndarray) -> np.ndarray:
+    """Give the running hot units the lowest-power modes of the group's running set (same count per
+    mode); each unit keeps its own mode where it may, the rest are filled lowest power first."""
+    running = chosen >= 0
+    hot_running = np.flatnonzero(running & hot)
+    if hot_running.size == 0:
+        return chosen
+    tally = np.bincount(chosen[running].astype(np.int64), minlength=len(power_kw))
+    by_power = np.argsort(power_kw, kind="stable")
+    hot_tally = np.zeros_like(tally)
+    left = hot_running.size
+    for k in by_power:  # the lowest-power modes go to the hot units
+        take = min(left, int(tally[k]))
+        hot_tally[k] = take
+        left -= take
+    out = chosen.copy()
+    for units, quota in ((hot_running, hot_tally), (np.flatnonzero(running & ~hot), tally - hot_tally)):
+        quota = quota.copy()
+        unplaced = []
+        for i in units:  # keep the mode already chosen where the quota allows
+            k = int(chosen[i])
+            if quota[k] > 0:
+                quota[k] -= 1
+            else:
+                unplaced.append(i)
+        modes = np.repeat(by_power, quota[by_power])
+        out[np.array(unplaced, dtype=np.int64)] = modes.astype(out.dtype)
+    return out
 
 
 def _within_arrays(moment_us: np.ndarray, minutes: float, now_us: int) -> np.ndarray:
@@ -210,16 +278,22 @@ def _within_arrays(moment_us: np.ndarray, minutes: float, now_us: int) -> np.nda
     return known & (now_us - np.where(known, moment_us, 0) < round(minutes * 60_000_000))
 
 
-def _assign_arrays(arrays: GroupArrays, need: list[int], now_us: int) -> np.ndarray:
-    """`_assign` for one group: mode index per miner (-1 sleep), passes and ranks as there."""
+def _assign_arrays(arrays: GroupArrays, need: list[int], now_us: int,
+                   health_score: np.ndarray | None = None) -> np.ndarray:
+    """`_assign` for one group: mode index per miner (-1 sleep), passes and ranks as there; with
+    ``health_score``, the healthiest first right after the min-on/off rank."""
     n = len(arrays.miner_id)
     out = np.full(n, -1, dtype=np.int16)
     order_id = np.arange(n)  # miners are id-sorted: position is the id rank
     # keep_rank: inside min-on first, fewest run hours, id; start_rank: past min-off first, ...
     outside_on = ~_within_arrays(arrays.last_start_us, arrays.group.min_on_minutes, now_us)
     inside_off = _within_arrays(arrays.last_stop_us, arrays.group.min_off_minutes, now_us)
-    keep_order = np.lexsort((order_id, arrays.run_hours, outside_on))
-    start_order = np.lexsort((order_id, arrays.run_hours, inside_off))
+    if health_score is None:
+        keep_order = np.lexsort((order_id, arrays.run_hours, outside_on))
+        start_order = np.lexsort((order_id, arrays.run_hours, inside_off))
+    else:
+        keep_order = np.lexsort((order_id, arrays.run_hours, -health_score, outside_on))
+        start_order = np.lexsort((order_id, arrays.run_hours, -health_score, inside_off))
     need = list(need)
     running = arrays.mode >= 0
     for healthy in (True, False):
