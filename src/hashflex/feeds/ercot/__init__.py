@@ -44,9 +44,10 @@ line (CSV), row (DataFrame) or page/row (API) and the field; a wrong selection (
 type or market) raises plain ``ValueError``.
 
 The module is split by seam (issue 11): :mod:`.cells` (loading tables, validating cells, Central
-time), :mod:`.reports` (ERCOT's reports and API, SCED LMPs, publication times), :mod:`.generic`
-(simple CSV, generic JSON) and :mod:`.files` (:data:`FORMATS`, :func:`detect_format`,
-:func:`read_price_file`). Import from ``hashflex.feeds.ercot``: every name is re-exported.
+time), :mod:`.reports` (ERCOT's reports and API, SCED LMPs), :mod:`.publication` (when ERCOT
+publishes each price), :mod:`.generic` (simple CSV, generic JSON) and :mod:`.files`
+(:data:`FORMATS`, :func:`detect_format`, :func:`read_price_file`). Import from
+``hashflex.feeds.ercot``: every name is re-exported.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ from __future__ import annotations
 from hashflex.feeds.ercot.cells import CENTRAL_TZ, DEFAULT_INTERVAL, DEFAULT_SETTLEMENT_POINT, TableInput
 from hashflex.feeds.ercot.files import FORMATS, detect_format, read_price_file
 from hashflex.feeds.ercot.generic import parse_generic_json, parse_simple_csv
+from hashflex.feeds.ercot.publication import DAM_PUBLISHED_LOCAL_HOUR, publication_times
 from hashflex.feeds.ercot.reports import (
-    DAM_PUBLISHED_LOCAL_HOUR,
     NP6_788_COLUMNS,
     PREFERRED_TYPES,
     SCED_MAX_GAP,
@@ -66,7 +67,6 @@ from hashflex.feeds.ercot.reports import (
     parse_rt_spp_historical,
     parse_rt_spp_interval,
     parse_sced_lmp,
-    publication_times,
 )
 
 __all__ = [

@@ -1,6 +1,6 @@
 """ERCOT's price reports: the NP6-905-CD / NP6-785-ER real-time and NP4-190-CD / NP4-180-ER
-day-ahead files, the public API's pages, NP6-788-CD SCED LMPs, and when ERCOT publishes each
-price (:func:`publication_times`).
+day-ahead files, the public API's pages, NP6-788-CD SCED LMPs (when ERCOT publishes each price
+is :mod:`.publication`).
 
 Seam: the columns and time conventions of ERCOT's own reports (hour ending, DST flags, settlement
 point types); cell validation is :mod:`.cells`. Split from ``feeds/ercot.py`` (issue 11).
@@ -33,9 +33,8 @@ from hashflex.feeds.ercot.cells import (
 )
 from hashflex.frames import PriceFileError, finalize_price_frame
 
-__all__ = ["DAM_PUBLISHED_LOCAL_HOUR", "PREFERRED_TYPES", "parse_dam_spp", "parse_dam_spp_historical",
-           "parse_ercot_api", "parse_rt_spp_historical", "parse_rt_spp_interval", "parse_sced_lmp",
-           "publication_times"]
+__all__ = ["PREFERRED_TYPES", "parse_dam_spp", "parse_dam_spp_historical",
+           "parse_ercot_api", "parse_rt_spp_historical", "parse_rt_spp_interval", "parse_sced_lmp"]
 
 log = logging.getLogger("hashflex.feeds.ercot")  # the name it logged under before the split
 
@@ -427,29 +426,3 @@ def parse_sced_lmp(data: TableInput, *, settlement_point: str | Iterable[str] | 
                                            rows["interval_start"] + SCED_NOMINAL)
     rows["market"] = "RT"
     return finalize_price_frame(rows, ctx.source)
-
-
-
-DAM_PUBLISHED_LOCAL_HOUR = 13
-"""ERCOT posts Day-Ahead Market results around 13:00 Central the day before the operating day
-(Nodal Protocols §4.5.3, "Communicating DAM Results"; the DAM closes at 10:00)."""
-
-
-def publication_times(prices: pd.DataFrame) -> pd.Series:
-    """When each price of a canonical frame became known, as ERCOT publishes them.
-
-    Real-time settlement point prices: at the end of their interval (posted within minutes of the
-    interval's last SCED run; Nodal Protocols §6.3.2). Day-ahead prices: at 13:00 Central
-    prevailing time the day before the operating day (:data:`DAM_PUBLISHED_LOCAL_HOUR`).
-
-    Parameters
-    ----------
-    prices : canonical price frame (``interval_start``, ``interval_end``, ``market`` …), n rows
-
-    Returns
-    -------
-    pd.Series, n rows, tz-aware UTC, aligned with ``prices``.
-    """
-    local_day = prices["interval_start"].dt.tz_convert(CENTRAL_TZ).dt.normalize()
-    da_time = (local_day - pd.Timedelta(days=1) + pd.Timedelta(hours=DAM_PUBLISHED_LOCAL_HOUR)).dt.tz_convert("UTC")
-    return prices["interval_end"].where(prices["market"] == "RT", da_time)
