@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from hashflex.control.fleet import SLEEP
+from hashflex.control.fleet import NO_TIME_US, SLEEP, time_us
 from hashflex.control.loop import ControlLoop, LoopConfig, TickReport
 from hashflex.audit import noise_interval_summary
 from hashflex.control.records import AuditRecorder
@@ -189,9 +189,107 @@ def clear_sky_solar_kw(index: pd.DatetimeIndex, profile: SiteProfile, capacity_k
     return capacity_kw * 0.85 * shape
 
 
-@dataclass
 class SimulatedFleet:
-    """Miners that follow setpoints at once (in process); a setpoint past its expiry → sleep."""
+    """Miners that follow setpoints at once (in process); a setpoint past its expiry → sleep.
+
+    Held as arrays per group (mode index, expiry in µs; issue 18: no per-miner Python per tick):
+    `expire`, `running`, `load_kw` and `hashrate_th_s` are a few numpy operations per group.
+    Same results as the per-miner `SimulatedFleetPerMiner` (tests/test_sim_fleet_arrays.py).
+    Miners outside the profile are kept aside as the per-miner fleet kept them.
+
+    Parameters
+    ----------
+    profile : the site profile (its groups and ``miner_ids()`` naming rule)
+    """
+
+    def __init__(self, profile: SiteProfile) -> None:
+        self.profile = profile
+        by_group: dict[str, list[str]] = {g.id: [] for g in profile.miner_groups}
+        for miner_id, group_id in profile.miner_ids().items():
+            by_group[group_id].append(miner_id)
+        self._index: dict[str, tuple[str, int]] = {}
+        self._mode: dict[str, np.ndarray] = {}
+        self._expires_us: dict[str, np.ndarray] = {}
+        self._names: dict[str, dict[str, int]] = {}
+        self._power = {}
+        self._hashrate = {}
+        for group in profile.miner_groups:
+            ids = by_group[group.id]
+            self._index.update({m: (group.id, i) for i, m in enumerate(ids)})
+            self._mode[group.id] = np.full(len(ids), -1, dtype=np.int16)
+            self._expires_us[group.id] = np.full(len(ids), NO_TIME_US, dtype=np.int64)
+            self._names[group.id] = {m.name: k for k, m in enumerate(group.modes)}
+            self._power[group.id] = np.array([m.power_kw for m in group.modes], dtype=float)
+            self._hashrate[group.id] = np.array([m.hashrate_th_s for m in group.modes], dtype=float)
+        self._others = SimulatedFleetPerMiner(profile)  # miners the profile does not name
+
+    def apply(self, batch: list[Setpoint]) -> list[SetpointResult]:
+        """Apply every setpoint at once; one APPLIED result per setpoint, in order."""
+        others = []
+        for sp in batch:
+            at = self._index.get(sp.miner_id)
+            names = self._names.get(at[0]) if at is not None else None
+            if at is None or (sp.mode != SLEEP and sp.mode not in names):
+                if at is not None:  # a mode the group lacks: held aside, as the per-miner fleet held it
+                    self._mode[at[0]][at[1]] = -1
+                others.append(sp)
+                continue
+            group_id, i = at
+            self._mode[group_id][i] = -1 if sp.mode == SLEEP else names[sp.mode]
+            self._expires_us[group_id][i] = time_us(sp.expires_at)
+        if others:
+            self._others.apply(others)
+        return [SetpointResult(sp.miner_id, SetpointStatus.APPLIED, "applied in the simulated fleet") for sp in batch]
+
+    def close(self) -> None:
+        """Nothing to release (in process)."""
+        return None
+
+    def expire(self, now: datetime) -> int:
+        """Put every running miner whose setpoint expired at or before ``now`` to sleep; how many."""
+        now_us = time_us(now)
+        total = 0
+        for group_id, mode in self._mode.items():
+            expired = (mode >= 0) & (self._expires_us[group_id] <= now_us)
+            mode[expired] = -1
+            total += int(expired.sum())
+        return total + self._others.expire(now)
+
+    def running(self) -> dict[tuple[str, str], int]:
+        """Running units per (group id, mode name)."""
+        counts: dict[tuple[str, str], int] = {}
+        for group_id, mode in self._mode.items():
+            tally = np.bincount(mode[mode >= 0].astype(np.int64), minlength=len(self._names[group_id]))
+            for name, k in self._names[group_id].items():
+                if tally[k]:
+                    counts[group_id, name] = int(tally[k])
+        for key, n in self._others.running().items():
+            counts[key] = counts.get(key, 0) + n
+        return counts
+
+    def hashrate_th_s(self) -> float:
+        """Total hashrate of the running miners (TH/s)."""
+        total = sum(float(self._hashrate[g][mode[mode >= 0]].sum()) for g, mode in self._mode.items())
+        return total + self._others.hashrate_th_s()
+
+    def load_kw(self) -> float:
+        """Site miner load (kW): running units at mode power, every other unit of a group at idle."""
+        total = 0.0
+        others = self._others.running()
+        for group in self.profile.miner_groups:
+            mode = self._mode[group.id]
+            on = mode[mode >= 0]
+            extra = [(self._names[group.id][m], n) for (g, m), n in others.items()
+                     if g == group.id and m in self._names[group.id]]
+            total += float(self._power[group.id][on].sum()) + sum(n * self._power[group.id][k] for k, n in extra)
+            total += (group.units - on.size - sum(n for _, n in extra)) * group.idle_power_kw
+        return total
+
+
+@dataclass
+class SimulatedFleetPerMiner:
+    """The per-miner simulated fleet (one dict entry per miner): the reference `SimulatedFleet`
+    is tested against and the baseline of optimization/benchmarks/fleet_tick.py."""
 
     profile: SiteProfile
     modes: dict[str, str] = field(default_factory=dict)
@@ -199,6 +297,7 @@ class SimulatedFleet:
     group_of: dict[str, str] = field(default_factory=dict)
 
     def apply(self, batch: list[Setpoint]) -> list[SetpointResult]:
+        """Apply every setpoint at once; one APPLIED result per setpoint, in order."""
         for sp in batch:
             self.modes[sp.miner_id] = sp.mode
             self.expires[sp.miner_id] = sp.expires_at
@@ -206,15 +305,18 @@ class SimulatedFleet:
         return [SetpointResult(sp.miner_id, SetpointStatus.APPLIED, "applied in the simulated fleet") for sp in batch]
 
     def close(self) -> None:
+        """Nothing to release (in process)."""
         return None
 
     def expire(self, now: datetime) -> int:
+        """Put every running miner whose setpoint expired at or before ``now`` to sleep; how many."""
         expired = [m for m, at in self.expires.items() if at <= now and self.modes.get(m, SLEEP) != SLEEP]
         for miner in expired:
             self.modes[miner] = SLEEP
         return len(expired)
 
     def running(self) -> dict[tuple[str, str], int]:
+        """Running units per (group id, mode name)."""
         counts: dict[tuple[str, str], int] = {}
         for miner, mode in self.modes.items():
             if mode != SLEEP:
@@ -223,9 +325,11 @@ class SimulatedFleet:
         return counts
 
     def hashrate_th_s(self) -> float:
+        """Total hashrate of the running miners (TH/s)."""
         return sum(n * self.profile.group(g).mode(m).hashrate_th_s for (g, m), n in self.running().items())
 
     def load_kw(self) -> float:
+        """Site miner load (kW): running units at mode power, every other unit of a group at idle."""
         total = 0.0
         running = self.running()
         for group in self.profile.miner_groups:
