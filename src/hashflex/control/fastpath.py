@@ -24,6 +24,7 @@ from hashflex.acoustics import compared_level_dba
 from hashflex.control.compute_commands import shed_commands
 from hashflex.control.dr import DRDecision
 from hashflex.control.fleet import SLEEP
+from hashflex.health.reading import reading_from_telemetry
 from hashflex.control.guard import GuardAction, GuardResult, Measurements
 from hashflex.control.ladder import breakeven_ladder, under_water
 from hashflex.control.limits import STORE_UNAVAILABLE, LimitsAck
@@ -89,6 +90,10 @@ class FastPathMixin:
                                            message.timestamp, "telemetry", now)
                 if self.meter is not None:
                     self.meter.telemetry(message.miner_id, message.power_kw, message.hashrate_th_s)
+                if message.miner_id in self.fleet.miners:  # fleet health (issue 17): findings, alerts, derates
+                    miner = self.fleet.miners[message.miner_id]
+                    setpoint_kw = self.fleet.power_kw(miner.group_id, miner.mode) if miner.mode != SLEEP else None
+                    self.health.ingest(reading_from_telemetry(message, setpoint_power_kw=setpoint_kw))
             elif isinstance(message, LimitsChangeMessage):
                 self.handle_limits(message, now)
             elif isinstance(message, PriceMessage):

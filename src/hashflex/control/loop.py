@@ -63,6 +63,7 @@ from hashflex.control.compute_commands import ComputeState, plan_commands
 from hashflex.control.stability import StabilityDecision, hold_previous_counts
 from hashflex.control.fastpath import FastPathMixin, _prices_unknown, _replace  # noqa: F401
 from hashflex.drivers.compute import ComputeCommand, ComputeDriver, ComputeResult
+from hashflex.health.detectors import HealthBook, Rating
 from hashflex.control.loop_status import LoopStatusMixin
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,14 @@ def apply_cap_overrides(problem: Problem, caps_dba: Mapping[str, np.ndarray]) ->
     return dataclasses.replace(problem, receptors=tuple(receptors))
 
 
+def health_ratings(profile: SiteProfile) -> dict[str, Rating]:
+    """Each miner's rating for the health detectors: its group's least efficient mode (J/TH), so that
+    running a turbo mode is not read as efficiency drift."""
+    j_th = {group.id: max(mode.power_kw * 1000.0 / mode.hashrate_th_s for mode in group.modes
+                          if mode.hashrate_th_s > 0) for group in profile.miner_groups}
+    return {miner_id: Rating(j_th=j_th[group_id]) for miner_id, group_id in profile.miner_ids().items()}
+
+
 def first_interval_counts(schedule: Schedule) -> dict[tuple[str, str], int]:
     row = schedule.frame.iloc[0]
     return {(g, m): int(row[unit_column(g, m)]) for g, m in schedule.group_modes}
@@ -174,7 +183,7 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin):
                  fleet: FleetState | None = None, dr_book: DRBook | None = None,
                  solver: SolveRunner | None = None, config: LoopConfig = LoopConfig(),
                  meter: IntervalMeter | None = None, book: LimitsBook | None = None,
-                 compute_driver: ComputeDriver | None = None) -> None:
+                 compute_driver: ComputeDriver | None = None, health: HealthBook | None = None) -> None:
         self.profile = profile
         self.forecaster = forecaster
         self.driver = driver
@@ -224,6 +233,9 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin):
         self.compute_driver = compute_driver
         self.compute_state: ComputeState | None = None
         self.compute_results: list[ComputeResult] = []
+        # Fleet health (issue 17): telemetry in, findings out; the plan counts on no unit that must stop
+        # (critical overheat, stalled fan, ignores setpoints) and runs hot ones only in lower modes.
+        self.health = health if health is not None else HealthBook(health_ratings(profile), on_alert=self._alert)
         self._compute_sender = SendQueue(self._apply_compute, synchronous=not config.async_sends,
                                          name="hashflex-compute-sender")
         self._start_recorded = False  # the start config is recorded with the first record's time (see _record)
@@ -273,6 +285,7 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin):
                 intensity_kg_per_mwh=forecast.intensity_kg_per_mwh,
                 hashprice_usd_per_ph_day=forecast.hashprice_usd_per_ph_day,
                 units_available=available, initial=initial, noise_margin_db=margins,
+                **self._health_derates(len(index)),
                 carbon_budgets=budgets, four_cp_alert_days=alert_days,
                 **self._reserve_inputs(index),
             )
@@ -297,8 +310,39 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin):
             return report
 
     def _availability(self, periods: int) -> dict[str, np.ndarray]:
-        return {g.id: np.full(periods, sum(1 for m in self.fleet.in_group(g.id) if m.available), dtype=int)
+        stopped = self._health_stopped()
+        return {g.id: np.full(periods, sum(1 for m in self.fleet.in_group(g.id)
+                                           if m.available and m.miner_id not in stopped), dtype=int)
                 for g in self.profile.miner_groups}
+
+    def _health_stopped(self) -> set[str]:
+        """Miners health says must not run (derate factor 0): planned as unavailable this tick."""
+        ids = {f.miner_id for f in self.health.findings()}
+        return {m for m in ids if m in self.fleet.miners and self.health.derate_factor(m) <= 0.0}
+
+    def _health_derates(self, periods: int) -> dict[str, Any]:
+        """Hot units (derate factor in (0, 1)) as ``problem_from_profile``'s derates: per group, how many,
+        and the highest mode power they may run, factor × the group's top mode power (kW)."""
+        units: dict[str, int] = {}
+        cap_kw: dict[str, float] = {}
+        for miner_id in {f.miner_id for f in self.health.findings()}:
+            miner = self.fleet.miners.get(miner_id)
+            factor = self.health.derate_factor(miner_id) if miner is not None else 1.0
+            if miner is None or not (0.0 < factor < 1.0) or not miner.available:
+                continue
+            group = self.profile.group(miner.group_id)
+            units[group.id] = units.get(group.id, 0) + 1
+            top_kw = max(mode.power_kw for mode in group.modes)
+            cap_kw[group.id] = min(cap_kw.get(group.id, math.inf), factor * top_kw)
+        if not units:
+            return {}
+        return {"derated_units": {g: np.full(periods, n, dtype=int) for g, n in units.items()},
+                "derated_max_power_kw": cap_kw}
+
+    def _alert(self, finding: Any) -> None:
+        """A new health finding: ``out/alert`` (MQTT) and the audit-free counter; never raises."""
+        self.counters["health_alerts"] = self.counters.get("health_alerts", 0) + 1
+        self._publish("out/alert", finding.as_alert())
 
     def _dispatch(self, batch: list[Setpoint], now: datetime) -> Future:
         """Queue a full-fleet batch for the driver (call with the lock held). The fleet records it as
