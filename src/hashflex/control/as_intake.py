@@ -132,7 +132,8 @@ class AncillaryIntakeMixin:
             return refused
         with self._lock:
             batch = self.fleet.as_setpoints(now, self.expiry_s)
-            baseline_kw = self.guard.net_import_kw(batch, self.measurements.auxiliary_kw)
+            renewable_kw = self.measurements.renewable_kw or 0.0  # the import, as the cut models it
+            baseline_kw = self.guard.net_import_kw(batch, self.measurements.auxiliary_kw, renewable_kw)
             ack, fresh = self._decide_commit_ack(
                 message, now, lambda: self.book.decide_as_deploy(message, baseline_kw, now))
             if message.recalled:
@@ -145,7 +146,7 @@ class AncillaryIntakeMixin:
                         f"AS:{message.deployment_id}", limit, message.issued_at, message.issued_at + sustain)
                 self._cut_to_limit_now(now, f"AS {message.product} deployment {message.deployment_id}")
                 after = self.guard.net_import_kw(self.fleet.as_setpoints(now, self.expiry_s),
-                                                 self.measurements.auxiliary_kw)
+                                                 self.measurements.auxiliary_kw, renewable_kw)
                 self.as_performance[message.deployment_id] = deployment_performance(
                     message, baseline_kw, limit, after, now, ack.deadline)
                 self._record("as_performance", lambda: dict(self.as_performance[message.deployment_id]), now)
