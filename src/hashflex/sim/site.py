@@ -241,6 +241,17 @@ class SimulatedFleet:
             self._others.apply(others)
         return [SetpointResult(sp.miner_id, SetpointStatus.APPLIED, "applied in the simulated fleet") for sp in batch]
 
+    def apply_modes(self, modes: dict[str, np.ndarray], expires_at: datetime) -> None:
+        """The array fast path (no setpoint objects): every miner of the groups in ``modes`` takes
+        its mode index (-1 asleep; the profile's ``miner_ids()`` order, which is id order) and
+        the common expiry ``expires_at``. Raises ValueError for an array of the wrong length."""
+        expires_us = time_us(expires_at)
+        for group_id, new in modes.items():
+            if len(new) != len(self._mode[group_id]):
+                raise ValueError(f"group {group_id}: {len(new)} modes for {len(self._mode[group_id])} miners")
+            self._mode[group_id][:] = new
+            self._expires_us[group_id][:] = expires_us
+
     def close(self) -> None:
         """Nothing to release (in process)."""
         return None
