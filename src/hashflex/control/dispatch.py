@@ -46,6 +46,7 @@ __all__ = ["Setpoint", "DispatchResult", "dispatch", "first_row_counts", "plan_d
 
 @dataclass(frozen=True)
 class DispatchResult:
+    """The setpoints of one dispatch (one per miner, whole fleet) and notes on counts clipped."""
     setpoints: list[Setpoint]
     notes: list[str] = field(default_factory=list)
 
@@ -66,6 +67,24 @@ def dispatch(
 def plan_dispatch(
     counts: Mapping[tuple[str, str], int], fleet: FleetState, now: datetime, expiry_s: float
 ) -> DispatchResult:
+    """One setpoint per miner for ``counts`` units running, with notes (see the module docstring).
+
+    Parameters
+    ----------
+    counts : units to run per (group id, mode name)
+    fleet : every miner's state
+    now : dispatch time (timezone-aware; min on/off windows are measured to it)
+    expiry_s : seconds until every setpoint expires (> 0)
+
+    Returns
+    -------
+    DispatchResult
+
+    Raises
+    ------
+    ValueError
+        Non-positive ``expiry_s``; counts naming an unknown group or mode, or negative.
+    """
     if expiry_s <= 0:
         raise ValueError("expiry_s must be positive")
     notes: list[str] = []

@@ -36,6 +36,9 @@ __all__ = ["SLEEP", "Miner", "FleetState", "Setpoint"]
 
 @dataclass
 class Miner:
+    """One physical miner: id, group, mode in force (``sleep`` or a mode of its group), health,
+    availability, last start and stop (aware datetimes or None) and run hours (h).
+    """
     miner_id: str
     group_id: str
     mode: str = SLEEP
@@ -47,6 +50,7 @@ class Miner:
 
     @property
     def running(self) -> bool:
+        """True unless asleep."""
         return self.mode != SLEEP
 
 
@@ -79,6 +83,7 @@ class FleetState:
         return len(self.miners)
 
     def in_group(self, group_id: str) -> list[Miner]:
+        """The miners of ``group_id``, in insertion order."""
         return [m for m in self.miners.values() if m.group_id == group_id]
 
     def counts(self) -> dict[tuple[str, str], int]:
@@ -90,14 +95,17 @@ class FleetState:
         return out
 
     def power_kw(self, group_id: str, mode: str) -> float:
+        """Power of one unit of ``group_id`` in ``mode`` (kW; ``sleep``: the idle draw)."""
         return self._power_kw[group_id, mode]
 
     # ------------------------------------------------------------------ updates
 
     def set_health(self, miner_id: str, healthy: bool) -> None:
+        """Mark ``miner_id`` healthy or not (unhealthy units run only when healthy ones run out)."""
         self.miners[miner_id].healthy = healthy
 
     def set_available(self, miner_id: str, available: bool) -> None:
+        """Mark ``miner_id`` available or not (unavailable units never get a running mode)."""
         self.miners[miner_id].available = available
 
     def apply_setpoints(self, setpoints: Iterable[Setpoint], now: datetime) -> None:
@@ -136,6 +144,7 @@ class FleetState:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], profile: SiteProfile) -> FleetState:
+        """The fleet saved by `to_dict`, checked against ``profile``'s groups (ValueError as the constructor)."""
         miners = []
         for row in data["miners"]:
             values = dict(row)

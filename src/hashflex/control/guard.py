@@ -116,6 +116,7 @@ def limits_at(now: datetime, dr_book: DRBook | None = None,
 
 @dataclass(frozen=True)
 class GuardAction:
+    """One thing the guard did: ``kind`` (refused_expired, import_curtail, ...), why, which miners."""
     kind: str  # refused_expired, refused_unknown, import_curtail, noise_step_down, limit_unreachable, ...
     reason: str
     miners: tuple[str, ...] = ()
@@ -123,6 +124,7 @@ class GuardAction:
 
 @dataclass(frozen=True)
 class GuardResult:
+    """The batch after the guard's checks, and the actions taken (empty: nothing cut or refused)."""
     batch: list[Setpoint]
     actions: list[GuardAction] = field(default_factory=list)
 
@@ -281,6 +283,7 @@ class Guard:
         return limit, source
 
     def unit_power_kw(self, sp: Setpoint) -> float:
+        """The power a setpoint counts at (kW): the larger of its target and its mode's power."""
         return max(sp.power_target_kw, self._specs[sp.group_id, sp.mode].power_kw)
 
     def net_import_kw(self, batch: Sequence[Setpoint], auxiliary_kw: float = 0.0,

@@ -39,10 +39,12 @@ class RowBlock:
 
     @classmethod
     def from_lists(cls, lower: list, upper: list, starts: list, index: list, value: list) -> "RowBlock":
+        """Rows from Python lists (``starts`` with its closing entry, which HiGHS does not take)."""
         return cls(np.array(lower, dtype=float), np.array(upper, dtype=float), np.array(starts[:-1], dtype=np.int32),
                    np.array(index, dtype=np.int32), np.array(value, dtype=float))
 
     def add_to(self, highs: highspy.Highs) -> None:
+        """Add these rows to ``highs`` in one ``addRows`` call (nothing if there are none)."""
         if len(self.lower):
             highs.addRows(len(self.lower), self.lower, self.upper, len(self.index), self.starts, self.index,
                           self.value)
@@ -104,12 +106,14 @@ class LpBasisCache:
             self._models.popitem(last=False)
 
     def get(self, key: str) -> highspy.HighsBasis | None:
+        """The cached basis for structure ``key`` (marked most recent), or None."""
         basis = self._bases.get(key)
         if basis is not None:
             self._bases.move_to_end(key)
         return basis
 
     def put(self, key: str, basis: highspy.HighsBasis) -> None:
+        """Keep ``basis`` for structure ``key``, dropping the least recent beyond ``max_entries``."""
         self._bases[key] = basis
         self._bases.move_to_end(key)
         while len(self._bases) > self.max_entries:

@@ -58,6 +58,7 @@ def _set_lp_time_limit(highs: highspy.Highs, seconds: float) -> None:
 
 
 def relative_gap(objective: float, bound: float) -> float:
+    """|bound − objective| / |objective| (objective floored at 1e-9 in magnitude), in $ / $."""
     return abs(bound - objective) / max(abs(objective), 1e-9)
 
 

@@ -58,6 +58,7 @@ class SimulationWindow:
 
     @property
     def end(self) -> pd.Timestamp:
+        """The window's end (exclusive, UTC)."""
         return self.start + self.intervals * self.step
 
     def describe(self, tz: object) -> str:
@@ -176,6 +177,7 @@ class ReplayForecaster(RecordedForecaster):
         super().__init__(profile, prices, observations)
 
     def update(self, prices: pd.DataFrame) -> None:
+        """Take a new price frame (rebuild the recorded forecaster on it)."""
         self.__init__(self.profile, prices, self.solar_kw)  # type: ignore[misc]
 
 
@@ -357,15 +359,19 @@ class SimulationObserver(Protocol):
     """Watches a simulation as it runs (the live site of `run --simulate`: dashboard and pacing).
     Every call is on the simulation's thread; ``now`` is simulated time (UTC)."""
 
-    def started(self, loop: ControlLoop, now: datetime) -> None: ...
+    def started(self, loop: ControlLoop, now: datetime) -> None:
+        """The simulation starts at ``now`` with ``loop``."""
 
-    def message(self, message: object, now: datetime) -> None: ...
+    def message(self, message: object, now: datetime) -> None:
+        """``message`` was delivered to the loop at ``now``."""
 
-    def interval_done(self, row: dict, report: TickReport, now: datetime) -> None: ...
+    def interval_done(self, row: dict, report: TickReport, now: datetime) -> None:
+        """Interval ``now`` is done: its row of the result frame and the loop's tick report."""
 
 
 @dataclass
 class SimulationResult:
+    """A simulation's outcome: the interval frame, the loop's tick reports, and the loop itself."""
     intervals: pd.DataFrame  # one row per interval: price, load, import, limit, noise measured/cap, reason
     reports: list[TickReport]
     loop: ControlLoop
