@@ -69,6 +69,7 @@ class _Rows:
 
 @dataclass
 class BareModel:
+    """The bare highspy model: the HiGHS instance, its columns' bounds and the count columns."""
     compiled: CompiledModel
     n_cols: int
     n_rows: int
@@ -242,6 +243,7 @@ def build_bare(problem: Problem) -> BareModel:
 
 @dataclass(frozen=True)
 class BareResult:
+    """A bare build and solve: the outcome and the build / solve times (s)."""
     outcome: RunOutcome
     build_seconds: float
     solve_seconds: float

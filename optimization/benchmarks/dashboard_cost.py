@@ -51,11 +51,13 @@ class Timed(LiveSite):
     """LiveSite that also times each interval's CPU and one dashboard build per interval."""
 
     def started(self, loop, now):  # noqa: ANN001, ANN201
+        """Start the clocks as the simulation starts."""
         super().started(loop, now)
         self.tick_cpu, self.build_cpu, self.sizes = [], [], []
         self._mark = time.thread_time()
 
     def interval_done(self, row, report, now):  # noqa: ANN001, ANN201
+        """Record the interval's tick CPU, one dashboard build's CPU and the page size."""
         tick = time.thread_time() - self._mark
         dashboard = self.server.dashboard
         dashboard.refresh()  # what the publisher thread does once per change
@@ -67,6 +69,7 @@ class Timed(LiveSite):
 
 
 def page_load_s(url: str) -> float | None:
+    """Seconds to load the dashboard page at ``url`` (None if it failed)."""
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -93,6 +96,7 @@ def page_load_s(url: str) -> float | None:
 
 
 def main() -> None:
+    """Parse the arguments, run the benchmark and print its table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--intervals", type=int, default=4)
     parser.add_argument("--miners", type=int, default=10_000)

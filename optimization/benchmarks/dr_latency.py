@@ -42,6 +42,7 @@ SITE = "drbench"
 
 
 def profile_yaml(miners: int) -> str:
+    """SYNTHETIC profile YAML with ``miners`` MQTT miners."""
     half = miners // 2
     return f"""
 site: {{id: {SITE}, name: DR latency bench (SYNTHETIC), settlement_point: LZ_WEST, horizon_hours: 2}}
@@ -56,6 +57,7 @@ economics: {{hashprice_usd_per_ph_day: 49}}
 
 
 def flat_forecast(now: datetime, start: pd.Timestamp, periods: int) -> HorizonForecast:
+    """A flat SYNTHETIC forecast of ``periods`` intervals from ``start``."""
     return HorizonForecast(pd.date_range(start, periods=periods, freq="15min"), np.full(periods, 20.0))
 
 
@@ -74,6 +76,7 @@ class SetpointCounter:
         ready.wait(10)
 
     def arm(self, mark: datetime) -> None:
+        """Start timing at ``mark`` (the DR message's send time)."""
         self.mark, self.count, self.done_at = mark, 0, None
         self.done.clear()
 
@@ -89,6 +92,7 @@ class SetpointCounter:
 
 
 def main() -> int:
+    """Parse the arguments, run the benchmark and print its table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--miners", type=int, default=1000)
     parser.add_argument("--trials", type=int, default=30)

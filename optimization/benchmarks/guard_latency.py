@@ -25,6 +25,7 @@ NOW = datetime(2025, 7, 1, 20, 0, tzinfo=timezone.utc)
 
 
 def site(n: int):  # noqa: ANN201
+    """A SYNTHETIC site of ``n`` miners: (profile, the full batch with every unit in its top mode)."""
     base = load_profile("west_texas")
     total = sum(g.units for g in base.miner_groups)
     groups = [g.model_copy(update={"units": max(1, round(n * g.units / total))}) for g in base.miner_groups]
@@ -37,12 +38,14 @@ def site(n: int):  # noqa: ANN201
 
 
 def percentiles(samples: list[float]) -> str:
+    """p50 / p99 / max of ``samples`` (ms) as text."""
     ordered = sorted(samples)
     p = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
     return f"p50 {p(0.50) * 1e3:.3f} ms  p99 {p(0.99) * 1e3:.3f} ms  max {ordered[-1] * 1e3:.3f} ms"
 
 
 def main() -> int:
+    """Parse the arguments, run the benchmark and print its table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=1000, help="miners")
     parser.add_argument("--runs", type=int, default=500)

@@ -31,12 +31,14 @@ T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
 def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
 def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A Mosquitto broker on a free loopback port in ``workdir``: (process, port)."""
     binary = os.environ.get("HASHFLEX_MOSQUITTO") or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     port = free_port()
     conf = workdir / "mosquitto.conf"
@@ -112,6 +114,7 @@ def publish(port: int, n: int) -> None:
 
 
 def run(n: int, goal: float) -> int:
+    """Ingest ``n`` messages and print the rate against ``goal`` (messages/s); exit code."""
     src = Path(__file__).resolve().parent.parent.parent / "src"
     if (src / "hashflex").is_dir():
         sys.path.insert(0, str(src))  # run from a checkout without installing
@@ -174,6 +177,7 @@ def run(n: int, goal: float) -> int:
 
 
 def main() -> int:
+    """Parse the arguments, run the benchmark and print its table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=50_000, help="messages to publish")
     parser.add_argument("--goal", type=float, default=5_000.0, help="msg/s required for exit status 0")

@@ -41,6 +41,7 @@ PROFILES = {"air": {"stock": "default"}}
 
 
 def raise_fd_limit(needed: int) -> None:
+    """Raise the open-file limit to at least ``needed`` (one socket per simulated miner)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < needed:
         target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
@@ -61,10 +62,12 @@ class SimProcess:
         self.endpoints: dict[str, tuple[str, int]] = self.conn.recv()
 
     def ask(self, op: str, *args: object) -> object:
+        """Send LuxOS command ``op`` with ``args``; the parsed answer."""
         self.conn.send((op, args))
         return self.conn.recv()
 
     def stop(self) -> None:
+        """Stop the simulated miners."""
         self.ask("stop")
         self.proc.join(30)
 
@@ -96,6 +99,7 @@ def _sim_main(conn: Any, miners: int) -> None:
 
 
 def batch(miner_ids: list[str], clock: ScaledClock, mode: str) -> list[Setpoint]:
+    """A batch putting ``miner_ids`` in ``mode``, issued on ``clock``."""
     now = clock()
     power = 0.0 if mode == "sleep" else GROUP.mode(mode).power_kw
     return [Setpoint(mid, mode, power, now, now + timedelta(minutes=15)) for mid in miner_ids]
@@ -130,6 +134,7 @@ def one_cut(sim: SimProcess, driver: LuxosDriver, clock: ScaledClock, hung: list
 
 
 def scenario(miners: int, hung_share: float, trials: int, expired: bool) -> tuple[np.ndarray, float]:
+    """DR → all setpoints answered for ``miners`` LuxOS sims (``hung_share`` hung): latencies (s), failures."""
     sim = SimProcess(miners)
     clock = ScaledClock(1.0)
     endpoints = [LuxosEndpoint(mid, "air", host, port) for mid, (host, port) in sim.endpoints.items()]
@@ -151,6 +156,7 @@ def scenario(miners: int, hung_share: float, trials: int, expired: bool) -> tupl
 
 
 def main() -> int:
+    """Parse the arguments, run the benchmark and print its table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--miners", type=int, default=1000)
     parser.add_argument("--hung-share", type=float, default=0.1)

@@ -94,6 +94,7 @@ def _mix(text: str) -> dict[str, float]:
 
 
 def main() -> int:
+    """Parse the arguments, run the benchmark and print its table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--miners", type=int, default=1000)
     parser.add_argument("--mix", default="luxos=0.4,vnish=0.2,antminer=0.2,whatsminer=0.2")

@@ -33,6 +33,7 @@ from hashflex.profile import SiteProfile, load_profile
 
 
 def mixed_profile(base: SiteProfile, start: pd.Timestamp, days: int) -> SiteProfile:
+    """``base`` with a mixed fleet over ``days`` days from ``start`` (SYNTHETIC)."""
     data = base.model_dump(mode="json")
     tz = base.site.timezone
     jobs = []
@@ -58,6 +59,7 @@ def mixed_profile(base: SiteProfile, start: pd.Timestamp, days: int) -> SiteProf
 
 
 def main() -> None:
+    """Parse the arguments, run the benchmark and print its table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prices", default="ercot/RTM-2020-02.csv")
     parser.add_argument("--start", default="2020-02-03", help="first local day")

@@ -24,6 +24,7 @@ from hashflex.health.predict import FEATURES, RiskModel, evaluate, simulate_flee
 
 
 def main() -> None:
+    """Parse the arguments, run the benchmark and print its table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--miners", type=int, default=300)
     parser.add_argument("--days", type=int, default=60)

@@ -37,6 +37,7 @@ def _median(values: list[float]) -> float:
 
 
 def replan_rows(T: int, groups: int, runs: int, time_limit_s: float) -> None:
+    """Re-plan by rebuild vs in-place update at T × groups, ``runs`` re-plans; prints the table."""
     interval = 15 if T <= 96 else 5
     problem = synthetic_problem(T, groups, interval)
     rebuild_cache, update_cache = LpBasisCache(max_models=0), LpBasisCache()
@@ -118,6 +119,7 @@ def solver_rows(T: int, groups: int, time_limit_s: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments, run the benchmark and print its table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--T", type=int, default=96)

@@ -46,6 +46,7 @@ POWER_KW, IDLE_KW = 3.5, 0.0
 
 
 def profile_yaml(miners: int) -> str:
+    """SYNTHETIC profile YAML with ``miners`` MQTT miners."""
     half = miners // 2
     return f"""
 site: {{id: {SITE}, name: restart bench (SYNTHETIC), settlement_point: LZ_WEST, horizon_hours: 2}}
@@ -84,6 +85,7 @@ class Setpoints:
             self.rows.append((time.monotonic(), data["issued_at"], data["mode"]))
 
     def since(self, t0: float) -> list[tuple[float, str, str]]:
+        """Setpoints received since ``t0`` (monotonic s): (time, issued_at, mode)."""
         with self.lock:
             return [r for r in self.rows if r[0] >= t0]
 
@@ -100,6 +102,7 @@ def batches(rows: list[tuple[float, str, str]]) -> list[tuple[str, float, int, i
 
 
 def daemon(workdir: Path, port: int, http_port: int) -> subprocess.Popen[bytes]:
+    """Start ``hashflex run`` in ``workdir`` against the broker on ``port``."""
     log = (workdir / "daemon.log").open("ab")
     return subprocess.Popen([sys.executable, "-m", "hashflex.cli", "run", "--profile", str(workdir / "site.yaml"),
                              "--store", str(workdir / "hashflex.db"), "--mqtt-port", str(port),
@@ -108,6 +111,7 @@ def daemon(workdir: Path, port: int, http_port: int) -> subprocess.Popen[bytes]:
 
 
 def wait(condition, timeout_s: float, what: str) -> None:  # noqa: ANN001
+    """Wait until ``condition()`` holds, at most ``timeout_s`` s; raises naming ``what`` if it does not."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():
@@ -117,6 +121,7 @@ def wait(condition, timeout_s: float, what: str) -> None:  # noqa: ANN001
 
 
 def main() -> int:
+    """Parse the arguments, run the benchmark and print its table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--miners", type=int, default=1000)
     parser.add_argument("--restarts", type=int, default=20)

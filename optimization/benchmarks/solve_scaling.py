@@ -199,6 +199,7 @@ def measure(T: int, n_groups: int, interval_min: int, runs: int, time_limit_s: f
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments, run the benchmark and print its table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per case (at most 3 / 2 for 48 groups at T=96 / 288)")
     parser.add_argument("--quick", action="store_true", help="only T=96 × {3, 12} and one run each")

@@ -27,6 +27,7 @@ GOAL_MS = 100.0
 
 
 def synthetic_fleet(n_miners: int, n_groups: int = 12, seed: int = 3) -> tuple[FleetState, dict]:
+    """SYNTHETIC fleet of ``n_miners`` in ``n_groups`` groups, and counts moving 10 % of each group."""
     rng = np.random.default_rng(seed)
     modes = [MinerMode(name="eco", power_kw=2.9, hashrate_th_s=175, sound_power_dba=81),
              MinerMode(name="stock", power_kw=3.5, hashrate_th_s=200, sound_power_dba=84),
@@ -49,6 +50,7 @@ def synthetic_fleet(n_miners: int, n_groups: int = 12, seed: int = 3) -> tuple[F
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments, run the benchmark and print its table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     parser.add_argument("--runs", type=int, default=3)
