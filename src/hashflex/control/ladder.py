@@ -31,7 +31,18 @@ __all__ = ["Rung", "breakeven_ladder", "under_water"]
 
 @dataclass(frozen=True)
 class Rung:
-    """One (group, mode) and its breakeven grid price, $/MWh."""
+    """One (group, mode) and its breakeven grid price, $/MWh.
+
+    Parameters
+    ----------
+    group_id : str
+        The miner group (``profile.miner_groups[*].id``).
+    mode : str
+        A mode name of that group.
+    breakeven_usd_mwh : float
+        The real-time grid price above which a unit of the group running in this mode loses money,
+        $/MWh (the module docstring gives the formula).
+    """
 
     group_id: str
     mode: str
@@ -42,11 +53,24 @@ def breakeven_ladder(profile: SiteProfile, *, hashprice_usd_per_ph_day: float | 
                      intensity_kg_per_mwh: float | None = None) -> list[Rung]:
     """Every (group, mode) with its breakeven, lowest first (the first to sleep as prices rise).
 
+    The breakeven is the formula of the module docstring; the unit's idle draw is subtracted from its
+    mode power, because a sleeping unit still draws it.
+
     Parameters
     ----------
-    profile : the site (modes' power and hashrate, pool fee, adders, internal carbon price)
-    hashprice_usd_per_ph_day : the hashprice in force (default: the profile's)
-    intensity_kg_per_mwh : grid carbon intensity now (default: the profile's default factor)
+    profile : SiteProfile
+        The site: the modes' power (kW) and hashrate (TH/s), each group's idle power (kW), the pool
+        fee (%), the grid adders ($/MWh) and the internal carbon price ($/t CO2).
+    hashprice_usd_per_ph_day : float, optional
+        The hashprice in force, $/PH/day (default: the profile's ``economics.hashprice_usd_per_ph_day``).
+    intensity_kg_per_mwh : float, optional
+        Grid carbon intensity now, kg CO2/MWh (default: the profile's
+        ``carbon.default_intensity_kg_per_mwh``).
+
+    Returns
+    -------
+    list of Rung
+        One rung per (group, mode) of the profile, sorted by ``breakeven_usd_mwh`` ascending.
     """
     hashprice = profile.economics.hashprice_usd_per_ph_day if hashprice_usd_per_ph_day is None \
         else hashprice_usd_per_ph_day
@@ -64,5 +88,19 @@ def breakeven_ladder(profile: SiteProfile, *, hashprice_usd_per_ph_day: float | 
 
 
 def under_water(ladder: list[Rung], price_usd_mwh: float) -> Mapping[tuple[str, str], float]:
-    """(group, mode) → breakeven for every rung the price is above (those lose money running)."""
+    """(group, mode) → breakeven for every rung the price is above (those lose money running).
+
+    Parameters
+    ----------
+    ladder : list of Rung
+        The ladder from :func:`breakeven_ladder`.
+    price_usd_mwh : float
+        The real-time price now, $/MWh (a SCED price, Nodal Protocols §6.5.7.3).
+
+    Returns
+    -------
+    Mapping of (str, str) to float
+        ``(group_id, mode)`` → breakeven, $/MWh, for every rung strictly below ``price_usd_mwh``;
+        empty when the price is at or below every breakeven.
+    """
     return {(r.group_id, r.mode): r.breakeven_usd_mwh for r in ladder if price_usd_mwh > r.breakeven_usd_mwh}

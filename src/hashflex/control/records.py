@@ -27,6 +27,17 @@ log = logging.getLogger(__name__)
 
 
 class AuditRecorder:
+    """Appends audit-trail entries in order on one thread; :meth:`record` never blocks.
+
+    A failed append is logged and counted in ``failures``, never raised: the audit must not stop
+    control. The thread starts at construction.
+
+    Parameters
+    ----------
+    store : hashflex.store.Store
+        The store whose database holds the hash-chained trail (``audit.append_with_store``).
+    """
+
     def __init__(self, store: Any) -> None:
         self.store = store
         self._queue: queue.Queue[tuple[str, Mapping[str, Any], datetime] | None] = queue.Queue()
@@ -35,6 +46,17 @@ class AuditRecorder:
         self._thread.start()
 
     def record(self, kind: str, payload: Mapping[str, Any], at: datetime) -> None:
+        """Queue one entry; it is appended after every entry queued before it.
+
+        Parameters
+        ----------
+        kind : str
+            One of :data:`hashflex.audit.KINDS`.
+        payload : Mapping[str, Any]
+            The entry's content (JSON-ready).
+        at : datetime
+            The entry's time, timezone-aware.
+        """
         self._queue.put((kind, payload, at))
 
     def _run(self) -> None:
@@ -52,9 +74,11 @@ class AuditRecorder:
                 self._queue.task_done()
 
     def flush(self) -> None:
+        """Wait until every entry queued so far was appended (or its failure counted)."""
         self._queue.join()
 
     def close(self) -> None:
+        """Stop the thread after the entries already queued (waits up to 30 s)."""
         self._queue.put(None)
         self._thread.join(30)
 
@@ -66,23 +90,67 @@ class IntervalMeter:
         self.reset()
 
     def reset(self) -> None:
+        """Forget every sample (the start of a new interval)."""
         self.power_samples_kw: dict[str, float] = {}
         self.hashrate_th_s: dict[str, float] = {}
         self.renewable_samples_kw: list[float] = []
         self.noise: dict[str, list[tuple[float, float]]] = defaultdict(list)
 
     def telemetry(self, miner_id: str, power_kw: float, hashrate_th_s: float) -> None:
+        """Keep one miner's latest telemetry (the latest per miner: a fleet snapshot).
+
+        Parameters
+        ----------
+        miner_id : str
+            The miner, as named by ``SiteProfile.miner_ids``.
+        power_kw : float
+            Its measured power draw, kW.
+        hashrate_th_s : float
+            Its measured hashrate, TH/s.
+        """
         self.power_samples_kw[miner_id] = power_kw  # the latest per miner: a fleet snapshot
         self.hashrate_th_s[miner_id] = hashrate_th_s
 
     def renewable(self, power_kw: float) -> None:
+        """Add one on-site renewable output sample.
+
+        Parameters
+        ----------
+        power_kw : float
+            Renewable output, kW.
+        """
         self.renewable_samples_kw.append(power_kw)
 
     def noise_reading(self, receptor_id: str, laeq_dba: float, averaging_s: float) -> None:
+        """Add one noise meter reading at a receptor.
+
+        Parameters
+        ----------
+        receptor_id : str
+            The receptor (``profile.receptors[*].id``).
+        laeq_dba : float
+            The reading's equivalent continuous A-weighted level, dB(A).
+        averaging_s : float
+            The reading's averaging time, s (its weight in the interval's LAeq).
+        """
         self.noise[receptor_id].append((laeq_dba, averaging_s))
 
     def summary(self, caps: Mapping[str, float | None]) -> dict[str, Any]:
-        """Load (telemetry sum), renewable (mean), hashrate, and per receptor (LAeq, minutes over cap)."""
+        """Load (telemetry sum), renewable (mean), hashrate, and per receptor (LAeq, minutes over cap).
+
+        Parameters
+        ----------
+        caps : Mapping[str, float or None]
+            Receptor id → the noise cap in force over the interval, dB(A) (None or absent: no cap).
+
+        Returns
+        -------
+        dict
+            ``load_kw`` (sum of each miner's latest power, kW), ``renewable_kw`` (mean of the samples,
+            kW; 0.0 without samples), ``hashrate_th_s`` (sum, TH/s), ``noise`` (receptor id →
+            ``(LAeq dB(A), minutes over cap)``, ``audit.noise_interval_summary``) and
+            ``telemetry_miners`` (how many miners reported).
+        """
         renewable = sum(self.renewable_samples_kw) / len(self.renewable_samples_kw) if self.renewable_samples_kw else 0.0
         noise = {r: noise_interval_summary(readings, caps.get(r)) for r, readings in self.noise.items() if readings}
         return {"load_kw": sum(self.power_samples_kw.values()), "renewable_kw": renewable,

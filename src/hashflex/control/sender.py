@@ -29,10 +29,17 @@ _STOP = object()
 class SendQueue:
     """Apply queued jobs in order on one thread.
 
-    ``apply``: a callable taking a job and returning its result (e.g. ``lambda batch:
-    driver.apply(batch)``); its exceptions are set on the job's future, never raised on the thread.
-    ``synchronous=True`` runs each job on the caller's thread instead (simulations and tests that need
-    determinism).
+    The thread starts with the first :meth:`submit` (and again if it died); :meth:`close` stops it.
+
+    Parameters
+    ----------
+    apply : callable
+        Takes a job and returns its result (e.g. ``lambda batch: driver.apply(batch)``); its
+        exceptions are set on the job's future, never raised on the thread.
+    synchronous : bool, default False
+        Run each job on the caller's thread instead (simulations and tests that need determinism).
+    name : str, default "hashflex-sender"
+        The thread's name (logs, ``threading.enumerate``).
     """
 
     def __init__(self, apply: Callable[[Any], Any], *, synchronous: bool = False, name: str = "hashflex-sender") -> None:
@@ -44,8 +51,22 @@ class SendQueue:
         self._lock = threading.Lock()
 
     def submit(self, job: Any, on_done: Callable[[Any, Any], None] | None = None) -> Future:
-        """Queue ``job``; ``on_done(job, result)`` runs on the sender thread after ``apply`` (not when
-        it raised). Returns a future resolving to ``apply(job)``."""
+        """Queue ``job`` behind every job queued before it.
+
+        Parameters
+        ----------
+        job : Any
+            What ``apply`` takes (the loop's full-fleet batch of setpoints).
+        on_done : callable, optional
+            ``on_done(job, result)`` runs on the sender thread after ``apply`` returned (not when it
+            raised); its own exceptions are logged, never lose the result.
+
+        Returns
+        -------
+        concurrent.futures.Future
+            Resolves to ``apply(job)``, or carries its exception. With ``synchronous=True`` it is
+            already done when returned.
+        """
         future: Future = Future()
         if self.synchronous:
             self._run_one(job, on_done, future)
@@ -55,10 +76,18 @@ class SendQueue:
         return future
 
     def pending(self) -> int:
+        """The number of jobs queued and not yet taken by the thread (approximate, as ``qsize``)."""
         return self._queue.qsize()
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Finish what is queued, then stop the thread."""
+        """Finish what is queued, then stop the thread.
+
+        Parameters
+        ----------
+        timeout_s : float, default 10.0
+            How long to wait for the thread, s; a job still running then is left to finish on its
+            (daemon) thread.
+        """
         with self._lock:
             thread, self._thread = self._thread, None
         if thread is not None:

@@ -48,7 +48,26 @@ _BASIS_CACHE: Any = None
 
 
 def plan_problem(problem: Problem, fine_intervals: int, time_limit_s: float) -> Schedule:
-    """Solve at full resolution, or coarsen beyond ``fine_intervals`` when the horizon is longer."""
+    """Solve at full resolution, or coarsen beyond ``fine_intervals`` when the horizon is longer.
+
+    Runs in the worker process (or in-process with ``inline=True``) and keeps the last LP basis per
+    process as a warm start for the next re-plan.
+
+    Parameters
+    ----------
+    problem : Problem
+        The optimizer's input arrays, ``problem.T`` intervals.
+    fine_intervals : int
+        Intervals kept at full resolution; beyond them the horizon is coarsened
+        (``optimize.solve.solve_multiresolution``).
+    time_limit_s : float
+        HiGHS's own time limit, s.
+
+    Returns
+    -------
+    Schedule
+        The plan over all ``problem.T`` intervals.
+    """
     # Pyomo is imported where a solve happens (the worker), not with the daemon: it is ~1 s of a
     # restart's start-up, which the restart fast path must not wait for.
     from hashflex.optimize.solve import LpBasisCache, solve, solve_multiresolution
@@ -63,7 +82,22 @@ def plan_problem(problem: Problem, fine_intervals: int, time_limit_s: float) -> 
 
 
 def solve_problem(problem: Problem, time_limit_s: float, rel_gap: float | None = None) -> Schedule:
-    """One full-resolution solve (the backtest oracle's), optionally with a relative MIP gap."""
+    """One full-resolution solve (the backtest oracle's), optionally with a relative MIP gap.
+
+    Parameters
+    ----------
+    problem : Problem
+        The optimizer's input arrays.
+    time_limit_s : float
+        HiGHS's own time limit, s.
+    rel_gap : float, optional
+        Relative MIP gap at which HiGHS stops (default: the solver module's).
+
+    Returns
+    -------
+    Schedule
+        The plan over all ``problem.T`` intervals.
+    """
     from hashflex.optimize.solve import solve
 
     if rel_gap is None:
@@ -94,11 +128,20 @@ def _exit_with_parent(parent_pid: int, pdeathsig: bool) -> None:
 class SolveRunner:
     """``run(problem, fine_intervals)`` → Schedule within ``deadline_s`` (wall clock), never raises.
 
-    ``time_limit_s`` is HiGHS's own limit; ``deadline_s`` (default ``time_limit_s`` + 10 s) is when
-    the worker is killed and the greedy fallback returned instead. ``solve(problem, time_limit_s=,
-    rel_gap=)`` is the same for one full-resolution solve (a given ``deadline_s`` caps it too).
-    ``timeouts`` and ``failures`` count the fallbacks; ``last_seconds`` is the last call's wall time.
-    Call ``close()`` (or use it as a context manager) to stop the worker.
+    ``solve(problem, time_limit_s=, rel_gap=)`` is the same for one full-resolution solve (a given
+    ``deadline_s`` caps it too). ``timeouts`` and ``failures`` count the fallbacks; ``last_seconds``
+    is the last call's wall time, s. Call ``close()`` (or use it as a context manager) to stop the
+    worker.
+
+    Parameters
+    ----------
+    time_limit_s : float, default 20.0
+        HiGHS's own time limit, s.
+    deadline_s : float, optional
+        Wall-clock time after which the worker is killed and the greedy fallback returned instead, s
+        (default ``time_limit_s`` + ``DEFAULT_MARGIN_S``, 10 s).
+    inline : bool, default False
+        Solve in this process without a deadline (unit tests only).
     """
 
     def __init__(self, *, time_limit_s: float = 20.0, deadline_s: float | None = None, inline: bool = False) -> None:
@@ -127,7 +170,13 @@ class SolveRunner:
         return self._pool
 
     def worker_pids(self) -> list[int]:
-        """Pids of the live worker process(es); empty before the first solve and after ``close``."""
+        """Pids of the live worker process(es); empty before the first solve and after ``close``.
+
+        Returns
+        -------
+        list of int
+            Sorted process ids.
+        """
         pool = self._pool
         return sorted(getattr(pool, "_processes", None) or {}) if pool is not None else []
 
@@ -140,12 +189,41 @@ class SolveRunner:
         pool.shutdown(wait=False, cancel_futures=True)
 
     def run(self, problem: Problem, fine_intervals: int) -> Schedule:
-        """The daemon's plan: ``plan_problem`` within ``deadline_s``, else the greedy fallback."""
+        """The daemon's plan: ``plan_problem`` within ``deadline_s``, else the greedy fallback.
+
+        Parameters
+        ----------
+        problem : Problem
+            The optimizer's input arrays, ``problem.T`` intervals.
+        fine_intervals : int
+            Intervals kept at full resolution (see :func:`plan_problem`).
+
+        Returns
+        -------
+        Schedule
+            The solved plan; on a timeout or a worker failure the greedy fallback (status
+            ``failed_fallback``, every hard limit respected) whose message says why. Never raises.
+        """
         return self._call(problem, self.deadline_s, plan_problem, problem, fine_intervals, self.time_limit_s)
 
     def solve(self, problem: Problem, *, time_limit_s: float | None = None, rel_gap: float | None = None) -> Schedule:
         """One full-resolution solve with HiGHS limit ``time_limit_s``; killed at the runner's
-        ``deadline_s`` when one was given, else at the limit + 10 s."""
+        ``deadline_s`` when one was given, else at the limit + 10 s.
+
+        Parameters
+        ----------
+        problem : Problem
+            The optimizer's input arrays.
+        time_limit_s : float, optional
+            HiGHS's own time limit, s (default: the runner's ``time_limit_s``).
+        rel_gap : float, optional
+            Relative MIP gap (see :func:`solve_problem`).
+
+        Returns
+        -------
+        Schedule
+            The solved plan, or the greedy fallback on a timeout or failure. Never raises.
+        """
         limit = self.time_limit_s if time_limit_s is None else time_limit_s
         deadline = self.deadline_s if self._deadline_given else limit + DEFAULT_MARGIN_S
         return self._call(problem, deadline, solve_problem, problem, limit, rel_gap)
@@ -172,7 +250,13 @@ class SolveRunner:
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the worker: an idle one exits cleanly (no leaked semaphores); one still busy after
-        ``timeout_s`` is killed."""
+        ``timeout_s`` is killed.
+
+        Parameters
+        ----------
+        timeout_s : float, default 5.0
+            How long to wait for the worker to exit before killing it, s.
+        """
         pool, self._pool = self._pool, None
         if pool is None:
             return
