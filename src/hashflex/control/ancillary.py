@@ -26,7 +26,20 @@ __all__ = ["ASDeployment", "as_source", "award_refusal", "deploy_refusal", "depl
 
 
 def as_source(product: str, deployment_id: str) -> str:
-    """The source label of a deployment's import limit, e.g. ``AS:RRS:d-17``."""
+    """The source label of a deployment's import limit, e.g. ``AS:RRS:d-17``.
+
+    Parameters
+    ----------
+    product : str
+        The ancillary service product: ``RRS``, ``ECRS`` or ``NSPIN``.
+    deployment_id : str
+        The deployment's id (``ASDeployMessage.deployment_id``).
+
+    Returns
+    -------
+    str
+        ``"AS:<product>:<deployment_id>"``.
+    """
     return f"AS:{product}:{deployment_id}"
 
 
@@ -34,9 +47,30 @@ def as_source(product: str, deployment_id: str) -> str:
 class ASDeployment:
     """One accepted deployment: the import limit it sets, from when, by when, until when.
 
-    ``baseline_kw``: the site's modelled import when it arrived; ``limit_kw`` = max(baseline −
-    deployed, 0); ``deadline``: issued_at + the product's deployment time; ``end``: the recall, or
-    issued_at + the product's sustain duration."""
+    Deadlines and sustain durations come from ``profile.AS_PRODUCT_RULES`` (sources there: ERCOT
+    Nodal Protocols §6.5.7.6.2.2 RRS, §6.5.7.6.2.4 ECRS, §6.5.7.6.2.3 Non-Spin).
+
+    Parameters
+    ----------
+    deployment_id : str
+        The deployment's id.
+    product : str
+        ``RRS``, ``ECRS`` or ``NSPIN``.
+    issuer : str
+        The QSE that sent it (``profile.ancillary.issuer``).
+    issued_at : datetime
+        When it was instructed, timezone-aware; it binds from then.
+    deployed_kw : float
+        The load to shed, kW.
+    baseline_kw : float
+        The site's modelled import when it arrived, kW.
+    limit_kw : float
+        The import limit it sets: max(baseline_kw − deployed_kw, 0), kW.
+    deadline : datetime
+        ``issued_at`` + the product's deployment time: the limit must be met by then.
+    end : datetime
+        The recall, or ``issued_at`` + the product's sustain duration.
+    """
 
     deployment_id: str
     product: str
@@ -50,14 +84,29 @@ class ASDeployment:
 
     @property
     def source(self) -> str:
+        """The source label of its import limit (:func:`as_source`), e.g. ``AS:ECRS:d-3``."""
         return as_source(self.product, self.deployment_id)
 
     def in_force(self, start: datetime, end: datetime | None = None) -> bool:
-        """In force at ``start``, or at any moment of ``[start, end)``."""
+        """In force at ``start``, or at any moment of ``[start, end)``.
+
+        Parameters
+        ----------
+        start : datetime
+            The moment (or the interval's start), timezone-aware.
+        end : datetime, optional
+            The interval's end; None (or not after ``start``) asks about the moment ``start``.
+
+        Returns
+        -------
+        bool
+            True when ``[issued_at, self.end)`` overlaps the moment or interval.
+        """
         until = end if end is not None and end > start else start + timedelta(microseconds=1)
         return self.issued_at < until and self.end > start
 
     def to_json(self) -> dict[str, Any]:
+        """JSON-ready form (times ISO 8601), read back by :meth:`from_json`."""
         return {"deployment_id": self.deployment_id, "product": self.product, "issuer": self.issuer,
                 "issued_at": self.issued_at.isoformat(), "deployed_kw": self.deployed_kw,
                 "baseline_kw": self.baseline_kw, "limit_kw": self.limit_kw,
@@ -65,6 +114,25 @@ class ASDeployment:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ASDeployment:
+        """The deployment from :meth:`to_json`.
+
+        Parameters
+        ----------
+        data : dict
+            Every field of :meth:`to_json`.
+
+        Returns
+        -------
+        ASDeployment
+            The deployment.
+
+        Raises
+        ------
+        KeyError
+            If a field is missing.
+        ValueError
+            If a time is not ISO 8601 or a kW value is not a number.
+        """
         return cls(data["deployment_id"], data["product"], data["issuer"], datetime.fromisoformat(data["issued_at"]),
                    float(data["deployed_kw"]), float(data["baseline_kw"]), float(data["limit_kw"]),
                    datetime.fromisoformat(data["deadline"]), datetime.fromisoformat(data["end"]))
@@ -83,7 +151,26 @@ def _issuer_refusal(profile: SiteProfile, issuer: str, product: str) -> str | No
 
 def award_refusal(profile: SiteProfile, msg: ASAwardMessage, held: dict[str, Any] | None, now: datetime) -> str | None:
     """Why an award is refused, or None: wrong issuer or product, more than the site qualified,
-    already over, or an older revision than the one held."""
+    already over, or an older revision than the one held.
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        The site: ``ancillary.issuer`` (the QSE) and ``ancillary.products`` (qualified MW per group,
+        optional ``max_mw`` per product).
+    msg : ASAwardMessage
+        The award.
+    held : dict, optional
+        The award with the same id already accepted (its JSON), or None.
+    now : datetime
+        The decision time, timezone-aware.
+
+    Returns
+    -------
+    str or None
+        The refusal, naming the field (``issuer``, ``product``, ``reserve_kw``, ``end``,
+        ``revision``, or the missing ``ancillary`` section); None when the award is acceptable.
+    """
     reason = _issuer_refusal(profile, msg.issuer, msg.product)
     if reason is not None:
         return reason
@@ -101,12 +188,41 @@ def award_refusal(profile: SiteProfile, msg: ASAwardMessage, held: dict[str, Any
 
 
 def deploy_refusal(profile: SiteProfile, msg: ASDeployMessage) -> str | None:
-    """Why a deployment is refused, or None: only the issuer and the product are checked."""
+    """Why a deployment is refused, or None: only the issuer and the product are checked.
+
+    A deployment above the award in force is accepted (shedding is always safe).
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        The site: ``ancillary.issuer`` and the qualified ``ancillary.products``.
+    msg : ASDeployMessage
+        The deployment or its recall.
+
+    Returns
+    -------
+    str or None
+        The refusal, naming the field; None when the message is acceptable.
+    """
     return _issuer_refusal(profile, msg.issuer, msg.product)
 
 
 def deployment_from(msg: ASDeployMessage, baseline_kw: float) -> ASDeployment:
-    """The deployment a (not recalled) message sets, from the modelled import ``baseline_kw`` now."""
+    """The deployment a (not recalled) message sets, from the modelled import ``baseline_kw`` now.
+
+    Parameters
+    ----------
+    msg : ASDeployMessage
+        An accepted deployment (not a recall).
+    baseline_kw : float
+        The site's modelled import when it arrived, kW (the import net of on-site renewables).
+
+    Returns
+    -------
+    ASDeployment
+        Limit max(baseline_kw − deployed_kw, 0) kW, deadline and end from the product's
+        ``deadline_s`` and ``sustain_h`` in ``profile.AS_PRODUCT_RULES``.
+    """
     rules = AS_PRODUCT_RULES[msg.product]
     return ASDeployment(
         deployment_id=msg.deployment_id, product=msg.product, issuer=msg.issuer, issued_at=msg.issued_at,

@@ -52,11 +52,40 @@ PENDING, ACTIVE, COMPLETED, CANCELLED = "pending", "active", "completed", "cance
 
 
 def source_label(event_id: str) -> str:
+    """The source label of a DR event's import limit, e.g. ``DR:ev-42``.
+
+    Parameters
+    ----------
+    event_id : str
+        The event's id (``DREventMessage.event_id``).
+
+    Returns
+    -------
+    str
+        ``"DR:<event_id>"``, as shown in ``/status`` and the limits book.
+    """
     return f"DR:{event_id}"
 
 
 @dataclass(frozen=True)
 class DRDecision:
+    """The decision on one DR message (:meth:`DRBook.apply`).
+
+    Parameters
+    ----------
+    event_id : str
+        The event the message is about.
+    modification_number : int
+        The message's modification number.
+    accepted : bool
+        Whether the message changed the book.
+    reason : str
+        ``accepted: ...`` with what changed, or why it was rejected (the first failed rule of the
+        module docstring).
+    limit_kw : float, optional
+        The event's import limit when accepted, kW (inf: no limit, e.g. a cancellation or level 0).
+    """
+
     event_id: str
     modification_number: int
     accepted: bool
@@ -64,6 +93,18 @@ class DRDecision:
     limit_kw: float | None = None  # the event's import limit when accepted (inf: none)
 
     def to_ack(self, acked_at: datetime) -> DRAckMessage:
+        """The acknowledgement published on ``out/dr/ack``.
+
+        Parameters
+        ----------
+        acked_at : datetime
+            When the decision is acknowledged, timezone-aware (after the book was committed).
+
+        Returns
+        -------
+        DRAckMessage
+            ``status`` ``accepted`` or ``rejected``, with this decision's reason.
+        """
         return DRAckMessage(event_id=self.event_id, modification_number=self.modification_number,
                             status="accepted" if self.accepted else "rejected", reason=self.reason,
                             acked_at=acked_at)
@@ -71,6 +112,23 @@ class DRDecision:
 
 @dataclass(frozen=True)
 class DRTransition:
+    """One status change of an event, reported by :meth:`DRBook.transitions`.
+
+    Parameters
+    ----------
+    event_id : str
+        The event.
+    kind : str
+        ``activated``, ``completed``, ``cancelled``, ``modified`` or ``deferred`` (active → pending
+        after a modification moved its start).
+    status : str
+        The status to record now: ``pending``, ``active``, ``completed`` or ``cancelled``.
+    at : datetime
+        When the change was seen (the ``now`` of the call), timezone-aware.
+    limit_kw : float
+        The event's import limit, kW (inf: none).
+    """
+
     event_id: str
     kind: str  # activated, completed, cancelled, modified, deferred (active -> pending after a modification)
     status: str  # the status to record now
@@ -80,6 +138,20 @@ class DRTransition:
 
 @dataclass(frozen=True)
 class DRRecord:
+    """One interval's performance of an event (:meth:`DRBook.record`).
+
+    Parameters
+    ----------
+    interval_start : datetime
+        The interval's start, timezone-aware.
+    baseline_kw : float or None
+        The import the reduction is measured from, kW (None: no baseline known).
+    limit_kw : float
+        The event's import limit, kW (inf: none).
+    measured_kw : float
+        The site's measured import over the interval, kW.
+    """
+
     interval_start: datetime
     baseline_kw: float | None
     limit_kw: float
@@ -88,6 +160,28 @@ class DRRecord:
 
 @dataclass(frozen=True)
 class Compliance:
+    """How well the site delivered one event, from its records (:meth:`DRBook.compliance`).
+
+    Parameters
+    ----------
+    event_id : str
+        The event.
+    intervals : int
+        Intervals recorded.
+    compliant_intervals : int
+        Intervals with measured import ≤ limit + tolerance.
+    compliant_pct : float
+        ``compliant_intervals / intervals`` × 100, % (NaN with no intervals).
+    requested_reduction_kw : float
+        Mean over intervals with a baseline and a finite limit of max(baseline − limit, 0), kW.
+    delivered_reduction_kw : float
+        Mean over the same intervals of baseline − measured, kW (negative: the site imported more).
+    delivered_pct : float
+        Delivered / requested × 100, % (NaN if nothing was requested).
+    worst_excess_kw : float
+        max(measured − limit) over the intervals, kW; 0 if always under.
+    """
+
     event_id: str
     intervals: int
     compliant_intervals: int
@@ -115,7 +209,25 @@ class _Event:
 
 
 def event_limit_kw(message: DREventMessage, profile: SiteProfile) -> float | None:
-    """The import limit an event asks for; ``None`` when a level has no mapping (inf: no limit)."""
+    """The import limit an event asks for; ``None`` when a level has no mapping (inf: no limit).
+
+    In order: ``import_limit_kw``; else ``baseline_kw − shed_kw``; else the profile's limit for the
+    ``level`` (level 0, "normal operation" in OpenADR simple levels, is no limit); a bare
+    cancellation asks no limit.
+
+    Parameters
+    ----------
+    message : DREventMessage
+        The event message.
+    profile : SiteProfile
+        The site; ``dr.level_import_limit_kw`` maps levels 1–3 to import limits, kW.
+
+    Returns
+    -------
+    float or None
+        The import limit, kW; ``math.inf`` for no limit; None for a level the profile does not map
+        (the event is then rejected).
+    """
     if message.import_limit_kw is not None:
         return float(message.import_limit_kw)
     if message.shed_kw is not None and message.baseline_kw is not None:
@@ -138,7 +250,25 @@ class DRBook:
     # ------------------------------------------------------------------ intake
 
     def apply(self, msg: DREventMessage, now: datetime, profile: SiteProfile) -> DRDecision:
-        """Accept or reject one event message (see module docstring for the rules, in order)."""
+        """Accept or reject one event message (see module docstring for the rules, in order).
+
+        An accepted cancellation or modification queues a transition for :meth:`transitions`; a new
+        event starts ``pending``.
+
+        Parameters
+        ----------
+        msg : DREventMessage
+            The event message (already schema-checked).
+        now : datetime
+            The decision time, timezone-aware.
+        profile : SiteProfile
+            The site: ``dr.issuers`` (who may send events) and ``dr.level_import_limit_kw``.
+
+        Returns
+        -------
+        DRDecision
+            Accepted with the event's limit (kW), or rejected with the first failed rule as reason.
+        """
         def reject(reason: str) -> DRDecision:
             return DRDecision(msg.event_id, msg.modification_number, False, reason)
 
@@ -185,7 +315,19 @@ class DRBook:
                           limit)
 
     def transitions(self, now: datetime) -> list[DRTransition]:
-        """Status changes since the last call (cancellations and modifications first, then times)."""
+        """Status changes since the last call (cancellations and modifications first, then times).
+
+        Parameters
+        ----------
+        now : datetime
+            The time the statuses are evaluated at, timezone-aware: an event is ``active`` on
+            ``[start, end)``, ``completed`` from ``end``.
+
+        Returns
+        -------
+        list of DRTransition
+            Every change since the last call, in order; empty when nothing changed.
+        """
         out, self._queued = self._queued, []
         for event_id, event in self._events.items():
             if event.status in (CANCELLED, COMPLETED):
@@ -205,7 +347,19 @@ class DRBook:
     # ------------------------------------------------------------------ limits
 
     def limit_at(self, t: datetime) -> tuple[float, str]:
-        """(site import limit from DR, label of the binding event) at ``t``; (inf, "") if none."""
+        """(site import limit from DR, label of the binding event) at ``t``; (inf, "") if none.
+
+        Parameters
+        ----------
+        t : datetime
+            The moment, timezone-aware.
+
+        Returns
+        -------
+        tuple of (float, str)
+            The lowest limit of the events in force at ``t``, kW, and its source label
+            (:func:`source_label`).
+        """
         limit, label = math.inf, ""
         for event_id, event in self._events.items():
             if event.limit_kw < limit and event.in_force(t):
@@ -213,12 +367,45 @@ class DRBook:
         return limit, label
 
     def limit_kw_at(self, t: datetime) -> float:
+        """The site import limit from DR at ``t``, kW (inf: none); see :meth:`limit_at`.
+
+        Parameters
+        ----------
+        t : datetime
+            The moment, timezone-aware.
+
+        Returns
+        -------
+        float
+            The lowest limit of the events in force at ``t``, kW.
+        """
         return self.limit_at(t)[0]
 
     def limits_over(self, interval_starts: Sequence[datetime] | pd.DatetimeIndex,
                     interval: timedelta | None = None) -> tuple[np.ndarray, list[str]]:
         """Per interval: the lowest limit of any event in force at any moment of the interval, and its
-        label (inf and "" where none). ``interval`` defaults to the spacing of ``interval_starts``."""
+        label (inf and "" where none). ``interval`` defaults to the spacing of ``interval_starts``.
+
+        Parameters
+        ----------
+        interval_starts : sequence of datetime or pandas.DatetimeIndex
+            The intervals' starts, shape (T,), timezone-aware.
+        interval : datetime.timedelta, optional
+            The intervals' length (default: ``interval_starts[1] - interval_starts[0]``; zero for a
+            single start, which then reads the limit at that moment).
+
+        Returns
+        -------
+        limits : numpy.ndarray
+            Shape (T,), the binding import limit per interval, kW (inf where none).
+        labels : list of str
+            Length T, the binding event's source label per interval ("" where none).
+
+        Raises
+        ------
+        ValueError
+            If a start is timezone-naive.
+        """
         starts = [pd.Timestamp(t).to_pydatetime() for t in interval_starts]
         if any(t.tzinfo is None for t in starts):
             raise ValueError("interval_starts must be tz-aware")
@@ -235,19 +422,82 @@ class DRBook:
     # ------------------------------------------------------------------ queries
 
     def status(self, event_id: str) -> str:
+        """The event's status.
+
+        Parameters
+        ----------
+        event_id : str
+            A known event.
+
+        Returns
+        -------
+        str
+            ``pending``, ``active``, ``completed`` or ``cancelled``.
+
+        Raises
+        ------
+        KeyError
+            If the book does not know the event.
+        """
         return self._events[event_id].status
 
     def message(self, event_id: str) -> DREventMessage:
+        """The event's message in force (the latest accepted modification).
+
+        Parameters
+        ----------
+        event_id : str
+            A known event.
+
+        Returns
+        -------
+        DREventMessage
+            The message whose terms apply.
+
+        Raises
+        ------
+        KeyError
+            If the book does not know the event.
+        """
         return self._events[event_id].message
 
     def limit_kw(self, event_id: str) -> float:
-        """The import limit the event was accepted with (inf: none), kW."""
+        """The import limit the event was accepted with (inf: none), kW.
+
+        Parameters
+        ----------
+        event_id : str
+            A known event.
+
+        Returns
+        -------
+        float
+            The limit, kW; kept even if the profile's level mapping changed since.
+
+        Raises
+        ------
+        KeyError
+            If the book does not know the event.
+        """
         return self._events[event_id].limit_kw
 
     def event_ids(self) -> list[str]:
+        """Every event the book knows, in the order first accepted, whatever its status."""
         return list(self._events)
 
     def active_ids(self, now: datetime) -> list[str]:
+        """The events in force at ``now`` (not cancelled, ``start <= now < end``).
+
+        Parameters
+        ----------
+        now : datetime
+            The moment, timezone-aware.
+
+        Returns
+        -------
+        list of str
+            Their ids, in the order first accepted.
+        """
         return [i for i, e in self._events.items() if e.in_force(now)]
 
     # ------------------------------------------------------------------ performance
@@ -255,7 +505,32 @@ class DRBook:
     def record(self, event_id: str, interval_start: datetime, measured_kw: float,
                baseline_kw: float | None = None) -> DRRecord:
         """Record one interval of an event: the measured import against the event's limit. The
-        baseline defaults to the event's own ``baseline_kw`` (shed events)."""
+        baseline defaults to the event's own ``baseline_kw`` (shed events).
+
+        A second record for the same interval replaces the first.
+
+        Parameters
+        ----------
+        event_id : str
+            A known event.
+        interval_start : datetime
+            The interval's start, timezone-aware.
+        measured_kw : float
+            The site's measured import over the interval, kW.
+        baseline_kw : float, optional
+            The import the reduction is measured from, kW (default: the message's ``baseline_kw``,
+            None for events without one).
+
+        Returns
+        -------
+        DRRecord
+            The record stored, with the event's limit.
+
+        Raises
+        ------
+        KeyError
+            If the book does not know the event.
+        """
         event = self._events[event_id]
         baseline = baseline_kw if baseline_kw is not None else event.message.baseline_kw
         rec = DRRecord(interval_start, baseline, event.limit_kw, float(measured_kw))
@@ -264,9 +539,45 @@ class DRBook:
         return rec
 
     def records(self, event_id: str) -> list[DRRecord]:
+        """The event's performance records.
+
+        Parameters
+        ----------
+        event_id : str
+            A known event.
+
+        Returns
+        -------
+        list of DRRecord
+            A copy, sorted by ``interval_start``.
+
+        Raises
+        ------
+        KeyError
+            If the book does not know the event.
+        """
         return list(self._events[event_id].records)
 
     def compliance(self, event_id: str, tolerance_kw: float = 0.0) -> Compliance:
+        """How well the site delivered the event over the intervals recorded so far.
+
+        Parameters
+        ----------
+        event_id : str
+            A known event.
+        tolerance_kw : float, default 0.0
+            An interval complies when measured ≤ limit + ``tolerance_kw``, kW.
+
+        Returns
+        -------
+        Compliance
+            Shares and mean reductions; NaN where there is nothing to average (see its fields).
+
+        Raises
+        ------
+        KeyError
+            If the book does not know the event.
+        """
         records = self._events[event_id].records
         n = len(records)
         ok = sum(r.measured_kw <= r.limit_kw + tolerance_kw for r in records)
@@ -302,6 +613,28 @@ class DRBook:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DRBook:
+        """The book from :meth:`to_dict`: every event with its status, limit and records.
+
+        Queued transitions are not part of the durable state; the next :meth:`transitions` call
+        derives statuses from the times again.
+
+        Parameters
+        ----------
+        data : dict
+            ``{"events": [...]}`` as written by :meth:`to_dict` (None limits read as inf).
+
+        Returns
+        -------
+        DRBook
+            The restored book.
+
+        Raises
+        ------
+        KeyError
+            If a required key is missing.
+        pydantic.ValidationError
+            If a stored message no longer validates.
+        """
         def num(x: float | None) -> float:
             return math.inf if x is None else float(x)
 

@@ -75,13 +75,35 @@ _ANSWERS_KEPT = 5_000  # idempotent answers remembered (oldest forgotten first)
 
 
 def content_hash(payload: dict[str, Any]) -> str:
-    """SHA-256 (hex, first 16 chars) of a message's canonical JSON: equal content, equal hash."""
+    """SHA-256 (hex, first 16 chars) of a message's canonical JSON: equal content, equal hash.
+
+    Parameters
+    ----------
+    payload : dict
+        The message as JSON-ready data (keys sorted, compact separators, other values by ``str``).
+
+    Returns
+    -------
+    str
+        16 lowercase hex digits.
+    """
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def limits_source(issuer: str) -> str:
-    """The source label of a manager's import limit, e.g. ``limits:site_manager``."""
+    """The source label of a manager's import limit, e.g. ``limits:site_manager``.
+
+    Parameters
+    ----------
+    issuer : str
+        The site manager (one of ``profile.site.managers``).
+
+    Returns
+    -------
+    str
+        ``"limits:<issuer>"``.
+    """
     return f"limits:{issuer}"
 
 
@@ -90,7 +112,23 @@ class LimitsAck:
     """The answer to one ``in/limits`` message, published on ``out/limits/ack``.
 
     ``change_id`` is ``<issuer>@<issued_at ISO>#<content hash>``: unique per distinct message, so two
-    changes in the same second are two changes, and a redelivery is recognised."""
+    changes in the same second are two changes, and a redelivery is recognised.
+
+    Parameters
+    ----------
+    change_id : str
+        ``<issuer>@<issued_at ISO>#<content hash>`` (:meth:`LimitsBook.limits_change_id`).
+    issuer : str
+        The message's issuer.
+    issued_at : datetime
+        The message's ``issued_at``, timezone-aware.
+    status : str
+        ``accepted`` or ``rejected``.
+    reason : str
+        What was accepted, or why not (the field named).
+    acked_at : datetime
+        When the answer was given, timezone-aware.
+    """
 
     change_id: str
     issuer: str
@@ -101,21 +139,64 @@ class LimitsAck:
 
     @property
     def accepted(self) -> bool:
+        """True when ``status`` is ``accepted``."""
         return self.status == "accepted"
 
     def to_json(self) -> dict[str, Any]:
+        """JSON-ready form (times ISO 8601), the payload of ``out/limits/ack``."""
         return {"change_id": self.change_id, "issuer": self.issuer, "issued_at": self.issued_at.isoformat(),
                 "status": self.status, "reason": self.reason, "acked_at": self.acked_at.isoformat()}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LimitsAck:
+        """The answer from :meth:`to_json` (a remembered answer, given again on a redelivery).
+
+        Parameters
+        ----------
+        data : dict
+            Every field of :meth:`to_json`.
+
+        Returns
+        -------
+        LimitsAck
+            The answer.
+
+        Raises
+        ------
+        KeyError
+            If a field is missing.
+        ValueError
+            If a time is not ISO 8601.
+        """
         return cls(data["change_id"], data["issuer"], datetime.fromisoformat(data["issued_at"]), data["status"],
                    data["reason"], datetime.fromisoformat(data["acked_at"]))
 
 
 @dataclass(frozen=True)
 class ManagerLimit:
-    """One part (``import``, ``noise`` or ``carbon``) of a site manager's accepted limits change."""
+    """One part (``import``, ``noise`` or ``carbon``) of a site manager's accepted limits change.
+
+    Parameters
+    ----------
+    issuer : str
+        The site manager.
+    part : str
+        ``import``, ``noise`` or ``carbon``.
+    change_id : str
+        The change it came from (:meth:`LimitsBook.limits_change_id`).
+    issued_at : datetime
+        Binds from then, timezone-aware.
+    valid_until : datetime or None
+        Binds until then; None: no expiry.
+    import_limit_kw : float, optional
+        The import limit of an ``import`` part, kW.
+    noise_caps : tuple of NoiseCapOverride
+        The cap overrides of a ``noise`` part (receptor, window, dB(A)).
+    carbon_period : str, optional
+        ``day`` or ``month`` for a ``carbon`` part.
+    carbon_budget_kg : float, optional
+        The budget of a ``carbon`` part, kg CO2 per period.
+    """
 
     issuer: str
     part: str
@@ -128,11 +209,25 @@ class ManagerLimit:
     carbon_budget_kg: float | None = None
 
     def in_force(self, start: datetime, end: datetime | None = None) -> bool:
-        """In force at ``start``, or at any moment of ``[start, end)``."""
+        """In force at ``start``, or at any moment of ``[start, end)``.
+
+        Parameters
+        ----------
+        start : datetime
+            The moment (or the interval's start), timezone-aware.
+        end : datetime, optional
+            The interval's end; None (or not after ``start``) asks about the moment ``start``.
+
+        Returns
+        -------
+        bool
+            True when ``[issued_at, valid_until)`` overlaps the moment or interval.
+        """
         until = end if end is not None and end > start else start + timedelta(microseconds=1)
         return self.issued_at < until and (self.valid_until is None or self.valid_until > start)
 
     def to_json(self) -> dict[str, Any]:
+        """JSON-ready form (times ISO 8601, caps as their JSON), read back by :meth:`from_json`."""
         return {"issuer": self.issuer, "part": self.part, "change_id": self.change_id,
                 "issued_at": self.issued_at.isoformat(),
                 "valid_until": None if self.valid_until is None else self.valid_until.isoformat(),
@@ -142,6 +237,27 @@ class ManagerLimit:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ManagerLimit:
+        """The limit from :meth:`to_json`.
+
+        Parameters
+        ----------
+        data : dict
+            The fields of :meth:`to_json` (``issuer``, ``part``, ``change_id`` and ``issued_at``
+            required; the others default to absent).
+
+        Returns
+        -------
+        ManagerLimit
+            The limit.
+
+        Raises
+        ------
+        KeyError
+            If a required field is missing.
+        ValueError
+            If a time is not ISO 8601 (or a noise cap does not validate: ``pydantic.ValidationError``,
+            a ValueError).
+        """
         until = data.get("valid_until")
         return cls(data["issuer"], data["part"], data["change_id"], datetime.fromisoformat(data["issued_at"]),
                    None if until is None else datetime.fromisoformat(until), data.get("import_limit_kw"),
@@ -151,7 +267,19 @@ class ManagerLimit:
 
 @dataclass(frozen=True)
 class Hold:
-    """A limit held in memory only (its message could not be made durable)."""
+    """A limit held in memory only (its message could not be made durable).
+
+    Parameters
+    ----------
+    key : str
+        ``DR:<event id>`` or ``limits:<issuer>``: a durable message with the same key supersedes it.
+    limit_kw : float
+        The import limit held, kW.
+    start : datetime
+        Binds from then, timezone-aware.
+    end : datetime or None
+        Binds until then; None: until superseded.
+    """
 
     key: str  # "DR:<event id>" or "limits:<issuer>"
     limit_kw: float
@@ -159,13 +287,48 @@ class Hold:
     end: datetime | None
 
     def in_force(self, start: datetime, end: datetime | None = None) -> bool:
+        """In force at ``start``, or at any moment of ``[start, end)``.
+
+        Parameters
+        ----------
+        start : datetime
+            The moment (or the interval's start), timezone-aware.
+        end : datetime, optional
+            The interval's end; None (or not after ``start``) asks about the moment ``start``.
+
+        Returns
+        -------
+        bool
+            True when the hold's ``[start, end)`` overlaps the moment or interval.
+        """
         until = end if end is not None and end > start else start + timedelta(microseconds=1)
         return self.start < until and (self.end is None or self.end > start)
 
 
 @dataclass
 class LimitsBook:
-    """DR events, managers' limits and answers given; see the module docstring."""
+    """DR events, managers' limits and answers given; see the module docstring.
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        The site: ``site.managers``, ``dr``, ``receptors``, ``grid.four_cp``, ``ancillary``.
+    dr : DRBook
+        The DR events and their lifecycle.
+    manager : dict
+        ``(issuer, part)`` → the :class:`ManagerLimit` in force.
+    answers : collections.OrderedDict
+        Message key → the ack JSON given (the last 5,000, oldest forgotten first): idempotent
+        answers to redeliveries (MQTT QoS 1 is at-least-once delivery, MQTT v5 §4.3.2).
+    holds : dict
+        Key → :class:`Hold`, limits held in memory only; never persisted.
+    four_cp_alert_days : set of pandas.Timestamp
+        The days the QSE announced a 4CP alert (Nodal Protocols §9.14 / PUCT Subst. R. 25.192).
+    as_awards : dict
+        Award id → the accepted ancillary service award's JSON.
+    as_deployments : dict
+        Deployment id → the accepted :class:`~hashflex.control.ancillary.ASDeployment`.
+    """
 
     profile: SiteProfile
     dr: DRBook = field(default_factory=DRBook)
@@ -181,30 +344,87 @@ class LimitsBook:
     # ------------------------------------------------------------------ intake (on a copy)
 
     def copy(self) -> LimitsBook:
-        """An independent copy (queued DR transitions and holds included)."""
+        """An independent copy (queued DR transitions and holds included).
+
+        Returns
+        -------
+        LimitsBook
+            A book sharing only the profile; changing it leaves this one untouched.
+        """
         return LimitsBook(self.profile, copy.deepcopy(self.dr), dict(self.manager), OrderedDict(self.answers),
                           dict(self.holds), set(self.four_cp_alert_days), dict(self.as_awards),
                           dict(self.as_deployments))
 
     def adopt(self, other: LimitsBook) -> None:
-        """Take over ``other``'s state (after it was committed)."""
+        """Take over ``other``'s state (after it was committed).
+
+        Parameters
+        ----------
+        other : LimitsBook
+            The trial copy returned by a ``decide_*`` method, after ``Store.commit_state`` returned.
+        """
         self.dr, self.manager, self.answers = other.dr, other.manager, other.answers
         self.holds, self.four_cp_alert_days = other.holds, other.four_cp_alert_days
         self.as_awards, self.as_deployments = other.as_awards, other.as_deployments
 
     @staticmethod
     def dr_key(msg: DREventMessage) -> str:
+        """The key under which the answer to a DR message is remembered.
+
+        Parameters
+        ----------
+        msg : DREventMessage
+            The message.
+
+        Returns
+        -------
+        str
+            ``dr:<issuer>:<event id>:<modification number>:<content hash>``: equal only for a
+            byte-identical redelivery.
+        """
         payload = msg.model_dump(mode="json")
         return f"dr:{msg.issuer}:{msg.event_id}:{msg.modification_number}:{content_hash(payload)}"
 
     def answered_dr(self, msg: DREventMessage) -> DRAckMessage | None:
-        """The ack already given to this very message (a redelivery), or None."""
+        """The ack already given to this very message (a redelivery), or None.
+
+        Parameters
+        ----------
+        msg : DREventMessage
+            The message.
+
+        Returns
+        -------
+        DRAckMessage or None
+            The remembered ack, or None for a message not answered before.
+        """
         held = self.answers.get(self.dr_key(msg))
         return None if held is None else DRAckMessage.model_validate(held)
 
     def decide_dr(self, msg: DREventMessage, now: datetime) -> tuple[LimitsBook, DRDecision, DRAckMessage]:
         """Decide one DR message on a copy of the book. Returns (the copy with the decision applied,
-        the decision, the ack to send once the copy is committed). The original is untouched."""
+        the decision, the ack to send once the copy is committed). The original is untouched.
+
+        The acceptance rules are :meth:`DRBook.apply`'s; an accepted message ends the hold of the
+        same event.
+
+        Parameters
+        ----------
+        msg : DREventMessage
+            The message.
+        now : datetime
+            The decision time, timezone-aware.
+
+        Returns
+        -------
+        trial : LimitsBook
+            The copy with the decision applied and the answer remembered: commit its
+            :meth:`to_dict`, then :meth:`adopt` it.
+        decision : DRDecision
+            Accepted (with the event's limit, kW) or rejected with the reason.
+        ack : DRAckMessage
+            The answer for ``out/dr/ack``.
+        """
         trial = self.copy()
         decision = trial.dr.apply(msg, now, self.profile)
         ack = decision.to_ack(now)
@@ -215,16 +435,58 @@ class LimitsBook:
 
     @staticmethod
     def limits_change_id(msg: LimitsChangeMessage) -> str:
+        """The id of a limits change: ``<issuer>@<issued_at ISO>#<content hash>``.
+
+        Parameters
+        ----------
+        msg : LimitsChangeMessage
+            The change.
+
+        Returns
+        -------
+        str
+            Unique per distinct message; equal for a redelivery.
+        """
         return f"{msg.issuer}@{msg.issued_at.isoformat()}#{content_hash(msg.model_dump(mode='json'))}"
 
     def answered_limits(self, msg: LimitsChangeMessage) -> LimitsAck | None:
+        """The answer already given to this very change (a redelivery), or None.
+
+        Parameters
+        ----------
+        msg : LimitsChangeMessage
+            The change.
+
+        Returns
+        -------
+        LimitsAck or None
+            The remembered answer, or None for a change not answered before.
+        """
         held = self.answers.get(f"limits:{self.limits_change_id(msg)}")
         return None if held is None else LimitsAck.from_json(held)
 
     def decide_limits(self, msg: LimitsChangeMessage, now: datetime) -> tuple[LimitsBook, LimitsAck]:
         """Decide one limits change on a copy (see :meth:`decide_dr`). Rejected: an issuer not in
         ``profile.site.managers``; a change already expired; a change older than the issuer's latest
-        one for the same part (stale); a noise cap for a receptor the profile does not have."""
+        one for the same part (stale); a noise cap for a receptor the profile does not have.
+
+        Accepted: each part the change carries replaces the issuer's earlier value of that part,
+        ``clear`` lifts the issuer's parts it names, and the issuer's import-limit hold ends.
+
+        Parameters
+        ----------
+        msg : LimitsChangeMessage
+            The change.
+        now : datetime
+            The decision time, timezone-aware.
+
+        Returns
+        -------
+        trial : LimitsBook
+            The copy with the change applied (if accepted) and the answer remembered.
+        ack : LimitsAck
+            The answer for ``out/limits/ack``; a rejection's reason names the field.
+        """
         trial = self.copy()
         change_id = self.limits_change_id(msg)
         reason = self._refuse_limits(msg, now)
@@ -277,15 +539,53 @@ class LimitsBook:
 
     @staticmethod
     def as_key(msg: ASAwardMessage | ASDeployMessage) -> str:
+        """The key under which the answer to an award or deployment is remembered.
+
+        Parameters
+        ----------
+        msg : ASAwardMessage or ASDeployMessage
+            The message.
+
+        Returns
+        -------
+        str
+            ``<kind>:<issuer>:<award or deployment id>:<content hash>``.
+        """
         return f"{msg.kind}:{msg.issuer}:{msg.key}:{content_hash(msg.model_dump(mode='json'))}"
 
     def answered_as(self, msg: ASAwardMessage | ASDeployMessage) -> ASAckMessage | None:
-        """The ack already given to this very award or deployment (a redelivery), or None."""
+        """The ack already given to this very award or deployment (a redelivery), or None.
+
+        Parameters
+        ----------
+        msg : ASAwardMessage or ASDeployMessage
+            The message.
+
+        Returns
+        -------
+        ASAckMessage or None
+            The remembered ack, or None for a message not answered before.
+        """
         held = self.answers.get(self.as_key(msg))
         return None if held is None else ASAckMessage.model_validate(held)
 
     def decide_as_award(self, msg: ASAwardMessage, now: datetime) -> tuple[LimitsBook, ASAckMessage]:
-        """Decide an award on a copy (see :meth:`decide_dr`); refusals: ``ancillary.award_refusal``."""
+        """Decide an award on a copy (see :meth:`decide_dr`); refusals: ``ancillary.award_refusal``.
+
+        Parameters
+        ----------
+        msg : ASAwardMessage
+            The award (``reserve_kw`` of a product over ``[start, end)``).
+        now : datetime
+            The decision time, timezone-aware.
+
+        Returns
+        -------
+        trial : LimitsBook
+            The copy with the award stored (if accepted) and the answer remembered.
+        ack : ASAckMessage
+            The answer (``kind`` ``as_award``).
+        """
         trial = self.copy()
         reason = award_refusal(self.profile, msg, self.as_awards.get(msg.award_id), now)
         if reason is None:
@@ -300,7 +600,28 @@ class LimitsBook:
     def decide_as_deploy(self, msg: ASDeployMessage, baseline_kw: float, now: datetime
                          ) -> tuple[LimitsBook, ASAckMessage]:
         """Decide a deployment (or its recall) on a copy. ``baseline_kw``: the site's modelled import
-        now; the deployment's limit is baseline − deployed_kw, by the product's deadline."""
+        now; the deployment's limit is baseline − deployed_kw, by the product's deadline.
+
+        A recall ends the held deployment at the recall's ``issued_at``; a deployment id seen before
+        is refused; one above the award in force is accepted and the ack says so (shedding is safe).
+
+        Parameters
+        ----------
+        msg : ASDeployMessage
+            The deployment or its recall.
+        baseline_kw : float
+            The site's modelled import now, kW (net of on-site renewables).
+        now : datetime
+            The decision time, timezone-aware.
+
+        Returns
+        -------
+        trial : LimitsBook
+            The copy with the deployment stored or ended (if accepted) and the answer remembered.
+        ack : ASAckMessage
+            The answer (``kind`` ``as_deploy``), with the import limit (kW) and deadline when a
+            deployment was accepted.
+        """
         trial = self.copy()
         reason = deploy_refusal(self.profile, msg)
         deployment = None
@@ -329,7 +650,18 @@ class LimitsBook:
         return trial, ack
 
     def reserve_awards_at(self, t: datetime) -> dict[str, dict[str, float]]:
-        """Product -> {award id: kW} of the awards in force at ``t``."""
+        """Product -> {award id: kW} of the awards in force at ``t``.
+
+        Parameters
+        ----------
+        t : datetime
+            The moment, timezone-aware.
+
+        Returns
+        -------
+        dict of str to dict of str to float
+            Product → award id → reserve, kW, for the awards with ``start <= t < end``.
+        """
         out: dict[str, dict[str, float]] = {}
         for award_id, award in self.as_awards.items():
             if datetime.fromisoformat(award["start"]) <= t < datetime.fromisoformat(award["end"]):
@@ -340,7 +672,20 @@ class LimitsBook:
                                  interval: timedelta) -> dict[str, np.ndarray]:
         """Product -> per interval the reserve the plan must hold (kW): the largest awarded total at
         any moment inside the interval, less what of that product is deployed (shed load cannot also
-        be held running). Products without an award are absent."""
+        be held running). Products without an award are absent.
+
+        Parameters
+        ----------
+        interval_start : sequence of datetime or pandas.DatetimeIndex
+            The intervals' starts, shape (T,), timezone-aware.
+        interval : datetime.timedelta
+            The intervals' length.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            Product → shape (T,) reserve to hold, kW (>= 0).
+        """
         starts = [pd.Timestamp(t).to_pydatetime() for t in interval_start]
         out: dict[str, np.ndarray] = {}
         for award in self.as_awards.values():
@@ -367,7 +712,25 @@ class LimitsBook:
 
     def hold_dr(self, msg: DREventMessage, now: datetime) -> Hold | None:
         """Hold an undurable DR event's limit in memory when it is more restrictive than what is in
-        force over its window (never loosen: a cancellation or a higher limit is not held)."""
+        force over its window (never loosen: a cancellation or a higher limit is not held).
+
+        Called when the store could not commit the message (answered ``rejected:
+        store_unavailable``): when in doubt, curtail. A hold binds as one more import limit, so the
+        site is held to the lower of it and everything else in force.
+
+        Parameters
+        ----------
+        msg : DREventMessage
+            The message that could not be made durable.
+        now : datetime
+            The time it arrived, timezone-aware.
+
+        Returns
+        -------
+        Hold or None
+            The hold (key ``DR:<event id>``, the event's window), or None for a cancellation or an
+            event without a finite limit.
+        """
         limit = event_limit_kw(msg, self.profile)
         if msg.cancelled or limit is None or not math.isfinite(limit):
             return None
@@ -377,7 +740,21 @@ class LimitsBook:
 
     def hold_limits(self, msg: LimitsChangeMessage, now: datetime) -> Hold | None:
         """Hold an undurable manager import limit (noise and carbon parts are not held: the import
-        limit is the part the fast path enforces without a solve)."""
+        limit is the part the fast path enforces without a solve).
+
+        Parameters
+        ----------
+        msg : LimitsChangeMessage
+            The change that could not be made durable.
+        now : datetime
+            The time it arrived, timezone-aware.
+
+        Returns
+        -------
+        Hold or None
+            The hold (key ``limits:<issuer>``, from ``issued_at`` to ``valid_until``), or None when
+            the change has no import limit or its issuer is not a site manager.
+        """
         if msg.import_limit_kw is None or msg.issuer not in self.profile.site.managers:
             return None
         hold = Hold(limits_source(msg.issuer), float(msg.import_limit_kw), msg.issued_at, msg.valid_until)
@@ -388,7 +765,20 @@ class LimitsBook:
 
     def import_limits_at(self, t: datetime) -> dict[str, float]:
         """Every import limit in force at ``t`` by source label (DR:<id>, limits:<issuer>, 4CP window,
-        hold:<key>), finite values only; the site is held to the minimum."""
+        hold:<key>), finite values only; the site is held to the minimum.
+
+        Parameters
+        ----------
+        t : datetime
+            The moment, timezone-aware.
+
+        Returns
+        -------
+        dict of str to float
+            Source label → import limit, kW: the binding DR event, each manager's import limit, each
+            hold, the 4CP window (``optimize.problem.four_cp_limits_kw``) and each AS deployment
+            (``AS:<product>:<id>``).
+        """
         out: dict[str, float] = {}
         limit, label = self.dr.limit_at(t)
         if math.isfinite(limit):
@@ -408,7 +798,18 @@ class LimitsBook:
         return out
 
     def noise_caps_at(self, t: datetime) -> dict[str, float]:
-        """Receptor id → the lowest manager cap override in force at ``t``."""
+        """Receptor id → the lowest manager cap override in force at ``t``.
+
+        Parameters
+        ----------
+        t : datetime
+            The moment, timezone-aware.
+
+        Returns
+        -------
+        dict of str to float
+            Receptor id → cap, dB(A), for receptors with an override window containing ``t``.
+        """
         caps: dict[str, float] = {}
         for (_, part), held in self.manager.items():
             if part != "noise" or not held.in_force(t):
@@ -422,7 +823,27 @@ class LimitsBook:
                            interval: timedelta) -> tuple[np.ndarray, list[str]]:
         """Per interval ``[start, start + interval)``: the lowest import limit in force at any moment
         inside it and its source label (inf and "" where none). 4CP is left to the problem builder,
-        which applies the same windows (``optimize.problem.four_cp_limits_kw``)."""
+        which applies the same windows (``optimize.problem.four_cp_limits_kw``).
+
+        Parameters
+        ----------
+        interval_start : sequence of datetime or pandas.DatetimeIndex
+            The intervals' starts, shape (T,), timezone-aware.
+        interval : datetime.timedelta
+            The intervals' length.
+
+        Returns
+        -------
+        limits : numpy.ndarray
+            Shape (T,), the binding import limit per interval, kW (inf where none).
+        labels : list of str
+            Length T, the binding source's label per interval ("" where none).
+
+        Raises
+        ------
+        ValueError
+            If a start is timezone-naive (:meth:`DRBook.limits_over`).
+        """
         starts = [pd.Timestamp(t).to_pydatetime() for t in interval_start]
         limits, labels = self.dr.limits_over(starts, interval) if starts else (np.zeros(0), [])
         limits = np.asarray(limits, dtype=float).copy()
@@ -440,7 +861,21 @@ class LimitsBook:
 
     def noise_caps_over(self, interval_start: pd.DatetimeIndex, interval: timedelta) -> dict[str, np.ndarray]:
         """Receptor id → per interval the lowest override cap whose window overlaps the interval (inf
-        where none): a window starting mid-interval binds the whole interval."""
+        where none): a window starting mid-interval binds the whole interval.
+
+        Parameters
+        ----------
+        interval_start : pandas.DatetimeIndex
+            The intervals' starts, shape (T,), timezone-aware.
+        interval : datetime.timedelta
+            The intervals' length.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            Receptor id → shape (T,) cap, dB(A) (inf where none); receptors without an override are
+            absent.
+        """
         starts = pd.DatetimeIndex(interval_start)
         ends = starts + pd.Timedelta(interval)
         out: dict[str, np.ndarray] = {}
@@ -456,7 +891,18 @@ class LimitsBook:
         return out
 
     def carbon_budget_overrides_kg(self, t: datetime) -> dict[str, float]:
-        """"day" / "month" → the lowest manager budget in force at ``t`` (kg CO2)."""
+        """"day" / "month" → the lowest manager budget in force at ``t`` (kg CO2).
+
+        Parameters
+        ----------
+        t : datetime
+            The moment, timezone-aware.
+
+        Returns
+        -------
+        dict of str to float
+            ``day`` and/or ``month`` → budget, kg CO2 per period; empty when no manager set one.
+        """
         out: dict[str, float] = {}
         for (_, part), held in self.manager.items():
             if part == "carbon" and held.in_force(t) and held.carbon_period and held.carbon_budget_kg is not None:
@@ -465,7 +911,21 @@ class LimitsBook:
 
     def expire(self, now: datetime) -> list[ManagerLimit]:
         """Drop manager limits and holds whose ``valid_until`` / end has passed; returns the limits
-        dropped (the caller records them and commits)."""
+        dropped (the caller records them and commits).
+
+        AS awards that ended more than a day ago and deployments that ended more than 7 days ago are
+        dropped too, so the durable book stays bounded.
+
+        Parameters
+        ----------
+        now : datetime
+            The time, timezone-aware.
+
+        Returns
+        -------
+        list of ManagerLimit
+            The manager limits dropped (holds and AS entries are not listed).
+        """
         gone = [h for h in self.manager.values() if h.valid_until is not None and h.valid_until <= now]
         for held in gone:
             del self.manager[held.issuer, held.part]
@@ -477,7 +937,21 @@ class LimitsBook:
         return gone
 
     def summary(self, now: datetime) -> dict[str, Any]:
-        """JSON-ready view for /status: limits in force now, DR events, manager limits, holds."""
+        """JSON-ready view for /status: limits in force now, DR events, manager limits, holds.
+
+        Parameters
+        ----------
+        now : datetime
+            The time, timezone-aware.
+
+        Returns
+        -------
+        dict
+            ``import_limit_kw`` and ``import_limit_source`` (the binding one, or None),
+            ``import_limits_kw`` (:meth:`import_limits_at`), ``noise_caps_dba``,
+            ``carbon_budget_overrides_kg``, ``dr_events`` (pending and active), ``manager_limits``,
+            ``holds``, ``as_awards_kw`` and ``as_deployments`` (those in force).
+        """
         imports = self.import_limits_at(now)
         binding = min(imports.items(), key=lambda kv: kv[1]) if imports else None
         return {
@@ -501,7 +975,14 @@ class LimitsBook:
     # ------------------------------------------------------------------ persistence
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready durable state (holds excluded: they were never accepted)."""
+        """JSON-ready durable state (holds excluded: they were never accepted).
+
+        Returns
+        -------
+        dict
+            Version 1: ``dr``, ``manager``, ``answers``, ``four_cp_alert_days``, ``as_awards`` and
+            ``as_deployments``; what ``Store.commit_state`` writes and :meth:`from_dict` reads.
+        """
         return {"version": 1, "dr": self.dr.to_dict(),
                 "manager": [h.to_json() for h in self.manager.values()],
                 "answers": [[k, v] for k, v in self.answers.items()],
@@ -512,7 +993,27 @@ class LimitsBook:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, profile: SiteProfile) -> LimitsBook:
         """The book from :meth:`to_dict` (None: an empty book). Events keep the limit they were
-        accepted with, even if the profile's level mapping changed since."""
+        accepted with, even if the profile's level mapping changed since.
+
+        Parameters
+        ----------
+        data : dict or None
+            The state written by :meth:`to_dict`; None or empty gives an empty book.
+        profile : SiteProfile
+            The site profile now in force.
+
+        Returns
+        -------
+        LimitsBook
+            The book, without holds.
+
+        Raises
+        ------
+        KeyError
+            If a required key (``dr``, a stored limit's fields) is missing.
+        ValueError
+            If a stored time is not ISO 8601 or a stored message no longer validates.
+        """
         if not data:
             return cls(profile)
         manager = {}
