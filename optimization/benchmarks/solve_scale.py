@@ -273,7 +273,11 @@ def replan_rows(problem: Problem, runs: int, time_limit_s: float) -> dict:
         cache.put_model(template, compiled)
         objectives.append((s_cold.info.objective_usd, s_kept.info.objective_usd, outcome.objective))
     m = {"cold": _median(cold), "kept": _median(kept), "shifted": _median(shifted)}
-    worst = max(max(abs(a - b), abs(a - c)) / max(abs(a), 1e-9) for a, b, c in objectives)
+    pairs = [(a, x) for a, b, c in objectives for x in (b, c) if a is not None and x is not None]
+    worst = max((abs(a - x) / max(abs(a), 1e-9) for a, x in pairs), default=float("nan"))
+    missing = sum(v is None for triple in objectives for v in triple)
+    if missing:
+        print(f"  ({missing} run(s) ended without an objective: time limit or fallback)")
     print(f"  re-plan one interval later ({runs} runs, medians): cold solve() {m['cold']:.3f} s | in place + "
           f"previous basis {m['kept']:.3f} s ({m['cold'] / m['kept']:.1f}x) | in place + shifted basis "
           f"(update + LP + rounding, no schedule) {m['shifted']:.3f} s ({m['cold'] / m['shifted']:.1f}x); "
@@ -293,7 +297,7 @@ def smaller_rows(problem: Problem, runs: int, time_limit_s: float, full_objectiv
                   for g, gr in enumerate(pooled.groups) for m, mode in enumerate(gr.modes)}
         per_group = split_counts(problem, members, counts)
         walls.append(time.perf_counter() - started)
-        objective = schedule.info.objective_usd
+        objective = schedule.info.objective_usd or float("nan")
     for (g, m), n in per_group.items():
         assert (n >= 0).all()
     for g, group in enumerate(problem.groups):
@@ -311,7 +315,7 @@ def smaller_rows(problem: Problem, runs: int, time_limit_s: float, full_objectiv
     out["multires"] = _median(walls)
     print(f"  multiresolution (24 x 5 min, then 1 h blocks; {24 + (problem.T - 24) // 12} intervals): "
           f"{out['multires']:.3f} s, status {multi.status.value}, objective of the coarse plan "
-          f"{multi.info.objective_usd:.2f} ({(multi.info.objective_usd - full_objective) / abs(full_objective):+.2e} "
+          f"{multi.info.objective_usd or float('nan'):.2f} ({((multi.info.objective_usd or float('nan')) - full_objective) / abs(full_objective):+.2e} "
           f"vs full; a restriction: every interval safe)", flush=True)
     return out
 
@@ -336,10 +340,10 @@ def main(argv: list[str] | None = None) -> int:
             walls.append(wall)
             builds.append(schedule.info.build_seconds or 0.0)
             solves.append(schedule.info.solve_seconds or 0.0)
-        full = schedule.info.objective_usd
+        full = schedule.info.objective_usd or float("nan")
         print(f"  today's solve() cold: {_median(walls):.3f} s (build+compile {_median(builds):.3f}, LP+rounding+MIP "
               f"{_median(solves):.3f}, schedule+reasons {_median(walls) - _median(builds) - _median(solves):.3f}); "
-              f"{schedule.status.value}, gap {schedule.info.gap:.1e}, objective {full:.2f}", flush=True)
+              f"{schedule.status.value}, gap {schedule.info.gap or float('nan'):.1e}, objective {full:.2f}", flush=True)
         if not args.skip_lp:
             lp_rows(problem, min(args.time_limit, 60.0))
         replan = replan_rows(problem, args.runs, args.time_limit)
