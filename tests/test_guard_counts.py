@@ -23,6 +23,7 @@ EXPIRY_S = 300.0
 
 @st.composite
 def sites(draw: st.DrawFn) -> tuple[SiteProfile, FleetState, dict]:
+    """A random profile (1-4 groups, 1-3 modes each, one receptor), its fleet asleep, and counts."""
     groups = []
     for g in range(draw(st.integers(1, 4))):
         n_modes = draw(st.integers(1, 3))
@@ -81,13 +82,15 @@ def _kinds(actions) -> list[str]:
 @given(case=sites(), limit_kw=st.floats(0.0, 80.0), renewable_kw=st.sampled_from([None, 0.0, 5.0, 30.0]),
        auxiliary_kw=st.sampled_from([0.0, 1.5]))
 def test_count_guard_cuts_as_the_per_miner_guard(case, limit_kw, renewable_kw, auxiliary_kw) -> None:
+    """Dispatch, then the full check, the DR cut and the noise cut both ways: the same modes."""
     profile, fleet, counts = case
     guard = Guard(profile)
     count_guard = CountGuard(guard)
     arrays = FleetArrays.from_fleet(fleet)
     dispatched = plan_dispatch_arrays(counts, arrays, NOW, EXPIRY_S)
     batch = dispatched.to_setpoints(arrays, NOW, EXPIRY_S)
-    running = counts_of(FleetArrays(
+    running = dispatched.counts(arrays)
+    assert running == counts_of(FleetArrays(
         {g: type(a)(**{**a.__dict__, "mode": dispatched.modes[g]}) for g, a in arrays.groups.items()}))
     measurements = Measurements(at=NOW, renewable_kw=renewable_kw, auxiliary_kw=auxiliary_kw)
     limits = Limits({"DR:test": limit_kw})
