@@ -49,7 +49,25 @@ log = logging.getLogger(__name__)
 
 
 class MqttPublisher:
-    """Publishes the loop's JSON documents under the site prefix (QoS 1, retained status)."""
+    """Publishes the loop's JSON documents under the site prefix (QoS 1, retained status).
+
+    Connects asynchronously (paho's network loop reconnects); QoS 1 is at-least-once delivery (MQTT
+    v5 §4.3.2) and ``out/status`` is published with the RETAIN flag (MQTT v5 §3.3.1.3), so a new
+    subscriber gets the latest status at once.
+
+    Parameters
+    ----------
+    site : str
+        The site id: topics are ``hashflex/<site>/...`` (:class:`hashflex.messages.Topics`).
+    host : str
+        The broker's host name or address.
+    port : int
+        The broker's TCP port.
+    username, password : str, optional
+        Broker credentials.
+    tls_ca_file : str, optional
+        CA certificate file; TLS is used when given.
+    """
 
     def __init__(self, site: str, host: str, port: int, username: str | None = None,
                  password: str | None = None, tls_ca_file: str | None = None) -> None:
@@ -60,10 +78,20 @@ class MqttPublisher:
         self._client.loop_start()
 
     def publish_json(self, topic_suffix: str, payload: dict[str, Any]) -> None:
+        """Publish one JSON document, QoS 1 (retained on ``out/status`` only); does not wait.
+
+        Parameters
+        ----------
+        topic_suffix : str
+            The topic under the site prefix, e.g. ``out/schedule``, ``out/dr/ack``.
+        payload : dict
+            The document; values JSON cannot encode are written with ``str``.
+        """
         topic = f"{self.topics.prefix}{topic_suffix}"
         self._client.publish(topic, json.dumps(payload, default=str), qos=1, retain=topic_suffix == "out/status")
 
     def close(self) -> None:
+        """Disconnect and stop the network thread."""
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -71,7 +99,29 @@ class MqttPublisher:
 def load_control_state(store: Store, profile: SiteProfile) -> tuple[LimitsBook, FleetState | None]:
     """What a restart resumes: the limits book as last committed (only accepted DR events and
     limits changes are in it) and the commitment state (which miners ran, last start/stop) when it
-    matches the profile's fleet. A fleet saved for other groups or unit counts is not used."""
+    matches the profile's fleet. A fleet saved for other groups or unit counts is not used.
+
+    Parameters
+    ----------
+    store : Store
+        The store; reads its ``limits_book`` and ``fleet`` meta entries.
+    profile : SiteProfile
+        The profile now in force.
+
+    Returns
+    -------
+    book : LimitsBook
+        The committed limits book (empty when none was saved).
+    fleet : FleetState or None
+        The saved commitment state, or None when there is none, it does not load, or it is for
+        another fleet (then every miner starts asleep; a warning is logged).
+
+    Raises
+    ------
+    KeyError, ValueError
+        If the saved limits book cannot be read (:meth:`LimitsBook.from_dict`); unlike a fleet that
+        does not load, it is not skipped.
+    """
     book = LimitsBook.from_dict(store.get_meta("limits_book"), profile)
     fleet = None
     saved = store.get_meta("fleet")
@@ -116,7 +166,21 @@ def _start_openadr(loop: ControlLoop) -> Any:
 
 def with_broker_health(status: dict[str, Any], broker_connected: bool) -> dict[str, Any]:
     """The daemon's status with the broker's state among the health causes: with the ingest
-    disconnected no DR event, limits change or telemetry can arrive, so /healthz must not say ok."""
+    disconnected no DR event, limits change or telemetry can arrive, so /healthz must not say ok.
+
+    Parameters
+    ----------
+    status : dict
+        The status document (``healthy``, ``unhealthy_causes``, ...).
+    broker_connected : bool
+        Whether the ingest's MQTT connection is up.
+
+    Returns
+    -------
+    dict
+        ``status`` itself when connected; else a copy with ``healthy`` False and the broker cause
+        appended to ``unhealthy_causes``.
+    """
     if broker_connected:
         return status
     causes = [*status.get("unhealthy_causes", []), "MQTT broker disconnected: no DR, limits or telemetry can arrive"]
@@ -140,7 +204,50 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
                http_host: str = "127.0.0.1", http_port: int = DEFAULT_HTTP_PORT, driver: Any = None,
                username: str | None = None, password: str | None = None, tls_ca_file: str | None = None,
                stop: threading.Event | None = None, time_limit_s: float = 20.0) -> None:
-    """Run until SIGTERM/SIGINT (or ``stop`` is set)."""
+    """Run until SIGTERM/SIGINT (or ``stop`` is set).
+
+    Wires the store, the limits book and commitment state of the last run (enforced through the fast
+    path before the first solve), the MQTT ingest, driver and publisher, the HTTP server, the price
+    feed the environment configures, the OpenADR 3 VEN (when ``HASHFLEX_OPENADR_VTN_URL`` is set), the
+    site meter (when the profile has ``site_meter``) and the GPU compute driver (when it has
+    ``compute``); everything is closed on the way out. On the main thread SIGTERM/SIGINT stop it and
+    SIGHUP re-reads ``profile_path`` (an invalid file is refused and the running profile kept).
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        The site.
+    store_path : str
+        The SQLite store's path.
+    profile_path : str, optional
+        The profile's file, re-read on SIGHUP (None: no reload).
+    mqtt_host : str
+        The broker's host name or address.
+    mqtt_port : int
+        The broker's TCP port.
+    http_host : str, default "127.0.0.1"
+        Address of ``/``, ``/healthz``, ``/status`` and ``/metrics``.
+    http_port : int, default ``DEFAULT_HTTP_PORT`` (9108)
+        Their port (0: any free port).
+    driver : MinerDriver, optional
+        The miner driver (default: an MQTT driver on the same broker).
+    username, password : str, optional
+        Broker credentials.
+    tls_ca_file : str, optional
+        CA certificate file; TLS to the broker is used when given.
+    stop : threading.Event, optional
+        Set it to stop the daemon (default: a new event, set by SIGTERM/SIGINT).
+    time_limit_s : float, default 20.0
+        HiGHS's time limit per solve, s; the solve is killed at this + 10 s and the greedy fallback
+        used (:class:`~hashflex.control.solver.SolveRunner`).
+
+    Raises
+    ------
+    ValueError
+        If the profile's ``site_meter`` section is invalid (the message names the field).
+    OSError
+        If the HTTP port cannot be bound.
+    """
     from hashflex.drivers.mqtt import MqttDriver
 
     stop = stop or threading.Event()
