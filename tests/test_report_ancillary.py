@@ -81,6 +81,9 @@ def _trail(db: Path, product: str, deployed_kw: float, loads_kw: list[float],
         message = ASDeployMessage(deployment_id="dep-1", product=product, issued_at=at, deployed_kw=deployed_kw,
                                   issuer="qse-test")
         assert loop.handle_as_deploy(message, at).status == "accepted"
+        # The site meter: still over the limit 20 s after the instruction, under it at 45 s.
+        loop.measure_as_deployments(loads_kw[0] * 10, at + timedelta(seconds=20))
+        loop.measure_as_deployments(min(loads_kw), at + timedelta(seconds=45))
         if recall_after is not None:
             recall = message.model_copy(update={"recalled": True, "issued_at": at + recall_after})
             assert loop.handle_as_deploy(recall, at + recall_after).status == "accepted"
@@ -126,6 +129,7 @@ def test_rrs_deployment_with_a_shortfall_is_listed_with_its_numbers(tmp_path: Pa
     assert row["metered_intervals"] == 3 and row["metered_import_kw"] == 100.0
     assert row["metered_delivered_mw"] == 4.95 and row["metered_shortfall_mw"] == 0.05
     assert row["metered_under_limit_by"] is None and row["metered_response_s"] is None
+    assert row["measured_response_s"] is None  # no meter reading ever at or under 50 kW
     (award,) = section["awards"]
     assert award["product"] == "RRS" and award["reserve_mw"] == 4.95 and award["accepted"] is True
 
@@ -153,6 +157,8 @@ def test_ecrs_deployment_met_then_recalled_and_the_page_shows_it(tmp_path: Path)
     assert row["recalled_at"] == "2024-06-03T17:40:00+00:00"
     assert row["metered_under_limit_by"] == "2024-06-03T17:15:00+00:00" and row["metered_response_s"] == 720.0
     assert row["metered_intervals"] == 2 and row["metered_import_kw"] == 1090.0
+    # The meter read 1,090 kW (under 2,050) 45 s after the instruction: measured response 45 s, in time.
+    assert row["measured_response_s"] == 45.0 and row["measured_within_deadline"] is True
     assert row["metered_delivered_mw"] == 3.96 and row["metered_shortfall_mw"] == 0.0
 
     page = to_html(report)

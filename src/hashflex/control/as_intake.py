@@ -158,6 +158,7 @@ class AncillaryIntakeMixin:
         """A measured site import (meter, or telemetry summed): the first reading at or under a
         deployment's limit is its response time; the shortfall is what the last reading before the
         deadline is still over the limit."""
+        responded: list[dict[str, Any]] = []
         with self._lock:
             for performance in self.as_performance.values():
                 issued = datetime.fromisoformat(performance["issued_at"])
@@ -170,6 +171,9 @@ class AncillaryIntakeMixin:
                 if import_kw <= performance["limit_kw"] + 1e-6 and performance.get("measured_response_s") is None:
                     performance["measured_response_s"] = (measured_at - issued).total_seconds()
                     performance["measured_within_deadline"] = measured_at <= deadline
+                    responded.append(dict(performance))
+        for performance in responded:  # the measured response goes into the trail (evidence reports read it)
+            self._record("as_performance", lambda p=performance: p, measured_at)
 
     def reload_profile(self, profile: SiteProfile, now: datetime) -> str:
         """Swap in an edited profile (SIGHUP). Limits, caps and economics may change at runtime; the

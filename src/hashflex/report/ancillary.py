@@ -30,7 +30,11 @@ Figures, per deployment issued in the report period (units in the key names):
   = max(metered import − limit, 0) / 1000; ``metered_under_limit_by`` = the end of the first
   interval in force whose mean import is at or under the limit, and ``metered_response_s`` the
   time from the instruction to it (an upper bound: the trail holds one mean per interval). Null
-  when no measurement covers the deployment.
+  when no measurement covers the deployment;
+- ``measured_response_s`` / ``measured_within_deadline``: from the site meter's (or summed telemetry's)
+  individual readings, recorded by the loop in a later ``as_performance`` record: the time from the
+  instruction to the first reading at or under the limit, and whether that was by the deadline (null
+  until such a reading arrived).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ __all__ = ["AWARD_COLUMNS", "DEPLOYMENT_COLUMNS", "ancillary_figures"]
 DEPLOYMENT_COLUMNS = ["deployment_id", "product", "issued_at", "accepted", "deployed_mw", "awarded_mw", "delivered_mw",
                       "delivered_vs_awarded_pct", "shortfall_mw", "response_s", "deadline", "within_deadline",
                       "recalled_at", "metered_import_kw", "metered_delivered_mw", "metered_shortfall_mw",
-                      "metered_response_s"]
+                      "metered_response_s", "measured_response_s"]
 """The columns of the deployments table of the HTML report (every key is in the JSON)."""
 AWARD_COLUMNS = ["award_id", "revision", "product", "award_start", "award_end", "reserve_mw", "price_usd_mw_h",
                  "accepted"]
@@ -137,6 +141,9 @@ def _deployment_row(record: dict[str, Any], inputs: ReportInputs, performance: M
                                      if delivered is not None and awarded_kw > 0 else None),
         "response_s": _r(perf.get("commanded_after_s")),
         "within_deadline": perf.get("commanded_within_deadline"),
+        # From the site meter's (or telemetry's) readings: the first at or under the limit (seconds).
+        "measured_response_s": _r(perf.get("measured_response_s")),
+        "measured_within_deadline": perf.get("measured_within_deadline"),
     }
     metered = (_metered(inputs.history, issued, deadline, until, baseline, limit, tolerance_kw) if performance
                else _metered(None, issued, deadline, until, None, None, tolerance_kw))

@@ -126,6 +126,7 @@ LABELS = {
     "metered_delivered_mw": "Metered reduction delivered",
     "metered_shortfall_mw": "Metered shortfall",
     "metered_response_s": "Metered import under the limit after (upper bound)",
+    "measured_response_s": "Meter reading under the limit after",
     "award_id": "Award",
     "revision": "Revision",
     "award_start": "Award from",
