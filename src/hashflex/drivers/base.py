@@ -68,6 +68,26 @@ Clock = Callable[[], datetime]
 
 
 class SetpointStatus(str, enum.Enum):
+    """The outcome of one setpoint (the module docstring says when each is given).
+
+    Attributes
+    ----------
+    APPLIED : str
+        ``applied``: the transport confirmed it (MQTT: the broker's PUBACK, MQTT v5 §3.4; LuxOS:
+        ``STATUS`` ``S``) or a verification read-back matched.
+    REJECTED : str
+        ``rejected``: refused (an error ``STATUS``, an unknown miner or mode, an expired setpoint).
+    TIMEOUT : str
+        ``timeout``: no answer within the per-call deadline after all retries.
+    UNREACHABLE : str
+        ``unreachable``: the miner cannot be reached.
+    UNVERIFIED : str
+        ``unverified``: sent, but the miner's own report does not (yet) confirm it.
+    NOT_SENT : str
+        ``not_sent``: a transport fault (broker down, no PUBACK, ...): not the miner's doing, not
+        counted against it, and never to be taken as applied.
+    """
+
     APPLIED = "applied"
     REJECTED = "rejected"
     TIMEOUT = "timeout"
@@ -124,9 +144,17 @@ class Setpoint:
 
     @property
     def is_sleep(self) -> bool:
+        """True when the mode is ``messages.SLEEP``."""
         return self.mode == SLEEP
 
     def to_message(self) -> SetpointMessage:
+        """The wire form (``out/setpoint/<miner>``): the same fields less ``group_id``.
+
+        Returns
+        -------
+        SetpointMessage
+            The message, validated by its schema.
+        """
         return SetpointMessage(
             miner_id=self.miner_id,
             mode=self.mode,
@@ -137,13 +165,42 @@ class Setpoint:
 
     @classmethod
     def from_message(cls, message: SetpointMessage) -> Setpoint:
+        """The setpoint a wire message carries (``group_id`` empty: the message does not name it).
+
+        Parameters
+        ----------
+        message : SetpointMessage
+            The message.
+
+        Returns
+        -------
+        Setpoint
+            The setpoint.
+
+        Raises
+        ------
+        ValueError
+            As :class:`Setpoint` (naive times, ``expires_at <= issued_at``, negative power).
+        """
         return cls(message.miner_id, message.mode, message.power_target_kw, message.issued_at,
                    message.expires_at)
 
 
 @dataclass(frozen=True)
 class SetpointResult:
-    """The outcome for one setpoint; ``reason`` is never empty."""
+    """The outcome for one setpoint; ``reason`` is never empty.
+
+    Parameters
+    ----------
+    miner_id : str
+        The miner the setpoint was for.
+    status : SetpointStatus
+        What happened.
+    reason : str
+        What the miner or the broker said, or which timeout ran out.
+    latency_s : float, default 0.0
+        Time from sending to the answer, s.
+    """
 
     miner_id: str
     status: SetpointStatus
@@ -158,11 +215,25 @@ class SetpointResult:
 
 @runtime_checkable
 class MinerDriver(Protocol):
+    """How setpoints reach miners: every driver implements this (CONTRIBUTING, "A new miner driver")."""
+
     def apply(self, batch: list[Setpoint]) -> list[SetpointResult]:
-        """Send every setpoint; one result per setpoint, same order; never raises for a miner's fault."""
+        """Send every setpoint; one result per setpoint, same order; never raises for a miner's fault.
+
+        Parameters
+        ----------
+        batch : list of Setpoint
+            The setpoints to send (the loop sends full-fleet batches).
+
+        Returns
+        -------
+        list of SetpointResult
+            One per setpoint, in the order of ``batch``; ``not_sent`` for a transport fault.
+        """
         ...
 
     def close(self) -> None:
+        """Release connections and threads; the driver is not used afterwards."""
         ...
 
 
@@ -170,15 +241,30 @@ class MinerDriver(Protocol):
 class MinerCapabilities:
     """What one miner can be asked to do, declared by its driver so the dispatcher does not probe.
 
-    - ``sleep_wake``: stop hashing (the safe default) and resume on command.
-    - ``power_target``: accepts a power target; ``power_targets_w`` lists the discrete targets it can
-      hold (presets/profiles, W, ascending), empty when any value in ``power_range_w`` is accepted.
-    - ``modes``: the profile's mode names this miner can run (a mode whose power has no matching
-      target is left out).
-    - ``verify``: the driver can read back power and hashrate to confirm a setpoint.
-    - ``power_off``: a PDU outlet or breaker can cut it completely (zero draw, cold restart).
-    - ``family``: the firmware family (``luxos``, ``vnish``, ``mqtt``, ...); ``notes``: why something is
-      missing (e.g. a pyasic limitation), for the operator.
+    Parameters
+    ----------
+    miner_id : str
+        The miner.
+    family : str
+        The firmware family (``luxos``, ``vnish``, ``mqtt``, ``pdu``, ...).
+    sleep_wake : bool
+        It can stop hashing (the safe default) and resume on command.
+    power_target : bool
+        It accepts a power target.
+    verify : bool
+        The driver can read back power and hashrate to confirm a setpoint.
+    modes : tuple of str, default ()
+        The profile's mode names this miner can run (a mode whose power has no matching target is
+        left out).
+    power_targets_w : tuple of int, default ()
+        The discrete power targets it can hold (presets/profiles), W, ascending; empty when any value
+        in ``power_range_w`` is accepted.
+    power_range_w : tuple of (int, int), optional
+        The (lowest, highest) power target accepted, W.
+    power_off : bool, default False
+        A PDU outlet or breaker can cut it completely (zero draw, cold restart).
+    notes : str, default ""
+        Why something is missing (e.g. a pyasic limitation), for the operator.
     """
 
     miner_id: str
@@ -198,11 +284,35 @@ class CapableDriver(Protocol):
     """A driver that declares its miners' capabilities (``None`` for a miner it does not drive)."""
 
     def capabilities(self, miner_id: str) -> MinerCapabilities | None:
+        """What the driver can do with one miner.
+
+        Parameters
+        ----------
+        miner_id : str
+            The miner.
+
+        Returns
+        -------
+        MinerCapabilities or None
+            Its capabilities, or None for a miner this driver does not drive.
+        """
         ...
 
 
 @dataclass(frozen=True)
 class Unavailability:
+    """Why and since when a miner is left out of the plan.
+
+    Parameters
+    ----------
+    miner_id : str
+        The miner.
+    reason : str
+        The failures that marked it unavailable (count and the last answer).
+    since : datetime
+        When it was marked, timezone-aware (the registry's clock).
+    """
+
     miner_id: str
     reason: str
     since: datetime
@@ -210,6 +320,20 @@ class Unavailability:
 
 @dataclass(frozen=True)
 class GroupAvailability:
+    """How many of a group's miners the optimizer may plan.
+
+    Parameters
+    ----------
+    group_id : str
+        The profile group.
+    total : int
+        Miners in the group.
+    available : int
+        Miners not marked unavailable (``total`` − ``len(unavailable)``).
+    unavailable : dict of str to Unavailability
+        Miner id → why it is out.
+    """
+
     group_id: str
     total: int
     available: int
@@ -225,7 +349,24 @@ class _Health:
 
 
 class MinerRegistry:
-    """Tracks each miner's recent results and decides availability; thread-safe."""
+    """Tracks each miner's recent results and decides availability; thread-safe.
+
+    Parameters
+    ----------
+    groups_by_miner : Mapping of str to str
+        Miner id → group id: the miners tracked (results for other miners are ignored).
+    max_failures : int, default 3
+        Consecutive failed setpoints (rejected / timeout / unreachable) that mark a miner unavailable.
+    max_mismatches : int, default 1
+        Consecutive failed verifications (``unverified``) that mark it unavailable.
+    clock : callable, default ``utc_now``
+        Returns the time stamped on an :class:`Unavailability`, timezone-aware.
+
+    Raises
+    ------
+    ValueError
+        If ``max_failures`` or ``max_mismatches`` is below 1.
+    """
 
     def __init__(self, groups_by_miner: Mapping[str, str], *, max_failures: int = 3,
                  max_mismatches: int = 1, clock: Clock = utc_now) -> None:
@@ -245,6 +386,13 @@ class MinerRegistry:
         applied resets it; unverified leaves it alone. Verification results: unverified counts towards
         ``max_mismatches``; applied resets both counters and makes the miner available again.
         ``not_sent`` (a transport fault) changes nothing, in either kind.
+
+        Parameters
+        ----------
+        results : iterable of SetpointResult
+            The results; those for miners the registry does not track are ignored.
+        verification : bool, default False
+            True for a driver's verification read-back, False for the results of ``apply``.
         """
         with self._lock:
             for result in results:
@@ -283,21 +431,41 @@ class MinerRegistry:
             health.down = Unavailability(result.miner_id, reason, self._clock())
 
     def is_available(self, miner_id: str) -> bool:
+        """Whether the optimizer may plan this miner.
+
+        Parameters
+        ----------
+        miner_id : str
+            The miner.
+
+        Returns
+        -------
+        bool
+            True for a tracked miner not marked unavailable; False for one marked, or not tracked.
+        """
         with self._lock:
             health = self._health.get(miner_id)
             return health is not None and health.down is None
 
     def unavailable(self) -> dict[str, Unavailability]:
+        """Miner id → why it is unavailable, for every miner marked so."""
         with self._lock:
             return {m: h.down for m, h in self._health.items() if h.down is not None}
 
     def restore(self, miner_id: str) -> None:
-        """Operator override: make a miner available again and clear its counters."""
+        """Operator override: make a miner available again and clear its counters.
+
+        Parameters
+        ----------
+        miner_id : str
+            The miner (an untracked one is ignored).
+        """
         with self._lock:
             if miner_id in self._health:
                 self._health[miner_id] = _Health()
 
     def availability_by_group(self) -> dict[str, GroupAvailability]:
+        """Group id → its miners' availability, groups sorted by id (what the optimizer plans with)."""
         with self._lock:
             by_group: dict[str, list[str]] = {}
             for miner, group in self._groups.items():

@@ -45,7 +45,30 @@ Status = Literal["applied", "rejected", "timeout", "not_sent"]
 @dataclass(frozen=True)
 class ComputeCommand:
     """One command. ``watts_per_gpu`` for ``power_cap`` (with ``node_id``); ``job_id`` for
-    ``suspend``/``resume``. ``expires_at``: tz-aware; a cap past it is not honoured."""
+    ``suspend``/``resume``. ``expires_at``: tz-aware; a cap past it is not honoured.
+
+    Checked by :func:`check_command` before it is sent, not at construction.
+
+    Parameters
+    ----------
+    kind : str
+        ``power_cap``, ``suspend`` or ``resume``.
+    cluster_id : str
+        The GPU cluster (``profile.compute.clusters[*].id``).
+    issued_at : datetime
+        When it was issued, timezone-aware.
+    expires_at : datetime
+        After it the cap is not honoured and the node falls back to the cluster's lowest cap;
+        timezone-aware, after ``issued_at``.
+    node_id : str, optional
+        The node, for ``power_cap``.
+    job_id : str, optional
+        The batch job, for ``suspend`` / ``resume``.
+    watts_per_gpu : float, optional
+        The cap, W per GPU, for ``power_cap`` (within the cluster's :class:`CapLimits`).
+    command_id : str, default ""
+        The id the agent's ack names ("": the driver draws a random one).
+    """
 
     kind: str
     cluster_id: str
@@ -57,6 +80,7 @@ class ComputeCommand:
     command_id: str = ""
 
     def to_json(self) -> dict:
+        """The wire payload (times ISO 8601); see the module docstring."""
         return {"command_id": self.command_id, "kind": self.kind, "cluster_id": self.cluster_id,
                 "node_id": self.node_id, "job_id": self.job_id, "watts_per_gpu": self.watts_per_gpu,
                 "issued_at": self.issued_at.isoformat(), "expires_at": self.expires_at.isoformat()}
@@ -64,25 +88,61 @@ class ComputeCommand:
 
 @dataclass(frozen=True)
 class ComputeResult:
+    """The outcome of one compute command.
+
+    Parameters
+    ----------
+    command_id : str
+        The command's id (drawn by the driver when the command had none).
+    status : str
+        ``applied`` (the agent confirmed), ``rejected`` (refused before sending or by the agent),
+        ``timeout`` (no confirmation in time) or ``not_sent`` (the broker is unreachable).
+    reason : str, default ""
+        Why, naming the field for a local refusal.
+    """
+
     command_id: str
     status: Status
     reason: str = ""
 
     @property
     def ok(self) -> bool:
+        """True only for ``applied``."""
         return self.status == "applied"
 
 
 @dataclass(frozen=True)
 class CapLimits:
-    """Per-GPU cap range of a cluster, in watts (the profile's full power × min fraction .. full)."""
+    """Per-GPU cap range of a cluster, in watts (the profile's full power × min fraction .. full).
+
+    Parameters
+    ----------
+    min_w : float
+        The lowest cap, W per GPU (the fallback when a cap expires).
+    max_w : float
+        The highest cap (full power), W per GPU.
+    """
 
     min_w: float
     max_w: float
 
 
 def check_command(command: ComputeCommand, limits: dict[str, CapLimits]) -> str | None:
-    """Why ``command`` must not be sent (a sentence naming the field), or None if it may be."""
+    """Why ``command`` must not be sent (a sentence naming the field), or None if it may be.
+
+    Parameters
+    ----------
+    command : ComputeCommand
+        The command.
+    limits : dict of str to CapLimits
+        Cluster id → its per-GPU cap range (``control.compute_commands.cap_limits``).
+
+    Returns
+    -------
+    str or None
+        The refusal (``kind``, ``cluster_id``, ``issued_at/expires_at``, ``expires_at``, ``node_id``,
+        ``watts_per_gpu`` or ``job_id``), or None.
+    """
     if command.kind not in COMMAND_KINDS:
         return f"kind: {command.kind!r} is not one of {COMMAND_KINDS}"
     if command.cluster_id not in limits:
@@ -107,16 +167,54 @@ def check_command(command: ComputeCommand, limits: dict[str, CapLimits]) -> str 
 class ComputeDriver(Protocol):
     """Applies compute commands; one result per command, in order; never raises for a fault."""
 
-    def apply(self, commands: Iterable[ComputeCommand]) -> list[ComputeResult]: ...
+    def apply(self, commands: Iterable[ComputeCommand]) -> list[ComputeResult]:
+        """Send every command.
 
-    def close(self) -> None: ...
+        Parameters
+        ----------
+        commands : iterable of ComputeCommand
+            The commands.
+
+        Returns
+        -------
+        list of ComputeResult
+            One per command, in order; ``not_sent`` when the transport is down.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release connections and threads."""
+        ...
 
 
 class MqttComputeDriver:
     """`ComputeDriver` over MQTT (see the module docstring for topics and payloads).
 
-    ``limits``: cluster id → `CapLimits` (commands outside them are rejected before sending);
-    ``ack_timeout_s``: how long to wait for the agent's confirmations of one batch."""
+    Connects at construction (waiting up to ``connect_timeout_s``); when the broker is not reachable
+    paho keeps retrying and commands are answered ``not_sent`` meanwhile. Commands are published at
+    QoS 1 (MQTT v5 §4.3.2); only the agent's ack on ``in/compute/ack`` makes one ``applied``.
+
+    Parameters
+    ----------
+    site : str
+        The site id: topics ``hashflex/<site>/out/compute/<cluster>`` and ``.../in/compute/ack``.
+    limits : dict of str to CapLimits
+        Cluster id → per-GPU cap range; commands outside them are rejected before sending.
+    host : str, default "127.0.0.1"
+        The broker's host.
+    port : int, default 1883
+        The broker's TCP port.
+    ack_timeout_s : float, default 5.0
+        How long to wait for the agent's confirmations of one batch, s.
+    connect_timeout_s : float, default 5.0
+        How long the constructor waits for the first connection, s.
+    client_id : str, optional
+        MQTT client id (default ``hashflex-<site>-compute-<random>``).
+    username, password : str, optional
+        Broker credentials.
+    tls_ca_file : str, optional
+        CA certificate file; TLS is used when given.
+    """
 
     def __init__(self, site: str, limits: dict[str, CapLimits], host: str = "127.0.0.1", port: int = 1883, *,
                  ack_timeout_s: float = 5.0, connect_timeout_s: float = 5.0, client_id: str | None = None,
@@ -155,6 +253,20 @@ class MqttComputeDriver:
             self._cond.notify_all()
 
     def apply(self, commands: Iterable[ComputeCommand]) -> list[ComputeResult]:
+        """Check, publish and wait for the agent's acks of a batch (up to ``ack_timeout_s`` in all).
+
+        Parameters
+        ----------
+        commands : iterable of ComputeCommand
+            The commands; one without ``command_id`` gets a random one.
+
+        Returns
+        -------
+        list of ComputeResult
+            One per command, in order: ``rejected`` (by :func:`check_command`, or by the agent),
+            ``not_sent`` (broker not connected, publish failed), ``timeout`` (no ack in time) or
+            ``applied``.
+        """
         import time
 
         commands = list(commands)
@@ -193,5 +305,6 @@ class MqttComputeDriver:
         return [results[i] for i in range(len(commands))]
 
     def close(self) -> None:
+        """Stop the network thread and disconnect."""
         self._client.loop_stop()
         self._client.disconnect()

@@ -52,7 +52,31 @@ class MeterError(Exception):
 
 @dataclass(frozen=True)
 class MeterRegisterMap:
-    """Where and how the meter keeps total active power (see the module docstring)."""
+    """Where and how the meter keeps total active power (see the module docstring).
+
+    Parameters
+    ----------
+    address : int
+        The first register of total active power, 0..65535 (the protocol address, 0-based).
+    table : str, default "holding"
+        ``holding`` (function 0x03, Read Holding Registers) or ``input`` (function 0x04, Read Input
+        Registers): MODBUS Application Protocol Specification V1.1b3 §6.3, §6.4.
+    data_type : str, default "float32"
+        ``float32``, ``int32``, ``uint32`` (two registers) or ``int16``, ``uint16`` (one).
+    word_order : str, default "big"
+        ``big`` (high word first) or ``little``, for two-register types.
+    scale_to_kw : float, default 1.0
+        Multiplier from the register value to kW (0.001 for a meter that reports W); > 0.
+    import_sign : int, default 1
+        +1 if the meter counts import positive, -1 if it counts export positive.
+    device_id : int, default 1
+        The Modbus unit identifier, 0..247.
+
+    Raises
+    ------
+    ValueError
+        If a field is out of range; the message names it (``site_meter.registers.<field>``).
+    """
 
     address: int
     table: str = "holding"
@@ -80,12 +104,36 @@ class MeterRegisterMap:
 
     @property
     def count(self) -> int:
+        """Registers to read for ``data_type``: 2 for 32-bit types, 1 for 16-bit ones."""
         return _TYPES[self.data_type]
 
 
 @dataclass(frozen=True)
 class MeterConfig:
-    """Where the meter is and how fresh a reading must be to be the guard's truth."""
+    """Where the meter is and how fresh a reading must be to be the guard's truth.
+
+    Parameters
+    ----------
+    host : str
+        The meter's (or its gateway's) Modbus TCP host.
+    registers : MeterRegisterMap
+        Where and how it keeps total active power.
+    port : int, default 502
+        Modbus TCP port, 1..65535 (502: the registered Modbus port).
+    poll_s : float, default 1.0
+        Polling period, s (> 0).
+    max_age_s : float, default 5.0
+        Oldest reading the guard acts on, s (> 0); older ones are stale.
+    timeout_s : float, default 1.0
+        Timeout of one read, s (> 0).
+    min_kw, max_kw : float, default -1e6, 1e6
+        Plausible import range, kW; a value outside it is an error, not a reading.
+
+    Raises
+    ------
+    ValueError
+        If a field is out of range; the message names it (``site_meter.<field>``).
+    """
 
     host: str
     registers: MeterRegisterMap
@@ -108,7 +156,24 @@ class MeterConfig:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> MeterConfig:
-        """From a profile's ``site_meter`` section; ValueError names the field that is wrong."""
+        """From a profile's ``site_meter`` section; ValueError names the field that is wrong.
+
+        Parameters
+        ----------
+        data : Mapping
+            ``host`` and ``registers`` (a mapping with at least ``address``) required; ``port``,
+            ``poll_s``, ``max_age_s``, ``timeout_s``, ``min_kw``, ``max_kw`` optional.
+
+        Returns
+        -------
+        MeterConfig
+            The checked configuration.
+
+        Raises
+        ------
+        ValueError
+            If ``data`` is not a mapping, a field is unknown, missing or out of range.
+        """
         if not isinstance(data, Mapping):
             raise ValueError("site_meter: expected a mapping")
         known = {"host", "port", "registers", "poll_s", "max_age_s", "timeout_s", "min_kw", "max_kw"}
@@ -134,17 +199,45 @@ class MeterConfig:
 
 @dataclass(frozen=True)
 class MeterReading:
-    """The site's import (kW, positive = from the grid) read at ``at``."""
+    """The site's import (kW, positive = from the grid) read at ``at``.
+
+    Parameters
+    ----------
+    import_kw : float
+        The measured import, kW (positive from the grid, negative exporting).
+    at : datetime
+        When it was read, timezone-aware.
+    """
 
     import_kw: float
     at: datetime
 
     def age_s(self, now: datetime) -> float:
+        """How old the reading is at ``now``.
+
+        Parameters
+        ----------
+        now : datetime
+            The time, timezone-aware.
+
+        Returns
+        -------
+        float
+            ``now − at`` in s, never negative.
+        """
         return max(0.0, (now - self.at).total_seconds())
 
 
 class ModbusMeter:
-    """One Modbus TCP meter; ``read()`` opens (or re-uses) a connection and raises :class:`MeterError`."""
+    """One Modbus TCP meter; ``read()`` opens (or re-uses) a connection and raises :class:`MeterError`.
+
+    Parameters
+    ----------
+    config : MeterConfig
+        Where the meter is and its register map.
+    clock : callable, default ``utc_now``
+        Returns the time stamped on a reading, timezone-aware.
+    """
 
     def __init__(self, config: MeterConfig, clock: Callable[[], datetime] = utc_now) -> None:
         from pymodbus.client import ModbusTcpClient
@@ -155,6 +248,21 @@ class ModbusMeter:
         self._lock = threading.Lock()
 
     def read(self) -> MeterReading:
+        """Read total active power once.
+
+        Returns
+        -------
+        MeterReading
+            The import, kW: the registers decoded as ``data_type`` × ``scale_to_kw`` × ``import_sign``,
+            stamped with the clock.
+
+        Raises
+        ------
+        MeterError
+            The connection failed or timed out, the meter answered a Modbus exception response
+            (MODBUS Application Protocol Specification V1.1b3 §7; the code is named), or the value is
+            not finite or outside ``[min_kw, max_kw]``.
+        """
         from pymodbus.client import ModbusTcpClient
         from pymodbus.exceptions import ModbusException
 
@@ -184,6 +292,7 @@ class ModbusMeter:
         return MeterReading(value, self.clock())
 
     def close(self) -> None:
+        """Close the TCP connection (a later :meth:`read` opens it again)."""
         with self._lock:
             self._client.close()
 
@@ -191,7 +300,17 @@ class ModbusMeter:
 class MeterPoller:
     """Reads the meter every ``poll_s`` on a thread; ``latest()`` is the last good reading (or None).
 
-    ``errors`` counts failed reads and ``last_error`` says why; a failing meter never raises here."""
+    ``errors`` counts failed reads and ``last_error`` says why; a failing meter never raises here.
+
+    Parameters
+    ----------
+    meter : ModbusMeter
+        The meter; its ``config.poll_s`` and ``config.max_age_s`` apply.
+    clock : callable, default ``utc_now``
+        The time used to age readings, timezone-aware.
+    on_reading : callable, optional
+        Called with every good reading, on the polling thread (the daemon passes it to the loop).
+    """
 
     def __init__(self, meter: ModbusMeter, clock: Callable[[], datetime] = utc_now,
                  on_reading: Callable[[MeterReading], None] | None = None) -> None:
@@ -204,6 +323,13 @@ class MeterPoller:
         self._lock = threading.Lock()
 
     def poll_once(self) -> MeterReading | None:
+        """Read once: keep a good reading (and pass it to ``on_reading``), count and log a failure.
+
+        Returns
+        -------
+        MeterReading or None
+            The reading, or None when the read failed (``errors`` and ``last_error`` updated).
+        """
         try:
             reading = self.meter.read()
         except MeterError as exc:
@@ -219,11 +345,23 @@ class MeterPoller:
         return reading
 
     def latest(self) -> MeterReading | None:
+        """The last good reading, however old, or None before the first."""
         with self._lock:
             return self._latest
 
     def fresh_import_kw(self, max_age_s: float | None = None) -> float | None:
-        """The last reading if younger than ``max_age_s`` (default the config's), else None."""
+        """The last reading if younger than ``max_age_s`` (default the config's), else None.
+
+        Parameters
+        ----------
+        max_age_s : float, optional
+            Oldest reading accepted, s (default: ``config.max_age_s``).
+
+        Returns
+        -------
+        float or None
+            The import, kW, or None when there is no reading or it is stale.
+        """
         reading = self.latest()
         limit = self.meter.config.max_age_s if max_age_s is None else max_age_s
         if reading is None or reading.age_s(self.clock()) > limit:
@@ -231,6 +369,13 @@ class MeterPoller:
         return reading.import_kw
 
     def start(self) -> MeterPoller:
+        """Start polling every ``config.poll_s`` on a daemon thread (``site-meter``).
+
+        Returns
+        -------
+        MeterPoller
+            This poller.
+        """
         def run() -> None:
             while not self._stop.is_set():
                 started = time.monotonic()
@@ -242,6 +387,7 @@ class MeterPoller:
         return self
 
     def stop(self) -> None:
+        """Stop polling (waits up to 5 s for the thread) and close the meter's connection."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
@@ -252,10 +398,26 @@ def meter_cut_kw(metered_kw: float | None, limit_kw: float, age_s: float | None,
                  margin_kw: float = 0.0) -> float:
     """How many kW more the guard must cut because the meter says so (>= 0).
 
-    ``metered_kw``: the site's measured import (kW); ``limit_kw``: the import limit in force;
-    ``age_s``: the reading's age; a reading older than ``max_age_s`` (or missing, or not finite)
-    gives 0.0 — the guard then keeps to its model, it does not trust a stale meter in either
-    direction. ``margin_kw``: keep this far under the limit (meter accuracy, ramp while cutting).
+    A reading older than ``max_age_s`` (or missing, or not finite, or with a negative age) gives
+    0.0 — the guard then keeps to its model, it does not trust a stale meter in either direction.
+
+    Parameters
+    ----------
+    metered_kw : float or None
+        The site's measured import, kW.
+    limit_kw : float
+        The import limit in force, kW.
+    age_s : float or None
+        The reading's age, s.
+    max_age_s : float
+        Oldest reading acted on, s.
+    margin_kw : float, default 0.0
+        Keep this far under the limit, kW (meter accuracy, ramp while cutting); negative reads as 0.
+
+    Returns
+    -------
+    float
+        max(0, metered_kw − (limit_kw − margin_kw)), kW; 0.0 for a stale or missing reading.
     """
     if metered_kw is None or age_s is None or not math.isfinite(metered_kw) or age_s > max_age_s or age_s < 0:
         return 0.0
@@ -269,7 +431,24 @@ def unmodelled_load_kw(metered_kw: float | None, modelled_kw: float, age_s: floa
     Added to the guard's ``Measurements.auxiliary_kw`` it makes every later batch check (the plan's and
     the fast path's) count what the meter sees, so the guard cuts more until the *metered* import fits;
     never negative — a meter reading under the model does not let the guard allow more than the model.
-    Stale, missing or non-finite readings give 0.0."""
+    Stale, missing or non-finite readings give 0.0.
+
+    Parameters
+    ----------
+    metered_kw : float or None
+        The site's measured import, kW.
+    modelled_kw : float
+        The modelled import at the moment of the reading, kW.
+    age_s : float or None
+        The reading's age, s.
+    max_age_s : float
+        Oldest reading used, s.
+
+    Returns
+    -------
+    float
+        max(0, metered_kw − modelled_kw), kW; 0.0 for a stale, missing or non-finite reading.
+    """
     if metered_kw is None or age_s is None or not math.isfinite(metered_kw) or not 0 <= age_s <= max_age_s:
         return 0.0
     return max(0.0, metered_kw - modelled_kw)
@@ -280,7 +459,20 @@ def select_cuts(running: Mapping[str, tuple[float, float]], cut_kw: float) -> li
 
     Least efficient (highest J/TH) first, then the largest, then by id; stops once the sum of their
     power reaches ``cut_kw``. Returns all of them when the fleet cannot shed that much (the meter
-    still reads over the limit: the rest is not ours to cut)."""
+    still reads over the limit: the rest is not ours to cut).
+
+    Parameters
+    ----------
+    running : Mapping of str to (float, float)
+        Miner id → (power, kW; efficiency, J/TH) of the miners running.
+    cut_kw : float
+        The load to shed, kW (from :func:`meter_cut_kw`).
+
+    Returns
+    -------
+    list of str
+        The miners to sleep, in the order chosen; empty when ``cut_kw <= 0``.
+    """
     if cut_kw <= 0:
         return []
     order = sorted(running.items(), key=lambda item: (-item[1][1], -item[1][0], item[0]))

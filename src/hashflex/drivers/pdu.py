@@ -43,7 +43,19 @@ POWERED_OFF = "off"
 
 @dataclass(frozen=True)
 class PoweredOffModel:
-    """What "powered off" costs and gives, per miner group (for the optimizer)."""
+    """What "powered off" costs and gives, per miner group (for the optimizer).
+
+    Parameters
+    ----------
+    draw_kw : float, default 0.0
+        Draw of a miner with its outlet open, kW (nothing).
+    restart_minutes : float, default 10.0
+        Cold boot: firmware start, then the normal boot to hashing, min.
+    max_cycles_per_day : int, default 4
+        Power-on cycles allowed per outlet in any 24 h (relay/PSU wear budget).
+    min_off_s : float, default 30.0
+        Shortest time off before an outlet may close again, s (a PSU must discharge).
+    """
 
     draw_kw: float = 0.0  # an open outlet draws nothing
     restart_minutes: float = 10.0  # cold boot: firmware start, then the normal boot to hashing
@@ -53,7 +65,22 @@ class PoweredOffModel:
 
 @dataclass(frozen=True)
 class PduOutlet:
-    """Which PDU outlet feeds which miner."""
+    """Which PDU outlet feeds which miner.
+
+    Parameters
+    ----------
+    miner_id : str
+        The miner.
+    host : str
+        The PDU's Modbus TCP host.
+    port : int
+        The PDU's Modbus TCP port.
+    outlet : int
+        The outlet: coil ``outlet`` switches it, holding register ``power_register_base + outlet``
+        holds its draw in W (the simulated PDU's map; real PDUs differ).
+    device_id : int, default 1
+        The Modbus unit identifier of the PDU.
+    """
 
     miner_id: str
     host: str
@@ -63,14 +90,54 @@ class PduOutlet:
 
 
 def standby_cost_usd(idle_kw: float, units: int, price_usd_mwh: float, hours: float) -> float:
-    """What ``units`` sleeping miners at ``idle_kw`` each cost over ``hours`` at ``price_usd_mwh``."""
+    """What ``units`` sleeping miners at ``idle_kw`` each cost over ``hours`` at ``price_usd_mwh``.
+
+    Parameters
+    ----------
+    idle_kw : float
+        Standby draw of one sleeping miner, kW.
+    units : int
+        Miners asleep.
+    price_usd_mwh : float
+        Energy price, $/MWh.
+    hours : float
+        Duration, h.
+
+    Returns
+    -------
+    float
+        ``idle_kw · units · hours · price_usd_mwh / 1000``, $.
+    """
     return idle_kw * units * hours * price_usd_mwh / 1000.0
 
 
 def worth_powering_off(idle_kw: float, price_usd_mwh: float, expected_off_hours: float, model: PoweredOffModel,
                        cycles_last_24h: int, *, cycle_cost_usd: float = 0.5) -> bool:
     """True when opening the outlet saves more than a cycle costs and the miner stays off longer than its
-    cold restart, with cycle budget left. ``cycle_cost_usd``: wear of a relay/PSU cycle (site's estimate)."""
+    cold restart, with cycle budget left. ``cycle_cost_usd``: wear of a relay/PSU cycle (site's estimate).
+
+    Parameters
+    ----------
+    idle_kw : float
+        Standby draw of the sleeping miner, kW.
+    price_usd_mwh : float
+        Expected energy price while off, $/MWh (a negative price saves nothing).
+    expected_off_hours : float
+        How long it would stay off, h.
+    model : PoweredOffModel
+        Draw when off, cold restart time and the cycle budget.
+    cycles_last_24h : int
+        Power-on cycles of its outlet in the last 24 h.
+    cycle_cost_usd : float, default 0.5
+        Wear cost of one relay/PSU cycle, $.
+
+    Returns
+    -------
+    bool
+        False when the cycle budget is spent or the off time is not longer than the cold restart;
+        else whether ``(idle_kw − draw_kw) · expected_off_hours · max(price, 0) / 1000`` exceeds
+        ``cycle_cost_usd``.
+    """
     if cycles_last_24h >= model.max_cycles_per_day or expected_off_hours * 60 <= model.restart_minutes:
         return False
     saved = (idle_kw - model.draw_kw) * expected_off_hours * max(price_usd_mwh, 0.0) / 1000.0
@@ -78,7 +145,25 @@ def worth_powering_off(idle_kw: float, price_usd_mwh: float, expected_off_hours:
 
 
 class PduDriver:
-    """Outlets over Modbus TCP (see the module docstring); thread-safe."""
+    """Outlets over Modbus TCP (see the module docstring); thread-safe.
+
+    Coils are read with Modbus function 0x01 (Read Coils) and written with 0x05 (Write Single Coil),
+    outlet draws read with 0x03 (Read Holding Registers): MODBUS Application Protocol Specification
+    V1.1b3 §6.1, §6.5, §6.3. One TCP connection per PDU, opened on first use and dropped on an error.
+
+    Parameters
+    ----------
+    outlets : iterable of PduOutlet
+        The outlets, one per miner.
+    model : PoweredOffModel, optional
+        Cycle budget and minimum off time enforced on power-on (default ``PoweredOffModel()``).
+    timeout_s : float, default 1.0
+        Modbus TCP timeout per request, s (no retries).
+    power_register_base : int, default 100
+        Holding register of outlet ``n``'s draw (W) is ``power_register_base + n``.
+    monotonic : callable, default ``time.monotonic``
+        Clock for the cycle window and minimum off time, s.
+    """
 
     def __init__(self, outlets: Iterable[PduOutlet], *, model: PoweredOffModel = PoweredOffModel(),
                  timeout_s: float = 1.0, power_register_base: int = 100,
@@ -105,6 +190,19 @@ class PduDriver:
         return client
 
     def capabilities(self, miner_id: str) -> MinerCapabilities | None:
+        """What the PDU can do with one miner: power it off and on, and read its outlet back.
+
+        Parameters
+        ----------
+        miner_id : str
+            The miner.
+
+        Returns
+        -------
+        MinerCapabilities or None
+            ``power_off=True``, ``verify=True``, no sleep/wake or power target, the cold restart and
+            cycle budget in ``notes``; None for a miner without an outlet.
+        """
         if miner_id not in self.outlets:
             return None
         return MinerCapabilities(miner_id, "pdu", sleep_wake=False, power_target=False, verify=True,
@@ -112,6 +210,23 @@ class PduDriver:
                                                        f"{self.model.max_cycles_per_day} cycles/day")
 
     def cycles_last_24h(self, miner_id: str) -> int:
+        """Power-on cycles of the miner's outlet in the last 24 h (counted by this driver).
+
+        Parameters
+        ----------
+        miner_id : str
+            A miner with an outlet.
+
+        Returns
+        -------
+        int
+            Cycles within the last 86,400 s of the ``monotonic`` clock.
+
+        Raises
+        ------
+        KeyError
+            If the miner has no outlet.
+        """
         with self._lock:
             return self._count(miner_id)
 
@@ -179,13 +294,58 @@ class PduDriver:
             client.close()  # type: ignore[attr-defined]
 
     def power_off(self, miner_ids: Iterable[str]) -> list[SetpointResult]:
+        """Open each miner's outlet (always allowed: it is the safe side), read back.
+
+        Parameters
+        ----------
+        miner_ids : iterable of str
+            The miners.
+
+        Returns
+        -------
+        list of SetpointResult
+            One per miner, in order: ``applied`` when the coil reads open, ``unverified`` when it does
+            not read back, ``rejected`` for a miner without an outlet or a Modbus exception response,
+            ``timeout`` / ``unreachable`` for transport errors (results, not exceptions).
+        """
         return [self._switch(m, False) for m in miner_ids]
 
     def power_on(self, miner_ids: Iterable[str]) -> list[SetpointResult]:
+        """Close each miner's outlet (the miner cold-boots), read back.
+
+        Refused (``rejected``) when the outlet's cycle budget for the last 24 h is spent or it has
+        been off for less than ``min_off_s``.
+
+        Parameters
+        ----------
+        miner_ids : iterable of str
+            The miners.
+
+        Returns
+        -------
+        list of SetpointResult
+            One per miner, in order, as :meth:`power_off`.
+        """
         return [self._switch(m, True) for m in miner_ids]
 
     def is_on(self, miner_ids: Iterable[str]) -> dict[str, bool | None]:
-        """Each outlet's state (None when the PDU does not answer)."""
+        """Each outlet's state (None when the PDU does not answer).
+
+        Parameters
+        ----------
+        miner_ids : iterable of str
+            Miners with an outlet.
+
+        Returns
+        -------
+        dict of str to bool or None
+            Miner id → True (closed, powered), False (open), None (no answer or an error response).
+
+        Raises
+        ------
+        KeyError
+            If a miner has no outlet.
+        """
         out: dict[str, bool | None] = {}
         for miner_id in miner_ids:
             outlet = self.outlets[miner_id]
@@ -199,6 +359,23 @@ class PduDriver:
         return out
 
     def outlet_power_kw(self, miner_ids: Iterable[str]) -> dict[str, float | None]:
+        """Each outlet's measured draw.
+
+        Parameters
+        ----------
+        miner_ids : iterable of str
+            Miners with an outlet.
+
+        Returns
+        -------
+        dict of str to float or None
+            Miner id → draw, kW (the register's W / 1000); None when the PDU does not answer.
+
+        Raises
+        ------
+        KeyError
+            If a miner has no outlet.
+        """
         out: dict[str, float | None] = {}
         for miner_id in miner_ids:
             outlet = self.outlets[miner_id]
@@ -213,10 +390,22 @@ class PduDriver:
         return out
 
     def apply(self, batch: list[Setpoint]) -> list[SetpointResult]:
-        """``off`` opens the outlet; any other mode closes it if open. One result per setpoint."""
+        """``off`` opens the outlet; any other mode closes it if open. One result per setpoint.
+
+        Parameters
+        ----------
+        batch : list of Setpoint
+            The setpoints; mode ``off`` (:data:`POWERED_OFF`) powers off, any other powers on.
+
+        Returns
+        -------
+        list of SetpointResult
+            One per setpoint, in order (see :meth:`power_off`, :meth:`power_on`).
+        """
         return [self._switch(s.miner_id, s.mode != POWERED_OFF) for s in batch]
 
     def close(self) -> None:
+        """Close every Modbus TCP connection (a later call opens them again)."""
         with self._lock:
             for client in self._clients.values():
                 client.close()  # type: ignore[attr-defined]
@@ -224,7 +413,17 @@ class PduDriver:
 
 
 class PoweredOffDriver:
-    """A firmware driver and a PDU driver as one :class:`MinerDriver` (see the module docstring)."""
+    """A firmware driver and a PDU driver as one :class:`MinerDriver` (see the module docstring).
+
+    Parameters
+    ----------
+    miners : MinerDriver
+        The firmware driver (sleep first, then the setpoints of powered miners).
+    pdu : PduDriver
+        The outlets.
+    setpoint_factory : callable
+        ``setpoint_factory(setpoint, mode)`` returns a copy of ``setpoint`` with another mode.
+    """
 
     def __init__(self, miners: MinerDriver, pdu: PduDriver, setpoint_factory: Callable[[Setpoint, str],
                                                                                        Setpoint]) -> None:
@@ -233,6 +432,21 @@ class PoweredOffDriver:
         self.miners, self.pdu, self.setpoint_factory = miners, pdu, setpoint_factory
 
     def apply(self, batch: list[Setpoint]) -> list[SetpointResult]:
+        """``off``: firmware sleep, then open the outlet; other modes: close the outlet if open, else
+        the firmware setpoint.
+
+        Parameters
+        ----------
+        batch : list of Setpoint
+            The setpoints, any mode of the miner's group, ``sleep`` or ``off``.
+
+        Returns
+        -------
+        list of SetpointResult
+            One per setpoint, in order. ``off``: the PDU's result, the firmware sleep's status in the
+            reason. A miner powered on from off: ``unverified`` while it cold-boots (or the PDU's
+            failure). Others: the firmware driver's result.
+        """
         results: dict[int, SetpointResult] = {}
         offs = [i for i, s in enumerate(batch) if s.mode == POWERED_OFF]
         ons = [i for i, s in enumerate(batch) if s.mode != POWERED_OFF]
@@ -260,5 +474,6 @@ class PoweredOffDriver:
         return [results[i] for i in range(len(batch))]
 
     def close(self) -> None:
+        """Close the firmware driver and the PDU driver."""
         self.miners.close()
         self.pdu.close()

@@ -26,6 +26,19 @@ log = logging.getLogger(__name__)
 
 
 def running_counts(miners: MqttSimulatedMiners) -> dict[tuple[str, str], int]:
+    """Units hashing per (group, mode): what the simulated noise meters hear.
+
+    Parameters
+    ----------
+    miners : MqttSimulatedMiners
+        The simulated miners.
+
+    Returns
+    -------
+    dict of (str, str) to int
+        ``(group_id, mode)`` → miners in that mode with a hashrate above 0 (asleep or booting
+        miners are left out: only hashing units run their fans loud).
+    """
     counts: dict[tuple[str, str], int] = {}
     for state in miners.states().values():
         if state.mode != "sleep" and state.hashrate_th_s > 0:  # hashing, so its fans are loud
@@ -36,6 +49,29 @@ def running_counts(miners: MqttSimulatedMiners) -> dict[tuple[str, str], int]:
 def run_live_sim(profile: SiteProfile, host: str, port: int, stop: threading.Event, *,
                  noise_period_s: float = 10.0, noise_bias_db: dict[str, float] | None = None,
                  telemetry_interval_s: float = 5.0) -> None:
+    """`hashflex sim`: simulate the profile's miners and noise meters on a broker until ``stop`` is set.
+
+    Every unit of the profile follows its setpoints and publishes telemetry; one noise meter per
+    receptor publishes ``in/noise/<receptor>`` (QoS 1, ``simulated``: SYNTHETIC readings) every
+    ``noise_period_s`` from the units actually hashing.
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        The site (miner groups, receptors, site id).
+    host : str
+        The broker's host.
+    port : int
+        The broker's TCP port.
+    stop : threading.Event
+        Set it to end the simulation.
+    noise_period_s : float, default 10.0
+        Seconds between noise readings (wall clock).
+    noise_bias_db : dict of str to float, optional
+        Receptor id → how far the simulated reality sits above the acoustic model, dB (SYNTHETIC).
+    telemetry_interval_s : float, default 5.0
+        Seconds between a miner's telemetry messages.
+    """
     topics = Topics(profile.site_id)
     miners = MqttSimulatedMiners(profile.site_id, host, port, miners_from_profile(profile),
                                  telemetry_interval_s=telemetry_interval_s)
@@ -59,7 +95,15 @@ def run_live_sim(profile: SiteProfile, host: str, port: int, stop: threading.Eve
 class SimClock:
     """Simulated time for the web side of a simulated run: the interval being simulated, advanced
     with the wall clock at ``speed`` simulated seconds per real second (capped just before the
-    next interval, which only the simulation starts). ``speed`` 0: the interval start."""
+    next interval, which only the simulation starts). ``speed`` 0: the interval start.
+
+    Parameters
+    ----------
+    speed : float
+        Simulated seconds per wall second (0: time stands at the interval start).
+    step_s : float
+        The interval length, s; simulated time stays 1 ms short of the next interval.
+    """
 
     def __init__(self, speed: float, step_s: float) -> None:
         self.speed, self.step_s = speed, step_s
@@ -68,14 +112,23 @@ class SimClock:
         self._lock = threading.Lock()
 
     def set(self, at: datetime) -> None:
+        """Start simulated time at ``at`` (an interval start), from the wall clock now.
+
+        Parameters
+        ----------
+        at : datetime
+            The interval being simulated, timezone-aware.
+        """
         with self._lock:
             self._at, self._wall = at, time.monotonic()
 
     @property
     def wall_started(self) -> float:
+        """``time.monotonic()`` when the current interval was :meth:`set`, s (0.0 before)."""
         return self._wall
 
     def now(self) -> datetime:
+        """Simulated time now: wall time before the first :meth:`set`, else inside the interval."""
         with self._lock:
             at, wall = self._at, self._wall
         if at is None:
@@ -92,7 +145,34 @@ class LiveSite:
     progress line every ``progress_every`` intervals to ``out``.
 
     The server binds at construction (a taken port fails at once) and answers 503 "starting"
-    until the loop exists; writes go to the loop at simulated time."""
+    until the loop exists; writes go to the loop at simulated time.
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        The simulated site (interval length, time zone, receptors).
+    host : str, default "127.0.0.1"
+        The dashboard's address.
+    port : int, default 9108
+        The dashboard's port (0: any free port).
+    speed : float, default 900.0
+        Simulated seconds per wall second (0: no waiting).
+    intervals : int, default 0
+        Intervals the run will simulate (progress lines; 0: unknown).
+    out : file-like, optional
+        Where progress lines go (None: nowhere).
+    auth : ManagerAuth, optional
+        Who may write limits on the dashboard (default: from the environment).
+    progress_every : int, default 4
+        Print a progress line every this many intervals (and after the first and the last).
+    stop : threading.Event, optional
+        Set it to end the run after the current interval.
+
+    Raises
+    ------
+    OSError
+        If the port cannot be bound.
+    """
 
     def __init__(self, profile: SiteProfile, *, host: str = "127.0.0.1", port: int = 9108, speed: float = 900.0,
                  intervals: int = 0, out: Any = None, auth: Any = None, progress_every: int = 4,
@@ -114,12 +194,15 @@ class LiveSite:
 
     @property
     def url(self) -> str:
+        """The dashboard's URL (``http://host:port/``)."""
         return self.server.url
 
     def start(self) -> None:
+        """Start serving (the port is already bound)."""
         self.server.start()
 
     def close(self) -> None:
+        """Stop serving."""
         self.server.stop()
 
     def _status(self, now: datetime) -> dict[str, Any]:
@@ -137,16 +220,50 @@ class LiveSite:
 
     # SimulationObserver ------------------------------------------------------------------
     def started(self, loop: Any, now: datetime) -> None:
+        """The simulation starts: serve ``loop``'s dashboard, simulated time from ``now``.
+
+        Parameters
+        ----------
+        loop : ControlLoop
+            The simulation's control loop.
+        now : datetime
+            The first interval's start (simulated, UTC).
+        """
         self.loop = loop
         self.clock.set(now)
         self.server.attach(loop)
 
     def message(self, message: Any, now: datetime) -> None:
+        """Show an input delivered to the loop on the dashboard's feeds panel.
+
+        Parameters
+        ----------
+        message : Any
+            The inbound message (price, DR event, noise reading, ...).
+        now : datetime
+            Simulated time of delivery, UTC.
+        """
         dashboard = self.server.dashboard
         if dashboard is not None:
             dashboard.feeds.seen(message, now)
 
     def interval_done(self, row: dict[str, Any], report: Any, now: datetime) -> None:
+        """An interval is done: update the dashboard, print progress, pace, start the next interval.
+
+        Parameters
+        ----------
+        row : dict
+            The interval's row of the result frame (price, load, import, limit, noise, reason).
+        report : TickReport
+            The loop's tick report (not used here).
+        now : datetime
+            The interval's start (simulated, UTC).
+
+        Raises
+        ------
+        KeyboardInterrupt
+            When ``stop`` is set: ends the simulation as Ctrl-C does.
+        """
         self.last_row = row
         self.done += 1
         dashboard = self.server.dashboard
@@ -163,7 +280,28 @@ class LiveSite:
         self.clock.set(now + timedelta(seconds=self.step_s))
 
     def progress_line(self, row: dict[str, Any], now: datetime) -> str:
-        """``[ 4/96] Sat 01:00 CST  $15.33/MWh  load 30.0 MW  import 21.8 / 30.0 MW (import limit) ...``"""
+        """``[ 4/96] Sat 01:00 CST  $15.33/MWh  load 30.0 MW  import 21.8 / 30.0 MW (import limit) ...``
+
+        Parameters
+        ----------
+        row : dict
+            The interval's row: ``price_usd_mwh``, ``load_after_fast_path_kw``, ``grid_import_kw``,
+            ``import_limit_kw``, ``limit_source``, ``noise_measured_dba_<receptor>``,
+            ``noise_cap_dba_<receptor>`` and ``reason``.
+        now : datetime
+            The interval's start, shown in the site's time zone.
+
+        Returns
+        -------
+        str
+            One line: interval count, local time, price ($/MWh), load and import vs limit (MW),
+            each receptor's measured level vs cap (dB(A)), and the plan's reason.
+
+        Raises
+        ------
+        KeyError
+            If a required column of ``row`` is missing.
+        """
         local = now.astimezone(self.profile.tz) if hasattr(self.profile.tz, "utcoffset") else now
         width = len(str(self.intervals or self.done))
         noise = "  ".join(f"{r.id} {row.get(f'noise_measured_dba_{r.id}', float('nan')):.1f}/"

@@ -23,7 +23,21 @@ class NoiseSensorSim:
     """One simulated class-1 sound level meter per receptor.
 
     ``bias_db`` is how far reality sits above the model at each receptor (terrain, wind, tonal
-    fans the model misses); ``sigma_db`` the interval-to-interval scatter of a 60 s LAeq."""
+    fans the model misses); ``sigma_db`` the interval-to-interval scatter of a 60 s LAeq.
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        The site: receptors, groups' sound power and attenuations (``acoustics.modelled_laeq_dba``).
+    bias_db : dict of str to float
+        Receptor id → calibration error, dB (reality above the model; SYNTHETIC).
+    sigma_db : float, default 0.5
+        Standard deviation of the Gaussian scatter of one reading, dB (SYNTHETIC).
+    averaging_s : float, default 60.0
+        The readings' averaging time, s.
+    seed : int, default 0
+        Seed of the scatter's random generator (reproducible runs).
+    """
 
     profile: SiteProfile
     bias_db: dict[str, float] = field(default_factory=dict)
@@ -35,7 +49,21 @@ class NoiseSensorSim:
         self._rng = np.random.default_rng(self.seed)
 
     def measure(self, running: dict[tuple[str, str], int], at: datetime) -> list[NoiseMessage]:
-        """One LAeq reading per receptor for the units ``running`` ((group, mode) → count)."""
+        """One LAeq reading per receptor for the units ``running`` ((group, mode) → count).
+
+        Parameters
+        ----------
+        running : dict of (str, str) to int
+            Units running per (group id, mode name).
+        at : datetime
+            The readings' timestamp, timezone-aware.
+
+        Returns
+        -------
+        list of NoiseMessage
+            One per receptor, in profile order: the modelled level (background included) + bias +
+            scatter, dB(A) rounded to 0.01, class-1 meter, ``simulated=True``.
+        """
         messages = []
         for receptor in self.profile.receptors:
             level = modelled_laeq_dba(self.profile, running, receptor.id)
