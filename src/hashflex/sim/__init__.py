@@ -1,6 +1,6 @@
 """Simulated site equipment speaking the real protocols (see :mod:`hashflex.sim.miners`)."""
 
-from hashflex.sim.miners import (
+from hashflex.sim.miners import (  # noqa: F401 - re-exported (the package's __all__ is sim.miners')
     MinerSnapshot,
     MinerState,
     MqttSimulatedMiners,
