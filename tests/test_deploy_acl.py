@@ -66,6 +66,7 @@ PASSWORDS = {
     "feed-carbon": "carbon-secret",
     "m1": "miner1-secret",  # miners: username = miner id
     "m2": "miner2-secret",
+    "rack_a": "rack-a-secret",  # a rack/group agent: username = group id
 }
 NOT_AUTHORIZED = 0x87
 BAD_CREDENTIALS = 0x86
@@ -600,13 +601,14 @@ def test_acl_service_identities_cannot_use_the_miner_patterns() -> None:
             sections[current].append(rest.strip())
         else:
             assert keyword == "pattern", line
-    assert set(PASSWORDS) - {"m1", "m2"} <= set(sections)
+    assert set(PASSWORDS) - {"m1", "m2", "rack_a"} <= set(sections)
     for user, rules in sections.items():
         if user == "hashflex":
             assert rules == ["read hashflex/+/in/#", "write hashflex/+/out/#"]
             continue
         assert "deny hashflex/+/in/telemetry/#" in rules, user
         assert "deny hashflex/+/out/setpoint/#" in rules, user
+        assert "deny hashflex/+/out/setpoints/#" in rules, user  # the group pattern applies to everyone too
         grants = [rule for rule in rules if not rule.startswith("deny ")]
         assert grants, user
         for rule in grants:  # least privilege: write one input or read one output, no "#"
@@ -782,3 +784,23 @@ def test_the_deploy_manager_identity_is_a_manager_of_every_bundled_profile() -> 
     assert writers == {"site_manager"}
     for name in ("west_texas", "quiet_hollow", "panhandle_120mw"):
         assert writers <= set(load_profile(name).site.managers), name
+
+
+def test_a_group_agent_reads_only_its_group_and_others_never_read_group_setpoints(
+        connect: Callable[..., Peer]) -> None:
+    """One message per group (the daemon's default design): ``out/setpoints/<group>`` reaches the agent
+    named after the group and nobody else — not another miner, not the utility."""
+    daemon, rack, miner, utility = connect("hashflex"), connect("rack_a"), connect("m1"), connect("utility")
+    rack.subscribe(f"{T.prefix}out/setpoints/+")
+    miner.subscribe(f"{T.prefix}out/setpoints/#")
+    utility.subscribe(f"{T.prefix}out/setpoints/#")
+    mine, other = token("group-a"), token("group-b")
+    assert_authorized(daemon.publish(f"{T.prefix}out/setpoints/rack_b", other), "daemon -> out/setpoints/rack_b")
+    assert_authorized(daemon.publish(f"{T.prefix}out/setpoints/rack_a", mine), "daemon -> out/setpoints/rack_a")
+    rack.wait_for(mine, f"{T.prefix}out/setpoints/rack_a")
+    assert_refused(rack.publish(f"{T.prefix}out/setpoints/rack_a", token("forged")), "rack_a -> its own setpoints")
+    assert_refused(utility.publish(f"{T.prefix}out/setpoints/rack_a", token("forged")), "utility -> out/setpoints")
+    time.sleep(NON_DELIVERY_WAIT_S)
+    assert not rack.got(other)
+    assert not miner.messages and not utility.messages
+
