@@ -408,3 +408,23 @@ def test_out_of_bounds_commands_are_refused_with_an_ack_on_every_path(site: Site
     assert loop.book.manager == {} and site.restart().book.manager == {}
     ack = site.loop.handle_dr(dr(import_limit_kw=1e308), T0)
     assert ack.status == "rejected" and "import_limit_kw" in ack.reason
+
+
+def test_a_refused_dr_message_is_acked_without_a_number_it_never_sent(site: Site) -> None:
+    """Found by a newcomer: a DR message with ``modification_number: -1`` was refused and acked as
+    number 0 — a number the issuer never sent (and a valid one: it could be read as acking event 0)."""
+    from hashflex.messages import parse_message
+
+    payload = json.dumps({"event_id": "ev-neg", "modification_number": -1, "program": "ERS-10",
+                          "start": T0.isoformat(), "import_limit_kw": 10.0, "issuer": "utility"})
+    rejection = parse_message(f"hashflex/{PROFILE.site_id}/in/dr", payload.encode())
+    assert getattr(rejection, "kind", None) == "dr" and "modification_number" in rejection.reason
+    site.loop.on_rejection(rejection, T0)
+    (ack,) = site.publisher.sent["out/dr/ack"]
+    assert ack["event_id"] == "ev-neg" and ack["status"] == "rejected" and ack["modification_number"] is None
+    # A readable number is echoed as sent.
+    rejection = parse_message(f"hashflex/{PROFILE.site_id}/in/dr", payload.replace('"import_limit_kw": 10.0',
+                                                                                    '"import_limit_kw": -5').replace(
+        '"modification_number": -1', '"modification_number": 4').encode())
+    site.loop.on_rejection(rejection, T0)
+    assert site.publisher.sent["out/dr/ack"][-1]["modification_number"] == 4

@@ -121,7 +121,7 @@ class FastPathMixin:
             event_id = _json_field(preview, "event_id")
             if kind == "dr" and event_id is not None:
                 number = _json_field(preview, "modification_number")
-                ack = DRAckMessage(event_id=event_id, modification_number=int(number) if number and number.isdigit() else 0,
+                ack = DRAckMessage(event_id=event_id, modification_number=int(number) if number and number.isdigit() else None,
                                    status="rejected", reason=rejection.reason[:500], acked_at=now)
                 self._publish("out/dr/ack", ack.model_dump(mode="json"))
         except Exception:  # noqa: BLE001 - answering a bad message must never stop the controller

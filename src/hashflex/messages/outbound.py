@@ -49,7 +49,9 @@ class DRAckMessage(_Message):
     """The answer to a DR event (``out/dr/ack``): accepted or rejected, with the reason when rejected."""
 
     event_id: Identifier
-    modification_number: int = Field(ge=0, lt=2**31)
+    # None only on a rejection whose payload's number could not be read (absent, negative, not an
+    # integer): the ack must not claim a number the issuer never sent.
+    modification_number: int | None = Field(ge=0, lt=2**31)
     status: Literal["accepted", "rejected"]
     reason: Text | None = None
     acked_at: UtcDatetime
