@@ -221,6 +221,8 @@ class FastPathMixin:
                                                                            event_id=event_id), now)
 
     def handle_noise(self, message: NoiseMessage, now: datetime) -> None:
+        """A noise meter's reading: calibrate the receptor's measured − modelled offset, and cut at once
+        (without a solve) when the reading compared with the cap in force is over it."""
         receptor = next((r for r in self.profile.receptors if r.id == message.receptor_id), None)
         if receptor is None:
             return

@@ -84,15 +84,43 @@ class HorizonForecast:
 
 
 class Forecaster(Protocol):
-    def __call__(self, now: datetime, horizon_start: pd.Timestamp, periods: int) -> HorizonForecast: ...
+    """What the loop plans with: ``forecast.store_forecaster`` (daemon) or ``RecordedForecaster``."""
+
+    def __call__(self, now: datetime, horizon_start: pd.Timestamp, periods: int) -> HorizonForecast:
+        """The horizon's arrays as known at ``now``.
+
+        Parameters
+        ----------
+        now : datetime
+            tz-aware; nothing published after it may be used (no look-ahead).
+        horizon_start : pd.Timestamp
+            UTC start of the current interval.
+        periods : int
+            Intervals in the horizon.
+        """
+        ...
 
 
 class Publisher(Protocol):
-    def publish_json(self, topic_suffix: str, payload: dict[str, Any]) -> None: ...
+    """Where acknowledgements, status, schedules and alerts go (the daemon: MQTT ``hashflex/<site>/out/...``)."""
+
+    def publish_json(self, topic_suffix: str, payload: dict[str, Any]) -> None:
+        """Publish ``payload`` as JSON on the site's ``topic_suffix`` (e.g. ``out/dr/ack``); never raises.
+
+        Parameters
+        ----------
+        topic_suffix : str
+            The topic after ``hashflex/<site>/``.
+        payload : dict
+            JSON-serialisable.
+        """
+        ...
 
 
 @dataclass(frozen=True)
 class LoopConfig:
+    """How the loop runs (times in the names; see each field's comment)."""
+
     expiry_intervals: float = 2.0  # a setpoint outlives one missed tick, not two
     replan_debounce_s: float = 2.0
     solve_time_limit_s: float = 20.0
@@ -107,6 +135,9 @@ class LoopConfig:
 
 @dataclass
 class TickReport:
+    """What one tick did: the plan, the batch after the guard, the driver's results, the forecast's
+    fallbacks, the solve time (s), what triggered it and what the stability rule decided."""
+
     at: datetime
     interval_start: pd.Timestamp
     schedule: Schedule | None
@@ -120,6 +151,7 @@ class TickReport:
 
 
 def interval_floor(now: datetime, minutes: int) -> pd.Timestamp:
+    """The UTC start of the ``minutes``-long interval holding ``now``."""
     return pd.Timestamp(now).tz_convert("UTC").floor(f"{minutes}min")
 
 
@@ -171,6 +203,7 @@ def health_ratings(profile: SiteProfile) -> dict[str, Rating]:
 
 
 def first_interval_counts(schedule: Schedule) -> dict[tuple[str, str], int]:
+    """Units per (group id, mode) in the schedule's first interval."""
     row = schedule.frame.iloc[0]
     return {(g, m): int(row[unit_column(g, m)]) for g, m in schedule.group_modes}
 
@@ -518,6 +551,7 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin):
     # ------------------------------------------------------------------ scheduling of ticks
 
     def request_replan(self, reason: str) -> None:
+        """Ask the loop thread for a (debounced) re-plan; ``reason`` becomes the tick's trigger."""
         self.replan_reasons.append(reason)
         self._replan.set()
 

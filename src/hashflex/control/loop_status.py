@@ -260,6 +260,8 @@ class LoopStatusMixin:
         return causes
 
     def status(self, now: datetime) -> dict[str, Any]:
+        """The ``/status`` document at ``now``: last solve, fallbacks, limits in force and their sources,
+        DR events, units running, counters, noise calibration and compliance, AS performance, health."""
         report = self.last_report
         age = None if self.last_good_tick is None else (now - self.last_good_tick).total_seconds()
         with self._lock:
@@ -286,4 +288,14 @@ class LoopStatusMixin:
             # AS deployments of the last day: obligation vs delivered, shortfall, time to respond (issue 15).
             "as_performance": [dict(p) for p in self.as_performance.values()
                                if datetime.fromisoformat(p["issued_at"]) > now - timedelta(days=1)],
+            # Fleet health (issue 17): current findings, and the units the plan leaves out or derates.
+            "health": self._health_status(),
+            "last_tick_stability": "" if report is None else report.stability,
         }
+
+    def _health_status(self) -> dict[str, Any]:
+        findings = self.health.findings()
+        factors = {m: self.health.derate_factor(m) for m in {f.miner_id for f in findings}}
+        return {"findings": [f.as_alert() for f in findings[:200]], "finding_count": len(findings),
+                "planned_unavailable": sorted(m for m, k in factors.items() if k <= 0.0),
+                "derated": sorted(m for m, k in factors.items() if 0.0 < k < 1.0)}
