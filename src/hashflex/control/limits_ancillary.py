@@ -1,0 +1,211 @@
+"""Ancillary-service awards and deployments in the limits book (issue 15): idempotent intake decided on a copy,
+the reserve awards in force and the obligations per interval. A mixin of
+:class:`~hashflex.control.limits.LimitsBook`, split from :mod:`hashflex.control.limits` along its seam; pure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from hashflex.control.ancillary import (
+    award_refusal,
+    deploy_refusal,
+    deployment_from,
+)
+from hashflex.messages import (
+    ASAckMessage,
+    ASAwardMessage,
+    ASDeployMessage,
+)
+from hashflex.control.limits_values import _ANSWERS_KEPT, content_hash
+
+if TYPE_CHECKING:  # annotations only: limits imports this module
+    from hashflex.control.limits import LimitsBook
+
+
+
+
+
+
+
+class AncillaryBookMixin:
+    """AS awards and deployments in the limits book (a mixin of :class:`~hashflex.control.limits.LimitsBook`)."""
+
+    # ------------------------------------------------------------------ ancillary services (issue 15)
+
+    @staticmethod
+    def as_key(msg: ASAwardMessage | ASDeployMessage) -> str:
+        """The key under which the answer to an award or deployment is remembered.
+
+        Parameters
+        ----------
+        msg : ASAwardMessage or ASDeployMessage
+            The message.
+
+        Returns
+        -------
+        str
+            ``<kind>:<issuer>:<award or deployment id>:<content hash>``.
+        """
+        return f"{msg.kind}:{msg.issuer}:{msg.key}:{content_hash(msg.model_dump(mode='json'))}"
+
+    def answered_as(self, msg: ASAwardMessage | ASDeployMessage) -> ASAckMessage | None:
+        """The ack already given to this very award or deployment (a redelivery), or None.
+
+        Parameters
+        ----------
+        msg : ASAwardMessage or ASDeployMessage
+            The message.
+
+        Returns
+        -------
+        ASAckMessage or None
+            The remembered ack, or None for a message not answered before.
+        """
+        held = self.answers.get(self.as_key(msg))
+        return None if held is None else ASAckMessage.model_validate(held)
+
+    def decide_as_award(self, msg: ASAwardMessage, now: datetime) -> tuple[LimitsBook, ASAckMessage]:
+        """Decide an award on a copy (see :meth:`decide_dr`); refusals: ``ancillary.award_refusal``.
+
+        Parameters
+        ----------
+        msg : ASAwardMessage
+            The award (``reserve_kw`` of a product over ``[start, end)``).
+        now : datetime
+            The decision time, timezone-aware.
+
+        Returns
+        -------
+        trial : LimitsBook
+            The copy with the award stored (if accepted) and the answer remembered.
+        ack : ASAckMessage
+            The answer (``kind`` ``as_award``).
+        """
+        trial = self.copy()
+        reason = award_refusal(self.profile, msg, self.as_awards.get(msg.award_id), now)
+        if reason is None:
+            trial.as_awards[msg.award_id] = msg.model_dump(mode="json")
+            reason = f"accepted: {msg.product} {msg.reserve_kw:.0f} kW {msg.start.isoformat()}–{msg.end.isoformat()}"
+        ack = ASAckMessage(message_id=msg.award_id, kind="as_award",
+                           status="accepted" if reason.startswith("accepted") else "rejected", reason=reason,
+                           acked_at=now)
+        trial._remember(self.as_key(msg), ack.model_dump(mode="json"))
+        return trial, ack
+
+    def decide_as_deploy(self, msg: ASDeployMessage, baseline_kw: float, now: datetime
+                         ) -> tuple[LimitsBook, ASAckMessage]:
+        """Decide a deployment (or its recall) on a copy. ``baseline_kw``: the site's modelled import
+        now; the deployment's limit is baseline − deployed_kw, by the product's deadline.
+
+        A recall ends the held deployment at the recall's ``issued_at``; a deployment id seen before
+        is refused; one above the award in force is accepted and the ack says so (shedding is safe).
+
+        Parameters
+        ----------
+        msg : ASDeployMessage
+            The deployment or its recall.
+        baseline_kw : float
+            The site's modelled import now, kW (net of on-site renewables).
+        now : datetime
+            The decision time, timezone-aware.
+
+        Returns
+        -------
+        trial : LimitsBook
+            The copy with the deployment stored or ended (if accepted) and the answer remembered.
+        ack : ASAckMessage
+            The answer (``kind`` ``as_deploy``), with the import limit (kW) and deadline when a
+            deployment was accepted.
+        """
+        trial = self.copy()
+        reason = deploy_refusal(self.profile, msg)
+        deployment = None
+        if reason is None and msg.recalled:
+            held = trial.as_deployments.get(msg.deployment_id)
+            if held is None:
+                reason = f"deployment_id: no deployment {msg.deployment_id!r} to recall"
+            else:
+                trial.as_deployments[msg.deployment_id] = dataclasses.replace(held, end=max(msg.issued_at, held.issued_at))
+                reason = f"accepted: {held.product} deployment recalled at {msg.issued_at.isoformat()}"
+        elif reason is None:
+            if msg.deployment_id in trial.as_deployments:
+                reason = f"deployment_id: {msg.deployment_id!r} was already deployed"
+            else:
+                deployment = deployment_from(msg, baseline_kw)
+                trial.as_deployments[msg.deployment_id] = deployment
+                awarded = sum(v for v in trial.reserve_awards_at(msg.issued_at).get(msg.product, {}).values())
+                note = "" if msg.deployed_kw <= awarded + 1e-6 else f" (more than the {awarded:.0f} kW awarded)"
+                reason = (f"accepted: {msg.product} shed {msg.deployed_kw:.0f} kW from {baseline_kw:.0f} kW to "
+                          f"{deployment.limit_kw:.0f} kW by {deployment.deadline.isoformat()}{note}")
+        ack = ASAckMessage(message_id=msg.deployment_id, kind="as_deploy",
+                           status="accepted" if reason.startswith("accepted") else "rejected", reason=reason,
+                           acked_at=now, import_limit_kw=None if deployment is None else deployment.limit_kw,
+                           deadline=None if deployment is None else deployment.deadline)
+        trial._remember(self.as_key(msg), ack.model_dump(mode="json"))
+        return trial, ack
+
+    def reserve_awards_at(self, t: datetime) -> dict[str, dict[str, float]]:
+        """Product -> {award id: kW} of the awards in force at ``t``.
+
+        Parameters
+        ----------
+        t : datetime
+            The moment, timezone-aware.
+
+        Returns
+        -------
+        dict of str to dict of str to float
+            Product → award id → reserve, kW, for the awards with ``start <= t < end``.
+        """
+        out: dict[str, dict[str, float]] = {}
+        for award_id, award in self.as_awards.items():
+            if datetime.fromisoformat(award["start"]) <= t < datetime.fromisoformat(award["end"]):
+                out.setdefault(award["product"], {})[award_id] = float(award["reserve_kw"])
+        return out
+
+    def reserve_obligations_over(self, interval_start: Sequence[datetime] | pd.DatetimeIndex,
+                                 interval: timedelta) -> dict[str, np.ndarray]:
+        """Product -> per interval the reserve the plan must hold (kW): the largest awarded total at
+        any moment inside the interval, less what of that product is deployed (shed load cannot also
+        be held running). Products without an award are absent.
+
+        Parameters
+        ----------
+        interval_start : sequence of datetime or pandas.DatetimeIndex
+            The intervals' starts, shape (T,), timezone-aware.
+        interval : datetime.timedelta
+            The intervals' length.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            Product → shape (T,) reserve to hold, kW (>= 0).
+        """
+        starts = [pd.Timestamp(t).to_pydatetime() for t in interval_start]
+        out: dict[str, np.ndarray] = {}
+        for award in self.as_awards.values():
+            a_start, a_end = datetime.fromisoformat(award["start"]), datetime.fromisoformat(award["end"])
+            row = out.setdefault(award["product"], np.zeros(len(starts)))
+            for k, start in enumerate(starts):
+                if a_start < start + interval and a_end > start:
+                    row[k] += float(award["reserve_kw"])
+        for deployment in self.as_deployments.values():
+            if deployment.product in out:
+                row = out[deployment.product]
+                for k, start in enumerate(starts):
+                    if deployment.in_force(start, start + interval):
+                        row[k] = max(row[k] - deployment.deployed_kw, 0.0)
+        return out
+
+    def _remember(self, key: str, ack: dict[str, Any]) -> None:
+        self.answers[key] = ack
+        self.answers.move_to_end(key)
+        while len(self.answers) > _ANSWERS_KEPT:
+            self.answers.popitem(last=False)
