@@ -43,153 +43,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hashflex.messages import DRAckMessage, DREventMessage
+from hashflex.messages import DREventMessage
+from hashflex.control.dr_performance import PerformanceMixin
+from hashflex.control.dr_values import (  # noqa: F401 - re-exported: the DR book's public values
+    Compliance,
+    DRDecision,
+    DRRecord,
+    DRTransition,
+    source_label,
+)
 from hashflex.profile import SiteProfile
 
 __all__ = ["Compliance", "DRBook", "DRDecision", "DRRecord", "DRTransition", "event_limit_kw", "source_label"]
 
 PENDING, ACTIVE, COMPLETED, CANCELLED = "pending", "active", "completed", "cancelled"
-
-
-def source_label(event_id: str) -> str:
-    """The source label of a DR event's import limit, e.g. ``DR:ev-42``.
-
-    Parameters
-    ----------
-    event_id : str
-        The event's id (``DREventMessage.event_id``).
-
-    Returns
-    -------
-    str
-        ``"DR:<event_id>"``, as shown in ``/status`` and the limits book.
-    """
-    return f"DR:{event_id}"
-
-
-@dataclass(frozen=True)
-class DRDecision:
-    """The decision on one DR message (:meth:`DRBook.apply`).
-
-    Parameters
-    ----------
-    event_id : str
-        The event the message is about.
-    modification_number : int
-        The message's modification number.
-    accepted : bool
-        Whether the message changed the book.
-    reason : str
-        ``accepted: ...`` with what changed, or why it was rejected (the first failed rule of the
-        module docstring).
-    limit_kw : float, optional
-        The event's import limit when accepted, kW (inf: no limit, e.g. a cancellation or level 0).
-    """
-
-    event_id: str
-    modification_number: int
-    accepted: bool
-    reason: str
-    limit_kw: float | None = None  # the event's import limit when accepted (inf: none)
-
-    def to_ack(self, acked_at: datetime) -> DRAckMessage:
-        """The acknowledgement published on ``out/dr/ack``.
-
-        Parameters
-        ----------
-        acked_at : datetime
-            When the decision is acknowledged, timezone-aware (after the book was committed).
-
-        Returns
-        -------
-        DRAckMessage
-            ``status`` ``accepted`` or ``rejected``, with this decision's reason.
-        """
-        return DRAckMessage(event_id=self.event_id, modification_number=self.modification_number,
-                            status="accepted" if self.accepted else "rejected", reason=self.reason,
-                            acked_at=acked_at)
-
-
-@dataclass(frozen=True)
-class DRTransition:
-    """One status change of an event, reported by :meth:`DRBook.transitions`.
-
-    Parameters
-    ----------
-    event_id : str
-        The event.
-    kind : str
-        ``activated``, ``completed``, ``cancelled``, ``modified`` or ``deferred`` (active → pending
-        after a modification moved its start).
-    status : str
-        The status to record now: ``pending``, ``active``, ``completed`` or ``cancelled``.
-    at : datetime
-        When the change was seen (the ``now`` of the call), timezone-aware.
-    limit_kw : float
-        The event's import limit, kW (inf: none).
-    """
-
-    event_id: str
-    kind: str  # activated, completed, cancelled, modified, deferred (active -> pending after a modification)
-    status: str  # the status to record now
-    at: datetime
-    limit_kw: float
-
-
-@dataclass(frozen=True)
-class DRRecord:
-    """One interval's performance of an event (:meth:`DRBook.record`).
-
-    Parameters
-    ----------
-    interval_start : datetime
-        The interval's start, timezone-aware.
-    baseline_kw : float or None
-        The import the reduction is measured from, kW (None: no baseline known).
-    limit_kw : float
-        The event's import limit, kW (inf: none).
-    measured_kw : float
-        The site's measured import over the interval, kW.
-    """
-
-    interval_start: datetime
-    baseline_kw: float | None
-    limit_kw: float
-    measured_kw: float
-
-
-@dataclass(frozen=True)
-class Compliance:
-    """How well the site delivered one event, from its records (:meth:`DRBook.compliance`).
-
-    Parameters
-    ----------
-    event_id : str
-        The event.
-    intervals : int
-        Intervals recorded.
-    compliant_intervals : int
-        Intervals with measured import ≤ limit + tolerance.
-    compliant_pct : float
-        ``compliant_intervals / intervals`` × 100, % (NaN with no intervals).
-    requested_reduction_kw : float
-        Mean over intervals with a baseline and a finite limit of max(baseline − limit, 0), kW.
-    delivered_reduction_kw : float
-        Mean over the same intervals of baseline − measured, kW (negative: the site imported more).
-    delivered_pct : float
-        Delivered / requested × 100, % (NaN if nothing was requested).
-    worst_excess_kw : float
-        max(measured − limit) over the intervals, kW; 0 if always under.
-    """
-
-    event_id: str
-    intervals: int
-    compliant_intervals: int
-    compliant_pct: float  # nan with no intervals
-    requested_reduction_kw: float  # mean over intervals with a baseline: baseline − limit (>= 0)
-    delivered_reduction_kw: float  # mean over the same intervals: baseline − measured
-    delivered_pct: float  # delivered / requested × 100 (nan if nothing requested)
-    worst_excess_kw: float  # max(measured − limit), 0 if always under
 
 
 @dataclass
@@ -240,7 +107,7 @@ def event_limit_kw(message: DREventMessage, profile: SiteProfile) -> float | Non
     return math.inf  # a bare cancellation
 
 
-class DRBook:
+class DRBook(PerformanceMixin):
     """Every DR event the site knows, by id, with its status and performance records."""
 
     def __init__(self) -> None:
@@ -499,103 +366,6 @@ class DRBook:
             Their ids, in the order first accepted.
         """
         return [i for i, e in self._events.items() if e.in_force(now)]
-
-    # ------------------------------------------------------------------ performance
-
-    def record(self, event_id: str, interval_start: datetime, measured_kw: float,
-               baseline_kw: float | None = None) -> DRRecord:
-        """Record one interval of an event: the measured import against the event's limit. The
-        baseline defaults to the event's own ``baseline_kw`` (shed events).
-
-        A second record for the same interval replaces the first.
-
-        Parameters
-        ----------
-        event_id : str
-            A known event.
-        interval_start : datetime
-            The interval's start, timezone-aware.
-        measured_kw : float
-            The site's measured import over the interval, kW.
-        baseline_kw : float, optional
-            The import the reduction is measured from, kW (default: the message's ``baseline_kw``,
-            None for events without one).
-
-        Returns
-        -------
-        DRRecord
-            The record stored, with the event's limit.
-
-        Raises
-        ------
-        KeyError
-            If the book does not know the event.
-        """
-        event = self._events[event_id]
-        baseline = baseline_kw if baseline_kw is not None else event.message.baseline_kw
-        rec = DRRecord(interval_start, baseline, event.limit_kw, float(measured_kw))
-        event.records = [r for r in event.records if r.interval_start != interval_start] + [rec]
-        event.records.sort(key=lambda r: r.interval_start)
-        return rec
-
-    def records(self, event_id: str) -> list[DRRecord]:
-        """The event's performance records.
-
-        Parameters
-        ----------
-        event_id : str
-            A known event.
-
-        Returns
-        -------
-        list of DRRecord
-            A copy, sorted by ``interval_start``.
-
-        Raises
-        ------
-        KeyError
-            If the book does not know the event.
-        """
-        return list(self._events[event_id].records)
-
-    def compliance(self, event_id: str, tolerance_kw: float = 0.0) -> Compliance:
-        """How well the site delivered the event over the intervals recorded so far.
-
-        Parameters
-        ----------
-        event_id : str
-            A known event.
-        tolerance_kw : float, default 0.0
-            An interval complies when measured ≤ limit + ``tolerance_kw``, kW.
-
-        Returns
-        -------
-        Compliance
-            Shares and mean reductions; NaN where there is nothing to average (see its fields).
-
-        Raises
-        ------
-        KeyError
-            If the book does not know the event.
-        """
-        records = self._events[event_id].records
-        n = len(records)
-        ok = sum(r.measured_kw <= r.limit_kw + tolerance_kw for r in records)
-        with_base = [r for r in records if r.baseline_kw is not None and math.isfinite(r.limit_kw)]
-        requested = (sum(max(r.baseline_kw - r.limit_kw, 0.0) for r in with_base) / len(with_base)
-                     if with_base else math.nan)
-        delivered = (sum(r.baseline_kw - r.measured_kw for r in with_base) / len(with_base)
-                     if with_base else math.nan)
-        return Compliance(
-            event_id=event_id,
-            intervals=n,
-            compliant_intervals=ok,
-            compliant_pct=100.0 * ok / n if n else math.nan,
-            requested_reduction_kw=requested,
-            delivered_reduction_kw=delivered,
-            delivered_pct=100.0 * delivered / requested if with_base and requested > 0 else math.nan,
-            worst_excess_kw=max([max(r.measured_kw - r.limit_kw, 0.0) for r in records], default=0.0),
-        )
 
     # ------------------------------------------------------------------ persistence
 
