@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import deque
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -59,12 +58,16 @@ from hashflex.optimize.schedule import Schedule, unit_column
 from hashflex.profile import SiteProfile
 
 from hashflex.control.as_intake import AncillaryIntakeMixin, deployment_performance  # noqa: F401 - re-exported
-from hashflex.control.compute_commands import ComputeState, plan_commands
+from hashflex.control.compute_commands import ComputeState
 from hashflex.control.stability import StabilityDecision, hold_previous_counts
 from hashflex.control.fastpath import FastPathMixin, _prices_unknown, _replace  # noqa: F401
-from hashflex.drivers.compute import ComputeCommand, ComputeDriver, ComputeResult
-from hashflex.health.detectors import HealthBook, Rating
+from hashflex.drivers.compute import ComputeDriver, ComputeResult
+from hashflex.health.detectors import HealthBook
 from hashflex.control.loop_status import LoopStatusMixin
+
+from hashflex.control.loop_compute import ComputeMixin
+from hashflex.control.loop_health import HealthMixin, health_ratings
+from hashflex.control.loop_state import ControlStateMixin
 
 log = logging.getLogger(__name__)
 
@@ -194,21 +197,14 @@ def apply_cap_overrides(problem: Problem, caps_dba: Mapping[str, np.ndarray]) ->
     return dataclasses.replace(problem, receptors=tuple(receptors))
 
 
-def health_ratings(profile: SiteProfile) -> dict[str, Rating]:
-    """Each miner's rating for the health detectors: its group's least efficient mode (J/TH), so that
-    running a turbo mode is not read as efficiency drift."""
-    j_th = {group.id: max(mode.power_kw * 1000.0 / mode.hashrate_th_s for mode in group.modes
-                          if mode.hashrate_th_s > 0) for group in profile.miner_groups}
-    return {miner_id: Rating(j_th=j_th[group_id]) for miner_id, group_id in profile.miner_ids().items()}
-
-
 def first_interval_counts(schedule: Schedule) -> dict[tuple[str, str], int]:
     """Units per (group id, mode) in the schedule's first interval."""
     row = schedule.frame.iloc[0]
     return {(g, m): int(row[unit_column(g, m)]) for g, m in schedule.group_modes}
 
 
-class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin):
+class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMixin, ComputeMixin,
+                  ControlStateMixin):
     """One site's controller. Call ``tick(now)`` each interval (or let ``run`` do it)."""
 
     def __init__(self, profile: SiteProfile, *, forecaster: Forecaster, driver: MinerDriver,
@@ -348,35 +344,6 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin):
                                            if m.available and m.miner_id not in stopped), dtype=int)
                 for g in self.profile.miner_groups}
 
-    def _health_stopped(self) -> set[str]:
-        """Miners health says must not run (derate factor 0): planned as unavailable this tick."""
-        ids = {f.miner_id for f in self.health.findings()}
-        return {m for m in ids if m in self.fleet.miners and self.health.derate_factor(m) <= 0.0}
-
-    def _health_derates(self, periods: int) -> dict[str, Any]:
-        """Hot units (derate factor in (0, 1)) as ``problem_from_profile``'s derates: per group, how many,
-        and the highest mode power they may run, factor × the group's top mode power (kW)."""
-        units: dict[str, int] = {}
-        cap_kw: dict[str, float] = {}
-        for miner_id in {f.miner_id for f in self.health.findings()}:
-            miner = self.fleet.miners.get(miner_id)
-            factor = self.health.derate_factor(miner_id) if miner is not None else 1.0
-            if miner is None or not (0.0 < factor < 1.0) or not miner.available:
-                continue
-            group = self.profile.group(miner.group_id)
-            units[group.id] = units.get(group.id, 0) + 1
-            top_kw = max(mode.power_kw for mode in group.modes)
-            cap_kw[group.id] = min(cap_kw.get(group.id, math.inf), factor * top_kw)
-        if not units:
-            return {}
-        return {"derated_units": {g: np.full(periods, n, dtype=int) for g, n in units.items()},
-                "derated_max_power_kw": cap_kw}
-
-    def _alert(self, finding: Any) -> None:
-        """A new health finding: ``out/alert`` (MQTT) and the audit-free counter; never raises."""
-        self.counters["health_alerts"] = self.counters.get("health_alerts", 0) + 1
-        self._publish("out/alert", finding.as_alert())
-
     def _dispatch(self, batch: list[Setpoint], now: datetime) -> Future:
         """Queue a full-fleet batch for the driver (call with the lock held). The fleet records it as
         intent now, so the next decision starts from it; a miner whose setpoint fails is reverted
@@ -405,38 +372,6 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin):
         planned[start] = dict(decision.counts)
         self._planned_counts = planned
         return decision
-
-    def _command_compute(self, schedule: Schedule, now: datetime) -> None:
-        """Queue the GPU plan's first interval as compute commands (call with the lock held) and count the
-        clusters' modelled draw as non-miner load in the guard's measurements."""
-        if self.profile.compute is None:
-            return
-        row = schedule.frame.iloc[0]
-        gpus = {c[len("gpus_"):]: float(row[c]) for c in schedule.frame.columns if c.startswith("gpus_")}
-        it_kw = {c[len("it_kw_"):]: float(row[c]) for c in schedule.frame.columns if c.startswith("it_kw_")}
-        commands, state = plan_commands(self.profile, gpus, it_kw, now, self.expiry_s)
-        self._send_compute(commands, state)
-
-    def _send_compute(self, commands: list[ComputeCommand], state: ComputeState) -> None:
-        self.compute_state = state
-        self.measurements = _replace(self.measurements, auxiliary_kw=state.site_kw)
-        if self.compute_driver is not None and commands:
-            self._compute_sender.submit(commands, self._after_compute)
-
-    def _apply_compute(self, commands: list[ComputeCommand] | None) -> list[ComputeResult]:
-        if commands is None:  # a flush marker (flush_sends)
-            return []
-        return self.compute_driver.apply(commands)
-
-    def _after_compute(self, commands: list[ComputeCommand], results: list[ComputeResult]) -> None:
-        with self._lock:
-            self.compute_results = results
-            failed = sum(1 for r in results if not r.ok)
-            self.counters["compute_commands"] = self.counters.get("compute_commands", 0) + len(results)
-            self.counters["compute_command_failures"] = self.counters.get("compute_command_failures", 0) + failed
-            if failed:
-                log.warning("%d of %d compute commands not applied: %s", failed, len(results),
-                            "; ".join(f"{r.command_id}: {r.status} {r.reason}" for r in results if not r.ok)[:500])
 
     def _apply_batch(self, job: tuple[list[Setpoint], datetime, dict[str, Any]] | None) -> list[SetpointResult]:
         if job is None:  # a flush marker (flush_sends)
@@ -468,15 +403,6 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin):
                     reverted = True
             if reverted:
                 self._save_commitment()
-
-    def _save_commitment(self) -> None:
-        """Persist which miners run and their last start/stop (min on/off across a restart)."""
-        if self.store is None:
-            return
-        try:
-            self.store.set_meta("fleet", self.fleet.to_dict())
-        except Exception:  # noqa: BLE001 - a closed or failing store must not stop control
-            log.exception("could not save the commitment state")
 
     def _sync_availability(self) -> None:
         down = self.registry.unavailable()
@@ -513,40 +439,6 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin):
         """Finish queued batches and stop the sender thread (the solver is closed by its owner)."""
         self._sender.close()
         self._compute_sender.close()
-
-    # ------------------------------------------------------------------ control state
-
-    def _commit_book(self, trial: LimitsBook) -> None:
-        """Make ``trial`` durable (raises StoreUnavailable); without a store there is nothing to do."""
-        if self.store is not None:
-            self.store.commit_state("limits_book", trial.to_dict())
-        self.state_failure = None
-
-    def _state_failed(self, exc: Exception) -> None:
-        self.state_failure = str(exc)
-        self.counters["store_unavailable"] += 1
-        log.error("control state could not be committed: %s", exc)
-
-    def restore(self, now: datetime) -> Future:
-        """After a restart: record the state in force and re-assert it at once, before any solve.
-
-        The saved fleet (what was commanded before the restart) is cut to the limits in force
-        now and sent as one full batch with fresh expiry, whether or not the cut changed anything:
-        the miners' last setpoints may be about to expire, and the new process cannot know what
-        reached them. Returns the future of the driver's results."""
-        with self._lock:
-            self._record("restart", lambda: {"limits": self.book.summary(now),
-                                             "units_running": sum(1 for m in self.fleet.miners.values() if m.running)},
-                         now)
-            self._record_transitions(now)
-            imports = self.book.import_limits_at(now)
-            limit = min(imports.values(), default=math.inf)
-            batch = self.fleet.as_setpoints(now, self.expiry_s)
-            result = self.guard.emergency_dr_cut(batch, limit, self.measurements, now=now)
-            if result.changed:
-                self.counters["fast_path_actions"] += 1
-                self._record_guard(result, now, None)
-            return self._dispatch(result.batch, now)
 
     # ------------------------------------------------------------------ scheduling of ticks
 

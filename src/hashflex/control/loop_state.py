@@ -1,0 +1,70 @@
+"""The control loop's durable state: committing the limits book before an acknowledgement, what a failed commit
+leaves (a hold, ``/healthz`` 503), the commitment state after each batch, and the restart that enforces what was
+in force before any solve. A mixin of :class:`~hashflex.control.loop.ControlLoop`, split from ``loop.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from concurrent.futures import Future
+from datetime import datetime
+
+
+from hashflex.control.limits import LimitsBook
+
+from hashflex.control.as_intake import AncillaryIntakeMixin, deployment_performance  # noqa: F401 - re-exported
+from hashflex.control.fastpath import FastPathMixin, _prices_unknown, _replace  # noqa: F401
+
+
+
+
+
+log = logging.getLogger(__name__)
+
+
+class ControlStateMixin:
+    """Durable control state of the loop (a mixin of :class:`~hashflex.control.loop.ControlLoop`)."""
+
+    def _save_commitment(self) -> None:
+        """Persist which miners run and their last start/stop (min on/off across a restart)."""
+        if self.store is None:
+            return
+        try:
+            self.store.set_meta("fleet", self.fleet.to_dict())
+        except Exception:  # noqa: BLE001 - a closed or failing store must not stop control
+            log.exception("could not save the commitment state")
+
+    # ------------------------------------------------------------------ control state
+
+    def _commit_book(self, trial: LimitsBook) -> None:
+        """Make ``trial`` durable (raises StoreUnavailable); without a store there is nothing to do."""
+        if self.store is not None:
+            self.store.commit_state("limits_book", trial.to_dict())
+        self.state_failure = None
+
+    def _state_failed(self, exc: Exception) -> None:
+        self.state_failure = str(exc)
+        self.counters["store_unavailable"] += 1
+        log.error("control state could not be committed: %s", exc)
+
+    def restore(self, now: datetime) -> Future:
+        """After a restart: record the state in force and re-assert it at once, before any solve.
+
+        The saved fleet (what was commanded before the restart) is cut to the limits in force
+        now and sent as one full batch with fresh expiry, whether or not the cut changed anything:
+        the miners' last setpoints may be about to expire, and the new process cannot know what
+        reached them. Returns the future of the driver's results."""
+        with self._lock:
+            self._record("restart", lambda: {"limits": self.book.summary(now),
+                                             "units_running": sum(1 for m in self.fleet.miners.values() if m.running)},
+                         now)
+            self._record_transitions(now)
+            imports = self.book.import_limits_at(now)
+            limit = min(imports.values(), default=math.inf)
+            batch = self.fleet.as_setpoints(now, self.expiry_s)
+            result = self.guard.emergency_dr_cut(batch, limit, self.measurements, now=now)
+            if result.changed:
+                self.counters["fast_path_actions"] += 1
+                self._record_guard(result, now, None)
+            return self._dispatch(result.batch, now)
