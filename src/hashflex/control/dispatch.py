@@ -184,6 +184,15 @@ class ArrayDispatch:
     modes: dict[str, np.ndarray]
     notes: list[str] = field(default_factory=list)
 
+    def counts(self, fleet: FleetArrays) -> dict[tuple[str, str], int]:
+        """Running units per (group id, mode name) of this dispatch (what `CountGuard` takes)."""
+        out: dict[tuple[str, str], int] = {}
+        for group_id, modes in self.modes.items():
+            names = fleet.groups[group_id].mode_names
+            tally = np.bincount(modes[modes >= 0].astype(np.int64), minlength=len(names))
+            out.update({(group_id, names[k]): int(n) for k, n in enumerate(tally.tolist()) if n})
+        return out
+
     def to_setpoints(self, fleet: FleetArrays, now: datetime, expiry_s: float) -> list[Setpoint]:
         """The driver edge: one `Setpoint` per miner, in `plan_dispatch`'s order."""
         expires = now + timedelta(seconds=expiry_s)
