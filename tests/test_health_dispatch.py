@@ -68,5 +68,7 @@ def test_health_findings_shape_the_plan_and_raise_alerts() -> None:
     running = sorted(mode for mode in after.values() if mode != "sleep")
     assert running == ["eco", "stock", "stock"]
     assert loop.last_report.schedule.frame["units_air_stock"].iloc[0] == 2
+    # The dispatcher realises the counts with the right units: the hot unit never runs, the warm one runs eco.
+    assert after["air-1"] == "sleep" and after["air-2"] == "eco"
     health = loop.status(T0 + timedelta(minutes=15))["health"]
     assert health["planned_unavailable"] == ["air-1"] and health["derated"] == ["air-2"] and health["finding_count"] == 2

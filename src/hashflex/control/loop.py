@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import deque
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -39,35 +39,33 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from hashflex.control.dispatch import plan_dispatch
+from hashflex.control.as_intake import AncillaryIntakeMixin, deployment_performance  # noqa: F401 - re-exported
+from hashflex.control.compute_commands import ComputeState
+from hashflex.control.dispatch import plan_dispatch_arrays
 from hashflex.control.dr import DRBook
-from hashflex.control.fleet import FleetState
+from hashflex.control.fastpath import FastPathMixin, _prices_unknown, _replace  # noqa: F401
+from hashflex.control.fleet import FleetArrays, FleetState
 from hashflex.control.guard import Guard, GuardResult, Limits, Measurements
 from hashflex.control.limits import LimitsBook
-from hashflex.control.sender import SendQueue
-from hashflex.plausibility import PlausibilityContext
+from hashflex.control.loop_compute import ComputeMixin
+from hashflex.control.loop_health import HealthMixin, health_ratings
+from hashflex.control.loop_state import ControlStateMixin
+from hashflex.control.loop_status import LoopStatusMixin
 from hashflex.control.records import IntervalMeter
+from hashflex.control.sender import SendQueue
 from hashflex.control.solver import SolveRunner
+from hashflex.control.stability import StabilityDecision, hold_previous_counts
 from hashflex.drivers.base import MinerDriver, MinerRegistry, Setpoint, SetpointResult
+from hashflex.drivers.compute import ComputeDriver, ComputeResult
+from hashflex.health.detectors import HealthBook
 from hashflex.optimize.problem import (
     GroupState,
     Problem,
     problem_from_profile,
 )
 from hashflex.optimize.schedule import Schedule, unit_column
+from hashflex.plausibility import PlausibilityContext
 from hashflex.profile import SiteProfile
-
-from hashflex.control.as_intake import AncillaryIntakeMixin, deployment_performance  # noqa: F401 - re-exported
-from hashflex.control.compute_commands import ComputeState
-from hashflex.control.stability import StabilityDecision, hold_previous_counts
-from hashflex.control.fastpath import FastPathMixin, _prices_unknown, _replace  # noqa: F401
-from hashflex.drivers.compute import ComputeDriver, ComputeResult
-from hashflex.health.detectors import HealthBook
-from hashflex.control.loop_status import LoopStatusMixin
-
-from hashflex.control.loop_compute import ComputeMixin
-from hashflex.control.loop_health import HealthMixin, health_ratings
-from hashflex.control.loop_state import ControlStateMixin
 
 log = logging.getLogger(__name__)
 
@@ -325,8 +323,13 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
             with self._lock:
                 self._command_compute(schedule, now)  # first: the guard counts the GPUs' planned draw
                 stable = self._stable_counts(problem, schedule, start)
-                result = plan_dispatch(stable.counts, self.fleet, now, self.expiry_s)
-                checked = self.guard.check(result.setpoints, self.measurements, self.limits_now(now), now)
+                # Counts to miners on arrays (issue 18), preferring healthy units and giving hot ones the
+                # lowest-power modes (issue 17); the guard then checks the batch as before.
+                arrays = FleetArrays.from_fleet(self.fleet)
+                score, hot = self._dispatch_hints(arrays)
+                dispatched = plan_dispatch_arrays(stable.counts, arrays, now, self.expiry_s, health_score=score, hot=hot)
+                setpoints = dispatched.to_setpoints(arrays, now, self.expiry_s)
+                checked = self.guard.check(setpoints, self.measurements, self.limits_now(now), now)
                 sent = self._dispatch(checked.batch, now)
             results = sent.result()  # outside the lock: the sender thread takes it to book the results
             with self._lock:

@@ -8,16 +8,10 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-
-from hashflex.optimize.schedule import Schedule
-
-from hashflex.control.as_intake import AncillaryIntakeMixin, deployment_performance  # noqa: F401 - re-exported
 from hashflex.control.compute_commands import ComputeState, plan_commands
-from hashflex.control.fastpath import FastPathMixin, _prices_unknown, _replace  # noqa: F401
+from hashflex.control.fastpath import _replace
 from hashflex.drivers.compute import ComputeCommand, ComputeResult
-
-
-
+from hashflex.optimize.schedule import Schedule
 
 log = logging.getLogger(__name__)
 

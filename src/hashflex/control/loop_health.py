@@ -10,13 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from hashflex.profile import SiteProfile
-
-from hashflex.control.as_intake import AncillaryIntakeMixin, deployment_performance  # noqa: F401 - re-exported
-from hashflex.control.fastpath import FastPathMixin, _prices_unknown, _replace  # noqa: F401
+from hashflex.control.fleet import FleetArrays
 from hashflex.health.detectors import Rating
-
-
+from hashflex.profile import SiteProfile
 
 
 def health_ratings(profile: SiteProfile) -> dict[str, Rating]:
@@ -58,3 +54,34 @@ class HealthMixin:
         """A new health finding: ``out/alert`` (MQTT) and the audit-free counter; never raises."""
         self.counters["health_alerts"] = self.counters.get("health_alerts", 0) + 1
         self._publish("out/alert", finding.as_alert())
+
+    def _dispatch_hints(self, arrays: FleetArrays) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Health for the dispatcher (call with the lock held): per group, each miner's score (1 healthy;
+        :func:`hashflex.health.detectors.health_score`) and whether it is hot (derate factor in (0, 1)).
+        Units that must stop (factor 0) are marked unavailable in ``arrays`` (this tick's copy only).
+
+        Parameters
+        ----------
+        arrays : FleetArrays
+            This tick's copy of the fleet; changed in place for units that must stop.
+
+        Returns
+        -------
+        (dict[str, np.ndarray], dict[str, np.ndarray])
+            ``health_score`` and ``hot`` as :func:`hashflex.control.dispatch.plan_dispatch_arrays` takes them.
+        """
+        scores = self.health.scores()
+        score = {g: np.ones(len(a.miner_id)) for g, a in arrays.groups.items()}
+        hot = {g: np.zeros(len(a.miner_id), dtype=bool) for g, a in arrays.groups.items()}
+        for miner_id, value in scores.items():
+            try:
+                group_id, i = arrays.locate(miner_id)
+            except KeyError:
+                continue
+            score[group_id][i] = value
+            factor = self.health.derate_factor(miner_id)
+            if factor <= 0.0:
+                arrays.groups[group_id].available[i] = False
+            elif factor < 1.0:
+                hot[group_id][i] = True
+        return score, hot

@@ -10,15 +10,7 @@ import math
 from concurrent.futures import Future
 from datetime import datetime
 
-
 from hashflex.control.limits import LimitsBook
-
-from hashflex.control.as_intake import AncillaryIntakeMixin, deployment_performance  # noqa: F401 - re-exported
-from hashflex.control.fastpath import FastPathMixin, _prices_unknown, _replace  # noqa: F401
-
-
-
-
 
 log = logging.getLogger(__name__)
 
