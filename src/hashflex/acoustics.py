@@ -51,6 +51,32 @@ def energy(level_dba: float | np.ndarray) -> float | np.ndarray:
     return np.power(10.0, np.asarray(level_dba, dtype=float) / 10.0)
 
 
+def laeq_dba(levels_dba, durations_s=None) -> float:
+    """Energy-average level (LAeq): 10·log10(Σ t_i·10^(L_i/10) / Σ t_i) (equal weights without durations).
+
+    The one energy average of the project (audit payloads, reports, the noise meters' summaries).
+
+    Parameters
+    ----------
+    levels_dba : iterable of float
+        A-weighted levels L_i in dB(A), n values.
+    durations_s : iterable of float, optional
+        Weights t_i (seconds, or any one unit), n values; equal weights when omitted.
+
+    Returns
+    -------
+    float
+        LAeq in dB(A); NaN without readings or with zero total weight.
+    """
+    levels = np.asarray([float(x) for x in levels_dba], dtype=float)
+    weights = np.ones(len(levels)) if durations_s is None else np.asarray([float(t) for t in durations_s], dtype=float)
+    if len(weights) != len(levels):
+        raise ValueError(f"durations_s: {len(weights)} values for {len(levels)} levels")
+    if len(levels) == 0 or weights.sum() <= 0:
+        return math.nan
+    return float(level_dba(float(np.sum(weights * energy(levels))) / float(weights.sum())))
+
+
 def modelled_laeq_dba(profile: SiteProfile, running: dict[tuple[str, str], int], receptor_id: str,
                       include_background: bool = True) -> float:
     """Modelled A-weighted level at a receptor from the units running.

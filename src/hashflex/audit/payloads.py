@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from hashflex import acoustics
 from hashflex.audit.chain import AuditError, iso_utc
 
 __all__ = ["config_payload", "dr_ack_payload", "dr_event_payload", "guard_action_payload", "input_summary_payload",
@@ -32,26 +33,8 @@ def _nums(values: Mapping[str, float | None] | None) -> dict[str, float | None]:
 
 
 def laeq_dba(levels_dba: Iterable[float], durations_s: Iterable[float] | None = None) -> float:
-    """Energy-average level: 10·log10(Σ t_i·10^(L_i/10) / Σ t_i) (equal weights without durations).
-
-    Parameters
-    ----------
-    levels_dba : iterable of float
-        A-weighted levels L_i in dB(A), n values.
-    durations_s : iterable of float, optional
-        Weights t_i in seconds, n values; equal weights when omitted.
-
-    Returns
-    -------
-    float
-        LAeq in dB(A); NaN without readings or with zero total duration.
-    """
-    levels = [float(x) for x in levels_dba]
-    weights = [1.0] * len(levels) if durations_s is None else [float(t) for t in durations_s]
-    if not levels or sum(weights) <= 0:
-        return math.nan
-    energy = sum(w * 10.0 ** (level / 10.0) for level, w in zip(levels, weights, strict=True))
-    return 10.0 * math.log10(energy / sum(weights))
+    """Energy-average level (LAeq): :func:`hashflex.acoustics.laeq_dba`, the one definition."""
+    return acoustics.laeq_dba(levels_dba, durations_s)
 
 
 def noise_interval_summary(readings: Iterable[tuple[float, float]], cap_dba: float | None) -> tuple[float, float]:

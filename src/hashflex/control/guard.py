@@ -53,6 +53,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from hashflex import acoustics
 from hashflex.control.dr import DRBook
 from hashflex.control.fleet import SLEEP, Setpoint
 from hashflex.messages import LimitsChangeMessage
@@ -171,7 +172,7 @@ class Guard:
             for (group_id, mode), spec in self._specs.items():
                 attenuation = receptor.attenuation_from(group_id)
                 silent = mode == SLEEP or math.isinf(attenuation)
-                table[group_id, mode] = 0.0 if silent else 10.0 ** ((spec.sound_dba - attenuation) / 10.0)
+                table[group_id, mode] = 0.0 if silent else acoustics.energy(spec.sound_dba - attenuation)
             self._energy[receptor.id] = table
 
     # ------------------------------------------------------------------ the full check
@@ -301,7 +302,7 @@ class Guard:
     def noise_level_dba(self, batch: Sequence[Setpoint], receptor_id: str) -> float:
         """Modelled level at the receptor (with background for a total cap; −inf if silent)."""
         energy = self._site_energy(batch, receptor_id) + self._background_energy(receptor_id)
-        return 10.0 * math.log10(energy) if energy > 0 else -math.inf
+        return acoustics.level_dba(energy)
 
     # ------------------------------------------------------------------ internals
 
@@ -355,7 +356,7 @@ class Guard:
 
     def _background_energy(self, receptor_id: str) -> float:
         receptor = next(r for r in self.profile.receptors if r.id == receptor_id)
-        return 10.0 ** (receptor.background_dba / 10.0) if receptor.cap_applies_to == "total" else 0.0
+        return acoustics.energy(receptor.background_dba) if receptor.cap_applies_to == "total" else 0.0
 
     def _site_energy(self, batch: Sequence[Setpoint], receptor_id: str) -> float:
         table = self._energy[receptor_id]
@@ -414,7 +415,7 @@ class Guard:
         """Step down the largest contributor at the receptor, one rung at a time, until under target."""
         table = self._energy[receptor_id]
         background = self._background_energy(receptor_id)
-        budget = 10.0 ** (target_dba / 10.0) - background
+        budget = acoustics.energy(target_dba) - background
         energy = self._site_energy(batch, receptor_id)
         if energy <= max(budget, 0.0) * (1 + _REL_EPS):
             return batch

@@ -31,6 +31,7 @@ from datetime import datetime
 
 import numpy as np
 
+from hashflex import acoustics
 from hashflex.control.fleet import SLEEP, FleetArrays
 from hashflex.control.guard import _REL_EPS, Guard, GuardAction, Limits, Measurements
 
@@ -194,7 +195,7 @@ class CountGuard:
         """Modelled level at the receptor, dB(A) (with background for a total cap; −inf if silent)."""
         table = self.guard._energy[receptor_id]
         energy = sum(n * table[key] for key, n in counts.items() if n > 0) + self.guard._background_energy(receptor_id)
-        return 10.0 * math.log10(energy) if energy > 0 else -math.inf
+        return acoustics.level_dba(energy)
 
     # ------------------------------------------------------------------ internals
 
@@ -263,7 +264,7 @@ class CountGuard:
         table = self.guard._energy[receptor_id]
         specs = self.guard._specs
         background = self.guard._background_energy(receptor_id)
-        budget = 10.0 ** (target_dba / 10.0) - background
+        budget = acoustics.energy(target_dba) - background
         limit = max(budget, 0.0) * (1 + _REL_EPS)
         energy = sum(n * table[key] for key, n in state.items())
         if energy <= limit:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from hashflex import acoustics
+
 
 @dataclass(frozen=True)
 class Cluster:
@@ -201,7 +203,7 @@ def cooling_unit_energy(cluster: Cluster, receptor_id: str) -> float:
     attenuation = cluster.attenuation_db.get(receptor_id, math.inf)
     if math.isinf(attenuation) or cluster.cooling_sound_power_dba <= 0:
         return 0.0
-    return 10.0 ** ((cluster.cooling_sound_power_dba - attenuation) / 10.0)
+    return acoustics.energy(cluster.cooling_sound_power_dba - attenuation)
 
 
 def coarsen_compute(compute: ComputeProblem, block_of: np.ndarray, duration_h: np.ndarray) -> ComputeProblem:

@@ -50,6 +50,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
+from hashflex import acoustics
 from hashflex.report.emissions import (  # noqa: F401 - re-exported: figures.<name> as before the split
     _pro_rata_mwh,
     carbon_budget_figures,
@@ -211,8 +212,7 @@ def energy_average(levels: pd.Series, weights: pd.Series) -> float:
     ok = levels.notna() & weights.notna() & (weights > 0)
     if not ok.any():
         return math.nan
-    w = weights[ok]
-    return float(10.0 * np.log10((w * 10.0 ** (levels[ok] / 10.0)).sum() / w.sum()))
+    return acoustics.laeq_dba(levels[ok].to_numpy(dtype=float), weights[ok].to_numpy(dtype=float))
 
 
 def is_night(moments: pd.Series, tz: str, night: tuple[int, int] = NIGHT_HOURS) -> pd.Series:
