@@ -41,7 +41,7 @@ from hashflex.control.records import AuditRecorder
 from hashflex.control.solver import SolveRunner
 from hashflex.forecast import ForecastConfig, RecordedForecaster
 from hashflex.messages import RenewableMessage
-from hashflex.optimize.schedule import SolveInfo
+from hashflex.optimize.schedule import SolveInfo, grid_import_kw
 from hashflex.profile import SiteProfile
 from hashflex.sim.noise import NoiseSensorSim
 from hashflex.sim.site import SimulatedFleet, clear_sky_solar_kw, published_at
@@ -305,9 +305,9 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
             counts[g, m][k] = running.get((group_id, mode_name), 0)
         load_kw = sum(n * unit_kw[key] for key, n in running.items()) + idle_kw - sum(
             n * idle_of[key[0]] for key, n in running.items())
-        memory.emitted_today_kg += max(load_kw - actuals.renewable_kw[k], 0.0) * dt_h * intensity / 1000.0
+        memory.emitted_today_kg += grid_import_kw(load_kw, actuals.renewable_kw[k]) * dt_h * intensity / 1000.0
         if participant is not None:
-            participant.measure(loop, k, now, max(load_kw - actuals.renewable_kw[k], 0.0))
+            participant.measure(loop, k, now, grid_import_kw(load_kw, actuals.renewable_kw[k]))
         before = loop.counters["fast_path_actions"]
         readings = sensors.measure(running, now + step / 2)
         for reading in readings:

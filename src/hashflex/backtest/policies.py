@@ -40,7 +40,7 @@ import pandas as pd
 from hashflex.control.solver import SolveRunner
 from hashflex.optimize.solve import solve
 from hashflex.optimize.problem import Group, GroupState, Problem
-from hashflex.optimize.schedule import Schedule, SolveInfo, SolveStatus, schedule_from_counts
+from hashflex.optimize.schedule import Schedule, SolveInfo, SolveStatus, schedule_from_counts, grid_import_kw
 from hashflex.profile import MinerGroup, SiteProfile
 
 __all__ = ["POLICIES", "AlwaysOnPlanner", "ReplanningPlanner", "SiteMemory", "ThresholdPlanner",
@@ -231,7 +231,7 @@ class ThresholdPlanner:
         def emissions(c: dict[tuple[int, int], int]) -> float:
             load = idle + sum(n * (problem.groups[g].modes[m].power_kw - problem.groups[g].idle_power_kw)
                               for (g, m), n in c.items())
-            return max(load - float(problem.renewable_kw[0]), 0.0) * kg_per_kw
+            return grid_import_kw(load, float(problem.renewable_kw[0])) * kg_per_kw
 
         out = dict(counts)
         for g in reversed(order):

@@ -27,6 +27,7 @@ from hashflex.optimize.problem import (
 )
 
 from hashflex.control.fastpath import _prices_unknown
+from hashflex.optimize.schedule import grid_import_kw
 
 if TYPE_CHECKING:  # annotations only: loop imports this module
     from hashflex.control.loop import HorizonForecast, TickReport
@@ -147,7 +148,7 @@ class LoopStatusMixin:
                            hashprice_usd_per_ph_day: float | None = None) -> None:
         """The ``measurement`` audit entry of one finished interval, from what was measured in it
         (``noise``: receptor → (LAeq, minutes over cap)); economics at the settled price."""
-        import_kw = max(load_kw - renewable_kw, 0.0)
+        import_kw = grid_import_kw(load_kw, renewable_kw)
         self.measured_import_kw[pd.Timestamp(interval_start)] = (import_kw, interval_h)
         factor = intensity_kg_per_mwh if intensity_kg_per_mwh is not None else self.profile.carbon.default_intensity_kg_per_mwh
         local_day = pd.Timestamp(interval_start).tz_convert(self.profile.tz)

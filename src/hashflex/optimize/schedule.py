@@ -85,6 +85,17 @@ def noise_levels_dba(problem: Problem, counts: dict[tuple[int, int], np.ndarray]
     return levels
 
 
+def grid_import_kw(load_kw, renewable_kw):
+    """Grid import under the default rule (on-site renewables serve the load first), kW: max(load − renewable, 0).
+
+    The one definition of "import from load" for every caller without a solved import (the loop's
+    metering, the simulated site, the backtest's accounting of emissions, the dashboard); scalars or arrays.
+    """
+    if np.ndim(load_kw) == 0 and np.ndim(renewable_kw) == 0:
+        return max(float(load_kw) - float(renewable_kw), 0.0)
+    return np.maximum(np.asarray(load_kw, dtype=float) - np.asarray(renewable_kw, dtype=float), 0.0)
+
+
 def power_flows_kw(
     load_kw: np.ndarray,
     renewable_kw: np.ndarray,
@@ -99,7 +110,7 @@ def power_flows_kw(
     may choose otherwise (e.g. import at a negative price and spill solar) within its own carbon
     and limit constraints, so its chosen ``import_kw`` is passed in and kept."""
     if import_kw is None:
-        import_kw = np.maximum(load_kw - renewable_kw, 0.0)
+        import_kw = grid_import_kw(load_kw, renewable_kw)
     import_kw = np.clip(import_kw, 0.0, load_kw)
     renewable_used_kw = load_kw - import_kw
     surplus = np.maximum(renewable_kw - renewable_used_kw, 0.0)

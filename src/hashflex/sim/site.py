@@ -38,6 +38,7 @@ from hashflex.messages import DREventMessage, RenewableMessage
 from hashflex.profile import SiteProfile
 from hashflex.sim.noise import NoiseSensorSim
 from hashflex.store import Store
+from hashflex.optimize.schedule import grid_import_kw
 
 log = logging.getLogger(__name__)
 
@@ -434,7 +435,7 @@ def run_simulation(profile: SiteProfile, prices: pd.DataFrame, start: pd.Timesta
         row = {
             "interval_start": now, "price_usd_mwh": float(rt.get(pd.Timestamp(now), np.nan)),
             "load_kw": load, "load_after_fast_path_kw": load_after,
-            "grid_import_kw": max(load_after - renewable, 0.0), "renewable_kw": renewable,
+            "grid_import_kw": grid_import_kw(load_after, renewable), "renewable_kw": renewable,
             "import_limit_kw": min(profile.grid.import_limit_kw, limit), "limit_source": source or "import limit",
             "schedule_status": report.schedule.status.value if report.schedule else "",
             "reason": report.schedule.frame["reason"].iloc[0] if report.schedule else "",

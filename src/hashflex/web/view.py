@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from hashflex.acoustics import compared_level_dba, modelled_laeq_dba
-from hashflex.optimize.schedule import unit_column
+from hashflex.optimize.schedule import unit_column, grid_import_kw
 from hashflex.profile import SiteProfile
 from hashflex.web.curtailment import curtailment_section
 from hashflex.web.history import EventLog, FeedAges, LogEntry, NoiseHistory  # re-exported (moved from here)
@@ -273,7 +273,7 @@ def dashboard_state(loop: Any, status: Mapping[str, Any], now: datetime, *,
     renewable = measured.get("renewable_kw", loop.measurements.renewable_kw)
     grid_import = measured.get("grid_import_kw")
     if grid_import is None:
-        grid_import = max(load_kw - (renewable or 0.0), 0.0)
+        grid_import = grid_import_kw(load_kw, renewable or 0.0)
     limits = status.get("limits") or {}
     interconnection = profile.grid.import_limit_kw
     limit_kw = limits.get("import_limit_kw")
