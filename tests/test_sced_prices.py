@@ -83,3 +83,33 @@ def test_run_simulate_settles_five_minute_prices_at_the_interval_mean(tmp_path: 
                            "price_usd_mwh": np.tile([20.0, 50.0, 80.0], 12 * 16)})
     result = run_simulation(profile, prices, starts[12 * 24], 4, dr_events=[])
     assert np.allclose(result.intervals["price_usd_mwh"], 50.0)
+
+
+def test_the_ercot_api_shape_of_np6_788_cd_reads_as_the_report_does() -> None:
+    """Issue 14: the public API's ``/np6-788-cd/lmp_node_zone_hub`` pages (``fields``/``data``/``_meta``;
+    ``SCEDTimestamp`` yyyy-MM-ddTHH:mm:ss Central, ``repeatHourFlag`` boolean) give the same frame as the
+    report file, over two pages; a bad flag or time names its page and row."""
+    from hashflex.feeds.ercot import parse_ercot_api
+
+    fields = [{"name": "SCEDTimestamp"}, {"name": "repeatHourFlag"}, {"name": "settlementPoint"}, {"name": "LMP"}]
+    page1 = {"_meta": {"totalPages": 2, "currentPage": 1}, "fields": fields,
+             "data": [["2025-07-01T12:00:00", False, "HB_WEST", 20.0], ["2025-07-01T12:05:00", False, "HB_WEST", 20.0]]}
+    page2 = {"_meta": {"totalPages": 2, "currentPage": 2}, "fields": fields,
+             "data": [["2025-07-01T12:10:00", False, "HB_WEST", 2000.0], ["2025-07-01T12:15:00", False, "HB_WEST", 30.0]]}
+    api = parse_ercot_api([page1, page2], settlement_point="HB_WEST")
+    report = parse_sced_lmp(HEADER + "07/01/2025 12:00:00,N,HB_WEST,20\n07/01/2025 12:05:00,N,HB_WEST,20\n"
+                            "07/01/2025 12:10:00,N,HB_WEST,2000\n07/01/2025 12:15:00,N,HB_WEST,30\n")
+    pd.testing.assert_frame_equal(api.reset_index(drop=True), report.reset_index(drop=True))
+    grid = interval_grid(pd.Timestamp("2025-07-01T17:00Z"), pd.Timedelta(minutes=15), 1)
+    settled = time_weighted_mean(api["interval_start"], api["interval_end"], api["price_usd_mwh"], grid,
+                                 pd.Timedelta(minutes=15))
+    assert settled[0] == pytest.approx((20 + 20 + 2000) / 3)  # 680: the 20/20/2,000 case of issue 11
+    # The fall-back hour: the repeated pass is flagged true, an hour after the first.
+    fall = {"fields": fields, "data": [["2025-11-02T01:30:00", False, "HB_WEST", 10.0],
+                                       ["2025-11-02T01:30:00", True, "HB_WEST", 20.0]]}
+    frame = parse_ercot_api(fall)
+    assert (frame["interval_start"].diff().dropna() == pd.Timedelta(hours=1)).all()
+    with pytest.raises(PriceFileError, match="page 2 row 1.*repeatHourFlag"):
+        parse_ercot_api([page1, {**page2, "data": [["2025-07-01T12:10:00", "maybe", "HB_WEST", 1.0]]}])
+    with pytest.raises(PriceFileError, match="page 1 row 2.*SCEDTimestamp"):
+        parse_ercot_api({**page1, "_meta": None, "data": [page1["data"][0], ["12:05 yesterday", False, "HB_WEST", 1.0]]})

@@ -280,8 +280,8 @@ def parse_dam_spp_historical(data: TableInput, *, settlement_point: str | Iterab
 def parse_ercot_api(pages: Mapping[str, Any] | Sequence[Mapping[str, Any]] | str, *,
                     settlement_point: str | Iterable[str] | None = None, settlement_point_type: str | None = None,
                     source_name: str = "ERCOT API") -> pd.DataFrame:
-    """ERCOT public-API responses (one page, a list of pages, or JSON text) for NP6-905-CD or
-    NP4-190-CD. Refuses an incomplete page set when pages carry ``_meta`` (no silent partial data).
+    """ERCOT public-API responses (one page, a list of pages, or JSON text) for NP6-905-CD,
+    NP4-190-CD or NP6-788-CD (5-minute SCED LMPs, one interval per SCED run, as :func:`parse_sced_lmp`). Refuses an incomplete page set when pages carry ``_meta`` (no silent partial data).
 
     Parameters
     ----------
@@ -340,9 +340,11 @@ def parse_ercot_api(pages: Mapping[str, Any] | Sequence[Mapping[str, Any]] | str
         raise PriceFileError(source_name, f"incomplete page set: got pages {sorted(seen_pages)} of {total_pages}")
     assert names is not None
     lower = {nm.lower(): nm for nm in names}
+    if "scedtimestamp" in lower and "lmp" in lower:  # NP6-788-CD (lmp_node_zone_hub): 5-minute SCED LMPs
+        return _parse_api_sced(rows, names, lower, where, settlement_point, source_name)
     fmt = API_905 if "deliveryinterval" in lower else API_190 if "hourending" in lower else None
     if fmt is None:
-        raise PriceFileError(source_name, f"fields {names} match neither NP6-905-CD nor NP4-190-CD")
+        raise PriceFileError(source_name, f"fields {names} match none of NP6-905-CD, NP4-190-CD, NP6-788-CD")
     if "settlementpoint" not in lower and "settlementpointname" in lower:
         lower["settlementpoint"] = lower["settlementpointname"]
     df = pd.DataFrame(rows, columns=names, dtype=object)
@@ -350,6 +352,35 @@ def parse_ercot_api(pages: Mapping[str, Any] | Sequence[Mapping[str, Any]] | str
     ctx = _Ctx(source_name, lambda i: where[i])
     return _parse_ercot_table(df, fmt, ctx, settlement_point, settlement_point_type)
 
+
+
+def _parse_api_sced(rows: list[list[Any]], names: list[str], lower: dict[str, str], where: list[str],
+                    settlement_point: str | Iterable[str] | None, source_name: str) -> pd.DataFrame:
+    """NP6-788-CD API pages (``/np6-788-cd/lmp_node_zone_hub``: fields ``SCEDTimestamp``
+    ``yyyy-MM-ddTHH:mm:ss`` Central prevailing time, ``repeatHourFlag`` boolean, ``settlementPoint``,
+    ``LMP``) → the report's columns, then :func:`parse_sced_lmp` (one rule for file and API)."""
+    for need in ("settlementpoint", "repeathourflag"):
+        if need not in lower:
+            raise PriceFileError(source_name, f"fields {names}: NP6-788-CD needs {need}")
+    df = pd.DataFrame(rows, columns=names, dtype=object)
+    stamps = pd.to_datetime(df[lower["scedtimestamp"]].astype(str), format="ISO8601", errors="coerce")
+    if stamps.isna().any():
+        i = int(np.flatnonzero(stamps.isna())[0])
+        raise PriceFileError(source_name, f"{df[lower['scedtimestamp']].iloc[i]!r} is not yyyy-MM-ddTHH:mm:ss",
+                             location=where[i], field="SCEDTimestamp")
+    if getattr(stamps.dt, "tz", None) is not None:  # the API speaks Central prevailing time without an offset
+        raise PriceFileError(source_name, "timestamps carry an offset; the API's are Central prevailing time",
+                             field="SCEDTimestamp")
+    flags = df[lower["repeathourflag"]]
+    mapped = flags.map(lambda v: "Y" if v is True or str(v).strip().lower() in ("true", "y")
+                       else "N" if v is False or str(v).strip().lower() in ("false", "n") else None)
+    if mapped.isna().any():
+        i = int(np.flatnonzero(mapped.isna())[0])
+        raise PriceFileError(source_name, f"{flags.iloc[i]!r} is not true or false", location=where[i],
+                             field="repeatHourFlag")
+    table = pd.DataFrame({"SCEDTimestamp": stamps.dt.strftime("%m/%d/%Y %H:%M:%S"), "RepeatedHourFlag": mapped,
+                          "SettlementPoint": df[lower["settlementpoint"]], "LMP": df[lower["lmp"]]})
+    return parse_sced_lmp(table, settlement_point=settlement_point, source_name=source_name)
 
 
 NP6_788_COLUMNS = ("SCEDTimestamp", "RepeatedHourFlag", "SettlementPoint", "LMP")
