@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from hashflex.optimize.highs_compile import LpBasisCache, compile_to_highs, template_key, update_in_place
 from hashflex.optimize.milp import DEFAULT_REL_GAP, build_model
-from hashflex.optimize.problem import CarbonBudget, Group, GroupState, Mode, Problem, Receptor
+from hashflex.optimize.problem import CarbonBudget, Group, GroupState, Mode, Problem, Receptor, ReserveProduct
 from hashflex.optimize.rounding import round_lp_counts
 from hashflex.optimize.solve import solve, solve_lp_round_mip
 
@@ -206,7 +206,58 @@ def test_update_refuses_a_model_without_slot_maps() -> None:
 
 
 def test_a_problem_with_families_update_does_not_handle_is_always_rebuilt() -> None:
-    """Reserves, compute, or any field `update_in_place` does not write: no template, no reuse."""
+    """Compute, or any field `update_in_place` does not write: no template, no reuse."""
     base = base_problem()
     assert template_key(base) is not None
-    assert template_key(dataclasses.replace(base, reserves=("RRS",))) is None
+    assert template_key(dataclasses.replace(base, compute=("g1",))) is None
+
+
+def with_reserves(problem: Problem, rng: np.random.Generator, cap_pattern: np.ndarray) -> Problem:
+    """RRS on groups g0 and g1 and ECRS on g1 (issue 15), with random prices, caps and awards; the
+    intervals with a finite cap follow ``cap_pattern`` (that shapes the rows: part of the template)."""
+    reserves = []
+    for name, groups in (("RRS", {"g0": 60.0, "g1": 120.0}), ("ECRS", {"g1": 80.0})):
+        cap = np.where(cap_pattern, rng.uniform(0, 150, T), np.inf)
+        reserves.append(ReserveProduct(name, price_usd_mw_h=rng.uniform(0, 300, T), max_kw=cap,
+                                       obligation_kw=np.where(rng.random(T) < 0.4, rng.uniform(0, 90, T), 0.0),
+                                       group_max_kw={g: v * float(rng.uniform(0.5, 1.0)) for g, v in groups.items()},
+                                       deployed_fraction=float(rng.uniform(0, 0.2))))
+    return dataclasses.replace(problem, reserves=tuple(reserves))
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(changed=changed_problems(), seed=st.integers(0, 2**32 - 1))
+def test_reserves_are_updated_in_place_too(changed: Problem, seed: int) -> None:
+    """Issue 15: a re-plan with reserves (new MCPCs, caps, awards, group maxima) updates the kept model
+    number for number like a fresh build, instead of rebuilding it."""
+    pattern = np.arange(T) % 3 != 0
+    base = with_reserves(base_problem(), np.random.default_rng(1), pattern)
+    changed = with_reserves(changed, np.random.default_rng(seed), pattern)
+    assert template_key(base) is not None and template_key(changed) == template_key(base)
+    assert template_key(with_reserves(changed, np.random.default_rng(seed), ~pattern)) != template_key(base)
+    kept = compile_to_highs(build_model(base), base)
+    assert solve_lp_round_mip(kept, base, time_limit_s=10.0, rel_gap=DEFAULT_REL_GAP).status is not None
+    update_in_place(kept, changed)
+    got, want = lp_numbers(kept.highs), lp_numbers(fresh_compiled(changed).highs)
+    for name in want:
+        assert got[name].shape == want[name].shape, name
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_solve_with_reserves_reuses_the_model_and_matches_a_cold_solve() -> None:
+    pattern = np.arange(T) % 3 != 0
+    base = with_reserves(base_problem(), np.random.default_rng(3), pattern)
+    cache = LpBasisCache()
+    solve(base, time_limit_s=30.0, basis_cache=cache)
+    kept = cache.take_model(template_key(base))
+    assert kept is not None
+    cache.put_model(template_key(base), kept)
+    for k in (1, 2):
+        problem = with_reserves(dataclasses.replace(base, price_usd_mwh=np.roll(base.price_usd_mwh, -k) * 1.2),
+                                np.random.default_rng(10 + k), pattern)
+        warm = solve(problem, time_limit_s=30.0, basis_cache=cache)
+        cold = solve(problem, time_limit_s=30.0)
+        assert cache.take_model(template_key(problem)) is kept, "the same HiGHS model, updated"
+        cache.put_model(template_key(problem), kept)
+        gap = max(warm.info.gap or 0.0, cold.info.gap or 0.0, 5e-3)
+        assert warm.info.objective_usd == pytest.approx(cold.info.objective_usd, rel=2 * gap)

@@ -293,13 +293,14 @@ _UPDATABLE_FIELDS = frozenset({
     "interval_start", "duration_h", "price_usd_mwh", "price_adder_usd_mwh", "hashprice_usd_per_ph_day",
     "pool_fee", "groups", "renewable_kw", "import_limit_kw", "import_limit_source", "export_limit_kw",
     "receptors", "intensity_kg_per_mwh", "carbon_price_usd_per_t", "carbon_budgets", "ramp_limit_kw_per_h",
-    "initial_load_kw", "base_interval_h", "notes",
+    "initial_load_kw", "base_interval_h", "notes", "reserves",
 })
 # Pyomo components `update_in_place` writes (or whose numbers never change: penalties, stop).
 _UPDATABLE_COMPONENTS = frozenset({
     "n", "grid_import_kw", "renewable_used_kw", "export_kw", "start", "stop", "min_on_short", "min_off_excess",
     "ramp_short_kw", "availability", "energy_balance", "renewable_split", "noise_cap", "carbon_budget",
     "transition", "min_on", "min_off", "ramp_up", "ramp_down",
+    "reserve_kw", "reserve_short_kw", "reserve_sheddable", "reserve_cap", "reserve_obligation",  # issue 15
 })
 
 
@@ -308,7 +309,7 @@ def template_key(problem: Problem) -> str | None:
     interval durations; per group its id, size, modes, idle power, commitment parameters and
     whether initial min-on/off batches exist; noise coefficients and which intervals are capped;
     carbon budget masks and which intervals have zero intensity; whether ramp rows exist.
-    None when the problem uses a field `update_in_place` does not handle (reserves, compute):
+    None when the problem uses a field `update_in_place` does not handle (compute, power-off, derates):
     such a problem is always built afresh."""
     for field_ in dataclasses.fields(problem):
         if field_.name not in _UPDATABLE_FIELDS and getattr(problem, field_.name):
@@ -328,7 +329,10 @@ def template_key(problem: Problem) -> str | None:
     for budget in problem.carbon_budgets:
         put(budget.name, np.asarray(budget.mask, dtype=bool).tobytes(), (kg_per_kw[budget.mask] == 0).tobytes())
     put(problem.ramp_limit_kw_per_h is None, problem.initial_load_kw is None)
-    put(tuple((r.name, tuple(r.group_max_kw)) for r in getattr(problem, "reserves", ())))  # issue 15
+    # issue 15: which (product, group) pairs carry reserve and which intervals have a finite cap shape
+    # the rows; prices, caps, obligations and group maxima are written by update_in_place.
+    put(tuple((r.name, tuple(sorted(r.group_max_kw)), np.isfinite(np.asarray(r.max_kw, dtype=float)).tobytes())
+              for r in getattr(problem, "reserves", ())))
     return digest.hexdigest()
 
 
@@ -394,8 +398,6 @@ def update_in_place(compiled: CompiledModel, problem: Problem) -> None:
     if unknown:
         raise ValueError(f"compiled model cannot be updated in place: components {sorted(unknown)} "
                          "are not handled by update_in_place")
-    if getattr(problem, "reserves", ()):  # issue 15: reserve columns are not updated here yet; rebuild
-        raise ValueError("problem has reserve products: no in-place update for them yet")
     T = problem.T
     ts = list(range(T))
     dt = np.asarray(problem.duration_h, dtype=float)
@@ -458,6 +460,24 @@ def update_in_place(compiled: CompiledModel, problem: Problem) -> None:
         step = standby[ramp_ts] - previous
         for name, sign in (("ramp_up", 1.0), ("ramp_down", -1.0)):
             u.rows(name, ramp_ts, -math.inf, problem.ramp_limit_kw_per_h * dt[ramp_ts] - sign * step)
+    # reserve_kw[p,g,t]: bounds (0, group max), value Δt·(MCPC − deployed share of the margin);
+    # reserve_short_kw[p,t]: −penalty; reserve_cap[p,t] <= max_kw (finite ones: the template fixes which);
+    # reserve_obligation[p,t] >= award. reserve_sheddable rows have constant bounds (<= 0).
+    if getattr(problem, "reserves", ()):
+        from hashflex.optimize.milp import (_reserve_index, reserve_short_penalty_usd_per_kw,
+                                            reserve_value_usd_per_kw)
+
+        for p, g in _reserve_index(problem):
+            reserve = problem.reserves[p]
+            u.columns("reserve_kw", [(p, g, t) for t in ts], 0.0,
+                      float(reserve.group_max_kw[groups[g].id]), reserve_value_usd_per_kw(problem, p, g))
+        penalty = reserve_short_penalty_usd_per_kw(problem)
+        cap_at = compiled.row_at.get("reserve_cap", {})
+        for p, reserve in enumerate(problem.reserves):
+            u.columns("reserve_short_kw", [(p, t) for t in ts], 0.0, math.inf, -penalty)
+            capped = [t for t in ts if (p, t) in cap_at]
+            u.rows("reserve_cap", [(p, t) for t in capped], -math.inf, np.asarray(reserve.max_kw, dtype=float)[capped])
+            u.rows("reserve_obligation", [(p, t) for t in ts], np.asarray(reserve.obligation_kw, dtype=float), math.inf)
     u.apply()
     # The last run left a MIP incumbent and integrality behind: start the next LP from a clean slate
     # (the LP basis comes from the LpBasisCache).
