@@ -36,10 +36,34 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def replan_rows(T: int, groups: int, runs: int, time_limit_s: float) -> None:
-    """Re-plan by rebuild vs in-place update at T × groups, ``runs`` re-plans; prints the table."""
+def with_reserves(problem, seed: int):
+    """SYNTHETIC RRS and ECRS on half the groups (issue 15): random MCPCs (0–300 $/MW-h), awards on 40 % of
+    intervals, caps finite on two intervals in three (the same pattern every re-plan: same template)."""
+    import dataclasses
+
+    import numpy as np
+
+    from hashflex.optimize.problem import ReserveProduct
+
+    rng = np.random.default_rng(seed)
+    T = problem.T
+    half = {g.id: 0.5 * g.units * max(m.power_kw for m in g.modes) for g in problem.groups[: len(problem.groups) // 2]}
+    pattern = np.arange(T) % 3 != 0
+    reserves = tuple(ReserveProduct(name, price_usd_mw_h=rng.uniform(0, 300, T),
+                                    max_kw=np.where(pattern, rng.uniform(0.2, 1.0, T) * sum(half.values()), np.inf),
+                                    obligation_kw=np.where(rng.random(T) < 0.4, rng.uniform(0, 0.3, T) * sum(half.values()), 0.0),
+                                    group_max_kw=dict(half), deployed_fraction=0.05)
+                     for name in ("RRS", "ECRS"))
+    return dataclasses.replace(problem, reserves=reserves)
+
+
+def replan_rows(T: int, groups: int, runs: int, time_limit_s: float, reserves: bool = False) -> None:
+    """Re-plan by rebuild vs in-place update at T × groups, ``runs`` re-plans; prints the table.
+    ``reserves``: with SYNTHETIC RRS/ECRS products (issue 15), new prices and awards every re-plan."""
     interval = 15 if T <= 96 else 5
     problem = synthetic_problem(T, groups, interval)
+    if reserves:
+        problem = with_reserves(problem, 0)
     rebuild_cache, update_cache = LpBasisCache(max_models=0), LpBasisCache()
     milp.solve(problem, time_limit_s=120.0, basis_cache=rebuild_cache)  # primes the LP basis
     milp.solve(problem, time_limit_s=120.0, basis_cache=update_cache)  # primes basis and kept model
@@ -47,6 +71,8 @@ def replan_rows(T: int, groups: int, runs: int, time_limit_s: float) -> None:
     objectives = []
     for run in range(runs):
         replan = replan_problem(problem, run)
+        if reserves:
+            replan = with_reserves(replan, run + 1)
         # rebuild, stage by stage
         started = time.perf_counter()
         model = milp.build_model(replan)
@@ -79,7 +105,8 @@ def replan_rows(T: int, groups: int, runs: int, time_limit_s: float) -> None:
         milp.solve(replan, time_limit_s=time_limit_s, basis_cache=update_cache)
         t["wall_up"].append(time.perf_counter() - started)
     m = {k: _median(v) for k, v in t.items()}
-    print(f"T={T} ({interval}-min) x {groups} groups, {runs} re-plans, medians in seconds")
+    print(f"T={T} ({interval}-min) x {groups} groups{' with RRS+ECRS' if reserves else ''}, {runs} re-plans, "
+          "medians in seconds")
     print(f"{'':10} {'build':>8} {'compile':>8} {'update':>8} {'solve':>8} {'solve()':>8}")
     print(f"{'rebuild':10} {m['build']:8.4f} {m['compile']:8.4f} {'-':>8} {m['solve_rb']:8.4f} {m['wall_rb']:8.4f}")
     print(f"{'update':10} {'-':>8} {'-':>8} {m['update']:8.4f} {m['solve_up']:8.4f} {m['wall_up']:8.4f}")
@@ -126,9 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", type=int, default=12)
     parser.add_argument("--time-limit", type=float, default=10.0)
     parser.add_argument("--solvers", action="store_true", help="also compare HiGHS LP solvers at T=288 x 48")
+    parser.add_argument("--reserves", action="store_true", help="with SYNTHETIC RRS/ECRS products (issue 15)")
     args = parser.parse_args(argv)
     print("SYNTHETIC site (optimization/benchmarks/solve_scaling.py)")
-    replan_rows(args.T, args.groups, args.runs, args.time_limit)
+    replan_rows(args.T, args.groups, args.runs, args.time_limit, reserves=args.reserves)
     if args.solvers:
         solver_rows(288, 48, 60.0)
     return 0
