@@ -29,6 +29,7 @@ import numpy as np
 from hashflex.profile import MinerGroup, SiteProfile
 
 from hashflex.drivers.base import Setpoint  # the one setpoint type, made here, taken by every driver
+from hashflex.drivers.pdu import POWERED_OFF
 from hashflex.messages import SLEEP  # noqa: E402 - the one definition, re-exported here
 
 __all__ = ["SLEEP", "Miner", "FleetState", "Setpoint"]
@@ -50,8 +51,8 @@ class Miner:
 
     @property
     def running(self) -> bool:
-        """True unless asleep."""
-        return self.mode != SLEEP
+        """True unless asleep or powered off at the PDU."""
+        return self.mode not in (SLEEP, POWERED_OFF)
 
 
 class FleetState:
@@ -62,6 +63,9 @@ class FleetState:
         # Looked up for every miner on every tick: a table, not a search through the modes.
         self._power_kw = {(g.id, m.name): m.power_kw for g in self.groups.values() for m in g.modes}
         self._power_kw.update({(g.id, SLEEP): g.idle_power_kw for g in self.groups.values()})
+        # Powered off at the PDU (issue 17): no draw; only groups whose profile allows it.
+        self._power_kw.update({(g.id, POWERED_OFF): 0.0 for g in self.groups.values()
+                               if getattr(g, "pdu_power_off", False)})
         self.miners: dict[str, Miner] = {}
         for miner in miners:
             if miner.miner_id in self.miners:
@@ -112,9 +116,10 @@ class FleetState:
         """Record that ``setpoints`` were sent at ``now``: modes change, starts and stops are stamped."""
         for sp in setpoints:
             miner = self.miners[sp.miner_id]
-            if not miner.running and sp.mode != SLEEP:
+            stopping = sp.mode in (SLEEP, POWERED_OFF)
+            if not miner.running and not stopping:
                 miner.last_start = now
-            elif miner.running and sp.mode == SLEEP:
+            elif miner.running and stopping:
                 miner.last_stop = now
             miner.mode = sp.mode
 

@@ -56,6 +56,7 @@ from datetime import datetime
 from hashflex import acoustics
 from hashflex.control.dr import DRBook
 from hashflex.control.fleet import SLEEP, Setpoint
+from hashflex.drivers.pdu import POWERED_OFF
 from hashflex.messages import LimitsChangeMessage
 from hashflex.plausibility import FUTURE_SKEW_S
 from hashflex.profile import MinerGroup, SiteProfile
@@ -165,13 +166,15 @@ class Guard:
                 self._specs[group.id, mode.name] = _ModeSpec(mode.power_kw, mode.efficiency_j_per_th,
                                                              mode.sound_power_dba, down)
             self._specs[group.id, SLEEP] = _ModeSpec(group.idle_power_kw, math.inf, -math.inf, SLEEP)
+            if getattr(group, "pdu_power_off", False):  # outlet open at the PDU (issue 17): no draw, silent
+                self._specs[group.id, POWERED_OFF] = _ModeSpec(0.0, math.inf, -math.inf, POWERED_OFF)
         # Per receptor: unit energy 10^((Lw − A)/10) for each (group, mode); sleep is silent.
         self._energy: dict[str, dict[tuple[str, str], float]] = {}
         for receptor in profile.receptors:
             table = {}
             for (group_id, mode), spec in self._specs.items():
                 attenuation = receptor.attenuation_from(group_id)
-                silent = mode == SLEEP or math.isinf(attenuation)
+                silent = mode in (SLEEP, POWERED_OFF) or math.isinf(attenuation)
                 table[group_id, mode] = 0.0 if silent else acoustics.energy(spec.sound_dba - attenuation)
             self._energy[receptor.id] = table
 
@@ -364,7 +367,7 @@ class Guard:
 
     def _set_mode(self, sp: Setpoint, mode: str) -> Setpoint:
         group = self._groups[sp.group_id]
-        power = group.idle_power_kw if mode == SLEEP else group.mode(mode).power_kw
+        power = self._specs[group.id, mode].power_kw
         return dataclasses.replace(sp, mode=mode, power_target_kw=power)
 
     def _cut_power(self, batch: list[Setpoint], excess_kw: float, kind: str, why: str,
@@ -372,7 +375,7 @@ class Guard:
         """Curtail least efficient, then loudest, units until ``excess_kw`` is removed."""
         out = list(batch)
         order = sorted(
-            (i for i, sp in enumerate(out) if sp.mode != SLEEP),
+            (i for i, sp in enumerate(out) if sp.mode not in (SLEEP, POWERED_OFF)),
             key=lambda i: (-self._specs[out[i].group_id, out[i].mode].j_per_th,
                            -self._specs[out[i].group_id, out[i].mode].sound_dba, out[i].miner_id),
         )
@@ -400,8 +403,24 @@ class Guard:
                 slept += 1
             else:
                 stepped += 1
+        # Still over with every unit asleep: open PDU outlets of sleeping units where the profile allows it
+        # (issue 17: zero draw, a cold restart later), largest standby draw first.
+        powered_off = 0
+        if remaining > _REL_EPS * max(excess_kw, 1.0):
+            asleep = sorted((i for i, sp in enumerate(out) if sp.mode == SLEEP and (sp.group_id, POWERED_OFF) in self._specs),
+                            key=lambda i: (-self._groups[out[i].group_id].idle_power_kw, out[i].miner_id))
+            for i in asleep:
+                if remaining <= 0:
+                    break
+                sp = out[i]
+                out[i] = self._set_mode(sp, POWERED_OFF)
+                remaining -= self._groups[sp.group_id].idle_power_kw
+                cut.append(sp.miner_id)
+                powered_off += 1
         removed = excess_kw - remaining
         detail = f"{slept} unit(s) to sleep" + (f", {stepped} to a lower mode" if stepped else "")
+        if powered_off:
+            detail += f", {powered_off} powered off at the PDU"
         actions.append(GuardAction(kind, f"{why}; curtailed least efficient (J/TH) and loudest first: "
                                          f"{detail}, {removed:.1f} kW removed", tuple(cut)))
         if remaining > _REL_EPS * max(excess_kw, 1.0):

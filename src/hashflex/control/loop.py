@@ -44,7 +44,7 @@ from hashflex.control.compute_commands import ComputeState
 from hashflex.control.dispatch import plan_dispatch_arrays
 from hashflex.control.dr import DRBook
 from hashflex.control.fastpath import FastPathMixin, _prices_unknown, _replace  # noqa: F401
-from hashflex.control.fleet import FleetArrays, FleetState
+from hashflex.control.fleet import SLEEP, FleetArrays, FleetState
 from hashflex.control.guard import Guard, GuardResult, Limits, Measurements
 from hashflex.control.limits import LimitsBook
 from hashflex.control.loop_compute import ComputeMixin
@@ -57,6 +57,7 @@ from hashflex.control.solver import SolveRunner
 from hashflex.control.stability import StabilityDecision, hold_previous_counts
 from hashflex.drivers.base import MinerDriver, MinerRegistry, Setpoint, SetpointResult
 from hashflex.drivers.compute import ComputeDriver, ComputeResult
+from hashflex.drivers.pdu import POWERED_OFF
 from hashflex.health.detectors import HealthBook
 from hashflex.optimize.problem import (
     GroupState,
@@ -175,9 +176,10 @@ def group_states(fleet: FleetState, profile: SiteProfile, now: datetime) -> dict
                 if left_h > 0:
                     held_off[round(left_h, 4)] = held_off.get(round(left_h, 4), 0) + 1
         load_kw = sum(fleet.power_kw(group.id, m.mode) for m in miners if m.available)
+        off = sum(1 for m in miners if m.mode == POWERED_OFF) if getattr(group, "pdu_power_off", False) else 0
         states[group.id] = GroupState(units_on=len(on), load_kw=load_kw,
                                       must_stay_on=tuple(sorted(held_on.items())),
-                                      must_stay_off=tuple(sorted(held_off.items())))
+                                      must_stay_off=tuple(sorted(held_off.items())), units_off=off)
     return states
 
 
@@ -193,6 +195,40 @@ def apply_cap_overrides(problem: Problem, caps_dba: Mapping[str, np.ndarray]) ->
             cap = np.minimum(cap, np.asarray(caps_dba[receptor.id], dtype=float))
         receptors.append(dataclasses.replace(receptor, cap_dba=cap))
     return dataclasses.replace(problem, receptors=tuple(receptors))
+
+
+def power_off_planned(schedule: Schedule, setpoints: list[Setpoint], fleet: FleetState) -> list[Setpoint]:
+    """The plan's ``units_<g>_off`` (issue 17) applied to a dispatched batch: that many of the group's sleeping
+    units get mode ``off`` (the PDU opens their outlets; 0 kW), units already off first (no relay cycle),
+    then by id. Groups without the column, or without that many sleeping units, keep what they have.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The plan; its first row's ``units_<g>_off`` columns are read.
+    setpoints : list[Setpoint]
+        One per miner, as dispatched (sleeping units have mode ``sleep``).
+    fleet : FleetState
+        Which miners are off now.
+
+    Returns
+    -------
+    list[Setpoint]
+        The batch, same order.
+    """
+    row = schedule.frame.iloc[0]
+    wanted = {g: int(row[unit_column(g, POWERED_OFF)]) for g in {gid for gid, _ in schedule.group_modes}
+              if unit_column(g, POWERED_OFF) in schedule.frame.columns}
+    wanted = {g: n for g, n in wanted.items() if n > 0}
+    if not wanted:
+        return setpoints
+    out = list(setpoints)
+    for group_id, n in wanted.items():
+        asleep = [i for i, sp in enumerate(out) if sp.group_id == group_id and sp.mode == SLEEP]
+        asleep.sort(key=lambda i: (fleet.miners[out[i].miner_id].mode != POWERED_OFF, out[i].miner_id))
+        for i in asleep[:n]:
+            out[i] = dataclasses.replace(out[i], mode=POWERED_OFF, power_target_kw=0.0)
+    return out
 
 
 def first_interval_counts(schedule: Schedule) -> dict[tuple[str, str], int]:
@@ -328,7 +364,7 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
                 arrays = FleetArrays.from_fleet(self.fleet)
                 score, hot = self._dispatch_hints(arrays)
                 dispatched = plan_dispatch_arrays(stable.counts, arrays, now, self.expiry_s, health_score=score, hot=hot)
-                setpoints = dispatched.to_setpoints(arrays, now, self.expiry_s)
+                setpoints = power_off_planned(schedule, dispatched.to_setpoints(arrays, now, self.expiry_s), self.fleet)
                 checked = self.guard.check(setpoints, self.measurements, self.limits_now(now), now)
                 sent = self._dispatch(checked.batch, now)
             results = sent.result()  # outside the lock: the sender thread takes it to book the results

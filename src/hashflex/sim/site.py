@@ -30,6 +30,7 @@ from hashflex.control.loop import ControlLoop, LoopConfig, TickReport
 from hashflex.audit import noise_interval_summary
 from hashflex.control.records import AuditRecorder
 from hashflex.control.solver import SolveRunner
+from hashflex.drivers.pdu import POWERED_OFF
 from hashflex.drivers.base import Setpoint, SetpointResult, SetpointStatus
 from hashflex.feeds.ercot import publication_times
 from hashflex.forecast import RecordedForecaster
@@ -225,6 +226,7 @@ class SimulatedFleet:
             self._power[group.id] = np.array([m.power_kw for m in group.modes], dtype=float)
             self._hashrate[group.id] = np.array([m.hashrate_th_s for m in group.modes], dtype=float)
         self._others = SimulatedFleetPerMiner(profile)  # miners the profile does not name
+        self._pdu_groups = {g.id for g in profile.miner_groups if getattr(g, "pdu_power_off", False)}
 
     def apply(self, batch: list[Setpoint]) -> list[SetpointResult]:
         """Apply every setpoint at once; one APPLIED result per setpoint, in order."""
@@ -232,13 +234,15 @@ class SimulatedFleet:
         for sp in batch:
             at = self._index.get(sp.miner_id)
             names = self._names.get(at[0]) if at is not None else None
-            if at is None or (sp.mode != SLEEP and sp.mode not in names):
+            off = sp.mode == POWERED_OFF and at is not None and at[0] in self._pdu_groups
+            if at is None or (sp.mode != SLEEP and not off and sp.mode not in names):
                 if at is not None:  # a mode the group lacks: held aside, as the per-miner fleet held it
                     self._mode[at[0]][at[1]] = -1
                 others.append(sp)
                 continue
             group_id, i = at
-            self._mode[group_id][i] = -1 if sp.mode == SLEEP else names[sp.mode]
+            # -2: outlet open at the PDU (issue 17): no draw; a later setpoint (sleep or a mode) closes it.
+            self._mode[group_id][i] = -2 if off else -1 if sp.mode == SLEEP else names[sp.mode]
             self._expires_us[group_id][i] = time_us(sp.expires_at)
         if others:
             self._others.apply(others)
@@ -296,8 +300,13 @@ class SimulatedFleet:
             extra = [(self._names[group.id][m], n) for (g, m), n in others.items()
                      if g == group.id and m in self._names[group.id]]
             total += float(self._power[group.id][on].sum()) + sum(n * self._power[group.id][k] for k, n in extra)
-            total += (group.units - on.size - sum(n for _, n in extra)) * group.idle_power_kw
+            off = int((mode == -2).sum())  # powered off at the PDU: no standby draw
+            total += (group.units - on.size - off - sum(n for _, n in extra)) * group.idle_power_kw
         return total
+
+    def powered_off(self) -> dict[str, int]:
+        """Units powered off at the PDU per group id (issue 17)."""
+        return {g: int((mode == -2).sum()) for g, mode in self._mode.items() if (mode == -2).any()}
 
 
 @dataclass
