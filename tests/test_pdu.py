@@ -118,6 +118,19 @@ def test_powered_off_driver_sleeps_first_then_opens_and_cold_boots_on_wake(site)
     firmware.close()
 
 
+def test_the_combined_driver_declares_power_off_for_miners_with_an_outlet(site):
+    """Found by the curtailment work: the combined driver declared nothing, so the dashboard and /metrics
+    counted no miner as able to be powered off."""
+    fleet, pdu, pdu_driver, clock = site
+    firmware = LuxosDriver([LuxosEndpoint(m, "s19", h, p) for m, (h, p) in fleet.endpoints().items()],
+                           {"s19": {"stock": "stock"}})
+    driver = PoweredOffDriver(firmware, pdu_driver, lambda s, mode: replace(s, mode=mode))
+    cap = driver.capabilities("m1")
+    assert cap.power_off and cap.sleep_wake and "cold restart" in cap.notes
+    assert driver.capabilities("zz") is None
+    firmware.close()
+
+
 def test_standby_cost_and_the_power_off_decision():
     # 1,000 sleeping miners at 50 W for 72 h at $9,000/MWh: 3.6 MWh -> $32,400
     assert standby_cost_usd(0.05, 1000, 9000.0, 72.0) == pytest.approx(32_400.0)

@@ -26,6 +26,7 @@ Pure helpers for the optimizer and the fast path: :func:`standby_cost_usd` and :
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import deque
@@ -472,6 +473,33 @@ class PoweredOffDriver:
                     results[i] = SetpointResult(miner_id, status, f"{p.reason}; cold boot "
                                                 f"{self.pdu.model.restart_minutes:g} min before {batch[i].mode}")
         return [results[i] for i in range(len(batch))]
+
+    def capabilities(self, miner_id: str) -> MinerCapabilities | None:
+        """The firmware's capabilities with ``power_off`` from the PDU (the dashboard's and ``/metrics``'
+        available-for-curtailment counts a miner with an outlet as able to be powered off).
+
+        Parameters
+        ----------
+        miner_id : str
+            The miner.
+
+        Returns
+        -------
+        MinerCapabilities or None
+            The firmware driver's declaration (sleep/wake assumed when it declares none) with
+            ``power_off`` set when the miner has an outlet; None for a miner neither knows.
+        """
+        declare = getattr(self.miners, "capabilities", None)
+        firmware = declare(miner_id) if declare is not None else None
+        outlet = self.pdu.capabilities(miner_id)
+        if firmware is None and outlet is None:
+            return None
+        if firmware is None:
+            firmware = MinerCapabilities(miner_id, "firmware", sleep_wake=True, power_target=False, verify=False)
+        if outlet is None:
+            return firmware
+        notes = "; ".join(n for n in (firmware.notes, outlet.notes) if n)
+        return dataclasses.replace(firmware, power_off=True, notes=notes)
 
     def close(self) -> None:
         """Close the firmware driver and the PDU driver."""
