@@ -129,8 +129,8 @@ class LoopConfig:
     stale_after_intervals: float = 3.0  # /healthz turns 503 when the last good tick is older
     async_sends: bool = False  # driver I/O on a sender thread (the daemon); False: on the caller's thread
     run_mode: str = "live"  # "live" | "simulate" | "backtest": recorded in the audit trail (reports label it)
-    # Plan stability (control.stability): a re-plan changes the interval about to start only if it gains at
-    # least this fraction of the horizon's planned gross revenue over keeping the previous plan for it
+    # Plan stability (control.stability): a re-plan changes what runs only if it gains at least this
+    # fraction of the whole fleet's gross revenue over the horizon over keeping what runs
     # (0 turns the rule off). Measured in optimization/benchmarks/plan_stability.py.
     replan_min_gain_fraction: float = 0.001
 
@@ -306,10 +306,9 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
                                          "dr_duplicates": 0, "limits_accepted": 0, "limits_rejected": 0,
                                          "limits_duplicates": 0, "store_unavailable": 0, "setpoints_not_sent": 0,
                                          "fallback_schedules": 0, "setpoint_failures": 0,
-                                         # plan stability: ticks whose first interval changed from the previous
-                                         # plan's, units moved by them, and ticks that kept the previous plan
+                                         # plan stability: ticks that changed what runs, units moved by them, and
+                                         # ticks that kept what runs (control.stability)
                                          "plan_changes": 0, "plan_churn_units": 0, "plan_holds": 0}
-        self._planned_counts: dict[pd.Timestamp, dict[tuple[str, str], int]] = {}
 
     @property
     def dr_book(self) -> DRBook:
@@ -393,23 +392,18 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
         return self._sender.submit((batch, now, before), self._after_send)
 
     def _stable_counts(self, problem: Problem, schedule: Schedule, start: pd.Timestamp) -> StabilityDecision:
-        """The first interval's counts after the plan-stability rule (call with the lock held), and the
-        plan remembered for the next tick (its later intervals; the first as dispatched)."""
-        previous = self._planned_counts.get(start)
+        """The first interval's counts after the plan-stability rule (call with the lock held): what runs
+        now (as dispatched, fast-path cuts included) is kept unless the new plan gains materially. The
+        first tick of a process has nothing to keep (the restart cut already enforced what binds)."""
+        previous = self.fleet.counts() if self.last_report is not None else None
         decision = hold_previous_counts(problem, schedule, previous,
                                         min_gain_fraction=self.config.replan_min_gain_fraction)
-        if previous is not None and decision.counts != previous:
+        if previous is not None and decision.counts != {k: previous.get(k, 0) for k in decision.counts}:
             self.counters["plan_changes"] += 1
             self.counters["plan_churn_units"] += sum(abs(decision.counts.get(k, 0) - previous.get(k, 0))
                                                      for k in set(decision.counts) | set(previous))
         if decision.held:
             self.counters["plan_holds"] += 1
-        frame = schedule.frame
-        planned = {pd.Timestamp(frame.index[t]): {(g, m): int(frame[unit_column(g, m)].iloc[t])
-                                                  for g, m in schedule.group_modes}
-                   for t in range(1, min(len(frame), 4))}
-        planned[start] = dict(decision.counts)
-        self._planned_counts = planned
         return decision
 
     def _apply_batch(self, job: tuple[list[Setpoint], datetime, dict[str, Any]] | None) -> list[SetpointResult]:
