@@ -72,3 +72,34 @@ def test_health_findings_shape_the_plan_and_raise_alerts() -> None:
     assert after["air-1"] == "sleep" and after["air-2"] == "eco"
     health = loop.status(T0 + timedelta(minutes=15))["health"]
     assert health["planned_unavailable"] == ["air-1"] and health["derated"] == ["air-2"] and health["finding_count"] == 2
+    # One of four units (over 10 % of the fleet) out on a critical finding: /healthz says so.
+    causes = loop.status(T0 + timedelta(minutes=15))["unhealthy_causes"]
+    assert any(c.startswith("health: 1 of 4 units planned unavailable") for c in causes)
+
+
+def test_booting_miners_are_not_flagged_as_ignoring_their_setpoints() -> None:
+    """Found by a newcomer on the live demo: miners told to run report ``booting`` (and draw 0.02 kW) for
+    their boot time; the not-following detector flagged them and the plan dropped half the fleet."""
+    data = PROFILE.model_dump(mode="json", exclude_none=True)
+    data["miner_groups"][0]["boot_minutes"] = 5.0
+    profile = SiteProfile.model_validate(data)
+    fleet = SimulatedFleet(profile)
+    loop = ControlLoop(profile, forecaster=cheap, driver=fleet, solver=SolveRunner(inline=True), publisher=Captured())
+    loop.tick(T0)
+    assert loop.fleet.miners["air-1"].mode == "stock"
+
+    def reading(mode: str, power_kw: float, at: datetime) -> TelemetryMessage:
+        return TelemetryMessage(miner_id="air-1", power_kw=power_kw, hashrate_th_s=0.0, mode=mode,
+                                temperature_c=40.0, timestamp=at)
+
+    for k in range(4):  # booting: another mode than commanded
+        at = T0 + timedelta(seconds=30 * (k + 1))
+        loop.on_message(reading("booting", 0.02, at), at)
+    for k in range(4):  # says stock but still inside the 5-minute boot time
+        at = T0 + timedelta(minutes=2, seconds=30 * k)
+        loop.on_message(reading("stock", 0.02, at), at)
+    assert loop.health.findings("air-1") == []
+    for k in range(4):  # past the boot time, in the commanded mode, drawing nothing: that is not following
+        at = T0 + timedelta(minutes=6, seconds=30 * k)
+        loop.on_message(reading("stock", 0.02, at), at)
+    assert [f.kind for f in loop.health.findings("air-1")] == ["not_following"]

@@ -91,9 +91,9 @@ class FastPathMixin:
                 if self.meter is not None:
                     self.meter.telemetry(message.miner_id, message.power_kw, message.hashrate_th_s)
                 if message.miner_id in self.fleet.miners:  # fleet health (issue 17): findings, alerts, derates
-                    miner = self.fleet.miners[message.miner_id]
-                    setpoint_kw = self.fleet.power_kw(miner.group_id, miner.mode) if miner.mode != SLEEP else None
-                    self.health.ingest(reading_from_telemetry(message, setpoint_power_kw=setpoint_kw))
+                    self.health.ingest(reading_from_telemetry(
+                        message, setpoint_power_kw=self._health_setpoint_kw(message.miner_id, message.mode,
+                                                                            message.timestamp)))
             elif isinstance(message, LimitsChangeMessage):
                 self.handle_limits(message, now)
             elif isinstance(message, PriceMessage):
@@ -104,6 +104,20 @@ class FastPathMixin:
                 self.handle_as_deploy(message, now)
         except Exception:  # a bad message must never stop the controller
             log.exception("handling %s failed", type(message).__name__)
+
+    def _health_setpoint_kw(self, miner_id: str, reported_mode: str, at: datetime) -> float | None:
+        """What the miner should draw for the health detectors' not-following test, or None (not judged):
+        asleep or powered off, still inside its group's boot time after a start, or reporting another mode
+        than commanded (booting, changing mode) — a miner in transition is not a miner ignoring its setpoint
+        (a newcomer's live demo saw half the fleet flagged while it booted)."""
+        miner = self.fleet.miners[miner_id]
+        if not miner.running or reported_mode != miner.mode:
+            return None
+        group = self.profile.group(miner.group_id)
+        boot = timedelta(minutes=float(getattr(group, "boot_minutes", 0.0) or 0.0))
+        if miner.last_start is not None and at < miner.last_start + boot:
+            return None
+        return self.fleet.power_kw(miner.group_id, miner.mode)
 
     def on_rejection(self, rejection: Any, now: datetime) -> None:
         """An inbound payload failed validation or plausibility (``messages.Rejection``). A DR event

@@ -243,7 +243,8 @@ class LoopStatusMixin:
 
     def unhealthy_causes(self, now: datetime) -> list[str]:
         """Why the controller is not healthy now (empty: healthy): no recent tick, prices unknown,
-        control state not durable."""
+        control state not durable, the driver's transport down, more than 10 % of the fleet planned
+        unavailable by health findings."""
         causes = []
         report = self.last_report
         stale_after = self.config.stale_after_intervals * self.interval_minutes * 60
@@ -258,6 +259,10 @@ class LoopStatusMixin:
             causes.append(f"{STORE_UNAVAILABLE}: {self.state_failure}")
         if self.transport_failure is not None:
             causes.append(self.transport_failure)
+        stopped = self._health_stopped()
+        if len(stopped) > 0.1 * max(len(self.fleet.miners), 1):  # a fleet-wide finding is more likely a fault of ours
+            causes.append(f"health: {len(stopped)} of {len(self.fleet.miners)} units planned unavailable "
+                          "(critical findings); check telemetry and the detectors")
         return causes
 
     def status(self, now: datetime) -> dict[str, Any]:
