@@ -336,8 +336,17 @@ class SiteProfile(_Strict):
         return sum(g.units * max(m.power_kw for m in g.modes) for g in self.miner_groups)
 
     def group(self, group_id: str) -> MinerGroup:
-        """The miner group called ``group_id`` (StopIteration if there is none)."""
-        return next(g for g in self.miner_groups if g.id == group_id)
+        """The miner group called ``group_id``.
+
+        Raises
+        ------
+        ValueError
+            No such group (the message names the groups there are).
+        """
+        for group in self.miner_groups:
+            if group.id == group_id:
+                return group
+        raise ValueError(f"group {group_id!r}: not in the profile (groups: {', '.join(g.id for g in self.miner_groups)})")
 
     def miner_ids(self) -> dict[str, str]:
         """Miner id → group id for every unit: ``<group>-<n>``, n from 1, zero-padded to the width

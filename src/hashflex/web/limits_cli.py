@@ -134,6 +134,9 @@ def cmd_limits(args: argparse.Namespace) -> int:
                                     noise_caps_dba=noise or None, carbon_budget_kg=args.carbon_budget_kg,
                                     carbon_period=args.carbon_period, valid_minutes=args.valid_minutes)
         else:
+            unknown = [part for part in args.parts or [] if part not in ("import", "noise", "carbon")]
+            if unknown:
+                raise ValueError(f"parts {unknown}: choose from import, noise, carbon")
             message = limits_change(args.issuer, now, reason=args.reason,
                                     clear=args.parts or ["import", "noise", "carbon"])
     except ValidationError as exc:  # name the option, not pydantic's model
@@ -265,8 +268,9 @@ def add_limits_parser(commands: Any, default_profile_site: str | None = None) ->
     put.add_argument("--carbon-period", choices=("day", "month"), default="day")
     put.add_argument("--valid-minutes", type=float, help="how long it holds (default: until cleared; noise caps 24 h)")
     clear = actions.add_parser("clear", parents=[common, writer], help="lift your own limits and print the ack")
-    clear.add_argument("parts", nargs="*", choices=("import", "noise", "carbon"),
-                       help="which parts (default all three)")
+    # No argparse `choices` here: with nargs="*" and nothing given, Python 3.11's argparse checks the empty
+    # list against the choices and refuses the documented default (a newcomer finding); checked below.
+    clear.add_argument("parts", nargs="*", metavar="{import,noise,carbon}", help="which parts (default all three)")
     listing = actions.add_parser("list", parents=[common], help="the limits in force (the daemon's /status)")
     listing.add_argument("--url", default="http://127.0.0.1:9108",
                          help="the daemon's HTTP address (default http://127.0.0.1:9108)")
