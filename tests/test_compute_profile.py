@@ -32,6 +32,11 @@ def profile_text(compute: dict, receptor_extra: dict | None = None) -> str:
     data["compute"] = compute
     if receptor_extra:
         data["receptors"][0]["distance_m"].update(receptor_extra)
+    # Every receptor must place every loud source; the clusters these tests add are not heard where not placed.
+    for receptor in data["receptors"]:
+        for cluster in compute.get("clusters", []):
+            if cluster["id"] not in receptor.get("distance_m", {}):
+                receptor.setdefault("attenuation_db", {})[cluster["id"]] = float("inf")
     return yaml.safe_dump(data)
 
 

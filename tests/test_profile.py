@@ -143,3 +143,21 @@ def test_scope2_instruments_are_validated() -> None:
     data["carbon"]["instruments"][0]["kind"] = "offset"
     with pytest.raises(ValueError, match=r"carbon.instruments.0.kind"):
         SiteProfile.model_validate_json(json.dumps(data))
+
+
+def test_every_receptor_places_every_group_or_says_it_cannot_hear_it() -> None:
+    """Newcomer finding: a receptor without a distance for one group treated that group as silent there,
+    and the plan ran 45 % more units at night. Leaving a source out is now an error naming it."""
+    data = load_profile("west_texas").model_dump(mode="json", exclude_none=True)
+    del data["receptors"][0]["distance_m"]["air_s21"]
+    with pytest.raises(ProfileError, match="receptor 'ranch_north': no distance_m or attenuation_db for \\['air_s21'\\]"):
+        parse_profile(yaml.safe_dump(data), source="site.yaml")
+    data["receptors"][0].setdefault("attenuation_db", {})["air_s21"] = float("inf")  # explicitly inaudible
+    assert math.isinf(parse_profile(yaml.safe_dump(data)).receptors[0].attenuation_from("air_s21"))
+
+
+def test_a_standby_draw_above_a_running_mode_is_refused() -> None:
+    data = load_profile("west_texas").model_dump(mode="json", exclude_none=True)
+    data["miner_groups"][0]["idle_power_kw"] = 100.0
+    with pytest.raises(ProfileError, match="miner_groups.0.*idle_power_kw 100 must be below the lowest mode"):
+        parse_profile(yaml.safe_dump(data), source="site.yaml")

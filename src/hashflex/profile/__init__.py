@@ -166,6 +166,10 @@ class MinerGroup(_Strict):
             raise ValueError("'off' is implied with pdu_power_off (units powered off at the PDU)")
         if not self.pdu_power_off and (self.cold_boot_s or self.cold_start_cost_usd):
             raise ValueError("cold_boot_s and cold_start_cost_usd need pdu_power_off: true")
+        lowest = min(mode.power_kw for mode in self.modes)
+        if self.idle_power_kw >= lowest:  # a newcomer's 100 kW standby planned past the carbon budget
+            raise ValueError(f"idle_power_kw {self.idle_power_kw:g} must be below the lowest mode's power_kw "
+                             f"{lowest:g} (a sleeping unit draws less than a running one)")
         return self
 
     def mode(self, name: str) -> MinerMode:
@@ -312,6 +316,15 @@ class SiteProfile(_Strict):
             unknown = (set(receptor.attenuation_db) | set(receptor.distance_m)) - set(group_ids) - set(cluster_ids)
             if unknown:
                 raise ValueError(f"receptor {receptor.id!r} names unknown miner groups {sorted(unknown)}")
+            # Every source must be placed: a group left out was silently silent at the receptor (a newcomer's
+            # plan ran 45 % more units at night). An inaudible source says so: attenuation_db {id: .inf}.
+            loud_clusters = [c.id for c in self.compute.clusters if c.cooling_sound_power_dba > 0] if self.compute else []
+            missing = [g for g in group_ids + loud_clusters
+                       if g not in receptor.attenuation_db and g not in receptor.distance_m]
+            if missing:
+                raise ValueError(f"receptor {receptor.id!r}: no distance_m or attenuation_db for {missing} "
+                                 "(give one for every miner group and every cluster with cooling sound; "
+                                 "attenuation_db: {id: .inf} for a source it cannot hear)")
         if self.ancillary is not None:
             unknown = set(self.ancillary.groups) - set(group_ids)
             if unknown:
