@@ -202,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     notes = []
     for name in args.profiles:
         for case in args.cases:
+            if CASES[case][0] == "dev2" and not DEV2.is_dir():  # development data beside the repo, not in it
+                notes.append(f"{case}: skipped, {DEV2} not found (the shared development data is not in the repository)")
+                continue
             started = time.perf_counter()
             document, errors, timings = run_case(name, case, args.days, hashprice, args.quiet, model_config)
             label = f"{name}@{document['point']} {case}"
