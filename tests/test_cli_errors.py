@@ -29,3 +29,23 @@ def test_evaluate_repair_names_an_unknown_group_instead_of_a_traceback() -> None
 def test_profile_group_names_the_groups_there_are() -> None:
     with pytest.raises(ValueError, match="groups: hydro_s21xp, air_s21, air_s19jpro"):
         load_profile("west_texas").group("nosuch")
+
+
+def test_a_renewables_file_is_bounded_and_a_sparse_one_is_not_stretched(tmp_path) -> None:  # noqa: ANN001
+    """Newcomer findings: one row of 99,999,999 kW for a 10 MW plant was accepted, and a single noon row
+    was held until midnight (no grid import all afternoon)."""
+    import numpy as np
+    import pandas as pd
+
+    from hashflex.plan import PlanInputError, read_renewables_csv, renewables_on_grid
+
+    huge = tmp_path / "huge.csv"
+    huge.write_text("interval_start,power_kw\n2020-02-03T12:00:00-06:00,99999999\n")
+    with pytest.raises(PlanInputError, match="line 2: power_kw 1e\\+08 is above 1.1 × the site's renewable capacity"):
+        read_renewables_csv(huge, capacity_kw=10_000.0)
+    sparse = tmp_path / "sparse.csv"
+    sparse.write_text("interval_start,power_kw\n2020-02-03T12:00:00-06:00,5000\n2020-02-03T12:15:00-06:00,5000\n")
+    series = read_renewables_csv(sparse, capacity_kw=10_000.0)
+    grid = pd.date_range("2020-02-03T17:45Z", periods=6, freq="15min")  # 11:45 .. 13:00 Central
+    # 11:45 before the file: 0; 12:00 and 12:15 as recorded; after the file's own 15-minute spacing: 0.
+    np.testing.assert_array_equal(renewables_on_grid(series, grid, pd.Timedelta(minutes=15)), [0, 5000, 5000, 0, 0, 0])

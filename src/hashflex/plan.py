@@ -115,7 +115,41 @@ def prices_on_grid(prices: pd.DataFrame, index: pd.DatetimeIndex, interval: pd.T
     return time_weighted_mean(prices["interval_start"], prices["interval_end"], prices["price_usd_mwh"], index, step)
 
 
-def read_renewables_csv(path: Path) -> pd.Series:
+def renewables_on_grid(series: pd.Series, index: pd.DatetimeIndex, step: pd.Timedelta) -> np.ndarray:
+    """Recorded on-site output on the planning grid: a row holds until the next row, but never longer than
+    the file's own spacing (the median gap between rows; ``step`` for a single row), so a sparse file is not
+    stretched over the rest of the day; an interval no row covers counts as 0 kW (the safe side: more import).
+
+    Parameters
+    ----------
+    series : pd.Series
+        kW by interval start (UTC), sorted (:func:`read_renewables_csv`).
+    index : pd.DatetimeIndex
+        The grid's interval starts (UTC).
+    step : pd.Timedelta
+        The grid's interval length.
+
+    Returns
+    -------
+    np.ndarray
+        [len(index)] kW.
+    """
+    if series.empty:
+        return np.zeros(len(index))
+    starts = series.index
+    spacing = pd.Series(starts).diff().dropna()
+    hold = spacing.median() if len(spacing) else step
+    pos = starts.searchsorted(index, side="right") - 1
+    out = np.zeros(len(index))
+    ok = pos >= 0
+    age = index[ok] - starts[pos[ok]]
+    fresh = np.asarray(age < hold)
+    values = series.to_numpy(dtype=float)[pos[ok]]
+    out[np.flatnonzero(ok)[fresh]] = values[fresh]
+    return out
+
+
+def read_renewables_csv(path: Path, capacity_kw: float | None = None) -> pd.Series:
     """A simple on-site output file: ``interval_start``, ``power_kw``.
 
     Parameters
@@ -123,6 +157,9 @@ def read_renewables_csv(path: Path) -> pd.Series:
     path : Path
         CSV with ``interval_start`` (ISO 8601 with a UTC offset: a time without one is refused with
         its line, see :mod:`hashflex.frames`) and ``power_kw`` (kW, >= 0).
+    capacity_kw : float, optional
+        The site's renewable nameplate (kW): a row above 1.1 × it is refused with its line, as an MQTT
+        reading is (:mod:`hashflex.plausibility`).
 
     Returns
     -------
@@ -151,10 +188,16 @@ def read_renewables_csv(path: Path) -> pd.Series:
         line = int(np.flatnonzero(repeated)[0]) + 2
         raise PlanInputError(f"{path} line {line}: interval_start {index[line - 2].isoformat()} appears twice")
     power = pd.to_numeric(frame["power_kw"], errors="coerce")
-    bad = power.isna() | (power < 0)
+    bad = power.isna() | (power < 0) | ~np.isfinite(power)
     if bad.any():
         line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
         raise PlanInputError(f"{path} line {line}: power_kw must be a number >= 0")
+    if capacity_kw is not None:
+        over = power > 1.1 * capacity_kw
+        if over.any():
+            line = int(np.flatnonzero(over.to_numpy())[0]) + 2
+            raise PlanInputError(f"{path} line {line}: power_kw {power[over].iloc[0]:g} is above 1.1 × the site's "
+                                 f"renewable capacity ({capacity_kw:g} kW)")
     return pd.Series(power.to_numpy(dtype=float), index=index).sort_index()
 
 
@@ -227,8 +270,8 @@ def load_inputs(profile: SiteProfile, prices_path: Path, start: pd.Timestamp | N
     price = np.where(known, price, UNKNOWN_PRICE_USD_MWH)
     renewable = None
     if renewables_path is not None:
-        series = read_renewables_csv(renewables_path)
-        renewable = series.reindex(index, method="ffill").fillna(0.0).to_numpy()
+        series = read_renewables_csv(renewables_path, sum(r.capacity_kw for r in profile.renewables))
+        renewable = renewables_on_grid(series, index, step)
     return PlanInputs(index, price, renewable, tuple(notes), known)
 
 

@@ -25,6 +25,7 @@ from hashflex.control.dr import DRBook
 from hashflex.feeds.ercot import read_price_file
 from hashflex.frames import time_weighted_mean
 from hashflex.messages import DREventMessage
+from hashflex.plan import renewables_on_grid
 from hashflex.optimize.problem import GroupState, Problem, problem_from_profile
 from hashflex.optimize.schedule import Schedule, SolveInfo, SolveStatus, schedule_from_counts
 from hashflex.profile import SiteProfile
@@ -215,8 +216,7 @@ def build_actuals(profile: SiteProfile, prices: pd.DataFrame, start: pd.Timestam
         price = price.ffill().bfill()
     solar_kw = sum(r.capacity_kw for r in profile.renewables if r.kind == "solar")
     if renewables is not None:
-        renewable = renewables.sort_index().reindex(renewables.index.union(index)).ffill().reindex(index).fillna(0.0)
-        renewable_kw, synthetic = renewable.to_numpy(dtype=float), False
+        renewable_kw, synthetic = renewables_on_grid(renewables.sort_index(), index, step), False
     else:
         renewable_kw, synthetic = clear_sky_solar_kw(index, profile, solar_kw), True
         if solar_kw:

@@ -185,7 +185,8 @@ def _inputs(args: argparse.Namespace, profile: SiteProfile):  # noqa: ANN202 - A
         prices = load_prices(profile, args.prices or [bundled_path(DEFAULT_PRICES)], args.day_ahead or [])
     for note in prices.attrs.get("notes", []):
         print(f"note: {note}", file=sys.stderr)
-    renewables = read_renewables_csv(Path(args.renewables)) if args.renewables else None
+    renewables = (read_renewables_csv(Path(args.renewables), sum(r.capacity_kw for r in profile.renewables))
+                  if args.renewables else None)
     events = []
     if args.dr_events:
         payload = json.loads(Path(args.dr_events).read_text(encoding="utf-8"))

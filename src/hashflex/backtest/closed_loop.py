@@ -41,6 +41,7 @@ from hashflex.control.records import AuditRecorder
 from hashflex.control.solver import SolveRunner
 from hashflex.forecast import ForecastConfig, RecordedForecaster
 from hashflex.messages import RenewableMessage
+from hashflex.plan import renewables_on_grid
 from hashflex.optimize.schedule import SolveInfo, grid_import_kw
 from hashflex.profile import SiteProfile
 from hashflex.sim.noise import NoiseSensorSim
@@ -105,7 +106,7 @@ class SnapshotForecaster(RecordedForecaster):
                                freq=actuals.step, inclusive="left")
         solar_kw = sum(r.capacity_kw for r in profile.renewables if r.kind == "solar")
         past = (clear_sky_solar_kw(before, profile, solar_kw) if actuals.renewable_synthetic or actuals.renewables is None
-                else actuals.renewables.reindex(before, method="ffill").fillna(0.0).to_numpy(dtype=float))
+                else renewables_on_grid(actuals.renewables.sort_index(), before, actuals.step))
         times = before.append(actuals.index)
         values = np.concatenate([past, actuals.renewable_kw])
         renewables = pd.DataFrame({"source_id": source, "timestamp": times, "power_kw": values,
