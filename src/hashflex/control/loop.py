@@ -423,7 +423,7 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
             not_sent = sum(1 for r in results if r.status.value == "not_sent")
             self.counters["setpoints_not_sent"] += not_sent
             self.transport_failure = (f"{not_sent} of {len(results)} setpoints of the last batch not sent "
-                                      f"(driver transport down)") if results and not_sent == len(results) else None
+                                      f"(driver transport down, or no miner subscribed yet)") if results and not_sent == len(results) else None
             self.registry.record(results)
             self._sync_availability()
             reverted = False
