@@ -149,7 +149,7 @@ class TickReport:
     fallbacks: tuple[str, ...]
     solve_seconds: float
     trigger: str
-    stability: str = ""  # control.stability: kept the previous plan, or why the new one went out
+    stability: str = ""  # control.stability: kept what runs, or why the new plan went out
 
 
 def interval_floor(now: datetime, minutes: int) -> pd.Timestamp:

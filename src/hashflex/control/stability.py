@@ -70,7 +70,7 @@ class StabilityDecision:
 
 def hold_previous_counts(problem: Problem, schedule: Schedule, previous: dict[tuple[str, str], int] | None,
                          min_gain_usd: float = 0.0, min_gain_fraction: float = 0.0) -> StabilityDecision:
-    """Keep the previous plan's counts for the first interval unless the new plan gains ``min_gain_usd``.
+    """Keep what runs for the first interval unless the new plan gains ``min_gain_usd`` (or the fraction).
 
     Parameters
     ----------
