@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from hashflex.frames import in_force
 from hashflex.messages import ASAwardMessage, ASDeployMessage
 from hashflex.profile import AS_PRODUCT_RULES, SiteProfile
 
@@ -102,8 +103,7 @@ class ASDeployment:
         bool
             True when ``[issued_at, self.end)`` overlaps the moment or interval.
         """
-        until = end if end is not None and end > start else start + timedelta(microseconds=1)
-        return self.issued_at < until and self.end > start
+        return in_force(self.issued_at, self.end, start, end)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form (times ISO 8601), read back by :meth:`from_json`."""

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hashflex.frames import in_force
 from hashflex.messages import DREventMessage
 from hashflex.control.dr_performance import PerformanceMixin
 from hashflex.control.dr_values import (  # noqa: F401 - re-exported: the DR book's public values
@@ -71,8 +72,7 @@ class _Event:
         if self.message.cancelled:
             return False
         msg = self.message
-        until = end if end is not None and end > start else start + timedelta(microseconds=1)
-        return msg.start < until and (msg.end is None or msg.end > start)
+        return in_force(msg.start, msg.end, start, end)
 
 
 def event_limit_kw(message: DREventMessage, profile: SiteProfile) -> float | None:

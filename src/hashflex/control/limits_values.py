@@ -8,10 +8,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 
+from hashflex.frames import in_force
 from hashflex.messages import (
     NoiseCapOverride,
 )
@@ -175,8 +176,7 @@ class ManagerLimit:
         bool
             True when ``[issued_at, valid_until)`` overlaps the moment or interval.
         """
-        until = end if end is not None and end > start else start + timedelta(microseconds=1)
-        return self.issued_at < until and (self.valid_until is None or self.valid_until > start)
+        return in_force(self.issued_at, self.valid_until, start, end)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form (times ISO 8601, caps as their JSON), read back by :meth:`from_json`."""
@@ -253,5 +253,4 @@ class Hold:
         bool
             True when the hold's ``[start, end)`` overlaps the moment or interval.
         """
-        until = end if end is not None and end > start else start + timedelta(microseconds=1)
-        return self.start < until and (self.end is None or self.end > start)
+        return in_force(self.start, self.end, start, end)

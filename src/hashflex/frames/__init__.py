@@ -68,6 +68,7 @@ from hashflex.frames.intervals import (  # noqa: F401 - TIME_UNIT importable as 
     Gap,
     TimeFrameError,
     gap_runs,
+    in_force,
     interval_grid,
     iso_date_argument,
     parse_iso_date,

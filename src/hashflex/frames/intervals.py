@@ -10,15 +10,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["TIME_UNIT", "Gap", "TimeFrameError", "gap_runs", "interval_grid", "iso_date_argument", "parse_iso_date",
-           "require_aware", "strictest_in_interval", "time_weighted_mean", "utc_now"]
+__all__ = ["TIME_UNIT", "Gap", "TimeFrameError", "gap_runs", "in_force", "interval_grid", "iso_date_argument",
+           "parse_iso_date", "require_aware", "strictest_in_interval", "time_weighted_mean", "utc_now"]
 
 TIME_UNIT = "us"
+
+
+def in_force(window_start: datetime, window_end: datetime | None, start: datetime, end: datetime | None = None) -> bool:
+    """Whether ``[window_start, window_end)`` (open-ended when ``window_end`` is None) overlaps the moment
+    ``start`` or the interval ``[start, end)`` — the one rule every limit, hold, DR event and AS deployment
+    is "in force" by (strictest-in-interval: any overlap binds the whole interval).
+
+    Parameters
+    ----------
+    window_start, window_end : datetime
+        The window, timezone-aware; ``window_end`` None: until further notice.
+    start : datetime
+        The moment, or the interval's start.
+    end : datetime, optional
+        The interval's end; None (or not after ``start``) asks about the moment ``start``.
+
+    Returns
+    -------
+    bool
+    """
+    until = end if end is not None and end > start else start + timedelta(microseconds=1)
+    return window_start < until and (window_end is None or window_end > start)
 
 
 def utc_now() -> datetime:
