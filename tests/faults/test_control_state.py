@@ -428,3 +428,18 @@ def test_a_refused_dr_message_is_acked_without_a_number_it_never_sent(site: Site
         '"modification_number": -1', '"modification_number": 4').encode())
     site.loop.on_rejection(rejection, T0)
     assert site.publisher.sent["out/dr/ack"][-1]["modification_number"] == 4
+
+
+def test_refused_commands_are_counted_and_stored_like_other_rejections(site: Site) -> None:
+    """Newcomer finding: an out-of-range DR event was acked 'rejected' but missing from
+    hashflex_input_rejections_total and from the store's rejections table."""
+    from hashflex.control.http import input_rejections
+
+    ack = site.loop.handle_dr(dr(import_limit_kw=1e9), T0)
+    assert ack.status == "rejected"
+    status = site.loop.status(T0)
+    assert status["command_rejections"] == {"dr": {"out_of_bounds:import_limit_kw": 1}}
+    assert input_rejections(status) == {("dr", "out_of_bounds:import_limit_kw"): 1}
+    site.store.flush()
+    stored = site.store.rejections()
+    assert len(stored) == 1 and "import_limit_kw" in stored["reason"].iloc[0]

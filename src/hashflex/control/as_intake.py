@@ -99,7 +99,19 @@ class AncillaryIntakeMixin:
         same table the MQTT ingest applies to observations), or None. Every path that hands the loop
         a command — MQTT, the dashboard's limits API, OpenADR — is checked here alike."""
         rejection = check_plausible(message, now, self._plausibility)
-        return None if rejection is None else rejection.reason
+        if rejection is None:
+            return None
+        # Counted with the ingest's rejections (hashflex_input_rejections_total) and kept in the store's
+        # rejections table, as any input out of bounds is (a newcomer found these missing from both).
+        kind = rejection.kind or getattr(message, "kind", "command")
+        by_rule = self.command_rejections.setdefault(kind, {})
+        by_rule[rejection.rule] = by_rule.get(rejection.rule, 0) + 1
+        if self.store is not None:
+            try:
+                self.store.put_rejection(rejection, received_at=now)
+            except Exception:  # noqa: BLE001 - a failing store must not stop the refusal
+                log.exception("could not store a rejection")
+        return rejection.reason
 
     def _refuse_as(self, message: Any, kind: str, message_id: str, now: datetime) -> ASAckMessage | None:
         implausible = self._implausible(message, now)

@@ -9,8 +9,9 @@ its staleness window or runs on no known price, and 503 with a JSON body
 prometheus_client's exposition so scrapers get the standard text format.
 
 Input rejections: ``hashflex_input_rejections_total{kind, reason}`` (a counter) sums the status
-entries ``input_rejections`` (MQTT ingest, ``MqttIngest.rejection_stats()``) and
-``price_feed.rejections`` (HTTP price feed rows), both ``{kind: {reason_class: n}}``.
+entries ``input_rejections`` (MQTT ingest, ``MqttIngest.rejection_stats()``),
+``price_feed.rejections`` (HTTP price feed rows) and ``command_rejections`` (commands the loop refused
+as implausible), all ``{kind: {reason_class: n}}``.
 
 Available for curtailment: ``hashflex_available_for_curtailment_kw{means}`` (a gauge, kW) is what
 the site can shed now from fresh miner telemetry, ``means="sleep"`` (a firmware command) and
@@ -37,8 +38,9 @@ DEFAULT_HTTP_PORT = 9108
 def input_rejections(status: Mapping[str, Any]) -> dict[tuple[str, str], int]:
     """Rejection counts by kind and reason, from the status.
 
-    Sums ingest's ``input_rejections`` and the price feed's ``price_feed.rejections``; malformed
-    entries are skipped (the endpoint must answer).
+    Sums ingest's ``input_rejections``, the price feed's ``price_feed.rejections`` and the loop's
+    ``command_rejections`` (DR, limits and AS commands out of bounds); malformed entries are skipped
+    (the endpoint must answer).
 
     Parameters
     ----------
@@ -52,7 +54,8 @@ def input_rejections(status: Mapping[str, Any]) -> dict[tuple[str, str], int]:
     """
     totals: dict[tuple[str, str], int] = {}
     feed = status.get("price_feed")
-    sources = (status.get("input_rejections"), feed.get("rejections") if isinstance(feed, Mapping) else None)
+    sources = (status.get("input_rejections"), feed.get("rejections") if isinstance(feed, Mapping) else None,
+               status.get("command_rejections"))
     for source in sources:
         if not isinstance(source, Mapping):
             continue

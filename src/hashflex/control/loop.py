@@ -290,6 +290,8 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
         self.hashprice_usd_per_ph_day: float | None = None  # the forecast's, for the first interval of the last tick
         # AS deployment id -> performance (obligation, commanded and measured response, shortfall); issue 15.
         self.as_performance: dict[str, dict[str, Any]] = {}
+        # Commands refused as implausible by the loop (every path: MQTT, dashboard, OpenADR): kind -> rule -> n.
+        self.command_rejections: dict[str, dict[str, int]] = {}
         self._sender = SendQueue(self._apply_batch, synchronous=not config.async_sends)
         # GPU clusters (issue 16): the plan's first interval as power caps and suspend/resume, on their
         # own sender thread (a cluster agent's confirmations must not hold up the miners' batch).

@@ -296,6 +296,7 @@ class LoopStatusMixin:
                                if datetime.fromisoformat(p["issued_at"]) > now - timedelta(days=1)],
             # Fleet health (issue 17): current findings, and the units the plan leaves out or derates.
             "health": self._health_status(),
+            "command_rejections": {k: dict(v) for k, v in self.command_rejections.items()},
             "last_tick_stability": "" if report is None else report.stability,
         }
 
