@@ -34,7 +34,8 @@ from hashflex.backtest.ancillary import (
 )
 from hashflex.profile import load_profile
 
-DEFAULT_FILE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "ercot" / "dev2" / "hourly_hubs_dam_rt_and_dam_as_mcpc.csv"
+# The 2024 development rows, kept in the repository (optimization/data/ercot_dev2/PROVENANCE.md).
+DEFAULT_FILE = Path(__file__).resolve().parents[2] / "optimization" / "data" / "ercot_dev2" / "hourly_hubs_dam_rt_and_dam_as_mcpc_2024.csv"
 DEV_2024 = ["2024-02", "2024-03", "2024-04", "2024-05"]
 
 

@@ -6,7 +6,7 @@ Cases (real ERCOT prices; windows start on the case's default day, ``--days`` lo
 
 - ``2020-02``: bundled RTM/DAM Feb 2020 at the profile's point (west_texas: LZ_WEST), a normal month.
 - ``2021-02``: bundled Feb 2021, Winter Storm Uri (load shed from Feb 15).
-- ``2024-03``, ``2024-05``: the shared development data ``../shared/data/ercot/dev2`` (hub prices,
+- ``2024-03``, ``2024-05``: the 2024 development data in ``optimization/data/ercot_dev2`` (hub prices,
   ERCOT's day-ahead system load forecast). Only the hub average HB_HUBAVG has a 15-minute RT series
   there (HB_WEST has hourly RT means only), so these cases use a copy of the profile whose
   settlement point is **HB_HUBAVG** (type HU). The learned model also reads the load forecast here.
@@ -55,7 +55,7 @@ from hashflex.price_model import QUANTILES, LearnedPriceForecaster, PriceModelCo
 from hashflex.profile import SiteProfile, load_profile
 
 ROOT = Path(__file__).resolve().parents[2]
-DEV2 = ROOT.parent / "shared" / "data" / "ercot" / "dev2"
+DEV2 = ROOT / "optimization" / "data" / "ercot_dev2"  # the 2024 development rows, in the repo (PROVENANCE.md)
 CASES = {  # case -> (source, first day of the default window)
     "2020-02": ("ercot/RTM-2020-02.csv", "2020-02-10"),
     "2021-02": ("ercot/RTM-2021-02.csv", "2021-02-14"),  # Uri: load shed from Feb 15
@@ -67,7 +67,7 @@ HUB = "HB_HUBAVG"
 
 def dev2_prices(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """HB_HUBAVG RT (15 min) and DA (hourly) as a canonical price frame, and ERCOT's day-ahead system
-    load forecast (hourly MW), from the shared dev2 files (real ERCOT data; see their README)."""
+    load forecast (hourly MW), from the bundled dev2 files (real ERCOT data; optimization/data/ercot_dev2/PROVENANCE.md)."""
     frames = []
     for name, market, minutes in (("rt_spp_hb_hubavg_15min.csv", "RT", 15), ("dam_spp_hb_hubavg_hourly.csv", "DA", 60)):
         raw = pd.read_csv(folder / name)
@@ -202,9 +202,6 @@ def main(argv: list[str] | None = None) -> int:
     notes = []
     for name in args.profiles:
         for case in args.cases:
-            if CASES[case][0] == "dev2" and not DEV2.is_dir():  # development data beside the repo, not in it
-                notes.append(f"{case}: skipped, {DEV2} not found (the shared development data is not in the repository)")
-                continue
             started = time.perf_counter()
             document, errors, timings = run_case(name, case, args.days, hashprice, args.quiet, model_config)
             label = f"{name}@{document['point']} {case}"
