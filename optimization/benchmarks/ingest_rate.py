@@ -37,12 +37,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """A Mosquitto broker on a free loopback port in ``workdir``: (process, port)."""
+def start_mosquitto(workdir: Path, max_inflight: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """A Mosquitto broker on a free loopback port in ``workdir``: (process, port). ``max_inflight``: the
+    broker's ``max_inflight_messages`` (its Receive Maximum), default Mosquitto's own."""
     binary = os.environ.get("HASHFLEX_MOSQUITTO") or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     port = free_port()
     conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+    inflight = f"max_inflight_messages {max_inflight}\n" if max_inflight is not None else ""
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{inflight}"
                     "max_queued_messages 1000000\nlog_dest stderr\nlog_type error\n")
     proc = subprocess.Popen([binary, "-c", str(conf)])
     deadline = time.monotonic() + 10

@@ -33,7 +33,6 @@ import argparse
 import importlib.util
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,9 @@ sys.path.insert(0, str(REPO / "src"))
 
 from hashflex.drivers.base import Setpoint, SetpointStatus  # noqa: E402
 from hashflex.drivers.mqtt import MqttDriver  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ingest_rate import start_mosquitto  # noqa: E402  (same folder: the broker helper)
 
 SITE = "mqttbatch"
 
@@ -74,33 +76,6 @@ for line in sys.stdin:
     with lock:
         print(state["messages"], state["rows"], repr(state["last"]), flush=True)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_mosquitto(workdir: Path, max_inflight: int) -> tuple[subprocess.Popen[bytes], int]:
-    binary = os.environ.get("HASHFLEX_MOSQUITTO") or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    f"max_inflight_messages {max_inflight}\nmax_queued_messages 1000000\n"
-                    "log_dest stderr\nlog_type error\n")
-    proc = subprocess.Popen([binary, "-c", str(conf)])
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            if proc.poll() is not None:
-                raise SystemExit(f"mosquitto exited with {proc.returncode}")
-            time.sleep(0.02)
-    proc.terminate()
-    raise SystemExit("mosquitto did not start")
 
 
 class Subscriber:
