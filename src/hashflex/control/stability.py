@@ -111,7 +111,7 @@ def hold_previous_counts(problem: Problem, schedule: Schedule, previous: dict[tu
             counts[g, m] = column
         if held_units > int(group.units_available[0]):
             return StabilityDecision(new, False, float("nan"), f"previous counts exceed {group.id}'s available units")
-    alternative = schedule_from_counts(problem, counts, schedule.info)
+    alternative = schedule_from_counts(problem, counts, schedule.info, explain=False)  # valued, not explained
     alt, row = alternative.frame.iloc[0], frame.iloc[0]
     if alt["grid_import_kw"] > problem.import_limit_kw[0] + _EPS_KW:
         return StabilityDecision(new, False, float("nan"), "previous counts exceed the import limit now")

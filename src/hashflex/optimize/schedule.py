@@ -226,14 +226,16 @@ def minimum_powered_off(problem: Problem, counts: dict[tuple[int, int], np.ndarr
 
 def schedule_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndarray], info: SolveInfo,
                          import_kw: np.ndarray | None = None, compute: object | None = None,
-                         powered_off: dict[str, np.ndarray] | None = None) -> Schedule:
+                         powered_off: dict[str, np.ndarray] | None = None, explain: bool = True) -> Schedule:
     """Every column of the schedule, computed from integer counts n[g,m,t] (and the MILP's grid
     import where it chose one; see power_flows_kw). ``compute``: the GPU plan
     (`optimize.compute.ComputeDispatch`); a problem with compute and no plan gets every GPU idle.
     ``powered_off``: group id → [T] units powered off at the PDU (issue 17), held to the units
     left asleep; a problem with `PowerOff` groups and no plan gets `minimum_powered_off`. Their
     count is the column ``units_<group>_off``; they draw 0 kW, and each unit woken from off pays
-    the group's cold start cost in ``start_cost_usd``."""
+    the group's cold start cost in ``start_cost_usd``. ``explain=False`` leaves ``reason`` and
+    ``reason_detail`` empty (callers that only value or check a schedule, e.g. plan stability on every
+    tick, skip the reasons, the costliest part at scale)."""
     from hashflex.optimize.explain import explain_intervals
 
     T = problem.T
@@ -331,6 +333,9 @@ def schedule_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndar
     data["profit_usd"] = (revenue_usd - energy_cost_usd - carbon_cost_usd - start_cost_usd
                           + as_revenue_usd - as_deployment_cost_usd + compute_data.get("compute_revenue_usd", 0.0))
     frame = pd.DataFrame(data, index=pd.DatetimeIndex(problem.interval_start, name="interval_start"))
+    if not explain:
+        return Schedule(frame=frame.assign(reason="", reason_detail=""), info=info, group_modes=tuple(group_modes),
+                        receptor_ids=tuple(r.id for r in problem.receptors))
     reasons, details = explain_intervals(problem, counts, frame)
     if compute_data:  # a GPU reason (deferred job, deadline, cooling noise) joins the miners'
         codes, sentences = gpu.explain_compute(problem, compute, frame)
