@@ -89,20 +89,7 @@ class ASDeployment:
         return as_source(self.product, self.deployment_id)
 
     def in_force(self, start: datetime, end: datetime | None = None) -> bool:
-        """In force at ``start``, or at any moment of ``[start, end)``.
-
-        Parameters
-        ----------
-        start : datetime
-            The moment (or the interval's start), timezone-aware.
-        end : datetime, optional
-            The interval's end; None (or not after ``start``) asks about the moment ``start``.
-
-        Returns
-        -------
-        bool
-            True when ``[issued_at, self.end)`` overlaps the moment or interval.
-        """
+        """In force at ``start`` or at any moment of ``[start, end)`` (:func:`hashflex.frames.in_force`)."""
         return in_force(self.issued_at, self.end, start, end)
 
     def to_json(self) -> dict[str, Any]:

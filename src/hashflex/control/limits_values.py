@@ -162,20 +162,7 @@ class ManagerLimit:
     carbon_budget_kg: float | None = None
 
     def in_force(self, start: datetime, end: datetime | None = None) -> bool:
-        """In force at ``start``, or at any moment of ``[start, end)``.
-
-        Parameters
-        ----------
-        start : datetime
-            The moment (or the interval's start), timezone-aware.
-        end : datetime, optional
-            The interval's end; None (or not after ``start``) asks about the moment ``start``.
-
-        Returns
-        -------
-        bool
-            True when ``[issued_at, valid_until)`` overlaps the moment or interval.
-        """
+        """In force at ``start`` or at any moment of ``[start, end)`` (:func:`hashflex.frames.in_force`)."""
         return in_force(self.issued_at, self.valid_until, start, end)
 
     def to_json(self) -> dict[str, Any]:
@@ -239,18 +226,5 @@ class Hold:
     end: datetime | None
 
     def in_force(self, start: datetime, end: datetime | None = None) -> bool:
-        """In force at ``start``, or at any moment of ``[start, end)``.
-
-        Parameters
-        ----------
-        start : datetime
-            The moment (or the interval's start), timezone-aware.
-        end : datetime, optional
-            The interval's end; None (or not after ``start``) asks about the moment ``start``.
-
-        Returns
-        -------
-        bool
-            True when the hold's ``[start, end)`` overlaps the moment or interval.
-        """
+        """In force at ``start`` or at any moment of ``[start, end)`` (:func:`hashflex.frames.in_force`)."""
         return in_force(self.start, self.end, start, end)
