@@ -270,10 +270,10 @@ def _store_prices(store: Any, actuals: Any) -> None:
     prices = actuals.prices.copy()
     if "published_at" not in prices.columns:
         prices["published_at"] = published_at(prices)
-    columns = ["interval_start", "interval_end", "settlement_point", "market", "price_usd_mwh"]
-    for when, block in prices.groupby("published_at"):
-        store.put_price_frame(block[columns].reset_index(drop=True), published_at=when.to_pydatetime(),
-                              received_at=when.to_pydatetime())
+    columns = ["interval_start", "interval_end", "settlement_point", "market", "price_usd_mwh", "published_at"]
+    # One contract check and one stream of rows (issue 18: a frame and a check per publication time
+    # took 15 s for a month of 15-minute prices); each row received when published, as before.
+    store.put_price_history(prices[columns].reset_index(drop=True))
 
 
 # ---------------------------------------------------------------------------------------- evaluate

@@ -109,6 +109,73 @@ class StoreWrites:
             self._enqueue(("price", (point, market, start_us, end_us, price, published_us, received_us)))
         return len(frame)
 
+    def put_price_history(self, frame: pd.DataFrame, *, received_at: datetime | None = None) -> int:
+        """Enqueue a price history whose rows carry their own publication times (one check for all).
+
+        The same rows as one :meth:`put_price_frame` call per distinct ``published_at`` (the
+        backtest's recorded prices, each published when ERCOT published it), without a contract
+        check and a frame per publication time (issue 18: 2,785 checks for a month of 15-minute
+        prices). The writer thread commits them in its usual ``executemany`` batches.
+
+        Parameters
+        ----------
+        frame : pandas.DataFrame
+            The canonical price frame's columns (:data:`hashflex.frames.PRICE_COLUMNS`, any row
+            order) plus ``published_at`` (aware), when each row was published.
+        received_at : datetime, optional
+            Receipt time of every row; default each row's ``published_at`` (as a feed that
+            received each price when it was published).
+
+        Returns
+        -------
+        int
+            Rows enqueued.
+
+        Raises
+        ------
+        ValueError
+            ``published_at`` missing or not aware, or the canonical part breaks the contract
+            (:func:`hashflex.frames.check_price_frame`, naming the column or row).
+        RuntimeError
+            The store is closed.
+        """
+        if "published_at" not in frame.columns:
+            raise ValueError("price history: published_at column missing (when each row was published)")
+        published = frame["published_at"]
+        if not isinstance(published.dtype, pd.DatetimeTZDtype):
+            raise ValueError(f"price history: published_at must be tz-aware datetime64, got {published.dtype}")
+        if published.isna().any():
+            raise ValueError(f"price history: published_at has missing values "
+                             f"(first at row {int(published.isna().to_numpy().argmax())})")
+        from hashflex.frames import KEY_COLUMNS, PRICE_COLUMNS
+
+        ordered = frame.sort_values([*KEY_COLUMNS, "published_at"], kind="stable")
+        repeated = ordered.duplicated([*KEY_COLUMNS, "published_at"])
+        if repeated.any():
+            row = ordered[repeated].iloc[0]
+            raise ValueError(f"price history: duplicate (interval_start, settlement_point, market, published_at): "
+                             f"{row['interval_start']} {row['settlement_point']} {row['market']} "
+                             f"{row['published_at']}")
+        # Revisions (a key again, published later) are allowed, as in separate put_price_frame calls;
+        # the contract is checked on the newest revision of each key.
+        newest = ordered.drop_duplicates(list(KEY_COLUMNS), keep="last")
+        check_price_frame(newest[list(PRICE_COLUMNS)].reset_index(drop=True))
+        if len(newest) < len(ordered):  # the older revisions: their values too
+            older = ordered[ordered.duplicated(list(KEY_COLUMNS), keep="last")]
+            check_price_frame(older.drop_duplicates(list(KEY_COLUMNS))[list(PRICE_COLUMNS)].reset_index(drop=True))
+            if older.duplicated(list(KEY_COLUMNS)).any():
+                for _, block in older.groupby("published_at"):
+                    check_price_frame(block[list(PRICE_COLUMNS)].reset_index(drop=True))
+        published_us = (ordered["published_at"].astype("int64") // _unit_per_us(ordered["published_at"])).tolist()
+        received = ([to_us(received_at)] * len(ordered) if received_at is not None else published_us)
+        starts = (ordered["interval_start"].astype("int64") // _unit_per_us(ordered["interval_start"])).tolist()
+        ends = (ordered["interval_end"].astype("int64") // _unit_per_us(ordered["interval_end"])).tolist()
+        rows = zip(ordered["settlement_point"].tolist(), ordered["market"].tolist(), starts, ends,
+                   ordered["price_usd_mwh"].tolist(), published_us, received, strict=True)
+        for row in rows:
+            self._enqueue(("price", row))
+        return len(ordered)
+
     def put_rejection(self, rejection: Rejection, *, received_at: datetime | None = None) -> None:
         """Enqueue a rejected inbound message (aggregated per topic and reason, with a count).
 
