@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import json
+
 import pytest
 
 from hashflex.control.dispatch import Setpoint, dispatch, plan_dispatch
@@ -133,6 +135,23 @@ def test_fleet_records_starts_stops_hours_and_round_trips() -> None:
     assert again.miners == state.miners
     # Next tick, the same counts: nothing changes.
     assert modes(dispatch({("new", "eco"): 1}, again, NOW + 15 * MIN, 60)) == modes(sps)
+
+
+def test_saved_fleet_is_columnar_and_the_older_row_form_still_loads() -> None:
+    """Issue 18: the commitment state is saved after every batch, so it is one column per field, not a
+    dict per miner; a state saved by an older version (rows) restores to the same fleet."""
+    state = fleet(old_1={"mode": "eco"}, new_2={"healthy": False, "available": False})
+    state.apply_setpoints(dispatch({("old", "eco"): 0, ("new", "eco"): 1}, state, NOW, 60), NOW)
+    state.accrue_run_hours(0.5)
+    saved = json.loads(json.dumps(state.to_dict()))
+    assert saved["format"] == 2 and "miners" not in saved
+    assert saved["columns"]["miner_id"] == list(state.miners)
+    assert FleetState.from_dict(saved, PROFILE).miners == state.miners
+    rows = [dict(zip(saved["columns"], values)) for values in zip(*saved["columns"].values())]
+    assert FleetState.from_dict({"miners": rows}, PROFILE).miners == state.miners
+    broken = {"format": 2, "columns": dict(saved["columns"], mode=saved["columns"]["mode"][:-1])}
+    with pytest.raises(ValueError, match="unequal length"):
+        FleetState.from_dict(broken, PROFILE)
 
 
 def test_first_row_counts_from_a_schedule() -> None:

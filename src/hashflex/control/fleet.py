@@ -18,7 +18,6 @@ Public API
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -76,6 +75,10 @@ class FleetState:
             if miner.mode != SLEEP and miner.mode not in {m.name for m in group.modes}:
                 raise ValueError(f"miner {miner.miner_id!r}: group {group.id!r} has no mode {miner.mode!r}")
             self.miners[miner.miner_id] = miner
+        # Miners are fixed at construction: each group's list once, not a scan of the fleet per group.
+        self._by_group: dict[str, list[Miner]] = {g: [] for g in self.groups}
+        for miner in self.miners.values():
+            self._by_group[miner.group_id].append(miner)
 
     @classmethod
     def from_profile(cls, profile: SiteProfile) -> FleetState:
@@ -87,8 +90,8 @@ class FleetState:
         return len(self.miners)
 
     def in_group(self, group_id: str) -> list[Miner]:
-        """The miners of ``group_id``, in insertion order."""
-        return [m for m in self.miners.values() if m.group_id == group_id]
+        """The miners of ``group_id``, in insertion order (an unknown group has none)."""
+        return list(self._by_group.get(group_id, ()))
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Units per (group, mode) now, running modes only."""
@@ -138,23 +141,62 @@ class FleetState:
     # ------------------------------------------------------------------ persistence
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (``Store.set_meta``): timestamps as ISO strings."""
-        rows = []
-        for miner in self.miners.values():
-            row = dataclasses.asdict(miner)
-            for key in ("last_start", "last_stop"):
-                row[key] = row[key].isoformat() if row[key] is not None else None
-            rows.append(row)
-        return {"miners": rows}
+        """JSON-ready (``Store.set_meta``): one column per field (issue 18: saved after every batch, so
+        no object per miner), timestamps as ISO strings. `from_dict` also reads the older
+        ``{"miners": [row, ...]}`` form."""
+        iso: dict[datetime, str] = {}  # a batch stamps thousands of miners with one datetime
+
+        def stamp(moment: datetime | None) -> str | None:
+            if moment is None:
+                return None
+            text = iso.get(moment)
+            if text is None:
+                text = iso[moment] = moment.isoformat()
+            return text
+
+        miners = list(self.miners.values())
+        return {"format": 2, "columns": {
+            "miner_id": [m.miner_id for m in miners],
+            "group_id": [m.group_id for m in miners],
+            "mode": [m.mode for m in miners],
+            "healthy": [m.healthy for m in miners],
+            "available": [m.available for m in miners],
+            "last_start": [stamp(m.last_start) for m in miners],
+            "last_stop": [stamp(m.last_stop) for m in miners],
+            "run_hours": [m.run_hours for m in miners],
+        }}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], profile: SiteProfile) -> FleetState:
-        """The fleet saved by `to_dict`, checked against ``profile``'s groups (ValueError as the constructor)."""
+        """The fleet saved by `to_dict` (either form), checked against ``profile``'s groups.
+
+        Raises
+        ------
+        ValueError
+            As the constructor (duplicate id, unknown group or mode), or columns of unequal length.
+        KeyError
+            A field missing from the saved state.
+        """
+        if "columns" in data:
+            columns = data["columns"]
+            n = len(columns["miner_id"])
+            if any(len(values) != n for values in columns.values()):
+                raise ValueError("saved fleet: columns of unequal length")
+            rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+        else:
+            rows = data["miners"]
+        parsed: dict[str, datetime] = {}
         miners = []
-        for row in data["miners"]:
+        for row in rows:
             values = dict(row)
             for key in ("last_start", "last_stop"):
-                values[key] = datetime.fromisoformat(values[key]) if values.get(key) else None
+                text = values.get(key)
+                if text:
+                    if text not in parsed:
+                        parsed[text] = datetime.fromisoformat(text)
+                    values[key] = parsed[text]
+                else:
+                    values[key] = None
             miners.append(Miner(**values))
         return cls(miners, profile.miner_groups)
 
@@ -213,11 +255,16 @@ class FleetArrays:
     def from_fleet(cls, fleet: FleetState) -> FleetArrays:
         """Columns from a per-miner `FleetState` (O(miners) once; the hot path then stays in arrays)."""
         out = {}
-        by_group: dict[str, list[Miner]] = {g: [] for g in fleet.groups}
-        for miner in fleet.miners.values():
-            by_group[miner.group_id].append(miner)
+        stamps: dict[datetime | None, int] = {}  # a batch stamps thousands of miners with one datetime
+
+        def us(moment: datetime | None) -> int:
+            value = stamps.get(moment)
+            if value is None:
+                value = stamps[moment] = time_us(moment)
+            return value
+
         for group_id, group in fleet.groups.items():
-            miners = sorted(by_group[group_id], key=lambda m: m.miner_id)
+            miners = sorted(fleet.in_group(group_id), key=lambda m: m.miner_id)
             index = {m.name: i for i, m in enumerate(group.modes)}
             out[group_id] = GroupArrays(
                 group=group,
@@ -225,8 +272,8 @@ class FleetArrays:
                 mode=np.array([index.get(m.mode, -1) for m in miners], dtype=np.int16),
                 healthy=np.array([m.healthy for m in miners], dtype=bool),
                 available=np.array([m.available for m in miners], dtype=bool),
-                last_start_us=np.array([time_us(m.last_start) for m in miners], dtype=np.int64),
-                last_stop_us=np.array([time_us(m.last_stop) for m in miners], dtype=np.int64),
+                last_start_us=np.array([us(m.last_start) for m in miners], dtype=np.int64),
+                last_stop_us=np.array([us(m.last_stop) for m in miners], dtype=np.int64),
                 run_hours=np.array([m.run_hours for m in miners], dtype=float),
             )
         return cls(out)

@@ -380,15 +380,20 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
 
     def _availability(self, periods: int) -> dict[str, np.ndarray]:
         stopped = self._health_stopped()
-        return {g.id: np.full(periods, sum(1 for m in self.fleet.in_group(g.id)
-                                           if m.available and m.miner_id not in stopped), dtype=int)
-                for g in self.profile.miner_groups}
+        usable = dict.fromkeys((g.id for g in self.profile.miner_groups), 0)
+        for miner in self.fleet.miners.values():
+            if miner.available and miner.miner_id not in stopped and miner.group_id in usable:
+                usable[miner.group_id] += 1
+        return {group_id: np.full(periods, n, dtype=int) for group_id, n in usable.items()}
 
     def _dispatch(self, batch: list[Setpoint], now: datetime) -> Future:
         """Queue a full-fleet batch for the driver (call with the lock held). The fleet records it as
         intent now, so the next decision starts from it; a miner whose setpoint fails is reverted
         when the results come back. Returns the future of the driver's results."""
-        before = {sp.miner_id: dataclasses.replace(self.fleet.miners[sp.miner_id]) for sp in batch}
+        # Only a miner whose mode this batch changes can need reverting (issue 18: no copy per miner).
+        miners = self.fleet.miners
+        before = {sp.miner_id: (m.mode, m.last_start, m.last_stop)
+                  for sp in batch if (m := miners[sp.miner_id]).mode != sp.mode}
         self.fleet.apply_setpoints(batch, now)
         self._save_commitment()
         return self._sender.submit((batch, now, before), self._after_send)
@@ -433,8 +438,7 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
                 miner = self.fleet.miners.get(miner_id)
                 # Revert only if nothing newer was queued for this miner since (intent unchanged).
                 if miner is not None and miner.mode == intended.get(miner_id) and miner_id in before:
-                    old = before[miner_id]
-                    miner.mode, miner.last_start, miner.last_stop = old.mode, old.last_start, old.last_stop
+                    miner.mode, miner.last_start, miner.last_stop = before[miner_id]
                     reverted = True
             if reverted:
                 self._save_commitment()
