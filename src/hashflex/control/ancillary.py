@@ -8,6 +8,15 @@ A **deployment** (``in/as/deploy``) is a limit: from ``issued_at`` the site's im
 within 30), held until it is recalled or the product's sustain duration has passed. A deployment
 binds like a DR event: it is an import limit in the book with source label ``AS:<product>:<id>``.
 
+An **amendment** is a deployment message with the id of one in force and a higher ``revision`` (MQTT
+``in/as/deploy``; over OpenADR 3 the event's ``modificationDateTime``, see
+:mod:`hashflex.openadr.ancillary`): the MW to shed change, measured from the same baseline (the load
+when the deployment was first instructed); more MW get the product's deadline from the amendment's
+time, fewer MW raise the limit at once; the end (recall or sustain duration) is unchanged. The rule
+for revisions is the DR book's for modification numbers (:meth:`hashflex.control.dr.DRBook.apply`):
+the same revision is a repeat, a lower one is stale; both are refused with the reason (a stale one is
+counted, ``as_stale``), and an ended deployment is not revived.
+
 Who may send them: the QSE named in ``profile.ancillary.issuer``; only products the profile
 qualifies. A deployment is accepted even above the award in force (shedding is always safe; the
 ack says so), never for a product the site is not qualified for.
@@ -15,7 +24,7 @@ ack says so), never for a product the site is not qualified for.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,7 +32,10 @@ from hashflex.frames import in_force
 from hashflex.messages import ASAwardMessage, ASDeployMessage
 from hashflex.profile import AS_PRODUCT_RULES, SiteProfile
 
-__all__ = ["ASDeployment", "as_source", "award_refusal", "deploy_refusal", "deployment_from"]
+__all__ = ["STALE", "ASDeployment", "amended_deployment", "amendment_refusal", "as_source", "award_refusal",
+           "deploy_refusal", "deployment_from", "revision_refusal"]
+
+STALE = "(stale)"  # the end of a refusal for an older revision (counted by the loop as ``as_stale``)
 
 
 def as_source(product: str, deployment_id: str) -> str:
@@ -71,6 +83,15 @@ class ASDeployment:
         ``issued_at`` + the product's deployment time: the limit must be met by then.
     end : datetime
         The recall, or ``issued_at`` + the product's sustain duration.
+    revision : int
+        The revision in force (0: as first deployed; higher: amended).
+    amended_at : datetime or None
+        When the revision in force was instructed (None: never amended).
+    via : str or None
+        The path it came by (``"openadr"`` for the VEN; None: MQTT or any other), so the VEN
+        reconciles after a restart only what it sent.
+    recalled : bool
+        Ended by a recall (``end`` is the recall's time) rather than by its sustain duration.
     """
 
     deployment_id: str
@@ -82,6 +103,10 @@ class ASDeployment:
     limit_kw: float
     deadline: datetime
     end: datetime
+    revision: int = 0
+    amended_at: datetime | None = None
+    via: str | None = None
+    recalled: bool = False
 
     @property
     def source(self) -> str:
@@ -89,7 +114,15 @@ class ASDeployment:
         return as_source(self.product, self.deployment_id)
 
     def in_force(self, start: datetime, end: datetime | None = None) -> bool:
-        """In force at ``start`` or at any moment of ``[start, end)`` (:func:`hashflex.frames.in_force`)."""
+        """In force at ``start`` or at any moment of ``[start, end)`` (:func:`hashflex.frames.in_force`).
+
+        A recalled deployment binds an interval only if it lasted to the interval's end: the
+        interval in which it was recalled is free again (as a cancelled DR event binds none), so
+        the plan does not keep the site curtailed for the rest of the interval after a recall; at a
+        moment it binds until the recall.
+        """
+        if self.recalled and end is not None and end > start:
+            return self.issued_at < end and self.end >= end
         return in_force(self.issued_at, self.end, start, end)
 
     def to_json(self) -> dict[str, Any]:
@@ -97,7 +130,9 @@ class ASDeployment:
         return {"deployment_id": self.deployment_id, "product": self.product, "issuer": self.issuer,
                 "issued_at": self.issued_at.isoformat(), "deployed_kw": self.deployed_kw,
                 "baseline_kw": self.baseline_kw, "limit_kw": self.limit_kw,
-                "deadline": self.deadline.isoformat(), "end": self.end.isoformat()}
+                "deadline": self.deadline.isoformat(), "end": self.end.isoformat(), "revision": self.revision,
+                "amended_at": None if self.amended_at is None else self.amended_at.isoformat(), "via": self.via,
+                "recalled": self.recalled}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ASDeployment:
@@ -106,7 +141,8 @@ class ASDeployment:
         Parameters
         ----------
         data : dict
-            Every field of :meth:`to_json`.
+            Every field of :meth:`to_json` (``revision``, ``amended_at`` and ``via`` may be absent:
+            a book written before amendments).
 
         Returns
         -------
@@ -120,9 +156,12 @@ class ASDeployment:
         ValueError
             If a time is not ISO 8601 or a kW value is not a number.
         """
+        amended_at = data.get("amended_at")
         return cls(data["deployment_id"], data["product"], data["issuer"], datetime.fromisoformat(data["issued_at"]),
                    float(data["deployed_kw"]), float(data["baseline_kw"]), float(data["limit_kw"]),
-                   datetime.fromisoformat(data["deadline"]), datetime.fromisoformat(data["end"]))
+                   datetime.fromisoformat(data["deadline"]), datetime.fromisoformat(data["end"]),
+                   int(data.get("revision", 0)), None if amended_at is None else datetime.fromisoformat(amended_at),
+                   data.get("via"), bool(data.get("recalled", False)))
 
 
 def _issuer_refusal(profile: SiteProfile, issuer: str, product: str) -> str | None:
@@ -169,9 +208,92 @@ def award_refusal(profile: SiteProfile, msg: ASAwardMessage, held: dict[str, Any
         return f"reserve_kw: {msg.reserve_kw:.0f} kW is more than the {qualified_kw:.0f} kW qualified for {msg.product}"
     if msg.end <= now:
         return f"end: {msg.end.isoformat()} has already passed"
-    if held is not None and msg.revision <= int(held["revision"]):
-        return f"revision: {msg.revision} is not newer than the revision {held['revision']} held"
+    if held is not None:
+        return revision_refusal(msg.revision, int(held["revision"]))
     return None
+
+
+def revision_refusal(revision: int, held_revision: int) -> str | None:
+    """Why a message under an id already held is refused by its revision, or None when it is newer.
+
+    The DR book's rule for modification numbers (:meth:`hashflex.control.dr.DRBook.apply`): the
+    same number is a repeat (a redelivery with other content, or a sender that forgot to count),
+    a lower one is stale (an older version arriving late: a QoS 1 redelivery after a newer one,
+    an OpenADR notification overtaken by a poll).
+
+    Parameters
+    ----------
+    revision : int
+        The incoming message's revision.
+    held_revision : int
+        The revision in force.
+
+    Returns
+    -------
+    str or None
+        ``"revision: ..."``; a stale one ends with :data:`STALE`.
+    """
+    if revision == held_revision:
+        return f"revision: {revision} is the revision held; a change needs a higher revision"
+    if revision < held_revision:
+        return f"revision: {revision} is older than the revision {held_revision} held {STALE}"
+    return None
+
+
+def amendment_refusal(held: ASDeployment, msg: ASDeployMessage, now: datetime) -> str | None:
+    """Why an amendment of the deployment ``held`` is refused, or None.
+
+    Parameters
+    ----------
+    held : ASDeployment
+        The deployment in the book under ``msg.deployment_id``.
+    msg : ASDeployMessage
+        The amendment (not a recall).
+    now : datetime
+        The decision time, timezone-aware.
+
+    Returns
+    -------
+    str or None
+        Naming the field: ``revision`` (:func:`revision_refusal`), ``product`` (not the deployment's),
+        ``deployment_id`` (already ended: recalled or past its sustain duration).
+    """
+    reason = revision_refusal(msg.revision, held.revision)
+    if reason is not None:
+        return reason
+    if msg.product != held.product:
+        return f"product: {msg.product} differs from the deployment's {held.product}"
+    if held.end <= now or held.recalled:
+        return (f"deployment_id: {msg.deployment_id!r} ended at {held.end.isoformat()}"
+                f"{' (recalled)' if held.recalled else ''}; a new deployment needs a new id")
+    return None
+
+
+def amended_deployment(held: ASDeployment, msg: ASDeployMessage) -> ASDeployment:
+    """The deployment ``held`` as amended by ``msg`` (accepted by :func:`amendment_refusal`).
+
+    Parameters
+    ----------
+    held : ASDeployment
+        The deployment in force.
+    msg : ASDeployMessage
+        The amendment: ``deployed_kw`` (the new obligation), ``revision``, ``issued_at`` (when the
+        amendment was instructed).
+
+    Returns
+    -------
+    ASDeployment
+        Same id, product, first instruction time, baseline and end; ``deployed_kw`` and the limit
+        max(baseline_kw − deployed_kw, 0) from the amendment; the deadline is the product's from
+        the amendment's time when it asks more MW, the one held when it asks fewer (sources of the
+        deadlines: :data:`hashflex.profile.AS_PRODUCT_RULES`).
+    """
+    at = max(msg.issued_at, held.issued_at)
+    deadline = held.deadline
+    if msg.deployed_kw > held.deployed_kw:
+        deadline = at + timedelta(seconds=float(AS_PRODUCT_RULES[held.product]["deadline_s"]))
+    return replace(held, deployed_kw=float(msg.deployed_kw), limit_kw=max(held.baseline_kw - float(msg.deployed_kw), 0.0),
+                   deadline=deadline, revision=msg.revision, amended_at=at)
 
 
 def deploy_refusal(profile: SiteProfile, msg: ASDeployMessage) -> str | None:
@@ -194,7 +316,7 @@ def deploy_refusal(profile: SiteProfile, msg: ASDeployMessage) -> str | None:
     return _issuer_refusal(profile, msg.issuer, msg.product)
 
 
-def deployment_from(msg: ASDeployMessage, baseline_kw: float) -> ASDeployment:
+def deployment_from(msg: ASDeployMessage, baseline_kw: float, via: str | None = None) -> ASDeployment:
     """The deployment a (not recalled) message sets, from the modelled import ``baseline_kw`` now.
 
     Parameters
@@ -203,6 +325,8 @@ def deployment_from(msg: ASDeployMessage, baseline_kw: float) -> ASDeployment:
         An accepted deployment (not a recall).
     baseline_kw : float
         The site's modelled import when it arrived, kW (the import net of on-site renewables).
+    via : str, optional
+        The path it came by (``"openadr"``); kept with the deployment.
 
     Returns
     -------
@@ -216,5 +340,5 @@ def deployment_from(msg: ASDeployMessage, baseline_kw: float) -> ASDeployment:
         deployed_kw=float(msg.deployed_kw), baseline_kw=float(baseline_kw),
         limit_kw=max(float(baseline_kw) - float(msg.deployed_kw), 0.0),
         deadline=msg.issued_at + timedelta(seconds=float(rules["deadline_s"])),
-        end=msg.issued_at + timedelta(hours=float(rules["sustain_h"])),
+        end=msg.issued_at + timedelta(hours=float(rules["sustain_h"])), revision=msg.revision, via=via,
     )

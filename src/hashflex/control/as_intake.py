@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hashflex.control.ancillary import STALE
 from hashflex.control.guard import Guard
 from hashflex.control.limits import STORE_UNAVAILABLE, Hold, LimitsBook
 from hashflex.plausibility import PlausibilityContext, check_plausible
@@ -30,12 +31,39 @@ log = logging.getLogger(__name__)
 
 
 def deployment_performance(message: ASDeployMessage, baseline_kw: float, limit_kw: float, commanded_kw: float,
-                           now: datetime, deadline: datetime | None) -> dict[str, Any]:
-    """What one AS deployment asked and what the fast path commanded (issue 15): obligation
-    (deployed kW), delivered = baseline − commanded import, shortfall = what the commanded import is
-    still over the limit (load that cannot be shed: idle draw, auxiliaries), time to command."""
+                           now: datetime, deadline: datetime | None, amended_from_kw: float | None = None
+                           ) -> dict[str, Any]:
+    """What one AS deployment asked and what the fast path commanded (issue 15).
+
+    Parameters
+    ----------
+    message : ASDeployMessage
+        The deployment, or its amendment (``revision`` > 0: then ``issued_at`` is the amendment's
+        time, from which the response to it is measured).
+    baseline_kw : float
+        The modelled import when the deployment was first instructed, kW.
+    limit_kw : float
+        The import limit in force (baseline − obligation), kW.
+    commanded_kw : float
+        The modelled import after the fast path's cut, kW.
+    now : datetime
+        When the cut was commanded.
+    deadline : datetime or None
+        By when the limit must be met (None: at ``issued_at``).
+    amended_from_kw : float, optional
+        The obligation before this amendment, kW (None: not an amendment).
+
+    Returns
+    -------
+    dict
+        obligation (deployed kW), delivered = baseline − commanded import, shortfall = what the
+        commanded import is still over the limit (load that cannot be shed: idle draw,
+        auxiliaries), time to command; the ``measured_*`` keys are filled by
+        :meth:`AncillaryIntakeMixin.measure_as_deployments`.
+    """
     delivered = max(baseline_kw - commanded_kw, 0.0)
-    return {"deployment_id": message.deployment_id, "product": message.product,
+    return {"deployment_id": message.deployment_id, "product": message.product, "revision": message.revision,
+            "amended_from_kw": amended_from_kw,
             "issued_at": message.issued_at.isoformat(),
             "deadline": (deadline or message.issued_at).isoformat(),
             "obligation_kw": float(message.deployed_kw), "baseline_kw": baseline_kw, "limit_kw": limit_kw,
@@ -70,9 +98,12 @@ class AncillaryIntakeMixin:
         return {"as_award_kw": obligations, "as_price_usd_mw_h": prices}
 
     def _decide_commit_ack(self, message: ASAwardMessage | ASDeployMessage, now: datetime,
-                           decide: Callable[[], tuple[LimitsBook, ASAckMessage]]) -> tuple[ASAckMessage, bool]:
+                           decide: Callable[[], tuple[LimitsBook, ASAckMessage]], note: str | None = None
+                           ) -> tuple[ASAckMessage, bool]:
         """decide → commit → ack, as :meth:`handle_dr`: ``accepted`` only once committed; a redelivery
-        gets its first answer again. Returns (ack, whether it is new and accepted). Call with the lock."""
+        gets its first answer again. Returns (ack, whether it is new and accepted). Call with the lock.
+        A stale revision is counted (``as_stale``); ``note`` (why the sender sent it) goes into the
+        audit record with the message and the ack."""
         repeat = self.book.answered_as(message)
         if repeat is not None:
             self.counters["as_duplicates"] = self.counters.get("as_duplicates", 0) + 1
@@ -89,9 +120,13 @@ class AncillaryIntakeMixin:
             self.book.adopt(trial)
         counter = "as_accepted" if ack.status == "accepted" else "as_rejected"
         self.counters[counter] = self.counters.get(counter, 0) + 1
+        if ack.status != "accepted" and (ack.reason or "").endswith(STALE):
+            self.counters["as_stale"] = self.counters.get("as_stale", 0) + 1
+            log.warning("AS %s %s refused: %s", message.kind, message.key, ack.reason)
         self._publish("out/as/ack", ack.model_dump(mode="json"))
         self._record(message.kind, lambda: {"message": message.model_dump(mode="json"),
-                                            "ack": ack.model_dump(mode="json")}, now)
+                                            "ack": ack.model_dump(mode="json"), **({"note": note} if note else {})},
+                     now)
         return ack, ack.status == "accepted"
 
     def _implausible(self, message: Any, now: datetime) -> str | None:
@@ -121,50 +156,110 @@ class AncillaryIntakeMixin:
         self._publish("out/as/ack", ack.model_dump(mode="json"))
         return ack
 
-    def handle_as_award(self, message: ASAwardMessage, now: datetime) -> ASAckMessage:
+    def handle_as_award(self, message: ASAwardMessage, now: datetime, *, via: str | None = None,
+                        note: str | None = None) -> ASAckMessage:
         """An AS award from the QSE: decide, commit, acknowledge on ``out/as/ack``, re-plan so the
-        plan holds the awarded reserve as a minimum running load."""
+        plan holds the awarded reserve as a minimum running load.
+
+        Parameters
+        ----------
+        message : ASAwardMessage
+            The award (or its change, or its withdrawal: ``reserve_kw`` 0).
+        now : datetime
+            The decision time, UTC.
+        via : str, optional
+            The path it came by (``"openadr"``; None: MQTT), kept with the award in the book.
+        note : str, optional
+            Why it was sent (e.g. the OpenADR event was deleted), into the audit record.
+
+        Returns
+        -------
+        ASAckMessage
+            Accepted only once committed; a redelivery gets its first answer.
+        """
         refused = self._refuse_as(message, "as_award", message.award_id, now)
         if refused is not None:
             return refused
         with self._lock:
-            ack, fresh = self._decide_commit_ack(message, now, lambda: self.book.decide_as_award(message, now))
+            ack, fresh = self._decide_commit_ack(message, now, lambda: self.book.decide_as_award(message, now, via),
+                                                 note)
         if fresh:
             self.request_replan(f"AS award {message.award_id}")
         return ack
 
-    def handle_as_deploy(self, message: ASDeployMessage, now: datetime) -> ASAckMessage:
+    def handle_as_deploy(self, message: ASDeployMessage, now: datetime, *, via: str | None = None,
+                         note: str | None = None) -> ASAckMessage:
         """An AS deployment: an import limit of (modelled import now − deployed_kw) in the book,
         committed, acknowledged, and cut at once by the fast path (every product: RRS must be, and
         acting now meets any later deadline). What the cut achieves is measured against the
         obligation (:attr:`as_performance`: shortfall when the cut cannot reach the limit); a
-        store failure holds the cut anyway (when in doubt, curtail) while the ack says rejected."""
+        store failure holds the cut anyway (when in doubt, curtail) while the ack says rejected.
+
+        The same id with a higher ``revision`` amends it (measured from the first baseline, against
+        the amended obligation from the amendment's time; :mod:`hashflex.control.ancillary`); a
+        recall ends it (its performance record says when and why).
+
+        Parameters
+        ----------
+        message : ASDeployMessage
+            The deployment, its amendment or its recall.
+        now : datetime
+            The decision time, UTC.
+        via : str, optional
+            The path it came by (``"openadr"``; None: MQTT), kept with the deployment in the book.
+        note : str, optional
+            Why it was sent (e.g. the OpenADR event was deleted), into the audit record (and, for a
+            recall, into the performance record as ``end_reason``).
+
+        Returns
+        -------
+        ASAckMessage
+            Accepted only once committed (with the import limit, kW, and deadline); a redelivery
+            gets its first answer.
+        """
         refused = self._refuse_as(message, "as_deploy", message.deployment_id, now)
         if refused is not None:
             return refused
         with self._lock:
+            held = self.book.as_deployments.get(message.deployment_id)  # an amendment's deployment in force
             batch = self.fleet.as_setpoints(now, self.expiry_s)
             renewable_kw = self.measurements.renewable_kw or 0.0  # the import, as the cut models it
             baseline_kw = self.guard.net_import_kw(batch, self.measurements.auxiliary_kw, renewable_kw)
             ack, fresh = self._decide_commit_ack(
-                message, now, lambda: self.book.decide_as_deploy(message, baseline_kw, now))
+                message, now, lambda: self.book.decide_as_deploy(message, baseline_kw, now, via), note)
             if message.recalled:
-                pass
+                if fresh:
+                    self._deployment_ended(message, now, note or "recalled")
             elif fresh or (ack.status == "rejected" and (ack.reason or "").startswith(STORE_UNAVAILABLE)):
+                if held is not None and held.end > now:
+                    baseline_kw = held.baseline_kw  # an amendment: the obligation counts from the first load
                 limit = max(baseline_kw - message.deployed_kw, 0.0)
                 if not fresh:  # accepted but not durable: hold the cut in memory all the same
                     sustain = timedelta(hours=float(AS_PRODUCT_RULES[message.product]["sustain_h"]))
-                    self.book.holds[f"AS:{message.deployment_id}"] = Hold(
-                        f"AS:{message.deployment_id}", limit, message.issued_at, message.issued_at + sustain)
+                    end = held.end if held is not None and held.end > now else message.issued_at + sustain
+                    key = f"AS:{message.deployment_id}"
+                    previous = self.book.holds.get(key)
+                    if previous is None or limit < previous.limit_kw:  # a hold only ever tightens
+                        self.book.holds[key] = Hold(key, limit, message.issued_at, end)
                 self._cut_to_limit_now(now, f"AS {message.product} deployment {message.deployment_id}")
                 after = self.guard.net_import_kw(self.fleet.as_setpoints(now, self.expiry_s),
                                                  self.measurements.auxiliary_kw, renewable_kw)
                 self.as_performance[message.deployment_id] = deployment_performance(
-                    message, baseline_kw, limit, after, now, ack.deadline)
+                    message, baseline_kw, limit, after, now, ack.deadline,
+                    held.deployed_kw if held is not None and held.end > now else None)
                 self._record("as_performance", lambda: dict(self.as_performance[message.deployment_id]), now)
         if fresh:
             self.request_replan(f"AS deployment {message.deployment_id}")
         return ack
+
+    def _deployment_ended(self, recall: ASDeployMessage, now: datetime, reason: str) -> None:
+        """A recall was accepted: its performance record says when and why it ended (audited)."""
+        performance = self.as_performance.get(recall.deployment_id)
+        if performance is None:
+            return
+        performance["ended_at"] = recall.issued_at.isoformat()
+        performance["end_reason"] = reason
+        self._record("as_performance", lambda: dict(performance), now)
 
     def measure_as_deployments(self, import_kw: float, measured_at: datetime) -> None:
         """A measured site import (meter, or telemetry summed): the first reading at or under a

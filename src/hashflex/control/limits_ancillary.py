@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from hashflex.control.ancillary import (
+    amended_deployment,
+    amendment_refusal,
     award_refusal,
     deploy_refusal,
     deployment_from,
@@ -71,7 +73,8 @@ class AncillaryBookMixin:
         held = self.answers.get(self.as_key(msg))
         return None if held is None else ASAckMessage.model_validate(held)
 
-    def decide_as_award(self, msg: ASAwardMessage, now: datetime) -> tuple[LimitsBook, ASAckMessage]:
+    def decide_as_award(self, msg: ASAwardMessage, now: datetime, via: str | None = None
+                        ) -> tuple[LimitsBook, ASAckMessage]:
         """Decide an award on a copy (see :meth:`decide_dr`); refusals: ``ancillary.award_refusal``.
 
         Parameters
@@ -80,6 +83,8 @@ class AncillaryBookMixin:
             The award (``reserve_kw`` of a product over ``[start, end)``).
         now : datetime
             The decision time, timezone-aware.
+        via : str, optional
+            The path it came by (``"openadr"``), stored with the award under the key ``via``.
 
         Returns
         -------
@@ -91,7 +96,7 @@ class AncillaryBookMixin:
         trial = self.copy()
         reason = award_refusal(self.profile, msg, self.as_awards.get(msg.award_id), now)
         if reason is None:
-            trial.as_awards[msg.award_id] = msg.model_dump(mode="json")
+            trial.as_awards[msg.award_id] = {**msg.model_dump(mode="json"), **({"via": via} if via else {})}
             reason = f"accepted: {msg.product} {msg.reserve_kw:.0f} kW {msg.start.isoformat()}–{msg.end.isoformat()}"
         ack = ASAckMessage(message_id=msg.award_id, kind="as_award",
                            status="accepted" if reason.startswith("accepted") else "rejected", reason=reason,
@@ -99,13 +104,17 @@ class AncillaryBookMixin:
         trial._remember(self.as_key(msg), ack.model_dump(mode="json"))
         return trial, ack
 
-    def decide_as_deploy(self, msg: ASDeployMessage, baseline_kw: float, now: datetime
+    def decide_as_deploy(self, msg: ASDeployMessage, baseline_kw: float, now: datetime, via: str | None = None
                          ) -> tuple[LimitsBook, ASAckMessage]:
-        """Decide a deployment (or its recall) on a copy. ``baseline_kw``: the site's modelled import
-        now; the deployment's limit is baseline − deployed_kw, by the product's deadline.
+        """Decide a deployment (or its recall, or its amendment) on a copy. ``baseline_kw``: the
+        site's modelled import now; the deployment's limit is baseline − deployed_kw, by the
+        product's deadline.
 
         A recall ends the held deployment at the recall's ``issued_at``; a deployment id seen before
-        is refused; one above the award in force is accepted and the ack says so (shedding is safe).
+        is an amendment, accepted with a higher revision while the deployment is in force
+        (:func:`~hashflex.control.ancillary.amendment_refusal`, measured from the first baseline:
+        :func:`~hashflex.control.ancillary.amended_deployment`); one above the award in force is
+        accepted and the ack says so (shedding is safe).
 
         Parameters
         ----------
@@ -115,11 +124,14 @@ class AncillaryBookMixin:
             The site's modelled import now, kW (net of on-site renewables).
         now : datetime
             The decision time, timezone-aware.
+        via : str, optional
+            The path it came by (``"openadr"``), kept with a new deployment.
 
         Returns
         -------
         trial : LimitsBook
-            The copy with the deployment stored or ended (if accepted) and the answer remembered.
+            The copy with the deployment stored, amended or ended (if accepted) and the answer
+            remembered.
         ack : ASAckMessage
             The answer (``kind`` ``as_deploy``), with the import limit (kW) and deadline when a
             deployment was accepted.
@@ -131,19 +143,31 @@ class AncillaryBookMixin:
             held = trial.as_deployments.get(msg.deployment_id)
             if held is None:
                 reason = f"deployment_id: no deployment {msg.deployment_id!r} to recall"
-            else:
-                trial.as_deployments[msg.deployment_id] = dataclasses.replace(held, end=max(msg.issued_at, held.issued_at))
+            elif held.recalled:
+                reason = f"deployment_id: {msg.deployment_id!r} was already recalled at {held.end.isoformat()}"
+            else:  # a recall ends it, never prolongs it
+                trial.as_deployments[msg.deployment_id] = dataclasses.replace(
+                    held, end=min(held.end, max(msg.issued_at, held.issued_at)), recalled=True)
                 reason = f"accepted: {held.product} deployment recalled at {msg.issued_at.isoformat()}"
         elif reason is None:
-            if msg.deployment_id in trial.as_deployments:
-                reason = f"deployment_id: {msg.deployment_id!r} was already deployed"
+            held = trial.as_deployments.get(msg.deployment_id)
+            if held is not None:
+                reason = amendment_refusal(held, msg, now)
+                if reason is None:
+                    deployment = amended_deployment(held, msg)
+                    trial.as_deployments[msg.deployment_id] = deployment
+                    reason = (f"accepted: {msg.product} amended to revision {msg.revision}: shed "
+                              f"{msg.deployed_kw:.0f} kW (was {held.deployed_kw:.0f}) from {held.baseline_kw:.0f} kW "
+                              f"to {deployment.limit_kw:.0f} kW by {deployment.deadline.isoformat()}")
             else:
-                deployment = deployment_from(msg, baseline_kw)
+                deployment = deployment_from(msg, baseline_kw, via)
                 trial.as_deployments[msg.deployment_id] = deployment
-                awarded = sum(v for v in trial.reserve_awards_at(msg.issued_at).get(msg.product, {}).values())
-                note = "" if msg.deployed_kw <= awarded + 1e-6 else f" (more than the {awarded:.0f} kW awarded)"
                 reason = (f"accepted: {msg.product} shed {msg.deployed_kw:.0f} kW from {baseline_kw:.0f} kW to "
-                          f"{deployment.limit_kw:.0f} kW by {deployment.deadline.isoformat()}{note}")
+                          f"{deployment.limit_kw:.0f} kW by {deployment.deadline.isoformat()}")
+            if deployment is not None:
+                awarded = sum(v for v in trial.reserve_awards_at(msg.issued_at).get(msg.product, {}).values())
+                if msg.deployed_kw > awarded + 1e-6:
+                    reason += f" (more than the {awarded:.0f} kW awarded)"
         ack = ASAckMessage(message_id=msg.deployment_id, kind="as_deploy",
                            status="accepted" if reason.startswith("accepted") else "rejected", reason=reason,
                            acked_at=now, import_limit_kw=None if deployment is None else deployment.limit_kw,

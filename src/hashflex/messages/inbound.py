@@ -358,10 +358,12 @@ class ASAwardMessage(_Inbound):
 class ASDeployMessage(_Inbound):
     """An ancillary service deployment (``in/as/deploy``, issue 15): shed ``deployed_kw`` of
     ``product`` from the load at ``issued_at`` within the product's deadline, until ``recalled``
-    (a later message with the same id) or the product's sustain duration has passed."""
+    (a later message with the same id) or the product's sustain duration has passed. A later
+    message with the same id and a higher ``revision`` amends the MW (issued_at: the amendment's time)."""
 
     kind: ClassVar[str] = "as_deploy"
     deployment_id: Identifier
+    revision: int = Field(default=0, ge=0, lt=2**31)
     product: AsProduct
     issued_at: UtcDatetime
     deployed_kw: float = Field(ge=0, le=1e7)
@@ -380,8 +382,8 @@ class ASDeployMessage(_Inbound):
 
     @property
     def identity(self) -> tuple[Any, ...]:
-        """Duplicates: same deployment id and recall flag (the deployment and its recall are distinct)."""
-        return (self.kind, self.deployment_id, self.recalled)
+        """Duplicates: same deployment id, revision and recall flag (an amendment and a recall are distinct)."""
+        return (self.kind, self.deployment_id, self.revision, self.recalled)
 
 
 INBOUND_MODELS: dict[str, type[_Inbound]] = {
