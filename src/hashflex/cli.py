@@ -128,7 +128,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_daemon(profile, store_path=args.store, profile_path=args.profile if Path(args.profile).exists() else None, mqtt_host=args.mqtt_host, mqtt_port=args.mqtt_port,
                http_host=args.http_host, http_port=args.http_port,
                username=os.environ.get("HASHFLEX_MQTT_USERNAME"), password=os.environ.get("HASHFLEX_MQTT_PASSWORD"),
-               tls_ca_file=os.environ.get("HASHFLEX_MQTT_TLS_CA"), time_limit_s=args.time_limit)
+               tls_ca_file=os.environ.get("HASHFLEX_MQTT_TLS_CA"), time_limit_s=args.time_limit,
+               price_model=args.price_model)
     return 0
 
 
@@ -222,10 +223,13 @@ def _simulate_with_site(profile, args: argparse.Namespace, site) -> int:
         Path(store_path).unlink(missing_ok=True)
     if site is not None:
         site.intervals = intervals
+    from hashflex.control.daemon import price_model_for
+
+    model = price_model_for(profile, args.price_model, prices=prices)  # the daemon's, over the recorded prices
     with SolveRunner(time_limit_s=args.time_limit) as solver:  # the daemon's deadline and fallback
         result = run_simulation(profile, prices, pd.Timestamp(start), intervals, dr_events=events,
                                 time_limit_s=args.time_limit, store_path=store_path, solver=solver,
-                                observer=site)
+                                observer=site, price_forecaster=model)
     frame = result.intervals
     local = frame.index.tz_convert(profile.tz)
     hourly = frame.groupby(local.floor("h")).agg(
@@ -371,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="(simulate) run on the wall clock (speed 1) and keep serving the dashboard after the run")
     run.add_argument("--no-serve", dest="serve", action="store_false",
                      help="(simulate) no dashboard: run, print the summary, exit")
+    run.add_argument("--price-model", choices=("auto", "learned", "rules"),
+                     default=os.environ.get("HASHFLEX_PRICE_MODEL", "auto"),
+                     help="price forecast: the learned model once it has two days of stored price history, fitted "
+                          "daily in the background (auto: when scikit-learn is installed; learned: required), or "
+                          "the rules alone (rules); default $HASHFLEX_PRICE_MODEL or auto")
     run.add_argument("--store", default=os.environ.get("HASHFLEX_STORE", "hashflex.db"), help="SQLite store path")
     run.add_argument("--mqtt-host", default=os.environ.get("HASHFLEX_MQTT_HOST", "127.0.0.1"))
     run.add_argument("--mqtt-port", type=int, default=int(os.environ.get("HASHFLEX_MQTT_PORT", "1883")))

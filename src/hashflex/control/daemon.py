@@ -17,7 +17,13 @@ Degraded modes (each visible in ``/status`` and ``/healthz``):
   first solve;
 - store unavailable (disk full, I/O error): DR and limits messages are answered
   ``rejected: store_unavailable``, a more restrictive limit is held in memory anyway, and /healthz
-  answers 503 naming the cause until a commit succeeds again.
+  answers 503 naming the cause until a commit succeeds again;
+- learned price model (issue 14; ``--price-model``, :func:`price_model_for`): fitted in a background thread
+  on the prices the store holds (only those published by the fit's time), daily after the DAM publishes;
+  until it has a fit (two days of real-time history), when its fit is too old, and on any model error the
+  rules plan (DA, yesterday, the scarcity floor). ``/status`` says which (``forecast_source``, and
+  ``price_model`` with the reason), the stored schedule records it, and ``/metrics`` counts fits, failed fits
+  and failed predictions (``hashflex_events_total{counter="price_model_..."}``).
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ from hashflex.forecast import store_forecaster
 from hashflex.store import Store
 
 log = logging.getLogger(__name__)
+
+PRICE_MODEL_MODES = ("auto", "learned", "rules")
+"""``--price-model``: ``auto`` (the learned model when scikit-learn is installed, else the rules, said in the
+log and /status), ``learned`` (refuse to start without scikit-learn), ``rules`` (the rules alone)."""
 
 
 class MqttPublisher:
@@ -138,6 +148,82 @@ def load_control_state(store: Store, profile: SiteProfile) -> tuple[LimitsBook, 
     return book, fleet
 
 
+def price_model_for(profile: SiteProfile, mode: str = "auto", *, store: Store | None = None,
+                    prices: Any = None, background: bool = True) -> Any:
+    """The learned price model of ``hashflex run`` (over its store) or ``run --simulate`` (over the recorded
+    prices, each from its publication time): :class:`hashflex.price_model.OnlinePriceModel`, or None when the
+    rules alone plan.
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        The site (settlement point and time zone).
+    mode : str, default "auto"
+        One of :data:`PRICE_MODEL_MODES`.
+    store : Store, optional
+        The daemon's store: the model fits on the prices it holds, each as of its ``published_at``.
+    prices : pandas.DataFrame, optional
+        Instead of a store: recorded prices (canonical frame, optional ``published_at``; default ERCOT's
+        publication times), as ``run --simulate`` replays them.
+    background : bool, default True
+        Fit in a background thread (False: inside the tick that finds a fit due; tests).
+
+    Returns
+    -------
+    OnlinePriceModel or None
+        None for ``rules``, and for ``auto`` without scikit-learn (a warning is logged).
+
+    Raises
+    ------
+    ValueError
+        ``mode`` is not one of :data:`PRICE_MODEL_MODES` (named ``price_model``), or neither ``store`` nor
+        ``prices`` is given.
+    ImportError
+        ``learned`` without scikit-learn (``pip install 'hashflex[forecast]'``).
+    """
+    if mode not in PRICE_MODEL_MODES:
+        raise ValueError(f"price_model {mode!r}: expected one of {', '.join(PRICE_MODEL_MODES)}")
+    if mode == "rules":
+        return None
+    if (store is None) == (prices is None):
+        raise ValueError("price_model_for: give exactly one of store, prices")
+    try:
+        from hashflex.price_model import OnlinePriceModel, recorded_price_history, store_price_history
+
+        point = profile.site.settlement_point
+        history = store_price_history(store, point) if store is not None else recorded_price_history(prices)
+        return OnlinePriceModel(history, point, profile.site.timezone, background=background)
+    except ImportError as exc:
+        if mode == "learned":
+            raise
+        log.warning("learned price model off (%s): the forecast rules plan", exc)
+        return None
+
+
+def with_price_model(status: dict[str, Any], model: Any) -> dict[str, Any]:
+    """The daemon's status with the price model's part: ``forecast_source`` (``learned`` or ``rules``, of the
+    last tick), ``price_model`` (its state and the reason, None without a model) and its counters among the
+    status counters (``/metrics``: ``hashflex_events_total{counter="price_model_failures"}`` and the others).
+
+    Parameters
+    ----------
+    status : dict
+        The status document (``counters``, ...).
+    model : OnlinePriceModel or None
+        From :func:`price_model_for`.
+
+    Returns
+    -------
+    dict
+        A copy of ``status`` with the three added; with no model the source is ``rules``.
+    """
+    if model is None:
+        return {**status, "forecast_source": "rules", "price_model": None}
+    state = model.status()
+    return {**status, "forecast_source": state["forecast_source"], "price_model": state,
+            "counters": {**status.get("counters", {}), **state["counters"]}}
+
+
 def _reload(loop: ControlLoop, profile_path: str) -> None:
     """SIGHUP: re-read the profile; an invalid file is refused with its errors, the old one stays."""
     from hashflex.profile import ProfileError, load_profile
@@ -203,7 +289,8 @@ def _start_meter(profile: SiteProfile, loop: ControlLoop) -> Any:
 def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | None = None, mqtt_host: str, mqtt_port: int,
                http_host: str = "127.0.0.1", http_port: int = DEFAULT_HTTP_PORT, driver: Any = None,
                username: str | None = None, password: str | None = None, tls_ca_file: str | None = None,
-               stop: threading.Event | None = None, time_limit_s: float = 20.0) -> None:
+               stop: threading.Event | None = None, time_limit_s: float = 20.0,
+               price_model: str = "auto") -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set).
 
     Wires the store, the limits book and commitment state of the last run (enforced through the fast
@@ -240,11 +327,16 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
     time_limit_s : float, default 20.0
         HiGHS's time limit per solve, s; the solve is killed at this + 10 s and the greedy fallback
         used (:class:`~hashflex.control.solver.SolveRunner`).
+    price_model : str, default "auto"
+        The learned price model (:data:`PRICE_MODEL_MODES`, :func:`price_model_for`); ``rules`` turns it off.
 
     Raises
     ------
     ValueError
-        If the profile's ``site_meter`` section is invalid (the message names the field).
+        If the profile's ``site_meter`` section is invalid (the message names the field), or
+        ``price_model`` is not a known mode.
+    ImportError
+        ``price_model="learned"`` without scikit-learn.
     OSError
         If the HTTP port cannot be bound.
     """
@@ -252,7 +344,10 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
 
     stop = stop or threading.Event()
     site = profile.site_id
+    if price_model not in PRICE_MODEL_MODES:  # before anything starts
+        raise ValueError(f"price_model {price_model!r}: expected one of {', '.join(PRICE_MODEL_MODES)}")
     store = Store(store_path)
+    model = price_model_for(profile, price_model, store=store)
     book, fleet = load_control_state(store, profile)
     if driver is None:
         driver = MqttDriver(site, mqtt_host, mqtt_port, username=username, password=password, tls_ca_file=tls_ca_file)
@@ -266,7 +361,7 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
         compute_driver = MqttComputeDriver(site, cap_limits(profile), mqtt_host, mqtt_port, username=username,
                                            password=password, tls_ca_file=tls_ca_file)
     recorder = AuditRecorder(store)
-    loop = ControlLoop(profile, forecaster=store_forecaster(profile, store), driver=driver, publisher=publisher,
+    loop = ControlLoop(profile, forecaster=store_forecaster(profile, store, price_forecaster=model), driver=driver, publisher=publisher,
                        store=store, book=book, fleet=fleet, solver=SolveRunner(time_limit_s=time_limit_s),
                        config=LoopConfig(solve_time_limit_s=time_limit_s, async_sends=True), recorder=recorder,
                        meter=IntervalMeter(), compute_driver=compute_driver)
@@ -287,7 +382,7 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
         document = {**loop.status(now), "inputs": ingest.stats(), "mqtt_connected": ingest.connected,
                     "input_rejections": ingest.rejection_stats(), "price_feed": feed_stats(),
                     "openadr": ven.status() if ven is not None else None}
-        return with_broker_health(document, ingest.connected)
+        return with_broker_health(with_price_model(document, model), ingest.connected)
 
     server = StatusServer(status, utc_now, http_host, http_port, loop=loop, ingest=ingest)  # dashboard + writes
     if threading.current_thread() is threading.main_thread():
@@ -318,6 +413,8 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
         if compute_driver is not None:
             compute_driver.close()
         loop.solver.close()
+        if model is not None:
+            model.close()
         recorder.flush()
         recorder.close()
         store.close()

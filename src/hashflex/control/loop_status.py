@@ -62,6 +62,8 @@ class LoopStatusMixin:
                 self._cut_to_limit_now(now, f"DR event {transition.event_id} started", event_id=transition.event_id)
 
     def _record_tick(self, report: TickReport, forecast: HorizonForecast) -> None:
+        # learned | rules (forecast.Forecast.forecast_source; issue 14): in /status and the stored schedule
+        self.forecast_source = getattr(forecast, "forecast_source", "rules")
         status = self.status(report.at)
         if self.publisher is not None:
             self.publisher.publish_json("out/status", status)
@@ -85,6 +87,7 @@ class LoopStatusMixin:
             first = report.schedule.frame.iloc[0]
             self.store.put_schedule({"status": report.schedule.status.value, "gap": report.schedule.info.gap,
                                      "trigger": report.trigger, "fallbacks": list(forecast.fallbacks),
+                                     "forecast_source": self.forecast_source,
                                      "stability": report.stability,
                                      "first_interval": {k: (None if isinstance(v, float) and not math.isfinite(v) else
                                                             (v.isoformat() if hasattr(v, "isoformat") else v))
@@ -284,6 +287,7 @@ class LoopStatusMixin:
                 "status": report.schedule.status.value, "gap": report.schedule.info.gap,
                 "seconds": report.solve_seconds, "trigger": report.trigger},
             "fallbacks_in_use": [] if report is None else list(report.fallbacks),
+            "forecast_source": getattr(self, "forecast_source", "rules"),
             "active_dr_events": active,
             "limits": limits,
             "units_running": sum(1 for m in self.fleet.miners.values() if m.running),

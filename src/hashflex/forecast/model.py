@@ -142,6 +142,7 @@ class FallbackCode(enum.StrEnum):
     PRICE_RT_STALE = "price_rt_stale"
     PRICE_SCARCITY = "price_scarcity"  # recent RT far above DA: planned at an upper quantile (risk-averse)
     PRICE_MODEL_UNTRAINED = "price_model_untrained"  # learned model lacks history: the rules alone
+    PRICE_MODEL_FAILED = "price_model_failed"  # learned model raised or gave no finite price: the rules alone
     RENEWABLE_NO_FORECAST = "renewable_no_forecast"
     RENEWABLE_SYNTHETIC = "renewable_synthetic"
     CARBON_NO_FEED = "carbon_no_feed"
@@ -214,6 +215,15 @@ class Forecast:
     noise_offset_db: dict[str, float | None]
     input_ages_s: dict[str, float | None]
     fallbacks: list[Fallback]
+
+    @property
+    def forecast_source(self) -> str:
+        """``learned`` when a learned price hook priced any interval of the horizon, else ``rules``.
+
+        What ``/status`` and the stored schedule state (``forecast_source``): the daemon plans on its
+        rules until the learned model (:mod:`hashflex.price_model`) has a fit, and on any model error.
+        """
+        return "learned" if any(s.startswith("learned") for s in self.price_source) else "rules"
 
     def to_problem(
         self,

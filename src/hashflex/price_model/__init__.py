@@ -48,9 +48,16 @@ returns no opinion (NaN) and lists ``PRICE_MODEL_UNTRAINED``; the forecast then 
 yesterday, the unknown-price cap). scikit-learn missing → :class:`ImportError` naming the extra
 (``pip install 'hashflex[forecast]'``) when the forecaster is built, never during a tick.
 
-The package is split along its seam: settings, loss, scarcity test and grid in
-:mod:`hashflex.price_model.config`, the forecaster in :mod:`hashflex.price_model.forecaster`;
-every name is importable from ``hashflex.price_model`` as before.
+In the daemon (``hashflex run`` and ``run --simulate``) :class:`OnlinePriceModel` wraps it: it (re)fits
+in a background thread on the price history the site has stored (only rows published by the fit's
+time; daily after the DAM publishes, :class:`RetrainSchedule`), so a tick never waits for training,
+predicts with the last fit over the tick's own snapshot, and answers "no opinion" (the rules plan)
+until a fit exists, when the fit is too old, and on any model error (counted).
+
+The package is split along its seams: settings, loss, scarcity test and grid in
+:mod:`hashflex.price_model.config`, the forecaster in :mod:`hashflex.price_model.forecaster`, the
+daemon's training schedule in :mod:`hashflex.price_model.online`; every name is importable from
+``hashflex.price_model`` as before.
 """
 
 from __future__ import annotations
@@ -64,7 +71,14 @@ from hashflex.price_model.config import (  # noqa: F401 - STEP importable as bef
     detect_scarcity,
     pinball_loss,
 )
-from hashflex.price_model.forecaster import LearnedPriceForecaster
+from hashflex.price_model.forecaster import FittedPriceModel, LearnedPriceForecaster
+from hashflex.price_model.online import (
+    OnlinePriceModel,
+    RetrainSchedule,
+    recorded_price_history,
+    store_price_history,
+)
 
-__all__ = ["FEATURES", "QUANTILES", "LearnedPriceForecaster", "PriceModelConfig", "ScarcityState",
-           "detect_scarcity", "pinball_loss"]
+__all__ = ["FEATURES", "QUANTILES", "FittedPriceModel", "LearnedPriceForecaster", "OnlinePriceModel",
+           "PriceModelConfig", "RetrainSchedule", "ScarcityState", "detect_scarcity", "pinball_loss",
+           "recorded_price_history", "store_price_history"]

@@ -6,6 +6,7 @@ Part of :mod:`hashflex.price_model` (which describes the model and re-exports ev
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,36 @@ from hashflex.price_model.config import (
     detect_scarcity,
 )
 
-__all__ = ["LearnedPriceForecaster"]
+__all__ = ["FittedPriceModel", "LearnedPriceForecaster"]
+
+
+@dataclass(frozen=True)
+class FittedPriceModel:
+    """The fitted part of a :class:`LearnedPriceForecaster`, to predict with over newer data without a refit.
+
+    The daemon fits in a background thread and hands the result to the tick
+    (:class:`hashflex.price_model.online.OnlinePriceModel`); a forecaster that adopts it
+    (:meth:`LearnedPriceForecaster.adopt`) answers only at decision times at or after ``trained_at``.
+
+    Attributes
+    ----------
+    models : dict[float, Any]
+        Quantile -> fitted scikit-learn regressor (read-only after the fit).
+    columns : numpy.ndarray
+        Indices into :data:`FEATURES` the models were fitted on.
+    trained_at : pandas.Timestamp
+        The decision time of the fit (UTC): nothing published after it was used.
+    config : PriceModelConfig
+        The settings it was fitted with.
+    labelled_days : float
+        Days of published RT history the fit saw.
+    """
+
+    models: dict[float, Any]
+    columns: np.ndarray
+    trained_at: pd.Timestamp
+    config: PriceModelConfig
+    labelled_days: float
 
 
 class LearnedPriceForecaster:
@@ -105,6 +135,8 @@ class LearnedPriceForecaster:
         self._trained_until_ns: int | None = None
         self.last_fallbacks: list[Fallback] = []
         self.last_scarcity: ScarcityState | None = None
+        self.last_error: Exception | None = None  # the model fault of the last call (None: none)
+        self.auto_fit = True  # False after adopt(): predict with the adopted fit, never refit here
         self.fits = 0
 
     # ------------------------------------------------------------------------------ features
@@ -233,9 +265,47 @@ class LearnedPriceForecaster:
         self.fits += 1
         return True
 
+    def fitted(self) -> FittedPriceModel | None:
+        """The current fit, to hand to another forecaster (:meth:`adopt`).
+
+        Returns
+        -------
+        FittedPriceModel or None
+            None before a successful :meth:`fit`.
+        """
+        if self._models is None or self._trained_at_ns is None:
+            return None
+        return FittedPriceModel(dict(self._models), self._columns.copy(), pd.Timestamp(self._trained_at_ns, tz="UTC"),
+                                self.config, self._labelled_days(self._trained_at_ns))
+
+    def adopt(self, fitted: FittedPriceModel) -> None:
+        """Predict with ``fitted`` from now on, and never refit (:attr:`auto_fit` becomes False).
+
+        The forecaster answers only at decision times at or after ``fitted.trained_at`` (an earlier
+        decision gets no opinion: the fit may have seen data published after it).
+
+        Parameters
+        ----------
+        fitted : FittedPriceModel
+            From :meth:`fitted` of a forecaster built with the same settings.
+
+        Raises
+        ------
+        ValueError
+            ``fitted`` was made with other settings (``config``).
+        """
+        if fitted.config != self.config:
+            raise ValueError("fitted: made with another PriceModelConfig than this forecaster's config")
+        self._models, self._columns = dict(fitted.models), np.asarray(fitted.columns)
+        self._trained_at_ns = int(fitted.trained_at.value)
+        self.auto_fit = False
+
     def _ensure_model(self, now_ns: int) -> bool:
         """Fit when never fitted or older than ``retrain_h``; never with data newer than ``now``. A
-        decision *before* the last fit (a test replaying an earlier time) refits as of that time."""
+        decision *before* the last fit (a test replaying an earlier time) refits as of that time.
+        With an adopted fit (``auto_fit`` False) nothing is fitted: the fit answers from its time on."""
+        if not self.auto_fit:
+            return self._models is not None and self._trained_at_ns is not None and now_ns >= self._trained_at_ns
         stale = (self._trained_at_ns is None or now_ns < self._trained_at_ns
                  or now_ns - self._trained_at_ns >= self.config.retrain_h * _H_NS)
         if stale:
@@ -323,10 +393,12 @@ class LearnedPriceForecaster:
         now_ns = int(now_ts.value)
         times = pd.DatetimeIndex(times)
         fallbacks: list[Fallback] = []
+        self.last_error = None
         try:
             q = self.quantiles(times, now_ts)
         except Exception as exc:  # noqa: BLE001 - a model fault must not stop the plan: the rules take over
             q = None
+            self.last_error = exc
             fallbacks.append(Fallback(FallbackCode.PRICE_MODEL_UNTRAINED,
                                       f"price: learned model failed ({type(exc).__name__}: {exc}); the rules alone"))
         state = self.scarcity(now_ts)

@@ -33,7 +33,7 @@ from hashflex.control.solver import SolveRunner
 from hashflex.drivers.pdu import POWERED_OFF
 from hashflex.drivers.base import Setpoint, SetpointResult, SetpointStatus
 from hashflex.feeds.ercot import publication_times
-from hashflex.forecast import RecordedForecaster
+from hashflex.forecast import PriceForecaster, RecordedForecaster
 from hashflex.frames import time_weighted_mean
 from hashflex.messages import DREventMessage, RenewableMessage
 from hashflex.profile import SiteProfile
@@ -162,7 +162,8 @@ class ReplayForecaster(RecordedForecaster):
     (:func:`clear_sky_solar_kw`), "measured" at every interval and visible to the forecast from
     then on, as a real site's meter readings are."""
 
-    def __init__(self, profile: SiteProfile, prices: pd.DataFrame, solar_kw: float = 0.0) -> None:
+    def __init__(self, profile: SiteProfile, prices: pd.DataFrame, solar_kw: float = 0.0,
+                 price_forecaster: PriceForecaster | None = None) -> None:  # the learned price model (issue 14), None: the rules
         self.solar_kw = solar_kw
         observations = None
         solar = [r for r in profile.renewables if r.kind == "solar"]
@@ -176,11 +177,11 @@ class ReplayForecaster(RecordedForecaster):
                 "source_id": r.id, "timestamp": times, "power_kw": clear_sky_solar_kw(times, profile, solar_kw)
                 * r.capacity_kw / total, "published_at": times}) for r in solar], ignore_index=True)
             observations = observations.sort_values("published_at", kind="stable").reset_index(drop=True)
-        super().__init__(profile, prices, observations)
+        super().__init__(profile, prices, observations, price_forecaster=price_forecaster)
 
     def update(self, prices: pd.DataFrame) -> None:
         """Take a new price frame (rebuild the recorded forecaster on it)."""
-        self.__init__(self.profile, prices, self.solar_kw)  # type: ignore[misc]
+        self.__init__(self.profile, prices, self.solar_kw, self.price_forecaster)  # type: ignore[misc]
 
 
 def clear_sky_solar_kw(index: pd.DatetimeIndex, profile: SiteProfile, capacity_kw: float) -> np.ndarray:
@@ -231,22 +232,36 @@ class SimulatedFleet:
     def apply(self, batch: list[Setpoint]) -> list[SetpointResult]:
         """Apply every setpoint at once; one APPLIED result per setpoint, in order."""
         others = []
+        index_get, names_of, pdu_groups = self._index.get, self._names, self._pdu_groups
+        modes, expires = self._mode, self._expires_us
+        expiry_us: dict[datetime, int] = {}  # a batch shares a few expiry times: convert each once (issue 18)
         for sp in batch:
-            at = self._index.get(sp.miner_id)
-            names = self._names.get(at[0]) if at is not None else None
-            off = sp.mode == POWERED_OFF and at is not None and at[0] in self._pdu_groups
-            if at is None or (sp.mode != SLEEP and not off and sp.mode not in names):
-                if at is not None:  # a mode the group lacks: held aside, as the per-miner fleet held it
-                    self._mode[at[0]][at[1]] = -1
+            at = index_get(sp.miner_id)
+            if at is None:
                 others.append(sp)
                 continue
             group_id, i = at
-            # -2: outlet open at the PDU (issue 17): no draw; a later setpoint (sleep or a mode) closes it.
-            self._mode[group_id][i] = -2 if off else -1 if sp.mode == SLEEP else names[sp.mode]
-            self._expires_us[group_id][i] = time_us(sp.expires_at)
+            mode = sp.mode
+            if mode == SLEEP:
+                code = -1
+            elif mode == POWERED_OFF and group_id in pdu_groups:
+                code = -2  # outlet open at the PDU (issue 17): no draw; a later setpoint (sleep or a mode) closes it
+            else:
+                code = names_of[group_id].get(mode)
+                if code is None:  # a mode the group lacks: held aside, as the per-miner fleet held it
+                    modes[group_id][i] = -1
+                    others.append(sp)
+                    continue
+            modes[group_id][i] = code
+            when = sp.expires_at
+            us = expiry_us.get(when)
+            if us is None:
+                us = expiry_us[when] = time_us(when)
+            expires[group_id][i] = us
         if others:
             self._others.apply(others)
-        return [SetpointResult(sp.miner_id, SetpointStatus.APPLIED, "applied in the simulated fleet") for sp in batch]
+        applied, reason = SetpointStatus.APPLIED, "applied in the simulated fleet"
+        return [SetpointResult(sp.miner_id, applied, reason) for sp in batch]
 
     def apply_modes(self, modes: dict[str, np.ndarray], expires_at: datetime) -> None:
         """The array fast path (no setpoint objects): every miner of the groups in ``modes`` takes
@@ -391,16 +406,19 @@ def run_simulation(profile: SiteProfile, prices: pd.DataFrame, start: pd.Timesta
                    dr_events: Iterable[DREventMessage] = (), noise_bias_db: dict[str, float] | None = None,
                    seed: int = 0, time_limit_s: float = 20.0, store_path: str | None = None,
                    solver: SolveRunner | None = None,
-                   observer: SimulationObserver | None = None) -> SimulationResult:
+                   observer: SimulationObserver | None = None,
+                   price_forecaster: PriceForecaster | None = None) -> SimulationResult:
     """Drive the real control loop over ``intervals`` intervals of recorded prices. With
     ``store_path`` the run keeps a store and audit trail there, as a live site does, so
     ``hashflex report`` and ``hashflex audit verify`` work on it. ``solver``: the daemon's
     deadline-keeping runner (the CLI passes one); default an in-process solve without deadline.
     Choose ``start``/``intervals`` with :func:`simulation_window` so every interval has a price.
     ``observer`` (:class:`SimulationObserver`) sees the loop, every message and every interval
-    (``hashflex.sim.live.LiveSite`` serves the dashboard from it and paces the run)."""
+    (``hashflex.sim.live.LiveSite`` serves the dashboard from it and paces the run). ``price_forecaster``:
+    the forecast's price hook (``run --simulate`` passes the daemon's learned price model,
+    :class:`hashflex.price_model.OnlinePriceModel`); None: the rules alone."""
     solar_kw = sum(r.capacity_kw for r in profile.renewables if r.kind == "solar")
-    forecaster = ReplayForecaster(profile, prices, solar_kw=solar_kw)
+    forecaster = ReplayForecaster(profile, prices, solar_kw=solar_kw, price_forecaster=price_forecaster)
     fleet = SimulatedFleet(profile)
     store = Store(store_path) if store_path else None
     recorder = AuditRecorder(store) if store is not None else None
