@@ -5,7 +5,10 @@ from one tick to the next, which a site manager reads as a fault (EMHASS users r
 The rule: when the new plan's first interval differs from what runs now (the fleet as dispatched, fast-
 path cuts included; the loop passes it as ``previous``), value those counts for the first interval — with
 the new plan for every later interval — on the *new* problem (same prices, limits, caps, budgets), and
-keep them unless the new plan earns at least ``min_gain_usd`` more over the horizon. Measured with
+keep them unless the new plan earns at least the material gain more over the horizon: ``min_gain_usd``, or
+``min_gain_fraction`` of the whole fleet's gross revenue over the horizon, or ``min_gain_unit_intervals``
+intervals of gross revenue of each unit the change moves (a switching cost per unit), whichever is
+largest. Measured with
 ``optimization/benchmarks/plan_stability.py``; an earlier version compared with the previous *plan* for
 the interval and, on the noise-bound quiet_hollow site, re-raised units the noise fast path had cut
 (dispatched unit switches up 70 %).
@@ -26,7 +29,7 @@ import numpy as np
 from hashflex.optimize.problem import Problem
 from hashflex.optimize.schedule import Schedule, reserve_column, schedule_from_counts, unit_column
 
-__all__ = ["StabilityDecision", "full_fleet_revenue_usd", "hold_previous_counts"]
+__all__ = ["StabilityDecision", "full_fleet_revenue_usd", "hold_previous_counts", "moved_units_revenue_usd"]
 
 _EPS_KW = 1e-6
 _EPS_DB = 1e-6
@@ -43,6 +46,36 @@ def full_fleet_revenue_usd(problem: Problem) -> float:
         per_interval += np.asarray(group.units_available, dtype=float) * top_th_s / 1000.0
     hashprice = np.broadcast_to(np.asarray(problem.hashprice_usd_per_ph_day, dtype=float), (problem.T,))
     return float(np.sum(per_interval * hashprice * problem.duration_h / 24.0) * (1.0 - problem.pool_fee))
+
+
+def moved_units_revenue_usd(problem: Problem, new: dict[tuple[str, str], int],
+                            previous: dict[tuple[str, str], int]) -> float:
+    """Gross revenue of the units a change moves, for one interval (the first), $.
+
+    Σ_g Σ_m |new[g,m] − previous[g,m]| · max_m TH/s[g,m] / 1000 · hashprice[0] ($/PH/day) · duration_h[0] / 24
+    · (1 − fee): each unit switched on or off counts once, a unit changing mode twice (out of one mode, into
+    another), as the loop's ``plan_churn_units`` counter counts them.
+
+    Parameters
+    ----------
+    problem : Problem
+        The new problem (groups, hashprice, interval lengths).
+    new, previous : dict[tuple[str, str], int]
+        Units per (group id, mode) in the first interval; modes absent count 0.
+
+    Returns
+    -------
+    float
+        $ (>= 0).
+    """
+    hashprice = float(np.broadcast_to(np.asarray(problem.hashprice_usd_per_ph_day, dtype=float), (problem.T,))[0])
+    total = 0.0
+    for group in problem.groups:
+        top_th_s = max(mode.hashrate_th_s for mode in group.modes)
+        moved = sum(abs(int(new.get((group.id, m.name), 0)) - int(previous.get((group.id, m.name), 0)))
+                    for m in group.modes)
+        total += moved * top_th_s / 1000.0
+    return total * hashprice * float(problem.duration_h[0]) / 24.0 * (1.0 - problem.pool_fee)
 
 
 @dataclass(frozen=True)
@@ -69,8 +102,9 @@ class StabilityDecision:
 
 
 def hold_previous_counts(problem: Problem, schedule: Schedule, previous: dict[tuple[str, str], int] | None,
-                         min_gain_usd: float = 0.0, min_gain_fraction: float = 0.0) -> StabilityDecision:
-    """Keep what runs for the first interval unless the new plan gains ``min_gain_usd`` (or the fraction).
+                         min_gain_usd: float = 0.0, min_gain_fraction: float = 0.0,
+                         min_gain_unit_intervals: float = 0.0) -> StabilityDecision:
+    """Keep what runs for the first interval unless the new plan gains materially (the largest of the three).
 
     Parameters
     ----------
@@ -85,8 +119,11 @@ def hold_previous_counts(problem: Problem, schedule: Schedule, previous: dict[tu
         The material gain, $ over the horizon.
     min_gain_fraction : float
         Or, if larger, this fraction of what the whole fleet would earn over the horizon at its top modes
-        (`full_fleet_revenue_usd`: a scale of the site that does not depend on either plan). Both <= 0
-        turn the rule off.
+        (`full_fleet_revenue_usd`: a scale of the site that does not depend on either plan).
+    min_gain_unit_intervals : float
+        Or, if larger, this many intervals of gross revenue of each unit the change moves
+        (`moved_units_revenue_usd` × this): a switching cost per unit, so moving one unit needs a small gain
+        and moving the whole fleet a large one. All three <= 0 turn the rule off.
 
     Returns
     -------
@@ -94,7 +131,7 @@ def hold_previous_counts(problem: Problem, schedule: Schedule, previous: dict[tu
     """
     frame = schedule.frame
     new = {(g, m): int(frame[unit_column(g, m)].iloc[0]) for g, m in schedule.group_modes}
-    if previous is None or (min_gain_usd <= 0 and min_gain_fraction <= 0):
+    if previous is None or (min_gain_usd <= 0 and min_gain_fraction <= 0 and min_gain_unit_intervals <= 0):
         return StabilityDecision(new, False, float("nan"), "nothing to keep" if previous is None else "off")
     previous = {key: int(previous.get(key, 0)) for key in new}
     if previous == new:
@@ -126,7 +163,10 @@ def hold_previous_counts(problem: Problem, schedule: Schedule, previous: dict[tu
     if problem.carbon_budgets and alt["load_kw"] > row["load_kw"] + _EPS_KW:
         return StabilityDecision(new, False, float("nan"), "previous counts use more of a carbon budget")
     gain = float(schedule.frame["profit_usd"].sum() - alternative.frame["profit_usd"].sum())
-    min_gain_usd = max(min_gain_usd, min_gain_fraction * full_fleet_revenue_usd(problem))
+    if min_gain_fraction > 0:
+        min_gain_usd = max(min_gain_usd, min_gain_fraction * full_fleet_revenue_usd(problem))
+    if min_gain_unit_intervals > 0:
+        min_gain_usd = max(min_gain_usd, min_gain_unit_intervals * moved_units_revenue_usd(problem, new, previous))
     if gain >= min_gain_usd:
         return StabilityDecision(new, False, gain, f"re-plan gains ${gain:,.2f} (>= ${min_gain_usd:,.2f})")
     return StabilityDecision(previous, True, gain,
