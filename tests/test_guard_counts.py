@@ -141,3 +141,42 @@ def test_count_guard_by_hand() -> None:
     with pytest.raises(ValueError, match="negative"):
         count_guard.emergency_dr_cut({("old", "eco"): -1}, 33.0, Measurements(), NOW)
 
+
+
+class _NullDriver:
+    """Accepts every batch (the loop's fast path is under test, not a driver)."""
+
+    def apply(self, batch):
+        from hashflex.drivers.base import SetpointResult, SetpointStatus
+        return [SetpointResult(sp.miner_id, SetpointStatus.APPLIED, "ok") for sp in batch]
+
+
+def _no_forecast(now, start, periods):
+    raise AssertionError("the fast path must not forecast or solve")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=sites(), limit_kw=st.floats(0.0, 80.0), renewable_kw=st.sampled_from([None, 0.0, 30.0]))
+def test_the_loops_dr_fast_path_cuts_in_counts_as_the_per_miner_guard(case, limit_kw, renewable_kw) -> None:
+    """As wired (issue 18): `ControlLoop._emergency_cut` decides in counts and realises the moves;
+    the modes it sends are the per-miner guard's on the fleet's batch, miner for miner, and the
+    action names exactly the miners that changed."""
+    from hashflex.control.loop import ControlLoop
+
+    profile, fleet, counts = case
+    dispatched = plan_dispatch_arrays(counts, FleetArrays.from_fleet(fleet), NOW, EXPIRY_S)
+    fleet.apply_setpoints(dispatched.to_setpoints(FleetArrays.from_fleet(fleet), NOW, EXPIRY_S), NOW)
+    loop = ControlLoop(profile, forecaster=_no_forecast, driver=_NullDriver(), fleet=fleet)
+    if renewable_kw is not None:
+        loop.measurements = Measurements(at=NOW, renewable_kw=renewable_kw)
+    want = loop.guard.emergency_dr_cut(fleet.as_setpoints(NOW, loop.expiry_s), limit_kw, loop.measurements, now=NOW)
+    got = loop._emergency_cut(limit_kw, NOW)
+    assert got.changed == want.changed
+    assert _kinds(got.actions) == _kinds(want.actions)
+    if want.changed:
+        assert _modes_by_miner(got.batch) == _modes_by_miner(want.batch)
+        assert len(got.batch) == len(fleet)
+        assert all(sp.expires_at > NOW for sp in got.batch)
+        before = {m.miner_id: m.mode for m in fleet.miners.values()}
+        changed = {sp.miner_id for sp in got.batch if sp.mode != before[sp.miner_id]}
+        assert set(got.actions[0].miners) == changed == set(want.actions[0].miners)

@@ -23,7 +23,9 @@ from hashflex import audit as records
 from hashflex.acoustics import compared_level_dba
 from hashflex.control.compute_commands import shed_commands
 from hashflex.control.dr import DRDecision
-from hashflex.control.fleet import SLEEP
+from hashflex.control.dispatch import ArrayDispatch
+from hashflex.control.fleet import SLEEP, FleetArrays
+from hashflex.control.guard_counts import apply_moves
 from hashflex.health.reading import reading_from_telemetry
 from hashflex.control.guard import GuardAction, GuardResult, Measurements
 from hashflex.control.ladder import breakeven_ladder, under_water
@@ -204,14 +206,38 @@ class FastPathMixin:
         limit = min(imports.values(), default=math.inf)
         if not math.isfinite(limit):
             return
-        batch = self.fleet.as_setpoints(now, self.expiry_s)
-        result = self.guard.emergency_dr_cut(batch, limit, self.measurements, now=now)
+        result = self._emergency_cut(limit, now)
         if result.changed:
             self.counters["fast_path_actions"] += 1
             self._dispatch(result.batch, now)
             log.warning("%s: fast path cut load to %.0f kW: %s", why, limit, "; ".join(a.reason for a in result.actions))
             self._record_guard(result, now, event_id)
-        self._shed_compute_now(result.batch, limit, now, why, event_id)
+        if self.profile.compute is not None and self.compute_state is not None:
+            batch = result.batch if result.changed else self.fleet.as_setpoints(now, self.expiry_s)
+            self._shed_compute_now(batch, limit, now, why, event_id)
+
+    def _emergency_cut(self, limit_kw: float, now: datetime) -> GuardResult:
+        """The fleet cut to ``limit_kw`` (kW) now: `Guard.emergency_dr_cut` on the fleet's batch.
+
+        Issue 18: the cut is decided in counts (`CountGuard`, vector work over (group, mode)
+        classes, the same units as the per-miner guard: tests/test_guard_counts.py) and only the
+        result becomes setpoints; a batch is built only when something is cut. Sites with groups
+        the PDU can power off keep the per-miner guard (the count guard has no power-off stage).
+        Returns a `GuardResult` whose batch is the whole fleet (fresh expiry) when it changed,
+        empty otherwise."""
+        if any(getattr(g, "pdu_power_off", False) for g in self.profile.miner_groups):
+            return self.guard.emergency_dr_cut(self.fleet.as_setpoints(now, self.expiry_s), limit_kw,
+                                               self.measurements, now=now)
+        present = {g: len(self.fleet.in_group(g)) for g in self.fleet.groups}
+        cut = self.count_guard.emergency_dr_cut(self.fleet.counts(), limit_kw, self.measurements, now, present=present)
+        if not cut.changed:
+            return GuardResult([], [])
+        arrays = FleetArrays.from_fleet(self.fleet)
+        modes = apply_moves({g: a.mode for g, a in arrays.groups.items()}, arrays, cut.moves)
+        moved = tuple(miner_id for g, a in arrays.groups.items()
+                      for miner_id in a.miner_id[modes[g] != a.mode].tolist())
+        actions = [dataclasses.replace(a, miners=moved) if a.kind == "emergency_dr_cut" else a for a in cut.actions]
+        return GuardResult(ArrayDispatch(modes).to_setpoints(arrays, now, self.expiry_s), actions)
 
     def _shed_compute_now(self, batch: list, limit_kw: float, now: datetime, why: str,
                           event_id: str | None = None) -> None:

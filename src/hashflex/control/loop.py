@@ -45,6 +45,7 @@ from hashflex.control.dispatch import plan_dispatch_arrays
 from hashflex.control.dr import DRBook
 from hashflex.control.fastpath import FastPathMixin, _prices_unknown, _replace  # noqa: F401
 from hashflex.control.fleet import SLEEP, FleetArrays, FleetState
+from hashflex.control.guard_counts import CountGuard
 from hashflex.control.guard import Guard, GuardResult, Limits, Measurements
 from hashflex.control.limits import LimitsBook
 from hashflex.control.loop_compute import ComputeMixin
@@ -263,6 +264,7 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
         self.book = book or LimitsBook(profile, dr=dr_book or DRBook())
         self.solver = solver or SolveRunner(time_limit_s=config.solve_time_limit_s)
         self.guard = Guard(profile)
+        self.count_guard = CountGuard(self.guard)  # the fast path's cuts in counts (issue 18)
         self._plausibility = PlausibilityContext.from_profile(profile)
         # Miners that keep failing setpoints (or, with a verifying driver, do not follow them) are
         # marked unavailable, so the optimizer plans without them and /status names them.
