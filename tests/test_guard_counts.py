@@ -180,3 +180,25 @@ def test_the_loops_dr_fast_path_cuts_in_counts_as_the_per_miner_guard(case, limi
         before = {m.miner_id: m.mode for m in fleet.miners.values()}
         changed = {sp.miner_id for sp in got.batch if sp.mode != before[sp.miner_id]}
         assert set(got.actions[0].miners) == changed == set(want.actions[0].miners)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=sites(), limit_kw=st.floats(0.0, 80.0), offset_db=st.sampled_from([None, 0.0, 3.0]))
+def test_the_ticks_guard_checks_in_counts_as_the_per_miner_guard(case, limit_kw, offset_db) -> None:
+    """As wired in the tick (issue 18): `ControlLoop._guard_dispatched` checks the dispatched plan in
+    counts; its batch is the per-miner guard's on the dispatched setpoints, miner for miner, with the
+    same actions naming the same miners."""
+    from hashflex.control.loop import ControlLoop
+
+    profile, fleet, counts = case
+    arrays = FleetArrays.from_fleet(fleet)
+    dispatched = plan_dispatch_arrays(counts, arrays, NOW, EXPIRY_S)
+    loop = ControlLoop(profile, forecaster=_no_forecast, driver=_NullDriver(), fleet=fleet)
+    limits = Limits(import_limits_kw={"test": limit_kw}, noise_caps_dba={})
+    loop.limits_now = lambda now: limits
+    if offset_db is not None:
+        loop.measurements = Measurements(noise_offset_db={"house": offset_db})
+    want = loop.guard.check(dispatched.to_setpoints(arrays, NOW, loop.expiry_s), loop.measurements, limits, NOW)
+    got = loop._guard_dispatched(None, dispatched, arrays, NOW)
+    assert _modes_by_miner(got.batch) == _modes_by_miner(want.batch)
+    assert [(a.kind, set(a.miners)) for a in got.actions] == [(a.kind, set(a.miners)) for a in want.actions]

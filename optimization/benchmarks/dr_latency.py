@@ -69,7 +69,10 @@ class SetpointCounter:
         self.done = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-miners", protocol=mqtt.MQTTv5)
         ready = threading.Event()
-        self.client.on_connect = lambda c, u, f, rc, p: (c.subscribe(topics.setpoint("+"), qos=1), ready.set())
+        # Per-miner topics (the fallback) and the per-group messages the MQTT driver sends by default
+        # (issue 18: one message per group, each carrying its miners' setpoints).
+        self.client.on_connect = lambda c, u, f, rc, p: (
+            c.subscribe([(topics.setpoint("+"), 1), (f"{topics.prefix}out/setpoints/+", 1)]), ready.set())
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
@@ -83,9 +86,10 @@ class SetpointCounter:
     def _on_message(self, client, userdata, message) -> None:  # noqa: ANN001 - paho callback
         if self.mark is None:
             return
-        issued = datetime.fromisoformat(json.loads(message.payload)["issued_at"])
+        payload = json.loads(message.payload)
+        issued = datetime.fromisoformat(payload["issued_at"])
         if issued >= self.mark:
-            self.count += 1
+            self.count += len(payload["setpoints"]) if "setpoints" in payload else 1
             if self.count >= self.expected:
                 self.done_at = time.perf_counter()
                 self.done.set()

@@ -25,7 +25,7 @@ from hashflex.control.compute_commands import shed_commands
 from hashflex.control.dr import DRDecision
 from hashflex.control.dispatch import ArrayDispatch
 from hashflex.control.fleet import SLEEP, FleetArrays
-from hashflex.control.guard_counts import apply_moves
+from hashflex.control.guard_counts import realise
 from hashflex.health.reading import reading_from_telemetry
 from hashflex.control.guard import GuardAction, GuardResult, Measurements
 from hashflex.control.ladder import breakeven_ladder, under_water
@@ -233,10 +233,7 @@ class FastPathMixin:
         if not cut.changed:
             return GuardResult([], [])
         arrays = FleetArrays.from_fleet(self.fleet)
-        modes = apply_moves({g: a.mode for g, a in arrays.groups.items()}, arrays, cut.moves)
-        moved = tuple(miner_id for g, a in arrays.groups.items()
-                      for miner_id in a.miner_id[modes[g] != a.mode].tolist())
-        actions = [dataclasses.replace(a, miners=moved) if a.kind == "emergency_dr_cut" else a for a in cut.actions]
+        modes, actions = realise(cut, arrays, {g: a.mode for g, a in arrays.groups.items()})
         return GuardResult(ArrayDispatch(modes).to_setpoints(arrays, now, self.expiry_s), actions)
 
     def _shed_compute_now(self, batch: list, limit_kw: float, now: datetime, why: str,

@@ -24,6 +24,7 @@ one group with the same J/TH and sound power are ordered by mode here, by miner 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from hashflex import acoustics
 from hashflex.control.fleet import SLEEP, FleetArrays
 from hashflex.control.guard import _REL_EPS, Guard, GuardAction, Limits, Measurements
 
-__all__ = ["CountGuard", "CountResult", "Move", "apply_moves"]
+__all__ = ["CountGuard", "CountResult", "Move", "apply_moves", "realise"]
 
 Counts = Mapping[tuple[str, str], int]
 
@@ -59,11 +60,14 @@ class CountResult:
     counts : running units per (group id, mode name) after the cuts (modes with 0 units omitted)
     moves : the cuts in the order taken (apply them in this order, `apply_moves`)
     actions : what was done and why, as `Guard` reports it (``miners`` empty: see ``moves``)
+    spans : (action index, first move, end move): the moves each cutting action took
+        (`realise` names the miners they moved in that action)
     """
 
     counts: dict[tuple[str, str], int]
     moves: list[Move] = field(default_factory=list)
     actions: list[GuardAction] = field(default_factory=list)
+    spans: list[tuple[int, int, int]] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -115,10 +119,12 @@ class CountGuard:
         state = self._state(counts)
         actions: list[GuardAction] = []
         moves: list[Move] = []
+        spans: list[tuple[int, int, int]] = []
         limit_kw, source = self.guard.import_limit(limits)
         renewable_kw, note = self.guard._renewable(measurements, now)
         net = self.net_import_kw(state, measurements.auxiliary_kw, renewable_kw, present)
         if net > limit_kw * (1 + _REL_EPS):
+            spans.append((len(actions), len(moves), -1))
             self._cut_power(state, net - limit_kw, "import_curtail",
                             f"modelled import {net:.1f} kW (batch + idle + auxiliary − renewable "
                             f"{renewable_kw:.1f} kW{note}) is over the {source} limit {limit_kw:.1f} kW",
@@ -131,10 +137,11 @@ class CountGuard:
             offset = measurements.noise_offset_db.get(receptor.id)
             margin, why = ((receptor.model_margin_db, "model margin") if offset is None
                            else (max(offset, 0.0), "sensor offset"))
+            spans.append((len(actions), len(moves), -1))
             self._cut_noise(state, receptor.id, cap - margin,
                             f"cap {cap:.1f} dBA at {local:%a %H:%M} local, {why} {margin:.1f} dB",
                             "noise_step_down", actions, moves)
-        return CountResult(_running(state), moves, actions)
+        return CountResult(_running(state), moves, actions, _close(spans, actions, moves))
 
     def emergency_dr_cut(self, counts: Counts, limit_kw: float, measurements: Measurements, now: datetime, *,
                          present: Mapping[str, int] | None = None) -> CountResult:
@@ -145,13 +152,15 @@ class CountGuard:
         state = self._state(counts)
         actions: list[GuardAction] = []
         moves: list[Move] = []
+        spans: list[tuple[int, int, int]] = []
         renewable_kw, note = self.guard._renewable(measurements, now)
         net = self.net_import_kw(state, measurements.auxiliary_kw, renewable_kw, present)
         if net > limit_kw * (1 + _REL_EPS):
+            spans.append((len(actions), len(moves), -1))
             self._cut_power(state, net - limit_kw, "emergency_dr_cut",
                             f"emergency limit {limit_kw:.1f} kW; modelled import {net:.1f} kW "
                             f"(renewable {renewable_kw:.1f} kW{note})", actions, moves)
-        return CountResult(_running(state), moves, actions)
+        return CountResult(_running(state), moves, actions, _close(spans, actions, moves))
 
     def noise_exceedance_cut(self, receptor_id: str, measured_dba: float, cap_dba: float,
                              counts: Counts) -> CountResult:
@@ -292,6 +301,50 @@ class CountGuard:
             actions.append(GuardAction("limit_unreachable",
                                        f"receptor {receptor_id}: background alone is at or over the target "
                                        f"{target_dba:.1f} dBA; every contributing unit is asleep", ()))
+
+
+def _close(spans: list[tuple[int, int, int]], actions: list[GuardAction],
+           moves: list[Move]) -> list[tuple[int, int, int]]:
+    """Each opened span (action index, first move, -1) ended at the next one's first move (or the
+    last move); spans whose cut appended no action are dropped."""
+    out = []
+    for k, (action, first, _) in enumerate(spans):
+        end = spans[k + 1][1] if k + 1 < len(spans) else len(moves)
+        if action < len(actions):
+            out.append((action, first, end))
+    return out
+
+
+def realise(cut: CountResult, fleet: FleetArrays,
+            modes: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[GuardAction]]:
+    """The driver edge of a count cut with its audit: `apply_moves` span by span, each cutting
+    action naming the miners its moves changed (as the per-miner guard's actions do).
+
+    Parameters
+    ----------
+    cut : the count guard's result
+    fleet : the fleet the indices refer to
+    modes : group id -> [N] mode index per miner (-1 asleep) before the cut; not modified
+
+    Returns
+    -------
+    tuple
+        (group id -> [N] int16 mode indices after the cut, the actions with ``miners`` filled)
+
+    Raises
+    ------
+    ValueError
+        As `apply_moves`.
+    """
+    current = {g: np.asarray(v, dtype=np.int16) for g, v in modes.items()}
+    actions = list(cut.actions)
+    for action, first, end in cut.spans:
+        after = apply_moves(current, fleet, cut.moves[first:end])
+        moved = tuple(miner_id for g, arrays in fleet.groups.items()
+                      for miner_id in arrays.miner_id[after[g] != current[g]].tolist())
+        actions[action] = dataclasses.replace(actions[action], miners=moved)
+        current = after
+    return current, actions
 
 
 def _whole_units(remaining: float, removal: float) -> int:

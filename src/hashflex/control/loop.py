@@ -41,11 +41,11 @@ import pandas as pd
 
 from hashflex.control.as_intake import AncillaryIntakeMixin, deployment_performance  # noqa: F401 - re-exported
 from hashflex.control.compute_commands import ComputeState
-from hashflex.control.dispatch import plan_dispatch_arrays
+from hashflex.control.dispatch import ArrayDispatch, plan_dispatch_arrays
 from hashflex.control.dr import DRBook
 from hashflex.control.fastpath import FastPathMixin, _prices_unknown, _replace  # noqa: F401
 from hashflex.control.fleet import SLEEP, FleetArrays, FleetState
-from hashflex.control.guard_counts import CountGuard
+from hashflex.control.guard_counts import CountGuard, realise
 from hashflex.control.guard import Guard, GuardResult, Limits, Measurements
 from hashflex.control.limits import LimitsBook
 from hashflex.control.loop_compute import ComputeMixin
@@ -367,8 +367,7 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
                 arrays = FleetArrays.from_fleet(self.fleet)
                 score, hot = self._dispatch_hints(arrays)
                 dispatched = plan_dispatch_arrays(stable.counts, arrays, now, self.expiry_s, health_score=score, hot=hot)
-                setpoints = power_off_planned(schedule, dispatched.to_setpoints(arrays, now, self.expiry_s), self.fleet)
-                checked = self.guard.check(setpoints, self.measurements, self.limits_now(now), now)
+                checked = self._guard_dispatched(schedule, dispatched, arrays, now)
                 sent = self._dispatch(checked.batch, now)
             results = sent.result()  # outside the lock: the sender thread takes it to book the results
             with self._lock:
@@ -379,6 +378,24 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
                 self.counters["ticks"] += 1
             self._record_tick(report, forecast)
             return report
+
+    def _guard_dispatched(self, schedule: Schedule, dispatched: ArrayDispatch, arrays: FleetArrays,
+                          now: datetime) -> GuardResult:
+        """The guard's check of a dispatched plan, the batch that goes to the drivers.
+
+        Issue 18: the import and noise checks are decided in counts (`CountGuard`: vector work over
+        (group, mode) classes, the per-miner guard's units, tests/test_guard_counts.py) and the
+        setpoints are made once, after the cut. A site with groups the PDU can power off keeps the
+        per-miner guard on the batch (the plan's ``off`` units draw nothing, which the count guard
+        does not model)."""
+        limits = self.limits_now(now)
+        if any(getattr(g, "pdu_power_off", False) for g in self.profile.miner_groups):
+            setpoints = power_off_planned(schedule, dispatched.to_setpoints(arrays, now, self.expiry_s), self.fleet)
+            return self.guard.check(setpoints, self.measurements, limits, now)
+        present = {g: len(a.miner_id) for g, a in arrays.groups.items()}
+        cut = self.count_guard.check(dispatched.counts(arrays), self.measurements, limits, now, present=present)
+        modes, actions = realise(cut, arrays, dispatched.modes) if cut.changed else (dispatched.modes, [])
+        return GuardResult(ArrayDispatch(modes).to_setpoints(arrays, now, self.expiry_s), actions)
 
     def _availability(self, periods: int) -> dict[str, np.ndarray]:
         stopped = self._health_stopped()
