@@ -43,8 +43,11 @@ hashflex does not bend one of them into a meaning it does not have. Instead:
   (YAML 3.0.1 intervalPeriod: "A duration of default PT0S indicates instantaneous or infinity,
   depending on payloadType": a dispatch is a state). A finite interval end, a cancellation or a
   deletion recalls it; the product's sustain duration (``profile.AS_PRODUCT_RULES``) ends it in
-  any case. A sent deployment cannot be amended (the loop refuses a second deployment under the
-  same id): a changed MW or start is refused with that reason — the QSE recalls and deploys anew.
+  any case. A modified event (3.0.1 ``PUT /events/{eventID}``, "updateEvent"; the event object
+  has no modification counter, its ``modificationDateTime`` — "VTN provisioned on object
+  modification" — orders the versions) amends a sent deployment: the same id with a higher
+  ``revision`` and the new MW (:mod:`hashflex.openadr.ven_ancillary`); an older version is stale
+  and refused. A start moved once the deployment is in force changes nothing.
 - **Malformed**: an event that does not validate, whose program names no product, or whose AS
   payload has no usable units is refused as a whole with the reason; an interval with a bad value
   (not one non-negative number, an open-ended award) is refused alone (``rejected_intervals``).
@@ -146,13 +149,17 @@ class PlannedDeployment:
     end: datetime | None
     deployed_kw: float
 
-    def deploy_message(self, issuer: str) -> ASDeployMessage:
+    def deploy_message(self, issuer: str, revision: int = 0) -> ASDeployMessage:
         """The ``in/as/deploy`` message for this deployment, from ``issuer`` (the QSE).
 
         Parameters
         ----------
         issuer : str
             ``profile.ancillary.issuer``.
+        revision : int
+            The event version's number (``modificationDateTime``, see
+            :func:`hashflex.openadr.ven_events.event_version`): a later version amends under a
+            higher one.
 
         Returns
         -------
@@ -160,7 +167,7 @@ class PlannedDeployment:
             ``issued_at`` = ``start``.
         """
         return ASDeployMessage(deployment_id=self.deployment_id, product=self.product, issued_at=self.start,
-                               deployed_kw=self.deployed_kw, issuer=issuer)
+                               deployed_kw=self.deployed_kw, issuer=issuer, revision=revision)
 
     def same_terms(self, message: ASDeployMessage) -> bool:
         """True when ``message`` (sent before) deploys the same MW from the same start."""

@@ -18,6 +18,23 @@ Lifecycle, per event (isolated like DR events: one bad event never stops the oth
   the same terms is not sent again.
 - deployments are sent by :meth:`AncillaryMixin.dispatch_as` (every VEN tick) once their start has
   come, and recalled at their interval's end, on cancellation or deletion.
+- amendments: the VTN modifies an event (3.0.1 ``PUT /events/{eventID}``, a new
+  ``modificationDateTime``; OpenADR 3 has no modification counter on the event object, so the
+  version is ``modification_number(modificationDateTime)``, :func:`.ven_events.event_version`).
+  A deployment in force whose MW changed is sent again under its id with that number as its
+  ``revision``: the limits book amends it (``control.ancillary.amended_deployment``), the ack and
+  the audit record say so, and its performance is measured against the amended obligation. A new
+  end recalls it then; a start moved once it is in force changes nothing (the obligation started).
+- stale versions: a version whose ``modificationDateTime`` is older than the one held (a lagging
+  VTN replica or cache; a notification overtaken by a poll) changes nothing; it is refused with
+  the reason (``as_stale``), and what it would change is sent under its older revision so the
+  site refuses it as stale too (counted by the loop: ``hashflex_events_total{counter="as_stale"}``).
+- deletions: an event the VTN deletes (notification, or gone from a *complete* listing) withdraws
+  its awards and recalls its deployments, with the reason in the audit record; after a restart,
+  awards and deployments the limits book holds from this VEN (``via`` ``"openadr"``) for events
+  the first complete listing no longer has are withdrawn and recalled (:meth:`reconcile_as`),
+  while those still listed are adopted from the book (amended if the event changed while the VEN
+  was down, never deployed twice). A failed or partial poll deletes nothing.
 - what the site refuses (its ack) is counted (``as_refused``), kept in ``rejections`` and audited;
   the acks are kept in ``as_acks``. Reports asked in the event's ``reportDescriptors`` (the measured
   import over its intervals: the delivered response) follow the DR report path.
@@ -25,7 +42,6 @@ Lifecycle, per event (isolated like DR events: one bad event never stops the oth
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,12 +49,12 @@ from typing import Any
 
 from hashflex.messages import ASAckMessage, ASAwardMessage, ASDeployMessage
 from hashflex.openadr.ancillary import MappedASEvent, PlannedDeployment, map_as_event, recall_message
-from hashflex.openadr.mapping import ResolvedInterval, message_base, modification_number
+from hashflex.openadr.mapping import ResolvedInterval, message_base
+from hashflex.openadr.ven_events import EventVersion, event_version
 
 __all__ = ["AncillaryMixin"]
 
 log = logging.getLogger(__name__)
-_METADATA = ("id", "createdDateTime", "modificationDateTime", "objectType")
 
 
 @dataclass
@@ -48,13 +64,15 @@ class _ASTracked:
     raw: dict[str, Any]
     program_id: str
     fingerprint: str
-    number: int
+    number: int  # the version's revision (EventVersion.number)
     product: str | None = None
     intervals: list[ResolvedInterval] = field(default_factory=list)
     awards: dict[str, ASAwardMessage] = field(default_factory=dict)  # accepted, by award id
     planned: dict[str, PlannedDeployment] = field(default_factory=dict)  # what the event asks now
     deployed: dict[str, ASDeployMessage] = field(default_factory=dict)  # accepted and not recalled
     done: set[str] = field(default_factory=set)  # recalled, refused or over: never sent again
+    tried: dict[str, float] = field(default_factory=dict)  # amendments refused, by id: kW (not sent again)
+    end_reason: str | None = None  # why the event's deployments are recalled (deleted, no longer targeted)
 
 
 def as_programs(config: Any, loop: Any) -> tuple[frozenset[str], str | None]:
@@ -131,23 +149,23 @@ class AncillaryMixin:
             Messages sent to the loop (awards, withdrawals, deployments, recalls).
         """
         event_id, program_id = str(event["id"]), str(event["programID"])
-        fingerprint = json.dumps({k: v for k, v in event.items() if k not in _METADATA}, sort_keys=True)
         held = self._as_events.get(event_id)
-        if held is not None and held.fingerprint == fingerprint:
+        version = event_version(event, held)
+        if version is None:
             return 0
         self.counters["events_seen"] += 1
-        number = modification_number(event.get("modificationDateTime"))
-        if held is not None and number <= held.number:
-            number = held.number + 1
         assert self.issuer_as is not None  # as_programs() refused to start otherwise
         mapped = map_as_event(event, now, program=self.enrolment.programs.get(program_id), issuer=self.issuer_as,
-                              horizon=self.config.horizon, modification=number)
+                              horizon=self.config.horizon, modification=version.raw if version.stale else version.number)
+        if version.stale and held is not None:
+            return self._refuse_stale(event, held, version, mapped, now)
         if mapped.rejected is not None:
             self._reject("event", event_id, mapped.rejected, now)
             return 0  # a version held before stays in force
-        tracked = _ASTracked(dict(event), program_id, fingerprint, number, mapped.product)
+        tracked = _ASTracked(dict(event), program_id, version.fingerprint, version.number, mapped.product)
         if held is not None:
             tracked.awards, tracked.deployed, tracked.done = held.awards, held.deployed, held.done
+            tracked.tried = held.tried
         self._as_events[event_id] = tracked
         self._note_mapping(event_id, mapped, now)
         sent = self._apply_awards(tracked, mapped, now)
@@ -155,9 +173,53 @@ class AncillaryMixin:
         tracked.planned = {d.deployment_id: d for d in mapped.deployments}
         if mapped.cancelled:
             tracked.planned = {}
+            tracked.end_reason = f"OpenADR event {event_id} cancelled (UG 7.9)"
+        self._adopt_deployments(tracked, now)
         sent += self._dispatch(tracked, now, rejected=_interval_bases(event_id, mapped))
         self._plan_reports(event, mapped.intervals, now)
         return sent
+
+    def _refuse_stale(self, event: dict[str, Any], held: _ASTracked, version: EventVersion, mapped: MappedASEvent,
+                      now: datetime) -> int:
+        """An older version of an event held: refused (the version held stays in force). What it
+        would change is sent under its older revision, so the site refuses it as stale and counts it."""
+        event_id = str(event["id"])
+        self._reject("event", event_id, f"stale: modificationDateTime {event.get('modificationDateTime')!r} is older "
+                     f"than the version held ({held.raw.get('modificationDateTime')!r}); the version held stays in "
+                     "force", now, "as_stale")
+        if mapped.rejected is not None:
+            return 0
+        sent = 0
+        for plan in mapped.deployments:
+            message = held.deployed.get(plan.deployment_id)
+            if message is not None and abs(plan.deployed_kw - message.deployed_kw) > 1e-9:
+                older = message.model_copy(update={"revision": version.raw, "deployed_kw": plan.deployed_kw,
+                                                   "issued_at": now})
+                self.as_acks.append(self.loop.handle_as_deploy(older, now, via="openadr",
+                                                               note=f"OpenADR event {event_id}: stale version"))
+                sent += 1
+        for award in mapped.awards:
+            before = held.awards.get(award.award_id)
+            if before is not None and not _same_award(before, award):
+                self.as_acks.append(self.loop.handle_as_award(award, now, via="openadr",
+                                                              note=f"OpenADR event {event_id}: stale version"))
+                sent += 1
+        return sent
+
+    def _adopt_deployments(self, tracked: _ASTracked, now: datetime) -> None:
+        """Deployments the limits book already holds under a planned id (sent before a restart) are
+        tracked as sent: amended if their MW changed, recalled when they end, never deployed twice."""
+        book = getattr(getattr(self.loop, "book", None), "as_deployments", {})
+        for deployment_id in tracked.planned:
+            held = book.get(deployment_id)
+            if held is None or deployment_id in tracked.deployed or deployment_id in tracked.done:
+                continue
+            if held.recalled or held.end <= now:
+                tracked.done.add(deployment_id)  # over: nothing to send
+                continue
+            tracked.deployed[deployment_id] = ASDeployMessage(
+                deployment_id=deployment_id, revision=held.revision, product=held.product,
+                issued_at=held.amended_at or held.issued_at, deployed_kw=held.deployed_kw, issuer=held.issuer)
 
     def _note_mapping(self, event_id: str, mapped: MappedASEvent, now: datetime) -> None:
         for reason in mapped.unsupported:
@@ -186,17 +248,20 @@ class AncillaryMixin:
         for award_id, before in list(tracked.awards.items()):
             if award_id in wanted or award_id in refused or before.reserve_kw == 0 or before.end <= now:
                 continue  # an interval we could not read this time keeps what it asked before
+            note = tracked.end_reason or f"OpenADR event {tracked.raw.get('id')}: interval withdrawn"
             sent += self._send_award(tracked, before.model_copy(update={
-                "revision": before.revision + 1, "reserve_kw": 0.0, "price_usd_mw_h": None}), now)
+                "revision": before.revision + 1, "reserve_kw": 0.0, "price_usd_mw_h": None}), now, note)
         return sent
 
     def _award_in_book(self, award_id: str) -> ASAwardMessage | None:
         """The award the limits book holds under this id (sent before a restart), or None."""
         held = getattr(getattr(self.loop, "book", None), "as_awards", {}).get(award_id)
-        return ASAwardMessage.model_validate(held) if held is not None else None
+        if held is None:
+            return None
+        return ASAwardMessage.model_validate({k: v for k, v in held.items() if k != "via"})
 
-    def _send_award(self, tracked: _ASTracked, award: ASAwardMessage, now: datetime) -> int:
-        ack = self.loop.handle_as_award(award, now)
+    def _send_award(self, tracked: _ASTracked, award: ASAwardMessage, now: datetime, note: str | None = None) -> int:
+        ack = self.loop.handle_as_award(award, now, via="openadr", note=note)
         self._answered(ack, award.award_id, now)
         self.counters["as_awards"] += 1
         if ack is not None and ack.status == "accepted":
@@ -228,26 +293,27 @@ class AncillaryMixin:
     def _dispatch(self, tracked: _ASTracked, now: datetime, rejected: frozenset[str] = frozenset()) -> int:
         assert self.issuer_as is not None
         sent = 0
+        event_id = tracked.raw.get("id")
         for deployment_id, message in list(tracked.deployed.items()):
             plan = tracked.planned.get(deployment_id)
             if plan is None and deployment_id in rejected:
                 continue  # unreadable this time: keeps what it asked before
             if plan is None or (plan.end is not None and plan.end <= now):
                 at = min(plan.end, now) if plan is not None and plan.end is not None else now
-                sent += self._send_recall(tracked, message, at, now)
-            elif not plan.same_terms(message):
-                self._reject("as", deployment_id, "a sent deployment cannot be amended (MW or start changed); "
-                             "recall it (cancel or delete the event) and deploy anew", now, "as_refused")
-                tracked.done.add(deployment_id)  # keeps the deployment in force as first sent
-                tracked.deployed.pop(deployment_id)
+                reason = (f"OpenADR event {event_id}: interval ended at {plan.end.isoformat()}"  # type: ignore[union-attr]
+                          if plan is not None else tracked.end_reason
+                          or f"OpenADR event {event_id}: interval no longer in the event")
+                sent += self._send_recall(tracked, message, at, now, reason)
+            elif abs(plan.deployed_kw - message.deployed_kw) > 1e-9 and tracked.tried.get(deployment_id) != plan.deployed_kw:
+                sent += self._send_amendment(tracked, plan, message, now)
         for deployment_id, plan in tracked.planned.items():
             if deployment_id in tracked.deployed or deployment_id in tracked.done or plan.start > now:
                 continue
             tracked.done.add(deployment_id)
             if plan.end is not None and plan.end <= now:
                 continue  # over before the VEN read it: nothing left to shed
-            message = plan.deploy_message(self.issuer_as)
-            ack = self.loop.handle_as_deploy(message, now)
+            message = plan.deploy_message(self.issuer_as, tracked.number)
+            ack = self.loop.handle_as_deploy(message, now, via="openadr")
             self._answered(ack, deployment_id, now)
             self.counters["as_deployments"] += 1
             sent += 1
@@ -255,16 +321,35 @@ class AncillaryMixin:
                 tracked.deployed[deployment_id] = message
         return sent
 
-    def _send_recall(self, tracked: _ASTracked, message: ASDeployMessage, at: datetime, now: datetime) -> int:
+    def _send_amendment(self, tracked: _ASTracked, plan: PlannedDeployment, message: ASDeployMessage,
+                        now: datetime) -> int:
+        """The event changed the MW of a deployment in force: the same id, the event's revision."""
+        amendment = ASDeployMessage(deployment_id=message.deployment_id, revision=tracked.number,
+                                    product=message.product, issued_at=now, deployed_kw=plan.deployed_kw,
+                                    issuer=message.issuer)
+        note = (f"OpenADR event {tracked.raw.get('id')} modified (modificationDateTime "
+                f"{tracked.raw.get('modificationDateTime')}): {message.deployed_kw:.0f} kW -> {plan.deployed_kw:.0f} kW")
+        ack = self.loop.handle_as_deploy(amendment, now, via="openadr", note=note)
+        self._answered(ack, message.deployment_id, now)
+        self.counters["as_amendments"] = self.counters.get("as_amendments", 0) + 1
+        if ack is not None and ack.status == "accepted":
+            tracked.deployed[message.deployment_id] = amendment
+            tracked.tried.pop(message.deployment_id, None)
+        else:
+            tracked.tried[message.deployment_id] = plan.deployed_kw  # refused: not sent again for these MW
+        return 1
+
+    def _send_recall(self, tracked: _ASTracked, message: ASDeployMessage, at: datetime, now: datetime,
+                     reason: str | None = None) -> int:
         recall = recall_message(message.deployment_id, message.product, message.issuer, max(at, message.issued_at))
-        ack = self.loop.handle_as_deploy(recall, now)
+        ack = self.loop.handle_as_deploy(recall, now, via="openadr", note=reason)
         self._answered(ack, message.deployment_id, now)
         self.counters["as_recalls"] += 1
         tracked.deployed.pop(message.deployment_id, None)
         tracked.done.add(message.deployment_id)
         return 1
 
-    def cancel_as_event(self, event_id: str, now: datetime) -> int:
+    def cancel_as_event(self, event_id: str, now: datetime, reason: str | None = None) -> int:
         """Withdraw every award and recall every deployment of an event (deleted, retargeted away).
 
         Parameters
@@ -273,6 +358,8 @@ class AncillaryMixin:
             The OpenADR event id.
         now : datetime
             Current time, UTC.
+        reason : str, optional
+            Why: in the audit records of the withdrawals and recalls.
 
         Returns
         -------
@@ -284,9 +371,61 @@ class AncillaryMixin:
             if tracked is None:
                 return 0
             self._plans.pop(event_id, None)
+            tracked.end_reason = reason or f"OpenADR event {event_id} cancelled"
             sent = self._apply_awards(tracked, MappedASEvent(event_id, cancelled=True), now)
             tracked.planned = {}
             return sent + self._dispatch(tracked, now)
+
+
+    def reconcile_as(self, listed_bases: set[str], now: datetime) -> int:
+        """After a restart, on the first complete listing: withdraw the awards and recall the
+        deployments the limits book holds from this VEN (``via`` ``"openadr"``, this QSE) for events
+        the VTN no longer lists (deleted while the VEN was down). A failed or partial poll never
+        gets here, so nothing in force is dropped on a VTN's error.
+
+        Parameters
+        ----------
+        listed_bases : set of str
+            ``message_base`` of every event id the complete listing has.
+        now : datetime
+            Current time, UTC.
+
+        Returns
+        -------
+        int
+            Messages sent to the loop.
+        """
+        book = getattr(self.loop, "book", None)
+        if book is None or self.issuer_as is None:
+            return 0
+        tracked = {i for t in self._as_events.values() for i in (*t.deployed, *t.awards, *t.done)}
+        sent = 0
+        for deployment_id, held in list(book.as_deployments.items()):
+            base = deployment_id.rsplit(":", 1)[0]
+            if (held.via != "openadr" or held.issuer != self.issuer_as or base in listed_bases
+                    or deployment_id in tracked or held.recalled or held.end <= now):
+                continue
+            reason = f"OpenADR event {base} is no longer on the VTN (deleted while the VEN was down)"
+            log.info("OpenADR AS deployment %s: %s, recalled", deployment_id, reason)
+            ack = self.loop.handle_as_deploy(recall_message(deployment_id, held.product, held.issuer, now), now,
+                                             via="openadr", note=reason)
+            self._answered(ack, deployment_id, now)
+            self.counters["as_recalls"] += 1
+            sent += 1
+        for award_id, held_award in list(book.as_awards.items()):
+            base = award_id.rsplit(":", 1)[0]
+            award = self._award_in_book(award_id)
+            if (award is None or held_award.get("via") != "openadr" or award.issuer != self.issuer_as
+                    or base in listed_bases or award_id in tracked or award.reserve_kw == 0 or award.end <= now):
+                continue
+            reason = f"OpenADR event {base} is no longer on the VTN (deleted while the VEN was down)"
+            withdrawal = award.model_copy(update={"revision": award.revision + 1, "reserve_kw": 0.0,
+                                                  "price_usd_mw_h": None})
+            ack = self.loop.handle_as_award(withdrawal, now, via="openadr", note=reason)
+            self._answered(ack, award_id, now)
+            self.counters["as_awards"] += 1
+            sent += 1
+        return sent
 
 
 def _same_award(a: ASAwardMessage, b: ASAwardMessage) -> bool:

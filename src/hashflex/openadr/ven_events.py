@@ -28,11 +28,64 @@ from hashflex.openadr.mapping import (
 )
 from hashflex.openadr.models import ObjectRejected, validate_event
 
-__all__ = ["EventsMixin"]
+__all__ = ["EventVersion", "EventsMixin", "event_version"]
 
 log = logging.getLogger(__name__)
 _METADATA = ("id", "createdDateTime", "modificationDateTime", "objectType")
 _OADR_MESSAGE_ID = re.compile(r"^([A-Za-z0-9_-]+):[A-Za-z0-9_.-]+$")  # mapping.to_message_id
+
+
+@dataclass(frozen=True)
+class EventVersion:
+    """How a version of an event read from the VTN stands against the version held.
+
+    OpenADR 3 has no modification counter on the event object (3.0.1 ``event``: ``id``,
+    ``createdDateTime``, ``modificationDateTime`` "VTN provisioned on object modification", ...;
+    a change is a ``PUT /events/{eventID}``, "updateEvent"): the VTN's ``modificationDateTime``
+    orders the versions (:func:`hashflex.openadr.timing.modification_number`).
+
+    Attributes
+    ----------
+    fingerprint : str
+        The event without its metadata (id, created/modified times, objectType), JSON.
+    raw : int
+        ``modification_number(modificationDateTime)`` of this version.
+    number : int
+        The number it is sent under: ``raw``, or one above the number held when it is not higher
+        (changed within the same second, or the VTN's clock went back).
+    stale : bool
+        Its ``modificationDateTime`` is strictly older than the held version's: an older version
+        read after a newer one (a lagging VTN replica or cache, a notification overtaken by a poll).
+    """
+
+    fingerprint: str
+    raw: int
+    number: int
+    stale: bool
+
+
+def event_version(event: Mapping[str, Any], held: Any) -> EventVersion | None:
+    """The version of ``event`` against the one held (DR and AS events alike), or None when unchanged.
+
+    Parameters
+    ----------
+    event : Mapping
+        The event as the VTN returns it.
+    held : object or None
+        The tracked version (``raw``, ``fingerprint``, ``number``), or None for a new event.
+
+    Returns
+    -------
+    EventVersion or None
+        None when the event's content is the one held (metadata aside).
+    """
+    fingerprint = json.dumps({k: v for k, v in event.items() if k not in _METADATA}, sort_keys=True)
+    if held is not None and held.fingerprint == fingerprint:
+        return None
+    raw = modification_number(event.get("modificationDateTime"))
+    number = raw if held is None or raw > held.number else held.number + 1
+    stale = held is not None and raw < modification_number(held.raw.get("modificationDateTime"))
+    return EventVersion(fingerprint, raw, number, stale)
 
 
 @dataclass
@@ -104,7 +157,8 @@ class EventsMixin:
             if complete:
                 for event_id in [e for e in [*self._events, *self._as_events] if e not in seen]:
                     log.info("OpenADR event %s no longer on the VTN: cancelled", event_id)
-                    sent += self.cancel_event(event_id, now)
+                    sent += self.cancel_event(event_id, now, reason=f"OpenADR event {event_id} is no longer on the "
+                                                                    "VTN's event list (deleted)")
                 if not self._reconciled:
                     sent += self._reconcile(seen, now)
                     self._reconciled = True
@@ -148,17 +202,16 @@ class EventsMixin:
                 return 0
             event_id, program_id = str(event["id"]), str(event["programID"])
             if program_id not in self.enrolment.programs or not targets_match(event, self.my_targets):
-                return self.cancel_event(event_id, now)  # no longer for this site (0 if never was)
+                return self.cancel_event(event_id, now, reason=f"OpenADR event {event_id} no longer targets this "
+                                                               "VEN or its program")  # 0 if it never was ours
             if self.is_as_program(program_id):
                 return self.process_as_event(event, now)  # the QSE's awards and deployments (.ven_ancillary)
-            fingerprint = json.dumps({k: v for k, v in event.items() if k not in _METADATA}, sort_keys=True)
             held = self._events.get(event_id)
-            if held is not None and held.fingerprint == fingerprint:
+            version = event_version(event, held)  # a DR event's older version is taken as a change (as before)
+            if version is None:
                 return 0
             self.counters["events_seen"] += 1
-            number = modification_number(event.get("modificationDateTime"))
-            if held is not None and number <= held.number:
-                number = held.number + 1  # changed within the same second (or the VTN's clock went back)
+            fingerprint, number = version.fingerprint, version.number
             if held is not None:
                 offset, interval_offsets = held.random_offset, dict(held.interval_offsets)
             else:
@@ -243,13 +296,15 @@ class EventsMixin:
     def _reconcile(self, listed: set[str], now: datetime) -> int:
         """After a restart: cancel OpenADR intervals the DR book still holds for events the VTN no
         longer lists (deleted while the VEN was down). Only ids of the form ``<base>:<interval>``
-        issued under this VEN's issuer names are touched."""
+        issued under this VEN's issuer names are touched. The same for AS awards and deployments
+        in the limits book (:meth:`~hashflex.openadr.ven_ancillary.AncillaryMixin.reconcile_as`).
+        Called only after a complete listing (a failed or partial poll deletes nothing)."""
+        listed_bases = {message_base(e) for e in listed}
+        sent = self.reconcile_as(listed_bases, now)
         book = getattr(self.loop, "dr_book", None)
         if book is None or self.enrolment is None:
-            return 0
+            return sent
         issuers = {self.issuer_for(pid) for pid in self.enrolment.programs}
-        listed_bases = {message_base(e) for e in listed}
-        sent = 0
         for event_id in book.event_ids():
             match = _OADR_MESSAGE_ID.match(event_id)
             if match is None or match.group(1) in listed_bases or book.status(event_id) not in ("pending", "active"):
@@ -285,11 +340,28 @@ class EventsMixin:
         return sum(self._apply(t, now) for e, t in list(self._events.items())
                    if e != str(changed.get("id")) and (t.raw.get("priority") is None or t.raw["priority"] > mine))
 
-    def cancel_event(self, event_id: str, now: datetime, forget: bool = True) -> int:
-        """Cancel every interval message of an event that is not over yet."""
+    def cancel_event(self, event_id: str, now: datetime, forget: bool = True, reason: str | None = None) -> int:
+        """Cancel every interval message of an event that is not over yet.
+
+        Parameters
+        ----------
+        event_id : str
+            The OpenADR event id.
+        now : datetime
+            Current time, UTC.
+        forget : bool
+            Stop tracking the event.
+        reason : str, optional
+            Why (deleted, no longer listed, no longer targeted): kept with an AS event's recalls.
+
+        Returns
+        -------
+        int
+            Messages sent to the loop.
+        """
         with self._lock:
             if event_id in self._as_events:
-                return self.cancel_as_event(event_id, now)
+                return self.cancel_as_event(event_id, now, reason=reason)
             tracked = self._events.get(event_id)
             if tracked is None:
                 return 0

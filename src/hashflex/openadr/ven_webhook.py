@@ -83,7 +83,8 @@ class WebhookMixin:
             return 0
         event = notification["object"]
         if notification.get("operation") == "DELETE":
-            return self.cancel_event(str(event.get("id")), now)
+            return self.cancel_event(str(event.get("id")), now,
+                                     reason=f"OpenADR event {event.get('id')} deleted (VTN notification)")
         if self.enrolment is None:
             return 0
         return self._process_isolated(event, now)
