@@ -16,7 +16,11 @@ positive; else the difference in $), forecast MAE ($/MWh, over hourly decisions 
 pinball loss (mean over P10/P50/P90; the rule forecast is a point, scored as every quantile),
 spike hit rate (intervals whose actual RT was above the least efficient group's breakeven at that
 day's hashprice that the forecast also put above it) and false-alarm rate, hard-limit violations,
-wall seconds. Every case settles each UTC day at that day's hashprice from the bundled bitcoin data
+churn (unit switches: starts + stops actually dispatched, per (group, mode), per day), wall seconds.
+The learned model runs as the daemon runs it (``--learned-as daemon``, the default:
+``price_model.OnlinePriceModel``, fitted at the first tick and daily at 13:30 Central after the DAM, predicting
+with the last fit) or as the backtest's self-refitting hook (``--learned-as backtest``:
+``LearnedPriceForecaster``, refitted every ``retrain_h`` from the first tick). Every case settles each UTC day at that day's hashprice from the bundled bitcoin data
 (``feeds.hashprice.bundled_hashprice``; ``--constant-hashprice`` for the profile's 49 $/PH/day).
 
     python optimization/benchmarks/backtest_ratios.py                       # 3 days per case
@@ -51,7 +55,14 @@ from hashflex.backtest.runner import (
 from hashflex.backtest.summary import summary_document, violations
 from hashflex.data import bundled_path
 from hashflex.feeds.hashprice import bundled_hashprice
-from hashflex.price_model import QUANTILES, LearnedPriceForecaster, PriceModelConfig, pinball_loss
+from hashflex.price_model import (
+    QUANTILES,
+    LearnedPriceForecaster,
+    OnlinePriceModel,
+    PriceModelConfig,
+    pinball_loss,
+    recorded_price_history,
+)
 from hashflex.profile import SiteProfile, load_profile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +108,7 @@ def breakeven_usd_mwh(profile: SiteProfile, hashprice_usd_per_ph_day: np.ndarray
     return hashprice_usd_per_ph_day / 1000.0 / 24.0 * worst * fee * 1000.0 - profile.grid.total_adder_usd_mwh
 
 
-def forecast_errors(profile: SiteProfile, actuals: Actuals, hook: LearnedPriceForecaster,
+def forecast_errors(profile: SiteProfile, actuals: Actuals, hook: LearnedPriceForecaster | OnlinePriceModel,
                     hashprice: pd.DataFrame | None) -> dict[str, dict[str, float]]:
     """MAE, pinball and spike hit/false-alarm rates of the rule forecast and the learned one, over
     hourly decisions in the window, each scored on the next 24 h of actual RT prices."""
@@ -115,8 +126,10 @@ def forecast_errors(profile: SiteProfile, actuals: Actuals, hook: LearnedPriceFo
               else np.full(96, profile.economics.hashprice_usd_per_ph_day))
         line = breakeven_usd_mwh(profile, hp)
         point_rules = rules(tau, tau, 96).price_usd_mwh
-        point_learned = learned(tau, tau, 96).price_usd_mwh
-        quantiles = hook.quantiles(times, tau) or {q: point_learned for q in QUANTILES}
+        point_learned = learned(tau, tau, 96).price_usd_mwh  # (the daemon's model fits here when due)
+        quantiles = hook.quantiles(times, tau, learned.snapshot(tau)) if isinstance(hook, OnlinePriceModel) \
+            else hook.quantiles(times, tau)
+        quantiles = quantiles or {q: point_learned for q in QUANTILES}
         for name, point, qs in (("rules", point_rules, {q: point_rules for q in QUANTILES}),
                                 ("learned", point_learned, quantiles)):
             bucket = acc[name]
@@ -139,8 +152,24 @@ def forecast_errors(profile: SiteProfile, actuals: Actuals, hook: LearnedPriceFo
     return out
 
 
+def unit_switches_per_day(counts: dict[Any, np.ndarray], days: float) -> float:
+    """Starts + stops dispatched, summed over (group, mode) columns, per day (the churn a site manager sees)."""
+    return sum(float(np.abs(np.diff(np.asarray(c, dtype=float))).sum()) for c in counts.values()) / days
+
+
+def learned_hook(learned_as: str, profile: SiteProfile, actuals: Actuals, load: pd.DataFrame | None,
+                 model_config: PriceModelConfig | None) -> LearnedPriceForecaster | OnlinePriceModel:
+    """The learned price hook, as the daemon runs it (``daemon``) or the backtest's self-refitting one."""
+    point, tz = profile.site.settlement_point, profile.site.timezone
+    if learned_as == "daemon":
+        # Inline fits (background=False): the backtest's clock waits for them, as the daemon's ticks do not.
+        return OnlinePriceModel(recorded_price_history(actuals.prices), point, tz, config=model_config,
+                                background=False, load_forecast=load)
+    return LearnedPriceForecaster(actuals.prices, point, tz, load_forecast=load, config=model_config)
+
+
 def run_case(name: str, case: str, days: int, hashprice: pd.DataFrame | None, quiet: bool,
-             model_config: PriceModelConfig | None = None) -> tuple[dict, dict, dict]:
+             model_config: PriceModelConfig | None = None, learned_as: str = "daemon") -> tuple[dict, dict, dict]:
     source, first_day = CASES[case]
     profile = load_profile(name)
     load = None
@@ -151,8 +180,7 @@ def run_case(name: str, case: str, days: int, hashprice: pd.DataFrame | None, qu
         prices = load_prices(profile, [bundled_path(source)])
     start = pd.Timestamp(first_day)
     actuals = build_actuals(profile, prices, start, start + pd.Timedelta(days=days), hashprice=hashprice)
-    hook = LearnedPriceForecaster(actuals.prices, profile.site.settlement_point, profile.site.timezone,
-                                  load_forecast=load, config=model_config)
+    hook = learned_hook(learned_as, profile, actuals, load, model_config)
     progress = Progress.factory(quiet)
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -167,12 +195,19 @@ def run_case(name: str, case: str, days: int, hashprice: pd.DataFrame | None, qu
                  "threshold": base.schedules["threshold"], "oracle": base.schedules["oracle"]}
     document = summary_document(BacktestResult(profile, actuals, runs, schedules))
     started = time.perf_counter()
-    errors = forecast_errors(profile, actuals, hook, hashprice)
+    # A fresh hook for the scoring replay: the daemon's model never refits for an earlier time (it would
+    # answer "fitted after this decision", i.e. the rules, for the whole replay).
+    scoring_hook = learned_hook(learned_as, profile, actuals, load, model_config) if learned_as == "daemon" else hook
+    errors = forecast_errors(profile, actuals, scoring_hook, hashprice)
     timings["forecast scoring"] = time.perf_counter() - started
     hp = actuals.hashprice_usd_per_ph_day
     document["hashprice"] = ("profile constant" if hp is None else f"{hp.min():.1f}..{hp.max():.1f} $/PH/day")
     document["point"] = profile.site.settlement_point
-    document["fits"] = hook.fits
+    document["fits"] = hook.counters["price_model_fits"] if isinstance(hook, OnlinePriceModel) else hook.fits
+    document["learned_ticks"] = (f"{hook.counters['price_model_learned_ticks']} of "
+                                 f"{hook.counters['price_model_learned_ticks'] + hook.counters['price_model_rules_ticks']}"
+                                 if isinstance(hook, OnlinePriceModel) else "-")
+    document["churn"] = {policy: unit_switches_per_day(run.counts, days) for policy, run in runs.items()}
     return document, errors, timings
 
 
@@ -188,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--constant-hashprice", action="store_true", help="settle at the profile's constant")
     parser.add_argument("--plan-mean", action="store_true",
                         help="learned mpc plans at the mean of P10/P50/P90 instead of the P50")
+    parser.add_argument("--learned-as", choices=("daemon", "backtest"), default="daemon",
+                        help="the learned model as the daemon runs it (fit daily after the DAM) or as the "
+                             "backtest's self-refitting hook (every retrain_h)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     model_config = PriceModelConfig(plan_mean=args.plan_mean)
@@ -197,13 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     wall_started = time.perf_counter()
     header = (f"{'case':28s} {'policy':12s} {'profit $':>12s} {'/oracle':>8s} {'/thresh':>12s} {'MAE':>7s} "
-              f"{'pinball':>8s} {'spike hit':>9s} {'false al':>8s} {'violations':>10s} {'wall s':>7s}")
+              f"{'pinball':>8s} {'spike hit':>9s} {'false al':>8s} {'switch/d':>9s} {'violations':>10s} {'wall s':>7s}")
     lines = [header, "-" * len(header)]
     notes = []
     for name in args.profiles:
         for case in args.cases:
             started = time.perf_counter()
-            document, errors, timings = run_case(name, case, args.days, hashprice, args.quiet, model_config)
+            document, errors, timings = run_case(name, case, args.days, hashprice, args.quiet, model_config,
+                                                 args.learned_as)
             label = f"{name}@{document['point']} {case}"
             policies = document["policies"]
             threshold = policies["threshold"]["profit_usd"]
@@ -220,10 +259,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"{label:28s} {policy:12s} {profit:12,.0f} {fmt_ratio(figures['profit_ratio_to_oracle']):>8s} "
                     f"{vs:>12s} {err['mae'] if err else math.nan:7.1f} {err['pinball'] if err else math.nan:8.1f} "
                     f"{fmt_ratio(err['spike_hit']) if err else '-':>9s} {fmt_ratio(err['false_alarm']) if err else '-':>8s} "
-                    f"{violations(figures):>10s} {figures['wall_seconds']:7.1f}")
+                    f"{document['churn'][policy]:9.1f} {violations(figures):>10s} {figures['wall_seconds']:7.1f}")
             notes.append(f"{label}: {document['window']['start']} .. {document['window']['end']}, hashprice "
                          f"{document['hashprice']}, spike intervals scored {errors['rules']['spikes']}, learned model "
-                         f"fits {document['fits']}, wall {time.perf_counter() - started:.0f} s "
+                         f"({args.learned_as}) fits {document['fits']}, ticks planned on it "
+                         f"{document['learned_ticks']}, wall {time.perf_counter() - started:.0f} s "
                          + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
             print(f"{label}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     print("\n".join(lines))

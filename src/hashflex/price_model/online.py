@@ -372,6 +372,45 @@ class OnlinePriceModel:
         self.counters["price_model_rules_ticks"] += 1
         return np.full(n, np.nan)
 
+    def _predictor(self, fitted: FittedPriceModel, snapshot: Snapshot | None,
+                   now: pd.Timestamp) -> LearnedPriceForecaster | None:
+        """A forecaster over the prices published by ``now`` (the snapshot's, else ``history``) predicting
+        with ``fitted``; None when no RT price is among them."""
+        prices = snapshot.prices if snapshot is not None else self.history(now, pd.Timedelta(days=3))
+        prices = prices[(pd.to_datetime(prices["published_at"], utc=True) <= now)
+                        & (prices["settlement_point"] == self.settlement_point)]
+        if not (prices["market"] == "RT").any():
+            return None
+        predictor = LearnedPriceForecaster(prices, self.settlement_point, self.timezone,
+                                           load_forecast=self.load_forecast, config=self.config)
+        predictor.adopt(fitted)
+        return predictor
+
+    def quantiles(self, times: pd.DatetimeIndex, now: pd.Timestamp,
+                  snapshot: Snapshot | None = None) -> dict[float, np.ndarray] | None:
+        """Forecast quantiles per interval with the fit in use (no fit is started here; for scoring).
+
+        Parameters
+        ----------
+        times : pandas.DatetimeIndex, length n
+            Interval starts.
+        now : pandas.Timestamp
+            Aware decision time.
+        snapshot : Snapshot, optional
+            Its prices (else ``history(now)``), filtered to ``published_at`` ≤ ``now``.
+
+        Returns
+        -------
+        dict[float, numpy.ndarray] or None
+            quantile -> $/MWh, shape ``(n,)``; None without a fit usable at ``now``.
+        """
+        now_ts = pd.Timestamp(now).tz_convert("UTC")
+        fitted = self._fitted
+        if fitted is None or fitted.trained_at > now_ts:
+            return None
+        predictor = self._predictor(fitted, snapshot, now_ts)
+        return None if predictor is None else predictor.quantiles(pd.DatetimeIndex(times), now_ts)
+
     def __call__(self, times: pd.DatetimeIndex, snapshot: Snapshot | None, now: pd.Timestamp) -> np.ndarray:
         """The planning price per interval (the ``price_forecaster`` hook of :mod:`hashflex.forecast`).
 
@@ -410,15 +449,10 @@ class OnlinePriceModel:
             return self._rules(len(times), FallbackCode.PRICE_MODEL_UNTRAINED,
                                f"learned model is {age_h:.0f} h old (> {self.schedule.max_model_age_h:g} h)")
         try:
-            prices = (snapshot.prices if snapshot is not None else self.history(now_ts, pd.Timedelta(days=3)))
-            prices = prices[(pd.to_datetime(prices["published_at"], utc=True) <= now_ts)
-                            & (prices["settlement_point"] == self.settlement_point)]
-            if not (prices["market"] == "RT").any():
+            predictor = self._predictor(fitted, snapshot, now_ts)
+            if predictor is None:
                 return self._rules(len(times), FallbackCode.PRICE_MODEL_UNTRAINED,
                                    "learned model not in use: no real-time price published recently")
-            predictor = LearnedPriceForecaster(prices, self.settlement_point, self.timezone,
-                                               load_forecast=self.load_forecast, config=self.config)
-            predictor.adopt(fitted)
             price = np.asarray(predictor(times, snapshot, now_ts), dtype=float)
             if predictor.last_error is not None:
                 raise predictor.last_error
