@@ -87,6 +87,9 @@ class Snapshot:
             frame = frame.copy()
             for col in frame.columns:
                 if col in ("interval_start", "interval_end", "timestamp", "published_at"):
+                    dtype = frame[col].dtype
+                    if isinstance(dtype, pd.DatetimeTZDtype) and str(dtype.tz) == "UTC":
+                        continue  # already UTC: nothing to convert (issue 18: the forecast's hot path)
                     if pd.api.types.is_datetime64_dtype(frame[col]) and frame[col].dt.tz is None:
                         raise ValueError(f"snapshot.{f.name}.{col}: naive times; a timezone is required")
                     frame[col] = pd.to_datetime(frame[col], utc=True)

@@ -42,23 +42,37 @@ def _age_s(now: pd.Timestamp, published: pd.Series) -> float | None:
 
 def _us(values: pd.Series | pd.DatetimeIndex) -> np.ndarray:
     """Tz-aware times as int64 UTC microseconds (NaT → int64 min)."""
+    if isinstance(values.dtype, pd.DatetimeTZDtype):  # the usual case, without a conversion (issue 18)
+        return (values.array if isinstance(values, pd.Series) else values).as_unit("us").asi8
     return pd.DatetimeIndex(pd.to_datetime(values, utc=True)).as_unit("us").asi8
 
 
 def _covering(times: pd.DatetimeIndex, starts: pd.Series, ends: pd.Series, values: pd.Series,
               order: pd.Series | None = None) -> np.ndarray:
-    """Per time: the value of the row with start ≤ t < end (the highest ``order`` wins); NaN if none."""
+    """Per time: the value of the row with start ≤ t < end (the highest ``order`` wins, the last
+    such row on a tie); NaN if none."""
     out = np.full(len(times), np.nan)
     if len(starts) == 0:
         return out
     t, s, e = _us(times), _us(starts), _us(ends)
     key = _us(order).astype(float) if order is not None else np.zeros(len(s))
-    v = values.to_numpy(dtype=float)
-    rank = np.full(len(times), -np.inf)
-    for i in range(len(s)):
-        hit = (t >= s[i]) & (t < e[i]) & (key[i] >= rank)
-        out[hit], rank[hit] = v[i], key[i]
+    # One (times × rows) comparison instead of a pass per row (issue 18); the same winner as the
+    # row-by-row rule "a covering row at least as high as the one so far replaces it".
+    cover = (t[:, None] >= s[None, :]) & (t[:, None] < e[None, :])
+    ranked = np.where(cover, key[None, :], -np.inf)
+    best = cover & (ranked == ranked.max(axis=1)[:, None])
+    last = best.shape[1] - 1 - np.argmax(best[:, ::-1], axis=1)
+    hit = cover.any(axis=1)
+    out[hit] = values.to_numpy(dtype=float)[last[hit]]
     return out
+
+
+def _last_row(frame: pd.DataFrame, first: str, second: str) -> pd.Series:
+    """``frame.sort_values([first, second]).iloc[-1]`` (stable: the last of equal keys) without the sort."""
+    a, b = _us(frame[first]), _us(frame[second])
+    if (a == np.iinfo(np.int64).min).any() or (b == np.iinfo(np.int64).min).any():  # NaT sorts last in pandas
+        return frame.sort_values([first, second]).iloc[-1]
+    return frame.iloc[int(np.lexsort((b, a))[-1])]
 
 
 def _same_wall_time_yesterday(times: pd.DatetimeIndex, tz: Any) -> pd.DatetimeIndex:
@@ -149,7 +163,7 @@ def _blend_rt(rt: pd.DataFrame, now: pd.Timestamp, times: pd.DatetimeIndex, cfg:
               price: np.ndarray, source: list[str], fallbacks: list[str]) -> None:
     if rt.empty:
         return
-    last = rt.sort_values(["interval_end", "published_at"]).iloc[-1]
+    last = _last_row(rt, "interval_end", "published_at")
     if (now - last["published_at"]).total_seconds() > cfg.max_age_rt_s:
         fallbacks.append(Fallback(FallbackCode.PRICE_RT_STALE,
                                   f"price: latest real-time price is older than {cfg.max_age_rt_s:g} s; not blended"))
@@ -179,16 +193,21 @@ def _forecast_renewables(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp
     total = np.zeros(len(times))
     sources: dict[str, tuple[str, ...]] = {}
     local_hour = times.tz_convert(profile.tz).hour.to_numpy()
+    no_forecasts = snap.renewable_forecasts.empty  # e.g. a backtest: no filtering of an empty frame (issue 18)
     for src in profile.renewables:
-        fc = snap.renewable_forecasts[snap.renewable_forecasts["source_id"] == src.id]
         obs = snap.renewable_observations[(snap.renewable_observations["source_id"] == src.id)
                                           & (snap.renewable_observations["timestamp"] <= now)]
-        ages[f"renewable:{src.id}:forecast"] = _age_s(now, fc["published_at"])
+        if no_forecasts:
+            ages[f"renewable:{src.id}:forecast"] = None
+        else:
+            fc = snap.renewable_forecasts[snap.renewable_forecasts["source_id"] == src.id]
+            ages[f"renewable:{src.id}:forecast"] = _age_s(now, fc["published_at"])
         ages[f"renewable:{src.id}:observation"] = _age_s(now, obs["published_at"])
-        fc = fc[(now - fc["published_at"]).dt.total_seconds() <= cfg.max_age_renewable_forecast_s]
         kw = np.full(len(times), np.nan)
         label = [""] * len(times)
-        if not fc.empty:
+        if not no_forecasts:
+            fc = fc[(now - fc["published_at"]).dt.total_seconds() <= cfg.max_age_renewable_forecast_s]
+        if not no_forecasts and not fc.empty:
             kw = _covering(times, fc["interval_start"], _posting_ends(fc), fc["power_kw"], fc["published_at"])
             label = ["forecast" if np.isfinite(v) else "" for v in kw]
         fresh = obs[(now - obs["published_at"]).dt.total_seconds() <= cfg.max_age_renewable_obs_s]
@@ -225,16 +244,18 @@ def _forecast_intensity(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp,
     value = _covering(times, feed["timestamp"], feed["timestamp"] + pd.Timedelta(hours=cfg.carbon_hold_h),
                       feed["intensity_kg_per_mwh"], feed["published_at"])
     source = ["feed" if np.isfinite(v) else "" for v in value]
-    local = times.tz_convert(profile.tz)
-    mix_local = mix["interval_start"].dt.tz_convert(profile.tz)
-    recent = mix[mix["interval_start"] >= now - pd.Timedelta(days=cfg.carbon_profile_days)]
-    steps = [
-        ("fuel-mix profile (recent days)",
-         recent.groupby(mix_local[recent.index].dt.hour)["intensity_kg_per_mwh"].mean(), local.hour),
-        ("fuel-mix climatology (same month)",
-         mix.groupby([mix_local.dt.month, mix_local.dt.hour])["intensity_kg_per_mwh"].mean(),
-         pd.MultiIndex.from_arrays([local.month, local.hour])),
-    ]
+    steps = []
+    if not mix.empty and np.isnan(value).any():  # without fuel-mix rows (or gaps) both tables are empty: skipped
+        local = times.tz_convert(profile.tz)
+        mix_local = mix["interval_start"].dt.tz_convert(profile.tz)
+        recent = mix[mix["interval_start"] >= now - pd.Timedelta(days=cfg.carbon_profile_days)]
+        steps = [
+            ("fuel-mix profile (recent days)",
+             recent.groupby(mix_local[recent.index].dt.hour)["intensity_kg_per_mwh"].mean(), local.hour),
+            ("fuel-mix climatology (same month)",
+             mix.groupby([mix_local.dt.month, mix_local.dt.hour])["intensity_kg_per_mwh"].mean(),
+             pd.MultiIndex.from_arrays([local.month, local.hour])),
+        ]
     for name, table, keys in steps:
         gap = np.isnan(value)
         if not gap.any() or table.empty:
@@ -265,7 +286,7 @@ def _forecast_hashprice(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp,
     ages["hashprice"] = _age_s(now, feed["published_at"])
     fresh = feed[(now - feed["published_at"]).dt.total_seconds() <= cfg.max_age_hashprice_s]
     if not fresh.empty:
-        row = fresh.sort_values(["timestamp", "published_at"]).iloc[-1]
+        row = _last_row(fresh, "timestamp", "published_at")
         return float(row["hashprice_usd_per_ph_day"]), f"feed ({row['timestamp']:%Y-%m-%d})"
     value = profile.economics.hashprice_usd_per_ph_day
     fallbacks.append(Fallback(FallbackCode.HASHPRICE_PROFILE,
@@ -293,12 +314,17 @@ def _noise_margins(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp, cfg:
                    fallbacks: list[str]) -> tuple[dict[str, float], dict[str, float | None]]:
     margins: dict[str, float] = {}
     offsets: dict[str, float | None] = {}
+    no_readings = snap.noise.empty  # e.g. a backtest's forecast: no filtering of an empty frame (issue 18)
     for receptor in profile.receptors:
-        readings = snap.noise[(snap.noise["receptor_id"] == receptor.id) & (snap.noise["timestamp"] <= now)]
-        ages[f"noise:{receptor.id}"] = _age_s(now, readings["published_at"])
-        window = readings[(now - readings["timestamp"]).dt.total_seconds() <= cfg.noise_window_s]
-        window = window.dropna(subset=["laeq_dba", "modelled_dba"]).sort_values("timestamp")
-        fresh = not window.empty and (now - window["published_at"].max()).total_seconds() <= cfg.max_age_noise_s
+        if no_readings:
+            ages[f"noise:{receptor.id}"] = None
+            fresh = False
+        else:
+            readings = snap.noise[(snap.noise["receptor_id"] == receptor.id) & (snap.noise["timestamp"] <= now)]
+            ages[f"noise:{receptor.id}"] = _age_s(now, readings["published_at"])
+            window = readings[(now - readings["timestamp"]).dt.total_seconds() <= cfg.noise_window_s]
+            window = window.dropna(subset=["laeq_dba", "modelled_dba"]).sort_values("timestamp")
+            fresh = not window.empty and (now - window["published_at"].max()).total_seconds() <= cfg.max_age_noise_s
         if not fresh:
             offsets[receptor.id] = None
             margins[receptor.id] = receptor.model_margin_db

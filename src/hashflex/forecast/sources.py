@@ -65,6 +65,10 @@ class RecordedForecaster:
             frame["published_at"] = publication_times(frame)
         self.prices = frame.sort_values("interval_start").reset_index(drop=True)
         self._starts = pd.DatetimeIndex(self.prices["interval_start"]).tz_convert("UTC")
+        # Built once, sliced per call (issue 18): the snapshot's price columns and hashprice times.
+        self._snapshot_prices = self.prices[list(SNAPSHOT_COLUMNS["prices"])]
+        self._hashprice_published = (None if self.hashprice is None
+                                     else pd.DatetimeIndex(self.hashprice["published_at"]))
         self.renewables = renewable_observations
         history_days = (config or ForecastConfig()).renewable_history_days
         self.renewable_lookback = pd.Timedelta(days=history_days + 1)
@@ -97,16 +101,16 @@ class RecordedForecaster:
         Snapshot
         """
         lo, hi = self._starts.searchsorted(now - self.PRICE_LOOKBACK), self._starts.searchsorted(now + self.AHEAD)
-        frames: dict[str, pd.DataFrame] = {"prices": self.prices.iloc[lo:hi][list(SNAPSHOT_COLUMNS["prices"])]}
+        frames: dict[str, pd.DataFrame] = {"prices": self._snapshot_prices.iloc[lo:hi]}
         if self.renewables is not None and self._renewable_times is not None:
             a = self._renewable_times.searchsorted(now - self.renewable_lookback)
             b = self._renewable_times.searchsorted(now, "right")
             frames["renewable_observations"] = self.renewables.iloc[a:b]
         if self.hashprice is not None:
-            published = pd.DatetimeIndex(self.hashprice["published_at"])
+            published = self._hashprice_published
             a = published.searchsorted(now - pd.Timedelta(days=8))
             frames["hashprice"] = self.hashprice.iloc[a:published.searchsorted(now, "right")]
-        return Snapshot(**frames)
+        return Snapshot(**{**_empty_known_frames(), **frames})
 
     def __call__(self, now: Any, horizon_start: pd.Timestamp, periods: int) -> Forecast:
         """The forecast at ``now`` for ``periods`` intervals from ``horizon_start`` (the loop's forecaster shape).
@@ -127,6 +131,19 @@ class RecordedForecaster:
         now_ts = _utc(now)
         return build_forecast(self.profile, self.snapshot(now_ts), now_ts, horizon_start, periods, config=self.config,
                               price_forecaster=self.price_forecaster)
+
+
+def _empty_known_frames() -> dict[str, pd.DataFrame]:
+    """Every snapshot frame empty, as :meth:`Snapshot.known_at` returns it (times already UTC):
+    built once, so the no-look-ahead filter has nothing to convert per call (issue 18)."""
+    global _EMPTY_KNOWN
+    if _EMPTY_KNOWN is None:
+        empty = Snapshot().known_at(pd.Timestamp(0, tz="UTC"))
+        _EMPTY_KNOWN = {name: getattr(empty, name) for name in SNAPSHOT_COLUMNS}
+    return _EMPTY_KNOWN
+
+
+_EMPTY_KNOWN: dict[str, pd.DataFrame] | None = None
 
 
 # ------------------------------------------------------------------------------------ I/O edge
