@@ -162,3 +162,31 @@ def test_an_amended_mqtt_deployment_with_a_higher_revision(mosquitto, tmp_path: 
     assert loop.book.as_deployments["d-mqtt"].revision == 1
     assert loop.book.import_limits_at(NOW) == {"AS:ECRS:d-mqtt": pytest.approx(2050.0)}
     assert running(fleet) == 1 and loop.counters["as_stale"] == 1
+
+
+def test_an_amendment_not_made_durable_holds_the_tighter_cut_and_a_recall_lifts_it(tmp_path: Path) -> None:
+    """Store failure: the amendment's ack says store_unavailable, yet the site is cut to the amended
+    limit (when in doubt, curtail); a looser amendment never loosens what is held; once the store
+    works, the resent amendment and then the recall are durable and the site runs again."""
+    profile = parse_profile(PROFILE, source="test")
+    with Store(tmp_path / "s.db") as store:
+        loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, prices()), driver=SimulatedFleet(profile),
+                           solver=SolveRunner(inline=True), store=store)
+        started(loop)
+        loop.handle_as_deploy(deploy(2000.0), NOW)
+        store.fail_commits("database or disk is full")
+        at = NOW + timedelta(minutes=1)
+        ack = loop.handle_as_deploy(deploy(3000.0, revision=1, at=at), at)
+        assert ack.status == "rejected" and ack.reason.startswith("store_unavailable"), ack.reason
+        assert running(loop.driver) == 1 and min(loop.book.import_limits_at(at).values()) == pytest.approx(2050.0)
+        assert load_control_state(store, profile)[0].as_deployments["d-1"].revision == 0, "not durable"
+        looser = loop.handle_as_deploy(deploy(500.0, revision=2, at=at), at)
+        assert looser.status == "rejected" and min(loop.book.import_limits_at(at).values()) == pytest.approx(2050.0)
+        store.fail_commits(None)
+        assert loop.handle_as_deploy(deploy(3000.0, revision=1, at=at), at).status == "accepted"
+        later = NOW + timedelta(minutes=20)
+        recall = loop.handle_as_deploy(deploy(0.0, at=later, recalled=True), later)
+        assert recall.status == "accepted"
+        assert loop.book.import_limits_at(later) == {}, "no hold outlives the recall"
+        loop.tick(later)
+        assert running(loop.driver) == 5

@@ -168,6 +168,10 @@ class AncillaryBookMixin:
                 awarded = sum(v for v in trial.reserve_awards_at(msg.issued_at).get(msg.product, {}).values())
                 if msg.deployed_kw > awarded + 1e-6:
                     reason += f" (more than the {awarded:.0f} kW awarded)"
+        if reason.startswith("accepted"):
+            # Durable from now on: a cut held in memory when an earlier message could not be
+            # committed gives way to the book (as a DR event's hold does), so no hold outlives a recall.
+            trial.holds.pop(f"AS:{msg.deployment_id}", None)
         ack = ASAckMessage(message_id=msg.deployment_id, kind="as_deploy",
                            status="accepted" if reason.startswith("accepted") else "rejected", reason=reason,
                            acked_at=now, import_limit_kw=None if deployment is None else deployment.limit_kw,
