@@ -243,6 +243,8 @@ def _simulate_with_site(profile, args: argparse.Namespace, site) -> int:
     status = result.loop.status(result.reports[-1].at)
     print(f"ticks {status['counters']['ticks']}, fallback schedules {status['counters']['fallback_schedules']}, "
           f"fast-path actions {status['counters']['fast_path_actions']}, DR accepted {status['counters']['dr_accepted']}")
+    if model is not None:  # the learned price model (issue 14): which forecast planned the last tick, and why
+        print(f"price forecast at the last tick: {model.last_source} ({model.last_reason})")
     for event in events:
         inside = frame[(frame.index >= event.start) & (frame.index < event.end)]
         worst = (inside["grid_import_kw"] - inside["import_limit_kw"]).max()
