@@ -228,6 +228,7 @@ class SimulatedFleet:
             self._hashrate[group.id] = np.array([m.hashrate_th_s for m in group.modes], dtype=float)
         self._others = SimulatedFleetPerMiner(profile)  # miners the profile does not name
         self._pdu_groups = {g.id for g in profile.miner_groups if getattr(g, "pdu_power_off", False)}
+        self._applied: dict[str, SetpointResult] = {}  # one immutable APPLIED result per miner, reused (issue 18)
 
     def apply(self, batch: list[Setpoint]) -> list[SetpointResult]:
         """Apply every setpoint at once; one APPLIED result per setpoint, in order."""
@@ -260,8 +261,15 @@ class SimulatedFleet:
             expires[group_id][i] = us
         if others:
             self._others.apply(others)
-        applied, reason = SetpointStatus.APPLIED, "applied in the simulated fleet"
-        return [SetpointResult(sp.miner_id, applied, reason) for sp in batch]
+        applied = self._applied
+        try:
+            return [applied[sp.miner_id] for sp in batch]
+        except KeyError:
+            for sp in batch:
+                if sp.miner_id not in applied:
+                    applied[sp.miner_id] = SetpointResult(sp.miner_id, SetpointStatus.APPLIED,
+                                                          "applied in the simulated fleet")
+            return [applied[sp.miner_id] for sp in batch]
 
     def apply_modes(self, modes: dict[str, np.ndarray], expires_at: datetime) -> None:
         """The array fast path (no setpoint objects): every miner of the groups in ``modes`` takes
