@@ -28,6 +28,7 @@ API
 writes (asynchronous, ordered per table):
   ``put(message, *, received_at=None)``, ``put_many(messages, *, received_at=None)``,
   ``put_price_frame(frame, *, published_at=None, received_at=None)`` (canonical frame, see hashflex.frames),
+  ``put_price_history(frame, *, received_at=None)`` (canonical columns + each row's ``published_at``: one check),
   ``put_rejection(rejection, *, received_at=None)``, ``set_dr_status(event_id, status)``,
   ``put_schedule(schedule, *, created_at)``, ``put_setpoint(setpoint)``, ``set_meta(key, value)``,
   ``after_commit(callback)`` (e.g. acknowledge an MQTT message only once it is durable)
