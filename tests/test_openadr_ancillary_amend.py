@@ -17,9 +17,11 @@ from hashflex.control.daemon import load_control_state
 from hashflex.control.loop import ControlLoop
 from hashflex.control.records import AuditRecorder
 from hashflex.control.solver import SolveRunner
+from hashflex.openadr.config import WebhookConfig
 from hashflex.openadr.mapping import modification_number
 from hashflex.sim.site import ReplayForecaster
 from hashflex.store import Store
+from openadr_tls import TestCert
 from openadr_vtn import TestVTN
 from test_openadr import T0, Site, cert, iso, prices, vtn  # noqa: F401
 from test_openadr_ancillary import as_profile, as_site, as_ven, award_event, deploy_event, program_type  # noqa: F401
@@ -182,3 +184,25 @@ def test_events_deleted_or_amended_while_the_ven_was_down_are_reconciled_on_rest
     assert "no longer on the VTN" in recall["note"]
     (withdrawal,) = withdrawals
     assert withdrawal["ack"]["status"] == "accepted" and "no longer on the VTN" in withdrawal["note"]
+
+
+def test_a_deletion_notified_over_the_webhook_recalls_at_once_with_its_reason(vtn: TestVTN, as_site: Site,  # noqa: F811
+                                                                             cert: TestCert) -> None:  # noqa: F811
+    program = vtn.create_program("qse-rrs", **program_type("RRS"))
+    as_site.tick()
+    ven = as_ven(vtn, as_site, webhook=WebhookConfig(bearer_token="hook-secret", ssl_context=cert.server_context()))
+    ven.enrol()
+    ven.start_webhook()
+    ven.subscribe()
+    try:
+        event = vtn.create_event(deploy_event(program["id"], T0, 2.0))  # CREATE notified: deployed at once
+        deployment_id = f"{event['id']}:0"
+        assert list(as_site.loop.book.import_limits_at(as_site.now)) == [f"AS:RRS:{deployment_id}"]
+        as_site.advance(1)
+        vtn.delete_event(event["id"])  # DELETE notified: recalled before any poll
+        assert ven.counters["polls"] == 0 and ven.counters["as_recalls"] == 1
+        assert as_site.loop.book.import_limits_at(as_site.now) == {}
+        assert as_site.loop.as_performance[deployment_id]["end_reason"] == (
+            f"OpenADR event {event['id']} deleted (VTN notification)")
+    finally:
+        ven.stop()
