@@ -130,9 +130,6 @@ def reserve_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndarr
     ``milp.define_reserve`` with n fixed (solved by HiGHS through scipy), so the MILP and the greedy
     fallback report reserve by one rule. Returns (kW held per product [T], kW short of the
     obligation per product [T], expected deployment cost $ [T])."""
-    from scipy.optimize import linprog
-    from scipy.sparse import coo_matrix
-
     from hashflex.optimize.milp import (
         _reserve_index,
         reserve_short_penalty_usd_per_kw,
@@ -144,6 +141,10 @@ def reserve_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndarr
     short = {r.name: r.obligation_kw.copy() for r in problem.reserves}
     if not pairs:
         return held, short, np.zeros(T)
+    # Imported only when there is reserve to value: scipy.optimize's first import costs ~1 s of a
+    # cold solve (a fresh solver process) that has no reserves at all.
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
     P = len(problem.reserves)
     n_r = len(pairs) * T
     col = {(k, t): k * T + t for k in range(len(pairs)) for t in range(T)}
