@@ -206,3 +206,29 @@ def test_a_deletion_notified_over_the_webhook_recalls_at_once_with_its_reason(vt
             f"OpenADR event {event['id']} deleted (VTN notification)")
     finally:
         ven.stop()
+
+
+def test_the_vens_refusals_reach_the_audit_trail(vtn: TestVTN, as_profile, prices, tmp_path: Path) -> None:  # noqa: ANN001, F811
+    """A stale version refused by the VEN is in the tamper-evident trail with its reason (the
+    recorder drops a kind the audit does not know, counting a failure)."""
+    program = vtn.create_program("qse-ecrs", **program_type("ECRS"))
+    box = Site(as_profile, prices)
+    with Store(tmp_path / "site.db") as store:
+        recorder = AuditRecorder(store)
+        box.loop = ControlLoop(as_profile, forecaster=ReplayForecaster(as_profile, prices), driver=box.fleet,
+                               store=store, solver=SolveRunner(inline=True), recorder=recorder)
+        box.tick()
+        event = vtn.create_event(deploy_event(program["id"], T0, 3.0))
+        ven = as_ven(vtn, box)
+        ven.tick(box.now)
+        vtn.put_raw_event({**event, "modificationDateTime": "2021-01-01T00:00:00Z", "intervals": dispatch(1.0)})
+        box.advance(1)
+        ven.tick(box.now)
+        recorder.flush()
+        recorder.close()
+        assert recorder.failures == 0
+    with AuditLog(tmp_path / "site.db", readonly=True) as log:
+        (refusal,) = [r.payload for r in log.records("openadr_rejected")]
+        (stale,) = [r.payload for r in log.records("as_deploy") if r.payload["ack"]["status"] == "rejected"]
+    assert refusal["id"] == event["id"] and refusal["reason"].startswith("stale: modificationDateTime")
+    assert stale["ack"]["reason"].endswith("(stale)") and stale["note"] == f"OpenADR event {event['id']}: stale version"
