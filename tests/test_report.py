@@ -336,7 +336,8 @@ JSON_KEYS = {
                   "notes"},
     "curtailment": {"by_cause", "per_day", "total_mwh", "total_hours", "intervals_without_full_load"},
     "economics": {"revenue_usd", "energy_cost_usd", "profit_usd", "average_energy_cost_usd_per_mwh",
-                  "curtailment_hours", "curtailed_mwh"},
+                  "curtailment_hours", "curtailed_mwh",
+                  "reserve_payment_usd", "reserve_clawback_usd", "reserve_revenue_usd"},  # issue 15
 }
 
 

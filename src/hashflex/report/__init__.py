@@ -46,8 +46,10 @@ $ 0.01, kW 0.1, % 0.1).
 - ``curtailment``: ``by_cause`` {cause: {``mwh``, ``hours``, ``intervals``}}, ``per_day``
   [{``day``, ``cause``, ``mwh``, ``hours``}], ``total_mwh``, ``total_hours``,
   ``intervals_without_full_load`` (:mod:`hashflex.report.curtailment`).
-- ``economics``: ``revenue_usd``, ``energy_cost_usd``, ``profit_usd``,
-  ``average_energy_cost_usd_per_mwh``, ``curtailment_hours``, ``curtailed_mwh``.
+- ``economics``: ``revenue_usd``, ``energy_cost_usd``, ``reserve_payment_usd``, ``reserve_clawback_usd``,
+  ``reserve_revenue_usd`` (AS awards at their price, less metered deployment shortfalls:
+  :func:`hashflex.report.ancillary.reserve_money`), ``profit_usd`` (revenue − energy cost + reserve
+  revenue), ``average_energy_cost_usd_per_mwh``, ``curtailment_hours``, ``curtailed_mwh``.
 - ``hourly``: per UTC hour: energy, ``location_kg``, ``location_kg_per_mwh``,
   ``intensity_source``, hashing, money, ``price_usd_mwh``.
 - ``intervals``: per measured interval (:func:`interval_rows`; exported by
@@ -67,7 +69,7 @@ import pandas as pd
 
 from hashflex.audit import AuditError, AuditLog
 from hashflex.report import figures as F
-from hashflex.report.ancillary import ancillary_figures
+from hashflex.report.ancillary import ancillary_figures, reserve_money
 from hashflex.report.curtailment import curtailment_figures, interval_causes
 from hashflex.report.provenance import config_for_seq, provenance
 
@@ -302,6 +304,7 @@ def report_from_records(records: list[Any], start: pd.Timestamp, end: pd.Timesta
     if inputs.superseded:
         notes.append(f"{inputs.superseded} measurement record(s) superseded by a later record for the same interval")
     site = (inputs.configs[-1]["profile"].get("site") or {}).get("name") if inputs.configs else None
+    ancillary = ancillary_figures(inputs, start, end, tolerance_kw=dr_tolerance_kw)
     report = {
         "report": {"period_start": start.isoformat(), "period_end": end.isoformat(), "site": site, "timezone": tz,
                    "simulated": origin.simulated, "provenance": origin.to_json(),
@@ -315,9 +318,9 @@ def report_from_records(records: list[Any], start: pd.Timestamp, end: pd.Timesta
         "noise": F.noise_figures(inputs.noise, tz),
         "demand_response": F.dr_figures(m, inputs, start, end, tolerance_kw=dr_tolerance_kw,
                                         high_price_usd_mwh=high_price_usd_mwh, tz=tz, simulated=origin.simulated),
-        "ancillary": ancillary_figures(inputs, start, end, tolerance_kw=dr_tolerance_kw),
+        "ancillary": ancillary,
         "curtailment": curtailment_figures(m, inputs.schedules, inputs.guard_actions, tz),
-        "economics": F.economics_figures(m),
+        "economics": F.economics_figures(m, reserve_money(inputs, start, end, ancillary["deployments"])),
         "hourly": F.hourly_figures(m, inputs.configs),
         "intervals": interval_rows(m, inputs, simulated=origin.simulated),
     }

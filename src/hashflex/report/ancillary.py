@@ -35,6 +35,15 @@ Figures, per deployment issued in the report period (units in the key names):
   individual readings, recorded by the loop in a later ``as_performance`` record: the time from the
   instruction to the first reading at or under the limit, and whether that was by the deadline (null
   until such a reading arrived).
+
+Money (:func:`reserve_money`, in the ``economics`` section): ``reserve_payment_usd`` = Σ over the
+accepted awards (the latest accepted revision of each ``award_id``) of ``reserve_kw`` / 1000 × the
+award's ``price_usd_mw_h`` × the hours of the award inside the report period (ERCOT pays a DAM AS
+award at its MCPC per MW per hour, NP4-181-ER); ``reserve_clawback_usd`` = Σ over the accepted
+deployments issued in the period of ``metered_shortfall_mw`` × the price of the product's awards in
+force at the instruction (MW-weighted) × the assessed hours (``metered_intervals`` × their length);
+``reserve_revenue_usd`` = payment − clawback. A hold shortfall between deployments (awarded reserve
+not kept running) is not in the trail and is not charged back here; the backtest's summary charges it.
 """
 
 from __future__ import annotations
@@ -48,7 +57,7 @@ import pandas as pd
 from hashflex.profile import AS_PRODUCT_RULES
 from hashflex.report.inputs import ReportInputs, _r
 
-__all__ = ["AWARD_COLUMNS", "DEPLOYMENT_COLUMNS", "ancillary_figures"]
+__all__ = ["AWARD_COLUMNS", "DEPLOYMENT_COLUMNS", "ancillary_figures", "reserve_money"]
 
 DEPLOYMENT_COLUMNS = ["deployment_id", "product", "issued_at", "accepted", "deployed_mw", "awarded_mw", "delivered_mw",
                       "delivered_vs_awarded_pct", "shortfall_mw", "response_s", "deadline", "within_deadline",
@@ -219,3 +228,62 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
         "awards": awards,
         "notes": notes,
     }
+
+
+def _latest_accepted_awards(awards: list[dict[str, Any]], before_seq: int | None = None) -> list[dict[str, Any]]:
+    """The latest accepted revision of each award id (records before ``before_seq`` when given)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in sorted(awards, key=lambda r: r["seq"]):
+        message = record["message"]
+        if (before_seq is None or record["seq"] < before_seq) and _accepted(record) and message.get("award_id"):
+            latest[message["award_id"]] = message
+    return list(latest.values())
+
+
+def reserve_money(inputs: ReportInputs, period_start: pd.Timestamp, period_end: pd.Timestamp,
+                  deployments: list[dict[str, Any]]) -> dict[str, Any]:
+    """The reserve payment, clawback and net of the period, from the audit trail (module docstring).
+
+    Parameters
+    ----------
+    inputs : ReportInputs
+        Decoded audit records (``as_awards``, ``as_deploys``, ``history``).
+    period_start, period_end : pd.Timestamp
+        The report period, UTC, half-open.
+    deployments : list of dict
+        The ``deployments`` rows of :func:`ancillary_figures` for the same period.
+
+    Returns
+    -------
+    dict
+        ``reserve_payment_usd``, ``reserve_clawback_usd``, ``reserve_revenue_usd`` ($; 0.0 without
+        awards).
+    """
+    payment = 0.0
+    for message in _latest_accepted_awards(inputs.as_awards):
+        start, end = _stamp(message.get("start")), _stamp(message.get("end"))
+        price = message.get("price_usd_mw_h")
+        if start is None or end is None or price is None:
+            continue
+        hours = (min(end, period_end) - max(start, period_start)).total_seconds() / 3600.0
+        if hours > 0:
+            payment += float(message.get("reserve_kw") or 0.0) / 1000.0 * float(price) * hours
+    clawback = 0.0
+    step_h = float(inputs.history["interval_h"].median()) if inputs.history is not None and len(inputs.history) else 0.0
+    seqs = {str(r["message"].get("deployment_id")): r["seq"] for r in inputs.as_deploys
+            if not r["message"].get("recalled") and _accepted(r)}
+    for row in deployments:
+        short_mw = row.get("metered_shortfall_mw") or 0.0
+        if not row.get("accepted") or short_mw <= 0 or not row.get("metered_intervals"):
+            continue
+        issued = _stamp(row["issued_at"])
+        in_force = [m for m in _latest_accepted_awards(inputs.as_awards, seqs.get(str(row["deployment_id"])))
+                    if m.get("product") == row["product"] and m.get("price_usd_mw_h") is not None
+                    and _stamp(m.get("start")) <= issued < _stamp(m.get("end"))]
+        mw = sum(float(m.get("reserve_kw") or 0.0) for m in in_force)
+        if mw <= 0:
+            continue
+        price = sum(float(m["price_usd_mw_h"]) * float(m.get("reserve_kw") or 0.0) for m in in_force) / mw
+        clawback += short_mw * price * row["metered_intervals"] * step_h
+    return {"reserve_payment_usd": _r(payment, 4), "reserve_clawback_usd": _r(clawback, 4),
+            "reserve_revenue_usd": _r(payment - clawback, 4)}

@@ -32,8 +32,9 @@ Definitions (the units are in the key names):
 - demand response: see :mod:`hashflex.report.dr_performance` (per event: timeline, ERCOT
   baselines, settlement rows, pass/fail). Curtailed kW = max(full_load − load, 0); high-price
   intervals: price ≥ threshold.
-- economics: revenue, energy cost, profit = revenue − energy cost (as recorded), curtailment hours =
-  Σ h where curtailed > 1 % of full load.
+- economics: revenue, energy cost, reserve revenue (AS awards at their price less metered deployment
+  shortfalls, :func:`hashflex.report.ancillary.reserve_money`), profit = revenue − energy cost +
+  reserve revenue (as recorded), curtailment hours = Σ h where curtailed > 1 % of full load.
 
 Split (issue 11): decoding records is :mod:`hashflex.report.inputs`, the emissions figures
 :mod:`hashflex.report.emissions`; both are re-exported here (``figures.inputs_from_records``,
@@ -367,28 +368,34 @@ def dr_figures(m: pd.DataFrame, inputs: ReportInputs, period_start: pd.Timestamp
 # --------------------------------------------------------------------------- economics
 
 
-def economics_figures(m: pd.DataFrame) -> dict[str, Any]:
-    """The ``economics`` section: revenue, energy cost and profit as recorded ($), average energy
-    cost ($/MWh imported), hours and MWh curtailed.
+def economics_figures(m: pd.DataFrame, reserve: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``economics`` section: revenue, energy cost and profit as recorded ($), the ancillary
+    service reserve money, average energy cost ($/MWh imported), hours and MWh curtailed.
 
     Parameters
     ----------
     m : pd.DataFrame
         The period's measurements.
+    reserve : mapping, optional
+        ``reserve_payment_usd``, ``reserve_clawback_usd``, ``reserve_revenue_usd``
+        (:func:`hashflex.report.ancillary.reserve_money`); None: no reserve (all 0).
 
     Returns
     -------
     dict
+        ``profit_usd`` = revenue − energy cost + ``reserve_revenue_usd``.
     """
     h = m["interval_h"]
     curtailed = (m["full_load_kw"] - m["load_kw"]).clip(lower=0.0)
     curtailing = curtailed > CURTAIL_FRACTION * m["full_load_kw"]
     revenue, cost = float(m["revenue_usd"].fillna(0.0).sum()), float(m["energy_cost_usd"].fillna(0.0).sum())
+    money = {"reserve_payment_usd": 0.0, "reserve_clawback_usd": 0.0, "reserve_revenue_usd": 0.0, **(reserve or {})}
     import_mwh = _mwh(m["import_kw"], h)
     return {
         "revenue_usd": _r(revenue, 4),
         "energy_cost_usd": _r(cost, 4),
-        "profit_usd": _r(revenue - cost, 4),
+        **{k: _r(float(money[k]), 4) for k in ("reserve_payment_usd", "reserve_clawback_usd", "reserve_revenue_usd")},
+        "profit_usd": _r(revenue - cost + float(money["reserve_revenue_usd"]), 4),
         "average_energy_cost_usd_per_mwh": _r(cost / import_mwh, 4) if import_mwh > 0 else None,
         "curtailment_hours": _r(float(h[curtailing].sum())),
         "curtailed_mwh": _r(_mwh(curtailed, h)),

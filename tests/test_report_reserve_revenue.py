@@ -1,0 +1,54 @@
+"""``hashflex report`` on an ``mpc+as`` backtest database counts the reserve revenue (issue 15; a
+newcomer found the report's economics left it out, so its profit disagreed with the backtest's).
+
+Two hours of the bundled real May 2024 prices through the real control loop (``hashflex backtest
+--policy mpc+as --out``, inline HiGHS), then ``hashflex report`` on the ``backtest.db`` it wrote. The
+reserve payment in the report comes from the audit trail's accepted awards (MW × their price × hours
+in the period); it must equal the backtest's own settlement (award × MCPC), and the report's profit
+must carry it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hashflex.backtest.cli import main as backtest_main
+from hashflex.report import build_report
+
+
+@pytest.fixture(scope="module")
+def backtest_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mpc_as_report")
+    code = backtest_main(["backtest", "--profile", "west_texas", "--ancillary", "example", "--policy", "mpc+as",
+                          "--from", "2024-05-08T00:00-05:00", "--to", "2024-05-08T02:00-05:00",
+                          "--replan-minutes", "60", "--hashprice", "profile", "--out", str(out), "--quiet"])
+    assert code == 0
+    return out
+
+
+def test_report_economics_carry_the_reserve_payment_of_the_backtest(backtest_out) -> None:
+    figures = json.loads((backtest_out / "summary.json").read_text())["policies"]["mpc+as"]
+    assert figures["as_payment_usd"] > 0, "two real hours of reserve pay something"
+    report = build_report(backtest_out / "backtest.db")
+    economics = report["economics"]
+    # The same awards at the same prices over the same two hours: equal to the cent.
+    assert economics["reserve_payment_usd"] == pytest.approx(figures["as_payment_usd"], abs=0.01)
+    assert economics["reserve_clawback_usd"] == 0.0  # no deployment was short
+    assert economics["reserve_revenue_usd"] == pytest.approx(economics["reserve_payment_usd"], abs=0.01)
+    assert economics["profit_usd"] == pytest.approx(
+        economics["revenue_usd"] - economics["energy_cost_usd"] + economics["reserve_revenue_usd"], abs=0.02)
+
+
+def test_report_of_a_trail_without_awards_has_no_reserve_money(tmp_path) -> None:
+    """An ``mpc`` backtest's trail has no award: reserve figures are 0 and profit is as before
+    (revenue − electricity cost)."""
+    out = tmp_path / "mpc"
+    code = backtest_main(["backtest", "--profile", "west_texas", "--policy", "mpc",  # the bundled Feb 2020 prices
+                          "--from", "2020-02-10T00:00-06:00", "--to", "2020-02-10T01:00-06:00",
+                          "--replan-minutes", "60", "--hashprice", "profile", "--out", str(out), "--quiet"])
+    assert code == 0
+    economics = build_report(out / "backtest.db")["economics"]
+    assert economics["reserve_payment_usd"] == 0.0 and economics["reserve_revenue_usd"] == 0.0
+    assert economics["profit_usd"] == pytest.approx(economics["revenue_usd"] - economics["energy_cost_usd"], abs=0.01)
