@@ -52,3 +52,20 @@ def test_report_of_a_trail_without_awards_has_no_reserve_money(tmp_path) -> None
     economics = build_report(out / "backtest.db")["economics"]
     assert economics["reserve_payment_usd"] == 0.0 and economics["reserve_revenue_usd"] == 0.0
     assert economics["profit_usd"] == pytest.approx(economics["revenue_usd"] - economics["energy_cost_usd"], abs=0.01)
+
+
+def test_a_metered_deployment_shortfall_is_charged_back_by_hand(tmp_path) -> None:
+    """The trail of test_report_ancillary's RRS case (10 hydro blocks, an RRS award of 4,950 kW at
+    $150/MW-h from 16:00 to 20:00, deployed at 17:03 with a 50 kW metered shortfall over the three
+    quarter hours from 17:15). Report 17:00–18:00: paid 4.95 MW × $150 × 1 h = $742.50; charged back
+    0.05 MW × $150 × 3 × ¼ h = $5.625; net $736.875; profit = revenue − energy cost + net."""
+    from test_report_ancillary import _report, _trail
+
+    db = tmp_path / "rrs.db"
+    _trail(db, "RRS", 5000.0, [1090.0, 100.0, 100.0, 100.0])
+    economics = _report(db)["economics"]
+    assert economics["reserve_payment_usd"] == pytest.approx(742.5)
+    assert economics["reserve_clawback_usd"] == pytest.approx(5.62, abs=0.01)  # rounded to the cent
+    assert economics["reserve_revenue_usd"] == pytest.approx(736.88, abs=0.01)
+    assert economics["profit_usd"] == pytest.approx(
+        economics["revenue_usd"] - economics["energy_cost_usd"] + 736.875, abs=0.02)
