@@ -126,6 +126,7 @@ def test_events_deleted_or_amended_while_the_ven_was_down_are_reconciled_on_rest
     ecrs = vtn.create_program("qse-ecrs", **program_type("ECRS"))
     rrs = vtn.create_program("qse-rrs", **program_type("RRS"))
     award = vtn.create_event(award_event(ecrs["id"], T0 + timedelta(hours=1), [4.0]))
+    shrunk = vtn.create_event(award_event(rrs["id"], T0 + timedelta(hours=1), [2.0, 3.0]))
     gone = vtn.create_event(deploy_event(ecrs["id"], T0, 3.0))
     kept = vtn.create_event(deploy_event(rrs["id"], T0, 2.0))
     box = Site(as_profile, prices)
@@ -152,6 +153,7 @@ def test_events_deleted_or_amended_while_the_ven_was_down_are_reconciled_on_rest
     vtn.delete_event(award["id"])
     vtn.delete_event(gone["id"])
     vtn.update_event(kept["id"], intervals=dispatch(4.0))
+    vtn.update_event(shrunk["id"], intervals=shrunk["intervals"][:1])  # its second hour is withdrawn
     box.advance(3)
     store, recorder = start()
     box.loop.restore(box.now)
@@ -169,6 +171,8 @@ def test_events_deleted_or_amended_while_the_ven_was_down_are_reconciled_on_rest
     assert book.as_deployments[gone_id].recalled and book.as_deployments[gone_id].end == box.now
     assert book.as_deployments[kept_id].deployed_kw == 4000.0, "the one still listed is amended, not redeployed"
     assert book.as_awards[f"{award['id']}:0"]["reserve_kw"] == 0.0, "the deleted award is withdrawn"
+    assert [book.as_awards[f"{shrunk['id']}:{k}"]["reserve_kw"] for k in (0, 1)] == [2000.0, 0.0], \
+        "the interval removed while the VEN was down is withdrawn, the other kept"
     assert again.counters["as_refused"] == 0, [a.reason for a in again.as_acks]
     box.tick()
     assert box.fleet.load_kw() <= book.import_limits_at(box.now)[f"AS:RRS:{kept_id}"] + 1e-6
@@ -182,8 +186,9 @@ def test_events_deleted_or_amended_while_the_ven_was_down_are_reconciled_on_rest
     (recall,) = recalls
     assert recall["message"]["deployment_id"] == gone_id and recall["ack"]["status"] == "accepted"
     assert "no longer on the VTN" in recall["note"]
-    (withdrawal,) = withdrawals
-    assert withdrawal["ack"]["status"] == "accepted" and "no longer on the VTN" in withdrawal["note"]
+    notes = {w["message"]["award_id"]: w["note"] for w in withdrawals if w["ack"]["status"] == "accepted"}
+    assert "no longer on the VTN" in notes[f"{award['id']}:0"]
+    assert "interval no longer in the event" in notes[f"{shrunk['id']}:1"] and len(withdrawals) == 2
 
 
 def test_a_deletion_notified_over_the_webhook_recalls_at_once_with_its_reason(vtn: TestVTN, as_site: Site,  # noqa: F811

@@ -73,6 +73,7 @@ class _ASTracked:
     done: set[str] = field(default_factory=set)  # recalled, refused or over: never sent again
     tried: dict[str, float] = field(default_factory=dict)  # amendments refused, by id: kW (not sent again)
     end_reason: str | None = None  # why the event's deployments are recalled (deleted, no longer targeted)
+    unreadable: frozenset[str] = frozenset()  # message ids of intervals refused this time (keep what they asked)
 
 
 def as_programs(config: Any, loop: Any) -> tuple[frozenset[str], str | None]:
@@ -168,6 +169,7 @@ class AncillaryMixin:
             tracked.tried = held.tried
         self._as_events[event_id] = tracked
         self._note_mapping(event_id, mapped, now)
+        tracked.unreadable = _interval_bases(event_id, mapped)
         sent = self._apply_awards(tracked, mapped, now)
         tracked.intervals = mapped.intervals
         tracked.planned = {d.deployment_id: d for d in mapped.deployments}
@@ -380,8 +382,10 @@ class AncillaryMixin:
     def reconcile_as(self, listed_bases: set[str], now: datetime) -> int:
         """After a restart, on the first complete listing: withdraw the awards and recall the
         deployments the limits book holds from this VEN (``via`` ``"openadr"``, this QSE) for events
-        the VTN no longer lists (deleted while the VEN was down). A failed or partial poll never
-        gets here, so nothing in force is dropped on a VTN's error.
+        the VTN no longer lists (deleted while the VEN was down), or for intervals an event read now
+        no longer has (modified while the VEN was down). An interval unreadable this time, or an
+        event refused as a whole, keeps what it asked before; a failed or partial poll never gets
+        here, so nothing in force is dropped on a VTN's error.
 
         Parameters
         ----------
@@ -398,14 +402,28 @@ class AncillaryMixin:
         book = getattr(self.loop, "book", None)
         if book is None or self.issuer_as is None:
             return 0
-        tracked = {i for t in self._as_events.values() for i in (*t.deployed, *t.awards, *t.done)}
+        tracked = {i for t in self._as_events.values() for i in (*t.deployed, *t.awards, *t.done, *t.planned)}
+        unreadable = {i for t in self._as_events.values() for i in t.unreadable}
+        # An event listed but not tracked (refused as a whole this time) keeps what it asked before.
+        read = {message_base(e) for e in self._as_events}
+
+        def gone(message_id: str) -> str | None:
+            """Why an award or deployment of this VEN in the book is no longer asked for, or None."""
+            base = message_id.rsplit(":", 1)[0]
+            if base not in listed_bases:
+                return f"OpenADR event {base} is no longer on the VTN (deleted while the VEN was down)"
+            if (base in read and message_id not in tracked and message_id not in unreadable
+                    and message_id.rsplit(".", 1)[0] not in unreadable):
+                return f"OpenADR event {base}: interval no longer in the event (modified while the VEN was down)"
+            return None
+
         sent = 0
         for deployment_id, held in list(book.as_deployments.items()):
-            base = deployment_id.rsplit(":", 1)[0]
-            if (held.via != "openadr" or held.issuer != self.issuer_as or base in listed_bases
-                    or deployment_id in tracked or held.recalled or held.end <= now):
+            if held.via != "openadr" or held.issuer != self.issuer_as or held.recalled or held.end <= now:
                 continue
-            reason = f"OpenADR event {base} is no longer on the VTN (deleted while the VEN was down)"
+            reason = gone(deployment_id)
+            if reason is None:
+                continue
             log.info("OpenADR AS deployment %s: %s, recalled", deployment_id, reason)
             ack = self.loop.handle_as_deploy(recall_message(deployment_id, held.product, held.issuer, now), now,
                                              via="openadr", note=reason)
@@ -413,12 +431,13 @@ class AncillaryMixin:
             self.counters["as_recalls"] += 1
             sent += 1
         for award_id, held_award in list(book.as_awards.items()):
-            base = award_id.rsplit(":", 1)[0]
             award = self._award_in_book(award_id)
             if (award is None or held_award.get("via") != "openadr" or award.issuer != self.issuer_as
-                    or base in listed_bases or award_id in tracked or award.reserve_kw == 0 or award.end <= now):
+                    or award.reserve_kw == 0 or award.end <= now):
                 continue
-            reason = f"OpenADR event {base} is no longer on the VTN (deleted while the VEN was down)"
+            reason = gone(award_id)
+            if reason is None:
+                continue
             withdrawal = award.model_copy(update={"revision": award.revision + 1, "reserve_kw": 0.0,
                                                   "price_usd_mw_h": None})
             ack = self.loop.handle_as_award(withdrawal, now, via="openadr", note=reason)
