@@ -5,6 +5,7 @@ when HiGHS fails. ``solve(problem)`` is the entry point the loop, ``plan``, the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -326,16 +327,27 @@ SOLVER_INTERFACES = ("direct", "appsi")
 
 
 def solve(problem: Problem, *, time_limit_s: float = 10.0, rel_gap: float = DEFAULT_REL_GAP,
-          basis_cache: LpBasisCache | None = None, interface: str = "direct") -> Schedule:
+          basis_cache: LpBasisCache | None = None, interface: str = "direct",
+          pool_identical: bool = True) -> Schedule:
     """Build, solve the LP relaxation, warm-start the MILP from its rounded-down counts (or stop
     there when the LP bound proves the start within ``rel_gap``), and return a Schedule whose status
     says how good it is (or the greedy fallback's). ``basis_cache``: see `LpBasisCache`.
 
     ``interface``: ``"direct"`` (default) hands the Pyomo model's rows, as Pyomo's linear
     representation produces them, to HiGHS in one call; ``"appsi"`` goes through Pyomo's persistent
-    HiGHS interface. Same model, same HiGHS, same procedure; see optimization/FORMULATION.md."""
+    HiGHS interface. Same model, same HiGHS, same procedure; see optimization/FORMULATION.md.
+
+    ``pool_identical`` (direct interface): groups that are alike (same modes, idle draw, commitment
+    parameters and noise coefficients; `optimize.symmetry`) are solved as one group per class and
+    the plan is split back per group before the schedule is computed; the pooled problem's optimum
+    bounds the unpooled one, so the reported gap stays a true gap."""
     if interface not in SOLVER_INTERFACES:
         raise ValueError(f"interface must be one of {SOLVER_INTERFACES}, got {interface!r}")
+    if interface == "direct" and pool_identical:
+        from hashflex.optimize.symmetry import poolable
+
+        if poolable(problem):
+            return _solve_pooled(problem, time_limit_s, rel_gap, basis_cache)
     if interface == "appsi":
         solved = _solve_appsi(problem, time_limit_s, rel_gap)
     else:
@@ -344,6 +356,29 @@ def solve(problem: Problem, *, time_limit_s: float = 10.0, rel_gap: float = DEFA
         return solved.fallback
     return schedule_from_counts(problem, solved.counts, solved.info, import_kw=solved.import_kw,
                                 compute=solved.compute, powered_off=solved.powered_off)
+
+
+def _solve_pooled(problem: Problem, time_limit_s: float, rel_gap: float, basis_cache: LpBasisCache | None
+                  ) -> Schedule:
+    """`solve` with identical groups pooled (`optimize.symmetry`): the pooled problem is solved with
+    the same procedure, time limit and gap; its counts are split back per group and the schedule
+    is computed on the original problem. A fallback is the original problem's greedy schedule."""
+    from hashflex.optimize.fallback import greedy_schedule
+    from hashflex.optimize.symmetry import pool_identical_groups, split_counts
+
+    problem.validate()
+    pooled, members = pool_identical_groups(problem)
+    solved = _solve(pooled, time_limit_s, rel_gap, basis_cache)
+    if solved.fallback is not None:
+        return greedy_schedule(problem, reason=solved.fallback.info.message)
+    try:
+        counts = split_counts(problem, members, solved.counts)
+    except ValueError as exc:  # never leave the site unplanned
+        log.exception("pooled counts could not be split back; using the greedy fallback")
+        return greedy_schedule(problem, reason=f"solver error: {exc}")
+    note = f"{len(problem.groups)} groups solved as {len(pooled.groups)} classes of identical groups"
+    info = dataclasses.replace(solved.info, message=f"{solved.info.message}; {note}" if solved.info.message else note)
+    return schedule_from_counts(problem, counts, info, import_kw=solved.import_kw)
 
 
 def _penalties(model: pyo.ConcreteModel) -> dict[str, float]:

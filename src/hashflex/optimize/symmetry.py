@@ -1,0 +1,152 @@
+"""Identical groups pooled into one (an exact reduction of the LP), and the pooled counts split back.
+
+Containers of one kind at one distance from every receptor are interchangeable: same modes, idle
+draw, commitment parameters (min on/off, start cost) and noise coefficients to every receptor. The
+MILP does not need to tell them apart: pooling them into one group whose units, availability and
+initial state add up gives the same LP relaxation value on the aggregate (identical units pool), and
+a model 1/k the size for k alike containers. `solve` pools before building and splits the plan back
+per group (`split_counts`) before the schedule is computed, so every figure and reason is the
+original groups'. Measured on the SYNTHETIC panhandle-like 288 × 48 site (48 containers in 6
+classes): see optimization/benchmarks/solve_scale.py.
+
+The pooled min on/off rows are the sum of the members' rows, a relaxation of them: the pooled
+optimum is an upper bound for the unpooled one. The split keeps each member's running units where
+they were, starts units where there is room and stops them from units not held on by min-on first,
+so members' starts add up to the class's except where availability moves units between members.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from hashflex.optimize.problem import Group, GroupState, Problem
+
+
+def class_key(problem: Problem, group: Group) -> tuple:
+    """What must be equal for two groups to pool: modes, idle draw, commitment parameters and the
+    unit noise energy of every mode at every receptor (exact floats)."""
+    noise = tuple(tuple(receptor.unit_energy(group.id, mode) for mode in group.modes) for receptor in problem.receptors)
+    return (group.modes, group.idle_power_kw, group.min_on_h, group.min_off_h, group.start_cost_usd, noise)
+
+
+def poolable(problem: Problem) -> bool:
+    """True when pooling applies: two or more identical groups, and none of the families that name
+    groups one by one (powered-off units, derates, reserves, GPU compute)."""
+    if problem.power_off or problem.derates or getattr(problem, "reserves", ()) or problem.compute is not None:
+        return False
+    keys = [class_key(problem, group) for group in problem.groups]
+    return len(set(keys)) < len(keys)
+
+
+def pool_identical_groups(problem: Problem) -> tuple[Problem, list[list[int]]]:
+    """Pool groups that are alike (`class_key`) into one group per class.
+
+    Parameters
+    ----------
+    problem : Problem
+        The planning problem (see `poolable` for when pooling applies).
+
+    Returns
+    -------
+    (Problem, list of list of int)
+        The pooled problem (one group per class, named after its first member; units, availability
+        [T] and initial state summed, initial min-on/off batches concatenated) and, per pooled
+        group, the indices of its members in ``problem.groups``.
+    """
+    classes: dict[tuple, list[int]] = {}
+    for g, group in enumerate(problem.groups):
+        classes.setdefault(class_key(problem, group), []).append(g)
+    members = list(classes.values())
+    pooled = []
+    for idx in members:
+        first = problem.groups[idx[0]]
+        gs = [problem.groups[g] for g in idx]
+        loads = [g.initial.load_kw for g in gs]
+        initial = GroupState(units_on=sum(g.initial.units_on for g in gs),
+                             load_kw=None if all(v is None for v in loads) else sum(v or 0.0 for v in loads),
+                             must_stay_on=tuple(b for g in gs for b in g.initial.must_stay_on),
+                             must_stay_off=tuple(b for g in gs for b in g.initial.must_stay_off))
+        pooled.append(dataclasses.replace(
+            first, units=sum(g.units for g in gs), initial=initial,
+            units_available=np.sum([np.asarray(g.units_available, dtype=int) for g in gs], axis=0)))
+    ids = {problem.groups[idx[0]].id for idx in members}
+    receptors = tuple(dataclasses.replace(r, attenuation_db={k: v for k, v in r.attenuation_db.items() if k in ids})
+                      for r in problem.receptors)
+    return dataclasses.replace(problem, groups=tuple(pooled), receptors=receptors), members
+
+
+def _held(problem: Problem, group: Group, attr: str) -> np.ndarray:
+    """[T] units of ``group`` held on (``must_stay_on``) or off by batches from before the horizon."""
+    starts_h = np.concatenate([[0.0], np.cumsum(problem.duration_h)[:-1]])
+    held = np.zeros(problem.T, dtype=int)
+    for hours_left, units in getattr(group.initial, attr):
+        held += np.where(starts_h < hours_left - 1e-9, int(units), 0)
+    return held
+
+
+def split_counts(problem: Problem, members: list[list[int]], pooled_counts: dict[tuple[int, int], np.ndarray]
+                 ) -> dict[tuple[int, int], np.ndarray]:
+    """The pooled plan's counts back per original group.
+
+    Per class and interval, each member keeps the units it ran before (within its availability);
+    a rise of the class's units on is started in members with room (first those whose min-off
+    batches leave room), a fall is stopped from units not held on by a min-on batch first (last
+    members first); the class's modes are then filled member by member.
+
+    Parameters
+    ----------
+    problem : Problem
+        The original (unpooled) problem.
+    members : list of list of int
+        Per pooled group k, its members' indices (`pool_identical_groups`).
+    pooled_counts : dict
+        (k, m) → [T] int units of pooled group k in mode m.
+
+    Returns
+    -------
+    dict
+        (g, m) → [T] int units of original group g in mode m; per interval, the members' counts of
+        each mode add up to the class's and no member runs more than it has available.
+    """
+    T = problem.T
+    out = {}
+    for k, idx in enumerate(members):
+        groups = [problem.groups[g] for g in idx]
+        n_modes = len(groups[0].modes)
+        class_n = np.array([np.asarray(pooled_counts[k, m], dtype=int) for m in range(n_modes)])  # [M, T]
+        avail = np.array([np.asarray(g.units_available, dtype=int) for g in groups])  # [K, T]
+        held_on = np.array([_held(problem, g, "must_stay_on") for g in groups])
+        off_room = np.array([g.units - _held(problem, g, "must_stay_off") for g in groups])
+        on = np.array([g.initial.units_on for g in groups], dtype=int)
+        per = np.zeros((len(idx), n_modes, T), dtype=int)
+        for t in range(T):
+            on = np.minimum(on, avail[:, t])
+            diff = int(class_n[:, t].sum() - on.sum())
+            if diff > 0:
+                for cap in (np.minimum(avail[:, t], off_room[:, t]), avail[:, t]):
+                    for i in range(len(idx)):
+                        step = min(diff, max(int(cap[i] - on[i]), 0))
+                        on[i] += step
+                        diff -= step
+            elif diff < 0:
+                for floor in (np.minimum(held_on[:, t], on), np.zeros(len(idx), dtype=int)):
+                    for i in reversed(range(len(idx))):
+                        step = min(-diff, max(int(on[i] - floor[i]), 0))
+                        on[i] -= step
+                        diff += step
+            if diff != 0:
+                raise ValueError(f"pooled counts of {groups[0].id}'s class exceed its members' availability at {t}")
+            left = class_n[:, t].copy()
+            for i in range(len(idx)):
+                room = int(on[i])
+                for m in range(n_modes):
+                    take = min(room, int(left[m]))
+                    per[i, m, t] = take
+                    left[m] -= take
+                    room -= take
+        for i, g in enumerate(idx):
+            for m in range(n_modes):
+                out[g, m] = per[i, m]
+    return out
