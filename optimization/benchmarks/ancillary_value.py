@@ -2,10 +2,15 @@
 development months of real ERCOT prices, with real HiGHS solves. Prints numbers; asserts nothing.
 
     python optimization/benchmarks/ancillary_value.py                 # Feb–May 2024 (dev months)
-    python optimization/benchmarks/ancillary_value.py --months 2024-05 --months 2025-08
+    python optimization/benchmarks/ancillary_value.py --months 2024-05 --offer-rule rt-risk
     python optimization/benchmarks/ancillary_value.py --all           # every dev month in the file
-    python optimization/benchmarks/ancillary_value.py --loop --file src/hashflex/data/ercot/hourly_dam_rt_as_mcpc_2024-05.csv \
-        --from 2024-05-08 --days 1                                     # mpc vs mpc+as through the real loop
+    python optimization/benchmarks/ancillary_value.py --loop --from 2024-05-08 --days 1   # through the real loop
+
+Offer rules, side by side in one run (``--offer-rule`` to run one): ``price-taking`` (the plan values
+reserve at D−1's MCPC) and ``rt-risk`` (the expected MCPC, max(D−1's, the mean of the 28 days before),
+less the mean cost of running one MW through real-time prices above the carrying groups' breakeven
+over the same days, all published before the DAM close: ``ancillary.reserve_value_usd_mw_h``); the
+energy-only baseline is solved once per day for both.
 
 Site: the bundled west_texas profile with ``EXAMPLE_WEST_TEXAS_ANCILLARY`` (an ASSUMED
 qualification: 10 MW RRS from the hydro containers on UFRs, 5 MW ECRS and 5 MW Non-Spin from the
@@ -28,8 +33,9 @@ import pandas as pd
 
 from hashflex.backtest.ancillary import (
     EXAMPLE_WEST_TEXAS_ANCILLARY,
+    OFFER_RULES,
+    compare_offer_rules,
     load_hourly_market,
-    run_day_ahead_as,
     with_ancillary,
 )
 from hashflex.profile import load_profile
@@ -52,6 +58,8 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=1, help="--loop: days (each ~35 s per policy at --replan 60)")
     parser.add_argument("--replan-minutes", type=int, default=60, help="--loop: mpc re-solves every N minutes")
     parser.add_argument("--as-mode", choices=("day-ahead", "real-time"), default="day-ahead")
+    parser.add_argument("--offer-rule", action="append", choices=OFFER_RULES,
+                        help="offer rule (repeatable); default: every rule, side by side")
     args = parser.parse_args()
     if args.loop:
         loop_case(args)
@@ -62,52 +70,85 @@ def main() -> None:
     months = sorted(set(local.strftime("%Y-%m"))) if args.all else (args.months or DEV_2024)
     days = sorted({d for d in local.normalize().tz_localize(None) if d.strftime("%Y-%m") in months})
     qualified_mw = sum(sum(p["group_mw"].values()) for p in EXAMPLE_WEST_TEXAS_ANCILLARY["products"].values())
+    rules = tuple(args.offer_rule or OFFER_RULES)
     started = time.perf_counter()
-    result = run_day_ahead_as(profile, market, [pd.Timestamp(d) for d in days], seed=args.seed, rel_gap=args.rel_gap)
+    results = compare_offer_rules(profile, market, [pd.Timestamp(d) for d in days], rules=rules, seed=args.seed,
+                                  rel_gap=args.rel_gap)
     wall = time.perf_counter() - started
-    years = result.days / 365.0
-    added = result.profit_with_as_usd - result.profit_energy_only_usd
-    with_s, without_s = statistics.median(result.solve_s_with_reserves), statistics.median(result.solve_s_without)
-    print(f"months: {', '.join(months)}; days run {result.days}, skipped {len(result.skipped_days)} "
-          f"(no AS price upstream): {', '.join(result.skipped_days[:8])}{' ...' if len(result.skipped_days) > 8 else ''}")
-    print(f"energy-only profit        ${result.profit_energy_only_usd:,.0f}")
-    print(f"mpc+as profit             ${result.profit_with_as_usd:,.0f}  (AS paid ${result.as_revenue_usd:,.0f}, "
-          f"clawed back ${result.as_clawback_usd:,.0f})")
-    print(f"added                     ${added:,.0f} = ${added / qualified_mw / years:,.0f} per MW-year "
-          f"of {qualified_mw:g} MW qualified")
-    print(f"awarded {result.awarded_mwh:,.1f} MW·h, held {result.held_mwh:,.1f}: obligations met "
-          f"{result.obligations_met * 100:.3f} %")
-    print(f"SYNTHETIC deployments: {result.deployments}, {result.deployed_mwh:,.1f} MW·h shed")
-    print(f"execution solve, median: with reserves {with_s:.3f} s, without {without_s:.3f} s, "
-          f"ratio {with_s / without_s:.2f}; max with {max(result.solve_s_with_reserves):.2f} s")
+    first = results[rules[0]]
+    years = first.days / 365.0
+    print(f"months: {', '.join(months)}; days run {first.days}, skipped {len(first.skipped_days)} "
+          f"(no AS price upstream): {', '.join(first.skipped_days[:8])}{' ...' if len(first.skipped_days) > 8 else ''}")
+    print(f"energy-only profit        ${first.profit_energy_only_usd:,.0f}")
+    width = 16
+    print(f"{'offer rule':<34}" + "".join(f"{r:>{width}}" for r in rules))
+    rows = [
+        ("mpc+as profit $", lambda r: f"{r.profit_with_as_usd:,.0f}"),
+        ("AS paid $", lambda r: f"{r.as_revenue_usd:,.0f}"),
+        ("AS clawed back $", lambda r: f"{r.as_clawback_usd:,.0f}"),
+        ("added vs energy-only $", lambda r: f"{r.profit_with_as_usd - r.profit_energy_only_usd:,.0f}"),
+        (f"added $ per MW-year ({qualified_mw:g} MW)",
+         lambda r: f"{(r.profit_with_as_usd - r.profit_energy_only_usd) / qualified_mw / years:,.0f}"),
+        ("awarded MW·h", lambda r: f"{r.awarded_mwh:,.1f}"),
+        ("obligations met %", lambda r: f"{r.obligations_met * 100:.3f}"),
+        ("SYNTHETIC deployments", lambda r: f"{r.deployments}"),
+        ("solve with reserves, median s", lambda r: f"{statistics.median(r.solve_s_with_reserves):.3f}"),
+    ]
+    for label, cell in rows:
+        print(f"{label:<34}" + "".join(f"{cell(results[r]):>{width}}" for r in rules))
+    without_s = statistics.median(first.solve_s_without)
+    with_s = statistics.median(first.solve_s_with_reserves)
+    print(f"execution solve, median ({rules[0]}): with reserves {with_s:.3f} s, without {without_s:.3f} s, "
+          f"ratio {with_s / without_s:.2f}; max with {max(first.solve_s_with_reserves):.2f} s")
     print(f"wall time {wall:.0f} s")
-    for note in result.notes:
+    for note in first.notes:
         print(f"note: {note}")
 
 
 def loop_case(args: argparse.Namespace) -> None:
-    """mpc and mpc+as over the same window through the real ControlLoop, settled at real prices."""
+    """mpc and mpc+as (each offer rule) over the same window through the real ControlLoop, settled at
+    real prices. The offer rule reaches ``ASParticipant`` through ``ancillary_loop.DEFAULT_OFFER_RULE``
+    (``hashflex backtest`` has no option for it yet)."""
+    from hashflex.backtest import ancillary_loop
     from hashflex.backtest.ancillary import market_price_frame
     from hashflex.backtest.runner import build_actuals, run_backtest
-    from hashflex.backtest.summary import summary_document, summary_table
+    from hashflex.backtest.summary import summary_document
 
     profile = with_ancillary(load_profile("west_texas"), EXAMPLE_WEST_TEXAS_ANCILLARY)
     market = load_hourly_market(args.file)
     start = pd.Timestamp(args.start)
     actuals = build_actuals(profile, market_price_frame(market, profile.site.settlement_point), start,
                             start + pd.Timedelta(days=args.days), as_market=market)
+    rules = tuple(args.offer_rule or OFFER_RULES)
     started = time.perf_counter()
-    result = run_backtest(profile, actuals, ["mpc", "mpc+as"], replan_minutes=args.replan_minutes, seed=args.seed,
-                          as_mode=args.as_mode)
-    document = summary_document(result)
-    print(summary_table(document))
-    mpc, with_as = document["policies"]["mpc"], document["policies"]["mpc+as"]
+    kwargs = dict(replan_minutes=args.replan_minutes, seed=args.seed, as_mode=args.as_mode)
+    mpc = summary_document(run_backtest(profile, actuals, ["mpc"], **kwargs))["policies"]["mpc"]
+    runs, notes = {}, []
+    for rule in rules:
+        ancillary_loop.DEFAULT_OFFER_RULE = rule
+        document = summary_document(run_backtest(profile, actuals, ["mpc+as"], **kwargs))
+        runs[rule] = document["policies"]["mpc+as"]
+        notes += [n for n in document["notes"] if n not in notes]
     qualified_mw = sum(sum(p["group_mw"].values()) for p in EXAMPLE_WEST_TEXAS_ANCILLARY["products"].values())
-    added = with_as["profit_usd"] - mpc["profit_usd"]
-    print(f"added by reserves: ${added:,.0f} over {actuals.days:g} days = ${added / qualified_mw / actuals.days * 365:,.0f} "
-          f"per MW-year of {qualified_mw:g} MW qualified; obligations met {with_as['as_obligations_met_pct']:.3f} %; "
-          f"wall {time.perf_counter() - started:.0f} s")
-    for note in document["notes"]:
+    width = 16
+    print(f"{actuals.days:g} days from {args.start} through the control loop (re-plan every {args.replan_minutes} min, "
+          f"AS {args.as_mode})")
+    print(f"{'':<34}{'mpc':>{width}}" + "".join(f"{'mpc+as ' + r:>{width + 4}}" for r in rules))
+    rows = [
+        ("profit $", lambda f: f"{f['profit_usd']:,.0f}"),
+        ("energy cost $", lambda f: f"{f['energy_cost_usd']:,.0f}"),
+        ("AS revenue $ (net)", lambda f: f"{f.get('as_revenue_usd', 0.0):,.0f}" if "as_revenue_usd" in f else "-"),
+        ("added vs mpc $", lambda f: f"{f['profit_usd'] - mpc['profit_usd']:,.0f}"),
+        (f"added $ per MW-year ({qualified_mw:g} MW)",
+         lambda f: f"{(f['profit_usd'] - mpc['profit_usd']) / qualified_mw / actuals.days * 365:,.0f}"),
+        ("AS obligations met %", lambda f: "-" if f.get("as_obligations_met_pct") is None
+         else f"{f['as_obligations_met_pct']:.3f}"),
+        ("AS deployments (SYNTHETIC)", lambda f: f"{len(f.get('as_deployments', []))}" if "as_mode" in f else "-"),
+    ]
+    for label, cell in rows:
+        print(f"{label:<34}{cell(mpc):>{width}}" + "".join(f"{cell(runs[r]):>{width + 4}}" for r in rules))
+    print(f"wall {time.perf_counter() - started:.0f} s")
+    for note in notes:
         print(f"note: {note}")
 
 

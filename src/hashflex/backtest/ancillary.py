@@ -40,12 +40,18 @@ from hashflex.profile import SiteProfile
 
 __all__ = [
     "EXAMPLE_WEST_TEXAS_ANCILLARY",
+    "OFFER_RULES",
     "SYNTHETIC_LABEL",
     "ASDayResult",
+    "breakeven_usd_mwh",
     "check_as_market",
+    "compare_offer_rules",
     "day_ahead_offers_kw",
     "load_hourly_market",
     "market_price_frame",
+    "offers_for_day",
+    "reserve_value_usd_mw_h",
+    "rt_risk_usd_mw_h",
     "run_day_ahead_as",
     "synthetic_deployments",
     "with_ancillary",
@@ -54,6 +60,12 @@ __all__ = [
 SYNTHETIC_LABEL = "SYNTHETIC deployments (Poisson, profile rate; not ERCOT's record)"
 _AS_COLUMNS = {"RRS": "dam_mcpc_rrs", "ECRS": "dam_mcpc_ecrs", "NSPIN": "dam_mcpc_nspin"}
 OFFER_STEP_KW = 100.0  # ERCOT AS offers are in 0.1 MW
+OFFER_RULES = ("price-taking", "rt-risk")
+"""``price-taking``: the offer plan values reserve at D−1's MCPC; ``rt-risk``: at the expected MCPC less
+the expected cost of running the reserved MW through real-time prices above breakeven
+(:func:`reserve_value_usd_mw_h`)."""
+DAM_CLOSE_LOCAL_HOUR = 10  # the DAM closes at 10:00 CPT on D−1 (Nodal Protocols §4.4.7.2)
+RT_RISK_LOOKBACK_DAYS = 28
 
 
 def load_hourly_market(path: str | Path, settlement_point: str = "lz_west") -> pd.DataFrame:
@@ -205,22 +217,230 @@ def synthetic_deployments(profile: SiteProfile, index: pd.DatetimeIndex, seed: i
 
 
 def day_ahead_offers_kw(profile: SiteProfile, day_index: pd.DatetimeIndex, known_day: pd.DataFrame,
-                        *, time_limit_s: float = 20.0) -> tuple[dict[str, np.ndarray], Schedule]:
+                        *, time_limit_s: float = 20.0, value_usd_mw_h: dict[str, np.ndarray] | None = None
+                        ) -> tuple[dict[str, np.ndarray], Schedule]:
     """Offers for one operating day from the last day published before the DAM closes.
 
-    ``known_day``: 24 hourly rows (D−1) with ``da_usd_mwh`` and the product prices, laid hour by hour
-    over ``day_index`` (D's intervals). Returns (product -> offered kW per interval, the plan)."""
+    Parameters
+    ----------
+    profile : SiteProfile
+        With an ``ancillary`` section.
+    day_index : pd.DatetimeIndex
+        [T] UTC interval starts of operating day D.
+    known_day : pd.DataFrame
+        24 hourly rows (D−1) with ``da_usd_mwh`` and the product prices ($/MW-h), laid hour by hour
+        over ``day_index``.
+    time_limit_s : float
+        HiGHS time limit of the offer solve, s.
+    value_usd_mw_h : dict of str to np.ndarray, optional
+        Product -> [24] by site-local hour: what the plan values one MW of reserve at, $/MW-h
+        (:func:`reserve_value_usd_mw_h`; floored at 0). None: D−1's MCPC (price-taking).
+
+    Returns
+    -------
+    tuple of (dict of str to np.ndarray, Schedule)
+        Product -> [T] offered kW (0.1 MW steps, rounded down), and the plan.
+    """
     hours = day_index.tz_convert(profile.tz).hour
     by_hour = known_day.assign(hour=known_day.index.tz_convert(profile.tz).hour).groupby("hour").mean()
     by_hour = by_hour.reindex(range(24)).ffill().bfill()
     price = by_hour["da_usd_mwh"].to_numpy()[hours]
     products = list(profile.ancillary.products) if profile.ancillary is not None else []
-    as_price = {p: by_hour[p].to_numpy()[hours] for p in products}
+    value = value_usd_mw_h or {}
+    as_price = {p: np.maximum(np.asarray(value[p], dtype=float) if p in value else by_hour[p].to_numpy(), 0.0)[hours]
+                for p in products}
     problem = problem_from_profile(profile, day_index, price, as_price_usd_mw_h=as_price)
     schedule = solve(problem, time_limit_s=time_limit_s)
     offers = {p: np.floor(schedule.frame[f"reserve_{p}_kw"].to_numpy() / OFFER_STEP_KW + 1e-9) * OFFER_STEP_KW
               for p in products}
     return offers, schedule
+
+
+def breakeven_usd_mwh(profile: SiteProfile, group_id: str, hashprice_usd_per_ph_day: float | None = None) -> float:
+    """The real-time settlement point price above which a running unit of ``group_id`` loses money.
+
+    Hash revenue per MWh of the group's best mode above idle (TH/s per kW × hashprice, less the pool
+    fee) less the profile's adders on the energy price.
+
+    Parameters
+    ----------
+    profile : SiteProfile
+    group_id : str
+        A miner group of the profile.
+    hashprice_usd_per_ph_day : float, optional
+        $ per PH/s per day (default: the profile's ``economics.hashprice_usd_per_ph_day``).
+
+    Returns
+    -------
+    float
+        $/MWh of the settlement point price.
+
+    Raises
+    ------
+    KeyError
+        ``group_id`` is not a miner group of the profile.
+    """
+    groups = {g.id: g for g in profile.miner_groups}
+    if group_id not in groups:
+        raise KeyError(f"miner_groups: no group {group_id!r}")
+    group = groups[group_id]
+    hashprice = profile.economics.hashprice_usd_per_ph_day if hashprice_usd_per_ph_day is None else hashprice_usd_per_ph_day
+    usd_per_th_h = hashprice / 1000.0 / 24.0 * (1.0 - profile.economics.pool_fee_pct / 100.0)
+    th_per_kw = max((m.hashrate_th_s / (m.power_kw - group.idle_power_kw) for m in group.modes
+                     if m.power_kw > group.idle_power_kw), default=0.0)
+    return th_per_kw * usd_per_th_h * 1000.0 - profile.grid.total_adder_usd_mwh
+
+
+def _known_before_close(profile: SiteProfile, market: pd.DataFrame, day: pd.Timestamp, lookback_days: int
+                        ) -> tuple[pd.Timestamp, pd.DataFrame, pd.DataFrame]:
+    """(D's local midnight, the hours whose RT price was published before the DAM close of D within
+    the lookback, the hours of the days up to D−1 within the lookback: their DAM prices were out by
+    then)."""
+    start = pd.Timestamp(day)
+    start = start.tz_localize(profile.tz) if start.tzinfo is None else start.tz_convert(profile.tz)
+    close = (start - pd.Timedelta(days=1) + pd.Timedelta(hours=DAM_CLOSE_LOCAL_HOUR)).tz_convert("UTC")
+    begin = close - pd.Timedelta(days=lookback_days)
+    stamps = pd.DatetimeIndex(market.index)
+    # An hour's RT price is known once it has ended; a day's DAM prices at about 13:00 the day before.
+    rt_known = market[(stamps >= begin) & (stamps + pd.Timedelta(hours=1) <= close)]
+    da_known = market[(stamps >= begin) & (stamps < start.tz_convert("UTC"))]
+    return start, rt_known, da_known
+
+
+def rt_risk_usd_mw_h(profile: SiteProfile, market: pd.DataFrame, day: pd.Timestamp, *,
+                     lookback_days: int = RT_RISK_LOOKBACK_DAYS) -> dict[str, np.ndarray]:
+    """The expected cost of holding one MW of reserve through real-time prices above breakeven, per
+    product and site-local hour of operating day D, from what was published before the DAM closed.
+
+    A reserve award is a minimum running load (Nodal Protocols §3.18, §8.1.1: a Load Resource keeps
+    the awarded MW running and sheddable): in a real-time spike the site must run it where the
+    energy-only plan would sleep it. For hour h of D:
+
+        risk[p, h] = Σ_g w[p, g] · mean_d max(RT[d, h] − BE_g, 0)
+
+    over the hours h of the ``lookback_days`` before the DAM close (10:00 on D−1, §4.4.7.2; an hour's
+    real-time price counts once it has ended); BE_g :func:`breakeven_usd_mwh` of carrying group g;
+    w[p, g] the product's MW per group (``group_mw``), normalised. Nothing published after the
+    close is read (a test perturbs it).
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        With an ``ancillary`` section.
+    market : pd.DataFrame
+        :func:`load_hourly_market` output (UTC hour index, ``rt_usd_mwh``).
+    day : pd.Timestamp
+        Local midnight starting D (tz-aware, or naive local).
+    lookback_days : int
+        Days before the close.
+
+    Returns
+    -------
+    dict of str to np.ndarray
+        Product -> [24] $ per MW per hour by local hour 0..23 (0 where no price is known).
+    """
+    _, rt_known, _ = _known_before_close(profile, market, day, lookback_days)
+    rt = rt_known["rt_usd_mwh"].dropna()
+    hour_of = np.asarray(rt.index.tz_convert(profile.tz).hour)
+    section = profile.ancillary
+    out: dict[str, np.ndarray] = {}
+    for name, product in (section.products.items() if section is not None else []):
+        total_mw = sum(product.group_mw.values()) or 1.0
+        excess = sum(mw / total_mw * np.maximum(rt.to_numpy() - breakeven_usd_mwh(profile, group_id), 0.0)
+                     for group_id, mw in product.group_mw.items())
+        risk = np.zeros(24)
+        for hour in range(24):
+            inside = hour_of == hour
+            if inside.any():
+                risk[hour] = float(np.mean(np.asarray(excess)[inside]))
+        out[name] = risk
+    return out
+
+
+def reserve_value_usd_mw_h(profile: SiteProfile, market: pd.DataFrame, day: pd.Timestamp, *,
+                           lookback_days: int = RT_RISK_LOOKBACK_DAYS) -> dict[str, np.ndarray]:
+    """What the ``rt-risk`` offer rule values one MW of reserve at, per product and local hour of D:
+    the expected clearing price less the real-time risk, both from what was published before the
+    DAM closed.
+
+        value[p, h] = max(MCPC[D−1, h], mean_d MCPC[d, h]) − risk[p, h]
+
+    ``mean_d`` over the days of the lookback up to D−1 (their DAM results are out), ``risk``
+    :func:`rt_risk_usd_mw_h` over the same days. The MCPC rises with the scarcity that makes the
+    real-time risk (8 May 2024: $1,000/MW-h RRS in the hours of a $3,000/MWh real-time price), so
+    the risk is weighed against the clearing price of the same history, not against D−1's alone
+    (which, on the development months, dropped more payment than it saved energy cost).
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        With an ``ancillary`` section.
+    market : pd.DataFrame
+        :func:`load_hourly_market` output.
+    day : pd.Timestamp
+        Local midnight starting D.
+    lookback_days : int
+        Days before the close.
+
+    Returns
+    -------
+    dict of str to np.ndarray
+        Product -> [24] $/MW-h by local hour (may be negative: then nothing is offered).
+    """
+    start, _, da_known = _known_before_close(profile, market, day, lookback_days)
+    prior = da_known[da_known.index >= (start - pd.Timedelta(days=1)).tz_convert("UTC")]
+    risk = rt_risk_usd_mw_h(profile, market, start, lookback_days=lookback_days)
+    hour_known = da_known.index.tz_convert(profile.tz).hour
+    hour_prior = prior.index.tz_convert(profile.tz).hour
+    out = {}
+    for name in risk:
+        mean = da_known[name].groupby(hour_known).mean().reindex(range(24)).to_numpy(dtype=float)
+        last = prior[name].groupby(hour_prior).mean().reindex(range(24)).to_numpy(dtype=float)
+        expected = np.fmax(np.nan_to_num(last, nan=0.0), np.nan_to_num(mean, nan=0.0))
+        out[name] = expected - risk[name]
+    return out
+
+
+def offers_for_day(profile: SiteProfile, market: pd.DataFrame, day: pd.Timestamp, day_index: pd.DatetimeIndex, *,
+                   offer_rule: str = "price-taking", time_limit_s: float = 20.0
+                   ) -> tuple[dict[str, np.ndarray], Schedule] | None:
+    """The day-ahead offers for operating day D by ``offer_rule`` (:data:`OFFER_RULES`), or None
+    when D−1's day-ahead energy or AS prices are missing.
+
+    Parameters
+    ----------
+    profile : SiteProfile
+    market : pd.DataFrame
+        :func:`load_hourly_market` output; only what was published before the DAM close is read.
+    day : pd.Timestamp
+        Local midnight starting D (tz-aware).
+    day_index : pd.DatetimeIndex
+        [T] UTC interval starts of D.
+    offer_rule : str
+        ``price-taking`` or ``rt-risk``.
+    time_limit_s : float
+        HiGHS time limit of the offer solve, s.
+
+    Returns
+    -------
+    tuple of (dict of str to np.ndarray, Schedule) or None
+        :func:`day_ahead_offers_kw`'s result.
+
+    Raises
+    ------
+    ValueError
+        ``offer_rule`` unknown (naming it).
+    """
+    if offer_rule not in OFFER_RULES:
+        raise ValueError(f"offer_rule: {offer_rule!r} is not one of {', '.join(OFFER_RULES)}")
+    start_utc = pd.Timestamp(day).tz_convert("UTC")
+    products = list(profile.ancillary.products) if profile.ancillary is not None else []
+    known = market[(market.index >= start_utc - pd.Timedelta(days=1)) & (market.index < start_utc)]
+    if len(known) < 20 or known[["da_usd_mwh", *products]].isna().any().any():
+        return None
+    value = reserve_value_usd_mw_h(profile, market, day) if offer_rule == "rt-risk" else None
+    return day_ahead_offers_kw(profile, day_index, known[["da_usd_mwh", *products]], time_limit_s=time_limit_s,
+                               value_usd_mw_h=value)
 
 
 @dataclass
@@ -255,67 +475,143 @@ def _realised_profit(frame: pd.DataFrame) -> np.ndarray:
 
 def run_day_ahead_as(profile: SiteProfile, market: pd.DataFrame, days: list[pd.Timestamp], *, seed: int = 0,
                      time_limit_s: float = 20.0, hashprice_usd_per_ph_day: float | None = None,
-                     rel_gap: float | None = None) -> ASDayResult:
-    """``mpc+as`` (day-ahead case) against energy-only over ``days`` (local dates). Per day D: offers
-    from D−1 (:func:`day_ahead_offers_kw`); awards = offers; execution against D's hourly real-time
-    price (both policies, the same perfect real-time response, so the difference is the reserve);
-    SYNTHETIC deployments shed the award; AS settled at D's MCPC. Days lacking D−1 or D prices are
-    skipped and listed. ``rel_gap``: the execution solves' MIP gap (default: the daemon's)."""
+                     rel_gap: float | None = None, offer_rule: str = "price-taking") -> ASDayResult:
+    """``mpc+as`` (day-ahead case) against energy-only over ``days`` (local dates) with one offer rule:
+    :func:`compare_offer_rules` with ``rules=(offer_rule,)``.
+
+    Parameters
+    ----------
+    profile, market, days, seed, time_limit_s, hashprice_usd_per_ph_day, rel_gap
+        As :func:`compare_offer_rules`.
+    offer_rule : str
+        One of :data:`OFFER_RULES`.
+
+    Returns
+    -------
+    ASDayResult
+    """
+    return compare_offer_rules(profile, market, days, rules=(offer_rule,), seed=seed, time_limit_s=time_limit_s,
+                               hashprice_usd_per_ph_day=hashprice_usd_per_ph_day, rel_gap=rel_gap)[offer_rule]
+
+
+def compare_offer_rules(profile: SiteProfile, market: pd.DataFrame, days: list[pd.Timestamp], *,
+                        rules: tuple[str, ...] = OFFER_RULES, seed: int = 0, time_limit_s: float = 20.0,
+                        hashprice_usd_per_ph_day: float | None = None, rel_gap: float | None = None
+                        ) -> dict[str, ASDayResult]:
+    """``mpc+as`` (day-ahead case) with each offer rule against energy-only over ``days`` (local
+    dates), the energy-only solve shared. Per day D: offers from what was known before the DAM
+    closed (:func:`offers_for_day`); awards = offers; execution against D's hourly real-time price
+    (every policy the same perfect real-time response, so the difference is the reserve); SYNTHETIC
+    deployments (the same draws for every rule) shed the award; AS settled at D's MCPC. Days
+    lacking D−1 or D prices are skipped and listed.
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        With an ``ancillary`` section.
+    market : pd.DataFrame
+        :func:`load_hourly_market` output.
+    days : list of pd.Timestamp
+        Local dates (naive or tz-aware midnights).
+    rules : tuple of str
+        Offer rules (:data:`OFFER_RULES`).
+    seed : int
+        Seed of the SYNTHETIC deployments (day k draws with ``seed + k``).
+    time_limit_s : float
+        HiGHS time limit per solve, s.
+    hashprice_usd_per_ph_day : float, optional
+        Execution hashprice (default: the profile's).
+    rel_gap : float, optional
+        The execution solves' MIP gap (default: the daemon's).
+
+    Returns
+    -------
+    dict of str to ASDayResult
+        Rule -> totals (``profit_energy_only_usd`` and ``solve_s_without`` are the same shared solves).
+
+    Raises
+    ------
+    ValueError
+        An unknown rule (naming it).
+    """
     from hashflex.optimize.milp import DEFAULT_REL_GAP
 
+    for rule in rules:
+        if rule not in OFFER_RULES:
+            raise ValueError(f"offer_rule: {rule!r} is not one of {', '.join(OFFER_RULES)}")
     gap = DEFAULT_REL_GAP if rel_gap is None else rel_gap
-    result = ASDayResult()
+    results = {rule: ASDayResult() for rule in rules}
     step = pd.Timedelta(minutes=profile.site.interval_minutes)
     products = list(profile.ancillary.products) if profile.ancillary is not None else []
+    dt_h = step / pd.Timedelta(hours=1)
+    hp = hashprice_usd_per_ph_day
+    done = 0
     for day in days:
         start = pd.Timestamp(day).tz_localize(profile.tz) if pd.Timestamp(day).tzinfo is None else pd.Timestamp(day)
         index = pd.date_range(start, start + pd.Timedelta(days=1), freq=step, inclusive="left").tz_convert("UTC")
-        known = market[(market.index >= (start - pd.Timedelta(days=1)).tz_convert("UTC")) & (market.index < start.tz_convert("UTC"))]
         today = market.reindex(index.floor("h"))
-        if len(known) < 20 or known[["da_usd_mwh", *products]].isna().any().any() or today[["rt_usd_mwh", *products]].isna().any().any():
-            result.skipped_days.append(str(start.date()))
+        offers_by_rule = {}
+        if not today[["rt_usd_mwh", *products]].isna().any().any():
+            for rule in rules:
+                made = offers_for_day(profile, market, start, index, offer_rule=rule, time_limit_s=time_limit_s)
+                if made is None:
+                    break
+                offers_by_rule[rule] = made[0]
+        if len(offers_by_rule) < len(rules):
+            for result in results.values():
+                result.skipped_days.append(str(start.date()))
             continue
-        offers, _ = day_ahead_offers_kw(profile, index, known, time_limit_s=time_limit_s)
         rt = today["rt_usd_mwh"].to_numpy(dtype=float)
         mcpc = {p: today[p].to_numpy(dtype=float) for p in products}
-        hp = hashprice_usd_per_ph_day
         started = time.perf_counter()
         energy_only = solve(problem_from_profile(profile, index, rt, hashprice_usd_per_ph_day=hp),
                             time_limit_s=time_limit_s, rel_gap=gap)
-        result.solve_s_without.append(time.perf_counter() - started)
-        # With the awards held; SYNTHETIC deployments shed the award: the obligation drops by it and
-        # the site's import is held that much under what the plan without the deployment drew.
-        deployed = synthetic_deployments(profile, index, seed=seed + result.days)
-        award = {p: offers[p] for p in products}
-        started = time.perf_counter()
-        held_plan = solve(problem_from_profile(profile, index, rt, hashprice_usd_per_ph_day=hp,
-                                               as_award_kw=award, as_price_usd_mw_h=mcpc), time_limit_s=time_limit_s,
-                          rel_gap=gap)
-        result.solve_s_with_reserves.append(time.perf_counter() - started)
-        shed = sum(np.where(deployed[p], award[p], 0.0) for p in products) if products else np.zeros(len(index))
-        final = held_plan
-        if np.any(shed > 0):
-            limit = np.where(shed > 0, np.maximum(held_plan.frame["grid_import_kw"].to_numpy() - shed, 0.0), np.inf)
-            obligation = {p: np.where(deployed[p], 0.0, award[p]) for p in products}
-            final = solve(problem_from_profile(profile, index, rt, hashprice_usd_per_ph_day=hp,
-                                               import_limit_kw=limit,
-                                               import_limit_source=["AS deployment (SYNTHETIC)"] * len(index),
-                                               as_award_kw=obligation, as_price_usd_mw_h=mcpc),
-                          time_limit_s=time_limit_s, rel_gap=gap)
-            result.deployments += int(sum(np.count_nonzero(np.diff(deployed[p].astype(int), prepend=0) == 1)
-                                          for p in products))
-        dt_h = step / pd.Timedelta(hours=1)
-        frame = final.frame
-        for p in products:
-            short = frame[f"reserve_{p}_short_kw"].to_numpy()
-            paid = award[p] - short  # shed during a deployment counts as held: it was delivered
-            result.as_revenue_usd += float((award[p] * mcpc[p]).sum() * dt_h / 1000.0)
-            result.as_clawback_usd += float((short * mcpc[p]).sum() * dt_h / 1000.0)
-            result.awarded_mwh += float(award[p].sum() * dt_h / 1000.0)
-            result.held_mwh += float(paid.sum() * dt_h / 1000.0)
-            result.deployed_mwh += float(np.where(deployed[p], award[p], 0.0).sum() * dt_h / 1000.0)
-        result.profit_energy_only_usd += float(_realised_profit(energy_only.frame).sum())
-        result.profit_with_as_usd += float(_realised_profit(frame).sum())
-        result.days += 1
-    result.profit_with_as_usd += result.as_revenue_usd - result.as_clawback_usd
-    return result
+        energy_only_s = time.perf_counter() - started
+        energy_only_profit = float(_realised_profit(energy_only.frame).sum())
+        deployed = synthetic_deployments(profile, index, seed=seed + done)
+        for rule, result in results.items():
+            result.solve_s_without.append(energy_only_s)
+            result.profit_energy_only_usd += energy_only_profit
+            _settle_day(profile, index, rt, mcpc, offers_by_rule[rule], deployed, result, hp=hp,
+                        time_limit_s=time_limit_s, gap=gap, dt_h=dt_h)
+            result.days += 1
+        done += 1
+    for result in results.values():
+        result.profit_with_as_usd += result.as_revenue_usd - result.as_clawback_usd
+    return results
+
+
+def _settle_day(profile: SiteProfile, index: pd.DatetimeIndex, rt: np.ndarray, mcpc: dict[str, np.ndarray],
+                award: dict[str, np.ndarray], deployed: dict[str, np.ndarray], result: ASDayResult, *,
+                hp: float | None, time_limit_s: float, gap: float, dt_h: float) -> None:
+    """One day of ``mpc+as`` with the awards held; SYNTHETIC deployments shed the award: the obligation
+    drops by it and the site's import is held that much under what the plan without the deployment
+    drew. Adds into ``result`` (profit without the AS terms; AS paid and clawed back)."""
+    products = list(award)
+    started = time.perf_counter()
+    held_plan = solve(problem_from_profile(profile, index, rt, hashprice_usd_per_ph_day=hp,
+                                           as_award_kw=award, as_price_usd_mw_h=mcpc), time_limit_s=time_limit_s,
+                      rel_gap=gap)
+    result.solve_s_with_reserves.append(time.perf_counter() - started)
+    shed = sum(np.where(deployed[p], award[p], 0.0) for p in products) if products else np.zeros(len(index))
+    final = held_plan
+    if np.any(shed > 0):
+        limit = np.where(shed > 0, np.maximum(held_plan.frame["grid_import_kw"].to_numpy() - shed, 0.0), np.inf)
+        obligation = {p: np.where(deployed[p], 0.0, award[p]) for p in products}
+        final = solve(problem_from_profile(profile, index, rt, hashprice_usd_per_ph_day=hp,
+                                           import_limit_kw=limit,
+                                           import_limit_source=["AS deployment (SYNTHETIC)"] * len(index),
+                                           as_award_kw=obligation, as_price_usd_mw_h=mcpc),
+                      time_limit_s=time_limit_s, rel_gap=gap)
+        result.deployments += int(sum(np.count_nonzero(np.diff(deployed[p].astype(int), prepend=0) == 1)
+                                      for p in products))
+    frame = final.frame
+    for p in products:
+        short = frame[f"reserve_{p}_short_kw"].to_numpy()
+        paid = award[p] - short  # shed during a deployment counts as held: it was delivered
+        result.as_revenue_usd += float((award[p] * mcpc[p]).sum() * dt_h / 1000.0)
+        result.as_clawback_usd += float((short * mcpc[p]).sum() * dt_h / 1000.0)
+        result.awarded_mwh += float(award[p].sum() * dt_h / 1000.0)
+        result.held_mwh += float(paid.sum() * dt_h / 1000.0)
+        result.deployed_mwh += float(np.where(deployed[p], award[p], 0.0).sum() * dt_h / 1000.0)
+    result.profit_with_as_usd += float(_realised_profit(frame).sum())

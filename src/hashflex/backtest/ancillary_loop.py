@@ -51,14 +51,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hashflex.backtest.ancillary import OFFER_STEP_KW, SYNTHETIC_LABEL, day_ahead_offers_kw, synthetic_deployments
+from hashflex.backtest.ancillary import OFFER_RULES, OFFER_STEP_KW, SYNTHETIC_LABEL, offers_for_day, synthetic_deployments
 from hashflex.messages import ASAwardMessage, ASDeployMessage
 from hashflex.optimize.problem import reserve_products
 from hashflex.optimize.schedule import Schedule, SolveInfo, SolveStatus, reserve_column, schedule_from_counts
 from hashflex.profile import SiteProfile
 
-__all__ = ["AS_MODES", "AS_POLICY", "RT_STAND_IN_NOTE", "ASOutcome", "ASParticipant", "ReserveOfferRunner",
-           "as_price_forecast", "check_as_inputs", "settle_reserve"]
+__all__ = ["AS_MODES", "AS_POLICY", "DEFAULT_OFFER_RULE", "RT_STAND_IN_NOTE", "ASOutcome", "ASParticipant",
+           "ReserveOfferRunner", "as_price_forecast", "check_as_inputs", "settle_reserve"]
 
 AS_POLICY = "mpc+as"
 AS_MODES = ("day-ahead", "real-time")
@@ -69,6 +69,10 @@ RT_STAND_IN_NOTE = ("mpc+as real-time case: only DAY-AHEAD AS prices are bundled
 DA_NOTE = ("mpc+as day-ahead case: offers for day D from D−1's day-ahead energy and AS prices (DAM closes 10:00 "
            "D−1, Nodal Protocols §4.4.7.2), price-taking, awarded in full at D's DAM MCPC per hour and sent to the "
            "control loop at 13:00 D−1 (handle_as_award)")
+DEFAULT_OFFER_RULE = "price-taking"
+"""The day-ahead offer rule of :class:`ASParticipant` when none is given (``ancillary.OFFER_RULES``):
+``rt-risk`` values reserve at the expected MCPC less the real-time risk of holding it
+(``ancillary.reserve_value_usd_mw_h``)."""
 
 
 def check_as_inputs(profile: SiteProfile, actuals: Any, mode: str) -> None:
@@ -230,11 +234,21 @@ class ASParticipant:
         Seed of the SYNTHETIC deployments.
     time_limit_s : float
         Time limit of the day-ahead offer solve, s.
+    offer_rule : str, optional
+        The day-ahead offer rule (``ancillary.OFFER_RULES``; default :data:`DEFAULT_OFFER_RULE`).
+
+    Raises
+    ------
+    ValueError
+        Unknown ``as_mode`` or ``offer_rule``, no ancillary section, no AS prices (naming the field).
     """
 
     def __init__(self, profile: SiteProfile, actuals: Any, *, mode: str = "day-ahead", seed: int = 0,
-                 time_limit_s: float = 20.0) -> None:
+                 time_limit_s: float = 20.0, offer_rule: str | None = None) -> None:
         check_as_inputs(profile, actuals, mode)
+        self.offer_rule = DEFAULT_OFFER_RULE if offer_rule is None else offer_rule
+        if self.offer_rule not in OFFER_RULES:
+            raise ValueError(f"offer_rule: {self.offer_rule!r} is not one of {', '.join(OFFER_RULES)}")
         self.profile, self.actuals, self.mode, self.time_limit_s = profile, actuals, mode, time_limit_s
         section = profile.ancillary
         assert section is not None  # check_as_inputs
@@ -253,7 +267,10 @@ class ASParticipant:
         self.days = list(pd.unique(self.local_day))
         self._next_day = 0
         self._live: dict[str, list[str]] = {p: [] for p in self.products}  # product -> deployment ids in force
-        self.notes: list[str] = [SYNTHETIC_LABEL, DA_NOTE if mode == "day-ahead" else RT_STAND_IN_NOTE,
+        da_note = DA_NOTE if self.offer_rule == "price-taking" else DA_NOTE.replace(
+            "price-taking,", "valued at the expected MCPC less the real-time risk of holding them (offer rule rt-risk), "
+                             "price-taking,")
+        self.notes: list[str] = [SYNTHETIC_LABEL, da_note if mode == "day-ahead" else RT_STAND_IN_NOTE,
                                  f"AS deployments measured on the simulated fleet (it obeys at once), dated by the "
                                  f"slowest qualified group's response_s ({self.response_s:g} s)"]
         self.refused: list[str] = []
@@ -348,15 +365,14 @@ class ASParticipant:
     def _award_day(self, loop: Any, day: pd.Timestamp, now: datetime) -> None:
         """The DAM's awards for operating day ``day`` (local midnight), from D−1's prices."""
         day_index = self.actuals.index[self.local_day == day]
-        start_utc = day.tz_convert("UTC")
-        known = self.market[(self.market.index >= start_utc - pd.Timedelta(days=1)) & (self.market.index < start_utc)]
         hours = day_index.floor("h").unique()
         today = self.market.reindex(hours)
-        columns = ["da_usd_mwh", *self.products]
-        if len(known) < 20 or known[columns].isna().any().any() or today[self.products].isna().any().any():
+        made = None if today[self.products].isna().any().any() else offers_for_day(
+            self.profile, self.market, day, day_index, offer_rule=self.offer_rule, time_limit_s=self.time_limit_s)
+        if made is None:
             self.notes.append(f"{day:%Y-%m-%d}: no awards (day-ahead or AS prices missing for it or the day before)")
             return
-        offers, _ = day_ahead_offers_kw(self.profile, day_index, known, time_limit_s=self.time_limit_s)
+        offers, _ = made
         hour_of = day_index.floor("h")
         for hour in hours:
             inside = np.asarray(hour_of == hour)
