@@ -228,7 +228,7 @@ class FastPathMixin:
         if any(getattr(g, "pdu_power_off", False) for g in self.profile.miner_groups):
             return self.guard.emergency_dr_cut(self.fleet.as_setpoints(now, self.expiry_s), limit_kw,
                                                self.measurements, now=now)
-        present = {g: len(self.fleet.in_group(g)) for g in self.fleet.groups}
+        present = {g: self.fleet.group_size(g) for g in self.fleet.groups}
         cut = self.count_guard.emergency_dr_cut(self.fleet.counts(), limit_kw, self.measurements, now, present=present)
         if not cut.changed:
             return GuardResult([], [])

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,11 @@ from hashflex.drivers.base import Setpoint  # the one setpoint type, made here, 
 from hashflex.drivers.pdu import POWERED_OFF
 from hashflex.messages import SLEEP  # noqa: E402 - the one definition, re-exported here
 
-__all__ = ["SLEEP", "Miner", "FleetState", "Setpoint"]
+# The columns live in their own module; re-exported here, where callers import them from.
+from hashflex.control.fleet_arrays import NO_TIME_US, FleetArrays, GroupArrays, time_us  # noqa: E402
+
+__all__ = ["NO_TIME_US", "SLEEP", "FleetArrays", "FleetState", "GroupArrays", "Miner", "MinerView", "Setpoint",
+           "time_us"]
 
 
 @dataclass
@@ -54,8 +58,125 @@ class Miner:
         return self.mode not in (SLEEP, POWERED_OFF)
 
 
+class MinerView:
+    """One miner of a :class:`FleetState`, read from and written to the fleet's columns (issue 18:
+    the fleet is arrays; a view is made only where code asks for one miner). Same fields as
+    :class:`Miner` (assigning ``mode``, ``last_start``, ... writes the fleet); equal to a ``Miner``
+    or a view with the same field values."""
+
+    __slots__ = ("_fleet", "_i", "miner_id", "group_id")
+
+    def __init__(self, fleet: FleetState, group_id: str, i: int, miner_id: str) -> None:
+        self._fleet, self.group_id, self._i, self.miner_id = fleet, group_id, i, miner_id
+
+    @property
+    def mode(self) -> str:
+        """``sleep``, ``off`` (powered off at the PDU) or a mode name of the group."""
+        return self._fleet._mode_name(self.group_id, int(self._fleet._cols[self.group_id].mode[self._i]))
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        self._fleet._cols[self.group_id].mode[self._i] = self._fleet._mode_index(self.group_id, value, self.miner_id)
+
+    @property
+    def healthy(self) -> bool:
+        """Not degraded."""
+        return bool(self._fleet._cols[self.group_id].healthy[self._i])
+
+    @healthy.setter
+    def healthy(self, value: bool) -> None:
+        self._fleet._cols[self.group_id].healthy[self._i] = value
+
+    @property
+    def available(self) -> bool:
+        """Reachable and not in maintenance."""
+        return bool(self._fleet._cols[self.group_id].available[self._i])
+
+    @available.setter
+    def available(self, value: bool) -> None:
+        self._fleet._cols[self.group_id].available[self._i] = value
+
+    @property
+    def last_start(self) -> datetime | None:
+        """Last time a running mode was sent after sleep (None: never)."""
+        return self._fleet._stamps[self.group_id][0][self._i]
+
+    @last_start.setter
+    def last_start(self, value: datetime | None) -> None:
+        self._fleet._set_stamp(self.group_id, 0, self._i, value)
+
+    @property
+    def last_stop(self) -> datetime | None:
+        """Last time sleep (or off) was sent to a running miner (None: never)."""
+        return self._fleet._stamps[self.group_id][1][self._i]
+
+    @last_stop.setter
+    def last_stop(self, value: datetime | None) -> None:
+        self._fleet._set_stamp(self.group_id, 1, self._i, value)
+
+    @property
+    def run_hours(self) -> float:
+        """Hours run (h)."""
+        return float(self._fleet._cols[self.group_id].run_hours[self._i])
+
+    @run_hours.setter
+    def run_hours(self, value: float) -> None:
+        self._fleet._cols[self.group_id].run_hours[self._i] = value
+
+    @property
+    def running(self) -> bool:
+        """True unless asleep or powered off at the PDU."""
+        return int(self._fleet._cols[self.group_id].mode[self._i]) >= 0
+
+    def _fields(self) -> tuple:
+        return (self.miner_id, self.group_id, self.mode, self.healthy, self.available, self.last_start,
+                self.last_stop, self.run_hours)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (MinerView, Miner)):
+            return self._fields() == _miner_fields(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment] - mutable, as Miner
+
+    def __repr__(self) -> str:
+        return "MinerView(" + ", ".join(f"{k}={v!r}" for k, v in zip(_FIELDS, self._fields())) + ")"
+
+
+_FIELDS = ("miner_id", "group_id", "mode", "healthy", "available", "last_start", "last_stop", "run_hours")
+
+
+def _miner_fields(miner: Miner | MinerView) -> tuple:
+    return tuple(getattr(miner, name) for name in _FIELDS)
+
+
+class _Miners(Mapping):
+    """``FleetState.miners``: miner id -> `MinerView`, in the order the fleet was built."""
+
+    def __init__(self, fleet: FleetState) -> None:
+        self._fleet = fleet
+
+    def __getitem__(self, miner_id: str) -> MinerView:
+        group_id, i = self._fleet._where[miner_id]
+        return MinerView(self._fleet, group_id, i, miner_id)
+
+    def __iter__(self):
+        return iter(self._fleet._order)
+
+    def __len__(self) -> int:
+        return len(self._fleet._order)
+
+    def __contains__(self, miner_id: object) -> bool:
+        return miner_id in self._fleet._where
+
+
 class FleetState:
-    """Every miner of the site, by id, with the profile's group definitions."""
+    """Every miner of the site, with the profile's group definitions, kept as columns per group
+    (issue 18: `GroupArrays`, sorted by miner id), so counts, starts and stops, run hours and the
+    arrays dispatch works on cost vector operations, not an object per miner.
+
+    ``miners`` maps id -> `MinerView` (reads and writes the columns) in the order given. Modes are
+    indices into the group's modes; -1 asleep, -2 powered off at the PDU (issue 17)."""
 
     def __init__(self, miners: Iterable[Miner], groups: Iterable[MinerGroup]) -> None:
         self.groups: dict[str, MinerGroup] = {g.id: g for g in groups}
@@ -65,20 +186,47 @@ class FleetState:
         # Powered off at the PDU (issue 17): no draw; only groups whose profile allows it.
         self._power_kw.update({(g.id, POWERED_OFF): 0.0 for g in self.groups.values()
                                if getattr(g, "pdu_power_off", False)})
-        self.miners: dict[str, Miner] = {}
+        self._index = {g.id: {m.name: k for k, m in enumerate(g.modes)} for g in self.groups.values()}
+        self._names = {g.id: [m.name for m in g.modes] for g in self.groups.values()}
+        by_group: dict[str, list[Miner]] = {g: [] for g in self.groups}
+        self._order: list[str] = []
+        seen: set[str] = set()
         for miner in miners:
-            if miner.miner_id in self.miners:
+            if miner.miner_id in seen:
                 raise ValueError(f"miner {miner.miner_id!r}: duplicate id")
             group = self.groups.get(miner.group_id)
             if group is None:
                 raise ValueError(f"miner {miner.miner_id!r}: unknown group {miner.group_id!r}")
-            if miner.mode != SLEEP and miner.mode not in {m.name for m in group.modes}:
+            if miner.mode != SLEEP and miner.mode not in self._index[group.id] and not (
+                    miner.mode == POWERED_OFF and (group.id, POWERED_OFF) in self._power_kw):
                 raise ValueError(f"miner {miner.miner_id!r}: group {group.id!r} has no mode {miner.mode!r}")
-            self.miners[miner.miner_id] = miner
-        # Miners are fixed at construction: each group's list once, not a scan of the fleet per group.
-        self._by_group: dict[str, list[Miner]] = {g: [] for g in self.groups}
-        for miner in self.miners.values():
-            self._by_group[miner.group_id].append(miner)
+            seen.add(miner.miner_id)
+            self._order.append(miner.miner_id)
+            by_group[group.id].append(miner)
+        self._cols: dict[str, GroupArrays] = {}
+        self._stamps: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # (last_start, last_stop) as given
+        self._where: dict[str, tuple[str, int]] = {}
+        self._group_order: dict[str, list[str]] = {}
+        for group_id, group in self.groups.items():
+            self._group_order[group_id] = [m.miner_id for m in by_group[group_id]]
+            ordered = sorted(by_group[group_id], key=lambda m: m.miner_id)
+            starts = np.empty(len(ordered), dtype=object)
+            stops = np.empty(len(ordered), dtype=object)
+            starts[:] = [m.last_start for m in ordered]
+            stops[:] = [m.last_stop for m in ordered]
+            self._stamps[group_id] = (starts, stops)
+            self._cols[group_id] = GroupArrays(
+                group=group,
+                miner_id=np.array([m.miner_id for m in ordered], dtype=object),
+                mode=np.array([self._mode_index(group_id, m.mode, m.miner_id) for m in ordered], dtype=np.int16),
+                healthy=np.array([m.healthy for m in ordered], dtype=bool),
+                available=np.array([m.available for m in ordered], dtype=bool),
+                last_start_us=_us_column(starts),
+                last_stop_us=_us_column(stops),
+                run_hours=np.array([m.run_hours for m in ordered], dtype=float),
+            )
+            self._where.update({m.miner_id: (group_id, i) for i, m in enumerate(ordered)})
+        self.miners: Mapping[str, MinerView] = _Miners(self)
 
     @classmethod
     def from_profile(cls, profile: SiteProfile) -> FleetState:
@@ -87,19 +235,65 @@ class FleetState:
                    profile.miner_groups)
 
     def __len__(self) -> int:
-        return len(self.miners)
+        return len(self._order)
 
-    def in_group(self, group_id: str) -> list[Miner]:
-        """The miners of ``group_id``, in insertion order (an unknown group has none)."""
-        return list(self._by_group.get(group_id, ()))
+    # ------------------------------------------------------------------ modes as indices
+
+    def _mode_index(self, group_id: str, mode: str, miner_id: str = "?") -> int:
+        if mode == SLEEP:
+            return -1
+        if mode == POWERED_OFF and (group_id, POWERED_OFF) in self._power_kw:
+            return -2
+        try:
+            return self._index[group_id][mode]
+        except KeyError:
+            raise ValueError(f"miner {miner_id!r}: group {group_id!r} has no mode {mode!r}") from None
+
+    def _mode_name(self, group_id: str, k: int) -> str:
+        return SLEEP if k == -1 else POWERED_OFF if k == -2 else self._names[group_id][k]
+
+    def _set_stamp(self, group_id: str, which: int, i: int, value: datetime | None) -> None:
+        self._stamps[group_id][which][i] = value
+        column = self._cols[group_id].last_start_us if which == 0 else self._cols[group_id].last_stop_us
+        column[i] = time_us(value)
+
+    # ------------------------------------------------------------------ reads
+
+    def in_group(self, group_id: str) -> list[MinerView]:
+        """The miners of ``group_id``, in the order given (an unknown group has none)."""
+        return [self.miners[m] for m in self._group_order.get(group_id, ())]
+
+    def group_size(self, group_id: str) -> int:
+        """Miners of ``group_id`` in the fleet (0 for an unknown group)."""
+        cols = self._cols.get(group_id)
+        return 0 if cols is None else len(cols.miner_id)
+
+    def columns(self, group_id: str) -> GroupArrays:
+        """The group's columns as they are (read-only use; `FleetArrays.from_fleet` copies them)."""
+        return self._cols[group_id]
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Units per (group, mode) now, running modes only."""
         out: dict[tuple[str, str], int] = {}
-        for miner in self.miners.values():
-            if miner.running:
-                out[miner.group_id, miner.mode] = out.get((miner.group_id, miner.mode), 0) + 1
+        for group_id, cols in self._cols.items():
+            running = cols.mode[cols.mode >= 0]
+            if running.size:
+                tally = np.bincount(running.astype(np.int64), minlength=len(self._names[group_id]))
+                out.update({(group_id, self._names[group_id][k]): int(n) for k, n in enumerate(tally.tolist()) if n})
         return out
+
+    def units_running(self) -> int:
+        """Miners in a running mode now."""
+        return int(sum((cols.mode >= 0).sum() for cols in self._cols.values()))
+
+    def available_per_group(self) -> dict[str, int]:
+        """Available miners per group (unavailable ones are never given a running mode)."""
+        return {group_id: int(cols.available.sum()) for group_id, cols in self._cols.items()}
+
+    def powered_off(self, group_id: str) -> int:
+        """Units of ``group_id`` powered off at the PDU now."""
+        cols = self._cols.get(group_id)
+        return 0 if cols is None else int((cols.mode == -2).sum())
 
     def power_kw(self, group_id: str, mode: str) -> float:
         """Power of one unit of ``group_id`` in ``mode`` (kW; ``sleep``: the idle draw)."""
@@ -109,34 +303,92 @@ class FleetState:
 
     def set_health(self, miner_id: str, healthy: bool) -> None:
         """Mark ``miner_id`` healthy or not (unhealthy units run only when healthy ones run out)."""
-        self.miners[miner_id].healthy = healthy
+        group_id, i = self._where[miner_id]
+        self._cols[group_id].healthy[i] = healthy
 
     def set_available(self, miner_id: str, available: bool) -> None:
         """Mark ``miner_id`` available or not (unavailable units never get a running mode)."""
-        self.miners[miner_id].available = available
+        group_id, i = self._where[miner_id]
+        self._cols[group_id].available[i] = available
 
-    def apply_setpoints(self, setpoints: Iterable[Setpoint], now: datetime) -> None:
-        """Record that ``setpoints`` were sent at ``now``: modes change, starts and stops are stamped."""
+    def apply_setpoints(self, setpoints: Iterable[Setpoint],
+                        now: datetime) -> dict[str, tuple[str, datetime | None, datetime | None]]:
+        """Record that ``setpoints`` were sent at ``now``: modes change, starts and stops are stamped.
+
+        Returns
+        -------
+        dict
+            miner id -> its (mode, last_start, last_stop) before, for the miners whose mode changed
+            (what a failed setpoint reverts to: `revert`).
+
+        Raises
+        ------
+        KeyError
+            An unknown miner.
+        ValueError
+            A mode its group does not have.
+        """
+        now_us = time_us(now)
+        before = {}
         for sp in setpoints:
-            miner = self.miners[sp.miner_id]
-            stopping = sp.mode in (SLEEP, POWERED_OFF)
-            if not miner.running and not stopping:
-                miner.last_start = now
-            elif miner.running and stopping:
-                miner.last_stop = now
-            miner.mode = sp.mode
+            group_id, i = self._where[sp.miner_id]
+            cols = self._cols[group_id]
+            new = self._mode_index(group_id, sp.mode, sp.miner_id)
+            old = int(cols.mode[i])
+            if old == new:
+                continue
+            starts, stops = self._stamps[group_id]
+            before[sp.miner_id] = (self._mode_name(group_id, old), starts[i], stops[i])
+            if old < 0 <= new:
+                starts[i] = now
+                cols.last_start_us[i] = now_us
+            elif new < 0 <= old:
+                stops[i] = now
+                cols.last_stop_us[i] = now_us
+            cols.mode[i] = new
+        return before
+
+    def revert(self, miner_id: str, before: tuple[str, datetime | None, datetime | None]) -> None:
+        """Put ``miner_id`` back to ``before`` (mode, last_start, last_stop), as `apply_setpoints` returned it."""
+        group_id, i = self._where[miner_id]
+        mode, start, stop = before
+        self._cols[group_id].mode[i] = self._mode_index(group_id, mode, miner_id)
+        self._set_stamp(group_id, 0, i, start)
+        self._set_stamp(group_id, 1, i, stop)
+
+    def set_available_where(self, unavailable: set[str]) -> int:
+        """Every miner available unless its id is in ``unavailable``; returns how many changed."""
+        changed = 0
+        for cols in self._cols.values():
+            want = ~np.isin(cols.miner_id, list(unavailable)) if unavailable else np.ones(len(cols.miner_id), bool)
+            changed += int((want != cols.available).sum())
+            cols.available[:] = want
+        return changed
+
+    def usable_counts(self, excluded: set[str] = frozenset()) -> dict[str, int]:
+        """Available miners per group, leaving out the ids in ``excluded`` (e.g. health stops)."""
+        out = {}
+        for group_id, cols in self._cols.items():
+            usable = cols.available
+            if excluded:
+                usable = usable & ~np.isin(cols.miner_id, list(excluded))
+            out[group_id] = int(usable.sum())
+        return out
 
     def accrue_run_hours(self, hours: float) -> None:
         """Add ``hours`` of run time to every running miner (call once per tick with the elapsed time)."""
-        for miner in self.miners.values():
-            if miner.running:
-                miner.run_hours += hours
+        for cols in self._cols.values():
+            cols.run_hours[cols.mode >= 0] += hours
 
     def as_setpoints(self, now: datetime, expiry_s: float) -> list[Setpoint]:
         """The modes in force as a batch (issued now), e.g. for the guard's fast path."""
         expires = now + timedelta(seconds=expiry_s)
-        return [Setpoint(m.miner_id, m.mode, self.power_kw(m.group_id, m.mode), now, expires, group_id=m.group_id)
-                for m in self.miners.values()]
+        out = []
+        for miner_id in self._order:
+            group_id, i = self._where[miner_id]
+            mode = self._mode_name(group_id, int(self._cols[group_id].mode[i]))
+            out.append(Setpoint(miner_id, mode, self._power_kw[group_id, mode], now, expires, group_id=group_id))
+        return out
 
     # ------------------------------------------------------------------ persistence
 
@@ -154,17 +406,19 @@ class FleetState:
                 text = iso[moment] = moment.isoformat()
             return text
 
-        miners = list(self.miners.values())
-        return {"format": 2, "columns": {
-            "miner_id": [m.miner_id for m in miners],
-            "group_id": [m.group_id for m in miners],
-            "mode": [m.mode for m in miners],
-            "healthy": [m.healthy for m in miners],
-            "available": [m.available for m in miners],
-            "last_start": [stamp(m.last_start) for m in miners],
-            "last_stop": [stamp(m.last_stop) for m in miners],
-            "run_hours": [m.run_hours for m in miners],
-        }}
+        columns: dict[str, list] = {k: [] for k in _FIELDS}
+        for group_id, cols in self._cols.items():
+            n = len(cols.miner_id)
+            columns["miner_id"] += cols.miner_id.tolist()
+            columns["group_id"] += [group_id] * n
+            names = [POWERED_OFF, SLEEP] + self._names[group_id]  # mode index k at k + 2
+            columns["mode"] += [names[k + 2] for k in cols.mode.tolist()]
+            columns["healthy"] += cols.healthy.tolist()
+            columns["available"] += cols.available.tolist()
+            columns["last_start"] += [stamp(t) for t in self._stamps[group_id][0].tolist()]
+            columns["last_stop"] += [stamp(t) for t in self._stamps[group_id][1].tolist()]
+            columns["run_hours"] += cols.run_hours.tolist()
+        return {"format": 2, "columns": columns}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], profile: SiteProfile) -> FleetState:
@@ -201,169 +455,13 @@ class FleetState:
         return cls(miners, profile.miner_groups)
 
 
-# ---------------------------------------------------------------------- counts on the hot path
-# Issue 18: a 100,000-miner site cannot afford a Python object per miner per tick. `GroupArrays`
-# holds one group's miners as numpy columns (sorted by miner id, the order dispatch writes them);
-# `FleetArrays` is the whole fleet as such groups. `control.dispatch.plan_dispatch_arrays` works on
-# these; `to_setpoints` is the driver edge, where individual miners appear again.
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=None)
-NO_TIME_US = np.iinfo(np.int64).min  # "never" (a miner never started / stopped)
-
-
-def time_us(moment: datetime | None) -> int:
-    """``moment`` as integer microseconds since the epoch (exact, so window edges compare as
-    timedelta does); naive and aware datetimes alike (aware ones in UTC); None → `NO_TIME_US`."""
-    if moment is None:
-        return int(NO_TIME_US)
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-@dataclass
-class GroupArrays:
-    """One group's miners as columns, sorted by ``miner_id``. ``mode``: index into the group's
-    modes, -1 asleep; ``last_start_us``/``last_stop_us``: `time_us` (`NO_TIME_US` for never)."""
-
-    group: MinerGroup
-    miner_id: np.ndarray  # [N] object (str)
-    mode: np.ndarray  # [N] int16
-    healthy: np.ndarray  # [N] bool
-    available: np.ndarray  # [N] bool
-    last_start_us: np.ndarray  # [N] int64
-    last_stop_us: np.ndarray  # [N] int64
-    run_hours: np.ndarray  # [N] float64
-
-    @property
-    def mode_names(self) -> list[str]:
-        return [m.name for m in self.group.modes]
-
-    def power_kw(self) -> np.ndarray:
-        """[modes + 1] kW by mode index + 1 (index 0: asleep, the idle draw)."""
-        return np.array([self.group.idle_power_kw] + [m.power_kw for m in self.group.modes], dtype=float)
-
-
-@dataclass
-class FleetArrays:
-    """The fleet as `GroupArrays`, in the profile's group order (``FleetState.groups``)."""
-
-    groups: dict[str, GroupArrays]
-
-    @classmethod
-    def from_fleet(cls, fleet: FleetState) -> FleetArrays:
-        """Columns from a per-miner `FleetState` (O(miners) once; the hot path then stays in arrays)."""
-        out = {}
-        stamps: dict[datetime | None, int] = {}  # a batch stamps thousands of miners with one datetime
-
-        def us(moment: datetime | None) -> int:
-            value = stamps.get(moment)
-            if value is None:
-                value = stamps[moment] = time_us(moment)
-            return value
-
-        for group_id, group in fleet.groups.items():
-            miners = sorted(fleet.in_group(group_id), key=lambda m: m.miner_id)
-            index = {m.name: i for i, m in enumerate(group.modes)}
-            out[group_id] = GroupArrays(
-                group=group,
-                miner_id=np.array([m.miner_id for m in miners], dtype=object),
-                mode=np.array([index.get(m.mode, -1) for m in miners], dtype=np.int16),
-                healthy=np.array([m.healthy for m in miners], dtype=bool),
-                available=np.array([m.available for m in miners], dtype=bool),
-                last_start_us=np.array([us(m.last_start) for m in miners], dtype=np.int64),
-                last_stop_us=np.array([us(m.last_stop) for m in miners], dtype=np.int64),
-                run_hours=np.array([m.run_hours for m in miners], dtype=float),
-            )
-        return cls(out)
-
-    def __len__(self) -> int:
-        """Miners in the fleet."""
-        return sum(len(g.miner_id) for g in self.groups.values())
-
-    # ------------------------------------------------------------------ updates (the loop's state)
-    # The loop can keep `FleetArrays` as its fleet state: these mirror `FleetState`'s updates, in
-    # arrays (tests/test_vectorised_fleet.py checks them against FleetState on random batches).
-
-    def locate(self, miner_id: str) -> tuple[str, int]:
-        """(group id, position) of ``miner_id``. Raises KeyError naming an unknown miner."""
-        index = self.__dict__.get("_index")
-        if index is None:
-            index = {m: (g, i) for g, arrays in self.groups.items() for i, m in enumerate(arrays.miner_id.tolist())}
-            self.__dict__["_index"] = index
-        try:
-            return index[miner_id]
-        except KeyError:
-            raise KeyError(f"unknown miner {miner_id!r}") from None
-
-    def apply_modes(self, modes: Mapping[str, np.ndarray], now: datetime) -> None:
-        """Record that every miner of the groups in ``modes`` was sent its mode at ``now``
-        (`FleetState.apply_setpoints` for a full batch): starts and stops stamped, modes set.
-
-        Parameters
-        ----------
-        modes : group id -> [N] mode index per miner (-1 asleep), id order (`ArrayDispatch.modes`)
-        now : when they were sent
-
-        Raises
-        ------
-        ValueError
-            An array of the wrong length, or a mode index outside the group's modes.
-        """
-        now_us = time_us(now)
-        for group_id, new in modes.items():
-            arrays = self.groups[group_id]
-            new = np.asarray(new, dtype=np.int16)
-            if new.shape != arrays.mode.shape:
-                raise ValueError(f"group {group_id}: {new.shape[0]} modes for {arrays.mode.shape[0]} miners")
-            if new.size and (new.min() < -1 or new.max() >= len(arrays.group.modes)):
-                raise ValueError(f"group {group_id}: mode index outside -1..{len(arrays.group.modes) - 1}")
-            was = arrays.mode >= 0
-            now_running = new >= 0
-            arrays.last_start_us[~was & now_running] = now_us
-            arrays.last_stop_us[was & ~now_running] = now_us
-            arrays.mode = new.copy()
-
-    def apply_setpoints(self, setpoints: Iterable[Setpoint], now: datetime) -> None:
-        """`FleetState.apply_setpoints` on the arrays: only the miners named change (e.g. the
-        applied ones of a sender result). Raises KeyError for an unknown miner, ValueError for a
-        mode its group does not have."""
-        changes: dict[str, tuple[list[int], list[int]]] = {}
-        for sp in setpoints:
-            group_id, i = self.locate(sp.miner_id)
-            names = self.groups[group_id].mode_names
-            if sp.mode != SLEEP and sp.mode not in names:
-                raise ValueError(f"miner {sp.miner_id!r}: group {group_id!r} has no mode {sp.mode!r}")
-            where, what = changes.setdefault(group_id, ([], []))
-            where.append(i)
-            what.append(-1 if sp.mode == SLEEP else names.index(sp.mode))
-        for group_id, (where, what) in changes.items():
-            new = self.groups[group_id].mode.copy()
-            new[np.array(where, dtype=np.int64)] = np.array(what, dtype=np.int16)
-            self.apply_modes({group_id: new}, now)
-
-    def accrue_run_hours(self, hours: float) -> None:
-        """Add ``hours`` (h) of run time to every running miner (once per tick, elapsed time)."""
-        for arrays in self.groups.values():
-            arrays.run_hours[arrays.mode >= 0] += hours
-
-    def set_health(self, miner_id: str, healthy: bool) -> None:
-        """Mark ``miner_id`` healthy or not (unhealthy units run only when healthy ones run out)."""
-        group_id, i = self.locate(miner_id)
-        self.groups[group_id].healthy[i] = healthy
-
-    def set_available(self, miner_id: str, available: bool) -> None:
-        """Mark ``miner_id`` available or not (unavailable units never get a running mode)."""
-        group_id, i = self.locate(miner_id)
-        self.groups[group_id].available[i] = available
-
-    def counts(self) -> dict[tuple[str, str], int]:
-        """Units per (group, mode) now, running modes only (`FleetState.counts`)."""
-        out: dict[tuple[str, str], int] = {}
-        for group_id, arrays in self.groups.items():
-            tally = np.bincount(arrays.mode[arrays.mode >= 0].astype(np.int64), minlength=len(arrays.group.modes))
-            for name, n in zip(arrays.mode_names, tally.tolist()):
-                if n:
-                    out[group_id, name] = n
-        return out
+def _us_column(stamps: np.ndarray) -> np.ndarray:
+    """`time_us` of each datetime (None: `NO_TIME_US`), once per distinct value."""
+    memo: dict[datetime | None, int] = {}
+    out = np.empty(len(stamps), dtype=np.int64)
+    for i, moment in enumerate(stamps.tolist()):
+        value = memo.get(moment)
+        if value is None:
+            value = memo[moment] = time_us(moment)
+        out[i] = value
+    return out

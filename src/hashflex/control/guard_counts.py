@@ -118,13 +118,13 @@ class CountGuard:
             raise ValueError("now must be timezone-aware")
         state = self._state(counts)
         actions: list[GuardAction] = []
-        moves: list[Move] = []
+        moves: list[Move] = _Moves()
         spans: list[tuple[int, int, int]] = []
         limit_kw, source = self.guard.import_limit(limits)
         renewable_kw, note = self.guard._renewable(measurements, now)
         net = self.net_import_kw(state, measurements.auxiliary_kw, renewable_kw, present)
         if net > limit_kw * (1 + _REL_EPS):
-            spans.append((len(actions), len(moves), -1))
+            spans.append((len(actions), _open(moves), -1))
             self._cut_power(state, net - limit_kw, "import_curtail",
                             f"modelled import {net:.1f} kW (batch + idle + auxiliary − renewable "
                             f"{renewable_kw:.1f} kW{note}) is over the {source} limit {limit_kw:.1f} kW",
@@ -137,7 +137,7 @@ class CountGuard:
             offset = measurements.noise_offset_db.get(receptor.id)
             margin, why = ((receptor.model_margin_db, "model margin") if offset is None
                            else (max(offset, 0.0), "sensor offset"))
-            spans.append((len(actions), len(moves), -1))
+            spans.append((len(actions), _open(moves), -1))
             self._cut_noise(state, receptor.id, cap - margin,
                             f"cap {cap:.1f} dBA at {local:%a %H:%M} local, {why} {margin:.1f} dB",
                             "noise_step_down", actions, moves)
@@ -151,12 +151,12 @@ class CountGuard:
         Raises ValueError for a count naming an unknown group or mode, or negative."""
         state = self._state(counts)
         actions: list[GuardAction] = []
-        moves: list[Move] = []
+        moves: list[Move] = _Moves()
         spans: list[tuple[int, int, int]] = []
         renewable_kw, note = self.guard._renewable(measurements, now)
         net = self.net_import_kw(state, measurements.auxiliary_kw, renewable_kw, present)
         if net > limit_kw * (1 + _REL_EPS):
-            spans.append((len(actions), len(moves), -1))
+            spans.append((len(actions), _open(moves), -1))
             self._cut_power(state, net - limit_kw, "emergency_dr_cut",
                             f"emergency limit {limit_kw:.1f} kW; modelled import {net:.1f} kW "
                             f"(renewable {renewable_kw:.1f} kW{note})", actions, moves)
@@ -223,7 +223,9 @@ class CountGuard:
         state[group_id, from_mode] -= n
         if to_mode != SLEEP:
             state[group_id, to_mode] = state.get((group_id, to_mode), 0) + n
-        if moves and (moves[-1].group, moves[-1].from_mode, moves[-1].to_mode) == (group_id, from_mode, to_mode):
+        # Merged with the previous move only within one action's span (`realise` names each action's miners).
+        if (len(moves) > getattr(moves, "floor", 0)
+                and (moves[-1].group, moves[-1].from_mode, moves[-1].to_mode) == (group_id, from_mode, to_mode)):
             moves[-1] = Move(group_id, from_mode, to_mode, moves[-1].n + n)
         else:
             moves.append(Move(group_id, from_mode, to_mode, n))
@@ -301,6 +303,18 @@ class CountGuard:
             actions.append(GuardAction("limit_unreachable",
                                        f"receptor {receptor_id}: background alone is at or over the target "
                                        f"{target_dba:.1f} dBA; every contributing unit is asleep", ()))
+
+
+class _Moves(list):
+    """The moves of one check; ``floor``: where the current action's span began (no merging across)."""
+
+    floor = 0
+
+
+def _open(moves: list[Move]) -> int:
+    """Begin a new action's span at the end of ``moves``; returns its first index."""
+    moves.floor = len(moves)  # type: ignore[attr-defined]
+    return len(moves)
 
 
 def _close(spans: list[tuple[int, int, int]], actions: list[GuardAction],

@@ -44,7 +44,7 @@ from hashflex.control.compute_commands import ComputeState
 from hashflex.control.dispatch import ArrayDispatch, plan_dispatch_arrays
 from hashflex.control.dr import DRBook
 from hashflex.control.fastpath import FastPathMixin, _prices_unknown, _replace  # noqa: F401
-from hashflex.control.fleet import SLEEP, FleetArrays, FleetState
+from hashflex.control.fleet import NO_TIME_US, SLEEP, FleetArrays, FleetState, time_us
 from hashflex.control.guard_counts import CountGuard, realise
 from hashflex.control.guard import Guard, GuardResult, Limits, Measurements
 from hashflex.control.limits import LimitsBook
@@ -160,28 +160,47 @@ def interval_floor(now: datetime, minutes: int) -> pd.Timestamp:
 
 def group_states(fleet: FleetState, profile: SiteProfile, now: datetime) -> dict[str, GroupState]:
     """Initial state per group for the solve, from the fleet as dispatched: units on, and units
-    still held on (min-on) or off (min-off) with the hours they remain held."""
+    still held on (min-on) or off (min-off) with the hours they remain held.
+
+    Vector work over the fleet's columns (issue 18); the hours left are computed as the per-miner
+    ``(last_start + min_on - now) / 1 h`` was (exact integer microseconds, then one division), and
+    rounded to 0.1 ms of an hour with Python's ``round`` once per distinct value."""
+    now_us = time_us(now)
     states = {}
     for group in profile.miner_groups:
-        miners = fleet.in_group(group.id)
-        on = [m for m in miners if m.running]
-        held_on: dict[float, int] = {}
-        held_off: dict[float, int] = {}
-        for miner in miners:
-            if miner.running and miner.last_start is not None and group.min_on_minutes:
-                left_h = (miner.last_start + timedelta(minutes=group.min_on_minutes) - now).total_seconds() / 3600
-                if left_h > 0:
-                    held_on[round(left_h, 4)] = held_on.get(round(left_h, 4), 0) + 1
-            if not miner.running and miner.last_stop is not None and group.min_off_minutes:
-                left_h = (miner.last_stop + timedelta(minutes=group.min_off_minutes) - now).total_seconds() / 3600
-                if left_h > 0:
-                    held_off[round(left_h, 4)] = held_off.get(round(left_h, 4), 0) + 1
-        load_kw = sum(fleet.power_kw(group.id, m.mode) for m in miners if m.available)
-        off = sum(1 for m in miners if m.mode == POWERED_OFF) if getattr(group, "pdu_power_off", False) else 0
-        states[group.id] = GroupState(units_on=len(on), load_kw=load_kw,
-                                      must_stay_on=tuple(sorted(held_on.items())),
-                                      must_stay_off=tuple(sorted(held_off.items())), units_off=off)
+        if group.id not in fleet.groups:
+            states[group.id] = GroupState(units_on=0, load_kw=0.0, must_stay_on=(), must_stay_off=(), units_off=0)
+            continue
+        cols = fleet.columns(group.id)
+        running = cols.mode >= 0
+        held_on = _held(cols.last_start_us[running], group.min_on_minutes, now_us)
+        held_off = _held(cols.last_stop_us[~running], group.min_off_minutes, now_us)
+        power = np.array([fleet.power_kw(group.id, SLEEP)] + [m.power_kw for m in group.modes], dtype=float)
+        usable = cols.available
+        load_kw = float(power[np.maximum(cols.mode[usable], -1).astype(np.int64) + 1].sum())
+        off = fleet.powered_off(group.id) if getattr(group, "pdu_power_off", False) else 0
+        if off:  # powered off at the PDU: no idle draw
+            load_kw -= fleet.power_kw(group.id, SLEEP) * int((cols.mode[usable] == -2).sum())
+        states[group.id] = GroupState(units_on=int(running.sum()), load_kw=load_kw,
+                                      must_stay_on=held_on, must_stay_off=held_off, units_off=off)
     return states
+
+
+def _held(stamps_us: np.ndarray, minutes: float | None, now_us: int) -> tuple[tuple[float, int], ...]:
+    """(hours left, units) of units still held by a minimum time of ``minutes`` since ``stamps_us``."""
+    if not minutes:
+        return ()
+    stamped = stamps_us[stamps_us != NO_TIME_US]
+    left_us = stamped + int(round(minutes * 60_000_000)) - now_us
+    left_us = left_us[left_us > 0]
+    if not left_us.size:
+        return ()
+    values, n = np.unique(left_us, return_counts=True)
+    held: dict[float, int] = {}
+    for us, k in zip(values.tolist(), n.tolist()):
+        key = round(us / 1e6 / 3600, 4)
+        held[key] = held.get(key, 0) + k
+    return tuple(sorted(held.items()))
 
 
 def apply_cap_overrides(problem: Problem, caps_dba: Mapping[str, np.ndarray]) -> Problem:
@@ -398,22 +417,15 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
         return GuardResult(ArrayDispatch(modes).to_setpoints(arrays, now, self.expiry_s), actions)
 
     def _availability(self, periods: int) -> dict[str, np.ndarray]:
-        stopped = self._health_stopped()
-        usable = dict.fromkeys((g.id for g in self.profile.miner_groups), 0)
-        for miner in self.fleet.miners.values():
-            if miner.available and miner.miner_id not in stopped and miner.group_id in usable:
-                usable[miner.group_id] += 1
-        return {group_id: np.full(periods, n, dtype=int) for group_id, n in usable.items()}
+        usable = self.fleet.usable_counts(self._health_stopped())
+        return {g.id: np.full(periods, usable.get(g.id, 0), dtype=int) for g in self.profile.miner_groups}
 
     def _dispatch(self, batch: list[Setpoint], now: datetime) -> Future:
         """Queue a full-fleet batch for the driver (call with the lock held). The fleet records it as
         intent now, so the next decision starts from it; a miner whose setpoint fails is reverted
         when the results come back. Returns the future of the driver's results."""
         # Only a miner whose mode this batch changes can need reverting (issue 18: no copy per miner).
-        miners = self.fleet.miners
-        before = {sp.miner_id: (m.mode, m.last_start, m.last_stop)
-                  for sp in batch if (m := miners[sp.miner_id]).mode != sp.mode}
-        self.fleet.apply_setpoints(batch, now)
+        before = self.fleet.apply_setpoints(batch, now)
         self._save_commitment()
         return self._sender.submit((batch, now, before), self._after_send)
 
@@ -457,17 +469,13 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
                 miner = self.fleet.miners.get(miner_id)
                 # Revert only if nothing newer was queued for this miner since (intent unchanged).
                 if miner is not None and miner.mode == intended.get(miner_id) and miner_id in before:
-                    miner.mode, miner.last_start, miner.last_stop = before[miner_id]
+                    self.fleet.revert(miner_id, before[miner_id])
                     reverted = True
             if reverted:
                 self._save_commitment()
 
     def _sync_availability(self) -> None:
-        down = self.registry.unavailable()
-        for miner in self.fleet.miners.values():
-            available = miner.miner_id not in down
-            if miner.available != available:
-                self.fleet.set_available(miner.miner_id, available)
+        self.fleet.set_available_where(set(self.registry.unavailable()))
 
     def verify_setpoints(self, timeout_s: float = 0.0) -> None:
         """Record what telemetry confirms (drivers that can verify), before the next plan."""

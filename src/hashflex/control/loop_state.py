@@ -49,7 +49,7 @@ class ControlStateMixin:
         reached them. Returns the future of the driver's results."""
         with self._lock:
             self._record("restart", lambda: {"limits": self.book.summary(now),
-                                             "units_running": sum(1 for m in self.fleet.miners.values() if m.running)},
+                                             "units_running": self.fleet.units_running()},
                          now)
             self._record_transitions(now)
             imports = self.book.import_limits_at(now)

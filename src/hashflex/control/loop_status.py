@@ -177,8 +177,8 @@ class LoopStatusMixin:
             limit_kw, limit_source = min(candidates, key=lambda c: c[0])
             caps = {r.id: r.cap_at(local) for r in self.profile.receptors}
             modelled = {r.id: self.modelled_level_dba(r.id) for r in self.profile.receptors}
-            full_kw = sum(max(m.power_kw for m in self.fleet.groups[g].modes) for g in
-                          (mi.group_id for mi in self.fleet.miners.values() if mi.available))
+            full_kw = sum(n * max(m.power_kw for m in self.fleet.groups[g].modes)
+                          for g, n in self.fleet.available_per_group().items())
         self._record("measurement", lambda: {**records.measurement_payload(
             interval_start, interval_h, import_kw, renewable_kw, load_kw, hashrate_th_s,
             {r: v[0] for r, v in noise.items()}, intensity_kg_per_mwh, price_usd_mwh, revenue, cost or 0.0,
@@ -290,7 +290,7 @@ class LoopStatusMixin:
             "forecast_source": getattr(self, "forecast_source", "rules"),
             "active_dr_events": active,
             "limits": limits,
-            "units_running": sum(1 for m in self.fleet.miners.values() if m.running),
+            "units_running": self.fleet.units_running(),
             "miners_unavailable": {m: u.reason for m, u in self.registry.unavailable().items()},
             "counters": dict(self.counters),
             "noise_offsets_db": dict(self.noise_offsets_db),

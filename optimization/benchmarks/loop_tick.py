@@ -1,0 +1,139 @@
+"""The product's tick at 1k / 10k / 100k SYNTHETIC miners: `ControlLoop.tick` end to end (forecast →
+problem → schedule → plan stability → dispatch → guard → driver batch → commitment saved to a real
+SQLite store), excluding only the solve, for this tree and a baseline commit side by side (issue 18,
+goal ≤ 100 ms at 100k excluding the solve).
+
+The site is `fleet_tick.synthetic_site` (SYNTHETIC: 12 groups of 3 modes, a receptor whose cap
+binds, a third of the fleet running). The solve is excluded by solving once (real HiGHS) and
+handing every tick that schedule (`CachedSolve`); the driver accepts every batch without I/O
+(publishing is measured by ``mqtt_batch.py``). Each size runs in a fresh process per tree; the
+baseline tree is a ``git worktree`` of ``--baseline`` (default: this session's start, 4953d1a)
+imported through PYTHONPATH.
+
+    python optimization/benchmarks/loop_tick.py [--sizes 1000 10000 100000] [--ticks 5] [--baseline 4953d1a]
+
+Prints, per size and tree: median tick ms without the solve, and the ratio baseline / this tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+GOAL_MS = 100.0
+
+
+def _one(n_miners: int, ticks: int) -> dict:
+    """Run in a child process: the ticks of one size with whatever `hashflex` is importable."""
+    import numpy as np
+    import pandas as pd
+
+    sys.path.insert(0, str(HERE))
+    from fleet_tick import NOW, synthetic_site
+
+    from hashflex.control.loop import ControlLoop, HorizonForecast
+    from hashflex.control.solver import SolveRunner
+    from hashflex.drivers.base import SetpointResult, SetpointStatus
+    from hashflex.store import Store
+
+    profile, fleet, _, measurements, _ = synthetic_site(n_miners)
+
+    class NullDriver:
+        """Accepts every batch without I/O."""
+
+        def apply(self, batch):
+            return [SetpointResult(sp.miner_id, SetpointStatus.APPLIED, "accepted") for sp in batch]
+
+    class CachedSolve:
+        """The first solve is real (HiGHS); every later tick gets that schedule (the solve excluded)."""
+
+        def __init__(self) -> None:
+            self.runner = SolveRunner(time_limit_s=30)
+            self.schedule = None
+            self.last_seconds = 0.0
+
+        def run(self, problem, fine_intervals=None):
+            if self.schedule is None:
+                self.schedule = self.runner.run(problem, fine_intervals)
+            return self.schedule
+
+    def forecaster(now, start, periods):
+        return HorizonForecast(pd.date_range(start, periods=periods, freq=f"{profile.site.interval_minutes}min"),
+                               np.full(periods, 25.0))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp) / "tick.db")
+        loop = ControlLoop(profile, forecaster=forecaster, driver=NullDriver(), fleet=fleet, store=store,
+                           solver=CachedSolve())
+        loop.measurements = measurements
+        loop.tick(NOW)  # the real solve, and the first dispatch
+        times = []
+        for k in range(ticks):
+            started = time.perf_counter()
+            loop.tick(NOW + timedelta(seconds=k + 1))
+            times.append((time.perf_counter() - started) * 1000.0)
+        store.close()
+    import resource
+
+    return {"median_ms": statistics.median(times), "max_ms": max(times),
+            "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _worktree(commit: str) -> Path:
+    path = Path(tempfile.gettempdir()) / f"hashflex_base_{commit}"
+    if not (path / "src").exists():
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-f", "--detach", str(path), commit],
+                       check=True, capture_output=True)
+    return path
+
+
+def _run(n: int, ticks: int, src: Path | None) -> dict:
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    out = subprocess.run([sys.executable, __file__, "--child", str(n), "--ticks", str(ticks)], env=env,
+                         capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"rc {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    """Parse the arguments, run each size in fresh processes for both trees and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
+    parser.add_argument("--ticks", type=int, default=5)
+    parser.add_argument("--baseline", default="4953d1a", help="commit to compare with ('' for none)")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(_one(args.child, args.ticks)))
+        return
+    base = _worktree(args.baseline) / "src" if args.baseline else None
+    print(f"ControlLoop.tick without the solve, median of {args.ticks} ticks (goal ≤ {GOAL_MS:.0f} ms at 100k); "
+          f"SYNTHETIC site")
+    print(f"{'miners':>8} {'this tree ms':>13} {'baseline ms':>12} {'ratio':>6} {'RSS MiB (this/base)':>20}")
+    for n in args.sizes:
+        new = _run(n, args.ticks, None)
+        old = _run(n, args.ticks, base) if base is not None else {}
+        if "error" in new:
+            print(f"{n:>8} error: {new['error']}")
+            continue
+        ratio = f"{old['median_ms'] / new['median_ms']:.1f}x" if "median_ms" in old else "-"
+        old_ms = f"{old['median_ms']:.0f}" if "median_ms" in old else old.get("error", "-")[:12]
+        old_rss = f"{old['rss_mib']:.0f}" if "rss_mib" in old else "-"
+        print(f"{n:>8} {new['median_ms']:>13.0f} {old_ms:>12} {ratio:>6} {new['rss_mib']:>11.0f}/{old_rss}")
+
+
+if __name__ == "__main__":
+    main()
