@@ -199,7 +199,11 @@ from hashflex.sim.site import published_at
 prices["published_at"] = published_at(prices)
 prices = prices[(prices["interval_start"] >= pd.Timestamp("2020-02-07", tz="UTC"))
                 & (prices["interval_start"] < pd.Timestamp("2020-02-13", tz="UTC"))].reset_index(drop=True)
+spike = ((prices["market"] == "RT") & (prices["interval_start"] >= pd.Timestamp("2020-02-10T18:00Z"))
+         & (prices["interval_start"] < pd.Timestamp("2020-02-10T19:30Z")))
+prices.loc[spike, "price_usd_mwh"] = 2500.0 + 100.0 * np.arange(int(spike.sum()))  # a scarcity regime
 revised = prices[prices["market"] == "RT"].sample(40, random_state=1).copy()  # later revisions
+revised = pd.concat([revised, prices[spike].iloc[:2]])  # incl. two revisions inside the spike
 revised["price_usd_mwh"] += 3.0
 revised["published_at"] += pd.Timedelta(minutes=30)
 tied = prices[prices["market"] == "DA"].sample(30, random_state=3).copy()  # same key and publication time
@@ -265,8 +269,8 @@ def test_forecast_is_the_baseline_codes_on_a_bundled_day_and_every_input_kind(ba
         used.update(code for _, code in old["fallbacks"])
         used.update(s for s in old["price_source"])
     # the SYNTHETIC snapshot reached the rules it was built for (else this test proves less than it says)
-    assert {"price_same_time_yesterday", "price_unknown", "renewable_no_forecast", "carbon_no_feed",
-            "carbon_profile_default"} <= used, used
+    assert {"price_same_time_yesterday", "price_unknown", "price_scarcity", "renewable_no_forecast",
+            "carbon_no_feed", "carbon_profile_default", "noise_uncalibrated"} <= used, used
     assert any("RT blend" in s for s in used) and "DA" in used, used
     assert any(np.isfinite(f["import_limit_kw"]).any() for f in want)
     assert any(v is not None for f in want for v in f["noise_offset_db"].values())

@@ -47,6 +47,13 @@ def _us(values: pd.Series | pd.DatetimeIndex) -> np.ndarray:
     return pd.DatetimeIndex(pd.to_datetime(values, utc=True)).as_unit("us").asi8
 
 
+def _ns(values: pd.Series) -> np.ndarray:
+    """Tz-aware times as int64 UTC nanoseconds (NaT → int64 min)."""
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.array.as_unit("ns").asi8
+    return pd.DatetimeIndex(pd.to_datetime(values, utc=True)).as_unit("ns").asi8
+
+
 def _covering(times: pd.DatetimeIndex, starts: pd.Series, ends: pd.Series, values: pd.Series,
               order: pd.Series | None = None) -> np.ndarray:
     """Per time: the value of the row with start ≤ t < end (the highest ``order`` wins, the last
@@ -85,8 +92,10 @@ def _same_wall_time_yesterday(times: pd.DatetimeIndex, tz: Any) -> pd.DatetimeIn
 def _forecast_prices(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp, times: pd.DatetimeIndex,
                      cfg: ForecastConfig, hook: PriceForecaster | None, ages: dict[str, float | None],
                      fallbacks: list[str]) -> tuple[np.ndarray, list[str]]:
-    point = snap.prices[snap.prices["settlement_point"] == profile.site.settlement_point]
-    da, rt = point[point["market"] == "DA"], point[point["market"] == "RT"]
+    prices = snap.prices  # one mask per market instead of three frame filters (issue 18)
+    here = prices["settlement_point"].to_numpy() == profile.site.settlement_point
+    market = prices["market"].to_numpy()
+    da, rt = prices[here & (market == "DA")], prices[here & (market == "RT")]
     ages["price_da"], ages["price_rt"] = _age_s(now, da["published_at"]), _age_s(now, rt["published_at"])
     price = _covering(times, da["interval_start"], da["interval_end"], da["price_usd_mwh"], da["published_at"])
     source = ["DA" if np.isfinite(p) else "" for p in price]
@@ -138,13 +147,27 @@ def _scarcity_floor(rt: pd.DataFrame, da: pd.DataFrame, now: pd.Timestamp, times
     """In a scarcity regime (`forecast.model.detect_scarcity` on the RT prices published in the last
     ``scarcity_window_h``), plan the next ``scarcity_hold_h`` at no less than the recent RT mean: in Winter
     Storm Uri DA prices under-predicted RT for days, and a plan at DA ran into $9,000/MWh."""
-    published = rt[(rt["published_at"] <= now) & (rt["interval_end"] > now - pd.Timedelta(hours=cfg.scarcity_window_h))]
-    if published.empty:
+    # In integer nanoseconds, without frames (issue 18): the rows published by now whose interval ends
+    # within the window; per interval start the newest publication (the last of equal ones).
+    nat = np.iinfo(np.int64).min
+    published_ns, end_ns, start_ns = (_ns(rt[c]) for c in ("published_at", "interval_end", "interval_start"))
+    cutoff = now - pd.Timedelta(hours=cfg.scarcity_window_h)
+    within = ((published_ns != nat) & (published_ns <= now.as_unit("ns").value) & (end_ns != nat)
+              & (end_ns > cutoff.as_unit("ns").value))
+    if not within.any():
         return
-    published = published.sort_values(["interval_start", "published_at"]).drop_duplicates("interval_start", keep="last")
-    da_same = _covering(pd.DatetimeIndex(published["interval_start"]), da["interval_start"], da["interval_end"],
-                        da["price_usd_mwh"], da["published_at"])
-    state = detect_scarcity(published["price_usd_mwh"].to_numpy(dtype=float), da_same,
+    rows = np.flatnonzero(within)
+    if (start_ns[rows] == nat).any():  # NaT sorts last in pandas: the frame path
+        published = rt.iloc[rows].sort_values(["interval_start", "published_at"]).drop_duplicates(
+            "interval_start", keep="last")
+        starts, values = pd.DatetimeIndex(published["interval_start"]), published["price_usd_mwh"].to_numpy(dtype=float)
+    else:
+        rows = rows[np.lexsort((published_ns[rows], start_ns[rows]))]
+        rows = rows[np.append(start_ns[rows][1:] != start_ns[rows][:-1], True)]
+        starts = pd.DatetimeIndex(rt["interval_start"].iloc[rows])
+        values = rt["price_usd_mwh"].to_numpy(dtype=float)[rows]
+    da_same = _covering(starts, da["interval_start"], da["interval_end"], da["price_usd_mwh"], da["published_at"])
+    state = detect_scarcity(values, da_same,
                             rt_threshold_usd_mwh=cfg.scarcity_rt_usd_mwh,
                             spread_threshold_usd_mwh=cfg.scarcity_spread_usd_mwh)
     if not state.active:
