@@ -199,6 +199,6 @@ def test_the_ticks_guard_checks_in_counts_as_the_per_miner_guard(case, limit_kw,
     if offset_db is not None:
         loop.measurements = Measurements(noise_offset_db={"house": offset_db})
     want = loop.guard.check(dispatched.to_setpoints(arrays, NOW, loop.expiry_s), loop.measurements, limits, NOW)
-    got = loop._guard_dispatched(None, dispatched, arrays, NOW)
+    got, _ = loop._guard_dispatched(None, dispatched, arrays, NOW)
     assert _modes_by_miner(got.batch) == _modes_by_miner(want.batch)
     assert [(a.kind, set(a.miners)) for a in got.actions] == [(a.kind, set(a.miners)) for a in want.actions]

@@ -99,6 +99,36 @@ def test_arrays_update_from_applied_setpoints_as_fleet_state(case, later, hours)
     assert_same_state(arrays, FleetArrays.from_fleet(fleet))
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=fleets_and_counts(), later=st.integers(1, 90))
+def test_fleet_state_applies_mode_columns_as_it_applies_setpoints(case, later) -> None:
+    """`FleetState.apply_modes` (the tick's vector path) leaves the fleet exactly as `apply_setpoints`
+    of the same batch does, miner views included, and returns the same before-states (what a failed
+    setpoint reverts to); reverting them restores the fleet."""
+    fleet, counts = case
+    twin = FleetState.from_dict(fleet.to_dict(), _profile_of(fleet))
+    then = NOW + timedelta(minutes=later)
+    got = plan_dispatch_arrays(counts, FleetArrays.from_fleet(fleet), then, 300.0)
+    batch = got.to_setpoints(FleetArrays.from_fleet(fleet), then, 300.0)
+    original = {m: tuple(getattr(fleet.miners[m], k) for k in ("mode", "last_start", "last_stop")) for m in fleet.miners}
+    before_vector = fleet.apply_modes(got.modes, then)
+    before_per_miner = twin.apply_setpoints(batch, then)
+    assert before_vector == before_per_miner
+    assert fleet.miners == twin.miners
+    assert_same_state(FleetArrays.from_fleet(fleet), FleetArrays.from_fleet(twin))
+    assert all(original[m] == b for m, b in before_vector.items())
+    for miner_id, was in before_vector.items():
+        fleet.revert(miner_id, was)
+    assert {m: tuple(getattr(fleet.miners[m], k) for k in ("mode", "last_start", "last_stop"))
+            for m in fleet.miners} == original
+
+
+def _profile_of(fleet: FleetState):
+    """A stand-in profile for `FleetState.from_dict` (it reads only ``miner_groups``)."""
+    from types import SimpleNamespace
+    return SimpleNamespace(miner_groups=list(fleet.groups.values()))
+
+
 def assert_same_state(a: FleetArrays, b: FleetArrays) -> None:
     for group_id in b.groups:
         x, y = a.groups[group_id], b.groups[group_id]

@@ -324,6 +324,7 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
         self.health = health if health is not None else HealthBook(health_ratings(profile), on_alert=self._alert)
         self._compute_sender = SendQueue(self._apply_compute, synchronous=not config.async_sends,
                                          name="hashflex-compute-sender")
+        self._commitment_saved_at: datetime | None = None  # when the commitment state was last saved
         self._start_recorded = False  # the start config is recorded with the first record's time (see _record)
         self.counters: dict[str, int] = {"ticks": 0, "fast_path_actions": 0, "dr_accepted": 0, "dr_rejected": 0,
                                          "dr_duplicates": 0, "limits_accepted": 0, "limits_rejected": 0,
@@ -386,8 +387,8 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
                 arrays = FleetArrays.from_fleet(self.fleet)
                 score, hot = self._dispatch_hints(arrays)
                 dispatched = plan_dispatch_arrays(stable.counts, arrays, now, self.expiry_s, health_score=score, hot=hot)
-                checked = self._guard_dispatched(schedule, dispatched, arrays, now)
-                sent = self._dispatch(checked.batch, now)
+                checked, modes = self._guard_dispatched(schedule, dispatched, arrays, now)
+                sent = self._dispatch(checked.batch, now, modes=modes)
             results = sent.result()  # outside the lock: the sender thread takes it to book the results
             with self._lock:
                 report = TickReport(now, start, schedule, checked.batch, checked, results, tuple(forecast.fallbacks),
@@ -399,8 +400,9 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
             return report
 
     def _guard_dispatched(self, schedule: Schedule, dispatched: ArrayDispatch, arrays: FleetArrays,
-                          now: datetime) -> GuardResult:
-        """The guard's check of a dispatched plan, the batch that goes to the drivers.
+                          now: datetime) -> tuple[GuardResult, dict[str, np.ndarray] | None]:
+        """The guard's check of a dispatched plan: the batch that goes to the drivers, and its modes
+        per group as columns (None where the per-miner guard ran).
 
         Issue 18: the import and noise checks are decided in counts (`CountGuard`: vector work over
         (group, mode) classes, the per-miner guard's units, tests/test_guard_counts.py) and the
@@ -410,23 +412,29 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
         limits = self.limits_now(now)
         if any(getattr(g, "pdu_power_off", False) for g in self.profile.miner_groups):
             setpoints = power_off_planned(schedule, dispatched.to_setpoints(arrays, now, self.expiry_s), self.fleet)
-            return self.guard.check(setpoints, self.measurements, limits, now)
+            return self.guard.check(setpoints, self.measurements, limits, now), None
         present = {g: len(a.miner_id) for g, a in arrays.groups.items()}
         cut = self.count_guard.check(dispatched.counts(arrays), self.measurements, limits, now, present=present)
         modes, actions = realise(cut, arrays, dispatched.modes) if cut.changed else (dispatched.modes, [])
-        return GuardResult(ArrayDispatch(modes).to_setpoints(arrays, now, self.expiry_s), actions)
+        return GuardResult(ArrayDispatch(modes).to_setpoints(arrays, now, self.expiry_s), actions), modes
 
     def _availability(self, periods: int) -> dict[str, np.ndarray]:
         usable = self.fleet.usable_counts(self._health_stopped())
         return {g.id: np.full(periods, usable.get(g.id, 0), dtype=int) for g in self.profile.miner_groups}
 
-    def _dispatch(self, batch: list[Setpoint], now: datetime) -> Future:
+    def _dispatch(self, batch: list[Setpoint], now: datetime, *, modes: dict[str, np.ndarray] | None = None) -> Future:
         """Queue a full-fleet batch for the driver (call with the lock held). The fleet records it as
         intent now, so the next decision starts from it; a miner whose setpoint fails is reverted
-        when the results come back. Returns the future of the driver's results."""
+        when the results come back. ``modes``: the batch as mode columns per group (`ArrayDispatch`
+        form), recorded as vector work instead of miner by miner. Returns the future of the driver's
+        results."""
         # Only a miner whose mode this batch changes can need reverting (issue 18: no copy per miner).
-        before = self.fleet.apply_setpoints(batch, now)
-        self._save_commitment()
+        before = self.fleet.apply_modes(modes, now) if modes is not None else self.fleet.apply_setpoints(batch, now)
+        # The commitment state (min on/off across a restart) changes only when a mode does; run
+        # hours, which change every tick, are saved at least hourly.
+        if before or self._commitment_saved_at is None or now - self._commitment_saved_at >= timedelta(hours=1):
+            self._save_commitment()
+            self._commitment_saved_at = now
         return self._sender.submit((batch, now, before), self._after_send)
 
     def _stable_counts(self, problem: Problem, schedule: Schedule, start: pd.Timestamp) -> StabilityDecision:
@@ -452,13 +460,19 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
     def _after_send(self, job: tuple[list[Setpoint], datetime, dict[str, Any]],
                     results: list[SetpointResult]) -> None:
         batch, _, before = job
-        intended = {sp.miner_id: sp.mode for sp in batch}
-        failed = {r.miner_id for r in results if r.status.value not in ("applied", "unverified")}
+        # One pass over the results; the batch is looked at only for miners that failed (few).
+        tally: dict[str, int] = {}
+        failed = set()
+        for r in results:
+            status = r.status.value
+            tally[status] = tally.get(status, 0) + 1
+            if status not in ("applied", "unverified"):
+                failed.add(r.miner_id)
+        intended = {sp.miner_id: sp.mode for sp in batch if sp.miner_id in failed} if failed else {}
         with self._lock:
-            self.counters["setpoint_failures"] += sum(
-                1 for r in results if r.status.value in ("rejected", "timeout", "unreachable"))
+            self.counters["setpoint_failures"] += sum(tally.get(s, 0) for s in ("rejected", "timeout", "unreachable"))
             # Transport faults (broker down, bad credentials, TLS): not the miners' fault, but visible.
-            not_sent = sum(1 for r in results if r.status.value == "not_sent")
+            not_sent = tally.get("not_sent", 0)
             self.counters["setpoints_not_sent"] += not_sent
             self.transport_failure = (f"{not_sent} of {len(results)} setpoints of the last batch not sent "
                                       f"(driver transport down, or no miner subscribed yet)") if results and not_sent == len(results) else None
