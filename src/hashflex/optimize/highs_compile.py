@@ -97,8 +97,8 @@ class LpBasisCache:
 
     def put_model(self, template: str, compiled: CompiledModel) -> None:
         """Keep ``compiled`` (after a successful solve) for the next re-plan of the same template.
-        A model without its Pyomo source or slot maps (the bare build) is not kept."""
-        if self.max_models <= 0 or compiled.model is None or compiled.col_at is None:
+        A model without slot maps (the benchmarks' bare build) is not kept."""
+        if self.max_models <= 0 or compiled.col_at is None or compiled.row_at is None:
             return
         self._models[template] = compiled
         self._models.move_to_end(template)
@@ -452,7 +452,7 @@ def update_in_place(compiled: CompiledModel, problem: Problem) -> None:
         for t in np.flatnonzero(budget.mask):
             compiled.highs.changeCoeff(carbon_at[b], import_at[int(t)], float(kg_per_kw[t]))
     # commitment: start cost; transition[g,0] == −units_on; min_on >= held_on; min_off <= N − held_off
-    for g in compiled.model.UC if compiled.model is not None else ():
+    for g in sorted({g for g, _ in compiled.row_at.get("transition", {})}):  # the commitment groups (model.UC)
         group = groups[g]
         u.columns("start", [(g, t) for t in ts], 0.0, math.inf, -group.start_cost_usd)
         rhs = np.zeros(T)

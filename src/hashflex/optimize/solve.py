@@ -34,6 +34,7 @@ from hashflex.optimize.milp import (  # noqa: F401
     build_model,
     extract_counts,
 )
+from hashflex.optimize.fast_build import compile_fast, fast_buildable
 from hashflex.optimize.problem import Problem, coarsen
 from hashflex.optimize.rounding import round_lp_counts
 from hashflex.optimize.schedule import Schedule, SolveInfo, SolveStatus, expand_to_base, schedule_from_counts
@@ -179,9 +180,11 @@ class _Solved:
 def _compiled_for(problem: Problem, basis_cache: LpBasisCache | None
                   ) -> tuple[CompiledModel, pyo.ConcreteModel, str | None]:
     """The HiGHS model for ``problem``: the one kept in ``basis_cache`` for the same `template_key`,
-    updated in place (costs, bounds, right-hand sides; no Pyomo build), or a fresh Pyomo build and
-    compile. Returns (compiled, its Pyomo model, template key or None without a cache). A kept model
-    that cannot be updated is dropped and the problem built afresh (logged, never fatal)."""
+    updated in place (costs, bounds, right-hand sides; no Pyomo build), or a fresh build: from numpy
+    arrays (`fast_build.compile_fast`, the same LP as the Pyomo compile) when the problem uses only
+    the core families, else the Pyomo build and compile. Returns (compiled, its Pyomo model or None,
+    template key or None without a cache). A kept model that cannot be updated is dropped and the
+    problem built afresh (logged, never fatal)."""
     template = template_key(problem) if basis_cache is not None else None
     kept = basis_cache.take_model(template) if template is not None else None
     if kept is not None:
@@ -191,6 +194,8 @@ def _compiled_for(problem: Problem, basis_cache: LpBasisCache | None
             return kept, kept.model, template
         except (KeyError, ValueError, IndexError):
             log.warning("kept HiGHS model could not be updated in place; rebuilding", exc_info=True)
+    if fast_buildable(problem):  # the core families: the same LP from numpy arrays, no Pyomo model
+        return compile_fast(problem), None, template
     model = build_model(problem)
     return compile_to_highs(model, problem), model, template
 
