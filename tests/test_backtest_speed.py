@@ -276,3 +276,68 @@ def test_forecast_is_the_baseline_codes_on_a_bundled_day_and_every_input_kind(ba
     assert any(v is not None for f in want for v in f["noise_offset_db"].values())
     assert any("forecast" in labels for f in want for labels in f["renewable_source"].values())
     assert any("persistence" in labels for f in want for labels in f["renewable_source"].values())
+
+
+# ------------------------------------------------------------------ the simulated fleet's batch path
+
+from datetime import datetime, timedelta, timezone  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from hashflex.drivers.base import Setpoint  # noqa: E402
+from hashflex.drivers.pdu import POWERED_OFF  # noqa: E402
+from hashflex.messages import SLEEP  # noqa: E402
+from hashflex.profile import SiteProfile  # noqa: E402
+from hashflex.sim.site import SimulatedFleet  # noqa: E402
+
+T0 = datetime(2025, 7, 1, 20, 0, tzinfo=timezone.utc)
+FLEET = SiteProfile.model_validate({
+    "site": {"name": "small", "settlement_point": "LZ_WEST"}, "grid": {"import_limit_kw": 100.0},
+    "miner_groups": [
+        {"id": "old", "model": "S19", "units": 5, "idle_power_kw": 0.02, "pdu_power_off": True, "cold_boot_s": 300,
+         "modes": [{"name": "eco", "power_kw": 2.0, "hashrate_th_s": 80, "sound_power_dba": 80},
+                   {"name": "stock", "power_kw": 3.0, "hashrate_th_s": 100, "sound_power_dba": 84}]},
+        {"id": "new", "model": "S21", "units": 4, "idle_power_kw": 0.01,
+         "modes": [{"name": "stock", "power_kw": 3.0, "hashrate_th_s": 200, "sound_power_dba": 70},
+                   {"name": "turbo", "power_kw": 5.0, "hashrate_th_s": 250, "sound_power_dba": 76}]}],
+    "carbon": {"default_intensity_kg_per_mwh": 400, "intensity_source": "test"},
+    "economics": {"hashprice_usd_per_ph_day": 50},
+})
+IDS = sorted(FLEET.miner_ids()) + ["stranger-1"]  # a miner the profile does not name
+MODE_NAMES = [SLEEP, POWERED_OFF, "eco", "stock", "turbo", "warp"]  # incl. modes a group lacks and none has
+
+
+def _state(fleet: SimulatedFleet) -> tuple:
+    return (fleet._all_mode.tolist(), fleet._all_expires_us.tolist(), dict(fleet._others.modes),
+            fleet.running(), fleet.load_kw(), fleet.powered_off())
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(st.tuples(st.sampled_from(IDS), st.sampled_from(MODE_NAMES), st.integers(1, 3)),
+                         max_size=12), min_size=1, max_size=5),
+       st.booleans())
+def test_batch_path_leaves_the_fleet_as_setpoint_by_setpoint(batches, unique) -> None:
+    fast, each = SimulatedFleet(FLEET), SimulatedFleet(FLEET)
+    for k, rows in enumerate(batches):
+        if unique:  # the loop's batches: each miner once (the one-assignment path)
+            rows = list({miner: (miner, mode, life) for miner, mode, life in rows}.values())
+        now = T0 + timedelta(minutes=10 * k)
+        batch = [Setpoint(miner, mode, 1.0, now, now + timedelta(minutes=5 * life)) for miner, mode, life in rows]
+        assert fast.apply(batch) == each._apply_each(batch)
+        assert _state(fast) == _state(each)
+        assert fast.expire(now + timedelta(minutes=6)) == each.expire(now + timedelta(minutes=6))
+        assert _state(fast) == _state(each)
+
+
+def test_batch_path_by_hand() -> None:
+    fleet = SimulatedFleet(FLEET)
+    end = T0 + timedelta(minutes=5)
+    ids = sorted(FLEET.miner_ids())  # new-0..3, old-0..4
+    batch = [Setpoint(m, "turbo" if m.startswith("new") else POWERED_OFF, 5.0, T0, end) for m in ids]
+    results = fleet.apply(batch)
+    assert [r.miner_id for r in results] == ids and all(r.ok for r in results)
+    assert fleet.running() == {("new", "turbo"): 4}
+    assert fleet.powered_off() == {"old": 5}
+    assert fleet.load_kw() == pytest.approx(4 * 5.0)  # off units draw nothing
+    assert fleet.expire(end) == 4 and fleet.running() == {}

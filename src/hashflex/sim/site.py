@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from operator import attrgetter
 from typing import Protocol
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -154,6 +155,8 @@ def simulation_window(profile: SiteProfile, prices: pd.DataFrame, *, start: pd.T
 
 published_at = publication_times  # ERCOT's publication times (feeds.ercot); the old name, kept
 
+_MINER_ID, _MODE, _EXPIRES = (attrgetter(name) for name in ("miner_id", "mode", "expires_at"))
+
 
 class ReplayForecaster(RecordedForecaster):
     """The daemon's forecaster (:class:`hashflex.forecast.RecordedForecaster`: the same
@@ -218,20 +221,83 @@ class SimulatedFleet:
         self._names: dict[str, dict[str, int]] = {}
         self._power = {}
         self._hashrate = {}
-        for group in profile.miner_groups:
+        # Each group's arrays are views into one fleet-wide array, so a batch is applied with one
+        # indexed assignment (issue 18); `_position` is a miner's place in it.
+        total = sum(len(by_group[g.id]) for g in profile.miner_groups)
+        self._all_mode = np.full(total, -1, dtype=np.int16)
+        self._all_expires_us = np.full(total, NO_TIME_US, dtype=np.int64)
+        self._position: dict[str, int] = {}
+        self._group_of = np.zeros(total, dtype=np.int64)  # group index per position
+        offset = 0
+        for g, group in enumerate(profile.miner_groups):
             ids = by_group[group.id]
             self._index.update({m: (group.id, i) for i, m in enumerate(ids)})
-            self._mode[group.id] = np.full(len(ids), -1, dtype=np.int16)
-            self._expires_us[group.id] = np.full(len(ids), NO_TIME_US, dtype=np.int64)
+            self._position.update({m: offset + i for i, m in enumerate(ids)})
+            self._group_of[offset:offset + len(ids)] = g
+            self._mode[group.id] = self._all_mode[offset:offset + len(ids)]
+            self._expires_us[group.id] = self._all_expires_us[offset:offset + len(ids)]
+            offset += len(ids)
             self._names[group.id] = {m.name: k for k, m in enumerate(group.modes)}
             self._power[group.id] = np.array([m.power_kw for m in group.modes], dtype=float)
             self._hashrate[group.id] = np.array([m.hashrate_th_s for m in group.modes], dtype=float)
         self._others = SimulatedFleetPerMiner(profile)  # miners the profile does not name
         self._pdu_groups = {g.id for g in profile.miner_groups if getattr(g, "pdu_power_off", False)}
         self._applied: dict[str, SetpointResult] = {}  # one immutable APPLIED result per miner, reused (issue 18)
+        # The mode code of (group, mode name), as `_apply_each` decides it: -1 asleep, -2 off at the
+        # PDU, the mode's index, or -3 where the group lacks the mode (then `_apply_each` holds it aside).
+        names = sorted({SLEEP, POWERED_OFF} | {m.name for g in profile.miner_groups for m in g.modes})
+        self._name_id = {name: k for k, name in enumerate(names)}
+        self._code = np.full((len(profile.miner_groups), len(names)), -3, dtype=np.int16)
+        for g, group in enumerate(profile.miner_groups):
+            for name, k in self._name_id.items():
+                if name == SLEEP:
+                    self._code[g, k] = -1
+                elif name == POWERED_OFF and group.id in self._pdu_groups:
+                    self._code[g, k] = -2
+                elif name in self._names[group.id]:
+                    self._code[g, k] = self._names[group.id][name]
 
     def apply(self, batch: list[Setpoint]) -> list[SetpointResult]:
-        """Apply every setpoint at once; one APPLIED result per setpoint, in order."""
+        """Apply every setpoint at once; one APPLIED result per setpoint, in order.
+
+        A batch of profile miners in modes their groups have, each miner once (the loop's batches),
+        is applied with one indexed assignment; any other batch setpoint by setpoint
+        (``_apply_each``), with the same result.
+        """
+        n = len(batch)
+        try:
+            positions = np.fromiter(map(self._position.__getitem__, map(_MINER_ID, batch)), dtype=np.int64, count=n)
+            names = np.fromiter(map(self._name_id.__getitem__, map(_MODE, batch)), dtype=np.int64, count=n)
+        except KeyError:  # a miner the profile does not name, or a mode no group has
+            return self._apply_each(batch)
+        codes = self._code[self._group_of[positions], names]
+        if n and ((codes == -3).any() or np.bincount(positions).max() > 1):  # a lacking mode; a miner twice
+            return self._apply_each(batch)
+        expiries = list(map(_EXPIRES, batch))
+        if n and expiries.count(expiries[0]) == n:
+            expires_us: int | np.ndarray = time_us(expiries[0])
+        else:
+            once: dict[datetime, int] = {}
+            expires_us = np.fromiter((once[t] if t in once else once.setdefault(t, time_us(t)) for t in expiries),
+                                     dtype=np.int64, count=n)
+        self._all_mode[positions] = codes
+        self._all_expires_us[positions] = expires_us
+        return self._results(batch)
+
+    def _results(self, batch: list[Setpoint]) -> list[SetpointResult]:
+        """One APPLIED result per setpoint (each miner's one immutable result, reused)."""
+        applied = self._applied
+        try:
+            return [applied[sp.miner_id] for sp in batch]
+        except KeyError:
+            for sp in batch:
+                if sp.miner_id not in applied:
+                    applied[sp.miner_id] = SetpointResult(sp.miner_id, SetpointStatus.APPLIED,
+                                                          "applied in the simulated fleet")
+            return [applied[sp.miner_id] for sp in batch]
+
+    def _apply_each(self, batch: list[Setpoint]) -> list[SetpointResult]:
+        """:meth:`apply` setpoint by setpoint, in order (any batch: unknown miners and modes, repeats)."""
         others = []
         index_get, names_of, pdu_groups = self._index.get, self._names, self._pdu_groups
         modes, expires = self._mode, self._expires_us
@@ -261,15 +327,7 @@ class SimulatedFleet:
             expires[group_id][i] = us
         if others:
             self._others.apply(others)
-        applied = self._applied
-        try:
-            return [applied[sp.miner_id] for sp in batch]
-        except KeyError:
-            for sp in batch:
-                if sp.miner_id not in applied:
-                    applied[sp.miner_id] = SetpointResult(sp.miner_id, SetpointStatus.APPLIED,
-                                                          "applied in the simulated fleet")
-            return [applied[sp.miner_id] for sp in batch]
+        return self._results(batch)
 
     def apply_modes(self, modes: dict[str, np.ndarray], expires_at: datetime) -> None:
         """The array fast path (no setpoint objects): every miner of the groups in ``modes`` takes
