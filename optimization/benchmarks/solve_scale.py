@@ -10,26 +10,51 @@ Two SYNTHETIC problems of 24 h at 5 minutes (T = 288) with 48 groups of 2-3 mode
 
 Measured, in one run, per problem:
 
-1. today's `solve()` cold: wall time, its build and solve parts, status, gap, objective;
+0. **before / after**: cold `solve()` of the code at the baseline commit (default ``4953d1a``, the
+   session that took issue 18's solve on; `git archive` into a temporary directory, run in a child
+   process, one problem at a time, never concurrently) against today's, medians of wall and CPU
+   seconds side by side with their ratios and both objectives;
+1. today's `solve()` cold: wall time, its build and solve parts, status, gap, objective (and, for a
+   problem with identical groups, the same without pooling them, ``pool_identical=False``);
 2. the LP relaxation alone (the model as `solve()` hands it to HiGHS, one run each): simplex with the
-   carbon rows deferred (what `solve_lp_round_mip` does) and at once, IPM, PDLP; presolve on/off;
+   interval-coupling rows deferred (what `solve_lp_round_mip` does) and at once, IPM, PDLP; presolve on/off;
 3. a re-plan one interval later (inputs shifted, prices ±10 %): cold `solve()`, the kept model
    updated in place with the previous LP basis (`LpBasisCache`, today's re-plan path), and the
    previous *optimal basis shifted by one interval* (status of interval t+1 given to t);
-4. smaller formulations: symmetric groups aggregated into one group per class (exact for the LP:
-   identical units pool; counts split back stably, see `aggregate_symmetric`), and the
-   multiresolution grid (`solve_multiresolution`, fine 2 h then hourly blocks, as the daemon runs
-   a 5-minute profile with ``fine_horizon_hours: 2``) with its objective against the full solve.
+4. smaller formulations: symmetric groups aggregated into one group per class
+   (`optimize.symmetry`, what `solve()` now does itself), and the multiresolution grid
+   (`solve_multiresolution`, fine 2 h then hourly blocks, as the daemon runs a 5-minute profile with
+   ``fine_horizon_hours: 2``) with its objective against the full solve.
+
+What was tried for the cold full-resolution solve (SYNTHETIC 288 × 48, CPU seconds of the LP alone
+unless said; the machine is shared, so CPU is the steadier figure):
+
+* today's procedure before this change: LP without the carbon row, then the row added: 2.6 + 5.5 s;
+* **the rows that couple intervals (transition, min on/off, ramp) deferred instead**, the carbon row
+  in the first LP: 0.8 + 0.7 s, same optimum (kept: `highs_compile.DEFERRED_ROW_FAMILIES`);
+* the carbon row as a staircase of cumulative emissions (T rows of 3 entries): 17 s (worse);
+* IPM with or without crossover: 27 s (the per-interval blocks make the normal matrix dense);
+* a Lagrangian on the carbon row (secant on λ from [0, λ_max], each LP(λ) warm): 8.6 s to a
+  2.6e-8 gap; then adding the row to the last basis took another 9.8 s;
+* dropping the commitment rows altogether bounds the LP 0.68 % above its optimum (more than the gap);
+* simplex pricing strategies and pushing the availability or min-off rows later: no gain;
+* **the model built from numpy arrays** (`optimize.fast_build`, the Pyomo compile entry by entry):
+  build + compile 2.2 s → 0.16 s; **reasons vectorised** 0.44 s → 0.01 s; scipy no longer imported
+  by a solve without reserves (~1 s of a fresh process).
 
     python optimization/benchmarks/solve_scale.py [--runs 3] [--problems synthetic panhandle] [--skip-lp]
+        [--baseline 4953d1a | --no-baseline] [--skip-replan]
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -105,79 +130,6 @@ def panhandle_like_problem(T: int = 288, n_groups: int = 48, seed: int = 11) -> 
         initial_load_kw=sum(gr.initial.load_kw for gr in groups), base_interval_h=dt_h)
 
 
-# ---------------------------------------------------------------- symmetric groups aggregated
-
-def _class_key(problem: Problem, group: Group) -> tuple:
-    """What must be equal for two groups to pool: modes, idle, commitment, noise coefficients."""
-    noise = tuple(tuple(r.unit_energy(group.id, m) for m in group.modes) for r in problem.receptors)
-    return (group.modes, group.idle_power_kw, group.min_on_h, group.min_off_h, group.start_cost_usd, noise)
-
-
-def aggregate_symmetric(problem: Problem) -> tuple[Problem, list[list[int]]]:
-    """Pool groups that are alike (same modes, idle draw, commitment parameters and noise
-    coefficients) into one group per class: units, availability and initial state add up.
-
-    Exact for the LP relaxation (identical units pool); the MIP of the pool is the pooled fleet's.
-    Returns the pooled problem and, per class, the member group indices."""
-    classes: dict[tuple, list[int]] = {}
-    for g, group in enumerate(problem.groups):
-        classes.setdefault(_class_key(problem, group), []).append(g)
-    members = list(classes.values())
-    pooled, attenuation = [], [dict() for _ in problem.receptors]
-    for k, idx in enumerate(members):
-        first = problem.groups[idx[0]]
-        gs = [problem.groups[g] for g in idx]
-        initial = GroupState(units_on=sum(g.initial.units_on for g in gs),
-                             load_kw=sum(g.initial.load_kw or 0.0 for g in gs),
-                             must_stay_on=tuple(b for g in gs for b in g.initial.must_stay_on),
-                             must_stay_off=tuple(b for g in gs for b in g.initial.must_stay_off))
-        gid = f"class{k:02d}"
-        pooled.append(dataclasses.replace(first, id=gid, units=sum(g.units for g in gs),
-                                          units_available=np.sum([g.units_available for g in gs], axis=0),
-                                          initial=initial))
-        for r, receptor in enumerate(problem.receptors):
-            attenuation[r][gid] = receptor.attenuation_db[first.id]
-    receptors = tuple(dataclasses.replace(r, attenuation_db=a) for r, a in zip(problem.receptors, attenuation))
-    return dataclasses.replace(problem, groups=tuple(pooled), receptors=receptors), members
-
-
-def split_counts(problem: Problem, members: list[list[int]], pooled: dict) -> dict:
-    """Per-class counts back to per-group counts: each interval keeps every member's running units
-    where they were (from its initial state), adds starts to the first members with room and
-    takes stops from the last ones, so members' starts and stops add up to the class's."""
-    T = problem.T
-    out = {}
-    for k, idx in enumerate(members):
-        modes = len(problem.groups[idx[0]].modes)
-        class_n = np.array([pooled[k, m] for m in range(modes)])  # [M, T]
-        on_prev = np.array([problem.groups[g].initial.units_on for g in idx], dtype=int)
-        per = np.zeros((len(idx), modes, T), dtype=int)
-        for t in range(T):
-            avail = np.array([problem.groups[g].units_available[t] for g in idx], dtype=int)
-            on = np.minimum(on_prev, avail)
-            diff = int(class_n[:, t].sum() - on.sum())
-            order = range(len(idx)) if diff > 0 else reversed(range(len(idx)))
-            for i in order:
-                if diff == 0:
-                    break
-                step = min(diff, avail[i] - on[i]) if diff > 0 else -min(-diff, on[i])
-                on[i] += step
-                diff -= step
-            left = class_n[:, t].copy()
-            for i in range(len(idx)):
-                room = on[i]
-                for m in range(modes):
-                    take = min(room, left[m])
-                    per[i, m, t] = take
-                    left[m] -= take
-                    room -= take
-            on_prev = on
-        for i, g in enumerate(idx):
-            for m in range(modes):
-                out[g, m] = per[i, m]
-    return out
-
-
 # ---------------------------------------------------------------- measurements
 
 def _median(values: list[float]) -> float:
@@ -190,11 +142,76 @@ def _timed_solve(problem: Problem, time_limit_s: float, **kw: object) -> tuple[f
     return time.perf_counter() - started, schedule
 
 
+def cold_runs(problem: Problem, runs: int, time_limit_s: float, **kw: object) -> dict:
+    """``runs`` cold `solve()` calls: medians of wall and CPU seconds, of the build and solve parts,
+    and the last run's status, gap and objective."""
+    walls, cpus, builds, solves = [], [], [], []
+    for _ in range(runs):
+        cpu = time.process_time()
+        wall, schedule = _timed_solve(problem, time_limit_s, **kw)
+        cpus.append(time.process_time() - cpu)
+        walls.append(wall)
+        builds.append(schedule.info.build_seconds or 0.0)
+        solves.append(schedule.info.solve_seconds or 0.0)
+    return {"wall": _median(walls), "cpu": _median(cpus), "build": _median(builds), "solve": _median(solves),
+            "status": schedule.status.value, "gap": schedule.info.gap, "objective": schedule.info.objective_usd,
+            "profit": float(schedule.total_profit_usd), "message": schedule.info.message}
+
+
+MAKERS = {"synthetic": lambda: synthetic_problem(288, 48, 5), "panhandle": panhandle_like_problem}
+
+
+def baseline_runs(commit: str, name: str, runs: int, time_limit_s: float) -> dict | None:
+    """`cold_runs` of the code at ``commit`` (its ``src`` from `git archive`, in a child process
+    whose ``PYTHONPATH`` puts it first); None, with the reason printed, if that cannot be done."""
+    repo = Path(__file__).resolve().parents[2]
+    with tempfile.TemporaryDirectory(prefix="solve_scale_baseline_") as tmp:
+        archive = subprocess.run(["git", "-C", str(repo), "archive", commit, "src"], capture_output=True)
+        if archive.returncode != 0:
+            print(f"  (baseline {commit}: git archive failed: {archive.stderr.decode().strip()})")
+            return None
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(tmp) / "src"), os.environ.get("PYTHONPATH", "")]))
+        child = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--baseline-worker", name,
+                                "--runs", str(runs), "--time-limit", str(time_limit_s)],
+                               capture_output=True, text=True, env=env)
+    lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
+    if child.returncode != 0 or not lines:
+        print(f"  (baseline {commit} failed: {child.stderr.strip()[-400:]})")
+        return None
+    return json.loads(lines[-1])
+
+
+def _worker(name: str, runs: int, time_limit_s: float) -> int:
+    """The child process of `baseline_runs`: prints `cold_runs` as one JSON line."""
+    import hashflex
+
+    result = cold_runs(MAKERS[name](), runs, time_limit_s)
+    result["hashflex"] = str(Path(hashflex.__file__).resolve().parent)
+    print(json.dumps(result))
+    return 0
+
+
+def before_after(name: str, before: dict | None, after: dict, commit: str) -> None:
+    """The side-by-side line: medians of cold solve() wall and CPU, ratios, objectives."""
+    if before is None:
+        print(f"  cold solve() now: wall {after['wall']:.3f} s, CPU {after['cpu']:.3f} s (no baseline)")
+        return
+    diff = (after["profit"] - before["profit"]) / max(abs(before["profit"]), 1e-9)
+    print(f"  cold solve() medians      {'before (' + commit + ')':>18} {'after (now)':>14} {'ratio':>8}")
+    print(f"    wall s                  {before['wall']:18.3f} {after['wall']:14.3f} {before['wall'] / after['wall']:7.1f}x")
+    print(f"    CPU s                   {before['cpu']:18.3f} {after['cpu']:14.3f} {before['cpu'] / after['cpu']:7.1f}x")
+    print(f"    build+compile s         {before['build']:18.3f} {after['build']:14.3f}")
+    print(f"    LP+rounding+MIP s       {before['solve']:18.3f} {after['solve']:14.3f}")
+    print(f"    status                  {before['status']:>18} {after['status']:>14}")
+    print(f"    schedule profit $       {before['profit']:18.2f} {after['profit']:14.2f} {diff:+8.1e}", flush=True)
+
+
 def lp_rows(problem: Problem, time_limit_s: float) -> None:
     """The LP relaxation by each HiGHS LP solver and presolve setting (cold, one run each)."""
     model = milp.build_model(problem)
     print(f"  {'LP relaxation':34} {'s':>8} {'status':>12} {'objective':>14} {'iter':>7}")
-    for label, solver, presolve, deferred in (("simplex, carbon rows deferred", "simplex", "on", True),
+    for label, solver, presolve, deferred in (("simplex, coupling rows deferred", "simplex", "on", True),
                                               ("simplex", "simplex", "on", False),
                                               ("simplex, presolve off", "simplex", "off", False),
                                               ("ipm", "ipm", "on", False), ("ipm, presolve off", "ipm", "off", False),
@@ -286,27 +303,8 @@ def replan_rows(problem: Problem, runs: int, time_limit_s: float) -> dict:
 
 
 def smaller_rows(problem: Problem, runs: int, time_limit_s: float, full_objective: float) -> dict:
-    """Symmetric groups aggregated; the multiresolution grid."""
+    """The multiresolution grid (pooling identical groups is now part of `solve()` itself)."""
     out = {}
-    pooled, members = aggregate_symmetric(problem)
-    walls, objective = [], None
-    for _ in range(runs):
-        started = time.perf_counter()
-        schedule = milp.solve(pooled, time_limit_s=time_limit_s)
-        counts = {(g, m): schedule.counts(gr.id, mode.name).to_numpy()
-                  for g, gr in enumerate(pooled.groups) for m, mode in enumerate(gr.modes)}
-        per_group = split_counts(problem, members, counts)
-        walls.append(time.perf_counter() - started)
-        objective = schedule.info.objective_usd or float("nan")
-    for (g, m), n in per_group.items():
-        assert (n >= 0).all()
-    for g, group in enumerate(problem.groups):
-        on = sum(per_group[g, m] for m in range(len(group.modes)))
-        assert (on <= group.units_available).all(), f"split overfills {group.id}"
-    out["pooled"] = _median(walls)
-    print(f"  symmetric groups pooled: {len(problem.groups)} -> {len(pooled.groups)} groups, solve() + split "
-          f"{out['pooled']:.3f} s, status {schedule.status.value}, objective {objective:.2f} "
-          f"({(objective - full_objective) / abs(full_objective):+.2e} vs full)", flush=True)
     walls = []
     for _ in range(runs):
         started = time.perf_counter()
@@ -321,40 +319,51 @@ def smaller_rows(problem: Problem, runs: int, time_limit_s: float, full_objectiv
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the table for each problem and the 3 s goal."""
+    """Print, per problem, cold solve() before/after side by side, the other tables and the 3 s goal."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--time-limit", type=float, default=60.0, help="solve() time limit (s); generous so "
                         "that the time measured is the solve's, not the limit")
     parser.add_argument("--problems", nargs="+", default=["synthetic", "panhandle"])
     parser.add_argument("--skip-lp", action="store_true", help="skip the LP solver table (slowest part)")
+    parser.add_argument("--skip-replan", action="store_true", help="skip the re-plan and multiresolution rows")
+    parser.add_argument("--baseline", default="4953d1a", help="commit whose cold solve() is the 'before' column")
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--baseline-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    makers = {"synthetic": lambda: synthetic_problem(288, 48, 5), "panhandle": panhandle_like_problem}
-    print("SYNTHETIC problems, 24 h x 5 min (T=288) x 48 groups; times in seconds")
+    if args.baseline_worker:
+        return _worker(args.baseline_worker, args.runs, args.time_limit)
+    print("SYNTHETIC problems, 24 h x 5 min (T=288) x 48 groups; times in seconds (the machine is shared: "
+          "CPU seconds are the steadier figure)")
     for name in args.problems:
-        problem = makers[name]()
+        problem = MAKERS[name]()
         print(f"\n{name}: {len(problem.groups)} groups, {sum(len(g.modes) for g in problem.groups)} (group, mode) pairs")
-        walls, builds, solves = [], [], []
-        for _ in range(args.runs):
-            wall, schedule = _timed_solve(problem, args.time_limit)
-            walls.append(wall)
-            builds.append(schedule.info.build_seconds or 0.0)
-            solves.append(schedule.info.solve_seconds or 0.0)
-        full = schedule.info.objective_usd or float("nan")
-        print(f"  today's solve() cold: {_median(walls):.3f} s (build+compile {_median(builds):.3f}, LP+rounding+MIP "
-              f"{_median(solves):.3f}, schedule+reasons {_median(walls) - _median(builds) - _median(solves):.3f}); "
-              f"{schedule.status.value}, gap {schedule.info.gap or float('nan'):.1e}, objective {full:.2f}", flush=True)
+        before = None if args.no_baseline else baseline_runs(args.baseline, name, args.runs, args.time_limit)
+        after = cold_runs(problem, args.runs, args.time_limit)
+        before_after(name, before, after, args.baseline)
+        print(f"  today's solve() cold: {after['wall']:.3f} s (build+compile {after['build']:.3f}, LP+rounding+MIP "
+              f"{after['solve']:.3f}, schedule+reasons {after['wall'] - after['build'] - after['solve']:.3f}); "
+              f"{after['status']}, gap {after['gap'] or float('nan'):.1e}, objective {after['objective'] or float('nan'):.2f}"
+              f"{'; ' + after['message'] if 'classes' in after['message'] else ''}", flush=True)
+        from hashflex.optimize.symmetry import poolable
+
+        if poolable(problem):
+            unpooled = cold_runs(problem, args.runs, args.time_limit, pool_identical=False)
+            print(f"  the same without pooling identical groups (pool_identical=False): wall {unpooled['wall']:.3f} s, "
+                  f"CPU {unpooled['cpu']:.3f} s, {unpooled['status']}, objective {unpooled['objective'] or float('nan'):.2f}, "
+                  f"schedule profit {unpooled['profit']:.2f} (pooled {after['profit']:.2f})", flush=True)
         if not args.skip_lp:
             lp_rows(problem, min(args.time_limit, 60.0))
-        replan = replan_rows(problem, args.runs, args.time_limit)
-        smaller = smaller_rows(problem, args.runs, args.time_limit, full)
-        best = min([("cold solve()", _median(walls)), ("re-plan in place + previous basis", replan["kept"]),
-                    ("re-plan in place + shifted basis", replan["shifted"]),
-                    ("pooled symmetric groups", smaller["pooled"]), ("multiresolution", smaller["multires"])],
-                    key=lambda kv: kv[1])
-        print(f"  GOAL {name} <= {GOAL_S} s: cold full resolution {_median(walls):.3f} s -> "
-              f"{'MET' if _median(walls) <= GOAL_S else 'NOT MET'}; fastest: {best[0]} {best[1]:.3f} s -> "
-              f"{'MET' if best[1] <= GOAL_S else 'NOT MET'}")
+        candidates = [("cold solve()", after["wall"])]
+        if not args.skip_replan:
+            replan = replan_rows(problem, args.runs, args.time_limit)
+            smaller = smaller_rows(problem, args.runs, args.time_limit, after["objective"] or float("nan"))
+            candidates += [("re-plan in place + previous basis", replan["kept"]),
+                           ("re-plan in place + shifted basis", replan["shifted"]), ("multiresolution", smaller["multires"])]
+        best = min(candidates, key=lambda kv: kv[1])
+        print(f"  GOAL {name} <= {GOAL_S} s: cold full resolution {after['wall']:.3f} s wall, {after['cpu']:.3f} s CPU -> "
+              f"{'MET' if after['wall'] <= GOAL_S else 'NOT MET'} (wall), {'MET' if after['cpu'] <= GOAL_S else 'NOT MET'} (CPU); "
+              f"fastest: {best[0]} {best[1]:.3f} s")
     return 0
 
 

@@ -12,6 +12,10 @@ For T in {96 (15-min), 288 (5-min)} × G in {3, 12, 48} it prints the median ove
   * a re-plan (inputs shifted one interval, prices ±10 %) warm-started from the previous LP basis;
 and for T=288 the wall time of `solve_multiresolution(fine_intervals=24)`.
 
+`solve()` itself now builds these problems from numpy arrays (`optimize.fast_build`, the same LP as
+the Pyomo compile, which bare_highspy.py now wraps); the "build" and "translate" columns time the
+Pyomo route (`milp.build_model` + `compile_to_highs`) on its own, as the reference it still is.
+
     python optimization/benchmarks/solve_scaling.py [--runs 5] [--quick] [--time-limit 10]
 """
 
