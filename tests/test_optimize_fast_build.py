@@ -11,12 +11,13 @@ import math
 import highspy
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hashflex.optimize.fast_build import compile_fast, fast_buildable
 from hashflex.optimize.highs_compile import LpBasisCache, compile_to_highs
-from hashflex.optimize.milp import build_model
+from hashflex.optimize.milp import DEFAULT_REL_GAP, build_model
 from hashflex.optimize.problem import CarbonBudget, Group, GroupState, Mode, Problem, Receptor
 from hashflex.optimize.solve import _compiled_for, solve
 
@@ -131,3 +132,23 @@ def _core_example() -> Problem:
         intensity_kg_per_mwh=np.full(T, 400.0), carbon_price_usd_per_t=10.0,
         carbon_budgets=(CarbonBudget("day", np.ones(T, dtype=bool), 40.0),), ramp_limit_kw_per_h=200.0,
         initial_load_kw=15.0)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(core_problems())
+def test_solve_with_the_fast_build_and_deferred_coupling_rows_is_worth_the_pyomo_route_within_the_gap(
+        monkeypatch: pytest.MonkeyPatch, problem: Problem) -> None:
+    """The new path (numpy build, interval-coupling rows added after a first LP) against the Pyomo
+    build solved with every row at once: the same LP, so the objectives agree within the MIP gap."""
+    import hashflex.optimize.highs_compile as highs_compile
+    import hashflex.optimize.solve as solve_module
+
+    new = solve(problem)
+    with monkeypatch.context() as patch:
+        patch.setattr(solve_module, "fast_buildable", lambda _problem: False)
+        patch.setattr(highs_compile, "DEFERRED_ROW_FAMILIES", frozenset())
+        reference = solve(problem)
+    assert new.status.value != "failed_fallback" and reference.status.value != "failed_fallback"
+    tolerance = DEFAULT_REL_GAP * max(abs(new.info.objective_usd), abs(reference.info.objective_usd)) + 1e-6
+    assert abs(new.info.objective_usd - reference.info.objective_usd) <= 2 * tolerance
+    assert (new.frame["grid_import_kw"] <= problem.effective_import_limit_kw + 1e-6).all()
