@@ -202,3 +202,45 @@ def test_the_ticks_guard_checks_in_counts_as_the_per_miner_guard(case, limit_kw,
     got, _ = loop._guard_dispatched(None, dispatched, arrays, NOW)
     assert _modes_by_miner(got.batch) == _modes_by_miner(want.batch)
     assert [(a.kind, set(a.miners)) for a in got.actions] == [(a.kind, set(a.miners)) for a in want.actions]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=sites(), measured_dba=st.floats(30.0, 70.0), cap_dba=st.sampled_from([35.0, 40.0, 45.0]))
+def test_the_loops_noise_fast_path_cuts_in_counts_as_the_per_miner_guard(case, measured_dba, cap_dba) -> None:
+    """As wired (issue 18): a noise reading over the cap cuts in counts (`_cut_noise_now`); the fleet
+    ends with the per-miner guard's modes, miner for miner, and the record names the same miners."""
+    from hashflex.control.loop import ControlLoop
+
+    profile, fleet, counts = case
+    dispatched = plan_dispatch_arrays(counts, FleetArrays.from_fleet(fleet), NOW, EXPIRY_S)
+    fleet.apply_setpoints(dispatched.to_setpoints(FleetArrays.from_fleet(fleet), NOW, EXPIRY_S), NOW)
+    loop = ControlLoop(profile, forecaster=_no_forecast, driver=_NullDriver(), fleet=fleet)
+    recorded = []
+    loop._record_guard = lambda result, now, event_id: recorded.append(result)
+    want = loop.guard.noise_exceedance_cut("house", measured_dba, cap_dba, fleet.as_setpoints(NOW, loop.expiry_s))
+    changed = loop._cut_noise_now("house", measured_dba, cap_dba, NOW)
+    assert changed == want.changed
+    assert {m: fleet.miners[m].mode for m in fleet.miners} == _modes_by_miner(want.batch)
+    if changed:
+        assert [(a.kind, set(a.miners)) for a in recorded[0].actions] == [(a.kind, set(a.miners)) for a in want.actions]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=sites(), data=st.data())
+def test_the_price_ladders_cut_in_columns_sleeps_exactly_the_losing_classes(case, data) -> None:
+    """The 5-minute price ladder's cut (issue 14) made in columns (issue 18): every unit of a losing
+    (group, mode) and no other goes to sleep, the rest of the batch is the fleet as it runs."""
+    from hashflex.control.loop import ControlLoop
+
+    profile, fleet, counts = case
+    dispatched = plan_dispatch_arrays(counts, FleetArrays.from_fleet(fleet), NOW, EXPIRY_S)
+    fleet.apply_setpoints(dispatched.to_setpoints(FleetArrays.from_fleet(fleet), NOW, EXPIRY_S), NOW)
+    loop = ControlLoop(profile, forecaster=_no_forecast, driver=_NullDriver(), fleet=fleet)
+    classes = sorted((g.id, m.name) for g in profile.miner_groups for m in g.modes)
+    losing = {key: 100.0 for key in data.draw(st.lists(st.sampled_from(classes), unique=True))}
+    batch, stopped, _ = loop._sleep_losing(losing, NOW)
+    want = {m.miner_id: (SLEEP if (m.group_id, m.mode) in losing else m.mode) for m in fleet.miners.values()}
+    assert set(stopped) == {m for m in fleet.miners if want[m] != fleet.miners[m].mode}
+    if stopped:
+        assert _modes_by_miner(batch) == want
+        assert all(sp.power_target_kw == fleet.power_kw(sp.group_id, sp.mode) for sp in batch)

@@ -127,11 +127,16 @@ def main() -> int:
                 event = DREventMessage(event_id=f"ev{trial}", modification_number=0, program="ERS-10", start=now,
                                        end=now + timedelta(minutes=30), import_limit_kw=args.miners * 1.0,
                                        issuer="utility")
+                running_before = sum(loop.fleet.counts().values())
                 counter.arm(now)
                 started = time.perf_counter()
                 utility.publish(topics.dr, event.model_dump_json(), qos=1)
                 if not counter.done.wait(10):
-                    print(f"trial {trial}: only {counter.count} of {args.miners} setpoints arrived", file=sys.stderr)
+                    report = loop.last_report
+                    print(f"trial {trial}: only {counter.count} of {args.miners} setpoints arrived "
+                          f"({running_before} units running before the event, {sum(loop.fleet.counts().values())} after; last tick "
+                          f"{report.trigger if report else '-'}, solve {report.schedule.status.value if report else '-'}, "
+                          f"stability {report.stability if report else '-'})", file=sys.stderr)
                     return 1
                 latencies_ms.append((counter.done_at - started) * 1000)
                 cancel = event.model_copy(update={"modification_number": 1, "cancelled": True})

@@ -225,7 +225,7 @@ class FastPathMixin:
         the PDU can power off keep the per-miner guard (the count guard has no power-off stage).
         Returns a `GuardResult` whose batch is the whole fleet (fresh expiry) when it changed,
         empty otherwise."""
-        if any(getattr(g, "pdu_power_off", False) for g in self.profile.miner_groups):
+        if self._pdu_site():
             return self.guard.emergency_dr_cut(self.fleet.as_setpoints(now, self.expiry_s), limit_kw,
                                                self.measurements, now=now)
         present = {g: self.fleet.group_size(g) for g in self.fleet.groups}
@@ -297,14 +297,11 @@ class FastPathMixin:
         with self._lock:
             ladder = breakeven_ladder(self.profile, hashprice_usd_per_ph_day=self.hashprice_usd_per_ph_day)
             losing = under_water(ladder, message.price_usd_mwh)
-            batch = self.fleet.as_setpoints(now, self.expiry_s)
-            cut = [dataclasses.replace(sp, mode=SLEEP, power_target_kw=self.fleet.power_kw(sp.group_id, SLEEP))
-                   if (sp.group_id, sp.mode) in losing else sp for sp in batch]
-            stopped = tuple(sp.miner_id for sp, new in zip(batch, cut, strict=True) if new.mode != sp.mode)
+            cut, stopped, modes = self._sleep_losing(losing, now)
             if not stopped:
                 return False
             self.counters["fast_path_actions"] += 1
-            self._dispatch(cut, now)
+            self._dispatch(cut, now, modes=modes)
             worst = max(losing.values())
             action = GuardAction("price_ladder_cut", f"real-time price {message.price_usd_mwh:.2f} $/MWh for "
                                  f"{message.interval_start.isoformat()} is above the breakeven of "
@@ -314,6 +311,29 @@ class FastPathMixin:
             log.warning("price ladder: %s", action.reason)
         self.request_replan(f"real-time price {message.price_usd_mwh:.0f} $/MWh")
         return True
+
+    def _sleep_losing(self, losing: dict[tuple[str, str], float],
+                      now: datetime) -> tuple[list, tuple[str, ...], dict | None]:
+        """The fleet's batch with every unit of a ``losing`` (group, mode) asleep: (batch, the miners
+        stopped, the batch as mode columns or None). In columns (issue 18) except on PDU sites."""
+        if self._pdu_site():
+            batch = self.fleet.as_setpoints(now, self.expiry_s)
+            cut = [dataclasses.replace(sp, mode=SLEEP, power_target_kw=self.fleet.power_kw(sp.group_id, SLEEP))
+                   if (sp.group_id, sp.mode) in losing else sp for sp in batch]
+            return cut, tuple(sp.miner_id for sp, new in zip(batch, cut, strict=True) if new.mode != sp.mode), None
+        arrays = FleetArrays.from_fleet(self.fleet)
+        modes = {}
+        stopped: list[str] = []
+        for group_id, cols in arrays.groups.items():
+            new = cols.mode.copy()
+            for k, name in enumerate(cols.mode_names):
+                if (group_id, name) in losing:
+                    new[new == k] = -1
+            stopped += cols.miner_id[new != cols.mode].tolist()
+            modes[group_id] = new
+        if not stopped:
+            return [], (), None
+        return ArrayDispatch(modes).to_setpoints(arrays, now, self.expiry_s), tuple(stopped), modes
 
     def handle_meter(self, import_kw: float, measured_at: datetime, now: datetime) -> bool:
         """A site meter reading (revenue or check meter, ``drivers.modbus_meter``): when fresh and
@@ -350,13 +370,27 @@ class FastPathMixin:
                                               "source": source}, now)
 
     def _cut_noise_now(self, receptor_id: str, level_dba: float, cap_dba: float, now: datetime) -> bool:
-        batch = self.fleet.as_setpoints(now, self.expiry_s)
-        result = self.guard.noise_exceedance_cut(receptor_id, level_dba, cap_dba, batch)
+        if self._pdu_site():
+            result = self.guard.noise_exceedance_cut(receptor_id, level_dba, cap_dba,
+                                                     self.fleet.as_setpoints(now, self.expiry_s))
+            modes = None
+        else:  # in counts (issue 18), as the DR cut
+            cut = self.count_guard.noise_exceedance_cut(receptor_id, level_dba, cap_dba, self.fleet.counts())
+            if not cut.changed:
+                return False
+            arrays = FleetArrays.from_fleet(self.fleet)
+            modes, actions = realise(cut, arrays, {g: a.mode for g, a in arrays.groups.items()})
+            result = GuardResult(ArrayDispatch(modes).to_setpoints(arrays, now, self.expiry_s), actions)
         if result.changed:
             self.counters["fast_path_actions"] += 1
-            self._dispatch(result.batch, now)
+            self._dispatch(result.batch, now, modes=modes)
             self._record_guard(result, now, None)
         return result.changed
+
+    def _pdu_site(self) -> bool:
+        """A group the PDU can power off: the fast paths keep the per-miner guard (the count guard
+        has no power-off stage, and the fleet's columns as `FleetArrays` show off units asleep)."""
+        return any(getattr(g, "pdu_power_off", False) for g in self.profile.miner_groups)
 
     def _enforce_noise_caps_now(self, now: datetime) -> None:
         """A cap just tightened: compare each receptor's level now (the last reading, or the model

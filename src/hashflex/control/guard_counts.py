@@ -170,15 +170,17 @@ class CountGuard:
             raise ValueError(f"unknown receptor {receptor_id!r}")
         state = self._state(counts)
         actions: list[GuardAction] = []
-        moves: list[Move] = []
+        moves: list[Move] = _Moves()
+        spans: list[tuple[int, int, int]] = []
         excess = measured_dba - cap_dba
         if excess > 0:
             modelled = self.noise_level_dba(state, receptor_id)
+            spans.append((len(actions), _open(moves), -1))
             self._cut_noise(state, receptor_id, modelled - excess,
                             f"sensor reads {measured_dba:.1f} dBA, {excess:.1f} dB over the cap "
                             f"{cap_dba:.1f} dBA; modelled {modelled:.1f} dBA must fall by as much",
                             "noise_exceedance_cut", actions, moves)
-        return CountResult(_running(state), moves, actions)
+        return CountResult(_running(state), moves, actions, _close(spans, actions, moves))
 
     # ------------------------------------------------------------------ figures
 
