@@ -164,3 +164,17 @@ def test_two_alike_groups_share_the_import_limit_either_way(pool: bool) -> None:
     assert_hard_limits(problem, schedule)
     # 40 kW of import: 13 stock units (3.5 kW) or more eco ones; the two groups together, not each.
     assert (schedule.frame["load_kw"] <= 40.0 + 1e-6).all() and (schedule.frame["load_kw"] > 35.0).all()
+
+
+def test_multiresolution_pools_identical_groups_and_keeps_the_original_groups_limits() -> None:
+    from solve_scale import panhandle_like_problem
+
+    from hashflex.optimize.solve import solve_multiresolution
+
+    problem = panhandle_like_problem(T=48, n_groups=12)
+    assert poolable(problem)
+    schedule = solve_multiresolution(problem, fine_intervals=12, time_limit_s=60.0)
+    assert schedule.status == SolveStatus.OPTIMAL
+    assert_hard_limits(problem, schedule)
+    assert {c for c in schedule.frame if c.startswith("units_")} == \
+        {f"units_{g.id}_{m.name}" for g in problem.groups for m in g.modes}

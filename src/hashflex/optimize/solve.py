@@ -405,15 +405,28 @@ def solve_multiresolution(problem: Problem, *, fine_intervals: int, block_h: flo
                           basis_cache: LpBasisCache | None = None) -> Schedule:
     """Plan the first ``fine_intervals`` at the base interval and the rest in ``block_h`` blocks,
     then expand back to one row per base interval. Only the near term is dispatched before the
-    next re-plan, so the far term needs to be right in aggregate, not interval by interval."""
+    next re-plan, so the far term needs to be right in aggregate, not interval by interval.
+    Identical groups are pooled on the coarse grid and split back there, as `solve` does."""
     coarse, block_of = coarsen(problem, fine_intervals, block_h)
     if coarse is problem:
         return solve(problem, time_limit_s=time_limit_s, rel_gap=rel_gap, basis_cache=basis_cache)
-    solved = _solve(coarse, time_limit_s, rel_gap, basis_cache)
+    from hashflex.optimize.symmetry import pool_identical_groups, poolable, split_counts
+
+    members = None
+    if poolable(coarse):  # identical groups pooled, as `solve` does (optimize.symmetry)
+        pooled, members = pool_identical_groups(coarse)
+        solved = _solve(pooled, time_limit_s, rel_gap, basis_cache)
+        if solved.fallback is not None:
+            from hashflex.optimize.fallback import greedy_schedule
+
+            return greedy_schedule(problem, reason=solved.fallback.info.message)
+    else:
+        solved = _solve(coarse, time_limit_s, rel_gap, basis_cache)
     if solved.fallback is not None:
         return expand_to_base(solved.fallback, problem, block_of)
+    coarse_counts = split_counts(coarse, members, solved.counts) if members is not None else solved.counts
     # As expand_to_base does from a coarse Schedule, without building (and explaining) that one.
-    counts = {key: values[block_of] for key, values in solved.counts.items()}
+    counts = {key: values[block_of] for key, values in coarse_counts.items()}
     from hashflex.optimize.compute import expand_dispatch  # issue 16: the GPU plan expands with the counts (H4)
 
     powered_off = None if solved.powered_off is None else {g: v[block_of] for g, v in solved.powered_off.items()}
