@@ -131,3 +131,19 @@ def test_offers_do_not_look_past_the_dam_close() -> None:
                & (local_hours.hour >= 11) & (local_hours.hour <= 16), "rt_usd_mwh"] = 5000.0
     moved = reserve_value_usd_mw_h(profile, spiked, DAY)
     assert all(moved[p][12] < value[p][12] - 100.0 for p in value)
+
+
+def test_the_participant_takes_the_offer_rule_by_name() -> None:
+    from hashflex.backtest.ancillary import market_price_frame
+    from hashflex.backtest.ancillary_loop import ASParticipant
+    from hashflex.backtest.runner import build_actuals
+
+    profile = with_ancillary(load_profile("west_texas"), EXAMPLE_WEST_TEXAS_ANCILLARY)
+    market = load_hourly_market(DEV_FILE)
+    actuals = build_actuals(profile, market_price_frame(market, "LZ_WEST"), "2024-05-08", "2024-05-09",
+                            as_market=market)
+    with pytest.raises(ValueError, match="offer_rule: 'gut-feel'"):
+        ASParticipant(profile, actuals, offer_rule="gut-feel")
+    participant = ASParticipant(profile, actuals, offer_rule="rt-risk")
+    assert participant.offer_rule == "rt-risk"
+    assert any("offer rule rt-risk" in note for note in participant.notes)

@@ -7,7 +7,9 @@ the loop only through its AS handlers:
 - **Day-ahead case** (``as_mode="day-ahead"``, the default). ERCOT's DAM closes at 10:00 the day
   before the operating day (Nodal Protocols §4.4.7.2) and publishes at about 13:00. Offers for
   operating day D are decided from the day-ahead energy SPP and AS clearing prices of D−1, hour by
-  hour (``ancillary.day_ahead_offers_kw``: the same co-optimising MILP, run on what was known);
+  hour (``ancillary.offers_for_day``: the same co-optimising MILP, run on what was known), the
+  reserve valued by the offer rule (``offer_rule``: ``price-taking`` at D−1's MCPC, or ``rt-risk`` at
+  the expected MCPC less the real-time risk of holding it, ``ancillary.reserve_value_usd_mw_h``);
   price-taking offers clear in full, so the awards are the offers, hourly, floored to 0.1 MW, at D's
   real MCPC ($/MW per hour, NP4-181-ER). They reach ``ControlLoop.handle_as_award`` at the first tick
   at or after 13:00 local on D−1 (for the window's first day: at its first tick), one
