@@ -141,6 +141,11 @@ def main() -> int:
                 latencies_ms.append((counter.done_at - started) * 1000)
                 cancel = event.model_copy(update={"modification_number": 1, "cancelled": True})
                 utility.publish(topics.dr, cancel.model_dump_json(), qos=1).wait_for_publish(5)
+                # The next trial's re-plan must see the cancel: at 100k miners its handling (commit,
+                # record) can take longer than a fixed pause.
+                deadline = time.monotonic() + 60
+                while loop.book.dr.active_ids(datetime.now(timezone.utc)) and time.monotonic() < deadline:
+                    time.sleep(0.05)
                 time.sleep(0.2)
         finally:
             utility.loop_stop()

@@ -11,6 +11,7 @@ baseline tree is a ``git worktree`` of ``--baseline`` (default: this session's s
 imported through PYTHONPATH.
 
     python optimization/benchmarks/loop_tick.py [--sizes 1000 10000 100000] [--ticks 5] [--baseline 4953d1a]
+    python optimization/benchmarks/loop_tick.py --sizes 100000 --ticks 96 --step-s 900   # a simulated day: RSS after it
 
 Prints, per size and tree: median tick ms without the solve, and the ratio baseline / this tree.
 """
@@ -33,7 +34,7 @@ REPO = HERE.parents[1]
 GOAL_MS = 100.0
 
 
-def _one(n_miners: int, ticks: int) -> dict:
+def _one(n_miners: int, ticks: int, step_s: float = 1.0) -> dict:
     """Run in a child process: the ticks of one size with whatever `hashflex` is importable."""
     import numpy as np
     import pandas as pd
@@ -80,7 +81,7 @@ def _one(n_miners: int, ticks: int) -> dict:
         times = []
         for k in range(ticks):
             started = time.perf_counter()
-            loop.tick(NOW + timedelta(seconds=k + 1))
+            loop.tick(NOW + timedelta(seconds=(k + 1) * step_s))
             times.append((time.perf_counter() - started) * 1000.0)
         store.close()
     import resource
@@ -97,11 +98,12 @@ def _worktree(commit: str) -> Path:
     return path
 
 
-def _run(n: int, ticks: int, src: Path | None) -> dict:
+def _run(n: int, ticks: int, src: Path | None, step_s: float = 1.0) -> dict:
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = str(src)
-    out = subprocess.run([sys.executable, __file__, "--child", str(n), "--ticks", str(ticks)], env=env,
+    out = subprocess.run([sys.executable, __file__, "--child", str(n), "--ticks", str(ticks),
+                          "--step-s", str(step_s)], env=env,
                          capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"rc {out.returncode}"}
@@ -114,18 +116,20 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     parser.add_argument("--ticks", type=int, default=5)
     parser.add_argument("--baseline", default="4953d1a", help="commit to compare with ('' for none)")
+    parser.add_argument("--step-s", type=float, default=1.0,
+                        help="seconds between ticks (900 with --ticks 96: a simulated day, for its RSS)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_one(args.child, args.ticks)))
+        print(json.dumps(_one(args.child, args.ticks, args.step_s)))
         return
     base = _worktree(args.baseline) / "src" if args.baseline else None
     print(f"ControlLoop.tick without the solve, median of {args.ticks} ticks (goal ≤ {GOAL_MS:.0f} ms at 100k); "
           f"SYNTHETIC site")
     print(f"{'miners':>8} {'this tree ms':>13} {'baseline ms':>12} {'ratio':>6} {'RSS MiB (this/base)':>20}")
     for n in args.sizes:
-        new = _run(n, args.ticks, None)
-        old = _run(n, args.ticks, base) if base is not None else {}
+        new = _run(n, args.ticks, None, args.step_s)
+        old = _run(n, args.ticks, base, args.step_s) if base is not None else {}
         if "error" in new:
             print(f"{n:>8} error: {new['error']}")
             continue
