@@ -265,16 +265,18 @@ def shifted_basis(compiled: milp.CompiledModel, basis: highspy.HighsBasis) -> hi
 
 
 def replan_rows(problem: Problem, runs: int, time_limit_s: float) -> dict:
-    """Re-plan one interval later: cold, in place + previous basis, in place + shifted basis."""
+    """Re-plan one interval later (identical groups not pooled): cold, in place + previous basis,
+    in place + shifted basis."""
+    # The full model's re-plan path: identical groups are not pooled here (pooling has its own row).
     cache = milp.LpBasisCache()
-    milp.solve(problem, time_limit_s=120.0, basis_cache=cache)
+    milp.solve(problem, time_limit_s=120.0, basis_cache=cache, pool_identical=False)
     template = milp.template_key(problem)
     cold, kept, shifted, objectives = [], [], [], []
     for run in range(runs):
         replan = replan_problem(problem, run)
-        w, s_cold = _timed_solve(replan, time_limit_s)
+        w, s_cold = _timed_solve(replan, time_limit_s, pool_identical=False)
         cold.append(w)
-        w, s_kept = _timed_solve(replan, time_limit_s, basis_cache=cache)
+        w, s_kept = _timed_solve(replan, time_limit_s, basis_cache=cache, pool_identical=False)
         kept.append(w)
         # shifted basis: the kept model, updated, from the previous basis moved one interval
         compiled = cache.take_model(template)
