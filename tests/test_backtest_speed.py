@@ -90,6 +90,7 @@ def test_price_history_keeps_a_later_revision_as_separate_frames_did(west_histor
 
 @pytest.mark.parametrize(("change", "field"), [
     (lambda f: f.drop(columns="published_at"), "published_at"),
+    (lambda f: f.drop(columns="market"), "market"),
     (lambda f: f.assign(published_at=f["published_at"].dt.tz_localize(None)), "published_at"),
     (lambda f: f.assign(price_usd_mwh=f["price_usd_mwh"].where(f.index != 3, float("nan"))), "price_usd_mwh"),
     (lambda f: f.assign(market=f["market"].where(f.index != 2, "XX")), "market"),

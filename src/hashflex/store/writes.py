@@ -139,16 +139,18 @@ class StoreWrites:
         RuntimeError
             The store is closed.
         """
-        if "published_at" not in frame.columns:
-            raise ValueError("price history: published_at column missing (when each row was published)")
+        from hashflex.frames import KEY_COLUMNS, PRICE_COLUMNS
+
+        missing = [c for c in (*PRICE_COLUMNS, "published_at") if c not in frame.columns]
+        if missing:
+            raise ValueError(f"price history: column(s) {missing} missing (the canonical price columns and "
+                             f"published_at, when each row was published)")
         published = frame["published_at"]
         if not isinstance(published.dtype, pd.DatetimeTZDtype):
             raise ValueError(f"price history: published_at must be tz-aware datetime64, got {published.dtype}")
         if published.isna().any():
             raise ValueError(f"price history: published_at has missing values "
                              f"(first at row {int(published.isna().to_numpy().argmax())})")
-        from hashflex.frames import KEY_COLUMNS, PRICE_COLUMNS
-
         ordered = frame.sort_values([*KEY_COLUMNS, "published_at"], kind="stable")
         repeated = ordered.duplicated([*KEY_COLUMNS, "published_at"])
         if repeated.any():
