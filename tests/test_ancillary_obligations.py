@@ -145,7 +145,7 @@ def test_each_product_is_covered_by_its_own_groups() -> None:
     may only come from 2.6 kW units (2.59 kW sheddable each; breakeven $38.6/MWh, so they run only
     for the award): ceil(1,001 / 2.59) = 387 units. Today the plan runs 386 (999.74 kW, 1.26 kW
     short): the rounding step sees 100,999.74 kW sheddable against 2,001 kW awarded in total and adds
-    nothing, and the 1.26 kW × $0.3/kWh penalty is far inside the 0.5 % gap of a $15,000 objective.
+    nothing, and the 1.26 kW × about $0.35/kWh penalty is far inside the 0.5 % gap of a $15,000 objective.
     Fix (optimize/rounding.py, H2's): cover each product from its own groups (``group_max_kw``),
     e.g. by the short of ``schedule.reserve_from_counts``, adding a unit to a carrying group of a
     short product while the import and noise rooms allow."""
