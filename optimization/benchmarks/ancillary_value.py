@@ -107,9 +107,9 @@ def main() -> None:
 
 def loop_case(args: argparse.Namespace) -> None:
     """mpc and mpc+as (each offer rule) over the same window through the real ControlLoop, settled at
-    real prices. The offer rule reaches ``ASParticipant`` through ``ancillary_loop.DEFAULT_OFFER_RULE``
+    real prices. The offer rule reaches ``ASParticipant`` through ``ancillary.DEFAULT_OFFER_RULE``
     (``hashflex backtest`` has no option for it yet)."""
-    from hashflex.backtest import ancillary_loop
+    from hashflex.backtest import ancillary
     from hashflex.backtest.ancillary import market_price_frame
     from hashflex.backtest.runner import build_actuals, run_backtest
     from hashflex.backtest.summary import summary_document
@@ -125,7 +125,7 @@ def loop_case(args: argparse.Namespace) -> None:
     mpc = summary_document(run_backtest(profile, actuals, ["mpc"], **kwargs))["policies"]["mpc"]
     runs, notes = {}, []
     for rule in rules:
-        ancillary_loop.DEFAULT_OFFER_RULE = rule
+        ancillary.DEFAULT_OFFER_RULE = rule
         document = summary_document(run_backtest(profile, actuals, ["mpc+as"], **kwargs))
         runs[rule] = document["policies"]["mpc+as"]
         notes += [n for n in document["notes"] if n not in notes]

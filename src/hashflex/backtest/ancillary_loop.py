@@ -53,7 +53,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hashflex.backtest.ancillary import OFFER_RULES, OFFER_STEP_KW, SYNTHETIC_LABEL, offers_for_day, synthetic_deployments
+from hashflex.backtest import ancillary
+from hashflex.backtest.ancillary import (  # noqa: F401 - DEFAULT_OFFER_RULE re-exported: ancillary_loop.<name>
+    DEFAULT_OFFER_RULE,
+    OFFER_RULES,
+    OFFER_STEP_KW,
+    SYNTHETIC_LABEL,
+    offers_for_day,
+    synthetic_deployments,
+)
 from hashflex.messages import ASAwardMessage, ASDeployMessage
 from hashflex.optimize.problem import reserve_products
 from hashflex.optimize.schedule import Schedule, SolveInfo, SolveStatus, reserve_column, schedule_from_counts
@@ -71,12 +79,7 @@ RT_STAND_IN_NOTE = ("mpc+as real-time case: only DAY-AHEAD AS prices are bundled
 DA_NOTE = ("mpc+as day-ahead case: offers for day D from D−1's day-ahead energy and AS prices (DAM closes 10:00 "
            "D−1, Nodal Protocols §4.4.7.2), price-taking, awarded in full at D's DAM MCPC per hour and sent to the "
            "control loop at 13:00 D−1 (handle_as_award)")
-DEFAULT_OFFER_RULE = "rt-risk"
-"""The day-ahead offer rule of :class:`ASParticipant` when none is given (``ancillary.OFFER_RULES``):
-``rt-risk`` values reserve at the expected MCPC less the real-time risk of holding it
-(``ancillary.reserve_value_usd_mw_h``). Measured (``optimization/benchmarks/ancillary_value.py``):
-Feb–May 2024 study +$94,402 vs +$89,591 for ``price-taking`` over energy-only; 1–10 May 2024
-through the loop +$14,880 vs −$10,078 against ``mpc``."""
+
 
 
 def check_as_inputs(profile: SiteProfile, actuals: Any, mode: str) -> None:
@@ -239,7 +242,8 @@ class ASParticipant:
     time_limit_s : float
         Time limit of the day-ahead offer solve, s.
     offer_rule : str, optional
-        The day-ahead offer rule (``ancillary.OFFER_RULES``; default :data:`DEFAULT_OFFER_RULE`).
+        The day-ahead offer rule (``ancillary.OFFER_RULES``; default ``ancillary.DEFAULT_OFFER_RULE``,
+        read when the participant is made).
 
     Raises
     ------
@@ -250,7 +254,7 @@ class ASParticipant:
     def __init__(self, profile: SiteProfile, actuals: Any, *, mode: str = "day-ahead", seed: int = 0,
                  time_limit_s: float = 20.0, offer_rule: str | None = None) -> None:
         check_as_inputs(profile, actuals, mode)
-        self.offer_rule = DEFAULT_OFFER_RULE if offer_rule is None else offer_rule
+        self.offer_rule = ancillary.DEFAULT_OFFER_RULE if offer_rule is None else offer_rule
         if self.offer_rule not in OFFER_RULES:
             raise ValueError(f"offer_rule: {self.offer_rule!r} is not one of {', '.join(OFFER_RULES)}")
         self.profile, self.actuals, self.mode, self.time_limit_s = profile, actuals, mode, time_limit_s
