@@ -9,6 +9,14 @@ day); nothing of day D is used. Offers are price-taking ($0/MW-h), so every offe
 is paid day D's real MCPC ($/MW per hour, NP4-181-ER). Offered quantities are rounded down to
 0.1 MW (ERCOT's offer granularity).
 
+Offer rule (:data:`OFFER_RULES`, :func:`offers_for_day`): what the offer plan values one MW of
+reserve at. ``price-taking``: D−1's MCPC. ``rt-risk`` (the default): a reserve award is a minimum
+running load, so in a real-time spike the site runs the reserved MW where the energy-only plan
+would have slept them; :func:`reserve_value_usd_mw_h` values the MW at the expected MCPC (max of
+D−1's and the mean of the 28 days before) less the mean cost of running it through real-time prices
+above the carrying groups' breakeven over those days (:func:`rt_risk_usd_mw_h`), all published
+before the DAM close (10:00 on D−1; a test rewrites everything after it and the offers stay).
+
 Operation of day D: the plan holds the awards as a minimum running load against the real-time
 prices (``milp.define_reserve``); a shortfall (a noise cap, DR or import limit that wins) is
 charged back at the MCPC (only held MW are paid). Deployments are **SYNTHETIC**: drawn per product
