@@ -178,3 +178,22 @@ def test_multiresolution_pools_identical_groups_and_keeps_the_original_groups_li
     assert_hard_limits(problem, schedule)
     assert {c for c in schedule.frame if c.startswith("units_")} == \
         {f"units_{g.id}_{m.name}" for g in problem.groups for m in g.modes}
+
+
+def test_split_stops_units_past_their_min_on_time_before_units_just_started() -> None:
+    """Member 0 runs all 10 of its units, member 1 none; the class starts 5 (only member 1 has
+    room), then stops 5 a quarter hour later: with a 1 h min-on, they come from member 0's old
+    units, not member 1's new ones."""
+    T = 3
+    groups = (Group("old", 10, KINDS[0], np.full(T, 10), min_on_h=1.0, initial=GroupState(units_on=10)),
+              Group("new", 10, KINDS[0], np.full(T, 10), min_on_h=1.0, initial=GroupState(units_on=0)))
+    problem = Problem(
+        interval_start=pd.date_range("2024-06-01T00:00Z", periods=T, freq="15min"), duration_h=np.full(T, 0.25),
+        price_usd_mwh=np.full(T, 20.0), price_adder_usd_mwh=0.0, hashprice_usd_per_ph_day=np.full(T, 50.0),
+        pool_fee=0.0, groups=groups, renewable_kw=np.zeros(T), import_limit_kw=np.full(T, 1e6),
+        import_limit_source=("import limit",) * T, export_limit_kw=0.0, receptors=(),
+        intensity_kg_per_mwh=np.full(T, 400.0), carbon_budgets=())
+    _, members = pool_identical_groups(problem)
+    split = split_counts(problem, members, {(0, 0): np.array([15, 10, 10]), (0, 1): np.zeros(T, dtype=int)})
+    assert split[1, 0].tolist() == [5, 5, 5]
+    assert split[0, 0].tolist() == [10, 5, 5]

@@ -11,8 +11,10 @@ classes): see optimization/benchmarks/solve_scale.py.
 
 The pooled min on/off rows are the sum of the members' rows, a relaxation of them: the pooled
 optimum is an upper bound for the unpooled one. The split keeps each member's running units where
-they were, starts units where there is room and stops them from units not held on by min-on first,
-so members' starts add up to the class's except where availability moves units between members.
+they were, starts units where none is held off and stops units not held on (initial batches and the
+member's own recent starts and stops) first, so members' starts add up to the class's except where
+availability moves units between members, and members' min on/off times hold where the class
+plan leaves room.
 """
 
 from __future__ import annotations
@@ -91,9 +93,11 @@ def split_counts(problem: Problem, members: list[list[int]], pooled_counts: dict
     """The pooled plan's counts back per original group.
 
     Per class and interval, each member keeps the units it ran before (within its availability);
-    a rise of the class's units on is started in members with room (first those whose min-off
-    batches leave room), a fall is stopped from units not held on by a min-on batch first (last
-    members first); the class's modes are then filled member by member.
+    a rise of the class's units on is started in members with room, first where no unit is held
+    off (by an initial batch or the member's own stops within min-off time), a fall is stopped
+    from units not held on (by an initial batch or the member's own starts within min-on time)
+    first, last members first; the class's modes are then filled member by member. So a member's
+    min on/off times hold wherever the class's plan leaves room for them.
 
     Parameters
     ----------
@@ -118,24 +122,36 @@ def split_counts(problem: Problem, members: list[list[int]], pooled_counts: dict
         class_n = np.array([np.asarray(pooled_counts[k, m], dtype=int) for m in range(n_modes)])  # [M, T]
         avail = np.array([np.asarray(g.units_available, dtype=int) for g in groups])  # [K, T]
         held_on = np.array([_held(problem, g, "must_stay_on") for g in groups])
-        off_room = np.array([g.units - _held(problem, g, "must_stay_off") for g in groups])
+        held_off = np.array([_held(problem, g, "must_stay_off") for g in groups])
+        starts_h = np.concatenate([[0.0], np.cumsum(problem.duration_h)[:-1]])
+        min_on_h, min_off_h = groups[0].min_on_h, groups[0].min_off_h
+        started = np.zeros((len(idx), T), dtype=int)  # units started per member and interval
+        stopped = np.zeros((len(idx), T), dtype=int)
         on = np.array([g.initial.units_on for g in groups], dtype=int)
         per = np.zeros((len(idx), n_modes, T), dtype=int)
         for t in range(T):
+            # Units still locked by a member's own recent starts (min-on) or stops (min-off).
+            recent_on = (starts_h[:t] > starts_h[t] - min_on_h - 1e-9) if min_on_h else np.zeros(t, dtype=bool)
+            recent_off = (starts_h[:t] > starts_h[t] - min_off_h - 1e-9) if min_off_h else np.zeros(t, dtype=bool)
+            locked_on = held_on[:, t] + started[:, :t][:, recent_on].sum(axis=1)
+            locked_off = held_off[:, t] + stopped[:, :t][:, recent_off].sum(axis=1)
+            before = on.copy()
             on = np.minimum(on, avail[:, t])
             diff = int(class_n[:, t].sum() - on.sum())
             if diff > 0:
-                for cap in (np.minimum(avail[:, t], off_room[:, t]), avail[:, t]):
+                for cap in (np.minimum(avail[:, t], np.array([g.units for g in groups]) - locked_off), avail[:, t]):
                     for i in range(len(idx)):
                         step = min(diff, max(int(cap[i] - on[i]), 0))
                         on[i] += step
                         diff -= step
             elif diff < 0:
-                for floor in (np.minimum(held_on[:, t], on), np.zeros(len(idx), dtype=int)):
+                for floor in (np.minimum(locked_on, on), np.zeros(len(idx), dtype=int)):
                     for i in reversed(range(len(idx))):
                         step = min(-diff, max(int(on[i] - floor[i]), 0))
                         on[i] -= step
                         diff += step
+            started[:, t] = np.maximum(on - before, 0)
+            stopped[:, t] = np.maximum(before - on, 0)
             if diff != 0:
                 raise ValueError(f"pooled counts of {groups[0].id}'s class exceed its members' availability at {t}")
             left = class_n[:, t].copy()
