@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     print("s/day: whole command after imports (policy run alone); ratio = baseline / this tree; RSS: backtest "
           "process max (solver worker max)")
     header = (f"{'profile':<16} {'policy':<10} | {'this tree s/day':>20} {'RSS MB':>14} | "
-              f"{'baseline s/day':>20} {'RSS MB':>14} | {'ratio':>6} | profit same")
+              f"{'baseline s/day':>20} {'RSS MB':>14} | {'ratio':>6} | profit vs baseline")
     print(header)
     print("-" * len(header))
     for profile in args.profiles:
@@ -127,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
                         f"{r['maxrss_mb']:6.0f} ({r['children_maxrss_mb']:5.0f})")
 
             ratio = f"{old['wall_s'] / new['wall_s']:5.1f}x" if old else "     -"
-            same = "-" if old is None else str(abs(old["policies"][policy]["profit_usd"]
-                                                   - new["policies"][policy]["profit_usd"]) < 1e-6)
+            same = "-"
+            if old is not None:  # the same result, or this tree's profit less the baseline's
+                delta = new["policies"][policy]["profit_usd"] - old["policies"][policy]["profit_usd"]
+                base = old["policies"][policy]["profit_usd"]
+                same = "same" if abs(delta) < 1e-6 else f"{delta:+,.2f} $ ({delta / base:+.3%})"
             print(f"{profile:<16} {policy:<10} | {cells(new)} | {cells(old)} | {ratio:>6} | {same}", flush=True)
             goal = GOALS_S_PER_DAY.get((profile, policy))
             if goal is not None:
