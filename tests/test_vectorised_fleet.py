@@ -193,3 +193,23 @@ def test_hot_units_take_the_lower_modes_counts_unchanged() -> None:
     assert np.bincount(got.modes["g"][got.modes["g"] >= 0], minlength=3).tolist() == [2, 2, 2]
     with pytest.raises(ValueError, match="hot"):
         plan_dispatch_arrays(counts, arrays, NOW, 300.0, hot={"g": hot[:3]})
+
+
+def test_setpoint_many_equals_setpoints_made_one_by_one_and_checks_the_batch() -> None:
+    """`Setpoint.many` (the driver edge's batch constructor, issue 18) makes exactly the setpoints the
+    checked constructor makes, and refuses what it refuses: naive or inverted times, a negative power."""
+    ids, modes, powers = ["a-1", "a-2", "a-3"], ["eco", SLEEP, "turbo"], [2.9, 0.01, 4.2]
+    expires = NOW + timedelta(seconds=300)
+    made = Setpoint.many(ids, modes, powers, NOW, expires, "a")
+    assert made == [Setpoint(i, m, p, NOW, expires, group_id="a") for i, m, p in zip(ids, modes, powers)]
+    assert hash(made[0]) == hash(Setpoint("a-1", "eco", 2.9, NOW, expires, group_id="a"))
+    with pytest.raises(ValueError, match="power_target_kw"):
+        Setpoint.many(ids, modes, [2.9, -0.1, 4.2], NOW, expires, "a")
+    with pytest.raises(ValueError, match="expires_at"):
+        Setpoint.many(ids, modes, powers, NOW, NOW, "a")
+    with pytest.raises(ValueError, match="timezone-aware"):
+        Setpoint.many(ids, modes, powers, NOW.replace(tzinfo=None), expires.replace(tzinfo=None), "a")
+    with pytest.raises(ValueError, match="length"):
+        Setpoint.many(ids, modes[:2], powers, NOW, expires, "a")
+    with pytest.raises(Exception):
+        made[0].mode = "turbo"  # still frozen

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -213,10 +214,9 @@ def setpoints_payload(batch: Iterable[Any], *, source: str = "schedule") -> dict
         ``issued_at``, ``expires_at`` (earliest; null for an empty batch).
     """
     batch = list(batch)
-    counts: dict[str, int] = {}
-    for sp in batch:
-        label = f"{getattr(sp, 'group_id', '?')}/{sp.mode}"
-        counts[label] = counts.get(label, 0) + 1
+    # Tallied by (group, mode) pairs first (C-level Counter), labelled once per pair: a batch is the fleet.
+    pairs = Counter((getattr(sp, "group_id", "?"), sp.mode) for sp in batch)
+    counts = {f"{group_id}/{mode}": n for (group_id, mode), n in pairs.items()}
     return {
         "source": source,
         "miners": len(batch),

@@ -200,8 +200,9 @@ class ArrayDispatch:
         for group_id, arrays in fleet.groups.items():
             names = [SLEEP] + arrays.mode_names
             power = arrays.power_kw().tolist()
-            for miner_id, k in zip(arrays.miner_id.tolist(), (self.modes[group_id] + 1).tolist()):
-                out.append(Setpoint(miner_id, names[k], power[k], now, expires, group_id=group_id))
+            index = (self.modes[group_id] + 1).tolist()
+            out += Setpoint.many(arrays.miner_id.tolist(), [names[k] for k in index], [power[k] for k in index],
+                                 now, expires, group_id)
         return out
 
 
