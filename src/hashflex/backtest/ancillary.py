@@ -10,9 +10,9 @@ is paid day D's real MCPC ($/MW per hour, NP4-181-ER). Offered quantities are ro
 0.1 MW (ERCOT's offer granularity).
 
 Offer rule (:data:`OFFER_RULES`, :func:`offers_for_day`): what the offer plan values one MW of
-reserve at. ``price-taking``: D−1's MCPC. ``rt-risk`` (the default): a reserve award is a minimum
-running load, so in a real-time spike the site runs the reserved MW where the energy-only plan
-would have slept them; :func:`reserve_value_usd_mw_h` values the MW at the expected MCPC (max of
+reserve at. ``price-taking`` (the default, :data:`DEFAULT_OFFER_RULE`): D−1's MCPC. ``rt-risk``: a
+reserve award is a minimum running load, so in a real-time spike the site runs the reserved MW
+where the energy-only plan would have slept them; :func:`reserve_value_usd_mw_h` values the MW at the expected MCPC (max of
 D−1's and the mean of the 28 days before) less the mean cost of running it through real-time prices
 above the carrying groups' breakeven over those days (:func:`rt_risk_usd_mw_h`), all published
 before the DAM close (10:00 on D−1; a test rewrites everything after it and the offers stay).
@@ -73,11 +73,14 @@ OFFER_RULES = ("price-taking", "rt-risk")
 """``price-taking``: the offer plan values reserve at D−1's MCPC; ``rt-risk``: at the expected MCPC less
 the expected cost of running the reserved MW through real-time prices above breakeven
 (:func:`reserve_value_usd_mw_h`)."""
-DEFAULT_OFFER_RULE = "rt-risk"
+DEFAULT_OFFER_RULE = "price-taking"
 """The offer rule of :func:`run_day_ahead_as` and of the ``mpc+as`` policy (``ancillary_loop``) when none
-is given. Measured (``optimization/benchmarks/ancillary_value.py``): Feb–May 2024 study +$94,402 vs
-+$89,591 for ``price-taking`` over energy-only; 1–10 May 2024 through the loop +$14,880 vs −$10,078
-against ``mpc``."""
+is given. Measured (``optimization/benchmarks/ancillary_value.py``, added profit, ``price-taking`` vs
+``rt-risk``): Feb–May 2024 study +$89,591 vs +$94,402 over energy-only; through the loop against
+``mpc`` 1–10 May 2024 −$10,078 vs +$14,880 (8 May alone −$36,412 vs −$9,646) but 11–31 May
++$130,702 vs +$86,257, so the whole of May +$120,624 vs +$101,137: ``rt-risk`` cuts the spike
+day's loss and gives up more reserve payment than that over a month; price-taking stays the
+default."""
 DAM_CLOSE_LOCAL_HOUR = 10  # the DAM closes at 10:00 CPT on D−1 (Nodal Protocols §4.4.7.2)
 RT_RISK_LOOKBACK_DAYS = 28
 
