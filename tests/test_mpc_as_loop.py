@@ -14,13 +14,13 @@ import pytest
 from hashflex.backtest.ancillary import (
     EXAMPLE_WEST_TEXAS_ANCILLARY,
     SYNTHETIC_LABEL,
+    day_ahead_offers_kw,
     load_hourly_market,
     market_price_frame,
-    offers_for_day,
     synthetic_deployments,
     with_ancillary,
 )
-from hashflex.backtest.ancillary_loop import DEFAULT_OFFER_RULE, RT_STAND_IN_NOTE
+from hashflex.backtest.ancillary_loop import RT_STAND_IN_NOTE
 from hashflex.backtest.cli import main as backtest_main
 from hashflex.backtest.runner import build_actuals, run_backtest
 from hashflex.backtest.summary import interval_frame, summary_document
@@ -71,8 +71,8 @@ def test_awards_are_the_day_ahead_offers_held_hour_by_hour(day) -> None:
     profile, market, actuals, result = day
     frame = interval_frame(result, "mpc+as")
     start = actuals.index[0]
-    offers, _ = offers_for_day(profile, market, start.tz_convert(profile.tz), actuals.index,
-                               offer_rule=DEFAULT_OFFER_RULE)  # issue 15: the default rule prices RT risk
+    known = market[(market.index >= start - pd.Timedelta(days=1)) & (market.index < start)]
+    offers, _ = day_ahead_offers_kw(profile, actuals.index, known)
     hour = frame.index.floor("h")
     for product in PRODUCTS:
         award = frame[f"as_award_kw_{product}"]
