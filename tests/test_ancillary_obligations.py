@@ -16,8 +16,7 @@ block running). RRS 1,980 kW awarded 17:00–19:00 keeps 2 blocks running: impor
 sleep (import 100 kW). From 18:00 an ECRS award of 1,980 kW must be held: 2 blocks running, import
 2,080 kW — over the 100 kW limit, so today the plan holds none of it.
 
-The fix is in the limits book (control/limits_ancillary.py, control/ancillary.py: not this task's
-files), so the test is marked xfail(strict=True) until it lands: a deployment's limit must follow
+The fix is in the limits book (`LimitsBook.deployment_limit_kw`): a deployment's limit follows
 the awards the site has to keep running, limit(t) = baseline − deployed(t) + max(0, A(t) − A(t₀)),
 A(t) the total reserve awarded in force at t over all products (deployed or not), t₀ the
 instruction. Here A(17:05) = 1,980 and A(18:00) = 3,960: limit 100 + 1,980 = 2,080 kW, exactly the
@@ -98,8 +97,6 @@ def test_the_deployment_limit_is_baseline_less_deployed(deployed_loop: ControlLo
     assert float(limits[0]) == pytest.approx(100.0)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: a deployment's import limit does not follow a later, higher "
-                                       "award (control/limits_ancillary.py; proposal in this file's docstring)")
 def test_an_award_rising_during_a_deployment_is_held(deployed_loop: ControlLoop) -> None:
     """At 18:00 ECRS's 1,980 kW must be held running (2 blocks) while RRS stays deployed (shed)."""
     report = deployed_loop.tick(AT_17 + HOUR)

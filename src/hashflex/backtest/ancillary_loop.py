@@ -341,7 +341,9 @@ class ASParticipant:
         for deployment in loop.book.as_deployments.values():
             if deployment.in_force(now) and deployment.product in self.deployed_kw:
                 self.deployed_kw[deployment.product][k] += deployment.deployed_kw
-                self.deployment_limit_kw[k] = min(self.deployment_limit_kw[k], deployment.limit_kw)
+                # The limit in force now: it follows awards that rose since the instruction.
+                self.deployment_limit_kw[k] = min(self.deployment_limit_kw[k],
+                                                  loop.book.deployment_limit_kw(deployment, now))
 
     def measure(self, loop: Any, k: int, now: datetime, import_kw: float) -> None:
         """Give the loop the interval's import after the cut, dated by the slowest group's response."""

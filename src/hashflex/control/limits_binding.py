@@ -59,7 +59,7 @@ class BindingMixin:
             out["4CP window"] = float(cp)
         for deployment in self.as_deployments.values():
             if deployment.in_force(t):
-                out[deployment.source] = deployment.limit_kw
+                out[deployment.source] = self.deployment_limit_kw(deployment, t)
         return out
 
     def noise_caps_at(self, t: datetime) -> dict[str, float]:
@@ -117,12 +117,55 @@ class BindingMixin:
             (h.import_limit_kw, limits_source(i), h) for (i, p), h in self.manager.items()
             if p == "import" and h.import_limit_kw is not None]
         candidates += [(h.limit_kw, f"hold:{h.key}", h) for h in self.holds.values()]
-        candidates += [(d.limit_kw, d.source, d) for d in self.as_deployments.values()]
         for value, label, item in candidates:
             for k, start in enumerate(starts):
                 if value < limits[k] and item.in_force(start, start + interval):
                     limits[k], labels[k] = value, label
+        for deployment in self.as_deployments.values():
+            for k, start in enumerate(starts):
+                if deployment.in_force(start, start + interval):
+                    value = self.deployment_limit_kw(deployment, start, start + interval)
+                    if value < limits[k]:
+                        limits[k], labels[k] = value, deployment.source
         return limits, labels
+
+    def deployment_limit_kw(self, deployment: Any, start: datetime, end: datetime | None = None) -> float:
+        """The import limit an AS deployment sets at ``start`` (or over ``[start, end)``), kW.
+
+        ``limit_kw`` (baseline at instruction − deployed) plus any rise since the instruction in the
+        reserve awarded over all products: ``limit(t) = limit_kw + max(0, A(t) − A(t₀))``, A the total
+        awarded in force (the largest over the interval, as `reserve_obligations_over` counts it), t₀
+        the instruction. A Load Resource awarded more reserve while deployed must keep that load
+        running and shed-able (Nodal Protocols §3.18, §8.1.1.2): a fixed limit would force the plan to
+        drop the new award (issue 15: 2.9 MW·h of 2024-05-08's shortfall). At the instruction the rise
+        is 0, so the fast path's cut is the deployed MW.
+
+        Parameters
+        ----------
+        deployment : control.ancillary.ASDeployment
+            The deployment.
+        start : datetime
+            The moment, or the interval's start; timezone-aware.
+        end : datetime, optional
+            The interval's end (None: the moment ``start``).
+
+        Returns
+        -------
+        float
+            The limit, kW.
+        """
+        rise = self._awarded_kw(start, end) - self._awarded_kw(deployment.issued_at)
+        return deployment.limit_kw + max(rise, 0.0)
+
+    def _awarded_kw(self, start: datetime, end: datetime | None = None) -> float:
+        """Reserve awarded over all products in force at ``start`` (``end`` None) or overlapping
+        ``[start, end)``, kW."""
+        total = 0.0
+        for award in self.as_awards.values():
+            a_start, a_end = datetime.fromisoformat(award["start"]), datetime.fromisoformat(award["end"])
+            if (a_start <= start < a_end) if end is None else (a_start < end and a_end > start):
+                total += float(award["reserve_kw"])
+        return total
 
     def noise_caps_over(self, interval_start: pd.DatetimeIndex, interval: timedelta) -> dict[str, np.ndarray]:
         """Receptor id → per interval the lowest override cap whose window overlaps the interval (inf
