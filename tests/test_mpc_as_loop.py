@@ -210,3 +210,15 @@ def test_cli_runs_mpc_as_and_writes_the_as_figures(tmp_path, capsys) -> None:
     csv = pd.read_csv(out / "intervals_mpc+as.csv")
     assert figures["as_payment_usd"] == pytest.approx(csv["as_payment_usd"].sum())
     assert figures["as_payment_usd"] > 0
+
+
+def test_cli_offer_rule_reaches_the_participant(tmp_path, capsys) -> None:
+    """`hashflex backtest --offer-rule rt-risk` offers with the rt-risk rule (its note says so); the
+    default stays price-taking (no such note)."""
+    args = ["backtest", "--profile", "west_texas", "--ancillary", "example", "--policy", "mpc+as",
+            "--from", "2024-05-08T00:00-05:00", "--to", "2024-05-08T01:00-05:00",
+            "--replan-minutes", "60", "--hashprice", "profile", "--quiet"]
+    assert backtest_main(args + ["--offer-rule", "rt-risk", "--out", str(tmp_path / "rt")]) == 0
+    assert "offer rule rt-risk" in capsys.readouterr().out
+    assert backtest_main(args + ["--out", str(tmp_path / "pt")]) == 0
+    assert "offer rule rt-risk" not in capsys.readouterr().out

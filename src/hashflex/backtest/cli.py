@@ -30,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from hashflex.backtest.ancillary import OFFER_RULES
 from hashflex.backtest.ancillary_loop import AS_MODES, AS_POLICY
 from hashflex.backtest.policies import POLICIES
 from hashflex.backtest.runner import Progress, build_actuals, load_prices, run_backtest
@@ -121,6 +122,10 @@ def add_backtest_parsers(subparsers: Any) -> None:
     backtest.add_argument("--as-mode", choices=AS_MODES, default="day-ahead",
                           help=f"{AS_POLICY}: awards from the day-ahead market (default) or reserve re-decided every "
                                f"interval (RTC+B; only DA AS prices are bundled: they stand in, labelled)")
+    backtest.add_argument("--offer-rule", choices=OFFER_RULES, default=None,
+                          help=f"{AS_POLICY}, day-ahead case: what an offer values a MW of reserve at: D-1's MCPC "
+                               f"(price-taking, the default) or the expected MCPC less the real-time running risk "
+                               f"of the 28 days before the DAM close (rt-risk)")
     backtest.add_argument("--ancillary", help=f"{AS_POLICY}: an ancillary section (YAML/JSON file) for a profile "
                                               f"without one, or 'example' for the ASSUMED west_texas qualification")
     backtest.add_argument("--out", help="directory for intervals_*.csv, summary.json, backtest.png, backtest.db")
@@ -210,7 +215,7 @@ def _run(profile: SiteProfile, actuals: Any, args: argparse.Namespace, policies:
     return run_backtest(profile, actuals, policies, replan_minutes=args.replan_minutes, time_limit_s=args.time_limit,
                         persistence=args.persistence, seed=args.seed, store=store,
                         progress=Progress.factory(args.quiet), deadline_s=args.deadline,
-                        as_mode=getattr(args, "as_mode", "day-ahead"))
+                        as_mode=getattr(args, "as_mode", "day-ahead"), offer_rule=getattr(args, "offer_rule", None))
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:

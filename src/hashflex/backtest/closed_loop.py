@@ -211,7 +211,8 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
                     time_limit_s: float = 20.0, persistence: int = 1, seed: int = 0,
                     noise_bias_db: dict[str, float] | None = None, noise_sigma_db: float = 0.5, store: Any = None,
                     progress: Progress | None = None, runner: SolveRunner | None = None,
-                    price_forecaster: Any = None, as_mode: str = "day-ahead") -> PolicyRun:
+                    price_forecaster: Any = None, as_mode: str = "day-ahead",
+                    offer_rule: str | None = None) -> PolicyRun:
     """Drive the real ControlLoop over the window with ``policy``'s planner in the solver slot.
 
     Each interval: DR notices and (``mpc+as``) AS awards and recalls reach the loop as messages,
@@ -245,6 +246,8 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
     as_mode : str
         ``mpc+as``: ``day-ahead`` (awards from the DAM co-optimisation) or ``real-time`` (reserve
         re-decided each interval, RTC+B); see :mod:`hashflex.backtest.ancillary_loop`.
+    offer_rule : str, optional
+        ``mpc+as`` day-ahead offers: ``price-taking`` (default) or ``rt-risk`` (`backtest.ancillary.OFFER_RULES`).
 
     Returns
     -------
@@ -256,7 +259,8 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
     memory = SiteMemory()
     participant = None
     if policy == AS_POLICY:  # the site's QSE, played by the runner (issue 15)
-        participant = ASParticipant(profile, actuals, mode=as_mode, seed=seed, time_limit_s=time_limit_s)
+        participant = ASParticipant(profile, actuals, mode=as_mode, seed=seed, time_limit_s=time_limit_s,
+                                    offer_rule=offer_rule)
         runner = participant.wrap_runner(runner or SolveRunner(time_limit_s=time_limit_s, inline=True))
     planner = make_planner(policy, profile, memory, replan_minutes=replan_minutes or profile.site.interval_minutes,
                            time_limit_s=time_limit_s, persistence=persistence, runner=runner)

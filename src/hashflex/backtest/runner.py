@@ -126,7 +126,8 @@ def run_backtest(profile: SiteProfile, actuals: Actuals, policies: Sequence[str]
                  noise_bias_db: dict[str, float] | None = None, noise_sigma_db: float = 0.5, store: Any = None,
                  progress: Callable[[str, int, float], Progress] | None = None,
                  deadline_s: float | None = None, inline_solver: bool = False,
-                 price_forecaster: Any = None, as_mode: str = "day-ahead") -> BacktestResult:
+                 price_forecaster: Any = None, as_mode: str = "day-ahead",
+                 offer_rule: str | None = None) -> BacktestResult:
     """Run each policy over the same window and account for each with :func:`account`.
 
     Every solve (mpc's and the oracle's) runs in one worker process with the daemon's hard deadline
@@ -155,6 +156,8 @@ def run_backtest(profile: SiteProfile, actuals: Actuals, policies: Sequence[str]
         Solve in-process with no deadline (tests that want no worker process).
     as_mode : str
         ``mpc+as``: ``day-ahead`` or ``real-time`` (:mod:`hashflex.backtest.ancillary_loop`).
+    offer_rule : str, optional
+        ``mpc+as`` day-ahead offers: ``price-taking`` (default) or ``rt-risk`` (`backtest.ancillary.OFFER_RULES`).
 
     Returns
     -------
@@ -185,7 +188,7 @@ def run_backtest(profile: SiteProfile, actuals: Actuals, policies: Sequence[str]
                                                noise_bias_db=noise_bias_db, noise_sigma_db=noise_sigma_db,
                                                store=store if policy == recorded else None,
                                                progress=bar, runner=runner, price_forecaster=price_forecaster,
-                                               as_mode=as_mode)
+                                               as_mode=as_mode, offer_rule=offer_rule)
     schedules = {name: account(profile, actuals, run.counts, ancillary=run.ancillary) for name, run in runs.items()}
     return BacktestResult(profile, actuals, runs, schedules)
 
