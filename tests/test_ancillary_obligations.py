@@ -132,9 +132,6 @@ ancillary:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: optimize.rounding._cover_reserve_obligations covers the products' "
-                                       "total, not each product from its own groups; the rounded start is then "
-                                       "accepted within the MIP gap")
 def test_each_product_is_covered_by_its_own_groups() -> None:
     """8 May 2024 kept 1,891 S19j units (4,897.7 kW sheddable) for a 4,900 kW Non-Spin award and
     1,730 S21 units (4,999.7 kW) for 5,000 kW of ECRS. The same, small: 1,000 efficient 100 kW units

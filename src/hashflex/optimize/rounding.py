@@ -10,6 +10,8 @@ against the import limit and each receptor's noise budget and dropped if it does
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from hashflex.optimize.problem import Problem, Receptor
@@ -45,9 +47,13 @@ def round_lp_counts(problem: Problem, lp_counts: dict[tuple[int, int], np.ndarra
                 room_kw[t] -= step_kw
                 for room, energy in zip(noise_room, energies):
                     room[t] -= energy
-    _cover_reserve_obligations(problem, counts, room_kw, noise_room)
     hold_derates(problem, counts)
-    return respect_min_on_off(problem, counts)
+    cover_reserve_obligations(problem, counts)
+    counts = respect_min_on_off(problem, counts)
+    # Lowering for min on/off may take back units an award needs: the award is the harder
+    # obligation (min on/off rows are soft), so cover it again on the final counts.
+    cover_reserve_obligations(problem, counts)
+    return counts
 
 
 def hold_derates(problem: Problem, counts: dict[tuple[int, int], np.ndarray]) -> None:
@@ -66,36 +72,218 @@ def hold_derates(problem: Problem, counts: dict[tuple[int, int], np.ndarray]) ->
             counts[g, m] = counts[g, m] - np.minimum(excess, counts[g, m])
 
 
-def _cover_reserve_obligations(problem: Problem, counts: dict[tuple[int, int], np.ndarray], room_kw: np.ndarray,
-                               noise_room: list[np.ndarray]) -> None:
-    """Issue 15: flooring can leave an awarded reserve a few units short, which the MILP's short
-    penalty then charges to the start (and the gap test fails at the root). Add units to the groups
-    that carry reserve, largest shed step first, while the import and noise rooms allow, until the
-    sheddable running load covers the obligations of every product (a warm start only: the MILP
-    decides). In place."""
-    if not problem.reserves:
-        return
-    carried = {g for g, group in enumerate(problem.groups) if any(group.id in r.group_max_kw for r in problem.reserves)}
-    needed = sum(r.obligation_kw for r in problem.reserves)
-    for t in np.flatnonzero(needed > EPS):
-        sheddable = sum((mode.power_kw - problem.groups[g].idle_power_kw) * counts[g, m][t]
-                        for g in carried for m, mode in enumerate(problem.groups[g].modes))
-        steps = sorted(((mode.power_kw - problem.groups[g].idle_power_kw, g, m) for g in carried
-                        for m, mode in enumerate(problem.groups[g].modes)), reverse=True)
-        for step_kw, g, m in steps:
-            group, mode = problem.groups[g], problem.groups[g].modes[m]
-            energies = [r.unit_energy(group.id, mode) for r in problem.receptors]
-            while sheddable < needed[t] - EPS:
-                on = sum(int(counts[g, k][t]) for k in range(len(group.modes)))
-                fits = on < group.units_available[t] and step_kw <= room_kw[t] + EPS and all(
-                    e <= room[t] + EPS for e, room in zip(energies, noise_room) if e > 0)
-                if not fits:
+def reserve_uncovered_kw(problem: Problem, counts: dict[tuple[int, int], np.ndarray]) -> np.ndarray:
+    """[T] kW of the awards that no split of the running sheddable load among the products can hold,
+    each product from its own qualified groups only (issue 15): Σ_p min(Ob[p,t], Rmax[p,t]) minus
+    the most reserve the counts can hold, exactly (no solver).
+
+    The most is a maximum flow (products → qualified groups → sheddable load), so by max-flow
+    min-cut it is the least over product subsets S of Σ_{p∉S} min(Ob, Rmax)[p,t]
+    + Σ_g min(shed[g,t], Σ_{p∈S} Gmax[p,g]), with shed[g,t] = Σ_m (P[g,m] − P_idle[g])·n[g,m,t]:
+    the rows of ``milp.define_reserve`` with n fixed. Zero means every product's award is held;
+    a part of an award above its offer cap Rmax is not counted here (no unit can hold it).
+
+    Parameters
+    ----------
+    problem : the problem (its ``reserves`` and groups)
+    counts : (g, m) → [T] integer units running mode m of group g
+
+    Returns
+    -------
+    [T] float kW, >= 0 (zeros without reserves).
+    """
+    arrays = _ReserveArrays.of(problem)
+    if arrays is None:
+        return np.zeros(problem.T)
+    return np.maximum(arrays.need.sum(axis=0) - arrays.cuts(arrays.sheddable(problem, counts)).min(axis=0), 0.0)
+
+
+class _ReserveArrays:
+    """The reserve data of a problem as arrays for the max-flow min-cut of `reserve_uncovered_kw`:
+    ``carried`` group indices (C), ``gmax`` [P, C] kW, ``need`` [P, T] kW = min(obligation, cap),
+    ``subsets`` [2^P, P] bool, ``subset_cap`` [2^P, C] kW = Σ_{p∈S} gmax[p, c]."""
+
+    def __init__(self, problem: Problem) -> None:
+        reserves = problem.reserves
+        self.carried = [g for g, group in enumerate(problem.groups)
+                        if any(group.id in r.group_max_kw for r in reserves)]
+        self.gmax = np.array([[float(r.group_max_kw.get(problem.groups[g].id, 0.0)) for g in self.carried]
+                              for r in reserves]).reshape(len(reserves), len(self.carried))
+        self.need = np.array([np.minimum(r.obligation_kw, r.max_kw) for r in reserves], dtype=float)
+        self.subsets = np.array(list(itertools.product((False, True), repeat=len(reserves))), dtype=bool)
+        self.subset_cap = self.subsets.astype(float) @ self.gmax
+
+    @classmethod
+    def of(cls, problem: Problem) -> _ReserveArrays | None:
+        """The arrays, or None when no product has an award to hold."""
+        if not problem.reserves or not any(np.any(r.obligation_kw > EPS) for r in problem.reserves):
+            return None
+        return cls(problem)
+
+    def sheddable(self, problem: Problem, counts: dict[tuple[int, int], np.ndarray]) -> np.ndarray:
+        """[C, T] kW of running load each carried group can shed."""
+        return np.array([sum((mode.power_kw - problem.groups[g].idle_power_kw) * counts[g, m]
+                             for m, mode in enumerate(problem.groups[g].modes)) for g in self.carried],
+                        dtype=float).reshape(len(self.carried), problem.T)
+
+    def cuts(self, shed: np.ndarray, t: int | None = None) -> np.ndarray:
+        """Cut values, [2^P, T] (or [2^P] at interval ``t`` only); their least is the most reserve held."""
+        if t is not None:
+            inside = np.minimum(shed[None, :, t], self.subset_cap).sum(axis=1)
+            return (~self.subsets).astype(float) @ self.need[:, t] + inside
+        inside = np.minimum(shed[None, :, :], self.subset_cap[:, :, None]).sum(axis=1)
+        return (~self.subsets).astype(float) @ self.need + inside
+
+
+def cover_reserve_obligations(problem: Problem, counts: dict[tuple[int, int], np.ndarray]) -> int:
+    """Issue 15: add units so that every product's award is held by its own qualified groups
+    (``group_max_kw``), not only the awards' total, while the hard limits allow: availability (and
+    units still cold-booting from a PDU power-off), derates, the import limit, every receptor's
+    noise budget and the carbon budgets. In place; returns the units added.
+
+    Flooring the LP counts can leave a product a unit short, and the short penalty of a few kW is
+    far inside the MIP gap, so the start (and the MILP's answer) would keep it. Per interval with
+    ``reserve_uncovered_kw`` > 0: take a least cut (a set S of products whose qualified groups are
+    full), add units to a group of it whose running sheddable load is below what S may take from it,
+    in the mode that covers the missing kW with the least overshoot, and repeat; when some least cut
+    has no group that can take a unit, no addition can raise the reserve held and what is left stays
+    short (stated in the schedule's ``reserve_<p>_short_kw``, never hidden). The added units only
+    add load, so the import, noise and carbon rooms are re-checked unit by unit here, and the LP that
+    values the counts re-checks every hard row.
+
+    Parameters
+    ----------
+    problem : the problem (reserves, groups, limits, receptors, carbon budgets)
+    counts : (g, m) → [T] integer units, changed in place
+
+    Returns
+    -------
+    int, the number of unit-intervals added (0 when every award was already held or nothing fits).
+    """
+    arrays = _ReserveArrays.of(problem)
+    if arrays is None:
+        return 0
+    shed = arrays.sheddable(problem, counts)
+    deficit = arrays.need.sum(axis=0) - arrays.cuts(shed).min(axis=0)
+    short_at = np.flatnonzero(deficit > EPS)
+    if short_at.size == 0:
+        return 0
+    rooms = _Rooms(problem, counts)
+    added = 0
+    for t in short_at:
+        for _ in range(_MAX_COVER_STEPS):
+            cuts = arrays.cuts(shed, int(t))
+            flow = float(cuts.min())
+            missing = float(arrays.need[:, t].sum()) - flow
+            if missing <= EPS:
+                break
+            least = np.flatnonzero(cuts <= flow + EPS)
+            headroom = arrays.subset_cap[least] - shed[None, :, t]  # [least cuts, C] kW each group may still take
+            helps = headroom > EPS
+            if not helps.any(axis=1).all():  # a least cut whose groups are all full: nothing can help
+                break
+            # Prefer the groups that raise the most least cuts at once, then the most headroom.
+            order = sorted(np.flatnonzero(helps.any(axis=0)),
+                           key=lambda c: (-int(helps[:, c].sum()), -float(headroom[:, c].max())))
+            step_units = 0
+            for c in order:
+                g = arrays.carried[c]
+                want_kw = min(missing, float(headroom[helps[:, c], c].min()))
+                step_units, step_kw = rooms.add_units(g, int(t), want_kw)
+                if step_units:
+                    shed[c, t] += step_kw
+                    added += step_units
                     break
-                counts[g, m][t] += 1
-                sheddable += step_kw
-                room_kw[t] -= step_kw
-                for room, energy in zip(noise_room, energies):
-                    room[t] -= energy
+            if not step_units:
+                break
+    return added
+
+
+_MAX_COVER_STEPS = 1000  # additions per interval (each adds >= 1 unit; bounds the loop, never reached in practice)
+
+
+def _whole_units(room: float, per_unit: float) -> int:
+    """Whole units of ``per_unit`` (> 0) within ``room`` (any sign; infinite: no limit)."""
+    if not np.isfinite(room):
+        return _NO_LIMIT if room > 0 else 0
+    return int(np.floor(room / per_unit))
+
+
+_NO_LIMIT = 10**9
+
+
+class _Rooms:
+    """What the hard limits leave for more running units, per interval: availability (less units
+    still cold-booting from a PDU power-off), derates, import kW, noise energy per receptor, carbon
+    kg per budget; `add_units` adds units within them and charges them."""
+
+    def __init__(self, problem: Problem, counts: dict[tuple[int, int], np.ndarray]) -> None:
+        self.problem, self.counts = problem, counts
+        load = load_kw(problem, counts)
+        self.import_kw = problem.import_limit_kw + problem.renewable_kw - load
+        self.noise = [r.energy_budget() - noise_energy(problem, r, counts) for r in problem.receptors]
+        self.kg_per_kw = problem.duration_h * problem.intensity_kg_per_mwh / 1000.0
+        imported = np.maximum(load - problem.renewable_kw, 0.0)
+        self.carbon = [problem.effective_carbon_budget_kg(b) - float((imported * self.kg_per_kw)[b.mask].sum())
+                       for b in problem.carbon_budgets]
+        starts_h = _interval_starts_h(problem)
+        self.booting = {}  # g -> [T] units that cannot run yet (powered off at the start, still booting)
+        index = {group.id: g for g, group in enumerate(problem.groups)}
+        for entry in problem.power_off:
+            g = index[entry.group]
+            initial_off = problem.groups[g].initial.units_off
+            self.booting[g] = np.where(starts_h < entry.cold_boot_h - 1e-9, initial_off, 0)
+        self.derates = {}
+        for derate in problem.derates:
+            self.derates.setdefault(index[derate.group], []).append(derate)
+
+    def fits(self, g: int, m: int, t: int) -> int:
+        """How many more units of group g can run mode m at interval t within every hard limit."""
+        problem, group = self.problem, self.problem.groups[g]
+        mode = group.modes[m]
+        step_kw = mode.power_kw - group.idle_power_kw
+        on = sum(int(self.counts[g, k][t]) for k in range(len(group.modes)))
+        room = int(group.units_available[t]) - on - int(self.booting.get(g, np.zeros(problem.T, dtype=int))[t])
+        for derate in self.derates.get(g, ()):
+            if mode.power_kw > derate.max_power_kw + 1e-9:
+                high = sum(int(self.counts[g, k][t]) for k, other in enumerate(group.modes)
+                           if other.power_kw > derate.max_power_kw + 1e-9)
+                room = min(room, max(int(group.units_available[t]) - int(derate.units[t]), 0) - high)
+        if step_kw > EPS:
+            room = min(room, _whole_units(self.import_kw[t] + EPS, step_kw))
+            for b, budget in enumerate(problem.carbon_budgets):
+                if budget.mask[t] and self.kg_per_kw[t] > 0:
+                    room = min(room, _whole_units(self.carbon[b] / self.kg_per_kw[t] + EPS, step_kw))
+        for receptor, noise in zip(problem.receptors, self.noise):
+            energy = receptor.unit_energy(group.id, mode)
+            if energy > 0:
+                room = min(room, _whole_units(noise[t] * (1.0 + 1e-9), energy))
+        return max(room, 0)
+
+    def add_units(self, g: int, t: int, want_kw: float) -> tuple[int, float]:
+        """Add units of group g at interval t towards ``want_kw`` of sheddable load, in the mode that
+        covers it with the least overshoot (then the fewest units) among those that fit. Returns
+        (units added, kW of sheddable load added); (0, 0.0) when no unit fits."""
+        group = self.problem.groups[g]
+        options = []
+        for m, mode in enumerate(group.modes):
+            step_kw = mode.power_kw - group.idle_power_kw
+            if step_kw > EPS:
+                units = int(np.ceil(want_kw / step_kw - 1e-9))
+                options.append((units * step_kw - want_kw, units, m, step_kw))
+        for _, units, m, step_kw in sorted(options):
+            units = min(units, self.fits(g, m, t))
+            if units <= 0:
+                continue
+            self.counts[g, m][t] += units
+            self.import_kw[t] -= units * step_kw
+            for receptor, noise in zip(self.problem.receptors, self.noise):
+                noise[t] -= units * receptor.unit_energy(group.id, group.modes[m])
+            for b, budget in enumerate(self.problem.carbon_budgets):
+                if budget.mask[t]:
+                    self.carbon[b] -= units * step_kw * self.kg_per_kw[t]
+            return units, units * step_kw
+        return 0, 0.0
 
 
 def _interval_starts_h(problem: Problem) -> np.ndarray:

@@ -149,8 +149,53 @@ def solve_lp_round_mip(compiled: CompiledModel, problem: Problem, *, time_limit_
         status = SolveStatus.TIME_LIMIT
     else:
         status = SolveStatus.FEASIBLE_GAP
-    return RunOutcome(status, objective, bound if math.isfinite(bound) else None, gap,
-                      np.array(highs.getSolution().col_value), highs.modelStatusToString(model_status))
+    outcome = RunOutcome(status, objective, bound if math.isfinite(bound) else None, gap,
+                         np.array(highs.getSolution().col_value), highs.modelStatusToString(model_status))
+    return _hold_reserve_obligations(compiled, problem, outcome, rel_gap=rel_gap, deadline=deadline)
+
+
+def _hold_reserve_obligations(compiled: CompiledModel, problem: Problem, outcome: RunOutcome, *,
+                              rel_gap: float, deadline: float) -> RunOutcome:
+    """Issue 15: an award is a hard obligation where the limits allow it, but the MILP holds it
+    through a soft row whose few kW short cost cents, far inside the gap: the incumbent HiGHS
+    returns may keep a product a unit short of its own groups (1,891 S19j units, 4,897.7 kW, for a
+    4,900 kW Non-Spin award on 8 May 2024). So its counts get `rounding.cover_reserve_obligations`,
+    and when that added units, the LP with the counts fixed re-values them (every hard row
+    re-checked); its objective replaces the incumbent's, with the gap to the same bound. If that LP
+    is not optimal, the incumbent is kept and the shortfall stays in the schedule's
+    ``reserve_<p>_short_kw``. The count columns get their bounds back either way."""
+    from hashflex.optimize.rounding import cover_reserve_obligations
+
+    if not getattr(problem, "reserves", ()) or outcome.x is None:
+        return outcome
+    keys = list(compiled.count_columns)
+    counts = {key: np.rint(outcome.x[compiled.count_columns[key]]).astype(int) for key in keys}
+    added = cover_reserve_obligations(problem, counts)
+    if not added:
+        return outcome
+    highs = compiled.highs
+    cols = np.concatenate([compiled.count_columns[key] for key in keys]).astype(np.int32)
+    fixed = np.concatenate([counts[key] for key in keys]).astype(float)
+    highs.changeColsBounds(len(cols), cols, fixed, fixed)
+    _set_lp_time_limit(highs, max(deadline - time.perf_counter(), 0.5))
+    highs.clearSolver()
+    highs.run()
+    repaired = None
+    status = highs.modelStatusToString(highs.getModelStatus())
+    if highs.getModelStatus() == highspy.HighsModelStatus.kOptimal and _solution_matches_objective(highs):
+        repaired = (np.array(highs.getSolution().col_value), highs.getInfo().objective_function_value)
+    highs.changeColsBounds(len(cols), cols, compiled.lower[cols], compiled.upper[cols])
+    if repaired is None:
+        log.warning("reserve cover of the MILP answer (%d units) not valued (%s); kept the incumbent", added, status)
+        return dataclasses.replace(outcome, message=f"{outcome.message}; reserve cover of {added} units "
+                                                    f"not valued ({status}), shortfall kept")
+    x, objective = repaired
+    gap = relative_gap(objective, outcome.bound) if outcome.bound is not None else None
+    status = outcome.status
+    if status == SolveStatus.OPTIMAL and (gap is None or gap > rel_gap):
+        status = SolveStatus.FEASIBLE_GAP
+    return RunOutcome(status, objective, outcome.bound, gap, x,
+                      f"{outcome.message}; {added} units added so every award is held by its own groups")
 
 
 def _solution_matches_objective(highs: highspy.Highs, rel_tol: float = 1e-7) -> bool:
@@ -323,11 +368,57 @@ def _solve_appsi(problem: Problem, time_limit_s: float, rel_gap: float) -> _Solv
     status = {TerminationCondition.optimal: SolveStatus.OPTIMAL,
               TerminationCondition.maxTimeLimit: SolveStatus.TIME_LIMIT}.get(results.termination_condition,
                                                                              SolveStatus.FEASIBLE_GAP)
+    message = f"appsi: {results.termination_condition.name}"
+    covered = _hold_reserve_obligations_appsi(model, problem, solver)  # issue 15, as the direct route
+    if covered is not None:
+        objective, added = covered
+        gap = relative_gap(objective, bound) if bound is not None and math.isfinite(bound) else None
+        if status == SolveStatus.OPTIMAL and (gap is None or gap > rel_gap):
+            status = SolveStatus.FEASIBLE_GAP
+        message += f"; {added} units added so every award is held by its own groups"
     info = SolveInfo(status=status, objective_usd=objective, bound_usd=bound, gap=gap,
                      build_seconds=built - started, solve_seconds=solved - built,
-                     penalties=_penalties(model), message=f"appsi: {results.termination_condition.name}")
+                     penalties=_penalties(model), message=message)
     import_kw = np.array([model.grid_import_kw[t].value for t in range(problem.T)], dtype=float)
     return _Solved(extract_counts(model, problem), info, import_kw)
+
+
+def _hold_reserve_obligations_appsi(model: pyo.ConcreteModel, problem: Problem, solver: Any
+                                    ) -> tuple[float, int] | None:
+    """`_hold_reserve_obligations` for the appsi route: cover the loaded answer's awards product by
+    product, fix n to the covered counts and solve again (every hard row re-checked). Returns
+    (objective $, units added), or None when nothing was added or the fixed solve found no
+    solution (the loaded answer's counts are then put back, its shortfall stated in the schedule)."""
+    from pyomo.contrib.appsi.base import TerminationCondition
+
+    from hashflex.optimize.rounding import cover_reserve_obligations
+
+    if not getattr(problem, "reserves", ()):
+        return None
+    loaded = extract_counts(model, problem)
+    counts = {key: values.copy() for key, values in loaded.items()}
+    added = cover_reserve_obligations(problem, counts)
+    if not added:
+        return None
+    for (g, m), values in counts.items():
+        for t in range(problem.T):
+            model.n[g, m, t].fix(int(values[t]))
+    try:
+        solver.config.warmstart = False
+        solver.config.time_limit = max(float(solver.config.time_limit or 0.0), 1.0)
+        results = solver.solve(model)
+        if results.termination_condition != TerminationCondition.optimal or results.best_feasible_objective is None:
+            log.warning("reserve cover of the appsi answer not valued (%s); kept the incumbent",
+                        results.termination_condition.name)
+            for (g, m), values in loaded.items():  # the fixed solve loaded nothing: put the counts back
+                for t in range(problem.T):
+                    model.n[g, m, t].set_value(int(values[t]))
+            return None
+        results.solution_loader.load_vars()
+        return float(results.best_feasible_objective), added
+    finally:
+        for var in model.n.values():
+            var.unfix()
 
 
 SOLVER_INTERFACES = ("direct", "appsi")
