@@ -6,6 +6,9 @@ rows then charge as fake starts and stops. So after flooring, each group gets ba
 units its LP total had (floor of Σ_m n), placed in its lowest-power fractional modes: by
 construction that draws no more power than the LP point did. Every restored unit is re-checked
 against the import limit and each receptor's noise budget and dropped if it does not fit.
+Last, each awarded reserve product is covered by its own qualified groups where the hard limits
+allow (`cover_reserve_obligations`, issue 15); the solver's answer gets the same cover
+(`optimize.solve`).
 """
 
 from __future__ import annotations
@@ -48,10 +51,8 @@ def round_lp_counts(problem: Problem, lp_counts: dict[tuple[int, int], np.ndarra
                 for room, energy in zip(noise_room, energies):
                     room[t] -= energy
     hold_derates(problem, counts)
-    cover_reserve_obligations(problem, counts)
     counts = respect_min_on_off(problem, counts)
-    # Lowering for min on/off may take back units an award needs: the award is the harder
-    # obligation (min on/off rows are soft), so cover it again on the final counts.
+    # Last: on the final counts, adding only runs of units that keep min on/off and the ramp.
     cover_reserve_obligations(problem, counts)
     return counts
 
@@ -147,9 +148,12 @@ def cover_reserve_obligations(problem: Problem, counts: dict[tuple[int, int], np
     full), add units to a group of it whose running sheddable load is below what S may take from it,
     in the mode that covers the missing kW with the least overshoot, and repeat; when some least cut
     has no group that can take a unit, no addition can raise the reserve held and what is left stays
-    short (stated in the schedule's ``reserve_<p>_short_kw``, never hidden). The added units only
-    add load, so the import, noise and carbon rooms are re-checked unit by unit here, and the LP that
-    values the counts re-checks every hard row.
+    short (stated in the schedule's ``reserve_<p>_short_kw``, never hidden). Units are added as a
+    run of intervals around t, the shortest that adds no min-on shortfall, min-off excess or ramp
+    excess (the soft rows of ``milp.define_commitment`` and ``define_ramp``, which cost $1,000 a unit
+    and $10 a kW: far more than a short kW): a dip is filled, a new start runs its minimum on time.
+    The added units only add load, so the import, noise and carbon rooms are re-checked over the run
+    here, and the LP that values the counts re-checks every hard row.
 
     Parameters
     ----------
@@ -159,6 +163,9 @@ def cover_reserve_obligations(problem: Problem, counts: dict[tuple[int, int], np
     Returns
     -------
     int, the number of unit-intervals added (0 when every award was already held or nothing fits).
+
+    Sources: ERCOT Nodal Protocols §8.1.1.4 (a Load Resource carrying Ancillary Service Resource
+    Responsibility must be able to provide it), §3.18 (Load Resource participation).
     """
     arrays = _ReserveArrays.of(problem)
     if arrays is None:
@@ -189,10 +196,10 @@ def cover_reserve_obligations(problem: Problem, counts: dict[tuple[int, int], np
             for c in order:
                 g = arrays.carried[c]
                 want_kw = min(missing, float(headroom[helps[:, c], c].min()))
-                step_units, step_kw = rooms.add_units(g, int(t), want_kw)
+                step_units, step_kw, block = rooms.add_units(g, int(t), want_kw)
                 if step_units:
-                    shed[c, t] += step_kw
-                    added += step_units
+                    shed[c, block] += step_kw
+                    added += step_units * len(block)
                     break
             if not step_units:
                 break
@@ -200,6 +207,12 @@ def cover_reserve_obligations(problem: Problem, counts: dict[tuple[int, int], np
 
 
 _MAX_COVER_STEPS = 1000  # additions per interval (each adds >= 1 unit; bounds the loop, never reached in practice)
+
+
+def _window_sums(values: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """[T] Σ_{k = first[t]}^{t} values[k]."""
+    cumulative = np.concatenate([[0.0], np.cumsum(values)])
+    return cumulative[np.arange(1, values.size + 1)] - cumulative[first]
 
 
 def _whole_units(room: float, per_unit: float) -> int:
@@ -220,6 +233,7 @@ class _Rooms:
     def __init__(self, problem: Problem, counts: dict[tuple[int, int], np.ndarray]) -> None:
         self.problem, self.counts = problem, counts
         load = load_kw(problem, counts)
+        self.site_load = load.copy()  # kW, for the ramp rows
         self.import_kw = problem.import_limit_kw + problem.renewable_kw - load
         self.noise = [r.energy_budget() - noise_energy(problem, r, counts) for r in problem.receptors]
         self.kg_per_kw = problem.duration_h * problem.intensity_kg_per_mwh / 1000.0
@@ -233,6 +247,8 @@ class _Rooms:
             g = index[entry.group]
             initial_off = problem.groups[g].initial.units_off
             self.booting[g] = np.where(starts_h < entry.cold_boot_h - 1e-9, initial_off, 0)
+        self._rows: dict[int, tuple] = {}  # g -> commitment row data (`_commitment_rows`)
+        self._excess_now: dict[int, tuple] = {}  # g -> (units on [T], its soft-row excess), until charged
         self.derates = {}
         for derate in problem.derates:
             self.derates.setdefault(index[derate.group], []).append(derate)
@@ -260,10 +276,12 @@ class _Rooms:
                 room = min(room, _whole_units(noise[t] * (1.0 + 1e-9), energy))
         return max(room, 0)
 
-    def add_units(self, g: int, t: int, want_kw: float) -> tuple[int, float]:
-        """Add units of group g at interval t towards ``want_kw`` of sheddable load, in the mode that
-        covers it with the least overshoot (then the fewest units) among those that fit. Returns
-        (units added, kW of sheddable load added); (0, 0.0) when no unit fits."""
+    def add_units(self, g: int, t: int, want_kw: float) -> tuple[int, float, np.ndarray]:
+        """Add units of group g around interval t towards ``want_kw`` of sheddable load: in the mode
+        that covers it with the least overshoot (then the fewest units), over the shortest run of
+        intervals containing t that fits every hard limit throughout and adds no soft-row excess
+        (`_soft_excess`). Returns (units added per interval, kW of sheddable load added per interval,
+        the run's interval indices); (0, 0.0, empty) when nothing fits."""
         group = self.problem.groups[g]
         options = []
         for m, mode in enumerate(group.modes):
@@ -272,18 +290,115 @@ class _Rooms:
                 units = int(np.ceil(want_kw / step_kw - 1e-9))
                 options.append((units * step_kw - want_kw, units, m, step_kw))
         for _, units, m, step_kw in sorted(options):
-            units = min(units, self.fits(g, m, t))
-            if units <= 0:
-                continue
-            self.counts[g, m][t] += units
-            self.import_kw[t] -= units * step_kw
-            for receptor, noise in zip(self.problem.receptors, self.noise):
-                noise[t] -= units * receptor.unit_energy(group.id, group.modes[m])
-            for b, budget in enumerate(self.problem.carbon_budgets):
-                if budget.mask[t]:
-                    self.carbon[b] -= units * step_kw * self.kg_per_kw[t]
-            return units, units * step_kw
-        return 0, 0.0
+            for block in self._runs(g, t):
+                fit = min(min(self.fits(g, m, int(k)) for k in block), self._carbon_fit(block, step_kw))
+                for n in sorted({min(units, fit), 1}, reverse=True):
+                    if n <= 0 or n > fit or not self._adds_no_soft_excess(g, m, block, n):
+                        continue
+                    self._charge(g, m, block, n, step_kw)
+                    return n, n * step_kw, block
+        return 0, 0.0, np.zeros(0, dtype=int)
+
+    def _carbon_fit(self, block: np.ndarray, step_kw: float) -> int:
+        """Units of ``step_kw`` more import over ``block`` within every carbon budget's room."""
+        fit = _NO_LIMIT
+        for b, budget in enumerate(self.problem.carbon_budgets):
+            kg_per_unit = step_kw * float(self.kg_per_kw[block][budget.mask[block]].sum())
+            if kg_per_unit > 0:
+                fit = min(fit, _whole_units(self.carbon[b] + EPS, kg_per_unit))
+        return fit
+
+    def _runs(self, g: int, t: int) -> list[np.ndarray]:
+        """Runs of intervals [a, b] containing t, shortest first (then the latest start): up to the
+        group's min on plus min off time in intervals, so a start can be held for its min on time
+        and a recent stop can be bridged."""
+        group, T = self.problem.groups[g], self.problem.T
+        starts_h = _interval_starts_h(self.problem)
+        span_h = group.min_on_h + group.min_off_h
+        longest = max(1, int(np.count_nonzero((starts_h >= starts_h[t] - span_h - 1e-9)
+                                              & (starts_h < starts_h[t] + span_h + 1e-9))))
+        runs = []
+        for length in range(1, longest + 1):
+            for a in range(t, t - length, -1):
+                b = a + length - 1
+                if a >= 0 and b < T:
+                    runs.append(np.arange(a, b + 1))
+        return runs
+
+    def _adds_no_soft_excess(self, g: int, m: int, block: np.ndarray, n: int) -> bool:
+        """True when n more units of (g, m) over ``block`` add no min-on shortfall, min-off excess
+        or ramp excess (1e-6 tolerance)."""
+        group = self.problem.groups[g]
+        if g not in self._excess_now:
+            on = sum(self.counts[g, k] for k in range(len(group.modes))).astype(float)
+            self._excess_now[g] = (on, self._commitment_excess(g, on))
+        on, (before_on, before_off) = self._excess_now[g]
+        after = on.copy()
+        after[block] += n
+        after_on, after_off = self._commitment_excess(g, after)
+        if after_on > before_on + 1e-6 or after_off > before_off + 1e-6:
+            return False
+        if self.problem.ramp_limit_kw_per_h is None:
+            return True
+        step_kw = group.modes[m].power_kw - group.idle_power_kw
+        load = self.site_load.copy()
+        load[block] += n * step_kw
+        return self._ramp_excess(load) <= self._ramp_excess(self.site_load) + 1e-6
+
+    def _commitment_excess(self, g: int, on: np.ndarray) -> tuple[float, float]:
+        """(Σ_t min-on shortfall, Σ_t min-off excess) in units for the units-on sequence ``on`` of
+        group g: the rows of ``milp.define_commitment`` with the least starts and stops that make
+        ``on`` (start = max(Δon, 0), stop = max(−Δon, 0))."""
+        group = self.problem.groups[g]
+        if not (group.min_on_h or group.min_off_h or group.start_cost_usd):
+            return 0.0, 0.0  # no commitment rows for this group
+        held_on, first_on, held_off, first_off = self._commitment_rows(g)
+        delta = np.diff(on, prepend=float(group.initial.units_on))
+        short_on = excess_off = 0.0
+        if held_on is not None:
+            need = held_on + (_window_sums(np.maximum(delta, 0.0), first_on) if first_on is not None else 0.0)
+            short_on = float(np.maximum(need - on, 0.0).sum())
+        if held_off is not None:
+            used = on + held_off + (_window_sums(np.maximum(-delta, 0.0), first_off) if first_off is not None else 0.0)
+            excess_off = float(np.maximum(used - group.units, 0.0).sum())
+        return short_on, excess_off
+
+    def _commitment_rows(self, g: int) -> tuple:
+        """(held on [T] or None, min-on window starts or None, held off [T] or None, min-off window
+        starts or None) of group g, as ``milp.define_commitment`` builds its rows; cached."""
+        if g not in self._rows:
+            from hashflex.optimize.milp import _initial_batches, _window_starts
+
+            problem, group = self.problem, self.problem.groups[g]
+            has_on = bool(group.min_on_h or group.initial.must_stay_on)
+            has_off = bool(group.min_off_h or group.initial.must_stay_off)
+            self._rows[g] = (
+                _initial_batches(problem, g, "must_stay_on").astype(float) if has_on else None,
+                _window_starts(problem, group.min_on_h) if has_on and group.min_on_h else None,
+                _initial_batches(problem, g, "must_stay_off").astype(float) if has_off else None,
+                _window_starts(problem, group.min_off_h) if has_off and group.min_off_h else None,
+            )
+        return self._rows[g]
+
+    def _ramp_excess(self, load: np.ndarray) -> float:
+        """Σ_t kW of site load steps beyond the ramp limit (``milp.define_ramp``; from the initial
+        load at t = 0 when there is one)."""
+        problem = self.problem
+        previous = np.concatenate([[problem.initial_load_kw if problem.initial_load_kw is not None else load[0]],
+                                   load[:-1]])
+        return float(np.maximum(np.abs(load - previous) - problem.ramp_limit_kw_per_h * problem.duration_h, 0.0).sum())
+
+    def _charge(self, g: int, m: int, block: np.ndarray, n: int, step_kw: float) -> None:
+        """Add n units of (g, m) over ``block`` and take them out of every room."""
+        group = self.problem.groups[g]
+        self.counts[g, m][block] += n
+        self._excess_now.pop(g, None)
+        self.site_load[block] += n * step_kw
+        self.import_kw[block] -= n * step_kw
+        for receptor, noise in zip(self.problem.receptors, self.noise):
+            noise[block] -= n * receptor.unit_energy(group.id, group.modes[m])
+        for b, budget in enumerate(self.problem.carbon_budgets):
+            self.carbon[b] -= n * step_kw * float(self.kg_per_kw[block][budget.mask[block]].sum())
 
 
 def _interval_starts_h(problem: Problem) -> np.ndarray:
