@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -323,3 +324,48 @@ def test_handle_without_store_counts_and_dispatches() -> None:
     lock_free.start()
     lock_free.join(5)
     assert ingest.stats()["noise"] == {"accepted": 1, "rejected": 1, "duplicate": 1, "errors": 0}
+
+
+@pytest.mark.parametrize("split", [True, False], ids=["split", "one-connection"])
+def test_a_dr_event_does_not_wait_behind_a_telemetry_backlog(mosquitto, wait_for: Callable[..., None],
+                                                             split: bool) -> None:
+    """The newcomer review lost a DR event on a 7,200-miner demo: telemetry arrived faster than the
+    ingest took it in, and the event queued behind it. Telemetry now has its own connection (and
+    broker queue): a DR event sent after 2,000 telemetry messages reaches the loop while most of
+    them are still waiting. With one connection (``split_telemetry=False``) MQTT's in-order delivery
+    puts it behind every one of them."""
+    ingest = MqttIngest(None, SITE, mosquitto.host, mosquitto.port, client_id=f"ingest-backlog-{split}",
+                        split_telemetry=split)
+    telemetry_seen = [0]
+    dr_seen_after: list[int] = []
+
+    def on_message(message: InboundMessage) -> None:
+        if message.kind == "telemetry":
+            time.sleep(0.002)  # a slow consumer: 2,000 messages take >= 4 s
+            telemetry_seen[0] += 1
+        elif message.kind == "dr":
+            dr_seen_after.append(telemetry_seen[0])
+
+    ingest.add_callback(on_message)
+    ingest.start()
+    try:
+        assert ingest.wait_connected(10)
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"flood-{split}", protocol=mqtt.MQTTv5)
+        client.max_inflight_messages_set(1000)
+        client.connect(mosquitto.host, mosquitto.port)
+        client.loop_start()
+        sent = [client.publish(TOPICS.telemetry(f"m{k}"), json.dumps({**VALID[5][1], "miner_id": f"m{k}",
+                                                                       "timestamp": iso(k % 50)}), qos=1)
+                for k in range(2000)]
+        for info in sent:
+            info.wait_for_publish(timeout=30)
+        client.publish(TOPICS.dr, json.dumps(VALID[6][1]), qos=1).wait_for_publish(timeout=10)
+        wait_for(lambda: bool(dr_seen_after), timeout_s=60, message="the DR event reached the loop")
+        client.loop_stop()
+        client.disconnect()
+    finally:
+        ingest.stop()
+    if split:
+        assert dr_seen_after[0] < 2000, "the DR event waited behind the whole telemetry backlog"
+    else:
+        assert dr_seen_after[0] == 2000  # the fault the split removes: strictly behind every message sent before

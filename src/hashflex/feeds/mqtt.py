@@ -17,6 +17,12 @@ only after its row is committed, so a crash between receipt and commit leaves it
 the broker redelivers it on reconnect (the persistent session); duplicates and rejections are
 acknowledged at once.
 
+Two connections: commands and site inputs (``in/price``, ``in/dr``, ``in/limits``, ``in/as/+``,
+``in/noise/+``, ``in/renewable/+``, ...) arrive on one, miner telemetry (``in/telemetry/+``, thousands
+of messages a second on a large site) on the other, each with its own network thread and its own
+broker queue: a DR event or a limits change never waits behind, or is dropped with, a telemetry
+backlog (the newcomer review lost a DR event on a 7,200-miner demo with one connection).
+
 Broker configuration matters: Mosquitto's default ``max_queued_messages 1000`` silently drops QoS 1
 messages for a subscriber that falls behind a burst (measured: 45% of a 30,000-message burst lost);
 set it well above the largest expected burst (the tests and the benchmark use 100,000 / 1,000,000).
@@ -143,6 +149,9 @@ class MqttIngest:
         ``clock() -> datetime`` for plausibility checks.
     plausibility : SiteProfile or PlausibilityContext, optional
         Bounds every message is checked against before it is stored or passed on.
+    split_telemetry : bool
+        Miner telemetry on its own connection (client id ``<client_id>-telemetry``; default True);
+        False: one connection subscribed to ``in/#``.
     """
 
     def __init__(
@@ -164,6 +173,7 @@ class MqttIngest:
         ack_after_commit: bool = True,
         clock: Callable[[], datetime] = utc_now,
         plausibility: SiteProfile | PlausibilityContext | None = None,
+        split_telemetry: bool = True,
     ) -> None:
         self.store = store
         self.plausibility = (PlausibilityContext.from_profile(plausibility) if isinstance(plausibility, SiteProfile)
@@ -181,18 +191,31 @@ class MqttIngest:
         self._counts: defaultdict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
         self._lock = threading.Lock()  # guards _counts and _seen (handle() may be called from tests too)
         self._last_logged: dict[tuple[str | None, str], float] = {}
-        self._connected = threading.Event()
         self._stopping = False
         self.connects = 0
+        self.connects_by_role: dict[str, int] = {}
 
         self._ack_after_commit = ack_after_commit and store is not None
-        self._client = mqtt_client(client_id or f"hashflex-ingest-{site}", username=username, password=password,
-                                   tls_ca_file=tls_ca_file, manual_ack=self._ack_after_commit,
-                                   reconnect_min_s=reconnect_min_s, reconnect_max_s=reconnect_max_s)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
-        self._client.on_subscribe = self._on_subscribe
+        prefix = self.topics.prefix
+        # role -> the topic filters its connection subscribes to (see the module docstring).
+        self._filters: dict[str, list[str]] = (
+            {"inputs": [f"{prefix}in/+", f"{prefix}in/renewable/+", f"{prefix}in/noise/+", f"{prefix}in/as/+"],
+             "telemetry": [f"{prefix}in/telemetry/+"]}
+            if split_telemetry else {"inputs": [self.topics.inbound_filter]})
+        self._connected = {role: threading.Event() for role in self._filters}
+        base_id = client_id or f"hashflex-ingest-{site}"
+        self._clients: dict[str, mqtt.Client] = {}
+        for role in self._filters:
+            client = mqtt_client(base_id if role == "inputs" else f"{base_id}-{role}", username=username,
+                                 password=password, tls_ca_file=tls_ca_file, manual_ack=self._ack_after_commit,
+                                 reconnect_min_s=reconnect_min_s, reconnect_max_s=reconnect_max_s)
+            client.user_data_set(role)
+            client.on_connect = self._on_connect
+            client.on_disconnect = self._on_disconnect
+            client.on_message = self._on_message
+            client.on_subscribe = self._on_subscribe
+            self._clients[role] = client
+        self._client = self._clients["inputs"]
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -221,17 +244,20 @@ class MqttIngest:
         """Connect in the background; retries until the broker answers."""
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = self._session_expiry_s
-        self._client.connect_async(
-            self.host, self.port, keepalive=self._keepalive_s, clean_start=False, properties=properties
-        )
-        self._client.loop_start()
+        for client in self._clients.values():
+            client.connect_async(
+                self.host, self.port, keepalive=self._keepalive_s, clean_start=False, properties=properties
+            )
+            client.loop_start()
 
     def stop(self) -> None:
-        """Disconnect and stop the network thread (the store is left open)."""
+        """Disconnect and stop the network threads (the store is left open)."""
         self._stopping = True
-        self._client.disconnect()
-        self._client.loop_stop()
-        self._connected.clear()
+        for client in self._clients.values():
+            client.disconnect()
+            client.loop_stop()
+        for event in self._connected.values():
+            event.clear()
 
     def wait_connected(self, timeout_s: float = 10.0) -> bool:
         """True once connected and subscribed.
@@ -245,12 +271,13 @@ class MqttIngest:
         -------
         bool
         """
-        return self._connected.wait(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        return all(event.wait(max(deadline - time.monotonic(), 0.0)) for event in self._connected.values())
 
     @property
     def connected(self) -> bool:
-        """True while connected to the broker and subscribed."""
-        return self._connected.is_set()
+        """True while every connection is up and subscribed."""
+        return all(event.is_set() for event in self._connected.values())
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Counters per kind (``price``, ``noise``, ..., ``unknown``): accepted/rejected/duplicate/errors."""
@@ -368,10 +395,17 @@ class MqttIngest:
             if reason_code.is_failure:
                 log.warning("ingest: connect to %s:%s refused: %s", self.host, self.port, reason_code)
                 return
-            self.connects += 1
-            log.info("ingest: connected to %s:%s (session present: %s)", self.host, self.port,
-                     getattr(flags, "session_present", None))
-            client.subscribe(self.topics.inbound_filter, qos=1)
+            self.connects_by_role[userdata] = self.connects_by_role.get(userdata, 0) + 1
+            if userdata == "inputs":  # ``connects``: the commands' connection (the one a DR event takes)
+                self.connects += 1
+            log.info("ingest: connected to %s:%s (%s connection; session present: %s)", self.host, self.port,
+                     userdata, getattr(flags, "session_present", None))
+            filters = self._filters[userdata]
+            if filters != [self.topics.inbound_filter]:
+                # A session kept from a version with one connection still holds in/#: drop it, or the
+                # broker keeps queueing telemetry for this connection too.
+                client.unsubscribe(self.topics.inbound_filter)
+            client.subscribe([(f, 1) for f in filters])
         except Exception:  # noqa: BLE001
             log.exception("ingest: on_connect failed")
 
@@ -379,14 +413,14 @@ class MqttIngest:
         try:
             failures = [rc for rc in reason_codes if rc.is_failure]
             if failures:
-                log.error("ingest: subscription to %s refused: %s", self.topics.inbound_filter, failures)
+                log.error("ingest (%s): subscription to %s refused: %s", userdata, self._filters[userdata], failures)
                 return
-            self._connected.set()
+            self._connected[userdata].set()
         except Exception:  # noqa: BLE001
             log.exception("ingest: on_subscribe failed")
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        self._connected.clear()
+        self._connected[userdata].clear()
         if self._stopping:
             log.info("ingest: disconnected from %s:%s", self.host, self.port)
             return
