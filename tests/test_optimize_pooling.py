@@ -5,6 +5,8 @@ pooled."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import sys
 from pathlib import Path
@@ -57,7 +59,9 @@ def pooled_problems(draw: st.DrawFn) -> Problem:
     groups, attenuation = [], {}
     for kind in range(draw(st.integers(1, 2))):
         modes = KINDS[draw(st.integers(0, 1))]
-        min_on_h, start_cost = draw(st.sampled_from([(0.0, 0.0), (0.5, 0.05)]))
+        # Only groups without commitment parameters pool (symmetry.poolable); a committed kind is
+        # drawn beside them and must stay unpooled.
+        min_on_h, start_cost = (0.0, 0.0) if kind == 0 else draw(st.sampled_from([(0.0, 0.0), (0.5, 0.05)]))
         band = draw(st.floats(40.0, 70.0))
         for copy in range(draw(st.integers(1, 3)) + (1 if kind == 0 else 0)):
             units = draw(st.integers(1, 30))
@@ -105,7 +109,7 @@ def test_pooled_plan_keeps_every_hard_limit_and_is_worth_a_fresh_solve_within_th
 def test_split_counts_add_up_per_mode_and_respect_each_members_availability() -> None:
     rng = np.random.default_rng(5)
     T = 12
-    groups = tuple(Group(f"c{i}", 20, KINDS[1], rng.integers(5, 21, T), start_cost_usd=0.05,
+    groups = tuple(Group(f"c{i}", 20, KINDS[1], rng.integers(5, 21, T),
                          initial=GroupState(units_on=int(rng.integers(0, 6)))) for i in range(3))
     receptor = Receptor("house", {g.id: 55.0 for g in groups}, np.full(T, math.inf), background_dba=30.0)
     problem = Problem(
@@ -171,7 +175,11 @@ def test_multiresolution_pools_identical_groups_and_keeps_the_original_groups_li
 
     from hashflex.optimize.solve import solve_multiresolution
 
-    problem = panhandle_like_problem(T=48, n_groups=12)
+    committed = panhandle_like_problem(T=48, n_groups=12)
+    assert not poolable(committed)  # its containers have min on/off and start costs: never pooled
+    problem = dataclasses.replace(committed, groups=tuple(
+        dataclasses.replace(g, min_on_h=0.0, min_off_h=0.0, start_cost_usd=0.0,
+                            initial=GroupState(units_on=g.initial.units_on)) for g in committed.groups))
     assert poolable(problem)
     schedule = solve_multiresolution(problem, fine_intervals=12, time_limit_s=60.0)
     assert schedule.status == SolveStatus.OPTIMAL
@@ -193,7 +201,21 @@ def test_split_stops_units_past_their_min_on_time_before_units_just_started() ->
         pool_fee=0.0, groups=groups, renewable_kw=np.zeros(T), import_limit_kw=np.full(T, 1e6),
         import_limit_source=("import limit",) * T, export_limit_kw=0.0, receptors=(),
         intensity_kg_per_mwh=np.full(T, 400.0), carbon_budgets=())
-    _, members = pool_identical_groups(problem)
+    members = [[0, 1]]  # split_counts on its own: committed groups are not pooled by solve()
     split = split_counts(problem, members, {(0, 0): np.array([15, 10, 10]), (0, 1): np.zeros(T, dtype=int)})
     assert split[1, 0].tolist() == [5, 5, 5]
     assert split[0, 0].tolist() == [10, 5, 5]
+
+
+def test_identical_groups_with_commitment_parameters_are_not_pooled() -> None:
+    """Min on/off or a start cost make a group's units differ by history: pooling them was only a
+    relaxation, and hypothesis found a split-back plan worth less than an unpooled solve by more
+    than the gap. Such groups stay apart; identical groups without them still pool."""
+    base = _two_alike()
+    for change in ({"min_on_h": 0.5}, {"min_off_h": 0.25}, {"start_cost_usd": 0.05}):
+        problem = dataclasses.replace(base, groups=tuple(dataclasses.replace(g, **change) for g in base.groups))
+        assert not poolable(problem), change
+        schedule = solve(problem)
+        assert "classes of identical groups" not in schedule.info.message
+        assert_hard_limits(problem, schedule)
+    assert poolable(base)
