@@ -32,6 +32,7 @@ from hashflex.control.ladder import breakeven_ladder, under_water
 from hashflex.control.limits import STORE_UNAVAILABLE, LimitsAck
 from hashflex.forecast import FallbackCode, has_fallback
 from hashflex.messages import (
+    ASAckMessage,
     ASAwardMessage,
     ASDeployMessage,
     DRAckMessage,
@@ -126,6 +127,9 @@ class FastPathMixin:
         or limits change is recorded in the audit trail with the reason, and a DR event whose id can
         be read gets a ``rejected`` ack, so the issuer is not left waiting."""
         kind = getattr(rejection, "kind", None)
+        if kind in ("as_award", "as_deploy"):
+            self._answer_rejected_as(rejection, kind, now)
+            return
         if kind not in ("dr", "limits"):
             return
         try:
@@ -140,6 +144,21 @@ class FastPathMixin:
                 ack = DRAckMessage(event_id=event_id, modification_number=int(number) if number and number.isdigit() else None,
                                    status="rejected", reason=rejection.reason[:500], acked_at=now)
                 self._publish("out/dr/ack", ack.model_dump(mode="json"))
+        except Exception:  # noqa: BLE001 - answering a bad message must never stop the controller
+            log.exception("could not answer a rejected %s message", kind)
+
+    def _answer_rejected_as(self, rejection: Any, kind: str, now: datetime) -> None:
+        """A malformed AS award or deployment whose id can be read gets a ``rejected`` ack on
+        ``out/as/ack`` naming the field (as a malformed DR event does) and is counted
+        (``as_rejected``); the ingest has stored the payload in the rejections table already."""
+        try:
+            preview = rejection.payload
+            message_id = _json_field(preview, "award_id" if kind == "as_award" else "deployment_id")
+            self.counters["as_rejected"] = self.counters.get("as_rejected", 0) + 1
+            if message_id is not None:
+                ack = ASAckMessage(message_id=message_id, kind=kind, status="rejected", reason=rejection.reason[:500],
+                                   acked_at=now)
+                self._publish("out/as/ack", ack.model_dump(mode="json"))
         except Exception:  # noqa: BLE001 - answering a bad message must never stop the controller
             log.exception("could not answer a rejected %s message", kind)
 
