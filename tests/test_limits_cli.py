@@ -68,7 +68,7 @@ def daemon(mosquitto, tmp_path_factory):  # noqa: ANN001, ANN201
 def test_set_list_clear_round_trip(mosquitto, daemon) -> None:  # noqa: ANN001
     result = limits_cli(mosquitto, "set", "--import-limit-kw", "12.5", "--valid-minutes", "30", "--reason", "cli test")
     assert result.returncode == 0, result.stderr
-    assert "accepted: accepted: import limit 12.5 kW" in result.stdout
+    assert "accepted: import limit 12.5 kW" in result.stdout and "accepted: accepted:" not in result.stdout
     assert "change_id site_manager@" in result.stdout
     limits = daemon()["limits"]
     assert limits["import_limit_kw"] == 12.5 and limits["import_limit_source"] == "limits:site_manager"

@@ -83,8 +83,10 @@ def _close(received: queue.Queue[bytes]) -> None:
 
 def _option_error(error: dict[str, Any]) -> str:
     """One pydantic error as the command-line option it came from, e.g. ``--import-limit-kw -1.0: must be >= 0``."""
-    field = str(error["loc"][0]) if error.get("loc") else "input"
-    option = {"noise_caps_dba": "--noise-cap"}.get(field, "--" + field.replace("_", "-"))
+    field = str(error["loc"][0]) if error.get("loc") else ""
+    # A model-level rule (e.g. "give at least one limit") names no field: say so, not "--input".
+    option = ("limits" if not field else
+              {"noise_caps_dba": "--noise-cap"}.get(field, "--" + field.replace("_", "-")))
     message = str(error.get("msg", "invalid")).replace("Input should be ", "must be ").replace(
         "greater than or equal to", ">=").replace("less than or equal to", "<=")
     value = error.get("input")
@@ -163,7 +165,9 @@ def cmd_limits(args: argparse.Namespace) -> int:
                 continue
             if not str(ack.get("change_id", "")).startswith(change_id):
                 continue  # another change's answer
-            print(f"{ack['status']}: {ack['reason']}")
+            reason = str(ack["reason"])
+            # The daemon's reasons start with their verdict already ("accepted: ..."): print it once.
+            print(reason if reason.startswith(f"{ack['status']}:") else f"{ack['status']}: {reason}")
             print(f"change_id {ack['change_id']}, acked at {ack['acked_at']}")
             return 0 if ack["status"] == "accepted" else EXIT_REFUSED
     finally:
@@ -272,8 +276,9 @@ def add_limits_parser(commands: Any, default_profile_site: str | None = None) ->
     # list against the choices and refuses the documented default (a newcomer finding); checked below.
     clear.add_argument("parts", nargs="*", metavar="{import,noise,carbon}", help="which parts (default all three)")
     listing = actions.add_parser("list", parents=[common], help="the limits in force (the daemon's /status)")
-    listing.add_argument("--url", default="http://127.0.0.1:9108",
-                         help="the daemon's HTTP address (default http://127.0.0.1:9108)")
+    # The daemon's port as `hashflex run` takes it (a newcomer found `list` ignoring HASHFLEX_HTTP_PORT).
+    listing.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('HASHFLEX_HTTP_PORT', '9108')}",
+                         help="the daemon's HTTP address (default http://127.0.0.1:$HASHFLEX_HTTP_PORT, or 9108)")
     listing.add_argument("--from-broker", action="store_true",
                          help="read the daemon's retained out/status instead (as of its last tick)")
     limits.set_defaults(handler=cmd_limits)
