@@ -222,3 +222,16 @@ def test_cli_offer_rule_reaches_the_participant(tmp_path, capsys) -> None:
     assert "offer rule rt-risk" in capsys.readouterr().out
     assert backtest_main(args + ["--out", str(tmp_path / "pt")]) == 0
     assert "offer rule rt-risk" not in capsys.readouterr().out
+
+
+def test_as_options_without_mpc_as_are_said_to_be_ignored(tmp_path, capsys) -> None:
+    """Newcomer finding: `--offer-rule` and `--as-mode` with policies that have no reserves were
+    silently ignored; and a report on backtest.db did not say which run the db holds."""
+    assert backtest_main(["backtest", "--profile", "west_texas", "--policy", "threshold,mpc",
+                          "--from", "2020-02-10T00:00-06:00", "--to", "2020-02-10T01:00-06:00",
+                          "--offer-rule", "rt-risk", "--as-mode", "real-time", "--quiet",
+                          "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "--offer-rule applies to mpc+as only: ignored" in printed
+    assert "--as-mode applies to mpc+as only: ignored" in printed
+    assert "backtest.db holds the audit trail of the mpc run" in printed

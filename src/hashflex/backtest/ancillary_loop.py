@@ -276,8 +276,8 @@ class ASParticipant:
         self._next_day = 0
         self._live: dict[str, list[str]] = {p: [] for p in self.products}  # product -> deployment ids in force
         da_note = DA_NOTE if self.offer_rule == "price-taking" else DA_NOTE.replace(
-            "price-taking,", "valued at the expected MCPC less the real-time risk of holding them (offer rule rt-risk), "
-                             "price-taking,")
+            "price-taking,", "valued at the expected MCPC less the real-time risk of holding them (offer rule rt-risk); "
+                             "the market clears them as a price taker's,")
         self.notes: list[str] = [SYNTHETIC_LABEL, da_note if mode == "day-ahead" else RT_STAND_IN_NOTE,
                                  f"AS deployments measured on the simulated fleet (it obeys at once), dated by the "
                                  f"slowest qualified group's response_s ({self.response_s:g} s)"]

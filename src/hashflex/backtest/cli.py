@@ -218,6 +218,21 @@ def _run(profile: SiteProfile, actuals: Any, args: argparse.Namespace, policies:
                         as_mode=getattr(args, "as_mode", "day-ahead"), offer_rule=getattr(args, "offer_rule", None))
 
 
+def _option_notes(args: argparse.Namespace, stored: bool) -> list[str]:
+    """What the command line asked that the policies run do not use, and which run backtest.db holds
+    (newcomer findings: options silently ignored; a report on the db showed mpc's figures only)."""
+    notes = []
+    if AS_POLICY not in args.policy:
+        if getattr(args, "offer_rule", None) is not None:
+            notes.append(f"--offer-rule applies to {AS_POLICY} only: ignored (policies {', '.join(args.policy)})")
+        if getattr(args, "as_mode", "day-ahead") != "day-ahead":
+            notes.append(f"--as-mode applies to {AS_POLICY} only: ignored (policies {', '.join(args.policy)})")
+    if stored:
+        recorded = "mpc" if "mpc" in args.policy else AS_POLICY
+        notes.append(f"backtest.db holds the audit trail of the {recorded} run (what `hashflex report --db` reads)")
+    return notes
+
+
 def cmd_backtest(args: argparse.Namespace) -> int:
     """``hashflex backtest``: run the policies, print the table and notes, write ``--out``.
 
@@ -251,7 +266,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         result = _run(profile, actuals, args, args.policy, store)
         document = summary_document(result)
         print(summary_table(document))
-        for note in document["notes"]:
+        for note in document["notes"] + _option_notes(args, store is not None):
             print(f"note: {note}")
         if out is not None:
             from hashflex.backtest.plot import plot_backtest
