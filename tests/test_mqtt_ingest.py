@@ -331,8 +331,9 @@ def test_a_dr_event_does_not_wait_behind_a_telemetry_backlog(mosquitto, wait_for
                                                              split: bool) -> None:
     """The newcomer review lost a DR event on a 7,200-miner demo: telemetry arrived faster than the
     ingest took it in, and the event queued behind it. Telemetry now has its own connection (and
-    broker queue): a DR event sent after 2,000 telemetry messages reaches the loop while most of
-    them are still waiting. With one connection (``split_telemetry=False``) MQTT's in-order delivery
+    broker queue): a DR event sent after 1,000 telemetry messages reaches the loop while most of
+    them are still waiting (1,000 messages at 10 ms each: a 10 s backlog, far longer than sending
+    them takes even on a loaded machine). With one connection (``split_telemetry=False``) MQTT's in-order delivery
     puts it behind every one of them."""
     ingest = MqttIngest(None, SITE, mosquitto.host, mosquitto.port, client_id=f"ingest-backlog-{split}",
                         split_telemetry=split)
@@ -341,7 +342,7 @@ def test_a_dr_event_does_not_wait_behind_a_telemetry_backlog(mosquitto, wait_for
 
     def on_message(message: InboundMessage) -> None:
         if message.kind == "telemetry":
-            time.sleep(0.002)  # a slow consumer: 2,000 messages take >= 4 s
+            time.sleep(0.010)  # a slow consumer: 1,000 messages take >= 10 s
             telemetry_seen[0] += 1
         elif message.kind == "dr":
             dr_seen_after.append(telemetry_seen[0])
@@ -356,7 +357,7 @@ def test_a_dr_event_does_not_wait_behind_a_telemetry_backlog(mosquitto, wait_for
         client.loop_start()
         sent = [client.publish(TOPICS.telemetry(f"m{k}"), json.dumps({**VALID[5][1], "miner_id": f"m{k}",
                                                                        "timestamp": iso(k % 50)}), qos=1)
-                for k in range(2000)]
+                for k in range(1000)]
         for info in sent:
             info.wait_for_publish(timeout=30)
         client.publish(TOPICS.dr, json.dumps(VALID[6][1]), qos=1).wait_for_publish(timeout=10)
@@ -366,6 +367,6 @@ def test_a_dr_event_does_not_wait_behind_a_telemetry_backlog(mosquitto, wait_for
     finally:
         ingest.stop()
     if split:
-        assert dr_seen_after[0] < 2000, "the DR event waited behind the whole telemetry backlog"
+        assert dr_seen_after[0] < 1000, "the DR event waited behind the whole telemetry backlog"
     else:
-        assert dr_seen_after[0] == 2000  # the fault the split removes: strictly behind every message sent before
+        assert dr_seen_after[0] == 1000  # the fault the split removes: strictly behind every message sent before

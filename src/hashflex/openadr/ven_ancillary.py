@@ -325,8 +325,13 @@ class AncillaryMixin:
 
     def _send_amendment(self, tracked: _ASTracked, plan: PlannedDeployment, message: ASDeployMessage,
                         now: datetime) -> int:
-        """The event changed the MW of a deployment in force: the same id, the event's revision."""
-        amendment = ASDeployMessage(deployment_id=message.deployment_id, revision=tracked.number,
+        """The event changed the MW of a deployment in force: the same id, the event's revision — or,
+        when that is not above the revision in force (``modificationDateTime`` has whole seconds: an
+        event modified in the second it was created, seen first after a restart that adopted the
+        deployment from the book), the next one, as `event_version` numbers a same-second change.
+        A genuinely older version never gets here (`_refuse_stale`)."""
+        amendment = ASDeployMessage(deployment_id=message.deployment_id,
+                                    revision=max(tracked.number, message.revision + 1),
                                     product=message.product, issued_at=now, deployed_kw=plan.deployed_kw,
                                     issuer=message.issuer)
         note = (f"OpenADR event {tracked.raw.get('id')} modified (modificationDateTime "
