@@ -118,3 +118,24 @@ def test_profile_refuses_a_group_too_slow_or_without_relay_for_rrs() -> None:
 def test_award_for_an_unqualified_product_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match=r"NSPIN"):
         problem_from_profile(profile(), hours("2024-06-01 12:00", 2), np.full(2, 20.0), as_award_kw={"NSPIN": 1000.0})
+
+
+TWO_PRODUCTS = PROFILE.replace("grid: {{import_limit_kw: 20000}}", "grid: {{import_limit_kw: 3000}}").replace(
+    "    RRS: {{group_mw: {{hydro: 5}}, expected_deployments_per_month: 0}}",
+    "    RRS: {{group_mw: {{hydro: 5}}, expected_deployments_per_month: 0}}\n"
+    "    ECRS: {{group_mw: {{hydro: 5}}, expected_deployments_per_month: 0}}")
+
+
+def test_an_award_is_held_even_when_another_product_pays_more_for_the_same_megawatts() -> None:
+    """H6's finding: the penalty for an award not held was below what another, offered product pays,
+    so the plan sold the offered product and left the award short. 3 blocks may run (3 MW import
+    limit); ECRS awarded 3 MW at $1/MW-h; RRS offered at $10,000/MW-h. The award must be held."""
+    index = hours("2024-06-01 12:00", 2)
+    problem = problem_from_profile(parse_profile(TWO_PRODUCTS.format(response_s=0.5, ufr="true"), source="test"),
+                                   index, np.full(2, 20.0), as_price_usd_mw_h={"RRS": 10_000.0, "ECRS": 1.0},
+                                   as_award_kw={"ECRS": np.full(2, 3000.0)})
+    frame = solve(problem).frame
+    assert (frame["units_hydro_run"] == 3).all()
+    assert np.allclose(frame["reserve_ECRS_kw"], 3000.0)
+    assert (frame["reserve_ECRS_short_kw"] < 1e-6).all()
+    assert np.allclose(frame["reserve_RRS_kw"], 0.0, atol=1e-6)

@@ -386,12 +386,20 @@ def reserve_value_usd_per_kw(problem: Problem, p: int, g: int) -> np.ndarray:
 
 
 def reserve_short_penalty_usd_per_kw(problem: Problem) -> np.ndarray:
-    """[T] $ per kW of award not held over each interval (see PENALTY_RESERVE_SHORT_MARGIN_USD_PER_KW_H)."""
+    """[T] $ per kW of award not held over each interval (see PENALTY_RESERVE_SHORT_MARGIN_USD_PER_KW_H).
+
+    Above anything a kW could earn instead: energy not bought, carbon, the best hashes, and the
+    best reserve price of any product (else the plan would sell an offered product from the
+    megawatts an award needs and leave the award short: tests/test_ancillary_optimizer.py)."""
     carbon_usd_per_kwh = problem.intensity_kg_per_mwh / 1000.0 * problem.carbon_price_usd_per_t / 1000.0
     hp = problem.hashprice_usd_per_th_h * (1.0 - problem.pool_fee)
     best_hash_per_kw = max((mode.hashrate_th_s / mode.power_kw for group in problem.groups for mode in group.modes),
                            default=0.0) * hp
-    per_kwh = np.maximum(problem.energy_price_usd_mwh, 0.0) / 1000.0 + carbon_usd_per_kwh + best_hash_per_kw
+    reserves = getattr(problem, "reserves", ())
+    best_reserve_per_kwh = (np.maximum(np.max([np.asarray(r.price_usd_mw_h, dtype=float) for r in reserves], axis=0), 0.0)
+                            / 1000.0 if reserves else 0.0)
+    per_kwh = (np.maximum(problem.energy_price_usd_mwh, 0.0) / 1000.0 + carbon_usd_per_kwh + best_hash_per_kw
+               + best_reserve_per_kwh)
     return problem.duration_h * (per_kwh + PENALTY_RESERVE_SHORT_MARGIN_USD_PER_KW_H)
 
 
