@@ -251,9 +251,14 @@ class FastPathMixin:
         cut = self.count_guard.emergency_dr_cut(self.fleet.counts(), limit_kw, self.measurements, now, present=present)
         if not cut.changed:
             return GuardResult([], [])
+        return self._realised(cut, now)[0]
+
+    def _realised(self, cut: Any, now: datetime) -> tuple[GuardResult, dict]:
+        """A count cut of the fleet as it runs made into the batch to send (whole fleet, fresh
+        expiry; each action naming the miners it moved) and its mode columns."""
         arrays = FleetArrays.from_fleet(self.fleet)
         modes, actions = realise(cut, arrays, {g: a.mode for g, a in arrays.groups.items()})
-        return GuardResult(ArrayDispatch(modes).to_setpoints(arrays, now, self.expiry_s), actions)
+        return GuardResult(ArrayDispatch(modes).to_setpoints(arrays, now, self.expiry_s), actions), modes
 
     def _shed_compute_now(self, batch: list, limit_kw: float, now: datetime, why: str,
                           event_id: str | None = None) -> None:
@@ -397,9 +402,7 @@ class FastPathMixin:
             cut = self.count_guard.noise_exceedance_cut(receptor_id, level_dba, cap_dba, self.fleet.counts())
             if not cut.changed:
                 return False
-            arrays = FleetArrays.from_fleet(self.fleet)
-            modes, actions = realise(cut, arrays, {g: a.mode for g, a in arrays.groups.items()})
-            result = GuardResult(ArrayDispatch(modes).to_setpoints(arrays, now, self.expiry_s), actions)
+            result, modes = self._realised(cut, now)
         if result.changed:
             self.counters["fast_path_actions"] += 1
             self._dispatch(result.batch, now, modes=modes)

@@ -32,7 +32,7 @@ from hashflex.drivers.pdu import POWERED_OFF
 from hashflex.messages import SLEEP  # noqa: E402 - the one definition, re-exported here
 
 # The columns live in their own module; re-exported here, where callers import them from.
-from hashflex.control.fleet_arrays import NO_TIME_US, FleetArrays, GroupArrays, time_us  # noqa: E402
+from hashflex.control.fleet_arrays import NO_TIME_US, FleetArrays, GroupArrays, time_us, transitions  # noqa: E402
 
 __all__ = ["NO_TIME_US", "SLEEP", "FleetArrays", "FleetState", "GroupArrays", "Miner", "MinerView", "Setpoint",
            "time_us"]
@@ -286,10 +286,6 @@ class FleetState:
         """Miners in a running mode now."""
         return int(sum((cols.mode >= 0).sum() for cols in self._cols.values()))
 
-    def available_per_group(self) -> dict[str, int]:
-        """Available miners per group (unavailable ones are never given a running mode)."""
-        return {group_id: int(cols.available.sum()) for group_id, cols in self._cols.items()}
-
     def powered_off(self, group_id: str) -> int:
         """Units of ``group_id`` powered off at the PDU now."""
         cols = self._cols.get(group_id)
@@ -365,19 +361,13 @@ class FleetState:
         before = {}
         for group_id, new in modes.items():
             cols = self._cols[group_id]
-            new = np.asarray(new, dtype=np.int16)
-            if new.shape != cols.mode.shape:
-                raise ValueError(f"group {group_id}: {new.shape[0]} modes for {cols.mode.shape[0]} miners")
-            if new.size and (new.min() < -1 or new.max() >= len(self._names[group_id])):
-                raise ValueError(f"group {group_id}: mode index outside -1..{len(self._names[group_id]) - 1}")
+            new, started, stopped = transitions(group_id, cols.mode, new, len(self._names[group_id]))
             changed = np.flatnonzero(new != cols.mode)
             if not changed.size:
                 continue
             starts, stops = self._stamps[group_id]
             for i in changed.tolist():
                 before[cols.miner_id[i]] = (self._mode_name(group_id, int(cols.mode[i])), starts[i], stops[i])
-            started = (cols.mode < 0) & (new >= 0)
-            stopped = (cols.mode >= 0) & (new < 0)
             starts[started] = now
             cols.last_start_us[started] = now_us
             stops[stopped] = now

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from hashflex.profile import MinerGroup
 if TYPE_CHECKING:
     from hashflex.control.fleet import FleetState
 
-__all__ = ["NO_TIME_US", "FleetArrays", "GroupArrays", "time_us"]
+__all__ = ["NO_TIME_US", "FleetArrays", "GroupArrays", "time_us", "transitions"]
 
 # ---------------------------------------------------------------------- counts on the hot path
 # Issue 18: a 100,000-miner site cannot afford a Python object per miner per tick. `GroupArrays`
@@ -41,6 +41,38 @@ def time_us(moment: datetime | None) -> int:
         moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
     delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def transitions(group_id: str, old: np.ndarray, new: Any, n_modes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A group's new mode column checked against the old one, and who starts and who stops.
+
+    Parameters
+    ----------
+    group_id : str
+        For the error message.
+    old : np.ndarray
+        [N] mode index per miner now (negative: asleep or powered off).
+    new : array-like
+        [N] mode index per miner to apply, -1 asleep.
+    n_modes : int
+        The group's number of modes.
+
+    Returns
+    -------
+    tuple
+        (new as int16, [N] bool started: not running before and running now, [N] bool stopped).
+
+    Raises
+    ------
+    ValueError
+        An array of the wrong length, or a mode index outside -1 .. n_modes - 1.
+    """
+    new = np.asarray(new, dtype=np.int16)
+    if new.shape != old.shape:
+        raise ValueError(f"group {group_id}: {new.shape[0]} modes for {old.shape[0]} miners")
+    if new.size and (new.min() < -1 or new.max() >= n_modes):
+        raise ValueError(f"group {group_id}: mode index outside -1..{n_modes - 1}")
+    return new, (old < 0) & (new >= 0), (old >= 0) & (new < 0)
 
 
 @dataclass
@@ -124,15 +156,9 @@ class FleetArrays:
         now_us = time_us(now)
         for group_id, new in modes.items():
             arrays = self.groups[group_id]
-            new = np.asarray(new, dtype=np.int16)
-            if new.shape != arrays.mode.shape:
-                raise ValueError(f"group {group_id}: {new.shape[0]} modes for {arrays.mode.shape[0]} miners")
-            if new.size and (new.min() < -1 or new.max() >= len(arrays.group.modes)):
-                raise ValueError(f"group {group_id}: mode index outside -1..{len(arrays.group.modes) - 1}")
-            was = arrays.mode >= 0
-            now_running = new >= 0
-            arrays.last_start_us[~was & now_running] = now_us
-            arrays.last_stop_us[was & ~now_running] = now_us
+            new, started, stopped = transitions(group_id, arrays.mode, new, len(arrays.group.modes))
+            arrays.last_start_us[started] = now_us
+            arrays.last_stop_us[stopped] = now_us
             arrays.mode = new.copy()
 
     def apply_setpoints(self, setpoints: Iterable[Setpoint], now: datetime) -> None:

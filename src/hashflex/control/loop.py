@@ -177,7 +177,7 @@ def group_states(fleet: FleetState, profile: SiteProfile, now: datetime) -> dict
         running = cols.mode >= 0
         held_on = _held(cols.last_start_us[running], group.min_on_minutes, now_us)
         held_off = _held(cols.last_stop_us[~running], group.min_off_minutes, now_us)
-        power = np.array([fleet.power_kw(group.id, SLEEP)] + [m.power_kw for m in group.modes], dtype=float)
+        power = cols.power_kw()
         usable = cols.available
         load_kw = float(power[np.maximum(cols.mode[usable], -1).astype(np.int64) + 1].sum())
         off = fleet.powered_off(group.id) if getattr(group, "pdu_power_off", False) else 0
@@ -412,7 +412,7 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
         per-miner guard on the batch (the plan's ``off`` units draw nothing, which the count guard
         does not model)."""
         limits = self.limits_now(now)
-        if any(getattr(g, "pdu_power_off", False) for g in self.profile.miner_groups):
+        if self._pdu_site():
             setpoints = power_off_planned(schedule, dispatched.to_setpoints(arrays, now, self.expiry_s), self.fleet)
             return self.guard.check(setpoints, self.measurements, limits, now), None
         present = {g: len(a.miner_id) for g, a in arrays.groups.items()}

@@ -178,7 +178,7 @@ class LoopStatusMixin:
             caps = {r.id: r.cap_at(local) for r in self.profile.receptors}
             modelled = {r.id: self.modelled_level_dba(r.id) for r in self.profile.receptors}
             full_kw = sum(n * max(m.power_kw for m in self.fleet.groups[g].modes)
-                          for g, n in self.fleet.available_per_group().items())
+                          for g, n in self.fleet.usable_counts().items())
         self._record("measurement", lambda: {**records.measurement_payload(
             interval_start, interval_h, import_kw, renewable_kw, load_kw, hashrate_th_s,
             {r: v[0] for r, v in noise.items()}, intensity_kg_per_mwh, price_usd_mwh, revenue, cost or 0.0,
