@@ -277,6 +277,13 @@ class LoopStatusMixin:
             causes = self.unhealthy_causes(now)
             limits = self.book.summary(now)
             active = self.book.dr.active_ids(now)
+        # The learned price model's block (issue 14), from the forecaster's hook, so `run` and `run --simulate`
+        # show the same thing (the newcomer review found it only in `run`); None: the rules alone.
+        model = getattr(getattr(self, "forecaster", None), "price_forecaster", None)
+        price_model = model.status() if callable(getattr(model, "status", None)) else None
+        counters = dict(self.counters)
+        if price_model is not None:
+            counters.update(price_model.get("counters", {}))
         return {
             "site": self.profile.site.name,
             "at": now.isoformat(),
@@ -292,7 +299,8 @@ class LoopStatusMixin:
             "limits": limits,
             "units_running": self.fleet.units_running(),
             "miners_unavailable": {m: u.reason for m, u in self.registry.unavailable().items()},
-            "counters": dict(self.counters),
+            "counters": counters,
+            "price_model": price_model,
             "noise_offsets_db": dict(self.noise_offsets_db),
             "noise_compliance": self.noise_compliance(),
             # AS deployments of the last day: obligation vs delivered, shortfall, time to respond (issue 15).
