@@ -233,7 +233,7 @@ def test_prune_deletes_only_what_is_older(store: Store) -> None:
     store.put_rejection(Rejection("t", "r", "p"), received_at=T0)
     deleted = store.prune(T0 + 20 * MIN)
     assert deleted == {"observations": 1, "prices": 1, "rejections": 1, "dr_events": 0, "schedules": 1,
-                       "setpoints": 0}
+                       "setpoints": 0, "load_forecasts": 0}
     assert store.observations("noise")["timestamp"].tolist() == [T0 + 30 * MIN]
     assert store.latest_schedule() == {"n": 2}
     deleted = store.prune(T0 + 24 * 60 * MIN)

@@ -18,6 +18,12 @@ Degraded modes (each visible in ``/status`` and ``/healthz``):
 - store unavailable (disk full, I/O error): DR and limits messages are answered
   ``rejected: store_unavailable``, a more restrictive limit is held in memory anyway, and /healthz
   answers 503 naming the cause until a commit succeeds again;
+- ingest behind (telemetry handled more than 30 s after it was measured, or a store write waiting more
+  than 10 s): /healthz answers 503 naming the backlog (:func:`with_ingest_backlog`), /metrics has the
+  gauges (``hashflex_ingest_lag_seconds``, ``hashflex_store_queue_depth``, ``hashflex_store_queue_oldest_seconds``);
+- ERCOT's system load forecast (issue 14): polled when the environment names a source
+  (:func:`hashflex.feeds.load_forecast.load_forecast_feed_from_env`) or received on ``in/load_forecast``,
+  stored with its publication time; its rejected rows are counted on /metrics with the other inputs;
 - learned price model (issue 14; ``--price-model``, :func:`price_model_for`): fitted in a background thread
   on the prices the store holds (only those published by the fit's time), daily after the DAM publishes;
   until it has a fit (two days of real-time history), when its fit is too old, and on any model error the
@@ -43,6 +49,7 @@ from hashflex.control.http import DEFAULT_HTTP_PORT, StatusServer
 from hashflex.control.loop import ControlLoop, LoopConfig
 from hashflex.control.records import AuditRecorder, IntervalMeter
 from hashflex.control.solver import SolveRunner
+from hashflex.feeds.load_forecast import load_forecast_feed_from_env
 from hashflex.feeds.mqtt import MqttIngest, mqtt_client
 from hashflex.feeds.poll import price_feed_from_env
 from hashflex.frames import utc_now
@@ -273,6 +280,58 @@ def with_broker_health(status: dict[str, Any], broker_connected: bool) -> dict[s
     return {**status, "unhealthy_causes": causes, "healthy": False}
 
 
+MAX_TELEMETRY_LAG_S = 30.0
+"""Telemetry handled more than this after it was measured (s): the ingest is behind (``/healthz`` says so)."""
+MAX_STORE_WAIT_S = 10.0
+"""A write waiting longer than this for the store's writer (s): the store is behind (``/healthz`` says so)."""
+
+
+def with_ingest_backlog(status: dict[str, Any], backlog: dict[str, Any] | None, *,
+                        max_lag_s: float = MAX_TELEMETRY_LAG_S, max_store_wait_s: float = MAX_STORE_WAIT_S,
+                        stale_window_s: float = 60.0) -> dict[str, Any]:
+    """The daemon's status with the ingest backlog (``ingest_backlog``) and, when the ingest is behind, a
+    health cause: ``/healthz`` answers 503 naming it, because the site's view of its miners (and the
+    curtailment it can offer) is as old as the lag. The newcomer review saw telemetry outrun the ingest
+    on a 7,200-miner demo with nothing on /healthz.
+
+    Parameters
+    ----------
+    status : dict
+        The status document.
+    backlog : dict or None
+        :meth:`hashflex.feeds.mqtt.MqttIngest.backlog` (None: no ingest).
+    max_lag_s : float
+        Telemetry lag above which the ingest is behind, s.
+    max_store_wait_s : float
+        Oldest waiting store write above which the store is behind, s.
+    stale_window_s : float
+        A lag measured longer ago than this is not current (telemetry stopped: that is the feed
+        ages' business, not a backlog).
+
+    Returns
+    -------
+    dict
+        A copy with ``ingest_backlog`` (the backlog document) and, when behind, ``healthy`` False and
+        the cause(s) appended to ``unhealthy_causes``.
+    """
+    out = {**status, "ingest_backlog": backlog}
+    if not backlog:
+        return out
+    causes = []
+    lag, age = backlog.get("telemetry_lag_s"), backlog.get("lag_window_age_s")
+    if isinstance(lag, (int, float)) and lag > max_lag_s and isinstance(age, (int, float)) and age <= stale_window_s:
+        causes.append(f"ingest backlog: telemetry handled {lag:.0f} s after it was measured (more than "
+                      f"{max_lag_s:.0f} s): the broker is queueing messages faster than the ingest takes them")
+    wait = backlog.get("store_oldest_queued_s")
+    if isinstance(wait, (int, float)) and wait > max_store_wait_s:
+        causes.append(f"ingest backlog: {backlog.get('store_queued', 0):,} write(s) waiting for the store, the "
+                      f"oldest for {wait:.0f} s (more than {max_store_wait_s:.0f} s)")
+    if causes:
+        out["unhealthy_causes"] = [*status.get("unhealthy_causes", []), *causes]
+        out["healthy"] = False
+    return out
+
+
 def _start_meter(profile: SiteProfile, loop: ControlLoop) -> Any:
     """The site meter poller, when the profile has a ``site_meter`` section: every fresh reading
     goes to the loop (the guard's truth over the model when over the limit)."""
@@ -375,13 +434,16 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
     ingest.add_rejection_callback(lambda rejection: loop.on_rejection(rejection, utc_now()))
     feed = price_feed_from_env(profile, store)
     feed_stats = (lambda: feed.stats()) if feed is not None else (lambda: None)
+    load_feed = load_forecast_feed_from_env(store)  # ERCOT's system load forecast for the price model (issue 14)
     ven = _start_openadr(loop)
     meter = _start_meter(profile, loop)
 
     def status(now: datetime) -> dict[str, Any]:
         document = {**loop.status(now), "inputs": ingest.stats(), "mqtt_connected": ingest.connected,
                     "input_rejections": ingest.rejection_stats(), "price_feed": feed_stats(),
+                    "load_forecast_feed": load_feed.stats() if load_feed is not None else None,
                     "openadr": ven.status() if ven is not None else None}
+        document = with_ingest_backlog(document, ingest.backlog())
         return with_broker_health(with_price_model(document, model), ingest.connected)
 
     server = StatusServer(status, utc_now, http_host, http_port, loop=loop, ingest=ingest)  # dashboard + writes
@@ -392,6 +454,8 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
             signal.signal(signal.SIGHUP, lambda *_: _reload(loop, profile_path))
     if feed is not None:
         feed.start()
+    if load_feed is not None:
+        load_feed.start()
     ingest.start()
     server.start()
     log.info("hashflex running for %s: MQTT %s:%d, HTTP %s:%d, store %s", site, mqtt_host, mqtt_port,
@@ -405,6 +469,8 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
             meter.stop()
         if feed is not None:
             feed.stop()
+        if load_feed is not None:
+            load_feed.stop()
         server.stop()
         ingest.stop()
         publisher.close()

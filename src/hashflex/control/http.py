@@ -10,7 +10,8 @@ prometheus_client's exposition so scrapers get the standard text format.
 
 Input rejections: ``hashflex_input_rejections_total{kind, reason}`` (a counter) sums the status
 entries ``input_rejections`` (MQTT ingest, ``MqttIngest.rejection_stats()``),
-``price_feed.rejections`` (HTTP price feed rows) and ``command_rejections`` (commands the loop refused
+``price_feed.rejections`` (HTTP price feed rows), ``load_forecast_feed.rejections`` (HTTP load forecast
+rows) and ``command_rejections`` (commands the loop refused
 as implausible), all ``{kind: {reason_class: n}}``.
 
 Available for curtailment: ``hashflex_available_for_curtailment_kw{means}`` (a gauge, kW) is what
@@ -38,7 +39,8 @@ DEFAULT_HTTP_PORT = 9108
 def input_rejections(status: Mapping[str, Any]) -> dict[tuple[str, str], int]:
     """Rejection counts by kind and reason, from the status.
 
-    Sums ingest's ``input_rejections``, the price feed's ``price_feed.rejections`` and the loop's
+    Sums ingest's ``input_rejections``, the price feed's ``price_feed.rejections``, the load forecast
+    feed's ``load_forecast_feed.rejections`` (issue 14) and the loop's
     ``command_rejections`` (DR, limits and AS commands out of bounds); malformed entries are skipped
     (the endpoint must answer).
 
@@ -53,8 +55,9 @@ def input_rejections(status: Mapping[str, Any]) -> dict[tuple[str, str], int]:
         ``(kind, reason) -> count``.
     """
     totals: dict[tuple[str, str], int] = {}
-    feed = status.get("price_feed")
+    feed, load_feed = status.get("price_feed"), status.get("load_forecast_feed")
     sources = (status.get("input_rejections"), feed.get("rejections") if isinstance(feed, Mapping) else None,
+               load_feed.get("rejections") if isinstance(load_feed, Mapping) else None,
                status.get("command_rejections"))
     for source in sources:
         if not isinstance(source, Mapping):
@@ -130,7 +133,15 @@ class StatusMetrics:
         self.curtailable = Gauge("hashflex_available_for_curtailment_kw",
                                  "kW the site can shed now, from fresh miner telemetry, by means (sleep: a firmware "
                                  "command; power_off: a PDU outlet, cold restart)", ["means"], registry=r)
-        self._labelled = (self.limit, self.breakeven, self.noise_measured, self.noise_modelled, self.noise_cap,
+        self.ingest_lag = Gauge("hashflex_ingest_lag_seconds",
+                                "how late the ingest handles messages: the smallest (handled - measured) of the "
+                                "last few seconds of miner telemetry (s); high means the broker is queueing",
+                                ["connection"], registry=r)
+        self.store_queue = Gauge("hashflex_store_queue_depth", "writes waiting for the store's writer thread",
+                                 registry=r)
+        self.store_wait = Gauge("hashflex_store_queue_oldest_seconds",
+                                "how long the oldest waiting store write has waited (s; 0 when none waits)", registry=r)
+        self._labelled = (self.ingest_lag, self.limit, self.breakeven, self.noise_measured, self.noise_modelled, self.noise_cap,
                           self.carbon_used, self.carbon_left, self.feed_age, self.curtailable)
 
     def render(self, status: dict[str, Any], state: Mapping[str, Any] | None = None) -> bytes:
@@ -163,6 +174,12 @@ class StatusMetrics:
             self.counter.labels(counter=name).set(value)
         for gauge in self._labelled:  # labels come and go (sources, feeds): no stale series
             gauge.clear()
+        backlog = status.get("ingest_backlog") or {}
+        if isinstance(backlog.get("telemetry_lag_s"), (int, float)):
+            self.ingest_lag.labels(connection="telemetry").set(backlog["telemetry_lag_s"])
+        if isinstance(backlog.get("store_queued"), (int, float)):
+            self.store_queue.set(backlog["store_queued"])
+            self.store_wait.set(backlog.get("store_oldest_queued_s") or 0.0)
         if state:
             self._render_state(state)
         return generate_latest(self.registry)
@@ -203,7 +220,8 @@ METRIC_NAMES = ("hashflex_healthy", "hashflex_last_tick_age_seconds", "hashflex_
                 "hashflex_price_usd_mwh", "hashflex_breakeven_usd_mwh", "hashflex_noise_measured_dba",
                 "hashflex_noise_modelled_dba", "hashflex_noise_cap_dba", "hashflex_carbon_used_kg",
                 "hashflex_carbon_left_kg", "hashflex_feed_age_seconds", "hashflex_input_rejections_total",
-                "hashflex_available_for_curtailment_kw")
+                "hashflex_available_for_curtailment_kw", "hashflex_ingest_lag_seconds", "hashflex_store_queue_depth",
+                "hashflex_store_queue_oldest_seconds")
 """Every metric /metrics exposes (counters with their ``_total`` name)."""
 
 

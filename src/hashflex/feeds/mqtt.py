@@ -55,6 +55,7 @@ password=None, tls_ca_file=None, keepalive_s=30, session_expiry_s=3600, reconnec
 dedupe_window=100_000, ack_after_commit=True, clock=utc_now, plausibility=None)``; ``add_callback(fn)``,
 ``add_rejection_callback(fn)``, ``start()``, ``stop()``, ``wait_connected(timeout_s) -> bool``, ``connected``,
 ``stats() -> dict[kind, dict[counter, int]]``, ``rejection_stats() -> dict[kind, dict[reason, int]]``,
+``backlog() -> dict`` (telemetry lag and the store's write queue: how far behind the ingest is),
 ``handle(topic, payload)`` (the per-message path, usable without a broker).
 """
 
@@ -74,7 +75,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from hashflex.feeds.load_forecast import check_load_forecast_message
 from hashflex.messages import InboundMessage, Rejection, Topics, parse_message, payload_preview
+from hashflex.messages.inbound import LoadForecastMessage
 from hashflex.plausibility import PlausibilityContext, check_plausible
 from hashflex.profile import SiteProfile
 from hashflex.store import Store, utc_now
@@ -88,6 +91,8 @@ RejectionCallback = Callable[[Rejection], None]
 COUNTERS = ("accepted", "rejected", "duplicate", "errors")
 COMMAND_KINDS = frozenset({"dr", "limits", "as_award", "as_deploy"})  # answered by the control loop, never stored by the ingest
 _LOG_EVERY_S = 60.0  # a repeated rejection reason is logged at WARNING at most this often
+LAG_WINDOW_S = 5.0
+"""Telemetry lag is the smallest lag of each window this long (s): see :meth:`MqttIngest.backlog`."""
 
 
 def mqtt_client(client_id: str, *, username: str | None = None, password: str | None = None,
@@ -152,6 +157,8 @@ class MqttIngest:
     split_telemetry : bool
         Miner telemetry on its own connection (client id ``<client_id>-telemetry``; default True);
         False: one connection subscribed to ``in/#``.
+    lag_window_s : float
+        The telemetry lag is the smallest of each window this long, s (:meth:`backlog`).
     """
 
     def __init__(
@@ -174,6 +181,7 @@ class MqttIngest:
         clock: Callable[[], datetime] = utc_now,
         plausibility: SiteProfile | PlausibilityContext | None = None,
         split_telemetry: bool = True,
+        lag_window_s: float = LAG_WINDOW_S,
     ) -> None:
         self.store = store
         self.plausibility = (PlausibilityContext.from_profile(plausibility) if isinstance(plausibility, SiteProfile)
@@ -192,6 +200,13 @@ class MqttIngest:
         self._lock = threading.Lock()  # guards _counts and _seen (handle() may be called from tests too)
         self._last_logged: dict[tuple[str | None, str], float] = {}
         self._stopping = False
+        # Telemetry lag (the ingest backlog): the smallest (handled − measured) of each LAG_WINDOW_S, so a
+        # miner whose clock runs slow cannot fake a backlog, and a real one shows in every message.
+        self._lag_window_s = lag_window_s
+        self._lag_bucket_start: float | None = None
+        self._lag_bucket_min = float("inf")
+        self._lag_s: float | None = None
+        self._lag_at: float | None = None
         self.connects = 0
         self.connects_by_role: dict[str, int] = {}
 
@@ -289,6 +304,47 @@ class MqttIngest:
         with self._lock:
             return {kind: dict(reasons) for kind, reasons in self._reasons.items()}
 
+    def _note_lag(self, message: Any) -> None:
+        lag_s = (self._clock() - message.timestamp).total_seconds()
+        now = time.monotonic()
+        with self._lock:
+            if self._lag_bucket_start is None:
+                self._lag_bucket_start = now
+            self._lag_bucket_min = min(self._lag_bucket_min, lag_s)
+            if now - self._lag_bucket_start >= self._lag_window_s:
+                self._lag_s, self._lag_at = self._lag_bucket_min, now
+                self._lag_bucket_start, self._lag_bucket_min = now, float("inf")
+
+    def backlog(self) -> dict[str, Any]:
+        """How far behind the ingest is (``/status`` ``ingest_backlog``, ``/metrics``, ``/healthz``).
+
+        Messages are handled as paho reads them, so a backlog builds up outside this process (the
+        broker's queue for the telemetry connection) and shows as telemetry handled late: the lag is
+        the smallest (handled − measured) of the last completed ``LAG_WINDOW_S`` window (clock skew of
+        one miner cannot raise it). Rows waiting for the store's writer are the other backlog
+        (:func:`hashflex.control.daemon.with_ingest_backlog` turns both into /healthz causes).
+
+        Returns
+        -------
+        dict
+            ``telemetry_lag_s`` (s, None before a full window of telemetry), ``lag_window_age_s`` (s since
+            that window closed; a lag older than a few windows means telemetry stopped), and, with a store,
+            ``store_queued`` (writes waiting) and ``store_oldest_queued_s`` (age of the oldest, s).
+        """
+        now = time.monotonic()
+        with self._lock:
+            lag, at = self._lag_s, self._lag_at
+            if self._lag_bucket_start is not None and now - self._lag_bucket_start >= self._lag_window_s \
+                    and self._lag_bucket_min != float("inf"):
+                lag, at = self._lag_bucket_min, now  # a window that ended without a message to close it
+        out: dict[str, Any] = {"telemetry_lag_s": None if lag is None else round(lag, 3),
+                               "lag_window_age_s": None if at is None else round(now - at, 3)}
+        if self.store is not None:
+            stats = self.store.writer_stats()
+            out["store_queued"] = stats.get("queued", 0)
+            out["store_oldest_queued_s"] = stats.get("oldest_queued_s")
+        return out
+
     def totals(self) -> dict[str, int]:
         """Counters summed over all kinds."""
         totals = dict.fromkeys(COUNTERS, 0)
@@ -327,8 +383,12 @@ class MqttIngest:
                 self._count(result.kind, "accepted")
                 self._dispatch(result, topic)
                 return result
+            if result.kind == "telemetry":
+                self._note_lag(result)
             if self.plausibility is not None:
-                implausible = check_plausible(result, self._clock(), self.plausibility, topic)
+                implausible = (check_load_forecast_message(result, self._clock(), topic)
+                               if isinstance(result, LoadForecastMessage)  # its own bounds (feeds.load_forecast)
+                               else check_plausible(result, self._clock(), self.plausibility, topic))
                 if implausible is not None:
                     implausible = dataclasses.replace(implausible, payload=payload_preview(payload))
                     self._reject(implausible)

@@ -19,7 +19,7 @@ from hashflex.messages.base import Identifier, Text, UtcDatetime, _Inbound, _Mes
 __all__ = [
     "ASAwardMessage", "ASDeployMessage", "AsProduct", "CarbonBudget", "CarbonIntensityMessage", "DREventMessage",
     "DRProgram", "ForecastPoint", "HashpriceMessage", "INBOUND_MODELS", "InboundMessage", "LimitsChangeMessage",
-    "NoiseCapOverride", "NoiseMessage", "PriceMessage", "RenewableMessage", "TelemetryMessage",
+    "LoadForecastMessage", "LoadForecastPoint", "NoiseCapOverride", "NoiseMessage", "PriceMessage", "RenewableMessage", "TelemetryMessage",
 ]
 
 
@@ -303,6 +303,58 @@ class LimitsChangeMessage(_Inbound):
         return self.issued_at
 
 
+class LoadForecastPoint(_Message):
+    """One hour (or ``interval_minutes``) of a system load forecast: the mean load ``load_forecast_mw`` (MW)
+    expected from ``interval_start``. The bound here is only "a positive number below 10^6 MW"; the
+    plausible range of ERCOT's system load is checked by :func:`hashflex.feeds.load_forecast.check_load_forecast`."""
+
+    interval_start: UtcDatetime
+    load_forecast_mw: float = Field(gt=0, lt=1e6)
+
+
+class LoadForecastMessage(_Inbound):
+    """One posting of a system load forecast (``in/load_forecast``; issue 14): ERCOT's seven-day load
+    forecast (NP3-565-CD, the in-use model's system total) or any relay of it, as published at
+    ``published_at``. The learned price model uses, for each hour, the newest posting published by the
+    day-ahead cutoff (:meth:`hashflex.store.Store.load_forecast`), so ``published_at`` must be when the
+    forecast was *published*, not when it was relayed.
+
+    Fields: ``region`` (default ``ERCOT``: the system total), ``published_at``, ``source`` (e.g.
+    ``ERCOT NP3-565-CD``), ``interval_minutes`` (60: ERCOT's hourly product), ``points`` (1..2,000, strictly
+    increasing ``interval_start``)."""
+
+    kind: ClassVar[str] = "load_forecast"
+    region: Identifier = "ERCOT"
+    published_at: UtcDatetime
+    source: Text
+    interval_minutes: Literal[15, 30, 60] = 60
+    points: list[LoadForecastPoint] = Field(min_length=1, max_length=2_000)
+
+    @model_validator(mode="after")
+    def _increasing(self) -> LoadForecastMessage:
+        starts = [p.interval_start for p in self.points]
+        for i in range(1, len(starts)):
+            if starts[i] <= starts[i - 1]:
+                raise ValueError(f"points.{i}.interval_start: not after points.{i - 1}.interval_start "
+                                 "(one value per interval, in time order)")
+        return self
+
+    @property
+    def key(self) -> str:
+        """Series key: the region (``ERCOT``: the system total)."""
+        return self.region
+
+    @property
+    def observed_at(self) -> datetime:
+        """The posting's publication time (UTC)."""
+        return self.published_at
+
+    @property
+    def identity(self) -> tuple[Any, ...]:
+        """Duplicates: same region and publication time (a posting is sent once per ``published_at``)."""
+        return (self.kind, self.region, self.published_at)
+
+
 InboundMessage = (
     PriceMessage
     | RenewableMessage
@@ -312,6 +364,7 @@ InboundMessage = (
     | TelemetryMessage
     | DREventMessage
     | LimitsChangeMessage
+    | LoadForecastMessage
 )
 
 AsProduct = Literal["RRS", "ECRS", "NSPIN"]
@@ -398,6 +451,7 @@ INBOUND_MODELS: dict[str, type[_Inbound]] = {
         DREventMessage,
         LimitsChangeMessage,
         ASAwardMessage,
+        LoadForecastMessage,
         ASDeployMessage,
     )
 }

@@ -14,6 +14,8 @@ Idempotency and supersession
 - DR event (event_id): a higher ``modification_number`` supersedes (status becomes ``modified``, or
   ``cancelled``); an equal or lower one is a no-op.
 - rejections are aggregated per (topic, reason) with a count and first/last seen.
+- load forecast (region, interval_start, published_at): every posting is kept (the first copy of a
+  posting wins); :meth:`load_forecast` picks one vintage per interval.
 
 Only the newest revision of a price is kept, so ``prices(as_of=t)`` hides prices first published
 after t but cannot show a value that a later correction replaced.
@@ -29,6 +31,7 @@ writes (asynchronous, ordered per table):
   ``put(message, *, received_at=None)``, ``put_many(messages, *, received_at=None)``,
   ``put_price_frame(frame, *, published_at=None, received_at=None)`` (canonical frame, see hashflex.frames),
   ``put_price_history(frame, *, received_at=None)`` (canonical columns + each row's ``published_at``: one check),
+  ``put_load_forecast(frame, *, source, region="ERCOT", received_at=None)`` (issue 14: every posting kept),
   ``put_rejection(rejection, *, received_at=None)``, ``set_dr_status(event_id, status)``,
   ``put_schedule(schedule, *, created_at)``, ``put_setpoint(setpoint)``, ``set_meta(key, value)``,
   ``after_commit(callback)`` (e.g. acknowledge an MQTT message only once it is durable)
@@ -38,6 +41,8 @@ reads (DataFrames, sorted by time):
   ``prices(start=None, end=None, *, settlement_point=None, market=None, as_of=None, with_published_at=False)``
       -> the canonical price frame: interval_start, interval_end, settlement_point, market, price_usd_mwh
          (+ published_at)
+  ``load_forecast(start=None, end=None, *, region="ERCOT", as_of=None, vintage="day_ahead")``
+      -> interval_start, interval_end, load_forecast_mw, published_at (one row per interval)
   ``dr_events(*, active_at=None, include_cancelled=True)`` -> event_id, modification_number, status, ...
   ``rejections()`` -> topic, reason, count, first_seen, last_seen, last_payload
   ``setpoints(start=None, end=None, *, miner_id=None)``, ``schedules(start=None, end=None)``
@@ -47,6 +52,7 @@ single values: ``latest(kind, key=None)``, ``dr_event(event_id)``, ``latest_sche
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import queue
@@ -79,6 +85,7 @@ from hashflex.store.schema import (  # noqa: F401 - re-exported: the store's pub
 __all__ = ["Store", "StoreUnavailable", "DR_STATUSES", "TABLES"]
 
 log = logging.getLogger(__name__)
+_SAMPLE_S = 0.05
 
 
 class Store(StoreWrites, StoreReads):
@@ -123,6 +130,11 @@ class Store(StoreWrites, StoreReads):
         self._readers_lock = threading.Lock()
         self._local = threading.local()
         self._stats = {"rows": 0, "batches": 0, "errors": 0}
+        # Writer backlog age: items put and taken, and (put count, monotonic time) samples at most every
+        # _SAMPLE_S, so the age of the oldest waiting item is known to within _SAMPLE_S at no per-item cost.
+        self._put = self._taken = 0
+        self._samples: collections.deque[tuple[int, float]] = collections.deque()
+        self._backlog_lock = threading.Lock()
         self._closed = False
         self.failure: str | None = None  # the last commit_state failure, until one succeeds
         self._fail_commits: str | None = None
@@ -223,6 +235,7 @@ class Store(StoreWrites, StoreReads):
                     (cutoff,),
                 ),
                 "setpoints": ("DELETE FROM setpoints WHERE expires_at_us < ?", (cutoff,)),
+                "load_forecasts": ("DELETE FROM load_forecasts WHERE interval_end_us <= ?", (cutoff,)),
             }
             deleted = {}
             conn.execute("BEGIN")
@@ -243,9 +256,27 @@ class Store(StoreWrites, StoreReads):
         Returns
         -------
         dict[str, int]
-            ``rows`` written, ``batches`` committed, write ``errors``, and the ``queued`` depth now.
+            ``rows`` written, ``batches`` committed, write ``errors``, the ``queued`` depth now, and
+            ``oldest_queued_s``: how long the oldest waiting write has waited (s, to within 0.05 s; None
+            when nothing waits).
         """
-        return {**self._stats, "queued": self._queue.qsize()}
+        return {**self._stats, "queued": self._queue.qsize(), "oldest_queued_s": self._oldest_queued_s()}
+
+    def _note_put(self) -> None:
+        now = time.monotonic()
+        with self._backlog_lock:
+            self._put += 1
+            if not self._samples or now - self._samples[-1][1] >= _SAMPLE_S:
+                self._samples.append((self._put, now))
+
+    def _oldest_queued_s(self) -> float | None:
+        """Seconds the oldest waiting write has waited (to within ``_SAMPLE_S``); None when none waits."""
+        with self._backlog_lock:
+            while self._samples and self._samples[0][0] <= self._taken:
+                self._samples.popleft()
+            if self._put <= self._taken or not self._samples:
+                return None
+            return round(time.monotonic() - self._samples[0][1], 3)
 
     def commit_state(self, key: str, value: Any, timeout_s: float = 5.0) -> None:
         """Durably replace the JSON state under ``key`` (in ``meta``) and return only once committed.
@@ -310,12 +341,14 @@ class Store(StoreWrites, StoreReads):
     def _enqueue(self, item: tuple[str, Any]) -> None:
         if self._closed:
             raise RuntimeError("store is closed")
+        self._note_put()
         self._queue.put(item)
 
     def _call(self, action: Callable[[sqlite3.Connection], Any] | None, timeout_s: float) -> Any:
         if self._closed:
             raise RuntimeError("store is closed")
         done: Future = Future()
+        self._note_put()
         self._queue.put(_Control(action, done))
         return done.result(timeout=timeout_s)
 
@@ -340,6 +373,8 @@ class Store(StoreWrites, StoreReads):
                     log.exception("store: writer failed on a batch of %d items", len(batch))
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
+                with self._backlog_lock:  # done with, written or not: no longer waiting
+                    self._taken += len(batch)
         finally:
             conn.close()
 

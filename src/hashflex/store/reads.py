@@ -110,6 +110,71 @@ class StoreReads:
         frame["received_at"] = _utc(pd.Series([r[3] for r in rows], dtype="int64"))
         return frame
 
+    def load_forecast(self, start: datetime | None = None, end: datetime | None = None, *, region: str = "ERCOT",
+                      as_of: datetime | None = None, vintage: str = "day_ahead",
+                      cutoff_local: str = "13:00", cutoff_tz: str = "America/Chicago") -> pd.DataFrame:
+        """The stored system load forecast, one row per interval, as known at ``as_of`` (issue 14).
+
+        Why a vintage: ERCOT re-posts its seven-day load forecast every hour, and the learned price model
+        was trained (in the backtest, on the bundled ``dev2`` file) on the forecast *made the day
+        before*, published by the DAM (13:00 Central). ``day_ahead`` gives, for each interval, the newest
+        posting published at or before 13:00 Central on the day before the interval's local day (and at
+        or before ``as_of``): the same feature in the daemon as in training, never a later vintage.
+        ``latest`` gives the newest posting published by ``as_of`` (for display).
+
+        Parameters
+        ----------
+        start, end : datetime, optional
+            Interval starts in ``[start, end)`` (aware); None: open.
+        region : str, default "ERCOT"
+            The system total unless a relay stores regions.
+        as_of : datetime, optional
+            Only postings published at or before it (aware); None: all stored.
+        vintage : {"day_ahead", "latest"}
+        cutoff_local, cutoff_tz : str
+            The day-ahead cutoff, ``HH:MM`` on the day before, in that time zone (default 13:00 Central).
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``interval_start``, ``interval_end``, ``load_forecast_mw`` (MW), ``published_at`` (aware UTC),
+            ``source``; sorted by ``interval_start``; intervals with no qualifying posting are absent.
+
+        Raises
+        ------
+        ValueError
+            ``vintage`` or ``cutoff_local`` is not valid (named).
+        """
+        if vintage not in ("day_ahead", "latest"):
+            raise ValueError(f"vintage {vintage!r}: expected 'day_ahead' or 'latest'")
+        try:
+            hour, minute = (int(x) for x in cutoff_local.split(":"))
+        except ValueError:
+            raise ValueError(f"cutoff_local {cutoff_local!r}: expected HH:MM") from None
+        where, params = self._range("interval_start_us", start, end)
+        where.insert(0, "region = ?")
+        params.insert(0, region)
+        if as_of is not None:
+            where.append("published_at_us <= ?")
+            params.append(to_us(as_of))
+        rows = self._query(
+            "SELECT interval_start_us, interval_end_us, load_forecast_mw, published_at_us, source FROM load_forecasts"
+            f" WHERE {' AND '.join(where)} ORDER BY interval_start_us, published_at_us", params)
+        frame = pd.DataFrame(rows, columns=["interval_start", "interval_end", "load_forecast_mw", "published_at",
+                                            "source"])
+        for name in ("interval_start", "interval_end", "published_at"):
+            frame[name] = _utc(frame[name].astype("int64"))
+        frame["load_forecast_mw"] = frame["load_forecast_mw"].astype(float)
+        if frame.empty:
+            return frame
+        if vintage == "day_ahead":
+            local_day = frame["interval_start"].dt.tz_convert(cutoff_tz).dt.tz_localize(None).dt.normalize()
+            cutoff = (local_day - pd.Timedelta(days=1) + pd.Timedelta(hours=hour, minutes=minute)).dt.tz_localize(
+                cutoff_tz, ambiguous=True, nonexistent="shift_forward").dt.tz_convert("UTC")
+            frame = frame[frame["published_at"] <= cutoff]
+        # Rows are ordered by publication within each interval: the last is the newest qualifying posting.
+        return frame.drop_duplicates("interval_start", keep="last").reset_index(drop=True)
+
     def latest(self, kind: str, key: str | None = None) -> InboundMessage | None:
         """The observation of ``kind`` (and ``key``) with the newest timestamp.
 

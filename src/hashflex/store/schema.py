@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _US = timedelta(microseconds=1)
 DR_STATUSES = ("pending", "active", "modified", "cancelled", "completed")
-TABLES = ("observations", "prices", "rejections", "dr_events", "schedules", "setpoints", "meta")
+TABLES = ("observations", "prices", "rejections", "dr_events", "schedules", "setpoints", "meta", "load_forecasts")
 
 # The scalar each observation kind is indexed by (also kept in full in the JSON payload).
 _VALUE_FIELD = {
@@ -59,6 +59,11 @@ CREATE TABLE IF NOT EXISTS setpoints (
     mode TEXT NOT NULL, power_target_kw REAL NOT NULL,
     PRIMARY KEY (miner_id, issued_at_us)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at_us INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS load_forecasts (
+    region TEXT NOT NULL, interval_start_us INTEGER NOT NULL, published_at_us INTEGER NOT NULL,
+    interval_end_us INTEGER NOT NULL, load_forecast_mw REAL NOT NULL, source TEXT NOT NULL,
+    received_at_us INTEGER NOT NULL,
+    PRIMARY KEY (region, interval_start_us, published_at_us)) WITHOUT ROWID;
 """
 
 _SQL = {
@@ -85,6 +90,8 @@ _SQL = {
     "schedule": "INSERT INTO schedules (created_at_us, payload) VALUES (?, ?)",
     "setpoint": "INSERT INTO setpoints VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
     "meta": "INSERT OR REPLACE INTO meta VALUES (?, ?, ?)",
+    # Every posting is kept (a 7-day forecast is re-posted hourly): the reader picks the vintage it needs.
+    "load_forecast": "INSERT INTO load_forecasts VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
 }
 
 

@@ -23,6 +23,7 @@ from hashflex.messages import (
     Rejection,
     SetpointMessage,
 )
+from hashflex.messages.inbound import LoadForecastMessage
 from hashflex.store.schema import _AFTER_COMMIT, _VALUE_FIELD, DR_STATUSES, _unit_per_us, to_us
 
 __all__ = ["StoreWrites"]
@@ -50,6 +51,10 @@ class StoreWrites:
             The store is closed.
         """
         received_us = to_us(received_at or self._clock())
+        if isinstance(message, LoadForecastMessage):  # one posting, one row per interval
+            for row in self._load_forecast_rows(message, received_us):
+                self._enqueue(row)
+            return
         self._enqueue(self._row(message, received_us))
 
     def put_many(self, messages: Iterable[InboundMessage], *, received_at: datetime | None = None) -> None:
@@ -68,7 +73,75 @@ class StoreWrites:
         """
         received_us = to_us(received_at or self._clock())
         for message in messages:
-            self._enqueue(self._row(message, received_us))
+            if isinstance(message, LoadForecastMessage):
+                for row in self._load_forecast_rows(message, received_us):
+                    self._enqueue(row)
+            else:
+                self._enqueue(self._row(message, received_us))
+
+    def put_load_forecast(self, frame: pd.DataFrame, *, source: str, region: str = "ERCOT",
+                          received_at: datetime | None = None) -> int:
+        """Enqueue system load forecast rows, each with its publication time (issue 14). Every posting is
+        kept (ERCOT re-posts its seven-day forecast hourly); the first copy of a (region, interval,
+        publication) wins, so a re-fetched posting is a no-op.
+
+        Parameters
+        ----------
+        frame : pandas.DataFrame
+            ``interval_start``, ``interval_end``, ``published_at`` (aware datetimes) and ``load_forecast_mw``
+            (MW), one row per interval and posting; an optional ``region`` column overrides ``region``.
+            Checked for plausibility already (:func:`hashflex.feeds.load_forecast.check_load_forecast`).
+        source : str
+            Where it came from (e.g. ``ERCOT API NP3-565-CD``), kept with each row.
+        region : str, default "ERCOT"
+            The region when the frame has no ``region`` column (``ERCOT``: the system total).
+        received_at : datetime, optional
+            Receipt time; default now.
+
+        Returns
+        -------
+        int
+            Rows enqueued.
+
+        Raises
+        ------
+        ValueError
+            A column is missing (named), a time column is not tz-aware, or a value is missing.
+        RuntimeError
+            The store is closed.
+        """
+        missing = [c for c in ("interval_start", "interval_end", "published_at", "load_forecast_mw")
+                   if c not in frame.columns]
+        if missing:
+            raise ValueError(f"load forecast: column(s) {missing} missing")
+        if frame.empty:
+            return 0
+        columns = {}
+        for name in ("interval_start", "interval_end", "published_at"):
+            values = frame[name]
+            if not isinstance(values.dtype, pd.DatetimeTZDtype):
+                raise ValueError(f"load forecast: {name} must be tz-aware datetime64, got {values.dtype}")
+            if values.isna().any():
+                raise ValueError(f"load forecast: {name} has missing values")
+            columns[name] = (values.astype("int64") // _unit_per_us(values)).tolist()
+        mw = frame["load_forecast_mw"].astype(float)
+        if mw.isna().any():
+            raise ValueError("load forecast: load_forecast_mw has missing values")
+        regions = frame["region"].astype(str).tolist() if "region" in frame.columns else [region] * len(frame)
+        received_us = to_us(received_at or self._clock())
+        rows = zip(regions, columns["interval_start"], columns["published_at"], columns["interval_end"],
+                   mw.tolist(), strict=True)
+        for reg, start_us, published_us, end_us, value in rows:
+            self._enqueue(("load_forecast", (reg, start_us, published_us, end_us, value, source, received_us)))
+        return len(frame)
+
+    @staticmethod
+    def _load_forecast_rows(message: LoadForecastMessage, received_us: int) -> list[tuple[str, tuple[Any, ...]]]:
+        step_us = message.interval_minutes * 60_000_000
+        published_us = to_us(message.published_at)
+        return [("load_forecast", (message.region, to_us(p.interval_start), published_us,
+                                   to_us(p.interval_start) + step_us, p.load_forecast_mw, message.source,
+                                   received_us)) for p in message.points]
 
     def put_price_frame(
         self, frame: pd.DataFrame, *, published_at: datetime | None = None, received_at: datetime | None = None
