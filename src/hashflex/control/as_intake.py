@@ -75,6 +75,80 @@ def deployment_performance(message: ASDeployMessage, baseline_kw: float, limit_k
             "measured_within_deadline": None}
 
 
+def deployment_flags(book: LimitsBook, message: ASDeployMessage, deadline: datetime | None, now: datetime
+                     ) -> dict[str, Any]:
+    """How a deployment arrived and what it asks against the award (issue 15): late, above the award.
+
+    A deployment is **late** when it arrives (``now``) after its deadline (instruction time + the
+    product's deployment time, ``profile.AS_PRODUCT_RULES``): the QSE's or the path's delay, not the
+    site's. It is obeyed at once all the same (when in doubt, curtail) and flagged, and its response
+    stays measured from the instruction (``issued_at``), as ERCOT measures a Load Resource's
+    deployment from the Dispatch Instruction (Nodal Protocols §6.5.7.6.2.2-4, §8.1.1.4): the delay
+    is shown beside it (``arrival_delay_s``) so the site's own part (``commanded_after_s`` −
+    ``arrival_delay_s``) is visible.
+
+    A deployment is **above the award** when the product's deployments in force at its instruction
+    (this one included, as amended) ask more than the product's awards in force then. A Load
+    Resource's obligation and its failed quantity are counted against its Ancillary Service
+    Resource Responsibility (Nodal Protocols §6.7.3 and §8.1.1.4 as revised by NPRR1149/NPRR1196:
+    Real-Time telemetry is compared with the AS Supply Responsibility); no clause found lets a site
+    refuse or trim a Dispatch Instruction, so the site obeys the full instruction (shedding is
+    always safe) and measures its obligation against the award: ``award_obligation_kw`` = this
+    deployment's kW less the excess (the excess is charged to the latest deployment),
+    ``award_limit_kw`` = baseline − that.
+
+    Parameters
+    ----------
+    book : LimitsBook
+        The book with this deployment decided (the trial copy), for the awards and the deployments
+        in force at the instruction.
+    message : ASDeployMessage
+        The deployment or its amendment (not a recall).
+    deadline : datetime or None
+        Its deadline (the ack's; None: not accepted, no flags).
+    now : datetime
+        When it arrived (the decision time), UTC.
+
+    Returns
+    -------
+    dict
+        ``late`` (bool), ``late_by_s`` (s past the deadline at arrival, 0 if not late),
+        ``arrival_delay_s`` (s from the instruction to arrival, >= 0), ``received_at`` (ISO),
+        ``awarded_kw``, ``deployed_in_force_kw`` (the product's deployments in force at the
+        instruction), ``above_award_kw``, ``award_obligation_kw`` (kW, >= 0).
+    """
+    at = message.issued_at
+    awarded_kw = float(sum(book.reserve_awards_at(at).get(message.product, {}).values()))
+    in_force_kw = float(sum(d.deployed_kw for d in book.as_deployments.values()
+                            if d.product == message.product and d.in_force(at)))
+    above_kw = max(in_force_kw - awarded_kw, 0.0)
+    late = deadline is not None and now > deadline
+    return {"late": late, "late_by_s": max((now - deadline).total_seconds(), 0.0) if late else 0.0,  # type: ignore[operator]
+            "arrival_delay_s": max((now - at).total_seconds(), 0.0), "received_at": now.isoformat(),
+            "awarded_kw": awarded_kw, "deployed_in_force_kw": in_force_kw,
+            "above_award_kw": above_kw if above_kw > 1e-6 else 0.0,
+            "award_obligation_kw": max(float(message.deployed_kw) - above_kw, 0.0)}
+
+
+def _flagged_ack(ack: ASAckMessage, message: ASDeployMessage, flags: dict[str, Any]) -> ASAckMessage:
+    """The ack with the deployment's flags (:func:`deployment_flags`) as fields and, when late or
+    above the award, said in its reason."""
+    notes = []
+    if flags["late"]:
+        notes.append(f"late: arrived {flags['arrival_delay_s']:.0f} s after the instruction, "
+                     f"{flags['late_by_s']:.0f} s past the deadline; cut at once")
+    reason = ack.reason or ""
+    if flags["above_award_kw"] > 0 and "more than the" not in reason:  # the book names a single deployment's excess
+        notes.append(f"{flags['deployed_in_force_kw']:.0f} kW of {message.product} deployed is more than the "
+                     f"{flags['awarded_kw']:.0f} kW awarded")
+    if flags["above_award_kw"] > 0:
+        notes.append("obeyed in full; obligation measured against the award")
+    if notes:
+        reason = f"{reason} ({'; '.join(notes)})"
+    return ack.model_copy(update={"reason": reason[:500], "late": flags["late"], "late_by_s": flags["late_by_s"],
+                                  "awarded_kw": flags["awarded_kw"], "above_award_kw": flags["above_award_kw"]})
+
+
 
 
 class AncillaryIntakeMixin:
@@ -225,8 +299,18 @@ class AncillaryIntakeMixin:
             batch = self.fleet.as_setpoints(now, self.expiry_s)
             renewable_kw = self.measurements.renewable_kw or 0.0  # the import, as the cut models it
             baseline_kw = self.guard.net_import_kw(batch, self.measurements.auxiliary_kw, renewable_kw)
-            ack, fresh = self._decide_commit_ack(
-                message, now, lambda: self.book.decide_as_deploy(message, baseline_kw, now, via), note)
+            flags: dict[str, Any] = {}
+
+            def decide() -> tuple[LimitsBook, ASAckMessage]:
+                trial, decided = self.book.decide_as_deploy(message, baseline_kw, now, via)
+                if decided.status != "accepted" or message.recalled or decided.deadline is None:
+                    return trial, decided
+                flags.update(deployment_flags(trial, message, decided.deadline, now))
+                decided = _flagged_ack(decided, message, flags)
+                trial._remember(trial.as_key(message), decided.model_dump(mode="json"))  # a redelivery gets the flags too
+                return trial, decided
+
+            ack, fresh = self._decide_commit_ack(message, now, decide, note)
             if message.recalled:
                 if fresh:
                     self._deployment_ended(message, now, note or "recalled")
@@ -244,13 +328,29 @@ class AncillaryIntakeMixin:
                 self._cut_to_limit_now(now, f"AS {message.product} deployment {message.deployment_id}")
                 after = self.guard.net_import_kw(self.fleet.as_setpoints(now, self.expiry_s),
                                                  self.measurements.auxiliary_kw, renewable_kw)
-                self.as_performance[message.deployment_id] = deployment_performance(
-                    message, baseline_kw, limit, after, now, ack.deadline,
-                    held.deployed_kw if held is not None and held.end > now else None)
+                performance = deployment_performance(message, baseline_kw, limit, after, now, ack.deadline,
+                                                     held.deployed_kw if held is not None and held.end > now else None)
+                if flags:  # late / above the award (issue 15): counted, and in the record the evidence report reads
+                    self._count_flags(message, flags)
+                    award_limit_kw = max(baseline_kw - flags["award_obligation_kw"], 0.0)
+                    performance.update({**flags, "award_limit_kw": award_limit_kw,
+                                        "award_shortfall_kw": max(after - award_limit_kw, 0.0),
+                                        "measured_award_shortfall_kw": None})
+                self.as_performance[message.deployment_id] = performance
                 self._record("as_performance", lambda: dict(self.as_performance[message.deployment_id]), now)
         if fresh:
             self.request_replan(f"AS deployment {message.deployment_id}")
         return ack
+
+    def _count_flags(self, message: ASDeployMessage, flags: dict[str, Any]) -> None:
+        """Count a new deployment that arrived late (``as_late``) or asks more than the award
+        (``as_above_award``): ``hashflex_events_total{counter=...}`` in /metrics. Call with the lock."""
+        for counter, hit in (("as_late", flags["late"]), ("as_above_award", flags["above_award_kw"] > 0)):
+            if hit:
+                self.counters[counter] = self.counters.get(counter, 0) + 1
+                log.warning("AS %s deployment %s: %s", message.product, message.deployment_id,
+                            "arrived after its deadline" if counter == "as_late" else
+                            f"{flags['above_award_kw']:.0f} kW above the {flags['awarded_kw']:.0f} kW awarded")
 
     def _deployment_ended(self, recall: ASDeployMessage, now: datetime, reason: str) -> None:
         """A recall was accepted: its performance record says when and why it ended (audited)."""
@@ -272,9 +372,15 @@ class AncillaryIntakeMixin:
                 deadline = datetime.fromisoformat(performance["deadline"])
                 if measured_at < issued:
                     continue
-                if measured_at <= deadline:
+                # A late deployment (it arrived after its deadline) is assessed on the first reading
+                # at or after its arrival, the earliest the site could have acted on it.
+                late_first = (performance.get("late") and performance.get("measured_import_kw") is None
+                              and measured_at >= datetime.fromisoformat(performance["received_at"]))
+                if measured_at <= deadline or late_first:
                     performance["measured_import_kw"] = import_kw
                     performance["measured_shortfall_kw"] = max(import_kw - performance["limit_kw"], 0.0)
+                    if "award_limit_kw" in performance:
+                        performance["measured_award_shortfall_kw"] = max(import_kw - performance["award_limit_kw"], 0.0)
                 if import_kw <= performance["limit_kw"] + 1e-6 and performance.get("measured_response_s") is None:
                     performance["measured_response_s"] = (measured_at - issued).total_seconds()
                     performance["measured_within_deadline"] = measured_at <= deadline

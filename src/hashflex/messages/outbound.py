@@ -17,7 +17,15 @@ __all__ = ["ASAckMessage", "DRAckMessage", "SetpointMessage", "StatusMessage"]
 
 class ASAckMessage(_Message):
     """The answer to an AS award or deployment (``out/as/ack``); ``message_id`` is the award or
-    deployment id. A deployment's ack carries the import limit it set and its deadline."""
+    deployment id. A deployment's ack carries the import limit it set and its deadline.
+
+    An accepted deployment (or amendment) also says how it arrived and what it asks against the
+    award (issue 15; ``control.as_intake.deployment_flags``), so the QSE sees at once what the site
+    obeyed beyond its obligation: ``late`` (it arrived after its deadline, instruction time + the
+    product's deployment time; it is cut at once all the same), ``late_by_s`` (seconds past the
+    deadline at arrival), ``awarded_kw`` (the product's awards in force at the instruction, kW) and
+    ``above_award_kw`` (kW of the product deployed at the instruction beyond them; the full
+    instruction is obeyed). None on awards, recalls and refusals."""
 
     message_id: Identifier
     kind: Literal["as_award", "as_deploy"]
@@ -26,6 +34,10 @@ class ASAckMessage(_Message):
     acked_at: UtcDatetime
     import_limit_kw: float | None = None
     deadline: UtcDatetime | None = None
+    late: bool | None = None
+    late_by_s: float | None = Field(default=None, ge=0)
+    awarded_kw: float | None = Field(default=None, ge=0)
+    above_award_kw: float | None = Field(default=None, ge=0)
 
 
 

@@ -40,9 +40,11 @@ $ 0.01, kW 0.1, % 0.1).
 - ``demand_response``: ``tolerance_kw``, ``events`` (see :mod:`hashflex.report.dr_performance`:
   timeline, baselines, per-interval settlement rows, pass/fail), ``high_price`` {...}.
 - ``ancillary``: ``deployment_count``, ``accepted_count``, ``shortfall_count``, ``late_count``,
+  ``late_arrival_count``, ``above_award_count``,
   ``deployments`` [{``deployment_id``, ``product``, ``issued_at``, ``deployed_mw``, ``awarded_mw``,
   ``delivered_mw``, ``shortfall_mw``, ``response_s``, ``deadline``, ``within_deadline``, metered
-  figures, ...}], ``awards`` [...], ``notes`` (:mod:`hashflex.report.ancillary`, issue 15).
+  figures, ``arrived_late``, ``above_award_mw``, ...}], ``awards`` [...], ``notes``
+  (:mod:`hashflex.report.ancillary`, issue 15).
 - ``curtailment``: ``by_cause`` {cause: {``mwh``, ``hours``, ``intervals``}}, ``per_day``
   [{``day``, ``cause``, ``mwh``, ``hours``}], ``total_mwh``, ``total_hours``,
   ``intervals_without_full_load`` (:mod:`hashflex.report.curtailment`).

@@ -35,6 +35,12 @@ Figures, per deployment issued in the report period (units in the key names):
   individual readings, recorded by the loop in a later ``as_performance`` record: the time from the
   instruction to the first reading at or under the limit, and whether that was by the deadline (null
   until such a reading arrived).
+- ``arrived_late`` / ``arrival_delay_s``: the deployment reached the site after its deadline / seconds
+  from the instruction to its arrival (``control.as_intake.deployment_flags``); every response time
+  above counts from the instruction, as ERCOT counts it, so a late one is never within its deadline;
+- ``above_award_mw``: MW of the product deployed at the instruction beyond its awards then (obeyed in
+  full); ``award_obligation_mw`` the deployment's MW less that, ``award_shortfall_mw`` what the
+  commanded import is over baseline − that obligation (null on a trail written before these flags).
 
 Money (:func:`reserve_money`, in the ``economics`` section): ``reserve_payment_usd`` = Σ over the
 accepted awards (the latest accepted revision of each ``award_id``) of ``reserve_kw`` / 1000 × the
@@ -62,7 +68,8 @@ __all__ = ["AWARD_COLUMNS", "DEPLOYMENT_COLUMNS", "ancillary_figures", "reserve_
 DEPLOYMENT_COLUMNS = ["deployment_id", "product", "issued_at", "accepted", "deployed_mw", "awarded_mw", "delivered_mw",
                       "delivered_vs_awarded_pct", "shortfall_mw", "response_s", "deadline", "within_deadline",
                       "recalled_at", "metered_import_kw", "metered_delivered_mw", "metered_shortfall_mw",
-                      "metered_response_s", "measured_response_s"]
+                      "metered_response_s", "measured_response_s", "arrived_late", "arrival_delay_s",
+                      "above_award_mw", "award_shortfall_mw"]
 """The columns of the deployments table of the HTML report (every key is in the JSON)."""
 AWARD_COLUMNS = ["award_id", "revision", "product", "award_start", "award_end", "reserve_mw", "price_usd_mw_h",
                  "accepted"]
@@ -121,6 +128,10 @@ def _metered(history: pd.DataFrame | None, issued: pd.Timestamp, deadline: pd.Ti
     return out
 
 
+def _mw(kw: Any) -> float | None:
+    return None if kw is None else _r(float(kw) / 1000.0)
+
+
 def _deployment_row(record: dict[str, Any], inputs: ReportInputs, performance: Mapping[str, Any] | None,
                     recalled_at: pd.Timestamp | None, tolerance_kw: float) -> dict[str, Any]:
     message, ack = record["message"], record["ack"]
@@ -153,6 +164,12 @@ def _deployment_row(record: dict[str, Any], inputs: ReportInputs, performance: M
         # From the site meter's (or telemetry's) readings: the first at or under the limit (seconds).
         "measured_response_s": _r(perf.get("measured_response_s")),
         "measured_within_deadline": perf.get("measured_within_deadline"),
+        # Late or above the award (the loop's flags, in the performance record and the ack).
+        "arrived_late": perf.get("late", ack.get("late")),
+        "arrival_delay_s": _r(perf.get("arrival_delay_s")),
+        "above_award_mw": _mw(perf.get("above_award_kw", ack.get("above_award_kw"))),
+        "award_obligation_mw": _mw(perf.get("award_obligation_kw")),
+        "award_shortfall_mw": _mw(perf.get("award_shortfall_kw")),
     }
     metered = (_metered(inputs.history, issued, deadline, until, baseline, limit, tolerance_kw) if performance
                else _metered(None, issued, deadline, until, None, None, tolerance_kw))
@@ -178,7 +195,8 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
     -------
     dict
         ``deployment_count``, ``accepted_count``, ``shortfall_count`` (deployments with a commanded
-        or metered shortfall), ``late_count`` (cut not commanded by the deadline), ``deployments``
+        or metered shortfall), ``late_count`` (cut not commanded by the deadline), ``late_arrival_count``
+        (arrived after it), ``above_award_count`` (asked more than the award in force), ``deployments``
         (one row per deployment, the keys of the module docstring, in instruction order),
         ``awards`` (one row per award message), ``notes``.
     """
@@ -219,11 +237,19 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
         notes.append("response_s is the time from the instruction to the cut the fast path commanded; metered "
                      "figures come from the interval means of the measurement records, so metered_response_s is "
                      "an upper bound at interval resolution")
+    if any(r["arrived_late"] for r in rows):
+        notes.append("a deployment that arrived after its deadline was cut at once; its response still counts "
+                     "from the instruction (arrival_delay_s is the part before it reached the site)")
+    if any((r["above_award_mw"] or 0.0) > 0 for r in rows):
+        notes.append("a deployment above the award was obeyed in full; award_shortfall_mw measures it against "
+                     "the award in force")
     return {
         "deployment_count": len(rows),
         "accepted_count": sum(1 for r in rows if r["accepted"]),
         "shortfall_count": len(short),
         "late_count": sum(1 for r in rows if r["within_deadline"] is False),
+        "late_arrival_count": sum(1 for r in rows if r["arrived_late"] is True),
+        "above_award_count": sum(1 for r in rows if (r["above_award_mw"] or 0.0) > 0),
         "deployments": rows,
         "awards": awards,
         "notes": notes,
