@@ -50,10 +50,16 @@ def _one(n_miners: int, ticks: int, step_s: float = 1.0) -> dict:
     profile, fleet, _, measurements, _ = synthetic_site(n_miners)
 
     class NullDriver:
-        """Accepts every batch without I/O."""
+        """Accepts every batch without I/O: per setpoint (``apply``, what the baseline tree calls) or
+        a columnar batch whole (``apply_batch``, issue 18; only a tree with ``drivers.batch`` calls it)."""
 
         def apply(self, batch):
             return [SetpointResult(sp.miner_id, SetpointStatus.APPLIED, "accepted") for sp in batch]
+
+        def apply_batch(self, batch):
+            from hashflex.drivers.batch import BatchResult
+
+            return BatchResult.all_applied(batch, "accepted")
 
     class CachedSolve:
         """The first solve is real (HiGHS); every later tick gets that schedule (the solve excluded)."""

@@ -213,6 +213,9 @@ def setpoints_payload(batch: Iterable[Any], *, source: str = "schedule") -> dict
         ``source``, ``miners``, ``counts`` {"group/mode": units}, ``power_target_kw`` (kW),
         ``issued_at``, ``expires_at`` (earliest; null for an empty batch).
     """
+    summary = getattr(batch, "audit_summary", None)
+    if summary is not None:  # a columnar drivers.batch.SetpointBatch: the same summary, in counts (issue 18)
+        return summary(source)
     batch = list(batch)
     # Tallied by (group, mode) pairs first (C-level Counter), labelled once per pair: a batch is the fleet.
     pairs = Counter((getattr(sp, "group_id", "?"), sp.mode) for sp in batch)

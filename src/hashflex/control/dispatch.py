@@ -37,6 +37,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
+from hashflex.drivers.batch import GroupBatch, SetpointBatch
 from hashflex.control.fleet import NO_TIME_US, SLEEP, FleetArrays, FleetState, GroupArrays, Miner, Setpoint, time_us
 from hashflex.optimize.schedule import Schedule, unit_column
 from hashflex.profile import MinerGroup
@@ -192,6 +193,26 @@ class ArrayDispatch:
             tally = np.bincount(modes[modes >= 0].astype(np.int64), minlength=len(names))
             out.update({(group_id, names[k]): int(n) for k, n in enumerate(tally.tolist()) if n})
         return out
+
+    def to_batch(self, fleet: FleetArrays, now: datetime, expiry_s: float) -> SetpointBatch:
+        """The driver edge as columns (issue 18): the same setpoints as `to_setpoints`, in the same
+        order, as a `SetpointBatch` (per group: the miner ids, these mode indices and the modes'
+        power), expiring at ``now + expiry_s``. No object per miner is made unless a driver or a
+        reader iterates it.
+
+        Raises
+        ------
+        ValueError
+            Non-positive ``expiry_s`` (``expires_at`` must be after ``now``), a group's modes of the
+            wrong length or out of range.
+        """
+        expires = now + timedelta(seconds=expiry_s)
+        groups = []
+        for group_id, arrays in fleet.groups.items():
+            power = np.concatenate(([0.0], arrays.power_kw()))  # by mode index + 2: off, sleep, modes
+            groups.append(GroupBatch(group_id, arrays.miner_id, np.asarray(self.modes[group_id], dtype=np.int16),
+                                     tuple(arrays.mode_names), power, sorted_ids=True))
+        return SetpointBatch(groups, now, expires)
 
     def to_setpoints(self, fleet: FleetArrays, now: datetime, expiry_s: float) -> list[Setpoint]:
         """The driver edge: one `Setpoint` per miner, in `plan_dispatch`'s order."""

@@ -258,7 +258,7 @@ class FastPathMixin:
         expiry; each action naming the miners it moved) and its mode columns."""
         arrays = FleetArrays.from_fleet(self.fleet)
         modes, actions = realise(cut, arrays, {g: a.mode for g, a in arrays.groups.items()})
-        return GuardResult(ArrayDispatch(modes).to_setpoints(arrays, now, self.expiry_s), actions), modes
+        return GuardResult(ArrayDispatch(modes).to_batch(arrays, now, self.expiry_s), actions), modes
 
     def _shed_compute_now(self, batch: list, limit_kw: float, now: datetime, why: str,
                           event_id: str | None = None) -> None:
@@ -357,7 +357,7 @@ class FastPathMixin:
             modes[group_id] = new
         if not stopped:
             return [], (), None
-        return ArrayDispatch(modes).to_setpoints(arrays, now, self.expiry_s), tuple(stopped), modes
+        return ArrayDispatch(modes).to_batch(arrays, now, self.expiry_s), tuple(stopped), modes
 
     def handle_meter(self, import_kw: float, measured_at: datetime, now: datetime) -> bool:
         """A site meter reading (revenue or check meter, ``drivers.modbus_meter``): when fresh and

@@ -109,12 +109,14 @@ class FleetArrays:
     def from_fleet(cls, fleet: FleetState) -> FleetArrays:
         """A copy of a `FleetState`'s columns (issue 18: the fleet is already arrays, so this is a
         memory copy, not a pass over miners). Powered-off units (-2 in the fleet) are asleep (-1)
-        here: dispatch may start them like any sleeping unit."""
+        here: dispatch may start them like any sleeping unit. ``miner_id`` is the fleet's own array,
+        shared, not copied: ids never change, and a driver can recognise the same column from one
+        batch to the next (the simulated fleet then skips matching ids)."""
         out = {}
         for group_id in fleet.groups:
             cols = fleet.columns(group_id)
             out[group_id] = GroupArrays(
-                group=cols.group, miner_id=cols.miner_id.copy(), mode=np.maximum(cols.mode, -1).astype(np.int16),
+                group=cols.group, miner_id=cols.miner_id, mode=np.maximum(cols.mode, -1).astype(np.int16),
                 healthy=cols.healthy.copy(), available=cols.available.copy(),
                 last_start_us=cols.last_start_us.copy(), last_stop_us=cols.last_stop_us.copy(),
                 run_hours=cols.run_hours.copy())

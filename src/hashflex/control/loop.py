@@ -56,7 +56,8 @@ from hashflex.control.records import IntervalMeter
 from hashflex.control.sender import SendQueue
 from hashflex.control.solver import SolveRunner
 from hashflex.control.stability import StabilityDecision, hold_previous_counts
-from hashflex.drivers.base import MinerDriver, MinerRegistry, Setpoint, SetpointResult
+from hashflex.drivers.base import MinerDriver, MinerRegistry, Setpoint, SetpointResult, SetpointStatus
+from hashflex.drivers.batch import BatchResult, SetpointBatch, send_batch
 from hashflex.drivers.compute import ComputeDriver, ComputeResult
 from hashflex.drivers.pdu import POWERED_OFF
 from hashflex.health.detectors import HealthBook
@@ -70,6 +71,9 @@ from hashflex.plausibility import PlausibilityContext
 from hashflex.profile import SiteProfile
 
 log = logging.getLogger(__name__)
+
+# Results after which the fleet does not count a setpoint as taken (its miner is reverted).
+_NOT_TAKEN = tuple(s for s in SetpointStatus if s not in (SetpointStatus.APPLIED, SetpointStatus.UNVERIFIED))
 
 
 @dataclass(frozen=True)
@@ -146,9 +150,9 @@ class TickReport:
     at: datetime
     interval_start: pd.Timestamp
     schedule: Schedule | None
-    batch: list[Setpoint]
+    batch: list[Setpoint] | SetpointBatch  # a SetpointBatch is a sequence of Setpoint (made when read)
     guard: GuardResult | None
-    results: list[SetpointResult]
+    results: list[SetpointResult] | BatchResult  # likewise a sequence of SetpointResult
     fallbacks: tuple[str, ...]
     solve_seconds: float
     trigger: str
@@ -418,13 +422,16 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
         present = {g: len(a.miner_id) for g, a in arrays.groups.items()}
         cut = self.count_guard.check(dispatched.counts(arrays), self.measurements, limits, now, present=present)
         modes, actions = realise(cut, arrays, dispatched.modes) if cut.changed else (dispatched.modes, [])
-        return GuardResult(ArrayDispatch(modes).to_setpoints(arrays, now, self.expiry_s), actions), modes
+        # The batch goes to the driver as columns (issue 18: no Setpoint per miner unless a driver
+        # that needs them, or a reader, iterates it).
+        return GuardResult(ArrayDispatch(modes).to_batch(arrays, now, self.expiry_s), actions), modes
 
     def _availability(self, periods: int) -> dict[str, np.ndarray]:
         usable = self.fleet.usable_counts(self._health_stopped())
         return {g.id: np.full(periods, usable.get(g.id, 0), dtype=int) for g in self.profile.miner_groups}
 
-    def _dispatch(self, batch: list[Setpoint], now: datetime, *, modes: dict[str, np.ndarray] | None = None) -> Future:
+    def _dispatch(self, batch: list[Setpoint] | SetpointBatch, now: datetime, *,
+                  modes: dict[str, np.ndarray] | None = None) -> Future:
         """Queue a full-fleet batch for the driver (call with the lock held). The fleet records it as
         intent now, so the next decision starts from it; a miner whose setpoint fails is reverted
         when the results come back. ``modes``: the batch as mode columns per group (`ArrayDispatch`
@@ -454,23 +461,33 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
             self.counters["plan_holds"] += 1
         return decision
 
-    def _apply_batch(self, job: tuple[list[Setpoint], datetime, dict[str, Any]] | None) -> list[SetpointResult]:
+    def _apply_batch(self, job: tuple[list[Setpoint] | SetpointBatch, datetime, dict[str, Any]] | None
+                     ) -> list[SetpointResult] | BatchResult:
         if job is None:  # a flush marker (flush_sends)
             return []
+        if isinstance(job[0], SetpointBatch):  # columns: whole to a batch driver, else expanded per miner
+            return send_batch(self.driver, job[0])
         return self.driver.apply(job[0])
 
-    def _after_send(self, job: tuple[list[Setpoint], datetime, dict[str, Any]],
-                    results: list[SetpointResult]) -> None:
+    def _after_send(self, job: tuple[list[Setpoint] | SetpointBatch, datetime, dict[str, Any]],
+                    results: list[SetpointResult] | BatchResult) -> None:
         batch, _, before = job
-        # One pass over the results; the batch is looked at only for miners that failed (few).
-        tally: dict[str, int] = {}
-        failed = set()
-        for r in results:
-            status = r.status.value
-            tally[status] = tally.get(status, 0) + 1
-            if status not in ("applied", "unverified"):
-                failed.add(r.miner_id)
-        intended = {sp.miner_id: sp.mode for sp in batch if sp.miner_id in failed} if failed else {}
+        if isinstance(results, BatchResult):
+            # In counts (issue 18): a tally of the outcome codes, per miner only for those that failed.
+            tally = results.tally()
+            rows = results.rows(_NOT_TAKEN)
+            failed = {sp.miner_id for sp, _ in rows}
+            intended = {sp.miner_id: sp.mode for sp, _ in rows}
+        else:
+            # One pass over the results; the batch is looked at only for miners that failed (few).
+            tally = {}
+            failed = set()
+            for r in results:
+                status = r.status.value
+                tally[status] = tally.get(status, 0) + 1
+                if status not in ("applied", "unverified"):
+                    failed.add(r.miner_id)
+            intended = {sp.miner_id: sp.mode for sp in batch if sp.miner_id in failed} if failed else {}
         with self._lock:
             self.counters["setpoint_failures"] += sum(tally.get(s, 0) for s in ("rejected", "timeout", "unreachable"))
             # Transport faults (broker down, bad credentials, TLS): not the miners' fault, but visible.
@@ -478,7 +495,10 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
             self.counters["setpoints_not_sent"] += not_sent
             self.transport_failure = (f"{not_sent} of {len(results)} setpoints of the last batch not sent "
                                       f"(driver transport down, or no miner subscribed yet)") if results and not_sent == len(results) else None
-            self.registry.record(results)
+            if isinstance(results, BatchResult):
+                self.registry.record_batch(results)
+            else:
+                self.registry.record(results)
             self._sync_availability()
             reverted = False
             for miner_id in failed:

@@ -44,7 +44,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from hashflex.frames import utc_now
 from hashflex.messages import SLEEP, SetpointMessage
@@ -417,7 +417,9 @@ class MinerRegistry:
         self._max_failures = max_failures
         self._max_mismatches = max_mismatches
         self._clock = clock
-        self._health = {miner: _Health() for miner in self._groups}
+        # Sparse (issue 18): only miners with a failure, a mismatch or marked down have an entry; every
+        # other tracked miner is in the default state, so 100,000 applied setpoints cost nothing here.
+        self._health: dict[str, _Health] = {}
         self._lock = threading.Lock()
 
     def record(self, results: Iterable[SetpointResult], *, verification: bool = False) -> None:
@@ -437,16 +439,51 @@ class MinerRegistry:
         """
         with self._lock:
             for result in results:
-                health = self._health.get(result.miner_id)
-                if health is None:
-                    continue  # not a miner this registry tracks
-                if result.status is SetpointStatus.NOT_SENT:
-                    continue  # the broker's fault, not the miner's: neither counted nor shown as its last answer
-                health.last = result
-                if verification:
-                    self._record_verification(health, result)
-                else:
-                    self._record_command(health, result)
+                self._record_one(result, verification)
+
+    def _record_one(self, result: SetpointResult, verification: bool) -> None:
+        miner_id = result.miner_id
+        if miner_id not in self._groups:
+            return  # not a miner this registry tracks
+        if result.status is SetpointStatus.NOT_SENT:
+            return  # the broker's fault, not the miner's: neither counted nor shown as its last answer
+        health = self._health.get(miner_id)
+        if health is None:
+            if result.status is SetpointStatus.APPLIED or (
+                    result.status is SetpointStatus.UNVERIFIED and not verification):
+                return  # a miner in the default state stays in it: nothing to store
+            health = self._health[miner_id] = _Health()
+        health.last = result
+        if verification:
+            self._record_verification(health, result)
+        else:
+            self._record_command(health, result)
+        if not health.failures and not health.mismatches and health.down is None:
+            del self._health[miner_id]  # back to the default state
+
+    def record_batch(self, result: Any) -> None:
+        """:meth:`record` for a driver's answer to a whole batch (``drivers.batch.BatchResult``), in
+        counts: per miner only for the results that are not ``applied`` and for the few miners this
+        registry holds a failure for (an ``applied`` resets their count). Same outcome as
+        ``record(list(result))`` for a batch that names each miner once.
+
+        Parameters
+        ----------
+        result : drivers.batch.BatchResult
+            The answer (``rows(statuses)`` and ``status_of(miner_ids)``).
+        """
+        others = [s for s in SetpointStatus if s is not SetpointStatus.APPLIED and s is not SetpointStatus.NOT_SENT]
+        with self._lock:
+            failing = [m for m, h in self._health.items() if h.failures]
+            applied = [m for m, status in result.status_of(failing).items() if status is SetpointStatus.APPLIED]
+            for _, r in result.rows(others):
+                self._record_one(r, False)
+            for miner_id in applied:  # applied resets the failure count; unverified leaves it alone
+                health = self._health.get(miner_id)
+                if health is not None:
+                    health.failures = 0
+                    if not health.mismatches and health.down is None:
+                        del self._health[miner_id]
 
     def _record_command(self, health: _Health, result: SetpointResult) -> None:
         if result.status in _FAILURES:
@@ -486,7 +523,7 @@ class MinerRegistry:
         """
         with self._lock:
             health = self._health.get(miner_id)
-            return health is not None and health.down is None
+            return miner_id in self._groups and (health is None or health.down is None)
 
     def unavailable(self) -> dict[str, Unavailability]:
         """Miner id → why it is unavailable, for every miner marked so."""
@@ -502,8 +539,7 @@ class MinerRegistry:
             The miner (an untracked one is ignored).
         """
         with self._lock:
-            if miner_id in self._health:
-                self._health[miner_id] = _Health()
+            self._health.pop(miner_id, None)  # the default state: available, no counts
 
     def availability_by_group(self) -> dict[str, GroupAvailability]:
         """Group id → its miners' availability, groups sorted by id (what the optimizer plans with)."""
@@ -513,6 +549,6 @@ class MinerRegistry:
                 by_group.setdefault(group, []).append(miner)
             out = {}
             for group, miners in sorted(by_group.items()):
-                down = {m: self._health[m].down for m in miners if self._health[m].down is not None}
+                down = {m: self._health[m].down for m in miners if m in self._health and self._health[m].down is not None}
                 out[group] = GroupAvailability(group, len(miners), len(miners) - len(down), down)  # type: ignore[arg-type]
             return out

@@ -33,6 +33,7 @@ from hashflex.control.records import AuditRecorder
 from hashflex.control.solver import SolveRunner
 from hashflex.drivers.pdu import POWERED_OFF
 from hashflex.drivers.base import Setpoint, SetpointResult, SetpointStatus
+from hashflex.drivers.batch import BatchResult, GroupBatch, SetpointBatch
 from hashflex.feeds.ercot import publication_times
 from hashflex.forecast import PriceForecaster, RecordedForecaster
 from hashflex.frames import time_weighted_mean
@@ -241,6 +242,9 @@ class SimulatedFleet:
             self._power[group.id] = np.array([m.power_kw for m in group.modes], dtype=float)
             self._hashrate[group.id] = np.array([m.hashrate_th_s for m in group.modes], dtype=float)
         self._others = SimulatedFleetPerMiner(profile)  # miners the profile does not name
+        self._ids = {g: np.array(ids, dtype=object) for g, ids in by_group.items()}  # the profile's order
+        self._ids_seen: dict[str, np.ndarray] = {}  # per group, the batch id column last found equal
+        self._group_index = {group.id: g for g, group in enumerate(profile.miner_groups)}
         self._pdu_groups = {g.id for g in profile.miner_groups if getattr(g, "pdu_power_off", False)}
         self._applied: dict[str, SetpointResult] = {}  # one immutable APPLIED result per miner, reused (issue 18)
         # The mode code of (group, mode name), as `_apply_each` decides it: -1 asleep, -2 off at the
@@ -283,6 +287,58 @@ class SimulatedFleet:
         self._all_mode[positions] = codes
         self._all_expires_us[positions] = expires_us
         return self._results(batch)
+
+    def apply_batch(self, batch: SetpointBatch) -> BatchResult:
+        """Apply a columnar batch (issue 18) as array writes: a group whose miner ids are the
+        profile's, in its order, takes the batch's mode column mapped to this fleet's codes and the
+        batch's expiry, with no object per miner; any other group goes setpoint by setpoint, as
+        :meth:`apply` takes it. Every setpoint is applied (the same result as :meth:`apply`).
+
+        Parameters
+        ----------
+        batch : SetpointBatch
+            The batch (``drivers.batch``).
+
+        Returns
+        -------
+        BatchResult
+            Every setpoint ``applied in the simulated fleet``.
+        """
+        if type(self).apply is not SimulatedFleet.apply:
+            # A subclass that answers per setpoint (e.g. miners that never answer) decides: it gets them all.
+            return BatchResult.from_results(batch, self.apply(batch.setpoints()))
+        expires_us = time_us(batch.expires_at)
+        rest: list[Setpoint] = []
+        for group in batch.groups:
+            codes = self._batch_codes(group)
+            if codes is None:
+                rest += batch.group_setpoints(group)
+                continue
+            self._mode[group.group_id][:] = codes[group.mode.astype(np.int64) + 2]
+            self._expires_us[group.group_id][:] = expires_us
+        if rest:
+            self._apply_each(rest)
+        return BatchResult.all_applied(batch, "applied in the simulated fleet")
+
+    def _batch_codes(self, group: GroupBatch) -> np.ndarray | None:
+        """This fleet's mode code by the batch's mode index + 2, when ``group`` covers the profile
+        group's miners in this fleet's order and names only modes the group has; else None."""
+        mine = self._mode.get(group.group_id)
+        if mine is None or len(mine) != len(group):
+            return None
+        seen = self._ids_seen.get(group.group_id)
+        if seen is not group.miner_id:  # the loop passes the fleet's own id column: compared once
+            expected = self._ids[group.group_id]
+            if not np.array_equal(group.miner_id, expected):
+                return None
+            self._ids_seen[group.group_id] = group.miner_id
+        g = self._group_index[group.group_id]
+        codes = np.array([self._code[g, self._name_id[name]] if name in self._name_id else -3 for name in group.names],
+                         dtype=np.int16)
+        used = np.unique(group.mode.astype(np.int64) + 2)
+        if (codes[used] == -3).any():  # a mode the group lacks (or off outside a PDU group): per setpoint
+            return None
+        return codes
 
     def _results(self, batch: list[Setpoint]) -> list[SetpointResult]:
         """One APPLIED result per setpoint (each miner's one immutable result, reused)."""
