@@ -229,8 +229,9 @@ class LimitsBook(AncillaryBookMixin, BindingMixin):
 
     def decide_limits(self, msg: LimitsChangeMessage, now: datetime) -> tuple[LimitsBook, LimitsAck]:
         """Decide one limits change on a copy (see :meth:`decide_dr`). Rejected: an issuer not in
-        ``profile.site.managers``; a change already expired; a change older than the issuer's latest
-        one for the same part (stale); a noise cap for a receptor the profile does not have.
+        ``profile.site.managers``; a change already expired; an import limit above the interconnection's
+        (``profile.grid.import_limit_kw``: it could not take effect as sent); a change older than the
+        issuer's latest one for the same part (stale); a noise cap for a receptor the profile does not have.
 
         Accepted: each part the change carries replaces the issuer's earlier value of that part,
         ``clear`` lifts the issuer's parts it names, and the issuer's import-limit hold ends.
@@ -272,6 +273,13 @@ class LimitsBook(AncillaryBookMixin, BindingMixin):
                     f"(site.managers: {sorted(self.profile.site.managers)})")
         if msg.valid_until is not None and msg.valid_until <= now:
             return f"valid_until: {msg.valid_until.isoformat()} has already passed"
+        interconnection_kw = self.profile.grid.import_limit_kw
+        if msg.import_limit_kw is not None and msg.import_limit_kw > interconnection_kw:
+            # Refused rather than clipped: a manager limit can only lower the import, so a value above the
+            # interconnection cannot take effect as sent, and is as likely a unit slip (MW for kW) as a wish.
+            return (f"import_limit_kw: {msg.import_limit_kw:,.1f} kW is above the interconnection's import limit "
+                    f"of {interconnection_kw:,.1f} kW (profile grid.import_limit_kw); a manager limit can only "
+                    "lower it, so send at most that")
         receptors = {r.id for r in self.profile.receptors}
         for i, cap in enumerate(msg.noise_caps or ()):
             if cap.receptor_id not in receptors:
