@@ -35,6 +35,10 @@ Lifecycle, per event (isolated like DR events: one bad event never stops the oth
   the first complete listing no longer has are withdrawn and recalled (:meth:`reconcile_as`),
   while those still listed are adopted from the book (amended if the event changed while the VEN
   was down, never deployed twice). A failed or partial poll deletes nothing.
+- late and oversized deployments: the site accepts, cuts and flags them (``ASAckMessage.late``,
+  ``above_award_kw``); the VEN counts the flags too (``as_late``, ``as_above_award``). A deployment
+  whose whole interval was over before the VEN read it is never sent (nothing left to shed) but is
+  counted (``as_missed``), kept in ``rejections`` and audited (``openadr_rejected``).
 - what the site refuses (its ack) is counted (``as_refused``), kept in ``rejections`` and audited;
   the acks are kept in ``as_acks``. Reports asked in the event's ``reportDescriptors`` (the measured
   import over its intervals: the delivered response) follow the DR report path.
@@ -275,6 +279,13 @@ class AncillaryMixin:
         if ack is None or ack.status != "accepted":
             self._reject("as", message_id, f"refused by the site: {getattr(ack, 'reason', 'no answer')}", now,
                          "as_refused")
+            return
+        # The site's flags on an accepted deployment (issue 15; ``control.as_intake.deployment_flags``):
+        # the VEN counts them as the loop does, so a VTN or QSE path that delivers late is visible here.
+        if ack.late:
+            self.counters["as_late"] = self.counters.get("as_late", 0) + 1
+        if ack.above_award_kw:
+            self.counters["as_above_award"] = self.counters.get("as_above_award", 0) + 1
 
     def dispatch_as(self, now: datetime) -> int:
         """Send the deployments whose start has come and recall the ones that are over.
@@ -313,7 +324,11 @@ class AncillaryMixin:
                 continue
             tracked.done.add(deployment_id)
             if plan.end is not None and plan.end <= now:
-                continue  # over before the VEN read it: nothing left to shed
+                # Over before the VEN read it: nothing left to shed, but the instruction was missed
+                # (late beyond its whole interval): counted and audited, never silent (issue 15).
+                self._reject("as", deployment_id, f"deployment {plan.start.isoformat()}–{plan.end.isoformat()} "
+                             "was over before the VEN read it: never in force at the site (late)", now, "as_missed")
+                continue
             message = plan.deploy_message(self.issuer_as, tracked.number)
             ack = self.loop.handle_as_deploy(message, now, via="openadr")
             self._answered(ack, deployment_id, now)
