@@ -9,6 +9,7 @@ blocks running). An RRS award of 4,950 kW keeps exactly 5 blocks running: modell
 
 from __future__ import annotations
 
+import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pandas as pd
 import pytest
 
 from hashflex.audit import AuditLog
+from hashflex.control.http import StatusServer
 from hashflex.control.loop import ControlLoop
 from hashflex.control.records import AuditRecorder
 from hashflex.control.solver import SolveRunner
@@ -100,7 +102,14 @@ def test_a_deployment_arriving_after_its_deadline_is_cut_at_once_and_flagged_lat
     assert performance["measured_shortfall_kw"] == pytest.approx(0.0)
     assert performance["measured_response_s"] == pytest.approx(665.0)
     assert performance["measured_within_deadline"] is False
-    assert "as_late" in loop.status(arrived)["counters"]
+    server = StatusServer(lambda now: loop.status(now), lambda: arrived, port=0)  # real HTTP on 127.0.0.1
+    server.start()
+    try:
+        with urllib.request.urlopen(f"{server.url}metrics", timeout=10) as answer:
+            text = answer.read().decode()
+    finally:
+        server.stop()
+    assert 'hashflex_events_total{counter="as_late"} 1.0' in text
 
 
 def test_a_deployment_in_time_is_not_late_and_a_redelivery_keeps_its_flags() -> None:
@@ -142,6 +151,14 @@ def test_a_deployment_above_the_award_is_obeyed_in_full_and_measured_against_the
     assert performance["measured_award_shortfall_kw"] == pytest.approx(0.0)
     assert performance["measured_shortfall_kw"] == pytest.approx(100.0)
     assert loop.counters["as_above_award"] == 1 and loop.counters.get("as_late", 0) == 0
+    server = StatusServer(lambda now: loop.status(now), lambda: issued, port=0)
+    server.start()
+    try:
+        with urllib.request.urlopen(f"{server.url}metrics", timeout=10) as answer:
+            text = answer.read().decode()
+    finally:
+        server.stop()
+    assert 'hashflex_events_total{counter="as_above_award"} 1.0' in text
 
 
 def test_two_deployments_together_above_the_award_flag_the_second() -> None:
