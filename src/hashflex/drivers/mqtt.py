@@ -58,6 +58,7 @@ count, ``receive_maximum``); ``messages_published`` (messages in the last batch)
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import threading
@@ -67,13 +68,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from hashflex.drivers.base import SLEEP, Clock, Setpoint, SetpointResult, SetpointStatus, utc_now
 from hashflex.drivers.mqtt_publish import PahoPublisher, PublishOutcome
-from hashflex.drivers.setpoint_messages import OutboundMessage, group_messages, per_miner_messages
+from hashflex.drivers.batch import BatchResult, SetpointBatch
+from hashflex.drivers.setpoint_messages import (OutboundMessage, group_messages, group_messages_from_columns,
+                                                per_miner_messages)
 from hashflex.feeds.mqtt import mqtt_client
 from hashflex.messages import TelemetryMessage, Topics, parse_message
 
@@ -87,10 +91,23 @@ SetpointTopics = Literal["group", "miner"]
 
 @dataclass(slots=True)
 class _Pending:
-    setpoint: Setpoint
+    mode: str  # what the setpoint asked (a mode name or sleep) ...
+    power_target_kw: float  # ... at this power, kW (no Setpoint object kept: issue 18)
     after_seq: int  # telemetry with a higher arrival number counts
     epoch: int = 0  # telemetry connection drops seen when it was published
     confirmed: str | None = None
+
+
+class _Rows:
+    """``rows[i]``: the setpoint at flat position ``i`` of a columnar batch, made on demand (for the
+    few rows that go per miner: per-miner groups, fallbacks)."""
+
+    def __init__(self, batch: SetpointBatch, offsets: list[int]) -> None:
+        self.batch, self.offsets = batch, offsets
+
+    def __getitem__(self, i: int) -> Setpoint:
+        g = bisect.bisect_right(self.offsets, i) - 1
+        return self.batch.group_setpoints(self.batch.groups[g], [i - self.offsets[g]])[0]
 
 
 class MqttDriver:
@@ -238,7 +255,7 @@ class MqttDriver:
             self._latest[parsed.miner_id] = (self._seq, parsed)
             pending = self._pending.get(parsed.miner_id)
             if pending is not None and pending.confirmed is None:
-                verdict = self._judge(pending.setpoint, parsed)
+                verdict = self._judge(pending, parsed)
                 if verdict is not None:
                     pending.confirmed = verdict
                     self._cond.notify_all()
@@ -317,12 +334,133 @@ class MqttDriver:
             sp = batch[i]
             results[i] = SetpointResult(sp.miner_id, verdict[0], verdict[1], latency)
             if verdict[0] is SetpointStatus.APPLIED:
-                pending[sp.miner_id] = _Pending(sp, seq, epoch)
+                pending[sp.miner_id] = _Pending(sp.mode, sp.power_target_kw, seq, epoch)
         with self._cond:
             self._pending.update(pending)
         self.last_timings = {"encode_s": encoded - start, "publish_s": published - encoded,
                              "results_s": time.monotonic() - published}
         return [r for r in results if r is not None]
+
+    def apply_batch(self, batch: SetpointBatch) -> BatchResult:
+        """:meth:`apply` for a columnar batch (issue 18): each group's rows go into group messages
+        straight from the columns (the same payloads, topics, fallbacks and results as ``apply`` of
+        ``batch.setpoints()``), and the answer comes back per message, not per miner.
+
+        Parameters
+        ----------
+        batch : SetpointBatch
+            The setpoints, per group as columns (``drivers.batch``).
+
+        Returns
+        -------
+        BatchResult
+            One outcome per setpoint, as ``apply(batch.setpoints())`` gives them; never raises for a
+            miner's or the transport's fault.
+        """
+        start = time.monotonic()
+        now = self.clock()
+        with self._cond:
+            seq = self._seq
+        offsets, total = [], 0
+        for group in batch.groups:
+            offsets.append(total)
+            total += len(group)
+        rows = _Rows(batch, offsets)
+        expired = f"setpoint expired at {batch.expires_at.isoformat()}; not published"
+        if batch.expires_at <= now:  # one deadline for the batch: every row, nothing published
+            self.messages_published = 0
+            return BatchResult(batch, [(SetpointStatus.REJECTED, expired, 0.0)],
+                               [np.zeros(len(g), dtype=np.int64) for g in batch.groups])
+        rejected: dict[int, str] = {}
+        per_miner: list[int] = []
+        messages: list[OutboundMessage] = []
+        grouped = self.setpoint_topics == "group"
+        for group, offset in zip(batch.groups, offsets):
+            if not len(group):
+                continue
+            if grouped and group.group_id and group.group_id not in self.per_miner_groups:
+                names = group.names
+                index = (group.mode.astype(np.int64) + 2).tolist()
+                power = group.power_kw.tolist()
+                messages += group_messages_from_columns(
+                    self.site, group.group_id, batch.issued_at, batch.expires_at, group.miner_id.tolist(),
+                    [names[k] for k in index], [power[k] for k in index], offset, now,
+                    self.max_setpoints_per_message, rejected, per_miner)
+            else:
+                per_miner.extend(range(offset, offset + len(group)))
+        messages += per_miner_messages(self.topics, rows, sorted(per_miner), now, rejected)  # type: ignore[arg-type]
+        encoded = time.monotonic()
+        answers: list[PublishOutcome] = []
+        with self._publish_lock:
+            deadline = time.monotonic() + self.puback_timeout_s
+            answers = self._publish_messages(messages, deadline)
+            # nobody follows a group topic: its miners may only speak the per-miner one
+            fallback = sorted(i for m, a in zip(messages, answers)
+                              if m.group and a.kind == "acked" and a.code == _NO_MATCHING_SUBSCRIBERS for i in m.indexes)
+            if fallback:
+                retry = per_miner_messages(self.topics, rows, fallback, now, rejected)  # type: ignore[arg-type]
+                messages += retry
+                answers += self._publish_messages(retry, deadline)
+            self.messages_published = len(messages)
+        latency = time.monotonic() - start
+        published = start + latency
+        # The final answer per row (a fallback's replaces its group message's), as `apply` keeps them.
+        flat = np.full(total, -1, dtype=np.int64)
+        answer_of: list[PublishOutcome] = []
+        for message, answer in zip(messages, answers):
+            if message.group and answer.kind == "acked" and answer.code == 0:
+                answer = PublishOutcome("acked", 0, f"group message ({len(message.indexes)} miners)")
+            flat[message.indexes] = len(answer_of)
+            answer_of.append(answer)
+        sent = flat >= 0
+        weights = np.bincount(flat[sent], minlength=len(answer_of)).tolist()
+        transport = self._transport_context([o for o, n in zip(answer_of, weights) for _ in range(n)])
+        table: list[tuple[SetpointStatus, str, float]] = []
+        verdict_code: dict[tuple[SetpointStatus, str], int] = {}
+        code_of = np.empty(len(answer_of) + 1, dtype=np.int64)
+        for k, answer in enumerate(answer_of):
+            verdict = self._verdict(answer, transport)
+            code = verdict_code.get(verdict)
+            if code is None:
+                code = verdict_code[verdict] = len(table)
+                table.append((verdict[0], verdict[1], latency))
+            code_of[k] = code
+        codes = np.where(sent, code_of[np.maximum(flat, 0)], -1)
+        for reason in dict.fromkeys(rejected.values()):
+            verdict_code[SetpointStatus.REJECTED, reason] = len(table)
+            table.append((SetpointStatus.REJECTED, reason, 0.0))
+        for i, reason in rejected.items():
+            if codes[i] < 0:  # as in `apply`: a row refused only on its fallback keeps its group message's answer
+                codes[i] = verdict_code[SetpointStatus.REJECTED, reason]
+        if (codes < 0).any():  # cannot happen: every row is sent, rejected or expired
+            raise AssertionError("MqttDriver.apply_batch: a setpoint without an answer")
+        columns = [codes[o:o + len(g)] for o, g in zip(offsets, batch.groups)]
+        result = BatchResult(batch, table, columns)
+        applied = [code for code, (status, _, _) in enumerate(table) if status is SetpointStatus.APPLIED]
+        with self._cond:
+            epoch = self._epoch
+        pending: dict[str, _Pending] = {}
+        if applied:
+            for group, column in zip(batch.groups, columns):
+                take = np.flatnonzero(np.isin(column, applied))
+                if not take.size:
+                    continue
+                names = group.names
+                index = (group.mode[take].astype(np.int64) + 2).tolist()
+                power = group.power_kw.tolist()
+                pending.update(zip(group.miner_id[take].tolist(),
+                                   [_Pending(names[k], power[k], seq, epoch) for k in index]))
+        with self._cond:
+            self._pending.update(pending)
+        self.last_timings = {"encode_s": encoded - start, "publish_s": published - encoded,
+                             "results_s": time.monotonic() - published}
+        return result
+
+    def _publish_messages(self, messages: list[OutboundMessage], deadline: float) -> list[PublishOutcome]:
+        if not messages:
+            return []
+        return self.publisher.publish([(m.topic, m.payload, m.expiry_s) for m in messages],
+                                      max(0.001, deadline - time.monotonic()))
 
     def _publish(self, messages: list[OutboundMessage], outcomes: list[PublishOutcome | None], deadline: float) -> None:
         if not messages:
@@ -372,7 +510,7 @@ class MqttDriver:
         return SetpointStatus.APPLIED, f"broker acknowledged (PUBACK){via}; awaiting telemetry to verify"
 
     # ------------------------------------------------------------------ verification
-    def _judge(self, sp: Setpoint, telemetry: TelemetryMessage) -> str | None:
+    def _judge(self, sp: _Pending, telemetry: TelemetryMessage) -> str | None:
         if sp.mode == SLEEP:  # asleep draws the group's idle power, whatever the target says
             return f"telemetry confirms sleep at {telemetry.power_kw:.3f} kW" if telemetry.mode == SLEEP else None
         band = max(self.tolerance_kw, self.tolerance * sp.power_target_kw)
@@ -389,7 +527,7 @@ class MqttDriver:
             for miner_id, pending in self._pending.items():
                 latest = self._latest.get(miner_id)
                 if pending.confirmed is None and latest is not None and latest[0] > pending.after_seq:
-                    pending.confirmed = self._judge(pending.setpoint, latest[1])
+                    pending.confirmed = self._judge(pending, latest[1])
             while any(p.confirmed is None for p in self._pending.values()) and self._connected.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -418,7 +556,7 @@ class MqttDriver:
         return results
 
     def _mismatch(self, pending: _Pending, latest: tuple[int, TelemetryMessage] | None) -> str:
-        sp = pending.setpoint
+        sp = pending
         band = max(self.tolerance_kw, self.tolerance * sp.power_target_kw)
         want = f"expected {sp.mode} at {sp.power_target_kw:.3f} ± {band:.3f} kW"
         if latest is None or latest[0] <= pending.after_seq:

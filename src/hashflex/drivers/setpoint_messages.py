@@ -43,7 +43,7 @@ from hashflex.drivers.base import Setpoint
 from hashflex.messages import SetpointMessage, Topics
 
 __all__ = ["GROUP_SETPOINTS_LEVEL", "GroupSetpointsMessage", "MinerSetpointEntry", "OutboundMessage",
-           "group_messages", "group_setpoints_topic", "per_miner_messages"]
+           "group_messages", "group_messages_from_columns", "group_setpoints_topic", "per_miner_messages"]
 
 GROUP_SETPOINTS_LEVEL = "out/setpoints"
 """Topic levels after the site prefix: ``hashflex/<site>/out/setpoints/<group>``."""
@@ -281,41 +281,91 @@ def group_messages(site: str, batch: list[Setpoint], indexes: list[int], now: da
         The group's messages, each on ``hashflex/<site>/out/setpoints/<group>``.
     """
     first = batch[indexes[0]]
-    try:
-        topic = group_setpoints_topic(site, first.group_id)
-    except ValueError:
-        per_miner.extend(indexes)
+    picked = [batch[i] for i in indexes]
+    local: dict[int, str] = {}
+    local_per_miner: list[int] = []
+    messages = group_messages_from_columns(site, first.group_id, first.issued_at, first.expires_at,
+                                           [sp.miner_id for sp in picked], [sp.mode for sp in picked],
+                                           [sp.power_target_kw for sp in picked], 0, now, max_rows, local,
+                                           local_per_miner)
+    for message in messages:  # positions in `picked` -> positions in `batch`
+        message.indexes = [indexes[k] for k in message.indexes]
+    rejected.update({indexes[k]: reason for k, reason in local.items()})
+    per_miner.extend(indexes[k] for k in local_per_miner)
+    return messages
+
+
+def group_messages_from_columns(site: str, group_id: str, issued_at: datetime, expires_at: datetime,
+                                miner_ids: list[str], modes: list[str], power_target_kw: list[float], offset: int,
+                                now: datetime, max_rows: int, rejected: dict[int, str],
+                                per_miner: list[int]) -> list[OutboundMessage]:
+    """:func:`group_messages` from columns (issue 18: a driver's columnar batch, no ``Setpoint`` per
+    row): the same chunks, payloads and refusals.
+
+    Parameters
+    ----------
+    site, group_id : str
+        Site id and the group of every row.
+    issued_at, expires_at : datetime
+        Timezone-aware, shared by every row.
+    miner_ids, modes, power_target_kw : lists of equal length
+        Per row: the miner, its mode name (or ``sleep``), its power target (kW).
+    offset : int
+        The batch position of row 0 (``OutboundMessage.indexes``, ``rejected`` and ``per_miner`` hold
+        ``offset + row``).
+    now : datetime
+        Timezone-aware; the expiry interval counts from it.
+    max_rows : int
+        Most rows per message (>= 1).
+    rejected : dict of int to str
+        Filled with ``position → reason`` (naming the field) for rows the schema refuses.
+    per_miner : list of int
+        Extended with the positions that cannot go in a group message (a group id that is not a topic
+        level).
+
+    Returns
+    -------
+    list of OutboundMessage
+        The group's messages, each on ``hashflex/<site>/out/setpoints/<group>``.
+    """
+    n = len(miner_ids)
+    if not n:
         return []
-    if len({batch[i].miner_id for i in indexes}) == len(indexes):  # the usual case: each miner once
-        chunks = [indexes[k:k + max_rows] for k in range(0, len(indexes), max_rows)]
-    else:
+    try:
+        topic = group_setpoints_topic(site, group_id)
+    except ValueError:
+        per_miner.extend(range(offset, offset + n))
+        return []
+    if len(set(miner_ids)) == n:  # the usual case: each miner once
+        chunks = [list(range(k, min(k + max_rows, n))) for k in range(0, n, max_rows)]
+    else:  # a miner listed twice starts a new chunk
         chunks = [[]]
         seen: set[str] = set()
-        for i in indexes:
-            if len(chunks[-1]) >= max_rows or batch[i].miner_id in seen:
+        for k, miner_id in enumerate(miner_ids):
+            if len(chunks[-1]) >= max_rows or miner_id in seen:
                 chunks.append([])
                 seen = set()
-            chunks[-1].append(i)
-            seen.add(batch[i].miner_id)
-    expiry = expiry_s(first.expires_at, now)
+            chunks[-1].append(k)
+            seen.add(miner_id)
+    expiry = expiry_s(expires_at, now)
     messages = []
     for chunk in chunks:
         while chunk:
-            rows = [{"miner_id": sp.miner_id, "mode": sp.mode, "power_target_kw": sp.power_target_kw}
-                    for sp in map(batch.__getitem__, chunk)]
+            rows = [{"miner_id": miner_ids[k], "mode": modes[k], "power_target_kw": power_target_kw[k]} for k in chunk]
             try:
-                message = GroupSetpointsMessage.model_validate({"group_id": first.group_id, "issued_at": first.issued_at,
-                                                                "expires_at": first.expires_at, "setpoints": rows})
+                message = GroupSetpointsMessage.model_validate({"group_id": group_id, "issued_at": issued_at,
+                                                                "expires_at": expires_at, "setpoints": rows})
             except ValidationError as exc:
                 bad = _bad_rows(exc, len(chunk))
                 if not bad:  # not a row's fault (cannot happen for valid Setpoints): send per miner
-                    per_miner.extend(chunk)
+                    per_miner.extend(offset + k for k in chunk)
                     break
-                for k in bad:
-                    rejected[chunk[k]] = f"invalid setpoint: {_errors(exc, row=k)}"
-                chunk = [i for k, i in enumerate(chunk) if k not in bad]
+                for j in bad:
+                    rejected[offset + chunk[j]] = f"invalid setpoint: {_errors(exc, row=j)}"
+                chunk = [k for j, k in enumerate(chunk) if j not in bad]
                 continue
-            messages.append(OutboundMessage(topic, message.model_dump_json().encode(), expiry, chunk, group=True))
+            messages.append(OutboundMessage(topic, message.model_dump_json().encode(), expiry,
+                                            [offset + k for k in chunk], group=True))
             break
     return messages
 
