@@ -331,13 +331,19 @@ def template_key(problem: Problem) -> str | None:
 
     put(problem.T, np.asarray(problem.duration_h, dtype=float).tobytes())
     for group in problem.groups:
+        # Initial min-on/off batches shape the rows only of a group that has no min on/off time of
+        # its own (with one, its min_on/min_off rows exist anyway and the batches are their bounds).
         put(group.id, group.units, group.modes, group.idle_power_kw, group.min_on_h, group.min_off_h,
-            bool(group.start_cost_usd), bool(group.initial.must_stay_on), bool(group.initial.must_stay_off))
+            bool(group.start_cost_usd), bool(group.min_on_h or group.initial.must_stay_on),
+            bool(group.min_off_h or group.initial.must_stay_off))
     for (scale, budget, coefficients), receptor in zip(_noise_rows(problem), problem.receptors):
         put(receptor.id, scale, coefficients.tobytes(), np.isfinite(budget).tobytes())
-    kg_per_kw = problem.duration_h * problem.intensity_kg_per_mwh
-    for budget in problem.carbon_budgets:
-        put(budget.name, np.asarray(budget.mask, dtype=bool).tobytes(), (kg_per_kw[budget.mask] == 0).tobytes())
+    # A carbon budget is one row over the import columns; which intervals it covers (its mask, which
+    # slides one interval per re-plan of a rolling horizon across a day boundary) and which have zero
+    # intensity are its coefficients, written by `update_in_place`: only whether the row exists
+    # (a non-empty mask) shapes the LP. (Digesting the mask made every 15-minute re-plan of a site
+    # with a daily budget a rebuild: 96 of 96 on west_texas, issue 18.)
+    put(tuple(bool(np.any(budget.mask)) for budget in problem.carbon_budgets))
     put(problem.ramp_limit_kw_per_h is None, problem.initial_load_kw is None)
     # issue 15: which (product, group) pairs carry reserve and which intervals have a finite cap shape
     # the rows; prices, caps, obligations and group maxima are written by update_in_place.
@@ -442,15 +448,20 @@ def update_in_place(compiled: CompiledModel, problem: Problem) -> None:
     for r, (scale, budget, _) in enumerate(_noise_rows(problem)):
         capped = [t for t in ts if (r, t) in noise_at]
         u.rows("noise_cap", [(r, t) for t in capped], -math.inf, budget[capped] * scale)
-    # carbon_budget[b] <= effective budget; coefficients kg_per_kw[t] follow the intensity forecast
+    # carbon_budget[b] <= effective budget; coefficients kg_per_kw[t] on the budget's intervals and
+    # 0 elsewhere (HiGHS drops an entry set to 0, as the fresh build leaves it out): the mask slides
+    # with the horizon and the intensity forecast changes.
     carbon_at = compiled.row_at.get("carbon_budget", {})
     import_at = compiled.col_at["grid_import_kw"]
     for b, budget in enumerate(problem.carbon_budgets):
         if b not in carbon_at:
+            if np.any(budget.mask):  # a budget the kept model has no row for: never drop it silently
+                raise KeyError(f"carbon budget {b} ({budget.name}) has no row in the kept model")
             continue
         u.rows("carbon_budget", [b], -math.inf, problem.effective_carbon_budget_kg(budget))
-        for t in np.flatnonzero(budget.mask):
-            compiled.highs.changeCoeff(carbon_at[b], import_at[int(t)], float(kg_per_kw[t]))
+        coefficients = np.where(np.asarray(budget.mask, dtype=bool), kg_per_kw, 0.0)
+        for t in ts:
+            compiled.highs.changeCoeff(carbon_at[b], import_at[t], float(coefficients[t]))
     # commitment: start cost; transition[g,0] == −units_on; min_on >= held_on; min_off <= N − held_off
     for g in sorted({g for g, _ in compiled.row_at.get("transition", {})}):  # the commitment groups (model.UC)
         group = groups[g]
