@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         problem = with_reserves(synthetic_problem(T, groups), 0)
         awarded = float(sum((np.minimum(r.obligation_kw, r.max_kw) * problem.duration_h).sum() for r in problem.reserves))
         _baseline(problem)  # scipy's first import (the reserve LP) is nobody's cost
-        base_s, base = _timed(lambda: _baseline(problem), args.runs)
-        new_s, new = _timed(lambda: greedy_schedule(problem, reason="benchmark"), args.runs)
+        base_s, base = _timed(lambda p=problem: _baseline(p), args.runs)
+        new_s, new = _timed(lambda p=problem: greedy_schedule(p, reason="benchmark"), args.runs)
         print(f"{size:>8} {awarded:>12,.0f} {base_s:>8.2f} {_short_kwh(problem, base):>15,.1f} {new_s:>8.2f} "
               f"{_short_kwh(problem, new):>14,.1f} {new_s / base_s:>10.2f} "
               f"{base.frame['profit_usd'].sum():>14,.0f} {new.frame['profit_usd'].sum():>13,.0f}")
