@@ -116,10 +116,18 @@ def test_every_posting_is_kept_and_the_reader_picks_the_day_ahead_vintage(store:
     assert day_ahead["load_forecast_mw"].tolist() == [51_000.0]
     assert day_ahead["published_at"].tolist() == [pd.Timestamp("2025-04-10 17:30", tz="UTC")]
     assert store.load_forecast(**window, vintage="latest")["load_forecast_mw"].tolist() == [52_000.0]
-    # as known at 17:00 UTC Apr 10 only the 12:00 posting existed: nothing published later is used
-    early = store.load_forecast(**window, as_of=utc("2025-04-10 17:00"))
-    assert early["load_forecast_mw"].tolist() == [50_000.0]
-    assert store.load_forecast(**window, as_of=utc("2025-04-10 11:00")).empty
+    # before its cutoff the hour's day-ahead vintage is not settled: absent (as in the model's training)
+    assert store.load_forecast(**window, as_of=utc("2025-04-10 17:59")).empty
+    at_cutoff = store.load_forecast(**window, as_of=utc("2025-04-10 18:00"))
+    assert at_cutoff["load_forecast_mw"].tolist() == [51_000.0]
+    # as known at 17:00 UTC Apr 10 only the 12:00 posting existed: nothing published later is shown
+    assert store.load_forecast(**window, as_of=utc("2025-04-10 17:00"), vintage="latest")[
+        "load_forecast_mw"].tolist() == [50_000.0]
+    # a posting more than two days before the cutoff is no day-ahead forecast (a stalled feed): absent
+    stale_hour = pd.Timestamp("2025-04-14 17:00", tz="UTC")
+    store.put_load_forecast(_posting("2025-04-10 12:00", "2025-04-14 17:00", 1, 50_000.0), source="t")
+    store.flush()
+    assert store.load_forecast(stale_hour.to_pydatetime(), (stale_hour + pd.Timedelta(hours=1)).to_pydatetime()).empty
     with pytest.raises(ValueError, match="vintage"):
         store.load_forecast(vintage="newest")
 

@@ -168,7 +168,8 @@ def price_model_for(profile: SiteProfile, mode: str = "auto", *, store: Store | 
     mode : str, default "auto"
         One of :data:`PRICE_MODEL_MODES`.
     store : Store, optional
-        The daemon's store: the model fits on the prices it holds, each as of its ``published_at``.
+        The daemon's store: the model fits on the prices it holds, each as of its ``published_at``, with the
+        system load forecast it holds (each hour's day-ahead vintage, :meth:`Store.load_forecast`).
     prices : pandas.DataFrame, optional
         Instead of a store: recorded prices (canonical frame, optional ``published_at``; default ERCOT's
         publication times), as ``run --simulate`` replays them.
@@ -197,9 +198,13 @@ def price_model_for(profile: SiteProfile, mode: str = "auto", *, store: Store | 
     try:
         from hashflex.price_model import OnlinePriceModel, recorded_price_history, store_price_history
 
+        from hashflex.feeds.load_forecast import store_load_forecast_history
+
         point = profile.site.settlement_point
         history = store_price_history(store, point) if store is not None else recorded_price_history(prices)
-        return OnlinePriceModel(history, point, profile.site.timezone, background=background)
+        # ERCOT's system load forecast as stored (issue 14: the feature the backtest has); none with recorded prices
+        load = store_load_forecast_history(store) if store is not None else None
+        return OnlinePriceModel(history, point, profile.site.timezone, background=background, load_forecast=load)
     except ImportError as exc:
         if mode == "learned":
             raise

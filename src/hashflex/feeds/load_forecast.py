@@ -86,7 +86,8 @@ class LoadForecastFileError(ValueError):
 
 LoadForecastHistory = Callable[[pd.Timestamp, pd.Timedelta], pd.DataFrame]
 """(as_of, lookback) → ``interval_start``, ``interval_end``, ``load_forecast_mw``, ``published_at``: the
-day-ahead vintage of each hour from ``as_of − lookback`` to ``as_of + 8 days``, published by ``as_of``
+day-ahead vintage of each hour from ``as_of − lookback`` on whose cutoff has passed by ``as_of`` (so up
+to the end of the next local day after 13:00 Central)
 (the frame :class:`hashflex.price_model.LearnedPriceForecaster` takes as ``load_forecast``)."""
 
 
@@ -455,13 +456,15 @@ def store_load_forecast_history(store: Any, region: str = "ERCOT") -> LoadForeca
     Returns
     -------
     LoadForecastHistory
-        ``history(as_of, lookback)``: intervals from ``as_of − lookback`` to ``as_of + 8 days``
-        (:meth:`hashflex.store.Store.load_forecast`, ``vintage="day_ahead"``, ``as_of``).
+        ``history(as_of, lookback)``: intervals from ``as_of − lookback`` to ``as_of + 2 days``
+        (:meth:`hashflex.store.Store.load_forecast`, ``vintage="day_ahead"``, ``as_of``: only hours whose
+        day-ahead cutoff has passed).
     """
 
     def history(as_of: pd.Timestamp, lookback: pd.Timedelta) -> pd.DataFrame:
         as_of = pd.Timestamp(as_of).tz_convert("UTC")
-        frame = store.load_forecast((as_of - lookback).to_pydatetime(), (as_of + pd.Timedelta(days=8)).to_pydatetime(),
+        # Intervals whose day-ahead cutoff has passed start before the end of tomorrow (local): 2 days bound it.
+        frame = store.load_forecast((as_of - lookback).to_pydatetime(), (as_of + pd.Timedelta(days=2)).to_pydatetime(),
                                     region=region, as_of=as_of.to_pydatetime(), vintage="day_ahead")
         return frame[list(LOAD_FORECAST_COLUMNS)]
 

@@ -110,6 +110,12 @@ def recorded_price_history(prices: pd.DataFrame) -> PriceHistory:
     return history
 
 
+def _known(load_forecast: Any, now: pd.Timestamp, lookback: pd.Timedelta) -> pd.DataFrame | None:
+    """The load forecast frame as known at ``now``: a frame as given, or a reader's answer
+    (:func:`hashflex.feeds.load_forecast.store_load_forecast_history`, the daemon's store)."""
+    return load_forecast(now, lookback) if callable(load_forecast) else load_forecast
+
+
 @dataclass(frozen=True)
 class RetrainSchedule:
     """When the daemon refits the learned price model (times local to ``timezone``).
@@ -188,8 +194,10 @@ class OnlinePriceModel:
     background : bool, default True
         Fit in a background thread (the daemon); False: fit inside the call that finds a fit due
         (deterministic: tests, replays).
-    load_forecast : pandas.DataFrame, optional
-        ERCOT's system load forecast (see :class:`LearnedPriceForecaster`); None: the feature is left out.
+    load_forecast : pandas.DataFrame or callable, optional
+        ERCOT's system load forecast (see :class:`LearnedPriceForecaster`), or a reader ``(as_of, lookback) ->
+        frame`` asked at each fit and prediction (the daemon's store:
+        :func:`hashflex.feeds.load_forecast.store_load_forecast_history`); None: the feature is left out.
 
     Raises
     ------
@@ -206,7 +214,7 @@ class OnlinePriceModel:
 
     def __init__(self, history: PriceHistory, settlement_point: str, timezone: str, *,
                  config: PriceModelConfig | None = None, schedule: RetrainSchedule | None = None,
-                 background: bool = True, load_forecast: pd.DataFrame | None = None) -> None:
+                 background: bool = True, load_forecast: Any = None) -> None:
         try:
             import sklearn  # noqa: F401
             import threadpoolctl  # noqa: F401
@@ -296,7 +304,7 @@ class OnlinePriceModel:
                 self._note_short(now, "no real-time price history stored yet")
             else:
                 model = LearnedPriceForecaster(frame, self.settlement_point, self.timezone,
-                                               load_forecast=self.load_forecast, config=self.config)
+                                               load_forecast=_known(self.load_forecast, now, self.lookback), config=self.config)
                 if model.fit(now) and (fitted := model.fitted()) is not None:
                     with self._lock:
                         self._fitted = fitted
@@ -382,7 +390,7 @@ class OnlinePriceModel:
         if not (prices["market"] == "RT").any():
             return None
         predictor = LearnedPriceForecaster(prices, self.settlement_point, self.timezone,
-                                           load_forecast=self.load_forecast, config=self.config)
+                                           load_forecast=_known(self.load_forecast, now, pd.Timedelta(days=3)), config=self.config)
         predictor.adopt(fitted)
         return predictor
 

@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, upda
 CREATE TABLE IF NOT EXISTS load_forecasts (
     region TEXT NOT NULL, interval_start_us INTEGER NOT NULL, published_at_us INTEGER NOT NULL,
     interval_end_us INTEGER NOT NULL, load_forecast_mw REAL NOT NULL, source TEXT NOT NULL,
-    received_at_us INTEGER NOT NULL,
+    received_at_us INTEGER NOT NULL, day_ahead_cutoff_us INTEGER NOT NULL,
     PRIMARY KEY (region, interval_start_us, published_at_us)) WITHOUT ROWID;
 """
 
@@ -91,8 +91,37 @@ _SQL = {
     "setpoint": "INSERT INTO setpoints VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
     "meta": "INSERT OR REPLACE INTO meta VALUES (?, ?, ?)",
     # Every posting is kept (a 7-day forecast is re-posted hourly): the reader picks the vintage it needs.
-    "load_forecast": "INSERT INTO load_forecasts VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    "load_forecast": "INSERT INTO load_forecasts VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
 }
+
+
+DAY_AHEAD_CUTOFF = ("13:00", "America/Chicago")
+"""A load forecast's day-ahead vintage: the newest posting published by 13:00 Central on the day before the
+interval's local day (ERCOT's DAM results, NP4-190, ~13:00 CT; the learned price model assumes the same)."""
+
+
+def day_ahead_cutoff_us(starts_us: list[int]) -> list[int]:
+    """The day-ahead cutoff (:data:`DAY_AHEAD_CUTOFF`) of each interval start, UTC microseconds.
+
+    Parameters
+    ----------
+    starts_us : list of int
+        Interval starts, UTC microseconds since the epoch.
+
+    Returns
+    -------
+    list of int
+        Same length.
+    """
+    if not starts_us:
+        return []
+    clock, tz = DAY_AHEAD_CUTOFF
+    hour, minute = (int(x) for x in clock.split(":"))
+    day = pd.to_datetime(pd.Series(starts_us, dtype="int64"), unit="us", utc=True).dt.tz_convert(tz).dt.tz_localize(
+        None).dt.normalize()
+    cutoff = (day - pd.Timedelta(days=1) + pd.Timedelta(hours=hour, minutes=minute)).dt.tz_localize(
+        tz, ambiguous=True, nonexistent="shift_forward").dt.tz_convert("UTC")
+    return (cutoff.astype("int64") // _unit_per_us(cutoff)).tolist()
 
 
 class StoreUnavailable(RuntimeError):

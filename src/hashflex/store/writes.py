@@ -24,7 +24,7 @@ from hashflex.messages import (
     SetpointMessage,
 )
 from hashflex.messages.inbound import LoadForecastMessage
-from hashflex.store.schema import _AFTER_COMMIT, _VALUE_FIELD, DR_STATUSES, _unit_per_us, to_us
+from hashflex.store.schema import _AFTER_COMMIT, _VALUE_FIELD, DR_STATUSES, _unit_per_us, day_ahead_cutoff_us, to_us
 
 __all__ = ["StoreWrites"]
 
@@ -130,18 +130,20 @@ class StoreWrites:
         regions = frame["region"].astype(str).tolist() if "region" in frame.columns else [region] * len(frame)
         received_us = to_us(received_at or self._clock())
         rows = zip(regions, columns["interval_start"], columns["published_at"], columns["interval_end"],
-                   mw.tolist(), strict=True)
-        for reg, start_us, published_us, end_us, value in rows:
-            self._enqueue(("load_forecast", (reg, start_us, published_us, end_us, value, source, received_us)))
+                   mw.tolist(), day_ahead_cutoff_us(columns["interval_start"]), strict=True)
+        for reg, start_us, published_us, end_us, value, cutoff_us in rows:
+            self._enqueue(("load_forecast", (reg, start_us, published_us, end_us, value, source, received_us,
+                                             cutoff_us)))
         return len(frame)
 
     @staticmethod
     def _load_forecast_rows(message: LoadForecastMessage, received_us: int) -> list[tuple[str, tuple[Any, ...]]]:
         step_us = message.interval_minutes * 60_000_000
         published_us = to_us(message.published_at)
-        return [("load_forecast", (message.region, to_us(p.interval_start), published_us,
-                                   to_us(p.interval_start) + step_us, p.load_forecast_mw, message.source,
-                                   received_us)) for p in message.points]
+        starts = [to_us(p.interval_start) for p in message.points]
+        return [("load_forecast", (message.region, start_us, published_us, start_us + step_us, p.load_forecast_mw,
+                                   message.source, received_us, cutoff_us))
+                for p, start_us, cutoff_us in zip(message.points, starts, day_ahead_cutoff_us(starts), strict=True)]
 
     def put_price_frame(
         self, frame: pd.DataFrame, *, published_at: datetime | None = None, received_at: datetime | None = None
