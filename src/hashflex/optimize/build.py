@@ -56,13 +56,28 @@ def noise_caps_dba(profile: SiteProfile, interval_start: pd.DatetimeIndex,
     """
     step = pd.Timedelta(interval) if interval is not None else pd.Timedelta(minutes=profile.site.interval_minutes)
     minutes = max(int(step / pd.Timedelta(minutes=1)), 1)
-    offsets = pd.to_timedelta(np.arange(minutes), unit="min")
-    # Every minute of every interval, in local time, as a minute of the week (Monday 00:00 = 0).
-    moments = (interval_start.tz_convert("UTC").tz_convert(None).to_numpy()[:, None] + offsets.values[None, :]).ravel()
-    local = pd.DatetimeIndex(moments).tz_localize("UTC").tz_convert(profile.tz)
-    minute_of_week = np.asarray(local.day_of_week * 1440 + local.hour * 60 + local.minute)
+    minute_of_week = _local_minutes_of_week(interval_start, minutes, profile.tz)
     return {r.id: _week_of_caps(tuple((w.start, w.end, tuple(w.days), w.cap_dba) for w in r.caps))[minute_of_week]
             .reshape(len(interval_start), minutes).min(axis=1) for r in profile.receptors}
+
+
+def _minute_of_week(local: pd.DatetimeIndex) -> np.ndarray:
+    return np.asarray(local.day_of_week * 1440 + local.hour * 60 + local.minute)
+
+
+def _local_minutes_of_week(interval_start: pd.DatetimeIndex, minutes: int, tz: Any) -> np.ndarray:
+    """[T·minutes] every minute of every interval in local time, as a minute of the week (Monday
+    00:00 = 0). Unless a clock change falls inside an interval, an interval's minutes are its local
+    start's plus 0..minutes−1: two conversions of T stamps instead of one of T·minutes (a 5-minute
+    site's 24 h horizon is 1,440 stamps a tick, issue 18); otherwise every minute is converted."""
+    offsets = np.arange(minutes)
+    utc = interval_start.tz_convert("UTC")
+    first = _minute_of_week(utc.tz_convert(tz))
+    last = _minute_of_week((utc + pd.Timedelta(minutes=minutes - 1)).tz_convert(tz))
+    if np.array_equal((first + minutes - 1) % (7 * 1440), last):
+        return ((first[:, None] + offsets[None, :]) % (7 * 1440)).ravel()
+    moments = (utc.tz_convert(None).to_numpy()[:, None] + pd.to_timedelta(offsets, unit="min").values[None, :]).ravel()
+    return _minute_of_week(pd.DatetimeIndex(moments).tz_localize("UTC").tz_convert(tz))
 
 
 @functools.lru_cache(maxsize=256)
@@ -93,12 +108,16 @@ def four_cp_limits_kw(
     cp = profile.grid.four_cp
     if cp is None or not cp.enabled:
         return limits
+    if not cp.hold_without_alert and not alert_days:
+        return limits  # no alert day, nothing held: no window binds (the common case, asked every tick)
     local = interval_start.tz_convert(profile.tz)
-    days = {pd.Timestamp(d).date() for d in (alert_days or set())}
-    in_month = np.isin(local.month, cp.months)
-    in_window = (local.hour >= cp.window_start_hour) & (local.hour < cp.window_end_hour)
-    on_alert = np.array([ts.date() in days for ts in local]) | cp.hold_without_alert
-    limits[in_month & in_window & on_alert] = cp.alert_import_limit_kw
+    window = np.isin(local.month, cp.months) & (local.hour >= cp.window_start_hour) & (local.hour < cp.window_end_hour)
+    if not cp.hold_without_alert:
+        # Only the intervals in a window are looked up by date (a Python call per timestamp: this
+        # ran for every interval of every horizon, ~20 ms a tick of a 5-minute site, issue 18).
+        days = {pd.Timestamp(d).date() for d in alert_days}
+        window[window] = [ts.date() in days for ts in local[window]]
+    limits[window] = cp.alert_import_limit_kw
     return limits
 
 
