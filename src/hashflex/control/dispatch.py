@@ -334,16 +334,18 @@ def _assign_arrays(arrays: GroupArrays, need: list[int], now_us: int,
     ``health_score``, the healthiest first right after the min-on/off rank."""
     n = len(arrays.miner_id)
     out = np.full(n, -1, dtype=np.int16)
-    order_id = np.arange(n)  # miners are id-sorted: position is the id rank
     # keep_rank: inside min-on first, fewest run hours, id; start_rank: past min-off first, ...
     outside_on = ~_within_arrays(arrays.last_start_us, arrays.group.min_on_minutes, now_us)
     inside_off = _within_arrays(arrays.last_stop_us, arrays.group.min_off_minutes, now_us)
+    # One stable sort on the keys both ranks share (miners are id-sorted: ties keep id order), then a
+    # stable split on each rank's first key: the order of np.lexsort((id, run_hours[, -health], first))
+    # at a third of the sorting (issue 18).
     if health_score is None:
-        keep_order = np.lexsort((order_id, arrays.run_hours, outside_on))
-        start_order = np.lexsort((order_id, arrays.run_hours, inside_off))
+        shared = np.argsort(arrays.run_hours, kind="stable")
     else:
-        keep_order = np.lexsort((order_id, arrays.run_hours, -health_score, outside_on))
-        start_order = np.lexsort((order_id, arrays.run_hours, -health_score, inside_off))
+        shared = np.lexsort((arrays.run_hours, -health_score))
+    keep_order = _stable_split(shared, outside_on)
+    start_order = _stable_split(shared, inside_off)
     need = list(need)
     running = arrays.mode >= 0
     for healthy in (True, False):
@@ -359,6 +361,12 @@ def _assign_arrays(arrays: GroupArrays, need: list[int], now_us: int,
         free = out < 0
         _fill_arrays(need, start_order[(pool & ~running & free)[start_order]], out)
     return out
+
+
+def _stable_split(order: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """``order`` with the positions where ``first`` is False first, each part in ``order``'s order."""
+    late = first[order]
+    return np.concatenate((order[~late], order[late]))
 
 
 def _fill_arrays(need: list[int], ranked: np.ndarray, out: np.ndarray) -> None:

@@ -26,7 +26,8 @@ __all__ = ["NO_TIME_US", "FleetArrays", "GroupArrays", "time_us", "transitions"]
 # Issue 18: a 100,000-miner site cannot afford a Python object per miner per tick. `GroupArrays`
 # holds one group's miners as numpy columns (sorted by miner id, the order dispatch writes them);
 # `FleetArrays` is the whole fleet as such groups. `control.dispatch.plan_dispatch_arrays` works on
-# these; `to_setpoints` is the driver edge, where individual miners appear again.
+# these; the driver edge is `ArrayDispatch.to_batch` (a columnar `drivers.batch.SetpointBatch`: miners
+# appear one by one only in drivers that need them, `ArrayDispatch.to_setpoints`).
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=None)
 NO_TIME_US = np.iinfo(np.int64).min  # "never" (a miner never started / stopped)

@@ -21,6 +21,12 @@ sender thread: a message callback decides, commits, acknowledges and queues the 
 waits on a miner. Batches are full-fleet and queued in order, so the last one queued is what the
 fleet ends up with; the fleet records each batch as intent when queued and reverts a miner whose
 setpoint failed.
+
+Issue 18: the tick and the array fast paths send a columnar ``drivers.batch.SetpointBatch`` (per group:
+miner ids, mode index, power; one expiry) and book the driver's ``BatchResult`` in counts: a tally of
+outcome codes, and per miner only for those that failed (reverted, counted by the registry). Drivers
+without ``apply_batch`` get the same setpoints one by one (``send_batch``); PDU sites and the meter's
+and restart's cuts still send lists of ``Setpoint``.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ class SendQueue:
     Parameters
     ----------
     apply : callable
-        Takes a job and returns its result (e.g. ``lambda batch: driver.apply(batch)``); its
+        Takes a job and returns its result (e.g. ``lambda batch: send_batch(driver, batch)``); its
         exceptions are set on the job's future, never raised on the thread.
     synchronous : bool, default False
         Run each job on the caller's thread instead (simulations and tests that need determinism).

@@ -29,10 +29,17 @@ makes it available again. ``not_sent`` results are ignored: a miner's availabili
 telemetry and the driver's answers about it, never from the broker being down (issue 10: a 30 s
 outage used to mark the whole fleet unavailable, and the next plan slept the site).
 
+The loop sends its batches as columns (issue 18: :mod:`hashflex.drivers.batch`, a ``SetpointBatch`` per
+tick and a ``BatchResult`` back, per group, no object per miner); a driver that can takes them whole
+(``apply_batch``: the MQTT driver, the simulated fleet), every other one gets the same setpoints one
+by one through ``apply`` (``drivers.batch.send_batch``). The registry keeps an entry only for miners
+with a failure, a mismatch or a mark, so a batch in which every miner is applied costs nothing here.
+
 API: ``Setpoint(miner_id, mode, power_target_kw, issued_at, expires_at)`` (``mode`` is a mode name or
 ``"sleep"``), ``SetpointResult(miner_id, status, reason, latency_s)`` with ``ok``; ``MinerDriver``
 (``apply(batch) -> list[SetpointResult]``, ``close()``); ``MinerRegistry(groups_by_miner, *,
 max_failures=3, max_mismatches=1, clock=utc_now)`` with ``record(results, verification=False)``,
+``record_batch(batch_result)``,
 ``is_available(miner_id)``, ``unavailable() -> dict[str, Unavailability]``, ``restore(miner_id)``,
 ``availability_by_group() -> dict[str, GroupAvailability]``.
 """

@@ -50,6 +50,8 @@ tls_ca_file=None, keepalive_s=30, puback_timeout_s=5.0, tolerance=0.1, tolerance
 clock=utc_now, resubscribe_grace_s=60.0, setpoint_topics="group", per_miner_groups=(),
 max_setpoints_per_message=1000)``; ``start()``, ``wait_connected(timeout_s) -> bool`` and
 ``connected`` (the telemetry connection; publishing connects on demand), ``apply(batch)``,
+``apply_batch(setpoint_batch) -> BatchResult`` (a columnar ``drivers.batch.SetpointBatch``, published
+from its columns: same messages and results as ``apply``, answered per message, issue 18),
 ``verify(timeout_s) -> list[SetpointResult]``, ``pending() -> list[str]``,
 ``telemetry(miner_id) -> TelemetryMessage | None``, ``close()``; ``publisher`` (its ``connects``
 count, ``receive_maximum``); ``messages_published`` (messages in the last batch) and ``last_timings``
