@@ -68,3 +68,23 @@ def test_simulated_status_says_no_model_with_the_rules(tmp_path: Path, prices: p
         site.close()
     assert "price_model" in status and status["price_model"] is None
     assert status["forecast_source"] == "rules"
+
+
+def test_the_simulate_table_names_its_units_and_how_each_hour_is_summarised() -> None:
+    """Newcomer finding: ``price``, ``limit_mw``, ``maple_lane_dba`` and ``maple_lane_cap`` did not say
+    whether an hour's figure was a mean, a minimum or a maximum, nor the price's unit."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "hashflex.cli", "run", "--simulate", "--profile", "quiet_hollow",
+                          "--intervals", "4", "--no-serve", "--price-model", "rules"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    legend = next(i for i, line in enumerate(lines) if line.startswith("per local hour: "))
+    header = lines[legend + 1].split()
+    assert header == ["price_usd_mwh", "load_mw", "import_limit_mw", "maple_lane_max_dba", "school_yard_max_dba",
+                      "maple_lane_cap_dba", "school_yard_cap_dba", "reason"]
+    assert lines[legend + 2].startswith("hour (America/Chicago)")
+    assert "highest SIMULATED meter level and lowest noise cap per receptor" in lines[legend]
+    assert any(line.startswith("ticks 4, greedy fallback schedules (solver failed or timed out) 0") for line in lines)

@@ -232,17 +232,23 @@ def _simulate_with_site(profile, args: argparse.Namespace, site) -> int:
                                 observer=site, price_forecaster=model)
     frame = result.intervals
     local = frame.index.tz_convert(profile.tz)
+    # Column names carry their units (field-standard names); the line above the table says how each hour
+    # is summarised (a newcomer could not tell a mean from a maximum, or a measured level from a cap).
     hourly = frame.groupby(local.floor("h")).agg(
-        price=("price_usd_mwh", "mean"), load_mw=("load_after_fast_path_kw", lambda s: s.mean() / 1000),
-        limit_mw=("import_limit_kw", lambda s: s.min() / 1000),
-        **{f"{r.id}_dba": (f"noise_measured_dba_{r.id}", "max") for r in profile.receptors},
-        **{f"{r.id}_cap": (f"noise_cap_dba_{r.id}", "min") for r in profile.receptors},
+        price_usd_mwh=("price_usd_mwh", "mean"), load_mw=("load_after_fast_path_kw", lambda s: s.mean() / 1000),
+        import_limit_mw=("import_limit_kw", lambda s: s.min() / 1000),
+        **{f"{r.id}_max_dba": (f"noise_measured_dba_{r.id}", "max") for r in profile.receptors},
+        **{f"{r.id}_cap_dba": (f"noise_cap_dba_{r.id}", "min") for r in profile.receptors},
         reason=("reason", lambda s: s.mode().iloc[0] if len(s.mode()) else ""))
     hourly.index = hourly.index.strftime("%a %H:%M")
+    hourly.index.name = f"hour ({profile.site.timezone})"
+    print("per local hour: mean price and site load, lowest import limit, highest SIMULATED meter level and lowest "
+          "noise cap per receptor, and the reason the plan gave most often (what limited it)")
     print(hourly.round(2).to_string())
     status = result.loop.status(result.reports[-1].at)
-    print(f"ticks {status['counters']['ticks']}, fallback schedules {status['counters']['fallback_schedules']}, "
-          f"fast-path actions {status['counters']['fast_path_actions']}, DR accepted {status['counters']['dr_accepted']}")
+    print(f"ticks {status['counters']['ticks']}, greedy fallback schedules (solver failed or timed out) "
+          f"{status['counters']['fallback_schedules']}, fast-path cuts between solves "
+          f"{status['counters']['fast_path_actions']}, DR events accepted {status['counters']['dr_accepted']}")
     if model is not None:  # the learned price model (issue 14): which forecast planned the last tick, and why
         print(f"price forecast at the last tick: {model.last_source} ({model.last_reason})")
     for event in events:

@@ -81,7 +81,8 @@ class _RejectionCollector:
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily("hashflex_input_rejections",
-                                     "inbound messages and price rows rejected, by kind and reason class",
+                                     "inputs refused: MQTT messages, HTTP price and load forecast rows, commands out of bounds; by kind and "
+                                     "reason class",
                                      labels=["kind", "reason"])
         for (kind, reason), count in sorted(self.counts.items()):
             family.add_metric([kind, reason], count)
@@ -106,24 +107,27 @@ class StatusMetrics:
         self.rejections = _RejectionCollector()
         self.registry.register(self.rejections)  # type: ignore[arg-type]
         r = self.registry
-        self.healthy = Gauge("hashflex_healthy", "1 when inputs are fresh and the loop ticks", registry=r)
-        self.tick_age = Gauge("hashflex_last_tick_age_seconds", "seconds since the last completed tick", registry=r)
-        self.units = Gauge("hashflex_units_running", "miners running (any mode)", registry=r)
-        self.solve_seconds = Gauge("hashflex_last_solve_seconds", "wall time of the last solve", registry=r)
-        self.dr_active = Gauge("hashflex_dr_events_active", "DR events in force", registry=r)
-        self.counter = Gauge("hashflex_events_total", "loop counters", ["counter"], registry=r)
+        self.healthy = Gauge("hashflex_healthy", "1 when /healthz answers ok (the loop ticks, prices known, state durable, broker up, no "
+                             "ingest backlog), else 0", registry=r)
+        self.tick_age = Gauge("hashflex_last_tick_age_seconds", "seconds since the last completed tick (-1: none yet)", registry=r)
+        self.units = Gauge("hashflex_units_running", "miners hashing now, in any mode", registry=r)
+        self.solve_seconds = Gauge("hashflex_last_solve_seconds", "wall time of the last optimisation, s (0 before the first)", registry=r)
+        self.dr_active = Gauge("hashflex_dr_events_active", "demand-response events in force now", registry=r)
+        self.counter = Gauge("hashflex_events_total", "counts since the daemon started, by counter (ticks, fallback_schedules, dr_accepted, "
+                             "limits_rejected, price_model_fits, ...)", ["counter"], registry=r)
         self.grid_import = Gauge("hashflex_grid_import_kw", "grid import now (kW)", registry=r)
-        self.limit = Gauge("hashflex_import_limit_kw", "import limit in force (kW), by source", ["source"], registry=r)
+        self.limit = Gauge("hashflex_import_limit_kw", "the import limit binding now (kW); source: interconnection, DR:<event>, "
+                           "limits:<manager>, ...", ["source"], registry=r)
         self.load = Gauge("hashflex_site_load_kw", "site load now (kW)", registry=r)
         self.renewable = Gauge("hashflex_renewable_kw", "on-site renewable output now (kW)", registry=r)
-        self.price = Gauge("hashflex_price_usd_mwh", "energy price now ($/MWh)", registry=r)
-        self.breakeven = Gauge("hashflex_breakeven_usd_mwh", "breakeven price per miner group ($/MWh)", ["group"],
+        self.price = Gauge("hashflex_price_usd_mwh", "energy price of the current interval at the site's settlement point ($/MWh)", registry=r)
+        self.breakeven = Gauge("hashflex_breakeven_usd_mwh", "energy price above which a miner group loses money ($/MWh), by group", ["group"],
                                registry=r)
-        self.noise_measured = Gauge("hashflex_noise_measured_dba", "last measured level per receptor (dB(A))",
+        self.noise_measured = Gauge("hashflex_noise_measured_dba", "last level measured at each receptor (dB(A))",
                                     ["receptor"], registry=r)
-        self.noise_modelled = Gauge("hashflex_noise_modelled_dba", "modelled level per receptor (dB(A))",
+        self.noise_modelled = Gauge("hashflex_noise_modelled_dba", "level the noise model predicts at each receptor now (dB(A))",
                                     ["receptor"], registry=r)
-        self.noise_cap = Gauge("hashflex_noise_cap_dba", "cap in force per receptor (dB(A))", ["receptor"], registry=r)
+        self.noise_cap = Gauge("hashflex_noise_cap_dba", "noise cap in force at each receptor now (dB(A))", ["receptor"], registry=r)
         self.carbon_used = Gauge("hashflex_carbon_used_kg", "CO2 emitted this local day/month (kg)", ["period"],
                                  registry=r)
         self.carbon_left = Gauge("hashflex_carbon_left_kg", "carbon budget left this local day/month (kg)", ["period"],
