@@ -24,6 +24,7 @@ ack says so), never for a product the site is not qualified for.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,7 +34,7 @@ from hashflex.messages import ASAwardMessage, ASDeployMessage
 from hashflex.profile import AS_PRODUCT_RULES, SiteProfile
 
 __all__ = ["STALE", "ASDeployment", "amended_deployment", "amendment_refusal", "as_source", "award_refusal",
-           "deploy_refusal", "deployment_from", "revision_refusal"]
+           "deploy_refusal", "deployment_from", "reserve_keep_kw", "revision_refusal"]
 
 STALE = "(stale)"  # the end of a refusal for an older revision (counted by the loop as ``as_stale``)
 
@@ -162,6 +163,51 @@ class ASDeployment:
                    datetime.fromisoformat(data["deadline"]), datetime.fromisoformat(data["end"]),
                    int(data.get("revision", 0)), None if amended_at is None else datetime.fromisoformat(amended_at),
                    data.get("via"), bool(data.get("recalled", False)))
+
+
+def reserve_keep_kw(profile: SiteProfile, obligations_kw: Mapping[str, float],
+                    sheddable_kw: Mapping[str, float]) -> dict[str, float]:
+    """Per group, the running sheddable load a cut must keep so the awards in force stay held.
+
+    A cut for a hard limit (the tick's guard, a DR or AS deployment's fast-path cut) takes first
+    what no award needs (issue 15: cutting "least efficient first" slept the hall that held the whole
+    Non-Spin award while the RRS hydro it was deploying kept mining). Each product's obligation is
+    assigned to its qualified groups (``ancillary.products.<P>.group_mw``, at most that many MW of
+    it per group), products with the fewest groups first, each to the group with the most sheddable
+    load left first: exact when each product has its own groups (the bundled example), a safe
+    allocation otherwise. What a product's groups cannot carry is not kept elsewhere (it is short
+    whatever the cut does).
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        The site (its ``ancillary`` section; none: nothing to keep).
+    obligations_kw : mapping of str to float
+        Product -> reserve to hold now, kW (awards in force less what is deployed of that product;
+        ``LimitsBook.reserve_obligations_at``).
+    sheddable_kw : mapping of str to float
+        Group id -> running load above idle now, kW (what the group can hold as reserve).
+
+    Returns
+    -------
+    dict of str to float
+        Group id -> kW of sheddable load to keep running (groups with nothing to keep are absent).
+    """
+    section = profile.ancillary
+    if section is None:
+        return {}
+    left = {g: max(float(kw), 0.0) for g, kw in sheddable_kw.items()}
+    keep: dict[str, float] = {}
+    wanted = [(p, float(kw)) for p, kw in obligations_kw.items() if kw > 0 and p in section.products]
+    for product, need in sorted(wanted, key=lambda pk: (len(section.products[pk[0]].group_mw), pk[0])):
+        shares = section.products[product].group_mw
+        for group_id in sorted(shares, key=lambda g: (-left.get(g, 0.0), g)):
+            take = min(need, left.get(group_id, 0.0), shares[group_id] * 1000.0)
+            if take > 0:
+                keep[group_id] = keep.get(group_id, 0.0) + take
+                left[group_id] -= take
+                need -= take
+    return keep
 
 
 def _issuer_refusal(profile: SiteProfile, issuer: str, product: str) -> str | None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -85,6 +85,10 @@ class CountGuard:
 
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
+        # Issue 15: ``(sheddable kW per group, now) -> kW per group to keep running`` for the
+        # awards in force (`control.ancillary.reserve_keep_kw`; the loop sets it). An import cut
+        # takes first what no award needs; None: the per-miner guard's order alone.
+        self.reserve_keep: Callable[[Mapping[str, float], datetime], Mapping[str, float]] | None = None
         profile = guard.profile
         self._group_index = {g.id: i for i, g in enumerate(profile.miner_groups)}
         self._units = {g.id: g.units for g in profile.miner_groups}
@@ -128,7 +132,7 @@ class CountGuard:
             self._cut_power(state, net - limit_kw, "import_curtail",
                             f"modelled import {net:.1f} kW (batch + idle + auxiliary − renewable "
                             f"{renewable_kw:.1f} kW{note}) is over the {source} limit {limit_kw:.1f} kW",
-                            actions, moves)
+                            actions, moves, keep=self._keep(state, now))
         local = now.astimezone(self.guard.profile.tz)
         for receptor in self.guard.profile.receptors:
             cap = min(receptor.cap_at(local), limits.noise_caps_dba.get(receptor.id, math.inf))
@@ -159,7 +163,7 @@ class CountGuard:
             spans.append((len(actions), _open(moves), -1))
             self._cut_power(state, net - limit_kw, "emergency_dr_cut",
                             f"emergency limit {limit_kw:.1f} kW; modelled import {net:.1f} kW "
-                            f"(renewable {renewable_kw:.1f} kW{note})", actions, moves)
+                            f"(renewable {renewable_kw:.1f} kW{note})", actions, moves, keep=self._keep(state, now))
         return CountResult(_running(state), moves, actions, _close(spans, actions, moves))
 
     def noise_exceedance_cut(self, receptor_id: str, measured_dba: float, cap_dba: float,
@@ -232,39 +236,89 @@ class CountGuard:
         else:
             moves.append(Move(group_id, from_mode, to_mode, n))
 
+    def _keep(self, state: Mapping[tuple[str, str], int], now: datetime) -> dict[str, float] | None:
+        """Group id -> sheddable kW the awards in force need kept running (None: no hook, no award)."""
+        if self.reserve_keep is None:
+            return None
+        keep = dict(self.reserve_keep(self._sheddable(state), now))
+        return keep if any(v > 0 for v in keep.values()) else None
+
+    def _sheddable(self, state: Mapping[tuple[str, str], int]) -> dict[str, float]:
+        """Group id -> running load above idle, kW (what a group can hold as reserve)."""
+        out: dict[str, float] = {}
+        for (group_id, mode), n in state.items():
+            if n > 0:
+                out[group_id] = out.get(group_id, 0.0) + n * (self.guard._specs[group_id, mode].power_kw
+                                                              - self._idle[group_id])
+        return out
+
     def _cut_power(self, state: dict, excess_kw: float, kind: str, why: str, actions: list[GuardAction],
-                   moves: list[Move]) -> None:
-        """`Guard._cut_power` class by class: whole units to sleep while a unit's removal fits."""
+                   moves: list[Move], keep: Mapping[str, float] | None = None) -> None:
+        """`Guard._cut_power` class by class: whole units to sleep while a unit's removal fits.
+
+        With ``keep`` (group id -> sheddable kW the awards in force need, issue 15) a first pass in
+        the same order cuts only what each group runs above its keep; a second pass, only if the
+        limit still needs it, cuts the rest (the import limit is hard: reserve-holding units go too,
+        and the action says so)."""
         specs = self.guard._specs
         order = sorted((key for key, n in state.items() if n > 0),
                        key=lambda k: (-specs[k].j_per_th, -specs[k].sound_dba, k[0]))
         remaining = excess_kw
         slept = stepped = 0
-        for group_id, mode in order:
-            if remaining <= 0:
-                break
-            spec = specs[group_id, mode]
-            idle = self._idle[group_id]
-            removal = spec.power_kw - idle
-            count = state[group_id, mode]
-            # Units slept whole: those whose removal does not exceed what remains (removal <= remaining).
-            whole = count if removal <= 0 else min(count, _whole_units(remaining, removal))
-            if whole:
-                self._move(state, moves, group_id, mode, SLEEP, whole)
-                remaining -= whole * removal
-                slept += whole
-            if remaining <= 0 or whole == count:
-                continue
-            # The next unit removes more than remains: the highest-power lower mode that still removes it.
-            lower = [m for m in self._modes[group_id] if m.power_kw < spec.power_kw
-                     and spec.power_kw - m.power_kw >= remaining and m.sound_power_dba <= spec.sound_dba]
-            target = max(lower, key=lambda m: m.power_kw).name if lower else SLEEP
-            self._move(state, moves, group_id, mode, target, 1)
-            remaining -= spec.power_kw - (specs[group_id, target].power_kw if target != SLEEP else idle)
-            slept, stepped = (slept + 1, stepped) if target == SLEEP else (slept, stepped + 1)
+        room = None
+        if keep:
+            room = {g: kw - keep.get(g, 0.0) for g, kw in self._sheddable(state).items()}
+        passes = (room, None) if room is not None else (None,)
+        forced = 0.0
+        for spare in passes:
+            before_pass = remaining
+            if spare is None and room is not None:  # step-downs of the first pass made new classes
+                order = sorted((key for key, n in state.items() if n > 0),
+                               key=lambda k: (-specs[k].j_per_th, -specs[k].sound_dba, k[0]))
+            for group_id, mode in order:
+                if remaining <= 0:
+                    break
+                n_here = state.get((group_id, mode), 0)
+                if n_here <= 0:
+                    continue
+                spec = specs[group_id, mode]
+                idle = self._idle[group_id]
+                removal = spec.power_kw - idle
+                count = n_here
+                if spare is not None and removal > 0:
+                    # Only what the group runs above what its awards need (whole units).
+                    count = min(count, max(int((spare.get(group_id, 0.0) + 1e-9) // removal), 0))
+                # Units slept whole: those whose removal does not exceed what remains (removal <= remaining).
+                whole = count if removal <= 0 else min(count, _whole_units(remaining, removal))
+                if whole:
+                    self._move(state, moves, group_id, mode, SLEEP, whole)
+                    remaining -= whole * removal
+                    slept += whole
+                    if spare is not None:
+                        spare[group_id] = spare.get(group_id, 0.0) - whole * max(removal, 0.0)
+                if remaining <= 0 or whole == n_here:
+                    continue
+                # The next unit removes more than remains: the highest-power lower mode that still removes it.
+                lower = [m for m in self._modes[group_id] if m.power_kw < spec.power_kw
+                         and spec.power_kw - m.power_kw >= remaining and m.sound_power_dba <= spec.sound_dba]
+                target = max(lower, key=lambda m: m.power_kw).name if lower else SLEEP
+                drop = spec.power_kw - (specs[group_id, target].power_kw if target != SLEEP else idle)
+                if spare is not None and drop > spare.get(group_id, 0.0) + 1e-9:
+                    continue  # that step would take load an award needs: a later class, or the second pass
+                self._move(state, moves, group_id, mode, target, 1)
+                remaining -= drop
+                if spare is not None:
+                    spare[group_id] = spare.get(group_id, 0.0) - drop
+                slept, stepped = (slept + 1, stepped) if target == SLEEP else (slept, stepped + 1)
+            if spare is None and room is not None:
+                forced = before_pass - max(remaining, 0.0)
         removed = excess_kw - remaining
         detail = f"{slept} unit(s) to sleep" + (f", {stepped} to a lower mode" if stepped else "")
-        actions.append(GuardAction(kind, f"{why}; curtailed least efficient (J/TH) and loudest first: "
+        order_note = ("least efficient (J/TH) and loudest first" if room is None else
+                      "least efficient (J/TH) and loudest first, units no reserve award needs before the others"
+                      + (f" ({forced:.1f} kW of it from units holding awarded reserve: the limit needs them)"
+                         if forced > 0 else ""))
+        actions.append(GuardAction(kind, f"{why}; curtailed {order_note}: "
                                          f"{detail}, {removed:.1f} kW removed", ()))
         if remaining > _REL_EPS * max(excess_kw, 1.0):
             actions.append(GuardAction("limit_unreachable",

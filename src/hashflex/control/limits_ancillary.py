@@ -198,6 +198,26 @@ class AncillaryBookMixin:
                 out.setdefault(award["product"], {})[award_id] = float(award["reserve_kw"])
         return out
 
+    def reserve_obligations_at(self, t: datetime) -> dict[str, float]:
+        """Product -> reserve to hold at ``t``, kW: the awards in force less what of that product is
+        deployed and in force (shed load cannot also be held running); what a cut must keep.
+
+        Parameters
+        ----------
+        t : datetime
+            The moment, timezone-aware.
+
+        Returns
+        -------
+        dict of str to float
+            Product -> kW (>= 0), for the products awarded at ``t``.
+        """
+        out = {p: sum(v.values()) for p, v in self.reserve_awards_at(t).items()}
+        for deployment in self.as_deployments.values():
+            if deployment.product in out and deployment.in_force(t):
+                out[deployment.product] = max(out[deployment.product] - deployment.deployed_kw, 0.0)
+        return out
+
     def reserve_obligations_over(self, interval_start: Sequence[datetime] | pd.DatetimeIndex,
                                  interval: timedelta) -> dict[str, np.ndarray]:
         """Product -> per interval the reserve the plan must hold (kW): the largest awarded total at

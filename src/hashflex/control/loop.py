@@ -45,6 +45,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from hashflex.control.ancillary import reserve_keep_kw
 from hashflex.control.as_intake import AncillaryIntakeMixin, deployment_performance  # noqa: F401 - re-exported
 from hashflex.control.compute_commands import ComputeState
 from hashflex.control.dispatch import ArrayDispatch, plan_dispatch_arrays
@@ -296,6 +297,9 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
         self.solver = solver or SolveRunner(time_limit_s=config.solve_time_limit_s)
         self.guard = Guard(profile)
         self.count_guard = CountGuard(self.guard)  # the fast path's cuts in counts (issue 18)
+        # Issue 15: a cut for a hard limit takes first what the awards in force do not need.
+        self.count_guard.reserve_keep = lambda shed, now: reserve_keep_kw(
+            self.profile, self.book.reserve_obligations_at(now), shed)
         self._plausibility = PlausibilityContext.from_profile(profile)
         # Miners that keep failing setpoints (or, with a verifying driver, do not follow them) are
         # marked unavailable, so the optimizer plans without them and /status names them.
