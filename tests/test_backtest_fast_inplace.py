@@ -17,7 +17,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_inplace_update import T, base_problem, fresh_compiled, kept_after_a_solve, lp_numbers
+from test_inplace_update import (
+    T,
+    base_problem,
+    fresh_compiled,
+    kept_after_a_solve,
+    lp_numbers,
+)
 
 from hashflex.optimize.highs_compile import LpBasisCache, template_key, update_in_place
 from hashflex.optimize.problem import CarbonBudget, GroupState

@@ -41,6 +41,10 @@ import json, resource, sys, time
 argv, out = json.loads(sys.argv[1]), sys.argv[2]
 import hashflex
 from hashflex.cli import main
+def cpu():  # this process and its solver worker (a worker still alive is reaped by main's close())
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+cpu_started = cpu()
 started = time.perf_counter()
 code = main(argv)
 wall = time.perf_counter() - started
@@ -51,6 +55,7 @@ print("RESULT " + json.dumps({
                  for k, v in summary["policies"].items()},
     "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     "children_maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0,
+    "cpu_s": cpu() - cpu_started,
 }))
 """
 
@@ -102,10 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     cache = json.loads(Path(args.cache).read_text()) if args.cache and Path(args.cache).exists() else {}
     print(f"backtest speed: {args.days} simulated day(s) from {args.start}; bundled ERCOT Feb 2020 prices, "
           f"SYNTHETIC clear-sky solar; baseline {args.baseline if base else '(none)'}")
-    print("s/day: whole command after imports (policy run alone); ratio = baseline / this tree; RSS: backtest "
-          "process max (solver worker max)")
-    header = (f"{'profile':<16} {'policy':<10} | {'this tree s/day':>20} {'RSS MB':>14} | "
-              f"{'baseline s/day':>20} {'RSS MB':>14} | {'ratio':>6} | profit vs baseline")
+    print("s/day: whole command after imports (policy run alone); CPU: CPU seconds per day of the command and "
+          "its solver worker (user + system; a loaded shared machine inflates wall time, not CPU time); "
+          "ratio = baseline / this tree, wall (CPU); RSS: backtest process max (solver worker max)")
+    header = (f"{'profile':<16} {'policy':<10} | {'this tree s/day':>20} {'CPU':>6} {'RSS MB':>14} | "
+              f"{'baseline s/day':>20} {'CPU':>6} {'RSS MB':>14} | {'ratio':>11} | profit vs baseline")
     print(header)
     print("-" * len(header))
     for profile in args.profiles:
@@ -121,18 +127,25 @@ def main(argv: list[str] | None = None) -> int:
 
             def cells(r: dict | None) -> str:
                 if r is None:
-                    return f"{'-':>20} {'-':>14}"
+                    return f"{'-':>20} {'-':>6} {'-':>14}"
                 run = r["policies"][policy]["wall_seconds"] / args.days
-                return (f"{r['wall_s'] / args.days:9.1f} ({run:7.1f})  "
+                cpu = r.get("cpu_s")
+                cpu_cell = f"{cpu / args.days:6.1f}" if cpu is not None else f"{'-':>6}"
+                return (f"{r['wall_s'] / args.days:9.1f} ({run:7.1f}) {cpu_cell} "
                         f"{r['maxrss_mb']:6.0f} ({r['children_maxrss_mb']:5.0f})")
 
-            ratio = f"{old['wall_s'] / new['wall_s']:5.1f}x" if old else "     -"
+            ratio = "          -"
+            if old:  # wall (CPU): CPU time is what a loaded shared machine does not inflate
+                cpu_ratio = (f"{old['cpu_s'] / new['cpu_s']:4.1f}x" if old.get("cpu_s") and new.get("cpu_s")
+                             else "   -")
+                ratio = f"{old['wall_s'] / new['wall_s']:5.1f}x ({cpu_ratio})"
             same = "-"
             if old is not None:  # the same result, or this tree's profit less the baseline's
                 delta = new["policies"][policy]["profit_usd"] - old["policies"][policy]["profit_usd"]
-                base = old["policies"][policy]["profit_usd"]
-                same = "same" if abs(delta) < 1e-6 else f"{delta:+,.2f} $ ({delta / base:+.3%})"
-            print(f"{profile:<16} {policy:<10} | {cells(new)} | {cells(old)} | {ratio:>6} | {same}", flush=True)
+                # (was assigned to `base`, the baseline tree: the next row then ran on a float)
+                old_profit = old["policies"][policy]["profit_usd"]
+                same = "same" if abs(delta) < 1e-6 else f"{delta:+,.2f} $ ({delta / old_profit:+.3%})"
+            print(f"{profile:<16} {policy:<10} | {cells(new)} | {cells(old)} | {ratio:>11} | {same}", flush=True)
             goal = GOALS_S_PER_DAY.get((profile, policy))
             if goal is not None:
                 got = new["wall_s"] / args.days

@@ -175,6 +175,8 @@ def run_backtest(profile: SiteProfile, actuals: Actuals, policies: Sequence[str]
     step_days = float(actuals.step / pd.Timedelta(days=1))
     runs: dict[str, PolicyRun] = {}
     with SolveRunner(time_limit_s=time_limit_s, deadline_s=deadline_s, inline=inline_solver) as runner:
+        if any(policy in ("mpc", AS_POLICY, "oracle") for policy in policies):
+            runner.start()  # the worker's spawn and imports overlap the first policy's set-up (issue 18)
         for policy in policies:
             bar = progress(policy, len(actuals.index), step_days)
             if policy == "oracle":

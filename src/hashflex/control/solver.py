@@ -33,7 +33,7 @@ from hashflex.optimize.fallback import greedy_schedule
 from hashflex.optimize.problem import Problem
 from hashflex.optimize.schedule import Schedule
 
-__all__ = ["SolveRunner", "plan_problem", "solve_problem"]
+__all__ = ["SolveRunner", "plan_problem", "solve_problem", "warm_up"]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,16 @@ def solve_problem(problem: Problem, time_limit_s: float, rel_gap: float | None =
     return solve(problem, time_limit_s=time_limit_s, rel_gap=rel_gap)
 
 
+def warm_up() -> bool:
+    """Import what a solve needs (Pyomo, highspy, the model) in the worker ahead of the first plan.
+
+    Submitted by :meth:`SolveRunner.start`; returns True once the imports are done.
+    """
+    import hashflex.optimize.solve  # noqa: F401 - the import is the point: ~1-3 s of a worker's first solve
+
+    return True
+
+
 def _exit_with_parent(parent_pid: int, pdeathsig: bool) -> None:
     """Worker initializer: exit as soon as ``parent_pid`` is no longer our parent."""
     if pdeathsig and sys.platform.startswith("linux"):
@@ -168,6 +178,23 @@ class SolveRunner:
                                                      initializer=_exit_with_parent,
                                                      initargs=(os.getpid(), on_main_thread))
         return self._pool
+
+    def start(self) -> None:
+        """Start the worker and its imports now, in the background (nothing when ``inline``).
+
+        A worker starts at the first solve otherwise: a spawned interpreter plus the Pyomo and HiGHS
+        imports, 1.2-3 s on the shared 2-core machine, which the first plan then waits for. Started
+        early, that overlaps with whatever the caller does before its first plan (the backtest: its
+        forecaster and loop). The first solve still gets its full deadline from when it is
+        submitted; it waits behind the warm-up only if that is not yet done. Never raises: a worker
+        that fails to start is replaced at the next solve, as after a crash.
+        """
+        if self.inline:
+            return
+        try:
+            self._executor().submit(warm_up)
+        except Exception:  # the next solve's own submit reports a broken pool
+            log.warning("solver worker could not be started ahead of the first solve", exc_info=True)
 
     def worker_pids(self) -> list[int]:
         """Pids of the live worker process(es); empty before the first solve and after ``close``.

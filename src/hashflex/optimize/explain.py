@@ -218,7 +218,7 @@ def explain_intervals(problem: Problem, counts: dict[tuple[int, int], np.ndarray
         if within_gap[t]:
             blocked["gap"] = ("within the solver's gap: a profitable step up breaks no limit here, and no min on/off "
                               "time, start cost or ramp limit holds it back")
-        booting = _cold_booting(problem, frame, t)
+        booting = _cold_booting(problem, frame, t) if problem.power_off else ""  # issue 17's PDU groups only
         if booting and ("equipment" in blocked or "gap" in blocked):
             blocked.pop("gap", None)
             blocked["equipment"] = f"equipment: {booting} cold-booting after a power-off at the PDU"
