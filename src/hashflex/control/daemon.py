@@ -236,6 +236,31 @@ def with_price_model(status: dict[str, Any], model: Any) -> dict[str, Any]:
             "counters": {**status.get("counters", {}), **state["counters"]}}
 
 
+def with_openadr_counters(status: dict[str, Any], ven_status: dict[str, Any] | None) -> dict[str, Any]:
+    """The daemon's status with the OpenADR VEN's counters among the status counters, each as
+    ``openadr_<name>`` (``/metrics``: ``hashflex_events_total{counter="openadr_as_late"}``, ``openadr_polls``,
+    ...), so that what the VEN counts (late, above-award and missed AS deployments, poll failures) reaches
+    the metrics as the loop's own counters do; the prefix keeps the two paths apart (the loop counts MQTT
+    deployments under the same plain names).
+
+    Parameters
+    ----------
+    status : dict
+        The status document (``counters``, ...).
+    ven_status : dict or None
+        ``VEN.status()`` (its ``counters``: name -> int); None without a VEN.
+
+    Returns
+    -------
+    dict
+        A copy of ``status`` with ``openadr`` set to ``ven_status`` and the prefixed counters added.
+    """
+    counters = dict(status.get("counters", {}))
+    for name, value in ((ven_status or {}).get("counters") or {}).items():
+        counters[f"openadr_{name}"] = value
+    return {**status, "openadr": ven_status, "counters": counters}
+
+
 def _reload(loop: ControlLoop, profile_path: str) -> None:
     """SIGHUP: re-read the profile; an invalid file is refused with its errors, the old one stays."""
     from hashflex.profile import ProfileError, load_profile
@@ -446,8 +471,8 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
     def status(now: datetime) -> dict[str, Any]:
         document = {**loop.status(now), "inputs": ingest.stats(), "mqtt_connected": ingest.connected,
                     "input_rejections": ingest.rejection_stats(), "price_feed": feed_stats(),
-                    "load_forecast_feed": load_feed.stats() if load_feed is not None else None,
-                    "openadr": ven.status() if ven is not None else None}
+                    "load_forecast_feed": load_feed.stats() if load_feed is not None else None}
+        document = with_openadr_counters(document, ven.status() if ven is not None else None)
         document = with_ingest_backlog(document, ingest.backlog())
         return with_broker_health(with_price_model(document, model), ingest.connected)
 
