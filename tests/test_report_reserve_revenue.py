@@ -54,18 +54,23 @@ def test_report_of_a_trail_without_awards_has_no_reserve_money(tmp_path) -> None
     assert economics["profit_usd"] == pytest.approx(economics["revenue_usd"] - economics["energy_cost_usd"], abs=0.01)
 
 
-def test_a_metered_deployment_shortfall_is_charged_back_by_hand(tmp_path) -> None:
+def test_a_metered_deployment_shortfall_is_reported_not_charged_back(tmp_path) -> None:
     """The trail of test_report_ancillary's RRS case (10 hydro blocks, an RRS award of 4,950 kW at
     $150/MW-h from 16:00 to 20:00, deployed at 17:03 with a 50 kW metered shortfall over the three
-    quarter hours from 17:15). Report 17:00–18:00: paid 4.95 MW × $150 × 1 h = $742.50; charged back
-    0.05 MW × $150 × 3 × ¼ h = $5.625; net $736.875; profit = revenue − energy cost + net."""
+    quarter hours from 17:15). Report 17:00–18:00: paid 4.95 MW × $150 × 1 h = $742.50. The one
+    clawback definition (issue 15, ``control.ancillary.reserve_clawback_usd``) charges reserve not
+    held (ERCOT's failure to provide, §6.7.3); a deployment's metered shortfall is a performance
+    figure (§8.1.1.4), in the deployments table, not charged: net $742.50 (it was $736.88 when the
+    report charged it and the backtest did not: the $317.73 vs $4.96 a newcomer saw)."""
     from test_report_ancillary import _report, _trail
 
     db = tmp_path / "rrs.db"
     _trail(db, "RRS", 5000.0, [1090.0, 100.0, 100.0, 100.0])
-    economics = _report(db)["economics"]
+    report = _report(db)
+    economics = report["economics"]
+    assert report["ancillary"]["deployments"][0]["metered_shortfall_mw"] == pytest.approx(0.05)
     assert economics["reserve_payment_usd"] == pytest.approx(742.5)
-    assert economics["reserve_clawback_usd"] == pytest.approx(5.62, abs=0.01)  # rounded to the cent
-    assert economics["reserve_revenue_usd"] == pytest.approx(736.88, abs=0.01)
+    assert economics["reserve_clawback_usd"] == 0.0
+    assert economics["reserve_revenue_usd"] == pytest.approx(742.5, abs=0.01)
     assert economics["profit_usd"] == pytest.approx(
-        economics["revenue_usd"] - economics["energy_cost_usd"] + 736.875, abs=0.02)
+        economics["revenue_usd"] - economics["energy_cost_usd"] + 742.5, abs=0.02)

@@ -26,7 +26,7 @@ HMAC_ENV = "HASHFLEX_AUDIT_HMAC_KEY"
 SIGNATURE_VERSION = "hf-audit-v1"
 KINDS = ("input_summary", "dr_event", "dr_ack", "dr_transition", "schedule", "setpoints", "guard_action", "config",
          "measurement", "limits_change", "limits_expired", "restart", "meter_sample",
-         "as_award", "as_deploy", "as_performance",  # ancillary services (issue 15)
+         "as_award", "as_deploy", "as_performance", "reserve_hold_short",  # ancillary services (issue 15)
          "openadr_rejected")  # what the OpenADR VEN refuses (openadr.ven._reject)
 
 _SCHEMA = """

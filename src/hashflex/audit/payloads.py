@@ -18,7 +18,8 @@ from hashflex import acoustics
 from hashflex.audit.chain import AuditError, iso_utc
 
 __all__ = ["config_payload", "dr_ack_payload", "dr_event_payload", "guard_action_payload", "input_summary_payload",
-           "laeq_dba", "measurement_payload", "noise_interval_summary", "schedule_payload", "setpoints_payload"]
+           "laeq_dba", "measurement_payload", "noise_interval_summary", "reserve_hold_short_payload", "schedule_payload",
+           "setpoints_payload"]
 
 
 def _num(value: float | None) -> float | None:
@@ -57,6 +58,49 @@ def noise_interval_summary(readings: Iterable[tuple[float, float]], cap_dba: flo
     level = laeq_dba([r[0] for r in readings], [r[1] for r in readings])
     over = 0.0 if cap_dba is None else sum(r[1] for r in readings if r[0] > cap_dba) / 60.0
     return level, over
+
+
+def reserve_hold_short_payload(interval_start: datetime, interval_h: float, product: str, obligation_kw: float,
+                               short_kw: float, price_usd_mw_h: float | None, clawback_usd: float | None) -> dict[str, Any]:
+    """The ``reserve_hold_short`` payload (issue 15): one per product per control interval in which
+    reserve awarded was not held by running, sheddable, qualified load, written by the loop after
+    the interval (with its ``measurement``), so the report charges back what the backtest does.
+
+    Parameters
+    ----------
+    interval_start : datetime
+        Start of the control interval, timezone-aware.
+    interval_h : float
+        Interval length, h (> 0).
+    product : str
+        ``RRS``, ``ECRS`` or ``NSPIN``.
+    obligation_kw : float
+        Reserve to hold over the interval: awards in force less what of the product was deployed, kW.
+    short_kw : float
+        What of it the running units did not hold, kW (``control.ancillary.reserve_hold_shortfalls``).
+    price_usd_mw_h : float or None
+        The awards' price (reserve-weighted), $ per MW per hour; None when no award carried one.
+    clawback_usd : float or None
+        ``control.ancillary.reserve_clawback_usd`` of the above, $ (None without a price).
+
+    Returns
+    -------
+    dict
+        ``interval_start`` (ISO Z), ``interval_h``, ``product``, ``obligation_kw``, ``held_kw``,
+        ``short_kw``, ``price_usd_mw_h``, ``clawback_usd`` (JSON-safe).
+
+    Raises
+    ------
+    AuditError
+        ``interval_h`` not positive, ``short_kw`` negative or above the obligation.
+    """
+    if not interval_h > 0:
+        raise AuditError(f"interval_h: {interval_h!r} must be > 0")
+    if short_kw < 0 or short_kw > obligation_kw + 1e-6:
+        raise AuditError(f"short_kw: {short_kw!r} must be within [0, obligation_kw {obligation_kw!r}]")
+    return {"interval_start": iso_utc(interval_start), "interval_h": float(interval_h), "product": str(product),
+            "obligation_kw": _num(obligation_kw), "held_kw": _num(obligation_kw - short_kw), "short_kw": _num(short_kw),
+            "price_usd_mw_h": _num(price_usd_mw_h), "clawback_usd": _num(clawback_usd)}
 
 
 def measurement_payload(

@@ -34,9 +34,12 @@ fleet obeys at once; the loop's ``measure_as_deployments`` is given the site's i
 dated by the slowest qualified group's ``response_s`` (the hardware's declared response).
 
 Settlement (:func:`settle_reserve`, through :func:`hashflex.backtest.actuals.account`): energy at the
-real-time price as for every policy; reserve paid award × MCPC; a hold shortfall (awarded reserve
-not carried by running, sheddable load: the plan's soft obligation lost to a hard limit) and a
-deployment shortfall (import above the deployment's limit) charged back at the MCPC. The deployment
+real-time price as for every policy; reserve paid award × MCPC; the hold shortfall (awarded reserve
+not carried by running, sheddable, qualified load, as the loop recorded it per interval in the audit
+trail, ``reserve_hold_short``) charged back at the MCPC by the one definition the report uses too
+(:func:`hashflex.control.ancillary.reserve_clawback_usd`: ERCOT's failure to provide, Nodal
+Protocols §6.4.9.1.3, §6.7.3). A deployment shortfall (import above the deployment's limit) is
+reported (``as_deployment_short_kw``, obligations met) and not charged (a performance figure, §8.1.1.4). The deployment
 cost is measured, not modelled: the shed kWh × the carrying groups' margin per kWh (hashes at the
 settled hashprice less the real-time energy price, floored at 0) — already inside the hash revenue
 the counts earn, so it is reported, not subtracted twice.
@@ -62,6 +65,7 @@ from hashflex.backtest.ancillary import (  # noqa: F401 - DEFAULT_OFFER_RULE re-
     offers_for_day,
     synthetic_deployments,
 )
+from hashflex.control.ancillary import reserve_clawback_usd
 from hashflex.messages import ASAwardMessage, ASDeployMessage
 from hashflex.optimize.problem import reserve_products
 from hashflex.optimize.schedule import Schedule, SolveInfo, SolveStatus, reserve_column, schedule_from_counts
@@ -129,6 +133,10 @@ class ASOutcome:
         deployment.
     notes : list of str
         Labels (SYNTHETIC, the AS price source) and skipped days.
+    hold_short_kw : dict of str to np.ndarray, optional
+        Product -> [T] reserve awarded and not held, kW, as the loop recorded it per interval
+        (``ControlLoop.record_reserve_hold``, the ``reserve_hold_short`` audit records); None: the
+        settlement recomputes it from the counts.
     """
 
     mode: str
@@ -138,6 +146,7 @@ class ASOutcome:
     deployment_limit_kw: np.ndarray
     deployments: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    hold_short_kw: dict[str, np.ndarray] | None = None
 
 
 def _hourly_on_grid(market: pd.DataFrame, column: str, index: pd.DatetimeIndex) -> np.ndarray:
@@ -356,8 +365,13 @@ class ASParticipant:
         if self.undrawn:
             notes.append(f"{self.undrawn} SYNTHETIC deployment draw(s) fell where nothing was awarded (not sent)")
         notes += self.refused
+        # The hold shortfall the loop recorded per interval (and wrote to the audit trail): the
+        # settlement charges exactly these numbers, so the report of the run's trail agrees.
+        recorded = getattr(loop, "reserve_hold_short_kw", {})
+        hold_short = {p: np.array([float(recorded.get(t, {}).get(p, 0.0)) for t in self.actuals.index])
+                      for p in self.products}
         return ASOutcome(self.mode, self.award_kw, self.mcpc, self.deployed_kw, self.deployment_limit_kw,
-                         [dict(p) for p in loop.as_performance.values()], notes)
+                         [dict(p) for p in loop.as_performance.values()], notes, hold_short)
 
     # ------------------------------------------------------------------ messages
 
@@ -426,7 +440,9 @@ def settle_reserve(profile: SiteProfile, actuals: Any, counts: dict[tuple[int, i
 
     The reserve carried is recomputed from the counts by the optimizer's own rule
     (``schedule.reserve_from_counts``) against the obligation in force (award less what is deployed),
-    so no policy's figures come from its own plan.
+    so no policy's figures come from its own plan; the hold shortfall charged is the loop's record of
+    the fleet as it ran (``outcome.hold_short_kw``, the audit trail's ``reserve_hold_short``) when
+    the outcome has it, so the report of the run's trail charges the same.
 
     Parameters
     ----------
@@ -443,7 +459,7 @@ def settle_reserve(profile: SiteProfile, actuals: Any, counts: dict[tuple[int, i
         The accounted schedule plus, per product P: ``as_award_kw_P``, ``as_mcpc_usd_mw_h_P``,
         ``as_deployed_kw_P``, ``reserve_P_kw`` (held), ``reserve_P_short_kw`` (hold shortfall);
         and ``as_deployment_limit_kw``, ``as_deployment_short_kw``, ``as_payment_usd`` (award × MCPC),
-        ``as_clawback_usd`` (shortfalls × MCPC), ``as_revenue_usd`` (payment − clawback),
+        ``as_clawback_usd`` (hold shortfall × MCPC, ``reserve_clawback_usd``), ``as_revenue_usd`` (payment − clawback),
         ``as_deployment_cost_usd`` (measured, not subtracted), ``synthetic_deployment`` (bool);
         ``profit_usd`` = revenue − energy − carbon − starts + ``as_revenue_usd``.
     """
@@ -471,8 +487,13 @@ def settle_reserve(profile: SiteProfile, actuals: Any, counts: dict[tuple[int, i
         frame[f"as_award_kw_{p}"] = award
         frame[f"as_mcpc_usd_mw_h_{p}"] = mcpc
         frame[f"as_deployed_kw_{p}"] = deployed
+        if outcome.hold_short_kw is not None and p in outcome.hold_short_kw:
+            # One number for the summary, the clawback and the audit trail: the loop's record.
+            frame[reserve_column(p, "short_kw")] = outcome.hold_short_kw[p]
         payment += award * mcpc * dt_h / 1000.0
-        clawback += (frame[reserve_column(p, "short_kw")].to_numpy(dtype=float) + share * deploy_short) * mcpc * dt_h / 1000.0
+        # The one clawback definition (control.ancillary.reserve_clawback_usd): the hold shortfall
+        # at the award's price; a deployment's shortfall is reported, not charged.
+        clawback += reserve_clawback_usd(frame[reserve_column(p, "short_kw")].to_numpy(dtype=float), mcpc, dt_h)
         delivered = np.maximum(deployed - share * deploy_short, 0.0)
         cost += delivered * dt_h * _margin_usd_per_kwh(profile, p, hashprice, energy_price)
     as_revenue = payment - clawback

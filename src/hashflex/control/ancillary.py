@@ -34,7 +34,8 @@ from hashflex.messages import ASAwardMessage, ASDeployMessage
 from hashflex.profile import AS_PRODUCT_RULES, SiteProfile
 
 __all__ = ["STALE", "ASDeployment", "amended_deployment", "amendment_refusal", "as_source", "award_refusal",
-           "deploy_refusal", "deployment_from", "reserve_keep_kw", "revision_refusal"]
+           "deploy_refusal", "deployment_from", "reserve_clawback_usd", "reserve_hold_shortfalls", "reserve_keep_kw",
+           "revision_refusal"]
 
 STALE = "(stale)"  # the end of a refusal for an older revision (counted by the loop as ``as_stale``)
 
@@ -165,6 +166,31 @@ class ASDeployment:
                    data.get("via"), bool(data.get("recalled", False)))
 
 
+def _allocate(profile: SiteProfile, obligations_kw: Mapping[str, float],
+              sheddable_kw: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """(group id -> kW kept for awards, product -> kW held): each product's obligation assigned to its
+    qualified groups (at most ``group_mw`` of it per group), products with the fewest groups first,
+    each to the group with the most sheddable load left first."""
+    section = profile.ancillary
+    keep: dict[str, float] = {}
+    held: dict[str, float] = {}
+    if section is None:
+        return keep, held
+    left = {g: max(float(kw), 0.0) for g, kw in sheddable_kw.items()}
+    wanted = [(p, float(kw)) for p, kw in obligations_kw.items() if kw > 0 and p in section.products]
+    for product, need in sorted(wanted, key=lambda pk: (len(section.products[pk[0]].group_mw), pk[0])):
+        shares = section.products[product].group_mw
+        held[product] = 0.0
+        for group_id in sorted(shares, key=lambda g: (-left.get(g, 0.0), g)):
+            take = min(need, left.get(group_id, 0.0), shares[group_id] * 1000.0)
+            if take > 0:
+                keep[group_id] = keep.get(group_id, 0.0) + take
+                left[group_id] -= take
+                held[product] += take
+                need -= take
+    return keep, held
+
+
 def reserve_keep_kw(profile: SiteProfile, obligations_kw: Mapping[str, float],
                     sheddable_kw: Mapping[str, float]) -> dict[str, float]:
     """Per group, the running sheddable load a cut must keep so the awards in force stay held.
@@ -193,21 +219,68 @@ def reserve_keep_kw(profile: SiteProfile, obligations_kw: Mapping[str, float],
     dict of str to float
         Group id -> kW of sheddable load to keep running (groups with nothing to keep are absent).
     """
-    section = profile.ancillary
-    if section is None:
-        return {}
-    left = {g: max(float(kw), 0.0) for g, kw in sheddable_kw.items()}
-    keep: dict[str, float] = {}
-    wanted = [(p, float(kw)) for p, kw in obligations_kw.items() if kw > 0 and p in section.products]
-    for product, need in sorted(wanted, key=lambda pk: (len(section.products[pk[0]].group_mw), pk[0])):
-        shares = section.products[product].group_mw
-        for group_id in sorted(shares, key=lambda g: (-left.get(g, 0.0), g)):
-            take = min(need, left.get(group_id, 0.0), shares[group_id] * 1000.0)
-            if take > 0:
-                keep[group_id] = keep.get(group_id, 0.0) + take
-                left[group_id] -= take
-                need -= take
-    return keep
+    return _allocate(profile, obligations_kw, sheddable_kw)[0]
+
+
+def reserve_hold_shortfalls(profile: SiteProfile, obligations_kw: Mapping[str, float],
+                            sheddable_kw: Mapping[str, float]) -> dict[str, float]:
+    """Per product, the reserve awarded but not held by running, sheddable, qualified load, kW.
+
+    The hold shortfall the audit trail records per interval (``reserve_hold_short``) and the
+    backtest settles (:func:`reserve_clawback_usd`): obligation less what the running units of the
+    product's qualified groups can shed, by the allocation of :func:`reserve_keep_kw` (exact when
+    each product has its own groups; ERCOT compares the award with the Load Resources' telemetered
+    capability, Nodal Protocols §6.4.9.1.3, §8.1.1.3).
+
+    Parameters
+    ----------
+    profile : SiteProfile
+    obligations_kw : mapping of str to float
+        Product -> reserve to hold over the interval, kW (awards less deployed of that product).
+    sheddable_kw : mapping of str to float
+        Group id -> running load above idle, kW.
+
+    Returns
+    -------
+    dict of str to float
+        Product -> kW short (>= 0), for every product with an obligation > 0.
+    """
+    _, held = _allocate(profile, obligations_kw, sheddable_kw)
+    return {p: max(float(kw) - held.get(p, 0.0), 0.0) for p, kw in obligations_kw.items()
+            if kw > 0 and profile.ancillary is not None and p in profile.ancillary.products}
+
+
+def reserve_clawback_usd(short_kw: Any, price_usd_mw_h: Any, duration_h: Any) -> Any:
+    """The one clawback definition (issue 15): reserve awarded but not held, at the award's price.
+
+    clawback = short_kw / 1000 × price_usd_mw_h × duration_h, per product per interval; summed over
+    intervals it is the hourly failed quantity × price when the award is constant over the hour
+    (the mean over the hour of min(award, capability) is what the telemetry shows).
+
+    ERCOT's settlement charges a QSE for Ancillary Service capacity it was awarded and did not
+    provide: Nodal Protocols §6.4.9.1.3 (Replacement of Ancillary Service Due to Failure to Provide)
+    and §6.7.3 (Charges for a Failure to Provide; since NPRR1149, 27 June 2024, systematic: after
+    each Operating Hour the AS Supply Responsibility is compared with the real-time telemetry,
+    ERCOT notice M-A052424-01). The price ERCOT uses is at least the MCPC (NPRR1149 adds a real-time
+    reserve price component that is not bundled here, so this is a lower bound). A deployment that
+    delivers less than asked is a performance failure (§8.1.1.4), reported with the deployment, not
+    a settlement charge here.
+
+    Parameters
+    ----------
+    short_kw : float or array
+        Hold shortfall, kW (``reserve_hold_shortfalls``).
+    price_usd_mw_h : float or array
+        The award's price (the DAM MCPC), $ per MW per hour.
+    duration_h : float or array
+        Interval length, h.
+
+    Returns
+    -------
+    float or array
+        $ charged back (same shape as the inputs' broadcast).
+    """
+    return short_kw / 1000.0 * price_usd_mw_h * duration_h
 
 
 def _issuer_refusal(profile: SiteProfile, issuer: str, product: str) -> str | None:

@@ -327,6 +327,7 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
         self.hashprice_usd_per_ph_day: float | None = None  # the forecast's, for the first interval of the last tick
         # AS deployment id -> performance (obligation, commanded and measured response, shortfall); issue 15.
         self.as_performance: dict[str, dict[str, Any]] = {}
+        self.reserve_hold_short_kw: dict[pd.Timestamp, dict[str, float]] = {}  # interval -> product -> kW (issue 15)
         # Commands refused as implausible by the loop (every path: MQTT, dashboard, OpenADR): kind -> rule -> n.
         self.command_rejections: dict[str, dict[str, int]] = {}
         self._sender = SendQueue(self._apply_batch, synchronous=not config.async_sends)

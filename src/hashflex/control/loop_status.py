@@ -17,6 +17,8 @@ import pandas as pd
 
 from hashflex import audit as records
 from hashflex.acoustics import modelled_laeq_dba, noise_margin_db
+from hashflex.audit.payloads import reserve_hold_short_payload
+from hashflex.control.ancillary import reserve_clawback_usd, reserve_hold_shortfalls
 from hashflex.control.guard import GuardResult
 from hashflex.control.limits import STORE_UNAVAILABLE
 from hashflex.optimize.problem import (
@@ -33,6 +35,7 @@ if TYPE_CHECKING:  # annotations only: loop imports this module
     from hashflex.control.loop import HorizonForecast, TickReport
 
 log = logging.getLogger(__name__)
+_HOLD_SHORT_KW = 1e-6  # kW below which a product counts as held (float noise of the allocation)
 
 
 class LoopStatusMixin:
@@ -188,6 +191,41 @@ class LoopStatusMixin:
             "import_limit_kw": limit_kw, "import_limit_source": limit_source,
             "source": "simulated" if self.config.run_mode != "live" or self.simulated_inputs else "metered"},
             interval_start)
+        self.record_reserve_hold(interval_start, interval_h)
+
+    def record_reserve_hold(self, interval_start: datetime, interval_h: float) -> dict[str, float]:
+        """Issue 15: per product, the reserve awarded over a finished interval and not held by the
+        running, sheddable, qualified load (``control.ancillary.reserve_hold_shortfalls`` on the fleet
+        as it ran); a ``reserve_hold_short`` audit record per product short, with the clawback
+        (``reserve_clawback_usd``, at the awards' price), so the report charges back what the
+        backtest settles. Returns product -> kW short (also kept in ``reserve_hold_short_kw``)."""
+        if self.profile.ancillary is None:
+            return {}
+        start = pd.Timestamp(interval_start)
+        step = timedelta(hours=interval_h)
+        with self._lock:
+            obligations = {p: float(v[0]) for p, v in self.book.reserve_obligations_over([start], step).items()}
+            prices = self.book.reserve_award_prices(start.to_pydatetime(), (start + step).to_pydatetime())
+            running = self.fleet.counts()
+        if not any(v > 0 for v in obligations.values()):
+            return {}
+        power = {(g.id, m.name): m.power_kw - g.idle_power_kw for g in self.profile.miner_groups for m in g.modes}
+        sheddable: dict[str, float] = {}
+        for (group_id, mode), n in running.items():
+            if n > 0 and (group_id, mode) in power:
+                sheddable[group_id] = sheddable.get(group_id, 0.0) + n * power[group_id, mode]
+        short = reserve_hold_shortfalls(self.profile, obligations, sheddable)
+        self.reserve_hold_short_kw[start] = short
+        if len(self.reserve_hold_short_kw) > 10_000:  # a few months of intervals (the trail keeps them all)
+            self.reserve_hold_short_kw.pop(next(iter(self.reserve_hold_short_kw)))
+        for product, kw in short.items():
+            if kw <= _HOLD_SHORT_KW:
+                continue
+            price = prices.get(product)
+            self._record("reserve_hold_short", lambda p=product, kw=kw, price=price: reserve_hold_short_payload(
+                start.to_pydatetime(), interval_h, p, obligations[p], kw, price,
+                None if price is None else reserve_clawback_usd(kw, price, interval_h)), start.to_pydatetime())
+        return short
 
     def modelled_level_dba(self, receptor_id: str) -> float:
         """The modelled level of the units running now, as the receptor's cap counts it (total, or

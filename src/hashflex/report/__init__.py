@@ -79,7 +79,7 @@ __all__ = ["RecsInput", "apply_precision", "build_report", "load_recs", "report_
            "trail_period"]
 
 REPORT_KINDS = ("config", "measurement", "dr_event", "dr_ack", "dr_transition", "guard_action", "setpoints",
-                "schedule", "meter_sample", "as_award", "as_deploy", "as_performance")
+                "schedule", "meter_sample", "as_award", "as_deploy", "as_performance", "reserve_hold_short")
 SECTIONS = ("report", "energy", "emissions", "efficiency", "noise", "demand_response", "ancillary", "curtailment",
             "economics", "hourly", "intervals")
 

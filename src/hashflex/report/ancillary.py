@@ -45,11 +45,15 @@ Figures, per deployment issued in the report period (units in the key names):
 Money (:func:`reserve_money`, in the ``economics`` section): ``reserve_payment_usd`` = Σ over the
 accepted awards (the latest accepted revision of each ``award_id``) of ``reserve_kw`` / 1000 × the
 award's ``price_usd_mw_h`` × the hours of the award inside the report period (ERCOT pays a DAM AS
-award at its MCPC per MW per hour, NP4-181-ER); ``reserve_clawback_usd`` = Σ over the accepted
-deployments issued in the period of ``metered_shortfall_mw`` × the price of the product's awards in
-force at the instruction (MW-weighted) × the assessed hours (``metered_intervals`` × their length);
-``reserve_revenue_usd`` = payment − clawback. A hold shortfall between deployments (awarded reserve
-not kept running) is not in the trail and is not charged back here; the backtest's summary charges it.
+award at its MCPC per MW per hour, NP4-181-ER); ``reserve_clawback_usd`` = Σ over the
+``reserve_hold_short`` records of intervals starting in the period (the latest per interval and
+product) of :func:`hashflex.control.ancillary.reserve_clawback_usd` (``short_kw`` / 1000 × the
+awards' ``price_usd_mw_h`` × ``interval_h``): reserve awarded and not held by running, sheddable,
+qualified load, the failure to provide that ERCOT's settlement charges (Nodal Protocols §6.4.9.1.3,
+§6.7.3; that function's docstring). The backtest settles with the same function on the same
+numbers (the loop writes the records), so a backtest database's report equals its summary to the
+cent. A deployment's metered shortfall is a performance figure (§8.1.1.4), reported per deployment
+above, not charged; ``reserve_revenue_usd`` = payment − clawback.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from typing import Any
 
 import pandas as pd
 
+from hashflex.control.ancillary import reserve_clawback_usd
 from hashflex.profile import AS_PRODUCT_RULES
 from hashflex.report.inputs import ReportInputs, _r
 
@@ -267,17 +272,18 @@ def _latest_accepted_awards(awards: list[dict[str, Any]], before_seq: int | None
 
 
 def reserve_money(inputs: ReportInputs, period_start: pd.Timestamp, period_end: pd.Timestamp,
-                  deployments: list[dict[str, Any]]) -> dict[str, Any]:
+                  deployments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The reserve payment, clawback and net of the period, from the audit trail (module docstring).
 
     Parameters
     ----------
     inputs : ReportInputs
-        Decoded audit records (``as_awards``, ``as_deploys``, ``history``).
+        Decoded audit records (``as_awards``, ``reserve_hold_short``).
     period_start, period_end : pd.Timestamp
         The report period, UTC, half-open.
-    deployments : list of dict
-        The ``deployments`` rows of :func:`ancillary_figures` for the same period.
+    deployments : list of dict, optional
+        The ``deployments`` rows of :func:`ancillary_figures`; not charged (a deployment's shortfall
+        is a performance figure), accepted for the callers that pass them.
 
     Returns
     -------
@@ -294,22 +300,15 @@ def reserve_money(inputs: ReportInputs, period_start: pd.Timestamp, period_end: 
         hours = (min(end, period_end) - max(start, period_start)).total_seconds() / 3600.0
         if hours > 0:
             payment += float(message.get("reserve_kw") or 0.0) / 1000.0 * float(price) * hours
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in sorted(inputs.reserve_hold_short, key=lambda r: r["seq"]):
+        start = _stamp(record.get("interval_start"))
+        if start is not None and period_start <= start < period_end:
+            latest[str(record.get("interval_start")), str(record.get("product"))] = record
     clawback = 0.0
-    step_h = float(inputs.history["interval_h"].median()) if inputs.history is not None and len(inputs.history) else 0.0
-    seqs = {str(r["message"].get("deployment_id")): r["seq"] for r in inputs.as_deploys
-            if not r["message"].get("recalled") and _accepted(r)}
-    for row in deployments:
-        short_mw = row.get("metered_shortfall_mw") or 0.0
-        if not row.get("accepted") or short_mw <= 0 or not row.get("metered_intervals"):
-            continue
-        issued = _stamp(row["issued_at"])
-        in_force = [m for m in _latest_accepted_awards(inputs.as_awards, seqs.get(str(row["deployment_id"])))
-                    if m.get("product") == row["product"] and m.get("price_usd_mw_h") is not None
-                    and _stamp(m.get("start")) <= issued < _stamp(m.get("end"))]
-        mw = sum(float(m.get("reserve_kw") or 0.0) for m in in_force)
-        if mw <= 0:
-            continue
-        price = sum(float(m["price_usd_mw_h"]) * float(m.get("reserve_kw") or 0.0) for m in in_force) / mw
-        clawback += short_mw * price * row["metered_intervals"] * step_h
+    for record in latest.values():
+        price, short, hours = record.get("price_usd_mw_h"), record.get("short_kw"), record.get("interval_h")
+        if price is not None and short is not None and hours is not None:
+            clawback += reserve_clawback_usd(float(short), float(price), float(hours))
     return {"reserve_payment_usd": _r(payment, 4), "reserve_clawback_usd": _r(clawback, 4),
             "reserve_revenue_usd": _r(payment - clawback, 4)}

@@ -46,6 +46,8 @@ class ReportInputs:
     as_awards: list[dict[str, Any]] = field(default_factory=list)
     as_deploys: list[dict[str, Any]] = field(default_factory=list)
     as_performance: list[dict[str, Any]] = field(default_factory=list)
+    # {"seq", "at", payload...} per reserve_hold_short record (award not held over an interval)
+    reserve_hold_short: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _ts(text: str | None) -> pd.Timestamp | None:
@@ -71,7 +73,7 @@ def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Tim
     records = sorted(records, key=lambda r: r.seq)
     rows, noise, configs, events, acks, actions = [], [], [], [], [], []
     setpoints, schedules, transitions, samples = [], [], [], []
-    as_awards, as_deploys, as_performance = [], [], []
+    as_awards, as_deploys, as_performance, hold_short = [], [], [], []
     for rec in records:
         p, at = rec.payload, pd.Timestamp(rec.at_utc)
         if rec.kind == "measurement":
@@ -100,6 +102,8 @@ def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Tim
                 {"seq": rec.seq, "at": at, "message": p.get("message") or {}, "ack": p.get("ack") or {}})
         elif rec.kind == "as_performance":
             as_performance.append({"seq": rec.seq, "at": at, **p})
+        elif rec.kind == "reserve_hold_short":
+            hold_short.append({"seq": rec.seq, "at": at, **p})
     every = pd.DataFrame(rows, columns=MEASUREMENT_COLUMNS)
     every["interval_start"] = pd.to_datetime(every["interval_start"], utc=True, format="ISO8601")
     for column in MEASUREMENT_COLUMNS:
@@ -131,7 +135,8 @@ def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Tim
     n["interval_start"] = pd.to_datetime(n["interval_start"], utc=True)
     n = n.sort_values(["receptor", "interval_start"]).reset_index(drop=True)
     return ReportInputs(m, n, configs, events, acks, actions, superseded, history, setpoints, schedules, transitions,
-                        samples, as_awards=as_awards, as_deploys=as_deploys, as_performance=as_performance)
+                        samples, as_awards=as_awards, as_deploys=as_deploys, as_performance=as_performance,
+                        reserve_hold_short=hold_short)
 
 
 def _r(x: float | None, digits: int = 6) -> float | None:
