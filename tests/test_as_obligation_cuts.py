@@ -134,3 +134,55 @@ def test_an_rrs_deployment_sheds_rrs_units_and_keeps_the_non_spin_award() -> Non
                                                 deployed_kw=2000.0, issuer="qse-test"), at)
     assert ack.status == "accepted"
     assert (_running(fleet, "hydro"), _running(fleet, "old_air")) == (7, 2)
+
+
+SWAP_PROFILE = """
+site: {name: AS Swap, settlement_point: HB_WEST, settlement_point_type: HU, timezone: America/Chicago}
+grid: {import_limit_kw: 101010}
+miner_groups:
+  - id: big
+    model: efficient
+    units: 1000
+    cooling: hydro
+    idle_power_kw: 0
+    modes: [{name: run, power_kw: 100, hashrate_th_s: 10000, sound_power_dba: 80}]
+  - id: small
+    model: old
+    units: 1000
+    cooling: air
+    idle_power_kw: 0.01
+    modes: [{name: run, power_kw: 2.6, hashrate_th_s: 50, sound_power_dba: 80}]
+carbon: {default_intensity_kg_per_mwh: 400, intensity_source: test}
+economics: {hashprice_usd_per_ph_day: 48, pool_fee_pct: 0}
+ancillary:
+  issuer: qse-test
+  groups: {big: {response_s: 0.5, under_frequency_relay: true}, small: {response_s: 30}}
+  products:
+    RRS: {group_mw: {big: 5}, expected_deployments_per_month: 0}
+    ECRS: {group_mw: {small: 5}, expected_deployments_per_month: 0}
+"""
+
+
+def test_the_cover_makes_room_under_a_full_limit_from_units_no_award_needs() -> None:
+    """The third cause of 1–10 May (0.094 MW·h: Non-Spin 0.2–90 kW short at 38 of 39 or 1,891 of
+    1,892 S19j units while the carbon budget, the import limit or a noise cap was full): the cover
+    only added units, and none fitted. Small: 1,000 big units (100 kW, RRS 1,000 kW needs 10) mine
+    at $50/MWh and fill the 101,010 kW limit with 386 small units (999.74 kW sheddable) for an ECRS
+    award of 1,001 kW, 1.26 kW short. A big unit that RRS does not need makes room: the cover
+    sleeps one (100 kW) and runs the 387th small unit; ECRS is held, RRS too, the limit kept."""
+    import numpy as np
+
+    from hashflex.optimize.problem import problem_from_profile
+    from hashflex.optimize.rounding import cover_reserve_obligations, load_kw, reserve_uncovered_kw
+
+    profile = parse_profile(SWAP_PROFILE, source="test")
+    index = pd.date_range("2024-06-03T00:00Z", periods=4, freq="15min")
+    problem = problem_from_profile(profile, index, [50.0] * 4, as_award_kw={"RRS": 1000.0, "ECRS": 1001.0},
+                                   as_price_usd_mw_h={"RRS": 1.0, "ECRS": 1.0})
+    counts = {(0, 0): np.full(4, 1000), (1, 0): np.full(4, 386)}
+    assert (reserve_uncovered_kw(problem, counts) > 1.0).all()
+    assert (load_kw(problem, counts) <= problem.import_limit_kw + problem.renewable_kw + 1e-6).all()
+    cover_reserve_obligations(problem, counts)
+    assert (reserve_uncovered_kw(problem, counts) <= 1e-6).all()
+    assert (counts[1, 0] == 387).all() and (counts[0, 0] == 999).all()
+    assert (load_kw(problem, counts) <= problem.import_limit_kw + problem.renewable_kw + 1e-6).all()

@@ -146,9 +146,10 @@ def cover_reserve_obligations(problem: Problem, counts: dict[tuple[int, int], np
     far inside the MIP gap, so the start (and the MILP's answer) would keep it. Per interval with
     ``reserve_uncovered_kw`` > 0: take a least cut (a set S of products whose qualified groups are
     full), add units to a group of it whose running sheddable load is below what S may take from it,
-    in the mode that covers the missing kW with the least overshoot, and repeat; when some least cut
-    has no group that can take a unit, no addition can raise the reserve held and what is left stays
-    short (stated in the schedule's ``reserve_<p>_short_kw``, never hidden). Units are added as a
+    in the mode that covers the missing kW with the least overshoot, and repeat; when no unit fits
+    because a hard limit is full, units no award needs are slept at t to make room (`_swap_in`, fewest
+    hashes first); when some least cut has no group that can take a unit, or no room can be made,
+    what is left stays short (stated in the schedule's ``reserve_<p>_short_kw``, never hidden). Units are added as a
     run of intervals around t, the shortest that adds no min-on shortfall, min-off excess or ramp
     excess (the soft rows of ``milp.define_commitment`` and ``define_ramp``, which cost $1,000 a unit
     and $10 a kW: far more than a short kW): a dip is filled, a new start runs its minimum on time.
@@ -192,18 +193,80 @@ def cover_reserve_obligations(problem: Problem, counts: dict[tuple[int, int], np
             # Prefer the groups that raise the most least cuts at once, then the most headroom.
             order = sorted(np.flatnonzero(helps.any(axis=0)),
                            key=lambda c: (-int(helps[:, c].sum()), -float(headroom[:, c].max())))
-            step_units = 0
-            for c in order:
-                g = arrays.carried[c]
-                want_kw = min(missing, float(headroom[helps[:, c], c].min()))
-                step_units, step_kw, block = rooms.add_units(g, int(t), want_kw)
-                if step_units:
-                    shed[c, block] += step_kw
-                    added += step_units * len(block)
-                    break
+            wants = [(c, min(missing, float(headroom[helps[:, c], c].min()))) for c in order]
+            step_units = _add_first(rooms, arrays, shed, wants, int(t))
+            if not step_units:
+                # Every limit that binds is full: make room from units no award needs, then add.
+                step_units = _swap_in(problem, rooms, arrays, shed, wants, int(t), flow)
             if not step_units:
                 break
+            added += step_units
     return added
+
+
+def _add_first(rooms: _Rooms, arrays: _ReserveArrays, shed: np.ndarray, wants: list[tuple[int, float]],
+               t: int) -> int:
+    """Add units to the first carried group of ``wants`` ((c, kW wanted) in preference order) that
+    takes any; updates ``shed``. Returns the unit-intervals added (0: none fitted)."""
+    for c, want_kw in wants:
+        units, step_kw, block = rooms.add_units(arrays.carried[c], t, want_kw)
+        if units:
+            shed[c, block] += step_kw
+            return units * len(block)
+    return 0
+
+
+def _swap_in(problem: Problem, rooms: _Rooms, arrays: _ReserveArrays, shed: np.ndarray,
+             wants: list[tuple[int, float]], t: int, flow: float) -> int:
+    """Issue 15: when no unit of a short product's groups fits because a hard limit is full (import,
+    a noise cap, a carbon budget), sleep at interval t units that no award needs (the max flow of
+    reserve held does not fall without them), fewest hashes lost first, one at a time, until a unit
+    of the short product fits; then add it. Holding an award is a minimum running load (the plan's
+    obligation, ERCOT Nodal Protocols §8.1.1.3): a mining unit gives way even where the MILP's
+    short penalty, per kW, would not pay for a whole unit. Nothing fits after every free unit: the
+    removals are undone and the product stays short (stated in ``reserve_<p>_short_kw``).
+    Returns the unit-intervals added (0: none)."""
+    carried = {g: c for c, g in enumerate(arrays.carried)}
+    removed: list[tuple[int, int]] = []
+    for _ in range(_MAX_SWAP_UNITS):
+        candidates = []
+        for (g, m), n in rooms.counts.items():
+            if int(n[t]) <= 0:
+                continue
+            group = problem.groups[g]
+            step_kw = group.modes[m].power_kw - group.idle_power_kw
+            if step_kw <= EPS:
+                continue
+            c = carried.get(g)
+            if c is not None:
+                trial = shed.copy()
+                trial[c, t] -= step_kw
+                if float(arrays.cuts(trial, t).min()) < flow - EPS:
+                    continue  # an award needs this unit
+            candidates.append((group.modes[m].hashrate_th_s, -step_kw, g, m))
+        removed_one = False
+        for _, _, g, m in sorted(candidates):
+            if rooms.remove_unit(g, m, t):
+                if g in carried:
+                    group = problem.groups[g]
+                    shed[carried[g], t] -= group.modes[m].power_kw - group.idle_power_kw
+                removed.append((g, m))
+                removed_one = True
+                break
+        if not removed_one:
+            break
+        added = _add_first(rooms, arrays, shed, wants, t)
+        if added:
+            return added
+    for g, m in reversed(removed):  # nothing fitted: give the units back
+        rooms.restore_unit(g, m, t)
+        if g in carried:
+            group = problem.groups[g]
+            shed[carried[g], t] += group.modes[m].power_kw - group.idle_power_kw
+    return 0
+
+
+_MAX_SWAP_UNITS = 200  # units slept per interval to make room (bounds the search)
 
 
 _MAX_COVER_STEPS = 1000  # additions per interval (each adds >= 1 unit; bounds the loop, never reached in practice)
@@ -298,6 +361,20 @@ class _Rooms:
                     self._charge(g, m, block, n, step_kw)
                     return n, n * step_kw, block
         return 0, 0.0, np.zeros(0, dtype=int)
+
+    def remove_unit(self, g: int, m: int, t: int) -> bool:
+        """Sleep one unit of (g, m) at interval t and give its load back to every room, unless that
+        adds a min-on shortfall, min-off excess or ramp excess (then nothing changes: False)."""
+        if int(self.counts[g, m][t]) <= 0 or not self._adds_no_soft_excess(g, m, np.array([t]), -1):
+            return False
+        group = self.problem.groups[g]
+        self._charge(g, m, np.array([t]), -1, group.modes[m].power_kw - group.idle_power_kw)
+        return True
+
+    def restore_unit(self, g: int, m: int, t: int) -> None:
+        """Undo `remove_unit`."""
+        group = self.problem.groups[g]
+        self._charge(g, m, np.array([t]), 1, group.modes[m].power_kw - group.idle_power_kw)
 
     def _carbon_fit(self, block: np.ndarray, step_kw: float) -> int:
         """Units of ``step_kw`` more import over ``block`` within every carbon budget's room."""
