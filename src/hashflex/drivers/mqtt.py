@@ -78,7 +78,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from hashflex.drivers.base import SLEEP, Clock, Setpoint, SetpointResult, SetpointStatus, utc_now
 from hashflex.drivers.mqtt_publish import PahoPublisher, PublishOutcome
 from hashflex.drivers.batch import BatchResult, SetpointBatch
-from hashflex.drivers.setpoint_messages import (OutboundMessage, group_messages, group_messages_from_columns,
+from hashflex.drivers.setpoint_messages import (OutboundMessage, group_messages, group_messages_from_codes,
                                                 per_miner_messages)
 from hashflex.feeds.mqtt import mqtt_client
 from hashflex.messages import TelemetryMessage, Topics, parse_message
@@ -91,13 +91,16 @@ _NO_MATCHING_SUBSCRIBERS = 16  # MQTT v5 PUBACK reason code 0x10
 SetpointTopics = Literal["group", "miner"]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class _Pending:
+    """What a published setpoint asked; one object is shared by every miner of a batch given the same
+    mode (issue 18: no object per miner), so it is immutable and a miner's confirmation is kept apart
+    (``MqttDriver._confirmed``, valid only while this very object is the miner's pending one)."""
+
     mode: str  # what the setpoint asked (a mode name or sleep) ...
     power_target_kw: float  # ... at this power, kW (no Setpoint object kept: issue 18)
     after_seq: int  # telemetry with a higher arrival number counts
     epoch: int = 0  # telemetry connection drops seen when it was published
-    confirmed: str | None = None
 
 
 class _Rows:
@@ -190,6 +193,8 @@ class MqttDriver:
         self._seq = 0
         self._latest: dict[str, tuple[int, TelemetryMessage]] = {}
         self._pending: dict[str, _Pending] = {}
+        # miner -> (the pending setpoint telemetry confirmed, why); stale once a newer one replaces it
+        self._confirmed: dict[str, tuple[_Pending, str]] = {}
         self.rejected_telemetry = 0
         self._epoch = 0  # telemetry connection drops so far
         self._transport_fault_at: float | None = None  # monotonic time of the last transport fault
@@ -256,11 +261,16 @@ class MqttDriver:
             self._seq += 1
             self._latest[parsed.miner_id] = (self._seq, parsed)
             pending = self._pending.get(parsed.miner_id)
-            if pending is not None and pending.confirmed is None:
+            if pending is not None and self._confirmation(parsed.miner_id, pending) is None:
                 verdict = self._judge(pending, parsed)
                 if verdict is not None:
-                    pending.confirmed = verdict
+                    self._confirmed[parsed.miner_id] = (pending, verdict)
                     self._cond.notify_all()
+
+    def _confirmation(self, miner_id: str, pending: _Pending) -> str | None:
+        """What confirmed ``pending`` for ``miner_id`` (call with ``_cond`` held), or None."""
+        confirmed = self._confirmed.get(miner_id)
+        return confirmed[1] if confirmed is not None and confirmed[0] is pending else None
 
     # ------------------------------------------------------------------ setpoints
     def apply(self, batch: list[Setpoint]) -> list[SetpointResult]:
@@ -381,12 +391,11 @@ class MqttDriver:
             if not len(group):
                 continue
             if grouped and group.group_id and group.group_id not in self.per_miner_groups:
-                names = group.names
-                index = (group.mode.astype(np.int64) + 2).tolist()
-                power = group.power_kw.tolist()
-                messages += group_messages_from_columns(
+                # rows as codes into the group's (mode, power) table: the table and the id column are
+                # checked once, not every row (the same payloads and refusals)
+                messages += group_messages_from_codes(
                     self.site, group.group_id, batch.issued_at, batch.expires_at, group.miner_id.tolist(),
-                    [names[k] for k in index], [power[k] for k in index], offset, now,
+                    group.mode.astype(np.int64) + 2, group.names, group.power_kw.tolist(), offset, now,
                     self.max_setpoints_per_message, rejected, per_miner)
             else:
                 per_miner.extend(range(offset, offset + len(group)))
@@ -416,7 +425,7 @@ class MqttDriver:
             answer_of.append(answer)
         sent = flat >= 0
         weights = np.bincount(flat[sent], minlength=len(answer_of)).tolist()
-        transport = self._transport_context([o for o, n in zip(answer_of, weights) for _ in range(n)])
+        transport = self._transport_context(answer_of, weights)
         table: list[tuple[SetpointStatus, str, float]] = []
         verdict_code: dict[tuple[SetpointStatus, str], int] = {}
         code_of = np.empty(len(answer_of) + 1, dtype=np.int64)
@@ -444,14 +453,16 @@ class MqttDriver:
         pending: dict[str, _Pending] = {}
         if applied:
             for group, column in zip(batch.groups, columns):
-                take = np.flatnonzero(np.isin(column, applied))
-                if not take.size:
+                ok = np.isin(column, applied)
+                if not ok.any():
                     continue
                 names = group.names
-                index = (group.mode[take].astype(np.int64) + 2).tolist()
                 power = group.power_kw.tolist()
-                pending.update(zip(group.miner_id[take].tolist(),
-                                   [_Pending(names[k], power[k], seq, epoch) for k in index]))
+                index = group.mode.astype(np.int64) + 2
+                # one shared record per mode (see _Pending), listed in batch order
+                table = np.empty(len(names), dtype=object)
+                table[:] = [_Pending(names[k], power[k], seq, epoch) for k in range(len(names))]
+                pending.update(zip(group.miner_id[ok].tolist(), table[index[ok]].tolist()))
         with self._cond:
             self._pending.update(pending)
         self.last_timings = {"encode_s": encoded - start, "publish_s": published - encoded,
@@ -475,19 +486,24 @@ class MqttDriver:
             for i in message.indexes:
                 outcomes[i] = answer
 
-    def _transport_context(self, outcomes: list[PublishOutcome]) -> str | None:
+    def _transport_context(self, outcomes: list[PublishOutcome], weights: list[int] | None = None) -> str | None:
         """Why a "No matching subscribers" answer in this batch is the transport's doing, or None.
 
-        Records a transport fault (connection lost, no PUBACK) for the grace window first."""
+        ``weights``: setpoints per outcome (default one each; a group message's outcome stands for
+        its rows without being repeated per miner). Records a transport fault (connection lost, no
+        PUBACK) for the grace window first."""
         now = time.monotonic()
+        if weights is None:
+            weights = [1] * len(outcomes)
         with self._cond:
-            if any(o.kind in ("lost", "timeout") for o in outcomes):
+            if any(o.kind in ("lost", "timeout") for o, w in zip(outcomes, weights) if w):
                 self._transport_fault_at = now
                 self.transport_faults += 1
             fault_at = self._transport_fault_at
-        acked = [o for o in outcomes if o.kind == "acked"]
-        if len(acked) >= 2 and all(o.code == _NO_MATCHING_SUBSCRIBERS for o in acked):
-            return (f"broker {self.host}:{self.port} has no subscriber for any of {len(acked)} setpoints' topics "
+        acked = [(o, w) for o, w in zip(outcomes, weights) if w and o.kind == "acked"]
+        acked_n = sum(w for _, w in acked)
+        if acked_n >= 2 and all(o.code == _NO_MATCHING_SUBSCRIBERS for o, _ in acked):
+            return (f"broker {self.host}:{self.port} has no subscriber for any of {acked_n} setpoints' topics "
                     f"(restarted broker or the miners' connection to it down)")
         if fault_at is not None and now - fault_at < self.resubscribe_grace_s:
             return (f"broker {self.host}:{self.port} has no subscriber for the setpoint topic "
@@ -528,21 +544,26 @@ class MqttDriver:
             # telemetry that arrived before the wait began may already confirm
             for miner_id, pending in self._pending.items():
                 latest = self._latest.get(miner_id)
-                if pending.confirmed is None and latest is not None and latest[0] > pending.after_seq:
-                    pending.confirmed = self._judge(pending, latest[1])
-            while any(p.confirmed is None for p in self._pending.values()) and self._connected.is_set():
+                if self._confirmation(miner_id, pending) is None and latest is not None and latest[0] > pending.after_seq:
+                    verdict = self._judge(pending, latest[1])
+                    if verdict is not None:
+                        self._confirmed[miner_id] = (pending, verdict)
+            while (any(self._confirmation(m, p) is None for m, p in self._pending.items())
+                   and self._connected.is_set()):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
             pending_now, self._pending = self._pending, {}
+            confirmed_now, self._confirmed = self._confirmed, {}
             latest_now = dict(self._latest)
             epoch_now, connected = self._epoch, self._connected.is_set()
         latency = time.monotonic() - start
         results = []
         for miner_id, pending in pending_now.items():
-            if pending.confirmed is not None:
-                results.append(SetpointResult(miner_id, SetpointStatus.APPLIED, pending.confirmed, latency))
+            confirmed = confirmed_now.get(miner_id)
+            if confirmed is not None and confirmed[0] is pending:
+                results.append(SetpointResult(miner_id, SetpointStatus.APPLIED, confirmed[1], latency))
                 continue
             latest = latest_now.get(miner_id)
             heard = latest is not None and latest[0] > pending.after_seq
