@@ -138,6 +138,9 @@ def loop_case(args: argparse.Namespace) -> None:
         ("profit $", lambda f: f"{f['profit_usd']:,.0f}"),
         ("energy cost $", lambda f: f"{f['energy_cost_usd']:,.0f}"),
         ("AS revenue $ (net)", lambda f: f"{f.get('as_revenue_usd', 0.0):,.0f}" if "as_revenue_usd" in f else "-"),
+        ("AS clawed back $ (award not held)", lambda f: f"{f['as_clawback_usd']:,.2f}" if "as_clawback_usd" in f else "-"),
+        ("AS short MW·h (awarded − held)", lambda f: f"{f['as_awarded_mwh'] - f['as_held_mwh']:,.3f}"
+         if "as_awarded_mwh" in f else "-"),
         ("added vs mpc $", lambda f: f"{f['profit_usd'] - mpc['profit_usd']:,.0f}"),
         (f"added $ per MW-year ({qualified_mw:g} MW)",
          lambda f: f"{(f['profit_usd'] - mpc['profit_usd']) / qualified_mw / actuals.days * 365:,.0f}"),
