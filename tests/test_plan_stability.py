@@ -44,10 +44,10 @@ def test_a_small_gain_keeps_the_previous_plan_a_material_one_does_not() -> None:
     assert full_fleet_revenue_usd(problem) == pytest.approx(8 * 10 * UNIT)  # the scale of min_gain_fraction
     assert int(schedule.frame["units_air_stock"].iloc[0]) == 10
     gain = 10 * (UNIT - 0.00075 * 60.0)  # what running the first interval earns over all off: $0.0708
-    kept = hold_previous_counts(problem, schedule, {("air", "stock"): 0}, min_gain_usd=1.0)
+    kept = hold_previous_counts(problem, schedule, {("air", "stock"): 0}, min_gain_usd=1.0, hold_span="first")
     assert kept.held and kept.counts == {("air", "stock"): 0}
     assert kept.gain_usd == pytest.approx(gain, rel=1e-6)
-    followed = hold_previous_counts(problem, schedule, {("air", "stock"): 0}, min_gain_usd=0.05)
+    followed = hold_previous_counts(problem, schedule, {("air", "stock"): 0}, min_gain_usd=0.05, hold_span="first")
     assert not followed.held and followed.counts == {("air", "stock"): 10}
 
 
@@ -62,9 +62,13 @@ def test_a_tightened_limit_always_wins() -> None:
 class Prices:
     def __init__(self) -> None:
         self.price = 60.0
+        self.first = None  # the first interval's price when it differs (a transient), else None
 
     def __call__(self, now: datetime, horizon_start: pd.Timestamp, periods: int) -> HorizonForecast:
-        return HorizonForecast(pd.date_range(horizon_start, periods=periods, freq="15min"), np.full(periods, self.price))
+        price = np.full(periods, self.price)
+        if self.first is not None:
+            price[0] = self.first
+        return HorizonForecast(pd.date_range(horizon_start, periods=periods, freq="15min"), price)
 
 
 @pytest.mark.parametrize("fraction, expect_running_at_75", [(0.05, 10), (0.0, 0)])
@@ -75,15 +79,16 @@ def test_the_loop_does_not_churn_for_a_small_gain(fraction: float, expect_runnin
                        config=LoopConfig(replan_min_gain_fraction=fraction))
     loop.tick(T0)
     assert fleet.running() == {("air", "stock"): 10}
-    # 75 $/MWh: each unit now loses $0.0042 a quarter hour, $0.042 for the ten. With the rule at 5 % of the
-    # horizon's revenue (8 × 10 × $0.0521 × 5 % = $0.208) the re-plan is not worth the churn.
-    prices.price = 75.0
+    # 75 $/MWh for the interval about to start, 60 after (a transient): each unit loses $0.0042 in that
+    # quarter hour, $0.042 for the ten. With the rule at 5 % of the horizon's revenue (8 × 10 × $0.0521 × 5 % =
+    # $0.208) the re-plan is not worth the churn. (A lasting change is followed: test_plan_stability_block.py.)
+    prices.first = 75.0
     report = loop.tick(T0 + timedelta(minutes=1), trigger="price")
     assert sum(fleet.running().values()) == expect_running_at_75
     if fraction:
         assert loop.counters["plan_holds"] == 1 and "kept what runs" in report.stability
     # 200 $/MWh: $0.98 lost per interval; every setting follows.
-    prices.price = 200.0
+    prices.first, prices.price = None, 200.0
     loop.tick(T0 + timedelta(minutes=2), trigger="price")
     assert sum(fleet.running().values()) == 0
     loop.close()

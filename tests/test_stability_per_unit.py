@@ -22,7 +22,8 @@ def test_the_threshold_scales_with_the_units_moved(unit_intervals: float, held: 
     problem, schedule = solved(60.0)  # under breakeven: all ten run
     gain = 10 * (UNIT - 0.00075 * 60.0)  # $0.0708 for switching ten units on for the first interval
     # threshold = K × 10 × $0.05208: $0.052 at K = 0.1 (follow), $0.104 at K = 0.2 (keep what runs)
-    decision = hold_previous_counts(problem, schedule, {("air", "stock"): 0}, min_gain_unit_intervals=unit_intervals)
+    decision = hold_previous_counts(problem, schedule, {("air", "stock"): 0}, min_gain_unit_intervals=unit_intervals,
+                                    hold_span="first")
     assert decision.held is held
     assert decision.gain_usd == pytest.approx(gain, rel=1e-6)
     assert decision.counts == {("air", "stock"): 0 if held else 10}
@@ -32,7 +33,7 @@ def test_the_largest_threshold_applies_and_a_tightened_limit_still_wins() -> Non
     problem, schedule = solved(60.0)
     # per unit alone would follow (K = 0.1: $0.052 < $0.0708); the fleet fraction (5 %: $0.208) keeps
     kept = hold_previous_counts(problem, schedule, {("air", "stock"): 0}, min_gain_fraction=0.05,
-                                min_gain_unit_intervals=0.1)
+                                min_gain_unit_intervals=0.1, hold_span="first")
     assert kept.held
     limited, schedule = solved(60.0, limit_kw=15.0)
     decision = hold_previous_counts(limited, schedule, {("air", "stock"): 10}, min_gain_unit_intervals=1e6)

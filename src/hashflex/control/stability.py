@@ -23,6 +23,7 @@ tightened limit therefore always wins; the guard re-checks the result as for any
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -103,7 +104,7 @@ class StabilityDecision:
 
 def hold_previous_counts(problem: Problem, schedule: Schedule, previous: dict[tuple[str, str], int] | None,
                          min_gain_usd: float = 0.0, min_gain_fraction: float = 0.0,
-                         min_gain_unit_intervals: float = 0.0) -> StabilityDecision:
+                         min_gain_unit_intervals: float = 0.0, hold_span: str = "block") -> StabilityDecision:
     """Keep what runs for the first interval unless the new plan gains materially (the largest of the three).
 
     Parameters
@@ -127,6 +128,14 @@ def hold_previous_counts(problem: Problem, schedule: Schedule, previous: dict[tu
         the alternative differs from the new plan in the first interval only, so the gain per unit moved is at
         most one interval's margin and K >= 1 freezes the fleet; measured (plan_stability.py, Feb 10-12 2020)
         K = 0.5 cost 8-9 % of profit and K = 1 about 75-80 %, where the fleet fraction 0.0005 cost nothing.
+    hold_span : str
+        How long the held alternative keeps what runs when it is valued. ``block`` (default): over the new
+        plan's first block — the leading intervals whose counts equal its first interval's — as long as the
+        previous counts stay feasible there (import limit, caps less margin, reserve, carbon load): a change
+        the new plan keeps for hours is what holding would forgo tick after tick, since every later tick
+        makes the same comparison. ``first``: the first interval only (the rule before; measured in
+        ``optimization/benchmarks/gap_decompose.py`` on Feb 10-12 2020 it held a stale mode for whole days:
+        each tick's one-interval gain, $55-65, stayed under the $130 threshold, $4k over two days).
 
     Returns
     -------
@@ -141,30 +150,28 @@ def hold_previous_counts(problem: Problem, schedule: Schedule, previous: dict[tu
         return StabilityDecision(new, False, 0.0, "unchanged")
     if problem.compute is not None or len(frame) != problem.T:
         return StabilityDecision(new, False, float("nan"), "not valued (compute site or a coarse grid)")
-    counts: dict[tuple[int, int], np.ndarray] = {}
+    if hold_span not in ("block", "first"):
+        raise ValueError(f"hold_span {hold_span!r}: expected 'block' or 'first'")
+    columns = {(g.id, m.name): frame[unit_column(g.id, m.name)].to_numpy(dtype=int) for g in problem.groups
+               for m in g.modes}
+    span = 1
+    if hold_span == "block":  # the new plan's first block: its counts stay those of its first interval
+        same = np.logical_and.reduce([column == column[0] for column in columns.values()])
+        span = int(np.argmin(same)) if not same.all() else len(frame)
     for g, group in enumerate(problem.groups):
-        held_units = 0
-        for m, mode in enumerate(group.modes):
-            column = frame[unit_column(group.id, mode.name)].to_numpy(dtype=int).copy()
-            column[0] = previous[(group.id, mode.name)]
-            held_units += column[0]
-            counts[g, m] = column
+        held_units = sum(previous[(group.id, mode.name)] for mode in group.modes)
         if held_units > int(group.units_available[0]):
             return StabilityDecision(new, False, float("nan"), f"previous counts exceed {group.id}'s available units")
-    alternative = schedule_from_counts(problem, counts, schedule.info, explain=False)  # valued, not explained
-    alt, row = alternative.frame.iloc[0], frame.iloc[0]
-    if alt["grid_import_kw"] > problem.import_limit_kw[0] + _EPS_KW:
-        return StabilityDecision(new, False, float("nan"), "previous counts exceed the import limit now")
-    for receptor in problem.receptors:
-        cap = float(np.asarray(receptor.cap_dba)[0]) - float(getattr(receptor, "margin_db", 0.0))
-        if alt[f"noise_dba_{receptor.id}"] > cap + _EPS_DB:
-            return StabilityDecision(new, False, float("nan"), f"previous counts exceed the cap at {receptor.id}")
-    for reserve in problem.reserves:
-        column = reserve_column(reserve.name, "short_kw")
-        if alt[column] > row[column] + _EPS_KW:
-            return StabilityDecision(new, False, float("nan"), f"previous counts hold less {reserve.name} reserve")
-    if problem.carbon_budgets and alt["load_kw"] > row["load_kw"] + _EPS_KW:
-        return StabilityDecision(new, False, float("nan"), "previous counts use more of a carbon budget")
+        available = np.asarray(group.units_available, dtype=int)[:span]
+        span = min(span, int(np.argmax(available < held_units)) if (available < held_units).any() else span)
+    alternative = _held(problem, schedule, columns, previous, span)
+    reason = _infeasible_now(problem, alternative.frame.iloc[0], frame.iloc[0])
+    if reason:
+        return StabilityDecision(new, False, float("nan"), reason)
+    if span > 1:  # hold only while the previous counts stay feasible (the checks of the first interval)
+        ok = [not _infeasible_now(problem, alternative.frame.iloc[j], frame.iloc[j], j) for j in range(span)]
+        if not all(ok):
+            alternative = _held(problem, schedule, columns, previous, ok.index(False))
     gain = float(schedule.frame["profit_usd"].sum() - alternative.frame["profit_usd"].sum())
     if min_gain_fraction > 0:
         min_gain_usd = max(min_gain_usd, min_gain_fraction * full_fleet_revenue_usd(problem))
@@ -174,3 +181,34 @@ def hold_previous_counts(problem: Problem, schedule: Schedule, previous: dict[tu
         return StabilityDecision(new, False, gain, f"re-plan gains ${gain:,.2f} (>= ${min_gain_usd:,.2f})")
     return StabilityDecision(previous, True, gain,
                              f"kept what runs: the re-plan would gain only ${gain:,.2f} (< ${min_gain_usd:,.2f})")
+
+
+def _held(problem: Problem, schedule: Schedule, columns: dict[tuple[str, str], np.ndarray],
+          previous: dict[tuple[str, str], int], span: int) -> Schedule:
+    """The new plan with ``previous`` counts in its first ``span`` intervals (at least one), valued on ``problem``."""
+    counts: dict[tuple[int, int], np.ndarray] = {}
+    for g, group in enumerate(problem.groups):
+        for m, mode in enumerate(group.modes):
+            column = columns[(group.id, mode.name)].copy()
+            column[:max(span, 1)] = previous[(group.id, mode.name)]
+            counts[g, m] = column
+    return schedule_from_counts(problem, counts, schedule.info, explain=False)  # valued, not explained
+
+
+def _infeasible_now(problem: Problem, alt: Any, row: Any, t: int = 0) -> str:
+    """Why the held counts may not run in interval ``t`` ('' when they may): import limit, caps less margin,
+    reserve held, and (with a carbon budget) no more load than the new plan."""
+    if alt["grid_import_kw"] > problem.import_limit_kw[t] + _EPS_KW:
+        return "previous counts exceed the import limit now"
+    for receptor in problem.receptors:
+        cap = float(np.broadcast_to(np.asarray(receptor.cap_dba, dtype=float), (problem.T,))[t]) - float(
+            getattr(receptor, "margin_db", 0.0))
+        if alt[f"noise_dba_{receptor.id}"] > cap + _EPS_DB:
+            return f"previous counts exceed the cap at {receptor.id}"
+    for reserve in problem.reserves:
+        column = reserve_column(reserve.name, "short_kw")
+        if alt[column] > row[column] + _EPS_KW:
+            return f"previous counts hold less {reserve.name} reserve"
+    if problem.carbon_budgets and alt["load_kw"] > row["load_kw"] + _EPS_KW:
+        return "previous counts use more of a carbon budget"
+    return ""

@@ -1,0 +1,220 @@
+"""Where the MPC loses money against the perfect-foresight oracle (issue 14): a DIAGNOSTIC.
+
+Runs, over one case of ``backtest_ratios.py`` (same windows, same real prices and hashprice):
+
+- ``oracle``: perfect foresight (one MILP per local day over the actual prices);
+- ``mpc rules``: the daemon's MPC with today's rule forecast;
+- ``mpc learned``: the same with the learned price model as the daemon runs it;
+- ``mpc perfect``: the same MPC, loop, horizon and re-plan with the ACTUAL RT prices as its forecast
+  (look-ahead on purpose: it bounds what any price forecast could buy; never a product setting);
+- ``mpc perfect Nh``: actual prices for the first N hours only, the rules after (``--perfect-hours``):
+  how much of the gap is the near term.
+
+Then splits each policy's shortfall against the oracle per interval ($ = oracle profit − policy profit in
+that interval) into buckets: intervals where the policy drew more energy than the oracle (ran into a
+price the oracle avoided) or less (idle while the oracle mined); and by the price path: the first
+interval above the least efficient group's breakeven ("first of a rise"), the next three ("rise +1..3"),
+the first interval back below it ("first after peak"), the next four ("after peak +1..4"), and the rest
+("steady above" / "steady below"). A bucket's sum over intervals is the gap it explains.
+
+    python optimization/benchmarks/gap_decompose.py --case 2020-02 --days 3
+    python optimization/benchmarks/gap_decompose.py --case 2024-05 --days 3 --variants rules perfect perfect1h
+
+Prints one table per policy and the wall time. Needs scikit-learn for ``learned``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import backtest_ratios as br  # noqa: E402 - the benchmark next to this one (cases, data loading)
+
+from hashflex.backtest.runner import account, build_actuals, load_prices, run_backtest, run_oracle  # noqa: E402
+from hashflex.backtest.progress import Progress  # noqa: E402
+from hashflex.data import bundled_path  # noqa: E402
+from hashflex.feeds.hashprice import bundled_hashprice  # noqa: E402
+from hashflex.forecast import rules as forecast_rules  # noqa: E402
+from hashflex.profile import load_profile  # noqa: E402
+
+
+class PerfectPrices:
+    """Look-ahead hook (DIAGNOSTIC ONLY): the actual RT price for intervals within ``hours`` of now
+    (all if None), no opinion (the rules) after. Its values are protected from the RT blend and the
+    scarcity floor by :func:`protect_perfect`."""
+
+    replaces_day_ahead = True
+    source_label = "perfect"
+
+    def __init__(self, actual: pd.Series, hours: float | None) -> None:
+        self.actual, self.hours = actual, hours
+        self.last_fallbacks: list = []
+
+    def __call__(self, times: pd.DatetimeIndex, snapshot: object, now: pd.Timestamp) -> np.ndarray:
+        values = self.actual.reindex(pd.DatetimeIndex(times)).to_numpy(dtype=float).copy()
+        if self.hours is not None:
+            lead_h = (pd.DatetimeIndex(times) - pd.Timestamp(now)).total_seconds().to_numpy() / 3600.0
+            values[lead_h >= self.hours] = np.nan
+        return values
+
+
+def protect_perfect() -> None:
+    """The rules' RT blend and scarcity floor leave intervals priced by :class:`PerfectPrices` alone."""
+    blend, floor = forecast_rules._blend_rt, forecast_rules._scarcity_floor
+
+    def guarded(original):  # noqa: ANN001, ANN202
+        def wrapper(rt, *args):  # noqa: ANN001, ANN002, ANN202
+            price, source = args[-3], args[-2]
+            keep = np.array([s.startswith("perfect") for s in source])
+            saved = price[keep].copy()
+            original(rt, *args)
+            price[keep] = saved
+        return wrapper
+
+    forecast_rules._blend_rt = guarded(blend)
+    forecast_rules._scarcity_floor = guarded(floor)
+
+
+def buckets(price: np.ndarray, line: np.ndarray, delta: np.ndarray, more_energy: np.ndarray) -> dict[str, float]:
+    """Sum of ``delta`` ($ lost vs the oracle per interval) per bucket (module docstring)."""
+    above = price > line
+    label = np.where(above, "steady above", "steady below").astype(object)
+    since_rise = np.full(len(price), 99)
+    since_fall = np.full(len(price), 99)
+    for k in range(1, len(price)):
+        if above[k] and not above[k - 1]:
+            since_rise[k] = 0
+        elif above[k]:
+            since_rise[k] = since_rise[k - 1] + 1
+        if not above[k] and above[k - 1]:
+            since_fall[k] = 0
+        elif not above[k]:
+            since_fall[k] = since_fall[k - 1] + 1
+    label[since_rise == 0] = "first of a rise"
+    label[(since_rise >= 1) & (since_rise <= 3)] = "rise +1..3"
+    label[since_fall == 0] = "first after peak"
+    label[(since_fall >= 1) & (since_fall <= 4)] = "after peak +1..4"
+    out: dict[str, float] = {}
+    for name in ("first of a rise", "rise +1..3", "steady above", "first after peak", "after peak +1..4",
+                 "steady below"):
+        hit = label == name
+        out[f"{name} | ran more"] = float(delta[hit & more_energy].sum())
+        out[f"{name} | ran less"] = float(delta[hit & ~more_energy].sum())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", default="2020-02", choices=list(br.CASES))
+    parser.add_argument("--days", type=int, default=3)
+    parser.add_argument("--start", help="first day (default: the case's)")
+    parser.add_argument("--profile", default="west_texas")
+    parser.add_argument("--variants", nargs="+", default=["rules", "learned", "perfect", "perfect1h"],
+                        help="rules, learned, perfect, perfect<N>h")
+    parser.add_argument("--csv", help="write the per-interval frame here")
+    parser.add_argument("--tag", default="", help="names this code state in the cache (e.g. after a change)")
+    parser.add_argument("--cache", help="a folder: each run's counts are kept there and reused (same case/days/variant)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    source, first_day = br.CASES[args.case]
+    profile = load_profile(args.profile)
+    load = None
+    if source == "dev2":
+        profile = br.hub_copy(profile)
+        prices, load = br.dev2_prices(br.DEV2)
+    else:
+        prices = load_prices(profile, [bundled_path(source)])
+    hashprice = bundled_hashprice()
+    start = pd.Timestamp(args.start or first_day)
+    actuals = build_actuals(profile, prices, start, start + pd.Timedelta(days=args.days), hashprice=hashprice)
+    rt = prices[(prices["market"] == "RT") & (prices["settlement_point"] == profile.site.settlement_point)]
+    rt_series = pd.Series(rt["price_usd_mwh"].to_numpy(float), index=pd.DatetimeIndex(rt["interval_start"]).tz_convert("UTC"))
+    rt_series = rt_series[~rt_series.index.duplicated(keep="last")].sort_index()
+    protect_perfect()
+    quiet = Progress.factory(True)
+    runs = {"oracle": run_oracle(profile, actuals)}
+    import functools
+
+    from hashflex.control import loop as control_loop
+    from hashflex.control.stability import hold_previous_counts
+    from hashflex.forecast import ForecastConfig
+    from hashflex.price_model import PriceModelConfig
+
+    for variant in args.variants:
+        # Modifiers bring back the rules before this change, side by side in one run:
+        # +oldstab (the stability rule valued over the first interval only), +oldfloor (scarcity floor = mean);
+        # +noblend: the last RT price is not blended into what the learned model priced; +mean: the learned
+        # model plans at the mean of P10/P50/P90.
+        variant, *mods = variant.split("+")
+        control_loop.hold_previous_counts = (functools.partial(hold_previous_counts, hold_span="first")
+                                             if "oldstab" in mods else hold_previous_counts)
+        old_floor = "oldfloor" in mods
+        forecast_rules.ForecastConfig = functools.partial(ForecastConfig, scarcity_floor_follows_last=not old_floor,
+                                                          rt_blend_learned="noblend" not in mods)
+        model_config = PriceModelConfig(scarcity_floor_follows_last=not old_floor, plan_mean="mean" in mods)
+        name = "+".join([variant, *mods])
+        if variant == "rules":
+            hook = None
+        elif variant == "learned":
+            hook = br.learned_hook("daemon", profile, actuals, load, model_config)
+        elif variant.startswith("perfect"):
+            hours = float(variant[len("perfect"):].rstrip("h")) if variant != "perfect" else None
+            hook = PerfectPrices(rt_series, hours)
+        else:
+            raise SystemExit(f"unknown variant {variant!r}")
+        t0 = time.perf_counter()
+        cached = Path(args.cache) / f"{args.profile}_{args.case}_{start:%Y%m%d}_{args.days}_{name}{args.tag}.pkl" if args.cache else None
+        if cached is not None and cached.exists():
+            runs[f"mpc {name}"] = pd.read_pickle(cached)
+            continue
+        result = run_backtest(profile, actuals, ["mpc"], progress=quiet, price_forecaster=hook)
+        runs[f"mpc {name}"] = result.runs["mpc"]
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            pd.to_pickle(result.runs["mpc"], cached)
+        print(f"mpc {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    frames = {name: account(profile, actuals, run.counts).frame for name, run in runs.items()}
+    oracle = frames["oracle"]
+    price = actuals.price_usd_mwh
+    hp = actuals.hashprice_usd_per_ph_day
+    line = br.breakeven_usd_mwh(profile, hp if hp is not None else np.full(len(price),
+                                                                             profile.economics.hashprice_usd_per_ph_day))
+    total_oracle = float(oracle["profit_usd"].sum())
+    print(f"{args.profile}@{profile.site.settlement_point} {args.case} {actuals.index[0]} .. {actuals.index[-1]}; "
+          f"oracle profit {total_oracle:,.0f} $; breakeven (worst group) {line.min():.1f}..{line.max():.1f} $/MWh")
+    table = {}
+    for name, frame in frames.items():
+        if name == "oracle":
+            continue
+        delta = oracle["profit_usd"].to_numpy(float) - frame["profit_usd"].to_numpy(float)
+        more = frame["load_kw"].to_numpy(float) > oracle["load_kw"].to_numpy(float) + 1e-6
+        row = buckets(price, line, delta, more)
+        row["TOTAL gap $"] = float(delta.sum())
+        row["ratio"] = float(frame["profit_usd"].sum()) / total_oracle
+        row["energy MWh vs oracle"] = float(((frame["load_kw"] - oracle["load_kw"]).to_numpy(float)
+                                             * frame["duration_h"].to_numpy(float)).sum() / 1000.0)
+        row["carbon kg"] = float(frame["emissions_kg"].sum())
+        table[name] = row
+    out = pd.DataFrame(table)
+    out.loc["carbon kg", "oracle"] = float(oracle["emissions_kg"].sum())
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:,.4f}".format):
+        print(out)
+    if args.csv:
+        wide = pd.DataFrame({"price": price, "line": line}, index=actuals.index)
+        for name, frame in frames.items():
+            wide[f"load_{name}"] = frame["load_kw"].to_numpy(float)
+            wide[f"profit_{name}"] = frame["profit_usd"].to_numpy(float)
+        wide.to_csv(args.csv)
+    print(f"wall {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
