@@ -112,6 +112,9 @@ class ForecastConfig:
 
     max_age_rt_s: float = 3600.0
     rt_blend_h: float = 1.0
+    # Blend the last RT price into intervals a learned price model priced too (it has the last RT price and
+    # the lead time among its features, so the blend may overwrite what it learned about the first hour).
+    rt_blend_learned: bool = True
     unknown_price_usd_mwh: float = 5000.0
     max_age_renewable_forecast_s: float = 6 * 3600.0
     max_age_renewable_obs_s: float = 1800.0
@@ -135,6 +138,9 @@ class ForecastConfig:
     # spikes and bought nothing in Uri, where the absolute test already holds; the learned model keeps it.
     scarcity_spread_usd_mwh: float = math.inf
     scarcity_hold_h: float = 6.0
+    # The floor is the lower of the window mean and the last published RT price (ScarcityState.floor_usd_mwh);
+    # False: the window mean alone (before; it held the fleet off after a short spike had ended).
+    scarcity_floor_follows_last: bool = True
 
 
 class FallbackCode(enum.StrEnum):
@@ -287,6 +293,21 @@ class ScarcityState:
     rt_mean_usd_mwh: float
     spread_usd_mwh: float
     reason: str
+    rt_last_usd_mwh: float = math.nan
+
+    def floor_usd_mwh(self, follow_last: bool = True) -> float:
+        """The price the near term is planned at no less than in this regime, $/MWh.
+
+        ``follow_last`` (the default): the lower of the window mean and the last published RT price, so
+        the floor falls with the price as soon as a spike ends. Measured on 7-9 May 2024 (HB_HUBAVG, a
+        normal month): the window mean alone held the fleet off for an hour after a 2-hour evening spike
+        (RT back at 35-83 $/MWh, the 2-hour mean still above 1,000) and cost the MPC about $1.4k, 0.9 % of
+        the oracle; in Winter Storm Uri the last price stayed at the cap, so the floor is the same there.
+        False: the window mean alone (the rule before).
+        """
+        if follow_last and math.isfinite(self.rt_last_usd_mwh):
+            return min(self.rt_mean_usd_mwh, self.rt_last_usd_mwh)
+        return self.rt_mean_usd_mwh
 
 
 def detect_scarcity(rt_recent_usd_mwh: np.ndarray, da_recent_usd_mwh: np.ndarray, *, rt_threshold_usd_mwh: float,
@@ -311,12 +332,14 @@ def detect_scarcity(rt_recent_usd_mwh: np.ndarray, da_recent_usd_mwh: np.ndarray
     if rt.size == 0:
         return ScarcityState(False, math.nan, math.nan, "no recent real-time price")
     mean = float(rt.mean())
+    last = float(rt[-1])
     da = np.asarray(da_recent_usd_mwh, dtype=float)[-raw.size:] if len(da_recent_usd_mwh) else np.array([])
     pairs = raw[-da.size:] - da if da.size else np.array([])
     spread = float(np.nanmean(pairs)) if pairs.size and np.isfinite(pairs).any() else math.nan
     if mean >= rt_threshold_usd_mwh:
-        return ScarcityState(True, mean, spread, f"recent real-time mean {mean:,.0f} $/MWh >= {rt_threshold_usd_mwh:,.0f}")
+        return ScarcityState(True, mean, spread, f"recent real-time mean {mean:,.0f} $/MWh >= {rt_threshold_usd_mwh:,.0f}",
+                             last)
     if math.isfinite(spread) and spread >= spread_threshold_usd_mwh:
         return ScarcityState(True, mean, spread, f"recent real-time {spread:,.0f} $/MWh above day-ahead >= "
-                                                 f"{spread_threshold_usd_mwh:,.0f}")
-    return ScarcityState(False, mean, spread, "normal")
+                                                 f"{spread_threshold_usd_mwh:,.0f}", last)
+    return ScarcityState(False, mean, spread, "normal", last)

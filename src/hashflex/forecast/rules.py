@@ -172,14 +172,17 @@ def _scarcity_floor(rt: pd.DataFrame, da: pd.DataFrame, now: pd.Timestamp, times
                             spread_threshold_usd_mwh=cfg.scarcity_spread_usd_mwh)
     if not state.active:
         return
+    floor = state.floor_usd_mwh(cfg.scarcity_floor_follows_last)
     near = ((times - now).total_seconds().to_numpy() / 3600.0) < cfg.scarcity_hold_h
-    raise_to = near & (price < state.rt_mean_usd_mwh)
-    price[raise_to] = state.rt_mean_usd_mwh
+    raise_to = near & (price < floor)
+    price[raise_to] = floor
     for k in np.flatnonzero(raise_to):
         source[k] = f"{source[k]} + scarcity floor"
+    what = ("the lower of the recent real-time mean and the last real-time price" if cfg.scarcity_floor_follows_last
+            else "the recent real-time mean")
     fallbacks.append(Fallback(FallbackCode.PRICE_SCARCITY,
                               f"price: scarcity regime ({state.reason}); the next {cfg.scarcity_hold_h:g} h planned at "
-                              f"no less than the recent real-time mean {state.rt_mean_usd_mwh:,.0f} $/MWh"))
+                              f"no less than {what}, {floor:,.0f} $/MWh"))
 
 
 def _blend_rt(rt: pd.DataFrame, now: pd.Timestamp, times: pd.DatetimeIndex, cfg: ForecastConfig,
@@ -194,6 +197,8 @@ def _blend_rt(rt: pd.DataFrame, now: pd.Timestamp, times: pd.DatetimeIndex, cfg:
     lag_h = (times - last["interval_end"]).total_seconds().to_numpy() / 3600.0
     weight = np.clip(1.0 - lag_h / cfg.rt_blend_h, 0.0, 1.0) if cfg.rt_blend_h > 0 else np.zeros(len(times))
     weight[lag_h < 0] = 0.0  # intervals already settled are not forecast by their own RT price
+    if not cfg.rt_blend_learned:  # a learned model reads the last RT price itself (its rt_last feature)
+        weight[[s.startswith("learned") for s in source]] = 0.0
     for k in np.flatnonzero(weight > 0):
         price[k] = weight[k] * float(last["price_usd_mwh"]) + (1.0 - weight[k]) * price[k]
         source[k] = f"{source[k]} + RT blend"

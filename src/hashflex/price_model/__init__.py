@@ -37,7 +37,8 @@ Scarcity regime (Winter Storm Uri, Feb 2021): when the recent RT prices are far 
 mean of the last ``scarcity_window_h`` hours of published RT ≥ ``scarcity_rt_usd_mwh``, or its mean
 RT − DA spread ≥ ``scarcity_spread_usd_mwh`` (ERCOT's ORDC adders and scarcity pricing show up
 as RT far above DA) — the plan is made at a risk-averse price: the P90 quantile, never below the
-DA price, and for the next ``scarcity_hold_h`` hours never below the recent RT mean (a tree model
+DA price, and for the next ``scarcity_hold_h`` hours never below the lower of the recent RT mean and the
+last published RT price (so the floor falls as soon as a spike ends; a tree model
 cannot extrapolate above the prices it was trained on, and a scarcity event persists for hours to
 days). The forecast then lists :attr:`FallbackCode.PRICE_SCARCITY`. The switch works without a
 trained model too (it needs only recent RT and DA), so it also guards a fresh install.

@@ -48,7 +48,9 @@ class PriceModelConfig:
         The scarcity test (:func:`hashflex.forecast.detect_scarcity`): recent published RT mean
         (over the window, h) at or above the threshold ($/MWh), or that far above DA.
     scarcity_quantile, scarcity_hold_h : float
-        In a scarcity regime: plan at this quantile, and at least the recent RT mean for this long (h).
+        In a scarcity regime: plan at this quantile, and at least the scarcity floor for this long (h).
+    scarcity_floor_follows_last : bool
+        The floor is the lower of the recent RT mean and the last published RT price (True), or the mean alone.
     seed : int
     """
 
@@ -69,6 +71,7 @@ class PriceModelConfig:
     scarcity_spread_usd_mwh: float = 300.0
     scarcity_quantile: float = 0.9
     scarcity_hold_h: float = 6.0
+    scarcity_floor_follows_last: bool = True  # floor = min(window mean, last RT) (ScarcityState.floor_usd_mwh)
     seed: int = 0
 
 

@@ -424,10 +424,13 @@ class LearnedPriceForecaster:
                           self.da.value[safe], np.nan)
             price = np.fmax(price, da)  # never below the DA price (fmax: NaN only where both are)
             near = (_ns(times) - now_ns) < cfg.scarcity_hold_h * _H_NS
-            price[near] = np.fmax(price[near], state.rt_mean_usd_mwh)
+            floor = state.floor_usd_mwh(cfg.scarcity_floor_follows_last)
+            price[near] = np.fmax(price[near], floor)
+            what = ("the lower of the recent real-time mean and the last real-time price"
+                    if cfg.scarcity_floor_follows_last else "the recent real-time mean")
             fallbacks.append(Fallback(FallbackCode.PRICE_SCARCITY,
                                       f"price: scarcity regime ({state.reason}); planned at the "
-                                      f"P{cfg.scarcity_quantile * 100:g} price, at least DA, and at least the recent "
-                                      f"real-time mean for {cfg.scarcity_hold_h:g} h"))
+                                      f"P{cfg.scarcity_quantile * 100:g} price, at least DA, and at least {what} "
+                                      f"({floor:,.0f} $/MWh) for {cfg.scarcity_hold_h:g} h"))
         self.last_fallbacks = fallbacks
         return price
