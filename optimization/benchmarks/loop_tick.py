@@ -12,6 +12,13 @@ imported through PYTHONPATH.
 
     python optimization/benchmarks/loop_tick.py [--sizes 1000 10000 100000] [--ticks 5] [--baseline 4953d1a]
     python optimization/benchmarks/loop_tick.py --sizes 100000 --ticks 96 --step-s 900   # a simulated day: RSS after it
+    python optimization/benchmarks/loop_tick.py --sizes 100000 --ticks 4 --change-modes --baseline 39fba2a
+
+``--change-modes``: ticks whose plan changes modes (the commitment state is then saved, the guard
+and the driver batch carry the changes). The SYNTHETIC forecast alternates between the cheap flat
+price and 5,000 $/MWh, each level with its own real solve made once (untimed), and ticks are 30 min
+apart (``--step-s 1800``: past the site's 30-minute min-on and 15-minute min-off), so every timed
+tick starts or stops about a third of the fleet; the table says how many miners changed per tick.
 
 Prints, per size and tree: median tick ms without the solve, and the ratio baseline / this tree.
 """
@@ -34,7 +41,7 @@ REPO = HERE.parents[1]
 GOAL_MS = 100.0
 
 
-def _one(n_miners: int, ticks: int, step_s: float = 1.0) -> dict:
+def _one(n_miners: int, ticks: int, step_s: float = 1.0, change_modes: bool = False) -> dict:
     """Run in a child process: the ticks of one size with whatever `hashflex` is importable."""
     import numpy as np
     import pandas as pd
@@ -61,22 +68,28 @@ def _one(n_miners: int, ticks: int, step_s: float = 1.0) -> dict:
 
             return BatchResult.all_applied(batch, "accepted")
 
+    level = {"price": 25.0}  # the forecast's flat price now ($/MWh, SYNTHETIC)
+
     class CachedSolve:
-        """The first solve is real (HiGHS); every later tick gets that schedule (the solve excluded)."""
+        """The first solve per price level is real (HiGHS); later ticks at that level get its schedule
+        (the solve excluded)."""
 
         def __init__(self) -> None:
             self.runner = SolveRunner(time_limit_s=30)
-            self.schedule = None
+            self.schedules = {}
             self.last_seconds = 0.0
 
         def run(self, problem, fine_intervals=None):
-            if self.schedule is None:
-                self.schedule = self.runner.run(problem, fine_intervals)
-            return self.schedule
+            if level["price"] not in self.schedules:
+                self.schedules[level["price"]] = self.runner.run(problem, fine_intervals)
+            return self.schedules[level["price"]]
 
     def forecaster(now, start, periods):
         return HorizonForecast(pd.date_range(start, periods=periods, freq=f"{profile.site.interval_minutes}min"),
-                               np.full(periods, 25.0))
+                               np.full(periods, level["price"]))
+
+    def modes_now(loop):
+        return {g: loop.fleet.columns(g).mode.copy() for g in loop.fleet.groups}
 
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "tick.db")
@@ -84,15 +97,25 @@ def _one(n_miners: int, ticks: int, step_s: float = 1.0) -> dict:
                            solver=CachedSolve())
         loop.measurements = measurements
         loop.tick(NOW)  # the real solve, and the first dispatch
-        times = []
+        if change_modes:  # the other level's real solve, untimed, so every timed tick only re-uses one
+            level["price"] = 5000.0
+            loop.tick(NOW + timedelta(seconds=step_s))
+            level["price"] = 25.0
+        times, changed = [], []
         for k in range(ticks):
+            moment = NOW + timedelta(seconds=(k + (2 if change_modes else 1)) * step_s)
+            if change_modes:
+                level["price"] = 5000.0 if k % 2 else 25.0
+            before = modes_now(loop)
             started = time.perf_counter()
-            loop.tick(NOW + timedelta(seconds=(k + 1) * step_s))
+            loop.tick(moment)
             times.append((time.perf_counter() - started) * 1000.0)
+            after = modes_now(loop)
+            changed.append(int(sum((before[g] != after[g]).sum() for g in before)))
         store.close()
     import resource
 
-    return {"median_ms": statistics.median(times), "max_ms": max(times),
+    return {"median_ms": statistics.median(times), "max_ms": max(times), "changed": statistics.median(changed),
             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -104,12 +127,12 @@ def _worktree(commit: str) -> Path:
     return path
 
 
-def _run(n: int, ticks: int, src: Path | None, step_s: float = 1.0) -> dict:
+def _run(n: int, ticks: int, src: Path | None, step_s: float = 1.0, change_modes: bool = False) -> dict:
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = str(src)
     out = subprocess.run([sys.executable, __file__, "--child", str(n), "--ticks", str(ticks),
-                          "--step-s", str(step_s)], env=env,
+                          "--step-s", str(step_s)] + (["--change-modes"] if change_modes else []), env=env,
                          capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"rc {out.returncode}"}
@@ -122,27 +145,36 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     parser.add_argument("--ticks", type=int, default=5)
     parser.add_argument("--baseline", default="4953d1a", help="commit to compare with ('' for none)")
-    parser.add_argument("--step-s", type=float, default=1.0,
-                        help="seconds between ticks (900 with --ticks 96: a simulated day, for its RSS)")
+    parser.add_argument("--step-s", type=float, default=None,
+                        help="seconds between ticks (default 1, or 1800 with --change-modes; 900 with --ticks 96: "
+                             "a simulated day, for its RSS)")
+    parser.add_argument("--change-modes", action="store_true",
+                        help="ticks whose plan starts or stops about a third of the fleet (see above)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.step_s is None:
+        args.step_s = 1800.0 if args.change_modes else 1.0
     if args.child:
-        print(json.dumps(_one(args.child, args.ticks, args.step_s)))
+        print(json.dumps(_one(args.child, args.ticks, args.step_s, args.change_modes)))
         return
     base = _worktree(args.baseline) / "src" if args.baseline else None
-    print(f"ControlLoop.tick without the solve, median of {args.ticks} ticks (goal ≤ {GOAL_MS:.0f} ms at 100k); "
+    kind = "ticks that change modes" if args.change_modes else "ticks"
+    print(f"ControlLoop.tick without the solve, median of {args.ticks} {kind} (goal ≤ {GOAL_MS:.0f} ms at 100k); "
           f"SYNTHETIC site")
-    print(f"{'miners':>8} {'this tree ms':>13} {'baseline ms':>12} {'ratio':>6} {'RSS MiB (this/base)':>20}")
+    print(f"{'miners':>8} {'this tree ms':>13} {'baseline ms':>12} {'ratio':>6} {'RSS MiB (this/base)':>20} "
+          f"{'changed/tick (this/base)':>25}")
     for n in args.sizes:
-        new = _run(n, args.ticks, None, args.step_s)
-        old = _run(n, args.ticks, base, args.step_s) if base is not None else {}
+        new = _run(n, args.ticks, None, args.step_s, args.change_modes)
+        old = _run(n, args.ticks, base, args.step_s, args.change_modes) if base is not None else {}
         if "error" in new:
             print(f"{n:>8} error: {new['error']}")
             continue
         ratio = f"{old['median_ms'] / new['median_ms']:.1f}x" if "median_ms" in old else "-"
         old_ms = f"{old['median_ms']:.0f}" if "median_ms" in old else old.get("error", "-")[:12]
         old_rss = f"{old['rss_mib']:.0f}" if "rss_mib" in old else "-"
-        print(f"{n:>8} {new['median_ms']:>13.0f} {old_ms:>12} {ratio:>6} {new['rss_mib']:>11.0f}/{old_rss}")
+        old_changed = f"{old['changed']:.0f}" if "changed" in old else "-"
+        print(f"{n:>8} {new['median_ms']:>13.0f} {old_ms:>12} {ratio:>6} {new['rss_mib']:>11.0f}/{old_rss:<8} "
+              f"{new['changed']:>16.0f}/{old_changed}")
 
 
 if __name__ == "__main__":
