@@ -3,8 +3,11 @@
 Every tick re-solves the horizon with new prices; small forecast changes flip a few units on and off
 from one tick to the next, which a site manager reads as a fault (EMHASS users report exactly this).
 The rule: when the new plan's first interval differs from what runs now (the fleet as dispatched, fast-
-path cuts included; the loop passes it as ``previous``), value those counts for the first interval — with
-the new plan for every later interval — on the *new* problem (same prices, limits, caps, budgets), and
+path cuts included; the loop passes it as ``previous``), value those counts held over the new plan's first
+block — its leading intervals whose counts equal its first interval's, while the previous counts stay
+feasible there (``hold_span="block"``; ``"first"``: the first interval only, the rule before, which held a
+stale mode for whole days because each tick forwent one interval's gain) — with the new plan for every later
+interval, on the *new* problem (same prices, limits, caps, budgets), and
 keep them unless the new plan earns at least the material gain more over the horizon: ``min_gain_usd``, or
 ``min_gain_fraction`` of the whole fleet's gross revenue over the horizon, or ``min_gain_unit_intervals``
 intervals of gross revenue of each unit the change moves (a switching cost per unit), whichever is
@@ -165,13 +168,11 @@ def hold_previous_counts(problem: Problem, schedule: Schedule, previous: dict[tu
         available = np.asarray(group.units_available, dtype=int)[:span]
         span = min(span, int(np.argmax(available < held_units)) if (available < held_units).any() else span)
     alternative = _held(problem, schedule, columns, previous, span)
-    reason = _infeasible_now(problem, alternative.frame.iloc[0], frame.iloc[0])
-    if reason:
+    bad, reason = _first_infeasible(problem, alternative.frame, frame, span)
+    if bad == 0:
         return StabilityDecision(new, False, float("nan"), reason)
-    if span > 1:  # hold only while the previous counts stay feasible (the checks of the first interval)
-        ok = [not _infeasible_now(problem, alternative.frame.iloc[j], frame.iloc[j], j) for j in range(span)]
-        if not all(ok):
-            alternative = _held(problem, schedule, columns, previous, ok.index(False))
+    if bad < span:  # hold only while the previous counts stay feasible (the checks of the first interval)
+        alternative = _held(problem, schedule, columns, previous, bad)
     gain = float(schedule.frame["profit_usd"].sum() - alternative.frame["profit_usd"].sum())
     if min_gain_fraction > 0:
         min_gain_usd = max(min_gain_usd, min_gain_fraction * full_fleet_revenue_usd(problem))
@@ -195,20 +196,27 @@ def _held(problem: Problem, schedule: Schedule, columns: dict[tuple[str, str], n
     return schedule_from_counts(problem, counts, schedule.info, explain=False)  # valued, not explained
 
 
-def _infeasible_now(problem: Problem, alt: Any, row: Any, t: int = 0) -> str:
-    """Why the held counts may not run in interval ``t`` ('' when they may): import limit, caps less margin,
-    reserve held, and (with a carbon budget) no more load than the new plan."""
-    if alt["grid_import_kw"] > problem.import_limit_kw[t] + _EPS_KW:
-        return "previous counts exceed the import limit now"
+def _first_infeasible(problem: Problem, alt: Any, new: Any, span: int) -> tuple[int, str]:
+    """The first of the intervals ``0..span-1`` where the held counts (frame ``alt``) may not run, and why:
+    import limit, caps less margin, reserve held, and (with a carbon budget) no more load than the new plan
+    (frame ``new``); ``(span, '')`` when they may run in all of them. Vector work over the span."""
+    checks: list[tuple[np.ndarray, str]] = [
+        (alt["grid_import_kw"].to_numpy(float)[:span] > np.asarray(problem.import_limit_kw, float)[:span] + _EPS_KW,
+         "previous counts exceed the import limit now")]
     for receptor in problem.receptors:
-        cap = float(np.broadcast_to(np.asarray(receptor.cap_dba, dtype=float), (problem.T,))[t]) - float(
+        cap = np.broadcast_to(np.asarray(receptor.cap_dba, dtype=float), (problem.T,))[:span] - float(
             getattr(receptor, "margin_db", 0.0))
-        if alt[f"noise_dba_{receptor.id}"] > cap + _EPS_DB:
-            return f"previous counts exceed the cap at {receptor.id}"
+        checks.append((alt[f"noise_dba_{receptor.id}"].to_numpy(float)[:span] > cap + _EPS_DB,
+                       f"previous counts exceed the cap at {receptor.id}"))
     for reserve in problem.reserves:
         column = reserve_column(reserve.name, "short_kw")
-        if alt[column] > row[column] + _EPS_KW:
-            return f"previous counts hold less {reserve.name} reserve"
-    if problem.carbon_budgets and alt["load_kw"] > row["load_kw"] + _EPS_KW:
-        return "previous counts use more of a carbon budget"
-    return ""
+        checks.append((alt[column].to_numpy(float)[:span] > new[column].to_numpy(float)[:span] + _EPS_KW,
+                       f"previous counts hold less {reserve.name} reserve"))
+    if problem.carbon_budgets:
+        checks.append((alt["load_kw"].to_numpy(float)[:span] > new["load_kw"].to_numpy(float)[:span] + _EPS_KW,
+                       "previous counts use more of a carbon budget"))
+    first, why = span, ""
+    for failed, reason in checks:  # in this order, so the first interval's reason is the one named before
+        if failed.any() and int(np.argmax(failed)) < first:
+            first, why = int(np.argmax(failed)), reason
+    return first, why

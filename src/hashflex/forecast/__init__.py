@@ -25,6 +25,10 @@ Price ($/MWh, the site's settlement point)
   p = w·RT_last + (1−w)·p_base with w = max(0, 1 − (t − end of RT interval) / ``rt_blend_h``), so
   the interval right after the last settled one is pure RT and the weight decays linearly to 0
   after one hour (RT prices are strongly autocorrelated over minutes, much less over hours).
+  Scarcity regime: when the RT prices published in the last ``scarcity_window_h`` average at least
+  ``scarcity_rt_usd_mwh`` (:func:`detect_scarcity`), the next ``scarcity_hold_h`` hours are planned at no
+  less than the lower of that mean and the last published RT price (``scarcity_floor_follows_last``; the
+  mean alone held a fleet off after a short spike had ended, measured on 7-9 May 2024).
 Renewables (kW, per profile source, then summed)
   1. The source's latest forecast posting (younger than ``max_age_renewable_forecast_s``) covering t.
   2. Else, in the first ``persistence_h`` hours, the latest measurement if younger than
