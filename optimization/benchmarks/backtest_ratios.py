@@ -26,6 +26,7 @@ with the last fit) or as the backtest's self-refitting hook (``--learned-as back
     python optimization/benchmarks/backtest_ratios.py                       # 3 days per case
     python optimization/benchmarks/backtest_ratios.py --cases 2021-02 --days 4
     python optimization/benchmarks/backtest_ratios.py --days 7 --profiles west_texas quiet_hollow
+    python optimization/benchmarks/backtest_ratios.py --old     # + the rules MPC before this round, same run
 
 Goals (issue 14): mpc >= 99.5 % of the oracle on normal months; in Uri >= the threshold and > 0.
 Needs scikit-learn (``pip install 'hashflex[forecast]'``).
@@ -34,9 +35,12 @@ Needs scikit-learn (``pip install 'hashflex[forecast]'``).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import math
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -168,8 +172,28 @@ def learned_hook(learned_as: str, profile: SiteProfile, actuals: Actuals, load: 
     return LearnedPriceForecaster(actuals.prices, point, tz, load_forecast=load, config=model_config)
 
 
+@contextlib.contextmanager
+def rules_before_round_3() -> Iterator[None]:
+    """The MPC as it was before this round's issue-14 changes, for a side-by-side row: plan stability valued
+    over the first interval only (``hold_span="first"``) and the scarcity floor at the recent RT mean alone
+    (``scarcity_floor_follows_last=False``). Patches the loop's and the forecast's module names; restores them."""
+    from hashflex.control import loop as control_loop
+    from hashflex.control.stability import hold_previous_counts
+    from hashflex.forecast import ForecastConfig
+    from hashflex.forecast import rules as forecast_rules
+
+    saved = control_loop.hold_previous_counts, forecast_rules.ForecastConfig
+    control_loop.hold_previous_counts = functools.partial(hold_previous_counts, hold_span="first")
+    forecast_rules.ForecastConfig = functools.partial(ForecastConfig, scarcity_floor_follows_last=False)
+    try:
+        yield
+    finally:
+        control_loop.hold_previous_counts, forecast_rules.ForecastConfig = saved
+
+
 def run_case(name: str, case: str, days: int, hashprice: pd.DataFrame | None, quiet: bool,
-             model_config: PriceModelConfig | None = None, learned_as: str = "daemon") -> tuple[dict, dict, dict]:
+             model_config: PriceModelConfig | None = None, learned_as: str = "daemon",
+             old: bool = False) -> tuple[dict, dict, dict]:
     source, first_day = CASES[case]
     profile = load_profile(name)
     load = None
@@ -193,6 +217,13 @@ def run_case(name: str, case: str, days: int, hashprice: pd.DataFrame | None, qu
             "threshold": base.runs["threshold"], "oracle": base.runs["oracle"]}
     schedules = {"mpc rules": base.schedules["mpc"], "mpc learned": learned.schedules["mpc"],
                  "threshold": base.schedules["threshold"], "oracle": base.schedules["oracle"]}
+    if old:  # the same MPC with the rules before this round (stability over one interval, floor at the mean)
+        started = time.perf_counter()
+        with rules_before_round_3():
+            before = run_backtest(profile, actuals, ["mpc"], progress=progress)
+        timings["mpc rules old"] = time.perf_counter() - started
+        runs = {"mpc rules old": before.runs["mpc"], **runs}
+        schedules = {"mpc rules old": before.schedules["mpc"], **schedules}
     document = summary_document(BacktestResult(profile, actuals, runs, schedules))
     started = time.perf_counter()
     # A fresh hook for the scoring replay: the daemon's model never refits for an earlier time (it would
@@ -226,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learned-as", choices=("daemon", "backtest"), default="daemon",
                         help="the learned model as the daemon runs it (fit daily after the DAM) or as the "
                              "backtest's self-refitting hook (every retrain_h)")
+    parser.add_argument("--old", action="store_true",
+                        help="add a row: the rules MPC before this round (stability over one interval, scarcity "
+                             "floor at the mean), side by side in the same run")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     model_config = PriceModelConfig(plan_mean=args.plan_mean)
@@ -234,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dev2 data not found at {DEV2}; run with --cases 2020-02 2021-02", file=sys.stderr)
         return 2
     wall_started = time.perf_counter()
-    header = (f"{'case':28s} {'policy':12s} {'profit $':>12s} {'/oracle':>8s} {'/thresh':>12s} {'MAE':>7s} "
+    header = (f"{'case':28s} {'policy':14s} {'profit $':>12s} {'/oracle':>8s} {'/thresh':>12s} {'MAE':>7s} "
               f"{'pinball':>8s} {'spike hit':>9s} {'false al':>8s} {'switch/d':>9s} {'violations':>10s} {'wall s':>7s}")
     lines = [header, "-" * len(header)]
     notes = []
@@ -242,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         for case in args.cases:
             started = time.perf_counter()
             document, errors, timings = run_case(name, case, args.days, hashprice, args.quiet, model_config,
-                                                 args.learned_as)
+                                                 args.learned_as, old=args.old)
             label = f"{name}@{document['point']} {case}"
             policies = document["policies"]
             threshold = policies["threshold"]["profit_usd"]
@@ -254,9 +288,9 @@ def main(argv: list[str] | None = None) -> int:
                     vs = f"{profit / threshold:.4f}"
                 else:
                     vs = f"{profit - threshold:+,.0f} $"
-                err = errors.get(policy.replace("mpc ", "")) if policy.startswith("mpc") else None
+                err = errors.get(policy.replace("mpc ", "")) if policy in ("mpc rules", "mpc learned") else None
                 lines.append(
-                    f"{label:28s} {policy:12s} {profit:12,.0f} {fmt_ratio(figures['profit_ratio_to_oracle']):>8s} "
+                    f"{label:28s} {policy:14s} {profit:12,.0f} {fmt_ratio(figures['profit_ratio_to_oracle']):>8s} "
                     f"{vs:>12s} {err['mae'] if err else math.nan:7.1f} {err['pinball'] if err else math.nan:8.1f} "
                     f"{fmt_ratio(err['spike_hit']) if err else '-':>9s} {fmt_ratio(err['false_alarm']) if err else '-':>8s} "
                     f"{document['churn'][policy]:9.1f} {violations(figures):>10s} {figures['wall_seconds']:7.1f}")

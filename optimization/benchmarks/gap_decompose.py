@@ -151,13 +151,15 @@ def main(argv: list[str] | None = None) -> int:
         # Modifiers bring back the rules before this change, side by side in one run:
         # +oldstab (the stability rule valued over the first interval only), +oldfloor (scarcity floor = mean);
         # +noblend: the last RT price is not blended into what the learned model priced; +mean: the learned
-        # model plans at the mean of P10/P50/P90.
+        # model plans at the mean of P10/P50/P90; +blend<N>h: the RT blend decays over N hours (default 1).
         variant, *mods = variant.split("+")
         control_loop.hold_previous_counts = (functools.partial(hold_previous_counts, hold_span="first")
                                              if "oldstab" in mods else hold_previous_counts)
         old_floor = "oldfloor" in mods
+        blend_h = [float(m[len("blend"):-1]) for m in mods if m.startswith("blend") and m.endswith("h")]
         forecast_rules.ForecastConfig = functools.partial(ForecastConfig, scarcity_floor_follows_last=not old_floor,
-                                                          rt_blend_learned="noblend" not in mods)
+                                                          rt_blend_learned="noblend" not in mods,
+                                                          **({"rt_blend_h": blend_h[0]} if blend_h else {}))
         model_config = PriceModelConfig(scarcity_floor_follows_last=not old_floor, plan_mean="mean" in mods)
         name = "+".join([variant, *mods])
         if variant == "rules":
