@@ -112,8 +112,9 @@ class ForecastConfig:
 
     max_age_rt_s: float = 3600.0
     rt_blend_h: float = 1.0
-    # Blend the last RT price into intervals a learned price model priced too (it has the last RT price and
-    # the lead time among its features, so the blend may overwrite what it learned about the first hour).
+    # Blend the last RT price into intervals a learned price model priced too. Off, the model's own first hour
+    # (it has the last RT price and the lead among its features) ran into the 8 May 2024 spike: west_texas
+    # May 7-9 2024 mpc/oracle 0.9768 with the blend, 0.9282 without (gap_decompose.py, one run).
     rt_blend_learned: bool = True
     unknown_price_usd_mwh: float = 5000.0
     max_age_renewable_forecast_s: float = 6 * 3600.0
