@@ -115,6 +115,7 @@ def _counter_main(port: int, site: str, expected: int, conn) -> None:  # noqa: A
     """The subscriber process: a `SetpointCounter`; commands ``("arm", iso)``, ``("count",)``, ``("stop",)``
     over ``conn``, each answered; ``("done", monotonic time)`` sent once per arm when all arrived."""
     counter = SetpointCounter(port, Topics(site), expected)
+    conn.send(("ready",))  # subscribed: setpoints published from now on reach it
     while True:
         command = conn.recv()
         if command[0] == "arm":
@@ -139,6 +140,8 @@ class ProcessCounter:
         self._conn, child = context.Pipe()
         self.process = context.Process(target=_counter_main, args=(port, site, expected, child), daemon=True)
         self.process.start()
+        if not self._conn.poll(120) or self._conn.recv() != ("ready",):
+            raise TimeoutError("subscriber process did not subscribe within 120 s")
 
     def _ask(self, *command: object, timeout_s: float = 60.0) -> tuple:
         self._conn.send(command)
