@@ -69,6 +69,8 @@ class CompiledModel:
     model: pyo.ConcreteModel | None = None
     col_at: dict[str, dict] | None = None
     row_at: dict[str, dict] | None = None
+    # `update_in_place`'s slot arrays per call site, built at the first update (see `_Updates._at`).
+    slots: dict = dataclasses.field(default_factory=dict, repr=False)
 
 
 class LpBasisCache:
@@ -362,8 +364,18 @@ class _Updates:
         self.row_bounds: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def _at(self, table: dict[str, dict] | None, name: str, keys: list) -> np.ndarray:
-        at = table.get(name, {}) if table is not None else {}
-        return np.fromiter((at[k] for k in keys), dtype=np.int32, count=len(keys))
+        # Every problem a kept model is updated with has its template, and under one template each
+        # call site's keys are fixed by (family, count, first key): all T intervals, or the capped
+        # ones of one receptor or product (fixed by the template too), of one group/receptor/
+        # product/budget named by the first key. So the slots are looked up once per model, not
+        # per re-plan (~T dict lookups per family: a third of an update, issue 18).
+        memo = (table is self.compiled.col_at, name, len(keys), keys[0] if keys else None)
+        slots = self.compiled.slots.get(memo)
+        if slots is None:
+            at = table.get(name, {}) if table is not None else {}
+            slots = np.fromiter((at[k] for k in keys), dtype=np.int32, count=len(keys))
+            self.compiled.slots[memo] = slots
+        return slots
 
     def columns(self, name: str, keys: list, lower: np.ndarray | float, upper: np.ndarray | float,
                 cost: np.ndarray | float | None = None) -> None:

@@ -296,7 +296,9 @@ def schedule_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndar
         as_revenue_usd += reserve_kw[reserve.name] * dt_h * reserve.price_usd_mw_h / 1000.0
 
     data: dict[str, object] = {
-        "interval_end": problem.interval_start + pd.to_timedelta(dt_h, unit="h"),
+        # Whole milliseconds: 5 minutes is 0.08333… h, and hours as a float timedelta ended every
+        # 5-minute interval 2 ns early (06:04:59.999999998; the audit warned on each plan's horizon end).
+        "interval_end": problem.interval_start + pd.to_timedelta(np.round(dt_h * 3_600_000.0), unit="ms").as_unit("ns"),
         "duration_h": dt_h,
         "price_usd_mwh": problem.price_usd_mwh,
         "energy_price_usd_mwh": problem.energy_price_usd_mwh,
