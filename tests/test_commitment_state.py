@@ -94,7 +94,8 @@ def test_the_compact_state_restores_the_same_fleet_as_every_older_form(fleet) ->
 
 
 def test_the_compact_state_is_bounded_in_bytes_per_miner() -> None:
-    """10,000 miners in two groups after two batches: a few bytes a miner (format 2: about 87)."""
+    """10,000 miners in two groups after two batches: about 20 bytes a miner, 11 of them the run hours'
+    float64 (format 2: about 87)."""
     groups = [MinerGroup(id=g, model="S21", units=5000, modes=MODES, idle_power_kw=0.01) for g in ("a", "b")]
     fleet = FleetState([Miner(f"{g.id}-{i:05d}", g.id) for g in groups for i in range(5000)], groups)
     for k, at in enumerate((NOW, NOW + timedelta(minutes=15))):
@@ -102,8 +103,8 @@ def test_the_compact_state_is_bounded_in_bytes_per_miner() -> None:
         fleet.accrue_run_hours(0.25)
     compact = len(json.dumps(fleet.to_compact()))
     columns = len(json.dumps(fleet.to_dict()))
-    assert compact < 12 * len(fleet), compact
-    assert columns > 6 * compact
+    assert compact < 24 * len(fleet), compact
+    assert columns > 3 * compact
     _same(FleetState.from_dict(json.loads(json.dumps(fleet.to_compact())), _profile_of(fleet)), fleet)
 
 

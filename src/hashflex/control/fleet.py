@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from hashflex.profile import MinerGroup, SiteProfile
 
@@ -231,6 +232,9 @@ class FleetState:
             )
             self._where.update({m.miner_id: (group_id, i) for i, m in enumerate(ordered)})
         self.miners: Mapping[str, MinerView] = _Miners(self)
+        # `to_compact`'s texts: each group's ids (fixed in a fleet), each time by its integer form
+        self._id_texts: dict[str, str | list[str]] = {}
+        self._stamp_texts: dict[int, str] = {}
 
     @classmethod
     def from_profile(cls, profile: SiteProfile) -> FleetState:
@@ -463,7 +467,7 @@ class FleetState:
         (``mode``: int8/int16 index into ``mode_names``, which lists ``off``, ``sleep``, then the
         group's modes; ``healthy``/``available``: bits; ``last_start``/``last_stop``: int32 index into
         ``stamps``, the group's distinct start/stop times as ISO strings, -1 for never;
-        ``run_hours``: float64, h). Each distinct instant is saved once, as the ISO text `to_dict`
+        ``run_hours``: float64, h, base64 without compression). Each distinct instant is saved once, as the ISO text `to_dict`
         writes for a miner that has it, so a fleet restores equal, field for field (times as instants:
         one instant held with two UTC offsets restores with one of them; the loop stamps in UTC).
 
@@ -474,25 +478,40 @@ class FleetState:
             "healthy", "available", "stamps", "last_start", "last_stop", "run_hours"}, ...]}``.
         """
         out = []
+        # ids never change in a fleet and most times recur from save to save: their text is kept
+        texts = self._stamp_texts
+        if len(texts) > 65_536:
+            texts.clear()
+        id_texts = self._id_texts
         for group_id, cols in self._cols.items():
-            ids = cols.miner_id.tolist()
-            joined = "\n".join(ids)
+            n = len(cols.miner_id)
+            id_text = id_texts.get(group_id)
+            if id_text is None:
+                ids = cols.miner_id.tolist()
+                joined = "\n".join(ids)
+                id_text = id_texts[group_id] = (joined if joined.count("\n") == max(0, n - 1) and (n != 1 or ids[0])
+                                                else ids)
             stamps: list[str] = []
             starts, stops = self._stamps[group_id]
-            # distinct times by their exact integer form; the text of one miner that has it
+            # distinct times by their exact integer form (a hash table, not a sort: a few distinct
+            # values among 2N), each saved as the text of one miner that has it (any: same instant)
             both = np.concatenate([cols.last_start_us, cols.last_stop_us])
-            values, first, inverse = np.unique(both, return_index=True, return_inverse=True)
+            inverse, values = pd.factorize(both)
+            holder = np.empty(len(values), dtype=np.int64)
+            holder[inverse] = np.arange(len(both))
             index = np.full(len(values), -1, dtype=np.int32)
             objects = np.concatenate([starts, stops])
-            for k, (value, at) in enumerate(zip(values.tolist(), first.tolist())):
+            for k, (value, at) in enumerate(zip(values.tolist(), holder.tolist())):
                 if value != NO_TIME_US:
                     index[k] = len(stamps)
-                    stamps.append(objects[at].isoformat())
-            column = index[inverse.reshape(-1)]
-            n = len(ids)
+                    text = texts.get(value)
+                    if text is None:
+                        text = texts[value] = objects[at].isoformat()
+                    stamps.append(text)
+            column = index[inverse]
             out.append({
                 "group_id": group_id,
-                "miner_ids": joined if joined.count("\n") == max(0, n - 1) and (n != 1 or ids[0]) else ids,
+                "miner_ids": id_text,
                 "mode_names": [POWERED_OFF, SLEEP, *self._names[group_id]],
                 "mode": _pack(cols.mode.astype("<i2")),
                 "healthy": _pack(np.packbits(cols.healthy)),
@@ -500,7 +519,7 @@ class FleetState:
                 "stamps": stamps,
                 "last_start": _pack(column[:n].astype("<i4")),
                 "last_stop": _pack(column[n:].astype("<i4")),
-                "run_hours": _pack(cols.run_hours.astype("<f8")),
+                "run_hours": _pack(cols.run_hours.astype("<f8"), compress=False),
             })
         return {"format": 3, "groups": out}
 
@@ -554,7 +573,7 @@ class FleetState:
                 if n and (index.min() < -1 or index.max() >= len(table)):
                     raise ValueError(f"saved fleet: group {group_id!r}: {key} outside its stamps")
                 stamp_cols.append((objects[index], table_us[index]))
-            run_hours = _unpack(saved["run_hours"], "<f8", n, "run_hours").astype(float)
+            run_hours = _unpack(saved["run_hours"], "<f8", n, "run_hours", compressed=False).astype(float)
             id_array = np.empty(n, dtype=object)
             id_array[:] = ids
             sort = np.argsort(id_array, kind="stable") if n and not all(
@@ -670,15 +689,20 @@ class ModeChanges(Mapping):
         return f"ModeChanges({self._len} miners in {len(self._groups)} groups)"
 
 
-def _pack(array: np.ndarray) -> str:
-    """A column as base64 text of its zlib-compressed bytes (level 1: fast; the columns repeat a lot)."""
-    return base64.b64encode(zlib.compress(np.ascontiguousarray(array).tobytes(), 1)).decode("ascii")
+def _pack(array: np.ndarray, compress: bool = True) -> str:
+    """A column as base64 text of its bytes, zlib-compressed (level 1: fast; modes and time indexes
+    repeat a lot) unless ``compress`` is False (run hours: floats that barely compress, ~95 %, and
+    took most of the compression time)."""
+    raw = np.ascontiguousarray(array).tobytes()
+    return base64.b64encode(zlib.compress(raw, 1) if compress else raw).decode("ascii")
 
 
-def _unpack(text: str, dtype: str, n: int, field: str) -> np.ndarray:
+def _unpack(text: str, dtype: str, n: int, field: str, compressed: bool = True) -> np.ndarray:
     """`_pack`'s column back, [n] of ``dtype``; ValueError naming ``field`` when it does not decode to n."""
     try:
-        raw = zlib.decompress(base64.b64decode(text, validate=True))
+        raw = base64.b64decode(text, validate=True)
+        if compressed:
+            raw = zlib.decompress(raw)
     except (ValueError, TypeError, zlib.error) as exc:
         raise ValueError(f"saved fleet: {field}: not a packed column ({exc})") from None
     column = np.frombuffer(raw, dtype=dtype)
