@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hashflex.drivers import setpoint_messages as sm
-from hashflex.drivers.setpoint_messages import group_messages_from_codes, group_messages_from_columns
+from hashflex.drivers.base import Setpoint
+from hashflex.drivers.setpoint_messages import group_messages, group_messages_from_codes, group_messages_from_columns
 
 ISSUED = datetime(2026, 7, 1, 18, 0, 0, 123456, tzinfo=timezone.utc)
 
@@ -148,3 +149,21 @@ def test_id_cache_is_bounded() -> None:
     for k in range(sm._CHECKED_IDS_MAX + 5):
         assert sm._checked_row_heads(f"g{k}", ["a"]) == ['{"miner_id":"a"']
     assert len(sm._CHECKED_IDS) <= sm._CHECKED_IDS_MAX
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=st.one_of(groups(), groups(bad=True)))
+def test_setpoint_objects_encode_as_the_row_by_row_builder(case) -> None:
+    """`group_messages` (the driver's ``apply`` of ``Setpoint`` objects) goes through the codes too:
+    same messages, refusals and fallbacks as the row-by-row builder of the same rows."""
+    ids, codes, names, power, max_rows, issued, expires = case
+    if any(p < 0 or p != p for p in power) or any(type(m) is not str for m in ids):
+        return  # a Setpoint refuses a negative or NaN power itself; ids are str
+    sm._CHECKED_IDS.clear()
+    batch = [Setpoint(m, names[c], power[c], issued, expires, group_id="air") for m, c in zip(ids, codes)]
+    positions = list(range(len(batch)))
+    rejected: dict[int, str] = {}
+    per_miner: list[int] = []
+    got = group_messages("site1", batch, positions, ISSUED, max_rows, rejected, per_miner)
+    want = _both("air", issued, expires, ids, codes, names, power, max_rows, offset=0)[0]
+    assert ([(m.topic, m.payload, m.expiry_s, m.indexes, m.group) for m in got], rejected, per_miner) == want

@@ -8,6 +8,9 @@ the payloads included), for:
   ``out/setpoint/<miner>`` (paho-mqtt 2.x);
 - ``per-group``: ``MqttDriver()`` (the default), one ``GroupSetpointsMessage`` per group (at most
   ``--rows`` rows each) on ``out/setpoints/<group>`` (paho-mqtt 2.x);
+- ``per-group columns``: the same driver and messages, given the batch as the control loop gives it,
+  as columns (``apply_batch`` of a ``drivers.batch.SetpointBatch``: rows encoded from mode codes,
+  issue 18);
 - ``baseline`` (with ``--baseline-rev``, default the commit before issue 18's change): the driver of
   that revision, loaded from git — per-miner messages through its hand-written ``QoS1Publisher``.
 
@@ -45,7 +48,10 @@ from types import ModuleType
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "src"))
 
+import numpy as np  # noqa: E402
+
 from hashflex.drivers.base import Setpoint, SetpointStatus  # noqa: E402
+from hashflex.drivers.batch import GroupBatch, SetpointBatch  # noqa: E402
 from hashflex.drivers.mqtt import MqttDriver  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -122,6 +128,31 @@ def batch(size: int, groups: int) -> list[Setpoint]:
                      group_id=f"g{i // per_group:02d}") for i in range(size)]
 
 
+def column_batch(size: int, groups: int) -> SetpointBatch:
+    """:func:`batch` as columns (the same miners, mode and power), as the control loop sends it."""
+    now = datetime.now(timezone.utc)
+    per_group = -(-size // groups)
+    out = []
+    for g in range(groups):
+        n = max(0, min(per_group, size - g * per_group))
+        if not n:
+            continue
+        ids = np.array([f"g{g:02d}-{i:06d}" for i in range(n)], dtype=object)
+        out.append(GroupBatch(f"g{g:02d}", ids, np.zeros(n, dtype=np.int16), ("eco",), np.array([0.0, 0.01, 2.9]),
+                              sorted_ids=True))
+    return SetpointBatch(out, now, now + timedelta(minutes=15))
+
+
+class Columns:
+    """A driver given its batch as columns (``apply_batch``): ``apply(size, groups)`` for `run`."""
+
+    def __init__(self, driver: MqttDriver) -> None:
+        self.driver = driver
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - start, close, last_timings ... of the driver
+        return getattr(self.driver, name)
+
+
 def load_baseline(rev: str) -> ModuleType | None:
     """The MQTT driver module of revision ``rev`` (None when git or the revision is missing)."""
     try:
@@ -144,15 +175,20 @@ def run(driver, sub: Subscriber, size: int, groups: int) -> tuple[float, float |
     """(s for apply until all PUBACKs and results, s until the subscriber had every setpoint, messages
     published, CPU s of this process, s encoding, s publishing until the last PUBACK)."""
     _, rows_before, _ = sub.state()
-    setpoints = batch(size, groups)
+    columns = isinstance(driver, Columns)
+    setpoints = column_batch(size, groups) if columns else batch(size, groups)
     cpu = time.process_time()
     started = time.monotonic()
-    results = driver.apply(setpoints)
+    results = driver.apply_batch(setpoints) if columns else driver.apply(setpoints)
     acked = time.monotonic() - started
     cpu = time.process_time() - cpu
-    bad = [r for r in results if r.status is not SetpointStatus.APPLIED]
-    if bad:
-        raise SystemExit(f"{len(bad)} setpoints not applied, e.g. {bad[0]}")
+    if columns:
+        if results.tally() != {"applied": size}:
+            raise SystemExit(f"setpoints not all applied: {results.tally()}")
+    else:
+        bad = [r for r in results if r.status is not SetpointStatus.APPLIED]
+        if bad:
+            raise SystemExit(f"{len(bad)} setpoints not applied, e.g. {bad[0]}")
     last = sub.wait_rows(rows_before + size, timeout_s=300)
     timings = getattr(driver, "last_timings", {})
     return (acked, (last - started) if last is not None else None, getattr(driver, "messages_published", size), cpu,
@@ -177,6 +213,8 @@ def main() -> int:
     designs: dict[str, object] = {
         "per-group": MqttDriver(SITE, "127.0.0.1", port, client_id="bench-group", puback_timeout_s=300.0,
                                 max_setpoints_per_message=args.rows),
+        "per-group columns": Columns(MqttDriver(SITE, "127.0.0.1", port, client_id="bench-columns",
+                                                puback_timeout_s=300.0, max_setpoints_per_message=args.rows)),
         "per-miner": MqttDriver(SITE, "127.0.0.1", port, client_id="bench-miner", puback_timeout_s=300.0,
                                 setpoint_topics="miner"),
     }

@@ -292,10 +292,12 @@ def group_messages(site: str, batch: list[Setpoint], indexes: list[int], now: da
     picked = [batch[i] for i in indexes]
     local: dict[int, str] = {}
     local_per_miner: list[int] = []
-    messages = group_messages_from_columns(site, first.group_id, first.issued_at, first.expires_at,
-                                           [sp.miner_id for sp in picked], [sp.mode for sp in picked],
-                                           [sp.power_target_kw for sp in picked], 0, now, max_rows, local,
-                                           local_per_miner)
+    # a batch has a few (mode, power) pairs: rows as codes into them (group_messages_from_codes)
+    table: dict[tuple[str, float], int] = {}
+    codes = [table.setdefault((sp.mode, sp.power_target_kw), len(table)) for sp in picked]
+    messages = group_messages_from_codes(site, first.group_id, first.issued_at, first.expires_at,
+                                         [sp.miner_id for sp in picked], codes, [k[0] for k in table],
+                                         [k[1] for k in table], 0, now, max_rows, local, local_per_miner)
     for message in messages:  # positions in `picked` -> positions in `batch`
         message.indexes = [indexes[k] for k in message.indexes]
     rejected.update({indexes[k]: reason for k, reason in local.items()})
