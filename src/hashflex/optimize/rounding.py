@@ -136,7 +136,8 @@ class _ReserveArrays:
         return (~self.subsets).astype(float) @ self.need + inside
 
 
-def cover_reserve_obligations(problem: Problem, counts: dict[tuple[int, int], np.ndarray]) -> int:
+def cover_reserve_obligations(problem: Problem, counts: dict[tuple[int, int], np.ndarray], *,
+                              make_room: bool = True) -> int:
     """Issue 15: add units so that every product's award is held by its own qualified groups
     (``group_max_kw``), not only the awards' total, while the hard limits allow: availability (and
     units still cold-booting from a PDU power-off), derates, the import limit, every receptor's
@@ -160,6 +161,7 @@ def cover_reserve_obligations(problem: Problem, counts: dict[tuple[int, int], np
     ----------
     problem : the problem (reserves, groups, limits, receptors, carbon budgets)
     counts : (g, m) → [T] integer units, changed in place
+    make_room : sleep units no award needs when a hard limit is full (`_swap_in`)
 
     Returns
     -------
@@ -195,7 +197,7 @@ def cover_reserve_obligations(problem: Problem, counts: dict[tuple[int, int], np
                            key=lambda c: (-int(helps[:, c].sum()), -float(headroom[:, c].max())))
             wants = [(c, min(missing, float(headroom[helps[:, c], c].min()))) for c in order]
             step_units = _add_first(rooms, arrays, shed, wants, int(t))
-            if not step_units:
+            if not step_units and make_room:
                 # Every limit that binds is full: make room from units no award needs, then add.
                 step_units = _swap_in(problem, rooms, arrays, shed, wants, int(t), flow)
             if not step_units:
@@ -227,6 +229,21 @@ def _swap_in(problem: Problem, rooms: _Rooms, arrays: _ReserveArrays, shed: np.n
     removals are undone and the product stays short (stated in ``reserve_<p>_short_kw``).
     Returns the unit-intervals added (0: none)."""
     carried = {g: c for c, g in enumerate(arrays.carried)}
+    # What keeps a unit of a wanted group out; a removal must free one of these (units and derates
+    # no removal frees: then there is nothing to try).
+    needed: set[str] = set()
+    for c, _ in wants:
+        g = arrays.carried[c]
+        for m, mode in enumerate(problem.groups[g].modes):
+            if mode.power_kw - problem.groups[g].idle_power_kw > EPS:
+                blocks = rooms.blocking(g, m, t)
+                if "units" not in blocks:
+                    needed |= blocks
+    if not needed:
+        return 0
+    wants_units = [(arrays.carried[c], m) for c, _ in wants
+                   for m, mode in enumerate(problem.groups[arrays.carried[c]].modes)
+                   if mode.power_kw - problem.groups[arrays.carried[c]].idle_power_kw > EPS]
     removed: list[tuple[int, int]] = []
     for _ in range(_MAX_SWAP_UNITS):
         candidates = []
@@ -235,7 +252,7 @@ def _swap_in(problem: Problem, rooms: _Rooms, arrays: _ReserveArrays, shed: np.n
                 continue
             group = problem.groups[g]
             step_kw = group.modes[m].power_kw - group.idle_power_kw
-            if step_kw <= EPS:
+            if step_kw <= EPS or not (rooms.frees(g, m) & needed):
                 continue
             c = carried.get(g)
             if c is not None:
@@ -246,18 +263,28 @@ def _swap_in(problem: Problem, rooms: _Rooms, arrays: _ReserveArrays, shed: np.n
             candidates.append((group.modes[m].hashrate_th_s, -step_kw, g, m))
         removed_one = False
         for _, _, g, m in sorted(candidates):
-            if rooms.remove_unit(g, m, t):
+            # As many units of this class as the first blocked limit needs for one wanted unit
+            # (at least one; each removal re-checked), then see whether a wanted unit fits.
+            for _ in range(max(rooms.units_to_free(g, m, t, needed, wants_units), 1)):
+                if int(rooms.counts[g, m][t]) <= 0 or not rooms.remove_unit(g, m, t):
+                    break
                 if g in carried:
                     group = problem.groups[g]
                     shed[carried[g], t] -= group.modes[m].power_kw - group.idle_power_kw
+                    if float(arrays.cuts(shed, t).min()) < flow - EPS:  # went one too far: give it back
+                        rooms.restore_unit(g, m, t)
+                        shed[carried[g], t] += group.modes[m].power_kw - group.idle_power_kw
+                        break
                 removed.append((g, m))
                 removed_one = True
+            if removed_one:
                 break
         if not removed_one:
             break
-        added = _add_first(rooms, arrays, shed, wants, t)
-        if added:
-            return added
+        if any(rooms.fits(g, m, t) >= 1 for g, m in wants_units):
+            added = _add_first(rooms, arrays, shed, wants, t)
+            if added:
+                return added
     for g, m in reversed(removed):  # nothing fitted: give the units back
         rooms.restore_unit(g, m, t)
         if g in carried:
@@ -361,6 +388,67 @@ class _Rooms:
                     self._charge(g, m, block, n, step_kw)
                     return n, n * step_kw, block
         return 0, 0.0, np.zeros(0, dtype=int)
+
+    def blocking(self, g: int, m: int, t: int) -> set[str]:
+        """Which hard limits leave no room for one more unit of (g, m) at t: ``units`` (availability,
+        booting, derates), ``import``, ``noise:<receptor index>``, ``carbon:<budget index>``."""
+        problem, group = self.problem, self.problem.groups[g]
+        mode = group.modes[m]
+        step_kw = mode.power_kw - group.idle_power_kw
+        out: set[str] = set()
+        on = sum(int(self.counts[g, k][t]) for k in range(len(group.modes)))
+        room = int(group.units_available[t]) - on - int(self.booting.get(g, np.zeros(problem.T, dtype=int))[t])
+        for derate in self.derates.get(g, ()):
+            if mode.power_kw > derate.max_power_kw + 1e-9:
+                high = sum(int(self.counts[g, k][t]) for k, other in enumerate(group.modes)
+                           if other.power_kw > derate.max_power_kw + 1e-9)
+                room = min(room, max(int(group.units_available[t]) - int(derate.units[t]), 0) - high)
+        if room < 1:
+            out.add("units")
+        if step_kw > EPS:
+            if _whole_units(self.import_kw[t] + EPS, step_kw) < 1:
+                out.add("import")
+            for b, budget in enumerate(problem.carbon_budgets):
+                if budget.mask[t] and self.kg_per_kw[t] > 0 and _whole_units(
+                        self.carbon[b] / self.kg_per_kw[t] + EPS, step_kw) < 1:
+                    out.add(f"carbon:{b}")
+        for i, (receptor, noise) in enumerate(zip(problem.receptors, self.noise)):
+            energy = receptor.unit_energy(group.id, mode)
+            if energy > 0 and _whole_units(noise[t] * (1.0 + 1e-9), energy) < 1:
+                out.add(f"noise:{i}")
+        return out
+
+    def frees(self, g: int, m: int) -> set[str]:
+        """Which limits sleeping a unit of (g, m) gives room back to (see `blocking`)."""
+        group = self.problem.groups[g]
+        out = {"import"} | {f"carbon:{b}" for b in range(len(self.problem.carbon_budgets))}
+        return out | {f"noise:{i}" for i, r in enumerate(self.problem.receptors)
+                      if r.unit_energy(group.id, group.modes[m]) > 0}
+
+    def units_to_free(self, g: int, m: int, t: int, needed: set[str], wanted: list[tuple[int, int]]) -> int:
+        """How many units of (g, m) to sleep at t so that the limits in ``needed`` it frees have room
+        for one unit of the cheapest ``wanted`` (group, mode) (0 when it frees none of them)."""
+        problem, group = self.problem, self.problem.groups[g]
+        mode = group.modes[m]
+        step_kw = mode.power_kw - group.idle_power_kw
+        most = 0
+        for gw, mw in wanted:
+            wgroup = problem.groups[gw]
+            wmode = wgroup.modes[mw]
+            w_kw = wmode.power_kw - wgroup.idle_power_kw
+            n = 0
+            if "import" in needed and step_kw > EPS:
+                n = max(n, int(np.ceil(max(w_kw - self.import_kw[t], 0.0) / step_kw - 1e-9)))
+            for b, budget in enumerate(problem.carbon_budgets):
+                if f"carbon:{b}" in needed and budget.mask[t] and self.kg_per_kw[t] > 0 and step_kw > EPS:
+                    n = max(n, int(np.ceil(max(w_kw - self.carbon[b] / self.kg_per_kw[t], 0.0) / step_kw - 1e-9)))
+            for i, (receptor, noise) in enumerate(zip(problem.receptors, self.noise)):
+                freed = receptor.unit_energy(group.id, mode)
+                if f"noise:{i}" in needed and freed > 0:
+                    want = receptor.unit_energy(wgroup.id, wmode)
+                    n = max(n, int(np.ceil(max(want - noise[t], 0.0) / freed - 1e-9)))
+            most = n if most == 0 else min(most, n) if n else most
+        return min(most, int(self.counts[g, m][t]))
 
     def remove_unit(self, g: int, m: int, t: int) -> bool:
         """Sleep one unit of (g, m) at interval t and give its load back to every room, unless that
