@@ -6,6 +6,7 @@ with every miner asleep."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from datetime import datetime, timedelta, timezone
@@ -22,10 +23,14 @@ from hashflex.control.daemon import load_control_state
 from hashflex.control.fleet import SLEEP, FleetArrays, FleetState, Miner
 from hashflex.control.loop import ControlLoop, HorizonForecast
 from hashflex.control.solver import SolveRunner
+from hashflex.drivers.base import SetpointResult, SetpointStatus
 from hashflex.drivers.batch import BatchResult, SetpointBatch
 from hashflex.messages import DREventMessage
 from hashflex.profile import MinerGroup, MinerMode, parse_profile
 from hashflex.store import Store
+from hashflex.control.dispatch import plan_dispatch_arrays
+from hashflex.profile import SiteProfile
+from test_guard_counts import sites  # the random sites the count guard is checked on
 
 NOW = datetime(2025, 7, 15, 12, 0, 0, 250_000, tzinfo=timezone.utc)
 MODES = [MinerMode(name="eco", power_kw=2.9, hashrate_th_s=175, sound_power_dba=81),
@@ -255,3 +260,54 @@ def test_a_damaged_saved_state_starts_the_daemon_with_every_miner_asleep(tmp_pat
             _, restored = load_control_state(store, profile)
     assert restored is None
     assert "mode: 30 values for 40 miners" in caplog.text
+
+
+# ------------------------------------------------------------------ the restart, in counts
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), limit_kw=st.one_of(st.none(), st.floats(0.0, 80.0)))
+def test_a_restart_reasserts_the_saved_fleet_cut_as_the_per_miner_guard(data, limit_kw) -> None:
+    """`ControlLoop.restore` decides in counts and sends columns (issue 18): the modes it sends, the
+    fleet it leaves and the actions it records are the per-miner guard's on the saved fleet's batch,
+    miner for miner, whether a DR limit is in force (and binds or not) or none."""
+    profile, fleet, counts = data.draw(sites())
+    profile = SiteProfile.model_validate({**profile.model_dump(), "dr": {"issuers": ["utility"]}})
+    arrays = FleetArrays.from_fleet(fleet)
+    fleet.apply_modes(plan_dispatch_arrays(counts, arrays, NOW, 300.0).modes, NOW)
+    saved = json.loads(json.dumps(fleet.to_compact()))
+    at = NOW + timedelta(minutes=5)
+    book = None
+    if limit_kw is not None:  # a DR event accepted before the restart (by a loop on a copy of the fleet)
+        before = ControlLoop(profile, forecaster=_flat, driver=_AllApplied(), fleet=FleetState.from_dict(saved, profile))
+        event = DREventMessage(event_id="ev", modification_number=0, program="ERS-10", start=NOW,
+                               end=NOW + timedelta(hours=1), import_limit_kw=limit_kw, issuer="utility")
+        assert before.handle_dr(event, NOW).status == "accepted"
+        book = before.book
+    def restart(per_miner: bool) -> tuple[list, dict, list]:
+        """A new process on the saved fleet and book: what it sends, the fleet it leaves, what it records."""
+        sent: list[list[tuple[str, str]]] = []
+
+        class Recording(_AllApplied):
+            def apply_batch(self, batch: SetpointBatch) -> BatchResult:
+                sent.append([(sp.miner_id, sp.mode) for sp in batch])
+                assert all(sp.expires_at > at for sp in batch)
+                return super().apply_batch(batch)
+
+            def apply(self, batch):  # noqa: ANN001, ANN202 - the per-miner path's batches are lists
+                sent.append([(sp.miner_id, sp.mode) for sp in batch])
+                return [SetpointResult(sp.miner_id, SetpointStatus.APPLIED, "ok") for sp in batch]
+
+        loop = ControlLoop(profile, forecaster=_flat, driver=Recording(), fleet=FleetState.from_dict(saved, profile),
+                           book=copy.deepcopy(book))
+        if per_miner:  # the per-miner restore (what every site ran before; PDU sites still do)
+            loop._pdu_site = lambda: True
+        recorded: list[tuple] = []
+        loop._record_guard = lambda result, now, event_id: recorded.append(  # what the audit would get
+            tuple((a.kind, tuple(sorted(a.miners))) for a in result.actions))
+        loop.restore(at).result()
+        return sent, {m: v.mode for m, v in loop.fleet.miners.items()}, recorded
+
+    got, want = restart(per_miner=False), restart(per_miner=True)
+    assert got == want
+    assert len(got[0][-1]) == len(fleet)  # the restore's own batch: the whole fleet

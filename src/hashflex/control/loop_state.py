@@ -10,6 +10,8 @@ import math
 from concurrent.futures import Future
 from datetime import datetime
 
+from hashflex.control.dispatch import ArrayDispatch
+from hashflex.control.fleet import FleetArrays
 from hashflex.control.limits import LimitsBook
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,11 @@ class ControlStateMixin:
         The saved fleet (what was commanded before the restart) is cut to the limits in force
         now and sent as one full batch with fresh expiry, whether or not the cut changed anything:
         the miners' last setpoints may be about to expire, and the new process cannot know what
-        reached them. Returns the future of the driver's results."""
+        reached them. Returns the future of the driver's results.
+
+        Decided in counts and sent as columns as the DR fast path is (issue 18: at 100,000 miners the
+        per-miner batch, guard and record took about a second before anything was sent); sites
+        whose groups the PDU can power off keep the per-miner guard."""
         with self._lock:
             self._record("restart", lambda: {"limits": self.book.summary(now),
                                              "units_running": self.fleet.units_running()},
@@ -59,9 +65,20 @@ class ControlStateMixin:
             self._record_transitions(now)
             imports = self.book.import_limits_at(now)
             limit = min(imports.values(), default=math.inf)
-            batch = self.fleet.as_setpoints(now, self.expiry_s)
-            result = self.guard.emergency_dr_cut(batch, limit, self.measurements, now=now)
-            if result.changed:
-                self.counters["fast_path_actions"] += 1
-                self._record_guard(result, now, None)
-            return self._dispatch(result.batch, now)
+            if self._pdu_site():
+                batch = self.fleet.as_setpoints(now, self.expiry_s)
+                result = self.guard.emergency_dr_cut(batch, limit, self.measurements, now=now)
+                if result.changed:
+                    self.counters["fast_path_actions"] += 1
+                    self._record_guard(result, now, None)
+                return self._dispatch(result.batch, now)
+            if math.isfinite(limit):
+                result, modes = self._emergency_cut_modes(limit, now)
+                if result.changed:
+                    self.counters["fast_path_actions"] += 1
+                    self._record_guard(result, now, None)
+                    return self._dispatch(result.batch, now, modes=modes)
+            # nothing to cut: the fleet as it was commanded, whole, with fresh expiry
+            arrays = FleetArrays.from_fleet(self.fleet)
+            modes = {group_id: cols.mode for group_id, cols in arrays.groups.items()}
+            return self._dispatch(ArrayDispatch(modes).to_batch(arrays, now, self.expiry_s), now, modes=modes)
