@@ -19,7 +19,10 @@ Measured (this script, ``--profiles west_texas quiet_hollow --days 3``, Feb 10-1
 unit switches vs off: fraction 0.0002 x0.9979 / 0.709 and x0.9974 / 0.977; 0.0005 x1.0014 / 0.614 and
 x1.0065 / 0.887 (the default since); 0.001 x0.9982 / 0.559 and x0.9921 / 0.881; 0.002 x0.9940 / 0.461 and
 x0.9903 / 0.749; unit 0.5 x0.917 / 0.144 and x0.912 / 0.359; unit >= 1 freezes the fleet (x0.26, x0.20).
-(Those figures are of the ``@first`` rule.)
+(Those figures are of the ``@first`` rule.) The block rule, same windows, one run (this round, loaded 2-core
+machine, 4.5 min): west_texas 0.0005@first x1.0014 / 0.614, 0.0005 x1.0049 / 0.752, 0.001 x1.0030 / 0.725,
+0.002 x1.0026 / 0.720; quiet_hollow 0.0005@first x1.0065 / 0.887, 0.0005 x1.0160 / 0.894, 0.001 the same,
+0.002 x1.0168 / 0.762 (profit vs off / unit switches vs off).
 
     python optimization/benchmarks/plan_stability.py                      # west_texas, Feb 10-12 2020
     python optimization/benchmarks/plan_stability.py --profiles west_texas quiet_hollow --days 2 \\
