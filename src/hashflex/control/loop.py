@@ -143,9 +143,10 @@ class LoopConfig:
     run_mode: str = "live"  # "live" | "simulate" | "backtest": recorded in the audit trail (reports label it)
     # Plan stability (control.stability): a re-plan changes what runs only if it gains at least this
     # fraction of the whole fleet's gross revenue over the horizon over keeping what runs
-    # (0 turns the rule off). Measured in optimization/benchmarks/plan_stability.py (Feb 10-12 2020): 0.0005
-    # kept profit (x1.0014 west_texas, x1.0065 quiet_hollow vs off) with unit switches -39 % / -11 %; 0.001
-    # cost 0.2 % / 0.8 % for -44 % / -12 %.
+    # (0 turns the rule off). Measured in optimization/benchmarks/plan_stability.py (Feb 10-12 2020, the
+    # block rule): 0.0005 gave profit x1.0049 west_texas, x1.0160 quiet_hollow vs off, unit switches x0.75 /
+    # x0.89; 0.002 gave x1.0026 / x1.0168 for x0.72 / x0.76 (more profit at the site near homes, less at
+    # west_texas: kept at 0.0005).
     replan_min_gain_fraction: float = 0.0005
 
 
