@@ -18,7 +18,6 @@ import pandas as pd
 import pytest
 
 from hashflex.audit import AuditLog
-from hashflex.backtest.cli import main as backtest_main
 from hashflex.control.ancillary import reserve_clawback_usd, reserve_hold_shortfalls
 from hashflex.control.loop import ControlLoop
 from hashflex.control.solver import SolveRunner
@@ -90,13 +89,38 @@ def test_the_loop_records_each_interval_an_award_is_not_held() -> None:
 
 @pytest.fixture(scope="module")
 def short_window(tmp_path_factory):
-    """Three real hours (4 May 2024, 05:00–08:00 CDT, bundled prices, ASSUMED example qualification)
-    in which the night noise cap at ranch_north keeps Non-Spin a little short."""
+    """Two real hours (3 May 2024, 22:00–24:00 CDT, bundled prices, ASSUMED example qualification)
+    with every noise sensor biased +4 dB (SYNTHETIC): the measured exceedances make the fast path
+    step units down at night, and some awards go short. Inline HiGHS (no deadline: deterministic)."""
+    from hashflex.backtest.ancillary import (
+        EXAMPLE_WEST_TEXAS_ANCILLARY,
+        load_hourly_market,
+        market_price_frame,
+        with_ancillary,
+    )
+    from hashflex.backtest.cli import _store_prices
+    from hashflex.backtest.runner import build_actuals, run_backtest
+    from hashflex.backtest.summary import summary_document
+    from hashflex.profile import load_profile
+    from hashflex.store import Store
+    from pathlib import Path
+
     out = tmp_path_factory.mktemp("mpc_as_clawback")
-    code = backtest_main(["backtest", "--profile", "west_texas", "--ancillary", "example", "--policy", "mpc+as",
-                          "--from", "2024-05-04T05:00-05:00", "--to", "2024-05-04T08:00-05:00",
-                          "--replan-minutes", "60", "--hashprice", "profile", "--out", str(out), "--quiet"])
-    assert code == 0
+    data = (Path(__file__).resolve().parents[1] / "optimization" / "data" / "ercot_dev2"
+            / "hourly_hubs_dam_rt_and_dam_as_mcpc_2024.csv")
+    profile = with_ancillary(load_profile("west_texas"), EXAMPLE_WEST_TEXAS_ANCILLARY)
+    market = load_hourly_market(data)
+    start = pd.Timestamp("2024-05-03T22:00-05:00")
+    actuals = build_actuals(profile, market_price_frame(market, profile.site.settlement_point), start,
+                            start + pd.Timedelta(hours=2), as_market=market)
+    store = Store(out / "backtest.db")
+    try:
+        _store_prices(store, actuals)
+        result = run_backtest(profile, actuals, ["mpc+as"], replan_minutes=60, seed=0, store=store,
+                              inline_solver=True, noise_bias_db={r.id: 4.0 for r in profile.receptors})
+    finally:
+        store.close()
+    (out / "summary.json").write_text(json.dumps(summary_document(result)))
     return out
 
 
