@@ -80,21 +80,36 @@ class Snapshot:
         """
         out = {}
         for f in dataclasses.fields(self):
-            frame = getattr(self, f.name)
-            missing = [c for c in SNAPSHOT_COLUMNS[f.name] if c not in frame.columns]
-            if missing:
-                raise ValueError(f"snapshot.{f.name}: missing column(s) {missing}")
-            frame = frame.copy()
-            for col in frame.columns:
-                if col in ("interval_start", "interval_end", "timestamp", "published_at"):
-                    dtype = frame[col].dtype
-                    if isinstance(dtype, pd.DatetimeTZDtype) and str(dtype.tz) == "UTC":
-                        continue  # already UTC: nothing to convert (issue 18: the forecast's hot path)
-                    if pd.api.types.is_datetime64_dtype(frame[col]) and frame[col].dt.tz is None:
-                        raise ValueError(f"snapshot.{f.name}.{col}: naive times; a timezone is required")
-                    frame[col] = pd.to_datetime(frame[col], utc=True)
+            frame = _utc_frame(f.name, getattr(self, f.name))
             out[f.name] = frame[frame["published_at"] <= now].reset_index(drop=True)
         return Snapshot(**out)
+
+
+def _utc_frame(name: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` (snapshot frame ``name``) checked for its columns, with its time columns as UTC: what
+    :meth:`Snapshot.known_at` filters, and what ``RecordedForecaster`` converts once per history (issue 18).
+    A frame whose times are all UTC already is returned as it is (no copy).
+
+    Raises
+    ------
+    ValueError
+        A missing column (named ``snapshot.<name>``) or naive times (``snapshot.<name>.<column>``).
+    """
+    missing = [c for c in SNAPSHOT_COLUMNS[name] if c not in frame.columns]
+    if missing:
+        raise ValueError(f"snapshot.{name}: missing column(s) {missing}")
+    copied = False
+    for col in frame.columns:
+        if col in ("interval_start", "interval_end", "timestamp", "published_at"):
+            dtype = frame[col].dtype
+            if isinstance(dtype, pd.DatetimeTZDtype) and str(dtype.tz) == "UTC":
+                continue  # already UTC: nothing to convert (issue 18: the forecast's hot path)
+            if pd.api.types.is_datetime64_dtype(frame[col]) and frame[col].dt.tz is None:
+                raise ValueError(f"snapshot.{name}.{col}: naive times; a timezone is required")
+            if not copied:  # the caller's frame is never changed
+                frame, copied = frame.copy(), True
+            frame[col] = pd.to_datetime(frame[col], utc=True)
+    return frame
 
 
 PriceForecaster = Callable[[pd.DatetimeIndex, Snapshot, pd.Timestamp], np.ndarray | None]

@@ -8,14 +8,24 @@ pure. Split from ``forecast.py`` (issue 11).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
-from hashflex.forecast.model import SNAPSHOT_COLUMNS, Forecast, ForecastConfig, PriceForecaster, Snapshot, _empty
+from hashflex.forecast.model import (
+    SNAPSHOT_COLUMNS,
+    Forecast,
+    ForecastConfig,
+    PriceForecaster,
+    Snapshot,
+    _empty,
+    _utc_frame,
+)
 from hashflex.forecast.rules import _utc, build_forecast
 from hashflex.profile import SiteProfile
 
@@ -74,6 +84,27 @@ class RecordedForecaster:
         self.renewable_lookback = pd.Timedelta(days=history_days + 1)
         self._renewable_times = (None if renewable_observations is None
                                  else pd.DatetimeIndex(renewable_observations["published_at"]))
+        # The no-look-ahead filter on arrays (issue 18): each frame as Snapshot.known_at converts it, once,
+        # with its publication times as int64 ns; per call a searchsorted window and one mask, not a frame
+        # filter per call. None where a frame cannot be converted (e.g. naive times): the frame path then
+        # raises its error at the call, as before.
+        self._known = self._known_frames()
+
+    def _known_frames(self) -> dict[str, tuple[pd.DataFrame, np.ndarray]] | None:
+        """Per snapshot frame the UTC-converted frame and its ``published_at`` in int64 ns (NaT: int64 min)."""
+        frames = {"prices": self._snapshot_prices}
+        if self.renewables is not None:
+            frames["renewable_observations"] = self.renewables
+        if self.hashprice is not None:
+            frames["hashprice"] = self.hashprice
+        out = {}
+        try:
+            for name, frame in frames.items():
+                utc = _utc_frame(name, frame)
+                out[name] = (utc, utc["published_at"].array.as_unit("ns").asi8)
+        except (ValueError, TypeError, AttributeError):
+            return None
+        return out
 
     def update(self, prices: pd.DataFrame) -> None:
         """Replace the price history (e.g. a live replay that learned more prices).
@@ -129,8 +160,49 @@ class RecordedForecaster:
         Forecast
         """
         now_ts = _utc(now)
-        return build_forecast(self.profile, self.snapshot(now_ts), now_ts, horizon_start, periods, config=self.config,
+        snapshot = self.snapshot(now_ts) if self._known is None else self._known_snapshot(now_ts)
+        return build_forecast(self.profile, snapshot, now_ts, horizon_start, periods, config=self.config,
                               price_forecaster=self.price_forecaster)
+
+    def _known_snapshot(self, now: pd.Timestamp) -> Snapshot:
+        """:meth:`snapshot` with the no-look-ahead filter already applied (``Snapshot.known_at(now)`` of it,
+        frame for frame the same rows, columns and index), from the arrays built once (issue 18)."""
+        assert self._known is not None
+        cut = now.as_unit("ns").value
+        nat = np.iinfo(np.int64).min
+        windows = {"prices": (self._starts.searchsorted(now - self.PRICE_LOOKBACK),
+                              self._starts.searchsorted(now + self.AHEAD))}
+        if "renewable_observations" in self._known and self._renewable_times is not None:
+            windows["renewable_observations"] = (self._renewable_times.searchsorted(now - self.renewable_lookback),
+                                                 self._renewable_times.searchsorted(now, "right"))
+        if "hashprice" in self._known and self._hashprice_published is not None:
+            published = self._hashprice_published
+            windows["hashprice"] = (published.searchsorted(now - pd.Timedelta(days=8)),
+                                    published.searchsorted(now, "right"))
+        frames: dict[str, pd.DataFrame] = {}
+        for name, (lo, hi) in windows.items():
+            frame, published_ns = self._known[name]
+            window = published_ns[lo:hi]
+            keep = (window <= cut) & (window != nat)  # NaT is never known (pandas: NaT <= now is False)
+            rows = frame.iloc[lo:hi] if keep.all() else frame.take(lo + np.flatnonzero(keep))
+            frames[name] = rows.reset_index(drop=True)
+        return _KnownSnapshot(**{**_empty_known_frames(), **frames}, through=now)
+
+
+@dataclasses.dataclass(frozen=True)
+class _KnownSnapshot(Snapshot):
+    """A snapshot already filtered to what was published by ``through`` (times UTC): its
+    :meth:`known_at` at or after ``through`` is itself as a plain :class:`Snapshot` (nothing to filter);
+    at an earlier time the frames are filtered as any snapshot's."""
+
+    through: pd.Timestamp | None = None
+
+    def known_at(self, now: pd.Timestamp) -> Snapshot:
+        """See :meth:`Snapshot.known_at`."""
+        plain = Snapshot(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Snapshot)})
+        if self.through is not None and now >= self.through:
+            return plain
+        return plain.known_at(now)
 
 
 def _empty_known_frames() -> dict[str, pd.DataFrame]:
