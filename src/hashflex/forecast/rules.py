@@ -222,15 +222,21 @@ def _forecast_renewables(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp
     sources: dict[str, tuple[str, ...]] = {}
     local_hour = times.tz_convert(profile.tz).hour.to_numpy()
     no_forecasts = snap.renewable_forecasts.empty  # e.g. a backtest: no filtering of an empty frame (issue 18)
+    observed = snap.renewable_observations
+    # The observations as arrays, once for every source (issue 18): a mask per source instead of frame filters.
+    nat = np.iinfo(np.int64).min
+    obs_ns = _ns(observed["timestamp"])
+    obs_known = (obs_ns != nat) & (obs_ns <= now.as_unit("ns").value)  # NaT is never "<= now"
+    obs_source = observed["source_id"].to_numpy()
+    history_from = (now - pd.Timedelta(days=cfg.renewable_history_days)).as_unit("ns").value
     for src in profile.renewables:
-        obs = snap.renewable_observations[(snap.renewable_observations["source_id"] == src.id)
-                                          & (snap.renewable_observations["timestamp"] <= now)]
+        mine = obs_known & (obs_source == src.id)
         if no_forecasts:
             ages[f"renewable:{src.id}:forecast"] = None
         else:
             fc = snap.renewable_forecasts[snap.renewable_forecasts["source_id"] == src.id]
             ages[f"renewable:{src.id}:forecast"] = _age_s(now, fc["published_at"])
-        ages[f"renewable:{src.id}:observation"] = _age_s(now, obs["published_at"])
+        ages[f"renewable:{src.id}:observation"] = _age_s(now, observed["published_at"][mine])
         kw = np.full(len(times), np.nan)
         label = [""] * len(times)
         if not no_forecasts:
@@ -238,22 +244,26 @@ def _forecast_renewables(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp
         if not no_forecasts and not fc.empty:
             kw = _covering(times, fc["interval_start"], _posting_ends(fc), fc["power_kw"], fc["published_at"])
             label = ["forecast" if np.isfinite(v) else "" for v in kw]
-        fresh = obs[(now - obs["published_at"]).dt.total_seconds() <= cfg.max_age_renewable_obs_s]
-        if src.kind == "wind" and not fresh.empty:
-            latest = float(fresh.sort_values("timestamp")["power_kw"].iloc[-1])
-            near = np.isnan(kw) & ((times - now).total_seconds().to_numpy() < cfg.persistence_h * 3600.0)
-            kw[near] = latest
-            for k in np.flatnonzero(near):
-                label[k] = "persistence"
-        history = obs[obs["timestamp"] >= now - pd.Timedelta(days=cfg.renewable_history_days)]
+        if src.kind == "wind":  # the frame path: persistence reads the latest fresh row (solar never does)
+            obs = observed[mine]
+            fresh = obs[(now - obs["published_at"]).dt.total_seconds() <= cfg.max_age_renewable_obs_s]
+            if not fresh.empty:
+                latest = float(fresh.sort_values("timestamp")["power_kw"].iloc[-1])
+                near = np.isnan(kw) & ((times - now).total_seconds().to_numpy() < cfg.persistence_h * 3600.0)
+                kw[near] = latest
+                for k in np.flatnonzero(near):
+                    label[k] = "persistence"
+        history = mine & (obs_ns >= history_from)
         if np.isnan(kw).any():
-            by_hour = history.groupby(history["timestamp"].dt.tz_convert(profile.tz).dt.hour)["power_kw"].mean()
+            # The same grouped mean as on the frame (pandas' own, compensated sum), on two arrays.
+            hours = pd.DatetimeIndex(obs_ns[history], tz="UTC").tz_convert(profile.tz).hour
+            by_hour = pd.Series(observed["power_kw"].to_numpy()[history]).groupby(hours).mean()
             diurnal = by_hour.reindex(local_hour).to_numpy(dtype=float)
             gap = np.isnan(kw)
             kw[gap] = np.nan_to_num(diurnal[gap], nan=0.0)
             for k in np.flatnonzero(gap):
                 label[k] = "diurnal profile" if np.isfinite(diurnal[k]) else "no data: 0 kW"
-            what = "diurnal profile of recent measurements" if not history.empty else "0 kW (no data)"
+            what = "diurnal profile of recent measurements" if history.any() else "0 kW (no data)"
             fallbacks.append(Fallback(FallbackCode.RENEWABLE_NO_FORECAST,
                                       f"renewable {src.id}: {int(gap.sum())} interval(s) without a fresh forecast "
                                       f"use {what}"))
