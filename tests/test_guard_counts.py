@@ -244,3 +244,40 @@ def test_the_price_ladders_cut_in_columns_sleeps_exactly_the_losing_classes(case
     if stopped:
         assert _modes_by_miner(batch) == want
         assert all(sp.power_target_kw == fleet.power_kw(sp.group_id, sp.mode) for sp in batch)
+
+
+def _boundary_case(g0_units: int, counts: dict) -> tuple[SiteProfile, FleetState, dict]:
+    """The fleets hypothesis found (stored examples; a clean clone rarely draws them): the load equals
+    renewable + limit to the last bit, so rounding in the two ways of summing decided whether to cut."""
+    modes = [{"name": f"m{k}", "power_kw": p, "hashrate_th_s": h, "sound_power_dba": s}
+             for k, (p, h, s) in enumerate([(1.5, 100.0, 60.0), (1.6, 106.67666666666668, 61.0),
+                                            (1.7, 113.35333333333332, 62.0)])]
+    profile = SiteProfile.model_validate({
+        "site": {"name": "random", "settlement_point": "LZ_WEST"},
+        "grid": {"import_limit_kw": 1000.0},
+        "miner_groups": [{"id": "g0", "model": "S", "units": g0_units, "idle_power_kw": 0.0, "modes": modes},
+                         {"id": "g1", "model": "S", "units": 1, "idle_power_kw": 0.0, "modes": modes[:2]},
+                         {"id": "g2", "model": "S", "units": 1, "idle_power_kw": 0.0, "modes": modes[:1]}],
+        "renewables": [{"id": "pv", "kind": "solar", "capacity_kw": 20.0}],
+        "receptors": [{"id": "house", "attenuation_db": {"g0": 35.0, "g1": 35.0, "g2": 35.0}, "background_dba": 30,
+                       "model_margin_db": 0.0,
+                       "caps": [{"name": "always", "start": "00:00", "end": "23:59", "cap_dba": 40.0},
+                                {"name": "late", "start": "23:59", "end": "00:00", "cap_dba": 100.0}]}],
+        "carbon": {"default_intensity_kg_per_mwh": 400, "intensity_source": "test"},
+        "economics": {"hashprice_usd_per_ph_day": 50},
+    })
+    miners = [Miner(miner_id, group_id) for miner_id, group_id in profile.miner_ids().items()]
+    full = {(g.id, m.name): 0 for g in profile.miner_groups for m in g.modes}
+    return profile, FleetState(miners, profile.miner_groups), {**full, **counts}
+
+
+@pytest.mark.parametrize("g0_units, counts", [
+    (2, {("g0", "m2"): 2, ("g1", "m1"): 1}),                   # 2 × 1.7 + 1.6 − 5.0 kW: at the limit
+    (4, {("g0", "m1"): 1, ("g0", "m2"): 3, ("g1", "m1"): 1}),  # 3.3 kW over: the last step is 0.1 kW
+])
+def test_the_guards_agree_at_a_zero_limit_where_rounding_decided(g0_units: int, counts: dict) -> None:
+    """The first failed before `_over_limit` (the per-miner guard cut a unit the count guard kept); the
+    second failed with `_over_limit` alone, before `cut_tolerance_kw` (the per-miner guard stepped a unit
+    down where the count guard left it: 0.1 kW left vs a 0.1 kW step, rounded two ways)."""
+    case = _boundary_case(g0_units, counts)
+    test_count_guard_cuts_as_the_per_miner_guard.hypothesis.inner_test(case, 0.0, 5.0, 0.0)

@@ -66,6 +66,22 @@ __all__ = ["Guard", "GuardAction", "GuardResult", "Limits", "Measurements", "lim
 _REL_EPS = 1e-9
 
 
+def cut_tolerance_kw(excess_kw: float) -> float:
+    """Rounding allowed in a power cut of ``excess_kw`` (kW): 1e-9 of it, at least 1e-9 kW (far below what
+    a meter or a miner resolves). Shared by the per-miner and the count guard so that they cut alike."""
+    return _REL_EPS * max(abs(excess_kw), 1.0)
+
+
+def _over_limit(net_kw: float, limit_kw: float) -> bool:
+    """Whether a modelled import ``net_kw`` (kW) is over ``limit_kw`` (kW) by more than rounding.
+
+    The tolerance is relative, with a 1 kW floor: ``limit_kw * (1 + eps)`` alone left no tolerance at a
+    0 kW limit, so the last bit of a sum taken in a different order (the per-miner guard adds miner by
+    miner, the count guard count × power) decided whether to cut (hypothesis found 2 × 1.7 + 1.6 − 5.0 kW).
+    1e-9 kW is far below anything a meter or a miner resolves, so no real excess is let through."""
+    return net_kw > limit_kw + _REL_EPS * max(abs(limit_kw), 1.0)
+
+
 @dataclass(frozen=True)
 class Measurements:
     """The latest site measurements. ``None`` means unknown (treated at its worst)."""
@@ -190,7 +206,7 @@ class Guard:
         limit_kw, source = self.import_limit(limits)
         renewable_kw, renewable_note = self._renewable(measurements, now)
         net = self.net_import_kw(kept, measurements.auxiliary_kw, renewable_kw)
-        if net > limit_kw * (1 + _REL_EPS):
+        if _over_limit(net, limit_kw):
             kept = self._cut_power(kept, net - limit_kw, "import_curtail",
                                    f"modelled import {net:.1f} kW (batch + idle + auxiliary − renewable "
                                    f"{renewable_kw:.1f} kW{renewable_note}) is over the {source} limit "
@@ -223,7 +239,7 @@ class Guard:
         kept = self._refuse(batch, now, actions)
         renewable_kw, note = self._renewable(measurements, now if now is not None else _reference_time(batch))
         net = self.net_import_kw(kept, measurements.auxiliary_kw, renewable_kw)
-        if net > limit_kw * (1 + _REL_EPS):
+        if _over_limit(net, limit_kw):
             kept = self._cut_power(kept, net - limit_kw, "emergency_dr_cut",
                                    f"emergency limit {limit_kw:.1f} kW; modelled import {net:.1f} kW "
                                    f"(renewable {renewable_kw:.1f} kW{note})", actions)
@@ -246,7 +262,7 @@ class Guard:
             kept = self._refuse(batch, now, actions)
             renewable_kw, note = self._renewable(measurements, reference)
             net = self.net_import_kw(kept, measurements.auxiliary_kw, renewable_kw)
-            if net > limit_kw * (1 + _REL_EPS):
+            if _over_limit(net, limit_kw):
                 kept = self._cut_power(kept, net - limit_kw, "import_over_limit_cut",
                                        f"{doubt}, not used; modelled import {net:.1f} kW (renewable "
                                        f"{renewable_kw:.1f} kW{note}) is over the limit {limit_kw:.1f} kW", actions)
@@ -380,19 +396,23 @@ class Guard:
                            -self._specs[out[i].group_id, out[i].mode].sound_dba, out[i].miner_id),
         )
         remaining = excess_kw
+        # What is left within rounding counts as removed, and a removal within rounding of what is left
+        # fits (`cut_tolerance_kw`): the count guard subtracts count × power where this loop subtracts
+        # unit by unit, and the two must decide alike (tests/test_guard_counts.py).
+        tol = cut_tolerance_kw(excess_kw)
         cut: list[str] = []
         slept = stepped = 0
         for i in order:
-            if remaining <= 0:
+            if remaining <= tol:
                 break
             sp = out[i]
             power = self.unit_power_kw(sp)
             idle = self._groups[sp.group_id].idle_power_kw
             target = SLEEP
-            if power - idle > remaining:
+            if power - idle > remaining + tol:
                 # The last unit: the highest-power lower mode that still removes the rest, if any.
                 lower = [m for m in self._groups[sp.group_id].modes
-                         if m.power_kw < power and power - m.power_kw >= remaining
+                         if m.power_kw < power and power - m.power_kw >= remaining - tol
                          and m.sound_power_dba <= self._specs[sp.group_id, sp.mode].sound_dba]
                 if lower:
                     target = max(lower, key=lambda m: m.power_kw).name

@@ -34,7 +34,7 @@ import numpy as np
 
 from hashflex import acoustics
 from hashflex.control.fleet import SLEEP, FleetArrays
-from hashflex.control.guard import _REL_EPS, Guard, GuardAction, Limits, Measurements
+from hashflex.control.guard import _REL_EPS, Guard, GuardAction, Limits, Measurements, _over_limit, cut_tolerance_kw
 
 __all__ = ["CountGuard", "CountResult", "Move", "apply_moves", "realise"]
 
@@ -127,7 +127,7 @@ class CountGuard:
         limit_kw, source = self.guard.import_limit(limits)
         renewable_kw, note = self.guard._renewable(measurements, now)
         net = self.net_import_kw(state, measurements.auxiliary_kw, renewable_kw, present)
-        if net > limit_kw * (1 + _REL_EPS):
+        if _over_limit(net, limit_kw):
             spans.append((len(actions), _open(moves), -1))
             self._cut_power(state, net - limit_kw, "import_curtail",
                             f"modelled import {net:.1f} kW (batch + idle + auxiliary − renewable "
@@ -159,7 +159,7 @@ class CountGuard:
         spans: list[tuple[int, int, int]] = []
         renewable_kw, note = self.guard._renewable(measurements, now)
         net = self.net_import_kw(state, measurements.auxiliary_kw, renewable_kw, present)
-        if net > limit_kw * (1 + _REL_EPS):
+        if _over_limit(net, limit_kw):
             spans.append((len(actions), _open(moves), -1))
             self._cut_power(state, net - limit_kw, "emergency_dr_cut",
                             f"emergency limit {limit_kw:.1f} kW; modelled import {net:.1f} kW "
@@ -264,6 +264,7 @@ class CountGuard:
         order = sorted((key for key, n in state.items() if n > 0),
                        key=lambda k: (-specs[k].j_per_th, -specs[k].sound_dba, k[0]))
         remaining = excess_kw
+        tol = cut_tolerance_kw(excess_kw)  # as the per-miner guard: rounding left over counts as removed
         slept = stepped = 0
         room = None
         if keep:
@@ -276,7 +277,7 @@ class CountGuard:
                 order = sorted((key for key, n in state.items() if n > 0),
                                key=lambda k: (-specs[k].j_per_th, -specs[k].sound_dba, k[0]))
             for group_id, mode in order:
-                if remaining <= 0:
+                if remaining <= tol:
                     break
                 n_here = state.get((group_id, mode), 0)
                 if n_here <= 0:
@@ -289,18 +290,18 @@ class CountGuard:
                     # Only what the group runs above what its awards need (whole units).
                     count = min(count, max(int((spare.get(group_id, 0.0) + 1e-9) // removal), 0))
                 # Units slept whole: those whose removal does not exceed what remains (removal <= remaining).
-                whole = count if removal <= 0 else min(count, _whole_units(remaining, removal))
+                whole = count if removal <= 0 else min(count, _whole_units(remaining, removal, tol))
                 if whole:
                     self._move(state, moves, group_id, mode, SLEEP, whole)
                     remaining -= whole * removal
                     slept += whole
                     if spare is not None:
                         spare[group_id] = spare.get(group_id, 0.0) - whole * max(removal, 0.0)
-                if remaining <= 0 or whole == n_here:
+                if remaining <= tol or whole == n_here:
                     continue
                 # The next unit removes more than remains: the highest-power lower mode that still removes it.
                 lower = [m for m in self._modes[group_id] if m.power_kw < spec.power_kw
-                         and spec.power_kw - m.power_kw >= remaining and m.sound_power_dba <= spec.sound_dba]
+                         and spec.power_kw - m.power_kw >= remaining - tol and m.sound_power_dba <= spec.sound_dba]
                 target = max(lower, key=lambda m: m.power_kw).name if lower else SLEEP
                 drop = spec.power_kw - (specs[group_id, target].power_kw if target != SLEEP else idle)
                 if spare is not None and drop > spare.get(group_id, 0.0) + 1e-9:
@@ -417,13 +418,13 @@ def realise(cut: CountResult, fleet: FleetArrays,
     return current, actions
 
 
-def _whole_units(remaining: float, removal: float) -> int:
+def _whole_units(remaining: float, removal: float, tol: float = 0.0) -> int:
     """How many units of ``removal`` kW the per-miner loop sleeps whole from ``remaining`` kW: it
-    sleeps a unit while ``removal <= remaining`` and stops once ``remaining <= 0`` (repeated
-    subtraction, reproduced exactly near the boundary)."""
+    sleeps a unit while ``removal <= remaining + tol`` and stops once ``remaining <= tol`` (``tol``:
+    `cut_tolerance_kw`, so that rounding in the two ways of subtracting does not decide)."""
     k = max(int(remaining // removal) - 2, 0)
     left = remaining - k * removal
-    while left > 0 and removal <= left:
+    while left > tol and removal <= left + tol:
         left -= removal
         k += 1
     return k
