@@ -8,6 +8,7 @@ snapshot comes from (recorded history, the store) is :mod:`.sources`. Split from
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -36,26 +37,25 @@ def _utc(moment: datetime | pd.Timestamp) -> pd.Timestamp:
     return ts.tz_convert("UTC")
 
 
-def _age_s(now: pd.Timestamp, published: pd.Series) -> float | None:
-    return None if published.empty else float((now - published.max()).total_seconds())
+def _age_s(now: pd.Timestamp, published: pd.Series | pd.api.extensions.ExtensionArray) -> float | None:
+    return None if len(published) == 0 else float((now - published.max()).total_seconds())
 
 
-def _us(values: pd.Series | pd.DatetimeIndex) -> np.ndarray:
-    """Tz-aware times as int64 UTC microseconds (NaT → int64 min)."""
+def _us(values: pd.Series | pd.DatetimeIndex | Any) -> np.ndarray:
+    """Tz-aware times (a Series, an index or a DatetimeArray) as int64 UTC microseconds (NaT → int64 min)."""
     if isinstance(values.dtype, pd.DatetimeTZDtype):  # the usual case, without a conversion (issue 18)
         return (values.array if isinstance(values, pd.Series) else values).as_unit("us").asi8
     return pd.DatetimeIndex(pd.to_datetime(values, utc=True)).as_unit("us").asi8
 
 
-def _ns(values: pd.Series) -> np.ndarray:
-    """Tz-aware times as int64 UTC nanoseconds (NaT → int64 min)."""
+def _ns(values: pd.Series | Any) -> np.ndarray:
+    """Tz-aware times (a Series or a DatetimeArray) as int64 UTC nanoseconds (NaT → int64 min)."""
     if isinstance(values.dtype, pd.DatetimeTZDtype):
-        return values.array.as_unit("ns").asi8
+        return (values.array if isinstance(values, pd.Series) else values).as_unit("ns").asi8
     return pd.DatetimeIndex(pd.to_datetime(values, utc=True)).as_unit("ns").asi8
 
 
-def _covering(times: pd.DatetimeIndex, starts: pd.Series, ends: pd.Series, values: pd.Series,
-              order: pd.Series | None = None) -> np.ndarray:
+def _covering(times: pd.DatetimeIndex, starts: Any, ends: Any, values: Any, order: Any = None) -> np.ndarray:
     """Per time: the value of the row with start ≤ t < end (the highest ``order`` wins, the last
     such row on a tie); NaN if none."""
     out = np.full(len(times), np.nan)
@@ -70,7 +70,7 @@ def _covering(times: pd.DatetimeIndex, starts: pd.Series, ends: pd.Series, value
     best = cover & (ranked == ranked.max(axis=1)[:, None])
     last = best.shape[1] - 1 - np.argmax(best[:, ::-1], axis=1)
     hit = cover.any(axis=1)
-    out[hit] = values.to_numpy(dtype=float)[last[hit]]
+    out[hit] = np.asarray(values, dtype=float)[last[hit]]
     return out
 
 
@@ -89,15 +89,42 @@ def _same_wall_time_yesterday(times: pd.DatetimeIndex, tz: Any) -> pd.DatetimeIn
 
 
 # ------------------------------------------------------------------------------------------ price
+@dataclass(frozen=True)
+class _PriceRows:
+    """One market's rows of the snapshot's prices at the site as arrays, in the frame's order: what
+    ``prices[here & (market == X)]`` held, without building that frame per forecast (issue 18)."""
+
+    interval_start: Any  # DatetimeArray, UTC
+    interval_end: Any
+    published_at: Any
+    price_usd_mwh: np.ndarray  # float64
+
+    @classmethod
+    def of(cls, prices: pd.DataFrame, rows: np.ndarray) -> _PriceRows:
+        """The rows ``rows`` (a boolean mask) of the (UTC) price frame."""
+        take = np.flatnonzero(rows)
+        return cls(prices["interval_start"].array[take], prices["interval_end"].array[take],
+                   prices["published_at"].array[take], prices["price_usd_mwh"].to_numpy(dtype=float)[take])
+
+    def __len__(self) -> int:
+        return len(self.price_usd_mwh)
+
+    def frame(self, rows: np.ndarray | None = None) -> pd.DataFrame:
+        """The rows as a frame (all, or the positions ``rows``): the rare NaT paths sort frames as before."""
+        take = np.arange(len(self)) if rows is None else rows
+        return pd.DataFrame({"interval_start": self.interval_start[take], "interval_end": self.interval_end[take],
+                             "price_usd_mwh": self.price_usd_mwh[take], "published_at": self.published_at[take]})
+
+
 def _forecast_prices(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp, times: pd.DatetimeIndex,
                      cfg: ForecastConfig, hook: PriceForecaster | None, ages: dict[str, float | None],
                      fallbacks: list[str]) -> tuple[np.ndarray, list[str]]:
-    prices = snap.prices  # one mask per market instead of three frame filters (issue 18)
+    prices = snap.prices  # one mask per market and arrays, no frame filters (issue 18)
     here = prices["settlement_point"].to_numpy() == profile.site.settlement_point
     market = prices["market"].to_numpy()
-    da, rt = prices[here & (market == "DA")], prices[here & (market == "RT")]
-    ages["price_da"], ages["price_rt"] = _age_s(now, da["published_at"]), _age_s(now, rt["published_at"])
-    price = _covering(times, da["interval_start"], da["interval_end"], da["price_usd_mwh"], da["published_at"])
+    da, rt = _PriceRows.of(prices, here & (market == "DA")), _PriceRows.of(prices, here & (market == "RT"))
+    ages["price_da"], ages["price_rt"] = _age_s(now, da.published_at), _age_s(now, rt.published_at)
+    price = _covering(times, da.interval_start, da.interval_end, da.price_usd_mwh, da.published_at)
     source = ["DA" if np.isfinite(p) else "" for p in price]
     if hook is not None and getattr(hook, "replaces_day_ahead", False):
         # A learned model that reads the DA price itself: it overrides where it has an opinion.
@@ -112,14 +139,14 @@ def _forecast_prices(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp, ti
             for k in np.flatnonzero(use):
                 source[k] = getattr(hook, "source_label", "external")
         if getattr(hook, "replaces_day_ahead", False):  # where it had no opinion: the DA rule again
-            again = _covering(times, da["interval_start"], da["interval_end"], da["price_usd_mwh"], da["published_at"])
+            again = _covering(times, da.interval_start, da.interval_end, da.price_usd_mwh, da.published_at)
             fill = np.isnan(price) & np.isfinite(again)
             price[fill] = again[fill]
             for k in np.flatnonzero(fill):
                 source[k] = "DA"
     if np.isnan(price).any():
         yesterday = _same_wall_time_yesterday(times, profile.tz)
-        past = _covering(yesterday, rt["interval_start"], rt["interval_end"], rt["price_usd_mwh"], rt["published_at"])
+        past = _covering(yesterday, rt.interval_start, rt.interval_end, rt.price_usd_mwh, rt.published_at)
         use = np.isnan(price) & np.isfinite(past)
         price[use] = past[use]
         for k in np.flatnonzero(use):
@@ -142,7 +169,7 @@ def _forecast_prices(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp, ti
     return price, source
 
 
-def _scarcity_floor(rt: pd.DataFrame, da: pd.DataFrame, now: pd.Timestamp, times: pd.DatetimeIndex,
+def _scarcity_floor(rt: _PriceRows, da: _PriceRows, now: pd.Timestamp, times: pd.DatetimeIndex,
                     cfg: ForecastConfig, price: np.ndarray, source: list[str], fallbacks: list[str]) -> None:
     """In a scarcity regime (`forecast.model.detect_scarcity` on the RT prices published in the last
     ``scarcity_window_h``), plan the next ``scarcity_hold_h`` at no less than the recent RT mean: in Winter
@@ -150,7 +177,7 @@ def _scarcity_floor(rt: pd.DataFrame, da: pd.DataFrame, now: pd.Timestamp, times
     # In integer nanoseconds, without frames (issue 18): the rows published by now whose interval ends
     # within the window; per interval start the newest publication (the last of equal ones).
     nat = np.iinfo(np.int64).min
-    published_ns, end_ns, start_ns = (_ns(rt[c]) for c in ("published_at", "interval_end", "interval_start"))
+    published_ns, end_ns, start_ns = (_ns(c) for c in (rt.published_at, rt.interval_end, rt.interval_start))
     cutoff = now - pd.Timedelta(hours=cfg.scarcity_window_h)
     within = ((published_ns != nat) & (published_ns <= now.as_unit("ns").value) & (end_ns != nat)
               & (end_ns > cutoff.as_unit("ns").value))
@@ -158,15 +185,15 @@ def _scarcity_floor(rt: pd.DataFrame, da: pd.DataFrame, now: pd.Timestamp, times
         return
     rows = np.flatnonzero(within)
     if (start_ns[rows] == nat).any():  # NaT sorts last in pandas: the frame path
-        published = rt.iloc[rows].sort_values(["interval_start", "published_at"]).drop_duplicates(
+        published = rt.frame(rows).sort_values(["interval_start", "published_at"]).drop_duplicates(
             "interval_start", keep="last")
         starts, values = pd.DatetimeIndex(published["interval_start"]), published["price_usd_mwh"].to_numpy(dtype=float)
     else:
         rows = rows[np.lexsort((published_ns[rows], start_ns[rows]))]
         rows = rows[np.append(start_ns[rows][1:] != start_ns[rows][:-1], True)]
-        starts = pd.DatetimeIndex(rt["interval_start"].iloc[rows])
-        values = rt["price_usd_mwh"].to_numpy(dtype=float)[rows]
-    da_same = _covering(starts, da["interval_start"], da["interval_end"], da["price_usd_mwh"], da["published_at"])
+        starts = pd.DatetimeIndex(rt.interval_start[rows])
+        values = rt.price_usd_mwh[rows]
+    da_same = _covering(starts, da.interval_start, da.interval_end, da.price_usd_mwh, da.published_at)
     state = detect_scarcity(values, da_same,
                             rt_threshold_usd_mwh=cfg.scarcity_rt_usd_mwh,
                             spread_threshold_usd_mwh=cfg.scarcity_spread_usd_mwh)
@@ -185,11 +212,17 @@ def _scarcity_floor(rt: pd.DataFrame, da: pd.DataFrame, now: pd.Timestamp, times
                               f"no less than {what}, {floor:,.0f} $/MWh"))
 
 
-def _blend_rt(rt: pd.DataFrame, now: pd.Timestamp, times: pd.DatetimeIndex, cfg: ForecastConfig,
+def _blend_rt(rt: _PriceRows, now: pd.Timestamp, times: pd.DatetimeIndex, cfg: ForecastConfig,
               price: np.ndarray, source: list[str], fallbacks: list[str]) -> None:
-    if rt.empty:
+    if len(rt) == 0:
         return
-    last = _last_row(rt, "interval_end", "published_at")
+    end_us, published_us = _us(rt.interval_end), _us(rt.published_at)
+    if (end_us == np.iinfo(np.int64).min).any() or (published_us == np.iinfo(np.int64).min).any():
+        last = _last_row(rt.frame(), "interval_end", "published_at")  # NaT sorts last in pandas: the frame path
+    else:  # the row _last_row picks (the last of equal keys), read from the arrays
+        k = int(np.lexsort((published_us, end_us))[-1])
+        last = {"interval_end": rt.interval_end[k], "published_at": rt.published_at[k],
+                "price_usd_mwh": rt.price_usd_mwh[k]}
     if (now - last["published_at"]).total_seconds() > cfg.max_age_rt_s:
         fallbacks.append(Fallback(FallbackCode.PRICE_RT_STALE,
                                   f"price: latest real-time price is older than {cfg.max_age_rt_s:g} s; not blended"))
