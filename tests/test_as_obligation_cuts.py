@@ -186,3 +186,79 @@ def test_the_cover_makes_room_under_a_full_limit_from_units_no_award_needs() -> 
     assert (reserve_uncovered_kw(problem, counts) <= 1e-6).all()
     assert (counts[1, 0] == 387).all() and (counts[0, 0] == 999).all()
     assert (load_kw(problem, counts) <= problem.import_limit_kw + problem.renewable_kw + 1e-6).all()
+
+
+# The noise cuts (the rest of 1–10 May: 0.027 MW·h, a measured noise exceedance stepped down the
+# Non-Spin hall on 3 May 05:00 and 9 May 06:00). Same site with a receptor: the old hall is nearer
+# (35 dB attenuation: 55 dB(A) a block there) than the hydro containers (40 dB: 50 dB(A) a block).
+NOISE_PROFILE = PROFILE + """
+receptors:
+  - id: ranch
+    attenuation_db: {hydro: 40, old_air: 35}
+    background_dba: 30
+    caps: [{name: always, start: "00:00", end: "23:59", cap_dba: 70},
+           {name: late, start: "23:59", end: "00:00", cap_dba: 70}]
+"""
+
+
+def _noise_guard(awards: dict[str, float]) -> tuple[CountGuard, object]:
+    profile = parse_profile(NOISE_PROFILE, source="test")
+    guard = CountGuard(Guard(profile))
+    guard.reserve_keep = lambda sheddable, now: reserve_keep_kw(profile, awards, sheddable)
+    return guard, profile
+
+
+def test_a_noise_exceedance_steps_down_units_no_award_needs_first() -> None:
+    """10 hydro (60.0 dB(A)) + 2 old blocks (58.0 dB(A)) + 30 dB(A) background: 62.1 dB(A) modelled. A
+    reading 1 dB over the cap must take ~0.34 of the 1.63 (×10⁶) energy: loudest first sleeps both
+    old blocks (0.63), Non-Spin 1,980 kW short; with the keep it sleeps 4 hydro blocks (0.10 each)."""
+    guard, _ = _noise_guard({"NSPIN": 1980.0})
+    counts = {("hydro", "run"): 10, ("old_air", "run"): 2}
+    without = guard.noise_exceedance_cut("ranch", 63.0, 62.0, counts)  # no time: no keep, loudest first
+    assert without.counts == {("hydro", "run"): 10}
+    cut = guard.noise_exceedance_cut("ranch", 63.0, 62.0, counts, NOW)
+    assert cut.counts == {("hydro", "run"): 6, ("old_air", "run"): 2}
+    before, after = guard.noise_level_dba(counts, "ranch"), guard.noise_level_dba(cut.counts, "ranch")
+    assert after <= before - 1.0, "the cut still removes the measured excess"
+    assert "units no reserve award needs first" in cut.actions[0].reason
+
+
+def test_the_noise_cap_still_wins_over_the_keep() -> None:
+    """RRS 5,000 kW of hydro and Non-Spin 1,980 kW of the old blocks: only 4 hydro blocks are free
+    (9,900 − 5,000 kW). A reading 6 dB over needs more: reserve-holding units step too, and say so."""
+    guard, _ = _noise_guard({"RRS": 5000.0, "NSPIN": 1980.0})
+    counts = {("hydro", "run"): 10, ("old_air", "run"): 2}
+    cut = guard.noise_exceedance_cut("ranch", 68.0, 62.0, counts, NOW)
+    assert guard.noise_level_dba(cut.counts, "ranch") <= guard.noise_level_dba(counts, "ranch") - 6.0
+    assert "holding awarded reserve" in cut.actions[0].reason
+
+
+def test_the_ticks_noise_step_down_keeps_the_non_spin_units() -> None:
+    """The tick's check: a 61 dB(A) cap (model margin 0) over a 62.1 dB(A) plan steps hydro down, not
+    the Non-Spin hall."""
+    guard, _ = _noise_guard({"NSPIN": 1980.0})
+    counts = {("hydro", "run"): 10, ("old_air", "run"): 2}
+    cut = guard.check(counts, Measurements(at=NOW, renewable_kw=0.0),
+                      Limits(noise_caps_dba={"ranch": 61.0}), NOW)
+    assert cut.counts.get(("old_air", "run")) == 2
+    assert guard.noise_level_dba(cut.counts, "ranch") <= 61.0 + 1e-9
+
+
+def test_a_noise_reading_over_the_cap_keeps_the_non_spin_award_through_the_loop() -> None:
+    """Through the loop's fast path (`handle_noise`): awards of RRS 2,000 kW and Non-Spin 1,980 kW, a
+    reading 1 dB over the cap: hydro blocks go, the two old blocks keep running (before: both slept)."""
+    from hashflex.messages import NoiseMessage
+
+    profile = parse_profile(NOISE_PROFILE, source="test")
+    fleet = SimulatedFleet(profile)
+    loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, _prices()), driver=fleet,
+                       solver=SolveRunner(inline=True))
+    assert loop.handle_as_award(_award("rrs", "RRS", 2000.0), NOW).status == "accepted"
+    assert loop.handle_as_award(_award("nspin", "NSPIN", 1980.0), NOW).status == "accepted"
+    loop.tick(NOW)
+    assert (_running(fleet, "hydro"), _running(fleet, "old_air")) == (10, 2)
+    at = NOW + timedelta(minutes=5)
+    loop.handle_noise(NoiseMessage(receptor_id="ranch", laeq_dba=71.0, averaging_s=60, timestamp=at,
+                                   meter_class=1), at)
+    assert _running(fleet, "old_air") == 2
+    assert _running(fleet, "hydro") < 10

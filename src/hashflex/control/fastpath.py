@@ -406,7 +406,7 @@ class FastPathMixin:
                                                      self.fleet.as_setpoints(now, self.expiry_s))
             modes = None
         else:  # in counts (issue 18), as the DR cut
-            cut = self.count_guard.noise_exceedance_cut(receptor_id, level_dba, cap_dba, self.fleet.counts())
+            cut = self.count_guard.noise_exceedance_cut(receptor_id, level_dba, cap_dba, self.fleet.counts(), now)
             if not cut.changed:
                 return False
             result, modes = self._realised(cut, now)

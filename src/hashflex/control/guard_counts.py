@@ -144,7 +144,7 @@ class CountGuard:
             spans.append((len(actions), _open(moves), -1))
             self._cut_noise(state, receptor.id, cap - margin,
                             f"cap {cap:.1f} dBA at {local:%a %H:%M} local, {why} {margin:.1f} dB",
-                            "noise_step_down", actions, moves)
+                            "noise_step_down", actions, moves, keep=self._keep(state, now))
         return CountResult(_running(state), moves, actions, _close(spans, actions, moves))
 
     def emergency_dr_cut(self, counts: Counts, limit_kw: float, measurements: Measurements, now: datetime, *,
@@ -167,9 +167,12 @@ class CountGuard:
         return CountResult(_running(state), moves, actions, _close(spans, actions, moves))
 
     def noise_exceedance_cut(self, receptor_id: str, measured_dba: float, cap_dba: float,
-                             counts: Counts) -> CountResult:
+                             counts: Counts, now: datetime | None = None) -> CountResult:
         """`Guard.noise_exceedance_cut` in counts: lower the modelled level at ``receptor_id`` by
-        the measured excess ``measured_dba − cap_dba`` (dB). Raises ValueError for an unknown receptor."""
+        the measured excess ``measured_dba − cap_dba`` (dB). With ``now`` (timezone-aware) and a
+        ``reserve_keep`` hook, units no reserve award in force needs step down first (issue 15); the cap
+        is hard, so reserve-holding units follow if it still needs them. Raises ValueError for an
+        unknown receptor."""
         if receptor_id not in self.guard._energy:
             raise ValueError(f"unknown receptor {receptor_id!r}")
         state = self._state(counts)
@@ -183,7 +186,8 @@ class CountGuard:
             self._cut_noise(state, receptor_id, modelled - excess,
                             f"sensor reads {measured_dba:.1f} dBA, {excess:.1f} dB over the cap "
                             f"{cap_dba:.1f} dBA; modelled {modelled:.1f} dBA must fall by as much",
-                            "noise_exceedance_cut", actions, moves)
+                            "noise_exceedance_cut", actions, moves,
+                            keep=self._keep(state, now) if now is not None else None)
         return CountResult(_running(state), moves, actions, _close(spans, actions, moves))
 
     # ------------------------------------------------------------------ figures
@@ -327,8 +331,14 @@ class CountGuard:
                                        "(idle and auxiliary load alone exceed the limit)", ()))
 
     def _cut_noise(self, state: dict, receptor_id: str, target_dba: float, why: str, kind: str,
-                   actions: list[GuardAction], moves: list[Move]) -> None:
-        """`Guard._cut_noise` in bulk: the loudest class steps down as many units as needed."""
+                   actions: list[GuardAction], moves: list[Move], keep: Mapping[str, float] | None = None) -> None:
+        """`Guard._cut_noise` in bulk: the loudest class steps down as many units as needed.
+
+        With ``keep`` (group id -> sheddable kW the awards in force need, issue 15) a first pass steps
+        down, loudest first, only what each group runs above its keep (a step lowers a group's
+        sheddable load by the step's power); a second pass, only if the receptor is still over, takes
+        the loudest of the rest (the cap is hard: reserve-holding units step too, and the action says
+        so). Without ``keep``, the per-miner guard's order alone."""
         table = self.guard._energy[receptor_id]
         specs = self.guard._specs
         background = self.guard._background_energy(receptor_id)
@@ -339,23 +349,46 @@ class CountGuard:
             return
         before = self.noise_level_dba(state, receptor_id)
         touched = 0
-        while energy > limit:
-            live = [key for key, n in state.items() if n > 0 and table[key] > 0]
-            if not live:
-                energy = 0.0
-                break
-            group_id, mode = min(live, key=lambda k: (-table[k], self._group_index[k[0]]))
-            down = specs[group_id, mode].step_down
-            drop = table[group_id, mode] - table[group_id, down]
-            need = state[group_id, mode] if drop <= 0 else min(state[group_id, mode],
-                                                                _units_to_cover(energy - limit, drop))
-            self._move(state, moves, group_id, mode, down, need)
-            energy -= need * drop
-            touched += need  # a unit stepped twice counts twice here, once in the per-miner guard
+        forced = 0
+        spare = None
+        if keep:
+            spare = {g: kw - keep.get(g, 0.0) for g, kw in self._sheddable(state).items()}
+        for first_pass in ((True, False) if spare is not None else (False,)):
+            blocked: set[tuple[str, str]] = set()
+            while energy > limit:
+                live = [key for key, n in state.items() if n > 0 and table[key] > 0 and key not in blocked]
+                if not live:
+                    if first_pass:
+                        break
+                    energy = 0.0
+                    break
+                group_id, mode = min(live, key=lambda k: (-table[k], self._group_index[k[0]]))
+                down = specs[group_id, mode].step_down
+                drop = table[group_id, mode] - table[group_id, down]
+                need = state[group_id, mode] if drop <= 0 else min(state[group_id, mode],
+                                                                    _units_to_cover(energy - limit, drop))
+                if spare is not None:
+                    step_kw = specs[group_id, mode].power_kw - (specs[group_id, down].power_kw if down != SLEEP
+                                                                else self._idle[group_id])
+                    if first_pass and step_kw > 0:
+                        # Only the steps the group's load above its awards can give (whole units).
+                        need = min(need, max(int((spare.get(group_id, 0.0) + 1e-9) // step_kw), 0))
+                        if need == 0:
+                            blocked.add((group_id, mode))
+                            continue
+                    spare[group_id] = spare.get(group_id, 0.0) - need * max(step_kw, 0.0)
+                    if not first_pass:
+                        forced += need
+                self._move(state, moves, group_id, mode, down, need)
+                energy -= need * drop
+                touched += need  # a unit stepped twice counts twice here, once in the per-miner guard
         after = self.noise_level_dba(state, receptor_id)
+        order_note = ("" if spare is None else
+                      ", units no reserve award needs first"
+                      + (f" ({forced} step(s) of units holding awarded reserve: the cap needs them)" if forced else ""))
         actions.append(GuardAction(kind, f"receptor {receptor_id}: modelled {before:.1f} dBA over the target "
                                          f"{target_dba:.1f} dBA ({why}); stepped down {touched} unit step(s) "
-                                         f"contributing most, now {after:.1f} dBA", ()))
+                                         f"contributing most{order_note}, now {after:.1f} dBA", ()))
         if budget <= 0:
             actions.append(GuardAction("limit_unreachable",
                                        f"receptor {receptor_id}: background alone is at or over the target "
