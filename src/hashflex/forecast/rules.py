@@ -311,7 +311,8 @@ def _forecast_intensity(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp,
                         fallbacks: list[str]) -> tuple[np.ndarray, list[str]]:
     feed, mix = snap.carbon, snap.fuelmix_intensity
     ages["carbon_feed"], ages["carbon_fuelmix"] = _age_s(now, feed["published_at"]), _age_s(now, mix["published_at"])
-    feed = feed[(now - feed["published_at"]).dt.total_seconds() <= cfg.max_age_carbon_s]
+    if not feed.empty:  # an empty feed (e.g. a backtest's) covers nothing: no filter to build (issue 18)
+        feed = feed[(now - feed["published_at"]).dt.total_seconds() <= cfg.max_age_carbon_s]
     value = _covering(times, feed["timestamp"], feed["timestamp"] + pd.Timedelta(hours=cfg.carbon_hold_h),
                       feed["intensity_kg_per_mwh"], feed["published_at"])
     source = ["feed" if np.isfinite(v) else "" for v in value]
@@ -353,12 +354,23 @@ def _forecast_intensity(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp,
 # ------------------------------------------------------------------------- hashprice, DR, noise
 def _forecast_hashprice(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp, cfg: ForecastConfig,
                         ages: dict[str, float | None], fallbacks: list[str]) -> tuple[float, str]:
-    feed = snap.hashprice[snap.hashprice["timestamp"] <= now]
-    ages["hashprice"] = _age_s(now, feed["published_at"])
-    fresh = feed[(now - feed["published_at"]).dt.total_seconds() <= cfg.max_age_hashprice_s]
-    if not fresh.empty:
-        row = _last_row(fresh, "timestamp", "published_at")
-        return float(row["hashprice_usd_per_ph_day"]), f"feed ({row['timestamp']:%Y-%m-%d})"
+    # On the columns' arrays, not frame filters (issue 18): the same rows, ages and pick.
+    frame = snap.hashprice
+    nat = np.iinfo(np.int64).min
+    stamp_ns = _ns(frame["timestamp"])
+    known = np.flatnonzero((stamp_ns != nat) & (stamp_ns <= now.as_unit("ns").value))  # NaT is never "<= now"
+    published = frame["published_at"].array[known]
+    ages["hashprice"] = _age_s(now, published)
+    fresh = known[(now - published).total_seconds() <= cfg.max_age_hashprice_s] if len(known) else known
+    if len(fresh):
+        stamp_us, published_us = _us(frame["timestamp"].array[fresh]), _us(frame["published_at"].array[fresh])
+        if (published_us == nat).any():  # NaT sorts last in pandas: the frame path
+            row = _last_row(frame.iloc[fresh], "timestamp", "published_at")
+            value, stamp = row["hashprice_usd_per_ph_day"], row["timestamp"]
+        else:  # the row _last_row picks (the last of equal keys)
+            k = int(fresh[np.lexsort((published_us, stamp_us))[-1]])
+            value, stamp = frame["hashprice_usd_per_ph_day"].iloc[k], frame["timestamp"].iloc[k]
+        return float(value), f"feed ({stamp:%Y-%m-%d})"
     value = profile.economics.hashprice_usd_per_ph_day
     fallbacks.append(Fallback(FallbackCode.HASHPRICE_PROFILE,
                               f"hashprice: no value younger than {cfg.max_age_hashprice_s:g} s; profile {value:g} $/PH/day"))
