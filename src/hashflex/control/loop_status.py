@@ -67,9 +67,8 @@ class LoopStatusMixin:
     def _record_tick(self, report: TickReport, forecast: HorizonForecast) -> None:
         # learned | rules (forecast.Forecast.forecast_source; issue 14): in /status and the stored schedule
         self.forecast_source = getattr(forecast, "forecast_source", "rules")
-        status = self.status(report.at)
-        if self.publisher is not None:
-            self.publisher.publish_json("out/status", status)
+        if self.publisher is not None:  # the /status document is built only to be published (issue 18: a backtest has none)
+            self.publisher.publish_json("out/status", self.status(report.at))
             if report.schedule is not None:
                 head = report.schedule.frame.head(8).reset_index()
                 head["interval_start"] = head["interval_start"].map(lambda ts: ts.isoformat())
@@ -80,10 +79,13 @@ class LoopStatusMixin:
         if report.schedule is not None:
             self._record("schedule", lambda: records.schedule_payload(report.schedule), report.at)
             self._record("setpoints", lambda: records.setpoints_payload(report.batch, source="schedule"), report.at)
-            imports = self.book.import_limits_at(report.at)
-            binding = min(imports.items(), key=lambda kv: kv[1])[0] if imports else ""
+            actions = report.guard.actions if report.guard else []
+            binding = ""
+            if actions:  # the binding import limit names the DR event behind a curtailment (none: not looked up)
+                imports = self.book.import_limits_at(report.at)
+                binding = min(imports.items(), key=lambda kv: kv[1])[0] if imports else ""
             event_id = binding[3:] if binding.startswith("DR:") else None
-            for action in report.guard.actions if report.guard else []:
+            for action in actions:
                 self._record("guard_action", lambda a=action: records.guard_action_payload(
                     a.kind, a.reason, a.miners, event_id=event_id if a.kind == "import_curtail" else None), report.at)
         if self.store is not None and report.schedule is not None:
