@@ -1,10 +1,10 @@
 """The guard in counts (issue 18): on random fleets, `CountGuard` cuts exactly the units the
 per-miner `Guard` cuts: same modes miner for miner once `apply_moves` realises the moves, same
-action kinds, for the full check (import + noise), the DR fast path and the noise fast path."""
+action kinds, for the full check (import + noise), the DR fast path, the site-meter cut and the noise fast path."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -107,6 +107,15 @@ def test_count_guard_cuts_as_the_per_miner_guard(case, limit_kw, renewable_kw, a
     got = count_guard.emergency_dr_cut(running, limit_kw, measurements, NOW)
     assert _modes_from_arrays(arrays, apply_moves(dispatched.modes, arrays, got.moves)) == _modes_by_miner(want.batch)
     assert _kinds(got.actions) == _kinds(want.actions)
+
+    # fast path: the site meter reads over the limit, believed (fresh) and not (an hour old: the model)
+    for measured_at in (NOW, NOW - timedelta(hours=1)):
+        want = guard.import_over_limit_cut(limit_kw + 3.7, limit_kw, batch, measured_at=measured_at, now=NOW,
+                                           measurements=measurements)
+        got = count_guard.import_over_limit_cut(limit_kw + 3.7, limit_kw, running, measured_at=measured_at, now=NOW,
+                                                measurements=measurements)
+        assert _modes_from_arrays(arrays, apply_moves(dispatched.modes, arrays, got.moves)) == _modes_by_miner(want.batch)
+        assert _kinds(got.actions) == _kinds(want.actions)
 
     # fast path: a sensor reads over the cap
     want = guard.noise_exceedance_cut("house", 55.0, 50.0, batch)

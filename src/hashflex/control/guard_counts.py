@@ -166,6 +166,42 @@ class CountGuard:
                             f"(renewable {renewable_kw:.1f} kW{note})", actions, moves, keep=self._keep(state, now))
         return CountResult(_running(state), moves, actions, _close(spans, actions, moves))
 
+    def import_over_limit_cut(self, measured_import_kw: float, limit_kw: float, counts: Counts, *,
+                              measured_at: datetime | None = None, now: datetime | None = None,
+                              measurements: Measurements | None = None,
+                              present: Mapping[str, int] | None = None) -> CountResult:
+        """`Guard.import_over_limit_cut` in counts: the meter reads ``measured_import_kw`` (kW) over
+        ``limit_kw`` (kW): remove at least the measured excess. A reading that is not finite, undated,
+        older than the guard's ``max_age_s`` or beyond its clock skew is not believed: the cut is then to
+        ``limit_kw`` on the model (idle + auxiliary − renewable of ``measurements``, at their worst), as
+        the DR cut. With ``now`` and a ``reserve_keep`` hook, units no award needs go first (issue 15).
+
+        Raises ValueError for a count naming an unknown group or mode, or negative."""
+        state = self._state(counts)
+        actions: list[GuardAction] = []
+        moves: list[Move] = _Moves()
+        spans: list[tuple[int, int, int]] = []
+        keep = self._keep(state, now) if now is not None else None
+        doubt = self.guard._doubt(measured_import_kw, measured_at, now, "meter reading")
+        if doubt is not None:
+            measurements = measurements or Measurements()
+            renewable_kw, note = self.guard._renewable(measurements, now)
+            net = self.net_import_kw(state, measurements.auxiliary_kw, renewable_kw, present)
+            if _over_limit(net, limit_kw):
+                spans.append((len(actions), _open(moves), -1))
+                self._cut_power(state, net - limit_kw, "import_over_limit_cut",
+                                f"{doubt}, not used; modelled import {net:.1f} kW (renewable "
+                                f"{renewable_kw:.1f} kW{note}) is over the limit {limit_kw:.1f} kW",
+                                actions, moves, keep=keep)
+            return CountResult(_running(state), moves, actions, _close(spans, actions, moves))
+        excess = measured_import_kw - limit_kw
+        if excess > limit_kw * _REL_EPS:
+            spans.append((len(actions), _open(moves), -1))
+            self._cut_power(state, excess, "import_over_limit_cut",
+                            f"measured import {measured_import_kw:.1f} kW is {excess:.1f} kW over "
+                            f"the limit {limit_kw:.1f} kW", actions, moves, keep=keep)
+        return CountResult(_running(state), moves, actions, _close(spans, actions, moves))
+
     def noise_exceedance_cut(self, receptor_id: str, measured_dba: float, cap_dba: float,
                              counts: Counts, now: datetime | None = None) -> CountResult:
         """`Guard.noise_exceedance_cut` in counts: lower the modelled level at ``receptor_id`` by
