@@ -128,3 +128,28 @@ def test_naive_times_still_raise_at_the_call_naming_the_field(profile, history) 
     assert forecaster._known is None
     with pytest.raises(ValueError, match=r"snapshot\.prices\.published_at"):
         forecaster(pd.Timestamp("2020-02-10T12:00Z"), pd.Timestamp("2020-02-10T12:00Z"), 4)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_wind_persistence_reads_the_latest_row_as_the_frame_sort_did(profile, history, tied) -> None:
+    """SYNTHETIC wind rows; with ``tied`` the two latest share a timestamp (the frame sort's order decides)."""
+    now = pd.Timestamp("2020-02-10T12:07Z")
+    obs = history["renewables"].copy()
+    if tied:
+        extra = obs[(obs["source_id"] == "wind_1") & (obs["timestamp"] <= now)].iloc[[-1]].copy()
+        extra["power_kw"] = 1234.5
+        obs = pd.concat([obs, extra], ignore_index=True).sort_values("published_at", kind="stable")
+        obs = obs.reset_index(drop=True)
+    forecaster = RecordedForecaster(profile, history["prices"], obs, hashprice=history["hashprice"])
+    forecast = forecaster(now, now.ceil("15min"), 8)
+    mine = obs[(obs["source_id"] == "wind_1") & (obs["timestamp"] <= now)
+               & ((now - obs["published_at"]).dt.total_seconds() <= 1800.0)]
+    want = float(mine.sort_values("timestamp")["power_kw"].iloc[-1])  # the rule as the frame path wrote it
+    assert forecast.renewable_source["wind_1"][0] == "persistence"
+    assert 0.0 <= forecast.renewable_kw[0] - want <= 10000.0  # plus the solar source's diurnal share
+    # The wind share alone: the same forecast without the solar source's rows.
+    only_wind = RecordedForecaster(profile, history["prices"], obs[obs["source_id"] == "wind_1"].reset_index(drop=True),
+                                   hashprice=history["hashprice"])
+    got = only_wind(now, now.ceil("15min"), 8)
+    assert got.renewable_source["solar_pv"][0] == "no data: 0 kW"
+    assert got.renewable_kw[0] == want

@@ -269,7 +269,7 @@ def _forecast_renewables(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp
         else:
             fc = snap.renewable_forecasts[snap.renewable_forecasts["source_id"] == src.id]
             ages[f"renewable:{src.id}:forecast"] = _age_s(now, fc["published_at"])
-        ages[f"renewable:{src.id}:observation"] = _age_s(now, observed["published_at"][mine])
+        ages[f"renewable:{src.id}:observation"] = _age_s(now, observed["published_at"].array[mine])
         kw = np.full(len(times), np.nan)
         label = [""] * len(times)
         if not no_forecasts:
@@ -277,11 +277,15 @@ def _forecast_renewables(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp
         if not no_forecasts and not fc.empty:
             kw = _covering(times, fc["interval_start"], _posting_ends(fc), fc["power_kw"], fc["published_at"])
             label = ["forecast" if np.isfinite(v) else "" for v in kw]
-        if src.kind == "wind":  # the frame path: persistence reads the latest fresh row (solar never does)
-            obs = observed[mine]
-            fresh = obs[(now - obs["published_at"]).dt.total_seconds() <= cfg.max_age_renewable_obs_s]
-            if not fresh.empty:
-                latest = float(fresh.sort_values("timestamp")["power_kw"].iloc[-1])
+        if src.kind == "wind":  # persistence reads the latest fresh row (solar never does)
+            rows = np.flatnonzero(mine)
+            fresh = rows[(now - observed["published_at"].array[rows]).total_seconds() <= cfg.max_age_renewable_obs_s]
+            if len(fresh):
+                stamps = obs_ns[fresh]  # known rows: no NaT
+                if (stamps == stamps.max()).sum() == 1:  # a single latest row: the one any sort puts last
+                    latest = float(observed["power_kw"].iloc[int(fresh[np.argmax(stamps)])])
+                else:  # ties: the frame path's own (unstable) sort decides, as before
+                    latest = float(observed.iloc[fresh].sort_values("timestamp")["power_kw"].iloc[-1])
                 near = np.isnan(kw) & ((times - now).total_seconds().to_numpy() < cfg.persistence_h * 3600.0)
                 kw[near] = latest
                 for k in np.flatnonzero(near):
@@ -294,8 +298,9 @@ def _forecast_renewables(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp
             diurnal = by_hour.reindex(local_hour).to_numpy(dtype=float)
             gap = np.isnan(kw)
             kw[gap] = np.nan_to_num(diurnal[gap], nan=0.0)
-            for k in np.flatnonzero(gap):
-                label[k] = "diurnal profile" if np.isfinite(diurnal[k]) else "no data: 0 kW"
+            marks = np.array(label, dtype=object)
+            marks[gap] = np.where(np.isfinite(diurnal[gap]), "diurnal profile", "no data: 0 kW")
+            label = [str(m) for m in marks]
             what = "diurnal profile of recent measurements" if history.any() else "0 kW (no data)"
             fallbacks.append(Fallback(FallbackCode.RENEWABLE_NO_FORECAST,
                                       f"renewable {src.id}: {int(gap.sum())} interval(s) without a fresh forecast "
@@ -313,9 +318,12 @@ def _forecast_intensity(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp,
     ages["carbon_feed"], ages["carbon_fuelmix"] = _age_s(now, feed["published_at"]), _age_s(now, mix["published_at"])
     if not feed.empty:  # an empty feed (e.g. a backtest's) covers nothing: no filter to build (issue 18)
         feed = feed[(now - feed["published_at"]).dt.total_seconds() <= cfg.max_age_carbon_s]
-    value = _covering(times, feed["timestamp"], feed["timestamp"] + pd.Timedelta(hours=cfg.carbon_hold_h),
-                      feed["intensity_kg_per_mwh"], feed["published_at"])
-    source = ["feed" if np.isfinite(v) else "" for v in value]
+    if feed.empty:
+        value, source = np.full(len(times), np.nan), [""] * len(times)
+    else:
+        value = _covering(times, feed["timestamp"], feed["timestamp"] + pd.Timedelta(hours=cfg.carbon_hold_h),
+                          feed["intensity_kg_per_mwh"], feed["published_at"])
+        source = ["feed" if np.isfinite(v) else "" for v in value]
     steps = []
     if not mix.empty and np.isnan(value).any():  # without fuel-mix rows (or gaps) both tables are empty: skipped
         local = times.tz_convert(profile.tz)
