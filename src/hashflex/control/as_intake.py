@@ -75,6 +75,35 @@ def deployment_performance(message: ASDeployMessage, baseline_kw: float, limit_k
             "measured_within_deadline": None}
 
 
+def deployment_baseline(modelled_kw: float, measured: tuple[float, str] | None) -> tuple[float, str]:
+    """The load a new AS deployment sheds from: the lower of the modelled import and the latest
+    fresh measured import (issue 15, newcomer finding 1).
+
+    While miners are still booting, the plan's commanded load is above what is drawn; a limit of
+    (commanded − deployed) would let the load rise during the deployment and still count as
+    delivered. ERCOT assesses a Load Resource's deployment from its telemetry (Nodal Protocols
+    §8.1.1.4), so the lower of the two keeps the limit (baseline − deployed) at or under what was
+    drawn at the instruction (when in doubt, curtail).
+
+    Parameters
+    ----------
+    modelled_kw : float
+        The import the fleet's commanded setpoints model now, kW.
+    measured : tuple of (float, str) or None
+        The fresh measured import (kW, its source) or None when there is none fresh.
+
+    Returns
+    -------
+    baseline_kw : float
+        The baseline, kW.
+    source : str
+        ``"measured: <source>"`` or ``"modelled"``.
+    """
+    if measured is not None and measured[0] < modelled_kw:
+        return max(float(measured[0]), 0.0), f"measured: {measured[1]}"
+    return float(modelled_kw), "modelled"
+
+
 def deployment_flags(book: LimitsBook, message: ASDeployMessage, deadline: datetime | None, now: datetime
                      ) -> dict[str, Any]:
     """How a deployment arrived and what it asks against the award (issue 15): late, above the award.
@@ -298,11 +327,13 @@ class AncillaryIntakeMixin:
             held = self.book.as_deployments.get(message.deployment_id)  # an amendment's deployment in force
             batch = self.fleet.as_setpoints(now, self.expiry_s)
             renewable_kw = self.measurements.renewable_kw or 0.0  # the import, as the cut models it
-            baseline_kw = self.guard.net_import_kw(batch, self.measurements.auxiliary_kw, renewable_kw)
+            modelled_kw = self.guard.net_import_kw(batch, self.measurements.auxiliary_kw, renewable_kw)
+            baseline_kw, baseline_source = deployment_baseline(modelled_kw, self._fresh_measured_import(now))
             flags: dict[str, Any] = {}
 
             def decide() -> tuple[LimitsBook, ASAckMessage]:
-                trial, decided = self.book.decide_as_deploy(message, baseline_kw, now, via)
+                trial, decided = self.book.decide_as_deploy(message, baseline_kw, now, via,
+                                                            baseline_source=baseline_source)
                 if decided.status != "accepted" or message.recalled or decided.deadline is None:
                     return trial, decided
                 flags.update(deployment_flags(trial, message, decided.deadline, now))
@@ -330,6 +361,8 @@ class AncillaryIntakeMixin:
                                                  self.measurements.auxiliary_kw, renewable_kw)
                 performance = deployment_performance(message, baseline_kw, limit, after, now, ack.deadline,
                                                      held.deployed_kw if held is not None and held.end > now else None)
+                if held is None or held.end <= now:  # a first instruction: which load it sheds from
+                    performance.update(baseline_source=baseline_source, modelled_baseline_kw=modelled_kw)
                 if flags:  # late / above the award (issue 15): counted, and in the record the evidence report reads
                     self._count_flags(message, flags)
                     award_limit_kw = max(baseline_kw - flags["award_obligation_kw"], 0.0)
@@ -341,6 +374,34 @@ class AncillaryIntakeMixin:
         if fresh:
             self.request_replan(f"AS deployment {message.deployment_id}")
         return ack
+
+    def note_measured_import(self, import_kw: float, measured_at: datetime, source: str) -> None:
+        """Keep the latest measured site import (a site meter reading, or the miners' telemetry
+        summed when there is no meter), the load an AS deployment sheds from when it is fresh and
+        below the model (:func:`deployment_baseline`).
+
+        Parameters
+        ----------
+        import_kw : float
+            The measured import, kW (net of on-site renewables).
+        measured_at : datetime
+            When it was measured, timezone-aware.
+        source : str
+            ``"site meter"`` or ``"miner telemetry"``, named in the deployment's ack.
+        """
+        self._latest_measured_import = (float(import_kw), measured_at, source)
+
+    def _fresh_measured_import(self, now: datetime) -> tuple[float, str] | None:
+        """(kW, source) of the latest measured import if finite and fresh at ``now`` by the guard's
+        rules (no older than ``guard.max_age_s``, no further ahead than its clock skew), else None."""
+        latest = getattr(self, "_latest_measured_import", None)
+        if latest is None:
+            return None
+        kw, at, source = latest
+        age_s = (now - at).total_seconds()
+        if not np.isfinite(kw) or age_s > self.guard.max_age_s or -age_s > self.guard.future_skew_s:
+            return None
+        return kw, source
 
     def _count_flags(self, message: ASDeployMessage, flags: dict[str, Any]) -> None:
         """Count a new deployment that arrived late (``as_late``) or asks more than the award

@@ -89,8 +89,9 @@ class FastPathMixin:
                     self.telemetry_kw[message.miner_id] = message.power_kw
                     if not self._has_site_meter:  # the miners' own reports stand in for a meter
                         renewable = self.measurements.renewable_kw or 0.0
-                        self._sample_meter(max(sum(self.telemetry_kw.values()) - renewable, 0.0),
-                                           message.timestamp, "telemetry", now)
+                        telemetry_import_kw = max(sum(self.telemetry_kw.values()) - renewable, 0.0)
+                        self._sample_meter(telemetry_import_kw, message.timestamp, "telemetry", now)
+                        self.note_measured_import(telemetry_import_kw, message.timestamp, "miner telemetry")
                 if self.meter is not None:
                     self.meter.telemetry(message.miner_id, message.power_kw, message.hashrate_th_s)
                 if message.miner_id in self.fleet.miners:  # fleet health (issue 17): findings, alerts, derates
@@ -374,6 +375,7 @@ class FastPathMixin:
         with self._lock:
             self._has_site_meter = True
             self._sample_meter(import_kw, measured_at, "site meter", now)
+            self.note_measured_import(import_kw, measured_at, "site meter")  # an AS deployment's baseline
             imports = self.book.import_limits_at(now)
             limit = min([self.profile.grid.import_limit_kw, *imports.values()])
             self.measurements = _replace(self.measurements, import_kw=import_kw)

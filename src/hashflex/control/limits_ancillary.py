@@ -104,10 +104,10 @@ class AncillaryBookMixin:
         trial._remember(self.as_key(msg), ack.model_dump(mode="json"))
         return trial, ack
 
-    def decide_as_deploy(self, msg: ASDeployMessage, baseline_kw: float, now: datetime, via: str | None = None
-                         ) -> tuple[LimitsBook, ASAckMessage]:
+    def decide_as_deploy(self, msg: ASDeployMessage, baseline_kw: float, now: datetime, via: str | None = None,
+                         *, baseline_source: str = "modelled") -> tuple[LimitsBook, ASAckMessage]:
         """Decide a deployment (or its recall, or its amendment) on a copy. ``baseline_kw``: the
-        site's modelled import now; the deployment's limit is baseline − deployed_kw, by the
+        site's import now (the lower of modelled and fresh measured); the deployment's limit is baseline − deployed_kw, by the
         product's deadline.
 
         A recall ends the held deployment at the recall's ``issued_at``; a deployment id seen before
@@ -121,11 +121,15 @@ class AncillaryBookMixin:
         msg : ASDeployMessage
             The deployment or its recall.
         baseline_kw : float
-            The site's modelled import now, kW (net of on-site renewables).
+            The site's import now, kW (net of on-site renewables): the lower of the modelled and
+            the fresh measured import (:func:`hashflex.control.as_intake.deployment_baseline`).
         now : datetime
             The decision time, timezone-aware.
         via : str, optional
             The path it came by (``"openadr"``), kept with a new deployment.
+        baseline_source : str
+            Where ``baseline_kw`` came from (``"modelled"`` or ``"measured: site meter"``), named
+            in the ack of a new deployment.
 
         Returns
         -------
@@ -162,7 +166,8 @@ class AncillaryBookMixin:
             else:
                 deployment = deployment_from(msg, baseline_kw, via)
                 trial.as_deployments[msg.deployment_id] = deployment
-                reason = (f"accepted: {msg.product} shed {msg.deployed_kw:.0f} kW from {baseline_kw:.0f} kW to "
+                reason = (f"accepted: {msg.product} shed {msg.deployed_kw:.0f} kW from {baseline_kw:.0f} kW "
+                          f"({baseline_source}) to "
                           f"{deployment.limit_kw:.0f} kW by {deployment.deadline.isoformat()}")
             if deployment is not None:
                 awarded = sum(v for v in trial.reserve_awards_at(msg.issued_at).get(msg.product, {}).values())
