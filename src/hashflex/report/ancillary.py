@@ -25,10 +25,14 @@ Figures, per deployment issued in the report period (units in the key names):
   10 minutes, Non-Spin within 30; ``profile.AS_PRODUCT_RULES``);
 - metered, from ``measurement`` records: the deployment is in force from the instruction until
   the recall, else for the product's sustain duration; intervals starting at or after the
-  deadline and before that end are assessed: ``metered_import_kw`` = their h-weighted mean
-  import, ``metered_delivered_mw`` = (baseline − metered import) / 1000, ``metered_shortfall_mw``
-  = max(metered import − limit, 0) / 1000; ``metered_under_limit_by`` = the end of the first
-  interval in force whose mean import is at or under the limit, and ``metered_response_s`` the
+  deadline and before that end are assessed, each against the limit in force over it
+  (:mod:`hashflex.report.deployment_limit`: the ack's limit plus the rise in reserve awarded since
+  the instruction, the rule the loop, the guard and the backtest enforce): ``metered_import_kw`` =
+  their h-weighted mean import, ``metered_limit_kw`` their h-weighted mean limit,
+  ``metered_delivered_mw`` = (baseline − metered import) / 1000, ``metered_shortfall_mw`` = the
+  h-weighted mean of max(import − limit, 0) / 1000 (the backtest's ``as_deployment_short_kw`` over
+  the same intervals); ``metered_under_limit_by`` = the end of the first
+  interval in force whose mean import is at or under its limit, and ``metered_response_s`` the
   time from the instruction to it (an upper bound: the trail holds one mean per interval). Null
   when no measurement covers the deployment;
 - ``measured_response_s`` / ``measured_within_deadline``: from the site meter's (or summed telemetry's)
@@ -66,13 +70,15 @@ import pandas as pd
 
 from hashflex.control.ancillary import reserve_clawback_usd
 from hashflex.profile import AS_PRODUCT_RULES
+from hashflex.report.deployment_limit import awards_known_before, deployment_limit_kw
 from hashflex.report.inputs import ReportInputs, _r
 
 __all__ = ["AWARD_COLUMNS", "DEPLOYMENT_COLUMNS", "ancillary_figures", "reserve_money"]
 
 DEPLOYMENT_COLUMNS = ["deployment_id", "product", "issued_at", "accepted", "deployed_mw", "awarded_mw", "delivered_mw",
                       "delivered_vs_awarded_pct", "shortfall_mw", "response_s", "deadline", "within_deadline",
-                      "recalled_at", "metered_import_kw", "metered_delivered_mw", "metered_shortfall_mw",
+                      "recalled_at", "metered_import_kw", "metered_limit_kw", "metered_delivered_mw",
+                      "metered_shortfall_mw",
                       "metered_response_s", "measured_response_s", "arrived_late", "arrival_delay_s",
                       "above_award_mw", "award_shortfall_mw"]
 """The columns of the deployments table of the HTML report (every key is in the JSON)."""
@@ -109,14 +115,22 @@ def _awarded_kw(awards: list[dict[str, Any]], product: str, at: pd.Timestamp, be
 
 
 def _metered(history: pd.DataFrame | None, issued: pd.Timestamp, deadline: pd.Timestamp, until: pd.Timestamp,
-             baseline_kw: float | None, limit_kw: float | None, tolerance_kw: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"metered_intervals": 0, "metered_import_kw": None, "metered_delivered_mw": None,
-                           "metered_shortfall_mw": None, "metered_under_limit_by": None, "metered_response_s": None}
+             baseline_kw: float | None, limit_kw: float | None, tolerance_kw: float,
+             awards: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"metered_intervals": 0, "metered_import_kw": None, "metered_limit_kw": None,
+                           "metered_delivered_mw": None, "metered_shortfall_mw": None,
+                           "metered_under_limit_by": None, "metered_response_s": None}
     if history is None or history.empty or limit_kw is None:
         return out
     rows = history[history["import_kw"].notna() & (history["interval_start"] < until)
-                   & (history["interval_end"] > issued)].sort_values("interval_start")
-    under = rows[rows["import_kw"] <= limit_kw + tolerance_kw]
+                   & (history["interval_end"] > issued)].sort_values("interval_start").copy()
+    # Each interval against the limit in force over it: it rises with reserve awarded since the
+    # instruction (report.deployment_limit, the loop's, the guard's and the backtest's rule).
+    rows["limit_kw"] = [
+        deployment_limit_kw(float(limit_kw), issued.to_pydatetime(),
+                            awards_known_before(awards or [], end), start.to_pydatetime(), end.to_pydatetime())
+        for start, end in zip(rows["interval_start"], rows["interval_end"], strict=True)]
+    under = rows[rows["import_kw"] <= rows["limit_kw"] + tolerance_kw]
     if len(under):
         crossing = under["interval_end"].iloc[0]
         out["metered_under_limit_by"] = crossing.isoformat()
@@ -125,9 +139,12 @@ def _metered(history: pd.DataFrame | None, issued: pd.Timestamp, deadline: pd.Ti
     hours = float(assessed["interval_h"].sum())
     if hours > 0:
         import_kw = float((assessed["import_kw"] * assessed["interval_h"]).sum() / hours)
-        out["metered_intervals"] = int(len(assessed))
+        short_kw = float(((assessed["import_kw"] - assessed["limit_kw"]).clip(lower=0.0)
+                          * assessed["interval_h"]).sum() / hours)
+        out["metered_intervals"] = len(assessed)
         out["metered_import_kw"] = _r(import_kw)
-        out["metered_shortfall_mw"] = _r(max(import_kw - limit_kw, 0.0) / 1000.0)
+        out["metered_limit_kw"] = _r(float((assessed["limit_kw"] * assessed["interval_h"]).sum() / hours))
+        out["metered_shortfall_mw"] = _r(short_kw / 1000.0)
         if baseline_kw is not None:
             out["metered_delivered_mw"] = _r((baseline_kw - import_kw) / 1000.0)
     return out
@@ -176,7 +193,8 @@ def _deployment_row(record: dict[str, Any], inputs: ReportInputs, performance: M
         "award_obligation_mw": _mw(perf.get("award_obligation_kw")),
         "award_shortfall_mw": _mw(perf.get("award_shortfall_kw")),
     }
-    metered = (_metered(inputs.history, issued, deadline, until, baseline, limit, tolerance_kw) if performance
+    metered = (_metered(inputs.history, issued, deadline, until, baseline, limit, tolerance_kw, inputs.as_awards)
+               if performance
                else _metered(None, issued, deadline, until, None, None, tolerance_kw))
     row.update(metered)
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}

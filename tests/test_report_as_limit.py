@@ -1,0 +1,106 @@
+"""The report measures an AS deployment against the limit the loop enforced (issue 15, newcomer
+finding 2): the limit rises with reserve awarded since the instruction,
+limit(t) = baseline − deployed + max(0, A(t) − A(t₀)). The report used the ack's fixed limit, so a
+backtest whose NSPIN award went 2.7 → 4.9 MW mid-deployment showed a 1.93 MW metered shortfall where
+the backtest summary (and the loop) measured 0.
+
+The trail is written by the real control loop into a real store (as ``test_report_ancillary``).
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from test_report_ancillary import NOW, PROFILE, QUARTER, _award, _prices
+
+from hashflex.control.limits_binding import BindingMixin
+from hashflex.control.loop import ControlLoop
+from hashflex.control.records import AuditRecorder
+from hashflex.control.solver import SolveRunner
+from hashflex.messages import ASAwardMessage, ASDeployMessage
+from hashflex.profile import parse_profile
+from hashflex.report import build_report
+from hashflex.report.deployment_limit import deployment_limit_kw
+from hashflex.sim.site import ReplayForecaster, SimulatedFleet
+from hashflex.store import Store
+
+
+class _Book(BindingMixin):
+    """Only what ``BindingMixin.deployment_limit_kw`` reads: the awards held."""
+
+    def __init__(self, awards: dict[str, dict]) -> None:
+        self.as_awards = awards
+
+
+def test_the_report_rule_equals_the_loop_rule_on_random_awards() -> None:
+    """The copied rule gives the loop's number, moment and interval, on 500 random cases."""
+    rng = random.Random(15)
+    base = datetime(2024, 5, 9, tzinfo=UTC)
+    for _ in range(500):
+        awards = {}
+        for i in range(rng.randint(0, 5)):
+            start = base + timedelta(minutes=15 * rng.randint(0, 16))
+            awards[f"a{i}"] = {"start": start.isoformat(),
+                               "end": (start + timedelta(minutes=15 * rng.randint(1, 12))).isoformat(),
+                               "reserve_kw": rng.choice([0.0, 100.0, 2700.0, rng.uniform(0, 5000)])}
+        issued = base + timedelta(seconds=rng.randint(0, 4 * 3600))
+        deployment = SimpleNamespace(issued_at=issued, limit_kw=rng.uniform(0, 20000))
+        start = issued + timedelta(seconds=rng.randint(0, 3 * 3600))
+        end = None if rng.random() < 0.5 else start + timedelta(minutes=15)
+        tuples = [(datetime.fromisoformat(a["start"]), datetime.fromisoformat(a["end"]), a["reserve_kw"])
+                  for a in awards.values()]
+        ours = deployment_limit_kw(deployment.limit_kw, issued, tuples, start, end)
+        assert ours == pytest.approx(_Book(awards).deployment_limit_kw(deployment, start, end), abs=1e-9)
+
+
+def test_metered_shortfall_uses_the_limit_that_rose_with_a_later_award(tmp_path: Path) -> None:
+    """RRS 4,950 kW awarded 16:00–20:00; RRS deploys 3,000 kW at 17:03: limit 5,050 − 3,000 =
+    2,050 kW. At 17:20 ECRS 2,000 kW is awarded for 17:30–20:00: from 17:30 the limit is 2,050 +
+    2,000 = 4,050 kW (the site must keep that load running to carry the new award).
+
+    Metered means: 17:15 2,000 kW, 17:30 4,000, 17:45 4,200 kW. Assessed (from the 17:13 deadline):
+    17:15 under 2,050; 17:30 under 4,050; 17:45 150 kW over. Shortfall = (0 + 0 + 150) / 3 = 50 kW =
+    0.05 MW (the fixed-limit report said (10,200 / 3 − 2,050) = 1,350 kW = 1.35 MW). Mean limit
+    (2,050 + 4,050 + 4,050) / 3 = 3,383.3 kW, equal to the loop's own rule per interval."""
+    profile = parse_profile(PROFILE, source="test")
+    db = tmp_path / "rise.db"
+    loads = [1882.0, 2000.0, 4000.0, 4200.0]
+    with Store(db) as store:
+        recorder = AuditRecorder(store)
+        loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, _prices()), driver=SimulatedFleet(profile),
+                           solver=SolveRunner(inline=True), store=store, recorder=recorder)
+        assert loop.handle_as_award(_award("RRS"), NOW).status == "accepted"
+        loop.tick(NOW)
+        at = NOW + timedelta(minutes=3)
+        deploy = ASDeployMessage(deployment_id="dep-1", product="RRS", issued_at=at, deployed_kw=3000.0,
+                                 issuer="qse-test")
+        assert loop.handle_as_deploy(deploy, at).status == "accepted"
+        later = NOW + timedelta(minutes=20)
+        ecrs = ASAwardMessage(award_id="ecrs-late", product="ECRS", start=NOW + timedelta(minutes=30),
+                              end=NOW + timedelta(hours=3), reserve_kw=2000.0, price_usd_mw_h=10.0, issuer="qse-test")
+        ack = loop.handle_as_award(ecrs, later)
+        assert ack.status == "accepted", ack.reason
+        for k, load_kw in enumerate(loads):
+            loop.record_measurement(NOW + k * QUARTER, 0.25, load_kw=load_kw, renewable_kw=0.0,
+                                    hashrate_th_s=0.0, noise={}, price_usd_mwh=200.0)
+        # The loop's own limit over each assessed interval (the one the plan and the guard use).
+        (deployment,) = loop.book.as_deployments.values()
+        loop_limits = [loop.book.deployment_limit_kw(deployment, NOW + k * QUARTER, NOW + (k + 1) * QUARTER)
+                       for k in (1, 2, 3)]
+        recorder.flush()
+        recorder.close()
+    assert loop_limits == pytest.approx([2050.0, 4050.0, 4050.0])
+    report = build_report(db, "2024-06-03T17:00Z", "2024-06-03T18:00Z")
+    (row,) = report["ancillary"]["deployments"]
+    assert row["limit_kw"] == 2050.0  # the ack's limit, at the instruction
+    assert row["metered_intervals"] == 3
+    assert row["metered_limit_kw"] == pytest.approx(sum(loop_limits) / 3, abs=0.05)
+    assert row["metered_shortfall_mw"] == pytest.approx(0.05, abs=1e-4)
+    assert row["metered_import_kw"] == pytest.approx(10200.0 / 3, abs=0.05)
+    # 17:00–17:15 averaged 1,882 kW, under 2,050 already: the first interval under its limit ends 17:15.
+    assert pd.Timestamp(row["metered_under_limit_by"]) == pd.Timestamp("2024-06-03T17:15Z")
