@@ -104,3 +104,32 @@ def test_metered_shortfall_uses_the_limit_that_rose_with_a_later_award(tmp_path:
     assert row["metered_import_kw"] == pytest.approx(10200.0 / 3, abs=0.05)
     # 17:00–17:15 averaged 1,882 kW, under 2,050 already: the first interval under its limit ends 17:15.
     assert pd.Timestamp(row["metered_under_limit_by"]) == pd.Timestamp("2024-06-03T17:15Z")
+
+
+def test_default_period_keeps_a_late_deployment_issued_before_the_first_measurement(tmp_path: Path) -> None:
+    """Newcomer finding 3: without --from/--to the report covers the whole trail (README), but it
+    began at the first measurement, so a deployment issued 15 min before it and arriving late was
+    dropped (late_arrival_count 0). RRS 3,000 kW issued 16:45, received 17:00 (deadline 16:55)."""
+    profile = parse_profile(PROFILE, source="test")
+    db = tmp_path / "late.db"
+    with Store(db) as store:
+        recorder = AuditRecorder(store)
+        loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, _prices()), driver=SimulatedFleet(profile),
+                           solver=SolveRunner(inline=True), store=store, recorder=recorder)
+        assert loop.handle_as_award(_award("RRS"), NOW).status == "accepted"
+        loop.tick(NOW)
+        late = ASDeployMessage(deployment_id="dep-late", product="RRS", issued_at=NOW - QUARTER,
+                               deployed_kw=3000.0, issuer="qse-test")
+        ack = loop.handle_as_deploy(late, NOW)
+        assert ack.status == "accepted" and ack.late is True, ack.reason
+        for k in range(2):
+            loop.record_measurement(NOW + k * QUARTER, 0.25, load_kw=1000.0, renewable_kw=0.0,
+                                    hashrate_th_s=0.0, noise={}, price_usd_mwh=200.0)
+        recorder.flush()
+        recorder.close()
+    report = build_report(db)  # the whole trail
+    assert pd.Timestamp(report["report"]["period_start"]) == pd.Timestamp("2024-06-03T16:45Z")
+    assert pd.Timestamp(report["report"]["period_end"]) == pd.Timestamp("2024-06-03T17:30Z")
+    section = report["ancillary"]
+    assert [r["deployment_id"] for r in section["deployments"]] == ["dep-late"]
+    assert section["late_arrival_count"] == 1

@@ -198,7 +198,9 @@ def interval_rows(m: pd.DataFrame, inputs: F.ReportInputs, *, simulated: bool) -
 
 
 def trail_period(records: list[Any]) -> tuple[pd.Timestamp, pd.Timestamp] | None:
-    """[first measured interval start, last measured interval end) of the trail (UTC); without
+    """[first measured interval start, last measured interval end) of the trail (UTC), widened to
+    every AS deployment's instruction time (``as_deploy`` ``message.issued_at``; the report lists a
+    deployment by it, and a late one is issued before the site first measured: issue 15); without
     measurements, [first record, last record + 1 µs); None for an empty trail.
 
     Parameters
@@ -221,6 +223,15 @@ def trail_period(records: list[Any]) -> tuple[pd.Timestamp, pd.Timestamp] | None
         if not stamps:
             return None
         return min(stamps), max(stamps) + pd.Timedelta(microseconds=1)
+    for rec in records:
+        message = rec.payload.get("message") if rec.kind == "as_deploy" else None
+        if isinstance(message, dict) and message.get("issued_at") and not message.get("recalled"):
+            try:
+                issued = pd.Timestamp(message["issued_at"]).tz_convert("UTC")
+            except (TypeError, ValueError):  # a malformed message was recorded as received; it has no period
+                continue
+            starts.append(issued)
+            ends.append(issued + pd.Timedelta(microseconds=1))
     return min(starts), max(ends)
 
 
