@@ -168,8 +168,14 @@ import pandas as pd
 from hashflex.backtest.runner import SnapshotForecaster, build_actuals, load_prices
 from hashflex.data import bundled_path
 from hashflex.feeds.hashprice import bundled_hashprice
-from hashflex.forecast import Snapshot, build_forecast
+from hashflex.forecast import ForecastConfig, Snapshot, build_forecast
 from hashflex.profile import SiteProfile, load_profile
+
+# The scarcity floor's rule changed on purpose since the baseline (6c78048: the lower of the recent mean
+# and the last price); this compares the restructured code, so the current tree runs the old rule.
+OLD_RULE = ({"scarcity_floor_follows_last": False}
+            if "scarcity_floor_follows_last" in ForecastConfig.__dataclass_fields__ else {})
+CONFIG = ForecastConfig(**OLD_RULE)
 
 
 def flat(forecast):
@@ -189,7 +195,7 @@ for name, every in (("west_texas", 1), ("panhandle_120mw", 12)):  # every tick o
     profile = load_profile(name)
     prices = load_prices(profile, [bundled_path("ercot/RTM-2020-02.csv")])
     actuals = build_actuals(profile, prices, "2020-02-10", "2020-02-11", hashprice=bundled_hashprice())
-    forecaster = SnapshotForecaster(profile, actuals)
+    forecaster = SnapshotForecaster(profile, actuals, config=CONFIG)
     T = int(profile.site.horizon_hours * 60 / profile.site.interval_minutes)
     for stamp in actuals.index[::every]:
         results.append(flat(forecaster(stamp.to_pydatetime(), stamp, T)))
@@ -246,9 +252,9 @@ dr = pd.DataFrame({"interval_start": pd.to_datetime(["2020-02-10T18:00Z", "2020-
 snapshot = Snapshot(prices=prices, renewable_observations=obs, renewable_forecasts=forecasts, noise=noise,
                     carbon=carbon, fuelmix_intensity=mix, hashprice=hashprice, dr_limits=dr)
 for now in pd.date_range("2020-02-10T05:07Z", "2020-02-11T05:07Z", freq="97min"):
-    results.append(flat(build_forecast(profile, snapshot, now, now.ceil("15min"), 96)))
+    results.append(flat(build_forecast(profile, snapshot, now, now.ceil("15min"), 96, config=CONFIG)))
 results.append(flat(build_forecast(profile, Snapshot(), pd.Timestamp("2020-02-10T12:00Z"),
-                                   pd.Timestamp("2020-02-10T12:00Z"), 8)))  # nothing known at all
+                                   pd.Timestamp("2020-02-10T12:00Z"), 8, config=CONFIG)))  # nothing known at all
 pickle.dump(results, sys.stdout.buffer)
 """
 

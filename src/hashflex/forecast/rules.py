@@ -205,11 +205,12 @@ def _scarcity_floor(rt: _PriceRows, da: _PriceRows, now: pd.Timestamp, times: pd
     price[raise_to] = floor
     for k in np.flatnonzero(raise_to):
         source[k] = f"{source[k]} + scarcity floor"
-    what = ("the lower of the recent real-time mean and the last real-time price" if cfg.scarcity_floor_follows_last
+    # The old rule keeps its old wording to the letter (tests/test_backtest_speed.py compares with that code).
+    what = ("the lower of the recent real-time mean and the last real-time price," if cfg.scarcity_floor_follows_last
             else "the recent real-time mean")
     fallbacks.append(Fallback(FallbackCode.PRICE_SCARCITY,
                               f"price: scarcity regime ({state.reason}); the next {cfg.scarcity_hold_h:g} h planned at "
-                              f"no less than {what}, {floor:,.0f} $/MWh"))
+                              f"no less than {what} {floor:,.0f} $/MWh"))
 
 
 def _blend_rt(rt: _PriceRows, now: pd.Timestamp, times: pd.DatetimeIndex, cfg: ForecastConfig,
