@@ -94,6 +94,10 @@ class ASDeployment:
         reconciles after a restart only what it sent.
     recalled : bool
         Ended by a recall (``end`` is the recall's time) rather than by its sustain duration.
+    received_at : datetime or None
+        When it arrived (None: a book written before this field). A deployment dated ahead of its
+        arrival (inside the clock-skew window) binds from its arrival: safety first (issue 15,
+        newcomer finding 8); its deadline and response are still measured from ``issued_at``.
     """
 
     deployment_id: str
@@ -109,6 +113,12 @@ class ASDeployment:
     amended_at: datetime | None = None
     via: str | None = None
     recalled: bool = False
+    received_at: datetime | None = None
+
+    @property
+    def binds_from(self) -> datetime:
+        """When its limit binds: min(``issued_at``, ``received_at``)."""
+        return self.issued_at if self.received_at is None else min(self.issued_at, self.received_at)
 
     @property
     def source(self) -> str:
@@ -124,8 +134,8 @@ class ASDeployment:
         moment it binds until the recall.
         """
         if self.recalled and end is not None and end > start:
-            return self.issued_at < end and self.end >= end
-        return in_force(self.issued_at, self.end, start, end)
+            return self.binds_from < end and self.end >= end
+        return in_force(self.binds_from, self.end, start, end)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form (times ISO 8601), read back by :meth:`from_json`."""
@@ -134,7 +144,8 @@ class ASDeployment:
                 "baseline_kw": self.baseline_kw, "limit_kw": self.limit_kw,
                 "deadline": self.deadline.isoformat(), "end": self.end.isoformat(), "revision": self.revision,
                 "amended_at": None if self.amended_at is None else self.amended_at.isoformat(), "via": self.via,
-                "recalled": self.recalled}
+                "recalled": self.recalled,
+                "received_at": None if self.received_at is None else self.received_at.isoformat()}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ASDeployment:
@@ -143,8 +154,8 @@ class ASDeployment:
         Parameters
         ----------
         data : dict
-            Every field of :meth:`to_json` (``revision``, ``amended_at`` and ``via`` may be absent:
-            a book written before amendments).
+            Every field of :meth:`to_json` (``revision``, ``amended_at``, ``via`` and
+            ``received_at`` may be absent: a book written before them).
 
         Returns
         -------
@@ -163,7 +174,8 @@ class ASDeployment:
                    float(data["deployed_kw"]), float(data["baseline_kw"]), float(data["limit_kw"]),
                    datetime.fromisoformat(data["deadline"]), datetime.fromisoformat(data["end"]),
                    int(data.get("revision", 0)), None if amended_at is None else datetime.fromisoformat(amended_at),
-                   data.get("via"), bool(data.get("recalled", False)))
+                   data.get("via"), bool(data.get("recalled", False)),
+                   None if data.get("received_at") is None else datetime.fromisoformat(data["received_at"]))
 
 
 def _allocate(profile: SiteProfile, obligations_kw: Mapping[str, float],
@@ -430,13 +442,19 @@ def deploy_refusal(profile: SiteProfile, msg: ASDeployMessage) -> str | None:
     Returns
     -------
     str or None
-        The refusal, naming the field; None when the message is acceptable.
+        The refusal, naming the field; None when the message is acceptable. ``deployed_kw`` 0 (not
+        a recall) is refused: it sheds nothing yet would freeze the site at its load for the whole
+        sustain duration (newcomer finding 9); a QSE ends a deployment with its recall.
     """
+    if not msg.recalled and msg.deployed_kw <= 0:
+        return (f"deployed_kw: {msg.deployed_kw:g} kW sheds nothing; > 0 required "
+                "(to end a deployment, send its recall)")
     return _issuer_refusal(profile, msg.issuer, msg.product)
 
 
-def deployment_from(msg: ASDeployMessage, baseline_kw: float, via: str | None = None) -> ASDeployment:
-    """The deployment a (not recalled) message sets, from the modelled import ``baseline_kw`` now.
+def deployment_from(msg: ASDeployMessage, baseline_kw: float, via: str | None = None,
+                    received_at: datetime | None = None) -> ASDeployment:
+    """The deployment a (not recalled) message sets, from the import ``baseline_kw`` now.
 
     Parameters
     ----------
@@ -446,6 +464,8 @@ def deployment_from(msg: ASDeployMessage, baseline_kw: float, via: str | None = 
         The site's modelled import when it arrived, kW (the import net of on-site renewables).
     via : str, optional
         The path it came by (``"openadr"``); kept with the deployment.
+    received_at : datetime, optional
+        When it arrived: it binds from min(``issued_at``, ``received_at``).
 
     Returns
     -------
@@ -460,4 +480,5 @@ def deployment_from(msg: ASDeployMessage, baseline_kw: float, via: str | None = 
         limit_kw=max(float(baseline_kw) - float(msg.deployed_kw), 0.0),
         deadline=msg.issued_at + timedelta(seconds=float(rules["deadline_s"])),
         end=msg.issued_at + timedelta(hours=float(rules["sustain_h"])), revision=msg.revision, via=via,
+        received_at=received_at,
     )

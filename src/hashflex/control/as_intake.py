@@ -223,6 +223,13 @@ class AncillaryIntakeMixin:
             self.book.adopt(trial)
         counter = "as_accepted" if ack.status == "accepted" else "as_rejected"
         self.counters[counter] = self.counters.get(counter, 0) + 1
+        if ack.status != "accepted" and not (ack.reason or "").startswith(STORE_UNAVAILABLE):
+            # A refusal by the book (wrong issuer, above qualification, already ended, deployed_kw 0)
+            # is a bad input too: counted with the input rejections (hashflex_input_rejections_total)
+            # by the field its reason names (newcomer finding 12), as out-of-bounds commands are.
+            field = (ack.reason or "refused").split(":", 1)[0].strip() or "refused"
+            by_rule = self.command_rejections.setdefault(message.kind, {})
+            by_rule[field] = by_rule.get(field, 0) + 1
         if ack.status != "accepted" and (ack.reason or "").endswith(STALE):
             self.counters["as_stale"] = self.counters.get("as_stale", 0) + 1
             log.warning("AS %s %s refused: %s", message.kind, message.key, ack.reason)
@@ -355,7 +362,7 @@ class AncillaryIntakeMixin:
                     key = f"AS:{message.deployment_id}"
                     previous = self.book.holds.get(key)
                     if previous is None or limit < previous.limit_kw:  # a hold only ever tightens
-                        self.book.holds[key] = Hold(key, limit, message.issued_at, end)
+                        self.book.holds[key] = Hold(key, limit, min(message.issued_at, now), end)
                 self._cut_to_limit_now(now, f"AS {message.product} deployment {message.deployment_id}")
                 after = self.guard.net_import_kw(self.fleet.as_setpoints(now, self.expiry_s),
                                                  self.measurements.auxiliary_kw, renewable_kw)

@@ -164,7 +164,7 @@ class AncillaryBookMixin:
                               f"{msg.deployed_kw:.0f} kW (was {held.deployed_kw:.0f}) from {held.baseline_kw:.0f} kW "
                               f"to {deployment.limit_kw:.0f} kW by {deployment.deadline.isoformat()}")
             else:
-                deployment = deployment_from(msg, baseline_kw, via)
+                deployment = deployment_from(msg, baseline_kw, via, received_at=now)
                 trial.as_deployments[msg.deployment_id] = deployment
                 reason = (f"accepted: {msg.product} shed {msg.deployed_kw:.0f} kW from {baseline_kw:.0f} kW "
                           f"({baseline_source}) to "
