@@ -133,3 +133,34 @@ def test_default_period_keeps_a_late_deployment_issued_before_the_first_measurem
     section = report["ancillary"]
     assert [r["deployment_id"] for r in section["deployments"]] == ["dep-late"]
     assert section["late_arrival_count"] == 1
+
+
+def test_a_withdrawn_award_is_paid_for_the_time_it_was_held(tmp_path: Path) -> None:
+    """Newcomer finding 5: a live award (RRS 4,950 kW at $150/MW-h, 16:00–20:00) withdrawn at
+    18:00 by revision 1 (0 kW, 18:00–20:00, no price) showed reserve_payment_usd 0 while the hold
+    shortfall of the same award was charged: the report paid only the latest revision. Report
+    17:00–18:30: revision 0 held 17:00–18:00 (until revision 1 was recorded): 4.95 × 150 × 1 h =
+    $742.50; the clawback is the loop's reserve_hold_short records at the same award's price."""
+    profile = parse_profile(PROFILE, source="test")
+    db = tmp_path / "withdrawn.db"
+    with Store(db) as store:
+        recorder = AuditRecorder(store)
+        loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, _prices()), driver=SimulatedFleet(profile),
+                           solver=SolveRunner(inline=True), store=store, recorder=recorder)
+        award = _award("RRS")
+        assert loop.handle_as_award(award, NOW).status == "accepted"
+        loop.tick(NOW)
+        for k in range(4):
+            loop.record_measurement(NOW + k * QUARTER, 0.25, load_kw=5050.0, renewable_kw=0.0,
+                                    hashrate_th_s=0.0, noise={}, price_usd_mwh=200.0)
+        withdraw = award.model_copy(update={"revision": 1, "reserve_kw": 0.0, "price_usd_mw_h": None,
+                                            "start": NOW + timedelta(hours=1)})
+        ack = loop.handle_as_award(withdraw, NOW + timedelta(hours=1))
+        assert ack.status == "accepted", ack.reason
+        loop.record_measurement(NOW + 4 * QUARTER, 0.25, load_kw=5050.0, renewable_kw=0.0,
+                                hashrate_th_s=0.0, noise={}, price_usd_mwh=200.0)
+        recorder.flush()
+        recorder.close()
+    economics = build_report(db, "2024-06-03T17:00Z", "2024-06-03T18:30Z")["economics"]
+    assert economics["reserve_payment_usd"] == pytest.approx(742.5, abs=0.01)
+    assert economics["reserve_revenue_usd"] == pytest.approx(742.5 - economics["reserve_clawback_usd"], abs=0.01)

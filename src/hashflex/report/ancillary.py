@@ -46,10 +46,13 @@ Figures, per deployment issued in the report period (units in the key names):
   full); ``award_obligation_mw`` the deployment's MW less that, ``award_shortfall_mw`` what the
   commanded import is over baseline − that obligation (null on a trail written before these flags).
 
-Money (:func:`reserve_money`, in the ``economics`` section): ``reserve_payment_usd`` = Σ over the
-accepted awards (the latest accepted revision of each ``award_id``) of ``reserve_kw`` / 1000 × the
-award's ``price_usd_mw_h`` × the hours of the award inside the report period (ERCOT pays a DAM AS
-award at its MCPC per MW per hour, NP4-181-ER); ``reserve_clawback_usd`` = Σ over the
+Money (:func:`reserve_money`, in the ``economics`` section): ``reserve_payment_usd`` = Σ over every
+accepted revision of every award of ``reserve_kw`` / 1000 × its ``price_usd_mw_h`` × the hours of its
+window inside the report period and before the next accepted revision of the same ``award_id`` was
+recorded (the loop held each revision until the next replaced it; a withdrawal, ``reserve_kw`` 0,
+ends the payment but not what was in force before it: issue 15, a live award withdrawn at 06:00 was
+paid $0 for 05:00–06:00 while its hold shortfall then was charged). ERCOT pays a DAM AS award at its
+MCPC per MW per hour, NP4-181-ER; ``reserve_clawback_usd`` = Σ over the
 ``reserve_hold_short`` records of intervals starting in the period (the latest per interval and
 product) of :func:`hashflex.control.ancillary.reserve_clawback_usd` (``short_kw`` / 1000 × the
 awards' ``price_usd_mw_h`` × ``interval_h``): reserve awarded and not held by running, sheddable,
@@ -279,14 +282,19 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
     }
 
 
-def _latest_accepted_awards(awards: list[dict[str, Any]], before_seq: int | None = None) -> list[dict[str, Any]]:
-    """The latest accepted revision of each award id (records before ``before_seq`` when given)."""
-    latest: dict[str, dict[str, Any]] = {}
+def _award_revisions(awards: list[dict[str, Any]]) -> list[tuple[dict[str, Any], pd.Timestamp | None]]:
+    """Every accepted revision of every award, with the time the next accepted revision of the same
+    ``award_id`` was recorded (None for the latest): the loop's book held a revision, over its window,
+    until the next one replaced it (a withdrawal is a revision with ``reserve_kw`` 0)."""
+    revisions: dict[str, list[tuple[dict[str, Any], pd.Timestamp]]] = {}
     for record in sorted(awards, key=lambda r: r["seq"]):
         message = record["message"]
-        if (before_seq is None or record["seq"] < before_seq) and _accepted(record) and message.get("award_id"):
-            latest[message["award_id"]] = message
-    return list(latest.values())
+        if _accepted(record) and message.get("award_id"):
+            revisions.setdefault(str(message["award_id"]), []).append((message, record["at"]))
+    out: list[tuple[dict[str, Any], pd.Timestamp | None]] = []
+    for held in revisions.values():
+        out += [(message, held[i + 1][1] if i + 1 < len(held) else None) for i, (message, _) in enumerate(held)]
+    return out
 
 
 def reserve_money(inputs: ReportInputs, period_start: pd.Timestamp, period_end: pd.Timestamp,
@@ -310,11 +318,13 @@ def reserve_money(inputs: ReportInputs, period_start: pd.Timestamp, period_end: 
         awards).
     """
     payment = 0.0
-    for message in _latest_accepted_awards(inputs.as_awards):
+    for message, superseded in _award_revisions(inputs.as_awards):
         start, end = _stamp(message.get("start")), _stamp(message.get("end"))
         price = message.get("price_usd_mw_h")
         if start is None or end is None or price is None:
             continue
+        if superseded is not None:
+            end = min(end, superseded)
         hours = (min(end, period_end) - max(start, period_start)).total_seconds() / 3600.0
         if hours > 0:
             payment += float(message.get("reserve_kw") or 0.0) / 1000.0 * float(price) * hours
