@@ -45,6 +45,9 @@ from hashflex.messages import (
 )
 
 log = logging.getLogger(__name__)
+# Share of the fleet's miners that must have reported telemetry before their sum stands in for a site
+# meter as an AS deployment's baseline (issue 15).
+_TELEMETRY_BASELINE_COVERAGE = 0.95
 
 
 def _json_field(text: str, name: str) -> str | None:
@@ -91,7 +94,12 @@ class FastPathMixin:
                         renewable = self.measurements.renewable_kw or 0.0
                         telemetry_import_kw = max(sum(self.telemetry_kw.values()) - renewable, 0.0)
                         self._sample_meter(telemetry_import_kw, message.timestamp, "telemetry", now)
-                        self.note_measured_import(telemetry_import_kw, message.timestamp, "miner telemetry")
+                        # An AS deployment's baseline only once nearly every miner has reported, and with
+                        # the auxiliary load no miner reports: a partial sum (after a restart) or one
+                        # without the auxiliary kW would set the baseline too low and over-curtail.
+                        if len(self.telemetry_kw) >= _TELEMETRY_BASELINE_COVERAGE * len(self.fleet):
+                            self.note_measured_import(telemetry_import_kw + (self.measurements.auxiliary_kw or 0.0),
+                                                      message.timestamp, "miner telemetry")
                 if self.meter is not None:
                     self.meter.telemetry(message.miner_id, message.power_kw, message.hashrate_th_s)
                 if message.miner_id in self.fleet.miners:  # fleet health (issue 17): findings, alerts, derates
