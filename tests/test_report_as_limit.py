@@ -164,3 +164,19 @@ def test_a_withdrawn_award_is_paid_for_the_time_it_was_held(tmp_path: Path) -> N
     economics = build_report(db, "2024-06-03T17:00Z", "2024-06-03T18:30Z")["economics"]
     assert economics["reserve_payment_usd"] == pytest.approx(742.5, abs=0.01)
     assert economics["reserve_revenue_usd"] == pytest.approx(742.5 - economics["reserve_clawback_usd"], abs=0.01)
+
+
+def test_the_page_says_how_profit_and_curtailment_hours_differ_from_the_backtest_summary(tmp_path: Path) -> None:
+    """Newcomer finding 7: report profit ≠ summary profit by the start cost, and curtailment_hours
+    (19.0) ≠ the summary's curtailed_hours (10.57), neither labelled. The page now says both."""
+    from test_report_ancillary import _report, _trail
+
+    from hashflex.report.render import to_html
+
+    db = tmp_path / "rrs.db"
+    _trail(db, "RRS", 5000.0, [1090.0, 100.0, 100.0, 100.0])
+    page = to_html(_report(db))
+    assert "start costs not subtracted" in page
+    assert "curtailed_hours weighs each interval by the share of units asleep" in page
+    assert "Reserve charged back (awarded reserve not held)" in page
+    assert "for deployment shortfalls" not in page  # the stale label

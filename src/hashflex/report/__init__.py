@@ -49,9 +49,12 @@ $ 0.01, kW 0.1, % 0.1).
   [{``day``, ``cause``, ``mwh``, ``hours``}], ``total_mwh``, ``total_hours``,
   ``intervals_without_full_load`` (:mod:`hashflex.report.curtailment`).
 - ``economics``: ``revenue_usd``, ``energy_cost_usd``, ``reserve_payment_usd``, ``reserve_clawback_usd``,
-  ``reserve_revenue_usd`` (AS awards at their price, less metered deployment shortfalls:
+  ``reserve_revenue_usd`` (AS awards at their price, less the clawback of reserve awarded and not
+  held; a deployment's metered shortfall is reported, not charged:
   :func:`hashflex.report.ancillary.reserve_money`), ``profit_usd`` (revenue − energy cost + reserve
-  revenue), ``average_energy_cost_usd_per_mwh``, ``curtailment_hours``, ``curtailed_mwh``.
+  revenue; start costs are not subtracted, unlike a backtest summary's profit), ``average_energy_cost_usd_per_mwh``,
+  ``curtailment_hours`` (hours of intervals with any curtailment, not the summary's full-site
+  ``curtailed_hours``), ``curtailed_mwh``.
 - ``hourly``: per UTC hour: energy, ``location_kg``, ``location_kg_per_mwh``,
   ``intensity_source``, hashing, money, ``price_usd_mwh``.
 - ``intervals``: per measured interval (:func:`interval_rows`; exported by

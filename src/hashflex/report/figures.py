@@ -383,7 +383,11 @@ def economics_figures(m: pd.DataFrame, reserve: Mapping[str, Any] | None = None)
     Returns
     -------
     dict
-        ``profit_usd`` = revenue − energy cost + ``reserve_revenue_usd``.
+        ``profit_usd`` = revenue − energy cost + ``reserve_revenue_usd`` (miner start costs are NOT
+        subtracted: the trail does not record them; a backtest summary's ``profit_usd`` subtracts its
+        ``start_cost_usd``, so the two differ by it); ``curtailment_hours`` = hours of intervals with
+        any curtailment above 1 % of full load (a backtest summary's ``curtailed_hours`` weighs each
+        interval by the share of units asleep: full-site hours, smaller).
     """
     h = m["interval_h"]
     curtailed = (m["full_load_kw"] - m["load_kw"]).clip(lower=0.0)

@@ -69,12 +69,12 @@ LABELS = {
     "intervals_without_full_load": "Intervals without a recorded full-load figure",
     "revenue_usd": "Mining revenue",
     "energy_cost_usd": "Electricity cost",
-    "profit_usd": "Profit (revenue − electricity cost + net reserve payment)",
+    "profit_usd": "Profit (revenue − electricity cost + net reserve payment; start costs not subtracted)",
     "reserve_payment_usd": "Reserve (ancillary service) awards paid",
-    "reserve_clawback_usd": "Reserve charged back for deployment shortfalls",
+    "reserve_clawback_usd": "Reserve charged back (awarded reserve not held)",
     "reserve_revenue_usd": "Net reserve payment",
     "average_energy_cost_usd_per_mwh": "Average electricity cost",
-    "curtailment_hours": "Hours with mining curtailed",
+    "curtailment_hours": "Hours with any mining curtailed (> 1 % of full load)",
     "hour_start": "Hour starting",
     "interval_start": "Interval starting",
     "cap_dba": "Limit in force",
@@ -217,8 +217,15 @@ DEFINITIONS = [
      "product, the reduction the fast path commanded (modelled import before, less the import the new setpoints "
      "leave) and any shortfall (idle draw and auxiliaries cannot be shed), how long after the instruction the cut "
      "was commanded against the product's deadline (RRS and ECRS 10 minutes, Non-Spin 30), and the metered import "
-     "of the intervals after the deadline. The metered time under the limit is an upper bound: the trail holds one "
-     "mean per control interval."),
+     "of the intervals after the deadline, each against the limit in force then (it rises with reserve awarded "
+     "after the instruction, as the controller enforces it). The metered time under the limit is an upper bound: "
+     "the trail holds one mean per control interval."),
+    ("Economics and the backtest summary", "Profit here is mining revenue − electricity cost + net reserve "
+     "payment as recorded; it does not subtract miner start costs, which a backtest summary's profit_usd does "
+     "(start_cost_usd there). Hours with any mining curtailed count whole intervals in which load was more than "
+     "1 % below full load; a backtest summary's curtailed_hours weighs each interval by the share of units "
+     "asleep (full-site hours), so it is smaller. The reserve charge-back is awarded reserve not held by "
+     "running, shed-able load; a deployment's metered shortfall is reported per deployment, not charged."),
     ("Curtailment by cause", "Energy not used (full load − load) in intervals run below full load, by the "
      "reason the plan gave for that interval, or the guard's fast-path action that cut inside it."),
     ("Time", "Times on this page are the site's local time with its offset from UTC; the JSON and CSV exports "
