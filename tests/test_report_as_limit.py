@@ -9,6 +9,7 @@ The trail is written by the real control loop into a real store (as ``test_repor
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -180,3 +181,34 @@ def test_the_page_says_how_profit_and_curtailment_hours_differ_from_the_backtest
     assert "curtailed_hours weighs each interval by the share of units asleep" in page
     assert "Reserve charged back (awarded reserve not held)" in page
     assert "for deployment shortfalls" not in page  # the stale label
+
+
+def test_on_a_backtest_db_the_report_shortfall_equals_the_backtest(tmp_path: Path) -> None:
+    """The newcomer's case (finding 2): ``hashflex backtest --profile west_texas --ancillary example
+    --policy mpc+as`` over 2024-05-08 (real bundled prices; SYNTHETIC deployments), then the report
+    of its backtest.db. The report said metered_shortfall_mw 1.93 for SYN-NSPIN-20240509T0015, the
+    summary 0.0 (the NSPIN award rose 2.7 → 4.9 MW at 01:00 UTC and the limit with it). Per
+    deployment the report's metered shortfall must equal the backtest's per-interval
+    ``as_deployment_short_kw`` over the same assessed intervals (h-weighted), and be 0 where the
+    summary's measured shortfall is 0. Takes about 1.5 min (one simulated day through the loop)."""
+    from hashflex.backtest.cli import main as backtest_main
+
+    out = tmp_path / "bt"
+    assert backtest_main(["backtest", "--profile", "west_texas", "--ancillary", "example", "--policy", "mpc+as",
+                          "--from", "2024-05-08", "--to", "2024-05-08", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())["policies"]["mpc+as"]
+    frame = pd.read_csv(out / "intervals_mpc+as.csv", parse_dates=["interval_start"])
+    frame["interval_start"] = pd.to_datetime(frame["interval_start"], utc=True)
+    rows = {r["deployment_id"]: r for r in build_report(out / "backtest.db")["ancillary"]["deployments"]}
+    assert summary["as_deployments"], "the seeded SYNTHETIC draws put a deployment in this day"
+    for deployment in summary["as_deployments"]:
+        row = rows[deployment["deployment_id"]]
+        deadline = pd.Timestamp(row["deadline"])
+        until = pd.Timestamp(deployment["ended_at"]) if deployment.get("ended_at") else None
+        inside = frame[(frame["interval_start"] >= deadline)
+                       & ((frame["interval_start"] < until) if until is not None else True)]
+        expected_kw = float((inside["as_deployment_short_kw"] * inside["duration_h"]).sum()
+                            / inside["duration_h"].sum())
+        assert row["metered_shortfall_mw"] == pytest.approx(expected_kw / 1000.0, abs=1e-3)
+        if deployment["measured_shortfall_kw"] == 0.0:
+            assert row["metered_shortfall_mw"] == 0.0
