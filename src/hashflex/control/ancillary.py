@@ -24,7 +24,7 @@ ack says so), never for a product the site is not qualified for.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,7 +34,7 @@ from hashflex.messages import ASAwardMessage, ASDeployMessage
 from hashflex.profile import AS_PRODUCT_RULES, SiteProfile
 
 __all__ = ["STALE", "ASDeployment", "amended_deployment", "amendment_refusal", "as_source", "award_refusal",
-           "deploy_refusal", "deployment_from", "reserve_clawback_usd", "reserve_hold_shortfalls", "reserve_keep_kw",
+           "awarded_kw", "deploy_refusal", "deployment_from", "deployment_limit_kw", "reserve_clawback_usd", "reserve_hold_shortfalls", "reserve_keep_kw",
            "revision_refusal"]
 
 STALE = "(stale)"  # the end of a refusal for an older revision (counted by the loop as ``as_stale``)
@@ -482,3 +482,60 @@ def deployment_from(msg: ASDeployMessage, baseline_kw: float, via: str | None = 
         end=msg.issued_at + timedelta(hours=float(rules["sustain_h"])), revision=msg.revision, via=via,
         received_at=received_at,
     )
+
+
+def awarded_kw(awards: Iterable[tuple[datetime, datetime, float]], start: datetime,
+               end: datetime | None = None) -> float:
+    """Reserve awarded over all products in force at ``start`` (``end`` None) or overlapping
+    ``[start, end)``, kW.
+
+    Parameters
+    ----------
+    awards : iterable of (start, end, reserve_kw)
+        Each award's window (timezone-aware, half-open) and its reserve, kW.
+    start : datetime
+        The moment, or the interval's start; timezone-aware.
+    end : datetime, optional
+        The interval's end (None: the moment ``start``).
+
+    Returns
+    -------
+    float
+        Σ reserve_kw of the awards in force, kW.
+    """
+    total = 0.0
+    for a_start, a_end, reserve_kw in awards:
+        if (a_start <= start < a_end) if end is None else (a_start < end and a_end > start):
+            total += float(reserve_kw)
+    return total
+
+
+def deployment_limit_kw(limit_kw: float, issued_at: datetime, awards: Sequence[tuple[datetime, datetime, float]],
+                        start: datetime, end: datetime | None = None) -> float:
+    """The import limit an AS deployment sets at ``start`` (or over ``[start, end)``), kW: the one rule the
+    limits book (`LimitsBook.deployment_limit_kw`), the guard, the backtest and the report use.
+
+    ``limit(t) = limit_kw + max(0, A(t) − A(t₀))``, A the reserve awarded over all products in force (the
+    largest over the interval), t₀ the instruction. A Load Resource awarded more reserve while deployed
+    must keep that load running and shed-able (Nodal Protocols §3.18, §8.1.1.2): a fixed limit would
+    force the plan to drop the new award (2.9 MW·h of 2024-05-08's shortfall). At the instruction the
+    rise is 0, so the fast path's cut is the deployed MW.
+
+    Parameters
+    ----------
+    limit_kw : float
+        The limit at the instruction (baseline − deployed), kW.
+    issued_at : datetime
+        The instruction time t₀, timezone-aware.
+    awards : sequence of (start, end, reserve_kw)
+        The awards known (all products; a withdrawn award has reserve_kw 0).
+    start, end : datetime
+        The moment (``end`` None) or the interval, timezone-aware.
+
+    Returns
+    -------
+    float
+        ``limit_kw + max(0, A(start[, end]) − A(issued_at))``, kW.
+    """
+    rise = awarded_kw(awards, start, end) - awarded_kw(awards, issued_at)
+    return float(limit_kw) + max(rise, 0.0)

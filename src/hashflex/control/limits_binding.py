@@ -14,13 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hashflex.optimize.problem import four_cp_limits_kw
+from hashflex.control.ancillary import deployment_limit_kw
 from hashflex.control.limits_values import ManagerLimit, limits_source
-
-
-
-
-
+from hashflex.optimize.problem import four_cp_limits_kw
 
 
 class BindingMixin:
@@ -154,18 +150,9 @@ class BindingMixin:
         float
             The limit, kW.
         """
-        rise = self._awarded_kw(start, end) - self._awarded_kw(deployment.issued_at)
-        return deployment.limit_kw + max(rise, 0.0)
-
-    def _awarded_kw(self, start: datetime, end: datetime | None = None) -> float:
-        """Reserve awarded over all products in force at ``start`` (``end`` None) or overlapping
-        ``[start, end)``, kW."""
-        total = 0.0
-        for award in self.as_awards.values():
-            a_start, a_end = datetime.fromisoformat(award["start"]), datetime.fromisoformat(award["end"])
-            if (a_start <= start < a_end) if end is None else (a_start < end and a_end > start):
-                total += float(award["reserve_kw"])
-        return total
+        awards = [(datetime.fromisoformat(a["start"]), datetime.fromisoformat(a["end"]), float(a["reserve_kw"]))
+                  for a in self.as_awards.values()]
+        return deployment_limit_kw(deployment.limit_kw, deployment.issued_at, awards, start, end)
 
     def noise_caps_over(self, interval_start: pd.DatetimeIndex, interval: timedelta) -> dict[str, np.ndarray]:
         """Receptor id → per interval the lowest override cap whose window overlaps the interval (inf
