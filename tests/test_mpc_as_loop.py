@@ -235,3 +235,15 @@ def test_as_options_without_mpc_as_are_said_to_be_ignored(tmp_path, capsys) -> N
     assert "--offer-rule applies to mpc+as only: ignored" in printed
     assert "--as-mode applies to mpc+as only: ignored" in printed
     assert "backtest.db holds the audit trail of the mpc run" in printed
+
+
+def test_an_offer_rule_with_the_real_time_mode_is_said_to_be_ignored(tmp_path, capsys) -> None:
+    """Newcomer finding: `--as-mode real-time --offer-rule rt-risk` gave the same run as without the rule,
+    and said nothing (the offer rule prices day-ahead offers only)."""
+    args = ["backtest", "--profile", "west_texas", "--ancillary", "example", "--policy", "mpc+as",
+            "--from", "2024-05-08T00:00-05:00", "--to", "2024-05-08T01:00-05:00", "--as-mode", "real-time",
+            "--replan-minutes", "60", "--hashprice", "profile", "--quiet"]
+    assert backtest_main(args + ["--offer-rule", "rt-risk", "--out", str(tmp_path / "rt")]) == 0
+    assert "offer rule rt-risk ignored" in capsys.readouterr().out
+    assert backtest_main(args + ["--out", str(tmp_path / "none")]) == 0
+    assert "ignored" not in capsys.readouterr().out

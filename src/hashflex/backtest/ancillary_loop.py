@@ -290,6 +290,9 @@ class ASParticipant:
         self.notes: list[str] = [SYNTHETIC_LABEL, da_note if mode == "day-ahead" else RT_STAND_IN_NOTE,
                                  f"AS deployments measured on the simulated fleet (it obeys at once), dated by the "
                                  f"slowest qualified group's response_s ({self.response_s:g} s)"]
+        if mode != "day-ahead" and offer_rule is not None:  # newcomer: it was ignored without a word
+            self.notes.append(f"offer rule {offer_rule} ignored: it prices day-ahead offers, and --as-mode {mode} "
+                              "re-decides reserve every interval")
         self.refused: list[str] = []
         self.undrawn = 0  # SYNTHETIC draws with nothing awarded to deploy
 
