@@ -91,13 +91,16 @@ class IntervalMeter:
 
     def reset(self) -> None:
         """Forget every sample (the start of a new interval)."""
-        self.power_samples_kw: dict[str, float] = {}
-        self.hashrate_th_s: dict[str, float] = {}
+        # Per miner: [Σ power kW, Σ hashrate TH/s, samples]. The interval's load is each miner's mean
+        # over its reports, summed: a snapshot of the latest (as before) made an interval whose load fell
+        # in its last minute look as if the site drew that all along (newcomer, issue 15: 92 kW recorded
+        # for 05:45-06:00 while the site drew 17.6-19.6 MW for 14 of the 15 minutes).
+        self.power_samples_kw: dict[str, list[float]] = {}
         self.renewable_samples_kw: list[float] = []
         self.noise: dict[str, list[tuple[float, float]]] = defaultdict(list)
 
     def telemetry(self, miner_id: str, power_kw: float, hashrate_th_s: float) -> None:
-        """Keep one miner's latest telemetry (the latest per miner: a fleet snapshot).
+        """Add one miner's telemetry to its running mean over the interval.
 
         Parameters
         ----------
@@ -108,8 +111,10 @@ class IntervalMeter:
         hashrate_th_s : float
             Its measured hashrate, TH/s.
         """
-        self.power_samples_kw[miner_id] = power_kw  # the latest per miner: a fleet snapshot
-        self.hashrate_th_s[miner_id] = hashrate_th_s
+        sums = self.power_samples_kw.setdefault(miner_id, [0.0, 0.0, 0])
+        sums[0] += power_kw
+        sums[1] += hashrate_th_s
+        sums[2] += 1
 
     def renewable(self, power_kw: float) -> None:
         """Add one on-site renewable output sample.
@@ -146,13 +151,14 @@ class IntervalMeter:
         Returns
         -------
         dict
-            ``load_kw`` (sum of each miner's latest power, kW), ``renewable_kw`` (mean of the samples,
-            kW; 0.0 without samples), ``hashrate_th_s`` (sum, TH/s), ``noise`` (receptor id →
+            ``load_kw`` (sum over miners of each one's mean reported power in the interval, kW; miners
+            report at a steady cadence, so the mean of its reports is its time mean), ``renewable_kw``
+            (mean of the samples, kW; 0.0 without samples), ``hashrate_th_s`` (the same sum of means, TH/s), ``noise`` (receptor id →
             ``(LAeq dB(A), minutes over cap)``, ``audit.noise_interval_summary``) and
             ``telemetry_miners`` (how many miners reported).
         """
         renewable = sum(self.renewable_samples_kw) / len(self.renewable_samples_kw) if self.renewable_samples_kw else 0.0
         noise = {r: noise_interval_summary(readings, caps.get(r)) for r, readings in self.noise.items() if readings}
-        return {"load_kw": sum(self.power_samples_kw.values()), "renewable_kw": renewable,
-                "hashrate_th_s": sum(self.hashrate_th_s.values()), "noise": noise,
+        return {"load_kw": sum(p / n for p, _, n in self.power_samples_kw.values()), "renewable_kw": renewable,
+                "hashrate_th_s": sum(h / n for _, h, n in self.power_samples_kw.values()), "noise": noise,
                 "telemetry_miners": len(self.power_samples_kw)}
