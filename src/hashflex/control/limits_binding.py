@@ -126,15 +126,9 @@ class BindingMixin:
         return limits, labels
 
     def deployment_limit_kw(self, deployment: Any, start: datetime, end: datetime | None = None) -> float:
-        """The import limit an AS deployment sets at ``start`` (or over ``[start, end)``), kW.
-
-        ``limit_kw`` (baseline at instruction − deployed) plus any rise since the instruction in the
-        reserve awarded over all products: ``limit(t) = limit_kw + max(0, A(t) − A(t₀))``, A the total
-        awarded in force (the largest over the interval, as `reserve_obligations_over` counts it), t₀
-        the instruction. A Load Resource awarded more reserve while deployed must keep that load
-        running and shed-able (Nodal Protocols §3.18, §8.1.1.2): a fixed limit would force the plan to
-        drop the new award (issue 15: 2.9 MW·h of 2024-05-08's shortfall). At the instruction the rise
-        is 0, so the fast path's cut is the deployed MW.
+        """The import limit an AS deployment sets at ``start`` (or over ``[start, end)``), kW, by the one
+        rule (`control.ancillary.deployment_limit_kw`: the limit at the instruction plus any rise since in
+        the reserve awarded) over the awards this book holds.
 
         Parameters
         ----------
