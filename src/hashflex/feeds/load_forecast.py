@@ -42,7 +42,6 @@ import json
 import logging
 import os
 import re
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -50,6 +49,7 @@ from typing import Any
 
 import pandas as pd
 
+from hashflex.feeds.poll import PollingFeed
 from hashflex.frames import utc_now
 
 __all__ = [
@@ -220,7 +220,7 @@ def parse_ercot_load_forecast(data: pd.DataFrame | str | os.PathLike[str], *, po
     try:
         local = naive.dt.tz_localize(tz, ambiguous=~repeated if repeated is not None else "NaT",
                                      nonexistent="raise")
-    except Exception as exc:  # noqa: BLE001 - one message whatever the tz backend raises
+    except Exception as exc:
         raise LoadForecastFileError(f"{name}: an hour that does not exist in {tz} ({exc})") from exc
     if local.isna().any():
         i = int(local.isna().to_numpy().argmax())
@@ -472,7 +472,7 @@ def store_load_forecast_history(store: Any, region: str = "ERCOT") -> LoadForeca
 
 
 # ---------------------------------------------------------------------------------------------- the feed
-class LoadForecastFeed:
+class LoadForecastFeed(PollingFeed):
     """``poll_once()`` fetches and stores the plausible rows; ``start()`` polls every ``period_s`` until ``stop()``.
 
     Parameters
@@ -496,15 +496,11 @@ class LoadForecastFeed:
     def __init__(self, store: Any, fetch: Callable[[datetime, datetime], pd.DataFrame], *, period_s: float = 900.0,
                  clock: Callable[[], datetime] = utc_now, name: str = "load forecast feed",
                  min_mw: float = MIN_MW, max_mw: float = MAX_MW) -> None:
-        self.store, self.fetch, self.period_s, self.clock, self.name = store, fetch, period_s, clock, name
+        super().__init__("load_forecast", period_s, name)
+        self.store, self.fetch, self.clock = store, fetch, clock
         self.min_mw, self.max_mw = min_mw, max_mw
-        self.polls = self.failures = self.rows = self.rejected_rows = 0
-        self.rejections: dict[str, dict[str, int]] = {"load_forecast": {}}
-        self.last_error: str | None = None
         self.last_success: datetime | None = None
         self.last_published_at: datetime | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="hashflex-load-forecast-feed", daemon=True)
 
     def poll_once(self) -> int:
         """Fetch once and store the plausible rows; returns how many were stored (0 on failure, never raises).
@@ -547,19 +543,6 @@ class LoadForecastFeed:
             self.last_published_at, newest.to_pydatetime())
         return stored
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.poll_once()
-            self._stop.wait(self.period_s)
-
-    def start(self) -> None:
-        """Start polling every ``period_s`` in a daemon thread."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop polling (the thread ends after its current wait or poll)."""
-        self._stop.set()
-
     def stats(self) -> dict[str, Any]:
         """Counters for ``/status`` and ``/metrics`` (the price feed's shape, plus the newest posting stored).
 
@@ -569,10 +552,7 @@ class LoadForecastFeed:
             ``feed``, ``polls``, ``failures``, ``rows``, ``rejected_rows``, ``rejections``
             (``{"load_forecast": {reason: n}}``), ``last_error``, ``last_published_at`` (ISO or None).
         """
-        return {"feed": self.name, "polls": self.polls, "failures": self.failures, "rows": self.rows,
-                "rejected_rows": self.rejected_rows,
-                "rejections": {kind: dict(counts) for kind, counts in self.rejections.items()},
-                "last_error": self.last_error,
+        return {**super().stats(),
                 "last_published_at": None if self.last_published_at is None else self.last_published_at.isoformat()}
 
 
@@ -598,8 +578,14 @@ def load_forecast_feed_from_env(store: Any, env: Mapping[str, str] | None = None
     -------
     LoadForecastFeed or None
     """
-    from hashflex.feeds.http import (ErcotApiConfig, PriceFeedResponseError, PricePoller, RetryPolicy, _get_json,
-                                     _USER_AGENT)
+    from hashflex.feeds.http import (
+        _USER_AGENT,
+        ErcotApiConfig,
+        PriceFeedResponseError,
+        PricePoller,
+        RetryPolicy,
+        _get_json,
+    )
 
     env = dict(os.environ if env is None else env)
     period_s = float(env.get("HASHFLEX_LOAD_FORECAST_POLL_S", "900"))

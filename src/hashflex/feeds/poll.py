@@ -27,7 +27,12 @@ from typing import Any
 
 import pandas as pd
 
-from hashflex.feeds.http import ErcotApiConfig, PriceFeedError, PricePoller, fetch_generic_prices
+from hashflex.feeds.http import (
+    ErcotApiConfig,
+    PriceFeedError,
+    PricePoller,
+    fetch_generic_prices,
+)
 from hashflex.frames import utc_now
 from hashflex.plausibility import filter_price_frame
 from hashflex.profile import SiteProfile
@@ -35,7 +40,62 @@ from hashflex.profile import SiteProfile
 log = logging.getLogger(__name__)
 
 
-class PriceFeed:
+class PollingFeed:
+    """What every polled feed shares: the counters ``/status`` and ``/metrics`` read, and the thread that
+    calls ``poll_once()`` every ``period_s`` from ``start()`` until ``stop()`` (subclasses define
+    ``poll_once``; the price feed and the load-forecast feed).
+
+    Parameters
+    ----------
+    kind : str
+        The input kind its rejections are counted under (``price``, ``load_forecast``).
+    period_s : float
+        Seconds between polls.
+    name : str
+        The feed's name in logs and ``/metrics``; its thread is ``hashflex-<name with dashes>``.
+    """
+
+    def __init__(self, kind: str, period_s: float, name: str) -> None:
+        self.period_s, self.name = period_s, name
+        self.polls = self.failures = self.rows = self.rejected_rows = 0
+        self.rejections: dict[str, dict[str, int]] = {kind: {}}
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hashflex-" + name.replace(" ", "-"), daemon=True)
+
+    def poll_once(self) -> int:
+        """Fetch once and store; rows stored (subclasses)."""
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.poll_once()
+            self._stop.wait(self.period_s)
+
+    def start(self) -> None:
+        """Start polling every ``period_s`` in a daemon thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop polling: the thread ends after its current wait or poll (it is a daemon thread)."""
+        self._stop.set()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``/status`` and ``/metrics``: polls, failures, rows stored and rejected, last error.
+
+        Returns
+        -------
+        dict
+            ``feed``, ``polls``, ``failures``, ``rows``, ``rejected_rows``, ``rejections`` (kind ->
+            {reason: n}), ``last_error``.
+        """
+        return {"feed": self.name, "polls": self.polls, "failures": self.failures, "rows": self.rows,
+                "rejected_rows": self.rejected_rows,
+                "rejections": {kind: dict(counts) for kind, counts in self.rejections.items()},
+                "last_error": self.last_error}
+
+
+class PriceFeed(PollingFeed):
     """``poll_once()`` fetches and stores; ``start()`` polls every ``period_s`` until ``stop()``.
 
     Parameters
@@ -56,13 +116,8 @@ class PriceFeed:
 
     def __init__(self, profile: SiteProfile, store: Any, fetch: Callable[[datetime], pd.DataFrame], *,
                  period_s: float = 300.0, clock: Callable[[], datetime] = utc_now, name: str = "price feed") -> None:
-        self.profile, self.store, self.fetch, self.period_s, self.clock, self.name = (
-            profile, store, fetch, period_s, clock, name)
-        self.polls = self.failures = self.rows = self.rejected_rows = 0
-        self.rejections: dict[str, dict[str, int]] = {"price": {}}
-        self.last_error: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="hashflex-price-feed", daemon=True)
+        super().__init__("price", period_s, name)
+        self.profile, self.store, self.fetch, self.clock = profile, store, fetch, clock
 
     def poll_once(self) -> int:
         """Fetch once and store the plausible rows; returns how many were stored (0 on failure).
@@ -97,31 +152,6 @@ class PriceFeed:
             return 0
         self.rows += self.store.put_price_frame(frame, published_at=now)
         return len(frame)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.poll_once()
-            self._stop.wait(self.period_s)
-
-    def start(self) -> None:
-        """Start polling every ``period_s`` in a daemon thread."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop polling: the thread ends after its current wait or poll (it is a daemon thread)."""
-        self._stop.set()
-
-    def stats(self) -> dict[str, Any]:
-        """Counters for ``/status`` and ``/metrics``: polls, failures, rows stored and rejected, last error.
-
-        Returns
-        -------
-        dict
-        """
-        return {"feed": self.name, "polls": self.polls, "failures": self.failures, "rows": self.rows,
-                "rejected_rows": self.rejected_rows,
-                "rejections": {kind: dict(counts) for kind, counts in self.rejections.items()},
-                "last_error": self.last_error}
 
 
 def price_feed_from_env(profile: SiteProfile, store: Any, env: dict[str, str] | None = None) -> PriceFeed | None:
