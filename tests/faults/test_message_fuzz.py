@@ -192,6 +192,11 @@ def assert_within_bounds(message: Any) -> None:
         assert 0 <= message.reserve_kw <= scale and age_s(message.start) >= -366 * 86_400
     elif kind == "as_deploy":
         assert 0 <= message.deployed_kw <= scale and age_s(message.issued_at) >= -120
+    elif kind == "load_forecast":  # ERCOT's system load forecast (plausibility.load_forecast)
+        assert age_s(message.published_at) >= -300
+        for point in message.points:
+            assert 10_000.0 <= point.load_forecast_mw <= 150_000.0
+            assert (point.interval_start - message.published_at).total_seconds() <= 9 * 86_400
     else:  # pragma: no cover - a new model needs its bounds here
         pytest.fail(f"no oracle for kind {kind!r}")
 
@@ -264,6 +269,9 @@ def test_the_fuzz_reaches_acceptance() -> None:
                      "reserve_kw": 5_000.0, "issuer": "qse"},
         "as_deploy": {"deployment_id": "d", "product": "ECRS", "issued_at": at, "deployed_kw": 5_000.0,
                       "issuer": "qse"},
+        "load_forecast": {"published_at": at, "source": "NP3-565-CD",
+                          "points": [{"interval_start": (NOW + timedelta(hours=k)).isoformat(),
+                                      "load_forecast_mw": 52_000.0 + 500.0 * k} for k in range(3)]},
     }
     assert set(examples) == set(INBOUND_MODELS)
     for kind, payload in examples.items():

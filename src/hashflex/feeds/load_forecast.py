@@ -51,6 +51,13 @@ import pandas as pd
 
 from hashflex.feeds.poll import PollingFeed
 from hashflex.frames import utc_now
+from hashflex.plausibility.load_forecast import (  # the one set of rules, re-exported
+    MAX_MW,
+    MIN_MW,
+    check_load_forecast,
+    load_forecast_fault,
+    message_frame,
+)
 
 __all__ = [
     "CENTRAL_TZ",
@@ -75,9 +82,7 @@ log = logging.getLogger(__name__)
 CENTRAL_TZ = "America/Chicago"
 LOAD_FORECAST_PATH = "/np3-565-cd/lf_by_model_weather_zone"
 LOAD_FORECAST_COLUMNS: tuple[str, ...] = ("interval_start", "interval_end", "load_forecast_mw", "published_at")
-MIN_MW, MAX_MW = 10_000.0, 150_000.0
 _HOUR_RE = re.compile(r"^(\d{1,2})(?::00)?$")
-_FUTURE_SKEW = pd.Timedelta(minutes=5)  # clocks differ a little; a posting from further ahead is not believed
 
 
 class LoadForecastFileError(ValueError):
@@ -300,23 +305,6 @@ def parse_ercot_api_load_forecast(pages: Iterable[Mapping[str, Any]], *, source:
     return parse_ercot_load_forecast(pd.DataFrame(rows, columns=names).astype(str), source=source, tz=tz)
 
 
-def message_frame(message: Any) -> pd.DataFrame:
-    """A :class:`~hashflex.messages.inbound.LoadForecastMessage` as :data:`LOAD_FORECAST_COLUMNS` (one row a point).
-
-    Parameters
-    ----------
-    message : LoadForecastMessage
-
-    Returns
-    -------
-    pandas.DataFrame
-    """
-    starts = pd.to_datetime([p.interval_start for p in message.points], utc=True)
-    return pd.DataFrame({"interval_start": starts, "interval_end": starts + pd.Timedelta(minutes=message.interval_minutes),
-                         "load_forecast_mw": [float(p.load_forecast_mw) for p in message.points],
-                         "published_at": pd.Timestamp(message.published_at).tz_convert("UTC")})
-
-
 def parse_load_forecast_json(body: Any, *, source: str = "load forecast JSON") -> pd.DataFrame:
     """A relay's JSON: one ``in/load_forecast`` message document, or a list of them.
 
@@ -356,91 +344,20 @@ def parse_load_forecast_json(body: Any, *, source: str = "load forecast JSON") -
 
 
 # ---------------------------------------------------------------------------------------------- plausibility
-def check_load_forecast(frame: pd.DataFrame, now: datetime, *, min_mw: float = MIN_MW, max_mw: float = MAX_MW,
-                        max_lead_days: float = 9.0) -> tuple[pd.DataFrame, dict[str, int], list[str], list[int]]:
-    """Split load forecast rows into plausible and not (see the module docstring).
-
-    Parameters
-    ----------
-    frame : pandas.DataFrame
-        :data:`LOAD_FORECAST_COLUMNS`.
-    now : datetime
-        Aware; a posting published after ``now`` + 5 min is refused.
-    min_mw, max_mw : float
-        Plausible system load, MW.
-    max_lead_days : float
-        Latest interval start after ``published_at``, days (ERCOT's forecast covers the day and 7 more).
-
-    Returns
-    -------
-    (kept, dropped, reasons, bad_rows)
-        ``kept``: the plausible rows; ``dropped``: rows per reason class (``out_of_bounds:load_forecast_mw``,
-        ``future:published_at``, ``order:interval_end``, ``out_of_bounds:interval_start``); ``reasons``:
-        up to three readable reasons naming the field and the value; ``bad_rows``: positions of the
-        refused rows in ``frame``.
-    """
-    now_ts = pd.Timestamp(now).tz_convert("UTC")
-    mw = frame["load_forecast_mw"].astype(float)
-    checks = (
-        ("out_of_bounds:load_forecast_mw", ~mw.between(min_mw, max_mw),
-         lambda r: f"load_forecast_mw {r['load_forecast_mw']:,.0f} MW outside [{min_mw:,.0f}, {max_mw:,.0f}] MW"),
-        ("future:published_at", frame["published_at"] > now_ts + _FUTURE_SKEW,
-         lambda r: f"published_at {r['published_at'].isoformat()} is after now ({now_ts.isoformat()})"),
-        ("order:interval_end", frame["interval_end"] <= frame["interval_start"],
-         lambda r: "interval_end: not after interval_start"),
-        ("out_of_bounds:interval_start",
-         frame["interval_start"] > frame["published_at"] + pd.Timedelta(days=max_lead_days),
-         lambda r: f"interval_start {r['interval_start'].isoformat()} is more than {max_lead_days:g} days after "
-                   f"published_at"),
-    )
-    refused = pd.Series(False, index=frame.index)
-    dropped: dict[str, int] = {}
-    reasons: list[str] = []
-    for rule, mask, say in checks:
-        new = mask & ~refused  # one reason per row: the first that applies
-        if new.any():
-            dropped[rule] = int(new.sum())
-            if len(reasons) < 3:
-                position = int(new.to_numpy().argmax())
-                reasons.append(f"row {position}: {say(frame.iloc[position])}")
-            refused |= new
-    bad_rows = [int(i) for i in refused.to_numpy().nonzero()[0]]
-    return frame[~refused], dropped, reasons, bad_rows
-
-
 def check_load_forecast_message(message: Any, now: datetime, topic: str, *, min_mw: float = MIN_MW,
                                 max_mw: float = MAX_MW) -> Any:
-    """The ingest's plausibility check of one ``in/load_forecast`` message: all points or none.
-
-    Parameters
-    ----------
-    message : LoadForecastMessage
-    now : datetime
-        Aware.
-    topic : str
-        Where it arrived (for the rejection).
-    min_mw, max_mw : float
-        Plausible system load, MW.
-
-    Returns
-    -------
-    hashflex.messages.Rejection or None
-        None when plausible; else a rejection whose reason names the point's field
-        (``load_forecast: points.3.load_forecast_mw: 250,000 MW outside [...]``) and whose rule is the
-        reason class.
-    """
+    """The ingest's plausibility check of one ``in/load_forecast`` message (all points or none), as
+    :func:`hashflex.plausibility.check_plausible` reports it: None, or a rejection whose reason names the
+    point's field (``load_forecast: points.3.load_forecast_mw: ...``) and whose rule is the reason class.
+    The rules are :mod:`hashflex.plausibility.load_forecast`'s."""
     from hashflex.messages.parse import Rejection, payload_preview
 
-    frame = message_frame(message)
-    _, dropped, reasons, bad = check_load_forecast(frame, now, min_mw=min_mw, max_mw=max_mw)
-    if not bad:
+    fault = load_forecast_fault(message, now, min_mw=min_mw, max_mw=max_mw)
+    if fault is None:
         return None
-    rule = next(iter(dropped))
-    field = rule.split(":", 1)[1]
-    where = "published_at" if field == "published_at" else f"points.{bad[0]}.{field}"
-    said = reasons[0].split(": ", 1)[1]
-    return Rejection(topic, f"load_forecast: {where}: {said}", payload_preview(message.model_dump_json()),
-                     "load_forecast", rule)
+    rule, field, reason = fault
+    return Rejection(topic, f"load_forecast: {reason}", payload_preview(message.model_dump_json()),
+                     "load_forecast", f"{rule}:{field}")
 
 
 # ---------------------------------------------------------------------------------------------- reading back

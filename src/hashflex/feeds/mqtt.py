@@ -75,9 +75,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from hashflex.feeds.load_forecast import check_load_forecast_message
 from hashflex.messages import InboundMessage, Rejection, Topics, parse_message, payload_preview
-from hashflex.messages.inbound import LoadForecastMessage
 from hashflex.plausibility import PlausibilityContext, check_plausible
 from hashflex.profile import SiteProfile
 from hashflex.store import Store, utc_now
@@ -386,9 +384,7 @@ class MqttIngest:
             if result.kind == "telemetry":
                 self._note_lag(result)
             if self.plausibility is not None:
-                implausible = (check_load_forecast_message(result, self._clock(), topic)
-                               if isinstance(result, LoadForecastMessage)  # its own bounds (feeds.load_forecast)
-                               else check_plausible(result, self._clock(), self.plausibility, topic))
+                implausible = check_plausible(result, self._clock(), self.plausibility, topic)
                 if implausible is not None:
                     implausible = dataclasses.replace(implausible, payload=payload_preview(payload))
                     self._reject(implausible)

@@ -31,6 +31,7 @@ from hashflex.messages import (
     TelemetryMessage,
     Topics,
 )
+from hashflex.messages.inbound import LoadForecastMessage
 from hashflex.plausibility.bounds import (
     CARBON_MAX_KG_PER_MWH,
     DR_HORIZON_S,
@@ -47,6 +48,7 @@ from hashflex.plausibility.bounds import (
     STALENESS_S,
     TELEMETRY_MARGIN,
 )
+from hashflex.plausibility.load_forecast import load_forecast_fault
 from hashflex.profile import SiteProfile
 
 __all__ = ["PlausibilityContext", "check_plausible", "check_price_value", "filter_price_frame"]
@@ -291,6 +293,7 @@ _CHECKS: dict[type, Any] = {
     LimitsChangeMessage: _limits,
     ASAwardMessage: _as,
     ASDeployMessage: _as,
+    LoadForecastMessage: lambda message, now, context: load_forecast_fault(message, now),
 }
 
 
