@@ -167,6 +167,30 @@ def test_a_withdrawn_award_is_paid_for_the_time_it_was_held(tmp_path: Path) -> N
     assert economics["reserve_revenue_usd"] == pytest.approx(742.5 - economics["reserve_clawback_usd"], abs=0.01)
 
 
+def test_an_amended_award_is_paid_from_when_it_was_received_not_twice(tmp_path: Path) -> None:
+    """Second newcomer finding 1: RRS 4,950 kW at $150/MW-h over 16:00–20:00, amended at 18:00 by
+    revision 1 to 3,000 kW over the same window. Report 17:00–19:00: revision 0 held 17:00–18:00
+    (4.95 × 150 × 1 h = $742.50), revision 1 18:00–19:00 (3.0 × 150 × 1 h = $450). The report paid
+    revision 1 from the window's start too ($900 + $742.50: 17:00–18:00 paid twice)."""
+    profile = parse_profile(PROFILE, source="test")
+    db = tmp_path / "amended.db"
+    with Store(db) as store:
+        recorder = AuditRecorder(store)
+        loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, _prices()), driver=SimulatedFleet(profile),
+                           solver=SolveRunner(inline=True), store=store, recorder=recorder)
+        award = _award("RRS")
+        assert loop.handle_as_award(award, NOW).status == "accepted"
+        raised = award.model_copy(update={"revision": 1, "reserve_kw": 3000.0})
+        assert loop.handle_as_award(raised, NOW + timedelta(hours=1)).status == "accepted"
+        for k in range(8):
+            loop.record_measurement(NOW + k * QUARTER, 0.25, load_kw=7050.0, renewable_kw=0.0,
+                                    hashrate_th_s=0.0, noise={}, price_usd_mwh=200.0)
+        recorder.flush()
+        recorder.close()
+    economics = build_report(db, "2024-06-03T17:00Z", "2024-06-03T19:00Z")["economics"]
+    assert economics["reserve_payment_usd"] == pytest.approx(742.5 + 450.0, abs=0.01)
+
+
 def test_the_page_says_how_profit_and_curtailment_hours_differ_from_the_backtest_summary(tmp_path: Path) -> None:
     """Newcomer finding 7: report profit ≠ summary profit by the start cost, and curtailment_hours
     (19.0) ≠ the summary's curtailed_hours (10.57), neither labelled. The page now says both."""

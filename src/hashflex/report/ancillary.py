@@ -282,18 +282,23 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
     }
 
 
-def _award_revisions(awards: list[dict[str, Any]]) -> list[tuple[dict[str, Any], pd.Timestamp | None]]:
-    """Every accepted revision of every award, with the time the next accepted revision of the same
-    ``award_id`` was recorded (None for the latest): the loop's book held a revision, over its window,
-    until the next one replaced it (a withdrawal is a revision with ``reserve_kw`` 0)."""
+def _award_revisions(awards: list[dict[str, Any]]
+                     ) -> list[tuple[dict[str, Any], pd.Timestamp | None, pd.Timestamp | None]]:
+    """Every accepted revision of every award with when the loop's book held it: (message, from, until).
+    ``from`` is None for an award's first revision (its whole window) and, for a later one, the time it
+    was recorded (it replaced the one before then, not at the window's start: a revision paid from the
+    start too paid that stretch twice, newcomer finding); ``until`` is when the next accepted revision
+    of the same ``award_id`` was recorded (None for the latest). A withdrawal is a revision with
+    ``reserve_kw`` 0."""
     revisions: dict[str, list[tuple[dict[str, Any], pd.Timestamp]]] = {}
     for record in sorted(awards, key=lambda r: r["seq"]):
         message = record["message"]
         if _accepted(record) and message.get("award_id"):
             revisions.setdefault(str(message["award_id"]), []).append((message, record["at"]))
-    out: list[tuple[dict[str, Any], pd.Timestamp | None]] = []
+    out: list[tuple[dict[str, Any], pd.Timestamp | None, pd.Timestamp | None]] = []
     for held in revisions.values():
-        out += [(message, held[i + 1][1] if i + 1 < len(held) else None) for i, (message, _) in enumerate(held)]
+        out += [(message, at if i > 0 else None, held[i + 1][1] if i + 1 < len(held) else None)
+                for i, (message, at) in enumerate(held)]
     return out
 
 
@@ -318,13 +323,15 @@ def reserve_money(inputs: ReportInputs, period_start: pd.Timestamp, period_end: 
         awards).
     """
     payment = 0.0
-    for message, superseded in _award_revisions(inputs.as_awards):
+    for message, held_from, superseded in _award_revisions(inputs.as_awards):
         start, end = _stamp(message.get("start")), _stamp(message.get("end"))
         price = message.get("price_usd_mw_h")
         if start is None or end is None or price is None:
             continue
+        if held_from is not None:
+            start = max(start, pd.Timestamp(held_from))
         if superseded is not None:
-            end = min(end, superseded)
+            end = min(end, pd.Timestamp(superseded))
         hours = (min(end, period_end) - max(start, period_start)).total_seconds() / 3600.0
         if hours > 0:
             payment += float(message.get("reserve_kw") or 0.0) / 1000.0 * float(price) * hours
