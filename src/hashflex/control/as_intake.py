@@ -405,8 +405,7 @@ class AncillaryIntakeMixin:
         if latest is None:
             return None
         kw, at, source = latest
-        age_s = (now - at).total_seconds()
-        if not np.isfinite(kw) or age_s > self.guard.max_age_s or -age_s > self.guard.future_skew_s:
+        if self.guard._doubt(kw, at, now, "measured import") is not None:  # the guard's one freshness rule
             return None
         return kw, source
 

@@ -18,6 +18,7 @@ as ``hashflex_input_rejections_total``), the other rows of the same poll are sto
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import threading
@@ -40,7 +41,7 @@ from hashflex.profile import SiteProfile
 log = logging.getLogger(__name__)
 
 
-class PollingFeed:
+class PollingFeed(abc.ABC):
     """What every polled feed shares: the counters ``/status`` and ``/metrics`` read, and the thread that
     calls ``poll_once()`` every ``period_s`` from ``start()`` until ``stop()`` (subclasses define
     ``poll_once``; the price feed and the load-forecast feed).
@@ -63,9 +64,9 @@ class PollingFeed:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hashflex-" + name.replace(" ", "-"), daemon=True)
 
+    @abc.abstractmethod
     def poll_once(self) -> int:
-        """Fetch once and store; rows stored (subclasses)."""
-        raise NotImplementedError
+        """Fetch once and store the plausible rows; how many were stored (0 on failure, never raises)."""
 
     def _run(self) -> None:
         while not self._stop.is_set():
