@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import math
 import sys
@@ -60,6 +61,7 @@ from hashflex.backtest.summary import summary_document, violations
 from hashflex.data import bundled_path
 from hashflex.feeds.hashprice import bundled_hashprice
 from hashflex.price_model import (
+    PLAN_ESTIMATES,
     QUANTILES,
     LearnedPriceForecaster,
     OnlinePriceModel,
@@ -71,18 +73,26 @@ from hashflex.profile import SiteProfile, load_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV2 = ROOT / "optimization" / "data" / "ercot_dev2"  # the 2024 development rows, in the repo (PROVENANCE.md)
+# The shared development set (Feb-May 2024 and Apr 2025 onward; /work/shared/data/README.md). Other periods
+# are kept aside to measure the product and are deliberately absent: nothing here is tuned on them.
+DEV2_SHARED = ROOT.parent / "shared" / "data" / "ercot" / "dev2"
 CASES = {  # case -> (source, first day of the default window)
     "2020-02": ("ercot/RTM-2020-02.csv", "2020-02-10"),
     "2021-02": ("ercot/RTM-2021-02.csv", "2021-02-14"),  # Uri: load shed from Feb 15
     "2024-03": ("dev2", "2024-03-12"),
     "2024-05": ("dev2", "2024-05-07"),  # 2024-05-08: HB_WEST RT 3,057, NSPIN 2,150
+    # 2025 development months: the 15th of each month by rule (not picked by looking at prices); the learned
+    # model then has two weeks (Apr) or its full 28-day window (May on) of history.
+    **{f"2025-{m:02d}": ("dev2-2025", f"2025-{m:02d}-15") for m in range(4, 12)},
 }
+NORMAL_CASES = ("2020-02", "2024-03", "2024-05", *(f"2025-{m:02d}" for m in range(4, 12)))  # all but Uri
 HUB = "HB_HUBAVG"
 
 
 def dev2_prices(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """HB_HUBAVG RT (15 min) and DA (hourly) as a canonical price frame, and ERCOT's day-ahead system
-    load forecast (hourly MW), from the bundled dev2 files (real ERCOT data; optimization/data/ercot_dev2/PROVENANCE.md)."""
+    load forecast (hourly MW), from the dev2 files in ``folder`` (real ERCOT data: the 2024 rows in the repo,
+    optimization/data/ercot_dev2/PROVENANCE.md, or the shared set with Apr 2025 onward, /work/shared/data/README.md)."""
     frames = []
     for name, market, minutes in (("rt_spp_hb_hubavg_15min.csv", "RT", 15), ("dam_spp_hb_hubavg_hourly.csv", "DA", 60)):
         raw = pd.read_csv(folder / name)
@@ -95,6 +105,30 @@ def dev2_prices(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     load = pd.DataFrame({"interval_start": pd.to_datetime(load["interval_start_utc"], utc=True).dt.as_unit("us"),
                          "load_forecast_mw": load["da_demand_forecast_mw"].astype(float)})
     return prices[prices["settlement_point"] == HUB].reset_index(drop=True), load
+
+
+def case_inputs(case: str, profile: SiteProfile, dev2_shared: Path = DEV2_SHARED
+                ) -> tuple[SiteProfile, pd.DataFrame, pd.DataFrame | None]:
+    """The profile (a hub copy for dev2 cases), the price frame and the load forecast (None: not bundled) of a case."""
+    source, _ = CASES[case]
+    if source == "dev2":
+        return hub_copy(profile), *dev2_prices(DEV2)
+    if source == "dev2-2025":
+        if not (dev2_shared / "rt_spp_hb_hubavg_15min.csv").is_file():
+            raise SystemExit(f"case {case}: the shared dev2 data is not at {dev2_shared} (--dev2-dir)")
+        return hub_copy(profile), *dev2_prices(dev2_shared)
+    return profile, load_prices(profile, [bundled_path(source)]), None
+
+
+def settlement_hashprice(hashprice: pd.DataFrame | None, start: pd.Timestamp, days: int) -> pd.DataFrame | None:
+    """``hashprice`` when it has every UTC day of the window, else None (the profile's constant): the bundled
+    bitcoin data ends 2025-03-08, before the 2025 development months; no value is invented for them."""
+    if hashprice is None:
+        return None
+    have = pd.DatetimeIndex(pd.to_datetime(hashprice["timestamp"], utc=True)).floor("D")
+    need = pd.date_range(pd.Timestamp(start).tz_localize("UTC").floor("D") - pd.Timedelta(days=1),
+                         periods=days + 2, freq="D")
+    return hashprice if need.isin(have).all() else None
 
 
 def hub_copy(profile: SiteProfile) -> SiteProfile:
@@ -112,16 +146,20 @@ def breakeven_usd_mwh(profile: SiteProfile, hashprice_usd_per_ph_day: np.ndarray
     return hashprice_usd_per_ph_day / 1000.0 / 24.0 * worst * fee * 1000.0 - profile.grid.total_adder_usd_mwh
 
 
-def forecast_errors(profile: SiteProfile, actuals: Actuals, hook: LearnedPriceForecaster | OnlinePriceModel,
+def forecast_errors(profile: SiteProfile, actuals: Actuals,
+                    hooks: dict[str, LearnedPriceForecaster | OnlinePriceModel],
                     hashprice: pd.DataFrame | None) -> dict[str, dict[str, float]]:
-    """MAE, pinball and spike hit/false-alarm rates of the rule forecast and the learned one, over
-    hourly decisions in the window, each scored on the next 24 h of actual RT prices."""
+    """MAE, pinball and spike hit/false-alarm rates of the rule forecast (``"rules"``) and of each learned
+    hook (by its name in ``hooks``), over hourly decisions in the window, each scored on the next 24 h of
+    actual RT prices. The point scored is what the MPC plans on (after the forecast's rules)."""
     rt = actuals.prices[actuals.prices["market"] == "RT"].set_index("interval_start")["price_usd_mwh"]
     rt = rt[~rt.index.duplicated(keep="last")]
-    rules, learned = SnapshotForecaster(profile, actuals), SnapshotForecaster(profile, actuals, price_forecaster=hook)
+    forecasters = {"rules": (SnapshotForecaster(profile, actuals), None)}
+    forecasters.update({name: (SnapshotForecaster(profile, actuals, price_forecaster=hook), hook)
+                        for name, hook in hooks.items()})
     from hashflex.feeds.hashprice import hashprice_by_day
 
-    acc: dict[str, dict[str, list[np.ndarray]]] = {"rules": {}, "learned": {}}
+    acc: dict[str, dict[str, list[np.ndarray]]] = {name: {} for name in forecasters}
     for tau in actuals.index[::4]:
         times = pd.date_range(tau, periods=96, freq="15min")
         actual = rt.reindex(times).to_numpy(dtype=float)
@@ -129,13 +167,15 @@ def forecast_errors(profile: SiteProfile, actuals: Actuals, hook: LearnedPriceFo
         hp = (hashprice_by_day(hashprice, times) if hashprice is not None
               else np.full(96, profile.economics.hashprice_usd_per_ph_day))
         line = breakeven_usd_mwh(profile, hp)
-        point_rules = rules(tau, tau, 96).price_usd_mwh
-        point_learned = learned(tau, tau, 96).price_usd_mwh  # (the daemon's model fits here when due)
-        quantiles = hook.quantiles(times, tau, learned.snapshot(tau)) if isinstance(hook, OnlinePriceModel) \
-            else hook.quantiles(times, tau)
-        quantiles = quantiles or {q: point_learned for q in QUANTILES}
-        for name, point, qs in (("rules", point_rules, {q: point_rules for q in QUANTILES}),
-                                ("learned", point_learned, quantiles)):
+        for name, (forecaster, hook) in forecasters.items():
+            point = forecaster(tau, tau, 96).price_usd_mwh  # (the daemon's model fits here when due)
+            if hook is None:  # the rule forecast is a point, scored as every quantile
+                qs: dict[float, np.ndarray] | None = None
+            elif isinstance(hook, OnlinePriceModel):
+                qs = hook.quantiles(times, tau, forecaster.snapshot(tau))
+            else:
+                qs = hook.quantiles(times, tau)
+            qs = qs or {q: point for q in QUANTILES}
             bucket = acc[name]
             bucket.setdefault("actual", []).append(actual[ok])
             bucket.setdefault("point", []).append(point[ok])
@@ -148,6 +188,7 @@ def forecast_errors(profile: SiteProfile, actuals: Actuals, hook: LearnedPriceFo
         spikes = y > line
         out[name] = {
             "mae": float(np.mean(np.abs(y - p))),
+            "bias": float(np.mean(p - y)),
             "pinball": float(np.mean([pinball_loss(y, np.concatenate(bucket[f"q{q}"]), q) for q in QUANTILES])),
             "spike_hit": float(np.mean(p[spikes] > line[spikes])) if spikes.any() else math.nan,
             "false_alarm": float(np.mean(p[~spikes] > line[~spikes])) if (~spikes).any() else math.nan,
@@ -191,32 +232,39 @@ def rules_before_round_3() -> Iterator[None]:
         control_loop.hold_previous_counts, forecast_rules.ForecastConfig = saved
 
 
+ESTIMATE_ROWS = {"quantile": "mpc learned", "quantile_mean": "mpc learned qmean", "mean": "mpc learned mean"}
+
+
 def run_case(name: str, case: str, days: int, hashprice: pd.DataFrame | None, quiet: bool,
              model_config: PriceModelConfig | None = None, learned_as: str = "daemon",
-             old: bool = False) -> tuple[dict, dict, dict]:
-    source, first_day = CASES[case]
-    profile = load_profile(name)
-    load = None
-    if source == "dev2":
-        profile = hub_copy(profile)
-        prices, load = dev2_prices(DEV2)
-    else:
-        prices = load_prices(profile, [bundled_path(source)])
+             old: bool = False, estimates: tuple[str, ...] = ("quantile",),
+             dev2_shared: Path = DEV2_SHARED) -> tuple[dict, dict, dict]:
+    """One case: the rules MPC, threshold and oracle, and the learned MPC once per planning estimate
+    (``estimates``: :data:`hashflex.price_model.PLAN_ESTIMATES`, rows :data:`ESTIMATE_ROWS`), in one run;
+    returns the summary document (with ``churn``, ``hashprice``, ``fits``), the forecast errors by row
+    name without ``"mpc "`` and the wall seconds per part."""
+    _, first_day = CASES[case]
+    profile, prices, load = case_inputs(case, load_profile(name), dev2_shared)
     start = pd.Timestamp(first_day)
+    hashprice = settlement_hashprice(hashprice, start, days)
     actuals = build_actuals(profile, prices, start, start + pd.Timedelta(days=days), hashprice=hashprice)
-    hook = learned_hook(learned_as, profile, actuals, load, model_config)
+    base_config = model_config or PriceModelConfig()
+    configs = {ESTIMATE_ROWS[e]: dataclasses.replace(base_config, plan_estimate=e) for e in estimates}
+    hooks = {row: learned_hook(learned_as, profile, actuals, load, cfg) for row, cfg in configs.items()}
     progress = Progress.factory(quiet)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     base = run_backtest(profile, actuals, ["mpc", "threshold", "oracle"], progress=progress)
     timings["rules+threshold+oracle"] = time.perf_counter() - started
-    started = time.perf_counter()
-    learned = run_backtest(profile, actuals, ["mpc"], progress=progress, price_forecaster=hook)
-    timings["mpc learned"] = time.perf_counter() - started
-    runs = {"mpc rules": base.runs["mpc"], "mpc learned": learned.runs["mpc"],
-            "threshold": base.runs["threshold"], "oracle": base.runs["oracle"]}
-    schedules = {"mpc rules": base.schedules["mpc"], "mpc learned": learned.schedules["mpc"],
-                 "threshold": base.schedules["threshold"], "oracle": base.schedules["oracle"]}
+    runs = {"mpc rules": base.runs["mpc"]}
+    schedules = {"mpc rules": base.schedules["mpc"]}
+    for row, hook in hooks.items():
+        started = time.perf_counter()
+        learned = run_backtest(profile, actuals, ["mpc"], progress=progress, price_forecaster=hook)
+        timings[row] = time.perf_counter() - started
+        runs[row], schedules[row] = learned.runs["mpc"], learned.schedules["mpc"]
+    runs.update({"threshold": base.runs["threshold"], "oracle": base.runs["oracle"]})
+    schedules.update({"threshold": base.schedules["threshold"], "oracle": base.schedules["oracle"]})
     if old:  # the same MPC with the rules before this round (stability over one interval, floor at the mean)
         started = time.perf_counter()
         with rules_before_round_3():
@@ -226,18 +274,23 @@ def run_case(name: str, case: str, days: int, hashprice: pd.DataFrame | None, qu
         schedules = {"mpc rules old": before.schedules["mpc"], **schedules}
     document = summary_document(BacktestResult(profile, actuals, runs, schedules))
     started = time.perf_counter()
-    # A fresh hook for the scoring replay: the daemon's model never refits for an earlier time (it would
+    # Fresh hooks for the scoring replay: the daemon's model never refits for an earlier time (it would
     # answer "fitted after this decision", i.e. the rules, for the whole replay).
-    scoring_hook = learned_hook(learned_as, profile, actuals, load, model_config) if learned_as == "daemon" else hook
-    errors = forecast_errors(profile, actuals, scoring_hook, hashprice)
+    scoring = ({row.replace("mpc ", ""): learned_hook(learned_as, profile, actuals, load, cfg)
+                for row, cfg in configs.items()} if learned_as == "daemon"
+               else {row.replace("mpc ", ""): hook for row, hook in hooks.items()})
+    errors = forecast_errors(profile, actuals, scoring, hashprice)
     timings["forecast scoring"] = time.perf_counter() - started
     hp = actuals.hashprice_usd_per_ph_day
-    document["hashprice"] = ("profile constant" if hp is None else f"{hp.min():.1f}..{hp.max():.1f} $/PH/day")
+    document["hashprice"] = (f"profile constant {profile.economics.hashprice_usd_per_ph_day:g} $/PH/day"
+                             + (" (bundled bitcoin data ends before this window)" if hashprice is None else "")
+                             if hp is None else f"{hp.min():.1f}..{hp.max():.1f} $/PH/day")
     document["point"] = profile.site.settlement_point
-    document["fits"] = hook.counters["price_model_fits"] if isinstance(hook, OnlinePriceModel) else hook.fits
-    document["learned_ticks"] = (f"{hook.counters['price_model_learned_ticks']} of "
-                                 f"{hook.counters['price_model_learned_ticks'] + hook.counters['price_model_rules_ticks']}"
-                                 if isinstance(hook, OnlinePriceModel) else "-")
+    first = next(iter(hooks.values()))
+    document["fits"] = first.counters["price_model_fits"] if isinstance(first, OnlinePriceModel) else first.fits
+    document["learned_ticks"] = (f"{first.counters['price_model_learned_ticks']} of "
+                                 f"{first.counters['price_model_learned_ticks'] + first.counters['price_model_rules_ticks']}"
+                                 if isinstance(first, OnlinePriceModel) else "-")
     document["churn"] = {policy: unit_switches_per_day(run.counts, days) for policy, run in runs.items()}
     return document, errors, timings
 
@@ -252,8 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profiles", nargs="+", default=["west_texas"])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--constant-hashprice", action="store_true", help="settle at the profile's constant")
-    parser.add_argument("--plan-mean", action="store_true",
-                        help="learned mpc plans at the mean of P10/P50/P90 instead of the P50")
+    parser.add_argument("--estimates", nargs="+", default=["quantile"], choices=PLAN_ESTIMATES,
+                        help="one learned mpc row per planning estimate, same run: quantile (P50), quantile_mean "
+                             "(mean of P10/P50/P90), mean (a squared-error model of the conditional mean)")
+    parser.add_argument("--dev2-dir", type=Path, default=DEV2_SHARED,
+                        help="the shared dev2 folder (2025 cases; default ../shared/data/ercot/dev2)")
     parser.add_argument("--learned-as", choices=("daemon", "backtest"), default="daemon",
                         help="the learned model as the daemon runs it (fit daily after the DAM) or as the "
                              "backtest's self-refitting hook (every retrain_h)")
@@ -262,13 +318,13 @@ def main(argv: list[str] | None = None) -> int:
                              "floor at the mean), side by side in the same run")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    model_config = PriceModelConfig(plan_mean=args.plan_mean)
+    model_config = PriceModelConfig()
     hashprice = None if args.constant_hashprice else bundled_hashprice()
     if any(CASES[c][0] == "dev2" for c in args.cases) and not DEV2.is_dir():
         print(f"dev2 data not found at {DEV2}; run with --cases 2020-02 2021-02", file=sys.stderr)
         return 2
     wall_started = time.perf_counter()
-    header = (f"{'case':28s} {'policy':14s} {'profit $':>12s} {'/oracle':>8s} {'/thresh':>12s} {'MAE':>7s} "
+    header = (f"{'case':28s} {'policy':18s} {'profit $':>12s} {'/oracle':>8s} {'/thresh':>12s} {'MAE':>7s} {'bias':>6s} "
               f"{'pinball':>8s} {'spike hit':>9s} {'false al':>8s} {'switch/d':>9s} {'violations':>10s} {'wall s':>7s}")
     lines = [header, "-" * len(header)]
     notes = []
@@ -276,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         for case in args.cases:
             started = time.perf_counter()
             document, errors, timings = run_case(name, case, args.days, hashprice, args.quiet, model_config,
-                                                 args.learned_as, old=args.old)
+                                                 args.learned_as, old=args.old,
+                                                 estimates=tuple(dict.fromkeys(args.estimates)),
+                                                 dev2_shared=args.dev2_dir)
             label = f"{name}@{document['point']} {case}"
             policies = document["policies"]
             threshold = policies["threshold"]["profit_usd"]
@@ -288,10 +346,10 @@ def main(argv: list[str] | None = None) -> int:
                     vs = f"{profit / threshold:.4f}"
                 else:
                     vs = f"{profit - threshold:+,.0f} $"
-                err = errors.get(policy.replace("mpc ", "")) if policy in ("mpc rules", "mpc learned") else None
+                err = errors.get(policy.replace("mpc ", "")) if policy.startswith("mpc") else None
                 lines.append(
-                    f"{label:28s} {policy:14s} {profit:12,.0f} {fmt_ratio(figures['profit_ratio_to_oracle']):>8s} "
-                    f"{vs:>12s} {err['mae'] if err else math.nan:7.1f} {err['pinball'] if err else math.nan:8.1f} "
+                    f"{label:28s} {policy:18s} {profit:12,.0f} {fmt_ratio(figures['profit_ratio_to_oracle']):>8s} "
+                    f"{vs:>12s} {err['mae'] if err else math.nan:7.1f} {err['bias'] if err else math.nan:+6.1f} {err['pinball'] if err else math.nan:8.1f} "
                     f"{fmt_ratio(err['spike_hit']) if err else '-':>9s} {fmt_ratio(err['false_alarm']) if err else '-':>8s} "
                     f"{document['churn'][policy]:9.1f} {violations(figures):>10s} {figures['wall_seconds']:7.1f}")
             notes.append(f"{label}: {document['window']['start']} .. {document['window']['end']}, hashprice "

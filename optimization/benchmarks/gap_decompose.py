@@ -37,9 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import backtest_ratios as br  # noqa: E402 - the benchmark next to this one (cases, data loading)
 
-from hashflex.backtest.runner import account, build_actuals, load_prices, run_backtest, run_oracle  # noqa: E402
+from hashflex.backtest.runner import account, build_actuals, run_backtest, run_oracle  # noqa: E402
 from hashflex.backtest.progress import Progress  # noqa: E402
-from hashflex.data import bundled_path  # noqa: E402
 from hashflex.feeds.hashprice import bundled_hashprice  # noqa: E402
 from hashflex.forecast import rules as forecast_rules  # noqa: E402
 from hashflex.profile import load_profile  # noqa: E402
@@ -118,21 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="west_texas")
     parser.add_argument("--variants", nargs="+", default=["rules", "learned", "perfect", "perfect1h"],
                         help="rules, learned, perfect, perfect<N>h")
+    parser.add_argument("--dev2-dir", type=Path, default=br.DEV2_SHARED, help="the shared dev2 folder (2025 cases)")
     parser.add_argument("--csv", help="write the per-interval frame here")
     parser.add_argument("--tag", default="", help="names this code state in the cache (e.g. after a change)")
     parser.add_argument("--cache", help="a folder: each run's counts are kept there and reused (same case/days/variant)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    source, first_day = br.CASES[args.case]
-    profile = load_profile(args.profile)
-    load = None
-    if source == "dev2":
-        profile = br.hub_copy(profile)
-        prices, load = br.dev2_prices(br.DEV2)
-    else:
-        prices = load_prices(profile, [bundled_path(source)])
-    hashprice = bundled_hashprice()
+    _, first_day = br.CASES[args.case]
+    profile, prices, load = br.case_inputs(args.case, load_profile(args.profile), args.dev2_dir)
     start = pd.Timestamp(args.start or first_day)
+    hashprice = br.settlement_hashprice(bundled_hashprice(), start, args.days)  # None: the profile's constant
     actuals = build_actuals(profile, prices, start, start + pd.Timedelta(days=args.days), hashprice=hashprice)
     rt = prices[(prices["market"] == "RT") & (prices["settlement_point"] == profile.site.settlement_point)]
     rt_series = pd.Series(rt["price_usd_mwh"].to_numpy(float), index=pd.DatetimeIndex(rt["interval_start"]).tz_convert("UTC"))
@@ -150,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     for variant in args.variants:
         # Modifiers bring back the rules before this change, side by side in one run:
         # +oldstab (the stability rule valued over the first interval only), +oldfloor (scarcity floor = mean);
-        # +noblend: the last RT price is not blended into what the learned model priced; +mean: the learned
-        # model plans at the mean of P10/P50/P90; +blend<N>h: the RT blend decays over N hours (default 1).
+        # +noblend: the last RT price is not blended into what the learned model priced; +qmean: the learned
+        # model plans at the mean of P10/P50/P90; +mean: at its squared-error (conditional mean) model;
+        # +blend<N>h: the RT blend decays over N hours (default 1).
         variant, *mods = variant.split("+")
         control_loop.hold_previous_counts = (functools.partial(hold_previous_counts, hold_span="first")
                                              if "oldstab" in mods else hold_previous_counts)
@@ -160,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         forecast_rules.ForecastConfig = functools.partial(ForecastConfig, scarcity_floor_follows_last=not old_floor,
                                                           rt_blend_learned="noblend" not in mods,
                                                           **({"rt_blend_h": blend_h[0]} if blend_h else {}))
-        model_config = PriceModelConfig(scarcity_floor_follows_last=not old_floor, plan_mean="mean" in mods)
+        estimate = "mean" if "mean" in mods else "quantile_mean" if "qmean" in mods else "quantile"
+        model_config = PriceModelConfig(scarcity_floor_follows_last=not old_floor, plan_estimate=estimate)
         name = "+".join([variant, *mods])
         if variant == "rules":
             hook = None

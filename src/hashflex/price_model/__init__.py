@@ -65,6 +65,7 @@ from __future__ import annotations
 
 from hashflex.price_model.config import (  # noqa: F401 - STEP importable as before, not in __all__
     FEATURES,
+    PLAN_ESTIMATES,
     QUANTILES,
     STEP,
     PriceModelConfig,
@@ -80,6 +81,6 @@ from hashflex.price_model.online import (
     store_price_history,
 )
 
-__all__ = ["FEATURES", "QUANTILES", "FittedPriceModel", "LearnedPriceForecaster", "OnlinePriceModel",
+__all__ = ["FEATURES", "PLAN_ESTIMATES", "QUANTILES", "FittedPriceModel", "LearnedPriceForecaster", "OnlinePriceModel",
            "PriceModelConfig", "RetrainSchedule", "ScarcityState", "detect_scarcity", "pinball_loss",
            "recorded_price_history", "store_price_history"]

@@ -15,11 +15,12 @@ import pandas as pd
 from hashflex.forecast import ScarcityState
 from hashflex.forecast import detect_scarcity as _detect
 
-__all__ = ["FEATURES", "QUANTILES", "STEP", "PriceModelConfig", "ScarcityState", "detect_scarcity", "pinball_loss"]
+__all__ = ["FEATURES", "PLAN_ESTIMATES", "QUANTILES", "STEP", "PriceModelConfig", "ScarcityState", "detect_scarcity", "pinball_loss"]
 
 QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
 FEATURES: tuple[str, ...] = ("lead_h", "da_usd_mwh", "load_forecast_mw", "hour_local", "weekday", "rt_last_usd_mwh",
                              "rt_mean_1h_usd_mwh", "rt_max_4h_usd_mwh", "spread_1h_usd_mwh", "rt_yesterday_usd")
+PLAN_ESTIMATES: tuple[str, ...] = ("quantile", "quantile_mean", "mean")
 STEP = pd.Timedelta(minutes=15)
 _STEP_NS = STEP.value
 _H_NS = pd.Timedelta(hours=1).value
@@ -39,9 +40,12 @@ class PriceModelConfig:
     max_iter, learning_rate, max_leaf_nodes, min_samples_leaf
         scikit-learn ``HistGradientBoostingRegressor`` settings.
     plan_quantile : float
-        The price the MILP plans with in normal times (0.5: P50).
-    plan_mean : bool
-        Plan at the mean of P10/P50/P90 (≈ the expected price) instead.
+        The price the MILP plans with in normal times (0.5: P50) when ``plan_estimate`` is ``"quantile"``.
+    plan_estimate : str
+        What the MILP plans on in normal times: ``"quantile"`` (the ``plan_quantile`` model, default),
+        ``"quantile_mean"`` (the mean of P10/P50/P90, a crude mean) or ``"mean"`` (a squared-error model of
+        the conditional mean, fitted beside the quantile ones: a risk-neutral plan maximises expected
+        profit, which is linear in the price, so it needs E[price], not the median of a right-skewed price).
     residual : bool
         Learn RT − base (DA, else RT yesterday, else last RT) rather than RT itself.
     scarcity_window_h, scarcity_rt_usd_mwh, scarcity_spread_usd_mwh : float
@@ -64,7 +68,7 @@ class PriceModelConfig:
     max_leaf_nodes: int = 15
     min_samples_leaf: int = 40
     plan_quantile: float = 0.5  # the price the MILP plans with in normal times
-    plan_mean: bool = False  # plan at the mean of P10/P50/P90 (≈ the expected price) instead of plan_quantile
+    plan_estimate: str = "quantile"  # "quantile" | "quantile_mean" | "mean" (squared-error model): see above
     residual: bool = True  # learn RT − base (DA, else RT yesterday, else last RT) rather than RT itself
     scarcity_window_h: float = 2.0
     scarcity_rt_usd_mwh: float = 1000.0
@@ -73,6 +77,10 @@ class PriceModelConfig:
     scarcity_hold_h: float = 6.0
     scarcity_floor_follows_last: bool = True  # floor = min(window mean, last RT) (ScarcityState.floor_usd_mwh)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.plan_estimate not in PLAN_ESTIMATES:
+            raise ValueError(f"plan_estimate: {self.plan_estimate!r} is not one of {PLAN_ESTIMATES}")
 
 
 def pinball_loss(actual: np.ndarray, predicted: np.ndarray, quantile: float) -> float:

@@ -47,6 +47,8 @@ class FittedPriceModel:
         The settings it was fitted with.
     labelled_days : float
         Days of published RT history the fit saw.
+    mean_model : Any, optional
+        The squared-error (conditional mean) regressor, fitted only when ``config.plan_estimate`` is ``"mean"``.
     """
 
     models: dict[float, Any]
@@ -54,6 +56,7 @@ class FittedPriceModel:
     trained_at: pd.Timestamp
     config: PriceModelConfig
     labelled_days: float
+    mean_model: Any = None
 
 
 class LearnedPriceForecaster:
@@ -130,6 +133,7 @@ class LearnedPriceForecaster:
         self.hour_local = (local.hour + local.minute / 60.0).to_numpy(dtype=float)
         self.weekday = local.day_of_week.to_numpy(dtype=float)
         self._models: dict[float, Any] | None = None
+        self._mean_model: Any = None  # squared-error regressor (plan_estimate "mean" only)
         self._columns = np.arange(len(FEATURES))
         self._trained_at_ns: int | None = None
         self._trained_until_ns: int | None = None
@@ -261,7 +265,18 @@ class LearnedPriceForecaster:
             # solver) more threads oversubscribe the cores and fit ~10x slower.
             with threadpool_limits(1):
                 models[q] = model.fit(X, y)
-        self._models, self._trained_at_ns = models, now_ns
+        mean_model = None
+        if cfg.plan_estimate == "mean":
+            # The conditional mean (squared error): what a risk-neutral plan needs. Same trees and seed as the
+            # quantile models; its spikes are averaged over min_samples_leaf rows, not dropped as a median drops them.
+            mean_model = HistGradientBoostingRegressor(loss="squared_error", max_iter=cfg.max_iter,
+                                                       learning_rate=cfg.learning_rate,
+                                                       max_leaf_nodes=cfg.max_leaf_nodes,
+                                                       min_samples_leaf=cfg.min_samples_leaf, early_stopping=False,
+                                                       random_state=cfg.seed)
+            with threadpool_limits(1):
+                mean_model.fit(X, y)
+        self._models, self._mean_model, self._trained_at_ns = models, mean_model, now_ns
         self.fits += 1
         return True
 
@@ -276,7 +291,7 @@ class LearnedPriceForecaster:
         if self._models is None or self._trained_at_ns is None:
             return None
         return FittedPriceModel(dict(self._models), self._columns.copy(), pd.Timestamp(self._trained_at_ns, tz="UTC"),
-                                self.config, self._labelled_days(self._trained_at_ns))
+                                self.config, self._labelled_days(self._trained_at_ns), self._mean_model)
 
     def adopt(self, fitted: FittedPriceModel) -> None:
         """Predict with ``fitted`` from now on, and never refit (:attr:`auto_fit` becomes False).
@@ -297,6 +312,7 @@ class LearnedPriceForecaster:
         if fitted.config != self.config:
             raise ValueError("fitted: made with another PriceModelConfig than this forecaster's config")
         self._models, self._columns = dict(fitted.models), np.asarray(fitted.columns)
+        self._mean_model = fitted.mean_model
         self._trained_at_ns = int(fitted.trained_at.value)
         self.auto_fit = False
 
@@ -309,7 +325,7 @@ class LearnedPriceForecaster:
         stale = (self._trained_at_ns is None or now_ns < self._trained_at_ns
                  or now_ns - self._trained_at_ns >= self.config.retrain_h * _H_NS)
         if stale:
-            self._models, self._trained_at_ns = None, None
+            self._models, self._mean_model, self._trained_at_ns = None, None, None
             if not self.fit(pd.Timestamp(now_ns, tz="UTC")):
                 return False
         return self._models is not None
@@ -367,10 +383,36 @@ class LearnedPriceForecaster:
         stacked = np.sort(stacked, axis=0)
         return {q: stacked[i] for i, q in enumerate(qs)}
 
+    def mean(self, times: pd.DatetimeIndex, now: pd.Timestamp) -> np.ndarray | None:
+        """The conditional mean RT price per interval as of ``now`` (the squared-error model; refitting when stale).
+
+        Parameters
+        ----------
+        times : pandas.DatetimeIndex, length n
+            Interval starts.
+        now : pandas.Timestamp
+            Aware decision time.
+
+        Returns
+        -------
+        numpy.ndarray or None
+            $/MWh, shape ``(n,)``; None when there is not enough history to train, or when the fit has no
+            mean model (``plan_estimate`` is not ``"mean"``).
+        """
+        now_ns = int(pd.Timestamp(now).value)
+        if not self._ensure_model(now_ns) or self._mean_model is None:
+            return None
+        full = self._features(now_ns, self._slots_of(pd.DatetimeIndex(times)))
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):
+            predicted = self._mean_model.predict(full[:, self._columns])
+        return predicted + self._base(full) if self.config.residual else predicted
+
     def __call__(self, times: pd.DatetimeIndex, snapshot: Snapshot | None, now: pd.Timestamp) -> np.ndarray:
         """The planning price per interval (the ``price_forecaster`` hook of :mod:`hashflex.forecast`).
 
-        P50 (or the mean, ``plan_mean``) in normal times; in a scarcity regime the ``scarcity_quantile``
+        P50 (or a mean, ``plan_estimate``) in normal times; in a scarcity regime the ``scarcity_quantile``
         price, at least DA, and at least the recent RT mean for ``scarcity_hold_h``. A fault inside the
         model is listed in :attr:`last_fallbacks` (``PRICE_MODEL_UNTRAINED``) and the rules plan.
 
@@ -394,8 +436,11 @@ class LearnedPriceForecaster:
         times = pd.DatetimeIndex(times)
         fallbacks: list[Fallback] = []
         self.last_error = None
+        mean = None
         try:
             q = self.quantiles(times, now_ts)
+            if q is not None and cfg.plan_estimate == "mean":
+                mean = self.mean(times, now_ts)
         except Exception as exc:  # noqa: BLE001 - a model fault must not stop the plan: the rules take over
             q = None
             self.last_error = exc
@@ -413,8 +458,10 @@ class LearnedPriceForecaster:
         else:
             if state.active:
                 price = q[cfg.scarcity_quantile].copy()
-            elif cfg.plan_mean:
+            elif cfg.plan_estimate == "quantile_mean":
                 price = np.mean([q[k] for k in QUANTILES], axis=0)
+            elif cfg.plan_estimate == "mean" and mean is not None:
+                price = mean
             else:
                 price = q[cfg.plan_quantile].copy()
         if state.active:
