@@ -10,6 +10,11 @@ Cases (real ERCOT prices; windows start on the case's default day, ``--days`` lo
   ERCOT's day-ahead system load forecast). Only the hub average HB_HUBAVG has a 15-minute RT series
   there (HB_WEST has hourly RT means only), so these cases use a copy of the profile whose
   settlement point is **HB_HUBAVG** (type HU). The learned model also reads the load forecast here.
+- ``2025-04`` .. ``2025-11``: the 2025 development months of the shared set (``../shared/data/ercot/dev2``,
+  ``--dev2-dir``; HB_HUBAVG RT/DA and the load forecast, as above), each window from the 15th (a fixed rule,
+  not picked by looking at prices). The bundled bitcoin data ends 2025-03-08, so these windows settle at the
+  profile's constant hashprice (said in the notes); no value is invented. Periods not in the shared set are
+  kept aside to measure the product: nothing is tuned on them.
 
 Columns: profit ($), profit / oracle, profit / threshold (only when the threshold's profit is
 positive; else the difference in $), forecast MAE ($/MWh, over hourly decisions × the next 24 h),
@@ -20,13 +25,18 @@ churn (unit switches: starts + stops actually dispatched, per (group, mode), per
 The learned model runs as the daemon runs it (``--learned-as daemon``, the default:
 ``price_model.OnlinePriceModel``, fitted at the first tick and daily at 13:30 Central after the DAM, predicting
 with the last fit) or as the backtest's self-refitting hook (``--learned-as backtest``:
-``LearnedPriceForecaster``, refitted every ``retrain_h`` from the first tick). Every case settles each UTC day at that day's hashprice from the bundled bitcoin data
+``LearnedPriceForecaster``, refitted every ``retrain_h`` from the first tick). ``--estimates`` adds one learned
+row per planning estimate in the same run (``PriceModelConfig.plan_estimate``): ``mpc learned`` plans on the
+P50, ``mpc learned mean`` on a squared-error model of the conditional mean, ``mpc learned qmean`` on the
+mean of P10/P50/P90; each row's forecast columns score the price that row planned on (bias = mean of
+forecast − actual). Every case settles each UTC day at that day's hashprice from the bundled bitcoin data
 (``feeds.hashprice.bundled_hashprice``; ``--constant-hashprice`` for the profile's 49 $/PH/day).
 
     python optimization/benchmarks/backtest_ratios.py                       # 3 days per case
     python optimization/benchmarks/backtest_ratios.py --cases 2021-02 --days 4
     python optimization/benchmarks/backtest_ratios.py --days 7 --profiles west_texas quiet_hollow
     python optimization/benchmarks/backtest_ratios.py --old     # + the rules MPC before this round, same run
+    python optimization/benchmarks/backtest_ratios.py --cases 2020-02 2025-06 --estimates quantile mean quantile_mean
 
 Goals (issue 14): mpc >= 99.5 % of the oracle on normal months; in Uri >= the threshold and > 0.
 Needs scikit-learn (``pip install 'hashflex[forecast]'``).
