@@ -109,6 +109,21 @@ def buckets(price: np.ndarray, line: np.ndarray, delta: np.ndarray, more_energy:
     return out
 
 
+def carbon_timing(frame: pd.DataFrame, index: pd.DatetimeIndex, profile: object) -> dict[str, float]:
+    """When the day's carbon budget was spent (the "budget spent at midday" failure of issue 14): the share of
+    each local day's emissions emitted before 16:00 local, averaged over days, and the share of the daily
+    budget used (mean over days; near 1 where the budget bound). Empty when the profile has no daily budget."""
+    budget = profile.carbon.daily_budget_kg  # type: ignore[attr-defined]
+    if budget is None:
+        return {}
+    local = index.tz_convert(profile.site.timezone)  # type: ignore[attr-defined]
+    kg = pd.Series(frame["emissions_kg"].to_numpy(float), index=local)
+    day = kg.groupby(local.normalize()).sum()
+    early = kg[local.hour < 16].groupby(local[local.hour < 16].normalize()).sum().reindex(day.index, fill_value=0.0)
+    share = (early / day.where(day > 0)).mean()
+    return {"carbon share before 16:00": float(share), "budget used": float((day / budget).mean())}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", default="2020-02", choices=list(br.CASES))
@@ -199,9 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         row["energy MWh vs oracle"] = float(((frame["load_kw"] - oracle["load_kw"]).to_numpy(float)
                                              * frame["duration_h"].to_numpy(float)).sum() / 1000.0)
         row["carbon kg"] = float(frame["emissions_kg"].sum())
+        row.update(carbon_timing(frame, actuals.index, profile))
         table[name] = row
     out = pd.DataFrame(table)
     out.loc["carbon kg", "oracle"] = float(oracle["emissions_kg"].sum())
+    for key, value in carbon_timing(oracle, actuals.index, profile).items():
+        out.loc[key, "oracle"] = value
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:,.4f}".format):
         print(out)
     if args.csv:
