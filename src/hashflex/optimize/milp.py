@@ -38,7 +38,11 @@ PENALTY_RAMP_USD_PER_KW = 10.0
 # revenue per kW that the import or carbon it uses could earn elsewhere) plus $0.10: breaking an
 # award never pays, a hard limit (DR, noise, import, carbon) still wins, and the penalty stays of
 # the order of the economics, so a unit or two of rounding does not blow the MIP gap (a flat
-# $10/kWh did: 0.66 % gap after 10 s on a May 2024 day).
+# $10/kWh did: 0.66 % gap after 10 s on a May 2024 day). Under a noise cap in force a kW of reserve
+# can displace far more than a kW of mining (a loud qualified unit takes the noise room of many quiet
+# ones), so the penalty adds what that noise room could earn (`_noise_room_usd_per_kw_h`): on 4 May
+# 2024 at 06:00 CDT one S19j Pro in eco (2.59 kW of Non-Spin) took the room of 14 S21 XP Hydro in
+# turbo, ~$6/kWh of reserve against a penalty of ~$0.3/kWh, and the LP held 90 kW too little.
 PENALTY_RESERVE_SHORT_MARGIN_USD_PER_KW_H = 0.10
 # Relative MIP gap at which a schedule counts as optimal. Price forecasts a day ahead are off by
 # far more than 0.5 %, and the LP-rounded start usually lands within it, so HiGHS can stop at the
@@ -388,9 +392,16 @@ def reserve_value_usd_per_kw(problem: Problem, p: int, g: int) -> np.ndarray:
 def reserve_short_penalty_usd_per_kw(problem: Problem) -> np.ndarray:
     """[T] $ per kW of award not held over each interval (see PENALTY_RESERVE_SHORT_MARGIN_USD_PER_KW_H).
 
-    Above anything a kW could earn instead: energy not bought, carbon, the best hashes, and the
-    best reserve price of any product (else the plan would sell an offered product from the
-    megawatts an award needs and leave the award short: tests/test_ancillary_optimizer.py)."""
+    Above anything a kW could earn instead: energy not bought, carbon, the best reserve price of
+    any product (else the plan would sell an offered product from the megawatts an award needs and
+    leave the award short: tests/test_ancillary_optimizer.py), and what the units it displaces
+    earn: the best hashes per kW (import or carbon room) plus the noise room a kW of the loudest
+    qualified mode takes (`_noise_room_usd_per_kw_h`), both over max(Δt[t], longest min-on time)
+    hours, since a unit started before the award earns over its whole minimum on time
+    (tests/test_reserve_first_interval.py).
+
+    penalty[t] = Δt[t]·(max(price[t], 0) + carbon[t] + max_p MCPC[p,t])/1000 + Δt[t]·$0.10
+                 + max(Δt[t], UT)·(hash_per_kw[t] + noise_room[t])   ($ per kW short)"""
     carbon_usd_per_kwh = problem.intensity_kg_per_mwh / 1000.0 * problem.carbon_price_usd_per_t / 1000.0
     hp = problem.hashprice_usd_per_th_h * (1.0 - problem.pool_fee)
     best_hash_per_kw = max((mode.hashrate_th_s / mode.power_kw for group in problem.groups for mode in group.modes),
@@ -398,9 +409,53 @@ def reserve_short_penalty_usd_per_kw(problem: Problem) -> np.ndarray:
     reserves = getattr(problem, "reserves", ())
     best_reserve_per_kwh = (np.maximum(np.max([np.asarray(r.price_usd_mw_h, dtype=float) for r in reserves], axis=0), 0.0)
                             / 1000.0 if reserves else 0.0)
-    per_kwh = (np.maximum(problem.energy_price_usd_mwh, 0.0) / 1000.0 + carbon_usd_per_kwh + best_hash_per_kw
-               + best_reserve_per_kwh)
-    return problem.duration_h * (per_kwh + PENALTY_RESERVE_SHORT_MARGIN_USD_PER_KW_H)
+    per_kwh = (np.maximum(problem.energy_price_usd_mwh, 0.0) / 1000.0 + carbon_usd_per_kwh + best_reserve_per_kwh
+               + PENALTY_RESERVE_SHORT_MARGIN_USD_PER_KW_H)
+    # What a displacing unit earns is counted over the longest minimum on time: a unit started
+    # before the award's first interval earns there too but, held on, blocks the award (a plan that
+    # must stage the swap earlier otherwise finds the shortfall cheaper than the staging).
+    displaced_h = np.maximum(problem.duration_h, max((group.min_on_h for group in problem.groups), default=0.0))
+    return problem.duration_h * per_kwh + displaced_h * (best_hash_per_kw + _noise_room_usd_per_kw_h(problem))
+
+
+def _noise_room_usd_per_kw_h(problem: Problem) -> np.ndarray:
+    """[T] $ per kWh of reserve: the most the noise room one kW of reserve takes could earn mining.
+
+    Per receptor r with a cap in force at t, the room is worth at most v[r,t] = max over every
+    (g', m') heard at r of H[g',m']·hp[t]·(1 − fee) / e[g',m',r] ($ per hour per unit of noise
+    energy: the hashes of the quietest earner per unit of noise, energy not bought not subtracted,
+    so an upper bound). A kW of reserve from qualified (g, m) takes e[g,m,r] / (P[g,m] − P_idle[g])
+    of it. The worst qualified mode, summed over receptors (freeing each receptor's share separately
+    is one way to make the room, so the sum bounds the cost of holding). Zero without receptors,
+    reserves or a cap in force. GPU clusters' noise is not counted (compute sites price it in
+    ``optimize.compute``)."""
+    reserves = getattr(problem, "reserves", ())
+    out = np.zeros(problem.T)
+    if not reserves or not problem.receptors:
+        return out
+    qualified = {group_id for r in reserves for group_id in r.group_max_kw}
+    hp = problem.hashprice_usd_per_th_h * (1.0 - problem.pool_fee)  # [T] $ per TH/s-hour
+    per_mode = []  # [T] $/kWh of each qualified mode, summed over receptors
+    for group in problem.groups:
+        if group.id not in qualified:
+            continue
+        for mode in group.modes:
+            step_kw = mode.power_kw - group.idle_power_kw
+            if step_kw > 1e-9:
+                per_mode.append(np.zeros(problem.T) + sum(
+                    _noise_value_usd_per_energy_h(problem, receptor, hp) * receptor.unit_energy(group.id, mode) / step_kw
+                    for receptor in problem.receptors))
+    return np.max(per_mode, axis=0) if per_mode else out
+
+
+def _noise_value_usd_per_energy_h(problem: Problem, receptor: object, hp: np.ndarray) -> np.ndarray:
+    """[T] $ per hour per unit of noise energy at ``receptor`` (a `problem.Receptor`): the best
+    hashes per unit of its noise over every mode heard there, where a cap is in force (0 elsewhere)."""
+    best_th_per_energy = max((mode.hashrate_th_s / receptor.unit_energy(group.id, mode)
+                              for group in problem.groups for mode in group.modes
+                              if receptor.unit_energy(group.id, mode) > 0), default=0.0)
+    capped = np.isfinite(receptor.energy_budget())
+    return np.where(capped, best_th_per_energy * hp, 0.0)
 
 
 def _reserve_objective_terms(model: pyo.ConcreteModel, problem: Problem) -> list:

@@ -180,6 +180,27 @@ def cover_reserve_obligations(problem: Problem, counts: dict[tuple[int, int], np
         return 0
     rooms = _Rooms(problem, counts)
     added = 0
+    # Passes until one adds nothing: a unit started at t runs its minimum on time, so a run at t
+    # may need room at t + 1 that only a later interval's swap makes (4 May 2024, 06:00 CDT: the
+    # award's first interval stayed 35 S19j units short while 06:15 onwards was covered); once t + 1
+    # holds its units, t needs a run of its own interval only.
+    for _ in range(_MAX_COVER_PASSES):
+        added_before = added
+        added += _cover_pass(problem, rooms, arrays, shed, short_at, make_room)
+        if added == added_before:
+            break
+        deficit = arrays.need.sum(axis=0) - arrays.cuts(shed).min(axis=0)
+        short_at = np.flatnonzero(deficit > EPS)
+        if short_at.size == 0:
+            break
+    return added
+
+
+def _cover_pass(problem: Problem, rooms: _Rooms, arrays: _ReserveArrays, shed: np.ndarray, short_at: np.ndarray,
+                make_room: bool) -> int:
+    """One pass of `cover_reserve_obligations` over the intervals ``short_at``, in order; updates
+    ``rooms`` (and the counts it holds) and ``shed``. Returns the unit-intervals added."""
+    added = 0
     for t in short_at:
         for _ in range(_MAX_COVER_STEPS):
             cuts = arrays.cuts(shed, int(t))
@@ -297,6 +318,7 @@ _MAX_SWAP_UNITS = 200  # units slept per interval to make room (bounds the searc
 
 
 _MAX_COVER_STEPS = 1000  # additions per interval (each adds >= 1 unit; bounds the loop, never reached in practice)
+_MAX_COVER_PASSES = 4  # passes over the short intervals (each after the first only runs when the last added units)
 
 
 def _window_sums(values: np.ndarray, first: np.ndarray) -> np.ndarray:
