@@ -27,7 +27,8 @@ SIGNATURE_VERSION = "hf-audit-v1"
 KINDS = ("input_summary", "dr_event", "dr_ack", "dr_transition", "schedule", "setpoints", "guard_action", "config",
          "measurement", "limits_change", "limits_expired", "restart", "meter_sample",
          "as_award", "as_deploy", "as_performance", "reserve_hold_short",  # ancillary services (issue 15)
-         "openadr_rejected")  # what the OpenADR VEN refuses (openadr.ven._reject)
+         "openadr_rejected",  # what the OpenADR VEN refuses (openadr.ven._reject)
+         "input_rejected", "input_rejected_summary")  # refused inputs, bounded (audit.rejections)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_log (
