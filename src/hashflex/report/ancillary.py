@@ -13,9 +13,17 @@ What the trail holds (:mod:`hashflex.audit`, written by the control loop):
   and the time from the instruction to the command (``commanded_after_s``);
 - ``measurement``: one record per control interval with the mean grid import.
 
-Figures, per deployment issued in the report period (units in the key names):
+Figures, per deployment first instructed in the report period, one row per accepted revision (an
+amended deployment, ``in/as/deploy`` with the same id and a higher ``revision``, has a row for each
+instruction as given: issue 15, a row mixed revision 0's MW with the latest's limit and delivery).
+Every figure of a row comes from that revision's own message, ack and ``as_performance`` record;
+``revision``, ``revisions`` (how many the deployment had), ``in_force_from`` (the first revision: its
+instruction, or its arrival if earlier; a later one: its arrival, when the loop's book took it) and
+``in_force_until`` (the next revision's arrival, else the deployment's end: its recall or the
+product's sustain duration from the first instruction). A deployment never accepted has one row
+(``revision`` its message's, ``revisions`` 0, no delivery figures). Units in the key names:
 
-- ``deployed_mw`` = the deployment's ``deployed_kw`` / 1000 (the reduction asked);
+- ``deployed_mw`` = the revision's ``deployed_kw`` / 1000 (the reduction asked);
 - ``awarded_mw`` = Σ ``reserve_kw`` / 1000 of the accepted awards of the same product in force at
   the instruction (the latest accepted revision of each award recorded before the deployment);
 - ``delivered_mw`` = (``baseline_kw`` − ``commanded_import_kw``) / 1000; ``shortfall_mw`` =
@@ -23,18 +31,25 @@ Figures, per deployment issued in the report period (units in the key names):
   100 · delivered / awarded; ``response_s`` = ``commanded_after_s``; ``within_deadline`` whether
   the cut was commanded by the deadline (ERCOT Nodal Protocols §6.5.7.6.2: RRS and ECRS within
   10 minutes, Non-Spin within 30; ``profile.AS_PRODUCT_RULES``);
-- metered, from ``measurement`` records: the deployment is in force from the instruction until
-  the recall, else for the product's sustain duration; intervals starting at or after the
-  deadline and before that end are assessed, each against the limit in force over it
-  (:mod:`hashflex.report.deployment_limit`: the ack's limit plus the rise in reserve awarded since
-  the instruction, the rule the loop, the guard and the backtest enforce): ``metered_import_kw`` =
-  their h-weighted mean import, ``metered_limit_kw`` their h-weighted mean limit,
-  ``metered_delivered_mw`` = (baseline − metered import) / 1000, ``metered_shortfall_mw`` = the
-  h-weighted mean of max(import − limit, 0) / 1000 (the backtest's ``as_deployment_short_kw`` over
-  the same intervals); ``metered_under_limit_by`` = the end of the first
-  interval in force whose mean import is at or under its limit, and ``metered_response_s`` the
-  time from the instruction to it (an upper bound: the trail holds one mean per interval). Null
-  when no measurement covers the deployment;
+- metered, from ``measurement`` records, by the one rule of :mod:`hashflex.control.as_shortfall`
+  (the backtest's too). A deployment binds the intervals starting before its end; in each, the
+  revision that binds is the latest received by the interval's start whose deadline has passed (one
+  asking more MW gets the product's deadline from the amendment, and the one before binds until
+  then; before the first deadline nothing binds). Each revision's limit over the interval is its
+  ack's limit plus the rise in reserve awarded since the first instruction
+  (:mod:`hashflex.report.deployment_limit`, the loop's, the guard's and the backtest's rule). Per
+  interval (``shortfall_intervals``): the lowest limit of the deployments that bind
+  (``binding_limit_kw``), the shortfall max(import − that limit, 0) capped at their MW together
+  (``deployed_kw``), shared pro rata to each one's MW. A row's assessed intervals are those its
+  revision binds: ``metered_import_kw`` = their h-weighted mean import, ``metered_limit_kw`` their
+  h-weighted mean limit (its own), ``metered_delivered_mw`` = (baseline − metered import) / 1000
+  (negative when the site drew more than at the instruction), ``metered_shortfall_mw`` = the
+  h-weighted mean of its share / 1000 (alone: min(max(import − limit, 0), deployed); the backtest's
+  ``as_deployment_short_kw`` over the same intervals), ``concurrent_with`` the other deployments
+  that bound any of them; ``metered_under_limit_by`` = the end of the first interval of the
+  revision's span whose mean import is at or under its limit, and ``metered_response_s`` the time
+  from the revision's instruction to it (an upper bound: the trail holds one mean per interval).
+  Null when no measurement covers the revision;
 - ``measured_response_s`` / ``measured_within_deadline``: from the site meter's (or summed telemetry's)
   individual readings, recorded by the loop in a later ``as_performance`` record: the time from the
   instruction to the first reading at or under the limit, and whether that was by the deadline (null
@@ -67,18 +82,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from hashflex.control.ancillary import reserve_clawback_usd
+from hashflex.control.as_shortfall import (
+    binding_deployments,
+    binding_revision,
+    deployment_shortfall_kw,
+    shortfall_shares,
+)
 from hashflex.profile import AS_PRODUCT_RULES
 from hashflex.report.deployment_limit import awards_known_before, deployment_limit_kw
 from hashflex.report.inputs import ReportInputs, _r
 
 __all__ = ["AWARD_COLUMNS", "DEPLOYMENT_COLUMNS", "ancillary_figures", "reserve_money"]
 
-DEPLOYMENT_COLUMNS = ["deployment_id", "product", "issued_at", "accepted", "deployed_mw", "awarded_mw", "delivered_mw",
+DEPLOYMENT_COLUMNS = ["deployment_id", "revision", "product", "issued_at", "in_force_until", "accepted", "deployed_mw", "awarded_mw", "delivered_mw",
                       "delivered_vs_awarded_pct", "shortfall_mw", "response_s", "deadline", "within_deadline",
                       "recalled_at", "metered_import_kw", "metered_limit_kw", "metered_delivered_mw",
                       "metered_shortfall_mw",
@@ -117,39 +139,154 @@ def _awarded_kw(awards: list[dict[str, Any]], product: str, at: pd.Timestamp, be
     return total
 
 
-def _metered(history: pd.DataFrame | None, issued: pd.Timestamp, deadline: pd.Timestamp, until: pd.Timestamp,
-             baseline_kw: float | None, limit_kw: float | None, tolerance_kw: float,
-             awards: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+@dataclass
+class _Revision:
+    """One accepted revision of a deployment as the loop's book held it (figures from its own records)."""
+
+    deployment_id: str
+    revision: int
+    record: dict[str, Any]
+    performance: Mapping[str, Any] | None
+    issued: pd.Timestamp  # this revision's instruction (``issued_at`` of its message)
+    received: pd.Timestamp  # from when it bound: the first at min(instruction, arrival), a later one at arrival
+    deadline: pd.Timestamp
+    first_issued: pd.Timestamp  # the deployment's first instruction (t₀ of the limit's rise)
+    until: pd.Timestamp  # the next revision's arrival, else the deployment's end
+    end: pd.Timestamp  # the deployment's end: its recall, else the product's sustain duration
+
+    @property
+    def limit_kw(self) -> float | None:
+        perf = self.performance or {}
+        limit = perf.get("limit_kw", (self.record.get("ack") or {}).get("import_limit_kw"))
+        return None if limit is None else float(limit)
+
+    @property
+    def deployed_kw(self) -> float:
+        return float(self.record["message"].get("deployed_kw") or 0.0)
+
+
+def _revisions(inputs: ReportInputs) -> tuple[dict[str, list[_Revision]], dict[str, dict[str, Any]],
+                                              dict[str, pd.Timestamp]]:
+    """Per deployment id: its accepted revisions in the order received (each with its span, deadline and
+    its own performance record), the first record of each id that was never accepted, and the recalls."""
+    performance: dict[tuple[str, int], dict[str, Any]] = {}
+    for p in sorted(inputs.as_performance, key=lambda p: p["seq"]):
+        performance[str(p.get("deployment_id")), int(p.get("revision") or 0)] = p
+    recalls: dict[str, pd.Timestamp] = {}
+    accepted: dict[str, list[dict[str, Any]]] = {}
+    refused: dict[str, dict[str, Any]] = {}
+    for record in sorted(inputs.as_deploys, key=lambda r: r["seq"]):
+        message = record["message"]
+        deployment_id = str(message.get("deployment_id"))
+        if message.get("recalled"):
+            if _accepted(record) and deployment_id not in recalls:
+                recalls[deployment_id] = _stamp(message.get("issued_at")) or record["at"]
+            continue
+        if _accepted(record):
+            held = accepted.setdefault(deployment_id, [])
+            if not held or int(message.get("revision") or 0) > int(held[-1]["message"].get("revision") or 0):
+                held.append(record)  # a redelivery's repeated "accepted" is not a new revision
+        elif deployment_id not in refused:
+            refused[deployment_id] = record
+    out: dict[str, list[_Revision]] = {}
+    for deployment_id, records in accepted.items():
+        first = records[0]["message"]
+        rules = AS_PRODUCT_RULES.get(str(first.get("product")), {})
+        first_issued = _stamp(first.get("issued_at")) or records[0]["at"]
+        end = first_issued + pd.Timedelta(hours=float(rules.get("sustain_h", 0.0)))
+        if deployment_id in recalls:
+            end = min(end, recalls[deployment_id])
+        revisions = []
+        for i, record in enumerate(records):
+            message = record["message"]
+            issued = _stamp(message.get("issued_at")) or record["at"]
+            # The book replaces a revision when the next arrives; the first binds from its instruction
+            # or its arrival, whichever is earlier (control.ancillary.ASDeployment.binds_from).
+            received = min(issued, record["at"]) if i == 0 else record["at"]
+            deadline = (_stamp((record["ack"] or {}).get("deadline"))
+                        or issued + pd.Timedelta(seconds=float(rules.get("deadline_s", 0.0))))
+            until = min(records[i + 1]["at"], end) if i + 1 < len(records) else end
+            revisions.append(_Revision(deployment_id, int(message.get("revision") or 0), record,
+                                       performance.get((deployment_id, int(message.get("revision") or 0))),
+                                       issued, received, deadline, first_issued, until, end))
+        out[deployment_id] = revisions
+    return out, refused, recalls
+
+
+def _shortfall_intervals(inputs: ReportInputs, revisions: Mapping[str, list[_Revision]]) -> list[dict[str, Any]]:
+    """Per measured interval in which a deployment binds: the site's shortfall by the one rule
+    (:mod:`hashflex.control.as_shortfall`: lowest limit of the deployments due, capped at their MW,
+    shared pro rata), each deployment's limit over the interval rising with reserve awarded since its
+    first instruction (:func:`deployment_limit_kw`)."""
+    history = inputs.history
+    if history is None or history.empty or not revisions:
+        return []
+    first = min(r[0].received for r in revisions.values())
+    last = max(r[0].end for r in revisions.values())
+    rows = history[history["import_kw"].notna() & (history["interval_start"] < last)
+                   & (history["interval_end"] > first)].sort_values("interval_start")
+    out = []
+    for start, end, h, import_kw in zip(rows["interval_start"], rows["interval_end"], rows["interval_h"],
+                                        rows["import_kw"], strict=True):
+        binding: list[tuple[_Revision, float]] = []
+        for held in revisions.values():
+            if not start < held[0].end:
+                continue
+            revision = binding_revision([(r.received, r.deadline, r) for r in held if r.limit_kw is not None], start)
+            if revision is None:
+                continue
+            limit = deployment_limit_kw(float(revision.limit_kw), revision.first_issued.to_pydatetime(),
+                                        awards_known_before(inputs.as_awards, end), start.to_pydatetime(),
+                                        end.to_pydatetime())
+            binding.append((revision, limit))
+        if not binding:
+            continue
+        limit_kw, deployed_kw = binding_deployments([b[1] for b in binding], [b[0].deployed_kw for b in binding])
+        short_kw = deployment_shortfall_kw(float(import_kw), limit_kw, deployed_kw)
+        shares = shortfall_shares(short_kw, {f"{r.deployment_id}#{r.revision}": r.deployed_kw for r, _ in binding})
+        out.append({"interval_start": start, "interval_end": end, "interval_h": float(h), "import_kw": float(import_kw),
+                    "binding_limit_kw": limit_kw, "deployed_kw": deployed_kw, "shortfall_kw": short_kw,
+                    "deployments": [{"deployment_id": r.deployment_id, "revision": r.revision, "limit_kw": limit,
+                                     "deployed_kw": r.deployed_kw,
+                                     "shortfall_kw": shares[f"{r.deployment_id}#{r.revision}"]}
+                                    for r, limit in binding]})
+    return out
+
+
+def _metered(revision: _Revision, inputs: ReportInputs, intervals: list[dict[str, Any]],
+             tolerance_kw: float) -> dict[str, Any]:
+    """A revision's metered figures: over the intervals it binds (module docstring), its share of each
+    interval's shortfall; the first interval of its span at or under its own limit."""
     out: dict[str, Any] = {"metered_intervals": 0, "metered_import_kw": None, "metered_limit_kw": None,
                            "metered_delivered_mw": None, "metered_shortfall_mw": None,
-                           "metered_under_limit_by": None, "metered_response_s": None}
+                           "metered_under_limit_by": None, "metered_response_s": None, "concurrent_with": []}
+    history, limit_kw = inputs.history, revision.limit_kw
     if history is None or history.empty or limit_kw is None:
         return out
-    rows = history[history["import_kw"].notna() & (history["interval_start"] < until)
-                   & (history["interval_end"] > issued)].sort_values("interval_start").copy()
-    # Each interval against the limit in force over it: it rises with reserve awarded since the
-    # instruction (report.deployment_limit, the loop's, the guard's and the backtest's rule).
-    rows["limit_kw"] = [
-        deployment_limit_kw(float(limit_kw), issued.to_pydatetime(),
-                            awards_known_before(awards or [], end), start.to_pydatetime(), end.to_pydatetime())
-        for start, end in zip(rows["interval_start"], rows["interval_end"], strict=True)]
-    under = rows[rows["import_kw"] <= rows["limit_kw"] + tolerance_kw]
-    if len(under):
-        crossing = under["interval_end"].iloc[0]
-        out["metered_under_limit_by"] = crossing.isoformat()
-        out["metered_response_s"] = _r((crossing - issued).total_seconds())
-    assessed = rows[rows["interval_start"] >= deadline]
-    hours = float(assessed["interval_h"].sum())
+    span = history[history["import_kw"].notna() & (history["interval_start"] < revision.until)
+                   & (history["interval_end"] > revision.received)].sort_values("interval_start")
+    for start, end, import_kw in zip(span["interval_start"], span["interval_end"], span["import_kw"], strict=True):
+        limit = deployment_limit_kw(limit_kw, revision.first_issued.to_pydatetime(),
+                                    awards_known_before(inputs.as_awards, end), start.to_pydatetime(),
+                                    end.to_pydatetime())
+        if import_kw <= limit + tolerance_kw:
+            out["metered_under_limit_by"] = end.isoformat()
+            out["metered_response_s"] = _r((end - revision.issued).total_seconds())
+            break
+    mine = [(i, d) for i in intervals for d in i["deployments"]
+            if d["deployment_id"] == revision.deployment_id and d["revision"] == revision.revision]
+    hours = sum(i["interval_h"] for i, _ in mine)
     if hours > 0:
-        import_kw = float((assessed["import_kw"] * assessed["interval_h"]).sum() / hours)
-        short_kw = float(((assessed["import_kw"] - assessed["limit_kw"]).clip(lower=0.0)
-                          * assessed["interval_h"]).sum() / hours)
-        out["metered_intervals"] = len(assessed)
+        import_kw = sum(i["import_kw"] * i["interval_h"] for i, _ in mine) / hours
+        out["metered_intervals"] = len(mine)
         out["metered_import_kw"] = _r(import_kw)
-        out["metered_limit_kw"] = _r(float((assessed["limit_kw"] * assessed["interval_h"]).sum() / hours))
-        out["metered_shortfall_mw"] = _r(short_kw / 1000.0)
-        if baseline_kw is not None:
-            out["metered_delivered_mw"] = _r((baseline_kw - import_kw) / 1000.0)
+        out["metered_limit_kw"] = _r(sum(d["limit_kw"] * i["interval_h"] for i, d in mine) / hours)
+        out["metered_shortfall_mw"] = _r(sum(d["shortfall_kw"] * i["interval_h"] for i, d in mine) / hours / 1000.0)
+        baseline = (revision.performance or {}).get("baseline_kw")
+        if baseline is not None:
+            out["metered_delivered_mw"] = _r((float(baseline) - import_kw) / 1000.0)
+        out["concurrent_with"] = sorted({d["deployment_id"] for i, _ in mine for d in i["deployments"]}
+                                        - {revision.deployment_id})
     return out
 
 
@@ -157,24 +294,29 @@ def _mw(kw: Any) -> float | None:
     return None if kw is None else _r(float(kw) / 1000.0)
 
 
-def _deployment_row(record: dict[str, Any], inputs: ReportInputs, performance: Mapping[str, Any] | None,
-                    recalled_at: pd.Timestamp | None, tolerance_kw: float) -> dict[str, Any]:
+def _deployment_row(record: dict[str, Any], inputs: ReportInputs, revision: _Revision | None,
+                    recalled_at: pd.Timestamp | None, intervals: list[dict[str, Any]], revision_count: int,
+                    tolerance_kw: float) -> dict[str, Any]:
+    """One row: an accepted revision (``revision`` given: every figure from that revision's own message,
+    ack and performance record), or a deployment never accepted (``revision`` None)."""
     message, ack = record["message"], record["ack"]
     product = str(message.get("product"))
     issued = _stamp(message.get("issued_at")) or record["at"]
     rules = AS_PRODUCT_RULES.get(product, {})
-    deadline = _stamp(ack.get("deadline")) or issued + pd.Timedelta(seconds=float(rules.get("deadline_s", 0.0)))
-    until = issued + pd.Timedelta(hours=float(rules.get("sustain_h", 0.0)))
-    if recalled_at is not None:
-        until = min(until, recalled_at)
+    deadline = (revision.deadline if revision is not None else
+                _stamp(ack.get("deadline")) or issued + pd.Timedelta(seconds=float(rules.get("deadline_s", 0.0))))
     awarded_kw = _awarded_kw(inputs.as_awards, product, issued, record["seq"])
-    perf = performance or {}
-    baseline, limit = perf.get("baseline_kw"), perf.get("limit_kw", ack.get("import_limit_kw"))
+    perf = (revision.performance if revision is not None else None) or {}
+    baseline = perf.get("baseline_kw")
+    limit = revision.limit_kw if revision is not None else None
     delivered = perf.get("delivered_kw")
     shortfall = perf.get("shortfall_kw")
     row = {
-        "deployment_id": message.get("deployment_id"), "product": product, "issuer": message.get("issuer"),
+        "deployment_id": message.get("deployment_id"), "revision": int(message.get("revision") or 0),
+        "revisions": revision_count, "product": product, "issuer": message.get("issuer"),
         "issued_at": issued.isoformat(), "accepted": _accepted(record), "reason": ack.get("reason"),
+        "in_force_from": _iso(revision.received) if revision is not None else None,
+        "in_force_until": _iso(revision.until) if revision is not None else None,
         "deployed_mw": _r(float(message.get("deployed_kw") or 0.0) / 1000.0),
         "awarded_mw": _r(awarded_kw / 1000.0),
         "deadline": deadline.isoformat(), "deadline_s": _r((deadline - issued).total_seconds()),
@@ -196,10 +338,12 @@ def _deployment_row(record: dict[str, Any], inputs: ReportInputs, performance: M
         "award_obligation_mw": _mw(perf.get("award_obligation_kw")),
         "award_shortfall_mw": _mw(perf.get("award_shortfall_kw")),
     }
-    metered = (_metered(inputs.history, issued, deadline, until, baseline, limit, tolerance_kw, inputs.as_awards)
-               if performance
-               else _metered(None, issued, deadline, until, None, None, tolerance_kw))
-    row.update(metered)
+    if revision is not None and revision.performance:
+        row.update(_metered(revision, inputs, intervals, tolerance_kw))
+    else:
+        row.update({"metered_intervals": 0, "metered_import_kw": None, "metered_limit_kw": None,
+                    "metered_delivered_mw": None, "metered_shortfall_mw": None, "metered_under_limit_by": None,
+                    "metered_response_s": None, "concurrent_with": []})
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
 
@@ -212,8 +356,8 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
     inputs : ReportInputs
         Decoded audit records (``as_awards``, ``as_deploys``, ``as_performance``, ``history``).
     period_start, period_end : pd.Timestamp
-        The report period, UTC, half-open; a deployment belongs to it by its instruction time
-        (``issued_at``), an award when its window overlaps the period.
+        The report period, UTC, half-open; a deployment belongs to it by its first instruction time
+        (``issued_at`` of revision 0), with all its revisions; an award when its window overlaps the period.
     tolerance_kw : float
         kW a metered interval mean may be over the limit and still count as under it.
 
@@ -221,31 +365,29 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
     -------
     dict
         ``deployment_count``, ``accepted_count``, ``shortfall_count`` (deployments with a commanded
-        or metered shortfall), ``late_count`` (cut not commanded by the deadline), ``late_arrival_count``
-        (arrived after it), ``above_award_count`` (asked more than the award in force), ``deployments``
-        (one row per deployment, the keys of the module docstring, in instruction order),
+        or metered shortfall in any revision), ``late_count`` (a cut not commanded by its deadline),
+        ``late_arrival_count`` (arrived after it), ``above_award_count`` (asked more than the award in
+        force), ``amended_count`` (deployments with more than one revision), ``deployments`` (one row
+        per accepted revision of each deployment, or one for a deployment never accepted; the keys of
+        the module docstring; in instruction order), ``shortfall_intervals`` (per measured interval of
+        the period in which a deployment binds: the site's shortfall and each deployment's share),
         ``awards`` (one row per award message), ``notes``.
     """
-    performance = {p.get("deployment_id"): p for p in sorted(inputs.as_performance, key=lambda p: p["seq"])}
-    recalls: dict[str, pd.Timestamp] = {}
-    firsts: dict[str, dict[str, Any]] = {}
-    for record in sorted(inputs.as_deploys, key=lambda r: r["seq"]):
-        message = record["message"]
-        deployment_id = message.get("deployment_id")
-        if message.get("recalled"):
-            if _accepted(record) and deployment_id not in recalls:
-                recalls[deployment_id] = _stamp(message.get("issued_at")) or record["at"]
-            continue
-        held = firsts.get(deployment_id)
-        if held is None or (not _accepted(held) and _accepted(record)):
-            firsts[deployment_id] = record
-    rows = []
-    for deployment_id, record in firsts.items():
+    revisions, refused, recalls = _revisions(inputs)
+    intervals = _shortfall_intervals(inputs, revisions)
+    keyed = []  # (first instruction, id, revision): the revisions of one deployment stay together
+    for deployment_id, held in revisions.items():
+        if period_start <= held[0].issued < period_end:
+            keyed += [((held[0].issued, deployment_id, r.revision),
+                       _deployment_row(r.record, inputs, r, recalls.get(deployment_id), intervals, len(held),
+                                       tolerance_kw)) for r in held]
+    for deployment_id, record in refused.items():
         issued = _stamp(record["message"].get("issued_at")) or record["at"]
-        if period_start <= issued < period_end:
-            rows.append(_deployment_row(record, inputs, performance.get(deployment_id) if _accepted(record) else None,
-                                        recalls.get(deployment_id), tolerance_kw))
-    rows.sort(key=lambda r: (r["issued_at"], str(r["deployment_id"])))
+        if deployment_id not in revisions and period_start <= issued < period_end:
+            keyed.append(((issued, deployment_id, 0),
+                          _deployment_row(record, inputs, None, recalls.get(deployment_id), intervals, 0,
+                                          tolerance_kw)))
+    rows = [row for _, row in sorted(keyed, key=lambda kr: kr[0])]
     awards = []
     for record in sorted(inputs.as_awards, key=lambda r: r["seq"]):
         message = record["message"]
@@ -257,26 +399,44 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
                        "award_end": end.isoformat(), "reserve_mw": _r(float(message.get("reserve_kw") or 0.0) / 1000.0),
                        "price_usd_mw_h": _r(message.get("price_usd_mw_h")), "accepted": _accepted(record),
                        "reason": (record["ack"] or {}).get("reason")})
-    short = [r for r in rows if (r["shortfall_mw"] or 0.0) > 0 or (r["metered_shortfall_mw"] or 0.0) > 0]
+
+    def count(hit: Any) -> int:
+        return len({r["deployment_id"] for r in rows if hit(r)})
+
     notes = []
     if rows:
         notes.append("response_s is the time from the instruction to the cut the fast path commanded; metered "
                      "figures come from the interval means of the measurement records, so metered_response_s is "
                      "an upper bound at interval resolution")
+    if any(r["revisions"] > 1 for r in rows):
+        notes.append("an amended deployment has one row per revision: each with the MW, limit and deadline of that "
+                     "instruction, in force from its arrival until the next revision's; an interval is assessed "
+                     "against the revision due at its start (one asking more MW binds from its own deadline)")
+    if any(r["concurrent_with"] for r in rows):
+        notes.append("with deployments in force together, an interval is measured against the lowest limit of "
+                     "those due, its shortfall capped at their MW together and shared pro rata to each one's MW "
+                     "(shortfall_intervals; hashflex.control.as_shortfall, the backtest's rule)")
     if any(r["arrived_late"] for r in rows):
         notes.append("a deployment that arrived after its deadline was cut at once; its response still counts "
                      "from the instruction (arrival_delay_s is the part before it reached the site)")
     if any((r["above_award_mw"] or 0.0) > 0 for r in rows):
         notes.append("a deployment above the award was obeyed in full; award_shortfall_mw measures it against "
                      "the award in force")
+    shown = [{**i, "interval_start": i["interval_start"].isoformat(), "interval_end": i["interval_end"].isoformat(),
+              **{k: _r(i[k]) for k in ("import_kw", "binding_limit_kw", "deployed_kw", "shortfall_kw")},
+              "deployments": [{**d, **{k: _r(d[k]) for k in ("limit_kw", "deployed_kw", "shortfall_kw")}}
+                              for d in i["deployments"]]}
+             for i in intervals if period_start <= i["interval_start"] < period_end]
     return {
-        "deployment_count": len(rows),
-        "accepted_count": sum(1 for r in rows if r["accepted"]),
-        "shortfall_count": len(short),
-        "late_count": sum(1 for r in rows if r["within_deadline"] is False),
-        "late_arrival_count": sum(1 for r in rows if r["arrived_late"] is True),
-        "above_award_count": sum(1 for r in rows if (r["above_award_mw"] or 0.0) > 0),
+        "deployment_count": count(lambda r: True),
+        "accepted_count": count(lambda r: r["accepted"]),
+        "shortfall_count": count(lambda r: (r["shortfall_mw"] or 0.0) > 0 or (r["metered_shortfall_mw"] or 0.0) > 0),
+        "late_count": count(lambda r: r["within_deadline"] is False),
+        "late_arrival_count": count(lambda r: r["arrived_late"] is True),
+        "above_award_count": count(lambda r: (r["above_award_mw"] or 0.0) > 0),
+        "amended_count": count(lambda r: r["revisions"] > 1),
         "deployments": rows,
+        "shortfall_intervals": shown,
         "awards": awards,
         "notes": notes,
     }

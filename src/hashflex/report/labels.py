@@ -75,6 +75,10 @@ LABELS = {
     "reserve_revenue_usd": "Net reserve payment",
     "average_energy_cost_usd_per_mwh": "Average electricity cost",
     "curtailment_hours": "Hours with any mining curtailed (> 1 % of full load)",
+    "uncosted_intervals": "Intervals without an RT settlement point price, not costed",
+    "uncosted_hours": "Hours not costed (no RT settlement point price)",
+    "uncosted_grid_import_mwh": "Grid import not costed (no RT settlement point price)",
+    "uncosted_revenue_usd": "Mining revenue of the intervals not costed (left out of profit)",
     "hour_start": "Hour starting",
     "interval_start": "Interval starting",
     "cap_dba": "Limit in force",
@@ -117,6 +121,9 @@ LABELS = {
     "late_count": "Deployments not cut by the deadline",
     "late_arrival_count": "Deployments that arrived after their deadline",
     "above_award_count": "Deployments above the award in force",
+    "amended_count": "Deployments amended (more than one revision)",
+    "in_force_from": "Revision in force from",
+    "in_force_until": "Revision in force until",
     "arrived_late": "Arrived after its deadline",
     "arrival_delay_s": "Arrived after the instruction",
     "above_award_mw": "Deployed above the award",
@@ -219,13 +226,18 @@ DEFINITIONS = [
      "was commanded against the product's deadline (RRS and ECRS 10 minutes, Non-Spin 30), and the metered import "
      "of the intervals after the deadline, each against the limit in force then (it rises with reserve awarded "
      "after the instruction, as the controller enforces it). The metered time under the limit is an upper bound: "
-     "the trail holds one mean per control interval."),
+     "the trail holds one mean per control interval. An amended deployment has one row per revision, each with "
+     "the reduction, limit and deadline of that instruction, in force from its arrival until the next one's. With "
+     "deployments in force together, an interval is measured against the lowest limit of those due, its shortfall "
+     "capped at their MW together and shared pro rata (the backtest's rule)."),
     ("Economics and the backtest summary", "Profit here is mining revenue − electricity cost + net reserve "
      "payment as recorded; it does not subtract miner start costs, which a backtest summary's profit_usd does "
      "(start_cost_usd there). Hours with any mining curtailed count whole intervals in which load was more than "
      "1 % below full load; a backtest summary's curtailed_hours weighs each interval by the share of units "
      "asleep (full-site hours), so it is smaller. The reserve charge-back is awarded reserve not held by "
-     "running, shed-able load; a deployment's metered shortfall is reported per deployment, not charged."),
+     "running, shed-able load; a deployment's metered shortfall is reported per deployment, not charged. An "
+     "interval without a real-time settlement point price is not costed (never at $0): electricity cost, "
+     "profit and the average cost leave it out, and it is counted."),
     ("Curtailment by cause", "Energy not used (full load − load) in intervals run below full load, by the "
      "reason the plan gave for that interval, or the guard's fast-path action that cut inside it."),
     ("Time", "Times on this page are the site's local time with its offset from UTC; the JSON and CSV exports "
