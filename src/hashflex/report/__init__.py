@@ -54,9 +54,12 @@ $ 0.01, kW 0.1, % 0.1).
   :func:`hashflex.report.ancillary.reserve_money`), ``profit_usd`` (revenue − energy cost + reserve
   revenue; start costs are not subtracted, unlike a backtest summary's profit), ``average_energy_cost_usd_per_mwh``,
   ``curtailment_hours`` (hours of intervals with any curtailment, not the summary's full-site
-  ``curtailed_hours``), ``curtailed_mwh``.
+  ``curtailed_hours``), ``curtailed_mwh``, ``uncosted_intervals``, ``uncosted_hours``,
+  ``uncosted_grid_import_mwh``, ``uncosted_revenue_usd`` (intervals without a real-time price: not
+  costed, never at $0; ``energy_cost_usd``, ``profit_usd`` and the average cost exclude them), ``notes``.
 - ``hourly``: per UTC hour: energy, ``location_kg``, ``location_kg_per_mwh``,
-  ``intensity_source``, hashing, money, ``price_usd_mwh``.
+  ``intensity_source``, hashing, money (``energy_cost_usd`` of the priced intervals,
+  ``uncosted_intervals``), ``price_usd_mwh``.
 - ``intervals``: per measured interval (:func:`interval_rows`; exported by
   :mod:`hashflex.report.export` as ``intervals.csv``).
 """
@@ -192,7 +195,9 @@ def interval_rows(m: pd.DataFrame, inputs: F.ReportInputs, *, simulated: bool) -
                "curtailed_kw": curtailed, "curtailment_cause": causes[i] if curtailed else None,
                "price_usd_mwh": r.price_usd_mwh, "location_kg_per_mwh": float(intensity.iloc[i]),
                "intensity_source": source.iloc[i], "hashrate_th_s": r.hashrate_th_s,
-               "revenue_usd": r.revenue_usd, "energy_cost_usd": r.energy_cost_usd, "simulated": simulated}
+               "revenue_usd": r.revenue_usd,
+               # Not costed without a price: the loop records 0.0 for it, which is not a cost of $0.
+               "energy_cost_usd": r.energy_cost_usd if pd.notna(r.price_usd_mwh) else None, "simulated": simulated}
         for receptor, (measured, cap) in sorted(noise.get(r.interval_start, {}).items()):
             row[f"noise_{receptor}_dba"] = measured
             row[f"noise_cap_{receptor}_dba"] = cap

@@ -32,9 +32,11 @@ Definitions (the units are in the key names):
 - demand response: see :mod:`hashflex.report.dr_performance` (per event: timeline, ERCOT
   baselines, settlement rows, pass/fail). Curtailed kW = max(full_load − load, 0); high-price
   intervals: price ≥ threshold.
-- economics: revenue, energy cost, reserve revenue (AS awards at their price less metered deployment
-  shortfalls, :func:`hashflex.report.ancillary.reserve_money`), profit = revenue − energy cost +
-  reserve revenue (as recorded), curtailment hours = Σ h where curtailed > 1 % of full load.
+- economics: revenue, energy cost, reserve revenue (AS awards at their price less the clawback of
+  reserve awarded and not held, :func:`hashflex.report.ancillary.reserve_money`), profit = revenue −
+  energy cost + reserve revenue (as recorded), curtailment hours = Σ h where curtailed > 1 % of full
+  load. An interval without a real-time price is not costed (not $0): cost and profit exclude it, and
+  it is counted (``uncosted_intervals``).
 
 Split (issue 11): decoding records is :mod:`hashflex.report.inputs`, the emissions figures
 :mod:`hashflex.report.emissions`; both are re-exported here (``figures.inputs_from_records``,
@@ -91,7 +93,9 @@ def hourly_figures(m: pd.DataFrame, configs: Sequence[Mapping[str, Any]]) -> lis
     Returns
     -------
     list of dict
-        One row per hour: MWh, kg CO2, PH·h, $, $/MWh, kg CO2/MWh and the intensity's source.
+        One row per hour: MWh, kg CO2, PH·h, $, $/MWh, kg CO2/MWh and the intensity's source;
+        ``energy_cost_usd`` over the hour's intervals with a real-time price (null when none has one),
+        ``uncosted_intervals`` those without.
     """
     if m.empty:
         return []
@@ -107,7 +111,9 @@ def hourly_figures(m: pd.DataFrame, configs: Sequence[Mapping[str, Any]]) -> lis
         "location_kg": m["import_kw"].fillna(0.0) * h / 1000.0 * intensity,
         "hashrate_ph_h": m["hashrate_th_s"].fillna(0.0) * h / 1000.0,
         "revenue_usd": m["revenue_usd"].fillna(0.0),
-        "energy_cost_usd": m["energy_cost_usd"].fillna(0.0),
+        # Not costed without a price (economics_figures): NaN, and counted per hour.
+        "energy_cost_usd": m["energy_cost_usd"].where(m["price_usd_mwh"].notna()),
+        "uncosted_intervals": m["price_usd_mwh"].isna().astype(int),
         "price_x_h": m["price_usd_mwh"] * h,
         "price_h": h.where(m["price_usd_mwh"].notna(), 0.0),
         "intensity_x_h": intensity * h,
@@ -122,6 +128,7 @@ def hourly_figures(m: pd.DataFrame, configs: Sequence[Mapping[str, Any]]) -> lis
                      **{k: _r(row[k]) for k in ("grid_import_mwh", "renewable_generation_mwh", "renewable_used_mwh",
                                                 "load_mwh", "location_kg", "hashrate_ph_h", "revenue_usd",
                                                 "energy_cost_usd")},
+                     "uncosted_intervals": int(row["uncosted_intervals"]),
                      "price_usd_mwh": _r(row["price_x_h"] / row["price_h"]) if row["price_h"] > 0 else None,
                      "location_kg_per_mwh": _r(row["intensity_x_h"] / row["intensity_h"])
                      if row["intensity_h"] > 0 else None,
@@ -387,20 +394,41 @@ def economics_figures(m: pd.DataFrame, reserve: Mapping[str, Any] | None = None)
         subtracted: the trail does not record them; a backtest summary's ``profit_usd`` subtracts its
         ``start_cost_usd``, so the two differ by it); ``curtailment_hours`` = hours of intervals with
         any curtailment above 1 % of full load (a backtest summary's ``curtailed_hours`` weighs each
-        interval by the share of units asleep: full-site hours, smaller).
+        interval by the share of units asleep: full-site hours, smaller). An interval without a
+        real-time price (``price_usd_mwh`` null) is not costed: ``energy_cost_usd``, ``profit_usd``
+        (its revenue too) and ``average_energy_cost_usd_per_mwh`` leave it out; ``uncosted_intervals``,
+        ``uncosted_hours``, ``uncosted_grid_import_mwh`` and ``uncosted_revenue_usd`` count it, and
+        ``notes`` says so; ``revenue_usd`` is every interval's mining revenue.
     """
     h = m["interval_h"]
     curtailed = (m["full_load_kw"] - m["load_kw"]).clip(lower=0.0)
     curtailing = curtailed > CURTAIL_FRACTION * m["full_load_kw"]
-    revenue, cost = float(m["revenue_usd"].fillna(0.0).sum()), float(m["energy_cost_usd"].fillna(0.0).sum())
+    # Without a real-time price an interval's electricity cost is unknown (the loop records 0.0 for
+    # it): costing it at $0 would understate cost and overstate profit, so it is left out and counted.
+    costed = m["price_usd_mwh"].notna()
+    revenue = float(m["revenue_usd"].fillna(0.0).sum())
+    costed_revenue = float(m["revenue_usd"][costed].fillna(0.0).sum())
+    cost = float(m["energy_cost_usd"][costed].fillna(0.0).sum())
     money = {"reserve_payment_usd": 0.0, "reserve_clawback_usd": 0.0, "reserve_revenue_usd": 0.0, **(reserve or {})}
-    import_mwh = _mwh(m["import_kw"], h)
+    import_mwh = _mwh(m["import_kw"][costed], h[costed])
+    uncosted = int((~costed).sum())
+    notes = []
+    if uncosted:
+        notes.append(f"{uncosted} interval(s) without an RT settlement point price, not costed "
+                     f"({_r(float(h[~costed].sum()))} h, {_r(_mwh(m['import_kw'][~costed], h[~costed]))} MWh "
+                     f"imported): energy_cost_usd, profit_usd and average_energy_cost_usd_per_mwh exclude them "
+                     f"(revenue_usd includes their mining revenue, {_r(revenue - costed_revenue, 4)} $)")
     return {
         "revenue_usd": _r(revenue, 4),
         "energy_cost_usd": _r(cost, 4),
         **{k: _r(float(money[k]), 4) for k in ("reserve_payment_usd", "reserve_clawback_usd", "reserve_revenue_usd")},
-        "profit_usd": _r(revenue - cost + float(money["reserve_revenue_usd"]), 4),
+        "profit_usd": _r(costed_revenue - cost + float(money["reserve_revenue_usd"]), 4),
         "average_energy_cost_usd_per_mwh": _r(cost / import_mwh, 4) if import_mwh > 0 else None,
+        "uncosted_intervals": uncosted,
+        "uncosted_hours": _r(float(h[~costed].sum())),
+        "uncosted_grid_import_mwh": _r(_mwh(m["import_kw"][~costed], h[~costed])),
+        "uncosted_revenue_usd": _r(revenue - costed_revenue, 4),
         "curtailment_hours": _r(float(h[curtailing].sum())),
         "curtailed_mwh": _r(_mwh(curtailed, h)),
+        "notes": notes,
     }

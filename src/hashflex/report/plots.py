@@ -216,7 +216,8 @@ def _economics_plot(hourly: list[dict[str, Any]], events: list[dict[str, Any]]) 
         t = _times(hourly, "hour_start")
         profit, total = [], 0.0
         for r in hourly:
-            total += (r["revenue_usd"] or 0.0) - (r["energy_cost_usd"] or 0.0)
+            if r["energy_cost_usd"] is not None:  # an hour without a price is not costed (not $0)
+                total += (r["revenue_usd"] or 0.0) - r["energy_cost_usd"]
             profit.append(total)
         _shade_dr(ax, events)
         ax.plot(t, profit, color="#1f77b4", label="cumulative profit ($)")
