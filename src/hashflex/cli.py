@@ -13,6 +13,7 @@ import pandas as pd
 from hashflex import __version__
 from hashflex.frames import iso_date_argument
 from hashflex.profile import DEFAULT_PROFILE, ProfileError, load_profile
+from hashflex.store.lock import StoreLockedError
 
 log = logging.getLogger("hashflex")
 
@@ -434,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.handler(args) or 0)
-    except (ProfileError, ValueError, FileNotFoundError) as exc:
+    except (ProfileError, ValueError, FileNotFoundError, StoreLockedError) as exc:
+        # StoreLockedError: `run` on a store another daemon holds (one daemon per store), refused before any write
         print(f"hashflex {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

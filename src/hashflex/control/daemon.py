@@ -30,6 +30,17 @@ Degraded modes (each visible in ``/status`` and ``/healthz``):
   rules plan (DA, yesterday, the scarcity floor). ``/status`` says which (``forecast_source``, and
   ``price_model`` with the reason), the stored schedule records it, and ``/metrics`` counts fits, failed fits
   and failed predictions (``hashflex_events_total{counter="price_model_..."}``).
+
+One daemon per store (issue 15, auditor review finding 3): :func:`run_daemon` takes the store's exclusive
+lock (:func:`hashflex.store.lock.lock_store`) and binds its HTTP port before it opens the store, connects
+to the broker or writes a record; a second daemon on the same store stops there with
+:class:`~hashflex.store.lock.StoreLockedError` (``hashflex run`` exits 2 naming the store), and the first
+carries on (no false ``restart`` record, no MQTT session taken over).
+
+Inputs as evidence (issue 15, auditor review findings 1 and 2): commands reach the loop through the
+ingest's command handler (:func:`answer_command`), so ``/status`` ``inputs`` counts as ``accepted`` only what
+the site accepted durably (``inputs_refused``: the site's refusals by field); every refused input is in the
+audit trail (``input_rejected``, bounded per kind and minute: :mod:`hashflex.audit.rejections`).
 """
 
 from __future__ import annotations
@@ -50,13 +61,14 @@ from hashflex.control.loop import ControlLoop, LoopConfig
 from hashflex.control.records import AuditRecorder, IntervalMeter
 from hashflex.control.solver import SolveRunner
 from hashflex.feeds.load_forecast import load_forecast_feed_from_env
-from hashflex.feeds.mqtt import MqttIngest, mqtt_client
+from hashflex.feeds.mqtt import COMMAND_KINDS, MqttIngest, mqtt_client
 from hashflex.feeds.poll import price_feed_from_env
 from hashflex.frames import utc_now
-from hashflex.messages import Topics
+from hashflex.messages import ASAwardMessage, ASDeployMessage, DREventMessage, LimitsChangeMessage, Topics
 from hashflex.profile import SiteProfile
 from hashflex.forecast import store_forecaster
 from hashflex.store import Store
+from hashflex.store.lock import lock_store
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +273,60 @@ def with_openadr_counters(status: dict[str, Any], ven_status: dict[str, Any] | N
     return {**status, "openadr": ven_status, "counters": counters}
 
 
+def answer_command(loop: ControlLoop, message: Any, now: datetime) -> Any:
+    """The site's answer to one command from the MQTT ingest: the loop decides, commits and acknowledges
+    it (:meth:`ControlLoop.handle_dr`, ``handle_limits``, ``handle_as_award``, ``handle_as_deploy``) and the
+    answer goes back to the ingest, which counts it (``accepted`` only when committed) and audits a refusal.
+
+    Parameters
+    ----------
+    loop : ControlLoop
+        The control loop.
+    message : DREventMessage, LimitsChangeMessage, ASAwardMessage or ASDeployMessage
+        The command (schema-checked by the ingest).
+    now : datetime
+        The decision time, UTC.
+
+    Returns
+    -------
+    DRAckMessage, LimitsAck or ASAckMessage
+        The answer (``status``, ``reason``).
+
+    Raises
+    ------
+    TypeError
+        ``message`` is not a command (the ingest counts it under ``errors``).
+    """
+    if isinstance(message, DREventMessage):
+        return loop.handle_dr(message, now)
+    if isinstance(message, LimitsChangeMessage):
+        return loop.handle_limits(message, now)
+    if isinstance(message, ASAwardMessage):
+        return loop.handle_as_award(message, now)
+    if isinstance(message, ASDeployMessage):
+        return loop.handle_as_deploy(message, now)
+    raise TypeError(f"not a command: {type(message).__name__}")
+
+
+def wire_ingest(ingest: MqttIngest, loop: ControlLoop, clock: Any = utc_now) -> None:
+    """Connect the MQTT ingest to the loop as the daemon does: commands through :func:`answer_command`
+    (answered, counted by their answer), every other accepted message to ``loop.on_message``, and
+    rejections to ``loop.on_rejection`` (a malformed DR or AS message gets its ``rejected`` ack).
+
+    Parameters
+    ----------
+    ingest : MqttIngest
+        The ingest (not started yet).
+    loop : ControlLoop
+        The control loop.
+    clock : callable, default ``utc_now``
+        ``clock() -> datetime``: the decision time of each message.
+    """
+    ingest.set_command_handler(lambda message: answer_command(loop, message, clock()))
+    ingest.add_callback(lambda message: None if message.kind in COMMAND_KINDS else loop.on_message(message, clock()))
+    ingest.add_rejection_callback(lambda rejection: loop.on_rejection(rejection, clock()))
+
+
 def _reload(loop: ControlLoop, profile_path: str) -> None:
     """SIGHUP: re-read the profile; an invalid file is refused with its errors, the old one stays."""
     from hashflex.profile import ProfileError, load_profile
@@ -421,20 +487,46 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
 
     Raises
     ------
+    StoreLockedError
+        Another process (a daemon) holds ``store_path``'s lock: raised before anything is written or
+        connected (:mod:`hashflex.store.lock`).
     ValueError
         If the profile's ``site_meter`` section is invalid (the message names the field), or
         ``price_model`` is not a known mode.
     ImportError
         ``price_model="learned"`` without scikit-learn.
     OSError
-        If the HTTP port cannot be bound.
+        If the HTTP port cannot be bound (also before anything is written or connected).
     """
-    from hashflex.drivers.mqtt import MqttDriver
-
     stop = stop or threading.Event()
-    site = profile.site_id
     if price_model not in PRICE_MODEL_MODES:  # before anything starts
         raise ValueError(f"price_model {price_model!r}: expected one of {', '.join(PRICE_MODEL_MODES)}")
+    # One daemon per store, decided before the store is opened, a broker session taken or a record written:
+    # a second instance used to record a false ``restart`` and take over the first's MQTT client ids.
+    store_lock = lock_store(store_path)
+    try:
+        server = StatusServer(lambda now: {"healthy": False, "unhealthy_causes": ["starting"]}, utc_now,
+                              http_host, http_port)  # binds now: a taken port fails here, before any write
+    except BaseException:
+        if store_lock is not None:
+            store_lock.release()
+        raise
+    try:
+        _run_locked(profile, store_path, profile_path, mqtt_host, mqtt_port, driver, username, password, tls_ca_file,
+                    stop, time_limit_s, price_model, server)
+    finally:
+        server.stop()  # idempotent: closes the bound socket when the server never started
+        if store_lock is not None:
+            store_lock.release()
+
+
+def _run_locked(profile: SiteProfile, store_path: str, profile_path: str | None, mqtt_host: str, mqtt_port: int,
+                driver: Any, username: str | None, password: str | None, tls_ca_file: str | None,
+                stop: threading.Event, time_limit_s: float, price_model: str, server: StatusServer) -> None:
+    """:func:`run_daemon` once the store's lock is held and the HTTP port bound."""
+    from hashflex.drivers.mqtt import MqttDriver
+
+    site = profile.site_id
     store = Store(store_path)
     model = price_model_for(profile, price_model, store=store)
     book, fleet = load_control_state(store, profile)
@@ -459,9 +551,9 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
         wait_connected(5.0)  # the restart cut below needs the driver's transport
     loop.restore(utc_now())  # enforce what was in force before the restart, before any solve
     ingest = MqttIngest(store, site, mqtt_host, mqtt_port, username=username, password=password,
-                        tls_ca_file=tls_ca_file, client_id=f"hashflex-ingest-{site}", plausibility=profile)
-    ingest.add_callback(lambda message: loop.on_message(message, utc_now()))
-    ingest.add_rejection_callback(lambda rejection: loop.on_rejection(rejection, utc_now()))
+                        tls_ca_file=tls_ca_file, client_id=f"hashflex-ingest-{site}", plausibility=profile,
+                        audit=recorder.record)
+    wire_ingest(ingest, loop, utc_now)
     feed = price_feed_from_env(profile, store)
     feed_stats = (lambda: feed.stats()) if feed is not None else (lambda: None)
     load_feed = load_forecast_feed_from_env(store)  # ERCOT's system load forecast for the price model (issue 14)
@@ -470,13 +562,14 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
 
     def status(now: datetime) -> dict[str, Any]:
         document = {**loop.status(now), "inputs": ingest.stats(), "mqtt_connected": ingest.connected,
-                    "input_rejections": ingest.rejection_stats(), "price_feed": feed_stats(),
+                    "input_rejections": ingest.rejection_stats(), "inputs_refused": ingest.refusal_stats(),
+                    "price_feed": feed_stats(),
                     "load_forecast_feed": load_feed.stats() if load_feed is not None else None}
         document = with_openadr_counters(document, ven.status() if ven is not None else None)
         document = with_ingest_backlog(document, ingest.backlog())
         return with_broker_health(with_price_model(document, model), ingest.connected)
 
-    server = StatusServer(status, utc_now, http_host, http_port, loop=loop, ingest=ingest)  # dashboard + writes
+    server.attach(loop, ingest, status_fn=status)  # dashboard + writes
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
@@ -489,7 +582,7 @@ def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | Non
     ingest.start()
     server.start()
     log.info("hashflex running for %s: MQTT %s:%d, HTTP %s:%d, store %s", site, mqtt_host, mqtt_port,
-             http_host, server.port, os.path.abspath(store_path))
+             server.host, server.port, os.path.abspath(store_path))
     try:
         loop.run(utc_now, stop)
     finally:

@@ -353,7 +353,10 @@ class StatusServer:
             time.sleep(0.01)
 
     def stop(self) -> None:
-        """Stop serving: end the event streams, shut uvicorn down, stop the dashboard, close the socket."""
+        """Stop serving: end the event streams, shut uvicorn down, stop the dashboard, close the socket.
+        Idempotent (a daemon that failed to start closes the socket it bound)."""
+        if self._socket.fileno() < 0:
+            return
         self._stopping.set()  # ends the event streams, so shutdown does not wait on them
         self._server.should_exit = True
         if self._thread.ident is not None:

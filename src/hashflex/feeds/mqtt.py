@@ -27,10 +27,25 @@ Broker configuration matters: Mosquitto's default ``max_queued_messages 1000`` s
 messages for a subscriber that falls behind a burst (measured: 45% of a 30,000-message burst lost);
 set it well above the largest expected burst (the tests and the benchmark use 100,000 / 1,000,000).
 
-Commands: DR events (``in/dr``) and limits changes (``in/limits``) are not stored and not
-deduplicated here: every copy goes to the callbacks, where the control loop's limits book decides,
-commits and acknowledges it (a redelivery gets its first answer again). ``accepted`` counts them
-as well-formed, not as accepted by the site.
+Commands: DR events (``in/dr``), limits changes (``in/limits``) and AS awards and deployments
+(``in/as/award``, ``in/as/deploy``) are not stored and not deduplicated here: every copy goes to the
+control loop, whose limits book decides, commits and acknowledges it (a redelivery gets its first
+answer again). With a command handler (:meth:`MqttIngest.set_command_handler`, as the daemon sets
+one) each copy goes to it and its answer is what is counted (issue 15, auditor review finding 2):
+``accepted`` only when the site answered ``accepted`` (i.e. committed, durably) the first time,
+``duplicate`` for a redelivery of an accepted message, ``rejected`` when the site refused it, with
+the reason class ``refused:<field>`` (the field the refusal names, or ``store_unavailable``) in
+:meth:`MqttIngest.refusal_stats`; the message then goes to the callbacks too (e.g. the dashboard).
+Without a command handler (a library use with no site to answer) commands go to the callbacks and
+``accepted`` means only well-formed and passed on.
+
+Audit (issue 15, auditor review finding 1): with ``audit`` (``audit(kind, payload, at)``, the
+daemon's :meth:`~hashflex.control.records.AuditRecorder.record`) every refused input — by schema or
+plausibility here (stage ``ingest``), or by the site (a command's ``rejected`` answer, stage ``site``)
+— goes into the hash-chained trail as ``input_rejected`` with the reason naming the field and the
+SHA-256 of the raw payload, bounded per kind and minute (:mod:`hashflex.audit.rejections`: the first
+``audit_full_per_minute`` in full, the rest counted in one ``input_rejected_summary`` per minute,
+written once the minute is over, by a timer, or on :meth:`MqttIngest.stop`).
 
 Duplicates: a message whose ``identity`` (kind, key, timestamp; DR: event id and modification;
 price: interval and published_at) was seen among the last ``dedupe_window`` accepted messages is
@@ -52,9 +67,11 @@ Rejection counters: ``stats()[kind]["rejected"]`` counts every rejection of a ki
 
 API: ``MqttIngest(store, site, host="127.0.0.1", port=1883, *, client_id=None, username=None,
 password=None, tls_ca_file=None, keepalive_s=30, session_expiry_s=3600, reconnect_min_s=1, reconnect_max_s=30,
-dedupe_window=100_000, ack_after_commit=True, clock=utc_now, plausibility=None)``; ``add_callback(fn)``,
-``add_rejection_callback(fn)``, ``start()``, ``stop()``, ``wait_connected(timeout_s) -> bool``, ``connected``,
+dedupe_window=100_000, ack_after_commit=True, clock=utc_now, plausibility=None, audit=None,
+audit_full_per_minute=10)``; ``add_callback(fn)``, ``add_rejection_callback(fn)``, ``set_command_handler(fn)``,
+``start()``, ``stop()``, ``wait_connected(timeout_s) -> bool``, ``connected``,
 ``stats() -> dict[kind, dict[counter, int]]``, ``rejection_stats() -> dict[kind, dict[reason, int]]``,
+``refusal_stats() -> dict[kind, dict[reason, int]]`` (commands the site refused),
 ``backlog() -> dict`` (telemetry lag and the store's write queue: how far behind the ingest is),
 ``handle(topic, payload)`` (the per-message path, usable without a broker).
 """
@@ -63,10 +80,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -75,17 +93,49 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from hashflex.audit.rejections import REJECTION_AUDIT_FULL_PER_MINUTE, RejectionAudit
 from hashflex.messages import InboundMessage, Rejection, Topics, parse_message, payload_preview
 from hashflex.plausibility import PlausibilityContext, check_plausible
 from hashflex.profile import SiteProfile
 from hashflex.store import Store, utc_now
 
-__all__ = ["MqttIngest", "MessageCallback", "RejectionCallback", "mqtt_client"]
+__all__ = ["MqttIngest", "MessageCallback", "RejectionCallback", "CommandHandler", "AuditSink", "mqtt_client",
+           "refusal_rule"]
 
 log = logging.getLogger(__name__)
 
 MessageCallback = Callable[[InboundMessage], None]
 RejectionCallback = Callable[[Rejection], None]
+CommandHandler = Callable[[InboundMessage], Any]
+"""``handler(message) -> answer``: the site's answer to a command (an ack with ``status`` and ``reason``)."""
+AuditSink = Callable[[str, Mapping[str, Any], datetime], None]
+"""``audit(kind, payload, at)``: appends one audit record (e.g. ``AuditRecorder.record``)."""
+_REFUSAL_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,40}")
+
+
+def refusal_rule(reason: str | None, kind: str | None = None) -> str:
+    """The reason class of a command the site refused: ``refused:<field>`` from the answer's reason,
+    whose text starts with the field it names (``"deployed_kw: 0 kW sheds nothing"``), or
+    ``refused:store_unavailable``; ``refused`` when it names none. A bounded label (never a value).
+
+    Parameters
+    ----------
+    reason : str or None
+        The answer's reason.
+    kind : str, optional
+        The command's kind: a leading ``<kind>:`` or ``<kind> `` (a plausibility refusal) is skipped.
+
+    Returns
+    -------
+    str
+    """
+    text = (reason or "").strip()
+    for prefix in ((f"{kind}:", f"{kind} ") if kind else ()):
+        if text.startswith(prefix):
+            text = text[len(prefix):].strip()
+            break
+    head = text.split(":", 1)[0].strip()
+    return f"refused:{head}" if _REFUSAL_FIELD.fullmatch(head) else "refused"
 COUNTERS = ("accepted", "rejected", "duplicate", "errors")
 COMMAND_KINDS = frozenset({"dr", "limits", "as_award", "as_deploy"})  # answered by the control loop, never stored by the ingest
 _LOG_EVERY_S = 60.0  # a repeated rejection reason is logged at WARNING at most this often
@@ -157,6 +207,11 @@ class MqttIngest:
         False: one connection subscribed to ``in/#``.
     lag_window_s : float
         The telemetry lag is the smallest of each window this long, s (:meth:`backlog`).
+    audit : callable, optional
+        ``audit(kind, payload, at)``: refused inputs go into the audit trail through it, bounded
+        (module docstring; None: not audited).
+    audit_full_per_minute : int
+        Refusals recorded in full per kind and minute (:mod:`hashflex.audit.rejections`).
     """
 
     def __init__(
@@ -180,6 +235,8 @@ class MqttIngest:
         plausibility: SiteProfile | PlausibilityContext | None = None,
         split_telemetry: bool = True,
         lag_window_s: float = LAG_WINDOW_S,
+        audit: AuditSink | None = None,
+        audit_full_per_minute: int = REJECTION_AUDIT_FULL_PER_MINUTE,
     ) -> None:
         self.store = store
         self.plausibility = (PlausibilityContext.from_profile(plausibility) if isinstance(plausibility, SiteProfile)
@@ -191,6 +248,11 @@ class MqttIngest:
         self._clock = clock
         self._callbacks: list[MessageCallback] = []
         self._rejection_callbacks: list[RejectionCallback] = []
+        self._command_handler: CommandHandler | None = None
+        self._refusals: defaultdict[str, dict[str, int]] = defaultdict(dict)
+        self._answered: OrderedDict[tuple[Any, ...], None] = OrderedDict()  # commands the site accepted
+        self._rejection_audit = RejectionAudit(audit, audit_full_per_minute) if audit is not None else None
+        self._audit_timer: threading.Timer | None = None
         self._reasons: defaultdict[str, dict[str, int]] = defaultdict(dict)
         self._seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
         self._dedupe_window = dedupe_window
@@ -253,6 +315,18 @@ class MqttIngest:
         """
         self._rejection_callbacks.append(callback)
 
+    def set_command_handler(self, handler: CommandHandler) -> None:
+        """Answer commands (DR, limits, AS) with ``handler(message)`` and count its answer (module docstring).
+
+        Parameters
+        ----------
+        handler : callable
+            ``handler(message) -> answer`` where ``answer.status`` is ``"accepted"`` or ``"rejected"``
+            and ``answer.reason`` names the field (the control loop's ``handle_dr``, ``handle_limits``,
+            ``handle_as_award``, ``handle_as_deploy``); runs in the network thread.
+        """
+        self._command_handler = handler
+
     def start(self) -> None:
         """Connect in the background; retries until the broker answers."""
         properties = Properties(PacketTypes.CONNECT)
@@ -271,6 +345,10 @@ class MqttIngest:
             client.loop_stop()
         for event in self._connected.values():
             event.clear()
+        if self._audit_timer is not None:
+            self._audit_timer.cancel()
+        if self._rejection_audit is not None:
+            self._rejection_audit.flush(None)  # the minute in progress: its count record now
 
     def wait_connected(self, timeout_s: float = 10.0) -> bool:
         """True once connected and subscribed.
@@ -301,6 +379,14 @@ class MqttIngest:
         """Rejections per kind and reason class: ``{"renewable": {"out_of_bounds:power_kw": 1}}``."""
         with self._lock:
             return {kind: dict(reasons) for kind, reasons in self._reasons.items()}
+
+    def refusal_stats(self) -> dict[str, dict[str, int]]:
+        """Commands the site refused (a command handler's ``rejected`` answers), per kind and reason
+        class: ``{"as_deploy": {"refused:deployed_kw": 1}}``. Counted in ``stats()[kind]["rejected"]``
+        as well; not in :meth:`rejection_stats` (``/metrics`` has them from the loop's own
+        ``command_rejections``, so they are not counted twice)."""
+        with self._lock:
+            return {kind: dict(reasons) for kind, reasons in self._refusals.items()}
 
     def _note_lag(self, message: Any) -> None:
         lag_s = (self._clock() - message.timestamp).total_seconds()
@@ -371,7 +457,11 @@ class MqttIngest:
         try:
             result = parse_message(topic, payload, site=self.topics.site)
             if isinstance(result, Rejection):
-                self._reject(result)
+                self._reject(result, payload)
+                return result
+            if result.kind in COMMAND_KINDS and self._command_handler is not None:
+                self._answer(result, topic, payload)
+                self._dispatch(result, topic)
                 return result
             if result.kind in COMMAND_KINDS:
                 # DR events, limits changes and AS messages are decided, committed and answered by
@@ -387,7 +477,7 @@ class MqttIngest:
                 implausible = check_plausible(result, self._clock(), self.plausibility, topic)
                 if implausible is not None:
                     implausible = dataclasses.replace(implausible, payload=payload_preview(payload))
-                    self._reject(implausible)
+                    self._reject(implausible, payload)
                     return implausible
             identity = result.identity
             with self._lock:
@@ -416,11 +506,74 @@ class MqttIngest:
                 log.exception("ingest: callback %r failed on %s", callback, topic)
                 self._count(result.kind, "errors")
 
+    def _answer(self, message: InboundMessage, topic: str, payload: bytes) -> None:
+        """A command to the site's handler; its answer is what is counted (and audited when refused)."""
+        try:
+            answer = self._command_handler(message)  # type: ignore[misc]
+        except Exception:
+            log.exception("ingest: command handler failed on %s", topic)
+            self._count(message.kind, "errors")
+            return
+        status, reason = getattr(answer, "status", None), str(getattr(answer, "reason", "") or "")
+        identity = message.identity
+        with self._lock:
+            counts = self._counts[message.kind]
+            if status == "accepted":
+                if identity in self._answered:
+                    counts["duplicate"] += 1
+                else:
+                    counts["accepted"] += 1
+                    self._answered[identity] = None
+                    if len(self._answered) > self._dedupe_window:
+                        self._answered.popitem(last=False)
+                return
+            counts["rejected"] += 1
+            rule = refusal_rule(reason, message.kind)
+            refusals = self._refusals[message.kind]
+            refusals[rule] = refusals.get(rule, 0) + 1
+        self._audit(topic, message.kind, "site", rule, reason or "refused", payload)
+
+    def _audit(self, topic: str, kind: str | None, stage: str, rule: str, reason: str, payload: bytes) -> None:
+        """A refused input into the audit trail (bounded); a summary due later arms the timer."""
+        audit = self._rejection_audit
+        if audit is None:
+            return
+        try:
+            audit.refused(topic=topic, kind=kind, stage=stage, rule=rule, reason=reason, payload=payload,
+                          received_at=self._clock())
+            self._arm_audit_timer()
+        except Exception:  # noqa: BLE001 - the audit must never stop the ingest
+            log.exception("ingest: could not audit a refused %s", topic)
+
+    def _arm_audit_timer(self) -> None:
+        """A summary is due when its minute ends: a timer writes it then, even if no input follows."""
+        audit = self._rejection_audit
+        due = audit.pending_until() if audit is not None else None
+        with self._lock:
+            if due is None or self._audit_timer is not None or self._stopping:
+                return
+            delay_s = min(max((due - self._clock()).total_seconds() + 1.0, 1.0), 61.0)
+            self._audit_timer = threading.Timer(delay_s, self._flush_audit)
+            self._audit_timer.daemon = True
+            self._audit_timer.start()
+
+    def _flush_audit(self) -> None:
+        """Timer: write the summary of a minute that is over (re-armed while one is still due)."""
+        with self._lock:
+            self._audit_timer = None
+        if self._rejection_audit is None or self._stopping:
+            return
+        try:
+            self._rejection_audit.flush(self._clock())
+            self._arm_audit_timer()
+        except Exception:  # noqa: BLE001
+            log.exception("ingest: could not write the refused-input summary")
+
     def _count(self, kind: str, counter: str) -> None:
         with self._lock:
             self._counts[kind][counter] += 1
 
-    def _reject(self, rejection: Rejection) -> None:
+    def _reject(self, rejection: Rejection, payload: bytes) -> None:
         kind = rejection.kind or "unknown"
         with self._lock:
             self._counts[kind]["rejected"] += 1
@@ -428,6 +581,7 @@ class MqttIngest:
             reasons[rejection.rule] = reasons.get(rejection.rule, 0) + 1
         if self.store is not None:
             self.store.put_rejection(rejection, received_at=self._clock())
+        self._audit(rejection.topic, rejection.kind, "ingest", rejection.rule, rejection.reason, payload)
         now = time.monotonic()
         key = (rejection.topic, rejection.reason)
         if now - self._last_logged.get(key, -_LOG_EVERY_S) >= _LOG_EVERY_S:
