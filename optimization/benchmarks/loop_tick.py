@@ -7,10 +7,11 @@ The site is `fleet_tick.synthetic_site` (SYNTHETIC: 12 groups of 3 modes, a rece
 binds, a third of the fleet running). The solve is excluded by solving once (real HiGHS) and
 handing every tick that schedule (`CachedSolve`); the driver accepts every batch without I/O
 (publishing is measured by ``mqtt_batch.py``). Each size runs in a fresh process per tree; the
-baseline tree is a ``git worktree`` of ``--baseline`` (default: this session's start, 4953d1a)
+baseline tree is a ``git worktree`` of ``--baseline`` (default: 1e0fd7c, before the tick's issue-18 work of
+session 4)
 imported through PYTHONPATH.
 
-    python optimization/benchmarks/loop_tick.py [--sizes 1000 10000 100000] [--ticks 5] [--baseline 4953d1a]
+    python optimization/benchmarks/loop_tick.py [--sizes 1000 10000 100000] [--ticks 5] [--baseline 1e0fd7c] [--repeats 3]
     python optimization/benchmarks/loop_tick.py --sizes 100000 --ticks 96 --step-s 900   # a simulated day: RSS after it
     python optimization/benchmarks/loop_tick.py --sizes 100000 --ticks 4 --change-modes --baseline 39fba2a
 
@@ -20,7 +21,13 @@ price and 5,000 $/MWh, each level with its own real solve made once (untimed), a
 apart (``--step-s 1800``: past the site's 30-minute min-on and 15-minute min-off), so every timed
 tick starts or stops about a third of the fleet; the table says how many miners changed per tick.
 
-Prints, per size and tree: median tick ms without the solve, and the ratio baseline / this tree.
+``--repeats R`` runs each tree R times per size, alternating (this tree, baseline, this tree, ...), since
+the machine is shared: the table gives the median over every timed tick of a tree's runs, wall and CPU
+(``time.process_time`` over the tick: every thread of the process, the store's writer included), and the
+spread of the runs' medians.
+
+Prints, per size and tree: median tick ms without the solve (wall and CPU), and the ratio baseline / this
+tree.
 """
 
 from __future__ import annotations
@@ -101,21 +108,22 @@ def _one(n_miners: int, ticks: int, step_s: float = 1.0, change_modes: bool = Fa
             level["price"] = 5000.0
             loop.tick(NOW + timedelta(seconds=step_s))
             level["price"] = 25.0
-        times, changed = [], []
+        times, cpu, changed = [], [], []
         for k in range(ticks):
             moment = NOW + timedelta(seconds=(k + (2 if change_modes else 1)) * step_s)
             if change_modes:
                 level["price"] = 5000.0 if k % 2 else 25.0
             before = modes_now(loop)
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             loop.tick(moment)
             times.append((time.perf_counter() - started) * 1000.0)
+            cpu.append((time.process_time() - started_cpu) * 1000.0)
             after = modes_now(loop)
             changed.append(int(sum((before[g] != after[g]).sum() for g in before)))
         store.close()
     import resource
 
-    return {"median_ms": statistics.median(times), "max_ms": max(times), "changed": statistics.median(changed),
+    return {"times_ms": times, "cpu_ms": cpu, "changed": statistics.median(changed),
             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -144,7 +152,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     parser.add_argument("--ticks", type=int, default=5)
-    parser.add_argument("--baseline", default="4953d1a", help="commit to compare with ('' for none)")
+    parser.add_argument("--baseline", default="1e0fd7c", help="commit to compare with ('' for none)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per tree and size, alternated (shared machine)")
     parser.add_argument("--step-s", type=float, default=None,
                         help="seconds between ticks (default 1, or 1800 with --change-modes; 900 with --ticks 96: "
                              "a simulated day, for its RSS)")
@@ -159,22 +168,34 @@ def main() -> None:
         return
     base = _worktree(args.baseline) / "src" if args.baseline else None
     kind = "ticks that change modes" if args.change_modes else "ticks"
-    print(f"ControlLoop.tick without the solve, median of {args.ticks} {kind} (goal ≤ {GOAL_MS:.0f} ms at 100k); "
-          f"SYNTHETIC site")
-    print(f"{'miners':>8} {'this tree ms':>13} {'baseline ms':>12} {'ratio':>6} {'RSS MiB (this/base)':>20} "
-          f"{'changed/tick (this/base)':>25}")
+    print(f"ControlLoop.tick without the solve, median of {args.ticks} {kind} x {args.repeats} alternated runs "
+          f"(goal ≤ {GOAL_MS:.0f} ms at 100k); SYNTHETIC site")
+    print(f"{'miners':>8} {'tree':>9} {'wall ms':>8} {'CPU ms':>7} {'run medians (wall)':>24} {'max ms':>7} "
+          f"{'RSS MiB':>8} {'changed/tick':>13}")
     for n in args.sizes:
-        new = _run(n, args.ticks, None, args.step_s, args.change_modes)
-        old = _run(n, args.ticks, base, args.step_s, args.change_modes) if base is not None else {}
-        if "error" in new:
-            print(f"{n:>8} error: {new['error']}")
-            continue
-        ratio = f"{old['median_ms'] / new['median_ms']:.1f}x" if "median_ms" in old else "-"
-        old_ms = f"{old['median_ms']:.0f}" if "median_ms" in old else old.get("error", "-")[:12]
-        old_rss = f"{old['rss_mib']:.0f}" if "rss_mib" in old else "-"
-        old_changed = f"{old['changed']:.0f}" if "changed" in old else "-"
-        print(f"{n:>8} {new['median_ms']:>13.0f} {old_ms:>12} {ratio:>6} {new['rss_mib']:>11.0f}/{old_rss:<8} "
-              f"{new['changed']:>16.0f}/{old_changed}")
+        runs: dict[str, list[dict]] = {"this": [], "baseline": []}
+        for _ in range(args.repeats):
+            runs["this"].append(_run(n, args.ticks, None, args.step_s, args.change_modes))
+            if base is not None:
+                runs["baseline"].append(_run(n, args.ticks, base, args.step_s, args.change_modes))
+        medians = {}
+        for tree, results in runs.items():
+            if not results:
+                continue
+            errors = [r["error"] for r in results if "error" in r]
+            if errors:
+                print(f"{n:>8} {tree:>9} error: {errors[0]}")
+                continue
+            wall = statistics.median([t for r in results for t in r["times_ms"]])
+            cpu = statistics.median([t for r in results for t in r["cpu_ms"]])
+            per_run = ", ".join(f"{statistics.median(r['times_ms']):.0f}" for r in results)
+            medians[tree] = (wall, cpu)
+            print(f"{n:>8} {tree:>9} {wall:>8.0f} {cpu:>7.0f} {per_run:>24} "
+                  f"{max(t for r in results for t in r['times_ms']):>7.0f} {max(r['rss_mib'] for r in results):>8.0f} "
+                  f"{statistics.median([r['changed'] for r in results]):>13.0f}")
+        if len(medians) == 2:
+            (new_wall, new_cpu), (old_wall, old_cpu) = medians["this"], medians["baseline"]
+            print(f"{n:>8} {'ratio':>9} {old_wall / new_wall:>7.2f}x {old_cpu / new_cpu:>6.2f}x   (baseline / this tree)")
 
 
 if __name__ == "__main__":

@@ -235,6 +235,7 @@ class FleetState:
         # `to_compact`'s texts: each group's ids (fixed in a fleet), each time by its integer form
         self._id_texts: dict[str, str | list[str]] = {}
         self._stamp_texts: dict[int, str] = {}
+        self._packed_texts: dict[tuple[str, str], tuple[np.ndarray, str]] = {}  # `_packed`'s last texts
 
     @classmethod
     def from_profile(cls, profile: SiteProfile) -> FleetState:
@@ -494,34 +495,48 @@ class FleetState:
             stamps: list[str] = []
             starts, stops = self._stamps[group_id]
             # distinct times by their exact integer form (a hash table, not a sort: a few distinct
-            # values among 2N), each saved as the text of one miner that has it (any: same instant)
+            # values among 2N), each saved as the text of one miner that has it (any: same instant);
+            # a time seen in an earlier save keeps its text, so only a new one is looked for
             both = np.concatenate([cols.last_start_us, cols.last_stop_us])
             inverse, values = pd.factorize(both)
-            holder = np.empty(len(values), dtype=np.int64)
-            holder[inverse] = np.arange(len(both))
             index = np.full(len(values), -1, dtype=np.int32)
-            objects = np.concatenate([starts, stops])
-            for k, (value, at) in enumerate(zip(values.tolist(), holder.tolist())):
+            holder = None  # per distinct value, a position holding it: made only for a time not seen before
+            for k, value in enumerate(values.tolist()):
                 if value != NO_TIME_US:
                     index[k] = len(stamps)
                     text = texts.get(value)
                     if text is None:
-                        text = texts[value] = objects[at].isoformat()
+                        if holder is None:
+                            holder = np.empty(len(values), dtype=np.int64)
+                            holder[inverse] = np.arange(len(both))
+                        at = int(holder[k])
+                        text = texts[value] = (starts[at] if at < n else stops[at - n]).isoformat()
                     stamps.append(text)
             column = index[inverse]
             out.append({
                 "group_id": group_id,
                 "miner_ids": id_text,
                 "mode_names": [POWERED_OFF, SLEEP, *self._names[group_id]],
-                "mode": _pack(cols.mode.astype("<i2")),
-                "healthy": _pack(np.packbits(cols.healthy)),
-                "available": _pack(np.packbits(cols.available)),
+                "mode": self._packed(group_id, "mode", cols.mode.astype("<i2")),
+                "healthy": self._packed(group_id, "healthy", np.packbits(cols.healthy)),
+                "available": self._packed(group_id, "available", np.packbits(cols.available)),
                 "stamps": stamps,
-                "last_start": _pack(column[:n].astype("<i4")),
-                "last_stop": _pack(column[n:].astype("<i4")),
-                "run_hours": _pack(cols.run_hours.astype("<f8"), compress=False),
+                "last_start": self._packed(group_id, "last_start", column[:n].astype("<i4")),
+                "last_stop": self._packed(group_id, "last_stop", column[n:].astype("<i4")),
+                "run_hours": self._packed(group_id, "run_hours", cols.run_hours.astype("<f8"), compress=False),
             })
         return {"format": 3, "groups": out}
+
+    def _packed(self, group_id: str, field: str, column: np.ndarray, compress: bool = True) -> str:
+        """`_pack` of one group's column for `to_compact`, the text of the last save reused while the
+        column is unchanged (issue 18: a batch that starts units leaves their stops, health and
+        availability as they were; comparing is ~50x cheaper than compressing again)."""
+        last = self._packed_texts.get((group_id, field))
+        if last is not None and np.array_equal(last[0], column):
+            return last[1]
+        text = _pack(column, compress)
+        self._packed_texts[group_id, field] = (column, text)  # the caller's copy (astype/packbits made it)
+        return text
 
     @classmethod
     def _from_compact(cls, data: Mapping[str, Any], groups: Iterable[MinerGroup]) -> FleetState:
