@@ -121,13 +121,19 @@ def loop_case(args: argparse.Namespace) -> None:
                             start + pd.Timedelta(days=args.days), as_market=market)
     rules = tuple(args.offer_rule or OFFER_RULES)
     started = time.perf_counter()
-    kwargs = dict(replan_minutes=args.replan_minutes, seed=args.seed, as_mode=args.as_mode)
-    mpc = summary_document(run_backtest(profile, actuals, ["mpc"], **kwargs))["policies"]["mpc"]
+    kwargs = {"replan_minutes": args.replan_minutes, "seed": args.seed, "as_mode": args.as_mode}
+    cpu_before = _cpu_seconds()
+    result = run_backtest(profile, actuals, ["mpc"], **kwargs)
+    mpc = summary_document(result)["policies"]["mpc"]
+    mpc.update(_solve_figures(result.runs["mpc"], _cpu_seconds() - cpu_before))
     runs, notes = {}, []
     for rule in rules:
         ancillary.DEFAULT_OFFER_RULE = rule
-        document = summary_document(run_backtest(profile, actuals, ["mpc+as"], **kwargs))
+        cpu_before = _cpu_seconds()
+        result = run_backtest(profile, actuals, ["mpc+as"], **kwargs)
+        document = summary_document(result)
         runs[rule] = document["policies"]["mpc+as"]
+        runs[rule].update(_solve_figures(result.runs["mpc+as"], _cpu_seconds() - cpu_before))
         notes += [n for n in document["notes"] if n not in notes]
     qualified_mw = sum(sum(p["group_mw"].values()) for p in EXAMPLE_WEST_TEXAS_ANCILLARY["products"].values())
     width = 16
@@ -147,12 +153,34 @@ def loop_case(args: argparse.Namespace) -> None:
         ("AS obligations met %", lambda f: "-" if f.get("as_obligations_met_pct") is None
          else f"{f['as_obligations_met_pct']:.3f}"),
         ("AS deployments (SYNTHETIC)", lambda f: f"{len(f.get('as_deployments', []))}" if "as_mode" in f else "-"),
+        ("solves (not optimal)", lambda f: f"{f['solves']} ({f['solves_not_optimal']})"),
+        ("solve wall s (sum)", lambda f: f"{f['solve_wall_s']:,.1f}"),
+        ("CPU s (run + solver worker)", lambda f: f"{f['cpu_s']:,.1f}"),
     ]
     for label, cell in rows:
         print(f"{label:<34}{cell(mpc):>{width}}" + "".join(f"{cell(runs[r]):>{width + 4}}" for r in rules))
     print(f"wall {time.perf_counter() - started:.0f} s")
     for note in notes:
         print(f"note: {note}")
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (the solver worker is
+    one: each ``run_backtest`` closes its runner, so its worker is reaped and counted)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _solve_figures(run: object, cpu_s: float) -> dict:
+    """Solves, those whose schedule was not ``optimal`` (time limit, gap, fallback), their wall
+    seconds summed, and the run's CPU seconds (machine shared: CPU, not wall, compares runs)."""
+    status = [s for s in run.extra["schedule_status"] if s]
+    solved = run.extra["solve_seconds"] > 0
+    not_optimal = sum(1 for s, k in zip(run.extra["schedule_status"], solved) if k and s and s != "optimal")
+    return {"solves_not_optimal": not_optimal, "solve_wall_s": float(run.extra["solve_seconds"].sum()),
+            "cpu_s": cpu_s, "statuses": sorted(set(status))}
 
 
 if __name__ == "__main__":
