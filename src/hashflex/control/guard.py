@@ -134,10 +134,12 @@ def limits_at(now: datetime, dr_book: DRBook | None = None,
 
 @dataclass(frozen=True)
 class GuardAction:
-    """One thing the guard did: ``kind`` (refused_expired, import_curtail, ...), why, which miners."""
+    """One thing the guard did: ``kind`` (refused_expired, import_curtail, ...), why, which miners
+    (a tuple of ids; from the count guard's `guard_counts.realise` an equal `guard_counts.MovedMiners`,
+    which makes the ids only when read)."""
     kind: str  # refused_expired, refused_unknown, import_curtail, noise_step_down, limit_unreachable, ...
     reason: str
-    miners: tuple[str, ...] = ()
+    miners: Sequence[str] = ()
 
 
 @dataclass(frozen=True)

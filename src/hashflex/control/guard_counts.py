@@ -36,7 +36,7 @@ from hashflex import acoustics
 from hashflex.control.fleet import SLEEP, FleetArrays
 from hashflex.control.guard import _REL_EPS, Guard, GuardAction, Limits, Measurements, _over_limit, cut_tolerance_kw
 
-__all__ = ["CountGuard", "CountResult", "Move", "apply_moves", "realise"]
+__all__ = ["CountGuard", "CountResult", "Move", "MovedMiners", "apply_moves", "realise"]
 
 Counts = Mapping[tuple[str, str], int]
 
@@ -479,12 +479,76 @@ def realise(cut: CountResult, fleet: FleetArrays,
     current = {g: np.asarray(v, dtype=np.int16) for g, v in modes.items()}
     actions = list(cut.actions)
     for action, first, end in cut.spans:
-        after = apply_moves(current, fleet, cut.moves[first:end])
-        moved = tuple(miner_id for g, arrays in fleet.groups.items()
-                      for miner_id in arrays.miner_id[after[g] != current[g]].tolist())
+        moves = cut.moves[first:end]
+        # only the groups the span's moves name change (issue 18: no copy or comparison of the others)
+        touched = apply_moves({g: current[g] for g in dict.fromkeys(m.group for m in moves)}, fleet, moves)
+        moved = MovedMiners([(arrays.miner_id, np.flatnonzero(touched[g] != current[g]))
+                             for g, arrays in fleet.groups.items() if g in touched])
         actions[action] = dataclasses.replace(actions[action], miners=moved)
-        current = after
+        current = {**current, **touched}
     return current, actions
+
+
+class MovedMiners(Sequence):
+    """The miners one guard action moved (``GuardAction.miners`` from `realise`): a read-only sequence of
+    miner ids, group by group in the fleet's group order and by id within a group, equal to (and hashing
+    as) the tuple of those ids. Kept as (ids column, positions) per group and made into strings only when
+    read (issue 18: at 100,000 miners a cut moves tens of thousands; its count and its first ids, what
+    the audit keeps, need not make the rest).
+
+    Parameters
+    ----------
+    parts : sequence of (np.ndarray, np.ndarray)
+        Per group: its [N] id column (object, str) and the [k] int positions of its moved miners.
+    """
+
+    __slots__ = ("_parts", "_len", "_ids")
+
+    def __init__(self, parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+        self._parts = [(ids, where) for ids, where in parts if len(where)]
+        self._len = sum(len(where) for _, where in self._parts)
+        self._ids: tuple[str, ...] | None = None
+
+    def _all(self) -> tuple[str, ...]:
+        if self._ids is None:
+            self._ids = tuple(m for ids, where in self._parts for m in ids[where].tolist())
+        return self._ids
+
+    def __len__(self) -> int:
+        """Miners moved."""
+        return self._len
+
+    def __getitem__(self, index: int | slice) -> str | tuple[str, ...]:
+        """One id, or a slice as a tuple (a leading slice, e.g. ``[:50]``, reads only those ids)."""
+        if isinstance(index, slice) and self._ids is None:
+            start, stop, step = index.indices(self._len)
+            if step == 1 and start == 0:
+                out: list[str] = []
+                for ids, where in self._parts:
+                    if len(out) >= stop:
+                        break
+                    out += ids[where[:stop - len(out)]].tolist()
+                return tuple(out)
+        return self._all()[index]
+
+    def __iter__(self):
+        """The ids, in order."""
+        return iter(self._all())
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to a tuple (or another `MovedMiners`) of the same ids in the same order."""
+        if isinstance(other, MovedMiners):
+            return self._all() == other._all()
+        if isinstance(other, tuple):
+            return self._all() == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        """The hash of the equal tuple."""
+        return hash(self._all())
+
+    def __repr__(self) -> str:
+        return f"MovedMiners({self._all()!r})" if self._len <= 10 else f"MovedMiners({self._len} miners)"
 
 
 def _whole_units(remaining: float, removal: float, tol: float = 0.0) -> int:
