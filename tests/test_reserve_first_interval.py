@@ -30,7 +30,11 @@ import pytest
 
 from hashflex.optimize.milp import reserve_short_penalty_usd_per_kw
 from hashflex.optimize.problem import GroupState, Problem, problem_from_profile
-from hashflex.optimize.rounding import cover_reserve_obligations, noise_energy, reserve_uncovered_kw
+from hashflex.optimize.rounding import (
+    cover_reserve_obligations,
+    noise_energy,
+    reserve_uncovered_kw,
+)
 from hashflex.optimize.solve import _compiled_for, solve
 from hashflex.profile import parse_profile
 
@@ -122,7 +126,7 @@ def test_the_plan_values_holding_above_the_noise_room_it_takes() -> None:
     penalty = reserve_short_penalty_usd_per_kw(problem)
     # 20 kW short for 15 minutes must cost more than $15.60/h × 0.25 h of holding.
     assert 20.0 * penalty[2] > 15.60 * 0.25
-    compiled, model, _ = _compiled_for(problem, None)
+    compiled, _model, _ = _compiled_for(problem, None)
     highs = compiled.highs
     if compiled.deferred is not None:  # as solve_lp_round_mip does
         highs.run()

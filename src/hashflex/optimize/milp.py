@@ -42,7 +42,7 @@ PENALTY_RAMP_USD_PER_KW = 10.0
 # can displace far more than a kW of mining (a loud qualified unit takes the noise room of many quiet
 # ones), so the penalty adds what that noise room could earn (`_noise_room_usd_per_kw_h`): on 4 May
 # 2024 at 06:00 CDT one S19j Pro in eco (2.59 kW of Non-Spin) took the room of 14 S21 XP Hydro in
-# turbo, ~$6/kWh of reserve against a penalty of ~$0.3/kWh, and the LP held 90 kW too little.
+# turbo at ranch_north, against a penalty of ~$0.29/kWh, and the LP held 90 kW too little.
 PENALTY_RESERVE_SHORT_MARGIN_USD_PER_KW_H = 0.10
 # Relative MIP gap at which a schedule counts as optimal. Price forecasts a day ahead are off by
 # far more than 0.5 %, and the LP-rounded start usually lands within it, so HiGHS can stop at the
@@ -395,8 +395,8 @@ def reserve_short_penalty_usd_per_kw(problem: Problem) -> np.ndarray:
     Above anything a kW could earn instead: energy not bought, carbon, the best reserve price of
     any product (else the plan would sell an offered product from the megawatts an award needs and
     leave the award short: tests/test_ancillary_optimizer.py), and what the units it displaces
-    earn: the best hashes per kW (import or carbon room) plus the noise room a kW of the loudest
-    qualified mode takes (`_noise_room_usd_per_kw_h`), both over max(Δt[t], longest min-on time)
+    earn: the best hashes per kW (import or carbon room) plus what the noise room a kW of reserve
+    takes could earn under a cap that can bind (`_noise_room_usd_per_kw_h`), both over max(Δt[t], longest min-on time)
     hours, since a unit started before the award earns over its whole minimum on time
     (tests/test_reserve_first_interval.py).
 
@@ -419,43 +419,51 @@ def reserve_short_penalty_usd_per_kw(problem: Problem) -> np.ndarray:
 
 
 def _noise_room_usd_per_kw_h(problem: Problem) -> np.ndarray:
-    """[T] $ per kWh of reserve: the most the noise room one kW of reserve takes could earn mining.
+    """[T] $ per kWh of reserve: the most the noise room one kW of an award takes could earn mining.
 
-    Per receptor r with a cap in force at t, the room is worth at most v[r,t] = max over every
-    (g', m') heard at r of H[g',m']·hp[t]·(1 − fee) / e[g',m',r] ($ per hour per unit of noise
-    energy: the hashes of the quietest earner per unit of noise, energy not bought not subtracted,
-    so an upper bound). A kW of reserve from qualified (g, m) takes e[g,m,r] / (P[g,m] − P_idle[g])
-    of it. The worst qualified mode, summed over receptors (freeing each receptor's share separately
-    is one way to make the room, so the sum bounds the cost of holding). Zero without receptors,
-    reserves or a cap in force. GPU clusters' noise is not counted (compute sites price it in
-    ``optimize.compute``)."""
+    Per receptor r whose cap can bind at t (the available fleet in its loudest modes would exceed
+    the budget), the room is worth at most v[r,t] = max over every (g', m') heard at r of
+    max(H[g',m']·hp[t]·(1 − fee) − (P[g',m'] − P_idle[g'])·price[t]/1000, 0) / e[g',m',r] ($ per
+    hour per unit of noise energy: the best margin per unit of noise), 0 where it cannot bind. A
+    kW of reserve from qualified (g, m) takes Σ_r e[g,m,r]·v[r,t] / (P[g,m] − P_idle[g]) (freeing
+    each receptor's share separately is one way to make the room, so the sum bounds the cost).
+    Each group holds its share in its cheapest mode; a product may need every qualified group
+    (offer caps per group), so the dearest group counts, and the dearest product (one penalty for
+    all). Zero without receptors or reserves. GPU clusters' noise is not counted."""
     reserves = getattr(problem, "reserves", ())
     out = np.zeros(problem.T)
     if not reserves or not problem.receptors:
         return out
-    qualified = {group_id for r in reserves for group_id in r.group_max_kw}
-    hp = problem.hashprice_usd_per_th_h * (1.0 - problem.pool_fee)  # [T] $ per TH/s-hour
-    per_mode = []  # [T] $/kWh of each qualified mode, summed over receptors
-    for group in problem.groups:
-        if group.id not in qualified:
-            continue
-        for mode in group.modes:
-            step_kw = mode.power_kw - group.idle_power_kw
-            if step_kw > 1e-9:
-                per_mode.append(np.zeros(problem.T) + sum(
-                    _noise_value_usd_per_energy_h(problem, receptor, hp) * receptor.unit_energy(group.id, mode) / step_kw
-                    for receptor in problem.receptors))
-    return np.max(per_mode, axis=0) if per_mode else out
+    values = [_noise_value_usd_per_energy_h(problem, receptor) for receptor in problem.receptors]
+    groups = {group.id: group for group in problem.groups}
+    for reserve in reserves:
+        for group_id in reserve.group_max_kw:
+            group = groups[group_id]
+            per_mode = [sum(value * receptor.unit_energy(group.id, mode) for value, receptor in zip(values, problem.receptors))
+                        / (mode.power_kw - group.idle_power_kw)
+                        for mode in group.modes if mode.power_kw - group.idle_power_kw > 1e-9]
+            if per_mode:
+                out = np.maximum(out, np.min(per_mode, axis=0))
+    return out
 
 
-def _noise_value_usd_per_energy_h(problem: Problem, receptor: object, hp: np.ndarray) -> np.ndarray:
+def _noise_value_usd_per_energy_h(problem: Problem, receptor: object) -> np.ndarray:
     """[T] $ per hour per unit of noise energy at ``receptor`` (a `problem.Receptor`): the best
-    hashes per unit of its noise over every mode heard there, where a cap is in force (0 elsewhere)."""
-    best_th_per_energy = max((mode.hashrate_th_s / receptor.unit_energy(group.id, mode)
-                              for group in problem.groups for mode in group.modes
-                              if receptor.unit_energy(group.id, mode) > 0), default=0.0)
-    capped = np.isfinite(receptor.energy_budget())
-    return np.where(capped, best_th_per_energy * hp, 0.0)
+    margin (hashes less the energy a sleeping unit saves) per unit of its noise over every mode
+    heard there, where its cap can bind at t (0 elsewhere)."""
+    hp = problem.hashprice_usd_per_th_h * (1.0 - problem.pool_fee)  # [T] $ per TH/s-hour
+    price_usd_kwh = problem.energy_price_usd_mwh / 1000.0
+    best = np.zeros(problem.T)
+    loudest = np.zeros(problem.T)  # the available fleet in its loudest modes
+    for group in problem.groups:
+        energies = [receptor.unit_energy(group.id, mode) for mode in group.modes]
+        loudest = loudest + group.units_available * max(energies, default=0.0)
+        for mode, energy in zip(group.modes, energies):
+            if energy > 0:
+                margin = mode.hashrate_th_s * hp - (mode.power_kw - group.idle_power_kw) * price_usd_kwh
+                best = np.maximum(best, margin / energy)
+    budget = receptor.energy_budget()
+    return np.where(np.isfinite(budget) & (loudest > budget), best, 0.0)
 
 
 def _reserve_objective_terms(model: pyo.ConcreteModel, problem: Problem) -> list:
