@@ -11,7 +11,11 @@ and the whole `solve()` wall time both ways (with and without the kept model). A
 --solvers, the 5-min × 48-group full-resolution LP relaxation by simplex, IPM and PDLP with
 presolve on/off (cold, one run each), to pick HiGHS's settings.
 
+and the whole `solve()` CPU seconds both ways. With --baseline COMMIT, the in-place re-plan on that
+commit and on today's tree side by side (alternated child processes, `baseline_tree.py`).
+
     python optimization/benchmarks/replan_update.py [--runs 5] [--T 96] [--groups 12] [--solvers]
+        [--baseline 1e0fd7c --rounds 3]
 """
 
 from __future__ import annotations
@@ -57,8 +61,12 @@ def with_reserves(problem, seed: int):
     return dataclasses.replace(problem, reserves=reserves)
 
 
-def replan_rows(T: int, groups: int, runs: int, time_limit_s: float, reserves: bool = False) -> None:
-    """Re-plan by rebuild vs in-place update at T × groups, ``runs`` re-plans; prints the table.
+def replan_rows(T: int, groups: int, runs: int, time_limit_s: float, reserves: bool = False,
+                quiet: bool = False) -> dict:
+    """Re-plan by rebuild vs in-place update at T × groups, ``runs`` re-plans; prints the table
+    (unless ``quiet``) and returns the medians (s): build, compile, solve_rb, update, solve_up,
+    wall_rb / wall_up (whole `solve()` wall, rebuilt / updated) and cpu_rb / cpu_up (its CPU), and
+    the worst relative objective difference rebuild vs update (``worst``).
     ``reserves``: with SYNTHETIC RRS/ECRS products (issue 15), new prices and awards every re-plan."""
     interval = 15 if T <= 96 else 5
     problem = synthetic_problem(T, groups, interval)
@@ -67,7 +75,8 @@ def replan_rows(T: int, groups: int, runs: int, time_limit_s: float, reserves: b
     rebuild_cache, update_cache = LpBasisCache(max_models=0), LpBasisCache()
     milp.solve(problem, time_limit_s=120.0, basis_cache=rebuild_cache)  # primes the LP basis
     milp.solve(problem, time_limit_s=120.0, basis_cache=update_cache)  # primes basis and kept model
-    t = {k: [] for k in ("build", "compile", "solve_rb", "update", "solve_up", "wall_rb", "wall_up")}
+    t = {k: [] for k in ("build", "compile", "solve_rb", "update", "solve_up", "wall_rb", "wall_up", "cpu_rb",
+                         "cpu_up")}
     objectives = []
     for run in range(runs):
         replan = replan_problem(problem, run)
@@ -98,24 +107,53 @@ def replan_rows(T: int, groups: int, runs: int, time_limit_s: float, reserves: b
         update_cache.put_model(key, kept)
         objectives.append((a.objective, b.objective))
         # whole solve() both ways
-        started = time.perf_counter()
-        milp.solve(replan, time_limit_s=time_limit_s, basis_cache=rebuild_cache)
-        t["wall_rb"].append(time.perf_counter() - started)
-        started = time.perf_counter()
-        milp.solve(replan, time_limit_s=time_limit_s, basis_cache=update_cache)
-        t["wall_up"].append(time.perf_counter() - started)
+        for cache, side in ((rebuild_cache, "rb"), (update_cache, "up")):
+            started, cpu = time.perf_counter(), time.process_time()
+            milp.solve(replan, time_limit_s=time_limit_s, basis_cache=cache)
+            t[f"wall_{side}"].append(time.perf_counter() - started)
+            t[f"cpu_{side}"].append(time.process_time() - cpu)
     m = {k: _median(v) for k, v in t.items()}
+    m["worst"] = max(abs(x - y) / max(abs(x), 1e-9) for x, y in objectives)
+    if quiet:
+        return m
     print(f"T={T} ({interval}-min) x {groups} groups{' with RRS+ECRS' if reserves else ''}, {runs} re-plans, "
           "medians in seconds")
-    print(f"{'':10} {'build':>8} {'compile':>8} {'update':>8} {'solve':>8} {'solve()':>8}")
-    print(f"{'rebuild':10} {m['build']:8.4f} {m['compile']:8.4f} {'-':>8} {m['solve_rb']:8.4f} {m['wall_rb']:8.4f}")
-    print(f"{'update':10} {'-':>8} {'-':>8} {m['update']:8.4f} {m['solve_up']:8.4f} {m['wall_up']:8.4f}")
+    print(f"{'':10} {'build':>8} {'compile':>8} {'update':>8} {'solve':>8} {'solve()':>8} {'CPU':>8}")
+    print(f"{'rebuild':10} {m['build']:8.4f} {m['compile']:8.4f} {'-':>8} {m['solve_rb']:8.4f} {m['wall_rb']:8.4f} "
+          f"{m['cpu_rb']:8.4f}")
+    print(f"{'update':10} {'-':>8} {'-':>8} {m['update']:8.4f} {m['solve_up']:8.4f} {m['wall_up']:8.4f} {m['cpu_up']:8.4f}")
     print(f"ratio rebuild/update: build+compile vs update {(m['build'] + m['compile']) / m['update']:.1f}x, "
           f"solve() {m['wall_rb'] / m['wall_up']:.2f}x")
-    worst = max(abs(x - y) / max(abs(x), 1e-9) for x, y in objectives)
-    print(f"objective rebuild vs update: worst relative difference {worst:.2e} (gap {milp.DEFAULT_REL_GAP})")
-    print(f"GOAL re-plan with in-place update <= {GOAL_REPLAN_S} s: {m['wall_up']:.3f} s -> "
-          f"{'MET' if m['wall_up'] <= GOAL_REPLAN_S else 'NOT MET'}")
+    print(f"objective rebuild vs update: worst relative difference {m['worst']:.2e} (gap {milp.DEFAULT_REL_GAP})")
+    print(f"GOAL re-plan with in-place update <= {GOAL_REPLAN_S} s: median of {runs}: {m['wall_up']:.3f} s wall, "
+          f"{m['cpu_up']:.3f} s CPU -> {'MET' if m['wall_up'] <= GOAL_REPLAN_S else 'NOT MET'}")
+    return m
+
+
+def baseline_rows(commit: str, T: int, groups: int, runs: int, rounds: int, time_limit_s: float,
+                  reserves: bool) -> None:
+    """The in-place re-plan's `solve()` on ``commit`` and on today's tree side by side:
+    ``rounds`` child processes per side, alternating (`baseline_tree.alternate`), each timing
+    ``runs`` re-plans; medians over the rounds of each round's medians, and the ratios."""
+    from baseline_tree import alternate, median_of, ratio_line
+
+    args = ["--worker", "--T", str(T), "--groups", str(groups), "--runs", str(runs),
+            "--time-limit", str(time_limit_s)] + (["--reserves"] if reserves else [])
+    try:
+        before, after = alternate(commit, Path(__file__).resolve(), args, rounds)
+    except RuntimeError as exc:
+        print(f"(baseline {commit}: {exc})")
+        return
+    print(f"in-place re-plan solve(), {rounds} alternated rounds of {runs} re-plans "
+          f"{'before (' + commit + ')':>14} {'after (now)':>12} {'ratio':>9}")
+    for key, label in (("wall_up", "solve() wall, updated"), ("cpu_up", "solve() CPU, updated"),
+                       ("update", "update"), ("solve_up", "LP+rounding+MIP, updated"),
+                       ("wall_rb", "solve() wall, rebuilt"), ("cpu_rb", "solve() CPU, rebuilt")):
+        print(ratio_line(label, median_of(before, key), median_of(after, key)))
+    print(f"GOAL re-plan with in-place update <= {GOAL_REPLAN_S} s (median of {rounds} rounds): "
+          f"{median_of(after, 'wall_up'):.3f} s wall, {median_of(after, 'cpu_up'):.3f} s CPU "
+          f"(baseline {median_of(before, 'wall_up'):.3f} s wall) -> "
+          f"{'MET' if median_of(after, 'wall_up') <= GOAL_REPLAN_S else 'NOT MET'}")
 
 
 def solver_rows(T: int, groups: int, time_limit_s: float) -> None:
@@ -154,9 +192,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=10.0)
     parser.add_argument("--solvers", action="store_true", help="also compare HiGHS LP solvers at T=288 x 48")
     parser.add_argument("--reserves", action="store_true", help="with SYNTHETIC RRS/ECRS products (issue 15)")
+    parser.add_argument("--baseline", default=None, help="also run the in-place re-plan on this commit side by "
+                        "side (e.g. 1e0fd7c), in alternated child processes")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated child rounds per side with --baseline")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:  # a child of baseline_rows: the medians as one JSON line
+        import json
+
+        print(json.dumps(replan_rows(args.T, args.groups, args.runs, args.time_limit, reserves=args.reserves,
+                                     quiet=True)))
+        return 0
     print("SYNTHETIC site (optimization/benchmarks/solve_scaling.py)")
     replan_rows(args.T, args.groups, args.runs, args.time_limit, reserves=args.reserves)
+    if args.baseline:
+        baseline_rows(args.baseline, args.T, args.groups, args.runs, args.rounds, args.time_limit, args.reserves)
     if args.solvers:
         solver_rows(288, 48, 60.0)
     return 0

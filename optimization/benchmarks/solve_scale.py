@@ -10,10 +10,12 @@ Two SYNTHETIC problems of 24 h at 5 minutes (T = 288) with 48 groups of 2-3 mode
 
 Measured, in one run, per problem:
 
-0. **before / after**: cold `solve()` of the code at the baseline commit (default ``4953d1a``, the
-   session that took issue 18's solve on; `git archive` into a temporary directory, run in a child
-   process, one problem at a time, never concurrently) against today's, medians of wall and CPU
-   seconds side by side with their ratios and both objectives;
+0. **before / after**: cold `solve()` of the code at the baseline commit (default ``1e0fd7c``, the
+   commit before the cold path's second LP ran with Devex edge weights; ``--baseline 4953d1a`` for the
+   commit before issue 18's solve work) against today's tree: ``--runs`` rounds, each a child process
+   per side (`baseline_tree.alternate`: `git archive` of the commit's ``src``, the sides alternating
+   which goes first, never concurrently), each warming up on a small problem and then timing one
+   cold solve; medians of wall and CPU seconds side by side with their ratios and both objectives;
 1. today's `solve()` cold: wall time, its build and solve parts, status, gap, objective (and, for a
    problem with identical groups, the same without pooling them, ``pool_identical=False``);
 2. the LP relaxation alone (the model as `solve()` hands it to HiGHS, one run each): simplex with the
@@ -40,23 +42,26 @@ unless said; the machine is shared, so CPU is the steadier figure):
 * simplex pricing strategies and pushing the availability or min-off rows later: no gain; with the
   coupling rows deferred, the first LP by the primal simplex 5.9 s (dual 0.8 s), presolve off or
   no scaling within 10 %, and a third stage (the carbon row added between the two) 2.3 s in all;
+* **the second LP (the first one's basis with the coupling rows added) with Devex dual edge weights**
+  instead of HiGHS's choice (dual steepest edge, whose exact initial weights cost more than they
+  save): that LP 0.90 → 0.60 s (SYNTHETIC), 4.08 → 1.88 s (panhandle-like), same optimum (kept:
+  `solve.HOT_START_DUAL_EDGE_WEIGHTS`); Devex on the first, cold LP 0.86 → 1.4 s and on a re-plan
+  from a cached basis 0.51 → 0.63 s: not used there. No scaling, price/crash strategies, no cost
+  perturbation, or a third stage (transition rows first) on top: no steady gain;
 * **the model built from numpy arrays** (`optimize.fast_build`, the Pyomo compile entry by entry):
   build + compile 2.2 s → 0.16 s; **reasons vectorised** 0.44 s → 0.01 s; scipy no longer imported
   by a solve without reserves (~1 s of a fresh process).
 
     python optimization/benchmarks/solve_scale.py [--runs 3] [--problems synthetic panhandle] [--skip-lp]
-        [--baseline 4953d1a | --no-baseline] [--skip-replan]
+        [--baseline 1e0fd7c | --no-baseline] [--skip-replan]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -66,10 +71,25 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from solve_scaling import replan_problem, synthetic_problem  # noqa: E402
+from baseline_tree import (
+    DEFAULT_BASELINE,
+    REPO,
+    alternate,
+    median_of,
+    ratio_line,
+    run_child,
+)
+from solve_scaling import replan_problem, synthetic_problem
 
-from hashflex.optimize import solve as milp  # noqa: E402
-from hashflex.optimize.problem import CarbonBudget, Group, GroupState, Mode, Problem, Receptor  # noqa: E402
+from hashflex.optimize import solve as milp
+from hashflex.optimize.problem import (
+    CarbonBudget,
+    Group,
+    GroupState,
+    Mode,
+    Problem,
+    Receptor,
+)
 
 GOAL_S = 3.0
 
@@ -163,50 +183,55 @@ def cold_runs(problem: Problem, runs: int, time_limit_s: float, **kw: object) ->
 MAKERS = {"synthetic": lambda: synthetic_problem(288, 48, 5), "panhandle": panhandle_like_problem}
 
 
-def baseline_runs(commit: str, name: str, runs: int, time_limit_s: float) -> dict | None:
-    """`cold_runs` of the code at ``commit`` (its ``src`` from `git archive`, in a child process
-    whose ``PYTHONPATH`` puts it first); None, with the reason printed, if that cannot be done."""
-    repo = Path(__file__).resolve().parents[2]
-    with tempfile.TemporaryDirectory(prefix="solve_scale_baseline_") as tmp:
-        archive = subprocess.run(["git", "-C", str(repo), "archive", commit, "src"], capture_output=True)
-        if archive.returncode != 0:
-            print(f"  (baseline {commit}: git archive failed: {archive.stderr.decode().strip()})")
-            return None
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(tmp) / "src"), os.environ.get("PYTHONPATH", "")]))
-        child = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--baseline-worker", name,
-                                "--runs", str(runs), "--time-limit", str(time_limit_s)],
-                               capture_output=True, text=True, env=env)
-    lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
-    if child.returncode != 0 or not lines:
-        print(f"  (baseline {commit} failed: {child.stderr.strip()[-400:]})")
-        return None
-    return json.loads(lines[-1])
+def side_by_side(commit: str, name: str, runs: int, time_limit_s: float) -> tuple[dict | None, dict]:
+    """Cold `solve()` of ``name`` on ``commit`` and on today's tree, ``runs`` rounds alternating
+    which goes first, each a child process (`baseline_tree.alternate`) that warms up on a small
+    problem and then times one cold solve. Returns (before medians or None, after medians);
+    without a baseline (it could not be archived or failed), the after column runs alone."""
+    script = Path(__file__).resolve()
+    args = ["--baseline-worker", name, "--time-limit", str(time_limit_s)]
+    try:
+        before, after = alternate(commit, script, args, runs)
+    except RuntimeError as exc:
+        print(f"  (baseline {commit}: {exc})")
+        after = [run_child(script, args, REPO / "src") for _ in range(runs)]
+        before = None
+
+    def medians(results: list[dict]) -> dict:
+        out = {key: median_of(results, key) for key in ("wall", "cpu", "build", "solve", "profit")}
+        out.update({key: results[-1][key] for key in ("status", "objective", "gap", "message")})
+        return out
+
+    return (medians(before) if before else None), medians(after)
 
 
-def _worker(name: str, runs: int, time_limit_s: float) -> int:
-    """The child process of `baseline_runs`: prints `cold_runs` as one JSON line."""
+def _worker(name: str, time_limit_s: float) -> int:
+    """The child process of `side_by_side`: one warm-up solve of a small SYNTHETIC problem (so both
+    columns pay their imports outside the timing), then one timed cold solve; one JSON line."""
     import hashflex
 
-    result = cold_runs(MAKERS[name](), runs, time_limit_s)
+    milp.solve(synthetic_problem(96, 3, 15), time_limit_s=time_limit_s)
+    result = cold_runs(MAKERS[name](), 1, time_limit_s)
     result["hashflex"] = str(Path(hashflex.__file__).resolve().parent)
     print(json.dumps(result))
     return 0
 
 
 def before_after(name: str, before: dict | None, after: dict, commit: str) -> None:
-    """The side-by-side line: medians of cold solve() wall and CPU, ratios, objectives."""
+    """The side-by-side lines: medians of cold solve() wall and CPU, ratios, objectives."""
     if before is None:
         print(f"  cold solve() now: wall {after['wall']:.3f} s, CPU {after['cpu']:.3f} s (no baseline)")
         return
     diff = (after["profit"] - before["profit"]) / max(abs(before["profit"]), 1e-9)
-    print(f"  cold solve() medians      {'before (' + commit + ')':>18} {'after (now)':>14} {'ratio':>8}")
-    print(f"    wall s                  {before['wall']:18.3f} {after['wall']:14.3f} {before['wall'] / after['wall']:7.1f}x")
-    print(f"    CPU s                   {before['cpu']:18.3f} {after['cpu']:14.3f} {before['cpu'] / after['cpu']:7.1f}x")
-    print(f"    build+compile s         {before['build']:18.3f} {after['build']:14.3f}")
-    print(f"    LP+rounding+MIP s       {before['solve']:18.3f} {after['solve']:14.3f}")
-    print(f"    status                  {before['status']:>18} {after['status']:>14}")
-    print(f"    schedule profit $       {before['profit']:18.2f} {after['profit']:14.2f} {diff:+8.1e}", flush=True)
+    print(f"  cold solve() medians, alternated child runs {'before (' + commit + ')':>14} {'after (now)':>12} {'ratio':>9}")
+    print(ratio_line("wall", before["wall"], after["wall"]))
+    print(ratio_line("CPU", before["cpu"], after["cpu"]))
+    print(ratio_line("build+compile", before["build"], after["build"]))
+    print(ratio_line("LP+rounding+MIP", before["solve"], after["solve"]))
+    print(f"    {'status':28} {before['status']:>12} {after['status']:>12}")
+    print(f"    {'objective $':28} {before['objective'] or float('nan'):12.2f} {after['objective'] or float('nan'):12.2f}")
+    print(f"    {'schedule profit $':28} {before['profit']:12.2f} {after['profit']:12.2f} {diff:+9.1e} (relative)",
+          flush=True)
 
 
 def lp_rows(problem: Problem, time_limit_s: float) -> None:
@@ -331,19 +356,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--problems", nargs="+", default=["synthetic", "panhandle"])
     parser.add_argument("--skip-lp", action="store_true", help="skip the LP solver table (slowest part)")
     parser.add_argument("--skip-replan", action="store_true", help="skip the re-plan and multiresolution rows")
-    parser.add_argument("--baseline", default="4953d1a", help="commit whose cold solve() is the 'before' column")
+    parser.add_argument("--baseline", default=DEFAULT_BASELINE,
+                        help="commit whose cold solve() is the 'before' column (4953d1a: before issue 18's solve work)")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--baseline-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.baseline_worker:
-        return _worker(args.baseline_worker, args.runs, args.time_limit)
+        return _worker(args.baseline_worker, args.time_limit)
     print("SYNTHETIC problems, 24 h x 5 min (T=288) x 48 groups; times in seconds (the machine is shared: "
           "CPU seconds are the steadier figure)")
     for name in args.problems:
         problem = MAKERS[name]()
         print(f"\n{name}: {len(problem.groups)} groups, {sum(len(g.modes) for g in problem.groups)} (group, mode) pairs")
-        before = None if args.no_baseline else baseline_runs(args.baseline, name, args.runs, args.time_limit)
-        after = cold_runs(problem, args.runs, args.time_limit)
+        if args.no_baseline:
+            before, after = None, cold_runs(problem, args.runs, args.time_limit)
+        else:
+            before, after = side_by_side(args.baseline, name, args.runs, args.time_limit)
         before_after(name, before, after, args.baseline)
         print(f"  today's solve() cold: {after['wall']:.3f} s (build+compile {after['build']:.3f}, LP+rounding+MIP "
               f"{after['solve']:.3f}, schedule+reasons {after['wall'] - after['build'] - after['solve']:.3f}); "
@@ -365,7 +393,10 @@ def main(argv: list[str] | None = None) -> int:
             candidates += [("re-plan in place + previous basis", replan["kept"]),
                            ("re-plan in place + shifted basis", replan["shifted"]), ("multiresolution", smaller["multires"])]
         best = min(candidates, key=lambda kv: kv[1])
-        print(f"  GOAL {name} <= {GOAL_S} s: cold full resolution {after['wall']:.3f} s wall, {after['cpu']:.3f} s CPU -> "
+        vs = "" if before is None else (f" (baseline {args.baseline}: {before['wall']:.3f} s wall, {before['cpu']:.3f} s CPU; "
+                                        f"ratio {before['wall'] / after['wall']:.2f}x wall, {before['cpu'] / after['cpu']:.2f}x CPU)")
+        print(f"  GOAL {name} <= {GOAL_S} s: cold full resolution, median of {args.runs}: {after['wall']:.3f} s wall, "
+              f"{after['cpu']:.3f} s CPU{vs} -> "
               f"{'MET' if after['wall'] <= GOAL_S else 'NOT MET'} (wall), {'MET' if after['cpu'] <= GOAL_S else 'NOT MET'} (CPU); "
               f"fastest: {best[0]} {best[1]:.3f} s")
     return 0
