@@ -377,7 +377,7 @@ class FleetState:
             starts, stops = self._stamps[group_id]
             # kept as columns, made per miner only when asked (issue 18: at 100,000 miners a dict
             # entry per changed miner was 0.45 s of a DR cut; a revert asks for the few that failed)
-            before._add(group_id, changed, cols.miner_id[changed], cols.mode[changed].copy(),
+            before._add(group_id, changed, cols.miner_id, cols.mode[changed].copy(),
                         [POWERED_OFF, SLEEP, *self._names[group_id]], starts[changed], stops[changed])
             starts[started] = now
             cols.last_start_us[started] = now_us
@@ -500,18 +500,21 @@ class FleetState:
             both = np.concatenate([cols.last_start_us, cols.last_stop_us])
             inverse, values = pd.factorize(both)
             index = np.full(len(values), -1, dtype=np.int32)
-            holder = None  # per distinct value, a position holding it: made only for a time not seen before
-            for k, value in enumerate(values.tolist()):
+            listed = values.tolist()
+            new = [k for k, value in enumerate(listed) if value != NO_TIME_US and value not in texts]
+            if new:  # a time not seen before (a batch's own, once per save): the text of a miner holding it
+                if len(new) <= 8:  # a search from the front per time (stops at the first) ...
+                    holders = {k: int(np.argmax(inverse == k)) for k in new}
+                else:  # ... or one pass for all (the first save of a restored fleet)
+                    first = np.empty(len(values), dtype=np.int64)
+                    first[inverse[::-1]] = np.arange(len(both) - 1, -1, -1)
+                    holders = {k: int(first[k]) for k in new}
+                for k, at in holders.items():
+                    texts[listed[k]] = (starts[at] if at < n else stops[at - n]).isoformat()
+            for k, value in enumerate(listed):
                 if value != NO_TIME_US:
                     index[k] = len(stamps)
-                    text = texts.get(value)
-                    if text is None:
-                        if holder is None:
-                            holder = np.empty(len(values), dtype=np.int64)
-                            holder[inverse] = np.arange(len(both))
-                        at = int(holder[k])
-                        text = texts[value] = (starts[at] if at < n else stops[at - n]).isoformat()
-                    stamps.append(text)
+                    stamps.append(texts[value])
             column = index[inverse]
             out.append({
                 "group_id": group_id,
@@ -661,8 +664,8 @@ class ModeChanges(Mapping):
 
     def __init__(self, where: Mapping[str, tuple[str, int]]) -> None:
         self._where = where
-        # group id -> (changed rows ascending, their ids, old mode index, mode names by index + 2,
-        # old last_start, old last_stop)
+        # group id -> (changed rows ascending, the group's id column (all rows: ids are read only when
+        # iterated), old mode index, mode names by index + 2, old last_start, old last_stop)
         self._groups: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]] = {}
         self._len = 0
 
@@ -694,7 +697,7 @@ class ModeChanges(Mapping):
     def __iter__(self):
         """The changed miners, group by group in row (id) order."""
         for cols in self._groups.values():
-            yield from cols[1].tolist()
+            yield from cols[1][cols[0]].tolist()
 
     def __len__(self) -> int:
         """Miners whose mode changed."""
