@@ -38,10 +38,21 @@ class RowBlock:
     value: np.ndarray
 
     @classmethod
-    def from_lists(cls, lower: list, upper: list, starts: list, index: list, value: list) -> "RowBlock":
+    def from_lists(cls, lower: list, upper: list, starts: list, index: list, value: list) -> RowBlock:
         """Rows from Python lists (``starts`` with its closing entry, which HiGHS does not take)."""
         return cls(np.array(lower, dtype=float), np.array(upper, dtype=float), np.array(starts[:-1], dtype=np.int32),
                    np.array(index, dtype=np.int32), np.array(value, dtype=float))
+
+    def split(self, at: int) -> tuple[RowBlock, RowBlock]:
+        """(rows ``[0, at)``, rows ``[at, n)``) as two blocks, in order; ``0 <= at <= n``."""
+        n = len(self.lower)
+        if not 0 <= at <= n:
+            raise ValueError(f"split at row {at} of a block of {n} rows")
+        cut = int(self.starts[at]) if at < n else len(self.index)
+        head = RowBlock(self.lower[:at], self.upper[:at], self.starts[:at].copy(), self.index[:cut], self.value[:cut])
+        tail = RowBlock(self.lower[at:], self.upper[at:], (self.starts[at:] - cut).astype(np.int32),
+                        self.index[cut:], self.value[cut:])
+        return head, tail
 
     def add_to(self, highs: highspy.Highs) -> None:
         """Add these rows to ``highs`` in one ``addRows`` call (nothing if there are none)."""
@@ -133,6 +144,30 @@ class LpBasisCache:
 # already meets most commitment rows. (The carbon budget rows were deferred before: with the
 # commitment rows in, adding the dense carbon row made every dual simplex iteration ~10x dearer.)
 DEFERRED_ROW_FAMILIES = frozenset({"transition", "min_on", "min_off", "ramp_up", "ramp_down"})
+# Of the deferred rows, the transition rows (which define starts and stops) are added first and
+# the LP re-solved, then the rest (min on/off, ramp). The min on/off rows only bind through the
+# starts and stops, which are free (0) until the transition rows exist; added together, the dual
+# simplex repairs both at once at a higher cost. Same LP, same optimum; measured (CPU s of the
+# deferred stages, Devex, medians of 5, shared machine): panhandle-like 288 × 48 2.14 → 1.38,
+# SYNTHETIC 288 × 48 0.54 → 0.55 (no change). Both builds put the transition rows first in the
+# deferred block (`deferred_stages` checks it and otherwise adds the block whole).
+FIRST_DEFERRED_FAMILY = "transition"
+
+
+def deferred_stages(compiled: CompiledModel, n_rows: int) -> list[RowBlock]:
+    """``compiled.deferred`` as the blocks to add one after the other, in row order: the
+    `FIRST_DEFERRED_FAMILY` rows and the rest when those lead the block (the row numbers in
+    ``compiled.row_at`` then hold as added), else the block whole. ``n_rows``: the rows already in
+    the HiGHS model (the main block). [] when nothing is deferred."""
+    late = compiled.deferred
+    if late is None:
+        return []
+    first = (compiled.row_at or {}).get(FIRST_DEFERRED_FAMILY, {})
+    rows = np.fromiter(first.values(), dtype=np.int64, count=len(first)) - n_rows
+    n = len(late.lower)
+    if rows.size == 0 or rows.size == n or rows.min() != 0 or rows.max() != rows.size - 1:
+        return [late]
+    return list(late.split(rows.size))
 
 
 def compile_to_highs(model: pyo.ConcreteModel, problem: Problem) -> CompiledModel:
@@ -418,7 +453,11 @@ def update_in_place(compiled: CompiledModel, problem: Problem) -> None:
 
     Raises ValueError if the model cannot be updated (never compiled from Pyomo, or rows still
     deferred); KeyError if a slot is missing (a template mismatch): the caller rebuilds."""
-    from hashflex.optimize.milp import _emission_factors, _initial_batches, _window_starts  # noqa: F401
+    from hashflex.optimize.milp import (  # noqa: F401
+        _emission_factors,
+        _initial_batches,
+        _window_starts,
+    )
 
     if compiled.col_at is None or compiled.row_at is None or compiled.deferred is not None:
         raise ValueError("compiled model cannot be updated in place (no slot maps, or rows still deferred)")
@@ -497,8 +536,11 @@ def update_in_place(compiled: CompiledModel, problem: Problem) -> None:
     # reserve_short_kw[p,t]: −penalty; reserve_cap[p,t] <= max_kw (finite ones: the template fixes which);
     # reserve_obligation[p,t] >= award. reserve_sheddable rows have constant bounds (<= 0).
     if getattr(problem, "reserves", ()):
-        from hashflex.optimize.milp import (_reserve_index, reserve_short_penalty_usd_per_kw,
-                                            reserve_value_usd_per_kw)
+        from hashflex.optimize.milp import (
+            _reserve_index,
+            reserve_short_penalty_usd_per_kw,
+            reserve_value_usd_per_kw,
+        )
 
         for p, g in _reserve_index(problem):
             reserve = problem.reserves[p]

@@ -23,6 +23,7 @@ from hashflex.optimize.highs_compile import (  # noqa: F401 - re-exported for th
     _new_highs,
     _set_option,
     compile_to_highs,
+    deferred_stages,
     structure_key,
     template_key,
     update_in_place,
@@ -112,6 +113,15 @@ def solve_lp_round_mip(compiled: CompiledModel, problem: Problem, *, time_limit_
         highs.run()
         hot_start = highs.getModelStatus() == highspy.HighsModelStatus.kOptimal
         _set_lp_time_limit(highs, max(deadline - time.perf_counter(), 0.1))
+        # The deferred rows in stages (`highs_compile.FIRST_DEFERRED_FAMILY` first), each LP
+        # hot-started from the last; the last stage is added below.
+        *early, last = deferred_stages(compiled, highs.getNumRow())
+        for stage in early:
+            stage.add_to(highs)
+            _run_lp(highs, hot_start=hot_start)
+            hot_start = hot_start and highs.getModelStatus() == highspy.HighsModelStatus.kOptimal
+            _set_lp_time_limit(highs, max(deadline - time.perf_counter(), 0.1))
+        compiled.deferred = last
     if compiled.deferred is not None:
         compiled.deferred.add_to(highs)
         compiled.deferred = None
