@@ -47,7 +47,12 @@ unless said; the machine is shared, so CPU is the steadier figure):
   save): that LP 0.90 → 0.60 s (SYNTHETIC), 4.08 → 1.88 s (panhandle-like), same optimum (kept:
   `solve.HOT_START_DUAL_EDGE_WEIGHTS`); Devex on the first, cold LP 0.86 → 1.4 s and on a re-plan
   from a cached basis 0.51 → 0.63 s: not used there. No scaling, price/crash strategies, no cost
-  perturbation, or a third stage (transition rows first) on top: no steady gain;
+  perturbation on top: no steady gain;
+* **the deferred rows in two stages, transition rows first** (then min on/off and ramp, each LP
+  hot-started with Devex): the deferred stages 2.14 → 1.38 s (panhandle-like; the min on/off rows
+  bind only through the starts and stops the transition rows define), SYNTHETIC unchanged
+  (0.54 → 0.55 s); same optimum (kept: `highs_compile.FIRST_DEFERRED_FAMILY`). Ramp rows with the
+  transition rows instead: 1.77 s;
 * **the model built from numpy arrays** (`optimize.fast_build`, the Pyomo compile entry by entry):
   build + compile 2.2 s → 0.16 s; **reasons vectorised** 0.44 s → 0.01 s; scipy no longer imported
   by a solve without reserves (~1 s of a fresh process).
