@@ -52,7 +52,8 @@ class RecordingHighs(highspy.Highs):
         option = edge_weights(self)
         rows = self.getNumRow()
         status = super().run()
-        self.runs.append({"edge_weights": option, "rows": rows, "status": self.getModelStatus(),
+        self.runs.append({"edge_weights": option, "rows": rows, "presolve": self.getOptionValue("presolve")[1],
+                          "status": self.getModelStatus(),
                           "objective": self.getInfo().objective_function_value})
         return status
 
@@ -186,3 +187,31 @@ def test_the_option_is_put_back_when_the_second_lp_raises(monkeypatch: pytest.Mo
     with pytest.raises(RuntimeError):
         solve_module._run_lp(highs, hot_start=True)
     assert edge_weights(highs) == HIGHS_CHOOSES
+
+
+@pytest.mark.usefixtures("recording")
+def test_only_the_valuing_lp_runs_without_presolve() -> None:
+    problem = base_problem()
+    compiled = compile_recorded(problem)
+    n_main = compiled.highs.getNumRow()
+    solve_lp_round_mip(compiled, problem, time_limit_s=10.0, rel_gap=1e-9)  # the MIP runs after it
+    first, hot, (valuing, *mip) = lp_stages(compiled, compiled.highs.runs, n_main)
+    assert valuing["presolve"] == solve_module.VALUING_LP_PRESOLVE == "off"
+    assert mip and all(run["presolve"] == "choose" for run in first + hot + mip)
+    assert compiled.highs.getOptionValue("presolve")[1] == "choose"
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=changed_problems())
+def test_the_valuing_lp_without_presolve_gives_the_same_start(problem) -> None:
+    """The rounded start's value, and so the proof within the gap, do not depend on presolve."""
+    outcomes = {}
+    for presolve in ("off", "on"):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(solve_module, "VALUING_LP_PRESOLVE", presolve)
+            outcomes[presolve] = solve_lp_round_mip(compile_fast(problem), problem, time_limit_s=10.0,
+                                                    rel_gap=DEFAULT_REL_GAP)
+    off, on = outcomes["off"], outcomes["on"]
+    assert (off.status, off.message) == (on.status, on.message)
+    assert off.objective == pytest.approx(on.objective, rel=1e-7, abs=1e-6)
+    assert off.bound == pytest.approx(on.bound, rel=1e-7, abs=1e-6)
