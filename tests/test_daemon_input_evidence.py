@@ -69,13 +69,14 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def start_daemon(tmp_path: Path, mqtt_port: int, http_port: int, name: str = "daemon") -> subprocess.Popen:
+def start_daemon(tmp_path: Path, mqtt_port: int, http_port: int, name: str = "daemon",
+                 store: Path | None = None) -> subprocess.Popen:
     profile = tmp_path / "site.yaml"
     profile.write_text(PROFILE)
     log = (tmp_path / f"{name}.log").open("a")
     return subprocess.Popen(
         [sys.executable, "-m", "hashflex.cli", "--log-level", "INFO", "run", "--profile", str(profile),
-         "--store", str(tmp_path / "hashflex.db"), "--mqtt-port", str(mqtt_port), "--http-port", str(http_port),
+         "--store", str(store or tmp_path / "hashflex.db"), "--mqtt-port", str(mqtt_port), "--http-port", str(http_port),
          "--time-limit", "5", "--price-model", "rules"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -286,3 +287,21 @@ def test_a_second_daemon_on_the_same_store_fails_before_writing(daemon, tmp_path
     status = http_json(http_port, "/status") or {}
     assert status.get("mqtt_connected") is True
     assert (http_json(http_port, "/status") or {}).get("mqtt_connected") is True
+
+
+def test_a_daemon_whose_http_port_is_taken_fails_before_writing(daemon) -> None:  # noqa: ANN001
+    """Another store, the same HTTP port: the port is bound before the store is opened, so nothing is
+    recorded in the second store and the error names the port."""
+    first, http_port, tmp_path, broker = daemon
+    other = tmp_path / "other.db"
+    second = start_daemon(tmp_path, broker.port, http_port, name="other", store=other)
+    try:
+        code = second.wait(30)
+    except subprocess.TimeoutExpired:
+        stop_daemon(second)
+        raise AssertionError("the second daemon did not fail fast") from None
+    output = (tmp_path / "other.log").read_text()
+    assert code == 2 and f"--http-port {http_port}" in output and "Address already in use" in output, output
+    assert not other.exists() or not sqlite3.connect(other).execute(
+        "SELECT name FROM sqlite_master WHERE name = 'audit_log'").fetchall(), "nothing recorded in the other store"
+    assert first.poll() is None and (http_json(http_port, "/status") or {}).get("mqtt_connected") is True

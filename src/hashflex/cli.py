@@ -125,12 +125,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.simulate:
         return _run_simulated(profile, args)
     from hashflex.control.daemon import run_daemon
+    from hashflex.control.http import HttpBindError
 
-    run_daemon(profile, store_path=args.store, profile_path=args.profile if Path(args.profile).exists() else None, mqtt_host=args.mqtt_host, mqtt_port=args.mqtt_port,
-               http_host=args.http_host, http_port=args.http_port,
-               username=os.environ.get("HASHFLEX_MQTT_USERNAME"), password=os.environ.get("HASHFLEX_MQTT_PASSWORD"),
-               tls_ca_file=os.environ.get("HASHFLEX_MQTT_TLS_CA"), time_limit_s=args.time_limit,
-               price_model=args.price_model)
+    try:
+        run_daemon(profile, store_path=args.store, profile_path=args.profile if Path(args.profile).exists() else None,
+                   mqtt_host=args.mqtt_host, mqtt_port=args.mqtt_port, http_host=args.http_host, http_port=args.http_port,
+                   username=os.environ.get("HASHFLEX_MQTT_USERNAME"), password=os.environ.get("HASHFLEX_MQTT_PASSWORD"),
+                   tls_ca_file=os.environ.get("HASHFLEX_MQTT_TLS_CA"), time_limit_s=args.time_limit,
+                   price_model=args.price_model)
+    except HttpBindError as exc:  # raised before the store is opened or anything recorded
+        raise ValueError(f"--http-port {args.http_port}: {exc.strerror}") from None
     return 0
 
 

@@ -8,8 +8,8 @@ trail without bound. The rule (:class:`RejectionAudit`):
   minute of receipt, the first :data:`REJECTION_AUDIT_FULL_PER_MINUTE` refusals are recorded in full
   (``input_rejected``, :func:`input_rejected_payload`);
 - the rest of that minute are counted per kind and reason class, and the SHA-256 of each of their
-  payloads is folded into one running digest (``unrecorded_sha256`` = SHA-256 over the concatenated
-  hex digests in arrival order, starting from 64 zeros), written once the minute is over as one
+  payloads goes into one running digest (``unrecorded_sha256`` = SHA-256 over the concatenated
+  lowercase hex SHA-256 digests of those payloads, in arrival order), written once the minute is over as one
   ``input_rejected_summary`` record (:func:`input_rejected_summary_payload`) — only for minutes in
   which something was not recorded in full.
 
@@ -37,7 +37,6 @@ __all__ = ["REJECTION_AUDIT_FULL_PER_MINUTE", "RejectionAudit", "input_rejected_
 REJECTION_AUDIT_FULL_PER_MINUTE = 10
 """Refusals recorded in full per input kind and UTC minute; the rest of the minute are counted."""
 
-_ZERO = "0" * 64
 _FIELD = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\[\]]{0,60}):")
 
 Sink = Callable[[str, Mapping[str, Any], datetime], None]
@@ -169,6 +168,11 @@ def _minute(at: datetime) -> datetime:
     return at.replace(second=0, microsecond=0)
 
 
+def _minute_key(at: datetime) -> int:
+    """Minutes since the epoch (UTC): a cheap key for the per-minute bound (``astimezone`` costs ~3 µs)."""
+    return int(at.timestamp() // 60)
+
+
 class RejectionAudit:
     """Decides which refusals are recorded in full and writes the per-minute summaries (module docstring).
 
@@ -192,9 +196,10 @@ class RejectionAudit:
         self.full_per_minute = full_per_minute
         self._lock = threading.Lock()
         self._minute: datetime | None = None
+        self._minute_no: int | None = None  # _minute_key of _minute
         self._recorded: dict[str, int] = {}
         self._unrecorded: dict[str, dict[str, int]] = {}
-        self._digest = _ZERO
+        self._digest = hashlib.sha256()  # over the hex digests of the payloads counted only
         self._last_at: datetime | None = None  # the open minute's latest refusal: its summary's time
 
     def refused(self, *, topic: str, kind: str | None, stage: str, rule: str, reason: str, payload: bytes | str,
@@ -209,13 +214,13 @@ class RejectionAudit:
             True when recorded in full.
         """
         kind = kind or "unknown"
-        minute = _minute(received_at)
+        minute_no = _minute_key(received_at)
         out: list[tuple[str, dict[str, Any], datetime]] = []
         with self._lock:
-            if self._minute is not None and minute > self._minute:
+            if self._minute_no is not None and minute_no > self._minute_no:
                 out.extend(self._close())
-            if self._minute is None or minute > self._minute:
-                self._minute = minute
+            if self._minute_no is None or minute_no > self._minute_no:
+                self._minute, self._minute_no = _minute(received_at), minute_no
             # a refusal stamped before the open minute (a clock step back) counts in the open minute
             self._last_at = received_at if self._last_at is None else max(self._last_at, received_at)
             full = self._recorded.get(kind, 0) < self.full_per_minute
@@ -227,7 +232,7 @@ class RejectionAudit:
             else:
                 by_rule = self._unrecorded.setdefault(kind, {})
                 by_rule[rule] = by_rule.get(rule, 0) + 1
-                self._digest = hashlib.sha256((self._digest + payload_sha256(payload)).encode("ascii")).hexdigest()
+                self._digest.update(payload_sha256(payload).encode("ascii"))
         for record in out:  # outside the lock: the sink may take its own
             self._sink(*record)
         return full
@@ -246,10 +251,10 @@ class RejectionAudit:
             True when a summary was written.
         """
         with self._lock:
-            if self._minute is None or (now is not None and _minute(now) <= self._minute):
+            if self._minute_no is None or (now is not None and _minute_key(now) <= self._minute_no):
                 return False
             out = self._close()
-            self._minute = None
+            self._minute, self._minute_no = None, None
         for record in out:
             self._sink(*record)
         return bool(out)
@@ -267,6 +272,6 @@ class RejectionAudit:
         if self._unrecorded and self._minute is not None:
             at = self._last_at or self._minute
             out.append(("input_rejected_summary", input_rejected_summary_payload(
-                self._minute, self._recorded, self._unrecorded, self._digest, self.full_per_minute), at))
-        self._recorded, self._unrecorded, self._digest, self._last_at = {}, {}, _ZERO, None
+                self._minute, self._recorded, self._unrecorded, self._digest.hexdigest(), self.full_per_minute), at))
+        self._recorded, self._unrecorded, self._digest, self._last_at = {}, {}, hashlib.sha256(), None
         return out

@@ -229,6 +229,11 @@ METRIC_NAMES = ("hashflex_healthy", "hashflex_last_tick_age_seconds", "hashflex_
 """Every metric /metrics exposes (counters with their ``_total`` name)."""
 
 
+class HttpBindError(OSError):
+    """The HTTP address cannot be bound (``errno`` as the OS said, e.g. ``EADDRINUSE``); the message names
+    host and port. ``hashflex run`` turns it into a one-line error (exit 2) before anything is written."""
+
+
 class StatusServer:
     """Serve the daemon's web site on a thread (uvicorn): dashboard, /healthz, /status, /metrics.
 
@@ -256,8 +261,8 @@ class StatusServer:
 
     Raises
     ------
-    OSError
-        The port is taken or the address cannot be bound.
+    HttpBindError
+        The port is taken or the address cannot be bound (an ``OSError`` with its ``errno``).
     """
 
     def __init__(self, status_fn: Callable[[datetime], dict[str, Any]], clock: Callable[[], datetime],
@@ -281,7 +286,12 @@ class StatusServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._socket = socket.socket(family, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, port))  # bound now: a taken port fails here, in the caller
+        try:
+            self._socket.bind((host, port))  # bound now: a taken port fails here, in the caller
+        except OSError as exc:
+            self._socket.close()
+            raise HttpBindError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror} (another hashflex "
+                                           "daemon or another program serves there)") from None
         self.host = host
         self.port = self._socket.getsockname()[1]
         config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,

@@ -541,7 +541,8 @@ class MqttIngest:
         try:
             audit.refused(topic=topic, kind=kind, stage=stage, rule=rule, reason=reason, payload=payload,
                           received_at=self._clock())
-            self._arm_audit_timer()
+            if self._audit_timer is None:  # armed already during a flood: no lock, no look at the minute
+                self._arm_audit_timer()
         except Exception:  # noqa: BLE001 - the audit must never stop the ingest
             log.exception("ingest: could not audit a refused %s", topic)
 
