@@ -5,8 +5,23 @@ plan keeps that much qualified load running (a minimum running load, see ``milp.
 A **deployment** (``in/as/deploy``) is a limit: from ``issued_at`` the site's import must drop by
 ``deployed_kw`` from the load at that moment (the baseline) within the product's deadline
 (``profile.AS_PRODUCT_RULES``: RRS is cut at once by the fast path, ECRS within 10 minutes, Non-Spin
-within 30), held until it is recalled or the product's sustain duration has passed. A deployment
-binds like a DR event: it is an import limit in the book with source label ``AS:<product>:<id>``.
+within 30), held until it is recalled. A deployment binds like a DR event: it is an import limit in
+the book with source label ``AS:<product>:<id>``.
+
+**How long a deployment holds** (third newcomer review, finding 3). A deployed Load Resource stays
+deployed until ERCOT recalls it: the deployment and its recall are both Dispatch Instructions
+(Nodal Protocols §6.5.7.6.2.2 RRS, §6.5.7.6.2.3 Non-Spin, §6.5.7.6.2.4 ECRS); the product's sustained
+duration (§8.1.1.2.1.x qualification, §8.1.1.3.x; NPRR1282 set RRS 30 min and ECRS 1 h for RTC+B,
+NPRR1339) is what the resource must be *able* to sustain, not when the deployment ends. So a
+deployment holds until its recall; past ``issued_at`` + the product's ``sustain_h`` it is flagged
+(``overrun``: the QSE may have lost the recall), and it still holds (when in doubt, curtail) up to a
+backstop, ``profile.ancillary.max_hold_h`` from its instruction (a setpoint always expires), after which
+it releases (``end``) with an audit record.
+
+**A recall** ends the deployment from the recall's ``issued_at``, whatever the order of the two times
+(finding 2): a recall instructed before a future-dated deployment's ``issued_at`` ends it from the
+recall's time; one instructed before the deployment even bound (its arrival) cancels it (``end`` =
+``binds_from``: it binds nothing any more). A recall never prolongs a deployment.
 
 An **amendment** is a deployment message with the id of one in force and a higher ``revision`` (MQTT
 ``in/as/deploy``; over OpenADR 3 the event's ``modificationDateTime``, see
@@ -32,10 +47,11 @@ from typing import Any
 from hashflex.frames import in_force
 from hashflex.messages import ASAwardMessage, ASDeployMessage
 from hashflex.profile import AS_PRODUCT_RULES, SiteProfile
+from hashflex.profile.ancillary import DEFAULT_MAX_HOLD_H
 
-__all__ = ["STALE", "ASDeployment", "amended_deployment", "amendment_refusal", "as_source", "award_refusal",
-           "awarded_kw", "deploy_refusal", "deployment_from", "deployment_limit_kw", "reserve_clawback_usd", "reserve_hold_shortfalls", "reserve_keep_kw",
-           "revision_refusal"]
+__all__ = ["STALE", "ASDeployment", "above_award_after_change", "amended_deployment", "amendment_refusal",
+           "as_source", "award_refusal", "awarded_kw", "deploy_refusal", "deployment_from", "deployment_limit_kw",
+           "recall_end", "reserve_clawback_usd", "reserve_hold_shortfalls", "reserve_keep_kw", "revision_refusal"]
 
 STALE = "(stale)"  # the end of a refusal for an older revision (counted by the loop as ``as_stale``)
 
@@ -84,7 +100,9 @@ class ASDeployment:
     deadline : datetime
         ``issued_at`` + the product's deployment time: the limit must be met by then.
     end : datetime
-        The recall, or ``issued_at`` + the product's sustain duration.
+        The recall (:func:`recall_end`), or the backstop ``issued_at`` + ``profile.ancillary.max_hold_h``
+        (see the module docstring: a deployment holds until recalled). A book written before the
+        backstop keeps the end it was accepted with (``issued_at`` + the product's sustain duration).
     revision : int
         The revision in force (0: as first deployed; higher: amended).
     amended_at : datetime or None
@@ -98,6 +116,16 @@ class ASDeployment:
         When it arrived (None: a book written before this field). A deployment dated ahead of its
         arrival (inside the clock-skew window) binds from its arrival: safety first (issue 15,
         newcomer finding 8); its deadline and response are still measured from ``issued_at``.
+    awarded_at_instruction_kw : float or None
+        A(t₀): the reserve awarded over all products in force at ``issued_at`` as the book knew the
+        awards when the deployment was accepted (the latest revision of each received by then), kW;
+        what :func:`deployment_limit_kw` measures a later rise against. None: a book written before
+        this field (the rise is then measured against the awards now known, the former rule).
+    overrun_recorded : bool
+        The ``overrun`` record (past the product's sustained duration without a recall) was written;
+        durable, so it is written once across restarts.
+    released_recorded : bool
+        The ``released`` record (the backstop ended it without a recall) was written.
     """
 
     deployment_id: str
@@ -114,6 +142,19 @@ class ASDeployment:
     via: str | None = None
     recalled: bool = False
     received_at: datetime | None = None
+    awarded_at_instruction_kw: float | None = None
+    overrun_recorded: bool = False
+    released_recorded: bool = False
+
+    @property
+    def sustain_until(self) -> datetime:
+        """``issued_at`` + the product's sustained duration (``profile.AS_PRODUCT_RULES``): holding
+        past it without a recall is an ``overrun`` (flagged, still held)."""
+        return self.issued_at + timedelta(hours=float(AS_PRODUCT_RULES[self.product]["sustain_h"]))
+
+    def overrun_at(self, t: datetime) -> bool:
+        """Held at ``t`` past its sustained duration without a recall (:attr:`sustain_until` <= t < end)."""
+        return not self.recalled and self.sustain_until <= t < self.end
 
     @property
     def binds_from(self) -> datetime:
@@ -145,7 +186,9 @@ class ASDeployment:
                 "deadline": self.deadline.isoformat(), "end": self.end.isoformat(), "revision": self.revision,
                 "amended_at": None if self.amended_at is None else self.amended_at.isoformat(), "via": self.via,
                 "recalled": self.recalled,
-                "received_at": None if self.received_at is None else self.received_at.isoformat()}
+                "received_at": None if self.received_at is None else self.received_at.isoformat(),
+                "awarded_at_instruction_kw": self.awarded_at_instruction_kw,
+                "overrun_recorded": self.overrun_recorded, "released_recorded": self.released_recorded}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ASDeployment:
@@ -154,8 +197,9 @@ class ASDeployment:
         Parameters
         ----------
         data : dict
-            Every field of :meth:`to_json` (``revision``, ``amended_at``, ``via`` and
-            ``received_at`` may be absent: a book written before them).
+            Every field of :meth:`to_json` (``revision``, ``amended_at``, ``via``, ``received_at``,
+            ``awarded_at_instruction_kw``, ``overrun_recorded`` and ``released_recorded`` may be
+            absent: a book written before them).
 
         Returns
         -------
@@ -175,7 +219,9 @@ class ASDeployment:
                    datetime.fromisoformat(data["deadline"]), datetime.fromisoformat(data["end"]),
                    int(data.get("revision", 0)), None if amended_at is None else datetime.fromisoformat(amended_at),
                    data.get("via"), bool(data.get("recalled", False)),
-                   None if data.get("received_at") is None else datetime.fromisoformat(data["received_at"]))
+                   None if data.get("received_at") is None else datetime.fromisoformat(data["received_at"]),
+                   None if data.get("awarded_at_instruction_kw") is None else float(data["awarded_at_instruction_kw"]),
+                   bool(data.get("overrun_recorded", False)), bool(data.get("released_recorded", False)))
 
 
 def _allocate(profile: SiteProfile, obligations_kw: Mapping[str, float],
@@ -453,7 +499,8 @@ def deploy_refusal(profile: SiteProfile, msg: ASDeployMessage) -> str | None:
 
 
 def deployment_from(msg: ASDeployMessage, baseline_kw: float, via: str | None = None,
-                    received_at: datetime | None = None) -> ASDeployment:
+                    received_at: datetime | None = None, *, max_hold_h: float | None = None,
+                    awarded_at_instruction_kw: float | None = None) -> ASDeployment:
     """The deployment a (not recalled) message sets, from the import ``baseline_kw`` now.
 
     Parameters
@@ -466,22 +513,55 @@ def deployment_from(msg: ASDeployMessage, baseline_kw: float, via: str | None = 
         The path it came by (``"openadr"``); kept with the deployment.
     received_at : datetime, optional
         When it arrived: it binds from min(``issued_at``, ``received_at``).
+    max_hold_h : float, optional
+        The backstop, h from ``issued_at`` (``profile.ancillary.max_hold_h``; None:
+        :data:`hashflex.profile.ancillary.DEFAULT_MAX_HOLD_H`): without a recall it ends then.
+    awarded_at_instruction_kw : float, optional
+        A(t₀), the reserve awarded (all products) in force at ``issued_at`` as known now, kW
+        (:func:`awarded_kw` over the book's awards); kept with the deployment for
+        :func:`deployment_limit_kw`.
 
     Returns
     -------
     ASDeployment
-        Limit max(baseline_kw − deployed_kw, 0) kW, deadline and end from the product's
-        ``deadline_s`` and ``sustain_h`` in ``profile.AS_PRODUCT_RULES``.
+        Limit max(baseline_kw − deployed_kw, 0) kW, deadline from the product's ``deadline_s`` in
+        ``profile.AS_PRODUCT_RULES``, end at the backstop (a recall ends it earlier).
     """
     rules = AS_PRODUCT_RULES[msg.product]
+    hold_h = DEFAULT_MAX_HOLD_H if max_hold_h is None else float(max_hold_h)
     return ASDeployment(
         deployment_id=msg.deployment_id, product=msg.product, issuer=msg.issuer, issued_at=msg.issued_at,
         deployed_kw=float(msg.deployed_kw), baseline_kw=float(baseline_kw),
         limit_kw=max(float(baseline_kw) - float(msg.deployed_kw), 0.0),
         deadline=msg.issued_at + timedelta(seconds=float(rules["deadline_s"])),
-        end=msg.issued_at + timedelta(hours=float(rules["sustain_h"])), revision=msg.revision, via=via,
+        end=msg.issued_at + timedelta(hours=hold_h), revision=msg.revision, via=via,
         received_at=received_at,
+        awarded_at_instruction_kw=None if awarded_at_instruction_kw is None else float(awarded_at_instruction_kw),
     )
+
+
+def recall_end(held: ASDeployment, recalled_at: datetime) -> datetime:
+    """When a recall instructed at ``recalled_at`` ends the deployment ``held``.
+
+    From the recall's time, whatever the order of the two instructions (third newcomer review,
+    finding 2): min(``held.end``, max(``recalled_at``, ``held.binds_from``)). A recall instructed
+    before a future-dated deployment's ``issued_at`` ends it then (it used to hold until
+    ``issued_at``); one instructed before the deployment bound at all cancels it (``end`` =
+    ``binds_from``: in force nowhere); a recall never prolongs it.
+
+    Parameters
+    ----------
+    held : ASDeployment
+        The deployment in the book (not yet recalled).
+    recalled_at : datetime
+        The recall's ``issued_at``, timezone-aware.
+
+    Returns
+    -------
+    datetime
+        The deployment's new ``end``.
+    """
+    return min(held.end, max(recalled_at, held.binds_from))
 
 
 def awarded_kw(awards: Iterable[tuple[datetime, datetime, float]], start: datetime,
@@ -511,15 +591,32 @@ def awarded_kw(awards: Iterable[tuple[datetime, datetime, float]], start: dateti
 
 
 def deployment_limit_kw(limit_kw: float, issued_at: datetime, awards: Sequence[tuple[datetime, datetime, float]],
-                        start: datetime, end: datetime | None = None) -> float:
+                        start: datetime, end: datetime | None = None, *,
+                        awarded_at_instruction_kw: float | None = None) -> float:
     """The import limit an AS deployment sets at ``start`` (or over ``[start, end)``), kW: the one rule the
     limits book (`LimitsBook.deployment_limit_kw`), the guard, the backtest and the report use.
 
-    ``limit(t) = limit_kw + max(0, A(t) − A(t₀))``, A the reserve awarded over all products in force (the
-    largest over the interval), t₀ the instruction. A Load Resource awarded more reserve while deployed
-    must keep that load running and shed-able (Nodal Protocols §3.18, §8.1.1.2): a fixed limit would
-    force the plan to drop the new award (2.9 MW·h of 2024-05-08's shortfall). At the instruction the
-    rise is 0, so the fast path's cut is the deployed MW.
+    ``limit(t) = limit_kw + max(0, A(t) − A₀)``, A(t) the reserve awarded over all products in force
+    now known (the latest revision of each award; summed over the awards overlapping an interval),
+    A₀ the reserve awarded in force at the instruction t₀ *as known at the instruction*
+    (``awarded_at_instruction_kw``, kept with the deployment). A Load Resource awarded more reserve
+    while deployed must keep that load running and shed-able (Nodal Protocols §3.18, §8.1.1.2): a
+    fixed limit would force the plan to drop the new award (2.9 MW·h of 2024-05-08's shortfall). At
+    the instruction the rise is 0, so the fast path's cut is the deployed MW.
+
+    Why A₀ is what was known then (third newcomer review, finding 1): the obligation a Dispatch
+    Instruction deploys is against the Ancillary Service award(s) in force when it is issued: ERCOT
+    procures AS quantities per Operating Hour (Nodal Protocols §3.16, Standards for Determining
+    Ancillary Service Quantities), deploys a Load Resource's award by a Dispatch Instruction
+    (§6.5.7.6.2.2 RRS, §6.5.7.6.2.3 Non-Spin, §6.5.7.6.2.4 ECRS) and measures its performance from that
+    instruction against what it carried then (§8.1.1.4.x deployment criteria). An award revision
+    received after the instruction is new reserve the site must carry from then on, exactly as a new
+    award would be. Comparing the *current* revision's value at t₀ with itself (A(t₀) recomputed
+    from today's awards) made an amendment that raised an award covering t₀ raise nothing. An award
+    withdrawn or cut during the deployment lowers A(t) below A₀: the rise is floored at 0 and the
+    limit stays (the instruction is obeyed in full; the loop flags the excess, ``as_above_award``).
+    Taking A₀ when the deployment is *accepted* (not strictly at ``issued_at``) counts a revision
+    received between the two as known, which can only lower the limit: when in doubt, curtail.
 
     Parameters
     ----------
@@ -531,11 +628,73 @@ def deployment_limit_kw(limit_kw: float, issued_at: datetime, awards: Sequence[t
         The awards known (all products; a withdrawn award has reserve_kw 0).
     start, end : datetime
         The moment (``end`` None) or the interval, timezone-aware.
+    awarded_at_instruction_kw : float, optional
+        A₀, kW (:attr:`ASDeployment.awarded_at_instruction_kw`). None: A(issued_at) over ``awards``
+        (the former rule; a book or a trail written before A₀ was kept).
 
     Returns
     -------
     float
-        ``limit_kw + max(0, A(start[, end]) − A(issued_at))``, kW.
+        ``limit_kw + max(0, A(start[, end]) − A₀)``, kW.
     """
-    rise = awarded_kw(awards, start, end) - awarded_kw(awards, issued_at)
+    at_instruction = (awarded_kw(awards, issued_at) if awarded_at_instruction_kw is None
+                      else float(awarded_at_instruction_kw))
+    rise = awarded_kw(awards, start, end) - at_instruction
     return float(limit_kw) + max(rise, 0.0)
+
+
+def _excess(product: str, awards: Sequence[tuple[str, datetime, datetime, float]],
+            deployments: Iterable[ASDeployment], t: datetime) -> tuple[float, float, float, list[str]]:
+    """(deployed − awarded, awarded, deployed, deployment ids) of ``product`` at the moment ``t``, kW."""
+    awarded = sum(kw for p, s, e, kw in awards if p == product and s <= t < e)
+    live = [d for d in deployments if d.product == product and d.in_force(t)]
+    deployed = sum(d.deployed_kw for d in live)
+    return deployed - awarded, awarded, deployed, sorted(d.deployment_id for d in live)
+
+
+def above_award_after_change(product: str, before: Sequence[tuple[str, datetime, datetime, float]],
+                             after: Sequence[tuple[str, datetime, datetime, float]],
+                             deployments: Iterable[ASDeployment], start: datetime, end: datetime
+                             ) -> dict[str, Any] | None:
+    """Whether an award change (a withdrawal, a cut, a shorter window) leaves more of ``product``
+    deployed than awarded, where it did not before (third newcomer review, finding 4), or None.
+
+    A deployment instruction stands whatever happens to the award afterwards: the site obeys it in
+    full (no clause found lets a Load Resource trim a Dispatch Instruction; Nodal Protocols §6.5.7.6.2,
+    §8.1.1.4) and its obligation is measured against the award (NPRR1149 §6.7.3, NPRR1196), so the
+    excess is flagged (the award's ack, ``as_above_award``), never enforced by lifting the limit.
+    Checked at every moment of ``[start, end)`` where the awards or the deployments change.
+
+    Parameters
+    ----------
+    product : str
+        The changed award's product.
+    before, after : sequence of (product, start, end, reserve_kw)
+        Every award known before and after the change (timezone-aware windows, kW).
+    deployments : iterable of ASDeployment
+        The deployments in the book (any product; those of ``product`` in force count).
+    start, end : datetime
+        Where the change matters: from max(now, the earlier of the two windows' starts) to the later
+        of their ends.
+
+    Returns
+    -------
+    dict or None
+        ``above_award_kw`` (the largest excess after the change, kW), ``awarded_kw`` and
+        ``deployed_kw`` at that moment ``at`` (datetime), ``deployment_ids`` (list); None when no
+        moment's excess grew.
+    """
+    items = list(deployments)
+    moments = {start}
+    for _, a_start, a_end, _ in [*before, *after]:
+        moments.update(t for t in (a_start, a_end) if start <= t < end)
+    for d in items:
+        moments.update(t for t in (d.binds_from, d.end) if start <= t < end)
+    worst: dict[str, Any] | None = None
+    for t in sorted(moments):
+        excess, awarded, deployed, ids = _excess(product, after, items, t)
+        was = max(_excess(product, before, items, t)[0], 0.0)
+        if excess > was + 1e-6 and (worst is None or excess > worst["above_award_kw"] + 1e-6):
+            worst = {"above_award_kw": excess, "awarded_kw": awarded, "deployed_kw": deployed, "at": t,
+                     "deployment_ids": ids}
+    return worst

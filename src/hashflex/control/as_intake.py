@@ -4,10 +4,17 @@ performance. A mixin of :class:`~hashflex.control.loop.ControlLoop`, split from 
 
 Sources: ERCOT Nodal Protocols §3.18 (Load Resource participation), §6.5.7.6.2.x (deployment of
 RRS, ECRS and Non-Spin); the product rules are ``profile.AS_PRODUCT_RULES``.
+
+A deployment holds until recalled (:mod:`hashflex.control.ancillary`): the tick's transitions
+(:meth:`AncillaryIntakeMixin._record_transitions`, which extends the loop's) flag one held past its
+product's sustained duration (``as_overrun``) and record the backstop's release (``as_released``),
+each once: an ``as_performance`` audit record with ``event`` ``overrun`` / ``released`` and a
+``hashflex_events_total`` counter.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -16,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hashflex.control.ancillary import STALE
+from hashflex.control.ancillary import STALE, ASDeployment
 from hashflex.control.guard import Guard
 from hashflex.control.limits import STORE_UNAVAILABLE, Hold, LimitsBook
 from hashflex.plausibility import PlausibilityContext, check_plausible
@@ -25,7 +32,8 @@ from hashflex.messages import (
     ASAwardMessage,
     ASDeployMessage,
 )
-from hashflex.profile import AS_PRODUCT_RULES, SiteProfile
+from hashflex.profile import SiteProfile
+from hashflex.profile.ancillary import DEFAULT_MAX_HOLD_H
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +293,10 @@ class AncillaryIntakeMixin:
         Returns
         -------
         ASAckMessage
-            Accepted only once committed; a redelivery gets its first answer.
+            Accepted only once committed; a redelivery gets its first answer. A change (withdrawal,
+            cut, shorter window) that leaves a deployment above the award is accepted and flagged:
+            ``above_award_kw`` and ``awarded_kw`` in the ack, its reason, ``as_above_award`` counted;
+            the deployment's limit stays (the instruction is obeyed in full).
         """
         refused = self._refuse_as(message, "as_award", message.award_id, now)
         if refused is not None:
@@ -293,6 +304,9 @@ class AncillaryIntakeMixin:
         with self._lock:
             ack, fresh = self._decide_commit_ack(message, now, lambda: self.book.decide_as_award(message, now, via),
                                                  note)
+            if fresh and (ack.above_award_kw or 0.0) > 0:  # a change left a deployment above the award (finding 4)
+                self.counters["as_above_award"] = self.counters.get("as_above_award", 0) + 1
+                log.warning("AS award %s changed: %s", message.award_id, ack.reason)
         if fresh:
             self.request_replan(f"AS award {message.award_id}")
         return ack
@@ -357,8 +371,9 @@ class AncillaryIntakeMixin:
                     baseline_kw = held.baseline_kw  # an amendment: the obligation counts from the first load
                 limit = max(baseline_kw - message.deployed_kw, 0.0)
                 if not fresh:  # accepted but not durable: hold the cut in memory all the same
-                    sustain = timedelta(hours=float(AS_PRODUCT_RULES[message.product]["sustain_h"]))
-                    end = held.end if held is not None and held.end > now else message.issued_at + sustain
+                    section = self.profile.ancillary
+                    backstop = timedelta(hours=section.max_hold_h if section is not None else DEFAULT_MAX_HOLD_H)
+                    end = held.end if held is not None and held.end > now else message.issued_at + backstop
                     key = f"AS:{message.deployment_id}"
                     previous = self.book.holds.get(key)
                     if previous is None or limit < previous.limit_kw:  # a hold only ever tightens
@@ -370,6 +385,11 @@ class AncillaryIntakeMixin:
                                                      held.deployed_kw if held is not None and held.end > now else None)
                 if held is None or held.end <= now:  # a first instruction: which load it sheds from
                     performance.update(baseline_source=baseline_source, modelled_baseline_kw=modelled_kw)
+                in_book = self.book.as_deployments.get(message.deployment_id)
+                if fresh and in_book is not None:  # what its limit's rise counts from, and how long it holds
+                    performance.update(awarded_at_instruction_kw=in_book.awarded_at_instruction_kw,
+                                       sustain_until=in_book.sustain_until.isoformat(),
+                                       release_at=in_book.end.isoformat())
                 if flags:  # late / above the award (issue 15): counted, and in the record the evidence report reads
                     self._count_flags(message, flags)
                     award_limit_kw = max(baseline_kw - flags["award_obligation_kw"], 0.0)
@@ -424,9 +444,85 @@ class AncillaryIntakeMixin:
         performance = self.as_performance.get(recall.deployment_id)
         if performance is None:
             return
-        performance["ended_at"] = recall.issued_at.isoformat()
+        held = self.book.as_deployments.get(recall.deployment_id)
+        performance["ended_at"] = (recall.issued_at if held is None else held.end).isoformat()
         performance["end_reason"] = reason
         self._record("as_performance", lambda: dict(performance), now)
+
+    def _record_transitions(self, now: datetime) -> None:
+        """The loop's transitions (:meth:`LoopStatusMixin._record_transitions`: DR, expired limits),
+        then the AS deployments' (:meth:`_as_deployment_transitions`). Extends the loop's method
+        through the mixin order (``ControlLoop`` lists this mixin before ``LoopStatusMixin``), so the
+        tick and a restart's :meth:`restore` both run it."""
+        super()._record_transitions(now)  # type: ignore[misc]
+        self._as_deployment_transitions(now)
+
+    def _as_deployment_transitions(self, now: datetime) -> None:
+        """Flag each deployment held past its product's sustained duration without a recall
+        (``overrun``) and record each the backstop released (``released``), once each (issue 15,
+        third newcomer review, finding 3; the rule: :mod:`hashflex.control.ancillary`).
+
+        Each is an ``as_performance`` audit record (the deployment's performance record, or its book
+        entry after a restart, with ``event``, ``overrun``, ``sustain_until``, ``release_at``; a
+        release adds ``ended_at`` and ``end_reason``), a ``hashflex_events_total`` counter
+        (``as_overrun``, ``as_released``) and a warning. The book remembers what was recorded
+        (``overrun_recorded``, ``released_recorded``) and is committed, so a restart does not record
+        it again; a failed commit is shown as any state failure (the record may then repeat after a
+        restart, never be lost).
+
+        Parameters
+        ----------
+        now : datetime
+            The tick's time, timezone-aware.
+        """
+        events: list[tuple[str, ASDeployment]] = []
+        with self._lock:
+            for deployment in list(self.book.as_deployments.values()):
+                if deployment.recalled:
+                    continue
+                marks: dict[str, bool] = {}
+                if not deployment.overrun_recorded and deployment.sustain_until <= now and deployment.end > deployment.sustain_until:
+                    events.append(("overrun", deployment))
+                    marks["overrun_recorded"] = True
+                if not deployment.released_recorded and deployment.end <= now:
+                    events.append(("released", deployment))
+                    marks["released_recorded"] = True
+                if marks:
+                    self.book.as_deployments[deployment.deployment_id] = dataclasses.replace(deployment, **marks)
+            if not events:
+                return
+            try:
+                self._commit_book(self.book)
+            except Exception as exc:  # noqa: BLE001 - StoreUnavailable, or any failure to persist
+                self._state_failed(exc)
+            for event, deployment in events:
+                self._record_deployment_event(event, deployment, now)
+
+    def _record_deployment_event(self, event: str, deployment: ASDeployment, now: datetime) -> None:
+        """Count, log and audit one ``overrun`` or ``released`` deployment (call with the lock)."""
+        counter = "as_overrun" if event == "overrun" else "as_released"
+        self.counters[counter] = self.counters.get(counter, 0) + 1
+        sustain_h = (deployment.sustain_until - deployment.issued_at).total_seconds() / 3600.0
+        hold_h = (deployment.end - deployment.issued_at).total_seconds() / 3600.0
+        if event == "overrun":
+            log.warning("AS %s deployment %s: held past its sustained duration (%g h) without a recall; holding "
+                        "until recalled or the backstop at %s", deployment.product, deployment.deployment_id,
+                        sustain_h, deployment.end.isoformat())
+        else:
+            log.warning("AS %s deployment %s: no recall within max_hold_h (%g h): released at %s",
+                        deployment.product, deployment.deployment_id, hold_h, deployment.end.isoformat())
+        performance = self.as_performance.setdefault(deployment.deployment_id, {
+            "deployment_id": deployment.deployment_id, "product": deployment.product,
+            "revision": deployment.revision, "issued_at": deployment.issued_at.isoformat(),
+            "obligation_kw": deployment.deployed_kw, "baseline_kw": deployment.baseline_kw,
+            "limit_kw": deployment.limit_kw, "deadline": deployment.deadline.isoformat()})
+        performance.update(overrun=True, sustain_until=deployment.sustain_until.isoformat(),
+                           release_at=deployment.end.isoformat())
+        if event == "released":
+            performance.update(ended_at=deployment.end.isoformat(),
+                               end_reason=f"backstop: no recall within ancillary.max_hold_h ({hold_h:g} h)")
+        record = {**performance, "event": event}  # the event is this record's, not the deployment's state
+        self._record("as_performance", lambda: record, now)
 
     def measure_as_deployments(self, import_kw: float, measured_at: datetime) -> None:
         """A measured site import (meter, or telemetry summed): the first reading at or under a

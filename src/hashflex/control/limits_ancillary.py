@@ -14,12 +14,16 @@ import numpy as np
 import pandas as pd
 
 from hashflex.control.ancillary import (
+    above_award_after_change,
     amended_deployment,
     amendment_refusal,
     award_refusal,
+    awarded_kw,
     deploy_refusal,
     deployment_from,
+    recall_end,
 )
+from hashflex.profile.ancillary import DEFAULT_MAX_HOLD_H
 from hashflex.messages import (
     ASAckMessage,
     ASAwardMessage,
@@ -31,9 +35,10 @@ if TYPE_CHECKING:  # annotations only: limits imports this module
     from hashflex.control.limits import LimitsBook
 
 
-
-
-
+def _windows(awards: dict[str, dict[str, Any]]) -> list[tuple[str, datetime, datetime, float]]:
+    """(product, start, end, reserve_kw) of each award's JSON (a withdrawn award has reserve_kw 0)."""
+    return [(a["product"], datetime.fromisoformat(a["start"]), datetime.fromisoformat(a["end"]),
+             float(a["reserve_kw"])) for a in awards.values()]
 
 
 class AncillaryBookMixin:
@@ -94,15 +99,41 @@ class AncillaryBookMixin:
             The answer (``kind`` ``as_award``).
         """
         trial = self.copy()
-        reason = award_refusal(self.profile, msg, self.as_awards.get(msg.award_id), now)
+        held = self.as_awards.get(msg.award_id)
+        reason = award_refusal(self.profile, msg, held, now)
+        flags: dict[str, Any] = {}
         if reason is None:
             trial.as_awards[msg.award_id] = {**msg.model_dump(mode="json"), **({"via": via} if via else {})}
             reason = f"accepted: {msg.product} {msg.reserve_kw:.0f} kW {msg.start.isoformat()}–{msg.end.isoformat()}"
+            if held is not None:  # a change can leave a deployment above the award (finding 4): flag it
+                flags["above_award_kw"] = 0.0
+                start = max(now, min(msg.start, datetime.fromisoformat(held["start"])))
+                end = max(msg.end, datetime.fromisoformat(held["end"]))
+                excess = (above_award_after_change(msg.product, _windows(self.as_awards), _windows(trial.as_awards),
+                                                   trial.as_deployments.values(), start, end)
+                          if start < end else None)
+                if excess is not None:
+                    flags = {"above_award_kw": excess["above_award_kw"], "awarded_kw": excess["awarded_kw"]}
+                    reason += (f" ({excess['deployed_kw']:.0f} kW of {msg.product} deployed "
+                               f"({', '.join(excess['deployment_ids'])}) is more than the {excess['awarded_kw']:.0f} kW "
+                               f"awarded from {excess['at'].isoformat()}; the deployment instruction stands, obeyed "
+                               "in full; obligation measured against the award)")
         ack = ASAckMessage(message_id=msg.award_id, kind="as_award",
-                           status="accepted" if reason.startswith("accepted") else "rejected", reason=reason,
-                           acked_at=now)
+                           status="accepted" if reason.startswith("accepted") else "rejected", reason=reason[:500],
+                           acked_at=now, **flags)
         trial._remember(self.as_key(msg), ack.model_dump(mode="json"))
         return trial, ack
+
+    def award_windows(self) -> list[tuple[datetime, datetime, float]]:
+        """(start, end, reserve_kw) of every award known (all products; a withdrawn award has 0 kW),
+        as :func:`~hashflex.control.ancillary.deployment_limit_kw` takes them.
+
+        Returns
+        -------
+        list of (datetime, datetime, float)
+            Each award's window (timezone-aware, half-open) and reserve, kW.
+        """
+        return [(start, end, kw) for _, start, end, kw in _windows(self.as_awards)]
 
     def decide_as_deploy(self, msg: ASDeployMessage, baseline_kw: float, now: datetime, via: str | None = None,
                          *, baseline_source: str = "modelled") -> tuple[LimitsBook, ASAckMessage]:
@@ -110,11 +141,16 @@ class AncillaryBookMixin:
         site's import now (the lower of modelled and fresh measured); the deployment's limit is baseline − deployed_kw, by the
         product's deadline.
 
-        A recall ends the held deployment at the recall's ``issued_at``; a deployment id seen before
+        A recall ends the held deployment from the recall's ``issued_at`` whatever the order of the
+        two times (:func:`~hashflex.control.ancillary.recall_end`); its ack says when a deployment
+        was held past its sustained duration; a deployment id seen before
         is an amendment, accepted with a higher revision while the deployment is in force
         (:func:`~hashflex.control.ancillary.amendment_refusal`, measured from the first baseline:
         :func:`~hashflex.control.ancillary.amended_deployment`); one above the award in force is
-        accepted and the ack says so (shedding is safe).
+        accepted and the ack says so (shedding is safe). A new deployment holds until recalled, at
+        most ``profile.ancillary.max_hold_h`` from its instruction, and keeps A₀, the reserve awarded
+        in force at its instruction as known now, for its limit's rise
+        (:func:`~hashflex.control.ancillary.deployment_limit_kw`).
 
         Parameters
         ----------
@@ -149,10 +185,17 @@ class AncillaryBookMixin:
                 reason = f"deployment_id: no deployment {msg.deployment_id!r} to recall"
             elif held.recalled:
                 reason = f"deployment_id: {msg.deployment_id!r} was already recalled at {held.end.isoformat()}"
-            else:  # a recall ends it, never prolongs it
-                trial.as_deployments[msg.deployment_id] = dataclasses.replace(
-                    held, end=min(held.end, max(msg.issued_at, held.issued_at)), recalled=True)
+            else:  # a recall ends it from its time (cancels it if before it bound), never prolongs it
+                end = recall_end(held, msg.issued_at)
+                trial.as_deployments[msg.deployment_id] = dataclasses.replace(held, end=end, recalled=True)
                 reason = f"accepted: {held.product} deployment recalled at {msg.issued_at.isoformat()}"
+                if end == held.binds_from:
+                    reason += " (before it bound: cancelled)"
+                elif end > held.sustain_until:
+                    sustain_h = (held.sustain_until - held.issued_at).total_seconds() / 3600.0
+                    reason += (f" (held {(end - held.issued_at).total_seconds() / 3600.0:.2f} h, "
+                               f"{(end - held.sustain_until).total_seconds() / 3600.0:.2f} h past {held.product}'s "
+                               f"sustained duration of {sustain_h:g} h)")
         elif reason is None:
             held = trial.as_deployments.get(msg.deployment_id)
             if held is not None:
@@ -164,7 +207,11 @@ class AncillaryBookMixin:
                               f"{msg.deployed_kw:.0f} kW (was {held.deployed_kw:.0f}) from {held.baseline_kw:.0f} kW "
                               f"to {deployment.limit_kw:.0f} kW by {deployment.deadline.isoformat()}")
             else:
-                deployment = deployment_from(msg, baseline_kw, via, received_at=now)
+                section = self.profile.ancillary
+                deployment = deployment_from(
+                    msg, baseline_kw, via, received_at=now,
+                    max_hold_h=section.max_hold_h if section is not None else DEFAULT_MAX_HOLD_H,
+                    awarded_at_instruction_kw=awarded_kw(self.award_windows(), msg.issued_at))
                 trial.as_deployments[msg.deployment_id] = deployment
                 reason = (f"accepted: {msg.product} shed {msg.deployed_kw:.0f} kW from {baseline_kw:.0f} kW "
                           f"({baseline_source}) to "

@@ -127,8 +127,9 @@ class BindingMixin:
 
     def deployment_limit_kw(self, deployment: Any, start: datetime, end: datetime | None = None) -> float:
         """The import limit an AS deployment sets at ``start`` (or over ``[start, end)``), kW, by the one
-        rule (`control.ancillary.deployment_limit_kw`: the limit at the instruction plus any rise since in
-        the reserve awarded) over the awards this book holds.
+        rule (`control.ancillary.deployment_limit_kw`: the limit at the instruction plus any rise in the
+        reserve awarded over what was awarded, as known, at the instruction) over the awards this book
+        holds.
 
         Parameters
         ----------
@@ -146,7 +147,9 @@ class BindingMixin:
         """
         awards = [(datetime.fromisoformat(a["start"]), datetime.fromisoformat(a["end"]), float(a["reserve_kw"]))
                   for a in self.as_awards.values()]
-        return deployment_limit_kw(deployment.limit_kw, deployment.issued_at, awards, start, end)
+        # A₀ kept with the deployment (None: one accepted before it was kept, or a duck-typed one)
+        return deployment_limit_kw(deployment.limit_kw, deployment.issued_at, awards, start, end,
+                                   awarded_at_instruction_kw=getattr(deployment, "awarded_at_instruction_kw", None))
 
     def noise_caps_over(self, interval_start: pd.DatetimeIndex, interval: timedelta) -> dict[str, np.ndarray]:
         """Receptor id → per interval the lowest override cap whose window overlaps the interval (inf
@@ -239,7 +242,8 @@ class BindingMixin:
             ``import_limit_kw`` and ``import_limit_source`` (the binding one, or None),
             ``import_limits_kw`` (:meth:`import_limits_at`), ``noise_caps_dba``,
             ``carbon_budget_overrides_kg``, ``dr_events`` (pending and active), ``manager_limits``,
-            ``holds``, ``as_awards_kw`` and ``as_deployments`` (those in force).
+            ``holds``, ``as_awards_kw`` and ``as_deployments`` (those in force, each with its
+            ``sustain_until`` and whether it is held past it without a recall, ``overrun``).
         """
         imports = self.import_limits_at(now)
         binding = min(imports.items(), key=lambda kv: kv[1]) if imports else None
@@ -258,5 +262,6 @@ class BindingMixin:
             "holds": [{"key": h.key, "limit_kw": h.limit_kw, "start": h.start.isoformat(),
                        "end": None if h.end is None else h.end.isoformat()} for h in self.holds.values()],
             "as_awards_kw": self.reserve_awards_at(now),
-            "as_deployments": [d.to_json() for d in self.as_deployments.values() if d.in_force(now)],
+            "as_deployments": [{**d.to_json(), "sustain_until": d.sustain_until.isoformat(), "overrun": d.overrun_at(now)}
+                               for d in self.as_deployments.values() if d.in_force(now)],
         }

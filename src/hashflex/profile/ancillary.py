@@ -29,6 +29,16 @@ AS_PRODUCT_RULES: dict[str, dict[str, Any]] = {
 }
 AsProductName = Literal["RRS", "ECRS", "NSPIN"]
 
+# How long a deployment without a recall holds at most (issue 15, third newcomer review): a deployed
+# Load Resource stays deployed until ERCOT recalls it (Nodal Protocols §6.5.7.6.2.2-4: deployment and
+# recall are Dispatch Instructions); ``sustain_h`` above is what it must be *able* to sustain
+# (§8.1.1.2.1.x, §8.1.1.3.x; NPRR1282, NPRR1339 under RTC+B: RRS 30 min, ECRS 1 h), so hashflex
+# holds a deployment past it (flagged ``as_overrun``) until the recall. A lost recall must not curtail
+# the site for ever (a setpoint always expires): after ``max_hold_h`` from the instruction it
+# releases, with an audit record. 8 h is the longest demand-response obligation ERCOT defines (an
+# ERS deployment's eight-hour performance obligation, NPRR536), twice Non-Spin's 4 h.
+DEFAULT_MAX_HOLD_H = 8.0
+
 
 class AncillaryGroup(_Strict):
     """How fast one miner group can shed its load (hydro/immersion or air, firmware sleep time)."""
@@ -61,11 +71,20 @@ class AncillarySection(_Strict):
                                   "deployments (openadr.ancillary); None: awards and deployments over MQTT only")
     groups: dict[str, AncillaryGroup] = Field(min_length=1)
     products: dict[AsProductName, AncillaryProduct] = Field(default_factory=dict)
+    max_hold_h: PositiveFloat = Field(
+        default=DEFAULT_MAX_HOLD_H,
+        description="backstop, h from a deployment's instruction: without a recall it holds (flagged as_overrun "
+                    "past the product's sustain_h) until then, and releases with an audit record; at least every "
+                    "qualified product's sustained duration (AS_PRODUCT_RULES sustain_h)")
 
     @model_validator(mode="after")
     def _qualified(self) -> "AncillarySection":
         for name, product in self.products.items():
             rules = AS_PRODUCT_RULES[name]
+            if self.max_hold_h < rules["sustain_h"]:
+                raise ValueError(f"max_hold_h: {self.max_hold_h:g} h is shorter than {name}'s sustained duration "
+                                 f"of {rules['sustain_h']:g} h (AS_PRODUCT_RULES): the backstop would release a "
+                                 "deployment the site must still sustain")
             for group_id in product.group_mw:
                 group = self.groups.get(group_id)
                 if group is None:
