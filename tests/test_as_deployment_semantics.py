@@ -18,7 +18,6 @@ modelled import is 990 n + 100 kW.
 
 from __future__ import annotations
 
-import json
 import urllib.request
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -72,7 +71,7 @@ def _prices() -> pd.DataFrame:
                       for market in ("RT", "DA")], ignore_index=True)
 
 
-def _profile(extra: str = ""):  # noqa: ANN202
+def _profile(extra: str = ""):
     return parse_profile(PROFILE + extra, source="test")
 
 
@@ -88,7 +87,7 @@ def _deploy(deployment_id: str, issued_at: datetime, kw: float = 0.0, product: s
                            recalled=recalled, issuer="qse-test")
 
 
-def _loop(profile=None, store: Store | None = None, recorder: AuditRecorder | None = None,  # noqa: ANN001
+def _loop(profile=None, store: Store | None = None, recorder: AuditRecorder | None = None,
           book: LimitsBook | None = None) -> ControlLoop:
     profile = profile or _profile()
     return ControlLoop(profile, forecaster=ReplayForecaster(profile, _prices()), driver=SimulatedFleet(profile),
@@ -189,7 +188,7 @@ def test_an_award_amendment_over_mqtt_raises_the_deployments_limit(mosquitto, tm
 # ---------------------------------------------------------------------------------------------- 2
 
 
-def _awarded_loop(profile=None, store: Store | None = None, recorder: AuditRecorder | None = None  # noqa: ANN001
+def _awarded_loop(profile=None, store: Store | None = None, recorder: AuditRecorder | None = None
                   ) -> ControlLoop:
     """RRS 4,950 kW awarded 16:00–20:00: 5 blocks run, 5,050 kW."""
     loop = _loop(profile, store, recorder)
