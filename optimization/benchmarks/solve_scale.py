@@ -53,6 +53,12 @@ unless said; the machine is shared, so CPU is the steadier figure):
   bind only through the starts and stops the transition rows define), SYNTHETIC unchanged
   (0.54 → 0.55 s); same optimum (kept: `highs_compile.FIRST_DEFERRED_FAMILY`). Ramp rows with the
   transition rows instead: 1.77 s;
+* **the LP valuing the rounded start (counts fixed) without presolve** (`solve.VALUING_LP_PRESOLVE`;
+  not for GPU-compute sites): 0.180 → 0.070 s (SYNTHETIC), 0.134 → 0.061 s (panhandle-like), same
+  objective; hot-starting it from the relaxation's basis instead: 2.1 s / 1.2 s (worse);
+* a re-plan from the previous optimal basis *shifted by one interval* (`shifted_basis` below):
+  worse than the previous basis unshifted (SYNTHETIC 8.45 s vs 0.70 s, panhandle-like 1.48 vs
+  0.68 s, medians of 5 under heavy load): not used;
 * **the model built from numpy arrays** (`optimize.fast_build`, the Pyomo compile entry by entry):
   build + compile 2.2 s → 0.16 s; **reasons vectorised** 0.44 s → 0.01 s; scipy no longer imported
   by a solve without reserves (~1 s of a fresh process).
