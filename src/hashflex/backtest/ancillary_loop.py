@@ -66,6 +66,7 @@ from hashflex.backtest.ancillary import (  # noqa: F401 - DEFAULT_OFFER_RULE re-
     synthetic_deployments,
 )
 from hashflex.control.ancillary import reserve_clawback_usd
+from hashflex.control.as_shortfall import deployment_shortfall_kw
 from hashflex.messages import ASAwardMessage, ASDeployMessage
 from hashflex.optimize.problem import reserve_products
 from hashflex.optimize.schedule import Schedule, SolveInfo, SolveStatus, reserve_column, schedule_from_counts
@@ -127,7 +128,8 @@ class ASOutcome:
     deployed_kw : dict of str to np.ndarray
         Product -> [T] SYNTHETIC deployment in force (kW ordered shed; 0 where none).
     deployment_limit_kw : np.ndarray
-        [T] the lowest import limit of the deployments in force, kW (inf where none).
+        [T] the lowest import limit of the deployments due (in force at the interval's start and
+        past their deadline, the report's rule: ``control.as_shortfall``), kW (inf where none).
     deployments : list of dict
         The loop's ``as_performance`` entries (obligation, delivered, shortfall, response), one per
         deployment.
@@ -137,6 +139,8 @@ class ASOutcome:
         Product -> [T] reserve awarded and not held, kW, as the loop recorded it per interval
         (``ControlLoop.record_reserve_hold``, the ``reserve_hold_short`` audit records); None: the
         settlement recomputes it from the counts.
+    deployment_due_kw : np.ndarray, optional
+        [T] the MW of the deployments due (the shortfall's cap), kW; None: all deployments in force.
     """
 
     mode: str
@@ -147,6 +151,7 @@ class ASOutcome:
     deployments: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     hold_short_kw: dict[str, np.ndarray] | None = None
+    deployment_due_kw: np.ndarray | None = None
 
 
 def _hourly_on_grid(market: pd.DataFrame, column: str, index: pd.DatetimeIndex) -> np.ndarray:
@@ -280,6 +285,7 @@ class ASParticipant:
         self.award_kw = {p: np.zeros(T) for p in self.products}
         self.deployed_kw = {p: np.zeros(T) for p in self.products}
         self.deployment_limit_kw = np.full(T, np.inf)
+        self.deployment_due_kw = np.zeros(T)
         self.local_day = index.tz_convert(profile.tz).normalize()
         self.days = list(pd.unique(self.local_day))
         self._next_day = 0
@@ -353,6 +359,9 @@ class ASParticipant:
         for deployment in loop.book.as_deployments.values():
             if deployment.in_force(now) and deployment.product in self.deployed_kw:
                 self.deployed_kw[deployment.product][k] += deployment.deployed_kw
+                if deployment.deadline > now:
+                    continue  # not yet due: measured from its deadline on, as the report does
+                self.deployment_due_kw[k] += deployment.deployed_kw
                 # The limit in force now: it follows awards that rose since the instruction.
                 self.deployment_limit_kw[k] = min(self.deployment_limit_kw[k],
                                                   loop.book.deployment_limit_kw(deployment, now))
@@ -374,7 +383,8 @@ class ASParticipant:
         hold_short = {p: np.array([float(recorded.get(t, {}).get(p, 0.0)) for t in self.actuals.index])
                       for p in self.products}
         return ASOutcome(self.mode, self.award_kw, self.mcpc, self.deployed_kw, self.deployment_limit_kw,
-                         [dict(p) for p in loop.as_performance.values()], notes, hold_short)
+                         [dict(p) for p in loop.as_performance.values()], notes, hold_short,
+                         self.deployment_due_kw)
 
     # ------------------------------------------------------------------ messages
 
@@ -475,11 +485,11 @@ def settle_reserve(profile: SiteProfile, actuals: Any, counts: dict[tuple[int, i
     frame = schedule.frame.copy()
     dt_h = frame["duration_h"].to_numpy(dtype=float)
     payment, clawback, cost = np.zeros(len(frame)), np.zeros(len(frame)), np.zeros(len(frame))
-    deployed_total = sum(outcome.deployed_kw.values(), np.zeros(len(frame)))
+    deployed_total = (outcome.deployment_due_kw if outcome.deployment_due_kw is not None
+                      else sum(outcome.deployed_kw.values(), np.zeros(len(frame))))
     limit = outcome.deployment_limit_kw
-    deploy_short = np.where(deployed_total > 0, np.minimum(np.maximum(
-        frame["grid_import_kw"].to_numpy(dtype=float) - np.where(np.isfinite(limit), limit, np.inf), 0.0),
-        deployed_total), 0.0)
+    # The one deployment-shortfall rule of the report and the backtest (control.as_shortfall).
+    deploy_short = deployment_shortfall_kw(frame["grid_import_kw"].to_numpy(dtype=float), limit, deployed_total)
     hashprice = frame["hashprice_usd_per_ph_day"].to_numpy(dtype=float)
     energy_price = frame["energy_price_usd_mwh"].to_numpy(dtype=float)
     for p in outcome.award_kw:
