@@ -13,7 +13,7 @@ fleet; the on-site solar is the backtest's SYNTHETIC clear-sky shape (as in ever
 
     python optimization/benchmarks/backtest_speed.py [--days 2] [--from 2020-02-10]
         [--profiles west_texas panhandle_120mw] [--policies always-on threshold mpc]
-        [--baseline 4953d1a] [--baseline-dir /tmp/bt_base] [--no-baseline] [--cache FILE]
+        [--baseline 4953d1a] [--baseline-dir /tmp/bt_base] [--no-baseline] [--cache FILE] [--repeat 3]
 
 Goals (issue 18): west_texas MPC ≤ 4 s per simulated day (a month in two minutes);
 panhandle_120mw (5-minute intervals) ≤ 10 s per simulated day; always-on and threshold almost nothing.
@@ -41,13 +41,14 @@ import json, resource, sys, time
 argv, out = json.loads(sys.argv[1]), sys.argv[2]
 import hashflex
 from hashflex.cli import main
-def cpu():  # this process and its solver worker (a worker still alive is reaped by main's close())
+def cpu():  # (this process, its solver worker) (a worker still alive is reaped by main's close())
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
 cpu_started = cpu()
 started = time.perf_counter()
 code = main(argv)
 wall = time.perf_counter() - started
+cpu_ended = cpu()
 summary = json.load(open(out + "/summary.json"))
 print("RESULT " + json.dumps({
     "code": code, "wall_s": wall, "module": hashflex.__file__,
@@ -55,7 +56,8 @@ print("RESULT " + json.dumps({
                  for k, v in summary["policies"].items()},
     "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     "children_maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0,
-    "cpu_s": cpu() - cpu_started,
+    "cpu_s": sum(cpu_ended) - sum(cpu_started),
+    "worker_cpu_s": cpu_ended[1] - cpu_started[1],
 }))
 """
 
@@ -88,6 +90,11 @@ def run_one(tree: Path, profile: str, policy: str, start: str, days: int) -> dic
     return result
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run of median CPU seconds (the lower middle one of an even count)."""
+    return sorted(runs, key=lambda r: r.get("cpu_s") or 0.0)[(len(runs) - 1) // 2]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, run every (profile, policy) on both trees and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -100,37 +107,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-dir", default="/tmp/bt_base", help="its git worktree (created if missing)")
     parser.add_argument("--no-baseline", action="store_true", help="this tree only")
     parser.add_argument("--cache", help="JSON file keeping the baseline's results (reused when the same run)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per tree, alternated this tree / baseline; each cell is the run of median CPU")
     args = parser.parse_args(argv)
-    if args.days < 1:
-        parser.error("--days must be >= 1")
+    if args.days < 1 or args.repeat < 1:
+        parser.error("--days and --repeat must be >= 1")
     base = None if args.no_baseline else ensure_baseline(args.baseline, Path(args.baseline_dir))
     cache = json.loads(Path(args.cache).read_text()) if args.cache and Path(args.cache).exists() else {}
     print(f"backtest speed: {args.days} simulated day(s) from {args.start}; bundled ERCOT Feb 2020 prices, "
           f"SYNTHETIC clear-sky solar; baseline {args.baseline if base else '(none)'}")
     print("s/day: whole command after imports (policy run alone); CPU: CPU seconds per day of the command and "
-          "its solver worker (user + system; a loaded shared machine inflates wall time, not CPU time); "
+          "its solver worker, the worker's share in brackets (user + system; a loaded shared machine inflates "
+          "wall time far more than CPU time); "
           "ratio = baseline / this tree, wall (CPU); RSS: backtest process max (solver worker max)")
-    header = (f"{'profile':<16} {'policy':<10} | {'this tree s/day':>20} {'CPU':>6} {'RSS MB':>14} | "
-              f"{'baseline s/day':>20} {'CPU':>6} {'RSS MB':>14} | {'ratio':>11} | profit vs baseline")
+    header = (f"{'profile':<16} {'policy':<10} | {'this tree s/day':>20} {'CPU (worker)':>14} {'RSS MB':>14} | "
+              f"{'baseline s/day':>20} {'CPU (worker)':>14} {'RSS MB':>14} | {'ratio':>11} | profit vs baseline")
     print(header)
     print("-" * len(header))
     for profile in args.profiles:
         for policy in args.policies:
-            new = run_one(REPO, profile, policy, args.start, args.days)
+            news, olds = [], []
+            key = f"{args.baseline}|{profile}|{policy}|{args.start}|{args.days}"
+            for _ in range(args.repeat):  # alternated, so a change in the machine's load hits both trees
+                news.append(run_one(REPO, profile, policy, args.start, args.days))
+                if base is not None and (key not in cache or args.repeat > 1):
+                    olds.append(run_one(base, profile, policy, args.start, args.days))
+            new = _median_run(news)
             old = None
             if base is not None:
-                key = f"{args.baseline}|{profile}|{policy}|{args.start}|{args.days}"
-                old = cache.get(key) or run_one(base, profile, policy, args.start, args.days)
+                old = _median_run(olds) if olds else cache[key]
                 cache[key] = old
                 if args.cache:
                     Path(args.cache).write_text(json.dumps(cache, indent=1))
+            if args.repeat > 1:
+                for tree, runs in (("this tree", news), ("baseline", olds)):
+                    if runs:
+                        print(f"  {profile} {policy} {tree}: CPU s/day per run "
+                              + " ".join(f"{r['cpu_s'] / args.days:.2f}" for r in runs), flush=True)
 
             def cells(r: dict | None) -> str:
                 if r is None:
-                    return f"{'-':>20} {'-':>6} {'-':>14}"
+                    return f"{'-':>20} {'-':>14} {'-':>14}"
                 run = r["policies"][policy]["wall_seconds"] / args.days
-                cpu = r.get("cpu_s")
-                cpu_cell = f"{cpu / args.days:6.1f}" if cpu is not None else f"{'-':>6}"
+                cpu, worker = r.get("cpu_s"), r.get("worker_cpu_s")
+                cpu_cell = (f"{cpu / args.days:6.2f}" if cpu is not None else f"{'-':>6}") + (
+                    f" ({worker / args.days:5.2f})" if worker is not None else f" ({'-':>5})")
                 return (f"{r['wall_s'] / args.days:9.1f} ({run:7.1f}) {cpu_cell} "
                         f"{r['maxrss_mb']:6.0f} ({r['children_maxrss_mb']:5.0f})")
 

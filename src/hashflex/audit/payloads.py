@@ -14,6 +14,9 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from hashflex import acoustics
 from hashflex.audit.chain import AuditError, iso_utc
 
@@ -202,6 +205,31 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _column_sum(frame: Any, column: str) -> float:
+    """``float(frame[column].sum())`` to the bit: pandas' float sum skips NaN (filled with 0, then
+    numpy's pairwise sum of the whole column, as ``np.nansum`` does) at a fraction of the cost per
+    plan (issue 18: the schedule record is built at every tick of a backtest)."""
+    values = frame[column].to_numpy()
+    return float(np.nansum(values) if values.dtype.kind == "f" else frame[column].sum())
+
+
+def _value_counts(values: np.ndarray) -> dict[Any, int]:
+    """``Series.fillna("").value_counts()`` as a dict, in its order (most frequent first, ties in
+    order of first appearance), from one C-level tally instead of pandas' hash table and sort
+    (issue 18). Missing values (None, NaN, pd.NA) count as ``""``."""
+    tally: Counter[Any] = Counter(values.tolist())
+    missing = [key for key in tally if key is None or key is pd.NA or (isinstance(key, float) and key != key)]
+    if missing:  # fillna(""): folded into "" where the first missing value or "" was (by identity:
+        # pd.NA has no truth value and every NaN differs from itself)
+        missing_ids = {id(key) for key in missing}
+        merged: dict[Any, int] = {}
+        for key, n in tally.items():  # a Counter keeps first-appearance order
+            target = "" if id(key) in missing_ids else key
+            merged[target] = merged.get(target, 0) + n
+        tally = Counter(merged)
+    return dict(sorted(tally.items(), key=lambda kv: -kv[1]))  # sorted() is stable: ties keep first appearance
+
+
 def schedule_payload(schedule: Any) -> dict[str, Any]:
     """The ``schedule`` payload of an :class:`hashflex.optimize.schedule.Schedule`.
 
@@ -219,13 +247,13 @@ def schedule_payload(schedule: Any) -> dict[str, Any]:
     frame, info = schedule.frame, schedule.info
     first = frame.iloc[0]
     dt_h = frame["duration_h"].to_numpy() if "duration_h" in frame else None
-    totals = {"profit_usd": float(frame["profit_usd"].sum()), "revenue_usd": float(frame["revenue_usd"].sum()),
-              "energy_cost_usd": float(frame["energy_cost_usd"].sum()),
-              "emissions_kg": float(frame["emissions_kg"].sum())}
+    totals = {"profit_usd": _column_sum(frame, "profit_usd"), "revenue_usd": _column_sum(frame, "revenue_usd"),
+              "energy_cost_usd": _column_sum(frame, "energy_cost_usd"),
+              "emissions_kg": _column_sum(frame, "emissions_kg")}
     if dt_h is not None:
         totals["grid_import_mwh"] = float((frame["grid_import_kw"].to_numpy() * dt_h).sum() / 1000.0)
         totals["hashrate_ph_h"] = float((frame["hashrate_th_s"].to_numpy() * dt_h).sum() / 1000.0)
-    reasons = frame["reason"].fillna("").value_counts() if "reason" in frame else {}
+    reasons = _value_counts(frame["reason"].to_numpy(dtype=object)) if "reason" in frame else {}
     return {
         "status": getattr(info.status, "value", str(info.status)),
         "gap": _num(info.gap),
@@ -234,7 +262,7 @@ def schedule_payload(schedule: Any) -> dict[str, Any]:
         "horizon_start": iso_utc(frame.index[0].to_pydatetime()),
         "horizon_end": iso_utc(frame["interval_end"].iloc[-1].to_pydatetime()) if "interval_end" in frame else None,
         "intervals": int(len(frame)),
-        "reasons": {str(k) or "full_load": int(v) for k, v in dict(reasons).items()},
+        "reasons": {str(k) or "full_load": int(v) for k, v in reasons.items()},
         "totals": {k: _num(v) for k, v in totals.items()},
         "first_row": {"interval_start": iso_utc(frame.index[0].to_pydatetime()),
                       **{str(k): _jsonable(v) for k, v in first.items()}},
