@@ -76,3 +76,20 @@ def test_a_live_daemon_fed_by_simulators_labels_its_measurements_simulated(tmp_p
     loop.tick(T0 + timedelta(minutes=15))
     (measurement,) = [p for k, p in recorder.records if k == "measurement"]
     assert measurement["source"] == "simulated" and loop.simulated_inputs
+
+
+def test_an_interval_without_a_settled_price_is_recorded_with_unknown_cost(tmp_path: Path) -> None:
+    """QSE/auditor review (issue 15): an interval with no real-time price was recorded at an
+    energy cost of $0; the cost is unknown, so the record says null (the report leaves it out)."""
+    def forecaster(now, start, periods):  # noqa: ANN001, ANN202
+        return HorizonForecast(pd.date_range(start, periods=periods, freq="15min"), np.full(periods, 20.0))
+
+    recorder = Recorder()
+    with Store(tmp_path / "s.db") as store:  # no price stored at all
+        loop = ControlLoop(PROFILE, forecaster=forecaster, driver=SimulatedFleet(PROFILE), store=store,
+                           recorder=recorder, meter=IntervalMeter(), solver=SolveRunner(inline=True))
+        loop.tick(T0)
+        loop.tick(T0 + timedelta(minutes=15))
+    (measurement,) = [p for k, p in recorder.records if k == "measurement"]
+    assert measurement["price_usd_mwh"] is None
+    assert measurement["energy_cost_usd"] is None

@@ -133,8 +133,10 @@ class FastPathMixin:
 
     def on_rejection(self, rejection: Any, now: datetime) -> None:
         """An inbound payload failed validation or plausibility (``messages.Rejection``). A DR event
-        or limits change is recorded in the audit trail with the reason, and a DR event whose id can
-        be read gets a ``rejected`` ack, so the issuer is not left waiting."""
+        or limits change is counted, and a DR event whose id can be read gets a ``rejected`` ack, so
+        the issuer is not left waiting. The audit record is the ingest's, bounded per kind and
+        minute (``audit.rejections``: ``input_rejected``); a record here too grew the trail without
+        bound under a flood of malformed messages."""
         kind = getattr(rejection, "kind", None)
         if kind in ("as_award", "as_deploy"):
             self._answer_rejected_as(rejection, kind, now)
@@ -143,9 +145,6 @@ class FastPathMixin:
             return
         try:
             preview = rejection.payload
-            self._record("dr_event" if kind == "dr" else "limits_change", lambda: {
-                "accepted": False, "reason": rejection.reason, "rule": rejection.rule, "payload_preview": preview,
-                "received_at": now.isoformat()}, now)
             self.counters["dr_rejected" if kind == "dr" else "limits_rejected"] += 1
             event_id = _json_field(preview, "event_id")
             if kind == "dr" and event_id is not None:

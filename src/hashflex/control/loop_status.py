@@ -170,6 +170,7 @@ class LoopStatusMixin:
                      else self.hashprice_usd_per_ph_day or self.profile.economics.hashprice_usd_per_ph_day)
         hp = hashprice / 1000.0 / 24.0 * (1 - self.profile.economics.pool_fee_pct / 100)
         revenue = hashrate_th_s * interval_h * hp
+        # No settled price: the cost is unknown (null in the trail), never $0 (the report leaves it out).
         cost = None if price_usd_mwh is None else import_kw * interval_h * (price_usd_mwh + self.profile.grid.total_adder_usd_mwh) / 1000
         local = pd.Timestamp(interval_start).tz_convert(self.profile.tz).to_pydatetime()
         step = timedelta(hours=interval_h)
@@ -186,7 +187,7 @@ class LoopStatusMixin:
                           for g, n in self.fleet.usable_counts().items())
         self._record("measurement", lambda: {**records.measurement_payload(
             interval_start, interval_h, import_kw, renewable_kw, load_kw, hashrate_th_s,
-            {r: v[0] for r, v in noise.items()}, intensity_kg_per_mwh, price_usd_mwh, revenue, cost or 0.0,
+            {r: v[0] for r, v in noise.items()}, intensity_kg_per_mwh, price_usd_mwh, revenue, cost,
             noise_model_dba=modelled, noise_cap_dba={k: (None if math.isinf(v) else v) for k, v in caps.items()},
             noise_over_cap_min={r: v[1] for r, v in noise.items()}, full_load_kw=full_kw,
             intensity_source=intensity_source, hashprice_usd_per_ph_day=hashprice),
