@@ -333,7 +333,7 @@ JSON_KEYS = {
     "noise": {"night_definition", "receptors"},
     "demand_response": {"tolerance_kw", "events", "high_price"},
     "ancillary": {"deployment_count", "accepted_count", "shortfall_count", "late_count", "late_arrival_count",
-                  "above_award_count", "amended_count", "deployments", "shortfall_intervals", "awards", "notes"},
+                  "above_award_count", "amended_count", "overrun_count", "released_count", "deployments", "shortfall_intervals", "awards", "notes"},
     "curtailment": {"by_cause", "per_day", "total_mwh", "total_hours", "intervals_without_full_load"},
     "economics": {"revenue_usd", "energy_cost_usd", "profit_usd", "average_energy_cost_usd_per_mwh",
                   "curtailment_hours", "curtailed_mwh",

@@ -90,7 +90,7 @@ def test_an_amended_deployment_has_one_consistent_row_per_revision(tmp_path: Pat
     17:13). Metered means 17:00 1,882, 17:15 1,090, 17:30 2,500, 17:45 3,200 kW.
 
     Revision 0 (in force 17:03–17:20) binds the 17:15 interval: 1,090 under 2,050, short 0.
-    Revision 1 (17:20–18:03, RRS's 1 h) binds 17:30 and 17:45: 0 and 150 kW over 3,050: mean 75 kW
+    Revision 1 (17:20 until recalled, at most max_hold_h: 01:03) binds 17:30 and 17:45: 0 and 150 kW over 3,050: mean 75 kW
     = 0.075 MW; mean import 2,850 kW, delivered (5,050 − 2,850) / 1000 = 2.2 MW.
     The report showed one row: deployed 3.0 MW (revision 0) with limit 3,050 kW (revision 1)."""
     profile = parse_profile(PROFILE, source="test")
@@ -127,7 +127,7 @@ def test_an_amended_deployment_has_one_consistent_row_per_revision(tmp_path: Pat
     assert r1["issued_at"] == "2024-06-03T17:20:00+00:00"
     assert r1["deadline"] == "2024-06-03T17:13:00+00:00"  # fewer MW: the deadline held
     assert r1["in_force_from"] == "2024-06-03T17:20:00+00:00"
-    assert r1["in_force_until"] == "2024-06-03T18:03:00+00:00"
+    assert r1["in_force_until"] == "2024-06-04T01:03:00+00:00"  # held until recalled, at most max_hold_h (8 h)
     assert r1["metered_intervals"] == 2 and r1["metered_import_kw"] == 2850.0 and r1["metered_limit_kw"] == 3050.0
     assert r1["metered_shortfall_mw"] == 0.075 and r1["metered_delivered_mw"] == 2.2
     assert section["shortfall_count"] == 1

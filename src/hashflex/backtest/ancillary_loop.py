@@ -29,7 +29,7 @@ Deployments are **SYNTHETIC** (``ancillary.synthetic_deployments``: Poisson star
 in every output). A drawn deployment of product P at interval k, if P is awarded then, is sent to
 ``ControlLoop.handle_as_deploy`` at that interval's tick (after the tick's dispatch; the fast path
 cuts at once, so the interval's counts are those after the cut) for the whole award in force; it is
-recalled at the interval its draw ends (or lapses at the product's sustain time). The simulated
+recalled at the interval its draw ends (or lapses at ``ancillary.max_hold_h``). The simulated
 fleet obeys at once; the loop's ``measure_as_deployments`` is given the site's import after the cut
 dated by the slowest qualified group's ``response_s`` (the hardware's declared response).
 

@@ -42,8 +42,8 @@ hashflex does not bend one of them into a meaning it does not have. Instead:
   runs from it); the VEN sends it once the start has come. A PT0S duration means until recalled
   (YAML 3.0.1 intervalPeriod: "A duration of default PT0S indicates instantaneous or infinity,
   depending on payloadType": a dispatch is a state). A finite interval end, a cancellation or a
-  deletion recalls it; the product's sustain duration (``profile.AS_PRODUCT_RULES``) ends it in
-  any case. A modified event (3.0.1 ``PUT /events/{eventID}``, "updateEvent"; the event object
+  deletion recalls it; without one it holds until ``ancillary.max_hold_h`` from its instruction
+  (flagged ``as_overrun`` past the product's sustain duration, ``profile.AS_PRODUCT_RULES``). A modified event (3.0.1 ``PUT /events/{eventID}``, "updateEvent"; the event object
   has no modification counter, its ``modificationDateTime`` — "VTN provisioned on object
   modification" — orders the versions) amends a sent deployment: the same id with a higher
   ``revision`` and the new MW (:mod:`hashflex.openadr.ven_ancillary`); an older version is stale

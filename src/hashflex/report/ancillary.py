@@ -19,8 +19,10 @@ instruction as given: issue 15, a row mixed revision 0's MW with the latest's li
 Every figure of a row comes from that revision's own message, ack and ``as_performance`` record;
 ``revision``, ``revisions`` (how many the deployment had), ``in_force_from`` (the first revision: its
 instruction, or its arrival if earlier; a later one: its arrival, when the loop's book took it) and
-``in_force_until`` (the next revision's arrival, else the deployment's end: its recall or the
-product's sustain duration from the first instruction). A deployment never accepted has one row
+``in_force_until`` (the next revision's arrival, else the deployment's end: its recall, else its
+release by the backstop ``ancillary.max_hold_h`` from the first instruction — the book's
+``release_at``; a trail written before deployments held until recall: the product's sustain
+duration). A deployment never accepted has one row
 (``revision`` its message's, ``revisions`` 0, no delivery figures). Units in the key names:
 
 - ``deployed_mw`` = the revision's ``deployed_kw`` / 1000 (the reduction asked);
@@ -152,7 +154,8 @@ class _Revision:
     deadline: pd.Timestamp
     first_issued: pd.Timestamp  # the deployment's first instruction (t₀ of the limit's rise)
     until: pd.Timestamp  # the next revision's arrival, else the deployment's end
-    end: pd.Timestamp  # the deployment's end: its recall, else the product's sustain duration
+    end: pd.Timestamp  # the deployment's end: its recall, else its release (max_hold_h; older trails: sustain)
+    awarded_at_instruction_kw: float | None = None  # A₀ as the book kept it (None: older trails)
 
     @property
     def limit_kw(self) -> float | None:
@@ -193,7 +196,13 @@ def _revisions(inputs: ReportInputs) -> tuple[dict[str, list[_Revision]], dict[s
         first = records[0]["message"]
         rules = AS_PRODUCT_RULES.get(str(first.get("product")), {})
         first_issued = _stamp(first.get("issued_at")) or records[0]["at"]
-        end = first_issued + pd.Timedelta(hours=float(rules.get("sustain_h", 0.0)))
+        kept = [performance.get((deployment_id, int(r["message"].get("revision") or 0))) or {} for r in records]
+        # Without a recall a deployment holds to its release (ancillary.max_hold_h, the book's
+        # ``release_at``); trails written before it held until recall ended at the sustained duration.
+        release = next((_stamp(p["release_at"]) for p in reversed(kept) if p.get("release_at")), None)
+        end = release or first_issued + pd.Timedelta(hours=float(rules.get("sustain_h", 0.0)))
+        at_instruction = next((float(p["awarded_at_instruction_kw"]) for p in kept
+                               if p.get("awarded_at_instruction_kw") is not None), None)
         if deployment_id in recalls:
             end = min(end, recalls[deployment_id])
         revisions = []
@@ -208,7 +217,7 @@ def _revisions(inputs: ReportInputs) -> tuple[dict[str, list[_Revision]], dict[s
             until = min(records[i + 1]["at"], end) if i + 1 < len(records) else end
             revisions.append(_Revision(deployment_id, int(message.get("revision") or 0), record,
                                        performance.get((deployment_id, int(message.get("revision") or 0))),
-                                       issued, received, deadline, first_issued, until, end))
+                                       issued, received, deadline, first_issued, until, end, at_instruction))
         out[deployment_id] = revisions
     return out, refused, recalls
 
@@ -237,7 +246,8 @@ def _shortfall_intervals(inputs: ReportInputs, revisions: Mapping[str, list[_Rev
                 continue
             limit = deployment_limit_kw(float(revision.limit_kw), revision.first_issued.to_pydatetime(),
                                         awards_known_before(inputs.as_awards, end), start.to_pydatetime(),
-                                        end.to_pydatetime())
+                                        end.to_pydatetime(),
+                                        awarded_at_instruction_kw=revision.awarded_at_instruction_kw)
             binding.append((revision, limit))
         if not binding:
             continue
@@ -268,7 +278,8 @@ def _metered(revision: _Revision, inputs: ReportInputs, intervals: list[dict[str
     for start, end, import_kw in zip(span["interval_start"], span["interval_end"], span["import_kw"], strict=True):
         limit = deployment_limit_kw(limit_kw, revision.first_issued.to_pydatetime(),
                                     awards_known_before(inputs.as_awards, end), start.to_pydatetime(),
-                                    end.to_pydatetime())
+                                    end.to_pydatetime(),
+                                    awarded_at_instruction_kw=revision.awarded_at_instruction_kw)
         if import_kw <= limit + tolerance_kw:
             out["metered_under_limit_by"] = end.isoformat()
             out["metered_response_s"] = _r((end - revision.issued).total_seconds())
@@ -403,6 +414,12 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
     def count(hit: Any) -> int:
         return len({r["deployment_id"] for r in rows if hit(r)})
 
+    # Deployments held past the product's sustained duration without a recall, and those the backstop
+    # (ancillary.max_hold_h) released: the loop's as_performance records with an ``event``.
+    shown_ids = {r["deployment_id"] for r in rows}
+    events = {e: {str(p.get("deployment_id")) for p in inputs.as_performance if p.get("event") == e} & shown_ids
+              for e in ("overrun", "released")}
+
     notes = []
     if rows:
         notes.append("response_s is the time from the instruction to the cut the fast path commanded; metered "
@@ -419,6 +436,10 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
     if any(r["arrived_late"] for r in rows):
         notes.append("a deployment that arrived after its deadline was cut at once; its response still counts "
                      "from the instruction (arrival_delay_s is the part before it reached the site)")
+    if events["overrun"]:
+        notes.append(f"{len(events['overrun'])} deployment(s) held past the product's sustained duration without a "
+                     f"recall (overrun_count; still held, as a Load Resource stays deployed until recalled), "
+                     f"{len(events['released'])} released by the backstop ancillary.max_hold_h (released_count)")
     if any((r["above_award_mw"] or 0.0) > 0 for r in rows):
         notes.append("a deployment above the award was obeyed in full; award_shortfall_mw measures it against "
                      "the award in force")
@@ -435,6 +456,8 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
         "late_arrival_count": count(lambda r: r["arrived_late"] is True),
         "above_award_count": count(lambda r: (r["above_award_mw"] or 0.0) > 0),
         "amended_count": count(lambda r: r["revisions"] > 1),
+        "overrun_count": len(events["overrun"]),
+        "released_count": len(events["released"]),
         "deployments": rows,
         "shortfall_intervals": shown,
         "awards": awards,
