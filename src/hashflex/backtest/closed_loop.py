@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +38,7 @@ from hashflex.backtest.actuals import Actuals, Counts
 from hashflex.backtest.ancillary_loop import AS_POLICY, ASParticipant
 from hashflex.backtest.policies import AlwaysOnPlanner, ReplanningPlanner, SiteMemory, ThresholdPlanner
 from hashflex.backtest.progress import Progress
-from hashflex.control.loop import ControlLoop, HorizonForecast, LoopConfig
+from hashflex.control.loop import ControlLoop, HorizonForecast, LoopConfig, interval_floor
 from hashflex.control.records import AuditRecorder
 from hashflex.control.solver import SolveRunner
 from hashflex.forecast import ForecastConfig, RecordedForecaster
@@ -80,6 +82,7 @@ class PolicyRun:
     infos: list[SolveInfo] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     ancillary: Any = None
+    forecast_prefetch_hits: int = 0  # ticks whose forecast was computed during the previous solve (issue 18)
 
 
 class SnapshotForecaster(RecordedForecaster):
@@ -113,6 +116,66 @@ class SnapshotForecaster(RecordedForecaster):
                                    "published_at": times}) if source else None
         super().__init__(profile, actuals.prices, renewables, config, hashprice=actuals.hashprice,
                          price_forecaster=price_forecaster)
+        self._prefetch_pool: ThreadPoolExecutor | None = None
+        self._prefetched: tuple[tuple[int, int, int], Future] | None = None
+        self.prefetch_hits = 0
+
+    @staticmethod
+    def _key(now: Any, horizon_start: Any, periods: int) -> tuple[int, int, int]:
+        return pd.Timestamp(now).value, pd.Timestamp(horizon_start).value, int(periods)
+
+    def prefetch(self, now: Any, horizon_start: Any, periods: int) -> None:
+        """Start the forecast of a later call in a helper thread (issue 18).
+
+        The backtest calls this as a solve starts: the loop's thread then waits on the solver
+        worker with the GIL released, so the next tick's forecast is computed on the idle core
+        instead of after the solve. The forecast is a pure function of ``(now, horizon_start,
+        periods)`` over recorded history published by ``now`` (no state changes between calls), so
+        :meth:`__call__` with the same arguments returns exactly what it would have computed; any
+        other call computes as before. An error is raised where the call would have raised it.
+
+        Parameters
+        ----------
+        now, horizon_start, periods
+            As :meth:`__call__`.
+        """
+        self._settle()
+        try:
+            key = self._key(now, horizon_start, periods)
+        except (TypeError, ValueError):  # not a time: nothing prefetched, the call raises as it would
+            return
+        if self._prefetch_pool is None:
+            self._prefetch_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast-prefetch")
+        self._prefetched = key, self._prefetch_pool.submit(super().__call__, now, horizon_start, periods)
+
+    def __call__(self, now: Any, horizon_start: pd.Timestamp, periods: int) -> Any:
+        """The forecast (see :class:`hashflex.forecast.RecordedForecaster`); the prefetched one when
+        :meth:`prefetch` was given these arguments."""
+        pending, self._prefetched = self._prefetched, None
+        if pending is not None:
+            key, future = pending
+            future.exception()  # wait for the helper (never two computations at once)
+            try:
+                hit = key == self._key(now, horizon_start, periods)
+            except (TypeError, ValueError):
+                hit = False
+            if hit:
+                self.prefetch_hits += 1
+                return future.result()
+        return super().__call__(now, horizon_start, periods)
+
+    def _settle(self) -> None:
+        """Wait for (and drop) a prefetch that was not asked for."""
+        pending, self._prefetched = self._prefetched, None
+        if pending is not None:
+            pending[1].exception()
+
+    def close(self) -> None:
+        """Stop the helper thread (a pending prefetch is awaited and dropped)."""
+        self._settle()
+        if self._prefetch_pool is not None:
+            self._prefetch_pool.shutdown(wait=True)
+            self._prefetch_pool = None
 
 
 class RuleForecaster:
@@ -135,6 +198,7 @@ class RuleForecaster:
         self.renewable = pd.Series(actuals.renewable_kw, index=actuals.index)
         # The threshold's breakeven uses the newest hashprice published by the tick (as mpc's forecast).
         self.hashprice = actuals.hashprice
+        self._hashprice_index = _published_newest_index(actuals.hashprice)
 
     def __call__(self, now: Any, horizon_start: pd.Timestamp, periods: int) -> HorizonForecast:
         """The flat horizon at ``now`` (see the class docstring)."""
@@ -148,8 +212,40 @@ class RuleForecaster:
     def _hashprice_known(self, now: pd.Timestamp) -> float | None:
         if self.hashprice is None:
             return None
+        if self._hashprice_index is not None:  # by searchsorted (issue 18): the same row as the filter below
+            return self._hashprice_index(now)
         known = self.hashprice[pd.to_datetime(self.hashprice["published_at"], utc=True) <= now.tz_convert("UTC")]
         return None if known.empty else float(known.sort_values("timestamp")["hashprice_usd_per_ph_day"].iloc[-1])
+
+
+def _published_newest_index(hashprice: pd.DataFrame | None) -> Callable[[pd.Timestamp], float | None] | None:
+    """``now -> hashprice_usd_per_ph_day`` of the newest ``timestamp`` among the rows published by
+    ``now`` (None before the first), by one searchsorted per tick instead of a filter and a sort.
+
+    Built only when that row is unambiguous (unique timestamps, no NaT); None otherwise, and the
+    caller filters and sorts as before.
+    """
+    if hashprice is None or hashprice.empty:
+        return None
+    stamps = pd.to_datetime(hashprice["timestamp"], utc=True)
+    published = pd.to_datetime(hashprice["published_at"], utc=True)
+    if stamps.isna().any() or not stamps.is_unique:
+        return None
+    keep = published.notna().to_numpy()  # NaT is never known (NaT <= now is False)
+    published_ns = published.dt.as_unit("ns").to_numpy(dtype="datetime64[ns]").view(np.int64)[keep]
+    stamps_ns = stamps.dt.as_unit("ns").to_numpy(dtype="datetime64[ns]").view(np.int64)[keep]
+    values = hashprice["hashprice_usd_per_ph_day"].to_numpy(dtype=float)[keep]
+    order = np.argsort(published_ns, kind="stable")
+    published_ns, stamps_ns, values = published_ns[order], stamps_ns[order], values[order]
+    # newest[i]: the row of the largest timestamp among the first i + 1 published (timestamps are unique)
+    running = np.maximum.accumulate(stamps_ns)
+    newest = np.maximum.accumulate(np.where(stamps_ns == running, np.arange(len(order)), 0))
+
+    def lookup(now: pd.Timestamp) -> float | None:
+        i = int(np.searchsorted(published_ns, now.tz_convert("UTC").as_unit("ns").value, side="right")) - 1
+        return None if i < 0 else float(values[newest[i]])
+
+    return lookup
 
 
 def _last_rt_lookup(prices: pd.DataFrame) -> Callable[[pd.Timestamp], float]:
@@ -212,7 +308,7 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
                     noise_bias_db: dict[str, float] | None = None, noise_sigma_db: float = 0.5, store: Any = None,
                     progress: Progress | None = None, runner: SolveRunner | None = None,
                     price_forecaster: Any = None, as_mode: str = "day-ahead",
-                    offer_rule: str | None = None) -> PolicyRun:
+                    offer_rule: str | None = None, prefetch_forecast: bool | None = None) -> PolicyRun:
     """Drive the real ControlLoop over the window with ``policy``'s planner in the solver slot.
 
     Each interval: DR notices and (``mpc+as``) AS awards and recalls reach the loop as messages,
@@ -248,6 +344,10 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
         re-decided each interval, RTC+B); see :mod:`hashflex.backtest.ancillary_loop`.
     offer_rule : str, optional
         ``mpc+as`` day-ahead offers: ``price-taking`` (default) or ``rt-risk`` (`backtest.ancillary.OFFER_RULES`).
+    prefetch_forecast : bool, optional
+        mpc: compute the next tick's forecast while the solver worker solves this tick's plan
+        (:meth:`SnapshotForecaster.prefetch`; the same forecasts, less wall time). Default: when
+        the solves run in a worker process and no learned price model is plugged in.
 
     Returns
     -------
@@ -266,6 +366,16 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
                            time_limit_s=time_limit_s, persistence=persistence, runner=runner)
     forecaster = (SnapshotForecaster(profile, actuals, price_forecaster=price_forecaster)
                   if policy in ("mpc", AS_POLICY) else RuleForecaster(profile, actuals, memory))
+    if prefetch_forecast is None:  # a learned model may keep state between calls: not prefetched
+        solves_elsewhere = not getattr(getattr(planner, "runner", None), "inline", True)
+        prefetch_forecast = solves_elsewhere and price_forecaster is None
+    upcoming: list[datetime | None] = [None]  # the next tick's time, for the prefetch
+    if prefetch_forecast and isinstance(forecaster, SnapshotForecaster) and isinstance(planner, ReplanningPlanner):
+        def prefetch_next() -> None:
+            if upcoming[0] is not None:
+                forecaster.prefetch(upcoming[0], interval_floor(upcoming[0], profile.site.interval_minutes),
+                                    loop.periods)
+        planner.on_solve = prefetch_next
     fleet = SimulatedFleet(profile)
     # With a store the run keeps the audit trail a live site keeps, so `hashflex report` and
     # `hashflex audit verify` work on the backtest's database exactly as on a live one.
@@ -286,55 +396,60 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
     unit_kw = {(group.id, mode.name): mode.power_kw for group in profile.miner_groups for mode in group.modes}
     idle_of = {group.id: group.idle_power_kw for group in profile.miner_groups}
     idle_kw = sum(group.units * group.idle_power_kw for group in profile.miner_groups)
-    for k, stamp in enumerate(actuals.index):
-        now = stamp.to_pydatetime()
-        if local_days[k] != memory.day:
-            memory.day, memory.emitted_today_kg = local_days[k], 0.0
-        memory.last_rt_price_usd_mwh = last_rt(stamp)
-        for event in [e for e in events if e.start <= now + step]:  # notices arrive before their start
-            loop.on_message(event, min(now, event.start))
-            events.remove(event)
-        if participant is not None:  # awards published by now, recalls of deployments that end
-            participant.before_tick(loop, k, now)
-        renewable_msg = RenewableMessage(source_id=renewable_id, power_kw=float(actuals.renewable_kw[k]), timestamp=now)
-        loop.on_message(renewable_msg, now)
-        if loop.replan_reasons and isinstance(planner, ReplanningPlanner):
-            planner.force = True  # the daemon re-plans at once on a DR event or a noise exceedance
-        loop.replan_reasons.clear()
-        report = loop.tick(now)
-        if participant is not None:  # real-time awards from this plan; SYNTHETIC deployments, cut at once
-            participant.after_tick(loop, k, now, report)
-        fleet.expire(now)
-        running = fleet.running()
-        for g, m, group_id, mode_name in keys:
-            counts[g, m][k] = running.get((group_id, mode_name), 0)
-        load_kw = sum(n * unit_kw[key] for key, n in running.items()) + idle_kw - sum(
-            n * idle_of[key[0]] for key, n in running.items())
-        memory.emitted_today_kg += grid_import_kw(load_kw, actuals.renewable_kw[k]) * dt_h * intensity / 1000.0
-        if participant is not None:
-            participant.measure(loop, k, now, grid_import_kw(load_kw, actuals.renewable_kw[k]))
-        before = loop.counters["fast_path_actions"]
-        readings = sensors.measure(running, now + step / 2)
-        for reading in readings:
-            measured[reading.receptor_id][k] = reading.laeq_dba
-            if store is not None:
-                store.put(reading, received_at=reading.timestamp)
-            loop.on_message(reading, now + step / 2)
-        # The interval as measured, as the daemon reports it from its meters: the loop charges the
-        # carbon budgets with it (and audits it when recording).
-        caps = {r.id: r.cap_at(stamp.tz_convert(profile.tz).to_pydatetime()) for r in profile.receptors}
-        noise = {r.receptor_id: noise_interval_summary([(r.laeq_dba, dt_h * 3600.0)], caps[r.receptor_id])
-                 for r in readings}
-        settled_hp = (None if actuals.hashprice_usd_per_ph_day is None
-                      else float(actuals.hashprice_usd_per_ph_day[k]))  # the day's realised value, as account()
-        loop.record_measurement(now, dt_h, load_kw=load_kw, renewable_kw=float(actuals.renewable_kw[k]),
-                                hashrate_th_s=fleet.hashrate_th_s(), noise=noise,
-                                price_usd_mwh=float(actuals.price_usd_mwh[k]), hashprice_usd_per_ph_day=settled_hp)
-        cut[k] = loop.counters["fast_path_actions"] > before
-        solve_seconds[k] = report.solve_seconds
-        status[k] = report.schedule.status.value if report.schedule is not None else ""
-        if progress is not None:
-            progress.update(k + 1)
+    try:
+        for k, stamp in enumerate(actuals.index):
+            now = stamp.to_pydatetime()
+            upcoming[0] = actuals.index[k + 1].to_pydatetime() if k + 1 < T else None
+            if local_days[k] != memory.day:
+                memory.day, memory.emitted_today_kg = local_days[k], 0.0
+            memory.last_rt_price_usd_mwh = last_rt(stamp)
+            for event in [e for e in events if e.start <= now + step]:  # notices arrive before their start
+                loop.on_message(event, min(now, event.start))
+                events.remove(event)
+            if participant is not None:  # awards published by now, recalls of deployments that end
+                participant.before_tick(loop, k, now)
+            renewable_msg = RenewableMessage(source_id=renewable_id, power_kw=float(actuals.renewable_kw[k]), timestamp=now)
+            loop.on_message(renewable_msg, now)
+            if loop.replan_reasons and isinstance(planner, ReplanningPlanner):
+                planner.force = True  # the daemon re-plans at once on a DR event or a noise exceedance
+            loop.replan_reasons.clear()
+            report = loop.tick(now)
+            if participant is not None:  # real-time awards from this plan; SYNTHETIC deployments, cut at once
+                participant.after_tick(loop, k, now, report)
+            fleet.expire(now)
+            running = fleet.running()
+            for g, m, group_id, mode_name in keys:
+                counts[g, m][k] = running.get((group_id, mode_name), 0)
+            load_kw = sum(n * unit_kw[key] for key, n in running.items()) + idle_kw - sum(
+                n * idle_of[key[0]] for key, n in running.items())
+            memory.emitted_today_kg += grid_import_kw(load_kw, actuals.renewable_kw[k]) * dt_h * intensity / 1000.0
+            if participant is not None:
+                participant.measure(loop, k, now, grid_import_kw(load_kw, actuals.renewable_kw[k]))
+            before = loop.counters["fast_path_actions"]
+            readings = sensors.measure(running, now + step / 2)
+            for reading in readings:
+                measured[reading.receptor_id][k] = reading.laeq_dba
+                if store is not None:
+                    store.put(reading, received_at=reading.timestamp)
+                loop.on_message(reading, now + step / 2)
+            # The interval as measured, as the daemon reports it from its meters: the loop charges the
+            # carbon budgets with it (and audits it when recording).
+            caps = {r.id: r.cap_at(stamp.tz_convert(profile.tz).to_pydatetime()) for r in profile.receptors}
+            noise = {r.receptor_id: noise_interval_summary([(r.laeq_dba, dt_h * 3600.0)], caps[r.receptor_id])
+                     for r in readings}
+            settled_hp = (None if actuals.hashprice_usd_per_ph_day is None
+                          else float(actuals.hashprice_usd_per_ph_day[k]))  # the day's realised value, as account()
+            loop.record_measurement(now, dt_h, load_kw=load_kw, renewable_kw=float(actuals.renewable_kw[k]),
+                                    hashrate_th_s=fleet.hashrate_th_s(), noise=noise,
+                                    price_usd_mwh=float(actuals.price_usd_mwh[k]), hashprice_usd_per_ph_day=settled_hp)
+            cut[k] = loop.counters["fast_path_actions"] > before
+            solve_seconds[k] = report.solve_seconds
+            status[k] = report.schedule.status.value if report.schedule is not None else ""
+            if progress is not None:
+                progress.update(k + 1)
+    finally:  # the prefetch helper thread ends with the run, also when a tick raises
+        if isinstance(forecaster, SnapshotForecaster):
+            forecaster.close()
     if progress is not None:
         progress.close()
     if recorder is not None:
@@ -352,5 +467,6 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
     return PolicyRun(policy, counts, measured, time.perf_counter() - started,
                      extra={"solve_seconds": solve_seconds, "fast_path_cut": cut, "schedule_status": status},
                      solves=solves, fallback_schedules=fallbacks,
-                     fast_path_actions=loop.counters["fast_path_actions"], notes=notes, ancillary=outcome)
+                     fast_path_actions=loop.counters["fast_path_actions"], notes=notes, ancillary=outcome,
+                     forecast_prefetch_hits=getattr(forecaster, "prefetch_hits", 0))
 

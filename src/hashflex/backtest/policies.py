@@ -100,10 +100,13 @@ def _first_interval(problem: Problem) -> Problem:
 
 class ReplanningPlanner:
     """The daemon's solve (``SolveRunner``), re-run every ``replan_minutes`` or when ``force`` is set;
-    in between, the last schedule from the current interval on (its first row is dispatched)."""
+    in between, the last schedule from the current interval on (its first row is dispatched).
+    ``on_solve``, when set, is called as each solve starts (the backtest prefetches the next tick's
+    forecast there, while this thread waits on the solver worker)."""
 
     def __init__(self, runner: SolveRunner, replan_minutes: int) -> None:
         self.runner = runner
+        self.on_solve: Callable[[], None] | None = None
         self.replan = pd.Timedelta(minutes=replan_minutes)
         self.cached: Schedule | None = None
         self.next_solve: pd.Timestamp | None = None
@@ -120,6 +123,8 @@ class ReplanningPlanner:
                 and start in cached.frame.index):
             self.last_seconds = 0.0
             return dataclasses.replace(cached, frame=cached.frame.loc[start:])
+        if self.on_solve is not None:
+            self.on_solve()
         schedule = self.runner.run(problem, fine_intervals)
         self.last_seconds = self.runner.last_seconds
         self.timeouts = self.runner.timeouts
