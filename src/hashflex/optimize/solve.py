@@ -77,17 +77,24 @@ HOT_START_DUAL_EDGE_WEIGHTS = 1
 _HIGHS_CHOOSES_EDGE_WEIGHTS = -1
 
 
-def _run_lp(highs: highspy.Highs, *, hot_start: bool) -> None:
-    """Run the LP relaxation; ``hot_start`` (the cold path's second LP, from the first one's basis)
-    with `HOT_START_DUAL_EDGE_WEIGHTS`, HiGHS's own choice being put back afterwards."""
-    if not hot_start:
+def _run_with_option(highs: highspy.Highs, option: str | None, value: object = None, default: object = None) -> None:
+    """Run HiGHS, with ``option`` set to ``value`` for this run only (``default`` put back after it,
+    also when the run raises); ``option`` None: run as set."""
+    if option is None:
         highs.run()
         return
-    _set_option(highs, "simplex_dual_edge_weight_strategy", HOT_START_DUAL_EDGE_WEIGHTS)
+    _set_option(highs, option, value)
     try:
         highs.run()
     finally:
-        _set_option(highs, "simplex_dual_edge_weight_strategy", _HIGHS_CHOOSES_EDGE_WEIGHTS)
+        _set_option(highs, option, default)
+
+
+def _run_lp(highs: highspy.Highs, *, hot_start: bool) -> None:
+    """Run the LP relaxation; ``hot_start`` (the cold path's second LP, from the first one's basis)
+    with `HOT_START_DUAL_EDGE_WEIGHTS`, HiGHS's own choice being put back afterwards."""
+    _run_with_option(highs, "simplex_dual_edge_weight_strategy" if hot_start else None,
+                     HOT_START_DUAL_EDGE_WEIGHTS, _HIGHS_CHOOSES_EDGE_WEIGHTS)
 
 
 # HiGHS's presolve for the LP that values the rounded start (the counts fixed): off. Measured
@@ -105,14 +112,7 @@ _HIGHS_DEFAULT_PRESOLVE = "choose"
 def _run_valuing_lp(highs: highspy.Highs, *, presolve_off: bool) -> None:
     """Run the LP with the counts fixed; with ``presolve_off``, presolve `VALUING_LP_PRESOLVE`
     for that run, HiGHS's default put back after it."""
-    if not presolve_off:
-        highs.run()
-        return
-    _set_option(highs, "presolve", VALUING_LP_PRESOLVE)
-    try:
-        highs.run()
-    finally:
-        _set_option(highs, "presolve", _HIGHS_DEFAULT_PRESOLVE)
+    _run_with_option(highs, "presolve" if presolve_off else None, VALUING_LP_PRESOLVE, _HIGHS_DEFAULT_PRESOLVE)
 
 
 def relative_gap(objective: float, bound: float) -> float:
