@@ -37,13 +37,29 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
+from hashflex.control.fleet import (
+    NO_TIME_US,
+    SLEEP,
+    FleetArrays,
+    FleetState,
+    GroupArrays,
+    Miner,
+    Setpoint,
+    time_us,
+)
 from hashflex.drivers.batch import GroupBatch, SetpointBatch
-from hashflex.control.fleet import NO_TIME_US, SLEEP, FleetArrays, FleetState, GroupArrays, Miner, Setpoint, time_us
 from hashflex.optimize.schedule import Schedule, unit_column
 from hashflex.profile import MinerGroup
 
-__all__ = ["Setpoint", "DispatchResult", "dispatch", "first_row_counts", "plan_dispatch",
-           "ArrayDispatch", "plan_dispatch_arrays"]
+__all__ = [
+    "ArrayDispatch",
+    "DispatchResult",
+    "Setpoint",
+    "dispatch",
+    "first_row_counts",
+    "plan_dispatch",
+    "plan_dispatch_arrays",
+]
 
 @dataclass(frozen=True)
 class DispatchResult:
@@ -340,19 +356,23 @@ def _assign_arrays(arrays: GroupArrays, need: list[int], now_us: int,
     # One stable sort on the keys both ranks share (miners are id-sorted: ties keep id order), then a
     # stable split on each rank's first key: the order of np.lexsort((id, run_hours[, -health], first))
     # at a third of the sorting (issue 18).
-    if health_score is None:
-        shared = np.argsort(arrays.run_hours, kind="stable")
+    if health_score is None or not health_score.size or (health_score == health_score[0]).all():
+        shared = _stable_argsort(arrays.run_hours)  # one score for all (the loop's healthy fleet): no key
     else:
         shared = np.lexsort((arrays.run_hours, -health_score))
     keep_order = _stable_split(shared, outside_on)
     start_order = _stable_split(shared, inside_off)
     need = list(need)
     running = arrays.mode >= 0
+    mode_ranked = arrays.mode[keep_order]  # gathered once, not once per mode and pass
     for healthy in (True, False):
         pool = arrays.available & (arrays.healthy == healthy)
+        if not pool.any():  # e.g. no unhealthy unit available: nothing to place in this pass
+            continue
+        pool_ranked = pool[keep_order]
         # Pass 1: same mode, best keep-rank first.
         for k in range(len(need)):
-            ranked = keep_order[(pool & (arrays.mode == k))[keep_order]][:max(need[k], 0)]
+            ranked = keep_order[pool_ranked & (mode_ranked == k)][:max(need[k], 0)]
             out[ranked] = k
             need[k] -= len(ranked)
         free = out < 0
@@ -361,6 +381,16 @@ def _assign_arrays(arrays: GroupArrays, need: list[int], now_us: int,
         free = out < 0
         _fill_arrays(need, start_order[(pool & ~running & free)[start_order]], out)
     return out
+
+
+def _stable_argsort(values: np.ndarray) -> np.ndarray:
+    """``np.argsort(values, kind="stable")``: the values' dense ranks (``np.unique``) sorted by numpy's
+    stable radix sort when they fit 16 bits (equal values, NaNs included, keep index order either way;
+    issue 18: ~0.3-0.45 ms for 8,000 run hours instead of ~0.65 ms), else the stable sort itself."""
+    distinct, rank = np.unique(values, return_inverse=True)
+    if len(distinct) <= 65_536:
+        return np.argsort(rank.reshape(-1).astype(np.uint16), kind="stable")
+    return np.argsort(values, kind="stable")
 
 
 def _stable_split(order: np.ndarray, first: np.ndarray) -> np.ndarray:
