@@ -21,13 +21,19 @@ it releases (``end``) with an audit record.
 **A recall** ends the deployment from the recall's ``issued_at``, whatever the order of the two times
 (finding 2): a recall instructed before a future-dated deployment's ``issued_at`` ends it from the
 recall's time; one instructed before the deployment even bound (its arrival) cancels it (``end`` =
-``binds_from``: it binds nothing any more). A recall never prolongs a deployment.
+``binds_from``: it binds nothing any more). A recall never prolongs a deployment. A recall that
+overtakes its deployment (QoS 1 redelivery order; a deployment lost and resent) is kept durably in the
+limits book as pending (bounded: ``limits_ancillary.EARLY_RECALLS_KEPT``, none older than
+``max_hold_h``) and acknowledged once durable; when the deployment arrives, the first pending recall
+at or after its ``issued_at`` ends it (:func:`early_recall_ends`; cancelled if it precedes its
+binding), and one instructed after every pending recall is a new instruction and holds.
 
 An **amendment** is a deployment message with the id of one in force and a higher ``revision`` (MQTT
 ``in/as/deploy``; over OpenADR 3 the event's ``modificationDateTime``, see
 :mod:`hashflex.openadr.ancillary`): the MW to shed change, measured from the same baseline (the load
 when the deployment was first instructed); more MW get the product's deadline from the amendment's
-time, fewer MW raise the limit at once; the end (recall or sustain duration) is unchanged. The rule
+time, fewer MW raise the limit at once (binding from receipt: a reduction has no deadline of its
+own and is never late, :func:`has_deadline`; the revision keeps the deadline in force); the end (recall or sustain duration) is unchanged. The rule
 for revisions is the DR book's for modification numbers (:meth:`hashflex.control.dr.DRBook.apply`):
 the same revision is a repeat, a lower one is stale; both are refused with the reason (a stale one is
 counted, ``as_stale``), and an ended deployment is not revived.
@@ -51,7 +57,7 @@ from hashflex.profile.ancillary import DEFAULT_MAX_HOLD_H
 
 __all__ = ["STALE", "ASDeployment", "above_award_after_change", "amended_deployment", "amendment_refusal",
            "as_source", "award_refusal", "awarded_kw", "deploy_refusal", "deployment_from", "deployment_limit_kw",
-           "recall_end", "reserve_clawback_usd", "reserve_hold_shortfalls", "reserve_keep_kw", "revision_refusal"]
+           "early_recall_ends", "has_deadline", "recall_end", "reserve_clawback_usd", "reserve_hold_shortfalls", "reserve_keep_kw", "revision_refusal"]
 
 STALE = "(stale)"  # the end of a refusal for an older revision (counted by the loop as ``as_stale``)
 
@@ -471,6 +477,57 @@ def amended_deployment(held: ASDeployment, msg: ASDeployMessage) -> ASDeployment
         deadline = at + timedelta(seconds=float(AS_PRODUCT_RULES[held.product]["deadline_s"]))
     return replace(held, deployed_kw=float(msg.deployed_kw), limit_kw=max(held.baseline_kw - float(msg.deployed_kw), 0.0),
                    deadline=deadline, revision=msg.revision, amended_at=at)
+
+
+def has_deadline(held: ASDeployment | None, msg: ASDeployMessage, now: datetime) -> bool:
+    """Whether the instruction ``msg`` has a deadline to meet, so that arriving after it is late.
+
+    Only an instruction asking more MW than the one in force has one: a new deployment (nothing in
+    force under its id), or an amendment asking more than the revision in force. An amendment asking
+    the same or fewer MW raises the limit (or leaves it): the load already shed for the revision in
+    force meets it on receipt, so it binds from receipt and cannot be late (issue 15; the revision in
+    force keeps its own deadline, :func:`amended_deployment`).
+
+    Parameters
+    ----------
+    held : ASDeployment or None
+        The deployment in the book under ``msg.deployment_id`` (None: none).
+    msg : ASDeployMessage
+        The deployment or its amendment (not a recall).
+    now : datetime
+        The decision time, timezone-aware (a deployment ended by then is not in force).
+
+    Returns
+    -------
+    bool
+        True for a new deployment or an amendment asking more MW than the one in force.
+    """
+    if held is None or held.recalled or held.end <= now:
+        return True
+    return float(msg.deployed_kw) > held.deployed_kw
+
+
+def early_recall_ends(recalled_at: datetime, issued_at: datetime) -> bool:
+    """Whether a recall received before its deployment (a pending recall) ends that deployment.
+
+    A recall that overtook its deployment (QoS 1 redelivery order, a deployment lost and resent) ends
+    a deployment with its id instructed at or before the recall; a deployment instructed after the
+    recall is a new instruction the (older) recall cannot end, as ERCOT's later Dispatch Instruction
+    supersedes an earlier one (Nodal Protocols §6.5.7.6.2.x).
+
+    Parameters
+    ----------
+    recalled_at : datetime
+        The pending recall's ``issued_at``, timezone-aware.
+    issued_at : datetime
+        The arriving deployment's ``issued_at``, timezone-aware.
+
+    Returns
+    -------
+    bool
+        True when ``issued_at <= recalled_at``.
+    """
+    return issued_at <= recalled_at
 
 
 def deploy_refusal(profile: SiteProfile, msg: ASDeployMessage) -> str | None:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hashflex.control.ancillary import STALE, ASDeployment
+from hashflex.control.ancillary import STALE, ASDeployment, has_deadline
 from hashflex.control.guard import Guard
 from hashflex.control.limits import STORE_UNAVAILABLE, Hold, LimitsBook
 from hashflex.plausibility import PlausibilityContext, check_plausible
@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 
 
 def deployment_performance(message: ASDeployMessage, baseline_kw: float, limit_kw: float, commanded_kw: float,
-                           now: datetime, deadline: datetime | None, amended_from_kw: float | None = None
-                           ) -> dict[str, Any]:
+                           now: datetime, deadline: datetime | None, amended_from_kw: float | None = None,
+                           asks_more: bool = True) -> dict[str, Any]:
     """What one AS deployment asked and what the fast path commanded (issue 15).
 
     Parameters
@@ -60,6 +60,9 @@ def deployment_performance(message: ASDeployMessage, baseline_kw: float, limit_k
         By when the limit must be met (None: at ``issued_at``).
     amended_from_kw : float, optional
         The obligation before this amendment, kW (None: not an amendment).
+    asks_more : bool
+        False for an amendment asking the same or fewer MW: it binds from receipt and has no
+        deadline to miss (``commanded_within_deadline`` True).
 
     Returns
     -------
@@ -78,7 +81,7 @@ def deployment_performance(message: ASDeployMessage, baseline_kw: float, limit_k
             "commanded_import_kw": commanded_kw, "delivered_kw": delivered,
             "shortfall_kw": max(commanded_kw - limit_kw, 0.0),
             "commanded_after_s": max((now - message.issued_at).total_seconds(), 0.0),
-            "commanded_within_deadline": deadline is None or now <= deadline,
+            "commanded_within_deadline": not asks_more or deadline is None or now <= deadline,
             "measured_import_kw": None, "measured_shortfall_kw": None, "measured_response_s": None,
             "measured_within_deadline": None}
 
@@ -112,8 +115,8 @@ def deployment_baseline(modelled_kw: float, measured: tuple[float, str] | None) 
     return float(modelled_kw), "modelled"
 
 
-def deployment_flags(book: LimitsBook, message: ASDeployMessage, deadline: datetime | None, now: datetime
-                     ) -> dict[str, Any]:
+def deployment_flags(book: LimitsBook, message: ASDeployMessage, deadline: datetime | None, now: datetime,
+                     asks_more: bool = True) -> dict[str, Any]:
     """How a deployment arrived and what it asks against the award (issue 15): late, above the award.
 
     A deployment is **late** when it arrives (``now``) after its deadline (instruction time + the
@@ -122,7 +125,9 @@ def deployment_flags(book: LimitsBook, message: ASDeployMessage, deadline: datet
     stays measured from the instruction (``issued_at``), as ERCOT measures a Load Resource's
     deployment from the Dispatch Instruction (Nodal Protocols §6.5.7.6.2.2-4, §8.1.1.4): the delay
     is shown beside it (``arrival_delay_s``) so the site's own part (``commanded_after_s`` −
-    ``arrival_delay_s``) is visible.
+    ``arrival_delay_s``) is visible. Only an instruction asking more MW than the one in force has a
+    deadline to meet (``asks_more``, :func:`hashflex.control.ancillary.has_deadline`): an amendment
+    asking fewer binds from receipt and is never late (``binds_from_receipt``).
 
     A deployment is **above the award** when the product's deployments in force at its instruction
     (this one included, as amended) ask more than the product's awards in force then. A Load
@@ -145,11 +150,14 @@ def deployment_flags(book: LimitsBook, message: ASDeployMessage, deadline: datet
         Its deadline (the ack's; None: not accepted, no flags).
     now : datetime
         When it arrived (the decision time), UTC.
+    asks_more : bool
+        Whether it asks more MW than the deployment in force under its id (or is new); False: an
+        amendment asking the same or fewer MW, which cannot be late.
 
     Returns
     -------
     dict
-        ``late`` (bool), ``late_by_s`` (s past the deadline at arrival, 0 if not late),
+        ``late`` (bool), ``binds_from_receipt`` (``not asks_more``), ``late_by_s`` (s past the deadline at arrival, 0 if not late),
         ``arrival_delay_s`` (s from the instruction to arrival, >= 0), ``received_at`` (ISO),
         ``awarded_kw``, ``deployed_in_force_kw`` (the product's deployments in force at the
         instruction), ``above_award_kw``, ``award_obligation_kw`` (kW, >= 0).
@@ -159,8 +167,8 @@ def deployment_flags(book: LimitsBook, message: ASDeployMessage, deadline: datet
     in_force_kw = float(sum(d.deployed_kw for d in book.as_deployments.values()
                             if d.product == message.product and d.in_force(at)))
     above_kw = max(in_force_kw - awarded_kw, 0.0)
-    late = deadline is not None and now > deadline
-    return {"late": late, "late_by_s": max((now - deadline).total_seconds(), 0.0) if late else 0.0,  # type: ignore[operator]
+    late = asks_more and deadline is not None and now > deadline
+    return {"late": late, "binds_from_receipt": not asks_more, "late_by_s": max((now - deadline).total_seconds(), 0.0) if late else 0.0,  # type: ignore[operator]
             "arrival_delay_s": max((now - at).total_seconds(), 0.0), "received_at": now.isoformat(),
             "awarded_kw": awarded_kw, "deployed_in_force_kw": in_force_kw,
             "above_award_kw": above_kw if above_kw > 1e-6 else 0.0,
@@ -346,6 +354,10 @@ class AncillaryIntakeMixin:
             return refused
         with self._lock:
             held = self.book.as_deployments.get(message.deployment_id)  # an amendment's deployment in force
+            asks_more = message.recalled or has_deadline(held, message, now)  # fewer MW cannot be late
+            # A recall that overtook this deployment (kept in the book until it arrives), issue 15.
+            early = None if held is not None else self.book.as_early_recalls.get(message.deployment_id)
+            decided_deployment: dict[str, ASDeployment | None] = {}
             batch = self.fleet.as_setpoints(now, self.expiry_s)
             renewable_kw = self.measurements.renewable_kw or 0.0  # the import, as the cut models it
             modelled_kw = self.guard.net_import_kw(batch, self.measurements.auxiliary_kw, renewable_kw)
@@ -355,17 +367,28 @@ class AncillaryIntakeMixin:
             def decide() -> tuple[LimitsBook, ASAckMessage]:
                 trial, decided = self.book.decide_as_deploy(message, baseline_kw, now, via,
                                                             baseline_source=baseline_source)
+                decided_deployment["in_trial"] = trial.as_deployments.get(message.deployment_id)
                 if decided.status != "accepted" or message.recalled or decided.deadline is None:
                     return trial, decided
-                flags.update(deployment_flags(trial, message, decided.deadline, now))
+                flags.update(deployment_flags(trial, message, decided.deadline, now, asks_more))
                 decided = _flagged_ack(decided, message, flags)
                 trial._remember(trial.as_key(message), decided.model_dump(mode="json"))  # a redelivery gets the flags too
                 return trial, decided
 
             ack, fresh = self._decide_commit_ack(message, now, decide, note)
+            in_trial = decided_deployment.get("in_trial")
             if message.recalled:
-                if fresh:
+                if fresh and held is None:  # accepted as pending (durable): counted, the ack is in the trail
+                    self.counters["as_recall_early"] = self.counters.get("as_recall_early", 0) + 1
+                    log.warning("AS recall of %s received before its deployment: kept until it arrives",
+                                message.deployment_id)
+                elif fresh:
                     self._deployment_ended(message, now, note or "recalled")
+            elif early is not None and in_trial is not None and in_trial.recalled and in_trial.end <= now:
+                # Ended by the recall that overtook it, before it arrived: nothing to cut (a failed
+                # commit refuses it and the durable pending recall still ends it when resent).
+                if fresh:
+                    self._early_recall_applied(message, in_trial, early, now)
             elif fresh or (ack.status == "rejected" and (ack.reason or "").startswith(STORE_UNAVAILABLE)):
                 if held is not None and held.end > now:
                     baseline_kw = held.baseline_kw  # an amendment: the obligation counts from the first load
@@ -382,7 +405,8 @@ class AncillaryIntakeMixin:
                 after = self.guard.net_import_kw(self.fleet.as_setpoints(now, self.expiry_s),
                                                  self.measurements.auxiliary_kw, renewable_kw)
                 performance = deployment_performance(message, baseline_kw, limit, after, now, ack.deadline,
-                                                     held.deployed_kw if held is not None and held.end > now else None)
+                                                     held.deployed_kw if held is not None and held.end > now else None,
+                                                     asks_more)
                 if held is None or held.end <= now:  # a first instruction: which load it sheds from
                     performance.update(baseline_source=baseline_source, modelled_baseline_kw=modelled_kw)
                 in_book = self.book.as_deployments.get(message.deployment_id)
@@ -390,6 +414,16 @@ class AncillaryIntakeMixin:
                     performance.update(awarded_at_instruction_kw=in_book.awarded_at_instruction_kw,
                                        sustain_until=in_book.sustain_until.isoformat(),
                                        release_at=in_book.end.isoformat())
+                if fresh and early is not None and in_book is not None:
+                    if in_book.recalled:  # a recall dated ahead: ends it later, it binds until then
+                        self.counters["as_recall_early_ended"] = self.counters.get("as_recall_early_ended", 0) + 1
+                        performance.update(ended_at=in_book.end.isoformat(),
+                                           end_reason=f"recalled before it arrived (recall received at "
+                                                      f"{early['received_at']})")
+                    else:  # the recall was older than this instruction: it holds
+                        self.counters["as_recall_early_older"] = self.counters.get("as_recall_early_older", 0) + 1
+                        performance.update(early_recall_older={"recalls_at": early["recalls_at"],
+                                                               "received_at": early["received_at"]})
                 if flags:  # late / above the award (issue 15): counted, and in the record the evidence report reads
                     self._count_flags(message, flags)
                     award_limit_kw = max(baseline_kw - flags["award_obligation_kw"], 0.0)
@@ -438,6 +472,28 @@ class AncillaryIntakeMixin:
                 log.warning("AS %s deployment %s: %s", message.product, message.deployment_id,
                             "arrived after its deadline" if counter == "as_late" else
                             f"{flags['above_award_kw']:.0f} kW above the {flags['awarded_kw']:.0f} kW awarded")
+
+    def _early_recall_applied(self, message: ASDeployMessage, deployment: ASDeployment, early: dict[str, Any],
+                              now: datetime) -> None:
+        """A deployment arrived that a recall received before it had already ended (issue 15): counted
+        (``as_recall_early_ended``), logged and audited as an ``as_performance`` record with
+        ``ended_at`` (the recall's time, or its binding time if the recall preceded it: cancelled)
+        and ``end_reason``; nothing is cut. Call with the lock."""
+        self.counters["as_recall_early_ended"] = self.counters.get("as_recall_early_ended", 0) + 1
+        cancelled = deployment.end == deployment.binds_from
+        log.warning("AS %s deployment %s arrived after its recall (at %s): %s", message.product,
+                    message.deployment_id, deployment.end.isoformat(), "cancelled" if cancelled else "ended")
+        self.as_performance[message.deployment_id] = performance = {
+            "deployment_id": message.deployment_id, "product": message.product, "revision": message.revision,
+            "issued_at": message.issued_at.isoformat(), "deadline": deployment.deadline.isoformat(),
+            "received_at": now.isoformat(), "obligation_kw": float(message.deployed_kw),
+            "baseline_kw": deployment.baseline_kw, "limit_kw": deployment.limit_kw,
+            "ended_at": deployment.end.isoformat(), "cancelled": cancelled, "ended_before_arrival": True,
+            "end_reason": (f"recalled before it arrived (recall at {deployment.end.isoformat()}, received at "
+                           f"{early['received_at']})"),
+            "measured_import_kw": None, "measured_shortfall_kw": None, "measured_response_s": None,
+            "measured_within_deadline": None}
+        self._record("as_performance", lambda: dict(performance), now)
 
     def _deployment_ended(self, recall: ASDeployMessage, now: datetime, reason: str) -> None:
         """A recall was accepted: its performance record says when and why it ended (audited)."""
@@ -533,11 +589,12 @@ class AncillaryIntakeMixin:
             for performance in self.as_performance.values():
                 issued = datetime.fromisoformat(performance["issued_at"])
                 deadline = datetime.fromisoformat(performance["deadline"])
-                if measured_at < issued:
-                    continue
+                if measured_at < issued or performance.get("ended_before_arrival"):
+                    continue  # not yet instructed, or recalled before it reached the site: nothing to meet
                 # A late deployment (it arrived after its deadline) is assessed on the first reading
                 # at or after its arrival, the earliest the site could have acted on it.
-                late_first = (performance.get("late") and performance.get("measured_import_kw") is None
+                late_first = ((performance.get("late") or performance.get("binds_from_receipt"))
+                              and performance.get("measured_import_kw") is None
                               and measured_at >= datetime.fromisoformat(performance["received_at"]))
                 if measured_at <= deadline or late_first:
                     performance["measured_import_kw"] = import_kw
@@ -546,7 +603,8 @@ class AncillaryIntakeMixin:
                         performance["measured_award_shortfall_kw"] = max(import_kw - performance["award_limit_kw"], 0.0)
                 if import_kw <= performance["limit_kw"] + 1e-6 and performance.get("measured_response_s") is None:
                     performance["measured_response_s"] = (measured_at - issued).total_seconds()
-                    performance["measured_within_deadline"] = measured_at <= deadline
+                    performance["measured_within_deadline"] = (bool(performance.get("binds_from_receipt"))
+                                                               or measured_at <= deadline)
                     responded.append(dict(performance))
         for performance in responded:  # the measured response goes into the trail (evidence reports read it)
             self._record("as_performance", lambda p=performance: p, measured_at)

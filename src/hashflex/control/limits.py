@@ -90,6 +90,10 @@ class LimitsBook(AncillaryBookMixin, BindingMixin):
         Award id → the accepted ancillary service award's JSON.
     as_deployments : dict
         Deployment id → the accepted :class:`~hashflex.control.ancillary.ASDeployment`.
+    as_early_recalls : dict
+        Deployment id → a recall accepted before its deployment arrived (JSON: ``deployment_id``,
+        ``product``, ``issuer``, ``recalled_at``, ``received_at``, ``via``), applied when the
+        deployment arrives; durable, bounded (:meth:`AncillaryBookMixin.decide_as_deploy`).
     """
 
     profile: SiteProfile
@@ -102,6 +106,8 @@ class LimitsBook(AncillaryBookMixin, BindingMixin):
     # deployment id -> the accepted deployment (an import limit until recalled or sustained).
     as_awards: dict[str, dict[str, Any]] = field(default_factory=dict)
     as_deployments: dict[str, ASDeployment] = field(default_factory=dict)
+    # deployment id -> a recall that overtook its deployment (issue 15), until the deployment arrives.
+    as_early_recalls: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ intake (on a copy)
 
@@ -115,7 +121,7 @@ class LimitsBook(AncillaryBookMixin, BindingMixin):
         """
         return LimitsBook(self.profile, copy.deepcopy(self.dr), dict(self.manager), OrderedDict(self.answers),
                           dict(self.holds), set(self.four_cp_alert_days), dict(self.as_awards),
-                          dict(self.as_deployments))
+                          dict(self.as_deployments), dict(self.as_early_recalls))
 
     def adopt(self, other: LimitsBook) -> None:
         """Take over ``other``'s state (after it was committed).
@@ -128,6 +134,7 @@ class LimitsBook(AncillaryBookMixin, BindingMixin):
         self.dr, self.manager, self.answers = other.dr, other.manager, other.answers
         self.holds, self.four_cp_alert_days = other.holds, other.four_cp_alert_days
         self.as_awards, self.as_deployments = other.as_awards, other.as_deployments
+        self.as_early_recalls = other.as_early_recalls
 
     @staticmethod
     def dr_key(msg: DREventMessage) -> str:
@@ -366,15 +373,16 @@ class LimitsBook(AncillaryBookMixin, BindingMixin):
         Returns
         -------
         dict
-            Version 1: ``dr``, ``manager``, ``answers``, ``four_cp_alert_days``, ``as_awards`` and
-            ``as_deployments``; what ``Store.commit_state`` writes and :meth:`from_dict` reads.
+            Version 1: ``dr``, ``manager``, ``answers``, ``four_cp_alert_days``, ``as_awards``,
+            ``as_deployments`` and ``as_early_recalls`` (absent in a book written before it); what ``Store.commit_state`` writes and :meth:`from_dict` reads.
         """
         return {"version": 1, "dr": self.dr.to_dict(),
                 "manager": [h.to_json() for h in self.manager.values()],
                 "answers": [[k, v] for k, v in self.answers.items()],
                 "four_cp_alert_days": sorted(str(pd.Timestamp(d).date()) for d in self.four_cp_alert_days),
                 "as_awards": self.as_awards,
-                "as_deployments": [d.to_json() for d in self.as_deployments.values()]}
+                "as_deployments": [d.to_json() for d in self.as_deployments.values()],
+                "as_early_recalls": [dict(r) for r in self.as_early_recalls.values()]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, profile: SiteProfile) -> LimitsBook:
@@ -410,7 +418,9 @@ class LimitsBook(AncillaryBookMixin, BindingMixin):
         days = {pd.Timestamp(d) for d in data.get("four_cp_alert_days", [])}
         awards = dict(data.get("as_awards", {}))
         deployments = {row["deployment_id"]: ASDeployment.from_json(row) for row in data.get("as_deployments", [])}
-        return cls(profile, DRBook.from_dict(copy.deepcopy(data["dr"])), manager, answers, {}, days, awards, deployments)
+        early = {row["deployment_id"]: dict(row) for row in data.get("as_early_recalls", [])}
+        return cls(profile, DRBook.from_dict(copy.deepcopy(data["dr"])), manager, answers, {}, days, awards, deployments,
+                   early)
 
 
 def _describe(part: ManagerLimit) -> str:

@@ -21,6 +21,8 @@ from hashflex.control.ancillary import (
     awarded_kw,
     deploy_refusal,
     deployment_from,
+    early_recall_ends,
+    has_deadline,
     recall_end,
 )
 from hashflex.profile.ancillary import DEFAULT_MAX_HOLD_H
@@ -33,6 +35,31 @@ from hashflex.control.limits_values import _ANSWERS_KEPT, content_hash
 
 if TYPE_CHECKING:  # annotations only: limits imports this module
     from hashflex.control.limits import LimitsBook
+
+# Recalls kept while their deployment has not arrived (issue 15), at most this many (the oldest
+# dropped first), and none older than ``ancillary.max_hold_h``: a deployment instructed before such a
+# recall would have reached its backstop anyway. Per id at most EARLY_RECALL_TIMES_KEPT recall times
+# (the latest kept: forgetting an earlier one can only let a deployment hold longer, the safe side).
+EARLY_RECALLS_KEPT = 1000
+EARLY_RECALL_TIMES_KEPT = 16
+
+
+def _first_recall_at_or_after(recalls_at: Sequence[str], issued_at: datetime) -> datetime | None:
+    """The earliest pending recall time (ISO strings) at or after ``issued_at``, or None (every
+    recall is older than the deployment: it is a new instruction)."""
+    times = sorted(datetime.fromisoformat(t) for t in recalls_at)
+    return next((t for t in times if early_recall_ends(t, issued_at)), None)
+
+
+def _kept_early_recalls(notes: dict[str, dict[str, Any]], now: datetime, max_hold_h: float
+                        ) -> dict[str, dict[str, Any]]:
+    """The pending recalls still worth keeping at ``now``: younger than ``max_hold_h`` (by the later
+    of their instruction and arrival), the newest :data:`EARLY_RECALLS_KEPT` by arrival."""
+    horizon = now - timedelta(hours=max_hold_h)
+    young = [(k, v) for k, v in notes.items()
+             if max(datetime.fromisoformat(v["recalls_at"][-1]), datetime.fromisoformat(v["received_at"])) >= horizon]
+    young.sort(key=lambda kv: datetime.fromisoformat(kv[1]["received_at"]))
+    return dict(young[-EARLY_RECALLS_KEPT:])
 
 
 def _windows(awards: dict[str, dict[str, Any]]) -> list[tuple[str, datetime, datetime, float]]:
@@ -179,10 +206,21 @@ class AncillaryBookMixin:
         trial = self.copy()
         reason = deploy_refusal(self.profile, msg)
         deployment = None
+        section = self.profile.ancillary
+        max_hold_h = section.max_hold_h if section is not None else DEFAULT_MAX_HOLD_H
         if reason is None and msg.recalled:
             held = trial.as_deployments.get(msg.deployment_id)
-            if held is None:
-                reason = f"deployment_id: no deployment {msg.deployment_id!r} to recall"
+            if held is None:  # it overtook its deployment: kept (durably) until the deployment arrives
+                pending = trial.as_early_recalls.get(msg.deployment_id)
+                # Every recall time is kept: the deployment is ended by the first at or after its instruction.
+                times = sorted({*([] if pending is None else pending["recalls_at"]), msg.issued_at.isoformat()},
+                               key=datetime.fromisoformat)[-EARLY_RECALL_TIMES_KEPT:]
+                trial.as_early_recalls[msg.deployment_id] = {
+                    "deployment_id": msg.deployment_id, "product": msg.product, "issuer": msg.issuer,
+                    "recalls_at": times, "received_at": now.isoformat(), "via": via}
+                trial.as_early_recalls = _kept_early_recalls(trial.as_early_recalls, now, max_hold_h)
+                reason = (f"accepted: pending: no deployment yet {msg.deployment_id!r}; a deployment with this id "
+                          f"issued at or before the recall ({msg.issued_at.isoformat()}) is ended by it")
             elif held.recalled:
                 reason = f"deployment_id: {msg.deployment_id!r} was already recalled at {held.end.isoformat()}"
             else:  # a recall ends it from its time (cancels it if before it bound), never prolongs it
@@ -203,19 +241,35 @@ class AncillaryBookMixin:
                 if reason is None:
                     deployment = amended_deployment(held, msg)
                     trial.as_deployments[msg.deployment_id] = deployment
+                    # Fewer MW (or the same) has no deadline of its own: it binds on receipt.
+                    by = (f"by {deployment.deadline.isoformat()}" if has_deadline(held, msg, now) else
+                          f"(fewer MW: binds from receipt, {now.isoformat()})")
                     reason = (f"accepted: {msg.product} amended to revision {msg.revision}: shed "
                               f"{msg.deployed_kw:.0f} kW (was {held.deployed_kw:.0f}) from {held.baseline_kw:.0f} kW "
-                              f"to {deployment.limit_kw:.0f} kW by {deployment.deadline.isoformat()}")
+                              f"to {deployment.limit_kw:.0f} kW {by}")
             else:
-                section = self.profile.ancillary
                 deployment = deployment_from(
-                    msg, baseline_kw, via, received_at=now,
-                    max_hold_h=section.max_hold_h if section is not None else DEFAULT_MAX_HOLD_H,
+                    msg, baseline_kw, via, received_at=now, max_hold_h=max_hold_h,
                     awarded_at_instruction_kw=awarded_kw(self.award_windows(), msg.issued_at))
-                trial.as_deployments[msg.deployment_id] = deployment
                 reason = (f"accepted: {msg.product} shed {msg.deployed_kw:.0f} kW from {baseline_kw:.0f} kW "
                           f"({baseline_source}) to "
                           f"{deployment.limit_kw:.0f} kW by {deployment.deadline.isoformat()}")
+                pending = trial.as_early_recalls.pop(msg.deployment_id, None)
+                if pending is not None:
+                    recalled_at = _first_recall_at_or_after(pending["recalls_at"], msg.issued_at)
+                    if recalled_at is not None:
+                        end = recall_end(deployment, recalled_at)
+                        deployment = dataclasses.replace(deployment, end=end, recalled=True)
+                        reason = (f"accepted: {msg.product} deployment recalled at {recalled_at.isoformat()} "
+                                  f"before it arrived (the recall was received at {pending['received_at']}): "
+                                  + ("cancelled, it binds nothing" if end == deployment.binds_from else
+                                     f"ended at {end.isoformat()}"))
+                    else:
+                        reason += (f" (a recall of this id dated {pending['recalls_at'][-1]}, received before it, "
+                                   "is older: this is a new instruction and holds)")
+                trial.as_deployments[msg.deployment_id] = deployment
+            if deployment is not None and deployment.recalled and deployment.end <= now:
+                deployment = None  # ended by an earlier recall before it arrived: no limit, no deadline to meet
             if deployment is not None:
                 awarded = sum(v for v in trial.reserve_awards_at(msg.issued_at).get(msg.product, {}).values())
                 if msg.deployed_kw > awarded + 1e-6:
@@ -225,7 +279,7 @@ class AncillaryBookMixin:
             # committed gives way to the book (as a DR event's hold does), so no hold outlives a recall.
             trial.holds.pop(f"AS:{msg.deployment_id}", None)
         ack = ASAckMessage(message_id=msg.deployment_id, kind="as_deploy",
-                           status="accepted" if reason.startswith("accepted") else "rejected", reason=reason,
+                           status="accepted" if reason.startswith("accepted") else "rejected", reason=reason[:500],
                            acked_at=now, import_limit_kw=None if deployment is None else deployment.limit_kw,
                            deadline=None if deployment is None else deployment.deadline)
         trial._remember(self.as_key(msg), ack.model_dump(mode="json"))
