@@ -261,3 +261,16 @@ def test_early_recalls_are_bounded_by_the_backstop_and_a_count() -> None:
     assert "new" not in book.as_early_recalls and f"n{EARLY_RECALLS_KEPT + 4}" in book.as_early_recalls
     restored = LimitsBook.from_dict(book.to_dict(), profile)
     assert restored.as_early_recalls == book.as_early_recalls
+
+
+def test_of_two_early_recalls_the_first_at_or_after_the_deployment_ends_it() -> None:
+    """Recalls of ``two`` at 17:02 and 17:05 overtake it; the deployment instructed at 17:04 is ended
+    by the 17:05 one (the 17:02 recall is older than it)."""
+    loop = _loop()
+    for at in (NOW + 2 * MIN, NOW + 5 * MIN):
+        assert loop.handle_as_deploy(_deploy("two", at, recalled=True), at).status == "accepted"
+    arrived = NOW + 6 * MIN
+    assert loop.handle_as_deploy(_deploy("two", NOW + 4 * MIN, 3960.0), arrived).status == "accepted"
+    deployment = loop.book.as_deployments["two"]
+    assert deployment.recalled and deployment.end == NOW + 5 * MIN
+    assert "AS:RRS:two" not in loop.book.import_limits_at(arrived) and _running(loop) == 5
