@@ -274,9 +274,12 @@ class AncillaryBookMixin:
                 awarded = sum(v for v in trial.reserve_awards_at(msg.issued_at).get(msg.product, {}).values())
                 if msg.deployed_kw > awarded + 1e-6:
                     reason += f" (more than the {awarded:.0f} kW awarded)"
-        if reason.startswith("accepted"):
+        if reason.startswith("accepted") and not reason.startswith("accepted: pending"):
             # Durable from now on: a cut held in memory when an earlier message could not be
             # committed gives way to the book (as a DR event's hold does), so no hold outlives a recall.
+            # A *pending* recall (its deployment not in the book) keeps such a cut: the book does not
+            # know when that deployment was instructed, and one instructed after the recall must
+            # hold (when in doubt, curtail); it gives way when the deployment is resent.
             trial.holds.pop(f"AS:{msg.deployment_id}", None)
         ack = ASAckMessage(message_id=msg.deployment_id, kind="as_deploy",
                            status="accepted" if reason.startswith("accepted") else "rejected", reason=reason[:500],
