@@ -56,7 +56,9 @@ def utc(text: str) -> datetime:
 # ------------------------------------------------------------------------------------------ parsing
 def test_the_bundled_dev2_file_with_its_assumed_publication_time() -> None:
     frame = parse_bundled_load_forecast(DEV2 / "system_load_forecast_da_hourly.csv")
-    assert len(frame) == 2903 and frame.attrs["published_at_assumed"]
+    # the 2024 rows (2,903 hours) and the 2025 development rows, to 2025-11-30 (PROVENANCE.md)
+    assert len(frame) == 8754 and frame.attrs["published_at_assumed"]
+    assert (frame["interval_start"] < pd.Timestamp("2024-06-02", tz="UTC")).sum() == 2903
     first = frame.iloc[0]
     # 2024-02-01 06:00 UTC is 00:00 CST on Feb 1: made the day before, ASSUMED published 13:00 CST Jan 31.
     assert first["interval_start"] == pd.Timestamp("2024-02-01 06:00", tz="UTC")

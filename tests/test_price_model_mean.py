@@ -148,8 +148,6 @@ def test_the_benchmark_settles_2025_windows_at_the_constant_not_an_invented_hash
     assert br.settlement_hashprice(series, pd.Timestamp("2025-03-07"), 3) is None  # the series ends 2025-03-08
     assert br.settlement_hashprice(series, pd.Timestamp("2025-06-15"), 3) is None
     assert {br.CASES[f"2025-{m:02d}"][0] for m in range(4, 12)} == {"dev2-2025"}
-    if not (br.DEV2_SHARED / "rt_spp_hb_hubavg_15min.csv").is_file():
-        pytest.skip(f"shared dev2 data not at {br.DEV2_SHARED}")
     profile, frame, load = br.case_inputs("2025-06", PROFILE)
     assert profile.site.settlement_point == "HB_HUBAVG" and load is not None
     starts = frame.loc[frame["market"] == "RT", "interval_start"]

@@ -10,10 +10,10 @@ Cases (real ERCOT prices; windows start on the case's default day, ``--days`` lo
   ERCOT's day-ahead system load forecast). Only the hub average HB_HUBAVG has a 15-minute RT series
   there (HB_WEST has hourly RT means only), so these cases use a copy of the profile whose
   settlement point is **HB_HUBAVG** (type HU). The learned model also reads the load forecast here.
-- ``2025-04`` .. ``2025-11``: the 2025 development months of the shared set (``../shared/data/ercot/dev2``,
-  ``--dev2-dir``; HB_HUBAVG RT/DA and the load forecast, as above), each window from the 15th (a fixed rule,
+- ``2025-04`` .. ``2025-11``: the 2025 development months (in the repo, ``optimization/data/ercot_dev2``,
+  ``--dev2-dir`` for another copy; HB_HUBAVG RT/DA and the load forecast, as above), each window from the 15th (a fixed rule,
   not picked by looking at prices). The bundled bitcoin data ends 2025-03-08, so these windows settle at the
-  profile's constant hashprice (said in the notes); no value is invented. Periods not in the shared set are
+  profile's constant hashprice (said in the notes); no value is invented. Periods not in the development set are
   kept aside to measure the product: nothing is tuned on them.
 
 Columns: profit ($), profit / oracle, profit / threshold (only when the threshold's profit is
@@ -82,10 +82,10 @@ from hashflex.price_model import (
 from hashflex.profile import SiteProfile, load_profile
 
 ROOT = Path(__file__).resolve().parents[2]
-DEV2 = ROOT / "optimization" / "data" / "ercot_dev2"  # the 2024 development rows, in the repo (PROVENANCE.md)
-# The shared development set (Feb-May 2024 and Apr 2025 onward; /work/shared/data/README.md). Other periods
-# are kept aside to measure the product and are deliberately absent: nothing here is tuned on them.
-DEV2_SHARED = ROOT.parent / "shared" / "data" / "ercot" / "dev2"
+# The development rows (Feb-May 2024 and Apr 2025 onward), in the repo (PROVENANCE.md). Other periods are kept
+# aside to measure the product and are deliberately absent: nothing here is tuned on them.
+DEV2 = ROOT / "optimization" / "data" / "ercot_dev2"
+DEV2_SHARED = DEV2  # the 2025 cases' folder by default (--dev2-dir reads another copy of the same files)
 CASES = {  # case -> (source, first day of the default window)
     "2020-02": ("ercot/RTM-2020-02.csv", "2020-02-10"),
     "2021-02": ("ercot/RTM-2021-02.csv", "2021-02-14"),  # Uri: load shed from Feb 15
@@ -102,7 +102,7 @@ HUB = "HB_HUBAVG"
 def dev2_prices(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """HB_HUBAVG RT (15 min) and DA (hourly) as a canonical price frame, and ERCOT's day-ahead system
     load forecast (hourly MW), from the dev2 files in ``folder`` (real ERCOT data: the 2024 rows in the repo,
-    optimization/data/ercot_dev2/PROVENANCE.md, or the shared set with Apr 2025 onward, /work/shared/data/README.md)."""
+    optimization/data/ercot_dev2/PROVENANCE.md: Feb-May 2024 and Apr 2025 onward)."""
     frames = []
     for name, market, minutes in (("rt_spp_hb_hubavg_15min.csv", "RT", 15), ("dam_spp_hb_hubavg_hourly.csv", "DA", 60)):
         raw = pd.read_csv(folder / name)
@@ -125,7 +125,7 @@ def case_inputs(case: str, profile: SiteProfile, dev2_shared: Path = DEV2_SHARED
         return hub_copy(profile), *dev2_prices(DEV2)
     if source == "dev2-2025":
         if not (dev2_shared / "rt_spp_hb_hubavg_15min.csv").is_file():
-            raise SystemExit(f"case {case}: the shared dev2 data is not at {dev2_shared} (--dev2-dir)")
+            raise SystemExit(f"case {case}: the dev2 data is not at {dev2_shared} (--dev2-dir)")
         return hub_copy(profile), *dev2_prices(dev2_shared)
     return profile, load_prices(profile, [bundled_path(source)]), None
 
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="one learned mpc row per planning estimate, same run: quantile (P50), quantile_mean "
                              "(mean of P10/P50/P90), mean (a squared-error model of the conditional mean)")
     parser.add_argument("--dev2-dir", type=Path, default=DEV2_SHARED,
-                        help="the shared dev2 folder (2025 cases; default ../shared/data/ercot/dev2)")
+                        help="the dev2 folder for the 2025 cases (default: the repo's optimization/data/ercot_dev2)")
     parser.add_argument("--learned-as", choices=("daemon", "backtest"), default="daemon",
                         help="the learned model as the daemon runs it (fit daily after the DAM) or as the "
                              "backtest's self-refitting hook (every retrain_h)")

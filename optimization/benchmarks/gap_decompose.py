@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="west_texas")
     parser.add_argument("--variants", nargs="+", default=["rules", "learned", "perfect", "perfect1h"],
                         help="rules, learned, perfect, perfect<N>h")
-    parser.add_argument("--dev2-dir", type=Path, default=br.DEV2_SHARED, help="the shared dev2 folder (2025 cases)")
+    parser.add_argument("--dev2-dir", type=Path, default=br.DEV2_SHARED, help="the dev2 folder for the 2025 cases (default: the repo's copy)")
     parser.add_argument("--csv", help="write the per-interval frame here")
     parser.add_argument("--tag", default="", help="names this code state in the cache (e.g. after a change)")
     parser.add_argument("--cache", help="a folder: each run's counts are kept there and reused (same case/days/variant)")
