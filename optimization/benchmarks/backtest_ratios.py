@@ -28,7 +28,8 @@ with the last fit) or as the backtest's self-refitting hook (``--learned-as back
 ``LearnedPriceForecaster``, refitted every ``retrain_h`` from the first tick). ``--estimates`` adds one learned
 row per planning estimate in the same run (``PriceModelConfig.plan_estimate``): ``mpc learned`` plans on the
 P50, ``mpc learned mean`` on a squared-error model of the conditional mean, ``mpc learned qmean`` on the
-mean of P10/P50/P90; each row's forecast columns score the price that row planned on (bias = mean of
+mean of P10/P50/P90, ``mpc learned beP`` (``--estimates breakeven:P``) runs a group when the forecast probability
+of a price below its breakeven is at least P (the P quantile, interpolated; ``breakeven:P:N``: N in the first hour); each row's forecast columns score the price that row planned on (bias = mean of
 forecast − actual). Every case settles each UTC day at that day's hashprice from the bundled bitcoin data
 (``feeds.hashprice.bundled_hashprice``; ``--constant-hashprice`` for the profile's 49 $/PH/day).
 
@@ -37,6 +38,7 @@ forecast − actual). Every case settles each UTC day at that day's hashprice fr
     python optimization/benchmarks/backtest_ratios.py --days 7 --profiles west_texas quiet_hollow
     python optimization/benchmarks/backtest_ratios.py --old     # + the rules MPC before this round, same run
     python optimization/benchmarks/backtest_ratios.py --cases 2020-02 2025-06 --estimates quantile mean quantile_mean
+    python optimization/benchmarks/backtest_ratios.py --cases 2020-02 2024-05 --estimates quantile breakeven:0.4 breakeven:0.5:0.9
 
 Goals (issue 14): mpc >= 99.5 % of the oracle on normal months; in Uri >= the threshold and > 0.
 Needs scikit-learn (``pip install 'hashflex[forecast]'``).
@@ -242,7 +244,38 @@ def rules_before_round_3() -> Iterator[None]:
         control_loop.hold_previous_counts, forecast_rules.ForecastConfig = saved
 
 
-ESTIMATE_ROWS = {"quantile": "mpc learned", "quantile_mean": "mpc learned qmean", "mean": "mpc learned mean"}
+ESTIMATE_ROWS = {"quantile": "mpc learned", "quantile_mean": "mpc learned qmean", "mean": "mpc learned mean",
+                 "breakeven": "mpc learned be"}
+
+
+def estimate_config(spec: str, base: PriceModelConfig) -> tuple[str, PriceModelConfig]:
+    """A learned row's name and settings from an ``--estimates`` entry: a plan estimate
+    (:data:`hashflex.price_model.PLAN_ESTIMATES`), or ``breakeven:P`` / ``breakeven:P:N`` (run a group when
+    P(price < breakeven) >= P; N: the p* for the first ``near_h`` hours), row ``mpc learned beP`` / ``beP/N``.
+
+    Raises
+    ------
+    ValueError
+        An unknown estimate or a probability outside the fitted quantiles (named).
+    """
+    name, *probabilities = spec.split(":")
+    if name not in PLAN_ESTIMATES:
+        raise ValueError(f"--estimates: {spec!r}: {name!r} is not one of {PLAN_ESTIMATES}")
+    if probabilities and name != "breakeven":
+        raise ValueError(f"--estimates: {spec!r}: only breakeven takes a probability (breakeven:P or breakeven:P:N)")
+    if len(probabilities) > 2:
+        raise ValueError(f"--estimates: {spec!r}: breakeven:P or breakeven:P:N")
+    try:
+        values = [float(v) for v in probabilities]
+    except ValueError:
+        raise ValueError(f"--estimates: {spec!r}: a probability is not a number") from None
+    if name != "breakeven":
+        return ESTIMATE_ROWS[name], dataclasses.replace(base, plan_estimate=name)
+    p = values[0] if values else base.breakeven_probability
+    near = values[1] if len(values) > 1 else None
+    config = dataclasses.replace(base, plan_estimate="breakeven", breakeven_probability=p,
+                                 breakeven_probability_near=near)
+    return f"mpc learned be{p:g}" + (f"/{near:g}" if near is not None else ""), config
 
 
 def run_case(name: str, case: str, days: int, hashprice: pd.DataFrame | None, quiet: bool,
@@ -250,7 +283,7 @@ def run_case(name: str, case: str, days: int, hashprice: pd.DataFrame | None, qu
              old: bool = False, estimates: tuple[str, ...] = ("quantile",),
              dev2_shared: Path = DEV2_SHARED) -> tuple[dict, dict, dict]:
     """One case: the rules MPC, threshold and oracle, and the learned MPC once per planning estimate
-    (``estimates``: :data:`hashflex.price_model.PLAN_ESTIMATES`, rows :data:`ESTIMATE_ROWS`), in one run;
+    (``estimates``: :func:`estimate_config` entries, rows :data:`ESTIMATE_ROWS`), in one run;
     returns the summary document (with ``churn``, ``hashprice``, ``fits``), the forecast errors by row
     name without ``"mpc "`` and the wall seconds per part."""
     _, first_day = CASES[case]
@@ -259,7 +292,7 @@ def run_case(name: str, case: str, days: int, hashprice: pd.DataFrame | None, qu
     hashprice = settlement_hashprice(hashprice, start, days)
     actuals = build_actuals(profile, prices, start, start + pd.Timedelta(days=days), hashprice=hashprice)
     base_config = model_config or PriceModelConfig()
-    configs = {ESTIMATE_ROWS[e]: dataclasses.replace(base_config, plan_estimate=e) for e in estimates}
+    configs = dict(estimate_config(e, base_config) for e in estimates)
     hooks = {row: learned_hook(learned_as, profile, actuals, load, cfg) for row, cfg in configs.items()}
     progress = Progress.factory(quiet)
     timings: dict[str, float] = {}
@@ -315,9 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profiles", nargs="+", default=["west_texas"])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--constant-hashprice", action="store_true", help="settle at the profile's constant")
-    parser.add_argument("--estimates", nargs="+", default=["quantile"], choices=PLAN_ESTIMATES,
+    parser.add_argument("--estimates", nargs="+", default=["quantile"],
                         help="one learned mpc row per planning estimate, same run: quantile (P50), quantile_mean "
-                             "(mean of P10/P50/P90), mean (a squared-error model of the conditional mean)")
+                             "(mean of P10/P50/P90), mean (a squared-error model of the conditional mean), "
+                             "breakeven[:P[:N]] (run a group when P(price < its breakeven) >= P, default 0.5; N: "
+                             "the P for the first hour)")
     parser.add_argument("--dev2-dir", type=Path, default=DEV2_SHARED,
                         help="the dev2 folder for the 2025 cases (default: the repo's optimization/data/ercot_dev2)")
     parser.add_argument("--learned-as", choices=("daemon", "backtest"), default="daemon",
@@ -329,6 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     model_config = PriceModelConfig()
+    for spec in args.estimates:
+        try:
+            estimate_config(spec, model_config)
+        except ValueError as exc:
+            parser.error(str(exc))
     hashprice = None if args.constant_hashprice else bundled_hashprice()
     if any(CASES[c][0] == "dev2" for c in args.cases) and not DEV2.is_dir():
         print(f"dev2 data not found at {DEV2}; run with --cases 2020-02 2021-02", file=sys.stderr)

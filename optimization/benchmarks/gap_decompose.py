@@ -10,6 +10,13 @@ Runs, over one case of ``backtest_ratios.py`` (same windows, same real prices an
 - ``mpc perfect Nh``: actual prices for the first N hours only, the rules after (``--perfect-hours``):
   how much of the gap is the near term.
 
+Modifiers (``variant+mod``): ``+hp`` the forecast sees each UTC day's hashprice from that day's start (look-ahead
+on purpose, DIAGNOSTIC: settlement unchanged) instead of after the day ends; ``+nostab`` the plan-stability rule
+off (every re-plan's first interval dispatched); ``+oldstab``, ``+oldfloor``, ``+noblend``, ``+blend<N>h``,
+``+qmean``, ``+mean``, ``+be<P>`` (the learned model's ``plan_estimate``: mean of P10/P50/P90, the squared-error
+mean, or the breakeven-probability price at P(price < breakeven) >= P, e.g. ``+be0.6``; ``+be0.5/0.9``: 0.9 in
+the first hour).
+
 Then splits each policy's shortfall against the oracle per interval ($ = oracle profit − policy profit in
 that interval) into buckets: intervals where the policy drew more energy than the oracle (ran into a
 price the oracle avoided) or less (idle while the oracle mined); and by the price path: the first
@@ -156,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     from hashflex.forecast import ForecastConfig
     from hashflex.price_model import PriceModelConfig
 
+    def no_stability(problem, schedule, previous, **_):  # noqa: ANN001, ANN202 - DIAGNOSTIC: the rule off
+        return hold_previous_counts(problem, schedule, previous, min_gain_fraction=0.0)
+
     for variant in args.variants:
         # Modifiers bring back the rules before this change, side by side in one run:
         # +oldstab (the stability rule valued over the first interval only), +oldfloor (scarcity floor = mean);
@@ -164,14 +174,21 @@ def main(argv: list[str] | None = None) -> int:
         # +blend<N>h: the RT blend decays over N hours (default 1).
         variant, *mods = variant.split("+")
         control_loop.hold_previous_counts = (functools.partial(hold_previous_counts, hold_span="first")
-                                             if "oldstab" in mods else hold_previous_counts)
+                                             if "oldstab" in mods else no_stability if "nostab" in mods
+                                             else hold_previous_counts)
         old_floor = "oldfloor" in mods
         blend_h = [float(m[len("blend"):-1]) for m in mods if m.startswith("blend") and m.endswith("h")]
         forecast_rules.ForecastConfig = functools.partial(ForecastConfig, scarcity_floor_follows_last=not old_floor,
                                                           rt_blend_learned="noblend" not in mods,
                                                           **({"rt_blend_h": blend_h[0]} if blend_h else {}))
         estimate = "mean" if "mean" in mods else "quantile_mean" if "qmean" in mods else "quantile"
-        model_config = PriceModelConfig(scarcity_floor_follows_last=not old_floor, plan_estimate=estimate)
+        be = [m[len("be"):] for m in mods if m.startswith("be")]  # be<P> or be<P>/<N> (N: the first hour's P)
+        extra = {}
+        if be:
+            p, _, near = be[0].partition("/")
+            estimate = "breakeven"
+            extra = {"breakeven_probability": float(p), "breakeven_probability_near": float(near) if near else None}
+        model_config = PriceModelConfig(scarcity_floor_follows_last=not old_floor, plan_estimate=estimate, **extra)
         name = "+".join([variant, *mods])
         if variant == "rules":
             hook = None
@@ -182,12 +199,16 @@ def main(argv: list[str] | None = None) -> int:
             hook = PerfectPrices(rt_series, hours)
         else:
             raise SystemExit(f"unknown variant {variant!r}")
+        run_actuals = actuals
+        if "hp" in mods and hashprice is not None:  # DIAGNOSTIC look-ahead: today's hashprice known at 00:00 UTC
+            early = hashprice.assign(published_at=pd.to_datetime(hashprice["timestamp"], utc=True))
+            run_actuals = build_actuals(profile, prices, start, start + pd.Timedelta(days=args.days), hashprice=early)
         t0 = time.perf_counter()
         cached = Path(args.cache) / f"{args.profile}_{args.case}_{start:%Y%m%d}_{args.days}_{name}{args.tag}.pkl" if args.cache else None
         if cached is not None and cached.exists():
             runs[f"mpc {name}"] = pd.read_pickle(cached)
             continue
-        result = run_backtest(profile, actuals, ["mpc"], progress=quiet, price_forecaster=hook)
+        result = run_backtest(profile, run_actuals, ["mpc"], progress=quiet, price_forecaster=hook)
         runs[f"mpc {name}"] = result.runs["mpc"]
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)

@@ -72,6 +72,7 @@ from hashflex.price_model.config import (  # noqa: F401 - STEP importable as bef
     ScarcityState,
     detect_scarcity,
     pinball_loss,
+    quantile_at,
 )
 from hashflex.price_model.forecaster import FittedPriceModel, LearnedPriceForecaster
 from hashflex.price_model.online import (
@@ -83,4 +84,4 @@ from hashflex.price_model.online import (
 
 __all__ = ["FEATURES", "PLAN_ESTIMATES", "QUANTILES", "FittedPriceModel", "LearnedPriceForecaster", "OnlinePriceModel",
            "PriceModelConfig", "RetrainSchedule", "ScarcityState", "detect_scarcity", "pinball_loss",
-           "recorded_price_history", "store_price_history"]
+           "quantile_at", "recorded_price_history", "store_price_history"]

@@ -15,12 +15,13 @@ import pandas as pd
 from hashflex.forecast import ScarcityState
 from hashflex.forecast import detect_scarcity as _detect
 
-__all__ = ["FEATURES", "PLAN_ESTIMATES", "QUANTILES", "STEP", "PriceModelConfig", "ScarcityState", "detect_scarcity", "pinball_loss"]
+__all__ = ["FEATURES", "PLAN_ESTIMATES", "QUANTILES", "STEP", "PriceModelConfig", "ScarcityState", "detect_scarcity",
+           "pinball_loss", "quantile_at"]
 
 QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
 FEATURES: tuple[str, ...] = ("lead_h", "da_usd_mwh", "load_forecast_mw", "hour_local", "weekday", "rt_last_usd_mwh",
                              "rt_mean_1h_usd_mwh", "rt_max_4h_usd_mwh", "spread_1h_usd_mwh", "rt_yesterday_usd")
-PLAN_ESTIMATES: tuple[str, ...] = ("quantile", "quantile_mean", "mean")
+PLAN_ESTIMATES: tuple[str, ...] = ("quantile", "quantile_mean", "mean", "breakeven")
 STEP = pd.Timedelta(minutes=15)
 _STEP_NS = STEP.value
 _H_NS = pd.Timedelta(hours=1).value
@@ -45,7 +46,22 @@ class PriceModelConfig:
         What the MILP plans on in normal times: ``"quantile"`` (the ``plan_quantile`` model, default),
         ``"quantile_mean"`` (the mean of P10/P50/P90, a crude mean) or ``"mean"`` (a squared-error model of
         the conditional mean, fitted beside the quantile ones: a risk-neutral plan maximises expected
-        profit, which is linear in the price, so it needs E[price], not the median of a right-skewed price).
+        profit, which is linear in the price, so it needs E[price], not the median of a right-skewed price),
+        or ``"breakeven"``: a group runs in an interval when the forecast probability that the price is below
+        its breakeven is at least ``breakeven_probability`` (p*). The forecast CDF F is monotone, so for every
+        group g at once P(price < b_g) >= p* holds exactly when b_g >= F^-1(p*): the one price vector the MILP
+        plans on is the p* quantile, interpolated linearly in probability between the fitted quantiles
+        (:func:`quantile_at`), and the MILP applies the rule to each group's own breakeven (less what its
+        start costs, minimum on/off times, carbon and noise terms change).
+    breakeven_probability : float
+        p* of ``plan_estimate="breakeven"``, in [min(QUANTILES), max(QUANTILES)] (0.1..0.9): the least
+        probability of a price below a group's breakeven for it to run. In newsvendor terms
+        p* = C_spike / (C_spike + C_idle), with C_spike the cost of running through an interval above
+        breakeven and C_idle the margin lost by idling through one below it (per interval, $); 0.5: P50.
+    breakeven_probability_near : float or None
+        p* for intervals starting within ``near_h`` hours of the decision (None: ``breakeven_probability``).
+    near_h : float
+        Hours from the decision time that ``breakeven_probability_near`` covers.
     residual : bool
         Learn RT − base (DA, else RT yesterday, else last RT) rather than RT itself.
     scarcity_window_h, scarcity_rt_usd_mwh, scarcity_spread_usd_mwh : float
@@ -68,7 +84,10 @@ class PriceModelConfig:
     max_leaf_nodes: int = 15
     min_samples_leaf: int = 40
     plan_quantile: float = 0.5  # the price the MILP plans with in normal times
-    plan_estimate: str = "quantile"  # "quantile" | "quantile_mean" | "mean" (squared-error model): see above
+    plan_estimate: str = "quantile"  # "quantile" | "quantile_mean" | "mean" (squared-error model) | "breakeven"
+    breakeven_probability: float = 0.5  # p* of plan_estimate "breakeven": run when P(price < breakeven) >= p*
+    breakeven_probability_near: float | None = None  # p* for the first near_h hours (None: breakeven_probability)
+    near_h: float = 1.0
     residual: bool = True  # learn RT − base (DA, else RT yesterday, else last RT) rather than RT itself
     scarcity_window_h: float = 2.0
     scarcity_rt_usd_mwh: float = 1000.0
@@ -81,6 +100,54 @@ class PriceModelConfig:
     def __post_init__(self) -> None:
         if self.plan_estimate not in PLAN_ESTIMATES:
             raise ValueError(f"plan_estimate: {self.plan_estimate!r} is not one of {PLAN_ESTIMATES}")
+        low, high = min(QUANTILES), max(QUANTILES)
+        for name in ("breakeven_probability", "breakeven_probability_near"):
+            value = getattr(self, name)
+            if value is None and name.endswith("_near"):
+                continue
+            if not (isinstance(value, (int, float)) and low <= value <= high):
+                raise ValueError(f"{name}: {value!r} must be a probability in [{low:g}, {high:g}] "
+                                 "(the range of the fitted quantiles)")
+        if not (isinstance(self.near_h, (int, float)) and math.isfinite(self.near_h) and self.near_h >= 0):
+            raise ValueError(f"near_h: {self.near_h!r} must be a finite number of hours >= 0")
+
+
+def quantile_at(quantiles: dict[float, np.ndarray], probability: float | np.ndarray) -> np.ndarray:
+    """The price at ``probability`` of the forecast CDF, linear in probability between fitted quantiles.
+
+    Parameters
+    ----------
+    quantiles : dict[float, numpy.ndarray]
+        Quantile level -> $/MWh, each shape ``(n,)``, non-crossing per interval
+        (:meth:`hashflex.price_model.LearnedPriceForecaster.quantiles`).
+    probability : float or numpy.ndarray
+        p in [min level, max level]; a scalar or one per interval, shape ``(n,)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(n,)``, $/MWh: Q(p) = Q(l_k) + (p − l_k)/(l_{k+1} − l_k)·(Q(l_{k+1}) − Q(l_k)) for
+        l_k <= p <= l_{k+1}; exactly Q(l_k) at a fitted level.
+
+    Raises
+    ------
+    ValueError
+        No quantiles, or ``probability`` outside the fitted levels (named).
+    """
+    if not quantiles:
+        raise ValueError("quantiles: none given")
+    levels = np.array(sorted(quantiles), dtype=float)
+    values = np.vstack([np.asarray(quantiles[q], dtype=float) for q in levels])  # (levels, n)
+    p = np.broadcast_to(np.asarray(probability, dtype=float), values.shape[1:])
+    if not np.all((p >= levels[0]) & (p <= levels[-1])):
+        raise ValueError(f"probability: must lie in [{levels[0]:g}, {levels[-1]:g}] (the fitted quantile levels)")
+    if len(levels) == 1:
+        return values[0].copy()
+    k = np.clip(np.searchsorted(levels, p, side="right") - 1, 0, len(levels) - 2)
+    low, high = levels[k], levels[k + 1]
+    cols = np.arange(values.shape[1])
+    weight = (p - low) / (high - low)
+    return values[k, cols] + weight * (values[k + 1, cols] - values[k, cols])
 
 
 def pinball_loss(actual: np.ndarray, predicted: np.ndarray, quantile: float) -> float:

@@ -22,6 +22,7 @@ from hashflex.price_model.config import (
     _Grid,
     _ns,
     detect_scarcity,
+    quantile_at,
 )
 
 __all__ = ["FittedPriceModel", "LearnedPriceForecaster"]
@@ -409,10 +410,20 @@ class LearnedPriceForecaster:
             predicted = self._mean_model.predict(full[:, self._columns])
         return predicted + self._base(full) if self.config.residual else predicted
 
+    def _breakeven_probabilities(self, times: pd.DatetimeIndex, now_ns: int) -> np.ndarray:
+        """p* per interval (``plan_estimate="breakeven"``): ``breakeven_probability_near`` for intervals
+        starting within ``near_h`` of ``now``, ``breakeven_probability`` after."""
+        cfg = self.config
+        p = np.full(len(times), cfg.breakeven_probability)
+        if cfg.breakeven_probability_near is not None:
+            p[(_ns(times) - now_ns) < cfg.near_h * _H_NS] = cfg.breakeven_probability_near
+        return p
+
     def __call__(self, times: pd.DatetimeIndex, snapshot: Snapshot | None, now: pd.Timestamp) -> np.ndarray:
         """The planning price per interval (the ``price_forecaster`` hook of :mod:`hashflex.forecast`).
 
-        P50 (or a mean, ``plan_estimate``) in normal times; in a scarcity regime the ``scarcity_quantile``
+        P50 (or a mean, or the breakeven-probability price :func:`~hashflex.price_model.config.quantile_at`
+        at p*, ``plan_estimate``) in normal times; in a scarcity regime the ``scarcity_quantile``
         price, at least DA, and at least the recent RT mean for ``scarcity_hold_h``. A fault inside the
         model is listed in :attr:`last_fallbacks` (``PRICE_MODEL_UNTRAINED``) and the rules plan.
 
@@ -462,6 +473,8 @@ class LearnedPriceForecaster:
                 price = np.mean([q[k] for k in QUANTILES], axis=0)
             elif cfg.plan_estimate == "mean" and mean is not None:
                 price = mean
+            elif cfg.plan_estimate == "breakeven":
+                price = quantile_at(q, self._breakeven_probabilities(times, now_ns))
             else:
                 price = q[cfg.plan_quantile].copy()
         if state.active:
