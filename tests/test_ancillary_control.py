@@ -143,7 +143,7 @@ def test_redelivery_gets_the_same_ack_and_a_restart_keeps_the_deployment() -> No
     assert again == first and loop.counters["as_duplicates"] == 1
     restored = LimitsBook.from_dict(loop.book.to_dict(), loop.profile)
     assert restored.import_limits_at(NOW + timedelta(minutes=30)) == loop.book.import_limits_at(NOW + timedelta(minutes=30))
-    # A deployment holds until recalled (past RRS's 1 h sustained duration, flagged as_overrun), at most
+    # A deployment holds until recalled (past RRS's 30 min sustained duration, flagged as_overrun), at most
     # ancillary.max_hold_h (default 8 h) from its instruction; a recall ends it earlier.
     assert restored.import_limits_at(NOW + timedelta(hours=2)) == loop.book.import_limits_at(NOW + timedelta(hours=2)) != {}
     assert restored.import_limits_at(NOW + timedelta(hours=8)) == {}

@@ -245,10 +245,11 @@ def _records(db: Path, kind: str) -> list[dict]:
 
 
 def test_a_deployment_holds_until_recalled_past_its_sustained_duration_and_is_flagged(tmp_path: Path) -> None:
-    """RRS deployed at 17:05 for 3,960 kW, never recalled. Past RRS's sustained duration (1 h) it
-    ended by itself: the site went back to full load with ERCOT's instruction still standing. A
-    deployed Load Resource stays deployed until recalled; the sustained duration is what it must be
-    able to sustain. So it holds, and past 18:05 it is flagged (audit ``as_performance`` record with
+    """RRS deployed at 17:05 for 3,960 kW, never recalled. Past RRS's sustained duration (30 min under
+    RTC+B, NPRR1282; 1 h when this test was written) it ended by itself: the site went back to full
+    load with ERCOT's instruction still standing. A deployed Load Resource stays deployed until
+    recalled; the sustained duration is what it must be able to sustain. So it holds, and past 17:35
+    it is flagged (audit ``as_performance`` record with
     ``overrun``, ``hashflex_events_total{counter="as_overrun"}``) once, across a restart too; a recall
     then ends it."""
     db = tmp_path / "s.db"
@@ -259,9 +260,9 @@ def test_a_deployment_holds_until_recalled_past_its_sustained_duration_and_is_fl
         loop = _awarded_loop(profile, store, recorder)
         assert loop.handle_as_deploy(_deploy("long", at, 3960.0), at).status == "accepted"
         limit = 5050.0 - 3960.0
-        loop.tick(at + 50 * MIN)
+        loop.tick(at + 20 * MIN)
         assert loop.counters.get("as_overrun", 0) == 0
-        past = at + timedelta(hours=1, minutes=5)
+        past = at + 35 * MIN
         assert loop.book.import_limits_at(past)["AS:RRS:long"] == pytest.approx(limit)
         loop.tick(past)
         assert _running(loop) == 1, "still deployed: 1 block (1,090 kW) under the 1,090 kW limit"
@@ -271,7 +272,7 @@ def test_a_deployment_holds_until_recalled_past_its_sustained_duration_and_is_fl
         assert 'hashflex_events_total{counter="as_overrun"} 1.0' in _metrics(loop, past)
         status = {d["deployment_id"]: d for d in loop.status(past)["limits"]["as_deployments"]}
         assert status["long"]["overrun"] is True
-        assert status["long"]["sustain_until"] == (at + timedelta(hours=1)).isoformat()
+        assert status["long"]["sustain_until"] == (at + 30 * MIN).isoformat()
         # A restart resumes the deployment (still held) and does not flag it again.
         book, _ = load_control_state(store, profile)
         restarted = _loop(profile, store, recorder, book=book)
@@ -289,7 +290,7 @@ def test_a_deployment_holds_until_recalled_past_its_sustained_duration_and_is_fl
     assert len(overruns) == 1
     (overrun,) = overruns
     assert overrun["deployment_id"] == "long" and overrun["overrun"] is True
-    assert overrun["sustain_until"] == (at + timedelta(hours=1)).isoformat()
+    assert overrun["sustain_until"] == (at + 30 * MIN).isoformat()
     assert overrun["release_at"] == (at + timedelta(hours=8)).isoformat()  # the default backstop, 8 h
 
 
@@ -320,9 +321,32 @@ def test_without_a_recall_the_backstop_releases_it_with_an_audit_record(tmp_path
 
 
 def test_a_backstop_shorter_than_a_products_sustained_duration_is_refused_naming_the_field() -> None:
-    """The backstop must not release a deployment the site is still obliged to sustain."""
-    with pytest.raises(ValueError, match=r"max_hold_h: 0.5 h is shorter than RRS's sustained duration"):
+    """The backstop must not release a deployment the site is still obliged to sustain (RRS 0.5 h and
+    ECRS 1 h under RTC+B; this test refused 0.5 h for RRS's 1 h before NPRR1282's durations)."""
+    with pytest.raises(ValueError, match=r"max_hold_h: 0.25 h is shorter than RRS's sustained duration of 0.5 h"):
+        _profile("  max_hold_h: 0.25\n")
+    with pytest.raises(ValueError, match=r"max_hold_h: 0.5 h is shorter than ECRS's sustained duration of 1 h"):
         _profile("  max_hold_h: 0.5\n")
+
+
+
+@pytest.mark.parametrize(("product", "sustained"), [("RRS", timedelta(minutes=30)), ("ECRS", timedelta(hours=1))])
+def test_the_sustained_duration_is_the_rtc_b_one(product: str, sustained: timedelta) -> None:
+    """Under RTC+B a Load Resource must be able to sustain RRS for 30 minutes and ECRS for 1 hour
+    (NPRR1282; NPRR1339 names the 1 h ECRS duration as built; before: 1 h and 2 h). A deployment
+    never recalled is flagged ``as_overrun`` from then, not an hour later, and still held."""
+    loop = _loop()
+    assert loop.handle_as_award(_award("rrs", "RRS", 2970.0), NOW).status == "accepted"
+    assert loop.handle_as_award(_award("ecrs", "ECRS", 1980.0), NOW).status == "accepted"
+    loop.tick(NOW)
+    at = NOW + 5 * MIN
+    assert loop.handle_as_deploy(_deploy("d", at, 990.0, product=product), at).status == "accepted"
+    assert loop.book.as_deployments["d"].sustain_until == at + sustained
+    loop.tick(at + sustained - 5 * MIN)
+    assert loop.counters.get("as_overrun", 0) == 0
+    loop.tick(at + sustained + 5 * MIN)
+    assert loop.counters["as_overrun"] == 1
+    assert f"AS:{product}:d" in loop.book.import_limits_at(at + sustained + 5 * MIN), "held until recalled"
 
 
 # ---------------------------------------------------------------------------------------------- 4

@@ -26,8 +26,8 @@ def _measure(loop, start, load_kw: float) -> None:  # noqa: ANN001
 
 def test_a_deployment_held_past_its_sustained_duration_is_measured_until_recalled(tmp_path: Path) -> None:
     """RRS 3,960 kW deployed at 17:05 on 5,050 kW: limit 1,090 kW; never recalled in the period.
-    The loop holds it past 18:05 (RRS sustains 1 h) and flags it; the report's row stayed in force
-    only until 18:05 and did not measure the 18:15 interval, where the site drew 2,090 kW: 1 MW over
+    The loop holds it past its sustained duration (RRS: 30 min under RTC+B, NPRR1282; 1 h before) and
+    flags it; the report's row stayed in force only until 18:05 (then 1 h) and did not measure the 18:15 interval, where the site drew 2,090 kW: 1 MW over
     the limit still in force."""
     db = tmp_path / "hold.db"
     profile = _profile()

@@ -11,21 +11,59 @@ from hashflex.profile.base import NonNegFloat, PositiveFloat, _Strict
 
 # --- Ancillary services (issue 15) -----------------------------------------------------------
 # The product rules hashflex models for a Load Resource that is not a Controllable Load Resource
-# (a mining site registered through a QSE). Sources: ERCOT Nodal Protocols §3.18 (Resource limits
-# in providing Ancillary Service; Load Resources on under-frequency relays), §6.5.7.6.2.2
-# (deployment of Responsive Reserve: Load Resources trip on their under-frequency relay at
-# 59.7 Hz, or deploy within 10 minutes of an instruction), §6.5.7.6.2.4 (ECRS deployment; NPRR1148:
-# Load Resources other than Controllable Load Resources are treated as a 10-minute linear ramp),
-# §6.5.7.6.2.3 (Non-Spinning Reserve: full deployment within 30 minutes). Sustain durations are
-# the obligation hashflex plans to hold once deployed; they are defaults a site may tighten in its
-# QSE agreement — check them against the Protocols in force (RTC+B, December 2025).
+# (a mining site registered through a QSE): ``deadline_s``, s from an instruction to full
+# deployment; ``sustain_h``, h the site must be able to hold a deployment (past it a deployment
+# without a recall is flagged ``as_overrun`` and still held, see ``max_hold_h`` below);
+# ``needs_under_frequency_relay``, the qualification a group needs; ``source`` (quoted in refusals)
+# and ``sustain_source``. Checked against ERCOT material in December 2026 (issue 15, H7), as found
+# in stored copies of the pages named; what is marked NOT VERIFIED was not found in a primary text.
+#
+# Sustained durations (RTC+B, in force since its go-live in December 2025):
+# - RRS 30 min, ECRS 1 h. NPRR1282 "Ancillary Service Duration under Real-Time Co-Optimization"
+#   (https://www.ercot.com/mktrules/issues/NPRR1282; ERCOT, posted 29 Apr 2025, sections 2.2, 5.5.2,
+#   8.1.1.2.1.1-3, 8.1.1.3.1, 8.1.1.3.2, 8.1.1.3.4): "Updates duration requirements for Regulation
+#   Service and Responsive Reserve (RRS) to thirty minutes; and updates duration requirement for
+#   ERCOT Contingency Reserve Service (ECRS) to one hour", durations "incorporated as parameters in
+#   the current RTC+B business requirements". The stored copy shows it recommended for approval
+#   by PRS (14 May 2025) and TAC (28 May 2025), next the Board; the Board's and the PUCT's votes were
+#   not found. NPRR1339 "Protocol Clean Up and Alignment with RTC+B Implementation"
+#   (https://www.ercot.com/mktrules/issues/NPRR1339; posted 29 May 2026) says NPRR1282 "set the
+#   duration requirement for ECRS to one hour" and corrects sections still saying two hours "to align
+#   with the as-built one-hour duration for ECRS": 1 h is what runs. Before RTC+B: RRS 1 h
+#   (hashflex's earlier value; its source was not re-found) and ECRS 2 h (ERCOT market notice of
+#   30 Sep 2022 on NPRR1096: ECRS "capable of being sustained for two consecutive hours").
+# - Non-Spin 4 h, unchanged: the same 2022 notice (NPRR1096: "sustained for four consecutive
+#   hours"); NPRR1282 does not change it, and ERCOT's RTC task-force analysis of 2025 (summarised by
+#   gridmonitor.com) "did not change the initial recommendation ... that Non-Spin duration lasts at
+#   least 4 hours". The Protocols' own current text (§8.1.1.2.1.3) was not found.
+#
+# Deployment times and qualification:
+# - ECRS 10 min: NPRR1148 (https://ercot.com/mktrules/issues/NPRR1148) treats ECRS deployments from
+#   Load Resources that are not Controllable Load Resources as a ten-minute linear ramp (§6.5.7.3.1
+#   (2)(e), for the reliability deployment price adder), "similar to" RRS from such Load Resources.
+#   The deployment paragraph itself (§6.5.7.6.2.4) was not found: the 10 minutes are NOT VERIFIED
+#   against it.
+# - RRS from a Load Resource: tripped by an under-frequency relay at 59.7 Hz (third-party pages only:
+#   Enel X, "The Texas Demand Response Opportunity as a Load Resource"; NFM Consulting's RRS guide)
+#   and within 10 minutes of an instruction (§6.5.7.6.2.2): NOT VERIFIED in a primary text; kept.
+#   NPRR1282 leaves deployment times alone (durations only).
+# - Non-Spin within 30 minutes (§6.5.7.6.2.3): NOT VERIFIED in a primary text (ERCOT's Non-Spin
+#   deployment procedure and staff slides speak of 30-minute lead times and net load ramps); kept.
+#   NPRR1339 amends §6.5.7.6.2.3 (wording on AS Responsibilities under RTC+B, as its summary says).
+# - Telemetry: RTC+B's state-of-charge rules (NPRR1282's durations applied to an Energy Storage
+#   Resource's state of charge; NPRR1339 drops ESRs' next-hour AS Responsibility telemetry) concern
+#   batteries, not a Load Resource; hashflex models none of them.
+# Sustained durations are obligations a site may tighten in its QSE agreement.
 AS_PRODUCT_RULES: dict[str, dict[str, Any]] = {
-    "RRS": {"deadline_s": 600.0, "sustain_h": 1.0, "needs_under_frequency_relay": True,
-            "source": "Nodal Protocols §3.18, §6.5.7.6.2.2 (UFR trip at 59.7 Hz; 10 min on instruction)"},
-    "ECRS": {"deadline_s": 600.0, "sustain_h": 2.0, "needs_under_frequency_relay": False,
-             "source": "Nodal Protocols §6.5.7.6.2.4, NPRR1148 (10-minute deployment)"},
+    "RRS": {"deadline_s": 600.0, "sustain_h": 0.5, "needs_under_frequency_relay": True,
+            "source": "Nodal Protocols §3.18, §6.5.7.6.2.2 (UFR trip at 59.7 Hz; 10 min on instruction)",
+            "sustain_source": "NPRR1282 (RTC+B: RRS 30 minutes; was 1 h)"},
+    "ECRS": {"deadline_s": 600.0, "sustain_h": 1.0, "needs_under_frequency_relay": False,
+             "source": "Nodal Protocols §6.5.7.6.2.4, NPRR1148 (10-minute deployment)",
+             "sustain_source": "NPRR1282, NPRR1339 (RTC+B: ECRS 1 hour as built; was 2 h, NPRR1096)"},
     "NSPIN": {"deadline_s": 1800.0, "sustain_h": 4.0, "needs_under_frequency_relay": False,
-              "source": "Nodal Protocols §6.5.7.6.2.3 (30-minute deployment)"},
+              "source": "Nodal Protocols §6.5.7.6.2.3 (30-minute deployment)",
+              "sustain_source": "NPRR1096 (4 consecutive hours), unchanged by NPRR1282"},
 }
 AsProductName = Literal["RRS", "ECRS", "NSPIN"]
 
@@ -36,7 +74,8 @@ AsProductName = Literal["RRS", "ECRS", "NSPIN"]
 # holds a deployment past it (flagged ``as_overrun``) until the recall. A lost recall must not curtail
 # the site for ever (a setpoint always expires): after ``max_hold_h`` from the instruction it
 # releases, with an audit record. 8 h is the longest demand-response obligation ERCOT defines (an
-# ERS deployment's eight-hour performance obligation, NPRR536), twice Non-Spin's 4 h.
+# ERS deployment's eight-hour performance obligation, NPRR536, its page at
+# https://ercot.com/mktrules/issues/NPRR536), twice Non-Spin's 4 h.
 DEFAULT_MAX_HOLD_H = 8.0
 
 
