@@ -80,7 +80,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import threading
 import time
 from collections import OrderedDict, defaultdict
@@ -95,6 +94,7 @@ from paho.mqtt.properties import Properties
 
 from hashflex.audit.rejections import REJECTION_AUDIT_FULL_PER_MINUTE, RejectionAudit
 from hashflex.messages import InboundMessage, Rejection, Topics, parse_message, payload_preview
+from hashflex.messages.parse import COMMAND_KINDS, refusal_rule
 from hashflex.plausibility import PlausibilityContext, check_plausible
 from hashflex.profile import SiteProfile
 from hashflex.store import Store, utc_now
@@ -110,34 +110,7 @@ CommandHandler = Callable[[InboundMessage], Any]
 """``handler(message) -> answer``: the site's answer to a command (an ack with ``status`` and ``reason``)."""
 AuditSink = Callable[[str, Mapping[str, Any], datetime], None]
 """``audit(kind, payload, at)``: appends one audit record (e.g. ``AuditRecorder.record``)."""
-_REFUSAL_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,40}")
-
-
-def refusal_rule(reason: str | None, kind: str | None = None) -> str:
-    """The reason class of a command the site refused: ``refused:<field>`` from the answer's reason,
-    whose text starts with the field it names (``"deployed_kw: 0 kW sheds nothing"``), or
-    ``refused:store_unavailable``; ``refused`` when it names none. A bounded label (never a value).
-
-    Parameters
-    ----------
-    reason : str or None
-        The answer's reason.
-    kind : str, optional
-        The command's kind: a leading ``<kind>:`` or ``<kind> `` (a plausibility refusal) is skipped.
-
-    Returns
-    -------
-    str
-    """
-    text = (reason or "").strip()
-    for prefix in ((f"{kind}:", f"{kind} ") if kind else ()):
-        if text.startswith(prefix):
-            text = text[len(prefix):].strip()
-            break
-    head = text.split(":", 1)[0].strip()
-    return f"refused:{head}" if _REFUSAL_FIELD.fullmatch(head) else "refused"
 COUNTERS = ("accepted", "rejected", "duplicate", "errors")
-COMMAND_KINDS = frozenset({"dr", "limits", "as_award", "as_deploy"})  # answered by the control loop, never stored by the ingest
 _LOG_EVERY_S = 60.0  # a repeated rejection reason is logged at WARNING at most this often
 LAG_WINDOW_S = 5.0
 """Telemetry lag is the smallest lag of each window this long (s): see :meth:`MqttIngest.backlog`."""

@@ -1,12 +1,15 @@
 """Validating one inbound payload: :func:`parse_message` turns ``(topic, payload)`` into a model or
 a :class:`Rejection`, never raising; :func:`payload_preview` is the stored form of a refused payload.
 
-Seam: the wire boundary (topic grammar, size limit, strict JSON, key check) on top of the models
-of :mod:`.inbound`; split from ``messages.py`` (issue 11).
+Seam: the wire boundary (topic grammar, size limit, strict JSON, key check, no duplicate keys in
+a command) on top of the models of :mod:`.inbound`; split from ``messages.py`` (issue 11).
+:func:`refusal_rule` is the one reason class of a command the site refused, used alike by the MQTT
+ingest (``/status`` ``inputs_refused``) and the control loop (``command_rejections``, ``/metrics``).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -14,7 +17,7 @@ from pydantic import ValidationError
 
 from hashflex.messages.inbound import INBOUND_MODELS, InboundMessage
 
-__all__ = ["MAX_PAYLOAD_BYTES", "Rejection", "parse_message", "payload_preview"]
+__all__ = ["COMMAND_KINDS", "MAX_PAYLOAD_BYTES", "Rejection", "parse_message", "payload_preview", "refusal_rule"]
 
 # Kinds whose topic carries the series key as a last level, and the payload field it must match.
 _KEYED_KINDS = {"renewable": "source_id", "noise": "receptor_id", "telemetry": "miner_id"}
@@ -22,6 +25,11 @@ _TOPIC_RE = re.compile(r"^hashflex/([^/]+)/in/([^/]+)(?:/([^/]+))?$")
 _PAYLOAD_PREVIEW_CHARS = 200
 _MAX_ERRORS_IN_REASON = 3
 MAX_PAYLOAD_BYTES = 1_000_000
+COMMAND_KINDS = frozenset({"dr", "limits", "as_award", "as_deploy"})
+"""Kinds the control loop decides and answers (never stored by the ingest); their payloads are also
+refused with a duplicated JSON key (:func:`parse_message`)."""
+_REFUSAL_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,40}")
+_DUPLICATE_KEY_SHOWN_CHARS = 60
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,77 @@ def _preview(payload: bytes) -> str:
     return text
 
 
+def refusal_rule(reason: str | None, kind: str | None = None) -> str:
+    """The reason class of a command the site refused: ``refused:<field>`` from the answer's reason,
+    whose text starts with the field it names (``"deployed_kw: 0 kW sheds nothing"``), or
+    ``refused:store_unavailable``; ``refused`` when it names none. A bounded label (never a value).
+
+    One name for one refusal (issue 15, H1 finding 7): the MQTT ingest counts a command's refusal
+    by it (``/status`` ``inputs_refused``) and the control loop counts the same refusal by it
+    (``command_rejections``, exported as ``hashflex_input_rejections_total{kind,reason}``), whether
+    the limits book refused it or the plausibility bounds did (``"as_deploy: issued_at: ... beyond
+    the 120 s clock-skew window"`` is ``refused:issued_at``; the bound's own class,
+    ``future:issued_at``, stays in the reason's words: "beyond the ... clock-skew window").
+
+    Parameters
+    ----------
+    reason : str or None
+        The answer's reason.
+    kind : str, optional
+        The command's kind: a leading ``<kind>:`` or ``<kind> `` (a plausibility refusal) is skipped.
+
+    Returns
+    -------
+    str
+        ``refused:<field>`` or ``refused``.
+    """
+    text = (reason or "").strip()
+    for prefix in ((f"{kind}:", f"{kind} ") if kind else ()):
+        if text.startswith(prefix):
+            text = text[len(prefix):].strip()
+            break
+    head = text.split(":", 1)[0].strip()
+    return f"refused:{head}" if _REFUSAL_FIELD.fullmatch(head) else "refused"
+
+
+def duplicate_key(raw: bytes) -> str | None:
+    """The first key that appears twice in one JSON object of ``raw`` (at any depth), or None.
+
+    Strict JSON parsers differ on duplicate keys (RFC 8259 §4: names "SHOULD be unique", and
+    receivers then disagree; pydantic, like ``json.loads``, keeps the last). For a command, two
+    values for one field are two instructions: which was meant is unknown, so the payload is refused
+    rather than guessed (issue 15, H1 finding 4).
+
+    Parameters
+    ----------
+    raw : bytes
+        The payload (at most :data:`MAX_PAYLOAD_BYTES`).
+
+    Returns
+    -------
+    str or None
+        The duplicated key; None when every object's keys are unique or the payload is not JSON
+        (the schema check then names what is wrong).
+    """
+    found: list[str] = []
+
+    def pairs_hook(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        if not found:
+            seen: set[str] = set()
+            for key, _ in pairs:
+                if key in seen:
+                    found.append(key)
+                    break
+                seen.add(key)
+        return dict(pairs)
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs_hook)
+    except (ValueError, RecursionError):  # not JSON (or too deep): pydantic's error names it
+        return None
+    return found[0] if found else None
+
+
 def _explain(kind: str, error: ValidationError) -> str:
     parts = []
     errors = error.errors(include_url=False, include_input=False)
@@ -95,7 +174,11 @@ def parse_message(topic: str, payload: bytes | str, *, site: str | None = None) 
     """Validate one inbound payload against the model its topic names. Never raises.
 
     Returns the model, or a :class:`Rejection` for an unknown topic, another site's topic (when
-    ``site`` is given), an oversized payload, bad JSON, a schema error, or a topic/payload key mismatch.
+    ``site`` is given), an oversized payload, bad JSON, a schema error, a topic/payload key mismatch,
+    or a command (:data:`COMMAND_KINDS`: DR, limits, AS award and deployment) with a key twice in one
+    JSON object (:func:`duplicate_key`; rule ``schema:duplicate_key``, the reason naming the key).
+    Observations are not checked for duplicate keys (a second parse of every telemetry message
+    would cost the ingest; their values are bounded by :mod:`hashflex.plausibility`).
 
     Parameters
     ----------
@@ -131,6 +214,10 @@ def parse_message(topic: str, payload: bytes | str, *, site: str | None = None) 
     if len(raw) > MAX_PAYLOAD_BYTES:
         return Rejection(topic, f"{kind}: payload: larger than {MAX_PAYLOAD_BYTES} bytes", _preview(raw), kind,
                          "oversize")
+    if kind in COMMAND_KINDS and (twice := duplicate_key(raw)) is not None:
+        shown = twice if len(twice) <= _DUPLICATE_KEY_SHOWN_CHARS else twice[:_DUPLICATE_KEY_SHOWN_CHARS] + "…"
+        return Rejection(topic, f"{kind}: {shown}: duplicate key: given more than once in one JSON object "
+                                "(which value was meant is unknown)", _preview(raw), kind, "schema:duplicate_key")
     try:
         message = model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
