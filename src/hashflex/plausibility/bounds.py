@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from hashflex.profile.ancillary import DEFAULT_MAX_HOLD_H
+
 __all__ = [
+    "AS_DEPLOY_STALE_S",
     "BOUNDS",
     "CARBON_MAX_KG_PER_MWH",
     "DR_HORIZON_S",
@@ -78,6 +81,12 @@ TELEMETRY_MARGIN = 1.5
 SITE_SCALE_MARGIN = 10.0
 DR_HORIZON_S = 366 * 86_400.0
 
+# AS deployments (issue 15): a deployment holds until its recall, at most the backstop
+# ``ancillary.max_hold_h`` from its instruction (default 8 h, hashflex.profile.ancillary.DEFAULT_MAX_HOLD_H;
+# the context takes the profile's value). One whose ``issued_at`` is that old had already ended when it
+# arrived: it binds nothing, and acking it "obeyed" would be untrue (H1 finding 1), so it is refused.
+AS_DEPLOY_STALE_S = DEFAULT_MAX_HOLD_H * 3600.0
+
 # Clock skew: a reading may be dated at most this far after our clock (NTP-synced devices differ by
 # milliseconds; 120 s allows an unsynced logger). Later than that is a bad clock.
 FUTURE_SKEW_S = 120.0
@@ -94,6 +103,8 @@ STALENESS_S: Mapping[str, float | None] = {
     "telemetry": 600.0,
     "dr": None,  # an event in force binds however old its start (when in doubt, curtail)
     "limits": None,  # likewise a manager's limit
+    "as_award": None,  # an award in force binds however old its start (the book refuses one already ended)
+    "as_deploy": AS_DEPLOY_STALE_S,  # issued_at; the profile's ancillary.max_hold_h (recalls: no window)
 }
 
 _NOTES = {
@@ -158,6 +169,16 @@ BOUNDS: tuple[Bound, ...] = (
     Bound("limits", "carbon_budget.budget_kg", 0.0, SITE_SCALE_MARGIN, "kg",
           "10 × what the site can emit in the period (site size × hours × 2 t/MWh)",
           upper_from="max_emissions_kg"),
+    Bound("as_award", "reserve_kw", 0.0, SITE_SCALE_MARGIN, "kW",
+          "10 × site size (a unit error beyond); the site then refuses more than it is qualified for "
+          "(profile ancillary.products.<P>.group_mw summed, capped by max_mw: refused:reserve_kw)",
+          upper_from="site_scale_kw"),
+    Bound("as_award", "start − now", None, DR_HORIZON_S, "s",
+          "awarded at most a year ahead (day-ahead in practice); the site refuses one whose end has passed"),
+    Bound("as_deploy", "deployed_kw", 0.0, SITE_SCALE_MARGIN, "kW",
+          "10 × site size; the site then refuses more than the product's qualification (as reserve_kw: "
+          "ERCOT cannot deploy a Load Resource beyond it) and 0 unless it is a recall (refused:deployed_kw)",
+          upper_from="site_scale_kw"),
 )
 """The one table of plausibility bounds (timestamps: :data:`STALENESS_S`, :data:`FUTURE_SKEW_S`)."""
 
@@ -181,10 +202,15 @@ def bounds_markdown() -> str:
     lines.append(f"| readings¹ | timestamp − now | — | {FUTURE_SKEW_S:.0f} | s | clock skew window |")
     for kind, window in STALENESS_S.items():
         shown = "none (binds however old)" if window is None else f"{window:,.0f}"
-        lines.append(f"| {kind} | now − observed time | — | {shown} | s | staleness window |")
+        why = "staleness window"
+        if kind == "as_deploy":
+            why = ("`issued_at` of a deployment (not a recall): its hold is over after ancillary.max_hold_h "
+                   f"(default {DEFAULT_MAX_HOLD_H:g} h; the profile's value applies)")
+        lines.append(f"| {kind} | now − observed time | — | {shown} | s | {why} |")
     lines.append("")
     lines.append("¹ renewable, noise, carbon, hashprice and telemetry `timestamp`, price `published_at`, limits "
-                 "`issued_at`; prices and DR events are about the future and have the horizons above. "
-                 "Also rejected: a renewable `source_id`, noise `receptor_id` or telemetry `miner_id` the "
-                 "profile does not have.")
+                 "and AS deployment `issued_at`; prices, DR events and AS awards are about the future and have "
+                 "the horizons above. Also rejected: a renewable `source_id`, noise `receptor_id` or telemetry "
+                 "`miner_id` the profile does not have. A command (DR, limits, AS) refused by these bounds is "
+                 "answered `rejected` and counted as `refused:<field>`.")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -75,7 +75,8 @@ class PlausibilityContext:
     site_scale_kw : float
         max(interconnection, full load) (kW).
     staleness_s : Mapping[str, float or None]
-        Staleness window per kind (s; None: none).
+        Staleness window per kind (s; None: none). ``as_deploy``: the profile's backstop
+        ``ancillary.max_hold_h`` × 3600 (a deployment that old had already ended).
     future_skew_s : float
         Clock-skew window (s).
     """
@@ -99,7 +100,8 @@ class PlausibilityContext:
         ----------
         profile : SiteProfile
         staleness_s : Mapping[str, float or None], optional
-            Overrides of :data:`STALENESS_S` per kind (s).
+            Overrides of :data:`STALENESS_S` per kind (s); without one, ``as_deploy`` is the
+            profile's ``ancillary.max_hold_h`` in seconds (the default backstop without a section).
         future_skew_s : float, default FUTURE_SKEW_S
             Clock-skew window (s).
 
@@ -108,6 +110,8 @@ class PlausibilityContext:
         PlausibilityContext
         """
         windows = dict(STALENESS_S)
+        if profile.ancillary is not None:  # a deployment's hold ends at its backstop (issue 15, H1 finding 1)
+            windows["as_deploy"] = float(profile.ancillary.max_hold_h) * 3600.0
         windows.update(staleness_s or {})
         return cls(
             site=profile.site_id,
@@ -271,15 +275,30 @@ def _limits(m: LimitsChangeMessage, now: datetime, ctx: PlausibilityContext) -> 
 
 
 def _as(m: ASAwardMessage | ASDeployMessage, now: datetime, ctx: PlausibilityContext) -> _Fault | None:
-    """AS awards and deployments (issue 15): kW within the site's scale; a deployment binds however
-    old it is (shedding is the safe direction) and may not be dated after the skew window; an award
-    may be announced ahead like a DR event."""
+    """AS awards and deployments (issue 15): kW within the site's scale; a deployment may not be
+    dated after the skew window, nor before its backstop (``ctx.staleness_s["as_deploy"]``, the
+    profile's ``ancillary.max_hold_h``): one that old had already ended when it arrived, so it
+    would bind nothing and is refused rather than acked as obeyed (H1 findings 1 and 2). A recall
+    has no such window (refusing a recall keeps the cut, and a pending recall is dropped by the book
+    at the same age). An award may be announced ahead like a DR event. The site's own rules
+    (issuer, qualification, an award already ended) are the limits book's and the intake's."""
     upper = ctx.site_scale_kw * SITE_SCALE_MARGIN
     if isinstance(m, ASAwardMessage):
         return (_range("reserve_kw", "reserve_kw", m.reserve_kw, 0.0, upper, "kW")
                 or _time("start", m.start, now, None, DR_HORIZON_S, "DR announcement horizon"))
-    return (_range("deployed_kw", "deployed_kw", m.deployed_kw, 0.0, upper, "kW")
-            or _time("issued_at", m.issued_at, now, None, ctx.future_skew_s))
+    fault = (_range("deployed_kw", "deployed_kw", m.deployed_kw, 0.0, upper, "kW")
+             or _time("issued_at", m.issued_at, now, None, ctx.future_skew_s))
+    if fault is not None or m.recalled:
+        return fault
+    hold_s = ctx.staleness_s.get("as_deploy")
+    age_s = (now - m.issued_at).total_seconds()
+    if hold_s is not None and age_s >= hold_s:
+        return ("stale", "issued_at",
+                f"issued_at: {m.issued_at.isoformat()} is {age_s / 3600.0:,.2f} h old: a deployment is held at "
+                f"most ancillary.max_hold_h ({hold_s / 3600.0:g} h) from its instruction, so this one had already "
+                f"ended at {(m.issued_at + timedelta(seconds=hold_s)).isoformat()}, before it arrived; refused "
+                "(it would bind nothing)")
+    return None
 
 
 _CHECKS: dict[type, Any] = {
