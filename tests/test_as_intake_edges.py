@@ -22,6 +22,7 @@ import pytest
 
 from hashflex.control.ancillary import ASDeployment
 from hashflex.control.http import input_rejections
+from hashflex.feeds.mqtt import refusal_rule
 from hashflex.messages import ASAwardMessage
 from tests.test_as_late_deployments import NOW, _deploy, _loop
 
@@ -62,7 +63,7 @@ def test_deployed_kw_zero_is_refused_naming_the_field_and_counted() -> None:
     assert amended.status == "rejected" and amended.reason.startswith("deployed_kw:")
     assert loop.book.as_deployments["amend-1"].deployed_kw == 1000.0
     counts = input_rejections(loop.status(issued + timedelta(seconds=30)))
-    assert counts[("as_deploy", "deployed_kw")] == 2
+    assert counts[("as_deploy", "refused:deployed_kw")] == 2  # the name /status inputs_refused gives it (H1 finding 7)
 
 
 def test_refused_awards_are_counted_with_the_input_rejections() -> None:
@@ -78,4 +79,5 @@ def test_refused_awards_are_counted_with_the_input_rejections() -> None:
     assert loop.counters["as_rejected"] == 2
     counts = input_rejections(loop.status(NOW))
     assert sum(v for (kind, _), v in counts.items() if kind == "as_award") == 2
-    assert counts[("as_award", first.reason.split(":")[0])] >= 1
+    assert counts[("as_award", refusal_rule(first.reason, "as_award"))] >= 1
+    assert refusal_rule(first.reason, "as_award") == "refused:issuer"

@@ -438,8 +438,11 @@ def test_refused_commands_are_counted_and_stored_like_other_rejections(site: Sit
     ack = site.loop.handle_dr(dr(import_limit_kw=1e9), T0)
     assert ack.status == "rejected"
     status = site.loop.status(T0)
-    assert status["command_rejections"] == {"dr": {"out_of_bounds:import_limit_kw": 1}}
-    assert input_rejections(status) == {("dr", "out_of_bounds:import_limit_kw"): 1}
+    # Counted as refused:<field>, the name the MQTT ingest gives the same answer in /status
+    # inputs_refused (issue 15, H1 finding 7); the bound's words stay in the reason.
+    assert status["command_rejections"] == {"dr": {"refused:import_limit_kw": 1}}
+    assert input_rejections(status) == {("dr", "refused:import_limit_kw"): 1}
     site.store.flush()
     stored = site.store.rejections()
     assert len(stored) == 1 and "import_limit_kw" in stored["reason"].iloc[0]
+    assert "outside the plausible range" in stored["reason"].iloc[0]

@@ -10,6 +10,16 @@ A deployment holds until recalled (:mod:`hashflex.control.ancillary`): the tick'
 product's sustained duration (``as_overrun``) and record the backstop's release (``as_released``),
 each once: an ``as_performance`` audit record with ``event`` ``overrun`` / ``released`` and a
 ``hashflex_events_total`` counter.
+
+Refusals (issue 15, helper task H1): besides the limits book's (issuer, qualification, revision, an
+award already ended) and the plausibility bounds' (``hashflex.plausibility``: kW within the site's
+scale, ``issued_at`` neither beyond the clock skew nor older than the backstop
+``ancillary.max_hold_h``), the intake refuses a recall naming another product than the deployment it
+recalls and a deployment above the product's qualification (:func:`deploy_intake_refusal`). Every
+refusal is acked ``rejected`` on ``out/as/ack``, audited (an ``as_award``/``as_deploy`` record with
+the message and the ack), counted in ``as_rejected`` and in ``command_rejections``
+(``hashflex_input_rejections_total{kind,reason}``) under :func:`hashflex.messages.parse.refusal_rule`,
+the same ``refused:<field>`` the MQTT ingest counts in ``/status`` ``inputs_refused``.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hashflex.control.ancillary import STALE, ASDeployment, has_deadline
+from hashflex.control.ancillary import STALE, ASDeployment, deploy_refusal, has_deadline
 from hashflex.control.guard import Guard
 from hashflex.control.limits import STORE_UNAVAILABLE, Hold, LimitsBook
 from hashflex.plausibility import PlausibilityContext, check_plausible
@@ -32,6 +42,7 @@ from hashflex.messages import (
     ASAwardMessage,
     ASDeployMessage,
 )
+from hashflex.messages.parse import refusal_rule
 from hashflex.profile import SiteProfile
 from hashflex.profile.ancillary import DEFAULT_MAX_HOLD_H
 
@@ -196,6 +207,84 @@ def _flagged_ack(ack: ASAckMessage, message: ASDeployMessage, flags: dict[str, A
 
 
 
+def qualified_kw(profile: SiteProfile, product: str) -> float | None:
+    """The site's qualification for one AS product, kW: the product's ``group_mw`` summed, capped by
+    its ``max_mw`` (profile ``ancillary.products``), as the limits book bounds an award's
+    ``reserve_kw`` (:func:`hashflex.control.ancillary.award_refusal`).
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        The site.
+    product : str
+        ``RRS``, ``ECRS`` or ``NSPIN``.
+
+    Returns
+    -------
+    float or None
+        kW; None without an ancillary section or when the site is not qualified for ``product``.
+    """
+    section = profile.ancillary
+    if section is None or product not in section.products:
+        return None
+    offer = section.products[product]
+    kw = float(sum(offer.group_mw.values())) * 1000.0
+    return min(kw, float(offer.max_mw) * 1000.0) if offer.max_mw is not None else kw
+
+
+def deploy_intake_refusal(profile: SiteProfile, held: ASDeployment | None, message: ASDeployMessage) -> str | None:
+    """Why the intake refuses a deployment before the limits book decides it, or None (issue 15,
+    helper task H1 findings 3 and 5). Only a message the book's own first rule accepts
+    (:func:`hashflex.control.ancillary.deploy_refusal`: the issuer, a qualified product,
+    ``deployed_kw`` > 0) is checked here, so the book's reason comes first.
+
+    - A **recall naming another product** than the deployment in force under its id
+      (``product``): a recall ends one instruction; one that names another product is not that
+      instruction's recall (a mixed-up id, or another product's recall sent under it). Refusing it
+      keeps the cut in force (when in doubt, curtail) and tells the QSE at once. (A recall that
+      arrives *before* its deployment cannot be checked here: the book keeps it pending.)
+    - A **deployment above the product's qualification** (``deployed_kw``, :func:`qualified_kw`):
+      the bound is the site's qualified MW *for that product*, not the award and not the fleet's
+      total. Not the award: the site obeys a deployment above the award in full (an award may be
+      cut or withdrawn, or reach the site late, while a deployment holds; no clause lets a Load
+      Resource trim a Dispatch Instruction to its award, Nodal Protocols §6.7.3, §8.1.1.4), so the
+      award is what its obligation is measured against, not a reason to refuse. Not the fleet's total
+      qualified (all products): a Load Resource's Ancillary Service Resource Responsibility for a
+      product cannot exceed its qualification for that product (§3.18, §8.1.1.2), so ERCOT can
+      never deploy more of it; more is a unit slip (MW sent as kW ×1000) or another resource's
+      instruction, and obeying it cut the whole site to zero, after which the miners' minimum
+      off time left the awards of *other* products unheld and clawed back. An amendment is bounded
+      alike; deployments of one product in force together are not summed here.
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        The site (its ``ancillary`` section).
+    held : ASDeployment or None
+        The deployment in the book under ``message.deployment_id`` (None: none).
+    message : ASDeployMessage
+        The deployment, its amendment or its recall.
+
+    Returns
+    -------
+    str or None
+        The refusal, starting with the field it names (``product:`` or ``deployed_kw:``); None
+        when the book decides.
+    """
+    if deploy_refusal(profile, message) is not None:
+        return None  # the book refuses it, naming its own field
+    if message.recalled:
+        if held is not None and held.product != message.product:
+            return (f"product: the recall names {message.product} but deployment {message.deployment_id!r} is "
+                    f"{held.product}; a recall must name its deployment's product (the deployment stays in force)")
+        return None
+    qualified = qualified_kw(profile, message.product)
+    if qualified is not None and float(message.deployed_kw) > qualified + 1e-6:
+        return (f"deployed_kw: {message.deployed_kw:.0f} kW is more than the {qualified:.0f} kW qualified for "
+                f"{message.product} (profile ancillary.products.{message.product}); nothing was cut")
+    return None
+
+
 class AncillaryIntakeMixin:
     """Award and deployment handlers of the control loop."""
 
@@ -242,10 +331,9 @@ class AncillaryIntakeMixin:
         if ack.status != "accepted" and not (ack.reason or "").startswith(STORE_UNAVAILABLE):
             # A refusal by the book (wrong issuer, above qualification, already ended, deployed_kw 0)
             # is a bad input too: counted with the input rejections (hashflex_input_rejections_total)
-            # by the field its reason names (newcomer finding 12), as out-of-bounds commands are.
-            field = (ack.reason or "refused").split(":", 1)[0].strip() or "refused"
-            by_rule = self.command_rejections.setdefault(message.kind, {})
-            by_rule[field] = by_rule.get(field, 0) + 1
+            # by the field its reason names (newcomer finding 12), as out-of-bounds commands are, and
+            # under the one name the MQTT ingest gives it in /status (refused:<field>, H1 finding 7).
+            self._count_refusal(message.kind, ack.reason)
         if ack.status != "accepted" and (ack.reason or "").endswith(STALE):
             self.counters["as_stale"] = self.counters.get("as_stale", 0) + 1
             log.warning("AS %s %s refused: %s", message.kind, message.key, ack.reason)
@@ -264,9 +352,11 @@ class AncillaryIntakeMixin:
             return None
         # Counted with the ingest's rejections (hashflex_input_rejections_total) and kept in the store's
         # rejections table, as any input out of bounds is (a newcomer found these missing from both).
+        # Counted as refused:<field> (refusal_rule), the name the MQTT ingest gives the same refusal in
+        # /status inputs_refused (H1 finding 7: /metrics said future:issued_at there); the bound's class
+        # (rejection.rule, e.g. future:issued_at) stays in the reason's words ("beyond the ... window").
         kind = rejection.kind or getattr(message, "kind", "command")
-        by_rule = self.command_rejections.setdefault(kind, {})
-        by_rule[rejection.rule] = by_rule.get(rejection.rule, 0) + 1
+        self._count_refusal(kind, rejection.reason)
         if self.store is not None:
             try:
                 self.store.put_rejection(rejection, received_at=now)
@@ -274,13 +364,41 @@ class AncillaryIntakeMixin:
                 log.exception("could not store a rejection")
         return rejection.reason
 
+    def _count_refusal(self, kind: str, reason: str | None) -> None:
+        """Count one refused command in ``command_rejections`` (``/metrics``
+        ``hashflex_input_rejections_total{kind,reason}``) under :func:`refusal_rule` of its reason:
+        ``refused:<field>``, as the MQTT ingest counts the same answer (``/status`` ``inputs_refused``)."""
+        label = refusal_rule(reason, kind)
+        by_rule = self.command_rejections.setdefault(kind, {})
+        by_rule[label] = by_rule.get(label, 0) + 1
+
     def _refuse_as(self, message: Any, kind: str, message_id: str, now: datetime) -> ASAckMessage | None:
-        implausible = self._implausible(message, now)
-        if implausible is None:
-            return None
-        ack = ASAckMessage(message_id=message_id, kind=kind, status="rejected", reason=implausible[:500], acked_at=now)
-        self._publish("out/as/ack", ack.model_dump(mode="json"))
+        """Refuse an award or deployment out of the plausibility bounds, or None when within them:
+        acked ``rejected`` on ``out/as/ack``, counted (``as_rejected``, ``command_rejections``) and
+        audited like the book's refusals (an ``as_award``/``as_deploy`` record with the message and
+        the ack; H1 finding 1: a stale deployment's refusal was in no record)."""
+        with self._lock:
+            implausible = self._implausible(message, now)
+            if implausible is None:
+                return None
+            ack = ASAckMessage(message_id=message_id, kind=kind, status="rejected", reason=implausible[:500],
+                               acked_at=now)
+            self.counters["as_rejected"] = self.counters.get("as_rejected", 0) + 1
+            log.warning("AS %s %s refused: %s", kind, message_id, ack.reason)
+            self._publish("out/as/ack", ack.model_dump(mode="json"))
+            self._record(kind, lambda: {"message": message.model_dump(mode="json"), "ack": ack.model_dump(mode="json"),
+                                        "stage": "plausibility"}, now)
         return ack
+
+    def _refused_on_intake(self, message: ASDeployMessage, reason: str, now: datetime
+                           ) -> tuple[LimitsBook, ASAckMessage]:
+        """The book unchanged but for the remembered answer (a redelivery gets it again) and the
+        ``rejected`` ack of :func:`deploy_intake_refusal`; for :meth:`_decide_commit_ack`."""
+        trial = self.book.copy()
+        ack = ASAckMessage(message_id=message.deployment_id, kind="as_deploy", status="rejected",
+                           reason=reason[:500], acked_at=now)
+        trial._remember(trial.as_key(message), ack.model_dump(mode="json"))
+        return trial, ack
 
     def handle_as_award(self, message: ASAwardMessage, now: datetime, *, via: str | None = None,
                         note: str | None = None) -> ASAckMessage:
@@ -347,13 +465,22 @@ class AncillaryIntakeMixin:
         -------
         ASAckMessage
             Accepted only once committed (with the import limit, kW, and deadline); a redelivery
-            gets its first answer.
+            gets its first answer. ``rejected`` (nothing cut, no limit), naming the field: out of the
+            plausibility bounds (``issued_at`` beyond the clock skew, or as old as the backstop
+            ``ancillary.max_hold_h``: its hold was already over; ``deployed_kw`` beyond the site's
+            scale), :func:`deploy_intake_refusal` (a recall of another ``product``; ``deployed_kw``
+            above the product's qualification), or the limits book's rules.
         """
         refused = self._refuse_as(message, "as_deploy", message.deployment_id, now)
         if refused is not None:
             return refused
         with self._lock:
             held = self.book.as_deployments.get(message.deployment_id)  # an amendment's deployment in force
+            intake_refusal = deploy_intake_refusal(self.profile, held, message)
+            if intake_refusal is not None:  # a recall of another product, above the qualification (H1)
+                ack, _ = self._decide_commit_ack(
+                    message, now, lambda: self._refused_on_intake(message, intake_refusal, now), note)
+                return ack
             asks_more = message.recalled or has_deadline(held, message, now)  # fewer MW cannot be late
             # A recall that overtook this deployment (kept in the book until it arrives), issue 15.
             early = None if held is not None else self.book.as_early_recalls.get(message.deployment_id)
