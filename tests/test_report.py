@@ -333,11 +333,15 @@ JSON_KEYS = {
     "noise": {"night_definition", "receptors"},
     "demand_response": {"tolerance_kw", "events", "high_price"},
     "ancillary": {"deployment_count", "accepted_count", "shortfall_count", "late_count", "late_arrival_count",
-                  "above_award_count", "amended_count", "overrun_count", "released_count", "deployments", "shortfall_intervals", "awards", "notes"},
+                  "above_award_count", "amended_count", "overrun_count", "released_count", "deployments", "shortfall_intervals", "awards", "notes",
+                  # issue 15: what the report covers on a store still being written, cancelled deployments
+                  "covers_through_seq", "covers_through_at", "final_through", "provisional_interval_count",
+                  "cancelled_count"},
     "curtailment": {"by_cause", "per_day", "total_mwh", "total_hours", "intervals_without_full_load"},
     "economics": {"revenue_usd", "energy_cost_usd", "profit_usd", "average_energy_cost_usd_per_mwh",
                   "curtailment_hours", "curtailed_mwh",
                   "reserve_payment_usd", "reserve_clawback_usd", "reserve_revenue_usd",  # issue 15
+                  "reserve_final_through", "reserve_provisional_payment_usd", "reserve_estimated_hold_intervals",
                   "uncosted_intervals", "uncosted_hours", "uncosted_grid_import_mwh", "uncosted_revenue_usd",
                   "notes"},
 }

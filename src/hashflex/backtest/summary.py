@@ -27,7 +27,9 @@ reproduces the summary.
         #       when the oracle's profit is not positive: a ratio to a loss means nothing),
         #       solves, fast_path_actions, fallback_schedules
         # mpc+as only (issue 15; see ancillary_figures): as_payment_usd, as_clawback_usd,
-        #       as_revenue_usd (inside profit_usd), as_deployment_cost_usd, as_awarded_mwh[_<P>],
+        #       as_revenue_usd (inside profit_usd), as_deployment_cost_usd (the margin the shed
+        #       load would have earned: it neither hashed nor drew, so profit_usd already lacks it;
+        #       not subtracted again), as_awarded_mwh[_<P>],
         #       as_held_mwh, as_obligations_met_pct, as_synthetic_deployment_hours, as_mode,
         #       as_deployments: [{deployment_id, product, obligation_kw, delivered_kw, shortfall_kw,
         #                         measured_response_s, ..., "synthetic": true}]
@@ -53,8 +55,15 @@ from hashflex.acoustics import compared_level_dba
 from hashflex.backtest.runner import BacktestResult
 from hashflex.profile import SiteProfile, profile_hash
 
-__all__ = ["SUMMARY_KEYS", "interval_frame", "ratio_table", "summarize", "summary_document", "summary_table",
+__all__ = ["DEPLOYMENT_COST_NOTE", "SUMMARY_KEYS", "interval_frame", "ratio_table", "summarize", "summary_document", "summary_table",
            "write_outputs"]
+
+DEPLOYMENT_COST_NOTE = ("mpc+as: profit_usd already includes as_deployment_cost_usd (the margin the deployed, "
+                        "shed load would have earned, hash revenue less energy cost, floored at 0 per kWh: that load "
+                        "neither hashed nor drew, so revenue_usd and energy_cost_usd already leave it out); it is "
+                        "reported, not subtracted again. profit_usd = revenue − energy − carbon − starts + "
+                        "as_revenue_usd (payment − clawback)")
+"""The summary's note on where a backtest's AS deployment cost sits in profit (issue 15)."""
 
 SUMMARY_KEYS = ("profit_usd", "revenue_usd", "energy_cost_usd", "energy_mwh", "curtailed_hours", "emissions_kg",
                 "noise_exceedance_minutes", "import_violation_kwh", "dr_compliance_pct", "wall_seconds")
@@ -192,6 +201,8 @@ def summary_document(result: BacktestResult) -> dict[str, Any]:
     for figures in policies.values():
         figures["profit_ratio_to_oracle"] = (figures["profit_usd"] / oracle if oracle and oracle > 0 else None)
     notes = list(actuals.notes) + [f"{name}: {note}" for name, run in result.runs.items() for note in run.notes]
+    if any("as_deployment_cost_usd" in f for f in policies.values()):
+        notes.append(DEPLOYMENT_COST_NOTE)
     return {
         "site": profile.site.name,
         "profile_hash": profile_hash(profile),
@@ -247,7 +258,8 @@ def summary_table(document: dict[str, Any]) -> str:
     add("DR compliance %", lambda f: "-" if f["dr_compliance_pct"] is None else f"{f['dr_compliance_pct']:.1f}")
     if any("as_revenue_usd" in f for f in policies.values()):  # issue 15: mpc+as
         add("AS revenue $ (net)", lambda f: f"{f['as_revenue_usd']:,.0f}" if "as_revenue_usd" in f else "-")
-        add("AS deployment cost $", lambda f: f"{f['as_deployment_cost_usd']:,.0f}" if "as_revenue_usd" in f else "-")
+        add("AS deployment cost $ (in profit, not subtracted)",
+            lambda f: f"{f['as_deployment_cost_usd']:,.0f}" if "as_revenue_usd" in f else "-")
         add("AS obligations met %", lambda f: "-" if f.get("as_obligations_met_pct") is None
             else f"{f['as_obligations_met_pct']:.2f}")
         add("AS deployments (SYNTHETIC)", lambda f: str(len(f["as_deployments"])) if "as_deployments" in f else "-")

@@ -39,8 +39,10 @@ $ 0.01, kW 0.1, % 0.1).
   ``minutes_over_cap``, ``hours_over_cap``}, ``hourly``: [...]}}.
 - ``demand_response``: ``tolerance_kw``, ``events`` (see :mod:`hashflex.report.dr_performance`:
   timeline, baselines, per-interval settlement rows, pass/fail), ``high_price`` {...}.
-- ``ancillary``: ``deployment_count``, ``accepted_count``, ``shortfall_count``, ``late_count``,
-  ``late_arrival_count``, ``above_award_count``,
+- ``ancillary``: ``covers_through_seq``, ``covers_through_at`` (the last record the report read),
+  ``final_through`` (intervals after it may still have records queued by the daemon's writer:
+  flagged ``final`` false), ``provisional_interval_count``, ``deployment_count``, ``accepted_count``,
+  ``cancelled_count``, ``shortfall_count``, ``late_count``, ``late_arrival_count``, ``above_award_count``,
   ``deployments`` [{``deployment_id``, ``product``, ``issued_at``, ``deployed_mw``, ``awarded_mw``,
   ``delivered_mw``, ``shortfall_mw``, ``response_s``, ``deadline``, ``within_deadline``, metered
   figures, ``arrived_late``, ``above_award_mw``, ...}], ``awards`` [...], ``notes``
@@ -51,7 +53,9 @@ $ 0.01, kW 0.1, % 0.1).
 - ``economics``: ``revenue_usd``, ``energy_cost_usd``, ``reserve_payment_usd``, ``reserve_clawback_usd``,
   ``reserve_revenue_usd`` (AS awards at their price, less the clawback of reserve awarded and not
   held; a deployment's metered shortfall is reported, not charged:
-  :func:`hashflex.report.ancillary.reserve_money`), ``profit_usd`` (revenue − energy cost + reserve
+  :func:`hashflex.report.ancillary.reserve_money`; payment and clawback weighted alike by the time each
+  award revision was in force; ``reserve_final_through``, ``reserve_provisional_payment_usd``: the
+  payment after the last final interval, ``reserve_estimated_hold_intervals``), ``profit_usd`` (revenue − energy cost + reserve
   revenue; start costs are not subtracted, unlike a backtest summary's profit), ``average_energy_cost_usd_per_mwh``,
   ``curtailment_hours`` (hours of intervals with any curtailment, not the summary's full-site
   ``curtailed_hours``), ``curtailed_mwh``, ``uncosted_intervals``, ``uncosted_hours``,
@@ -325,7 +329,13 @@ def report_from_records(records: list[Any], start: pd.Timestamp, end: pd.Timesta
     if inputs.superseded:
         notes.append(f"{inputs.superseded} measurement record(s) superseded by a later record for the same interval")
     site = (inputs.configs[-1]["profile"].get("site") or {}).get("name") if inputs.configs else None
-    ancillary = ancillary_figures(inputs, start, end, tolerance_kw=dr_tolerance_kw)
+    # What the report covers (issue 15: a store the daemon is still writing): the last committed record.
+    head_seq = audit.get("head_seq") if audit.get("head_seq") is not None else (
+        max(r.seq for r in records) if records else None)
+    covered = [r for r in records if head_seq is None or r.seq <= head_seq]
+    head_at = pd.Timestamp(max(covered, key=lambda r: r.seq).at_utc) if covered else None
+    ancillary = ancillary_figures(inputs, start, end, tolerance_kw=dr_tolerance_kw, head_seq=head_seq,
+                                  head_at=head_at)
     report = {
         "report": {"period_start": start.isoformat(), "period_end": end.isoformat(), "site": site, "timezone": tz,
                    "simulated": origin.simulated, "provenance": origin.to_json(),
@@ -341,7 +351,9 @@ def report_from_records(records: list[Any], start: pd.Timestamp, end: pd.Timesta
                                         high_price_usd_mwh=high_price_usd_mwh, tz=tz, simulated=origin.simulated),
         "ancillary": ancillary,
         "curtailment": curtailment_figures(m, inputs.schedules, inputs.guard_actions, tz),
-        "economics": F.economics_figures(m, reserve_money(inputs, start, end, ancillary["deployments"])),
+        "economics": F.economics_figures(m, reserve_money(
+            inputs, start, end, ancillary["deployments"],
+            final_through=None if ancillary["final_through"] is None else pd.Timestamp(ancillary["final_through"]))),
         "hourly": F.hourly_figures(m, inputs.configs),
         "intervals": interval_rows(m, inputs, simulated=origin.simulated),
     }

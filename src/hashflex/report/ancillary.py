@@ -17,20 +17,33 @@ Figures, per deployment first instructed in the report period, one row per accep
 amended deployment, ``in/as/deploy`` with the same id and a higher ``revision``, has a row for each
 instruction as given: issue 15, a row mixed revision 0's MW with the latest's limit and delivery).
 Every figure of a row comes from that revision's own message, ack and ``as_performance`` record;
-``revision``, ``revisions`` (how many the deployment had), ``in_force_from`` (the first revision: its
-instruction, or its arrival if earlier; a later one: its arrival, when the loop's book took it) and
-``in_force_until`` (the next revision's arrival, else the deployment's end: its recall, else its
-release by the backstop ``ancillary.max_hold_h`` from the first instruction — the book's
-``release_at``; a trail written before deployments held until recall: the product's sustain
-duration). A deployment never accepted has one row
+``revision``, ``revisions`` (how many the deployment had), ``received_at`` (when the site received
+the message: its ack's ``acked_at``), ``in_force_from`` (when the site held it: the revision's receipt
+at the site — a late deployment is held, and assessed, from its arrival, not from its instruction;
+response times still count from the instruction, below), ``in_force_until`` (the next revision's
+arrival, else the deployment's end: its recall — the loop's ``ended_at``, else the first accepted
+recall at or after it bound; a recall received earlier and dated before the instruction is older and
+does not end it — else its release by the backstop ``ancillary.max_hold_h`` from the first
+instruction, the book's ``release_at``; a trail written before deployments held until recall: the
+product's sustain duration) and ``in_force_h`` (hours between the two). ``status``: ``accepted``,
+``rejected``, or ``cancelled`` (recalled before it bound: the loop's ``cancelled``, or an end at or
+before its receipt): a cancelled row has no in-force window, no delivery, shortfall, response or
+metered figures, binds no interval and is no one's ``concurrent_with``. ``final``: every interval
+the revision binds is final (:func:`final_through`). A deployment never accepted has one row
 (``revision`` its message's, ``revisions`` 0, no delivery figures). Units in the key names:
 
 - ``deployed_mw`` = the revision's ``deployed_kw`` / 1000 (the reduction asked);
 - ``awarded_mw`` = Σ ``reserve_kw`` / 1000 of the accepted awards of the same product in force at
-  the instruction (the latest accepted revision of each award recorded before the deployment);
-- ``delivered_mw`` = (``baseline_kw`` − ``commanded_import_kw``) / 1000; ``shortfall_mw`` =
-  max(``commanded_import_kw`` − ``limit_kw``, 0) / 1000; ``delivered_vs_awarded_pct`` =
-  100 · delivered / awarded; ``response_s`` = ``commanded_after_s``; ``within_deadline`` whether
+  the instruction as known then (the latest accepted revision of each award recorded before the
+  deployment: the limits book's A₀ rule, what the deployment is measured against);
+  ``awarded_latest_mw`` the same awards as last revised in the trail (a later cut or withdrawal
+  shows here, not in ``awarded_mw``);
+- ``delivered_mw`` = (``baseline_kw`` − ``commanded_import_kw``) / 1000; ``commanded_limit_kw`` the
+  limit the book held at the command (``limit_kw``, the ack's, raised by the reserve awarded since
+  the instruction: :func:`deployment_limit_kw` at the revision's receipt); ``shortfall_mw`` = the one
+  rule of :mod:`hashflex.control.as_shortfall` on the commanded import, min(max(commanded −
+  ``commanded_limit_kw``, 0), deployed) / 1000 — the rule and the limit its intervals use, so a row
+  and its ``shortfall_intervals`` agree; ``delivered_vs_awarded_pct`` = 100 · delivered / awarded; ``response_s`` = ``commanded_after_s``; ``within_deadline`` whether
   the cut was commanded by the deadline (ERCOT Nodal Protocols §6.5.7.6.2: RRS and ECRS within
   10 minutes, Non-Spin within 30; ``profile.AS_PRODUCT_RULES``);
 - metered, from ``measurement`` records, by the one rule of :mod:`hashflex.control.as_shortfall`
@@ -48,10 +61,13 @@ duration). A deployment never accepted has one row
   (negative when the site drew more than at the instruction), ``metered_shortfall_mw`` = the
   h-weighted mean of its share / 1000 (alone: min(max(import − limit, 0), deployed); the backtest's
   ``as_deployment_short_kw`` over the same intervals), ``concurrent_with`` the other deployments
-  that bound any of them; ``metered_under_limit_by`` = the end of the first interval of the
+  in force at any moment of the revision's in-force window (measured or not) or binding any of its
+  intervals; ``metered_under_limit_by`` = the end of the first interval of the
   revision's span whose mean import is at or under its limit, and ``metered_response_s`` the time
   from the revision's instruction to it (an upper bound: the trail holds one mean per interval).
-  Null when no measurement covers the revision;
+  Both come from the deployment's own records and every measurement of the trail, never from the
+  report period (the same in any window that shows the row; a store still being written can add
+  intervals: ``final``). Null when no measurement covers the revision;
 - ``measured_response_s`` / ``measured_within_deadline``: from the site meter's (or summed telemetry's)
   individual readings, recorded by the loop in a later ``as_performance`` record: the time from the
   instruction to the first reading at or under the limit, and whether that was by the deadline (null
@@ -63,16 +79,32 @@ duration). A deployment never accepted has one row
   full); ``award_obligation_mw`` the deployment's MW less that, ``award_shortfall_mw`` what the
   commanded import is over baseline − that obligation (null on a trail written before these flags).
 
-Money (:func:`reserve_money`, in the ``economics`` section): ``reserve_payment_usd`` = Σ over every
+Money (:func:`reserve_money`, in the ``economics`` section). Payment and clawback are weighted by
+the same time per award revision (issue 15: an award withdrawn at 17:05 was paid for 17:00–17:05
+while the loop, measuring after the withdrawal, saw no award and wrote no hold-short record: net
+paid for 0 kW held; an award starting at 17:05 was clawed back for the whole quarter and paid for
+ten minutes). ``reserve_payment_usd`` = Σ over every
 accepted revision of every award of ``reserve_kw`` / 1000 × its ``price_usd_mw_h`` × the hours of its
 window inside the report period and before the next accepted revision of the same ``award_id`` was
 recorded (the loop held each revision until the next replaced it; a withdrawal, ``reserve_kw`` 0,
 ends the payment but not what was in force before it: issue 15, a live award withdrawn at 06:00 was
 paid $0 for 05:00–06:00 while its hold shortfall then was charged). ERCOT pays a DAM AS award at its
-MCPC per MW per hour, NP4-181-ER; ``reserve_clawback_usd`` = Σ over the
-``reserve_hold_short`` records of intervals starting in the period (the latest per interval and
-product) of :func:`hashflex.control.ancillary.reserve_clawback_usd` (``short_kw`` / 1000 × the
-awards' ``price_usd_mw_h`` × ``interval_h``): reserve awarded and not held by running, sheddable,
+MCPC per MW per hour, NP4-181-ER; ``reserve_clawback_usd``, per interval starting in the period
+(with a ``reserve_hold_short`` record or a measurement) and product: where the product's award
+revisions are the same over the whole interval, the loop's record (the latest per interval and
+product) through :func:`hashflex.control.ancillary.reserve_clawback_usd` (``short_kw`` / 1000 × the
+awards' ``price_usd_mw_h`` × ``interval_h``; none: the loop found it held) — the backtest's number;
+where a revision starts, ends or replaces another inside the interval, Σ over the pieces between
+those moments of max(A − D − H, 0) / 1000 × P × the piece's hours, A the reserve of the revisions
+in force in the piece (the payment's windows), P their reserve-weighted price, D the MW of the
+product deployed in the interval, H the reserve held: the record's ``held_kw``; without a record,
+the obligation the loop knew when it measured (awards recorded before the measurement, less D) if
+it had one (it found it held), else the metered running load above idle (``load_kw`` less every
+unit's idle draw, shared pro rata between products so estimated, capped by the product's qualified
+``group_mw``; ``reserve_estimated_hold_intervals`` counts them; no measurement: 0 held). So a site
+that held nothing nets $0 however its award changed. ``reserve_final_through`` /
+``reserve_provisional_payment_usd``: the payment after the last final interval (:func:`final_through`),
+whose clawback may still be queued. Reserve awarded and not held by running, sheddable,
 qualified load, the failure to provide that ERCOT's settlement charges (Nodal Protocols §6.4.9.1.3,
 §6.7.3; that function's docstring). The backtest settles with the same function on the same
 numbers (the loop writes the records), so a backtest database's report equals its summary to the
@@ -100,9 +132,10 @@ from hashflex.profile import AS_PRODUCT_RULES
 from hashflex.report.deployment_limit import awards_known_before, deployment_limit_kw
 from hashflex.report.inputs import ReportInputs, _r
 
-__all__ = ["AWARD_COLUMNS", "DEPLOYMENT_COLUMNS", "ancillary_figures", "reserve_money"]
+__all__ = ["AWARD_COLUMNS", "DEPLOYMENT_COLUMNS", "ancillary_figures", "final_through", "reserve_money"]
 
-DEPLOYMENT_COLUMNS = ["deployment_id", "revision", "product", "issued_at", "in_force_until", "accepted", "deployed_mw", "awarded_mw", "delivered_mw",
+DEPLOYMENT_COLUMNS = ["deployment_id", "revision", "product", "issued_at", "in_force_from", "in_force_until", "status",
+                      "final", "deployed_mw", "awarded_mw", "awarded_latest_mw", "delivered_mw",
                       "delivered_vs_awarded_pct", "shortfall_mw", "response_s", "deadline", "within_deadline",
                       "recalled_at", "metered_import_kw", "metered_limit_kw", "metered_delivered_mw",
                       "metered_shortfall_mw",
@@ -126,7 +159,7 @@ def _accepted(record: Mapping[str, Any]) -> bool:
     return (record.get("ack") or {}).get("status") == "accepted"
 
 
-def _awarded_kw(awards: list[dict[str, Any]], product: str, at: pd.Timestamp, before_seq: int) -> float:
+def _awarded_kw(awards: list[dict[str, Any]], product: str, at: pd.Timestamp, before_seq: float) -> float:
     """kW of ``product`` awarded and in force at ``at``, from accepted award records before ``before_seq``."""
     latest: dict[str, dict[str, Any]] = {}
     for record in sorted(awards, key=lambda r: r["seq"]):
@@ -156,6 +189,8 @@ class _Revision:
     until: pd.Timestamp  # the next revision's arrival, else the deployment's end
     end: pd.Timestamp  # the deployment's end: its recall, else its release (max_hold_h; older trails: sustain)
     awarded_at_instruction_kw: float | None = None  # A₀ as the book kept it (None: older trails)
+    cancelled: bool = False  # recalled before it bound (the loop's ``cancelled``, or an end at or before its start)
+    recalled_at: pd.Timestamp | None = None  # the recall that ended it (None: not recalled)
 
     @property
     def limit_kw(self) -> float | None:
@@ -168,22 +203,32 @@ class _Revision:
         return float(self.record["message"].get("deployed_kw") or 0.0)
 
 
+def _arrival(record: Mapping[str, Any]) -> pd.Timestamp:
+    """When the site received a deployment message: its ack's ``acked_at`` (the loop decides on
+    arrival), else the record's time."""
+    return _stamp((record.get("ack") or {}).get("acked_at")) or record["at"]
+
+
 def _revisions(inputs: ReportInputs) -> tuple[dict[str, list[_Revision]], dict[str, dict[str, Any]],
                                               dict[str, pd.Timestamp]]:
     """Per deployment id: its accepted revisions in the order received (each with its span, deadline and
-    its own performance record), the first record of each id that was never accepted, and the recalls."""
+    its own performance record), the first record of each id that was never accepted, and the recalls
+    that ended a deployment (id -> recall time)."""
     performance: dict[tuple[str, int], dict[str, Any]] = {}
+    ended: dict[str, dict[str, Any]] = {}  # the loop's word on how a deployment ended (latest record with ended_at)
     for p in sorted(inputs.as_performance, key=lambda p: p["seq"]):
         performance[str(p.get("deployment_id")), int(p.get("revision") or 0)] = p
-    recalls: dict[str, pd.Timestamp] = {}
+        if p.get("ended_at"):
+            ended[str(p.get("deployment_id"))] = p
+    recall_times: dict[str, list[pd.Timestamp]] = {}
     accepted: dict[str, list[dict[str, Any]]] = {}
     refused: dict[str, dict[str, Any]] = {}
     for record in sorted(inputs.as_deploys, key=lambda r: r["seq"]):
         message = record["message"]
         deployment_id = str(message.get("deployment_id"))
         if message.get("recalled"):
-            if _accepted(record) and deployment_id not in recalls:
-                recalls[deployment_id] = _stamp(message.get("issued_at")) or record["at"]
+            if _accepted(record):
+                recall_times.setdefault(deployment_id, []).append(_stamp(message.get("issued_at")) or record["at"])
             continue
         if _accepted(record):
             held = accepted.setdefault(deployment_id, [])
@@ -192,10 +237,14 @@ def _revisions(inputs: ReportInputs) -> tuple[dict[str, list[_Revision]], dict[s
         elif deployment_id not in refused:
             refused[deployment_id] = record
     out: dict[str, list[_Revision]] = {}
+    recalls: dict[str, pd.Timestamp] = {}
     for deployment_id, records in accepted.items():
         first = records[0]["message"]
         rules = AS_PRODUCT_RULES.get(str(first.get("product")), {})
         first_issued = _stamp(first.get("issued_at")) or records[0]["at"]
+        # Held from when the site received it (issue 15): a late deployment cannot be held before it
+        # arrived, a future-dated one binds from its arrival (the book's safety rule).
+        first_received = _arrival(records[0])
         kept = [performance.get((deployment_id, int(r["message"].get("revision") or 0))) or {} for r in records]
         # Without a recall a deployment holds to its release (ancillary.max_hold_h, the book's
         # ``release_at``); trails written before it held until recall ended at the sustained duration.
@@ -203,21 +252,36 @@ def _revisions(inputs: ReportInputs) -> tuple[dict[str, list[_Revision]], dict[s
         end = release or first_issued + pd.Timedelta(hours=float(rules.get("sustain_h", 0.0)))
         at_instruction = next((float(p["awarded_at_instruction_kw"]) for p in kept
                                if p.get("awarded_at_instruction_kw") is not None), None)
-        if deployment_id in recalls:
-            end = min(end, recalls[deployment_id])
+        # The recall that ends it: the loop's performance record says when (``ended_at``); else the
+        # first accepted recall at or after it bound (a recall received earlier and dated before the
+        # instruction is an older one: the loop holds the deployment, issue 15).
+        bound_from = min(first_issued, first_received)
+        recalled_at = None
+        loop_end = ended.get(deployment_id)
+        if loop_end is not None:
+            if str(loop_end.get("end_reason") or "").startswith("backstop") or loop_end.get("event") == "released":
+                end = min(end, _stamp(loop_end["ended_at"]))  # released by max_hold_h: not a recall
+            else:
+                recalled_at = _stamp(loop_end["ended_at"])
+        else:
+            recalled_at = next((t for t in recall_times.get(deployment_id, []) if t >= bound_from), None)
+        if recalled_at is not None:
+            end = min(end, recalled_at)
+            recalls[deployment_id] = recalled_at
+        cancelled = bool(loop_end is not None and loop_end.get("cancelled")) or end <= first_received
         revisions = []
         for i, record in enumerate(records):
             message = record["message"]
             issued = _stamp(message.get("issued_at")) or record["at"]
-            # The book replaces a revision when the next arrives; the first binds from its instruction
-            # or its arrival, whichever is earlier (control.ancillary.ASDeployment.binds_from).
-            received = min(issued, record["at"]) if i == 0 else record["at"]
+            # The book replaces a revision when the next arrives; the first is held from its arrival.
+            received = first_received if i == 0 else _arrival(record)
             deadline = (_stamp((record["ack"] or {}).get("deadline"))
                         or issued + pd.Timedelta(seconds=float(rules.get("deadline_s", 0.0))))
-            until = min(records[i + 1]["at"], end) if i + 1 < len(records) else end
+            until = min(_arrival(records[i + 1]), end) if i + 1 < len(records) else end
             revisions.append(_Revision(deployment_id, int(message.get("revision") or 0), record,
                                        performance.get((deployment_id, int(message.get("revision") or 0))),
-                                       issued, received, deadline, first_issued, until, end, at_instruction))
+                                       issued, received, deadline, first_issued, until, end, at_instruction,
+                                       cancelled, recalled_at))
         out[deployment_id] = revisions
     return out, refused, recalls
 
@@ -229,6 +293,9 @@ def _shortfall_intervals(inputs: ReportInputs, revisions: Mapping[str, list[_Rev
     first instruction (:func:`deployment_limit_kw`)."""
     history = inputs.history
     if history is None or history.empty or not revisions:
+        return []
+    revisions = {k: v for k, v in revisions.items() if not v[0].cancelled}  # a cancelled one binds nothing
+    if not revisions:
         return []
     first = min(r[0].received for r in revisions.values())
     last = max(r[0].end for r in revisions.values())
@@ -317,28 +384,51 @@ def _deployment_row(record: dict[str, Any], inputs: ReportInputs, revision: _Rev
     deadline = (revision.deadline if revision is not None else
                 _stamp(ack.get("deadline")) or issued + pd.Timedelta(seconds=float(rules.get("deadline_s", 0.0))))
     awarded_kw = _awarded_kw(inputs.as_awards, product, issued, record["seq"])
+    # The same product's awards covering the instruction as last revised in the trail (a later cut or
+    # withdrawal shows here; ``awarded_mw`` stays as known at the instruction: the book's A₀ rule).
+    awarded_latest_kw = _awarded_kw(inputs.as_awards, product, issued, math.inf)
     perf = (revision.performance if revision is not None else None) or {}
+    cancelled = revision is not None and revision.cancelled
+    held = revision is not None and not cancelled
     baseline = perf.get("baseline_kw")
     limit = revision.limit_kw if revision is not None else None
-    delivered = perf.get("delivered_kw")
-    shortfall = perf.get("shortfall_kw")
+    delivered = perf.get("delivered_kw") if not cancelled else None
+    commanded = perf.get("commanded_import_kw") if not cancelled else None
+    # One rule for the row and its intervals (control.as_shortfall): the commanded import against
+    # the limit the book held at the command (deployment_limit_kw: the ack's limit plus the reserve
+    # awarded since the instruction), capped at the MW deployed.
+    commanded_limit = shortfall = None
+    if held and limit is not None:
+        at = revision.received
+        commanded_limit = deployment_limit_kw(limit, revision.first_issued.to_pydatetime(),
+                                              awards_known_before(inputs.as_awards, at + pd.Timedelta(microseconds=1)),
+                                              at.to_pydatetime(),
+                                              awarded_at_instruction_kw=revision.awarded_at_instruction_kw)
+        if commanded is not None:
+            shortfall = deployment_shortfall_kw(float(commanded), commanded_limit, revision.deployed_kw)
+    status = "cancelled" if cancelled else ("accepted" if _accepted(record) else "rejected")
     row = {
         "deployment_id": message.get("deployment_id"), "revision": int(message.get("revision") or 0),
         "revisions": revision_count, "product": product, "issuer": message.get("issuer"),
-        "issued_at": issued.isoformat(), "accepted": _accepted(record), "reason": ack.get("reason"),
-        "in_force_from": _iso(revision.received) if revision is not None else None,
-        "in_force_until": _iso(revision.until) if revision is not None else None,
+        "issued_at": issued.isoformat(), "accepted": _accepted(record), "status": status, "cancelled": cancelled,
+        "reason": ack.get("reason"),
+        "received_at": _iso(_arrival(record)),
+        "in_force_from": _iso(revision.received) if held else None,
+        "in_force_until": _iso(revision.until) if held else None,
+        "in_force_h": _r((revision.until - revision.received).total_seconds() / 3600.0) if held else None,
         "deployed_mw": _r(float(message.get("deployed_kw") or 0.0) / 1000.0),
         "awarded_mw": _r(awarded_kw / 1000.0),
+        "awarded_latest_mw": _r(awarded_latest_kw / 1000.0),
         "deadline": deadline.isoformat(), "deadline_s": _r((deadline - issued).total_seconds()),
         "recalled_at": _iso(recalled_at),
-        "baseline_kw": _r(baseline), "limit_kw": _r(limit), "commanded_import_kw": _r(perf.get("commanded_import_kw")),
+        "baseline_kw": _r(baseline), "limit_kw": _r(limit), "commanded_import_kw": _r(commanded),
+        "commanded_limit_kw": _r(commanded_limit),
         "delivered_mw": None if delivered is None else _r(float(delivered) / 1000.0),
         "shortfall_mw": None if shortfall is None else _r(float(shortfall) / 1000.0),
         "delivered_vs_awarded_pct": (_r(100.0 * float(delivered) / awarded_kw)
                                      if delivered is not None and awarded_kw > 0 else None),
-        "response_s": _r(perf.get("commanded_after_s")),
-        "within_deadline": perf.get("commanded_within_deadline"),
+        "response_s": _r(perf.get("commanded_after_s")) if not cancelled else None,
+        "within_deadline": perf.get("commanded_within_deadline") if not cancelled else None,
         # From the site meter's (or telemetry's) readings: the first at or under the limit (seconds).
         "measured_response_s": _r(perf.get("measured_response_s")),
         "measured_within_deadline": perf.get("measured_within_deadline"),
@@ -349,7 +439,7 @@ def _deployment_row(record: dict[str, Any], inputs: ReportInputs, revision: _Rev
         "award_obligation_mw": _mw(perf.get("award_obligation_kw")),
         "award_shortfall_mw": _mw(perf.get("award_shortfall_kw")),
     }
-    if revision is not None and revision.performance:
+    if held and revision.performance:
         row.update(_metered(revision, inputs, intervals, tolerance_kw))
     else:
         row.update({"metered_intervals": 0, "metered_import_kw": None, "metered_limit_kw": None,
@@ -358,8 +448,39 @@ def _deployment_row(record: dict[str, Any], inputs: ReportInputs, revision: _Rev
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
 
+def final_through(inputs: ReportInputs, head_seq: int | None) -> pd.Timestamp | None:
+    """Until when the trail's interval figures are final (issue 15: a report on a store the daemon is
+    still writing): the end of the latest measured interval whose ``measurement`` record has a record
+    committed after it (seq below ``head_seq``). The loop writes an interval's ``reserve_hold_short``
+    records right after its measurement, through one writer in order, so a measurement that is the
+    trail's last record may still have them queued; intervals after the last measurement have no
+    record yet. (With several products short in one interval, a head that is the first of them
+    cannot show whether the others are still queued: that interval counts as final.)
+
+    Parameters
+    ----------
+    inputs : ReportInputs
+        Decoded audit records (``history``: every measurement, with its ``seq``).
+    head_seq : int or None
+        The seq of the last record committed in the trail (None: the last measurement's seq).
+
+    Returns
+    -------
+    pandas.Timestamp or None
+        UTC; None when no measured interval is final.
+    """
+    history = inputs.history
+    if history is None or history.empty:
+        return None
+    seqs = history["seq"].astype("int64")
+    head = int(seqs.max()) if head_seq is None else int(head_seq)
+    done = history[seqs < head]
+    return None if done.empty else pd.Timestamp(done["interval_end"].max())
+
+
 def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_end: pd.Timestamp, *,
-                      tolerance_kw: float = 0.0) -> dict[str, Any]:
+                      tolerance_kw: float = 0.0, head_seq: int | None = None,
+                      head_at: pd.Timestamp | None = None) -> dict[str, Any]:
     """The report's ``ancillary`` section: every AS deployment issued in the period and the awards.
 
     Parameters
@@ -371,11 +492,19 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
         (``issued_at`` of revision 0), with all its revisions; an award when its window overlaps the period.
     tolerance_kw : float
         kW a metered interval mean may be over the limit and still count as under it.
+    head_seq : int, optional
+        The seq of the last record committed in the trail (the audit head); None: the last
+        measurement's. Figures of intervals after :func:`final_through` are flagged not final.
+    head_at : pandas.Timestamp, optional
+        That record's time (``covers_through_at``).
 
     Returns
     -------
     dict
-        ``deployment_count``, ``accepted_count``, ``shortfall_count`` (deployments with a commanded
+        ``covers_through_seq`` / ``covers_through_at`` (the last record the report read),
+        ``final_through`` (:func:`final_through`; ISO or null), ``provisional_interval_count`` (shortfall
+        intervals of the period after it), ``deployment_count``, ``accepted_count`` (accepted and not
+        cancelled), ``cancelled_count`` (recalled before they bound), ``shortfall_count`` (deployments with a commanded
         or metered shortfall in any revision), ``late_count`` (a cut not commanded by its deadline),
         ``late_arrival_count`` (arrived after it), ``above_award_count`` (asked more than the award in
         force), ``amended_count`` (deployments with more than one revision), ``deployments`` (one row
@@ -399,6 +528,18 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
                           _deployment_row(record, inputs, None, recalls.get(deployment_id), intervals, 0,
                                           tolerance_kw)))
     rows = [row for _, row in sorted(keyed, key=lambda kr: kr[0])]
+    # Deployments in force together (issue 15): by their in-force windows, measured or not.
+    spans = {d: (held[0].received, held[0].end) for d, held in revisions.items() if not held[0].cancelled}
+    final = final_through(inputs, head_seq)
+    for row in rows:
+        if row["in_force_from"] is None:
+            row["final"] = True  # refused or cancelled: nothing to measure
+            continue
+        start, until = pd.Timestamp(row["in_force_from"]), pd.Timestamp(row["in_force_until"])
+        overlapping = {d for d, (a, b) in spans.items() if a < until and b > start}
+        row["concurrent_with"] = sorted((set(row["concurrent_with"]) | overlapping) - {row["deployment_id"]})
+        # Final when every interval it binds is: its metered figures will not change with later records.
+        row["final"] = final is not None and until <= final
     awards = []
     for record in sorted(inputs.as_awards, key=lambda r: r["seq"]):
         message = record["message"]
@@ -421,6 +562,21 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
               for e in ("overrun", "released")}
 
     notes = []
+    covers = head_seq if head_seq is not None else (
+        int(inputs.history["seq"].max()) if inputs.history is not None and not inputs.history.empty else None)
+    if (rows or awards) and (final is None or final < period_end):
+        notes.append(f"not final after {_iso(final) if final is not None else 'the first interval'}: the report "
+                     f"covers the trail through seq {covers}"
+                     f"{f' ({_iso(head_at)})' if head_at is not None else ''}; an interval without a measurement "
+                     f"record followed by another record may still have records queued by the daemon's writer "
+                     f"(rows and shortfall_intervals with final false)")
+    if any(r["cancelled"] for r in rows):
+        notes.append("a cancelled deployment (recalled before it bound) has no in-force window, shortfall or "
+                     "metered figures")
+    if any(r["status"] != "cancelled" and r["awarded_latest_mw"] != r["awarded_mw"] for r in rows):
+        notes.append("awarded_mw is the product's award at the instruction as known then (the limits book's A0 rule, "
+                     "what the deployment is measured against); awarded_latest_mw the same award as last revised "
+                     "in the trail (a later cut or withdrawal)")
     if rows:
         notes.append("response_s is the time from the instruction to the cut the fast path commanded; metered "
                      "figures come from the interval means of the measurement records, so metered_response_s is "
@@ -448,9 +604,17 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
               "deployments": [{**d, **{k: _r(d[k]) for k in ("limit_kw", "deployed_kw", "shortfall_kw")}}
                               for d in i["deployments"]]}
              for i in intervals if period_start <= i["interval_start"] < period_end]
+    for shown_interval, interval in zip(shown, [i for i in intervals if period_start <= i["interval_start"] < period_end],
+                                        strict=True):
+        shown_interval["final"] = final is not None and interval["interval_end"] <= final
     return {
+        "covers_through_seq": covers,
+        "covers_through_at": _iso(head_at),
+        "final_through": _iso(final),
+        "provisional_interval_count": sum(1 for i in shown if not i["final"]),
         "deployment_count": count(lambda r: True),
-        "accepted_count": count(lambda r: r["accepted"]),
+        "accepted_count": count(lambda r: r["status"] == "accepted"),
+        "cancelled_count": count(lambda r: r["cancelled"]),
         "shortfall_count": count(lambda r: (r["shortfall_mw"] or 0.0) > 0 or (r["metered_shortfall_mw"] or 0.0) > 0),
         "late_count": count(lambda r: r["within_deadline"] is False),
         "late_arrival_count": count(lambda r: r["arrived_late"] is True),
@@ -485,48 +649,224 @@ def _award_revisions(awards: list[dict[str, Any]]
     return out
 
 
-def reserve_money(inputs: ReportInputs, period_start: pd.Timestamp, period_end: pd.Timestamp,
-                  deployments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The reserve payment, clawback and net of the period, from the audit trail (module docstring).
-
-    Parameters
-    ----------
-    inputs : ReportInputs
-        Decoded audit records (``as_awards``, ``reserve_hold_short``).
-    period_start, period_end : pd.Timestamp
-        The report period, UTC, half-open.
-    deployments : list of dict, optional
-        The ``deployments`` rows of :func:`ancillary_figures`; not charged (a deployment's shortfall
-        is a performance figure), accepted for the callers that pass them.
-
-    Returns
-    -------
-    dict
-        ``reserve_payment_usd``, ``reserve_clawback_usd``, ``reserve_revenue_usd`` ($; 0.0 without
-        awards).
-    """
-    payment = 0.0
-    for message, held_from, superseded in _award_revisions(inputs.as_awards):
+def _award_windows(awards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each accepted award revision's held window (:func:`_award_revisions`): ``product``,
+    ``reserve_kw``, ``price_usd_mw_h`` (None without one), ``start``, ``end`` (UTC; empty windows left out)."""
+    out = []
+    for message, held_from, superseded in _award_revisions(awards):
         start, end = _stamp(message.get("start")), _stamp(message.get("end"))
-        price = message.get("price_usd_mw_h")
-        if start is None or end is None or price is None:
+        if start is None or end is None:
             continue
         if held_from is not None:
             start = max(start, pd.Timestamp(held_from))
         if superseded is not None:
             end = min(end, pd.Timestamp(superseded))
-        hours = (min(end, period_end) - max(start, period_start)).total_seconds() / 3600.0
+        if end > start:
+            price = message.get("price_usd_mw_h")
+            out.append({"product": str(message.get("product")), "reserve_kw": float(message.get("reserve_kw") or 0.0),
+                        "price_usd_mw_h": None if price is None else float(price), "start": start, "end": end})
+    return out
+
+
+def _deployed_kw(revisions: Mapping[str, list[_Revision]], product: str, start: pd.Timestamp,
+                 end: pd.Timestamp) -> float:
+    """kW of ``product`` deployed in ``[start, end)`` (the latest revision received by ``end`` of each
+    deployment in force then, not cancelled): shed load is not held as reserve (the loop's rule)."""
+    total = 0.0
+    for held in revisions.values():
+        first = held[0]
+        if first.cancelled or str(first.record["message"].get("product")) != product:
+            continue
+        if first.received < end and first.end > start:
+            latest = [r for r in held if r.received < end]
+            total += latest[-1].deployed_kw if latest else 0.0
+    return total
+
+
+def _measured_sheddable_kw(inputs: ReportInputs, row: Any) -> float | None:
+    """The running load above idle over a measured interval, kW: its mean ``load_kw`` less every unit's
+    idle draw (a unit asleep draws its idle power, a running one its mode's power), from the profile
+    in force for the record (``config``). None without a load or a profile."""
+    from hashflex.report.provenance import config_for_seq
+
+    load = getattr(row, "load_kw", None)
+    if load is None or not math.isfinite(float(load)) or not inputs.configs:
+        return None
+    config = config_for_seq(inputs.configs, int(row.seq))
+    groups = ((config or {}).get("profile") or {}).get("miner_groups") or []
+    idle = sum(float(g.get("units") or 0) * float(g.get("idle_power_kw") or 0.0) for g in groups)
+    return max(float(load) - idle, 0.0)
+
+
+def _qualified_kw(inputs: ReportInputs, row: Any, product: str) -> float:
+    """kW of ``product`` the profile in force qualifies (Σ ``ancillary.products[P].group_mw`` × 1000;
+    inf without the section)."""
+    from hashflex.report.provenance import config_for_seq
+
+    config = config_for_seq(inputs.configs, int(row.seq)) if inputs.configs else None
+    section = (((config or {}).get("profile") or {}).get("ancillary") or {}).get("products") or {}
+    if product not in section:
+        return math.inf
+    return 1000.0 * sum(float(v) for v in (section[product].get("group_mw") or {}).values())
+
+
+def _interval_clawback_usd(inputs: ReportInputs, windows: list[dict[str, Any]], revisions: Mapping[str, list[_Revision]],
+                           start: pd.Timestamp, end: pd.Timestamp, records: Mapping[str, Mapping[str, Any]],
+                           measured: Any) -> tuple[float, list[str]]:
+    """One interval's clawback, $, over the products awarded in it (:func:`reserve_money`), and the
+    products whose held reserve was estimated from the metered load."""
+    products = {w["product"] for w in windows if w["start"] < end and w["end"] > start} | set(records)
+    total, estimated = 0.0, []
+    need: dict[str, float] = {}
+    pending: dict[str, tuple[list[tuple[float, float | None, float]], float]] = {}
+    for product in sorted(products):
+        mine = [w for w in windows if w["product"] == product and w["start"] < end and w["end"] > start]
+        record = records.get(product)
+        constant = all(w["start"] <= start and w["end"] >= end for w in mine)
+        if constant:
+            # The awards did not change inside the interval: the loop's record is the clawback (the
+            # backtest settles the same number); no record: the loop found the award held.
+            if record is not None and record.get("price_usd_mw_h") is not None and record.get("short_kw") is not None:
+                total += float(reserve_clawback_usd(float(record["short_kw"]), float(record["price_usd_mw_h"]),
+                                                    float(record.get("interval_h") or (end - start).total_seconds() / 3600.0)))
+            continue
+        cuts = sorted({start, end} | {w["start"] for w in mine if start < w["start"] < end}
+                      | {w["end"] for w in mine if start < w["end"] < end})
+        segments = []
+        for a, b in zip(cuts, cuts[1:]):
+            covering = [w for w in mine if w["start"] <= a and w["end"] >= b]
+            awarded = sum(w["reserve_kw"] for w in covering)
+            priced = [w for w in covering if w["price_usd_mw_h"] is not None]
+            kw = sum(w["reserve_kw"] for w in priced)
+            price = sum(w["reserve_kw"] * w["price_usd_mw_h"] for w in priced) / kw if kw > 0 else None
+            segments.append((awarded, price, (b - a).total_seconds() / 3600.0))
+        deployed = _deployed_kw(revisions, product, start, end)
+        if record is not None:  # what the running units held, as the loop measured it
+            held = float(record.get("held_kw", float(record.get("obligation_kw") or 0.0)
+                                    - float(record.get("short_kw") or 0.0)))
+        else:
+            # No record: the loop found the obligation it knew when it measured (the awards recorded
+            # before the measurement) held, if it had one; else estimate from the metered load.
+            known_at = getattr(measured, "at", None) if measured is not None else None
+            loop_awarded = 0.0
+            if known_at is not None:
+                loop_awarded = sum(kw for a_start, a_end, kw in _known_awards(inputs.as_awards, product, known_at)
+                                   if a_start < end and a_end > start)
+            if loop_awarded - deployed > 1e-6:
+                held = loop_awarded - deployed
+            else:
+                need[product] = max(a for a, _, _ in segments) - deployed if segments else 0.0
+                pending[product] = (segments, deployed)
+                continue
+        total += sum(max(a - deployed - held, 0.0) / 1000.0 * p * h for a, p, h in segments if p is not None)
+    if pending:
+        sheddable = _measured_sheddable_kw(inputs, measured) if measured is not None else None
+        share_total = sum(max(v, 0.0) for v in need.values())
+        for product, (segments, deployed) in pending.items():
+            estimated.append(product)
+            if sheddable is None:
+                held = 0.0  # no evidence it was held: when in doubt, not held
+            else:
+                share = max(need[product], 0.0) / share_total if share_total > 0 else 1.0 / len(pending)
+                held = min(sheddable * share, _qualified_kw(inputs, measured, product))
+            total += sum(max(a - deployed - held, 0.0) / 1000.0 * p * h for a, p, h in segments if p is not None)
+    return total, estimated
+
+
+def _known_awards(awards: list[dict[str, Any]], product: str, before: pd.Timestamp
+                  ) -> list[tuple[pd.Timestamp, pd.Timestamp, float]]:
+    """``product``'s awards as the loop's book held them just before ``before`` (latest accepted revision
+    of each id recorded before it): (start, end, reserve_kw)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in sorted(awards, key=lambda r: r["seq"]):
+        message = record["message"]
+        if _accepted(record) and message.get("award_id") and record["at"] < before:
+            latest[str(message["award_id"])] = message
+    out = []
+    for message in latest.values():
+        start, end = _stamp(message.get("start")), _stamp(message.get("end"))
+        if message.get("product") == product and start is not None and end is not None:
+            out.append((start, end, float(message.get("reserve_kw") or 0.0)))
+    return out
+
+
+def reserve_money(inputs: ReportInputs, period_start: pd.Timestamp, period_end: pd.Timestamp,
+                  deployments: list[dict[str, Any]] | None = None, *,
+                  final_through: pd.Timestamp | None = None) -> dict[str, Any]:
+    """The reserve payment, clawback and net of the period, from the audit trail (module docstring).
+
+    Parameters
+    ----------
+    inputs : ReportInputs
+        Decoded audit records (``as_awards``, ``reserve_hold_short``, ``history``, ``configs``).
+    period_start, period_end : pd.Timestamp
+        The report period, UTC, half-open.
+    deployments : list of dict, optional
+        The ``deployments`` rows of :func:`ancillary_figures`; not charged (a deployment's shortfall
+        is a performance figure), accepted for the callers that pass them.
+    final_through : pd.Timestamp, optional
+        Until when the trail's intervals are final (:func:`final_through`); the payment after it is
+        reported apart as provisional (its clawback may not be written yet). None: nothing is final.
+
+    Returns
+    -------
+    dict
+        ``reserve_payment_usd``, ``reserve_clawback_usd``, ``reserve_revenue_usd`` ($; 0.0 without
+        awards), ``reserve_final_through`` (ISO or null), ``reserve_provisional_payment_usd`` (the
+        part of the payment after it, inside the period), ``reserve_estimated_hold_intervals``
+        (interval-products whose held reserve came from the metered load), ``notes``.
+    """
+    windows = _award_windows(inputs.as_awards)
+    payment = provisional = 0.0
+    final = period_start if final_through is None else min(max(pd.Timestamp(final_through), period_start), period_end)
+    for w in windows:
+        if w["price_usd_mw_h"] is None:
+            continue
+        rate = w["reserve_kw"] / 1000.0 * w["price_usd_mw_h"]
+        hours = (min(w["end"], period_end) - max(w["start"], period_start)).total_seconds() / 3600.0
         if hours > 0:
-            payment += float(message.get("reserve_kw") or 0.0) / 1000.0 * float(price) * hours
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
+            payment += rate * hours
+        late = (min(w["end"], period_end) - max(w["start"], final)).total_seconds() / 3600.0
+        if late > 0:
+            provisional += rate * late
+    latest: dict[pd.Timestamp, dict[str, dict[str, Any]]] = {}
+    lengths: dict[pd.Timestamp, float] = {}
     for record in sorted(inputs.reserve_hold_short, key=lambda r: r["seq"]):
         start = _stamp(record.get("interval_start"))
-        if start is not None and period_start <= start < period_end:
-            latest[str(record.get("interval_start")), str(record.get("product"))] = record
-    clawback = 0.0
-    for record in latest.values():
-        price, short, hours = record.get("price_usd_mw_h"), record.get("short_kw"), record.get("interval_h")
-        if price is not None and short is not None and hours is not None:
-            clawback += reserve_clawback_usd(float(short), float(price), float(hours))
+        if start is not None and period_start <= start < period_end and record.get("interval_h") is not None:
+            latest.setdefault(start, {})[str(record.get("product"))] = record
+            lengths[start] = float(record["interval_h"])
+    measured: dict[pd.Timestamp, Any] = {}
+    history = inputs.history
+    if history is not None and not history.empty:
+        for row in history[(history["interval_start"] >= period_start)
+                           & (history["interval_start"] < period_end)].itertuples():
+            measured[pd.Timestamp(row.interval_start)] = row
+            lengths.setdefault(pd.Timestamp(row.interval_start), float(row.interval_h))
+    revisions = _revisions(inputs)[0] if windows else {}
+    clawback, estimated = 0.0, 0
+    for start in sorted(lengths):
+        end = start + pd.Timedelta(hours=lengths[start])
+        usd, guessed = _interval_clawback_usd(inputs, windows, revisions, start, end, latest.get(start, {}),
+                                              measured.get(start))
+        clawback += usd
+        estimated += len(guessed)
+    notes = []
+    if windows:
+        notes.append("reserve payment and clawback are weighted by the time each award revision was in force "
+                     "inside an interval (an award amended, withdrawn or starting inside an interval is paid and "
+                     "clawed back for the same part of it)")
+        notes.append("no deployment cost is subtracted: load shed for a deployment neither hashed nor drew, so "
+                     "revenue_usd and energy_cost_usd already leave out the margin it would have earned and "
+                     "profit_usd includes that cost (a backtest's as_deployment_cost_usd measures it; it is not "
+                     "subtracted again there either)")
+    if estimated:
+        notes.append(f"{estimated} interval-product(s) whose award changed inside the interval without a hold-short "
+                     f"record: reserve held estimated from the metered load (load less every unit's idle draw)")
+    if windows and provisional > 0:
+        notes.append(f"reserve money after {_iso(final)} is not final (reserve_provisional_payment_usd "
+                     f"{_r(provisional, 2)} $ of the payment): its clawback records may not be written yet")
     return {"reserve_payment_usd": _r(payment, 4), "reserve_clawback_usd": _r(clawback, 4),
-            "reserve_revenue_usd": _r(payment - clawback, 4)}
+            "reserve_revenue_usd": _r(payment - clawback, 4), "reserve_final_through": _iso(final_through),
+            "reserve_provisional_payment_usd": _r(provisional, 4),
+            "reserve_estimated_hold_intervals": estimated, "notes": notes}

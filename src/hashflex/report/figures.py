@@ -384,7 +384,9 @@ def economics_figures(m: pd.DataFrame, reserve: Mapping[str, Any] | None = None)
     m : pd.DataFrame
         The period's measurements.
     reserve : mapping, optional
-        ``reserve_payment_usd``, ``reserve_clawback_usd``, ``reserve_revenue_usd``
+        ``reserve_payment_usd``, ``reserve_clawback_usd``, ``reserve_revenue_usd``, and when given
+        ``reserve_final_through``, ``reserve_provisional_payment_usd``,
+        ``reserve_estimated_hold_intervals`` and ``notes`` (added to the section's)
         (:func:`hashflex.report.ancillary.reserve_money`); None: no reserve (all 0).
 
     Returns
@@ -430,5 +432,8 @@ def economics_figures(m: pd.DataFrame, reserve: Mapping[str, Any] | None = None)
         "uncosted_revenue_usd": _r(revenue - costed_revenue, 4),
         "curtailment_hours": _r(float(h[curtailing].sum())),
         "curtailed_mwh": _r(_mwh(curtailed, h)),
-        "notes": notes,
+        # issue 15: until when the reserve money is final, the provisional part of the payment
+        **{k: money[k] for k in ("reserve_final_through", "reserve_provisional_payment_usd",
+                                 "reserve_estimated_hold_intervals") if k in money},
+        "notes": notes + list(money.get("notes") or []),
     }
