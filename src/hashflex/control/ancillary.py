@@ -18,6 +18,20 @@ deployment holds until its recall; past ``issued_at`` + the product's ``sustain_
 backstop, ``profile.ancillary.max_hold_h`` from its instruction (a setpoint always expires), after which
 it releases (``end``) with an audit record.
 
+**Stacked deployments** (issue 15, H2 finding 1). A deployment's baseline is the load the site would
+draw without the deployments already in force at its arrival: the load drawn then (already cut by
+them) plus the MW they hold, at most the load they were themselves measured from
+(:func:`stacked_baseline`; ``ASDeployment.stacked_baseline_kw``). The book enforces for each
+deployment its baseline less its own MW and less the MW of every other deployment in force
+(:func:`stacked_limit_kw`), plus its award rise: stacked deployments add up, at its instruction a
+deployment sheds its MW from the load drawn, and a recall of one raises the limit by exactly its MW.
+(The cut load alone, the former rule, kept a later deployment's limit as low as if the recalled one
+were still deployed.) The ack's limit is the one the book enforces, by the same computation.
+
+**The load drawn at the instruction** (H2 finding 5) is never more than the metered evidence shows:
+the lower of the modelled import and the latest measured one, fresh or stale
+(:func:`instruction_baseline`), so no delivery is credited that the meter never saw.
+
 **A recall** ends the deployment from the recall's ``issued_at``, whatever the order of the two times
 (finding 2): a recall instructed before a future-dated deployment's ``issued_at`` ends it from the
 recall's time; one instructed before the deployment even bound (its arrival) cancels it (``end`` =
@@ -45,6 +59,7 @@ ack says so), never for a product the site is not qualified for.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -56,8 +71,9 @@ from hashflex.profile import AS_PRODUCT_RULES, SiteProfile
 from hashflex.profile.ancillary import DEFAULT_MAX_HOLD_H
 
 __all__ = ["STALE", "ASDeployment", "above_award_after_change", "amended_deployment", "amendment_refusal",
-           "as_source", "award_refusal", "awarded_kw", "deploy_refusal", "deployment_from", "deployment_limit_kw",
-           "early_recall_ends", "has_deadline", "recall_end", "reserve_clawback_usd", "reserve_hold_shortfalls", "reserve_keep_kw", "revision_refusal"]
+           "as_source", "award_refusal", "awarded_at_instruction_kw", "awarded_kw", "deploy_refusal", "deployment_from",
+           "deployment_limit_kw", "early_recall_ends", "has_deadline", "instruction_baseline", "recall_end", "reserve_clawback_usd", "reserve_hold_shortfalls", "reserve_keep_kw", "revision_refusal",
+           "stacked_baseline", "stacked_limit_kw"]
 
 STALE = "(stale)"  # the end of a refusal for an older revision (counted by the loop as ``as_stale``)
 
@@ -100,9 +116,13 @@ class ASDeployment:
     deployed_kw : float
         The load to shed, kW.
     baseline_kw : float
-        The site's modelled import when it arrived, kW.
+        The load drawn when it arrived, kW (the lower of modelled and measured import; already cut
+        by the deployments in force then). Its baseline proper, the load the site would draw without
+        those deployments, is :attr:`stacked_baseline_kw` (``baseline_kw`` + ``held_at_instruction_kw``).
     limit_kw : float
-        The import limit it sets: max(baseline_kw − deployed_kw, 0), kW.
+        The import limit it sets at its instruction: max(baseline_kw − deployed_kw, 0), kW. The book
+        enforces :func:`stacked_limit_kw` (it rises by the MW of a deployment in force at the
+        instruction once that one ends, and falls by the MW of one instructed later).
     deadline : datetime
         ``issued_at`` + the product's deployment time: the limit must be met by then.
     end : datetime
@@ -123,15 +143,20 @@ class ASDeployment:
         arrival (inside the clock-skew window) binds from its arrival: safety first (issue 15,
         newcomer finding 8); its deadline and response are still measured from ``issued_at``.
     awarded_at_instruction_kw : float or None
-        A(t₀): the reserve awarded over all products in force at ``issued_at`` as the book knew the
-        awards when the deployment was accepted (the latest revision of each received by then), kW;
-        what :func:`deployment_limit_kw` measures a later rise against. None: a book written before
+        A₀: the reserve awarded over all products in force at ``issued_at`` or at its arrival,
+        whichever is larger (:func:`awarded_at_instruction_kw`), as the book knew the awards when the
+        deployment was accepted (the latest revision of each received by then), kW; what
+        :func:`deployment_limit_kw` measures a later rise against. None: a book written before
         this field (the rise is then measured against the awards now known, the former rule).
     overrun_recorded : bool
         The ``overrun`` record (past the product's sustained duration without a recall) was written;
         durable, so it is written once across restarts.
     released_recorded : bool
         The ``released`` record (the backstop ended it without a recall) was written.
+    held_at_instruction_kw : float or None
+        The MW of the deployments in force at its arrival counted back onto the load drawn to make its
+        baseline (:func:`stacked_baseline`), kW. None: a book written before the stacking rule (it
+        keeps its own limit, ``limit_kw`` + the award rise).
     """
 
     deployment_id: str
@@ -151,6 +176,13 @@ class ASDeployment:
     awarded_at_instruction_kw: float | None = None
     overrun_recorded: bool = False
     released_recorded: bool = False
+    held_at_instruction_kw: float | None = None
+
+    @property
+    def stacked_baseline_kw(self) -> float:
+        """Its baseline: the load the site would draw without the deployments in force at its
+        arrival, ``baseline_kw`` + ``held_at_instruction_kw`` (:func:`stacked_baseline`), kW."""
+        return self.baseline_kw + (self.held_at_instruction_kw or 0.0)
 
     @property
     def sustain_until(self) -> datetime:
@@ -194,7 +226,8 @@ class ASDeployment:
                 "recalled": self.recalled,
                 "received_at": None if self.received_at is None else self.received_at.isoformat(),
                 "awarded_at_instruction_kw": self.awarded_at_instruction_kw,
-                "overrun_recorded": self.overrun_recorded, "released_recorded": self.released_recorded}
+                "overrun_recorded": self.overrun_recorded, "released_recorded": self.released_recorded,
+                "held_at_instruction_kw": self.held_at_instruction_kw}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ASDeployment:
@@ -204,8 +237,8 @@ class ASDeployment:
         ----------
         data : dict
             Every field of :meth:`to_json` (``revision``, ``amended_at``, ``via``, ``received_at``,
-            ``awarded_at_instruction_kw``, ``overrun_recorded`` and ``released_recorded`` may be
-            absent: a book written before them).
+            ``awarded_at_instruction_kw``, ``overrun_recorded``, ``released_recorded`` and
+            ``held_at_instruction_kw`` may be absent: a book written before them).
 
         Returns
         -------
@@ -227,7 +260,8 @@ class ASDeployment:
                    data.get("via"), bool(data.get("recalled", False)),
                    None if data.get("received_at") is None else datetime.fromisoformat(data["received_at"]),
                    None if data.get("awarded_at_instruction_kw") is None else float(data["awarded_at_instruction_kw"]),
-                   bool(data.get("overrun_recorded", False)), bool(data.get("released_recorded", False)))
+                   bool(data.get("overrun_recorded", False)), bool(data.get("released_recorded", False)),
+                   None if data.get("held_at_instruction_kw") is None else float(data["held_at_instruction_kw"]))
 
 
 def _allocate(profile: SiteProfile, obligations_kw: Mapping[str, float],
@@ -557,7 +591,8 @@ def deploy_refusal(profile: SiteProfile, msg: ASDeployMessage) -> str | None:
 
 def deployment_from(msg: ASDeployMessage, baseline_kw: float, via: str | None = None,
                     received_at: datetime | None = None, *, max_hold_h: float | None = None,
-                    awarded_at_instruction_kw: float | None = None) -> ASDeployment:
+                    awarded_at_instruction_kw: float | None = None,
+                    held_at_instruction_kw: float | None = None) -> ASDeployment:
     """The deployment a (not recalled) message sets, from the import ``baseline_kw`` now.
 
     Parameters
@@ -565,7 +600,7 @@ def deployment_from(msg: ASDeployMessage, baseline_kw: float, via: str | None = 
     msg : ASDeployMessage
         An accepted deployment (not a recall).
     baseline_kw : float
-        The site's modelled import when it arrived, kW (the import net of on-site renewables).
+        The load drawn when it arrived, kW (net of on-site renewables; :func:`instruction_baseline`).
     via : str, optional
         The path it came by (``"openadr"``); kept with the deployment.
     received_at : datetime, optional
@@ -575,8 +610,11 @@ def deployment_from(msg: ASDeployMessage, baseline_kw: float, via: str | None = 
         :data:`hashflex.profile.ancillary.DEFAULT_MAX_HOLD_H`): without a recall it ends then.
     awarded_at_instruction_kw : float, optional
         A(t₀), the reserve awarded (all products) in force at ``issued_at`` as known now, kW
-        (:func:`awarded_kw` over the book's awards); kept with the deployment for
+        (:func:`awarded_at_instruction_kw`); kept with the deployment for
         :func:`deployment_limit_kw`.
+    held_at_instruction_kw : float, optional
+        The MW of the deployments in force at its arrival counted back onto ``baseline_kw``
+        (:func:`stacked_baseline`); None only for a book written before the stacking rule.
 
     Returns
     -------
@@ -594,6 +632,7 @@ def deployment_from(msg: ASDeployMessage, baseline_kw: float, via: str | None = 
         end=msg.issued_at + timedelta(hours=hold_h), revision=msg.revision, via=via,
         received_at=received_at,
         awarded_at_instruction_kw=None if awarded_at_instruction_kw is None else float(awarded_at_instruction_kw),
+        held_at_instruction_kw=None if held_at_instruction_kw is None else float(held_at_instruction_kw),
     )
 
 
@@ -673,7 +712,10 @@ def deployment_limit_kw(limit_kw: float, issued_at: datetime, awards: Sequence[t
     withdrawn or cut during the deployment lowers A(t) below A₀: the rise is floored at 0 and the
     limit stays (the instruction is obeyed in full; the loop flags the excess, ``as_above_award``).
     Taking A₀ when the deployment is *accepted* (not strictly at ``issued_at``) counts a revision
-    received between the two as known, which can only lower the limit: when in doubt, curtail.
+    received between the two as known, which can only lower the limit: when in doubt, curtail. A new
+    deployment's A₀ is the larger of the awards in force at its instruction and at its arrival
+    (:func:`awarded_at_instruction_kw`): the load drawn at the arrival already runs for an award that
+    started in between (H2 finding 2).
 
     Parameters
     ----------
@@ -698,6 +740,148 @@ def deployment_limit_kw(limit_kw: float, issued_at: datetime, awards: Sequence[t
                       else float(awarded_at_instruction_kw))
     rise = awarded_kw(awards, start, end) - at_instruction
     return float(limit_kw) + max(rise, 0.0)
+
+
+def awarded_at_instruction_kw(awards: Sequence[tuple[datetime, datetime, float]], issued_at: datetime,
+                              arrived_at: datetime) -> float:
+    """A₀ of a new deployment: the reserve awarded (all products) in force at its instruction or at
+    its arrival, whichever is larger, over the awards known at its arrival, kW.
+
+    The limit is measured from the load drawn at the arrival (the baseline), and that load already
+    runs for every award in force then: an award that started between the instruction and the
+    arrival is carried by the baseline, so only reserve beyond it may raise the limit (issue 15,
+    H2 finding 2: A₀ counted at ``issued_at`` alone, before such an award started, raised the limit
+    by the whole award at once, and a 1,000 kW deployment acked "to 0 kW" shed nothing). An award
+    that ended in between is in A(``issued_at``); the larger of the two can only lower the limit
+    (when in doubt, curtail). For a deployment dated ahead of its arrival the two moments are the
+    same rule read the other way.
+
+    Parameters
+    ----------
+    awards : sequence of (start, end, reserve_kw)
+        The awards known at the arrival (all products; a withdrawn award has reserve_kw 0), kW.
+    issued_at : datetime
+        The instruction time, timezone-aware.
+    arrived_at : datetime
+        When it arrived (the baseline's moment), timezone-aware.
+
+    Returns
+    -------
+    float
+        max(A(issued_at), A(arrived_at)), kW (:func:`awarded_kw`).
+    """
+    return max(awarded_kw(awards, issued_at), awarded_kw(awards, arrived_at))
+
+
+def stacked_baseline(drawn_kw: float, in_force: Iterable[tuple[float, float]]) -> tuple[float, float]:
+    """The baseline of a deployment that arrives while others are in force (issue 15, H2 finding 1).
+
+    **Rule.** A deployment's baseline is the load the site would draw without the deployments
+    already in force: the load drawn at its arrival (already cut by them) plus the MW they hold,
+    at most the lowest of their own limits before cutting (each one's baseline plus its rise: the
+    load drawn before they cut; a cut that could not shed everything, idle draw, must not inflate
+    it). So stacked deployments add up (the book enforces each one's baseline less the MW of every
+    deployment in force, :func:`stacked_limit_kw`), and a recall of one raises the limit by exactly
+    its MW. Taking the cut load alone (the former rule) left a later deployment's limit as low as if
+    the recalled one were still deployed.
+
+    Parameters
+    ----------
+    drawn_kw : float
+        The load drawn at the arrival, kW (the lower of modelled and measured import,
+        :func:`instruction_baseline`).
+    in_force : iterable of (deployed_kw, uncut_kw)
+        Per deployment in force at the arrival: its MW and the load it was measured from now (its
+        baseline plus its limit's rise), kW.
+
+    Returns
+    -------
+    baseline_kw : float
+        min(drawn + Σ deployed, min uncut) (``drawn_kw`` alone when none is in force), kW, >= 0.
+    held_kw : float
+        ``baseline_kw`` − ``drawn_kw``: the MW of the deployments in force it counts back, kW, >= 0.
+    """
+    rows = [(float(d), float(u)) for d, u in in_force]
+    drawn = max(float(drawn_kw), 0.0)
+    if not rows:
+        return drawn, 0.0
+    baseline = max(min(drawn + sum(d for d, _ in rows), min(u for _, u in rows)), drawn)
+    return baseline, baseline - drawn
+
+
+def stacked_limit_kw(stacked_baseline_kw: float, deployed_kw: float, rise_kw: float, others_deployed_kw: float
+                     ) -> float:
+    """The import limit the book enforces for one deployment, with others in force or not, kW.
+
+    ``max(stacked baseline − deployed + rise − Σ others' deployed_kw, 0)``: its baseline is the load
+    without the deployments in force at its arrival (:func:`stacked_baseline`), ``rise`` the award
+    rise of :func:`deployment_limit_kw`, and the others are every other deployment in force then.
+    So the lowest of them is the site's limit and they add up; at the instruction the others are
+    those counted back, and the limit is the load drawn less its MW; a recall of one gives back
+    exactly its MW (no longer subtracted). A deployment accepted before this rule
+    (``held_at_instruction_kw`` None) keeps its own limit (``limit_kw`` + rise).
+
+    Parameters
+    ----------
+    stacked_baseline_kw : float
+        :attr:`ASDeployment.stacked_baseline_kw`, kW.
+    deployed_kw : float
+        Its MW (the revision in force), kW.
+    rise_kw : float
+        The award rise now (or over the interval), kW (>= 0).
+    others_deployed_kw : float
+        Σ deployed_kw of the other deployments in force then, kW.
+
+    Returns
+    -------
+    float
+        kW, >= 0.
+    """
+    return max(float(stacked_baseline_kw) - float(deployed_kw) + float(rise_kw) - float(others_deployed_kw), 0.0)
+
+
+def instruction_baseline(modelled_kw: float, latest_measured: tuple[float, float, str] | None,
+                         fresh_s: float, future_skew_s: float = 120.0) -> tuple[float, str]:
+    """The load drawn at a deployment's instruction, the evidence it credits delivery against (issue
+    15, H2 finding 5): never more than the metered evidence shows.
+
+    A fresh measured import (no older than ``fresh_s``, the guard's freshness) below the model is
+    taken, as before. **With stale telemetry** (e.g. a deployment received while the daemon boots,
+    the last reading 232 s old) the baseline is min(modelled, last measured), not the model: the
+    modelled import of a fleet that has not reported since the start can be the whole plan (22.7 MW)
+    while the meter last read 92 kW, and delivery = baseline − load would credit megawatts never
+    drawn. The stale reading is the only evidence of what was drawn; taking the lower of the two
+    can only lower the limit (when in doubt, curtail) and the credited delivery (no credit is
+    invented). It is not marked unmeasured with the model kept: that would keep a limit above
+    anything metered. The source names its age. Without any reading the model stands (``modelled``).
+
+    Parameters
+    ----------
+    modelled_kw : float
+        The import the fleet's commanded setpoints model now, kW.
+    latest_measured : tuple of (float, float, str) or None
+        The latest measured import: (kW, age in s at the instruction, source), or None when none
+        was ever received by this process.
+    fresh_s : float
+        The freshness window, s (``guard.max_age_s``).
+    future_skew_s : float
+        A reading dated further ahead than this (s) is not evidence (``guard.future_skew_s``).
+
+    Returns
+    -------
+    baseline_kw : float
+        kW, >= 0.
+    source : str
+        ``"modelled"``, ``"measured: <source>"`` or ``"measured: <source>, stale <age> s"``.
+    """
+    modelled = float(modelled_kw)
+    if latest_measured is None:
+        return max(modelled, 0.0), "modelled"
+    kw, age_s, source = float(latest_measured[0]), float(latest_measured[1]), latest_measured[2]
+    if not math.isfinite(kw) or not math.isfinite(age_s) or -age_s > future_skew_s or kw >= modelled:
+        return max(modelled, 0.0), "modelled"
+    stale = "" if age_s <= fresh_s else f", stale {age_s:.0f} s"
+    return max(kw, 0.0), f"measured: {source}{stale}"
 
 
 def _excess(product: str, awards: Sequence[tuple[str, datetime, datetime, float]],

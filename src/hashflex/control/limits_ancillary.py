@@ -14,16 +14,20 @@ import numpy as np
 import pandas as pd
 
 from hashflex.control.ancillary import (
+    ASDeployment,
     above_award_after_change,
     amended_deployment,
     amendment_refusal,
     award_refusal,
-    awarded_kw,
+    awarded_at_instruction_kw,
     deploy_refusal,
     deployment_from,
+    deployment_limit_kw,
     early_recall_ends,
     has_deadline,
     recall_end,
+    stacked_baseline,
+    stacked_limit_kw,
 )
 from hashflex.profile.ancillary import DEFAULT_MAX_HOLD_H
 from hashflex.messages import (
@@ -176,16 +180,29 @@ class AncillaryBookMixin:
         :func:`~hashflex.control.ancillary.amended_deployment`); one above the award in force is
         accepted and the ack says so (shedding is safe). A new deployment holds until recalled, at
         most ``profile.ancillary.max_hold_h`` from its instruction, and keeps A₀, the reserve awarded
-        in force at its instruction as known now, for its limit's rise
-        (:func:`~hashflex.control.ancillary.deployment_limit_kw`).
+        in force at its instruction or at its arrival (the larger; as known now), for its limit's rise
+        (:func:`~hashflex.control.ancillary.awarded_at_instruction_kw`,
+        :func:`~hashflex.control.ancillary.deployment_limit_kw`).
+
+        **Stacked deployments** (issue 15, H2 finding 1): a new deployment's baseline is the load the
+        site would draw without the deployments already in force, i.e. ``baseline_kw`` (the load drawn,
+        already cut by them) plus the MW they hold, at most their own pre-cut loads
+        (:func:`~hashflex.control.ancillary.stacked_baseline`); the book enforces each deployment's
+        own limit less the MW of every other in force (:meth:`deployment_limit_kw`). So deployments
+        add up, and a recall of one raises the limit by exactly its MW.
+
+        **One computation** (H2 finding 2): the ack's ``import_limit_kw`` (and the "to N kW" of its
+        reason) is :meth:`deployment_limit_kw` at ``now`` on the decided book: the limit the guard
+        and the fast path enforce.
 
         Parameters
         ----------
         msg : ASDeployMessage
             The deployment or its recall.
         baseline_kw : float
-            The site's import now, kW (net of on-site renewables): the lower of the modelled and
-            the fresh measured import (:func:`hashflex.control.as_intake.deployment_baseline`).
+            The load drawn now, kW (net of on-site renewables): the lower of the modelled and the
+            measured import (:func:`hashflex.control.as_intake.deployment_baseline`); for a new
+            deployment the book adds the MW of the deployments in force (see above).
         now : datetime
             The decision time, timezone-aware.
         via : str, optional
@@ -246,14 +263,23 @@ class AncillaryBookMixin:
                           f"(fewer MW: binds from receipt, {now.isoformat()})")
                     reason = (f"accepted: {msg.product} amended to revision {msg.revision}: shed "
                               f"{msg.deployed_kw:.0f} kW (was {held.deployed_kw:.0f}) from {held.baseline_kw:.0f} kW "
-                              f"to {deployment.limit_kw:.0f} kW {by}")
+                              f"to {trial.deployment_limit_kw(deployment, now):.0f} kW {by}")
             else:
+                # Stacked on the deployments in force (H2 finding 1): the load without them.
+                others = [d for d in trial.as_deployments.values()
+                          if d.deployment_id != msg.deployment_id and d.in_force(now)]
+                stacked_kw, held_kw = stacked_baseline(baseline_kw, [(d.deployed_kw, self._uncut_kw(d, now))
+                                                                     for d in others])
                 deployment = deployment_from(
                     msg, baseline_kw, via, received_at=now, max_hold_h=max_hold_h,
-                    awarded_at_instruction_kw=awarded_kw(self.award_windows(), msg.issued_at))
-                reason = (f"accepted: {msg.product} shed {msg.deployed_kw:.0f} kW from {baseline_kw:.0f} kW "
-                          f"({baseline_source}) to "
-                          f"{deployment.limit_kw:.0f} kW by {deployment.deadline.isoformat()}")
+                    awarded_at_instruction_kw=awarded_at_instruction_kw(self.award_windows(), msg.issued_at, now),
+                    held_at_instruction_kw=held_kw)
+                trial.as_deployments[msg.deployment_id] = deployment
+                held = (f": {baseline_kw:.0f} kW drawn + {held_kw:.0f} kW held by "
+                        f"{', '.join(sorted(d.deployment_id for d in others))} in force" if others else "")
+                reason = (f"accepted: {msg.product} shed {msg.deployed_kw:.0f} kW from {stacked_kw:.0f} kW "
+                          f"({baseline_source}{held}) to "
+                          f"{trial.deployment_limit_kw(deployment, now):.0f} kW by {deployment.deadline.isoformat()}")
                 pending = trial.as_early_recalls.pop(msg.deployment_id, None)
                 if pending is not None:
                     recalled_at = _first_recall_at_or_after(pending["recalls_at"], msg.issued_at)
@@ -283,10 +309,61 @@ class AncillaryBookMixin:
             trial.holds.pop(f"AS:{msg.deployment_id}", None)
         ack = ASAckMessage(message_id=msg.deployment_id, kind="as_deploy",
                            status="accepted" if reason.startswith("accepted") else "rejected", reason=reason[:500],
-                           acked_at=now, import_limit_kw=None if deployment is None else deployment.limit_kw,
+                           # the limit the book enforces now, by the same computation (H2 finding 2)
+                           acked_at=now,
+                           import_limit_kw=None if deployment is None else trial.deployment_limit_kw(deployment, now),
                            deadline=None if deployment is None else deployment.deadline)
         trial._remember(self.as_key(msg), ack.model_dump(mode="json"))
         return trial, ack
+
+    def _own_limit_kw(self, deployment: ASDeployment, start: datetime, end: datetime | None = None) -> float:
+        """One deployment's own limit (baseline − MW + the award rise, :func:`deployment_limit_kw`), kW."""
+        awards = [(datetime.fromisoformat(a["start"]), datetime.fromisoformat(a["end"]), float(a["reserve_kw"]))
+                  for a in self.as_awards.values()]
+        # A₀ kept with the deployment (None: one accepted before it was kept, or a duck-typed one)
+        return deployment_limit_kw(deployment.limit_kw, deployment.issued_at, awards, start, end,
+                                   awarded_at_instruction_kw=getattr(deployment, "awarded_at_instruction_kw", None))
+
+    def deployment_limit_kw(self, deployment: ASDeployment, start: datetime, end: datetime | None = None) -> float:
+        """The import limit the book enforces for an AS deployment at ``start`` (or over ``[start, end)``), kW:
+        what the guard, the fast path, the plan, ``/status`` and the deployment's ack all use.
+
+        Its own limit by the one rule (:func:`~hashflex.control.ancillary.deployment_limit_kw`: the
+        limit at the instruction plus any rise in the reserve awarded over A₀) less the MW of every
+        other deployment in force then (:func:`~hashflex.control.ancillary.stacked_limit_kw`: its
+        baseline is the load without the deployments in force at its arrival, so stacked deployments
+        add up and a recall gives back exactly the recalled MW). A deployment accepted before the
+        stacking rule (``held_at_instruction_kw`` None) keeps its own limit. Overrides
+        :meth:`~hashflex.control.limits_binding.BindingMixin.deployment_limit_kw` (the own limit).
+
+        Parameters
+        ----------
+        deployment : control.ancillary.ASDeployment
+            The deployment (one in this book, or a new one decided on a trial copy).
+        start : datetime
+            The moment, or the interval's start; timezone-aware.
+        end : datetime, optional
+            The interval's end (None: the moment ``start``); the others count when in force at any
+            moment of it.
+
+        Returns
+        -------
+        float
+            The limit, kW (>= 0 when others are subtracted).
+        """
+        own = self._own_limit_kw(deployment, start, end)
+        held = getattr(deployment, "held_at_instruction_kw", None)
+        if held is None:
+            return own
+        others = sum(d.deployed_kw for d in self.as_deployments.values()
+                     if d.deployment_id != deployment.deployment_id and d.in_force(start, end))
+        return stacked_limit_kw(deployment.baseline_kw + held, deployment.deployed_kw, own - deployment.limit_kw,
+                                others)
+
+    def _uncut_kw(self, deployment: ASDeployment, t: datetime) -> float:
+        """The load a deployment in force was measured from, now: its stacked baseline + its award rise, kW."""
+        own = self._own_limit_kw(deployment, t)
+        return deployment.baseline_kw + (deployment.held_at_instruction_kw or 0.0) + (own - deployment.limit_kw)
 
     def reserve_awards_at(self, t: datetime) -> dict[str, dict[str, float]]:
         """Product -> {award id: kW} of the awards in force at ``t``.
