@@ -14,12 +14,24 @@ from __future__ import annotations
 import json
 import urllib.request
 from datetime import datetime, timedelta
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from hashflex.audit import AuditLog
 from hashflex.control.ancillary import instruction_baseline
+from hashflex.control.daemon import load_control_state
 from hashflex.control.http import StatusServer
 from hashflex.control.limits import LimitsBook
+from hashflex.control.loop import ControlLoop
+from hashflex.control.records import AuditRecorder, IntervalMeter
+from hashflex.control.solver import SolveRunner
+from hashflex.messages import ASAwardMessage, TelemetryMessage
+from hashflex.profile import parse_profile
+from hashflex.sim.site import ReplayForecaster, SimulatedFleet
+from hashflex.store import Store
+from tests.test_as_baseline_measured import SMALL
 from tests.test_as_deployment_semantics import (
     MIN,
     NOW,
@@ -27,6 +39,8 @@ from tests.test_as_deployment_semantics import (
     _awarded_loop,
     _deploy,
     _loop,
+    _prices,
+    _profile,
     _running,
 )
 
@@ -120,6 +134,81 @@ def test_an_award_started_between_instruction_and_arrival_is_in_the_acked_and_th
     assert loop.book.as_deployments["late"].awarded_at_instruction_kw == pytest.approx(990.0)
 
 
+# ---------------------------------------------------------------------------------------------- 3
+
+
+def _records(db: Path, kind: str) -> list[dict]:
+    with AuditLog(db, readonly=True) as log:
+        return [r.payload for r in log.records(kind)]
+
+
+def test_an_overrun_is_audited_by_the_check_that_shows_it(tmp_path: Path) -> None:
+    """RRS deployed at 17:05 for 3,960 kW and never recalled: a minute past RRS's sustained duration
+    (``AS_PRODUCT_RULES``), /status (real HTTP) shows it ``overrun``. Before the fix the audit record
+    and the ``as_overrun`` counter came only with the next interval's tick; now the same check
+    records it, once."""
+    db = tmp_path / "o.db"
+    at = NOW + 5 * MIN
+    with Store(db) as store:
+        recorder = AuditRecorder(store)
+        loop = _awarded_loop(_profile(), store, recorder)
+        assert loop.handle_as_deploy(_deploy("long", at, 3960.0), at).status == "accepted"
+        sustain_until = loop.book.as_deployments["long"].sustain_until
+        loop.tick(sustain_until - 5 * MIN)
+        assert loop.counters.get("as_overrun", 0) == 0
+        seen = sustain_until + MIN
+        status = _status_http(loop, seen)
+        (shown,) = [d for d in status["limits"]["as_deployments"] if d["deployment_id"] == "long"]
+        assert shown["overrun"] is True
+        assert status["counters"]["as_overrun"] == 1
+        recorder.flush()
+        overruns = [p for p in _records(db, "as_performance") if p.get("event") == "overrun"]
+        assert [p["deployment_id"] for p in overruns] == ["long"]
+        _status_http(loop, seen + MIN)
+        loop.tick(seen + 10 * MIN)
+        recorder.flush()
+        assert len([p for p in _records(db, "as_performance") if p.get("event") == "overrun"]) == 1, "once"
+        recorder.close()
+
+
+# ---------------------------------------------------------------------------------------------- 4
+
+
+def test_status_as_performance_is_rebuilt_from_the_store_after_a_kill(tmp_path: Path) -> None:
+    """A deployment in force, the process killed (nothing closed: its last records were written,
+    its memory lost), a new loop on the same store restores the book and re-asserts the limit. Before
+    the fix /status ``as_performance`` was empty while the deployment held; now it is the trail's last
+    record of it. A deployment whose record never reached the trail is rebuilt from the book."""
+    db = tmp_path / "k.db"
+    profile = _profile()
+    at = NOW + 5 * MIN
+    with Store(db) as store:
+        recorder = AuditRecorder(store)
+        loop = _awarded_loop(profile, store, recorder)
+        assert loop.handle_as_deploy(_deploy("kept", at, 1980.0), at).status == "accepted"
+        recorder.flush()  # written before the kill
+        expected = dict(loop.as_performance["kept"])
+        # A second deployment whose record was still queued when the process died: not in the trail.
+        lost = loop.book.as_deployments["kept"].__class__.from_json(
+            {**loop.book.as_deployments["kept"].to_json(), "deployment_id": "lost", "deployed_kw": 990.0})
+        loop.book.as_deployments["lost"] = lost
+        loop._commit_book(loop.book)
+        # kill -9: no close, no flush of anything queued afterwards; a new process on the same store.
+        book, _ = load_control_state(store, profile)
+        restarted = _loop(profile, store, AuditRecorder(store), book=book)
+        restarted.restore(at + 2 * MIN).result(timeout=10)
+        status = _status_http(restarted, at + 3 * MIN)
+        shown = {p["deployment_id"]: p for p in status["as_performance"]}
+        assert set(shown) == {"kept", "lost"}
+        assert shown["kept"]["restored_from"] == "audit trail"
+        for key in ("baseline_kw", "limit_kw", "obligation_kw", "delivered_kw", "deadline", "issued_at"):
+            assert shown["kept"][key] == expected[key], key
+        assert shown["lost"]["restored_from"] == "limits book"
+        assert shown["lost"]["obligation_kw"] == pytest.approx(990.0)
+        assert shown["lost"]["measured_response_s"] is None
+        recorder.close()
+
+
 # ---------------------------------------------------------------------------------------------- 5
 
 
@@ -152,3 +241,89 @@ def test_a_deployment_received_with_stale_telemetry_is_not_credited_beyond_the_m
     performance = loop.as_performance["boot"]
     assert performance["baseline_kw"] == pytest.approx(92.0)
     assert performance["delivered_kw"] <= 92.0 + 1e-6
+
+
+# ---------------------------------------------------------------------------------------- 6 and 7
+
+
+def _small_metered_loop(store: Store, recorder: AuditRecorder):
+    profile = parse_profile(SMALL, source="test")
+    return ControlLoop(profile, forecaster=ReplayForecaster(profile, _prices()), driver=SimulatedFleet(profile),
+                       solver=SolveRunner(inline=True), store=store, recorder=recorder, meter=IntervalMeter())
+
+
+def _telemetry(loop, kw: float, at: datetime) -> None:
+    for miner_id in loop.fleet.miners:
+        loop.on_message(TelemetryMessage(miner_id=miner_id, power_kw=kw, hashrate_th_s=100.0, mode="run",
+                                         temperature_c=40.0, timestamp=at), at)
+
+
+def test_the_first_interval_after_a_start_is_recorded_over_the_time_it_covers(tmp_path: Path) -> None:
+    """The daemon starts at 17:07 (its first tick); 20 SYNTHETIC miners report 4 kW each (80 kW)
+    until 17:15. Before the fix the 17:00 interval was recorded as 80 kW over 0.25 h (20 kWh, 8 kg at
+    400 kg/MWh), as if measured for 15 minutes. Now it spans 17:07–17:15: ``interval_h`` 8/60,
+    ``covered_s`` 480, ``covered_fraction`` 8/15, energy and emissions over the 8 minutes only; the
+    next interval is whole."""
+    db = tmp_path / "m.db"
+    start = NOW + 7 * MIN
+    with Store(db) as store:
+        recorder = AuditRecorder(store)
+        loop = _small_metered_loop(store, recorder)
+        loop.tick(start)
+        for k in range(8):
+            _telemetry(loop, 4.0, start + k * MIN)
+        loop.tick(NOW + 15 * MIN)
+        for k in range(15):
+            _telemetry(loop, 3.0, NOW + (15 + k) * MIN)
+        loop.tick(NOW + 30 * MIN)
+        recorder.flush()
+        first, second = _records(db, "measurement")[:2]
+        assert pd.Timestamp(first["interval_start"]) == pd.Timestamp(start)
+        assert first["interval_h"] == pytest.approx(8 / 60)
+        assert first["covered_s"] == pytest.approx(480.0)
+        assert first["covered_fraction"] == pytest.approx(8 / 15)
+        assert pd.Timestamp(first["interval_grid_start"]) == pd.Timestamp(NOW)
+        assert first["import_kw"] == pytest.approx(80.0)
+        day = "2024-06-03"
+        assert loop.emitted_kg[day] == pytest.approx(80.0 * 8 / 60 * 0.4 + 60.0 * 0.25 * 0.4)
+        assert second["interval_h"] == pytest.approx(0.25) and "covered_s" not in second
+        assert pd.Timestamp(second["interval_start"]) == pd.Timestamp(NOW + 15 * MIN)
+        recorder.close()
+
+
+def test_audit_at_utc_never_goes_back_against_seq(tmp_path: Path) -> None:
+    """The trail of a started loop, its intervals, an AS deployment and a meter reading (5 s after the
+    instruction) handled after an award recorded 10 s after it. Before the fix the ``measurement`` record was stamped with its
+    interval's start (15 minutes before the tick records written ahead of it) and a deployment's
+    measured response with the reading's time: ``at_utc`` went backwards against ``seq``. Now
+    ``at_utc`` is when the loop wrote the record; an earlier time a record is about is in its payload
+    (``interval_start``; ``event_at``)."""
+    db = tmp_path / "t.db"
+    with Store(db) as store:
+        recorder = AuditRecorder(store)
+        loop = _small_metered_loop(store, recorder)
+        assert loop.handle_as_award(ASAwardMessage(
+            award_id="rrs", product="RRS", start=NOW - timedelta(hours=1), end=NOW + timedelta(hours=3),
+            reserve_kw=49.9, price_usd_mw_h=150.0, issuer="qse-test"), NOW).status == "accepted"
+        loop.tick(NOW + 7 * MIN)
+        _telemetry(loop, 4.0, NOW + 8 * MIN)
+        loop.tick(NOW + 15 * MIN)
+        at = NOW + 16 * MIN
+        assert loop.handle_as_deploy(_deploy("d", at, 10.0), at).status == "accepted"
+        later = at + timedelta(seconds=10)  # a record written after the reading below was taken
+        assert loop.handle_as_award(ASAwardMessage(
+            award_id="rrs-2", product="RRS", start=NOW + timedelta(hours=2), end=NOW + timedelta(hours=3),
+            reserve_kw=10.0, price_usd_mw_h=150.0, issuer="qse-test"), later).status == "accepted"
+        loop.handle_meter(5.0, at + timedelta(seconds=5), at + timedelta(seconds=20))
+        loop.tick(NOW + 30 * MIN)
+        recorder.flush()
+        with AuditLog(db, readonly=True) as trail:
+            rows = [(r.seq, r.at_utc, r.kind, r.payload) for r in trail.records()]
+        recorder.close()
+    stamps = [pd.Timestamp(at_utc) for _, at_utc, _, _ in rows]
+    backwards = [(rows[i - 1][:3], rows[i][:3]) for i in range(1, len(rows)) if stamps[i] < stamps[i - 1]]
+    assert not backwards, backwards
+    measured = [p for _, _, kind, p in rows if kind == "measurement"]
+    assert pd.Timestamp(measured[0]["interval_start"]) == pd.Timestamp(NOW + 7 * MIN)
+    responses = [p for _, _, kind, p in rows if kind == "as_performance" and p.get("measured_response_s") is not None]
+    assert responses and responses[-1]["event_at"] == (at + timedelta(seconds=5)).isoformat()

@@ -100,7 +100,9 @@ class AuditLog:
         payload : Mapping[str, Any]
             The record's content (build it with the payload helpers).
         at : datetime
-            The record's time, timezone-aware.
+            The record's time (``at_utc``), timezone-aware: when the writer wrote it, by its clock (the
+            control loop's: simulated time in a simulation), never earlier than the record before it;
+            a time the record is *about* (an interval's start, a reading's time) goes in the payload.
 
         Returns
         -------
@@ -341,7 +343,9 @@ def append_with_store(store: Any, kind: str, payload: Mapping[str, Any], at: dat
     payload : Mapping[str, Any]
         The record's content.
     at : datetime
-        The record's time, timezone-aware.
+        The record's time (``at_utc``), timezone-aware: when it is written, by the writer's clock,
+        never earlier than the record before it (the control loop keeps that: ``LoopStatusMixin._record``,
+        the time it was given then in the payload's ``event_at``); event times go in the payload.
     write : callable, optional
         ``write(conn)`` runs first in the same transaction (extra SQL); both commit or neither.
     timeout_s : float

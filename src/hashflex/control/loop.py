@@ -344,6 +344,9 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
                                          name="hashflex-compute-sender")
         self._commitment_saved_at: datetime | None = None  # when the commitment state was last saved
         self._start_recorded = False  # the start config is recorded with the first record's time (see _record)
+        self._record_lock = threading.Lock()  # a record's time and its place in the queue together
+        self._last_record_at: datetime | None = None  # the last record's time: at_utc never goes back
+        self._metered_from: pd.Timestamp | None = None  # the meter covers the interval from (first tick)
         self.counters: dict[str, int] = {"ticks": 0, "fast_path_actions": 0, "dr_accepted": 0, "dr_rejected": 0,
                                          "dr_duplicates": 0, "limits_accepted": 0, "limits_rejected": 0,
                                          "limits_duplicates": 0, "store_unavailable": 0, "setpoints_not_sent": 0,
@@ -367,7 +370,7 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
         """Plan from ``now`` and send the first interval's setpoints through the guard."""
         with self._solve_lock:
             start = interval_floor(now, self.interval_minutes)
-            self._close_metered_interval(start)
+            self._close_metered_interval(start, now)
             with self._lock:
                 self._record_transitions(now)
                 forecast = self.forecaster(now, start, self.periods)
@@ -562,10 +565,14 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
         self._replan.set()
 
     def run(self, clock: Callable[[], datetime], stop: threading.Event) -> None:
-        """Tick at every interval boundary, and (debounced) when a re-plan is requested."""
+        """Tick at every interval boundary, and (debounced) when a re-plan is requested; at least once a
+        second, record AS deployments that just passed their sustained duration or backstop."""
         next_tick = clock()
         while not stop.is_set():
             now = clock()
+            # AS deployments past their sustained duration or backstop are audited when it happens
+            # (within a second), not at the next interval's tick (issue 15, H2 finding 3).
+            self._as_deployment_transitions(now)
             if now >= next_tick:
                 self.verify_setpoints()
                 self.tick(now)

@@ -102,25 +102,58 @@ class LoopStatusMixin:
     def _record(self, kind: str, payload: Callable[[], dict[str, Any]], at: datetime | None = None) -> None:
         """Hand an audit entry to the recorder (payload built only when someone records). The first
         entry is preceded by the ``config`` record of the start, stamped with that entry's time (the
-        loop's clock: simulated time in a simulation, not the wall clock)."""
+        loop's clock: simulated time in a simulation, not the wall clock).
+
+        **``at_utc`` is the time the loop wrote the record** (its clock), so it never goes backwards
+        against ``seq`` (issue 15, H2 finding 7): ``at`` is the caller's time (its ``now``); an
+        earlier ``at`` than the last record's (a tick's records stamped at the tick's start but
+        written after its solve, while a message was recorded meanwhile; a meter reading's time) is
+        stamped with the last record's time and the caller's time is kept in the payload as
+        ``event_at`` (ISO). Event times a record is *about* (an interval's start, a reading's time)
+        are in its payload, never in ``at_utc``.
+        """
         if self.recorder is None:
             return
         if not self._start_recorded:
             self._start_recorded = True
             self._record("config", lambda: self._config_payload("start"), at)
         try:
-            self.recorder.record(kind, payload(), at or datetime.now(timezone.utc))
+            body = payload()
+            with self._record_lock:  # the time and the queue's order are decided together
+                stamp = at or datetime.now(timezone.utc)
+                last = self._last_record_at
+                if last is not None and stamp < last:
+                    body = {**body, "event_at": stamp.isoformat()}
+                    stamp = last
+                self._last_record_at = stamp
+                self.recorder.record(kind, body, stamp)
         except Exception:  # recording must never stop control
             log.exception("could not record %s", kind)
 
-    def _close_metered_interval(self, current: pd.Timestamp) -> None:
-        """At an interval boundary, record what the meter saw during the interval that ended."""
+    def _close_metered_interval(self, current: pd.Timestamp, now: datetime | None = None) -> None:
+        """At an interval boundary (the tick at ``now``), record what the meter saw during the interval
+        that ended.
+
+        The interval in which the process started is covered only from its first tick (issue 15, H2
+        finding 6: it was recorded at the telemetry's mean as if for the whole 15 minutes): the
+        ``measurement`` record then spans the covered part, ``interval_start`` = the first tick and
+        ``interval_h`` = the covered hours (its facts are means over that span, as the payload
+        defines), with ``interval_grid_start`` (the control interval), ``covered_s`` and
+        ``covered_fraction``; energy, cost, revenue and emissions are over the covered time only.
+        Telemetry received before the first tick (seconds, while the daemon starts) is in the mean.
+        """
         if self.meter is None:
             return
         previous, self._metered_interval = self._metered_interval, current
-        if previous is None or previous >= current:
+        if previous is None:  # the process' first tick: the meter covers the interval from now on
+            self._metered_from = max(pd.Timestamp(now), current) if now is not None else current
             return
+        if previous >= current:
+            return
+        covered_from = max(previous, getattr(self, "_metered_from", None) or previous)
+        self._metered_from = current
         interval_h = (current - previous).total_seconds() / 3600.0
+        covered_h = (current - covered_from).total_seconds() / 3600.0
         local = previous.tz_convert(self.profile.tz).to_pydatetime()
         summary = self.meter.summary({r.id: r.cap_at(local) for r in self.profile.receptors})
         self.meter.reset()
@@ -141,7 +174,8 @@ class LoopStatusMixin:
         self.record_measurement(previous.to_pydatetime(), interval_h, load_kw=summary["load_kw"],
                                 renewable_kw=summary["renewable_kw"], hashrate_th_s=summary["hashrate_th_s"],
                                 noise=summary["noise"], price_usd_mwh=price, intensity_kg_per_mwh=intensity,
-                                intensity_source=source)
+                                intensity_source=source, covered_h=covered_h,
+                                at=None if now is None else max(now, current.to_pydatetime()))
 
     def _record_guard(self, result: GuardResult, now: datetime, event_id: str | None) -> None:
         self._record("setpoints", lambda: records.setpoints_payload(result.batch, source="guard"), now)
@@ -153,9 +187,45 @@ class LoopStatusMixin:
                            renewable_kw: float, hashrate_th_s: float,
                            noise: Mapping[str, tuple[float, float]], price_usd_mwh: float | None,
                            intensity_kg_per_mwh: float | None = None, intensity_source: str | None = None,
-                           hashprice_usd_per_ph_day: float | None = None) -> None:
+                           hashprice_usd_per_ph_day: float | None = None, covered_h: float | None = None,
+                           at: datetime | None = None) -> None:
         """The ``measurement`` audit entry of one finished interval, from what was measured in it
-        (``noise``: receptor → (LAeq, minutes over cap)); economics at the settled price."""
+        (``noise``: receptor → (LAeq, minutes over cap)); economics at the settled price.
+
+        Parameters
+        ----------
+        interval_start : datetime
+            The control interval's start, timezone-aware.
+        interval_h : float
+            Its length, h.
+        load_kw, renewable_kw, hashrate_th_s, noise, price_usd_mwh, intensity_kg_per_mwh, intensity_source,
+        hashprice_usd_per_ph_day
+            What was measured (means over the covered time; kW, TH/s, dB(A)) and the prices.
+        covered_h : float, optional
+            The hours of the interval the measurements cover, ending at its end (None: all of it).
+            Less than ``interval_h`` (the interval the process started in, H2 finding 6): the record
+            spans ``[end − covered_h, end)`` (``interval_start``, ``interval_h``), names the control
+            interval (``interval_grid_start``), ``covered_s`` and ``covered_fraction``, and energy,
+            cost, revenue, emissions and the reserve hold are over the covered time only.
+        at : datetime, optional
+            When it is written (the audit record's time; default the interval's end, the earliest
+            a measurement of it exists).
+
+        Raises
+        ------
+        ValueError
+            ``covered_h`` not in (0, ``interval_h``].
+        """
+        full_start, full_h = interval_start, interval_h
+        covered = {}
+        if covered_h is not None and covered_h < interval_h - 1e-9:
+            if not covered_h > 0:
+                raise ValueError(f"covered_h: {covered_h!r} h; must be in (0, interval_h={interval_h:g}]")
+            interval_start = full_start + timedelta(hours=interval_h - covered_h)
+            interval_h = covered_h
+            covered = {"interval_grid_start": pd.Timestamp(full_start).isoformat(),
+                       "covered_s": round(covered_h * 3600.0, 3), "covered_fraction": covered_h / full_h}
+        written_at = at or (pd.Timestamp(full_start) + pd.Timedelta(hours=full_h)).to_pydatetime()
         import_kw = grid_import_kw(load_kw, renewable_kw)
         self.measured_import_kw[pd.Timestamp(interval_start)] = (import_kw, interval_h)
         factor = intensity_kg_per_mwh if intensity_kg_per_mwh is not None else self.profile.carbon.default_intensity_kg_per_mwh
@@ -192,16 +262,19 @@ class LoopStatusMixin:
             noise_over_cap_min={r: v[1] for r, v in noise.items()}, full_load_kw=full_kw,
             intensity_source=intensity_source, hashprice_usd_per_ph_day=hashprice),
             "import_limit_kw": limit_kw, "import_limit_source": limit_source,
-            "source": "simulated" if self.config.run_mode != "live" or self.simulated_inputs else "metered"},
-            interval_start)
-        self.record_reserve_hold(interval_start, interval_h)
+            "source": "simulated" if self.config.run_mode != "live" or self.simulated_inputs else "metered",
+            **covered},
+            written_at)
+        self.record_reserve_hold(interval_start, interval_h, at=written_at)
 
-    def record_reserve_hold(self, interval_start: datetime, interval_h: float) -> dict[str, float]:
+    def record_reserve_hold(self, interval_start: datetime, interval_h: float,
+                            at: datetime | None = None) -> dict[str, float]:
         """Issue 15: per product, the reserve awarded over a finished interval and not held by the
         running, sheddable, qualified load (``control.ancillary.reserve_hold_shortfalls`` on the fleet
         as it ran); a ``reserve_hold_short`` audit record per product short, with the clawback
         (``reserve_clawback_usd``, at the awards' price), so the report charges back what the
-        backtest settles. Returns product -> kW short (also kept in ``reserve_hold_short_kw``)."""
+        backtest settles. Returns product -> kW short (also kept in ``reserve_hold_short_kw``). ``at``:
+        when the records are written (default the interval's end; the interval is in the payload)."""
         if self.profile.ancillary is None:
             return {}
         start = pd.Timestamp(interval_start)
@@ -227,7 +300,8 @@ class LoopStatusMixin:
             price = prices.get(product)
             self._record("reserve_hold_short", lambda p=product, kw=kw, price=price: reserve_hold_short_payload(
                 start.to_pydatetime(), interval_h, p, obligations[p], kw, price,
-                None if price is None else reserve_clawback_usd(kw, price, interval_h)), start.to_pydatetime())
+                None if price is None else reserve_clawback_usd(kw, price, interval_h)),
+                at or (start + step).to_pydatetime())
         return short
 
     def modelled_level_dba(self, receptor_id: str) -> float:
@@ -311,9 +385,18 @@ class LoopStatusMixin:
 
     def status(self, now: datetime) -> dict[str, Any]:
         """The ``/status`` document at ``now``: last solve, fallbacks, limits in force and their sources,
-        DR events, units running, counters, noise calibration and compliance, AS performance, health."""
+        DR events, units running, counters, noise calibration and compliance, AS performance, health.
+
+        An AS deployment it shows held past its sustained duration (``overrun``) or released is
+        audited and counted first, once (``_as_deployment_transitions``), so the trail never lags
+        what ``/status`` says."""
         report = self.last_report
         age = None if self.last_good_tick is None else (now - self.last_good_tick).total_seconds()
+        # The check that shows a deployment's overrun (limits.as_deployments[].overrun) audits it too,
+        # once (issue 15, H2 finding 3: /status showed it at once, the trail only at the next tick).
+        as_transitions = getattr(self, "_as_deployment_transitions", None)
+        if as_transitions is not None:
+            as_transitions(now)
         with self._lock:
             causes = self.unhealthy_causes(now)
             limits = self.book.summary(now)
