@@ -273,18 +273,53 @@ class DRBook(PerformanceMixin):
         ValueError
             If a start is timezone-naive.
         """
-        starts = [pd.Timestamp(t).to_pydatetime() for t in interval_starts]
-        if any(t.tzinfo is None for t in starts):
-            raise ValueError("interval_starts must be tz-aware")
-        if interval is None:
-            interval = (starts[1] - starts[0]) if len(starts) > 1 else timedelta(0)
+        if isinstance(interval_starts, pd.DatetimeIndex) and len(interval_starts) and not interval_starts.hasnans:
+            # Issue 18: events that cannot touch the horizon are skipped before any stamp is converted
+            # (in the backtest's usual case, none: no per-interval Python at all).
+            if interval_starts.tz is None:
+                raise ValueError("interval_starts must be tz-aware")
+            if interval is None:
+                interval = ((interval_starts[1] - interval_starts[0]).to_pytimedelta() if len(interval_starts) > 1
+                            else timedelta(0))
+            events = self._events_touching(interval_starts.min().to_pydatetime(),
+                                           interval_starts.max().to_pydatetime(), interval)
+            if not events:
+                return np.full(len(interval_starts), math.inf), [""] * len(interval_starts)
+            starts = list(interval_starts.to_pydatetime())
+        else:
+            starts = [pd.Timestamp(t).to_pydatetime() for t in interval_starts]
+            if any(t.tzinfo is None for t in starts):
+                raise ValueError("interval_starts must be tz-aware")
+            if interval is None:
+                interval = (starts[1] - starts[0]) if len(starts) > 1 else timedelta(0)
+            events = list(self._events.items())
         limits = np.full(len(starts), math.inf)
         labels = [""] * len(starts)
-        for event_id, event in self._events.items():
+        for event_id, event in events:
             for k, start in enumerate(starts):
                 if event.limit_kw < limits[k] and event.in_force(start, start + interval):
                     limits[k], labels[k] = event.limit_kw, source_label(event_id)
         return limits, labels
+
+    def _events_touching(self, first: datetime, last: datetime, interval: timedelta) -> list[tuple[str, _Event]]:
+        """The events in force at some moment of the hull ``[first, last + interval)`` (``[first, last]``
+        when ``interval`` is not positive), in book order: exactly those :meth:`limits_over` can find
+        in force in an interval starting between ``first`` and ``last`` (``frames.in_force`` is an
+        overlap test, and every such interval lies inside the hull).
+
+        Parameters
+        ----------
+        first, last : datetime
+            The earliest and latest interval start, timezone-aware.
+        interval : datetime.timedelta
+            The intervals' length.
+
+        Returns
+        -------
+        list of (str, _Event)
+        """
+        until = last + interval if interval > timedelta(0) else last + timedelta(microseconds=1)
+        return [(event_id, event) for event_id, event in self._events.items() if event.in_force(first, until)]
 
     # ------------------------------------------------------------------ queries
 

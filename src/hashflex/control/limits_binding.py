@@ -105,14 +105,24 @@ class BindingMixin:
         ValueError
             If a start is timezone-naive (:meth:`DRBook.limits_over`).
         """
-        starts = [pd.Timestamp(t).to_pydatetime() for t in interval_start]
-        limits, labels = self.dr.limits_over(starts, interval) if starts else (np.zeros(0), [])
-        limits = np.asarray(limits, dtype=float).copy()
-        labels = list(labels)
         candidates: list[tuple[float, str, Any]] = [
             (h.import_limit_kw, limits_source(i), h) for (i, p), h in self.manager.items()
             if p == "import" and h.import_limit_kw is not None]
         candidates += [(h.limit_kw, f"hold:{h.key}", h) for h in self.holds.values()]
+        if (isinstance(interval_start, pd.DatetimeIndex) and len(interval_start) and not interval_start.hasnans
+                and interval_start.tz is not None and not self.as_deployments):
+            # Issue 18: no stamp converted unless a manager's limit or a hold touches the horizon (the
+            # DR book skips its events the same way); the hull test is frames.in_force's overlap rule.
+            limits, labels = self.dr.limits_over(interval_start, interval)
+            first, last = interval_start.min().to_pydatetime(), interval_start.max().to_pydatetime()
+            until = last + interval if interval > timedelta(0) else last + timedelta(microseconds=1)
+            candidates = [c for c in candidates if c[2].in_force(first, until)]
+            if not candidates:
+                return np.asarray(limits, dtype=float).copy(), list(labels)
+        starts = [pd.Timestamp(t).to_pydatetime() for t in interval_start]
+        limits, labels = self.dr.limits_over(starts, interval) if starts else (np.zeros(0), [])
+        limits = np.asarray(limits, dtype=float).copy()
+        labels = list(labels)
         for value, label, item in candidates:
             for k, start in enumerate(starts):
                 if value < limits[k] and item.in_force(start, start + interval):
@@ -168,12 +178,13 @@ class BindingMixin:
             Receptor id → shape (T,) cap, dB(A) (inf where none); receptors without an override are
             absent.
         """
+        out: dict[str, np.ndarray] = {}
+        noise = [held for (_, part), held in self.manager.items() if part == "noise"]
+        if not noise:  # issue 18: nothing held, no per-tick index arithmetic
+            return out
         starts = pd.DatetimeIndex(interval_start)
         ends = starts + pd.Timedelta(interval)
-        out: dict[str, np.ndarray] = {}
-        for (_, part), held in self.manager.items():
-            if part != "noise":
-                continue
+        for held in noise:
             active = np.array([held.in_force(s.to_pydatetime(), e.to_pydatetime()) for s, e in zip(starts, ends)],
                               dtype=bool)
             for cap in held.noise_caps:
