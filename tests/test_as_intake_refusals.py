@@ -173,6 +173,22 @@ def test_a_recall_naming_another_product_is_refused_naming_product() -> None:
     assert loop.book.as_deployments["dep-p"].recalled
 
 
+@pytest.mark.xfail(strict=True, reason="needs the control/limits_ancillary.py patch in the H1 report (apply a "
+                                       "pending recall only to a deployment of its product)")
+def test_a_pending_recall_of_another_product_does_not_end_the_deployment() -> None:
+    """The recall overtakes its deployment (kept pending) but names ECRS; the RRS deployment with that
+    id arrives: the recall is not its recall, so the deployment holds and cuts."""
+    loop = _loop()
+    issued = NOW + timedelta(minutes=3)
+    recall = _deploy("dep-e", issued + timedelta(minutes=1), 1000.0, product="ECRS").model_copy(
+        update={"recalled": True})
+    assert loop.handle_as_deploy(recall, issued + timedelta(minutes=1)).status == "accepted"  # pending
+    ack = loop.handle_as_deploy(_deploy("dep-e", issued, 1000.0, product="RRS"), issued + timedelta(minutes=2))
+    assert ack.status == "accepted", ack.reason
+    assert not loop.book.as_deployments["dep-e"].recalled, ack.reason
+    assert "AS:RRS:dep-e" in loop.book.import_limits_at(issued + timedelta(minutes=3))
+
+
 # ---------------------------------------------------------------- finding 4: duplicate JSON keys
 
 

@@ -547,6 +547,10 @@ class AncillaryIntakeMixin:
                         performance.update(ended_at=in_book.end.isoformat(),
                                            end_reason=f"recalled before it arrived (recall received at "
                                                       f"{early['received_at']})")
+                    elif early.get("product", message.product) != message.product:  # not its recall (H1 finding 3)
+                        performance.update(early_recall_other_product={"product": early["product"],
+                                                                       "recalls_at": early["recalls_at"],
+                                                                       "received_at": early["received_at"]})
                     else:  # the recall was older than this instruction: it holds
                         self.counters["as_recall_early_older"] = self.counters.get("as_recall_early_older", 0) + 1
                         performance.update(early_recall_older={"recalls_at": early["recalls_at"],
