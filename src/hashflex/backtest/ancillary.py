@@ -43,7 +43,6 @@ import pandas as pd
 
 from hashflex.optimize.problem import problem_from_profile
 from hashflex.optimize.schedule import Schedule
-from hashflex.optimize.solve import solve
 from hashflex.profile import SiteProfile
 
 __all__ = [
@@ -65,6 +64,14 @@ __all__ = [
     "synthetic_deployments",
     "with_ancillary",
 ]
+
+def solve(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - `hashflex.optimize.solve.solve`, imported when first used
+    """`hashflex.optimize.solve.solve`, imported on the first call: Pyomo costs the CLI ~0.3-0.8 s of imports in
+    the main process, where ``hashflex backtest --policy mpc`` never solves (its solves run in the worker)."""
+    from hashflex.optimize.solve import solve as _solve
+
+    return _solve(*args, **kwargs)
+
 
 SYNTHETIC_LABEL = "SYNTHETIC deployments (Poisson, profile rate; not ERCOT's record)"
 _AS_COLUMNS = {"RRS": "dam_mcpc_rrs", "ECRS": "dam_mcpc_ecrs", "NSPIN": "dam_mcpc_nspin"}

@@ -38,7 +38,6 @@ import numpy as np
 import pandas as pd
 
 from hashflex.control.solver import SolveRunner
-from hashflex.optimize.solve import solve
 from hashflex.optimize.problem import Group, GroupState, Problem
 from hashflex.optimize.schedule import Schedule, SolveInfo, SolveStatus, schedule_from_counts, grid_import_kw
 from hashflex.profile import MinerGroup, SiteProfile
@@ -273,6 +272,8 @@ def oracle_counts(problem_for_days: Callable[[pd.DatetimeIndex, dict[str, GroupS
         if runner is not None:
             schedule = runner.solve(problem, time_limit_s=time_limit_s, rel_gap=rel_gap)
         else:
+            from hashflex.optimize.solve import solve  # in-process (tests): Pyomo only when used
+
             schedule = solve(problem, time_limit_s=time_limit_s, rel_gap=rel_gap)
         counts = {(g, m): schedule.frame[f"units_{group.id}_{mode.name}"].to_numpy(dtype=int)
                   for g, group in enumerate(problem.groups) for m, mode in enumerate(group.modes)}
