@@ -291,7 +291,7 @@ def test_a_row_shows_the_award_as_at_the_instruction_and_as_later_cut(tmp_path: 
 # ------------------------------------------------------------------------------ 9. a store still being written
 
 
-def test_a_report_on_a_running_store_says_what_is_not_final(tmp_path: Path) -> None:
+def test_a_report_on_a_running_store_says_what_is_not_final(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """RRS 4,950 kW at $150 from 16:00, nothing running: each quarter is paid $185.625 and clawed
     back $185.625 (the loop writes a hold-short record after each measurement). A report taken when
     the 17:15 measurement was committed but its hold-short record was still queued showed a
@@ -330,6 +330,14 @@ def test_a_report_on_a_running_store_says_what_is_not_final(tmp_path: Path) -> N
     assert complete["ancillary"]["final_through"] == "2024-06-03T17:30:00+00:00"
     assert complete["economics"]["reserve_clawback_usd"] == pytest.approx(2 * 185.625, abs=0.01)
     assert complete["economics"]["reserve_provisional_payment_usd"] == pytest.approx(2 * 185.625, abs=0.01)
+    # ``hashflex report`` says so on stderr too (the report itself goes to --out).
+    from test_report import _run
+
+    capsys.readouterr()
+    assert _run(["report", "--db", str(db), "--from", "2024-06-03T17:00Z", "--to", "2024-06-03T18:00Z",
+                 "--format", "json", "--out", str(tmp_path / "report.json")]) == 0
+    err = capsys.readouterr().err
+    assert "not final" in err and "2024-06-03T17:30:00+00:00" in err and "$371.25" in err
 
 
 # ------------------------------------------------------------------------------ 10. deployment cost in profit

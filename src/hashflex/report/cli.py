@@ -82,6 +82,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     audit = report["report"]["audit"]
     if report["report"].get("simulated"):
         print("note: SIMULATED data: " + report["report"]["provenance"]["detail"], file=sys.stderr)
+    ancillary = report.get("ancillary") or {}
+    provisional = (report.get("economics") or {}).get("reserve_provisional_payment_usd") or 0.0
+    if provisional > 0 or ancillary.get("provisional_interval_count"):
+        # Issue 15: a report on a store the daemon is still writing is not presented as final.
+        print(f"note: ancillary figures after {ancillary.get('final_through') or 'the first interval'} are not final "
+              f"(trail read through seq {ancillary.get('covers_through_seq')}; ${provisional:,.2f} of reserve "
+              f"payment provisional): records may still be queued", file=sys.stderr)
     if not audit["ok"]:
         print(f"warning: audit chain FAILED at seq {audit['first_bad_seq']}: {audit['problem']}", file=sys.stderr)
         return 1
