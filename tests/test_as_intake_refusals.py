@@ -326,7 +326,7 @@ def test_metrics_and_status_name_each_refusal_alike(wired, wait_for: Callable[..
     """A deployment dated beyond the clock skew (plausibility), one whose hold is over (staleness),
     one from a wrong issuer and one above the qualification (the site's rules): /metrics'
     hashflex_input_rejections_total and /status' inputs_refused carry the same reason labels."""
-    loop, topics, qse, status, clock = wired
+    _, topics, qse, status, clock = wired
     now = clock()
     base = {"product": "RRS", "deployed_kw": 1000.0, "issuer": "qse-test"}
     sent = [
