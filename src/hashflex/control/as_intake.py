@@ -249,9 +249,11 @@ def deploy_intake_refusal(profile: SiteProfile, held: ASDeployment | None, messa
       cut or withdrawn, or reach the site late, while a deployment holds; no clause lets a Load
       Resource trim a Dispatch Instruction to its award, Nodal Protocols §6.7.3, §8.1.1.4), so the
       award is what its obligation is measured against, not a reason to refuse. Not the fleet's total
-      qualified (all products): a Load Resource's Ancillary Service Resource Responsibility for a
-      product cannot exceed its qualification for that product (§3.18, §8.1.1.2), so ERCOT can
-      never deploy more of it; more is a unit slip (MW sent as kW ×1000) or another resource's
+      qualified (all products): ERCOT qualifies a Resource for each service separately, up to the
+      MW it was tested for (Nodal Protocols §8.1.1.1, Ancillary Service qualification and testing),
+      and its responsibility for a product is awarded within that, so a legitimate instruction never
+      asks more of the product (ASSUMED: the profile's qualification is the one registered with
+      ERCOT); more is a unit slip (MW sent as kW ×1000) or another resource's
       instruction, and obeying it cut the whole site to zero, after which the miners' minimum
       off time left the awards of *other* products unheld and clawed back. An amendment is bounded
       alike; deployments of one product in force together are not summed here.
