@@ -296,8 +296,6 @@ def wired(mosquitto):  # noqa: ANN001, ANN201
         publisher.close()
 
 
-@pytest.mark.xfail(strict=True, reason="needs the control/fastpath.py and messages/outbound.py patch in the H1 "
-                                       "report (ack a malformed AS message with a null id)")
 @pytest.mark.parametrize("payload", [b"", b"[]", b'"dep-1"', b"42", b"null"], ids=["empty", "array", "string",
                                                                                    "number", "null"])
 def test_an_empty_or_non_object_deploy_is_acked_rejected_with_a_null_id(wired, payload: bytes,  # noqa: ANN001
@@ -360,3 +358,27 @@ def test_the_bounds_table_has_rows_for_awards_and_deployments() -> None:
     assert ("as_award", "start − now") in fields and ("as_deploy", "now − observed time") in fields, rows
     deploy_window = next(line for line in rows if line.startswith("| as_deploy | now − observed time"))
     assert "max_hold_h" in deploy_window and "28,800" in deploy_window, deploy_window
+
+
+# ---------------------------------------------------------------- finding 7 for DR and limits
+
+
+def test_dr_and_limits_refused_by_the_book_are_counted_for_metrics() -> None:
+    """A DR event and a limits change from an unknown issuer are refused by the limits book (not the
+    plausibility bounds): /metrics' hashflex_input_rejections_total counts them under the same label
+    as /status inputs_refused (``refusal_rule`` of the answer), as it counts AS refusals. Before, only
+    plausibility refusals of DR/limits reached ``command_rejections``."""
+    from hashflex.messages import DREventMessage, LimitsChangeMessage
+
+    loop = _loop()
+    now = NOW + timedelta(minutes=1)
+    dr = DREventMessage(event_id="stranger-dr", modification_number=0, program="ERS-10", start=now,
+                        end=now + timedelta(hours=1), import_limit_kw=10.0, issuer="stranger")
+    dr_ack = loop.handle_dr(dr, now)
+    limits = LimitsChangeMessage(issuer="stranger", reason="test", issued_at=now, import_limit_kw=10.0)
+    limits_ack = loop.handle_limits(limits, now)
+    assert dr_ack.status == "rejected" and not limits_ack.accepted, (dr_ack, limits_ack)
+    counts = input_rejections(loop.status(now))
+    assert counts[("dr", refusal_rule(dr_ack.reason, "dr"))] == 1, counts
+    assert counts[("limits", refusal_rule(limits_ack.reason, "limits"))] == 1, counts
+    assert sum(loop.driver.running().values()) == 5, "nothing cut for a refused command"

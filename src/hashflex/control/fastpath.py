@@ -156,17 +156,20 @@ class FastPathMixin:
             log.exception("could not answer a rejected %s message", kind)
 
     def _answer_rejected_as(self, rejection: Any, kind: str, now: datetime) -> None:
-        """A malformed AS award or deployment whose id can be read gets a ``rejected`` ack on
-        ``out/as/ack`` naming the field (as a malformed DR event does) and is counted
+        """A malformed AS award or deployment gets a ``rejected`` ack on ``out/as/ack`` naming the
+        field (as a malformed DR event does), with its id when it can be read and a null id when not
+        (an empty or non-object payload, an invalid id: issue 15, H1 finding 6), and is counted
         (``as_rejected``); the ingest has stored the payload in the rejections table already."""
         try:
             preview = rejection.payload
             message_id = _json_field(preview, "award_id" if kind == "as_award" else "deployment_id")
             self.counters["as_rejected"] = self.counters.get("as_rejected", 0) + 1
-            if message_id is not None:
-                ack = ASAckMessage(message_id=message_id, kind=kind, status="rejected", reason=rejection.reason[:500],
-                                   acked_at=now)
-                self._publish("out/as/ack", ack.model_dump(mode="json"))
+            reason = rejection.reason[:500]
+            try:
+                ack = ASAckMessage(message_id=message_id, kind=kind, status="rejected", reason=reason, acked_at=now)
+            except ValueError:  # an id the schema refuses (pydantic's ValidationError): answered without it
+                ack = ASAckMessage(message_id=None, kind=kind, status="rejected", reason=reason, acked_at=now)
+            self._publish("out/as/ack", ack.model_dump(mode="json"))
         except Exception:  # noqa: BLE001 - answering a bad message must never stop the controller
             log.exception("could not answer a rejected %s message", kind)
 
@@ -208,6 +211,10 @@ class FastPathMixin:
             else:
                 self.book.adopt(trial)
             self.counters["dr_accepted" if decision.accepted else "dr_rejected"] += 1
+            if not decision.accepted and held is None:
+                # the book's refusal (wrong issuer, stale modification, ...): counted for /metrics as
+                # the AS path counts its own, so /metrics and /status inputs_refused agree
+                self._count_refusal("dr", decision.reason)
             self._publish("out/dr/ack", ack.model_dump(mode="json"))
             self._record("dr_event", lambda: {**records.dr_event_payload(
                 message, decision.accepted, decision.reason, decision.limit_kw, now),
@@ -492,6 +499,8 @@ class FastPathMixin:
             else:
                 self.book.adopt(trial)
             self.counters["limits_accepted" if ack.accepted else "limits_rejected"] += 1
+            if not ack.accepted and held is None:
+                self._count_refusal("limits", ack.reason)
             if not ack.accepted:
                 log.warning("limits change from %r refused: %s", message.issuer, ack.reason)
             self._publish("out/limits/ack", ack.to_json())

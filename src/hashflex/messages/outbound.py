@@ -25,9 +25,11 @@ class ASAckMessage(_Message):
     product's deployment time; it is cut at once all the same), ``late_by_s`` (seconds past the
     deadline at arrival), ``awarded_kw`` (the product's awards in force at the instruction, kW) and
     ``above_award_kw`` (kW of the product deployed at the instruction beyond them; the full
-    instruction is obeyed). None on awards, recalls and refusals."""
+    instruction is obeyed). None on awards, recalls and refusals. ``message_id`` is None only for a
+    refused payload whose id could not be read (empty, not a JSON object, an invalid id): the QSE
+    still hears that something it sent on the topic was refused (issue 15, H1 finding 6)."""
 
-    message_id: Identifier
+    message_id: Identifier | None
     kind: Literal["as_award", "as_deploy"]
     status: Literal["accepted", "rejected"]
     reason: Text | None = None
