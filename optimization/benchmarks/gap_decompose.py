@@ -12,7 +12,9 @@ Runs, over one case of ``backtest_ratios.py`` (same windows, same real prices an
 
 Modifiers (``variant+mod``): ``+hp`` the forecast sees each UTC day's hashprice from that day's start (look-ahead
 on purpose, DIAGNOSTIC: settlement unchanged) instead of after the day ends; ``+nostab`` the plan-stability rule
-off (every re-plan's first interval dispatched); ``+oldstab``, ``+oldfloor``, ``+noblend``, ``+blend<N>h``,
+off (every re-plan's first interval dispatched); ``+stab<F>`` the rule at another material gain (fraction
+of the fleet's horizon revenue, default 0.0005); ``+rampstab`` a candidate rule valuing a hold over the new plan's
+ramp (:func:`ramp_hold_previous_counts`); ``+oldstab``, ``+oldfloor``, ``+noblend``, ``+blend<N>h``,
 ``+qmean``, ``+mean``, ``+be<P>`` (the learned model's ``plan_estimate``: mean of P10/P50/P90, the squared-error
 mean, or the breakeven-probability price at P(price < breakeven) >= P, e.g. ``+be0.6``; ``+be0.5/0.9``: 0.9 in
 the first hour).
@@ -86,6 +88,48 @@ def protect_perfect() -> None:
 
     forecast_rules._blend_rt = guarded(blend)
     forecast_rules._scarcity_floor = guarded(floor)
+
+
+def ramp_hold_previous_counts(original, problem, schedule, previous, min_gain_fraction: float = 0.0,  # noqa: ANN001
+                              **kwargs):  # noqa: ANN003, ANN201
+    """A CANDIDATE stability rule, measured here before any change to ``control/stability.py`` (``+rampstab``):
+    a hold is valued over the new plan's leading *ramp* — the intervals whose counts stay on one side of what
+    runs now in every (group, mode) column (all >= it, or all <= it) — not only while they equal the first
+    interval's. In a solar ramp under the import limit the new plan adds a few hundred kW each interval: its
+    block is one interval, each tick's gain is one interval's margin of the units added, under the threshold,
+    and the fleet stays flat for the hour (2025-08 west_texas). Same checks and threshold as the rule."""
+    from hashflex.control import stability as st
+
+    decision = original(problem, schedule, previous, min_gain_fraction=min_gain_fraction, **kwargs)
+    if not decision.held:
+        return decision
+    units = st._unit_block(schedule.frame, schedule.group_modes)
+    prev = np.array([int(previous.get(key, 0)) for key in schedule.group_modes])
+    up, down = (units >= prev).all(axis=1), (units <= prev).all(axis=1)
+    side = up if up[0] else down
+    span = int(np.argmin(side)) if not side.all() else len(units)
+    columns = {key: units[:, j] for j, key in enumerate(schedule.group_modes)}
+    if span <= 1 or set(columns) != {(g.id, m.name) for g in problem.groups for m in g.modes}:
+        return decision
+    held = {key: int(previous.get(key, 0)) for key in columns}
+    for group in problem.groups:
+        need = sum(held[(group.id, m.name)] for m in group.modes)
+        short = np.asarray(group.units_available, dtype=int)[:span] < need
+        span = int(np.argmax(short)) if short.any() else span
+    if span <= 1:
+        return decision
+    alternative = st._held(problem, schedule, columns, held, span)
+    bad, _ = st._first_infeasible(problem, alternative.frame, schedule.frame, span)
+    if bad < span:
+        if bad <= 1:
+            return decision
+        alternative = st._held(problem, schedule, columns, held, bad)
+    gain = float(schedule.frame["profit_usd"].sum() - alternative.frame["profit_usd"].sum())
+    threshold = min_gain_fraction * st.full_fleet_revenue_usd(problem)
+    if gain >= threshold:
+        new = {key: int(units[0, j]) for j, key in enumerate(schedule.group_modes)}
+        return st.StabilityDecision(new, False, gain, f"re-plan gains ${gain:,.2f} over its ramp (>= ${threshold:,.2f})")
+    return decision
 
 
 def buckets(price: np.ndarray, line: np.ndarray, delta: np.ndarray, more_energy: np.ndarray) -> dict[str, float]:
@@ -166,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     def no_stability(problem, schedule, previous, **_):  # noqa: ANN001, ANN202 - DIAGNOSTIC: the rule off
         return hold_previous_counts(problem, schedule, previous, min_gain_fraction=0.0)
 
+    ramp_stability = functools.partial(ramp_hold_previous_counts, hold_previous_counts)
+
+    def scaled_stability(fraction, problem, schedule, previous, **kwargs):  # noqa: ANN001, ANN202
+        kwargs["min_gain_fraction"] = fraction
+        return hold_previous_counts(problem, schedule, previous, **kwargs)
+
     for variant in args.variants:
         # Modifiers bring back the rules before this change, side by side in one run:
         # +oldstab (the stability rule valued over the first interval only), +oldfloor (scarcity floor = mean);
@@ -175,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         variant, *mods = variant.split("+")
         control_loop.hold_previous_counts = (functools.partial(hold_previous_counts, hold_span="first")
                                              if "oldstab" in mods else no_stability if "nostab" in mods
-                                             else hold_previous_counts)
+                                             else ramp_stability if "rampstab" in mods else hold_previous_counts)
+        fraction = [float(m[len("stab"):]) for m in mods if m.startswith("stab")]
+        if fraction:  # the rule with another material gain (the loop's replan_min_gain_fraction, default 0.0005)
+            control_loop.hold_previous_counts = functools.partial(scaled_stability, fraction[0])
         old_floor = "oldfloor" in mods
         blend_h = [float(m[len("blend"):-1]) for m in mods if m.startswith("blend") and m.endswith("h")]
         forecast_rules.ForecastConfig = functools.partial(ForecastConfig, scarcity_floor_follows_last=not old_floor,
@@ -235,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         row["energy MWh vs oracle"] = float(((frame["load_kw"] - oracle["load_kw"]).to_numpy(float)
                                              * frame["duration_h"].to_numpy(float)).sum() / 1000.0)
         row["carbon kg"] = float(frame["emissions_kg"].sum())
+        row["unit switches / day"] = br.unit_switches_per_day(runs[name].counts, args.days)
         row.update(carbon_timing(frame, actuals.index, profile))
         table[name] = row
     out = pd.DataFrame(table)
