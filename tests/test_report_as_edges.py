@@ -285,6 +285,7 @@ def test_a_row_shows_the_award_as_at_the_instruction_and_as_later_cut(tmp_path: 
     section = _report(db)["ancillary"]
     (row,) = section["deployments"]
     assert row["awarded_mw"] == pytest.approx(4.95) and row["awarded_latest_mw"] == pytest.approx(1.98)
+    assert row["book_awarded_at_instruction_mw"] == pytest.approx(4.95)  # the book's A0: RRS alone was awarded
     assert any("awarded_latest_mw" in n for n in section["notes"])
 
 

@@ -37,7 +37,9 @@ the revision binds is final (:func:`final_through`). A deployment never accepted
   the instruction as known then (the latest accepted revision of each award recorded before the
   deployment: the limits book's A₀ rule, what the deployment is measured against);
   ``awarded_latest_mw`` the same awards as last revised in the trail (a later cut or withdrawal
-  shows here, not in ``awarded_mw``);
+  shows here, not in ``awarded_mw``); ``book_awarded_at_instruction_mw`` the book's own A₀ (all
+  products, ``awarded_at_instruction_kw`` of the performance record; null on older trails), from
+  which ``commanded_limit_kw`` and the interval limits rise;
 - ``delivered_mw`` = (``baseline_kw`` − ``commanded_import_kw``) / 1000; ``commanded_limit_kw`` the
   limit the book held at the command (``limit_kw``, the ack's, raised by the reserve awarded since
   the instruction: :func:`deployment_limit_kw` at the revision's receipt); ``shortfall_mw`` = the one
@@ -421,6 +423,10 @@ def _deployment_row(record: dict[str, Any], inputs: ReportInputs, revision: _Rev
         "deployed_mw": _r(float(message.get("deployed_kw") or 0.0) / 1000.0),
         "awarded_mw": _r(awarded_kw / 1000.0),
         "awarded_latest_mw": _r(awarded_latest_kw / 1000.0),
+        # The limits book's A₀ (all products, as it kept it): the limit's rise counts from it.
+        "book_awarded_at_instruction_mw": (_mw(revision.awarded_at_instruction_kw)
+                                           if revision is not None and revision.awarded_at_instruction_kw is not None
+                                           else None),
         "deadline": deadline.isoformat(), "deadline_s": _r((deadline - issued).total_seconds()),
         "recalled_at": _iso(recalled_at),
         "baseline_kw": _r(baseline), "limit_kw": _r(limit), "commanded_import_kw": _r(commanded),

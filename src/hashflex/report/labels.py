@@ -136,6 +136,7 @@ LABELS = {
     "reserve_estimated_hold_intervals": "Reserve held estimated from the metered load (interval-products)",
     "commanded_limit_kw": "Limit at the command",
     "awarded_latest_mw": "Award as last revised",
+    "book_awarded_at_instruction_mw": "Reserve awarded at the instruction, all products (the limits book's A0)",
     "final": "Final",
     "arrived_late": "Arrived after its deadline",
     "arrival_delay_s": "Arrived after the instruction",
