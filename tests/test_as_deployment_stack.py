@@ -225,8 +225,6 @@ def test_a_stale_reading_caps_the_instruction_baseline_so_no_credit_is_invented(
     assert instruction_baseline(22700.0, (92.0, -600.0, "site meter"), 120.0) == (22700.0, "modelled")
 
 
-@pytest.mark.xfail(strict=True, reason="needs the as_intake.py patch in H2's report (handle_as_deploy takes "
-                                       "instruction_baseline); remove this mark when it lands")
 def test_a_deployment_received_with_stale_telemetry_is_not_credited_beyond_the_meter() -> None:
     """5 blocks run (5,050 kW modelled) but the meter last read 92 kW, 232 s before the deployment
     arrived (the daemon was booting). Before: the modelled 5,050 kW was the baseline and the cut of

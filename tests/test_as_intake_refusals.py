@@ -173,8 +173,6 @@ def test_a_recall_naming_another_product_is_refused_naming_product() -> None:
     assert loop.book.as_deployments["dep-p"].recalled
 
 
-@pytest.mark.xfail(strict=True, reason="needs the control/limits_ancillary.py patch in the H1 report (apply a "
-                                       "pending recall only to a deployment of its product)")
 def test_a_pending_recall_of_another_product_does_not_end_the_deployment() -> None:
     """The recall overtakes its deployment (kept pending) but names ECRS; the RRS deployment with that
     id arrives: the recall is not its recall, so the deployment holds and cuts."""

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hashflex.control.ancillary import STALE, ASDeployment, deploy_refusal, has_deadline
+from hashflex.control.ancillary import STALE, ASDeployment, deploy_refusal, has_deadline, instruction_baseline
 from hashflex.control.guard import Guard
 from hashflex.control.limits import STORE_UNAVAILABLE, Hold, LimitsBook
 from hashflex.plausibility import PlausibilityContext, check_plausible
@@ -95,35 +95,6 @@ def deployment_performance(message: ASDeployMessage, baseline_kw: float, limit_k
             "commanded_within_deadline": not asks_more or deadline is None or now <= deadline,
             "measured_import_kw": None, "measured_shortfall_kw": None, "measured_response_s": None,
             "measured_within_deadline": None}
-
-
-def deployment_baseline(modelled_kw: float, measured: tuple[float, str] | None) -> tuple[float, str]:
-    """The load a new AS deployment sheds from: the lower of the modelled import and the latest
-    fresh measured import (issue 15, newcomer finding 1).
-
-    While miners are still booting, the plan's commanded load is above what is drawn; a limit of
-    (commanded − deployed) would let the load rise during the deployment and still count as
-    delivered. ERCOT assesses a Load Resource's deployment from its telemetry (Nodal Protocols
-    §8.1.1.4), so the lower of the two keeps the limit (baseline − deployed) at or under what was
-    drawn at the instruction (when in doubt, curtail).
-
-    Parameters
-    ----------
-    modelled_kw : float
-        The import the fleet's commanded setpoints model now, kW.
-    measured : tuple of (float, str) or None
-        The fresh measured import (kW, its source) or None when there is none fresh.
-
-    Returns
-    -------
-    baseline_kw : float
-        The baseline, kW.
-    source : str
-        ``"measured: <source>"`` or ``"modelled"``.
-    """
-    if measured is not None and measured[0] < modelled_kw:
-        return max(float(measured[0]), 0.0), f"measured: {measured[1]}"
-    return float(modelled_kw), "modelled"
 
 
 def deployment_flags(book: LimitsBook, message: ASDeployMessage, deadline: datetime | None, now: datetime,
@@ -490,7 +461,11 @@ class AncillaryIntakeMixin:
             batch = self.fleet.as_setpoints(now, self.expiry_s)
             renewable_kw = self.measurements.renewable_kw or 0.0  # the import, as the cut models it
             modelled_kw = self.guard.net_import_kw(batch, self.measurements.auxiliary_kw, renewable_kw)
-            baseline_kw, baseline_source = deployment_baseline(modelled_kw, self._fresh_measured_import(now))
+            # the lower of the model and the latest metered import, fresh or stale (issue 15, H2 finding 5)
+            latest = getattr(self, "_latest_measured_import", None)
+            evidence = None if latest is None else (latest[0], (now - latest[1]).total_seconds(), latest[2])
+            baseline_kw, baseline_source = instruction_baseline(modelled_kw, evidence, self.guard.max_age_s,
+                                                                self.guard.future_skew_s)
             flags: dict[str, Any] = {}
 
             def decide() -> tuple[LimitsBook, ASAckMessage]:
@@ -522,6 +497,8 @@ class AncillaryIntakeMixin:
                 if held is not None and held.end > now:
                     baseline_kw = held.baseline_kw  # an amendment: the obligation counts from the first load
                 limit = max(baseline_kw - message.deployed_kw, 0.0)
+                if fresh and ack.import_limit_kw is not None:  # the book's enforced limit, as acked (H2 finding 2)
+                    limit = ack.import_limit_kw
                 if not fresh:  # accepted but not durable: hold the cut in memory all the same
                     section = self.profile.ancillary
                     backstop = timedelta(hours=section.max_hold_h if section is not None else DEFAULT_MAX_HOLD_H)
@@ -541,6 +518,7 @@ class AncillaryIntakeMixin:
                 in_book = self.book.as_deployments.get(message.deployment_id)
                 if fresh and in_book is not None:  # what its limit's rise counts from, and how long it holds
                     performance.update(awarded_at_instruction_kw=in_book.awarded_at_instruction_kw,
+                                       held_at_instruction_kw=in_book.held_at_instruction_kw,
                                        sustain_until=in_book.sustain_until.isoformat(),
                                        release_at=in_book.end.isoformat())
                 if fresh and early is not None and in_book is not None:
@@ -572,7 +550,7 @@ class AncillaryIntakeMixin:
     def note_measured_import(self, import_kw: float, measured_at: datetime, source: str) -> None:
         """Keep the latest measured site import (a site meter reading, or the miners' telemetry
         summed when there is no meter), the load an AS deployment sheds from when it is fresh and
-        below the model (:func:`deployment_baseline`).
+        below the model (:func:`hashflex.control.ancillary.instruction_baseline`).
 
         Parameters
         ----------
@@ -584,17 +562,6 @@ class AncillaryIntakeMixin:
             ``"site meter"`` or ``"miner telemetry"``, named in the deployment's ack.
         """
         self._latest_measured_import = (float(import_kw), measured_at, source)
-
-    def _fresh_measured_import(self, now: datetime) -> tuple[float, str] | None:
-        """(kW, source) of the latest measured import if finite and fresh at ``now`` by the guard's
-        rules (no older than ``guard.max_age_s``, no further ahead than its clock skew), else None."""
-        latest = getattr(self, "_latest_measured_import", None)
-        if latest is None:
-            return None
-        kw, at, source = latest
-        if self.guard._doubt(kw, at, now, "measured import") is not None:  # the guard's one freshness rule
-            return None
-        return kw, source
 
     def _count_flags(self, message: ASDeployMessage, flags: dict[str, Any]) -> None:
         """Count a new deployment that arrived late (``as_late``) or asks more than the award

@@ -281,7 +281,11 @@ class AncillaryBookMixin:
                           f"({baseline_source}{held}) to "
                           f"{trial.deployment_limit_kw(deployment, now):.0f} kW by {deployment.deadline.isoformat()}")
                 pending = trial.as_early_recalls.pop(msg.deployment_id, None)
-                if pending is not None:
+                if pending is not None and pending.get("product", msg.product) != msg.product:
+                    # Not this deployment's recall (issue 15, H1 finding 3): it holds (when in doubt, curtail).
+                    reason += (f" (a recall of this id for {pending['product']}, received before it, names another "
+                               "product: not applied; this deployment holds)")
+                elif pending is not None:
                     recalled_at = _first_recall_at_or_after(pending["recalls_at"], msg.issued_at)
                     if recalled_at is not None:
                         end = recall_end(deployment, recalled_at)
