@@ -106,8 +106,6 @@ def test_a_deployment_whose_hold_is_already_over_is_refused_naming_issued_at(tmp
     assert report["ancillary"]["overrun_count"] == 0 and report["ancillary"]["released_count"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="needs the report/__init__.py trail_period patch in the H1 report (widen "
-                                       "the default period by accepted deployments only)")
 def test_a_refused_stale_deployment_does_not_stretch_the_reports_default_period(tmp_path: Path) -> None:
     db = tmp_path / "period.db"
     arrived = NOW + timedelta(minutes=5)

@@ -237,7 +237,8 @@ def trail_period(records: list[Any]) -> tuple[pd.Timestamp, pd.Timestamp] | None
         return min(stamps), max(stamps) + pd.Timedelta(microseconds=1)
     for rec in records:
         message = rec.payload.get("message") if rec.kind == "as_deploy" else None
-        if isinstance(message, dict) and message.get("issued_at") and not message.get("recalled"):
+        accepted = (rec.payload.get("ack") or {}).get("status") == "accepted"  # a refused one held nothing
+        if isinstance(message, dict) and message.get("issued_at") and not message.get("recalled") and accepted:
             try:
                 issued = pd.Timestamp(message["issued_at"]).tz_convert("UTC")
             except (TypeError, ValueError):  # a malformed message was recorded as received; it has no period
