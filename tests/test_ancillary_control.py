@@ -10,6 +10,10 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from as_support import award as as_award
+from as_support import flat_prices, hydro_profile_yaml
+from as_support import make_loop as as_loop
+from as_support import running as units_running
 
 from hashflex.control.limits import LimitsBook
 from hashflex.control.loop import ControlLoop
@@ -18,52 +22,26 @@ from hashflex.messages import ASAwardMessage, ASDeployMessage, parse_message
 from hashflex.profile import parse_profile
 from hashflex.sim.site import ReplayForecaster, SimulatedFleet
 
-PROFILE = """
-site: {name: As Loop, settlement_point: HB_WEST, settlement_point_type: HU, timezone: America/Chicago}
-grid: {import_limit_kw: 20000}
-miner_groups:
-  - id: hydro
-    model: container
-    units: 10
-    cooling: hydro
-    idle_power_kw: 10
-    modes: [{name: run, power_kw: 1000, hashrate_th_s: 33333.333, sound_power_dba: 100}]
-carbon: {default_intensity_kg_per_mwh: 400, intensity_source: test}
-economics: {hashprice_usd_per_ph_day: 48, pool_fee_pct: 0}
-ancillary:
-  issuer: qse-test
-  groups: {hydro: {response_s: 0.5, under_frequency_relay: true}}
-  products:
-    RRS: {group_mw: {hydro: 5}}
-    ECRS: {group_mw: {hydro: 5}}
-"""
+PROFILE = hydro_profile_yaml("As Loop", expected_deployments_per_month=None)
 NOW = pd.Timestamp("2024-06-03T12:00-05:00").to_pydatetime()
 
 
 def prices(level: float = 200.0) -> pd.DataFrame:
-    starts = pd.date_range("2024-05-30T00:00Z", "2024-06-05T00:00Z", freq="15min", inclusive="left")
-    frames = []
-    for market in ("RT", "DA"):
-        frames.append(pd.DataFrame({"interval_start": starts, "interval_end": starts + pd.Timedelta(minutes=15),
-                                    "settlement_point": "HB_WEST", "market": market, "price_usd_mwh": level}))
-    return pd.concat(frames, ignore_index=True)
+    """SYNTHETIC flat prices at ``level`` $/MWh, RT and DA."""
+    return flat_prices(level)
 
 
 def make_loop() -> tuple[ControlLoop, SimulatedFleet]:
-    profile = parse_profile(PROFILE, source="test")
-    fleet = SimulatedFleet(profile)
-    loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, prices()), driver=fleet,
-                       solver=SolveRunner(inline=True))
-    return loop, fleet
+    loop = as_loop(parse_profile(PROFILE, source="test"), prices())
+    return loop, loop.driver
 
 
 def award(kw: float = 4950.0, issuer: str = "qse-test", revision: int = 0) -> ASAwardMessage:
-    return ASAwardMessage(award_id="dam-0603-rrs", revision=revision, product="RRS", start=NOW - timedelta(hours=1),
-                          end=NOW + timedelta(hours=3), reserve_kw=kw, price_usd_mw_h=150.0, issuer=issuer)
+    return as_award("dam-0603-rrs", "RRS", kw, revision=revision, start=NOW - timedelta(hours=1),
+                    end=NOW + timedelta(hours=3), price_usd_mw_h=150.0, issuer=issuer)
 
 
-def running(fleet: SimulatedFleet) -> int:
-    return sum(fleet.running().values())
+running = units_running
 
 
 def test_award_is_acked_and_the_plan_keeps_exactly_the_awarded_units_running() -> None:

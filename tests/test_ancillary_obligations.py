@@ -29,55 +29,38 @@ from datetime import timedelta
 
 import pandas as pd
 import pytest
+from as_support import (
+    award,
+    big_small_profile_yaml,
+    flat_prices,
+    hydro_profile_yaml,
+    make_loop,
+)
 
 from hashflex.control.loop import ControlLoop
-from hashflex.control.solver import SolveRunner
 from hashflex.messages import ASAwardMessage, ASDeployMessage
 from hashflex.profile import parse_profile
-from hashflex.sim.site import ReplayForecaster, SimulatedFleet
 
-PROFILE = """
-site: {name: AS Obligations, settlement_point: HB_WEST, settlement_point_type: HU, timezone: America/Chicago}
-grid: {import_limit_kw: 20000}
-miner_groups:
-  - id: hydro
-    model: container
-    units: 10
-    cooling: hydro
-    idle_power_kw: 10
-    modes: [{name: run, power_kw: 1000, hashrate_th_s: 33333.333, sound_power_dba: 100}]
-carbon: {default_intensity_kg_per_mwh: 400, intensity_source: test}
-economics: {hashprice_usd_per_ph_day: 48, pool_fee_pct: 0}
-ancillary:
-  issuer: qse-test
-  groups: {hydro: {response_s: 0.5, under_frequency_relay: true}}
-  products:
-    RRS: {group_mw: {hydro: 5}, expected_deployments_per_month: 0}
-    ECRS: {group_mw: {hydro: 5}, expected_deployments_per_month: 0}
-"""
+PROFILE = hydro_profile_yaml("AS Obligations")
+
 AT_17 = pd.Timestamp("2024-06-03T17:00Z").to_pydatetime()
 HOUR = timedelta(hours=1)
 
 
 def _prices() -> pd.DataFrame:
     """SYNTHETIC flat $200/MWh, RT and DA."""
-    starts = pd.date_range("2024-06-01T00:00Z", "2024-06-05T00:00Z", freq="15min", inclusive="left")
-    return pd.concat([pd.DataFrame({"interval_start": starts, "interval_end": starts + pd.Timedelta(minutes=15),
-                                    "settlement_point": "HB_WEST", "market": market, "price_usd_mwh": 200.0})
-                      for market in ("RT", "DA")], ignore_index=True)
+    return flat_prices(start="2024-06-01T00:00Z")
 
 
 def _award(award_id: str, product: str, start, end) -> ASAwardMessage:
-    return ASAwardMessage(award_id=award_id, product=product, start=start, end=end, reserve_kw=1980.0,
-                          price_usd_mw_h=20.0, issuer="qse-test")
+    return award(award_id, product, 1980.0, start=start, end=end)
 
 
 @pytest.fixture()
 def deployed_loop() -> ControlLoop:
     """RRS awarded 17:00–19:00 and deployed at 17:05 (not recalled); ECRS awarded 18:00–19:00."""
     profile = parse_profile(PROFILE, source="test")
-    loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, _prices()), driver=SimulatedFleet(profile),
-                       solver=SolveRunner(inline=True))
+    loop = make_loop(profile, _prices())
     assert loop.handle_as_award(_award("rrs", "RRS", AT_17, AT_17 + 2 * HOUR), AT_17).status == "accepted"
     assert loop.handle_as_award(_award("ecrs", "ECRS", AT_17 + HOUR, AT_17 + 2 * HOUR), AT_17).status == "accepted"
     loop.tick(AT_17)
@@ -105,31 +88,7 @@ def test_an_award_rising_during_a_deployment_is_held(deployed_loop: ControlLoop)
     assert sum(deployed_loop.driver.running().values()) == 2
 
 
-ROUNDING_PROFILE = """
-site: {name: AS Rounding, settlement_point: HB_WEST, settlement_point_type: HU, timezone: America/Chicago}
-grid: {import_limit_kw: 200000}
-miner_groups:
-  - id: big
-    model: efficient
-    units: 1000
-    cooling: hydro
-    idle_power_kw: 0
-    modes: [{name: run, power_kw: 100, hashrate_th_s: 10000, sound_power_dba: 80}]
-  - id: small
-    model: old
-    units: 1000
-    cooling: air
-    idle_power_kw: 0.01
-    modes: [{name: run, power_kw: 2.6, hashrate_th_s: 50, sound_power_dba: 80}]
-carbon: {default_intensity_kg_per_mwh: 400, intensity_source: test}
-economics: {hashprice_usd_per_ph_day: 48, pool_fee_pct: 0}
-ancillary:
-  issuer: qse-test
-  groups: {big: {response_s: 0.5, under_frequency_relay: true}, small: {response_s: 30}}
-  products:
-    RRS: {group_mw: {big: 5}, expected_deployments_per_month: 0}
-    ECRS: {group_mw: {small: 5}, expected_deployments_per_month: 0}
-"""
+ROUNDING_PROFILE = big_small_profile_yaml("AS Rounding", import_limit_kw=200000)
 
 
 def test_each_product_is_covered_by_its_own_groups() -> None:

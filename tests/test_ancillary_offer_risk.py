@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from as_support import hydro_profile_yaml
 
 from hashflex.backtest.ancillary import (
     EXAMPLE_WEST_TEXAS_ANCILLARY,
@@ -27,24 +28,8 @@ from hashflex.backtest.ancillary import (
 )
 from hashflex.profile import load_profile, parse_profile
 
-PROFILE = """
-site: {name: AS Offers, settlement_point: HB_WEST, settlement_point_type: HU, timezone: America/Chicago}
-grid: {import_limit_kw: 20000}
-miner_groups:
-  - id: hydro
-    model: container
-    units: 10
-    cooling: hydro
-    idle_power_kw: 10
-    modes: [{name: run, power_kw: 1000, hashrate_th_s: 33333.333, sound_power_dba: 100}]
-carbon: {default_intensity_kg_per_mwh: 400, intensity_source: test}
-economics: {hashprice_usd_per_ph_day: 48, pool_fee_pct: 0}
-ancillary:
-  issuer: qse-test
-  groups: {hydro: {response_s: 0.5, under_frequency_relay: true}}
-  products:
-    RRS: {group_mw: {hydro: 5}, expected_deployments_per_month: 0}
-"""
+PROFILE = hydro_profile_yaml("AS Offers", products=("RRS",))  # SYNTHETIC: as_support's hydro site
+
 BREAKEVEN = 33333.333 / 990.0 * 48.0 / 1000.0 / 24.0 * 1000.0
 DEV_FILE = Path(__file__).resolve().parents[1] / "optimization/data/ercot_dev2/hourly_hubs_dam_rt_and_dam_as_mcpc_2024.csv"
 DAY = pd.Timestamp("2024-05-08").tz_localize("America/Chicago")

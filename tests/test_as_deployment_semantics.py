@@ -18,7 +18,6 @@ modelled import is 990 n + 100 kW.
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,49 +25,34 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pandas as pd
 import pytest
+from as_support import (
+    MIN,
+    NOW,
+    audit_payloads,
+    award,
+    deploy,
+    flat_prices,
+    hydro_profile_yaml,
+    make_loop,
+    metrics_text,
+    running,
+)
 
-from hashflex.audit import AuditLog
 from hashflex.control.daemon import load_control_state
-from hashflex.control.http import StatusServer
 from hashflex.control.limits import LimitsBook
 from hashflex.control.loop import ControlLoop
 from hashflex.control.records import AuditRecorder
-from hashflex.control.solver import SolveRunner
 from hashflex.feeds.mqtt import MqttIngest
 from hashflex.messages import ASAwardMessage, ASDeployMessage, Topics
 from hashflex.profile import parse_profile
-from hashflex.sim.site import ReplayForecaster, SimulatedFleet
 from hashflex.store import Store
 
-PROFILE = """
-site: {name: AS Semantics, settlement_point: HB_WEST, settlement_point_type: HU, timezone: America/Chicago}
-grid: {import_limit_kw: 20000}
-miner_groups:
-  - id: hydro
-    model: container
-    units: 10
-    cooling: hydro
-    idle_power_kw: 10
-    modes: [{name: run, power_kw: 1000, hashrate_th_s: 33333.333, sound_power_dba: 100}]
-carbon: {default_intensity_kg_per_mwh: 400, intensity_source: test}
-economics: {hashprice_usd_per_ph_day: 48, pool_fee_pct: 0}
-ancillary:
-  issuer: qse-test
-  groups: {hydro: {response_s: 0.5, under_frequency_relay: true}}
-  products:
-    RRS: {group_mw: {hydro: 5}, expected_deployments_per_month: 0}
-    ECRS: {group_mw: {hydro: 5}, expected_deployments_per_month: 0}
-"""
-NOW = pd.Timestamp("2024-06-03T17:00Z").to_pydatetime()
-MIN = timedelta(minutes=1)
+PROFILE = hydro_profile_yaml("AS Semantics")
 
 
 def _prices() -> pd.DataFrame:
-    """SYNTHETIC flat $200/MWh, RT and DA."""
-    starts = pd.date_range("2024-06-01T00:00Z", "2024-06-05T00:00Z", freq="15min", inclusive="left")
-    return pd.concat([pd.DataFrame({"interval_start": starts, "interval_end": starts + pd.Timedelta(minutes=15),
-                                    "settlement_point": "HB_WEST", "market": market, "price_usd_mwh": 200.0})
-                      for market in ("RT", "DA")], ignore_index=True)
+    """SYNTHETIC flat $200/MWh, RT and DA, from 1 June 2024."""
+    return flat_prices(start="2024-06-01T00:00Z")
 
 
 def _profile(extra: str = ""):
@@ -77,35 +61,22 @@ def _profile(extra: str = ""):
 
 def _award(award_id: str, product: str, kw: float, revision: int = 0, start: datetime = NOW - timedelta(hours=1),
            end: datetime = NOW + timedelta(hours=3)) -> ASAwardMessage:
-    return ASAwardMessage(award_id=award_id, revision=revision, product=product, start=start, end=end,
-                          reserve_kw=kw, price_usd_mw_h=20.0, issuer="qse-test")
+    return award(award_id, product, kw, revision=revision, start=start, end=end)
 
 
 def _deploy(deployment_id: str, issued_at: datetime, kw: float = 0.0, product: str = "RRS",
             recalled: bool = False) -> ASDeployMessage:
-    return ASDeployMessage(deployment_id=deployment_id, product=product, issued_at=issued_at, deployed_kw=kw,
-                           recalled=recalled, issuer="qse-test")
+    return deploy(deployment_id, issued_at, kw, product=product, recalled=recalled)
 
 
 def _loop(profile=None, store: Store | None = None, recorder: AuditRecorder | None = None,
           book: LimitsBook | None = None) -> ControlLoop:
-    profile = profile or _profile()
-    return ControlLoop(profile, forecaster=ReplayForecaster(profile, _prices()), driver=SimulatedFleet(profile),
-                       solver=SolveRunner(inline=True), store=store, recorder=recorder, book=book)
+    return make_loop(profile or _profile(), _prices(), store, recorder, book)
 
 
-def _running(loop: ControlLoop) -> int:
-    return sum(loop.driver.running().values())
-
-
-def _metrics(loop: ControlLoop, at: datetime) -> str:
-    server = StatusServer(lambda now: loop.status(now), lambda: at, port=0)  # real HTTP on 127.0.0.1
-    server.start()
-    try:
-        with urllib.request.urlopen(f"{server.url}metrics", timeout=10) as answer:
-            return answer.read().decode()
-    finally:
-        server.stop()
+_running = running
+_metrics = metrics_text
+_records = audit_payloads
 
 
 # ---------------------------------------------------------------------------------------------- 1
@@ -237,11 +208,6 @@ def test_a_recall_dated_before_the_deployment_reached_the_site_cancels_it() -> N
 
 
 # ---------------------------------------------------------------------------------------------- 3
-
-
-def _records(db: Path, kind: str) -> list[dict]:
-    with AuditLog(db, readonly=True) as log:
-        return [r.payload for r in log.records(kind)]
 
 
 def test_a_deployment_holds_until_recalled_past_its_sustained_duration_and_is_flagged(tmp_path: Path) -> None:

@@ -9,71 +9,57 @@ blocks running). An RRS award of 4,950 kW keeps exactly 5 blocks running: modell
 
 from __future__ import annotations
 
-import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from as_support import (
+    NOW,
+    award,
+    deploy,
+    flat_prices,
+    hydro_profile_yaml,
+    make_loop,
+    metrics_text,
+    running,
+)
 
 from hashflex.audit import AuditLog
-from hashflex.control.http import StatusServer
 from hashflex.control.loop import ControlLoop
 from hashflex.control.records import AuditRecorder
-from hashflex.control.solver import SolveRunner
 from hashflex.messages import ASAwardMessage, ASDeployMessage
 from hashflex.profile import parse_profile
 from hashflex.report import build_report
 from hashflex.report.render import to_html
-from hashflex.sim.site import ReplayForecaster, SimulatedFleet
 from hashflex.store import Store
 
-PROFILE = """
-site: {name: AS Late, settlement_point: HB_WEST, settlement_point_type: HU, timezone: America/Chicago}
-grid: {import_limit_kw: 20000}
-miner_groups:
-  - id: hydro
-    model: container
-    units: 10
-    cooling: hydro
-    idle_power_kw: 10
-    modes: [{name: run, power_kw: 1000, hashrate_th_s: 33333.333, sound_power_dba: 100}]
-carbon: {default_intensity_kg_per_mwh: 400, intensity_source: test}
-economics: {hashprice_usd_per_ph_day: 48, pool_fee_pct: 0}
-ancillary:
-  issuer: qse-test
-  groups: {hydro: {response_s: 0.5, under_frequency_relay: true}}
-  products:
-    RRS: {group_mw: {hydro: 5}}
-    ECRS: {group_mw: {hydro: 5}}
-"""
-NOW = pd.Timestamp("2024-06-03T17:00Z").to_pydatetime()
+PROFILE = hydro_profile_yaml("AS Late", expected_deployments_per_month=None)
+# RRS qualified for the whole hydro group (10 MW), for the deployments above the 4,950 kW award (up to
+# 6,000 kW): a deployment may not exceed the qualification (92d4638 refuses one above it naming
+# deployed_kw; with 5 MW these tests failed from then). test_as_intake_refusals takes PROFILE's 5 MW.
+WIDE_PROFILE = hydro_profile_yaml("AS Late", expected_deployments_per_month=None, qualified_mw={"RRS": 10})
 
 
 def _prices() -> pd.DataFrame:
-    starts = pd.date_range("2024-05-30T00:00Z", "2024-06-05T00:00Z", freq="15min", inclusive="left")
-    return pd.concat([pd.DataFrame({"interval_start": starts, "interval_end": starts + pd.Timedelta(minutes=15),
-                                    "settlement_point": "HB_WEST", "market": market, "price_usd_mwh": 200.0})
-                      for market in ("RT", "DA")], ignore_index=True)
+    """SYNTHETIC flat $200/MWh, RT and DA."""
+    return flat_prices()
 
 
 def _award(kw: float = 4950.0) -> ASAwardMessage:
-    return ASAwardMessage(award_id="dam-0603-rrs", product="RRS", start=NOW - timedelta(hours=1),
-                          end=NOW + timedelta(hours=3), reserve_kw=kw, price_usd_mw_h=150.0, issuer="qse-test")
+    return award("dam-0603-rrs", "RRS", kw, price_usd_mw_h=150.0)
 
 
 def _deploy(deployment_id: str, issued_at, kw: float, product: str = "RRS", revision: int = 0) -> ASDeployMessage:
-    return ASDeployMessage(deployment_id=deployment_id, revision=revision, product=product, issued_at=issued_at,
-                           deployed_kw=kw, issuer="qse-test")
+    return deploy(deployment_id, issued_at, kw, product=product, revision=revision)
 
 
-def _loop(store: Store | None = None, recorder: AuditRecorder | None = None) -> ControlLoop:
-    profile = parse_profile(PROFILE, source="test")
-    loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, _prices()), driver=SimulatedFleet(profile),
-                       solver=SolveRunner(inline=True), store=store, recorder=recorder)
+def _loop(store: Store | None = None, recorder: AuditRecorder | None = None, profile_yaml: str = PROFILE
+          ) -> ControlLoop:
+    loop = make_loop(parse_profile(profile_yaml, source="test"), _prices(), store, recorder)
     assert loop.handle_as_award(_award(), NOW).status == "accepted"
     loop.tick(NOW)
-    assert sum(loop.driver.running().values()) == 5
+    assert running(loop) == 5
     return loop
 
 
@@ -102,13 +88,7 @@ def test_a_deployment_arriving_after_its_deadline_is_cut_at_once_and_flagged_lat
     assert performance["measured_shortfall_kw"] == pytest.approx(0.0)
     assert performance["measured_response_s"] == pytest.approx(665.0)
     assert performance["measured_within_deadline"] is False
-    server = StatusServer(lambda now: loop.status(now), lambda: arrived, port=0)  # real HTTP on 127.0.0.1
-    server.start()
-    try:
-        with urllib.request.urlopen(f"{server.url}metrics", timeout=10) as answer:
-            text = answer.read().decode()
-    finally:
-        server.stop()
+    text = metrics_text(loop, arrived)  # real HTTP on 127.0.0.1
     assert 'hashflex_events_total{counter="as_late"} 1.0' in text
 
 
@@ -132,7 +112,7 @@ def test_a_deployment_above_the_award_is_obeyed_in_full_and_measured_against_the
     instruction (limit max(5,050 − 6,000, 0) = 0 kW: every block asleep, 100 kW idle left) and its
     obligation against the award is 4,950 kW: award limit 5,050 − 4,950 = 100 kW, met (0 short),
     while against the full instruction 100 kW is still over (idle draw cannot be shed)."""
-    loop = _loop()
+    loop = _loop(profile_yaml=WIDE_PROFILE)
     issued = NOW + timedelta(minutes=3)
     ack = loop.handle_as_deploy(_deploy("big-1", issued, 6000.0), issued)
     assert ack.status == "accepted"
@@ -151,13 +131,7 @@ def test_a_deployment_above_the_award_is_obeyed_in_full_and_measured_against_the
     assert performance["measured_award_shortfall_kw"] == pytest.approx(0.0)
     assert performance["measured_shortfall_kw"] == pytest.approx(100.0)
     assert loop.counters["as_above_award"] == 1 and loop.counters.get("as_late", 0) == 0
-    server = StatusServer(lambda now: loop.status(now), lambda: issued, port=0)
-    server.start()
-    try:
-        with urllib.request.urlopen(f"{server.url}metrics", timeout=10) as answer:
-            text = answer.read().decode()
-    finally:
-        server.stop()
+    text = metrics_text(loop, issued)
     assert 'hashflex_events_total{counter="as_above_award"} 1.0' in text
 
 
@@ -178,7 +152,7 @@ def test_two_deployments_together_above_the_award_flag_the_second() -> None:
 
 def test_an_amendment_above_the_award_is_flagged() -> None:
     """2,000 kW amended to 5,500 kW (revision 1): 550 kW above the 4,950 kW award."""
-    loop = _loop()
+    loop = _loop(profile_yaml=WIDE_PROFILE)
     issued = NOW + timedelta(minutes=3)
     assert loop.handle_as_deploy(_deploy("m", issued, 2000.0), issued).above_award_kw == 0.0
     amended = loop.handle_as_deploy(_deploy("m", issued + timedelta(minutes=2), 5500.0, revision=1),
@@ -194,7 +168,7 @@ def test_late_and_oversized_deployments_are_in_the_audit_trail_and_the_report(tm
     issued = NOW + timedelta(minutes=3)
     with Store(db) as store:
         recorder = AuditRecorder(store)
-        loop = _loop(store, recorder)
+        loop = _loop(store, recorder, WIDE_PROFILE)
         assert loop.handle_as_deploy(_deploy("late-1", issued, 6000.0), issued + timedelta(minutes=11)).late
         for k, load_kw in enumerate([3000.0, 100.0, 100.0, 100.0]):
             loop.record_measurement(NOW + k * timedelta(minutes=15), 0.25, load_kw=load_kw, renewable_kw=0.0,

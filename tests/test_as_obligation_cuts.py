@@ -26,6 +26,7 @@ from datetime import timedelta
 
 import pandas as pd
 import pytest
+from as_support import award, big_small_profile_yaml, flat_prices
 
 from hashflex.control.ancillary import reserve_keep_kw
 from hashflex.control.guard import Guard, Limits, Measurements
@@ -66,15 +67,11 @@ NOW = pd.Timestamp("2024-06-03T17:00Z").to_pydatetime()
 
 def _prices(level: float = 60.0) -> pd.DataFrame:
     """SYNTHETIC flat prices, RT and DA."""
-    starts = pd.date_range("2024-05-30T00:00Z", "2024-06-05T00:00Z", freq="15min", inclusive="left")
-    return pd.concat([pd.DataFrame({"interval_start": starts, "interval_end": starts + pd.Timedelta(minutes=15),
-                                    "settlement_point": "HB_WEST", "market": market, "price_usd_mwh": level})
-                      for market in ("RT", "DA")], ignore_index=True)
+    return flat_prices(level)
 
 
 def _award(award_id: str, product: str, kw: float) -> ASAwardMessage:
-    return ASAwardMessage(award_id=award_id, product=product, start=NOW, end=NOW + timedelta(hours=2),
-                          reserve_kw=kw, price_usd_mw_h=20.0, issuer="qse-test")
+    return award(award_id, product, kw, start=NOW, end=NOW + timedelta(hours=2))
 
 
 def _running(fleet: SimulatedFleet, group: str) -> int:
@@ -136,31 +133,7 @@ def test_an_rrs_deployment_sheds_rrs_units_and_keeps_the_non_spin_award() -> Non
     assert (_running(fleet, "hydro"), _running(fleet, "old_air")) == (7, 2)
 
 
-SWAP_PROFILE = """
-site: {name: AS Swap, settlement_point: HB_WEST, settlement_point_type: HU, timezone: America/Chicago}
-grid: {import_limit_kw: 101010}
-miner_groups:
-  - id: big
-    model: efficient
-    units: 1000
-    cooling: hydro
-    idle_power_kw: 0
-    modes: [{name: run, power_kw: 100, hashrate_th_s: 10000, sound_power_dba: 80}]
-  - id: small
-    model: old
-    units: 1000
-    cooling: air
-    idle_power_kw: 0.01
-    modes: [{name: run, power_kw: 2.6, hashrate_th_s: 50, sound_power_dba: 80}]
-carbon: {default_intensity_kg_per_mwh: 400, intensity_source: test}
-economics: {hashprice_usd_per_ph_day: 48, pool_fee_pct: 0}
-ancillary:
-  issuer: qse-test
-  groups: {big: {response_s: 0.5, under_frequency_relay: true}, small: {response_s: 30}}
-  products:
-    RRS: {group_mw: {big: 5}, expected_deployments_per_month: 0}
-    ECRS: {group_mw: {small: 5}, expected_deployments_per_month: 0}
-"""
+SWAP_PROFILE = big_small_profile_yaml("AS Swap", import_limit_kw=101010)
 
 
 def test_the_cover_makes_room_under_a_full_limit_from_units_no_award_needs() -> None:
@@ -173,7 +146,11 @@ def test_the_cover_makes_room_under_a_full_limit_from_units_no_award_needs() -> 
     import numpy as np
 
     from hashflex.optimize.problem import problem_from_profile
-    from hashflex.optimize.rounding import cover_reserve_obligations, load_kw, reserve_uncovered_kw
+    from hashflex.optimize.rounding import (
+        cover_reserve_obligations,
+        load_kw,
+        reserve_uncovered_kw,
+    )
 
     profile = parse_profile(SWAP_PROFILE, source="test")
     index = pd.date_range("2024-06-03T00:00Z", periods=4, freq="15min")

@@ -18,51 +18,28 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from as_support import award, flat_prices, hydro_profile_yaml, make_loop
 
 from hashflex.audit import AuditLog
-from hashflex.control.loop import ControlLoop
 from hashflex.control.records import AuditRecorder
-from hashflex.control.solver import SolveRunner
 from hashflex.messages import ASAwardMessage, ASDeployMessage
 from hashflex.profile import parse_profile
 from hashflex.report import build_report
 from hashflex.report.render import to_csv, to_html
-from hashflex.sim.site import ReplayForecaster, SimulatedFleet
 from hashflex.store import Store
 
-PROFILE = """
-site: {name: AS Report, settlement_point: HB_WEST, settlement_point_type: HU, timezone: America/Chicago}
-grid: {import_limit_kw: 20000}
-miner_groups:
-  - id: hydro
-    model: container
-    units: 10
-    cooling: hydro
-    idle_power_kw: 10
-    modes: [{name: run, power_kw: 1000, hashrate_th_s: 33333.333, sound_power_dba: 100}]
-carbon: {default_intensity_kg_per_mwh: 400, intensity_source: test}
-economics: {hashprice_usd_per_ph_day: 48, pool_fee_pct: 0}
-ancillary:
-  issuer: qse-test
-  groups: {hydro: {response_s: 0.5, under_frequency_relay: true}}
-  products:
-    RRS: {group_mw: {hydro: 5}}
-    ECRS: {group_mw: {hydro: 5}}
-"""
+PROFILE = hydro_profile_yaml("AS Report", expected_deployments_per_month=None)
 NOW = pd.Timestamp("2024-06-03T17:00Z").to_pydatetime()
 QUARTER = timedelta(minutes=15)
 
 
 def _prices() -> pd.DataFrame:
-    starts = pd.date_range("2024-05-30T00:00Z", "2024-06-05T00:00Z", freq="15min", inclusive="left")
-    return pd.concat([pd.DataFrame({"interval_start": starts, "interval_end": starts + pd.Timedelta(minutes=15),
-                                    "settlement_point": "HB_WEST", "market": market, "price_usd_mwh": 200.0})
-                      for market in ("RT", "DA")], ignore_index=True)
+    """SYNTHETIC flat $200/MWh, RT and DA."""
+    return flat_prices()
 
 
 def _award(product: str) -> ASAwardMessage:
-    return ASAwardMessage(award_id=f"dam-0603-{product.lower()}", product=product, start=NOW - timedelta(hours=1),
-                          end=NOW + timedelta(hours=3), reserve_kw=4950.0, price_usd_mw_h=150.0, issuer="qse-test")
+    return award(f"dam-0603-{product.lower()}", product, 4950.0, price_usd_mw_h=150.0)
 
 
 def _trail(db: Path, product: str, deployed_kw: float, loads_kw: list[float],
@@ -72,8 +49,7 @@ def _trail(db: Path, product: str, deployed_kw: float, loads_kw: list[float],
     profile = parse_profile(PROFILE, source="test")
     with Store(db) as store:
         recorder = AuditRecorder(store)
-        loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, _prices()), driver=SimulatedFleet(profile),
-                           solver=SolveRunner(inline=True), store=store, recorder=recorder)
+        loop = make_loop(profile, _prices(), store, recorder)
         assert loop.handle_as_award(_award(product), NOW).status == "accepted"
         loop.tick(NOW)
         assert sum(loop.driver.running().values()) == 5
@@ -177,8 +153,7 @@ def test_a_trail_without_ancillary_services_says_so(tmp_path: Path) -> None:
     db = tmp_path / "none.db"
     with Store(db) as store:
         recorder = AuditRecorder(store)
-        loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, _prices()), driver=SimulatedFleet(profile),
-                           solver=SolveRunner(inline=True), store=store, recorder=recorder)
+        loop = make_loop(profile, _prices(), store, recorder)
         loop.tick(NOW)
         loop.record_measurement(NOW, 0.25, load_kw=100.0, renewable_kw=0.0, hashrate_th_s=0.0, noise={},
                                 price_usd_mwh=200.0)
@@ -197,8 +172,7 @@ def test_rejected_deployment_is_listed_without_delivery_figures(tmp_path: Path, 
     db = tmp_path / "refused.db"
     with Store(db) as store:
         recorder = AuditRecorder(store)
-        loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, _prices()), driver=SimulatedFleet(profile),
-                           solver=SolveRunner(inline=True), store=store, recorder=recorder)
+        loop = make_loop(profile, _prices(), store, recorder)
         loop.tick(NOW)
         at = NOW + timedelta(minutes=3)
         ack = loop.handle_as_deploy(ASDeployMessage(deployment_id="dep-x", product="RRS", issued_at=at,

@@ -17,17 +17,15 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from as_support import make_loop
 from test_report_ancillary import NOW, PROFILE, QUARTER, _award, _prices
 
 from hashflex.control.limits_binding import BindingMixin
-from hashflex.control.loop import ControlLoop
 from hashflex.control.records import AuditRecorder
-from hashflex.control.solver import SolveRunner
 from hashflex.messages import ASAwardMessage, ASDeployMessage
 from hashflex.profile import parse_profile
 from hashflex.report import build_report
 from hashflex.report.deployment_limit import deployment_limit_kw
-from hashflex.sim.site import ReplayForecaster, SimulatedFleet
 from hashflex.store import Store
 
 
@@ -73,8 +71,7 @@ def test_metered_shortfall_uses_the_limit_that_rose_with_a_later_award(tmp_path:
     loads = [1882.0, 2000.0, 4000.0, 4200.0]
     with Store(db) as store:
         recorder = AuditRecorder(store)
-        loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, _prices()), driver=SimulatedFleet(profile),
-                           solver=SolveRunner(inline=True), store=store, recorder=recorder)
+        loop = make_loop(profile, _prices(), store, recorder)
         assert loop.handle_as_award(_award("RRS"), NOW).status == "accepted"
         loop.tick(NOW)
         at = NOW + timedelta(minutes=3)
@@ -115,8 +112,7 @@ def test_default_period_keeps_a_late_deployment_issued_before_the_first_measurem
     db = tmp_path / "late.db"
     with Store(db) as store:
         recorder = AuditRecorder(store)
-        loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, _prices()), driver=SimulatedFleet(profile),
-                           solver=SolveRunner(inline=True), store=store, recorder=recorder)
+        loop = make_loop(profile, _prices(), store, recorder)
         assert loop.handle_as_award(_award("RRS"), NOW).status == "accepted"
         loop.tick(NOW)
         late = ASDeployMessage(deployment_id="dep-late", product="RRS", issued_at=NOW - QUARTER,
@@ -146,8 +142,7 @@ def test_a_withdrawn_award_is_paid_for_the_time_it_was_held(tmp_path: Path) -> N
     db = tmp_path / "withdrawn.db"
     with Store(db) as store:
         recorder = AuditRecorder(store)
-        loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, _prices()), driver=SimulatedFleet(profile),
-                           solver=SolveRunner(inline=True), store=store, recorder=recorder)
+        loop = make_loop(profile, _prices(), store, recorder)
         award = _award("RRS")
         assert loop.handle_as_award(award, NOW).status == "accepted"
         loop.tick(NOW)
@@ -176,8 +171,7 @@ def test_an_amended_award_is_paid_from_when_it_was_received_not_twice(tmp_path: 
     db = tmp_path / "amended.db"
     with Store(db) as store:
         recorder = AuditRecorder(store)
-        loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, _prices()), driver=SimulatedFleet(profile),
-                           solver=SolveRunner(inline=True), store=store, recorder=recorder)
+        loop = make_loop(profile, _prices(), store, recorder)
         award = _award("RRS")
         assert loop.handle_as_award(award, NOW).status == "accepted"
         raised = award.model_copy(update={"revision": 1, "reserve_kw": 3000.0})

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from as_support import make_loop
 from test_report_ancillary import NOW, PROFILE, QUARTER, _award, _prices
 
 from hashflex.control.as_shortfall import (
@@ -30,20 +31,16 @@ from hashflex.control.as_shortfall import (
     deployment_shortfall_kw,
     shortfall_shares,
 )
-from hashflex.control.loop import ControlLoop
 from hashflex.control.records import AuditRecorder
-from hashflex.control.solver import SolveRunner
 from hashflex.messages import ASDeployMessage
 from hashflex.profile import parse_profile
 from hashflex.report import build_report
-from hashflex.sim.site import ReplayForecaster, SimulatedFleet
 from hashflex.store import Store
 
 
 def _loop(profile, store):
     recorder = AuditRecorder(store)
-    loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, _prices()), driver=SimulatedFleet(profile),
-                       solver=SolveRunner(inline=True), store=store, recorder=recorder)
+    loop = make_loop(profile, _prices(), store, recorder)
     return loop, recorder
 
 
