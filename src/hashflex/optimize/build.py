@@ -213,6 +213,54 @@ def four_cp_limits_kw(
     return limits
 
 
+def combined_import_limits(interconnection_kw: float, four_cp_kw: np.ndarray, external_kw: np.ndarray,
+                           external_sources: list[str] | tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+    """Per interval the lowest of the interconnection limit, the 4CP window's and the external
+    (DR, managers', holds') limit, and which one binds: the 4CP window replaces the interconnection
+    where strictly lower, then the external limit replaces what stands where strictly lower (a NaN
+    never binds), as the per-interval loop it replaces did, in two vector steps (issue 18).
+
+    Parameters
+    ----------
+    interconnection_kw : float
+        The site's import limit, kW.
+    four_cp_kw : numpy.ndarray
+        [T] the 4CP window's limit, kW (inf outside it).
+    external_kw : numpy.ndarray
+        [T] the external limit, kW (inf where none).
+    external_sources : sequence of str
+        [T] the external limit's source label per interval.
+
+    Returns
+    -------
+    limit : numpy.ndarray
+        [T] kW.
+    source : list of str
+        [T] ``interconnection`` (``LIMIT_SOURCE_INTERCONNECTION``), ``4CP window`` or the external label.
+
+    Raises
+    ------
+    IndexError
+        If ``external_sources`` is shorter than T where an external limit binds (as the loop did).
+    """
+    T = len(external_kw)
+    limit = np.full(T, interconnection_kw)
+    source = np.full(T, LIMIT_SOURCE_INTERCONNECTION, dtype=object)
+    take = four_cp_kw < limit
+    limit[take] = four_cp_kw[take]
+    source[take] = "4CP window"
+    take = external_kw < limit
+    if take.any():
+        labels = np.asarray(list(external_sources), dtype=object)
+        if len(labels) != T:  # the loop's own lookup (and its IndexError) for a short list
+            for t in np.flatnonzero(take):
+                source[t] = external_sources[t]
+        else:
+            source[take] = labels[take]
+        limit[take] = external_kw[take]
+    return limit, source.tolist()
+
+
 def _tightest(configured: float | None, override: float | None) -> float | None:
     values = [v for v in (configured, override) if v is not None]
     return min(values) if values else None
@@ -313,16 +361,9 @@ def problem_from_profile(
     initial = initial or {}
     units_available = units_available or {}
 
-    limit = np.full(T, profile.grid.import_limit_kw)
-    source = [LIMIT_SOURCE_INTERCONNECTION] * T
-    cp = four_cp_limits_kw(profile, interval_start, four_cp_alert_days)
-    external = _as_array(import_limit_kw, T, np.inf)
-    external_sources = import_limit_source or ["DR"] * T
-    for t in range(T):
-        if cp[t] < limit[t]:
-            limit[t], source[t] = cp[t], "4CP window"
-        if external[t] < limit[t]:
-            limit[t], source[t] = external[t], external_sources[t]
+    limit, source = combined_import_limits(profile.grid.import_limit_kw,
+                                           four_cp_limits_kw(profile, interval_start, four_cp_alert_days),
+                                           _as_array(import_limit_kw, T, np.inf), import_limit_source or ["DR"] * T)
 
     groups = tuple(
         Group(
