@@ -246,3 +246,124 @@ def test_an_empty_book_binds_nothing_and_overrides_no_cap() -> None:
     limits, labels = book.import_limits_over(index, timedelta(minutes=5))
     assert np.isinf(limits).all() and labels == [""] * 288
     assert book.noise_caps_over(index, timedelta(minutes=5)) == {}
+
+
+# ------------------------------------------------------------------ the paced audit recorder
+
+
+def _trail(db) -> list[tuple]:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT seq, at_utc, kind, payload, prev_hash, hash FROM audit_log ORDER BY seq").fetchall()
+
+
+def test_a_paced_recorder_appends_the_same_trail_only_when_released(tmp_path) -> None:
+    """Held until release (nothing in the database before), then the same rows, payloads and
+    hashes as a recorder appending at once; flush and close release what is still held."""
+    from hashflex.control.records import AuditRecorder
+    from hashflex.store import Store
+
+    t0 = pd.Timestamp("2020-02-10T06:00Z").to_pydatetime()
+    entries = [("measurement", {"interval": k, "load_kw": 100.0 + k}, t0 + timedelta(minutes=5 * k)) for k in range(7)]
+    for paced in (False, True):
+        with Store(tmp_path / f"{paced}.db") as store:
+            recorder = AuditRecorder(store, paced=paced)
+            for kind, payload, at in entries[:3]:
+                recorder.record(kind, payload, at)
+            if paced:
+                import time
+
+                time.sleep(0.3)  # the thread would have appended by now if it had them
+                assert not (tmp_path / f"{paced}.db").exists() or not _has_audit(tmp_path / f"{paced}.db")
+                recorder.release()
+            for kind, payload, at in entries[3:]:
+                recorder.record(kind, payload, at)
+            recorder.flush()  # releases the last four
+            recorder.close()
+    assert len(_trail(tmp_path / "True.db")) == len(entries)
+    assert _trail(tmp_path / "True.db") == _trail(tmp_path / "False.db")
+
+
+def _has_audit(db) -> bool:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        return "audit_log" in tables and conn.execute("SELECT COUNT(*) FROM audit_log").fetchone()[0] > 0
+
+
+# ------------------------------------------------------------------ the import limit per interval
+
+
+def combined_reference(interconnection_kw, cp, external, external_sources):
+    """The per-interval loop of problem_from_profile before (copied)."""
+    T = len(external)
+    limit = np.full(T, interconnection_kw)
+    source = ["import limit"] * T
+    for t in range(T):
+        if cp[t] < limit[t]:
+            limit[t], source[t] = cp[t], "4CP window"
+        if external[t] < limit[t]:
+            limit[t], source[t] = external[t], external_sources[t]
+    return limit, source
+
+
+limit_values = st.sampled_from([0.0, 500.0, 1000.0, 1e5, 125000.0, 2e5, math.inf, math.nan])
+
+
+@SETTINGS
+@given(cp=st.lists(limit_values, min_size=1, max_size=30), data=st.data(),
+       interconnection=st.sampled_from([125000.0, 1000.0, 0.0]))
+def test_combined_import_limits_are_the_loops(cp, data, interconnection) -> None:
+    """Ties, NaN, inf and every order of the three limits: the same kW and labels."""
+    from hashflex.optimize.problem import LIMIT_SOURCE_INTERCONNECTION
+
+    assert LIMIT_SOURCE_INTERCONNECTION == "import limit"
+    T = len(cp)
+    external = data.draw(st.lists(limit_values, min_size=T, max_size=T))
+    labels = data.draw(st.lists(st.sampled_from(["DR:e1", "limits:ops", "hold:x", "AS:ECRS:d"]), min_size=T,
+                                max_size=T))
+    got = build.combined_import_limits(interconnection, np.array(cp), np.array(external), labels)
+    want = combined_reference(interconnection, np.array(cp), np.array(external), labels)
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[1] == want[1]
+
+
+# ------------------------------------------------------------------ the prefetch helper's side work
+
+
+def test_the_prefetch_helper_runs_its_side_work_and_survives_its_failure() -> None:
+    """``first`` runs on the helper before the forecast (after the grace); one that raises is
+    logged and the prefetched forecast is still the forecast of the call."""
+    import threading
+
+    from hashflex.backtest.closed_loop import SnapshotForecaster
+    from hashflex.backtest.runner import build_actuals, load_prices
+    from hashflex.data import bundled_path
+
+    profile = load_profile("west_texas")
+    prices = load_prices(profile, [bundled_path("ercot/RTM-2020-02.csv")])
+    begin = pd.Timestamp("2020-02-10", tz=profile.tz)
+    actuals = build_actuals(profile, prices, begin, begin + pd.Timedelta(hours=6))
+    fresh, helper = SnapshotForecaster(profile, actuals), SnapshotForecaster(profile, actuals)
+    t = actuals.index[3]
+    seen: list[str] = []
+    try:
+        helper.prefetch(t.to_pydatetime(), t, 96, delay_s=0.01, first=lambda: seen.append(threading.current_thread().name))
+        got = helper(t.to_pydatetime(), t, 96)
+        assert helper.prefetch_hits == 1 and len(seen) == 1 and seen[0] != threading.current_thread().name
+
+        def fails() -> None:
+            raise RuntimeError("side work failed (test)")
+
+        helper.prefetch(t.to_pydatetime(), t, 96, first=fails)
+        again = helper(t.to_pydatetime(), t, 96)
+        assert helper.prefetch_hits == 2
+        want = fresh(t.to_pydatetime(), t, 96)
+        for forecast in (got, again):
+            np.testing.assert_array_equal(forecast.price_usd_mwh, want.price_usd_mwh)
+        helper.prefetch("not a time", t, 96, first=lambda: seen.append("no prefetch"))  # still run, at once
+        assert seen[-1] == "no prefetch"
+    finally:
+        helper.close()

@@ -22,6 +22,7 @@ marks such intervals (``fast_path_cut``).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -50,6 +51,14 @@ from hashflex.sim.noise import NoiseSensorSim
 from hashflex.sim.site import SimulatedFleet, clear_sky_solar_kw, published_at
 
 __all__ = ["PolicyRun", "RuleForecaster", "SnapshotForecaster", "make_planner", "simulate_policy"]
+
+log = logging.getLogger(__name__)
+
+# The prefetch helper (next forecast, held audit appends) starts this long after a solve is
+# handed to the worker, s: the executor's threads pickle the problem and write it to the worker
+# first instead of waiting for the interpreter behind the helper (issue 18: the submission took
+# ~3 ms a tick; measured with optimization/benchmarks/backtest_speed.py).
+_SUBMIT_GRACE_S = 0.002
 
 
 @dataclass
@@ -124,7 +133,8 @@ class SnapshotForecaster(RecordedForecaster):
     def _key(now: Any, horizon_start: Any, periods: int) -> tuple[int, int, int]:
         return pd.Timestamp(now).value, pd.Timestamp(horizon_start).value, int(periods)
 
-    def prefetch(self, now: Any, horizon_start: Any, periods: int) -> None:
+    def prefetch(self, now: Any, horizon_start: Any, periods: int, *, delay_s: float = 0.0,
+                 first: Callable[[], None] | None = None) -> None:
         """Start the forecast of a later call in a helper thread (issue 18).
 
         The backtest calls this as a solve starts: the loop's thread then waits on the solver
@@ -138,15 +148,33 @@ class SnapshotForecaster(RecordedForecaster):
         ----------
         now, horizon_start, periods
             As :meth:`__call__`.
+        delay_s : float
+            The helper starts this long after the call, s: the solve being submitted right after it
+            (its problem pickled and written to the worker by the executor's threads) gets the
+            interpreter first, so the worker starts at once (issue 18; see ``_SUBMIT_GRACE_S``).
+        first : callable, optional
+            Run by the helper before the forecast (after ``delay_s``): other work for the solve's
+            wait (the backtest releases its held audit entries). An exception is logged, never raised.
         """
         self._settle()
         try:
             key = self._key(now, horizon_start, periods)
         except (TypeError, ValueError):  # not a time: nothing prefetched, the call raises as it would
+            if first is not None:
+                _run_quietly(first)
             return
         if self._prefetch_pool is None:
             self._prefetch_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast-prefetch")
-        self._prefetched = key, self._prefetch_pool.submit(super().__call__, now, horizon_start, periods)
+        compute = super().__call__
+
+        def job() -> Any:
+            if delay_s > 0:
+                time.sleep(delay_s)
+            if first is not None:
+                _run_quietly(first)
+            return compute(now, horizon_start, periods)
+
+        self._prefetched = key, self._prefetch_pool.submit(job)
 
     def __call__(self, now: Any, horizon_start: pd.Timestamp, periods: int) -> Any:
         """The forecast (see :class:`hashflex.forecast.RecordedForecaster`); the prefetched one when
@@ -176,6 +204,14 @@ class SnapshotForecaster(RecordedForecaster):
         if self._prefetch_pool is not None:
             self._prefetch_pool.shutdown(wait=True)
             self._prefetch_pool = None
+
+
+def _run_quietly(action: Callable[[], None]) -> None:
+    """``action()``; an exception is logged, never raised (helper-thread side work)."""
+    try:
+        action()
+    except Exception:  # side work must not fail the forecast it rides with
+        log.exception("prefetch helper: side work failed")
 
 
 class RuleForecaster:
@@ -370,16 +406,24 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
         solves_elsewhere = not getattr(getattr(planner, "runner", None), "inline", True)
         prefetch_forecast = solves_elsewhere and price_forecaster is None
     upcoming: list[datetime | None] = [None]  # the next tick's time, for the prefetch
-    if prefetch_forecast and isinstance(forecaster, SnapshotForecaster) and isinstance(planner, ReplanningPlanner):
+    overlapped = (prefetch_forecast and isinstance(forecaster, SnapshotForecaster)
+                  and isinstance(planner, ReplanningPlanner))
+    if overlapped:
         def prefetch_next() -> None:
+            # The audit entries held since the last solve are appended during this one, after the
+            # forecast helper's grace (the submission first), then the next tick's forecast.
+            release = recorder.release if recorder is not None else None
             if upcoming[0] is not None:
                 forecaster.prefetch(upcoming[0], interval_floor(upcoming[0], profile.site.interval_minutes),
-                                    loop.periods)
+                                    loop.periods, delay_s=_SUBMIT_GRACE_S, first=release)
+            elif release is not None:
+                release()
         planner.on_solve = prefetch_next
     fleet = SimulatedFleet(profile)
     # With a store the run keeps the audit trail a live site keeps, so `hashflex report` and
-    # `hashflex audit verify` work on the backtest's database exactly as on a live one.
-    recorder = AuditRecorder(store) if store is not None else None
+    # `hashflex audit verify` work on the backtest's database exactly as on a live one. With the
+    # solves in a worker the entries are appended while it solves (paced: the same trail).
+    recorder = AuditRecorder(store, paced=bool(overlapped)) if store is not None else None
     loop = ControlLoop(profile, forecaster=forecaster, driver=fleet, solver=planner, store=store, config=LoopConfig(run_mode="backtest"),
                        recorder=recorder)
     sensors = NoiseSensorSim(profile, bias_db=dict(noise_bias_db or {}), sigma_db=noise_sigma_db, seed=seed)
@@ -450,6 +494,8 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
     finally:  # the prefetch helper thread ends with the run, also when a tick raises
         if isinstance(forecaster, SnapshotForecaster):
             forecaster.close()
+        if recorder is not None:  # entries held for the next solve go to the trail as they would have
+            recorder.release()
     if progress is not None:
         progress.close()
     if recorder is not None:

@@ -36,13 +36,23 @@ class AuditRecorder:
     ----------
     store : hashflex.store.Store
         The store whose database holds the hash-chained trail (``audit.append_with_store``).
+    paced : bool, default False
+        Hold entries until :meth:`release` (or :meth:`flush` / :meth:`close`) hands them to the
+        thread, in the order recorded. The backtest releases them as each solve starts, so the
+        appends (canonical JSON, hash, SQLite) run while its loop waits on the solver worker
+        instead of contending with the tick for the interpreter (issue 18). The trail is the same
+        entries in the same order; only when they are appended changes. Not for the daemon, whose
+        entries must reach the database as they happen.
     """
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, *, paced: bool = False) -> None:
         self.store = store
         self._queue: queue.Queue[tuple[str, Mapping[str, Any], datetime] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="hashflex-audit", daemon=True)
         self.failures = 0
+        self.paced = paced
+        self._held: list[tuple[str, Mapping[str, Any], datetime]] = []
+        self._held_lock = threading.Lock()
         self._thread.start()
 
     def record(self, kind: str, payload: Mapping[str, Any], at: datetime) -> None:
@@ -57,7 +67,19 @@ class AuditRecorder:
         at : datetime
             The entry's time, timezone-aware.
         """
+        if self.paced:
+            with self._held_lock:
+                self._held.append((kind, payload, at))
+            return
         self._queue.put((kind, payload, at))
+
+    def release(self) -> None:
+        """Hand every held entry to the appending thread, in the order recorded (paced only; a
+        no-op otherwise)."""
+        with self._held_lock:
+            held, self._held = self._held, []
+            for item in held:  # under the lock: a concurrent release cannot overtake these
+                self._queue.put(item)
 
     def _run(self) -> None:
         while True:
@@ -74,11 +96,14 @@ class AuditRecorder:
                 self._queue.task_done()
 
     def flush(self) -> None:
-        """Wait until every entry queued so far was appended (or its failure counted)."""
+        """Wait until every entry recorded so far was appended (or its failure counted); held
+        entries (``paced``) are released first."""
+        self.release()
         self._queue.join()
 
     def close(self) -> None:
-        """Stop the thread after the entries already queued (waits up to 30 s)."""
+        """Stop the thread after the entries already recorded (waits up to 30 s)."""
+        self.release()
         self._queue.put(None)
         self._thread.join(30)
 
