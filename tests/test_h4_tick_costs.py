@@ -5,7 +5,7 @@ from commit d987bd2) on random inputs: the noise caps per interval from a cached
 interval caps and a cached block of local minutes, the monthly carbon budgets without strftime,
 and the limits book's import limits and noise overrides without converting every stamp when
 nothing in the book touches the horizon. The whole run is compared by
-``optimization/benchmarks/backtest_speed.py --identical`` (profit, counts, audit trail hashes).
+``optimization/benchmarks/backtest_identity.py`` (profit, counts, audit trail hashes).
 """
 
 from __future__ import annotations

@@ -87,6 +87,7 @@ def run_one(tree: Path, profile: str, policy: str, start: str, days: int) -> dic
     if not result["module"].startswith(str(tree)):
         raise RuntimeError(f"{tree}: the subprocess imported {result['module']} (PYTHONPATH not honoured)")
     result["process_s"] = total
+    result["load"] = os.getloadavg()[0]  # the 1-minute load average as the run ended
     return result
 
 
@@ -106,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default="4953d1a", help="baseline commit (default: issue 18's start)")
     parser.add_argument("--baseline-dir", default="/tmp/bt_base", help="its git worktree (created if missing)")
     parser.add_argument("--no-baseline", action="store_true", help="this tree only")
+    parser.add_argument("--tree", default=str(REPO),
+                        help="the tree measured as 'this tree' (a directory with src/hashflex; default: this "
+                             "checkout), e.g. a baseline with only some files changed")
     parser.add_argument("--cache", help="JSON file keeping the baseline's results (reused when the same run)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs per tree, alternated this tree / baseline; each cell is the run of median CPU")
@@ -113,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.days < 1 or args.repeat < 1:
         parser.error("--days and --repeat must be >= 1")
     base = None if args.no_baseline else ensure_baseline(args.baseline, Path(args.baseline_dir))
+    tree = Path(args.tree).resolve()
+    if not (tree / "src" / "hashflex").is_dir():
+        parser.error(f"--tree {tree}: no src/hashflex there")
     cache = json.loads(Path(args.cache).read_text()) if args.cache and Path(args.cache).exists() else {}
     print(f"backtest speed: {args.days} simulated day(s) from {args.start}; bundled ERCOT Feb 2020 prices, "
           f"SYNTHETIC clear-sky solar; baseline {args.baseline if base else '(none)'}")
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             news, olds = [], []
             key = f"{args.baseline}|{profile}|{policy}|{args.start}|{args.days}"
             for _ in range(args.repeat):  # alternated, so a change in the machine's load hits both trees
-                news.append(run_one(REPO, profile, policy, args.start, args.days))
+                news.append(run_one(tree, profile, policy, args.start, args.days))
                 if base is not None and (key not in cache or args.repeat > 1):
                     olds.append(run_one(base, profile, policy, args.start, args.days))
             new = _median_run(news)
@@ -140,10 +147,13 @@ def main(argv: list[str] | None = None) -> int:
                 if args.cache:
                     Path(args.cache).write_text(json.dumps(cache, indent=1))
             if args.repeat > 1:
-                for tree, runs in (("this tree", news), ("baseline", olds)):
+                for label, runs in (("this tree", news), ("baseline", olds)):
                     if runs:
-                        print(f"  {profile} {policy} {tree}: CPU s/day per run "
-                              + " ".join(f"{r['cpu_s'] / args.days:.2f}" for r in runs), flush=True)
+                        print(f"  {profile} {policy} {label}: CPU s/day per run "
+                              + " ".join(f"{r['cpu_s'] / args.days:.2f}" for r in runs)
+                              + "; policy run s/day " + " ".join(
+                                  f"{r['policies'][policy]['wall_seconds'] / args.days:.2f}" for r in runs)
+                              + "; load " + " ".join(f"{r.get('load', float('nan')):.1f}" for r in runs), flush=True)
 
             def cells(r: dict | None) -> str:
                 if r is None:
@@ -167,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                 old_profit = old["policies"][policy]["profit_usd"]
                 same = "same" if abs(delta) < 1e-6 else f"{delta:+,.2f} $ ({delta / old_profit:+.3%})"
             print(f"{profile:<16} {policy:<10} | {cells(new)} | {cells(old)} | {ratio:>11} | {same}", flush=True)
+            print(f"  load average (1 min) at the end of the row: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores",
+                  flush=True)
             goal = GOALS_S_PER_DAY.get((profile, policy))
             if goal is not None:
                 got = new["wall_s"] / args.days
