@@ -46,15 +46,17 @@ def test_a_deployment_sheds_from_the_fresh_metered_import_when_it_is_below_the_m
 
 
 def test_a_stale_or_higher_reading_leaves_the_modelled_baseline() -> None:
-    """A reading older than the guard's freshness window is not believed, and one above the model
-    is not used (the lower of the two is the safe one): both shed from the modelled 5,050 kW."""
+    """A reading older than the guard's freshness window below the model is the only evidence of
+    what was drawn: the baseline is the lower of the two, named stale (issue 15, H2 finding 5: the
+    modelled 5,050 kW credited megawatts the meter never showed). One above the model is not used
+    (the lower of the two is the safe one): it sheds from the modelled 5,050 kW."""
     loop = _loop()
     issued = NOW + timedelta(minutes=3)
     loop.handle_meter(3000.0, issued - timedelta(seconds=600), issued - timedelta(seconds=600))
     ack = loop.handle_as_deploy(_deploy("stale-1", issued, 1000.0), issued)
-    assert ack.import_limit_kw == pytest.approx(4050.0)
-    assert "from 5050 kW (modelled)" in ack.reason
-    assert loop.as_performance["stale-1"]["baseline_source"] == "modelled"
+    assert ack.import_limit_kw == pytest.approx(2000.0)
+    assert "from 3000 kW (measured: site meter, stale 600 s)" in ack.reason, ack.reason
+    assert loop.as_performance["stale-1"]["baseline_source"] == "measured: site meter, stale 600 s"
     loop = _loop()
     loop.handle_meter(5400.0, issued - timedelta(seconds=1), issued - timedelta(seconds=1))
     ack = loop.handle_as_deploy(_deploy("high-1", issued, 1000.0), issued)

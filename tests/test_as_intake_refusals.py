@@ -127,7 +127,7 @@ def test_a_refused_stale_deployment_does_not_stretch_the_reports_default_period(
 
 def test_a_deployment_inside_its_backstop_is_still_obeyed() -> None:
     """The boundary is the backstop, not the sustained duration: an RRS deployment issued 7 h ago
-    (past RRS's 1 h sustain, inside max_hold_h 8 h) is in force, accepted and cut."""
+    (past RRS's 30 min sustain, inside max_hold_h 8 h) is in force, accepted and cut."""
     loop = _loop()
     arrived = NOW + timedelta(minutes=5)
     ack = loop.handle_as_deploy(_deploy("old-ok", arrived - timedelta(hours=7), 1000.0), arrived)
