@@ -34,15 +34,18 @@ the revision binds is final (:func:`final_through`). A deployment never accepted
 
 - ``deployed_mw`` = the revision's ``deployed_kw`` / 1000 (the reduction asked);
 - ``awarded_mw`` = Σ ``reserve_kw`` / 1000 of the accepted awards of the same product in force at
-  the instruction as known then (the latest accepted revision of each award recorded before the
-  deployment: the limits book's A₀ rule, what the deployment is measured against);
+  the instruction or at the arrival, whichever is larger, as known then (the latest accepted
+  revision of each award recorded before the deployment: the limits book's A₀ rule,
+  :func:`~hashflex.control.ancillary.awarded_at_instruction_kw`, per product; an award that
+  started between the instruction and the arrival is carried by the load drawn at the arrival);
   ``awarded_latest_mw`` the same awards as last revised in the trail (a later cut or withdrawal
   shows here, not in ``awarded_mw``); ``book_awarded_at_instruction_mw`` the book's own A₀ (all
   products, ``awarded_at_instruction_kw`` of the performance record; null on older trails), from
   which ``commanded_limit_kw`` and the interval limits rise;
 - ``delivered_mw`` = (``baseline_kw`` − ``commanded_import_kw``) / 1000; ``commanded_limit_kw`` the
-  limit the book held at the command (``limit_kw``, the ack's, raised by the reserve awarded since
-  the instruction: :func:`deployment_limit_kw` at the revision's receipt); ``shortfall_mw`` = the one
+  limit the book held at the command (the book's own rule, :func:`~hashflex.report.deployment_limit.book_limit_kw`,
+  at the revision's receipt on the awards and deployments it held then: the ack's ``import_limit_kw``);
+  ``shortfall_mw`` = the one
   rule of :mod:`hashflex.control.as_shortfall` on the commanded import, min(max(commanded −
   ``commanded_limit_kw``, 0), deployed) / 1000 — the rule and the limit its intervals use, so a row
   and its ``shortfall_intervals`` agree; ``delivered_vs_awarded_pct`` = 100 · delivered / awarded; ``response_s`` = ``commanded_after_s``; ``within_deadline`` whether
@@ -52,9 +55,18 @@ the revision binds is final (:func:`final_through`). A deployment never accepted
   (the backtest's too). A deployment binds the intervals starting before its end; in each, the
   revision that binds is the latest received by the interval's start whose deadline has passed (one
   asking more MW gets the product's deadline from the amendment, and the one before binds until
-  then; before the first deadline nothing binds). Each revision's limit over the interval is its
-  ack's limit plus the rise in reserve awarded since the first instruction
-  (:mod:`hashflex.report.deployment_limit`, the loop's, the guard's and the backtest's rule). Per
+  then; before the first deadline nothing binds). Each revision's limit over the interval is the
+  limits book's (:func:`~hashflex.report.deployment_limit.book_limit_kw`: ``LimitsBook.deployment_limit_kw``
+  run on the awards held at the interval's end and the revisions that bind it): its stacked baseline
+  (the load drawn at its arrival + ``held_at_instruction_kw``, the MW of the deployments in force
+  then) less its MW, plus the rise in reserve awarded over A₀, less the MW of every other
+  deployment that binds the interval and is in force over it. So after a recall of one of two
+  stacked deployments the other's limit rises by exactly the recalled MW, as the book's did (issue
+  15, H8: the report kept the later one's acked limit and showed a shortfall the book no longer
+  enforced). A deployment not yet due (its deadline not passed) lowers no other's assessed limit,
+  though the book enforces it at once. A trail written before the stacking rule (no
+  ``held_at_instruction_kw``) keeps each deployment's own limit, the ack's plus the rise, as the
+  book keeps it. Per
   interval (``shortfall_intervals``): the lowest limit of the deployments that bind
   (``binding_limit_kw``), the shortfall max(import − that limit, 0) capped at their MW together
   (``deployed_kw``), shared pro rata to each one's MW. A row's assessed intervals are those its
@@ -125,7 +137,11 @@ from typing import Any
 
 import pandas as pd
 
-from hashflex.control.ancillary import reserve_clawback_usd
+from hashflex.control.ancillary import (
+    ASDeployment,
+    awarded_at_instruction_kw,
+    reserve_clawback_usd,
+)
 from hashflex.control.as_shortfall import (
     binding_deployments,
     binding_revision,
@@ -133,7 +149,7 @@ from hashflex.control.as_shortfall import (
     shortfall_shares,
 )
 from hashflex.profile import AS_PRODUCT_RULES
-from hashflex.report.deployment_limit import awards_known_before, deployment_limit_kw
+from hashflex.report.deployment_limit import awards_known_before, book_limit_kw
 from hashflex.report.inputs import ReportInputs, _r
 
 __all__ = ["AWARD_COLUMNS", "DEPLOYMENT_COLUMNS", "ancillary_figures", "final_through", "reserve_money"]
@@ -163,19 +179,22 @@ def _accepted(record: Mapping[str, Any]) -> bool:
     return (record.get("ack") or {}).get("status") == "accepted"
 
 
-def _awarded_kw(awards: list[dict[str, Any]], product: str, at: pd.Timestamp, before_seq: float) -> float:
-    """kW of ``product`` awarded and in force at ``at``, from accepted award records before ``before_seq``."""
+def _awarded_kw(awards: list[dict[str, Any]], product: str, issued: pd.Timestamp, arrived: pd.Timestamp,
+                before_seq: float) -> float:
+    """kW of ``product`` awarded by the limits book's A₀ rule: in force at the instruction ``issued`` or
+    at the arrival ``arrived``, whichever is larger (:func:`~hashflex.control.ancillary.awarded_at_instruction_kw`),
+    from the accepted award records before ``before_seq`` (the latest revision of each)."""
     latest: dict[str, dict[str, Any]] = {}
     for record in sorted(awards, key=lambda r: r["seq"]):
         message = record["message"]
         if record["seq"] < before_seq and _accepted(record) and message.get("award_id"):
             latest[message["award_id"]] = message
-    total = 0.0
+    windows = []
     for message in latest.values():
         start, end = _stamp(message.get("start")), _stamp(message.get("end"))
-        if message.get("product") == product and start is not None and end is not None and start <= at < end:
-            total += float(message.get("reserve_kw") or 0.0)
-    return total
+        if message.get("product") == product and start is not None and end is not None:
+            windows.append((start.to_pydatetime(), end.to_pydatetime(), float(message.get("reserve_kw") or 0.0)))
+    return awarded_at_instruction_kw(windows, issued.to_pydatetime(), arrived.to_pydatetime())
 
 
 @dataclass
@@ -195,6 +214,8 @@ class _Revision:
     awarded_at_instruction_kw: float | None = None  # A₀ as the book kept it (None: older trails)
     cancelled: bool = False  # recalled before it bound (the loop's ``cancelled``, or an end at or before its start)
     recalled_at: pd.Timestamp | None = None  # the recall that ended it (None: not recalled)
+    first_received: pd.Timestamp | None = None  # the first revision's arrival (the book's ``received_at``)
+    held_at_instruction_kw: float | None = None  # MW of the deployments in force at its arrival (None: older trails)
 
     @property
     def limit_kw(self) -> float | None:
@@ -205,6 +226,77 @@ class _Revision:
     @property
     def deployed_kw(self) -> float:
         return float(self.record["message"].get("deployed_kw") or 0.0)
+
+    def as_deployment(self) -> ASDeployment:
+        """This revision as the limits book held it (an ``ASDeployment``), for :func:`book_limit_kw`.
+
+        Under the stacking rule (``held_at_instruction_kw`` recorded) its own limit is the book's
+        max(baseline_kw − deployed_kw, 0) from the performance record's load drawn at the arrival
+        (the record's ``limit_kw`` is the ack's, the limit enforced at the arrival with the others
+        then in force subtracted); on an older trail the record's (or ack's) ``limit_kw``, the book's
+        own limit then. Call only when :attr:`limit_kw` is not None.
+        """
+        cached = getattr(self, "_deployment", None)
+        if cached is not None:
+            return cached
+        message = self.record["message"]
+        limit = float(self.limit_kw)  # type: ignore[arg-type]
+        baseline = (self.performance or {}).get("baseline_kw")
+        baseline_kw = float(baseline) if baseline is not None else limit + self.deployed_kw
+        if self.held_at_instruction_kw is not None and baseline is not None:
+            limit = max(baseline_kw - self.deployed_kw, 0.0)
+        received = self.first_received if self.first_received is not None else self.received
+        self._deployment = ASDeployment(
+            deployment_id=self.deployment_id, product=str(message.get("product")), issuer=str(message.get("issuer")),
+            issued_at=self.first_issued.to_pydatetime(), deployed_kw=self.deployed_kw, baseline_kw=baseline_kw,
+            limit_kw=limit, deadline=self.deadline.to_pydatetime(), end=self.end.to_pydatetime(),
+            revision=self.revision, recalled=self.recalled_at is not None, received_at=received.to_pydatetime(),
+            awarded_at_instruction_kw=self.awarded_at_instruction_kw,
+            held_at_instruction_kw=self.held_at_instruction_kw)
+        return self._deployment
+
+
+def _held_by_book(revisions: Mapping[str, list[_Revision]], known_before: pd.Timestamp) -> list[ASDeployment]:
+    """The deployments the limits book held just before ``known_before``: per deployment (not
+    cancelled) the latest revision that had arrived by then, as an ``ASDeployment``."""
+    out = []
+    for held in revisions.values():
+        if held[0].cancelled:
+            continue
+        latest = None
+        for revision in held:
+            if revision.received < known_before and revision.limit_kw is not None:
+                latest = revision
+        if latest is not None:
+            out.append(latest.as_deployment())
+    return out
+
+
+def _binding_at(revisions: Mapping[str, list[_Revision]], start: pd.Timestamp) -> list[_Revision]:
+    """The revisions that bind the interval starting at ``start``: per deployment not cancelled and not
+    ended by then, the latest received by ``start`` whose deadline has passed
+    (:func:`~hashflex.control.as_shortfall.binding_revision`)."""
+    out = []
+    for held in revisions.values():
+        if held[0].cancelled or not start < held[0].end:
+            continue
+        revision = binding_revision([(r.received, r.deadline, r) for r in held if r.limit_kw is not None], start)
+        if revision is not None:
+            out.append(revision)
+    return out
+
+
+def _enforced_limit_kw(revision: _Revision, others: list[ASDeployment], awards: list[tuple[Any, Any, float]],
+                       start: pd.Timestamp, end: pd.Timestamp | None = None) -> float:
+    """The limits book's limit for ``revision`` at ``start`` (or over ``[start, end)``), kW, by the book's
+    own rule (:func:`book_limit_kw`) with the ``others`` deployments and the ``awards`` given.
+
+    Over an interval the others are the revisions that bind it (:func:`_binding_at`; a deployment
+    whose deadline has not passed is not yet the site's to meet, so its MW lowers no other's
+    assessed limit, though the book enforces it at once); at the command, every deployment the book
+    held then (:func:`_held_by_book`: the ack's limit)."""
+    return book_limit_kw(revision.as_deployment(), others, awards, start.to_pydatetime(),
+                         None if end is None else end.to_pydatetime())
 
 
 def _arrival(record: Mapping[str, Any]) -> pd.Timestamp:
@@ -256,6 +348,9 @@ def _revisions(inputs: ReportInputs) -> tuple[dict[str, list[_Revision]], dict[s
         end = release or first_issued + pd.Timedelta(hours=float(rules.get("sustain_h", 0.0)))
         at_instruction = next((float(p["awarded_at_instruction_kw"]) for p in kept
                                if p.get("awarded_at_instruction_kw") is not None), None)
+        # The stacking rule's key (issue 15, H8): absent on a trail written before it (own limit kept).
+        held_kw = next((float(p["held_at_instruction_kw"]) for p in kept
+                        if p.get("held_at_instruction_kw") is not None), None)
         # The recall that ends it: the loop's performance record says when (``ended_at``); else the
         # first accepted recall at or after it bound (a recall received earlier and dated before the
         # instruction is an older one: the loop holds the deployment, issue 15).
@@ -285,7 +380,7 @@ def _revisions(inputs: ReportInputs) -> tuple[dict[str, list[_Revision]], dict[s
             revisions.append(_Revision(deployment_id, int(message.get("revision") or 0), record,
                                        performance.get((deployment_id, int(message.get("revision") or 0))),
                                        issued, received, deadline, first_issued, until, end, at_instruction,
-                                       cancelled, recalled_at))
+                                       cancelled, recalled_at, first_received, held_kw))
         out[deployment_id] = revisions
     return out, refused, recalls
 
@@ -293,8 +388,9 @@ def _revisions(inputs: ReportInputs) -> tuple[dict[str, list[_Revision]], dict[s
 def _shortfall_intervals(inputs: ReportInputs, revisions: Mapping[str, list[_Revision]]) -> list[dict[str, Any]]:
     """Per measured interval in which a deployment binds: the site's shortfall by the one rule
     (:mod:`hashflex.control.as_shortfall`: lowest limit of the deployments due, capped at their MW,
-    shared pro rata), each deployment's limit over the interval rising with reserve awarded since its
-    first instruction (:func:`deployment_limit_kw`)."""
+    shared pro rata), each deployment's limit over the interval the limits book's
+    (:func:`_enforced_limit_kw`: stacked on the deployments in force at its arrival, less the MW of the
+    others that bind, rising with reserve awarded over A₀)."""
     history = inputs.history
     if history is None or history.empty or not revisions:
         return []
@@ -308,20 +404,12 @@ def _shortfall_intervals(inputs: ReportInputs, revisions: Mapping[str, list[_Rev
     out = []
     for start, end, h, import_kw in zip(rows["interval_start"], rows["interval_end"], rows["interval_h"],
                                         rows["import_kw"], strict=True):
-        binding: list[tuple[_Revision, float]] = []
-        for held in revisions.values():
-            if not start < held[0].end:
-                continue
-            revision = binding_revision([(r.received, r.deadline, r) for r in held if r.limit_kw is not None], start)
-            if revision is None:
-                continue
-            limit = deployment_limit_kw(float(revision.limit_kw), revision.first_issued.to_pydatetime(),
-                                        awards_known_before(inputs.as_awards, end), start.to_pydatetime(),
-                                        end.to_pydatetime(),
-                                        awarded_at_instruction_kw=revision.awarded_at_instruction_kw)
-            binding.append((revision, limit))
-        if not binding:
+        due = _binding_at(revisions, start)
+        if not due:
             continue
+        others = [r.as_deployment() for r in due]
+        awards = awards_known_before(inputs.as_awards, end)
+        binding = [(r, _enforced_limit_kw(r, others, awards, start, end)) for r in due]
         limit_kw, deployed_kw = binding_deployments([b[1] for b in binding], [b[0].deployed_kw for b in binding])
         short_kw = deployment_shortfall_kw(float(import_kw), limit_kw, deployed_kw)
         shares = shortfall_shares(short_kw, {f"{r.deployment_id}#{r.revision}": r.deployed_kw for r, _ in binding})
@@ -335,7 +423,7 @@ def _shortfall_intervals(inputs: ReportInputs, revisions: Mapping[str, list[_Rev
 
 
 def _metered(revision: _Revision, inputs: ReportInputs, intervals: list[dict[str, Any]],
-             tolerance_kw: float) -> dict[str, Any]:
+             tolerance_kw: float, revisions: Mapping[str, list[_Revision]]) -> dict[str, Any]:
     """A revision's metered figures: over the intervals it binds (module docstring), its share of each
     interval's shortfall; the first interval of its span at or under its own limit."""
     out: dict[str, Any] = {"metered_intervals": 0, "metered_import_kw": None, "metered_limit_kw": None,
@@ -347,10 +435,8 @@ def _metered(revision: _Revision, inputs: ReportInputs, intervals: list[dict[str
     span = history[history["import_kw"].notna() & (history["interval_start"] < revision.until)
                    & (history["interval_end"] > revision.received)].sort_values("interval_start")
     for start, end, import_kw in zip(span["interval_start"], span["interval_end"], span["import_kw"], strict=True):
-        limit = deployment_limit_kw(limit_kw, revision.first_issued.to_pydatetime(),
-                                    awards_known_before(inputs.as_awards, end), start.to_pydatetime(),
-                                    end.to_pydatetime(),
-                                    awarded_at_instruction_kw=revision.awarded_at_instruction_kw)
+        others = [r.as_deployment() for r in _binding_at(revisions, start)]
+        limit = _enforced_limit_kw(revision, others, awards_known_before(inputs.as_awards, end), start, end)
         if import_kw <= limit + tolerance_kw:
             out["metered_under_limit_by"] = end.isoformat()
             out["metered_response_s"] = _r((end - revision.issued).total_seconds())
@@ -378,7 +464,7 @@ def _mw(kw: Any) -> float | None:
 
 def _deployment_row(record: dict[str, Any], inputs: ReportInputs, revision: _Revision | None,
                     recalled_at: pd.Timestamp | None, intervals: list[dict[str, Any]], revision_count: int,
-                    tolerance_kw: float) -> dict[str, Any]:
+                    tolerance_kw: float, revisions: Mapping[str, list[_Revision]]) -> dict[str, Any]:
     """One row: an accepted revision (``revision`` given: every figure from that revision's own message,
     ack and performance record), or a deployment never accepted (``revision`` None)."""
     message, ack = record["message"], record["ack"]
@@ -387,10 +473,11 @@ def _deployment_row(record: dict[str, Any], inputs: ReportInputs, revision: _Rev
     rules = AS_PRODUCT_RULES.get(product, {})
     deadline = (revision.deadline if revision is not None else
                 _stamp(ack.get("deadline")) or issued + pd.Timedelta(seconds=float(rules.get("deadline_s", 0.0))))
-    awarded_kw = _awarded_kw(inputs.as_awards, product, issued, record["seq"])
-    # The same product's awards covering the instruction as last revised in the trail (a later cut or
-    # withdrawal shows here; ``awarded_mw`` stays as known at the instruction: the book's A₀ rule).
-    awarded_latest_kw = _awarded_kw(inputs.as_awards, product, issued, math.inf)
+    arrived = _arrival(record)
+    awarded_kw = _awarded_kw(inputs.as_awards, product, issued, arrived, record["seq"])
+    # The same product's awards covering the instruction (or arrival) as last revised in the trail (a
+    # later cut or withdrawal shows here; ``awarded_mw`` stays as known at the arrival: the book's A₀ rule).
+    awarded_latest_kw = _awarded_kw(inputs.as_awards, product, issued, arrived, math.inf)
     perf = (revision.performance if revision is not None else None) or {}
     cancelled = revision is not None and revision.cancelled
     held = revision is not None and not cancelled
@@ -399,15 +486,13 @@ def _deployment_row(record: dict[str, Any], inputs: ReportInputs, revision: _Rev
     delivered = perf.get("delivered_kw") if not cancelled else None
     commanded = perf.get("commanded_import_kw") if not cancelled else None
     # One rule for the row and its intervals (control.as_shortfall): the commanded import against
-    # the limit the book held at the command (deployment_limit_kw: the ack's limit plus the reserve
-    # awarded since the instruction), capped at the MW deployed.
+    # the limit the book held at the command (its own rule on what it held then: the ack's limit),
+    # capped at the MW deployed.
     commanded_limit = shortfall = None
     if held and limit is not None:
-        at = revision.received
-        commanded_limit = deployment_limit_kw(limit, revision.first_issued.to_pydatetime(),
-                                              awards_known_before(inputs.as_awards, at + pd.Timedelta(microseconds=1)),
-                                              at.to_pydatetime(),
-                                              awarded_at_instruction_kw=revision.awarded_at_instruction_kw)
+        known = revision.received + pd.Timedelta(microseconds=1)  # the book just after it decided
+        commanded_limit = _enforced_limit_kw(revision, _held_by_book(revisions, known),
+                                             awards_known_before(inputs.as_awards, known), revision.received)
         if commanded is not None:
             shortfall = deployment_shortfall_kw(float(commanded), commanded_limit, revision.deployed_kw)
     status = "cancelled" if cancelled else ("accepted" if _accepted(record) else "rejected")
@@ -448,7 +533,7 @@ def _deployment_row(record: dict[str, Any], inputs: ReportInputs, revision: _Rev
         "award_shortfall_mw": _mw(perf.get("award_shortfall_kw")),
     }
     if held and revision.performance:
-        row.update(_metered(revision, inputs, intervals, tolerance_kw))
+        row.update(_metered(revision, inputs, intervals, tolerance_kw, revisions))
     else:
         row.update({"metered_intervals": 0, "metered_import_kw": None, "metered_limit_kw": None,
                     "metered_delivered_mw": None, "metered_shortfall_mw": None, "metered_under_limit_by": None,
@@ -528,13 +613,13 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
         if period_start <= held[0].issued < period_end:
             keyed += [((held[0].issued, deployment_id, r.revision),
                        _deployment_row(r.record, inputs, r, recalls.get(deployment_id), intervals, len(held),
-                                       tolerance_kw)) for r in held]
+                                       tolerance_kw, revisions)) for r in held]
     for deployment_id, record in refused.items():
         issued = _stamp(record["message"].get("issued_at")) or record["at"]
         if deployment_id not in revisions and period_start <= issued < period_end:
             keyed.append(((issued, deployment_id, 0),
                           _deployment_row(record, inputs, None, recalls.get(deployment_id), intervals, 0,
-                                          tolerance_kw)))
+                                          tolerance_kw, revisions)))
     rows = [row for _, row in sorted(keyed, key=lambda kr: kr[0])]
     # Deployments in force together (issue 15): by their in-force windows, measured or not.
     spans = {d: (held[0].received, held[0].end) for d, held in revisions.items() if not held[0].cancelled}
@@ -582,9 +667,9 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
         notes.append("a cancelled deployment (recalled before it bound) has no in-force window, shortfall or "
                      "metered figures")
     if any(r["status"] != "cancelled" and r["awarded_latest_mw"] != r["awarded_mw"] for r in rows):
-        notes.append("awarded_mw is the product's award at the instruction as known then (the limits book's A0 rule, "
-                     "what the deployment is measured against); awarded_latest_mw the same award as last revised "
-                     "in the trail (a later cut or withdrawal)")
+        notes.append("awarded_mw is the product's award in force at the instruction or at the arrival, whichever is "
+                     "larger, as known then (the limits book's A0 rule, what the deployment is measured against); "
+                     "awarded_latest_mw the same award as last revised in the trail (a later cut or withdrawal)")
     if rows:
         notes.append("response_s is the time from the instruction to the cut the fast path commanded; metered "
                      "figures come from the interval means of the measurement records, so metered_response_s is "
