@@ -128,12 +128,14 @@ class SnapshotForecaster(RecordedForecaster):
         self._prefetch_pool: ThreadPoolExecutor | None = None
         self._prefetched: tuple[tuple[int, int, int], Future] | None = None
         self.prefetch_hits = 0
+        self.prefetch_delay_s = 0.0  # see prefetch(); set by simulate_policy
+        self.prefetch_first: Callable[[], None] | None = None
 
     @staticmethod
     def _key(now: Any, horizon_start: Any, periods: int) -> tuple[int, int, int]:
         return pd.Timestamp(now).value, pd.Timestamp(horizon_start).value, int(periods)
 
-    def prefetch(self, now: Any, horizon_start: Any, periods: int, *, delay_s: float = 0.0,
+    def prefetch(self, now: Any, horizon_start: Any, periods: int, *, delay_s: float | None = None,
                  first: Callable[[], None] | None = None) -> None:
         """Start the forecast of a later call in a helper thread (issue 18).
 
@@ -148,14 +150,18 @@ class SnapshotForecaster(RecordedForecaster):
         ----------
         now, horizon_start, periods
             As :meth:`__call__`.
-        delay_s : float
+        delay_s : float, optional
             The helper starts this long after the call, s: the solve being submitted right after it
             (its problem pickled and written to the worker by the executor's threads) gets the
             interpreter first, so the worker starts at once (issue 18; see ``_SUBMIT_GRACE_S``).
+            Default: the attribute ``prefetch_delay_s`` (0 unless the backtest set it).
         first : callable, optional
             Run by the helper before the forecast (after ``delay_s``): other work for the solve's
             wait (the backtest releases its held audit entries). An exception is logged, never raised.
+            Default: the attribute ``prefetch_first`` (None unless the backtest set it).
         """
+        delay_s = self.prefetch_delay_s if delay_s is None else delay_s
+        first = self.prefetch_first if first is None else first
         self._settle()
         try:
             key = self._key(now, horizon_start, periods)
@@ -412,18 +418,20 @@ def simulate_policy(profile: SiteProfile, actuals: Actuals, policy: str, *, repl
         def prefetch_next() -> None:
             # The audit entries held since the last solve are appended during this one, after the
             # forecast helper's grace (the submission first), then the next tick's forecast.
-            release = recorder.release if recorder is not None else None
             if upcoming[0] is not None:
                 forecaster.prefetch(upcoming[0], interval_floor(upcoming[0], profile.site.interval_minutes),
-                                    loop.periods, delay_s=_SUBMIT_GRACE_S, first=release)
-            elif release is not None:
-                release()
+                                    loop.periods)
+            elif recorder is not None:
+                recorder.release()
+        forecaster.prefetch_delay_s = _SUBMIT_GRACE_S
         planner.on_solve = prefetch_next
     fleet = SimulatedFleet(profile)
     # With a store the run keeps the audit trail a live site keeps, so `hashflex report` and
     # `hashflex audit verify` work on the backtest's database exactly as on a live one. With the
     # solves in a worker the entries are appended while it solves (paced: the same trail).
     recorder = AuditRecorder(store, paced=bool(overlapped)) if store is not None else None
+    if overlapped and recorder is not None:
+        forecaster.prefetch_first = recorder.release
     loop = ControlLoop(profile, forecaster=forecaster, driver=fleet, solver=planner, store=store, config=LoopConfig(run_mode="backtest"),
                        recorder=recorder)
     sensors = NoiseSensorSim(profile, bias_db=dict(noise_bias_db or {}), sigma_db=noise_sigma_db, seed=seed)
