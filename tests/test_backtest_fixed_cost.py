@@ -5,7 +5,7 @@
   and ``backtest.policies``, which imported ``optimize.solve`` at the top; failed before).
 - The figure's layout is computed once and the PNG encoded at zlib level 1: the pixels are those of a
   plain ``savefig`` of the same figure (constrained layout done by matplotlib's own draw pass).
-- The plot module is imported on a thread while the run goes on; the command's outputs are unchanged.
+- The command's outputs are unchanged (summary.json and intervals CSV: `optimization/benchmarks/backtest_command.py`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def test_the_solve_name_still_solves_in_process() -> None:
     assert frame["units_eff_stock"].iloc[2] == 0 and frame["units_eff_stock"].iloc[0] == 3  # the spike sleeps
 
 
-def test_the_figure_has_the_pixels_of_a_plain_savefig(tmp_path) -> None:  # noqa: ANN001
+def test_the_figure_has_the_pixels_of_a_plain_savefig(tmp_path) -> None:
     profile = parse_profile(PROFILE, "tiny")
     starts = pd.date_range(pd.Timestamp("2024-03-04T00:00-06:00").tz_convert("UTC"), periods=len(PRICES), freq="15min")
     prices = pd.DataFrame({"interval_start": starts, "interval_end": starts + pd.Timedelta(minutes=15),

@@ -46,7 +46,7 @@ FORMAT_3_STATE = (
     '"eAH7////fwYgAAAZ7gP9", "last_stop": "eAH7/x8CACPkB/k=", "run_hours": "AAAAAAAAAAAAAAAAAADQPw=="}]}')
 
 
-def _rule_fleet(units: list[int], draw_mode=None) -> FleetState:  # noqa: ANN001
+def _rule_fleet(units: list[int], draw_mode=None) -> FleetState:
     """A fleet whose ids are the profile's naming rule (as `FleetState.from_profile` makes them)."""
     groups = [MinerGroup(id=f"g{k}", model="S21", units=max(n, 1), modes=MODES, idle_power_kw=0.01)
               for k, n in enumerate(units)]
@@ -182,7 +182,7 @@ def test_a_format_3_state_of_the_previous_release_still_loads() -> None:
     ({"naming_rule": NAMING_RULE, "units": 4}, "mode: 3 values for 4 miners"),
     (7, "miner_ids: expected the ids' text, a list or the naming rule, got int"),
 ])
-def test_a_damaged_rule_field_is_refused_naming_it(field, message) -> None:  # noqa: ANN001
+def test_a_damaged_rule_field_is_refused_naming_it(field, message) -> None:
     fleet = _rule_fleet([3])
     saved = json.loads(json.dumps(fleet.to_compact(4)))
     saved["groups"][0]["miner_ids"] = field
@@ -198,12 +198,12 @@ def test_the_rule_field_in_a_format_3_state_is_refused() -> None:
 
 
 @pytest.mark.parametrize("version", [2, 5, "4", True])
-def test_an_unknown_version_is_refused(version) -> None:  # noqa: ANN001
+def test_an_unknown_version_is_refused(version) -> None:
     with pytest.raises(ValueError, match="version .*: must be 3 or 4"):
         _rule_fleet([2]).to_compact(version)
 
 
-def test_format_4_through_a_real_store_and_the_daemons_restart(tmp_path: Path, caplog) -> None:  # noqa: ANN001
+def test_format_4_through_a_real_store_and_the_daemons_restart(tmp_path: Path, caplog) -> None:
     profile = parse_profile(PROFILE_YAML)
     fleet = FleetState.from_profile(profile)
     fleet.apply_modes({"a": np.where(np.arange(40) % 4 == 0, -1, 0), "b": np.arange(30) % 3 - 1}, NOW)

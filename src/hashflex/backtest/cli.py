@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -263,8 +262,6 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         (out / "backtest.db").unlink(missing_ok=True)
         store = Store(out / "backtest.db")
         _store_prices(store, actuals)
-    if out is not None:
-        _prefetch_plot_module()
     try:
         result = _run(profile, actuals, args, args.policy, store)
         document = summary_document(result)
@@ -284,22 +281,6 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         if store is not None:
             store.close()
     return 0
-
-
-def _prefetch_plot_module() -> threading.Thread:
-    """Import :mod:`hashflex.backtest.plot` (matplotlib, ~1-1.5 s; more on a loaded machine) on a daemon thread
-    while the policies run (issue 18): the main thread spends much of the run waiting on the solver worker,
-    so the import leaves the end of the command, where the figure is drawn. A failed import is left to the
-    ``import`` where the plot is drawn, which raises it as before."""
-    def load() -> None:
-        try:
-            import hashflex.backtest.plot  # noqa: F401 - the import is the point
-        except Exception:  # noqa: BLE001 - raised again, with its traceback, by the import at the plot
-            pass
-
-    thread = threading.Thread(target=load, name="hashflex-plot-import", daemon=True)
-    thread.start()
-    return thread
 
 
 def _store_prices(store: Any, actuals: Any) -> None:
