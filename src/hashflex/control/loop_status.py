@@ -255,6 +255,11 @@ class LoopStatusMixin:
             modelled = {r.id: self.modelled_level_dba(r.id) for r in self.profile.receptors}
             full_kw = sum(n * max(m.power_kw for m in self.fleet.groups[g].modes)
                           for g, n in self.fleet.usable_counts().items())
+            # The reserve the running units could hold (issue 15, H8 item 3): per group, exact, so the
+            # report need not estimate it from the metered load where an award changed mid-interval
+            # and no reserve_hold_short record was written.
+            sheddable = self.reserve_sheddable_kw() if self.profile.ancillary is not None else None
+        reserve = {} if sheddable is None else {"reserve_sheddable_kw": sheddable}
         self._record("measurement", lambda: {**records.measurement_payload(
             interval_start, interval_h, import_kw, renewable_kw, load_kw, hashrate_th_s,
             {r: v[0] for r, v in noise.items()}, intensity_kg_per_mwh, price_usd_mwh, revenue, cost,
@@ -263,9 +268,28 @@ class LoopStatusMixin:
             intensity_source=intensity_source, hashprice_usd_per_ph_day=hashprice),
             "import_limit_kw": limit_kw, "import_limit_source": limit_source,
             "source": "simulated" if self.config.run_mode != "live" or self.simulated_inputs else "metered",
-            **covered},
+            **covered, **reserve},
             written_at)
         self.record_reserve_hold(interval_start, interval_h, at=written_at)
+
+    def reserve_sheddable_kw(self) -> dict[str, float]:
+        """The load the units running now could shed, per miner group: Σ units × (mode power − the
+        group's idle draw), kW (a unit asleep still draws its idle power: that part is not sheddable).
+        Groups with no unit running are 0. What ``reserve_hold_shortfalls`` allocates to the products
+        awarded; recorded with each ``measurement`` (``reserve_sheddable_kw``) and each
+        ``reserve_hold_short`` record. Call with the lock held or from the loop's thread.
+
+        Returns
+        -------
+        dict of str to float
+            Group id -> kW, >= 0, for every group of the profile.
+        """
+        power = {(g.id, m.name): m.power_kw - g.idle_power_kw for g in self.profile.miner_groups for m in g.modes}
+        sheddable = {g.id: 0.0 for g in self.profile.miner_groups}
+        for (group_id, mode), n in self.fleet.counts().items():
+            if n > 0 and (group_id, mode) in power:
+                sheddable[group_id] = sheddable.get(group_id, 0.0) + n * max(power[group_id, mode], 0.0)
+        return sheddable
 
     def record_reserve_hold(self, interval_start: datetime, interval_h: float,
                             at: datetime | None = None) -> dict[str, float]:
@@ -273,7 +297,8 @@ class LoopStatusMixin:
         running, sheddable, qualified load (``control.ancillary.reserve_hold_shortfalls`` on the fleet
         as it ran); a ``reserve_hold_short`` audit record per product short, with the clawback
         (``reserve_clawback_usd``, at the awards' price), so the report charges back what the
-        backtest settles. Returns product -> kW short (also kept in ``reserve_hold_short_kw``). ``at``:
+        backtest settles; each record carries ``reserve_sheddable_kw`` (:meth:`reserve_sheddable_kw`, per
+        group). Returns product -> kW short (also kept in ``reserve_hold_short_kw``). ``at``:
         when the records are written (default the interval's end; the interval is in the payload)."""
         if self.profile.ancillary is None:
             return {}
@@ -282,15 +307,10 @@ class LoopStatusMixin:
         with self._lock:
             obligations = {p: float(v[0]) for p, v in self.book.reserve_obligations_over([start], step).items()}
             prices = self.book.reserve_award_prices(start.to_pydatetime(), (start + step).to_pydatetime())
-            running = self.fleet.counts()
+            sheddable = self.reserve_sheddable_kw()
         if not any(v > 0 for v in obligations.values()):
             return {}
-        power = {(g.id, m.name): m.power_kw - g.idle_power_kw for g in self.profile.miner_groups for m in g.modes}
-        sheddable: dict[str, float] = {}
-        for (group_id, mode), n in running.items():
-            if n > 0 and (group_id, mode) in power:
-                sheddable[group_id] = sheddable.get(group_id, 0.0) + n * power[group_id, mode]
-        short = reserve_hold_shortfalls(self.profile, obligations, sheddable)
+        short = reserve_hold_shortfalls(self.profile, obligations, {g: kw for g, kw in sheddable.items() if kw > 0})
         self.reserve_hold_short_kw[start] = short
         if len(self.reserve_hold_short_kw) > 10_000:  # a few months of intervals (the trail keeps them all)
             self.reserve_hold_short_kw.pop(next(iter(self.reserve_hold_short_kw)))
@@ -298,9 +318,10 @@ class LoopStatusMixin:
             if kw <= _HOLD_SHORT_KW:
                 continue
             price = prices.get(product)
-            self._record("reserve_hold_short", lambda p=product, kw=kw, price=price: reserve_hold_short_payload(
+            self._record("reserve_hold_short", lambda p=product, kw=kw, price=price: {**reserve_hold_short_payload(
                 start.to_pydatetime(), interval_h, p, obligations[p], kw, price,
                 None if price is None else reserve_clawback_usd(kw, price, interval_h)),
+                "reserve_sheddable_kw": dict(sheddable)},
                 at or (start + step).to_pydatetime())
         return short
 

@@ -113,9 +113,11 @@ those moments of max(A − D − H, 0) / 1000 × P × the piece's hours, A the r
 in force in the piece (the payment's windows), P their reserve-weighted price, D the MW of the
 product deployed in the interval, H the reserve held: the record's ``held_kw``; without a record,
 the obligation the loop knew when it measured (awards recorded before the measurement, less D) if
-it had one (it found it held), else the metered running load above idle (``load_kw`` less every
-unit's idle draw, shared pro rata between products so estimated, capped by the product's qualified
-``group_mw``; ``reserve_estimated_hold_intervals`` counts them; no measurement: 0 held). So a site
+it had one (it found it held), else the sheddable load of the product's qualified groups the loop
+recorded with the measurement (``reserve_sheddable_kw``, per group, the figure its own hold check
+uses: exact), else the metered running load above idle (``load_kw`` less every unit's idle draw; both
+shared pro rata between products, capped by the product's qualified ``group_mw``; the load-based
+ones are estimated: ``reserve_estimated_hold_intervals`` counts them; no measurement: 0 held). So a site
 that held nothing nets $0 however its award changed. ``reserve_final_through`` /
 ``reserve_provisional_payment_usd``: the payment after the last final interval (:func:`final_through`),
 whose clawback may still be queued. Reserve awarded and not held by running, sheddable,
@@ -791,6 +793,22 @@ def _measured_sheddable_kw(inputs: ReportInputs, row: Any) -> float | None:
     return max(float(load) - idle, 0.0)
 
 
+def _recorded_sheddable_kw(inputs: ReportInputs, row: Any, product: str) -> float | None:
+    """The load the running units could shed over a measured interval in the groups qualified for
+    ``product``, kW, as the loop recorded it with the measurement (``reserve_sheddable_kw``, per group:
+    exact, issue 15 H8 item 3); None when the record has no such figure (a trail written before it,
+    or a report input that does not carry it)."""
+    from hashflex.report.provenance import config_for_seq
+
+    recorded = getattr(row, "reserve_sheddable_kw", None)
+    if not isinstance(recorded, Mapping):
+        return None
+    config = config_for_seq(inputs.configs, int(row.seq)) if inputs.configs else None
+    section = (((config or {}).get("profile") or {}).get("ancillary") or {}).get("products") or {}
+    groups = (section.get(product) or {}).get("group_mw") or {}
+    return sum(max(float(kw), 0.0) for g, kw in recorded.items() if g in groups and math.isfinite(float(kw)))
+
+
 def _qualified_kw(inputs: ReportInputs, row: Any, product: str) -> float:
     """kW of ``product`` the profile in force qualifies (Σ ``ancillary.products[P].group_mw`` × 1000;
     inf without the section)."""
@@ -878,10 +896,14 @@ def _interval_clawback_usd(inputs: ReportInputs, index: _WindowIndex, revisions:
         share_total = sum(max(v, 0.0) for v in need.values())
         for product, (segments, deployed) in pending.items():
             estimated.append(product)
-            if sheddable is None:
+            share = max(need[product], 0.0) / share_total if share_total > 0 else 1.0 / len(pending)
+            recorded = _recorded_sheddable_kw(inputs, measured, product) if measured is not None else None
+            if recorded is not None:  # the loop's own figure for the qualified groups: exact, not estimated
+                estimated.pop()
+                held = min(recorded * share, _qualified_kw(inputs, measured, product))
+            elif sheddable is None:
                 held = 0.0  # no evidence it was held: when in doubt, not held
             else:
-                share = max(need[product], 0.0) / share_total if share_total > 0 else 1.0 / len(pending)
                 held = min(sheddable * share, _qualified_kw(inputs, measured, product))
             total += sum(max(a - deployed - held, 0.0) / 1000.0 * p * h for a, p, h in segments if p is not None)
     return total, estimated
