@@ -3,8 +3,13 @@
 (:func:`hashflex.backtest.ancillary_loop.settle_reserve`) measure with (issue 15). Pure: no I/O, no clock.
 
 It lives here, below both, because ``report`` and ``backtest`` are rooms of one floor that may not
-import each other (``[tool.importlinter]``), and next to :mod:`hashflex.control.ancillary`, whose
-``deployment_limit_kw`` gives each deployment's limit.
+import each other (``[tool.importlinter]``), and next to the limits book, whose
+``LimitsBook.deployment_limit_kw`` gives each deployment's limit: its own
+(``control.ancillary.deployment_limit_kw``: baseline − MW + the award rise) stacked on the deployments
+in force at its arrival, less the MW of the others in force (``control.ancillary.stacked_limit_kw``;
+issue 15). The
+backtest reads it from the loop's book; the report runs the same method on the book rebuilt from
+the trail (:func:`hashflex.report.deployment_limit.book_limit_kw`).
 
 The rule, per interval (interval means, kW)::
 
@@ -49,7 +54,7 @@ def binding_deployments(limits_kw: Sequence[float], deployed_kw: Sequence[float]
     Parameters
     ----------
     limits_kw : sequence of float
-        [D] each binding deployment's import limit over the interval, kW (``deployment_limit_kw``).
+        [D] each binding deployment's import limit over the interval, kW (``LimitsBook.deployment_limit_kw``).
     deployed_kw : sequence of float
         [D] each one's deployed MW, kW (same order).
 
