@@ -219,7 +219,7 @@ def test_the_loop_saves_the_compact_state_and_a_restart_restores_it(tmp_path: Pa
         assert 0 < loop.fleet.units_running() < 70  # the DR cut changed modes: saved at once
         store.flush()
         saved = store.get_meta("fleet")
-        assert saved["format"] == 3
+        assert saved["format"] == 4
         _, restored = load_control_state(store, profile)
         assert restored is not None
         _same(restored, loop.fleet)

@@ -21,7 +21,6 @@ from typing import Any
 import pandas as pd
 
 from hashflex.backtest.cli import profile_with_candidate
-from hashflex.optimize.compute import solve_site
 from hashflex.optimize.compute_problem import compute_from_profile
 from hashflex.profile import SiteProfile
 
@@ -53,6 +52,7 @@ def profile_with_gpu_nodes(profile: SiteProfile, *, nodes: int, gpus_per_node: i
 def plan_window(profile: SiteProfile, actuals: Any, *, time_limit_s: float = 30.0) -> tuple[pd.DataFrame, float]:
     """Day-by-day perfect-foresight plan over the whole window: (schedule frame, solve seconds)."""
     from hashflex.backtest.runner import actual_problem
+    from hashflex.optimize.compute import solve_site  # Pyomo: imported when a plan is made, not with the CLI (issue 18)
 
     local_day = actuals.index.tz_convert(profile.tz).normalize()
     frames, done, seconds = [], {}, 0.0

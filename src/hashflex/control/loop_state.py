@@ -32,7 +32,7 @@ class ControlStateMixin:
         if self.store is None:
             return
         try:
-            self.store.set_meta("fleet", self.fleet.to_compact())
+            self.store.set_meta("fleet", self.fleet.to_compact(4))
         except Exception:  # noqa: BLE001 - a closed or failing store must not stop control
             log.exception("could not save the commitment state")
 

@@ -130,6 +130,8 @@ def reserve_from_counts(problem: Problem, counts: dict[tuple[int, int], np.ndarr
     ``milp.define_reserve`` with n fixed (solved by HiGHS through scipy), so the MILP and the greedy
     fallback report reserve by one rule. Returns (kW held per product [T], kW short of the
     obligation per product [T], expected deployment cost $ [T])."""
+    if not problem.reserves:  # nothing to value; and no Pyomo (milp) import in a process that never solves (issue 18)
+        return {}, {}, np.zeros(problem.T)
     from hashflex.optimize.milp import (
         _reserve_index,
         reserve_short_penalty_usd_per_kw,
