@@ -235,8 +235,12 @@ class SetpointBatch(Sequence[Setpoint]):
         """The sum of every setpoint's power target, kW (summed in batch order, as Python's ``sum``)."""
         total = 0.0
         for group in self.groups:
-            for value in group.power_kw[group.mode.astype(np.int64) + 2].tolist():
-                total += value
+            values = group.power_kw[group.mode.astype(np.int64) + 2]
+            if len(values):
+                # np.add.accumulate adds in order (no pairwise summation, unlike np.sum), so the
+                # result equals Python's += to the bit and the audit hash does not change; ~9x
+                # faster than the per-miner loop on a 17,000-miner batch (issue 18, H4)
+                total = float(np.add.accumulate(np.concatenate(([total], values)))[-1])
         return total
 
     def audit_summary(self, source: str = "schedule") -> dict[str, Any]:
