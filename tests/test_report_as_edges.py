@@ -219,7 +219,10 @@ def test_a_rows_commanded_shortfall_uses_the_limit_its_intervals_use(tmp_path: P
         import dataclasses
 
         records = [dataclasses.replace(r, payload={k: v for k, v in r.payload.items()
-                                                   if k != "awarded_at_instruction_kw"})
+                                                   # a trail written before A0 was kept predates
+                                                   # the stacking rule too (no held_at_instruction_kw)
+                                                   if k not in ("awarded_at_instruction_kw",
+                                                                "held_at_instruction_kw")})
                    if r.kind == "as_performance" else r for r in records]
     audit = {"ok": verified.ok, "records": verified.records, "head_seq": verified.head_seq,
              "head_hash": verified.head_hash, "first_bad_seq": None, "problem": None, "signed_head": None}

@@ -214,8 +214,6 @@ def test_the_loop_records_the_sheddable_load_per_group_with_each_measurement_and
     assert _payloads(db, "measurement")[0]["reserve_sheddable_kw"] == {"hydro": 0.0}
 
 
-@pytest.mark.xfail(strict=True, reason="report/inputs.py drops measurement keys outside MEASUREMENT_COLUMNS: "
-                                       "reserve_sheddable_kw must be carried into history (patch in H8's report)")
 def test_an_award_withdrawn_mid_interval_is_held_by_the_loops_recorded_figure_not_an_estimate(
         tmp_path: Path) -> None:
     """RRS 4,950 kW at $150/MW-h, withdrawn at 17:05; five blocks run all interval (the loop records

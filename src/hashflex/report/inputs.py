@@ -77,7 +77,8 @@ def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Tim
     for rec in records:
         p, at = rec.payload, pd.Timestamp(rec.at_utc)
         if rec.kind == "measurement":
-            rows.append({**{c: p.get(c) for c in MEASUREMENT_COLUMNS[:-2]}, "seq": rec.seq, "at": at})
+            rows.append({**{c: p.get(c) for c in MEASUREMENT_COLUMNS[:-2]}, "seq": rec.seq, "at": at,
+                         "reserve_sheddable_kw": p.get("reserve_sheddable_kw")})
         elif rec.kind == "config":
             configs.append({"seq": rec.seq, "at": at, "profile_hash": p.get("profile_hash"),
                             "profile": p.get("profile") or {}, "reason": p.get("reason")})
@@ -104,7 +105,7 @@ def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Tim
             as_performance.append({"seq": rec.seq, "at": at, **p})
         elif rec.kind == "reserve_hold_short":
             hold_short.append({"seq": rec.seq, "at": at, **p})
-    every = pd.DataFrame(rows, columns=MEASUREMENT_COLUMNS)
+    every = pd.DataFrame(rows, columns=[*MEASUREMENT_COLUMNS, "reserve_sheddable_kw"])
     every["interval_start"] = pd.to_datetime(every["interval_start"], utc=True, format="ISO8601")
     for column in MEASUREMENT_COLUMNS:
         if column not in ("interval_start", "intensity_source", "seq", "at"):
