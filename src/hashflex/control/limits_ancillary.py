@@ -29,13 +29,13 @@ from hashflex.control.ancillary import (
     stacked_baseline,
     stacked_limit_kw,
 )
-from hashflex.profile.ancillary import DEFAULT_MAX_HOLD_H
+from hashflex.control.limits_values import _ANSWERS_KEPT, content_hash
 from hashflex.messages import (
     ASAckMessage,
     ASAwardMessage,
     ASDeployMessage,
 )
-from hashflex.control.limits_values import _ANSWERS_KEPT, content_hash
+from hashflex.profile.ancillary import DEFAULT_MAX_HOLD_H
 
 if TYPE_CHECKING:  # annotations only: limits imports this module
     from hashflex.control.limits import LimitsBook
@@ -337,8 +337,7 @@ class AncillaryBookMixin:
         other deployment in force then (:func:`~hashflex.control.ancillary.stacked_limit_kw`: its
         baseline is the load without the deployments in force at its arrival, so stacked deployments
         add up and a recall gives back exactly the recalled MW). A deployment accepted before the
-        stacking rule (``held_at_instruction_kw`` None) keeps its own limit. Overrides
-        :meth:`~hashflex.control.limits_binding.BindingMixin.deployment_limit_kw` (the own limit).
+        stacking rule (``held_at_instruction_kw`` None) keeps its own limit (:meth:`_own_limit_kw`).
 
         Parameters
         ----------

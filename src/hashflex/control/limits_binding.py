@@ -14,13 +14,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hashflex.control.ancillary import deployment_limit_kw
 from hashflex.control.limits_values import ManagerLimit, limits_source
 from hashflex.optimize.problem import four_cp_limits_kw
 
 
 class BindingMixin:
-    """What binds the site now and over a horizon (a mixin of :class:`~hashflex.control.limits.LimitsBook`)."""
+    """What binds the site now and over a horizon (a mixin of :class:`~hashflex.control.limits.LimitsBook`).
+
+    An AS deployment's limit is ``self.deployment_limit_kw``, the book's stacked rule from
+    :class:`~hashflex.control.limits_ancillary.AncillaryBookMixin` (one definition: the own-limit
+    version that was here was shadowed by it)."""
 
     # ------------------------------------------------------------------ what binds
 
@@ -134,32 +137,6 @@ class BindingMixin:
                     if value < limits[k]:
                         limits[k], labels[k] = value, deployment.source
         return limits, labels
-
-    def deployment_limit_kw(self, deployment: Any, start: datetime, end: datetime | None = None) -> float:
-        """The import limit an AS deployment sets at ``start`` (or over ``[start, end)``), kW, by the one
-        rule (`control.ancillary.deployment_limit_kw`: the limit at the instruction plus any rise in the
-        reserve awarded over what was awarded, as known, at the instruction) over the awards this book
-        holds.
-
-        Parameters
-        ----------
-        deployment : control.ancillary.ASDeployment
-            The deployment.
-        start : datetime
-            The moment, or the interval's start; timezone-aware.
-        end : datetime, optional
-            The interval's end (None: the moment ``start``).
-
-        Returns
-        -------
-        float
-            The limit, kW.
-        """
-        awards = [(datetime.fromisoformat(a["start"]), datetime.fromisoformat(a["end"]), float(a["reserve_kw"]))
-                  for a in self.as_awards.values()]
-        # A₀ kept with the deployment (None: one accepted before it was kept, or a duck-typed one)
-        return deployment_limit_kw(deployment.limit_kw, deployment.issued_at, awards, start, end,
-                                   awarded_at_instruction_kw=getattr(deployment, "awarded_at_instruction_kw", None))
 
     def noise_caps_over(self, interval_start: pd.DatetimeIndex, interval: timedelta) -> dict[str, np.ndarray]:
         """Receptor id → per interval the lowest override cap whose window overlaps the interval (inf
