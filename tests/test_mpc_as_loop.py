@@ -247,3 +247,31 @@ def test_an_offer_rule_with_the_real_time_mode_is_said_to_be_ignored(tmp_path, c
     assert "offer rule rt-risk ignored" in capsys.readouterr().out
     assert backtest_main(args + ["--out", str(tmp_path / "none")]) == 0
     assert "ignored" not in capsys.readouterr().out
+
+
+def test_cli_keeps_the_mpc_as_trail_beside_the_mpc_one(tmp_path, capsys) -> None:
+    """Newcomer finding (issue 15): with `--policy mpc,mpc+as` only mpc's audit trail was kept, so an
+    auditor had no reserve evidence of the mpc+as run. Now backtest.db holds mpc's trail and
+    backtest_mpc+as.db the mpc+as run's, each verifiable, and the report on the second shows the
+    reserve the backtest paid."""
+    from hashflex.audit import AuditLog
+    from hashflex.report import build_report
+
+    out = tmp_path / "out"
+    code = backtest_main(["backtest", "--profile", "west_texas", "--ancillary", "example", "--policy", "mpc,mpc+as",
+                          "--from", "2024-05-08T00:00-05:00", "--to", "2024-05-08T02:00-05:00",
+                          "--replan-minutes", "60", "--hashprice", "profile", "--out", str(out), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "backtest.db holds the audit trail of the mpc run" in printed
+    assert "backtest_mpc+as.db holds the audit trail of the mpc+as run" in printed
+    kinds = {}
+    for name in ("backtest.db", "backtest_mpc+as.db"):
+        with AuditLog(out / name, readonly=True) as log:
+            assert log.verify().ok, name
+            kinds[name] = {r.kind for r in log.records()}
+    assert "as_award" in kinds["backtest_mpc+as.db"] and "as_award" not in kinds["backtest.db"]
+    summary = json.loads((out / "summary.json").read_text())
+    report = build_report(out / "backtest_mpc+as.db")
+    assert report["economics"]["reserve_payment_usd"] == pytest.approx(
+        summary["policies"]["mpc+as"]["as_payment_usd"], rel=1e-6, abs=0.01)

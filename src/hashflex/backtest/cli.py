@@ -7,7 +7,8 @@
   ``--out DIR`` write ``intervals_<policy>.csv``, ``summary.json`` (contract in
   ``backtest.summary``), ``backtest.png`` and ``backtest.db`` (a ``hashflex.store.Store`` holding the
   mpc run's records: prices with publication times, schedules as the loop stores them, noise and
-  renewable readings, DR events, and the summary under meta key ``backtest_summary``).
+  renewable readings, DR events, and the summary under meta key ``backtest_summary``; with both mpc
+  and mpc+as, ``backtest_mpc+as.db`` holds the mpc+as run's records alike).
   ``--policy mpc+as`` (issue 15) runs mpc with reserve awards and SYNTHETIC deployments through the
   same loop (``backtest.ancillary_loop``), on the hourly AS clearing prices of ``--as-prices``
   (default the bundled May 2024 file, whose LZ_WEST/HB_* energy prices are then the price history
@@ -211,11 +212,15 @@ def _inputs(args: argparse.Namespace, profile: SiteProfile):  # noqa: ANN202 - A
                          as_market=as_market)
 
 
-def _run(profile: SiteProfile, actuals: Any, args: argparse.Namespace, policies: list[str], store: Any = None) -> Any:
+def _run(profile: SiteProfile, actuals: Any, args: argparse.Namespace, policies: list[str], store: Any = None,
+         as_store: Any = None) -> Any:
     return run_backtest(profile, actuals, policies, replan_minutes=args.replan_minutes, time_limit_s=args.time_limit,
-                        persistence=args.persistence, seed=args.seed, store=store,
+                        persistence=args.persistence, seed=args.seed, store=store, as_store=as_store,
                         progress=Progress.factory(args.quiet), deadline_s=args.deadline,
                         as_mode=getattr(args, "as_mode", "day-ahead"), offer_rule=getattr(args, "offer_rule", None))
+
+
+AS_TRAIL = f"backtest_{AS_POLICY}.db"  # the mpc+as trail when mpc runs too (backtest.db holds mpc's)
 
 
 def _option_notes(args: argparse.Namespace, stored: bool) -> list[str]:
@@ -230,6 +235,9 @@ def _option_notes(args: argparse.Namespace, stored: bool) -> list[str]:
     if stored:
         recorded = "mpc" if "mpc" in args.policy else AS_POLICY
         notes.append(f"backtest.db holds the audit trail of the {recorded} run (what `hashflex report --db` reads)")
+        if recorded == "mpc" and AS_POLICY in args.policy:
+            notes.append(f"{AS_TRAIL} holds the audit trail of the {AS_POLICY} run (`hashflex report --db` on it "
+                         "gives the reserve evidence)")
     return notes
 
 
@@ -253,17 +261,21 @@ def cmd_backtest(args: argparse.Namespace) -> int:
           f"{(local[-1] + actuals.step):%Y-%m-%d %H:%M %Z} ({actuals.days:g} days, {len(actuals.index)} intervals), "
           f"{profile.site.settlement_point} RT prices; policies {', '.join(args.policy)}"
           + (f"; mpc re-plans every {args.replan_minutes} min" if args.replan_minutes else ""))
-    store = None
+    store = as_store = None
     out = Path(args.out) if args.out else None
     if out is not None and ("mpc" in args.policy or AS_POLICY in args.policy):
         from hashflex.store import Store
 
         out.mkdir(parents=True, exist_ok=True)
         (out / "backtest.db").unlink(missing_ok=True)
+        (out / AS_TRAIL).unlink(missing_ok=True)  # a stale one from an earlier run would be read as this run's
         store = Store(out / "backtest.db")
         _store_prices(store, actuals)
+        if "mpc" in args.policy and AS_POLICY in args.policy:  # each loop's trail (newcomer: only mpc's was kept)
+            as_store = Store(out / AS_TRAIL)
+            _store_prices(as_store, actuals)
     try:
-        result = _run(profile, actuals, args, args.policy, store)
+        result = _run(profile, actuals, args, args.policy, store, as_store)
         document = summary_document(result)
         print(summary_table(document))
         for note in document["notes"] + _option_notes(args, store is not None):
@@ -273,13 +285,15 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
             written = write_outputs(result, out)
             plot_backtest(result, out / "backtest.png")
-            if store is not None:
-                store.set_meta("backtest_summary", document)
+            for kept in (store, as_store):
+                if kept is not None:
+                    kept.set_meta("backtest_summary", document)
             print(f"written to {out}: {', '.join(sorted(p.name for p in written.values()))}, backtest.png"
-                  + (", backtest.db" if store is not None else ""))
+                  + (", backtest.db" if store is not None else "") + (f", {AS_TRAIL}" if as_store is not None else ""))
     finally:
-        if store is not None:
-            store.close()
+        for kept in (store, as_store):
+            if kept is not None:
+                kept.close()
     return 0
 
 

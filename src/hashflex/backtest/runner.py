@@ -127,7 +127,7 @@ def run_backtest(profile: SiteProfile, actuals: Actuals, policies: Sequence[str]
                  progress: Callable[[str, int, float], Progress] | None = None,
                  deadline_s: float | None = None, inline_solver: bool = False,
                  price_forecaster: Any = None, as_mode: str = "day-ahead",
-                 offer_rule: str | None = None) -> BacktestResult:
+                 offer_rule: str | None = None, as_store: Any = None) -> BacktestResult:
     """Run each policy over the same window and account for each with :func:`account`.
 
     Every solve (mpc's and the oracle's) runs in one worker process with the daemon's hard deadline
@@ -147,6 +147,9 @@ def run_backtest(profile: SiteProfile, actuals: Actuals, policies: Sequence[str]
         The oracle's days per MILP and MIP gap.
     store : Store, optional
         Receives the mpc loop's records (``mpc+as``'s when mpc is not run), as the daemon's store would.
+    as_store : Store, optional
+        Receives the ``mpc+as`` loop's records when mpc runs too (its own trail: the reserve evidence
+        an auditor reads with ``hashflex report``); ignored otherwise.
     progress : callable, optional
         ``(label, total, step_days) -> Progress`` (:meth:`Progress.factory`).
     deadline_s : float, optional
@@ -188,7 +191,8 @@ def run_backtest(profile: SiteProfile, actuals: Actuals, policies: Sequence[str]
                 runs[policy] = simulate_policy(profile, actuals, policy, replan_minutes=replan_minutes,
                                                time_limit_s=time_limit_s, persistence=persistence, seed=seed,
                                                noise_bias_db=noise_bias_db, noise_sigma_db=noise_sigma_db,
-                                               store=store if policy == recorded else None,
+                                               store=(store if policy == recorded else
+                                                      as_store if policy == AS_POLICY else None),
                                                progress=bar, runner=runner, price_forecaster=price_forecaster,
                                                as_mode=as_mode, offer_rule=offer_rule)
     schedules = {name: account(profile, actuals, run.counts, ancillary=run.ancillary) for name, run in runs.items()}
