@@ -58,6 +58,9 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=1, help="--loop: days (each ~35 s per policy at --replan 60)")
     parser.add_argument("--replan-minutes", type=int, default=60, help="--loop: mpc re-solves every N minutes")
     parser.add_argument("--as-mode", choices=("day-ahead", "real-time"), default="day-ahead")
+    parser.add_argument("--day", action="append", help="YYYY-MM-DD local day (repeatable): run only these days")
+    parser.add_argument("--trace-short", action="store_true",
+                        help="print every interval an award was left short (day, product, kW, deployed, solve status)")
     parser.add_argument("--offer-rule", action="append", choices=OFFER_RULES,
                         help="offer rule (repeatable); default: every rule, side by side")
     args = parser.parse_args()
@@ -69,6 +72,9 @@ def main() -> None:
     local = market.index.tz_convert(profile.tz)
     months = sorted(set(local.strftime("%Y-%m"))) if args.all else (args.months or DEV_2024)
     days = sorted({d for d in local.normalize().tz_localize(None) if d.strftime("%Y-%m") in months})
+    if args.day:
+        days = sorted(pd.Timestamp(d) for d in args.day)
+        months = sorted({d.strftime("%Y-%m") for d in days})
     qualified_mw = sum(sum(p["group_mw"].values()) for p in EXAMPLE_WEST_TEXAS_ANCILLARY["products"].values())
     rules = tuple(args.offer_rule or OFFER_RULES)
     started = time.perf_counter()
@@ -103,6 +109,15 @@ def main() -> None:
     print(f"wall time {wall:.0f} s")
     for note in first.notes:
         print(f"note: {note}")
+    if args.trace_short:
+        dt_h = profile.site.interval_minutes / 60.0
+        for rule in rules:
+            rows = results[rule].short_intervals
+            print(f"short intervals ({rule}): {len(rows)}, {sum(r['short_kw'] for r in rows) * dt_h / 1000.0:.3f} MW·h")
+            for r in rows:
+                print(f"  {r['day']} {r['interval_utc']} {r['product']:<5} awarded {r['awarded_kw']:8.1f} kW "
+                      f"short {r['short_kw']:8.3f} kW deployed={r['deployed']} solve={r['solve']} "
+                      f"status={r['status']} gap={r['gap']} {r['message']}")
 
 
 def loop_case(args: argparse.Namespace) -> None:

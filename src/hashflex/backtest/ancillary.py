@@ -46,8 +46,8 @@ from hashflex.optimize.schedule import Schedule
 from hashflex.profile import SiteProfile
 
 __all__ = [
-    "EXAMPLE_WEST_TEXAS_ANCILLARY",
     "DEFAULT_OFFER_RULE",
+    "EXAMPLE_WEST_TEXAS_ANCILLARY",
     "OFFER_RULES",
     "SYNTHETIC_LABEL",
     "ASDayResult",
@@ -65,7 +65,7 @@ __all__ = [
     "with_ancillary",
 ]
 
-def solve(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - `hashflex.optimize.solve.solve`, imported when first used
+def solve(*args, **kwargs):
     """`hashflex.optimize.solve.solve`, imported on the first call: Pyomo costs the CLI ~0.3-0.8 s of imports in
     the main process, where ``hashflex backtest --policy mpc`` never solves (its solves run in the worker)."""
     from hashflex.optimize.solve import solve as _solve
@@ -484,6 +484,10 @@ class ASDayResult:
     solve_s_with_reserves: list[float] = field(default_factory=list)
     solve_s_without: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=lambda: [SYNTHETIC_LABEL])
+    # Every interval an award was left short: dicts with day (local date), interval_utc, product,
+    # awarded_kw, short_kw, deployed (a SYNTHETIC deployment of any product binds it), status, gap and
+    # message of the final schedule's solve, solve ("held" plan or the "deployment" re-solve)
+    short_intervals: list[dict] = field(default_factory=list)
 
     @property
     def obligations_met(self) -> float:
@@ -630,8 +634,15 @@ def _settle_day(profile: SiteProfile, index: pd.DatetimeIndex, rt: np.ndarray, m
         result.deployments += int(sum(np.count_nonzero(np.diff(deployed[p].astype(int), prepend=0) == 1)
                                       for p in products))
     frame = final.frame
+    any_deployed = np.any([deployed[p] for p in products], axis=0) if products else np.zeros(len(index), bool)
     for p in products:
         short = frame[f"reserve_{p}_short_kw"].to_numpy()
+        for t in np.flatnonzero(short > 1e-6):
+            result.short_intervals.append({
+                "day": str(index[0].tz_convert(profile.tz).date()), "interval_utc": str(index[t]), "product": p,
+                "awarded_kw": float(award[p][t]), "short_kw": float(short[t]), "deployed": bool(any_deployed[t]),
+                "status": final.status.value, "solve": "deployment" if final is not held_plan else "held",
+                "gap": final.info.gap, "message": final.info.message[:200]})
         paid = award[p] - short  # shed during a deployment counts as held: it was delivered
         result.as_revenue_usd += float((award[p] * mcpc[p]).sum() * dt_h / 1000.0)
         result.as_clawback_usd += float((short * mcpc[p]).sum() * dt_h / 1000.0)
