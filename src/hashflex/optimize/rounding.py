@@ -221,6 +221,9 @@ def _cover_pass(problem: Problem, rooms: _Rooms, arrays: _ReserveArrays, shed: n
             if not step_units and make_room:
                 # Every limit that binds is full: make room from units no award needs, then add.
                 step_units = _swap_in(problem, rooms, arrays, shed, wants, int(t), flow)
+            if not step_units and make_room:
+                # A full carbon budget spans the day: its room can come from other intervals.
+                step_units = _carbon_from_elsewhere(problem, rooms, arrays, shed, wants, int(t))
             if not step_units:
                 break
             added += step_units
@@ -315,6 +318,102 @@ def _swap_in(problem: Problem, rooms: _Rooms, arrays: _ReserveArrays, shed: np.n
 
 
 _MAX_SWAP_UNITS = 200  # units slept per interval to make room (bounds the search)
+
+
+def _carbon_from_elsewhere(problem: Problem, rooms: _Rooms, arrays: _ReserveArrays, shed: np.ndarray,
+                           wants: list[tuple[int, float]], t: int) -> int:
+    """Issue 15 (H9): when only a carbon budget keeps a unit of a short product out at interval t and
+    `_swap_in` found nothing to sleep at t (every unit running there carries an award), free the
+    budget's room at *other* intervals of the same budget: step one running unit at a time down to
+    a lower-power mode of its group (units on unchanged, so no min-on/off row moves), where no
+    award needs the kW (the max flow of reserve held at that interval does not fall) and the site
+    load step adds no ramp excess, least margin lost per kg of CO2 freed first, until a unit of a
+    wanted group fits at t; then add it. A daily budget filled by the plan otherwise left a rounded
+    award a fraction of a unit short (e.g. 4.96 kW of a 10,000 kW RRS award held by 1,893 hydro
+    units at 5.28 kW each on 22 Mar 2024). Nothing fits after the step-downs: they are undone.
+
+    Parameters
+    ----------
+    problem, rooms, arrays, shed, wants, t : as `_swap_in` (``shed`` [C, T] kW updated in place)
+
+    Returns
+    -------
+    int, the unit-intervals added (0: none).
+    """
+    budgets = [b for b, budget in enumerate(problem.carbon_budgets) if budget.mask[t]]
+    if not budgets:
+        return 0
+    wants_units = []
+    for c, _ in wants:
+        g = arrays.carried[c]
+        group = problem.groups[g]
+        for m, mode in enumerate(group.modes):
+            if mode.power_kw - group.idle_power_kw > EPS:
+                blocks = rooms.blocking(g, m, t)
+                if blocks and blocks <= {f"carbon:{b}" for b in budgets}:
+                    wants_units.append((g, m))
+    if not wants_units:
+        return 0  # something other than carbon blocks (or nothing does): not this rule's case
+    carried = {g: c for c, g in enumerate(arrays.carried)}
+    hp = np.broadcast_to(np.asarray(problem.hashprice_usd_per_th_h, dtype=float), (problem.T,))
+    price_kwh = np.asarray(problem.energy_price_usd_mwh, dtype=float) / 1000.0
+    mask = np.zeros(problem.T, dtype=bool)
+    for b in budgets:
+        mask |= problem.carbon_budgets[b].mask
+    mask[t] = False
+    stepped: list[tuple[int, int, int, int]] = []  # (k, g, from m, to m2)
+
+    def step(k: int, g: int, m: int, m2: int) -> None:
+        group = problem.groups[g]
+        rooms._charge(g, m, np.array([k]), -1, group.modes[m].power_kw - group.idle_power_kw)
+        rooms._charge(g, m2, np.array([k]), 1, group.modes[m2].power_kw - group.idle_power_kw)
+        if g in carried:
+            shed[carried[g], k] += group.modes[m2].power_kw - group.modes[m].power_kw
+
+    flows = {}
+    for _ in range(_MAX_SWAP_UNITS):
+        candidates = []
+        for (g, m), n in rooms.counts.items():
+            group = problem.groups[g]
+            lower = [m2 for m2, other in enumerate(group.modes) if other.power_kw < group.modes[m].power_kw - EPS]
+            if not lower:
+                continue
+            m2 = max(lower, key=lambda k2: group.modes[k2].power_kw)  # the next mode down: least hashes lost
+            freed_kw = group.modes[m].power_kw - group.modes[m2].power_kw
+            lost_th = group.modes[m].hashrate_th_s - group.modes[m2].hashrate_th_s
+            for k in np.flatnonzero(mask & (np.asarray(n) > 0)):
+                kg = freed_kw * float(rooms.kg_per_kw[k])
+                if kg <= 0:
+                    continue
+                margin = lost_th * hp[k] - freed_kw * price_kwh[k]
+                candidates.append((margin / kg, int(k), g, m, m2))
+        ramp = problem.ramp_limit_kw_per_h is not None
+        ramp_before = rooms._ramp_excess(rooms.site_load) if ramp else 0.0
+        done = False
+        for _, k, g, m, m2 in sorted(candidates):
+            if g in carried:
+                if k not in flows:
+                    flows[k] = float(arrays.cuts(shed, k).min())
+                trial = shed.copy()
+                trial[carried[g], k] -= problem.groups[g].modes[m].power_kw - problem.groups[g].modes[m2].power_kw
+                if float(arrays.cuts(trial, k).min()) < flows[k] - EPS:
+                    continue  # an award needs these kW at k
+            step(k, g, m, m2)
+            if ramp and rooms._ramp_excess(rooms.site_load) > ramp_before + 1e-6:
+                step(k, g, m2, m)
+                continue
+            stepped.append((k, g, m, m2))
+            done = True
+            break
+        if not done:
+            break
+        if any(rooms.fits(g, m, t) >= 1 for g, m in wants_units):
+            added = _add_first(rooms, arrays, shed, wants, t)
+            if added:
+                return added
+    for k, g, m, m2 in reversed(stepped):  # nothing fitted: step them back up
+        step(k, g, m2, m)
+    return 0
 
 
 _MAX_COVER_STEPS = 1000  # additions per interval (each adds >= 1 unit; bounds the loop, never reached in practice)

@@ -1,0 +1,105 @@
+"""The last 0.002 % of reserve obligations in the 112-day study (issue 15, H9).
+
+Traced with ``optimization/benchmarks/ancillary_value.py --trace-short``: 66 of the 69 short
+intervals (price-taking) were a fraction of one unit (4.96 kW of a 10,000 kW RRS award held by
+1,893 hydro units at 5.28 kW each, 0.3 kW of ECRS), in the held plan, solved "optimal" from the
+rounded LP start. The plan had filled the day's carbon budget, so no unit fitted at the short
+interval, and every unit running there carried an award, so the cover's swap (`_swap_in`, which
+sleeps units at that interval only) had nothing to sleep. The budget is a day's: its room can come
+from another interval, where a unit no award needs steps down a mode.
+
+A hand-checkable SYNTHETIC site: two intervals of 15 min, 400 kg/MWh. Hydro (RRS, 2 MW qualified)
+units eco 510 kW (500 kW sheddable over a 10 kW idle); air units (no award) eco 510 / turbo 1,510 kW.
+RRS award 1,500 kW both intervals. Counts: t0 hydro eco 2 (1,000 kW held: 500 kW short), nothing
+else running; t1 hydro eco 3, air turbo 2. The carbon budget is exactly what these counts emit.
+Load (asleep units at idle): t0 2 x 510 + 6 x 10 = 1,080 kW, t1 3 x 510 + 2 x 1,510 + 3 x 10 =
+4,580 kW: (1,080 + 4,580) kW x 0.25 h x 0.4 kg/kWh = 566 kg, the budget. One more hydro unit at t0
+needs 500 kW x 0.1 kg/kW = 50 kg; one air unit stepped turbo -> eco at t1 frees 1,000 x 0.1 = 100 kg.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from hashflex.optimize.build import problem_from_profile
+from hashflex.optimize.problem import CarbonBudget
+from hashflex.optimize.rounding import cover_reserve_obligations, load_kw
+from hashflex.optimize.schedule import reserve_from_counts
+from hashflex.profile import parse_profile
+
+PROFILE = """
+site: {name: AS study shortfall SYNTHETIC, settlement_point: HB_WEST, settlement_point_type: HU, timezone: America/Chicago}
+grid: {import_limit_kw: 30000}
+miner_groups:
+  - id: hydro
+    model: container
+    units: 4
+    cooling: hydro
+    idle_power_kw: 10
+    modes: [{name: eco, power_kw: 510, hashrate_th_s: 30000, sound_power_dba: 80}]
+  - id: air
+    model: hall
+    units: 4
+    cooling: air
+    idle_power_kw: 10
+    modes:
+      - {name: eco, power_kw: 510, hashrate_th_s: 20000, sound_power_dba: 80}
+      - {name: turbo, power_kw: 1510, hashrate_th_s: 40000, sound_power_dba: 85}
+carbon: {default_intensity_kg_per_mwh: 400, intensity_source: SYNTHETIC}
+economics: {hashprice_usd_per_ph_day: 48, pool_fee_pct: 0}
+ancillary:
+  issuer: qse-test
+  groups: {hydro: {response_s: 0.5, under_frequency_relay: true}, air: {response_s: 30}}
+  products:
+    RRS: {group_mw: {hydro: 2}, expected_deployments_per_month: 0}
+"""
+
+
+def _case() -> tuple[object, dict]:
+    """(problem with the carbon budget exactly full, counts) of the module docstring (SYNTHETIC)."""
+    profile = parse_profile(PROFILE, source="SYNTHETIC")
+    index = pd.date_range("2024-03-22T12:00Z", periods=2, freq="15min")
+    award = {"RRS": np.array([1500.0, 1500.0])}
+    problem = problem_from_profile(profile, index, np.array([30.0, 30.0]), as_award_kw=award,
+                                   as_price_usd_mw_h={"RRS": np.array([5.0, 5.0])}, carbon_budgets=())
+    counts = {(0, 0): np.array([2, 3]), (1, 0): np.array([0, 0]), (1, 1): np.array([0, 2])}
+    kg = float((load_kw(problem, counts) * 0.25 * 400.0 / 1000.0).sum())
+    assert abs(kg - (1080.0 + 4580.0) * 0.25 * 400.0 / 1000.0) < 1e-9  # hand check: 566 kg
+    budget = CarbonBudget(name="daily SYNTHETIC", mask=np.array([True, True]), remaining_kg=kg)
+    return dataclasses.replace(problem, carbon_budgets=(budget,)), counts
+
+
+def test_a_full_daily_carbon_budget_gets_room_from_another_interval() -> None:
+    """Before the fix: nothing added, RRS 500 kW short at t0 (failed). After: one hydro unit at t0,
+    one air unit stepped turbo -> eco at t1, the award held and the budget kept."""
+    problem, counts = _case()
+    _, short_before, _ = reserve_from_counts(problem, counts)
+    assert short_before["RRS"][0] == 500.0  # the case is what the docstring says
+    added = cover_reserve_obligations(problem, counts)
+    _, short, _ = reserve_from_counts(problem, counts)
+    assert added == 1
+    assert np.all(short["RRS"] < 1e-6), short["RRS"]
+    assert counts[0, 0].tolist() == [3, 3]
+    assert counts[1, 1].tolist() == [0, 1] and counts[1, 0].tolist() == [0, 1]
+    emitted = float((load_kw(problem, counts) * 0.25 * 400.0 / 1000.0).sum())
+    assert emitted <= problem.carbon_budgets[0].remaining_kg + 1e-9
+    assert abs(emitted - (1580.0 + 3580.0) * 0.25 * 400.0 / 1000.0) < 1e-9  # 516 kg
+
+
+def test_an_award_needing_the_other_intervals_units_stays_short() -> None:
+    """No unit that could step down at another interval (t1 runs only the hydro units the award
+    needs, in their one mode): nothing is added, the counts are unchanged and the 500 kW short
+    stays stated."""
+    problem, counts = _case()
+    counts[1, 1] = np.array([0, 0])  # t1: no air units running, nothing to step down
+    budget = CarbonBudget(name="daily SYNTHETIC", mask=np.array([True, True]),
+                          remaining_kg=float((load_kw(problem, counts) * 0.25 * 400.0 / 1000.0).sum()))
+    problem = dataclasses.replace(problem, carbon_budgets=(budget,))
+    before = {k: v.copy() for k, v in counts.items()}
+    assert cover_reserve_obligations(problem, counts) == 0
+    assert all(np.array_equal(counts[k], before[k]) for k in counts)
+    _, short, _ = reserve_from_counts(problem, counts)
+    assert short["RRS"][0] == 500.0
