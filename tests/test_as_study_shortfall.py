@@ -103,3 +103,64 @@ def test_an_award_needing_the_other_intervals_units_stays_short() -> None:
     assert all(np.array_equal(counts[k], before[k]) for k in counts)
     _, short, _ = reserve_from_counts(problem, counts)
     assert short["RRS"][0] == 500.0
+
+
+# The other 3 short intervals (both offer rules): 27 Feb 2024, a SYNTHETIC RRS deployment from
+# 00:15 local. The study's deployment re-solve planned the day from a cold start, so every unit
+# running at 00:00 was a start with a 30 min minimum on time; shedding the 10 MW at 00:15 then broke
+# min-on ($1,000 a unit), so the plan ran fewer hydro units at 00:00 (RRS 2,143.6 kW short) and kept
+# hydro units no award needed on at 00:15 under the deployment's import limit (ECRS 639 kW short);
+# HiGHS also hit its 20 s limit. The site was running at midnight (the held plan's 00:00): the
+# re-solve now starts from those units on. SYNTHETIC site below: hand-checkable.
+DEPLOY_PROFILE = """
+site: {name: AS deployment re-solve SYNTHETIC, settlement_point: HB_WEST, settlement_point_type: HU, timezone: America/Chicago}
+grid: {import_limit_kw: 30000}
+miner_groups:
+  - id: hydro
+    model: container
+    units: 4
+    cooling: hydro
+    idle_power_kw: 10
+    min_on_minutes: 30
+    modes: [{name: run, power_kw: 1010, hashrate_th_s: 50000, sound_power_dba: 80}]
+  - id: air
+    model: hall
+    units: 4
+    cooling: air
+    idle_power_kw: 10
+    min_on_minutes: 30
+    modes: [{name: run, power_kw: 1010, hashrate_th_s: 40000, sound_power_dba: 80}]
+carbon: {default_intensity_kg_per_mwh: 400, intensity_source: SYNTHETIC}
+economics: {hashprice_usd_per_ph_day: 48, pool_fee_pct: 0}
+ancillary:
+  issuer: qse-test
+  groups: {hydro: {response_s: 0.5, under_frequency_relay: true}, air: {response_s: 30}}
+  products:
+    RRS: {group_mw: {hydro: 4}, expected_deployments_per_month: 0}
+    ECRS: {group_mw: {air: 4}, expected_deployments_per_month: 0}
+"""
+
+
+def test_the_deployment_resolve_starts_from_the_units_running_at_midnight() -> None:
+    """SYNTHETIC: 8 intervals of 15 min at $20/MWh (every unit mines: 50 and 40 TH/s per kW-ish at
+    48 $/PH/day), awards RRS 3,000 kW (3 hydro units) and ECRS 4,000 kW (all 4 air units) all day, an
+    RRS deployment at t1-t2. The held plan runs all 8 units (8 x 1,010 = 8,080 kW); the deployment
+    caps the import at 8,080 - 3,000 = 5,080 kW at t1-t2 (4 air units for ECRS + 1 hydro = 5,050 kW).
+    Before: from a cold start, the 2 hydro units that must stop at t1 break their 30 min min-on
+    ($1,000 a unit, more than the short penalty), so the plan leaves RRS short at t0 (failed).
+    After: the re-solve starts from the 8 units running at midnight; nothing short."""
+    from hashflex.backtest.ancillary import ASDayResult, _settle_day
+
+    profile = parse_profile(DEPLOY_PROFILE, source="SYNTHETIC")
+    index = pd.date_range("2024-02-27T06:00Z", periods=8, freq="15min")
+    rt = np.full(8, 20.0)
+    award = {"RRS": np.full(8, 3000.0), "ECRS": np.full(8, 4000.0)}
+    mcpc = {"RRS": np.full(8, 5.0), "ECRS": np.full(8, 5.0)}
+    deployed = {"RRS": np.array([False, True, True] + [False] * 5), "ECRS": np.zeros(8, dtype=bool)}
+    result = ASDayResult()
+    _settle_day(profile, index, rt, mcpc, award, deployed, result, hp=None, time_limit_s=20.0, gap=0.005, dt_h=0.25)
+    assert result.deployments == 1
+    # Awarded: (3,000 + 4,000) kW x 8 x 0.25 h = 14 MW·h; held the same (shed during the deployment counts).
+    assert abs(result.awarded_mwh - 14.0) < 1e-9
+    assert result.short_intervals == [], result.short_intervals
+    assert abs(result.held_mwh - 14.0) < 1e-6

@@ -609,12 +609,28 @@ def compare_offer_rules(profile: SiteProfile, market: pd.DataFrame, days: list[p
     return results
 
 
+def _running_at_start(profile: SiteProfile, plan: Schedule) -> dict:
+    """Group id -> ``GroupState`` with the units ``plan`` runs in its first interval already on (no
+    min-on lock, load unknown): the site is running when the day starts. The deployment re-solve
+    otherwise planned from a cold start, every unit at 00:00 a start with its minimum on time, so a
+    SYNTHETIC deployment from 00:15 broke min-on ($1,000 a unit) and the plan ran fewer award units
+    at 00:00 instead (27 Feb 2024: RRS 2,143.6 kW and ECRS 639 kW short, a 20 s time-limited solve;
+    tests/test_as_study_shortfall.py)."""
+    from hashflex.optimize.problem import GroupState
+    from hashflex.optimize.schedule import unit_column
+
+    first = plan.frame.iloc[0]
+    return {g.id: GroupState(units_on=round(sum(float(first[unit_column(g.id, m.name)]) for m in g.modes)))
+            for g in profile.miner_groups}
+
+
 def _settle_day(profile: SiteProfile, index: pd.DatetimeIndex, rt: np.ndarray, mcpc: dict[str, np.ndarray],
                 award: dict[str, np.ndarray], deployed: dict[str, np.ndarray], result: ASDayResult, *,
                 hp: float | None, time_limit_s: float, gap: float, dt_h: float) -> None:
     """One day of ``mpc+as`` with the awards held; SYNTHETIC deployments shed the award: the obligation
     drops by it and the site's import is held that much under what the plan without the deployment
-    drew. Adds into ``result`` (profit without the AS terms; AS paid and clawed back)."""
+    drew; that re-solve starts from the units the held plan runs at the day's start
+    (`_running_at_start`). Adds into ``result`` (profit without the AS terms; AS paid and clawed back)."""
     products = list(award)
     started = time.perf_counter()
     held_plan = solve(problem_from_profile(profile, index, rt, hashprice_usd_per_ph_day=hp,
@@ -627,6 +643,7 @@ def _settle_day(profile: SiteProfile, index: pd.DatetimeIndex, rt: np.ndarray, m
         limit = np.where(shed > 0, np.maximum(held_plan.frame["grid_import_kw"].to_numpy() - shed, 0.0), np.inf)
         obligation = {p: np.where(deployed[p], 0.0, award[p]) for p in products}
         final = solve(problem_from_profile(profile, index, rt, hashprice_usd_per_ph_day=hp,
+                                           initial=_running_at_start(profile, held_plan),
                                            import_limit_kw=limit,
                                            import_limit_source=["AS deployment (SYNTHETIC)"] * len(index),
                                            as_award_kw=obligation, as_price_usd_mw_h=mcpc),
