@@ -20,7 +20,7 @@ import pytest
 from as_support import make_loop
 from test_report_ancillary import NOW, PROFILE, QUARTER, _award, _prices
 
-from hashflex.control.limits_binding import BindingMixin
+from hashflex.control.limits_ancillary import AncillaryBookMixin
 from hashflex.control.records import AuditRecorder
 from hashflex.messages import ASAwardMessage, ASDeployMessage
 from hashflex.profile import parse_profile
@@ -29,11 +29,13 @@ from hashflex.report.deployment_limit import deployment_limit_kw
 from hashflex.store import Store
 
 
-class _Book(BindingMixin):
-    """Only what ``BindingMixin.deployment_limit_kw`` reads: the awards held."""
+class _Book(AncillaryBookMixin):
+    """Only what the book's ``deployment_limit_kw`` reads: the awards held (no other deployment in
+    force, so the stacking rule subtracts nothing)."""
 
     def __init__(self, awards: dict[str, dict]) -> None:
         self.as_awards = awards
+        self.as_deployments: dict = {}
 
 
 def test_the_report_rule_equals_the_loop_rule_on_random_awards() -> None:
