@@ -116,3 +116,18 @@ def test_publisher_keeps_the_brokers_receive_maximum(tmp_path) -> None:
 def test_publisher_checks_its_window() -> None:
     with pytest.raises(ValueError, match="max_outstanding"):
         PahoPublisher("127.0.0.1", 1883, "x", max_outstanding=70_000)
+
+
+def test_a_large_batch_the_broker_keeps_acknowledging_is_not_cut_short(mosquitto) -> None:
+    """Newcomer finding (issue 18): 100,000 per-miner setpoints take ~18 s on one connection and a
+    fixed 5 s deadline left 82 % of them ``not_sent``. The timeout is a stall window: 20,000 messages
+    with ``timeout_s=0.3`` (far less than they take to go out) are all acknowledged while the broker
+    keeps answering; a broker that never answers still costs one window (the silent-broker test)."""
+    publisher = PahoPublisher(mosquitto.host, mosquitto.port, "stall-window-test")
+    try:
+        items = [(f"hashflex/stall/out/setpoint/m{i}", b"{}", 60) for i in range(20_000)]
+        outcomes = publisher.publish(items, timeout_s=0.3)
+    finally:
+        publisher.close()
+    assert len(outcomes) == 20_000
+    assert {o.kind for o in outcomes} == {"acked"}, {o.kind for o in outcomes}

@@ -8,7 +8,10 @@ alive. Each item is published at QoS 1 with the MQTT v5 Message Expiry Interval;
 reason code comes back through paho's ``on_publish``. paho sends at most the broker's Receive Maximum
 (CONNACK; Mosquitto: ``max_inflight_messages``, default 20) unacknowledged messages and queues the
 rest; this class keeps at most ``max_outstanding`` items handed to paho (so packet identifiers, which
-wrap at 65,535, never collide) and waits once for all PUBACKs until ``timeout_s``.
+wrap at 65,535, never collide) and waits for all PUBACKs while the broker keeps answering: a batch
+times out only when no PUBACK has come for ``timeout_s`` (a stalled or hung broker), not when a large
+batch simply takes longer than ``timeout_s`` to go out (issue 18 newcomer finding: 100,000 per-miner
+setpoints take ~18 s on one connection, and a fixed 5 s deadline left 82 % of them unsent).
 
 No session state is kept and nothing is resent: after a timeout or a broken connection the client is
 thrown away (paho must not resend stale setpoints on its own reconnect) and the next batch connects
@@ -99,6 +102,7 @@ class PahoPublisher:
         self._broken: str | None = None  # why the current connection is unusable
         self._waiting: dict[int, int] = {}  # packet id -> item index
         self._early: dict[int, ReasonCode] = {}  # PUBACKs that beat publish() returning its packet id
+        self._progress_at = 0.0  # monotonic time of the last PUBACK (or of the batch's start)
         self._outcomes: list[PublishOutcome | None] = []
         self._properties: dict[int, Properties] = {}
 
@@ -136,6 +140,7 @@ class PahoPublisher:
                     properties: Properties | None) -> None:
         with self._cond:
             index = self._waiting.pop(mid, None)
+            self._progress_at = time.monotonic()  # the broker is answering: the stall clock restarts
             if index is None:
                 self._early[mid] = reason_code
             else:
@@ -203,7 +208,9 @@ class PahoPublisher:
         items : list of (str, bytes, int)
             Topic, payload and Message Expiry Interval (whole seconds, >= 1) of each message.
         timeout_s : float
-            One deadline for connecting, sending and every PUBACK, s.
+            The deadline for connecting, and the longest the broker may go without a PUBACK while
+            items are outstanding (a stall), s: a batch that keeps being acknowledged is never cut
+            short, however long it takes.
 
         Returns
         -------
@@ -224,6 +231,11 @@ class PahoPublisher:
         with self._cond:
             self._outcomes = [None] * len(items)
             self._waiting, self._early = {}, {}
+            self._progress_at = time.monotonic()
+
+        def live_deadline() -> float:  # call with self._cond held
+            return max(deadline, self._progress_at + timeout_s)
+
         stop: str | None = None
         for index, (topic, payload, expiry_s) in enumerate(items):
             if self.maximum_packet_size and len(payload) + len(topic) + 16 > self.maximum_packet_size:
@@ -233,9 +245,9 @@ class PahoPublisher:
                 continue
             with self._cond:  # flow control: at most max_outstanding items in paho's hands
                 while (len(self._waiting) >= self.max_outstanding and self._broken is None
-                       and time.monotonic() < deadline):
-                    self._cond.wait(max(0.0, deadline - time.monotonic()))
-                if self._broken is not None or time.monotonic() >= deadline:
+                       and time.monotonic() < live_deadline()):
+                    self._cond.wait(max(0.0, live_deadline() - time.monotonic()))
+                if self._broken is not None or time.monotonic() >= live_deadline():
                     stop = "lost" if self._broken is not None else "timeout"
                     break
             info = client.publish(topic, payload, qos=1, properties=self._expiry(expiry_s))
@@ -251,7 +263,7 @@ class PahoPublisher:
                     self._waiting[info.mid] = index
         with self._cond:
             while self._waiting and self._broken is None:
-                remaining = deadline - time.monotonic()
+                remaining = live_deadline() - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
