@@ -21,13 +21,14 @@ without renewal):
 ``apply(batch)`` publishes the batch on a connection of its own
 (:class:`~hashflex.drivers.mqtt_publish.PahoPublisher`: paho keeps up to the broker's Receive Maximum
 unacknowledged; Mosquitto's default is 20, raise ``max_inflight_messages`` on the broker for big
-sites), then waits for all PUBACKs until ``puback_timeout_s``. Results, one per setpoint (a group
+sites), then waits for all PUBACKs while the broker keeps answering (a batch times out only after
+``puback_timeout_s`` without a PUBACK: a large per-miner batch is not cut short). Results, one per setpoint (a group
 message's answer is the answer for each of its miners): ``applied`` when the broker acknowledged;
 ``rejected`` for a failure reason code (e.g. "Not authorized" from an ACL), an expired or invalid
 setpoint; ``unreachable`` when the broker answers "No matching subscribers" for this miner's topic
 (that miner is not listening) while the transport is healthy. Transport faults are ``not_sent``
 (see :mod:`hashflex.drivers.base`), never counted against a miner: the broker cannot be reached or
-refuses our connection, the connection breaks before the PUBACK, no PUBACK within
+refuses our connection, the connection breaks before the PUBACK, no PUBACK for
 ``puback_timeout_s``, and "No matching subscribers" for *every* setpoint of a batch of two or more,
 or for any within ``resubscribe_grace_s`` after a transport fault (a restarted broker without
 persistent sessions has no subscribers until the miners reconnect and re-subscribe).
@@ -133,7 +134,8 @@ class MqttDriver:
     keepalive_s : int
         MQTT keep alive of both connections, s.
     puback_timeout_s : float
-        One deadline for connecting and all PUBACKs of a batch, s.
+        The deadline for connecting, and the longest the broker may go without a PUBACK while a
+        batch's messages are outstanding (a stall), s.
     tolerance, tolerance_kw : float
         Verification band: ``max(tolerance_kw, tolerance × target)`` kW around the target power.
     clock : callable
