@@ -125,10 +125,18 @@ class MqttPublisher:
         self._client.loop_stop()
 
 
+_MISSING_WORDS = {"new": "new", "modes_changed": "(modes changed)", "dropped": "dropped (not in the profile)",
+                  "group_gone": "dropped (group not in the profile)"}
+
+
 def load_control_state(store: Store, profile: SiteProfile) -> tuple[LimitsBook, FleetState | None]:
     """What a restart resumes: the limits book as last committed (only accepted DR events and
-    limits changes are in it) and the commitment state (which miners ran, last start/stop) when it
-    matches the profile's fleet. A fleet saved for other groups or unit counts is not used.
+    limits changes are in it) and the commitment state (which miners ran, last start/stop, run hours,
+    health), restored onto the profile's fleet by :meth:`FleetState.restored` (issue 18, task H10):
+    after a profile change, each saved group still in the profile with the same mode names keeps the
+    state of every miner the profile still has (``<group>-<n>`` ids matched by n, so a zero-padding
+    change keeps them); new miners, and every miner of a group whose modes changed, start asleep with
+    no history (never assumed running), and one warning names the counts per group.
 
     Parameters
     ----------
@@ -142,8 +150,8 @@ def load_control_state(store: Store, profile: SiteProfile) -> tuple[LimitsBook, 
     book : LimitsBook
         The committed limits book (empty when none was saved).
     fleet : FleetState or None
-        The saved commitment state, or None when there is none, it does not load, or it is for
-        another fleet (then every miner starts asleep; a warning is logged).
+        The restored commitment state, or None when there is none or it does not load (a damaged
+        group: then every miner starts asleep; a warning is logged).
 
     Raises
     ------
@@ -156,14 +164,15 @@ def load_control_state(store: Store, profile: SiteProfile) -> tuple[LimitsBook, 
     saved = store.get_meta("fleet")
     if saved:
         try:
-            fleet = FleetState.from_dict(saved, profile)
+            fleet, missing = FleetState.restored(saved, profile)
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("saved commitment state not used: %s", exc)
         else:
-            expected = FleetState.from_profile(profile)
-            if sorted(fleet.miners) != sorted(expected.miners):
-                log.warning("saved commitment state is for another fleet; starting with every miner asleep")
-                fleet = None
+            if missing:  # a profile change: what starts asleep with no history, and saved state left unused
+                log.warning("saved commitment state partly for another fleet; not restored (asleep, no history) "
+                            "or dropped, per group: %s", "; ".join(
+                                f"{g}: " + ", ".join(f"{n} {_MISSING_WORDS[k]}" for k, n in counts.items())
+                                for g, counts in missing.items()))
     return book, fleet
 
 

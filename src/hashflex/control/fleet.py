@@ -11,7 +11,8 @@ hours. Time is always passed in.
 Public API
 ----------
 ``Miner``, ``FleetState(miners, groups)``, ``FleetState.from_profile(profile)``,
-``FleetState.to_dict() / from_dict(data, profile)``, ``FleetState.to_compact(version)`` (the commitment
+``FleetState.to_dict() / from_dict(data, profile)``, ``FleetState.restored(data, profile)`` (a saved
+state restored onto a changed profile, group by group and miner by miner), ``FleetState.to_compact(version)`` (the commitment
 state the loop saves: per group, binary columns, format 3 or 4 (ids by the naming rule, not listed);
 ``from_dict`` reads both and both older forms),
 ``apply_setpoints(setpoints, now)``,
@@ -687,6 +688,106 @@ class FleetState:
         return cls(miners, profile.miner_groups)
 
 
+    @classmethod
+    def restored(cls, data: Mapping[str, Any], profile: SiteProfile) -> tuple[FleetState, dict[str, dict[str, int]]]:
+        """The profile's fleet with the saved commitment state of every miner it still has (issue 18,
+        task H10: a profile change no longer throws the whole state away).
+
+        The result is `from_profile` (every miner asleep, no history), then, for each saved group
+        that is still in the profile with the same mode names (as a set; order does not matter, modes
+        are matched by name), every miner of it that the profile still has gets its saved mode,
+        health, availability, last start and stop and run hours. Ids ``<group>-<n>`` are matched by
+        (group, n), so a zero-padding change of the naming rule (9,999 -> 10,000 units renames
+        ``air-0001`` to ``air-00001``) keeps the mapping; other ids match exactly (two saved ids with
+        the same n are matched by neither, an ambiguity no mapping can settle). Not restored, so
+        asleep with no history, never assumed running: miners new to the profile, miners of a group
+        not saved, and every miner of a group whose mode names changed (a saved mode index means
+        another power and hashrate, and a mode that is gone cannot be held; the group's min on/off
+        times cannot be kept honestly from modes that no longer exist, so the group starts cold).
+
+        Parameters
+        ----------
+        data : mapping
+            The saved state, any form `from_dict` reads (formats 4 and 3 are restored group by
+            group; the older forms must load whole against ``profile`` first).
+        profile : SiteProfile
+            The profile now in force.
+
+        Returns
+        -------
+        fleet : FleetState
+            The profile's miners, in `from_profile`'s order.
+        not_restored : dict of str to dict of str to int
+            Per group id, counts of what was not restored (only nonzero entries; empty when all was):
+            ``new`` (profile miners with no saved state), ``modes_changed`` (profile miners of a group
+            whose mode names changed), ``dropped`` (saved miners the profile no longer has, in groups
+            kept), ``group_gone`` (saved miners of a group the profile no longer has).
+
+        Raises
+        ------
+        ValueError, KeyError
+            As `from_dict` for a damaged saved group (a column that does not decode, a missing field,
+            a group listed twice): the caller decides (the daemon then starts every miner asleep).
+        """
+        fleet = cls.from_profile(profile)
+        groups = {g.id: g for g in profile.miner_groups}
+        report: dict[str, dict[str, int]] = {}
+
+        def note(group_id: str, what: str, n: int) -> None:
+            if n:
+                report.setdefault(group_id, {})[what] = report.get(group_id, {}).get(what, 0) + n
+
+        loaded: dict[str, FleetState] = {}
+        if data.get("format") in (3, 4):
+            for saved in data["groups"]:
+                group_id = saved["group_id"]
+                if group_id in loaded:
+                    raise ValueError(f"saved fleet: group {group_id!r} listed twice")
+                group = groups.get(group_id)
+                if group is None:
+                    ids_field = saved["miner_ids"]
+                    n = (ids_field.get("units", 0) if isinstance(ids_field, Mapping) else
+                         len(ids_field) if isinstance(ids_field, list) else
+                         len(ids_field.split("\n")) if ids_field else 0)
+                    note(group_id, "group_gone", int(n))
+                    continue
+                saved_modes = {name for name in saved["mode_names"] if name not in (SLEEP, POWERED_OFF)}
+                if saved_modes != {m.name for m in group.modes}:
+                    note(group_id, "modes_changed", fleet.group_size(group_id))
+                    loaded[group_id] = None  # type: ignore[assignment] - seen, not restored
+                    continue
+                loaded[group_id] = cls._from_compact({"format": data.get("format"), "groups": [saved]}, [group])
+        else:
+            whole = cls.from_dict(data, profile)
+            loaded = {g: whole for g in whole.groups if whole.group_size(g)}
+        for group_id, group in groups.items():
+            if group_id not in loaded:
+                note(group_id, "new", fleet.group_size(group_id))
+                continue
+            old = loaded[group_id]
+            if old is None:
+                continue
+            src, dst = old._cols[group_id], fleet._cols[group_id]
+            if len(src.miner_id) == len(dst.miner_id) and np.array_equal(src.miner_id, dst.miner_id):
+                old_rows = new_rows = np.arange(len(dst.miner_id))
+            else:
+                keyed: dict[Any, int] = {}
+                for i, miner_id in enumerate(src.miner_id.tolist()):
+                    key = _restore_key(group_id, miner_id)
+                    keyed[key] = -1 if key in keyed else i  # ambiguous: matched by neither
+                pairs = [(j, keyed.get(_restore_key(group_id, m), -1)) for j, m in enumerate(dst.miner_id.tolist())]
+                pairs = [(j, i) for j, i in pairs if i >= 0]
+                new_rows = np.array([j for j, _ in pairs], dtype=np.int64)
+                old_rows = np.array([i for _, i in pairs], dtype=np.int64)
+            for name in ("mode", "healthy", "available", "last_start_us", "last_stop_us", "run_hours"):
+                getattr(dst, name)[new_rows] = getattr(src, name)[old_rows]
+            for which in (0, 1):
+                fleet._stamps[group_id][which][new_rows] = old._stamps[group_id][which][old_rows]
+            note(group_id, "new", len(dst.miner_id) - len(new_rows))
+            note(group_id, "dropped", len(src.miner_id) - len(old_rows))
+        return fleet, report
+
+
 class ModeChanges(Mapping):
     """What `FleetState.apply_modes` changed: miner id -> its (mode, last_start, last_stop) before,
     for the miners whose mode changed (a read-only mapping equal to the dict `apply_setpoints`
@@ -752,6 +853,17 @@ def _rule_ids(group_id: str, units: int) -> list[str]:
     """The ids `SiteProfile.miner_ids` gives a group of ``units`` miners, in order (equal width: sorted)."""
     width, prefix = len(str(units)), f"{group_id}-"
     return [prefix + str(i).zfill(width) for i in range(1, units + 1)]  # `miner_ids`'s f"{i:0{width}d}", 3x faster
+
+
+def _restore_key(group_id: str, miner_id: str) -> Any:
+    """`FleetState.restored`'s match key: (group, n) for an id ``<group>-<digits>`` (any zero
+    padding), else the id itself."""
+    prefix = f"{group_id}-"
+    if miner_id.startswith(prefix):
+        tail = miner_id[len(prefix):]
+        if tail.isdigit() and tail.isascii():
+            return (group_id, int(tail))
+    return miner_id
 
 
 def _saved_rule_ids(group_id: str, field: Mapping[str, Any], version: Any) -> list[str]:
