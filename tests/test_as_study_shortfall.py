@@ -164,3 +164,26 @@ def test_the_deployment_resolve_starts_from_the_units_running_at_midnight() -> N
     assert abs(result.awarded_mwh - 14.0) < 1e-9
     assert result.short_intervals == [], result.short_intervals
     assert abs(result.held_mwh - 14.0) < 1e-6
+
+
+def test_the_deployment_resolve_still_pays_the_days_first_starts() -> None:
+    """Every study day is a cold start (energy-only pays its 00:00 starts): the re-solve that starts
+    from the units running at midnight still charges them. SYNTHETIC: $1 a start on both groups;
+    the 8 units at 00:00 cost $8, so the day's profit falls by at least $8 against $0 starts (the
+    3 hydro units stopped at t1, 4 air + 1 hydro = 5,050 kW under the 5,080 kW cap, and restarted
+    at t3 add $3: $11; the plan itself does not change for $1 against ~$100/h of hashes a unit)."""
+    from hashflex.backtest.ancillary import ASDayResult, _settle_day
+
+    index = pd.date_range("2024-02-27T06:00Z", periods=8, freq="15min")
+    award = {"RRS": np.full(8, 3000.0), "ECRS": np.full(8, 4000.0)}
+    mcpc = {"RRS": np.full(8, 5.0), "ECRS": np.full(8, 5.0)}
+    deployed = {"RRS": np.array([False, True, True] + [False] * 5), "ECRS": np.zeros(8, dtype=bool)}
+    profits = []
+    for cost in (0.0, 1.0):
+        text = DEPLOY_PROFILE.replace("min_on_minutes: 30", f"min_on_minutes: 30\n    start_cost_usd: {cost}")
+        result = ASDayResult()
+        _settle_day(parse_profile(text, source="SYNTHETIC"), index, np.full(8, 20.0), mcpc, award, deployed, result,
+                    hp=None, time_limit_s=20.0, gap=0.005, dt_h=0.25)
+        assert result.short_intervals == []
+        profits.append(result.profit_with_as_usd)
+    assert 8.0 - 1e-6 <= profits[0] - profits[1] <= 11.0 + 1e-6, profits

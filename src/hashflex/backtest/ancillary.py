@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from hashflex.optimize.problem import problem_from_profile
-from hashflex.optimize.schedule import Schedule
+from hashflex.optimize.schedule import Schedule, unit_column
 from hashflex.profile import SiteProfile
 
 __all__ = [
@@ -617,7 +617,6 @@ def _running_at_start(profile: SiteProfile, plan: Schedule) -> dict:
     at 00:00 instead (27 Feb 2024: RRS 2,143.6 kW and ECRS 639 kW short, a 20 s time-limited solve;
     tests/test_as_study_shortfall.py)."""
     from hashflex.optimize.problem import GroupState
-    from hashflex.optimize.schedule import unit_column
 
     first = plan.frame.iloc[0]
     return {g.id: GroupState(units_on=round(sum(float(first[unit_column(g.id, m.name)]) for m in g.modes)))
@@ -630,7 +629,8 @@ def _settle_day(profile: SiteProfile, index: pd.DatetimeIndex, rt: np.ndarray, m
     """One day of ``mpc+as`` with the awards held; SYNTHETIC deployments shed the award: the obligation
     drops by it and the site's import is held that much under what the plan without the deployment
     drew; that re-solve starts from the units the held plan runs at the day's start
-    (`_running_at_start`). Adds into ``result`` (profit without the AS terms; AS paid and clawed back)."""
+    (`_running_at_start`), their start cost still charged (every day of the study is a cold start).
+    Adds into ``result`` (profit without the AS terms; AS paid and clawed back)."""
     products = list(award)
     started = time.perf_counter()
     held_plan = solve(problem_from_profile(profile, index, rt, hashprice_usd_per_ph_day=hp,
@@ -642,8 +642,9 @@ def _settle_day(profile: SiteProfile, index: pd.DatetimeIndex, rt: np.ndarray, m
     if np.any(shed > 0):
         limit = np.where(shed > 0, np.maximum(held_plan.frame["grid_import_kw"].to_numpy() - shed, 0.0), np.inf)
         obligation = {p: np.where(deployed[p], 0.0, award[p]) for p in products}
+        initial = _running_at_start(profile, held_plan)
         final = solve(problem_from_profile(profile, index, rt, hashprice_usd_per_ph_day=hp,
-                                           initial=_running_at_start(profile, held_plan),
+                                           initial=initial,
                                            import_limit_kw=limit,
                                            import_limit_source=["AS deployment (SYNTHETIC)"] * len(index),
                                            as_award_kw=obligation, as_price_usd_mw_h=mcpc),
@@ -667,3 +668,11 @@ def _settle_day(profile: SiteProfile, index: pd.DatetimeIndex, rt: np.ndarray, m
         result.held_mwh += float(paid.sum() * dt_h / 1000.0)
         result.deployed_mwh += float(np.where(deployed[p], award[p], 0.0).sum() * dt_h / 1000.0)
     result.profit_with_as_usd += float(_realised_profit(frame).sum())
+    if final is not held_plan:
+        # Every day of the study is a cold start (energy-only pays its 00:00 starts too): charge the
+        # units the re-solve took as already on at 00:00 their start cost, as the held plan did.
+        first = frame.iloc[0]
+        result.profit_with_as_usd -= sum(
+            g.start_cost_usd * min(initial[g.id].units_on, round(sum(float(first[unit_column(g.id, m.name)])
+                                                                     for m in g.modes)))
+            for g in profile.miner_groups)
