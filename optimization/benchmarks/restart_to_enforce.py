@@ -71,7 +71,10 @@ class Setpoints:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="restart-bench-miners",
                                   protocol=mqtt.MQTTv5)
         ready = threading.Event()
-        self.client.on_connect = lambda c, u, f, rc, p: (c.subscribe(f"hashflex/{SITE}/out/setpoint/+", qos=1),
+        # the driver's default design: one message per group (out/setpoints/<group>); the per-miner topic
+        # too, for the groups sent per miner (issue 18 newcomer: with per-miner only, 100k did not run)
+        self.client.on_connect = lambda c, u, f, rc, p: (c.subscribe([(f"hashflex/{SITE}/out/setpoint/+", 1),
+                                                                      (f"hashflex/{SITE}/out/setpoints/+", 1)]),
                                                          ready.set())
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
@@ -81,8 +84,12 @@ class Setpoints:
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         data = json.loads(msg.payload)
+        now = time.monotonic()
         with self.lock:
-            self.rows.append((time.monotonic(), data["issued_at"], data["mode"]))
+            if "setpoints" in data:  # a group message: one row per miner it lists
+                self.rows.extend((now, data["issued_at"], row["mode"]) for row in data["setpoints"])
+            else:
+                self.rows.append((now, data["issued_at"], data["mode"]))
 
     def since(self, t0: float) -> list[tuple[float, str, str]]:
         """Setpoints received since ``t0`` (monotonic s): (time, issued_at, mode)."""
