@@ -146,3 +146,16 @@ def test_a_group_missing_from_the_save_starts_asleep_and_is_named(tmp_path: Path
     assert all(_row(restored, m) == _row(fleet, m) for m in restored.miners if m.startswith("b-"))
     assert "a: 4 new" in caplog.text
     assert int(np.sum([restored.miners[m].running for m in restored.miners if m.startswith("a-")])) == 0
+
+
+def test_an_older_format_is_restored_group_by_group_too(tmp_path: Path, caplog) -> None:
+    before = parse_profile(_yaml(6, 4, "eco"))
+    fleet = _busy_fleet(before)
+    old = fleet.to_dict()  # format 2 columns: no mode names saved
+    after = parse_profile(_yaml(7, 4, "low"))  # a +1; b's only mode renamed (its running miners hold "eco")
+    restored = _restart(tmp_path, old, after, caplog)
+    assert restored is not None, caplog.text
+    assert all(_row(restored, m) == _row(fleet, m) for m in fleet.miners if m.startswith("a-"))
+    assert _asleep_fresh(restored, "a-7")
+    assert all(_asleep_fresh(restored, m) for m in restored.miners if m.startswith("b-"))
+    assert "a: 1 new" in caplog.text and "b: 4 (modes changed)" in caplog.text

@@ -664,6 +664,13 @@ class FleetState:
         """
         if data.get("format") in (3, 4):
             return cls._from_compact(data, profile.miner_groups)
+        return cls(cls._saved_miners(data), profile.miner_groups)
+
+    @staticmethod
+    def _saved_miners(data: Mapping[str, Any]) -> list[Miner]:
+        """The miners of a format-2 (``columns``) or format-1 (``miners`` rows) state, unchecked
+        against any profile; ValueError for columns of unequal length, KeyError/TypeError for a
+        missing or unknown field."""
         if "columns" in data:
             columns = data["columns"]
             n = len(columns["miner_id"])
@@ -685,9 +692,7 @@ class FleetState:
                 else:
                     values[key] = None
             miners.append(Miner(**values))
-        return cls(miners, profile.miner_groups)
-
-
+        return miners
     @classmethod
     def restored(cls, data: Mapping[str, Any], profile: SiteProfile) -> tuple[FleetState, dict[str, dict[str, int]]]:
         """The profile's fleet with the saved commitment state of every miner it still has (issue 18,
@@ -708,8 +713,8 @@ class FleetState:
         Parameters
         ----------
         data : mapping
-            The saved state, any form `from_dict` reads (formats 4 and 3 are restored group by
-            group; the older forms must load whole against ``profile`` first).
+            The saved state, any form `from_dict` reads, restored group by group (formats 2 and 1
+            save no mode names: their group counts as changed when a miner holds a mode it lacks).
         profile : SiteProfile
             The profile now in force.
 
@@ -757,9 +762,26 @@ class FleetState:
                     loaded[group_id] = None  # type: ignore[assignment] - seen, not restored
                     continue
                 loaded[group_id] = cls._from_compact({"format": data.get("format"), "groups": [saved]}, [group])
-        else:
-            whole = cls.from_dict(data, profile)
-            loaded = {g: whole for g in whole.groups if whole.group_size(g)}
+        else:  # formats 2 and 1 name no modes: a group whose miners hold a mode the profile lacks changed
+            by_group: dict[str, list[Miner]] = {}
+            seen: set[str] = set()
+            for miner in cls._saved_miners(data):
+                if miner.miner_id in seen:
+                    raise ValueError(f"miner {miner.miner_id!r}: duplicate id")
+                seen.add(miner.miner_id)
+                by_group.setdefault(miner.group_id, []).append(miner)
+            for group_id, miners in by_group.items():
+                group = groups.get(group_id)
+                if group is None:
+                    note(group_id, "group_gone", len(miners))
+                    continue
+                try:
+                    loaded[group_id] = cls(miners, [group])
+                except ValueError as exc:
+                    if "has no mode" not in str(exc):
+                        raise
+                    note(group_id, "modes_changed", fleet.group_size(group_id))
+                    loaded[group_id] = None  # type: ignore[assignment] - seen, not restored
         for group_id, group in groups.items():
             if group_id not in loaded:
                 note(group_id, "new", fleet.group_size(group_id))
