@@ -159,3 +159,34 @@ def test_an_older_format_is_restored_group_by_group_too(tmp_path: Path, caplog) 
     assert _asleep_fresh(restored, "a-7")
     assert all(_asleep_fresh(restored, m) for m in restored.miners if m.startswith("b-"))
     assert "a: 1 new" in caplog.text and "b: 4 (modes changed)" in caplog.text
+
+
+def test_the_restart_batch_after_one_unit_added_stops_no_running_miner(tmp_path: Path, caplog) -> None:
+    """The daemon's restart path end to end (real store, `ControlLoop.restore`): the batch it sends
+    first keeps every saved running miner in its mode and sends the new miner sleep. Before H10 it
+    sent sleep to all (the state was dropped), the 100,001-sleeps swing of the issue, in small."""
+    from hashflex.control.loop import ControlLoop
+    from hashflex.drivers.batch import BatchResult, SetpointBatch
+    from test_commitment_state import _flat
+
+    before = parse_profile(_yaml(12, 8))
+    fleet = _busy_fleet(before)
+    after = parse_profile(_yaml(12, 9))
+    restored = _restart(tmp_path, fleet.to_compact(4), after, caplog)
+    assert restored is not None
+    sent: list[dict[str, str]] = []
+
+    class Recording:
+        def apply_batch(self, batch: SetpointBatch) -> BatchResult:
+            sent.append({sp.miner_id: sp.mode for sp in batch})
+            return BatchResult.all_applied(batch, "test driver")
+
+    loop = ControlLoop(after, forecaster=_flat, driver=Recording(), fleet=restored)
+    loop.restore(NOW + timedelta(minutes=1)).result()
+    assert sent, "the restart sent nothing"
+    first = sent[0]
+    for miner_id in fleet.miners:
+        if fleet.miners[miner_id].running:
+            assert first.get(miner_id, fleet.miners[miner_id].mode) == fleet.miners[miner_id].mode, miner_id
+    assert first.get("b-9", SLEEP) == SLEEP
+    assert sum(loop.fleet.miners[m].running for m in fleet.miners) == fleet.units_running()
