@@ -165,9 +165,10 @@ def test_the_restart_batch_after_one_unit_added_stops_no_running_miner(tmp_path:
     """The daemon's restart path end to end (real store, `ControlLoop.restore`): the batch it sends
     first keeps every saved running miner in its mode and sends the new miner sleep. Before H10 it
     sent sleep to all (the state was dropped), the 100,001-sleeps swing of the issue, in small."""
+    from test_commitment_state import _flat
+
     from hashflex.control.loop import ControlLoop
     from hashflex.drivers.batch import BatchResult, SetpointBatch
-    from test_commitment_state import _flat
 
     before = parse_profile(_yaml(12, 8))
     fleet = _busy_fleet(before)
