@@ -33,16 +33,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hashflex.control.ancillary import STALE, ASDeployment, deploy_refusal, has_deadline, instruction_baseline
+from hashflex.control.ancillary import (
+    STALE,
+    ASDeployment,
+    deploy_refusal,
+    has_deadline,
+    instruction_baseline,
+)
 from hashflex.control.guard import Guard
 from hashflex.control.limits import STORE_UNAVAILABLE, Hold, LimitsBook
-from hashflex.plausibility import PlausibilityContext, check_plausible
+from hashflex.control.limits_ancillary import product_qualified_kw
 from hashflex.messages import (
     ASAckMessage,
     ASAwardMessage,
     ASDeployMessage,
 )
 from hashflex.messages.parse import refusal_rule
+from hashflex.plausibility import PlausibilityContext, check_plausible
 from hashflex.profile import SiteProfile
 from hashflex.profile.ancillary import DEFAULT_MAX_HOLD_H
 
@@ -195,12 +202,7 @@ def qualified_kw(profile: SiteProfile, product: str) -> float | None:
     float or None
         kW; None without an ancillary section or when the site is not qualified for ``product``.
     """
-    section = profile.ancillary
-    if section is None or product not in section.products:
-        return None
-    offer = section.products[product]
-    kw = float(sum(offer.group_mw.values())) * 1000.0
-    return min(kw, float(offer.max_mw) * 1000.0) if offer.max_mw is not None else kw
+    return product_qualified_kw(profile, product)  # one rule for awards (summed) and deployments
 
 
 def deploy_intake_refusal(profile: SiteProfile, held: ASDeployment | None, message: ASDeployMessage) -> str | None:
@@ -333,7 +335,7 @@ class AncillaryIntakeMixin:
         if self.store is not None:
             try:
                 self.store.put_rejection(rejection, received_at=now)
-            except Exception:  # noqa: BLE001 - a failing store must not stop the refusal
+            except Exception:  # a failing store must not stop the refusal
                 log.exception("could not store a rejection")
         return rejection.reason
 
@@ -712,7 +714,7 @@ class AncillaryIntakeMixin:
     def reload_profile(self, profile: SiteProfile, now: datetime) -> str:
         """Swap in an edited profile (SIGHUP). Limits, caps and economics may change at runtime; the
         fleet itself (groups, units) may not, since miners are addressed by it: that needs a restart."""
-        fleet_shape = lambda p: [(g.id, g.units) for g in p.miner_groups]  # noqa: E731
+        fleet_shape = lambda p: [(g.id, g.units) for g in p.miner_groups]
         if fleet_shape(profile) != fleet_shape(self.profile):
             return "refused: miner groups or unit counts changed; restart the daemon to re-address the fleet"
         with self._lock:

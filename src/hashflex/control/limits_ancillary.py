@@ -72,6 +72,86 @@ def _windows(awards: dict[str, dict[str, Any]]) -> list[tuple[str, datetime, dat
              float(a["reserve_kw"])) for a in awards.values()]
 
 
+def product_qualified_kw(profile: Any, product: str) -> float | None:
+    """The site's qualification for one AS product, kW: the product's ``group_mw`` summed (MW ×
+    1000), capped by its ``max_mw`` (profile ``ancillary.products``), the bound
+    :func:`~hashflex.control.ancillary.award_refusal` applies to one award and
+    :func:`hashflex.control.as_intake.deploy_intake_refusal` to one deployment.
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        The site.
+    product : str
+        ``RRS``, ``ECRS`` or ``NSPIN``.
+
+    Returns
+    -------
+    float or None
+        kW; None without an ancillary section or when the site is not qualified for ``product``.
+    """
+    section = profile.ancillary
+    if section is None or product not in section.products:
+        return None
+    offer = section.products[product]
+    kw = float(sum(offer.group_mw.values())) * 1000.0
+    return min(kw, float(offer.max_mw) * 1000.0) if offer.max_mw is not None else kw
+
+
+def _in_force_kw(awards: dict[str, dict[str, Any]], product: str, t: datetime) -> dict[str, float]:
+    """Award id -> reserve_kw of ``product``'s awards (JSON) in force at ``t`` (``start <= t < end``)."""
+    return {aid: float(a["reserve_kw"]) for aid, a in awards.items()
+            if a["product"] == product and datetime.fromisoformat(a["start"]) <= t < datetime.fromisoformat(a["end"])}
+
+
+def award_total_refusal(profile: Any, msg: ASAwardMessage, before: dict[str, dict[str, Any]],
+                        after: dict[str, dict[str, Any]], now: datetime) -> str | None:
+    """Why an award (or its amendment) is refused because the product's awards in force together
+    would exceed the product's qualification, or None (issue 15, H11 finding 2: aw-3, RRS 600 kW,
+    was accepted beside aw-1, RRS 1,500 kW, on a 2,000 kW RRS qualification; every interval was
+    then 100 kW short and clawed back).
+
+    The product's awards in force are summed at every moment of the award's window from ``now``
+    (``[max(start, now), end)``; the sum only rises where an award starts, so those moments and the
+    window's first are checked), with this award's new revision in place of its previous one. A
+    moment above :func:`product_qualified_kw` refuses the award only if this change adds reserve
+    there (a cut or withdrawal is never refused: holding less is always possible).
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        The site (``ancillary.products``).
+    msg : ASAwardMessage
+        The award, already found acceptable on its own (:func:`~hashflex.control.ancillary.award_refusal`).
+    before, after : dict of str to dict
+        Award id -> award JSON of the book without and with this award stored.
+    now : datetime
+        The decision time, timezone-aware.
+
+    Returns
+    -------
+    str or None
+        ``"reserve_kw: ..."`` naming the overlapping awards, the moment, the sum and the
+        qualification (kW); None when the sum fits.
+    """
+    qualified = product_qualified_kw(profile, msg.product)
+    low = max(msg.start, now)
+    if qualified is None or low >= msg.end or msg.reserve_kw <= 0:
+        return None
+    moments = {low} | {s for a in after.values() if a["product"] == msg.product
+                       for s in [datetime.fromisoformat(a["start"])] if low < s < msg.end}
+    for t in sorted(moments):
+        with_it = _in_force_kw(after, msg.product, t)
+        total = sum(with_it.values())
+        if total > qualified + 1e-6 and total > sum(_in_force_kw(before, msg.product, t).values()) + 1e-6:
+            others = ", ".join(f"{aid} ({kw:.0f} kW)" for aid, kw in sorted(with_it.items())
+                               if aid != msg.award_id and kw > 0)
+            return (f"reserve_kw: {msg.reserve_kw:.0f} kW of {msg.product} with {others} in force at "
+                    f"{t.isoformat()} sums to {total:.0f} kW, more than the {qualified:.0f} kW qualified for "
+                    f"{msg.product} (profile ancillary.products.{msg.product}); the awards in force are kept")
+    return None
+
+
 class AncillaryBookMixin:
     """AS awards and deployments in the limits book (a mixin of :class:`~hashflex.control.limits.LimitsBook`)."""
 
@@ -133,8 +213,12 @@ class AncillaryBookMixin:
         held = self.as_awards.get(msg.award_id)
         reason = award_refusal(self.profile, msg, held, now)
         flags: dict[str, Any] = {}
+        stored = {**msg.model_dump(mode="json"), **({"via": via} if via else {})}
+        if reason is None:  # the product's awards in force summed, this revision replacing its last (H11)
+            reason = award_total_refusal(self.profile, msg, self.as_awards,
+                                         {**self.as_awards, msg.award_id: stored}, now)
         if reason is None:
-            trial.as_awards[msg.award_id] = {**msg.model_dump(mode="json"), **({"via": via} if via else {})}
+            trial.as_awards[msg.award_id] = stored
             reason = f"accepted: {msg.product} {msg.reserve_kw:.0f} kW {msg.start.isoformat()}–{msg.end.isoformat()}"
             if held is not None:  # a change can leave a deployment above the award (finding 4): flag it
                 flags["above_award_kw"] = 0.0
@@ -227,8 +311,14 @@ class AncillaryBookMixin:
         max_hold_h = section.max_hold_h if section is not None else DEFAULT_MAX_HOLD_H
         if reason is None and msg.recalled:
             held = trial.as_deployments.get(msg.deployment_id)
-            if held is None:  # it overtook its deployment: kept (durably) until the deployment arrives
-                pending = trial.as_early_recalls.get(msg.deployment_id)
+            pending = trial.as_early_recalls.get(msg.deployment_id) if held is None else None
+            if pending is not None and pending.get("product", msg.product) != msg.product:
+                # Never overwrite an acknowledged pending recall of another product (H11 finding 1):
+                # the deployment it names would then hold and cut; this one is refused, that one kept.
+                reason = (f"product: a pending recall of this id names {pending['product']} (received at "
+                          f"{pending['received_at']}); this recall names {msg.product}: refused, the "
+                          f"{pending['product']} recall is kept")
+            elif held is None:  # it overtook its deployment: kept (durably) until the deployment arrives
                 # Every recall time is kept: the deployment is ended by the first at or after its instruction.
                 times = sorted({*([] if pending is None else pending["recalls_at"]), msg.issued_at.isoformat()},
                                key=datetime.fromisoformat)[-EARLY_RECALL_TIMES_KEPT:]
