@@ -15,7 +15,9 @@ Refusals (issue 15, helper task H1): besides the limits book's (issuer, qualific
 award already ended) and the plausibility bounds' (``hashflex.plausibility``: kW within the site's
 scale, ``issued_at`` neither beyond the clock skew nor older than the backstop
 ``ancillary.max_hold_h``), the intake refuses a recall naming another product than the deployment it
-recalls and a deployment above the product's qualification (:func:`deploy_intake_refusal`). Every
+recalls and a deployment above the product's qualification (:func:`deploy_intake_refusal`); the book
+refuses an award whose product's awards in force together would exceed the qualification (H11,
+:func:`hashflex.control.limits_ancillary.award_total_refusal`). Every
 refusal is acked ``rejected`` on ``out/as/ack``, audited (an ``as_award``/``as_deploy`` record with
 the message and the ack), counted in ``as_rejected`` and in ``command_rejections``
 (``hashflex_input_rejections_total{kind,reason}``) under :func:`hashflex.messages.parse.refusal_rule`,
@@ -215,7 +217,8 @@ def deploy_intake_refusal(profile: SiteProfile, held: ASDeployment | None, messa
       (``product``): a recall ends one instruction; one that names another product is not that
       instruction's recall (a mixed-up id, or another product's recall sent under it). Refusing it
       keeps the cut in force (when in doubt, curtail) and tells the QSE at once. (A recall that
-      arrives *before* its deployment cannot be checked here: the book keeps it pending.)
+      arrives *before* its deployment cannot be checked here: the book keeps it pending, and
+      refuses a second pending recall of the id naming another product, H11 finding 1.)
     - A **deployment above the product's qualification** (``deployed_kw``, :func:`qualified_kw`):
       the bound is the site's qualified MW *for that product*, not the award and not the fleet's
       total. Not the award: the site obeys a deployment above the award in full (an award may be

@@ -191,7 +191,8 @@ class AncillaryBookMixin:
 
     def decide_as_award(self, msg: ASAwardMessage, now: datetime, via: str | None = None
                         ) -> tuple[LimitsBook, ASAckMessage]:
-        """Decide an award on a copy (see :meth:`decide_dr`); refusals: ``ancillary.award_refusal``.
+        """Decide an award on a copy (see :meth:`decide_dr`); refusals: ``ancillary.award_refusal``
+        (one award), then :func:`award_total_refusal` (the product's awards in force summed, H11).
 
         Parameters
         ----------
