@@ -275,3 +275,14 @@ def test_cli_keeps_the_mpc_as_trail_beside_the_mpc_one(tmp_path, capsys) -> None
     report = build_report(out / "backtest_mpc+as.db")
     assert report["economics"]["reserve_payment_usd"] == pytest.approx(
         summary["policies"]["mpc+as"]["as_payment_usd"], rel=1e-6, abs=0.01)
+
+
+def test_obligations_met_is_never_shown_rounded_up_to_100() -> None:
+    """Newcomer finding (issue 15): "AS obligations met 100.00" for 99.9994 % ($1.45 clawed back)."""
+    from hashflex.backtest.summary import percent_not_rounded_up
+
+    assert percent_not_rounded_up(99.9994) == "99.999"
+    assert percent_not_rounded_up(99.99995) == "99.999"
+    assert percent_not_rounded_up(100.0) == "100.000"
+    assert percent_not_rounded_up(100.0 * (1 / 3) * 3) == "100.000"  # float noise is not a shortfall
+    assert percent_not_rounded_up(0.0) == "0.000"

@@ -231,6 +231,26 @@ def violations(figures: dict[str, Any]) -> str:
     return "; ".join(parts) or "none"
 
 
+def percent_not_rounded_up(pct: float, decimals: int = 3) -> str:
+    """A percentage shown to ``decimals`` places, truncated, never rounded up: 99.9994 is "99.999",
+    not "100.00" (a newcomer read "AS obligations met 100.00" for a run with a $1.45 clawback); 100
+    only when it is 100.
+
+    Parameters
+    ----------
+    pct : float
+        The percentage, 0–100.
+    decimals : int
+        Places shown.
+
+    Returns
+    -------
+    str
+    """
+    scale = 10 ** decimals
+    return f"{math.floor(pct * scale + 1e-9) / scale:.{decimals}f}"
+
+
 def summary_table(document: dict[str, Any]) -> str:
     """Side-by-side table, one column per policy."""
     policies = document["policies"]
@@ -261,7 +281,7 @@ def summary_table(document: dict[str, Any]) -> str:
         add("AS deployment cost $ (in profit, not subtracted)",
             lambda f: f"{f['as_deployment_cost_usd']:,.0f}" if "as_revenue_usd" in f else "-")
         add("AS obligations met %", lambda f: "-" if f.get("as_obligations_met_pct") is None
-            else f"{f['as_obligations_met_pct']:.2f}")
+            else percent_not_rounded_up(f["as_obligations_met_pct"]))
         add("AS deployments (SYNTHETIC)", lambda f: str(len(f["as_deployments"])) if "as_deployments" in f else "-")
     add("wall s", lambda f: f"{f['wall_seconds']:,.1f}")
     width = max(len(label) for label, _ in rows)
