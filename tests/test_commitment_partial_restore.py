@@ -112,10 +112,23 @@ def test_a_padding_change_keeps_the_mapping(tmp_path: Path, caplog) -> None:
         assert restored.units_running() == fleet.units_running()
 
 
+def test_a_mode_added_keeps_the_group(tmp_path: Path, caplog) -> None:
+    """Group b gains a mode: every saved mode still exists, so its miners keep their state (the
+    former whole-state check did too; requiring equal mode names put the group to sleep)."""
+    before = parse_profile(_yaml(6, 4, "eco"))
+    fleet = _busy_fleet(before)
+    after = parse_profile(_yaml(6, 4, "low,eco"))
+    restored = _restart(tmp_path, fleet.to_compact(4), after, caplog)
+    assert restored is not None, caplog.text
+    for miner_id in fleet.miners:
+        assert _row(restored, miner_id) == _row(fleet, miner_id), miner_id
+    assert "modes changed" not in caplog.text
+
+
 def test_a_mode_name_change_puts_that_group_asleep_only(tmp_path: Path, caplog) -> None:
     before = parse_profile(_yaml(6, 4, "eco"))
     fleet = _busy_fleet(before)
-    after = parse_profile(_yaml(6, 4, "low,eco"))  # group b gains a mode: its state is not used
+    after = parse_profile(_yaml(6, 4, "low"))  # group b's mode renamed: a saved mode is gone, its state is not used
     restored = _restart(tmp_path, fleet.to_compact(4), after, caplog)
     assert restored is not None, caplog.text
     for miner_id in fleet.miners:

@@ -699,15 +699,15 @@ class FleetState:
         task H10: a profile change no longer throws the whole state away).
 
         The result is `from_profile` (every miner asleep, no history), then, for each saved group
-        that is still in the profile with the same mode names (as a set; order does not matter, modes
-        are matched by name), every miner of it that the profile still has gets its saved mode,
+        that is still in the profile with every saved mode name (a mode added to the group is fine;
+        order does not matter, modes are matched by name), every miner of it that the profile still has gets its saved mode,
         health, availability, last start and stop and run hours. Ids ``<group>-<n>`` are matched by
         (group, n), so a zero-padding change of the naming rule (9,999 -> 10,000 units renames
         ``air-0001`` to ``air-00001``) keeps the mapping; other ids match exactly (two saved ids with
         the same n are matched by neither, an ambiguity no mapping can settle). Not restored, so
         asleep with no history, never assumed running: miners new to the profile, miners of a group
-        not saved, and every miner of a group whose mode names changed (a saved mode index means
-        another power and hashrate, and a mode that is gone cannot be held; the group's min on/off
+        not saved, and every miner of a group that lost a saved mode (renamed or removed: a mode
+        that is gone cannot be held; the group's min on/off
         times cannot be kept honestly from modes that no longer exist, so the group starts cold).
 
         Parameters
@@ -757,7 +757,7 @@ class FleetState:
                     note(group_id, "group_gone", int(n))
                     continue
                 saved_modes = {name for name in saved["mode_names"] if name not in (SLEEP, POWERED_OFF)}
-                if saved_modes != {m.name for m in group.modes}:
+                if not saved_modes <= {m.name for m in group.modes}:  # a mode added keeps the group
                     note(group_id, "modes_changed", fleet.group_size(group_id))
                     loaded[group_id] = None  # type: ignore[assignment] - seen, not restored
                     continue
