@@ -25,6 +25,7 @@ medians, same day, same HiGHS settings).
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from pathlib import Path
@@ -96,7 +97,9 @@ def main() -> None:
         (f"added $ per MW-year ({qualified_mw:g} MW)",
          lambda r: f"{(r.profit_with_as_usd - r.profit_energy_only_usd) / qualified_mw / years:,.0f}"),
         ("awarded MW·h", lambda r: f"{r.awarded_mwh:,.1f}"),
-        ("obligations met %", lambda r: f"{r.obligations_met * 100:.3f}"),
+        # Truncated, never rounded up (99.9994 % must not print as 100.000).
+        ("obligations met %", lambda r: f"{math.floor(r.obligations_met * 100_000) / 1000:.3f}"),
+        ("short MW·h (awarded − held)", lambda r: f"{r.awarded_mwh - r.held_mwh:,.3f}"),
         ("SYNTHETIC deployments", lambda r: f"{r.deployments}"),
         ("solve with reserves, median s", lambda r: f"{statistics.median(r.solve_s_with_reserves):.3f}"),
     ]
