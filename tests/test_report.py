@@ -342,6 +342,7 @@ JSON_KEYS = {
                   "curtailment_hours", "curtailed_mwh",
                   "reserve_payment_usd", "reserve_clawback_usd", "reserve_revenue_usd",  # issue 15
                   "reserve_final_through", "reserve_provisional_payment_usd", "reserve_estimated_hold_intervals",
+                  "reserve_unverified_payment_usd", "reserve_unverified_hold_h",
                   "uncosted_intervals", "uncosted_hours", "uncosted_grid_import_mwh", "uncosted_revenue_usd",
                   "notes"},
 }

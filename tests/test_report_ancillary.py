@@ -43,9 +43,10 @@ def _award(product: str) -> ASAwardMessage:
 
 
 def _trail(db: Path, product: str, deployed_kw: float, loads_kw: list[float],
-           recall_after: timedelta | None = None) -> None:
+           recall_after: timedelta | None = None, skip: tuple[int, ...] = ()) -> None:
     """Award at 17:00, plan, deployment at 17:03 (optionally recalled), then one measurement per
-    quarter hour from 17:00 with the given mean site load (no renewables: import = load)."""
+    quarter hour from 17:00 with the given mean site load (no renewables: import = load), except the
+    quarters numbered in ``skip`` (the controller down: no record)."""
     profile = parse_profile(PROFILE, source="test")
     with Store(db) as store:
         recorder = AuditRecorder(store)
@@ -64,6 +65,8 @@ def _trail(db: Path, product: str, deployed_kw: float, loads_kw: list[float],
             recall = message.model_copy(update={"recalled": True, "issued_at": at + recall_after})
             assert loop.handle_as_deploy(recall, at + recall_after).status == "accepted"
         for k, load_kw in enumerate(loads_kw):
+            if k in skip:
+                continue
             loop.record_measurement(NOW + k * QUARTER, 0.25, load_kw=load_kw, renewable_kw=0.0,
                                     hashrate_th_s=0.0, noise={}, price_usd_mwh=200.0)
         recorder.flush()

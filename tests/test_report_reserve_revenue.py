@@ -74,3 +74,21 @@ def test_a_metered_deployment_shortfall_is_reported_not_charged_back(tmp_path) -
     assert economics["reserve_revenue_usd"] == pytest.approx(742.5, abs=0.01)
     assert economics["profit_usd"] == pytest.approx(
         economics["revenue_usd"] - economics["energy_cost_usd"] + 742.5, abs=0.02)
+
+
+def test_award_time_no_measurement_covers_is_reported_as_unverified(tmp_path) -> None:
+    """Newcomer finding (issue 15): after a kill -9 the reserve payment counted the whole interval
+    while no measurement or hold check covered part of it. The 17:15–17:30 quarter has no
+    measurement record (the controller down): of the $742.50 paid for 17:00–18:00, 4.95 MW × $150 ×
+    0.25 h = $185.625 is for award time nothing evidences; with every quarter measured, none is."""
+    from test_report_ancillary import _report, _trail
+
+    gap = tmp_path / "gap.db"
+    _trail(gap, "RRS", 1000.0, [1090.0, 100.0, 100.0, 100.0, 100.0], skip=(1,))
+    economics = _report(gap)["economics"]
+    assert economics["reserve_payment_usd"] == pytest.approx(742.5)
+    assert economics["reserve_unverified_hold_h"] == pytest.approx(0.25)
+    assert economics["reserve_unverified_payment_usd"] == pytest.approx(185.625, abs=0.01)  # shown to the cent
+    full = tmp_path / "full.db"
+    _trail(full, "RRS", 1000.0, [1090.0, 100.0, 100.0, 100.0, 100.0])
+    assert _report(full)["economics"]["reserve_unverified_payment_usd"] == 0.0

@@ -55,7 +55,8 @@ $ 0.01, kW 0.1, % 0.1).
   held; a deployment's metered shortfall is reported, not charged:
   :func:`hashflex.report.ancillary.reserve_money`; payment and clawback weighted alike by the time each
   award revision was in force; ``reserve_final_through``, ``reserve_provisional_payment_usd``: the
-  payment after the last final interval, ``reserve_estimated_hold_intervals``), ``profit_usd`` (revenue − energy cost + reserve
+  payment after the last final interval, ``reserve_estimated_hold_intervals``, ``reserve_unverified_payment_usd`` and
+  ``reserve_unverified_hold_h``: award time no measurement record covers), ``profit_usd`` (revenue − energy cost + reserve
   revenue; start costs are not subtracted, unlike a backtest summary's profit), ``average_energy_cost_usd_per_mwh``,
   ``curtailment_hours`` (hours of intervals with any curtailment, not the summary's full-site
   ``curtailed_hours``), ``curtailed_mwh``, ``uncosted_intervals``, ``uncosted_hours``,

@@ -957,7 +957,11 @@ def reserve_money(inputs: ReportInputs, period_start: pd.Timestamp, period_end: 
         ``reserve_payment_usd``, ``reserve_clawback_usd``, ``reserve_revenue_usd`` ($; 0.0 without
         awards), ``reserve_final_through`` (ISO or null), ``reserve_provisional_payment_usd`` (the
         part of the payment after it, inside the period), ``reserve_estimated_hold_intervals``
-        (interval-products whose held reserve came from the metered load), ``notes``.
+        (interval-products whose held reserve came from the metered load),
+        ``reserve_unverified_payment_usd`` (the part of the final payment for award time no
+        ``measurement`` record covers: the daemon was down or not started, so the reserve held then
+        is not evidenced — a newcomer found a kill -9 gap paid in full with no hold check),
+        ``reserve_unverified_hold_h`` (that award time, h, summed over awards), ``notes``.
     """
     windows = _award_windows(inputs.as_awards)
     payment = provisional = 0.0
@@ -986,6 +990,20 @@ def reserve_money(inputs: ReportInputs, period_start: pd.Timestamp, period_end: 
                            & (history["interval_start"] < period_end)].itertuples():
             measured[pd.Timestamp(row.interval_start)] = row
             lengths.setdefault(pd.Timestamp(row.interval_start), float(row.interval_h))
+    # award time inside the final part of the period that no measurement covers (kill -9, start-up)
+    spans = sorted((t, t + pd.Timedelta(hours=float(row.interval_h))) for t, row in measured.items()
+                   if row.interval_h is not None and math.isfinite(float(row.interval_h)))
+    unverified_usd = unverified_h = 0.0
+    for w in windows:
+        lo, hi = max(w["start"], period_start), min(w["end"], period_end, final)
+        if hi <= lo:
+            continue
+        gap_h = (hi - lo).total_seconds() / 3600.0 - sum(
+            max((min(hi, b) - max(lo, a)).total_seconds(), 0.0) for a, b in spans) / 3600.0
+        if gap_h > 1e-9 and w["reserve_kw"] > 0:
+            unverified_h += gap_h
+            if w["price_usd_mw_h"] is not None:
+                unverified_usd += w["reserve_kw"] / 1000.0 * w["price_usd_mw_h"] * gap_h
     revisions = _revisions(inputs)[0] if windows else {}
     index = _WindowIndex(windows, inputs.as_awards)
     clawback, estimated = 0.0, 0
@@ -1009,10 +1027,16 @@ def reserve_money(inputs: ReportInputs, period_start: pd.Timestamp, period_end: 
     if estimated:
         notes.append(f"{estimated} interval-product(s) whose award changed inside the interval without a hold-short "
                      f"record: reserve held estimated from the metered load (load less every unit's idle draw)")
+    if unverified_h > 0:
+        notes.append(f"{_r(unverified_usd, 2)} $ of the reserve payment is for {_r(unverified_h, 3)} h of award time "
+                     "no measurement record covers (the controller was down or not yet started): the reserve "
+                     "held then is not evidenced (reserve_unverified_payment_usd)")
     if windows and provisional > 0:
         notes.append(f"reserve money after {_iso(final)} is not final (reserve_provisional_payment_usd "
                      f"{_r(provisional, 2)} $ of the payment): its clawback records may not be written yet")
     return {"reserve_payment_usd": _r(payment, 4), "reserve_clawback_usd": _r(clawback, 4),
             "reserve_revenue_usd": _r(payment - clawback, 4), "reserve_final_through": _iso(final_through),
             "reserve_provisional_payment_usd": _r(provisional, 4),
-            "reserve_estimated_hold_intervals": estimated, "notes": notes}
+            "reserve_estimated_hold_intervals": estimated,
+            "reserve_unverified_payment_usd": _r(unverified_usd, 4), "reserve_unverified_hold_h": _r(unverified_h, 4),
+            "notes": notes}

@@ -386,7 +386,8 @@ def economics_figures(m: pd.DataFrame, reserve: Mapping[str, Any] | None = None)
     reserve : mapping, optional
         ``reserve_payment_usd``, ``reserve_clawback_usd``, ``reserve_revenue_usd``, and when given
         ``reserve_final_through``, ``reserve_provisional_payment_usd``,
-        ``reserve_estimated_hold_intervals`` and ``notes`` (added to the section's)
+        ``reserve_estimated_hold_intervals``, ``reserve_unverified_payment_usd``,
+        ``reserve_unverified_hold_h`` and ``notes`` (added to the section's)
         (:func:`hashflex.report.ancillary.reserve_money`); None: no reserve (all 0).
 
     Returns
@@ -434,6 +435,7 @@ def economics_figures(m: pd.DataFrame, reserve: Mapping[str, Any] | None = None)
         "curtailed_mwh": _r(_mwh(curtailed, h)),
         # issue 15: until when the reserve money is final, the provisional part of the payment
         **{k: money[k] for k in ("reserve_final_through", "reserve_provisional_payment_usd",
-                                 "reserve_estimated_hold_intervals") if k in money},
+                                 "reserve_estimated_hold_intervals", "reserve_unverified_payment_usd",
+                                 "reserve_unverified_hold_h") if k in money},
         "notes": notes + list(money.get("notes") or []),
     }

@@ -134,6 +134,8 @@ LABELS = {
     "reserve_final_through": "Reserve money final through",
     "reserve_provisional_payment_usd": "Reserve payment not yet final",
     "reserve_estimated_hold_intervals": "Reserve held estimated from the metered load (interval-products)",
+    "reserve_unverified_payment_usd": "Reserve payment for award time no measurement covers",
+    "reserve_unverified_hold_h": "Award time no measurement covers (h)",
     "commanded_limit_kw": "Limit at the command",
     "awarded_latest_mw": "Award as last revised",
     "book_awarded_at_instruction_mw": "Reserve awarded at the instruction, all products (the limits book's A0)",
