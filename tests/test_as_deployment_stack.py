@@ -325,3 +325,47 @@ def test_audit_at_utc_never_goes_back_against_seq(tmp_path: Path) -> None:
     assert pd.Timestamp(measured[0]["interval_start"]) == pd.Timestamp(NOW + 7 * MIN)
     responses = [p for _, _, kind, p in rows if kind == "as_performance" and p.get("measured_response_s") is not None]
     assert responses and responses[-1]["event_at"] == (at + timedelta(seconds=5)).isoformat()
+
+
+def test_a_later_award_never_lifts_the_limit_above_what_the_fleet_can_draw(tmp_path: Path) -> None:
+    """Issue 15 newcomer finding (High): a site at full load at the instruction, a later award
+    starting while a deployment holds, raised the limit above the load drawn before any deployment
+    (6,427 kW with 6,028 kW drawn): the deployment shed nothing. SYNTHETIC: 10 blocks of 1,000 kW all
+    running at $20/MWh (import 10,000 kW = the fleet's full load, profile.full_load_kw); RRS 4,950
+    kW awarded 16:00–20:00 and ECRS 2,000 kW from 17:30 (both known before); RRS deploys 1,000 kW at
+    17:03: limit 9,000 kW. From 17:30 the award rise is 2,000 kW, but the load it stands for cannot
+    exceed the 10,000 kW the fleet can draw: the limit stays 9,000 kW (it was 11,000)."""
+    from as_support import award, deploy, flat_prices, hydro_profile, make_loop, running
+
+    from as_support import NOW
+
+    profile = hydro_profile("AS cap", qualified_mw={"RRS": 10, "ECRS": 5})
+    db = tmp_path / "cap.db"
+    store = Store(db)
+    recorder = AuditRecorder(store)
+    loop = make_loop(profile, flat_prices(20.0), store, recorder)
+    assert profile.full_load_kw == pytest.approx(10_000.0)
+    assert loop.handle_as_award(award("rrs", "RRS", 4950.0), NOW).status == "accepted"
+    assert loop.handle_as_award(award("ecrs", "ECRS", 2000.0, start=NOW + timedelta(minutes=30)), NOW).status == "accepted"
+    loop.tick(NOW)
+    assert running(loop) == 10
+    at = NOW + timedelta(minutes=3)
+    ack = loop.handle_as_deploy(deploy("d-1", at, 1000.0), at)
+    assert ack.status == "accepted" and ack.import_limit_kw == pytest.approx(9000.0), ack
+    held = loop.book.as_deployments["d-1"]
+    later = NOW + timedelta(minutes=31)
+    assert loop.book.deployment_limit_kw(held, later) == pytest.approx(9000.0)  # was 11,000
+    assert loop.book.deployment_limit_kw(held, later) <= profile.full_load_kw - 1000.0
+    # The report rebuilds the same limit from the trail (the profile's full load from its config):
+    # metered 9,000 kW from 17:15 to 18:00 is no shortfall, at the limit the book enforced.
+    for k in range(4):
+        loop.record_measurement(NOW + k * timedelta(minutes=15), 0.25, load_kw=10_000.0 if k == 0 else 9000.0,
+                                renewable_kw=0.0, hashrate_th_s=0.0, noise={}, price_usd_mwh=20.0)
+    recorder.flush()
+    recorder.close()
+    store.close()
+    from hashflex.report import build_report
+
+    (row,) = build_report(db, "2024-06-03T17:00Z", "2024-06-03T18:00Z")["ancillary"]["deployments"]
+    assert row["metered_limit_kw"] == pytest.approx(9000.0), row
+    assert row["metered_shortfall_mw"] == pytest.approx(0.0), row

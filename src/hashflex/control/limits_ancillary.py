@@ -412,12 +412,35 @@ class AncillaryBookMixin:
         return trial, ack
 
     def _own_limit_kw(self, deployment: ASDeployment, start: datetime, end: datetime | None = None) -> float:
-        """One deployment's own limit (baseline − MW + the award rise, :func:`deployment_limit_kw`), kW."""
+        """One deployment's own limit (baseline − MW + the award rise, :func:`deployment_limit_kw`), kW.
+
+        The rise stands for load the site must keep running to carry reserve awarded beyond A₀, on top
+        of the load it was measured from; that counterfactual load (stacked baseline + rise) cannot be
+        more than the fleet draws at full load (``profile.full_load_kw``: every unit in its highest
+        mode; auxiliary and compute loads not counted, so the cap errs low). Uncapped, a site already
+        at full load at the instruction was allowed back above its pre-deployment load by later
+        awards and shed nothing for a deployment in force (issue 15 newcomer finding: limit 6,427 kW
+        with 6,028 kW drawn before any deployment)."""
         awards = [(datetime.fromisoformat(a["start"]), datetime.fromisoformat(a["end"]), float(a["reserve_kw"]))
                   for a in self.as_awards.values()]
         # A₀ kept with the deployment (None: one accepted before it was kept, or a duck-typed one)
-        return deployment_limit_kw(deployment.limit_kw, deployment.issued_at, awards, start, end,
-                                   awarded_at_instruction_kw=getattr(deployment, "awarded_at_instruction_kw", None))
+        own = deployment_limit_kw(deployment.limit_kw, deployment.issued_at, awards, start, end,
+                                  awarded_at_instruction_kw=getattr(deployment, "awarded_at_instruction_kw", None))
+        rise = own - deployment.limit_kw
+        full_load_kw = self._full_load_kw()
+        if rise > 0 and full_load_kw is not None:
+            uncut_kw = deployment.baseline_kw + (getattr(deployment, "held_at_instruction_kw", None) or 0.0)
+            own = deployment.limit_kw + min(rise, max(full_load_kw - uncut_kw, 0.0))
+        return own
+
+    def _full_load_kw(self) -> float | None:
+        """What the fleet draws at full load, kW: the profile's (the limits book), else a
+        ``full_load_kw`` attribute (the report's book rebuilt from the trail), else None (no cap)."""
+        profile = getattr(self, "profile", None)
+        if profile is not None:
+            return float(profile.full_load_kw)
+        value = getattr(self, "full_load_kw", None)
+        return None if value is None else float(value)
 
     def deployment_limit_kw(self, deployment: ASDeployment, start: datetime, end: datetime | None = None) -> float:
         """The import limit the book enforces for an AS deployment at ``start`` (or over ``[start, end)``), kW:

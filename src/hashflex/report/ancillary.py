@@ -218,6 +218,7 @@ class _Revision:
     recalled_at: pd.Timestamp | None = None  # the recall that ended it (None: not recalled)
     first_received: pd.Timestamp | None = None  # the first revision's arrival (the book's ``received_at``)
     held_at_instruction_kw: float | None = None  # MW of the deployments in force at its arrival (None: older trails)
+    full_load_kw: float | None = None  # the profile's full load at the record (the book's rise cap; None: no config)
 
     @property
     def limit_kw(self) -> float | None:
@@ -298,7 +299,7 @@ def _enforced_limit_kw(revision: _Revision, others: list[ASDeployment], awards: 
     assessed limit, though the book enforces it at once); at the command, every deployment the book
     held then (:func:`_held_by_book`: the ack's limit)."""
     return book_limit_kw(revision.as_deployment(), others, awards, start.to_pydatetime(),
-                         None if end is None else end.to_pydatetime())
+                         None if end is None else end.to_pydatetime(), revision.full_load_kw)
 
 
 def _arrival(record: Mapping[str, Any]) -> pd.Timestamp:
@@ -382,9 +383,26 @@ def _revisions(inputs: ReportInputs) -> tuple[dict[str, list[_Revision]], dict[s
             revisions.append(_Revision(deployment_id, int(message.get("revision") or 0), record,
                                        performance.get((deployment_id, int(message.get("revision") or 0))),
                                        issued, received, deadline, first_issued, until, end, at_instruction,
-                                       cancelled, recalled_at, first_received, held_kw))
+                                       cancelled, recalled_at, first_received, held_kw,
+                                       _full_load_kw(inputs, record)))
         out[deployment_id] = revisions
     return out, refused, recalls
+
+
+def _full_load_kw(inputs: ReportInputs, record: Mapping[str, Any]) -> float | None:
+    """``SiteProfile.full_load_kw`` of the profile in force for ``record`` (its ``config``): every unit
+    in its highest mode, kW; None without a config record or miner groups."""
+    from hashflex.report.provenance import config_for_seq
+
+    if not inputs.configs or record.get("seq") is None:
+        return None
+    config = config_for_seq(inputs.configs, int(record["seq"]))
+    groups = ((config or {}).get("profile") or {}).get("miner_groups") or []
+    try:
+        total = sum(float(g["units"]) * max(float(m["power_kw"]) for m in g["modes"]) for g in groups)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return total if groups else None
 
 
 def _shortfall_intervals(inputs: ReportInputs, revisions: Mapping[str, list[_Revision]]) -> list[dict[str, Any]]:

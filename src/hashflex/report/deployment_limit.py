@@ -58,7 +58,9 @@ class TrailBook(AncillaryBookMixin):
         The deployments the book held, each in the revision it held (ids unique).
     """
 
-    def __init__(self, awards: Sequence[tuple[datetime, datetime, float]], deployments: Iterable[ASDeployment]) -> None:
+    def __init__(self, awards: Sequence[tuple[datetime, datetime, float]], deployments: Iterable[ASDeployment],
+                 full_load_kw: float | None = None) -> None:
+        self.full_load_kw = full_load_kw  # the profile's, from the trail's config: the book's rise cap
         self.as_awards = {str(i): {"start": start.isoformat(), "end": end.isoformat(), "reserve_kw": float(kw)}
                           for i, (start, end, kw) in enumerate(awards)}
         self.as_deployments = {d.deployment_id: d for d in deployments}
@@ -66,7 +68,7 @@ class TrailBook(AncillaryBookMixin):
 
 def book_limit_kw(deployment: ASDeployment, others: Iterable[ASDeployment],
                   awards: Sequence[tuple[datetime, datetime, float]], start: datetime,
-                  end: datetime | None = None) -> float:
+                  end: datetime | None = None, full_load_kw: float | None = None) -> float:
     """The import limit the limits book enforced for ``deployment`` at ``start`` (or over
     ``[start, end)``), given the other deployments and the awards it held, kW.
 
@@ -91,13 +93,17 @@ def book_limit_kw(deployment: ASDeployment, others: Iterable[ASDeployment],
         The moment, or the interval's start; timezone-aware.
     end : datetime, optional
         The interval's end (None: the moment ``start``).
+    full_load_kw : float, optional
+        The fleet's full load in the profile in force (``SiteProfile.full_load_kw``), kW: the book
+        caps the award rise with it; None: no cap (a trail without a config record).
 
     Returns
     -------
     float
         The limit, kW.
     """
-    book = TrailBook(awards, [d for d in others if d.deployment_id != deployment.deployment_id] + [deployment])
+    book = TrailBook(awards, [d for d in others if d.deployment_id != deployment.deployment_id] + [deployment],
+                     full_load_kw)
     return float(book.deployment_limit_kw(deployment, start, end))
 
 
