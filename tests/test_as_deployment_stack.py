@@ -335,9 +335,15 @@ def test_a_later_award_never_lifts_the_limit_above_what_the_fleet_can_draw(tmp_p
     kW awarded 16:00–20:00 and ECRS 2,000 kW from 17:30 (both known before); RRS deploys 1,000 kW at
     17:03: limit 9,000 kW. From 17:30 the award rise is 2,000 kW, but the load it stands for cannot
     exceed the 10,000 kW the fleet can draw: the limit stays 9,000 kW (it was 11,000)."""
-    from as_support import award, deploy, flat_prices, hydro_profile, make_loop, running
-
-    from as_support import NOW
+    from as_support import (
+        NOW,
+        award,
+        deploy,
+        flat_prices,
+        hydro_profile,
+        make_loop,
+        running,
+    )
 
     profile = hydro_profile("AS cap", qualified_mw={"RRS": 10, "ECRS": 5})
     db = tmp_path / "cap.db"
