@@ -375,3 +375,25 @@ def test_a_later_award_never_lifts_the_limit_above_what_the_fleet_can_draw(tmp_p
     (row,) = build_report(db, "2024-06-03T17:00Z", "2024-06-03T18:00Z")["ancillary"]["deployments"]
     assert row["metered_limit_kw"] == pytest.approx(9000.0), row
     assert row["metered_shortfall_mw"] == pytest.approx(0.0), row
+
+
+def test_an_amendments_ack_says_why_its_limit_is_above_baseline_less_mw() -> None:
+    """Issue 15 newcomer finding (High): an amendment was acked "shed 700 kW (was 500) from 5027 kW
+    to 5927 kW", a shed whose limit is above its starting point, unexplained. SYNTHETIC: 5 blocks
+    run for RRS 4,950 kW (import 5,050 kW); ECRS 2,000 kW awarded from 17:30 (known before); RRS
+    deploys 1,000 kW at 17:03 (limit 4,050 kW); amended at 17:31 to 1,500 kW: limit 5,050 − 1,500 +
+    2,000 = 5,550 kW, and the ack names the 2,000 kW rise for the reserve awarded since."""
+    from as_support import NOW, award, deploy, flat_prices, hydro_profile, make_loop
+
+    profile = hydro_profile("AS amend text", qualified_mw={"RRS": 10, "ECRS": 5})
+    loop = make_loop(profile, flat_prices())
+    assert loop.handle_as_award(award("rrs", "RRS", 4950.0), NOW).status == "accepted"
+    assert loop.handle_as_award(award("ecrs", "ECRS", 2000.0, start=NOW + timedelta(minutes=30)), NOW).status == "accepted"
+    loop.tick(NOW)
+    at = NOW + timedelta(minutes=3)
+    assert loop.handle_as_deploy(deploy("d-1", at, 1000.0), at).import_limit_kw == pytest.approx(4050.0)
+    later = NOW + timedelta(minutes=31)
+    ack = loop.handle_as_deploy(deploy("d-1", later, 1500.0, revision=1), later)
+    assert ack.status == "accepted" and ack.import_limit_kw == pytest.approx(5550.0), ack
+    assert "from 5050 kW to 5550 kW" in ack.reason, ack.reason
+    assert "plus 2000 kW to carry reserve awarded since the instruction" in ack.reason, ack.reason

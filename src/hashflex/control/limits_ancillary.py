@@ -352,9 +352,20 @@ class AncillaryBookMixin:
                     # Fewer MW (or the same) has no deadline of its own: it binds on receipt.
                     by = (f"by {deployment.deadline.isoformat()}" if has_deadline(held, msg, now) else
                           f"(fewer MW: binds from receipt, {now.isoformat()})")
+                    # The ack says where its limit comes from (newcomer finding: "shed 700 kW (was 500)
+                    # from 5027 kW to 5927 kW" read as a shed that raised the import): the stacked
+                    # baseline, less the other deployments in force, plus the award rise.
+                    limit_now = trial.deployment_limit_kw(deployment, now)
+                    others_kw = sum(d.deployed_kw for d in trial.as_deployments.values()
+                                    if d.deployment_id != msg.deployment_id and d.in_force(now))
+                    base_kw = deployment.stacked_baseline_kw
+                    rise_kw = limit_now - (base_kw - msg.deployed_kw - others_kw)
+                    parts = ([f"less {others_kw:.0f} kW of the other deployments in force"] if others_kw > 0 else [])
+                    parts += ([f"plus {rise_kw:.0f} kW to carry reserve awarded since the instruction"]
+                              if rise_kw > 0.5 else [])
                     reason = (f"accepted: {msg.product} amended to revision {msg.revision}: shed "
-                              f"{msg.deployed_kw:.0f} kW (was {held.deployed_kw:.0f}) from {held.baseline_kw:.0f} kW "
-                              f"to {trial.deployment_limit_kw(deployment, now):.0f} kW {by}")
+                              f"{msg.deployed_kw:.0f} kW (was {held.deployed_kw:.0f}) from {base_kw:.0f} kW "
+                              f"to {limit_now:.0f} kW" + (f" ({'; '.join(parts)})" if parts else "") + f" {by}")
             else:
                 # Stacked on the deployments in force (H2 finding 1): the load without them.
                 others = [d for d in trial.as_deployments.values()
