@@ -397,3 +397,31 @@ def test_an_amendments_ack_says_why_its_limit_is_above_baseline_less_mw() -> Non
     assert ack.status == "accepted" and ack.import_limit_kw == pytest.approx(5550.0), ack
     assert "from 5050 kW to 5550 kW" in ack.reason, ack.reason
     assert "plus 2000 kW to carry reserve awarded since the instruction" in ack.reason, ack.reason
+
+
+def test_without_a_site_meter_the_miners_telemetry_measures_a_deployment() -> None:
+    """Issue 15 newcomer finding: with every miner reporting fresh telemetry and no site meter,
+    /status kept ``measured_import_kw``, ``measured_shortfall_kw`` and ``measured_response_s`` null
+    for every deployment: only a meter reading was measured. SYNTHETIC (test_as_baseline_measured's
+    small site): 20 miners of 5 kW, 10 running for a 49.9 kW RRS award (50.1 kW modelled); RRS
+    deploys 10 kW at 17:03 (limit 40.1 kW; the fast path commands 3 to sleep). 10 s later the
+    miners still report the old load (10 × 5 + 10 × 0.01 = 50.1 kW): 10 kW over, no response yet;
+    20 s later 7 run (7 × 5 + 13 × 0.01 = 35.13 kW): under the limit, response 20 s."""
+    from test_as_baseline_measured import _small_loop
+
+    def report(loop, at, running: int) -> None:
+        for k, miner_id in enumerate(sorted(loop.fleet.miners)):
+            loop.on_message(TelemetryMessage(miner_id=miner_id, power_kw=5.0 if k < running else 0.01,
+                                             hashrate_th_s=0.0, mode="run", temperature_c=40.0, timestamp=at), at)
+
+    loop, _ = _small_loop()
+    at = NOW + 3 * MIN
+    assert loop.handle_as_deploy(_deploy("tel", at, 10.0), at).status == "accepted"
+    report(loop, at + timedelta(seconds=10), running=10)
+    performance = loop.as_performance["tel"]
+    assert performance["measured_import_kw"] == pytest.approx(50.1), performance  # the sum after the last report
+    assert performance["measured_shortfall_kw"] == pytest.approx(10.0)
+    assert performance["measured_response_s"] is None
+    report(loop, at + timedelta(seconds=20), running=7)
+    assert loop.as_performance["tel"]["measured_import_kw"] == pytest.approx(35.13)
+    assert loop.as_performance["tel"]["measured_response_s"] == pytest.approx(20.0)

@@ -98,8 +98,14 @@ class FastPathMixin:
                         # the auxiliary load no miner reports: a partial sum (after a restart) or one
                         # without the auxiliary kW would set the baseline too low and over-curtail.
                         if len(self.telemetry_kw) >= _TELEMETRY_BASELINE_COVERAGE * len(self.fleet):
-                            self.note_measured_import(telemetry_import_kw + (self.measurements.auxiliary_kw or 0.0),
-                                                      message.timestamp, "miner telemetry")
+                            measured_kw = telemetry_import_kw + (self.measurements.auxiliary_kw or 0.0)
+                            self.note_measured_import(measured_kw, message.timestamp, "miner telemetry")
+                            # Without a site meter the summed telemetry is the measured import an AS
+                            # deployment's response is assessed on (newcomer finding: /status measured
+                            # fields stayed null with every miner reporting). Each message updates the
+                            # sum, so each is a reading (a few deployments at most to check).
+                            if self.as_performance:
+                                self.measure_as_deployments(measured_kw, message.timestamp)
                 if self.meter is not None:
                     self.meter.telemetry(message.miner_id, message.power_kw, message.hashrate_th_s)
                 if message.miner_id in self.fleet.miners:  # fleet health (issue 17): findings, alerts, derates
