@@ -187,26 +187,6 @@ def _flagged_ack(ack: ASAckMessage, message: ASDeployMessage, flags: dict[str, A
 
 
 
-def qualified_kw(profile: SiteProfile, product: str) -> float | None:
-    """The site's qualification for one AS product, kW: the product's ``group_mw`` summed, capped by
-    its ``max_mw`` (profile ``ancillary.products``), as the limits book bounds an award's
-    ``reserve_kw`` (:func:`hashflex.control.ancillary.award_refusal`).
-
-    Parameters
-    ----------
-    profile : SiteProfile
-        The site.
-    product : str
-        ``RRS``, ``ECRS`` or ``NSPIN``.
-
-    Returns
-    -------
-    float or None
-        kW; None without an ancillary section or when the site is not qualified for ``product``.
-    """
-    return product_qualified_kw(profile, product)  # one rule for awards (summed) and deployments
-
-
 def deploy_intake_refusal(profile: SiteProfile, held: ASDeployment | None, message: ASDeployMessage) -> str | None:
     """Why the intake refuses a deployment before the limits book decides it, or None (issue 15,
     helper task H1 findings 3 and 5). Only a message the book's own first rule accepts
@@ -219,7 +199,7 @@ def deploy_intake_refusal(profile: SiteProfile, held: ASDeployment | None, messa
       keeps the cut in force (when in doubt, curtail) and tells the QSE at once. (A recall that
       arrives *before* its deployment cannot be checked here: the book keeps it pending, and
       refuses a second pending recall of the id naming another product, H11 finding 1.)
-    - A **deployment above the product's qualification** (``deployed_kw``, :func:`qualified_kw`):
+    - A **deployment above the product's qualification** (``deployed_kw``, :func:`~hashflex.control.limits_ancillary.product_qualified_kw`):
       the bound is the site's qualified MW *for that product*, not the award and not the fleet's
       total. Not the award: the site obeys a deployment above the award in full (an award may be
       cut or withdrawn, or reach the site late, while a deployment holds; no clause lets a Load
@@ -256,7 +236,7 @@ def deploy_intake_refusal(profile: SiteProfile, held: ASDeployment | None, messa
             return (f"product: the recall names {message.product} but deployment {message.deployment_id!r} is "
                     f"{held.product}; a recall must name its deployment's product (the deployment stays in force)")
         return None
-    qualified = qualified_kw(profile, message.product)
+    qualified = product_qualified_kw(profile, message.product)  # one rule for awards (summed) and deployments
     if qualified is not None and float(message.deployed_kw) > qualified + 1e-6:
         return (f"deployed_kw: {message.deployed_kw:.0f} kW is more than the {qualified:.0f} kW qualified for "
                 f"{message.product} (profile ancillary.products.{message.product}); nothing was cut")
