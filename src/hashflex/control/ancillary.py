@@ -392,6 +392,33 @@ def _issuer_refusal(profile: SiteProfile, issuer: str, product: str) -> str | No
     return None
 
 
+def product_qualified_kw(profile: Any, product: str) -> float | None:
+    """The site's qualification for one AS product, kW: the product's ``group_mw`` summed (MW ×
+    1000), capped by its ``max_mw`` (profile ``ancillary.products``), the bound
+    :func:`award_refusal` applies to one award,
+    :func:`hashflex.control.limits_ancillary.award_total_refusal` to the awards in force together and
+    :func:`hashflex.control.as_intake.deploy_intake_refusal` to one deployment.
+
+    Parameters
+    ----------
+    profile : SiteProfile
+        The site.
+    product : str
+        ``RRS``, ``ECRS`` or ``NSPIN``.
+
+    Returns
+    -------
+    float or None
+        kW; None without an ancillary section or when the site is not qualified for ``product``.
+    """
+    section = profile.ancillary
+    if section is None or product not in section.products:
+        return None
+    offer = section.products[product]
+    kw = float(sum(offer.group_mw.values())) * 1000.0
+    return min(kw, float(offer.max_mw) * 1000.0) if offer.max_mw is not None else kw
+
+
 def award_refusal(profile: SiteProfile, msg: ASAwardMessage, held: dict[str, Any] | None, now: datetime) -> str | None:
     """Why an award is refused, or None: wrong issuer or product, more than the site qualified,
     already over, or an older revision than the one held.
@@ -417,10 +444,9 @@ def award_refusal(profile: SiteProfile, msg: ASAwardMessage, held: dict[str, Any
     reason = _issuer_refusal(profile, msg.issuer, msg.product)
     if reason is not None:
         return reason
-    product = profile.ancillary.products[msg.product]  # type: ignore[union-attr]
-    qualified_kw = sum(product.group_mw.values()) * 1000.0
-    if product.max_mw is not None:
-        qualified_kw = min(qualified_kw, product.max_mw * 1000.0)
+    qualified_kw = product_qualified_kw(profile, msg.product)
+    if qualified_kw is None:  # _issuer_refusal checked it; refused all the same rather than assumed
+        return f"product: the site is not qualified for {msg.product}"
     if msg.reserve_kw > qualified_kw + 1e-6:
         return f"reserve_kw: {msg.reserve_kw:.0f} kW is more than the {qualified_kw:.0f} kW qualified for {msg.product}"
     if msg.end <= now:

@@ -41,10 +41,10 @@ from hashflex.control.ancillary import (
     deploy_refusal,
     has_deadline,
     instruction_baseline,
+    product_qualified_kw,
 )
 from hashflex.control.guard import Guard
 from hashflex.control.limits import STORE_UNAVAILABLE, Hold, LimitsBook
-from hashflex.control.limits_ancillary import product_qualified_kw
 from hashflex.messages import (
     ASAckMessage,
     ASAwardMessage,

@@ -25,6 +25,7 @@ from hashflex.control.ancillary import (
     deployment_limit_kw,
     early_recall_ends,
     has_deadline,
+    product_qualified_kw,
     recall_end,
     stacked_baseline,
     stacked_limit_kw,
@@ -70,32 +71,6 @@ def _windows(awards: dict[str, dict[str, Any]]) -> list[tuple[str, datetime, dat
     """(product, start, end, reserve_kw) of each award's JSON (a withdrawn award has reserve_kw 0)."""
     return [(a["product"], datetime.fromisoformat(a["start"]), datetime.fromisoformat(a["end"]),
              float(a["reserve_kw"])) for a in awards.values()]
-
-
-def product_qualified_kw(profile: Any, product: str) -> float | None:
-    """The site's qualification for one AS product, kW: the product's ``group_mw`` summed (MW ×
-    1000), capped by its ``max_mw`` (profile ``ancillary.products``), the bound
-    :func:`~hashflex.control.ancillary.award_refusal` applies to one award and
-    :func:`hashflex.control.as_intake.deploy_intake_refusal` to one deployment.
-
-    Parameters
-    ----------
-    profile : SiteProfile
-        The site.
-    product : str
-        ``RRS``, ``ECRS`` or ``NSPIN``.
-
-    Returns
-    -------
-    float or None
-        kW; None without an ancillary section or when the site is not qualified for ``product``.
-    """
-    section = profile.ancillary
-    if section is None or product not in section.products:
-        return None
-    offer = section.products[product]
-    kw = float(sum(offer.group_mw.values())) * 1000.0
-    return min(kw, float(offer.max_mw) * 1000.0) if offer.max_mw is not None else kw
 
 
 def _in_force_kw(awards: dict[str, dict[str, Any]], product: str, t: datetime) -> dict[str, float]:
