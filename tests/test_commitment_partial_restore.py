@@ -125,19 +125,41 @@ def test_a_mode_added_keeps_the_group(tmp_path: Path, caplog) -> None:
     assert "modes changed" not in caplog.text
 
 
-def test_a_mode_name_change_puts_that_group_asleep_only(tmp_path: Path, caplog) -> None:
+def test_a_mode_renamed_keeps_the_group_running_in_its_lowest_mode(tmp_path: Path, caplog) -> None:
+    """Newcomer finding (issue 18, High): renaming a group's only mode (stock -> standard) made the
+    restart sleep the whole group (90,001 miners, 315 MW) and the plan start it again 0.6 s later,
+    breaking its min on/off times. Now the gone mode's units run in the group's lowest-power mode
+    with their saved times and history; the other group is untouched."""
     before = parse_profile(_yaml(6, 4, "eco"))
     fleet = _busy_fleet(before)
-    after = parse_profile(_yaml(6, 4, "low"))  # group b's mode renamed: a saved mode is gone, its state is not used
+    after = parse_profile(_yaml(6, 4, "low"))  # group b's mode renamed
     restored = _restart(tmp_path, fleet.to_compact(4), after, caplog)
     assert restored is not None, caplog.text
     for miner_id in fleet.miners:
-        if miner_id.startswith("a-"):
-            assert _row(restored, miner_id) == _row(fleet, miner_id)
-        else:
-            assert _asleep_fresh(restored, miner_id), miner_id
-    assert "b: 4 (modes changed)" in caplog.text
+        saved, now = _row(fleet, miner_id), _row(restored, miner_id)
+        if miner_id.startswith("a-") or saved[0] == SLEEP:
+            assert now == saved, miner_id
+        else:  # was in eco: runs in low, every other field kept
+            assert now == ("low", *saved[1:]), (miner_id, now)
+    assert restored.units_running() == fleet.units_running()
+    assert "saved mode eco gone, its units in low" in caplog.text
 
+
+def test_a_mode_removed_maps_its_units_to_the_lowest_power_mode(tmp_path: Path, caplog) -> None:
+    """Group b had eco and turbo; turbo is removed: its units run in eco (the lowest-power mode),
+    eco's stay in eco, times kept."""
+    before = parse_profile(_yaml(6, 6, "eco,turbo"))
+    fleet = _busy_fleet(before)
+    for k, miner_id in enumerate(sorted(m for m in fleet.miners if m.startswith("b-"))):
+        if k % 2 and fleet.miners[miner_id].mode != SLEEP:
+            fleet.miners[miner_id].mode = "turbo"
+    assert any(m.mode == "turbo" for m in fleet.miners.values())
+    restored = _restart(tmp_path, fleet.to_compact(4), parse_profile(_yaml(6, 6, "eco")), caplog)
+    assert restored is not None, caplog.text
+    for miner_id, miner in fleet.miners.items():
+        expected = ("eco" if miner.mode == "turbo" else miner.mode, *_row(fleet, miner_id)[1:])
+        assert _row(restored, miner_id) == expected, miner_id
+    assert restored.units_running() == fleet.units_running()
 
 def test_an_unchanged_profile_restores_everything_without_a_warning(tmp_path: Path, caplog) -> None:
     profile = parse_profile(_yaml(7, 3))

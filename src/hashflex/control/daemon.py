@@ -135,8 +135,9 @@ def load_control_state(store: Store, profile: SiteProfile) -> tuple[LimitsBook, 
     health), restored onto the profile's fleet by :meth:`FleetState.restored` (issue 18, task H10):
     after a profile change, each saved group still in the profile with the same mode names keeps the
     state of every miner the profile still has (``<group>-<n>`` ids matched by n, so a zero-padding
-    change keeps them); new miners, and every miner of a group whose modes changed, start asleep with
-    no history (never assumed running), and one warning names the counts per group.
+    change keeps them; a saved mode renamed or removed: its units run in the group's lowest-power
+    mode with their times, so min on/off holds); new miners start asleep with no history (never
+    assumed running), and one warning names the counts per group.
 
     Parameters
     ----------
@@ -169,9 +170,9 @@ def load_control_state(store: Store, profile: SiteProfile) -> tuple[LimitsBook, 
             log.warning("saved commitment state not used: %s", exc)
         else:
             if missing:  # a profile change: what starts asleep with no history, and saved state left unused
-                log.warning("saved commitment state partly for another fleet; not restored (asleep, no history) "
-                            "or dropped, per group: %s", "; ".join(
-                                f"{g}: " + ", ".join(f"{n} {_MISSING_WORDS[k]}" for k, n in counts.items())
+                log.warning("saved commitment state partly for another fleet; not restored as saved (new: asleep, "
+                            "no history; mapped; dropped), per group: %s", "; ".join(
+                                f"{g}: " + ", ".join(f"{n} {_MISSING_WORDS.get(k, k)}" for k, n in counts.items())
                                 for g, counts in missing.items()))
     return book, fleet
 
