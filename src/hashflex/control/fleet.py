@@ -703,7 +703,9 @@ class FleetState:
         mode, health, availability, last start and stop and run hours. Modes are matched by name; a
         mode added is fine; a saved mode renamed or removed puts its units in the group's
         lowest-power mode with their times kept (still running, so min on/off holds and the restart
-        does not sleep a group the plan then starts again). Ids ``<group>-<n>`` are matched by
+        does not sleep a group the plan then starts again; if the removed mode drew less than every
+        remaining one, its units now draw more, and the restart batch is cut to the limits in force
+        like any other). Ids ``<group>-<n>`` are matched by
         (group, n), so a zero-padding change of the naming rule (9,999 -> 10,000 units renames
         ``air-0001`` to ``air-00001``) keeps the mapping; other ids match exactly (two saved ids with
         the same n are matched by neither, an ambiguity no mapping can settle). Not restored, so
