@@ -218,9 +218,10 @@ def test_an_award_withdrawn_mid_interval_is_held_by_the_loops_recorded_figure_no
         tmp_path: Path) -> None:
     """RRS 4,950 kW at $150/MW-h, withdrawn at 17:05; five blocks run all interval (the loop records
     4,950 kW sheddable) while the meter reads 3,000 kW (SYNTHETIC: the meter and the fleet disagree).
-    The loop writes no hold-short record (no award when it measures). From the load the report
-    estimates 3,000 − 100 = 2,900 kW held and claws back (4,950 − 2,900) × 150 × 5/60 = $25.625; the
-    loop's own figure holds all 4,950 kW: nothing clawed back, no interval estimated."""
+    The loop writes no hold-short record (no award when it measures). The loop's own figure is
+    recorded, so no interval is estimated; since H1 (issue 15: units commanded but not drawing hold
+    nothing) that figure is capped by the load drawn, 3,000 − 100 idle = 2,900 kW, so the report claws
+    back (4,950 − 2,900) kW × $150 × 5/60 h = $25.625 (before H1 it held the commanded 4,950 kW: $0)."""
     db = tmp_path / "withdrawn.db"
     with Store(db) as store:
         recorder = AuditRecorder(store)
@@ -237,4 +238,5 @@ def test_an_award_withdrawn_mid_interval_is_held_by_the_loops_recorded_figure_no
     economics = build_report(db, "2024-06-03T17:00Z", "2024-06-03T17:15Z")["economics"]
     assert economics["reserve_payment_usd"] == pytest.approx(4.95 * 150 * 5 / 60, abs=0.01)
     assert economics["reserve_estimated_hold_intervals"] == 0
-    assert economics["reserve_clawback_usd"] == pytest.approx(0.0, abs=0.01)
+    assert _payloads(db, "measurement")[0]["reserve_sheddable_kw"] == {"hydro": pytest.approx(2900.0)}
+    assert economics["reserve_clawback_usd"] == pytest.approx(2.05 * 150 * 5 / 60, abs=0.01)

@@ -348,6 +348,43 @@ def reserve_hold_shortfalls(profile: SiteProfile, obligations_kw: Mapping[str, f
             if kw > 0 and profile.ancillary is not None and p in profile.ancillary.products}
 
 
+_DRAWN_TOLERANCE = 1e-9  # relative: float noise of a sum over many units is not a shortfall
+
+
+def drawn_sheddable_kw(commanded_kw: Mapping[str, float], metered_sheddable_kw: float | None) -> dict[str, float]:
+    """The commanded per-group sheddable load capped by what the site was measured to draw (issue 15, H1).
+
+    A Load Resource holds reserve only with load it actually draws (ERCOT checks its telemetered
+    consumption against its award, Nodal Protocols §6.4.9.1.3, §8.1.1.3): units commanded to run
+    but still booting hold nothing. When the groups' commanded figures sum to more than
+    ``metered_sheddable_kw`` (the interval's measured mean load less the load that could not be
+    shed), each group is scaled down pro rata to it; otherwise they are returned unchanged (the
+    commanded figure is exact: a unit drawing more than its mode cannot shed more than it was asked
+    to run). The one rule of the loop's hold check and the report's.
+
+    Parameters
+    ----------
+    commanded_kw : mapping of str to float
+        Group id -> running load above idle as commanded, kW (``ControlLoop.reserve_sheddable_kw``).
+    metered_sheddable_kw : float or None
+        Measured mean load less every unit's idle draw (and any non-mining load the measured figure
+        includes), kW, clipped at 0 here; None: no fresh measurement (the commanded figures stand).
+
+    Returns
+    -------
+    dict of str to float
+        Group id -> kW held at most, >= 0, the keys of ``commanded_kw``.
+    """
+    commanded = {g: max(float(kw), 0.0) for g, kw in commanded_kw.items()}
+    if metered_sheddable_kw is None:
+        return commanded
+    total = sum(commanded.values())
+    drawn = max(float(metered_sheddable_kw), 0.0)
+    if total <= drawn * (1.0 + _DRAWN_TOLERANCE) + 1e-9:
+        return commanded
+    return {g: kw * drawn / total for g, kw in commanded.items()}
+
+
 def reserve_clawback_usd(short_kw: Any, price_usd_mw_h: Any, duration_h: Any) -> Any:
     """The one clawback definition (issue 15): reserve awarded but not held, at the award's price.
 

@@ -18,7 +18,7 @@ import pandas as pd
 from hashflex import audit as records
 from hashflex.acoustics import modelled_laeq_dba, noise_margin_db
 from hashflex.audit.payloads import reserve_hold_short_payload
-from hashflex.control.ancillary import reserve_clawback_usd, reserve_hold_shortfalls
+from hashflex.control.ancillary import drawn_sheddable_kw, reserve_clawback_usd, reserve_hold_shortfalls
 from hashflex.control.guard import GuardResult
 from hashflex.control.limits import STORE_UNAVAILABLE
 from hashflex.optimize.problem import (
@@ -175,7 +175,11 @@ class LoopStatusMixin:
                                 renewable_kw=summary["renewable_kw"], hashrate_th_s=summary["hashrate_th_s"],
                                 noise=summary["noise"], price_usd_mwh=price, intensity_kg_per_mwh=intensity,
                                 intensity_source=source, covered_h=covered_h,
-                                at=None if now is None else max(now, current.to_pydatetime()))
+                                at=None if now is None else max(now, current.to_pydatetime()),
+                                # No telemetry at all: the load was not measured (the reserve hold is then
+                                # checked against the commanded fleet, labelled so). Some miners silent: the
+                                # sum is a lower bound of what was drawn; the hold errs towards short.
+                                load_metered=summary.get("telemetry_miners", 0) > 0)
 
     def _record_guard(self, result: GuardResult, now: datetime, event_id: str | None) -> None:
         self._record("setpoints", lambda: records.setpoints_payload(result.batch, source="guard"), now)
@@ -188,7 +192,7 @@ class LoopStatusMixin:
                            noise: Mapping[str, tuple[float, float]], price_usd_mwh: float | None,
                            intensity_kg_per_mwh: float | None = None, intensity_source: str | None = None,
                            hashprice_usd_per_ph_day: float | None = None, covered_h: float | None = None,
-                           at: datetime | None = None) -> None:
+                           at: datetime | None = None, load_metered: bool = True) -> None:
         """The ``measurement`` audit entry of one finished interval, from what was measured in it
         (``noise``: receptor → (LAeq, minutes over cap)); economics at the settled price.
 
@@ -210,6 +214,11 @@ class LoopStatusMixin:
         at : datetime, optional
             When it is written (the audit record's time; default the interval's end, the earliest
             a measurement of it exists).
+        load_metered : bool, default True
+            Whether ``load_kw`` is a fresh measurement of the interval (False: nothing was measured,
+            e.g. the daemon's meter got no telemetry). The reserve hold (:meth:`record_reserve_hold`)
+            counts only the load measured as drawn when it is, the commanded fleet otherwise, and
+            says which (``reserve_hold_basis``).
 
         Raises
         ------
@@ -255,11 +264,12 @@ class LoopStatusMixin:
             modelled = {r.id: self.modelled_level_dba(r.id) for r in self.profile.receptors}
             full_kw = sum(n * max(m.power_kw for m in self.fleet.groups[g].modes)
                           for g, n in self.fleet.usable_counts().items())
-            # The reserve the running units could hold (issue 15, H8 item 3): per group, exact, so the
-            # report need not estimate it from the metered load where an award changed mid-interval
-            # and no reserve_hold_short record was written.
-            sheddable = self.reserve_sheddable_kw() if self.profile.ancillary is not None else None
-        reserve = {} if sheddable is None else {"reserve_sheddable_kw": sheddable}
+            # The reserve the running units held (issue 15, H8 item 3; H1): per group, so the report
+            # need not estimate it from the metered load where an award changed mid-interval and no
+            # reserve_hold_short record was written; capped by the load measured as drawn.
+            hold = (self._reserve_hold_figures(load_kw if load_metered else None)
+                    if self.profile.ancillary is not None else None)
+        reserve = {} if hold is None else hold
         self._record("measurement", lambda: {**records.measurement_payload(
             interval_start, interval_h, import_kw, renewable_kw, load_kw, hashrate_th_s,
             {r: v[0] for r, v in noise.items()}, intensity_kg_per_mwh, price_usd_mwh, revenue, cost,
@@ -270,14 +280,16 @@ class LoopStatusMixin:
             "source": "simulated" if self.config.run_mode != "live" or self.simulated_inputs else "metered",
             **covered, **reserve},
             written_at)
-        self.record_reserve_hold(interval_start, interval_h, at=written_at)
+        self.record_reserve_hold(interval_start, interval_h, at=written_at, hold=hold)
 
     def reserve_sheddable_kw(self) -> dict[str, float]:
         """The load the units running now could shed, per miner group: Σ units × (mode power − the
         group's idle draw), kW (a unit asleep still draws its idle power: that part is not sheddable).
-        Groups with no unit running are 0. What ``reserve_hold_shortfalls`` allocates to the products
-        awarded; recorded with each ``measurement`` (``reserve_sheddable_kw``) and each
-        ``reserve_hold_short`` record. Call with the lock held or from the loop's thread.
+        Groups with no unit running are 0. The *commanded* figure: the hold check caps it by the load
+        measured as drawn (:meth:`_reserve_hold_figures`) before ``reserve_hold_shortfalls``
+        allocates it to the products awarded; recorded with each ``measurement`` and
+        ``reserve_hold_short`` record (``reserve_sheddable_commanded_kw``). Call with the lock held
+        or from the loop's thread.
 
         Returns
         -------
@@ -291,15 +303,55 @@ class LoopStatusMixin:
                 sheddable[group_id] = sheddable.get(group_id, 0.0) + n * max(power[group_id, mode], 0.0)
         return sheddable
 
+    def _reserve_hold_figures(self, metered_load_kw: float | None) -> dict[str, Any]:
+        """The reserve the running units held over an interval, per group, and how it was known (H1).
+
+        A Load Resource holds reserve only with load it draws: the commanded figure
+        (:meth:`reserve_sheddable_kw`) is capped by the measured mean load less the load that could
+        not be shed then — every unit's idle draw, asleep or running (a unit powered off at the PDU
+        draws none, so this errs towards short) — scaled pro rata over the groups
+        (``control.ancillary.drawn_sheddable_kw``). ``load_kw`` is the miners' load alone (the
+        daemon's summed telemetry, the backtest's and simulation's modelled fleet): GPU clusters and
+        auxiliaries are not in it, so nothing else is subtracted. Call with the lock held.
+
+        Parameters
+        ----------
+        metered_load_kw : float or None
+            The interval's measured mean miner load, kW; None: no fresh measurement (the commanded
+            figure is used and labelled so).
+
+        Returns
+        -------
+        dict
+            ``reserve_sheddable_kw`` (group -> kW, the figure the hold check uses),
+            ``reserve_sheddable_commanded_kw`` (group -> kW as commanded), ``reserve_sheddable_metered_kw``
+            (kW measured as sheddable, site total; None unmetered) and ``reserve_hold_basis``
+            (``"metered"`` or ``"commanded"``), as recorded in the ``measurement`` and
+            ``reserve_hold_short`` payloads.
+        """
+        commanded = self.reserve_sheddable_kw()
+        metered = None
+        if metered_load_kw is not None and math.isfinite(float(metered_load_kw)):
+            idle_kw = sum(g.units * g.idle_power_kw for g in self.profile.miner_groups)
+            metered = max(float(metered_load_kw) - idle_kw, 0.0)
+        return {"reserve_sheddable_kw": drawn_sheddable_kw(commanded, metered),
+                "reserve_sheddable_commanded_kw": commanded, "reserve_sheddable_metered_kw": metered,
+                "reserve_hold_basis": "commanded" if metered is None else "metered"}
+
     def record_reserve_hold(self, interval_start: datetime, interval_h: float,
-                            at: datetime | None = None) -> dict[str, float]:
+                            at: datetime | None = None, hold: Mapping[str, Any] | None = None) -> dict[str, float]:
         """Issue 15: per product, the reserve awarded over a finished interval and not held by the
-        running, sheddable, qualified load (``control.ancillary.reserve_hold_shortfalls`` on the fleet
-        as it ran); a ``reserve_hold_short`` audit record per product short, with the clawback
+        running, sheddable, qualified load (``control.ancillary.reserve_hold_shortfalls``); a
+        ``reserve_hold_short`` audit record per product short, with the clawback
         (``reserve_clawback_usd``, at the awards' price), so the report charges back what the
-        backtest settles; each record carries ``reserve_sheddable_kw`` (:meth:`reserve_sheddable_kw`, per
-        group). Returns product -> kW short (also kept in ``reserve_hold_short_kw``). ``at``:
-        when the records are written (default the interval's end; the interval is in the payload)."""
+        backtest settles. Returns product -> kW short (also kept in ``reserve_hold_short_kw``).
+
+        ``hold``: the interval's figures (:meth:`_reserve_hold_figures`, from the measured load:
+        H1, units commanded but not drawing hold nothing); None: the fleet as commanded now,
+        labelled ``reserve_hold_basis: "commanded"``. Each record carries them
+        (``reserve_sheddable_kw`` per group, the figure used; ``reserve_sheddable_commanded_kw``;
+        ``reserve_sheddable_metered_kw``; ``reserve_hold_basis``). ``at``: when the records are
+        written (default the interval's end; the interval is in the payload)."""
         if self.profile.ancillary is None:
             return {}
         start = pd.Timestamp(interval_start)
@@ -307,7 +359,9 @@ class LoopStatusMixin:
         with self._lock:
             obligations = {p: float(v[0]) for p, v in self.book.reserve_obligations_over([start], step).items()}
             prices = self.book.reserve_award_prices(start.to_pydatetime(), (start + step).to_pydatetime())
-            sheddable = self.reserve_sheddable_kw()
+            if hold is None:
+                hold = self._reserve_hold_figures(None)
+        sheddable = dict(hold["reserve_sheddable_kw"])
         if not any(v > 0 for v in obligations.values()):
             return {}
         short = reserve_hold_shortfalls(self.profile, obligations, {g: kw for g, kw in sheddable.items() if kw > 0})
@@ -321,7 +375,7 @@ class LoopStatusMixin:
             self._record("reserve_hold_short", lambda p=product, kw=kw, price=price: {**reserve_hold_short_payload(
                 start.to_pydatetime(), interval_h, p, obligations[p], kw, price,
                 None if price is None else reserve_clawback_usd(kw, price, interval_h)),
-                "reserve_sheddable_kw": dict(sheddable)},
+                **{k: (dict(v) if isinstance(v, Mapping) else v) for k, v in hold.items()}},
                 at or (start + step).to_pydatetime())
         return short
 

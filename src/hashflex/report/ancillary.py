@@ -115,7 +115,10 @@ product deployed in the interval, H the reserve held: the record's ``held_kw``; 
 the obligation the loop knew when it measured (awards recorded before the measurement, less D) if
 it had one (it found it held), else the sheddable load of the product's qualified groups the loop
 recorded with the measurement (``reserve_sheddable_kw``, per group, the figure its own hold check
-uses: exact), else the metered running load above idle (``load_kw`` less every unit's idle draw; both
+uses: exact; issue 15, H1: the commanded load above idle capped pro rata by the metered load less
+every unit's idle draw, ``reserve_hold_basis`` ``metered``, or the commanded one without telemetry,
+``commanded``, counted in a note; an older trail without the basis records the commanded figure, and
+the report caps it by the same rule), else the metered running load above idle (``load_kw`` less every unit's idle draw; both
 shared pro rata between products, capped by the product's qualified ``group_mw``; the load-based
 ones are estimated: ``reserve_estimated_hold_intervals`` counts them; no measurement: 0 held). So a site
 that held nothing nets $0 however its award changed. ``reserve_final_through`` /
@@ -812,15 +815,25 @@ def _measured_sheddable_kw(inputs: ReportInputs, row: Any) -> float | None:
 
 
 def _recorded_sheddable_kw(inputs: ReportInputs, row: Any, product: str) -> float | None:
-    """The load the running units could shed over a measured interval in the groups qualified for
+    """The load the running units held over a measured interval in the groups qualified for
     ``product``, kW, as the loop recorded it with the measurement (``reserve_sheddable_kw``, per group:
     exact, issue 15 H8 item 3); None when the record has no such figure (a trail written before it,
-    or a report input that does not carry it)."""
+    or a report input that does not carry it).
+
+    The loop's rule (H1): units commanded but not drawing hold nothing. A record with a
+    ``reserve_hold_basis`` already carries the figure its hold check used (capped by the load drawn,
+    or commanded and labelled so); on an older trail, whose figure is the commanded fleet, the same
+    cap is applied here (``control.ancillary.drawn_sheddable_kw`` with the metered load less every
+    unit's idle draw, :func:`_measured_sheddable_kw`), so both report the same shortfall."""
+    from hashflex.control.ancillary import drawn_sheddable_kw
     from hashflex.report.provenance import config_for_seq
 
     recorded = getattr(row, "reserve_sheddable_kw", None)
     if not isinstance(recorded, Mapping):
         return None
+    if not isinstance(getattr(row, "reserve_hold_basis", None), str):  # older trail: the commanded fleet
+        recorded = drawn_sheddable_kw({g: float(kw) for g, kw in recorded.items() if math.isfinite(float(kw))},
+                                      _measured_sheddable_kw(inputs, row))
     config = config_for_seq(inputs.configs, int(row.seq)) if inputs.configs else None
     section = (((config or {}).get("profile") or {}).get("ancillary") or {}).get("products") or {}
     groups = (section.get(product) or {}).get("group_mw") or {}
@@ -1024,11 +1037,13 @@ def reserve_money(inputs: ReportInputs, period_start: pd.Timestamp, period_end: 
                 unverified_usd += w["reserve_kw"] / 1000.0 * w["price_usd_mw_h"] * gap_h
     revisions = _revisions(inputs)[0] if windows else {}
     index = _WindowIndex(windows, inputs.as_awards)
-    clawback, estimated = 0.0, 0
+    clawback, estimated, commanded = 0.0, 0, 0
     for start in sorted(lengths):
         end = start + pd.Timedelta(hours=lengths[start])
         if start not in latest and not any(index.overlapping(p, start, end) for p in index.by_product):
             continue  # no award, no record: nothing to claw back
+        if start in measured and getattr(measured[start], "reserve_hold_basis", None) != "metered":
+            commanded += 1  # the loop's hold check saw the commanded fleet, not the load drawn (H1)
         usd, guessed = _interval_clawback_usd(inputs, index, revisions, start, end, latest.get(start, {}),
                                               measured.get(start))
         clawback += usd
@@ -1045,6 +1060,10 @@ def reserve_money(inputs: ReportInputs, period_start: pd.Timestamp, period_end: 
     if estimated:
         notes.append(f"{estimated} interval-product(s) whose award changed inside the interval without a hold-short "
                      f"record: reserve held estimated from the metered load (load less every unit's idle draw)")
+    if commanded:
+        notes.append(f"{commanded} interval(s) with an award whose reserve hold the loop checked against the "
+                     "commanded fleet, not the load measured as drawn (no telemetry then, or a trail written "
+                     "before the metered check): where the award was constant, its hold-short records stand")
     if unverified_h > 0:
         notes.append(f"{_r(unverified_usd, 2)} $ of the reserve payment is for {_r(unverified_h, 3)} h of award time "
                      "no measurement record covers (the controller was down or not yet started): the reserve "

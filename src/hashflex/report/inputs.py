@@ -15,12 +15,15 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["MEASUREMENT_COLUMNS", "NOISE_COLUMNS", "ReportInputs", "config_at", "inputs_from_records",
-           "site_timezone"]
+__all__ = ["MEASUREMENT_COLUMNS", "NOISE_COLUMNS", "RESERVE_HOLD_COLUMNS", "ReportInputs", "config_at",
+           "inputs_from_records", "site_timezone"]
 
 MEASUREMENT_COLUMNS = ["interval_start", "interval_h", "import_kw", "renewable_kw", "load_kw", "full_load_kw",
                        "hashrate_th_s", "intensity_kg_per_mwh", "intensity_source", "price_usd_mwh",
                        "revenue_usd", "energy_cost_usd", "dr_baseline_kw", "seq", "at"]
+# What a measurement says of the reserve hold (kept as objects: per-group mappings, a label), read by
+# report.ancillary's hold figures.
+RESERVE_HOLD_COLUMNS = ["reserve_sheddable_kw", "reserve_hold_basis"]
 NOISE_COLUMNS = ["interval_start", "interval_h", "receptor", "measured_dba", "model_dba", "cap_dba",
                  "over_cap_min"]
 
@@ -77,8 +80,10 @@ def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Tim
     for rec in records:
         p, at = rec.payload, pd.Timestamp(rec.at_utc)
         if rec.kind == "measurement":
+            # The reserve the loop's hold check used (per group) and on what basis (issue 15, H1:
+            # "metered" capped by the load drawn, "commanded" unmetered; absent on older trails).
             rows.append({**{c: p.get(c) for c in MEASUREMENT_COLUMNS[:-2]}, "seq": rec.seq, "at": at,
-                         "reserve_sheddable_kw": p.get("reserve_sheddable_kw")})
+                         **{c: p.get(c) for c in RESERVE_HOLD_COLUMNS}})
         elif rec.kind == "config":
             configs.append({"seq": rec.seq, "at": at, "profile_hash": p.get("profile_hash"),
                             "profile": p.get("profile") or {}, "reason": p.get("reason")})
@@ -105,7 +110,7 @@ def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Tim
             as_performance.append({"seq": rec.seq, "at": at, **p})
         elif rec.kind == "reserve_hold_short":
             hold_short.append({"seq": rec.seq, "at": at, **p})
-    every = pd.DataFrame(rows, columns=[*MEASUREMENT_COLUMNS, "reserve_sheddable_kw"])
+    every = pd.DataFrame(rows, columns=[*MEASUREMENT_COLUMNS, *RESERVE_HOLD_COLUMNS])
     every["interval_start"] = pd.to_datetime(every["interval_start"], utc=True, format="ISO8601")
     for column in MEASUREMENT_COLUMNS:
         if column not in ("interval_start", "intensity_source", "seq", "at"):
