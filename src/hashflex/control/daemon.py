@@ -8,7 +8,9 @@ status and DR acknowledgements are published on ``out/schedule``, ``out/status``
 
 Degraded modes (each visible in ``/status`` and ``/healthz``):
 - broker down: the ingest and driver reconnect with backoff; setpoints already sent expire and
-  the miners fall back to sleep; the loop keeps ticking on what the store holds;
+  the miners fall back to sleep; the loop keeps ticking on what the store holds; SIGTERM still exits in
+  a few seconds (task H3: the clients are stopped together, each network thread awaited at most
+  :data:`~hashflex.feeds.mqtt.STOP_TIMEOUT_S`; the store and the audit trail are closed last);
 - no price known for an interval: it is planned at $5,000/MWh (ERCOT's offer cap), i.e. curtailed,
   and /healthz answers 503 (the forecast module documents every fallback);
 - solver timeout or failure: the greedy fallback schedule (every hard limit respected);
@@ -50,6 +52,8 @@ import logging
 import os
 import signal
 import threading
+import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -61,7 +65,7 @@ from hashflex.control.loop import ControlLoop, LoopConfig
 from hashflex.control.records import AuditRecorder, IntervalMeter
 from hashflex.control.solver import SolveRunner
 from hashflex.feeds.load_forecast import load_forecast_feed_from_env
-from hashflex.feeds.mqtt import COMMAND_KINDS, MqttIngest, mqtt_client
+from hashflex.feeds.mqtt import COMMAND_KINDS, MqttIngest, mqtt_client, stop_clients
 from hashflex.feeds.poll import price_feed_from_env
 from hashflex.frames import utc_now
 from hashflex.messages import ASAwardMessage, ASDeployMessage, DREventMessage, LimitsChangeMessage, Topics
@@ -120,9 +124,9 @@ class MqttPublisher:
         self._client.publish(topic, json.dumps(payload, default=str), qos=1, retain=topic_suffix == "out/status")
 
     def close(self) -> None:
-        """Disconnect and stop the network thread."""
-        self._client.disconnect()
-        self._client.loop_stop()
+        """Disconnect and stop the network thread, waiting at most
+        :data:`~hashflex.feeds.mqtt.STOP_TIMEOUT_S` for it (the broker may be gone: :func:`stop_clients`)."""
+        stop_clients([self._client], what="publisher")
 
 
 _MISSING_WORDS = {"new": "new", "modes_changed": "(modes changed)", "dropped": "dropped (not in the profile)",
@@ -451,6 +455,53 @@ def _start_meter(profile: SiteProfile, loop: ControlLoop) -> Any:
     return poller.start()
 
 
+SHUTDOWN_STEP_S = 12.0
+"""How long :func:`close_together` waits for a group of close steps (s): above every step's own bound
+(the HTTP server's 10 s join, the VEN's 5 s, an MQTT client's 1.5 s), so in practice it never cuts one."""
+
+
+def close_together(steps: list[tuple[str, Callable[[], Any] | None]], timeout_s: float = SHUTDOWN_STEP_S) -> list[str]:
+    """Run independent close steps on threads of their own and wait for all of them against one deadline.
+
+    The daemon's shutdown (issue 15, task H3): stopping the ingest, the HTTP server and the VEN one after
+    another added up their waits; together they take the longest one. A step that raises is logged and
+    does not stop the others (the store must still be closed after them).
+
+    Parameters
+    ----------
+    steps : list of (name, callable or None)
+        The steps; None entries (a component the daemon does not run) are skipped.
+    timeout_s : float, default :data:`SHUTDOWN_STEP_S`
+        The bound on the whole wait, s; a step still running then is left on its (daemon) thread.
+
+    Returns
+    -------
+    list of str
+        The names of the steps still running at the deadline (logged as a warning).
+    """
+    threads = []
+    for name, step in steps:
+        if step is None:
+            continue
+
+        def run(step: Callable[[], Any] = step, name: str = name) -> None:
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - one component's failure must not keep the others open
+                log.exception("shutdown: closing the %s failed", name)
+
+        thread = threading.Thread(target=run, name=f"hashflex-close-{name}", daemon=True)
+        thread.start()
+        threads.append((name, thread))
+    deadline = time.monotonic() + timeout_s
+    for _, thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    left = [name for name, thread in threads if thread.is_alive()]
+    if left:
+        log.warning("shutdown: %s still closing after %.0f s; going on", ", ".join(left), timeout_s)
+    return left
+
+
 def run_daemon(profile: SiteProfile, *, store_path: str, profile_path: str | None = None, mqtt_host: str, mqtt_port: int,
                http_host: str = "127.0.0.1", http_port: int = DEFAULT_HTTP_PORT, driver: Any = None,
                username: str | None = None, password: str | None = None, tls_ca_file: str | None = None,
@@ -596,24 +647,25 @@ def _run_locked(profile: SiteProfile, store_path: str, profile_path: str | None,
     try:
         loop.run(utc_now, stop)
     finally:
-        if ven is not None:
-            ven.stop()
-        if meter is not None:
-            meter.stop()
-        if feed is not None:
-            feed.stop()
-        if load_feed is not None:
-            load_feed.stop()
-        server.stop()
-        ingest.stop()
-        publisher.close()
-        loop.close()
-        driver.close()
-        if compute_driver is not None:
-            compute_driver.close()
-        loop.solver.close()
-        if model is not None:
-            model.close()
-        recorder.flush()
-        recorder.close()
-        store.close()
+        # SIGTERM with the broker gone (issue 15, task H3): stopped one after another, each MQTT client waited
+        # for its network thread (up to paho's 5 s connect timeout) and the daemon took 11.4 s to exit. The
+        # inputs stop together, then the queued batches go out (the sender's own bound), then the outputs
+        # stop together; the audit trail and the store are flushed and closed last, whatever came before.
+        stopped = time.monotonic()
+        close_together([("openadr", ven.stop if ven is not None else None),
+                        ("meter", meter.stop if meter is not None else None),
+                        ("price feed", feed.stop if feed is not None else None),
+                        ("load forecast feed", load_feed.stop if load_feed is not None else None),
+                        ("http", server.stop), ("ingest", ingest.stop)])
+        try:
+            loop.close()  # the batches already queued reach the driver (SendQueue.close: bounded)
+        finally:
+            close_together([("publisher", publisher.close), ("driver", driver.close),
+                            ("compute driver", compute_driver.close if compute_driver is not None else None),
+                            ("solver", loop.solver.close), ("price model", model.close if model is not None else None)])
+            try:
+                recorder.flush()
+                recorder.close()
+            finally:
+                store.close()
+            log.info("hashflex stopped in %.1f s", time.monotonic() - stopped)

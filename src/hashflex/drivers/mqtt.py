@@ -81,7 +81,7 @@ from hashflex.drivers.mqtt_publish import PahoPublisher, PublishOutcome
 from hashflex.drivers.batch import BatchResult, SetpointBatch
 from hashflex.drivers.setpoint_messages import (OutboundMessage, group_messages, group_messages_from_codes,
                                                 per_miner_messages)
-from hashflex.feeds.mqtt import mqtt_client
+from hashflex.feeds.mqtt import mqtt_client, stop_clients
 from hashflex.messages import TelemetryMessage, Topics, parse_message
 
 __all__ = ["MqttDriver", "PahoPublisher", "PublishOutcome"]
@@ -219,9 +219,11 @@ class MqttDriver:
         return self._connected.is_set()
 
     def close(self) -> None:
-        """Disconnect both connections and stop their network threads."""
-        self._client.disconnect()
-        self._client.loop_stop()
+        """Disconnect both connections and stop their network threads: the telemetry thread is awaited at
+        most :data:`~hashflex.feeds.mqtt.STOP_TIMEOUT_S` (the broker may be gone: :func:`stop_clients`), a
+        batch being published is let finish first (its PUBACK wait is bounded by ``puback_timeout_s``
+        without progress)."""
+        stop_clients([self._client], what="driver telemetry")
         self._connected.clear()
         with self._publish_lock:
             self.publisher.close()

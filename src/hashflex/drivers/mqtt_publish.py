@@ -37,7 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from hashflex.feeds.mqtt import mqtt_client
+from hashflex.feeds.mqtt import mqtt_client, stop_clients
 
 __all__ = ["PahoPublisher", "PublishOutcome"]
 
@@ -114,15 +114,14 @@ class PahoPublisher:
     def _drop(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            try:
-                client.disconnect()
-            except (OSError, ValueError):
-                pass
-            client.loop_stop()
+            stop_clients([client], what="setpoint publisher")  # bounded: a gone broker host hangs a connect
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: ReasonCode,
                     properties: Properties | None) -> None:
         with self._cond:
+            if client is not self._client:  # a dropped client whose connect outlived _drop's bound
+                client.disconnect()
+                return
             self._connack = reason_code
             if not reason_code.is_failure and properties is not None:
                 self.receive_maximum = int(getattr(properties, "ReceiveMaximum", 65_535))
@@ -155,8 +154,10 @@ class PahoPublisher:
         self._drop()
         for _ in range(2):  # a second time only to take the Receive Maximum the broker announced
             window = min(self.receive_maximum, self.max_outstanding)
+            # no reconnect in the background: a broken client is dropped and the next publish connects afresh
+            # (a background reconnect to a gone broker host also held the daemon's exit, task H3)
             client = mqtt_client(self.client_id, username=self.username, password=self.password,
-                                 tls_ca_file=self.tls_ca_file)
+                                 tls_ca_file=self.tls_ca_file, reconnect=False)
             client.max_inflight_messages_set(window)
             client.max_queued_messages_set(0)
             client.connect_timeout = max(0.001, min(self.connect_timeout_s, deadline - time.monotonic()))

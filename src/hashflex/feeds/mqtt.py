@@ -83,7 +83,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -100,7 +100,7 @@ from hashflex.profile import SiteProfile
 from hashflex.store import Store, utc_now
 
 __all__ = ["MqttIngest", "MessageCallback", "RejectionCallback", "CommandHandler", "AuditSink", "mqtt_client",
-           "refusal_rule"]
+           "refusal_rule", "stop_clients", "STOP_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +114,14 @@ COUNTERS = ("accepted", "rejected", "duplicate", "errors")
 _LOG_EVERY_S = 60.0  # a repeated rejection reason is logged at WARNING at most this often
 LAG_WINDOW_S = 5.0
 """Telemetry lag is the smallest lag of each window this long (s): see :meth:`MqttIngest.backlog`."""
+STOP_TIMEOUT_S = 1.5
+"""How long :func:`stop_clients` waits for paho's network threads (s): longer than the reconnect sleep's
+1 s step, shorter than paho's 5 s TCP connect timeout a gone broker host makes a thread sit in."""
 
 
 def mqtt_client(client_id: str, *, username: str | None = None, password: str | None = None,
                 tls_ca_file: str | None = None, manual_ack: bool = False, reconnect_min_s: float = 1.0,
-                reconnect_max_s: float = 30.0) -> mqtt.Client:
+                reconnect_max_s: float = 30.0, reconnect: bool = True) -> mqtt.Client:
     """A paho-mqtt 2.x client as every hashflex component sets one up: MQTT v5, the VERSION2
     callback API, optional username/password and TLS (the CA file verifies the broker), reconnect
     back-off between ``reconnect_min_s`` and ``reconnect_max_s``. Not connected yet.
@@ -135,19 +138,68 @@ def mqtt_client(client_id: str, *, username: str | None = None, password: str | 
         Acknowledge QoS 1 messages explicitly (after the store commits).
     reconnect_min_s, reconnect_max_s : float
         Reconnect back-off bounds, seconds.
+    reconnect : bool, default True
+        Let paho's network thread reconnect after a lost connection; False ends the thread instead (a
+        client its owner drops and replaces, as the setpoint publisher does).
 
     Returns
     -------
     paho.mqtt.client.Client
     """
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
-                         manual_ack=manual_ack)
+                         manual_ack=manual_ack, reconnect_on_failure=reconnect)
     if username is not None:
         client.username_pw_set(username, password)
     if tls_ca_file:
         client.tls_set(ca_certs=tls_ca_file)
     client.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)  # type: ignore[arg-type]
     return client
+
+
+def stop_clients(clients: Iterable[mqtt.Client], timeout_s: float = STOP_TIMEOUT_S, *, what: str = "MQTT") -> int:
+    """Disconnect paho clients and stop their network threads together, waiting at most ``timeout_s``.
+
+    Why (issue 15, task H3): with the broker gone each network thread sits in paho's reconnect cycle —
+    a back-off sleep checked once a second, or a TCP connect that hangs up to paho's 5 s connect timeout
+    when the broker's host does not answer — and ``loop_stop()`` waits for it without a bound. Stopped
+    one after another, a daemon's clients took 11.4 s after SIGTERM. Here every thread is told to stop
+    first and then all are awaited against one deadline; a thread still inside a hanging connect is left
+    to end on its own (paho's threads are daemon threads: it cannot hold the process; it exits at its next
+    check, and the ingest disconnects at once should that connect still succeed). A connected client sends
+    its DISCONNECT as before, and its thread, not blocked, stops well inside the bound.
+
+    Parameters
+    ----------
+    clients : iterable of paho.mqtt.client.Client
+        Clients started with ``loop_start()`` (others are only disconnected).
+    timeout_s : float, default :data:`STOP_TIMEOUT_S`
+        The bound on the whole wait, s.
+    what : str, default "MQTT"
+        The component, for the warning when a thread is left running.
+
+    Returns
+    -------
+    int
+        How many network threads were still running at the deadline (0: all stopped).
+    """
+    stoppers = []
+    for client in clients:
+        try:
+            client.disconnect()  # DISCONNECT when connected; else marks the client disconnected
+        except (OSError, ValueError):
+            pass
+        # loop_stop() sets paho's terminate flag at once and then joins without a bound: join it here instead
+        stopper = threading.Thread(target=client.loop_stop, name=f"{what}-stop", daemon=True)
+        stopper.start()
+        stoppers.append(stopper)
+    deadline = time.monotonic() + timeout_s
+    for stopper in stoppers:
+        stopper.join(max(0.0, deadline - time.monotonic()))
+    left = sum(stopper.is_alive() for stopper in stoppers)
+    if left:
+        log.warning("%s: %d network thread(s) still in a connect attempt after %.1f s; left to end on their own",
+                    what, left, timeout_s)
+    return left
 
 
 class MqttIngest:
@@ -311,11 +363,10 @@ class MqttIngest:
             client.loop_start()
 
     def stop(self) -> None:
-        """Disconnect and stop the network threads (the store is left open)."""
+        """Disconnect and stop the network threads, waiting at most :data:`STOP_TIMEOUT_S` for them
+        (:func:`stop_clients`); the store is left open."""
         self._stopping = True
-        for client in self._clients.values():
-            client.disconnect()
-            client.loop_stop()
+        stop_clients(self._clients.values(), what="ingest")  # bounded: the broker may be gone (task H3)
         for event in self._connected.values():
             event.clear()
         if self._audit_timer is not None:
@@ -578,6 +629,9 @@ class MqttIngest:
         try:
             if reason_code.is_failure:
                 log.warning("ingest: connect to %s:%s refused: %s", self.host, self.port, reason_code)
+                return
+            if self._stopping:  # a connect that outlived stop()'s bound: take nothing more (unacked: redelivered)
+                client.disconnect()
                 return
             self.connects_by_role[userdata] = self.connects_by_role.get(userdata, 0) + 1
             if userdata == "inputs":  # ``connects``: the commands' connection (the one a DR event takes)
