@@ -17,7 +17,8 @@ from pydantic import ValidationError
 
 from hashflex.messages.inbound import INBOUND_MODELS, InboundMessage
 
-__all__ = ["COMMAND_KINDS", "MAX_PAYLOAD_BYTES", "Rejection", "parse_message", "payload_preview", "refusal_rule"]
+__all__ = ["COMMAND_KINDS", "MAX_PAYLOAD_BYTES", "DuplicateKeyObject", "Rejection", "duplicate_key", "duplicate_key_in",
+           "duplicate_key_reason", "loads_marking_duplicates", "parse_message", "payload_preview", "refusal_rule"]
 
 # Kinds whose topic carries the series key as a last level, and the payload field it must match.
 _KEYED_KINDS = {"renewable": "source_id", "noise": "receptor_id", "telemetry": "miner_id"}
@@ -105,6 +106,24 @@ def refusal_rule(reason: str | None, kind: str | None = None) -> str:
     return f"refused:{head}" if _REFUSAL_FIELD.fullmatch(head) else "refused"
 
 
+def _repeated_key(pairs: list[tuple[str, object]]) -> str | None:
+    """The first key given twice among one JSON object's ``pairs``, or None: the one rule of the duplicate-key
+    refusal, for MQTT commands (:func:`duplicate_key`) and OpenADR objects (:func:`loads_marking_duplicates`)."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            return key
+        seen.add(key)
+    return None
+
+
+def duplicate_key_reason(where: str) -> str:
+    """The refusal's reason after its subject: ``<where>: duplicate key: given more than once in one JSON
+    object (which value was meant is unknown)``; ``where`` is the key (MQTT) or its path (OpenADR)."""
+    shown = where if len(where) <= _DUPLICATE_KEY_SHOWN_CHARS else where[:_DUPLICATE_KEY_SHOWN_CHARS] + "…"
+    return f"{shown}: duplicate key: given more than once in one JSON object (which value was meant is unknown)"
+
+
 def duplicate_key(raw: bytes) -> str | None:
     """The first key that appears twice in one JSON object of ``raw`` (at any depth), or None.
 
@@ -127,13 +146,8 @@ def duplicate_key(raw: bytes) -> str | None:
     found: list[str] = []
 
     def pairs_hook(pairs: list[tuple[str, object]]) -> dict[str, object]:
-        if not found:
-            seen: set[str] = set()
-            for key, _ in pairs:
-                if key in seen:
-                    found.append(key)
-                    break
-                seen.add(key)
+        if not found and (key := _repeated_key(pairs)) is not None:
+            found.append(key)
         return dict(pairs)
 
     try:
@@ -141,6 +155,78 @@ def duplicate_key(raw: bytes) -> str | None:
     except (ValueError, RecursionError):  # not JSON (or too deep): pydantic's error names it
         return None
     return found[0] if found else None
+
+
+class DuplicateKeyObject(dict):  # type: ignore[type-arg]
+    """A JSON object (a ``dict``: the last value of a repeated key, as ``json.loads`` keeps) in which the key
+    ``duplicate`` was given more than once; made by :func:`loads_marking_duplicates`."""
+
+    duplicate: str = ""
+
+
+def _marking_hook(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    key = _repeated_key(pairs)
+    if key is None:
+        return dict(pairs)
+    marked = DuplicateKeyObject(pairs)
+    marked.duplicate = key
+    return marked
+
+
+def loads_marking_duplicates(raw: bytes | str) -> object:
+    """``json.loads(raw)`` where every object with a repeated key comes back as a :class:`DuplicateKeyObject`,
+    so that a document holding many objects (an OpenADR VTN's event listing, a webhook notification) can
+    refuse only the object that has one (:func:`duplicate_key_in`), by the rule MQTT commands are refused by
+    (:func:`duplicate_key`; issue 15, task H3).
+
+    Parameters
+    ----------
+    raw : bytes or str
+        A JSON document (bytes: UTF-8/16/32, as ``json.loads`` detects).
+
+    Returns
+    -------
+    object
+        The parsed document.
+
+    Raises
+    ------
+    ValueError
+        ``raw`` is not JSON (``json.JSONDecodeError``, or ``UnicodeDecodeError``).
+    """
+    return json.loads(raw, object_pairs_hook=_marking_hook)
+
+
+def duplicate_key_in(value: object, skip: frozenset[str] | tuple[str, ...] = ()) -> str | None:
+    """Where the first repeated key of a document from :func:`loads_marking_duplicates` is, or None.
+
+    Parameters
+    ----------
+    value : object
+        The parsed document (or any part of it); plain dicts and lists are searched, depth first.
+    skip : collection of str
+        Keys of the top-level object not searched (a notification's ``object``: the event is checked
+        as an event, with its id).
+
+    Returns
+    -------
+    str or None
+        The key's path, e.g. ``payloads`` or ``intervals.0.intervalPeriod`` (a repeated key of the
+        top-level object: the key alone); None when no object has a repeated key.
+    """
+    stack: list[tuple[str, object, bool]] = [("", value, True)]
+    while stack:
+        path, item, top = stack.pop()
+        if isinstance(item, dict):
+            if isinstance(item, DuplicateKeyObject):
+                return f"{path}.{item.duplicate}" if path else item.duplicate
+            children = [(k, v) for k, v in item.items() if not (top and k in skip)]
+        elif isinstance(item, list):
+            children = list(enumerate(item))
+        else:
+            continue
+        stack.extend((f"{path}.{k}" if path else str(k), v, False) for k, v in reversed(children))
+    return None
 
 
 def _explain(kind: str, error: ValidationError) -> str:
@@ -215,9 +301,7 @@ def parse_message(topic: str, payload: bytes | str, *, site: str | None = None) 
         return Rejection(topic, f"{kind}: payload: larger than {MAX_PAYLOAD_BYTES} bytes", _preview(raw), kind,
                          "oversize")
     if kind in COMMAND_KINDS and (twice := duplicate_key(raw)) is not None:
-        shown = twice if len(twice) <= _DUPLICATE_KEY_SHOWN_CHARS else twice[:_DUPLICATE_KEY_SHOWN_CHARS] + "…"
-        return Rejection(topic, f"{kind}: {shown}: duplicate key: given more than once in one JSON object "
-                                "(which value was meant is unknown)", _preview(raw), kind, "schema:duplicate_key")
+        return Rejection(topic, f"{kind}: {duplicate_key_reason(twice)}", _preview(raw), kind, "schema:duplicate_key")
     try:
         message = model.model_validate_json(raw, strict=True)
     except ValidationError as exc:

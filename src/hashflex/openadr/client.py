@@ -30,6 +30,8 @@ from typing import Any
 
 import requests
 
+from hashflex.messages.parse import loads_marking_duplicates
+
 __all__ = ["Listing", "MAX_PAGES", "OpenADRClient", "OpenADRConfig", "TokenManager", "VTNError", "VTNUnavailable"]
 
 log = logging.getLogger(__name__)
@@ -244,7 +246,8 @@ class OpenADRClient:
 
     def request(self, method: str, path: str, *, params: Any = None, body: Any = None) -> Any:
         """One authenticated call; a 401 refreshes the token and retries once. Returns parsed JSON
-        (None for an empty body)."""
+        (None for an empty body), each object with a repeated key marked
+        (:func:`~hashflex.messages.parse.loads_marking_duplicates`: :func:`.models.validate_object` refuses it)."""
         for attempt in (1, 2):
             token = self.tokens.token()
             try:
@@ -269,8 +272,8 @@ class OpenADRClient:
                                                      f"{_detail(response)}")
             if not response.content:
                 return None
-            try:
-                return response.json()
+            try:  # an object with a repeated key is marked, and refused by validate_object (issue 15, task H3)
+                return loads_marking_duplicates(response.content)
             except ValueError as exc:
                 raise VTNUnavailable(response.status_code, f"{method} {path}: answer is not JSON") from exc
         raise AssertionError("unreachable")

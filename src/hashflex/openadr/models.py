@@ -27,6 +27,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
 
+from hashflex.messages.parse import duplicate_key_in, duplicate_key_reason
+
 __all__ = ["DURATION_PATTERN", "OBJECT_ID_PATTERN", "Event", "EventPayloadDescriptor", "Interval", "IntervalPeriod",
            "Notification", "ObjectRejected", "Point", "Program", "ReportDescriptor", "Resource", "Subscription",
            "Ven", "ValuesMap", "rejection_reason", "validate_event", "validate_object"]
@@ -208,10 +210,20 @@ def rejection_reason(exc: PydanticValidationError, limit: int = 3) -> str:
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
-def validate_object(model: type[BaseModel], obj: Any) -> Any:
-    """``model.model_validate(obj)`` or :class:`ObjectRejected` with the reason."""
+def validate_object(model: type[BaseModel], obj: Any, *, unchecked: tuple[str, ...] = ()) -> Any:
+    """``model.model_validate(obj)`` or :class:`ObjectRejected` with the reason.
+
+    A key given twice in one JSON object, at any depth, is refused first, naming its path (``intervals.0.payloads:
+    duplicate key: ...``): which value the VTN meant is unknown. The rule is the MQTT commands' one
+    (:func:`hashflex.messages.parse.duplicate_key_in` over an answer read by
+    :func:`~hashflex.messages.parse.loads_marking_duplicates`, as the client and the webhook read them; issue 15,
+    task H3). ``unchecked``: top-level keys left to their own validation (a notification's ``object``, an
+    event checked with its id by :func:`validate_event`).
+    """
     if not isinstance(obj, dict):
         raise ObjectRejected(f"object: a JSON object was expected, got {type(obj).__name__}")
+    if (where := duplicate_key_in(obj, skip=unchecked)) is not None:
+        raise ObjectRejected(duplicate_key_reason(where))
     try:
         return model.model_validate(obj)
     except PydanticValidationError as exc:

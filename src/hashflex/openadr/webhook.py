@@ -20,7 +20,6 @@ Refusals are counted by reason in ``counters`` (``webhook_refused_<reason>``).
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import socket
 import ssl
@@ -30,6 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from hashflex.messages.parse import loads_marking_duplicates
 from hashflex.openadr.config import WebhookConfig
 
 __all__ = ["MAX_CONNECTIONS", "NotificationRefused", "WebhookServer"]
@@ -189,7 +189,7 @@ class WebhookServer:
                     self._refuse(400, "short_body", b"body shorter than Content-Length")
                     return
                 try:
-                    notification = json.loads(raw)
+                    notification = loads_marking_duplicates(raw)  # repeated keys refused by validation
                 except ValueError:
                     self._refuse(400, "not_json", b"not JSON")
                     return
