@@ -32,6 +32,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from as_support import ISSUER, award, deploy
 from conftest import free_port, poll_until
 from hashflex.audit import AuditLog
 from hashflex.audit.rejections import REJECTION_AUDIT_FULL_PER_MINUTE
@@ -58,7 +59,7 @@ receptors:
 carbon: {{default_intensity_kg_per_mwh: 400, intensity_source: test}}
 economics: {{hashprice_usd_per_ph_day: 48, pool_fee_pct: 0}}
 ancillary:
-  issuer: qse-test
+  issuer: {ISSUER}
   groups: {{hydro: {{response_s: 0.5, under_frequency_relay: true}}}}
   products:
     RRS: {{group_mw: {{hydro: 5}}}}
@@ -149,26 +150,24 @@ def test_refused_inputs_are_in_the_audit_trail_with_field_and_digest(daemon) -> 
     topics = Topics(SITE)
     now = utc_now()
     iso = now.isoformat()
-    deploy = {"deployment_id": "d-1", "product": "RRS", "issued_at": iso, "deployed_kw": 990.0, "issuer": "qse-test"}
-    award = {"award_id": "a-1", "product": "RRS", "start": iso, "end": (now + timedelta(hours=2)).isoformat(),
-             "reserve_kw": 990.0, "price_usd_mw_h": 20.0, "issuer": "qse-test"}
+    good_deploy = deploy("d-1", now, 990.0).model_dump(mode="json")
+    good_award = award("a-1", "RRS", 990.0, start=now, end=now + timedelta(hours=2)).model_dump(mode="json")
     dr = {"event_id": "ev-x", "modification_number": 0, "program": "ERS", "start": iso,
           "end": (now + timedelta(hours=1)).isoformat(), "import_limit_kw": 40.0, "issuer": "utility"}
     bad: dict[str, tuple[str, bytes, str]] = {  # name -> (topic, raw payload, a field its reason must name)
         "award_malformed_json": (f"{topics.prefix}in/as/award", b'{"award_id": "a-broken", "product": ', "payload"),
         "deploy_nan": (f"{topics.prefix}in/as/deploy",
-                       json.dumps({**deploy, "deployment_id": "d-nan", "deployed_kw": float("nan")}).encode(),
+                       json.dumps({**good_deploy, "deployment_id": "d-nan", "deployed_kw": float("nan")}).encode(),
                        "deployed_kw"),
-        "award_negative": (f"{topics.prefix}in/as/award", json.dumps({**award, "award_id": "a-neg",
+        "award_negative": (f"{topics.prefix}in/as/award", json.dumps({**good_award, "award_id": "a-neg",
                                                                         "reserve_kw": -5.0}).encode(), "reserve_kw"),
         "deploy_unknown_field": (f"{topics.prefix}in/as/deploy",
-                                 json.dumps({**deploy, "deployment_id": "d-extra", "priority": "high"}).encode(),
+                                 json.dumps({**good_deploy, "deployment_id": "d-extra", "priority": "high"}).encode(),
                                  "priority"),
         "deploy_clock_skew": (f"{topics.prefix}in/as/deploy",
-                              json.dumps({**deploy, "deployment_id": "d-future",
-                                          "issued_at": (now + timedelta(days=2)).isoformat()}).encode(), "issued_at"),
-        "deploy_zero_kw": (f"{topics.prefix}in/as/deploy",
-                           json.dumps({**deploy, "deployment_id": "d-zero", "deployed_kw": 0.0}).encode(),
+                              deploy("d-future", now + timedelta(days=2), 990.0).model_dump_json().encode(),
+                              "issued_at"),
+        "deploy_zero_kw": (f"{topics.prefix}in/as/deploy", deploy("d-zero", now, 0.0).model_dump_json().encode(),
                            "deployed_kw"),
         "dr_unknown_field": (f"{topics.prefix}in/dr", json.dumps({**dr, "colour": "red"}).encode(), "colour"),
         "noise_negative": (f"{topics.prefix}in/noise/porch",
@@ -225,23 +224,19 @@ def test_status_counts_as_accepted_only_what_the_site_accepted(daemon) -> None: 
     process, http_port, tmp_path, broker = daemon
     topics = Topics(SITE)
     now = utc_now()
-    award = {"award_id": "a-ok", "product": "RRS", "start": now.isoformat(),
-             "end": (now + timedelta(hours=2)).isoformat(), "reserve_kw": 990.0, "price_usd_mw_h": 20.0,
-             "issuer": "qse-test"}
-    deploy = {"deployment_id": "d", "product": "RRS", "issued_at": now.isoformat(), "deployed_kw": 990.0,
-              "issuer": "qse-test"}
+    accepted_award = award("a-ok", "RRS", 990.0, start=now, end=now + timedelta(hours=2))
     refused_deploys = [  # well-formed and plausible, refused by the site's limits book
-        {**deploy, "deployment_id": "d-zero", "deployed_kw": 0.0},                 # sheds nothing
-        {**deploy, "deployment_id": "d-nspin", "product": "NSPIN"},                # not qualified, never awarded
-        {**deploy, "deployment_id": "d-ghost", "product": "NSPIN", "recalled": True},  # a recall for a product not qualified (an unknown id is kept as pending: test_as_intake_order)
-        {**deploy, "deployment_id": "d-mallory", "issuer": "mallory"},             # not the profile's QSE
+        deploy("d-zero", now, 0.0),                                   # sheds nothing
+        deploy("d-nspin", now, 990.0, product="NSPIN"),               # not qualified, never awarded
+        deploy("d-ghost", now, 990.0, product="NSPIN", recalled=True),  # a recall for a product not qualified (an unknown id is kept as pending: test_as_intake_order)
+        deploy("d-mallory", now, 990.0, issuer="mallory"),            # not the profile's QSE
     ]
     client = Client(broker.port, topics)
     try:
-        client.send(f"{topics.prefix}in/as/award", json.dumps(award).encode())
-        client.send(f"{topics.prefix}in/as/award", json.dumps(award).encode())  # a redelivery
+        client.send(f"{topics.prefix}in/as/award", accepted_award.model_dump_json().encode())
+        client.send(f"{topics.prefix}in/as/award", accepted_award.model_dump_json().encode())  # a redelivery
         for message in refused_deploys:
-            client.send(f"{topics.prefix}in/as/deploy", json.dumps(message).encode())
+            client.send(f"{topics.prefix}in/as/deploy", message.model_dump_json().encode())
         poll_until(lambda: len(client.acks) >= 2 + len(refused_deploys), 30, message="every message answered")
         poll_until(lambda: ((http_json(http_port, "/status") or {}).get("inputs", {}).get("as_deploy") or {})
                    .get("rejected", 0) + ((http_json(http_port, "/status") or {}).get("inputs", {})

@@ -16,42 +16,19 @@ from hashflex.optimize.rounding import cover_reserve_obligations, load_kw, reser
 from hashflex.optimize.schedule import SolveStatus, reserve_from_counts, schedule_from_counts, unit_column
 from hashflex.optimize.solve import RunOutcome, _compiled_for, _hold_reserve_obligations, solve
 from hashflex.profile import parse_profile
+from as_support import ISSUER, big_small_profile_yaml
 
 PRODUCTS = ("RRS", "ECRS", "NSPIN")
 INDEX = pd.date_range("2024-06-03T00:00Z", periods=4, freq="15min")
 
 # The 8 May 2024 case, small (tests/test_ancillary_obligations.py): RRS from 1,000 big units,
 # ECRS 1,001 kW only from 2.6 kW units (2.59 kW sheddable each): ceil(1,001 / 2.59) = 387 units.
-ROUNDING_PROFILE = """
-site: {{name: AS Rounding, settlement_point: HB_WEST, settlement_point_type: HU, timezone: America/Chicago}}
-grid: {{import_limit_kw: {limit}}}
-miner_groups:
-  - id: big
-    model: efficient
-    units: 1000
-    cooling: hydro
-    idle_power_kw: 0
-    modes: [{{name: run, power_kw: 100, hashrate_th_s: 10000, sound_power_dba: 80}}]
-  - id: small
-    model: old
-    units: 1000
-    cooling: air
-    idle_power_kw: 0.01
-    modes: [{{name: run, power_kw: 2.6, hashrate_th_s: 50, sound_power_dba: 80}}]
-carbon: {{default_intensity_kg_per_mwh: 400, intensity_source: test}}
-economics: {{hashprice_usd_per_ph_day: 48, pool_fee_pct: 0}}
-ancillary:
-  issuer: qse-test
-  groups: {{big: {{response_s: 0.5, under_frequency_relay: true}}, small: {{response_s: 30}}}}
-  products:
-    RRS: {{group_mw: {{big: 5}}, expected_deployments_per_month: 0}}
-    ECRS: {{group_mw: {{small: 5}}, expected_deployments_per_month: 0}}
-"""
+# The site is as_support's big/small site (SYNTHETIC).
 AWARDS = {"RRS": 1000.0, "ECRS": 1001.0}
 
 
 def _rounding_problem(limit_kw: float = 200000.0, price_usd_mwh: float = 50.0) -> Problem:
-    profile = parse_profile(ROUNDING_PROFILE.format(limit=limit_kw), source="test")
+    profile = parse_profile(big_small_profile_yaml("AS Rounding", import_limit_kw=limit_kw), source="test")
     return problem_from_profile(profile, INDEX, [price_usd_mwh] * 4, as_award_kw=AWARDS,
                                 as_price_usd_mw_h={"RRS": 1.0, "ECRS": 1.0})
 
@@ -95,7 +72,7 @@ miner_groups:
 carbon: {{default_intensity_kg_per_mwh: 400, intensity_source: test}}
 economics: {{hashprice_usd_per_ph_day: 48, pool_fee_pct: 0}}
 ancillary:
-  issuer: qse-test
+  issuer: {ISSUER}
   groups: {{{", ".join(f"{g}: {{response_s: 0.5, under_frequency_relay: true}}" for g in ids)}}}
   products:
 {chr(10).join(products)}
