@@ -305,6 +305,11 @@ class MqttComputeDriver:
         return [results[i] for i in range(len(commands))]
 
     def close(self) -> None:
-        """Stop the network thread and disconnect."""
-        self._client.loop_stop()
-        self._client.disconnect()
+        """Disconnect and stop the network thread, waiting for it at most ``feeds.mqtt.STOP_TIMEOUT_S``.
+
+        Why bounded: with the broker's host unreachable paho's thread hangs in a TCP connect (up to
+        its 5 s connect timeout) and ``loop_stop()`` alone waits for it without a bound, delaying a
+        daemon's SIGTERM exit (issue 15, H3); the MQTT drivers stop their clients the same way."""
+        from hashflex.feeds.mqtt import stop_clients
+
+        stop_clients([self._client], what="compute driver")
