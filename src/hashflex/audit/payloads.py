@@ -81,8 +81,10 @@ def reserve_hold_short_payload(interval_start: datetime, interval_h: float, prod
         Reserve to hold over the interval: awards in force less what of the product was deployed, kW.
     short_kw : float
         What of it the running units did not hold, kW (``control.ancillary.reserve_hold_shortfalls`` on
-        the sheddable load capped by the load metered as drawn; the loop adds that figure and its basis,
-        ``reserve_sheddable_kw`` … ``reserve_hold_basis``, ``ControlLoop.record_reserve_hold``).
+        the sheddable load capped per group by what its miners were metered to draw, a running miner
+        without telemetry counted as commanded; the loop adds that figure and its basis,
+        ``reserve_sheddable_kw`` … ``reserve_unreported_running_units``, ``reserve_hold_basis``
+        ``metered`` / ``partly metered`` / ``commanded``, ``ControlLoop.record_reserve_hold``).
     price_usd_mw_h : float or None
         The awards' price (reserve-weighted), $ per MW per hour; None when no award carried one.
     clawback_usd : float or None

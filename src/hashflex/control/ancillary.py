@@ -65,6 +65,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
+
 from hashflex.frames import in_force
 from hashflex.messages import ASAwardMessage, ASDeployMessage
 from hashflex.profile import AS_PRODUCT_RULES, SiteProfile
@@ -351,24 +353,34 @@ def reserve_hold_shortfalls(profile: SiteProfile, obligations_kw: Mapping[str, f
 _DRAWN_TOLERANCE = 1e-9  # relative: float noise of a sum over many units is not a shortfall
 
 
-def drawn_sheddable_kw(commanded_kw: Mapping[str, float], metered_sheddable_kw: float | None) -> dict[str, float]:
-    """The commanded per-group sheddable load capped by what the site was measured to draw (issue 15, H1).
+def drawn_sheddable_kw(commanded_kw: Mapping[str, float],
+                       metered_sheddable_kw: float | Mapping[str, float] | None) -> dict[str, float]:
+    """The commanded per-group sheddable load capped by what the site was measured to draw (issue 15, H1, H1b).
 
     A Load Resource holds reserve only with load it actually draws (ERCOT checks its telemetered
     consumption against its award, Nodal Protocols §6.4.9.1.3, §8.1.1.3): units commanded to run
-    but still booting hold nothing. When the groups' commanded figures sum to more than
-    ``metered_sheddable_kw`` (the interval's measured mean load less the load that could not be
-    shed), each group is scaled down pro rata to it; otherwise they are returned unchanged (the
-    commanded figure is exact: a unit drawing more than its mode cannot shed more than it was asked
-    to run). The one rule of the loop's hold check and the report's.
+    but still booting hold nothing. The one rule of the loop's hold check and the report's.
+
+    - Per group (a mapping, the daemon's telemetry counted miner by miner,
+      :func:`metered_group_sheddable_kw`): each group holds min(commanded, metered). Not pro rata:
+      each group's figure is measured from its own miners, and qualification is per group
+      (``group_mw``), so a group drawing more than it was commanded (a unit commanded asleep or off
+      still drawing) does not cover another's shortfall.
+    - A site total (a float: a load not known per miner, the backtest's and simulation's modelled
+      fleet, or an older trail's metered load less idle): when the groups' commanded figures sum to
+      more than it, each group is scaled down pro rata to it (where the shortfall sat is not known).
+
+    Either way a figure at or above the commanded one leaves it unchanged (the commanded figure is
+    exact: a unit drawing more than its mode cannot shed more than it was asked to run).
 
     Parameters
     ----------
     commanded_kw : mapping of str to float
         Group id -> running load above idle as commanded, kW (``ControlLoop.reserve_sheddable_kw``).
-    metered_sheddable_kw : float or None
-        Measured mean load less every unit's idle draw (and any non-mining load the measured figure
-        includes), kW, clipped at 0 here; None: no fresh measurement (the commanded figures stand).
+    metered_sheddable_kw : float, mapping of str to float, or None
+        Measured load above the idle draw that could not be shed, kW, clipped at 0 here: a site
+        total, or group id -> kW (a group missing from it keeps its commanded figure: it was not
+        measured); None: no fresh measurement (the commanded figures stand).
 
     Returns
     -------
@@ -378,11 +390,62 @@ def drawn_sheddable_kw(commanded_kw: Mapping[str, float], metered_sheddable_kw: 
     commanded = {g: max(float(kw), 0.0) for g, kw in commanded_kw.items()}
     if metered_sheddable_kw is None:
         return commanded
+    if isinstance(metered_sheddable_kw, Mapping):
+        out = {}
+        for g, kw in commanded.items():
+            drawn = max(float(metered_sheddable_kw.get(g, kw)), 0.0)
+            out[g] = kw if kw <= drawn * (1.0 + _DRAWN_TOLERANCE) + 1e-9 else drawn
+        return out
     total = sum(commanded.values())
     drawn = max(float(metered_sheddable_kw), 0.0)
     if total <= drawn * (1.0 + _DRAWN_TOLERANCE) + 1e-9:
         return commanded
     return {g: kw * drawn / total for g, kw in commanded.items()}
+
+
+def metered_group_sheddable_kw(mode: np.ndarray, available: np.ndarray, reported_kw: np.ndarray,
+                               above_idle_kw: Sequence[float], idle_kw: float) -> tuple[float, int]:
+    """One group's sheddable load as measured over an interval, counted miner by miner (issue 15, H1b).
+
+    The summed telemetry of a site is too low whenever some miners do not report (patchy telemetry,
+    asleep miners gone quiet, units powered off at a PDU), so it is not capped as a whole; per miner:
+
+    - reported: what it drew above the group's idle draw, max(0, mean reported − idle);
+    - not reported, running (a mode index >= 0) and available: as commanded, its mode's power −
+      idle (no evidence it drew less; counted in the second result, so the basis says so);
+    - not reported otherwise (asleep, powered off, unavailable): 0, and no idle is subtracted for it.
+
+    Vectorised: O(N) numpy over the group's columns (100k miners in a few ms, once an interval).
+
+    Parameters
+    ----------
+    mode : np.ndarray
+        [N] int, mode index per miner (``GroupArrays.mode``: >= 0 running, -1 asleep, -2 powered off).
+    available : np.ndarray
+        [N] bool, available per miner (``GroupArrays.available``).
+    reported_kw : np.ndarray
+        [N] float, each miner's mean reported power over the interval, kW; NaN: it did not report.
+    above_idle_kw : sequence of float
+        [M] per mode of the group, its power less the group's idle draw, kW (negative read as 0).
+    idle_kw : float
+        The group's idle draw per unit, kW.
+
+    Returns
+    -------
+    tuple of (float, int)
+        The group's sheddable load as measured, kW (>= 0), and how many running miners did not
+        report (counted as commanded if available, 0 if not).
+    """
+    mode = np.asarray(mode)
+    reported = np.asarray(reported_kw, dtype=float)
+    heard = np.isfinite(reported)
+    running = mode >= 0
+    table = np.maximum(np.asarray(above_idle_kw, dtype=float), 0.0)
+    commanded = np.zeros(mode.shape, dtype=float)
+    commanded[running] = table[mode[running]]
+    silent_kw = np.where(running & np.asarray(available, dtype=bool), commanded, 0.0)
+    drawn = np.where(heard, np.maximum(np.where(heard, reported, 0.0) - float(idle_kw), 0.0), silent_kw)
+    return float(drawn.sum()), int((running & ~heard).sum())
 
 
 def reserve_clawback_usd(short_kw: Any, price_usd_mw_h: Any, duration_h: Any) -> Any:

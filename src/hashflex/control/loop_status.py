@@ -18,7 +18,12 @@ import pandas as pd
 from hashflex import audit as records
 from hashflex.acoustics import modelled_laeq_dba, noise_margin_db
 from hashflex.audit.payloads import reserve_hold_short_payload
-from hashflex.control.ancillary import drawn_sheddable_kw, reserve_clawback_usd, reserve_hold_shortfalls
+from hashflex.control.ancillary import (
+    drawn_sheddable_kw,
+    metered_group_sheddable_kw,
+    reserve_clawback_usd,
+    reserve_hold_shortfalls,
+)
 from hashflex.control.guard import GuardResult
 from hashflex.control.limits import STORE_UNAVAILABLE
 from hashflex.optimize.problem import (
@@ -176,10 +181,11 @@ class LoopStatusMixin:
                                 noise=summary["noise"], price_usd_mwh=price, intensity_kg_per_mwh=intensity,
                                 intensity_source=source, covered_h=covered_h,
                                 at=None if now is None else max(now, current.to_pydatetime()),
-                                # No telemetry at all: the load was not measured (the reserve hold is then
-                                # checked against the commanded fleet, labelled so). Some miners silent: the
-                                # sum is a lower bound of what was drawn; the hold errs towards short.
-                                load_metered=summary.get("telemetry_miners", 0) > 0)
+                                # No telemetry at all: the load was not measured. The reserve hold counts
+                                # each miner (H1b): a sum with some miners silent is too low, and a
+                                # miner that did not report is counted by what it was commanded to do.
+                                load_metered=summary.get("telemetry_miners", 0) > 0,
+                                miner_load_kw=summary.get("miner_power_kw", {}))
 
     def _record_guard(self, result: GuardResult, now: datetime, event_id: str | None) -> None:
         self._record("setpoints", lambda: records.setpoints_payload(result.batch, source="guard"), now)
@@ -192,7 +198,8 @@ class LoopStatusMixin:
                            noise: Mapping[str, tuple[float, float]], price_usd_mwh: float | None,
                            intensity_kg_per_mwh: float | None = None, intensity_source: str | None = None,
                            hashprice_usd_per_ph_day: float | None = None, covered_h: float | None = None,
-                           at: datetime | None = None, load_metered: bool = True) -> None:
+                           at: datetime | None = None, load_metered: bool = True,
+                           miner_load_kw: Mapping[str, float] | None = None) -> None:
         """The ``measurement`` audit entry of one finished interval, from what was measured in it
         (``noise``: receptor → (LAeq, minutes over cap)); economics at the settled price.
 
@@ -219,6 +226,11 @@ class LoopStatusMixin:
             e.g. the daemon's meter got no telemetry). The reserve hold (:meth:`record_reserve_hold`)
             counts only the load measured as drawn when it is, the commanded fleet otherwise, and
             says which (``reserve_hold_basis``).
+        miner_load_kw : mapping of str to float, optional
+            Miner id -> its mean reported power over the interval, kW, for the miners that reported
+            (``IntervalMeter.summary``'s ``miner_power_kw``; the daemon's meter). Given, the reserve
+            hold is counted miner by miner (issue 15, H1b) instead of from ``load_kw``; None (the
+            backtest, the simulation: a modelled load, no per-miner figures): from ``load_kw``.
 
         Raises
         ------
@@ -267,7 +279,7 @@ class LoopStatusMixin:
             # The reserve the running units held (issue 15, H8 item 3; H1): per group, so the report
             # need not estimate it from the metered load where an award changed mid-interval and no
             # reserve_hold_short record was written; capped by the load measured as drawn.
-            hold = (self._reserve_hold_figures(load_kw if load_metered else None)
+            hold = (self._reserve_hold_figures(load_kw if load_metered else None, miner_load_kw)
                     if self.profile.ancillary is not None else None)
         reserve = {} if hold is None else hold
         self._record("measurement", lambda: {**records.measurement_payload(
@@ -303,40 +315,85 @@ class LoopStatusMixin:
                 sheddable[group_id] = sheddable.get(group_id, 0.0) + n * max(power[group_id, mode], 0.0)
         return sheddable
 
-    def _reserve_hold_figures(self, metered_load_kw: float | None) -> dict[str, Any]:
-        """The reserve the running units held over an interval, per group, and how it was known (H1).
+    def _reserve_hold_figures(self, metered_load_kw: float | None,
+                              miner_load_kw: Mapping[str, float] | None = None) -> dict[str, Any]:
+        """The reserve the running units held over an interval, per group, and how it was known (H1, H1b).
 
         A Load Resource holds reserve only with load it draws: the commanded figure
-        (:meth:`reserve_sheddable_kw`) is capped by the measured mean load less the load that could
-        not be shed then — every unit's idle draw, asleep or running (a unit powered off at the PDU
-        draws none, so this errs towards short) — scaled pro rata over the groups
-        (``control.ancillary.drawn_sheddable_kw``). ``load_kw`` is the miners' load alone (the
-        daemon's summed telemetry, the backtest's and simulation's modelled fleet): GPU clusters and
-        auxiliaries are not in it, so nothing else is subtracted. Call with the lock held.
+        (:meth:`reserve_sheddable_kw`) is capped by what was measured as drawn
+        (``control.ancillary.drawn_sheddable_kw``), per group where the daemon's telemetry says it
+        miner by miner, else from the site's load:
+
+        - ``miner_load_kw`` given (the daemon's meter): per miner
+          (``control.ancillary.metered_group_sheddable_kw``): one that reported counts what it drew
+          above its group's idle; a running one that did not, as commanded; one asleep, powered off
+          or unavailable that did not, 0 (no idle subtracted for it). Each group holds
+          min(commanded, its metered sum). Basis ``"metered"`` when every running miner reported,
+          ``"partly metered"`` when some did not (``reserve_unreported_running_units`` says how
+          many), ``"commanded"`` when none did (or no miner reported at all).
+        - else ``metered_load_kw`` (the backtest's and simulation's modelled fleet, a direct caller):
+          less the idle draw of every unit not powered off at the PDU (those draw none), scaled pro
+          rata over the groups; basis ``"metered"``. ``load_kw`` is the miners' load alone (GPU
+          clusters and auxiliaries are not in it), so nothing else is subtracted.
+        - neither: the commanded figure, basis ``"commanded"``.
+
+        Call with the lock held. Costs O(miners) once an interval (one dict look-up per miner, then
+        numpy), never per tick.
 
         Parameters
         ----------
         metered_load_kw : float or None
-            The interval's measured mean miner load, kW; None: no fresh measurement (the commanded
-            figure is used and labelled so).
+            The interval's measured (or modelled) mean miner load, kW; None: no fresh measurement.
+        miner_load_kw : mapping of str to float, optional
+            Miner id -> mean reported power over the interval, kW, for those that reported
+            (``IntervalMeter.summary``'s ``miner_power_kw``); ids not in the fleet are ignored.
 
         Returns
         -------
         dict
             ``reserve_sheddable_kw`` (group -> kW, the figure the hold check uses),
             ``reserve_sheddable_commanded_kw`` (group -> kW as commanded), ``reserve_sheddable_metered_kw``
-            (kW measured as sheddable, site total; None unmetered) and ``reserve_hold_basis``
-            (``"metered"`` or ``"commanded"``), as recorded in the ``measurement`` and
+            (kW measured as sheddable, site total; None unmetered), ``reserve_sheddable_metered_group_kw``
+            (group -> kW as measured per miner; None without per-miner figures),
+            ``reserve_unreported_running_units`` (running miners that sent no telemetry in the
+            interval; None without per-miner figures) and ``reserve_hold_basis`` (``"metered"``,
+            ``"partly metered"`` or ``"commanded"``), as recorded in the ``measurement`` and
             ``reserve_hold_short`` payloads.
         """
         commanded = self.reserve_sheddable_kw()
-        metered = None
-        if metered_load_kw is not None and math.isfinite(float(metered_load_kw)):
-            idle_kw = sum(g.units * g.idle_power_kw for g in self.profile.miner_groups)
-            metered = max(float(metered_load_kw) - idle_kw, 0.0)
-        return {"reserve_sheddable_kw": drawn_sheddable_kw(commanded, metered),
+        metered: float | None = None
+        by_group: dict[str, float] | None = None
+        unreported: int | None = None
+        basis = "commanded"
+        if miner_load_kw is not None:
+            by_group, unreported, running = {}, 0, 0
+            for group_id, group in self.fleet.groups.items():
+                cols = self.fleet.columns(group_id)
+                ids = cols.miner_id.tolist()
+                reported = np.fromiter((miner_load_kw.get(m, math.nan) for m in ids), dtype=float, count=len(ids))
+                kw, silent = metered_group_sheddable_kw(
+                    cols.mode, cols.available, reported,
+                    [m.power_kw - group.idle_power_kw for m in group.modes], group.idle_power_kw)
+                by_group[group_id] = kw
+                unreported += silent
+                running += int((cols.mode >= 0).sum())
+            metered = sum(by_group.values())
+            heard = running - unreported
+            basis = ("metered" if (unreported == 0 and (running > 0 or len(miner_load_kw) > 0))
+                     else "partly metered" if heard > 0 else "commanded")
+            used = drawn_sheddable_kw(commanded, by_group)
+        else:
+            if metered_load_kw is not None and math.isfinite(float(metered_load_kw)):
+                # A unit powered off at the PDU draws nothing, so none of its idle is in the load.
+                idle_kw = sum((self.fleet.group_size(g.id) - self.fleet.powered_off(g.id)) * g.idle_power_kw
+                              for g in self.fleet.groups.values())
+                metered = max(float(metered_load_kw) - idle_kw, 0.0)
+                basis = "metered"
+            used = drawn_sheddable_kw(commanded, metered)
+        return {"reserve_sheddable_kw": used,
                 "reserve_sheddable_commanded_kw": commanded, "reserve_sheddable_metered_kw": metered,
-                "reserve_hold_basis": "commanded" if metered is None else "metered"}
+                "reserve_sheddable_metered_group_kw": by_group,
+                "reserve_unreported_running_units": unreported, "reserve_hold_basis": basis}
 
     def record_reserve_hold(self, interval_start: datetime, interval_h: float,
                             at: datetime | None = None, hold: Mapping[str, Any] | None = None) -> dict[str, float]:

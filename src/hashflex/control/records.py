@@ -179,11 +179,15 @@ class IntervalMeter:
             ``load_kw`` (sum over miners of each one's mean reported power in the interval, kW; miners
             report at a steady cadence, so the mean of its reports is its time mean), ``renewable_kw``
             (mean of the samples, kW; 0.0 without samples), ``hashrate_th_s`` (the same sum of means, TH/s), ``noise`` (receptor id →
-            ``(LAeq dB(A), minutes over cap)``, ``audit.noise_interval_summary``) and
-            ``telemetry_miners`` (how many miners reported).
+            ``(LAeq dB(A), minutes over cap)``, ``audit.noise_interval_summary``),
+            ``telemetry_miners`` (how many miners reported) and ``miner_power_kw`` (miner id → its mean
+            reported power, kW, for every miner that reported and no other: the reserve hold counts
+            each miner, issue 15 H1b, ``ControlLoop._reserve_hold_figures``).
         """
         renewable = sum(self.renewable_samples_kw) / len(self.renewable_samples_kw) if self.renewable_samples_kw else 0.0
         noise = {r: noise_interval_summary(readings, caps.get(r)) for r, readings in self.noise.items() if readings}
-        return {"load_kw": sum(p / n for p, _, n in self.power_samples_kw.values()), "renewable_kw": renewable,
+        # One pass over the miners that reported (100k at most, once an interval), the sums from it.
+        means = {m: p / n for m, (p, _, n) in self.power_samples_kw.items()}
+        return {"load_kw": sum(means.values()), "renewable_kw": renewable,
                 "hashrate_th_s": sum(h / n for _, h, n in self.power_samples_kw.values()), "noise": noise,
-                "telemetry_miners": len(self.power_samples_kw)}
+                "telemetry_miners": len(self.power_samples_kw), "miner_power_kw": means}

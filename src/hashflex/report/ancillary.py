@@ -115,10 +115,13 @@ product deployed in the interval, H the reserve held: the record's ``held_kw``; 
 the obligation the loop knew when it measured (awards recorded before the measurement, less D) if
 it had one (it found it held), else the sheddable load of the product's qualified groups the loop
 recorded with the measurement (``reserve_sheddable_kw``, per group, the figure its own hold check
-uses: exact; issue 15, H1: the commanded load above idle capped pro rata by the metered load less
-every unit's idle draw, ``reserve_hold_basis`` ``metered``, or the commanded one without telemetry,
-``commanded``, counted in a note; an older trail without the basis records the commanded figure, and
-the report caps it by the same rule), else the metered running load above idle (``load_kw`` less every unit's idle draw; both
+uses: exact; issue 15, H1, H1b: per group the commanded load above idle capped by what its miners
+were measured to draw above idle, a running miner without telemetry counted as commanded, one asleep
+or powered off without it as 0, ``reserve_hold_basis`` ``metered``, ``partly metered`` (with
+``reserve_unreported_running_units``) or ``commanded`` (no running miner reported), the last two
+counted in notes; a trail written before H1b may carry the H1 figure, capped pro rata by the metered
+load less every unit's idle draw; an older trail without the basis records the commanded figure, and
+the report caps it by that H1 rule), else the metered running load above idle (``load_kw`` less every unit's idle draw; both
 shared pro rata between products, capped by the product's qualified ``group_mw``; the load-based
 ones are estimated: ``reserve_estimated_hold_intervals`` counts them; no measurement: 0 held). So a site
 that held nothing nets $0 however its award changed. ``reserve_final_through`` /
@@ -1037,12 +1040,20 @@ def reserve_money(inputs: ReportInputs, period_start: pd.Timestamp, period_end: 
                 unverified_usd += w["reserve_kw"] / 1000.0 * w["price_usd_mw_h"] * gap_h
     revisions = _revisions(inputs)[0] if windows else {}
     index = _WindowIndex(windows, inputs.as_awards)
-    clawback, estimated, commanded = 0.0, 0, 0
+    clawback, estimated, commanded, partly, unreported = 0.0, 0, 0, 0, 0
     for start in sorted(lengths):
         end = start + pd.Timedelta(hours=lengths[start])
         if start not in latest and not any(index.overlapping(p, start, end) for p in index.by_product):
             continue  # no award, no record: nothing to claw back
-        if start in measured and getattr(measured[start], "reserve_hold_basis", None) != "metered":
+        basis = getattr(measured[start], "reserve_hold_basis", None) if start in measured else "metered"
+        if basis == "partly metered":  # some running units without telemetry, counted as commanded (H1b)
+            partly += 1
+            try:
+                silent = float(getattr(measured[start], "reserve_unreported_running_units", None))
+            except (TypeError, ValueError):
+                silent = math.nan
+            unreported += int(silent) if math.isfinite(silent) else 0
+        elif basis != "metered":
             commanded += 1  # the loop's hold check saw the commanded fleet, not the load drawn (H1)
         usd, guessed = _interval_clawback_usd(inputs, index, revisions, start, end, latest.get(start, {}),
                                               measured.get(start))
@@ -1064,6 +1075,10 @@ def reserve_money(inputs: ReportInputs, period_start: pd.Timestamp, period_end: 
         notes.append(f"{commanded} interval(s) with an award whose reserve hold the loop checked against the "
                      "commanded fleet, not the load measured as drawn (no telemetry then, or a trail written "
                      "before the metered check): where the award was constant, its hold-short records stand")
+    if partly:
+        notes.append(f"{partly} interval(s) with an award whose reserve hold the loop checked partly metered: "
+                     f"{unreported} running unit-interval(s) without telemetry counted as drawing their commanded "
+                     "mode (the units that reported counted as measured)")
     if unverified_h > 0:
         notes.append(f"{_r(unverified_usd, 2)} $ of the reserve payment is for {_r(unverified_h, 3)} h of award time "
                      "no measurement record covers (the controller was down or not yet started): the reserve "

@@ -21,9 +21,9 @@ __all__ = ["MEASUREMENT_COLUMNS", "NOISE_COLUMNS", "RESERVE_HOLD_COLUMNS", "Repo
 MEASUREMENT_COLUMNS = ["interval_start", "interval_h", "import_kw", "renewable_kw", "load_kw", "full_load_kw",
                        "hashrate_th_s", "intensity_kg_per_mwh", "intensity_source", "price_usd_mwh",
                        "revenue_usd", "energy_cost_usd", "dr_baseline_kw", "seq", "at"]
-# What a measurement says of the reserve hold (kept as objects: per-group mappings, a label), read by
-# report.ancillary's hold figures.
-RESERVE_HOLD_COLUMNS = ["reserve_sheddable_kw", "reserve_hold_basis"]
+# What a measurement says of the reserve hold (kept as objects: per-group mappings, a label, a count of
+# running units without telemetry, issue 15 H1b), read by report.ancillary's hold figures.
+RESERVE_HOLD_COLUMNS = ["reserve_sheddable_kw", "reserve_hold_basis", "reserve_unreported_running_units"]
 NOISE_COLUMNS = ["interval_start", "interval_h", "receptor", "measured_dba", "model_dba", "cap_dba",
                  "over_cap_min"]
 
@@ -80,8 +80,9 @@ def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Tim
     for rec in records:
         p, at = rec.payload, pd.Timestamp(rec.at_utc)
         if rec.kind == "measurement":
-            # The reserve the loop's hold check used (per group) and on what basis (issue 15, H1:
-            # "metered" capped by the load drawn, "commanded" unmetered; absent on older trails).
+            # The reserve the loop's hold check used (per group) and on what basis (issue 15, H1, H1b:
+            # "metered" capped by the load drawn, "partly metered" with the running units that sent
+            # no telemetry counted as commanded, "commanded" unmetered; absent on older trails).
             rows.append({**{c: p.get(c) for c in MEASUREMENT_COLUMNS[:-2]}, "seq": rec.seq, "at": at,
                          **{c: p.get(c) for c in RESERVE_HOLD_COLUMNS}})
         elif rec.kind == "config":
