@@ -144,6 +144,36 @@ def test_the_report_measures_delivery_from_the_pre_deployment_load_and_claws_bac
     assert report["economics"]["reserve_clawback_usd"] == pytest.approx(2 * 1.98 * 50.0 * 0.25, abs=0.01)
 
 
+def test_a_recall_ack_carries_the_import_limit_in_force_after_it() -> None:
+    """Every other deployment ack carries ``import_limit_kw``; a recall's had none. Now it carries the
+    limit in force after the recall (the lowest the book holds then, else the interconnection's).
+    Award NSPIN 4,950 kW (5 blocks, 5,050 kW); dep-1 sheds 1,980 kW at 17:03, dep-2 990 kW at 17:10,
+    stacked: 5,050 − 1,980 − 990 = 2,080 kW. Recalling dep-1 at 17:40 leaves dep-2's limit,
+    5,050 − 990 = 4,060 kW; recalling dep-2 at 17:50 leaves the interconnection's 20,000 kW."""
+    loop = make_loop(_profile(), flat_prices())
+    first = award("nspin-17", "NSPIN", 4950.0, start=NOW, end=NOW + timedelta(hours=2), price_usd_mw_h=40.0)
+    assert loop.handle_as_award(first, NOW).status == "accepted"
+    loop.tick(NOW)
+    assert running(loop) == 5  # import 5 × 1,000 + 5 × 10 = 5,050 kW
+    at = NOW + timedelta(minutes=3)
+    assert loop.handle_as_deploy(deploy("dep-1", at, 1980.0, product="NSPIN"), at).status == "accepted"
+    at2 = NOW + timedelta(minutes=10)
+    ack2 = loop.handle_as_deploy(deploy("dep-2", at2, 990.0, product="NSPIN"), at2)
+    assert ack2.status == "accepted", ack2.reason
+    # Stacked: 5,050 − 1,980 − 990 = 2,080 kW for both while both are in force.
+    assert ack2.import_limit_kw == pytest.approx(2080.0)
+    recall_at = NOW + timedelta(minutes=40)
+    ack = loop.handle_as_deploy(deploy("dep-1", recall_at, product="NSPIN", recalled=True), recall_at)
+    assert ack.status == "accepted", ack.reason
+    # dep-2 alone now: its stacked baseline 5,050 less its 990 kW.
+    assert ack.import_limit_kw == pytest.approx(4060.0)
+    assert "4060 kW" in ack.reason
+    recall2_at = NOW + timedelta(minutes=50)
+    ack = loop.handle_as_deploy(deploy("dep-2", recall2_at, product="NSPIN", recalled=True), recall2_at)
+    assert ack.status == "accepted", ack.reason
+    assert ack.import_limit_kw == pytest.approx(20000.0)  # the interconnection: nothing else binds
+
+
 def test_the_study_holds_the_pre_deployment_limit_through_an_award_step_up() -> None:
     """``backtest.ancillary`` (the study ``optimization/benchmarks/ancillary_value.py`` runs) by the same
     rule. NSPIN 2,700 kW awarded 00:00–01:00, 4,900 kW from 01:00 (the hourly step-up of 2024-05-08);

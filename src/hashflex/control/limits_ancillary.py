@@ -251,7 +251,9 @@ class AncillaryBookMixin:
 
         **One computation** (H2 finding 2): the ack's ``import_limit_kw`` (and the "to N kW" of its
         reason) is :meth:`deployment_limit_kw` at ``now`` on the decided book: the limit the guard
-        and the fast path enforce.
+        and the fast path enforce. An accepted recall's ack carries the import limit in force after
+        it (:meth:`_limit_after_kw`: the lowest the book holds then, else the interconnection's), so
+        the QSE reads where the site may return to.
 
         Parameters
         ----------
@@ -384,6 +386,12 @@ class AncillaryBookMixin:
             # hold (when in doubt, curtail); it gives way when the deployment is resent.
             trial.holds.pop(f"AS:{msg.deployment_id}", None)
         limit_kw = None if deployment is None else trial.deployment_limit_kw(deployment, now)
+        if deployment is None and msg.recalled and reason.startswith("accepted"):
+            # A recall's ack names the limit the site is held to after it (it had none).
+            ended = trial.as_deployments.get(msg.deployment_id)
+            after = now if ended is None else max(now, ended.end)
+            limit_kw, source = trial._limit_after_kw(after)
+            reason += f"; import limit after it {limit_kw:.0f} kW ({source})"
         ack = ASAckMessage(message_id=msg.deployment_id, kind="as_deploy",
                            status="accepted" if reason.startswith("accepted") else "rejected", reason=reason[:500],
                            # the limit the book enforces now, by the same computation (H2 finding 2)
@@ -391,6 +399,15 @@ class AncillaryBookMixin:
                            deadline=None if deployment is None else deployment.deadline)
         trial._remember(self.as_key(msg), ack.model_dump(mode="json"))
         return trial, ack
+
+    def _limit_after_kw(self, t: datetime) -> tuple[float, str]:
+        """The import limit in force at ``t`` and its source: the lowest the book holds
+        (``LimitsBook.import_limits_at``: DR, managers, holds, 4CP, AS deployments), else the
+        interconnection's (``profile.grid.import_limit_kw``), kW. What a recall's ack names."""
+        limits = self.import_limits_at(t)  # type: ignore[attr-defined]  # BindingMixin of LimitsBook
+        candidates = [(float(v), k) for k, v in limits.items()]
+        candidates.append((float(self.profile.grid.import_limit_kw), "interconnection"))  # type: ignore[attr-defined]
+        return min(candidates, key=lambda c: c[0])
 
     def deployment_limit_kw(self, deployment: ASDeployment, start: datetime, end: datetime | None = None) -> float:
         """The import limit the book enforces for an AS deployment at ``start`` (or over ``[start, end)``), kW:
