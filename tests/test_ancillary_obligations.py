@@ -16,11 +16,12 @@ block running). RRS 1,980 kW awarded 17:00–19:00 keeps 2 blocks running: impor
 sleep (import 100 kW). From 18:00 an ECRS award of 1,980 kW must be held: 2 blocks running, import
 2,080 kW — over the 100 kW limit, so today the plan holds none of it.
 
-The fix is in the limits book (`LimitsBook.deployment_limit_kw`): a deployment's limit follows
-the awards the site has to keep running, limit(t) = baseline − deployed(t) + max(0, A(t) − A(t₀)),
-A(t) the total reserve awarded in force at t over all products (deployed or not), t₀ the
-instruction. Here A(17:05) = 1,980 and A(18:00) = 3,960: limit 100 + 1,980 = 2,080 kW, exactly the
-two ECRS blocks.
+A former fix raised the limit with the awards (the "award rise", limit + max(0, A(t) − A(t₀)): here
+2,080 kW from 18:00, the two ECRS blocks back). The project lead reversed it (issue 15, the 2024-05-08
+newcomer: with the rise only 0.4 of a 2.7 MW deployment was delivered measured from the pre-deployment
+load, while the report showed no shortfall): ERCOT measures the deployment from the load before the
+instruction (Nodal Protocols §8.1.1.4.x) and a later award does not license load back, so the limit
+stays 100 kW and the ECRS award is a hold shortfall, clawed back (tests/test_as_deployment_fixed_limit.py).
 """
 
 from __future__ import annotations
@@ -80,12 +81,15 @@ def test_the_deployment_limit_is_baseline_less_deployed(deployed_loop: ControlLo
     assert float(limits[0]) == pytest.approx(100.0)
 
 
-def test_an_award_rising_during_a_deployment_is_held(deployed_loop: ControlLoop) -> None:
-    """At 18:00 ECRS's 1,980 kW must be held running (2 blocks) while RRS stays deployed (shed)."""
+def test_an_award_rising_during_a_deployment_is_a_hold_shortfall(deployed_loop: ControlLoop) -> None:
+    """At 18:00 RRS stays deployed (shed) under its 100 kW limit; ECRS's 1,980 kW cannot be held
+    under it: the plan runs no block and reports it short (the rule changed by decision: it ran 2
+    blocks under the former award rise, 2,080 kW against a deployment measured from 2,080 kW)."""
     report = deployed_loop.tick(AT_17 + HOUR)
     frame = report.schedule.frame
-    assert float(frame["reserve_ECRS_short_kw"].iloc[0]) == pytest.approx(0.0, abs=1e-6)
-    assert sum(deployed_loop.driver.running().values()) == 2
+    assert float(frame["reserve_ECRS_short_kw"].iloc[0]) == pytest.approx(1980.0, abs=1.0)
+    assert float(frame["grid_import_kw"].iloc[0]) <= 100.0 + 1e-6
+    assert sum(deployed_loop.driver.running().values()) == 0
 
 
 ROUNDING_PROFILE = big_small_profile_yaml("AS Rounding", import_limit_kw=200000)

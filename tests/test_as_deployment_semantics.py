@@ -4,7 +4,10 @@ one of them over a real Mosquitto:
 
 1. an award AMENDMENT received after a deployment's instruction that raises an award covering the
    instruction time raised nothing, while a new award did (the rule compared award windows, not what
-   was known at the instruction);
+   was known at the instruction). Since the project lead's decision on the 2024-05-08 backtest
+   (tests/test_as_deployment_fixed_limit.py) neither raises the limit: it is measured from the
+   pre-deployment load only; the tests below check that a new award and an amendment are treated
+   alike, both as reserve to hold (what cannot be held under the limit is short);
 2. a recall dated before a future-dated deployment's ``issued_at`` was acknowledged while the limit
    stayed until ``issued_at``;
 3. a deployment ended by itself after the product's sustained duration without a recall;
@@ -98,39 +101,40 @@ def _deployed_with_two_awards() -> ControlLoop:
 
 
 def _held_after(loop: ControlLoop, at: datetime) -> None:
-    """From ``at`` the site must keep RRS 990 (2,970 − 1,980 deployed) + ECRS 1,980 = 2,970 kW of
-    sheddable load running: 3 blocks, 3,070 kW, so the deployment's limit rises by the 990 kW of ECRS
-    awarded since the instruction, to 3,070 kW; the plan holds ECRS in full."""
-    assert loop.book.import_limits_at(at)["AS:RRS:dep"] == pytest.approx(3070.0)
+    """From ``at`` the site is asked to keep RRS 990 (2,970 − 1,980 deployed) + ECRS 1,980 = 2,970 kW
+    of sheddable load running, 3 blocks. The rule changed by decision (was: the limit rose by the
+    990 kW of ECRS awarded since the instruction, to 3,070 kW, 3 blocks): the limit stays 2,080 kW
+    (2 blocks, 1,980 kW held) and the 990 kW the site cannot hold under it is reported short."""
+    assert loop.book.import_limits_at(at)["AS:RRS:dep"] == pytest.approx(2080.0)
     report = loop.tick(at)
-    assert float(report.schedule.frame["reserve_ECRS_short_kw"].iloc[0]) == pytest.approx(0.0, abs=1e-6)
-    assert _running(loop) == 3
-    # The durable book keeps what was known at the instruction: a restart holds the same limit.
+    first = report.schedule.frame.iloc[0]
+    assert float(first["reserve_ECRS_short_kw"] + first["reserve_RRS_short_kw"]) == pytest.approx(990.0, abs=1.0)
+    assert float(first["grid_import_kw"]) <= 2080.0 + 1e-6
+    assert _running(loop) == 2
+    # A restart holds the same limit.
     restored = LimitsBook.from_dict(loop.book.to_dict(), loop.profile)
-    assert restored.import_limits_at(at)["AS:RRS:dep"] == pytest.approx(3070.0)
+    assert restored.import_limits_at(at)["AS:RRS:dep"] == pytest.approx(2080.0)
 
 
-def test_a_new_award_received_during_a_deployment_raises_its_limit() -> None:
-    """The control case (held before the fix too): a second ECRS award of 990 kW from 17:30."""
+def test_a_new_award_received_during_a_deployment_does_not_raise_its_limit() -> None:
+    """The control case: a second ECRS award of 990 kW from 17:30."""
     loop = _deployed_with_two_awards()
     at = NOW + 30 * MIN
     assert loop.handle_as_award(_award("ecrs-2", "ECRS", 990.0, start=at), at).status == "accepted"
     _held_after(loop, at)
 
 
-def test_an_award_amendment_received_during_a_deployment_raises_its_limit_as_a_new_award() -> None:
+def test_an_award_amendment_received_during_a_deployment_is_held_as_a_new_award() -> None:
     """The ECRS award amended (revision 1) from 990 to 1,980 kW at 17:30, its window (16:00–20:00)
-    covering the instruction: it raised nothing, since the rule compared the amended award's value
-    at the instruction with itself. The obligation the deployment instructs is against the awards
-    known at the instruction (990 kW of ECRS then); the amendment received after it raises the limit
-    as a new award does."""
+    covering the instruction: an obligation from its receipt exactly as a new award (the former rule
+    compared the amended award's value at the instruction with itself); neither raises the limit."""
     loop = _deployed_with_two_awards()
     at = NOW + 30 * MIN
     assert loop.handle_as_award(_award("ecrs", "ECRS", 1980.0, revision=1), at).status == "accepted"
     _held_after(loop, at)
 
 
-def test_an_award_amendment_over_mqtt_raises_the_deployments_limit(mosquitto, tmp_path: Path,
+def test_an_award_amendment_over_mqtt_is_held_as_a_new_award(mosquitto, tmp_path: Path,
                                                                    wait_for: Callable[..., None]) -> None:
     """The same amendment over a real broker (``in/as/award``), through the ingest's plausibility."""
     loop = _deployed_with_two_awards()

@@ -333,8 +333,9 @@ def test_a_later_award_never_lifts_the_limit_above_what_the_fleet_can_draw(tmp_p
     (6,427 kW with 6,028 kW drawn): the deployment shed nothing. SYNTHETIC: 10 blocks of 1,000 kW all
     running at $20/MWh (import 10,000 kW = the fleet's full load, profile.full_load_kw); RRS 4,950
     kW awarded 16:00–20:00 and ECRS 2,000 kW from 17:30 (both known before); RRS deploys 1,000 kW at
-    17:03: limit 9,000 kW. From 17:30 the award rise is 2,000 kW, but the load it stands for cannot
-    exceed the 10,000 kW the fleet can draw: the limit stays 9,000 kW (it was 11,000)."""
+    17:03: limit 9,000 kW. From 17:30 the limit stays 9,000 kW (it was 11,000): first by a full-load
+    cap on the award rise, since the project lead's decision (tests/test_as_deployment_fixed_limit.py)
+    because no award moves the limit, measured from the pre-deployment load only."""
     from as_support import (
         NOW,
         award,
@@ -362,7 +363,7 @@ def test_a_later_award_never_lifts_the_limit_above_what_the_fleet_can_draw(tmp_p
     later = NOW + timedelta(minutes=31)
     assert loop.book.deployment_limit_kw(held, later) == pytest.approx(9000.0)  # was 11,000
     assert loop.book.deployment_limit_kw(held, later) <= profile.full_load_kw - 1000.0
-    # The report rebuilds the same limit from the trail (the profile's full load from its config):
+    # The report rebuilds the same limit from the trail:
     # metered 9,000 kW from 17:15 to 18:00 is no shortfall, at the limit the book enforced.
     for k in range(4):
         loop.record_measurement(NOW + k * timedelta(minutes=15), 0.25, load_kw=10_000.0 if k == 0 else 9000.0,
@@ -377,12 +378,13 @@ def test_a_later_award_never_lifts_the_limit_above_what_the_fleet_can_draw(tmp_p
     assert row["metered_shortfall_mw"] == pytest.approx(0.0), row
 
 
-def test_an_amendments_ack_says_why_its_limit_is_above_baseline_less_mw() -> None:
+def test_an_amendments_ack_says_where_its_limit_comes_from() -> None:
     """Issue 15 newcomer finding (High): an amendment was acked "shed 700 kW (was 500) from 5027 kW
     to 5927 kW", a shed whose limit is above its starting point, unexplained. SYNTHETIC: 5 blocks
     run for RRS 4,950 kW (import 5,050 kW); ECRS 2,000 kW awarded from 17:30 (known before); RRS
-    deploys 1,000 kW at 17:03 (limit 4,050 kW); amended at 17:31 to 1,500 kW: limit 5,050 − 1,500 +
-    2,000 = 5,550 kW, and the ack names the 2,000 kW rise for the reserve awarded since."""
+    deploys 1,000 kW at 17:03 (limit 4,050 kW); amended at 17:31 to 1,500 kW: limit 5,050 − 1,500 =
+    3,550 kW. The rule changed by decision (was: + 2,000 kW for the ECRS award started since, 5,550 kW,
+    named in the ack): a limit is measured from the pre-deployment load only, never above it."""
     from as_support import NOW, award, deploy, flat_prices, hydro_profile, make_loop
 
     profile = hydro_profile("AS amend text", qualified_mw={"RRS": 10, "ECRS": 5})
@@ -394,9 +396,9 @@ def test_an_amendments_ack_says_why_its_limit_is_above_baseline_less_mw() -> Non
     assert loop.handle_as_deploy(deploy("d-1", at, 1000.0), at).import_limit_kw == pytest.approx(4050.0)
     later = NOW + timedelta(minutes=31)
     ack = loop.handle_as_deploy(deploy("d-1", later, 1500.0, revision=1), later)
-    assert ack.status == "accepted" and ack.import_limit_kw == pytest.approx(5550.0), ack
-    assert "from 5050 kW to 5550 kW" in ack.reason, ack.reason
-    assert "plus 2000 kW to carry reserve awarded since the instruction" in ack.reason, ack.reason
+    assert ack.status == "accepted" and ack.import_limit_kw == pytest.approx(3550.0), ack
+    assert "from 5050 kW to 3550 kW" in ack.reason, ack.reason
+    assert "plus" not in ack.reason, ack.reason
 
 
 def test_without_a_site_meter_the_miners_telemetry_measures_a_deployment() -> None:

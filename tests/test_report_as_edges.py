@@ -202,11 +202,11 @@ def _rule_trail(db: Path) -> None:
 @pytest.mark.parametrize("older_trail", [False, True])
 def test_a_rows_commanded_shortfall_uses_the_limit_its_intervals_use(tmp_path: Path, older_trail: bool) -> None:
     """The row's commanded shortfall and its intervals' shortfall come from one rule
-    (``control.as_shortfall``) and one limit (``deployment_limit_kw`` at the command). On a trail
-    written before A₀ was kept (``awarded_at_instruction_kw`` absent: A₀ is then the award in force
-    at the instruction, 0 kW at 16:58), the limit rises by the 990 kW awarded since: 990 kW. The
-    row said 0.1 MW short (100 kW against 0 kW) while its intervals at the same 100 kW said none
-    (against 990 kW). With the live loop's A₀, both use the limit that A₀ gives."""
+    (``control.as_shortfall``) and one limit (``deployment_limit_kw`` at the command). The row once
+    said 0.1 MW short (100 kW against 0 kW) while its intervals at the same 100 kW said none (against
+    990 kW, the award rise on a trail written before A₀ was kept). The rule changed by decision (the
+    limit is measured from the pre-deployment load only: no award moves it): on the live trail and
+    on an older one (no ``awarded_at_instruction_kw``, no ``held_at_instruction_kw``) both use 0 kW."""
     from hashflex.report import REPORT_KINDS
 
     db = tmp_path / "rule.db"
@@ -214,7 +214,7 @@ def test_a_rows_commanded_shortfall_uses_the_limit_its_intervals_use(tmp_path: P
     with AuditLog(db, readonly=True) as log:
         records = list(log.records(kinds=REPORT_KINDS))
         verified = log.verify()
-    (a0_kw,) = {r.payload["awarded_at_instruction_kw"] for r in records if r.kind == "as_performance"}
+    assert {r.payload["awarded_at_instruction_kw"] for r in records if r.kind == "as_performance"} <= {0.0, 990.0}
     if older_trail:
         import dataclasses
 
@@ -231,10 +231,8 @@ def test_a_rows_commanded_shortfall_uses_the_limit_its_intervals_use(tmp_path: P
     (row,) = section["deployments"]
     assert row["commanded_import_kw"] == pytest.approx(100.0) and row["limit_kw"] == pytest.approx(0.0)
     assert row["metered_intervals"] == 3 and row["metered_import_kw"] == pytest.approx(100.0)
-    # limit = 0 + max(0, 990 − A₀): A₀ 0 kW on the older trail; the live loop's own A₀ otherwise (990 kW
-    # when the book counts the award known at acceptance; 0 kW when it counts the award in force at
-    # 16:58: the limits-book rule another change settles, issue 15).
-    expected_limit_kw = 990.0 - (0.0 if older_trail else min(float(a0_kw), 990.0))
+    # limit = max(1,090 − 1,980, 0) on both trails: the 990 kW award does not raise it.
+    expected_limit_kw = 0.0
     assert row["commanded_limit_kw"] == pytest.approx(expected_limit_kw)
     for interval in section["shortfall_intervals"]:
         assert interval["binding_limit_kw"] == pytest.approx(expected_limit_kw)

@@ -53,9 +53,10 @@ def test_a_deployment_held_past_its_sustained_duration_is_measured_until_recalle
 
 def test_the_report_measures_an_amended_award_as_the_loop_does(tmp_path: Path) -> None:
     """RRS 2,970 + ECRS 990 kW awarded; RRS deployed 1,980 kW at 17:05: limit 2,080 kW. ECRS amended
-    to 1,980 kW at 17:30 (its window covers the instruction): the loop raises the limit by the 990 kW
-    awarded beyond what was known at the instruction, to 3,070 kW. The report must measure the
-    17:45 interval against 3,070 kW (drawn 3,070: no shortfall), not 2,080 (990 kW short)."""
+    to 1,980 kW at 17:30 (its window covers the instruction). The report measures the 17:45 interval
+    against the limit the loop enforces. The rule changed by decision (was: the amendment raised the
+    limit by 990 kW to 3,070 kW, no shortfall): the limit stays 2,080 kW, measured from the
+    pre-deployment load only, so drawing 3,070 kW is 990 kW short in the loop and the report alike."""
     db = tmp_path / "amend.db"
     with Store(db) as store:
         recorder = AuditRecorder(store)
@@ -68,11 +69,11 @@ def test_the_report_measures_an_amended_award_as_the_loop_does(tmp_path: Path) -
         assert loop.handle_as_deploy(_deploy("dep", at, 1980.0), at).status == "accepted"
         amended_at = NOW + 30 * MIN
         assert loop.handle_as_award(_award("ecrs", "ECRS", 1980.0, revision=1), amended_at).status == "accepted"
-        assert loop.book.import_limits_at(NOW + 45 * MIN)["AS:RRS:dep"] == pytest.approx(3070.0)
+        assert loop.book.import_limits_at(NOW + 45 * MIN)["AS:RRS:dep"] == pytest.approx(2080.0)
         _measure(loop, NOW + 45 * MIN, 3070.0)
         recorder.flush()
         recorder.close()
     section = build_report(db, "2024-06-03T17:00Z", "2024-06-03T18:00Z")["ancillary"]
     (interval,) = [i for i in section["shortfall_intervals"] if i["interval_start"] == "2024-06-03T17:45:00+00:00"]
-    assert interval["binding_limit_kw"] == pytest.approx(3070.0)
-    assert interval["shortfall_kw"] == pytest.approx(0.0)
+    assert interval["binding_limit_kw"] == pytest.approx(2080.0)
+    assert interval["shortfall_kw"] == pytest.approx(990.0)

@@ -1,8 +1,8 @@
 """The report measures an AS deployment against the limit the loop enforced (issue 15, newcomer
-finding 2): the limit rises with reserve awarded since the instruction,
-limit(t) = baseline − deployed + max(0, A(t) − A(t₀)). The report used the ack's fixed limit, so a
-backtest whose NSPIN award went 2.7 → 4.9 MW mid-deployment showed a 1.93 MW metered shortfall where
-the backtest summary (and the loop) measured 0.
+finding 2), by the book's own method. Since the project lead's decision on the 2024-05-08 backtest
+(tests/test_as_deployment_fixed_limit.py) that limit is measured from the pre-deployment load only:
+baseline − deployed, constant until the recall; reserve awarded later does not raise it (the former
+"award rise", limit + max(0, A(t) − A(t₀)), let load come back with shortfall 0 in the report).
 
 The trail is written by the real control loop into a real store (as ``test_report_ancillary``).
 """
@@ -25,12 +25,11 @@ from hashflex.control.records import AuditRecorder
 from hashflex.messages import ASAwardMessage, ASDeployMessage
 from hashflex.profile import parse_profile
 from hashflex.report import build_report
-from hashflex.report.deployment_limit import deployment_limit_kw
 from hashflex.store import Store
 
 
 class _Book(AncillaryBookMixin):
-    """Only what the book's ``deployment_limit_kw`` reads: the awards held (no other deployment in
+    """Only what the book's ``deployment_limit_kw`` could read: the awards held (no other deployment in
     force, so the stacking rule subtracts nothing)."""
 
     def __init__(self, awards: dict[str, dict]) -> None:
@@ -38,8 +37,10 @@ class _Book(AncillaryBookMixin):
         self.as_deployments: dict = {}
 
 
-def test_the_report_rule_equals_the_loop_rule_on_random_awards() -> None:
-    """The copied rule gives the loop's number, moment and interval, on 500 random cases."""
+def test_no_award_moves_the_book_limit_on_random_awards() -> None:
+    """The rule changed by decision (was: the limit rose with awards beyond A₀, checked here against a
+    copy of it): on 500 random award sets, moments and intervals the book's limit is the deployment's
+    own, baseline − deployed (older books: ``limit_kw``), whatever was awarded before or after."""
     rng = random.Random(15)
     base = datetime(2024, 5, 9, tzinfo=UTC)
     for _ in range(500):
@@ -50,26 +51,28 @@ def test_the_report_rule_equals_the_loop_rule_on_random_awards() -> None:
                                "end": (start + timedelta(minutes=15 * rng.randint(1, 12))).isoformat(),
                                "reserve_kw": rng.choice([0.0, 100.0, 2700.0, rng.uniform(0, 5000)])}
         issued = base + timedelta(seconds=rng.randint(0, 4 * 3600))
-        deployment = SimpleNamespace(issued_at=issued, limit_kw=rng.uniform(0, 20000))
+        baseline, deployed = rng.uniform(0, 20000), rng.uniform(1, 5000)
+        old = SimpleNamespace(issued_at=issued, limit_kw=max(baseline - deployed, 0.0), deployment_id="d",
+                              awarded_at_instruction_kw=rng.choice([None, 0.0, 2700.0]))
+        new = SimpleNamespace(**vars(old), baseline_kw=baseline, deployed_kw=deployed,
+                              held_at_instruction_kw=0.0)
         start = issued + timedelta(seconds=rng.randint(0, 3 * 3600))
         end = None if rng.random() < 0.5 else start + timedelta(minutes=15)
-        tuples = [(datetime.fromisoformat(a["start"]), datetime.fromisoformat(a["end"]), a["reserve_kw"])
-                  for a in awards.values()]
-        ours = deployment_limit_kw(deployment.limit_kw, issued, tuples, start, end)
-        assert ours == pytest.approx(_Book(awards).deployment_limit_kw(deployment, start, end), abs=1e-9)
+        assert _Book(awards).deployment_limit_kw(old, start, end) == pytest.approx(max(baseline - deployed, 0.0))
+        assert _Book(awards).deployment_limit_kw(new, start, end) == pytest.approx(max(baseline - deployed, 0.0))
 
 
-def test_metered_shortfall_uses_the_limit_that_rose_with_a_later_award(tmp_path: Path) -> None:
+def test_metered_shortfall_keeps_the_instruction_limit_after_a_later_award(tmp_path: Path) -> None:
     """RRS 4,950 kW awarded 16:00–20:00; RRS deploys 3,000 kW at 17:03: limit 5,050 − 3,000 =
-    2,050 kW. At 17:20 ECRS 2,000 kW is awarded for 17:30–20:00: from 17:30 the limit is 2,050 +
-    2,000 = 4,050 kW (the site must keep that load running to carry the new award).
+    2,050 kW. At 17:20 ECRS 2,000 kW is awarded for 17:30–20:00. The rule changed by decision (was:
+    the limit rose to 4,050 kW from 17:30 and the shortfall was 0.05 MW): the later award does not
+    license load back, the limit stays 2,050 kW in the loop and in the report alike.
 
     Metered means: 17:15 2,000 kW, 17:30 4,000, 17:45 4,200 kW. Assessed (from the 17:13 deadline):
-    17:15 under 2,050; 17:30 under 4,050; 17:45 150 kW over. Shortfall = (0 + 0 + 150) / 3 = 50 kW =
-    0.05 MW (the fixed-limit report said (10,200 / 3 − 2,050) = 1,350 kW = 1.35 MW). Mean limit
-    (2,050 + 4,050 + 4,050) / 3 = 3,383.3 kW, equal to the loop's own rule per interval."""
+    17:15 under 2,050; 17:30 1,950 kW over; 17:45 2,150 kW over. Shortfall = (0 + 1,950 + 2,150) / 3
+    = 1,366.7 kW = 1.3667 MW; mean limit 2,050 kW, equal to the loop's own rule per interval."""
     profile = parse_profile(PROFILE, source="test")
-    db = tmp_path / "rise.db"
+    db = tmp_path / "later-award.db"
     loads = [1882.0, 2000.0, 4000.0, 4200.0]
     with Store(db) as store:
         recorder = AuditRecorder(store)
@@ -94,13 +97,13 @@ def test_metered_shortfall_uses_the_limit_that_rose_with_a_later_award(tmp_path:
                        for k in (1, 2, 3)]
         recorder.flush()
         recorder.close()
-    assert loop_limits == pytest.approx([2050.0, 4050.0, 4050.0])
+    assert loop_limits == pytest.approx([2050.0, 2050.0, 2050.0])
     report = build_report(db, "2024-06-03T17:00Z", "2024-06-03T18:00Z")
     (row,) = report["ancillary"]["deployments"]
     assert row["limit_kw"] == 2050.0  # the ack's limit, at the instruction
     assert row["metered_intervals"] == 3
     assert row["metered_limit_kw"] == pytest.approx(sum(loop_limits) / 3, abs=0.05)
-    assert row["metered_shortfall_mw"] == pytest.approx(0.05, abs=1e-4)
+    assert row["metered_shortfall_mw"] == pytest.approx(1.3667, abs=1e-4)
     assert row["metered_import_kw"] == pytest.approx(10200.0 / 3, abs=0.05)
     # 17:00–17:15 averaged 1,882 kW, under 2,050 already: the first interval under its limit ends 17:15.
     assert pd.Timestamp(row["metered_under_limit_by"]) == pd.Timestamp("2024-06-03T17:15Z")

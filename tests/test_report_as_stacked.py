@@ -118,7 +118,7 @@ def test_after_a_recall_the_report_measures_the_later_deployment_against_the_lim
 def test_a_trail_written_before_the_stacking_rule_keeps_the_own_limit(tmp_path: Path) -> None:
     """The same trail with ``held_at_instruction_kw`` taken out of the performance records (a trail
     written before the rule): as the book does for such deployments, each keeps its own limit
-    (the ack's + the award rise), so B stays at 2,080 kW after A's recall and the site at 4,060 kW is
+    (the ack's), so B stays at 2,080 kW after A's recall and the site at 4,060 kW is
     990 kW short. The rule is chosen by the key, not by the report's wish."""
     db = tmp_path / "legacy.db"
     _stacked_trail(db)

@@ -21,8 +21,12 @@ Operation of day D: the plan holds the awards as a minimum running load against 
 prices (``milp.define_reserve``); a shortfall (a noise cap, DR or import limit that wins) is
 charged back at the MCPC (only held MW are paid). Deployments are **SYNTHETIC**: drawn per product
 with the profile's ``expected_deployments_per_month`` (a Poisson process, seeded), each lasting
-``expected_deployment_hours`` and shedding the whole award (a conservative draw); during one the
-deployed MW are shed (no hashes, no energy bought) and the award still paid.
+``expected_deployment_hours`` and shedding the whole award in force at its start (a conservative
+draw); during one the deployed MW are shed (no hashes, no energy bought) and the award still paid.
+The limit is the limits book's rule (:func:`deployment_limits_kw`): measured from the pre-deployment
+load only, constant until the deployment ends; reserve awarded beyond the deployed MW during it (an
+hourly award that steps up) must still be held, and what cannot be held under the limit is short and
+clawed back.
 
 Pure functions over frames and arrays; :func:`run_day_ahead_as` drives one window day by day with
 real HiGHS solves, energy-only (``mpc``'s plan without reserves, same execution rule) side by side:
@@ -55,6 +59,7 @@ __all__ = [
     "check_as_market",
     "compare_offer_rules",
     "day_ahead_offers_kw",
+    "deployment_limits_kw",
     "load_hourly_market",
     "market_price_frame",
     "offers_for_day",
@@ -623,12 +628,68 @@ def _running_at_start(profile: SiteProfile, plan: Schedule) -> dict:
             for g in profile.miner_groups}
 
 
+def deployment_limits_kw(award: dict[str, np.ndarray], deployed: dict[str, np.ndarray], import_kw: np.ndarray
+                         ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The SYNTHETIC deployments' import limit, MW deployed and reserve still to hold per interval, by
+    the limits book's rule (``LimitsBook.deployment_limit_kw``): a deployment's limit is measured from
+    the pre-deployment load only, constant from its instruction until it ends (issue 15, the project
+    lead's decision: ERCOT measures a Load Resource's response from its consumption before the
+    instruction, Nodal Protocols §8.1.1.4.x; the former rule followed the plan's import interval by
+    interval, so an award that stepped up during a deployment brought load back).
+
+    Each run of ``deployed[p]`` sheds ``award[p]`` at its first interval, X, for the whole run. While
+    any deployment is in force the site's limit is the import ``import_kw`` of the first interval of
+    that spell (the load without any deployment: the plan that holds the awards) less the MW of every
+    deployment in force (stacked deployments add up; one ending gives back its MW, as the book's
+    stacked rule does). Reserve awarded beyond X during the run, ``award[p] − X``, is still an
+    obligation (what the site cannot hold under the limit is short).
+
+    Parameters
+    ----------
+    award : dict of str to numpy.ndarray
+        Product -> [T] reserve awarded, kW.
+    deployed : dict of str to numpy.ndarray
+        Product -> [T] bool, a SYNTHETIC deployment in force (:func:`synthetic_deployments`).
+    import_kw : numpy.ndarray
+        [T] grid import of the plan that holds the awards without any deployment, kW.
+
+    Returns
+    -------
+    limit_kw : numpy.ndarray
+        [T] import limit, kW (inf where no deployment sheds anything).
+    deployed_kw : dict of str to numpy.ndarray
+        Product -> [T] MW deployed, kW.
+    obligation_kw : dict of str to numpy.ndarray
+        Product -> [T] reserve to hold, max(award − deployed, 0), kW.
+    """
+    T = len(import_kw)
+    deployed_kw = {}
+    for p, flags in deployed.items():
+        row = np.zeros(T)
+        for k in range(T):
+            if flags[k]:
+                row[k] = row[k - 1] if k > 0 and flags[k - 1] else float(award[p][k])
+        deployed_kw[p] = row
+    total = sum(deployed_kw.values()) if deployed_kw else np.zeros(T)
+    limit = np.full(T, np.inf)
+    baseline = None
+    for k in range(T):
+        if total[k] > 0:
+            baseline = float(import_kw[k]) if baseline is None else baseline
+            limit[k] = max(baseline - float(total[k]), 0.0)
+        else:
+            baseline = None
+    obligation = {p: np.maximum(award[p] - deployed_kw[p], 0.0) for p in award}
+    return limit, deployed_kw, obligation
+
+
 def _settle_day(profile: SiteProfile, index: pd.DatetimeIndex, rt: np.ndarray, mcpc: dict[str, np.ndarray],
                 award: dict[str, np.ndarray], deployed: dict[str, np.ndarray], result: ASDayResult, *,
                 hp: float | None, time_limit_s: float, gap: float, dt_h: float) -> None:
-    """One day of ``mpc+as`` with the awards held; SYNTHETIC deployments shed the award: the obligation
-    drops by it and the site's import is held that much under what the plan without the deployment
-    drew; that re-solve starts from the units the held plan runs at the day's start
+    """One day of ``mpc+as`` with the awards held; SYNTHETIC deployments shed the award in force at their
+    start: the obligation drops by it and the site's import is held that much under what the plan
+    without the deployment drew at the deployment's start, constant until it ends
+    (:func:`deployment_limits_kw`); that re-solve starts from the units the held plan runs at the day's start
     (`_running_at_start`), their start cost still charged (every day of the study is a cold start).
     Adds into ``result`` (profit without the AS terms; AS paid and clawed back)."""
     products = list(award)
@@ -637,11 +698,9 @@ def _settle_day(profile: SiteProfile, index: pd.DatetimeIndex, rt: np.ndarray, m
                                            as_award_kw=award, as_price_usd_mw_h=mcpc), time_limit_s=time_limit_s,
                       rel_gap=gap)
     result.solve_s_with_reserves.append(time.perf_counter() - started)
-    shed = sum(np.where(deployed[p], award[p], 0.0) for p in products) if products else np.zeros(len(index))
+    limit, deployed_kw, obligation = deployment_limits_kw(award, deployed, held_plan.frame["grid_import_kw"].to_numpy())
     final = held_plan
-    if np.any(shed > 0):
-        limit = np.where(shed > 0, np.maximum(held_plan.frame["grid_import_kw"].to_numpy() - shed, 0.0), np.inf)
-        obligation = {p: np.where(deployed[p], 0.0, award[p]) for p in products}
+    if np.any(np.isfinite(limit)):
         initial = _running_at_start(profile, held_plan)
         final = solve(problem_from_profile(profile, index, rt, hashprice_usd_per_ph_day=hp,
                                            initial=initial,
@@ -666,7 +725,7 @@ def _settle_day(profile: SiteProfile, index: pd.DatetimeIndex, rt: np.ndarray, m
         result.as_clawback_usd += float((short * mcpc[p]).sum() * dt_h / 1000.0)
         result.awarded_mwh += float(award[p].sum() * dt_h / 1000.0)
         result.held_mwh += float(paid.sum() * dt_h / 1000.0)
-        result.deployed_mwh += float(np.where(deployed[p], award[p], 0.0).sum() * dt_h / 1000.0)
+        result.deployed_mwh += float(deployed_kw[p].sum() * dt_h / 1000.0)
     result.profit_with_as_usd += float(_realised_profit(frame).sum())
     if final is not held_plan:
         # Every day of the study is a cold start (energy-only pays its 00:00 starts too): charge the

@@ -362,7 +362,8 @@ class ASParticipant:
                 if deployment.deadline > now:
                     continue  # not yet due: measured from its deadline on, as the report does
                 self.deployment_due_kw[k] += deployment.deployed_kw
-                # The limit in force now: it follows awards that rose since the instruction.
+                # The limit in force now: the book's (its pre-deployment load less the MW in force;
+                # no award moves it), the one the guard enforced.
                 self.deployment_limit_kw[k] = min(self.deployment_limit_kw[k],
                                                   loop.book.deployment_limit_kw(deployment, now))
 

@@ -23,10 +23,22 @@ draw without the deployments already in force at its arrival: the load drawn the
 them) plus the MW they hold, at most the load they were themselves measured from
 (:func:`stacked_baseline`; ``ASDeployment.stacked_baseline_kw``). The book enforces for each
 deployment its baseline less its own MW and less the MW of every other deployment in force
-(:func:`stacked_limit_kw`), plus its award rise: stacked deployments add up, at its instruction a
-deployment sheds its MW from the load drawn, and a recall of one raises the limit by exactly its MW.
+(:func:`stacked_limit_kw`): stacked deployments add up, at its instruction a deployment sheds its MW
+from the load drawn, and a recall of one raises the limit by exactly its MW.
 (The cut load alone, the former rule, kept a later deployment's limit as low as if the recalled one
 were still deployed.) The ack's limit is the one the book enforces, by the same computation.
+
+**The limit is measured from the pre-deployment load only** (issue 15, the project lead's decision
+after the 2024-05-08 backtest): ERCOT measures a Load Resource's deployed response from its
+telemetered consumption before the instruction (Nodal Protocols §8.1.1.4.x deployment criteria), so a
+deployment's limit is its baseline less its MW, constant from the instruction until its recall or
+release (less the MW of the other deployments in force, above). Reserve awarded after the instruction
+(a new award, an award starting later, a revision raising one) is not part of the instruction and does
+not let load come back: what of it the site cannot hold under the limit is a hold shortfall
+(:func:`reserve_hold_shortfalls`, clawed back), not a higher limit. The former "award rise"
+(limit + max(0, A(t) − A₀)) let load come back after an award stepped up: in the 2024-05-08 backtest
+0.4 of a 2.7 MW Non-Spin deployment was delivered, measured from the pre-deployment load, while the
+report showed no shortfall. When in doubt, curtail.
 
 **The load drawn at the instruction** (H2 finding 5) is never more than the metered evidence shows:
 the lower of the modelled import and the latest measured one, fresh or stale
@@ -74,7 +86,7 @@ from hashflex.profile.ancillary import DEFAULT_MAX_HOLD_H
 
 __all__ = ["STALE", "ASDeployment", "above_award_after_change", "amended_deployment", "amendment_refusal",
            "as_source", "award_refusal", "awarded_at_instruction_kw", "awarded_kw", "deploy_refusal", "deployment_from",
-           "deployment_limit_kw", "early_recall_ends", "has_deadline", "instruction_baseline", "recall_end", "reserve_clawback_usd", "reserve_hold_shortfalls", "reserve_keep_kw", "revision_refusal",
+           "early_recall_ends", "has_deadline", "instruction_baseline", "recall_end", "reserve_clawback_usd", "reserve_hold_shortfalls", "reserve_keep_kw", "revision_refusal",
            "stacked_baseline", "stacked_limit_kw"]
 
 STALE = "(stale)"  # the end of a refusal for an older revision (counted by the loop as ``as_stale``)
@@ -124,7 +136,8 @@ class ASDeployment:
     limit_kw : float
         The import limit it sets at its instruction: max(baseline_kw − deployed_kw, 0), kW. The book
         enforces :func:`stacked_limit_kw` (it rises by the MW of a deployment in force at the
-        instruction once that one ends, and falls by the MW of one instructed later).
+        instruction once that one ends, and falls by the MW of one instructed later); no award
+        moves it (module docstring).
     deadline : datetime
         ``issued_at`` + the product's deployment time: the limit must be met by then.
     end : datetime
@@ -145,11 +158,12 @@ class ASDeployment:
         arrival (inside the clock-skew window) binds from its arrival: safety first (issue 15,
         newcomer finding 8); its deadline and response are still measured from ``issued_at``.
     awarded_at_instruction_kw : float or None
-        A₀: the reserve awarded over all products in force at ``issued_at`` or at its arrival,
-        whichever is larger (:func:`awarded_at_instruction_kw`), as the book knew the awards when the
-        deployment was accepted (the latest revision of each received by then), kW; what
-        :func:`deployment_limit_kw` measures a later rise against. None: a book written before
-        this field (the rise is then measured against the awards now known, the former rule).
+        The reserve awarded over all products in force at ``issued_at`` or at its arrival, whichever
+        is larger (:func:`awarded_at_instruction_kw`), as the book knew the awards when the deployment
+        was accepted, kW: a record of what the site carried when instructed (the ``as_performance``
+        record and the report's ``book_awarded_at_instruction_mw`` show it). It no longer moves the
+        limit: it was A₀ of the former award rise, removed (module docstring); books and trails that
+        carry it are read as before. None: a book written before this field.
     overrun_recorded : bool
         The ``overrun`` record (past the product's sustained duration without a recall) was written;
         durable, so it is written once across restarts.
@@ -158,7 +172,7 @@ class ASDeployment:
     held_at_instruction_kw : float or None
         The MW of the deployments in force at its arrival counted back onto the load drawn to make its
         baseline (:func:`stacked_baseline`), kW. None: a book written before the stacking rule (it
-        keeps its own limit, ``limit_kw`` + the award rise).
+        keeps its own limit, ``limit_kw``).
     """
 
     deployment_id: str
@@ -735,9 +749,9 @@ def deployment_from(msg: ASDeployMessage, baseline_kw: float, via: str | None = 
         The backstop, h from ``issued_at`` (``profile.ancillary.max_hold_h``; None:
         :data:`hashflex.profile.ancillary.DEFAULT_MAX_HOLD_H`): without a recall it ends then.
     awarded_at_instruction_kw : float, optional
-        A(t₀), the reserve awarded (all products) in force at ``issued_at`` as known now, kW
-        (:func:`awarded_at_instruction_kw`); kept with the deployment for
-        :func:`deployment_limit_kw`.
+        The reserve awarded (all products) in force at the instruction as known now, kW
+        (:func:`awarded_at_instruction_kw`); kept with the deployment as a record (it does not move
+        the limit).
     held_at_instruction_kw : float, optional
         The MW of the deployments in force at its arrival counted back onto ``baseline_kw``
         (:func:`stacked_baseline`); None only for a book written before the stacking rule.
@@ -812,75 +826,16 @@ def awarded_kw(awards: Iterable[tuple[datetime, datetime, float]], start: dateti
     return total
 
 
-def deployment_limit_kw(limit_kw: float, issued_at: datetime, awards: Sequence[tuple[datetime, datetime, float]],
-                        start: datetime, end: datetime | None = None, *,
-                        awarded_at_instruction_kw: float | None = None) -> float:
-    """The import limit an AS deployment sets at ``start`` (or over ``[start, end)``), kW: the one rule the
-    limits book (`LimitsBook.deployment_limit_kw`), the guard, the backtest and the report use.
-
-    ``limit(t) = limit_kw + max(0, A(t) − A₀)``, A(t) the reserve awarded over all products in force
-    now known (the latest revision of each award; summed over the awards overlapping an interval),
-    A₀ the reserve awarded in force at the instruction t₀ *as known at the instruction*
-    (``awarded_at_instruction_kw``, kept with the deployment). A Load Resource awarded more reserve
-    while deployed must keep that load running and shed-able (Nodal Protocols §3.18, §8.1.1.2): a
-    fixed limit would force the plan to drop the new award (2.9 MW·h of 2024-05-08's shortfall). At
-    the instruction the rise is 0, so the fast path's cut is the deployed MW.
-
-    Why A₀ is what was known then (third newcomer review, finding 1): the obligation a Dispatch
-    Instruction deploys is against the Ancillary Service award(s) in force when it is issued: ERCOT
-    procures AS quantities per Operating Hour (Nodal Protocols §3.16, Standards for Determining
-    Ancillary Service Quantities), deploys a Load Resource's award by a Dispatch Instruction
-    (§6.5.7.6.2.2 RRS, §6.5.7.6.2.3 Non-Spin, §6.5.7.6.2.4 ECRS) and measures its performance from that
-    instruction against what it carried then (§8.1.1.4.x deployment criteria). An award revision
-    received after the instruction is new reserve the site must carry from then on, exactly as a new
-    award would be. Comparing the *current* revision's value at t₀ with itself (A(t₀) recomputed
-    from today's awards) made an amendment that raised an award covering t₀ raise nothing. An award
-    withdrawn or cut during the deployment lowers A(t) below A₀: the rise is floored at 0 and the
-    limit stays (the instruction is obeyed in full; the loop flags the excess, ``as_above_award``).
-    Taking A₀ when the deployment is *accepted* (not strictly at ``issued_at``) counts a revision
-    received between the two as known, which can only lower the limit: when in doubt, curtail. A new
-    deployment's A₀ is the larger of the awards in force at its instruction and at its arrival
-    (:func:`awarded_at_instruction_kw`): the load drawn at the arrival already runs for an award that
-    started in between (H2 finding 2).
-
-    Parameters
-    ----------
-    limit_kw : float
-        The limit at the instruction (baseline − deployed), kW.
-    issued_at : datetime
-        The instruction time t₀, timezone-aware.
-    awards : sequence of (start, end, reserve_kw)
-        The awards known (all products; a withdrawn award has reserve_kw 0).
-    start, end : datetime
-        The moment (``end`` None) or the interval, timezone-aware.
-    awarded_at_instruction_kw : float, optional
-        A₀, kW (:attr:`ASDeployment.awarded_at_instruction_kw`). None: A(issued_at) over ``awards``
-        (the former rule; a book or a trail written before A₀ was kept).
-
-    Returns
-    -------
-    float
-        ``limit_kw + max(0, A(start[, end]) − A₀)``, kW.
-    """
-    at_instruction = (awarded_kw(awards, issued_at) if awarded_at_instruction_kw is None
-                      else float(awarded_at_instruction_kw))
-    rise = awarded_kw(awards, start, end) - at_instruction
-    return float(limit_kw) + max(rise, 0.0)
-
-
 def awarded_at_instruction_kw(awards: Sequence[tuple[datetime, datetime, float]], issued_at: datetime,
                               arrived_at: datetime) -> float:
-    """A₀ of a new deployment: the reserve awarded (all products) in force at its instruction or at
-    its arrival, whichever is larger, over the awards known at its arrival, kW.
+    """The reserve awarded (all products, or one product's awards) in force at a deployment's
+    instruction or at its arrival, whichever is larger, over the awards known at its arrival, kW.
 
-    The limit is measured from the load drawn at the arrival (the baseline), and that load already
-    runs for every award in force then: an award that started between the instruction and the
-    arrival is carried by the baseline, so only reserve beyond it may raise the limit (issue 15,
-    H2 finding 2: A₀ counted at ``issued_at`` alone, before such an award started, raised the limit
-    by the whole award at once, and a 1,000 kW deployment acked "to 0 kW" shed nothing). An award
-    that ended in between is in A(``issued_at``); the larger of the two can only lower the limit
-    (when in doubt, curtail). For a deployment dated ahead of its arrival the two moments are the
-    same rule read the other way.
+    What the site carried when instructed: the load drawn at the arrival (the baseline) already runs
+    for every award in force then, including one that started between the instruction and the arrival
+    (issue 15, H2 finding 2). Kept with the deployment and in its ``as_performance`` record
+    (``ASDeployment.awarded_at_instruction_kw``), and the report's ``awarded_mw`` per product. It was
+    A₀ of the former award rise; it no longer moves the limit (module docstring).
 
     Parameters
     ----------
@@ -904,9 +859,8 @@ def stacked_baseline(drawn_kw: float, in_force: Iterable[tuple[float, float]]) -
 
     **Rule.** A deployment's baseline is the load the site would draw without the deployments
     already in force: the load drawn at its arrival (already cut by them) plus the MW they hold,
-    at most the lowest of their own limits before cutting (each one's baseline plus its rise: the
-    load drawn before they cut; a cut that could not shed everything, idle draw, must not inflate
-    it). So stacked deployments add up (the book enforces each one's baseline less the MW of every
+    at most the lowest of the loads they were measured from (each one's stacked baseline: the load
+    drawn before they cut; a cut that could not shed everything, idle draw, must not inflate it). So stacked deployments add up (the book enforces each one's baseline less the MW of every
     deployment in force, :func:`stacked_limit_kw`), and a recall of one raises the limit by exactly
     its MW. Taking the cut load alone (the former rule) left a later deployment's limit as low as if
     the recalled one were still deployed.
@@ -917,8 +871,8 @@ def stacked_baseline(drawn_kw: float, in_force: Iterable[tuple[float, float]]) -
         The load drawn at the arrival, kW (the lower of modelled and measured import,
         :func:`instruction_baseline`).
     in_force : iterable of (deployed_kw, uncut_kw)
-        Per deployment in force at the arrival: its MW and the load it was measured from now (its
-        baseline plus its limit's rise), kW.
+        Per deployment in force at the arrival: its MW and the load it was measured from (its
+        stacked baseline, :attr:`ASDeployment.stacked_baseline_kw`), kW.
 
     Returns
     -------
@@ -935,17 +889,16 @@ def stacked_baseline(drawn_kw: float, in_force: Iterable[tuple[float, float]]) -
     return baseline, baseline - drawn
 
 
-def stacked_limit_kw(stacked_baseline_kw: float, deployed_kw: float, rise_kw: float, others_deployed_kw: float
-                     ) -> float:
+def stacked_limit_kw(stacked_baseline_kw: float, deployed_kw: float, others_deployed_kw: float) -> float:
     """The import limit the book enforces for one deployment, with others in force or not, kW.
 
-    ``max(stacked baseline − deployed + rise − Σ others' deployed_kw, 0)``: its baseline is the load
-    without the deployments in force at its arrival (:func:`stacked_baseline`), ``rise`` the award
-    rise of :func:`deployment_limit_kw`, and the others are every other deployment in force then.
-    So the lowest of them is the site's limit and they add up; at the instruction the others are
-    those counted back, and the limit is the load drawn less its MW; a recall of one gives back
-    exactly its MW (no longer subtracted). A deployment accepted before this rule
-    (``held_at_instruction_kw`` None) keeps its own limit (``limit_kw`` + rise).
+    ``max(stacked baseline − deployed − Σ others' deployed_kw, 0)``: its baseline is the load
+    without the deployments in force at its arrival (:func:`stacked_baseline`), and the others are
+    every other deployment in force then. So the lowest of them is the site's limit and they add up;
+    at the instruction the others are those counted back, and the limit is the load drawn less its
+    MW; a recall of one gives back exactly its MW (no longer subtracted). No award moves it (the
+    pre-deployment load only, module docstring). A deployment accepted before this rule
+    (``held_at_instruction_kw`` None) keeps its own limit (``limit_kw``).
 
     Parameters
     ----------
@@ -953,8 +906,6 @@ def stacked_limit_kw(stacked_baseline_kw: float, deployed_kw: float, rise_kw: fl
         :attr:`ASDeployment.stacked_baseline_kw`, kW.
     deployed_kw : float
         Its MW (the revision in force), kW.
-    rise_kw : float
-        The award rise now (or over the interval), kW (>= 0).
     others_deployed_kw : float
         Σ deployed_kw of the other deployments in force then, kW.
 
@@ -963,7 +914,7 @@ def stacked_limit_kw(stacked_baseline_kw: float, deployed_kw: float, rise_kw: fl
     float
         kW, >= 0.
     """
-    return max(float(stacked_baseline_kw) - float(deployed_kw) + float(rise_kw) - float(others_deployed_kw), 0.0)
+    return max(float(stacked_baseline_kw) - float(deployed_kw) - float(others_deployed_kw), 0.0)
 
 
 def instruction_baseline(modelled_kw: float, latest_measured: tuple[float, float, str] | None,

@@ -501,7 +501,7 @@ class AncillaryIntakeMixin:
                 if held is None or held.end <= now:  # a first instruction: which load it sheds from
                     performance.update(baseline_source=baseline_source, modelled_baseline_kw=modelled_kw)
                 in_book = self.book.as_deployments.get(message.deployment_id)
-                if fresh and in_book is not None:  # what its limit's rise counts from, and how long it holds
+                if fresh and in_book is not None:  # what it carried when instructed, its stacking, how long it holds
                     performance.update(awarded_at_instruction_kw=in_book.awarded_at_instruction_kw,
                                        held_at_instruction_kw=in_book.held_at_instruction_kw,
                                        sustain_until=in_book.sustain_until.isoformat(),

@@ -4,10 +4,9 @@
 
 It lives here, below both, because ``report`` and ``backtest`` are rooms of one floor that may not
 import each other (``[tool.importlinter]``), and next to the limits book, whose
-``LimitsBook.deployment_limit_kw`` gives each deployment's limit: its own
-(``control.ancillary.deployment_limit_kw``: baseline − MW + the award rise) stacked on the deployments
-in force at its arrival, less the MW of the others in force (``control.ancillary.stacked_limit_kw``;
-issue 15). The
+``LimitsBook.deployment_limit_kw`` gives each deployment's limit: its baseline less its MW
+(measured from the pre-deployment load only; no award raises it), stacked on the deployments in force
+at its arrival, less the MW of the others in force (``control.ancillary.stacked_limit_kw``; issue 15). The
 backtest reads it from the loop's book; the report runs the same method on the book rebuilt from
 the trail (:func:`hashflex.report.deployment_limit.book_limit_kw`).
 

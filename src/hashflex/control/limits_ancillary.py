@@ -22,7 +22,6 @@ from hashflex.control.ancillary import (
     awarded_at_instruction_kw,
     deploy_refusal,
     deployment_from,
-    deployment_limit_kw,
     early_recall_ends,
     has_deadline,
     product_qualified_kw,
@@ -217,7 +216,7 @@ class AncillaryBookMixin:
 
     def award_windows(self) -> list[tuple[datetime, datetime, float]]:
         """(start, end, reserve_kw) of every award known (all products; a withdrawn award has 0 kW),
-        as :func:`~hashflex.control.ancillary.deployment_limit_kw` takes them.
+        as :func:`~hashflex.control.ancillary.awarded_at_instruction_kw` takes them.
 
         Returns
         -------
@@ -239,10 +238,9 @@ class AncillaryBookMixin:
         (:func:`~hashflex.control.ancillary.amendment_refusal`, measured from the first baseline:
         :func:`~hashflex.control.ancillary.amended_deployment`); one above the award in force is
         accepted and the ack says so (shedding is safe). A new deployment holds until recalled, at
-        most ``profile.ancillary.max_hold_h`` from its instruction, and keeps A₀, the reserve awarded
-        in force at its instruction or at its arrival (the larger; as known now), for its limit's rise
-        (:func:`~hashflex.control.ancillary.awarded_at_instruction_kw`,
-        :func:`~hashflex.control.ancillary.deployment_limit_kw`).
+        most ``profile.ancillary.max_hold_h`` from its instruction, and keeps, as a record, the reserve
+        awarded in force at its instruction or at its arrival (the larger; as known now:
+        :func:`~hashflex.control.ancillary.awarded_at_instruction_kw`); no award moves its limit.
 
         **Stacked deployments** (issue 15, H2 finding 1): a new deployment's baseline is the load the
         site would draw without the deployments already in force, i.e. ``baseline_kw`` (the load drawn,
@@ -253,7 +251,9 @@ class AncillaryBookMixin:
 
         **One computation** (H2 finding 2): the ack's ``import_limit_kw`` (and the "to N kW" of its
         reason) is :meth:`deployment_limit_kw` at ``now`` on the decided book: the limit the guard
-        and the fast path enforce.
+        and the fast path enforce. An accepted recall's ack carries the import limit in force after
+        it (:meth:`_limit_after_kw`: the lowest the book holds then, else the interconnection's), so
+        the QSE reads where the site may return to.
 
         Parameters
         ----------
@@ -329,23 +329,20 @@ class AncillaryBookMixin:
                           f"(fewer MW: binds from receipt, {now.isoformat()})")
                     # The ack says where its limit comes from (newcomer finding: "shed 700 kW (was 500)
                     # from 5027 kW to 5927 kW" read as a shed that raised the import): the stacked
-                    # baseline, less the other deployments in force, plus the award rise.
+                    # baseline, less the other deployments in force.
                     limit_now = trial.deployment_limit_kw(deployment, now)
                     others_kw = sum(d.deployed_kw for d in trial.as_deployments.values()
                                     if d.deployment_id != msg.deployment_id and d.in_force(now))
                     base_kw = deployment.stacked_baseline_kw
-                    rise_kw = limit_now - (base_kw - msg.deployed_kw - others_kw)
-                    parts = ([f"less {others_kw:.0f} kW of the other deployments in force"] if others_kw > 0 else [])
-                    parts += ([f"plus {rise_kw:.0f} kW to carry reserve awarded since the instruction"]
-                              if rise_kw > 0.5 else [])
+                    parts = f" (less {others_kw:.0f} kW of the other deployments in force)" if others_kw > 0 else ""
                     reason = (f"accepted: {msg.product} amended to revision {msg.revision}: shed "
                               f"{msg.deployed_kw:.0f} kW (was {held.deployed_kw:.0f}) from {base_kw:.0f} kW "
-                              f"to {limit_now:.0f} kW" + (f" ({'; '.join(parts)})" if parts else "") + f" {by}")
+                              f"to {limit_now:.0f} kW{parts} {by}")
             else:
                 # Stacked on the deployments in force (H2 finding 1): the load without them.
                 others = [d for d in trial.as_deployments.values()
                           if d.deployment_id != msg.deployment_id and d.in_force(now)]
-                stacked_kw, held_kw = stacked_baseline(baseline_kw, [(d.deployed_kw, self._uncut_kw(d, now))
+                stacked_kw, held_kw = stacked_baseline(baseline_kw, [(d.deployed_kw, d.stacked_baseline_kw)
                                                                      for d in others])
                 deployment = deployment_from(
                     msg, baseline_kw, via, received_at=now, max_hold_h=max_hold_h,
@@ -388,56 +385,42 @@ class AncillaryBookMixin:
             # know when that deployment was instructed, and one instructed after the recall must
             # hold (when in doubt, curtail); it gives way when the deployment is resent.
             trial.holds.pop(f"AS:{msg.deployment_id}", None)
+        limit_kw = None if deployment is None else trial.deployment_limit_kw(deployment, now)
+        if deployment is None and msg.recalled and reason.startswith("accepted"):
+            # A recall's ack names the limit the site is held to after it (it had none).
+            ended = trial.as_deployments.get(msg.deployment_id)
+            after = now if ended is None else max(now, ended.end)
+            limit_kw, source = trial._limit_after_kw(after)
+            reason += f"; import limit after it {limit_kw:.0f} kW ({source})"
         ack = ASAckMessage(message_id=msg.deployment_id, kind="as_deploy",
                            status="accepted" if reason.startswith("accepted") else "rejected", reason=reason[:500],
                            # the limit the book enforces now, by the same computation (H2 finding 2)
-                           acked_at=now,
-                           import_limit_kw=None if deployment is None else trial.deployment_limit_kw(deployment, now),
+                           acked_at=now, import_limit_kw=limit_kw,
                            deadline=None if deployment is None else deployment.deadline)
         trial._remember(self.as_key(msg), ack.model_dump(mode="json"))
         return trial, ack
 
-    def _own_limit_kw(self, deployment: ASDeployment, start: datetime, end: datetime | None = None) -> float:
-        """One deployment's own limit (baseline − MW + the award rise, :func:`deployment_limit_kw`), kW.
-
-        The rise stands for load the site must keep running to carry reserve awarded beyond A₀, on top
-        of the load it was measured from; that counterfactual load (stacked baseline + rise) cannot be
-        more than the fleet draws at full load (``profile.full_load_kw``: every unit in its highest
-        mode; auxiliary and compute loads not counted, so the cap errs low). Uncapped, a site already
-        at full load at the instruction was allowed back above its pre-deployment load by later
-        awards and shed nothing for a deployment in force (issue 15 newcomer finding: limit 6,427 kW
-        with 6,028 kW drawn before any deployment)."""
-        awards = [(datetime.fromisoformat(a["start"]), datetime.fromisoformat(a["end"]), float(a["reserve_kw"]))
-                  for a in self.as_awards.values()]
-        # A₀ kept with the deployment (None: one accepted before it was kept, or a duck-typed one)
-        own = deployment_limit_kw(deployment.limit_kw, deployment.issued_at, awards, start, end,
-                                  awarded_at_instruction_kw=getattr(deployment, "awarded_at_instruction_kw", None))
-        rise = own - deployment.limit_kw
-        full_load_kw = self._full_load_kw()
-        if rise > 0 and full_load_kw is not None:
-            uncut_kw = deployment.baseline_kw + (getattr(deployment, "held_at_instruction_kw", None) or 0.0)
-            own = deployment.limit_kw + min(rise, max(full_load_kw - uncut_kw, 0.0))
-        return own
-
-    def _full_load_kw(self) -> float | None:
-        """What the fleet draws at full load, kW: the profile's (the limits book), else a
-        ``full_load_kw`` attribute (the report's book rebuilt from the trail), else None (no cap)."""
-        profile = getattr(self, "profile", None)
-        if profile is not None:
-            return float(profile.full_load_kw)
-        value = getattr(self, "full_load_kw", None)
-        return None if value is None else float(value)
+    def _limit_after_kw(self, t: datetime) -> tuple[float, str]:
+        """The import limit in force at ``t`` and its source: the lowest the book holds
+        (``LimitsBook.import_limits_at``: DR, managers, holds, 4CP, AS deployments), else the
+        interconnection's (``profile.grid.import_limit_kw``), kW. What a recall's ack names."""
+        limits = self.import_limits_at(t)  # type: ignore[attr-defined]  # BindingMixin of LimitsBook
+        candidates = [(float(v), k) for k, v in limits.items()]
+        candidates.append((float(self.profile.grid.import_limit_kw), "interconnection"))  # type: ignore[attr-defined]
+        return min(candidates, key=lambda c: c[0])
 
     def deployment_limit_kw(self, deployment: ASDeployment, start: datetime, end: datetime | None = None) -> float:
         """The import limit the book enforces for an AS deployment at ``start`` (or over ``[start, end)``), kW:
-        what the guard, the fast path, the plan, ``/status`` and the deployment's ack all use.
+        what the guard, the fast path, the plan, ``/status``, the backtest, the report (on the book
+        rebuilt from the trail) and the deployment's ack all use.
 
-        Its own limit by the one rule (:func:`~hashflex.control.ancillary.deployment_limit_kw`: the
-        limit at the instruction plus any rise in the reserve awarded over A₀) less the MW of every
-        other deployment in force then (:func:`~hashflex.control.ancillary.stacked_limit_kw`: its
-        baseline is the load without the deployments in force at its arrival, so stacked deployments
-        add up and a recall gives back exactly the recalled MW). A deployment accepted before the
-        stacking rule (``held_at_instruction_kw`` None) keeps its own limit (:meth:`_own_limit_kw`).
+        Measured from the pre-deployment load only (issue 15, the project lead's decision; see
+        :mod:`hashflex.control.ancillary`): its stacked baseline less its MW less the MW of every other
+        deployment in force then (:func:`~hashflex.control.ancillary.stacked_limit_kw`: its baseline is
+        the load without the deployments in force at its arrival, so stacked deployments add up and a
+        recall gives back exactly the recalled MW). No award moves it: reserve awarded after the
+        instruction that the site cannot hold under it is a hold shortfall. A deployment accepted
+        before the stacking rule (``held_at_instruction_kw`` None) keeps its own limit, ``limit_kw``.
 
         Parameters
         ----------
@@ -454,19 +437,12 @@ class AncillaryBookMixin:
         float
             The limit, kW (>= 0 when others are subtracted).
         """
-        own = self._own_limit_kw(deployment, start, end)
         held = getattr(deployment, "held_at_instruction_kw", None)
         if held is None:
-            return own
+            return float(deployment.limit_kw)
         others = sum(d.deployed_kw for d in self.as_deployments.values()
                      if d.deployment_id != deployment.deployment_id and d.in_force(start, end))
-        return stacked_limit_kw(deployment.baseline_kw + held, deployment.deployed_kw, own - deployment.limit_kw,
-                                others)
-
-    def _uncut_kw(self, deployment: ASDeployment, t: datetime) -> float:
-        """The load a deployment in force was measured from, now: its stacked baseline + its award rise, kW."""
-        own = self._own_limit_kw(deployment, t)
-        return deployment.baseline_kw + (deployment.held_at_instruction_kw or 0.0) + (own - deployment.limit_kw)
+        return stacked_limit_kw(deployment.baseline_kw + held, deployment.deployed_kw, others)
 
     def reserve_awards_at(self, t: datetime) -> dict[str, dict[str, float]]:
         """Product -> {award id: kW} of the awards in force at ``t``.

@@ -17,7 +17,8 @@ __all__ = ["ASAckMessage", "DRAckMessage", "SetpointMessage", "StatusMessage"]
 
 class ASAckMessage(_Message):
     """The answer to an AS award or deployment (``out/as/ack``); ``message_id`` is the award or
-    deployment id. A deployment's ack carries the import limit it set and its deadline.
+    deployment id. A deployment's ack carries the import limit it set and its deadline; an accepted recall's
+    the import limit in force after it (the lowest the limits book holds, else the interconnection's).
 
     An accepted deployment (or amendment) also says how it arrived and what it asks against the
     award (issue 15; ``control.as_intake.deployment_flags``), so the QSE sees at once what the site

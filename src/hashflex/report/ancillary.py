@@ -35,13 +35,13 @@ the revision binds is final (:func:`final_through`). A deployment never accepted
 - ``deployed_mw`` = the revision's ``deployed_kw`` / 1000 (the reduction asked);
 - ``awarded_mw`` = Σ ``reserve_kw`` / 1000 of the accepted awards of the same product in force at
   the instruction or at the arrival, whichever is larger, as known then (the latest accepted
-  revision of each award recorded before the deployment: the limits book's A₀ rule,
+  revision of each award recorded before the deployment,
   :func:`~hashflex.control.ancillary.awarded_at_instruction_kw`, per product; an award that
   started between the instruction and the arrival is carried by the load drawn at the arrival);
   ``awarded_latest_mw`` the same awards as last revised in the trail (a later cut or withdrawal
-  shows here, not in ``awarded_mw``); ``book_awarded_at_instruction_mw`` the book's own A₀ (all
-  products, ``awarded_at_instruction_kw`` of the performance record; null on older trails), from
-  which ``commanded_limit_kw`` and the interval limits rise;
+  shows here, not in ``awarded_mw``); ``book_awarded_at_instruction_mw`` the reserve the book
+  recorded as awarded at the instruction (all products, ``awarded_at_instruction_kw`` of the
+  performance record; null on older trails): a record only, no award moves a deployment's limit;
 - ``delivered_mw`` = (``baseline_kw`` − ``commanded_import_kw``) / 1000; ``commanded_limit_kw`` the
   limit the book held at the command (the book's own rule, :func:`~hashflex.report.deployment_limit.book_limit_kw`,
   at the revision's receipt on the awards and deployments it held then: the ack's ``import_limit_kw``);
@@ -57,16 +57,17 @@ the revision binds is final (:func:`final_through`). A deployment never accepted
   asking more MW gets the product's deadline from the amendment, and the one before binds until
   then; before the first deadline nothing binds). Each revision's limit over the interval is the
   limits book's (:func:`~hashflex.report.deployment_limit.book_limit_kw`: ``LimitsBook.deployment_limit_kw``
-  run on the awards held at the interval's end and the revisions that bind it): its stacked baseline
-  (the load drawn at its arrival + ``held_at_instruction_kw``, the MW of the deployments in force
-  then) less its MW, plus the rise in reserve awarded over A₀, less the MW of every other
-  deployment that binds the interval and is in force over it. So after a recall of one of two
+  run on the revisions that bind the interval): measured from the pre-deployment load only, its
+  stacked baseline (the load drawn at its arrival + ``held_at_instruction_kw``, the MW of the
+  deployments in force then) less its MW, less the MW of every other deployment that binds the
+  interval and is in force over it; reserve awarded after the instruction does not raise it (issue
+  15: the former award rise showed shortfall 0 where load had come back; a trail written under it is
+  assessed by this rule). So after a recall of one of two
   stacked deployments the other's limit rises by exactly the recalled MW, as the book's did (issue
   15, H8: the report kept the later one's acked limit and showed a shortfall the book no longer
   enforced). A deployment not yet due (its deadline not passed) lowers no other's assessed limit,
   though the book enforces it at once. A trail written before the stacking rule (no
-  ``held_at_instruction_kw``) keeps each deployment's own limit, the ack's plus the rise, as the
-  book keeps it. Per
+  ``held_at_instruction_kw``) keeps each deployment's own limit, the ack's, as the book keeps it. Per
   interval (``shortfall_intervals``): the lowest limit of the deployments that bind
   (``binding_limit_kw``), the shortfall max(import − that limit, 0) capped at their MW together
   (``deployed_kw``), shared pro rata to each one's MW. A row's assessed intervals are those its
@@ -157,7 +158,7 @@ from hashflex.control.as_shortfall import (
     shortfall_shares,
 )
 from hashflex.profile import AS_PRODUCT_RULES
-from hashflex.report.deployment_limit import awards_known_before, book_limit_kw
+from hashflex.report.deployment_limit import book_limit_kw
 from hashflex.report.inputs import ReportInputs, _r
 
 __all__ = ["AWARD_COLUMNS", "DEPLOYMENT_COLUMNS", "ancillary_figures", "final_through", "reserve_money"]
@@ -189,8 +190,8 @@ def _accepted(record: Mapping[str, Any]) -> bool:
 
 def _awarded_kw(awards: list[dict[str, Any]], product: str, issued: pd.Timestamp, arrived: pd.Timestamp,
                 before_seq: float) -> float:
-    """kW of ``product`` awarded by the limits book's A₀ rule: in force at the instruction ``issued`` or
-    at the arrival ``arrived``, whichever is larger (:func:`~hashflex.control.ancillary.awarded_at_instruction_kw`),
+    """kW of ``product`` awarded at a deployment (the reserve it carried, as the limits book records it): in
+    force at the instruction ``issued`` or at the arrival ``arrived``, whichever is larger (:func:`~hashflex.control.ancillary.awarded_at_instruction_kw`),
     from the accepted award records before ``before_seq`` (the latest revision of each)."""
     latest: dict[str, dict[str, Any]] = {}
     for record in sorted(awards, key=lambda r: r["seq"]):
@@ -216,15 +217,14 @@ class _Revision:
     issued: pd.Timestamp  # this revision's instruction (``issued_at`` of its message)
     received: pd.Timestamp  # from when it bound: the first at min(instruction, arrival), a later one at arrival
     deadline: pd.Timestamp
-    first_issued: pd.Timestamp  # the deployment's first instruction (t₀ of the limit's rise)
+    first_issued: pd.Timestamp  # the deployment's first instruction
     until: pd.Timestamp  # the next revision's arrival, else the deployment's end
     end: pd.Timestamp  # the deployment's end: its recall, else its release (max_hold_h; older trails: sustain)
-    awarded_at_instruction_kw: float | None = None  # A₀ as the book kept it (None: older trails)
+    awarded_at_instruction_kw: float | None = None  # awarded at the instruction, as the book recorded it
     cancelled: bool = False  # recalled before it bound (the loop's ``cancelled``, or an end at or before its start)
     recalled_at: pd.Timestamp | None = None  # the recall that ended it (None: not recalled)
     first_received: pd.Timestamp | None = None  # the first revision's arrival (the book's ``received_at``)
     held_at_instruction_kw: float | None = None  # MW of the deployments in force at its arrival (None: older trails)
-    full_load_kw: float | None = None  # the profile's full load at the record (the book's rise cap; None: no config)
 
     @property
     def limit_kw(self) -> float | None:
@@ -295,17 +295,17 @@ def _binding_at(revisions: Mapping[str, list[_Revision]], start: pd.Timestamp) -
     return out
 
 
-def _enforced_limit_kw(revision: _Revision, others: list[ASDeployment], awards: list[tuple[Any, Any, float]],
-                       start: pd.Timestamp, end: pd.Timestamp | None = None) -> float:
+def _enforced_limit_kw(revision: _Revision, others: list[ASDeployment], start: pd.Timestamp,
+                       end: pd.Timestamp | None = None) -> float:
     """The limits book's limit for ``revision`` at ``start`` (or over ``[start, end)``), kW, by the book's
-    own rule (:func:`book_limit_kw`) with the ``others`` deployments and the ``awards`` given.
+    own rule (:func:`book_limit_kw`) with the ``others`` deployments given.
 
     Over an interval the others are the revisions that bind it (:func:`_binding_at`; a deployment
     whose deadline has not passed is not yet the site's to meet, so its MW lowers no other's
     assessed limit, though the book enforces it at once); at the command, every deployment the book
     held then (:func:`_held_by_book`: the ack's limit)."""
-    return book_limit_kw(revision.as_deployment(), others, awards, start.to_pydatetime(),
-                         None if end is None else end.to_pydatetime(), revision.full_load_kw)
+    return book_limit_kw(revision.as_deployment(), others, start.to_pydatetime(),
+                         None if end is None else end.to_pydatetime())
 
 
 def _arrival(record: Mapping[str, Any]) -> pd.Timestamp:
@@ -389,26 +389,9 @@ def _revisions(inputs: ReportInputs) -> tuple[dict[str, list[_Revision]], dict[s
             revisions.append(_Revision(deployment_id, int(message.get("revision") or 0), record,
                                        performance.get((deployment_id, int(message.get("revision") or 0))),
                                        issued, received, deadline, first_issued, until, end, at_instruction,
-                                       cancelled, recalled_at, first_received, held_kw,
-                                       _full_load_kw(inputs, record)))
+                                       cancelled, recalled_at, first_received, held_kw))
         out[deployment_id] = revisions
     return out, refused, recalls
-
-
-def _full_load_kw(inputs: ReportInputs, record: Mapping[str, Any]) -> float | None:
-    """``SiteProfile.full_load_kw`` of the profile in force for ``record`` (its ``config``): every unit
-    in its highest mode, kW; None without a config record or miner groups."""
-    from hashflex.report.provenance import config_for_seq
-
-    if not inputs.configs or record.get("seq") is None:
-        return None
-    config = config_for_seq(inputs.configs, int(record["seq"]))
-    groups = ((config or {}).get("profile") or {}).get("miner_groups") or []
-    try:
-        total = sum(float(g["units"]) * max(float(m["power_kw"]) for m in g["modes"]) for g in groups)
-    except (KeyError, TypeError, ValueError):
-        return None
-    return total if groups else None
 
 
 def _shortfall_intervals(inputs: ReportInputs, revisions: Mapping[str, list[_Revision]]) -> list[dict[str, Any]]:
@@ -416,7 +399,7 @@ def _shortfall_intervals(inputs: ReportInputs, revisions: Mapping[str, list[_Rev
     (:mod:`hashflex.control.as_shortfall`: lowest limit of the deployments due, capped at their MW,
     shared pro rata), each deployment's limit over the interval the limits book's
     (:func:`_enforced_limit_kw`: stacked on the deployments in force at its arrival, less the MW of the
-    others that bind, rising with reserve awarded over A₀)."""
+    others that bind; no award moves it)."""
     history = inputs.history
     if history is None or history.empty or not revisions:
         return []
@@ -434,8 +417,7 @@ def _shortfall_intervals(inputs: ReportInputs, revisions: Mapping[str, list[_Rev
         if not due:
             continue
         others = [r.as_deployment() for r in due]
-        awards = awards_known_before(inputs.as_awards, end)
-        binding = [(r, _enforced_limit_kw(r, others, awards, start, end)) for r in due]
+        binding = [(r, _enforced_limit_kw(r, others, start, end)) for r in due]
         limit_kw, deployed_kw = binding_deployments([b[1] for b in binding], [b[0].deployed_kw for b in binding])
         short_kw = deployment_shortfall_kw(float(import_kw), limit_kw, deployed_kw)
         shares = shortfall_shares(short_kw, {f"{r.deployment_id}#{r.revision}": r.deployed_kw for r, _ in binding})
@@ -462,7 +444,7 @@ def _metered(revision: _Revision, inputs: ReportInputs, intervals: list[dict[str
                    & (history["interval_end"] > revision.received)].sort_values("interval_start")
     for start, end, import_kw in zip(span["interval_start"], span["interval_end"], span["import_kw"], strict=True):
         others = [r.as_deployment() for r in _binding_at(revisions, start)]
-        limit = _enforced_limit_kw(revision, others, awards_known_before(inputs.as_awards, end), start, end)
+        limit = _enforced_limit_kw(revision, others, start, end)
         if import_kw <= limit + tolerance_kw:
             out["metered_under_limit_by"] = end.isoformat()
             out["metered_response_s"] = _r((end - revision.issued).total_seconds())
@@ -502,7 +484,7 @@ def _deployment_row(record: dict[str, Any], inputs: ReportInputs, revision: _Rev
     arrived = _arrival(record)
     awarded_kw = _awarded_kw(inputs.as_awards, product, issued, arrived, record["seq"])
     # The same product's awards covering the instruction (or arrival) as last revised in the trail (a
-    # later cut or withdrawal shows here; ``awarded_mw`` stays as known at the arrival: the book's A₀ rule).
+    # later cut or withdrawal shows here; ``awarded_mw`` stays as known at the arrival: as the book recorded it).
     awarded_latest_kw = _awarded_kw(inputs.as_awards, product, issued, arrived, math.inf)
     perf = (revision.performance if revision is not None else None) or {}
     cancelled = revision is not None and revision.cancelled
@@ -517,8 +499,7 @@ def _deployment_row(record: dict[str, Any], inputs: ReportInputs, revision: _Rev
     commanded_limit = shortfall = None
     if held and limit is not None:
         known = revision.received + pd.Timedelta(microseconds=1)  # the book just after it decided
-        commanded_limit = _enforced_limit_kw(revision, _held_by_book(revisions, known),
-                                             awards_known_before(inputs.as_awards, known), revision.received)
+        commanded_limit = _enforced_limit_kw(revision, _held_by_book(revisions, known), revision.received)
         if commanded is not None:
             shortfall = deployment_shortfall_kw(float(commanded), commanded_limit, revision.deployed_kw)
     status = "cancelled" if cancelled else ("accepted" if _accepted(record) else "rejected")
@@ -534,7 +515,7 @@ def _deployment_row(record: dict[str, Any], inputs: ReportInputs, revision: _Rev
         "deployed_mw": _r(float(message.get("deployed_kw") or 0.0) / 1000.0),
         "awarded_mw": _r(awarded_kw / 1000.0),
         "awarded_latest_mw": _r(awarded_latest_kw / 1000.0),
-        # The limits book's A₀ (all products, as it kept it): the limit's rise counts from it.
+        # The reserve the book recorded as awarded at the instruction (all products): a record only.
         "book_awarded_at_instruction_mw": (_mw(revision.awarded_at_instruction_kw)
                                            if revision is not None and revision.awarded_at_instruction_kw is not None
                                            else None),

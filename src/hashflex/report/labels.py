@@ -138,7 +138,7 @@ LABELS = {
     "reserve_unverified_hold_h": "Award time no measurement covers (h)",
     "commanded_limit_kw": "Limit at the command",
     "awarded_latest_mw": "Award as last revised",
-    "book_awarded_at_instruction_mw": "Reserve awarded at the instruction, all products (the limits book's A0)",
+    "book_awarded_at_instruction_mw": "Reserve awarded at the instruction, all products (as the limits book recorded it)",
     "final": "Final",
     "arrived_late": "Arrived after its deadline",
     "arrival_delay_s": "Arrived after the instruction",
@@ -240,8 +240,8 @@ DEFINITIONS = [
      "product, the reduction the fast path commanded (modelled import before, less the import the new setpoints "
      "leave) and any shortfall (idle draw and auxiliaries cannot be shed), how long after the instruction the cut "
      "was commanded against the product's deadline (RRS and ECRS 10 minutes, Non-Spin 30), and the metered import "
-     "of the intervals after the deadline, each against the limit in force then (it rises with reserve awarded "
-     "after the instruction, as the controller enforces it). The metered time under the limit is an upper bound: "
+     "of the intervals after the deadline, each against the limit in force then (measured from the load before "
+     "the instruction: reserve awarded later does not raise it, as the controller enforces it). The metered time under the limit is an upper bound: "
      "the trail holds one mean per control interval. An amended deployment has one row per revision, each with "
      "the reduction, limit and deadline of that instruction, in force from its arrival until the next one's. With "
      "deployments in force together, an interval is measured against the lowest limit of those due, its shortfall "
