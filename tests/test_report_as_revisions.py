@@ -62,6 +62,9 @@ def test_the_rule_on_hand_cases() -> None:
     # Import 6,000 kW against a 50 kW limit of a 5,000 kW deployment: short 5,000 (all of it), not 5,950.
     assert deployment_shortfall_kw(6000.0, 50.0, 5000.0) == 5000.0
     assert deployment_shortfall_kw(40.0, 50.0, 5000.0) == 0.0
+    # Float noise of summed unit powers (2e-9 kW over, seen on 2024-05-08) is not a shortfall; a watt is.
+    assert deployment_shortfall_kw(14895.28 + 2e-9, 14895.28, 2700.0) == 0.0
+    assert deployment_shortfall_kw(14895.28 + 1e-3, 14895.28, 2700.0) == pytest.approx(1e-3)
     np.testing.assert_allclose(deployment_shortfall_kw(np.array([900.0, 900.0, np.nan]),
                                                        np.array([500.0, np.inf, np.inf]),
                                                        np.array([300.0, 0.0, 0.0])), [300.0, 0.0, 0.0])

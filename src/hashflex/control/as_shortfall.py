@@ -27,9 +27,13 @@ The rule, per interval (interval means, kW)::
   over the limit it was held to.
 - **Capped at the MW deployed: yes.** A deployment obliges the site to shed its deployed MW from
   the load at the instruction; it can fail by at most all of them (delivered 0). Import above that
-  load (load added after the instruction beyond the reserve awarded since, which raises the limit)
-  is not a larger failure of the deployment: the report shows it in the metered import and a
-  negative metered delivery, and the guard holds the limit regardless. With concurrent deployments
+  load (load added after the instruction) is not a larger failure of the deployment: the report
+  shows it in the metered import and a negative metered delivery, and the guard holds the limit
+  regardless.
+- **Float noise is not a shortfall**: an excess of at most ``FLOAT_NOISE_KW`` (1 mW) is counted 0.
+  The backtest's import is a sum over thousands of units less the solar used, and the limit a
+  difference of such sums, so a site exactly at its limit can read 2e-9 kW over (2024-05-08, once
+  the limit stopped moving with awards); no meter resolves a milliwatt. With concurrent deployments
   the cap is the sum of their MW: the reduction all of them asked together.
 - **Attribution**: a concurrent interval's shortfall is shared pro rata to the deployed MW, so the
   deployments' shares add up to the site's shortfall (nothing counted twice) and the backtest's
@@ -44,7 +48,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["binding_deployments", "binding_revision", "deployment_shortfall_kw", "shortfall_shares"]
+FLOAT_NOISE_KW = 1e-6
+"""An excess over the binding limit this small, kW, is arithmetic, not load (module docstring)."""
+
+__all__ = ["FLOAT_NOISE_KW", "binding_deployments", "binding_revision", "deployment_shortfall_kw", "shortfall_shares"]
 
 
 def binding_deployments(limits_kw: Sequence[float], deployed_kw: Sequence[float]) -> tuple[float, float]:
@@ -104,7 +111,8 @@ def deployment_shortfall_kw(import_kw: Any, binding_limit_kw: Any, deployed_kw: 
     if np.any(binds & np.isnan(imp)):
         raise ValueError("import_kw: NaN in an interval a deployment binds (leave unmeasured intervals out)")
     over = np.where(binds, imp - np.where(binds, limit, 0.0), 0.0)
-    short = np.where(binds, np.minimum(np.maximum(over, 0.0), cap), 0.0)
+    over = np.where(over > FLOAT_NOISE_KW, over, 0.0)
+    short = np.where(binds, np.minimum(over, cap), 0.0)
     return float(short) if short.ndim == 0 else short
 
 
