@@ -173,8 +173,11 @@ from hashflex.profile import SiteProfile, load_profile
 
 # The scarcity floor's rule changed on purpose since the baseline (6c78048: the lower of the recent mean
 # and the last price); this compares the restructured code, so the current tree runs the old rule.
+# Likewise the on-site output's diurnal profile (issue 14, H4: per slot of the interval; before, per local hour).
 OLD_RULE = ({"scarcity_floor_follows_last": False}
             if "scarcity_floor_follows_last" in ForecastConfig.__dataclass_fields__ else {})
+if "renewable_profile_hourly" in ForecastConfig.__dataclass_fields__:
+    OLD_RULE["renewable_profile_hourly"] = True
 CONFIG = ForecastConfig(**OLD_RULE)
 
 

@@ -19,6 +19,23 @@ ramp (:func:`ramp_hold_previous_counts`); ``+oldstab``, ``+oldfloor``, ``+noblen
 mean, or the breakeven-probability price at P(price < breakeven) >= P, e.g. ``+be0.6``; ``+be0.5/0.9``: 0.9 in
 the first hour).
 
+Modifiers that split the perfect-price gap by cause (issue 14, H4): ``+solar`` the forecast's on-site output
+replaced by the actual output (look-ahead on purpose, DIAGNOSTIC); ``+hoursolar`` the diurnal profile of
+on-site output by local hour (``ForecastConfig.renewable_profile_hourly``, the rule before H4; the product
+now uses slots of the site's interval); ``+blockstab`` the stability rule valued over the new plan's first
+block only (``hold_span="block"``, the rule before H4; the product also values the leading ramp);
+``+gap<X>`` the MPC's MIP relative gap X (product ``milp.DEFAULT_REL_GAP`` = 0.005; the worker solves with
+:func:`plan_with_gap`); ``+hor<N>`` a horizon of N hours, all at 15 min; ``+fine<N>`` 15-min intervals for
+the first N hours, hourly blocks after (``optimize.coarsen``); ``+replan<N>`` a re-plan every N minutes.
+``+rampstab`` is now the product's rule (``hold_span="ramp"``, identical results on 2020-02, 2024-05, 2025-05);
+``+loadramp`` a candidate whose ramp is the intervals where the plan's *load* stays on one side of the held
+counts' load (modes may trade places within a ramp): 2024-05 perfect 0.9973 -> 0.9990, rules 0.9844 ->
+0.9863, but unit switches +29 % / +20 %, not adopted. ``--oracle-days`` / ``--oracle-gap`` / ``--oracle-time-limit`` change the oracle's MILPs (days per MILP,
+relative gap, HiGHS limit); the oracle's statuses and worst gap are printed. Measured on 7-9 May 2024
+(west_texas at HB_HUBAVG, 3 days), code before H4: ``perfect`` 0.9936 ($1,029 short), ``+nostab`` 0.9956,
+``+solar`` 0.9961, ``+nostab+solar`` 0.99999 ($2), ``+nostab+solar+hp`` 1.0000; ``+gap0.0001`` identical to
+``perfect`` (the rounded LP start is within 1e-4 of the LP bound at every solve).
+
 Then splits each policy's shortfall against the oracle per interval ($ = oracle profit − policy profit in
 that interval) into buckets: intervals where the policy drew more energy than the oracle (ran into a
 price the oracle avoided) or less (idle while the oracle mined); and by the price path: the first
@@ -28,6 +45,8 @@ the first interval back below it ("first after peak"), the next four ("after pea
 
     python optimization/benchmarks/gap_decompose.py --case 2020-02 --days 3
     python optimization/benchmarks/gap_decompose.py --case 2024-05 --days 3 --variants rules perfect perfect1h
+    python optimization/benchmarks/gap_decompose.py --case 2024-05 --days 3 --variants perfect perfect+nostab \
+        perfect+hoursolar+blockstab perfect+solar perfect+nostab+solar+hp perfect+gap0.0001
 
 Prints one table per policy and the wall time. Needs scikit-learn for ``learned``.
 """
@@ -73,6 +92,41 @@ class PerfectPrices:
         return values
 
 
+def plan_with_gap(rel_gap: float, problem, fine_intervals: int, time_limit_s: float):  # noqa: ANN001, ANN201
+    """``control.solver.plan_problem`` with the MIP relative gap ``rel_gap`` instead of the product's
+    (``+gap<X>``; run in the solver worker, so module level: a spawned worker imports it by name)."""
+    from hashflex.control import solver as control_solver
+    from hashflex.optimize.solve import LpBasisCache, solve, solve_multiresolution
+
+    if control_solver._BASIS_CACHE is None:
+        control_solver._BASIS_CACHE = LpBasisCache()
+    if fine_intervals < problem.T:
+        return solve_multiresolution(problem, fine_intervals=fine_intervals, time_limit_s=time_limit_s,
+                                     rel_gap=rel_gap, basis_cache=control_solver._BASIS_CACHE)
+    return solve(problem, time_limit_s=time_limit_s, rel_gap=rel_gap, basis_cache=control_solver._BASIS_CACHE)
+
+
+def perfect_renewables(actual_kw: pd.Series):  # noqa: ANN201
+    """A wrapper for ``RecordedForecaster.__call__`` (``+solar``, DIAGNOSTIC look-ahead): the forecast's
+    on-site output replaced by the actual output (kW) where the window has it."""
+    import dataclasses
+
+    from hashflex.forecast.sources import RecordedForecaster
+
+    original = RecordedForecaster.__call__
+
+    def call(self, now, horizon_start, periods):  # noqa: ANN001, ANN202
+        forecast = original(self, now, horizon_start, periods)
+        actual = actual_kw.reindex(pd.DatetimeIndex(forecast.interval_start)).to_numpy(float)
+        known = np.isfinite(actual)
+        renewable = np.asarray(forecast.renewable_kw, dtype=float).copy()
+        renewable[known] = actual[known]
+        return dataclasses.replace(forecast, renewable_kw=renewable)
+
+    call.original = original  # type: ignore[attr-defined]
+    return call
+
+
 def protect_perfect() -> None:
     """The rules' RT blend and scarcity floor leave intervals priced by :class:`PerfectPrices` alone."""
     blend, floor = forecast_rules._blend_rt, forecast_rules._scarcity_floor
@@ -91,7 +145,7 @@ def protect_perfect() -> None:
 
 
 def ramp_hold_previous_counts(original, problem, schedule, previous, min_gain_fraction: float = 0.0,  # noqa: ANN001
-                              **kwargs):  # noqa: ANN003, ANN201
+                              by_load: bool = False, **kwargs):  # noqa: ANN003, ANN201
     """A CANDIDATE stability rule, measured here before any change to ``control/stability.py`` (``+rampstab``):
     a hold is valued over the new plan's leading *ramp* — the intervals whose counts stay on one side of what
     runs now in every (group, mode) column (all >= it, or all <= it) — not only while they equal the first
@@ -106,6 +160,13 @@ def ramp_hold_previous_counts(original, problem, schedule, previous, min_gain_fr
     units = st._unit_block(schedule.frame, schedule.group_modes)
     prev = np.array([int(previous.get(key, 0)) for key in schedule.group_modes])
     up, down = (units >= prev).all(axis=1), (units <= prev).all(axis=1)
+    if by_load:  # +loadramp: the plan's load on one side of the held counts' load (modes may trade places)
+        columns = {key: units[:, j] for j, key in enumerate(schedule.group_modes)}
+        held_all = {key: int(previous.get(key, 0)) for key in columns}
+        if set(columns) == {(g.id, m.name) for g in problem.groups for m in g.modes}:
+            plan_kw = schedule.frame["load_kw"].to_numpy(float)
+            held_kw = st._held(problem, schedule, columns, held_all, len(units)).frame["load_kw"].to_numpy(float)
+            up, down = plan_kw >= held_kw - 1e-6, plan_kw <= held_kw + 1e-6
     side = up if up[0] else down
     span = int(np.argmin(side)) if not side.all() else len(units)
     columns = {key: units[:, j] for j, key in enumerate(schedule.group_modes)}
@@ -187,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", help="write the per-interval frame here")
     parser.add_argument("--tag", default="", help="names this code state in the cache (e.g. after a change)")
     parser.add_argument("--cache", help="a folder: each run's counts are kept there and reused (same case/days/variant)")
+    parser.add_argument("--oracle-days", type=int, default=1, help="local days per oracle MILP (default 1, as the backtest)")
+    parser.add_argument("--oracle-gap", type=float, default=1e-3, help="the oracle's MIP relative gap (default 1e-3)")
+    parser.add_argument("--oracle-time-limit", type=float, default=60.0, help="the oracle's HiGHS time limit per MILP, s")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     _, first_day = br.CASES[args.case]
@@ -199,10 +263,28 @@ def main(argv: list[str] | None = None) -> int:
     rt_series = rt_series[~rt_series.index.duplicated(keep="last")].sort_index()
     protect_perfect()
     quiet = Progress.factory(True)
-    runs = {"oracle": run_oracle(profile, actuals)}
+    oracle_path = (Path(args.cache) / f"{args.profile}_{args.case}_{start:%Y%m%d}_{args.days}_oracle"
+                   f"_{args.oracle_days}d_{args.oracle_gap:g}{args.tag}.pkl") if args.cache else None
+    if oracle_path is not None and oracle_path.exists():
+        runs = {"oracle": pd.read_pickle(oracle_path)}
+    else:
+        runs = {"oracle": run_oracle(profile, actuals, days_per_solve=args.oracle_days, rel_gap=args.oracle_gap,
+                                     time_limit_s=args.oracle_time_limit)}
+        if oracle_path is not None:
+            oracle_path.parent.mkdir(parents=True, exist_ok=True)
+            pd.to_pickle(runs["oracle"], oracle_path)
+    oracle_gaps = [i.gap for i in runs["oracle"].infos if i.gap is not None]
+    print(f"oracle: {len(runs['oracle'].infos)} MILP(s), statuses "
+          f"{sorted({i.status.value for i in runs['oracle'].infos})}, worst gap "
+          f"{max(oracle_gaps, default=float('nan')):.2e}", file=sys.stderr)
     import functools
 
     from hashflex.control import loop as control_loop
+    from hashflex.control import solver as control_solver
+    from hashflex.forecast.sources import RecordedForecaster
+
+    product_plan, product_forecast = control_solver.plan_problem, RecordedForecaster.__call__
+    renewables_call = perfect_renewables(pd.Series(actuals.renewable_kw, index=actuals.index))
     from hashflex.control.stability import hold_previous_counts
     from hashflex.forecast import ForecastConfig
     from hashflex.price_model import PriceModelConfig
@@ -210,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     def no_stability(problem, schedule, previous, **_):  # noqa: ANN001, ANN202 - DIAGNOSTIC: the rule off
         return hold_previous_counts(problem, schedule, previous, min_gain_fraction=0.0)
 
-    ramp_stability = functools.partial(ramp_hold_previous_counts, hold_previous_counts)
+    block_stability = functools.partial(hold_previous_counts, hold_span="block")  # the rule before H4
+    ramp_stability = functools.partial(ramp_hold_previous_counts, block_stability)
+    load_ramp_stability = functools.partial(ramp_hold_previous_counts, block_stability, by_load=True)
 
     def scaled_stability(fraction, problem, schedule, previous, **kwargs):  # noqa: ANN001, ANN202
         kwargs["min_gain_fraction"] = fraction
@@ -225,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         variant, *mods = variant.split("+")
         control_loop.hold_previous_counts = (functools.partial(hold_previous_counts, hold_span="first")
                                              if "oldstab" in mods else no_stability if "nostab" in mods
-                                             else ramp_stability if "rampstab" in mods else hold_previous_counts)
+                                             else ramp_stability if "rampstab" in mods
+                                             else load_ramp_stability if "loadramp" in mods
+                                             else block_stability if "blockstab" in mods else hold_previous_counts)
         fraction = [float(m[len("stab"):]) for m in mods if m.startswith("stab")]
         if fraction:  # the rule with another material gain (the loop's replan_min_gain_fraction, default 0.0005)
             control_loop.hold_previous_counts = functools.partial(scaled_stability, fraction[0])
@@ -233,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         blend_h = [float(m[len("blend"):-1]) for m in mods if m.startswith("blend") and m.endswith("h")]
         forecast_rules.ForecastConfig = functools.partial(ForecastConfig, scarcity_floor_follows_last=not old_floor,
                                                           rt_blend_learned="noblend" not in mods,
+                                                          renewable_profile_hourly="hoursolar" in mods,
                                                           **({"rt_blend_h": blend_h[0]} if blend_h else {}))
         estimate = "mean" if "mean" in mods else "quantile_mean" if "qmean" in mods else "quantile"
         be = [m[len("be"):] for m in mods if m.startswith("be")]  # be<P> or be<P>/<N> (N: the first hour's P)
@@ -252,6 +339,18 @@ def main(argv: list[str] | None = None) -> int:
             hook = PerfectPrices(rt_series, hours)
         else:
             raise SystemExit(f"unknown variant {variant!r}")
+        gap = [float(m[len("gap"):]) for m in mods if m.startswith("gap")]
+        control_solver.plan_problem = (functools.partial(plan_with_gap, gap[0]) if gap else product_plan)
+        RecordedForecaster.__call__ = renewables_call if "solar" in mods else product_forecast
+        site = {}
+        hours = [float(m[len("hor"):]) for m in mods if m.startswith("hor")]
+        if hours:  # the horizon N h (all of it fine unless +fine<N> says otherwise)
+            site.update(horizon_hours=hours[0], fine_horizon_hours=hours[0])
+        fine = [float(m[len("fine"):]) for m in mods if m.startswith("fine")]
+        if fine:  # 15-min intervals for the first N h, hourly blocks after (optimize.coarsen)
+            site["fine_horizon_hours"] = fine[0]
+        run_profile = profile.model_copy(update={"site": profile.site.model_copy(update=site)}) if site else profile
+        replan = [int(m[len("replan"):]) for m in mods if m.startswith("replan")]
         run_actuals = actuals
         if "hp" in mods and hashprice is not None:  # DIAGNOSTIC look-ahead: today's hashprice known at 00:00 UTC
             early = hashprice.assign(published_at=pd.to_datetime(hashprice["timestamp"], utc=True))
@@ -261,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         if cached is not None and cached.exists():
             runs[f"mpc {name}"] = pd.read_pickle(cached)
             continue
-        result = run_backtest(profile, run_actuals, ["mpc"], progress=quiet, price_forecaster=hook)
+        result = run_backtest(run_profile, run_actuals, ["mpc"], progress=quiet, price_forecaster=hook,
+                              replan_minutes=replan[0] if replan else None)
         runs[f"mpc {name}"] = result.runs["mpc"]
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)

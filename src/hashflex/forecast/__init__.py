@@ -33,8 +33,10 @@ Renewables (kW, per profile source, then summed)
   1. The source's latest forecast posting (younger than ``max_age_renewable_forecast_s``) covering t.
   2. Else, in the first ``persistence_h`` hours, the latest measurement if younger than
      ``max_age_renewable_obs_s`` (wind only: solar's daily cycle beats persistence).
-  3. Else the mean measured output at the same local hour over the last ``renewable_history_days``
-     days (a diurnal profile; solar is therefore zero at night, and an hour never measured is 0).
+  3. Else the mean measured output in the same slot of the site's interval (e.g. 17:45-18:00 local) over
+     the last ``renewable_history_days`` days, the same local hour's mean where that slot was never
+     measured (a diurnal profile; solar is therefore zero at night, and an hour never measured is 0;
+     ``renewable_profile_hourly``: by hour only, the rule before issue 14's H4, flat through a solar ramp).
   4. Else 0 kW (assume nothing on site: the import limit then binds on the full load).
 Carbon intensity (kg CO2/MWh)
   1. A feed value valid at t (a value holds ``carbon_hold_h`` from its timestamp) published less than

@@ -136,6 +136,9 @@ class ForecastConfig:
     max_age_renewable_obs_s: float = 1800.0
     persistence_h: float = 1.0
     renewable_history_days: int = 3
+    # The diurnal profile of on-site output by local hour (True, the rule before issue 14's H4) instead of by
+    # slot of the site's interval (False): an hour's mean is flat through a solar ramp (see forecast/rules.py).
+    renewable_profile_hourly: bool = False
     max_age_carbon_s: float = 2 * 3600.0
     carbon_hold_h: float = 1.0
     carbon_profile_days: int = 7

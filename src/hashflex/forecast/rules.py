@@ -254,7 +254,8 @@ def _forecast_renewables(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp
                          fallbacks: list[str]) -> tuple[np.ndarray, dict[str, tuple[str, ...]]]:
     total = np.zeros(len(times))
     sources: dict[str, tuple[str, ...]] = {}
-    local_hour = times.tz_convert(profile.tz).hour.to_numpy()
+    local_times = times.tz_convert(profile.tz)
+    local_hour, local_minute = local_times.hour.to_numpy(), local_times.minute.to_numpy()
     no_forecasts = snap.renewable_forecasts.empty  # e.g. a backtest: no filtering of an empty frame (issue 18)
     observed = snap.renewable_observations
     # The observations as arrays, once for every source (issue 18): a mask per source instead of frame filters.
@@ -294,9 +295,17 @@ def _forecast_renewables(profile: SiteProfile, snap: Snapshot, now: pd.Timestamp
         history = mine & (obs_ns >= history_from)
         if np.isnan(kw).any():
             # The same grouped mean as on the frame (pandas' own, compensated sum), on two arrays.
-            hours = pd.DatetimeIndex(obs_ns[history], tz="UTC").tz_convert(profile.tz).hour
-            by_hour = pd.Series(observed["power_kw"].to_numpy()[history]).groupby(hours).mean()
-            diurnal = by_hour.reindex(local_hour).to_numpy(dtype=float)
+            seen = pd.DatetimeIndex(obs_ns[history], tz="UTC").tz_convert(profile.tz)
+            power = pd.Series(observed["power_kw"].to_numpy()[history])
+            diurnal = power.groupby(seen.hour).mean().reindex(local_hour).to_numpy(dtype=float)
+            if not cfg.renewable_profile_hourly:
+                # Per slot of the plan's interval, the hourly mean where a slot was never measured. One
+                # hour's mean holds flat through a solar ramp: 760 kW high at 18:45 CDT on 7-9 May 2024
+                # (SYNTHETIC clear sky), which the plan bought at 1,912 $/MWh (gap_decompose.py, issue 14).
+                slot = profile.site.interval_minutes
+                fine = power.groupby((seen.hour * 60 + seen.minute) // slot).mean()
+                at = fine.reindex((local_hour * 60 + local_minute) // slot).to_numpy(dtype=float)
+                diurnal = np.where(np.isfinite(at), at, diurnal)
             gap = np.isnan(kw)
             kw[gap] = np.nan_to_num(diurnal[gap], nan=0.0)
             marks = np.array(label, dtype=object)
