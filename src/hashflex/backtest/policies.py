@@ -9,7 +9,8 @@ Schedule`` and ``last_seconds``.
 
 - ``mpc`` — :class:`ReplanningPlanner` around the daemon's ``SolveRunner`` (inline): the MILP over
   the forecast horizon, re-solved every ``replan_minutes`` (and whenever the loop asks for a
-  re-plan); between solves the cached schedule's row for the current interval is dispatched.
+  re-plan); between solves the cached schedule from the current interval on is the loop's plan, and its
+  first row goes out after the plan-stability rule, as a fresh plan's does (``control.stability``).
 - ``threshold`` — :class:`ThresholdPlanner`: each group runs (all units, stock mode) while the last
   settled real-time price is below the group's breakeven
   ``hashprice·H·(1 − fee)·1000/P − adder`` ($/MWh), switching only after the condition has held for

@@ -16,6 +16,11 @@ largest. Measured with
 the interval and, on the noise-bound quiet_hollow site, re-raised units the noise fast path had cut
 (dispatched unit switches up 70 %).
 
+A plan cached from an earlier tick (the backtest's MPC re-solving every ``replan_minutes``: its frame from this
+interval on, shorter than the tick's problem) is valued the same way, on the leading part of this tick's problem
+with its figures recomputed there: the daemon re-solves every tick and values every plan, and the cached ticks
+skipped the rule before (issue 14, H5: with hourly re-plans the plan's next interval went out whatever it moved).
+
 Safety: the previous counts are kept only when they are feasible on the new problem in that interval —
 units available, grid import within the import limit in force, every receptor's modelled level within
 its cap less the margin, no more reserve short than the new plan, no more load than the new plan when a
@@ -25,10 +30,12 @@ tightened limit therefore always wins; the guard re-checks the result as for any
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from hashflex.optimize.problem import Problem
 from hashflex.optimize.schedule import Schedule, reserve_column, schedule_from_counts, unit_column
@@ -113,9 +120,13 @@ def hold_previous_counts(problem: Problem, schedule: Schedule, previous: dict[tu
     Parameters
     ----------
     problem : Problem
-        The problem the new schedule solved (``T`` intervals, the same grid as ``schedule.frame``).
+        This tick's problem (``T`` intervals): the one the new schedule solved (the same grid as
+        ``schedule.frame``), or one whose first intervals are a cached plan's (below).
     schedule : Schedule
-        The new plan.
+        The new plan; or a plan cached from an earlier tick, its frame from this interval on (fewer rows than
+        ``T``, its index the problem's first ``interval_start``): valued on those leading intervals of
+        ``problem``, its figures recomputed there (this tick's prices, limits and state). A frame that does not
+        start at the problem's first interval is not valued (its first interval goes out).
     previous : dict[tuple[str, str], int] or None
         What runs now, units per (group id, mode) (modes absent: 0); None when there is nothing to keep
         (the first tick of a process).
@@ -162,8 +173,21 @@ def hold_previous_counts(problem: Problem, schedule: Schedule, previous: dict[tu
     previous = {key: int(previous.get(key, 0)) for key in new}
     if previous == new:
         return StabilityDecision(new, False, 0.0, "unchanged")
-    if problem.compute is not None or len(frame) != problem.T:
-        return StabilityDecision(new, False, float("nan"), "not valued (compute site or a coarse grid)")
+    if problem.compute is not None:
+        return StabilityDecision(new, False, float("nan"), "not valued (compute site)")
+    if len(frame) != problem.T:
+        # A cached plan (the backtest re-solving every replan_minutes: its frame from this interval on, made
+        # on an earlier problem): valued on the leading part of this tick's problem, re-figured there, as the
+        # daemon values the plan it solves every tick (issue 14, H5: these ticks skipped the rule before).
+        leading = _leading_problem(problem, frame.index)
+        if leading is None:
+            return StabilityDecision(new, False, float("nan"), "not valued (the plan does not start at this interval)")
+        schedule = _refigured(leading, schedule, units)
+        if schedule is None:
+            return StabilityDecision(new, False, float("nan"), "not valued (the plan lacks a group's modes)")
+        problem = leading
+        frame = schedule.frame
+        units = _unit_block(frame, schedule.group_modes)
     if hold_span not in ("ramp", "block", "first"):
         raise ValueError(f"hold_span {hold_span!r}: expected 'ramp', 'block' or 'first'")
     position = {key: j for j, key in enumerate(schedule.group_modes)}
@@ -217,6 +241,43 @@ def _hold_gain(problem: Problem, schedule: Schedule, columns: dict[tuple[str, st
     if bad < span:  # hold only while the previous counts stay feasible (the checks of the first interval)
         alternative = _held(problem, schedule, columns, previous, bad)
     return float(schedule.frame["profit_usd"].sum() - alternative.frame["profit_usd"].sum()), ""
+
+
+def _leading_problem(problem: Problem, index: pd.DatetimeIndex) -> Problem | None:
+    """``problem`` cut to its first ``len(index)`` intervals when ``index`` is exactly their starts (a plan
+    cached from an earlier tick covers this tick's problem from its first interval on, for fewer intervals);
+    None otherwise. Every [T] array is cut (prices, limits, availability, caps, budgets' masks, reserves,
+    derates); a problem with GPU compute is never cut here (the rule does not value those sites)."""
+    n = len(index)
+    if n == 0 or n > problem.T or not index.equals(problem.interval_start[:n]):
+        return None
+    cut = slice(0, n)
+    return dataclasses.replace(
+        problem,
+        interval_start=problem.interval_start[cut], duration_h=problem.duration_h[cut],
+        price_usd_mwh=problem.price_usd_mwh[cut], hashprice_usd_per_ph_day=problem.hashprice_usd_per_ph_day[cut],
+        renewable_kw=problem.renewable_kw[cut], import_limit_kw=problem.import_limit_kw[cut],
+        import_limit_source=tuple(problem.import_limit_source[cut]),
+        intensity_kg_per_mwh=problem.intensity_kg_per_mwh[cut],
+        groups=tuple(dataclasses.replace(g, units_available=g.units_available[cut]) for g in problem.groups),
+        receptors=tuple(dataclasses.replace(r, cap_dba=r.cap_dba[cut]) for r in problem.receptors),
+        carbon_budgets=tuple(dataclasses.replace(b, mask=b.mask[cut]) for b in problem.carbon_budgets),
+        reserves=tuple(dataclasses.replace(r, price_usd_mw_h=r.price_usd_mw_h[cut], max_kw=r.max_kw[cut],
+                                           obligation_kw=r.obligation_kw[cut]) for r in problem.reserves),
+        derates=tuple(dataclasses.replace(d, units=d.units[cut]) for d in problem.derates),
+    )
+
+
+def _refigured(problem: Problem, schedule: Schedule, units: np.ndarray) -> Schedule | None:
+    """The counts of ``schedule`` (``units`` [T, len(group_modes)], rows on ``problem``'s grid) with every
+    figure recomputed on ``problem`` (this tick's prices and state), as the held alternative is (`_held`);
+    None when the plan lacks a (group, mode) of the problem."""
+    position = {key: j for j, key in enumerate(schedule.group_modes)}
+    if any((g.id, m.name) not in position for g in problem.groups for m in g.modes):
+        return None
+    counts = {(g, m): units[:, position[group.id, mode.name]]
+              for g, group in enumerate(problem.groups) for m, mode in enumerate(group.modes)}
+    return schedule_from_counts(problem, counts, schedule.info, explain=False)
 
 
 def _unit_block(frame: Any, group_modes: tuple[tuple[str, str], ...]) -> np.ndarray:
