@@ -13,7 +13,7 @@ Runs, over one case of ``backtest_ratios.py`` (same windows, same real prices an
 Modifiers (``variant+mod``): ``+hp`` the forecast sees each UTC day's hashprice from that day's start (look-ahead
 on purpose, DIAGNOSTIC: settlement unchanged) instead of after the day ends; ``+nostab`` the plan-stability rule
 off (every re-plan's first interval dispatched); ``+stab<F>`` the rule at another material gain (fraction
-of the fleet's horizon revenue, default 0.0005); ``+rampstab`` a candidate rule valuing a hold over the new plan's
+of the fleet's revenue per day at the horizon's rate, default 0.0005; of its horizon revenue before issue 14 H5); ``+rampstab`` a candidate rule valuing a hold over the new plan's
 ramp (:func:`ramp_hold_previous_counts`); ``+oldstab``, ``+oldfloor``, ``+noblend``, ``+blend<N>h``,
 ``+qmean``, ``+mean``, ``+be<P>`` (the learned model's ``plan_estimate``: mean of P10/P50/P90, the squared-error
 mean, or the breakeven-probability price at P(price < breakeven) >= P, e.g. ``+be0.6``; ``+be0.5/0.9``: 0.9 in
@@ -155,7 +155,7 @@ def ramp_hold_previous_counts(original, problem, schedule, previous, min_gain_fr
     from hashflex.control import stability as st
 
     decision = original(problem, schedule, previous, min_gain_fraction=min_gain_fraction, **kwargs)
-    if not decision.held:
+    if not decision.held or len(schedule.frame) != problem.T:  # a cached plan (+replan<N>): the rule's answer
         return decision
     units = st._unit_block(schedule.frame, schedule.group_modes)
     prev = np.array([int(previous.get(key, 0)) for key in schedule.group_modes])
@@ -186,7 +186,7 @@ def ramp_hold_previous_counts(original, problem, schedule, previous, min_gain_fr
             return decision
         alternative = st._held(problem, schedule, columns, held, bad)
     gain = float(schedule.frame["profit_usd"].sum() - alternative.frame["profit_usd"].sum())
-    threshold = min_gain_fraction * st.full_fleet_revenue_usd(problem)
+    threshold = min_gain_fraction * st.fleet_revenue_per_day_usd(problem)  # the rule's scale (issue 14, H5)
     if gain >= threshold:
         new = {key: int(units[0, j]) for j, key in enumerate(schedule.group_modes)}
         return st.StabilityDecision(new, False, gain, f"re-plan gains ${gain:,.2f} over its ramp (>= ${threshold:,.2f})")

@@ -142,7 +142,8 @@ class LoopConfig:
     async_sends: bool = False  # driver I/O on a sender thread (the daemon); False: on the caller's thread
     run_mode: str = "live"  # "live" | "simulate" | "backtest": recorded in the audit trail (reports label it)
     # Plan stability (control.stability): a re-plan changes what runs only if it gains at least this
-    # fraction of the whole fleet's gross revenue over the horizon over keeping what runs
+    # fraction of the whole fleet's gross revenue over a day (at the horizon's mean rate, so the same for
+    # any horizon length; over the horizon before issue 14 H5, equal at 24 h) over keeping what runs
     # (0 turns the rule off). Measured in optimization/benchmarks/plan_stability.py (Feb 10-12 2020, the
     # block rule): 0.0005 gave profit x1.0049 west_texas, x1.0160 quiet_hollow vs off, unit switches x0.75 /
     # x0.89; 0.002 gave x1.0026 / x1.0168 for x0.72 / x0.76 (more profit at the site near homes, less at

@@ -9,7 +9,8 @@ feasible there (``hold_span="block"``; ``"first"``: the first interval only, the
 stale mode for whole days because each tick forwent one interval's gain) — with the new plan for every later
 interval, on the *new* problem (same prices, limits, caps, budgets), and
 keep them unless the new plan earns at least the material gain more over the horizon: ``min_gain_usd``, or
-``min_gain_fraction`` of the whole fleet's gross revenue over the horizon, or ``min_gain_unit_intervals``
+``min_gain_fraction`` of the whole fleet's gross revenue over a day at the horizon's mean rate (not over the
+horizon: a longer horizon would hold harder; the same at the default 24 h), or ``min_gain_unit_intervals``
 intervals of gross revenue of each unit the change moves (a switching cost per unit), whichever is
 largest. Measured with
 ``optimization/benchmarks/plan_stability.py``; an earlier version compared with the previous *plan* for
@@ -40,9 +41,14 @@ import pandas as pd
 from hashflex.optimize.problem import Problem
 from hashflex.optimize.schedule import Schedule, reserve_column, schedule_from_counts, unit_column
 
-__all__ = ["StabilityDecision", "full_fleet_revenue_usd", "hold_previous_counts", "moved_units_revenue_usd"]
+__all__ = ["MIN_GAIN_SPAN_H", "StabilityDecision", "fleet_revenue_per_day_usd", "full_fleet_revenue_usd",
+           "hold_previous_counts", "moved_units_revenue_usd"]
 
 _EPS_KW = 1e-6
+# The span the fleet fraction of the material gain is taken over, h: a day, so the gain a site manager must
+# see does not grow with the horizon (issue 14, H5: as a fraction of the horizon's revenue a 48 h horizon held
+# twice as hard as 24 h). At the default 24 h horizon the threshold is the one measured before.
+MIN_GAIN_SPAN_H = 24.0
 _EPS_DB = 1e-6
 
 
@@ -57,6 +63,18 @@ def full_fleet_revenue_usd(problem: Problem) -> float:
         per_interval += np.asarray(group.units_available, dtype=float) * top_th_s / 1000.0
     hashprice = np.broadcast_to(np.asarray(problem.hashprice_usd_per_ph_day, dtype=float), (problem.T,))
     return float(np.sum(per_interval * hashprice * problem.duration_h / 24.0) * (1.0 - problem.pool_fee))
+
+
+def fleet_revenue_per_day_usd(problem: Problem) -> float:
+    """Gross mining revenue of every available unit at its top hashrate over one day (`MIN_GAIN_SPAN_H`) at the
+    horizon's mean rate, $: `full_fleet_revenue_usd` × 24 / the horizon's hours (Σ duration_h).
+
+    The scale of ``min_gain_fraction``: the same for a 2 h, 24 h or 48 h horizon of the same site and prices;
+    at a 24 h horizon exactly `full_fleet_revenue_usd` (the ratio is 1.0), the threshold before issue 14 H5.
+    A cached plan's shorter frame (`hold_previous_counts`) therefore gets the same threshold as a fresh one.
+    """
+    horizon_h = float(np.sum(problem.duration_h))
+    return full_fleet_revenue_usd(problem) * (MIN_GAIN_SPAN_H / horizon_h) if horizon_h > 0 else 0.0
 
 
 def moved_units_revenue_usd(problem: Problem, new: dict[tuple[str, str], int],
@@ -133,8 +151,9 @@ def hold_previous_counts(problem: Problem, schedule: Schedule, previous: dict[tu
     min_gain_usd : float
         The material gain, $ over the horizon.
     min_gain_fraction : float
-        Or, if larger, this fraction of what the whole fleet would earn over the horizon at its top modes
-        (`full_fleet_revenue_usd`: a scale of the site that does not depend on either plan).
+        Or, if larger, this fraction of what the whole fleet would earn in a day at its top modes, at the
+        horizon's mean rate (`fleet_revenue_per_day_usd`: a scale of the site that depends on neither plan nor
+        on the horizon's length; before issue 14 H5 it was the revenue over the horizon, the same at 24 h).
     min_gain_unit_intervals : float
         Or, if larger, this many intervals of gross revenue of each unit the change moves
         (`moved_units_revenue_usd` × this): a switching cost per unit, so moving one unit needs a small gain
@@ -207,7 +226,7 @@ def hold_previous_counts(problem: Problem, schedule: Schedule, previous: dict[tu
     if reason:
         return StabilityDecision(new, False, float("nan"), reason)
     if min_gain_fraction > 0:
-        min_gain_usd = max(min_gain_usd, min_gain_fraction * full_fleet_revenue_usd(problem))
+        min_gain_usd = max(min_gain_usd, min_gain_fraction * fleet_revenue_per_day_usd(problem))
     if min_gain_unit_intervals > 0:
         min_gain_usd = max(min_gain_usd, min_gain_unit_intervals * moved_units_revenue_usd(problem, new, previous))
     if gain >= min_gain_usd:
