@@ -112,3 +112,31 @@ def test_the_loop_holds_the_same_change_with_or_without_a_cached_plan(replan_min
         assert fleet.running() == TEN
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("planner", ["threshold", "always-on"])
+def test_the_baselines_plans_are_not_held(planner: str) -> None:
+    """The backtest's baselines (a rule on the first interval, a one-row plan) are not the MPC: the stability
+    rule is not applied to them, as before H5, when their one-row plans were skipped as "not valued". The
+    threshold operator stops the ten when the last RT price (75 $/MWh) passes breakeven (69.44), though the
+    gain, one interval at a 24 h horizon ($0.0417), is under the material gain ($0.25); always-on keeps all
+    ten running while a unit is away and back (the rule would not move them either way)."""
+    from hashflex.backtest.policies import AlwaysOnPlanner, SiteMemory, ThresholdPlanner
+
+    profile = PROFILE.model_copy(update={"site": PROFILE.site.model_copy(update={"horizon_hours": 24})})
+    memory = SiteMemory(last_rt_price_usd_mwh=60.0)
+    solver = ThresholdPlanner(profile, memory) if planner == "threshold" else AlwaysOnPlanner()
+    assert solver.plan_stability is False
+    fleet = SimulatedFleet(profile)
+    loop = ControlLoop(profile, forecaster=TimedPrices(), driver=fleet, solver=solver,
+                       config=LoopConfig(replan_min_gain_fraction=0.005))
+    try:
+        loop.tick(T0)
+        assert fleet.running() == TEN
+        memory.last_rt_price_usd_mwh = 75.0
+        report = loop.tick(T0 + timedelta(minutes=15))
+        assert sum(fleet.running().values()) == (10 if planner == "always-on" else 0), report.stability
+        assert report.stability == "off"
+        assert loop.counters["plan_holds"] == 0
+    finally:
+        loop.close()

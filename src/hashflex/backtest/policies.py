@@ -34,6 +34,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -136,6 +137,10 @@ class ReplanningPlanner:
 class AlwaysOnPlanner:
     """Every available unit in stock mode, whatever the price (the guard still enforces limits)."""
 
+    # A baseline, not the MPC: the loop does not apply the plan-stability rule to its plans (control.stability;
+    # before issue 14 H5 its one-row plans were skipped as "not valued").
+    plan_stability = False
+
     def __init__(self) -> None:
         self.last_seconds = 0.0
         self.solves = 0
@@ -165,6 +170,9 @@ class ThresholdPlanner:
     _on: dict[int, bool] = field(default_factory=dict)
     _streak: dict[int, int] = field(default_factory=dict)
     _noise_limits: dict[tuple[float, ...], dict[int, int]] = field(default_factory=dict)
+    # A baseline, not the MPC: the loop does not apply the plan-stability rule to its plans (control.stability;
+    # before issue 14 H5 its one-row plans were skipped as "not valued").
+    plan_stability: ClassVar[bool] = False
 
     def run(self, problem: Problem, fine_intervals: int) -> Schedule:
         """The rule on the first interval (see the module docstring), held over the horizon."""

@@ -465,10 +465,12 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
     def _stable_counts(self, problem: Problem, schedule: Schedule, start: pd.Timestamp) -> StabilityDecision:
         """The first interval's counts after the plan-stability rule (call with the lock held): what runs
         now (as dispatched, fast-path cuts included) is kept unless the new plan gains materially. The
-        first tick of a process has nothing to keep (the restart cut already enforced what binds)."""
+        first tick of a process has nothing to keep (the restart cut already enforced what binds). A plan
+        cached by the solver slot (the backtest's re-plan cadence) is valued as a fresh one; a planner that
+        declares ``plan_stability = False`` (the backtest's baselines) is not held."""
         previous = self.fleet.counts() if self.last_report is not None else None
-        decision = hold_previous_counts(problem, schedule, previous,
-                                        min_gain_fraction=self.config.replan_min_gain_fraction)
+        fraction = self.config.replan_min_gain_fraction if getattr(self.solver, "plan_stability", True) else 0.0
+        decision = hold_previous_counts(problem, schedule, previous, min_gain_fraction=fraction)
         if previous is not None and decision.counts != {k: previous.get(k, 0) for k in decision.counts}:
             self.counters["plan_changes"] += 1
             self.counters["plan_churn_units"] += sum(abs(decision.counts.get(k, 0) - previous.get(k, 0))
