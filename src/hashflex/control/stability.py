@@ -45,11 +45,11 @@ __all__ = ["MIN_GAIN_SPAN_H", "StabilityDecision", "fleet_revenue_per_day_usd", 
            "hold_previous_counts", "moved_units_revenue_usd"]
 
 _EPS_KW = 1e-6
+_EPS_DB = 1e-6
 # The span the fleet fraction of the material gain is taken over, h: a day, so the gain a site manager must
 # see does not grow with the horizon (issue 14, H5: as a fraction of the horizon's revenue a 48 h horizon held
 # twice as hard as 24 h). At the default 24 h horizon the threshold is the one measured before.
 MIN_GAIN_SPAN_H = 24.0
-_EPS_DB = 1e-6
 
 
 def full_fleet_revenue_usd(problem: Problem) -> float:
