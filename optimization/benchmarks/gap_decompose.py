@@ -27,6 +27,14 @@ block only (``hold_span="block"``, the rule before H4; the product also values t
 ``+gap<X>`` the MPC's MIP relative gap X (product ``milp.DEFAULT_REL_GAP`` = 0.005; the worker solves with
 :func:`plan_with_gap`); ``+hor<N>`` a horizon of N hours, all at 15 min; ``+fine<N>`` 15-min intervals for
 the first N hours, hourly blocks after (``optimize.coarsen``); ``+replan<N>`` a re-plan every N minutes.
+Issue 14, H5 (3 days; mpc/oracle, unit switches per day): before, ``+replan<N>`` skipped the stability rule on
+ticks that reuse the cached plan and ``+hor<N>`` scaled its threshold with the horizon; now the cached plan is
+valued as a fresh one and the threshold is per day. ``perfect+replan60`` 2024-05 0.9997 -> 0.9970 (74,587 ->
+48,897; ``perfect`` 0.9973, 48,876), 2020-02 0.9998 -> 0.9992, 2025-05 0.9993 -> 0.9978; ``rules+replan60``
+0.9672 -> 0.9738 (101,351 -> 80,228), 0.9691 -> 0.9697, 0.9802 -> 0.9797; ``perfect+hor48`` 0.9948 -> 0.9973,
+0.9986 -> 0.9993, 0.9939 -> 0.9981 (as at 24 h); ``rules+hor48`` 0.9830 -> 0.9844 (54,916 -> 67,285),
+0.9739 -> 0.9758 (88,940 -> 95,630), 0.9834 -> 0.9888 (47,241 -> 54,228). The default (24 h, every interval)
+is unchanged.
 ``+rampstab`` is now the product's rule (``hold_span="ramp"``, identical results on 2020-02, 2024-05, 2025-05);
 ``+loadramp`` a candidate whose ramp is the intervals where the plan's *load* stays on one side of the held
 counts' load (modes may trade places within a ramp): 2024-05 perfect 0.9973 -> 0.9990, rules 0.9844 ->
