@@ -20,7 +20,7 @@ from hashflex.control.stability import hold_previous_counts
 from hashflex.optimize.problem import problem_from_profile
 from hashflex.optimize.solve import solve
 from hashflex.sim.site import SimulatedFleet
-from test_plan_stability import INDEX, PROFILE, T0, UNIT, Prices, solved
+from test_plan_stability import FRACTION_208, INDEX, PROFILE, T0, UNIT, Prices, solved
 
 RUN_AT_60 = 10 * (UNIT - 0.00075 * 60.0)  # ten units running one interval at 60 $/MWh earn $0.0708
 LOSS_AT_75 = 10 * (0.00075 * 75.0 - UNIT)  # and lose $0.0417 at 75 $/MWh
@@ -63,7 +63,7 @@ def test_the_loop_follows_a_lasting_small_change() -> None:
     prices = Prices()
     fleet = SimulatedFleet(PROFILE)
     loop = ControlLoop(PROFILE, forecaster=prices, driver=fleet, solver=SolveRunner(inline=True),
-                       config=LoopConfig(replan_min_gain_fraction=0.05))  # threshold $0.208
+                       config=LoopConfig(replan_min_gain_fraction=FRACTION_208))  # threshold $0.208
     loop.tick(T0)
     assert fleet.running() == {("air", "stock"): 10}
     prices.price = 75.0  # for the whole horizon: 8 × $0.0417 = $0.333 >= $0.208

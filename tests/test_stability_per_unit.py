@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from hashflex.control.stability import hold_previous_counts, moved_units_revenue_usd
-from test_plan_stability import UNIT, solved
+from test_plan_stability import FRACTION_208, UNIT, solved
 
 
 def test_moved_units_revenue_by_hand() -> None:
@@ -31,8 +31,8 @@ def test_the_threshold_scales_with_the_units_moved(unit_intervals: float, held: 
 
 def test_the_largest_threshold_applies_and_a_tightened_limit_still_wins() -> None:
     problem, schedule = solved(60.0)
-    # per unit alone would follow (K = 0.1: $0.052 < $0.0708); the fleet fraction (5 %: $0.208) keeps
-    kept = hold_previous_counts(problem, schedule, {("air", "stock"): 0}, min_gain_fraction=0.05,
+    # per unit alone would follow (K = 0.1: $0.052 < $0.0708); the fleet fraction ($0.208) keeps
+    kept = hold_previous_counts(problem, schedule, {("air", "stock"): 0}, min_gain_fraction=FRACTION_208,
                                 min_gain_unit_intervals=0.1, hold_span="first")
     assert kept.held
     limited, schedule = solved(60.0, limit_kw=15.0)

@@ -9,7 +9,8 @@ Schedule`` and ``last_seconds``.
 
 - ``mpc`` — :class:`ReplanningPlanner` around the daemon's ``SolveRunner`` (inline): the MILP over
   the forecast horizon, re-solved every ``replan_minutes`` (and whenever the loop asks for a
-  re-plan); between solves the cached schedule's row for the current interval is dispatched.
+  re-plan); between solves the cached schedule from the current interval on is the loop's plan, and its
+  first row goes out after the plan-stability rule, as a fresh plan's does (``control.stability``).
 - ``threshold`` — :class:`ThresholdPlanner`: each group runs (all units, stock mode) while the last
   settled real-time price is below the group's breakeven
   ``hashprice·H·(1 − fee)·1000/P − adder`` ($/MWh), switching only after the condition has held for
@@ -33,6 +34,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -135,6 +137,10 @@ class ReplanningPlanner:
 class AlwaysOnPlanner:
     """Every available unit in stock mode, whatever the price (the guard still enforces limits)."""
 
+    # A baseline, not the MPC: the loop does not apply the plan-stability rule to its plans (control.stability;
+    # before issue 14 H5 its one-row plans were skipped as "not valued").
+    plan_stability = False
+
     def __init__(self) -> None:
         self.last_seconds = 0.0
         self.solves = 0
@@ -164,6 +170,9 @@ class ThresholdPlanner:
     _on: dict[int, bool] = field(default_factory=dict)
     _streak: dict[int, int] = field(default_factory=dict)
     _noise_limits: dict[tuple[float, ...], dict[int, int]] = field(default_factory=dict)
+    # A baseline, not the MPC: the loop does not apply the plan-stability rule to its plans (control.stability;
+    # before issue 14 H5 its one-row plans were skipped as "not valued").
+    plan_stability: ClassVar[bool] = False
 
     def run(self, problem: Problem, fine_intervals: int) -> Schedule:
         """The rule on the first interval (see the module docstring), held over the horizon."""

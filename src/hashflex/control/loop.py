@@ -142,7 +142,8 @@ class LoopConfig:
     async_sends: bool = False  # driver I/O on a sender thread (the daemon); False: on the caller's thread
     run_mode: str = "live"  # "live" | "simulate" | "backtest": recorded in the audit trail (reports label it)
     # Plan stability (control.stability): a re-plan changes what runs only if it gains at least this
-    # fraction of the whole fleet's gross revenue over the horizon over keeping what runs
+    # fraction of the whole fleet's gross revenue over a day (at the horizon's mean rate, so the same for
+    # any horizon length; over the horizon before issue 14 H5, equal at 24 h) over keeping what runs
     # (0 turns the rule off). Measured in optimization/benchmarks/plan_stability.py (Feb 10-12 2020, the
     # block rule): 0.0005 gave profit x1.0049 west_texas, x1.0160 quiet_hollow vs off, unit switches x0.75 /
     # x0.89; 0.002 gave x1.0026 / x1.0168 for x0.72 / x0.76 (more profit at the site near homes, less at
@@ -464,10 +465,12 @@ class ControlLoop(FastPathMixin, AncillaryIntakeMixin, LoopStatusMixin, HealthMi
     def _stable_counts(self, problem: Problem, schedule: Schedule, start: pd.Timestamp) -> StabilityDecision:
         """The first interval's counts after the plan-stability rule (call with the lock held): what runs
         now (as dispatched, fast-path cuts included) is kept unless the new plan gains materially. The
-        first tick of a process has nothing to keep (the restart cut already enforced what binds)."""
+        first tick of a process has nothing to keep (the restart cut already enforced what binds). A plan
+        cached by the solver slot (the backtest's re-plan cadence) is valued as a fresh one; a planner that
+        declares ``plan_stability = False`` (the backtest's baselines) is not held."""
         previous = self.fleet.counts() if self.last_report is not None else None
-        decision = hold_previous_counts(problem, schedule, previous,
-                                        min_gain_fraction=self.config.replan_min_gain_fraction)
+        fraction = self.config.replan_min_gain_fraction if getattr(self.solver, "plan_stability", True) else 0.0
+        decision = hold_previous_counts(problem, schedule, previous, min_gain_fraction=fraction)
         if previous is not None and decision.counts != {k: previous.get(k, 0) for k in decision.counts}:
             self.counters["plan_changes"] += 1
             self.counters["plan_churn_units"] += sum(abs(decision.counts.get(k, 0) - previous.get(k, 0))

@@ -9,12 +9,18 @@ feasible there (``hold_span="block"``; ``"first"``: the first interval only, the
 stale mode for whole days because each tick forwent one interval's gain) — with the new plan for every later
 interval, on the *new* problem (same prices, limits, caps, budgets), and
 keep them unless the new plan earns at least the material gain more over the horizon: ``min_gain_usd``, or
-``min_gain_fraction`` of the whole fleet's gross revenue over the horizon, or ``min_gain_unit_intervals``
+``min_gain_fraction`` of the whole fleet's gross revenue over a day at the horizon's mean rate (not over the
+horizon: a longer horizon would hold harder; the same at the default 24 h), or ``min_gain_unit_intervals``
 intervals of gross revenue of each unit the change moves (a switching cost per unit), whichever is
 largest. Measured with
 ``optimization/benchmarks/plan_stability.py``; an earlier version compared with the previous *plan* for
 the interval and, on the noise-bound quiet_hollow site, re-raised units the noise fast path had cut
 (dispatched unit switches up 70 %).
+
+A plan cached from an earlier tick (the backtest's MPC re-solving every ``replan_minutes``: its frame from this
+interval on, shorter than the tick's problem) is valued the same way, on the leading part of this tick's problem
+with its figures recomputed there: the daemon re-solves every tick and values every plan, and the cached ticks
+skipped the rule before (issue 14, H5: with hourly re-plans the plan's next interval went out whatever it moved).
 
 Safety: the previous counts are kept only when they are feasible on the new problem in that interval —
 units available, grid import within the import limit in force, every receptor's modelled level within
@@ -25,18 +31,25 @@ tightened limit therefore always wins; the guard re-checks the result as for any
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from hashflex.optimize.problem import Problem
 from hashflex.optimize.schedule import Schedule, reserve_column, schedule_from_counts, unit_column
 
-__all__ = ["StabilityDecision", "full_fleet_revenue_usd", "hold_previous_counts", "moved_units_revenue_usd"]
+__all__ = ["MIN_GAIN_SPAN_H", "StabilityDecision", "fleet_revenue_per_day_usd", "full_fleet_revenue_usd",
+           "hold_previous_counts", "moved_units_revenue_usd"]
 
 _EPS_KW = 1e-6
 _EPS_DB = 1e-6
+# The span the fleet fraction of the material gain is taken over, h: a day, so the gain a site manager must
+# see does not grow with the horizon (issue 14, H5: as a fraction of the horizon's revenue a 48 h horizon held
+# twice as hard as 24 h). At the default 24 h horizon the threshold is the one measured before.
+MIN_GAIN_SPAN_H = 24.0
 
 
 def full_fleet_revenue_usd(problem: Problem) -> float:
@@ -50,6 +63,18 @@ def full_fleet_revenue_usd(problem: Problem) -> float:
         per_interval += np.asarray(group.units_available, dtype=float) * top_th_s / 1000.0
     hashprice = np.broadcast_to(np.asarray(problem.hashprice_usd_per_ph_day, dtype=float), (problem.T,))
     return float(np.sum(per_interval * hashprice * problem.duration_h / 24.0) * (1.0 - problem.pool_fee))
+
+
+def fleet_revenue_per_day_usd(problem: Problem) -> float:
+    """Gross mining revenue of every available unit at its top hashrate over one day (`MIN_GAIN_SPAN_H`) at the
+    horizon's mean rate, $: `full_fleet_revenue_usd` × 24 / the horizon's hours (Σ duration_h).
+
+    The scale of ``min_gain_fraction``: the same for a 2 h, 24 h or 48 h horizon of the same site and prices;
+    at a 24 h horizon exactly `full_fleet_revenue_usd` (the ratio is 1.0), the threshold before issue 14 H5.
+    A cached plan's shorter frame (`hold_previous_counts`) therefore gets the same threshold as a fresh one.
+    """
+    horizon_h = float(np.sum(problem.duration_h))
+    return full_fleet_revenue_usd(problem) * (MIN_GAIN_SPAN_H / horizon_h) if horizon_h > 0 else 0.0
 
 
 def moved_units_revenue_usd(problem: Problem, new: dict[tuple[str, str], int],
@@ -113,17 +138,22 @@ def hold_previous_counts(problem: Problem, schedule: Schedule, previous: dict[tu
     Parameters
     ----------
     problem : Problem
-        The problem the new schedule solved (``T`` intervals, the same grid as ``schedule.frame``).
+        This tick's problem (``T`` intervals): the one the new schedule solved (the same grid as
+        ``schedule.frame``), or one whose first intervals are a cached plan's (below).
     schedule : Schedule
-        The new plan.
+        The new plan; or a plan cached from an earlier tick, its frame from this interval on (fewer rows than
+        ``T``, its index the problem's first ``interval_start``): valued on those leading intervals of
+        ``problem``, its figures recomputed there (this tick's prices, limits and state). A frame that does not
+        start at the problem's first interval is not valued (its first interval goes out).
     previous : dict[tuple[str, str], int] or None
         What runs now, units per (group id, mode) (modes absent: 0); None when there is nothing to keep
         (the first tick of a process).
     min_gain_usd : float
         The material gain, $ over the horizon.
     min_gain_fraction : float
-        Or, if larger, this fraction of what the whole fleet would earn over the horizon at its top modes
-        (`full_fleet_revenue_usd`: a scale of the site that does not depend on either plan).
+        Or, if larger, this fraction of what the whole fleet would earn in a day at its top modes, at the
+        horizon's mean rate (`fleet_revenue_per_day_usd`: a scale of the site that depends on neither plan nor
+        on the horizon's length; before issue 14 H5 it was the revenue over the horizon, the same at 24 h).
     min_gain_unit_intervals : float
         Or, if larger, this many intervals of gross revenue of each unit the change moves
         (`moved_units_revenue_usd` × this): a switching cost per unit, so moving one unit needs a small gain
@@ -162,8 +192,21 @@ def hold_previous_counts(problem: Problem, schedule: Schedule, previous: dict[tu
     previous = {key: int(previous.get(key, 0)) for key in new}
     if previous == new:
         return StabilityDecision(new, False, 0.0, "unchanged")
-    if problem.compute is not None or len(frame) != problem.T:
-        return StabilityDecision(new, False, float("nan"), "not valued (compute site or a coarse grid)")
+    if problem.compute is not None:
+        return StabilityDecision(new, False, float("nan"), "not valued (compute site)")
+    if len(frame) != problem.T:
+        # A cached plan (the backtest re-solving every replan_minutes: its frame from this interval on, made
+        # on an earlier problem): valued on the leading part of this tick's problem, re-figured there, as the
+        # daemon values the plan it solves every tick (issue 14, H5: these ticks skipped the rule before).
+        leading = _leading_problem(problem, frame.index)
+        if leading is None:
+            return StabilityDecision(new, False, float("nan"), "not valued (the plan does not start at this interval)")
+        schedule = _refigured(leading, schedule, units)
+        if schedule is None:
+            return StabilityDecision(new, False, float("nan"), "not valued (the plan lacks a group's modes)")
+        problem = leading
+        frame = schedule.frame
+        units = _unit_block(frame, schedule.group_modes)
     if hold_span not in ("ramp", "block", "first"):
         raise ValueError(f"hold_span {hold_span!r}: expected 'ramp', 'block' or 'first'")
     position = {key: j for j, key in enumerate(schedule.group_modes)}
@@ -183,7 +226,7 @@ def hold_previous_counts(problem: Problem, schedule: Schedule, previous: dict[tu
     if reason:
         return StabilityDecision(new, False, float("nan"), reason)
     if min_gain_fraction > 0:
-        min_gain_usd = max(min_gain_usd, min_gain_fraction * full_fleet_revenue_usd(problem))
+        min_gain_usd = max(min_gain_usd, min_gain_fraction * fleet_revenue_per_day_usd(problem))
     if min_gain_unit_intervals > 0:
         min_gain_usd = max(min_gain_usd, min_gain_unit_intervals * moved_units_revenue_usd(problem, new, previous))
     if gain >= min_gain_usd:
@@ -217,6 +260,43 @@ def _hold_gain(problem: Problem, schedule: Schedule, columns: dict[tuple[str, st
     if bad < span:  # hold only while the previous counts stay feasible (the checks of the first interval)
         alternative = _held(problem, schedule, columns, previous, bad)
     return float(schedule.frame["profit_usd"].sum() - alternative.frame["profit_usd"].sum()), ""
+
+
+def _leading_problem(problem: Problem, index: pd.DatetimeIndex) -> Problem | None:
+    """``problem`` cut to its first ``len(index)`` intervals when ``index`` is exactly their starts (a plan
+    cached from an earlier tick covers this tick's problem from its first interval on, for fewer intervals);
+    None otherwise. Every [T] array is cut (prices, limits, availability, caps, budgets' masks, reserves,
+    derates); a problem with GPU compute is never cut here (the rule does not value those sites)."""
+    n = len(index)
+    if n == 0 or n > problem.T or not index.equals(problem.interval_start[:n]):
+        return None
+    cut = slice(0, n)
+    return dataclasses.replace(
+        problem,
+        interval_start=problem.interval_start[cut], duration_h=problem.duration_h[cut],
+        price_usd_mwh=problem.price_usd_mwh[cut], hashprice_usd_per_ph_day=problem.hashprice_usd_per_ph_day[cut],
+        renewable_kw=problem.renewable_kw[cut], import_limit_kw=problem.import_limit_kw[cut],
+        import_limit_source=tuple(problem.import_limit_source[cut]),
+        intensity_kg_per_mwh=problem.intensity_kg_per_mwh[cut],
+        groups=tuple(dataclasses.replace(g, units_available=g.units_available[cut]) for g in problem.groups),
+        receptors=tuple(dataclasses.replace(r, cap_dba=r.cap_dba[cut]) for r in problem.receptors),
+        carbon_budgets=tuple(dataclasses.replace(b, mask=b.mask[cut]) for b in problem.carbon_budgets),
+        reserves=tuple(dataclasses.replace(r, price_usd_mw_h=r.price_usd_mw_h[cut], max_kw=r.max_kw[cut],
+                                           obligation_kw=r.obligation_kw[cut]) for r in problem.reserves),
+        derates=tuple(dataclasses.replace(d, units=d.units[cut]) for d in problem.derates),
+    )
+
+
+def _refigured(problem: Problem, schedule: Schedule, units: np.ndarray) -> Schedule | None:
+    """The counts of ``schedule`` (``units`` [T, len(group_modes)], rows on ``problem``'s grid) with every
+    figure recomputed on ``problem`` (this tick's prices and state), as the held alternative is (`_held`);
+    None when the plan lacks a (group, mode) of the problem."""
+    position = {key: j for j, key in enumerate(schedule.group_modes)}
+    if any((g.id, m.name) not in position for g in problem.groups for m in g.modes):
+        return None
+    counts = {(g, m): units[:, position[group.id, mode.name]]
+              for g, group in enumerate(problem.groups) for m, mode in enumerate(group.modes)}
+    return schedule_from_counts(problem, counts, schedule.info, explain=False)
 
 
 def _unit_block(frame: Any, group_modes: tuple[tuple[str, str], ...]) -> np.ndarray:
