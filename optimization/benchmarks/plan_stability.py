@@ -7,7 +7,8 @@ dispatched), and what each unit switch avoided cost ($ of profit given up per sw
 Two kinds of threshold (`control.stability.hold_previous_counts`):
 
 - ``fraction:F`` — ``LoopConfig.replan_min_gain_fraction``: a re-plan changes the interval about to start
-  only if it gains at least F of the whole fleet's gross revenue over the horizon (one scale per site);
+  only if it gains at least F of the whole fleet's gross revenue per day at the horizon's mean rate (one
+  scale per site, the same for any horizon length; equal to F of the horizon's revenue at 24 h);
 - ``unit:K`` — ``LoopConfig.replan_min_gain_unit_intervals``: at least K intervals of gross revenue of each
   unit the change moves (a switching cost per unit moved).
 
