@@ -12,40 +12,30 @@ Over the ramp (every interval >= what runs): gain = $0.05208 × (1 + 2 + ... + 8
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import numpy as np
-import pandas as pd
 import pytest
+from test_plan_stability import (  # the 10-unit, 3 kW site (2 h horizon, 15-min intervals)
+    INDEX,
+    PROFILE,
+    UNIT,
+)
 
 from hashflex.control.stability import hold_previous_counts
 from hashflex.optimize.problem import problem_from_profile
 from hashflex.optimize.solve import solve
-from hashflex.profile import SiteProfile
 
-T0 = datetime(2024, 5, 8, 13, 0, tzinfo=timezone.utc)
-PROFILE = SiteProfile.model_validate({
-    "site": {"name": "ramp", "settlement_point": "LZ_WEST", "horizon_hours": 2},
-    "grid": {"import_limit_kw": 100},
-    "miner_groups": [{"id": "air", "model": "S19", "units": 10, "idle_power_kw": 0.0,
-                      "modes": [{"name": "stock", "power_kw": 3, "hashrate_th_s": 100, "sound_power_dba": 90}]}],
-    "carbon": {"default_intensity_kg_per_mwh": 400, "intensity_source": "test"},
-    "economics": {"hashprice_usd_per_ph_day": 50, "pool_fee_pct": 0.0},
-})
-INDEX = pd.date_range(T0, periods=8, freq="15min")
-UNIT = 0.1 * 50 / 96  # $ per unit per interval at 0 $/MWh
 NOW_RUNNING = {("air", "stock"): 1}
 
 
 @pytest.fixture(scope="module")
-def ramp():  # noqa: ANN201
+def ramp():
     problem = problem_from_profile(PROFILE, INDEX, np.zeros(8), import_limit_kw=6.0 + 3.0 * np.arange(8))
     schedule = solve(problem)
     assert list(schedule.frame["units_air_stock"]) == [2, 3, 4, 5, 6, 7, 8, 9]
     return problem, schedule
 
 
-def test_a_ramp_is_followed_when_its_gain_over_the_ramp_is_material(ramp) -> None:  # noqa: ANN001
+def test_a_ramp_is_followed_when_its_gain_over_the_ramp_is_material(ramp) -> None:
     problem, schedule = ramp
     decision = hold_previous_counts(problem, schedule, NOW_RUNNING, min_gain_usd=0.5)  # the default: ramp
     assert not decision.held and decision.counts == {("air", "stock"): 2}
@@ -53,7 +43,7 @@ def test_a_ramp_is_followed_when_its_gain_over_the_ramp_is_material(ramp) -> Non
     assert "over its ramp" in decision.reason
 
 
-def test_the_block_rule_held_the_ramp(ramp) -> None:  # noqa: ANN001
+def test_the_block_rule_held_the_ramp(ramp) -> None:
     """The rule before (``hold_span='block'``) keeps the one unit: its gain is one interval of one unit."""
     problem, schedule = ramp
     decision = hold_previous_counts(problem, schedule, NOW_RUNNING, min_gain_usd=0.5, hold_span="block")
@@ -61,7 +51,7 @@ def test_the_block_rule_held_the_ramp(ramp) -> None:  # noqa: ANN001
     assert decision.gain_usd == pytest.approx(UNIT, rel=1e-6)
 
 
-def test_a_small_ramp_is_still_held(ramp) -> None:  # noqa: ANN001
+def test_a_small_ramp_is_still_held(ramp) -> None:
     """Over the ramp the gain is $1.875: a $2 threshold still keeps what runs (the gain reported is the block's)."""
     problem, schedule = ramp
     decision = hold_previous_counts(problem, schedule, NOW_RUNNING, min_gain_usd=2.0)
