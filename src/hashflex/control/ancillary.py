@@ -417,9 +417,17 @@ def drawn_sheddable_kw(commanded_kw: Mapping[str, float],
     return {g: kw * drawn / total for g, kw in commanded.items()}
 
 
+UNCOVERED_MATERIAL_FRACTION = 1.0 / 15.0
+"""A miner whose reports leave more than this share of an interval uncovered counts as unreported in it
+(``reserve_unreported_running_units``, basis ``partly metered``; issue 15, H7): 60 s of a 15-minute
+interval. Below it the part counted as commanded is small and receipt and tick times jitter by seconds;
+the held figure weights every uncovered second whatever its length."""
+
+
 def metered_group_sheddable_kw(mode: np.ndarray, available: np.ndarray, reported_kw: np.ndarray,
-                               above_idle_kw: Sequence[float], idle_kw: float) -> tuple[float, int]:
-    """One group's sheddable load as measured over an interval, counted miner by miner (issue 15, H1b).
+                               above_idle_kw: Sequence[float], idle_kw: float,
+                               covered: np.ndarray | None = None) -> tuple[float, int]:
+    """One group's sheddable load as measured over an interval, counted miner by miner (issue 15, H1b, H7).
 
     The summed telemetry of a site is too low whenever some miners do not report (patchy telemetry,
     asleep miners gone quiet, units powered off at a PDU), so it is not capped as a whole; per miner:
@@ -428,6 +436,10 @@ def metered_group_sheddable_kw(mode: np.ndarray, available: np.ndarray, reported
     - not reported, running (a mode index >= 0) and available: as commanded, its mode's power −
       idle (no evidence it drew less; counted in the second result, so the basis says so);
     - not reported otherwise (asleep, powered off, unavailable): 0, and no idle is subtracted for it.
+
+    A miner whose reports cover only part of the interval (``covered``, H7: one report at the start,
+    then silence) counts covered × the first rule + (1 − covered) × the second or third; with more
+    than :data:`UNCOVERED_MATERIAL_FRACTION` uncovered it also counts as not reported (if running).
 
     Vectorised: O(N) numpy over the group's columns (100k miners in a few ms, once an interval).
 
@@ -443,12 +455,17 @@ def metered_group_sheddable_kw(mode: np.ndarray, available: np.ndarray, reported
         [M] per mode of the group, its power less the group's idle draw, kW (negative read as 0).
     idle_kw : float
         The group's idle draw per unit, kW.
+    covered : np.ndarray, optional
+        [N] float in [0, 1], the share of the interval each miner's reports cover
+        (``IntervalMeter.summary``'s ``miner_covered_fraction``; ignored where it did not report;
+        NaN read as 1). None: every reporter covers the whole interval.
 
     Returns
     -------
     tuple of (float, int)
         The group's sheddable load as measured, kW (>= 0), and how many running miners did not
-        report (counted as commanded if available, 0 if not).
+        report, or left more than :data:`UNCOVERED_MATERIAL_FRACTION` of it uncovered (their
+        unreported part counted as commanded if available, 0 if not).
     """
     mode = np.asarray(mode)
     reported = np.asarray(reported_kw, dtype=float)
@@ -458,8 +475,14 @@ def metered_group_sheddable_kw(mode: np.ndarray, available: np.ndarray, reported
     commanded = np.zeros(mode.shape, dtype=float)
     commanded[running] = table[mode[running]]
     silent_kw = np.where(running & np.asarray(available, dtype=bool), commanded, 0.0)
-    drawn = np.where(heard, np.maximum(np.where(heard, reported, 0.0) - float(idle_kw), 0.0), silent_kw)
-    return float(drawn.sum()), int((running & ~heard).sum())
+    metered_kw = np.maximum(np.where(heard, reported, 0.0) - float(idle_kw), 0.0)
+    share = np.where(heard, 1.0, 0.0)
+    if covered is not None:
+        fraction = np.clip(np.nan_to_num(np.asarray(covered, dtype=float), nan=1.0), 0.0, 1.0)
+        share = np.where(heard, fraction, 0.0)
+    drawn = share * metered_kw + (1.0 - share) * silent_kw
+    unreported = running & (share < 1.0 - UNCOVERED_MATERIAL_FRACTION)
+    return float(drawn.sum()), int(unreported.sum())
 
 
 def reserve_clawback_usd(short_kw: Any, price_usd_mw_h: Any, duration_h: Any) -> Any:

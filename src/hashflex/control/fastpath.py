@@ -107,7 +107,8 @@ class FastPathMixin:
                             if self.as_performance:
                                 self.measure_as_deployments(measured_kw, message.timestamp)
                 if self.meter is not None:
-                    self.meter.telemetry(message.miner_id, message.power_kw, message.hashrate_th_s)
+                    # received at now: the clock the interval's bounds are on (coverage, issue 15 H7)
+                    self.meter.telemetry(message.miner_id, message.power_kw, message.hashrate_th_s, at=now)
                 if message.miner_id in self.fleet.miners:  # fleet health (issue 17): findings, alerts, derates
                     self.health.ingest(reading_from_telemetry(
                         message, setpoint_power_kw=self._health_setpoint_kw(message.miner_id, message.mode,

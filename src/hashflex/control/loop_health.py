@@ -6,13 +6,22 @@ plan leaves out (must stop) or derates (hot), and alerts on ``out/alert``. A mix
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 
 from hashflex.control.fleet import FleetArrays
 from hashflex.health.detectors import Rating
+from hashflex.plausibility.bounds import STALENESS_S
 from hashflex.profile import SiteProfile
+
+SILENT_SHARE_DEGRADED = 0.1
+"""More than this share of the fleet silent past the telemetry staleness window makes the controller not
+healthy (issue 15, H7): the same tenth as for units planned unavailable by health findings; a fleet-wide
+silence is more likely the network, the broker or the miners' agent than the miners."""
+
+_SILENT_SAMPLE = 50  # ids listed in /status (the count is exact); 100k ids would swamp the document
 
 
 def health_ratings(profile: SiteProfile) -> dict[str, Rating]:
@@ -54,6 +63,47 @@ class HealthMixin:
         """A new health finding: ``out/alert`` (MQTT) and the audit-free counter; never raises."""
         self.counters["health_alerts"] = self.counters.get("health_alerts", 0) + 1
         self._publish("out/alert", finding.as_alert())
+
+    def telemetry_freshness(self, now: datetime) -> dict[str, Any]:
+        """Miners silent past the telemetry staleness window at ``now``, for /status (issue 15, H7).
+
+        A miner that stops reporting produces no reading, so no health detector flags it, and the
+        staleness window (600 s) only refused old messages: /status stayed healthy with 570 of 720
+        miners silent. A silent miner is not planned unavailable here: it may still run and draw
+        (its last command stands), so leaving it out of the plan could plan load the site already
+        has; the hold check counts its silent time as commanded (``IntervalMeter``, H7).
+
+        Parameters
+        ----------
+        now : datetime
+            The time judged at, timezone-aware.
+
+        Returns
+        -------
+        dict
+            ``max_age_s`` (the window, s), ``reporting_miners`` (miners that have reported since the
+            start), ``stale_miners`` (of those, how many are silent longer than the window),
+            ``stale_running_miners`` (of those, how many the fleet has running), ``stale_sample``
+            (up to 50 of their ids, sorted) and ``degraded`` (True when more than
+            :data:`SILENT_SHARE_DEGRADED` of the fleet is silent).
+        """
+        max_age_s = float(self._plausibility.staleness_s.get("telemetry") or STALENESS_S["telemetry"])
+        silent = self.health.silent(now, max_age_s)
+        miners = self.fleet.miners
+        silent = [m for m in silent if m in miners]
+        running = sum(1 for m in silent if miners[m].running)
+        return {"max_age_s": max_age_s, "reporting_miners": self.health.reporting_count(),
+                "stale_miners": len(silent), "stale_running_miners": running,
+                "stale_sample": silent[:_SILENT_SAMPLE],
+                "degraded": len(silent) > SILENT_SHARE_DEGRADED * max(len(miners), 1)}
+
+    def _telemetry_cause(self, freshness: dict[str, Any]) -> str | None:
+        """The unhealthy cause for :meth:`telemetry_freshness`'s figures, or None when not degraded."""
+        if not freshness["degraded"]:
+            return None
+        return (f"telemetry: {freshness['stale_miners']} of {len(self.fleet.miners)} miners silent for more than "
+                f"{freshness['max_age_s']:.0f} s ({freshness['stale_running_miners']} commanded to run, counted as "
+                "commanded); check the miners' network, agent and the broker")
 
     def _dispatch_hints(self, arrays: FleetArrays) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Health for the dispatcher (call with the lock held): per group, each miner's score (1 healthy;

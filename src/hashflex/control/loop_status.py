@@ -160,7 +160,8 @@ class LoopStatusMixin:
         interval_h = (current - previous).total_seconds() / 3600.0
         covered_h = (current - covered_from).total_seconds() / 3600.0
         local = previous.tz_convert(self.profile.tz).to_pydatetime()
-        summary = self.meter.summary({r.id: r.cap_at(local) for r in self.profile.receptors})
+        summary = self.meter.summary({r.id: r.cap_at(local) for r in self.profile.receptors},
+                                     start=covered_from.to_pydatetime(), end=current.to_pydatetime())
         self.meter.reset()
         price = intensity = source = None
         if self.store is not None:
@@ -185,7 +186,8 @@ class LoopStatusMixin:
                                 # each miner (H1b): a sum with some miners silent is too low, and a
                                 # miner that did not report is counted by what it was commanded to do.
                                 load_metered=summary.get("telemetry_miners", 0) > 0,
-                                miner_load_kw=summary.get("miner_power_kw", {}))
+                                miner_load_kw=summary.get("miner_power_kw", {}),
+                                miner_covered=summary.get("miner_covered_fraction"))
 
     def _record_guard(self, result: GuardResult, now: datetime, event_id: str | None) -> None:
         self._record("setpoints", lambda: records.setpoints_payload(result.batch, source="guard"), now)
@@ -199,7 +201,8 @@ class LoopStatusMixin:
                            intensity_kg_per_mwh: float | None = None, intensity_source: str | None = None,
                            hashprice_usd_per_ph_day: float | None = None, covered_h: float | None = None,
                            at: datetime | None = None, load_metered: bool = True,
-                           miner_load_kw: Mapping[str, float] | None = None) -> None:
+                           miner_load_kw: Mapping[str, float] | None = None,
+                           miner_covered: Mapping[str, float] | None = None) -> None:
         """The ``measurement`` audit entry of one finished interval, from what was measured in it
         (``noise``: receptor → (LAeq, minutes over cap)); economics at the settled price.
 
@@ -231,6 +234,9 @@ class LoopStatusMixin:
             (``IntervalMeter.summary``'s ``miner_power_kw``; the daemon's meter). Given, the reserve
             hold is counted miner by miner (issue 15, H1b) instead of from ``load_kw``; None (the
             backtest, the simulation: a modelled load, no per-miner figures): from ``load_kw``.
+        miner_covered : mapping of str to float, optional
+            Miner id -> the share of the interval its reports cover (``IntervalMeter.summary``'s
+            ``miner_covered_fraction``, issue 15 H7): the rest counts as unreported. None: all of it.
 
         Raises
         ------
@@ -279,7 +285,7 @@ class LoopStatusMixin:
             # The reserve the running units held (issue 15, H8 item 3; H1): per group, so the report
             # need not estimate it from the metered load where an award changed mid-interval and no
             # reserve_hold_short record was written; capped by the load measured as drawn.
-            hold = (self._reserve_hold_figures(load_kw if load_metered else None, miner_load_kw)
+            hold = (self._reserve_hold_figures(load_kw if load_metered else None, miner_load_kw, miner_covered)
                     if self.profile.ancillary is not None else None)
         reserve = {} if hold is None else hold
         self._record("measurement", lambda: {**records.measurement_payload(
@@ -316,7 +322,8 @@ class LoopStatusMixin:
         return sheddable
 
     def _reserve_hold_figures(self, metered_load_kw: float | None,
-                              miner_load_kw: Mapping[str, float] | None = None) -> dict[str, Any]:
+                              miner_load_kw: Mapping[str, float] | None = None,
+                              miner_covered: Mapping[str, float] | None = None) -> dict[str, Any]:
         """The reserve the running units held over an interval, per group, and how it was known (H1, H1b).
 
         A Load Resource holds reserve only with load it draws: the commanded figure
@@ -328,8 +335,10 @@ class LoopStatusMixin:
           (``control.ancillary.metered_group_sheddable_kw``): one that reported counts what it drew
           above its group's idle; a running one that did not, as commanded; one asleep, powered off
           or unavailable that did not, 0 (no idle subtracted for it). Each group holds
-          min(commanded, its metered sum). Basis ``"metered"`` when every running miner reported,
-          ``"partly metered"`` when some did not (``reserve_unreported_running_units`` says how
+          min(commanded, its metered sum). A miner's reports stand for the part of the interval
+          they cover (``miner_covered``, H7); the rest counts as not reported. Basis ``"metered"``
+          when every running miner reported over the interval, ``"partly metered"`` when some did
+          not or left more than 1/15 of it uncovered (``reserve_unreported_running_units`` says how
           many), ``"commanded"`` when none did (or no miner reported at all).
         - else ``metered_load_kw`` (the backtest's and simulation's modelled fleet, a direct caller):
           less the idle draw of every unit not powered off at the PDU (those draw none), scaled pro
@@ -347,6 +356,9 @@ class LoopStatusMixin:
         miner_load_kw : mapping of str to float, optional
             Miner id -> mean reported power over the interval, kW, for those that reported
             (``IntervalMeter.summary``'s ``miner_power_kw``); ids not in the fleet are ignored.
+        miner_covered : mapping of str to float, optional
+            Miner id -> the share of the interval its reports cover (``miner_covered_fraction``, H7):
+            the uncovered part counts as not reported (``metered_group_sheddable_kw``); None or absent: 1.
 
         Returns
         -------
@@ -371,9 +383,11 @@ class LoopStatusMixin:
                 cols = self.fleet.columns(group_id)
                 ids = cols.miner_id.tolist()
                 reported = np.fromiter((miner_load_kw.get(m, math.nan) for m in ids), dtype=float, count=len(ids))
+                covered = (None if miner_covered is None else  # H7: a report stands for its span only
+                           np.fromiter((miner_covered.get(m, 1.0) for m in ids), dtype=float, count=len(ids)))
                 kw, silent = metered_group_sheddable_kw(
                     cols.mode, cols.available, reported,
-                    [m.power_kw - group.idle_power_kw for m in group.modes], group.idle_power_kw)
+                    [m.power_kw - group.idle_power_kw for m in group.modes], group.idle_power_kw, covered)
                 by_group[group_id] = kw
                 unreported += silent
                 running += int((cols.mode >= 0).sum())
@@ -494,7 +508,8 @@ class LoopStatusMixin:
     def unhealthy_causes(self, now: datetime) -> list[str]:
         """Why the controller is not healthy now (empty: healthy): no recent tick, prices unknown,
         control state not durable, the driver's transport down, more than 10 % of the fleet planned
-        unavailable by health findings."""
+        unavailable by health findings, more than 10 % of the fleet silent past the telemetry staleness
+        window (``telemetry_freshness``)."""
         causes = []
         report = self.last_report
         stale_after = self.config.stale_after_intervals * self.interval_minutes * 60
@@ -513,6 +528,9 @@ class LoopStatusMixin:
         if len(stopped) > 0.1 * max(len(self.fleet.miners), 1):  # a fleet-wide finding is more likely a fault of ours
             causes.append(f"health: {len(stopped)} of {len(self.fleet.miners)} units planned unavailable "
                           "(critical findings); check telemetry and the detectors")
+        silent = self._telemetry_cause(self.telemetry_freshness(now))  # issue 15 H7: a silent fleet
+        if silent is not None:
+            causes.append(silent)
         return causes
 
     def status(self, now: datetime) -> dict[str, Any]:
@@ -555,6 +573,8 @@ class LoopStatusMixin:
             "limits": limits,
             "units_running": self.fleet.units_running(),
             "miners_unavailable": {m: u.reason for m, u in self.registry.unavailable().items()},
+            # Miners silent past the telemetry staleness window (issue 15 H7; not planned unavailable).
+            "telemetry": self.telemetry_freshness(now),
             "counters": counters,
             "price_model": price_model,
             "noise_offsets_db": dict(self.noise_offsets_db),

@@ -21,7 +21,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+
 from hashflex.audit import append_with_store, noise_interval_summary
+from hashflex.control.ancillary import UNCOVERED_MATERIAL_FRACTION
+from hashflex.plausibility.bounds import STALENESS_S
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +113,20 @@ class AuditRecorder:
 
 
 class IntervalMeter:
-    """Running means of one interval's measurements (daemon side)."""
+    """Running means of one interval's measurements (daemon side), and how much of the interval each
+    miner's reports cover.
 
-    def __init__(self) -> None:
+    Parameters
+    ----------
+    report_allowance_s : float, optional
+        How long one report stands for a miner's draw, s, before and after it (default the telemetry
+        staleness window, ``plausibility.bounds.STALENESS_S["telemetry"]``, 600 s: the age past which
+        a telemetry reading is not believed, and what /status calls stale). The profile sets no
+        telemetry cadence, so this is the longest gap between a steady miner's reports it allows.
+    """
+
+    def __init__(self, report_allowance_s: float | None = None) -> None:
+        self.report_allowance_s = float(STALENESS_S["telemetry"] if report_allowance_s is None else report_allowance_s)
         self.reset()
 
     def reset(self) -> None:
@@ -121,10 +136,13 @@ class IntervalMeter:
         # in its last minute look as if the site drew that all along (newcomer, issue 15: 92 kW recorded
         # for 05:45-06:00 while the site drew 17.6-19.6 MW for 14 of the 15 minutes).
         self.power_samples_kw: dict[str, list[float]] = {}
+        # Per miner: [first, last] report time, POSIX s (issue 15, H7): one report at the start of an
+        # interval and silence after it made the whole interval count as metered.
+        self.report_times_s: dict[str, list[float]] = {}
         self.renewable_samples_kw: list[float] = []
         self.noise: dict[str, list[tuple[float, float]]] = defaultdict(list)
 
-    def telemetry(self, miner_id: str, power_kw: float, hashrate_th_s: float) -> None:
+    def telemetry(self, miner_id: str, power_kw: float, hashrate_th_s: float, at: datetime | None = None) -> None:
         """Add one miner's telemetry to its running mean over the interval.
 
         Parameters
@@ -135,11 +153,21 @@ class IntervalMeter:
             Its measured power draw, kW.
         hashrate_th_s : float
             Its measured hashrate, TH/s.
+        at : datetime, optional
+            When it was received, timezone-aware, on the clock the interval's bounds are on (the
+            daemon passes the receipt time). None: untimed, the miner is taken to cover the interval.
         """
         sums = self.power_samples_kw.setdefault(miner_id, [0.0, 0.0, 0])
         sums[0] += power_kw
         sums[1] += hashrate_th_s
         sums[2] += 1
+        if at is not None:
+            t = at.timestamp()
+            times = self.report_times_s.get(miner_id)
+            if times is None:
+                self.report_times_s[miner_id] = [t, t]
+            else:  # receipt order is nearly time order; min/max keeps it right when not
+                times[0], times[1] = min(times[0], t), max(times[1], t)
 
     def renewable(self, power_kw: float) -> None:
         """Add one on-site renewable output sample.
@@ -165,13 +193,18 @@ class IntervalMeter:
         """
         self.noise[receptor_id].append((laeq_dba, averaging_s))
 
-    def summary(self, caps: Mapping[str, float | None]) -> dict[str, Any]:
-        """Load (telemetry sum), renewable (mean), hashrate, and per receptor (LAeq, minutes over cap).
+    def summary(self, caps: Mapping[str, float | None], start: datetime | None = None,
+                end: datetime | None = None) -> dict[str, Any]:
+        """Load (telemetry sum), renewable (mean), hashrate, per receptor (LAeq, minutes over cap), and
+        per miner the share of ``[start, end)`` its reports cover.
 
         Parameters
         ----------
         caps : Mapping[str, float or None]
             Receptor id → the noise cap in force over the interval, dB(A) (None or absent: no cap).
+        start, end : datetime, optional
+            The span the meter covered (the interval, or its part after the process started),
+            timezone-aware. Either None: coverage is not judged (every reporter covers it all).
 
         Returns
         -------
@@ -180,14 +213,32 @@ class IntervalMeter:
             report at a steady cadence, so the mean of its reports is its time mean), ``renewable_kw``
             (mean of the samples, kW; 0.0 without samples), ``hashrate_th_s`` (the same sum of means, TH/s), ``noise`` (receptor id →
             ``(LAeq dB(A), minutes over cap)``, ``audit.noise_interval_summary``),
-            ``telemetry_miners`` (how many miners reported) and ``miner_power_kw`` (miner id → its mean
+            ``telemetry_miners`` (how many miners reported), ``miner_power_kw`` (miner id → its mean
             reported power, kW, for every miner that reported and no other: the reserve hold counts
-            each miner, issue 15 H1b, ``ControlLoop._reserve_hold_figures``).
+            each miner, issue 15 H1b, ``ControlLoop._reserve_hold_figures``),
+            ``miner_covered_fraction`` (the same ids → the share of the span in
+            [max(start, first report − allowance), min(end, last report + allowance)], in [0, 1];
+            1.0 for an untimed miner or without a span; issue 15 H7: the rest counts as unreported)
+            and ``telemetry_uncovered_miners`` (how many leave more than
+            ``control.ancillary.UNCOVERED_MATERIAL_FRACTION`` of the span uncovered: counted unreported).
         """
         renewable = sum(self.renewable_samples_kw) / len(self.renewable_samples_kw) if self.renewable_samples_kw else 0.0
         noise = {r: noise_interval_summary(readings, caps.get(r)) for r, readings in self.noise.items() if readings}
         # One pass over the miners that reported (100k at most, once an interval), the sums from it.
         means = {m: p / n for m, (p, _, n) in self.power_samples_kw.items()}
+        covered = dict.fromkeys(means, 1.0)
+        uncovered_miners = 0
+        if start is not None and end is not None and end > start and self.report_times_s:
+            t0, t1 = start.timestamp(), end.timestamp()
+            span_s = t1 - t0
+            ids = list(self.report_times_s)
+            times = np.array(list(self.report_times_s.values()), dtype=float).reshape(-1, 2)
+            lo = np.maximum(times[:, 0] - self.report_allowance_s, t0)
+            hi = np.minimum(times[:, 1] + self.report_allowance_s, t1)
+            covered_s = np.clip(hi - lo, 0.0, span_s)
+            covered.update(zip(ids, (covered_s / span_s).tolist(), strict=True))
+            uncovered_miners = int((covered_s < (1.0 - UNCOVERED_MATERIAL_FRACTION) * span_s).sum())
         return {"load_kw": sum(means.values()), "renewable_kw": renewable,
                 "hashrate_th_s": sum(h / n for _, h, n in self.power_samples_kw.values()), "noise": noise,
-                "telemetry_miners": len(self.power_samples_kw), "miner_power_kw": means}
+                "telemetry_miners": len(self.power_samples_kw), "miner_power_kw": means,
+                "miner_covered_fraction": covered, "telemetry_uncovered_miners": uncovered_miners}

@@ -19,18 +19,23 @@ Detectors:
 Score: 1.0 for no findings, minus 0.15 per warning and 0.5 per critical, floored at 0.0.
 :class:`HealthBook` ingests readings (thread-safe), keeps ``window`` per miner, and answers
 ``findings()``, ``scores()``, ``derate_factor(miner_id)`` (1.0 healthy; down to 0.0 for a miner that
-should not run: hot units are derated, not only slept) and ``dispatch_order(ids)`` (healthiest first).
+should not run: hot units are derated, not only slept), ``dispatch_order(ids)`` (healthiest first) and
+``silent(now, max_age_s)`` (miners whose latest reading is older: a silent miner produces no reading,
+so no detector can flag it; /status counts them, issue 15 H7).
 New findings go to ``on_alert(finding)`` once (MQTT ``out/alert``, a webhook, the dashboard).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+
+import numpy as np
 
 from hashflex.health.reading import MinerReading
 
@@ -345,6 +350,7 @@ class HealthBook:
         self._history: dict[str, deque[MinerReading]] = {}
         self._findings: dict[str, list[Finding]] = {}
         self._alerted: set[tuple[str, str, str]] = set()
+        self._last_at_s: dict[str, float] = {}  # miner id -> its newest reading's time, POSIX s (silent())
         self._lock = threading.Lock()
 
     def ingest(self, reading: MinerReading) -> list[Finding]:
@@ -363,6 +369,9 @@ class HealthBook:
         with self._lock:
             history = self._history.setdefault(reading.miner_id, deque(maxlen=self.window))
             history.append(reading)
+            at_s = reading.at.timestamp()
+            if at_s > self._last_at_s.get(reading.miner_id, -math.inf):
+                self._last_at_s[reading.miner_id] = at_s
             findings = detect(list(history), self.ratings.get(reading.miner_id, Rating()))
             self._findings[reading.miner_id] = findings
             active = {(f.miner_id, f.kind, f.severity) for f in findings}
@@ -424,6 +433,35 @@ class HealthBook:
         if any(f.kind in ("overheating", "failing_fan") for f in findings):
             return 0.8
         return 1.0
+
+    def reporting_count(self) -> int:
+        """How many miners have sent at least one reading (the base :meth:`silent` judges)."""
+        with self._lock:
+            return len(self._last_at_s)
+
+    def silent(self, now: datetime, max_age_s: float) -> list[str]:
+        """Miners that have reported but whose newest reading is more than ``max_age_s`` old at ``now``.
+
+        A miner that never reported is not in it (a site may run without telemetry). O(miners that
+        reported), numpy over their times: a few ms for 100k.
+
+        Parameters
+        ----------
+        now : datetime
+            The time judged at, timezone-aware.
+        max_age_s : float
+            The telemetry staleness window, s (``plausibility.bounds.STALENESS_S["telemetry"]``).
+
+        Returns
+        -------
+        list[str]
+            Their ids, sorted.
+        """
+        with self._lock:
+            ids = list(self._last_at_s)
+            at_s = np.fromiter(self._last_at_s.values(), dtype=float, count=len(ids))
+        old = np.flatnonzero(now.timestamp() - at_s > max_age_s)
+        return sorted(ids[i] for i in old)
 
     def dispatch_order(self, miner_ids: Iterable[str]) -> list[str]:
         """Miners healthiest first (unknown miners count as healthy), then by id.
