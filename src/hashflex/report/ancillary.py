@@ -90,9 +90,10 @@ the revision binds is final (:func:`final_through`). A deployment never accepted
 - ``arrived_late`` / ``arrival_delay_s``: the deployment reached the site after its deadline / seconds
   from the instruction to its arrival (``control.as_intake.deployment_flags``); every response time
   above counts from the instruction, as ERCOT counts it, so a late one is never within its deadline;
-- ``above_award_mw``: MW of the product deployed at the instruction beyond its awards then (obeyed in
-  full); ``award_obligation_mw`` the deployment's MW less that, ``award_shortfall_mw`` what the
-  commanded import is over baseline − that obligation (null on a trail written before these flags).
+- ``above_award_mw``: MW of the product deployed at the instruction beyond ``awarded_mw`` (the award in
+  force at the instruction or at the arrival, whichever is larger: the ack's one definition, H8;
+  obeyed in full); ``award_obligation_mw`` the deployment's MW less that, ``award_shortfall_mw`` what
+  the commanded import is over baseline − that obligation (null on a trail written before these flags).
 
 Money (:func:`reserve_money`, in the ``economics`` section). Payment and clawback are weighted by
 the same time per award revision (issue 15: an award withdrawn at 17:05 was paid for 17:00–17:05
@@ -470,6 +471,30 @@ def _mw(kw: Any) -> float | None:
     return None if kw is None else _r(float(kw) / 1000.0)
 
 
+def _above_award(perf: Mapping[str, Any], ack: Mapping[str, Any], awarded_kw: float,
+                 deployed_kw: float) -> dict[str, float | None]:
+    """``above_award_mw``, ``award_obligation_mw``, ``award_shortfall_mw`` against ``awarded_kw`` (the
+    row's ``awarded_mw``: in force at the instruction or at the arrival, whichever is larger), MW.
+
+    One definition with the ack (H8 finding 4: a deployment instructed before its award started was
+    acked 0 kW awarded, all above it, while the row showed the award): from the loop's record of the
+    product's MW in force at the instruction (``deployed_in_force_kw``), so a trail written under the
+    former rule (the award at the instruction only) is shown by this one; without that key, the
+    loop's own figures."""
+    in_force = perf.get("deployed_in_force_kw")
+    if in_force is None:
+        return {"above_award_mw": _mw(perf.get("above_award_kw", ack.get("above_award_kw"))),
+                "award_obligation_mw": _mw(perf.get("award_obligation_kw")),
+                "award_shortfall_mw": _mw(perf.get("award_shortfall_kw"))}
+    above_kw = max(float(in_force) - awarded_kw, 0.0)
+    above_kw = above_kw if above_kw > 1e-6 else 0.0
+    obligation_kw = max(deployed_kw - above_kw, 0.0)
+    baseline, commanded = perf.get("baseline_kw"), perf.get("commanded_import_kw")
+    short = (None if baseline is None or commanded is None
+             else max(float(commanded) - max(float(baseline) - obligation_kw, 0.0), 0.0))
+    return {"above_award_mw": _mw(above_kw), "award_obligation_mw": _mw(obligation_kw), "award_shortfall_mw": _mw(short)}
+
+
 def _deployment_row(record: dict[str, Any], inputs: ReportInputs, revision: _Revision | None,
                     recalled_at: pd.Timestamp | None, intervals: list[dict[str, Any]], revision_count: int,
                     tolerance_kw: float, revisions: Mapping[str, list[_Revision]]) -> dict[str, Any]:
@@ -535,9 +560,7 @@ def _deployment_row(record: dict[str, Any], inputs: ReportInputs, revision: _Rev
         # Late or above the award (the loop's flags, in the performance record and the ack).
         "arrived_late": perf.get("late", ack.get("late")),
         "arrival_delay_s": _r(perf.get("arrival_delay_s")),
-        "above_award_mw": _mw(perf.get("above_award_kw", ack.get("above_award_kw"))),
-        "award_obligation_mw": _mw(perf.get("award_obligation_kw")),
-        "award_shortfall_mw": _mw(perf.get("award_shortfall_kw")),
+        **_above_award(perf, ack, awarded_kw, float(message.get("deployed_kw") or 0.0)),
     }
     if held and revision.performance:
         row.update(_metered(revision, inputs, intervals, tolerance_kw, revisions))
@@ -589,7 +612,8 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
         Decoded audit records (``as_awards``, ``as_deploys``, ``as_performance``, ``history``).
     period_start, period_end : pd.Timestamp
         The report period, UTC, half-open; a deployment belongs to it by its first instruction time
-        (``issued_at`` of revision 0), with all its revisions; an award when its window overlaps the period.
+        (``issued_at`` of revision 0), with all its revisions, a deployment never accepted by its arrival (one
+        refused on its ``issued_at`` is listed, with the reason); an award when its window overlaps the period.
     tolerance_kw : float
         kW a metered interval mean may be over the limit and still count as under it.
     head_seq : int, optional
@@ -623,7 +647,9 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
                                        tolerance_kw, revisions)) for r in held]
     for deployment_id, record in refused.items():
         issued = _stamp(record["message"].get("issued_at")) or record["at"]
-        if deployment_id not in revisions and period_start <= issued < period_end:
+        # A refused deployment belongs to the period by its arrival (H8 finding 7): it bound nothing,
+        # and its instruction time may be the very reason it was refused (9 h stale, 1 h ahead).
+        if deployment_id not in revisions and period_start <= _arrival(record) < period_end:
             keyed.append(((issued, deployment_id, 0),
                           _deployment_row(record, inputs, None, recalls.get(deployment_id), intervals, 0,
                                           tolerance_kw, revisions)))
