@@ -571,7 +571,7 @@ def _deployment_row(record: dict[str, Any], inputs: ReportInputs, revision: _Rev
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
 
-def final_through(inputs: ReportInputs, head_seq: int | None) -> pd.Timestamp | None:
+def final_through(inputs: ReportInputs, head_seq: int | None, complete: bool = False) -> pd.Timestamp | None:
     """Until when the trail's interval figures are final (issue 15: a report on a store the daemon is
     still writing): the end of the latest measured interval whose ``measurement`` record has a record
     committed after it (seq below ``head_seq``). The loop writes an interval's ``reserve_hold_short``
@@ -586,6 +586,9 @@ def final_through(inputs: ReportInputs, head_seq: int | None) -> pd.Timestamp | 
         Decoded audit records (``history``: every measurement, with its ``seq``).
     head_seq : int or None
         The seq of the last record committed in the trail (None: the last measurement's seq).
+    complete : bool
+        The trail is complete (a finished backtest's, its writer closed: ``report.BACKTEST_RUN_END_KEY``):
+        nothing can be queued, so every measured interval is final.
 
     Returns
     -------
@@ -595,6 +598,8 @@ def final_through(inputs: ReportInputs, head_seq: int | None) -> pd.Timestamp | 
     history = inputs.history
     if history is None or history.empty:
         return None
+    if complete:
+        return pd.Timestamp(history["interval_end"].max())
     seqs = history["seq"].astype("int64")
     head = int(seqs.max()) if head_seq is None else int(head_seq)
     done = history[seqs < head]
@@ -603,7 +608,8 @@ def final_through(inputs: ReportInputs, head_seq: int | None) -> pd.Timestamp | 
 
 def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_end: pd.Timestamp, *,
                       tolerance_kw: float = 0.0, head_seq: int | None = None,
-                      head_at: pd.Timestamp | None = None) -> dict[str, Any]:
+                      head_at: pd.Timestamp | None = None, complete: bool = False,
+                      qualification: str | None = None) -> dict[str, Any]:
     """The report's ``ancillary`` section: every AS deployment issued in the period and the awards.
 
     Parameters
@@ -621,11 +627,17 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
         measurement's. Figures of intervals after :func:`final_through` are flagged not final.
     head_at : pandas.Timestamp, optional
         That record's time (``covers_through_at``).
+    complete : bool
+        The trail is complete (:func:`final_through`): no figure is flagged not final.
+    qualification : str, optional
+        How the site's AS qualification was set, when not the site's registration (a backtest's
+        ``--ancillary example``: ``ASSUMED ...``): stated in ``qualification`` and the first note.
 
     Returns
     -------
     dict
         ``covers_through_seq`` / ``covers_through_at`` (the last record the report read),
+        ``trail_complete`` (``complete``), ``qualification`` (``qualification`` or null),
         ``final_through`` (:func:`final_through`; ISO or null), ``provisional_interval_count`` (shortfall
         intervals of the period after it), ``deployment_count``, ``accepted_count`` (accepted and not
         cancelled), ``cancelled_count`` (recalled before they bound), ``shortfall_count`` (deployments with a commanded
@@ -656,7 +668,7 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
     rows = [row for _, row in sorted(keyed, key=lambda kr: kr[0])]
     # Deployments in force together (issue 15): by their in-force windows, measured or not.
     spans = {d: (held[0].received, held[0].end) for d, held in revisions.items() if not held[0].cancelled}
-    final = final_through(inputs, head_seq)
+    final = final_through(inputs, head_seq, complete)
     for row in rows:
         if row["in_force_from"] is None:
             row["final"] = True  # refused or cancelled: nothing to measure
@@ -687,7 +699,7 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
     events = {e: {str(p.get("deployment_id")) for p in inputs.as_performance if p.get("event") == e} & shown_ids
               for e in ("overrun", "released")}
 
-    notes = []
+    notes = [f"AS qualification: {qualification}"] if qualification else []
     covers = head_seq if head_seq is not None else (
         int(inputs.history["seq"].max()) if inputs.history is not None and not inputs.history.empty else None)
     if (rows or awards) and (final is None or final < period_end):
@@ -736,6 +748,8 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
     return {
         "covers_through_seq": covers,
         "covers_through_at": _iso(head_at),
+        "trail_complete": complete,
+        "qualification": qualification,
         "final_through": _iso(final),
         "provisional_interval_count": sum(1 for i in shown if not i["final"]),
         "deployment_count": count(lambda r: True),
