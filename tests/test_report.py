@@ -336,7 +336,7 @@ JSON_KEYS = {
                   "above_award_count", "amended_count", "overrun_count", "released_count", "deployments", "shortfall_intervals", "awards", "notes",
                   # issue 15: what the report covers on a store still being written, cancelled deployments
                   "covers_through_seq", "covers_through_at", "final_through", "provisional_interval_count",
-                  "cancelled_count"},
+                  "cancelled_count", "trail_complete", "qualification"},  # H8: a finished backtest's trail
     "curtailment": {"by_cause", "per_day", "total_mwh", "total_hours", "intervals_without_full_load"},
     "economics": {"revenue_usd", "energy_cost_usd", "profit_usd", "average_energy_cost_usd_per_mwh",
                   "curtailment_hours", "curtailed_mwh",

@@ -474,7 +474,10 @@ def settle_reserve(profile: SiteProfile, actuals: Any, counts: dict[tuple[int, i
         ``as_deployed_kw_P``, ``reserve_P_kw`` (held), ``reserve_P_short_kw`` (hold shortfall);
         and ``as_deployment_limit_kw``, ``as_deployment_short_kw``, ``as_payment_usd`` (award × MCPC),
         ``as_clawback_usd`` (hold shortfall × MCPC, ``reserve_clawback_usd``), ``as_revenue_usd`` (payment − clawback),
-        ``as_deployment_cost_usd`` (measured, not subtracted), ``synthetic_deployment`` (bool);
+        ``as_deployment_cost_usd`` (measured, not subtracted), ``synthetic_deployment`` (bool: a
+        SYNTHETIC deployment in force, from its instruction), ``as_deployment_binds`` (bool: one is
+        due, past its deadline; only then are ``as_deployment_limit_kw`` finite and
+        ``as_deployment_short_kw`` counted, ``control.as_shortfall``);
         ``profit_usd`` = revenue − energy − carbon − starts + ``as_revenue_usd``.
     """
     from hashflex.backtest.actuals import actual_problem
@@ -513,7 +516,10 @@ def settle_reserve(profile: SiteProfile, actuals: Any, counts: dict[tuple[int, i
     as_revenue = payment - clawback
     frame["as_deployment_limit_kw"] = limit
     frame["as_deployment_short_kw"] = deploy_short
-    frame["synthetic_deployment"] = deployed_total > 0
+    # In force (from the instruction) vs binding (from its deadline, control.as_shortfall's rule): a
+    # NSPIN deployment's first 30 min showed as_deployed_kw 2700 beside synthetic_deployment False (H8).
+    frame["synthetic_deployment"] = sum(outcome.deployed_kw.values(), np.zeros(len(frame))) > 0
+    frame["as_deployment_binds"] = deployed_total > 0
     frame["as_payment_usd"] = payment
     frame["as_clawback_usd"] = clawback
     frame["as_deployment_cost_usd"] = cost

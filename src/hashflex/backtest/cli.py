@@ -8,7 +8,11 @@
   ``backtest.summary``), ``backtest.png`` and ``backtest.db`` (a ``hashflex.store.Store`` holding the
   mpc run's records: prices with publication times, schedules as the loop stores them, noise and
   renewable readings, DR events, and the summary under meta key ``backtest_summary``; with both mpc
-  and mpc+as, ``backtest_mpc+as.db`` holds the mpc+as run's records alike).
+  and mpc+as, ``backtest_mpc+as.db`` holds the mpc+as run's records alike). When the run has
+  ended (its recorder flushed and closed), each store gets meta key ``backtest_run_end``
+  (:data:`RUN_END_KEY`: the trail's head then, and the AS qualification's label), from which
+  ``hashflex report`` knows the trail is complete (no record can still be queued) and that the
+  qualification is ASSUMED (issue 15, H8 finding 6).
   ``--policy mpc+as`` (issue 15) runs mpc with reserve awards and SYNTHETIC deployments through the
   same loop (``backtest.ancillary_loop``), on the hourly AS clearing prices of ``--as-prices``
   (default the bundled May 2024 file, whose LZ_WEST/HB_* energy prices are then the price history
@@ -151,6 +155,30 @@ def add_backtest_parsers(subparsers: Any) -> None:
     add_repair_parser(subparsers)
 
 
+RUN_END_KEY = "backtest_run_end"  # read by hashflex.report (BACKTEST_RUN_END_KEY; a sibling package: not imported)
+ASSUMED_QUALIFICATION = ("ASSUMED: EXAMPLE_WEST_TEXAS_ANCILLARY (--ancillary example), an assumed qualification, "
+                         "not a real registration")
+
+
+def _qualification(args: argparse.Namespace) -> str | None:
+    """The AS qualification's label for the summary's notes and the report: ``--ancillary example`` is
+    ASSUMED (None otherwise: the profile's own section, or a FILE the user gave, is not labelled)."""
+    return ASSUMED_QUALIFICATION if getattr(args, "ancillary", None) == "example" else None
+
+
+def _mark_run_end(store: Any, path: Path, qualification: str | None) -> None:
+    """Write :data:`RUN_END_KEY` to ``store``: the head of the trail at ``path`` now that the run has
+    ended (``audit_head_seq``, ``audit_head_hash``; the run's recorder is flushed and closed, so a
+    record after it was written by something else) and ``as_qualification``."""
+    from hashflex.audit import AuditLog
+
+    with AuditLog(path, readonly=True) as log:
+        head = log.head()
+    store.set_meta(RUN_END_KEY, {"audit_head_seq": None if head is None else head[0],
+                                 "audit_head_hash": None if head is None else head[1],
+                                 "as_qualification": qualification})
+
+
 def _with_ancillary(profile: SiteProfile, args: argparse.Namespace) -> SiteProfile:
     """The profile with ``--ancillary`` applied (``example``: the ASSUMED west_texas qualification)."""
     text = getattr(args, "ancillary", None)
@@ -159,8 +187,7 @@ def _with_ancillary(profile: SiteProfile, args: argparse.Namespace) -> SiteProfi
     from hashflex.backtest.ancillary import EXAMPLE_WEST_TEXAS_ANCILLARY, with_ancillary
 
     if text == "example":
-        print("note: ancillary section: EXAMPLE_WEST_TEXAS_ANCILLARY, an ASSUMED qualification (not a real "
-              "registration)", file=sys.stderr)
+        print(f"note: ancillary section: {ASSUMED_QUALIFICATION}", file=sys.stderr)
         return with_ancillary(profile, EXAMPLE_WEST_TEXAS_ANCILLARY)
     import yaml
 
@@ -276,18 +303,24 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             _store_prices(as_store, actuals)
     try:
         result = _run(profile, actuals, args, args.policy, store, as_store)
-        document = summary_document(result)
+        qualification = _qualification(args)
+        # The summary says the qualification is ASSUMED as the report of its trail does (H8 finding 6).
+        labels = [f"AS qualification: {qualification}"] if qualification and AS_POLICY in args.policy else []
+        document = summary_document(result, labels)
         print(summary_table(document))
         for note in document["notes"] + _option_notes(args, store is not None):
             print(f"note: {note}")
         if out is not None:
             from hashflex.backtest.plot import plot_backtest
 
-            written = write_outputs(result, out)
+            written = write_outputs(result, out, labels)
             plot_backtest(result, out / "backtest.png")
-            for kept in (store, as_store):
+            for kept, path in ((store, out / "backtest.db"), (as_store, out / AS_TRAIL)):
                 if kept is not None:
                     kept.set_meta("backtest_summary", document)
+                    # The AS run's trail: backtest_mpc+as.db, or backtest.db when mpc did not run.
+                    holds_as = kept is as_store or (AS_POLICY in args.policy and "mpc" not in args.policy)
+                    _mark_run_end(kept, path, qualification if holds_as else None)
             print(f"written to {out}: {', '.join(sorted(p.name for p in written.values()))}, backtest.png"
                   + (", backtest.db" if store is not None else "") + (f", {AS_TRAIL}" if as_store is not None else ""))
     finally:

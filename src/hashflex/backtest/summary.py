@@ -4,7 +4,11 @@
 (actual RT prices; see ``runner.account``) plus the simulated sensor readings
 (``noise_measured_dba_<receptor>``), ``fast_path_cut``, ``solve_seconds`` and ``schedule_status``.
 ``summarize(frame, profile)`` computes every summary figure from that frame, so the CSV alone
-reproduces the summary.
+reproduces the summary. ``mpc+as`` adds (``ancillary_loop.settle_reserve``) per product P
+``as_award_kw_P``, ``as_mcpc_usd_mw_h_P``, ``as_deployed_kw_P`` (a SYNTHETIC deployment in force, from
+its instruction); ``synthetic_deployment`` (one is in force), ``as_deployment_binds`` (one is due: past
+its deadline, ``control.as_shortfall``'s rule), ``as_deployment_limit_kw`` (the lowest limit of those due:
+inf while none binds, e.g. in the 30 min before a Non-Spin deadline) and ``as_deployment_short_kw``.
 
 ``summary.json`` (a contract; other tools read it)::
 
@@ -30,7 +34,7 @@ reproduces the summary.
         #       as_revenue_usd (inside profit_usd), as_deployment_cost_usd (the margin the shed
         #       load would have earned: it neither hashed nor drew, so profit_usd already lacks it;
         #       not subtracted again), as_awarded_mwh[_<P>],
-        #       as_held_mwh, as_obligations_met_pct, as_synthetic_deployment_hours, as_mode,
+        #       as_held_mwh, as_obligations_met_pct, as_synthetic_deployment_hours (in force), as_mode,
         #       as_deployments: [{deployment_id, product, obligation_kw, delivered_kw, shortfall_kw,
         #                         measured_response_s, ..., "synthetic": true}]
      }}}
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,8 +190,9 @@ def ancillary_figures(frame: pd.DataFrame) -> dict[str, Any]:
             "as_synthetic_deployment_hours": float(dt_h[synthetic].sum()), **out}
 
 
-def summary_document(result: BacktestResult) -> dict[str, Any]:
-    """The ``summary.json`` document (see the module docstring)."""
+def summary_document(result: BacktestResult, notes: Sequence[str] = ()) -> dict[str, Any]:
+    """The ``summary.json`` document (see the module docstring); ``notes`` lead its notes (the
+    command line's labels, e.g. an ASSUMED AS qualification)."""
     actuals, profile = result.actuals, result.profile
     policies = {}
     for name, run in result.runs.items():
@@ -200,7 +206,7 @@ def summary_document(result: BacktestResult) -> dict[str, Any]:
     oracle = policies.get("oracle", {}).get("profit_usd")
     for figures in policies.values():
         figures["profit_ratio_to_oracle"] = (figures["profit_usd"] / oracle if oracle and oracle > 0 else None)
-    notes = list(actuals.notes) + [f"{name}: {note}" for name, run in result.runs.items() for note in run.notes]
+    notes = [*notes, *actuals.notes] + [f"{name}: {note}" for name, run in result.runs.items() for note in run.notes]
     if any("as_deployment_cost_usd" in f for f in policies.values()):
         notes.append(DEPLOYMENT_COST_NOTE)
     return {
@@ -306,15 +312,16 @@ def ratio_table(entries: list[tuple[str, dict[str, Any]]]) -> str:
                      for r in rows)
 
 
-def write_outputs(result: BacktestResult, out: Path) -> dict[str, Path]:
-    """``intervals_<policy>.csv`` per policy, ``summary.json``; returns the paths written."""
+def write_outputs(result: BacktestResult, out: Path, notes: Sequence[str] = ()) -> dict[str, Path]:
+    """``intervals_<policy>.csv`` per policy, ``summary.json`` (``notes`` leading its notes,
+    :func:`summary_document`); returns the paths written."""
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     for name in result.runs:
         path = out / f"intervals_{name}.csv"
         interval_frame(result, name).to_csv(path)
         written[f"intervals_{name}"] = path
-    document = summary_document(result)
+    document = summary_document(result, notes)
     path = out / "summary.json"
     path.write_text(json.dumps(_finite(document), indent=2) + "\n", encoding="utf-8")
     written["summary"] = path

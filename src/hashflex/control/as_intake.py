@@ -121,7 +121,10 @@ def deployment_flags(book: LimitsBook, message: ASDeployMessage, deadline: datet
     asking fewer binds from receipt and is never late (``binds_from_receipt``).
 
     A deployment is **above the award** when the product's deployments in force at its instruction
-    (this one included, as amended) ask more than the product's awards in force then. A Load
+    (this one included, as amended) ask more than the product's award at the deployment: in force at
+    the instruction or at the arrival, whichever is larger
+    (:meth:`~hashflex.control.limits_ancillary.AncillaryBookMixin.product_awarded_at_instruction_kw`, the
+    report's ``awarded_mw``). A Load
     Resource's obligation and its failed quantity are counted against its Ancillary Service
     Resource Responsibility (Nodal Protocols §6.7.3 and §8.1.1.4 as revised by NPRR1149/NPRR1196:
     Real-Time telemetry is compared with the AS Supply Responsibility); no clause found lets a site
@@ -154,7 +157,9 @@ def deployment_flags(book: LimitsBook, message: ASDeployMessage, deadline: datet
         instruction), ``above_award_kw``, ``award_obligation_kw`` (kW, >= 0).
     """
     at = message.issued_at
-    awarded_kw = float(sum(book.reserve_awards_at(at).get(message.product, {}).values()))
+    # The award in force at the instruction or at the arrival, whichever is larger (H8 finding 4: a
+    # deployment instructed before its award started was all "above" a 0 kW award the report showed as 1 MW).
+    awarded_kw = book.product_awarded_at_instruction_kw(message.product, at, now)
     in_force_kw = float(sum(d.deployed_kw for d in book.as_deployments.values()
                             if d.product == message.product and d.in_force(at)))
     above_kw = max(in_force_kw - awarded_kw, 0.0)

@@ -375,7 +375,7 @@ class AncillaryBookMixin:
             if deployment is not None and deployment.recalled and deployment.end <= now:
                 deployment = None  # ended by an earlier recall before it arrived: no limit, no deadline to meet
             if deployment is not None:
-                awarded = sum(v for v in trial.reserve_awards_at(msg.issued_at).get(msg.product, {}).values())
+                awarded = trial.product_awarded_at_instruction_kw(msg.product, msg.issued_at, now)
                 if msg.deployed_kw > awarded + 1e-6:
                     reason += f" (more than the {awarded:.0f} kW awarded)"
         if reason.startswith("accepted") and not reason.startswith("accepted: pending"):
@@ -462,6 +462,33 @@ class AncillaryBookMixin:
             if datetime.fromisoformat(award["start"]) <= t < datetime.fromisoformat(award["end"]):
                 out.setdefault(award["product"], {})[award_id] = float(award["reserve_kw"])
         return out
+
+    def product_awarded_at_instruction_kw(self, product: str, issued_at: datetime, arrived_at: datetime) -> float:
+        """kW of ``product`` awarded at a deployment: the awards in force at its instruction or at its
+        arrival, whichever is larger (:func:`~hashflex.control.ancillary.awarded_at_instruction_kw`, per
+        product), over the awards this book holds (those known at the arrival).
+
+        The one award a deployment is compared with (issue 15, H8 finding 4): the ack's ``awarded_kw``
+        and ``above_award_kw``, the book's "more than the … awarded" and the report's ``awarded_mw``
+        and ``above_award_mw``. The larger, not the one at the instruction: a deployment instructed
+        before its award started but arriving after is performed under that award (the load drawn at
+        the arrival already runs for it), and measuring it against 0 kW flagged it all "above the
+        award" and cut its obligation to 0, while the report showed it awarded.
+
+        Parameters
+        ----------
+        product : str
+            ``RRS``, ``ECRS`` or ``NSPIN``.
+        issued_at, arrived_at : datetime
+            The instruction and its arrival, timezone-aware.
+
+        Returns
+        -------
+        float
+            max(Σ awards in force at ``issued_at``, Σ at ``arrived_at``), kW, >= 0.
+        """
+        return max(float(sum(self.reserve_awards_at(issued_at).get(product, {}).values())),
+                   float(sum(self.reserve_awards_at(arrived_at).get(product, {}).values())))
 
     def reserve_obligations_at(self, t: datetime) -> dict[str, float]:
         """Product -> reserve to hold at ``t``, kW: the awards in force less what of that product is

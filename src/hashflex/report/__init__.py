@@ -41,7 +41,8 @@ $ 0.01, kW 0.1, % 0.1).
   timeline, baselines, per-interval settlement rows, pass/fail), ``high_price`` {...}.
 - ``ancillary``: ``covers_through_seq``, ``covers_through_at`` (the last record the report read),
   ``final_through`` (intervals after it may still have records queued by the daemon's writer:
-  flagged ``final`` false), ``provisional_interval_count``, ``deployment_count``, ``accepted_count``,
+  flagged ``final`` false; a finished backtest's trail, :data:`BACKTEST_RUN_END_KEY` at the head, is
+  complete: ``trail_complete`` true, all final), ``qualification`` (a backtest's ``ASSUMED`` label, else null), ``provisional_interval_count``, ``deployment_count``, ``accepted_count``,
   ``cancelled_count``, ``shortfall_count``, ``late_count``, ``late_arrival_count``, ``above_award_count``,
   ``deployments`` [{``deployment_id``, ``product``, ``issued_at``, ``deployed_mw``, ``awarded_mw``,
   ``delivered_mw``, ``shortfall_mw``, ``response_s``, ``deadline``, ``within_deadline``, metered
@@ -74,6 +75,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,7 +233,7 @@ def trail_period(records: list[Any]) -> tuple[pd.Timestamp, pd.Timestamp] | None
         if rec.kind == "measurement" and rec.payload.get("interval_start"):
             s = pd.Timestamp(rec.payload["interval_start"]).tz_convert("UTC")
             starts.append(s)
-            ends.append(s + pd.Timedelta(hours=float(rec.payload.get("interval_h") or 0.0)))
+            ends.append((s + pd.Timedelta(hours=float(rec.payload.get("interval_h") or 0.0))).round("us"))
     if not starts:
         stamps = [pd.Timestamp(r.at_utc).tz_convert("UTC") for r in records]
         if not stamps:
@@ -282,7 +285,7 @@ def apply_precision(value: Any, key: str = "") -> Any:
 
 def report_from_records(records: list[Any], start: pd.Timestamp, end: pd.Timestamp, *, audit: dict[str, Any],
                         recs: RecsInput | None = None, high_price_usd_mwh: float = 100.0,
-                        dr_tolerance_kw: float = 0.0) -> dict[str, Any]:
+                        dr_tolerance_kw: float = 0.0, run_end: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Every figure of the report from decoded audit records (pure).
 
     Parameters
@@ -299,6 +302,11 @@ def report_from_records(records: list[Any], start: pd.Timestamp, end: pd.Timesta
         Threshold of the high-price curtailment figures, $/MWh.
     dr_tolerance_kw : float
         kW an interval may be over a DR or AS limit and still count as under it.
+    run_end : mapping, optional
+        A finished backtest's :data:`BACKTEST_RUN_END_KEY` value (None: a daemon's store). When its
+        ``audit_head_seq`` is the trail's head, the trail is complete: every measured interval is
+        final (nothing can still be queued: the run's writer was flushed and closed before it was
+        written; H8 finding 6). Its ``as_qualification`` is stated in the notes (ASSUMED).
 
     Returns
     -------
@@ -336,8 +344,19 @@ def report_from_records(records: list[Any], start: pd.Timestamp, end: pd.Timesta
         max(r.seq for r in records) if records else None)
     covered = [r for r in records if head_seq is None or r.seq <= head_seq]
     head_at = pd.Timestamp(max(covered, key=lambda r: r.seq).at_utc) if covered else None
+    complete = False
+    if run_end is not None:
+        ended_seq = run_end.get("audit_head_seq")
+        complete = bool(audit["ok"]) and ended_seq is not None and head_seq is not None and int(ended_seq) == head_seq
+        notes.append(f"backtest trail: the run ended at record seq {ended_seq}; "
+                     + ("the trail is complete, every measured interval is final" if complete else
+                        f"the trail's head is seq {head_seq}: records after the run's end, finality judged as for a "
+                        "daemon's store"))
+        if run_end.get("as_qualification"):
+            notes.append(f"AS qualification: {run_end['as_qualification']}")
     ancillary = ancillary_figures(inputs, start, end, tolerance_kw=dr_tolerance_kw, head_seq=head_seq,
-                                  head_at=head_at)
+                                  head_at=head_at, complete=complete,
+                                  qualification=(run_end or {}).get("as_qualification"))
     report = {
         "report": {"period_start": start.isoformat(), "period_end": end.isoformat(), "site": site, "timezone": tz,
                    "simulated": origin.simulated, "provenance": origin.to_json(),
@@ -414,6 +433,7 @@ def build_report(db: str | Path, start: Any = None, end: Any = None, *, recs_fil
             except AuditError as exc:
                 signed = {"signature": signature.strip(), "ok": False, "problem": str(exc),
                           "signed_seq": _signed_seq(signature)}
+        run_end = _backtest_run_end(log)
     finally:
         log.close()
     tz = F.site_timezone([{"profile": r.payload.get("profile") or {}} for r in records if r.kind == "config"])
@@ -431,7 +451,26 @@ def build_report(db: str | Path, start: Any = None, end: Any = None, *, recs_fil
         audit["head_hash"] = records[-1].hash if records else None
     recs = load_recs(recs_file, start, end) if recs_file else None
     return report_from_records(records, start, end, audit=audit, recs=recs, high_price_usd_mwh=high_price_usd_mwh,
-                               dr_tolerance_kw=dr_tolerance_kw)
+                               dr_tolerance_kw=dr_tolerance_kw, run_end=run_end)
+
+
+BACKTEST_RUN_END_KEY = "backtest_run_end"
+"""The store meta key a finished ``hashflex backtest --out`` writes (``backtest.cli``): ``audit_head_seq``
+and ``audit_head_hash`` (the trail's last record when the run ended), ``as_qualification`` (the
+qualification's label, ``ASSUMED ...`` for ``--ancillary example``; null without an ancillary section)."""
+
+
+def _backtest_run_end(log: AuditLog) -> dict[str, Any] | None:
+    """The store's :data:`BACKTEST_RUN_END_KEY` meta value, or None (not a finished backtest's store, or
+    a store without a meta table)."""
+    try:
+        row = log.conn.execute("SELECT value FROM meta WHERE key = ?", (BACKTEST_RUN_END_KEY,)).fetchone()
+    except sqlite3.Error:
+        return None
+    if row is None:
+        return None
+    value = json.loads(row[0])
+    return value if isinstance(value, dict) else None
 
 
 def _signed_seq(signature: str) -> int | None:

@@ -90,9 +90,10 @@ the revision binds is final (:func:`final_through`). A deployment never accepted
 - ``arrived_late`` / ``arrival_delay_s``: the deployment reached the site after its deadline / seconds
   from the instruction to its arrival (``control.as_intake.deployment_flags``); every response time
   above counts from the instruction, as ERCOT counts it, so a late one is never within its deadline;
-- ``above_award_mw``: MW of the product deployed at the instruction beyond its awards then (obeyed in
-  full); ``award_obligation_mw`` the deployment's MW less that, ``award_shortfall_mw`` what the
-  commanded import is over baseline − that obligation (null on a trail written before these flags).
+- ``above_award_mw``: MW of the product deployed at the instruction beyond ``awarded_mw`` (the award in
+  force at the instruction or at the arrival, whichever is larger: the ack's one definition, H8;
+  obeyed in full); ``award_obligation_mw`` the deployment's MW less that, ``award_shortfall_mw`` what
+  the commanded import is over baseline − that obligation (null on a trail written before these flags).
 
 Money (:func:`reserve_money`, in the ``economics`` section). Payment and clawback are weighted by
 the same time per award revision (issue 15: an award withdrawn at 17:05 was paid for 17:00–17:05
@@ -470,6 +471,30 @@ def _mw(kw: Any) -> float | None:
     return None if kw is None else _r(float(kw) / 1000.0)
 
 
+def _above_award(perf: Mapping[str, Any], ack: Mapping[str, Any], awarded_kw: float,
+                 deployed_kw: float) -> dict[str, float | None]:
+    """``above_award_mw``, ``award_obligation_mw``, ``award_shortfall_mw`` against ``awarded_kw`` (the
+    row's ``awarded_mw``: in force at the instruction or at the arrival, whichever is larger), MW.
+
+    One definition with the ack (H8 finding 4: a deployment instructed before its award started was
+    acked 0 kW awarded, all above it, while the row showed the award): from the loop's record of the
+    product's MW in force at the instruction (``deployed_in_force_kw``), so a trail written under the
+    former rule (the award at the instruction only) is shown by this one; without that key, the
+    loop's own figures."""
+    in_force = perf.get("deployed_in_force_kw")
+    if in_force is None:
+        return {"above_award_mw": _mw(perf.get("above_award_kw", ack.get("above_award_kw"))),
+                "award_obligation_mw": _mw(perf.get("award_obligation_kw")),
+                "award_shortfall_mw": _mw(perf.get("award_shortfall_kw"))}
+    above_kw = max(float(in_force) - awarded_kw, 0.0)
+    above_kw = above_kw if above_kw > 1e-6 else 0.0
+    obligation_kw = max(deployed_kw - above_kw, 0.0)
+    baseline, commanded = perf.get("baseline_kw"), perf.get("commanded_import_kw")
+    short = (None if baseline is None or commanded is None
+             else max(float(commanded) - max(float(baseline) - obligation_kw, 0.0), 0.0))
+    return {"above_award_mw": _mw(above_kw), "award_obligation_mw": _mw(obligation_kw), "award_shortfall_mw": _mw(short)}
+
+
 def _deployment_row(record: dict[str, Any], inputs: ReportInputs, revision: _Revision | None,
                     recalled_at: pd.Timestamp | None, intervals: list[dict[str, Any]], revision_count: int,
                     tolerance_kw: float, revisions: Mapping[str, list[_Revision]]) -> dict[str, Any]:
@@ -535,9 +560,7 @@ def _deployment_row(record: dict[str, Any], inputs: ReportInputs, revision: _Rev
         # Late or above the award (the loop's flags, in the performance record and the ack).
         "arrived_late": perf.get("late", ack.get("late")),
         "arrival_delay_s": _r(perf.get("arrival_delay_s")),
-        "above_award_mw": _mw(perf.get("above_award_kw", ack.get("above_award_kw"))),
-        "award_obligation_mw": _mw(perf.get("award_obligation_kw")),
-        "award_shortfall_mw": _mw(perf.get("award_shortfall_kw")),
+        **_above_award(perf, ack, awarded_kw, float(message.get("deployed_kw") or 0.0)),
     }
     if held and revision.performance:
         row.update(_metered(revision, inputs, intervals, tolerance_kw, revisions))
@@ -548,7 +571,7 @@ def _deployment_row(record: dict[str, Any], inputs: ReportInputs, revision: _Rev
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
 
-def final_through(inputs: ReportInputs, head_seq: int | None) -> pd.Timestamp | None:
+def final_through(inputs: ReportInputs, head_seq: int | None, complete: bool = False) -> pd.Timestamp | None:
     """Until when the trail's interval figures are final (issue 15: a report on a store the daemon is
     still writing): the end of the latest measured interval whose ``measurement`` record has a record
     committed after it (seq below ``head_seq``). The loop writes an interval's ``reserve_hold_short``
@@ -563,6 +586,9 @@ def final_through(inputs: ReportInputs, head_seq: int | None) -> pd.Timestamp | 
         Decoded audit records (``history``: every measurement, with its ``seq``).
     head_seq : int or None
         The seq of the last record committed in the trail (None: the last measurement's seq).
+    complete : bool
+        The trail is complete (a finished backtest's, its writer closed: ``report.BACKTEST_RUN_END_KEY``):
+        nothing can be queued, so every measured interval is final.
 
     Returns
     -------
@@ -572,6 +598,8 @@ def final_through(inputs: ReportInputs, head_seq: int | None) -> pd.Timestamp | 
     history = inputs.history
     if history is None or history.empty:
         return None
+    if complete:
+        return pd.Timestamp(history["interval_end"].max())
     seqs = history["seq"].astype("int64")
     head = int(seqs.max()) if head_seq is None else int(head_seq)
     done = history[seqs < head]
@@ -580,7 +608,8 @@ def final_through(inputs: ReportInputs, head_seq: int | None) -> pd.Timestamp | 
 
 def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_end: pd.Timestamp, *,
                       tolerance_kw: float = 0.0, head_seq: int | None = None,
-                      head_at: pd.Timestamp | None = None) -> dict[str, Any]:
+                      head_at: pd.Timestamp | None = None, complete: bool = False,
+                      qualification: str | None = None) -> dict[str, Any]:
     """The report's ``ancillary`` section: every AS deployment issued in the period and the awards.
 
     Parameters
@@ -589,7 +618,8 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
         Decoded audit records (``as_awards``, ``as_deploys``, ``as_performance``, ``history``).
     period_start, period_end : pd.Timestamp
         The report period, UTC, half-open; a deployment belongs to it by its first instruction time
-        (``issued_at`` of revision 0), with all its revisions; an award when its window overlaps the period.
+        (``issued_at`` of revision 0), with all its revisions, a deployment never accepted by its arrival (one
+        refused on its ``issued_at`` is listed, with the reason); an award when its window overlaps the period.
     tolerance_kw : float
         kW a metered interval mean may be over the limit and still count as under it.
     head_seq : int, optional
@@ -597,11 +627,17 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
         measurement's. Figures of intervals after :func:`final_through` are flagged not final.
     head_at : pandas.Timestamp, optional
         That record's time (``covers_through_at``).
+    complete : bool
+        The trail is complete (:func:`final_through`): no figure is flagged not final.
+    qualification : str, optional
+        How the site's AS qualification was set, when not the site's registration (a backtest's
+        ``--ancillary example``: ``ASSUMED ...``): stated in ``qualification`` and the first note.
 
     Returns
     -------
     dict
         ``covers_through_seq`` / ``covers_through_at`` (the last record the report read),
+        ``trail_complete`` (``complete``), ``qualification`` (``qualification`` or null),
         ``final_through`` (:func:`final_through`; ISO or null), ``provisional_interval_count`` (shortfall
         intervals of the period after it), ``deployment_count``, ``accepted_count`` (accepted and not
         cancelled), ``cancelled_count`` (recalled before they bound), ``shortfall_count`` (deployments with a commanded
@@ -623,14 +659,16 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
                                        tolerance_kw, revisions)) for r in held]
     for deployment_id, record in refused.items():
         issued = _stamp(record["message"].get("issued_at")) or record["at"]
-        if deployment_id not in revisions and period_start <= issued < period_end:
+        # A refused deployment belongs to the period by its arrival (H8 finding 7): it bound nothing,
+        # and its instruction time may be the very reason it was refused (9 h stale, 1 h ahead).
+        if deployment_id not in revisions and period_start <= _arrival(record) < period_end:
             keyed.append(((issued, deployment_id, 0),
                           _deployment_row(record, inputs, None, recalls.get(deployment_id), intervals, 0,
                                           tolerance_kw, revisions)))
     rows = [row for _, row in sorted(keyed, key=lambda kr: kr[0])]
     # Deployments in force together (issue 15): by their in-force windows, measured or not.
     spans = {d: (held[0].received, held[0].end) for d, held in revisions.items() if not held[0].cancelled}
-    final = final_through(inputs, head_seq)
+    final = final_through(inputs, head_seq, complete)
     for row in rows:
         if row["in_force_from"] is None:
             row["final"] = True  # refused or cancelled: nothing to measure
@@ -661,7 +699,7 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
     events = {e: {str(p.get("deployment_id")) for p in inputs.as_performance if p.get("event") == e} & shown_ids
               for e in ("overrun", "released")}
 
-    notes = []
+    notes = [f"AS qualification: {qualification}"] if qualification else []
     covers = head_seq if head_seq is not None else (
         int(inputs.history["seq"].max()) if inputs.history is not None and not inputs.history.empty else None)
     if (rows or awards) and (final is None or final < period_end):
@@ -710,6 +748,8 @@ def ancillary_figures(inputs: ReportInputs, period_start: pd.Timestamp, period_e
     return {
         "covers_through_seq": covers,
         "covers_through_at": _iso(head_at),
+        "trail_complete": complete,
+        "qualification": qualification,
         "final_through": _iso(final),
         "provisional_interval_count": sum(1 for i in shown if not i["final"]),
         "deployment_count": count(lambda r: True),

@@ -83,6 +83,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if report["report"].get("simulated"):
         print("note: SIMULATED data: " + report["report"]["provenance"]["detail"], file=sys.stderr)
     ancillary = report.get("ancillary") or {}
+    if ancillary.get("qualification"):  # a backtest's ASSUMED qualification (H8 finding 6), as its summary says
+        print(f"note: AS qualification: {ancillary['qualification']}", file=sys.stderr)
     provisional = (report.get("economics") or {}).get("reserve_provisional_payment_usd") or 0.0
     if provisional > 0 or ancillary.get("provisional_interval_count"):
         # Issue 15: a report on a store the daemon is still writing is not presented as final.

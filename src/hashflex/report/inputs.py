@@ -116,7 +116,9 @@ def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Tim
     for column in MEASUREMENT_COLUMNS:
         if column not in ("interval_start", "intensity_source", "seq", "at"):
             every[column] = pd.to_numeric(every[column], errors="coerce").astype("float64")
-    every["interval_end"] = every["interval_start"] + pd.to_timedelta(every["interval_h"], unit="h")
+    # Rounded to the trail's resolution (µs): a float interval_h (a partial interval's covered hours)
+    # put ends like 15:59:59.999999998 into the report (H8 finding 6).
+    every["interval_end"] = (every["interval_start"] + pd.to_timedelta(every["interval_h"], unit="h")).dt.round("us")
     history = (every.sort_values("seq").drop_duplicates("interval_start", keep="last")
                .sort_values("interval_start").reset_index(drop=True))
     m = every[(every["interval_start"] >= start) & (every["interval_start"] < end)]

@@ -128,6 +128,8 @@ LABELS = {
     "status": "Status",
     "cancelled_count": "Deployments cancelled before they bound",
     "covers_through_seq": "Trail covered through record",
+    "trail_complete": "Trail complete (the backtest run ended)",
+    "qualification": "AS qualification",
     "covers_through_at": "Trail covered through",
     "final_through": "Figures final through",
     "provisional_interval_count": "Intervals not yet final",
