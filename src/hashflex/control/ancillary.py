@@ -364,6 +364,148 @@ def reserve_hold_shortfalls(profile: SiteProfile, obligations_kw: Mapping[str, f
             if kw > 0 and profile.ancillary is not None and p in profile.ancillary.products}
 
 
+def mean_obligations_kw(awards: Iterable[tuple[str, datetime, datetime, float]],
+                        deployments: Iterable[tuple[str, datetime, datetime, float]],
+                        start: datetime, end: datetime) -> dict[str, float]:
+    """Per product, the reserve to hold over ``[start, end)``: the time-weighted mean of
+    max(Σ award in force − Σ deployed MW in force, 0), kW (issue 15, H6).
+
+    The one obligation rule of the loop's hold check (``ControlLoop.record_reserve_hold``), the
+    report (``report.ancillary``) and the backtest's settlement: deployed reserve is being delivered,
+    not held, but only while it is in force. Deployments that ran one after another inside the
+    interval are not added up (newcomer finding: 800 + 400 + 100 + 500 kW of consecutive deployments,
+    one of 9 s, were subtracted from the award for the whole interval); a deployment covering half
+    the interval lowers its obligation by half its MW.
+
+    Parameters
+    ----------
+    awards : iterable of (product, from, until, reserve_kw)
+        Each award (revision) as held, its window half-open, timezone-aware; kW.
+    deployments : iterable of (product, from, until, deployed_kw)
+        Each deployment (revision) in force over its window, half-open, timezone-aware; kW.
+    start, end : datetime
+        The interval, timezone-aware, ``end`` > ``start``.
+
+    Returns
+    -------
+    dict of str to float
+        Product -> kW (>= 0), for every product with an award overlapping the interval.
+
+    Raises
+    ------
+    ValueError
+        ``end`` not after ``start``.
+    """
+    if not end > start:
+        raise ValueError(f"interval [{start}, {end}) is empty")
+    span_s = (end - start).total_seconds()
+    by_product: dict[str, list[tuple[datetime, datetime, float]]] = {}
+    for product, a, b, kw in awards:
+        if a < end and b > start:
+            by_product.setdefault(str(product), []).append((max(a, start), min(b, end), float(kw)))
+    shed: dict[str, list[tuple[datetime, datetime, float]]] = {}
+    for product, a, b, kw in deployments:
+        if str(product) in by_product and a < end and b > start:
+            shed.setdefault(str(product), []).append((max(a, start), min(b, end), float(kw)))
+    out = {}
+    for product, held in by_product.items():
+        pieces = held + shed.get(product, [])
+        cuts = sorted({start, end} | {a for a, _, _ in pieces} | {b for _, b, _ in pieces})
+        total = 0.0
+        for a, b in zip(cuts, cuts[1:]):
+            awarded = sum(kw for x, y, kw in held if x <= a and y >= b)
+            deployed = sum(kw for x, y, kw in shed.get(product, []) if x <= a and y >= b)
+            total += max(awarded - deployed, 0.0) * (b - a).total_seconds()
+        out[product] = total / span_s
+    return out
+
+
+def revision_windows(revisions: Sequence[tuple[datetime | None, datetime, datetime]]
+                     ) -> list[tuple[int, datetime, datetime]]:
+    """When each revision of one award (or deployment) was held (issue 15, H6): the first over its
+    own window, a later one from when it was received (it replaced the one before then, not at the
+    window's start), each until the next was received. The one rule of the loop's hold check
+    (``ControlLoop.record_reserve_hold``) and the report (``report.ancillary``).
+
+    Parameters
+    ----------
+    revisions : sequence of (received, start, end)
+        The accepted revisions in the order received: when each was received (None: the first, or
+        one the loop found in its book at start), and its window, timezone-aware, half-open.
+
+    Returns
+    -------
+    list of (int, datetime, datetime)
+        (index into ``revisions``, from, until) for each revision held for a non-empty time.
+    """
+    out = []
+    for i, (received, start, end) in enumerate(revisions):
+        held_from = start if received is None or i == 0 else max(start, received)
+        nxt = revisions[i + 1][0] if i + 1 < len(revisions) else None
+        until = end if nxt is None else min(end, nxt)
+        if until > held_from:
+            out.append((i, held_from, until))
+    return out
+
+
+class SheddableMean:
+    """The commanded sheddable load per group, time-weighted over an interval (issue 15, H6).
+
+    The hold check counts the sheddable load that was running *over* the interval, not the fleet at
+    its end (newcomer finding: 684.6 kW held at 16:15 while more units ran before 16:05). The loop
+    :meth:`sample` s the commanded per-group figure (``ControlLoop.reserve_sheddable_kw``) at each
+    tick and each fleet change it records; each sample holds until the next. Per-group sums only
+    (O(groups) per sample, whatever the fleet's size).
+    """
+
+    def __init__(self) -> None:
+        self._since: datetime | None = None  # start of the accumulated span (the first sample, then each close)
+        self._last_at: datetime | None = None
+        self._last: dict[str, float] = {}
+        self._kw_s: dict[str, float] = {}  # group -> kW·s accumulated since ``_since``
+
+    def sample(self, at: datetime, sheddable_kw: Mapping[str, float]) -> None:
+        """The commanded per-group sheddable load from ``at`` on, group -> kW; an ``at`` before the
+        last sample's is taken as the last's (threads record out of order by milliseconds)."""
+        if self._last_at is None:
+            self._since = at
+            self._first_sample = {g: max(float(kw), 0.0) for g, kw in sheddable_kw.items()}
+        else:
+            at = max(at, self._last_at)
+            dt = (at - self._last_at).total_seconds()
+            for g, kw in self._last.items():
+                self._kw_s[g] = self._kw_s.get(g, 0.0) + kw * dt
+        self._last_at = at
+        self._last = {g: max(float(kw), 0.0) for g, kw in sheddable_kw.items()}
+
+    def close(self, start: datetime, end: datetime) -> dict[str, float] | None:
+        """Group -> mean commanded sheddable kW over ``[start, end)``, and restart the accumulation
+        at ``end`` (the last sample holds on). Time of the interval before the first sample counts
+        as that sample's figure (the loop samples from its first tick on).
+
+        Parameters
+        ----------
+        start, end : datetime
+            The interval closed, timezone-aware.
+
+        Returns
+        -------
+        dict of str to float or None
+            Group -> kW (>= 0); None when never sampled or the interval is empty.
+        """
+        if self._last_at is None or self._since is None or not end > start:
+            return None
+        first_since, first = self._since, getattr(self, "_first", None)
+        self.sample(end, self._last)
+        if first is None:  # the first interval: its head before the first sample as first sampled
+            first = self._first_sample
+        head_s = max((first_since - start).total_seconds(), 0.0)
+        span_s = (end - start).total_seconds()
+        out = {g: (self._kw_s.get(g, 0.0) + first.get(g, 0.0) * head_s) / span_s
+               for g in set(self._kw_s) | set(first)}
+        self._kw_s, self._since, self._first = {}, self._last_at, dict(self._last)
+        return out
+
 _DRAWN_TOLERANCE = 1e-9  # relative: float noise of a sum over many units is not a shortfall
 
 

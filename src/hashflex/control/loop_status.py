@@ -19,8 +19,11 @@ from hashflex import audit as records
 from hashflex.acoustics import modelled_laeq_dba, noise_margin_db
 from hashflex.audit.payloads import reserve_hold_short_payload
 from hashflex.control.ancillary import (
+    SheddableMean,
     drawn_sheddable_kw,
+    mean_obligations_kw,
     metered_group_sheddable_kw,
+    revision_windows,
     reserve_clawback_usd,
     reserve_hold_shortfalls,
 )
@@ -69,7 +72,83 @@ class LoopStatusMixin:
             if transition.kind == "activated":
                 self._cut_to_limit_now(now, f"DR event {transition.event_id} started", event_id=transition.event_id)
 
+    def _sample_sheddable(self, at: datetime) -> None:
+        """Sample the commanded sheddable load per group into the interval's time-weighted mean
+        (``control.ancillary.SheddableMean``, issue 15 H6): at each tick's end, each recorded
+        ``setpoints`` batch and each interval boundary. O(miners) numpy per sample (the fleet's
+        counts), per-group sums kept. Never stops control."""
+        if self.profile.ancillary is None or self.meter is None:
+            return  # no reserve to check, or no interval meter (backtest, simulation: the fleet is constant per interval)
+        try:
+            acc = self.__dict__.get("_sheddable_mean")
+            if acc is None:
+                acc = self._sheddable_mean = SheddableMean()
+            acc.sample(at, self.reserve_sheddable_kw())
+        except Exception:  # noqa: BLE001 - bookkeeping must never stop control
+            log.exception("could not sample the sheddable load")
+
+    def _as_revision_log(self) -> dict[tuple[str, str], list[tuple[Any, ...]]]:
+        """(kind, id) -> the accepted revisions of each award and deployment in the order received:
+        (received, kW) for an award, (received, kW, revision) for a deployment. Seeded at first use with the book's (received None: the revision held then,
+        over its whole window), so the hold check holds each revision when the report does
+        (``control.ancillary.revision_windows``, issue 15 H6)."""
+        log_ = self.__dict__.get("_as_revisions")
+        if log_ is None:
+            log_ = self._as_revisions = {}
+            for award_id, award in self.book.as_awards.items():
+                log_["as_award", award_id] = [(None, float(award["reserve_kw"]))]
+            for deployment_id, deployment in self.book.as_deployments.items():
+                log_["as_deploy", deployment_id] = [(None, float(deployment.deployed_kw), deployment.revision)]
+        return log_
+
+    def _note_as_revision(self, kind: str, body: Mapping[str, Any], stamp: datetime) -> None:
+        """Log an accepted award or deployment revision (the ``as_award`` / ``as_deploy`` record the
+        loop writes; a recall is not a revision, a redelivery of a deployment revision neither)."""
+        ack, message = body.get("ack") or {}, body.get("message") or {}
+        if ack.get("status") != "accepted" or message.get("recalled"):
+            return
+        key = (kind, str(message.get("award_id" if kind == "as_award" else "deployment_id")))
+        try:
+            fresh = "_as_revisions" not in self.__dict__
+            log_ = self._as_revision_log()
+            if fresh:  # seeded from the book, which holds this revision already: it starts now
+                log_.pop(key, None)
+            held = log_.setdefault(key, [])
+            if kind == "as_award":
+                held.append((stamp, float(message.get("reserve_kw") or 0.0)))
+            else:
+                revision = int(message.get("revision") or 0)
+                if held and len(held[-1]) > 2 and revision <= held[-1][2]:
+                    return  # a redelivery, not a new revision (the report's rule too)
+                acked = ack.get("acked_at")
+                received = pd.Timestamp(acked).to_pydatetime() if acked else stamp
+                held.append((received, float(message.get("deployed_kw") or 0.0), revision))
+        except Exception:  # noqa: BLE001 - bookkeeping must never stop control
+            log.exception("could not log the %s revision", kind)
+
+    def _obligation_windows(self) -> tuple[list[tuple[str, datetime, datetime, float]],
+                                           list[tuple[str, datetime, datetime, float]]]:
+        """(awards, deployments) as ``mean_obligations_kw`` takes them: each accepted revision over the
+        time it was held (``revision_windows``), the windows from the book. Call with the lock held."""
+        log_ = self._as_revision_log()
+        for key in [k for k in log_ if k[1] not in (self.book.as_awards if k[0] == "as_award"
+                                                     else self.book.as_deployments)]:
+            del log_[key]  # the book no longer holds it (ended and pruned): nor does the log
+        awards = []
+        for award_id, award in self.book.as_awards.items():
+            start, end = datetime.fromisoformat(award["start"]), datetime.fromisoformat(award["end"])
+            held = log_.get(("as_award", award_id)) or [(None, float(award["reserve_kw"]))]
+            for i, a, b in revision_windows([(r[0], start, end) for r in held]):
+                awards.append((award["product"], a, b, held[i][1]))
+        deployments = []
+        for deployment_id, d in self.book.as_deployments.items():
+            held = log_.get(("as_deploy", deployment_id)) or [(None, float(d.deployed_kw))]
+            for i, a, b in revision_windows([(r[0], d.binds_from, d.end) for r in held]):
+                deployments.append((d.product, a, b, held[i][1]))
+        return awards, deployments
+
     def _record_tick(self, report: TickReport, forecast: HorizonForecast) -> None:
+        self._sample_sheddable(report.at)
         # learned | rules (forecast.Forecast.forecast_source; issue 14): in /status and the stored schedule
         self.forecast_source = getattr(forecast, "forecast_source", "rules")
         if self.publisher is not None:  # the /status document is built only to be published (issue 18: a backtest has none)
@@ -132,6 +211,10 @@ class LoopStatusMixin:
                     stamp = last
                 self._last_record_at = stamp
                 self.recorder.record(kind, body, stamp)
+            if kind == "setpoints":  # the commanded fleet changed (a tick's batch, a fast-path cut)
+                self._sample_sheddable(stamp)
+            elif kind in ("as_award", "as_deploy"):
+                self._note_as_revision(kind, body, stamp)
         except Exception:  # recording must never stop control
             log.exception("could not record %s", kind)
 
@@ -152,6 +235,7 @@ class LoopStatusMixin:
         previous, self._metered_interval = self._metered_interval, current
         if previous is None:  # the process' first tick: the meter covers the interval from now on
             self._metered_from = max(pd.Timestamp(now), current) if now is not None else current
+            self._sample_sheddable(self._metered_from.to_pydatetime())
             return
         if previous >= current:
             return
@@ -162,6 +246,9 @@ class LoopStatusMixin:
         local = previous.tz_convert(self.profile.tz).to_pydatetime()
         summary = self.meter.summary({r.id: r.cap_at(local) for r in self.profile.receptors})
         self.meter.reset()
+        # The commanded sheddable load over the covered span, time-weighted (H6), not the fleet now.
+        acc = self.__dict__.get("_sheddable_mean")
+        mean_kw = None if acc is None else acc.close(covered_from.to_pydatetime(), current.to_pydatetime())
         price = intensity = source = None
         if self.store is not None:
             settled = self.store.prices(previous.to_pydatetime(), current.to_pydatetime(),
@@ -185,7 +272,7 @@ class LoopStatusMixin:
                                 # each miner (H1b): a sum with some miners silent is too low, and a
                                 # miner that did not report is counted by what it was commanded to do.
                                 load_metered=summary.get("telemetry_miners", 0) > 0,
-                                miner_load_kw=summary.get("miner_power_kw", {}))
+                                miner_load_kw=summary.get("miner_power_kw", {}), commanded_sheddable_kw=mean_kw)
 
     def _record_guard(self, result: GuardResult, now: datetime, event_id: str | None) -> None:
         self._record("setpoints", lambda: records.setpoints_payload(result.batch, source="guard"), now)
@@ -199,7 +286,8 @@ class LoopStatusMixin:
                            intensity_kg_per_mwh: float | None = None, intensity_source: str | None = None,
                            hashprice_usd_per_ph_day: float | None = None, covered_h: float | None = None,
                            at: datetime | None = None, load_metered: bool = True,
-                           miner_load_kw: Mapping[str, float] | None = None) -> None:
+                           miner_load_kw: Mapping[str, float] | None = None,
+                           commanded_sheddable_kw: Mapping[str, float] | None = None) -> None:
         """The ``measurement`` audit entry of one finished interval, from what was measured in it
         (``noise``: receptor → (LAeq, minutes over cap)); economics at the settled price.
 
@@ -231,6 +319,10 @@ class LoopStatusMixin:
             (``IntervalMeter.summary``'s ``miner_power_kw``; the daemon's meter). Given, the reserve
             hold is counted miner by miner (issue 15, H1b) instead of from ``load_kw``; None (the
             backtest, the simulation: a modelled load, no per-miner figures): from ``load_kw``.
+        commanded_sheddable_kw : mapping of str to float, optional
+            Group -> the commanded sheddable load time-weighted over the interval, kW (the daemon's
+            ``SheddableMean``, issue 15 H6); None: the fleet as commanded now (the backtest and
+            simulation hold one command per interval).
 
         Raises
         ------
@@ -279,7 +371,8 @@ class LoopStatusMixin:
             # The reserve the running units held (issue 15, H8 item 3; H1): per group, so the report
             # need not estimate it from the metered load where an award changed mid-interval and no
             # reserve_hold_short record was written; capped by the load measured as drawn.
-            hold = (self._reserve_hold_figures(load_kw if load_metered else None, miner_load_kw)
+            hold = (self._reserve_hold_figures(load_kw if load_metered else None, miner_load_kw,
+                                               commanded_sheddable_kw)
                     if self.profile.ancillary is not None else None)
         reserve = {} if hold is None else hold
         self._record("measurement", lambda: {**records.measurement_payload(
@@ -316,7 +409,8 @@ class LoopStatusMixin:
         return sheddable
 
     def _reserve_hold_figures(self, metered_load_kw: float | None,
-                              miner_load_kw: Mapping[str, float] | None = None) -> dict[str, Any]:
+                              miner_load_kw: Mapping[str, float] | None = None,
+                              commanded_kw: Mapping[str, float] | None = None) -> dict[str, Any]:
         """The reserve the running units held over an interval, per group, and how it was known (H1, H1b).
 
         A Load Resource holds reserve only with load it draws: the commanded figure
@@ -347,6 +441,11 @@ class LoopStatusMixin:
         miner_load_kw : mapping of str to float, optional
             Miner id -> mean reported power over the interval, kW, for those that reported
             (``IntervalMeter.summary``'s ``miner_power_kw``); ids not in the fleet are ignored.
+        commanded_kw : mapping of str to float, optional
+            Group -> the commanded sheddable load time-weighted over the interval, kW (issue 15 H6:
+            the units that ran, weighted by how long they ran; ``control.ancillary.SheddableMean``);
+            None: the fleet as commanded now (:meth:`reserve_sheddable_kw`). The metered cap is
+            already an interval mean.
 
         Returns
         -------
@@ -360,7 +459,8 @@ class LoopStatusMixin:
             ``"partly metered"`` or ``"commanded"``), as recorded in the ``measurement`` and
             ``reserve_hold_short`` payloads.
         """
-        commanded = self.reserve_sheddable_kw()
+        now_kw = self.reserve_sheddable_kw()
+        commanded = now_kw if commanded_kw is None else {g: float(commanded_kw.get(g, 0.0)) for g in now_kw}
         metered: float | None = None
         by_group: dict[str, float] | None = None
         unreported: int | None = None
@@ -391,7 +491,8 @@ class LoopStatusMixin:
                 basis = "metered"
             used = drawn_sheddable_kw(commanded, metered)
         return {"reserve_sheddable_kw": used,
-                "reserve_sheddable_commanded_kw": commanded, "reserve_sheddable_metered_kw": metered,
+                "reserve_sheddable_commanded_kw": commanded,
+                "reserve_sheddable_commanded_basis": "time-weighted" if commanded_kw is not None else "at end", "reserve_sheddable_metered_kw": metered,
                 "reserve_sheddable_metered_group_kw": by_group,
                 "reserve_unreported_running_units": unreported, "reserve_hold_basis": basis}
 
@@ -414,7 +515,10 @@ class LoopStatusMixin:
         start = pd.Timestamp(interval_start)
         step = timedelta(hours=interval_h)
         with self._lock:
-            obligations = {p: float(v[0]) for p, v in self.book.reserve_obligations_over([start], step).items()}
+            # Time-weighted over the interval (H6, ``mean_obligations_kw``): each award revision in
+            # force less the deployed MW in force, each revision while it was held.
+            obligations = mean_obligations_kw(*self._obligation_windows(), start.to_pydatetime(),
+                                              (start + step).to_pydatetime())
             prices = self.book.reserve_award_prices(start.to_pydatetime(), (start + step).to_pydatetime())
             if hold is None:
                 hold = self._reserve_hold_figures(None)
