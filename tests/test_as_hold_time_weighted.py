@@ -20,9 +20,17 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import pandas as pd
 import pytest
-from as_support import MIN, NOW, QUARTER, SEC, audit_payloads, award, deploy, flat_prices
+from as_support import (
+    MIN,
+    NOW,
+    QUARTER,
+    SEC,
+    audit_payloads,
+    award,
+    deploy,
+    flat_prices,
+)
 from test_as_hold_metered import hydro_profile_yaml_small
 
 from hashflex.control.ancillary import (
@@ -88,9 +96,12 @@ def test_units_stopped_mid_interval_hold_their_time_weighted_mean() -> None:
     acc = SheddableMean()
     acc.sample(NOW, {"hydro": 396.0})
     acc.sample(NOW + 5 * MIN, {"hydro": 99.0})
-    assert acc.close(NOW, END) == {"hydro": pytest.approx(198.0)}
-    assert acc.close(END, END + QUARTER) == {"hydro": pytest.approx(99.0)}
-    assert SheddableMean().close(NOW, END) is None  # never sampled: the caller uses the fleet now
+    assert acc.mean(NOW, END) == {"hydro": pytest.approx(198.0)}
+    assert acc.mean(END, END + QUARTER) == {"hydro": pytest.approx(99.0)}
+    assert acc.mean(NOW - QUARTER, NOW) == {"hydro": pytest.approx(396.0)}  # before the first sample: as first sampled
+    acc.sample(NOW + 6 * MIN, {"hydro": 99.0})  # no change: not kept
+    assert acc.mean(NOW + 2 * MIN, NOW + 8 * MIN) == {"hydro": pytest.approx((396.0 * 3 + 99.0 * 3) / 6)}
+    assert SheddableMean().mean(NOW, END) is None  # never sampled: the caller uses the fleet now
 
 
 # ---------------------------------------------------------------- the loop (real parts)
@@ -179,3 +190,45 @@ def test_a_deployment_covering_half_the_interval_halves_its_mw_off_the_loop_obli
     assert short == {"RRS": pytest.approx(280.0)}
     (record,) = audit_payloads(db, "reserve_hold_short")
     assert record["obligation_kw"] == pytest.approx(280.0)
+
+
+# ---------------------------------------------------------------- the report equals the loop's record
+
+
+def test_consecutive_deployments_and_an_award_change_the_report_equals_the_loop_record(tmp_path: Path) -> None:
+    """Finding 1 on the small hydro site. RRS 330 kW (16:00–20:00) held from 17:00; one after another
+    d-1 100 kW 17:01–17:03, d-2 50 kW 17:04–17:06, d-3 100 kW for 9 s from 17:07; the award withdrawn
+    (revision 1, 0 kW) at 17:08 and re-awarded (revision 2, 330 kW) at 17:10. The obligation by hand,
+    kW × s: 330·60 + 230·120 + 330·60 + 280·120 + 330·60 + 230·9 + 330·51 + 0·120 + 330·300 =
+    238,500 / 900 s = 265 kW. The interval's load is metered at 60 kW (50 kW above the 10 units' idle;
+    the fast path cut every block by 17:07): held H ≤ 50 kW, so short = 265 − H (interval means, ``mean_hold_shortfalls``). The report charges the
+    loop's record. Failed before: the loop took 330 kW (the award at its latest revision, no deployment
+    lasting to the interval's end), the report 330 − 250 = 80 kW less H for the award's pieces."""
+    db = tmp_path / "consecutive.db"
+    store, recorder, loop = _loop(db, 330.0)
+    steps = [("d-1", 1, 3, 100.0), ("d-2", 4, 6, 50.0)]
+    for deployment_id, on, off, kw in steps:
+        at = NOW + on * MIN
+        assert loop.handle_as_deploy(deploy(deployment_id, at, kw), at).status == "accepted"
+        at = NOW + off * MIN
+        assert loop.handle_as_deploy(deploy(deployment_id, at, recalled=True), at).status == "accepted"
+    at = NOW + 7 * MIN
+    assert loop.handle_as_deploy(deploy("d-3", at, 100.0), at).status == "accepted"
+    assert loop.handle_as_deploy(deploy("d-3", at + 9 * SEC, recalled=True), at + 9 * SEC).status == "accepted"
+    assert loop.handle_as_award(award("rrs", "RRS", 0.0, revision=1), NOW + 8 * MIN).status == "accepted"
+    assert loop.handle_as_award(award("rrs", "RRS", 330.0, revision=2), NOW + 10 * MIN).status == "accepted"
+    loop.record_measurement(NOW, 0.25, load_kw=60.0, renewable_kw=0.0, hashrate_th_s=0.0, noise={},
+                            price_usd_mwh=200.0)
+    _close(store, recorder)
+    (record,) = audit_payloads(db, "reserve_hold_short")
+    held_kw = sum(record["reserve_sheddable_kw"].values())
+    assert held_kw <= 50.0 + 1e-9
+    pieces = [(330.0, 60), (230.0, 120), (330.0, 60), (280.0, 120), (330.0, 60), (230.0, 9), (330.0, 51),
+              (0.0, 120), (330.0, 300)]
+    assert sum(s for _, s in pieces) == 900
+    assert record["obligation_kw"] == pytest.approx(238_500.0 / 900.0)
+    short_kw = max(238_500.0 / 900.0 - held_kw, 0.0)
+    assert record["short_kw"] == pytest.approx(short_kw)
+    assert record["clawback_usd"] == pytest.approx(reserve_clawback_usd(short_kw, PRICE, 0.25))
+    economics = build_report(db, "2024-06-03T17:00Z", "2024-06-03T17:15Z")["economics"]
+    assert economics["reserve_clawback_usd"] == pytest.approx(record["clawback_usd"], abs=0.006)  # the report's cents

@@ -21,11 +21,11 @@ from hashflex.audit.payloads import reserve_hold_short_payload
 from hashflex.control.ancillary import (
     SheddableMean,
     drawn_sheddable_kw,
-    mean_obligations_kw,
+    mean_award_prices,
+    mean_hold_shortfalls,
     metered_group_sheddable_kw,
-    revision_windows,
     reserve_clawback_usd,
-    reserve_hold_shortfalls,
+    revision_windows,
 )
 from hashflex.control.guard import GuardResult
 from hashflex.control.limits import STORE_UNAVAILABLE
@@ -77,26 +77,26 @@ class LoopStatusMixin:
         (``control.ancillary.SheddableMean``, issue 15 H6): at each tick's end, each recorded
         ``setpoints`` batch and each interval boundary. O(miners) numpy per sample (the fleet's
         counts), per-group sums kept. Never stops control."""
-        if self.profile.ancillary is None or self.meter is None:
-            return  # no reserve to check, or no interval meter (backtest, simulation: the fleet is constant per interval)
+        if self.profile.ancillary is None:
+            return  # no reserve to check
         try:
             acc = self.__dict__.get("_sheddable_mean")
             if acc is None:
                 acc = self._sheddable_mean = SheddableMean()
             acc.sample(at, self.reserve_sheddable_kw())
-        except Exception:  # noqa: BLE001 - bookkeeping must never stop control
+        except Exception:  # bookkeeping must never stop control
             log.exception("could not sample the sheddable load")
 
     def _as_revision_log(self) -> dict[tuple[str, str], list[tuple[Any, ...]]]:
         """(kind, id) -> the accepted revisions of each award and deployment in the order received:
-        (received, kW) for an award, (received, kW, revision) for a deployment. Seeded at first use with the book's (received None: the revision held then,
+        (received, kW, price or None) for an award, (received, kW, revision) for a deployment. Seeded at first use with the book's (received None: the revision held then,
         over its whole window), so the hold check holds each revision when the report does
         (``control.ancillary.revision_windows``, issue 15 H6)."""
         log_ = self.__dict__.get("_as_revisions")
         if log_ is None:
             log_ = self._as_revisions = {}
             for award_id, award in self.book.as_awards.items():
-                log_["as_award", award_id] = [(None, float(award["reserve_kw"]))]
+                log_["as_award", award_id] = [(None, float(award["reserve_kw"]), award.get("price_usd_mw_h"))]
             for deployment_id, deployment in self.book.as_deployments.items():
                 log_["as_deploy", deployment_id] = [(None, float(deployment.deployed_kw), deployment.revision)]
         return log_
@@ -115,7 +115,7 @@ class LoopStatusMixin:
                 log_.pop(key, None)
             held = log_.setdefault(key, [])
             if kind == "as_award":
-                held.append((stamp, float(message.get("reserve_kw") or 0.0)))
+                held.append((stamp, float(message.get("reserve_kw") or 0.0), message.get("price_usd_mw_h")))
             else:
                 revision = int(message.get("revision") or 0)
                 if held and len(held[-1]) > 2 and revision <= held[-1][2]:
@@ -123,13 +123,14 @@ class LoopStatusMixin:
                 acked = ack.get("acked_at")
                 received = pd.Timestamp(acked).to_pydatetime() if acked else stamp
                 held.append((received, float(message.get("deployed_kw") or 0.0), revision))
-        except Exception:  # noqa: BLE001 - bookkeeping must never stop control
+        except Exception:  # bookkeeping must never stop control
             log.exception("could not log the %s revision", kind)
 
-    def _obligation_windows(self) -> tuple[list[tuple[str, datetime, datetime, float]],
+    def _obligation_windows(self) -> tuple[list[tuple[str, datetime, datetime, float, float | None]],
                                            list[tuple[str, datetime, datetime, float]]]:
-        """(awards, deployments) as ``mean_obligations_kw`` takes them: each accepted revision over the
-        time it was held (``revision_windows``), the windows from the book. Call with the lock held."""
+        """(awards, deployments) as ``mean_hold_shortfalls`` takes them (awards with their price last,
+        for ``mean_award_prices``): each accepted revision over the time it was held
+        (``revision_windows``), the windows from the book. Call with the lock held."""
         log_ = self._as_revision_log()
         for key in [k for k in log_ if k[1] not in (self.book.as_awards if k[0] == "as_award"
                                                      else self.book.as_deployments)]:
@@ -137,9 +138,10 @@ class LoopStatusMixin:
         awards = []
         for award_id, award in self.book.as_awards.items():
             start, end = datetime.fromisoformat(award["start"]), datetime.fromisoformat(award["end"])
-            held = log_.get(("as_award", award_id)) or [(None, float(award["reserve_kw"]))]
+            held = log_.get(("as_award", award_id)) or [(None, float(award["reserve_kw"]), award.get("price_usd_mw_h"))]
             for i, a, b in revision_windows([(r[0], start, end) for r in held]):
-                awards.append((award["product"], a, b, held[i][1]))
+                price = held[i][2]
+                awards.append((award["product"], a, b, held[i][1], None if price is None else float(price)))
         deployments = []
         for deployment_id, d in self.book.as_deployments.items():
             held = log_.get(("as_deploy", deployment_id)) or [(None, float(d.deployed_kw))]
@@ -196,7 +198,14 @@ class LoopStatusMixin:
         ``event_at`` (ISO). Event times a record is *about* (an interval's start, a reading's time)
         are in its payload, never in ``at_utc``.
         """
+        if kind == "setpoints":  # the commanded fleet changed (a tick's batch, a fast-path cut), recorded or not
+            self._sample_sheddable(at or datetime.now(timezone.utc))
         if self.recorder is None:
+            if kind in ("as_award", "as_deploy"):  # the hold check holds each revision while in force (H6)
+                try:
+                    self._note_as_revision(kind, payload(), at or datetime.now(timezone.utc))
+                except Exception:  # bookkeeping must never stop control
+                    log.exception("could not log the %s revision", kind)
             return
         if not self._start_recorded:
             self._start_recorded = True
@@ -211,9 +220,7 @@ class LoopStatusMixin:
                     stamp = last
                 self._last_record_at = stamp
                 self.recorder.record(kind, body, stamp)
-            if kind == "setpoints":  # the commanded fleet changed (a tick's batch, a fast-path cut)
-                self._sample_sheddable(stamp)
-            elif kind in ("as_award", "as_deploy"):
+            if kind in ("as_award", "as_deploy"):
                 self._note_as_revision(kind, body, stamp)
         except Exception:  # recording must never stop control
             log.exception("could not record %s", kind)
@@ -246,9 +253,6 @@ class LoopStatusMixin:
         local = previous.tz_convert(self.profile.tz).to_pydatetime()
         summary = self.meter.summary({r.id: r.cap_at(local) for r in self.profile.receptors})
         self.meter.reset()
-        # The commanded sheddable load over the covered span, time-weighted (H6), not the fleet now.
-        acc = self.__dict__.get("_sheddable_mean")
-        mean_kw = None if acc is None else acc.close(covered_from.to_pydatetime(), current.to_pydatetime())
         price = intensity = source = None
         if self.store is not None:
             settled = self.store.prices(previous.to_pydatetime(), current.to_pydatetime(),
@@ -272,7 +276,7 @@ class LoopStatusMixin:
                                 # each miner (H1b): a sum with some miners silent is too low, and a
                                 # miner that did not report is counted by what it was commanded to do.
                                 load_metered=summary.get("telemetry_miners", 0) > 0,
-                                miner_load_kw=summary.get("miner_power_kw", {}), commanded_sheddable_kw=mean_kw)
+                                miner_load_kw=summary.get("miner_power_kw", {}))
 
     def _record_guard(self, result: GuardResult, now: datetime, event_id: str | None) -> None:
         self._record("setpoints", lambda: records.setpoints_payload(result.batch, source="guard"), now)
@@ -320,9 +324,9 @@ class LoopStatusMixin:
             hold is counted miner by miner (issue 15, H1b) instead of from ``load_kw``; None (the
             backtest, the simulation: a modelled load, no per-miner figures): from ``load_kw``.
         commanded_sheddable_kw : mapping of str to float, optional
-            Group -> the commanded sheddable load time-weighted over the interval, kW (the daemon's
-            ``SheddableMean``, issue 15 H6); None: the fleet as commanded now (the backtest and
-            simulation hold one command per interval).
+            Group -> the commanded sheddable load time-weighted over the interval, kW; None: the
+            loop's own (``control.ancillary.SheddableMean``, issue 15 H6: sampled at each tick, each
+            recorded ``setpoints`` batch and the first tick), else the fleet as commanded now.
 
         Raises
         ------
@@ -371,6 +375,10 @@ class LoopStatusMixin:
             # The reserve the running units held (issue 15, H8 item 3; H1): per group, so the report
             # need not estimate it from the metered load where an award changed mid-interval and no
             # reserve_hold_short record was written; capped by the load measured as drawn.
+            if commanded_sheddable_kw is None and "_sheddable_mean" in self.__dict__:
+                commanded_sheddable_kw = self._sheddable_mean.mean(
+                    pd.Timestamp(interval_start).to_pydatetime(),
+                    (pd.Timestamp(interval_start) + pd.Timedelta(hours=interval_h)).to_pydatetime())
             hold = (self._reserve_hold_figures(load_kw if load_metered else None, miner_load_kw,
                                                commanded_sheddable_kw)
                     if self.profile.ancillary is not None else None)
@@ -499,10 +507,13 @@ class LoopStatusMixin:
     def record_reserve_hold(self, interval_start: datetime, interval_h: float,
                             at: datetime | None = None, hold: Mapping[str, Any] | None = None) -> dict[str, float]:
         """Issue 15: per product, the reserve awarded over a finished interval and not held by the
-        running, sheddable, qualified load (``control.ancillary.reserve_hold_shortfalls``); a
+        running, sheddable, qualified load (``control.ancillary.mean_hold_shortfalls``: the
+        obligation and the shortfall time-weighted over the interval, each award and deployment
+        revision while it was held; ``reserve_hold_shortfalls`` per piece); a
         ``reserve_hold_short`` audit record per product short, with the clawback
         (``reserve_clawback_usd``, at the awards' price), so the report charges back what the
-        backtest settles. Returns product -> kW short (also kept in ``reserve_hold_short_kw``).
+        backtest settles. Returns product -> kW short (also kept in ``reserve_hold_short_kw``; the
+        obligation, product -> kW, in ``reserve_obligation_kw``, which the backtest settles).
 
         ``hold``: the interval's figures (:meth:`_reserve_hold_figures`, from the measured load:
         H1, units commanded but not drawing hold nothing); None: the fleet as commanded now,
@@ -515,17 +526,23 @@ class LoopStatusMixin:
         start = pd.Timestamp(interval_start)
         step = timedelta(hours=interval_h)
         with self._lock:
-            # Time-weighted over the interval (H6, ``mean_obligations_kw``): each award revision in
-            # force less the deployed MW in force, each revision while it was held.
-            obligations = mean_obligations_kw(*self._obligation_windows(), start.to_pydatetime(),
-                                              (start + step).to_pydatetime())
-            prices = self.book.reserve_award_prices(start.to_pydatetime(), (start + step).to_pydatetime())
+            # Time-weighted over the interval (H6): each award revision in force less the deployed MW
+            # in force, each revision while it was held (``mean_hold_shortfalls``).
+            awards, deployments = self._obligation_windows()
             if hold is None:
                 hold = self._reserve_hold_figures(None)
         sheddable = dict(hold["reserve_sheddable_kw"])
+        prices = mean_award_prices(awards, start.to_pydatetime(), (start + step).to_pydatetime())
+        obligations, short = mean_hold_shortfalls(self.profile, [w[:4] for w in awards], deployments,
+                                                  {g: kw for g, kw in sheddable.items() if kw > 0},
+                                                  start.to_pydatetime(), (start + step).to_pydatetime())
+        kept = self.__dict__.setdefault("reserve_obligation_kw", {})  # start -> product -> kW (the backtest settles it)
+        kept[start] = obligations
+        if len(kept) > 10_000:
+            kept.pop(next(iter(kept)))
         if not any(v > 0 for v in obligations.values()):
             return {}
-        short = reserve_hold_shortfalls(self.profile, obligations, {g: kw for g, kw in sheddable.items() if kw > 0})
+        short = {p: kw for p, kw in short.items() if obligations[p] > 0}
         self.reserve_hold_short_kw[start] = short
         if len(self.reserve_hold_short_kw) > 10_000:  # a few months of intervals (the trail keeps them all)
             self.reserve_hold_short_kw.pop(next(iter(self.reserve_hold_short_kw)))
