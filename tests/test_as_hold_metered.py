@@ -178,11 +178,14 @@ def hydro_profile_yaml_small() -> str:
 
 
 def test_the_report_charges_what_the_loop_recorded_and_applies_the_rule_to_older_trails(tmp_path: Path) -> None:
-    """The report on the booting trail claws back the loop's $1.84. An award withdrawn at 17:05 (its
-    interval is charged by the report from the measurement's figures, the loop writes no record):
-    the report holds the loop's metered 1,932 kW, not the commanded 2,970 kW, and so charges
-    (2,300 − 1,932) kW × $20 × 5/60 h; the same trail with the new fields stripped (an older trail:
-    ``reserve_sheddable_kw`` as commanded) reports the same by the same rule from ``load_kw``."""
+    """The report on the booting trail claws back the loop's $1.84. An award withdrawn at 17:05, the
+    interval metered at 500 kW: the loop holds each revision while it was in force (H6): obligation
+    2,300 kW × 5/15 = 766.67 kW, held the metered 400 kW (500 − 100 idle), not the commanded 2,970 kW,
+    so it records 366.67 kW short, $20 × 0.25 h: $1.83, and the report charges its record; the same
+    trail as an older one (no hold-short record, the new fields stripped: ``reserve_sheddable_kw`` as
+    commanded) reports the same by the same rule from ``load_kw``. (Before H6 the loop, seeing the
+    award withdrawn, wrote no record, and the report charged (A − H) per piece: 2,032 kW metered,
+    (2,300 − 1,932) × $20 × 5/60 h; now the interval's means, the newcomer's rule, net to 0 there.)"""
     db = tmp_path / "booting.db"
     store, recorder, loop = _awarded(db)
     _measure(loop, 2032.0)
@@ -196,10 +199,15 @@ def test_the_report_charges_what_the_loop_recorded_and_applies_the_rule_to_older
     withdrawal = award("rrs", "RRS", 0.0, revision=1)
     assert loop.handle_as_award(withdrawal, NOW + 5 * MIN).status == "accepted"
     assert running(loop) == 3, "the blocks still run when the interval is measured"
-    _measure(loop, 2032.0)
+    _measure(loop, 500.0)
     _close(store, recorder)
-    assert audit_payloads(db, "reserve_hold_short") == []
-    expected = (2300.0 - 1932.0) / 1000.0 * PRICE * 5 / 60
+    # The loop now holds each award revision while it was in force (H6): 2,300 kW for 17:00–17:05,
+    # 0 after, time-weighted: it records the 368 kW short over a third of the interval itself.
+    (short,) = audit_payloads(db, "reserve_hold_short")
+    assert short["obligation_kw"] == pytest.approx(2300.0 / 3)
+    assert short["short_kw"] == pytest.approx(2300.0 / 3 - 400.0)
+    expected = (2300.0 / 3 - 400.0) / 1000.0 * PRICE * 0.25
+    assert short["clawback_usd"] == pytest.approx(expected)
     economics = build_report(db, "2024-06-03T17:00Z", "2024-06-03T17:15Z")["economics"]
     assert economics["reserve_clawback_usd"] == pytest.approx(round(expected, 2))  # the report's cents
     assert economics["reserve_estimated_hold_intervals"] == 0
@@ -207,10 +215,12 @@ def test_the_report_charges_what_the_loop_recorded_and_applies_the_rule_to_older
         records = list(log.records(kinds=REPORT_KINDS))
     older = []
     for record in records:
+        if record.kind == "reserve_hold_short":
+            continue  # a loop before H6 wrote none here (it saw the award withdrawn)
         if record.kind == "measurement":
             payload = {k: v for k, v in record.payload.items()
                        if k not in ("reserve_hold_basis", "reserve_sheddable_commanded_kw",
-                                    "reserve_sheddable_metered_kw")}
+                                    "reserve_sheddable_metered_kw", "reserve_sheddable_commanded_basis")}
             payload["reserve_sheddable_kw"] = record.payload["reserve_sheddable_commanded_kw"]
             record = dataclasses.replace(record, payload=payload)
         older.append(record)

@@ -84,8 +84,9 @@ def test_an_award_withdrawn_inside_an_interval_is_clawed_back_for_the_part_it_wa
 
 def test_an_award_starting_inside_an_interval_is_clawed_back_for_its_share_of_it(tmp_path: Path) -> None:
     """RRS 4,950 kW at $150 from 17:05 to 18:00, nothing running. 17:00–17:15: paid 4.95 × 150 × 10/60
-    = $123.75; the loop's record charges the whole quarter ($185.625): prorated to its 10 minutes,
-    $123.75. 17:15–17:30: $185.625 paid and clawed back. Net $0 for 0 kW held."""
+    = $123.75; the loop's record charges its 10 minutes (H6: the obligation time-weighted, 4,950 ×
+    10/15 = 3,300 kW; before, the whole quarter, $185.625, which the report prorated), $123.75.
+    17:15–17:30: $185.625 paid and clawed back. Net $0 for 0 kW held."""
     db = tmp_path / "mid.db"
     with Store(db) as store:
         recorder = AuditRecorder(store)
@@ -98,7 +99,8 @@ def test_an_award_starting_inside_an_interval_is_clawed_back_for_its_share_of_it
         recorder.close()
     with AuditLog(db, readonly=True) as log:
         shorts = [r.payload for r in log.records(kinds=("reserve_hold_short",))]
-    assert shorts[0]["clawback_usd"] == pytest.approx(185.625)  # the loop's record: the whole quarter
+    assert shorts[0]["obligation_kw"] == pytest.approx(3300.0)
+    assert shorts[0]["clawback_usd"] == pytest.approx(123.75)  # the loop's record: its 10 minutes
     economics = _report(db, end="2024-06-03T17:30Z")["economics"]
     assert economics["reserve_payment_usd"] == pytest.approx(123.75 + 185.625, abs=0.01)
     assert economics["reserve_clawback_usd"] == pytest.approx(123.75 + 185.625, abs=0.01)

@@ -217,11 +217,13 @@ def test_the_loop_records_the_sheddable_load_per_group_with_each_measurement_and
 def test_an_award_withdrawn_mid_interval_is_held_by_the_loops_recorded_figure_not_an_estimate(
         tmp_path: Path) -> None:
     """RRS 4,950 kW at $150/MW-h, withdrawn at 17:05; five blocks run all interval (the loop records
-    4,950 kW sheddable) while the meter reads 3,000 kW (SYNTHETIC: the meter and the fleet disagree).
-    The loop writes no hold-short record (no award when it measures). The loop's own figure is
-    recorded, so no interval is estimated; since H1 (issue 15: units commanded but not drawing hold
-    nothing) that figure is capped by the load drawn, 3,000 − 100 idle = 2,900 kW, so the report claws
-    back (4,950 − 2,900) kW × $150 × 5/60 h = $25.625 (before H1 it held the commanded 4,950 kW: $0)."""
+    4,950 kW sheddable) while the meter reads 1,000 kW (SYNTHETIC: the meter and the fleet disagree).
+    The loop's own figure is recorded, so no interval is estimated; since H1 (issue 15: units
+    commanded but not drawing hold nothing) that figure is capped by the load drawn, 1,000 − 100 idle
+    = 900 kW. Since H6 the loop holds each award revision while in force: obligation 4,950 × 5/15 =
+    1,650 kW, 750 kW short, clawed back 0.75 × $150 × 0.25 h = $28.125, its record and the report's
+    (before H6 the loop, seeing no award when it measured, wrote no record; before H1 the commanded
+    4,950 kW held: $0)."""
     db = tmp_path / "withdrawn.db"
     with Store(db) as store:
         recorder = AuditRecorder(store)
@@ -231,12 +233,13 @@ def test_an_award_withdrawn_mid_interval_is_held_by_the_loops_recorded_figure_no
         withdrawal = award.model_copy(update={"revision": 2, "reserve_kw": 0.0})
         assert loop.handle_as_award(withdrawal, NOW + 5 * MIN).status == "accepted"
         assert _running(loop) == 5
-        _measure(loop, 0, 3000.0)
+        _measure(loop, 0, 1000.0)
         recorder.flush()
         recorder.close()
-    assert _payloads(db, "reserve_hold_short") == []
+    (short,) = _payloads(db, "reserve_hold_short")
+    assert short["obligation_kw"] == pytest.approx(1650.0) and short["short_kw"] == pytest.approx(750.0)
     economics = build_report(db, "2024-06-03T17:00Z", "2024-06-03T17:15Z")["economics"]
     assert economics["reserve_payment_usd"] == pytest.approx(4.95 * 150 * 5 / 60, abs=0.01)
     assert economics["reserve_estimated_hold_intervals"] == 0
-    assert _payloads(db, "measurement")[0]["reserve_sheddable_kw"] == {"hydro": pytest.approx(2900.0)}
-    assert economics["reserve_clawback_usd"] == pytest.approx(2.05 * 150 * 5 / 60, abs=0.01)
+    assert _payloads(db, "measurement")[0]["reserve_sheddable_kw"] == {"hydro": pytest.approx(900.0)}
+    assert economics["reserve_clawback_usd"] == pytest.approx(0.75 * 150 * 0.25, abs=0.01)

@@ -78,7 +78,9 @@ def reserve_hold_short_payload(interval_start: datetime, interval_h: float, prod
     product : str
         ``RRS``, ``ECRS`` or ``NSPIN``.
     obligation_kw : float
-        Reserve to hold over the interval: awards in force less what of the product was deployed, kW.
+        Reserve to hold over the interval: the time-weighted mean of awards in force less the MW of
+        the product deployed and in force (``control.ancillary.mean_obligations_kw``; the record says
+        so with ``obligation_basis: "time-weighted"``; a trail without it is an older one), kW.
     short_kw : float
         What of it the running units did not hold, kW (``control.ancillary.reserve_hold_shortfalls`` on
         the sheddable load capped per group by what its miners were metered to draw, a running miner
@@ -94,7 +96,7 @@ def reserve_hold_short_payload(interval_start: datetime, interval_h: float, prod
     -------
     dict
         ``interval_start`` (ISO Z), ``interval_h``, ``product``, ``obligation_kw``, ``held_kw``,
-        ``short_kw``, ``price_usd_mw_h``, ``clawback_usd`` (JSON-safe).
+        ``short_kw``, ``price_usd_mw_h``, ``clawback_usd``, ``obligation_basis`` (JSON-safe).
 
     Raises
     ------
@@ -107,7 +109,8 @@ def reserve_hold_short_payload(interval_start: datetime, interval_h: float, prod
         raise AuditError(f"short_kw: {short_kw!r} must be within [0, obligation_kw {obligation_kw!r}]")
     return {"interval_start": iso_utc(interval_start), "interval_h": float(interval_h), "product": str(product),
             "obligation_kw": _num(obligation_kw), "held_kw": _num(obligation_kw - short_kw), "short_kw": _num(short_kw),
-            "price_usd_mw_h": _num(price_usd_mw_h), "clawback_usd": _num(clawback_usd)}
+            "price_usd_mw_h": _num(price_usd_mw_h), "clawback_usd": _num(clawback_usd),
+            "obligation_basis": "time-weighted"}
 
 
 def measurement_payload(

@@ -141,6 +141,11 @@ class ASOutcome:
         settlement recomputes it from the counts.
     deployment_due_kw : np.ndarray, optional
         [T] the MW of the deployments due (the shortfall's cap), kW; None: all deployments in force.
+    obligation_kw : dict of str to np.ndarray, optional
+        Product -> [T] the reserve to hold, kW, as the loop's hold check found it per interval
+        (``control.ancillary.mean_obligations_kw``: award less the MW deployed, time-weighted over
+        the interval, issue 15 H6); NaN where the loop checked no hold. None: award − deployed at the
+        interval's start.
     """
 
     mode: str
@@ -152,6 +157,7 @@ class ASOutcome:
     notes: list[str] = field(default_factory=list)
     hold_short_kw: dict[str, np.ndarray] | None = None
     deployment_due_kw: np.ndarray | None = None
+    obligation_kw: dict[str, np.ndarray] | None = None
 
 
 def _hourly_on_grid(market: pd.DataFrame, column: str, index: pd.DatetimeIndex) -> np.ndarray:
@@ -383,9 +389,13 @@ class ASParticipant:
         recorded = getattr(loop, "reserve_hold_short_kw", {})
         hold_short = {p: np.array([float(recorded.get(t, {}).get(p, 0.0)) for t in self.actuals.index])
                       for p in self.products}
+        # ... and the obligation it checked them against (the one time-weighted rule, H6).
+        checked = getattr(loop, "reserve_obligation_kw", {})
+        obligation = {p: np.array([float(checked[t].get(p, 0.0)) if t in checked else math.nan
+                                   for t in self.actuals.index]) for p in self.products}
         return ASOutcome(self.mode, self.award_kw, self.mcpc, self.deployed_kw, self.deployment_limit_kw,
                          [dict(p) for p in loop.as_performance.values()], notes, hold_short,
-                         self.deployment_due_kw)
+                         self.deployment_due_kw, obligation)
 
     # ------------------------------------------------------------------ messages
 
@@ -453,7 +463,8 @@ def settle_reserve(profile: SiteProfile, actuals: Any, counts: dict[tuple[int, i
     """Account ``mpc+as``: energy at the real-time price, reserve at the MCPC (see the module docstring).
 
     The reserve carried is recomputed from the counts by the optimizer's own rule
-    (``schedule.reserve_from_counts``) against the obligation in force (award less what is deployed),
+    (``schedule.reserve_from_counts``) against the obligation in force (award less what is deployed,
+    time-weighted over the interval as the loop's hold check found it, ``outcome.obligation_kw``),
     so no policy's figures come from its own plan; the hold shortfall charged is the loop's record of
     the fleet as it ran (``outcome.hold_short_kw``, the audit trail's ``reserve_hold_short``) when
     the outcome has it, so the report of the run's trail charges the same.
@@ -482,8 +493,14 @@ def settle_reserve(profile: SiteProfile, actuals: Any, counts: dict[tuple[int, i
     """
     from hashflex.backtest.actuals import actual_problem
 
+    # The obligation the loop's hold check used (control.ancillary.mean_obligations_kw: award less
+    # deployed, time-weighted over the interval; H6), where it checked one; else award − deployed at
+    # the interval's start (the same on the backtest's grid: awards and deployments start at ticks).
     obligation = {p: np.where(outcome.deployed_kw[p] > 0, np.maximum(outcome.award_kw[p] - outcome.deployed_kw[p], 0.0),
                               outcome.award_kw[p]) for p in outcome.award_kw}
+    if outcome.obligation_kw is not None:
+        obligation = {p: np.where(np.isfinite(outcome.obligation_kw.get(p, np.full(len(v), np.nan))),
+                                  outcome.obligation_kw.get(p, v), v) for p, v in obligation.items()}
     problem = actual_problem(profile, actuals, as_award_kw=obligation, as_price_usd_mw_h=outcome.mcpc_usd_mw_h)
     schedule = schedule_from_counts(problem, counts, info or SolveInfo(status=SolveStatus.OPTIMAL, message="accounting"))
     frame = schedule.frame.copy()

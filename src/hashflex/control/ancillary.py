@@ -71,6 +71,8 @@ ack says so), never for a product the site is not qualified for.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -362,6 +364,250 @@ def reserve_hold_shortfalls(profile: SiteProfile, obligations_kw: Mapping[str, f
     _, held = _allocate(profile, obligations_kw, sheddable_kw)
     return {p: max(float(kw) - held.get(p, 0.0), 0.0) for p, kw in obligations_kw.items()
             if kw > 0 and profile.ancillary is not None and p in profile.ancillary.products}
+
+
+def obligation_segments(awards: Iterable[tuple[str, datetime, datetime, float]],
+                        deployments: Iterable[tuple[str, datetime, datetime, float]],
+                        start: datetime, end: datetime) -> list[tuple[datetime, datetime, dict[str, float]]]:
+    """The interval cut where an award or a deployment starts or ends: per piece, per product
+    max(Σ award in force − Σ deployed MW in force, 0), kW (issue 15, H6). Deployed reserve is being
+    delivered, not held, but only while it is in force.
+
+    Parameters
+    ----------
+    awards : iterable of (product, from, until, reserve_kw)
+        Each award revision over the time it was held (:func:`revision_windows`), half-open,
+        timezone-aware; kW.
+    deployments : iterable of (product, from, until, deployed_kw)
+        Each deployment revision over the time it was in force, half-open, timezone-aware; kW.
+    start, end : datetime
+        The interval, timezone-aware.
+
+    Returns
+    -------
+    list of (datetime, datetime, dict of str to float)
+        (from, until, product -> kW >= 0) in time order, covering ``[start, end)``; the products
+        are those with an award overlapping the interval (an award of 0 kW, a withdrawal, counts).
+
+    Raises
+    ------
+    ValueError
+        ``end`` not after ``start``.
+    """
+    if not end > start:
+        raise ValueError(f"interval [{start}, {end}) is empty")
+    held: dict[str, list[tuple[datetime, datetime, float]]] = {}
+    for product, a, b, kw in awards:
+        if a < end and b > start:
+            held.setdefault(str(product), []).append((max(a, start), min(b, end), float(kw)))
+    shed: dict[str, list[tuple[datetime, datetime, float]]] = {}
+    for product, a, b, kw in deployments:
+        if str(product) in held and a < end and b > start:
+            shed.setdefault(str(product), []).append((max(a, start), min(b, end), float(kw)))
+    pieces = [w for ws in (*held.values(), *shed.values()) for w in ws]
+    cuts = sorted({start, end} | {a for a, _, _ in pieces} | {b for _, b, _ in pieces})
+    out = []
+    for a, b in itertools.pairwise(cuts):
+        out.append((a, b, {p: max(sum(kw for x, y, kw in ws if x <= a and y >= b)
+                                  - sum(kw for x, y, kw in shed.get(p, []) if x <= a and y >= b), 0.0)
+                           for p, ws in held.items()}))
+    return out
+
+
+def mean_obligations_kw(awards: Iterable[tuple[str, datetime, datetime, float]],
+                        deployments: Iterable[tuple[str, datetime, datetime, float]],
+                        start: datetime, end: datetime) -> dict[str, float]:
+    """Per product, the reserve to hold over ``[start, end)``: the time-weighted mean of
+    max(Σ award in force − Σ deployed MW in force, 0), kW (issue 15, H6; :func:`obligation_segments`).
+
+    The one obligation rule of the loop's hold check (``ControlLoop.record_reserve_hold``), the
+    report (``report.ancillary``) and the backtest's settlement. Deployments that ran one after
+    another inside the interval are not added up (newcomer finding: 800 + 400 + 100 + 500 kW of
+    consecutive deployments, one of 9 s, were subtracted from the award for the whole interval);
+    a deployment covering half the interval lowers its obligation by half its MW.
+
+    Parameters and errors as :func:`obligation_segments`.
+
+    Returns
+    -------
+    dict of str to float
+        Product -> kW (>= 0), for every product with an award overlapping the interval.
+    """
+    segments = obligation_segments(awards, deployments, start, end)
+    span_s = (end - start).total_seconds()
+    out: dict[str, float] = {}
+    for a, b, kw in segments:
+        for product, v in kw.items():
+            out[product] = out.get(product, 0.0) + v * (b - a).total_seconds() / span_s
+    return out
+
+
+def mean_hold_shortfalls(profile: SiteProfile, awards: Iterable[tuple[str, datetime, datetime, float]],
+                         deployments: Iterable[tuple[str, datetime, datetime, float]],
+                         sheddable_kw: Mapping[str, float], start: datetime,
+                         end: datetime) -> tuple[dict[str, float], dict[str, float]]:
+    """Per product, the obligation and the hold shortfall over ``[start, end)`` (issue 15, H6).
+
+    The one rule of the loop's hold check, the report and the backtest: the obligation is
+    :func:`mean_obligations_kw` (time-weighted), the load held is ``sheddable_kw`` (group -> kW, the
+    commanded sheddable load time-weighted over the interval, capped per group by what was metered,
+    :func:`drawn_sheddable_kw`), allocated to the products by :func:`reserve_hold_shortfalls`. Both
+    are interval means: a load above the obligation in one part of the interval offsets a shortfall
+    in another (the interval is the unit the trail and the backtest settle).
+
+    Parameters
+    ----------
+    profile : SiteProfile
+    awards, deployments, start, end
+        As :func:`obligation_segments`.
+    sheddable_kw : mapping of str to float
+        Group id -> running load above idle held over the interval, kW.
+
+    Returns
+    -------
+    tuple of (dict of str to float, dict of str to float)
+        (product -> obligation kW, product -> kW short), each >= 0, short <= obligation; the
+        obligation for every product with an award overlapping the interval, the shortfall for
+        those with an obligation > 0 the profile qualifies.
+
+    Raises
+    ------
+    ValueError
+        ``end`` not after ``start``.
+    """
+    obligation = mean_obligations_kw(awards, deployments, start, end)
+    return obligation, reserve_hold_shortfalls(profile, obligation, sheddable_kw)
+
+
+def mean_award_prices(awards: Iterable[tuple[str, datetime, datetime, float, float | None]],
+                      start: datetime, end: datetime) -> dict[str, float]:
+    """Product -> the price of its award revisions held inside ``[start, end)``, weighted by reserve
+    × time held there, $ per MW per hour (issue 15, H6: the price a time-weighted shortfall is clawed
+    back at; a withdrawal, 0 kW, weighs nothing). Products without a priced reserve are absent.
+
+    Parameters
+    ----------
+    awards : iterable of (product, from, until, reserve_kw, price_usd_mw_h or None)
+        Each award revision over the time it was held (:func:`revision_windows`), timezone-aware.
+    start, end : datetime
+        The interval, timezone-aware.
+
+    Returns
+    -------
+    dict of str to float
+    """
+    kw_s: dict[str, float] = {}
+    usd: dict[str, float] = {}
+    for product, a, b, kw, price in awards:
+        overlap = (min(b, end) - max(a, start)).total_seconds()
+        if price is None or overlap <= 0 or not kw > 0:
+            continue
+        kw_s[product] = kw_s.get(product, 0.0) + float(kw) * overlap
+        usd[product] = usd.get(product, 0.0) + float(kw) * overlap * float(price)
+    return {p: usd[p] / kw_s[p] for p in kw_s if kw_s[p] > 0}
+
+
+def revision_windows(revisions: Sequence[tuple[datetime | None, datetime, datetime]]
+                     ) -> list[tuple[int, datetime, datetime]]:
+    """When each revision of one award (or deployment) was held (issue 15, H6): the first over its
+    own window, a later one from when it was received (it replaced the one before then, not at the
+    window's start), each until the next was received. The one rule of the loop's hold check
+    (``ControlLoop.record_reserve_hold``) and the report (``report.ancillary``).
+
+    Parameters
+    ----------
+    revisions : sequence of (received, start, end)
+        The accepted revisions in the order received: when each was received (None: the first, or
+        one the loop found in its book at start), and its window, timezone-aware, half-open.
+
+    Returns
+    -------
+    list of (int, datetime, datetime)
+        (index into ``revisions``, from, until) for each revision held for a non-empty time.
+    """
+    out = []
+    for i, (received, start, end) in enumerate(revisions):
+        held_from = start if received is None or i == 0 else max(start, received)
+        nxt = revisions[i + 1][0] if i + 1 < len(revisions) else None
+        until = end if nxt is None else min(end, nxt)
+        if until > held_from:
+            out.append((i, held_from, until))
+    return out
+
+
+class SheddableMean:
+    """The commanded sheddable load per group, time-weighted over an interval (issue 15, H6).
+
+    The hold check counts the sheddable load that was running *over* the interval, not the fleet at
+    its end (newcomer finding: 684.6 kW held at 16:15 while more units ran before 16:05). The loop
+    :meth:`sample` s the commanded per-group figure (``ControlLoop.reserve_sheddable_kw``) at each
+    tick and each fleet change it records; each sample holds until the next. It keeps per-group
+    figures per change only (a sample equal to the last is not kept), for ``keep`` and at most
+    ``max_samples``: O(groups) memory per change, whatever the fleet's size.
+
+    Parameters
+    ----------
+    keep : timedelta, default 6 h
+        How far back samples are kept (an interval is measured minutes after its end).
+    max_samples : int, default 10,000
+        The most samples kept (the oldest go first).
+    """
+
+    def __init__(self, keep: timedelta = timedelta(hours=6), max_samples: int = 10_000) -> None:
+        self.keep = keep
+        self.max_samples = max_samples
+        self._at: list[datetime] = []
+        self._kw: list[dict[str, float]] = []
+
+    def sample(self, at: datetime, sheddable_kw: Mapping[str, float]) -> None:
+        """The commanded per-group sheddable load from ``at`` on, group -> kW (negative read as 0);
+        an ``at`` before the last sample's is taken as the last's (threads record out of order by
+        milliseconds)."""
+        kw = {g: max(float(v), 0.0) for g, v in sheddable_kw.items()}
+        if self._at:
+            at = max(at, self._at[-1])
+            if kw == self._kw[-1]:
+                return
+            if at == self._at[-1]:
+                self._kw[-1] = kw
+                return
+        self._at.append(at)
+        self._kw.append(kw)
+        # keep the last sample at or before the cutoff: it holds into the span kept
+        cutoff = at - self.keep
+        drop = max(bisect.bisect_right(self._at, cutoff) - 1, len(self._at) - self.max_samples, 0)
+        if drop:
+            del self._at[:drop], self._kw[:drop]
+
+    def mean(self, start: datetime, end: datetime) -> dict[str, float] | None:
+        """Group -> mean commanded sheddable kW over ``[start, end)``: each sample weighted by how
+        long it held inside the interval (the last holds on; time before the first sample counts as
+        the first sample's figure: the loop samples from its first tick on).
+
+        Parameters
+        ----------
+        start, end : datetime
+            The interval, timezone-aware.
+
+        Returns
+        -------
+        dict of str to float or None
+            Group -> kW (>= 0); None when never sampled or the interval is empty.
+        """
+        if not self._at or not end > start:
+            return None
+        i = max(bisect.bisect_right(self._at, start) - 1, 0)
+        span_s = (end - start).total_seconds()
+        out = {g: 0.0 for g in self._kw[i]}
+        t = start
+        while t < end:
+            last = i + 1 >= len(self._at)
+            until = end if last else min(max(self._at[i + 1], t), end)
+            for g, kw in self._kw[i].items():
+                out[g] = out.get(g, 0.0) + kw * (until - t).total_seconds() / span_s
+            t = until
+            i += 0 if last else 1
+        return out
 
 
 _DRAWN_TOLERANCE = 1e-9  # relative: float noise of a sum over many units is not a shortfall

@@ -19,10 +19,13 @@ from hashflex import audit as records
 from hashflex.acoustics import modelled_laeq_dba, noise_margin_db
 from hashflex.audit.payloads import reserve_hold_short_payload
 from hashflex.control.ancillary import (
+    SheddableMean,
     drawn_sheddable_kw,
+    mean_award_prices,
+    mean_hold_shortfalls,
     metered_group_sheddable_kw,
     reserve_clawback_usd,
-    reserve_hold_shortfalls,
+    revision_windows,
 )
 from hashflex.control.guard import GuardResult
 from hashflex.control.limits import STORE_UNAVAILABLE
@@ -69,7 +72,85 @@ class LoopStatusMixin:
             if transition.kind == "activated":
                 self._cut_to_limit_now(now, f"DR event {transition.event_id} started", event_id=transition.event_id)
 
+    def _sample_sheddable(self, at: datetime) -> None:
+        """Sample the commanded sheddable load per group into the interval's time-weighted mean
+        (``control.ancillary.SheddableMean``, issue 15 H6): at each tick's end, each recorded
+        ``setpoints`` batch and each interval boundary. O(miners) numpy per sample (the fleet's
+        counts), per-group sums kept. Never stops control."""
+        if self.profile.ancillary is None:
+            return  # no reserve to check
+        try:
+            acc = self.__dict__.get("_sheddable_mean")
+            if acc is None:
+                acc = self._sheddable_mean = SheddableMean()
+            acc.sample(at, self.reserve_sheddable_kw())
+        except Exception:  # bookkeeping must never stop control
+            log.exception("could not sample the sheddable load")
+
+    def _as_revision_log(self) -> dict[tuple[str, str], list[tuple[Any, ...]]]:
+        """(kind, id) -> the accepted revisions of each award and deployment in the order received:
+        (received, kW, price or None) for an award, (received, kW, revision) for a deployment. Seeded at first use with the book's (received None: the revision held then,
+        over its whole window), so the hold check holds each revision when the report does
+        (``control.ancillary.revision_windows``, issue 15 H6)."""
+        log_ = self.__dict__.get("_as_revisions")
+        if log_ is None:
+            log_ = self._as_revisions = {}
+            for award_id, award in self.book.as_awards.items():
+                log_["as_award", award_id] = [(None, float(award["reserve_kw"]), award.get("price_usd_mw_h"))]
+            for deployment_id, deployment in self.book.as_deployments.items():
+                log_["as_deploy", deployment_id] = [(None, float(deployment.deployed_kw), deployment.revision)]
+        return log_
+
+    def _note_as_revision(self, kind: str, body: Mapping[str, Any], stamp: datetime) -> None:
+        """Log an accepted award or deployment revision (the ``as_award`` / ``as_deploy`` record the
+        loop writes; a recall is not a revision, a redelivery of a deployment revision neither)."""
+        ack, message = body.get("ack") or {}, body.get("message") or {}
+        if ack.get("status") != "accepted" or message.get("recalled"):
+            return
+        key = (kind, str(message.get("award_id" if kind == "as_award" else "deployment_id")))
+        try:
+            fresh = "_as_revisions" not in self.__dict__
+            log_ = self._as_revision_log()
+            if fresh:  # seeded from the book, which holds this revision already: it starts now
+                log_.pop(key, None)
+            held = log_.setdefault(key, [])
+            if kind == "as_award":
+                held.append((stamp, float(message.get("reserve_kw") or 0.0), message.get("price_usd_mw_h")))
+            else:
+                revision = int(message.get("revision") or 0)
+                if held and len(held[-1]) > 2 and revision <= held[-1][2]:
+                    return  # a redelivery, not a new revision (the report's rule too)
+                acked = ack.get("acked_at")
+                received = pd.Timestamp(acked).to_pydatetime() if acked else stamp
+                held.append((received, float(message.get("deployed_kw") or 0.0), revision))
+        except Exception:  # bookkeeping must never stop control
+            log.exception("could not log the %s revision", kind)
+
+    def _obligation_windows(self) -> tuple[list[tuple[str, datetime, datetime, float, float | None]],
+                                           list[tuple[str, datetime, datetime, float]]]:
+        """(awards, deployments) as ``mean_hold_shortfalls`` takes them (awards with their price last,
+        for ``mean_award_prices``): each accepted revision over the time it was held
+        (``revision_windows``), the windows from the book. Call with the lock held."""
+        log_ = self._as_revision_log()
+        for key in [k for k in log_ if k[1] not in (self.book.as_awards if k[0] == "as_award"
+                                                     else self.book.as_deployments)]:
+            del log_[key]  # the book no longer holds it (ended and pruned): nor does the log
+        awards = []
+        for award_id, award in self.book.as_awards.items():
+            start, end = datetime.fromisoformat(award["start"]), datetime.fromisoformat(award["end"])
+            held = log_.get(("as_award", award_id)) or [(None, float(award["reserve_kw"]), award.get("price_usd_mw_h"))]
+            for i, a, b in revision_windows([(r[0], start, end) for r in held]):
+                price = held[i][2]
+                awards.append((award["product"], a, b, held[i][1], None if price is None else float(price)))
+        deployments = []
+        for deployment_id, d in self.book.as_deployments.items():
+            held = log_.get(("as_deploy", deployment_id)) or [(None, float(d.deployed_kw))]
+            for i, a, b in revision_windows([(r[0], d.binds_from, d.end) for r in held]):
+                deployments.append((d.product, a, b, held[i][1]))
+        return awards, deployments
+
     def _record_tick(self, report: TickReport, forecast: HorizonForecast) -> None:
+        self._sample_sheddable(report.at)
         # learned | rules (forecast.Forecast.forecast_source; issue 14): in /status and the stored schedule
         self.forecast_source = getattr(forecast, "forecast_source", "rules")
         if self.publisher is not None:  # the /status document is built only to be published (issue 18: a backtest has none)
@@ -117,7 +198,14 @@ class LoopStatusMixin:
         ``event_at`` (ISO). Event times a record is *about* (an interval's start, a reading's time)
         are in its payload, never in ``at_utc``.
         """
+        if kind == "setpoints":  # the commanded fleet changed (a tick's batch, a fast-path cut), recorded or not
+            self._sample_sheddable(at or datetime.now(timezone.utc))
         if self.recorder is None:
+            if kind in ("as_award", "as_deploy"):  # the hold check holds each revision while in force (H6)
+                try:
+                    self._note_as_revision(kind, payload(), at or datetime.now(timezone.utc))
+                except Exception:  # bookkeeping must never stop control
+                    log.exception("could not log the %s revision", kind)
             return
         if not self._start_recorded:
             self._start_recorded = True
@@ -132,6 +220,8 @@ class LoopStatusMixin:
                     stamp = last
                 self._last_record_at = stamp
                 self.recorder.record(kind, body, stamp)
+            if kind in ("as_award", "as_deploy"):
+                self._note_as_revision(kind, body, stamp)
         except Exception:  # recording must never stop control
             log.exception("could not record %s", kind)
 
@@ -152,6 +242,7 @@ class LoopStatusMixin:
         previous, self._metered_interval = self._metered_interval, current
         if previous is None:  # the process' first tick: the meter covers the interval from now on
             self._metered_from = max(pd.Timestamp(now), current) if now is not None else current
+            self._sample_sheddable(self._metered_from.to_pydatetime())
             return
         if previous >= current:
             return
@@ -202,7 +293,8 @@ class LoopStatusMixin:
                            hashprice_usd_per_ph_day: float | None = None, covered_h: float | None = None,
                            at: datetime | None = None, load_metered: bool = True,
                            miner_load_kw: Mapping[str, float] | None = None,
-                           miner_covered: Mapping[str, float] | None = None) -> None:
+                           miner_covered: Mapping[str, float] | None = None,
+                           commanded_sheddable_kw: Mapping[str, float] | None = None) -> None:
         """The ``measurement`` audit entry of one finished interval, from what was measured in it
         (``noise``: receptor → (LAeq, minutes over cap)); economics at the settled price.
 
@@ -237,6 +329,10 @@ class LoopStatusMixin:
         miner_covered : mapping of str to float, optional
             Miner id -> the share of the interval its reports cover (``IntervalMeter.summary``'s
             ``miner_covered_fraction``, issue 15 H7): the rest counts as unreported. None: all of it.
+        commanded_sheddable_kw : mapping of str to float, optional
+            Group -> the commanded sheddable load time-weighted over the interval, kW; None: the
+            loop's own (``control.ancillary.SheddableMean``, issue 15 H6: sampled at each tick, each
+            recorded ``setpoints`` batch and the first tick), else the fleet as commanded now.
 
         Raises
         ------
@@ -285,7 +381,12 @@ class LoopStatusMixin:
             # The reserve the running units held (issue 15, H8 item 3; H1): per group, so the report
             # need not estimate it from the metered load where an award changed mid-interval and no
             # reserve_hold_short record was written; capped by the load measured as drawn.
-            hold = (self._reserve_hold_figures(load_kw if load_metered else None, miner_load_kw, miner_covered)
+            if commanded_sheddable_kw is None and "_sheddable_mean" in self.__dict__:
+                commanded_sheddable_kw = self._sheddable_mean.mean(
+                    pd.Timestamp(interval_start).to_pydatetime(),
+                    (pd.Timestamp(interval_start) + pd.Timedelta(hours=interval_h)).to_pydatetime())
+            hold = (self._reserve_hold_figures(load_kw if load_metered else None, miner_load_kw,
+                                               miner_covered, commanded_sheddable_kw)
                     if self.profile.ancillary is not None else None)
         reserve = {} if hold is None else hold
         self._record("measurement", lambda: {**records.measurement_payload(
@@ -323,7 +424,8 @@ class LoopStatusMixin:
 
     def _reserve_hold_figures(self, metered_load_kw: float | None,
                               miner_load_kw: Mapping[str, float] | None = None,
-                              miner_covered: Mapping[str, float] | None = None) -> dict[str, Any]:
+                              miner_covered: Mapping[str, float] | None = None,
+                              commanded_kw: Mapping[str, float] | None = None) -> dict[str, Any]:
         """The reserve the running units held over an interval, per group, and how it was known (H1, H1b).
 
         A Load Resource holds reserve only with load it draws: the commanded figure
@@ -359,6 +461,11 @@ class LoopStatusMixin:
         miner_covered : mapping of str to float, optional
             Miner id -> the share of the interval its reports cover (``miner_covered_fraction``, H7):
             the uncovered part counts as not reported (``metered_group_sheddable_kw``); None or absent: 1.
+        commanded_kw : mapping of str to float, optional
+            Group -> the commanded sheddable load time-weighted over the interval, kW (issue 15 H6:
+            the units that ran, weighted by how long they ran; ``control.ancillary.SheddableMean``);
+            None: the fleet as commanded now (:meth:`reserve_sheddable_kw`). The metered cap is
+            already an interval mean.
 
         Returns
         -------
@@ -372,7 +479,8 @@ class LoopStatusMixin:
             ``"partly metered"`` or ``"commanded"``), as recorded in the ``measurement`` and
             ``reserve_hold_short`` payloads.
         """
-        commanded = self.reserve_sheddable_kw()
+        now_kw = self.reserve_sheddable_kw()
+        commanded = now_kw if commanded_kw is None else {g: float(commanded_kw.get(g, 0.0)) for g in now_kw}
         metered: float | None = None
         by_group: dict[str, float] | None = None
         unreported: int | None = None
@@ -405,17 +513,22 @@ class LoopStatusMixin:
                 basis = "metered"
             used = drawn_sheddable_kw(commanded, metered)
         return {"reserve_sheddable_kw": used,
-                "reserve_sheddable_commanded_kw": commanded, "reserve_sheddable_metered_kw": metered,
+                "reserve_sheddable_commanded_kw": commanded,
+                "reserve_sheddable_commanded_basis": "time-weighted" if commanded_kw is not None else "at end",
+                "reserve_sheddable_metered_kw": metered,
                 "reserve_sheddable_metered_group_kw": by_group,
                 "reserve_unreported_running_units": unreported, "reserve_hold_basis": basis}
 
     def record_reserve_hold(self, interval_start: datetime, interval_h: float,
                             at: datetime | None = None, hold: Mapping[str, Any] | None = None) -> dict[str, float]:
         """Issue 15: per product, the reserve awarded over a finished interval and not held by the
-        running, sheddable, qualified load (``control.ancillary.reserve_hold_shortfalls``); a
+        running, sheddable, qualified load (``control.ancillary.mean_hold_shortfalls``: the
+        obligation and the shortfall time-weighted over the interval, each award and deployment
+        revision while it was held; ``reserve_hold_shortfalls`` per piece); a
         ``reserve_hold_short`` audit record per product short, with the clawback
         (``reserve_clawback_usd``, at the awards' price), so the report charges back what the
-        backtest settles. Returns product -> kW short (also kept in ``reserve_hold_short_kw``).
+        backtest settles. Returns product -> kW short (also kept in ``reserve_hold_short_kw``; the
+        obligation, product -> kW, in ``reserve_obligation_kw``, which the backtest settles).
 
         ``hold``: the interval's figures (:meth:`_reserve_hold_figures`, from the measured load:
         H1, units commanded but not drawing hold nothing); None: the fleet as commanded now,
@@ -428,14 +541,23 @@ class LoopStatusMixin:
         start = pd.Timestamp(interval_start)
         step = timedelta(hours=interval_h)
         with self._lock:
-            obligations = {p: float(v[0]) for p, v in self.book.reserve_obligations_over([start], step).items()}
-            prices = self.book.reserve_award_prices(start.to_pydatetime(), (start + step).to_pydatetime())
+            # Time-weighted over the interval (H6): each award revision in force less the deployed MW
+            # in force, each revision while it was held (``mean_hold_shortfalls``).
+            awards, deployments = self._obligation_windows()
             if hold is None:
                 hold = self._reserve_hold_figures(None)
         sheddable = dict(hold["reserve_sheddable_kw"])
+        prices = mean_award_prices(awards, start.to_pydatetime(), (start + step).to_pydatetime())
+        obligations, short = mean_hold_shortfalls(self.profile, [w[:4] for w in awards], deployments,
+                                                  {g: kw for g, kw in sheddable.items() if kw > 0},
+                                                  start.to_pydatetime(), (start + step).to_pydatetime())
+        kept = self.__dict__.setdefault("reserve_obligation_kw", {})  # start -> product -> kW (the backtest settles it)
+        kept[start] = obligations
+        if len(kept) > 10_000:
+            kept.pop(next(iter(kept)))
         if not any(v > 0 for v in obligations.values()):
             return {}
-        short = reserve_hold_shortfalls(self.profile, obligations, {g: kw for g, kw in sheddable.items() if kw > 0})
+        short = {p: kw for p, kw in short.items() if obligations[p] > 0}
         self.reserve_hold_short_kw[start] = short
         if len(self.reserve_hold_short_kw) > 10_000:  # a few months of intervals (the trail keeps them all)
             self.reserve_hold_short_kw.pop(next(iter(self.reserve_hold_short_kw)))

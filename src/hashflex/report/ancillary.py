@@ -106,14 +106,19 @@ recorded (the loop held each revision until the next replaced it; a withdrawal, 
 ends the payment but not what was in force before it: issue 15, a live award withdrawn at 06:00 was
 paid $0 for 05:00–06:00 while its hold shortfall then was charged). ERCOT pays a DAM AS award at its
 MCPC per MW per hour, NP4-181-ER; ``reserve_clawback_usd``, per interval starting in the period
-(with a ``reserve_hold_short`` record or a measurement) and product: where the product's award
-revisions are the same over the whole interval, the loop's record (the latest per interval and
-product) through :func:`hashflex.control.ancillary.reserve_clawback_usd` (``short_kw`` / 1000 × the
-awards' ``price_usd_mw_h`` × ``interval_h``; none: the loop found it held) — the backtest's number;
-where a revision starts, ends or replaces another inside the interval, Σ over the pieces between
-those moments of max(A − D − H, 0) / 1000 × P × the piece's hours, A the reserve of the revisions
-in force in the piece (the payment's windows), P their reserve-weighted price, D the MW of the
-product deployed in the interval, H the reserve held: the record's ``held_kw``; without a record,
+(with a ``reserve_hold_short`` record or a measurement) and product: the loop's record (the latest
+per interval and product) through :func:`hashflex.control.ancillary.reserve_clawback_usd`
+(``short_kw`` / 1000 × the awards' ``price_usd_mw_h`` × ``interval_h``; none: the loop found it
+held) — the backtest's number — where it was written by the time-weighted rule (``obligation_basis``
+``time-weighted``, issue 15 H6: :func:`hashflex.control.ancillary.mean_hold_shortfalls`) or the
+product's award revisions are the same over the whole interval; on an older trail, where a revision
+starts, ends or replaces another inside the interval, by the same rule: max(O − H, 0) / 1000 × P ×
+the interval's hours, O the time-weighted mean over the interval of max(A − D, 0)
+(:func:`hashflex.control.ancillary.mean_obligations_kw`), A the reserve of the revisions in force
+(the payment's windows), D the MW of the product deployed and in force (each revision while in
+force, :func:`_deployment_windows`: deployments one after another are not added up), P the
+revisions' reserve- and time-weighted price, H the reserve held: the record's ``held_kw``; no
+record where the measurement says the loop held by the time-weighted rule: it found it held; without a record,
 the obligation the loop knew when it measured (awards recorded before the measurement, less D) if
 it had one (it found it held), else the sheddable load of the product's qualified groups the loop
 recorded with the measurement (``reserve_sheddable_kw``, per group, the figure its own hold check
@@ -139,7 +144,6 @@ above, not charged; ``reserve_revenue_usd`` = payment − clawback.
 from __future__ import annotations
 
 import bisect
-import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -150,7 +154,10 @@ import pandas as pd
 from hashflex.control.ancillary import (
     ASDeployment,
     awarded_at_instruction_kw,
+    mean_award_prices,
+    mean_obligations_kw,
     reserve_clawback_usd,
+    revision_windows,
 )
 from hashflex.control.as_shortfall import (
     binding_deployments,
@@ -808,19 +815,26 @@ def _award_windows(awards: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _deployed_kw(revisions: Mapping[str, list[_Revision]], product: str, start: pd.Timestamp,
-                 end: pd.Timestamp) -> float:
-    """kW of ``product`` deployed in ``[start, end)`` (the latest revision received by ``end`` of each
-    deployment in force then, not cancelled): shed load is not held as reserve (the loop's rule)."""
-    total = 0.0
+def _deployment_windows(revisions: Mapping[str, list[_Revision]], product: str, start: pd.Timestamp,
+                        end: pd.Timestamp) -> list[tuple[pd.Timestamp, pd.Timestamp, float]]:
+    """``product``'s deployed MW over ``[start, end)``: each revision of each deployment not cancelled
+    over the time it was in force, (from, until, kW) — the first from when it bound (min(instruction,
+    arrival), the book's ``binds_from``), a later one from its arrival, each until the next or the
+    deployment's end (``control.ancillary.revision_windows``, the loop's rule, issue 15 H6). Shed
+    load is not held as reserve, but only while it is shed: deployments one after another inside an
+    interval are not added up (newcomer finding 1: 800 + 400 + 100 + 500 kW, one of 9 s, were
+    subtracted from the award for the whole interval)."""
+    out = []
     for held in revisions.values():
         first = held[0]
         if first.cancelled or str(first.record["message"].get("product")) != product:
             continue
-        if first.received < end and first.end > start:
-            latest = [r for r in held if r.received < end]
-            total += latest[-1].deployed_kw if latest else 0.0
-    return total
+        bound = min(first.first_issued, first.received)
+        if not (bound < end and first.end > start):
+            continue
+        spans = revision_windows([(None if i == 0 else r.received, bound, first.end) for i, r in enumerate(held)])
+        out += [(a, b, held[i].deployed_kw) for i, a, b in spans if a < end and b > start]
+    return out
 
 
 def _measured_sheddable_kw(inputs: ReportInputs, row: Any) -> float | None:
@@ -910,6 +924,13 @@ def _interval_clawback_usd(inputs: ReportInputs, index: _WindowIndex, revisions:
     for product in sorted(products):
         mine = overlapping.get(product, [])
         record = records.get(product)
+        if (record is not None and record.get("obligation_basis") == "time-weighted"
+                and record.get("price_usd_mw_h") is not None and record.get("short_kw") is not None):
+            # The loop's record by the one time-weighted rule (H6, ``mean_hold_shortfalls``): each
+            # award and deployment revision while it was held, the load held over the interval.
+            total += float(reserve_clawback_usd(float(record["short_kw"]), float(record["price_usd_mw_h"]),
+                                                float(record.get("interval_h") or (end - start).total_seconds() / 3600.0)))
+            continue
         constant = all(w["start"] <= start and w["end"] >= end for w in mine)
         if constant:
             # The awards did not change inside the interval: the loop's record is the clawback (the
@@ -918,23 +939,25 @@ def _interval_clawback_usd(inputs: ReportInputs, index: _WindowIndex, revisions:
                 total += float(reserve_clawback_usd(float(record["short_kw"]), float(record["price_usd_mw_h"]),
                                                     float(record.get("interval_h") or (end - start).total_seconds() / 3600.0)))
             continue
-        cuts = sorted({start, end} | {w["start"] for w in mine if start < w["start"] < end}
-                      | {w["end"] for w in mine if start < w["end"] < end})
-        segments = []
-        for a, b in itertools.pairwise(cuts):
-            covering = [w for w in mine if w["start"] <= a and w["end"] >= b]
-            awarded = sum(w["reserve_kw"] for w in covering)
-            priced = [w for w in covering if w["price_usd_mw_h"] is not None]
-            kw = sum(w["reserve_kw"] for w in priced)
-            price = sum(w["reserve_kw"] * w["price_usd_mw_h"] for w in priced) / kw if kw > 0 else None
-            segments.append((awarded, price, (b - a).total_seconds() / 3600.0))
-        deployed = _deployed_kw(revisions, product, start, end)
-        if record is not None:  # what the running units held, as the loop measured it
+        # The one rule (control.ancillary.mean_hold_shortfalls, H6): the obligation time-weighted over
+        # the award revisions (as held, the payment's windows) and the deployments (each revision
+        # while in force), clawed back at the awards' reserve- and time-weighted price.
+        shed = _deployment_windows(revisions, product, start, end)
+        span_h = (end - start).total_seconds() / 3600.0
+        obligation = mean_obligations_kw([(product, w["start"], w["end"], w["reserve_kw"]) for w in mine],
+                                         [(product, a, b, kw) for a, b, kw in shed], start, end).get(product, 0.0)
+        price = mean_award_prices([(product, w["start"], w["end"], w["reserve_kw"], w["price_usd_mw_h"])
+                                   for w in mine], start, end).get(product)
+        if record is not None:  # an older trail's record: what the running units held, as the loop measured it
             held = float(record.get("held_kw", float(record.get("obligation_kw") or 0.0)
                                     - float(record.get("short_kw") or 0.0)))
+        elif measured is not None and getattr(measured, "reserve_sheddable_commanded_basis", None) == "time-weighted":
+            continue  # the loop held each revision while in force by this rule and found it held (H6)
         else:
-            # No record: the loop found the obligation it knew when it measured (the awards recorded
-            # before the measurement) held, if it had one; else estimate from the metered load.
+            # No record on an older trail: the loop found the obligation it knew when it measured (the
+            # awards recorded before the measurement, less the MW deployed) held, if it had one; else
+            # estimate from the metered load.
+            deployed = sum(kw * (min(b, end) - max(a, start)).total_seconds() for a, b, kw in shed) / 3600.0 / span_h
             known_at = getattr(measured, "at", None) if measured is not None else None
             loop_awarded = 0.0
             if known_at is not None:
@@ -942,14 +965,16 @@ def _interval_clawback_usd(inputs: ReportInputs, index: _WindowIndex, revisions:
             if loop_awarded - deployed > 1e-6:
                 held = loop_awarded - deployed
             else:
-                need[product] = max(a for a, _, _ in segments) - deployed if segments else 0.0
-                pending[product] = (segments, deployed)
+                need[product] = obligation
+                pending[product] = (obligation, price)
                 continue
-        total += sum(max(a - deployed - held, 0.0) / 1000.0 * p * h for a, p, h in segments if p is not None)
+        if price is not None:
+            total += float(reserve_clawback_usd(max(obligation - held, 0.0), price, span_h))
     if pending:
         sheddable = _measured_sheddable_kw(inputs, measured) if measured is not None else None
         share_total = sum(max(v, 0.0) for v in need.values())
-        for product, (segments, deployed) in pending.items():
+        span_h = (end - start).total_seconds() / 3600.0
+        for product, (obligation, price) in pending.items():
             estimated.append(product)
             share = max(need[product], 0.0) / share_total if share_total > 0 else 1.0 / len(pending)
             recorded = _recorded_sheddable_kw(inputs, measured, product) if measured is not None else None
@@ -960,7 +985,8 @@ def _interval_clawback_usd(inputs: ReportInputs, index: _WindowIndex, revisions:
                 held = 0.0  # no evidence it was held: when in doubt, not held
             else:
                 held = min(sheddable * share, _qualified_kw(inputs, measured, product))
-            total += sum(max(a - deployed - held, 0.0) / 1000.0 * p * h for a, p, h in segments if p is not None)
+            if price is not None:
+                total += float(reserve_clawback_usd(max(obligation - held, 0.0), price, span_h))
     return total, estimated
 
 

@@ -23,7 +23,10 @@ MEASUREMENT_COLUMNS = ["interval_start", "interval_h", "import_kw", "renewable_k
                        "revenue_usd", "energy_cost_usd", "dr_baseline_kw", "seq", "at"]
 # What a measurement says of the reserve hold (kept as objects: per-group mappings, a label, a count of
 # running units without telemetry, issue 15 H1b), read by report.ancillary's hold figures.
-RESERVE_HOLD_COLUMNS = ["reserve_sheddable_kw", "reserve_hold_basis", "reserve_unreported_running_units"]
+RESERVE_HOLD_COLUMNS = ["reserve_sheddable_kw", "reserve_hold_basis", "reserve_unreported_running_units",
+                        # "time-weighted" (H6: the loop held each award revision while in force, the load
+                        # over the interval); absent on older trails
+                        "reserve_sheddable_commanded_basis"]
 NOISE_COLUMNS = ["interval_start", "interval_h", "receptor", "measured_dba", "model_dba", "cap_dba",
                  "over_cap_min"]
 
