@@ -44,6 +44,8 @@ from hashflex.profile import load_profile
 # The 2024 development rows, kept in the repository (optimization/data/ercot_dev2/PROVENANCE.md).
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "optimization" / "data" / "ercot_dev2" / "hourly_hubs_dam_rt_and_dam_as_mcpc_2024.csv"
 DEV_2024 = ["2024-02", "2024-03", "2024-04", "2024-05"]
+MIN_DAYS_ANNUALISED = 28
+"""Fewer days than this are not scaled to a MW-year (a newcomer read one spike day as −$676k/MW-year)."""
 
 
 def main() -> None:
@@ -95,7 +97,8 @@ def main() -> None:
         ("AS clawed back $", lambda r: f"{r.as_clawback_usd:,.0f}"),
         ("added vs energy-only $", lambda r: f"{r.profit_with_as_usd - r.profit_energy_only_usd:,.0f}"),
         (f"added $ per MW-year ({qualified_mw:g} MW)",
-         lambda r: f"{(r.profit_with_as_usd - r.profit_energy_only_usd) / qualified_mw / years:,.0f}"),
+         lambda r: f"{(r.profit_with_as_usd - r.profit_energy_only_usd) / qualified_mw / years:,.0f}"
+         if first.days >= MIN_DAYS_ANNUALISED else f"n/a (< {MIN_DAYS_ANNUALISED} days)"),
         ("awarded MW·h", lambda r: f"{r.awarded_mwh:,.1f}"),
         # Truncated, never rounded up (99.9994 % must not print as 100.000).
         ("obligations met %", lambda r: f"{math.floor(r.obligations_met * 100_000) / 1000:.3f}"),
@@ -166,8 +169,11 @@ def loop_case(args: argparse.Namespace) -> None:
         ("AS short MW·h (awarded − held)", lambda f: f"{f['as_awarded_mwh'] - f['as_held_mwh']:,.3f}"
          if "as_awarded_mwh" in f else "-"),
         ("added vs mpc $", lambda f: f"{f['profit_usd'] - mpc['profit_usd']:,.0f}"),
+        # A few days scaled to a year say nothing (one spike day is −$676k per MW-year): annualised
+        # from four weeks of days up only, as the study's 112 days are.
         (f"added $ per MW-year ({qualified_mw:g} MW)",
-         lambda f: f"{(f['profit_usd'] - mpc['profit_usd']) / qualified_mw / actuals.days * 365:,.0f}"),
+         lambda f: f"{(f['profit_usd'] - mpc['profit_usd']) / qualified_mw / actuals.days * 365:,.0f}"
+         if actuals.days >= MIN_DAYS_ANNUALISED else f"n/a (< {MIN_DAYS_ANNUALISED} days)"),
         ("AS obligations met %", lambda f: "-" if f.get("as_obligations_met_pct") is None
          else f"{f['as_obligations_met_pct']:.3f}"),
         ("AS deployments (SYNTHETIC)", lambda f: f"{len(f.get('as_deployments', []))}" if "as_mode" in f else "-"),
