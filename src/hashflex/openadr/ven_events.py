@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hashflex.messages import DREventMessage
+from hashflex.messages.parse import duplicate_key_in
 from hashflex.openadr.client import VTNError
 from hashflex.openadr.mapping import (
     MappedEvent,
@@ -150,8 +151,13 @@ class EventsMixin:
             for pid, events in listings.items():
                 for event in events:
                     event_id = str(event.get("id")) if isinstance(event, dict) else "?"
-                    if isinstance(event, dict) and event.get("programID") not in (None, pid):
+                    if (isinstance(event, dict) and event.get("programID") not in (None, pid)
+                            and duplicate_key_in(event) is None):
                         continue  # another program's event (a VTN ignoring programID): its own listing has it
+                    # An event with a key given twice (programID included: its last value may name another
+                    # program) is the listing's to refuse: it is processed (rejected, counted, audited) and
+                    # kept as seen, so the complete listing does not cancel the version accepted before
+                    # (issue 15, second newcomer review: a re-served deployment was recalled, a DR limit lifted).
                     seen.add(event_id)
                     sent += self._process_isolated(event, now)
             if complete:
