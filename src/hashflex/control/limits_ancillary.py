@@ -510,30 +510,6 @@ class AncillaryBookMixin:
                 out[deployment.product] = max(out[deployment.product] - deployment.deployed_kw, 0.0)
         return out
 
-    def reserve_award_prices(self, start: datetime, end: datetime) -> dict[str, float]:
-        """Product -> the price of its awards overlapping ``[start, end)``, weighted by their
-        ``reserve_kw`` ($ per MW per hour; products whose awards carry no price are absent).
-
-        Parameters
-        ----------
-        start, end : datetime
-            The interval, timezone-aware.
-
-        Returns
-        -------
-        dict of str to float
-        """
-        kw: dict[str, float] = {}
-        usd: dict[str, float] = {}
-        for award in self.as_awards.values():
-            price = award.get("price_usd_mw_h")
-            if price is None:
-                continue
-            if datetime.fromisoformat(award["start"]) < end and datetime.fromisoformat(award["end"]) > start:
-                kw[award["product"]] = kw.get(award["product"], 0.0) + float(award["reserve_kw"])
-                usd[award["product"]] = usd.get(award["product"], 0.0) + float(award["reserve_kw"]) * float(price)
-        return {p: usd[p] / kw[p] for p in kw if kw[p] > 0}
-
     def reserve_obligations_over(self, interval_start: Sequence[datetime] | pd.DatetimeIndex,
                                  interval: timedelta) -> dict[str, np.ndarray]:
         """Product -> per interval the reserve the plan must hold (kW): the largest awarded total at
