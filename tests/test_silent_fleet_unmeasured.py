@@ -8,6 +8,8 @@ reported since the process started was not counted (H7). Now: an interval in whi
 is recorded with import, load, hashrate, revenue and cost null and ``source: "unmeasured"`` (the
 report row shows them null, as an interval without a price is null-costed); and once the process has
 run longer than the staleness window (600 s), running miners that never reported count as stale.
+Finding 7a (a partial first interval after a restart) is guarded: coverage is judged over the part
+of the interval the process covered (H7 already did).
 
 Real parts: the site's loop, the real audit recorder into a real store, the report from that trail,
 /status and /healthz over real HTTP on 127.0.0.1. Profile ``test_as_hold_metered``'s small hydro site
@@ -18,12 +20,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from as_support import MIN, NOW, QUARTER, audit_payloads
+import pytest
+from as_support import MIN, NOW, QUARTER, audit_payloads, award, flat_prices
+from test_as_hold_metered import hydro_profile_yaml_small
 from test_telemetry_coverage import SEC, _close, _get, _hydro, _loop, _send
 
 from hashflex.control.http import StatusServer
+from hashflex.control.loop import ControlLoop
+from hashflex.control.records import AuditRecorder, IntervalMeter
+from hashflex.control.solver import SolveRunner
 from hashflex.plausibility.bounds import STALENESS_S
+from hashflex.profile import parse_profile
 from hashflex.report import build_report
+from hashflex.sim.site import ReplayForecaster, SimulatedFleet
+from hashflex.store import Store
 
 WINDOW_S = STALENESS_S["telemetry"]
 
@@ -69,7 +79,7 @@ def test_a_fleet_silent_since_start_is_stale_once_the_process_is_older_than_the_
     Failed before: stale_miners 0, degraded False, /healthz 200."""
     db = tmp_path / "never.db"
     store, recorder, loop = _loop(db, 297.0)
-    on, off = _hydro(loop)
+    on, _ = _hydro(loop)
     assert len(on) == 3
     young = loop.status(NOW + 5 * MIN)["telemetry"]
     assert young["stale_miners"] == 0 and not young["degraded"]
@@ -108,3 +118,34 @@ def test_a_running_miner_that_never_reported_counts_beside_ones_that_went_silent
     telemetry = status["telemetry"]
     assert telemetry["reporting_miners"] == 9
     assert telemetry["stale_sample"] == sorted(on) and telemetry["stale_miners"] == 3
+
+
+def test_a_partial_first_interval_judges_coverage_over_the_part_the_process_covered(tmp_path: Path) -> None:
+    """Finding 7a: the process starts (first tick) at 17:03 in the 17:00 interval. One running block
+    reports its 1 kW idle draw once at 17:03:01 and is then silent; the other two report 100 kW every
+    4 minutes. Its report covers [17:03, 17:13:01] of the 720 s the process covered (not of the whole
+    900 s interval): short 99 × 601/720 kW, basis ``partly metered``, the record over 17:03-17:15. This
+    passed before (H7 already judged the covered part); it guards the rule."""
+    db = tmp_path / "restart.db"
+    start = NOW + 3 * MIN
+    profile = parse_profile(hydro_profile_yaml_small(), source="test")
+    store = Store(db)
+    recorder = AuditRecorder(store)
+    loop = ControlLoop(profile, forecaster=ReplayForecaster(profile, flat_prices(start="2024-06-01T00:00Z")),
+                       driver=SimulatedFleet(profile), solver=SolveRunner(inline=True), store=store,
+                       recorder=recorder, meter=IntervalMeter())
+    assert loop.handle_as_award(award("rrs", "RRS", 297.0), start).status == "accepted"
+    loop.tick(start)
+    on, _ = _hydro(loop)
+    assert len(on) == 3
+    _send(loop, on[0], 1.0, start + SEC)
+    for k in range(3):
+        for miner_id in on[1:]:
+            _send(loop, miner_id, 100.0, start + SEC + 4 * k * MIN)
+    loop.tick(NOW + QUARTER)
+    _close(store, recorder)
+    (measured,) = audit_payloads(db, "measurement")
+    assert measured["covered_s"] == 720.0 and measured["source"] == "metered"
+    (short,) = audit_payloads(db, "reserve_hold_short")
+    assert short["reserve_hold_basis"] == "partly metered" and short["reserve_unreported_running_units"] == 1
+    assert short["short_kw"] == pytest.approx(99.0 * 601.0 / 720.0)
