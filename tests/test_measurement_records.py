@@ -47,8 +47,14 @@ def test_live_measurement_carries_intensity_price_and_limit(tmp_path: Path) -> N
         loop = ControlLoop(PROFILE, forecaster=forecaster, driver=SimulatedFleet(PROFILE), store=store,
                            recorder=recorder, meter=IntervalMeter(), solver=SolveRunner(inline=True))
         loop.tick(T0)
+        # One miner reports: the load is measured (issue 15, H9: without telemetry it is "unmeasured")
+        from hashflex.messages import TelemetryMessage
+        loop.on_message(TelemetryMessage(miner_id=next(iter(PROFILE.miner_ids())), power_kw=3.0, hashrate_th_s=100.0,
+                                         mode="stock", temperature_c=60.0, timestamp=T0 + timedelta(minutes=1)),
+                        T0 + timedelta(minutes=1))
         loop.tick(T0 + timedelta(minutes=15))  # closes the first interval
     (measurement,) = [p for k, p in recorder.records if k == "measurement"]
+    assert measurement["import_kw"] == pytest.approx(3.0)  # the one miner's telemetry, no renewable
     assert measurement["intensity_kg_per_mwh"] == 412.0
     assert measurement["intensity_source"] == "ERCOT fuel mix (test)"
     assert measurement["price_usd_mwh"] == pytest.approx(40.0)

@@ -82,7 +82,9 @@ class HealthMixin:
         -------
         dict
             ``max_age_s`` (the window, s), ``reporting_miners`` (miners that have reported since the
-            start), ``stale_miners`` (of those, how many are silent longer than the window),
+            start), ``stale_miners`` (of those, how many are silent longer than the window, and,
+            once the process is older than the window, the running miners that never reported:
+            issue 15 H9, a fleet silent since a restart read 0 stale and healthy),
             ``stale_running_miners`` (of those, how many the fleet has running), ``stale_sample``
             (up to 50 of their ids, sorted) and ``degraded`` (True when more than
             :data:`SILENT_SHARE_DEGRADED` of the fleet is silent).
@@ -91,6 +93,16 @@ class HealthMixin:
         silent = self.health.silent(now, max_age_s)
         miners = self.fleet.miners
         silent = [m for m in silent if m in miners]
+        # A running miner that never reported since the process started: silent too once the
+        # process has run longer than the window (before that it may not have had its chance to
+        # report). Only for a loop that takes telemetry (a meter): without one (simulation,
+        # backtest) the load is modelled and no miner is expected to report.
+        since = self.__dict__.get("_telemetry_watch_from")
+        if (self.meter is not None and since is not None
+                and now.timestamp() - since.timestamp() > max_age_s):
+            never = self.health.unreported(m for m, miner in miners.items() if miner.running)
+            if never:
+                silent = sorted({*silent, *never})
         running = sum(1 for m in silent if miners[m].running)
         return {"max_age_s": max_age_s, "reporting_miners": self.health.reporting_count(),
                 "stale_miners": len(silent), "stale_running_miners": running,

@@ -237,6 +237,9 @@ class LoopStatusMixin:
         ``covered_fraction``; energy, cost, revenue and emissions are over the covered time only.
         Telemetry received before the first tick (seconds, while the daemon starts) is in the mean.
         """
+        if "_telemetry_watch_from" not in self.__dict__:  # the first tick: when the process began
+            # waiting for telemetry (issue 15, H9: a miner silent since then is stale after the window)
+            self._telemetry_watch_from = now or current.to_pydatetime()
         if self.meter is None:
             return
         previous, self._metered_interval = self._metered_interval, current
@@ -318,7 +321,9 @@ class LoopStatusMixin:
             a measurement of it exists).
         load_metered : bool, default True
             Whether ``load_kw`` is a fresh measurement of the interval (False: nothing was measured,
-            e.g. the daemon's meter got no telemetry). The reserve hold (:meth:`record_reserve_hold`)
+            e.g. the daemon's meter got no telemetry; on a live site the record's import, load,
+            hashrate, revenue and cost are then null and its ``source`` ``unmeasured``, issue 15
+            H9). The reserve hold (:meth:`record_reserve_hold`)
             counts only the load measured as drawn when it is, the commanded fleet otherwise, and
             says which (``reserve_hold_basis``).
         miner_load_kw : mapping of str to float, optional
@@ -349,12 +354,21 @@ class LoopStatusMixin:
             covered = {"interval_grid_start": pd.Timestamp(full_start).isoformat(),
                        "covered_s": round(covered_h * 3600.0, 3), "covered_fraction": covered_h / full_h}
         written_at = at or (pd.Timestamp(full_start) + pd.Timedelta(hours=full_h)).to_pydatetime()
+        source = "simulated" if self.config.run_mode != "live" or self.simulated_inputs else "metered"
+        # A live site's load is the telemetry sum (it has no meter): with no miner reporting, nothing
+        # was measured, and 0.0 "metered" read as a site that drew nothing (issue 15, H9; second
+        # newcomer finding 2). Import, load, hashrate, revenue and cost are null, as an interval
+        # without a price is null-costed; the report shows the row's figures null.
+        unmeasured = not load_metered and source == "metered"
+        if unmeasured:
+            source = "unmeasured"
         import_kw = grid_import_kw(load_kw, renewable_kw)
-        self.measured_import_kw[pd.Timestamp(interval_start)] = (import_kw, interval_h)
         factor = intensity_kg_per_mwh if intensity_kg_per_mwh is not None else self.profile.carbon.default_intensity_kg_per_mwh
-        local_day = pd.Timestamp(interval_start).tz_convert(self.profile.tz)
-        for key in (local_day.strftime("%Y-%m-%d"), local_day.strftime("%Y-%m")):
-            self.emitted_kg[key] = self.emitted_kg.get(key, 0.0) + import_kw * interval_h * factor / 1000.0
+        if not unmeasured:  # DR reports and the emissions tally take measured intervals only
+            self.measured_import_kw[pd.Timestamp(interval_start)] = (import_kw, interval_h)
+            local_day = pd.Timestamp(interval_start).tz_convert(self.profile.tz)
+            for key in (local_day.strftime("%Y-%m-%d"), local_day.strftime("%Y-%m")):
+                self.emitted_kg[key] = self.emitted_kg.get(key, 0.0) + import_kw * interval_h * factor / 1000.0
         if len(self.measured_import_kw) > 10_000:  # a few months of intervals is plenty for reports
             self.measured_import_kw.pop(next(iter(self.measured_import_kw)))
         # Revenue at the hashprice the plan used (the forecast's, from the feed when there is one),
@@ -365,6 +379,8 @@ class LoopStatusMixin:
         revenue = hashrate_th_s * interval_h * hp
         # No settled price: the cost is unknown (null in the trail), never $0 (the report leaves it out).
         cost = None if price_usd_mwh is None else import_kw * interval_h * (price_usd_mwh + self.profile.grid.total_adder_usd_mwh) / 1000
+        if unmeasured:
+            import_kw = load_kw = hashrate_th_s = revenue = cost = None
         local = pd.Timestamp(interval_start).tz_convert(self.profile.tz).to_pydatetime()
         step = timedelta(hours=interval_h)
         with self._lock:
@@ -396,7 +412,7 @@ class LoopStatusMixin:
             noise_over_cap_min={r: v[1] for r, v in noise.items()}, full_load_kw=full_kw,
             intensity_source=intensity_source, hashprice_usd_per_ph_day=hashprice),
             "import_limit_kw": limit_kw, "import_limit_source": limit_source,
-            "source": "simulated" if self.config.run_mode != "live" or self.simulated_inputs else "metered",
+            "source": source,
             **covered, **reserve},
             written_at)
         self.record_reserve_hold(interval_start, interval_h, at=written_at, hold=hold)

@@ -439,6 +439,23 @@ class HealthBook:
         with self._lock:
             return len(self._last_at_s)
 
+    def unreported(self, miner_ids: Iterable[str]) -> list[str]:
+        """The miners of ``miner_ids`` that have sent no reading to this book (since the process
+        started), sorted (issue 15, H9: a fleet silent since a restart). O(len(miner_ids)).
+
+        Parameters
+        ----------
+        miner_ids : iterable of str
+            The miners to check (e.g. the fleet's running ones).
+
+        Returns
+        -------
+        list[str]
+            Their ids that never reported, sorted.
+        """
+        with self._lock:
+            return sorted(m for m in miner_ids if m not in self._last_at_s)
+
     def silent(self, now: datetime, max_age_s: float) -> list[str]:
         """Miners that have reported but whose newest reading is more than ``max_age_s`` old at ``now``.
 
