@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -192,7 +192,8 @@ def _flagged_ack(ack: ASAckMessage, message: ASDeployMessage, flags: dict[str, A
 
 
 
-def deploy_intake_refusal(profile: SiteProfile, held: ASDeployment | None, message: ASDeployMessage) -> str | None:
+def deploy_intake_refusal(profile: SiteProfile, held: ASDeployment | None, message: ASDeployMessage,
+                          in_force: Iterable[ASDeployment] = ()) -> str | None:
     """Why the intake refuses a deployment before the limits book decides it, or None (issue 15,
     helper task H1 findings 3 and 5). Only a message the book's own first rule accepts
     (:func:`hashflex.control.ancillary.deploy_refusal`: the issuer, a qualified product,
@@ -217,7 +218,10 @@ def deploy_intake_refusal(profile: SiteProfile, held: ASDeployment | None, messa
       ERCOT); more is a unit slip (MW sent as kW ×1000) or another resource's
       instruction, and obeying it cut the whole site to zero, after which the miners' minimum
       off time left the awards of *other* products unheld and clawed back. An amendment is bounded
-      alike; deployments of one product in force together are not summed here.
+      alike, and so is the **sum** of the product's deployments in force (``in_force``, other ids)
+      and this one (second newcomer finding 4: RRS dep-r2 100 kW in force, dep-r3 450 kW accepted on a
+      500 kW qualification cut the site to 0 kW): the same rule as for one deployment, as awards
+      are summed against the qualification.
 
     Parameters
     ----------
@@ -227,6 +231,9 @@ def deploy_intake_refusal(profile: SiteProfile, held: ASDeployment | None, messa
         The deployment in the book under ``message.deployment_id`` (None: none).
     message : ASDeployMessage
         The deployment, its amendment or its recall.
+    in_force : iterable of ASDeployment
+        The book's deployments in force at the arrival (any product, any id: only the other ids of
+        ``message.product`` are summed), kW each in ``deployed_kw``.
 
     Returns
     -------
@@ -245,6 +252,15 @@ def deploy_intake_refusal(profile: SiteProfile, held: ASDeployment | None, messa
     if qualified is not None and float(message.deployed_kw) > qualified + 1e-6:
         return (f"deployed_kw: {message.deployed_kw:.0f} kW is more than the {qualified:.0f} kW qualified for "
                 f"{message.product} (profile ancillary.products.{message.product}); nothing was cut")
+    others = sorted((d.deployment_id, float(d.deployed_kw)) for d in in_force
+                    if d.product == message.product and d.deployment_id != message.deployment_id)
+    total_kw = float(message.deployed_kw) + sum(kw for _, kw in others)
+    if qualified is not None and others and total_kw > qualified + 1e-6:
+        named = ", ".join(f"{i} {kw:.0f} kW" for i, kw in others)
+        return (f"deployed_kw: {message.deployed_kw:.0f} kW with the {message.product} deployments in force "
+                f"({named}) sums to {total_kw:.0f} kW, more than the {qualified:.0f} kW qualified for "
+                f"{message.product} (profile ancillary.products.{message.product}); nothing more was cut "
+                "(the deployments in force hold)")
     return None
 
 
@@ -439,8 +455,9 @@ class AncillaryIntakeMixin:
             return refused
         with self._lock:
             held = self.book.as_deployments.get(message.deployment_id)  # an amendment's deployment in force
-            intake_refusal = deploy_intake_refusal(self.profile, held, message)
-            if intake_refusal is not None:  # a recall of another product, above the qualification (H1)
+            intake_refusal = deploy_intake_refusal(
+                self.profile, held, message, [d for d in self.book.as_deployments.values() if d.in_force(now)])
+            if intake_refusal is not None:  # a recall of another product, above the qualification alone or summed (H1; finding 4)
                 ack, _ = self._decide_commit_ack(
                     message, now, lambda: self._refused_on_intake(message, intake_refusal, now), note)
                 return ack

@@ -688,6 +688,14 @@ class LoopStatusMixin:
         with self._lock:
             causes = self.unhealthy_causes(now)
             limits = self.book.summary(now)
+            # Each deployment's limit as the book enforces it now (stacked, after the others' recalls:
+            # second newcomer finding 6 showed the stored 689.4 kW while 889–939 kW was enforced); the
+            # stored figure, from the load drawn at the instruction, stays as limit_at_instruction_kw.
+            for shown in limits.get("as_deployments", []):
+                held = self.book.as_deployments.get(shown.get("deployment_id"))
+                if held is not None:
+                    shown["limit_at_instruction_kw"] = shown.get("limit_kw")
+                    shown["limit_kw"] = self.book.deployment_limit_kw(held, now)
             active = self.book.dr.active_ids(now)
         # The learned price model's block (issue 14), from the forecaster's hook, so `run` and `run --simulate`
         # show the same thing (the newcomer review found it only in `run`); None: the rules alone.

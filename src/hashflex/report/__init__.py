@@ -161,8 +161,9 @@ def load_recs(path: str | Path, start: pd.Timestamp, end: pd.Timestamp) -> RecsI
 
 def interval_rows(m: pd.DataFrame, inputs: F.ReportInputs, *, simulated: bool) -> list[dict[str, Any]]:
     """One row per measured interval of the period (the per-interval export and the plots): the
-    measurement, the import limit and its source from the plan that ran the interval (null when
-    no ``schedule`` record names it), curtailed kW and its cause, the carbon intensity used.
+    measurement, the import limit and its source from the plan that ran the interval (where no
+    ``schedule`` record names it, as after a restart, the limit the loop recorded with the
+    measurement; null on older trails without one), curtailed kW and its cause, the carbon intensity used.
 
     Parameters
     ----------
@@ -192,7 +193,10 @@ def interval_rows(m: pd.DataFrame, inputs: F.ReportInputs, *, simulated: bool) -
         noise.setdefault(r.interval_start, {})[r.receptor] = (r.measured_dba, r.cap_dba)
     rows = []
     for i, r in enumerate(m.itertuples()):
-        first = plan.get(r.interval_start, {})
+        first = plan.get(r.interval_start)
+        if first is None:  # no plan ran it (a restart's partial interval): the book's, as measured
+            first = {"import_limit_kw": getattr(r, "import_limit_kw", None),
+                     "import_limit_source": getattr(r, "import_limit_source", None)}
         limit = first.get("import_limit_kw")
         curtailed = max((r.full_load_kw or 0.0) - (r.load_kw or 0.0), 0.0) if math.isfinite(r.full_load_kw) else None
         row = {"interval_start": r.interval_start.isoformat(), "interval_end": r.interval_end.isoformat(),

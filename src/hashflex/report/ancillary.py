@@ -48,7 +48,9 @@ the revision binds is final (:func:`final_through`). A deployment never accepted
   ``shortfall_mw`` = the one
   rule of :mod:`hashflex.control.as_shortfall` on the commanded import, min(max(commanded −
   ``commanded_limit_kw``, 0), deployed) / 1000 — the rule and the limit its intervals use, so a row
-  and its ``shortfall_intervals`` agree; ``delivered_vs_awarded_pct`` = 100 · delivered / awarded; ``response_s`` = ``commanded_after_s``; ``within_deadline`` whether
+  and its ``shortfall_intervals`` agree; ``delivered_vs_deployed_pct`` = 100 · delivered / deployed (the deployment's own);
+  ``delivered_vs_awarded_pct`` = 100 · delivered / awarded (of the whole award in force: a deployment of part
+  of the award reads below 100 % when delivered in full); ``response_s`` = ``commanded_after_s``; ``within_deadline`` whether
   the cut was commanded by the deadline (ERCOT Nodal Protocols §6.5.7.6.2: RRS and ECRS within
   10 minutes, Non-Spin within 30; ``profile.AS_PRODUCT_RULES``);
 - metered, from ``measurement`` records, by the one rule of :mod:`hashflex.control.as_shortfall`
@@ -173,7 +175,7 @@ __all__ = ["AWARD_COLUMNS", "DEPLOYMENT_COLUMNS", "ancillary_figures", "final_th
 
 DEPLOYMENT_COLUMNS = ["deployment_id", "revision", "product", "issued_at", "in_force_from", "in_force_until", "status",
                       "final", "deployed_mw", "awarded_mw", "awarded_latest_mw", "delivered_mw",
-                      "delivered_vs_awarded_pct", "shortfall_mw", "response_s", "deadline", "within_deadline",
+                      "delivered_vs_deployed_pct", "delivered_vs_awarded_pct", "shortfall_mw", "response_s", "deadline", "within_deadline",
                       "recalled_at", "metered_import_kw", "metered_limit_kw", "metered_delivered_mw",
                       "metered_shortfall_mw",
                       "metered_response_s", "measured_response_s", "arrived_late", "arrival_delay_s",
@@ -557,6 +559,11 @@ def _deployment_row(record: dict[str, Any], inputs: ReportInputs, revision: _Rev
         "commanded_limit_kw": _r(commanded_limit),
         "delivered_mw": None if delivered is None else _r(float(delivered) / 1000.0),
         "shortfall_mw": None if shortfall is None else _r(float(shortfall) / 1000.0),
+        # Of what this deployment asked (second newcomer finding 6: 300 of a 400 kW award delivered in
+        # full read 75.5 % against the award alone).
+        "delivered_vs_deployed_pct": (_r(100.0 * float(delivered) / float(message.get("deployed_kw")))
+                                      if delivered is not None and float(message.get("deployed_kw") or 0.0) > 0
+                                      else None),
         "delivered_vs_awarded_pct": (_r(100.0 * float(delivered) / awarded_kw)
                                      if delivered is not None and awarded_kw > 0 else None),
         "response_s": _r(perf.get("commanded_after_s")) if not cancelled else None,

@@ -11,7 +11,11 @@ load (as the economics section counts). Its cause is, in order:
    ``first_row.interval_start`` is the interval's start (the optimizer's reason code, see
    :mod:`hashflex.optimize.explain`), named in words: ``price``, ``noise at <receptor>``,
    ``carbon``, ``DR <id>``, ``4CP``, ``import limit``, ``manager limit (<issuer>)``, ``equipment``;
-3. else ``unattributed (no plan recorded for the interval)``; a plan that said full load while
+3. else (no plan covers the interval, as the partial intervals after a restart) the import limit
+   the loop recorded with the measurement (``import_limit_source``, named as in 2; ``AS:<product>:<id>``
+   for an AS deployment) when that limit is below the interval's full load, i.e. it held the site down
+   (issue 15, second newcomer finding 3);
+4. else ``unattributed (no plan recorded for the interval)``; a plan that said full load while
    the meter shows less is ``unattributed (planned full load)``.
 
 Days are site-local calendar days.
@@ -89,6 +93,10 @@ def interval_causes(m: pd.DataFrame, schedules: Sequence[Mapping[str, Any]],
         if first.get("interval_start"):
             plan[pd.Timestamp(first["interval_start"]).tz_convert("UTC")] = str(first.get("reason") or "")
     actions = sorted(((a["at"], _guard_cause(a)) for a in guard_actions), key=lambda x: x[0])
+    limits = ({s: (lim, src, full) for s, lim, src, full in zip(m["interval_start"], m["import_limit_kw"],
+                                                                 m["import_limit_source"], m["full_load_kw"],
+                                                                 strict=True)}
+              if "import_limit_source" in m else {})
     causes = []
     for start, end in zip(m["interval_start"], m["interval_end"], strict=True):
         guard = next((c for at, c in actions if c and start <= at < end), None)
@@ -97,8 +105,22 @@ def interval_causes(m: pd.DataFrame, schedules: Sequence[Mapping[str, Any]],
         elif start in plan:
             causes.append(cause_label(plan[start]))
         else:
-            causes.append("unattributed (no plan recorded for the interval)")
+            causes.append(_recorded_limit_cause(limits.get(start)))
     return causes
+
+
+def _recorded_limit_cause(recorded: tuple[Any, Any, Any] | None) -> str:
+    """The cause named by the limit recorded with a measurement (limit kW, source, full load kW), when it
+    was below full load; a limit at or above full load held nothing down."""
+    limit_kw, source, full_kw = recorded or (None, None, None)
+    if (isinstance(source, str) and source and pd.notna(limit_kw) and pd.notna(full_kw)
+            and float(limit_kw) < float(full_kw)):
+        if source == "interconnection":
+            return "import limit"
+        if source.startswith("4CP"):
+            return "4CP"
+        return cause_label(source)
+    return "unattributed (no plan recorded for the interval)"
 
 
 def curtailment_figures(m: pd.DataFrame, schedules: Sequence[Mapping[str, Any]],

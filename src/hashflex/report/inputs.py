@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["MEASUREMENT_COLUMNS", "NOISE_COLUMNS", "RESERVE_HOLD_COLUMNS", "ReportInputs", "config_at",
+__all__ = ["LIMIT_COLUMNS", "MEASUREMENT_COLUMNS", "NOISE_COLUMNS", "RESERVE_HOLD_COLUMNS", "ReportInputs", "config_at",
            "inputs_from_records", "site_timezone"]
 
 MEASUREMENT_COLUMNS = ["interval_start", "interval_h", "import_kw", "renewable_kw", "load_kw", "full_load_kw",
@@ -27,6 +27,10 @@ RESERVE_HOLD_COLUMNS = ["reserve_sheddable_kw", "reserve_hold_basis", "reserve_u
                         # "time-weighted" (H6: the loop held each award revision while in force, the load
                         # over the interval); absent on older trails
                         "reserve_sheddable_commanded_basis"]
+# The import limit the loop found in force for the interval and its source (the book's, recorded with the
+# measurement): the report's limit where no plan covers the interval, as after a restart (issue 15,
+# second newcomer finding 3); absent on older trails.
+LIMIT_COLUMNS = ["import_limit_kw", "import_limit_source"]
 NOISE_COLUMNS = ["interval_start", "interval_h", "receptor", "measured_dba", "model_dba", "cap_dba",
                  "over_cap_min"]
 
@@ -87,7 +91,7 @@ def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Tim
             # "metered" capped by the load drawn, "partly metered" with the running units that sent
             # no telemetry counted as commanded, "commanded" unmetered; absent on older trails).
             rows.append({**{c: p.get(c) for c in MEASUREMENT_COLUMNS[:-2]}, "seq": rec.seq, "at": at,
-                         **{c: p.get(c) for c in RESERVE_HOLD_COLUMNS}})
+                         **{c: p.get(c) for c in RESERVE_HOLD_COLUMNS}, **{c: p.get(c) for c in LIMIT_COLUMNS}})
         elif rec.kind == "config":
             configs.append({"seq": rec.seq, "at": at, "profile_hash": p.get("profile_hash"),
                             "profile": p.get("profile") or {}, "reason": p.get("reason")})
@@ -114,7 +118,8 @@ def inputs_from_records(records: Iterable[Any], start: pd.Timestamp, end: pd.Tim
             as_performance.append({"seq": rec.seq, "at": at, **p})
         elif rec.kind == "reserve_hold_short":
             hold_short.append({"seq": rec.seq, "at": at, **p})
-    every = pd.DataFrame(rows, columns=[*MEASUREMENT_COLUMNS, *RESERVE_HOLD_COLUMNS])
+    every = pd.DataFrame(rows, columns=[*MEASUREMENT_COLUMNS, *RESERVE_HOLD_COLUMNS, *LIMIT_COLUMNS])
+    every["import_limit_kw"] = pd.to_numeric(every["import_limit_kw"], errors="coerce").astype("float64")
     every["interval_start"] = pd.to_datetime(every["interval_start"], utc=True, format="ISO8601")
     for column in MEASUREMENT_COLUMNS:
         if column not in ("interval_start", "intensity_source", "seq", "at"):
