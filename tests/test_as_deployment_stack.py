@@ -31,6 +31,7 @@ from hashflex.messages import ASAwardMessage, TelemetryMessage
 from hashflex.profile import parse_profile
 from hashflex.sim.site import ReplayForecaster, SimulatedFleet
 from hashflex.store import Store
+from tests.as_support import hydro_profile_yaml
 from tests.test_as_baseline_measured import SMALL
 from tests.test_as_deployment_semantics import (
     MIN,
@@ -98,8 +99,9 @@ def test_a_deployment_before_the_cut_reached_the_load_stacks_on_the_pre_cut_load
     """B's baseline is capped at the load drawn before the deployments in force (A's baseline): a
     cut that left load it could not shed (idle draw) does not inflate B's baseline. A asks 4,990 kW
     (limit 60 kW; the cut leaves the 100 kW of idle draw); B (990 kW) then stacks on 5,050 kW, not on
-    100 + 4,990 = 5,090 kW."""
-    loop = _awarded_loop()
+    100 + 4,990 = 5,090 kW. RRS qualified for 10 MW here: 4,990 + 990 kW in force together is more than
+    the default 5 MW, which the intake refuses (H10); the subject is the stacked baseline."""
+    loop = _awarded_loop(parse_profile(hydro_profile_yaml("AS Semantics", qualified_mw={"RRS": 10}), source="test"))
     a_at, b_at = NOW + 5 * MIN, NOW + 6 * MIN
     assert loop.handle_as_deploy(_deploy("A", a_at, 4990.0), a_at).import_limit_kw == pytest.approx(60.0)
     assert loop.handle_as_deploy(_deploy("B", b_at, 990.0), b_at).status == "accepted"

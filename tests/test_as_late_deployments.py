@@ -138,8 +138,9 @@ def test_a_deployment_above_the_award_is_obeyed_in_full_and_measured_against_the
 def test_two_deployments_together_above_the_award_flag_the_second() -> None:
     """RRS 3,000 kW then another 3,000 kW while the first is in force: 6,000 kW deployed against
     4,950 kW awarded. Each alone is under the award; the second takes the product above it by
-    1,050 kW, so its obligation against the award is 3,000 − 1,050 = 1,950 kW."""
-    loop = _loop()
+    1,050 kW, so its obligation against the award is 3,000 − 1,050 = 1,950 kW. RRS qualified for 10 MW
+    (WIDE_PROFILE): 6,000 kW in force together is more than the default 5 MW, which the intake refuses (H10)."""
+    loop = _loop(profile_yaml=WIDE_PROFILE)
     issued = NOW + timedelta(minutes=3)
     first = loop.handle_as_deploy(_deploy("a", issued, 3000.0), issued)
     assert first.above_award_kw == 0.0
