@@ -54,6 +54,8 @@ def test_an_interval_without_any_telemetry_is_unmeasured_not_a_metered_zero(tmp_
     report = build_report(db, "2024-06-03T17:00Z", "2024-06-03T17:15Z")
     (row,) = report["intervals"]
     assert row["import_kw"] is None and row["load_kw"] is None and row["hashrate_th_s"] is None, row
+    # Nothing measured, nothing curtailed to explain: no cause is claimed for an unknown load.
+    assert row["curtailed_kw"] is None and row["curtailment_cause"] is None, row
 
 
 def test_an_interval_with_telemetry_is_still_metered(tmp_path: Path) -> None:

@@ -198,7 +198,10 @@ def interval_rows(m: pd.DataFrame, inputs: F.ReportInputs, *, simulated: bool) -
             first = {"import_limit_kw": getattr(r, "import_limit_kw", None),
                      "import_limit_source": getattr(r, "import_limit_source", None)}
         limit = first.get("import_limit_kw")
-        curtailed = max((r.full_load_kw or 0.0) - (r.load_kw or 0.0), 0.0) if math.isfinite(r.full_load_kw) else None
+        # An unmeasured interval (no miner reported: load null) has no curtailment to explain (H9).
+        measured = r.load_kw is not None and not pd.isna(r.load_kw)
+        curtailed = (max((r.full_load_kw or 0.0) - r.load_kw, 0.0)
+                     if measured and math.isfinite(r.full_load_kw) else None)
         row = {"interval_start": r.interval_start.isoformat(), "interval_end": r.interval_end.isoformat(),
                "interval_h": float(r.interval_h), "import_kw": r.import_kw, "renewable_kw": r.renewable_kw,
                "load_kw": r.load_kw, "full_load_kw": r.full_load_kw,
