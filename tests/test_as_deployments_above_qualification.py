@@ -24,6 +24,7 @@ from hashflex.control.records import AuditRecorder
 from hashflex.store import Store
 
 MIN = timedelta(minutes=1)
+SEC = timedelta(seconds=1)
 
 
 def test_a_deployment_summing_above_the_qualification_is_refused_and_the_others_hold(tmp_path: Path) -> None:
@@ -66,3 +67,29 @@ def test_another_products_deployment_is_not_summed(tmp_path: Path) -> None:
     assert loop.handle_as_deploy(deploy("r", NOW + 2 * MIN, 2970.0), NOW + 2 * MIN).status == "accepted"
     ack = loop.handle_as_deploy(deploy("e", NOW + 3 * MIN, 2970.0, product="ECRS"), NOW + 3 * MIN)
     assert ack.status == "accepted", ack.reason
+
+
+def test_a_recall_is_never_refused_for_the_sum_in_force(tmp_path: Path) -> None:
+    """A guard: deployments accepted under a 10 MW RRS qualification, then a profile reload (SIGHUP)
+    lowering it to 5 MW: 9,000 kW in force is above it. A recall asks nothing more of the site, so the
+    sum rule (which counts what a deployment adds) must not refuse it: it is accepted and gives back
+    exactly its MW; the others hold. (Passes before and after the sum rule: recalls are decided
+    before it.)"""
+    db = tmp_path / "r.db"
+    wide = hydro_profile("AS Qualification Sum", import_limit_kw=20000.0, qualified_mw={"RRS": 10})
+    narrow = hydro_profile("AS Qualification Sum", import_limit_kw=20000.0)
+    with Store(db) as store:
+        recorder = AuditRecorder(store)
+        loop = make_loop(wide, flat_prices(), store=store, recorder=recorder)
+        assert loop.handle_as_award(award("rrs", "RRS", 9900.0), NOW).status == "accepted"
+        loop.tick(NOW)
+        for i, at in enumerate((NOW + 2 * MIN, NOW + 3 * MIN, NOW + 3 * MIN + 30 * SEC)):
+            ack = loop.handle_as_deploy(deploy(f"d{i}", at, 3000.0), at)
+            assert ack.status == "accepted", ack.reason
+        assert loop.reload_profile(narrow, NOW + 4 * MIN) == "reloaded"
+        recall = loop.handle_as_deploy(deploy("d0", NOW + 5 * MIN, recalled=True), NOW + 5 * MIN)
+        assert recall.status == "accepted", recall.reason
+        assert "AS:RRS:d0" not in loop.book.import_limits_at(NOW + 6 * MIN)
+        assert "AS:RRS:d1" in loop.book.import_limits_at(NOW + 6 * MIN)
+        assert "AS:RRS:d2" in loop.book.import_limits_at(NOW + 6 * MIN)
+        recorder.close()
