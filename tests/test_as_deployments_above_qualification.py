@@ -18,7 +18,15 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from as_support import NOW, audit_payloads, award, deploy, flat_prices, hydro_profile, make_loop
+from as_support import (
+    NOW,
+    audit_payloads,
+    award,
+    deploy,
+    flat_prices,
+    hydro_profile,
+    make_loop,
+)
 
 from hashflex.control.records import AuditRecorder
 from hashflex.store import Store
