@@ -23,9 +23,15 @@ from pathlib import Path
 import pytest
 from as_support import MIN, NOW, QUARTER, audit_payloads, award, flat_prices
 from test_as_hold_metered import hydro_profile_yaml_small
-from test_telemetry_coverage import SEC, _close, _get, _hydro, _loop, _send
+from test_telemetry_coverage import (
+    SEC,
+    _close,
+    _hydro,
+    _loop,
+    _send,
+    _status_and_healthz,
+)
 
-from hashflex.control.http import StatusServer
 from hashflex.control.loop import ControlLoop
 from hashflex.control.records import AuditRecorder, IntervalMeter
 from hashflex.control.solver import SolveRunner
@@ -87,14 +93,7 @@ def test_a_fleet_silent_since_start_is_stale_once_the_process_is_older_than_the_
     assert young["stale_miners"] == 0 and not young["degraded"]
     at = NOW + 11 * MIN
     assert (at - NOW).total_seconds() > WINDOW_S
-    server = StatusServer(loop.status, lambda: at, host="127.0.0.1", port=0)
-    server.start()
-    try:
-        code, status = _get(f"{server.url}status")
-        healthz, causes = _get(f"{server.url}healthz")
-    finally:
-        server.stop()
-        _close(store, recorder)
+    code, status, healthz, causes = _status_and_healthz(loop, at, store, recorder)
     assert code == 200
     telemetry = status["telemetry"]
     assert telemetry["reporting_miners"] == 0

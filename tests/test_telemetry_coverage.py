@@ -212,6 +212,21 @@ def _get(url: str) -> tuple[int, dict]:
         return error.code, (json.loads(body) if body.startswith(("{", "[")) else {"text": body})
 
 
+def _status_and_healthz(loop: ControlLoop, at: datetime, store: Store,
+                        recorder: AuditRecorder) -> tuple[int, dict, int, dict]:
+    """GET /status and /healthz over real HTTP on 127.0.0.1 with the clock at ``at``, then close the
+    store: (status code, status, healthz code, healthz body)."""
+    server = StatusServer(loop.status, lambda: at, host="127.0.0.1", port=0)
+    server.start()
+    try:
+        code, status = _get(f"{server.url}status")
+        healthz, causes = _get(f"{server.url}healthz")
+    finally:
+        server.stop()
+        _close(store, recorder)
+    return code, status, healthz, causes
+
+
 def test_status_counts_miners_whose_telemetry_is_stale_and_says_degraded(tmp_path: Path) -> None:
     """All 10 miners report at 17:00:01; from then on 7 are silent, 3 keep reporting every 4 minutes.
     At 17:12 (11 minutes on, past the 600 s window) /status over real HTTP counts 7 stale miners
@@ -229,14 +244,7 @@ def test_status_counts_miners_whose_telemetry_is_stale_and_says_degraded(tmp_pat
     at = NOW + 12 * MIN
     fresh = loop.status(NOW + 5 * MIN)
     assert fresh["telemetry"]["stale_miners"] == 0 and fresh["healthy"], fresh["unhealthy_causes"]
-    server = StatusServer(loop.status, lambda: at, host="127.0.0.1", port=0)
-    server.start()
-    try:
-        code, status = _get(f"{server.url}status")
-        healthz, causes = _get(f"{server.url}healthz")
-    finally:
-        server.stop()
-        _close(store, recorder)
+    code, status, healthz, causes = _status_and_healthz(loop, at, store, recorder)
     assert code == 200
     telemetry = status["telemetry"]
     assert telemetry["max_age_s"] == STALENESS_S["telemetry"]
