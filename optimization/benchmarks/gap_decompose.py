@@ -51,7 +51,22 @@ interval above the least efficient group's breakeven ("first of a rise"), the ne
 the first interval back below it ("first after peak"), the next four ("after peak +1..4"), and the rest
 ("steady above" / "steady below"). A bucket's sum over intervals is the gap it explains.
 
+``--trace FILE`` (issue 14, F1) writes each MPC variant's decisions per interval (:class:`DecisionTrace`: the
+forecast price of the interval being decided, the actual, oracle / MPC / planned load, held, carbon left, $ lost)
+and prints the costliest intervals. Measured with it on 2020-02 (3 days, this code): the rules MPC's $16,420 gap
+is $11,421 the decided interval's own price (``perfect0.25h`` 0.9926, $4,998: the forecast of interval k is the RT
+price of k-1, published at the tick; $3,532 on rises, $7,889 on falls after a peak), $4,580 the rest of the
+horizon (``perfect`` 0.9994, $418), nearly all through the daily carbon budget: the rules spent it on midday hours
+priced 100-170 $/MWh saving for an evening the day-ahead put at 80-108 and real time at 315-1,849, and 13 t of 10 Feb's
+budget was left when the night noise cap bound (budget used 0.980 vs 0.995); without the budget ``steady below |
+ran less`` is $534 instead of $4,117. The stability rule saves $3,191 with the rules (``+nostab`` $19,611) and
+costs $378 with the actual prices (``perfect+nostab`` $40: holds in the morning solar ramp while S19j Pro units
+move eco -> stock, the ``+loadramp`` case). No forecast or control fault found: day-ahead prices align at lag 0 h
+(log-correlation with the hourly RT mean 0.584, 0.542 / 0.527 at -1 / +1 h), the loop's carbon charge equals the
+accounting's emissions to the kg, ``+hp`` does not help ($16,810).
+
     python optimization/benchmarks/gap_decompose.py --case 2020-02 --days 3
+    python optimization/benchmarks/gap_decompose.py --case 2020-02 --days 3 --variants rules perfect0.25h --trace /tmp/trace.csv
     python optimization/benchmarks/gap_decompose.py --case 2024-05 --days 3 --variants rules perfect perfect1h
     python optimization/benchmarks/gap_decompose.py --case 2024-05 --days 3 --variants perfect perfect+nostab \
         perfect+hoursolar+blockstab perfect+solar perfect+nostab+solar+hp perfect+gap0.0001
@@ -64,7 +79,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -201,6 +218,48 @@ def ramp_hold_previous_counts(original, problem, schedule, previous, min_gain_fr
     return decision
 
 
+class DecisionTrace:
+    """``--trace`` (DIAGNOSTIC, issue 14 F1): what each tick of an MPC variant decided, keyed by the decided
+    interval's start (UTC). Wraps the stability rule the loop calls, which sees every tick's problem and plan.
+
+    Per tick: ``fc_usd_mwh`` the forecast price of the interval being decided (the problem's first price; the
+    rules: the last published RT price, its interval ended at the tick), ``plan_kw`` the MILP's load for it (the
+    plan before the stability rule), ``held`` whether the rule kept what ran, ``gain_usd`` the new plan's gain over
+    the held alternative (NaN: not valued), ``hashprice`` the forecast $/PH/day,
+    ``carbon_left_kg`` the tightest carbon budget over that interval net of what was measured so far (NaN: none).
+    The dispatched load and the $ are the accounting's (``account``), written next to them."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[pd.Timestamp, dict[str, float]]] = {}
+
+    def wrap(self, name: str, rule: Callable[..., Any]) -> Callable[..., Any]:
+        """``rule`` recording each decision under variant ``name``."""
+        rows = self.rows.setdefault(name, {})
+
+        def traced(problem: Any, schedule: Any, previous: Any, **kwargs: Any) -> Any:
+            decision = rule(problem, schedule, previous, **kwargs)
+            left = [float(b.remaining_kg) for b in problem.carbon_budgets if bool(np.asarray(b.mask)[0])]
+            rows[pd.Timestamp(problem.interval_start[0]).tz_convert("UTC")] = {
+                "fc_usd_mwh": float(np.asarray(problem.price_usd_mwh, dtype=float)[0]),
+                "plan_kw": float(schedule.frame["load_kw"].iloc[0]),
+                "held": float(decision.held),
+                "gain_usd": float(decision.gain_usd),
+                "hashprice": float(np.broadcast_to(np.asarray(problem.hashprice_usd_per_ph_day, dtype=float),
+                                                   (problem.T,))[0]),
+                "carbon_left_kg": min(left) if left else float("nan"),
+            }
+            return decision
+
+        return traced
+
+    def frame(self, name: str, index: pd.DatetimeIndex) -> pd.DataFrame:
+        """The variant's rows on ``index`` (NaN where no tick was traced, e.g. a run read from ``--cache``)."""
+        rows = self.rows.get(name, {})
+        columns = ("fc_usd_mwh", "plan_kw", "held", "gain_usd", "hashprice", "carbon_left_kg")
+        return pd.DataFrame({c: [rows.get(t, {}).get(c, np.nan) for t in index.tz_convert("UTC")] for c in columns},
+                            index=index)
+
+
 def buckets(price: np.ndarray, line: np.ndarray, delta: np.ndarray, more_energy: np.ndarray) -> dict[str, float]:
     """Sum of ``delta`` ($ lost vs the oracle per interval) per bucket (module docstring)."""
     above = price > line
@@ -254,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="rules, learned, perfect, perfect<N>h")
     parser.add_argument("--dev2-dir", type=Path, default=br.DEV2_SHARED, help="the dev2 folder for the 2025 cases (default: the repo's copy)")
     parser.add_argument("--csv", help="write the per-interval frame here")
+    parser.add_argument("--trace", help="DIAGNOSTIC: write each MPC variant's per-interval decisions here (CSV: "
+                        "forecast price of the decided interval, actual, oracle/MPC/planned load, held, carbon left, "
+                        "$ lost; see DecisionTrace) and print the costliest intervals")
+    parser.add_argument("--trace-top", type=int, default=25, help="intervals printed per variant with --trace")
     parser.add_argument("--tag", default="", help="names this code state in the cache (e.g. after a change)")
     parser.add_argument("--cache", help="a folder: each run's counts are kept there and reused (same case/days/variant)")
     parser.add_argument("--oracle-days", type=int, default=1, help="local days per oracle MILP (default 1, as the backtest)")
@@ -270,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     rt_series = pd.Series(rt["price_usd_mwh"].to_numpy(float), index=pd.DatetimeIndex(rt["interval_start"]).tz_convert("UTC"))
     rt_series = rt_series[~rt_series.index.duplicated(keep="last")].sort_index()
     protect_perfect()
+    trace = DecisionTrace() if args.trace else None
     quiet = Progress.factory(True)
     oracle_path = (Path(args.cache) / f"{args.profile}_{args.case}_{start:%Y%m%d}_{args.days}_oracle"
                    f"_{args.oracle_days}d_{args.oracle_gap:g}{args.tag}.pkl") if args.cache else None
@@ -323,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         fraction = [float(m[len("stab"):]) for m in mods if m.startswith("stab")]
         if fraction:  # the rule with another material gain (the loop's replan_min_gain_fraction, default 0.0005)
             control_loop.hold_previous_counts = functools.partial(scaled_stability, fraction[0])
+        if trace is not None:  # records the decisions, the rule unchanged
+            control_loop.hold_previous_counts = trace.wrap("+".join([variant, *mods]), control_loop.hold_previous_counts)
         old_floor = "oldfloor" in mods
         blend_h = [float(m[len("blend"):-1]) for m in mods if m.startswith("blend") and m.endswith("h")]
         forecast_rules.ForecastConfig = functools.partial(ForecastConfig, scarcity_floor_follows_last=not old_floor,
@@ -411,6 +477,24 @@ def main(argv: list[str] | None = None) -> int:
             wide[f"load_{name}"] = frame["load_kw"].to_numpy(float)
             wide[f"profit_{name}"] = frame["profit_usd"].to_numpy(float)
         wide.to_csv(args.csv)
+    if trace is not None:
+        parts = []
+        for name, frame in frames.items():
+            if name == "oracle":
+                continue
+            part = trace.frame(name.removeprefix("mpc "), actuals.index)
+            part.insert(0, "price_usd_mwh", price)
+            part.insert(1, "line_usd_mwh", line)
+            part.insert(2, "oracle_kw", oracle["load_kw"].to_numpy(float))
+            part.insert(3, "mpc_kw", frame["load_kw"].to_numpy(float))
+            part["lost_usd"] = oracle["profit_usd"].to_numpy(float) - frame["profit_usd"].to_numpy(float)
+            part.insert(0, "variant", name)
+            parts.append(part)
+            with pd.option_context("display.width", 200, "display.max_columns", 20):
+                print(f"{name}: the {args.trace_top} costliest intervals (local time)")
+                top = part.drop(columns="variant").nlargest(args.trace_top, "lost_usd")
+                print(top.set_axis(top.index.tz_convert(profile.site.timezone)).round(1).to_string())
+        pd.concat(parts).rename_axis("interval_start").to_csv(args.trace)
     print(f"wall {time.perf_counter() - started:.0f} s")
     return 0
 
