@@ -8,7 +8,10 @@ Runs, over one case of ``backtest_ratios.py`` (same windows, same real prices an
 - ``mpc perfect``: the same MPC, loop, horizon and re-plan with the ACTUAL RT prices as its forecast
   (look-ahead on purpose: it bounds what any price forecast could buy; never a product setting);
 - ``mpc perfect Nh``: actual prices for the first N hours only, the rules after (``--perfect-hours``):
-  how much of the gap is the near term.
+  how much of the gap is the near term;
+- ``mpc perfectnext``: actual prices from the next interval on, the interval being decided priced by the rules
+  (the last published RT price, not yet its own): the most any causal forecast deciding every 15 minutes could
+  know (look-ahead on purpose beyond that interval, DIAGNOSTIC).
 
 Modifiers (``variant+mod``): ``+hp`` the forecast sees each UTC day's hashprice from that day's start (look-ahead
 on purpose, DIAGNOSTIC: settlement unchanged) instead of after the day ends; ``+nostab`` the plan-stability rule
@@ -56,6 +59,20 @@ the first interval back below it ("first after peak"), the next four ("after pea
     python optimization/benchmarks/gap_decompose.py --case 2024-05 --days 3 --variants perfect perfect+nostab \
         perfect+hoursolar+blockstab perfect+solar perfect+nostab+solar+hp perfect+gap0.0001
 
+``--top N`` prints, per policy, the $ lost by cause and its N costliest intervals (issue 14, F2): per
+interval the forecast price of the interval being decided, the actual, the oracle's and the policy's load, the
+MILP's first interval (planned kW), whether the plan-stability rule held what ran, the daily carbon budget
+left and whether the plan spends all of it, and a cause (:func:`cause_labels`); ``--csv`` gets the same
+columns. ``--no-carbon-budget`` removes the site's daily carbon budget for the oracle and every policy
+(DIAGNOSTIC: how much of a gap reaches the plan through the budget's allocation across the day).
+
+Measured (F2, 3 days, west_texas at HB_HUBAVG; mpc/oracle, gap $): 2024-05 rules 0.9844 ($2,522), ``perfectnext``
+0.9881 ($1,926), ``perfect`` 0.9973 ($440, all of it the stability rule: ``perfect+nostab`` $2);
+2025-05 rules 0.9888 ($1,779), ``perfectnext`` 0.9943 ($905), ``perfect`` 0.9981 ($307). With
+``--no-carbon-budget``: 2024-05 rules 0.9872, learned 0.9860 (0.9801 with the budget); 2025-05 rules 0.9891.
+``--top``, rules, $ lost by cause: 2024-05 stability rule 467, rise not published 814, fall not published 528,
+carbon budget 564, other 149; 2025-05 407, 530, 388, 413, 40.
+
 Prints one table per policy and the wall time. Needs scikit-learn for ``learned``.
 """
 
@@ -88,8 +105,8 @@ class PerfectPrices:
     replaces_day_ahead = True
     source_label = "perfect"
 
-    def __init__(self, actual: pd.Series, hours: float | None) -> None:
-        self.actual, self.hours = actual, hours
+    def __init__(self, actual: pd.Series, hours: float | None, skip_current: bool = False) -> None:
+        self.actual, self.hours, self.skip_current = actual, hours, skip_current
         self.last_fallbacks: list = []
 
     def __call__(self, times: pd.DatetimeIndex, snapshot: object, now: pd.Timestamp) -> np.ndarray:
@@ -97,6 +114,8 @@ class PerfectPrices:
         if self.hours is not None:
             lead_h = (pd.DatetimeIndex(times) - pd.Timestamp(now)).total_seconds().to_numpy() / 3600.0
             values[lead_h >= self.hours] = np.nan
+        if self.skip_current:  # ``perfectnext``: the interval holding ``now`` is not published yet (the rules price it)
+            values[pd.DatetimeIndex(times) <= pd.Timestamp(now)] = np.nan
         return values
 
 
@@ -201,6 +220,107 @@ def ramp_hold_previous_counts(original, problem, schedule, previous, min_gain_fr
     return decision
 
 
+def record_ticks(rule, ticks: dict):
+    """The stability rule ``rule`` (the loop's ``hold_previous_counts``) wrapped to record, per tick, what
+    :func:`trace_frame` reports: ``ticks[interval start] = (forecast $/MWh of the interval being decided, the
+    MILP's first-interval load kW, held, the rule's reason, the daily carbon budget left kg (NaN: none), whether
+    the plan spends all of it (within 0.5 %), the MILP's first-interval units per (group id, mode))``. A cached
+    plan (``+replan<N>``) is recorded as planned then."""
+    from hashflex.optimize.schedule import unit_column
+
+    def wrapper(problem, schedule, previous, **kwargs):
+        decision = rule(problem, schedule, previous, **kwargs)
+        frame = schedule.frame
+        left, spends = float("nan"), False
+        daily = [b for b in problem.carbon_budgets if b.name.startswith("daily")]
+        if daily:
+            budget = daily[0]
+            left = float(budget.remaining_kg)
+            mask = np.asarray(budget.mask, dtype=bool)[:len(frame)]
+            spends = float(frame["emissions_kg"].to_numpy(float)[mask].sum()) >= 0.995 * left if len(frame) == problem.T else False
+        planned = {key: int(frame[unit_column(*key)].iloc[0]) for key in schedule.group_modes}
+        ticks[pd.Timestamp(problem.interval_start[0])] = (float(problem.price_usd_mwh[0]), float(frame["load_kw"].iloc[0]),
+                                                         bool(decision.held), decision.reason, left, spends, planned)
+        return decision
+
+    return wrapper
+
+
+def breakevens_usd_mwh(profile, hashprice_usd_per_ph_day: float) -> np.ndarray:
+    """Every price at which a decision changes, $/MWh: each group's and mode's unit breakeven and the
+    breakeven of each step up to the next mode (its extra hashrate over its extra power), at a hashprice."""
+    fee = 1 - profile.economics.pool_fee_pct / 100
+    rate = hashprice_usd_per_ph_day / 1000.0 / 24.0 * fee * 1000.0  # $/MWh per TH/s per kW
+    out = []
+    for group in profile.miner_groups:
+        modes = sorted(group.modes, key=lambda m: m.power_kw)
+        for i, mode in enumerate(modes):
+            out.append(rate * mode.hashrate_th_s / mode.power_kw)
+            if i:
+                out.append(rate * (mode.hashrate_th_s - modes[i - 1].hashrate_th_s) / (mode.power_kw - modes[i - 1].power_kw))
+    return np.array(out) - profile.grid.total_adder_usd_mwh
+
+
+def cause_labels(price: np.ndarray, forecast: np.ndarray, breakevens: list[np.ndarray],
+                 spends_budget: np.ndarray, planned_less: np.ndarray) -> np.ndarray:
+    """Per interval, why the MILP's first interval could differ from the oracle's (a heuristic, F2; what the
+    plan-stability rule changed after it is counted apart, :func:`trace_frame`'s ``stability_usd``):
+
+    - ``d carbon budget``: the plan spends the whole daily carbon budget left and planned less load than the
+      oracle ran, with no breakeven between the forecast and the actual price (the allocation across the day);
+    - ``a rise not published``: a breakeven lies between the forecast and a higher actual price (the rise was
+      published only after the decision);
+    - ``b fall not published``: the same with a lower actual price (the fall not yet published);
+    - ``e other``: none of these (the rest of the horizon's forecast, solar, hashprice, ...).
+
+    ``price``, ``forecast`` [T] $/MWh; ``breakevens`` T arrays of $/MWh (:func:`breakevens_usd_mwh`);
+    ``spends_budget``, ``planned_less`` [T] bool. Returns [T] labels (object)."""
+    out = np.empty(len(price), dtype=object)
+    for k in range(len(price)):
+        low, high = sorted((float(price[k]), float(forecast[k])))
+        crossed = bool(((breakevens[k] > low) & (breakevens[k] < high)).any()) if np.isfinite(forecast[k]) else False
+        if spends_budget[k] and planned_less[k] and not crossed:
+            out[k] = "d carbon budget"
+        elif crossed:
+            out[k] = "a rise not published" if price[k] > forecast[k] else "b fall not published"
+        else:
+            out[k] = "e other"
+    return out
+
+
+def trace_frame(profile, actuals, oracle: pd.DataFrame, frame: pd.DataFrame, ticks: dict,
+                counts: dict) -> pd.DataFrame:
+    """Per interval of one policy (F2): actual and forecast price ($/MWh), the oracle's, the policy's and the
+    MILP's first-interval load (kW), held, the rule's reason, daily carbon budget left (kg), whether the plan
+    spends it, $ lost vs the oracle (``lost_usd``), of which the stability rule's (``stability_usd``: the MILP's
+    first interval minus what was dispatched, both at the actual prices, where the rule held) and
+    :func:`cause_labels` of the rest. ``counts``: the policy's dispatched counts (``PolicyRun.counts``).
+    Intervals without a recorded tick are NaN and count as dispatched."""
+    index = actuals.index
+    rows = [ticks.get(t, (np.nan, np.nan, False, "", np.nan, False, None)) for t in index]
+    out = pd.DataFrame([r[:6] for r in rows], index=index,
+                       columns=["forecast_usd_mwh", "planned_kw", "held", "stability", "carbon_left_kg", "spends_budget"])
+    planned = {key: np.array(column, copy=True) for key, column in counts.items()}
+    for g, group in enumerate(profile.miner_groups):
+        for m, mode in enumerate(group.modes):
+            for k, row in enumerate(rows):
+                if row[6] is not None:
+                    planned[g, m][k] = row[6].get((group.id, mode.name), 0)
+    planned_profit = account(profile, actuals, planned).frame["profit_usd"].to_numpy(float)
+    out.insert(0, "price_usd_mwh", actuals.price_usd_mwh)
+    out.insert(2, "oracle_kw", oracle["load_kw"].to_numpy(float))
+    out.insert(3, "policy_kw", frame["load_kw"].to_numpy(float))
+    out["held"] = out["held"].astype(bool) & ((out["planned_kw"] - out["policy_kw"]).abs() > 1e-3)
+    out["lost_usd"] = oracle["profit_usd"].to_numpy(float) - frame["profit_usd"].to_numpy(float)
+    out["stability_usd"] = np.where(out["held"], planned_profit - frame["profit_usd"].to_numpy(float), 0.0)
+    hp = actuals.hashprice_usd_per_ph_day
+    hp = np.full(len(index), profile.economics.hashprice_usd_per_ph_day) if hp is None else np.asarray(hp, float)
+    out["cause"] = cause_labels(out["price_usd_mwh"].to_numpy(float), out["forecast_usd_mwh"].to_numpy(float),
+                                [breakevens_usd_mwh(profile, h) for h in hp], out["spends_budget"].to_numpy(bool),
+                                out["planned_kw"].to_numpy(float) < out["oracle_kw"].to_numpy(float) - 1e-3)
+    return out
+
+
 def buckets(price: np.ndarray, line: np.ndarray, delta: np.ndarray, more_energy: np.ndarray) -> dict[str, float]:
     """Sum of ``delta`` ($ lost vs the oracle per interval) per bucket (module docstring)."""
     above = price > line
@@ -259,10 +379,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--oracle-days", type=int, default=1, help="local days per oracle MILP (default 1, as the backtest)")
     parser.add_argument("--oracle-gap", type=float, default=1e-3, help="the oracle's MIP relative gap (default 1e-3)")
     parser.add_argument("--oracle-time-limit", type=float, default=60.0, help="the oracle's HiGHS time limit per MILP, s")
+    parser.add_argument("--top", type=int, default=0, help="print each policy's $ lost by cause and its N costliest intervals")
+    parser.add_argument("--no-carbon-budget", action="store_true",
+                        help="DIAGNOSTIC: the site's daily carbon budget removed for the oracle and every policy")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     _, first_day = br.CASES[args.case]
     profile, prices, load = br.case_inputs(args.case, load_profile(args.profile), args.dev2_dir)
+    if args.no_carbon_budget:
+        profile = profile.model_copy(update={"carbon": profile.carbon.model_copy(update={"daily_budget_kg": None})})
+        args.tag += "_nocarbon"
     start = pd.Timestamp(args.start or first_day)
     hashprice = br.settlement_hashprice(bundled_hashprice(), start, args.days)  # None: the profile's constant
     actuals = build_actuals(profile, prices, start, start + pd.Timedelta(days=args.days), hashprice=hashprice)
@@ -308,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         kwargs["min_gain_fraction"] = fraction
         return hold_previous_counts(problem, schedule, previous, **kwargs)
 
+    traces: dict[str, dict] = {}
     for variant in args.variants:
         # Modifiers bring back the rules before this change, side by side in one run:
         # +oldstab (the stability rule valued over the first interval only), +oldfloor (scarcity floor = mean);
@@ -323,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         fraction = [float(m[len("stab"):]) for m in mods if m.startswith("stab")]
         if fraction:  # the rule with another material gain (the loop's replan_min_gain_fraction, default 0.0005)
             control_loop.hold_previous_counts = functools.partial(scaled_stability, fraction[0])
+        ticks: dict = {}
+        control_loop.hold_previous_counts = record_ticks(control_loop.hold_previous_counts, ticks)
         old_floor = "oldfloor" in mods
         blend_h = [float(m[len("blend"):-1]) for m in mods if m.startswith("blend") and m.endswith("h")]
         forecast_rules.ForecastConfig = functools.partial(ForecastConfig, scarcity_floor_follows_last=not old_floor,
@@ -342,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
             hook = None
         elif variant == "learned":
             hook = br.learned_hook("daemon", profile, actuals, load, model_config)
+        elif variant == "perfectnext":
+            hook = PerfectPrices(rt_series, None, skip_current=True)
         elif variant.startswith("perfect"):
             hours = float(variant[len("perfect"):].rstrip("h")) if variant != "perfect" else None
             hook = PerfectPrices(rt_series, hours)
@@ -365,15 +496,19 @@ def main(argv: list[str] | None = None) -> int:
             run_actuals = build_actuals(profile, prices, start, start + pd.Timedelta(days=args.days), hashprice=early)
         t0 = time.perf_counter()
         cached = Path(args.cache) / f"{args.profile}_{args.case}_{start:%Y%m%d}_{args.days}_{name}{args.tag}.pkl" if args.cache else None
+        traced = cached.with_name(cached.stem + "_ticks.pkl") if cached is not None else None
         if cached is not None and cached.exists():
             runs[f"mpc {name}"] = pd.read_pickle(cached)
+            traces[f"mpc {name}"] = pd.read_pickle(traced) if traced.exists() else {}
             continue
         result = run_backtest(run_profile, run_actuals, ["mpc"], progress=quiet, price_forecaster=hook,
                               replan_minutes=replan[0] if replan else None)
         runs[f"mpc {name}"] = result.runs["mpc"]
+        traces[f"mpc {name}"] = ticks
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             pd.to_pickle(result.runs["mpc"], cached)
+            pd.to_pickle(ticks, traced)
         print(f"mpc {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     frames = {name: account(profile, actuals, run.counts).frame for name, run in runs.items()}
     oracle = frames["oracle"]
@@ -405,11 +540,27 @@ def main(argv: list[str] | None = None) -> int:
         out.loc[key, "oracle"] = value
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:,.4f}".format):
         print(out)
+    traced = {name: trace_frame(profile, actuals, oracle, frame, traces.get(name, {}), runs[name].counts)
+              for name, frame in frames.items() if name != "oracle"}
+    if args.top:
+        with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 48,
+                               "display.float_format", "{:,.1f}".format):
+            for name, trace in traced.items():
+                print(f"\n{name}: $ lost by cause (gap {trace['lost_usd'].sum():,.0f} $; the stability rule's "
+                      f"{trace['stability_usd'].sum():,.0f} $ over {int(trace['held'].sum())} held intervals, the rest:)")
+                rest = trace["lost_usd"] - trace["stability_usd"]
+                print(rest.groupby(trace["cause"]).agg(["sum", "count"]).to_string())
+                top = trace.sort_values("lost_usd", ascending=False).head(args.top)
+                top = top.set_axis(top.index.tz_convert(profile.tz).strftime("%m-%d %H:%M"))
+                print(top.drop(columns=["spends_budget"]).to_string())
     if args.csv:
         wide = pd.DataFrame({"price": price, "line": line}, index=actuals.index)
         for name, frame in frames.items():
             wide[f"load_{name}"] = frame["load_kw"].to_numpy(float)
             wide[f"profit_{name}"] = frame["profit_usd"].to_numpy(float)
+        for name, trace in traced.items():
+            for column in ("forecast_usd_mwh", "planned_kw", "held", "stability", "carbon_left_kg", "stability_usd", "cause"):
+                wide[f"{column}_{name}"] = trace[column].to_numpy()
         wide.to_csv(args.csv)
     print(f"wall {time.perf_counter() - started:.0f} s")
     return 0
