@@ -8,7 +8,10 @@ Runs, over one case of ``backtest_ratios.py`` (same windows, same real prices an
 - ``mpc perfect``: the same MPC, loop, horizon and re-plan with the ACTUAL RT prices as its forecast
   (look-ahead on purpose: it bounds what any price forecast could buy; never a product setting);
 - ``mpc perfect Nh``: actual prices for the first N hours only, the rules after (``--perfect-hours``):
-  how much of the gap is the near term.
+  how much of the gap is the near term;
+- ``mpc perfectnext``: actual prices from the next interval on, the interval being decided priced by the rules
+  (the last published RT price, not yet its own): the most any causal forecast deciding every 15 minutes could
+  know (look-ahead on purpose beyond that interval, DIAGNOSTIC).
 
 Modifiers (``variant+mod``): ``+hp`` the forecast sees each UTC day's hashprice from that day's start (look-ahead
 on purpose, DIAGNOSTIC: settlement unchanged) instead of after the day ends; ``+nostab`` the plan-stability rule
@@ -51,25 +54,33 @@ interval above the least efficient group's breakeven ("first of a rise"), the ne
 the first interval back below it ("first after peak"), the next four ("after peak +1..4"), and the rest
 ("steady above" / "steady below"). A bucket's sum over intervals is the gap it explains.
 
-``--trace FILE`` (issue 14, F1) writes each MPC variant's decisions per interval (:class:`DecisionTrace`: the
-forecast price of the interval being decided, the actual, oracle / MPC / planned load, held, carbon left, $ lost)
-and prints the costliest intervals. Measured with it on 2020-02 (3 days, this code): the rules MPC's $16,420 gap
-is $11,421 the decided interval's own price (``perfect0.25h`` 0.9926, $4,998: the forecast of interval k is the RT
-price of k-1, published at the tick; $3,532 on rises, $7,889 on falls after a peak), $4,580 the rest of the
-horizon (``perfect`` 0.9994, $418), nearly all through the daily carbon budget: the rules spent it on midday hours
-priced 100-170 $/MWh saving for an evening the day-ahead put at 80-108 and real time at 315-1,849, and 13 t of 10 Feb's
-budget was left when the night noise cap bound (budget used 0.980 vs 0.995); without the budget ``steady below |
-ran less`` is $534 instead of $4,117. The stability rule saves $3,191 with the rules (``+nostab`` $19,611) and
-costs $378 with the actual prices (``perfect+nostab`` $40: holds in the morning solar ramp while S19j Pro units
-move eco -> stock, the ``+loadramp`` case). No forecast or control fault found: day-ahead prices align at lag 0 h
-(log-correlation with the hourly RT mean 0.584, 0.542 / 0.527 at -1 / +1 h), the loop's carbon charge equals the
-accounting's emissions to the kg, ``+hp`` does not help ($16,810).
-
     python optimization/benchmarks/gap_decompose.py --case 2020-02 --days 3
-    python optimization/benchmarks/gap_decompose.py --case 2020-02 --days 3 --variants rules perfect0.25h --trace /tmp/trace.csv
     python optimization/benchmarks/gap_decompose.py --case 2024-05 --days 3 --variants rules perfect perfect1h
     python optimization/benchmarks/gap_decompose.py --case 2024-05 --days 3 --variants perfect perfect+nostab \
         perfect+hoursolar+blockstab perfect+solar perfect+nostab+solar+hp perfect+gap0.0001
+
+``--top N`` prints, per policy, the $ lost by cause and its N costliest intervals (issue 14, F2): per
+interval the forecast price of the interval being decided, the actual, the oracle's and the policy's load, the
+MILP's first interval (planned kW), whether the plan-stability rule held what ran, the daily carbon budget
+left and whether the plan spends all of it, and a cause (:func:`cause_labels`); ``--csv`` gets the same
+columns. ``--no-carbon-budget`` removes the site's daily carbon budget for the oracle and every policy
+(DIAGNOSTIC: how much of a gap reaches the plan through the budget's allocation across the day).
+
+Measured (F2, 3 days, west_texas at HB_HUBAVG; mpc/oracle, gap $): 2024-05 rules 0.9844 ($2,522), ``perfectnext``
+0.9881 ($1,926), ``perfect`` 0.9973 ($440, all of it the stability rule: ``perfect+nostab`` $2);
+2025-05 rules 0.9888 ($1,779), ``perfectnext`` 0.9943 ($905), ``perfect`` 0.9981 ($307). With
+``--no-carbon-budget``: 2024-05 rules 0.9872, learned 0.9860 (0.9801 with the budget); 2025-05 rules 0.9891.
+``--top``, rules, $ lost by cause: 2024-05 stability rule 467, rise not published 814, fall not published 528,
+carbon budget 564, other 149; 2025-05 407, 530, 388, 413, 40.
+Feb 2020 (F1, west_texas at LZ_WEST, 3 days): the rules MPC's $16,420 gap is $11,421 the decided interval's own
+price (``perfect0.25h`` 0.9926: the forecast of interval k is the RT price of k-1, published at the tick; $3,532 on
+rises, $7,889 on falls after a peak) and $4,580 the rest of the horizon (``perfect`` 0.9994, $418), nearly all
+through the daily carbon budget: the rules spent it on midday hours priced 100-170 $/MWh saving for an evening the
+day-ahead put at 80-108 and real time at 315-1,849, and 13 t of 10 Feb's budget was left when the night noise cap
+bound (budget used 0.980 vs 0.995). The stability rule saves $3,191 with the rules (``+nostab`` $19,611). No forecast
+or control fault found in either forensic: day-ahead prices align at lag 0 h, the loop's carbon charge equals the
+accounting's emissions to the kg, every dispatched interval is the MILP's plan except where the rule held, all
+solves optimal, ``+hp`` does not help.
 
 Prints one table per policy and the wall time. Needs scikit-learn for ``learned``.
 """
@@ -79,9 +90,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -105,8 +114,8 @@ class PerfectPrices:
     replaces_day_ahead = True
     source_label = "perfect"
 
-    def __init__(self, actual: pd.Series, hours: float | None) -> None:
-        self.actual, self.hours = actual, hours
+    def __init__(self, actual: pd.Series, hours: float | None, skip_current: bool = False) -> None:
+        self.actual, self.hours, self.skip_current = actual, hours, skip_current
         self.last_fallbacks: list = []
 
     def __call__(self, times: pd.DatetimeIndex, snapshot: object, now: pd.Timestamp) -> np.ndarray:
@@ -114,6 +123,8 @@ class PerfectPrices:
         if self.hours is not None:
             lead_h = (pd.DatetimeIndex(times) - pd.Timestamp(now)).total_seconds().to_numpy() / 3600.0
             values[lead_h >= self.hours] = np.nan
+        if self.skip_current:  # ``perfectnext``: the interval holding ``now`` is not published yet (the rules price it)
+            values[pd.DatetimeIndex(times) <= pd.Timestamp(now)] = np.nan
         return values
 
 
@@ -218,46 +229,105 @@ def ramp_hold_previous_counts(original, problem, schedule, previous, min_gain_fr
     return decision
 
 
-class DecisionTrace:
-    """``--trace`` (DIAGNOSTIC, issue 14 F1): what each tick of an MPC variant decided, keyed by the decided
-    interval's start (UTC). Wraps the stability rule the loop calls, which sees every tick's problem and plan.
+def record_ticks(rule, ticks: dict):
+    """The stability rule ``rule`` (the loop's ``hold_previous_counts``) wrapped to record, per tick, what
+    :func:`trace_frame` reports: ``ticks[interval start] = (forecast $/MWh of the interval being decided, the
+    MILP's first-interval load kW, held, the rule's reason, the daily carbon budget left kg (NaN: none), whether
+    the plan spends all of it (within 0.5 %), the MILP's first-interval units per (group id, mode))``. A cached
+    plan (``+replan<N>``) is recorded as planned then."""
+    from hashflex.optimize.schedule import unit_column
 
-    Per tick: ``fc_usd_mwh`` the forecast price of the interval being decided (the problem's first price; the
-    rules: the last published RT price, its interval ended at the tick), ``plan_kw`` the MILP's load for it (the
-    plan before the stability rule), ``held`` whether the rule kept what ran, ``gain_usd`` the new plan's gain over
-    the held alternative (NaN: not valued), ``hashprice`` the forecast $/PH/day,
-    ``carbon_left_kg`` the tightest carbon budget over that interval net of what was measured so far (NaN: none).
-    The dispatched load and the $ are the accounting's (``account``), written next to them."""
+    def wrapper(problem, schedule, previous, **kwargs):
+        decision = rule(problem, schedule, previous, **kwargs)
+        frame = schedule.frame
+        left, spends = float("nan"), False
+        daily = [b for b in problem.carbon_budgets if b.name.startswith("daily")]
+        if daily:
+            budget = daily[0]
+            left = float(budget.remaining_kg)
+            mask = np.asarray(budget.mask, dtype=bool)[:len(frame)]
+            spends = float(frame["emissions_kg"].to_numpy(float)[mask].sum()) >= 0.995 * left if len(frame) == problem.T else False
+        planned = {key: int(frame[unit_column(*key)].iloc[0]) for key in schedule.group_modes}
+        ticks[pd.Timestamp(problem.interval_start[0])] = (float(problem.price_usd_mwh[0]), float(frame["load_kw"].iloc[0]),
+                                                         bool(decision.held), decision.reason, left, spends, planned)
+        return decision
 
-    def __init__(self) -> None:
-        self.rows: dict[str, dict[pd.Timestamp, dict[str, float]]] = {}
+    return wrapper
 
-    def wrap(self, name: str, rule: Callable[..., Any]) -> Callable[..., Any]:
-        """``rule`` recording each decision under variant ``name``."""
-        rows = self.rows.setdefault(name, {})
 
-        def traced(problem: Any, schedule: Any, previous: Any, **kwargs: Any) -> Any:
-            decision = rule(problem, schedule, previous, **kwargs)
-            left = [float(b.remaining_kg) for b in problem.carbon_budgets if bool(np.asarray(b.mask)[0])]
-            rows[pd.Timestamp(problem.interval_start[0]).tz_convert("UTC")] = {
-                "fc_usd_mwh": float(np.asarray(problem.price_usd_mwh, dtype=float)[0]),
-                "plan_kw": float(schedule.frame["load_kw"].iloc[0]),
-                "held": float(decision.held),
-                "gain_usd": float(decision.gain_usd),
-                "hashprice": float(np.broadcast_to(np.asarray(problem.hashprice_usd_per_ph_day, dtype=float),
-                                                   (problem.T,))[0]),
-                "carbon_left_kg": min(left) if left else float("nan"),
-            }
-            return decision
+def breakevens_usd_mwh(profile, hashprice_usd_per_ph_day: float) -> np.ndarray:
+    """Every price at which a decision changes, $/MWh: each group's and mode's unit breakeven and the
+    breakeven of each step up to the next mode (its extra hashrate over its extra power), at a hashprice."""
+    fee = 1 - profile.economics.pool_fee_pct / 100
+    rate = hashprice_usd_per_ph_day / 1000.0 / 24.0 * fee * 1000.0  # $/MWh per TH/s per kW
+    out = []
+    for group in profile.miner_groups:
+        modes = sorted(group.modes, key=lambda m: m.power_kw)
+        for i, mode in enumerate(modes):
+            out.append(rate * mode.hashrate_th_s / mode.power_kw)
+            if i:
+                out.append(rate * (mode.hashrate_th_s - modes[i - 1].hashrate_th_s) / (mode.power_kw - modes[i - 1].power_kw))
+    return np.array(out) - profile.grid.total_adder_usd_mwh
 
-        return traced
 
-    def frame(self, name: str, index: pd.DatetimeIndex) -> pd.DataFrame:
-        """The variant's rows on ``index`` (NaN where no tick was traced, e.g. a run read from ``--cache``)."""
-        rows = self.rows.get(name, {})
-        columns = ("fc_usd_mwh", "plan_kw", "held", "gain_usd", "hashprice", "carbon_left_kg")
-        return pd.DataFrame({c: [rows.get(t, {}).get(c, np.nan) for t in index.tz_convert("UTC")] for c in columns},
-                            index=index)
+def cause_labels(price: np.ndarray, forecast: np.ndarray, breakevens: list[np.ndarray],
+                 spends_budget: np.ndarray, planned_less: np.ndarray) -> np.ndarray:
+    """Per interval, why the MILP's first interval could differ from the oracle's (a heuristic, F2; what the
+    plan-stability rule changed after it is counted apart, :func:`trace_frame`'s ``stability_usd``):
+
+    - ``d carbon budget``: the plan spends the whole daily carbon budget left and planned less load than the
+      oracle ran, with no breakeven between the forecast and the actual price (the allocation across the day);
+    - ``a rise not published``: a breakeven lies between the forecast and a higher actual price (the rise was
+      published only after the decision);
+    - ``b fall not published``: the same with a lower actual price (the fall not yet published);
+    - ``e other``: none of these (the rest of the horizon's forecast, solar, hashprice, ...).
+
+    ``price``, ``forecast`` [T] $/MWh; ``breakevens`` T arrays of $/MWh (:func:`breakevens_usd_mwh`);
+    ``spends_budget``, ``planned_less`` [T] bool. Returns [T] labels (object)."""
+    out = np.empty(len(price), dtype=object)
+    for k in range(len(price)):
+        low, high = sorted((float(price[k]), float(forecast[k])))
+        crossed = bool(((breakevens[k] > low) & (breakevens[k] < high)).any()) if np.isfinite(forecast[k]) else False
+        if spends_budget[k] and planned_less[k] and not crossed:
+            out[k] = "d carbon budget"
+        elif crossed:
+            out[k] = "a rise not published" if price[k] > forecast[k] else "b fall not published"
+        else:
+            out[k] = "e other"
+    return out
+
+
+def trace_frame(profile, actuals, oracle: pd.DataFrame, frame: pd.DataFrame, ticks: dict,
+                counts: dict) -> pd.DataFrame:
+    """Per interval of one policy (F2): actual and forecast price ($/MWh), the oracle's, the policy's and the
+    MILP's first-interval load (kW), held, the rule's reason, daily carbon budget left (kg), whether the plan
+    spends it, $ lost vs the oracle (``lost_usd``), of which the stability rule's (``stability_usd``: the MILP's
+    first interval minus what was dispatched, both at the actual prices, where the rule held) and
+    :func:`cause_labels` of the rest. ``counts``: the policy's dispatched counts (``PolicyRun.counts``).
+    Intervals without a recorded tick are NaN and count as dispatched."""
+    index = actuals.index
+    rows = [ticks.get(t, (np.nan, np.nan, False, "", np.nan, False, None)) for t in index]
+    out = pd.DataFrame([r[:6] for r in rows], index=index,
+                       columns=["forecast_usd_mwh", "planned_kw", "held", "stability", "carbon_left_kg", "spends_budget"])
+    planned = {key: np.array(column, copy=True) for key, column in counts.items()}
+    for g, group in enumerate(profile.miner_groups):
+        for m, mode in enumerate(group.modes):
+            for k, row in enumerate(rows):
+                if row[6] is not None:
+                    planned[g, m][k] = row[6].get((group.id, mode.name), 0)
+    planned_profit = account(profile, actuals, planned).frame["profit_usd"].to_numpy(float)
+    out.insert(0, "price_usd_mwh", actuals.price_usd_mwh)
+    out.insert(2, "oracle_kw", oracle["load_kw"].to_numpy(float))
+    out.insert(3, "policy_kw", frame["load_kw"].to_numpy(float))
+    out["held"] = out["held"].astype(bool) & ((out["planned_kw"] - out["policy_kw"]).abs() > 1e-3)
+    out["lost_usd"] = oracle["profit_usd"].to_numpy(float) - frame["profit_usd"].to_numpy(float)
+    out["stability_usd"] = np.where(out["held"], planned_profit - frame["profit_usd"].to_numpy(float), 0.0)
+    hp = actuals.hashprice_usd_per_ph_day
+    hp = np.full(len(index), profile.economics.hashprice_usd_per_ph_day) if hp is None else np.asarray(hp, float)
+    out["cause"] = cause_labels(out["price_usd_mwh"].to_numpy(float), out["forecast_usd_mwh"].to_numpy(float),
+                                [breakevens_usd_mwh(profile, h) for h in hp], out["spends_budget"].to_numpy(bool),
+                                out["planned_kw"].to_numpy(float) < out["oracle_kw"].to_numpy(float) - 1e-3)
+    return out
 
 
 def buckets(price: np.ndarray, line: np.ndarray, delta: np.ndarray, more_energy: np.ndarray) -> dict[str, float]:
@@ -313,19 +383,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="rules, learned, perfect, perfect<N>h")
     parser.add_argument("--dev2-dir", type=Path, default=br.DEV2_SHARED, help="the dev2 folder for the 2025 cases (default: the repo's copy)")
     parser.add_argument("--csv", help="write the per-interval frame here")
-    parser.add_argument("--trace", help="DIAGNOSTIC: write each MPC variant's per-interval decisions here (CSV: "
-                        "forecast price of the decided interval, actual, oracle/MPC/planned load, held, carbon left, "
-                        "$ lost; see DecisionTrace) and print the costliest intervals")
-    parser.add_argument("--trace-top", type=int, default=25, help="intervals printed per variant with --trace")
     parser.add_argument("--tag", default="", help="names this code state in the cache (e.g. after a change)")
     parser.add_argument("--cache", help="a folder: each run's counts are kept there and reused (same case/days/variant)")
     parser.add_argument("--oracle-days", type=int, default=1, help="local days per oracle MILP (default 1, as the backtest)")
     parser.add_argument("--oracle-gap", type=float, default=1e-3, help="the oracle's MIP relative gap (default 1e-3)")
     parser.add_argument("--oracle-time-limit", type=float, default=60.0, help="the oracle's HiGHS time limit per MILP, s")
+    parser.add_argument("--top", type=int, default=0, help="print each policy's $ lost by cause and its N costliest intervals")
+    parser.add_argument("--no-carbon-budget", action="store_true",
+                        help="DIAGNOSTIC: the site's daily carbon budget removed for the oracle and every policy")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     _, first_day = br.CASES[args.case]
     profile, prices, load = br.case_inputs(args.case, load_profile(args.profile), args.dev2_dir)
+    if args.no_carbon_budget:
+        profile = profile.model_copy(update={"carbon": profile.carbon.model_copy(update={"daily_budget_kg": None})})
+        args.tag += "_nocarbon"
     start = pd.Timestamp(args.start or first_day)
     hashprice = br.settlement_hashprice(bundled_hashprice(), start, args.days)  # None: the profile's constant
     actuals = build_actuals(profile, prices, start, start + pd.Timedelta(days=args.days), hashprice=hashprice)
@@ -333,7 +405,6 @@ def main(argv: list[str] | None = None) -> int:
     rt_series = pd.Series(rt["price_usd_mwh"].to_numpy(float), index=pd.DatetimeIndex(rt["interval_start"]).tz_convert("UTC"))
     rt_series = rt_series[~rt_series.index.duplicated(keep="last")].sort_index()
     protect_perfect()
-    trace = DecisionTrace() if args.trace else None
     quiet = Progress.factory(True)
     oracle_path = (Path(args.cache) / f"{args.profile}_{args.case}_{start:%Y%m%d}_{args.days}_oracle"
                    f"_{args.oracle_days}d_{args.oracle_gap:g}{args.tag}.pkl") if args.cache else None
@@ -372,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         kwargs["min_gain_fraction"] = fraction
         return hold_previous_counts(problem, schedule, previous, **kwargs)
 
+    traces: dict[str, dict] = {}
     for variant in args.variants:
         # Modifiers bring back the rules before this change, side by side in one run:
         # +oldstab (the stability rule valued over the first interval only), +oldfloor (scarcity floor = mean);
@@ -387,8 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         fraction = [float(m[len("stab"):]) for m in mods if m.startswith("stab")]
         if fraction:  # the rule with another material gain (the loop's replan_min_gain_fraction, default 0.0005)
             control_loop.hold_previous_counts = functools.partial(scaled_stability, fraction[0])
-        if trace is not None:  # records the decisions, the rule unchanged
-            control_loop.hold_previous_counts = trace.wrap("+".join([variant, *mods]), control_loop.hold_previous_counts)
+        ticks: dict = {}
+        control_loop.hold_previous_counts = record_ticks(control_loop.hold_previous_counts, ticks)
         old_floor = "oldfloor" in mods
         blend_h = [float(m[len("blend"):-1]) for m in mods if m.startswith("blend") and m.endswith("h")]
         forecast_rules.ForecastConfig = functools.partial(ForecastConfig, scarcity_floor_follows_last=not old_floor,
@@ -408,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
             hook = None
         elif variant == "learned":
             hook = br.learned_hook("daemon", profile, actuals, load, model_config)
+        elif variant == "perfectnext":
+            hook = PerfectPrices(rt_series, None, skip_current=True)
         elif variant.startswith("perfect"):
             hours = float(variant[len("perfect"):].rstrip("h")) if variant != "perfect" else None
             hook = PerfectPrices(rt_series, hours)
@@ -431,15 +505,19 @@ def main(argv: list[str] | None = None) -> int:
             run_actuals = build_actuals(profile, prices, start, start + pd.Timedelta(days=args.days), hashprice=early)
         t0 = time.perf_counter()
         cached = Path(args.cache) / f"{args.profile}_{args.case}_{start:%Y%m%d}_{args.days}_{name}{args.tag}.pkl" if args.cache else None
+        traced = cached.with_name(cached.stem + "_ticks.pkl") if cached is not None else None
         if cached is not None and cached.exists():
             runs[f"mpc {name}"] = pd.read_pickle(cached)
+            traces[f"mpc {name}"] = pd.read_pickle(traced) if traced.exists() else {}
             continue
         result = run_backtest(run_profile, run_actuals, ["mpc"], progress=quiet, price_forecaster=hook,
                               replan_minutes=replan[0] if replan else None)
         runs[f"mpc {name}"] = result.runs["mpc"]
+        traces[f"mpc {name}"] = ticks
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             pd.to_pickle(result.runs["mpc"], cached)
+            pd.to_pickle(ticks, traced)
         print(f"mpc {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     frames = {name: account(profile, actuals, run.counts).frame for name, run in runs.items()}
     oracle = frames["oracle"]
@@ -471,30 +549,28 @@ def main(argv: list[str] | None = None) -> int:
         out.loc[key, "oracle"] = value
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:,.4f}".format):
         print(out)
+    traced = {name: trace_frame(profile, actuals, oracle, frame, traces.get(name, {}), runs[name].counts)
+              for name, frame in frames.items() if name != "oracle"}
+    if args.top:
+        with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 48,
+                               "display.float_format", "{:,.1f}".format):
+            for name, trace in traced.items():
+                print(f"\n{name}: $ lost by cause (gap {trace['lost_usd'].sum():,.0f} $; the stability rule's "
+                      f"{trace['stability_usd'].sum():,.0f} $ over {int(trace['held'].sum())} held intervals, the rest:)")
+                rest = trace["lost_usd"] - trace["stability_usd"]
+                print(rest.groupby(trace["cause"]).agg(["sum", "count"]).to_string())
+                top = trace.sort_values("lost_usd", ascending=False).head(args.top)
+                top = top.set_axis(top.index.tz_convert(profile.tz).strftime("%m-%d %H:%M"))
+                print(top.drop(columns=["spends_budget"]).to_string())
     if args.csv:
         wide = pd.DataFrame({"price": price, "line": line}, index=actuals.index)
         for name, frame in frames.items():
             wide[f"load_{name}"] = frame["load_kw"].to_numpy(float)
             wide[f"profit_{name}"] = frame["profit_usd"].to_numpy(float)
+        for name, trace in traced.items():
+            for column in ("forecast_usd_mwh", "planned_kw", "held", "stability", "carbon_left_kg", "stability_usd", "cause"):
+                wide[f"{column}_{name}"] = trace[column].to_numpy()
         wide.to_csv(args.csv)
-    if trace is not None:
-        parts = []
-        for name, frame in frames.items():
-            if name == "oracle":
-                continue
-            part = trace.frame(name.removeprefix("mpc "), actuals.index)
-            part.insert(0, "price_usd_mwh", price)
-            part.insert(1, "line_usd_mwh", line)
-            part.insert(2, "oracle_kw", oracle["load_kw"].to_numpy(float))
-            part.insert(3, "mpc_kw", frame["load_kw"].to_numpy(float))
-            part["lost_usd"] = oracle["profit_usd"].to_numpy(float) - frame["profit_usd"].to_numpy(float)
-            part.insert(0, "variant", name)
-            parts.append(part)
-            with pd.option_context("display.width", 200, "display.max_columns", 20):
-                print(f"{name}: the {args.trace_top} costliest intervals (local time)")
-                top = part.drop(columns="variant").nlargest(args.trace_top, "lost_usd")
-                print(top.set_axis(top.index.tz_convert(profile.site.timezone)).round(1).to_string())
-        pd.concat(parts).rename_axis("interval_start").to_csv(args.trace)
     print(f"wall {time.perf_counter() - started:.0f} s")
     return 0
 
